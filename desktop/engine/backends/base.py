@@ -1,0 +1,67 @@
+"""The contract between the job runner and whatever produces pixels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from desktop.engine.jobs import CancelToken
+from desktop.engine.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What metadata says about the model: its display name and its AutoV2 hash (or None)."""
+
+    name: str
+    path: str
+    architecture: str
+    hash: str | None
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One finished denoising step; `preview` is set only on steps that asked for one."""
+
+    step: int
+    total: int
+    batch_index: int
+    preview: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class GeneratedBatch:
+    """The images of one pipeline call, in order, with the seed each was made from."""
+
+    images: tuple[Image.Image, ...]
+    seeds: tuple[int, ...]
+    batch_index: int
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    model: ModelInfo
+    seconds: float
+    reused: bool
+    device: str
+    dtype: str
+
+
+class Backend(Protocol):
+    """Loads a model once and turns requests into images on the calling thread."""
+
+    def load(self, request: GenerationRequest) -> LoadReport: ...
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        batch_index: int,
+        on_step: Callable[[StepInfo], None],
+        cancel: CancelToken,
+    ) -> GeneratedBatch: ...
+
+    def unload(self) -> None: ...

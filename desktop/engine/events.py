@@ -1,0 +1,100 @@
+"""The typed event stream of a job. Every event is frozen and safe to hand to another thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from desktop.engine.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class JobStarted:
+    job_id: str
+    request: GenerationRequest
+
+
+@dataclass(frozen=True)
+class ModelLoading:
+    job_id: str
+    model: str
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    job_id: str
+    model: str
+    seconds: float
+    reused: bool
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    """Step `step` (1-based) of `total` finished, in pipeline call `batch_index` of the job."""
+
+    job_id: str
+    step: int
+    total: int
+    batch_index: int
+    batch_count: int
+
+
+@dataclass(frozen=True)
+class PreviewReady:
+    """A small RGB uint8 picture (H, W, 3) of the predicted clean image; an owned copy."""
+
+    job_id: str
+    step: int
+    total: int
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class JobWarning:
+    job_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ImageSaved:
+    """One image is on disk with its metadata, reported before the job finishes."""
+
+    job_id: str
+    path: str
+    seed: int
+    index: int
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    job_id: str
+    paths: tuple[str, ...]
+    seeds: tuple[int, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    job_id: str
+    message: str
+    error_type: str
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    job_id: str
+
+
+Event = (
+    JobStarted
+    | ModelLoading
+    | ModelLoaded
+    | StepProgress
+    | PreviewReady
+    | JobWarning
+    | ImageSaved
+    | JobFinished
+    | JobFailed
+    | JobCancelled
+)

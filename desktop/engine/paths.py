@@ -1,0 +1,74 @@
+"""Where Marble keeps its files: one object, built once by the composition root."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "MarbleStudio"
+APP_AUTHOR = "Marble"
+HOME_ENV = "MARBLE_HOME"
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    """Every location the app reads or writes. Nothing computes a path at import time."""
+
+    models: Path
+    loras: Path
+    outputs: Path
+    cache: Path
+    logs: Path
+    config: Path
+
+    @property
+    def settings_file(self) -> Path:
+        return self.config / "settings.json"
+
+    @property
+    def converted_models(self) -> Path:
+        """Diffusers folders converted from single-file checkpoints, reused on later loads."""
+        return self.cache / "converted"
+
+    @classmethod
+    def for_root(cls, root: Path | str) -> AppPaths:
+        """Everything under one folder: portable installs, `--home`, tests."""
+        root = Path(root).expanduser().resolve()
+        return cls(
+            models=root / "models",
+            loras=root / "loras",
+            outputs=root / "outputs",
+            cache=root / "cache",
+            logs=root / "logs",
+            config=root / "config",
+        )
+
+    @classmethod
+    def for_user(cls) -> AppPaths:
+        """The platform's per-user folders (XDG on Linux, AppData on Windows)."""
+        import platformdirs
+
+        dirs = platformdirs.PlatformDirs(APP_NAME, APP_AUTHOR)
+        data = Path(dirs.user_data_dir)
+        return cls(
+            models=data / "models",
+            loras=data / "loras",
+            outputs=Path(platformdirs.user_pictures_dir()) / APP_NAME,
+            cache=Path(dirs.user_cache_dir),
+            logs=Path(dirs.user_log_dir),
+            config=Path(dirs.user_config_dir),
+        )
+
+    @classmethod
+    def resolve(cls, home: Path | str | None, environ: Mapping[str, str] | None = None) -> AppPaths:
+        """`--home` wins, then MARBLE_HOME, then the platform folders."""
+        environ = os.environ if environ is None else environ
+        chosen = home or environ.get(HOME_ENV)
+        return cls.for_root(chosen) if chosen else cls.for_user()
+
+    def ensure(self) -> AppPaths:
+        for folder in (self.models, self.loras, self.outputs, self.cache, self.logs, self.config):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,126 @@
+"""What the user asks for: one frozen request, validated up front with sentences a user understands."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, canonical_sampler
+from desktop.engine.errors import InvalidRequest
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MIN_SIDE, MAX_SIDE = 64, 4096
+MAX_STEPS = 150
+MAX_CFG = 30.0
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+MAX_PROMPT_CHARS = 20_000
+MAX_SEED = 2**32 - 1
+RANDOM_SEED = -1
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything one generation job needs. Crosses threads and is saved in PNG metadata."""
+
+    prompt: str
+    model: str
+    negative_prompt: str = ""
+    steps: int = 30
+    cfg_scale: float = 7.5
+    seed: int = RANDOM_SEED
+    sampler: str = DEFAULT_SAMPLER
+    width: int = 512
+    height: int = 512
+    batch_count: int = 1
+    batch_size: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+    clip_skip: int = 1
+    # A folder of diffusers configs for a single-file checkpoint with non-standard dimensions.
+    model_config: str | None = None
+
+    def validate(self) -> GenerationRequest:
+        """Raise InvalidRequest naming the first problem; return self so calls chain."""
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise InvalidRequest("The prompt must be text.")
+        for label, text in (("prompt", self.prompt), ("negative prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InvalidRequest(
+                    f"The {label} is {len(text):,} characters long; the limit is {MAX_PROMPT_CHARS:,}."
+                )
+            if "\x00" in text:
+                raise InvalidRequest(f"The {label} contains a NUL character.")
+        if not self.model or not self.model.strip():
+            raise InvalidRequest("No model is selected: pick a model or pass --model.")
+        for label, side in (("width", self.width), ("height", self.height)):
+            _check_int(label, side)
+            if side % 8:
+                lower, upper = side - side % 8, side - side % 8 + 8
+                raise InvalidRequest(f"{label} {side} is not a multiple of 8 (try {lower} or {upper}).")
+            if not MIN_SIDE <= side <= MAX_SIDE:
+                raise InvalidRequest(f"{label} {side} is out of range: use {MIN_SIDE} to {MAX_SIDE} pixels.")
+        _check_int("steps", self.steps)
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InvalidRequest(f"steps {self.steps} is out of range: use 1 to {MAX_STEPS}.")
+        if not isinstance(self.cfg_scale, (int, float)) or not 0 <= self.cfg_scale <= MAX_CFG:
+            raise InvalidRequest(f"CFG scale {self.cfg_scale} is out of range: use 0 to {MAX_CFG:g}.")
+        _check_int("seed", self.seed)
+        if self.seed != RANDOM_SEED and not 0 <= self.seed <= MAX_SEED:
+            raise InvalidRequest(f"seed {self.seed} is out of range: use 0 to {MAX_SEED}, or -1 for random.")
+        if self.sampler not in SAMPLER_NAMES:
+            raise InvalidRequest(
+                f"Unknown sampler {self.sampler!r}. Known samplers: {', '.join(SAMPLER_NAMES)}."
+            )
+        _check_int("batch size", self.batch_size)
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise InvalidRequest(f"batch size {self.batch_size} is out of range: use 1 to {MAX_BATCH_SIZE}.")
+        _check_int("batch count", self.batch_count)
+        if not 1 <= self.batch_count <= MAX_BATCH_COUNT:
+            raise InvalidRequest(
+                f"batch count {self.batch_count} is out of range: use 1 to {MAX_BATCH_COUNT}."
+            )
+        if self.device not in DEVICES:
+            raise InvalidRequest(f"Unknown device {self.device!r}: use one of {', '.join(DEVICES)}.")
+        if self.precision not in PRECISIONS:
+            raise InvalidRequest(f"Unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
+        _check_int("clip skip", self.clip_skip)
+        if not 1 <= self.clip_skip <= 12:
+            raise InvalidRequest(f"clip skip {self.clip_skip} is out of range: use 1 to 12.")
+        return self
+
+    @property
+    def images_total(self) -> int:
+        return self.batch_count * self.batch_size
+
+    def with_seed(self, rng: random.Random | None = None) -> GenerationRequest:
+        """A copy with a concrete seed: the random seed is drawn once, so metadata can reproduce it."""
+        if self.seed != RANDOM_SEED:
+            return self
+        return replace(self, seed=(rng or random.SystemRandom()).randint(0, MAX_SEED))
+
+    def seed_for(self, batch_index: int, image_index: int) -> int:
+        """Image k of a job uses seed + k, as A1111 does, so any image can be re-made alone."""
+        return self.seed + batch_index * self.batch_size + image_index
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+        """Build from saved JSON, ignoring keys this version does not know (newer files)."""
+        known = {f.name for f in fields(cls)}
+        values = {key: value for key, value in data.items() if key in known}
+        if "sampler" in values:
+            values["sampler"] = canonical_sampler(str(values["sampler"])) or str(values["sampler"])
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise InvalidRequest(f"The saved request is incomplete: {error}.") from None
+
+
+def _check_int(label: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{label} must be a whole number, not {value!r}.")
