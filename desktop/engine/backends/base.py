@@ -40,6 +40,9 @@ class GeneratedBatch:
     images: tuple[Image.Image, ...]
     seeds: tuple[int, ...]
     batch_index: int
+    # The A1111 name of the sampler that ran (what `default` resolved to), when it has one.
+    sampler_used: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class LoadReport:
     reused: bool
     device: str
     dtype: str
+    notes: tuple[str, ...] = ()
 
 
 class Backend(Protocol):

@@ -73,3 +73,16 @@ def canonical_sampler(name: str, schedule_type: str | None = None) -> str | None
     if schedule_type and schedule_type.strip().casefold() == "karras" and not name.endswith("Karras"):
         name = f"{name} Karras"
     return _BY_FOLDED.get(name.casefold())
+
+
+def sampler_for_scheduler(class_name: str, config: Mapping[str, object]) -> str | None:
+    """The A1111 name for a model's own scheduler, so `default` is written as what it really was."""
+    karras = bool(config.get("use_karras_sigmas"))
+    algorithm = config.get("algorithm_type")
+    for spec in _SPECS:
+        if spec.scheduler_class != class_name or spec.karras != karras:
+            continue
+        wanted = spec.overrides.get("algorithm_type")
+        if wanted is None or wanted == algorithm:
+            return spec.name
+    return None

@@ -1,0 +1,450 @@
+"""The one module that imports torch, diffusers and transformers.
+
+It is imported on the generation thread after the window is shown (see `desktop.engine.backends.create`)
+and owns exactly one pipeline. Nothing here is thread-safe: one thread calls every method.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Set before diffusers/transformers/huggingface_hub import: they read these once, at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DISABLE_TELEMETRY", "1")
+
+import contextlib  # noqa: E402
+import gc  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import diffusers  # noqa: E402
+import torch  # noqa: E402
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
+
+from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
+from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
+from desktop.engine.errors import Cancelled, DeviceError, ModelError, OutOfMemory  # noqa: E402
+from desktop.engine.jobs import CancelToken  # noqa: E402
+from desktop.engine.library.catalog import HashCache, ModelCatalog, ModelEntry  # noqa: E402
+from desktop.engine.library.checkpoint import (  # noqa: E402
+    ArchitectureInfo,
+    detect_architecture,
+    detect_diffusers_folder,
+    read_safetensors_header,
+    sniff_file_type,
+)
+from desktop.engine.paths import AppPaths  # noqa: E402
+from desktop.engine.request import GenerationRequest  # noqa: E402
+from desktop.engine.resources import Resources  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_CONVERTED_SCHEMA = 1
+
+
+class _CancelRequested(Exception):
+    """Raised inside the step callback to leave the pipeline at once, skipping the VAE decode."""
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str
+    dtype: torch.dtype
+
+    @property
+    def precision(self) -> str:
+        return next(name for name, value in _DTYPES.items() if value == self.dtype)
+
+
+def pick_device(device: str, precision: str) -> DeviceChoice:
+    """Resolve `auto` and check that what was asked for exists on this machine."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if device == "auto":
+        device = "cuda" if cuda else "mps" if mps else "cpu"
+    elif device == "cuda" and not cuda:
+        build = "without CUDA" if torch.version.cuda is None else f"with CUDA {torch.version.cuda}"
+        raise DeviceError(
+            f"CUDA was requested, but no CUDA GPU is available (torch {torch.__version__} is built {build}). "
+            "Use --device cpu or auto."
+        )
+    elif device == "mps" and not mps:
+        raise DeviceError("MPS (Apple GPU) was requested, but it is not available here. Use --device cpu or auto.")
+    if precision == "auto":
+        precision = "fp32" if device == "cpu" else "fp16"
+    if device == "cpu" and precision == "fp16":
+        raise DeviceError("fp16 is not supported on the CPU. Use --precision fp32 (or bf16).")
+    if device == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise DeviceError("This GPU does not support bf16. Use --precision fp16.")
+    return DeviceChoice(device, _DTYPES[precision])
+
+
+@dataclass(frozen=True)
+class _LoadKey:
+    path: str
+    config: str | None
+    device: str
+    dtype: str
+
+
+class DiffusersBackend:
+    """Loads SD 1.x / 2.x / SDXL pipelines offline and runs them with previews and cancel."""
+
+    def __init__(
+        self,
+        paths: AppPaths,
+        resources: Resources,
+        catalog: ModelCatalog,
+        preview_every: int = 1,
+    ) -> None:
+        self._paths = paths
+        self._resources = resources
+        self._catalog = catalog
+        self._preview_every = max(0, preview_every)
+        self._hashes = HashCache(paths.cache / "hashes.json")
+        self._pipe: Any = None
+        self._key: _LoadKey | None = None
+        self._model: ModelInfo | None = None
+        self._family = "sd1"
+        self._default_scheduler: Any = None
+        self._notes: list[str] = []
+
+    # ----------------------------------------------------------------------------------- loading
+
+    def load(self, request: GenerationRequest) -> LoadReport:
+        started = time.perf_counter()
+        entry = self._catalog.resolve(request.model)
+        choice = pick_device(request.device, request.precision)
+        key = _LoadKey(str(entry.path), request.model_config, choice.device, str(choice.dtype))
+        if self._pipe is not None and key == self._key:
+            assert self._model is not None
+            return LoadReport(self._model, time.perf_counter() - started, True, choice.device, choice.precision)
+        self.unload()
+        self._notes = []
+        try:
+            pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice)
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        else:
+            oom = False
+        if oom:
+            # Free outside the except block: the traceback would otherwise keep the tensors alive.
+            _free_memory()
+            raise OutOfMemory(f"Not enough {choice.device.upper()} memory to load {entry.name}.")
+        pipe.set_progress_bar_config(disable=True)
+        self._pipe = pipe
+        self._key = key
+        self._family = arch.family
+        self._default_scheduler = pipe.scheduler
+        self._model = ModelInfo(entry.name, str(entry.path), arch.config_name, model_hash)
+        return LoadReport(
+            self._model, time.perf_counter() - started, False, choice.device, choice.precision, tuple(self._notes)
+        )
+
+    def unload(self) -> None:
+        if self._pipe is None:
+            return
+        self._pipe = None
+        self._key = None
+        self._model = None
+        self._default_scheduler = None
+        _free_memory()
+
+    def _load_entry(
+        self, entry: ModelEntry, config: str | None, choice: DeviceChoice
+    ) -> tuple[Any, ArchitectureInfo, str | None]:
+        if entry.is_folder:
+            arch = detect_diffusers_folder(entry.path)
+            _refuse_inpaint_only(arch, entry.name)
+            pipe = self._from_pretrained(arch, entry.path, choice.dtype, entry.name)
+            return pipe.to(choice.device), arch, None
+        kind = sniff_file_type(entry.path)
+        if kind != "safetensors":
+            raise ModelError(_not_safetensors_message(entry.path, kind))
+        header = read_safetensors_header(entry.path)
+        arch = detect_architecture(header)
+        _refuse_inpaint_only(arch, entry.name)
+        model_hash = self._hashes.autov2(entry.path)
+        config_folder = Path(config).expanduser() if config else self._resources.config_folder(arch.config_name)
+        if not (config_folder / "model_index.json").is_file():
+            raise ModelError(f"The config folder {config_folder} has no model_index.json.")
+        converted = self._converted_folder(entry.path, config_folder, arch)
+        if (converted / "model_index.json").is_file():
+            pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name)
+        else:
+            pipe = self._convert_single_file(entry.path, config_folder, arch, header_dtype(header))
+            self._cache_conversion(pipe, converted)
+            pipe = pipe.to(dtype=choice.dtype)
+        return pipe.to(choice.device), arch, model_hash
+
+    def _from_pretrained(self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str) -> Any:
+        cls = _pipeline_class(arch)
+        try:
+            return cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **_extra_kwargs(cls))
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise ModelError(f"Could not load the model {name!r} from {folder}: {_short(error)}") from error
+
+    def _converted_folder(self, path: Path, config_folder: Path, arch: ArchitectureInfo) -> Path:
+        stat = path.stat()
+        identity = json.dumps(
+            [str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(config_folder.resolve()),
+             arch.config_name, diffusers.__version__, _CONVERTED_SCHEMA]
+        )
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        return self._paths.converted_models / f"{path.stem}-{digest}"
+
+    def _convert_single_file(self, path: Path, config_folder: Path, arch: ArchitectureInfo, dtype: torch.dtype) -> Any:
+        cls = _pipeline_class(arch)
+        try:
+            return cls.from_single_file(
+                str(path), config=str(config_folder), local_files_only=True, torch_dtype=dtype,
+                **_extra_kwargs(cls),
+            )
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
+            raise ModelError(
+                f"{path.name} looks like {arch.family.upper()} but its tensors do not fit the "
+                f"{arch.config_name} layout: {_short(error)}. If it has unusual dimensions, pass a "
+                "matching diffusers config folder (--config)."
+            ) from error
+
+    def _cache_conversion(self, pipe: Any, target: Path) -> None:
+        """Save the conversion once, in the checkpoint's own precision: later loads skip the remapping."""
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            pipe.save_pretrained(str(partial), safe_serialization=True)
+            os.replace(partial, target)
+        except OSError as error:
+            # Only a cache: this load goes on from memory, and the next one converts again.
+            shutil.rmtree(partial, ignore_errors=True)
+            self._notes.append(
+                f"Could not cache the converted model in {target.parent} ({error.strerror or error}); "
+                "it will be converted again on the next start."
+            )
+
+    # -------------------------------------------------------------------------------- generation
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        batch_index: int,
+        on_step: Callable[[StepInfo], None],
+        cancel: CancelToken,
+    ) -> GeneratedBatch:
+        if self._pipe is None:
+            self.load(request)
+        pipe = self._pipe
+        if cancel.cancelled:
+            raise Cancelled("Cancelled before the first step.")
+        pipe.scheduler = self._make_scheduler(request.sampler)
+        watcher = _X0Watcher(pipe.scheduler)
+        seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        every = self._preview_every
+        family = self._family
+
+        def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancel.cancelled:
+                raise _CancelRequested
+            total = pipeline.num_timesteps
+            step = i + 1
+            preview = None
+            if every and (step % every == 0 or step == total):
+                x0 = watcher.predicted_x0(tensors["latents"])
+                preview = latents_to_rgb(x0[0].detach().float().cpu().numpy(), family)
+            on_step(StepInfo(step, total, batch_index, preview))
+            return {}
+
+        oom = False
+        try:
+            with torch.inference_mode():
+                result = pipe(
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt or None,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.cfg_scale,
+                    width=request.width,
+                    height=request.height,
+                    num_images_per_prompt=request.batch_size,
+                    generator=generators[0] if len(generators) == 1 else generators,
+                    clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,
+                    callback_on_step_end=on_step_end,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                )
+        except _CancelRequested:
+            result = None
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        except RuntimeError as error:
+            if "out of memory" not in str(error).lower():
+                raise
+            oom = True
+        finally:
+            watcher.detach()
+        if oom:
+            _free_memory()
+            raise OutOfMemory(
+                f"The {self._key.device if self._key else 'device'} ran out of memory at "
+                f"{request.width}x{request.height}, batch size {request.batch_size}. Try a smaller size or batch."
+            )
+        if result is None:
+            raise Cancelled("Cancelled.")
+        notes = self._prompt_notes(request) if batch_index == 0 else ()
+        return GeneratedBatch(tuple(result.images), seeds, batch_index, self._sampler_name(request), notes)
+
+    def _sampler_name(self, request: GenerationRequest) -> str | None:
+        if request.sampler != DEFAULT_SAMPLER:
+            return request.sampler
+        base = self._default_scheduler
+        return sampler_for_scheduler(type(base).__name__, base.config)
+
+    def _prompt_notes(self, request: GenerationRequest) -> tuple[str, ...]:
+        """Say so when the text encoder cuts a prompt: users otherwise wonder why words are ignored."""
+        tokenizer = getattr(self._pipe, "tokenizer", None)
+        if tokenizer is None:
+            return ()
+        limit = tokenizer.model_max_length - 2
+        notes = []
+        for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+            count = len(tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"])
+            if count > limit:
+                notes.append(
+                    f"The {label} is {count} tokens long; this model reads only the first {limit}, "
+                    "so the rest was ignored."
+                )
+        return tuple(notes)
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        return self._model
+
+    def _make_scheduler(self, sampler: str) -> Any:
+        """A fresh scheduler every job: schedulers keep state between steps."""
+        base = self._default_scheduler
+        if sampler == DEFAULT_SAMPLER:
+            return type(base).from_config(base.config)
+        spec = SAMPLERS[sampler]
+        cls = getattr(diffusers, spec.scheduler_class)
+        return cls.from_config(base.config, **dict(spec.overrides))
+
+
+class _X0Watcher:
+    """Records the scheduler's estimate of the clean latents at each step, for the preview.
+
+    Wraps `scheduler.step` on this one scheduler instance and returns exactly what the pipeline asked
+    for, so the output pixels cannot change whether or not a preview is made.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+        self._original = scheduler.step
+        self._x0: torch.Tensor | None = None
+        self._eps: tuple[torch.Tensor, Any, torch.Tensor] | None = None
+        scheduler.step = self._step
+
+    def _step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+        return_dict = kwargs.pop("return_dict", True)
+        output = self._original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+        x0 = getattr(output, "pred_original_sample", None)
+        if x0 is None:
+            x0 = getattr(output, "denoised", None)
+        if x0 is None:
+            outputs = getattr(self._scheduler, "model_outputs", None)
+            if outputs and outputs[-1] is not None and outputs[-1].shape == sample.shape:
+                x0 = outputs[-1]
+        self._x0 = x0
+        self._eps = (model_output, timestep, sample) if x0 is None else None
+        return output if return_dict else output.to_tuple()
+
+    def predicted_x0(self, latents: torch.Tensor) -> torch.Tensor:
+        if self._x0 is not None:
+            return self._x0
+        if self._eps is not None:
+            estimate = self._from_alphas(*self._eps)
+            if estimate is not None:
+                return estimate
+        return latents
+
+    def _from_alphas(self, model_output: Any, timestep: Any, sample: Any) -> torch.Tensor | None:
+        """x0 from a noise (or v) prediction, for schedulers that do not report it (PLMS)."""
+        alphas = getattr(self._scheduler, "alphas_cumprod", None)
+        if alphas is None:
+            return None
+        index = int(timestep)
+        if not 0 <= index < len(alphas):
+            return None
+        alpha = alphas[index].to(sample.device, torch.float32)
+        out, noisy = model_output.float(), sample.float()
+        if self._scheduler.config.get("prediction_type") == "v_prediction":
+            return alpha.sqrt() * noisy - (1 - alpha).sqrt() * out
+        return (noisy - (1 - alpha).sqrt() * out) / alpha.sqrt()
+
+    def detach(self) -> None:
+        with contextlib.suppress(AttributeError):
+            del self._scheduler.step
+
+
+def header_dtype(header: Any) -> torch.dtype:
+    """The checkpoint's own float type, so the cached conversion loses nothing."""
+    counts: dict[str, int] = {}
+    for info in header.tensors.values():
+        counts[info.dtype] = counts.get(info.dtype, 0) + 1
+    floats = {k: v for k, v in counts.items() if k in _SAFETENSORS_DTYPES}
+    if not floats:
+        return torch.float32
+    return _SAFETENSORS_DTYPES[max(floats, key=floats.__getitem__)]
+
+
+def _pipeline_class(arch: ArchitectureInfo) -> Any:
+    return StableDiffusionXLPipeline if arch.family == "sdxl" else StableDiffusionPipeline
+
+
+def _extra_kwargs(cls: Any) -> dict[str, Any]:
+    # Marble shows what the user asked for, as A1111 does; the SD 1.x/2.x safety checker is also a
+    # 1.2 GB download that an offline install does not have.
+    if cls is StableDiffusionPipeline:
+        return {"safety_checker": None, "requires_safety_checker": False, "feature_extractor": None}
+    return {}
+
+
+def _refuse_inpaint_only(arch: ArchitectureInfo, name: str) -> None:
+    if arch.inpaint:
+        raise ModelError(
+            f"{name} is an inpainting model (its UNet takes 9 input channels). Pick a regular model for "
+            "text-to-image."
+        )
+
+
+def _not_safetensors_message(path: Path, kind: str) -> str:
+    if kind in ("pickle", "zip"):
+        return (
+            f"{path.name} is a pickled PyTorch checkpoint, not safetensors, whatever its name says. "
+            "Loading a pickle can run arbitrary code, so Marble refuses it. Convert it to .safetensors first."
+        )
+    return f"{path.name} is not a safetensors file (its bytes match no known model format)."
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+

@@ -1,0 +1,126 @@
+"""The models a user can pick: files and folders in the library folder, found by name.
+
+A name from a user, a PNG or a prompt is looked up here, never joined into a path. Until the full
+library index lands, the catalog is the models folder itself: `*.safetensors` files and diffusers
+folders (a folder holding `model_index.json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from desktop.engine.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+
+    @property
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
+
+
+class ModelCatalog:
+    """Lists and resolves models. Scans the folder each time: it is small and may change under us."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self._models_dir = models_dir
+
+    @property
+    def folder(self) -> Path:
+        return self._models_dir
+
+    def entries(self) -> list[ModelEntry]:
+        if not self._models_dir.is_dir():
+            return []
+        found: list[ModelEntry] = []
+        for child in sorted(self._models_dir.iterdir(), key=lambda p: p.name.casefold()):
+            if child.name.startswith("."):
+                continue
+            if child.is_file() and child.suffix.lower() == ".safetensors":
+                found.append(ModelEntry(child.stem, child))
+            elif child.is_dir() and (child / "model_index.json").is_file():
+                found.append(ModelEntry(child.name, child))
+        return found
+
+    def names(self) -> list[str]:
+        return [entry.name for entry in self.entries()]
+
+    def find(self, name: str) -> ModelEntry | None:
+        """A library entry by name (exact, then ignoring case). Names from PNGs and prompts go here."""
+        entries = self.entries()
+        for entry in entries:
+            if entry.name == name:
+                return entry
+        folded = name.casefold()
+        return next((entry for entry in entries if entry.name.casefold() == folded), None)
+
+    def resolve(self, name_or_path: str) -> ModelEntry:
+        """What a user typed or picked: a library name first, otherwise an existing file or folder."""
+        entry = self.find(name_or_path)
+        if entry is not None:
+            return entry
+        if "\x00" not in name_or_path:
+            candidate = Path(name_or_path).expanduser()
+            if candidate.exists():
+                candidate = candidate.resolve()
+                name = candidate.name if candidate.is_dir() else candidate.stem
+                return ModelEntry(name, candidate)
+        known = ", ".join(self.names()) or "none yet"
+        raise ModelError(
+            f"No model named {name_or_path!r}: it is neither in the library ({self._models_dir}; "
+            f"models there: {known}) nor an existing file or folder."
+        )
+
+
+class HashCache:
+    """AutoV2 hashes of large files, remembered by path, size and modification time.
+
+    Hashing a 7 GB checkpoint takes many seconds; doing it once per file version is enough.
+    """
+
+    def __init__(self, file: Path) -> None:
+        self._file = file
+        self._lock = threading.Lock()
+
+    def autov2(self, path: Path) -> str:
+        stat = path.stat()
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        with self._lock:
+            cached = self._load().get(key)
+        if cached:
+            return cached
+        digest = hashlib.sha256()
+        with path.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+        value = digest.hexdigest()[:10]
+        with self._lock:
+            table = self._load()
+            table[key] = value
+            self._save(table)
+        return value
+
+    def _load(self) -> dict[str, str]:
+        try:
+            data = json.loads(self._file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data.get("hashes", {}) if isinstance(data, dict) else {}
+
+    def _save(self, table: dict[str, str]) -> None:
+        # A lost cache only costs a re-hash, so a failed write is not an error worth reporting.
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"schema_version": 1, "hashes": table}), encoding="utf-8")
+            os.replace(tmp, self._file)
+        except OSError:
+            pass

@@ -1,0 +1,12 @@
+"""Test-wide settings: offline, offscreen, and the tiny real models every layer tests with."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports Qt or the Hugging Face stack: they read these once.
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("MARBLE_HOME", None)
