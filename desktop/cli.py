@@ -246,3 +246,7 @@ class _TextReporter:
 
     def _say(self, text: str) -> None:
         print(text, file=self._err, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,3 +10,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("MARBLE_HOME", None)
+
+from tests.support.fixtures import (  # noqa: E402,F401 - pytest finds fixtures by name
+    tiny_sd15_dir,
+    tiny_sd15_inpaint_dir,
+    tiny_sd15_inpaint_single,
+    tiny_sd15_single,
+    tiny_sdxl_dir,
+    tiny_sdxl_single,
+)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from desktop.engine.events import Event, JobFailed
+from desktop.engine.events import JobFailed
 from desktop.engine.jobs import Job, JobState
 from desktop.engine.runner import JobRunner
 

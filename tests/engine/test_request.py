@@ -2,7 +2,12 @@ import random
 
 import pytest
 
-from desktop.engine.backends.schedulers import SAMPLER_NAMES, SAMPLERS, canonical_sampler, sampler_for_scheduler
+from desktop.engine.backends.schedulers import (
+    SAMPLER_NAMES,
+    SAMPLERS,
+    canonical_sampler,
+    sampler_for_scheduler,
+)
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.request import GenerationRequest
 
@@ -34,7 +39,7 @@ def test_defaults_are_valid():
         ({"batch_count": 1000}, "batch count 1000 is out of range"),
         ({"device": "tpu"}, "Unknown device 'tpu'"),
         ({"precision": "fp8"}, "Unknown precision 'fp8'"),
-        ({"prompt": "x" * 20_001}, "The prompt is 20,001 characters long"),
+        ({"prompt": "x" * 100_001}, "The prompt is 100,001 characters long"),
         ({"negative_prompt": "a\x00b"}, "negative prompt contains a NUL"),
         ({"steps": True}, "steps must be a whole number"),
     ],
@@ -75,8 +80,6 @@ def test_both_a1111_karras_spellings():
 def test_default_scheduler_maps_back_to_its_a1111_name():
     assert sampler_for_scheduler("PNDMScheduler", {}) == "PLMS"
     assert sampler_for_scheduler("EulerDiscreteScheduler", {"use_karras_sigmas": False}) == "Euler"
-    assert (
-        sampler_for_scheduler("DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"})
-        == "DPM++ 2M Karras"
-    )
+    dpm = {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}
+    assert sampler_for_scheduler("DPMSolverMultistepScheduler", dpm) == "DPM++ 2M Karras"
     assert sampler_for_scheduler("FlowMatchEulerDiscreteScheduler", {}) is None

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import gc  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
@@ -144,6 +145,7 @@ class DiffusersBackend:
             _free_memory()
             raise OutOfMemory(f"Not enough {choice.device.upper()} memory to load {entry.name}.")
         pipe.set_progress_bar_config(disable=True)
+        _expose_text_model(pipe)
         self._pipe = pipe
         self._key = key
         self._family = arch.family
@@ -185,8 +187,13 @@ class DiffusersBackend:
             pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name)
         else:
             pipe = self._convert_single_file(entry.path, config_folder, arch, header_dtype(header))
-            self._cache_conversion(pipe, converted)
-            pipe = pipe.to(dtype=choice.dtype)
+            if self._cache_conversion(pipe, converted):
+                # Load back from the cache: tensors then sit where every later load puts them, and
+                # BLAS rounds by memory alignment, so the first image matches all later ones.
+                del pipe
+                pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name)
+            else:
+                pipe = pipe.to(dtype=choice.dtype)
         return pipe.to(choice.device), arch, model_hash
 
     def _from_pretrained(self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str) -> Any:
@@ -219,7 +226,7 @@ class DiffusersBackend:
                 "matching diffusers config folder (--config)."
             ) from error
 
-    def _cache_conversion(self, pipe: Any, target: Path) -> None:
+    def _cache_conversion(self, pipe: Any, target: Path) -> bool:
         """Save the conversion once, in the checkpoint's own precision: later loads skip the remapping."""
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -227,6 +234,7 @@ class DiffusersBackend:
             partial.parent.mkdir(parents=True, exist_ok=True)
             pipe.save_pretrained(str(partial), safe_serialization=True)
             os.replace(partial, target)
+            return True
         except OSError as error:
             # Only a cache: this load goes on from memory, and the next one converts again.
             shutil.rmtree(partial, ignore_errors=True)
@@ -234,6 +242,7 @@ class DiffusersBackend:
                 f"Could not cache the converted model in {target.parent} ({error.strerror or error}); "
                 "it will be converted again on the next start."
             )
+            return False
 
     # -------------------------------------------------------------------------------- generation
 
@@ -353,7 +362,13 @@ class _X0Watcher:
         self._original = scheduler.step
         self._x0: torch.Tensor | None = None
         self._eps: tuple[torch.Tensor, Any, torch.Tensor] | None = None
-        scheduler.step = self._step
+        # The pipeline inspects step's signature to decide whether to pass `generator` and `eta`;
+        # a wrapper with another signature would silently switch ancestral samplers to global RNG.
+        @functools.wraps(self._original)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            return self._step(*args, **kwargs)
+
+        scheduler.step = step
 
     def _step(self, model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
         return_dict = kwargs.pop("return_dict", True)
@@ -406,6 +421,18 @@ def header_dtype(header: Any) -> torch.dtype:
     if not floats:
         return torch.float32
     return _SAFETENSORS_DTYPES[max(floats, key=floats.__getitem__)]
+
+
+def _expose_text_model(pipe: Any) -> None:
+    """Keep clip skip working across transformers versions.
+
+    diffusers' clip-skip path reads `text_encoder.text_model.final_layer_norm`; transformers 5 dropped
+    that inner module. Point the old name at the encoder itself, outside `_modules`, so no weight,
+    state dict or module walk sees a second copy.
+    """
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is not None and "text_model" not in encoder._modules and hasattr(encoder, "final_layer_norm"):
+        object.__setattr__(encoder, "text_model", encoder)
 
 
 def _pipeline_class(arch: ArchitectureInfo) -> Any:

@@ -1,0 +1,479 @@
+"""Look inside model files without loading them: file type, safetensors header, architecture, hashes.
+
+Everything here reads bytes and JSON only. A user's model folder is untrusted input: a file is judged by
+its content (magic bytes, header, tensor names and shapes), never by its name or extension, and nothing
+here ever unpickles anything. It stays free of torch/diffusers so the library can scan and hash on a
+worker thread without importing the heavy stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from desktop.engine.errors import ModelError
+
+StrPath = str | os.PathLike[str]
+
+# A real header is a few hundred KB (SDXL: ~2,500 tensors). 100 MB means garbage, not a model.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+HASH_CHUNK_BYTES = 1024 * 1024
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+CONFIG_NAMES = ("sd15", "sd15-inpaint", "sd2", "sd2-base", "sd2-inpaint", "sdxl", "sdxl-inpaint")
+
+# Bytes per element of each safetensors dtype, to check a tensor's byte range against its shape.
+_DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+# Original (LDM / A1111) layout names the detection relies on.
+_UNET = "model.diffusion_model."
+_UNET_CONV_IN = _UNET + "input_blocks.0.0.weight"
+_UNET_LABEL_EMB = _UNET + "label_emb.0.0.weight"
+_SD1_CLIP = "cond_stage_model.transformer.text_model."
+_SD2_OPENCLIP = "cond_stage_model.model."
+_SDXL_CLIP_L = "conditioner.embedders.0.transformer.text_model."
+_SDXL_OPENCLIP_G = "conditioner.embedders.1.model."
+_SDXL_REFINER_OPENCLIP = "conditioner.embedders.0.model."
+_ATTN2_TO_K = re.compile(r"^model\.diffusion_model\..*\.attn2\.to_k\.weight$")
+
+_UNKNOWN = "unknown architecture (not SD 1.x, SD 2.x or SDXL)"
+
+
+# --------------------------------------------------------------------------------------------------
+# File type
+
+
+def sniff_file_type(path: StrPath) -> str:
+    """Return "safetensors", "pickle", "zip" or "unknown", judged from the first bytes of the file."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # Safetensors first: its little-endian header length may itself start with 0x80.
+    if len(head) == 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len <= MAX_HEADER_BYTES:
+            return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"  # torch.save's default format since 1.6 (.ckpt, .pt, .bin): pickles inside
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"  # PROTO opcode + protocol 2..5: a legacy torch.save file
+    return "unknown"
+
+
+def _not_safetensors(name: str, kind: str, detail: str) -> ModelError:
+    if kind == "pickle":
+        why = "it looks like a pickled PyTorch checkpoint, which can run code when loaded; Marble refuses it"
+    elif kind == "zip":
+        why = (
+            "it looks like a PyTorch .ckpt/.pt archive, whose pickled contents can run code when loaded; "
+            "Marble refuses it"
+        )
+    else:
+        why = detail
+    return ModelError(
+        f"{name} is not a safetensors file ({why}). Get the .safetensors version of this model."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Safetensors header
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple[int, ...]
+    offsets: tuple[int, int]  # [begin, end) relative to SafetensorsHeader.data_offset
+
+    @property
+    def nbytes(self) -> int:
+        return self.offsets[1] - self.offsets[0]
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    tensors: Mapping[str, TensorInfo]
+    metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    data_offset: int = 0  # absolute file position of the first data byte (8 + header length)
+    file_size: int = 0
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tensors
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        info = self.tensors.get(name)
+        return info.shape if info is not None else None
+
+    def has_prefix(self, prefix: str) -> bool:
+        return any(name.startswith(prefix) for name in self.tensors)
+
+
+def read_safetensors_header(path: StrPath) -> SafetensorsHeader:
+    """Parse and check the header of a safetensors file; no tensor data is read.
+
+    Raises ModelError for anything that is not a complete, well-formed safetensors file, including a
+    truncated download (a tensor whose byte range runs past the end of the file).
+    """
+    path = Path(path)
+    name = path.name
+    try:
+        file_size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                kind = sniff_file_type(path)
+                raise _not_safetensors(name, kind, f"it is only {file_size} bytes long")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES:
+                raise _not_safetensors(
+                    name, sniff_file_type(path), f"its header length, {header_len} bytes, is absurd"
+                )
+            if 8 + header_len > file_size:
+                if sniff_file_type(path) != "safetensors":
+                    raise _not_safetensors(name, sniff_file_type(path), "it has no safetensors header")
+                raise ModelError(
+                    f"{name} is truncated: its header needs {header_len} bytes but the file has only "
+                    f"{file_size - 8}. The download was probably interrupted; download it again."
+                )
+            raw = f.read(header_len)
+    except OSError as exc:
+        raise ModelError(f"{name} cannot be read ({exc.strerror or exc}).") from exc
+
+    if not raw.startswith(b"{"):
+        raise _not_safetensors(name, sniff_file_type(path), "it has no safetensors header")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(
+            f"{name} is damaged: its safetensors header is not valid JSON ({exc}). Download it again."
+        ) from exc
+    if not isinstance(header, dict):
+        raise ModelError(
+            f"{name} is damaged: its safetensors header is not a JSON object. Download it again."
+        )
+
+    data_offset = 8 + header_len
+    data_size = file_size - data_offset
+    metadata = _parse_metadata(name, header.pop("__metadata__", None))
+    tensors: dict[str, TensorInfo] = {}
+    for tensor_name, entry in header.items():
+        info = _parse_tensor_entry(name, tensor_name, entry)
+        if info.offsets[1] > data_size:
+            raise ModelError(
+                f"{name} is truncated: tensor {tensor_name!r} ends at byte {info.offsets[1]} of the data "
+                f"but the file holds only {data_size} data bytes. The download was probably interrupted; "
+                "download it again."
+            )
+        tensors[tensor_name] = info
+    return SafetensorsHeader(
+        tensors=MappingProxyType(tensors),
+        metadata=MappingProxyType(metadata),
+        data_offset=data_offset,
+        file_size=file_size,
+    )
+
+
+def _parse_metadata(name: str, raw: object) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ModelError(f"{name} is damaged: its safetensors __metadata__ is not a JSON object.")
+    # The format says str -> str; some writers put numbers in. Keep them as text rather than refuse.
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+
+
+def _parse_tensor_entry(name: str, tensor_name: str, entry: object) -> TensorInfo:
+    damaged = ModelError(f"{name} is damaged: the header entry of tensor {tensor_name!r} is malformed.")
+    if not isinstance(entry, dict):
+        raise damaged
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or not isinstance(shape, list) or not isinstance(offsets, list):
+        raise damaged
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise damaged
+    if len(offsets) != 2 or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets):
+        raise damaged
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise damaged
+    itemsize = _DTYPE_SIZES.get(dtype)
+    if itemsize is not None and (end - begin) != math.prod(shape) * itemsize:
+        raise ModelError(
+            f"{name} is damaged: tensor {tensor_name!r} has {end - begin} bytes "
+            f"for shape {tuple(shape)} {dtype}."
+        )
+    return TensorInfo(dtype=dtype, shape=tuple(shape), offsets=(begin, end))
+
+
+# --------------------------------------------------------------------------------------------------
+# Architecture
+
+
+@dataclass(frozen=True)
+class ArchitectureInfo:
+    family: str  # "sd1" | "sd2" | "sdxl"
+    inpaint: bool  # UNet takes 9 input channels (latents + mask + masked-image latents)
+    config_name: str  # folder under resources/configs/ holding the diffusers configs for this model
+
+    @property
+    def label(self) -> str:
+        base = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.family]
+        return f"{base} inpainting" if self.inpaint else base
+
+
+def _config_name(family: str, inpaint: bool, v_prediction: bool | None) -> str:
+    if family == "sd1":
+        return "sd15-inpaint" if inpaint else "sd15"
+    if family == "sdxl":
+        return "sdxl-inpaint" if inpaint else "sdxl"
+    if inpaint:
+        return "sd2-inpaint"  # the only SD 2 inpainting model is 512-base, epsilon
+    # The 768-v and 512-base weights have identical names and shapes; without a hint, assume 768-v,
+    # the model most people mean by "SD 2.x" (and the base of most SD 2 fine-tunes).
+    return "sd2-base" if v_prediction is False else "sd2"
+
+
+def _v_prediction_hint(metadata: Mapping[str, str]) -> bool | None:
+    """What the file's own metadata says about v-prediction, if anything (SAI ModelSpec, kohya)."""
+    arch = metadata.get("modelspec.architecture", "").lower()
+    if arch.startswith("stable-diffusion-v2"):
+        if arch.endswith("-v"):
+            return True
+        if "512" in arch:
+            return False
+    prediction = metadata.get("modelspec.prediction_type", "").lower()
+    if prediction in ("v", "v_prediction", "v-prediction"):
+        return True
+    if prediction == "epsilon":
+        return False
+    kohya = metadata.get("ss_v_parameterization", "").lower()
+    if kohya in ("true", "false"):
+        return kohya == "true"
+    return None
+
+
+def detect_architecture(
+    header: SafetensorsHeader, *, name: str = "model", v_prediction: bool | None = None
+) -> ArchitectureInfo:
+    """Tell SD 1.x / SD 2.x / SDXL (and their inpainting variants) apart from tensor names and shapes.
+
+    `header` is an original-layout (LDM / A1111) single file. `v_prediction` is the caller's hint for SD 2
+    (e.g. from a YAML next to the file or the user's choice); without it the file's metadata is consulted,
+    then 768-v ("sd2") is assumed, because the tensors of 768-v and 512-base models are indistinguishable.
+    `name` only appears in error messages.
+    """
+    conv_in = header.shape(_UNET_CONV_IN)
+    if conv_in is None or len(conv_in) != 4:
+        raise ModelError(f"{name}: {_UNKNOWN}. {_what_it_might_be(header)}")
+    in_channels = conv_in[1]
+    if in_channels not in (4, 9):
+        raise ModelError(
+            f"{name}: {_UNKNOWN}. Its UNet takes {in_channels} input channels (4 for text-to-image, "
+            "9 for inpainting); it may be an instruct-pix2pix, depth or upscaler model."
+        )
+    inpaint = in_channels == 9
+    context_dim = _context_dim(header)
+    if context_dim is None:
+        raise ModelError(f"{name}: {_UNKNOWN}. Its UNet has no cross-attention layers.")
+
+    if header.has_prefix(_SDXL_OPENCLIP_G) and _UNET_LABEL_EMB in header:
+        # Two text encoders (CLIP-L + OpenCLIP-G), their hidden states concatenated as the context.
+        clip_l = _width(header, _SDXL_CLIP_L + "embeddings.token_embedding.weight")
+        clip_g = _width(header, _SDXL_OPENCLIP_G + "token_embedding.weight")
+        if clip_l is None or clip_g is None or clip_l + clip_g != context_dim:
+            raise ModelError(
+                f"{name}: {_UNKNOWN}. It looks like SDXL but its text encoders do not match its UNet "
+                f"(context {context_dim}); the file may be damaged."
+            )
+        family = "sdxl"
+    elif header.has_prefix(_SDXL_REFINER_OPENCLIP) and _UNET_LABEL_EMB in header:
+        raise ModelError(
+            f"{name}: {_UNKNOWN}. It is an SDXL refiner, which Marble does not support as a main model."
+        )
+    elif header.has_prefix(_SD2_OPENCLIP):
+        width = _width(header, _SD2_OPENCLIP + "token_embedding.weight")
+        if width != context_dim:
+            raise ModelError(
+                f"{name}: {_UNKNOWN}. It looks like SD 2.x but its OpenCLIP text encoder (width {width}) "
+                f"does not match its UNet (context {context_dim}); the file may be damaged."
+            )
+        family = "sd2"
+    elif header.has_prefix(_SD1_CLIP):
+        width = _width(header, _SD1_CLIP + "embeddings.token_embedding.weight")
+        if width != context_dim:
+            raise ModelError(
+                f"{name}: {_UNKNOWN}. It looks like SD 1.x but its CLIP text encoder (width {width}) "
+                f"does not match its UNet (context {context_dim}); the file may be damaged."
+            )
+        family = "sd1"
+    else:
+        raise ModelError(
+            f"{name}: {_UNKNOWN}. It has a UNet (context {context_dim}) but no text encoder Marble knows."
+        )
+
+    if family == "sd2" and v_prediction is None:
+        v_prediction = _v_prediction_hint(header.metadata)
+    return ArchitectureInfo(
+        family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction)
+    )
+
+
+def _context_dim(header: SafetensorsHeader) -> int | None:
+    # SD 1/2 have cross-attention in input_blocks.1, SDXL only from input_blocks.4: take the first one found.
+    for tensor_name in sorted(header.tensors):
+        if _ATTN2_TO_K.match(tensor_name):
+            shape = header.tensors[tensor_name].shape
+            return shape[1] if len(shape) == 2 else None
+    return None
+
+
+def _width(header: SafetensorsHeader, token_embedding: str) -> int | None:
+    shape = header.shape(token_embedding)
+    return shape[1] if shape is not None and len(shape) == 2 else None
+
+
+def _what_it_might_be(header: SafetensorsHeader) -> str:
+    names = header.tensors.keys()
+    if any(n.startswith(("lora_unet_", "lora_te", "lora_")) or ".lora_" in n or ".lora." in n for n in names):
+        return "It looks like a LoRA; put it in the LoRA folder instead."
+    vae_like = any(n.startswith(("encoder.", "decoder.", "first_stage_model.")) for n in names)
+    if vae_like and not header.has_prefix(_UNET):
+        return "It looks like a VAE on its own, not a full model."
+    if any("joint_blocks." in n or "double_blocks." in n for n in names):
+        return "It looks like an SD3 or Flux model, which Marble does not support."
+    if "emb_params" in header or "string_to_param.*" in header:
+        return "It looks like a textual-inversion embedding."
+    return "It has no SD-style UNet."
+
+
+def detect_diffusers_folder(folder: StrPath, *, v_prediction: bool | None = None) -> ArchitectureInfo:
+    """Architecture of a diffusers-layout folder, from model_index.json and the component configs."""
+    folder = Path(folder)
+    name = folder.name
+    index = _read_json(
+        folder / "model_index.json", name, "is not a diffusers model folder (no model_index.json)"
+    )
+    class_name = str(index.get("_class_name", ""))
+    unet = _read_json(folder / "unet" / "config.json", name, "has no unet/config.json")
+
+    in_channels = unet.get("in_channels")
+    if in_channels not in (4, 9):
+        raise ModelError(f"{name}: {_UNKNOWN}. Its UNet takes {in_channels} input channels.")
+    inpaint = in_channels == 9
+
+    if class_name.startswith("StableDiffusionXL") or unet.get("addition_embed_type") == "text_time":
+        if _is_null_component(index.get("text_encoder")):
+            raise ModelError(
+                f"{name}: {_UNKNOWN}. It is an SDXL refiner, which Marble does not support as a main model."
+            )
+        family = "sdxl"
+    elif class_name.startswith("StableDiffusion") and not class_name.startswith("StableDiffusion3"):
+        family = _sd1_or_sd2(folder, unet)
+    else:
+        raise ModelError(f"{name}: {_UNKNOWN}. Its pipeline is {class_name or 'not named'}.")
+
+    if family == "sd2" and v_prediction is None:
+        scheduler = _read_optional_json(folder / "scheduler" / "scheduler_config.json")
+        prediction = scheduler.get("prediction_type") if scheduler else None
+        if prediction in ("v_prediction", "epsilon"):
+            v_prediction = prediction == "v_prediction"
+    return ArchitectureInfo(
+        family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction)
+    )
+
+
+def _sd1_or_sd2(folder: Path, unet: Mapping[str, object]) -> str:
+    context = unet.get("cross_attention_dim")
+    if context == 768:
+        return "sd1"
+    if context == 1024:
+        return "sd2"
+    # Non-standard width (a test model, an exotic fine-tune): SD 2's OpenCLIP uses GELU,
+    # SD 1's CLIP quick-GELU.
+    text_encoder = _read_optional_json(folder / "text_encoder" / "config.json") or {}
+    return "sd2" if text_encoder.get("hidden_act") == "gelu" else "sd1"
+
+
+def _is_null_component(entry: object) -> bool:
+    return not isinstance(entry, list) or len(entry) != 2 or entry[0] is None
+
+
+def _read_json(path: Path, name: str, missing: str) -> dict:
+    data = _read_optional_json(path, name)
+    if data is None:
+        raise ModelError(f"{name} {missing}.")
+    return data
+
+
+def _read_optional_json(path: Path, name: str | None = None) -> dict | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{name or path.parent.name}: {path.name} cannot be read ({exc}).") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{name or path.parent.name}: {path.name} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{name or path.parent.name}: {path.name} is not a JSON object.")
+    return data
+
+
+def detect_model(path: StrPath, *, v_prediction: bool | None = None) -> ArchitectureInfo:
+    """A folder or a single file: refuse anything but safetensors, then detect the architecture."""
+    path = Path(path)
+    if path.is_dir():
+        return detect_diffusers_folder(path, v_prediction=v_prediction)
+    header = read_safetensors_header(path)
+    return detect_architecture(header, name=path.name, v_prediction=v_prediction)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hashes
+
+
+def sha256_file(path: StrPath, on_progress: Callable[[int, int], None] | None = None) -> str:
+    """Hex sha256 of the whole file, streamed so a 7 GB model never sits in memory.
+
+    `on_progress(done_bytes, total_bytes)` is called after each chunk (for a progress bar).
+    """
+    total = os.path.getsize(path)
+    digest = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, total)
+    return digest.hexdigest()
+
+
+def autov2_hash(path: StrPath, on_progress: Callable[[int, int], None] | None = None) -> str:
+    """A1111's "Model hash" (AutoV2): the first 10 hex digits of the file's sha256."""
+    return sha256_file(path, on_progress)[:10]
+
+
+def autov3_hash(path: StrPath) -> str:
+    """A1111's LoRA hash (AutoV3): sha256 of the safetensors data after the header, first 12 hex digits."""
+    header = read_safetensors_header(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(header.data_offset)
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]

@@ -1,0 +1,85 @@
+"""The read-only files Marble ships: model configs and CLIP tokenizers.
+
+diffusers needs a diffusers-layout config folder to load a single-file checkpoint without going
+online (DESIGN.md section 4), so the app ships one per architecture under ``resources/configs/`` and
+the CLIP tokenizer files under ``resources/tokenizers/``. This module only finds those folders:
+no Qt, no torch, and nothing is computed at import time.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import desktop
+from desktop.engine.errors import ModelError
+
+# The config folders under resources/configs/. A name is looked up here, never joined into a path
+# as given, so a name from a settings file or a checkpoint's metadata cannot point outside resources/.
+CONFIG_NAMES: tuple[str, ...] = (
+    "sd15",  # Stable Diffusion 1.x, CLIP ViT-L/14
+    "sd15-inpaint",  # SD 1.x inpainting (9-channel UNet)
+    "sd2",  # SD 2.x 768-v (v-prediction), OpenCLIP ViT-H
+    "sd2-base",  # SD 2.x 512 base (epsilon)
+    "sd2-inpaint",  # SD 2.x inpainting (9-channel UNet, epsilon)
+    "sdxl",  # SDXL base 1.0, CLIP ViT-L + OpenCLIP bigG
+    "sdxl-inpaint",  # SDXL inpainting (9-channel UNet)
+)
+
+# The tokenizer folders under resources/tokenizers/: the same OpenAI CLIP vocabulary, padded with
+# <|endoftext|> (SD 1.x, SDXL's first tokenizer) or with "!", id 0 (SD 2.x, SDXL's tokenizer_2).
+TOKENIZER_FOLDER = "clip"
+TOKENIZER_PAD_ZERO_FOLDER = "clip-pad0"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The shipped ``resources/`` folder. Build one with :meth:`default` or, in tests, any root."""
+
+    root: Path
+
+    @classmethod
+    def default(cls) -> Resources:
+        """The resources of this installation: the frozen app's bundle or the source tree."""
+        # PyInstaller unpacks (onefile) or places (onedir) bundled data under sys._MEIPASS; the
+        # spec file is expected to bundle the folder as "resources".
+        bundle = getattr(sys, "_MEIPASS", None)
+        if bundle:
+            return cls(Path(bundle) / "resources")
+        # A checkout or an editable install: resources/ sits next to the desktop package.
+        return cls(Path(desktop.__file__).resolve().parent.parent / "resources")
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def tokenizers(self) -> Path:
+        return self.root / "tokenizers"
+
+    def config_folder(self, name: str) -> Path:
+        """The diffusers config folder for ``name`` (one of CONFIG_NAMES), for ``config=``.
+
+        Raises ModelError for an unknown name or a folder missing from the installation.
+        """
+        if name not in CONFIG_NAMES:
+            known = ", ".join(CONFIG_NAMES)
+            raise ModelError(f"Marble has no model configuration named {name!r}; it knows {known}.")
+        folder = self.configs / name
+        if not (folder / "model_index.json").is_file():
+            raise ModelError(
+                f"The model configuration {name!r} is missing from {self.configs}. "
+                "Reinstall Marble Studio to restore it."
+            )
+        return folder
+
+    def tokenizer_folder(self, pad_zero: bool = False) -> Path:
+        """The CLIP tokenizer folder; ``pad_zero`` picks the one that pads with id 0 ("!")."""
+        folder = self.tokenizers / (TOKENIZER_PAD_ZERO_FOLDER if pad_zero else TOKENIZER_FOLDER)
+        if not (folder / "vocab.json").is_file():
+            raise ModelError(
+                f"The CLIP tokenizer files are missing from {folder}. "
+                "Reinstall Marble Studio to restore them."
+            )
+        return folder

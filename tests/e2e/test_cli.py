@@ -1,0 +1,133 @@
+"""The `marble` command line, run as a user runs it: a child process, its output and exit code."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from desktop.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_MODEL, main
+from desktop.engine.metadata import read_image_metadata
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def marble(*args: str, home: Path, **kwargs) -> subprocess.Popen:
+    env = os.environ | {"MARBLE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "desktop.cli", *args],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
+    )
+
+
+def generate_args(model, *extra: str) -> list[str]:
+    return ["generate", "--model", str(model), "--prompt", "a red fox in a spacesuit", "--negative", "blurry",
+            "--steps", "3", "--cfg", "7.5", "--seed", "42", "--sampler", "DPM++ 2M Karras",
+            "--width", "64", "--height", "64", "--device", "cpu", *extra]
+
+
+def in_process(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        code = main(argv, out, err)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_generate_json_events_and_png(tmp_path, tiny_sd15_dir):
+    home = tmp_path / "home"
+    process = marble(*generate_args(tiny_sd15_dir, "--json", "--batch-count", "2"), home=home)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    events = [json.loads(line) for line in stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    steps = [e for e in events if e["event"] == "step"]
+    assert [(s["step"], s["total"], s["batch"]) for s in steps] == [(1, 3, 0), (2, 3, 0), (3, 3, 0),
+                                                                    (1, 3, 1), (2, 3, 1), (3, 3, 1)]
+    finished = events[-1]
+    assert finished["seeds"] == [42, 43] and len(finished["paths"]) == 2
+    for path in finished["paths"]:
+        assert Path(path).is_file() and Path(path).is_relative_to(home / "outputs")
+        request = read_image_metadata(path).request
+        assert request.prompt == "a red fox in a spacesuit" and request.sampler == "DPM++ 2M Karras"
+    # --home / MARBLE_HOME keeps every file of the app under one folder.
+    assert {p.name for p in home.iterdir()} <= {"models", "loras", "outputs", "cache", "logs", "config"}
+
+
+def test_out_file_and_home_flag(tmp_path, tiny_sd15_dir):
+    target = tmp_path / "picked" / "fox.png"
+    code, out, err = in_process(generate_args(tiny_sd15_dir, "--out", str(target), "--home", str(tmp_path / "h")))
+    assert code == 0, err
+    assert out.strip() == str(target) and target.is_file()
+    assert "Done: 1 image(s)" in err
+
+
+def test_models_list_reads_the_library(tmp_path, tiny_sd15_dir):
+    home = tmp_path / "home"
+    shutil.copytree(tiny_sd15_dir, home / "models" / "tiny-sd15")
+    code, out, _ = in_process(["models", "list", "--json", "--home", str(home)])
+    assert code == 0
+    assert [json.loads(line)["name"] for line in out.splitlines()] == ["tiny-sd15"]
+    code, out, err = in_process(generate_args("tiny-sd15", "--home", str(home), "--json"))
+    assert code == 0, err and json.loads(out.splitlines()[-1])["event"] == "finished"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (["--width", "513"], "width 513 is not a multiple of 8"),
+        (["--steps", "0"], "steps 0 is out of range"),
+        (["--sampler", "Euler z"], "Unknown sampler 'Euler z'"),
+        (["--device", "tpu"], "invalid choice"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(tmp_path, changes, message):
+    code, out, err = in_process(generate_args("m", *changes, "--home", str(tmp_path)))
+    assert code == EXIT_BAD_INPUT
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_input_in_json_mode_is_a_failed_event(tmp_path):
+    code, out, _ = in_process(generate_args("m", "--width", "100", "--json", "--home", str(tmp_path)))
+    assert code == EXIT_BAD_INPUT
+    event = json.loads(out)
+    assert event["event"] == "failed" and event["error"] == "InvalidRequest"
+
+
+def test_model_that_cannot_load_exits_3(tmp_path):
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "broken.safetensors").write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
+    for model in ("broken", "does-not-exist"):
+        process = marble(*generate_args(model, "--json"), home=home)
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == EXIT_MODEL, stderr
+        failed = json.loads(stdout.splitlines()[-1])
+        assert failed["event"] == "failed" and failed["error"] == "ModelError"
+        assert "Traceback" not in stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT delivery differs on Windows")
+def test_ctrl_c_cancels_within_a_step_and_exits_130(tmp_path, tiny_sd15_dir):
+    home = tmp_path / "home"
+    args = generate_args(tiny_sd15_dir, "--json", "--steps", "150", "--sampler", "Euler")
+    process = marble(*args, home=home)
+    for line in process.stdout:
+        if json.loads(line)["event"] == "step":
+            process.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_CANCELLED, stderr
+    events = [json.loads(line) for line in stdout.splitlines()]
+    assert events[-1]["event"] == "cancelled"
+    assert max(e["step"] for e in events if e["event"] == "step") < 150
+    assert not list((home / "outputs").rglob("*.png"))

@@ -1,0 +1,639 @@
+"""Metadata: the exact A1111 text we write, round trips, other tools' formats, hostile files."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import struct
+import time
+import warnings
+import zipfile
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image, features
+
+from desktop.engine.backends.base import ModelInfo
+from desktop.engine.backends.schedulers import SAMPLERS
+from desktop.engine.errors import InvalidRequest
+from desktop.engine.metadata import (
+    SCHEMA_VERSION,
+    ImageMetadata,
+    format_parameters,
+    from_marble_json,
+    interpret_chunks,
+    parse_parameters,
+    png_info,
+    png_text_chunks,
+    read_image_metadata,
+    request_from_parameters,
+)
+from desktop.engine.request import GenerationRequest
+
+VERSION = "0.1.0"
+SD15 = ModelInfo("v1-5-pruned-emaonly", "/models/v1-5-pruned-emaonly.safetensors", "sd15", "6ce0161689")
+FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "metadata"
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers: images this test suite makes itself
+
+
+def save_png(path: Path, chunks: dict[str, str]) -> Path:
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(path, pnginfo=png_info(chunks))
+    return path
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def hand_built_png(width: int, height: int, after_idat: tuple[bytes, ...] = ()) -> bytes:
+    """An 8-bit grayscale PNG built chunk by chunk; big sizes get a tiny, incomplete IDAT."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height)) if width * height <= 4096 else b"\0"
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + b"".join(after_idat)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def text_chunk(key: str, value: str) -> bytes:
+    return png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1"))
+
+
+def request(**changes: object) -> GenerationRequest:
+    base = GenerationRequest(prompt="a cat", model="v1-5-pruned-emaonly")
+    return replace(base, **changes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing: the exact text
+
+
+def test_parameters_text_is_exactly_a1111s() -> None:
+    made = request(negative_prompt="blurry", sampler="DPM++ 2M Karras", steps=30, cfg_scale=7.5)
+    expected = (
+        "a cat\n"
+        "Negative prompt: blurry\n"
+        "Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 42, Size: 512x512, "
+        "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: marble 0.1.0"
+    )
+    assert format_parameters(made, 42, SD15, VERSION) == expected
+
+
+def test_parameters_text_with_optional_fields() -> None:
+    made = GenerationRequest(
+        prompt="line one\nline two",
+        model="/home/alice/models/foo.safetensors",
+        steps=20,
+        cfg_scale=7,
+        width=768,
+        height=512,
+        batch_size=2,
+        clip_skip=2,
+    )
+    extra = {"Lora hashes": "detail: 0123456789ab"}
+    text = format_parameters(made, 7, None, VERSION, batch_pos=1, extra=extra)
+    expected = (
+        "line one\nline two\n"
+        "Steps: 20, CFG scale: 7.0, Seed: 7, Size: 768x512, Model: foo, Batch size: 2, Batch pos: 1, "
+        'Clip skip: 2, Lora hashes: "detail: 0123456789ab", Version: marble 0.1.0'
+    )
+    assert text == expected
+
+
+def test_default_sampler_is_written_as_the_scheduler_used() -> None:
+    made = request(sampler="default")
+    assert "Sampler" not in format_parameters(made, 1, SD15, VERSION)
+    text = format_parameters(made, 1, SD15, VERSION, sampler_used="DPM++ 2M Karras")
+    assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale" in text
+    assert "Sampler: PNDM, CFG" in format_parameters(made, 1, SD15, VERSION, sampler_used="PNDM")
+
+
+def test_values_that_would_break_the_line_are_json_quoted() -> None:
+    model = ModelInfo('odd, "name": v2', "/m", "sd15", None)
+    text = format_parameters(request(), 5, model, VERSION)
+    assert 'Model: "odd, \\"name\\": v2", Version' in text
+    assert "Model hash" not in text
+    assert dict(parse_parameters(text).settings)["Model"] == 'odd, "name": v2'
+
+
+def test_marble_chunk_holds_the_complete_request_without_paths() -> None:
+    made = request(model="/home/alice/models/foo.safetensors", seed=-1, sampler="Euler a")
+    chunks = png_text_chunks(made, 1234, None, VERSION)
+    document = json.loads(chunks["marble"])
+    assert document["schema_version"] == SCHEMA_VERSION
+    assert document["app_version"] == VERSION
+    assert document["request"] == replace(made, seed=1234, model="foo").to_dict()
+    assert not any("alice" in value for value in chunks.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Round trips
+
+
+ROUND_TRIPS = [
+    request(prompt="a castle\non a hill\n  with indented detail", negative_prompt="blurry\nlow quality"),
+    request(prompt='a "quoted" cat, sitting: on a mat, (detail:1.2)\nlast line: "x, y"', negative_prompt=""),
+    request(negative_prompt="watermark, text: none", sampler="DPM++ 2M SDE Karras", cfg_scale=4.5),
+    request(clip_skip=2, steps=1, width=64, height=4096, seed=4294967295),
+    request(prompt="猫, café ☕", negative_prompt="ぼかし", sampler="LCM", cfg_scale=1.0, steps=4),
+    request(batch_size=4, batch_count=3, sampler="DDIM", cfg_scale=0.0),
+]
+
+
+@pytest.mark.parametrize("made", ROUND_TRIPS, ids=range(len(ROUND_TRIPS)))
+def test_round_trip_through_a_png(tmp_path: Path, made: GenerationRequest) -> None:
+    seed = 4294967295 if made.seed == 4294967295 else 99
+    path = save_png(tmp_path / "image.png", png_text_chunks(made, seed, SD15, VERSION, batch_pos=0))
+
+    found = read_image_metadata(path)
+
+    assert found.format == "marble"
+    assert found.request == replace(made, seed=seed, model=SD15.name)
+    assert (found.prompt, found.negative_prompt) == (made.prompt, made.negative_prompt)
+    assert found.settings["Seed"] == str(seed)
+
+
+@pytest.mark.parametrize("made", ROUND_TRIPS, ids=range(len(ROUND_TRIPS)))
+def test_parameters_text_alone_rebuilds_the_request(made: GenerationRequest) -> None:
+    """What another tool (or we, without our chunk) gets from the A1111 text."""
+    text = format_parameters(made, 99, SD15, VERSION)
+
+    found = interpret_chunks({"parameters": text})
+
+    assert found.format == "a1111"
+    assert found.request == replace(made, seed=99, model=SD15.name, batch_size=1, batch_count=1)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_round_trips(sampler: str) -> None:
+    made = request(sampler=sampler)
+    text = format_parameters(made, 3, SD15, VERSION)
+    assert request_from_parameters(parse_parameters(text), "fallback").sampler == sampler
+    assert interpret_chunks(png_text_chunks(made, 3, SD15, VERSION)).request == replace(made, seed=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing A1111 text
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Steps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512",
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512",
+        "Steps: 20, Sampler: dpm++ 2m karras, Schedule type: Karras, CFG scale: 7, Seed: 1",
+    ],
+)
+def test_both_a1111_sampler_spellings(line: str) -> None:
+    parsed = parse_parameters(f"a dog\n{line}")
+    assert request_from_parameters(parsed, "m").sampler == "DPM++ 2M Karras"
+
+
+def test_parse_multi_line_prompt_and_negative() -> None:
+    text = (
+        "first line, (detail:1.1)\nsecond line\n"
+        "Negative prompt: ugly,\nstill negative\n"
+        'Steps: 30, Sampler: Euler a, CFG scale: 6.5, Seed: 12, Size: 640x832, Lora hashes: "a: 1, b: 2", '
+        'Template: "say \\"hi\\", ok", Version: v1.9.4'
+    )
+    parsed = parse_parameters(text)
+    assert parsed.prompt == "first line, (detail:1.1)\nsecond line"
+    assert parsed.negative_prompt == "ugly,\nstill negative"
+    assert dict(parsed.settings) == {
+        "Steps": "30",
+        "Sampler": "Euler a",
+        "CFG scale": "6.5",
+        "Seed": "12",
+        "Size": "640x832",
+        "Lora hashes": "a: 1, b: 2",
+        "Template": 'say "hi", ok',
+        "Version": "v1.9.4",
+    }
+
+
+def test_parse_without_negative_and_with_windows_newlines() -> None:
+    parsed = parse_parameters("a boat\r\nSteps: 5, Sampler: Euler, Seed: 9\r\n")
+    assert (parsed.prompt, parsed.negative_prompt) == ("a boat", "")
+    assert list(parsed.settings) == ["Steps", "Sampler", "Seed"]
+
+
+def test_parse_keeps_an_unquoted_value_with_a_comma() -> None:
+    parsed = parse_parameters("x\nSteps: 5, Hires upscaler: Latent, nearest, Seed: 9")
+    assert parsed.settings["Hires upscaler"] == "Latent, nearest"
+    assert parsed.settings["Seed"] == "9"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "just a prompt, with: colons, and, commas",
+        "masterpiece, best quality, (cat:1.2)",
+        ':::,,,"""\n\n\\',
+        'Steps: "unterminated, Seed: 3',
+        "\x00\x01\x02",
+    ],
+)
+def test_unparseable_text_is_the_prompt(text: str) -> None:
+    parsed = parse_parameters(text)
+    if not parsed.settings:
+        assert parsed.prompt == text
+    request_from_parameters(parsed, "m")
+
+
+def test_parser_never_raises_on_junk() -> None:
+    rng = random.Random(1234)
+    alphabet = 'ab :,"\\\n\r{}[]xS-0123456789tepsNgaivrom'
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        parsed = parse_parameters(text)
+        request_from_parameters(parsed, "m")
+        interpret_chunks({"parameters": text, "prompt": text, "Comment": text, "Dream": text})
+
+
+def test_invalid_numbers_keep_the_defaults() -> None:
+    parsed = parse_parameters(
+        "p\nSteps: abc, Sampler: Mystery 3000, CFG scale: 99, Seed: 99999999999, Size: 1001x999, "
+        "Clip skip: 40, Model: nan"
+    )
+    made = request_from_parameters(parsed, "fallback")
+    defaults = GenerationRequest(prompt="p", model="nan")
+    assert made == defaults
+    assert made.sampler == "default"
+
+
+def test_model_names_from_files_are_names_not_paths() -> None:
+    parsed = parse_parameters("p\nSteps: 5, Model: ../../sub/dreamshaper_8.safetensors")
+    assert request_from_parameters(parsed, "fallback").model == "dreamshaper_8"
+    assert request_from_parameters(parse_parameters("p\nSteps: 5"), "fallback").model == "fallback"
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading files safely
+
+
+def test_text_chunk_after_the_image_data_is_read(tmp_path: Path) -> None:
+    parameters = "a duck\nNegative prompt: ugly\nSteps: 15, Sampler: UniPC, CFG scale: 5, Seed: 235284042"
+    data = hand_built_png(2, 2, after_idat=(text_chunk("parameters", parameters),))
+    path = tmp_path / "late.png"
+    path.write_bytes(data)
+    with Image.open(path) as image:
+        assert "parameters" not in image.info  # only visible after load(): the test is meaningful
+
+    found = read_image_metadata(path)
+
+    assert (found.format, found.prompt, found.negative_prompt) == ("a1111", "a duck", "ugly")
+    assert found.request is not None and found.request.seed == 235284042
+    assert read_image_metadata(data).prompt == "a duck"
+
+
+def test_a_decompression_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(hand_built_png(40_000, 40_000))
+    started = time.monotonic()
+    with pytest.raises(InvalidRequest, match="decompression bomb"):
+        read_image_metadata(path)
+    assert time.monotonic() - started < 2
+
+
+def test_the_bomb_is_refused_without_pillows_global_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(InvalidRequest, match="40,000 x 40,000 pixels"):
+        read_image_metadata(hand_built_png(40_000, 40_000))
+
+
+def test_pillows_bomb_warning_is_an_error_and_filters_are_restored() -> None:
+    filters_before = list(warnings.filters)
+    # Over Pillow's warning limit (about 89 Mpx) but under twice it and under our own cap.
+    with pytest.raises(InvalidRequest, match="decompression bomb"):
+        read_image_metadata(hand_built_png(9_600, 9_600))
+    assert warnings.filters == filters_before
+
+
+def make_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("hello.txt", "hello")
+    return buffer.getvalue()
+
+
+def make_gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("P", (4, 4)).save(buffer, "GIF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"Steps: 20, Sampler: Euler\n", make_zip(), make_gif(), b"", b"\x89PNG\r\n\x1a\n"],
+    ids=["text", "zip", "gif", "empty", "signature-only"],
+)
+def test_non_images_named_png_are_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "not-really.png"
+    path.write_bytes(content)
+    with pytest.raises(InvalidRequest) as raised:
+        read_image_metadata(path)
+    assert "not-really.png" in str(raised.value)
+
+
+def test_missing_files_and_folders_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="Cannot read"):
+        read_image_metadata(tmp_path / "missing.png")
+    with pytest.raises(InvalidRequest, match="Cannot read"):
+        read_image_metadata(tmp_path)
+
+
+def test_damaged_pngs_give_invalid_request_or_metadata_never_a_crash() -> None:
+    buffer = io.BytesIO()
+    chunks = png_text_chunks(request(), 5, SD15, VERSION)
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "PNG", pnginfo=png_info(chunks))
+    data = buffer.getvalue()
+    rng = random.Random(99)
+    variants = [data[:cut] for cut in range(8, len(data), max(1, len(data) // 40))]
+    for _ in range(60):
+        damaged = bytearray(data)
+        damaged[rng.randrange(8, len(data))] ^= 1 << rng.randrange(8)
+        variants.append(bytes(damaged))
+    for variant in variants:
+        try:
+            assert isinstance(read_image_metadata(variant), ImageMetadata)
+        except InvalidRequest:
+            pass
+
+
+def exif_with_user_comment(comment: bytes) -> Image.Exif:
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = comment
+    return exif
+
+
+A1111_TEXT = (
+    "a fox, at night\nNegative prompt: blur\nSteps: 22, Sampler: Euler a, CFG scale: 6, Seed: 5, Size: 8x8"
+)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-be", "utf-16-le"])
+def test_jpeg_user_comment_is_read(tmp_path: Path, encoding: str) -> None:
+    path = tmp_path / "photo.jpg"
+    exif = exif_with_user_comment(b"UNICODE\0" + A1111_TEXT.encode(encoding))
+    Image.new("RGB", (8, 8)).save(path, "JPEG", exif=exif)
+
+    found = read_image_metadata(path)
+
+    assert (found.format, found.prompt, found.negative_prompt) == ("a1111", "a fox, at night", "blur")
+    assert found.request is not None and (found.request.steps, found.request.sampler) == (22, "Euler a")
+
+
+@pytest.mark.skipif(not features.check("webp"), reason="Pillow built without WebP")
+def test_webp_user_comment_is_read() -> None:
+    buffer = io.BytesIO()
+    exif = exif_with_user_comment(b"UNICODE\0" + A1111_TEXT.encode("utf-16-be"))
+    Image.new("RGB", (8, 8)).save(buffer, "WEBP", exif=exif)
+    assert read_image_metadata(buffer.getvalue()).prompt == "a fox, at night"
+
+
+def test_jpeg_without_metadata_is_unknown() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "JPEG")
+    found = read_image_metadata(buffer.getvalue())
+    assert (found.format, found.request, dict(found.settings)) == ("unknown", None, {})
+
+
+# --------------------------------------------------------------------------------------------------
+# The marble chunk
+
+
+def test_a_broken_marble_chunk_falls_back_to_the_parameters() -> None:
+    chunks = png_text_chunks(request(steps=12), 8, SD15, VERSION)
+    chunks["marble"] = "{not json"
+    found = interpret_chunks(chunks)
+    assert found.format == "a1111"
+    assert found.request is not None and found.request.steps == 12
+
+
+def test_a_newer_marble_chunk_ignores_unknown_keys() -> None:
+    document = {
+        "schema_version": SCHEMA_VERSION + 5,
+        "something_new": [1, 2],
+        "request": {**request(seed=77).to_dict(), "loras": [{"name": "detail"}]},
+    }
+    assert from_marble_json(json.dumps(document)) == request(seed=77)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "{}",
+        '{"schema_version": "one", "request": {}}',
+        '{"request": {"prompt": "x"}}',
+        '{"request": {"prompt": "x", "model": 5}}',
+        '{"request": {"prompt": "x", "model": "m", "steps": "abc"}}',
+        '{"request": {"prompt": "x", "model": "m", "width": 1001}}',
+        "[" * 100_000,
+    ],
+)
+def test_malformed_marble_chunks_raise_invalid_request(text: str) -> None:
+    with pytest.raises(InvalidRequest):
+        from_marble_json(text)
+
+
+# --------------------------------------------------------------------------------------------------
+# Other tools' formats (chunks written here, in each tool's format)
+
+
+def comfyui_graph() -> dict[str, object]:
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "a/dreamshaper_8.ckpt"}},
+        "10": {
+            "class_type": "LoraLoader",
+            "inputs": {"model": ["4", 0], "clip": ["4", 1], "lora_name": "detail.safetensors"},
+        },
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 640, "height": 768, "batch_size": 1}},
+        "20": {"class_type": "PrimitiveString", "inputs": {"value": "a castle, at dusk"}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": ["20", 0], "clip": ["10", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, lowres", "clip": ["10", 1]}},
+        "3": {
+            "class_type": "KSampler",
+            "inputs": {
+                "seed": 1234,
+                "steps": 25,
+                "cfg": 6.5,
+                "sampler_name": "dpmpp_2m",
+                "scheduler": "karras",
+                "denoise": 1.0,
+                "model": ["10", 0],
+                "positive": ["6", 0],
+                "negative": ["7", 0],
+                "latent_image": ["5", 0],
+            },
+        },
+        # A second (hires) pass: the first sampler describes the image.
+        "12": {
+            "class_type": "KSampler",
+            "inputs": {"seed": 5, "steps": 10, "cfg": 3, "sampler_name": "euler", "positive": ["6", 0],
+                       "negative": ["7", 0], "latent_image": ["3", 0], "model": ["4", 0]},
+        },
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
+    }  # fmt: skip
+
+
+def test_comfyui_graph(tmp_path: Path) -> None:
+    chunks = {"prompt": json.dumps(comfyui_graph()), "workflow": json.dumps({"nodes": []})}
+    found = read_image_metadata(save_png(tmp_path / "comfy.png", chunks))
+
+    assert found.format == "comfyui"
+    assert (found.prompt, found.negative_prompt) == ("a castle, at dusk", "blurry, lowres")
+    assert found.request == GenerationRequest(
+        prompt="a castle, at dusk",
+        negative_prompt="blurry, lowres",
+        model="dreamshaper_8",
+        seed=1234,
+        steps=25,
+        cfg_scale=6.5,
+        sampler="DPM++ 2M Karras",
+        width=640,
+        height=768,
+    )
+
+
+def test_comfyui_graph_with_a_cycle_does_not_hang() -> None:
+    graph = {
+        "1": {"class_type": "Loop", "inputs": {"conditioning": ["2", 0]}},
+        "2": {"class_type": "Loop", "inputs": {"conditioning": ["1", 0]}},
+        "3": {"class_type": "KSampler", "inputs": {"positive": ["1", 0], "negative": ["2", 0], "seed": 4}},
+    }
+    found = interpret_chunks({"prompt": json.dumps(graph)}, model_fallback="m")
+    assert (found.format, found.prompt, found.settings["Seed"]) == ("comfyui", "", "4")
+
+
+def test_invokeai_v3() -> None:
+    metadata = {
+        "generation_mode": "txt2img",
+        "positive_prompt": "a red fox",
+        "negative_prompt": "blurry",
+        "width": 768,
+        "height": 512,
+        "seed": 99,
+        "cfg_scale": 6.0,
+        "steps": 28,
+        "scheduler": "dpmpp_2m_k",
+        "clip_skip": 2,
+        "model": {"name": "dreamshaper", "base": "sd-1", "key": "abc"},
+    }
+    found = interpret_chunks({"invokeai_metadata": json.dumps(metadata)})
+    assert found.format == "invokeai"
+    assert found.request == GenerationRequest(
+        prompt="a red fox", negative_prompt="blurry", model="dreamshaper", seed=99, cfg_scale=6.0,
+        steps=28, sampler="DPM++ 2M Karras", width=768, height=512, clip_skip=2,
+    )  # fmt: skip
+
+
+def test_invokeai_v2_sd_metadata() -> None:
+    metadata = {
+        "model_weights": "stable-diffusion-1.5",
+        "app_id": "invoke-ai/InvokeAI",
+        "app_version": "2.3.0",
+        "image": {
+            "prompt": [{"prompt": "a lighthouse [fog, rain]", "weight": 1.0}],
+            "steps": 40, "cfg_scale": 7.5, "height": 512, "width": 576, "seed": 321, "sampler": "k_euler_a",
+        },
+    }  # fmt: skip
+    found = interpret_chunks({"sd-metadata": json.dumps(metadata), "Dream": '"ignored" -s 1'})
+    assert (found.format, found.prompt, found.negative_prompt) == ("invokeai", "a lighthouse", "fog, rain")
+    assert found.request is not None
+    assert (found.request.steps, found.request.seed, found.request.sampler) == (40, 321, "Euler a")
+    assert (found.request.width, found.request.height) == (576, 512)
+    assert found.request.model == "stable-diffusion-1.5"
+
+
+def test_invokeai_v1_dream() -> None:
+    dream = '"a \\"quoted\\" tree [ugly]" -s 12 -S 77 -W 448 -H 640 -C 8.5 -A k_heun -U 4 0.9'
+    found = interpret_chunks({"Dream": dream}, model_fallback="mine")
+    assert (found.format, found.prompt, found.negative_prompt) == ("invokeai", 'a "quoted" tree', "ugly")
+    assert found.request == GenerationRequest(
+        prompt='a "quoted" tree', negative_prompt="ugly", model="mine", steps=12, seed=77,
+        width=448, height=640, cfg_scale=8.5, sampler="Heun",
+    )  # fmt: skip
+
+
+def test_novelai() -> None:
+    comment = {
+        "prompt": "1girl, scenery", "steps": 28, "height": 1216, "width": 832, "scale": 5.0,
+        "seed": 1234567, "sampler": "k_dpmpp_2m", "uc": "lowres",
+    }  # fmt: skip
+    chunks = {
+        "Title": "AI generated image",
+        "Description": "1girl, scenery",
+        "Software": "NovelAI",
+        "Source": "Stable Diffusion XL C1E1DE52",
+        "Comment": json.dumps(comment),
+    }
+    found = interpret_chunks(chunks, model_fallback="mine")
+    assert (found.format, found.prompt, found.negative_prompt) == ("novelai", "1girl, scenery", "lowres")
+    assert found.request == GenerationRequest(
+        prompt="1girl, scenery", negative_prompt="lowres", model="mine", steps=28, seed=1234567,
+        width=832, height=1216, cfg_scale=5.0, sampler="DPM++ 2M",
+    )  # fmt: skip
+
+
+def test_fooocus_json_and_a1111_schemes() -> None:
+    metadata = {
+        "prompt": "a goldfish", "negative_prompt": "blur", "steps": 30, "guidance_scale": 4,
+        "seed": "12345", "resolution": "(896, 1152)", "sampler": "dpmpp_2m_sde_gpu", "scheduler": "karras",
+        "base_model": "juggernautXL_v8Rundiffusion.safetensors", "version": "Fooocus v2.4.3",
+        "metadata_scheme": "fooocus",
+    }  # fmt: skip
+    found = interpret_chunks({"parameters": json.dumps(metadata), "fooocus_scheme": "fooocus"})
+    assert (found.format, found.prompt, found.negative_prompt) == ("fooocus", "a goldfish", "blur")
+    assert found.request == GenerationRequest(
+        prompt="a goldfish", negative_prompt="blur", model="juggernautXL_v8Rundiffusion", steps=30,
+        cfg_scale=4.0, seed=12345, width=896, height=1152, sampler="DPM++ 2M SDE Karras",
+    )  # fmt: skip
+
+    found = interpret_chunks({"parameters": A1111_TEXT, "fooocus_scheme": "a1111"})
+    assert (found.format, found.prompt) == ("fooocus", "a fox, at night")
+
+
+def test_unknown_and_junk_chunks() -> None:
+    found = interpret_chunks({"Software": "GIMP", "prompt": "{not json", "Comment": "[1, 2]"})
+    assert (found.format, found.prompt, found.request) == ("unknown", "", None)
+    assert found.raw["Software"] == "GIMP"
+    assert interpret_chunks({"invokeai_metadata": '{"steps": [[[]]], "seed": {}}'}).format == "invokeai"
+
+
+# --------------------------------------------------------------------------------------------------
+# Real files written by other tools (kept outside the repository)
+
+REAL_FILES = [
+    ("automatic1111_cropped.png", "a1111", "photo of a duck", 235284042, 15, "UniPC"),
+    ("text_after_idat.png", "a1111", "photo of a duck", 235284042, 15, "UniPC"),
+    ("fooocus1_cropped.png", "fooocus", "a smiling goldfish", -1, 30, "DPM++ 2M SDE Karras"),
+    ("img2img_cropped.png", "comfyui", "photograph of victorian woman", -1, 20, "DPM++ 2M"),
+    ("invokeai_imeta1.png", "invokeai", "digital artwork, oil painting", 3293022630, 35, "Euler"),
+    ("invokeai_sdmeta1.png", "invokeai", "professional full body photo", 2980747362, 50, "LMS"),
+    ("invokeai_dream1.png", "invokeai", "professional full body photo", 2980747362, 50, "LMS"),
+    ("novelai1_cropped.png", "novelai", "masterpiece, best quality", 2253955223, 50, "Euler a"),
+]
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared metadata fixtures are not available")
+@pytest.mark.parametrize(("name", "tool", "prompt", "seed", "steps", "sampler"), REAL_FILES)
+def test_real_files(name: str, tool: str, prompt: str, seed: int, steps: int, sampler: str) -> None:
+    found = read_image_metadata(FIXTURES / name, model_fallback="mine")
+    assert found.format == tool
+    assert found.prompt.startswith(prompt)
+    assert found.request is not None
+    # Seeds beyond 32 bits (Fooocus, ComfyUI) cannot be reproduced here: the request draws a new one.
+    assert (found.request.seed, found.request.steps, found.request.sampler) == (seed, steps, sampler)
