@@ -10,6 +10,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.pop("MARBLE_HOME", None)
+# Tiny models are all overhead: on a 2-core machine, a second torch thread only adds contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from tests.support.fixtures import (  # noqa: E402,F401 - pytest finds fixtures by name
     tiny_sd15_dir,

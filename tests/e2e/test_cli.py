@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -36,7 +37,8 @@ def generate_args(model, *extra: str) -> list[str]:
 def in_process(argv: list[str]) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     try:
-        code = main(argv, out, err)
+        with contextlib.redirect_stderr(err):  # argparse writes its own errors to sys.stderr
+            code = main(argv, out, err)
     except SystemExit as exit_:
         code = exit_.code
     return code, out.getvalue(), err.getvalue()
@@ -121,13 +123,15 @@ def test_ctrl_c_cancels_within_a_step_and_exits_130(tmp_path, tiny_sd15_dir):
     home = tmp_path / "home"
     args = generate_args(tiny_sd15_dir, "--json", "--steps", "150", "--sampler", "Euler")
     process = marble(*args, home=home)
-    for line in process.stdout:
-        if json.loads(line)["event"] == "step":
+    events = []
+    while line := process.stdout.readline():
+        events.append(json.loads(line))
+        if events[-1]["event"] == "step":
             process.send_signal(signal.SIGINT)
             break
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == EXIT_CANCELLED, stderr
-    events = [json.loads(line) for line in stdout.splitlines()]
+    events += [json.loads(line) for line in stdout.splitlines()]
     assert events[-1]["event"] == "cancelled"
     assert max(e["step"] for e in events if e["event"] == "step") < 150
     assert not list((home / "outputs").rglob("*.png"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -67,7 +69,9 @@ def test_finished_job_writes_png_with_metadata_that_reads_back(runner, home, tin
         assert image.size == (64, 64)
     metadata = read_image_metadata(path)
     assert metadata.format == "marble"
-    assert metadata.request == job.request
+    # Images name their model, never the folder it came from: shared PNGs must not leak paths.
+    assert metadata.request == replace(job.request, model="tiny-sd15")
+    assert str(tiny_sd15_dir) not in metadata.raw["parameters"] + metadata.raw["marble"]
     parsed = parse_parameters(metadata.raw["parameters"])
     assert parsed.prompt == "a large red circle, blue background"
     assert parsed.negative_prompt == "green"

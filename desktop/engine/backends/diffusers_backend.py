@@ -29,6 +29,7 @@ from typing import Any  # noqa: E402
 
 import diffusers  # noqa: E402
 import torch  # noqa: E402
+import transformers  # noqa: E402
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
 
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
@@ -121,6 +122,9 @@ class DiffusersBackend:
         self._family = "sd1"
         self._default_scheduler: Any = None
         self._notes: list[str] = []
+        # Progress comes from our step callback; loaders' tqdm bars would only litter stderr.
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
 
     # ----------------------------------------------------------------------------------- loading
 
@@ -199,7 +203,7 @@ class DiffusersBackend:
     def _from_pretrained(self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str) -> Any:
         cls = _pipeline_class(arch)
         try:
-            return cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, **_extra_kwargs(cls))
+            return cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **_extra_kwargs(cls))
         except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
             raise ModelError(f"Could not load the model {name!r} from {folder}: {_short(error)}") from error
 
@@ -216,7 +220,7 @@ class DiffusersBackend:
         cls = _pipeline_class(arch)
         try:
             return cls.from_single_file(
-                str(path), config=str(config_folder), local_files_only=True, torch_dtype=dtype,
+                str(path), config=str(config_folder), local_files_only=True, dtype=dtype,
                 **_extra_kwargs(cls),
             )
         except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
