@@ -19,6 +19,17 @@ MAX_BATCH_COUNT = 100
 MAX_PROMPT_CHARS = 100_000
 MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1
+INPAINT_AREAS = ("whole", "masked")
+RESIZE_MODES = ("resize", "pad")
+MAX_LORA_WEIGHT = 5.0
+
+
+@dataclass(frozen=True)
+class LoraRef:
+    """A LoRA by library name (never a path) and its weight, as in `<lora:name:0.8>`."""
+
+    name: str
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,15 @@ class GenerationRequest:
     clip_skip: int = 1
     # A folder of diffusers configs for a single-file checkpoint with non-standard dimensions.
     model_config: str | None = None
+    loras: tuple[LoraRef, ...] = ()
+    # Image-to-image and inpainting: image files (PNG/JPEG/WebP) the engine reads; mask white = repaint.
+    init_image: str | None = None
+    strength: float = 0.75
+    mask: str | None = None
+    mask_blur: int = 4
+    inpaint_area: str = "whole"
+    padding: int = 32
+    resize_mode: str = "resize"
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -89,7 +109,44 @@ class GenerationRequest:
         _check_int("clip skip", self.clip_skip)
         if not 1 <= self.clip_skip <= 12:
             raise InvalidRequest(f"clip skip {self.clip_skip} is out of range: use 1 to 12.")
+        self._validate_loras()
+        self._validate_image_inputs()
         return self
+
+    def _validate_loras(self) -> None:
+        for lora in self.loras:
+            if not isinstance(lora, LoraRef):
+                raise InvalidRequest(f"A LoRA entry must name a LoRA and a weight, not {lora!r}.")
+            if not lora.name.strip() or "\x00" in lora.name:
+                raise InvalidRequest(f"LoRA name {lora.name!r} is not a valid name.")
+            if not isinstance(lora.weight, (int, float)) or not -MAX_LORA_WEIGHT <= lora.weight <= MAX_LORA_WEIGHT:
+                raise InvalidRequest(
+                    f"LoRA {lora.name!r} weight {lora.weight} is out of range: use {-MAX_LORA_WEIGHT:g} to "
+                    f"{MAX_LORA_WEIGHT:g}."
+                )
+
+    def _validate_image_inputs(self) -> None:
+        if not isinstance(self.strength, (int, float)) or not 0.0 <= self.strength <= 1.0:
+            raise InvalidRequest(f"strength {self.strength} is out of range: use 0 to 1.")
+        if self.mask is not None and self.init_image is None:
+            raise InvalidRequest("A mask needs a source image to inpaint (--init-image).")
+        _check_int("mask blur", self.mask_blur)
+        if not 0 <= self.mask_blur <= 256:
+            raise InvalidRequest(f"mask blur {self.mask_blur} is out of range: use 0 to 256 pixels.")
+        _check_int("padding", self.padding)
+        if not 0 <= self.padding <= 1024:
+            raise InvalidRequest(f"padding {self.padding} is out of range: use 0 to 1024 pixels.")
+        if self.inpaint_area not in INPAINT_AREAS:
+            raise InvalidRequest(f"Unknown inpaint area {self.inpaint_area!r}: use one of {', '.join(INPAINT_AREAS)}.")
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidRequest(f"Unknown resize mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}.")
+
+    @property
+    def mode(self) -> str:
+        """"txt2img", "img2img" or "inpaint": which pipeline the request needs."""
+        if self.init_image is None:
+            return "txt2img"
+        return "inpaint" if self.mask is not None else "img2img"
 
     @property
     def images_total(self) -> int:
@@ -115,10 +172,26 @@ class GenerationRequest:
         values = {key: value for key, value in data.items() if key in known}
         if "sampler" in values:
             values["sampler"] = canonical_sampler(str(values["sampler"])) or str(values["sampler"])
+        if "loras" in values:
+            values["loras"] = _loras_from(values["loras"])
         try:
             return cls(**values)
         except TypeError as error:
             raise InvalidRequest(f"The saved request is incomplete: {error}.") from None
+
+
+def _loras_from(raw: object) -> tuple[LoraRef, ...]:
+    if not isinstance(raw, (list, tuple)):
+        raise InvalidRequest("The saved request lists its LoRAs in an unknown form.")
+    refs = []
+    for item in raw:
+        if isinstance(item, LoraRef):
+            refs.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("name"), str):
+            refs.append(LoraRef(item["name"], float(item.get("weight", 1.0))))
+        else:
+            raise InvalidRequest(f"The saved request has an unreadable LoRA entry: {item!r}.")
+    return tuple(refs)
 
 
 def _check_int(label: str, value: object) -> None:

@@ -131,7 +131,7 @@ def test_marble_chunk_holds_the_complete_request_without_paths() -> None:
     document = json.loads(chunks["marble"])
     assert document["schema_version"] == SCHEMA_VERSION
     assert document["app_version"] == VERSION
-    assert document["request"] == replace(made, seed=1234, model="foo").to_dict()
+    assert document["request"] == json.loads(json.dumps(replace(made, seed=1234, model="foo").to_dict()))
     assert not any("alice" in value for value in chunks.values())
 
 
@@ -426,7 +426,7 @@ def test_a_newer_marble_chunk_ignores_unknown_keys() -> None:
     document = {
         "schema_version": SCHEMA_VERSION + 5,
         "something_new": [1, 2],
-        "request": {**request(seed=77).to_dict(), "loras": [{"name": "detail"}]},
+        "request": {**request(seed=77).to_dict(), "upscaler": {"name": "4x-ultra"}},
     }
     assert from_marble_json(json.dumps(document)) == request(seed=77)
 

@@ -83,3 +83,27 @@ def test_default_scheduler_maps_back_to_its_a1111_name():
     dpm = {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}
     assert sampler_for_scheduler("DPMSolverMultistepScheduler", dpm) == "DPM++ 2M Karras"
     assert sampler_for_scheduler("FlowMatchEulerDiscreteScheduler", {}) is None
+
+
+def test_loras_and_image_inputs_validate_and_round_trip():
+    from desktop.engine.request import LoraRef
+
+    request = make(
+        loras=(LoraRef("detail", 0.8), LoraRef("style", -1.0)),
+        init_image="/tmp/src.png",
+        mask="/tmp/mask.png",
+        strength=0.6,
+        inpaint_area="masked",
+    ).validate()
+    assert request.mode == "inpaint" and make().mode == "txt2img"
+    assert make(init_image="/tmp/a.png").mode == "img2img"
+    assert GenerationRequest.from_dict(request.to_dict()) == request
+    for changes, message in [
+        ({"loras": (LoraRef("x", 9.0),)}, "LoRA 'x' weight 9.0 is out of range"),
+        ({"loras": (LoraRef("a\x00b"),)}, "is not a valid name"),
+        ({"strength": 1.5}, "strength 1.5 is out of range"),
+        ({"mask": "/tmp/m.png"}, "A mask needs a source image"),
+        ({"inpaint_area": "all"}, "Unknown inpaint area 'all'"),
+    ]:
+        with pytest.raises(InvalidRequest, match=message):
+            make(**changes).validate()
