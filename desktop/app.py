@@ -7,19 +7,28 @@ with another runner factory (`build_main_window`).
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
 
+from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QApplication
 
 import desktop
 from desktop.bridge.controller import GenerationController
+from desktop.bridge.history_model import HistoryModel
+from desktop.bridge.library_tasks import LibraryTasks
 from desktop.bridge.worker import RunnerFactory
+from desktop.engine.errors import MarbleError
+from desktop.engine.history import HistoryStore
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
+from desktop.ui.dialogs.library_dialog import LibraryIntegration
+from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.main_window import MainWindow, apply_theme
 
 APP_NAME = "Marble Studio"
@@ -32,6 +41,7 @@ def diffusers_runner_factory(
     catalog: ModelCatalog,
     writer: ImageWriter,
     preview_every: int = 1,
+    history: HistoryStore | None = None,
 ) -> RunnerFactory:
     """A factory the worker calls on the generation thread at the first job: torch is imported there."""
 
@@ -39,7 +49,7 @@ def diffusers_runner_factory(
         from desktop.engine.backends import create_diffusers_backend
 
         backend = create_diffusers_backend(paths, resources, catalog, preview_every)
-        return JobRunner(backend, writer, desktop.__version__)
+        return JobRunner(backend, writer, desktop.__version__, history)
 
     return build_runner
 
@@ -48,13 +58,25 @@ def build_main_window(
     paths: AppPaths,
     runner_factory: RunnerFactory,
     catalog: ModelCatalog | None = None,
+    history: HistoryStore | None = None,
 ) -> tuple[MainWindow, GenerationController]:
     """The window and its controller (whose thread is already running). The caller shows the window
-    and must call `controller.shutdown()` when done."""
+    and must call `controller.shutdown()` when done.
+
+    With a history store, the window gets the history panel, the controller persists its queue, and
+    the store is checked against the image folder in the background."""
     catalog = catalog if catalog is not None else ModelCatalog(paths.models)
-    controller = GenerationController(runner_factory)
+    controller = GenerationController(runner_factory, history=history)
     try:
-        window = MainWindow(controller, catalog, paths.outputs)
+        window = MainWindow(controller, catalog, paths.outputs, inputs_folder=paths.cache / "inputs")
+        # Parented to the window, which keeps it alive; tests reach the dialog through this attribute.
+        window.library_integration = LibraryIntegration(
+            window, LibraryTasks(Library(paths), window), window.file_menu
+        )
+        if history is not None:
+            model = HistoryModel(history, QThreadPool(window))
+            window.add_history_panel(HistoryPanel(model, controller))
+            model.reconcile_in_background()
     except BaseException:
         # The controller's thread is already running; a QThread destroyed while running aborts the process.
         controller.shutdown()
@@ -91,12 +113,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(app)
 
     catalog = ModelCatalog(paths.models)
-    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs))
-    window, controller = build_main_window(paths, factory, catalog)
+    history = open_history(paths)
+    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs), history=history)
+    window, controller = build_main_window(paths, factory, catalog, history)
     # Cancel the running job and join the generation thread before Qt tears the objects down.
     app.aboutToQuit.connect(controller.shutdown)
     window.show()
-    return app.exec()
+    code = app.exec()
+    if history is not None:
+        history.close_all()
+    return code
+
+
+def open_history(paths: AppPaths) -> HistoryStore | None:
+    """The history store; without it the app still runs (images keep their metadata on disk)."""
+    try:
+        return HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
+    except (MarbleError, OSError, sqlite3.Error) as error:
+        print(f"marble-studio: the history is unavailable: {error}", file=sys.stderr)
+        return None
 
 
 if __name__ == "__main__":

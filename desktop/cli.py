@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +17,7 @@ from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.events import (
     Event,
     ImageSaved,
+    ImageUnsaved,
     JobCancelled,
     JobFailed,
     JobFinished,
@@ -26,13 +28,28 @@ from desktop.engine.events import (
     PreviewReady,
     StepProgress,
 )
+from desktop.engine.history.store import RESUMED
+from desktop.engine.imaging import Margins, load_mask, load_source, outpaint_canvas, save_png_by_hash, working_size
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.lora import parse_lora_arg
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
-from desktop.engine.request import DEVICES, PRECISIONS, GenerationRequest
+from desktop.engine.request import (
+    DEVICES,
+    INPAINT_AREAS,
+    MAX_SIDE,
+    MEMORY_MODES,
+    MIN_SIDE,
+    PRECISIONS,
+    RESIZE_MODES,
+    GenerationRequest,
+)
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
+from desktop.history_cli import add_history_commands, default_rescue_dir, open_history, rescue, run_history
+from desktop.library_cli import GROUPS as LIBRARY_GROUPS
+from desktop.library_cli import add_library_commands, run_library
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -63,25 +80,42 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg", type=float, default=7.5, help="guidance scale")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
-    gen.add_argument("--width", type=int, default=512)
-    gen.add_argument("--height", type=int, default=512)
+    gen.add_argument("--width", type=int, default=None, help="512, or the source's size with --init-image")
+    gen.add_argument("--height", type=int, default=None, help="512, or the source's size with --init-image")
     gen.add_argument("--batch-count", type=int, default=1, help="pipeline runs, one after another")
     gen.add_argument("--batch-size", type=int, default=1, help="images per run")
     gen.add_argument("--clip-skip", type=int, default=1, help="A1111 clip skip (1 = none)")
     gen.add_argument("--device", default="auto", choices=DEVICES)
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
+    gen.add_argument("--memory-mode", default="auto", choices=MEMORY_MODES,
+                     help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload")
     gen.add_argument("--config", help="diffusers config folder for a single-file checkpoint of unusual size")
     gen.add_argument("--out", help="output folder, or a .png file name")
     gen.add_argument("--json", action="store_true", help="print one JSON object per event")
     gen.add_argument("--no-preview", action="store_true", help="skip the per-step preview")
+    gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
+                     help="apply a library LoRA (repeatable; weight 1 if omitted); <lora:NAME:WEIGHT> in the "
+                          "prompt works too")
+    edit = gen.add_argument_group("image-to-image, inpainting and outpainting")
+    edit.add_argument("--init-image", metavar="PATH", help="source image (PNG, JPEG or WebP)")
+    edit.add_argument("--strength", type=float, default=0.75, help="0 keeps the source, 1 ignores it")
+    edit.add_argument("--mask", metavar="PATH", help="inpainting mask image: white = repaint")
+    edit.add_argument("--mask-blur", type=int, default=4, metavar="PX", help="feather the mask edge (A1111 Mask blur)")
+    edit.add_argument("--inpaint-area", choices=INPAINT_AREAS, default="whole",
+                      help="'masked' generates only the mask's box (plus padding) at --width x --height")
+    edit.add_argument("--padding", type=int, default=32, metavar="PX", help="padding around the mask for 'masked'")
+    edit.add_argument("--resize-mode", choices=RESIZE_MODES, default="resize",
+                      help="make a source that is not a multiple of 8 fit by resizing or by padding")
+    edit.add_argument("--outpaint", metavar="L,T,R,B",
+                      help="grow the source canvas by these pixels (or one number for all sides) and fill them")
+    gen.add_argument("--rescue-dir", metavar="DIR",
+                     help="where images go when the output folder cannot be written (disk full); "
+                          "default: marble-rescue in the temp folder")
     _add_home(gen)
 
-    models = commands.add_parser("models", help="the model library")
-    model_commands = models.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
-    listing = model_commands.add_parser("list", help="list the models in the library")
-    listing.add_argument("--json", action="store_true")
-    _add_home(listing)
+    add_library_commands(commands, _Parser, _add_home)
 
+    add_history_commands(commands, _Parser, _add_home)
     commands.add_parser("samplers", help="list the sampler names")
     return parser
 
@@ -97,54 +131,75 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         print("\n".join(SAMPLER_NAMES), file=out)
         return EXIT_OK
     paths = AppPaths.resolve(args.home)
-    if args.command == "models":
-        return _list_models(ModelCatalog(paths.models), args.json, out)
+    if args.command in LIBRARY_GROUPS:
+        return run_library(args, paths, out, err)
+    if args.command == "history" and args.history_command == "resume":
+        return _resume(args, paths, out, err)
+    if args.command == "history":
+        return run_history(args, paths, out, err)
     return _generate(args, paths, out, err)
-
-
-def _list_models(catalog: ModelCatalog, as_json: bool, out: TextIO) -> int:
-    entries = catalog.entries()
-    if as_json:
-        for entry in entries:
-            print(json.dumps({"name": entry.name, "path": str(entry.path), "folder": entry.is_folder}), file=out)
-    elif not entries:
-        print(f"No models yet. Put .safetensors files or diffusers folders in {catalog.folder}", file=out)
-    else:
-        for entry in entries:
-            print(f"{entry.name}\t{entry.path}", file=out)
-    return EXIT_OK
 
 
 def _generate(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
     report = _JsonReporter(out) if args.json else _TextReporter(out, err)
     try:
-        request = _request_from_args(args).with_seed().validate()
         paths.ensure()
+        request = _request_from_args(args, paths).with_seed().validate()
     except MarbleError as error:
         report(JobFailed("-", str(error), type(error).__name__))
         return _EXIT_FOR_ERROR.get(type(error).__name__, EXIT_FAILED)
     except OSError as error:
         report(JobFailed("-", f"Cannot create the app folders under {paths.models.parent}: {error}", "OSError"))
         return EXIT_FAILED
+    return _run_request(request, args, paths, report)
 
+
+def _run_request(
+    request: GenerationRequest,
+    args: argparse.Namespace,
+    paths: AppPaths,
+    report: Callable[[Event], None],
+    resumes: str | None = None,
+) -> int:
+    """Run one validated request (`args` gives --no-preview, --out, --rescue-dir); `resumes` names
+    the unfinished job this one finishes, which the history then records as resumed."""
     from desktop.engine.backends import create_diffusers_backend
 
     catalog = ModelCatalog(paths.models)
     backend = create_diffusers_backend(paths, Resources.default(), catalog, 0 if args.no_preview else 1)
     writer = ImageWriter(Path(args.out).expanduser(), dated=False) if args.out else ImageWriter(paths.outputs)
     job = Job(request)
+    try:
+        # Opening also tidies up after a crash: leftover temp files, jobs of dead processes.
+        history = open_history(paths)
+    except (MarbleError, OSError, sqlite3.Error) as error:
+        history = None
+        report(JobWarning(job.id, f"Images will be saved but not recorded in the history: {error}"))
+    if history is not None and resumes is not None:
+        history.set_job_state(resumes, RESUMED, f"resumed as {job.id}")
+    rescue_dir = Path(args.rescue_dir).expanduser() if args.rescue_dir else default_rescue_dir()
     previous = signal.signal(signal.SIGINT, lambda *_: job.cancel_token.cancel())
     outcome: list[Event] = []
 
     def emit(event: Event) -> None:
+        if isinstance(event, ImageUnsaved):
+            # A command line has no later "save elsewhere" button: put the image somewhere at once.
+            try:
+                saved = rescue(event, rescue_dir, history)
+                event = JobWarning(event.job_id, f"Could not save image {event.index + 1} ({event.message}); "
+                                                 f"saved it to {saved} instead.")
+            except MarbleError as error:
+                event = JobWarning(event.job_id, f"Image {event.index + 1} is lost: {event.message} {error}")
         report(event)
         if isinstance(event, JobFinished | JobFailed | JobCancelled):
             outcome.append(event)
 
     try:
-        JobRunner(backend, writer, desktop.__version__).run(job, emit)
+        JobRunner(backend, writer, desktop.__version__, history).run(job, emit)
     finally:
         signal.signal(signal.SIGINT, previous)
+        if history is not None:
+            history.close_all()
     final = outcome[-1]
     if isinstance(final, JobFinished):
         return EXIT_OK
@@ -153,10 +208,36 @@ def _generate(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextI
     return _EXIT_FOR_ERROR.get(final.error_type, EXIT_FAILED)
 
 
-def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
+def _resume(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
+    """`marble history resume JOB`: make what an interrupted job left undone."""
+    report = _JsonReporter(out) if args.json else _TextReporter(out, err)
+    try:
+        paths.ensure()
+        history = open_history(paths)
+        try:
+            record = next((job for job in history.unfinished_jobs() if job.id == args.job), None)
+        finally:
+            history.close_all()
+    except (MarbleError, OSError, sqlite3.Error) as error:
+        report(JobFailed("-", f"Cannot open the history: {error}", type(error).__name__))
+        return EXIT_FAILED
+    if record is None:
+        report(JobFailed("-", f"No unfinished job {args.job!r}; `marble history jobs` lists them.", "InvalidRequest"))
+        return EXIT_BAD_INPUT
+    return _run_request(record.remaining_request(), args, paths, report, resumes=record.id)
+
+
+def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationRequest:
     sampler = canonical_sampler(args.sampler)
     if sampler is None:
         raise InvalidRequest(f"Unknown sampler {args.sampler!r}. Known samplers: {', '.join(SAMPLER_NAMES)}.")
+    init_image, mask = _edit_inputs(args, paths)
+    width, height = args.width, args.height
+    if init_image is not None and (width is None or height is None):
+        # Default to the source's own size (as a multiple of 8): "whole" then works at full detail.
+        size = working_size(load_source(init_image).size, args.resize_mode)
+        width = width or min(max(size[0], MIN_SIDE), MAX_SIDE)
+        height = height or min(max(size[1], MIN_SIDE), MAX_SIDE)
     return GenerationRequest(
         prompt=args.prompt,
         model=args.model,
@@ -165,15 +246,41 @@ def _request_from_args(args: argparse.Namespace) -> GenerationRequest:
         cfg_scale=args.cfg,
         seed=args.seed,
         sampler=sampler,
-        width=args.width,
-        height=args.height,
+        width=width or 512,
+        height=height or 512,
         batch_count=args.batch_count,
         batch_size=args.batch_size,
         device=args.device,
         precision=args.precision,
+        memory_mode=args.memory_mode,
         clip_skip=args.clip_skip,
         model_config=str(Path(args.config).expanduser().resolve()) if args.config else None,
+        init_image=init_image,
+        strength=args.strength,
+        mask=mask,
+        mask_blur=args.mask_blur,
+        inpaint_area=args.inpaint_area,
+        padding=args.padding,
+        resize_mode=args.resize_mode,
+        loras=tuple(parse_lora_arg(value) for value in args.lora),
     )
+
+
+def _edit_inputs(args: argparse.Namespace, paths: AppPaths) -> tuple[str | None, str | None]:
+    """The source and mask paths the request names; for --outpaint, the grown canvas and its mask."""
+    init = str(Path(args.init_image).expanduser().resolve()) if args.init_image else None
+    mask = str(Path(args.mask).expanduser().resolve()) if args.mask else None
+    if args.outpaint is None:
+        return init, mask
+    if init is None:
+        raise InvalidRequest("--outpaint grows a source image: pass it with --init-image.")
+    margins = Margins.parse(args.outpaint)
+    source = load_source(init)
+    old_mask = load_mask(mask, source.size) if mask else None
+    grown, grown_mask = outpaint_canvas(source, margins, old_mask)
+    # Content-named inputs in the cache: the request (and its metadata) points at real files.
+    folder = paths.cache / "inputs"
+    return str(save_png_by_hash(grown, folder)), str(save_png_by_hash(grown_mask, folder))
 
 
 class _JsonReporter:

@@ -67,6 +67,19 @@ class ImageSaved:
 
 
 @dataclass(frozen=True)
+class ImageUnsaved:
+    """An image that could not be written (disk full, no permission), kept in memory as PNG bytes
+    with its metadata, so the user can save it elsewhere (`desktop.engine.history.save_unsaved`)."""
+
+    job_id: str
+    png: bytes
+    seed: int
+    index: int
+    file_name: str
+    message: str
+
+
+@dataclass(frozen=True)
 class JobFinished:
     job_id: str
     paths: tuple[str, ...]
@@ -94,6 +107,7 @@ Event = (
     | PreviewReady
     | JobWarning
     | ImageSaved
+    | ImageUnsaved
     | JobFinished
     | JobFailed
     | JobCancelled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import secrets
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,10 +39,13 @@ class CancelToken:
 
 
 _ids = itertools.count(1)
+# Job ids are keys in the history database, shared by every run of the app and the command line:
+# a per-process random part keeps them unique across processes, the counter keeps them ordered.
+_process_tag = secrets.token_hex(4)
 
 
 def new_job_id() -> str:
-    return f"job-{next(_ids)}"
+    return f"job-{_process_tag}-{next(_ids)}"
 
 
 @dataclass

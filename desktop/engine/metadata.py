@@ -18,7 +18,6 @@ import io
 import json
 import re
 import shlex
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from desktop.engine.backends.base import ModelInfo
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.request import GenerationRequest
+from desktop.engine.untrusted_image import open_untrusted
 
 SCHEMA_VERSION = 1
 MARBLE_CHUNK = "marble"
@@ -38,7 +38,6 @@ PARAMETERS_CHUNK = "parameters"
 
 # Our own cap, so safety never depends on Pillow's global MAX_IMAGE_PIXELS (which any library may
 # change). Pillow's own bomb warning, turned into an error below, usually fires first (~89 Mpx).
-MAX_PIXELS = 10_000 * 10_000
 
 FORMATS = ("marble", "a1111", "comfyui", "invokeai", "novelai", "fooocus", "unknown")
 
@@ -479,54 +478,8 @@ def read_text_chunks(source: str | Path | bytes) -> dict[str, str]:
 
 
 def _read_stream(stream: BinaryIO, label: str) -> dict[str, str]:
-    try:
-        head = stream.read(16)
-        stream.seek(0)
-    except OSError as error:
-        raise InvalidRequest(f"Cannot read {label}: {error}.") from None
-    image_format = _sniff(head)
-    if image_format is None:
-        raise InvalidRequest(
-            f"{label} is not a PNG, JPEG or WebP image (judged by its content, not its name), "
-            "so Marble will not open it."
-        )
-    with warnings.catch_warnings():
-        # Pillow only warns about a decompression bomb below twice its limit; refuse those as well.
-        # The filter is process-wide while it lasts, which is why _check_size is the real guarantee.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(stream, formats=[image_format]) as image:
-                _check_size(image.size, label)
-                return _text_of(image, image_format)
-        except InvalidRequest:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise InvalidRequest(
-                f"{label} declares an image too large to open safely (a possible decompression bomb)."
-            ) from None
-        except Exception as error:
-            # Broken files make Pillow raise many types (OSError, SyntaxError, ValueError,
-            # struct.error, zlib.error, EOFError...); for the user they all mean the same thing.
-            raise InvalidRequest(f"{label} is a damaged {image_format} file: {error}.") from None
-
-
-def _sniff(head: bytes) -> str | None:
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
-def _check_size(size: tuple[int, int], label: str) -> None:
-    width, height = size
-    if width * height > MAX_PIXELS:
-        raise InvalidRequest(
-            f"{label} is {width:,} x {height:,} pixels; Marble opens images of up to {MAX_PIXELS:,} "
-            "pixels, so it refuses this one (it could be a decompression bomb)."
-        )
+    with open_untrusted(stream, label) as (image, image_format):
+        return _text_of(image, image_format)
 
 
 def _text_of(image: Image.Image, image_format: str) -> dict[str, str]:

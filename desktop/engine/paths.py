@@ -28,6 +28,27 @@ class AppPaths:
         return self.config / "settings.json"
 
     @property
+    def history_db(self) -> Path:
+        """The history database, beside the models in the user's data folder (not in the cache:
+        it is the only record of favourites, trash and queued jobs, and must survive a cache clean)."""
+        return self.models.parent / "history" / "history.db"
+
+    @property
+    def thumbnails(self) -> Path:
+        """History thumbnails: made again from the images whenever they are missing."""
+        return self.cache / "thumbnails"
+
+    @property
+    def library_index(self) -> Path:
+        """The model/LoRA/embedding library index, in the data folder beside the files it describes."""
+        return self.models.parent / "library.json"
+
+    @property
+    def embeddings(self) -> Path:
+        """Textual-inversion embeddings, used by name in prompts."""
+        return self.models.parent / "embeddings"
+
+    @property
     def converted_models(self) -> Path:
         """Diffusers folders converted from single-file checkpoints, reused on later loads."""
         return self.cache / "converted"

@@ -21,6 +21,8 @@ MAX_SEED = 2**32 - 1
 RANDOM_SEED = -1
 INPAINT_AREAS = ("whole", "masked")
 RESIZE_MODES = ("resize", "pad")
+# auto: full on a roomy GPU, VAE tiling for large images, CPU offload when VRAM is short.
+MEMORY_MODES = ("auto", "full", "tiled", "offload")
 MAX_LORA_WEIGHT = 5.0
 
 
@@ -50,6 +52,7 @@ class GenerationRequest:
     device: str = "auto"
     precision: str = "auto"
     clip_skip: int = 1
+    memory_mode: str = "auto"
     # A folder of diffusers configs for a single-file checkpoint with non-standard dimensions.
     model_config: str | None = None
     loras: tuple[LoraRef, ...] = ()
@@ -109,6 +112,8 @@ class GenerationRequest:
         _check_int("clip skip", self.clip_skip)
         if not 1 <= self.clip_skip <= 12:
             raise InvalidRequest(f"clip skip {self.clip_skip} is out of range: use 1 to 12.")
+        if self.memory_mode not in MEMORY_MODES:
+            raise InvalidRequest(f"Unknown memory mode {self.memory_mode!r}: use one of {', '.join(MEMORY_MODES)}.")
         self._validate_loras()
         self._validate_image_inputs()
         return self

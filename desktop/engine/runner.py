@@ -6,15 +6,21 @@ in both. `run` never raises: every outcome is an event.
 
 from __future__ import annotations
 
+import io
 import logging
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
-from desktop.engine.backends.base import Backend, StepInfo
-from desktop.engine.errors import Cancelled, MarbleError
+from PIL import Image
+
+from desktop.engine.backends.base import Backend, LoadReport, StepInfo
+from desktop.engine.errors import Cancelled, MarbleError, StorageError
 from desktop.engine.events import (
     Event,
     ImageSaved,
+    ImageUnsaved,
     JobCancelled,
     JobFailed,
     JobFinished,
@@ -25,9 +31,12 @@ from desktop.engine.events import (
     PreviewReady,
     StepProgress,
 )
+from desktop.engine.history.store import HistoryStore, NewImage, parse_lora_hashes
+from desktop.engine.imaging import edit_parameters, file_sha256
 from desktop.engine.jobs import Job, JobState
-from desktop.engine.metadata import png_text_chunks
+from desktop.engine.metadata import PARAMETERS_CHUNK, parse_parameters, png_info, png_text_chunks
 from desktop.engine.outputs import ImageWriter
+from desktop.engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +46,14 @@ Emit = Callable[[Event], None]
 class JobRunner:
     """Owns no thread: call `run` on the thread that owns the backend."""
 
-    def __init__(self, backend: Backend, writer: ImageWriter, version: str) -> None:
+    def __init__(
+        self, backend: Backend, writer: ImageWriter, version: str, history: HistoryStore | None = None
+    ) -> None:
         self._backend = backend
         self._writer = writer
         self._version = version
+        # Optional so tools and tests can run jobs without a database; the app and the CLI pass one.
+        self._history = history
 
     @property
     def backend(self) -> Backend:
@@ -52,20 +65,25 @@ class JobRunner:
         try:
             request = job.request.with_seed().validate()
             job.request = request
+            self._journal_start(job, emit)
             emit(JobStarted(job.id, request))
             paths, seeds = self._run(job, emit)
         except Cancelled:
             job.state = JobState.CANCELLED
+            self._journal_end(job, "", emit)
             emit(JobCancelled(job.id))
         except MarbleError as error:
             job.state = JobState.FAILED
+            self._journal_end(job, str(error), emit)
             emit(JobFailed(job.id, str(error), type(error).__name__))
         except Exception as error:  # noqa: BLE001 - a bug in one job must not kill the worker
             log.exception("job %s failed", job.id)
             job.state = JobState.FAILED
+            self._journal_end(job, str(error), emit)
             emit(JobFailed(job.id, f"Unexpected error: {type(error).__name__}: {error}", type(error).__name__))
         else:
             job.state = JobState.FINISHED
+            self._journal_end(job, "", emit)
             emit(JobFinished(job.id, tuple(paths), tuple(seeds), time.perf_counter() - started))
         return job.state
 
@@ -80,6 +98,7 @@ class JobRunner:
             emit(JobWarning(job.id, note))
         paths: list[str] = []
         seeds: list[int] = []
+        edit_extra = self._edit_extra(request)
 
         def on_step(info: StepInfo) -> None:
             emit(StepProgress(job.id, info.step, info.total, info.batch_index, request.batch_count))
@@ -89,7 +108,9 @@ class JobRunner:
         for batch_index in range(request.batch_count):
             if token.cancelled:
                 raise Cancelled("Cancelled between batches.")
+            batch_started = time.perf_counter()
             batch = self._backend.generate(request, batch_index, on_step, token)
+            batch_seconds = time.perf_counter() - batch_started
             for note in batch.notes:
                 emit(JobWarning(job.id, note))
             for position, (image, seed) in enumerate(zip(batch.images, batch.seeds, strict=True)):
@@ -100,9 +121,109 @@ class JobRunner:
                     self._version,
                     sampler_used=batch.sampler_used,
                     batch_pos=position if request.batch_size > 1 else None,
+                    extra={**edit_extra, **dict(batch.extra_parameters)} or None,
                 )
-                path = self._writer.save(image, chunks, seed)
+                try:
+                    path = self._writer.save(image, chunks, seed)
+                except StorageError as error:
+                    # The rest of this batch is made already: keep it in memory too, then stop the job.
+                    unsaved = [(image, seed, chunks)] + [
+                        (later, later_seed, png_text_chunks(
+                            request, later_seed, report.model, self._version, sampler_used=batch.sampler_used,
+                            batch_pos=k if request.batch_size > 1 else None,
+                            extra={**edit_extra, **dict(batch.extra_parameters)} or None,
+                        ))
+                        for k, (later, later_seed) in enumerate(zip(batch.images, batch.seeds, strict=True))
+                        if k > position
+                    ]
+                    raise self._keep_unsaved(job.id, unsaved, len(paths), error, emit) from error
+                timings = {"load_s": report.seconds, "generate_s": batch_seconds / max(1, len(batch.images))}
+                self._record_image(job, path, seed, report, chunks, timings, emit)
                 paths.append(str(path))
                 seeds.append(seed)
                 emit(ImageSaved(job.id, str(path), seed, len(paths) - 1))
         return paths, seeds
+
+    @staticmethod
+    def _edit_extra(request: GenerationRequest) -> dict[str, str]:
+        """Strength, mask settings and the source's hash, so an edit can be traced to its source."""
+        if request.init_image is None:
+            return {}
+        try:
+            source_hash: str | None = file_sha256(request.init_image)
+        except OSError:
+            source_hash = None  # the backend reports the unreadable source with a clear message
+        return edit_parameters(request, source_hash)
+
+    # --------------------------------------------------------------------------------- history
+
+    def _journal_start(self, job: Job, emit: Emit) -> None:
+        if self._history is None:
+            return
+        try:
+            # The controller recorded the job when it was queued; the command line's job starts here.
+            self._history.add_job(job.id, job.request, JobState.RUNNING.value)
+        except sqlite3.Error as error:
+            emit(JobWarning(job.id, f"The history database could not record this job: {error}."))
+
+    def _journal_end(self, job: Job, message: str, emit: Emit) -> None:
+        if self._history is None:
+            return
+        try:
+            self._history.set_job_state(job.id, job.state.value, message)
+        except sqlite3.Error as error:
+            emit(JobWarning(job.id, f"The history database could not record how this job ended: {error}."))
+
+    def _record_image(
+        self,
+        job: Job,
+        path: Path,
+        seed: int,
+        report: LoadReport,
+        chunks: Mapping[str, str],
+        timings: dict[str, float],
+        emit: Emit,
+    ) -> None:
+        """Record a written image in the history (one transaction) before anyone is told it exists."""
+        if self._history is None:
+            return
+        parameters = chunks.get(PARAMETERS_CHUNK, "")
+        settings = parse_parameters(parameters).settings
+        entry = NewImage(
+            path=str(path),
+            request=job.request,
+            seed=seed,
+            model_name=report.model.name,
+            model_hash=report.model.hash,
+            lora_hashes=parse_lora_hashes(parameters),
+            sampler=settings.get("Sampler", ""),
+            timings=timings,
+            device=f"{report.device} {report.dtype}".strip(),
+            job_id=job.id,
+        )
+        try:
+            self._history.record_image(entry)
+        except sqlite3.Error as error:
+            # The PNG is safe on disk with its metadata; the next start indexes it from the file.
+            emit(JobWarning(job.id, f"{path.name} is saved, but the history database could not record it "
+                                    f"({error}); it will be added when Marble next starts."))
+
+    def _keep_unsaved(
+        self,
+        job_id: str,
+        images: list[tuple[Image.Image, int, Mapping[str, str]]],
+        saved_before: int,
+        error: StorageError,
+        emit: Emit,
+    ) -> StorageError:
+        """Hand the images that could not be written to the caller as PNG bytes, then fail the job."""
+        for offset, (image, seed, chunks) in enumerate(images):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", pnginfo=png_info(chunks))
+            emit(ImageUnsaved(job_id, buffer.getvalue(), seed, saved_before + offset,
+                              f"marble-{seed}.png", str(error)))
+        count = len(images)
+        return StorageError(
+            f"{error} {count} image{'s are' if count != 1 else ' is'} kept in memory: "
+            "save them elsewhere (File > Save unsaved images, or `marble generate --rescue-dir DIR`)."
+        )

@@ -7,6 +7,7 @@ waits for either, and never imports torch.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QApplication,
+    QDockWidget,
+    QFileDialog,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
@@ -35,9 +38,10 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.bridge.controller import GenerationController
-from desktop.engine.errors import InvalidRequest
+from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.events import (
     ImageSaved,
+    ImageUnsaved,
     JobCancelled,
     JobFailed,
     JobFinished,
@@ -50,7 +54,10 @@ from desktop.engine.events import (
 )
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
-from desktop.ui.canvas_view import MAX_IMAGE_PIXELS, CanvasView
+from desktop.engine.request import GenerationRequest
+from desktop.ui.canvas import CanvasToolbar, MaskCanvas
+from desktop.ui.canvas_view import MAX_IMAGE_PIXELS
+from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.parameter_panel import ParameterPanel
 from desktop.ui.prompt_editor import PromptEditor
 from desktop.ui.queue_panel import QueuePanel
@@ -103,6 +110,7 @@ class MainWindow(QMainWindow):
         catalog: ModelCatalog,
         outputs_folder: Path | None = None,
         parent: QWidget | None = None,
+        inputs_folder: Path | None = None,
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle(WINDOW_TITLE)
@@ -110,6 +118,8 @@ class MainWindow(QMainWindow):
         self._controller = controller
         self._catalog = catalog
         self._outputs_folder = outputs_folder
+        # Where the canvas's source image and mask are saved for a job (the app's cache/inputs).
+        self._inputs_folder = inputs_folder or Path(tempfile.gettempdir()) / "marble-inputs"
         # Created before the relay, so it is destroyed first: its destructor waits for running tasks,
         # which may still emit on the relay.
         self._pool = QThreadPool(self)
@@ -127,7 +137,9 @@ class MainWindow(QMainWindow):
 
         self.prompt_editor = PromptEditor()
         self.parameter_panel = ParameterPanel()
-        self.canvas = CanvasView()
+        self.canvas = MaskCanvas()
+        self.canvas_toolbar = CanvasToolbar(self.canvas)
+        self.canvas_toolbar.problem.connect(lambda text: self.message_bar.show_message(text, "error"))
         self.result_strip = _result_strip()
         self.queue_panel = QueuePanel()
         self.message_bar = self.queue_panel.message_bar
@@ -155,6 +167,9 @@ class MainWindow(QMainWindow):
         controller.job_finished.connect(self._on_job_finished)
         controller.job_failed.connect(self._on_job_failed)
         controller.job_cancelled.connect(self._on_job_cancelled)
+        controller.image_unsaved.connect(self._on_image_unsaved)
+        controller.pending_images_changed.connect(lambda count: self.save_unsaved_action.setEnabled(count > 0))
+        self.history_panel: HistoryPanel | None = None
 
         self.resize(1280, 820)
         self.refresh_models()
@@ -177,6 +192,7 @@ class MainWindow(QMainWindow):
         centre_layout = QVBoxLayout(centre)
         centre_layout.setContentsMargins(0, 0, 0, 0)
         centre_layout.setSpacing(0)
+        centre_layout.addWidget(self.canvas_toolbar)
         centre_layout.addWidget(self.canvas, 1)
         centre_layout.addWidget(self.result_strip)
 
@@ -213,14 +229,16 @@ class MainWindow(QMainWindow):
         fit = self._action("&Fit to window", self.canvas.fit_to_window, [QKeySequence("Ctrl+0")])
         actual = self._action("&Actual size", self.canvas.show_actual_size, [QKeySequence("Ctrl+1")])
         open_outputs.setEnabled(self._outputs_folder is not None)
+        self.save_unsaved_action = self._action("Save &unsaved images…", self.save_unsaved_images, [])
+        self.save_unsaved_action.setEnabled(False)
 
-        file_menu = self.menuBar().addMenu("&File")
-        file_menu.addActions([open_models, open_outputs, self.refresh_models_action])
+        self.file_menu = file_menu = self.menuBar().addMenu("&File")
+        file_menu.addActions([open_models, open_outputs, self.refresh_models_action, self.save_unsaved_action])
         file_menu.addSeparator()
         file_menu.addAction(quit_action)
         job_menu = self.menuBar().addMenu("&Generate")
         job_menu.addActions([self.generate_action, self.cancel_action, self.cancel_all_action])
-        view_menu = self.menuBar().addMenu("&View")
+        self.view_menu = view_menu = self.menuBar().addMenu("&View")
         view_menu.addActions([fit, actual])
 
     def _action(self, text: str, slot: object, shortcuts: Sequence[QKeySequence]) -> QAction:
@@ -258,8 +276,9 @@ class MainWindow(QMainWindow):
         )
         self.message_bar.clear()
         try:
+            request = self.canvas_toolbar.edit_request(request, self._inputs_folder)
             job = self._controller.submit(request)
-        except InvalidRequest as error:
+        except (InvalidRequest, OSError) as error:  # OSError: the cache folder for the source is not writable
             self.message_bar.show_message(str(error), "error")
             return None
         self.job_submitted.emit(job)
@@ -291,6 +310,43 @@ class MainWindow(QMainWindow):
             relay.models_listed.emit(names, error)
 
         self._pool.start(scan)
+
+    def add_history_panel(self, panel: HistoryPanel) -> None:
+        """Dock the history on the right and wire its actions to the editor, settings and canvas."""
+        self.history_panel = panel
+        dock = QDockWidget("History", self, objectName="history_dock")
+        dock.setWidget(panel)
+        dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetClosable
+        )
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self.view_menu.addAction(dock.toggleViewAction())
+        panel.reuse_requested.connect(self._reuse_request)
+        panel.seed_reuse_requested.connect(lambda seed: self.parameter_panel.seed_spin.setValue(seed))
+        panel.send_to_canvas_requested.connect(self._show_result)
+        panel.message.connect(lambda text, level: self.message_bar.show_message(text, level))
+
+    @Slot(object)
+    def _reuse_request(self, request: GenerationRequest) -> None:
+        self.prompt_editor.set_prompts(request.prompt, request.negative_prompt)
+        self.parameter_panel.set_from_request(request)
+
+    @Slot()
+    def save_unsaved_images(self, folder: str | None = None) -> list[Path]:
+        """Write the images a failed save kept in memory into a folder the user picks."""
+        if not self._controller.pending_images:
+            return []
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Save unsaved images in")
+            if not folder:
+                return []
+        try:
+            saved = self._controller.save_pending_images(folder)
+        except MarbleError as error:
+            self.message_bar.show_message(f"{error} The images are still kept: try another folder.", "error")
+            return []
+        self.message_bar.show_message(f"Saved {len(saved)} image(s) in {folder}.", "info")
+        return saved
 
     @Slot()
     def open_models_folder(self) -> None:
@@ -355,6 +411,15 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_image_saved(self, event: ImageSaved) -> None:
         self._set_state(f"Saved {event.index + 1}/{self._images_total}")
+
+    @Slot(object)
+    def _on_image_unsaved(self, event: ImageUnsaved) -> None:
+        count = len(self._controller.pending_images)
+        self.message_bar.show_message(
+            f"{event.message} {count} image{'s are' if count != 1 else ' is'} kept in memory: use "
+            "File > Save unsaved images… to put them in another folder.",
+            "error",
+        )
 
     @Slot(object)
     def _on_job_finished(self, event: JobFinished) -> None:

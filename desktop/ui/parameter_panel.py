@@ -33,6 +33,7 @@ from desktop.engine.request import (
     RANDOM_SEED,
     GenerationRequest,
 )
+from desktop.ui.lora_list import LoraListWidget
 
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
@@ -187,6 +188,8 @@ class ParameterPanel(QWidget):
         form.addRow("Batch si&ze", self.batch_size_spin)
         form.addRow("&Device", self.device_combo)
         form.addRow("&Precision", self.precision_combo)
+        self.lora_list = LoraListWidget()
+        form.addRow("&LoRAs", self.lora_list)
 
     # ------------------------------------------------------------------------------------ models
 
@@ -264,6 +267,7 @@ class ParameterPanel(QWidget):
             device=self.device_combo.currentData(),
             precision=self.precision_combo.currentData(),
             clip_skip=self._clip_skip,
+            loras=self.lora_list.loras(),
         )
 
     def set_from_request(self, request: GenerationRequest) -> None:
@@ -288,6 +292,7 @@ class ParameterPanel(QWidget):
         self.batch_count_spin.setValue(request.batch_count)
         self.batch_size_spin.setValue(request.batch_size)
         self._clip_skip = request.clip_skip
+        self.lora_list.set_loras(request.loras)
 
 
 def _select_data(combo: QComboBox, value: object) -> None:

@@ -62,7 +62,7 @@ def test_generate_json_events_and_png(tmp_path, tiny_sd15_dir):
         request = read_image_metadata(path).request
         assert request.prompt == "a red fox in a spacesuit" and request.sampler == "DPM++ 2M Karras"
     # --home / MARBLE_HOME keeps every file of the app under one folder.
-    assert {p.name for p in home.iterdir()} <= {"models", "loras", "outputs", "cache", "logs", "config"}
+    assert {p.name for p in home.iterdir()} <= {"models", "loras", "outputs", "cache", "logs", "config", "history"}
 
 
 def test_out_file_and_home_flag(tmp_path, tiny_sd15_dir):

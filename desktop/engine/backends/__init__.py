@@ -11,10 +11,24 @@ if TYPE_CHECKING:
     from desktop.engine.resources import Resources
 
 
+# What loading an SD/SDXL pipeline imports on demand: transformers and diffusers resolve these lazily.
+_LOADED_LAZILY = (
+    "transformers:CLIPTextModel",
+    "transformers:CLIPTextModelWithProjection",
+    "transformers:CLIPTokenizer",
+    "transformers:CLIPTokenizerFast",
+    "diffusers:UNet2DConditionModel",
+    "diffusers:AutoencoderKL",
+    "diffusers:PNDMScheduler",
+    "diffusers:EulerDiscreteScheduler",
+)
+
+
 def create_diffusers_backend(
     paths: AppPaths, resources: Resources, catalog: ModelCatalog, preview_every: int = 1
 ) -> Backend:
     """Import torch and diffusers now, on the calling thread, and build the backend."""
-    from desktop.engine.backends.diffusers_backend import DiffusersBackend
+    from desktop.engine.backends.gentle_import import import_gently
 
-    return DiffusersBackend(paths, resources, catalog, preview_every)
+    module = import_gently("desktop.engine.backends.diffusers_backend", _LOADED_LAZILY)
+    return module.DiffusersBackend(paths, resources, catalog, preview_every)

@@ -43,6 +43,8 @@ class GeneratedBatch:
     # The A1111 name of the sampler that ran (what `default` resolved to), when it has one.
     sampler_used: str | None = None
     notes: tuple[str, ...] = ()
+    # Extra A1111 `parameters` pairs this batch needs in its metadata, e.g. ("Lora hashes", "a: 0123456789ab").
+    extra_parameters: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

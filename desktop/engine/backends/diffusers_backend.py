@@ -30,12 +30,21 @@ from typing import Any  # noqa: E402
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
+from PIL import Image  # noqa: E402
 
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
+from desktop.engine.backends.memory import DESCRIPTIONS, choose_mode, lower_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
-from desktop.engine.errors import Cancelled, DeviceError, ModelError, OutOfMemory  # noqa: E402
+from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
+from desktop.engine.imaging import EditPlan, finish_edit, load_mask, load_source, mask_is_empty, plan_edit  # noqa: E402
 from desktop.engine.jobs import CancelToken  # noqa: E402
 from desktop.engine.library.catalog import HashCache, ModelCatalog, ModelEntry  # noqa: E402
 from desktop.engine.library.checkpoint import (  # noqa: E402
@@ -45,6 +54,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     read_safetensors_header,
     sniff_file_type,
 )
+from desktop.engine.library.lora import LoraCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.request import GenerationRequest  # noqa: E402
 from desktop.engine.resources import Resources  # noqa: E402
@@ -54,6 +64,10 @@ log = logging.getLogger(__name__)
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _CONVERTED_SCHEMA = 1
+
+
+class _OutOfMemoryRaised(Exception):
+    """The device ran out of memory inside the pipeline; handled outside the except block."""
 
 
 class _CancelRequested(Exception):
@@ -110,18 +124,24 @@ class DiffusersBackend:
         resources: Resources,
         catalog: ModelCatalog,
         preview_every: int = 1,
+        loras: LoraCatalog | None = None,
     ) -> None:
         self._paths = paths
         self._resources = resources
         self._catalog = catalog
         self._preview_every = max(0, preview_every)
         self._hashes = HashCache(paths.cache / "hashes.json")
+        self._loras = LoraAdapters(loras or LoraCatalog(paths.loras), embeddings=LoraCatalog(paths.embeddings))
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
         self._family = "sd1"
         self._default_scheduler: Any = None
         self._notes: list[str] = []
+        self._inpaint_model = False
+        self._memory_mode = "full"
+        # Image-to-image and inpainting pipelines made from the loaded one with from_pipe: same weights.
+        self._pipes: dict[str, Any] = {}
         # Progress comes from our step callback; loaders' tqdm bars would only litter stderr.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
@@ -135,11 +155,13 @@ class DiffusersBackend:
         key = _LoadKey(str(entry.path), request.model_config, choice.device, str(choice.dtype))
         if self._pipe is not None and key == self._key:
             assert self._model is not None
+            if self._inpaint_model:
+                _refuse_inpaint_only(self._model.name, request.mode)
             return LoadReport(self._model, time.perf_counter() - started, True, choice.device, choice.precision)
         self.unload()
         self._notes = []
         try:
-            pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice)
+            pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice, request.mode)
         except torch.cuda.OutOfMemoryError:
             oom = True
         else:
@@ -153,6 +175,7 @@ class DiffusersBackend:
         self._pipe = pipe
         self._key = key
         self._family = arch.family
+        self._inpaint_model = arch.inpaint
         self._default_scheduler = pipe.scheduler
         self._model = ModelInfo(entry.name, str(entry.path), arch.config_name, model_hash)
         return LoadReport(
@@ -165,15 +188,19 @@ class DiffusersBackend:
         self._pipe = None
         self._key = None
         self._model = None
+        self._loras.forget()
+        self._pipes.clear()
+        self._memory_mode = "full"
         self._default_scheduler = None
         _free_memory()
 
     def _load_entry(
-        self, entry: ModelEntry, config: str | None, choice: DeviceChoice
+        self, entry: ModelEntry, config: str | None, choice: DeviceChoice, mode: str = "txt2img"
     ) -> tuple[Any, ArchitectureInfo, str | None]:
         if entry.is_folder:
             arch = detect_diffusers_folder(entry.path)
-            _refuse_inpaint_only(arch, entry.name)
+            if arch.inpaint:
+                _refuse_inpaint_only(entry.name, mode)
             pipe = self._from_pretrained(arch, entry.path, choice.dtype, entry.name)
             return pipe.to(choice.device), arch, None
         kind = sniff_file_type(entry.path)
@@ -181,7 +208,8 @@ class DiffusersBackend:
             raise ModelError(_not_safetensors_message(entry.path, kind))
         header = read_safetensors_header(entry.path)
         arch = detect_architecture(header)
-        _refuse_inpaint_only(arch, entry.name)
+        if arch.inpaint:
+            _refuse_inpaint_only(entry.name, mode)
         model_hash = self._hashes.autov2(entry.path)
         config_folder = Path(config).expanduser() if config else self._resources.config_folder(arch.config_name)
         if not (config_folder / "model_index.json").is_file():
@@ -259,12 +287,73 @@ class DiffusersBackend:
     ) -> GeneratedBatch:
         if self._pipe is None:
             self.load(request)
-        pipe = self._pipe
         if cancel.cancelled:
             raise Cancelled("Cancelled before the first step.")
+        # LoRAs from the request and the prompt's <lora:...> tags; the encoder gets the prompt without tags.
+        lora_plan = self._loras.apply(
+            self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
+        )
+        request = lora_plan.request
+        seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
+        plan = _edit_plan(request) if request.mode != "txt2img" else None
+        if plan is not None and (request.strength <= 0 or (plan.alpha is not None and mask_is_empty(plan.alpha))):
+            # Nothing to denoise: the source itself is the exact answer (no VAE round trip).
+            note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
+            images = tuple(plan.source.copy() for _ in seeds)
+            return GeneratedBatch(
+                images, seeds, batch_index, self._sampler_name(request), note, lora_plan.extra_parameters
+            )
+        pipe = self._pipe_for(request.mode, plan)
+        device = self._key.device if self._key else "cpu"
+        mode = choose_mode(request.memory_mode, device, request.width, request.height,
+                           *_memory_budget(pipe, device))
+        self._apply_memory_mode(pipe, mode)
+        memory_notes: list[str] = []
+        while True:
+            try:
+                result = self._run_pipeline(pipe, request, plan, seeds, batch_index, on_step, cancel)
+                break
+            except _OutOfMemoryRaised:
+                pass
+            # Recover outside the except block, so the traceback no longer pins the tensors.
+            _free_memory()
+            lower = lower_mode(mode, device) if not memory_notes else None
+            if lower is None:
+                raise OutOfMemory(
+                    f"The {device} ran out of memory at {request.width}x{request.height}, batch size "
+                    f"{request.batch_size}, even with {DESCRIPTIONS[mode]}. Try a smaller size or batch, or "
+                    "close other programs using the GPU."
+                )
+            memory_notes.append(
+                f"Ran out of memory with {DESCRIPTIONS[mode]}; retried with {DESCRIPTIONS[lower]} "
+                f"(memory mode {lower!r}). Choose it in the settings to skip the first try."
+            )
+            mode = lower
+            self._apply_memory_mode(pipe, mode)
+        if result is None:
+            raise Cancelled("Cancelled.")
+        first = (*lora_plan.notes, *self._prompt_notes(request)) if batch_index == 0 else ()
+        notes = (*memory_notes, *first)
+        images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
+        return GeneratedBatch(
+            images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.extra_parameters
+        )
+
+    def _run_pipeline(
+        self,
+        pipe: Any,
+        request: GenerationRequest,
+        plan: EditPlan | None,
+        seeds: tuple[int, ...],
+        batch_index: int,
+        on_step: Callable[[StepInfo], None],
+        cancel: CancelToken,
+    ) -> Any:
+        """One pipeline call: a fresh scheduler and generators each time, so a retry is reproducible.
+
+        Returns the pipeline's output, or None when cancelled; raises _OutOfMemoryRaised on OOM."""
         pipe.scheduler = self._make_scheduler(request.sampler)
         watcher = _X0Watcher(pipe.scheduler)
-        seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         every = self._preview_every
         family = self._family
@@ -281,42 +370,81 @@ class DiffusersBackend:
             on_step(StepInfo(step, total, batch_index, preview))
             return {}
 
-        oom = False
         try:
             with torch.inference_mode():
-                result = pipe(
+                return pipe(
                     prompt=request.prompt,
                     negative_prompt=request.negative_prompt or None,
                     num_inference_steps=request.steps,
                     guidance_scale=request.cfg_scale,
-                    width=request.width,
-                    height=request.height,
                     num_images_per_prompt=request.batch_size,
                     generator=generators[0] if len(generators) == 1 else generators,
                     clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,
                     callback_on_step_end=on_step_end,
                     callback_on_step_end_tensor_inputs=["latents"],
+                    **self._mode_arguments(request, plan),
                 )
         except _CancelRequested:
-            result = None
+            return None
         except torch.cuda.OutOfMemoryError:
-            oom = True
+            raise _OutOfMemoryRaised from None
         except RuntimeError as error:
+            # Some backends (MPS, older CUDA paths) report OOM as a plain RuntimeError.
             if "out of memory" not in str(error).lower():
                 raise
-            oom = True
+            raise _OutOfMemoryRaised from None
         finally:
             watcher.detach()
-        if oom:
-            _free_memory()
-            raise OutOfMemory(
-                f"The {self._key.device if self._key else 'device'} ran out of memory at "
-                f"{request.width}x{request.height}, batch size {request.batch_size}. Try a smaller size or batch."
-            )
-        if result is None:
-            raise Cancelled("Cancelled.")
-        notes = self._prompt_notes(request) if batch_index == 0 else ()
-        return GeneratedBatch(tuple(result.images), seeds, batch_index, self._sampler_name(request), notes)
+
+    def _apply_memory_mode(self, pipe: Any, mode: str) -> None:
+        """Switch tiling, slicing and offload on the modules `pipe` shares with its siblings."""
+        if mode == self._memory_mode:
+            return
+        device = self._key.device if self._key else "cpu"
+        if self._memory_mode == "offload":
+            pipe.remove_all_hooks()
+            pipe.to(device)
+        if mode in ("tiled", "offload"):
+            pipe.vae.enable_tiling()
+            pipe.enable_attention_slicing()
+        else:
+            pipe.vae.disable_tiling()
+            pipe.disable_attention_slicing()
+        if mode == "offload":
+            pipe.enable_model_cpu_offload(device=device)
+        self._memory_mode = mode
+
+    @property
+    def memory_mode(self) -> str:
+        return self._memory_mode
+
+    def _pipe_for(self, mode: str, plan: EditPlan | None) -> Any:
+        """The pipeline for `mode`, sharing the loaded weights: from_pipe moves no tensor.
+
+        An inpainting (9-channel) model does image-to-image through its inpainting pipeline with
+        everything masked, as A1111 does: its UNet needs the mask channels.
+        """
+        if mode == "img2img" and self._inpaint_model:
+            mode = "inpaint"
+        if mode == "txt2img":
+            return self._pipe
+        pipe = self._pipes.get(mode)
+        if pipe is None:
+            factory = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
+            # Without the dtype, from_pipe would upcast the shared modules to fp32 (DESIGN.md section 4).
+            pipe = factory.from_pipe(self._pipe, dtype=self._pipe.dtype)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[mode] = pipe
+        return pipe
+
+    def _mode_arguments(self, request: GenerationRequest, plan: EditPlan | None) -> dict[str, Any]:
+        if plan is None:
+            return {"width": request.width, "height": request.height}
+        arguments: dict[str, Any] = {"image": plan.image, "strength": float(request.strength)}
+        if plan.mask is not None or self._inpaint_model:
+            mask = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
+            arguments |= {"mask_image": mask, "width": plan.size[0], "height": plan.size[1]}
+        return arguments
 
     def _sampler_name(self, request: GenerationRequest) -> str | None:
         if request.sampler != DEFAULT_SAMPLER:
@@ -451,11 +579,19 @@ def _extra_kwargs(cls: Any) -> dict[str, Any]:
     return {}
 
 
-def _refuse_inpaint_only(arch: ArchitectureInfo, name: str) -> None:
-    if arch.inpaint:
+def _edit_plan(request: GenerationRequest) -> EditPlan:
+    if request.init_image is None:
+        raise InvalidRequest("Image-to-image needs a source image.")
+    source = load_source(request.init_image)
+    mask = load_mask(request.mask, source.size) if request.mask is not None else None
+    return plan_edit(source, mask, request)
+
+
+def _refuse_inpaint_only(name: str, mode: str) -> None:
+    if mode == "txt2img":
         raise ModelError(
-            f"{name} is an inpainting model (its UNet takes 9 input channels). Pick a regular model for "
-            "text-to-image."
+            f"{name} is an inpainting model (its UNet takes 9 input channels): it edits a source image. "
+            "Pick a regular model for text-to-image, or give it a source image (and a mask) to work on."
         )
 
 
@@ -471,6 +607,19 @@ def _not_safetensors_message(path: Path, kind: str) -> str:
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
+
+
+def _memory_budget(pipe: Any, device: str) -> tuple[int | None, int | None]:
+    """(device memory, model bytes) for the auto memory mode; unknown off CUDA."""
+    if device != "cuda":
+        return None, None
+    model_bytes = sum(
+        p.numel() * p.element_size()
+        for component in pipe.components.values()
+        if isinstance(component, torch.nn.Module)
+        for p in component.parameters()
+    )
+    return torch.cuda.mem_get_info()[1], model_bytes
 
 
 def _free_memory() -> None:

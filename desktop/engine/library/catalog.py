@@ -11,10 +11,20 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from desktop.engine.errors import ModelError
+
+
+class _HasName(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+Named = TypeVar("Named", bound=_HasName)
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,15 @@ class ModelEntry:
     @property
     def is_folder(self) -> bool:
         return self.path.is_dir()
+
+
+def find_by_name(entries: Sequence[Named], name: str) -> Named | None:
+    """The entry called `name`: an exact match first, then one that differs only in case."""
+    for entry in entries:
+        if entry.name == name:
+            return entry
+    folded = name.casefold()
+    return next((entry for entry in entries if entry.name.casefold() == folded), None)
 
 
 class ModelCatalog:
@@ -55,12 +74,7 @@ class ModelCatalog:
 
     def find(self, name: str) -> ModelEntry | None:
         """A library entry by name (exact, then ignoring case). Names from PNGs and prompts go here."""
-        entries = self.entries()
-        for entry in entries:
-            if entry.name == name:
-                return entry
-        folded = name.casefold()
-        return next((entry for entry in entries if entry.name.casefold() == folded), None)
+        return find_by_name(self.entries(), name)
 
     def resolve(self, name_or_path: str) -> ModelEntry:
         """What a user typed or picked: a library name first, otherwise an existing file or folder."""

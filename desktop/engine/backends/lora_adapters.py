@@ -1,0 +1,300 @@
+"""LoRAs on a loaded pipeline, as diffusers/PEFT adapters, switched per job without reloading the model.
+
+Imports no torch itself: it drives the pipeline's own adapter methods (`load_lora_weights`,
+`set_adapters`, `disable_lora`, `delete_adapters`). Like the pipeline, it belongs to one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import autov3_hash
+from desktop.engine.library.lora import (
+    LoraCatalog,
+    LoraInfo,
+    ModelShape,
+    check_lora_fits,
+    merge_loras,
+    split_lora_tags,
+)
+from desktop.engine.request import GenerationRequest
+
+# Loaded adapters stay in memory between jobs (a switch back is then free); beyond this many, the
+# least recently used ones not needed by the current job are dropped.
+MAX_CACHED_ADAPTERS = 8
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """What one job runs with: the request as the encoder sees it, and what its metadata says."""
+
+    request: GenerationRequest  # prompt without `<lora:...>` tags; `loras` = panel + tags, merged
+    hashes: tuple[tuple[str, str], ...]  # (name, AutoV3) of each LoRA, for `Lora hashes`
+    notes: tuple[str, ...] = ()
+    embedding_hashes: tuple[tuple[str, str], ...] = ()  # (name, AutoV3) of each embedding the prompts use
+
+    @property
+    def hashes_text(self) -> str | None:
+        """The value of A1111's `Lora hashes` pair: `name: hash, name2: hash2`."""
+        return ", ".join(f"{name}: {digest}" for name, digest in self.hashes) or None
+
+    @property
+    def extra_parameters(self) -> tuple[tuple[str, str], ...]:
+        pairs = []
+        if self.hashes:
+            pairs.append(("Lora hashes", ", ".join(f"{name}: {digest}" for name, digest in self.hashes)))
+        if self.embedding_hashes:
+            pairs.append(("TI hashes", ", ".join(f"{name}: {digest}" for name, digest in self.embedding_hashes)))
+        return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> _Identity:
+        stat = path.stat()
+        return cls(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+    @property
+    def adapter_name(self) -> str:
+        # Derived from the file, never from the user's name for it: adapter names become module keys.
+        digest = hashlib.sha256(f"{self.path}|{self.size}|{self.mtime_ns}".encode()).hexdigest()[:16]
+        return f"marble_{digest}"
+
+
+class LoraAdapters:
+    """Keeps the pipeline's adapters in step with each request's LoRAs."""
+
+    def __init__(
+        self, catalog: LoraCatalog, max_cached: int = MAX_CACHED_ADAPTERS, embeddings: LoraCatalog | None = None
+    ) -> None:
+        self._catalog = catalog
+        self._embeddings = embeddings
+        self._tokens: dict[str, _Identity] = {}  # embedding tokens added to the loaded pipeline's tokenizers
+        self._max_cached = max(1, max_cached)
+        self._loaded: OrderedDict[_Identity, str] = OrderedDict()  # identity -> adapter name, LRU order
+        self._facts: dict[_Identity, tuple[LoraInfo, str]] = {}  # survives model switches: header + hash
+        self._enabled = True
+
+    @property
+    def catalog(self) -> LoraCatalog:
+        return self._catalog
+
+    @property
+    def loaded_adapters(self) -> tuple[str, ...]:
+        return tuple(self._loaded.values())
+
+    def forget(self) -> None:
+        """The pipeline is gone (unloaded or replaced): its adapters went with it."""
+        self._loaded.clear()
+        self._tokens.clear()
+        self._enabled = True
+
+    def apply(self, pipe: Any, request: GenerationRequest, shape: ModelShape, model_name: str) -> LoraPlan:
+        prompt, tagged = split_lora_tags(request.prompt)
+        negative, negative_tags = split_lora_tags(request.negative_prompt)
+        notes = []
+        if negative_tags:
+            notes.append("LoRA tags in the negative prompt were removed and not applied.")
+        refs = merge_loras(request.loras, tagged)
+        # Resolve and check every LoRA before touching the pipeline: a bad name fails the job cleanly.
+        chosen: list[tuple[str, _Identity, LoraInfo, Path, float]] = []
+        hashes: list[tuple[str, str]] = []
+        for ref in refs:
+            entry = self._catalog.get(ref.name)
+            identity = _Identity.of(entry.path)
+            info, digest = self._facts_for(identity, entry)
+            check_lora_fits(info, shape, entry.name, model_name)
+            chosen.append((entry.name, identity, info, entry.path, float(ref.weight)))
+            hashes.append((entry.name, digest))
+
+        for name, identity, _info, path, weight in chosen:
+            if weight != 0 and identity not in self._loaded:
+                self._load(pipe, name, identity, path)
+        active = [(self._loaded[identity], weight) for _, identity, _, _, weight in chosen if weight != 0]
+        for _, identity, *_ in chosen:
+            if identity in self._loaded:
+                self._loaded.move_to_end(identity)
+        self._activate(pipe, active)
+        self._evict(pipe, {identity for _, identity, *_ in chosen})
+        cleaned = replace(request, prompt=prompt, negative_prompt=negative, loras=refs)
+        embedding_hashes = self._apply_embeddings(pipe, f"{prompt}\n{negative}", shape, model_name)
+        return LoraPlan(cleaned, tuple(hashes), tuple(notes), embedding_hashes)
+
+    # --------------------------------------------------------------------------- embeddings
+
+    def _apply_embeddings(
+        self, pipe: Any, text: str, shape: ModelShape, model_name: str
+    ) -> tuple[tuple[str, str], ...]:
+        """Load each library embedding whose name the prompts use as a word (A1111 behaviour)."""
+        if self._embeddings is None:
+            return ()
+        used = []
+        for entry in self._embeddings.entries():
+            if not re.search(rf"(?<![\w-]){re.escape(entry.name)}(?![\w-])", text):
+                continue
+            # A token stays in the tokenizer until the model is reloaded (tokenizers cannot drop added
+            # tokens cleanly), so a file replaced on disk takes effect at the next model load.
+            if entry.name not in self._tokens:
+                self._load_embedding(pipe, entry.name, entry.path, shape, model_name)
+                self._tokens[entry.name] = _Identity.of(entry.path)
+            used.append((entry.name, autov3_hash(entry.path)))
+        return tuple(used)
+
+    def _load_embedding(self, pipe: Any, name: str, path: Path, shape: ModelShape, model_name: str) -> None:
+        from safetensors.torch import load_file  # torch is loaded already: this runs on the generation thread
+
+        try:
+            tensors = load_file(str(path))
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ModelError(f"The embedding {name!r} cannot be read: {_short(error)}") from error
+        first, second = _embedding_vectors(tensors)
+        if first is None:
+            raise ModelError(f"{path.name} is not a textual-inversion embedding (no emb_params / clip_l tensors).")
+        width = int(first.shape[-1])
+        if width != shape.text_width or (second is not None and int(second.shape[-1]) != shape.text_width_2):
+            raise ModelError(
+                f"The embedding {name!r} does not fit {model_name}: its vectors have width {width}, the model's "
+                f"text encoder {shape.text_width}. Use an embedding made for this kind of model."
+            )
+        if shape.text_width_2 is not None and second is None:
+            raise ModelError(f"The embedding {name!r} has no vectors for SDXL's second text encoder.")
+        try:
+            pipe.load_textual_inversion(first.reshape(-1, width), token=name)
+            if second is not None:
+                pipe.load_textual_inversion(
+                    second.reshape(-1, int(second.shape[-1])), token=name,
+                    text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2,
+                )  # fmt: skip
+        except ValueError as error:
+            raise ModelError(
+                f"The embedding {name!r} could not be added: {_short(error)} Rename it in the library."
+            ) from error
+
+    def _facts_for(self, identity: _Identity, entry: Any) -> tuple[LoraInfo, str]:
+        facts = self._facts.get(identity)
+        if facts is None:
+            info = self._catalog.inspect(entry)
+            facts = (info, autov3_hash(entry.path))
+            self._facts[identity] = facts
+        return facts
+
+    def _load(self, pipe: Any, name: str, identity: _Identity, path: Path) -> None:
+        adapter = identity.adapter_name
+        before = _adapter_count(pipe, adapter)
+        try:
+            with _without_text_model_alias(pipe), warnings.catch_warnings():
+                # PEFT warns whenever a second adapter joins a model; several adapters is the point here.
+                warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters")
+                pipe.load_lora_weights(str(path), adapter_name=adapter)
+        except (ValueError, KeyError, RuntimeError, TypeError, OSError) as error:
+            self._drop(pipe, adapter)
+            raise ModelError(f"The LoRA {name!r} could not be applied to this model: {_short(error)}") from error
+        if _adapter_count(pipe, adapter) == before:
+            # diffusers skips layers it cannot place with a log line only; say so instead of doing nothing.
+            self._drop(pipe, adapter)
+            raise ModelError(
+                f"The LoRA {name!r} changed nothing: none of its layers match this model's layers. It was "
+                "probably made for another base model."
+            )
+        self._loaded[identity] = adapter
+
+    def _activate(self, pipe: Any, active: list[tuple[str, float]]) -> None:
+        if not self._loaded:
+            return
+        if not active:
+            # Disabled adapter layers call the base layer alone: exactly the image without any LoRA.
+            if self._enabled:
+                pipe.disable_lora()
+                self._enabled = False
+            return
+        if not self._enabled:
+            pipe.enable_lora()
+            self._enabled = True
+        pipe.set_adapters([name for name, _ in active], [weight for _, weight in active])
+
+    def _evict(self, pipe: Any, keep: set[_Identity]) -> None:
+        while len(self._loaded) > self._max_cached:
+            oldest = next((identity for identity in self._loaded if identity not in keep), None)
+            if oldest is None:
+                return
+            self._drop(pipe, self._loaded.pop(oldest))
+
+    @staticmethod
+    def _drop(pipe: Any, adapter: str) -> None:
+        present = {name for names in pipe.get_list_adapters().values() for name in names}
+        if adapter in present:
+            pipe.delete_adapters([adapter])
+
+
+@contextlib.contextmanager
+def _without_text_model_alias(pipe: Any) -> Iterator[None]:
+    """Hide the backend's clip-skip alias `text_encoder.text_model` while diffusers loads a LoRA.
+
+    diffusers strips the `text_model.` prefix from LoRA keys only when the encoder has no `text_model`
+    attribute (transformers 5 flattened CLIPTextModel); the alias would make it keep the prefix and
+    find no layer.
+    """
+    hidden = []
+    for attribute in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, attribute, None)
+        if encoder is not None and encoder.__dict__.get("text_model") is encoder:
+            del encoder.__dict__["text_model"]
+            hidden.append(encoder)
+    try:
+        yield
+    finally:
+        for encoder in hidden:
+            object.__setattr__(encoder, "text_model", encoder)
+
+
+def _embedding_vectors(tensors: dict[str, Any]) -> tuple[Any, Any]:
+    """(vectors for the first text encoder, for SDXL's second or None) in the formats people share."""
+    if "clip_l" in tensors:
+        return tensors["clip_l"], tensors.get("clip_g")
+    for key in ("emb_params", "string_to_param.*"):
+        if key in tensors:
+            return tensors[key], None
+    if len(tensors) == 1:
+        return next(iter(tensors.values())), None  # diffusers: {token: vectors}
+    return None, None
+
+
+def _adapter_count(pipe: Any, adapter: str) -> int:
+    """How many pipeline components carry this adapter."""
+    return sum(adapter in names for names in pipe.get_list_adapters().values())
+
+
+def model_shape(pipe: Any, family: str) -> ModelShape:
+    """The widths of a loaded pipeline that decide whether a LoRA fits."""
+    unet_config = getattr(getattr(pipe, "unet", None), "config", None)
+    context = getattr(unet_config, "cross_attention_dim", None) if unet_config is not None else None
+    return ModelShape(
+        family=family,
+        context_dim=context if isinstance(context, int) else None,
+        text_width=_hidden_size(getattr(pipe, "text_encoder", None)),
+        text_width_2=_hidden_size(getattr(pipe, "text_encoder_2", None)),
+    )
+
+
+def _hidden_size(encoder: Any) -> int | None:
+    size = getattr(getattr(encoder, "config", None), "hidden_size", None)
+    return size if isinstance(size, int) else None
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]

@@ -1,0 +1,49 @@
+"""Memory modes: which one to start with, which one to fall back to after an out-of-memory error.
+
+Pure policy, no torch: the diffusers backend measures the device and applies the mode.
+  full     everything on the device, nothing sliced: fastest.
+  tiled    VAE tiling and attention slicing: large images in less memory, same weights on the device.
+  offload  model CPU offload (GPU only): each component visits the GPU only while it runs.
+"""
+
+from __future__ import annotations
+
+LADDER = ("full", "tiled", "offload")
+# Above this many pixels the VAE decode alone can need more memory than the UNet steps.
+TILING_PIXELS = 1024 * 1024
+# A GPU with less than this multiple of the weights' size has no room for activations: offload.
+HEADROOM = 1.5
+
+DESCRIPTIONS = {
+    "full": "everything on the device",
+    "tiled": "VAE tiling and attention slicing",
+    "offload": "model CPU offload",
+}
+
+
+def choose_mode(
+    requested: str,
+    device: str,
+    width: int,
+    height: int,
+    device_bytes: int | None = None,
+    model_bytes: int | None = None,
+) -> str:
+    """The mode to run with: the user's choice, or for `auto` a pick by device, size and GPU memory."""
+    if requested != "auto":
+        return requested if requested != "offload" or device == "cuda" else "tiled"
+    short = device_bytes is not None and model_bytes is not None and device_bytes < model_bytes * HEADROOM
+    if device == "cuda" and short:
+        return "offload"
+    return "tiled" if width * height > TILING_PIXELS else "full"
+
+
+def lower_mode(mode: str, device: str) -> str | None:
+    """The next mode down the ladder that this device supports, or None at the bottom."""
+    index = LADDER.index(mode) + 1
+    while index < len(LADDER):
+        candidate = LADDER[index]
+        if candidate != "offload" or device == "cuda":
+            return candidate
+        index += 1
+    return None

@@ -1,0 +1,512 @@
+"""The library: models, LoRAs and embeddings in the data folder, with a versioned JSON index.
+
+Import copies a file (or hard-links it when source and library share a volume) into the kind's folder,
+checks what it is from its bytes, and records name, architecture, size, sha256, AutoV2 (and AutoV3 for
+safetensors files), source path and import date in `library.json`. Files users drop into the folders by
+hand are listed too; they are hashed and recorded the first time `info` looks at them.
+
+Names are data: a name typed by a user becomes a file name only through `check_name`, and a name from a
+prompt, a PNG or a header is only ever compared with the listing. A pickled checkpoint is refused unless
+the caller asks to convert it, which happens in a child process with `weights_only=True` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, StorageError
+from desktop.engine.library.checkpoint import (
+    HASH_CHUNK_BYTES,
+    autov3_hash,
+    detect_architecture,
+    detect_diffusers_folder,
+    read_safetensors_header,
+    sha256_file,
+    sniff_file_type,
+)
+from desktop.engine.library.lora import inspect_lora
+from desktop.engine.paths import AppPaths
+
+SCHEMA_VERSION = 1
+KINDS = ("model", "lora", "embedding")
+MAX_NAME_CHARS = 120
+# Names Windows will not create as files, whatever the extension.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+_FORBIDDEN_CHARS = set('<>:"/\\|?*')
+
+Progress = Callable[[int, int], None]
+ShouldCancel = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class LibraryRecord:
+    """One library entry as the index stores it and the CLI/window show it."""
+
+    name: str
+    kind: str  # "model" | "lora" | "embedding"
+    file: str  # the file or folder name inside the kind's folder (made by check_name, never from a prompt)
+    architecture: str  # a label: "SD 1.x", "SDXL inpainting", "SD 1.x LoRA", ...
+    family: str | None
+    format: str  # "safetensors" | "diffusers" | "kohya" | "peft" | ...
+    size: int
+    sha256: str | None  # None for folders
+    autov2: str | None
+    autov3: str | None
+    source: str | None
+    imported_at: str | None  # ISO 8601, UTC
+    indexed: bool = True  # False: found in the folder but not hashed yet
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> LibraryRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+
+
+def check_name(name: str) -> str:
+    """A user-chosen library name that is safe as a single file name on every platform, or InvalidRequest."""
+    cleaned = name.strip() if isinstance(name, str) else ""
+    problem = None
+    if not cleaned:
+        problem = "it is empty"
+    elif len(cleaned) > MAX_NAME_CHARS:
+        problem = f"it is longer than {MAX_NAME_CHARS} characters"
+    elif any(ord(c) < 32 for c in cleaned) or _FORBIDDEN_CHARS & set(cleaned):
+        problem = 'it contains a control character or one of < > : " / \\ | ? *'
+    elif cleaned.startswith(".") or cleaned.endswith("."):
+        problem = "it starts or ends with a dot"
+    elif cleaned.split(".")[0].casefold() in _RESERVED:
+        problem = "Windows reserves it as a device name"
+    if problem:
+        raise InvalidRequest(f"{name!r} cannot be a library name: {problem}. Pick another name.")
+    return cleaned
+
+
+class Library:
+    """The three library folders and their index. Thread-safe: the window hashes on a thread pool."""
+
+    def __init__(self, paths: AppPaths) -> None:
+        self._paths = paths
+        self._folders = {"model": paths.models, "lora": paths.loras, "embedding": paths.embeddings}
+        self._file = paths.library_index
+        self._lock = threading.RLock()
+
+    def folder(self, kind: str) -> Path:
+        _check_kind(kind)
+        return self._folders[kind]
+
+    # ------------------------------------------------------------------------------------ listing
+
+    def records(self, kind: str) -> list[LibraryRecord]:
+        """Everything in the kind's folder: indexed entries, plus unindexed ones found on disk."""
+        folder = self.folder(kind)
+        with self._lock:
+            stored = self._load().get(kind, {})
+        found = []
+        for file_name in _library_files(folder, kind):
+            record = stored.get(file_name)
+            path = folder / file_name
+            if record is None or not _same_size(record, path):
+                record = _unindexed(kind, path)
+            found.append(record)
+        return sorted(found, key=lambda r: r.name.casefold())
+
+    def find(self, kind: str, name: str) -> LibraryRecord | None:
+        """By name (exact, then ignoring case); a name is compared, never joined into a path."""
+        records = self.records(kind)
+        exact = next((r for r in records if r.name == name), None)
+        if exact is not None:
+            return exact
+        folded = name.casefold() if isinstance(name, str) else None
+        return next((r for r in records if r.name.casefold() == folded), None)
+
+    def get(self, kind: str, name: str) -> LibraryRecord:
+        record = self.find(kind, name)
+        if record is None:
+            known = ", ".join(r.name for r in self.records(kind)) or "none yet"
+            raise ModelError(f"No {_noun(kind)} named {name!r} in the library ({known}).")
+        return record
+
+    def path_of(self, record: LibraryRecord) -> Path:
+        return self.folder(record.kind) / record.file
+
+    def info(self, kind: str, name: str, on_progress: Progress | None = None) -> LibraryRecord:
+        """The full record, hashing and recording a hand-copied file on first look."""
+        record = self.get(kind, name)
+        if record.indexed:
+            return record
+        path = self.path_of(record)
+        full = self._describe(kind, path, source=None, on_progress=on_progress)
+        full = replace(full, name=record.name, file=record.file, imported_at=None)
+        self._store(full)
+        return full
+
+    def header_metadata(self, record: LibraryRecord) -> dict[str, str]:
+        """The `__metadata__` of a safetensors file (training notes, trigger words); {} for folders."""
+        path = self.path_of(record)
+        if path.is_dir():
+            return {}
+        return dict(read_safetensors_header(path).metadata)
+
+    # ------------------------------------------------------------------------------------- import
+
+    def import_path(
+        self,
+        source: Path | str,
+        kind: str,
+        name: str | None = None,
+        *,
+        convert_pickle: bool = False,
+        on_progress: Progress | None = None,
+        should_cancel: ShouldCancel | None = None,
+    ) -> LibraryRecord:
+        """Copy (or hard-link) a file or diffusers folder into the library and index it.
+
+        Cancelled or failed imports leave no file behind: the copy goes to a hidden `.partial` name and
+        is renamed into place only when complete and checked.
+        """
+        _check_kind(kind)
+        source = Path(source).expanduser()
+        if not source.exists():
+            raise ModelError(f"{source} does not exist.")
+        source = source.resolve()
+        folder = self.folder(kind)
+        folder.mkdir(parents=True, exist_ok=True)
+        is_folder = source.is_dir()
+        base = check_name(name if name is not None else (source.name if is_folder else source.stem))
+        file_name = base if is_folder else f"{base}.safetensors"
+        with self._lock:
+            if self.find(kind, base) is not None or (folder / file_name).exists():
+                raise ModelError(
+                    f"The library already has a {_noun(kind)} named {base!r}. Remove it first, or pick another name."
+                )
+        target = folder / file_name
+        partial = folder / f".{file_name}.partial"
+        known_sha: str | None = None
+        _remove(partial)
+        try:
+            if is_folder:
+                if kind != "model":
+                    raise ModelError(f"{source.name} is a folder; a {_noun(kind)} is a single .safetensors file.")
+                detect_diffusers_folder(source)  # refuse anything that is not a model folder before copying
+                _refuse_pickled_files(source)
+                _copy_tree(source, partial, on_progress, should_cancel)
+            else:
+                file_type = sniff_file_type(source)
+                if file_type in ("pickle", "zip"):
+                    if not convert_pickle:
+                        raise ModelError(_pickle_refusal(source, kind))
+                    from desktop.engine.backends.pickle_convert import convert_in_child
+
+                    convert_in_child(source, partial)
+                elif file_type != "safetensors":
+                    raise ModelError(
+                        f"{source.name} is not a safetensors file or a diffusers folder (its bytes match no known "
+                        "model format)."
+                    )
+                else:
+                    known_sha = _copy_or_link(source, partial, on_progress, should_cancel)
+            record = self._describe(
+                kind,
+                partial,
+                source=str(source),
+                on_progress=on_progress,
+                is_folder=is_folder,
+                sha256=known_sha,
+                display=source.name,
+            )
+            record = replace(record, name=base, file=file_name)
+            os.replace(partial, target)
+        except BaseException:
+            _remove(partial)
+            raise
+        self._store(record)
+        return record
+
+    # ---------------------------------------------------------------------------- remove / rename
+
+    def remove(self, kind: str, name: str) -> LibraryRecord:
+        record = self.get(kind, name)
+        path = self.path_of(record)
+        with self._lock:
+            try:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                raise StorageError(f"Could not remove {path}: {error.strerror or error}.") from error
+            table = self._load()
+            table.get(kind, {}).pop(record.file, None)
+            self._save(table)
+        return record
+
+    def rename(self, kind: str, name: str, new_name: str) -> LibraryRecord:
+        record = self.get(kind, name)
+        base = check_name(new_name)
+        path = self.path_of(record)
+        new_file = base if path.is_dir() else f"{base}.safetensors"
+        with self._lock:
+            clash = self.find(kind, base)
+            if clash is not None and clash.file != record.file:
+                raise ModelError(f"The library already has a {_noun(kind)} named {base!r}.")
+            try:
+                os.replace(path, self.folder(kind) / new_file)
+            except OSError as error:
+                raise StorageError(f"Could not rename {path.name}: {error.strerror or error}.") from error
+            table = self._load()
+            entries = table.setdefault(kind, {})
+            entries.pop(record.file, None)
+            renamed = replace(record, name=base, file=new_file)
+            if renamed.indexed:
+                entries[new_file] = renamed
+            self._save(table)
+        return renamed
+
+    # ---------------------------------------------------------------------------------- internals
+
+    def _describe(
+        self,
+        kind: str,
+        path: Path,
+        source: str | None,
+        on_progress: Progress | None,
+        is_folder: bool | None = None,
+        sha256: str | None = None,
+        display: str | None = None,
+    ) -> LibraryRecord:
+        display = display or path.name
+        is_folder = path.is_dir() if is_folder is None else is_folder
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if is_folder:
+            arch = detect_diffusers_folder(path)
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            return LibraryRecord(
+                path.name, kind, path.name, arch.label, arch.family, "diffusers", size, None, None, None, source, now
+            )
+        header = read_safetensors_header(path)
+        if kind == "model":
+            arch = detect_architecture(header, name=display)
+            label, family, fmt = arch.label, arch.family, "safetensors"
+        elif kind == "lora":
+            info = inspect_lora(header, display)
+            label, family, fmt = f"{info.label} LoRA", info.family, info.format
+        else:
+            label, family, fmt = _embedding_label(header, display), None, "embedding"
+        digest = sha256 or sha256_file(path, on_progress)
+        return LibraryRecord(
+            path.stem, kind, path.name, label, family, fmt, header.file_size, digest, digest[:10],
+            autov3_hash(path), source, now,
+        )  # fmt: skip
+
+    def _store(self, record: LibraryRecord) -> None:
+        with self._lock:
+            table = self._load()
+            table.setdefault(record.kind, {})[record.file] = record
+            self._save(table)
+
+    def _load(self) -> dict[str, dict[str, LibraryRecord]]:
+        try:
+            document = json.loads(self._file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            # A damaged index loses only hashes and import dates: the files themselves are still listed.
+            backup = self._file.with_suffix(".damaged.json")
+            with contextlib.suppress(OSError):
+                shutil.copyfile(self._file, backup)
+            raise ModelError(
+                f"The library index {self._file} is damaged ({error}); a copy was kept as {backup.name}. Delete "
+                "the index to rebuild it from the files."
+            ) from error
+        document = _migrate(document)
+        table: dict[str, dict[str, LibraryRecord]] = {}
+        for kind, entries in document.get("entries", {}).items():
+            if kind in KINDS and isinstance(entries, dict):
+                table[kind] = {
+                    file: LibraryRecord.from_json(data) for file, data in entries.items() if isinstance(data, dict)
+                }
+        return table
+
+    def _save(self, table: dict[str, dict[str, LibraryRecord]]) -> None:
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "entries": {kind: {file: r.to_json() for file, r in entries.items()} for kind, entries in table.items()},
+        }
+        tmp = self._file.with_name(f".{self._file.name}.partial")
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(document, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(tmp, self._file)
+        except OSError as error:
+            _remove(tmp)
+            raise StorageError(f"Could not write the library index {self._file}: {error.strerror or error}.") from error
+
+
+def guess_kind(path: Path | str) -> str:
+    """Which library a dropped file belongs in, judged from its bytes: "model", "lora" or "embedding".
+
+    Anything unclear goes to "model", whose import then explains what the file is (a pickle, a VAE, ...).
+    """
+    path = Path(path)
+    if path.is_dir() or sniff_file_type(path) != "safetensors":
+        return "model"
+    try:
+        header = read_safetensors_header(path)
+    except ModelError:
+        return "model"
+    with contextlib.suppress(ModelError):
+        inspect_lora(header, path.name)
+        return "lora"
+    with contextlib.suppress(ModelError):
+        _embedding_label(header, path.name)
+        return "embedding"
+    return "model"
+
+
+def _migrate(document: object) -> dict:
+    if not isinstance(document, dict):
+        return {}
+    version = document.get("schema_version", 0)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ModelError(
+            f"The library index was written by a newer Marble (schema {version}); update Marble to use it."
+        )
+    # Version 1 is the first; later versions add a step here, oldest first.
+    return document
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise InvalidRequest(f"Unknown library kind {kind!r}: use one of {', '.join(KINDS)}.")
+
+
+def _noun(kind: str) -> str:
+    return {"model": "model", "lora": "LoRA", "embedding": "embedding"}[kind]
+
+
+def _library_files(folder: Path, kind: str) -> list[str]:
+    if not folder.is_dir():
+        return []
+    names = []
+    for child in folder.iterdir():
+        if child.name.startswith("."):
+            continue
+        if child.is_file() and child.suffix.lower() == ".safetensors":
+            names.append(child.name)
+        elif kind == "model" and child.is_dir() and (child / "model_index.json").is_file():
+            names.append(child.name)
+    return names
+
+
+def _same_size(record: LibraryRecord, path: Path) -> bool:
+    # A file replaced by hand under the same name must not keep the old file's hashes.
+    return path.is_dir() or (path.is_file() and path.stat().st_size == record.size)
+
+
+def _unindexed(kind: str, path: Path) -> LibraryRecord:
+    is_dir = path.is_dir()
+    size = 0 if is_dir else path.stat().st_size
+    name = path.name if is_dir else path.stem
+    return LibraryRecord(name, kind, path.name, "not indexed yet", None, "diffusers" if is_dir else "safetensors",
+                         size, None, None, None, None, None, indexed=False)  # fmt: skip
+
+
+def _embedding_label(header, name: str) -> str:
+    tensors = header.tensors
+    if "clip_l" in tensors and "clip_g" in tensors:
+        return "SDXL embedding"
+    for key in ("emb_params", "string_to_param.*", "clip_l"):
+        if key in tensors:
+            shape = tensors[key].shape
+            width = shape[-1] if shape else None
+            return {768: "SD 1.x embedding", 1024: "SD 2.x embedding"}.get(width, "embedding")
+    raise ModelError(f"{name} is not a textual-inversion embedding (no emb_params / clip_l tensors).")
+
+
+def _refuse_pickled_files(folder: Path) -> None:
+    """A diffusers folder may carry .bin weights: pickles, which loading would unpickle. Judge by bytes."""
+    for file in sorted(folder.rglob("*")):
+        if file.is_file() and sniff_file_type(file) in ("pickle", "zip"):
+            raise ModelError(
+                f"{folder.name} holds pickled PyTorch weights ({file.relative_to(folder)}), which can run code when "
+                "loaded, so Marble does not import it. Get the safetensors version of this model (a folder with "
+                ".safetensors files only)."
+            )
+
+
+def _pickle_refusal(source: Path, kind: str) -> str:
+    return (
+        f"{source.name} is a pickled PyTorch checkpoint, whatever its name says. Loading a pickle can run "
+        "arbitrary code, so Marble does not import it as it is. If you trust where it came from, convert it: "
+        f"`marble {kind}s import --convert-pickle {source}` loads only its tensors (weights_only) in a separate "
+        "process and writes a .safetensors copy; a file that needs anything more is rejected."
+    )
+
+
+def _copy_or_link(
+    source: Path, target: Path, on_progress: Progress | None, should_cancel: ShouldCancel | None
+) -> str | None:
+    """A hard link when both sit on one volume (instant, no extra space), otherwise a chunked copy.
+
+    Returns the sha256 when the copy computed it on the way (a link has not read the file).
+    """
+    with contextlib.suppress(OSError, NotImplementedError):
+        os.link(source, target)
+        return None
+    digest = hashlib.sha256()
+    _copy_file(source, target, on_progress, should_cancel, 0, source.stat().st_size, digest)
+    return digest.hexdigest()
+
+
+def _copy_file(
+    source: Path,
+    target: Path,
+    on_progress: Progress | None,
+    should_cancel: ShouldCancel | None,
+    done: int,
+    total: int,
+    digest: hashlib._Hash | None = None,
+) -> int:
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while chunk := src.read(HASH_CHUNK_BYTES):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("The import was cancelled; nothing was added to the library.")
+            dst.write(chunk)
+            if digest is not None:
+                digest.update(chunk)
+            done += len(chunk)
+            if on_progress is not None:
+                on_progress(done, total)
+        dst.flush()
+        os.fsync(dst.fileno())
+    shutil.copystat(source, target)
+    return done
+
+
+def _copy_tree(source: Path, target: Path, on_progress: Progress | None, should_cancel: ShouldCancel | None) -> None:
+    files = [f for f in sorted(source.rglob("*")) if f.is_file() and not f.is_symlink()]
+    total = sum(f.stat().st_size for f in files)
+    done = 0
+    for file in files:
+        destination = target / file.relative_to(source)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        done = _copy_file(file, destination, on_progress, should_cancel, done, total)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

@@ -1,0 +1,270 @@
+"""LoRAs without torch: find them by name, read what they fit from their header, parse prompt tags.
+
+A LoRA file is untrusted input like any model: it is judged by its safetensors header (tensor names and
+shapes), and a name from a prompt (`<lora:name:0.8>`), a PNG or a header is looked up in the LoRA folder's
+listing, never joined into a path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.catalog import find_by_name
+from desktop.engine.library.checkpoint import SafetensorsHeader, read_safetensors_header, sniff_file_type
+from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
+
+# Cross-attention context width of each base family: what the UNet's attn2.to_k/to_v read.
+_FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+# A1111 extra-network syntax; `lyco` is the LyCORIS extension's spelling of the same thing. Extra
+# fields after the weight (`<lora:name:0.8:0.5>`, text-encoder/UNet split) are accepted and ignored.
+_TAG = re.compile(r"<(?:lora|lyco):([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t]{2,}")
+
+
+# --------------------------------------------------------------------------------------------------
+# What a LoRA fits
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    """What a LoRA file's header says about it. Widths are None where the file has no such layers."""
+
+    format: str  # "kohya" | "peft" | "diffusers"
+    family: str | None  # "sd1" | "sd2" | "sdxl", or None for a width no released model has
+    context_dim: int | None  # UNet cross-attention input width (768 SD1, 1024 SD2, 2048 SDXL)
+    text_width: int | None  # first text encoder's hidden width
+    text_width_2: int | None  # SDXL's second text encoder's hidden width
+    unet: bool
+    text_encoder: bool
+    tensors: int
+
+    @property
+    def label(self) -> str:
+        return FAMILY_LABELS.get(self.family or "", "unknown base model")
+
+
+def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo:
+    """Format and base architecture of a LoRA from tensor names and shapes; raise if it is no LoRA."""
+    names = list(header.tensors)
+    if any(n.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for n in names):
+        fmt = "kohya"
+    elif any(".lora_A." in n or ".lora_B." in n for n in names):
+        fmt = "peft"
+    elif any(".lora.down." in n or "_lora.down." in n for n in names):
+        fmt = "diffusers"
+    else:
+        raise ModelError(f"{name} is not a LoRA: it has none of the layer names of kohya or diffusers/PEFT LoRA files.")
+    te2 = [n for n in names if n.startswith(("lora_te2_", "text_encoder_2."))]
+    te1 = [n for n in names if n.startswith(("lora_te_", "lora_te1_", "text_encoder."))]
+    unet = [n for n in names if n not in te1 and n not in te2]
+
+    context = _first_width(header, unet, _is_context_down)
+    text_width = _first_width(header, te1, _is_q_proj_down)
+    text_width_2 = _first_width(header, te2, _is_q_proj_down)
+    sgm_names = any(n.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_")) for n in unet)
+    if te2 or context == 2048 or (sgm_names and context is None):
+        # kohya writes SDXL UNet layers by their original (SGM) names, SD 1/2 ones by diffusers names.
+        family: str | None = "sdxl"
+    elif context is not None:
+        family = _FAMILY_BY_CONTEXT.get(context)
+    else:
+        family = _FAMILY_BY_TEXT_WIDTH.get(text_width or 0)
+    return LoraInfo(
+        format=fmt,
+        family=family,
+        context_dim=context,
+        text_width=text_width,
+        text_width_2=text_width_2,
+        unet=bool(unet),
+        text_encoder=bool(te1 or te2),
+        tensors=len(names),
+    )
+
+
+def _is_context_down(name: str) -> bool:
+    # attn2.to_k / to_v read the text context; their down (A) matrix is (rank, context width).
+    # Covers kohya (attn2_to_k), PEFT (attn2.to_k) and old diffusers (attn2.processor.to_k_lora) names.
+    lowered = name.replace("_", ".")
+    return ".attn2." in lowered and (".to.k." in lowered or ".to.v." in lowered)
+
+
+def _is_q_proj_down(name: str) -> bool:
+    return "q_proj" in name
+
+
+def _is_down(name: str) -> bool:
+    return name.endswith((".lora_down.weight", ".lora_A.weight", "lora.down.weight"))
+
+
+def _first_width(header: SafetensorsHeader, names: Iterable[str], wanted: Callable[[str], bool]) -> int | None:
+    for tensor_name in sorted(names):
+        if wanted(tensor_name) and _is_down(tensor_name):
+            shape = header.tensors[tensor_name].shape
+            if len(shape) == 2:
+                return shape[1]
+    return None
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The facts about a loaded model that decide whether a LoRA fits it."""
+
+    family: str
+    context_dim: int | None
+    text_width: int | None
+    text_width_2: int | None
+
+
+def check_lora_fits(info: LoraInfo, model: ModelShape, lora_name: str, model_name: str) -> None:
+    """Refuse a LoRA made for another base model: diffusers would otherwise skip its layers silently."""
+    model_label = FAMILY_LABELS.get(model.family, model.family)
+    problem = None
+    if info.family is not None and info.family != model.family:
+        problem = f"it is a LoRA for {info.label} models, and {model_name} is {model_label}"
+    elif info.context_dim is not None and model.context_dim is not None and info.context_dim != model.context_dim:
+        problem = (
+            f"its UNet layers read a text context of width {info.context_dim}, and {model_name}'s UNet "
+            f"reads width {model.context_dim}"
+        )
+    elif info.text_width is not None and model.text_width is not None and info.text_width != model.text_width:
+        problem = f"its text-encoder layers have width {info.text_width}, {model_name}'s have {model.text_width}"
+    elif info.text_width_2 is not None and model.text_width_2 is None:
+        problem = f"it has layers for SDXL's second text encoder, which {model_name} does not have"
+    elif info.text_width_2 is not None and model.text_width_2 is not None and info.text_width_2 != model.text_width_2:
+        problem = (
+            f"its second text-encoder layers have width {info.text_width_2}, {model_name}'s have {model.text_width_2}"
+        )
+    if problem:
+        raise ModelError(
+            f"The LoRA {lora_name!r} does not fit the selected model: {problem}. Pick a LoRA made for "
+            f"{model_label}, or a model it was made for."
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt tags and command-line values
+
+
+def split_lora_tags(prompt: str) -> tuple[str, tuple[LoraRef, ...]]:
+    """Take `<lora:name:weight>` tags out of a prompt: (text for the encoder, LoRAs in order)."""
+    refs: list[LoraRef] = []
+
+    def take(match: re.Match[str]) -> str:
+        name = match.group(1).strip()
+        refs.append(LoraRef(name, _weight(match.group(2), match.group(0))))
+        return ""
+
+    text = _TAG.sub(take, prompt)
+    if not refs:
+        return prompt, ()
+    lines = [_SPACES.sub(" ", line).strip() for line in text.splitlines()]
+    return "\n".join(line for line in lines if line), tuple(refs)
+
+
+def _weight(raw: str | None, tag: str) -> float:
+    if raw is None or not raw.strip():
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"The LoRA tag {tag} has weight {raw.strip()!r}, which is not a number.") from None
+    if not -MAX_LORA_WEIGHT <= value <= MAX_LORA_WEIGHT:
+        raise InvalidRequest(
+            f"The LoRA tag {tag} has weight {value:g}; use {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}."
+        )
+    return value
+
+
+def merge_loras(*groups: Iterable[LoraRef]) -> tuple[LoraRef, ...]:
+    """One entry per LoRA name (ignoring case), in first-seen order; a later weight wins.
+
+    The prompt's tags come last, so a tag the user typed overrides the panel's weight for that LoRA.
+    """
+    merged: dict[str, LoraRef] = {}
+    for group in groups:
+        for ref in group:
+            key = ref.name.casefold()
+            if key in merged:
+                merged[key] = LoraRef(merged[key].name, ref.weight)
+            else:
+                merged[key] = ref
+    return tuple(merged.values())
+
+
+def parse_lora_arg(value: str) -> LoraRef:
+    """`NAME:WEIGHT` or `NAME` (weight 1) from the command line; a name may itself contain colons."""
+    name, sep, weight = value.rpartition(":")
+    if sep:
+        try:
+            return LoraRef(name.strip(), float(weight))
+        except ValueError:
+            pass
+    return LoraRef(value.strip(), 1.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The LoRA folder
+
+
+@dataclass(frozen=True)
+class LoraEntry:
+    name: str
+    path: Path
+
+
+class LoraCatalog:
+    """The `.safetensors` files of the LoRA folder, found by name only.
+
+    Unlike ModelCatalog.resolve there is no path fallback: every LoRA name reaches the engine from text
+    (prompt tags, PNG metadata, a panel row), so a name is only ever compared with this listing.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+
+    @property
+    def folder(self) -> Path:
+        return self._folder
+
+    def entries(self) -> list[LoraEntry]:
+        if not self._folder.is_dir():
+            return []
+        found = []
+        for child in sorted(self._folder.iterdir(), key=lambda p: p.name.casefold()):
+            if child.name.startswith(".") or not child.is_file() or child.suffix.lower() != ".safetensors":
+                continue
+            found.append(LoraEntry(child.stem, child))
+        return found
+
+    def names(self) -> list[str]:
+        return [entry.name for entry in self.entries()]
+
+    def find(self, name: str) -> LoraEntry | None:
+        return find_by_name(self.entries(), name)
+
+    def get(self, name: str) -> LoraEntry:
+        """The entry for a name, or a ModelError that says which LoRAs exist."""
+        entry = self.find(name)
+        if entry is None:
+            known = ", ".join(self.names()) or "none yet"
+            raise ModelError(
+                f"No LoRA named {name!r} in the library ({self._folder}; LoRAs there: {known}). "
+                "Import it first (marble loras import FILE)."
+            )
+        return entry
+
+    def inspect(self, entry: LoraEntry) -> LoraInfo:
+        kind = sniff_file_type(entry.path)
+        if kind != "safetensors":
+            raise ModelError(
+                f"The LoRA {entry.name!r} is not a safetensors file ({kind}); a pickled file can run code when "
+                "loaded, so Marble refuses it. Get the .safetensors version."
+            )
+        return inspect_lora(read_safetensors_header(entry.path), entry.name)

@@ -1,0 +1,180 @@
+"""`marble models|loras|embeddings list|import|remove|info|rename`: the library from the command line.
+
+Kept apart from desktop/cli.py, which registers these commands and calls `run_library`. Engine only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from desktop.engine.errors import Cancelled, MarbleError
+from desktop.engine.library.index import Library, LibraryRecord
+from desktop.engine.paths import AppPaths
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_MODEL = 3
+EXIT_CANCELLED = 130
+
+# command word -> (library kind, plural for messages)
+GROUPS = {"models": ("model", "models"), "loras": ("lora", "LoRAs"), "embeddings": ("embedding", "embeddings")}
+_EXIT_FOR_ERROR = {"InvalidRequest": EXIT_BAD_INPUT, "ModelError": EXIT_MODEL, "Cancelled": EXIT_CANCELLED}
+
+
+def add_library_commands(
+    commands: argparse._SubParsersAction,
+    parser_class: type[argparse.ArgumentParser],
+    add_home: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    for word, (_kind, plural) in GROUPS.items():
+        group = commands.add_parser(word, help=f"the {plural} library")
+        sub = group.add_subparsers(dest="library_command", required=True, parser_class=parser_class)
+
+        listing = sub.add_parser("list", help=f"list the {plural}")
+        listing.add_argument("--json", action="store_true", help="one JSON object per line")
+        add_home(listing)
+
+        importing = sub.add_parser("import", help="copy a file (or diffusers folder) into the library")
+        importing.add_argument("path")
+        importing.add_argument("--name", help="library name (default: the file name without extension)")
+        importing.add_argument(
+            "--convert-pickle",
+            action="store_true",
+            help="convert a pickled .ckpt/.pt/.bin to safetensors (tensors only, in a separate process)",
+        )
+        importing.add_argument("--json", action="store_true")
+        add_home(importing)
+
+        removing = sub.add_parser("remove", help="delete an entry and its file from the library")
+        removing.add_argument("name")
+        add_home(removing)
+
+        info = sub.add_parser("info", help="hashes, architecture and header metadata of an entry")
+        info.add_argument("name")
+        info.add_argument("--json", action="store_true")
+        add_home(info)
+
+        rename = sub.add_parser("rename", help="give an entry a new name")
+        rename.add_argument("name")
+        rename.add_argument("new_name")
+        add_home(rename)
+
+
+def run_library(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
+    kind, plural = GROUPS[args.command]
+    library = Library(paths)
+    try:
+        match args.library_command:
+            case "list":
+                return _list(library, kind, plural, args.json, out)
+            case "import":
+                return _import(library, kind, args, out, err)
+            case "remove":
+                record = library.remove(kind, args.name)
+                print(f"Removed {record.name} ({record.file}).", file=err)
+                return EXIT_OK
+            case "info":
+                return _info(library, kind, args.name, args.json, out, err)
+            case "rename":
+                record = library.rename(kind, args.name, args.new_name)
+                print(f"Renamed {args.name} to {record.name}.", file=err)
+                return EXIT_OK
+    except MarbleError as error:
+        print(f"marble: error: {error}", file=err)
+        return _EXIT_FOR_ERROR.get(type(error).__name__, EXIT_FAILED)
+    return EXIT_BAD_INPUT
+
+
+def _record_json(library: Library, record: LibraryRecord) -> dict[str, object]:
+    path = library.path_of(record)
+    # name/path/folder first: what `models list --json` has always printed.
+    return {"name": record.name, "path": str(path), "folder": path.is_dir(), **record.to_json()}
+
+
+def _list(library: Library, kind: str, plural: str, as_json: bool, out: TextIO) -> int:
+    records = library.records(kind)
+    if as_json:
+        for record in records:
+            print(json.dumps(_record_json(library, record)), file=out)
+    elif not records:
+        print(f"No {plural} yet. Import one with `marble {kind}s import FILE`.", file=out)
+    else:
+        for record in records:
+            print(f"{record.name}\t{record.architecture}\t{_size(record.size)}\t{record.autov2 or '-'}", file=out)
+    return EXIT_OK
+
+
+def _import(library: Library, kind: str, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cancelled = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal cancelled
+        cancelled = True
+
+    interactive = err.isatty()
+
+    def on_progress(done: int, total: int) -> None:
+        if interactive and total:
+            print(f"\r{done * 100 // total:3d}% {_size(done)} of {_size(total)}", end="", file=err, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_signal) if _main_thread() else None
+    try:
+        record = library.import_path(
+            args.path, kind, args.name, convert_pickle=args.convert_pickle,
+            on_progress=on_progress, should_cancel=lambda: cancelled,
+        )  # fmt: skip
+    except Cancelled as error:
+        print(f"\n{error}" if interactive else str(error), file=err)
+        return EXIT_CANCELLED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if interactive:
+            print(file=err)
+    if args.json:
+        print(json.dumps(_record_json(library, record)), file=out)
+    else:
+        print(f"Imported {record.name}: {record.architecture}, {_size(record.size)}, AutoV2 {record.autov2 or '-'}",
+              file=out)  # fmt: skip
+    return EXIT_OK
+
+
+def _info(library: Library, kind: str, name: str, as_json: bool, out: TextIO, err: TextIO) -> int:
+    record = library.info(kind, name)
+    metadata = library.header_metadata(record)
+    if as_json:
+        print(json.dumps({**_record_json(library, record), "metadata": metadata}), file=out)
+        return EXIT_OK
+    rows = [
+        ("name", record.name), ("architecture", record.architecture), ("format", record.format),
+        ("size", _size(record.size)), ("sha256", record.sha256), ("AutoV2", record.autov2),
+        ("AutoV3", record.autov3), ("path", str(library.path_of(record))), ("source", record.source),
+        ("imported", record.imported_at),
+    ]  # fmt: skip
+    for label, value in rows:
+        print(f"{label:>12}: {value if value is not None else '-'}", file=out)
+    for key, value in sorted(metadata.items()):
+        text = value if len(value) <= 200 else value[:200] + "..."
+        print(f"{'meta ' + key:>12}: {text}", file=out)
+    return EXIT_OK
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread() and sys.platform != "emscripten"

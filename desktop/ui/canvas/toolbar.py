@@ -1,0 +1,412 @@
+"""The canvas toolbar: mode, strength, mask tools and settings, source image and outpainting.
+
+It owns the editing state the request needs (the source image and the mask on the canvas) and turns
+it into image-to-image or inpainting fields of a request (`edit_request`), saving the source and
+the mask as content-named files in the app's cache folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSize, Qt, Signal, Slot
+from PySide6.QtGui import QImage, QImageReader
+from PySide6.QtWidgets import (
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QSizePolicy,
+    QSlider,
+    QSpinBox,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.engine.errors import InvalidRequest
+from desktop.engine.imaging import Margins, outpaint_canvas, store_by_hash, working_size
+from desktop.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
+from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
+from desktop.ui.canvas.view import MaskCanvas
+from desktop.ui.canvas_view import MAX_IMAGE_PIXELS, array_to_qimage
+
+MODES = (("txt2img", "Text to image"), ("img2img", "Image to image"), ("inpaint", "Inpaint"))
+AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
+RESIZE = (("resize", "Resize"), ("pad", "Pad"))
+
+
+class CanvasToolbar(QWidget):
+    """Editing controls above the canvas.
+
+    Signals:
+        source_changed(): the source image for image-to-image / inpainting changed (or was removed).
+        mode_changed(str): "txt2img", "img2img" or "inpaint".
+        problem(str): something the user did could not be done (shown by the window).
+    """
+
+    source_changed = Signal()
+    mode_changed = Signal(str)
+    problem = Signal(str)
+
+    def __init__(self, canvas: MaskCanvas, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("canvas_toolbar")
+        self._canvas = canvas
+        self._source: QImage | None = None
+        self._source_file: str | None = None
+
+        self.mode_combo = _combo(MODES, "canvas_mode")
+        self.strength_slider = QSlider(Qt.Orientation.Horizontal, objectName="strength_slider")
+        self.strength_slider.setRange(0, 100)
+        self.strength_slider.setValue(75)
+        self.strength_label = QLabel("0.75")
+        self.use_source_button = _button("Use as source", "Edit the image on the canvas")
+        self.source_label = QLabel("No source image", objectName="source_label")
+        self.source_label.setTextFormat(Qt.TextFormat.PlainText)
+        # A long file name must not widen the window.
+        self.source_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+        self.tool_buttons = {
+            tool: _button(text, tip, checkable=True)
+            for tool, text, tip in (
+                ("pan", "Pan", "Drag to move the view"),
+                ("brush", "Brush", "Paint the area to repaint"),
+                ("eraser", "Eraser", "Erase the mask"),
+            )
+        }
+        self._tools = QButtonGroup(self)
+        for button in self.tool_buttons.values():
+            self._tools.addButton(button)
+        self.tool_buttons["pan"].setChecked(True)
+        self.size_spin = _spin(1, 1024, 32, " px", "Brush size (image pixels)")
+        self.hardness_slider = QSlider(Qt.Orientation.Horizontal, objectName="hardness_slider")
+        self.hardness_slider.setRange(0, 100)
+        self.hardness_slider.setValue(80)
+        self.hardness_slider.setToolTip("Brush hardness")
+        self.overlay_check = QCheckBox("Mask", checked=True, toolTip="Show the mask overlay")
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal, objectName="opacity_slider")
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(50)
+        self.opacity_slider.setToolTip("Mask overlay opacity")
+        self.invert_button = _button("Invert", "Invert the mask")
+        self.clear_button = _button("Clear", "Clear the mask")
+        self.fill_button = _button("Fill", "Mask everything")
+        # Short fixed labels: the undo actions' own texts ("Undo Brush stroke") would widen the bar.
+        self.undo_button = _button("Undo", "Undo the last mask edit (Ctrl+Z)")
+        self.redo_button = _button("Redo", "Redo (Ctrl+Shift+Z)")
+        self.undo_button.clicked.connect(canvas.undo_stack.undo)
+        self.redo_button.clicked.connect(canvas.undo_stack.redo)
+        canvas.undo_stack.canUndoChanged.connect(self.undo_button.setEnabled)
+        canvas.undo_stack.canRedoChanged.connect(self.redo_button.setEnabled)
+        self.undo_button.setEnabled(False)
+        self.redo_button.setEnabled(False)
+        self.load_mask_button = _button("Load mask…", "Load a mask PNG (white = repaint)")
+        self.save_mask_button = _button("Save mask…", "Save the mask as a PNG (white = repaint)")
+
+        self.blur_spin = _spin(0, 256, 4, " px", "Mask blur: feather the mask edge")
+        self.area_combo = _combo(AREAS, "inpaint_area")
+        self.padding_spin = _spin(0, 1024, 32, " px", 'Padding around the mask for "Only masked"')
+        self.resize_combo = _combo(RESIZE, "resize_mode")
+        self.resize_combo.setToolTip("How a source whose sides are not multiples of 8 is made to fit the model")
+        self.outpaint_spins = {
+            side: _spin(0, 2048, 0, " px", f"Grow the canvas on the {side}")
+            for side in ("left", "top", "right", "bottom")
+        }
+        self.outpaint_button = _button("Extend", "Grow the canvas and mask the new area for outpainting")
+
+        self._build_layout()
+        self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
+        self.strength_slider.valueChanged.connect(lambda v: self.strength_label.setText(f"{v / 100:.2f}"))
+        self.use_source_button.clicked.connect(self.use_current_as_source)
+        self._tools.buttonClicked.connect(self._on_tool_clicked)
+        self.size_spin.valueChanged.connect(self._update_brush)
+        self.hardness_slider.valueChanged.connect(self._update_brush)
+        self.overlay_check.toggled.connect(self._update_overlay)
+        self.opacity_slider.valueChanged.connect(self._update_overlay)
+        self.invert_button.clicked.connect(lambda: self._mask_op("invert"))
+        self.clear_button.clicked.connect(lambda: self._mask_op("clear"))
+        self.fill_button.clicked.connect(lambda: self._mask_op("fill"))
+        self.load_mask_button.clicked.connect(self._ask_load_mask)
+        self.save_mask_button.clicked.connect(self._ask_save_mask)
+        self.outpaint_button.clicked.connect(self._on_outpaint_clicked)
+        canvas.image_dropped.connect(self.load_source_file)
+        self._update_brush()
+        self._on_mode_changed()
+
+    def _build_layout(self) -> None:
+        top = QHBoxLayout()
+        top.addWidget(self.mode_combo)
+        top.addWidget(QLabel("Strength"))
+        top.addWidget(self.strength_slider, 1)
+        top.addWidget(self.strength_label)
+        top.addWidget(self.use_source_button)
+        top.addWidget(self.source_label, 1)
+        tools = _row(
+            *self.tool_buttons.values(),
+            self.size_spin,
+            QLabel("Hardness"),
+            self.hardness_slider,
+            self.overlay_check,
+            self.opacity_slider,
+            self.invert_button,
+            self.clear_button,
+            self.fill_button,
+            self.undo_button,
+            self.redo_button,
+        )
+        settings = _row(
+            QLabel("Mask blur"),
+            self.blur_spin,
+            self.area_combo,
+            QLabel("Padding"),
+            self.padding_spin,
+            self.resize_combo,
+            self.load_mask_button,
+            self.save_mask_button,
+        )
+        outpaint = _row(
+            QLabel("Extend canvas (left, top, right, bottom)"), *self.outpaint_spins.values(), self.outpaint_button
+        )
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 4)
+        layout.setSpacing(2)
+        for row in (top, tools, settings, outpaint):
+            layout.addLayout(row)
+
+    # --------------------------------------------------------------------------------------- state
+
+    @property
+    def mode(self) -> str:
+        return self.mode_combo.currentData()
+
+    def set_mode(self, mode: str) -> None:
+        self.mode_combo.setCurrentIndex(self.mode_combo.findData(mode))
+
+    @property
+    def source(self) -> QImage | None:
+        return self._source
+
+    @Slot()
+    def use_current_as_source(self) -> bool:
+        """Make the picture on the canvas the source; False when there is none (or only a preview)."""
+        image = self._canvas.current_image
+        if image is None or self._canvas.is_preview:
+            self.problem.emit("Show a finished image on the canvas first, or drop an image file on it.")
+            return False
+        self._set_source(image, self._canvas.shown_file)
+        return True
+
+    @Slot(str)
+    def load_source_file(self, path: str) -> bool:
+        """Show an image file and make it the source (a dropped file, or one picked by the user)."""
+        if not self._canvas.show_image(path):
+            self.problem.emit(f"Cannot open {Path(path).name}: it is missing, too large, or not an image.")
+            return False
+        image = self._canvas.current_image
+        assert image is not None
+        self._set_source(image, path)
+        return True
+
+    def _set_source(self, image: QImage, file: str | None) -> None:
+        self._source = image.copy()
+        self._source_file = file
+        self._canvas.ensure_mask(QSize(image.width(), image.height()))
+        self._update_overlay()
+        name = Path(file).name if file else "edited canvas"
+        self.source_label.setText(f"Source: {name} ({image.width()}x{image.height()})")
+        if self.mode == "txt2img":
+            self.set_mode("img2img")
+        self.source_changed.emit()
+
+    def outpaint(self, margins: Margins) -> None:
+        """Grow the source canvas; the new area (and a seam) becomes the mask, ready to inpaint."""
+        if self._source is None and not self.use_current_as_source():
+            return
+        assert self._source is not None
+        margins.validate()
+        mask_layer = self._canvas.mask_layer
+        old_mask = Image.fromarray(mask_layer.values(), "L") if mask_layer is not None else None
+        grown, mask = outpaint_canvas(Image.fromarray(qimage_rgb(self._source), "RGB"), margins, old_mask)
+        image = array_to_qimage(np.asarray(grown))
+        self._canvas.show_qimage(image)
+        self._set_source(image, None)
+        assert self._canvas.mask_layer is not None
+        self._canvas.mask_layer.set_values(np.asarray(mask), "Outpaint")
+        self.set_mode("inpaint")
+
+    def save_mask(self, path: str | Path) -> None:
+        layer = self._canvas.mask_layer
+        if layer is None:
+            raise InvalidRequest("There is no mask yet: pick a source image and paint on it.")
+        Path(path).write_bytes(grayscale_png(layer.values()))
+
+    def load_mask(self, path: str | Path) -> None:
+        """Load a mask image (white = repaint), scaled to the source if its size differs."""
+        if self._source is None:
+            raise InvalidRequest("Pick a source image before loading a mask for it.")
+        reader = QImageReader(str(path))
+        size = reader.size()
+        if size.isValid() and size.width() * size.height() > MAX_IMAGE_PIXELS:
+            raise InvalidRequest(f"{Path(path).name} is too large to be a mask.")
+        image = reader.read()
+        if image.isNull():
+            raise InvalidRequest(f"Cannot read {Path(path).name} as an image: {reader.errorString()}.")
+        if image.size() != self._source.size():
+            image = image.scaled(
+                self._source.size(), Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
+            )
+        layer = self._canvas.ensure_mask(self._source.size())
+        layer.set_values(values_from_image(image), "Load mask")
+
+    # ------------------------------------------------------------------------------------- request
+
+    def edit_request(self, request: GenerationRequest, inputs_folder: Path) -> GenerationRequest:
+        """`request` with this canvas's mode applied: source and mask saved as files, settings copied."""
+        mode = self.mode
+        if mode == "txt2img":
+            return replace(request, init_image=None, mask=None)
+        if self._source is None:
+            raise InvalidRequest('Image-to-image needs a source: drop an image on the canvas or use "Use as source".')
+        mask_path = None
+        area = self.area_combo.currentData()
+        if mode == "inpaint":
+            values = self._canvas.mask_layer.values() if self._canvas.mask_layer is not None else None
+            if values is None or not values.any():
+                raise InvalidRequest("The mask is empty: paint the area to repaint with the brush first.")
+            mask_path = str(store_by_hash(grayscale_png(values), inputs_folder))
+        source_path = str(self._store_source(inputs_folder))
+        changes: dict[str, object] = dict(
+            init_image=source_path,
+            mask=mask_path,
+            strength=self.strength_slider.value() / 100,
+            mask_blur=self.blur_spin.value(),
+            inpaint_area=area,
+            padding=self.padding_spin.value(),
+            resize_mode=self.resize_combo.currentData(),
+        )
+        if mode == "img2img" or area == "whole":
+            # The whole picture is worked on at its own size: say so in the request and its metadata.
+            width, height = working_size((self._source.width(), self._source.height()), self.resize_combo.currentData())
+            changes |= {"width": min(max(width, MIN_SIDE), MAX_SIDE), "height": min(max(height, MIN_SIDE), MAX_SIDE)}
+        return replace(request, **changes)
+
+    def _store_source(self, folder: Path) -> Path:
+        assert self._source is not None
+        if self._source_file is not None:
+            try:
+                # The file as it is (a cheap copy, no re-encoding); the engine checks what it contains.
+                return store_by_hash(Path(self._source_file).read_bytes(), folder)
+            except OSError:
+                pass  # gone since it was shown: save the pixels we have instead
+        data = QByteArray()
+        buffer = QBuffer(data)
+        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+        self._source.save(buffer, "PNG")
+        buffer.close()
+        return store_by_hash(bytes(data.data()), folder)
+
+    # --------------------------------------------------------------------------------------- slots
+
+    @Slot()
+    def _on_mode_changed(self) -> None:
+        mode = self.mode
+        for widget in (self.blur_spin, self.area_combo, self.padding_spin):
+            widget.setEnabled(mode == "inpaint")
+        self.strength_slider.setEnabled(mode != "txt2img")
+        self._update_overlay()
+        self.mode_changed.emit(mode)
+
+    def _on_tool_clicked(self, button: QToolButton) -> None:
+        tool = next(name for name, candidate in self.tool_buttons.items() if candidate is button)
+        if tool != "pan" and self._canvas.mask_layer is None and not self.use_current_as_source():
+            self.tool_buttons["pan"].setChecked(True)
+            return
+        self._canvas.set_tool(tool)
+        if tool != "pan" and self.mode != "inpaint":
+            self.set_mode("inpaint")
+
+    @Slot()
+    def _update_brush(self) -> None:
+        self._canvas.brush = replace(
+            self._canvas.brush, size=float(self.size_spin.value()), hardness=self.hardness_slider.value() / 100
+        )
+
+    @Slot()
+    def _update_overlay(self) -> None:
+        layer = self._canvas.mask_layer
+        if layer is not None:
+            # The mask only matters for inpainting; elsewhere it would only hide the picture.
+            layer.setVisible(self.overlay_check.isChecked() and self.mode == "inpaint")
+            layer.set_overlay_opacity(self.opacity_slider.value() / 100)
+
+    def _mask_op(self, name: str) -> None:
+        layer = self._canvas.mask_layer
+        if layer is None:
+            self.problem.emit('Pick a source image first: drop one on the canvas or use "Use as source".')
+            return
+        getattr(layer, name)()
+
+    @Slot()
+    def _ask_load_mask(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load mask", "", "Images (*.png *.jpg *.jpeg *.webp)")
+        if path:
+            try:
+                self.load_mask(path)
+            except InvalidRequest as error:
+                self.problem.emit(str(error))
+
+    @Slot()
+    def _ask_save_mask(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save mask", "mask.png", "PNG images (*.png)")
+        if path:
+            try:
+                self.save_mask(path)
+            except (InvalidRequest, OSError) as error:
+                self.problem.emit(str(error))
+
+    @Slot()
+    def _on_outpaint_clicked(self) -> None:
+        try:
+            self.outpaint(Margins(*(spin.value() for spin in self.outpaint_spins.values())))
+        except InvalidRequest as error:
+            self.problem.emit(str(error))
+
+
+def qimage_rgb(image: QImage) -> np.ndarray:
+    """An (H, W, 3) uint8 copy of a QImage's pixels."""
+    rgb = image.convertToFormat(QImage.Format.Format_RGB888)
+    height, width, line = rgb.height(), rgb.width(), rgb.bytesPerLine()
+    rows = np.frombuffer(rgb.constBits(), np.uint8, count=height * line).reshape(height, line)
+    return rows[:, : width * 3].reshape(height, width, 3).copy()
+
+
+def _row(*widgets: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    for widget in widgets:
+        row.addWidget(widget)
+    row.addStretch(1)
+    return row
+
+
+def _combo(items: tuple[tuple[str, str], ...], name: str) -> QComboBox:
+    combo = QComboBox(objectName=name)
+    for data, text in items:
+        combo.addItem(text, data)
+    return combo
+
+
+def _button(text: str, tip: str, checkable: bool = False) -> QToolButton:
+    button = QToolButton(text=text, toolTip=tip, checkable=checkable)
+    button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+    return button
+
+
+def _spin(low: int, high: int, value: int, suffix: str, tip: str) -> QSpinBox:
+    spin = QSpinBox(minimum=low, maximum=high, value=value, suffix=suffix, toolTip=tip)
+    return spin

@@ -1,0 +1,399 @@
+"""The library dialog (models, LoRAs, embeddings) and its hooks into the main window.
+
+All file work (hashing, copying, removing) runs in `LibraryTasks` on a thread pool; this module only
+shows results. Names and header metadata are untrusted text: every label and text box is plain text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QCoreApplication, QEvent, QObject, Qt, QUrl, Slot
+from PySide6.QtGui import QAction, QDesktopServices, QDragEnterEvent, QDropEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDialog,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QMainWindow,
+    QMenu,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.bridge.library_tasks import LibraryTasks
+from desktop.engine.library.index import KINDS, LibraryRecord
+
+_TAB_TITLES = {"model": "Models", "lora": "LoRAs", "embedding": "Embeddings"}
+_COLUMNS = ("Name", "Architecture", "Size", "AutoV2")
+# What a drop may carry: weights files of any extension (the import judges the bytes) and folders.
+_DROPPABLE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
+
+
+class LibraryDialog(QDialog):
+    """List, import, remove, rename and reveal library entries; shows hashes and header metadata.
+
+    Signals: none of its own; it reacts to the LibraryTasks signals.
+    """
+
+    def __init__(self, tasks: LibraryTasks, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Library")
+        self.setObjectName("library_dialog")
+        self.resize(820, 520)
+        self._tasks = tasks
+        self._records: dict[str, list[LibraryRecord]] = {kind: [] for kind in KINDS}
+        self._last_import: tuple[str, str | None] | None = None
+        self.open_url: Callable[[QUrl], object] = QDesktopServices.openUrl  # replaceable in tests
+
+        self.tabs = QTabWidget(objectName="library_tabs")
+        self.tables: dict[str, QTableWidget] = {}
+        for kind in KINDS:
+            table = QTableWidget(0, len(_COLUMNS), objectName=f"{kind}_table")
+            table.setHorizontalHeaderLabels(list(_COLUMNS))
+            table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+            table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+            table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+            table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+            table.verticalHeader().hide()
+            table.itemSelectionChanged.connect(self._on_selection_changed)
+            self.tables[kind] = table
+            self.tabs.addTab(table, _TAB_TITLES[kind])
+        self.tabs.currentChanged.connect(self._on_selection_changed)
+
+        self.details = QPlainTextEdit(objectName="library_details", readOnly=True)
+        self.details.setPlaceholderText("Select an entry to see its hashes and the metadata in its header.")
+        self.message = QLabel(objectName="library_message")
+        self.message.setTextFormat(Qt.TextFormat.PlainText)
+        self.message.setWordWrap(True)
+        self.progress = QProgressBar(objectName="library_progress")
+        self.progress.hide()
+
+        self.import_button = QPushButton("&Import…", objectName="library_import_button")
+        self.convert_button = QPushButton("&Convert pickle and import", objectName="library_convert_button")
+        self.convert_button.setToolTip(
+            "Load only the tensors of the pickled file (weights_only) in a separate process and save them as "
+            ".safetensors. A file that needs anything more is rejected."
+        )
+        self.convert_button.hide()
+        self.cancel_button = QPushButton("Cancel import", objectName="library_cancel_button")
+        self.cancel_button.hide()
+        self.remove_button = QPushButton("&Remove", objectName="library_remove_button")
+        self.rename_button = QPushButton("Re&name…", objectName="library_rename_button")
+        self.reveal_button = QPushButton("Show in &folder", objectName="library_reveal_button")
+        close_button = QPushButton("Close")
+        self.import_button.clicked.connect(self.choose_and_import)
+        self.convert_button.clicked.connect(self.convert_last)
+        self.cancel_button.clicked.connect(tasks.cancel_import)
+        self.remove_button.clicked.connect(lambda: self.remove_selected())
+        self.rename_button.clicked.connect(lambda: self.rename_selected())
+        self.reveal_button.clicked.connect(self.reveal_selected)
+        close_button.clicked.connect(self.accept)
+
+        buttons = QHBoxLayout()
+        for button in (
+            self.import_button,
+            self.convert_button,
+            self.cancel_button,
+            self.remove_button,
+            self.rename_button,
+            self.reveal_button,
+        ):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        buttons.addWidget(close_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tabs, 3)
+        layout.addWidget(self.details, 2)
+        layout.addWidget(self.message)
+        layout.addWidget(self.progress)
+        layout.addLayout(buttons)
+
+        tasks.records_listed.connect(self._on_records_listed)
+        tasks.info_ready.connect(self._on_info_ready)
+        tasks.import_progressed.connect(self._on_import_progressed)
+        tasks.import_finished.connect(self._on_import_finished)
+        tasks.import_cancelled.connect(self._on_import_cancelled)
+        tasks.failed.connect(self._on_failed)
+        self._update_buttons()
+        tasks.list_all()
+
+    # ----------------------------------------------------------------------------------- actions
+
+    def current_kind(self) -> str:
+        return KINDS[self.tabs.currentIndex()]
+
+    def selected_record(self) -> LibraryRecord | None:
+        kind = self.current_kind()
+        rows = self.tables[kind].selectionModel().selectedRows()
+        if not rows:
+            return None
+        row = rows[0].row()
+        records = self._records[kind]
+        return records[row] if 0 <= row < len(records) else None
+
+    def select(self, kind: str, name: str) -> bool:
+        self.tabs.setCurrentIndex(KINDS.index(kind))
+        for row, record in enumerate(self._records[kind]):
+            if record.name == name:
+                self.tables[kind].selectRow(row)
+                return True
+        return False
+
+    @Slot()
+    def choose_and_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, f"Import into {_TAB_TITLES[self.current_kind()]}", "",
+            "Weights (*.safetensors *.ckpt *.pt *.pth *.bin);;All files (*)",
+        )  # fmt: skip
+        if path:
+            self.import_file(path, self.current_kind())
+
+    def import_file(self, path: str, kind: str | None = None, convert_pickle: bool = False) -> bool:
+        if not self._tasks.import_path(path, kind, convert_pickle):
+            self._say("Another import is still running; wait for it or cancel it.")
+            return False
+        self._last_import = (path, kind)
+        self.convert_button.hide()
+        self.progress.setRange(0, 0)
+        self.progress.show()
+        self.cancel_button.show()
+        self._say(f"Importing {Path(path).name}…")
+        return True
+
+    @Slot()
+    def convert_last(self) -> None:
+        if self._last_import is not None:
+            path, kind = self._last_import
+            self.import_file(path, kind, convert_pickle=True)
+
+    def remove_selected(self, confirm: bool = True) -> None:
+        record = self.selected_record()
+        if record is None:
+            return
+        if confirm:
+            answer = QMessageBox.question(
+                self, "Remove from the library",
+                f"Delete {record.name} ({record.file}) from the library folder? This cannot be undone.",
+            )  # fmt: skip
+            if answer != QMessageBox.StandardButton.Yes:
+                return
+        self._tasks.remove(record.kind, record.name)
+
+    def rename_selected(self, new_name: str | None = None) -> None:
+        record = self.selected_record()
+        if record is None:
+            return
+        if new_name is None:
+            new_name, ok = QInputDialog.getText(self, "Rename", "New name:", text=record.name)
+            if not ok:
+                return
+        self._tasks.rename(record.kind, record.name, new_name)
+
+    @Slot()
+    def reveal_selected(self) -> None:
+        folder = self._tasks.library.folder(self.current_kind())
+        # File managers cannot select a file portably; opening its folder works everywhere.
+        folder.mkdir(parents=True, exist_ok=True)
+        self.open_url(QUrl.fromLocalFile(str(folder)))
+
+    # ----------------------------------------------------------------------------------- results
+
+    @Slot(str, object)
+    def _on_records_listed(self, kind: str, records: list[LibraryRecord]) -> None:
+        selected = self.selected_record()
+        self._records[kind] = list(records)
+        table = self.tables[kind]
+        table.setRowCount(len(records))
+        for row, record in enumerate(records):
+            values = (record.name, record.architecture, _size(record.size), record.autov2 or "")
+            for column, value in enumerate(values):
+                table.setItem(row, column, QTableWidgetItem(value))
+        self.tabs.setTabText(KINDS.index(kind), f"{_TAB_TITLES[kind]} ({len(records)})")
+        if selected is not None and selected.kind == kind:
+            self.select(kind, selected.name)
+        self._update_buttons()
+
+    @Slot(object, object)
+    def _on_info_ready(self, record: LibraryRecord, metadata: dict[str, str]) -> None:
+        current = self.selected_record()
+        if current is None or (current.kind, current.file) != (record.kind, record.file):
+            return
+        lines = [
+            f"Name: {record.name}", f"File: {record.file}", f"Architecture: {record.architecture}",
+            f"Format: {record.format}", f"Size: {_size(record.size)}", f"SHA-256: {record.sha256 or '-'}",
+            f"AutoV2: {record.autov2 or '-'}", f"AutoV3: {record.autov3 or '-'}",
+            f"Source: {record.source or '-'}", f"Imported: {record.imported_at or '-'}",
+        ]  # fmt: skip
+        if metadata:
+            lines += ["", "Header metadata:"] + [f"  {key}: {value}" for key, value in sorted(metadata.items())]
+        self.details.setPlainText("\n".join(lines))
+
+    @Slot(int, int)
+    def _on_import_progressed(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    @Slot(object)
+    def _on_import_finished(self, record: LibraryRecord) -> None:
+        self._end_import()
+        self._say(f"Imported {record.name} ({record.architecture}).")
+
+    @Slot()
+    def _on_import_cancelled(self) -> None:
+        self._end_import()
+        self._say("Import cancelled; nothing was added.")
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self._end_import()
+        self._say(message)
+        self.convert_button.setVisible("pickled" in message and self._last_import is not None)
+
+    def _end_import(self) -> None:
+        self.progress.hide()
+        self.cancel_button.hide()
+
+    def _on_selection_changed(self, *_: object) -> None:
+        self._update_buttons()
+        record = self.selected_record()
+        self.details.clear()
+        if record is not None:
+            self._tasks.info(record.kind, record.name)
+
+    def _update_buttons(self) -> None:
+        has = self.selected_record() is not None
+        for button in (self.remove_button, self.rename_button):
+            button.setEnabled(has)
+
+    def _say(self, text: str) -> None:
+        self.message.setText(text)
+
+    def done(self, result: int) -> None:  # noqa: D102 - Qt override
+        self._tasks.cancel_import()
+        super().done(result)
+
+
+class LibraryIntegration(QObject):
+    """Adds the library to a main window: File ▸ Library…, drag-and-drop import, LoRA names in the panel.
+
+    Signals: none; it forwards LibraryTasks results to the window's widgets.
+    """
+
+    def __init__(self, window: QMainWindow, tasks: LibraryTasks, file_menu: QMenu | None = None) -> None:
+        super().__init__(window)
+        self._window = window
+        self._tasks = tasks
+        self._queue: list[str] = []
+        self.dialog: LibraryDialog | None = None
+        self.library_action = QAction("&Library…", window, objectName="library_action")
+        self.library_action.triggered.connect(self.show_dialog)
+        if file_menu is not None:
+            first = file_menu.actions()[0] if file_menu.actions() else None
+            file_menu.insertAction(first, self.library_action)
+        window.setAcceptDrops(True)
+        window.installEventFilter(self)
+        tasks.records_listed.connect(self._on_records_listed)
+        tasks.import_finished.connect(self._on_import_done)
+        tasks.import_cancelled.connect(self._next_drop)
+        tasks.failed.connect(self._on_failed)
+        tasks.list("lora")
+        app = QCoreApplication.instance()
+        if app is not None:
+            # A running import is cancelled (its partial file removed) before the app goes away.
+            app.aboutToQuit.connect(tasks.shutdown)
+
+    @property
+    def tasks(self) -> LibraryTasks:
+        return self._tasks
+
+    @Slot()
+    def show_dialog(self) -> LibraryDialog:
+        if self.dialog is None:
+            self.dialog = LibraryDialog(self._tasks, self._window)
+        if self.dialog.isVisible():
+            self.dialog.activateWindow()
+        else:
+            self.dialog.show()
+        return self.dialog
+
+    def import_dropped(self, paths: list[str]) -> None:
+        self._queue.extend(paths)
+        if not self._tasks.importing:
+            self._next_drop()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        if watched is self._window and event.type() in (QEvent.Type.DragEnter, QEvent.Type.Drop):
+            paths = _droppable_paths(event)  # type: ignore[arg-type]
+            if paths:
+                event.acceptProposedAction()  # type: ignore[attr-defined]
+                if event.type() == QEvent.Type.Drop:
+                    self.import_dropped(paths)
+                return True
+        return super().eventFilter(watched, event)
+
+    @Slot()
+    def _next_drop(self) -> None:
+        if self._queue and not self._tasks.importing:
+            path = self._queue.pop(0)
+            self._show(f"Importing {Path(path).name}…", "info")
+            self._tasks.import_path(path)
+
+    @Slot(str, object)
+    def _on_records_listed(self, kind: str, records: list[LibraryRecord]) -> None:
+        panel = getattr(self._window, "parameter_panel", None)
+        if kind == "lora" and panel is not None:
+            panel.lora_list.set_names([r.name for r in records])
+        elif kind == "model":
+            refresh = getattr(self._window, "refresh_models", None)
+            if refresh is not None:
+                refresh()
+
+    @Slot(object)
+    def _on_import_done(self, record: LibraryRecord) -> None:
+        self._show(f"Imported {record.name} into the library ({record.architecture}).", "info")
+        self._next_drop()
+
+    @Slot(str)
+    def _on_failed(self, message: str) -> None:
+        self._show(message, "error")
+        self._next_drop()
+
+    def _show(self, text: str, level: str) -> None:
+        bar = getattr(self._window, "message_bar", None)
+        if bar is not None:
+            bar.show_message(text, level)
+
+
+def _droppable_paths(event: QDragEnterEvent | QDropEvent) -> list[str]:
+    mime = event.mimeData()
+    if mime is None or not mime.hasUrls():
+        return []
+    paths = []
+    for url in mime.urls():
+        if not url.isLocalFile():
+            continue
+        path = Path(url.toLocalFile())
+        if (path.is_dir() and (path / "model_index.json").is_file()) or path.suffix.lower() in _DROPPABLE_SUFFIXES:
+            paths.append(str(path))
+    return paths
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

@@ -1,0 +1,546 @@
+"""The history panel: every image made so far, as a virtualised thumbnail grid with search and filters.
+
+The grid is a QListView in icon mode over the lazy `HistoryModel`: uniform item sizes and batched
+layout keep 20,000 rows cheap, and only rows the view shows are fetched or get thumbnails. Details
+are plain text (prompts from downloaded files are never rendered as HTML).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+
+from PySide6.QtCore import QItemSelectionModel, QSize, Qt, QTimer, QUrl, Signal, Slot
+from PySide6.QtGui import QAction, QDesktopServices, QImageReader, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QMenu,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.bridge.controller import GenerationController
+from desktop.bridge.history_model import ICON_SIZE, HistoryModel
+from desktop.engine.errors import MarbleError
+from desktop.engine.history import HistoryQuery, ImageRecord, ReconcileReport, export_image
+from desktop.engine.request import GenerationRequest
+
+SEARCH_DELAY_MS = 250
+REFRESH_DELAY_MS = 300
+_DAY = 86_400.0
+DATE_RANGES = (("Any time", None), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30))
+
+
+class HistoryPanel(QWidget):
+    """Browse, search and act on the history.
+
+    Signals:
+        reuse_requested(object): a GenerationRequest to load into the prompt editor and settings.
+        seed_reuse_requested(int): a seed to put in the seed box.
+        send_to_canvas_requested(str): an image file to show on the canvas (source for img2img/inpaint).
+        message(str, str): a text and its level ("info", "warning", "error") for the message bar.
+    """
+
+    reuse_requested = Signal(object)
+    seed_reuse_requested = Signal(int)
+    send_to_canvas_requested = Signal(str)
+    message = Signal(str, str)
+
+    def __init__(
+        self,
+        model: HistoryModel,
+        controller: GenerationController | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setObjectName("history_panel")
+        self._model = model
+        self._controller = controller
+        self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
+        self._search_timer.timeout.connect(self.apply_filters)
+        self._refresh_timer = QTimer(self, singleShot=True, interval=REFRESH_DELAY_MS)
+        self._refresh_timer.timeout.connect(self.refresh)
+
+        self.recovery_label = QLabel(objectName="history_recovery_label")
+        self.recovery_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.recovery_label.setWordWrap(True)
+        self.resume_button = QPushButton("Run again", objectName="history_resume_button")
+        self.dismiss_button = QPushButton("Dismiss", objectName="history_dismiss_button")
+        self.recovery_bar = QWidget(objectName="history_recovery_bar")
+        recovery = QHBoxLayout(self.recovery_bar)
+        recovery.setContentsMargins(6, 4, 6, 4)
+        recovery.addWidget(self.recovery_label, 1)
+        recovery.addWidget(self.resume_button)
+        recovery.addWidget(self.dismiss_button)
+        self.recovery_bar.hide()
+
+        self.search_edit = QLineEdit(objectName="history_search", placeholderText="Search prompts")
+        self.search_edit.setClearButtonEnabled(True)
+        self.model_combo = QComboBox(objectName="history_model_filter")
+        self.date_combo = QComboBox(objectName="history_date_filter")
+        for label, days in DATE_RANGES:
+            self.date_combo.addItem(label, days)
+        self.favourites_check = QCheckBox("★ only", objectName="history_favourites_filter")
+        self.sort_combo = QComboBox(objectName="history_sort")
+        self.sort_combo.addItem("Newest first", True)
+        self.sort_combo.addItem("Oldest first", False)
+        self.trash_check = QCheckBox("Trash", objectName="history_trash_view")
+        self.count_label = QLabel(objectName="history_count")
+
+        self.view = QListView(objectName="history_grid")
+        self.view.setModel(model)
+        self.view.setViewMode(QListView.ViewMode.IconMode)
+        self.view.setResizeMode(QListView.ResizeMode.Adjust)
+        self.view.setMovement(QListView.Movement.Static)
+        self.view.setUniformItemSizes(True)  # layout is then arithmetic, not a pass over every row
+        self.view.setLayoutMode(QListView.LayoutMode.Batched)
+        self.view.setBatchSize(200)
+        self.view.setIconSize(QSize(ICON_SIZE, ICON_SIZE))
+        self.view.setGridSize(QSize(ICON_SIZE + 16, ICON_SIZE + 30))
+        self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
+        self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        # Elided one-line captions: wrapping lays out text for every item on every paint.
+        self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
+
+        self.details = QPlainTextEdit(objectName="history_details")
+        self.details.setReadOnly(True)
+        self.details.setPlaceholderText("Select an image to see how it was made.")
+
+        self._build_actions()
+        self._build_layout()
+
+        self.search_edit.textChanged.connect(lambda _: self._search_timer.start())
+        self.search_edit.returnPressed.connect(self.apply_filters)
+        for combo in (self.model_combo, self.date_combo, self.sort_combo):
+            combo.activated.connect(lambda _: self.apply_filters())
+        self.favourites_check.toggled.connect(lambda _: self.apply_filters())
+        self.trash_check.toggled.connect(self._on_trash_toggled)
+        self.view.selectionModel().selectionChanged.connect(lambda *_: self._on_selection_changed())
+        self.view.doubleClicked.connect(lambda index: self.send_to_canvas())
+        self.view.customContextMenuRequested.connect(self._show_menu)
+        self.resume_button.clicked.connect(self.resume_unfinished)
+        self.dismiss_button.clicked.connect(self.dismiss_unfinished)
+        model.query_changed.connect(self._on_query_changed)
+        model.reconciled.connect(self._on_reconciled)
+        if controller is not None:
+            controller.image_saved.connect(lambda _: self._refresh_timer.start())
+            controller.pending_images_changed.connect(lambda _: self._refresh_timer.start())
+
+        self._refresh_models()
+        self._on_query_changed(model.total)
+        self._on_selection_changed()
+        self.show_unfinished_jobs()
+
+    # ----------------------------------------------------------------------------------- layout
+
+    def _build_actions(self) -> None:
+        def action(text: str, slot: object, name: str, shortcut: str | None = None) -> QAction:
+            act = QAction(text, self, objectName=name)
+            act.triggered.connect(slot)
+            if shortcut:
+                act.setShortcut(QKeySequence(shortcut))
+                act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            self.addAction(act)
+            return act
+
+        self.reuse_action = action("Reuse all parameters", self.reuse_parameters, "history_reuse")
+        self.reuse_seed_action = action("Reuse seed", self.reuse_seed, "history_reuse_seed")
+        self.canvas_action = action("Send to canvas", self.send_to_canvas, "history_send_to_canvas")
+        self.open_action = action("Open file", self.open_file, "history_open")
+        self.reveal_action = action("Show in folder", self.reveal_in_folder, "history_reveal")
+        self.copy_action = action("Copy image", self.copy_image, "history_copy", "Ctrl+C")
+        self.export_action = action("Export…", lambda: self._export_dialog(False), "history_export")
+        self.export_private_action = action(
+            "Export without metadata…", lambda: self._export_dialog(True), "history_export_private"
+        )
+        self.favourite_action = action("Favourite", self.toggle_favourite, "history_favourite", "F")
+        self.delete_action = action("Move to trash", self.delete_selected, "history_delete", "Delete")
+        self.restore_action = action("Restore", self.restore_selected, "history_restore")
+        self.empty_trash_action = action("Empty trash…", self.empty_trash, "history_empty_trash")
+
+    def _build_layout(self) -> None:
+        filters = QHBoxLayout()
+        filters.setContentsMargins(0, 0, 0, 0)
+        filters.addWidget(self.search_edit, 1)
+        filters.addWidget(self.model_combo)
+        filters.addWidget(self.date_combo)
+        filters2 = QHBoxLayout()
+        filters2.setContentsMargins(0, 0, 0, 0)
+        filters2.addWidget(self.favourites_check)
+        filters2.addWidget(self.trash_check)
+        filters2.addWidget(self.sort_combo)
+        filters2.addStretch(1)
+        filters2.addWidget(self.count_label)
+
+        buttons = QHBoxLayout()
+        buttons.setContentsMargins(0, 0, 0, 0)
+        for act in (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.favourite_action,
+                    self.delete_action):
+            button = QToolButton()
+            button.setDefaultAction(act)
+            buttons.addWidget(button)
+        more = QToolButton(text="More")
+        more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(more)
+        menu.addActions([self.open_action, self.reveal_action, self.copy_action, self.export_action,
+                         self.export_private_action, self.restore_action, self.empty_trash_action])
+        more.setMenu(menu)
+        buttons.addWidget(more)
+        buttons.addStretch(1)
+
+        lower = QWidget()
+        lower_layout = QVBoxLayout(lower)
+        lower_layout.setContentsMargins(0, 0, 0, 0)
+        lower_layout.addLayout(buttons)
+        lower_layout.addWidget(self.details, 1)
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.addWidget(self.view)
+        splitter.addWidget(lower)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 1)
+        splitter.setChildrenCollapsible(False)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.recovery_bar)
+        layout.addLayout(filters)
+        layout.addLayout(filters2)
+        layout.addWidget(splitter, 1)
+
+    # ----------------------------------------------------------------------------------- public
+
+    @property
+    def model(self) -> HistoryModel:
+        return self._model
+
+    def current_query(self) -> HistoryQuery:
+        days = self.date_combo.currentData()
+        since = None
+        if days is not None:
+            midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+            since = midnight - days * _DAY
+        return HistoryQuery(
+            text=self.search_edit.text().strip(),
+            model=self.model_combo.currentData() or None,
+            favourites_only=self.favourites_check.isChecked(),
+            since=since,
+            trashed=self.trash_check.isChecked(),
+            newest_first=bool(self.sort_combo.currentData()),
+        )
+
+    @Slot()
+    def apply_filters(self) -> None:
+        self._search_timer.stop()
+        self._model.set_query(self.current_query())
+
+    @Slot()
+    def refresh(self) -> None:
+        """Reload the rows (new images, deletes), keeping the selected image selected."""
+        current = self.current_record()
+        self._model.refresh()
+        self._refresh_models()
+        if current is not None:
+            self.select_id(current.id)
+
+    def select_id(self, image_id: int) -> bool:
+        row = self._model.row_of(image_id)
+        if row < 0:
+            return False
+        index = self._model.index(row)
+        self.view.selectionModel().setCurrentIndex(index, QItemSelectionModel.SelectionFlag.ClearAndSelect)
+        self.view.scrollTo(index)
+        return True
+
+    def select_rows(self, rows: list[int]) -> None:
+        selection = self.view.selectionModel()
+        selection.clearSelection()
+        for row in rows:
+            selection.select(self._model.index(row), QItemSelectionModel.SelectionFlag.Select)
+        if rows:
+            selection.setCurrentIndex(self._model.index(rows[0]), QItemSelectionModel.SelectionFlag.NoUpdate)
+
+    def current_record(self) -> ImageRecord | None:
+        index = self.view.currentIndex()
+        if index.isValid() and self.view.selectionModel().isSelected(index):
+            return self._model.record_at(index.row())
+        selected = self.selected_records()
+        return selected[0] if selected else None
+
+    def selected_records(self) -> list[ImageRecord]:
+        rows = sorted(index.row() for index in self.view.selectionModel().selectedIndexes())
+        return [record for row in rows if (record := self._model.record_at(row)) is not None]
+
+    @Slot()
+    def reuse_parameters(self) -> None:
+        record = self.current_record()
+        request = record.request() if record else None
+        if request is None:
+            if record is not None:
+                request = _request_from_columns(record)
+            if request is None:
+                self.message.emit("This image does not say how it was made.", "warning")
+                return
+        self.reuse_requested.emit(request)
+
+    @Slot()
+    def reuse_seed(self) -> None:
+        record = self.current_record()
+        if record is not None and record.seed is not None:
+            self.seed_reuse_requested.emit(record.seed)
+
+    @Slot()
+    def send_to_canvas(self) -> None:
+        record = self.current_record()
+        if record is None:
+            return
+        if record.missing or not Path(record.path).exists():
+            self.message.emit(f"{record.path} is missing: it was moved or deleted outside Marble.", "error")
+            return
+        self.send_to_canvas_requested.emit(record.path)
+
+    @Slot()
+    def open_file(self) -> None:
+        record = self.current_record()
+        if record is not None and Path(record.path).exists():
+            QDesktopServices.openUrl(QUrl.fromLocalFile(record.path))
+
+    @Slot()
+    def reveal_in_folder(self) -> None:
+        record = self.current_record()
+        if record is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(record.path).parent)))
+
+    @Slot()
+    def copy_image(self) -> None:
+        record = self.current_record()
+        if record is None:
+            return
+        image = QImageReader(record.path).read()
+        if image.isNull():
+            self.message.emit(f"Cannot read {record.path}.", "error")
+            return
+        QApplication.clipboard().setImage(image)
+
+    def export_selected(self, target: Path | str, strip_metadata: bool = False) -> list[Path]:
+        """Export the selected images: to `target` as a file (one image) or into it as a folder."""
+        records = self.selected_records()
+        target = Path(target)
+        written = []
+        try:
+            for record in records:
+                source = record.trash_path if record.trashed and record.trash_path else record.path
+                destination = target if len(records) == 1 and not target.is_dir() else target / Path(source).name
+                written.append(export_image(source, destination, strip_metadata))
+        except MarbleError as error:
+            self.message.emit(str(error), "error")
+        return written
+
+    @Slot()
+    def toggle_favourite(self) -> None:
+        records = self.selected_records()
+        if not records:
+            return
+        favourite = not all(record.favourite for record in records)
+        for record in records:
+            self._model.store.set_favourite(record.id, favourite)
+            self._model.update_record(record.id)
+        self._on_selection_changed()
+        if self.favourites_check.isChecked():
+            self.refresh()
+
+    @Slot()
+    def delete_selected(self) -> None:
+        if self.trash_check.isChecked():
+            return
+        records = self.selected_records()
+        if not records:
+            return
+        try:
+            moved = self._model.store.trash(record.id for record in records)
+        except MarbleError as error:
+            self.message.emit(str(error), "error")
+            moved = []
+        self.refresh()
+        if moved:
+            count = len(moved)
+            self.message.emit(
+                f"Moved {count} image{'s' if count != 1 else ''} to the trash; tick Trash to restore.", "info"
+            )
+
+    @Slot()
+    def restore_selected(self) -> None:
+        records = [record for record in self.selected_records() if record.trashed]
+        try:
+            self._model.store.restore(record.id for record in records)
+        except MarbleError as error:
+            self.message.emit(str(error), "error")
+        self.refresh()
+
+    @Slot()
+    def empty_trash(self) -> None:
+        count = self._model.store.empty_trash()
+        self.refresh()
+        self.message.emit(f"Deleted {count} image{'s' if count != 1 else ''} for good.", "info")
+
+    # ------------------------------------------------------------------------ unfinished jobs
+
+    def show_unfinished_jobs(self) -> None:
+        jobs = self._controller.unfinished_jobs() if self._controller is not None else []
+        if not jobs:
+            self.recovery_bar.hide()
+            return
+        images = sum(job.remaining_request().images_total for job in jobs)
+        self.recovery_label.setText(
+            f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} did not finish last time "
+            f"({images} image{'s' if images != 1 else ''} to make)."
+        )
+        self.recovery_bar.show()
+
+    @Slot()
+    def resume_unfinished(self) -> None:
+        if self._controller is None:
+            return
+        for job in self._controller.unfinished_jobs():
+            try:
+                self._controller.resume(job.id)
+            except MarbleError as error:
+                self.message.emit(f"Cannot run {job.id} again: {error}", "error")
+                self._controller.dismiss(job.id)
+        self.show_unfinished_jobs()
+
+    @Slot()
+    def dismiss_unfinished(self) -> None:
+        if self._controller is None:
+            return
+        for job in self._controller.unfinished_jobs():
+            self._controller.dismiss(job.id)
+        self.show_unfinished_jobs()
+
+    # ---------------------------------------------------------------------------------- private
+
+    def _refresh_models(self) -> None:
+        current = self.model_combo.currentData()
+        names = self._model.store.models() if self._model else []
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItem("All models", None)
+        for name in names:
+            self.model_combo.addItem(name, name)
+        index = self.model_combo.findData(current)
+        self.model_combo.setCurrentIndex(max(0, index))
+        self.model_combo.blockSignals(False)
+
+    @Slot(int)
+    def _on_query_changed(self, total: int) -> None:
+        self.count_label.setText(f"{total:,} image{'s' if total != 1 else ''}")
+        self._on_selection_changed()
+
+    @Slot(bool)
+    def _on_trash_toggled(self, trash: bool) -> None:
+        self.delete_action.setVisible(not trash)
+        self.restore_action.setVisible(trash)
+        self.apply_filters()
+
+    @Slot(object)
+    def _on_reconciled(self, result: object) -> None:
+        if isinstance(result, str):
+            self.message.emit(result, "warning")
+        elif isinstance(result, ReconcileReport):
+            self._refresh_models()
+            if result.marked_missing:
+                self.message.emit(
+                    f"{result.marked_missing} image{'s are' if result.marked_missing != 1 else ' is'} no longer "
+                    "in the image folder; their records are kept and marked missing.",
+                    "warning",
+                )
+        self.show_unfinished_jobs()
+
+    def _on_selection_changed(self) -> None:
+        records = self.selected_records()
+        record = self.current_record()
+        for act in (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.open_action,
+                    self.reveal_action, self.copy_action):
+            act.setEnabled(record is not None)
+        for act in (self.export_action, self.export_private_action, self.favourite_action, self.delete_action,
+                    self.restore_action):
+            act.setEnabled(bool(records))
+        self.details.setPlainText(_describe(record) if record is not None else "")
+
+    def _show_menu(self, position) -> None:  # noqa: ANN001 - QPoint
+        if not self.view.indexAt(position).isValid():
+            return
+        menu = QMenu(self)
+        menu.addActions([self.reuse_action, self.reuse_seed_action, self.canvas_action])
+        menu.addSeparator()
+        menu.addActions([self.open_action, self.reveal_action, self.copy_action, self.export_action,
+                         self.export_private_action])
+        menu.addSeparator()
+        menu.addActions([self.favourite_action, self.restore_action if self.trash_check.isChecked()
+                         else self.delete_action])
+        menu.popup(self.view.viewport().mapToGlobal(position))
+
+    def _export_dialog(self, strip_metadata: bool) -> None:
+        records = self.selected_records()
+        if not records:
+            return
+        if len(records) == 1:
+            name = Path(records[0].path).name
+            target, _ = QFileDialog.getSaveFileName(self, "Export image", name, "PNG images (*.png)")
+        else:
+            target = QFileDialog.getExistingDirectory(self, f"Export {len(records)} images")
+        if target:
+            written = self.export_selected(target, strip_metadata)
+            if written:
+                self.message.emit(f"Exported {len(written)} image(s) to {Path(target)}.", "info")
+
+
+def _describe(record: ImageRecord) -> str:
+    """Every parameter, one per line, as a user reads them (and can copy them)."""
+    lines = [record.prompt]
+    if record.negative:
+        lines.append(f"Negative prompt: {record.negative}")
+    lines.append("")
+    pairs = [
+        ("Model", record.model), ("Model hash", record.model_hash), ("LoRA hashes", record.lora_hashes),
+        ("Seed", record.seed), ("Sampler", record.sampler), ("Steps", record.steps),
+        ("CFG scale", None if record.cfg is None else f"{record.cfg:g}"), ("Size", record.size),
+        ("Device", record.device),
+        ("Time", ", ".join(f"{key.removesuffix('_s')} {value:.2f} s" for key, value in record.timings.items())),
+        ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))),
+        ("File", record.path + ("  (missing)" if record.missing else "")),
+        ("In the trash", record.trash_path if record.trashed else None),
+        ("Favourite", "yes" if record.favourite else None),
+    ]
+    lines += [f"{label}: {value}" for label, value in pairs if value not in (None, "")]
+    return "\n".join(lines)
+
+
+def _request_from_columns(record: ImageRecord) -> GenerationRequest | None:
+    """Best effort for images indexed from other tools: their columns, when they hold enough."""
+    if not record.prompt and not record.model:
+        return None
+    values: dict[str, object] = {"prompt": record.prompt, "negative_prompt": record.negative,
+                                 "model": record.model or "unknown"}
+    for key, value in (("seed", record.seed), ("steps", record.steps), ("cfg_scale", record.cfg),
+                       ("width", record.width), ("height", record.height)):
+        if value is not None:
+            values[key] = value
+    try:
+        return GenerationRequest(**values).validate()  # type: ignore[arg-type]
+    except (MarbleError, TypeError):
+        return None
+

@@ -1,0 +1,74 @@
+"""Shared pieces of the hand-run benchmarks: an SD 1.5-size model with random weights, built once.
+
+The model uses the real SD 1.5 configs shipped in resources/ (860M-parameter UNet), so timings and
+memory are those of a real checkpoint; the pictures are noise. It is saved once as a diffusers folder
+under $MARBLE_BENCH_CACHE (default ~/.cache/marble-bench) and reused by every benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MARBLE_BENCH_CACHE", Path.home() / ".cache" / "marble-bench"))
+
+
+def sd15_random_folder(family: str = "sd15") -> Path:
+    """A diffusers folder with the real architecture of `family` and seeded random weights."""
+    folder = cache_root() / f"{family}-random"
+    if (folder / "model_index.json").is_file():
+        return folder
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.schedulers import PNDMScheduler
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from desktop.engine.resources import Resources
+
+    configs = Resources.default().config_folder(family)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(configs / "tokenizer"),
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(PNDMScheduler.load_config(configs / "scheduler")),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    partial = folder.with_name(folder.name + ".partial")
+    pipe.save_pretrained(partial, safe_serialization=True)
+    partial.rename(folder)
+    return folder
+
+
+def summary(values: list[float]) -> str:
+    return f"median {statistics.median(values):.3f} (min {min(values):.3f}, max {max(values):.3f}, n={len(values)})"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20

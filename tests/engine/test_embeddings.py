@@ -1,0 +1,86 @@
+"""Textual-inversion embeddings: imported into the library, used by name in prompts, hashed in metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from desktop.engine.backends.diffusers_backend import DiffusersBackend
+from desktop.engine.errors import ModelError
+from desktop.engine.jobs import CancelToken
+from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.checkpoint import autov3_hash
+from desktop.engine.library.index import Library, guess_kind
+from desktop.engine.paths import AppPaths
+from desktop.engine.request import GenerationRequest
+from desktop.engine.resources import Resources
+
+
+def _vectors(count: int, width: int, seed: int) -> torch.Tensor:
+    return torch.randn(count, width, generator=torch.Generator().manual_seed(seed)) * 2.0
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> AppPaths:
+    paths = AppPaths.for_root(tmp_path_factory.mktemp("ti-home")).ensure()
+    sources = tmp_path_factory.mktemp("ti-src")
+    save_file({"emb_params": _vectors(2, 32, 1)}, str(sources / "inkstyle.safetensors"))  # A1111, 2 vectors
+    save_file({"clip_l": _vectors(1, 32, 2), "clip_g": _vectors(1, 64, 3)}, str(sources / "xlneg.safetensors"))
+    library = Library(paths)
+    for name in ("inkstyle", "xlneg"):
+        assert guess_kind(sources / f"{name}.safetensors") == "embedding"
+        record = library.import_path(sources / f"{name}.safetensors", "embedding")
+        assert record.kind == "embedding" and record.autov3
+    return paths
+
+
+def image(backend: DiffusersBackend, model, prompt: str, negative: str = ""):
+    request = GenerationRequest(
+        prompt=prompt,
+        negative_prompt=negative,
+        model=str(model),
+        steps=3,
+        seed=3,
+        width=64,
+        height=64,
+        device="cpu",
+        sampler="Euler",
+    ).validate()
+    backend.load(request)
+    batch = backend.generate(request, 0, lambda _: None, CancelToken())
+    return np.asarray(batch.images[0].convert("RGB")).astype(np.int16), batch
+
+
+def test_embedding_by_name_changes_the_image_and_nothing_else(home, tiny_sd15_dir):
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), 0)
+    plain, _ = image(backend, tiny_sd15_dir, "a cat")
+    with_word, batch = image(backend, tiny_sd15_dir, "a cat, inkstyle")
+    assert (
+        dict(batch.extra_parameters)["TI hashes"]
+        == f"inkstyle: {autov3_hash(home.embeddings / 'inkstyle.safetensors')}"
+    )
+    fresh = DiffusersBackend(
+        AppPaths.for_root(home.models.parent / "empty").ensure(), Resources.default(), ModelCatalog(home.models), 0
+    )
+    without_embedding, _ = image(fresh, tiny_sd15_dir, "a cat, inkstyle")
+    assert np.abs(with_word - without_embedding).mean() > 1.0
+    # Prompts that do not use it are untouched by its token being loaded; negative prompts use it too.
+    assert np.array_equal(image(backend, tiny_sd15_dir, "a cat")[0], plain)
+    negative, batch = image(backend, tiny_sd15_dir, "a cat", "inkstyle")
+    assert not np.array_equal(negative, plain) and "TI hashes" in dict(batch.extra_parameters)
+    # Part of a longer word is not the embedding.
+    assert "TI hashes" not in dict(image(backend, tiny_sd15_dir, "a cat, inkstyles")[1].extra_parameters)
+
+
+def test_sdxl_embedding_and_a_mismatch(home, tiny_sdxl_dir, tiny_sd15_dir):
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), 0)
+    plain, _ = image(backend, tiny_sdxl_dir, "a dog")
+    used, _ = image(backend, tiny_sdxl_dir, "a dog", "xlneg")
+    assert not np.array_equal(plain, used)
+    sd15 = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), 0)
+    with pytest.raises(ModelError, match="no vectors for SDXL's second|does not fit"):
+        image(sd15, tiny_sdxl_dir, "a dog inkstyle")
+    with pytest.raises(ModelError, match="does not fit"):
+        image(sd15, tiny_sd15_dir, "a dog xlneg")

@@ -1,0 +1,351 @@
+"""The history panel in the real window, over a real history database and the scripted fake backend."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QApplication
+
+import desktop
+from desktop.app import build_main_window
+from desktop.bridge.controller import GenerationController
+from desktop.bridge.history_model import RecordRole
+from desktop.engine.backends.base import ModelInfo
+from desktop.engine.history import HistoryStore, NewImage
+from desktop.engine.metadata import png_text_chunks, read_image_metadata
+from desktop.engine.outputs import ImageWriter
+from desktop.engine.paths import AppPaths
+from desktop.engine.request import GenerationRequest
+from desktop.engine.runner import JobRunner
+from desktop.ui.history_panel import HistoryPanel
+from desktop.ui.main_window import MainWindow
+from tests.support.fake_backend import FakeBackend, colour_for
+
+pytestmark = [
+    pytest.mark.qt_log_level_fail("WARNING"),
+    pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints"),
+]
+
+FAKE_MODEL = "fake-model"
+TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True)
+class HistoryStudio:
+    window: MainWindow
+    controller: GenerationController
+    backend: FakeBackend
+    paths: AppPaths
+    store: HistoryStore
+
+    @property
+    def panel(self) -> HistoryPanel:
+        assert self.window.history_panel is not None
+        return self.window.history_panel
+
+
+def populate(paths: AppPaths, store: HistoryStore, items: list[tuple[str, str]]) -> list[int]:
+    """Real PNGs with Marble metadata, recorded as the runner records them; (prompt, model) each."""
+    writer = ImageWriter(paths.outputs / "2026-01-01", dated=False)
+    ids = []
+    for n, (prompt, model) in enumerate(items):
+        request = GenerationRequest(prompt=prompt, model=model, steps=12, seed=500 + n, width=64, height=64,
+                                    sampler="Euler", negative_prompt="ugly")
+        image = Image.new("RGB", (64, 64), colour_for(500 + n))
+        chunks = png_text_chunks(request, 500 + n, ModelInfo(model, "/m", "sd15", None), desktop.__version__)
+        path = writer.save(image, chunks, 500 + n)
+        ids.append(store.record_image(NewImage(str(path), request, 500 + n, model, created=1_000_000 + n)).id)
+    return ids
+
+
+def open_studio(qtbot, paths: AppPaths, backend: FakeBackend) -> tuple[MainWindow, GenerationController, HistoryStore]:
+    store = HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
+    writer = ImageWriter(paths.outputs)
+    window, controller = build_main_window(
+        paths, lambda: JobRunner(backend, writer, desktop.__version__, store), history=store
+    )
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    qtbot.waitUntil(lambda: window.parameter_panel.selected_model() == FAKE_MODEL, timeout=TIMEOUT_MS)
+    return window, controller, store
+
+
+def close_studio(window: MainWindow, controller: GenerationController, store: HistoryStore) -> None:
+    controller.shutdown()
+    window.wait_for_background()
+    if window.history_panel is not None:
+        window.history_panel.model.wait_for_background()
+    store.close_all()
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> AppPaths:
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    (paths.models / f"{FAKE_MODEL}.safetensors").write_bytes(b"")
+    return paths
+
+
+@pytest.fixture
+def hstudio(qtbot, home: AppPaths) -> Iterator[HistoryStudio]:
+    backend = FakeBackend(steps=2)
+    seed_store = HistoryStore(home.history_db, home.outputs, home.thumbnails)
+    populate(home, seed_store, [("a red fox in the snow", "model-a"), ("a blue whale, deep sea", "model-b"),
+                                ("portrait of a fox, oil", "model-b")])
+    seed_store.close_all()
+    window, controller, store = open_studio(qtbot, home, backend)
+    try:
+        studio = HistoryStudio(window, controller, backend, home, store)
+        qtbot.waitUntil(lambda: studio.panel.model.rowCount() == 3, timeout=TIMEOUT_MS)
+        yield studio
+    finally:
+        close_studio(window, controller, store)
+
+
+def prompts(panel: HistoryPanel) -> list[str]:
+    model = panel.model
+    return [model.data(model.index(row), RecordRole).prompt for row in range(model.rowCount())]
+
+
+def select(panel: HistoryPanel, prompt: str) -> None:
+    row = prompts(panel).index(prompt)
+    panel.select_rows([row])
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def test_panel_shows_records_with_thumbnails_and_details(qtbot, hstudio: HistoryStudio):
+    panel = hstudio.panel
+    assert prompts(panel) == ["portrait of a fox, oil", "a blue whale, deep sea", "a red fox in the snow"]
+    assert panel.count_label.text() == "3 images"
+    model = panel.model
+
+    def all_thumbnails() -> bool:
+        return all(model.data(model.index(row), Qt.ItemDataRole.DecorationRole) is not None for row in range(3))
+
+    qtbot.waitUntil(all_thumbnails, timeout=TIMEOUT_MS)
+    assert len(list(hstudio.paths.thumbnails.glob("*.jpg"))) == 3  # cached on disk
+    select(panel, "a blue whale, deep sea")
+    details = panel.details.toPlainText()
+    assert details.startswith("a blue whale, deep sea\nNegative prompt: ugly")
+    assert "Model: model-b" in details and "Seed: 501" in details and "Steps: 12" in details
+
+
+def test_generated_images_appear_in_the_history(qtbot, hstudio: HistoryStudio):
+    window, panel = hstudio.window, hstudio.panel
+    window.prompt_editor.set_prompts("a brand new picture")
+    window.parameter_panel.batch_count_spin.setValue(2)
+    with qtbot.waitSignal(hstudio.controller.job_finished, timeout=TIMEOUT_MS) as finished:
+        window.generate()
+    qtbot.waitUntil(lambda: panel.model.rowCount() == 5, timeout=TIMEOUT_MS)
+    assert prompts(panel)[:2] == ["a brand new picture"] * 2
+    newest = panel.model.record_at(0)
+    assert newest.path in finished.args[0].paths and newest.model == FAKE_MODEL
+    assert hstudio.store.job(newest.job_id).state == "finished"
+
+
+def test_search_by_prompt_and_filter_by_favourite_and_model(qtbot, hstudio: HistoryStudio):
+    panel = hstudio.panel
+    with qtbot.waitSignal(panel.model.query_changed, timeout=TIMEOUT_MS):
+        qtbot.keyClicks(panel.search_edit, "fox")
+    assert prompts(panel) == ["portrait of a fox, oil", "a red fox in the snow"]
+    assert panel.count_label.text() == "2 images"
+
+    panel.search_edit.clear()
+    panel.apply_filters()
+    select(panel, "a red fox in the snow")
+    panel.favourite_action.trigger()
+    panel.favourites_check.setChecked(True)
+    assert prompts(panel) == ["a red fox in the snow"]
+    panel.favourites_check.setChecked(False)
+
+    assert [panel.model_combo.itemText(i) for i in range(panel.model_combo.count())] == [
+        "All models", "model-a", "model-b"]
+    panel.model_combo.setCurrentIndex(panel.model_combo.findData("model-b"))
+    panel.model_combo.activated.emit(panel.model_combo.currentIndex())
+    assert prompts(panel) == ["portrait of a fox, oil", "a blue whale, deep sea"]
+
+    panel.sort_combo.setCurrentIndex(1)
+    panel.sort_combo.activated.emit(1)
+    assert prompts(panel) == ["a blue whale, deep sea", "portrait of a fox, oil"]
+
+    # The seeded records date from 1970: none of them is from the last 7 days.
+    panel.date_combo.setCurrentIndex(panel.date_combo.findText("Last 7 days"))
+    panel.date_combo.activated.emit(panel.date_combo.currentIndex())
+    assert prompts(panel) == [] and panel.count_label.text() == "0 images"
+
+
+def test_reuse_parameters_and_seed_fill_the_editor_and_settings(qtbot, hstudio: HistoryStudio):
+    window, panel = hstudio.window, hstudio.panel
+    select(panel, "a blue whale, deep sea")
+    panel.reuse_action.trigger()
+    assert window.prompt_editor.prompt() == "a blue whale, deep sea"
+    assert window.prompt_editor.negative_prompt() == "ugly"
+    request = window.parameter_panel.request("", "")
+    assert (request.model, request.steps, request.seed, request.width, request.sampler) == (
+        "model-b", 12, 501, 64, "Euler")
+
+    window.parameter_panel.seed_spin.setValue(-1)
+    select(panel, "a red fox in the snow")
+    panel.reuse_seed_action.trigger()
+    assert window.parameter_panel.request("", "").seed == 500
+
+
+def test_send_to_canvas_shows_the_image(qtbot, hstudio: HistoryStudio):
+    window, panel = hstudio.window, hstudio.panel
+    select(panel, "portrait of a fox, oil")
+    with qtbot.waitSignal(window.result_shown, timeout=TIMEOUT_MS) as shown:
+        panel.canvas_action.trigger()
+    assert shown.args == [panel.current_record().path]
+    assert window.canvas.current_image.pixelColor(5, 5).getRgb()[:3] == colour_for(502)
+
+
+def test_delete_moves_to_trash_and_restore_brings_it_back(qtbot, hstudio: HistoryStudio):
+    panel = hstudio.panel
+    select(panel, "a red fox in the snow")
+    record = panel.current_record()
+    panel.delete_action.trigger()
+    assert not Path(record.path).exists()
+    trashed = hstudio.store.get(record.id)
+    assert Path(trashed.trash_path).exists() and Path(trashed.trash_path).parent == hstudio.paths.outputs / ".trash"
+    assert prompts(panel) == ["portrait of a fox, oil", "a blue whale, deep sea"]
+    assert "trash" in hstudio.window.message_bar.text()
+
+    panel.trash_check.setChecked(True)
+    assert prompts(panel) == ["a red fox in the snow"]
+    panel.select_rows([0])
+    panel.restore_action.trigger()
+    assert Path(record.path).exists() and prompts(panel) == []
+    panel.trash_check.setChecked(False)
+    assert len(prompts(panel)) == 3
+
+
+def test_select_many_and_export_without_metadata(qtbot, hstudio: HistoryStudio, tmp_path: Path):
+    panel = hstudio.panel
+    panel.select_rows([0, 2])
+    assert len(panel.selected_records()) == 2
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    written = panel.export_selected(folder, strip_metadata=True)
+    assert len(written) == 2
+    for path in written:
+        with Image.open(path) as image:
+            image.load()
+            assert "parameters" not in image.info and "marble" not in image.info
+
+
+def test_disk_full_keeps_the_image_and_saves_it_elsewhere(qtbot, hstudio: HistoryStudio, tmp_path: Path,
+                                                          monkeypatch):
+    window = hstudio.window
+    outputs = str(hstudio.paths.outputs)
+    real_fsync = os.fsync
+
+    def full_outputs_disk(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").startswith(outputs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr("desktop.engine.outputs.os.fsync", full_outputs_disk)
+    window.prompt_editor.set_prompts("not lost")
+    window.parameter_panel.seed_spin.setValue(77)
+    with qtbot.waitSignal(hstudio.controller.job_failed, timeout=TIMEOUT_MS):
+        window.generate()
+    assert "disk is full" in window.message_bar.text() and "Save unsaved images" in window.message_bar.text()
+    assert window.save_unsaved_action.isEnabled()
+    assert len(hstudio.controller.pending_images) == 1
+
+    elsewhere = tmp_path / "other-disk"
+    elsewhere.mkdir()
+    (saved,) = window.save_unsaved_images(str(elsewhere))
+    assert saved.parent == elsewhere and read_image_metadata(saved).request.prompt == "not lost"
+    assert not window.save_unsaved_action.isEnabled() and hstudio.controller.pending_images == []
+    assert hstudio.store.find_by_path(saved).seed == 77
+    qtbot.waitUntil(lambda: "not lost" in prompts(hstudio.panel), timeout=TIMEOUT_MS)
+
+
+def test_unfinished_jobs_are_offered_and_run_again(qtbot, home: AppPaths):
+    # A job a killed process left half done: 1 of 3 images written.
+    store = HistoryStore(home.history_db, home.outputs, home.thumbnails)
+    request = GenerationRequest(prompt="interrupted", model=FAKE_MODEL, seed=10, batch_count=3, width=64,
+                                height=64)
+    store.add_job("job-old", request, "running")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    store._conn().execute("UPDATE jobs SET pid = ?", (child.pid,))
+    store.record_image(NewImage(str(home.outputs / "gone.png"), request, 10, FAKE_MODEL, job_id="job-old"))
+    store.close_all()
+
+    backend = FakeBackend(steps=1)
+    window, controller, store = open_studio(qtbot, home, backend)
+    try:
+        panel = window.history_panel
+        assert panel.recovery_bar.isVisible()
+        assert panel.recovery_label.text() == "1 job did not finish last time (2 images to make)."
+        with qtbot.waitSignal(controller.job_finished, timeout=TIMEOUT_MS) as finished:
+            qtbot.mouseClick(panel.resume_button, Qt.MouseButton.LeftButton)
+        assert finished.args[0].seeds == (11, 12)  # only what was left
+        assert not panel.recovery_bar.isVisible()
+        assert store.job("job-old").state == "resumed"
+    finally:
+        close_studio(window, controller, store)
+
+
+def test_quitting_keeps_queued_jobs_for_the_next_start(qtbot, home: AppPaths):
+    backend = FakeBackend(steps=3, block_at_step=1)
+    window, controller, store = open_studio(qtbot, home, backend)
+    try:
+        request = GenerationRequest(prompt="long job", model=FAKE_MODEL, width=64, height=64)
+        running = controller.submit(request)
+        queued = controller.submit(request)
+        assert backend.blocked.wait(10)
+    finally:
+        close_studio(window, controller, store)
+    store = HistoryStore(home.history_db, home.outputs, home.thumbnails)
+    assert store.job(running.id).state == "interrupted"
+    assert store.job(queued.id).state == "queued"
+    store.close_all()
+
+
+def test_open_reveal_and_copy(qtbot, hstudio: HistoryStudio, monkeypatch):
+    opened: list[str] = []
+    monkeypatch.setattr("desktop.ui.history_panel.QDesktopServices.openUrl",
+                        lambda url: opened.append(url.toLocalFile()))
+    panel = hstudio.panel
+    select(panel, "a blue whale, deep sea")
+    record = panel.current_record()
+    panel.open_action.trigger()
+    panel.reveal_action.trigger()
+    assert opened == [record.path, str(Path(record.path).parent)]
+    panel.copy_action.trigger()
+    copied = QApplication.clipboard().image()
+    assert copied.size().width() == 64 and copied.pixelColor(5, 5).getRgb()[:3] == colour_for(501)
+
+
+def test_queue_states_are_journaled_as_jobs_move(qtbot, home: AppPaths):
+    backend = FakeBackend(steps=2, block_at_step=1)
+    window, controller, store = open_studio(qtbot, home, backend)
+    try:
+        request = GenerationRequest(prompt="queued work", model=FAKE_MODEL, width=64, height=64)
+        first = controller.submit(request)
+        second = controller.submit(request)
+        assert store.job(second.id).state == "queued"  # on disk before it ever runs
+        assert backend.blocked.wait(10)
+        assert store.job(first.id).state == "running"
+        controller.cancel(second.id)
+        assert store.job(second.id).state == "cancelled"
+        with qtbot.waitSignal(controller.job_finished, timeout=TIMEOUT_MS):
+            backend.release.set()
+        assert store.job(first.id).state == "finished" and store.job(first.id).images_done == 1
+        assert controller.unfinished_jobs() == []
+    finally:
+        close_studio(window, controller, store)
