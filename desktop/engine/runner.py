@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from desktop.engine.backends.base import Backend, LoadReport, StepInfo
+from desktop.engine.backends.base import Backend, GeneratedBatch, LoadReport, StepInfo
 from desktop.engine.errors import Cancelled, MarbleError, StorageError
 from desktop.engine.events import (
     Event,
@@ -113,8 +113,8 @@ class JobRunner:
             batch_seconds = time.perf_counter() - batch_started
             for note in batch.notes:
                 emit(JobWarning(job.id, note))
-            for position, (image, seed) in enumerate(zip(batch.images, batch.seeds, strict=True)):
-                chunks = png_text_chunks(
+            def chunks_for(position: int, seed: int, batch: GeneratedBatch = batch) -> dict[str, str]:
+                return png_text_chunks(
                     request,
                     seed,
                     report.model,
@@ -123,18 +123,17 @@ class JobRunner:
                     batch_pos=position if request.batch_size > 1 else None,
                     extra={**edit_extra, **dict(batch.extra_parameters)} or None,
                 )
+
+            for position, (image, seed) in enumerate(zip(batch.images, batch.seeds, strict=True)):
+                chunks = chunks_for(position, seed)
                 try:
                     path = self._writer.save(image, chunks, seed)
                 except StorageError as error:
                     # The rest of this batch is made already: keep it in memory too, then stop the job.
-                    unsaved = [(image, seed, chunks)] + [
-                        (later, later_seed, png_text_chunks(
-                            request, later_seed, report.model, self._version, sampler_used=batch.sampler_used,
-                            batch_pos=k if request.batch_size > 1 else None,
-                            extra={**edit_extra, **dict(batch.extra_parameters)} or None,
-                        ))
+                    unsaved = [
+                        (later, later_seed, chunks_for(k, later_seed))
                         for k, (later, later_seed) in enumerate(zip(batch.images, batch.seeds, strict=True))
-                        if k > position
+                        if k >= position
                     ]
                     raise self._keep_unsaved(job.id, unsaved, len(paths), error, emit) from error
                 timings = {"load_s": report.seconds, "generate_s": batch_seconds / max(1, len(batch.images))}

@@ -230,9 +230,17 @@ class MainWindow(QMainWindow):
         actual = self._action("&Actual size", self.canvas.show_actual_size, [QKeySequence("Ctrl+1")])
         open_outputs.setEnabled(self._outputs_folder is not None)
         self.save_unsaved_action = self._action("Save &unsaved images…", self.save_unsaved_images, [])
+        self.open_image_action = self._action(
+            "&Open image as source…", self.open_source_image, [QKeySequence(QKeySequence.StandardKey.Open)]
+        )
+        self.paste_image_action = self._action(
+            "&Paste image as source", self.paste_source_image, [QKeySequence(QKeySequence.StandardKey.Paste)]
+        )
         self.save_unsaved_action.setEnabled(False)
 
         self.file_menu = file_menu = self.menuBar().addMenu("&File")
+        file_menu.addActions([self.open_image_action, self.paste_image_action])
+        file_menu.addSeparator()
         file_menu.addActions([open_models, open_outputs, self.refresh_models_action, self.save_unsaved_action])
         file_menu.addSeparator()
         file_menu.addAction(quit_action)
@@ -323,8 +331,23 @@ class MainWindow(QMainWindow):
         self.view_menu.addAction(dock.toggleViewAction())
         panel.reuse_requested.connect(self._reuse_request)
         panel.seed_reuse_requested.connect(lambda seed: self.parameter_panel.seed_spin.setValue(seed))
-        panel.send_to_canvas_requested.connect(self._show_result)
+        # A history image on the canvas is the source for image-to-image and inpainting.
+        panel.send_to_canvas_requested.connect(self.canvas_toolbar.load_source_file)
         panel.message.connect(lambda text, level: self.message_bar.show_message(text, level))
+
+    @Slot()
+    def open_source_image(self, path: str | None = None) -> bool:
+        """Pick an image file (PNG, JPEG, WebP) and make it the image-to-image / inpainting source."""
+        if path is None:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Open image as source", str(self._outputs_folder or ""), "Images (*.png *.jpg *.jpeg *.webp)"
+            )
+        return bool(path) and self.canvas_toolbar.load_source_file(path)
+
+    @Slot()
+    def paste_source_image(self) -> bool:
+        # Text fields keep Ctrl+V for text: the window shortcut fires only when no editor takes the key.
+        return self.canvas_toolbar.paste_source(QApplication.clipboard().image())
 
     @Slot(object)
     def _reuse_request(self, request: GenerationRequest) -> None:

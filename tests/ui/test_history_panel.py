@@ -201,13 +201,14 @@ def test_reuse_parameters_and_seed_fill_the_editor_and_settings(qtbot, hstudio: 
     assert window.parameter_panel.request("", "").seed == 500
 
 
-def test_send_to_canvas_shows_the_image(qtbot, hstudio: HistoryStudio):
+def test_send_to_canvas_makes_the_image_the_source_for_editing(qtbot, hstudio: HistoryStudio):
     window, panel = hstudio.window, hstudio.panel
     select(panel, "portrait of a fox, oil")
-    with qtbot.waitSignal(window.result_shown, timeout=TIMEOUT_MS) as shown:
+    with qtbot.waitSignal(window.canvas_toolbar.source_changed, timeout=TIMEOUT_MS):
         panel.canvas_action.trigger()
-    assert shown.args == [panel.current_record().path]
+    assert window.canvas.shown_file == panel.current_record().path
     assert window.canvas.current_image.pixelColor(5, 5).getRgb()[:3] == colour_for(502)
+    assert window.canvas_toolbar.source is not None and window.canvas_toolbar.mode == "img2img"
 
 
 def test_delete_moves_to_trash_and_restore_brings_it_back(qtbot, hstudio: HistoryStudio):

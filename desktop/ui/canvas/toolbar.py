@@ -213,6 +213,16 @@ class CanvasToolbar(QWidget):
         self._set_source(image, path)
         return True
 
+    def paste_source(self, image: QImage) -> bool:
+        """Make a pasted picture (clipboard) the source; False when the clipboard holds no image."""
+        if image.isNull():
+            self.problem.emit("The clipboard holds no image. Copy a picture first, or drop an image file.")
+            return False
+        image = image.convertToFormat(QImage.Format.Format_RGB888)
+        self._canvas.show_qimage(image)
+        self._set_source(image, None)
+        return True
+
     def _set_source(self, image: QImage, file: str | None) -> None:
         self._source = image.copy()
         self._source_file = file
