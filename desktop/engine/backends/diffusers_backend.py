@@ -39,6 +39,7 @@ from diffusers import (  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, choose_mode, lower_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
@@ -161,7 +162,8 @@ class DiffusersBackend:
         self.unload()
         self._notes = []
         try:
-            pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice, request.mode)
+            with collector_paused():
+                pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice, request.mode)
         except torch.cuda.OutOfMemoryError:
             oom = True
         else:

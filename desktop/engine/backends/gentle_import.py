@@ -15,6 +15,8 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Load order matters: each library's dependencies first.
@@ -39,6 +41,22 @@ def preload_torch_libraries() -> int:
         if path.is_file() and libc.dlopen(os.fsencode(path), os.RTLD_NOW | os.RTLD_GLOBAL):
             loaded += 1
     return loaded
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Keep full collections from walking a half-built model's many objects while the GUI waits.
+
+    Building a pipeline allocates hundreds of thousands of objects; each automatic collection of the
+    oldest generation then holds the GIL for tens of milliseconds. Collections resume afterwards.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def import_gently(module: str, warm: tuple[str, ...] = ()) -> object:
