@@ -12,14 +12,11 @@ from PIL import Image
 from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtWidgets import QVBoxLayout, QWidget
 
-from desktop.app import build_main_window, diffusers_runner_factory
 from desktop.engine.imaging import Margins, blur_mask
-from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.metadata import parse_parameters, read_text_chunks
-from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
-from desktop.engine.resources import Resources
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
+from tests.support.real_window import real_window as open_real_window
 
 pytestmark = [
     pytest.mark.qt_log_level_fail("WARNING"),
@@ -199,25 +196,8 @@ def _plain_request():
 def real_window(qtbot, tmp_path, tiny_sd15_dir):
     paths = AppPaths.for_root(tmp_path / "home").ensure()
     shutil.copytree(tiny_sd15_dir, paths.models / "tiny-sd15")
-    catalog = ModelCatalog(paths.models)
-    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs))
-    window, controller = build_main_window(paths, factory, catalog)
-    try:
-        qtbot.addWidget(window)
-        window.show()
-        qtbot.waitExposed(window)
-        panel = window.parameter_panel
-        qtbot.waitUntil(lambda: panel.selected_model() == "tiny-sd15", timeout=10_000)
-        panel.width_spin.setValue(64)
-        panel.height_spin.setValue(64)
-        panel.steps_spin.setValue(3)
-        panel.seed_spin.setValue(7)
-        panel.device_combo.setCurrentText("cpu")
+    with open_real_window(qtbot, paths, steps=3, seed=7) as (window, controller):
         yield window, controller, paths
-    finally:
-        controller.shutdown()
-        window.wait_for_background()
-
 
 def test_an_inpaint_job_from_the_canvas_changes_only_the_masked_pixels(qtbot, real_window, tmp_path):
     window, controller, paths = real_window

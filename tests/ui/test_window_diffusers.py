@@ -15,14 +15,13 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from desktop.app import build_main_window, diffusers_runner_factory
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.metadata import read_image_metadata
-from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
+from tests.support.real_window import real_window
 
 pytestmark = [
     pytest.mark.qt_log_level_fail("WARNING"),
@@ -37,25 +36,8 @@ TIMEOUT_MS = 180_000
 def real_studio(qtbot, tmp_path, tiny_sd15_dir) -> Iterator[tuple]:
     paths = AppPaths.for_root(tmp_path / "home").ensure()
     shutil.copytree(tiny_sd15_dir, paths.models / "tiny-sd15")
-    catalog = ModelCatalog(paths.models)
-    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs))
-    window, controller = build_main_window(paths, factory, catalog)
-    try:
-        qtbot.addWidget(window)
-        window.show()
-        qtbot.waitExposed(window)
-        panel = window.parameter_panel
-        qtbot.waitUntil(lambda: panel.selected_model() == "tiny-sd15", timeout=10_000)
-        panel.width_spin.setValue(64)
-        panel.height_spin.setValue(64)
-        panel.steps_spin.setValue(4)
-        panel.seed_spin.setValue(31337)
-        panel.device_combo.setCurrentText("cpu")
+    with real_window(qtbot, paths, steps=4, seed=31337) as (window, controller):
         yield window, controller, paths
-    finally:
-        controller.shutdown()
-        window.wait_for_background()
-
 
 def test_generate_shows_previews_and_the_image_the_engine_makes(qtbot, real_studio):
     window, controller, paths = real_studio

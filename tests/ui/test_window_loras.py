@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from desktop.app import build_main_window, diffusers_runner_factory
-from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import autov3_hash
 from desktop.engine.metadata import read_image_metadata, read_text_chunks
-from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import LoraRef
-from desktop.engine.resources import Resources
 from tests.support import tiny_loras, tiny_models
+from tests.support.real_window import real_window
 
 # The first job imports torch and diffusers on the worker thread: seconds on a loaded CI machine.
 TIMEOUT_MS = 180_000
@@ -29,28 +26,13 @@ def lora_studio(qtbot, tmp_path, tiny_sd15_dir) -> Iterator[tuple]:
     shutil.copytree(tiny_sd15_dir, paths.models / "tiny-sd15")
     tensors = tiny_loras.kohya_state_dict(tiny_models.build_tiny_sd15(), seed=31)
     tiny_loras.save_lora(tensors, paths.loras / "detail.safetensors")
-    catalog = ModelCatalog(paths.models)
-    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs))
-    window, controller = build_main_window(paths, factory, catalog)
-    try:
-        qtbot.addWidget(window)
-        window.show()
-        qtbot.waitExposed(window)
-        panel = window.parameter_panel
-        qtbot.waitUntil(lambda: panel.selected_model() == "tiny-sd15", timeout=10_000)
-        qtbot.waitUntil(lambda: panel.lora_list.names() == ["detail"], timeout=10_000)
-        panel.width_spin.setValue(64)
-        panel.height_spin.setValue(64)
-        panel.steps_spin.setValue(3)
-        panel.seed_spin.setValue(4242)
-        panel.device_combo.setCurrentText("cpu")
-        window.prompt_editor.set_prompts("a blue square")
-        yield window, controller, paths
-    finally:
-        controller.shutdown()
-        window.wait_for_background()
-        window.library_integration.tasks.shutdown()
-
+    with real_window(qtbot, paths, steps=3, seed=4242) as (window, controller):
+        try:
+            qtbot.waitUntil(lambda: window.parameter_panel.lora_list.names() == ["detail"], timeout=10_000)
+            window.prompt_editor.set_prompts("a blue square")
+            yield window, controller, paths
+        finally:
+            window.library_integration.tasks.shutdown()
 
 def test_panel_lora_changes_the_image_and_is_recorded(qtbot, lora_studio):
     window, controller, paths = lora_studio

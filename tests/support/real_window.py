@@ -1,0 +1,39 @@
+"""The real window over the real diffusers backend, set up for a tiny 64x64 job on the CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from desktop.app import build_main_window, diffusers_runner_factory
+from desktop.bridge.controller import GenerationController
+from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.outputs import ImageWriter
+from desktop.engine.paths import AppPaths
+from desktop.engine.resources import Resources
+from desktop.ui.main_window import MainWindow
+
+
+@contextmanager
+def real_window(
+    qtbot, paths: AppPaths, *, steps: int, seed: int, model: str = "tiny-sd15"
+) -> Iterator[tuple[MainWindow, GenerationController]]:
+    """Shown, with `model` (already in `paths.models`) selected; always shut down afterwards."""
+    catalog = ModelCatalog(paths.models)
+    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs))
+    window, controller = build_main_window(paths, factory, catalog)
+    try:
+        qtbot.addWidget(window)
+        window.show()
+        qtbot.waitExposed(window)
+        panel = window.parameter_panel
+        qtbot.waitUntil(lambda: panel.selected_model() == model, timeout=10_000)
+        panel.width_spin.setValue(64)
+        panel.height_spin.setValue(64)
+        panel.steps_spin.setValue(steps)
+        panel.seed_spin.setValue(seed)
+        panel.device_combo.setCurrentText("cpu")
+        yield window, controller
+    finally:
+        controller.shutdown()
+        window.wait_for_background()
