@@ -22,6 +22,7 @@ from desktop.bridge.worker import RunnerFactory
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryStore
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.demo import install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "marble-studio", *qt_args])
     apply_theme(app)
 
+    install_demo(paths, Resources.default())
     catalog = ModelCatalog(paths.models)
     history = open_history(paths)
     factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs), history=history)
@@ -123,6 +125,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if history is not None:
         history.close_all()
     return code
+
+
+def install_demo(paths: AppPaths, resources: Resources) -> None:
+    """First start: put the demo model in the library, so the first Generate works offline."""
+    try:
+        install_demo_model(Library(paths), resources.demo_model, paths.config)
+    except (MarbleError, OSError) as error:
+        # Not fatal: the window still says where to put models. The next start tries again.
+        print(f"marble-studio: could not install the demo model: {error}", file=sys.stderr)
 
 
 def open_history(paths: AppPaths) -> HistoryStore | None:

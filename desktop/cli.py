@@ -32,7 +32,10 @@ from desktop.engine.history.store import RESUMED
 from desktop.engine.imaging import Margins, load_mask, load_source, outpaint_canvas, save_png_by_hash, working_size
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.demo import demo_model_name, install_demo_model
+from desktop.engine.library.index import Library
 from desktop.engine.library.lora import parse_lora_arg
+from desktop.engine.library.native_size import native_size
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import (
@@ -73,15 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = commands.add_parser("generate", help="make images from a prompt")
-    gen.add_argument("--model", required=True, help="a library name, a .safetensors file or a diffusers folder")
+    gen.add_argument("--model", help="a library name, a .safetensors file or a diffusers folder (default: the demo)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--steps", type=int, default=30)
     gen.add_argument("--cfg", type=float, default=7.5, help="guidance scale")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
-    gen.add_argument("--width", type=int, default=None, help="512, or the source's size with --init-image")
-    gen.add_argument("--height", type=int, default=None, help="512, or the source's size with --init-image")
+    gen.add_argument("--width", type=int, help="the model's native size; the source's with --init-image")
+    gen.add_argument("--height", type=int, help="the model's native size; the source's with --init-image")
     gen.add_argument("--batch-count", type=int, default=1, help="pipeline runs, one after another")
     gen.add_argument("--batch-size", type=int, default=1, help="images per run")
     gen.add_argument("--clip-skip", type=int, default=1, help="A1111 clip skip (1 = none)")
@@ -232,22 +235,26 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     if sampler is None:
         raise InvalidRequest(f"Unknown sampler {args.sampler!r}. Known samplers: {', '.join(SAMPLER_NAMES)}.")
     init_image, mask = _edit_inputs(args, paths)
+    model = args.model or _default_model(paths)
     width, height = args.width, args.height
     if init_image is not None and (width is None or height is None):
         # Default to the source's own size (as a multiple of 8): "whole" then works at full detail.
         size = working_size(load_source(init_image).size, args.resize_mode)
         width = width or min(max(size[0], MIN_SIDE), MAX_SIDE)
         height = height or min(max(size[1], MIN_SIDE), MAX_SIDE)
+    if width is None or height is None:
+        side = _model_native_size(model, paths) or 512
+        width, height = width or side, height or side
     return GenerationRequest(
         prompt=args.prompt,
-        model=args.model,
+        model=model,
         negative_prompt=args.negative,
         steps=args.steps,
         cfg_scale=args.cfg,
         seed=args.seed,
         sampler=sampler,
-        width=width or 512,
-        height=height or 512,
+        width=width,
+        height=height,
         batch_count=args.batch_count,
         batch_size=args.batch_size,
         device=args.device,
@@ -264,6 +271,26 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         resize_mode=args.resize_mode,
         loras=tuple(parse_lora_arg(value) for value in args.lora),
     )
+
+
+def _default_model(paths: AppPaths) -> str:
+    """No --model: the demo model, installed first if this is the first start."""
+    library = Library(paths)
+    try:
+        install_demo_model(library, Resources.default().demo_model, paths.config)
+    except (MarbleError, OSError) as error:
+        raise InvalidRequest(f"No --model given, and the demo model could not be installed: {error}") from error
+    name = demo_model_name(library)
+    if name is None:
+        raise InvalidRequest("No --model given, and the library has no demo model. Name one with --model.")
+    return name
+
+
+def _model_native_size(model: str, paths: AppPaths) -> int | None:
+    try:
+        return native_size(ModelCatalog(paths.models).resolve(model).path)
+    except MarbleError:
+        return None  # the job will say clearly what is wrong with the model
 
 
 def _edit_inputs(args: argparse.Namespace, paths: AppPaths) -> tuple[str | None, str | None]:

@@ -106,7 +106,7 @@ def _list(library: Library, kind: str, plural: str, as_json: bool, out: TextIO) 
         print(f"No {plural} yet. Import one with `marble {kind}s import FILE`.", file=out)
     else:
         for record in records:
-            print(f"{record.name}\t{record.architecture}\t{_size(record.size)}\t{record.autov2 or '-'}", file=out)
+            print(f"{record.name}\t{record.shown_architecture}\t{_size(record.size)}\t{record.autov2 or '-'}", file=out)
     return EXIT_OK
 
 

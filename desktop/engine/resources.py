@@ -58,6 +58,11 @@ class Resources:
     def tokenizers(self) -> Path:
         return self.root / "tokenizers"
 
+    @property
+    def demo_model(self) -> Path:
+        """Marble's own small model (a diffusers folder), trained by installer/demo_model/."""
+        return self.root / "demo-model"
+
     def config_folder(self, name: str) -> Path:
         """The diffusers config folder for ``name`` (one of CONFIG_NAMES), for ``config=``.
 

@@ -54,6 +54,7 @@ from desktop.engine.events import (
 )
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.native_size import native_size
 from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
 from desktop.ui.canvas_view import MAX_IMAGE_PIXELS
@@ -83,11 +84,12 @@ class _Relay(QObject):
     """Carries results of thread-pool tasks back to the GUI thread (emitted there, queued here).
 
     Signals:
-        models_listed(object, str): model names found (a list) and an error text ("" when none).
+        models_listed(object, object, str): model names found (a list), their native sizes (a dict of
+            name -> side in pixels, for the models that tell) and an error text ("" when none).
         thumbnail_loaded(str, QImage): a scaled image for a result path (null when unreadable).
     """
 
-    models_listed = Signal(object, str)
+    models_listed = Signal(object, object, str)
     thumbnail_loaded = Signal(str, QImage)
 
 
@@ -311,11 +313,16 @@ class MainWindow(QMainWindow):
         catalog, relay = self._catalog, self._relay
 
         def scan() -> None:
+            sizes: dict[str, int] = {}
             try:
-                names, error = catalog.names(), ""
+                entries, error = catalog.entries(), ""
+                for entry in entries:
+                    side = native_size(entry.path)
+                    if side is not None:
+                        sizes[entry.name] = side
             except OSError as exc:
-                names, error = [], f"Cannot read the models folder {catalog.folder}: {exc.strerror or exc}."
-            relay.models_listed.emit(names, error)
+                entries, error = [], f"Cannot read the models folder {catalog.folder}: {exc.strerror or exc}."
+            relay.models_listed.emit([entry.name for entry in entries], sizes, error)
 
         self._pool.start(scan)
 
@@ -531,9 +538,9 @@ class MainWindow(QMainWindow):
 
     # ---------------------------------------------------------------------------------- status
 
-    @Slot(object, str)
-    def _on_models_listed(self, names: list[str], error: str) -> None:
-        self.parameter_panel.set_models(names, str(self._catalog.folder))
+    @Slot(object, object, str)
+    def _on_models_listed(self, names: list[str], sizes: dict[str, int], error: str) -> None:
+        self.parameter_panel.set_models(names, str(self._catalog.folder), sizes)
         if error:
             self.message_bar.show_message(error, "error")
         self.models_listed.emit(list(names))

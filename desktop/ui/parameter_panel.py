@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtCore import QSignalBlocker, Qt, Signal, Slot
 from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QComboBox,
@@ -97,6 +97,9 @@ class ParameterPanel(QWidget):
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(12)
         self.model_combo.setPlaceholderText("No models found")
+        self._native_sizes: dict[str, int] = {}
+        self._sized_for = ""  # the model whose native size the size fields were last set for
+        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.refresh_models_button = QToolButton(objectName="refresh_models_button", text="⟳")
         self.refresh_models_button.setToolTip("Scan the models folder again")
         self.refresh_models_button.clicked.connect(self.models_refresh_requested)
@@ -193,15 +196,23 @@ class ParameterPanel(QWidget):
 
     # ------------------------------------------------------------------------------------ models
 
-    def set_models(self, names: Sequence[str], folder: str) -> None:
-        """Fill the model list, keeping the current choice when it is still there."""
+    def set_models(self, names: Sequence[str], folder: str, native_sizes: Mapping[str, int] | None = None) -> None:
+        """Fill the model list, keeping the current choice when it is still there.
+
+        `native_sizes` (name -> side) lets a change of model bring the size the new model was trained at,
+        as the best tools do: the demo model draws at 128, SD 1.x at 512, SDXL at 1024. The size is
+        left alone when the new model's native size equals the old one's, so a chosen size survives
+        switching between two models of the same kind."""
         current = self.selected_model()
-        self.model_combo.clear()
-        for name in names:
-            self.model_combo.addItem(name, name)
-        index = self.model_combo.findData(current) if current else -1
-        self.model_combo.setCurrentIndex(index if index >= 0 else (0 if names else -1))
+        self._native_sizes = dict(native_sizes or {})
+        with QSignalBlocker(self.model_combo):
+            self.model_combo.clear()
+            for name in names:
+                self.model_combo.addItem(name, name)
+            index = self.model_combo.findData(current) if current else -1
+            self.model_combo.setCurrentIndex(index if index >= 0 else (0 if names else -1))
         self.model_combo.setEnabled(bool(names))
+        self._on_model_changed()
         self.models_hint_label.setText(
             f"No models yet. Put .safetensors files or diffusers folders in:\n{folder}\nthen press ⟳."
         )
@@ -210,6 +221,14 @@ class ParameterPanel(QWidget):
     def selected_model(self) -> str:
         data = self.model_combo.currentData()
         return data if isinstance(data, str) else ""
+
+    def _on_model_changed(self) -> None:
+        model = self.selected_model()
+        side = self._native_sizes.get(model)
+        if model != self._sized_for and side is not None and side != self._native_sizes.get(self._sized_for):
+            self.width_spin.setValue(side)
+            self.height_spin.setValue(side)
+        self._sized_for = model
 
     # -------------------------------------------------------------------------------------- seed
 

@@ -396,3 +396,28 @@ def test_python_m_desktop_routes_subcommands_to_the_cli(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Euler a" in result.stdout
     assert "QT False CODE 0" in result.stdout
+
+
+def test_choosing_a_model_brings_its_native_size_unless_the_kind_stays_the_same(qtbot) -> None:
+    from desktop.ui.parameter_panel import ParameterPanel
+
+    panel = ParameterPanel()
+    qtbot.addWidget(panel)
+    sizes = {"marble-demo": 128, "sd15-a": 512, "sd15-b": 512, "sdxl": 1024}
+    panel.set_models(["marble-demo", "sd15-a", "sd15-b", "sdxl", "unknown"], "/models", sizes)
+    # First fill: the first model is chosen and the size follows it.
+    assert panel.selected_model() == "marble-demo"
+    assert (panel.width_spin.value(), panel.height_spin.value()) == (128, 128)
+    panel.model_combo.setCurrentIndex(panel.model_combo.findData("sd15-a"))
+    assert (panel.width_spin.value(), panel.height_spin.value()) == (512, 512)
+    panel.width_spin.setValue(768)  # the user's own choice survives a switch to a model of the same kind
+    panel.model_combo.setCurrentIndex(panel.model_combo.findData("sd15-b"))
+    assert panel.width_spin.value() == 768
+    panel.model_combo.setCurrentIndex(panel.model_combo.findData("unknown"))
+    assert panel.width_spin.value() == 768
+    panel.model_combo.setCurrentIndex(panel.model_combo.findData("sdxl"))
+    assert (panel.width_spin.value(), panel.height_spin.value()) == (1024, 1024)
+    # A rescan keeps the choice and the size.
+    panel.height_spin.setValue(832)
+    panel.set_models(["marble-demo", "sd15-a", "sdxl"], "/models", sizes)
+    assert panel.selected_model() == "sdxl" and panel.height_spin.value() == 832

@@ -64,9 +64,15 @@ class LibraryRecord:
     source: str | None
     imported_at: str | None  # ISO 8601, UTC
     indexed: bool = True  # False: found in the folder but not hashed yet
+    demo: bool = False  # Marble's own demo model, installed on first start
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def shown_architecture(self) -> str:
+        """The architecture as lists show it, with the demo model marked."""
+        return f"{self.architecture} (Marble demo)" if self.demo else self.architecture
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> LibraryRecord:
@@ -233,6 +239,12 @@ class Library:
             raise
         self._store(record)
         return record
+
+    def mark_demo(self, record: LibraryRecord) -> LibraryRecord:
+        """Record that this entry is Marble's demo model (shown as such; kept through renames)."""
+        marked = replace(record, demo=True)
+        self._store(marked)
+        return marked
 
     # ---------------------------------------------------------------------------- remove / rename
 

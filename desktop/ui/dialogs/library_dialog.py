@@ -217,7 +217,7 @@ class LibraryDialog(QDialog):
         table = self.tables[kind]
         table.setRowCount(len(records))
         for row, record in enumerate(records):
-            values = (record.name, record.architecture, _size(record.size), record.autov2 or "")
+            values = (record.name, record.shown_architecture, _size(record.size), record.autov2 or "")
             for column, value in enumerate(values):
                 table.setItem(row, column, QTableWidgetItem(value))
         self.tabs.setTabText(KINDS.index(kind), f"{_TAB_TITLES[kind]} ({len(records)})")

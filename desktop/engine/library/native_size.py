@@ -1,0 +1,47 @@
+"""The picture size a model was trained at, so choosing a model can choose a size that suits it.
+
+A diffusers folder says it: the UNet's sample_size (latent side) times the VAE's factor, 2 per level
+after the first. That gives 512 for SD 1.x, 768 for SD 2.x, 1024 for SDXL and 128 for the demo model.
+A single file carries no config, so its detected architecture decides.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from desktop.engine.errors import MarbleError
+from desktop.engine.library.checkpoint import detect_model
+
+# Published training sizes of the architectures a single file can be (resources/configs names).
+_SIZE_BY_CONFIG = {
+    "sd15": 512,
+    "sd15-inpaint": 512,
+    "sd2": 768,
+    "sd2-base": 512,
+    "sd2-inpaint": 512,
+    "sdxl": 1024,
+    "sdxl-inpaint": 1024,
+}
+
+
+def native_size(path: Path) -> int | None:
+    """The model's native side in pixels, or None when it cannot be told (unreadable, unknown)."""
+    try:
+        if path.is_dir():
+            unet = _json(path / "unet" / "config.json")
+            vae = _json(path / "vae" / "config.json")
+            side, levels = unet.get("sample_size"), vae.get("block_out_channels")
+            if isinstance(side, int) and isinstance(levels, list) and levels:
+                return side * 2 ** (len(levels) - 1)
+            return None
+        return _SIZE_BY_CONFIG.get(detect_model(path).config_name)
+    except (MarbleError, OSError, ValueError):
+        return None
+
+
+def _json(file: Path) -> dict:
+    data = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} is not a JSON object")
+    return data

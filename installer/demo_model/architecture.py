@@ -1,0 +1,80 @@
+"""The demo model's architecture: Stable Diffusion 1.x's component classes at small widths.
+
+AutoencoderKL with four levels (the real 8x factor, 4 latent channels), a UNet2DConditionModel with
+SD 1.x's block types, and a CLIPTextModel over the real 49,408-token vocabulary, so the demo model goes
+through exactly the loading, sampling, preview, LoRA and inpainting code of real checkpoints.
+"""
+
+from __future__ import annotations
+
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+TEXT_WIDTH = 64
+
+VAE_CONFIG: dict[str, object] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [8, 16, 32, 64],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "sample_size": 128,
+    "scaling_factor": 0.18215,  # SD 1.x's; training pins the latent scale to it
+}
+
+UNET_CONFIG: dict[str, object] = {
+    "sample_size": 16,
+    "in_channels": 4,
+    "out_channels": 4,
+    # Attention at 8x8 and 4x4 only: at 16x16 it would triple the cost of a training step.
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64, 128],
+    "layers_per_block": 1,
+    "cross_attention_dim": TEXT_WIDTH,
+    "attention_head_dim": 4,
+    "norm_num_groups": 32,
+}
+
+TEXT_CONFIG: dict[str, object] = {
+    "vocab_size": 49408,
+    "hidden_size": TEXT_WIDTH,
+    "intermediate_size": 4 * TEXT_WIDTH,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "bos_token_id": 49406,
+    "eos_token_id": 49407,
+    "pad_token_id": 49407,
+}
+
+# SD 1.x's published scheduler: the same betas the model is trained with.
+SCHEDULER_CONFIG: dict[str, object] = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "steps_offset": 1,
+    "skip_prk_steps": True,
+    "set_alpha_to_one": False,
+    "clip_sample": False,
+    "prediction_type": "epsilon",
+}
+
+
+def build_vae() -> AutoencoderKL:
+    return AutoencoderKL(**VAE_CONFIG)
+
+
+def build_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def build_text_encoder() -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG))

@@ -1,0 +1,274 @@
+"""Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
+
+A build step, not part of CI: about 75 minutes on a 2-core CPU. Seeded and reproducible on the same
+machine and torch build. Three stages, each saved in --work so an interrupted build resumes:
+
+1. the VAE, on random 64x64 crops of rendered scenes (a quarter of the cost), with a small extra loss
+   that makes the scaled latents map to the picture's colours through SD 1.x's published latent-to-RGB
+   factors, so the app's live preview shows true colours; then the decoder alone on whole 128x128
+   pictures, since its attention and group norms see the whole picture and a decoder trained on crops
+   only smears colours across large areas (the encoder, and so the latent space, stay as they are);
+2. the training pictures, rendered once and encoded to latent distributions;
+3. the UNet and the text encoder together, captions re-worded at every visit, 10% of captions dropped
+   (classifier-free guidance), an exponential moving average of the weights kept for the release.
+
+The result is a diffusers folder saved in float16 (about 20 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+from transformers import CLIPTokenizer
+
+from installer.demo_model import architecture, scenes
+from installer.demo_model.training import diffusion_loss, token_ids, training_schedule
+
+REPO = Path(__file__).resolve().parents[2]
+TOKENIZER = REPO / "resources" / "tokenizers" / "clip"
+SCALING_FACTOR = 0.18215  # SD 1.x's; the colour loss below pins the latent scale to it
+# SD 1.x latent -> RGB factors (the same table the app's preview uses), as (4, 3).
+PREVIEW_FACTORS = torch.tensor(
+    [[0.3444, 0.1385, 0.0670], [0.1247, 0.4027, 0.1494], [-0.3192, 0.2513, 0.2103], [-0.1307, -0.1874, -0.7445]]
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="diffusers folder to write")
+    parser.add_argument("--work", type=Path, default=Path("build/demo-model"), help="stage checkpoints")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=2000)
+    parser.add_argument("--decoder-steps", type=int, default=800)
+    parser.add_argument("--images", type=int, default=30000)
+    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    vae = train_vae(args.work / "vae.pt", args.vae_steps, args.seed)
+    vae = finetune_decoder(args.work / "vae-decoder.pt", vae, args.decoder_steps, args.seed + 3)
+    data = encode_dataset(args.work / "data.pt", vae, args.images, args.seed + 1)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    unet, text_encoder = train_denoiser(args.work, data, tokenizer, vae, args.unet_steps, args.batch, args.seed + 2)
+    save_release(args.out, vae, unet, text_encoder, tokenizer)
+    log(f"done in {(time.monotonic() - started) / 60:.1f} min -> {args.out}")
+
+
+def log(message: str) -> None:
+    print(time.strftime("%H:%M:%S"), message, flush=True)
+
+
+def to_tensor(images: list) -> torch.Tensor:
+    array = np.stack([np.asarray(image, dtype=np.float32) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+# ---- stage 1: VAE ---------------------------------------------------------------------------------------
+
+
+def train_vae(checkpoint: Path, steps: int, seed: int):
+    torch.manual_seed(seed)
+    vae = architecture.build_vae()
+    vae.register_to_config(scaling_factor=SCALING_FACTOR)
+    if checkpoint.exists():
+        vae.load_state_dict(torch.load(checkpoint, weights_only=True))
+        log("VAE: loaded from the work folder")
+        return vae.eval().requires_grad_(False)
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    batch, crop = 16, 64
+    for step in range(steps):
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, steps, 1e-3)
+        pictures = []
+        for _ in range(batch):
+            image = scenes.render(scenes.random_scene(rng), rng)
+            x, y = rng.randrange(0, scenes.SIZE - crop + 1, 8), rng.randrange(0, scenes.SIZE - crop + 1, 8)
+            pictures.append(image.crop((x, y, x + crop, y + crop)))
+        images = to_tensor(pictures)
+        posterior = vae.encode(images).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        decoded = vae.decode(latents).sample
+        reconstruction = (decoded - images).abs().mean() + 0.5 * (decoded - images).pow(2).mean()
+        colours = torch.einsum("bchw,cr->brhw", posterior.mean * SCALING_FACTOR, PREVIEW_FACTORS)
+        colour_loss = (colours - torch.nn.functional.avg_pool2d(images, 8)).pow(2).mean()
+        loss = reconstruction + 0.1 * colour_loss + 1e-6 * posterior.kl().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"VAE step {step}: reconstruction {reconstruction.item():.4f} colour {colour_loss.item():.4f}")
+    torch.save(vae.state_dict(), checkpoint)
+    return vae.eval().requires_grad_(False)
+
+
+def finetune_decoder(checkpoint: Path, vae, steps: int, seed: int):
+    if checkpoint.exists():
+        vae.decoder.load_state_dict(torch.load(checkpoint, weights_only=True))
+        log("VAE decoder: loaded from the work folder")
+        return vae
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    decoder = vae.decoder.train().requires_grad_(True)
+    optimiser = torch.optim.AdamW(decoder.parameters(), lr=3e-4, weight_decay=0.0)
+    for step in range(steps):
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, steps, 3e-4, warmup=50)
+        images = to_tensor([scenes.render(scenes.random_scene(rng), rng) for _ in range(8)])
+        with torch.no_grad():
+            posterior = vae.encode(images).latent_dist
+            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        decoded = vae.decode(latents).sample
+        loss = (decoded - images).abs().mean() + 0.5 * (decoded - images).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"VAE decoder step {step}: reconstruction {loss.item():.4f}")
+    torch.save(decoder.state_dict(), checkpoint)
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+# ---- stage 2: the training pictures ----------------------------------------------------------------------
+
+
+def encode_dataset(file: Path, vae, count: int, seed: int) -> dict:
+    if file.exists():
+        log("data: loaded from the work folder")
+        return torch.load(file, weights_only=False)
+    rng = random.Random(seed)
+    drawn = [scenes.random_scene(rng) for _ in range(count)]
+    means, stds = [], []
+    with torch.no_grad():
+        for start in range(0, count, 128):
+            images = to_tensor([scenes.render(scene, rng) for scene in drawn[start : start + 128]])
+            posterior = vae.encode(images).latent_dist
+            means.append(posterior.mean * SCALING_FACTOR)
+            stds.append(posterior.std * SCALING_FACTOR)
+    data = {"scenes": drawn, "mean": torch.cat(means), "std": torch.cat(stds)}
+    log(f"data: {count} pictures, scaled latent std {data['mean'].std().item():.3f}")
+    torch.save(data, file)
+    return data
+
+
+# ---- stage 3: UNet and text encoder -------------------------------------------------------------------
+
+
+def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: int, seed: int):
+    torch.manual_seed(seed)
+    unet, text_encoder = architecture.build_unet(), architecture.build_text_encoder()
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimiser = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01)
+    start = 0
+    resume = work / "denoiser.pt"
+    if resume.exists():
+        state = torch.load(resume, weights_only=False)
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        optimiser.load_state_dict(state["optimiser"])
+        start = state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"denoiser: resumed at step {start}")
+    rng = random.Random(seed + start)
+    generator = torch.Generator().manual_seed(seed + start)
+    schedule = training_schedule()
+    cache: dict[str, torch.Tensor] = {}
+    count = len(data["scenes"])
+    began = time.monotonic()
+    for step in range(start, steps):
+        for group in optimiser.param_groups:
+            group["lr"] = cosine_lr(step, steps, 5e-4)
+        picks = torch.randint(0, count, (batch,), generator=generator)
+        latents = data["mean"][picks] + data["std"][picks] * torch.randn((batch, 4, 16, 16), generator=generator)
+        captions = ["" if rng.random() < 0.1 else scenes.caption(data["scenes"][i], rng) for i in picks.tolist()]
+        missing = [c for c in set(captions) if c not in cache]
+        if missing:
+            cache.update(zip(missing, token_ids(tokenizer, missing), strict=True))
+        hidden = text_encoder(torch.stack([cache[c] for c in captions]))[0]
+        loss = diffusion_loss(unet, latents, hidden, schedule, generator)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimiser.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for e, p in zip(ema.parameters(), live.parameters(), strict=True):
+                    e.lerp_(p, 1 - decay)
+        if step % 50 == 0:
+            rate = (step + 1 - start) / (time.monotonic() - began)
+            log(f"denoiser step {step}: loss {loss.item():.4f}, {rate:.2f} steps/s")
+        if (step + 1) % 500 == 0 or step == steps - 1:
+            state = {
+                "unet": unet.state_dict(),
+                "text": text_encoder.state_dict(),
+                "ema_unet": ema_unet.state_dict(),
+                "ema_text": ema_text.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "step": step + 1,
+                "torch_rng": torch.get_rng_state(),
+            }
+            torch.save(state, resume)
+            sample_grid(work / f"samples-{step + 1:05d}.png", vae, ema_unet, ema_text, tokenizer)
+    return ema_unet, ema_text
+
+
+def sample_grid(file: Path, vae, unet, text_encoder, tokenizer) -> None:
+    """Eight held-out prompts, 20 DDIM steps at CFG 7: a picture to watch the training by."""
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler.from_config(training_schedule().config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    prompts = [scenes.prompt_for(scene) for scene in scenes.held_out_scenes()[:8]]
+    images = pipe(prompts, num_inference_steps=20, guidance_scale=7.0, height=128, width=128,
+                  generator=torch.Generator().manual_seed(0)).images
+    grid = images[0].resize((128 * 8, 128))
+    for index, image in enumerate(images):
+        grid.paste(image, (128 * index, 0))
+    grid.save(file)
+    log(f"samples: {file.name}: " + " | ".join(prompts[:3]))
+
+
+def save_release(out: Path, vae, unet, text_encoder, tokenizer) -> None:
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler.from_config(training_schedule().config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.to(torch.float16)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+if __name__ == "__main__":
+    main()
