@@ -53,7 +53,9 @@ TEXT_CONFIG: dict[str, object] = {
     "pad_token_id": 49407,
 }
 
-# SD 1.x's published scheduler: the same betas the model is trained with.
+# SD 1.x's published scheduler (the same betas the model is trained with), predicting v as SD 2.x does:
+# with epsilon prediction, the global layout (background, colours, where the shape goes) is decided at
+# high noise where the loss hardly depends on it, and a small model learns it far too slowly.
 SCHEDULER_CONFIG: dict[str, object] = {
     "_class_name": "PNDMScheduler",
     "beta_start": 0.00085,
@@ -64,7 +66,7 @@ SCHEDULER_CONFIG: dict[str, object] = {
     "skip_prk_steps": True,
     "set_alpha_to_one": False,
     "clip_sample": False,
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",
 }
 
 

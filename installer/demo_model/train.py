@@ -34,6 +34,7 @@ from installer.demo_model.training import diffusion_loss, token_ids, training_sc
 
 REPO = Path(__file__).resolve().parents[2]
 TOKENIZER = REPO / "resources" / "tokenizers" / "clip"
+PEAK_LR = 8e-4  # the denoiser's
 SCALING_FACTOR = 0.18215  # SD 1.x's; the colour loss below pins the latent scale to it
 # SD 1.x latent -> RGB factors (the same table the app's preview uses), as (4, 3).
 PREVIEW_FACTORS = torch.tensor(
@@ -49,7 +50,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--decoder-steps", type=int, default=800)
     parser.add_argument("--images", type=int, default=30000)
-    parser.add_argument("--unet-steps", type=int, default=4000)
+    parser.add_argument("--unet-steps", type=int, default=3300)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -177,7 +178,7 @@ def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: in
     unet, text_encoder = architecture.build_unet(), architecture.build_text_encoder()
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimiser = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.01)
+    optimiser = torch.optim.AdamW(params, lr=PEAK_LR, weight_decay=0.01)
     start = 0
     resume = work / "denoiser.pt"
     if resume.exists():
@@ -196,7 +197,7 @@ def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: in
     began = time.monotonic()
     for step in range(start, steps):
         for group in optimiser.param_groups:
-            group["lr"] = cosine_lr(step, steps, 5e-4)
+            group["lr"] = cosine_lr(step, steps, PEAK_LR)
         picks = torch.randint(0, count, (batch,), generator=generator)
         latents = data["mean"][picks] + data["std"][picks] * torch.randn((batch, 4, 16, 16), generator=generator)
         captions = ["" if rng.random() < 0.1 else scenes.caption(data["scenes"][i], rng) for i in picks.tolist()]

@@ -1,8 +1,8 @@
 """Pieces of diffusion training shared by the demo model's build and the tests' LoRA training.
 
-Standard epsilon-prediction training with SD 1.x's noise schedule, so the result samples correctly with
-every scheduler of a real SD 1.x model. Loss weighting: min-SNR-gamma (Hang et al. 2023), which makes
-small models converge several times faster than the plain loss.
+Standard training with SD 1.x's noise schedule and SD 2.x's v-prediction, so the result samples
+correctly with every scheduler the app offers. Loss weighting: min-SNR-gamma (Hang et al. 2023), which
+makes small models converge several times faster than the plain loss.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ def diffusion_loss(
     schedule: DDPMScheduler,
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's noise prediction."""
+    """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's prediction (of v, or
+    of the noise, as the schedule says)."""
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
     steps = torch.randint(0, schedule.config.num_train_timesteps, (batch,), generator=generator)
@@ -35,8 +36,13 @@ def diffusion_loss(
     predicted = unet(noisy, steps, hidden).sample
     alphas = schedule.alphas_cumprod[steps]
     snr = alphas / (1 - alphas)
-    weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
-    per_sample = (predicted - noise).pow(2).mean(dim=(1, 2, 3))
+    if schedule.config.prediction_type == "v_prediction":
+        target = schedule.get_velocity(latents, noise, steps)
+        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / (snr + 1)
+    else:
+        target = noise
+        weight = torch.clamp(snr, max=MIN_SNR_GAMMA) / snr
+    per_sample = (predicted - target).pow(2).mean(dim=(1, 2, 3))
     return (weight * per_sample).mean()
 
 

@@ -1,4 +1,5 @@
-"""Render the README screenshot: the real window, offscreen, after one real job on a tiny model.
+"""Render the README screenshot: the real window, offscreen, after a first start and one real job on
+the shipped demo model.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python installer/tools/take_screenshot.py resources/screenshot.png
 """
@@ -17,18 +18,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from PySide6.QtCore import QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
-from desktop.app import apply_theme, build_main_window, diffusers_runner_factory  # noqa: E402
+from desktop.app import apply_theme, build_main_window, diffusers_runner_factory, install_demo  # noqa: E402
 from desktop.engine.library.catalog import ModelCatalog  # noqa: E402
 from desktop.engine.outputs import ImageWriter  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.resources import Resources  # noqa: E402
-from tests.support import tiny_models  # noqa: E402
 
 
 def main(target: Path) -> int:
     home = Path(tempfile.mkdtemp(prefix="marble-shot-"))
     paths = AppPaths.for_root(home).ensure()
-    tiny_models.save_diffusers(tiny_models.build_tiny_sd15(), paths.models / "tiny-sd15")
+    install_demo(paths, Resources.default())
     app = QApplication([])
     apply_theme(app)
     catalog = ModelCatalog(paths.models)
@@ -37,13 +37,9 @@ def main(target: Path) -> int:
     window.resize(1280, 800)
     window.show()
     panel = window.parameter_panel
-    panel.width_spin.setValue(256)
-    panel.height_spin.setValue(256)
     panel.steps_spin.setValue(20)
     panel.seed_spin.setValue(42)
-    panel.sampler_combo.setCurrentText("DPM++ 2M Karras")
-    window.prompt_editor.prompt_edit.setPlainText("a large red circle on a blue background, studio light")
-    window.prompt_editor.negative_edit.setPlainText("blurry, text")
+    window.prompt_editor.prompt_edit.setPlainText("a large yellow circle in the centre on a blue background")
 
     def shoot(_event: object) -> None:
         QTimer.singleShot(300, lambda: (window.grab().save(str(target)), app.quit()))
