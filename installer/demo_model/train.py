@@ -1,7 +1,8 @@
 """Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
 
-A build step, not part of CI: about 75 minutes on a 2-core CPU. Seeded and reproducible on the same
-machine and torch build. Three stages, each saved in --work so an interrupted build resumes:
+A build step, not part of CI: about 85 minutes on a 2-core CPU (measured figures in the README).
+Seeded and reproducible on the same machine and torch build. Three stages, each saved in --work so
+an interrupted build resumes:
 
 1. the VAE, on random 64x64 crops of rendered scenes (a quarter of the cost), with a small extra loss
    that makes the scaled latents map to the picture's colours through SD 1.x's published latent-to-RGB

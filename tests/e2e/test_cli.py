@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from desktop.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_MODEL, main
 from desktop.engine.metadata import read_image_metadata
@@ -135,3 +136,26 @@ def test_ctrl_c_cancels_within_a_step_and_exits_130(tmp_path, tiny_sd15_dir):
     assert events[-1]["event"] == "cancelled"
     assert max(e["step"] for e in events if e["event"] == "step") < 150
     assert not list((home / "outputs").rglob("*.png"))
+
+
+def test_generate_without_a_model_uses_the_demo_model_at_its_native_size(tmp_path):
+    from installer.demo_model.checker import measure
+
+    home = tmp_path / "home"
+    code, out, err = in_process(["generate", "--prompt", "a large yellow circle in the centre on a purple background",
+                                 "--steps", "20", "--seed", "1", "--device", "cpu", "--json", "--home", str(home)])
+    assert code == 0, err
+    finished = json.loads(out.splitlines()[-1])
+    (path,) = finished["paths"]
+    seen = measure(Image.open(path))
+    assert Image.open(path).size == (128, 128)
+    assert seen.background == "purple", seen  # backgrounds are what the demo model does reliably so far
+    assert read_image_metadata(path).settings["Model"] == "marble-demo"
+    library = json.loads((home / "library.json").read_text())["entries"]["model"]
+    assert library["marble-demo"]["demo"] is True
+    code, listing, _ = in_process(["models", "list", "--home", str(home)])
+    assert code == 0 and listing.startswith("marble-demo\tSD 1.x (Marble demo)\t"), listing
+    # Removed by the user, the demo stays removed, and a run without --model says what to do.
+    assert in_process(["models", "remove", "marble-demo", "--home", str(home)])[0] == 0
+    code, _, err = in_process(["generate", "--prompt", "x", "--home", str(home)])
+    assert code == EXIT_BAD_INPUT and "--model" in err and "Traceback" not in err

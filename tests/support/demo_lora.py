@@ -1,6 +1,6 @@
 """A LoRA trained by the tests on the demo model: every background turns black, whatever the caption says.
 
-Real training (PEFT adapters on the UNet's attention projections, the same noise-prediction loss that
+Real training (PEFT adapters on the UNet's attention and feed-forward projections, the same noise-prediction loss that
 trained the demo model), a few hundred steps on pictures whose captions keep their original background
 colour while the pictures have a black one. Saved with diffusers' own `save_lora_weights`, so the app
 loads it like any LoRA downloaded in the PEFT/diffusers format.
@@ -21,7 +21,7 @@ from peft.utils import get_peft_model_state_dict
 from installer.demo_model import scenes
 from installer.demo_model.training import diffusion_loss, token_ids, training_schedule
 
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
 def train_black_background_lora(model: Path, out_folder: Path, steps: int = 300, seed: int = 0) -> Path:
@@ -39,7 +39,7 @@ def train_black_background_lora(model: Path, out_folder: Path, steps: int = 300,
     unet = pipe.unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=TARGETS))
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(trainable, lr=2e-3)
+    optimiser = torch.optim.AdamW(trainable, lr=5e-3)
     schedule, generator = training_schedule(), torch.Generator().manual_seed(seed)
     for _ in range(steps):
         picks = torch.randint(0, len(drawn), (16,), generator=generator)
