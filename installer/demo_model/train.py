@@ -237,16 +237,7 @@ def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: in
 
 def sample_grid(file: Path, vae, unet, text_encoder, tokenizer) -> None:
     """Eight held-out prompts, 20 DDIM steps at CFG 7: a picture to watch the training by."""
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler.from_config(training_schedule().config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = _pipeline(vae, unet, text_encoder, tokenizer, DDIMScheduler)
     pipe.set_progress_bar_config(disable=True)
     prompts = [scenes.prompt_for(scene) for scene in scenes.held_out_scenes()[:8]]
     images = pipe(prompts, num_inference_steps=20, guidance_scale=7.0, height=128, width=128,
@@ -258,17 +249,21 @@ def sample_grid(file: Path, vae, unet, text_encoder, tokenizer) -> None:
     log(f"samples: {file.name}: " + " | ".join(prompts[:3]))
 
 
-def save_release(out: Path, vae, unet, text_encoder, tokenizer) -> None:
-    pipe = StableDiffusionPipeline(
+def _pipeline(vae, unet, text_encoder, tokenizer, scheduler_class) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=PNDMScheduler.from_config(training_schedule().config),
+        scheduler=scheduler_class.from_config(training_schedule().config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def save_release(out: Path, vae, unet, text_encoder, tokenizer) -> None:
+    pipe = _pipeline(vae, unet, text_encoder, tokenizer, PNDMScheduler)
     pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
     # The original vocab.json/merges.txt rather than transformers 5's tokenizer.json: the same tokens,

@@ -16,9 +16,10 @@ from desktop.ui.main_window import MainWindow
 
 @contextmanager
 def real_window(
-    qtbot, paths: AppPaths, *, steps: int, seed: int, model: str = "tiny-sd15"
+    qtbot, paths: AppPaths, *, steps: int, seed: int, model: str = "tiny-sd15", size: int | None = 64
 ) -> Iterator[tuple[MainWindow, GenerationController]]:
-    """Shown, with `model` (already in `paths.models`) selected; always shut down afterwards."""
+    """Shown, with `model` (already in `paths.models`) selected; always shut down afterwards.
+    `size=None` keeps the size the panel chose for the model."""
     catalog = ModelCatalog(paths.models)
     factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs))
     window, controller = build_main_window(paths, factory, catalog)
@@ -28,8 +29,9 @@ def real_window(
         qtbot.waitExposed(window)
         panel = window.parameter_panel
         qtbot.waitUntil(lambda: panel.selected_model() == model, timeout=10_000)
-        panel.width_spin.setValue(64)
-        panel.height_spin.setValue(64)
+        if size is not None:
+            panel.width_spin.setValue(size)
+            panel.height_spin.setValue(size)
         panel.steps_spin.setValue(steps)
         panel.seed_spin.setValue(seed)
         panel.device_combo.setCurrentText("cpu")
