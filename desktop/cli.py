@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
     gen.add_argument("--memory-mode", default="auto", choices=MEMORY_MODES,
                      help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload")
+    gen.add_argument("--fast", action="store_true",
+                     help="fast mode for GPUs: channels_last and torch.compile on the UNet (the first image compiles)")
     gen.add_argument("--config", help="diffusers config folder for a single-file checkpoint of unusual size")
     gen.add_argument("--out", help="output folder, or a .png file name")
     gen.add_argument("--json", action="store_true", help="print one JSON object per event")
@@ -260,6 +262,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         device=args.device,
         precision=args.precision,
         memory_mode=args.memory_mode,
+        fast_mode=args.fast,
         clip_skip=args.clip_skip,
         model_config=str(Path(args.config).expanduser().resolve()) if args.config else None,
         init_image=init_image,

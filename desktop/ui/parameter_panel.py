@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from PySide6.QtCore import QSignalBlocker, Qt, Signal, Slot
 from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -28,6 +29,7 @@ from desktop.engine.request import (
     MAX_SEED,
     MAX_SIDE,
     MAX_STEPS,
+    MEMORY_MODES,
     MIN_SIDE,
     PRECISIONS,
     RANDOM_SEED,
@@ -47,6 +49,12 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
 )
 _DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA (NVIDIA)", "mps": "Apple (MPS)"}
 _PRECISION_LABELS = {"auto": "Auto", "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}
+_MEMORY_LABELS = {
+    "auto": "Auto",
+    "full": "Full (fastest)",
+    "tiled": "Tiled VAE + sliced attention",
+    "offload": "CPU offload (least VRAM)",
+}
 
 
 class SideSpinBox(QSpinBox):
@@ -174,6 +182,18 @@ class ParameterPanel(QWidget):
         self.precision_combo = QComboBox(objectName="precision_combo")
         for name in PRECISIONS:
             self.precision_combo.addItem(_PRECISION_LABELS.get(name, name), name)
+        self.memory_combo = QComboBox(objectName="memory_combo")
+        for name in MEMORY_MODES:
+            self.memory_combo.addItem(_MEMORY_LABELS.get(name, name), name)
+        self.memory_combo.setToolTip(
+            "Auto: everything on the GPU when it fits, VAE tiling above 1024×1024, CPU offload when VRAM is short. "
+            "After running out of memory Marble retries once a step lower and says so."
+        )
+        self.fast_check = QCheckBox("Compile the UNet (GPU)", objectName="fast_check")
+        self.fast_check.setToolTip(
+            "Fast mode: channels_last and torch.compile. The first image after loading takes a minute or more "
+            "to compile; later ones run faster. Switching it reloads the model."
+        )
 
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
@@ -188,9 +208,11 @@ class ParameterPanel(QWidget):
         form.addRow("&Height", self.height_spin)
         form.addRow("Si&ze", self.size_preset_combo)
         form.addRow("&Batch count", self.batch_count_spin)
-        form.addRow("Batch si&ze", self.batch_size_spin)
+        form.addRow("Batch s&ize", self.batch_size_spin)
         form.addRow("&Device", self.device_combo)
-        form.addRow("&Precision", self.precision_combo)
+        form.addRow("Precisi&on", self.precision_combo)
+        form.addRow("Memor&y", self.memory_combo)
+        form.addRow("Fas&t mode", self.fast_check)
         self.lora_list = LoraListWidget()
         form.addRow("&LoRAs", self.lora_list)
 
@@ -285,6 +307,8 @@ class ParameterPanel(QWidget):
             batch_size=self.batch_size_spin.value(),
             device=self.device_combo.currentData(),
             precision=self.precision_combo.currentData(),
+            memory_mode=self.memory_combo.currentData(),
+            fast_mode=self.fast_check.isChecked(),
             clip_skip=self._clip_skip,
             loras=self.lora_list.loras(),
         )
@@ -303,6 +327,8 @@ class ParameterPanel(QWidget):
         _select_data(self.sampler_combo, request.sampler)
         _select_data(self.device_combo, request.device)
         _select_data(self.precision_combo, request.precision)
+        _select_data(self.memory_combo, request.memory_mode)
+        self.fast_check.setChecked(request.fast_mode)
         self.steps_spin.setValue(request.steps)
         self.cfg_spin.setValue(request.cfg_scale)
         self.seed_spin.setValue(request.seed)

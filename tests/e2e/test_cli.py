@@ -74,6 +74,20 @@ def test_out_file_and_home_flag(tmp_path, tiny_sd15_dir):
     assert "Done: 1 image(s)" in err
 
 
+def test_fast_flag_compiles_and_is_recorded(tmp_path, tiny_sd15_dir):
+    import torch
+
+    torch._dynamo.reset()
+    code, out, err = in_process(generate_args(tiny_sd15_dir, "--fast", "--json", "--home", str(tmp_path / "h")))
+    torch._dynamo.reset()
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert any(e["event"] == "warning" and e["message"].startswith("Fast mode: the first image compiles")
+               for e in events), events
+    (path,) = events[-1]["paths"]
+    assert read_image_metadata(path).request.fast_mode is True
+
+
 def test_models_list_reads_the_library(tmp_path, tiny_sd15_dir):
     home = tmp_path / "home"
     shutil.copytree(tiny_sd15_dir, home / "models" / "tiny-sd15")

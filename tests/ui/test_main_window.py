@@ -152,6 +152,8 @@ def test_panel_round_trips_a_request(qtbot, studio: Studio) -> None:
         batch_size=2,
         device="cpu",
         precision="fp32",
+        memory_mode="tiled",
+        fast_mode=True,
         clip_skip=2,
     )
     panel = studio.window.parameter_panel

@@ -71,6 +71,10 @@ class _OutOfMemoryRaised(Exception):
     """The device ran out of memory inside the pipeline; handled outside the except block."""
 
 
+class _CompileFailed(Exception):
+    """torch.compile could not build the fast-mode UNet (no compiler, no Triton); handled by running eagerly."""
+
+
 class _CancelRequested(Exception):
     """Raised inside the step callback to leave the pipeline at once, skipping the VAE decode."""
 
@@ -114,6 +118,7 @@ class _LoadKey:
     config: str | None
     device: str
     dtype: str
+    fast: bool = False
 
 
 class DiffusersBackend:
@@ -153,7 +158,7 @@ class DiffusersBackend:
         started = time.perf_counter()
         entry = self._catalog.resolve(request.model)
         choice = pick_device(request.device, request.precision)
-        key = _LoadKey(str(entry.path), request.model_config, choice.device, str(choice.dtype))
+        key = _LoadKey(str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode)
         if self._pipe is not None and key == self._key:
             assert self._model is not None
             if self._inpaint_model:
@@ -174,6 +179,11 @@ class DiffusersBackend:
             raise OutOfMemory(f"Not enough {choice.device.upper()} memory to load {entry.name}.")
         pipe.set_progress_bar_config(disable=True)
         _expose_text_model(pipe)
+        if request.fast_mode:
+            _make_fast(pipe)
+            self._notes.append(
+                "Fast mode: the first image compiles the UNet, which takes a while; later ones run faster."
+            )
         self._pipe = pipe
         self._key = key
         self._family = arch.family
@@ -310,32 +320,41 @@ class DiffusersBackend:
         mode = choose_mode(request.memory_mode, device, request.width, request.height,
                            *_memory_budget(pipe, device))
         self._apply_memory_mode(pipe, mode)
-        memory_notes: list[str] = []
+        run_notes: list[str] = []
+        retried = False
         while True:
             try:
                 result = self._run_pipeline(pipe, request, plan, seeds, batch_index, on_step, cancel)
                 break
+            except _CompileFailed as error:
+                compile_error = str(error)
             except _OutOfMemoryRaised:
-                pass
+                compile_error = ""
+            if compile_error:
+                # Fast mode is an optimisation: without a working compiler the job still runs, eagerly.
+                _make_eager(pipe)
+                run_notes.append(f"Fast mode is off: torch.compile failed here ({compile_error}).")
+                continue
             # Recover outside the except block, so the traceback no longer pins the tensors.
             _free_memory()
-            lower = lower_mode(mode, device) if not memory_notes else None
+            lower = lower_mode(mode, device) if not retried else None
             if lower is None:
                 raise OutOfMemory(
                     f"The {device} ran out of memory at {request.width}x{request.height}, batch size "
                     f"{request.batch_size}, even with {DESCRIPTIONS[mode]}. Try a smaller size or batch, or "
                     "close other programs using the GPU."
                 )
-            memory_notes.append(
+            run_notes.append(
                 f"Ran out of memory with {DESCRIPTIONS[mode]}; retried with {DESCRIPTIONS[lower]} "
                 f"(memory mode {lower!r}). Choose it in the settings to skip the first try."
             )
+            retried = True
             mode = lower
             self._apply_memory_mode(pipe, mode)
         if result is None:
             raise Cancelled("Cancelled.")
         first = (*lora_plan.notes, *self._prompt_notes(request)) if batch_index == 0 else ()
-        notes = (*memory_notes, *first)
+        notes = (*run_notes, *first)
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(
             images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.extra_parameters
@@ -390,6 +409,10 @@ class DiffusersBackend:
             return None
         except torch.cuda.OutOfMemoryError:
             raise _OutOfMemoryRaised from None
+        except torch._dynamo.exc.TorchDynamoException as error:
+            if not _is_compiled(pipe.unet):
+                raise
+            raise _CompileFailed(_short(error)) from None
         except RuntimeError as error:
             # Some backends (MPS, older CUDA paths) report OOM as a plain RuntimeError.
             if "out of memory" not in str(error).lower():
@@ -622,6 +645,28 @@ def _memory_budget(pipe: Any, device: str) -> tuple[int | None, int | None]:
         for p in component.parameters()
     )
     return torch.cuda.mem_get_info()[1], model_bytes
+
+
+def _make_fast(pipe: Any) -> None:
+    """Fast mode: channels_last convolutions for the UNet and VAE, and the UNet compiled in place.
+
+    Compiled in place (nn.Module.compile), not wrapped: the image-to-image and inpainting pipelines
+    made by from_pipe, and the LoRA adapters, keep working on the same module object. Compilation
+    happens on the first call, so a loaded model costs nothing until it generates.
+    """
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    pipe.unet.compile()
+
+
+def _is_compiled(module: Any) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def _make_eager(pipe: Any) -> None:
+    """Undo nn.Module.compile: torch keeps the compiled call in this attribute and falls back to the
+    module's own call when it is None."""
+    pipe.unet._compiled_call_impl = None
 
 
 def _free_memory() -> None:
