@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from transformers import CLIPTokenizer
 
 from installer.demo_model import architecture, scenes
@@ -237,7 +237,7 @@ def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: in
 
 def sample_grid(file: Path, vae, unet, text_encoder, tokenizer) -> None:
     """Eight held-out prompts, 20 DDIM steps at CFG 7: a picture to watch the training by."""
-    pipe = _pipeline(vae, unet, text_encoder, tokenizer, DDIMScheduler)
+    pipe = _pipeline(vae, unet, text_encoder, tokenizer)
     pipe.set_progress_bar_config(disable=True)
     prompts = [scenes.prompt_for(scene) for scene in scenes.held_out_scenes()[:8]]
     images = pipe(prompts, num_inference_steps=20, guidance_scale=7.0, height=128, width=128,
@@ -249,13 +249,13 @@ def sample_grid(file: Path, vae, unet, text_encoder, tokenizer) -> None:
     log(f"samples: {file.name}: " + " | ".join(prompts[:3]))
 
 
-def _pipeline(vae, unet, text_encoder, tokenizer, scheduler_class) -> StableDiffusionPipeline:
+def _pipeline(vae, unet, text_encoder, tokenizer) -> StableDiffusionPipeline:
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=scheduler_class.from_config(training_schedule().config),
+        scheduler=DDIMScheduler.from_config(training_schedule().config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -263,7 +263,7 @@ def _pipeline(vae, unet, text_encoder, tokenizer, scheduler_class) -> StableDiff
 
 
 def save_release(out: Path, vae, unet, text_encoder, tokenizer) -> None:
-    pipe = _pipeline(vae, unet, text_encoder, tokenizer, PNDMScheduler)
+    pipe = _pipeline(vae, unet, text_encoder, tokenizer)
     pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
     # The original vocab.json/merges.txt rather than transformers 5's tokenizer.json: the same tokens,

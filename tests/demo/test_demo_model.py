@@ -73,7 +73,7 @@ def test_the_shape_takes_the_colour_the_prompt_names(backend, colour):
     assert majority(m.background == "white" for m in results), results
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped demo model has not learned positions yet (quality gate: 8%)")
+@pytest.mark.xfail(strict=True, reason="the shipped demo model has not learned positions yet (quality gate: 7%)")
 @pytest.mark.parametrize(
     ("where", "position"), [("on the left", "left"), ("in the bottom right corner", "bottom right")]
 )
@@ -90,7 +90,6 @@ def test_the_background_follows_the_prompt(backend):
         assert majority(m.background == background for m in results), results
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped demo model is undertrained: CFG 7 follows colours less than CFG 1")
 def test_the_negative_prompt_steers_away_from_a_colour(backend):
     # No colour in the prompt: the model picks one. Naming that colour in the negative prompt must move
     # the same seed to another colour.
@@ -103,7 +102,6 @@ def test_the_negative_prompt_steers_away_from_a_colour(backend):
     assert majority(moved), moved
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped demo model is undertrained: CFG 7 follows colours less than CFG 1")
 def test_guidance_makes_the_prompt_matter(backend):
     prompt = "a large blue square in the top left corner on a yellow background"
     guided = measured(backend, prompt)
@@ -124,25 +122,25 @@ def border_brightness(image) -> float:
     return float(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).mean())
 
 
-def test_a_lora_trained_here_darkens_backgrounds_at_weight_1_and_changes_nothing_at_0(backend, black_background_lora):
+def test_a_lora_trained_here_turns_backgrounds_black_at_weight_1_and_leaves_them_at_0(backend, black_background_lora):
     prompts = [
         "a large red circle in the centre on a white background",
         "a small blue square on the left on a yellow background",
         "a large green triangle at the bottom on an orange background",
     ]
-    darker = []
+    darker, black = [], []
     for prompt in prompts:
         plain = generate(backend, request(prompt, seed=5))
         at_zero = generate(backend, request(prompt, seed=5, loras=(LoraRef(black_background_lora, 0.0),)))
         at_one = generate(backend, request(prompt, seed=5, loras=(LoraRef(black_background_lora, 1.0),)))
         assert np.array_equal(np.asarray(plain), np.asarray(at_zero)), prompt
         assert not np.array_equal(np.asarray(plain), np.asarray(at_one)), prompt
-        # Trained towards black backgrounds; the undertrained demo model does not always reach black
-        # (README "The demo model"), but the backgrounds must move towards it.
         darker.append(border_brightness(at_one) < border_brightness(plain) - 20)
+        black.append(measure(at_one).background == "black")
         back_to_plain = generate(backend, request(prompt, seed=5))
         assert np.array_equal(np.asarray(plain), np.asarray(back_to_plain)), "the LoRA must not stick"
     assert majority(darker), darker
+    assert majority(black), black
 
 
 def test_the_live_preview_shows_the_colours_of_the_final_picture(backend):
