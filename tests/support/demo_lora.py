@@ -1,6 +1,6 @@
 """A LoRA trained by the tests on the demo model: every background turns black, whatever the caption says.
 
-Real training (PEFT adapters on the UNet's attention and feed-forward projections, the same noise-prediction loss that
+Real training (PEFT adapters on the UNet's attention and feed-forward projections, the same v-prediction loss that
 trained the demo model), a few hundred steps on pictures whose captions keep their original background
 colour while the pictures have a black one. Saved with diffusers' own `save_lora_weights`, so the app
 loads it like any LoRA downloaded in the PEFT/diffusers format.

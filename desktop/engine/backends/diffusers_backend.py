@@ -118,7 +118,7 @@ class _LoadKey:
     config: str | None
     device: str
     dtype: str
-    fast: bool = False
+    fast: bool  # fast mode compiles the loaded UNet in place, so switching it means loading again
 
 
 class DiffusersBackend:
@@ -327,14 +327,12 @@ class DiffusersBackend:
                 result = self._run_pipeline(pipe, request, plan, seeds, batch_index, on_step, cancel)
                 break
             except _CompileFailed as error:
-                compile_error = str(error)
-            except _OutOfMemoryRaised:
-                compile_error = ""
-            if compile_error:
                 # Fast mode is an optimisation: without a working compiler the job still runs, eagerly.
                 _make_eager(pipe)
-                run_notes.append(f"Fast mode is off: torch.compile failed here ({compile_error}).")
+                run_notes.append(f"Fast mode is off: torch.compile failed here ({error}).")
                 continue
+            except _OutOfMemoryRaised:
+                pass
             # Recover outside the except block, so the traceback no longer pins the tensors.
             _free_memory()
             lower = lower_mode(mode, device) if not retried else None
