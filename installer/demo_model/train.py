@@ -1,6 +1,6 @@
 """Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
 
-A build step, not part of CI: about 90 minutes on a 2-core CPU (measured figures in the README).
+A build step, not part of CI: about 85 minutes on a 2-core CPU (measured figures in the README).
 Seeded and reproducible on the same machine and torch build. Three stages, each saved in --work so
 an interrupted build resumes:
 
@@ -13,7 +13,7 @@ an interrupted build resumes:
 3. the UNet and the text encoder together, captions re-worded at every visit, 10% of captions dropped
    (classifier-free guidance), an exponential moving average of the weights kept for the release.
 
-The result is a diffusers folder saved in float16 (18 MB).
+The result is a diffusers folder saved in float16 (20 MB).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--decoder-steps", type=int, default=800)
     parser.add_argument("--images", type=int, default=30000)
-    parser.add_argument("--unet-steps", type=int, default=3300)
+    parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
