@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -139,6 +140,13 @@ class GenerationRequest:
             raise InvalidRequest(f"strength {self.strength} is out of range: use 0 to 1.")
         if self.mask is not None and self.init_image is None:
             raise InvalidRequest("A mask needs a source image to inpaint (--init-image).")
+        # Image to image and inpainting run int(steps * strength) of the steps (diffusers' rule); none
+        # at all is an empty job that the pipeline would reject with a bare ValueError.
+        if self.init_image is not None and self.strength > 0 and int(self.steps * self.strength) < 1:
+            raise InvalidRequest(
+                f"At strength {self.strength:g}, {self.steps} step(s) leave no step to run: use at least "
+                f"{math.ceil(1 / self.strength)} steps or a higher strength."
+            )
         _check_int("mask blur", self.mask_blur)
         if not 0 <= self.mask_blur <= 256:
             raise InvalidRequest(f"mask blur {self.mask_blur} is out of range: use 0 to 256 pixels.")

@@ -13,7 +13,7 @@ import desktop
 from desktop.cli import main
 from desktop.engine.backends.base import StepInfo
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
-from desktop.engine.errors import Cancelled, ModelError
+from desktop.engine.errors import Cancelled, InvalidRequest, ModelError
 from desktop.engine.imaging import blur_mask, file_sha256
 from desktop.engine.jobs import CancelToken, Job, JobState
 from desktop.engine.library.catalog import ModelCatalog
@@ -100,6 +100,19 @@ def test_img2img_runs_fewer_steps_with_previews_and_is_deterministic(backend, ti
     assert all(s.preview is not None and s.preview.dtype == np.uint8 for s in steps)
     again, _ = run(backend, request)
     assert np.array_equal(pixels(first.images[0]), pixels(again.images[0]))
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_the_fewest_steps_a_strength_allows_run_and_one_fewer_is_refused_clearly(backend, tiny_sd15_dir, inputs,
+                                                                                 with_mask):
+    mask = {"mask": str(inputs / "mask.png")} if with_mask else {}
+    # At strength 0.75, 2 steps run int(2 * 0.75) = 1 step, through the real pipeline.
+    _, steps = run(backend, edit_request(tiny_sd15_dir, inputs, steps=2, strength=0.75, sampler="Euler", **mask))
+    assert [s.step for s in steps] == [1] and steps[0].total == 1
+    # 1 step would run none, which diffusers answers with a bare ValueError mid-job: the request says why first.
+    refused = r"At strength 0.75, 1 step\(s\) leave no step to run: use at least 2 steps"
+    with pytest.raises(InvalidRequest, match=refused):
+        edit_request(tiny_sd15_dir, inputs, steps=1, strength=0.75, **mask)
 
 
 def test_cancel_stops_an_inpainting_job(backend, tiny_sd15_dir, inputs):
