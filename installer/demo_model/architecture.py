@@ -30,9 +30,10 @@ UNET_CONFIG: dict[str, object] = {
     "in_channels": 4,
     "out_channels": 4,
     # Attention at 8x8 and 4x4 only: at 16x16 it would triple the cost of a training step. A fourth
-    # level takes the middle block down to 2x2, as SD 1.x's lowest level is plain DownBlock2D: there
-    # every cell touches the zero padding on a different two sides, the one place a UNet learns where
-    # it is, and knowing where it is is what "in the top left corner" needs (only 4% more per step).
+    # level (plain DownBlock2D, as SD 1.x's lowest) takes the middle block down to 2x2, where every
+    # cell touches the zero padding on a different two sides: the one source a UNet has for where it
+    # is, which "in the top left corner" needs. Only 4% more per step. It did not make the model learn
+    # positions (README "The demo model"), but it is where position information is strongest.
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     "block_out_channels": [32, 64, 128, 128],

@@ -6,18 +6,16 @@ The app path is the real one: GenerationController -> worker QThread -> JobRunne
 with a preview at every step, metadata and an atomic PNG write. The bare path is
 StableDiffusionPipeline.from_pretrained(...)(...) with the same model, sampler, seed and size.
 Both run in this process, interleaved, so machine noise hits both alike. A third arm runs the same
-bare call on a plain worker thread (as the app must, to keep its window responsive): on this 2-core
-machine torch itself runs a few per cent slower off the main thread, and that arm separates this cost
-from the app's own.
+bare call on a plain worker thread (as the app must, to keep its window responsive), which separates
+any cost of running torch off the main thread from the app's own (bench_thread.py measures the former
+alone; on this 2-core VM it is within the run-to-run noise).
 """
 
 from __future__ import annotations
 
 import argparse
-import queue
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -112,18 +110,7 @@ def main() -> None:
                      height=request.height, width=request.width).images[0]
         return time.perf_counter() - started, image
 
-    jobs: queue.Queue = queue.Queue()
-    results: queue.Queue = queue.Queue()
-
-    def bare_worker() -> None:
-        while jobs.get():
-            results.put(run_bare())
-
-    threading.Thread(target=bare_worker, daemon=True).start()
-
-    def run_bare_threaded() -> tuple[float, Image.Image]:
-        jobs.put(True)
-        return results.get()
+    worker = common.WorkerThread()
 
     loaded: list = []
     controller.model_loaded.connect(loaded.append)
@@ -147,13 +134,12 @@ def main() -> None:
     for _ in range(args.repeats):
         bare_time, bare_image = run_bare()
         app_time, _, path = run_app()
-        threaded_time, threaded_image = run_bare_threaded()
+        threaded_time, threaded_image = worker.run(run_bare)
         bare_times.append(bare_time)
         app_times.append(app_time)
         threaded_times.append(threaded_time)
         identical &= np.array_equal(np.asarray(bare_image), np.asarray(Image.open(path).convert("RGB")))
         identical &= np.array_equal(np.asarray(bare_image), np.asarray(threaded_image))
-    jobs.put(False)
     if args.switch_after:
         switch_modes()
     reloads = sum(not event.reused for event in loaded) - 1

@@ -12,12 +12,10 @@ overhead dominates), each timed on the main thread and on one persistent worker 
 from __future__ import annotations
 
 import argparse
-import queue
 import statistics
-import threading
 import time
 
-import common  # noqa: F401 - sets sys.path and the offline environment first
+import common  # sets sys.path and the offline environment first
 
 
 def main() -> None:
@@ -51,18 +49,10 @@ def main() -> None:
                 net(x)
         return time.perf_counter() - started
 
-    jobs: queue.Queue[str] = queue.Queue()
-    results: queue.Queue[float] = queue.Queue()
-
-    def worker() -> None:
-        while True:
-            results.put(timed(jobs.get()))
-
-    threading.Thread(target=worker, daemon=True).start()
+    worker = common.WorkerThread()
 
     def on_worker(name: str) -> float:
-        jobs.put(name)
-        return results.get()
+        return worker.run(lambda: timed(name))
 
     for name in workloads:
         timed(name)  # warm-up on both threads: first calls pick kernels and fault in memory

@@ -8,9 +8,13 @@ under $MARBLE_BENCH_CACHE (default ~/.cache/marble-bench) and reused by every be
 from __future__ import annotations
 
 import os
+import queue
 import statistics
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -18,6 +22,9 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+T = TypeVar("T")
 
 
 def cache_root() -> Path:
@@ -55,6 +62,25 @@ def sd15_random_folder(family: str = "sd15") -> Path:
     pipe.save_pretrained(partial, safe_serialization=True)
     partial.rename(folder)
     return folder
+
+
+class WorkerThread:
+    """One persistent plain thread that runs calls handed to it, for timing torch off the main thread
+    (as the app must run it) against the same call on the main thread, interleaved."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[Callable[[], object]] = queue.Queue()
+        self._results: queue.Queue[object] = queue.Queue()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._results.put(self._jobs.get()())
+
+    def run(self, call: Callable[[], T]) -> T:
+        """Run `call` on the worker thread and wait for its result."""
+        self._jobs.put(call)
+        return self._results.get()  # type: ignore[return-value]
 
 
 def summary(values: list[float]) -> str:

@@ -20,6 +20,7 @@ from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import GenerationRequest, LoraRef
 from desktop.engine.resources import Resources
+from installer.demo_model import architecture
 from installer.demo_model.checker import measure
 from tests.support.demo_lora import train_black_background_lora
 
@@ -64,6 +65,20 @@ def test_the_shipped_demo_model_is_a_small_sd1_family_diffusers_folder():
     size = sum(f.stat().st_size for f in DEMO.rglob("*") if f.is_file())
     assert size <= 30 * 1024 * 1024
     assert not [f for f in DEMO.rglob("*") if f.suffix in (".bin", ".ckpt", ".pt", ".pth")]
+
+
+def test_the_shipped_weights_are_those_of_the_training_code():
+    # The shipped folder must be what installer/demo_model builds now: a change to the architecture or
+    # the schedule without retraining would ship weights that the training code no longer describes.
+    for folder, config_file, expected in (
+        ("unet", "config.json", architecture.UNET_CONFIG),
+        ("vae", "config.json", architecture.VAE_CONFIG),
+        ("text_encoder", "config.json", architecture.TEXT_CONFIG),
+        ("scheduler", "scheduler_config.json", architecture.SCHEDULER_CONFIG),
+    ):
+        shipped = json.loads((DEMO / folder / config_file).read_text())
+        differing = {key: (value, shipped.get(key)) for key, value in expected.items() if shipped.get(key) != value}
+        assert not differing, (folder, differing)
 
 
 @pytest.mark.parametrize("colour", ["red", "blue", "yellow", "green"])
