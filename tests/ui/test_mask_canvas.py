@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from desktop.engine.imaging import Margins, blur_mask
 from desktop.engine.metadata import parse_parameters, read_text_chunks
 from desktop.engine.paths import AppPaths
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
+from desktop.ui.canvas import toolbar as toolbar_module
+from desktop.ui.canvas_view import array_to_qimage
 from tests.support.real_window import real_window as open_real_window
 
 pytestmark = [
@@ -281,3 +284,26 @@ def test_dropping_an_image_file_makes_it_the_source(qtbot, editor, tmp_path):
     request = toolbar.edit_request(_plain_request(), tmp_path / "inputs")
     assert request.mode == "img2img" and (request.width, request.height) == (120, 88)
     assert Path(request.init_image).read_bytes() == dropped.read_bytes()
+
+
+def test_a_source_without_a_file_is_encoded_off_the_gui_thread(qtbot, editor, tmp_path, monkeypatch):
+    """Pasted and outpainted sources have no file: their PNG encoding (seconds at 2048x2048) must not
+    run on the GUI thread when Generate is pressed."""
+    canvas, toolbar = editor
+    threads: list[str] = []
+    real_png_bytes = toolbar_module.png_bytes
+
+    def recording_png_bytes(image, *args):
+        threads.append(threading.current_thread().name)
+        return real_png_bytes(image, *args)
+
+    monkeypatch.setattr(toolbar_module, "png_bytes", recording_png_bytes)
+    pixels = np.random.default_rng(5).integers(0, 256, (96, 80, 3), dtype=np.uint8)
+    assert toolbar.paste_source(array_to_qimage(pixels))
+    request = toolbar.edit_request(_plain_request(), tmp_path / "inputs")
+    assert threads and all(name.startswith("marble-source-png") for name in threads)
+    assert np.array_equal(np.asarray(Image.open(request.init_image).convert("RGB")), pixels)
+    # The same pixels again: the content-named file is reused, not written twice.
+    assert toolbar.paste_source(array_to_qimage(pixels))
+    assert toolbar.edit_request(_plain_request(), tmp_path / "inputs").init_image == request.init_image
+    assert threading.main_thread().name not in threads

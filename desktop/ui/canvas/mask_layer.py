@@ -54,11 +54,16 @@ def grayscale_png(values: np.ndarray) -> bytes:
     values = np.ascontiguousarray(values, dtype=np.uint8)
     height, width = values.shape
     image = QImage(values.data, width, height, width, QImage.Format.Format_Grayscale8).copy()
+    # Light compression: masks are mostly flat, and this runs when the user presses Generate.
+    return png_bytes(image, 80)
+
+
+def png_bytes(image: QImage, quality: int = -1) -> bytes:
+    """`image` as PNG file bytes. Qt releases the GIL while it encodes, so a thread can do this."""
     data = QByteArray()
     buffer = QBuffer(data)
     buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    # Light compression: masks are mostly flat, and this runs when the user presses Generate.
-    image.save(buffer, "PNG", 80)
+    image.save(buffer, "PNG", quality)
     buffer.close()
     return bytes(data.data())
 

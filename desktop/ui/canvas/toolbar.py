@@ -7,12 +7,13 @@ the mask as content-named files in the app's cache folder.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSize, Qt, Signal, Slot
+from PySide6.QtCore import QSize, Qt, Signal, Slot
 from PySide6.QtGui import QImage, QImageReader
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -32,7 +33,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.imaging import Margins, outpaint_canvas, store_by_hash, working_size
 from desktop.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
-from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
+from desktop.ui.canvas.mask_layer import grayscale_png, png_bytes, values_from_image
 from desktop.ui.canvas.view import MaskCanvas
 from desktop.ui.canvas_view import MAX_IMAGE_PIXELS, array_to_qimage
 
@@ -60,6 +61,11 @@ class CanvasToolbar(QWidget):
         self._canvas = canvas
         self._source: QImage | None = None
         self._source_file: str | None = None
+        # A source with no file (pasted, outpainted) is encoded to PNG as soon as it is set, on this
+        # thread: at 2048x2048 that takes about 2 s, which on the GUI thread at Generate would freeze
+        # the window. Generate waits for it only when pressed before the encoding is done.
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marble-source-png")
+        self._source_png: Future[bytes] | None = None
 
         self.mode_combo = _combo(MODES, "canvas_mode")
         self.strength_slider = QSlider(Qt.Orientation.Horizontal, objectName="strength_slider")
@@ -226,6 +232,10 @@ class CanvasToolbar(QWidget):
     def _set_source(self, image: QImage, file: str | None) -> None:
         self._source = image.copy()
         self._source_file = file
+        if self._source_png is not None:
+            self._source_png.cancel()
+        # A shallow copy for the encoder: the pixels are shared read-only (QImage copies on write).
+        self._source_png = self._encoder.submit(png_bytes, QImage(self._source)) if file is None else None
         self._canvas.ensure_mask(QSize(image.width(), image.height()))
         self._update_overlay()
         name = Path(file).name if file else "edited canvas"
@@ -314,12 +324,9 @@ class CanvasToolbar(QWidget):
                 return store_by_hash(Path(self._source_file).read_bytes(), folder)
             except OSError:
                 pass  # gone since it was shown: save the pixels we have instead
-        data = QByteArray()
-        buffer = QBuffer(data)
-        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-        self._source.save(buffer, "PNG")
-        buffer.close()
-        return store_by_hash(bytes(data.data()), folder)
+        encoded = self._source_png
+        data = encoded.result() if encoded is not None and not encoded.cancelled() else png_bytes(self._source)
+        return store_by_hash(data, folder)
 
     # --------------------------------------------------------------------------------------- slots
 
