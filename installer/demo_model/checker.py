@@ -79,7 +79,9 @@ def measure(image: Image.Image | np.ndarray) -> Measurement:
 def _corner_fill(piece: np.ndarray, top: int, bottom: int, left: int, right: int) -> float:
     """How full the corners of the shape's box are (the median of the four): a square's are full, a
     circle's nearly empty. The median, so a circle cut square by the picture's edge stays a circle."""
-    side = max(2, round(0.2 * min(bottom - top + 1, right - left + 1)))
+    height, width = bottom - top + 1, right - left + 1
+    # Never wider than the box: a corner box reaching past its left edge would index from the end.
+    side = min(max(2, round(0.2 * min(height, width))), height, width)
     boxes = [
         piece[top : top + side, left : left + side],
         piece[top : top + side, right + 1 - side : right + 1],

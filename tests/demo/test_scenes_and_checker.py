@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -34,6 +35,15 @@ def test_the_checker_finds_no_shape_on_a_plain_picture_and_ignores_specks():
     speckled = np.array(plain)
     speckled[60:62, 60:62] = scenes.COLOURS["yellow"]
     assert measure(speckled).kind == ""
+
+
+def test_a_one_pixel_wide_shape_at_the_edge_is_measured_without_empty_corner_boxes():
+    picture = np.array(Image.new("RGB", (128, 128), scenes.COLOURS["blue"]))
+    picture[20:100, 0] = scenes.COLOURS["yellow"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns about the mean of an empty corner box
+        got = measure(picture)
+    assert (got.colour, got.position, got.kind) == ("yellow", "left", "square")
 
 
 def test_training_never_draws_a_held_out_scene_and_the_held_out_list_is_stable():
