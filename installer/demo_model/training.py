@@ -33,13 +33,15 @@ def diffusion_loss(
     hidden: torch.Tensor,
     schedule: DDPMScheduler,
     generator: torch.Generator,
+    lowest_timestep: int = 0,
 ) -> torch.Tensor:
-    """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's prediction of v."""
+    """Noise the scaled latents at random timesteps (from `lowest_timestep` up); the weighted MSE of the
+    UNet's prediction of v."""
     if schedule.config.prediction_type != "v_prediction":
         raise ValueError("The demo model predicts v: epsilon is undefined at zero terminal SNR.")
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
-    steps = torch.randint(0, schedule.config.num_train_timesteps, (batch,), generator=generator)
+    steps = torch.randint(lowest_timestep, schedule.config.num_train_timesteps, (batch,), generator=generator)
     noisy = schedule.add_noise(latents, noise, steps)
     predicted = unet(noisy, steps, hidden).sample
     alphas = schedule.alphas_cumprod[steps]
