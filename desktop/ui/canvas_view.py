@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QRectF, Qt, Signal, Slot
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QRectF, Qt, Signal, Slot
 from PySide6.QtGui import (
     QColor,
     QImage,
@@ -28,6 +28,16 @@ from PySide6.QtWidgets import (
 MIN_ZOOM, MAX_ZOOM = 0.02, 32.0
 # Pillow's default decompression-bomb limit: an image file bigger than this is not a picture we made.
 MAX_IMAGE_PIXELS = 89_478_485
+
+
+def png_bytes(image: QImage, quality: int = -1) -> bytes:
+    """`image` as PNG file bytes. Qt releases the GIL while it encodes, so a thread can do this."""
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buffer, "PNG", quality)
+    buffer.close()
+    return bytes(data.data())
 
 
 def array_to_qimage(array: np.ndarray) -> QImage:

@@ -18,7 +18,7 @@ from desktop.engine.metadata import parse_parameters, read_text_chunks
 from desktop.engine.paths import AppPaths
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
 from desktop.ui.canvas import toolbar as toolbar_module
-from desktop.ui.canvas_view import array_to_qimage
+from desktop.ui.canvas_view import array_to_qimage, png_bytes
 from tests.support.real_window import real_window as open_real_window
 
 pytestmark = [
@@ -290,20 +290,18 @@ def test_a_source_without_a_file_is_encoded_off_the_gui_thread(qtbot, editor, tm
     """Pasted and outpainted sources have no file: their PNG encoding (seconds at 2048x2048) must not
     run on the GUI thread when Generate is pressed."""
     canvas, toolbar = editor
-    threads: list[str] = []
-    real_png_bytes = toolbar_module.png_bytes
+    encoded: list[tuple[str, bytes]] = []
 
-    def recording_png_bytes(image, *args):
-        threads.append(threading.current_thread().name)
-        return real_png_bytes(image, *args)
+    def recording_png_bytes(image, quality=-1):
+        # Uncompressed: bytes no default-quality encode would give, so the stored file must be these.
+        data = png_bytes(image, 100)
+        encoded.append((threading.current_thread().name, data))
+        return data
 
     monkeypatch.setattr(toolbar_module, "png_bytes", recording_png_bytes)
     pixels = np.random.default_rng(5).integers(0, 256, (96, 80, 3), dtype=np.uint8)
     assert toolbar.paste_source(array_to_qimage(pixels))
     request = toolbar.edit_request(_plain_request(), tmp_path / "inputs")
-    assert threads and all(name.startswith("marble-source-png") for name in threads)
+    assert [name.startswith("marble-source-png") for name, _ in encoded] == [True]
+    assert Path(request.init_image).read_bytes() == encoded[0][1]
     assert np.array_equal(np.asarray(Image.open(request.init_image).convert("RGB")), pixels)
-    # The same pixels again: the content-named file is reused, not written twice.
-    assert toolbar.paste_source(array_to_qimage(pixels))
-    assert toolbar.edit_request(_plain_request(), tmp_path / "inputs").init_image == request.init_image
-    assert threading.main_thread().name not in threads

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QLineF, QPointF, QRect, QRectF, QSize, Qt, Signal
+from PySide6.QtCore import QLineF, QPointF, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QRadialGradient, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsObject, QStyleOptionGraphicsItem, QWidget
+
+from desktop.ui.canvas_view import png_bytes
 
 MASK_COLOR = QColor(255, 64, 64)
 _FORMAT = QImage.Format.Format_ARGB32_Premultiplied
@@ -56,16 +58,6 @@ def grayscale_png(values: np.ndarray) -> bytes:
     image = QImage(values.data, width, height, width, QImage.Format.Format_Grayscale8).copy()
     # Light compression: masks are mostly flat, and this runs when the user presses Generate.
     return png_bytes(image, 80)
-
-
-def png_bytes(image: QImage, quality: int = -1) -> bytes:
-    """`image` as PNG file bytes. Qt releases the GIL while it encodes, so a thread can do this."""
-    data = QByteArray()
-    buffer = QBuffer(data)
-    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    image.save(buffer, "PNG", quality)
-    buffer.close()
-    return bytes(data.data())
 
 
 def values_from_image(image: QImage) -> np.ndarray:

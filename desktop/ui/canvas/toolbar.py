@@ -33,9 +33,9 @@ from PySide6.QtWidgets import (
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.imaging import Margins, outpaint_canvas, store_by_hash, working_size
 from desktop.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
-from desktop.ui.canvas.mask_layer import grayscale_png, png_bytes, values_from_image
+from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
 from desktop.ui.canvas.view import MaskCanvas
-from desktop.ui.canvas_view import MAX_IMAGE_PIXELS, array_to_qimage
+from desktop.ui.canvas_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
 
 MODES = (("txt2img", "Text to image"), ("img2img", "Image to image"), ("inpaint", "Inpaint"))
 AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
@@ -324,8 +324,8 @@ class CanvasToolbar(QWidget):
                 return store_by_hash(Path(self._source_file).read_bytes(), folder)
             except OSError:
                 pass  # gone since it was shown: save the pixels we have instead
-        encoded = self._source_png
-        data = encoded.result() if encoded is not None and not encoded.cancelled() else png_bytes(self._source)
+        # No future only when the source's file has gone since: rare enough to encode here.
+        data = self._source_png.result() if self._source_png is not None else png_bytes(self._source)
         return store_by_hash(data, folder)
 
     # --------------------------------------------------------------------------------------- slots
