@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--timesteps", choices=("last", "all"), default="last",
                         help="train at t=999 only, or at every timestep as the real build does")
     parser.add_argument("--lowest-timestep", type=int, default=0, help="with --timesteps all: draw from here up")
+    parser.add_argument("--high-share", type=float, default=1.0,
+                        help="with --lowest-timestep: the share of the batch drawn from there, the rest uniform")
     parser.add_argument("--warmup", type=int, default=0, help="first steps on white shapes on black only")
     parser.add_argument("--fixed-share", type=float, default=0.0, help="white on black share after that")
     args = parser.parse_args()
@@ -106,7 +108,7 @@ def main() -> None:
         targets = torch.stack([target(args.targets, *item) for item in items])
         hidden = text_encoder(token_ids(tokenizer, [caption(args.captions, *item, rng) for item in items]))[0]
         if args.timesteps == "all":
-            loss = diffusion_loss(unet, targets, hidden, schedule, generator, args.lowest_timestep)
+            loss = diffusion_loss(unet, targets, hidden, schedule, generator, args.lowest_timestep, args.high_share)
         else:  # at zero terminal SNR the input is pure noise and v is minus the picture
             noise = torch.randn(targets.shape, generator=generator)
             loss = (unet(noise, last, hidden).sample + targets).pow(2).mean()

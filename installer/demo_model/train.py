@@ -9,9 +9,13 @@ an interrupted build resumes:
    factors, so the app's live preview shows true colours; then the decoder alone on whole 128x128
    pictures, since its attention and group norms see the whole picture and a decoder trained on crops
    only smears colours across large areas (the encoder, and so the latent space, stay as they are);
-2. the training pictures, rendered once and encoded to latent distributions;
+2. the training pictures, rendered once and encoded to latent distributions, and anchor pictures: the
+   same kind of scenes in white on black;
 3. the UNet and the text encoder together, captions re-worded at every visit, 10% of captions dropped
-   (classifier-free guidance), an exponential moving average of the weights kept for the release.
+   (classifier-free guidance), an exponential moving average of the weights kept for the release. The
+   first steps see only anchors and every later batch a share of them; the first third draws every
+   timestep from high noise, the rest only a share of them: both teach where shapes go (README "The
+   demo model", items 5 and 6).
 
 The result is a diffusers folder saved in float16 (20 MB).
 """
@@ -24,6 +28,8 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +60,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=30000)
     parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--anchors", type=int, default=4000, help="white-on-black pictures (0: none)")
+    parser.add_argument("--anchor-warmup", type=int, default=300, help="first denoiser steps on anchors only")
+    parser.add_argument("--anchor-share", type=float, default=0.15, help="share of every later batch")
+    parser.add_argument("--high-timestep", type=int, default=700, help="0: timesteps uniform")
+    parser.add_argument("--high-only", type=int, default=1000, help="first steps with every timestep that high")
+    parser.add_argument("--high-share", type=float, default=0.4, help="share of later timesteps that high")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -61,8 +73,11 @@ def main() -> None:
     vae = train_vae(args.work / "vae.pt", args.vae_steps, args.seed)
     vae = finetune_decoder(args.work / "vae-decoder.pt", vae, args.decoder_steps, args.seed + 3)
     data = encode_dataset(args.work / "data.pt", vae, args.images, args.seed + 1)
+    anchors = encode_dataset(args.work / "anchors.pt", vae, args.anchors, args.seed + 4, anchor_scene)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
-    unet, text_encoder = train_denoiser(args.work, data, tokenizer, vae, args.unet_steps, args.batch, args.seed + 2)
+    recipe = Recipe(args.unet_steps, args.batch, args.anchor_warmup, args.anchor_share, args.high_timestep,
+                    args.high_only, args.high_share)
+    unet, text_encoder = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
     save_release(args.out, vae, unet, text_encoder, tokenizer)
     log(f"done in {(time.monotonic() - started) / 60:.1f} min -> {args.out}")
 
@@ -153,12 +168,27 @@ def finetune_decoder(checkpoint: Path, vae, steps: int, seed: int):
 # ---- stage 2: the training pictures ----------------------------------------------------------------------
 
 
-def encode_dataset(file: Path, vae, count: int, seed: int) -> dict:
+def anchor_scene(rng: random.Random) -> scenes.Scene:
+    """A training scene redrawn in white on black: one colour pair, so that knowing only where the shapes
+    go already lowers the loss (README "The demo model", item 5). Never a held-out prompt."""
+    while True:
+        scene = scenes.random_scene(rng)
+        shapes = tuple(replace(shape, colour="white") for shape in scene.shapes)
+        anchor = scenes.Scene(shapes, ("black",))
+        if scenes.single_key(anchor) not in scenes.HELD_OUT_KEYS:
+            return anchor
+
+
+def encode_dataset(
+    file: Path, vae, count: int, seed: int, draw: Callable[[random.Random], scenes.Scene] = scenes.random_scene
+) -> dict:
     if file.exists():
-        log("data: loaded from the work folder")
+        log(f"data: {file.name} loaded from the work folder")
         return torch.load(file, weights_only=False)
+    if count == 0:
+        return {"scenes": [], "mean": torch.zeros(0, 4, 16, 16), "std": torch.zeros(0, 4, 16, 16)}
     rng = random.Random(seed)
-    drawn = [scenes.random_scene(rng) for _ in range(count)]
+    drawn = [draw(rng) for _ in range(count)]
     means, stds = [], []
     with torch.no_grad():
         for start in range(0, count, 128):
@@ -167,7 +197,7 @@ def encode_dataset(file: Path, vae, count: int, seed: int) -> dict:
             means.append(posterior.mean * SCALING_FACTOR)
             stds.append(posterior.std * SCALING_FACTOR)
     data = {"scenes": drawn, "mean": torch.cat(means), "std": torch.cat(stds)}
-    log(f"data: {count} pictures, scaled latent std {data['mean'].std().item():.3f}")
+    log(f"data: {file.name}: {count} pictures, scaled latent std {data['mean'].std().item():.3f}")
     torch.save(data, file)
     return data
 
@@ -175,7 +205,21 @@ def encode_dataset(file: Path, vae, count: int, seed: int) -> dict:
 # ---- stage 3: UNet and text encoder -------------------------------------------------------------------
 
 
-def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: int, seed: int):
+@dataclass(frozen=True)
+class Recipe:
+    """How the denoiser is trained: see the command-line help of each field."""
+
+    steps: int
+    batch: int
+    anchor_warmup: int
+    anchor_share: float
+    high_timestep: int
+    high_only: int
+    high_share: float
+
+
+def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe: Recipe, seed: int):
+    steps, batch = recipe.steps, recipe.batch
     torch.manual_seed(seed)
     unet, text_encoder = architecture.build_unet(), architecture.build_text_encoder()
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
@@ -195,19 +239,22 @@ def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: in
     generator = torch.Generator().manual_seed(seed + start)
     schedule = training_schedule()
     cache: dict[str, torch.Tensor] = {}
-    count = len(data["scenes"])
     began = time.monotonic()
     for step in range(start, steps):
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, steps, PEAK_LR)
-        picks = torch.randint(0, count, (batch,), generator=generator)
-        latents = data["mean"][picks] + data["std"][picks] * torch.randn((batch, 4, 16, 16), generator=generator)
-        captions = ["" if rng.random() < 0.1 else scenes.caption(data["scenes"][i], rng) for i in picks.tolist()]
+        share = 1.0 if step < recipe.anchor_warmup else recipe.anchor_share
+        anchored = int(round(batch * share)) if len(anchors["scenes"]) else 0
+        latents, drawn = draw_batch(anchors, anchored, generator)
+        more_latents, more_drawn = draw_batch(data, batch - anchored, generator)
+        latents, drawn = torch.cat([latents, more_latents]), drawn + more_drawn
+        captions = ["" if rng.random() < 0.1 else scenes.caption(scene, rng) for scene in drawn]
         missing = [c for c in set(captions) if c not in cache]
         if missing:
             cache.update(zip(missing, token_ids(tokenizer, missing), strict=True))
         hidden = text_encoder(torch.stack([cache[c] for c in captions]))[0]
-        loss = diffusion_loss(unet, latents, hidden, schedule, generator)
+        high_share = 1.0 if step < recipe.high_only else recipe.high_share
+        loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, high_share)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -233,6 +280,13 @@ def train_denoiser(work: Path, data: dict, tokenizer, vae, steps: int, batch: in
             torch.save(state, resume)
             sample_grid(work / f"samples-{step + 1:05d}.png", vae, ema_unet, ema_text, tokenizer)
     return ema_unet, ema_text
+
+
+def draw_batch(data: dict, count: int, generator: torch.Generator) -> tuple[torch.Tensor, list]:
+    """`count` pictures at random: latents sampled from their encoded distributions, and their scenes."""
+    picks = torch.randint(0, len(data["scenes"]), (count,), generator=generator)
+    latents = data["mean"][picks] + data["std"][picks] * torch.randn((count, 4, 16, 16), generator=generator)
+    return latents, [data["scenes"][i] for i in picks.tolist()]
 
 
 def sample_grid(file: Path, vae, unet, text_encoder, tokenizer) -> None:

@@ -34,14 +34,22 @@ def diffusion_loss(
     schedule: DDPMScheduler,
     generator: torch.Generator,
     lowest_timestep: int = 0,
+    high_share: float = 1.0,
 ) -> torch.Tensor:
-    """Noise the scaled latents at random timesteps (from `lowest_timestep` up); the weighted MSE of the
-    UNet's prediction of v."""
+    """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's prediction of v.
+
+    Timesteps are uniform over the schedule, except that with a `lowest_timestep` a `high_share` of the
+    batch (on average) is drawn from there up instead: the layout is decided at high noise, and a model
+    trained uniformly learns where shapes go too slowly (README "The demo model", item 5)."""
     if schedule.config.prediction_type != "v_prediction":
         raise ValueError("The demo model predicts v: epsilon is undefined at zero terminal SNR.")
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator)
-    steps = torch.randint(lowest_timestep, schedule.config.num_train_timesteps, (batch,), generator=generator)
+    total = schedule.config.num_train_timesteps
+    steps = torch.randint(0, total, (batch,), generator=generator)
+    if lowest_timestep:  # no extra draws otherwise, so uniform training keeps its random stream
+        high = torch.randint(lowest_timestep, total, (batch,), generator=generator)
+        steps = torch.where(torch.rand(batch, generator=generator) < high_share, high, steps)
     noisy = schedule.add_noise(latents, noise, steps)
     predicted = unet(noisy, steps, hidden).sample
     alphas = schedule.alphas_cumprod[steps]
