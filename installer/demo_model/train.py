@@ -244,7 +244,7 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, steps, PEAK_LR)
         share = 1.0 if step < recipe.anchor_warmup else recipe.anchor_share
-        anchored = int(round(batch * share)) if len(anchors["scenes"]) else 0
+        anchored = int(round(batch * share)) if anchors["scenes"] else 0
         latents, drawn = draw_batch(anchors, anchored, generator)
         more_latents, more_drawn = draw_batch(data, batch - anchored, generator)
         latents, drawn = torch.cat([latents, more_latents]), drawn + more_drawn
@@ -283,7 +283,10 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
 
 
 def draw_batch(data: dict, count: int, generator: torch.Generator) -> tuple[torch.Tensor, list]:
-    """`count` pictures at random: latents sampled from their encoded distributions, and their scenes."""
+    """`count` pictures at random: latents sampled from their encoded distributions, and their scenes.
+    None, and no random draws, for a count of 0 (so --anchors 0 replays the build without anchors)."""
+    if count == 0:
+        return torch.zeros(0, 4, 16, 16), []
     picks = torch.randint(0, len(data["scenes"]), (count,), generator=generator)
     latents = data["mean"][picks] + data["std"][picks] * torch.randn((count, 4, 16, 16), generator=generator)
     return latents, [data["scenes"][i] for i in picks.tolist()]

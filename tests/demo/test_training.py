@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from installer.demo_model import architecture, scenes
-from installer.demo_model.train import anchor_scene
+from installer.demo_model.train import anchor_scene, draw_batch, encode_dataset
 from installer.demo_model.training import diffusion_loss, training_schedule
 
 
@@ -24,6 +24,17 @@ def test_anchor_scenes_are_training_scenes_in_white_on_black_and_never_held_out(
     assert {s.kind for s in shapes} == set(scenes.SHAPES) and {s.size for s in shapes} == set(scenes.SIZES)
     assert {s.position for s in shapes} == set(scenes.POSITIONS)
     assert {len(scene.shapes) for scene in drawn} == {1, 2, 3}
+
+
+def test_a_build_without_anchors_draws_none_and_leaves_the_random_stream_alone(tmp_path):
+    # --anchors 0: an empty set, nothing drawn from it, and the generator where it was, so the other
+    # draws of every step are those of the build without anchors.
+    empty = encode_dataset(tmp_path / "anchors.pt", None, 0, 0)
+    generator = torch.Generator().manual_seed(3)
+    before = generator.get_state()
+    latents, drawn = draw_batch(empty, 0, generator)
+    assert latents.shape == (0, 4, 16, 16) and drawn == []
+    assert torch.equal(generator.get_state(), before)
 
 
 class RecordingUNet(torch.nn.Module):
