@@ -119,8 +119,9 @@ def main() -> None:
         if step % 50 == 0 or step == args.steps - 1:
             hits, coloured = placed(unet, text_encoder, tokenizer, args.targets, args.captions)
             seconds = time.monotonic() - began
-            print(f"step {step}: {seconds:.0f} s, loss {loss.item():.4f}, placed {hits}/18, "
-                  f"in its colour {coloured}/18", flush=True)
+            # Position targets are a blob of 2s on zeros, with no colours in them: a count would mean nothing.
+            colour_count = f", in its colour {coloured}/18" if args.targets == "colour" else ""
+            print(f"step {step}: {seconds:.0f} s, loss {loss.item():.4f}, placed {hits}/18{colour_count}", flush=True)
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
 
-A build step, not part of CI: about 85 minutes on a 2-core CPU (measured figures in the README).
-Seeded and reproducible on the same machine and torch build. Three stages, each saved in --work so
+A build step, not part of CI: about 89 minutes on a 2-core CPU (measured figures in the README).
+Seeded and reproducible on the same machine and torch build. Four stages, each saved in --work so
 an interrupted build resumes:
 
 1. the VAE, on random 64x64 crops of rendered scenes (a quarter of the cost), with a small extra loss
@@ -15,7 +15,10 @@ an interrupted build resumes:
    (classifier-free guidance), an exponential moving average of the weights kept for the release. The
    first steps see only anchors and every later batch a share of them; the first third draws every
    timestep from high noise, the rest only a share of them: both teach where shapes go (README "The
-   demo model", items 5 and 6).
+   demo model", items 5 and 6);
+4. a short polish from the averaged weights: half its timesteps drawn below 300, half the captions there
+   another picture's, so the model follows the picture where it is clear and the caption only where
+   it is not; image to image at a low strength then keeps its source (README, item 7).
 
 The result is a diffusers folder saved in float16 (20 MB).
 """
@@ -66,6 +69,11 @@ def main() -> None:
     parser.add_argument("--high-timestep", type=int, default=700, help="0: timesteps uniform")
     parser.add_argument("--high-only", type=int, default=1000, help="first steps with every timestep that high")
     parser.add_argument("--high-share", type=float, default=0.4, help="share of later timesteps that high")
+    parser.add_argument("--polish-steps", type=int, default=300, help="stage 4's steps (0: none)")
+    parser.add_argument("--polish-lr", type=float, default=1e-4)
+    parser.add_argument("--blind-below", type=int, default=300, help="stage 4: wrong captions below it")
+    parser.add_argument("--low-share", type=float, default=0.5, help="stage 4: share of timesteps that low")
+    parser.add_argument("--blind-share", type=float, default=0.5, help="stage 4: share of wrong captions there")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -77,7 +85,10 @@ def main() -> None:
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
     recipe = Recipe(args.unet_steps, args.batch, args.anchor_warmup, args.anchor_share, args.high_timestep,
                     args.high_only, args.high_share)
-    unet, text_encoder = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
+    models = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
+    polish = Polish(args.polish_steps, args.polish_lr, args.blind_below, args.low_share, args.blind_share)
+    unet, text_encoder = polish_denoiser(args.work / "polish.pt", data, anchors, tokenizer, models, recipe, polish,
+                                         args.seed + 5)
     save_release(args.out, vae, unet, text_encoder, tokenizer)
     log(f"done in {(time.monotonic() - started) / 60:.1f} min -> {args.out}")
 
@@ -238,32 +249,18 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
     rng = random.Random(seed + start)
     generator = torch.Generator().manual_seed(seed + start)
     schedule = training_schedule()
-    cache: dict[str, torch.Tensor] = {}
+    pictures = Batch(data, anchors, batch, tokenizer, {})
     began = time.monotonic()
     for step in range(start, steps):
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, steps, PEAK_LR)
         share = 1.0 if step < recipe.anchor_warmup else recipe.anchor_share
         anchored = int(round(batch * share)) if anchors["scenes"] else 0
-        latents, drawn = draw_batch(anchors, anchored, generator)
-        more_latents, more_drawn = draw_batch(data, batch - anchored, generator)
-        latents, drawn = torch.cat([latents, more_latents]), drawn + more_drawn
-        captions = ["" if rng.random() < 0.1 else scenes.caption(scene, rng) for scene in drawn]
-        missing = [c for c in set(captions) if c not in cache]
-        if missing:
-            cache.update(zip(missing, token_ids(tokenizer, missing), strict=True))
-        hidden = text_encoder(torch.stack([cache[c] for c in captions]))[0]
+        latents, hidden = pictures.draw(anchored, text_encoder, generator, rng)
         high_share = 1.0 if step < recipe.high_only else recipe.high_share
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, high_share)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimiser.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
-                for e, p in zip(ema.parameters(), live.parameters(), strict=True):
-                    e.lerp_(p, 1 - decay)
+        optimiser_step(optimiser, loss, params)
+        update_ema(((ema_unet, unet), (ema_text, text_encoder)), min(0.999, (1 + step) / (10 + step)))
         if step % 50 == 0:
             rate = (step + 1 - start) / (time.monotonic() - began)
             log(f"denoiser step {step}: loss {loss.item():.4f}, {rate:.2f} steps/s")
@@ -280,6 +277,93 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
             torch.save(state, resume)
             sample_grid(work / f"samples-{step + 1:05d}.png", vae, ema_unet, ema_text, tokenizer)
     return ema_unet, ema_text
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Where training batches come from: anchor pictures and training pictures."""
+
+    data: dict
+    anchors: dict
+    size: int
+    tokenizer: CLIPTokenizer
+    cache: dict  # caption -> token ids, filled as captions come up
+
+    def draw(self, anchored: int, text_encoder, generator: torch.Generator, rng: random.Random) -> tuple:
+        """`anchored` anchors and the rest training pictures: latents and their captions' hidden states,
+        captions re-worded at every visit, 10% dropped."""
+        latents, drawn = draw_batch(self.anchors, anchored, generator)
+        more_latents, more_drawn = draw_batch(self.data, self.size - anchored, generator)
+        latents, drawn = torch.cat([latents, more_latents]), drawn + more_drawn
+        captions = ["" if rng.random() < 0.1 else scenes.caption(scene, rng) for scene in drawn]
+        missing = [c for c in set(captions) if c not in self.cache]
+        if missing:
+            self.cache.update(zip(missing, token_ids(self.tokenizer, missing), strict=True))
+        return latents, text_encoder(torch.stack([self.cache[c] for c in captions]))[0]
+
+
+def optimiser_step(optimiser: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimiser.step()
+
+
+def update_ema(pairs, decay: float) -> None:
+    with torch.no_grad():
+        for ema, live in pairs:
+            for e, p in zip(ema.parameters(), live.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+
+
+# ---- stage 4: the low-noise polish ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Polish:
+    """The last stage: a short run at a constant, lower learning rate from the denoiser's averaged
+    weights, half of its timesteps at low noise and half of the captions there wrong
+    (training.diffusion_loss, `blind_below`), so that image to image at a low strength keeps its
+    source under guidance."""
+
+    steps: int
+    lr: float
+    blind_below: int
+    low_share: float
+    blind_share: float
+    ema_decay: float = 0.98  # a short run: an average over its last ~50 steps
+
+
+def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, models: tuple, recipe: Recipe,
+                    polish: Polish, seed: int) -> tuple:
+    """The polished (unet, text encoder), averaged; `models` (stage 3's) unchanged."""
+    if polish.steps == 0:
+        return models
+    ema_unet, ema_text = (copy.deepcopy(model) for model in models)
+    if checkpoint.exists():
+        state = torch.load(checkpoint, weights_only=True)
+        ema_unet.load_state_dict(state["unet"])
+        ema_text.load_state_dict(state["text"])
+        log("polish: loaded from the work folder")
+        return ema_unet, ema_text
+    unet, text_encoder = (copy.deepcopy(model).train().requires_grad_(True) for model in models)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimiser = torch.optim.AdamW(params, lr=polish.lr, weight_decay=0.01)
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    schedule = training_schedule()
+    anchored = int(round(recipe.batch * recipe.anchor_share)) if anchors["scenes"] else 0
+    pictures = Batch(data, anchors, recipe.batch, tokenizer, {})
+    for step in range(polish.steps):
+        latents, hidden = pictures.draw(anchored, text_encoder, generator, rng)
+        loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, recipe.high_share,
+                              polish.blind_below, polish.low_share, polish.blind_share)
+        optimiser_step(optimiser, loss, params)
+        update_ema(((ema_unet, unet), (ema_text, text_encoder)), polish.ema_decay)
+        if step % 50 == 0 or step == polish.steps - 1:
+            log(f"polish step {step}: loss {loss.item():.4f}")
+    torch.save({"unet": ema_unet.state_dict(), "text": ema_text.state_dict()}, checkpoint)
+    return ema_unet.requires_grad_(False), ema_text.requires_grad_(False)
 
 
 def draw_batch(data: dict, count: int, generator: torch.Generator) -> tuple[torch.Tensor, list]:

@@ -35,12 +35,24 @@ def diffusion_loss(
     generator: torch.Generator,
     lowest_timestep: int = 0,
     high_share: float = 1.0,
+    blind_below: int = 0,
+    low_share: float = 0.0,
+    blind_share: float = 1.0,
 ) -> torch.Tensor:
     """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's prediction of v.
 
     Timesteps are uniform over the schedule, except that with a `lowest_timestep` a `high_share` of the
     batch (on average) is drawn from there up instead: the layout is decided at high noise, and a model
-    trained uniformly learns where shapes go too slowly (README "The demo model", item 5)."""
+    trained uniformly learns where shapes go too slowly (README "The demo model", item 5).
+
+    With `blind_below`, a `low_share` of the batch is drawn below it instead, and a `blind_share` of the
+    samples below it is paired with another sample's caption (the batch rolled by one). Trained only on
+    matching captions, the model reads the caption at low noise as firmly as at high noise, so image to
+    image redraws a source that disagrees with the prompt, the more so at CFG 7, which multiplies the
+    disagreement. Taught that a caption there is often wrong, it follows the picture where the picture
+    is clear (the layout of a source) and the caption only where the picture leaves a doubt (yellow or
+    orange); with every caption wrong it ignores the caption altogether and colours drift (README "The
+    demo model", item 7)."""
     if schedule.config.prediction_type != "v_prediction":
         raise ValueError("The demo model predicts v: epsilon is undefined at zero terminal SNR.")
     batch = latents.shape[0]
@@ -50,6 +62,13 @@ def diffusion_loss(
     if lowest_timestep:  # no extra draws otherwise, so uniform training keeps its random stream
         high = torch.randint(lowest_timestep, total, (batch,), generator=generator)
         steps = torch.where(torch.rand(batch, generator=generator) < high_share, high, steps)
+    if blind_below:  # likewise
+        low = torch.randint(0, blind_below, (batch,), generator=generator)
+        steps = torch.where(torch.rand(batch, generator=generator) < low_share, low, steps)
+        blind = steps < blind_below
+        if blind_share < 1.0:
+            blind &= torch.rand(batch, generator=generator) < blind_share
+        hidden = torch.where(blind[:, None, None], hidden.roll(1, dims=0), hidden)
     noisy = schedule.add_noise(latents, noise, steps)
     predicted = unet(noisy, steps, hidden).sample
     alphas = schedule.alphas_cumprod[steps]

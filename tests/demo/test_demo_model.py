@@ -1,6 +1,7 @@
 """Behaviour, not just array shapes: the shipped demo model through the app's own engine.
 
-The prompt says red, the picture is red; the negative prompt steers away; a LoRA trained here turns
+The prompt says red, the picture is red; the negative prompt steers away; image to image keeps its
+source at a low strength and follows the prompt at a high one; a LoRA trained here turns
 backgrounds black at weight 1 and changes nothing at weight 0. The analytic checker judges every
 picture. Several seeds per claim, a majority each: the claims are about the model, not one sample.
 """
@@ -20,7 +21,7 @@ from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import GenerationRequest, LoraRef
 from desktop.engine.resources import Resources
-from installer.demo_model import architecture
+from installer.demo_model import architecture, scenes
 from installer.demo_model.checker import measure
 from tests.support.demo_lora import train_black_background_lora
 
@@ -116,18 +117,19 @@ def test_the_negative_prompt_steers_away_from_a_colour(backend):
     assert majority(moved), moved
 
 
-def test_guidance_changes_the_picture_and_it_still_follows_the_prompt(backend):
-    # The model follows this prompt even at CFG 1 (the quality gate scores CFG 1 as high as CFG 7), so
-    # "guided beats unguided" cannot be measured here; the negative prompt test shows the unconditional
-    # branch at work. This one checks that CFG 7 is applied (other pixels, same seed) without breaking
-    # what the prompt asks for.
-    prompt = "a large blue square in the top left corner on a yellow background"
-    for seed in SEEDS:
-        guided = generate(backend, request(prompt, seed=seed))
-        unguided = generate(backend, request(prompt, seed=seed, cfg_scale=1.0))
-        assert np.abs(np.asarray(guided, np.int16) - np.asarray(unguided, np.int16)).mean() > 2.0
-        got = measure(guided)
-        assert (got.colour, got.background, got.position) == ("blue", "yellow", "top left"), got
+def test_guidance_makes_pictures_follow_the_prompt_better(backend):
+    # CFG 7 against CFG 1 (guidance off), same prompts and seeds: 16 of the quality gate's held-out
+    # prompts, each picture scored on colour, position and kind by the checker.
+    def score(cfg_scale: float) -> int:
+        hits = 0
+        for seed, scene in enumerate(scenes.held_out_scenes()[:16]):
+            got = measure(generate(backend, request(scenes.prompt_for(scene), seed=seed, cfg_scale=cfg_scale)))
+            want = scene.shapes[0]
+            hits += (got.colour == want.colour) + (got.position == want.position) + (got.kind == want.kind)
+        return hits
+
+    guided, unguided = score(7.0), score(1.0)
+    assert guided >= unguided + 3, (guided, unguided)
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,22 @@ The build itself takes most of an hour (a build step, not CI); these check what 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
+from transformers import CLIPTokenizer
 
 from installer.demo_model import architecture, scenes
-from installer.demo_model.train import anchor_scene, draw_batch, encode_dataset
+from installer.demo_model.train import (
+    TOKENIZER,
+    Polish,
+    Recipe,
+    anchor_scene,
+    draw_batch,
+    encode_dataset,
+    polish_denoiser,
+)
 from installer.demo_model.training import diffusion_loss, training_schedule
 
 
@@ -45,9 +55,11 @@ class RecordingUNet(torch.nn.Module):
         torch.manual_seed(0)  # the same weights every time, so losses compare
         self.unet = architecture.build_unet()
         self.timesteps: list[int] = []
+        self.hidden: list[torch.Tensor] = []
 
     def forward(self, sample, timestep, hidden):
         self.timesteps += timestep.tolist()
+        self.hidden.append(hidden)
         return self.unet(sample, timestep, hidden)
 
 
@@ -58,10 +70,15 @@ def batch():
 
 
 def timesteps_drawn(batch, *mix) -> tuple[list[int], float]:
+    steps, _, loss = recorded(batch, *mix)
+    return steps, loss
+
+
+def recorded(batch, *mix) -> tuple[list[int], torch.Tensor, float]:
     unet = RecordingUNet()
     with torch.no_grad():
         loss = diffusion_loss(unet, *batch, training_schedule(), torch.Generator().manual_seed(1), *mix)
-    return unet.timesteps, float(loss)
+    return unet.timesteps, unet.hidden[0], float(loss)
 
 
 def test_timesteps_are_uniform_by_default_and_the_default_draws_are_unchanged(batch):
@@ -73,6 +90,7 @@ def test_timesteps_are_uniform_by_default_and_the_default_draws_are_unchanged(ba
     torch.randn(batch[0].shape, generator=generator)
     assert steps == torch.randint(0, 1000, (64,), generator=generator).tolist()
     assert (steps, loss) == timesteps_drawn(batch, 0, 0.3)
+    assert (steps, loss) == timesteps_drawn(batch, 0, 0.3, 0, 0.5)
 
 
 def test_a_share_of_the_timesteps_comes_from_high_noise(batch):
@@ -82,3 +100,48 @@ def test_a_share_of_the_timesteps_comes_from_high_noise(batch):
     high = sum(step >= 700 for step in mixed) / len(mixed)
     assert 0.5 < high < 0.9  # half drawn from 700 up, plus the uniform half's 30%
     assert min(mixed) < 700
+
+
+def test_below_the_blind_timestep_a_share_is_drawn_and_every_caption_is_another_samples(batch):
+    steps, hidden, _ = recorded(batch, 700, 0.4, 400, 0.5)
+    low = torch.tensor(steps) < 400
+    # Half drawn below 400, plus the other half's uniform 60% times 40%: about 62%.
+    assert 0.5 < low.float().mean() < 0.75 and max(steps) >= 700
+    captions, rolled = batch[1], batch[1].roll(1, dims=0)
+    assert torch.equal(hidden[low], rolled[low])  # another sample's caption: no help from the text
+    assert torch.equal(hidden[~low], captions[~low])  # higher up, the sample's own
+    assert not torch.equal(rolled[low], captions[low])
+
+
+def test_with_a_blind_share_only_that_share_of_the_low_samples_gets_another_caption(batch):
+    steps, hidden, _ = recorded(batch, 700, 0.4, 400, 0.5, 0.5)
+    low = torch.tensor(steps) < 400
+    captions, rolled = batch[1], batch[1].roll(1, dims=0)
+    wrong = (hidden == rolled).all(dim=(1, 2)) & ~(hidden == captions).all(dim=(1, 2))
+    own = (hidden == captions).all(dim=(1, 2))
+    assert bool((wrong | own).all()) and not wrong[~low].any()
+    assert 0.25 < wrong[low].float().mean() < 0.75  # about half, not all, not none
+
+
+def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    models = (architecture.build_unet().requires_grad_(False), architecture.build_text_encoder().requires_grad_(False))
+    before = [p.clone() for p in models[0].parameters()]
+    rng = random.Random(0)
+    pictures = [scenes.random_scene(rng) for _ in range(8)]
+    data = {"scenes": pictures, "mean": torch.randn(8, 4, 16, 16), "std": torch.full((8, 4, 16, 16), 0.1)}
+    recipe = Recipe(steps=0, batch=4, anchor_warmup=0, anchor_share=0.0, high_timestep=700, high_only=0, high_share=0.4)
+    polish = Polish(steps=2, lr=1e-3, blind_below=400, low_share=0.5, blind_share=0.5)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    empty = {"scenes": [], "mean": torch.zeros(0, 4, 16, 16), "std": torch.zeros(0, 4, 16, 16)}
+    checkpoint = tmp_path / "polish.pt"
+
+    unet, text_encoder = polish_denoiser(checkpoint, data, empty, tokenizer, models, recipe, polish, seed=5)
+
+    assert all(torch.equal(a, b) for a, b in zip(before, models[0].parameters(), strict=True))  # stage 3's kept
+    assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))  # polished
+    assert checkpoint.exists()
+    again, _ = polish_denoiser(checkpoint, data, empty, tokenizer, models, recipe, polish, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(unet.parameters(), again.parameters(), strict=True))
+    unpolished = replace(polish, steps=0)
+    assert polish_denoiser(tmp_path / "none.pt", data, empty, tokenizer, models, recipe, unpolished, 5) == models
