@@ -249,14 +249,13 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
     rng = random.Random(seed + start)
     generator = torch.Generator().manual_seed(seed + start)
     schedule = training_schedule()
-    pictures = Batch(data, anchors, batch, tokenizer, {})
+    pictures = TrainingPictures(data, anchors, batch, tokenizer, {})
     began = time.monotonic()
     for step in range(start, steps):
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, steps, PEAK_LR)
         share = 1.0 if step < recipe.anchor_warmup else recipe.anchor_share
-        anchored = int(round(batch * share)) if anchors["scenes"] else 0
-        latents, hidden = pictures.draw(anchored, text_encoder, generator, rng)
+        latents, hidden = pictures.draw(share, text_encoder, generator, rng)
         high_share = 1.0 if step < recipe.high_only else recipe.high_share
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, high_share)
         optimiser_step(optimiser, loss, params)
@@ -280,7 +279,7 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
 
 
 @dataclass(frozen=True)
-class Batch:
+class TrainingPictures:
     """Where training batches come from: anchor pictures and training pictures."""
 
     data: dict
@@ -289,9 +288,11 @@ class Batch:
     tokenizer: CLIPTokenizer
     cache: dict  # caption -> token ids, filled as captions come up
 
-    def draw(self, anchored: int, text_encoder, generator: torch.Generator, rng: random.Random) -> tuple:
-        """`anchored` anchors and the rest training pictures: latents and their captions' hidden states,
-        captions re-worded at every visit, 10% dropped."""
+    def draw(self, anchor_share: float, text_encoder, generator: torch.Generator, rng: random.Random) -> tuple:
+        """A batch, `anchor_share` of it anchors (none when there are none) and the rest training
+        pictures: latents and their captions' hidden states, captions re-worded at every visit, 10%
+        dropped."""
+        anchored = int(round(self.size * anchor_share)) if self.anchors["scenes"] else 0
         latents, drawn = draw_batch(self.anchors, anchored, generator)
         more_latents, more_drawn = draw_batch(self.data, self.size - anchored, generator)
         latents, drawn = torch.cat([latents, more_latents]), drawn + more_drawn
@@ -352,10 +353,9 @@ def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, mode
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     schedule = training_schedule()
-    anchored = int(round(recipe.batch * recipe.anchor_share)) if anchors["scenes"] else 0
-    pictures = Batch(data, anchors, recipe.batch, tokenizer, {})
+    pictures = TrainingPictures(data, anchors, recipe.batch, tokenizer, {})
     for step in range(polish.steps):
-        latents, hidden = pictures.draw(anchored, text_encoder, generator, rng)
+        latents, hidden = pictures.draw(recipe.anchor_share, text_encoder, generator, rng)
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, recipe.high_share,
                               polish.blind_below, polish.low_share, polish.blind_share)
         optimiser_step(optimiser, loss, params)

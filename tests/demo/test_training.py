@@ -133,7 +133,7 @@ def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path
     recipe = Recipe(steps=0, batch=4, anchor_warmup=0, anchor_share=0.0, high_timestep=700, high_only=0, high_share=0.4)
     polish = Polish(steps=2, lr=1e-3, blind_below=400, low_share=0.5, blind_share=0.5)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
-    empty = {"scenes": [], "mean": torch.zeros(0, 4, 16, 16), "std": torch.zeros(0, 4, 16, 16)}
+    empty = encode_dataset(tmp_path / "anchors.pt", None, 0, 0)  # --anchors 0
     checkpoint = tmp_path / "polish.pt"
 
     unet, text_encoder = polish_denoiser(checkpoint, data, empty, tokenizer, models, recipe, polish, seed=5)
@@ -141,7 +141,8 @@ def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path
     assert all(torch.equal(a, b) for a, b in zip(before, models[0].parameters(), strict=True))  # stage 3's kept
     assert any(not torch.equal(a, b) for a, b in zip(before, unet.parameters(), strict=True))  # polished
     assert checkpoint.exists()
-    again, _ = polish_denoiser(checkpoint, data, empty, tokenizer, models, recipe, polish, seed=5)
+    # Another seed would train other weights: the same ones back means they came from the checkpoint.
+    again, _ = polish_denoiser(checkpoint, data, empty, tokenizer, models, recipe, polish, seed=6)
     assert all(torch.equal(a, b) for a, b in zip(unet.parameters(), again.parameters(), strict=True))
     unpolished = replace(polish, steps=0)
     assert polish_denoiser(tmp_path / "none.pt", data, empty, tokenizer, models, recipe, unpolished, 5) == models
