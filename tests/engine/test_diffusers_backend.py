@@ -231,13 +231,6 @@ def test_clip_skip_changes_the_image(paths, tiny_sd15_dir):
     assert not np.array_equal(pixels(plain.images[0]), pixels(skipped.images[0]))
 
 
-def test_very_long_prompt_is_cut_with_a_note(paths, tiny_sd15_dir):
-    prompt = " ".join(["a red circle"] * 1700)  # about 5,000 tokens
-    batch, _ = run(make_backend(paths), request_for(tiny_sd15_dir, prompt=prompt))
-    assert len(batch.images) == 1
-    assert any("tokens long" in note and "first 75" in note for note in batch.notes)
-
-
 def test_missing_model(paths):
     with pytest.raises(ModelError, match="No model named 'no-such-model'"):
         make_backend(paths).load(request_for("no-such-model"))

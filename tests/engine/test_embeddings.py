@@ -72,6 +72,9 @@ def test_embedding_by_name_changes_the_image_and_nothing_else(home, tiny_sd15_di
     assert not np.array_equal(negative, plain) and "TI hashes" in dict(batch.extra_parameters)
     # Part of a longer word is not the embedding.
     assert "TI hashes" not in dict(image(backend, tiny_sd15_dir, "a cat, inkstyles")[1].extra_parameters)
+    # Through A1111's prompt syntax (weights, BREAK: the chunked encoding) the embedding expands the same.
+    assert np.array_equal(image(backend, tiny_sd15_dir, "a cat, inkstyle BREAK")[0], with_word)
+    assert not np.array_equal(image(backend, tiny_sd15_dir, "a cat, (inkstyle:1.3)")[0], with_word)
 
 
 def test_sdxl_embedding_and_a_mismatch(home, tiny_sdxl_dir, tiny_sd15_dir):

@@ -36,6 +36,7 @@ from diffusers import (  # noqa: E402
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.utils.torch_utils import get_module_execution_device  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
@@ -57,6 +58,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 )
 from desktop.engine.library.lora import LoraCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
+from desktop.engine.prompt_syntax import Chunk, PromptPiece, needs_chunked_encoding, pack_chunks, parse_prompt  # noqa: E402
 from desktop.engine.request import GenerationRequest  # noqa: E402
 from desktop.engine.resources import Resources  # noqa: E402
 
@@ -351,7 +353,7 @@ class DiffusersBackend:
             self._apply_memory_mode(pipe, mode)
         if result is None:
             raise Cancelled("Cancelled.")
-        first = (*lora_plan.notes, *self._prompt_notes(request)) if batch_index == 0 else ()
+        first = lora_plan.notes if batch_index == 0 else ()
         notes = (*run_notes, *first)
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(
@@ -392,8 +394,7 @@ class DiffusersBackend:
         try:
             with torch.inference_mode():
                 return pipe(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt or None,
+                    **_prompt_arguments(pipe, request),
                     num_inference_steps=request.steps,
                     guidance_scale=request.cfg_scale,
                     num_images_per_prompt=request.batch_size,
@@ -474,22 +475,6 @@ class DiffusersBackend:
             return request.sampler
         base = self._default_scheduler
         return sampler_for_scheduler(type(base).__name__, base.config)
-
-    def _prompt_notes(self, request: GenerationRequest) -> tuple[str, ...]:
-        """Say so when the text encoder cuts a prompt: users otherwise wonder why words are ignored."""
-        tokenizer = getattr(self._pipe, "tokenizer", None)
-        if tokenizer is None:
-            return ()
-        limit = tokenizer.model_max_length - 2
-        notes = []
-        for label, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
-            count = len(tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"])
-            if count > limit:
-                notes.append(
-                    f"The {label} is {count} tokens long; this model reads only the first {limit}, "
-                    "so the rest was ignored."
-                )
-        return tuple(notes)
 
     @property
     def model_info(self) -> ModelInfo | None:
@@ -673,3 +658,113 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+
+# ------------------------------------------------------------------------------------ prompt encoding
+
+
+def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
+    """The prompts for one pipeline call, read with A1111's syntax (desktop.engine.prompt_syntax).
+
+    Plain prompts that fit one chunk go to the pipeline as text, so its own encoding (the same as
+    ours for them) runs unchanged. Weights, BREAK or more than one chunk of tokens go as embeddings:
+    each chunk encoded on its own in the tokenizer's own layout (start, ids, end, padding), weighted,
+    and joined; a shorter prompt or negative prompt is padded with encodings of the empty prompt, as
+    A1111 pads them. One plain chunk comes out exactly as the pipeline's own encoding (tested)."""
+    positive, negative = parse_prompt(request.prompt), parse_prompt(request.negative_prompt)
+    encoders = _text_encoders(pipe)
+    if not encoders:
+        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
+    packed = [[_pack(pipe, tokenizer, pieces) for tokenizer, _ in encoders] for pieces in (positive, negative)]
+    # diffusers applies clip skip to the prompt only; A1111 (whose "Clip skip: 2" we read and write)
+    # applies it to the negative prompt too, so clip skip takes the chunked path, which does both.
+    plain = not needs_chunked_encoding(positive + negative) and request.clip_skip == 1
+    if plain and all(len(chunks) == 1 for side in packed for chunks in side):
+        # Escapes such as \( are resolved by the parser; a plain prompt is one piece (or none).
+        return {"prompt": positive[0].text, "negative_prompt": negative[0].text or None}
+    clip_skip = request.clip_skip - 1
+    xl = _is_xl(pipe)
+    embeds, pooled = _encode_chunks(encoders, packed[0], clip_skip, xl)
+    if xl and not request.negative_prompt and pipe.config.force_zeros_for_empty_prompt:
+        negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+    else:
+        negative_embeds, negative_pooled = _encode_chunks(encoders, packed[1], clip_skip, xl)
+        if embeds.shape[1] != negative_embeds.shape[1]:
+            empty = [[Chunk((), ())] for _ in encoders]
+            blank, _ = _encode_chunks(encoders, empty, clip_skip, xl)
+            embeds, negative_embeds = _pad_to_same_length(embeds, negative_embeds, blank)
+    arguments = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
+    if xl:
+        arguments |= {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+    return arguments
+
+
+def _is_xl(pipe: Any) -> bool:
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def _text_encoders(pipe: Any) -> list[tuple[Any, Any]]:
+    pairs = [(getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None))]
+    if _is_xl(pipe):
+        pairs.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    return [(tokenizer, encoder) for tokenizer, encoder in pairs if tokenizer is not None and encoder is not None]
+
+
+def _pack(pipe: Any, tokenizer: Any, pieces: tuple[PromptPiece, ...]) -> tuple[Chunk, ...]:
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    tokens: list[tuple[list[int], float] | None] = []
+    for piece in pieces:
+        if piece.is_break:
+            tokens.append(None)
+            continue
+        # Textual inversion: a multi-vector embedding's name becomes its numbered tokens.
+        text = pipe.maybe_convert_prompt(piece.text, tokenizer) if hasattr(pipe, "maybe_convert_prompt") else piece.text
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        tokens.append((ids, piece.weight))
+    size = tokenizer.model_max_length - 2
+    return pack_chunks(tokens, size, comma if comma != tokenizer.unk_token_id else None)
+
+
+def _encode_chunks(
+    encoders: list[tuple[Any, Any]], packed: list[tuple[Chunk, ...]], clip_skip: int, xl: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(1, 77 * chunks, width) hidden states, and for SDXL the pooled embedding of the first chunk."""
+    pooled = None
+    joined = []
+    for index, chunk in enumerate(packed[0]):
+        parts = []
+        for (tokenizer, encoder), chunks in zip(encoders, packed, strict=True):
+            size = tokenizer.model_max_length
+            ids = [tokenizer.bos_token_id, *chunks[index].ids, tokenizer.eos_token_id]
+            ids += [tokenizer.pad_token_id] * (size - len(ids))
+            ids_tensor = torch.tensor([ids], device=get_module_execution_device(encoder))
+            output = encoder(ids_tensor, output_hidden_states=True)
+            if xl:
+                if pooled is None and output[0].ndim == 2:
+                    pooled = output[0]
+                parts.append(output.hidden_states[-(clip_skip + 2)])
+            elif clip_skip:
+                norm = getattr(encoder, "final_layer_norm", None) or encoder.text_model.final_layer_norm
+                parts.append(norm(output.hidden_states[-(clip_skip + 1)]))
+            else:
+                parts.append(output.last_hidden_state)
+        hidden = torch.cat(parts, dim=-1)
+        if any(weight != 1.0 for weight in chunk.weights):
+            # A1111's emphasis: scale each token's vector, then restore the chunk's mean, so weights
+            # change the balance between words rather than the overall strength of the prompt.
+            weights = [1.0, *chunk.weights] + [1.0] * (hidden.shape[1] - 1 - len(chunk.weights))
+            mean = hidden.mean()
+            hidden = hidden * hidden.new_tensor(weights)[None, :, None]
+            hidden = hidden * (mean / hidden.mean())
+        joined.append(hidden)
+    return torch.cat(joined, dim=1), pooled
+
+
+def _pad_to_same_length(
+    first: torch.Tensor, second: torch.Tensor, blank: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded(embeds: torch.Tensor, length: int) -> torch.Tensor:
+        missing = (length - embeds.shape[1]) // blank.shape[1]
+        return torch.cat([embeds, *([blank] * missing)], dim=1)
+
+    length = max(first.shape[1], second.shape[1])
+    return padded(first, length), padded(second, length)

@@ -1,0 +1,160 @@
+"""A1111's prompt syntax: emphasis weights, BREAK, and prompts longer than one 75-token chunk.
+
+Pure Python, no tokenizer: `parse_prompt` turns text into weighted pieces and `pack_chunks` packs
+token ids into chunks; the diffusers backend tokenizes the pieces and encodes the chunks. A prompt
+copied from an A1111 PNG (or written by us into one) then means here what it meant there:
+
+- `(word)` multiplies the attention to `word` by 1.1, `((word))` by 1.21, `[word]` divides it by 1.1,
+  and `(word:1.5)` sets 1.5 (a number only works with round brackets); nested brackets multiply.
+- `\\(`, `\\)`, `\\[`, `\\]` and `\\\\` are the literal characters. A bracket left open applies to the
+  rest of the prompt; a closing bracket with nothing to close is text.
+- `BREAK` (capitals, a word of its own) ends the current chunk: what follows starts a fresh one.
+- A prompt is encoded in chunks of 75 tokens, each read by the text encoder on its own and then
+  joined, so words past the 75th count. A full chunk is cut after its last comma when that comma
+  is among its last 20 tokens, so a phrase is not split between two chunks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EMPHASIS = 1.1
+COMMA_BACKTRACK = 20  # tokens: A1111's default "comma padding backtrack"
+
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")
+_ESCAPABLE = "()[]\\"
+
+
+@dataclass(frozen=True)
+class PromptPiece:
+    """A run of prompt text and its attention weight; `is_break` marks a BREAK (text empty)."""
+
+    text: str
+    weight: float = 1.0
+    is_break: bool = False
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Up to one chunk's worth of token ids (no start, end or padding tokens) and their weights."""
+
+    ids: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+def parse_prompt(text: str) -> tuple[PromptPiece, ...]:
+    """The prompt's pieces, neighbours of equal weight merged; one empty piece for an empty prompt."""
+    pieces: list[list] = []  # [text, weight]: weights change as brackets close
+    round_opens: list[int] = []  # index in `pieces` where each open bracket began
+    square_opens: list[int] = []
+    plain: list[str] = []
+
+    def flush() -> None:
+        if plain:
+            pieces.append(["".join(plain), 1.0])
+            plain.clear()
+
+    def scale(start: int, factor: float) -> None:
+        for piece in pieces[start:]:
+            piece[1] *= factor
+
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text) and text[index + 1] in _ESCAPABLE:
+            plain.append(text[index + 1])
+            index += 2
+            continue
+        weight = _EXPLICIT_WEIGHT.match(text, index) if char == ":" and round_opens else None
+        if weight is not None:
+            flush()
+            scale(round_opens.pop(), float(weight.group(1)))
+            index = weight.end()
+            continue
+        if char in "([":
+            flush()
+            (round_opens if char == "(" else square_opens).append(len(pieces))
+        elif char == ")" and round_opens:
+            flush()
+            scale(round_opens.pop(), EMPHASIS)
+        elif char == "]" and square_opens:
+            flush()
+            scale(square_opens.pop(), 1 / EMPHASIS)
+        else:
+            plain.append(char)
+        index += 1
+    flush()
+    for start in round_opens:
+        scale(start, EMPHASIS)
+    for start in square_opens:
+        scale(start, 1 / EMPHASIS)
+    return _merge(_split_breaks(pieces))
+
+
+def needs_chunked_encoding(pieces: Sequence[PromptPiece]) -> bool:
+    """Whether anything but plain text is in the prompt (a weight or a BREAK)."""
+    return any(piece.is_break or piece.weight != 1.0 for piece in pieces)
+
+
+def pack_chunks(
+    tokens: Sequence[tuple[Sequence[int], float] | None], size: int, comma_id: int | None
+) -> tuple[Chunk, ...]:
+    """Pack each piece's token ids (None for a BREAK) into chunks of at most `size` tokens.
+
+    Always at least one chunk; a BREAK closes the current chunk even when it is empty."""
+    chunks: list[Chunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal ids, weights, last_comma
+        chunks.append(Chunk(tuple(ids), tuple(weights)))
+        ids, weights, last_comma = [], [], -1
+
+    for piece in tokens:
+        if piece is None:
+            close()
+            continue
+        piece_ids, weight = piece
+        for token in piece_ids:
+            if len(ids) == size:
+                if last_comma >= 0 and size - (last_comma + 1) < COMMA_BACKTRACK:
+                    carried, carried_weights = ids[last_comma + 1 :], weights[last_comma + 1 :]
+                    ids, weights = ids[: last_comma + 1], weights[: last_comma + 1]
+                    close()
+                    ids, weights = carried, carried_weights
+                else:
+                    close()
+            if token == comma_id:
+                last_comma = len(ids)
+            ids.append(token)
+            weights.append(weight)
+    if ids or not chunks:
+        close()
+    return tuple(chunks)
+
+
+def _split_breaks(pieces: list[list]) -> list[PromptPiece]:
+    out: list[PromptPiece] = []
+    for text, weight in pieces:
+        parts = _BREAK.split(text)
+        for number, part in enumerate(parts):
+            if number:
+                out.append(PromptPiece("", 1.0, is_break=True))
+            if part:
+                out.append(PromptPiece(part, weight))
+    return out
+
+
+def _merge(pieces: list[PromptPiece]) -> tuple[PromptPiece, ...]:
+    merged: list[PromptPiece] = []
+    for piece in pieces:
+        if merged and not piece.is_break and not merged[-1].is_break and merged[-1].weight == piece.weight:
+            merged[-1] = PromptPiece(merged[-1].text + piece.text, piece.weight)
+        else:
+            merged.append(piece)
+    return tuple(merged) or (PromptPiece(""),)

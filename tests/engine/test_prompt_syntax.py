@@ -1,0 +1,98 @@
+"""A1111's prompt syntax, parsed and packed without a tokenizer (the encoding is tested with real models
+in test_prompt_encoding.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from desktop.engine.prompt_syntax import Chunk, PromptPiece, needs_chunked_encoding, pack_chunks, parse_prompt
+
+
+def pairs(text: str) -> list[tuple[str, float]]:
+    return [("BREAK" if piece.is_break else piece.text, round(piece.weight, 4)) for piece in parse_prompt(text)]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a red ball", [("a red ball", 1.0)]),
+        ("a (red) ball", [("a ", 1.0), ("red", 1.1), (" ball", 1.0)]),
+        ("((red))", [("red", 1.21)]),
+        ("[red] ball", [("red", 0.9091), (" ball", 1.0)]),
+        ("[[red]]", [("red", 0.8264)]),
+        ("(red:1.5), ball", [("red", 1.5), (", ball", 1.0)]),
+        ("(red: 0.25 )", [("red", 0.25)]),
+        ("(red:.5)", [("red", 0.5)]),
+        ("(a (b) c:2)", [("a ", 2.0), ("b", 2.2), (" c", 2.0)]),
+        ("(a [b]:1.5)", [("a ", 1.5), ("b", 1.3636)]),
+        # Separate stacks for round and square brackets, as A1111 keeps them.
+        ("(a [b) c]", [("a ", 1.1), ("b", 1.0), (" c", 0.9091)]),
+    ],
+)
+def test_emphasis_weights_follow_a1111(text: str, expected: list[tuple[str, float]]) -> None:
+    assert pairs(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"\(red\) \[ball\] a\\b", [(r"(red) [ball] a\b", 1.0)]),
+        ("a (red ball", [("a ", 1.0), ("red ball", 1.1)]),  # left open: to the end
+        ("a [red ball", [("a ", 1.0), ("red ball", 0.9091)]),
+        ("a red) ball]", [("a red) ball]", 1.0)]),  # nothing to close: text
+        ("time: 12:30", [("time: 12:30", 1.0)]),
+        ("a:1.5) b", [("a:1.5) b", 1.0)]),  # a weight with no open bracket is text
+        ("[red:1.5]", [("red:1.5", 0.9091)]),  # numbers only work in round brackets
+        ("(red:1.2.3)", [("red:1.2.3", 1.1)]),  # not a number: text, and the bracket closes plainly
+        ("", [("", 1.0)]),
+    ],
+)
+def test_literals_and_unbalanced_brackets(text: str, expected: list[tuple[str, float]]) -> None:
+    assert pairs(text) == expected
+
+
+def test_break_ends_a_chunk_only_as_a_word_of_its_own_in_capitals() -> None:
+    assert pairs("a cat BREAK a (dog)") == [("a cat", 1.0), ("BREAK", 1.0), ("a ", 1.0), ("dog", 1.1)]
+    assert pairs("(a cat BREAK a dog:1.3)") == [("a cat", 1.3), ("BREAK", 1.0), ("a dog", 1.3)]
+    assert pairs("BREAKFAST, break, Break") == [("BREAKFAST, break, Break", 1.0)]
+
+
+def test_only_weights_and_breaks_need_chunked_encoding() -> None:
+    assert not needs_chunked_encoding(parse_prompt(r"a red ball, \(plain\)"))
+    assert not needs_chunked_encoding(parse_prompt("(red:1.0)"))
+    assert needs_chunked_encoding(parse_prompt("a (red) ball"))
+    assert needs_chunked_encoding(parse_prompt("a BREAK b"))
+
+
+def ids_of(chunks: tuple[Chunk, ...]) -> list[list[int]]:
+    return [list(chunk.ids) for chunk in chunks]
+
+
+def test_long_prompts_are_packed_into_chunks_and_keep_their_weights() -> None:
+    chunks = pack_chunks([(range(0, 50), 1.0), (range(100, 130), 1.5)], size=75, comma_id=None)
+    assert ids_of(chunks) == [[*range(0, 50), *range(100, 125)], list(range(125, 130))]
+    assert chunks[0].weights == (1.0,) * 50 + (1.5,) * 25
+    assert chunks[1].weights == (1.5,) * 5
+
+
+def test_a_full_chunk_is_cut_after_a_late_comma_and_not_after_an_early_one() -> None:
+    comma = 267
+    late = [*range(60), comma, *range(1000, 1020)]  # comma at index 60: 14 tokens from the end
+    chunks = pack_chunks([(late, 1.0)], size=75, comma_id=comma)
+    assert ids_of(chunks) == [[*range(60), comma], list(range(1000, 1020))]
+    early = [*range(40), comma, *range(1000, 1040)]  # comma at index 40: 34 from the end
+    chunks = pack_chunks([(early, 1.0)], size=75, comma_id=comma)
+    assert [len(chunk.ids) for chunk in chunks] == [75, 6]
+
+
+def test_break_closes_the_chunk_and_an_empty_prompt_is_one_empty_chunk() -> None:
+    chunks = pack_chunks([([1, 2], 1.0), None, ([3], 1.2)], size=75, comma_id=None)
+    assert chunks == (Chunk((1, 2), (1.0, 1.0)), Chunk((3,), (1.2,)))
+    assert pack_chunks([([], 1.0)], size=75, comma_id=None) == (Chunk((), ()),)
+    assert ids_of(pack_chunks([None, ([5], 1.0)], size=75, comma_id=None)) == [[], [5]]
+    assert ids_of(pack_chunks([([5], 1.0), None], size=75, comma_id=None)) == [[5]]
+
+
+def test_pieces_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        PromptPiece("a").weight = 2.0  # type: ignore[misc]
