@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeyEvent, QTextCursor
 from PySide6.QtWidgets import QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+
+from desktop.ui.prompt_weights import STEP, adjust_weight
 
 
 class PromptEditor(QWidget):
     """Prompt and negative prompt, plain text only (a pasted web page must not become rich text).
+    Ctrl+Up / Ctrl+Down raise or lower the selected words' weight, as in A1111.
 
     Signals: none; read `prompt()` and `negative_prompt()` when a job is submitted.
     """
@@ -42,8 +47,54 @@ class PromptEditor(QWidget):
         self.negative_edit.setPlainText(negative_prompt)
 
 
+class _PromptTextEdit(QPlainTextEdit):
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        steps = {Qt.Key.Key_Up: STEP, Qt.Key.Key_Down: -STEP}
+        if event.modifiers() == Qt.KeyboardModifier.ControlModifier and event.key() in steps:
+            self._adjust_weight(steps[event.key()])
+            return
+        super().keyPressEvent(event)
+
+    def _adjust_weight(self, delta: float) -> None:
+        cursor = self.textCursor()
+        old = self.toPlainText()
+        start, end = (_index_of(old, cursor.selectionStart()), _index_of(old, cursor.selectionEnd()))
+        edit = adjust_weight(old, start, end, delta)
+        if edit is None:
+            return
+        # Replace only what changed, in one undo step, so Ctrl+Z takes the change back.
+        prefix = 0
+        while prefix < min(len(old), len(edit.text)) and old[prefix] == edit.text[prefix]:
+            prefix += 1
+        suffix = 0
+        limit = min(len(old), len(edit.text)) - prefix
+        while suffix < limit and old[-1 - suffix] == edit.text[-1 - suffix]:
+            suffix += 1
+        cursor.beginEditBlock()
+        cursor.setPosition(_qt_position(old, prefix))
+        cursor.setPosition(_qt_position(old, len(old) - suffix), QTextCursor.MoveMode.KeepAnchor)
+        cursor.insertText(edit.text[prefix : len(edit.text) - suffix])
+        cursor.endEditBlock()
+        cursor.setPosition(_qt_position(edit.text, edit.selection_start))
+        cursor.setPosition(_qt_position(edit.text, edit.selection_end), QTextCursor.MoveMode.KeepAnchor)
+        self.setTextCursor(cursor)
+
+
+# Qt counts positions in UTF-16 units, Python in code points: they differ after an emoji.
+def _qt_position(text: str, index: int) -> int:
+    return index + sum(1 for char in text[:index] if ord(char) > 0xFFFF)
+
+
+def _index_of(text: str, position: int) -> int:
+    index = units = 0
+    while index < len(text) and units < position:
+        units += 2 if ord(text[index]) > 0xFFFF else 1
+        index += 1
+    return index
+
+
 def _plain_editor(name: str, placeholder: str) -> QPlainTextEdit:
-    editor = QPlainTextEdit()
+    editor = _PromptTextEdit()
     editor.setObjectName(name)
     editor.setPlaceholderText(placeholder)
     # Tab moves focus on to the next field, as in a form; prompts have no use for tab characters.
