@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--blind-below", type=int, default=300, help="stage 4: wrong captions below it")
     parser.add_argument("--low-share", type=float, default=0.5, help="stage 4: share of timesteps that low")
     parser.add_argument("--blind-share", type=float, default=0.5, help="stage 4: share of wrong captions there")
+    parser.add_argument("--shape-weight", type=float, default=4.0, help="stage 4: loss weight of shapes (1: even)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -86,7 +87,8 @@ def main() -> None:
     recipe = Recipe(args.unet_steps, args.batch, args.anchor_warmup, args.anchor_share, args.high_timestep,
                     args.high_only, args.high_share)
     models = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
-    polish = Polish(args.polish_steps, args.polish_lr, args.blind_below, args.low_share, args.blind_share)
+    polish = Polish(args.polish_steps, args.polish_lr, args.blind_below, args.low_share, args.blind_share,
+                    args.shape_weight)
     unet, text_encoder = polish_denoiser(args.work / "polish.pt", data, anchors, tokenizer, models, recipe, polish,
                                          args.seed + 5)
     save_release(args.out, vae, unet, text_encoder, tokenizer)
@@ -255,7 +257,7 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, steps, PEAK_LR)
         share = 1.0 if step < recipe.anchor_warmup else recipe.anchor_share
-        latents, hidden = pictures.draw(share, text_encoder, generator, rng)
+        latents, hidden, _ = pictures.draw(share, text_encoder, generator, rng)
         high_share = 1.0 if step < recipe.high_only else recipe.high_share
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, high_share)
         optimiser_step(optimiser, loss, params)
@@ -290,8 +292,8 @@ class TrainingPictures:
 
     def draw(self, anchor_share: float, text_encoder, generator: torch.Generator, rng: random.Random) -> tuple:
         """A batch, `anchor_share` of it anchors (none when there are none) and the rest training
-        pictures: latents and their captions' hidden states, captions re-worded at every visit, 10%
-        dropped."""
+        pictures: latents, their captions' hidden states (captions re-worded at every visit, 10%
+        dropped) and their scenes."""
         anchored = int(round(self.size * anchor_share)) if self.anchors["scenes"] else 0
         latents, drawn = draw_batch(self.anchors, anchored, generator)
         more_latents, more_drawn = draw_batch(self.data, self.size - anchored, generator)
@@ -300,7 +302,7 @@ class TrainingPictures:
         missing = [c for c in set(captions) if c not in self.cache]
         if missing:
             self.cache.update(zip(missing, token_ids(self.tokenizer, missing), strict=True))
-        return latents, text_encoder(torch.stack([self.cache[c] for c in captions]))[0]
+        return latents, text_encoder(torch.stack([self.cache[c] for c in captions]))[0], drawn
 
 
 def optimiser_step(optimiser: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
@@ -325,14 +327,31 @@ class Polish:
     """The last stage: a short run at a constant, lower learning rate from the denoiser's averaged
     weights, half of its timesteps at low noise and half of the captions there wrong
     (training.diffusion_loss, `blind_below`), so that image to image at a low strength keeps its
-    source under guidance."""
+    source under guidance; and the loss weighs the shapes' boxes `shape_weight` times the rest
+    (`shape_weights`), since a small shape is a few latent pixels among 256 of background."""
 
     steps: int
     lr: float
     blind_below: int
     low_share: float
     blind_share: float
+    shape_weight: float = 1.0
     ema_decay: float = 0.98  # a short run: an average over its last ~50 steps
+
+
+def shape_weights(drawn: list, factor: float, side: int) -> torch.Tensor:
+    """(batch, side, side) loss weights: `factor` on every shape's box, 1 elsewhere, scaled to a mean of
+    1 per picture. The box is the shape's nominal place and its largest size, grown by half a latent
+    pixel for the render's jitter (scenes.render), so it covers the edges where kinds differ."""
+    weights = torch.ones(len(drawn), side, side)
+    for index, scene in enumerate(drawn):
+        for shape in scene.shapes:
+            fx, fy = scenes.POSITIONS[shape.position]
+            half = scenes.EXTENT[shape.size] * side * 1.1 / 2 + 0.5
+            left, right = int(max(0, fx * side - half)), int(min(side, fx * side + half + 1))
+            top, bottom = int(max(0, fy * side - half)), int(min(side, fy * side + half + 1))
+            weights[index, top:bottom, left:right] = factor
+    return weights / weights.mean(dim=(1, 2), keepdim=True)
 
 
 def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, models: tuple, recipe: Recipe,
@@ -355,9 +374,10 @@ def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, mode
     schedule = training_schedule()
     pictures = TrainingPictures(data, anchors, recipe.batch, tokenizer, {})
     for step in range(polish.steps):
-        latents, hidden = pictures.draw(recipe.anchor_share, text_encoder, generator, rng)
+        latents, hidden, drawn = pictures.draw(recipe.anchor_share, text_encoder, generator, rng)
+        weights = shape_weights(drawn, polish.shape_weight, latents.shape[-1]) if polish.shape_weight != 1 else None
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, recipe.high_share,
-                              polish.blind_below, polish.low_share, polish.blind_share)
+                              polish.blind_below, polish.low_share, polish.blind_share, weights)
         optimiser_step(optimiser, loss, params)
         update_ema(((ema_unet, unet), (ema_text, text_encoder)), polish.ema_decay)
         if step % 50 == 0 or step == polish.steps - 1:

@@ -38,6 +38,7 @@ def diffusion_loss(
     blind_below: int = 0,
     low_share: float = 0.0,
     blind_share: float = 1.0,
+    pixel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's prediction of v.
 
@@ -52,7 +53,10 @@ def diffusion_loss(
     disagreement. Taught that a caption there is often wrong, it follows the picture where the picture
     is clear (the layout of a source) and the caption only where the picture leaves a doubt (yellow or
     orange); with every caption wrong it ignores the caption altogether and colours drift (README "The
-    demo model", item 7)."""
+    demo model", item 7).
+
+    `pixel_weights` (batch, height, width), each picture's with a mean of 1, weigh the latent pixels
+    against each other; the stage-4 polish weighs shapes above background with them."""
     if schedule.config.prediction_type != "v_prediction":
         raise ValueError("The demo model predicts v: epsilon is undefined at zero terminal SNR.")
     batch = latents.shape[0]
@@ -75,7 +79,10 @@ def diffusion_loss(
     snr = alphas / (1 - alphas)
     target = schedule.get_velocity(latents, noise, steps)
     weight = torch.clamp(MIN_SNR_GAMMA / (snr + 1), max=1.0)
-    per_sample = (predicted - target).pow(2).mean(dim=(1, 2, 3))
+    if pixel_weights is None:
+        per_sample = (predicted - target).pow(2).mean(dim=(1, 2, 3))
+    else:
+        per_sample = ((predicted - target).pow(2).mean(dim=1) * pixel_weights).mean(dim=(1, 2))
     return (weight * per_sample).mean()
 
 

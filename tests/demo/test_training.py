@@ -20,6 +20,7 @@ from installer.demo_model.train import (
     draw_batch,
     encode_dataset,
     polish_denoiser,
+    shape_weights,
 )
 from installer.demo_model.training import diffusion_loss, training_schedule
 
@@ -131,7 +132,7 @@ def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path
     pictures = [scenes.random_scene(rng) for _ in range(8)]
     data = {"scenes": pictures, "mean": torch.randn(8, 4, 16, 16), "std": torch.full((8, 4, 16, 16), 0.1)}
     recipe = Recipe(steps=0, batch=4, anchor_warmup=0, anchor_share=0.0, high_timestep=700, high_only=0, high_share=0.4)
-    polish = Polish(steps=2, lr=1e-3, blind_below=400, low_share=0.5, blind_share=0.5)
+    polish = Polish(steps=2, lr=1e-3, blind_below=400, low_share=0.5, blind_share=0.5, shape_weight=4.0)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
     empty = encode_dataset(tmp_path / "anchors.pt", None, 0, 0)  # --anchors 0
     checkpoint = tmp_path / "polish.pt"
@@ -144,5 +145,35 @@ def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path
     # Another seed would train other weights: the same ones back means they came from the checkpoint.
     again, _ = polish_denoiser(checkpoint, data, empty, tokenizer, models, recipe, polish, seed=6)
     assert all(torch.equal(a, b) for a, b in zip(unet.parameters(), again.parameters(), strict=True))
+    even, _ = polish_denoiser(tmp_path / "even.pt", data, empty, tokenizer, models, recipe,
+                              replace(polish, shape_weight=1.0), seed=5)  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(even.parameters(), unet.parameters(), strict=True))
     unpolished = replace(polish, steps=0)
     assert polish_denoiser(tmp_path / "none.pt", data, empty, tokenizer, models, recipe, unpolished, 5) == models
+
+
+def test_shape_weights_put_the_factor_on_each_shapes_box_and_average_one():
+    small = scenes.Scene((scenes.Shape("triangle", "red", "small", "top left"),), ("blue",))
+    large = scenes.Scene((scenes.Shape("square", "red", "large", "centre"),), ("blue",))
+    two = scenes.Scene(small.shapes + (scenes.Shape("circle", "red", "small", "bottom right"),), ("blue",))
+    weights = shape_weights([small, large, two], 4.0, 16)
+    assert weights.shape == (3, 16, 16)
+    assert torch.allclose(weights.mean(dim=(1, 2)), torch.ones(3))
+    for picture in weights:
+        assert torch.allclose(picture.max() / picture.min(), torch.tensor(4.0))
+    # A small shape's box in the top left corner: rows and columns 0 to 5 (centre 3.2, half 2.35).
+    heavy = weights[0] > weights[0].min()
+    assert heavy[:6, :6].all() and heavy.sum() == 36
+    assert weights[1][8, 8] > weights[1][0, 0] and (weights[1] > weights[1].min()).sum() > 36  # large: more
+    assert (weights[2] > weights[2].min())[-3:, -3:].all() and (weights[2] > weights[2].min()).sum() == 72
+    assert torch.equal(shape_weights([small], 1.0, 16), torch.ones(1, 16, 16))
+
+
+def test_pixel_weights_of_one_leave_the_loss_as_it_was_and_others_move_it(batch):
+    _, plain = timesteps_drawn(batch)
+    ones = torch.ones(64, 16, 16)
+    assert timesteps_drawn(batch, 0, 1.0, 0, 0.0, 1.0, ones)[1] == pytest.approx(plain, rel=1e-5)
+    corner = torch.ones(64, 16, 16)
+    corner[:, :4, :4] = 10.0
+    corner /= corner.mean(dim=(1, 2), keepdim=True)
+    assert timesteps_drawn(batch, 0, 1.0, 0, 0.0, 1.0, corner)[1] != pytest.approx(plain, rel=1e-3)
