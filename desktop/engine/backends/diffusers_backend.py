@@ -658,7 +658,6 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-
 # ------------------------------------------------------------------------------------ prompt encoding
 
 
