@@ -48,6 +48,8 @@ class PromptEditor(QWidget):
 
 
 class _PromptTextEdit(QPlainTextEdit):
+    """A plain-text prompt field where Ctrl+Up / Ctrl+Down change a weight. Signals: QPlainTextEdit's."""
+
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
         steps = {Qt.Key.Key_Up: STEP, Qt.Key.Key_Down: -STEP}
         if event.modifiers() == Qt.KeyboardModifier.ControlModifier and event.key() in steps:
@@ -62,21 +64,14 @@ class _PromptTextEdit(QPlainTextEdit):
         edit = adjust_weight(old, start, end, delta)
         if edit is None:
             return
-        # Replace only what changed, in one undo step, so Ctrl+Z takes the change back.
-        prefix = 0
-        while prefix < min(len(old), len(edit.text)) and old[prefix] == edit.text[prefix]:
-            prefix += 1
-        suffix = 0
-        limit = min(len(old), len(edit.text)) - prefix
-        while suffix < limit and old[-1 - suffix] == edit.text[-1 - suffix]:
-            suffix += 1
-        cursor.beginEditBlock()
-        cursor.setPosition(_qt_position(old, prefix))
-        cursor.setPosition(_qt_position(old, len(old) - suffix), QTextCursor.MoveMode.KeepAnchor)
-        cursor.insertText(edit.text[prefix : len(edit.text) - suffix])
+        new = edit.apply(old)
+        cursor.beginEditBlock()  # one undo step, so Ctrl+Z takes the change back
+        cursor.setPosition(_qt_position(old, edit.start))
+        cursor.setPosition(_qt_position(old, edit.end), QTextCursor.MoveMode.KeepAnchor)
+        cursor.insertText(edit.replacement)
         cursor.endEditBlock()
-        cursor.setPosition(_qt_position(edit.text, edit.selection_start))
-        cursor.setPosition(_qt_position(edit.text, edit.selection_end), QTextCursor.MoveMode.KeepAnchor)
+        cursor.setPosition(_qt_position(new, edit.selection_start))
+        cursor.setPosition(_qt_position(new, edit.selection_end), QTextCursor.MoveMode.KeepAnchor)
         self.setTextCursor(cursor)
 
 

@@ -19,9 +19,17 @@ _MAX_WEIGHT = 10.0
 
 @dataclass(frozen=True)
 class WeightEdit:
-    text: str
+    """Replace `text[start:end]` with `replacement`; then select `selection_start:selection_end` of the
+    result (the words, without brackets or weight)."""
+
+    start: int
+    end: int
+    replacement: str
     selection_start: int
     selection_end: int
+
+    def apply(self, text: str) -> str:
+        return text[: self.start] + self.replacement + text[self.end :]
 
 
 def adjust_weight(text: str, start: int, end: int, delta: float) -> WeightEdit | None:
@@ -43,7 +51,7 @@ def adjust_weight(text: str, start: int, end: int, delta: float) -> WeightEdit |
     weight = min(_MAX_WEIGHT, max(0.0, round(weight + delta, 2)))
     replacement = inner if weight == 1.0 else f"({inner}:{_format(weight)})"
     new_start = outer_start if weight == 1.0 else outer_start + 1
-    return WeightEdit(text[:outer_start] + replacement + text[outer_end:], new_start, new_start + len(inner))
+    return WeightEdit(outer_start, outer_end, replacement, new_start, new_start + len(inner))
 
 
 def _group_around(text: str, start: int, end: int) -> tuple[int, int, int, int, float] | None:

@@ -17,7 +17,8 @@ def edited(text: str, start: int, end: int, delta: float) -> tuple[str, str]:
     """(new text, the selected part of it)."""
     edit = adjust_weight(text, start, end, delta)
     assert edit is not None
-    return edit.text, edit.text[edit.selection_start : edit.selection_end]
+    new = edit.apply(text)
+    return new, new[edit.selection_start : edit.selection_end]
 
 
 def test_a_selection_is_wrapped_and_its_weight_moves_by_a_tenth() -> None:
@@ -47,8 +48,7 @@ def test_surrounding_spaces_stay_outside_and_weights_stay_in_range() -> None:
 def test_what_it_writes_parses_to_the_weight_it_shows() -> None:
     text = "a red fox"
     for _ in range(3):
-        edit = adjust_weight(text, 2, 5, 0.1) if "(" not in text else adjust_weight(text, 3, 6, 0.1)
-        text = edit.text
+        text = edited(text, 2, 5, 0.1)[0] if "(" not in text else edited(text, 3, 6, 0.1)[0]
     assert text == "a (red:1.3) fox"
     assert [(piece.text, round(piece.weight, 4)) for piece in parse_prompt(text)] == [
         ("a ", 1.0), ("red", 1.3), (" fox", 1.0)
