@@ -41,7 +41,8 @@ POSITIONS: dict[str, tuple[float, float]] = {
 }
 EXTENT = {"small": 0.21, "large": 0.40}  # side of the shape's bounding box, fraction of the picture
 
-_JITTER = 0.03  # of the picture, on each centre coordinate
+JITTER = 0.03  # of the picture, on each centre coordinate
+SIZE_JITTER = 0.1  # a shape's side varies by this share either way
 _HELD_OUT_COUNT = 100
 _HELD_OUT_SEED = 20261125
 
@@ -132,9 +133,9 @@ def render(scene: Scene, rng: random.Random, size: int = SIZE) -> Image.Image:
         draw.rectangle((0, size // 2, size, size), fill=COLOURS[scene.background[1]])
     for shape in scene.shapes:
         fx, fy = POSITIONS[shape.position]
-        cx = (fx + rng.uniform(-_JITTER, _JITTER)) * size
-        cy = (fy + rng.uniform(-_JITTER, _JITTER)) * size
-        half = EXTENT[shape.size] * size * rng.uniform(0.9, 1.1) / 2
+        cx = (fx + rng.uniform(-JITTER, JITTER)) * size
+        cy = (fy + rng.uniform(-JITTER, JITTER)) * size
+        half = EXTENT[shape.size] * size * rng.uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER) / 2
         box = (cx - half, cy - half, cx + half, cy + half)
         fill = COLOURS[shape.colour]
         if shape.kind == "circle":

@@ -18,7 +18,8 @@ an interrupted build resumes:
    demo model", items 5 and 6);
 4. a short polish from the averaged weights: half its timesteps drawn below 300, half the captions there
    another picture's, so the model follows the picture where it is clear and the caption only where
-   it is not; image to image at a low strength then keeps its source (README, item 7).
+   it is not; image to image at a low strength then keeps its source (README, item 7). Its loss weighs
+   each shape's box 4 times the background, which small shapes need (README, item 8).
 
 The result is a diffusers folder saved in float16 (20 MB).
 """
@@ -341,13 +342,14 @@ class Polish:
 
 def shape_weights(drawn: list, factor: float, side: int) -> torch.Tensor:
     """(batch, side, side) loss weights: `factor` on every shape's box, 1 elsewhere, scaled to a mean of
-    1 per picture. The box is the shape's nominal place and its largest size, grown by half a latent
-    pixel for the render's jitter (scenes.render), so it covers the edges where kinds differ."""
+    1 per picture. The box is the shape's nominal place and its largest size (scenes.SIZE_JITTER),
+    grown by half a latent pixel, a little more than the render's centre jitter (scenes.JITTER: 0.48 of
+    a latent pixel at 16), so it covers the edges where kinds differ."""
     weights = torch.ones(len(drawn), side, side)
     for index, scene in enumerate(drawn):
         for shape in scene.shapes:
             fx, fy = scenes.POSITIONS[shape.position]
-            half = scenes.EXTENT[shape.size] * side * 1.1 / 2 + 0.5
+            half = scenes.EXTENT[shape.size] * side * (1 + scenes.SIZE_JITTER) / 2 + 0.5
             left, right = int(max(0, fx * side - half)), int(min(side, fx * side + half + 1))
             top, bottom = int(max(0, fy * side - half)), int(min(side, fy * side + half + 1))
             weights[index, top:bottom, left:right] = factor
@@ -375,6 +377,7 @@ def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, mode
     pictures = TrainingPictures(data, anchors, recipe.batch, tokenizer, {})
     for step in range(polish.steps):
         latents, hidden, drawn = pictures.draw(recipe.anchor_share, text_encoder, generator, rng)
+        # Even weights go through the plain loss, so a polish without them replays earlier builds exactly.
         weights = shape_weights(drawn, polish.shape_weight, latents.shape[-1]) if polish.shape_weight != 1 else None
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, recipe.high_share,
                               polish.blind_below, polish.low_share, polish.blind_share, weights)
