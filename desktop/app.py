@@ -26,7 +26,7 @@ from desktop.engine.library.demo import install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
-from desktop.engine.resources import Resources
+from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.history_panel import HistoryPanel
@@ -113,14 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "marble-studio", *qt_args])
     apply_theme(app)
 
-    install_demo(paths, Resources.default())
+    resources = Resources.default()
+    install_demo(paths, resources)
     catalog = ModelCatalog(paths.models)
     history = open_history(paths)
-    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs), history=history)
+    factory = diffusers_runner_factory(paths, resources, catalog, ImageWriter(paths.outputs), history=history)
     window, controller = build_main_window(paths, factory, catalog, history)
     # Cancel the running job and join the generation thread before Qt tears the objects down.
     app.aboutToQuit.connect(controller.shutdown)
     window.show()
+    window.load_token_counter(resources.tokenizers / TOKENIZER_FOLDER / "merges.txt")
     code = app.exec()
     if history is not None:
         history.close_all()

@@ -7,6 +7,7 @@ waits for either, and never imports torch.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,7 @@ from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.native_size import native_size
 from desktop.engine.request import GenerationRequest
+from desktop.engine.token_count import TokenCounter
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
 from desktop.ui.canvas_view import MAX_IMAGE_PIXELS
 from desktop.ui.history_panel import HistoryPanel
@@ -66,6 +68,8 @@ from desktop.ui.queue_panel import QueuePanel
 WINDOW_TITLE = "Marble Studio"
 THUMBNAIL_SIZE = 96
 PATH_ROLE = Qt.ItemDataRole.UserRole
+
+log = logging.getLogger(__name__)
 
 _WINDOW_STYLE = """
 #message_bar { border-radius: 4px; background: #2d3a4a; }
@@ -87,10 +91,12 @@ class _Relay(QObject):
         models_listed(object, object, str): model names found (a list), their native sizes (a dict of
             name -> side in pixels, for the models that tell) and an error text ("" when none).
         thumbnail_loaded(str, QImage): a scaled image for a result path (null when unreadable).
+        token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
     """
 
     models_listed = Signal(object, object, str)
     thumbnail_loaded = Signal(str, QImage)
+    token_counter_loaded = Signal(object)
 
 
 class MainWindow(QMainWindow):
@@ -129,6 +135,7 @@ class MainWindow(QMainWindow):
         self._relay = _Relay(self)
         self._relay.models_listed.connect(self._on_models_listed)
         self._relay.thumbnail_loaded.connect(self._on_thumbnail_loaded)
+        self._relay.token_counter_loaded.connect(self._on_token_counter_loaded)
 
         self._job_id: str | None = None
         self._display_size: tuple[int, int] | None = None
@@ -325,6 +332,26 @@ class MainWindow(QMainWindow):
             relay.models_listed.emit([entry.name for entry in entries], sizes, error)
 
         self._pool.start(scan)
+
+    def load_token_counter(self, merges_file: Path) -> None:
+        """Read the tokenizer's merges off the GUI thread (~60 ms of Python); the prompt fields show
+        their token counts once it is read. Without it (an unreadable file) they show none."""
+        relay = self._relay
+
+        def load() -> None:
+            try:
+                counter: TokenCounter | None = TokenCounter.from_merges_file(merges_file)
+            except (OSError, ValueError, UnicodeDecodeError):
+                log.warning("No token counts: cannot read %s", merges_file, exc_info=True)
+                counter = None
+            relay.token_counter_loaded.emit(counter)
+
+        self._pool.start(load)
+
+    @Slot(object)
+    def _on_token_counter_loaded(self, counter: TokenCounter | None) -> None:
+        if counter is not None:
+            self.prompt_editor.set_token_counter(counter)
 
     def add_history_panel(self, panel: HistoryPanel) -> None:
         """Dock the history on the right and wire its actions to the editor, settings and canvas."""

@@ -1,17 +1,26 @@
-"""The prompt and the negative prompt: two plain-text editors."""
+"""The prompt and the negative prompt: two plain-text editors, each with A1111's token counter."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QKeyEvent, QTextCursor
-from PySide6.QtWidgets import QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
 
+from desktop.engine.token_count import CHUNK_TOKENS, TokenCounter
 from desktop.ui.prompt_weights import STEP, adjust_weight
+
+COUNT_DELAY_MS = 150  # counting waits for a pause in typing: a pasted 5,000-token prompt takes ~20 ms
+COUNT_TOOLTIP = (
+    f"Tokens used / what the prompt's chunks hold. The text encoder reads {CHUNK_TOKENS} tokens at a"
+    f" time; a longer prompt (or BREAK) starts another chunk of {CHUNK_TOKENS}, encoded on its own and"
+    " joined, as in AUTOMATIC1111."
+)
 
 
 class PromptEditor(QWidget):
     """Prompt and negative prompt, plain text only (a pasted web page must not become rich text).
-    Ctrl+Up / Ctrl+Down raise or lower the selected words' weight, as in A1111.
+    Ctrl+Up / Ctrl+Down raise or lower the selected words' weight, as in A1111. Once a token counter
+    is given (`set_token_counter`, loaded off the GUI thread at start-up), each field shows its count.
 
     Signals: none; read `prompt()` and `negative_prompt()` when a job is submitted.
     """
@@ -29,12 +38,20 @@ class PromptEditor(QWidget):
         negative_label = QLabel("&Negative prompt")
         negative_label.setBuddy(self.negative_edit)
 
+        self.prompt_count = _TokenCount(self.prompt_edit, "prompt_token_count", self)
+        self.negative_count = _TokenCount(self.negative_edit, "negative_token_count", self)
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(prompt_label)
+        layout.addLayout(_header(prompt_label, self.prompt_count))
         layout.addWidget(self.prompt_edit, 3)
-        layout.addWidget(negative_label)
+        layout.addLayout(_header(negative_label, self.negative_count))
         layout.addWidget(self.negative_edit, 2)
+
+    def set_token_counter(self, counter: TokenCounter) -> None:
+        """Show both fields' token counts from now on, counted with `counter`."""
+        self.prompt_count.start(counter)
+        self.negative_count.start(counter)
 
     def prompt(self) -> str:
         return self.prompt_edit.toPlainText()
@@ -45,6 +62,43 @@ class PromptEditor(QWidget):
     def set_prompts(self, prompt: str, negative_prompt: str = "") -> None:
         self.prompt_edit.setPlainText(prompt)
         self.negative_edit.setPlainText(negative_prompt)
+
+
+class _TokenCount(QLabel):
+    """A field's "12/75" (tokens over what its chunks hold), hidden until there is a counter. Counted
+    on the GUI thread after a pause in typing. Signals: QLabel's."""
+
+    def __init__(self, editor: QPlainTextEdit, name: str, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.setToolTip(COUNT_TOOLTIP)
+        self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.hide()
+        self._editor = editor
+        self._counter: TokenCounter | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(COUNT_DELAY_MS)
+        self._timer.timeout.connect(self.recount)
+        editor.textChanged.connect(self._timer.start)
+
+    def start(self, counter: TokenCounter) -> None:
+        self._counter = counter
+        self.recount()
+        self.show()
+
+    def recount(self) -> None:
+        if self._counter is not None:
+            length = self._counter.measure(self._editor.toPlainText())
+            self.setText(f"{length.tokens}/{length.capacity}")
+
+
+def _header(label: QLabel, count: QLabel) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.addWidget(label)
+    row.addStretch(1)
+    row.addWidget(count)
+    return row
 
 
 class _PromptTextEdit(QPlainTextEdit):

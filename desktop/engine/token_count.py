@@ -1,0 +1,146 @@
+"""How many CLIP tokens a prompt takes, counted on the GUI thread without the tokenizer library.
+
+The prompt editor shows A1111's counter ("12/75", "80/150": tokens used over what its chunks hold).
+transformers' tokenizer would give the same count, but importing it on the GUI thread costs seconds
+and holds the lock the worker needs, so this is CLIP's byte-pair encoding again, in plain Python,
+from the merges file every SD tokenizer ships (SD 1.x, SD 2.x and both SDXL tokenizers share it).
+Chunks are packed by `prompt_syntax.pack_chunks`, as the backend packs them, so a BREAK or a comma
+near the end of a chunk moves the count just as it moves the encoding.
+
+Not counted: a textual-inversion name stands for as many vectors as its embedding has; here it counts
+as the ordinary words its name splits into.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from desktop.engine.prompt_syntax import pack_chunks, parse_prompt
+
+CHUNK_TOKENS = 75  # a 77-token window less its start and end tokens
+_END_OF_WORD = "</w>"
+_COMMA = "," + _END_OF_WORD
+_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+_SPECIAL = re.compile("(" + "|".join(re.escape(token) for token in _SPECIAL_TOKENS) + ")")
+# CLIP's pre-tokenizer: contractions, runs of letters, single numbers, runs of anything else. Python's
+# `re` has no \p{L} or \p{N}: [^\W\d_] is letters and the numbers that are not digits (², ½), which
+# `_words` splits off.
+_WORDS = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
+
+
+@dataclass(frozen=True)
+class PromptLength:
+    """A prompt's token count and the chunks it fills; `capacity` is what those chunks hold."""
+
+    tokens: int
+    chunks: int
+
+    @property
+    def capacity(self) -> int:
+        return self.chunks * CHUNK_TOKENS
+
+
+class TokenCounter:
+    """Counts CLIP tokens with the byte-pair merges of a tokenizer's `merges.txt`."""
+
+    def __init__(self, merge_ranks: dict[tuple[str, str], int]) -> None:
+        self._ranks = merge_ranks
+        self._byte_symbols = _byte_symbols()
+        self._words: dict[str, tuple[str, ...]] = {}  # a prompt is retyped one key at a time
+
+    @classmethod
+    def from_merges_file(cls, file: Path) -> TokenCounter:
+        ranks: dict[tuple[str, str], int] = {}
+        with file.open(encoding="utf-8") as lines:
+            for line in lines:
+                parts = line.split()
+                if len(parts) == 2 and not line.startswith("#version"):
+                    ranks[(parts[0], parts[1])] = len(ranks)
+        if not ranks:
+            raise ValueError(f"{file} holds no byte-pair merges.")
+        return cls(ranks)
+
+    def tokens(self, text: str) -> list[str]:
+        """The text's tokens as the tokenizer spells them (words end in "</w>")."""
+        out: list[str] = []
+        for part in _SPECIAL.split(text):
+            if part in _SPECIAL_TOKENS:  # written out in a prompt, still one token each
+                out.append(part)
+                continue
+            for word in _words(" ".join(unicodedata.normalize("NFC", part).lower().split())):
+                pieces = self._words.get(word)
+                if pieces is None:
+                    pieces = self._words[word] = self._merge("".join(self._byte_symbols[b] for b in word.encode()))
+                out.extend(pieces)
+        return out
+
+    def measure(self, prompt: str) -> PromptLength:
+        """Tokens and chunks of a prompt read with A1111's syntax (weights, BREAK, 75-token chunks)."""
+        packed: list[tuple[list[int], float] | None] = []
+        for piece in parse_prompt(prompt):
+            if piece.is_break:
+                packed.append(None)
+            else:  # pack_chunks needs ids only to find commas: 1 for a comma, 0 for the rest
+                packed.append(([int(token == _COMMA) for token in self.tokens(piece.text)], piece.weight))
+        chunks = pack_chunks(packed, CHUNK_TOKENS, 1)
+        return PromptLength(sum(len(chunk.ids) for chunk in chunks), len(chunks))
+
+    def _merge(self, symbols: str) -> tuple[str, ...]:
+        """Merge the word's adjacent pair of lowest rank, every occurrence of it, until none is known."""
+        never = len(self._ranks)
+        word = [*symbols[:-1], symbols[-1] + _END_OF_WORD]
+        while len(word) > 1:
+            pairs = zip(word, word[1:], strict=False)
+            rank, first, second = min((self._ranks.get(pair, never), *pair) for pair in pairs)
+            if rank == never:
+                break
+            merged: list[str] = []
+            index = 0
+            while index < len(word):
+                if word[index] == first and index + 1 < len(word) and word[index + 1] == second:
+                    merged.append(first + second)
+                    index += 2
+                else:
+                    merged.append(word[index])
+                    index += 1
+            word = merged
+        return tuple(word)
+
+
+def _words(text: str) -> list[str]:
+    words: list[str] = []
+    for word in _WORDS.findall(text):
+        if word.isalnum() and not word.isalpha() and not word.isdecimal():
+            words.extend(_split_numbers(word))
+        else:
+            words.append(word)
+    return words
+
+
+def _split_numbers(word: str) -> list[str]:
+    """Letters and numbers such as "x²": runs of letters stay whole, each number is a word."""
+    parts: list[str] = []
+    letters = ""
+    for char in word:
+        if char.isnumeric():
+            parts += [letters, char] if letters else [char]
+            letters = ""
+        else:
+            letters += char
+    return parts + [letters] if letters else parts
+
+
+def _byte_symbols() -> list[str]:
+    """Byte-level BPE's table: each of the 256 bytes as a printable character. Printable Latin-1 bytes
+    stand for themselves; the others (controls, space) take the characters from 256 up, in order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols: dict[int, str] = {byte: chr(byte) for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in symbols:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return [symbols[byte] for byte in range(256)]

@@ -1,0 +1,47 @@
+"""The prompt fields' token counters (A1111's "12/75"), with the real merges file, in the real window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtGui import QTextCursor
+
+from desktop.engine.resources import TOKENIZER_FOLDER, Resources
+from desktop.engine.token_count import TokenCounter
+from desktop.ui.prompt_editor import PromptEditor
+
+MERGES = Resources.default().tokenizers / TOKENIZER_FOLDER / "merges.txt"
+TIMEOUT_MS = 5000
+
+
+def test_each_field_counts_its_tokens_once_typing_pauses(qtbot) -> None:
+    editor = PromptEditor()
+    qtbot.addWidget(editor)
+    editor.show()
+    editor.set_prompts("a red fox", "blurry")
+    assert editor.prompt_count.isHidden()  # no counter yet: no count, rather than a wrong one
+    editor.set_token_counter(TokenCounter.from_merges_file(MERGES))
+    assert not editor.prompt_count.isHidden()
+    assert (editor.prompt_count.text(), editor.negative_count.text()) == ("3/75", "1/75")
+    editor.prompt_edit.moveCursor(QTextCursor.MoveOperation.End)
+    qtbot.keyClicks(editor.prompt_edit, " cat" * 73)
+    qtbot.waitUntil(lambda: editor.prompt_count.text() == "76/150", timeout=TIMEOUT_MS)
+    editor.negative_edit.setPlainText("(blurry:1.4) BREAK lowres")
+    qtbot.waitUntil(lambda: editor.negative_count.text() == "3/150", timeout=TIMEOUT_MS)  # blurry, low, res
+
+
+def test_the_window_loads_the_counter_in_the_background(studio, qtbot) -> None:
+    editor = studio.window.prompt_editor
+    editor.set_prompts("a lighthouse at dusk, oil painting")
+    studio.window.load_token_counter(MERGES)
+    qtbot.waitUntil(lambda: not editor.prompt_count.isHidden(), timeout=TIMEOUT_MS)
+    assert editor.prompt_count.text() == "7/75"
+
+
+def test_an_unreadable_merges_file_leaves_the_fields_without_counts(studio, qtbot, tmp_path: Path) -> None:
+    window = studio.window
+    window.load_token_counter(tmp_path / "missing.txt")
+    window.wait_for_background()
+    qtbot.wait(100)  # the pool's queued signal, had it carried a counter, would have arrived
+    assert window.prompt_editor.prompt_count.isHidden()
+    assert window.prompt_editor.negative_count.isHidden()
