@@ -15,7 +15,8 @@ an interrupted build resumes:
    (classifier-free guidance), an exponential moving average of the weights kept for the release. The
    first steps see only anchors and every later batch a share of them; the first third draws every
    timestep from high noise, the rest only a share of them: both teach where shapes go (README "The
-   demo model", items 5 and 6);
+   demo model", items 5 and 6); `--denoiser-shape-weight` weighs shapes as stage 4 does (off in the
+   shipped build; README item 9);
 4. a short polish from the averaged weights: half its timesteps drawn below 300, half the captions there
    another picture's, so the model follows the picture where it is clear and the caption only where
    it is not; image to image at a low strength then keeps its source (README, item 7). Its loss weighs
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--high-timestep", type=int, default=700, help="0: timesteps uniform")
     parser.add_argument("--high-only", type=int, default=1000, help="first steps with every timestep that high")
     parser.add_argument("--high-share", type=float, default=0.4, help="share of later timesteps that high")
+    parser.add_argument("--denoiser-shape-weight", type=float, default=1.0,
+                        help="stage 3: loss weight of shapes (1: even, as the shipped build)")
     parser.add_argument("--polish-steps", type=int, default=300, help="stage 4's steps (0: none)")
     parser.add_argument("--polish-lr", type=float, default=1e-4)
     parser.add_argument("--blind-below", type=int, default=300, help="stage 4: wrong captions below it")
@@ -86,7 +89,7 @@ def main() -> None:
     anchors = encode_dataset(args.work / "anchors.pt", vae, args.anchors, args.seed + 4, anchor_scene)
     tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
     recipe = Recipe(args.unet_steps, args.batch, args.anchor_warmup, args.anchor_share, args.high_timestep,
-                    args.high_only, args.high_share)
+                    args.high_only, args.high_share, args.denoiser_shape_weight)
     models = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
     polish = Polish(args.polish_steps, args.polish_lr, args.blind_below, args.low_share, args.blind_share,
                     args.shape_weight)
@@ -230,6 +233,7 @@ class Recipe:
     high_timestep: int
     high_only: int
     high_share: float
+    shape_weight: float = 1.0  # the loss weight of shapes' boxes (shape_weights); 1 weighs every pixel alike
 
 
 def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe: Recipe, seed: int):
@@ -258,9 +262,11 @@ def train_denoiser(work: Path, data: dict, anchors: dict, tokenizer, vae, recipe
         for group in optimiser.param_groups:
             group["lr"] = cosine_lr(step, steps, PEAK_LR)
         share = 1.0 if step < recipe.anchor_warmup else recipe.anchor_share
-        latents, hidden, _ = pictures.draw(share, text_encoder, generator, rng)
+        latents, hidden, drawn = pictures.draw(share, text_encoder, generator, rng)
         high_share = 1.0 if step < recipe.high_only else recipe.high_share
-        loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, high_share)
+        weights = shape_weights(drawn, recipe.shape_weight, latents.shape[-1]) if recipe.shape_weight != 1 else None
+        loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, high_share,
+                              pixel_weights=weights)
         optimiser_step(optimiser, loss, params)
         update_ema(((ema_unet, unet), (ema_text, text_encoder)), min(0.999, (1 + step) / (10 + step)))
         if step % 50 == 0:

@@ -12,6 +12,7 @@ import torch
 from transformers import CLIPTokenizer
 
 from installer.demo_model import architecture, scenes
+from installer.demo_model import train as train_module
 from installer.demo_model.train import (
     TOKENIZER,
     Polish,
@@ -21,6 +22,7 @@ from installer.demo_model.train import (
     encode_dataset,
     polish_denoiser,
     shape_weights,
+    train_denoiser,
 )
 from installer.demo_model.training import diffusion_loss, training_schedule
 
@@ -150,6 +152,24 @@ def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path
     assert any(not torch.equal(a, b) for a, b in zip(even.parameters(), unet.parameters(), strict=True))
     unpolished = replace(polish, steps=0)
     assert polish_denoiser(tmp_path / "none.pt", data, empty, tokenizer, models, recipe, unpolished, 5) == models
+
+
+def test_stage_3_weighs_shapes_when_its_recipe_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "sample_grid", lambda *args: None)  # 20-step pictures: not the point
+    rng = random.Random(0)
+    pictures = [scenes.random_scene(rng) for _ in range(8)]
+    data = {"scenes": pictures, "mean": torch.randn(8, 4, 16, 16), "std": torch.full((8, 4, 16, 16), 0.1)}
+    empty = encode_dataset(tmp_path / "anchors.pt", None, 0, 0)
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER)
+    recipe = Recipe(steps=2, batch=4, anchor_warmup=0, anchor_share=0.0, high_timestep=700, high_only=0,
+                    high_share=0.4, shape_weight=4.0)  # fmt: skip
+    trained = {}
+    for name, weight in (("shapes", 4.0), ("even", 1.0), ("shapes-again", 4.0)):
+        (tmp_path / name).mkdir()
+        unet, _ = train_denoiser(tmp_path / name, data, empty, tokenizer, None, replace(recipe, shape_weight=weight), 2)
+        trained[name] = list(unet.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(trained["shapes"], trained["shapes-again"], strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(trained["shapes"], trained["even"], strict=True))
 
 
 def test_shape_weights_put_the_factor_on_each_shapes_box_and_average_one():
