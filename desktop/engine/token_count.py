@@ -23,6 +23,7 @@ from desktop.engine.prompt_syntax import pack_chunks, parse_prompt
 CHUNK_TOKENS = 75  # a 77-token window less its start and end tokens
 _END_OF_WORD = "</w>"
 _COMMA = "," + _END_OF_WORD
+_MAX_CACHED_WORDS = 50_000
 _SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 _SPECIAL = re.compile("(" + "|".join(re.escape(token) for token in _SPECIAL_TOKENS) + ")")
 # CLIP's pre-tokenizer: contractions, runs of letters, single numbers, runs of anything else. Python's
@@ -73,6 +74,8 @@ class TokenCounter:
             for word in _words(" ".join(unicodedata.normalize("NFC", part).lower().split())):
                 pieces = self._words.get(word)
                 if pieces is None:
+                    if len(self._words) >= _MAX_CACHED_WORDS:  # a long session types many half-words
+                        self._words.clear()
                     pieces = self._words[word] = self._merge("".join(self._byte_symbols[b] for b in word.encode()))
                 out.extend(pieces)
         return out
