@@ -17,7 +17,7 @@ copied from an A1111 PNG (or written by us into one) then means here what it mea
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 EMPHASIS = 1.1
@@ -136,6 +136,13 @@ def pack_chunks(
     if ids or not chunks:
         close()
     return tuple(chunks)
+
+
+def pack_prompt(
+    pieces: Sequence[PromptPiece], tokenize: Callable[[str], Sequence[int]], size: int, comma_id: int | None
+) -> tuple[Chunk, ...]:
+    """`pack_chunks` of parsed pieces, each piece's text turned into ids by `tokenize`."""
+    return pack_chunks([None if p.is_break else (tokenize(p.text), p.weight) for p in pieces], size, comma_id)
 
 
 def _split_breaks(pieces: list[list]) -> list[PromptPiece]:

@@ -4,7 +4,7 @@ The prompt editor shows A1111's counter ("12/75", "80/150": tokens used over wha
 transformers' tokenizer would give the same count, but importing it on the GUI thread costs seconds
 and holds the lock the worker needs, so this is CLIP's byte-pair encoding again, in plain Python,
 from the merges file every SD tokenizer ships (SD 1.x, SD 2.x and both SDXL tokenizers share it).
-Chunks are packed by `prompt_syntax.pack_chunks`, as the backend packs them, so a BREAK or a comma
+Chunks are packed by `prompt_syntax.pack_prompt`, as the backend packs them, so a BREAK or a comma
 near the end of a chunk moves the count just as it moves the encoding.
 
 Not counted: a textual-inversion name stands for as many vectors as its embedding has; here it counts
@@ -18,7 +18,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.engine.prompt_syntax import pack_chunks, parse_prompt
+from desktop.engine.prompt_syntax import pack_prompt, parse_prompt
 
 CHUNK_TOKENS = 75  # a 77-token window less its start and end tokens
 _END_OF_WORD = "</w>"
@@ -82,13 +82,11 @@ class TokenCounter:
 
     def measure(self, prompt: str) -> PromptLength:
         """Tokens and chunks of a prompt read with A1111's syntax (weights, BREAK, 75-token chunks)."""
-        packed: list[tuple[list[int], float] | None] = []
-        for piece in parse_prompt(prompt):
-            if piece.is_break:
-                packed.append(None)
-            else:  # pack_chunks needs ids only to find commas: 1 for a comma, 0 for the rest
-                packed.append(([int(token == _COMMA) for token in self.tokens(piece.text)], piece.weight))
-        chunks = pack_chunks(packed, CHUNK_TOKENS, 1)
+        # Packing needs ids only to find commas: 1 for a comma, 0 for the rest.
+        def comma_ids(text: str) -> list[int]:
+            return [int(token == _COMMA) for token in self.tokens(text)]
+
+        chunks = pack_prompt(parse_prompt(prompt), comma_ids, CHUNK_TOKENS, 1)
         return PromptLength(sum(len(chunk.ids) for chunk in chunks), len(chunks))
 
     def _merge(self, symbols: str) -> tuple[str, ...]:

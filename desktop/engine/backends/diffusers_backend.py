@@ -58,7 +58,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 )
 from desktop.engine.library.lora import LoraCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
-from desktop.engine.prompt_syntax import Chunk, PromptPiece, needs_chunked_encoding, pack_chunks, parse_prompt  # noqa: E402
+from desktop.engine.prompt_syntax import Chunk, PromptPiece, needs_chunked_encoding, pack_prompt, parse_prompt  # noqa: E402
 from desktop.engine.request import GenerationRequest  # noqa: E402
 from desktop.engine.resources import Resources  # noqa: E402
 
@@ -710,17 +710,15 @@ def _text_encoders(pipe: Any) -> list[tuple[Any, Any]]:
 
 def _pack(pipe: Any, tokenizer: Any, pieces: tuple[PromptPiece, ...]) -> tuple[Chunk, ...]:
     comma = tokenizer.convert_tokens_to_ids(",</w>")
-    tokens: list[tuple[list[int], float] | None] = []
-    for piece in pieces:
-        if piece.is_break:
-            tokens.append(None)
-            continue
+
+    def tokenize(text: str) -> list[int]:
         # Textual inversion: a multi-vector embedding's name becomes its numbered tokens.
-        text = pipe.maybe_convert_prompt(piece.text, tokenizer) if hasattr(pipe, "maybe_convert_prompt") else piece.text
-        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
-        tokens.append((ids, piece.weight))
+        if hasattr(pipe, "maybe_convert_prompt"):
+            text = pipe.maybe_convert_prompt(text, tokenizer)
+        return tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+
     size = tokenizer.model_max_length - 2
-    return pack_chunks(tokens, size, comma if comma != tokenizer.unk_token_id else None)
+    return pack_prompt(pieces, tokenize, size, comma if comma != tokenizer.unk_token_id else None)
 
 
 def _encode_chunks(
