@@ -1,13 +1,16 @@
 """GPU benchmark (issue 7): the app's generation path against bare diffusers, fp16, 30 steps.
 
     .venv/bin/python tests/benchmarks/gpu.py [--steps 30] [--families sd15,sdxl] [--out FILE.json]
+    .venv/bin/python tests/benchmarks/gpu.py --smoke    # the same code path on the CPU, tiny sizes, no compile
 
 SD 1.5-size at 512x512 and SDXL-size at 1024x1024, random weights built from the configs in
 resources/ (no downloads), saved once to a temporary folder in fp16 and loaded both ways. Prints
 steps per second (app / bare, target >= 0.97), the peak VRAM of each memory mode, and fast mode
 (channels_last + torch.compile on the UNet, SDPA as always): its steps per second after the compile
-(target >= 1.20x bare) and how far its picture is from the normal one (fp16 noise only). Runs in a few
-minutes on one H100.
+(target >= 1.20x bare) and how far its picture is from the normal one (fp16 noise only). The
+variants run interleaved, after one untimed job each; beside the app's job it times the app without
+previews and the bare call followed by a PNG save, so that a ratio under target says whether previews
+or saving cost it. Runs in a few minutes on one H100.
 """
 
 from __future__ import annotations
@@ -18,14 +21,49 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import common  # noqa: F401 - sets sys.path and the offline environment first
 
 SIZES = {"sd15": 512, "sdxl": 1024}
+ROUNDS = 5
 
 
-def build_fp16(family: str, folder: Path) -> Path:
+class Setup:
+    """Where the benchmark runs: CUDA fp16 for the figures, or the CPU in fp32 for a smoke run."""
+
+    def __init__(self, smoke: bool) -> None:
+        import torch
+
+        self.smoke = smoke
+        self.device = "cpu" if smoke else "cuda"
+        self.precision = "fp32" if smoke else "fp16"
+        self.dtype = torch.float32 if smoke else torch.float16
+
+    def size(self, family: str) -> int:
+        return 64 if self.smoke else SIZES[family]
+
+    def synchronize(self) -> None:
+        import torch
+
+        if not self.smoke:
+            torch.cuda.synchronize()
+
+    def reset_peak(self) -> None:
+        import torch
+
+        if not self.smoke:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float | None:
+        import torch
+
+        return None if self.smoke else round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def build_weights(family: str, folder: Path, setup: Setup) -> Path:
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -41,7 +79,7 @@ def build_fp16(family: str, folder: Path) -> Path:
 
     configs = Resources.default().config_folder(family)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(setup.device):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
@@ -57,13 +95,15 @@ def build_fp16(family: str, folder: Path) -> Path:
             scheduler = PNDMScheduler.from_config(PNDMScheduler.load_config(configs / "scheduler"))
             pipe = StableDiffusionPipeline(scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                            requires_safety_checker=False, **parts)
-    pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    pipe.to(setup.dtype).save_pretrained(folder, safe_serialization=True)
     del pipe
-    torch.cuda.empty_cache()
+    setup.reset_peak()
     return folder
 
 
-def bench_family(family: str, steps: int, work: Path) -> dict:
+def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, result: dict,
+                 save: Callable[[], None]) -> None:
+    """Fills `result` section by section, calling `save` after each, so a run cut short keeps its figures."""
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -77,75 +117,112 @@ def bench_family(family: str, steps: int, work: Path) -> dict:
     from desktop.engine.resources import Resources
     from desktop.engine.runner import JobRunner
 
-    size = SIZES[family]
+    size = setup.size(family)
     started = time.perf_counter()
-    folder = build_fp16(family, work / family)
+    folder = build_weights(family, work / family, setup)
     build_seconds = time.perf_counter() - started
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     prompt = "a red fox in a spacesuit, studio light"
 
-    bare = cls.from_pretrained(str(folder), dtype=torch.float16, local_files_only=True, **extra).to("cuda")
+    bare = cls.from_pretrained(str(folder), dtype=setup.dtype, local_files_only=True, **extra).to(setup.device)
     bare.set_progress_bar_config(disable=True)
 
-    def run_bare(n: int) -> float:
-        torch.cuda.synchronize()
+    def run_bare(n: int, save: bool = False) -> float:
+        setup.synchronize()
         t = time.perf_counter()
-        bare(prompt=prompt, num_inference_steps=n, width=size, height=size,
-             generator=torch.Generator("cpu").manual_seed(1))
-        torch.cuda.synchronize()
+        # The app's default CFG scale: SDXL's pipeline would otherwise use its own default (5.0).
+        image = bare(prompt=prompt, num_inference_steps=n, width=size, height=size,
+                     guidance_scale=GenerationRequest.cfg_scale,
+                     generator=torch.Generator("cpu").manual_seed(1)).images[0]
+        setup.synchronize()
+        if save:
+            image.save(work / f"bare-{family}.png")
         return time.perf_counter() - t
 
-    run_bare(3)
-    bare_times = [run_bare(steps) for _ in range(3)]
-    bare = None  # free its VRAM before the app loads the same weights
-    torch.cuda.empty_cache()
-
     paths = AppPaths.for_root(work / f"home-{family}").ensure()
-    backend = DiffusersBackend(paths, Resources.default(), ModelCatalog(paths.models))
-    runner = JobRunner(backend, ImageWriter(paths.outputs), desktop.__version__)
-
+    backends = {every: DiffusersBackend(paths, Resources.default(), ModelCatalog(paths.models), preview_every=every)
+                for every in (1, 0)}
+    runners = {every: JobRunner(backend, ImageWriter(paths.outputs), desktop.__version__)
+               for every, backend in backends.items()}
     pictures: dict[str, str] = {}
 
-    def run_app(n: int, mode: str = "full", fast: bool = False) -> float:
+    def run_app(n: int, mode: str = "full", fast: bool = False, previews: bool = True) -> float:
         request = GenerationRequest(prompt=prompt, model=str(folder), steps=n, seed=1, width=size, height=size,
-                                    device="cuda", precision="fp16", memory_mode=mode, fast_mode=fast)
+                                    device=setup.device, precision=setup.precision, memory_mode=mode,
+                                    fast_mode=fast)
         events: list = []
-        torch.cuda.synchronize()
+        setup.synchronize()
         t = time.perf_counter()
-        runner.run(Job(request), events.append)
-        torch.cuda.synchronize()
+        runners[1 if previews else 0].run(Job(request), events.append)
+        setup.synchronize()
         if type(events[-1]).__name__ != "JobFinished":
             raise SystemExit(f"{family} {mode}: {events[-1]}")
         pictures["fast" if fast else mode] = events[-1].paths[0]
         return time.perf_counter() - t
 
-    run_app(3)
-    app_times = [run_app(steps) for _ in range(3)]
-    normal_picture = pictures["full"]
     started = time.perf_counter()
-    run_app(3, fast=True)  # loads again (fast mode is part of the load) and compiles
-    compile_seconds = time.perf_counter() - started
-    fast_times = [run_app(steps, fast=True) for _ in range(3)]
-    fast_difference = picture_difference(normal_picture, pictures["fast"])
+    run_app(3)
+    load_seconds = time.perf_counter() - started
+    run_app(3, previews=False)
+    # One untimed full job each, then rounds that interleave the variants: GPU clocks and the caching
+    # allocator settle over the first jobs, and interleaving spreads what drift remains over all of them.
+    variants = {
+        "bare": lambda: run_bare(steps),
+        "app": lambda: run_app(steps),
+        "app_no_previews": lambda: run_app(steps, previews=False),
+        "bare_with_save": lambda: run_bare(steps, save=True),
+    }
+    for run in variants.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(ROUNDS):
+        for name, run in variants.items():
+            times[name].append(run())
+    normal_picture = pictures["full"]
+    bare = None  # free its memory before the memory modes are measured
+    for backend in backends.values():
+        backend.unload()
+    setup.reset_peak()
+    median = {name: statistics.median(values) for name, values in times.items()}
+    bare_rate = steps / median["bare"]
+    app_rate = steps / median["app"]
+    result |= {
+        "family": family, "size": size, "steps": steps, "device": setup.device,
+        "build_seconds": round(build_seconds, 1), "app_load_seconds": round(load_seconds, 1),
+        "bare_steps_per_s": round(bare_rate, 2), "app_steps_per_s": round(app_rate, 2),
+        "ratio": round(app_rate / bare_rate, 3),
+        # Round by round (bare and app ran back to back), so drift over the run cancels out.
+        "paired_ratio": round(statistics.median([b / a for b, a in zip(times["bare"], times["app"], strict=True)]), 3),
+        "ratio_without_previews": round(median["bare"] / median["app_no_previews"], 3),
+        "ratio_against_bare_with_png_save": round(median["bare_with_save"] / median["app"], 3),
+        "app_vs_bare_pixel_difference": picture_difference(str(work / f"bare-{family}.png"), normal_picture),
+        "seconds": {name: [round(value, 3) for value in values] for name, values in times.items()},
+    }
+    save()
     vram = {}
     for mode in ("full", "tiled", "offload"):
-        backend.unload()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        backends[1].unload()
+        setup.reset_peak()
         seconds = run_app(steps, mode)
-        vram[mode] = {"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2), "seconds": round(seconds, 2)}
-    backend.unload()
-    bare_rate = steps / statistics.median(bare_times)
-    app_rate = steps / statistics.median(app_times)
-    fast_rate = steps / statistics.median(fast_times)
-    return {
-        "family": family, "size": size, "steps": steps, "build_seconds": round(build_seconds, 1),
-        "bare_steps_per_s": round(bare_rate, 2), "app_steps_per_s": round(app_rate, 2),
-        "ratio": round(app_rate / bare_rate, 3), "vram_by_mode": vram,
-        "fast_steps_per_s": round(fast_rate, 2), "fast_vs_bare": round(fast_rate / bare_rate, 3),
-        "fast_first_job_seconds": round(compile_seconds, 1), "fast_pixel_difference": fast_difference,
-    }
+        vram[mode] = {"peak_gib": setup.peak_gib(), "seconds": round(seconds, 2)}
+    backends[1].unload()
+    result["vram_by_mode"] = vram
+    save()
+    if fast:
+        setup.reset_peak()
+        started = time.perf_counter()
+        run_app(3, fast=True)  # loads again (fast mode is part of the load) and compiles
+        compile_seconds = time.perf_counter() - started
+        fast_times = [run_app(steps, fast=True) for _ in range(3)]
+        backends[1].unload()
+        fast_rate = steps / statistics.median(fast_times)
+        result |= {
+            "fast_steps_per_s": round(fast_rate, 2), "fast_vs_bare": round(fast_rate / bare_rate, 3),
+            "fast_first_job_seconds": round(compile_seconds, 1),
+            "fast_pixel_difference": picture_difference(normal_picture, pictures["fast"]),
+        }
+        save()
 
 
 def picture_difference(first: str, second: str) -> dict:
@@ -165,22 +242,32 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--families", default="sd15,sdxl")
-    parser.add_argument("--out")
+    parser.add_argument("--out", help="JSON file, rewritten after each family")
+    parser.add_argument("--no-fast", action="store_true", help="skip fast mode (its compile takes minutes)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check this script on the CPU: fp32, 64x64, 2 steps, no fast mode; no figures")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("gpu.py needs a CUDA GPU.")
-    print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
-    results = []
+    setup = Setup(args.smoke)
+    steps = 2 if args.smoke else args.steps
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("gpu.py needs a CUDA GPU (or --smoke to check it on the CPU).")
+    name = "CPU (smoke run)" if args.smoke else torch.cuda.get_device_name()
+    print(f"device: {name} torch {torch.__version__}", flush=True)
+    results: list[dict] = []
+
+    def save() -> None:
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="marble-gpu-") as work:
         for family in args.families.split(","):
-            result = bench_family(family, args.steps, Path(work))
-            print(json.dumps(result), flush=True)
-            print(f"{family}: app/bare {result['ratio']} (target >= 0.97), fast/bare {result['fast_vs_bare']} "
-                  f"(target >= 1.20), fast picture differs by {result['fast_pixel_difference']}",
-                  file=sys.stderr, flush=True)
+            result: dict = {}
             results.append(result)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2))
+            bench_family(family, steps, Path(work), setup, not (args.no_fast or args.smoke), result, save)
+            print(json.dumps(result), flush=True)
+            print(f"{family}: app/bare {result['ratio']} (target >= 0.97), fast/bare {result.get('fast_vs_bare')} "
+                  f"(target >= 1.20), fast picture differs by {result.get('fast_pixel_difference')}",
+                  file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -637,6 +637,11 @@ def _make_fast(pipe: Any) -> None:
     made by from_pipe, and the LoRA adapters, keep working on the same module object. Compilation
     happens on the first call, so a loaded model costs nothing until it generates.
     """
+    # The UNet's many 1x1 convolutions run faster as matrix products once compiled (a process-wide
+    # inductor setting; it only affects code compiled from now on, which is this UNet's).
+    import torch._inductor.config as inductor_config  # noqa: PLC0415 - loaded only for fast mode
+
+    inductor_config.conv_1x1_as_mm = True
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.to(memory_format=torch.channels_last)
     pipe.unet.compile()
