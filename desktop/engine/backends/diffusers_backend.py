@@ -379,15 +379,17 @@ class DiffusersBackend:
         every = self._preview_every
         family = self._family
 
+        copies = PreviewCopies(self._key.device if self._key else "cpu")
+
         def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if cancel.cancelled:
                 raise _CancelRequested
             total = pipeline.num_timesteps
             step = i + 1
-            preview = None
-            if every and (step % every == 0 or step == total):
-                x0 = watcher.predicted_x0(tensors["latents"])
-                preview = latents_to_rgb(x0[0].detach().float().cpu().numpy(), family)
+            wanted = bool(every) and (step % every == 0 or step == total)
+            x0 = watcher.predicted_x0(tensors["latents"])[0] if wanted else None
+            latents = copies.step(x0, last=step == total)
+            preview = latents_to_rgb(latents, family) if latents is not None else None
             on_step(StepInfo(step, total, batch_index, preview))
             return {}
 
@@ -488,6 +490,55 @@ class DiffusersBackend:
         spec = SAMPLERS[sampler]
         cls = getattr(diffusers, spec.scheduler_class)
         return cls.from_config(base.config, **dict(spec.overrides))
+
+
+class PreviewCopies:
+    """Brings each preview's latents to the host without making the CPU wait for the GPU every step.
+
+    On CUDA, `.cpu()` waits until every queued kernel has run, so the CPU stops queuing the next
+    step until the GPU is idle; at SD 1.5 size on an H200 (30 steps a second) that was the likely cost
+    of previews (README, GPU figures). There the copy goes into pinned host memory on the GPU's own
+    queue, and the latents are handed out at a later step, once an event says the copy is done: a
+    preview lags by about one step, and the last step waits for its own. One copy is in flight at a
+    time; a step that finds it still running asks for no other. Elsewhere the copy is synchronous, so
+    each step's preview is its own, as before. `start_copy` is the seam for tests.
+    """
+
+    def __init__(self, device: str, start_copy: Callable[[torch.Tensor], tuple[Any, Any]] | None = None) -> None:
+        self._asynchronous = device == "cuda"
+        self._start_copy = start_copy or _start_cuda_copy
+        self._in_flight: tuple[Any, Any] | None = None  # (host tensor, event)
+
+    def step(self, latents: torch.Tensor | None, last: bool) -> Any:
+        """Latents (C, H, W) of this step, or None when no preview is wanted; returns a float32 numpy
+        array to show now, or None."""
+        if not self._asynchronous:
+            return None if latents is None else latents.detach().float().cpu().numpy()
+        ready = self._take(wait=last)
+        if latents is not None and self._in_flight is None:
+            self._in_flight = self._start_copy(latents)
+            if last:
+                ready = self._take(wait=True)
+        return ready
+
+    def _take(self, wait: bool) -> Any:
+        if self._in_flight is None:
+            return None
+        host, event = self._in_flight
+        if not wait and not event.query():
+            return None
+        event.synchronize()
+        self._in_flight = None
+        # A copy: once `host` is freed, torch's pinned-memory cache may hand its block to the next copy.
+        return host.numpy().copy()
+
+
+def _start_cuda_copy(latents: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    host = torch.empty(latents.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(latents.detach().float(), non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
 
 
 class _X0Watcher:
