@@ -39,7 +39,7 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "bottom": (0.5, 0.8),
     "bottom right": (0.8, 0.8),
 }
-EXTENT = {"small": 0.21, "large": 0.40}  # side of the shape's bounding box, fraction of the picture
+EXTENT = {"small": 0.27, "large": 0.40}  # side of the shape's bounding box, fraction of the picture
 
 JITTER = 0.03  # of the picture, on each centre coordinate
 SIZE_JITTER = 0.1  # a shape's side varies by this share either way

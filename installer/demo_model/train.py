@@ -1,6 +1,6 @@
 """Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
 
-A build step, not part of CI: about 89 minutes on a 2-core CPU (measured figures in the README).
+A build step, not part of CI: about 70 minutes on a 2-core CPU (measured figures in the README).
 Seeded and reproducible on the same machine and torch build. Four stages, each saved in --work so
 an interrupted build resumes:
 
@@ -15,11 +15,11 @@ an interrupted build resumes:
    (classifier-free guidance), an exponential moving average of the weights kept for the release. The
    first steps see only anchors and every later batch a share of them; the first third draws every
    timestep from high noise, the rest only a share of them: both teach where shapes go (README "The
-   demo model", items 5 and 6); `--denoiser-shape-weight` weighs shapes as stage 4 does (off in the
-   shipped build; README item 9);
-4. a short polish from the averaged weights: half its timesteps drawn below 300, half the captions there
+   demo model", items 5 and 6); its loss weighs each shape's box 4 times the background, as stage 4's
+   does (README items 9 and 10);
+4. a short polish from the averaged weights: half its timesteps drawn below 300, every caption there
    another picture's, so the model follows the picture where it is clear and the caption only where
-   it is not; image to image at a low strength then keeps its source (README, item 7). Its loss weighs
+   it is not; image to image at a low strength then keeps its source (README, items 7 and 10). Its loss weighs
    each shape's box 4 times the background, which small shapes need (README, item 8).
 
 The result is a diffusers folder saved in float16 (20 MB).
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=2000)
     parser.add_argument("--decoder-steps", type=int, default=800)
     parser.add_argument("--images", type=int, default=30000)
-    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--unet-steps", type=int, default=3800)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--anchors", type=int, default=4000, help="white-on-black pictures (0: none)")
     parser.add_argument("--anchor-warmup", type=int, default=300, help="first denoiser steps on anchors only")
@@ -71,13 +71,13 @@ def main() -> None:
     parser.add_argument("--high-timestep", type=int, default=700, help="0: timesteps uniform")
     parser.add_argument("--high-only", type=int, default=1000, help="first steps with every timestep that high")
     parser.add_argument("--high-share", type=float, default=0.4, help="share of later timesteps that high")
-    parser.add_argument("--denoiser-shape-weight", type=float, default=1.0,
-                        help="stage 3: loss weight of shapes (1: even, as the shipped build)")
+    parser.add_argument("--denoiser-shape-weight", type=float, default=4.0,
+                        help="stage 3: loss weight of shapes (1: even)")
     parser.add_argument("--polish-steps", type=int, default=300, help="stage 4's steps (0: none)")
-    parser.add_argument("--polish-lr", type=float, default=1e-4)
+    parser.add_argument("--polish-lr", type=float, default=2e-4)
     parser.add_argument("--blind-below", type=int, default=300, help="stage 4: wrong captions below it")
     parser.add_argument("--low-share", type=float, default=0.5, help="stage 4: share of timesteps that low")
-    parser.add_argument("--blind-share", type=float, default=0.5, help="stage 4: share of wrong captions there")
+    parser.add_argument("--blind-share", type=float, default=1.0, help="stage 4: share of wrong captions there")
     parser.add_argument("--shape-weight", type=float, default=4.0, help="stage 4: loss weight of shapes (1: even)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -181,11 +181,11 @@ def test_shape_weights_put_the_factor_on_each_shapes_box_and_average_one():
     assert torch.allclose(weights.mean(dim=(1, 2)), torch.ones(3))
     for picture in weights:
         assert torch.allclose(picture.max() / picture.min(), torch.tensor(4.0))
-    # A small shape's box in the top left corner: rows and columns 0 to 5 (centre 3.2, half 2.35).
+    # A small shape's box in the top left corner: rows and columns 0 to 6 (centre 3.2, half 2.88).
     heavy = weights[0] > weights[0].min()
-    assert heavy[:6, :6].all() and heavy.sum() == 36
-    assert weights[1][8, 8] > weights[1][0, 0] and (weights[1] > weights[1].min()).sum() > 36  # large: more
-    assert (weights[2] > weights[2].min())[-3:, -3:].all() and (weights[2] > weights[2].min()).sum() == 72
+    assert heavy[:7, :7].all() and heavy.sum() == 49
+    assert weights[1][8, 8] > weights[1][0, 0] and (weights[1] > weights[1].min()).sum() > 49  # large: more
+    assert (weights[2] > weights[2].min())[-3:, -3:].all() and (weights[2] > weights[2].min()).sum() == 98
     assert torch.equal(shape_weights([small], 1.0, 16), torch.ones(1, 16, 16))
 
 
