@@ -1,6 +1,6 @@
 """Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
 
-A build step, not part of CI: about 70 minutes on a 2-core CPU (measured figures in the README).
+A build step, not part of CI: about 46 minutes on a 2-core CPU (measured figures in the README).
 Seeded and reproducible on the same machine and torch build. Four stages, each saved in --work so
 an interrupted build resumes:
 
