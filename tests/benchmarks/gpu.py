@@ -102,8 +102,8 @@ def build_weights(family: str, folder: Path, setup: Setup) -> Path:
 
 
 def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, result: dict,
-                 save: Callable[[], None]) -> None:
-    """Fills `result` section by section, calling `save` after each, so a run cut short keeps its figures."""
+                 checkpoint: Callable[[], None]) -> None:
+    """Fills `result` section by section, calling `checkpoint` after each, so a run cut short keeps its figures."""
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -128,7 +128,7 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
     bare = cls.from_pretrained(str(folder), dtype=setup.dtype, local_files_only=True, **extra).to(setup.device)
     bare.set_progress_bar_config(disable=True)
 
-    def run_bare(n: int, save: bool = False) -> float:
+    def run_bare(n: int, write_png: bool = False) -> float:
         setup.synchronize()
         t = time.perf_counter()
         # The app's default CFG scale: SDXL's pipeline would otherwise use its own default (5.0).
@@ -136,7 +136,7 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
                      guidance_scale=GenerationRequest.cfg_scale,
                      generator=torch.Generator("cpu").manual_seed(1)).images[0]
         setup.synchronize()
-        if save:
+        if write_png:
             image.save(work / f"bare-{family}.png")
         return time.perf_counter() - t
 
@@ -171,7 +171,7 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
         "bare": lambda: run_bare(steps),
         "app": lambda: run_app(steps),
         "app_no_previews": lambda: run_app(steps, previews=False),
-        "bare_with_save": lambda: run_bare(steps, save=True),
+        "bare_with_save": lambda: run_bare(steps, write_png=True),
     }
     for run in variants.values():
         run()
@@ -199,7 +199,7 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
         "app_vs_bare_pixel_difference": picture_difference(str(work / f"bare-{family}.png"), normal_picture),
         "seconds": {name: [round(value, 3) for value in values] for name, values in times.items()},
     }
-    save()
+    checkpoint()
     vram = {}
     for mode in ("full", "tiled", "offload"):
         backends[1].unload()
@@ -208,7 +208,7 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
         vram[mode] = {"peak_gib": setup.peak_gib(), "seconds": round(seconds, 2)}
     backends[1].unload()
     result["vram_by_mode"] = vram
-    save()
+    checkpoint()
     if fast:
         setup.reset_peak()
         started = time.perf_counter()
@@ -222,7 +222,7 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
             "fast_first_job_seconds": round(compile_seconds, 1),
             "fast_pixel_difference": picture_difference(normal_picture, pictures["fast"]),
         }
-        save()
+        checkpoint()
 
 
 def picture_difference(first: str, second: str) -> dict:
