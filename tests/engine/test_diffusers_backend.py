@@ -8,8 +8,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from desktop.engine.backends import diffusers_backend
 from desktop.engine.backends.base import StepInfo
-from desktop.engine.backends.diffusers_backend import DiffusersBackend
+from desktop.engine.backends.diffusers_backend import DiffusersBackend, PreviewCopies
 from desktop.engine.backends.schedulers import SAMPLERS
 from desktop.engine.errors import Cancelled, DeviceError, ModelError
 from desktop.engine.jobs import CancelToken
@@ -85,6 +86,26 @@ def test_previews_every_step_do_not_change_a_pixel(paths, tiny_sd15_dir):
     assert previews[0].shape == (64 // factor, 64 // factor, 3) and previews[0].dtype == np.uint8
     assert all(s.preview is None for s in quiet_steps)
     assert not np.array_equal(previews[0], previews[-1])  # previews follow the denoising
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_previews_lag_but_the_last_is_its_own_and_no_pixel_changes(paths, tiny_sd15_dir, monkeypatch):
+    # On CUDA previews come through PreviewCopies' pinned, asynchronous copies (the seam's own tests
+    # run on the CPU with a stand-in); this runs the real wiring end to end against synchronous copies.
+    request = request_for(tiny_sd15_dir, sampler="Euler a", device="cuda", steps=8)
+    with_preview, steps = run(make_backend(paths, preview_every=1), request)
+    without_preview, _ = run(make_backend(paths, preview_every=0), request)
+    monkeypatch.setattr(diffusers_backend, "PreviewCopies", lambda device: PreviewCopies("cpu"))
+    _, synchronous = run(make_backend(paths, preview_every=1), request)
+
+    assert np.array_equal(pixels(with_preview.images[0]), pixels(without_preview.images[0]))
+    assert [s.step for s in steps] == list(range(1, 9))
+    assert steps[0].preview is None  # its copy is still on the GPU's queue
+    assert np.array_equal(steps[-1].preview, synchronous[-1].preview)
+    own = [s.preview for s in synchronous]
+    for index, step in enumerate(steps[:-1]):
+        if step.preview is not None:  # a copy started at an earlier step
+            assert any(np.array_equal(step.preview, earlier) for earlier in own[:index])
 
 
 @pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "LCMScheduler"])
