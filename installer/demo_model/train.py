@@ -20,7 +20,10 @@ an interrupted build resumes:
 4. a short polish from the averaged weights: half its timesteps drawn below 300, every caption there
    another picture's, so the model follows the picture where it is clear and the caption only where
    it is not; image to image at a low strength then keeps its source (README, items 7 and 10). Its loss weighs
-   each shape's box 4 times the background, which small shapes need (README, item 8).
+   each shape's box 4 times the background, which small shapes need (README, item 8). 5% of its
+   captions, at every timestep, are another picture's too, as real captions are sometimes wrong: the
+   model alone then follows the caption only as far as it trusts it, and guidance makes it follow
+   (README, item 11).
 
 The result is a diffusers folder saved in float16 (20 MB).
 """
@@ -78,6 +81,9 @@ def main() -> None:
     parser.add_argument("--blind-below", type=int, default=300, help="stage 4: wrong captions below it")
     parser.add_argument("--low-share", type=float, default=0.5, help="stage 4: share of timesteps that low")
     parser.add_argument("--blind-share", type=float, default=1.0, help="stage 4: share of wrong captions there")
+    parser.add_argument("--mislabel-share", type=float, default=0.05,
+                        help="stage 4: share of wrong captions at every timestep, so guidance matters")
+    parser.add_argument("--mislabel-above", type=int, default=0, help="stage 4: only from this timestep up")
     parser.add_argument("--shape-weight", type=float, default=4.0, help="stage 4: loss weight of shapes (1: even)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -92,7 +98,7 @@ def main() -> None:
                     args.high_only, args.high_share, args.denoiser_shape_weight)
     models = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
     polish = Polish(args.polish_steps, args.polish_lr, args.blind_below, args.low_share, args.blind_share,
-                    args.shape_weight)
+                    args.shape_weight, args.mislabel_share, args.mislabel_above)
     unet, text_encoder = polish_denoiser(args.work / "polish.pt", data, anchors, tokenizer, models, recipe, polish,
                                          args.seed + 5)
     save_release(args.out, vae, unet, text_encoder, tokenizer)
@@ -335,7 +341,9 @@ class Polish:
     weights, half of its timesteps at low noise and half of the captions there wrong
     (training.diffusion_loss, `blind_below`), so that image to image at a low strength keeps its
     source under guidance; and the loss weighs the shapes' boxes `shape_weight` times the rest
-    (`shape_weights`), since a small shape is a few latent pixels among 256 of background."""
+    (`shape_weights`), since a small shape is a few latent pixels among 256 of background. A
+    `mislabel_share` of its captions, from `mislabel_above` up, belongs to another picture, so that
+    the model alone is less sure of the caption and guidance matters (README "The demo model", item 11)."""
 
     steps: int
     lr: float
@@ -343,6 +351,8 @@ class Polish:
     low_share: float
     blind_share: float
     shape_weight: float = 1.0
+    mislabel_share: float = 0.0  # training.diffusion_loss: captions wrong at every timestep
+    mislabel_above: int = 0
     ema_decay: float = 0.98  # a short run: an average over its last ~50 steps
 
 
@@ -386,7 +396,8 @@ def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, mode
         # Even weights go through the plain loss, so a polish without them replays earlier builds exactly.
         weights = shape_weights(drawn, polish.shape_weight, latents.shape[-1]) if polish.shape_weight != 1 else None
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, recipe.high_share,
-                              polish.blind_below, polish.low_share, polish.blind_share, weights)
+                              polish.blind_below, polish.low_share, polish.blind_share, weights,
+                              polish.mislabel_share, polish.mislabel_above)
         optimiser_step(optimiser, loss, params)
         update_ema(((ema_unet, unet), (ema_text, text_encoder)), polish.ema_decay)
         if step % 50 == 0 or step == polish.steps - 1:

@@ -39,6 +39,8 @@ def diffusion_loss(
     low_share: float = 0.0,
     blind_share: float = 1.0,
     pixel_weights: torch.Tensor | None = None,
+    mislabel_share: float = 0.0,
+    mislabel_above: int = 0,
 ) -> torch.Tensor:
     """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's prediction of v.
 
@@ -55,6 +57,12 @@ def diffusion_loss(
     orange); with every caption wrong it ignores the caption altogether and colours drift (README "The
     demo model", item 7).
 
+    A `mislabel_share` of the samples, at any timestep, is paired with another sample's caption too,
+    as a share of real captions are wrong. The model then follows the caption only as far as
+    captions are right, so without guidance (CFG 1) it misses that share of the time, and guidance,
+    which amplifies what the caption adds over no caption, is what makes it follow (README "The demo
+    model", item 11).
+
     `pixel_weights` (batch, height, width), each picture's with a mean of 1, weigh the latent pixels
     against each other; the stage-4 polish weighs shapes above background with them."""
     if schedule.config.prediction_type != "v_prediction":
@@ -66,13 +74,17 @@ def diffusion_loss(
     if lowest_timestep:  # no extra draws otherwise, so uniform training keeps its random stream
         high = torch.randint(lowest_timestep, total, (batch,), generator=generator)
         steps = torch.where(torch.rand(batch, generator=generator) < high_share, high, steps)
+    wrong = torch.zeros(batch, dtype=torch.bool)
     if blind_below:  # likewise
         low = torch.randint(0, blind_below, (batch,), generator=generator)
         steps = torch.where(torch.rand(batch, generator=generator) < low_share, low, steps)
-        blind = steps < blind_below
+        wrong = steps < blind_below
         if blind_share < 1.0:
-            blind &= torch.rand(batch, generator=generator) < blind_share
-        hidden = torch.where(blind[:, None, None], hidden.roll(1, dims=0), hidden)
+            wrong &= torch.rand(batch, generator=generator) < blind_share
+    if mislabel_share:  # likewise
+        wrong |= (torch.rand(batch, generator=generator) < mislabel_share) & (steps >= mislabel_above)
+    if blind_below or mislabel_share:
+        hidden = torch.where(wrong[:, None, None], hidden.roll(1, dims=0), hidden)
     noisy = schedule.add_noise(latents, noise, steps)
     predicted = unet(noisy, steps, hidden).sample
     alphas = schedule.alphas_cumprod[steps]

@@ -94,6 +94,7 @@ def test_timesteps_are_uniform_by_default_and_the_default_draws_are_unchanged(ba
     assert steps == torch.randint(0, 1000, (64,), generator=generator).tolist()
     assert (steps, loss) == timesteps_drawn(batch, 0, 0.3)
     assert (steps, loss) == timesteps_drawn(batch, 0, 0.3, 0, 0.5)
+    assert (steps, loss) == timesteps_drawn(batch, 0, 0.3, 0, 0.5, 1.0, None, 0.0)
 
 
 def test_a_share_of_the_timesteps_comes_from_high_noise(batch):
@@ -124,6 +125,27 @@ def test_with_a_blind_share_only_that_share_of_the_low_samples_gets_another_capt
     own = (hidden == captions).all(dim=(1, 2))
     assert bool((wrong | own).all()) and not wrong[~low].any()
     assert 0.25 < wrong[low].float().mean() < 0.75  # about half, not all, not none
+
+
+def test_a_mislabel_share_gives_that_share_of_samples_at_every_timestep_another_caption(batch):
+    steps, hidden, _ = recorded(batch, 0, 1.0, 0, 0.0, 1.0, None, 0.4)
+    captions, rolled = batch[1], batch[1].roll(1, dims=0)
+    wrong = (hidden == rolled).all(dim=(1, 2)) & ~(hidden == captions).all(dim=(1, 2))
+    own = (hidden == captions).all(dim=(1, 2))
+    assert bool((wrong | own).all())
+    assert 0.2 < wrong.float().mean() < 0.6  # about 40%
+    high = torch.tensor(steps) >= 500
+    assert wrong[high].any() and wrong[~high].any()  # at high noise too, not only where blind
+    # With the blind polish's low timesteps, those stay all wrong and the share adds to the rest.
+    steps, hidden, _ = recorded(batch, 700, 0.4, 400, 0.5, 1.0, None, 0.4)
+    low = torch.tensor(steps) < 400
+    wrong = (hidden == rolled).all(dim=(1, 2)) & ~(hidden == captions).all(dim=(1, 2))
+    assert bool(wrong[low].all()) and 0.1 < wrong[~low].float().mean() < 0.7
+    # With a floor, only samples from it up get another caption.
+    steps, hidden, _ = recorded(batch, 0, 1.0, 0, 0.0, 1.0, None, 0.6, 500)
+    high = torch.tensor(steps) >= 500
+    wrong = (hidden == rolled).all(dim=(1, 2)) & ~(hidden == captions).all(dim=(1, 2))
+    assert not wrong[~high].any() and 0.3 < wrong[high].float().mean() < 0.9
 
 
 def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path):
