@@ -7,6 +7,7 @@ import json
 import shutil
 
 from desktop.app import install_demo
+from desktop.engine.errors import MarbleError
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import DEMO_MODEL_NAME, demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
@@ -60,3 +61,90 @@ def test_native_size_comes_from_the_folder_configs_or_the_architecture(tiny_sd15
     assert native_size(tmp_path / "nothing") is None
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")
     assert native_size(tmp_path / "junk.safetensors") is None
+
+
+def shipped_copy(tiny_sd15_dir, folder, scheduler_note: str | None = None):
+    """A shipped demo folder; with a note, a later build whose scheduler config differs."""
+    shutil.copytree(tiny_sd15_dir, folder)
+    if scheduler_note is not None:
+        config_file = folder / "scheduler" / "scheduler_config.json"
+        config = json.loads(config_file.read_text()) | {"_marble_note": scheduler_note}
+        config_file.write_text(json.dumps(config))
+    return folder
+
+
+def installed_scheduler(library: Library, name: str) -> dict:
+    record = library.get("model", name)
+    return json.loads((library.path_of(record) / "scheduler" / "scheduler_config.json").read_text())
+
+
+def test_a_new_build_brings_the_installed_demo_up_to_date_under_the_users_name(tmp_path, tiny_sd15_dir):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    install_demo_model(library, shipped_copy(tiny_sd15_dir, tmp_path / "v1"), paths.config)
+    library.rename("model", DEMO_MODEL_NAME, "shapes")
+    newer = shipped_copy(tiny_sd15_dir, tmp_path / "v2", scheduler_note="build 2")
+
+    record = install_demo_model(library, newer, paths.config)
+    assert record is not None and record.name == "shapes" and record.demo
+    assert installed_scheduler(library, "shapes")["_marble_note"] == "build 2"
+    assert ModelCatalog(paths.models).names() == ["shapes"]  # replaced, not added beside it
+    assert install_demo_model(library, newer, paths.config) is None  # and then current
+
+
+def test_an_earlier_marker_with_the_same_files_changes_nothing(tmp_path, tiny_sd15_dir):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    source = shipped_copy(tiny_sd15_dir, tmp_path / "v1")
+    install_demo_model(library, source, paths.config)
+    marker = paths.config / "demo-model-installed"
+    marker.write_text("1\n")  # what the first builds wrote
+    before = library.get("model", DEMO_MODEL_NAME)
+    assert install_demo_model(library, source, paths.config) is None
+    assert library.get("model", DEMO_MODEL_NAME) == before and marker.read_text().strip() != "1"
+
+
+def test_a_removed_demo_stays_removed_when_a_new_build_ships_another(tmp_path, tiny_sd15_dir):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    install_demo_model(library, shipped_copy(tiny_sd15_dir, tmp_path / "v1"), paths.config)
+    library.remove("model", DEMO_MODEL_NAME)
+    newer = shipped_copy(tiny_sd15_dir, tmp_path / "v2", scheduler_note="build 2")
+    assert install_demo_model(library, newer, paths.config) is None
+    assert ModelCatalog(paths.models).names() == []
+
+
+def test_a_failed_update_keeps_the_installed_copy_and_is_tried_again(tmp_path, tiny_sd15_dir):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    install_demo_model(library, shipped_copy(tiny_sd15_dir, tmp_path / "v1"), paths.config)
+    newer = shipped_copy(tiny_sd15_dir, tmp_path / "v2", scheduler_note="build 2")
+    unet_config = newer / "unet" / "config.json"
+    good = unet_config.read_text()
+    unet_config.write_text("{not json")
+    try:
+        install_demo_model(library, newer, paths.config)
+    except (MarbleError, OSError):
+        pass
+    else:
+        raise AssertionError("a broken shipped folder must not be installed")
+    assert ModelCatalog(paths.models).names() == [DEMO_MODEL_NAME]
+    assert "_marble_note" not in installed_scheduler(library, DEMO_MODEL_NAME)
+    unet_config.write_text(good)
+    assert install_demo_model(library, newer, paths.config) is not None
+    assert installed_scheduler(library, DEMO_MODEL_NAME)["_marble_note"] == "build 2"
+    assert ModelCatalog(paths.models).names() == [DEMO_MODEL_NAME]
+
+
+def test_an_update_cut_short_after_the_old_copy_went_keeps_the_new_one(tmp_path, tiny_sd15_dir):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    install_demo_model(library, shipped_copy(tiny_sd15_dir, tmp_path / "v1"), paths.config)
+    newer = shipped_copy(tiny_sd15_dir, tmp_path / "v2", scheduler_note="build 2")
+    # The state a crash between removing the old copy and renaming the new one leaves.
+    library.import_path(newer, "model", "marble-demo-update")
+    library.remove("model", DEMO_MODEL_NAME)
+    record = install_demo_model(library, newer, paths.config)
+    assert record is not None and record.name == DEMO_MODEL_NAME and record.demo
+    assert ModelCatalog(paths.models).names() == [DEMO_MODEL_NAME]
+    assert installed_scheduler(library, DEMO_MODEL_NAME)["_marble_note"] == "build 2"

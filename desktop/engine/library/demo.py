@@ -2,11 +2,15 @@
 
 The demo is a small SD 1.x-family diffusers folder shipped in resources/ (trained by
 installer/demo_model/). It is installed once: a marker in the config folder remembers that it was, so a
-user who removes it does not get it back on the next start.
+user who removes it does not get it back on the next start. The marker also holds a stamp of the
+shipped files, so when a new build ships another demo model, the installed copy is brought up to date
+(under the name the user gave it) instead of staying at the first build's.
 """
 
 from __future__ import annotations
 
+import filecmp
+import hashlib
 from pathlib import Path
 
 from desktop.engine.errors import MarbleError
@@ -14,23 +18,64 @@ from desktop.engine.library.index import Library, LibraryRecord
 
 DEMO_MODEL_NAME = "marble-demo"
 _MARKER_NAME = "demo-model-installed"
+_UPDATE_NAME = f"{DEMO_MODEL_NAME}-update"
 
 
 def install_demo_model(library: Library, source: Path, config_folder: Path) -> LibraryRecord | None:
-    """Copy the shipped demo model into the library on the first start. Returns the new record, or None
-    when there was nothing to do (installed before, or not shipped with this build).
+    """Copy the shipped demo model into the library on the first start, or bring the installed copy up
+    to date when the shipped one has changed. Returns the new or updated record, or None when there was
+    nothing to do (installed and current, removed by the user, or not shipped with this build).
 
-    Raises MarbleError or OSError when the copy fails (a full disk); the next start tries again.
+    Raises MarbleError or OSError when the copy fails (a full disk); the marker is then left as it was,
+    so the next start tries again, and an update that fails leaves the installed copy as it was.
     """
-    marker = config_folder / _MARKER_NAME
-    if marker.exists() or not (source / "model_index.json").is_file():
+    if not (source / "model_index.json").is_file():
         return None
-    existing = library.find("model", DEMO_MODEL_NAME)
-    record = existing if existing is not None else library.import_path(source, "model", DEMO_MODEL_NAME)
-    record = library.mark_demo(record)
+    marker = config_folder / _MARKER_NAME
+    stamp = shipped_stamp(source)
+    if not marker.exists():
+        existing = library.find("model", DEMO_MODEL_NAME)
+        record = existing if existing is not None else library.import_path(source, "model", DEMO_MODEL_NAME)
+        record = library.mark_demo(record)
+    elif marker.read_text(encoding="utf-8", errors="replace").strip() == stamp:
+        return None
+    else:
+        record = _update(library, source)
     config_folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text("1\n", encoding="utf-8")
+    marker.write_text(stamp + "\n", encoding="utf-8")
     return record
+
+
+def shipped_stamp(source: Path) -> str:
+    """A cheap stamp of the shipped folder (names, sizes and modification times, no reading), checked
+    at every start; a changed stamp only leads to comparing the files' bytes (`_update`)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        status = path.stat()
+        digest.update(f"{path.relative_to(source).as_posix()}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _update(library: Library, source: Path) -> LibraryRecord | None:
+    """Replace the installed demo's files with the shipped ones when their bytes differ. The new copy is
+    imported beside the old one first, so a failed copy leaves the old one in place."""
+    installed = next((record for record in library.records("model") if record.demo), None)
+    if library.find("model", _UPDATE_NAME) is not None:
+        if installed is None:  # an update cut short after the old copy went: the new one is complete
+            return library.mark_demo(library.rename("model", _UPDATE_NAME, DEMO_MODEL_NAME))
+        library.remove("model", _UPDATE_NAME)
+    if installed is None or _same_files(source, library.path_of(installed)):
+        return None  # removed by the user (it stays removed), or already these files
+    library.import_path(source, "model", _UPDATE_NAME)
+    library.remove("model", installed.name)
+    return library.mark_demo(library.rename("model", _UPDATE_NAME, installed.name))
+
+
+def _same_files(source: Path, installed: Path) -> bool:
+    names = sorted(p.relative_to(source) for p in source.rglob("*") if p.is_file())
+    if not installed.is_dir() or names != sorted(p.relative_to(installed) for p in installed.rglob("*") if p.is_file()):
+        return False
+    return all(filecmp.cmp(source / name, installed / name, shallow=False) for name in names)
 
 
 def demo_model_name(library: Library) -> str | None:
