@@ -100,11 +100,14 @@ def needs_chunked_encoding(pieces: Sequence[PromptPiece]) -> bool:
 
 
 def pack_chunks(
-    tokens: Sequence[tuple[Sequence[int], float] | None], size: int, comma_id: int | None
+    tokens: Sequence[tuple[Sequence[int | tuple[int, ...]], float] | None], size: int, comma_id: int | None
 ) -> tuple[Chunk, ...]:
     """Pack each piece's token ids (None for a BREAK) into chunks of at most `size` tokens.
 
-    Always at least one chunk; a BREAK closes the current chunk even when it is empty."""
+    A tuple among a piece's ids is one embedding's vectors: as A1111 does, it is not split across
+    chunks but starts a new chunk when it does not fit in the current one (one longer than a chunk
+    still spills over). Always at least one chunk; a BREAK closes the current chunk even when it is
+    empty."""
     chunks: list[Chunk] = []
     ids: list[int] = []
     weights: list[float] = []
@@ -115,33 +118,49 @@ def pack_chunks(
         chunks.append(Chunk(tuple(ids), tuple(weights)))
         ids, weights, last_comma = [], [], -1
 
+    def close_full() -> None:
+        # A full chunk ends at its last comma when that comma is near the end (A1111's backtrack).
+        nonlocal ids, weights
+        if last_comma >= 0 and size - (last_comma + 1) < COMMA_BACKTRACK:
+            carried, carried_weights = ids[last_comma + 1 :], weights[last_comma + 1 :]
+            ids, weights = ids[: last_comma + 1], weights[: last_comma + 1]
+            close()
+            ids, weights = carried, carried_weights
+        else:
+            close()
+
     for piece in tokens:
         if piece is None:
             close()
             continue
         piece_ids, weight = piece
-        for token in piece_ids:
-            if len(ids) == size:
-                if last_comma >= 0 and size - (last_comma + 1) < COMMA_BACKTRACK:
-                    carried, carried_weights = ids[last_comma + 1 :], weights[last_comma + 1 :]
-                    ids, weights = ids[: last_comma + 1], weights[: last_comma + 1]
+        for item in piece_ids:
+            group = item if isinstance(item, tuple) else (item,)
+            if len(group) > 1:
+                if len(ids) == size:
+                    close_full()
+                if ids and len(ids) + len(group) > size:
                     close()
-                    ids, weights = carried, carried_weights
-                else:
-                    close()
-            if token == comma_id:
-                last_comma = len(ids)
-            ids.append(token)
-            weights.append(weight)
+            for token in group:
+                if len(ids) == size:
+                    close_full()
+                if token == comma_id:
+                    last_comma = len(ids)
+                ids.append(token)
+                weights.append(weight)
     if ids or not chunks:
         close()
     return tuple(chunks)
 
 
 def pack_prompt(
-    pieces: Sequence[PromptPiece], tokenize: Callable[[str], Sequence[int]], size: int, comma_id: int | None
+    pieces: Sequence[PromptPiece],
+    tokenize: Callable[[str], Sequence[int | tuple[int, ...]]],
+    size: int,
+    comma_id: int | None,
 ) -> tuple[Chunk, ...]:
-    """`pack_chunks` of parsed pieces, each piece's text turned into ids by `tokenize`."""
+    """`pack_chunks` of parsed pieces, each piece's text turned into ids (tuples for embeddings) by
+    `tokenize`."""
     return pack_chunks([None if p.is_break else (tokenize(p.text), p.weight) for p in pieces], size, comma_id)
 
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from desktop.engine.backends.diffusers_backend import DiffusersBackend
+from desktop.engine.backends.diffusers_backend import DiffusersBackend, _pack
 from desktop.engine.errors import ModelError
 from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import autov3_hash
 from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.paths import AppPaths
+from desktop.engine.prompt_syntax import parse_prompt
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 
@@ -87,3 +88,22 @@ def test_sdxl_embedding_and_a_mismatch(home, tiny_sdxl_dir, tiny_sd15_dir):
         image(sd15, tiny_sdxl_dir, "a dog inkstyle")
     with pytest.raises(ModelError, match="does not fit"):
         image(sd15, tiny_sd15_dir, "a dog xlneg")
+
+
+def test_a_multi_vector_embedding_is_never_split_across_chunks(home, tiny_sd15_dir):
+    # A1111 moves an embedding that does not fit into the next chunk whole; split, its vectors would be
+    # read in two separate encodings.
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), 0)
+    prompt = "cat " * 74 + "inkstyle, a dog"
+    with_embedding, batch = image(backend, tiny_sd15_dir, prompt)
+    assert "TI hashes" in dict(batch.extra_parameters)
+    pipe = backend._pipe
+    vectors = pipe.tokenizer.convert_tokens_to_ids(["inkstyle", "inkstyle_1"])
+    chunks = _pack(pipe, pipe.tokenizer, parse_prompt(prompt))
+    assert [len(chunk.ids) for chunk in chunks] == [74, 5]
+    assert list(chunks[1].ids[:2]) == vectors
+    assert set(chunks[0].ids) == {pipe.tokenizer.convert_tokens_to_ids("cat</w>")}
+    # Where it fits, it stays in its chunk.
+    assert [len(chunk.ids) for chunk in _pack(pipe, pipe.tokenizer, parse_prompt("cat " * 73 + "inkstyle"))] == [75]
+    # And the picture is the one of that packing: the same prompt with a BREAK before the embedding.
+    assert np.array_equal(with_embedding, image(backend, tiny_sd15_dir, "cat " * 74 + "BREAK inkstyle, a dog")[0])

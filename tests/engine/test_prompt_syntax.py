@@ -93,6 +93,24 @@ def test_break_closes_the_chunk_and_an_empty_prompt_is_one_empty_chunk() -> None
     assert ids_of(pack_chunks([([5], 1.0), None], size=75, comma_id=None)) == [[5]]
 
 
+def test_an_embedding_that_does_not_fit_starts_the_next_chunk_whole() -> None:
+    vectors = (900, 901, 902)  # one embedding's three vectors
+    chunks = pack_chunks([([*range(73), vectors, 5], 1.2)], size=75, comma_id=None)
+    assert ids_of(chunks) == [list(range(73)), [900, 901, 902, 5]]  # not 900, 901 | 902
+    assert chunks[1].weights == (1.2,) * 4
+    # One that fits stays; one ending exactly at the end of the chunk stays too.
+    assert ids_of(pack_chunks([([*range(70), vectors], 1.0)], size=75, comma_id=None)) == [[*range(70), *vectors]]
+    assert ids_of(pack_chunks([([*range(72), vectors], 1.0)], size=75, comma_id=None)) == [[*range(72), *vectors]]
+    # A full chunk still ends at a late comma first.
+    comma = 267
+    chunks = pack_chunks([([*range(70), comma, *range(1000, 1004), vectors], 1.0)], size=75, comma_id=comma)
+    assert ids_of(chunks) == [[*range(70), comma], [*range(1000, 1004), *vectors]]
+    # Longer than a chunk, it has to spill over, after whatever came before it.
+    long = tuple(range(2000, 2080))
+    chunks = pack_chunks([([1, 2], 1.0), ([long], 1.0)], size=75, comma_id=None)
+    assert ids_of(chunks) == [[1, 2], list(long[:75]), list(long[75:])]
+
+
 def test_pieces_are_frozen() -> None:
     with pytest.raises(AttributeError):
         PromptPiece("a").weight = 2.0  # type: ignore[misc]

@@ -767,14 +767,32 @@ def _text_encoders(pipe: Any) -> list[tuple[Any, Any]]:
 def _pack(pipe: Any, tokenizer: Any, pieces: tuple[PromptPiece, ...]) -> tuple[Chunk, ...]:
     comma = tokenizer.convert_tokens_to_ids(",</w>")
 
-    def tokenize(text: str) -> list[int]:
+    added = {token_id: token for token, token_id in tokenizer.get_added_vocab().items()}
+
+    def tokenize(text: str) -> list[int | tuple[int, ...]]:
         # Textual inversion: a multi-vector embedding's name becomes its numbered tokens.
         if hasattr(pipe, "maybe_convert_prompt"):
             text = pipe.maybe_convert_prompt(text, tokenizer)
-        return tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        return _group_embeddings(ids, added)
 
     size = tokenizer.model_max_length - 2
     return pack_prompt(pieces, tokenize, size, comma if comma != tokenizer.unk_token_id else None)
+
+
+def _group_embeddings(ids: list[int], added: dict[int, str]) -> list[int | tuple[int, ...]]:
+    """Each multi-vector embedding's run of ids (`name`, `name_1`, `name_2`... as diffusers adds them)
+    as one tuple, so the packer keeps it in one chunk."""
+    grouped: list[int | tuple[int, ...]] = []
+    start = 0
+    while start < len(ids):
+        name = added.get(ids[start])
+        end = start + 1
+        while name is not None and end < len(ids) and added.get(ids[end]) == f"{name}_{end - start}":
+            end += 1
+        grouped.append(tuple(ids[start:end]) if end - start > 1 else ids[start])
+        start = end
+    return grouped
 
 
 def _encode_chunks(
