@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Cancel the running job and join the generation thread before Qt tears the objects down.
     app.aboutToQuit.connect(controller.shutdown)
     window.show()
-    window.load_token_counter(resources.tokenizers / TOKENIZER_FOLDER / "merges.txt")
+    window.load_token_counter(resources.tokenizers / TOKENIZER_FOLDER / "merges.txt", paths.embeddings)
     code = app.exec()
     if history is not None:
         history.close_all()

@@ -7,14 +7,15 @@ from the merges file every SD tokenizer ships (SD 1.x, SD 2.x and both SDXL toke
 Chunks are packed by `prompt_syntax.pack_prompt`, as the backend packs them, so a BREAK or a comma
 near the end of a chunk moves the count just as it moves the encoding.
 
-Not counted: a textual-inversion name stands for as many vectors as its embedding has; here it counts
-as the ordinary words its name splits into.
+A textual-inversion embedding's name, where the prompt uses it as a word (as the backend finds it),
+counts as its vectors, kept in one chunk as the backend keeps them (`set_embeddings`).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,17 @@ class TokenCounter:
         self._ranks = merge_ranks
         self._byte_symbols = _byte_symbols()
         self._words: dict[str, tuple[str, ...]] = {}  # a prompt is retyped one key at a time
+        self._embeddings: dict[str, int] = {}
+        self._embedding_names: re.Pattern[str] | None = None
+
+    def set_embeddings(self, vectors: Mapping[str, int]) -> None:
+        """The library's embeddings (name -> vectors), found in prompts as the backend finds them: the
+        exact name, as a word of its own (letters, digits, `_` or `-` on neither side)."""
+        self._embeddings = dict(vectors)
+        names = sorted(self._embeddings, key=len, reverse=True)  # the longest name wins where two start
+        self._embedding_names = (
+            re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])") if names else None
+        )
 
     @classmethod
     def from_merges_file(cls, file: Path) -> TokenCounter:
@@ -82,9 +94,18 @@ class TokenCounter:
 
     def measure(self, prompt: str) -> PromptLength:
         """Tokens and chunks of a prompt read with A1111's syntax (weights, BREAK, 75-token chunks)."""
-        # Packing needs ids only to find commas: 1 for a comma, 0 for the rest.
-        def comma_ids(text: str) -> list[int]:
-            return [int(token == _COMMA) for token in self.tokens(text)]
+        # Packing needs ids only to find commas: 1 for a comma, 0 for the rest, and an embedding's
+        # vectors as one group (the packer keeps a group in one chunk).
+        def comma_ids(text: str) -> list[int | tuple[int, ...]]:
+            ids: list[int | tuple[int, ...]] = []
+            parts = self._embedding_names.split(text) if self._embedding_names else [text]
+            for index, part in enumerate(parts):
+                if index % 2:  # split() puts each embedding name at an odd index
+                    vectors = self._embeddings[part]
+                    ids.append((0,) * vectors if vectors > 1 else 0)
+                else:
+                    ids.extend(int(token == _COMMA) for token in self.tokens(part))
+            return ids
 
         chunks = pack_prompt(parse_prompt(prompt), comma_ids, CHUNK_TOKENS, 1)
         return PromptLength(sum(len(chunk.ids) for chunk in chunks), len(chunks))

@@ -55,6 +55,7 @@ from desktop.engine.events import (
 )
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.embedding_vectors import vector_counts
 from desktop.engine.library.native_size import native_size
 from desktop.engine.request import GenerationRequest
 from desktop.engine.token_count import TokenCounter
@@ -92,11 +93,13 @@ class _Relay(QObject):
             name -> side in pixels, for the models that tell) and an error text ("" when none).
         thumbnail_loaded(str, QImage): a scaled image for a result path (null when unreadable).
         token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
+        embedding_vectors_read(object): the library's embeddings, a dict of name -> vectors.
     """
 
     models_listed = Signal(object, object, str)
     thumbnail_loaded = Signal(str, QImage)
     token_counter_loaded = Signal(object)
+    embedding_vectors_read = Signal(object)
 
 
 class MainWindow(QMainWindow):
@@ -136,6 +139,9 @@ class MainWindow(QMainWindow):
         self._relay.models_listed.connect(self._on_models_listed)
         self._relay.thumbnail_loaded.connect(self._on_thumbnail_loaded)
         self._relay.token_counter_loaded.connect(self._on_token_counter_loaded)
+        self._relay.embedding_vectors_read.connect(self._on_embedding_vectors_read)
+        self._token_counter: TokenCounter | None = None
+        self._embeddings_folder: Path | None = None
 
         self._job_id: str | None = None
         self._display_size: tuple[int, int] | None = None
@@ -333,10 +339,12 @@ class MainWindow(QMainWindow):
 
         self._pool.start(scan)
 
-    def load_token_counter(self, merges_file: Path) -> None:
+    def load_token_counter(self, merges_file: Path, embeddings_folder: Path | None = None) -> None:
         """Read the tokenizer's merges off the GUI thread (~60 ms of Python); the prompt fields show
-        their token counts once it is read. Without it (an unreadable file) they show none."""
+        their token counts once it is read. Without it (an unreadable file) they show none. With the
+        library's embeddings folder, an embedding's name counts as its vectors (headers only)."""
         relay = self._relay
+        self._embeddings_folder = embeddings_folder
 
         def load() -> None:
             try:
@@ -344,14 +352,29 @@ class MainWindow(QMainWindow):
             except (OSError, ValueError, UnicodeDecodeError):
                 log.warning("No token counts: cannot read %s", merges_file, exc_info=True)
                 counter = None
+            if counter is not None and embeddings_folder is not None:
+                counter.set_embeddings(_embedding_vectors(embeddings_folder))
             relay.token_counter_loaded.emit(counter)
 
         self._pool.start(load)
 
+    def refresh_embedding_counts(self) -> None:
+        """Read the embeddings' vector counts again (the library changed) off the GUI thread."""
+        folder, relay = self._embeddings_folder, self._relay
+        if folder is not None:
+            self._pool.start(lambda: relay.embedding_vectors_read.emit(_embedding_vectors(folder)))
+
     @Slot(object)
     def _on_token_counter_loaded(self, counter: TokenCounter | None) -> None:
         if counter is not None:
+            self._token_counter = counter
             self.prompt_editor.set_token_counter(counter)
+
+    @Slot(object)
+    def _on_embedding_vectors_read(self, vectors: dict[str, int]) -> None:
+        if self._token_counter is not None:
+            self._token_counter.set_embeddings(vectors)
+            self.prompt_editor.recount()
 
     def add_history_panel(self, panel: HistoryPanel) -> None:
         """Dock the history on the right and wire its actions to the editor, settings and canvas."""
@@ -624,3 +647,12 @@ def apply_theme(app: QApplication) -> None:
     for role in (QPalette.ColorRole.Text, QPalette.ColorRole.ButtonText, QPalette.ColorRole.WindowText):
         palette.setColor(QPalette.ColorGroup.Disabled, role, QColor(120, 120, 124))
     app.setPalette(palette)
+
+
+def _embedding_vectors(folder: Path) -> dict[str, int]:
+    """The embeddings' vector counts; none when the folder cannot be read (names then count as words)."""
+    try:
+        return vector_counts(folder)
+    except OSError:
+        log.warning("Embedding names count as words: cannot read %s", folder, exc_info=True)
+        return {}

@@ -53,6 +53,11 @@ class PromptEditor(QWidget):
         self.prompt_count.start(counter)
         self.negative_count.start(counter)
 
+    def recount(self) -> None:
+        """Count both fields again now (the counter's embeddings changed)."""
+        self.prompt_count.recount()
+        self.negative_count.recount()
+
     def prompt(self) -> str:
         return self.prompt_edit.toPlainText()
 

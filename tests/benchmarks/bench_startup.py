@@ -45,7 +45,7 @@ window.installEventFilter(spy)
 window.show()
 if controller is not None:  # as desktop.app.main does: the token counter loads in the background
     from desktop.engine.resources import TOKENIZER_FOLDER, Resources
-    window.load_token_counter(Resources.default().tokenizers / TOKENIZER_FOLDER / "merges.txt")
+    window.load_token_counter(Resources.default().tokenizers / TOKENIZER_FOLDER / "merges.txt", paths.embeddings)
 app.exec()
 print(json.dumps({"seconds": spy.t - float(os.environ["BENCH_T0"]), "torch": "torch" in sys.modules}))
 if controller is not None:

@@ -12,11 +12,13 @@ from desktop.engine.errors import ModelError
 from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import autov3_hash
+from desktop.engine.library.embedding_vectors import vector_counts
 from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.paths import AppPaths
 from desktop.engine.prompt_syntax import parse_prompt
 from desktop.engine.request import GenerationRequest
-from desktop.engine.resources import Resources
+from desktop.engine.resources import TOKENIZER_FOLDER, Resources
+from desktop.engine.token_count import TokenCounter
 
 
 def _vectors(count: int, width: int, seed: int) -> torch.Tensor:
@@ -107,3 +109,33 @@ def test_a_multi_vector_embedding_is_never_split_across_chunks(home, tiny_sd15_d
     assert [len(chunk.ids) for chunk in _pack(pipe, pipe.tokenizer, parse_prompt("cat " * 73 + "inkstyle"))] == [75]
     # And the picture is the one of that packing: the same prompt with a BREAK before the embedding.
     assert np.array_equal(with_embedding, image(backend, tiny_sd15_dir, "cat " * 74 + "BREAK inkstyle, a dog")[0])
+
+
+def test_the_prompt_fields_count_an_embedding_as_the_backend_packs_it(tmp_path, tiny_sd15_dir):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    save_file({"emb_params": _vectors(6, 32, 4)}, str(tmp_path / "glowstyle.safetensors"))
+    Library(paths).import_path(tmp_path / "glowstyle.safetensors", "embedding")
+    backend = DiffusersBackend(paths, Resources.default(), ModelCatalog(paths.models), 0)
+    image(backend, tiny_sd15_dir, "a cat, glowstyle")  # loads the embedding into the real tokenizer
+    pipe = backend._pipe
+    counter = TokenCounter.from_merges_file(Resources.default().tokenizers / TOKENIZER_FOLDER / "merges.txt")
+    assert counter.measure("glowstyle").tokens != 6  # as words, the name is fewer tokens than its vectors
+    counter.set_embeddings(vector_counts(paths.embeddings))
+    prompts = [
+        "a cat, glowstyle",
+        "cat " * 72 + "glowstyle, a dog",  # it moves to the second chunk whole
+        "cat " * 69 + "glowstyle",
+        "(glowstyle:1.2) BREAK a dog, glowstyle",
+        "glow style, glowstyle_, glowstyles, theglowstyle",  # not the name as a word
+    ]
+    for prompt in prompts:
+        chunks = _pack(pipe, pipe.tokenizer, parse_prompt(prompt))
+        length = counter.measure(prompt)
+        assert (length.tokens, length.chunks) == (sum(len(chunk.ids) for chunk in chunks), len(chunks)), prompt
+    straddling = counter.measure("cat " * 72 + "glowstyle")
+    assert (straddling.tokens, straddling.chunks) == (78, 2)
+    # Loaded, the embedding's tokens still match only the whole word: a longer word is only words.
+    without = DiffusersBackend(AppPaths.for_root(tmp_path / "bare").ensure(), Resources.default(),
+                               ModelCatalog(paths.models), 0)  # fmt: skip
+    assert np.array_equal(image(backend, tiny_sd15_dir, "a cat, glowstyles")[0],
+                          image(without, tiny_sd15_dir, "a cat, glowstyles")[0])  # fmt: skip

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtGui import QTextCursor
+from safetensors.numpy import save_file
 
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.token_count import TokenCounter
@@ -45,3 +47,26 @@ def test_an_unreadable_merges_file_leaves_the_fields_without_counts(studio, qtbo
     qtbot.wait(100)  # the pool's queued signal, had it carried a counter, would have arrived
     assert window.prompt_editor.prompt_count.isHidden()
     assert window.prompt_editor.negative_count.isHidden()
+
+
+def _embedding(path: Path, vectors: int) -> Path:
+    save_file({"emb_params": np.zeros((vectors, 768), dtype=np.float32)}, str(path))
+    return path
+
+
+def test_an_embedding_name_counts_as_its_vectors_and_follows_the_library(studio, qtbot, tmp_path: Path) -> None:
+    window = studio.window
+    editor = window.prompt_editor
+    studio.paths.embeddings.mkdir(parents=True, exist_ok=True)
+    _embedding(studio.paths.embeddings / "glowstyle.safetensors", 6)
+    editor.set_prompts("a cat, glowstyle", "inkwash")
+    window.load_token_counter(MERGES, studio.paths.embeddings)
+    qtbot.waitUntil(lambda: editor.prompt_count.text() == "9/75", timeout=TIMEOUT_MS)  # a, cat, comma, 6 vectors
+    assert editor.negative_count.text() == "2/75"  # ink, wash: not in the library yet
+    # Imported through the library, a new embedding counts at once, without typing.
+    tasks = window.library_integration.tasks
+    try:
+        tasks.import_path(str(_embedding(tmp_path / "inkwash.safetensors", 3)))
+        qtbot.waitUntil(lambda: editor.negative_count.text() == "3/75", timeout=TIMEOUT_MS)
+    finally:
+        tasks.shutdown()

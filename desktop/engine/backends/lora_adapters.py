@@ -183,6 +183,10 @@ class LoraAdapters:
             raise ModelError(
                 f"The embedding {name!r} could not be added: {_short(error)} Rename it in the library."
             ) from error
+        vectors = first.reshape(-1, width).shape[0]
+        for tokenizer in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None) if second is not None else None):
+            if tokenizer is not None:
+                _match_whole_words(tokenizer, name, vectors)
 
     def _facts_for(self, identity: _Identity, entry: Any) -> tuple[LoraInfo, str]:
         facts = self._facts.get(identity)
@@ -259,6 +263,22 @@ def _without_text_model_alias(pipe: Any) -> Iterator[None]:
     finally:
         for encoder in hidden:
             object.__setattr__(encoder, "text_model", encoder)
+
+
+def _match_whole_words(tokenizer: Any, name: str, vectors: int) -> None:
+    """Added tokens match anywhere in a word by default, so once an embedding is loaded "glowstyles"
+    would read as the embedding "glowstyle" and an "s". As A1111 (which matches whole tokens) and
+    `_apply_embeddings` do, only the name as a word of its own is the embedding: the same tokens,
+    ids unchanged, added again as single words."""
+    # The tokenizer's own AddedToken class (transformers' or the tokenizers library's), taken from a
+    # token it holds, so that only the diffusers backend imports transformers.
+    added = tokenizer.added_tokens_decoder
+    token_id = tokenizer.convert_tokens_to_ids(name)
+    if token_id not in added:
+        return
+    kind = type(added[token_id])
+    names = [name] + [f"{name}_{index}" for index in range(1, vectors)]
+    tokenizer.add_tokens([kind(token, single_word=True) for token in names])
 
 
 def _embedding_vectors(tensors: dict[str, Any]) -> tuple[Any, Any]:

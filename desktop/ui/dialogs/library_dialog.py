@@ -355,8 +355,9 @@ class LibraryIntegration(QObject):
         panel = getattr(self._window, "parameter_panel", None)
         if kind == "lora" and panel is not None:
             panel.lora_list.set_names([r.name for r in records])
-        elif kind == "model":
-            refresh = getattr(self._window, "refresh_models", None)
+        elif kind in ("model", "embedding"):
+            name = "refresh_models" if kind == "model" else "refresh_embedding_counts"
+            refresh = getattr(self._window, name, None)
             if refresh is not None:
                 refresh()
 
