@@ -40,6 +40,7 @@ from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import (
     DEVICES,
+    EMPHASIS_MODES,
     INPAINT_AREAS,
     MAX_SIDE,
     MEMORY_MODES,
@@ -88,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-count", type=int, default=1, help="pipeline runs, one after another")
     gen.add_argument("--batch-size", type=int, default=1, help="images per run")
     gen.add_argument("--clip-skip", type=int, default=1, help="A1111 clip skip (1 = none)")
+    gen.add_argument("--emphasis", default="Original", choices=EMPHASIS_MODES,
+                     help="A1111's emphasis: how (word:1.2) weights apply")
     gen.add_argument("--device", default="auto", choices=DEVICES)
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
     gen.add_argument("--memory-mode", default="auto", choices=MEMORY_MODES,
@@ -264,6 +267,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         memory_mode=args.memory_mode,
         fast_mode=args.fast,
         clip_skip=args.clip_skip,
+        emphasis=args.emphasis,
         model_config=str(Path(args.config).expanduser().resolve()) if args.config else None,
         init_image=init_image,
         strength=args.strength,

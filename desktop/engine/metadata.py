@@ -29,7 +29,7 @@ from PIL import Image, PngImagePlugin
 from desktop.engine.backends.base import ModelInfo
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
-from desktop.engine.request import GenerationRequest
+from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
 from desktop.engine.untrusted_image import open_untrusted
 
 SCHEMA_VERSION = 1
@@ -105,6 +105,8 @@ def format_parameters(
         pairs += [("Batch size", request.batch_size), ("Batch pos", batch_pos)]
     if request.clip_skip > 1:
         pairs.append(("Clip skip", request.clip_skip))
+    if request.emphasis != "Original":  # A1111 writes it only when it is not the default
+        pairs.append(("Emphasis", request.emphasis))
     pairs += list((extra or {}).items())
     pairs.append(("Version", f"marble {version}"))
 
@@ -316,6 +318,9 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
         changes.append({"width": size[0], "height": size[1]})
     if (clip_skip := _to_int(settings.get("clip skip"))) is not None:
         changes.append({"clip_skip": clip_skip})
+    emphasis = settings.get("emphasis", "").strip().casefold()
+    if known := next((mode for mode in EMPHASIS_MODES if mode.casefold() == emphasis), None):
+        changes.append({"emphasis": known})
     for change in changes:
         request = _apply_if_valid(request, change)
     return request

@@ -24,6 +24,9 @@ INPAINT_AREAS = ("whole", "masked")
 RESIZE_MODES = ("resize", "pad")
 # auto: full on a roomy GPU, VAE tiling for large images, CPU offload when VRAM is short.
 MEMORY_MODES = ("auto", "full", "tiled", "offload")
+# A1111's emphasis modes: "Original" scales weighted tokens and restores each chunk's mean, "No norm"
+# only scales, "None" reads brackets and BREAK as plain text.
+EMPHASIS_MODES = ("Original", "No norm", "None")
 MAX_LORA_WEIGHT = 5.0
 
 
@@ -53,6 +56,8 @@ class GenerationRequest:
     device: str = "auto"
     precision: str = "auto"
     clip_skip: int = 1
+    # A1111's "Emphasis" setting: how (word:1.2) weights apply (EMPHASIS_MODES).
+    emphasis: str = "Original"
     memory_mode: str = "auto"
     # channels_last and torch.compile on the UNet: faster steps after a slow first image (GPU use).
     fast_mode: bool = False
@@ -115,6 +120,8 @@ class GenerationRequest:
         _check_int("clip skip", self.clip_skip)
         if not 1 <= self.clip_skip <= 12:
             raise InvalidRequest(f"clip skip {self.clip_skip} is out of range: use 1 to 12.")
+        if self.emphasis not in EMPHASIS_MODES:
+            raise InvalidRequest(f"Unknown emphasis {self.emphasis!r}: use one of {', '.join(EMPHASIS_MODES)}.")
         if self.memory_mode not in MEMORY_MODES:
             raise InvalidRequest(f"Unknown memory mode {self.memory_mode!r}: use one of {', '.join(MEMORY_MODES)}.")
         if not isinstance(self.fast_mode, bool):

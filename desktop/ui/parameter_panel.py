@@ -100,6 +100,7 @@ class ParameterPanel(QWidget):
         self._last_seed: int | None = None
         # Not shown as a widget yet, but kept so a request set from history round-trips unchanged.
         self._clip_skip = 1
+        self._emphasis = "Original"
 
         self.model_combo = QComboBox(objectName="model_combo")
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -310,6 +311,7 @@ class ParameterPanel(QWidget):
             memory_mode=self.memory_combo.currentData(),
             fast_mode=self.fast_check.isChecked(),
             clip_skip=self._clip_skip,
+            emphasis=self._emphasis,
             loras=self.lora_list.loras(),
         )
 
@@ -337,6 +339,7 @@ class ParameterPanel(QWidget):
         self.batch_count_spin.setValue(request.batch_count)
         self.batch_size_spin.setValue(request.batch_size)
         self._clip_skip = request.clip_skip
+        self._emphasis = request.emphasis
         self.lora_list.set_loras(request.loras)
 
 

@@ -88,6 +88,19 @@ def test_fast_flag_compiles_and_is_recorded(tmp_path, tiny_sd15_dir):
     assert read_image_metadata(path).request.fast_mode is True
 
 
+def test_emphasis_flag_is_used_and_recorded_as_a1111_records_it(tmp_path, tiny_sd15_dir):
+    target = tmp_path / "no-norm.png"
+    argv = generate_args(tiny_sd15_dir, "--emphasis", "No norm", "--out", str(target), "--home", str(tmp_path / "h"))
+    argv[argv.index("--prompt") + 1] = "a (red:1.4) fox"
+    code, _, err = in_process(argv)
+    assert code == 0, err
+    found = read_image_metadata(target)
+    assert found.request.emphasis == "No norm" and "Emphasis: No norm" in found.raw["parameters"]
+    argv[argv.index("--emphasis") + 1] = "Quiet"
+    code, _, err = in_process(argv)
+    assert code == EXIT_BAD_INPUT and "Quiet" in err
+
+
 def test_models_list_reads_the_library(tmp_path, tiny_sd15_dir):
     home = tmp_path / "home"
     shutil.copytree(tiny_sd15_dir, home / "models" / "tiny-sd15")

@@ -146,6 +146,7 @@ ROUND_TRIPS = [
     request(clip_skip=2, steps=1, width=64, height=4096, seed=4294967295),
     request(prompt="猫, café ☕", negative_prompt="ぼかし", sampler="LCM", cfg_scale=1.0, steps=4),
     request(batch_size=4, batch_count=3, sampler="DDIM", cfg_scale=0.0),
+    request(prompt="a (red:1.3) ball", emphasis="No norm"),
 ]
 
 
@@ -269,6 +270,15 @@ def test_invalid_numbers_keep_the_defaults() -> None:
     defaults = GenerationRequest(prompt="p", model="nan")
     assert made == defaults
     assert made.sampler == "default"
+
+
+def test_emphasis_is_written_as_a1111_writes_it_and_read_back() -> None:
+    assert "Emphasis" not in format_parameters(request(), 1, SD15, VERSION)  # "Original": the default
+    text = format_parameters(request(emphasis="No norm", clip_skip=2), 1, SD15, VERSION)
+    assert "Clip skip: 2, Emphasis: No norm, Version" in text
+    assert request_from_parameters(parse_parameters(text), "m").emphasis == "No norm"
+    assert request_from_parameters(parse_parameters("p\nSteps: 5, Emphasis: none"), "m").emphasis == "None"
+    assert request_from_parameters(parse_parameters("p\nSteps: 5, Emphasis: Loud"), "m").emphasis == "Original"
 
 
 def test_model_names_from_files_are_names_not_paths() -> None:

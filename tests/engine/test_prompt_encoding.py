@@ -3,6 +3,8 @@ and prompts longer than 75 tokens (the parser itself is tested in test_prompt_sy
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +54,20 @@ def _load(backend: DiffusersBackend, request: GenerationRequest):
 
 def token_count(pipe, text: str) -> int:
     return len(pipe.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def test_no_norm_emphasis_scales_without_restoring_the_mean_and_none_reads_brackets_as_text(sd15):
+    plain, _ = sd15.encode_prompt("a red circle", "cpu", 1, False)
+    request = GenerationRequest(prompt="a (red:1.5) circle", model="x", emphasis="No norm")
+    weighted = _prompt_arguments(sd15, request)["prompt_embeds"]
+    scale = torch.ones(77)
+    scale[2] = 1.5
+    assert torch.allclose(weighted, plain * scale[None, :, None], atol=1e-6)
+    original = _prompt_arguments(sd15, replace(request, emphasis="Original"))["prompt_embeds"]
+    assert not torch.allclose(weighted, original, atol=1e-4)  # the mean is not restored
+    # "None": the pipeline gets the text as it is, brackets, weight and BREAK included.
+    literal = replace(request, prompt="a (red:1.5) circle BREAK sky", emphasis="None")
+    assert _prompt_arguments(sd15, literal)["prompt"] == "a (red:1.5) circle BREAK sky"
 
 
 @pytest.mark.parametrize("negative", ["", "blurry"])

@@ -39,6 +39,7 @@ def test_defaults_are_valid():
         ({"batch_count": 1000}, "batch count 1000 is out of range"),
         ({"device": "tpu"}, "Unknown device 'tpu'"),
         ({"precision": "fp8"}, "Unknown precision 'fp8'"),
+        ({"emphasis": "no norm"}, "Unknown emphasis 'no norm': use one of Original, No norm, None"),
         ({"prompt": "x" * 100_001}, "The prompt is 100,001 characters long"),
         ({"negative_prompt": "a\x00b"}, "negative prompt contains a NUL"),
         ({"steps": True}, "steps must be a whole number"),

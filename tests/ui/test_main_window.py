@@ -155,6 +155,7 @@ def test_panel_round_trips_a_request(qtbot, studio: Studio) -> None:
         memory_mode="tiled",
         fast_mode=True,
         clip_skip=2,
+        emphasis="No norm",
     )
     panel = studio.window.parameter_panel
     panel.set_from_request(request)

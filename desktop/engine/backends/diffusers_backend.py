@@ -725,7 +725,10 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     each chunk encoded on its own in the tokenizer's own layout (start, ids, end, padding), weighted,
     and joined; a shorter prompt or negative prompt is padded with encodings of the empty prompt, as
     A1111 pads them. One plain chunk comes out exactly as the pipeline's own encoding (tested)."""
-    positive, negative = parse_prompt(request.prompt), parse_prompt(request.negative_prompt)
+    if request.emphasis == "None":  # A1111: brackets, weights and BREAK are plain text
+        positive, negative = (PromptPiece(request.prompt),), (PromptPiece(request.negative_prompt),)
+    else:
+        positive, negative = parse_prompt(request.prompt), parse_prompt(request.negative_prompt)
     encoders = _text_encoders(pipe)
     if not encoders:
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
@@ -738,14 +741,15 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
         return {"prompt": positive[0].text, "negative_prompt": negative[0].text or None}
     clip_skip = request.clip_skip - 1
     xl = _is_xl(pipe)
-    embeds, pooled = _encode_chunks(encoders, packed[0], clip_skip, xl)
+    normalise = request.emphasis == "Original"
+    embeds, pooled = _encode_chunks(encoders, packed[0], clip_skip, xl, normalise)
     if xl and not request.negative_prompt and pipe.config.force_zeros_for_empty_prompt:
         negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
     else:
-        negative_embeds, negative_pooled = _encode_chunks(encoders, packed[1], clip_skip, xl)
+        negative_embeds, negative_pooled = _encode_chunks(encoders, packed[1], clip_skip, xl, normalise)
         if embeds.shape[1] != negative_embeds.shape[1]:
             empty = [[Chunk((), ())] for _ in encoders]
-            blank, _ = _encode_chunks(encoders, empty, clip_skip, xl)
+            blank, _ = _encode_chunks(encoders, empty, clip_skip, xl, normalise)
             embeds, negative_embeds = _pad_to_same_length(embeds, negative_embeds, blank)
     arguments = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
     if xl:
@@ -796,9 +800,10 @@ def _group_embeddings(ids: list[int], added: dict[int, str]) -> list[int | tuple
 
 
 def _encode_chunks(
-    encoders: list[tuple[Any, Any]], packed: list[tuple[Chunk, ...]], clip_skip: int, xl: bool
+    encoders: list[tuple[Any, Any]], packed: list[tuple[Chunk, ...]], clip_skip: int, xl: bool, normalise: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(1, 77 * chunks, width) hidden states, and for SDXL the pooled embedding of the first chunk."""
+    """(1, 77 * chunks, width) hidden states, and for SDXL the pooled embedding of the first chunk.
+    With `normalise` (A1111's "Original" emphasis) a weighted chunk keeps its mean ("No norm": not)."""
     pooled = None
     joined = []
     for index, chunk in enumerate(packed[0]):
@@ -825,7 +830,8 @@ def _encode_chunks(
             weights = [1.0, *chunk.weights] + [1.0] * (hidden.shape[1] - 1 - len(chunk.weights))
             mean = hidden.mean()
             hidden = hidden * hidden.new_tensor(weights)[None, :, None]
-            hidden = hidden * (mean / hidden.mean())
+            if normalise:
+                hidden = hidden * (mean / hidden.mean())
         joined.append(hidden)
     return torch.cat(joined, dim=1), pooled
 
