@@ -17,7 +17,7 @@ copied from an A1111 PNG (or written by us into one) then means here what it mea
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 EMPHASIS = 1.1
@@ -162,6 +162,17 @@ def pack_prompt(
     """`pack_chunks` of parsed pieces, each piece's text turned into ids (tuples for embeddings) by
     `tokenize`."""
     return pack_chunks([None if p.is_break else (tokenize(p.text), p.weight) for p in pieces], size, comma_id)
+
+
+def embedding_words(names: Iterable[str]) -> re.Pattern[str] | None:
+    """A pattern finding embedding names in a prompt as A1111 does: each name exactly, as a word of
+    its own (no letter, digit, `_` or `-` on either side), the longest name first where two start
+    together; None for no names. The one rule the backend (which embeddings to load) and the token
+    counter (which words are vectors) share."""
+    ordered = sorted(set(names), key=len, reverse=True)
+    if not ordered:
+        return None
+    return re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, ordered)) + r")(?![\w-])")
 
 
 def _split_breaks(pieces: list[list]) -> list[PromptPiece]:

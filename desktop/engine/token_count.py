@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.engine.prompt_syntax import pack_prompt, parse_prompt
+from desktop.engine.prompt_syntax import embedding_words, pack_prompt, parse_prompt
 
 CHUNK_TOKENS = 75  # a 77-token window less its start and end tokens
 _END_OF_WORD = "</w>"
@@ -56,13 +56,10 @@ class TokenCounter:
         self._embedding_names: re.Pattern[str] | None = None
 
     def set_embeddings(self, vectors: Mapping[str, int]) -> None:
-        """The library's embeddings (name -> vectors), found in prompts as the backend finds them: the
-        exact name, as a word of its own (letters, digits, `_` or `-` on neither side)."""
+        """The library's embeddings (name -> vectors), found in prompts as the backend finds them
+        (`prompt_syntax.embedding_words`)."""
         self._embeddings = dict(vectors)
-        names = sorted(self._embeddings, key=len, reverse=True)  # the longest name wins where two start
-        self._embedding_names = (
-            re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])") if names else None
-        )
+        self._embedding_names = embedding_words(self._embeddings)
 
     @classmethod
     def from_merges_file(cls, file: Path) -> TokenCounter:

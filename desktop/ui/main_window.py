@@ -140,7 +140,6 @@ class MainWindow(QMainWindow):
         self._relay.thumbnail_loaded.connect(self._on_thumbnail_loaded)
         self._relay.token_counter_loaded.connect(self._on_token_counter_loaded)
         self._relay.embedding_vectors_read.connect(self._on_embedding_vectors_read)
-        self._token_counter: TokenCounter | None = None
         self._embeddings_folder: Path | None = None
 
         self._job_id: str | None = None
@@ -367,14 +366,11 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _on_token_counter_loaded(self, counter: TokenCounter | None) -> None:
         if counter is not None:
-            self._token_counter = counter
             self.prompt_editor.set_token_counter(counter)
 
     @Slot(object)
     def _on_embedding_vectors_read(self, vectors: dict[str, int]) -> None:
-        if self._token_counter is not None:
-            self._token_counter.set_embeddings(vectors)
-            self.prompt_editor.recount()
+        self.prompt_editor.set_embeddings(vectors)
 
     def add_history_panel(self, panel: HistoryPanel) -> None:
         """Dock the history on the right and wire its actions to the editor, settings and canvas."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QKeyEvent, QTextCursor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
@@ -53,10 +55,14 @@ class PromptEditor(QWidget):
         self.prompt_count.start(counter)
         self.negative_count.start(counter)
 
-    def recount(self) -> None:
-        """Count both fields again now (the counter's embeddings changed)."""
-        self.prompt_count.recount()
-        self.negative_count.recount()
+    def set_embeddings(self, vectors: Mapping[str, int]) -> None:
+        """The library's embeddings changed (name -> vectors): count with them from now on, at once.
+        Before a counter is given there is nothing to count; the counter arrives with its own."""
+        counter = self.prompt_count.counter
+        if counter is not None:
+            counter.set_embeddings(vectors)
+            self.prompt_count.recount()
+            self.negative_count.recount()
 
     def prompt(self) -> str:
         return self.prompt_edit.toPlainText()
@@ -86,6 +92,10 @@ class _TokenCount(QLabel):
         self._timer.setInterval(COUNT_DELAY_MS)
         self._timer.timeout.connect(self.recount)
         editor.textChanged.connect(self._timer.start)
+
+    @property
+    def counter(self) -> TokenCounter | None:
+        return self._counter
 
     def start(self, counter: TokenCounter) -> None:
         self._counter = counter

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from desktop.engine.prompt_syntax import Chunk, PromptPiece, needs_chunked_encoding, pack_chunks, parse_prompt
+from desktop.engine.prompt_syntax import (
+    Chunk,
+    PromptPiece,
+    embedding_words,
+    needs_chunked_encoding,
+    pack_chunks,
+    parse_prompt,
+)
 
 
 def pairs(text: str) -> list[tuple[str, float]]:
@@ -109,6 +116,13 @@ def test_an_embedding_that_does_not_fit_starts_the_next_chunk_whole() -> None:
     long = tuple(range(2000, 2080))
     chunks = pack_chunks([([1, 2], 1.0), ([long], 1.0)], size=75, comma_id=None)
     assert ids_of(chunks) == [[1, 2], list(long[:75]), list(long[75:])]
+
+
+def test_embedding_names_are_found_as_whole_words_the_longest_first() -> None:
+    pattern = embedding_words(["ink", "ink-wash", "glow.v2"])
+    found = pattern.findall("ink, ink-wash inks glow.v2 xglow.v2 ink_ (ink:1.2)")
+    assert found == ["ink", "ink-wash", "glow.v2", "ink"]
+    assert embedding_words([]) is None
 
 
 def test_pieces_are_frozen() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from desktop.engine.library.lora import (
     merge_loras,
     split_lora_tags,
 )
+from desktop.engine.prompt_syntax import embedding_words
 from desktop.engine.request import GenerationRequest
 
 # Loaded adapters stay in memory between jobs (a switch back is then free); beyond this many, the
@@ -144,7 +144,7 @@ class LoraAdapters:
             return ()
         used = []
         for entry in self._embeddings.entries():
-            if not re.search(rf"(?<![\w-]){re.escape(entry.name)}(?![\w-])", text):
+            if not embedding_words([entry.name]).search(text):
                 continue
             # A token stays in the tokenizer until the model is reloaded (tokenizers cannot drop added
             # tokens cleanly), so a file replaced on disk takes effect at the next model load.
