@@ -83,9 +83,6 @@ def main() -> None:
     parser.add_argument("--blind-share", type=float, default=1.0, help="stage 4: share of wrong captions there")
     parser.add_argument("--mislabel-share", type=float, default=0.05,
                         help="stage 4: share of wrong captions at every timestep, so guidance matters")
-    parser.add_argument("--mislabel-above", type=int, default=0, help="stage 4: only from this timestep up")
-    parser.add_argument("--wrong-background-share", type=float, default=0.0,
-                        help="stage 4: share of captions naming another background")
     parser.add_argument("--shape-weight", type=float, default=4.0, help="stage 4: loss weight of shapes (1: even)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -100,7 +97,7 @@ def main() -> None:
                     args.high_only, args.high_share, args.denoiser_shape_weight)
     models = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
     polish = Polish(args.polish_steps, args.polish_lr, args.blind_below, args.low_share, args.blind_share,
-                    args.shape_weight, args.mislabel_share, args.mislabel_above, args.wrong_background_share)
+                    args.shape_weight, args.mislabel_share)
     unet, text_encoder = polish_denoiser(args.work / "polish.pt", data, anchors, tokenizer, models, recipe, polish,
                                          args.seed + 5)
     save_release(args.out, vae, unet, text_encoder, tokenizer)
@@ -304,7 +301,6 @@ class TrainingPictures:
     size: int
     tokenizer: CLIPTokenizer
     cache: dict  # caption -> token ids, filled as captions come up
-    wrong_background_share: float = 0.0  # captions that name another background (see `misdescribed`)
 
     def draw(self, anchor_share: float, text_encoder, generator: torch.Generator, rng: random.Random) -> tuple:
         """A batch, `anchor_share` of it anchors (none when there are none) and the rest training
@@ -314,24 +310,11 @@ class TrainingPictures:
         latents, drawn = draw_batch(self.anchors, anchored, generator)
         more_latents, more_drawn = draw_batch(self.data, self.size - anchored, generator)
         latents, drawn = torch.cat([latents, more_latents]), drawn + more_drawn
-        captions = ["" if rng.random() < 0.1 else scenes.caption(self.misdescribed(scene, rng), rng) for scene in drawn]
+        captions = ["" if rng.random() < 0.1 else scenes.caption(scene, rng) for scene in drawn]
         missing = [c for c in set(captions) if c not in self.cache]
         if missing:
             self.cache.update(zip(missing, token_ids(self.tokenizer, missing), strict=True))
         return latents, text_encoder(torch.stack([self.cache[c] for c in captions]))[0], drawn
-
-
-    def misdescribed(self, scene: scenes.Scene, rng: random.Random) -> scenes.Scene:
-        """The scene to caption: a `wrong_background_share` of the time the same shapes on another
-        background, in colours neither the background nor any shape has. A background is most of the
-        picture and the first thing the sampler settles, so the whole-caption mislabelling leaves the
-        model sure of it; this makes it as unsure of backgrounds as of the rest (README "The demo
-        model", item 11). No random draws without a share, so stage 3 replays unchanged."""
-        if not self.wrong_background_share or rng.random() >= self.wrong_background_share:
-            return scene
-        taken = set(scene.background) | {shape.colour for shape in scene.shapes}
-        free = [colour for colour in scenes.COLOURS if colour not in taken]
-        return replace(scene, background=tuple(rng.sample(free, len(scene.background))))
 
 
 def optimiser_step(optimiser: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
@@ -358,7 +341,7 @@ class Polish:
     (training.diffusion_loss, `blind_below`), so that image to image at a low strength keeps its
     source under guidance; and the loss weighs the shapes' boxes `shape_weight` times the rest
     (`shape_weights`), since a small shape is a few latent pixels among 256 of background. A
-    `mislabel_share` of its captions, from `mislabel_above` up, belongs to another picture, so that
+    `mislabel_share` of its captions, at every timestep, belongs to another picture, so that
     the model alone is less sure of the caption and guidance matters (README "The demo model", item 11)."""
 
     steps: int
@@ -368,8 +351,6 @@ class Polish:
     blind_share: float
     shape_weight: float = 1.0
     mislabel_share: float = 0.0  # training.diffusion_loss: captions wrong at every timestep
-    mislabel_above: int = 0
-    wrong_background_share: float = 0.0  # TrainingPictures.misdescribed
     ema_decay: float = 0.98  # a short run: an average over its last ~50 steps
 
 
@@ -407,14 +388,14 @@ def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, mode
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     schedule = training_schedule()
-    pictures = TrainingPictures(data, anchors, recipe.batch, tokenizer, {}, polish.wrong_background_share)
+    pictures = TrainingPictures(data, anchors, recipe.batch, tokenizer, {})
     for step in range(polish.steps):
         latents, hidden, drawn = pictures.draw(recipe.anchor_share, text_encoder, generator, rng)
         # Even weights go through the plain loss, so a polish without them replays earlier builds exactly.
         weights = shape_weights(drawn, polish.shape_weight, latents.shape[-1]) if polish.shape_weight != 1 else None
         loss = diffusion_loss(unet, latents, hidden, schedule, generator, recipe.high_timestep, recipe.high_share,
                               polish.blind_below, polish.low_share, polish.blind_share, weights,
-                              polish.mislabel_share, polish.mislabel_above)
+                              polish.mislabel_share)
         optimiser_step(optimiser, loss, params)
         update_ema(((ema_unet, unet), (ema_text, text_encoder)), polish.ema_decay)
         if step % 50 == 0 or step == polish.steps - 1:

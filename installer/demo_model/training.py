@@ -40,7 +40,6 @@ def diffusion_loss(
     blind_share: float = 1.0,
     pixel_weights: torch.Tensor | None = None,
     mislabel_share: float = 0.0,
-    mislabel_above: int = 0,
 ) -> torch.Tensor:
     """Noise the scaled latents at random timesteps; the weighted MSE of the UNet's prediction of v.
 
@@ -82,7 +81,7 @@ def diffusion_loss(
         if blind_share < 1.0:
             wrong &= torch.rand(batch, generator=generator) < blind_share
     if mislabel_share:  # likewise
-        wrong |= (torch.rand(batch, generator=generator) < mislabel_share) & (steps >= mislabel_above)
+        wrong |= torch.rand(batch, generator=generator) < mislabel_share
     if blind_below or mislabel_share:
         hidden = torch.where(wrong[:, None, None], hidden.roll(1, dims=0), hidden)
     noisy = schedule.add_noise(latents, noise, steps)

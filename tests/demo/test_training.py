@@ -17,7 +17,6 @@ from installer.demo_model.train import (
     TOKENIZER,
     Polish,
     Recipe,
-    TrainingPictures,
     anchor_scene,
     draw_batch,
     encode_dataset,
@@ -142,30 +141,6 @@ def test_a_mislabel_share_gives_that_share_of_samples_at_every_timestep_another_
     low = torch.tensor(steps) < 400
     wrong = (hidden == rolled).all(dim=(1, 2)) & ~(hidden == captions).all(dim=(1, 2))
     assert bool(wrong[low].all()) and 0.1 < wrong[~low].float().mean() < 0.7
-    # With a floor, only samples from it up get another caption.
-    steps, hidden, _ = recorded(batch, 0, 1.0, 0, 0.0, 1.0, None, 0.6, 500)
-    high = torch.tensor(steps) >= 500
-    wrong = (hidden == rolled).all(dim=(1, 2)) & ~(hidden == captions).all(dim=(1, 2))
-    assert not wrong[~high].any() and 0.3 < wrong[high].float().mean() < 0.9
-
-
-def test_a_wrong_background_share_names_another_background_and_nothing_else():
-    rng = random.Random(3)
-    drawn = [scenes.random_scene(rng) for _ in range(400)]
-    always = TrainingPictures({}, {}, 0, None, {}, wrong_background_share=1.0)
-    for scene in drawn:
-        told = always.misdescribed(scene, rng)
-        taken = set(scene.background) | {shape.colour for shape in scene.shapes}
-        assert told.shapes == scene.shapes and told.split == scene.split
-        assert len(told.background) == len(scene.background) and not set(told.background) & taken
-    assert any(len(scene.background) == 2 for scene in drawn)  # split backgrounds were covered too
-    half = TrainingPictures({}, {}, 0, None, {}, wrong_background_share=0.5)
-    changed = sum(half.misdescribed(scene, rng) != scene for scene in drawn) / len(drawn)
-    assert 0.4 < changed < 0.6
-    # Without a share: the scene itself and no random draws, so stage 3 and earlier polishes replay.
-    never = TrainingPictures({}, {}, 0, None, {})
-    state = rng.getstate()
-    assert all(never.misdescribed(scene, rng) is scene for scene in drawn) and rng.getstate() == state
 
 
 def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path):
