@@ -94,6 +94,12 @@ def parse_prompt(text: str) -> tuple[PromptPiece, ...]:
     return _merge(_split_breaks(pieces))
 
 
+def prompt_pieces(text: str, emphasis: str = "Original") -> tuple[PromptPiece, ...]:
+    """The pieces a prompt is encoded as under one of A1111's emphasis modes (request.EMPHASIS_MODES):
+    with "None", brackets, weights and BREAK are plain text, one piece of weight 1."""
+    return (PromptPiece(text),) if emphasis == "None" else parse_prompt(text)
+
+
 def needs_chunked_encoding(pieces: Sequence[PromptPiece]) -> bool:
     """Whether anything but plain text is in the prompt (a weight or a BREAK)."""
     return any(piece.is_break or piece.weight != 1.0 for piece in pieces)

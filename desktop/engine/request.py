@@ -27,6 +27,7 @@ MEMORY_MODES = ("auto", "full", "tiled", "offload")
 # A1111's emphasis modes: "Original" scales weighted tokens and restores each chunk's mean, "No norm"
 # only scales, "None" reads brackets and BREAK as plain text.
 EMPHASIS_MODES = ("Original", "No norm", "None")
+MAX_CLIP_SKIP = 12  # CLIP ViT-L has 12 layers; A1111's slider stops there too
 MAX_LORA_WEIGHT = 5.0
 
 
@@ -118,8 +119,8 @@ class GenerationRequest:
         if self.precision not in PRECISIONS:
             raise InvalidRequest(f"Unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}.")
         _check_int("clip skip", self.clip_skip)
-        if not 1 <= self.clip_skip <= 12:
-            raise InvalidRequest(f"clip skip {self.clip_skip} is out of range: use 1 to 12.")
+        if not 1 <= self.clip_skip <= MAX_CLIP_SKIP:
+            raise InvalidRequest(f"clip skip {self.clip_skip} is out of range: use 1 to {MAX_CLIP_SKIP}.")
         if self.emphasis not in EMPHASIS_MODES:
             raise InvalidRequest(f"Unknown emphasis {self.emphasis!r}: use one of {', '.join(EMPHASIS_MODES)}.")
         if self.memory_mode not in MEMORY_MODES:

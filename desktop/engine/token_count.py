@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from desktop.engine.prompt_syntax import embedding_words, pack_prompt, parse_prompt
+from desktop.engine.prompt_syntax import embedding_words, pack_prompt, prompt_pieces
 
 CHUNK_TOKENS = 75  # a 77-token window less its start and end tokens
 _END_OF_WORD = "</w>"
@@ -89,8 +89,9 @@ class TokenCounter:
                 out.extend(pieces)
         return out
 
-    def measure(self, prompt: str) -> PromptLength:
-        """Tokens and chunks of a prompt read with A1111's syntax (weights, BREAK, 75-token chunks)."""
+    def measure(self, prompt: str, emphasis: str = "Original") -> PromptLength:
+        """Tokens and chunks of a prompt read with A1111's syntax (weights, BREAK, 75-token chunks), or
+        with emphasis "None" as plain text, brackets and BREAK counted as words, as the backend reads it."""
         # Packing needs ids only to find commas: 1 for a comma, 0 for the rest, and an embedding's
         # vectors as one group (the packer keeps a group in one chunk).
         def comma_ids(text: str) -> list[int | tuple[int, ...]]:
@@ -104,7 +105,7 @@ class TokenCounter:
                     ids.extend(int(token == _COMMA) for token in self.tokens(part))
             return ids
 
-        chunks = pack_prompt(parse_prompt(prompt), comma_ids, CHUNK_TOKENS, 1)
+        chunks = pack_prompt(prompt_pieces(prompt, emphasis), comma_ids, CHUNK_TOKENS, 1)
         return PromptLength(sum(len(chunk.ids) for chunk in chunks), len(chunks))
 
     def _merge(self, symbols: str) -> tuple[str, ...]:

@@ -163,6 +163,7 @@ class MainWindow(QMainWindow):
 
         self.parameter_panel.models_refresh_requested.connect(self.refresh_models)
         self.parameter_panel.open_models_folder_requested.connect(self.open_models_folder)
+        self.parameter_panel.emphasis_changed.connect(self.prompt_editor.set_emphasis)
         self.queue_panel.generate_requested.connect(self.generate)
         self.queue_panel.cancel_requested.connect(self.cancel)
         # Clicks, and arrow keys moving the current item; `_show_result` skips what is already shown.

@@ -1,4 +1,5 @@
-"""Every generation setting except the prompts: model, sampler, steps, CFG, seed, size, batch, device."""
+"""Every generation setting except the prompts: model, sampler, steps, CFG, seed, size, batch, text
+encoder (clip skip, emphasis), device."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ from PySide6.QtWidgets import (
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from desktop.engine.request import (
     DEVICES,
+    EMPHASIS_MODES,
     MAX_BATCH_COUNT,
     MAX_BATCH_SIZE,
     MAX_CFG,
+    MAX_CLIP_SKIP,
     MAX_SEED,
     MAX_SIDE,
     MAX_STEPS,
@@ -90,17 +93,17 @@ class ParameterPanel(QWidget):
     Signals:
         models_refresh_requested(): the user asked to scan the models folder again.
         open_models_folder_requested(): the user wants to see the models folder in the file manager.
+        emphasis_changed(str): the emphasis mode changed (by the user or a request shown), so the
+            prompt editor can count brackets as the job will read them.
     """
 
     models_refresh_requested = Signal()
     open_models_folder_requested = Signal()
+    emphasis_changed = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._last_seed: int | None = None
-        # Not shown as a widget yet, but kept so a request set from history round-trips unchanged.
-        self._clip_skip = 1
-        self._emphasis = "Original"
 
         self.model_combo = QComboBox(objectName="model_combo")
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -177,6 +180,28 @@ class ParameterPanel(QWidget):
         self.batch_size_spin.setRange(1, MAX_BATCH_SIZE)
         self.batch_size_spin.setToolTip("Images per run (needs more memory)")
 
+        # A1111's names and ranges, so settings copied from its PNGs mean the same here.
+        self.clip_skip_spin = QSpinBox(objectName="clip_skip_spin")
+        self.clip_skip_spin.setRange(1, MAX_CLIP_SKIP)
+        self.clip_skip_spin.setToolTip(
+            "Clip skip: read the prompt from this many layers before the text encoder's last (1: the last). "
+            "Many anime models are made for 2."
+        )
+        self.emphasis_combo = QComboBox(objectName="emphasis_combo")
+        for name in EMPHASIS_MODES:
+            self.emphasis_combo.addItem(name, name)
+        self.emphasis_combo.setToolTip(
+            "How (word:1.2) weights apply. Original: as AUTOMATIC1111 (weights, then the mean restored); "
+            "No norm: weights only; None: brackets, weights and BREAK are plain text."
+        )
+        self.emphasis_combo.currentIndexChanged.connect(
+            lambda _: self.emphasis_changed.emit(self.emphasis_combo.currentData())
+        )
+        clip_skip_label = QLabel("Clip s&kip")
+        clip_skip_label.setBuddy(self.clip_skip_spin)
+        emphasis_label = QLabel("Emp&hasis")
+        emphasis_label.setBuddy(self.emphasis_combo)
+
         self.device_combo = QComboBox(objectName="device_combo")
         for name in DEVICES:
             self.device_combo.addItem(_DEVICE_LABELS.get(name, name), name)
@@ -208,6 +233,7 @@ class ParameterPanel(QWidget):
         form.addRow("&Width", _row(self.width_spin, self.swap_size_button))
         form.addRow("&Height", self.height_spin)
         form.addRow("Si&ze", self.size_preset_combo)
+        form.addRow(clip_skip_label, _row(self.clip_skip_spin, emphasis_label, self.emphasis_combo))
         form.addRow("&Batch count", self.batch_count_spin)
         form.addRow("Batch s&ize", self.batch_size_spin)
         form.addRow("&Device", self.device_combo)
@@ -310,8 +336,8 @@ class ParameterPanel(QWidget):
             precision=self.precision_combo.currentData(),
             memory_mode=self.memory_combo.currentData(),
             fast_mode=self.fast_check.isChecked(),
-            clip_skip=self._clip_skip,
-            emphasis=self._emphasis,
+            clip_skip=self.clip_skip_spin.value(),
+            emphasis=self.emphasis_combo.currentData(),
             loras=self.lora_list.loras(),
         )
 
@@ -338,8 +364,8 @@ class ParameterPanel(QWidget):
         self.height_spin.setValue(request.height)
         self.batch_count_spin.setValue(request.batch_count)
         self.batch_size_spin.setValue(request.batch_size)
-        self._clip_skip = request.clip_skip
-        self._emphasis = request.emphasis
+        self.clip_skip_spin.setValue(request.clip_skip)
+        _select_data(self.emphasis_combo, request.emphasis)
         self.lora_list.set_loras(request.loras)
 
 

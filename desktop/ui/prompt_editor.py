@@ -64,6 +64,12 @@ class PromptEditor(QWidget):
             self.prompt_count.recount()
             self.negative_count.recount()
 
+    def set_emphasis(self, emphasis: str) -> None:
+        """Count as the next job will read the prompts: with emphasis "None" brackets are words."""
+        for count in (self.prompt_count, self.negative_count):
+            count.emphasis = emphasis
+            count.recount()
+
     def prompt(self) -> str:
         return self.prompt_edit.toPlainText()
 
@@ -87,6 +93,7 @@ class _TokenCount(QLabel):
         self.hide()
         self._editor = editor
         self._counter: TokenCounter | None = None
+        self.emphasis = "Original"  # request.EMPHASIS_MODES; PromptEditor.set_emphasis keeps it
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(COUNT_DELAY_MS)
@@ -104,7 +111,7 @@ class _TokenCount(QLabel):
 
     def recount(self) -> None:
         if self._counter is not None:
-            length = self._counter.measure(self._editor.toPlainText())
+            length = self._counter.measure(self._editor.toPlainText(), self.emphasis)
             self.setText(f"{length.tokens}/{length.capacity}")
 
 

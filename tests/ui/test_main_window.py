@@ -159,6 +159,7 @@ def test_panel_round_trips_a_request(qtbot, studio: Studio) -> None:
     )
     panel = studio.window.parameter_panel
     panel.set_from_request(request)
+    assert (panel.clip_skip_spin.value(), panel.emphasis_combo.currentText()) == (2, "No norm")  # shown
     assert panel.request("p", "n") == request
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from PySide6.QtGui import QTextCursor
 from safetensors.numpy import save_file
 
+from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.token_count import TokenCounter
 from desktop.ui.prompt_editor import PromptEditor
@@ -70,3 +71,19 @@ def test_an_embedding_name_counts_as_its_vectors_and_follows_the_library(studio,
         qtbot.waitUntil(lambda: editor.negative_count.text() == "3/75", timeout=TIMEOUT_MS)
     finally:
         tasks.shutdown()
+
+
+def test_with_emphasis_none_brackets_and_break_count_as_words(studio, qtbot) -> None:
+    window = studio.window
+    editor, panel = window.prompt_editor, window.parameter_panel
+    editor.set_prompts("a cat", "(blurry:1.4) BREAK lowres")
+    window.load_token_counter(MERGES)
+    qtbot.waitUntil(lambda: editor.negative_count.text() == "3/150", timeout=TIMEOUT_MS)  # BREAK: a 2nd chunk
+    # As the backend will read it: ( blurry : 1 . 4 ) break low res, one chunk.
+    panel.emphasis_combo.setCurrentIndex(panel.emphasis_combo.findData("None"))
+    assert editor.negative_count.text() == "10/75"
+    assert editor.prompt_count.text() == "2/75"
+    # A request shown from history brings its emphasis, and the count follows it.
+    panel.set_from_request(GenerationRequest(prompt="a cat", model=studio.model_name, emphasis="Original"))
+    assert panel.emphasis_combo.currentData() == "Original"
+    assert editor.negative_count.text() == "3/150"

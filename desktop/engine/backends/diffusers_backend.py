@@ -58,7 +58,13 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 )
 from desktop.engine.library.lora import LoraCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
-from desktop.engine.prompt_syntax import Chunk, PromptPiece, needs_chunked_encoding, pack_prompt, parse_prompt  # noqa: E402
+from desktop.engine.prompt_syntax import (  # noqa: E402
+    Chunk,
+    PromptPiece,
+    needs_chunked_encoding,
+    pack_prompt,
+    prompt_pieces,
+)
 from desktop.engine.request import GenerationRequest  # noqa: E402
 from desktop.engine.resources import Resources  # noqa: E402
 
@@ -725,10 +731,7 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     each chunk encoded on its own in the tokenizer's own layout (start, ids, end, padding), weighted,
     and joined; a shorter prompt or negative prompt is padded with encodings of the empty prompt, as
     A1111 pads them. One plain chunk comes out exactly as the pipeline's own encoding (tested)."""
-    if request.emphasis == "None":  # A1111: brackets, weights and BREAK are plain text
-        positive, negative = (PromptPiece(request.prompt),), (PromptPiece(request.negative_prompt),)
-    else:
-        positive, negative = parse_prompt(request.prompt), parse_prompt(request.negative_prompt)
+    positive, negative = (prompt_pieces(text, request.emphasis) for text in (request.prompt, request.negative_prompt))
     encoders = _text_encoders(pipe)
     if not encoders:
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
