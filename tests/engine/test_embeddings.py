@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from desktop.engine.backends.diffusers_backend import DiffusersBackend, _pack
+from desktop.engine.backends.diffusers_backend import DiffusersBackend, _pack, _prompt_arguments
 from desktop.engine.errors import ModelError
 from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import ModelCatalog
@@ -101,12 +101,12 @@ def test_a_multi_vector_embedding_is_never_split_across_chunks(home, tiny_sd15_d
     assert "TI hashes" in dict(batch.extra_parameters)
     pipe = backend._pipe
     vectors = pipe.tokenizer.convert_tokens_to_ids(["inkstyle", "inkstyle_1"])
-    chunks = _pack(pipe, pipe.tokenizer, parse_prompt(prompt))
+    chunks = _pack(pipe.tokenizer, parse_prompt(prompt))
     assert [len(chunk.ids) for chunk in chunks] == [74, 5]
     assert list(chunks[1].ids[:2]) == vectors
     assert set(chunks[0].ids) == {pipe.tokenizer.convert_tokens_to_ids("cat</w>")}
     # Where it fits, it stays in its chunk.
-    assert [len(chunk.ids) for chunk in _pack(pipe, pipe.tokenizer, parse_prompt("cat " * 73 + "inkstyle"))] == [75]
+    assert [len(chunk.ids) for chunk in _pack(pipe.tokenizer, parse_prompt("cat " * 73 + "inkstyle"))] == [75]
     # And the picture is the one of that packing: the same prompt with a BREAK before the embedding.
     assert np.array_equal(with_embedding, image(backend, tiny_sd15_dir, "cat " * 74 + "BREAK inkstyle, a dog")[0])
 
@@ -129,7 +129,7 @@ def test_the_prompt_fields_count_an_embedding_as_the_backend_packs_it(tmp_path, 
         "glow style, glowstyle_, glowstyles, theglowstyle",  # not the name as a word
     ]
     for prompt in prompts:
-        chunks = _pack(pipe, pipe.tokenizer, parse_prompt(prompt))
+        chunks = _pack(pipe.tokenizer, parse_prompt(prompt))
         length = counter.measure(prompt)
         assert (length.tokens, length.chunks) == (sum(len(chunk.ids) for chunk in chunks), len(chunks)), prompt
     straddling = counter.measure("cat " * 72 + "glowstyle")
@@ -139,3 +139,23 @@ def test_the_prompt_fields_count_an_embedding_as_the_backend_packs_it(tmp_path, 
                                ModelCatalog(paths.models), 0)  # fmt: skip
     assert np.array_equal(image(backend, tiny_sd15_dir, "a cat, glowstyles")[0],
                           image(without, tiny_sd15_dir, "a cat, glowstyles")[0])  # fmt: skip
+
+
+def test_a_multi_vector_embedding_expands_as_diffusers_does_but_only_where_its_name_is_a_word(home, tiny_sd15_dir):
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), 0)
+    image(backend, tiny_sd15_dir, "a cat, inkstyle")  # loads the embedding into the real tokenizer
+    pipe = backend._pipe
+    tokenizer = pipe.tokenizer
+    request = GenerationRequest(prompt="a cat, inkstyle", model="m", negative_prompt="blurry").validate()
+    ours = _prompt_arguments(pipe, request)
+    theirs, negative = pipe.encode_prompt("a cat, inkstyle", "cpu", 1, True, "blurry")
+    assert torch.equal(ours["prompt_embeds"], theirs) and torch.equal(ours["negative_prompt_embeds"], negative)
+    # diffusers replaces the name in the text, so "inkstyles" beside it would become the embedding plus
+    # "s"; expanded by token, the longer word stays the words it is.
+    vectors = tokenizer.convert_tokens_to_ids(["inkstyle", "inkstyle_1"])
+    words = tokenizer("inkstyles", add_special_tokens=False).input_ids
+    assert vectors[0] not in words
+    (chunk,) = _pack(tokenizer, parse_prompt("inkstyle, inkstyles"))
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    assert list(chunk.ids) == [*vectors, comma, *words]
+    assert pipe.maybe_convert_prompt("inkstyle, inkstyles", tokenizer).count("inkstyle_1") == 2  # the fault

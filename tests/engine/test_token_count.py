@@ -77,7 +77,7 @@ def test_counts_and_chunks_are_the_backends_own_packing(counter: TokenCounter, t
         for _ in range(rng.randint(0, 3)):
             words.insert(rng.randrange(len(words) + 1), rng.choice(["BREAK", "(sharp:1.3)", "[soft]", ","]))
         prompt = " ".join(words * rng.randint(1, 4))
-        chunks = _pack(object(), tokenizer, parse_prompt(prompt))
+        chunks = _pack(tokenizer, parse_prompt(prompt))
         assert counter.measure(prompt) == PromptLength(sum(len(chunk.ids) for chunk in chunks), len(chunks)), prompt
 
 

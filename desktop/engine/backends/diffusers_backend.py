@@ -735,10 +735,14 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     encoders = _text_encoders(pipe)
     if not encoders:
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
-    packed = [[_pack(pipe, tokenizer, pieces) for tokenizer, _ in encoders] for pieces in (positive, negative)]
+    packed = [[_pack(tokenizer, pieces) for tokenizer, _ in encoders] for pieces in (positive, negative)]
     # diffusers applies clip skip to the prompt only; A1111 (whose "Clip skip: 2" we read and write)
     # applies it to the negative prompt too, so clip skip takes the chunked path, which does both.
-    plain = not needs_chunked_encoding(positive + negative) and request.clip_skip == 1
+    # diffusers expands a multi-vector embedding by replacing its name in the text, which also hits
+    # longer words that contain it ("inkstyles"); the chunked path expands the name's token instead.
+    multi_vector = {start for tokenizer, _ in encoders for start in _embedding_runs(tokenizer)}
+    used = {token for side in packed for chunks in side for chunk in chunks for token in chunk.ids}
+    plain = not needs_chunked_encoding(positive + negative) and request.clip_skip == 1 and not used & multi_vector
     if plain and all(len(chunks) == 1 for side in packed for chunks in side):
         # Escapes such as \( are resolved by the parser; a plain prompt is one piece (or none).
         return {"prompt": positive[0].text, "negative_prompt": negative[0].text or None}
@@ -771,35 +775,32 @@ def _text_encoders(pipe: Any) -> list[tuple[Any, Any]]:
     return [(tokenizer, encoder) for tokenizer, encoder in pairs if tokenizer is not None and encoder is not None]
 
 
-def _pack(pipe: Any, tokenizer: Any, pieces: tuple[PromptPiece, ...]) -> tuple[Chunk, ...]:
+def _pack(tokenizer: Any, pieces: tuple[PromptPiece, ...]) -> tuple[Chunk, ...]:
     comma = tokenizer.convert_tokens_to_ids(",</w>")
-
-    added = {token_id: token for token, token_id in tokenizer.get_added_vocab().items()}
+    runs = _embedding_runs(tokenizer)
 
     def tokenize(text: str) -> list[int | tuple[int, ...]]:
-        # Textual inversion: a multi-vector embedding's name becomes its numbered tokens.
-        if hasattr(pipe, "maybe_convert_prompt"):
-            text = pipe.maybe_convert_prompt(text, tokenizer)
+        # An embedding's name is one added token, matched only as a whole word (lora_adapters); a
+        # multi-vector one becomes its run of ids, as one tuple, so the packer keeps it in one chunk.
         ids = tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
-        return _group_embeddings(ids, added)
+        return [runs.get(token, token) for token in ids]
 
     size = tokenizer.model_max_length - 2
     return pack_prompt(pieces, tokenize, size, comma if comma != tokenizer.unk_token_id else None)
 
 
-def _group_embeddings(ids: list[int], added: dict[int, str]) -> list[int | tuple[int, ...]]:
-    """Each multi-vector embedding's run of ids (`name`, `name_1`, `name_2`... as diffusers adds them)
-    as one tuple, so the packer keeps it in one chunk."""
-    grouped: list[int | tuple[int, ...]] = []
-    start = 0
-    while start < len(ids):
-        name = added.get(ids[start])
-        end = start + 1
-        while name is not None and end < len(ids) and added.get(ids[end]) == f"{name}_{end - start}":
-            end += 1
-        grouped.append(tuple(ids[start:end]) if end - start > 1 else ids[start])
-        start = end
-    return grouped
+def _embedding_runs(tokenizer: Any) -> dict[int, tuple[int, ...]]:
+    """Each multi-vector embedding's token id -> the ids of all its vectors (`name`, `name_1`,
+    `name_2`... as diffusers' textual-inversion loader adds them)."""
+    vocab = tokenizer.get_added_vocab()
+    runs: dict[int, tuple[int, ...]] = {}
+    for token, token_id in vocab.items():
+        run = [token_id]
+        while f"{token}_{len(run)}" in vocab:
+            run.append(vocab[f"{token}_{len(run)}"])
+        if len(run) > 1:
+            runs[token_id] = tuple(run)
+    return runs
 
 
 def _encode_chunks(
