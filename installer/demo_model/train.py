@@ -1,6 +1,6 @@
 """Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
 
-A build step, not part of CI: about 46 minutes on a 2-core CPU (measured figures in the README).
+A build step, not part of CI: about 52 minutes on a 2-core CPU (measured figures in the README).
 Seeded and reproducible on the same machine and torch build. Four stages, each saved in --work so
 an interrupted build resumes:
 
@@ -17,13 +17,14 @@ an interrupted build resumes:
    timestep from high noise, the rest only a share of them: both teach where shapes go (README "The
    demo model", items 5 and 6); its loss weighs each shape's box 4 times the background, as stage 4's
    does (README items 9 and 10);
-4. a short polish from the averaged weights: half its timesteps drawn below 300, every caption there
+4. a polish from the averaged weights: half its timesteps drawn below 300, every caption there
    another picture's, so the model follows the picture where it is clear and the caption only where
    it is not; image to image at a low strength then keeps its source (README, items 7 and 10). Its loss weighs
    each shape's box 4 times the background, which small shapes need (README, item 8). 5% of its
    captions, at every timestep, are another picture's too, as real captions are sometimes wrong: the
    model alone then follows the caption only as far as it trusts it, and guidance makes it follow
-   (README, item 11).
+   (README, item 11); and 20% name another background than the picture's, without which the model
+   alone never misses a background (README, item 12).
 
 The result is a diffusers folder saved in float16 (20 MB).
 """
@@ -76,13 +77,15 @@ def main() -> None:
     parser.add_argument("--high-share", type=float, default=0.4, help="share of later timesteps that high")
     parser.add_argument("--denoiser-shape-weight", type=float, default=4.0,
                         help="stage 3: loss weight of shapes (1: even)")
-    parser.add_argument("--polish-steps", type=int, default=300, help="stage 4's steps (0: none)")
+    parser.add_argument("--polish-steps", type=int, default=900, help="stage 4's steps (0: none)")
     parser.add_argument("--polish-lr", type=float, default=2e-4)
     parser.add_argument("--blind-below", type=int, default=300, help="stage 4: wrong captions below it")
     parser.add_argument("--low-share", type=float, default=0.5, help="stage 4: share of timesteps that low")
     parser.add_argument("--blind-share", type=float, default=1.0, help="stage 4: share of wrong captions there")
     parser.add_argument("--mislabel-share", type=float, default=0.05,
                         help="stage 4: share of wrong captions at every timestep, so guidance matters")
+    parser.add_argument("--wrong-background-share", type=float, default=0.2,
+                        help="stage 4: share of captions naming another background, so guidance matters there too")
     parser.add_argument("--shape-weight", type=float, default=4.0, help="stage 4: loss weight of shapes (1: even)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,7 @@ def main() -> None:
                     args.high_only, args.high_share, args.denoiser_shape_weight)
     models = train_denoiser(args.work, data, anchors, tokenizer, vae, recipe, args.seed + 2)
     polish = Polish(args.polish_steps, args.polish_lr, args.blind_below, args.low_share, args.blind_share,
-                    args.shape_weight, args.mislabel_share)
+                    args.shape_weight, args.mislabel_share, args.wrong_background_share)
     unet, text_encoder = polish_denoiser(args.work / "polish.pt", data, anchors, tokenizer, models, recipe, polish,
                                          args.seed + 5)
     save_release(args.out, vae, unet, text_encoder, tokenizer)
@@ -301,6 +304,7 @@ class TrainingPictures:
     size: int
     tokenizer: CLIPTokenizer
     cache: dict  # caption -> token ids, filled as captions come up
+    wrong_background_share: float = 0.0  # captions that name another background (see `misdescribed`)
 
     def draw(self, anchor_share: float, text_encoder, generator: torch.Generator, rng: random.Random) -> tuple:
         """A batch, `anchor_share` of it anchors (none when there are none) and the rest training
@@ -310,12 +314,24 @@ class TrainingPictures:
         latents, drawn = draw_batch(self.anchors, anchored, generator)
         more_latents, more_drawn = draw_batch(self.data, self.size - anchored, generator)
         latents, drawn = torch.cat([latents, more_latents]), drawn + more_drawn
-        captions = ["" if rng.random() < 0.1 else scenes.caption(scene, rng) for scene in drawn]
+        captions = ["" if rng.random() < 0.1 else scenes.caption(self.misdescribed(scene, rng), rng) for scene in drawn]
         missing = [c for c in set(captions) if c not in self.cache]
         if missing:
             self.cache.update(zip(missing, token_ids(self.tokenizer, missing), strict=True))
         return latents, text_encoder(torch.stack([self.cache[c] for c in captions]))[0], drawn
 
+    def misdescribed(self, scene: scenes.Scene, rng: random.Random) -> scenes.Scene:
+        """The scene to caption: a `wrong_background_share` of the time the same shapes on another
+        background, in colours neither the background nor any shape has. A background is most of the
+        picture and the first thing the sampler settles, so whole-caption mislabelling leaves the
+        model sure of it; this makes it unsure enough that without guidance it misses backgrounds
+        too (README "The demo model", item 12). No random draws without a share, so stage 3 and
+        earlier polishes replay unchanged."""
+        if not self.wrong_background_share or rng.random() >= self.wrong_background_share:
+            return scene
+        taken = set(scene.background) | {shape.colour for shape in scene.shapes}
+        free = [colour for colour in scenes.COLOURS if colour not in taken]
+        return replace(scene, background=tuple(rng.sample(free, len(scene.background))))
 
 def optimiser_step(optimiser: torch.optim.Optimizer, loss: torch.Tensor, params: list) -> None:
     optimiser.zero_grad(set_to_none=True)
@@ -341,8 +357,9 @@ class Polish:
     (training.diffusion_loss, `blind_below`), so that image to image at a low strength keeps its
     source under guidance; and the loss weighs the shapes' boxes `shape_weight` times the rest
     (`shape_weights`), since a small shape is a few latent pixels among 256 of background. A
-    `mislabel_share` of its captions, at every timestep, belongs to another picture, so that
-    the model alone is less sure of the caption and guidance matters (README "The demo model", item 11)."""
+    `mislabel_share` of its captions, at every timestep, belongs to another picture, and a
+    `wrong_background_share` names another background, so that the model alone is less sure of the
+    caption and guidance matters (README "The demo model", items 11 and 12)."""
 
     steps: int
     lr: float
@@ -351,6 +368,7 @@ class Polish:
     blind_share: float
     shape_weight: float = 1.0
     mislabel_share: float = 0.0  # training.diffusion_loss: captions wrong at every timestep
+    wrong_background_share: float = 0.0  # TrainingPictures.misdescribed
     ema_decay: float = 0.98  # a short run: an average over its last ~50 steps
 
 
@@ -388,7 +406,7 @@ def polish_denoiser(checkpoint: Path, data: dict, anchors: dict, tokenizer, mode
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     schedule = training_schedule()
-    pictures = TrainingPictures(data, anchors, recipe.batch, tokenizer, {})
+    pictures = TrainingPictures(data, anchors, recipe.batch, tokenizer, {}, polish.wrong_background_share)
     for step in range(polish.steps):
         latents, hidden, drawn = pictures.draw(recipe.anchor_share, text_encoder, generator, rng)
         # Even weights go through the plain loss, so a polish without them replays earlier builds exactly.

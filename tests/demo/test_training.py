@@ -17,6 +17,7 @@ from installer.demo_model.train import (
     TOKENIZER,
     Polish,
     Recipe,
+    TrainingPictures,
     anchor_scene,
     draw_batch,
     encode_dataset,
@@ -143,6 +144,25 @@ def test_a_mislabel_share_gives_that_share_of_samples_at_every_timestep_another_
     assert bool(wrong[low].all()) and 0.1 < wrong[~low].float().mean() < 0.7
 
 
+def test_a_wrong_background_share_names_another_background_and_nothing_else():
+    rng = random.Random(3)
+    drawn = [scenes.random_scene(rng) for _ in range(400)]
+    always = TrainingPictures({}, {}, 0, None, {}, wrong_background_share=1.0)
+    for scene in drawn:
+        told = always.misdescribed(scene, rng)
+        taken = set(scene.background) | {shape.colour for shape in scene.shapes}
+        assert told.shapes == scene.shapes and told.split == scene.split
+        assert len(told.background) == len(scene.background) and not set(told.background) & taken
+    assert any(len(scene.background) == 2 for scene in drawn)  # split backgrounds were covered too
+    fifth = TrainingPictures({}, {}, 0, None, {}, wrong_background_share=0.2)
+    changed = sum(fifth.misdescribed(scene, rng) != scene for scene in drawn) / len(drawn)
+    assert 0.13 < changed < 0.27
+    # Without a share: the scene itself and no random draws, so stage 3 and earlier polishes replay.
+    never = TrainingPictures({}, {}, 0, None, {})
+    state = rng.getstate()
+    assert all(never.misdescribed(scene, rng) is scene for scene in drawn) and rng.getstate() == state
+
+
 def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path):
     torch.manual_seed(0)
     models = (architecture.build_unet().requires_grad_(False), architecture.build_text_encoder().requires_grad_(False))
@@ -167,6 +187,9 @@ def test_the_polish_stage_trains_copies_and_replays_from_its_checkpoint(tmp_path
     even, _ = polish_denoiser(tmp_path / "even.pt", data, empty, tokenizer, models, recipe,
                               replace(polish, shape_weight=1.0), seed=5)  # fmt: skip
     assert any(not torch.equal(a, b) for a, b in zip(even.parameters(), unet.parameters(), strict=True))
+    misdescribed, _ = polish_denoiser(tmp_path / "backgrounds.pt", data, empty, tokenizer, models, recipe,
+                                      replace(polish, wrong_background_share=0.5), seed=5)  # fmt: skip
+    assert any(not torch.equal(a, b) for a, b in zip(misdescribed.parameters(), unet.parameters(), strict=True))
     unpolished = replace(polish, steps=0)
     assert polish_denoiser(tmp_path / "none.pt", data, empty, tokenizer, models, recipe, unpolished, 5) == models
 
