@@ -11,6 +11,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from desktop.engine.backends.diffusers_backend import DiffusersBackend, _expose_text_model, _prompt_arguments
+from desktop.engine.errors import InvalidRequest
 from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.paths import AppPaths
@@ -168,3 +169,17 @@ def test_break_moves_the_rest_into_a_new_chunk(sd15, tiny_sd15_dir):
     second, _ = sd15.encode_prompt("a blue square", "cpu", 1, False)
     assert torch.allclose(arguments["prompt_embeds"][:, 77:], second, atol=1e-6)
 
+
+
+def test_clip_skip_past_the_text_encoders_layers_is_a_clear_error(sd15, tiny_sd15_dir, tiny_sdxl_dir, backend):
+    layers = sd15.text_encoder.config.num_hidden_layers
+    assert layers < 12  # the tiny model: the panel offers up to 12, as A1111 does for SD's CLIP
+    _prompt_arguments(sd15, request_for(tiny_sd15_dir, "a red circle", clip_skip=layers))  # the first layer
+    with pytest.raises(InvalidRequest, match=f"Clip skip {layers + 1} .* has {layers} layers, so use 1 to {layers}"):
+        _prompt_arguments(sd15, request_for(tiny_sd15_dir, "a red circle", clip_skip=layers + 1))
+    # Through the backend too, for SDXL's two encoders (the shallower one sets the limit).
+    xl = _load(backend, request_for(tiny_sdxl_dir, "a dog"))
+    shallow = min(xl.text_encoder.config.num_hidden_layers, xl.text_encoder_2.config.num_hidden_layers)
+    with pytest.raises(InvalidRequest, match="Clip skip"):
+        backend.generate(request_for(tiny_sdxl_dir, "a dog", clip_skip=shallow + 1), 0, lambda _: None, CancelToken())
+    assert pixels(backend, request_for(tiny_sdxl_dir, "a dog", clip_skip=shallow)).std() > 0

@@ -735,6 +735,13 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     encoders = _text_encoders(pipe)
     if not encoders:
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
+    # The panel offers A1111's 1-12 (SD's CLIP has 12 layers); a smaller text encoder has fewer.
+    layers = min(encoder.config.num_hidden_layers for _, encoder in encoders)
+    if request.clip_skip > layers:
+        raise InvalidRequest(
+            f"Clip skip {request.clip_skip} is too deep for this model: its text encoder has {layers} layers, "
+            f"so use 1 to {layers}."
+        )
     packed = [[_pack(tokenizer, pieces) for tokenizer, _ in encoders] for pieces in (positive, negative)]
     # diffusers applies clip skip to the prompt only; A1111 (whose "Clip skip: 2" we read and write)
     # applies it to the negative prompt too, so clip skip takes the chunked path, which does both.
