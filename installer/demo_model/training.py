@@ -82,8 +82,7 @@ def diffusion_loss(
             wrong &= torch.rand(batch, generator=generator) < blind_share
     if mislabel_share:  # likewise
         wrong |= torch.rand(batch, generator=generator) < mislabel_share
-    if blind_below or mislabel_share:
-        hidden = torch.where(wrong[:, None, None], hidden.roll(1, dims=0), hidden)
+    hidden = torch.where(wrong[:, None, None], hidden.roll(1, dims=0), hidden)
     noisy = schedule.add_noise(latents, noise, steps)
     predicted = unet(noisy, steps, hidden).sample
     alphas = schedule.alphas_cumprod[steps]

@@ -174,7 +174,12 @@ def test_break_moves_the_rest_into_a_new_chunk(sd15, tiny_sd15_dir):
 def test_clip_skip_past_the_text_encoders_layers_is_a_clear_error(sd15, tiny_sd15_dir, tiny_sdxl_dir, backend):
     layers = sd15.text_encoder.config.num_hidden_layers
     assert layers < 12  # the tiny model: the panel offers up to 12, as A1111 does for SD's CLIP
-    _prompt_arguments(sd15, request_for(tiny_sd15_dir, "a red circle", clip_skip=layers))  # the first layer
+    # The deepest allowed skip reads the first layer: not the last one (a weight keeps both chunked).
+    deepest, last = (
+        _prompt_arguments(sd15, request_for(tiny_sd15_dir, "a (red:1.1) circle", clip_skip=skip))["prompt_embeds"]
+        for skip in (layers, 1)
+    )
+    assert deepest.shape == last.shape and not torch.equal(deepest, last)
     with pytest.raises(InvalidRequest, match=f"Clip skip {layers + 1} .* has {layers} layers, so use 1 to {layers}"):
         _prompt_arguments(sd15, request_for(tiny_sd15_dir, "a red circle", clip_skip=layers + 1))
     # Through the backend too, for SDXL's two encoders (the shallower one sets the limit).
