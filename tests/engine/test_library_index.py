@@ -224,6 +224,24 @@ def test_a_benign_state_dict_pickle_converts(paths, tmp_path):
     assert all(torch.equal(converted[k], tensors[k]) for k in tensors)
 
 
+@pytest.mark.parametrize("planted_by", ["working folder", "PYTHONPATH"])
+def test_the_converter_child_imports_nothing_from_the_users_folders(paths, tmp_path, monkeypatch, planted_by):
+    # A json.py beside the user's working folder (or on their PYTHONPATH) must not run in the child.
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "HIJACKED"
+    (planted / "json.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    if planted_by == "working folder":
+        monkeypatch.chdir(planted)
+    else:
+        monkeypatch.setenv("PYTHONPATH", str(planted))
+    source = tmp_path / "old-lora.pt"
+    torch.save({"state_dict": tiny_loras.kohya_state_dict(tiny_models.build_tiny_sd15(), seed=3)}, source)
+    record = Library(paths).import_path(source, "lora", convert_pickle=True)
+    assert record.name == "old-lora" and (paths.loras / "old-lora.safetensors").is_file()
+    assert not marker.exists()
+
+
 def test_a_diffusers_folder_with_pickled_weights_is_refused(paths, tiny_sd15_dir, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(tiny_sd15_dir, folder)

@@ -2,9 +2,15 @@
 
 A pickle is a program: unpickling can run any code. `torch.load(weights_only=True)` allows only tensors
 and plain containers and raises on anything else; this module never retries with weights_only=False.
-It runs as its own process (`python -m desktop.engine.backends.pickle_convert SRC DST`) so that even a
-flaw in that restricted unpickler cannot reach the app's memory, threads or open files, and a crash or
-a memory blow-up kills only the child. The parent (`desktop.engine.library.index`) reads one JSON line.
+It runs as its own process so that even a flaw in that restricted unpickler cannot reach the app's
+memory, threads or open files, and a crash or a memory blow-up kills only the child. The parent
+(`desktop.engine.library.index`) reads one JSON line.
+
+The child is isolated from the user's environment: from source it is `python -I` (no user site, no
+PYTHON* variables, neither the current folder nor a script's folder on `sys.path`), told explicitly
+where the `desktop` package is; in the frozen app it is the app's own executable with `CHILD_FLAG`
+(`desktop.launch` dispatches it before anything else). Either way it runs in an empty temporary
+folder, so nothing beside the user's working folder (a stray `json.py`) can be imported into it.
 """
 
 from __future__ import annotations
@@ -20,19 +26,51 @@ EXIT_OK = 0
 EXIT_REFUSED = 3  # the file needs more than tensors (code, custom classes): never loaded
 EXIT_EMPTY = 4
 
+# The frozen app's executables run the converter when their first argument is this flag and the second
+# is CHILD_NAME (desktop.launch). A frozen build has no `python -m`.
+CHILD_FLAG = "--marble-child"
+CHILD_NAME = "pickle-convert"
+
+# From source: put the package's own folder first (never the current folder), then convert.
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from desktop.engine.backends.pickle_convert import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+def child_command(source: Path, target: Path) -> list[str]:
+    """The converter's command line: the frozen executable with CHILD_FLAG, or an isolated interpreter."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, CHILD_FLAG, CHILD_NAME, str(source), str(target)]
+    root = str(Path(__file__).resolve().parents[3])  # the folder holding the `desktop` package
+    return [sys.executable, "-I", "-c", _BOOT, root, str(source), str(target)]
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The parent's environment without the variables that steer Python's imports or start-up."""
+    return {key: value for key, value in environ.items() if not key.startswith("PYTHON")}
+
 
 def convert_in_child(source: Path, target: Path, timeout: float | None = None) -> dict[str, object]:
-    """Run the conversion in a fresh interpreter; return its report or raise ModelError with why."""
+    """Run the conversion in a fresh, isolated process; return its report or raise ModelError with why."""
+    import tempfile
+
     from desktop.engine.errors import ModelError
 
-    root = str(Path(__file__).resolve().parents[3])  # the folder holding the `desktop` package
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    command = [sys.executable, "-m", "desktop.engine.backends.pickle_convert", str(source), str(target)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired as error:
-        raise ModelError(f"Converting {source.name} took too long and was stopped.") from error
+    command = child_command(source.resolve(), target.resolve())
+    with tempfile.TemporaryDirectory(prefix="marble-convert-") as workdir:
+        try:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=child_environment(os.environ),
+                cwd=workdir,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise ModelError(f"Converting {source.name} took too long and was stopped.") from error
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     report: dict[str, object] = json.loads(lines[-1]) if lines else {}
     if done.returncode == EXIT_OK and report.get("ok"):
@@ -85,8 +123,13 @@ def _main(source: str, target: str) -> int:
     return EXIT_OK
 
 
+def main(argv: list[str]) -> int:
+    """The child's entry: `SOURCE TARGET`."""
+    if len(argv) != 2:
+        print("usage: pickle_convert SOURCE TARGET", file=sys.stderr)
+        return 2
+    return _main(argv[0], argv[1])
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        print("usage: python -m desktop.engine.backends.pickle_convert SOURCE TARGET", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1:]))
