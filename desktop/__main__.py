@@ -22,9 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from desktop.cli import main as cli_main
 
         return cli_main(args)
-    from desktop.app import main as app_main
+    from desktop.launch import window_main
 
-    return app_main(args)
+    return window_main(args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 
 from PySide6.QtCore import QThreadPool
@@ -31,6 +32,7 @@ from desktop.engine.runner import JobRunner
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.main_window import MainWindow, apply_theme
+from desktop.ui.self_test import SelfTest
 
 APP_NAME = "Marble Studio"
 ORGANIZATION = "Marble"
@@ -92,10 +94,16 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--home", help=f"keep every file of the app under this folder (or set {HOME_ENV})")
     parser.add_argument("--version", action="version", version=f"{APP_NAME} {desktop.__version__}")
+    parser.add_argument(
+        "--self-test",
+        action="store_true",
+        help="check this installation: open the window, generate one image with the selected model, exit 0 if saved",
+    )
     return parser.parse_known_args(list(argv))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.time()
     args, qt_args = parse_args(sys.argv[1:] if argv is None else argv)
     paths = AppPaths.resolve(args.home)
     try:
@@ -121,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     window, controller = build_main_window(paths, factory, catalog, history)
     # Cancel the running job and join the generation thread before Qt tears the objects down.
     app.aboutToQuit.connect(controller.shutdown)
+    if args.self_test:
+        SelfTest(app, window, started)
     window.show()
     window.load_token_counter(resources.tokenizers / TOKENIZER_FOLDER / "merges.txt", paths.embeddings)
     code = app.exec()

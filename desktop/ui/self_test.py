@@ -1,0 +1,92 @@
+"""`marble-studio --self-test`: one real job through the shown window, to check an installation.
+
+It waits for the window's first paint and for the model list, presses Generate with the selected
+model (the demo model on a fresh install) at few steps, and ends the app with 0 once the image is saved
+(1 on a failure or after the timeout), printing one line per stage. The installers' smoke test runs it
+on the frozen app; a user can run it to see that an install works.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QObject, QTimer, Slot
+from PySide6.QtWidgets import QApplication
+
+from desktop.engine.events import JobFailed, JobFinished
+from desktop.ui.main_window import MainWindow
+
+SELF_TEST_PROMPT = "a large yellow circle in the centre on a blue background"
+SELF_TEST_STEPS = 4
+
+
+class SelfTest(QObject):
+    """Drives `window` through one job and quits `app` with the verdict. No signals."""
+
+    def __init__(self, app: QApplication, window: MainWindow, started: float, timeout_s: float = 600.0) -> None:
+        super().__init__(window)
+        self._app = app
+        self._window = window
+        self._started = started
+        self._painted = False
+        self._submitted = False
+        window.installEventFilter(self)
+        window.models_listed.connect(self._on_models_listed)
+        window.controller.job_finished.connect(self._on_job_finished)
+        window.controller.job_failed.connect(self._on_job_failed)
+        QTimer.singleShot(int(timeout_s * 1000), self._on_timeout)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if watched is self._window and event.type() == QEvent.Type.Paint and not self._painted:
+            self._painted = True
+            _say(f"self-test: window painted {time.time() - self._started:.3f} s after start")
+        return False
+
+    @Slot(list)
+    def _on_models_listed(self, names: list[str]) -> None:
+        if self._submitted:
+            return
+        if not names:
+            self._finish(1, "self-test: failed: the library has no model to generate with")
+            return
+        self._submitted = True
+        # Queued, so the panel has taken the list (and the model's native size) before the request is built.
+        QTimer.singleShot(0, self._generate)
+
+    @Slot()
+    def _generate(self) -> None:
+        self._window.prompt_editor.set_prompts(SELF_TEST_PROMPT)
+        self._window.parameter_panel.steps_spin.setValue(SELF_TEST_STEPS)
+        job = self._window.generate()
+        if job is None:
+            self._finish(1, f"self-test: failed: the request was refused: {self._window.message_bar.text()}")
+        else:
+            _say(f"self-test: generating with {job.request.model}")
+
+    @Slot(object)
+    def _on_job_finished(self, event: JobFinished) -> None:
+        saved = [path for path in event.paths if Path(path).is_file()]
+        if saved and len(saved) == len(event.paths):
+            self._finish(0, f"self-test: passed: {saved[0]} in {event.seconds:.1f} s")
+        else:
+            self._finish(1, "self-test: failed: the job finished without its image on disk")
+
+    @Slot(object)
+    def _on_job_failed(self, event: JobFailed) -> None:
+        self._finish(1, f"self-test: failed: {event.message}")
+
+    @Slot()
+    def _on_timeout(self) -> None:
+        self._finish(1, "self-test: failed: no image within the time limit")
+
+    def _finish(self, code: int, line: str) -> None:
+        _say(line)
+        self._app.exit(code)
+
+
+def _say(line: str) -> None:
+    # A windowed executable on Windows has no stdout at all.
+    if sys.stdout is not None:
+        print(line, flush=True)
