@@ -14,15 +14,18 @@ from pathlib import Path
 
 from PIL import Image
 
+from desktop.engine.resources import APP_ICON_SIZES, app_icon_name
+
 ROOT = Path(__file__).resolve().parents[2]
 ICON_FOLDER = ROOT / "resources" / "icons"
 SVG_NAME = "marble.svg"
 ICO_NAME = "marble.ico"
 
-# Linux icon themes (hicolor) and the window/taskbar use the PNGs; 512 is the largest hicolor size
-# GNOME asks for. Windows picks from the ICO: 16 (title bar, small lists), 24, 32 (desktop at 100%),
-# 48 (large icons), 256 (Explorer's extra large icons, high-DPI); 64 and 128 help scaled displays.
-PNG_SIZES: tuple[int, ...] = (16, 24, 32, 48, 64, 128, 256, 512)
+# Linux icon themes (hicolor) and the app's window use the PNGs (512 is the largest hicolor size GNOME
+# asks for); the app reads them, so their sizes live with the app's Resources.
+PNG_SIZES: tuple[int, ...] = APP_ICON_SIZES
+# Windows picks from the ICO: 16 (title bar, small lists), 24, 32 (desktop at 100%), 48 (large icons),
+# 256 (Explorer's extra large icons, high DPI); 64 and 128 serve scaled displays. 256 is the ICO maximum.
 ICO_SIZES: tuple[int, ...] = (16, 24, 32, 48, 64, 128, 256)
 
 # Rendering at this many times the target size and filtering down anti-aliases edges and thin bands
@@ -48,7 +51,7 @@ class IconSet:
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         for size in PNG_SIZES:
-            path = folder / png_name(size)
+            path = folder / app_icon_name(size)
             # optimize=True: smaller files and no time stamp, so a render of an unchanged SVG
             # writes the same bytes again.
             self.images[size].save(path, format="PNG", optimize=True)
@@ -60,10 +63,6 @@ class IconSet:
         largest.save(ico, format="ICO", sizes=[(s, s) for s in ICO_SIZES], append_images=others)
         written.append(ico)
         return written
-
-
-def png_name(size: int) -> str:
-    return f"marble-{size}.png"
 
 
 def render_svg(svg: Path, size: int) -> Image.Image:
