@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from PySide6.QtCore import QThreadPool
+from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication
 
 import desktop
@@ -36,6 +37,9 @@ from desktop.ui.self_test import SelfTest
 
 APP_NAME = "Marble Studio"
 ORGANIZATION = "Marble"
+# The name of resources/marble-studio.desktop (and its StartupWMClass): docks and task bars match our
+# windows to that entry by it (Wayland's app id is the desktop file name; X11's WM_CLASS instance is argv[0]).
+DESKTOP_FILE_NAME = "marble-studio"
 
 
 def diffusers_runner_factory(
@@ -118,10 +122,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     QApplication.setApplicationName(APP_NAME)
     QApplication.setOrganizationName(ORGANIZATION)
     QApplication.setApplicationVersion(desktop.__version__)
-    app = QApplication.instance() or QApplication([sys.argv[0] if sys.argv else "marble-studio", *qt_args])
+    QApplication.setDesktopFileName(DESKTOP_FILE_NAME)
+    # Our own name as argv[0], not the launcher's (python, a frozen stub), so X11's WM_CLASS matches the entry.
+    app = QApplication.instance() or QApplication([DESKTOP_FILE_NAME, *qt_args])
     apply_theme(app)
 
     resources = Resources.default()
+    app.setWindowIcon(application_icon(resources))
     install_demo(paths, resources)
     catalog = ModelCatalog(paths.models)
     history = open_history(paths)
@@ -137,6 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if history is not None:
         history.close_all()
     return code
+
+
+def application_icon(resources: Resources) -> QIcon:
+    """Every shipped size of the app icon; Qt picks the nearest for the title bar, task bar and dock."""
+    icon = QIcon()
+    for path in resources.app_icon_files:
+        # A missing size only costs sharpness; the window must open regardless.
+        if path.is_file():
+            icon.addFile(str(path))
+    return icon
 
 
 def install_demo(paths: AppPaths, resources: Resources) -> None:

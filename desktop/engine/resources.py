@@ -1,4 +1,4 @@
-"""The read-only files Marble ships: model configs and CLIP tokenizers.
+"""The read-only files Marble ships: model configs, CLIP tokenizers, the demo model and the app icon.
 
 diffusers needs a diffusers-layout config folder to load a single-file checkpoint without going
 online (DESIGN.md section 4), so the app ships one per architecture under ``resources/configs/`` and
@@ -32,6 +32,14 @@ CONFIG_NAMES: tuple[str, ...] = (
 TOKENIZER_FOLDER = "clip"
 TOKENIZER_PAD_ZERO_FOLDER = "clip-pad0"
 
+# The application icon's sizes under resources/icons/, rendered from marble.svg by installer/icon/
+# (which takes the sizes from here): the window and task bar icon, and the Linux hicolor theme's sizes.
+APP_ICON_SIZES: tuple[int, ...] = (16, 24, 32, 48, 64, 128, 256, 512)
+
+
+def app_icon_name(size: int) -> str:
+    return f"marble-{size}.png"
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -62,6 +70,15 @@ class Resources:
     def demo_model(self) -> Path:
         """Marble's own small model (a diffusers folder), trained by installer/demo_model/."""
         return self.root / "demo-model"
+
+    @property
+    def icons(self) -> Path:
+        return self.root / "icons"
+
+    @property
+    def app_icon_files(self) -> tuple[Path, ...]:
+        """The application icon's PNGs, smallest first; Qt picks the nearest size for each place."""
+        return tuple(self.icons / app_icon_name(size) for size in APP_ICON_SIZES)
 
     def config_folder(self, name: str) -> Path:
         """The diffusers config folder for ``name`` (one of CONFIG_NAMES), for ``config=``.
