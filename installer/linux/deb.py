@@ -30,9 +30,9 @@ exit 0
 """
 
 
-def control_text(version: str, variant: str, depends: list[str], installed_kib: int) -> str:
+def control_text(version: str, variant: str, depends: list[str], recommends: list[str], installed_kib: int) -> str:
     torch_line = "the CUDA build of PyTorch (NVIDIA GPUs)" if variant == "cuda" else "the CPU build of PyTorch"
-    return textwrap.dedent(
+    text = textwrap.dedent(
         f"""\
         Package: {PACKAGE}
         Version: {version}
@@ -42,12 +42,14 @@ def control_text(version: str, variant: str, depends: list[str], installed_kib: 
         Priority: optional
         Installed-Size: {installed_kib}
         Depends: {", ".join(depends)}
+        {"Recommends: " + ", ".join(recommends) if recommends else ""}
         Homepage: https://github.com/marble-studio/marble-studio
         Description: offline text-to-image studio (Stable Diffusion, native Qt app)
          Marble Studio turns a text prompt into a picture with diffusion models on your own
          computer, fully offline. This build carries {torch_line}.
         """
     )
+    return "\n".join(line for line in text.splitlines() if line) + "\n"
 
 
 def build_deb(
@@ -74,8 +76,8 @@ def build_deb(
     )
     debian = staging / "DEBIAN"
     debian.mkdir()
-    depends = depends_of(program)
-    (debian / "control").write_text(control_text(version, variant, depends, tree_size_kib(staging)))
+    depends, recommends = depends_of(program)
+    (debian / "control").write_text(control_text(version, variant, depends, recommends, tree_size_kib(staging)))
     for script in ("postinst", "postrm"):
         (debian / script).write_text(_MAINTAINER_SCRIPT)
         (debian / script).chmod(0o755)

@@ -150,7 +150,7 @@ def test_the_desktop_entry_launches_the_window_with_its_icon() -> None:
     # The command is the window's entry point as pyproject.toml installs it (the .deb puts it on the PATH).
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     command = entry["Exec"].split()[0]
-    assert f'{command} = "desktop.app:main"' in pyproject
+    assert f'{command} = "desktop.launch:window_main"' in pyproject
     # Docks group the window under this entry only when the names agree (Wayland app id, X11 WM_CLASS).
     assert entry["StartupWMClass"] == DESKTOP_FILE_NAME == DESKTOP_ENTRY.stem
 
