@@ -41,7 +41,7 @@ def control_text(version: str, variant: str, depends: list[str], recommends: lis
         Section: graphics
         Priority: optional
         Installed-Size: {installed_kib}
-        Depends: {", ".join(depends)}
+        {"Depends: " + ", ".join(depends) if depends else ""}
         {"Recommends: " + ", ".join(recommends) if recommends else ""}
         Homepage: https://github.com/marble-studio/marble-studio
         Description: offline text-to-image studio (Stable Diffusion, native Qt app)
