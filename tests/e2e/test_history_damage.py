@@ -9,14 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from desktop.cli import main
+from desktop.engine.errors import InvalidRequest
+from desktop.engine.history import make_thumbnail
 from desktop.engine.paths import AppPaths
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,3 +118,25 @@ def test_a_read_only_database_is_a_message(home: Path):
         for command in (["favourite", "1"], ["list"]):
             line = one_line_error(marble("history", *command, home=home))
             assert "may not write to the history database" in line and "writable" in line
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a huge size and carries almost no data: a decompression bomb."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_an_image_replaced_by_a_decompression_bomb_is_refused_in_export_and_thumbnails(home: Path, tmp_path: Path):
+    """Issue 22 item 9: every image the history opens goes through the checked opener."""
+    paths = AppPaths.for_root(home)
+    (image,) = paths.outputs.rglob("*.png")
+    image.write_bytes(png_header_only(30_000, 30_000))
+    line = one_line_error(marble("history", "export", "1", "--strip-metadata", "--out", str(tmp_path / "x.png"),
+                                 home=home))
+    assert image.name in line and "decompression bomb" in line
+    assert not (tmp_path / "x.png").exists()
+    with pytest.raises(InvalidRequest, match="decompression bomb"):
+        make_thumbnail(image, tmp_path / "thumb.jpg")
