@@ -13,6 +13,8 @@ ACTION `kill` sends the process SIGKILL there (a crash, a power cut for everythi
 ACTION `full` makes the disk full from there on: every later PNG write in the output folder fails with
 ENOSPC and every history transaction with SQLite's "database or disk is full" (reads still work, as on a
 real full disk). The rescue folder counts as another disk and keeps working.
+
+MARBLE_TEST_BARRIER=FOLDER:N lines up N processes right before the first-start demo install.
 """
 
 from __future__ import annotations
@@ -94,6 +96,31 @@ def _install(action: str, point: str, nth: int) -> None:
     HistoryStore._transaction = transaction  # type: ignore[method-assign]
     HistoryStore.record_image = record_image  # type: ignore[method-assign]
 
+
+def _install_barrier(spec: str) -> None:
+    """MARBLE_TEST_BARRIER=FOLDER:N: each process waits, right before it looks at the demo model, until N
+    processes have arrived, so "started at once" means at once and not a few hundred ms apart."""
+    import time
+    from pathlib import Path
+
+    from desktop.engine.library import demo
+
+    folder, count = Path(spec.rsplit(":", 1)[0]), int(spec.rsplit(":", 1)[1])
+    real_stamp = demo.shipped_stamp
+
+    def shipped_stamp(source):  # type: ignore[no-untyped-def]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(os.getpid())).touch()
+        deadline = time.monotonic() + 60
+        while len(list(folder.iterdir())) < count and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return real_stamp(source)
+
+    demo.shipped_stamp = shipped_stamp
+
+
+if os.environ.get("MARBLE_TEST_BARRIER"):
+    _install_barrier(os.environ["MARBLE_TEST_BARRIER"])
 
 if _SPEC:
     _action, _point, _nth = _SPEC.split(":")
