@@ -693,7 +693,10 @@ def explain_database_error(db_path: Path, error: sqlite3.Error, library: Path | 
     code = name.split("_", 2)[:2]  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
     kind = "_".join(code)
     safe = f" Your images are safe in {library}." if library is not None else " Your images are safe."
-    backups = sorted(db_path.parent.glob(f"{db_path.name}.v*.bak"), key=lambda p: p.stat().st_mtime)
+    try:
+        backups = sorted(db_path.parent.glob(f"{db_path.name}.v*.bak"), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        backups = []  # a folder we cannot list: the advice goes without the backup
     restore = f"copy the backup {backups[-1]} over it, or " if backups else ""
     rebuild = (f"{restore}move {db_path.name} (and any {db_path.name}-wal, {db_path.name}-shm beside it) to "
                "another name: the next start rebuilds the history from the images' own metadata "
@@ -707,7 +710,6 @@ def explain_database_error(db_path: Path, error: sqlite3.Error, library: Path | 
         return (f"Marble may not write to the history database {db_path} ({error}).{safe} Make the file and "
                 f"its folder writable for your user, or {rebuild}")
     return f"The history database {db_path} cannot be used ({error}).{safe} If this persists, {rebuild}"
-
 
 
 def _connect(path: Path) -> sqlite3.Connection:
