@@ -22,7 +22,7 @@ from desktop.bridge.history_model import HistoryModel
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.bridge.worker import RunnerFactory
 from desktop.engine.errors import MarbleError
-from desktop.engine.history import HistoryStore
+from desktop.engine.history import HistoryStore, explain_database_error
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import install_demo_model
 from desktop.engine.library.index import Library
@@ -130,10 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     resources = Resources.default()
     app.setWindowIcon(application_icon(resources))
     install_demo(paths, resources)
-    catalog = ModelCatalog(paths.models)
-    history = open_history(paths)
-    factory = diffusers_runner_factory(paths, resources, catalog, ImageWriter(paths.outputs), history=history)
-    window, controller = build_main_window(paths, factory, catalog, history)
+    window, controller, history = build_app_window(paths, resources)
     # Cancel the running job and join the generation thread before Qt tears the objects down.
     app.aboutToQuit.connect(controller.shutdown)
     if args.self_test:
@@ -156,6 +153,20 @@ def application_icon(resources: Resources) -> QIcon:
     return icon
 
 
+def build_app_window(
+    paths: AppPaths, resources: Resources
+) -> tuple[MainWindow, GenerationController, HistoryStore | None]:
+    """The window as `main` shows it, over the diffusers backend; a history that cannot be opened is
+    said in the window's message bar (the window still works, without the history panel)."""
+    catalog = ModelCatalog(paths.models)
+    history, problem = open_history(paths)
+    factory = diffusers_runner_factory(paths, resources, catalog, ImageWriter(paths.outputs), history=history)
+    window, controller = build_main_window(paths, factory, catalog, history)
+    if problem:
+        window.message_bar.show_message(problem, "error")
+    return window, controller, history
+
+
 def install_demo(paths: AppPaths, resources: Resources) -> None:
     """First start: put the demo model in the library, so the first Generate works offline."""
     try:
@@ -165,13 +176,17 @@ def install_demo(paths: AppPaths, resources: Resources) -> None:
         print(f"marble-studio: could not install the demo model: {error}", file=sys.stderr)
 
 
-def open_history(paths: AppPaths) -> HistoryStore | None:
-    """The history store; without it the app still runs (images keep their metadata on disk)."""
+def open_history(paths: AppPaths) -> tuple[HistoryStore | None, str]:
+    """The history store, or None and why; without it the app still runs (images keep their metadata)."""
     try:
-        return HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
-    except (MarbleError, OSError, sqlite3.Error) as error:
-        print(f"marble-studio: the history is unavailable: {error}", file=sys.stderr)
-        return None
+        return HistoryStore(paths.history_db, paths.outputs, paths.thumbnails), ""
+    except sqlite3.Error as error:
+        problem = explain_database_error(paths.history_db, error, paths.outputs)
+    except (MarbleError, OSError) as error:
+        problem = str(error)
+    problem = f"The history is unavailable: {problem}"
+    print(f"marble-studio: {problem}", file=sys.stderr)
+    return None, problem
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from desktop.engine.events import (
     PreviewReady,
     StepProgress,
 )
-from desktop.engine.history.store import RESUMED
+from desktop.engine.history.store import RESUMED, explain_database_error
 from desktop.engine.imaging import Margins, load_mask, load_source, outpaint_canvas, save_png_by_hash, working_size
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
@@ -184,7 +184,13 @@ def _run_request(
         history = None
         report(JobWarning(job.id, f"Images will be saved but not recorded in the history: {error}"))
     if history is not None and resumes is not None:
-        history.set_job_state(resumes, RESUMED, f"resumed as {job.id}")
+        try:
+            history.set_job_state(resumes, RESUMED, f"resumed as {job.id}")
+        except sqlite3.Error as error:
+            # Unrecorded, the old job would be offered again and its images made twice: make none now.
+            history.close_all()
+            report(JobFailed(job.id, explain_database_error(paths.history_db, error, paths.outputs), "StorageError"))
+            return EXIT_FAILED
     rescue_dir = Path(args.rescue_dir).expanduser() if args.rescue_dir else default_rescue_dir()
     previous = signal.signal(signal.SIGINT, lambda *_: job.cancel_token.cancel())
     outcome: list[Event] = []
@@ -226,8 +232,11 @@ def _resume(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO)
             record = next((job for job in history.unfinished_jobs() if job.id == args.job), None)
         finally:
             history.close_all()
-    except (MarbleError, OSError, sqlite3.Error) as error:
+    except (MarbleError, OSError) as error:
         report(JobFailed("-", f"Cannot open the history: {error}", type(error).__name__))
+        return EXIT_FAILED
+    except sqlite3.Error as error:
+        report(JobFailed("-", explain_database_error(paths.history_db, error, paths.outputs), "StorageError"))
         return EXIT_FAILED
     if record is None:
         report(JobFailed("-", f"No unfinished job {args.job!r}; `marble history jobs` lists them.", "InvalidRequest"))

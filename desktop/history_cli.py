@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
@@ -16,7 +17,14 @@ from typing import TextIO
 
 from desktop.engine.errors import InvalidRequest, MarbleError, StorageError
 from desktop.engine.events import ImageUnsaved
-from desktop.engine.history import HistoryQuery, HistoryStore, ImageRecord, export_image, save_unsaved
+from desktop.engine.history import (
+    HistoryQuery,
+    HistoryStore,
+    ImageRecord,
+    explain_database_error,
+    export_image,
+    save_unsaved,
+)
 from desktop.engine.paths import AppPaths
 
 EXIT_OK = 0
@@ -25,9 +33,16 @@ EXIT_BAD_INPUT = 2
 
 
 def open_history(paths: AppPaths) -> HistoryStore:
-    """The store of this home, in step with its image folder (what "the next start" does)."""
+    """The store of this home, in step with its image folder (what "the next start" does).
+
+    Raises StorageError with a sentence saying what is wrong with the database and how to recover.
+    """
     store = HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
-    store.reconcile()
+    try:
+        store.reconcile()
+    except sqlite3.Error as error:
+        store.close_all()
+        raise StorageError(explain_database_error(paths.history_db, error, paths.outputs)) from error
     return store
 
 
@@ -41,8 +56,10 @@ def rescue(event: ImageUnsaved, folder: Path, store: HistoryStore | None) -> Pat
     if store is not None:
         try:
             store.index_file(path)
-        except (MarbleError, OSError):
-            pass  # the picture is safe; the history catches up at the next start
+        except (MarbleError, OSError, sqlite3.Error):
+            # The picture is safe, and the caller reports where; the history cannot follow it there
+            # (a full disk under the database too): the file's own metadata still names its job.
+            pass
     return path
 
 
@@ -98,6 +115,9 @@ def run_history(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: Tex
     try:
         paths.ensure()
         store = open_history(paths)
+    except StorageError as error:
+        print(f"marble: error: {error}", file=err)
+        return EXIT_FAILED
     except (MarbleError, OSError) as error:
         print(f"marble: error: cannot open the history: {error}", file=err)
         return EXIT_FAILED
@@ -105,6 +125,9 @@ def run_history(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: Tex
         return _COMMANDS[args.history_command](store, args, out, err)
     except (StorageError, InvalidRequest) as error:
         print(f"marble: error: {error}", file=err)
+        return EXIT_FAILED
+    except sqlite3.Error as error:
+        print(f"marble: error: {explain_database_error(paths.history_db, error, paths.outputs)}", file=err)
         return EXIT_FAILED
     finally:
         store.close_all()

@@ -29,7 +29,14 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QImage, QImageReader, QPixmap
 
 from desktop.engine.errors import MarbleError
-from desktop.engine.history import HistoryQuery, HistoryStore, ImageRecord, ReconcileReport, make_thumbnail
+from desktop.engine.history import (
+    HistoryQuery,
+    HistoryStore,
+    ImageRecord,
+    ReconcileReport,
+    explain_database_error,
+    make_thumbnail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +219,9 @@ class HistoryModel(QAbstractListModel):
         def run() -> None:
             try:
                 result: object = store.reconcile()
-            except (sqlite3.Error, MarbleError, OSError) as error:
+            except sqlite3.Error as error:
+                result = explain_database_error(store.db_path, error, store.library)
+            except (MarbleError, OSError) as error:
                 result = f"The history could not be checked against the image folder: {error}"
             finally:
                 store.close()  # this pool thread's connection: pool threads come and go

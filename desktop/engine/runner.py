@@ -31,7 +31,7 @@ from desktop.engine.events import (
     PreviewReady,
     StepProgress,
 )
-from desktop.engine.history.store import HistoryStore, NewImage, parse_lora_hashes
+from desktop.engine.history.store import JOB_CHUNK, HistoryStore, NewImage, parse_lora_hashes
 from desktop.engine.imaging import edit_parameters, file_sha256
 from desktop.engine.jobs import Job, JobState
 from desktop.engine.metadata import PARAMETERS_CHUNK, parse_parameters, png_info, png_text_chunks
@@ -114,7 +114,7 @@ class JobRunner:
             for note in batch.notes:
                 emit(JobWarning(job.id, note))
             def chunks_for(position: int, seed: int, batch: GeneratedBatch = batch) -> dict[str, str]:
-                return png_text_chunks(
+                chunks = png_text_chunks(
                     request,
                     seed,
                     report.model,
@@ -123,6 +123,9 @@ class JobRunner:
                     batch_pos=position if request.batch_size > 1 else None,
                     extra={**edit_extra, **dict(batch.extra_parameters)} or None,
                 )
+                # The file names its job, so an image whose history row never got written (a kill, a
+                # full disk) still counts for that job when the next start indexes it.
+                return {**chunks, JOB_CHUNK: job.id}
 
             for position, (image, seed) in enumerate(zip(batch.images, batch.seeds, strict=True)):
                 chunks = chunks_for(position, seed)

@@ -8,6 +8,7 @@ from desktop.engine.history.store import (
     JobRecord,
     NewImage,
     ReconcileReport,
+    explain_database_error,
 )
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "JobRecord",
     "NewImage",
     "ReconcileReport",
+    "explain_database_error",
     "export_image",
     "make_thumbnail",
     "save_unsaved",

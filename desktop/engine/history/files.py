@@ -1,12 +1,13 @@
 """Files around the history: thumbnails, exports, and images that could not be saved where planned.
 
-Pure Pillow; every write goes through `write_atomically`, so no caller ever sees half a file.
+Pure Pillow; every image is opened through `open_untrusted` (by content, size-capped: a file in the
+library may have been replaced by anything since it was recorded), and every write goes through
+`write_atomically`, so no caller ever sees half a file.
 """
 
 from __future__ import annotations
 
 import shutil
-import warnings
 from pathlib import Path
 
 from PIL import Image
@@ -14,7 +15,7 @@ from PIL import Image
 from desktop.engine.errors import InvalidRequest, StorageError
 from desktop.engine.events import ImageUnsaved
 from desktop.engine.outputs import write_atomically
-from desktop.engine.untrusted_image import MAX_PIXELS
+from desktop.engine.untrusted_image import open_untrusted
 
 THUMBNAIL_SIZE = 256
 
@@ -28,17 +29,13 @@ def make_thumbnail(source: Path | str, target: Path | str, size: int = THUMBNAIL
     try:
         if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
             return target
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise InvalidRequest(f"{source.name} is too large to show.")
-                # draft() lets JPEG decode at a fraction of the size; PNG ignores it.
-                image.draft("RGB", (size, size))
-                image.thumbnail((size, size))
-                small = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise InvalidRequest(f"Cannot read {source.name}: {error}") from error
+        with source.open("rb") as stream, open_untrusted(stream, source.name) as (image, _):
+            # draft() lets JPEG decode at a fraction of the size; PNG ignores it.
+            image.draft("RGB", (size, size))
+            image.thumbnail((size, size))
+            small = image.convert("RGB")
+    except OSError as error:
+        raise InvalidRequest(f"Cannot read {source.name}: {error.strerror or error}.") from error
     write_atomically(target, lambda stream: small.save(stream, format="JPEG", quality=85))
     return target
 
@@ -58,14 +55,15 @@ def export_image(source: Path | str, target: Path | str, strip_metadata: bool = 
         write_atomically(target, lambda stream: _copy_into(source, stream))
         return target
     try:
-        with Image.open(source) as image:
+        # The file may have been replaced since it was recorded: open it as any file from outside.
+        with source.open("rb") as stream, open_untrusted(stream, source.name) as (image, _):
             image.load()
             # Raw pixels into a fresh image: no info dict, so no chunk of the original can follow.
             clean = Image.frombytes(image.mode, image.size, image.tobytes())
             if image.mode == "P" and image.getpalette():
                 clean.putpalette(image.getpalette())
-    except (OSError, ValueError) as error:
-        raise InvalidRequest(f"Cannot read {source.name}: {error}") from error
+    except OSError as error:
+        raise InvalidRequest(f"Cannot read {source.name}: {error.strerror or error}.") from error
     write_atomically(target, lambda stream: clean.save(stream, format="PNG"))
     return target
 

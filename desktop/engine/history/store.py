@@ -28,7 +28,7 @@ from typing import Any
 
 from desktop.engine.errors import InvalidRequest, StorageError
 from desktop.engine.history import schema
-from desktop.engine.metadata import parse_parameters, read_image_metadata
+from desktop.engine.metadata import interpret_chunks, parse_parameters, read_text_chunks
 from desktop.engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ INTERRUPTED = "interrupted"  # was running in a process that is gone (crash, kil
 RESUMED = "resumed"  # the user ran its remaining images again as a new job
 DISMISSED = "dismissed"  # the user chose not to run it again
 UNFINISHED_STATES = ("queued", "running", INTERRUPTED)
+# A text chunk naming the job that made an image: a killed process or a full disk may leave an image
+# without its history row, and the next start finds its job from the file itself.
+JOB_CHUNK = "marble-job"
 
 _IMAGE_COLUMNS = (
     "id, path, created, prompt, negative, model, model_hash, lora_hashes, seed, sampler, steps, cfg, "
@@ -204,8 +207,12 @@ class HistoryStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._db_path.parent.mkdir(parents=True, exist_ok=True)
-        self._migrate()
-        self._fts = self._has_table("images_fts")
+        try:
+            self._migrate()
+            self._fts = self._has_table("images_fts")
+        except sqlite3.Error as error:
+            self.close_all()
+            raise StorageError(explain_database_error(self._db_path, error, self._library)) from error
 
     # ---------------------------------------------------------------------------- connections
 
@@ -338,12 +345,9 @@ class HistoryStore:
                 exists = tx.execute("SELECT 1 FROM jobs WHERE id = ?", (image.job_id,)).fetchone()
                 if exists is None:
                     values["job_id"] = None
-                else:
-                    tx.execute(
-                        "UPDATE jobs SET images_done = images_done + 1, updated = ? WHERE id = ?",
-                        (self._clock(), image.job_id),
-                    )
             image_id = self._upsert_image(tx, values)
+            if values["job_id"] is not None:
+                self._recount_job(tx, values["job_id"])
         record = self.get(image_id)
         assert record is not None
         return record
@@ -370,7 +374,8 @@ class HistoryStore:
         Raises InvalidRequest when the file is not a readable PNG, JPEG or WebP image.
         """
         path = Path(path).resolve()
-        metadata = read_image_metadata(path)
+        chunks = read_text_chunks(path)
+        metadata = interpret_chunks(chunks)
         request = metadata.request
         settings = metadata.settings
         lora_hashes = settings.get("Lora hashes", "")
@@ -394,11 +399,25 @@ class HistoryStore:
             "source": metadata.format,
             "job_id": None,
         }
+        job_id = chunks.get(JOB_CHUNK)
         with self._transaction() as tx:
+            if job_id and tx.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None:
+                values["job_id"] = job_id
             image_id = self._upsert_image(tx, values)
+            if values["job_id"] is not None:
+                self._recount_job(tx, job_id)
         record = self.get(image_id)
         assert record is not None
         return record
+
+    def _recount_job(self, tx: sqlite3.Connection, job_id: str) -> None:
+        """A job's count is the images it made that the history knows of, one per seed: counted, not
+        incremented, so an image recorded twice (a re-index, a rewrite) never counts twice."""
+        tx.execute(
+            "UPDATE jobs SET images_done = (SELECT count(DISTINCT seed) FROM images WHERE job_id = :id), "
+            "updated = :now WHERE id = :id",
+            {"id": job_id, "now": self._clock()},
+        )
 
     def get(self, image_id: int) -> ImageRecord | None:
         row = self._conn().execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ?", (image_id,)).fetchone()
@@ -621,7 +640,24 @@ class HistoryStore:
                 # Not an image we can read: leave it alone, say so, and try again next start.
                 log.info("not indexed: %s: %s", path, error)
                 unreadable.append(path)
+        self._finish_complete_jobs()
         return ReconcileReport(indexed, len(gone), len(back), removed, interrupted, tuple(unreadable))
+
+    def _finish_complete_jobs(self) -> None:
+        """An interrupted job whose every image is on disk (killed after its last image, before it could
+        say it had finished) is finished: nothing of it is left to run again."""
+        rows = self._conn().execute(
+            "SELECT id, request_json, state, created, updated, images_done, message, pid FROM jobs WHERE state = ?",
+            (INTERRUPTED,),
+        ).fetchall()
+        complete = [job.id for job in map(_job, rows) if job.images_done >= job.request.images_total]
+        if complete:
+            with self._transaction() as tx:
+                tx.executemany(
+                    "UPDATE jobs SET state = 'finished', message = ?, updated = ? WHERE id = ? AND state = ?",
+                    [("every image was made; the process ended before it could say so", self._clock(), job_id,
+                      INTERRUPTED) for job_id in complete],
+                )
 
     def _running_pids(self) -> list[int]:
         rows = self._conn().execute("SELECT DISTINCT pid FROM jobs WHERE state = 'running'").fetchall()
@@ -641,6 +677,39 @@ class HistoryStore:
 
 
 # -------------------------------------------------------------------------------------- helpers
+
+_CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+_READ_ONLY = {"SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_AUTH"}
+
+
+def explain_database_error(db_path: Path, error: sqlite3.Error, library: Path | None = None) -> str:
+    """One sentence a user can act on for a failing history database: what is wrong, and how to recover.
+
+    The images never depend on the database (each carries its own metadata), so moving a broken
+    database aside loses only favourites, the trash list and job records: the next start rebuilds the
+    rest from the image folder. A migration backup (`history.db.v<n>.bak`) keeps even those.
+    """
+    name = getattr(error, "sqlite_errorname", "") or ""
+    code = name.split("_", 2)[:2]  # SQLITE_IOERR_WRITE -> SQLITE_IOERR
+    kind = "_".join(code)
+    safe = f" Your images are safe in {library}." if library is not None else " Your images are safe."
+    try:
+        backups = sorted(db_path.parent.glob(f"{db_path.name}.v*.bak"), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        backups = []  # a folder we cannot list: the advice goes without the backup
+    restore = f"copy the backup {backups[-1]} over it, or " if backups else ""
+    rebuild = (f"{restore}move {db_path.name} (and any {db_path.name}-wal, {db_path.name}-shm beside it) to "
+               "another name: the next start rebuilds the history from the images' own metadata "
+               "(favourites, the trash list and unfinished jobs are lost).")
+    if kind in _CORRUPT or "malformed" in str(error) or "not a database" in str(error):
+        return f"The history database {db_path} is damaged ({error}).{safe} To recover, {rebuild}"
+    if kind == "SQLITE_FULL" or "disk is full" in str(error):
+        return (f"The disk holding the history database {db_path} is full ({error}).{safe} "
+                "Free some space and try again; nothing recorded so far is lost.")
+    if kind in _READ_ONLY or "readonly" in str(error) or "unable to open" in str(error):
+        return (f"Marble may not write to the history database {db_path} ({error}).{safe} Make the file and "
+                f"its folder writable for your user, or {rebuild}")
+    return f"The history database {db_path} cannot be used ({error}).{safe} If this persists, {rebuild}"
 
 
 def _connect(path: Path) -> sqlite3.Connection:

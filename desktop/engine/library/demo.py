@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import os
 from pathlib import Path
 
 from desktop.engine.errors import MarbleError
+from desktop.engine.file_lock import exclusive_lock
 from desktop.engine.library.index import Library, LibraryRecord
 
 DEMO_MODEL_NAME = "marble-demo"
 _MARKER_NAME = "demo-model-installed"
 _UPDATE_NAME = f"{DEMO_MODEL_NAME}-update"
+_LOCK_NAME = "demo-model.lock"
 
 
 def install_demo_model(library: Library, source: Path, config_folder: Path) -> LibraryRecord | None:
@@ -33,16 +36,34 @@ def install_demo_model(library: Library, source: Path, config_folder: Path) -> L
         return None
     marker = config_folder / _MARKER_NAME
     stamp = shipped_stamp(source)
+    if _read_marker(marker) == stamp:
+        return None  # every start but the first: nothing to do, and no lock to wait for
+    # Several processes may start at once on a new home (the window and `marble generate`, or a script
+    # running a few commands): one installs while the others wait, then find the work done.
+    with exclusive_lock(config_folder / _LOCK_NAME, what="installing the demo model"):
+        return _install(library, source, marker, stamp)
+
+
+def _read_marker(marker: Path) -> str | None:
+    try:
+        return marker.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _install(library: Library, source: Path, marker: Path, stamp: str) -> LibraryRecord | None:
     if not marker.exists():
         existing = library.find("model", DEMO_MODEL_NAME)
         record = existing if existing is not None else library.import_path(source, "model", DEMO_MODEL_NAME)
         record = library.mark_demo(record)
-    elif marker.read_text(encoding="utf-8", errors="replace").strip() == stamp:
-        return None
+    elif _read_marker(marker) == stamp:
+        return None  # a sibling process installed it while this one waited for the lock
     else:
         record = _update(library, source)
-    config_folder.mkdir(parents=True, exist_ok=True)
-    marker.write_text(stamp + "\n", encoding="utf-8")
+    # Whole or not at all: a reader that does not hold the lock may look at any moment.
+    partial = marker.with_name(f".{marker.name}.partial")
+    partial.write_text(stamp + "\n", encoding="utf-8")
+    os.replace(partial, marker)
     return record
 
 
