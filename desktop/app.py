@@ -12,14 +12,15 @@ import sys
 import time
 from collections.abc import Sequence
 
-from PySide6.QtCore import QThreadPool
+from PySide6.QtCore import Qt, QThreadPool
 from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QWidget
 
 import desktop
 from desktop.bridge.controller import GenerationController
 from desktop.bridge.history_model import HistoryModel
 from desktop.bridge.library_tasks import LibraryTasks
+from desktop.bridge.single_instance import SingleInstance, instance_name
 from desktop.bridge.worker import RunnerFactory
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryStore, explain_database_error
@@ -125,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     QApplication.setDesktopFileName(DESKTOP_FILE_NAME)
     # Our own name as argv[0], not the launcher's (python, a frozen stub), so X11's WM_CLASS matches the entry.
     app = QApplication.instance() or QApplication([DESKTOP_FILE_NAME, *qt_args])
+    instance = SingleInstance(instance_name(paths.models.parent), app)
+    if not instance.claim():
+        print("marble-studio: Marble Studio is already running with this data folder; its window was brought "
+              "forward.", file=sys.stderr)
+        return 0
     apply_theme(app)
 
     resources = Resources.default()
@@ -133,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     window, controller, history = build_app_window(paths, resources)
     # Cancel the running job and join the generation thread before Qt tears the objects down.
     app.aboutToQuit.connect(controller.shutdown)
+    instance.activation_requested.connect(lambda: bring_forward(window))
     if args.self_test:
         SelfTest(app, window, started)
     window.show()
@@ -141,6 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if history is not None:
         history.close_all()
     return code
+
+
+def bring_forward(window: QWidget) -> None:
+    """Show `window` above the others (a later launch asked for it)."""
+    window.setWindowState((window.windowState() & ~Qt.WindowState.WindowMinimized) | Qt.WindowState.WindowActive)
+    window.show()
+    window.raise_()
+    window.activateWindow()
 
 
 def application_icon(resources: Resources) -> QIcon:
