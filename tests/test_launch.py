@@ -67,6 +67,6 @@ def test_self_test_generates_through_the_real_window(tmp_path):
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "self-test: window painted" in done.stdout and "generating with marble-demo" in done.stdout
+    assert "torch not loaded" in done.stdout and "generating with marble-demo" in done.stdout
     saved = list((tmp_path / "home" / "outputs").rglob("*.png"))
     assert len(saved) == 1 and f"self-test: passed: {saved[0]}" in done.stdout
