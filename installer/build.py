@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import desktop
+from desktop.engine.errors import MarbleError
 from installer.bundle import APP_FOLDER
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,9 +94,9 @@ def build(target: str, variant: str, dist: Path, work: Path, deb_compression: st
             "tar.gz": lambda: build_tarball(frozen, resources, dist, version, variant),
         }
     else:
-        from installer.windows.nsis import build_installer
+        from installer.windows.nsis import build_windows_installer
 
-        makers = {"nsis": lambda: build_installer(frozen, version, variant, dist)}
+        makers = {"nsis": lambda: list(build_windows_installer(frozen, version, variant, dist, log=print).files)}
     for kind, make in makers.items():
         started = time.perf_counter()
         made = make()
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = build(args.target, args.variant, args.dist.resolve(), args.work.resolve(), args.deb_compression,
                        args.skip_pyinstaller)
-    except (BuildError, FileNotFoundError, subprocess.CalledProcessError) as error:
+    except (BuildError, MarbleError, FileNotFoundError, subprocess.CalledProcessError) as error:
         print(f"build failed: {error}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2))
