@@ -51,6 +51,7 @@ from desktop.engine.request import (
 )
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
+from desktop.engine.terminal_text import printable
 from desktop.history_cli import add_history_commands, default_rescue_dir, open_history, rescue, run_history
 from desktop.library_cli import GROUPS as LIBRARY_GROUPS
 from desktop.library_cli import add_library_commands, run_library
@@ -384,7 +385,7 @@ class _TextReporter:
             case JobWarning(message=message):
                 self._say(f"warning: {message}")
             case ImageSaved(path=path):
-                print(path, file=self._out, flush=True)
+                print(printable(path), file=self._out, flush=True)
             case JobFinished(paths=paths, seconds=seconds):
                 self._say(f"Done: {len(paths)} image(s) in {seconds:.1f} s")
             case JobFailed(message=message):
@@ -395,7 +396,8 @@ class _TextReporter:
                 pass
 
     def _say(self, text: str) -> None:
-        print(text, file=self._err, flush=True)
+        # Messages quote names, prompts and file contents: their control characters are shown, not obeyed.
+        print(printable(text), file=self._err, flush=True)
 
 
 if __name__ == "__main__":

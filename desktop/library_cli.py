@@ -15,6 +15,7 @@ from typing import TextIO
 from desktop.engine.errors import Cancelled, MarbleError
 from desktop.engine.library.index import Library, LibraryRecord
 from desktop.engine.paths import AppPaths
+from desktop.engine.terminal_text import printable
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -77,16 +78,16 @@ def run_library(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: Tex
                 return _import(library, kind, args, out, err)
             case "remove":
                 record = library.remove(kind, args.name)
-                print(f"Removed {record.name} ({record.file}).", file=err)
+                print(printable(f"Removed {record.name} ({record.file})."), file=err)
                 return EXIT_OK
             case "info":
                 return _info(library, kind, args.name, args.json, out, err)
             case "rename":
                 record = library.rename(kind, args.name, args.new_name)
-                print(f"Renamed {args.name} to {record.name}.", file=err)
+                print(printable(f"Renamed {args.name} to {record.name}."), file=err)
                 return EXIT_OK
     except MarbleError as error:
-        print(f"marble: error: {error}", file=err)
+        print(printable(f"marble: error: {error}"), file=err)
         return _EXIT_FOR_ERROR.get(type(error).__name__, EXIT_FAILED)
     return EXIT_BAD_INPUT
 
@@ -106,7 +107,9 @@ def _list(library: Library, kind: str, plural: str, as_json: bool, out: TextIO) 
         print(f"No {plural} yet. Import one with `marble {kind}s import FILE`.", file=out)
     else:
         for record in records:
-            print(f"{record.name}\t{record.shown_architecture}\t{_size(record.size)}\t{record.autov2 or '-'}", file=out)
+            # A hand-copied file's name is data: escapes in it are shown, not obeyed.
+            row = (record.name, record.shown_architecture, _size(record.size), record.autov2 or "-")
+            print("\t".join(printable(value) for value in row), file=out)
     return EXIT_OK
 
 
@@ -130,7 +133,7 @@ def _import(library: Library, kind: str, args: argparse.Namespace, out: TextIO, 
             on_progress=on_progress, should_cancel=lambda: cancelled,
         )  # fmt: skip
     except Cancelled as error:
-        print(f"\n{error}" if interactive else str(error), file=err)
+        print(f"\n{printable(error)}" if interactive else printable(error), file=err)
         return EXIT_CANCELLED
     finally:
         if previous is not None:
@@ -140,8 +143,8 @@ def _import(library: Library, kind: str, args: argparse.Namespace, out: TextIO, 
     if args.json:
         print(json.dumps(_record_json(library, record)), file=out)
     else:
-        print(f"Imported {record.name}: {record.architecture}, {_size(record.size)}, AutoV2 {record.autov2 or '-'}",
-              file=out)  # fmt: skip
+        print(printable(f"Imported {record.name}: {record.architecture}, {_size(record.size)}, "
+                        f"AutoV2 {record.autov2 or '-'}"), file=out)  # fmt: skip
     return EXIT_OK
 
 
@@ -157,11 +160,12 @@ def _info(library: Library, kind: str, name: str, as_json: bool, out: TextIO, er
         ("AutoV3", record.autov3), ("path", str(library.path_of(record))), ("source", record.source),
         ("imported", record.imported_at),
     ]  # fmt: skip
+    # Header metadata is whatever the file's author wrote: escape sequences in it are shown, not obeyed.
     for label, value in rows:
-        print(f"{label:>12}: {value if value is not None else '-'}", file=out)
+        print(f"{label:>12}: {printable(value) if value is not None else '-'}", file=out)
     for key, value in sorted(metadata.items()):
         text = value if len(value) <= 200 else value[:200] + "..."
-        print(f"{'meta ' + key:>12}: {text}", file=out)
+        print(f"{printable('meta ' + key):>12}: {printable(text)}", file=out)
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ from PIL import Image, ImageFilter
 
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
+from desktop.engine.safe_files import open_regular
 from desktop.engine.untrusted_image import open_untrusted, sniff_image
 
 # How far the inpainting mask reaches into the old image when outpainting, so the seam is repainted.
@@ -44,10 +45,9 @@ def open_image(source: str | Path | bytes, label: str | None = None) -> Image.Im
         return _decode(io.BytesIO(bytes(source)), label or "The image data")
     path = Path(source)
     label = label or path.name
-    try:
-        stream = path.open("rb")
-    except OSError as error:
-        raise InvalidRequest(f"Cannot read the image {path}: {error.strerror or error}.") from None
+    # Only a regular file: a FIFO or a link to a device would hang or never end.
+    stream = open_regular(path, label=label, error=InvalidRequest)
+    assert stream is not None
     with stream:
         return _decode(stream, label)
 

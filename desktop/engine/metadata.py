@@ -30,6 +30,7 @@ from desktop.engine.backends.base import ModelInfo
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
+from desktop.engine.safe_files import open_regular
 from desktop.engine.untrusted_image import open_untrusted
 
 SCHEMA_VERSION = 1
@@ -474,10 +475,9 @@ def read_text_chunks(source: str | Path | bytes) -> dict[str, str]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return _read_stream(io.BytesIO(bytes(source)), "The image data")
     path = Path(source)
-    try:
-        stream = path.open("rb")
-    except OSError as error:
-        raise InvalidRequest(f"Cannot read {path.name}: {error.strerror or error}.") from None
+    # Only a regular file: a FIFO or a link to a device would hang or never end.
+    stream = open_regular(path, label=path.name, error=InvalidRequest)
+    assert stream is not None
     with stream:
         return _read_stream(stream, path.name)
 

@@ -22,6 +22,12 @@ from dataclasses import dataclass
 
 EMPHASIS = 1.1
 COMMA_BACKTRACK = 20  # tokens: A1111's default "comma padding backtrack"
+# Far past any useful emphasis; keeps 20,000 nested brackets or a 400-digit weight from reaching the
+# encoder as infinity (and infinity times a zero weight as NaN).
+MAX_WEIGHT = 1000.0
+# Brackets nested deeper than this are plain text. Each closing bracket rescales every piece since its
+# opening, so depth bounds the work per piece: 20,000 nested brackets otherwise took a minute (fuzz).
+MAX_NESTING = 64
 
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 _EXPLICIT_WEIGHT = re.compile(r":\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*\)")
@@ -50,6 +56,7 @@ def parse_prompt(text: str) -> tuple[PromptPiece, ...]:
     pieces: list[list] = []  # [text, weight]: weights change as brackets close
     round_opens: list[int] = []  # index in `pieces` where each open bracket began
     square_opens: list[int] = []
+    ignored = {"(": 0, "[": 0}  # brackets past MAX_NESTING still open, kept as text
     plain: list[str] = []
 
     def flush() -> None:
@@ -58,8 +65,9 @@ def parse_prompt(text: str) -> tuple[PromptPiece, ...]:
             plain.clear()
 
     def scale(start: int, factor: float) -> None:
+        factor = _bounded(factor)
         for piece in pieces[start:]:
-            piece[1] *= factor
+            piece[1] = _bounded(piece[1] * factor)
 
     index = 0
     while index < len(text):
@@ -68,15 +76,23 @@ def parse_prompt(text: str) -> tuple[PromptPiece, ...]:
             plain.append(text[index + 1])
             index += 2
             continue
-        weight = _EXPLICIT_WEIGHT.match(text, index) if char == ":" and round_opens else None
+        in_ignored = ignored["("] > 0
+        weight = _EXPLICIT_WEIGHT.match(text, index) if char == ":" and round_opens and not in_ignored else None
         if weight is not None:
             flush()
             scale(round_opens.pop(), float(weight.group(1)))
             index = weight.end()
             continue
-        if char in "([":
+        opens = round_opens if char == "(" else square_opens
+        if char in "([" and (len(opens) >= MAX_NESTING or ignored[char]):
+            ignored[char] += 1
+            plain.append(char)
+        elif char in ")]" and ignored["(" if char == ")" else "["]:
+            ignored["(" if char == ")" else "["] -= 1
+            plain.append(char)
+        elif char in "([":
             flush()
-            (round_opens if char == "(" else square_opens).append(len(pieces))
+            opens.append(len(pieces))
         elif char == ")" and round_opens:
             flush()
             scale(round_opens.pop(), EMPHASIS)
@@ -92,6 +108,10 @@ def parse_prompt(text: str) -> tuple[PromptPiece, ...]:
     for start in square_opens:
         scale(start, 1 / EMPHASIS)
     return _merge(_split_breaks(pieces))
+
+
+def _bounded(weight: float) -> float:
+    return max(-MAX_WEIGHT, min(MAX_WEIGHT, weight))
 
 
 def prompt_pieces(text: str, emphasis: str = "Original") -> tuple[PromptPiece, ...]:

@@ -81,7 +81,11 @@ def sdxl_tensors(in_channels: int = 4) -> dict[str, tuple[int, ...]]:
         UNET + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (640, 2048),
         UNET + "label_emb.0.0.weight": (1280, 2816),
         "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (8, 768),
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight": (768, 768),
+        "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight": (768,),
         "conditioner.embedders.1.model.token_embedding.weight": (8, 1280),
+        "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": (3840, 1280),
+        "conditioner.embedders.1.model.ln_final.weight": (1280,),
         "conditioner.embedders.1.model.text_projection": (1280, 1280),
         "first_stage_model.decoder.conv_out.weight": (3, 128, 3, 3),
     }
@@ -92,6 +96,8 @@ def sd1_tensors(in_channels: int = 4, context: int = 768) -> dict[str, tuple[int
         UNET + "input_blocks.0.0.weight": (320, in_channels, 3, 3),
         UNET + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, context),
         "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (8, 768),
+        "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight": (768, 768),
+        "cond_stage_model.transformer.text_model.final_layer_norm.weight": (768,),
         "first_stage_model.decoder.conv_out.weight": (3, 128, 3, 3),
     }
 
@@ -258,7 +264,7 @@ def test_garbage_is_a_model_error(tmp_path, data, message):
 
 
 def test_unreadable_path_is_a_model_error(tmp_path):
-    with pytest.raises(ModelError, match="cannot be read"):
+    with pytest.raises(ModelError, match="Cannot read missing.safetensors: it does not exist"):
         read_safetensors_header(tmp_path / "missing.safetensors")
 
 

@@ -21,8 +21,9 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -36,8 +37,10 @@ from diffusers import (  # noqa: E402
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
+from diffusers.loaders.single_file_utils import SingleFileComponentError  # noqa: E402
 from diffusers.utils.torch_utils import get_module_execution_device  # noqa: E402
 from PIL import Image  # noqa: E402
+from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
@@ -51,6 +54,7 @@ from desktop.engine.jobs import CancelToken  # noqa: E402
 from desktop.engine.library.catalog import HashCache, ModelCatalog, ModelEntry  # noqa: E402
 from desktop.engine.library.checkpoint import (  # noqa: E402
     ArchitectureInfo,
+    check_model_folder,
     detect_architecture,
     detect_diffusers_folder,
     read_safetensors_header,
@@ -67,12 +71,17 @@ from desktop.engine.prompt_syntax import (  # noqa: E402
 )
 from desktop.engine.request import GenerationRequest  # noqa: E402
 from desktop.engine.resources import Resources  # noqa: E402
+from desktop.engine.terminal_text import library_text  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _CONVERTED_SCHEMA = 1
+# What loading a user's files can raise from inside diffusers, transformers and safetensors: a model error.
+_LOAD_ERRORS = (
+    OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, SafetensorError, SingleFileComponentError
+)
 
 
 class _OutOfMemoryRaised(Exception):
@@ -218,7 +227,9 @@ class DiffusersBackend:
         self, entry: ModelEntry, config: str | None, choice: DeviceChoice, mode: str = "txt2img"
     ) -> tuple[Any, ArchitectureInfo, str | None]:
         if entry.is_folder:
-            arch = detect_diffusers_folder(entry.path)
+            arch = detect_diffusers_folder(entry.path, name=entry.name)
+            # Pickled weights are refused by their bytes; from_pretrained reads safetensors only anyway.
+            check_model_folder(entry.path, name=entry.name)
             if arch.inpaint:
                 _refuse_inpaint_only(entry.name, mode)
             pipe = self._from_pretrained(arch, entry.path, choice.dtype, entry.name)
@@ -227,7 +238,7 @@ class DiffusersBackend:
         if kind != "safetensors":
             raise ModelError(_not_safetensors_message(entry.path, kind))
         header = read_safetensors_header(entry.path)
-        arch = detect_architecture(header)
+        arch = detect_architecture(header, name=entry.path.name)
         if arch.inpaint:
             _refuse_inpaint_only(entry.name, mode)
         model_hash = self._hashes.autov2(entry.path)
@@ -251,8 +262,11 @@ class DiffusersBackend:
     def _from_pretrained(self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str) -> Any:
         cls = _pipeline_class(arch)
         try:
-            return cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True, **_extra_kwargs(cls))
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+            # use_safetensors=True: a component without .safetensors weights is an error, never a pickle load.
+            return cls.from_pretrained(
+                str(folder), dtype=dtype, local_files_only=True, use_safetensors=True, **_extra_kwargs(cls)
+            )
+        except _LOAD_ERRORS as error:
             raise ModelError(f"Could not load the model {name!r} from {folder}: {_short(error)}") from error
 
     def _converted_folder(self, path: Path, config_folder: Path, arch: ArchitectureInfo) -> Path:
@@ -267,16 +281,44 @@ class DiffusersBackend:
     def _convert_single_file(self, path: Path, config_folder: Path, arch: ArchitectureInfo, dtype: torch.dtype) -> Any:
         cls = _pipeline_class(arch)
         try:
-            return cls.from_single_file(
-                str(path), config=str(config_folder), local_files_only=True, dtype=dtype,
-                **_extra_kwargs(cls),
-            )
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
+            with self._safetensors_named(path) as readable:
+                return cls.from_single_file(
+                    str(readable), config=str(config_folder), local_files_only=True, dtype=dtype,
+                    **_extra_kwargs(cls),
+                )
+        except SingleFileComponentError as error:
+            raise ModelError(
+                f"{path.name} looks like {arch.label} but lacks some of its parts ({_short(error)}). Get the "
+                "complete checkpoint."
+            ) from error
+        except _LOAD_ERRORS as error:
             raise ModelError(
                 f"{path.name} looks like {arch.family.upper()} but its tensors do not fit the "
                 f"{arch.config_name} layout: {_short(error)}. If it has unusual dimensions, pass a "
                 "matching diffusers config folder (--config)."
             ) from error
+
+    @contextlib.contextmanager
+    def _safetensors_named(self, path: Path) -> Iterator[Path]:
+        """`path` under a name ending in .safetensors: diffusers picks its reader by the name, and any other
+        name (a safetensors file called .ckpt) would go through torch.load. The bytes were sniffed already."""
+        if path.name.endswith(".safetensors"):
+            yield path
+            return
+        self._paths.cache.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=".single-file-", dir=self._paths.cache))
+        alias = folder / "checkpoint.safetensors"
+        try:
+            try:
+                alias.symlink_to(path.resolve())
+            except OSError:  # Windows without the symlink right: a hard link, else a copy
+                try:
+                    os.link(path, alias)
+                except OSError:
+                    shutil.copyfile(path, alias)
+            yield alias
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _cache_conversion(self, pipe: Any, target: Path) -> bool:
         """Save the conversion once, in the checkpoint's own precision: later loads skip the remapping."""
@@ -670,8 +712,9 @@ def _not_safetensors_message(path: Path, kind: str) -> str:
 
 
 def _short(error: BaseException) -> str:
+    # Library text may carry terminal styling (torch bolds its refusals) and control characters.
     text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]
+    return library_text(text[0] if text else type(error).__name__)[:300]
 
 
 def _memory_budget(pipe: Any, device: str) -> tuple[int | None, int | None]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.checkpoint import autov3_hash
+from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
 from desktop.engine.library.lora import (
     LoraCatalog,
     LoraInfo,
@@ -27,6 +27,7 @@ from desktop.engine.library.lora import (
 )
 from desktop.engine.prompt_syntax import embedding_words
 from desktop.engine.request import GenerationRequest
+from desktop.engine.terminal_text import library_text
 
 # Loaded adapters stay in memory between jobs (a switch back is then free); beyond this many, the
 # least recently used ones not needed by the current job are dropped.
@@ -157,9 +158,10 @@ class LoraAdapters:
     def _load_embedding(self, pipe: Any, name: str, path: Path, shape: ModelShape, model_name: str) -> None:
         from safetensors.torch import load_file  # torch is loaded already: this runs on the generation thread
 
+        read_safetensors_header(path, name=path.name)  # a pickle, a FIFO, a damaged header: a clear refusal
         try:
             tensors = load_file(str(path))
-        except (OSError, ValueError, RuntimeError) as error:
+        except Exception as error:  # noqa: BLE001 - safetensors' own error type is not an OSError
             raise ModelError(f"The embedding {name!r} cannot be read: {_short(error)}") from error
         first, second = _embedding_vectors(tensors)
         if first is None:
@@ -203,7 +205,8 @@ class LoraAdapters:
             with _without_text_model_alias(pipe), warnings.catch_warnings():
                 # PEFT warns whenever a second adapter joins a model; several adapters is the point here.
                 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters")
-                pipe.load_lora_weights(str(path), adapter_name=adapter)
+                # use_safetensors: read as safetensors whatever the file is called, never through torch.load.
+                pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
         except (ValueError, KeyError, RuntimeError, TypeError, OSError) as error:
             self._drop(pipe, adapter)
             raise ModelError(f"The LoRA {name!r} could not be applied to this model: {_short(error)}") from error
@@ -317,4 +320,4 @@ def _hidden_size(encoder: Any) -> int | None:
 
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]
+    return library_text(text[0] if text else type(error).__name__)[:300]

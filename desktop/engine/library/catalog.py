@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import threading
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from desktop.engine.errors import ModelError
+from desktop.engine.errors import MarbleError, ModelError
+from desktop.engine.safe_files import open_regular, read_json_file
 
 
 class _HasName(Protocol):
@@ -38,12 +40,15 @@ class ModelEntry:
 
 
 def find_by_name(entries: Sequence[Named], name: str) -> Named | None:
-    """The entry called `name`: an exact match first, then one that differs only in case."""
+    """The entry called `name`: an exact match first, then one that differs only in case.
+
+    Names compare NFC-normalised: "café" typed on one system and saved by another is one name."""
+    wanted = unicodedata.normalize("NFC", name)
     for entry in entries:
-        if entry.name == name:
+        if unicodedata.normalize("NFC", entry.name) == wanted:
             return entry
-    folded = name.casefold()
-    return next((entry for entry in entries if entry.name.casefold() == folded), None)
+    folded = wanted.casefold()
+    return next((entry for entry in entries if unicodedata.normalize("NFC", entry.name).casefold() == folded), None)
 
 
 class ModelCatalog:
@@ -83,7 +88,11 @@ class ModelCatalog:
             return entry
         if "\x00" not in name_or_path:
             candidate = Path(name_or_path).expanduser()
-            if candidate.exists():
+            try:
+                exists = candidate.exists()
+            except OSError:  # a name longer than the file system allows is no file either
+                exists = False
+            if exists:
                 candidate = candidate.resolve()
                 name = candidate.name if candidate.is_dir() else candidate.stem
                 return ModelEntry(name, candidate)
@@ -112,7 +121,9 @@ class HashCache:
         if cached:
             return cached
         digest = hashlib.sha256()
-        with path.open("rb") as stream:
+        stream = open_regular(path)
+        assert stream is not None
+        with stream:
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
         value = digest.hexdigest()[:10]
@@ -124,9 +135,9 @@ class HashCache:
 
     def _load(self) -> dict[str, str]:
         try:
-            data = json.loads(self._file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+            data = read_json_file(self._file, missing_ok=True)
+        except MarbleError:
+            return {}  # only a cache: a damaged or strange one is rebuilt
         return data.get("hashes", {}) if isinstance(data, dict) else {}
 
     def _save(self, table: dict[str, str]) -> None:

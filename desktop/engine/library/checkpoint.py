@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import pickletools
 import re
 import struct
 from collections.abc import Callable, Mapping
@@ -20,12 +21,18 @@ from pathlib import Path
 from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
+from desktop.engine.safe_files import json_depth_exceeds, open_regular, read_json_file
 
 StrPath = str | os.PathLike[str]
 
 # A real header is a few hundred KB (SDXL: ~2,500 tensors). 100 MB means garbage, not a model.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# A header is a flat table (tensor -> {dtype, shape, offsets}) plus string metadata: three levels.
+# Some writers nest JSON in the metadata; anything past this is an attack on the parser, not a model.
+MAX_HEADER_DEPTH = 32
 HASH_CHUNK_BYTES = 1024 * 1024
+# How much of a file the pickle sniffer reads: enough for the opening of any torch.save pickle.
+_PICKLE_SNIFF_BYTES = 64 * 1024
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 CONFIG_NAMES = ("sd15", "sd15-inpaint", "sd2", "sd2-base", "sd2-inpaint", "sdxl", "sdxl-inpaint")
@@ -56,12 +63,25 @@ _UNKNOWN = "unknown architecture (not SD 1.x, SD 2.x or SDXL)"
 # File type
 
 
-def sniff_file_type(path: StrPath) -> str:
-    """Return "safetensors", "pickle", "zip" or "unknown", judged from the first bytes of the file."""
-    with open(path, "rb") as f:
-        head = f.read(9)
+def sniff_file_type(path: StrPath, *, label: str | None = None) -> str:
+    """Return "safetensors", "pickle", "zip" or "unknown", judged from the first bytes of the file.
+
+    Raises ModelError for anything that is not a regular file (a FIFO, a device) or cannot be read.
+    """
+    stream = open_regular(path, label=label)
+    assert stream is not None
+    try:
+        with stream:
+            head = stream.read(_PICKLE_SNIFF_BYTES)
+    except OSError as exc:
+        raise ModelError(f"{label or Path(path).name} cannot be read ({exc.strerror or exc}).") from None
+    return sniff_bytes(head)
+
+
+def sniff_bytes(head: bytes) -> str:
+    """The file type of a file that starts with `head` (see sniff_file_type)."""
     # Safetensors first: its little-endian header length may itself start with 0x80.
-    if len(head) == 9 and head[8:9] == b"{":
+    if len(head) >= 9 and head[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", head[:8])
         if 2 <= header_len <= MAX_HEADER_BYTES:
             return "safetensors"
@@ -69,7 +89,34 @@ def sniff_file_type(path: StrPath) -> str:
         return "zip"  # torch.save's default format since 1.6 (.ckpt, .pt, .bin): pickles inside
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"  # PROTO opcode + protocol 2..5: a legacy torch.save file
+    if _is_old_pickle(head):
+        return "pickle"  # protocol 0/1 have no PROTO opcode: torch.save(..., pickle_protocol=0/1)
     return "unknown"
+
+
+def _is_old_pickle(head: bytes) -> bool:
+    """Whether `head` opens with a protocol 0/1 pickle: it parses as pickle opcodes up to a STOP, or up
+    to the end of what was read. pickletools only decodes opcodes; nothing is ever unpickled."""
+    if not head or head[:1] not in _PICKLE_FIRST_OPCODES:
+        return False
+    count = 0
+    try:
+        for opcode, _arg, _pos in pickletools.genops(head):
+            count += 1
+            if opcode.name == "STOP":
+                return count >= 2
+    except ValueError as exc:
+        # Running out of bytes mid-opcode means the pickle goes on past what was read; an unknown
+        # opcode or a malformed argument means it is no pickle.
+        return len(head) >= _PICKLE_SNIFF_BYTES and count >= 8 and "unknown" not in str(exc)
+    except Exception:  # noqa: BLE001 - malformed arguments raise assorted types: not a pickle
+        return False
+    return False
+
+
+# What a protocol 0/1 pickle can start with: MARK, an empty container, GLOBAL, or a number/string
+# (torch.save's legacy format starts by pickling its magic number: `L1195...L`).
+_PICKLE_FIRST_OPCODES = frozenset(bytes([b]) for b in b"(}])cLIJKMNSVFGUTX")
 
 
 def _not_safetensors(name: str, kind: str, detail: str) -> ModelError:
@@ -120,42 +167,53 @@ class SafetensorsHeader:
         return any(name.startswith(prefix) for name in self.tensors)
 
 
-def read_safetensors_header(path: StrPath) -> SafetensorsHeader:
+def read_safetensors_header(path: StrPath, *, name: str | None = None) -> SafetensorsHeader:
     """Parse and check the header of a safetensors file; no tensor data is read.
 
     Raises ModelError for anything that is not a complete, well-formed safetensors file, including a
-    truncated download (a tensor whose byte range runs past the end of the file).
+    truncated download (a tensor whose byte range runs past the end of the file). `name` is what
+    messages call the file (default: its name), e.g. the user's file while a hidden copy is read.
     """
     path = Path(path)
-    name = path.name
+    name = name or path.name
+    stream = open_regular(path, label=name)
+    assert stream is not None
     try:
-        file_size = path.stat().st_size
-        with open(path, "rb") as f:
-            prefix = f.read(8)
+        with stream:
+            file_size = os.fstat(stream.fileno()).st_size
+            prefix = stream.read(8)
             if len(prefix) < 8:
-                kind = sniff_file_type(path)
-                raise _not_safetensors(name, kind, f"it is only {file_size} bytes long")
+                raise _not_safetensors(name, sniff_bytes(prefix), f"it is only {file_size} bytes long")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > MAX_HEADER_BYTES:
+                stream.seek(0)
                 raise _not_safetensors(
-                    name, sniff_file_type(path), f"its header length, {header_len} bytes, is absurd"
+                    name, sniff_bytes(stream.read(_PICKLE_SNIFF_BYTES)),
+                    f"its header length, {header_len} bytes, is absurd",
                 )
             if 8 + header_len > file_size:
-                if sniff_file_type(path) != "safetensors":
-                    raise _not_safetensors(name, sniff_file_type(path), "it has no safetensors header")
+                stream.seek(0)
+                kind = sniff_bytes(stream.read(_PICKLE_SNIFF_BYTES))
+                if kind != "safetensors":
+                    raise _not_safetensors(name, kind, "it has no safetensors header")
                 raise ModelError(
                     f"{name} is truncated: its header needs {header_len} bytes but the file has only "
                     f"{file_size - 8}. The download was probably interrupted; download it again."
                 )
-            raw = f.read(header_len)
+            raw = stream.read(header_len)
     except OSError as exc:
         raise ModelError(f"{name} cannot be read ({exc.strerror or exc}).") from exc
 
     if not raw.startswith(b"{"):
-        raise _not_safetensors(name, sniff_file_type(path), "it has no safetensors header")
+        raise _not_safetensors(name, sniff_bytes(prefix + raw[:_PICKLE_SNIFF_BYTES]), "it has no safetensors header")
+    if json_depth_exceeds(raw, MAX_HEADER_DEPTH):
+        raise ModelError(
+            f"{name} is damaged: its safetensors header nests more than {MAX_HEADER_DEPTH} levels deep, which "
+            "no model does. Download it again from a source you trust."
+        )
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # also UnicodeDecodeError, and ints past Python's 4300-digit limit
         raise ModelError(
             f"{name} is damaged: its safetensors header is not valid JSON ({exc}). Download it again."
         ) from exc
@@ -298,6 +356,7 @@ def detect_architecture(
                 f"(context {context_dim}); the file may be damaged."
             )
         family = "sdxl"
+        _require_text_encoder(header, name, "SDXL", _SDXL_CLIP_L_NEEDS + _SDXL_OPENCLIP_G_NEEDS)
     elif header.has_prefix(_SDXL_REFINER_OPENCLIP) and _UNET_LABEL_EMB in header:
         raise ModelError(
             f"{name}: {_UNKNOWN}. It is an SDXL refiner, which Marble does not support as a main model."
@@ -310,6 +369,7 @@ def detect_architecture(
                 f"does not match its UNet (context {context_dim}); the file may be damaged."
             )
         family = "sd2"
+        _require_text_encoder(header, name, "SD 2.x", _SD2_OPENCLIP_NEEDS)
     elif header.has_prefix(_SD1_CLIP):
         width = _width(header, _SD1_CLIP + "embeddings.token_embedding.weight")
         if width != context_dim:
@@ -318,6 +378,7 @@ def detect_architecture(
                 f"does not match its UNet (context {context_dim}); the file may be damaged."
             )
         family = "sd1"
+        _require_text_encoder(header, name, "SD 1.x", _SD1_CLIP_NEEDS)
     else:
         raise ModelError(
             f"{name}: {_UNKNOWN}. It has a UNet (context {context_dim}) but no text encoder Marble knows."
@@ -328,6 +389,32 @@ def detect_architecture(
     return ArchitectureInfo(
         family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction)
     )
+
+
+# Weights every text encoder of the family has whatever its depth: its first layer and final norm.
+# A file with the token embedding but not these would pass detection and then fail deep in diffusers.
+_SD1_CLIP_NEEDS = tuple(
+    _SD1_CLIP + n for n in ("encoder.layers.0.self_attn.q_proj.weight", "final_layer_norm.weight")
+)
+_SDXL_CLIP_L_NEEDS = tuple(
+    _SDXL_CLIP_L + n for n in ("encoder.layers.0.self_attn.q_proj.weight", "final_layer_norm.weight")
+)
+_SD2_OPENCLIP_NEEDS = tuple(
+    _SD2_OPENCLIP + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
+)
+_SDXL_OPENCLIP_G_NEEDS = tuple(
+    _SDXL_OPENCLIP_G + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
+)
+
+
+def _require_text_encoder(header: SafetensorsHeader, name: str, family: str, needed: tuple[str, ...]) -> None:
+    missing = [tensor for tensor in needed if tensor not in header]
+    if missing:
+        raise ModelError(
+            f"{name} looks like {family}, but its text-encoder weights are missing ({missing[0]} and others), "
+            "so it cannot make images from a prompt. Get the complete checkpoint (a full model, not a UNet-only "
+            "or pruned-encoder file)."
+        )
 
 
 def _context_dim(header: SafetensorsHeader) -> int | None:
@@ -358,15 +445,19 @@ def _what_it_might_be(header: SafetensorsHeader) -> str:
     return "It has no SD-style UNet."
 
 
-def detect_diffusers_folder(folder: StrPath, *, v_prediction: bool | None = None) -> ArchitectureInfo:
-    """Architecture of a diffusers-layout folder, from model_index.json and the component configs."""
+def detect_diffusers_folder(
+    folder: StrPath, *, v_prediction: bool | None = None, name: str | None = None
+) -> ArchitectureInfo:
+    """Architecture of a diffusers-layout folder, from model_index.json and the component configs.
+
+    `name` is what messages call the folder (default: its name)."""
     folder = Path(folder)
-    name = folder.name
+    name = name or folder.name
     index = _read_json(
-        folder / "model_index.json", name, "is not a diffusers model folder (no model_index.json)"
+        folder, "model_index.json", name, "is not a diffusers model folder (no model_index.json)"
     )
     class_name = str(index.get("_class_name", ""))
-    unet = _read_json(folder / "unet" / "config.json", name, "has no unet/config.json")
+    unet = _read_json(folder, "unet/config.json", name, "has no unet/config.json")
 
     in_channels = unet.get("in_channels")
     if in_channels not in (4, 9):
@@ -380,12 +471,12 @@ def detect_diffusers_folder(folder: StrPath, *, v_prediction: bool | None = None
             )
         family = "sdxl"
     elif class_name.startswith("StableDiffusion") and not class_name.startswith("StableDiffusion3"):
-        family = _sd1_or_sd2(folder, unet)
+        family = _sd1_or_sd2(folder, unet, name)
     else:
         raise ModelError(f"{name}: {_UNKNOWN}. Its pipeline is {class_name or 'not named'}.")
 
     if family == "sd2" and v_prediction is None:
-        scheduler = _read_optional_json(folder / "scheduler" / "scheduler_config.json")
+        scheduler = _read_optional_json(folder, "scheduler/scheduler_config.json", name)
         prediction = scheduler.get("prediction_type") if scheduler else None
         if prediction in ("v_prediction", "epsilon"):
             v_prediction = prediction == "v_prediction"
@@ -394,7 +485,7 @@ def detect_diffusers_folder(folder: StrPath, *, v_prediction: bool | None = None
     )
 
 
-def _sd1_or_sd2(folder: Path, unet: Mapping[str, object]) -> str:
+def _sd1_or_sd2(folder: Path, unet: Mapping[str, object], name: str) -> str:
     context = unet.get("cross_attention_dim")
     if context == 768:
         return "sd1"
@@ -402,7 +493,7 @@ def _sd1_or_sd2(folder: Path, unet: Mapping[str, object]) -> str:
         return "sd2"
     # Non-standard width (a test model, an exotic fine-tune): SD 2's OpenCLIP uses GELU,
     # SD 1's CLIP quick-GELU.
-    text_encoder = _read_optional_json(folder / "text_encoder" / "config.json") or {}
+    text_encoder = _read_optional_json(folder, "text_encoder/config.json", name) or {}
     return "sd2" if text_encoder.get("hidden_act") == "gelu" else "sd1"
 
 
@@ -410,27 +501,53 @@ def _is_null_component(entry: object) -> bool:
     return not isinstance(entry, list) or len(entry) != 2 or entry[0] is None
 
 
-def _read_json(path: Path, name: str, missing: str) -> dict:
-    data = _read_optional_json(path, name)
+def _read_json(folder: Path, inside: str, name: str, missing: str) -> dict:
+    data = _read_optional_json(folder, inside, name)
     if data is None:
         raise ModelError(f"{name} {missing}.")
     return data
 
 
-def _read_optional_json(path: Path, name: str | None = None) -> dict | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{name or path.parent.name}: {path.name} cannot be read ({exc}).") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{name or path.parent.name}: {path.name} is not valid JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{name or path.parent.name}: {path.name} is not a JSON object.")
+def _read_optional_json(folder: Path, inside: str, name: str) -> dict | None:
+    """A JSON object from the model folder; None when missing. Only a regular file of sane size and
+    depth is read (a FIFO or a link to /dev/zero is refused, not waited on)."""
+    path = folder / inside
+    label = f"{inside} in {name}"
+    data = read_json_file(path, label=label, missing_ok=True)
+    if data is not None and not isinstance(data, dict):
+        raise ModelError(f"{name}: {inside} is not a JSON object.")
     return data
+
+
+def check_model_folder(folder: StrPath, *, name: str | None = None) -> None:
+    """Refuse a diffusers folder Marble must not load: one holding a file that is no regular file (a
+    FIFO, a device), or pickled weights (judged by their bytes), which loading would unpickle.
+
+    Marble loads folders with safetensors only, so a pickle there would never be read; refusing it
+    says why the model does not load instead of a missing-file error from deep inside diffusers.
+    """
+    folder = Path(folder)
+    name = name or folder.name
+    for file in sorted(folder.rglob("*")):
+        relative = file.relative_to(folder).as_posix()
+        if file.is_dir():
+            continue
+        label = f"{relative} in {name}"
+        kind = sniff_file_type(file, label=label) if file.suffix.lower() not in _TEXT_SUFFIXES else None
+        if kind is None:
+            stream = open_regular(file, label=label)  # refuses FIFOs and devices among the configs
+            if stream is not None:
+                stream.close()
+        elif kind in ("pickle", "zip"):
+            raise ModelError(
+                f"{name} holds pickled PyTorch weights ({relative}), which can run code when loaded, so Marble "
+                "neither imports nor loads it. Get the safetensors version of this model (a folder with "
+                ".safetensors files only); for a single checkpoint file, `marble models import --convert-pickle` "
+                "converts it to safetensors."
+            )
+
+
+_TEXT_SUFFIXES = (".json", ".txt", ".md", ".yaml", ".yml", ".model", ".gitattributes")
 
 
 def detect_model(path: StrPath, *, v_prediction: bool | None = None) -> ArchitectureInfo:
@@ -446,16 +563,20 @@ def detect_model(path: StrPath, *, v_prediction: bool | None = None) -> Architec
 # Hashes
 
 
-def sha256_file(path: StrPath, on_progress: Callable[[int, int], None] | None = None) -> str:
+def sha256_file(
+    path: StrPath, on_progress: Callable[[int, int], None] | None = None, *, name: str | None = None
+) -> str:
     """Hex sha256 of the whole file, streamed so a 7 GB model never sits in memory.
 
     `on_progress(done_bytes, total_bytes)` is called after each chunk (for a progress bar).
     """
-    total = os.path.getsize(path)
+    stream = open_regular(path, label=name)
+    assert stream is not None
     digest = hashlib.sha256()
     done = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
+    with stream:
+        total = os.fstat(stream.fileno()).st_size
+        while chunk := stream.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
             done += len(chunk)
             if on_progress is not None:
@@ -468,12 +589,14 @@ def autov2_hash(path: StrPath, on_progress: Callable[[int, int], None] | None = 
     return sha256_file(path, on_progress)[:10]
 
 
-def autov3_hash(path: StrPath) -> str:
+def autov3_hash(path: StrPath, *, name: str | None = None) -> str:
     """A1111's LoRA hash (AutoV3): sha256 of the safetensors data after the header, first 12 hex digits."""
-    header = read_safetensors_header(path)
+    header = read_safetensors_header(path, name=name)
+    stream = open_regular(path, label=name)
+    assert stream is not None
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(header.data_offset)
-        while chunk := f.read(HASH_CHUNK_BYTES):
+    with stream:
+        stream.seek(header.data_offset)
+        while chunk := stream.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
     return digest.hexdigest()[:12]

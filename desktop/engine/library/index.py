@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import threading
+import unicodedata
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, Storage
 from desktop.engine.library.checkpoint import (
     HASH_CHUNK_BYTES,
     autov3_hash,
+    check_model_folder,
     detect_architecture,
     detect_diffusers_folder,
     read_safetensors_header,
@@ -35,10 +37,18 @@ from desktop.engine.library.checkpoint import (
 )
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.paths import AppPaths
+from desktop.engine.safe_files import loads_json, open_regular, read_regular_bytes
+from desktop.engine.terminal_text import BIDI_AND_SEPARATORS, library_text
 
 SCHEMA_VERSION = 1
 KINDS = ("model", "lora", "embedding")
 MAX_NAME_CHARS = 120
+# File systems count a name in bytes (ext4, APFS: 255 UTF-8 bytes; NTFS: 255 UTF-16 units). The longest
+# name a library entry writes is its hidden copy during import: "." + name + ".safetensors" + ".partial".
+MAX_FILE_NAME_BYTES = 255
+_LONGEST_WRITTEN = ".{}.safetensors.partial"
+# The library index is kilobytes per entry; this is room for tens of thousands of entries.
+MAX_INDEX_BYTES = 64 * 1024 * 1024
 # Names Windows will not create as files, whatever the extension.
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 _FORBIDDEN_CHARS = set('<>:"/\\|?*')
@@ -81,15 +91,27 @@ class LibraryRecord:
 
 
 def check_name(name: str) -> str:
-    """A user-chosen library name that is safe as a single file name on every platform, or InvalidRequest."""
-    cleaned = name.strip() if isinstance(name, str) else ""
+    """A user-chosen library name that is safe as a single file name on every platform, or InvalidRequest.
+
+    The name comes back NFC-normalised, so the same name typed on macOS (NFD) and Linux is one name.
+    """
+    cleaned = unicodedata.normalize("NFC", name.strip()) if isinstance(name, str) else ""
     problem = None
+    written = _LONGEST_WRITTEN.format(cleaned)
     if not cleaned:
         problem = "it is empty"
     elif len(cleaned) > MAX_NAME_CHARS:
         problem = f"it is longer than {MAX_NAME_CHARS} characters"
-    elif any(ord(c) < 32 for c in cleaned) or _FORBIDDEN_CHARS & set(cleaned):
-        problem = 'it contains a control character or one of < > : " / \\ | ? *'
+    elif any(_is_control(c) for c in cleaned) or _FORBIDDEN_CHARS & set(cleaned):
+        problem = 'it contains a control or text-direction character, or one of < > : " / \\ | ? *'
+    elif (
+        len(written.encode("utf-8")) > MAX_FILE_NAME_BYTES
+        or len(written.encode("utf-16-le")) // 2 > MAX_FILE_NAME_BYTES
+    ):
+        problem = (
+            f"with the extension Marble adds, its file name would take {len(written.encode('utf-8'))} bytes, more "
+            f"than the {MAX_FILE_NAME_BYTES} file systems allow (emoji and many scripts take 3 or 4 bytes a character)"
+        )
     elif cleaned.startswith(".") or cleaned.endswith("."):
         problem = "it starts or ends with a dot"
     elif cleaned.split(".")[0].casefold() in _RESERVED:
@@ -97,6 +119,17 @@ def check_name(name: str) -> str:
     if problem:
         raise InvalidRequest(f"{name!r} cannot be a library name: {problem}. Pick another name.")
     return cleaned
+
+
+def _is_control(char: str) -> bool:
+    # Cc: C0, DEL and C1 (U+0085 NEL ends a line in some terminals); Cs: a lone surrogate cannot be
+    # written as a file name; bidi controls make a listed name read differently from what it is.
+    return unicodedata.category(char) in ("Cc", "Cs") or char in BIDI_AND_SEPARATORS
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether two names are the same once normalised (NFC): how lookups compare names."""
+    return unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
 
 
 class Library:
@@ -130,12 +163,15 @@ class Library:
 
     def find(self, kind: str, name: str) -> LibraryRecord | None:
         """By name (exact, then ignoring case); a name is compared, never joined into a path."""
+        if not isinstance(name, str):
+            return None
         records = self.records(kind)
-        exact = next((r for r in records if r.name == name), None)
+        wanted = unicodedata.normalize("NFC", name)
+        exact = next((r for r in records if unicodedata.normalize("NFC", r.name) == wanted), None)
         if exact is not None:
             return exact
-        folded = name.casefold() if isinstance(name, str) else None
-        return next((r for r in records if r.name.casefold() == folded), None)
+        folded = wanted.casefold()
+        return next((r for r in records if unicodedata.normalize("NFC", r.name).casefold() == folded), None)
 
     def get(self, kind: str, name: str) -> LibraryRecord:
         record = self.find(kind, name)
@@ -184,9 +220,12 @@ class Library:
         """
         _check_kind(kind)
         source = Path(source).expanduser()
-        if not source.exists():
-            raise ModelError(f"{source} does not exist.")
-        source = source.resolve()
+        try:
+            if not source.exists():
+                raise ModelError(f"{source} does not exist.")
+            source = source.resolve()
+        except (OSError, ValueError) as error:  # a path too long for the file system, a NUL byte
+            raise ModelError(f"{source} cannot be read ({getattr(error, 'strerror', None) or error}).") from None
         folder = self.folder(kind)
         folder.mkdir(parents=True, exist_ok=True)
         is_folder = source.is_dir()
@@ -206,7 +245,7 @@ class Library:
                 if kind != "model":
                     raise ModelError(f"{source.name} is a folder; a {_noun(kind)} is a single .safetensors file.")
                 detect_diffusers_folder(source)  # refuse anything that is not a model folder before copying
-                _refuse_pickled_files(source)
+                check_model_folder(source)  # pickled weights, FIFOs, devices
                 _copy_tree(source, partial, on_progress, should_cancel)
             else:
                 file_type = sniff_file_type(source)
@@ -215,7 +254,11 @@ class Library:
                         raise ModelError(_pickle_refusal(source, kind))
                     from desktop.engine.backends.pickle_convert import convert_in_child
 
-                    convert_in_child(source, partial)
+                    try:
+                        convert_in_child(source, partial)
+                    except ModelError as error:
+                        # The child's reason is torch's text, which styles words with ANSI codes.
+                        raise ModelError(library_text(error)) from None
                 elif file_type != "safetensors":
                     raise ModelError(
                         f"{source.name} is not a safetensors file or a diffusers folder (its bytes match no known "
@@ -301,12 +344,12 @@ class Library:
         is_folder = path.is_dir() if is_folder is None else is_folder
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         if is_folder:
-            arch = detect_diffusers_folder(path)
+            arch = detect_diffusers_folder(path, name=display)
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
             return LibraryRecord(
                 path.name, kind, path.name, arch.label, arch.family, "diffusers", size, None, None, None, source, now
             )
-        header = read_safetensors_header(path)
+        header = read_safetensors_header(path, name=display)
         if kind == "model":
             arch = detect_architecture(header, name=display)
             label, family, fmt = arch.label, arch.family, "safetensors"
@@ -315,10 +358,10 @@ class Library:
             label, family, fmt = f"{info.label} LoRA", info.family, info.format
         else:
             label, family, fmt = _embedding_label(header, display), None, "embedding"
-        digest = sha256 or sha256_file(path, on_progress)
+        digest = sha256 or sha256_file(path, on_progress, name=display)
         return LibraryRecord(
             path.stem, kind, path.name, label, family, fmt, header.file_size, digest, digest[:10],
-            autov3_hash(path), source, now,
+            autov3_hash(path, name=display), source, now,
         )  # fmt: skip
 
     def _store(self, record: LibraryRecord) -> None:
@@ -328,11 +371,15 @@ class Library:
             self._save(table)
 
     def _load(self) -> dict[str, dict[str, LibraryRecord]]:
-        try:
-            document = json.loads(self._file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        # Not a regular file (a FIFO, a link to a device) or absurdly large: refused, never read.
+        raw = read_regular_bytes(
+            self._file, label=f"the library index {self._file}", max_bytes=MAX_INDEX_BYTES, missing_ok=True
+        )
+        if raw is None:
             return {}
-        except (OSError, ValueError) as error:
+        try:
+            document = loads_json(raw.decode("utf-8"))
+        except ValueError as error:  # UnicodeDecodeError is one too
             # A damaged index loses only hashes and import dates: the files themselves are still listed.
             backup = self._file.with_suffix(".damaged.json")
             with contextlib.suppress(OSError):
@@ -340,7 +387,7 @@ class Library:
             raise ModelError(
                 f"The library index {self._file} is damaged ({error}); a copy was kept as {backup.name}. Delete "
                 "the index to rebuild it from the files."
-            ) from error
+            ) from None
         document = _migrate(document)
         table: dict[str, dict[str, LibraryRecord]] = {}
         for kind, entries in document.get("entries", {}).items():
@@ -446,17 +493,6 @@ def _embedding_label(header, name: str) -> str:
     raise ModelError(f"{name} is not a textual-inversion embedding (no emb_params / clip_l tensors).")
 
 
-def _refuse_pickled_files(folder: Path) -> None:
-    """A diffusers folder may carry .bin weights: pickles, which loading would unpickle. Judge by bytes."""
-    for file in sorted(folder.rglob("*")):
-        if file.is_file() and sniff_file_type(file) in ("pickle", "zip"):
-            raise ModelError(
-                f"{folder.name} holds pickled PyTorch weights ({file.relative_to(folder)}), which can run code when "
-                "loaded, so Marble does not import it. Get the safetensors version of this model (a folder with "
-                ".safetensors files only)."
-            )
-
-
 def _pickle_refusal(source: Path, kind: str) -> str:
     return (
         f"{source.name} is a pickled PyTorch checkpoint, whatever its name says. Loading a pickle can run "
@@ -490,7 +526,9 @@ def _copy_file(
     total: int,
     digest: hashlib._Hash | None = None,
 ) -> int:
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    src = open_regular(source, label=source.name)  # a FIFO or a device would be read forever
+    assert src is not None
+    with src, open(target, "wb") as dst:
         while chunk := src.read(HASH_CHUNK_BYTES):
             if should_cancel is not None and should_cancel():
                 raise Cancelled("The import was cancelled; nothing was added to the library.")

@@ -7,11 +7,11 @@ A single file carries no config, so its detected architecture decides.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from desktop.engine.errors import MarbleError
 from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.safe_files import read_json_file
 
 # Published training sizes of the architectures a single file can be (resources/configs names).
 _SIZE_BY_CONFIG = {
@@ -41,7 +41,7 @@ def native_size(path: Path) -> int | None:
 
 
 def _json(file: Path) -> dict:
-    data = json.loads(file.read_text(encoding="utf-8"))
+    data = read_json_file(file)  # a FIFO or /dev/zero is refused, not waited on
     if not isinstance(data, dict):
         raise ValueError(f"{file} is not a JSON object")
     return data
