@@ -26,10 +26,14 @@ from desktop.engine.history import (
     save_unsaved,
 )
 from desktop.engine.paths import AppPaths
+from desktop.engine.terminal_text import printable
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+# `history show` fields that may span lines (a prompt); every other field is printed on one line.
+MULTILINE_FIELDS = frozenset({"Prompt", "Negative prompt"})
 
 
 def open_history(paths: AppPaths) -> HistoryStore:
@@ -146,8 +150,8 @@ def _list(store: HistoryStore, args: argparse.Namespace, out: TextIO, err: TextI
     for record in records:
         flags = ("*" if record.favourite else " ") + ("!" if record.missing else " ")
         prompt = " ".join(record.prompt.split())
-        print(f"{record.id:>6} {flags} {_when(record.created)}  {record.model[:24]:<24} "
-              f"{record.seed if record.seed is not None else '-':>10}  {prompt[:60]}", file=out)
+        print(f"{record.id:>6} {flags} {_when(record.created)}  {printable(record.model[:24]):<24} "
+              f"{record.seed if record.seed is not None else '-':>10}  {printable(prompt[:60])}", file=out)
     return EXIT_OK
 
 
@@ -173,7 +177,7 @@ def _show(store: HistoryStore, args: argparse.Namespace, out: TextIO, err: TextI
         lines.append(("In the trash", record.trash_path or "(file gone)"))
     for label, value in lines:
         if value:
-            print(f"{label + ':':<17}{value}", file=out)
+            print(f"{label + ':':<17}{printable(value, multiline=label in MULTILINE_FIELDS)}", file=out)
     return EXIT_OK
 
 
@@ -224,7 +228,7 @@ def _jobs(store: HistoryStore, args: argparse.Namespace, out: TextIO, err: TextI
                               "remaining": job.remaining_request().to_dict()}), file=out)
         else:
             print(f"{job.id}  {job.state:<12} {job.images_done}/{job.request.images_total} images  "
-                  f"{' '.join(job.request.prompt.split())[:60]}", file=out)
+                  f"{printable(' '.join(job.request.prompt.split())[:60])}", file=out)
     if not jobs and not args.json:
         print("No unfinished jobs.", file=err)
     return EXIT_OK

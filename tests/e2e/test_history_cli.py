@@ -206,3 +206,18 @@ def test_history_delete_restore_favourite_and_jobs(library: Path):
 
     code, out, err = in_process(["history", "jobs", *home])
     assert code == 0 and out == "" and "No unfinished jobs" in err
+
+
+def test_history_prints_prompts_with_terminal_escapes_shown_not_obeyed(tmp_path: Path, tiny_sd15_dir: Path):
+    # A prompt pasted from anywhere can hold a screen clear, an OSC window title, a bell and a CR.
+    hostile = "a fox \x1b[2J\x1b]0;pwned\x07 in snow\rX \u202eevil"
+    home = ["--home", str(tmp_path / "home")]
+    argv = generate_args(tiny_sd15_dir, "--no-preview", *home)
+    argv[argv.index(PROMPT)] = hostile
+    code, _, err = in_process(argv)
+    assert code == 0, err
+    for command in (["history", "list"], ["history", "show", "1"]):
+        code, out, _ = in_process([*command, *home])
+        assert code == 0
+        assert not any(char in out for char in "\x1b\x07\r\u202e"), (command, out)
+        assert "\\x1b[2J" in out and "\\x07" in out and "\\u202e" in out
