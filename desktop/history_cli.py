@@ -120,18 +120,18 @@ def run_history(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: Tex
         paths.ensure()
         store = open_history(paths)
     except StorageError as error:
-        print(f"marble: error: {error}", file=err)
+        print(f"marble: error: {printable(error)}", file=err)
         return EXIT_FAILED
     except (MarbleError, OSError) as error:
-        print(f"marble: error: cannot open the history: {error}", file=err)
+        print(f"marble: error: cannot open the history: {printable(error)}", file=err)
         return EXIT_FAILED
     try:
         return _COMMANDS[args.history_command](store, args, out, err)
     except (StorageError, InvalidRequest) as error:
-        print(f"marble: error: {error}", file=err)
+        print(f"marble: error: {printable(error)}", file=err)
         return EXIT_FAILED
     except sqlite3.Error as error:
-        print(f"marble: error: {explain_database_error(paths.history_db, error, paths.outputs)}", file=err)
+        print(f"marble: error: {printable(explain_database_error(paths.history_db, error, paths.outputs))}", file=err)
         return EXIT_FAILED
     finally:
         store.close_all()
@@ -190,7 +190,7 @@ def _export(store: HistoryStore, args: argparse.Namespace, out: TextIO, err: Tex
     if args.json:
         print(json.dumps({"id": record.id, "path": str(target), "metadata": not args.strip_metadata}), file=out)
     else:
-        print(target, file=out)
+        print(printable(target), file=out)
     return EXIT_OK
 
 
@@ -204,7 +204,7 @@ def _delete(store: HistoryStore, args: argparse.Namespace, out: TextIO, err: Tex
 def _restore(store: HistoryStore, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     restored = store.restore(args.ids)
     for record in restored:
-        print(record.path, file=out)
+        print(printable(record.path), file=out)
     return EXIT_OK if len(restored) == len(args.ids) else EXIT_BAD_INPUT
 
 
