@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from desktop.cli import EXIT_MODEL, main
+from desktop.cli import EXIT_MODEL
 from desktop.engine.library.checkpoint import autov3_hash
 from desktop.engine.metadata import read_text_chunks
 from tests.support import tiny_loras, tiny_models
+from tests.support.cli_runner import run_cli
 
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            code = main(list(argv), stdout=out, stderr=err)
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, out.getvalue(), err.getvalue()
+cli = run_cli
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ right exit code (2 bad input, 3 a model that cannot be loaded), never a tracebac
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import pickle
 import resource
@@ -20,20 +18,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from desktop.cli import EXIT_BAD_INPUT, EXIT_MODEL, main
+from desktop.cli import EXIT_BAD_INPUT, EXIT_MODEL
+from tests.support.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 no_fifos = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are a POSIX thing")
 
 
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            code = main(list(argv), stdout=out, stderr=err)
-    except SystemExit as exit_:
-        code = int(exit_.code or 0)
-    return code, out.getvalue(), err.getvalue()
+cli = run_cli
 
 
 def marble(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -3,8 +3,6 @@ reads from resources/ at run time. Fast: a bundle is laid out from the list, no 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 from desktop.engine.resources import CONFIG_NAMES, Resources
 from desktop.engine.token_count import TokenCounter
 from installer.bundle import NOT_BUNDLED, data_entries, resource_files
+from tests.support.cli_runner import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,12 +67,8 @@ def test_the_app_runs_from_a_bundle_laid_out_from_the_data_list(bundle, tmp_path
     assert counter.tokens("a photo of a cat") == ["a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>"]
 
     # The real command line, as the frozen `marble` runs it: demo model installed from the bundle, one image.
-    from desktop.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main(["generate", "--prompt", "a red circle", "--steps", "2", "--seed", "3", "--no-preview",
-                     "--home", str(tmp_path / "home")], stdout=out, stderr=err)
-    assert code == 0, err.getvalue()
-    (image,) = [Path(line) for line in out.getvalue().splitlines() if line.endswith(".png")]
+    code, out, err = run_cli("generate", "--prompt", "a red circle", "--steps", "2", "--seed", "3", "--no-preview",
+                             "--home", str(tmp_path / "home"))
+    assert code == 0, err
+    (image,) = [Path(line) for line in out.splitlines() if line.endswith(".png")]
     assert image.is_file()
