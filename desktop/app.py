@@ -11,6 +11,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from PySide6.QtCore import Qt, QThreadPool
 from PySide6.QtGui import QIcon
@@ -104,6 +105,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         action="store_true",
         help="check this installation: open the window, generate one image with the selected model, exit 0 if saved",
     )
+    parser.add_argument(
+        "--self-test-report", type=Path, metavar="FILE", help="also write the self-test's lines to FILE"
+    )
     return parser.parse_known_args(list(argv))
 
 
@@ -141,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.aboutToQuit.connect(controller.shutdown)
     instance.activation_requested.connect(lambda: bring_forward(window))
     if args.self_test:
-        SelfTest(app, window, started)
+        SelfTest(app, window, started, report=args.self_test_report)
     window.show()
     window.load_token_counter(resources.tokenizers / TOKENIZER_FOLDER / "merges.txt", paths.embeddings)
     code = app.exec()

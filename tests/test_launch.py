@@ -63,10 +63,13 @@ def test_frozen_dispatch_runs_the_converter_child(tmp_path, capsys):
 def test_self_test_generates_through_the_real_window(tmp_path):
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     done = subprocess.run(
-        [sys.executable, "-m", "desktop", "--self-test", "--home", str(tmp_path / "home")],
+        [sys.executable, "-m", "desktop", "--self-test", "--self-test-report", str(tmp_path / "report.txt"),
+         "--home", str(tmp_path / "home")],
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "torch not loaded" in done.stdout and "generating with marble-demo" in done.stdout
     saved = list((tmp_path / "home" / "outputs").rglob("*.png"))
     assert len(saved) == 1 and f"self-test: passed: {saved[0]}" in done.stdout
+    # The same lines in the report file, for a windowed executable without stdout.
+    assert (tmp_path / "report.txt").read_text(encoding="utf-8") == done.stdout

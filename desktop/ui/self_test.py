@@ -25,9 +25,20 @@ SELF_TEST_STEPS = 4
 class SelfTest(QObject):
     """Drives `window` through one job and quits `app` with the verdict. No signals."""
 
-    def __init__(self, app: QApplication, window: MainWindow, started: float, timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        app: QApplication,
+        window: MainWindow,
+        started: float,
+        report: Path | None = None,
+        timeout_s: float = 600.0,
+    ) -> None:
         super().__init__(window)
         self._app = app
+        # A windowed executable on Windows has no stdout: the report file is how a script reads the verdict.
+        self._report = report
+        if report is not None:
+            report.write_text("", encoding="utf-8")
         self._window = window
         self._started = started
         self._painted = False
@@ -43,7 +54,7 @@ class SelfTest(QObject):
         if watched is self._window and event.type() == QEvent.Type.Paint and not self._painted:
             self._painted = True
             torch = "loaded" if "torch" in sys.modules else "not loaded"
-            _say(f"self-test: window painted {time.time() - self._started:.3f} s after start, torch {torch}")
+            self._say(f"self-test: window painted {time.time() - self._started:.3f} s after start, torch {torch}")
             self._maybe_generate()
         return False
 
@@ -72,7 +83,7 @@ class SelfTest(QObject):
         if job is None:
             self._finish(1, f"self-test: failed: the request was refused: {self._window.message_bar.text()}")
         else:
-            _say(f"self-test: generating with {job.request.model}")
+            self._say(f"self-test: generating with {job.request.model}")
 
     @Slot(object)
     def _on_job_finished(self, event: JobFinished) -> None:
@@ -91,11 +102,12 @@ class SelfTest(QObject):
         self._finish(1, "self-test: failed: no image within the time limit")
 
     def _finish(self, code: int, line: str) -> None:
-        _say(line)
+        self._say(line)
         self._app.exit(code)
 
-
-def _say(line: str) -> None:
-    # A windowed executable on Windows has no stdout at all.
-    if sys.stdout is not None:
-        print(line, flush=True)
+    def _say(self, line: str) -> None:
+        if sys.stdout is not None:  # a windowed executable on Windows has none
+            print(line, flush=True)
+        if self._report is not None:
+            with self._report.open("a", encoding="utf-8") as report:
+                report.write(line + "\n")
