@@ -14,10 +14,9 @@ APP_FOLDER = "MarbleStudio"  # the one-folder build under dist/
 WINDOW_EXECUTABLE = "marble-studio"
 CLI_EXECUTABLE = "marble"
 
-# Files under resources/ the app never reads at run time, by path relative to the repository.
-NOT_BUNDLED: Mapping[str, str] = {
-    "resources/screenshot.png": "the README's picture; the app never shows it",
-}
+# Files under resources/ the app never reads at run time, by path relative to the repository, each with
+# the reason. Empty: what the app does not read (the README's screenshot) lives outside resources/.
+NOT_BUNDLED: Mapping[str, str] = {}
 
 # Distributions whose metadata the frozen app must keep: diffusers, transformers, accelerate and peft
 # look their dependencies up with importlib.metadata at import time and fail without it.

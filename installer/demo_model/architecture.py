@@ -33,7 +33,7 @@ UNET_CONFIG: dict[str, object] = {
     # level (plain DownBlock2D, as SD 1.x's lowest) takes the middle block down to 2x2, where every
     # cell touches the zero padding on a different two sides: the one source a UNet has for where it
     # is, which "in the top left corner" needs. Only 4% more per step. It did not make the model learn
-    # positions (docs/demo-model.md), but it is where position information is strongest.
+    # positions (installer/demo_model/README.md), but it is where position information is strongest.
     "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
     "block_out_channels": [32, 64, 128, 128],

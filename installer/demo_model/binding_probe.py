@@ -17,11 +17,11 @@ a blue background"); `--captions position` says only where ("in the top left cor
 
 Every 50 steps it prints how many of 18 test prompts (9 positions, 2 colour pairs that --warmup and
 --fixed-share never use) give a prediction nearest their own position's target (2/18 is chance), and
-how many of those also have the shape's colour there. docs/demo-model.md has the figures: the
+how many of those also have the shape's colour there. installer/demo_model/README.md has the figures: the
 place alone is learnt in about 150 steps; a colour bound to its place starts only after about 500,
 and at once when a share of every batch is in one fixed colour pair, where the place alone lowers the
 loss; at every timestep (--timesteps all) neither is learnt, from t=700 up both are. (The anchored
-real build, all timesteps, failed: its gate figures are in docs/demo-model.md.)
+real build, all timesteps, failed: its gate figures are in installer/demo_model/README.md.)
 """
 
 from __future__ import annotations

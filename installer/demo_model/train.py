@@ -1,6 +1,6 @@
 """Train Marble's demo model from nothing: python -m installer.demo_model.train --out resources/demo-model
 
-A build step, not part of CI: about 52 minutes on a 2-core CPU (measured figures in docs/demo-model.md).
+A build step, not part of CI: about 52 minutes on a 2-core CPU (measured figures in installer/demo_model/README.md).
 Seeded and reproducible on the same machine and torch build. Four stages, each saved in --work so
 an interrupted build resumes:
 
@@ -14,17 +14,17 @@ an interrupted build resumes:
 3. the UNet and the text encoder together, captions re-worded at every visit, 10% of captions dropped
    (classifier-free guidance), an exponential moving average of the weights kept for the release. The
    first steps see only anchors and every later batch a share of them; the first third draws every
-   timestep from high noise, the rest only a share of them: both teach where shapes go (docs/demo-model.md,
+   timestep from high noise, the rest only a share of them: both teach where shapes go (installer/demo_model/README.md,
    items 5 and 6); its loss weighs each shape's box 4 times the background, as stage 4's
-   does (docs/demo-model.md, items 9 and 10);
+   does (installer/demo_model/README.md, items 9 and 10);
 4. a polish from the averaged weights: half its timesteps drawn below 300, every caption there
    another picture's, so the model follows the picture where it is clear and the caption only where
-   it is not; image to image at a low strength then keeps its source (docs/demo-model.md, items 7 and 10).
-   Its loss weighs each shape's box 4 times the background, which small shapes need (docs/demo-model.md,
+   it is not; image to image at a low strength then keeps its source (installer/demo_model/README.md, items 7 and 10).
+   Its loss weighs each shape's box 4 times the background, which small shapes need (installer/demo_model/README.md,
    item 8). 5% of its captions, at every timestep, are another picture's too, as real captions are sometimes wrong: the
    model alone then follows the caption only as far as it trusts it, and guidance makes it follow
-   (docs/demo-model.md, item 11); and 20% name another background than the picture's, without which the model
-   alone never misses a background (docs/demo-model.md, item 12).
+   (installer/demo_model/README.md, item 11); and 20% name another background than the picture's, without which
+   the model alone never misses a background (installer/demo_model/README.md, item 12).
 
 The result is a diffusers folder saved in float16 (20 MB).
 """
@@ -195,7 +195,7 @@ def finetune_decoder(checkpoint: Path, vae, steps: int, seed: int):
 
 def anchor_scene(rng: random.Random) -> scenes.Scene:
     """A training scene redrawn in white on black: one colour pair, so that knowing only where the shapes
-    go already lowers the loss (docs/demo-model.md, item 5). Never a held-out prompt."""
+    go already lowers the loss (installer/demo_model/README.md, item 5). Never a held-out prompt."""
     while True:
         scene = scenes.random_scene(rng)
         shapes = tuple(replace(shape, colour="white") for shape in scene.shapes)
@@ -325,7 +325,7 @@ class TrainingPictures:
         background, in colours neither the background nor any shape has. A background is most of the
         picture and the first thing the sampler settles, so whole-caption mislabelling leaves the
         model sure of it; this makes it unsure enough that without guidance it misses backgrounds
-        too (docs/demo-model.md, item 12). No random draws without a share, so stage 3 and
+        too (installer/demo_model/README.md, item 12). No random draws without a share, so stage 3 and
         earlier polishes replay unchanged."""
         if not self.wrong_background_share or rng.random() >= self.wrong_background_share:
             return scene
@@ -359,7 +359,7 @@ class Polish:
     (`shape_weights`), since a small shape is a few latent pixels among 256 of background. A
     `mislabel_share` of its captions, at every timestep, belongs to another picture, and a
     `wrong_background_share` names another background, so that the model alone is less sure of the
-    caption and guidance matters (docs/demo-model.md, items 11 and 12)."""
+    caption and guidance matters (installer/demo_model/README.md, items 11 and 12)."""
 
     steps: int
     lr: float

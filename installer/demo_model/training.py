@@ -45,7 +45,7 @@ def diffusion_loss(
 
     Timesteps are uniform over the schedule, except that with a `lowest_timestep` a `high_share` of the
     batch (on average) is drawn from there up instead: the layout is decided at high noise, and a model
-    trained uniformly learns where shapes go too slowly (docs/demo-model.md, item 5).
+    trained uniformly learns where shapes go too slowly (installer/demo_model/README.md, item 5).
 
     With `blind_below`, a `low_share` of the batch is drawn below it instead, and a `blind_share` of the
     samples below it is paired with another sample's caption (the batch rolled by one). Trained only on
@@ -53,13 +53,13 @@ def diffusion_loss(
     image redraws a source that disagrees with the prompt, the more so at CFG 7, which multiplies the
     disagreement. Taught that a caption there is often wrong, it follows the picture where the picture
     is clear (the layout of a source) and the caption only where the picture leaves a doubt (yellow or
-    orange); with every caption wrong it ignores the caption altogether and colours drift (docs/demo-model.md ("The
-    demo model", item 7).
+    orange); with every caption wrong it ignores the caption altogether and colours drift
+    (installer/demo_model/README.md ("The demo model", item 7).
 
     A `mislabel_share` of the samples, at any timestep, is paired with another sample's caption too,
     as a share of real captions are wrong. The model then follows the caption only as far as
     captions are right, so without guidance (CFG 1) it misses that share of the time, and guidance,
-    which amplifies what the caption adds over no caption, is what makes it follow (docs/demo-model.md,
+    which amplifies what the caption adds over no caption, is what makes it follow (installer/demo_model/README.md,
     item 11).
 
     `pixel_weights` (batch, height, width), each picture's with a mean of 1, weigh the latent pixels

@@ -1,7 +1,7 @@
 """Render the README screenshot: the real window, offscreen, after a first start and one real job on
 the shipped demo model.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python installer/tools/take_screenshot.py resources/screenshot.png
+    QT_QPA_PLATFORM=offscreen .venv/bin/python installer/tools/take_screenshot.py docs/screenshot.png
 """
 
 from __future__ import annotations
@@ -54,4 +54,4 @@ def main(target: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "resources/screenshot.png")))
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/screenshot.png")))

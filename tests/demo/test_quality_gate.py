@@ -1,5 +1,5 @@
 """The quality gate itself, in its quick form (a fifth of the cases), on the shipped demo model: the
-script docs/demo-model.md's figures come from must keep running, score every target and draw its sheet."""
+script installer/demo_model/README.md's figures come from must keep running, score every target and draw its sheet."""
 
 from __future__ import annotations
 

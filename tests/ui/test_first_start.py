@@ -42,6 +42,6 @@ def test_first_generate_on_a_fresh_install_follows_the_prompt(qtbot, tmp_path):
             assert image.size == (128, 128)
             seen = measure(image)
         # The shipped model gets backgrounds right (100% in the quality gate at CFG 7) but not yet positions
-        # or shape kinds, and shape colours 84% of the time: see docs/demo-model.md.
+        # or shape kinds, and shape colours 84% of the time: see installer/demo_model/README.md.
         assert seen.background == "blue", seen
         assert read_image_metadata(path).settings["Model"] == DEMO_MODEL_NAME
