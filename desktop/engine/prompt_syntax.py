@@ -169,7 +169,12 @@ def pack_chunks(
                     close()
             for token in group:
                 if len(ids) == size:
-                    close_full()
+                    # As A1111: a comma arriving at a full chunk starts the next one; only another
+                    # token makes the chunk end at its last comma.
+                    if token == comma_id:
+                        close()
+                    else:
+                        close_full()
                 if token == comma_id:
                     last_comma = len(ids)
                 ids.append(token)

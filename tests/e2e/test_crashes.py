@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from desktop.cli import main
 from desktop.engine.history.store import JOB_CHUNK
@@ -127,6 +128,28 @@ def test_resume_counts_an_image_renamed_into_place_before_its_row(tmp_path: Path
     assert code == 0, err
     assert json_lines(out)[-1]["seeds"] == [SEED + 2, SEED + 3]
     assert seeds_on_disk(paths.outputs) == list(range(SEED, SEED + IMAGES))
+
+
+def test_a_writer_killed_half_way_through_a_png_leaves_no_broken_image(tmp_path: Path, tiny_sd15_dir):
+    """Issue 23: the real writer, killed with half of the second PNG's bytes written. Those bytes may
+    only ever be in a hidden temp file: no half PNG in the outputs folder, none in the history."""
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home)
+    result = run_with_fault("kill:half:2", generate_args(tiny_sd15_dir, "--batch-count", "3"), home)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+
+    # As the killed process left it: one whole image, and the half one only under a hidden temp name.
+    assert [p.name for p in pngs(paths.outputs)] == ["00001-400.png"]
+    whole = pngs(paths.outputs)[0]
+    with Image.open(whole) as image:
+        image.load()  # every byte there: a truncated PNG raises here
+    temps = [p for p in paths.outputs.rglob("*") if p.is_file() and p != whole]
+    assert [p.name for p in temps] == [".00002-401.png.partial"]
+    assert 0 < temps[0].stat().st_size < whole.stat().st_size
+
+    # The next start lists the whole image only and removes the temp file.
+    assert [record["path"] for record in history(home, "list")] == [str(whole)]
+    assert [p for p in paths.outputs.rglob("*") if p.is_file()] == [whole]
 
 
 KILL_POINTS = [("step", n) for n in range(1, IMAGES * STEPS + 1)] + [

@@ -182,3 +182,33 @@ def test_edit_parameters_name_a1111_keys():
         "Masked area padding": "16",
         "Init image hash": "ababababab",
     }
+
+
+def test_paste_region_puts_every_pixel_of_a_textured_patch_where_it_belongs():
+    """Issue 23: a flat patch cannot show a paste a few pixels off; noise can, pixel by pixel."""
+    source = noise(120, 90, seed=1)
+    box = (23, 17, 87, 81)  # 64 x 64: the region is pasted at its own size, no resampling
+    region = noise(64, 64, seed=2)
+    alpha = square_mask(source.size, box)
+    result = np.asarray(paste_region(source, region, box, alpha))
+    assert np.array_equal(result[17:81, 23:87], np.asarray(region))
+    outside = np.asarray(alpha) == 0
+    assert np.array_equal(result[outside], np.asarray(source)[outside])
+
+
+def test_only_masked_round_trip_gives_back_the_source_and_the_patch_at_its_place():
+    """A masked plan whose box is exactly width x height: finishing with the plan's own crop is the
+    source again, and a textured result lands pixel for pixel in the box, blended only by the mask."""
+    source = noise(200, 150, seed=3)
+    mask = square_mask(source.size, (100, 60, 120, 80))
+    plan = plan_edit(source, mask, request(inpaint_area="masked", padding=14, mask_blur=3))
+    assert plan.box == (78, 38, 142, 102) and plan.size == (64, 64)
+    assert np.array_equal(np.asarray(finish_edit(plan, plan.image)), np.asarray(source))
+    patch = noise(64, 64, seed=4)
+    result = np.asarray(finish_edit(plan, patch)).astype(np.int32)
+    alpha = np.asarray(plan.alpha).astype(np.int32)[..., None]
+    placed = np.asarray(source).astype(np.int32).copy()
+    placed[38:102, 78:142] = np.asarray(patch)
+    # PIL's composite: (generated * alpha + source * (255 - alpha)) / 255, rounded.
+    expected = (placed * alpha + np.asarray(source).astype(np.int32) * (255 - alpha)) / 255
+    assert np.abs(result - expected).max() <= 1

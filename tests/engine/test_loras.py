@@ -232,6 +232,52 @@ def test_weight_zero_matches_a_backend_that_never_saw_a_lora(home, tiny_sd15_dir
     assert np.array_equal(zero, plain)
 
 
+def lora_layer_change(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """What the LoRA adds to one adapted linear layer's output: the layer minus its base layer."""
+    with torch.no_grad():
+        return module(inputs) - module.base_layer(inputs)
+
+
+@pytest.mark.parametrize("weight", [0.5, 0.25, -0.7, 1.6])
+def test_a_fractional_weight_adds_that_fraction_of_the_files_delta(backend, tiny_sd15_dir, weight):
+    """Issue 23: weights other than 0 and 1 scale the LoRA: in every adapted layer (UNet and text
+    encoder) the change is `weight * up @ down * alpha / rank`, read from the file itself, and the
+    image at a fraction lies between the base image and the full LoRA's."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(backend._loras.catalog.get("detail").path))
+    generate(backend, request_for(tiny_sd15_dir, steps=1, loras=(LoraRef("detail", weight),)))
+    pipe = backend._pipe
+    layers = [
+        ("lora_unet_", name, module) for name, module in pipe.unet.named_modules() if hasattr(module, "base_layer")
+    ]
+    layers += [
+        ("lora_te_", tiny_loras._clip_path(name), module)
+        for name, module in pipe.text_encoder.named_modules()
+        if hasattr(module, "base_layer")
+    ]
+    assert len(layers) >= 8 and any(prefix == "lora_te_" for prefix, *_ in layers)
+    generator = torch.Generator().manual_seed(0)
+    for prefix, name, module in layers:
+        key = prefix + name.replace(".", "_")
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        scale = float(tensors[f"{key}.alpha"]) / down.shape[0]
+        inputs = torch.randn(3, down.shape[1], generator=generator)
+        expected = weight * scale * inputs @ (up @ down).T
+        torch.testing.assert_close(lora_layer_change(module, inputs), expected, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_half_a_weight_makes_an_image_of_its_own(backend, tiny_sd15_dir, base_image):
+    """The image at 0.5 is neither the base image nor the image at 1 (the tiny model is too nonlinear
+    for the image's change to scale with the weight; the layer test above checks the scaling)."""
+
+    def image(weight: float) -> np.ndarray:
+        return pixels(generate(backend, request_for(tiny_sd15_dir, loras=(LoraRef("detail", weight),))).images[0])
+
+    half, whole = image(0.5), image(1.0)
+    assert np.abs(half - whole).mean() > 1.0 and np.abs(half - base_image).mean() > 1.0
+
+
 def test_prompt_tag_equals_request_lora_and_the_tag_is_not_encoded(backend, tiny_sd15_dir):
     base_prompt = request_for(tiny_sd15_dir).prompt
     by_tag = generate(backend, request_for(tiny_sd15_dir, prompt=f"<lora:DETAIL:0.7> {base_prompt}"))

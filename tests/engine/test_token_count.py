@@ -81,6 +81,99 @@ def test_counts_and_chunks_are_the_backends_own_packing(counter: TokenCounter, t
         assert counter.measure(prompt) == PromptLength(sum(len(chunk.ids) for chunk in chunks), len(chunks)), prompt
 
 
+def a1111_chunks(pieces: list, comma: int, start: int, end: int) -> list[tuple[list[int], list[float]]]:
+    """An independent reference of AUTOMATIC1111's packing (its `tokenize_line`), written from its rule:
+    chunks of 75 tokens; when a token that is not a comma arrives at a full chunk whose last comma is
+    among its last 20 tokens, the chunk ends after that comma and the tokens after it move on; BREAK
+    (None here) ends the chunk; each chunk is padded with the end token to 75, then framed by start and
+    end. `pieces`: (ids, weight) or None."""
+    chunks: list[tuple[list[int], list[float]]] = []
+    tokens: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def finish(kept: list[int], kept_weights: list[float]) -> None:
+        nonlocal last_comma
+        padding = CHUNK_TOKENS - len(kept)
+        chunks.append(([start, *kept, *[end] * padding, end], [1.0, *kept_weights, *[1.0] * padding, 1.0]))
+        last_comma = -1
+
+    for piece in pieces:
+        if piece is None:
+            finish(tokens, weights)
+            tokens, weights = [], []
+            continue
+        ids, weight = piece
+        for token in ids:
+            if token == comma:
+                last_comma = len(tokens)
+            elif len(tokens) == CHUNK_TOKENS and last_comma != -1 and CHUNK_TOKENS - last_comma <= 20:
+                cut = last_comma + 1
+                finish(tokens[:cut], weights[:cut])
+                tokens, weights = tokens[cut:], weights[cut:]
+            if len(tokens) == CHUNK_TOKENS:
+                finish(tokens, weights)
+                tokens, weights = [], []
+            tokens.append(token)
+            weights.append(weight)
+    if tokens or not chunks:
+        finish(tokens, weights)
+    return chunks
+
+
+def framed(chunk, start: int, end: int) -> tuple[list[int], list[float]]:
+    padding = CHUNK_TOKENS - len(chunk.ids)
+    return [start, *chunk.ids, *[end] * padding, end], [1.0, *chunk.weights, *[1.0] * padding, 1.0]
+
+
+def comma_heavy_prompts(tokenizer: CLIPTokenizer, count: int, seed: int) -> list[str]:
+    """Long prompts of short phrases, so that chunk ends fall near commas, on commas and far from them."""
+    rng = random.Random(seed)
+    vocabulary = [word.replace("</w>", "") for word in sorted(tokenizer.get_vocab()) if word.endswith("</w>")]
+    vocabulary = [word for word in vocabulary if word.isalpha()]
+    prompts = []
+    for _ in range(count):
+        phrases = []
+        for _ in range(rng.randint(10, 70)):
+            words = " ".join(rng.choice(vocabulary) for _ in range(rng.choice([1, 1, 2, 3, 5, 8, 25])))
+            phrases.append(rng.choice([words, words, f"({words}:1.3)", f"[{words}]", "BREAK " + words, ""]))
+        prompts.append(rng.choice([", ", ",", " , ,", ","]).join(phrases))
+    return prompts
+
+
+def test_chunks_match_an_independent_a1111_packing(counter: TokenCounter, tokenizer) -> None:
+    """Issue 23: the backend's chunks (and the counter's counts) against A1111's rule written above,
+    on prompts of up to a few hundred tokens with commas at every distance from a chunk's end."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+    cuts = 0
+    for prompt in comma_heavy_prompts(tokenizer, 150, seed=23):
+        pieces = parse_prompt(prompt)
+        tokenized = [None if p.is_break else (tokenizer(p.text, add_special_tokens=False).input_ids, p.weight)
+                     for p in pieces]  # fmt: skip
+        expected = a1111_chunks(tokenized, comma, start, end)
+        chunks = _pack(tokenizer, pieces)
+        assert [framed(chunk, start, end) for chunk in chunks] == expected, prompt
+        assert counter.measure(prompt) == PromptLength(sum(len(c.ids) for c in chunks), len(expected)), prompt
+        cuts += sum(CHUNK_TOKENS - 20 <= len(c.ids) < CHUNK_TOKENS and c.ids[-1] == comma for c in chunks[:-1])
+    assert cuts > 20  # the comma rule really ran, not only full chunks
+
+
+def test_a_comma_arriving_at_a_full_chunk_starts_the_next_one(tokenizer) -> None:
+    """A1111 cuts at the last comma only for a token that is not a comma: 74 words, a comma at 70,
+    then `, x`: the first chunk keeps all 75 tokens and the comma opens the second."""
+    comma = tokenizer.convert_tokens_to_ids(",</w>")
+    prompt = "cat " * 70 + ", dog dog dog dog , x"
+    chunks = _pack(tokenizer, parse_prompt(prompt))
+    assert [len(chunk.ids) for chunk in chunks] == [75, 2]
+    assert chunks[1].ids[0] == comma
+    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pieces = [(tokenizer(prompt, add_special_tokens=False).input_ids, 1.0)]
+    assert [framed(chunk, start, end) for chunk in chunks] == a1111_chunks(pieces, comma, start, end)
+    # Another word instead of that comma: the chunk ends after the comma at 70.
+    assert [len(c.ids) for c in _pack(tokenizer, parse_prompt("cat " * 70 + ", dog dog dog dog x"))] == [71, 5]
+
+
 def test_the_count_crosses_into_a_second_chunk_after_75_tokens(counter: TokenCounter) -> None:
     assert counter.measure("") == PromptLength(0, 1)
     assert counter.measure("cat " * CHUNK_TOKENS) == PromptLength(75, 1)

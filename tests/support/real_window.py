@@ -34,7 +34,9 @@ def real_window(
             panel.height_spin.setValue(size)
         panel.steps_spin.setValue(steps)
         panel.seed_spin.setValue(seed)
-        panel.device_combo.setCurrentText("cpu")
+        # By data: the combo shows "CPU", and setCurrentText("cpu") silently left it on Auto.
+        panel.device_combo.setCurrentIndex(panel.device_combo.findData("cpu"))
+        assert panel.device_combo.currentData() == "cpu"
         yield window, controller
     finally:
         controller.shutdown()

@@ -4,6 +4,7 @@ Put this folder first on PYTHONPATH and set MARBLE_TEST_FAULT to `ACTION:POINT:N
 module at start-up, before the command line runs, and wraps the engine at these points:
 
   step     after the Nth denoising step was reported
+  half     with half of the Nth PNG's bytes written (and flushed) wherever the writer writes them
   partial  after the Nth PNG's bytes are in its hidden temp file, before the rename
   png      after the Nth PNG was renamed into place, before its history row
   row      after the Nth image's history row was committed
@@ -20,13 +21,14 @@ MARBLE_TEST_BARRIER=FOLDER:N lines up N processes right before the first-start d
 from __future__ import annotations
 
 import errno
+import io
 import os
 import signal
 import sqlite3
 from collections.abc import Callable
 
 _SPEC = os.environ.get("MARBLE_TEST_FAULT", "")
-POINTS = ("step", "partial", "png", "row", "now")
+POINTS = ("step", "half", "partial", "png", "row", "now")
 
 
 def _install(action: str, point: str, nth: int) -> None:
@@ -62,7 +64,18 @@ def _install(action: str, point: str, nth: int) -> None:
         def writing(stream):  # type: ignore[no-untyped-def]
             if full[0]:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            write(stream)
+            if path.suffix == ".png" and point == "half":
+                # The encoder's bytes in two writes, so a kill can land between them: a real writer
+                # stopped half way, whatever file it writes into.
+                buffer = io.BytesIO()
+                write(buffer)
+                data = buffer.getvalue()
+                stream.write(data[: len(data) // 2])
+                stream.flush()
+                reached("half")
+                stream.write(data[len(data) // 2 :])
+            else:
+                write(stream)
             if path.suffix == ".png":
                 stream.flush()
                 reached("partial")
