@@ -60,7 +60,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     read_safetensors_header,
     sniff_file_type,
 )
-from desktop.engine.library.lora import LoraCatalog  # noqa: E402
+from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.prompt_syntax import (  # noqa: E402
     Chunk,
@@ -147,14 +147,14 @@ class DiffusersBackend:
         resources: Resources,
         catalog: ModelCatalog,
         preview_every: int = 1,
-        loras: LoraCatalog | None = None,
+        loras: AdapterCatalog | None = None,
     ) -> None:
         self._paths = paths
         self._resources = resources
         self._catalog = catalog
         self._preview_every = max(0, preview_every)
         self._hashes = HashCache(paths.cache / "hashes.json")
-        self._loras = LoraAdapters(loras or LoraCatalog(paths.loras), embeddings=LoraCatalog(paths.embeddings))
+        self._loras = LoraAdapters(loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings))
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None

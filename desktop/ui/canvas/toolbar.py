@@ -35,8 +35,8 @@ from desktop.engine.errors import InvalidRequest
 from desktop.engine.imaging import Margins, outpaint_canvas, store_by_hash
 from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
+from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
 from desktop.ui.canvas.view import MaskCanvas
-from desktop.ui.canvas_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
 
 MODES = (("txt2img", "Text to image"), ("img2img", "Image to image"), ("inpaint", "Inpaint"))
 AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
