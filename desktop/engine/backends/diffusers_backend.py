@@ -494,7 +494,7 @@ class DiffusersBackend:
         pipe = self._pipes.get(mode)
         if pipe is None:
             factory = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
-            # Without the dtype, from_pipe would upcast the shared modules to fp32 (DESIGN.md section 4).
+            # Without the dtype, from_pipe would upcast the shared modules to fp32 (docs/architecture.md).
             pipe = factory.from_pipe(self._pipe, dtype=self._pipe.dtype)
             pipe.set_progress_bar_config(disable=True)
             self._pipes[mode] = pipe
