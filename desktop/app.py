@@ -23,6 +23,7 @@ from desktop.bridge.history_model import HistoryModel
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.bridge.single_instance import SingleInstance, instance_name
 from desktop.bridge.worker import RunnerFactory
+from desktop.engine.edit_inputs import inputs_folder
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryStore, explain_database_error
 from desktop.engine.library.catalog import ModelCatalog
@@ -77,7 +78,7 @@ def build_main_window(
     catalog = catalog if catalog is not None else ModelCatalog(paths.models)
     controller = GenerationController(runner_factory, history=history)
     try:
-        window = MainWindow(controller, catalog, paths.outputs, inputs_folder=paths.cache / "inputs")
+        window = MainWindow(controller, catalog, paths.outputs, inputs_folder=inputs_folder(paths))
         # Parented to the window, which keeps it alive; tests reach the dialog through this attribute.
         window.library_integration = LibraryIntegration(
             window, LibraryTasks(Library(paths), window), window.file_menu

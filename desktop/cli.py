@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import desktop
 from desktop.engine.backends.schedulers import SAMPLER_NAMES, canonical_sampler
+from desktop.engine.edit_inputs import inputs_folder, request_size
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.events import (
     Event,
@@ -29,7 +30,7 @@ from desktop.engine.events import (
     StepProgress,
 )
 from desktop.engine.history.store import RESUMED, explain_database_error
-from desktop.engine.imaging import Margins, load_mask, load_source, outpaint_canvas, save_png_by_hash, working_size
+from desktop.engine.imaging import Margins, load_mask, load_source, outpaint_canvas, save_png_by_hash
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import demo_model_name, install_demo_model
@@ -42,9 +43,7 @@ from desktop.engine.request import (
     DEVICES,
     EMPHASIS_MODES,
     INPAINT_AREAS,
-    MAX_SIDE,
     MEMORY_MODES,
-    MIN_SIDE,
     PRECISIONS,
     RESIZE_MODES,
     GenerationRequest,
@@ -254,9 +253,8 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     width, height = args.width, args.height
     if init_image is not None and (width is None or height is None):
         # Default to the source's own size (as a multiple of 8): "whole" then works at full detail.
-        size = working_size(load_source(init_image).size, args.resize_mode)
-        width = width or min(max(size[0], MIN_SIDE), MAX_SIDE)
-        height = height or min(max(size[1], MIN_SIDE), MAX_SIDE)
+        size = request_size(load_source(init_image).size, args.resize_mode)
+        width, height = width or size[0], height or size[1]
     if width is None or height is None:
         side = _model_native_size(model, paths) or 512
         width, height = width or side, height or side
@@ -322,8 +320,7 @@ def _edit_inputs(args: argparse.Namespace, paths: AppPaths) -> tuple[str | None,
     source = load_source(init)
     old_mask = load_mask(mask, source.size) if mask else None
     grown, grown_mask = outpaint_canvas(source, margins, old_mask)
-    # Content-named inputs in the cache: the request (and its metadata) points at real files.
-    folder = paths.cache / "inputs"
+    folder = inputs_folder(paths)
     return str(save_png_by_hash(grown, folder)), str(save_png_by_hash(grown_mask, folder))
 
 

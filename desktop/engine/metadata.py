@@ -4,10 +4,10 @@ Writing: `png_text_chunks` gives the PNG text chunks for one image: A1111's `par
 every other tool reads, and a `marble` JSON chunk with the complete request, which only we read and
 which reproduces the image exactly.
 
-Reading: `read_image_metadata` opens an untrusted PNG, JPEG or WebP file (DESIGN.md section 5: type
-by magic bytes, decompression bombs refused before any pixel is decoded, PNG text read after `load()`)
-and understands Marble, A1111, ComfyUI, InvokeAI (v1 to v3+), NovelAI and Fooocus metadata, best
-effort. Every failure is an `InvalidRequest` with a sentence a user can act on.
+Reading: `read_image_metadata` opens an untrusted PNG, JPEG or WebP file (docs/architecture.md's rules
+for untrusted input: type by magic bytes, decompression bombs refused before any pixel is decoded, PNG
+text read after `load()`) and understands Marble, A1111, ComfyUI, InvokeAI (v1 to v3+), NovelAI and
+Fooocus metadata, best effort. Every failure is an `InvalidRequest` with a sentence a user can act on.
 
 Pure Python and Pillow: no Qt, no torch.
 """

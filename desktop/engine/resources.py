@@ -1,7 +1,7 @@
 """The read-only files Marble ships: model configs, CLIP tokenizers, the demo model and the app icon.
 
 diffusers needs a diffusers-layout config folder to load a single-file checkpoint without going
-online (DESIGN.md section 4), so the app ships one per architecture under ``resources/configs/`` and
+online (docs/architecture.md), so the app ships one per architecture under ``resources/configs/`` and
 the CLIP tokenizer files under ``resources/tokenizers/``. This module only finds those folders:
 no Qt, no torch, and nothing is computed at import time.
 """

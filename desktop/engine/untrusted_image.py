@@ -1,6 +1,6 @@
 """Opening image files from anywhere (drops, PNGs from the web, masks): by content, size-capped.
 
-One place for the rules of DESIGN.md section 5, used by the metadata reader and the image editor.
+One place for the untrusted-input rules of docs/architecture.md, used by the metadata reader and the image editor.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from desktop.engine.library.native_size import native_size
 from desktop.engine.request import GenerationRequest
 from desktop.engine.token_count import TokenCounter
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
-from desktop.ui.canvas_view import MAX_IMAGE_PIXELS
+from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.parameter_panel import ParameterPanel
 from desktop.ui.prompt_editor import PromptEditor

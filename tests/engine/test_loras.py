@@ -16,7 +16,7 @@ from desktop.engine.jobs import CancelToken, Job, JobState
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
 from desktop.engine.library.lora import (
-    LoraCatalog,
+    AdapterCatalog,
     ModelShape,
     check_lora_fits,
     inspect_lora,
@@ -178,7 +178,7 @@ def test_lora_names_are_looked_up_never_joined(tmp_path, name):
     (outside / "passwd.safetensors").write_bytes(b"x")
     (tmp_path / "home" / "secret.safetensors").write_bytes(b"x")
     (loras / "detail.safetensors").write_bytes(b"x")
-    catalog = LoraCatalog(loras)
+    catalog = AdapterCatalog(loras)
     assert catalog.find(name) is None
     with pytest.raises(ModelError, match="No LoRA named"):
         catalog.get(name)
@@ -188,7 +188,7 @@ def test_a_pickled_lora_is_refused_whatever_its_name(tmp_path):
     folder = tmp_path / "loras"
     folder.mkdir()
     (folder / "sneaky.safetensors").write_bytes(b"\x80\x04\x95" + b"\x00" * 32)
-    catalog = LoraCatalog(folder)
+    catalog = AdapterCatalog(folder)
     with pytest.raises(ModelError, match="pickled"):
         catalog.inspect(catalog.get("sneaky"))
 

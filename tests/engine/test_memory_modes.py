@@ -1,4 +1,4 @@
-from desktop.engine.backends.memory import choose_mode, lower_mode
+from desktop.engine.backends.memory import attempts, choose_mode, lower_mode
 
 GB = 2**30
 
@@ -23,3 +23,12 @@ def test_the_ladder_goes_down_once_per_step():
     assert lower_mode("offload", "cuda") is None
     assert lower_mode("full", "cpu") == "tiled"
     assert lower_mode("tiled", "mps") is None
+
+
+def test_a_job_tries_its_mode_then_one_lower_mode_saying_why():
+    assert [attempt.mode for attempt in attempts("full", "cuda")] == ["full", "tiled"]
+    assert [attempt.mode for attempt in attempts("tiled", "cuda")] == ["tiled", "offload"]
+    assert [attempt.mode for attempt in attempts("tiled", "cpu")] == ["tiled"]
+    first, retry = attempts("full", "cpu")
+    assert first.reason == ""
+    assert retry.reason.startswith("Ran out of memory with everything on the device; retried with VAE tiling")

@@ -24,7 +24,7 @@ from PySide6.QtWidgets import QApplication
 from desktop.__main__ import is_cli_invocation
 from desktop.engine.errors import ModelError, OutOfMemory
 from desktop.engine.request import GenerationRequest
-from desktop.ui.canvas_view import CanvasView
+from desktop.ui.canvas.picture_view import CanvasView
 from tests.support.fake_backend import colour_for
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from desktop.engine.metadata import parse_parameters, read_text_chunks
 from desktop.engine.paths import AppPaths
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
 from desktop.ui.canvas import toolbar as toolbar_module
-from desktop.ui.canvas_view import array_to_qimage, png_bytes
+from desktop.ui.canvas.picture_view import array_to_qimage, png_bytes
 from tests.support.real_window import real_window as open_real_window
 
 pytestmark = [

@@ -45,7 +45,7 @@ from safetensors import SafetensorError  # noqa: E402
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
-from desktop.engine.backends.memory import DESCRIPTIONS, choose_mode, lower_mode  # noqa: E402
+from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
@@ -60,7 +60,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     read_safetensors_header,
     sniff_file_type,
 )
-from desktop.engine.library.lora import LoraCatalog  # noqa: E402
+from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.prompt_syntax import (  # noqa: E402
     Chunk,
@@ -147,14 +147,14 @@ class DiffusersBackend:
         resources: Resources,
         catalog: ModelCatalog,
         preview_every: int = 1,
-        loras: LoraCatalog | None = None,
+        loras: AdapterCatalog | None = None,
     ) -> None:
         self._paths = paths
         self._resources = resources
         self._catalog = catalog
         self._preview_every = max(0, preview_every)
         self._hashes = HashCache(paths.cache / "hashes.json")
-        self._loras = LoraAdapters(loras or LoraCatalog(paths.loras), embeddings=LoraCatalog(paths.embeddings))
+        self._loras = LoraAdapters(loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings))
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
@@ -369,36 +369,25 @@ class DiffusersBackend:
         device = self._key.device if self._key else "cpu"
         mode = choose_mode(request.memory_mode, device, request.width, request.height,
                            *_memory_budget(pipe, device))
-        self._apply_memory_mode(pipe, mode)
         run_notes: list[str] = []
-        retried = False
-        while True:
+        run = functools.partial(self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel)
+        for attempt in attempts(mode, device):
+            if attempt.reason:
+                run_notes.append(attempt.reason)
+            self._apply_memory_mode(pipe, attempt.mode)
             try:
-                result = self._run_pipeline(pipe, request, plan, seeds, batch_index, on_step, cancel)
+                result = _eager_if_compile_fails(run, pipe, run_notes)
                 break
-            except _CompileFailed as error:
-                # Fast mode is an optimisation: without a working compiler the job still runs, eagerly.
-                _make_eager(pipe)
-                run_notes.append(f"Fast mode is off: torch.compile failed here ({error}).")
-                continue
             except _OutOfMemoryRaised:
                 pass
             # Recover outside the except block, so the traceback no longer pins the tensors.
             _free_memory()
-            lower = lower_mode(mode, device) if not retried else None
-            if lower is None:
-                raise OutOfMemory(
-                    f"The {device} ran out of memory at {request.width}x{request.height}, batch size "
-                    f"{request.batch_size}, even with {DESCRIPTIONS[mode]}. Try a smaller size or batch, or "
-                    "close other programs using the GPU."
-                )
-            run_notes.append(
-                f"Ran out of memory with {DESCRIPTIONS[mode]}; retried with {DESCRIPTIONS[lower]} "
-                f"(memory mode {lower!r}). Choose it in the settings to skip the first try."
+        else:
+            raise OutOfMemory(
+                f"The {device} ran out of memory at {request.width}x{request.height}, batch size "
+                f"{request.batch_size}, even with {DESCRIPTIONS[attempt.mode]}. Try a smaller size or batch, or "
+                "close other programs using the GPU."
             )
-            retried = True
-            mode = lower
-            self._apply_memory_mode(pipe, mode)
         if result is None:
             raise Cancelled("Cancelled.")
         first = lora_plan.notes if batch_index == 0 else ()
@@ -505,7 +494,7 @@ class DiffusersBackend:
         pipe = self._pipes.get(mode)
         if pipe is None:
             factory = AutoPipelineForInpainting if mode == "inpaint" else AutoPipelineForImage2Image
-            # Without the dtype, from_pipe would upcast the shared modules to fp32 (DESIGN.md section 4).
+            # Without the dtype, from_pipe would upcast the shared modules to fp32 (docs/architecture.md).
             pipe = factory.from_pipe(self._pipe, dtype=self._pipe.dtype)
             pipe.set_progress_bar_config(disable=True)
             self._pipes[mode] = pipe
@@ -755,6 +744,17 @@ def _make_eager(pipe: Any) -> None:
     """Undo nn.Module.compile: torch keeps the compiled call in this attribute and falls back to the
     module's own call when it is None."""
     pipe.unet._compiled_call_impl = None
+
+
+def _eager_if_compile_fails(run: Callable[[], Any], pipe: Any, notes: list[str]) -> Any:
+    """`run()`, and once more without the compiled UNet if fast mode's compile failed in the first call."""
+    try:
+        return run()
+    except _CompileFailed as error:
+        # Fast mode is an optimisation: without a working compiler the job still runs, eagerly.
+        _make_eager(pipe)
+        notes.append(f"Fast mode is off: torch.compile failed here ({error}).")
+    return run()
 
 
 def _free_memory() -> None:

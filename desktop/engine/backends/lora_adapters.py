@@ -18,7 +18,7 @@ from typing import Any
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
 from desktop.engine.library.lora import (
-    LoraCatalog,
+    AdapterCatalog,
     LoraInfo,
     ModelShape,
     check_lora_fits,
@@ -80,7 +80,7 @@ class LoraAdapters:
     """Keeps the pipeline's adapters in step with each request's LoRAs."""
 
     def __init__(
-        self, catalog: LoraCatalog, max_cached: int = MAX_CACHED_ADAPTERS, embeddings: LoraCatalog | None = None
+        self, catalog: AdapterCatalog, max_cached: int = MAX_CACHED_ADAPTERS, embeddings: AdapterCatalog | None = None
     ) -> None:
         self._catalog = catalog
         self._embeddings = embeddings
@@ -91,7 +91,7 @@ class LoraAdapters:
         self._enabled = True
 
     @property
-    def catalog(self) -> LoraCatalog:
+    def catalog(self) -> AdapterCatalog:
         return self._catalog
 
     @property

@@ -8,6 +8,8 @@ Pure policy, no torch: the diffusers backend measures the device and applies the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 LADDER = ("full", "tiled", "offload")
 # Above this many pixels the VAE decode alone can need more memory than the UNet steps.
 TILING_PIXELS = 1024 * 1024
@@ -47,3 +49,26 @@ def lower_mode(mode: str, device: str) -> str | None:
             return candidate
         index += 1
     return None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One pipeline call of a job: the memory mode it runs in and why it is tried ("" for the first)."""
+
+    mode: str
+    reason: str
+
+
+def attempts(mode: str, device: str) -> tuple[Attempt, ...]:
+    """The memory modes one job tries, in order: the chosen mode, then, after an out-of-memory error,
+    the next mode down this device supports. One retry only; the backend reports a second failure."""
+    first = Attempt(mode, "")
+    lower = lower_mode(mode, device)
+    if lower is None:
+        return (first,)
+    retry = Attempt(
+        lower,
+        f"Ran out of memory with {DESCRIPTIONS[mode]}; retried with {DESCRIPTIONS[lower]} "
+        f"(memory mode {lower!r}). Choose it in the settings to skip the first try.",
+    )
+    return (first, retry)

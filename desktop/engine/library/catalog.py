@@ -1,8 +1,9 @@
 """The models a user can pick: files and folders in the library folder, found by name.
 
-A name from a user, a PNG or a prompt is looked up here, never joined into a path. Until the full
-library index lands, the catalog is the models folder itself: `*.safetensors` files and diffusers
-folders (a folder holding `model_index.json`).
+A name from a user, a PNG or a prompt is looked up here, never joined into a path. The catalog is the
+models folder itself, scanned each time: `*.safetensors` files and diffusers folders (a folder holding
+`model_index.json`). The library index (`library/index.py`) records imports and hashes for the same
+folder; picking and loading a model needs only the listing, so a file dropped in by hand works at once.
 """
 
 from __future__ import annotations

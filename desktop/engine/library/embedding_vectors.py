@@ -7,7 +7,7 @@ from pathlib import Path
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
-from desktop.engine.library.lora import LoraCatalog
+from desktop.engine.library.lora import AdapterCatalog
 
 # The formats the backend loads (lora_adapters._embedding_vectors): SDXL's clip_l/clip_g have as many
 # vectors each, so clip_l's count is the embedding's.
@@ -32,7 +32,7 @@ def vector_counts(folder: Path) -> dict[str, int]:
     """Name -> vectors of every readable embedding in the library's embeddings folder, named as the
     backend names them (the file's stem); unreadable files are left out (they count as words)."""
     counts: dict[str, int] = {}
-    for entry in LoraCatalog(folder).entries():
+    for entry in AdapterCatalog(folder).entries():
         try:
             count = vector_count(entry.path)
         except (ModelError, OSError):

@@ -210,20 +210,22 @@ def parse_lora_arg(value: str) -> LoraRef:
 
 
 # --------------------------------------------------------------------------------------------------
-# The LoRA folder
+# The adapter folders: LoRAs, and textual-inversion embeddings
 
 
 @dataclass(frozen=True)
-class LoraEntry:
+class AdapterFile:
     name: str
     path: Path
 
 
-class LoraCatalog:
-    """The `.safetensors` files of the LoRA folder, found by name only.
+class AdapterCatalog:
+    """The `.safetensors` files of one single-file adapter folder (the LoRAs, or the embeddings), found by
+    name only. `get` and `inspect` speak of LoRAs: only LoRAs are looked up by a name from text and read
+    for their fit; the embeddings folder is only listed.
 
-    Unlike ModelCatalog.resolve there is no path fallback: every LoRA name reaches the engine from text
-    (prompt tags, PNG metadata, a panel row), so a name is only ever compared with this listing.
+    Unlike ModelCatalog.resolve there is no path fallback: every adapter name reaches the engine from
+    text (prompt tags, PNG metadata, a panel row), so a name is only ever compared with this listing.
     """
 
     def __init__(self, folder: Path) -> None:
@@ -233,23 +235,23 @@ class LoraCatalog:
     def folder(self) -> Path:
         return self._folder
 
-    def entries(self) -> list[LoraEntry]:
+    def entries(self) -> list[AdapterFile]:
         if not self._folder.is_dir():
             return []
         found = []
         for child in sorted(self._folder.iterdir(), key=lambda p: p.name.casefold()):
             if child.name.startswith(".") or not child.is_file() or child.suffix.lower() != ".safetensors":
                 continue
-            found.append(LoraEntry(child.stem, child))
+            found.append(AdapterFile(child.stem, child))
         return found
 
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries()]
 
-    def find(self, name: str) -> LoraEntry | None:
+    def find(self, name: str) -> AdapterFile | None:
         return find_by_name(self.entries(), name)
 
-    def get(self, name: str) -> LoraEntry:
+    def get(self, name: str) -> AdapterFile:
         """The entry for a name, or a ModelError that says which LoRAs exist."""
         entry = self.find(name)
         if entry is None:
@@ -260,7 +262,7 @@ class LoraCatalog:
             )
         return entry
 
-    def inspect(self, entry: LoraEntry) -> LoraInfo:
+    def inspect(self, entry: AdapterFile) -> LoraInfo:
         kind = sniff_file_type(entry.path)
         if kind != "safetensors":
             raise ModelError(

@@ -14,7 +14,7 @@ from PySide6.QtCore import QLineF, QPointF, QRect, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QPainter, QRadialGradient, QUndoCommand, QUndoStack
 from PySide6.QtWidgets import QGraphicsItem, QGraphicsObject, QStyleOptionGraphicsItem, QWidget
 
-from desktop.ui.canvas_view import png_bytes
+from desktop.ui.canvas.picture_view import png_bytes
 
 MASK_COLOR = QColor(255, 64, 64)
 _FORMAT = QImage.Format.Format_ARGB32_Premultiplied

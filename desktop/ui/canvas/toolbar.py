@@ -30,12 +30,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.engine.edit_inputs import request_size
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.imaging import Margins, outpaint_canvas, store_by_hash, working_size
-from desktop.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
+from desktop.engine.imaging import Margins, outpaint_canvas, store_by_hash
+from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
+from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
 from desktop.ui.canvas.view import MaskCanvas
-from desktop.ui.canvas_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
 
 MODES = (("txt2img", "Text to image"), ("img2img", "Image to image"), ("inpaint", "Inpaint"))
 AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
@@ -312,8 +313,8 @@ class CanvasToolbar(QWidget):
         )
         if mode == "img2img" or area == "whole":
             # The whole picture is worked on at its own size: say so in the request and its metadata.
-            width, height = working_size((self._source.width(), self._source.height()), self.resize_combo.currentData())
-            changes |= {"width": min(max(width, MIN_SIDE), MAX_SIDE), "height": min(max(height, MIN_SIDE), MAX_SIDE)}
+            width, height = request_size((self._source.width(), self._source.height()), self.resize_combo.currentData())
+            changes |= {"width": width, "height": height}
         return replace(request, **changes)
 
     def _store_source(self, folder: Path) -> Path:

@@ -19,7 +19,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QGraphicsView, QWidget
 
 from desktop.ui.canvas.mask_layer import Brush, MaskLayer
-from desktop.ui.canvas_view import CanvasView
+from desktop.ui.canvas.picture_view import CanvasView
 
 TOOLS = ("pan", "brush", "eraser")
 

@@ -1,4 +1,5 @@
-"""The canvas: the live preview while a job runs, the finished image after. Zoom and pan."""
+"""The picture view the editing canvas builds on: the live preview while a job runs, the finished image
+after, zoom and pan; and the QImage <-> PNG bytes / numpy conversions the canvas uses."""
 
 from __future__ import annotations
 

@@ -1,0 +1,26 @@
+"""A job's source image and mask: the size its request works at, and the folder their files are saved in.
+
+The canvas toolbar and the command line both build image-to-image and inpainting requests from a
+source; asking here keeps a window job and a `marble generate` job with the same source the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from desktop.engine.imaging import working_size
+from desktop.engine.paths import AppPaths
+from desktop.engine.request import MAX_SIDE, MIN_SIDE
+
+
+def request_size(source_size: tuple[int, int], resize_mode: str) -> tuple[int, int]:
+    """The width and height a request works a whole source at: its size made a multiple of 8 (rounded
+    or padded, as `resize_mode` says), within the sides a request accepts."""
+    width, height = working_size(source_size, resize_mode)
+    return min(max(width, MIN_SIDE), MAX_SIDE), min(max(height, MIN_SIDE), MAX_SIDE)
+
+
+def inputs_folder(paths: AppPaths) -> Path:
+    """Where a job's source and mask files are saved, named by content: in the cache, so the request
+    and its PNG metadata point at real files without filling the user's folders."""
+    return paths.cache / "inputs"
