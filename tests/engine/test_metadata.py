@@ -647,3 +647,20 @@ def test_real_files(name: str, tool: str, prompt: str, seed: int, steps: int, sa
     assert found.request is not None
     # Seeds beyond 32 bits (Fooocus, ComfyUI) cannot be reproduced here: the request draws a new one.
     assert (found.request.seed, found.request.steps, found.request.sampler) == (seed, steps, sampler)
+
+
+# Written to kill mutants that survived `mutmut run` (docs/mutation.md).
+def test_parameters_text_in_odd_but_real_shapes_is_split_correctly() -> None:
+    def split(text):
+        parsed = parse_parameters(text)
+        return parsed.prompt, parsed.negative_prompt, dict(parsed.settings)
+
+    settings = {"Steps": "20", "Sampler": "Euler"}
+    # Bytes with a broken UTF-8 sequence: replaced, not refused.
+    assert split(b"a \xff cat\nSteps: 20, Sampler: Euler") == ("a \ufffd cat", "", settings)
+    # Old Mac line ends, an indented negative line with no space after its colon.
+    assert split("a cat\r  Negative prompt:blurry\rSteps: 20, Sampler: Euler") == ("a cat", "blurry", settings)
+    # A negative prompt and no settings line is still A1111 text.
+    assert split("a cat\nNegative prompt: blurry\nugly") == ("a cat", "blurry\nugly", {})
+    assert split("a cat, red") == ("a cat, red", "", {})
+    assert split(None) == ("", "", {})

@@ -6,12 +6,15 @@ from __future__ import annotations
 import pytest
 
 from desktop.engine.prompt_syntax import (
+    MAX_NESTING,
     Chunk,
     PromptPiece,
     embedding_words,
     needs_chunked_encoding,
     pack_chunks,
+    pack_prompt,
     parse_prompt,
+    prompt_pieces,
 )
 
 
@@ -128,3 +131,79 @@ def test_embedding_names_are_found_as_whole_words_the_longest_first() -> None:
 def test_pieces_are_frozen() -> None:
     with pytest.raises(AttributeError):
         PromptPiece("a").weight = 2.0  # type: ignore[misc]
+
+
+# The tests below were written to kill mutants that survived `mutmut run` (docs/mutation.md).
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a\\", [("a\\", 1.0)]),  # a backslash at the very end is text, not an escape
+        ("a\\(", [("a(", 1.0)]),  # an escaped bracket as the last character is still literal
+        # Equal-weight neighbours are one piece, as many as there are.
+        ("(b)(c)(d)", [("bcd", 1.1)]),
+        ("x (a:1) y", [("x a y", 1.0)]),
+        # Letters outside "([)]" are never brackets, capitals included.
+        ("(X) X [X]", [("X", 1.1), (" X ", 1.0), ("X", 0.9091)]),
+    ],
+)
+def test_trailing_escapes_and_merged_neighbours(text: str, expected: list[tuple[str, float]]) -> None:
+    assert pairs(text) == expected
+
+
+def test_brackets_past_the_nesting_limit_are_text_and_close_as_text() -> None:
+    deep = MAX_NESTING + 1
+    # The 65th bracket and its partner are text; the 64 around them still weigh.
+    assert pairs("(" * deep + "x" + ")" * deep + " y") == [("(x)", round(1.1**MAX_NESTING, 4)), (" y", 1.0)]
+    assert pairs("[" * deep + "X" + "]" * deep + " y") == [("[X]", round(1.1**-MAX_NESTING, 4)), (" y", 1.0)]
+    # Two ignored brackets need two closings before the real ones close again.
+    assert pairs("(" * (deep + 1) + "x" + ")" * (deep + 1)) == [("((x))", round(1.1**MAX_NESTING, 4))]
+    # Inside an ignored round bracket, ":2)" is text and does not set a weight.
+    assert pairs("(" * deep + "x:2)" + ")" * MAX_NESTING) == [("(x:2)", round(1.1**MAX_NESTING, 4))]
+    # Ignored round brackets do not make a square bracket text, nor the other way round.
+    up, down = round(1.1**MAX_NESTING, 4), round(1.1**-MAX_NESTING, 4)
+    inner_up, inner_down = round(1.1 ** (MAX_NESTING - 1), 4), round(1.1 ** (1 - MAX_NESTING), 4)
+    assert pairs("(" * deep + "[x]" + ")" * deep) == [("(", up), ("x", inner_up), (")", up)]
+    assert pairs("[" * deep + "(x)" + "]" * deep) == [("[", down), ("x", inner_down), ("]", down)]
+
+
+def test_a_break_piece_is_empty_text_of_weight_one() -> None:
+    assert parse_prompt("(a BREAK b:2)")[1] == PromptPiece("", 1.0, is_break=True)
+
+
+def test_emphasis_none_reads_the_prompt_as_plain_text() -> None:
+    text = "a (red:1.5) BREAK ball"
+    assert prompt_pieces(text, "None") == (PromptPiece(text),)
+    assert prompt_pieces(text) == parse_prompt(text) == prompt_pieces(text, "No norm")
+
+
+def test_pack_prompt_tokenizes_each_piece_and_turns_breaks_into_chunk_ends() -> None:
+    vocabulary = {"a ": [1], "red": [2, 3], " ball": [4], "b": [5]}
+    chunks = pack_prompt(parse_prompt("a (red) ball BREAK b"), vocabulary.__getitem__, size=75, comma_id=None)
+    assert chunks == (Chunk((1, 2, 3, 4), (1.0, 1.1, 1.1, 1.0)), Chunk((5,), (1.0,)))
+    # The size and the comma id reach the packer.
+    assert ids_of(pack_prompt((PromptPiece("a "),) * 3, vocabulary.__getitem__, 2, None)) == [[1, 1], [1]]
+    cut = pack_prompt((PromptPiece("x"),), lambda _: [1, 9, 2, 3], size=3, comma_id=9)
+    assert ids_of(cut) == [[1, 9], [2, 3]]
+
+
+def test_the_comma_cut_starts_exactly_20_tokens_from_the_end_and_keeps_weights() -> None:
+    comma = 267
+    # Comma at index 55: 19 tokens after it in a full chunk of 75, so the chunk ends at the comma.
+    chunks = pack_chunks([([*range(55), comma], 1.0), (range(1000, 1030), 1.5)], size=75, comma_id=comma)
+    assert ids_of(chunks) == [[*range(55), comma], list(range(1000, 1030))]
+    assert chunks[0].weights == (1.0,) * 56
+    assert chunks[1].weights == (1.5,) * 30
+    # Comma at index 54: 20 tokens after it, too far back: the chunk is simply full.
+    chunks = pack_chunks([([*range(54), comma], 1.0), (range(1000, 1030), 1.5)], size=75, comma_id=comma)
+    assert [len(chunk.ids) for chunk in chunks] == [75, 10]
+
+
+def test_a_two_vector_embedding_is_not_split_either() -> None:
+    chunks = pack_chunks([([*range(74), (900, 901)], 1.0)], size=75, comma_id=None)
+    assert ids_of(chunks) == [list(range(74)), [900, 901]]
+
+
+def test_a_longer_embedding_name_wins_over_its_prefix() -> None:
+    assert embedding_words(["glow", "glow.v2"]).findall("glow.v2 glow") == ["glow.v2", "glow"]

@@ -9,7 +9,7 @@ from desktop.engine.backends.schedulers import (
     sampler_for_scheduler,
 )
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.request import GenerationRequest
+from desktop.engine.request import GenerationRequest, LoraRef
 
 
 def make(**changes):
@@ -108,3 +108,102 @@ def test_loras_and_image_inputs_validate_and_round_trip():
     ]:
         with pytest.raises(InvalidRequest, match=message):
             make(**changes).validate()
+
+
+# The tests below were written to kill mutants that survived `mutmut run` (docs/mutation.md).
+
+# (field, lowest allowed, highest allowed, the message's name for it, the range it states)
+RANGES = [
+    ("width", 64, 4096, "width", "use 64 to 4096 pixels"),
+    ("height", 64, 4096, "height", "use 64 to 4096 pixels"),
+    ("steps", 1, 150, "steps", "use 1 to 150"),
+    ("seed", 0, 2**32 - 1, "seed", "use 0 to 4294967295, or -1 for random"),
+    ("batch_size", 1, 8, "batch size", "use 1 to 8"),
+    ("batch_count", 1, 100, "batch count", "use 1 to 100"),
+    ("clip_skip", 1, 12, "clip skip", "use 1 to 12"),
+    ("mask_blur", 0, 256, "mask blur", "use 0 to 256 pixels"),
+    ("padding", 0, 1024, "padding", "use 0 to 1024 pixels"),
+]
+
+
+@pytest.mark.parametrize(("field", "low", "high", "label", "advice"), RANGES)
+def test_every_whole_number_range_includes_both_ends_and_names_itself(field, low, high, label, advice):
+    step = 8 if field in ("width", "height") else 1  # sides come in multiples of 8
+    for value in (low, high):
+        make(**{field: value}).validate()
+    below = -2 if field == "seed" else low - step  # seed -1 means "random"
+    for value in (below, high + step):
+        with pytest.raises(InvalidRequest) as caught:
+            make(**{field: value}).validate()
+        assert str(caught.value) == f"{label} {value} is out of range: {advice}."
+    with pytest.raises(InvalidRequest) as caught:
+        make(**{field: 1.5}).validate()
+    assert str(caught.value) == f"{label} must be a whole number, not 1.5."
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prompt": None}, "The prompt must be text."),
+        ({"negative_prompt": 3}, "The prompt must be text."),
+        ({"model": ""}, "No model is selected: pick a model or pass --model."),
+        ({"cfg_scale": 30.5}, "CFG scale 30.5 is out of range: use 0 to 30."),
+        ({"cfg_scale": "7"}, "CFG scale 7 is out of range: use 0 to 30."),
+        ({"device": "tpu"}, "Unknown device 'tpu': use one of auto, cpu, cuda, mps."),
+        ({"sampler": "Euler b"}, f"Unknown sampler 'Euler b'. Known samplers: {', '.join(SAMPLER_NAMES)}."),
+        ({"precision": "fp8"}, "Unknown precision 'fp8': use one of auto, fp32, fp16, bf16."),
+        ({"memory_mode": "max"}, "Unknown memory mode 'max': use one of auto, full, tiled, offload."),
+        ({"fast_mode": 1}, "fast mode must be true or false, not 1."),
+        ({"loras": ("detail",)}, "A LoRA entry must name a LoRA and a weight, not 'detail'."),
+        ({"loras": (LoraRef("x", -5.5),)}, "LoRA 'x' weight -5.5 is out of range: use -5 to 5."),
+        ({"strength": -0.1}, "strength -0.1 is out of range: use 0 to 1."),
+        ({"mask": "/tmp/m.png"}, "A mask needs a source image to inpaint (--init-image)."),
+        ({"inpaint_area": "all"}, "Unknown inpaint area 'all': use one of whole, masked."),
+        ({"resize_mode": "crop"}, "Unknown resize mode 'crop': use one of resize, pad."),
+        (
+            {"init_image": "/tmp/a.png", "strength": 0.3, "steps": 3},
+            "At strength 0.3, 3 step(s) leave no step to run: use at least 4 steps or a higher strength.",
+        ),
+    ],
+)
+def test_each_message_is_the_whole_sentence_a_user_reads(changes, message):
+    with pytest.raises(InvalidRequest) as caught:
+        make(**changes).validate()
+    assert str(caught.value) == message
+
+
+def test_limits_that_are_allowed():
+    make(prompt="x" * 100_000, cfg_scale=0, steps=150).validate()
+    make(cfg_scale=30.0, loras=(LoraRef("x", -5.0), LoraRef("y", 5.0))).validate()
+    # Strength 0 and 1 are both allowed; one step at strength 0.5 of 2 still runs.
+    make(init_image="/tmp/a.png", strength=0.0, steps=1).validate()
+    make(init_image="/tmp/a.png", strength=1.0).validate()
+    make(init_image="/tmp/a.png", strength=0.5, steps=2).validate()
+    # Without a source image strength is not used, so a tiny one is no problem.
+    make(strength=0.01, steps=1).validate()
+    with pytest.raises(InvalidRequest, match="The prompt is 100,001"):
+        make(prompt="x" * 100_001).validate()
+
+
+def test_a_random_seed_is_drawn_without_a_given_generator():
+    seeds = {make(seed=-1).with_seed().seed for _ in range(3)}
+    assert all(0 <= seed <= 2**32 - 1 for seed in seeds)
+
+
+def test_saved_requests_are_read_with_care():
+    saved = make().to_dict()
+    # A1111 names in any case come back canonical; an unknown sampler stays, for validate to name.
+    assert GenerationRequest.from_dict(saved | {"sampler": "euler a"}).sampler == "Euler a"
+    assert GenerationRequest.from_dict(saved | {"sampler": "Mystery"}).sampler == "Mystery"
+    assert GenerationRequest.from_dict({"prompt": "p", "model": "m"}).sampler == make().sampler
+    loras = GenerationRequest.from_dict(saved | {"loras": [{"name": "a"}, LoraRef("b", 0.5)]}).loras
+    assert loras == (LoraRef("a", 1.0), LoraRef("b", 0.5))
+    for data, message in [
+        ({"model": "m"}, "The saved request is incomplete: "),
+        (saved | {"loras": "a"}, "The saved request lists its LoRAs in an unknown form."),
+        (saved | {"loras": [{"weight": 1}]}, "The saved request has an unreadable LoRA entry: {'weight': 1}."),
+        (saved | {"loras": ["a"]}, "The saved request has an unreadable LoRA entry: 'a'."),
+    ]:
+        with pytest.raises(InvalidRequest) as caught:
+            GenerationRequest.from_dict(data)
+        assert str(caught.value).startswith(message)
