@@ -17,7 +17,7 @@ import pytest
 from desktop.engine.errors import ModelError
 from desktop.engine.resources import CONFIG_NAMES, Resources
 
-# "a photo of a cat" through the released CLIP tokenizer (and DESIGN.md section 4).
+# "a photo of a cat" through the released CLIP tokenizer (docs/architecture.md).
 REFERENCE_TEXT = "a photo of a cat"
 REFERENCE_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 VOCAB_SIZE = 49_408
