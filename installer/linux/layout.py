@@ -5,16 +5,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from desktop.engine.resources import APP_ICON_SIZES, app_icon_name
+
 PACKAGE = "marble-studio"
 DESKTOP_FILE = "marble-studio.desktop"
 ICON_NAME = "marble-studio"  # the desktop entry's Icon=, as installed in the hicolor theme
-ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 
 
 def icon_files(resources: Path) -> dict[str, Path]:
     """hicolor theme path -> source file, for every icon size the project draws, plus the SVG."""
     icons = resources / "icons"
-    found = {f"{size}x{size}/apps/{ICON_NAME}.png": icons / f"marble-{size}.png" for size in ICON_SIZES}
+    found = {f"{size}x{size}/apps/{ICON_NAME}.png": icons / app_icon_name(size) for size in APP_ICON_SIZES}
     found["scalable/apps/marble-studio.svg"] = icons / "marble.svg"
     missing = [str(path) for path in found.values() if not path.is_file()]
     if missing:

@@ -26,7 +26,8 @@ _MENU_SCRIPT = textwrap.dedent(
     data=${XDG_DATA_HOME:-$HOME/.local/share}
     mkdir -p "$data/applications"
     cp -r "$here/share/icons" "$data/"
-    sed "s|^Exec=marble-studio|Exec=$here/marble-studio|" "$here/share/applications/marble-studio.desktop" \\
+    # Quoted, so a folder with spaces in its name still launches (desktop entry spec, "Exec key").
+    sed "s|^Exec=marble-studio|Exec=\\"$here/marble-studio\\"|" "$here/share/applications/marble-studio.desktop" \\
         > "$data/applications/marble-studio.desktop"
     echo "Added Marble Studio to the menu ($data/applications/marble-studio.desktop)."
     """

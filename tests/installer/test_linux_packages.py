@@ -65,14 +65,19 @@ def test_the_deb_installs_program_launchers_menu_entry_and_icons(tmp_path):
 
 def test_the_portable_archive_runs_in_place_and_adds_itself_to_the_menu(tmp_path):
     archive = build_tarball(fake_frozen(tmp_path / "frozen"), RESOURCES, tmp_path, "9.8.7", "cpu")
+    unpacked = tmp_path / "My Apps"  # a folder name with a space, as users pick
     with tarfile.open(archive) as tar:
-        tar.extractall(tmp_path / "unpacked", filter="tar")
-    folder = tmp_path / "unpacked" / "MarbleStudio-9.8.7-linux-x86_64-cpu"
+        tar.extractall(unpacked, filter="tar")
+    folder = unpacked / "MarbleStudio-9.8.7-linux-x86_64-cpu"
     assert os.access(folder / "marble-studio", os.X_OK) and os.access(folder / "marble", os.X_OK)
     data = tmp_path / "xdg"
     done = subprocess.run([str(folder / "add-to-menu.sh")], env=dict(os.environ, XDG_DATA_HOME=str(data)),
                           capture_output=True, text=True, check=True)
     assert "Added Marble Studio" in done.stdout
     entry = (data / "applications" / "marble-studio.desktop").read_text()
-    assert f"Exec={folder}/marble-studio %F" in entry
+    assert f'Exec="{folder}/marble-studio" %F' in entry
+    if shutil.which("desktop-file-validate"):
+        checked = subprocess.run(["desktop-file-validate", str(data / "applications" / "marble-studio.desktop")],
+                                 capture_output=True, text=True, check=False)
+        assert checked.returncode == 0 and not checked.stdout.strip(), checked.stdout
     assert (data / "icons" / "hicolor" / "256x256" / "apps" / "marble-studio.png").is_file()
