@@ -150,6 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     window.show()
     window.load_token_counter(resources.tokenizers / TOKENIZER_FOLDER / "merges.txt", paths.embeddings)
     code = app.exec()
+    # A quit right after start can come while background reads (the model scan, the counter's merges,
+    # the history check) still run; they finish before the objects they report to go with this frame.
+    for pool in window.findChildren(QThreadPool):
+        pool.waitForDone(10_000)
     if history is not None:
         history.close_all()
     return code

@@ -28,7 +28,10 @@ WORKFLOW = ROOT / ".github" / "workflows" / "release.yml"
 def run_python(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("MARBLE_HOME", None)
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    # faulthandler: a crash in the child prints its Python stack instead of only a signal number.
+    return subprocess.run(
+        [sys.executable, "-X", "faulthandler", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def assert_pixels_close(committed: Image.Image, fresh: Image.Image, what: str) -> None:
