@@ -28,6 +28,21 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+
+class _TorchvisionNotice(logging.Filter):
+    """Drops transformers' "`X` requires torchvision (not installed); falling back to `XPil`" notices.
+
+    diffusers' pipelines touch CLIP/SigLIP image processor names, and without torchvision (Marble never
+    needs it) transformers 5 warns about each on every start; the fallback is what Marble wants, so the
+    notice would only tell the user to install something they do not need. Nothing else is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+# On transformers' own logger, before transformers is imported: the notices come at diffusers' import.
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionNotice())
+
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
