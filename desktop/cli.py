@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sqlite3
 import sys
@@ -60,6 +61,9 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MODEL = 3
 EXIT_CANCELLED = 130
+# A reader that went away (`marble history list | head`): what a shell reports for a tool that SIGPIPE
+# ended, 128 + 13, as `yes | head` gives.
+EXIT_BROKEN_PIPE = 141
 
 _EXIT_FOR_ERROR = {"InvalidRequest": EXIT_BAD_INPUT, "DeviceError": EXIT_BAD_INPUT, "ModelError": EXIT_MODEL}
 
@@ -74,6 +78,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="marble", description="Marble Studio: offline text-to-image.")
     parser.add_argument("--version", action="version", version=f"marble {desktop.__version__}")
+    # Before the subcommand too (`marble --home X generate ...`); the subcommands' own --home, after it,
+    # leaves this value alone when absent (SUPPRESS in _add_home).
+    parser.add_argument("--home", default=None, help=_HOME_HELP)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     gen = commands.add_parser("generate", help="make images from a prompt")
@@ -128,11 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_HOME_HELP = "keep every file of the app under this folder (or set MARBLE_HOME)"
+
+
 def _add_home(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", help="keep every file of the app under this folder (or set MARBLE_HOME)")
+    # SUPPRESS: without it a subcommand's default (None) would overwrite a --home given before the subcommand.
+    parser.add_argument("--home", default=argparse.SUPPRESS, help=_HOME_HELP)
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    try:
+        return _main(argv, stdout, stderr)
+    except BrokenPipeError:
+        # The reader of our output closed it (`| head`): stop quietly, as other tools do. Point stdout at
+        # devnull so the interpreter's final flush at exit does not raise (and print) the error again.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's StringIO): nothing to flush
+        pass
+
+
+def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
     args = build_parser().parse_args(argv)
     if args.command == "samplers":

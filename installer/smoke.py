@@ -33,7 +33,6 @@ from installer.bundle import CLI_EXECUTABLE, WINDOW_EXECUTABLE
 # Lines the frozen app may print on stderr without failing the smoke test.
 EXPECTED_STDERR = (
     re.compile(r"^This plugin does not support propagateSizeHints\(\)$"),  # Qt's offscreen platform
-    re.compile(r"^\[transformers\] `\w+` requires torchvision"),  # import-time notices, harmless
     re.compile(r"^Step \d+/\d+"),  # the CLI's progress (stderr by design)
     re.compile(r"^(Loading|Loaded|Saved|Wrote|Done|Imported|Converted) "),
     re.compile(r"^batch \d+/\d+ step \d+/\d+$"),

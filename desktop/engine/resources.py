@@ -27,10 +27,15 @@ CONFIG_NAMES: tuple[str, ...] = (
     "sdxl-inpaint",  # SDXL inpainting (9-channel UNet)
 )
 
-# The tokenizer folders under resources/tokenizers/: the same OpenAI CLIP vocabulary, padded with
-# <|endoftext|> (SD 1.x, SDXL's first tokenizer) or with "!", id 0 (SD 2.x, SDXL's tokenizer_2).
+# The one CLIP tokenizer folder under resources/tokenizers/ (OpenAI's vocabulary and merges, 1.6 MB +
+# 0.5 MB), shared by every model Marble ships a config for and by the demo model. It pads with
+# <|endoftext|> (SD 1.x, SDXL's first tokenizer); SD 2.x's and SDXL's OpenCLIP encoders were trained
+# padded with "!" (id 0), which the backend gets from the same folder by overriding the pad token, so
+# no second copy of the 2 MB of files is shipped.
 TOKENIZER_FOLDER = "clip"
-TOKENIZER_PAD_ZERO_FOLDER = "clip-pad0"
+PAD_ZERO_TOKEN = "!"
+# The pipeline components that hold a tokenizer, in diffusers' model_index.json.
+TOKENIZER_COMPONENTS: tuple[str, ...] = ("tokenizer", "tokenizer_2")
 
 # The application icon's sizes under resources/icons/, rendered from marble.svg by installer/icon/
 # (which takes the sizes from here): the window and task bar icon, and the Linux hicolor theme's sizes.
@@ -96,12 +101,18 @@ class Resources:
             )
         return folder
 
-    def tokenizer_folder(self, pad_zero: bool = False) -> Path:
-        """The CLIP tokenizer folder; ``pad_zero`` picks the one that pads with id 0 ("!")."""
-        folder = self.tokenizers / (TOKENIZER_PAD_ZERO_FOLDER if pad_zero else TOKENIZER_FOLDER)
+    def tokenizer_folder(self) -> Path:
+        """The CLIP tokenizer folder (see TOKENIZER_FOLDER; `pads_with_zero` says which pad a model takes)."""
+        folder = self.tokenizers / TOKENIZER_FOLDER
         if not (folder / "vocab.json").is_file():
             raise ModelError(
                 f"The CLIP tokenizer files are missing from {folder}. "
                 "Reinstall Marble Studio to restore them."
             )
         return folder
+
+
+def pads_with_zero(family: str, component: str) -> bool:
+    """Whether a model's ``component`` tokenizer pads with PAD_ZERO_TOKEN (id 0) instead of <|endoftext|>:
+    SD 2.x's text encoder and SDXL's second one are OpenCLIP's, trained with that padding."""
+    return component == "tokenizer_2" or family == "sd2"

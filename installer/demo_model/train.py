@@ -463,10 +463,9 @@ def save_release(out: Path, vae, unet, text_encoder, tokenizer) -> None:
     pipe = _pipeline(vae, unet, text_encoder, tokenizer)
     pipe.to(torch.float16)
     pipe.save_pretrained(out, safe_serialization=True)
-    # The original vocab.json/merges.txt rather than transformers 5's tokenizer.json: the same tokens,
-    # half the size, and loadable by the transformers 4.x that pyproject.toml also allows.
+    # No tokenizer files: Marble loads the demo model's tokenizer from its one shared copy under
+    # resources/tokenizers/ (TOKENIZER, what it was trained with), which saves shipping 2 MB twice.
     shutil.rmtree(out / "tokenizer")
-    shutil.copytree(TOKENIZER, out / "tokenizer")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Usage::
 
     python installer/tools/make_clip_tokenizer.py bpe_simple_vocab_16e6.txt.gz resources/tokenizers
 
-writes ``clip/`` (pads with ``<|endoftext|>``, SD 1.x) and ``clip-pad0/`` (pads with ``!``, id 0:
-SD 2.x and SDXL's second tokenizer) under the output folder.
+writes ``clip/`` (pads with ``<|endoftext|>``, SD 1.x) under the output folder. SD 2.x and SDXL's second
+tokenizer pad with ``!`` (id 0): Marble loads them from the same folder with that pad token overridden
+(desktop/engine/backends/diffusers_backend.py, ``clip_tokenizer``), so no second copy is written.
 
 The ``.txt.gz`` travels inside the ``open_clip_torch`` wheel (``open_clip/bpe_simple_vocab_16e6.txt.gz``);
 ``pip download --no-deps open_clip_torch`` and unzip it out of the wheel.
@@ -113,14 +114,14 @@ def write_folder(folder: Path, vocab: dict[str, int], merges: list[tuple[str, st
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
-def check_folder(folder: Path, pad_id: int) -> None:
+def check_folder(folder: Path, pad_token: str, pad_id: int) -> None:
     """Load the written folder with transformers and compare against the reference ids."""
     try:
         from transformers import CLIPTokenizer
     except ImportError:  # generating must work without transformers; the check is a bonus
         print("transformers not installed: skipped the encode check")
         return
-    tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, pad_token=pad_token)
     ids = tok(REFERENCE_TEXT)["input_ids"]
     if ids != REFERENCE_IDS or tok.pad_token_id != pad_id or len(tok) != VOCAB_SIZE:
         raise SystemExit(f"{folder}: got ids {ids}, pad {tok.pad_token_id}, size {len(tok)}")
@@ -130,20 +131,19 @@ def check_folder(folder: Path, pad_id: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bpe_gz", type=Path, help="path of bpe_simple_vocab_16e6.txt.gz")
-    parser.add_argument("out", type=Path, help="output folder (gets clip/ and clip-pad0/)")
+    parser.add_argument("out", type=Path, help="output folder (gets clip/)")
     parser.add_argument("--no-check", action="store_true", help="skip loading the result with transformers")
     args = parser.parse_args(argv)
 
     merges = read_merges(args.bpe_gz)
     vocab = build_vocab(merges)
-    # "!" is the first byte token, id 0: what open_clip pads with, hence SD 2.x / SDXL's tokenizer_2.
-    # As with the official diffusers tokenizer_2 files, a pad token "!" becomes a special token, so a
-    # literal "!" in a prompt encodes as id 0 (diffusers issue #4153); we match diffusers here.
-    variants = {"clip": (END, vocab[END]), "clip-pad0": ("!", 0)}
-    for name, (pad_token, pad_id) in variants.items():
-        write_folder(args.out / name, vocab, merges, pad_token)
-        if not args.no_check:
-            check_folder(args.out / name, pad_id)
+    write_folder(args.out / "clip", vocab, merges, END)
+    if not args.no_check:
+        # "!" is the first byte token, id 0: what open_clip pads with, hence SD 2.x / SDXL's tokenizer_2.
+        # As with the official diffusers tokenizer_2 files, a pad token "!" becomes a special token, so a
+        # literal "!" in a prompt encodes as id 0 (diffusers issue #4153); we match diffusers here.
+        for pad_token, pad_id in ((END, vocab[END]), ("!", 0)):
+            check_folder(args.out / "clip", pad_token, pad_id)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ def test_generate_json_events_and_png(tmp_path, tiny_sd15_dir):
     process = marble(*generate_args(tiny_sd15_dir, "--json", "--batch-count", "2"), home=home)
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
+    # transformers' "`CLIPImageProcessor` requires torchvision" notices (every start, issue 24) are not shown.
+    assert "torchvision" not in stderr and "[transformers]" not in stderr, stderr
     events = [json.loads(line) for line in stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "finished"
@@ -109,6 +111,33 @@ def test_models_list_reads_the_library(tmp_path, tiny_sd15_dir):
     assert [json.loads(line)["name"] for line in out.splitlines()] == ["tiny-sd15"]
     code, out, err = in_process(generate_args("tiny-sd15", "--home", str(home), "--json"))
     assert code == 0, err and json.loads(out.splitlines()[-1])["event"] == "finished"
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_home_goes_before_or_after_the_subcommand(tmp_path, tiny_sd15_dir, before):
+    home, other = tmp_path / "home", tmp_path / "env-home"
+    shutil.copytree(tiny_sd15_dir, home / "models" / "tiny-sd15")
+    flag = ["--home", str(home)]
+    args = [*flag, "models", "list", "--json"] if before else ["models", "list", "--json", *flag]
+    process = marble(*args, home=other)  # MARBLE_HOME points elsewhere: --home must win
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert [json.loads(line)["name"] for line in stdout.splitlines()] == ["tiny-sd15"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    # `marble samplers | head -0`: the reader is gone before the first write (the pipe's read end is closed
+    # before the child starts, so every write fails, without a race).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    env = os.environ | {"MARBLE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    try:
+        done = subprocess.run([sys.executable, "-m", "desktop.cli", "samplers"], env=env, cwd=ROOT,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""  # no BrokenPipeError traceback
+    assert done.returncode == 141  # what a shell reports for a tool SIGPIPE ended, as `yes | head` gives
 
 
 @pytest.mark.parametrize(

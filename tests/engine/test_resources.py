@@ -1,4 +1,4 @@
-"""The shipped offline resources: CLIP tokenizers and diffusers config folders.
+"""The shipped offline resources: the CLIP tokenizer and diffusers config folders.
 
 Every model is built on the meta device (accelerate.init_empty_weights): the architecture and the
 parameter counts are real, no memory is allocated, and the whole module runs in seconds.
@@ -6,6 +6,7 @@ parameter counts are real, no memory is allocated, and the whole module runs in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from desktop.engine.errors import ModelError
-from desktop.engine.resources import CONFIG_NAMES, Resources
+from desktop.engine.resources import CONFIG_NAMES, TOKENIZER_COMPONENTS, Resources
 
 # "a photo of a cat" through the released CLIP tokenizer (docs/architecture.md).
 REFERENCE_TEXT = "a photo of a cat"
@@ -35,8 +36,11 @@ CLIP_L = 123_060_480
 OPENCLIP_H = 340_387_840  # SD 2.x: ViT-H text tower without its last layer, no projection
 OPENCLIP_BIGG_PROJ = 694_659_840  # SDXL text_encoder_2, with the 1280x1280 projection
 
-SD_PARTS = {"model_index.json", "scheduler", "unet", "vae", "text_encoder", "tokenizer"}
-SDXL_PARTS = SD_PARTS | {"text_encoder_2", "tokenizer_2"}
+# No tokenizer folders: the one copy under resources/tokenizers/ serves every config (issue 23).
+SD_PARTS = {"model_index.json", "scheduler", "unet", "vae", "text_encoder"}
+SDXL_PARTS = SD_PARTS | {"text_encoder_2"}
+FAMILIES = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2": "sd2", "sd2-base": "sd2", "sd2-inpaint": "sd2",
+            "sdxl": "sdxl", "sdxl-inpaint": "sdxl"}
 
 
 @dataclass(frozen=True)
@@ -121,11 +125,11 @@ PADDING = [(False, 49407, "<|endoftext|>"), (True, 0, "!")]
 def test_tokenizer_encodes_the_reference_sentence(
     resources: Resources, pad_zero: bool, pad_id: int, pad_token: str
 ) -> None:
-    from transformers import CLIPTokenizer
+    from desktop.engine.backends.diffusers_backend import clip_tokenizer
 
-    folder = resources.tokenizer_folder(pad_zero=pad_zero)
+    folder = resources.tokenizer_folder()
     assert {p.name for p in folder.iterdir()} >= set(TOKENIZER_FILES)
-    tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tok = clip_tokenizer(resources, pad_zero)
     assert tok(REFERENCE_TEXT)["input_ids"] == REFERENCE_IDS
     assert (tok.pad_token, tok.pad_token_id) == (pad_token, pad_id)
     assert (tok.bos_token_id, tok.eos_token_id) == (49406, 49407)
@@ -148,10 +152,12 @@ def test_vocab_and_merges_follow_the_clip_derivation(resources: Resources) -> No
     assert vocab["".join(merges[-1].split(" "))] == VOCAB_SIZE - 3
     assert vocab["!"] == 0 and vocab["!</w>"] == 256
     assert (vocab["<|startoftext|>"], vocab["<|endoftext|>"]) == (49406, 49407)
-    # Both folders share the vocabulary; only the padding differs.
-    pad0 = resources.tokenizer_folder(pad_zero=True)
+
+
+def test_the_tokenizer_files_are_shipped_once(resources: Resources) -> None:
+    # 2 MB each time: the configs and the demo model load the one copy instead (issue 23).
     for name in ("vocab.json", "merges.txt"):
-        assert (pad0 / name).read_bytes() == (folder / name).read_bytes()
+        assert sorted(resources.root.rglob(name)) == [resources.tokenizer_folder() / name]
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
@@ -173,11 +179,10 @@ def test_config_folder_is_complete(resources: Resources, name: str) -> None:
     for optional in ("safety_checker", "feature_extractor", "image_encoder"):
         assert index.get(optional, [None, None]) == [None, None]
 
+    # The tokenizers stay in model_index.json: the backend hands in the shared copy for each.
     tokenizers = ["tokenizer", "tokenizer_2"] if xl else ["tokenizer"]
-    for sub, pad_id in zip(tokenizers, expect.tokenizer_pads, strict=True):
-        source = resources.tokenizer_folder(pad_zero=pad_id == 0)
-        for file in TOKENIZER_FILES:
-            assert (folder / sub / file).read_bytes() == (source / file).read_bytes(), (sub, file)
+    assert [name for name in TOKENIZER_COMPONENTS if index.get(name)] == tokenizers
+    assert all(index[name] == ["transformers", "CLIPTokenizer"] for name in tokenizers)
 
     scheduler = _read(folder / "scheduler" / "scheduler_config.json")
     assert scheduler["prediction_type"] == expect.prediction
@@ -266,9 +271,12 @@ def test_from_single_file_uses_the_folder_offline(
     checkpoint = tmp_path / "empty.safetensors"
     save_file({"placeholder": torch.zeros(1)}, str(checkpoint))
 
+    from desktop.engine.backends.diffusers_backend import shared_tokenizers
+
     pipeline_class = getattr(diffusers, expect.pipeline)
     pipe = pipeline_class.from_single_file(
-        str(checkpoint), config=str(folder), local_files_only=True, **build_empty(folder)
+        str(checkpoint), config=str(folder), local_files_only=True, **build_empty(folder),
+        **shared_tokenizers(resources, folder, FAMILIES[name]),
     )
     assert type(pipe).__name__ == expect.pipeline
     assert pipe.scheduler.config.prediction_type == expect.prediction
@@ -276,3 +284,73 @@ def test_from_single_file_uses_the_folder_offline(
     assert [t.pad_token_id for t in tokenizers] == expect.tokenizer_pads
     assert tokenizers[0](REFERENCE_TEXT)["input_ids"] == REFERENCE_IDS
     assert connections == []
+
+
+# What the 12 tokenizer folders shipped before issue 23 gave (every config's tokenizer/ and tokenizer_2/,
+# the demo model's, clip/ and clip-pad0/), computed from those files with transformers 5.25: two
+# outcomes, by pad token. The one shared copy must tokenize exactly as they did.
+GOLDEN_PROMPTS = [
+    "a photo of a cat",
+    "Hello, World!! wow! !",
+    "Café naïve 東京 🙂 it's 1234 <|endoftext|> x",
+    "(masterpiece:1.2), BREAK [cat|dog]",
+]
+GOLDEN_LONG = " ".join(f"word{i} red, blue!" for i in range(60))  # 410 tokens: truncated when padded
+GOLDEN_IDS_COMMON = [
+    [49406, 320, 1125, 539, 320, 2368, 49407],
+    None,  # the "!" prompt: differs by pad token, below
+    [49406, 15304, 1097, 35689, 563, 48338, 21078, 361, 14860, 585, 568, 272, 273, 274, 275, 49407, 343, 49407],
+    [49406, 263, 12066, 281, 272, 269, 273, 2361, 2568, 314, 2368, 347, 1929, 316, 49407],
+]
+GOLDEN: dict[bool, dict[str, Any]] = {
+    False: {
+        "pad": ["<|endoftext|>", 49407],
+        "special": [49406, 49407],
+        "added": [["<|endoftext|>", 49407], ["<|startoftext|>", 49406]],
+        "exclaim": [49406, 3306, 267, 1002, 748, 2781, 256, 256, 49407],
+        "padded_sha": "69bd38cf1d246e61c3b60b82b5c53e38253395242c69383b397e2f451d122b1e",
+        "long_sha": "8cfd4b27fd2697333e9accde974e56ccb4ce97d1549785c7f500844117fd6ef2",
+    },
+    True: {  # "!" is a special token here, so a literal "!" is id 0 too (as with diffusers' own files)
+        "pad": ["!", 0],
+        "special": [0, 49406, 49407],
+        "added": [["!", 0], ["<|endoftext|>", 49407], ["<|startoftext|>", 49406]],
+        "exclaim": [49406, 3306, 267, 1002, 0, 0, 2781, 0, 0, 49407],
+        "padded_sha": "5aefa738e6a023e03a6fbed3e02ba140c8c6dcc6cab48401dca146405fae3a8a",
+        "long_sha": "63d2a46880e262516a9c8391a7861d5f490702258678f2bf1bf045ab78d48ea8",
+    },
+}
+
+
+def _sha(ids: list[Any]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+
+
+def _tokenizes_as_before(tok: Any, pad_zero: bool) -> None:
+    golden = GOLDEN[pad_zero]
+    assert [tok.pad_token, tok.pad_token_id] == golden["pad"]
+    assert (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (49406, 49407, 49407)
+    assert (len(tok), tok.model_max_length) == (VOCAB_SIZE, 77)
+    assert sorted(tok.all_special_ids) == golden["special"]
+    assert sorted(map(list, tok.get_added_vocab().items())) == golden["added"]
+    expected = [golden["exclaim"] if ids is None else ids for ids in GOLDEN_IDS_COMMON]
+    assert [tok(text).input_ids for text in GOLDEN_PROMPTS] == expected
+    padded = tok(GOLDEN_PROMPTS + [GOLDEN_LONG], padding="max_length", max_length=77, truncation=True).input_ids
+    assert _sha(padded) == golden["padded_sha"]
+    long = tok(GOLDEN_LONG, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    assert (len(long), _sha(long)) == (410, golden["long_sha"])
+
+
+@pytest.mark.parametrize("name", [*CONFIG_NAMES, "demo-model"])
+def test_every_model_gets_the_tokenization_of_its_old_copy(resources: Resources, name: str) -> None:
+    """What the backend hands each shipped config (and the demo model) tokenizes id for id, pad for pad,
+    as the copy that folder used to carry."""
+    from desktop.engine.backends.diffusers_backend import shared_tokenizers
+
+    folder, family = (resources.demo_model, "sd1") if name == "demo-model" else (resources.config_folder(name),
+                                                                               FAMILIES[name])
+    pads = [49407] if name == "demo-model" else EXPECT[name].tokenizer_pads
+    tokenizers = shared_tokenizers(resources, folder, family)
+    assert list(tokenizers) == list(TOKENIZER_COMPONENTS[: len(pads)])
+    for tok, pad_id in zip(tokenizers.values(), pads, strict=True):
+        _tokenizes_as_before(tok, pad_zero=pad_id == 0)

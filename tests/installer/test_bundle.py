@@ -61,8 +61,11 @@ def test_the_app_runs_from_a_bundle_laid_out_from_the_data_list(bundle, tmp_path
         assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == sorted(
             p.relative_to(source) for p in source.rglob("*")
         )
-    for pad_zero in (False, True):
-        assert (resources.tokenizer_folder(pad_zero) / "merges.txt").is_file()
+    # One copy of the CLIP tokenizer files in the data list (issue 23): the configs and the demo model use it.
+    assert (resources.tokenizer_folder() / "merges.txt").is_file()
+    assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("vocab.json")) == [
+        "resources/tokenizers/clip/vocab.json"
+    ]
     counter = TokenCounter.from_merges_file(resources.tokenizers / "clip" / "merges.txt")
     assert counter.tokens("a photo of a cat") == ["a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>"]
 

@@ -36,8 +36,10 @@ from transformers import (
     PreTrainedModel,
 )
 
+from desktop.engine.backends.diffusers_backend import clip_tokenizer
+from desktop.engine.resources import Resources
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TOKENIZERS = REPO_ROOT / "resources" / "tokenizers"
 CONFIGS = REPO_ROOT / "resources" / "configs"
 
 # Betas of every SD 1.x / SDXL release; the schedulers below mirror their published scheduler configs.
@@ -149,8 +151,9 @@ def _tiny_sd15_unet(in_channels: int) -> UNet2DConditionModel:
     )
 
 
-def _tokenizer(name: str = "clip") -> CLIPTokenizer:
-    return CLIPTokenizer.from_pretrained(TOKENIZERS / name, local_files_only=True)
+def _tokenizer(pad_zero: bool = False) -> CLIPTokenizer:
+    # The app's own loader of the one shipped copy (pad "!" for OpenCLIP's encoders).
+    return clip_tokenizer(Resources(REPO_ROOT / "resources"), pad_zero)
 
 
 def _build_sd15(seed: int, in_channels: int, pipeline_cls: type) -> StableDiffusionPipeline:
@@ -163,7 +166,7 @@ def _build_sd15(seed: int, in_channels: int, pipeline_cls: type) -> StableDiffus
     pipe = pipeline_cls(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
-        tokenizer=_tokenizer("clip"),
+        tokenizer=_tokenizer(),
         unet=unet.eval(),
         scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
         safety_checker=None,
@@ -223,8 +226,8 @@ def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         text_encoder_2=text_encoder_2.eval(),
-        tokenizer=_tokenizer("clip"),
-        tokenizer_2=_tokenizer("clip-pad0"),
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(pad_zero=True),
         unet=unet.eval(),
         scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
         force_zeros_for_empty_prompt=True,

@@ -28,6 +28,21 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+
+class _TorchvisionNotice(logging.Filter):
+    """Drops transformers' "`X` requires torchvision (not installed); falling back to `XPil`" notices.
+
+    diffusers' pipelines touch CLIP/SigLIP image processor names, and without torchvision (Marble never
+    needs it) transformers 5 warns about each on every start; the fallback is what Marble wants, so the
+    notice would only tell the user to install something they do not need. Nothing else is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+# On transformers' own logger, before transformers is imported: the notices come at diffusers' import.
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionNotice())
+
 import diffusers  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -70,7 +85,7 @@ from desktop.engine.prompt_syntax import (  # noqa: E402
     prompt_pieces,
 )
 from desktop.engine.request import GenerationRequest  # noqa: E402
-from desktop.engine.resources import Resources  # noqa: E402
+from desktop.engine.resources import PAD_ZERO_TOKEN, TOKENIZER_COMPONENTS, Resources, pads_with_zero  # noqa: E402
 from desktop.engine.terminal_text import library_text  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -264,7 +279,8 @@ class DiffusersBackend:
         try:
             # use_safetensors=True: a component without .safetensors weights is an error, never a pickle load.
             return cls.from_pretrained(
-                str(folder), dtype=dtype, local_files_only=True, use_safetensors=True, **_extra_kwargs(cls)
+                str(folder), dtype=dtype, local_files_only=True, use_safetensors=True, **_extra_kwargs(cls),
+                **self._shared_tokenizers(folder, arch),
             )
         except _LOAD_ERRORS as error:
             raise ModelError(f"Could not load the model {name!r} from {folder}: {_short(error)}") from error
@@ -284,7 +300,7 @@ class DiffusersBackend:
             with self._safetensors_named(path) as readable:
                 return cls.from_single_file(
                     str(readable), config=str(config_folder), local_files_only=True, dtype=dtype,
-                    **_extra_kwargs(cls),
+                    **_extra_kwargs(cls), **self._shared_tokenizers(config_folder, arch),
                 )
         except SingleFileComponentError as error:
             raise ModelError(
@@ -297,6 +313,9 @@ class DiffusersBackend:
                 f"{arch.config_name} layout: {_short(error)}. If it has unusual dimensions, pass a "
                 "matching diffusers config folder (--config)."
             ) from error
+
+    def _shared_tokenizers(self, folder: Path, arch: ArchitectureInfo) -> dict[str, Any]:
+        return shared_tokenizers(self._resources, folder, arch.family)
 
     @contextlib.contextmanager
     def _safetensors_named(self, path: Path) -> Iterator[Path]:
@@ -661,6 +680,32 @@ def _expose_text_model(pipe: Any) -> None:
     encoder = getattr(pipe, "text_encoder", None)
     if encoder is not None and "text_model" not in encoder._modules and hasattr(encoder, "final_layer_norm"):
         object.__setattr__(encoder, "text_model", encoder)
+
+
+def clip_tokenizer(resources: Resources, pad_zero: bool) -> transformers.CLIPTokenizer:
+    """The shipped CLIP tokenizer; ``pad_zero`` pads with "!" (id 0), as OpenCLIP's encoders expect.
+
+    Built from the one folder with only the pad token overridden: transformers then treats "!" as a
+    special token, exactly as it did with the separate pad-"!" folder Marble used to ship (the ids are
+    pinned by tests/engine/test_resources.py)."""
+    overrides = {"pad_token": PAD_ZERO_TOKEN} if pad_zero else {}
+    return transformers.CLIPTokenizer.from_pretrained(
+        str(resources.tokenizer_folder()), local_files_only=True, **overrides
+    )
+
+
+def shared_tokenizers(resources: Resources, folder: Path, family: str) -> dict[str, Any]:
+    """The shipped CLIP tokenizer for each tokenizer that `folder`'s model_index.json names but whose
+    subfolder has no tokenizer files, as keyword arguments for from_pretrained / from_single_file:
+    Marble's config folders and its demo model ship none (one copy under resources/tokenizers/ serves
+    them all), while a user's folder or --config folder with its own files keeps them."""
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    missing = [
+        name for name in TOKENIZER_COMPONENTS
+        if isinstance(index.get(name), list) and index[name] and index[name][0] is not None
+        and not any((folder / name / file).is_file() for file in ("vocab.json", "tokenizer.json"))
+    ]
+    return {name: clip_tokenizer(resources, pads_with_zero(family, name)) for name in missing}
 
 
 def _pipeline_class(arch: ArchitectureInfo) -> Any:
