@@ -2,7 +2,7 @@
 
 `python -m desktop generate --prompt ...` is `marble generate --prompt ...`; anything else (no
 arguments, `--home DIR`, Qt's own `-platform ...`) opens the window. The window takes no positional
-arguments, so a first argument that is not an option is always a subcommand. Each side is imported
+arguments, so a first argument that is not an option (after `--home DIR`) is always a subcommand. Each side is imported
 only when chosen: the command line never loads Qt, the window never loads the CLI.
 """
 
@@ -13,7 +13,17 @@ from collections.abc import Sequence
 
 
 def is_cli_invocation(argv: Sequence[str]) -> bool:
-    return bool(argv) and not argv[0].startswith("-")
+    """True when a subcommand comes first, after any ``--home DIR`` (which both sides accept)."""
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--home":
+            index += 2
+        elif arg.startswith("--home="):
+            index += 1
+        else:
+            return not arg.startswith("-")
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -390,6 +390,9 @@ def test_python_m_desktop_routes_subcommands_to_the_cli(tmp_path: Path) -> None:
     assert is_cli_invocation(["models", "list"])
     assert not is_cli_invocation([])
     assert not is_cli_invocation(["--home", "somewhere"])
+    assert not is_cli_invocation(["--home=somewhere", "-platform", "offscreen"])
+    assert is_cli_invocation(["--home", "somewhere", "generate", "--prompt", "x"])
+    assert is_cli_invocation(["--home=somewhere", "models", "list"])
     code = """
         import sys
         from desktop.__main__ import main
