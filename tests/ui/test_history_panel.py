@@ -262,14 +262,14 @@ def test_disk_full_keeps_the_image_and_saves_it_elsewhere(qtbot, hstudio: Histor
     with qtbot.waitSignal(hstudio.controller.job_failed, timeout=TIMEOUT_MS):
         window.generate()
     assert "disk is full" in window.message_bar.text() and "Save unsaved images" in window.message_bar.text()
-    assert window.save_unsaved_action.isEnabled()
+    assert window.window_actions.save_unsaved.isEnabled()
     assert len(hstudio.controller.pending_images) == 1
 
     elsewhere = tmp_path / "other-disk"
     elsewhere.mkdir()
     (saved,) = window.save_unsaved_images(str(elsewhere))
     assert saved.parent == elsewhere and read_image_metadata(saved).request.prompt == "not lost"
-    assert not window.save_unsaved_action.isEnabled() and hstudio.controller.pending_images == []
+    assert not window.window_actions.save_unsaved.isEnabled() and hstudio.controller.pending_images == []
     assert hstudio.store.find_by_path(saved).seed == 77
     qtbot.waitUntil(lambda: "not lost" in prompts(hstudio.panel), timeout=TIMEOUT_MS)
 
