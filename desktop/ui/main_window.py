@@ -35,6 +35,7 @@ from desktop.ui.background_reads import BackgroundReads
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.job_status import JobStatus
+from desktop.ui.parameter_model import ParameterModel
 from desktop.ui.parameter_panel import ParameterPanel
 from desktop.ui.prompt_editor import PromptEditor
 from desktop.ui.queue_panel import QueuePanel
@@ -93,7 +94,8 @@ class MainWindow(QMainWindow):
         self._reads = BackgroundReads(self._pool, catalog, self)
 
         self.prompt_editor = PromptEditor()
-        self.parameter_panel = ParameterPanel()
+        self.parameters = ParameterModel(parent=self)
+        self.parameter_panel = ParameterPanel(self.parameters)
         self.canvas = MaskCanvas()
         self.canvas_toolbar = CanvasToolbar(self.canvas)
         self.result_strip = ResultStrip(self._pool)
@@ -184,7 +186,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def generate(self) -> Job | None:
         """Queue a job from the current prompt and settings; a rejected request shows why."""
-        request = self.parameter_panel.request(self.prompt_editor.prompt(), self.prompt_editor.negative_prompt())
+        request = self.parameters.request(self.prompt_editor.prompt(), self.prompt_editor.negative_prompt())
         self.message_bar.clear()
         try:
             request = self.canvas_toolbar.edit_request(request, self._inputs_folder)
@@ -234,7 +236,7 @@ class MainWindow(QMainWindow):
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
         self.view_menu.addAction(dock.toggleViewAction())
         panel.reuse_requested.connect(self._reuse_request)
-        panel.seed_reuse_requested.connect(lambda seed: self.parameter_panel.seed_spin.setValue(seed))
+        panel.seed_reuse_requested.connect(lambda seed: self.parameters.update(seed=seed))
         # A history image on the canvas is the source for image-to-image and inpainting.
         panel.send_to_canvas_requested.connect(self.canvas_toolbar.load_source_file)
         panel.message.connect(lambda text, level: self.message_bar.show_message(text, level))
@@ -284,7 +286,7 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _reuse_request(self, request: GenerationRequest) -> None:
         self.prompt_editor.set_prompts(request.prompt, request.negative_prompt)
-        self.parameter_panel.set_from_request(request)
+        self.parameters.set_from_request(request)
 
     @Slot(object, object, str)
     def _on_models_listed(self, names: list[str], sizes: dict[str, int], error: str) -> None:

@@ -191,14 +191,14 @@ def test_reuse_parameters_and_seed_fill_the_editor_and_settings(qtbot, hstudio: 
     panel.reuse_action.trigger()
     assert window.prompt_editor.prompt() == "a blue whale, deep sea"
     assert window.prompt_editor.negative_prompt() == "ugly"
-    request = window.parameter_panel.request("", "")
+    request = window.parameters.request("", "")
     assert (request.model, request.steps, request.seed, request.width, request.sampler) == (
         "model-b", 12, 501, 64, "Euler")
 
     window.parameter_panel.seed_spin.setValue(-1)
     select(panel, "a red fox in the snow")
     panel.reuse_seed_action.trigger()
-    assert window.parameter_panel.request("", "").seed == 500
+    assert window.parameters.request("", "").seed == 500
 
 
 def test_send_to_canvas_makes_the_image_the_source_for_editing(qtbot, hstudio: HistoryStudio):

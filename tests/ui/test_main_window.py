@@ -132,9 +132,9 @@ def test_seed_buttons_reuse_the_last_seed_and_go_back_to_random(qtbot, studio: S
     finished = click_generate_and_wait(qtbot, studio)
 
     qtbot.mouseClick(panel.reuse_seed_button, Qt.MouseButton.LeftButton)
-    assert panel.request("", "").seed == finished.seeds[0]
+    assert panel.model.request("", "").seed == finished.seeds[0]
     qtbot.mouseClick(panel.random_seed_button, Qt.MouseButton.LeftButton)
-    assert panel.request("", "").seed == -1
+    assert panel.model.request("", "").seed == -1
 
 
 def test_panel_round_trips_a_request(qtbot, studio: Studio) -> None:
@@ -158,9 +158,9 @@ def test_panel_round_trips_a_request(qtbot, studio: Studio) -> None:
         emphasis="No norm",
     )
     panel = studio.window.parameter_panel
-    panel.set_from_request(request)
+    panel.model.set_from_request(request)
     assert (panel.clip_skip_spin.value(), panel.emphasis_combo.currentText()) == (2, "No norm")  # shown
-    assert panel.request("p", "n") == request
+    assert panel.model.request("p", "n") == request
 
 
 # --------------------------------------------------------------------------------------- cancel
@@ -403,9 +403,10 @@ def test_python_m_desktop_routes_subcommands_to_the_cli(tmp_path: Path) -> None:
 
 
 def test_choosing_a_model_brings_its_native_size_unless_the_kind_stays_the_same(qtbot) -> None:
+    from desktop.ui.parameter_model import ParameterModel
     from desktop.ui.parameter_panel import ParameterPanel
 
-    panel = ParameterPanel()
+    panel = ParameterPanel(ParameterModel())
     qtbot.addWidget(panel)
     sizes = {"marble-demo": 128, "sd15-a": 512, "sd15-b": 512, "sdxl": 1024}
     panel.set_models(["marble-demo", "sd15-a", "sd15-b", "sdxl", "unknown"], "/models", sizes)
