@@ -164,3 +164,19 @@ def test_a_value_no_widget_can_show_becomes_the_value_shown(panel: ParameterPane
 def test_an_unknown_field_is_refused(panel: ParameterPanel) -> None:
     with pytest.raises(ValueError, match="Not a parameter: colour"):
         panel.model.update(colour="red")
+
+
+def test_setting_values_the_model_already_has_says_nothing(qtbot, panel: ParameterPanel) -> None:
+    panel.model.set_parameters(CHANGED)
+    with qtbot.assertNotEmitted(panel.model.field_changed):
+        panel.model.set_parameters(CHANGED)
+        panel.model.update(steps=CHANGED.steps)
+    with qtbot.waitSignal(panel.model.field_changed, timeout=1000) as changed:
+        panel.model.set_from_request(dataclasses.replace(build_request(CHANGED, "p"), steps=9))
+    assert changed.args == ["steps", 9]
+
+
+def test_a_request_without_a_model_keeps_the_model_even_without_a_panel() -> None:
+    model = ParameterModel(CHANGED)
+    model.set_from_request(GenerationRequest(prompt="p", model=""))
+    assert model.value("model") == CHANGED.model
