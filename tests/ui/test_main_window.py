@@ -175,6 +175,7 @@ def test_cancel_mid_run_writes_nothing_and_the_next_job_runs(qtbot, studio: Stud
         qtbot.mouseClick(window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(backend.blocked.is_set, timeout=TIMEOUT_MS)
     assert window.queue_panel.cancel_button.isEnabled()
+    assert window.window_actions.cancel.isEnabled() and window.window_actions.cancel_all.isEnabled()
 
     with qtbot.waitSignal(studio.controller.job_cancelled, timeout=TIMEOUT_MS):
         if how == "button":
@@ -186,6 +187,7 @@ def test_cancel_mid_run_writes_nothing_and_the_next_job_runs(qtbot, studio: Stud
     assert studio.output_files() == []
     assert window.result_strip.count() == 0
     assert not window.queue_panel.cancel_button.isEnabled()
+    assert not window.window_actions.cancel.isEnabled() and not window.window_actions.cancel_all.isEnabled()
     assert window.queue_panel.generate_button.isEnabled()
     assert window.queue_panel.status_label.text() == "Cancelled"
     assert not window.message_bar.isVisible()
