@@ -1,11 +1,13 @@
 """Every generation setting except the prompts: model, sampler, steps, CFG, seed, size, batch, text
-encoder (clip skip, emphasis), device."""
+encoder (clip skip, emphasis), device. The values live in a `ParameterModel`; the widgets show it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from PySide6.QtCore import QSignalBlocker, Qt, Signal, Slot
+from PySide6.QtCore import QSignalBlocker, Qt, Signal, SignalInstance, Slot
 from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -36,9 +38,9 @@ from desktop.engine.request import (
     MIN_SIDE,
     PRECISIONS,
     RANDOM_SEED,
-    GenerationRequest,
 )
 from desktop.ui.lora_list import LoraListWidget
+from desktop.ui.parameter_model import ParameterModel
 
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
@@ -88,7 +90,9 @@ class SideSpinBox(QSpinBox):
 
 
 class ParameterPanel(QWidget):
-    """The settings of the next job, as widgets. Holds no model list of its own: the window fills it.
+    """The settings of the next job, as widgets bound to a `ParameterModel` both ways: an edit sets the
+    model's field, a change of the model shows in its widget. Holds no model list of its own: the
+    window fills it.
 
     Signals:
         models_refresh_requested(): the user asked to scan the models folder again.
@@ -101,17 +105,28 @@ class ParameterPanel(QWidget):
     open_models_folder_requested = Signal()
     emphasis_changed = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, model: ParameterModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.model = model
         self._last_seed: int | None = None
+        self._native_sizes: dict[str, int] = {}
+        self._sized_for = ""  # the model whose native size the size fields were last set for
+        self._create_model_widgets()
+        self._create_sampling_widgets()
+        self._create_size_widgets()
+        self._create_encoder_widgets()
+        self._create_device_widgets()
+        self.lora_list = LoraListWidget()
+        self._lay_out()
+        self._bindings = self._bind()
 
+    # ------------------------------------------------------------------------------------ widgets
+
+    def _create_model_widgets(self) -> None:
         self.model_combo = QComboBox(objectName="model_combo")
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(12)
         self.model_combo.setPlaceholderText("No models found")
-        self._native_sizes: dict[str, int] = {}
-        self._sized_for = ""  # the model whose native size the size fields were last set for
-        self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.refresh_models_button = QToolButton(objectName="refresh_models_button", text="⟳")
         self.refresh_models_button.setToolTip("Scan the models folder again")
         self.refresh_models_button.clicked.connect(self.models_refresh_requested)
@@ -121,9 +136,7 @@ class ParameterPanel(QWidget):
         self.models_hint_label.setTextFormat(Qt.TextFormat.PlainText)
         self.models_hint_label.setWordWrap(True)
         self.models_hint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.open_models_folder_button = QPushButton(
-            "Open models folder", objectName="open_models_folder_button"
-        )
+        self.open_models_folder_button = QPushButton("Open models folder", objectName="open_models_folder_button")
         self.open_models_folder_button.clicked.connect(self.open_models_folder_requested)
         hint_layout = QVBoxLayout(self.models_hint)
         hint_layout.setContentsMargins(0, 0, 0, 0)
@@ -131,26 +144,20 @@ class ParameterPanel(QWidget):
         hint_layout.addWidget(self.open_models_folder_button, 0, Qt.AlignmentFlag.AlignLeft)
         self.models_hint.hide()
 
-        self.sampler_combo = QComboBox(objectName="sampler_combo")
-        for name in SAMPLER_NAMES:
-            self.sampler_combo.addItem("Model default" if name == DEFAULT_SAMPLER else name, name)
-
+    def _create_sampling_widgets(self) -> None:
+        self.sampler_combo = _combo("sampler_combo", SAMPLER_NAMES, {DEFAULT_SAMPLER: "Model default"})
         self.steps_spin = QSpinBox(objectName="steps_spin")
         self.steps_spin.setRange(1, MAX_STEPS)
-        self.steps_spin.setValue(30)
-
         self.cfg_spin = QDoubleSpinBox(objectName="cfg_spin")
         self.cfg_spin.setRange(0.0, MAX_CFG)
         self.cfg_spin.setDecimals(1)
         self.cfg_spin.setSingleStep(0.5)
-        self.cfg_spin.setValue(7.5)
 
         # QSpinBox stops at 2**31 - 1; a double with no decimals holds every 32-bit seed exactly.
         self.seed_spin = QDoubleSpinBox(objectName="seed_spin")
         self.seed_spin.setDecimals(0)
         self.seed_spin.setRange(RANDOM_SEED, MAX_SEED)
         self.seed_spin.setSpecialValueText("Random")
-        self.seed_spin.setValue(RANDOM_SEED)
         self.seed_spin.setToolTip("-1 (Random) draws a new seed for every job")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
         self.random_seed_button.setToolTip("Random seed for every job")
@@ -160,10 +167,16 @@ class ParameterPanel(QWidget):
         self.reuse_seed_button.setEnabled(False)
         self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
 
+        self.batch_count_spin = QSpinBox(objectName="batch_count_spin")
+        self.batch_count_spin.setRange(1, MAX_BATCH_COUNT)
+        self.batch_count_spin.setToolTip("Pipeline runs, one after another")
+        self.batch_size_spin = QSpinBox(objectName="batch_size_spin")
+        self.batch_size_spin.setRange(1, MAX_BATCH_SIZE)
+        self.batch_size_spin.setToolTip("Images per run (needs more memory)")
+
+    def _create_size_widgets(self) -> None:
         self.width_spin = SideSpinBox("width_spin")
         self.height_spin = SideSpinBox("height_spin")
-        self.width_spin.setValue(512)
-        self.height_spin.setValue(512)
         self.swap_size_button = QToolButton(objectName="swap_size_button", text="⇄")
         self.swap_size_button.setToolTip("Swap width and height")
         self.swap_size_button.clicked.connect(self.swap_size)
@@ -173,13 +186,7 @@ class ParameterPanel(QWidget):
             self.size_preset_combo.addItem(f"{width} × {height}", (width, height))
         self.size_preset_combo.activated.connect(self._on_preset_activated)
 
-        self.batch_count_spin = QSpinBox(objectName="batch_count_spin")
-        self.batch_count_spin.setRange(1, MAX_BATCH_COUNT)
-        self.batch_count_spin.setToolTip("Pipeline runs, one after another")
-        self.batch_size_spin = QSpinBox(objectName="batch_size_spin")
-        self.batch_size_spin.setRange(1, MAX_BATCH_SIZE)
-        self.batch_size_spin.setToolTip("Images per run (needs more memory)")
-
+    def _create_encoder_widgets(self) -> None:
         # A1111's names and ranges, so settings copied from its PNGs mean the same here.
         self.clip_skip_spin = QSpinBox(objectName="clip_skip_spin")
         self.clip_skip_spin.setRange(1, MAX_CLIP_SKIP)
@@ -187,30 +194,16 @@ class ParameterPanel(QWidget):
             "Clip skip: read the prompt from this many layers before the text encoder's last (1: the last). "
             "Many anime models are made for 2."
         )
-        self.emphasis_combo = QComboBox(objectName="emphasis_combo")
-        for name in EMPHASIS_MODES:
-            self.emphasis_combo.addItem(name, name)
+        self.emphasis_combo = _combo("emphasis_combo", EMPHASIS_MODES, {})
         self.emphasis_combo.setToolTip(
             "How (word:1.2) weights apply. Original: as AUTOMATIC1111 (weights, then the mean restored); "
             "No norm: weights only; None: brackets, weights and BREAK are plain text."
         )
-        self.emphasis_combo.currentIndexChanged.connect(
-            lambda _: self.emphasis_changed.emit(self.emphasis_combo.currentData())
-        )
-        clip_skip_label = QLabel("Clip s&kip")
-        clip_skip_label.setBuddy(self.clip_skip_spin)
-        emphasis_label = QLabel("Emp&hasis")
-        emphasis_label.setBuddy(self.emphasis_combo)
 
-        self.device_combo = QComboBox(objectName="device_combo")
-        for name in DEVICES:
-            self.device_combo.addItem(_DEVICE_LABELS.get(name, name), name)
-        self.precision_combo = QComboBox(objectName="precision_combo")
-        for name in PRECISIONS:
-            self.precision_combo.addItem(_PRECISION_LABELS.get(name, name), name)
-        self.memory_combo = QComboBox(objectName="memory_combo")
-        for name in MEMORY_MODES:
-            self.memory_combo.addItem(_MEMORY_LABELS.get(name, name), name)
+    def _create_device_widgets(self) -> None:
+        self.device_combo = _combo("device_combo", DEVICES, _DEVICE_LABELS)
+        self.precision_combo = _combo("precision_combo", PRECISIONS, _PRECISION_LABELS)
+        self.memory_combo = _combo("memory_combo", MEMORY_MODES, _MEMORY_LABELS)
         self.memory_combo.setToolTip(
             "Auto: everything on the GPU when it fits, VAE tiling above 1024×1024, CPU offload when VRAM is short. "
             "After running out of memory Marble retries once a step lower and says so."
@@ -221,6 +214,11 @@ class ParameterPanel(QWidget):
             "to compile; later ones run faster. Switching it reloads the model."
         )
 
+    def _lay_out(self) -> None:
+        clip_skip_label = QLabel("Clip s&kip")
+        clip_skip_label.setBuddy(self.clip_skip_spin)
+        emphasis_label = QLabel("Emp&hasis")
+        emphasis_label.setBuddy(self.emphasis_combo)
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -240,8 +238,65 @@ class ParameterPanel(QWidget):
         form.addRow("Precisi&on", self.precision_combo)
         form.addRow("Memor&y", self.memory_combo)
         form.addRow("Fas&t mode", self.fast_check)
-        self.lora_list = LoraListWidget()
         form.addRow("&LoRAs", self.lora_list)
+
+    # ------------------------------------------------------------------------------------ binding
+
+    def _bind(self) -> dict[str, _Binding]:
+        """One binding per `Parameters` field: the widget that shows it, how to read and show a value,
+        and the widget's signal for an edit."""
+        model, cfg, seed, fast, loras = self.model_combo, self.cfg_spin, self.seed_spin, self.fast_check, self.lora_list
+        bindings = {
+            "model": _Binding(model, self.selected_model, self._show_model, model.currentIndexChanged),
+            "sampler": _combo_binding(self.sampler_combo),
+            "steps": _spin_binding(self.steps_spin),
+            "cfg_scale": _Binding(cfg, lambda: round(cfg.value(), 2), cfg.setValue, cfg.valueChanged),
+            "seed": _Binding(seed, lambda: int(round(seed.value())), seed.setValue, seed.valueChanged),
+            "width": _spin_binding(self.width_spin),
+            "height": _spin_binding(self.height_spin),
+            "batch_count": _spin_binding(self.batch_count_spin),
+            "batch_size": _spin_binding(self.batch_size_spin),
+            "clip_skip": _spin_binding(self.clip_skip_spin),
+            "emphasis": _combo_binding(self.emphasis_combo),
+            "device": _combo_binding(self.device_combo),
+            "precision": _combo_binding(self.precision_combo),
+            "memory_mode": _combo_binding(self.memory_combo),
+            "fast_mode": _Binding(fast, fast.isChecked, fast.setChecked, fast.toggled),
+            "loras": _Binding(loras, loras.loras, loras.set_loras, loras.loras_changed),
+        }
+        for name, binding in bindings.items():
+            if name == "model":
+                binding.edited.connect(self._on_model_chosen)
+            else:
+                binding.edited.connect(lambda *_, name=name: self._take_edit(name))
+            self._show(name, self.model.value(name), binding)
+        self.model.field_changed.connect(self._on_field_changed)
+        return bindings
+
+    def _take_edit(self, name: str) -> None:
+        self.model.update(**{name: self._bindings[name].read()})
+
+    @Slot(str, object)
+    def _on_field_changed(self, name: str, value: object) -> None:
+        if name in self._bindings:
+            self._show(name, value, self._bindings[name])
+        if name == "emphasis":
+            self.emphasis_changed.emit(value)
+
+    def _show(self, name: str, value: object, binding: _Binding) -> None:
+        # A widget that already shows the value (its own edit, coming back) is left alone: rebuilding
+        # it would, for one, replace the LoRA row being edited. Blocked, so showing is not an edit.
+        # A widget may not hold the value as given (a CFG of 7.55 shows as 7.6, a sampler unknown
+        # here stays as it was): the model then takes what the widget shows, so the next job runs
+        # with the settings the user sees.
+        if binding.read() != value:
+            with QSignalBlocker(binding.widget):
+                binding.show(value)
+        if name == "model":
+            self._sized_for = self.selected_model()
+        shown = binding.read()
+        if shown != value:
+            self.model.update(**{name: shown})
 
     # ------------------------------------------------------------------------------------ models
 
@@ -261,7 +316,7 @@ class ParameterPanel(QWidget):
             index = self.model_combo.findData(current) if current else -1
             self.model_combo.setCurrentIndex(index if index >= 0 else (0 if names else -1))
         self.model_combo.setEnabled(bool(names))
-        self._on_model_changed()
+        self._on_model_chosen()
         self.models_hint_label.setText(
             f"No models yet. Put .safetensors files or diffusers folders in:\n{folder}\nthen press ⟳."
         )
@@ -271,13 +326,27 @@ class ParameterPanel(QWidget):
         data = self.model_combo.currentData()
         return data if isinstance(data, str) else ""
 
-    def _on_model_changed(self) -> None:
-        model = self.selected_model()
+    def _show_model(self, name: str) -> None:
+        if not name:
+            return
+        index = self.model_combo.findData(name)
+        if index < 0:
+            # Keep a model the library lacks visible: the job will then say clearly that it is missing.
+            self.model_combo.addItem(name, name)
+            index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, "Not in the models folder", Qt.ItemDataRole.ToolTipRole)
+            self.model_combo.setEnabled(True)
+        self.model_combo.setCurrentIndex(index)
+
+    def _on_model_chosen(self) -> None:
+        """The user picked a model, or the list was refilled: bring its native size, if it differs."""
+        previous, model = self._sized_for, self.selected_model()
         side = self._native_sizes.get(model)
-        if model != self._sized_for and side is not None and side != self._native_sizes.get(self._sized_for):
-            self.width_spin.setValue(side)
-            self.height_spin.setValue(side)
+        changes: dict[str, object] = {"model": model}
+        if model != previous and side is not None and side != self._native_sizes.get(previous):
+            changes |= {"width": side, "height": side}
         self._sized_for = model
+        self.model.update(**changes)
 
     # -------------------------------------------------------------------------------------- seed
 
@@ -292,81 +361,49 @@ class ParameterPanel(QWidget):
 
     @Slot()
     def use_random_seed(self) -> None:
-        self.seed_spin.setValue(RANDOM_SEED)
+        self.model.update(seed=RANDOM_SEED)
 
     @Slot()
     def reuse_last_seed(self) -> None:
         if self._last_seed is not None:
-            self.seed_spin.setValue(self._last_seed)
+            self.model.update(seed=self._last_seed)
 
     # -------------------------------------------------------------------------------------- size
 
     @Slot()
     def swap_size(self) -> None:
-        width, height = self.width_spin.value(), self.height_spin.value()
-        self.width_spin.setValue(height)
-        self.height_spin.setValue(width)
+        self.model.update(width=self.model.value("height"), height=self.model.value("width"))
 
     @Slot(int)
     def _on_preset_activated(self, index: int) -> None:
         size = self.size_preset_combo.itemData(index)
         if size:
-            self.width_spin.setValue(size[0])
-            self.height_spin.setValue(size[1])
+            self.model.update(width=size[0], height=size[1])
         # The combo is an action list, not a state: it always reads "Presets…".
         self.size_preset_combo.setCurrentIndex(0)
 
-    # ----------------------------------------------------------------------------------- request
 
-    def request(self, prompt: str, negative_prompt: str = "") -> GenerationRequest:
-        """The request these settings describe, not yet validated (the controller validates)."""
-        return GenerationRequest(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            model=self.selected_model(),
-            steps=self.steps_spin.value(),
-            cfg_scale=round(self.cfg_spin.value(), 2),
-            seed=int(round(self.seed_spin.value())),
-            sampler=self.sampler_combo.currentData(),
-            width=self.width_spin.value(),
-            height=self.height_spin.value(),
-            batch_count=self.batch_count_spin.value(),
-            batch_size=self.batch_size_spin.value(),
-            device=self.device_combo.currentData(),
-            precision=self.precision_combo.currentData(),
-            memory_mode=self.memory_combo.currentData(),
-            fast_mode=self.fast_check.isChecked(),
-            clip_skip=self.clip_skip_spin.value(),
-            emphasis=self.emphasis_combo.currentData(),
-            loras=self.lora_list.loras(),
-        )
+@dataclass(frozen=True)
+class _Binding:
+    widget: QWidget
+    read: Callable[[], Any]
+    show: Callable[[Any], object]
+    edited: SignalInstance
 
-    def set_from_request(self, request: GenerationRequest) -> None:
-        """Show a request's settings (from history or a PNG); the prompts belong to the prompt editor."""
-        if request.model:
-            index = self.model_combo.findData(request.model)
-            if index < 0:
-                # Keep a model the library lacks visible: the job will then say clearly that it is missing.
-                self.model_combo.addItem(request.model, request.model)
-                index = self.model_combo.count() - 1
-                self.model_combo.setItemData(index, "Not in the models folder", Qt.ItemDataRole.ToolTipRole)
-                self.model_combo.setEnabled(True)
-            self.model_combo.setCurrentIndex(index)
-        _select_data(self.sampler_combo, request.sampler)
-        _select_data(self.device_combo, request.device)
-        _select_data(self.precision_combo, request.precision)
-        _select_data(self.memory_combo, request.memory_mode)
-        self.fast_check.setChecked(request.fast_mode)
-        self.steps_spin.setValue(request.steps)
-        self.cfg_spin.setValue(request.cfg_scale)
-        self.seed_spin.setValue(request.seed)
-        self.width_spin.setValue(request.width)
-        self.height_spin.setValue(request.height)
-        self.batch_count_spin.setValue(request.batch_count)
-        self.batch_size_spin.setValue(request.batch_size)
-        self.clip_skip_spin.setValue(request.clip_skip)
-        _select_data(self.emphasis_combo, request.emphasis)
-        self.lora_list.set_loras(request.loras)
+
+def _spin_binding(spin: QSpinBox) -> _Binding:
+    return _Binding(spin, spin.value, spin.setValue, spin.valueChanged)
+
+
+def _combo_binding(combo: QComboBox) -> _Binding:
+    return _Binding(combo, combo.currentData, lambda value: _select_data(combo, value), combo.currentIndexChanged)
+
+
+def _combo(name: str, values: Sequence[str], labels: Mapping[str, str]) -> QComboBox:
+    combo = QComboBox(objectName=name)
+    for value in values:
+        combo.addItem(labels.get(value, value), value)
+    return combo
 
 
 def _select_data(combo: QComboBox, value: object) -> None:

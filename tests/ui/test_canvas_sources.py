@@ -31,7 +31,7 @@ def test_paste_makes_the_clipboard_image_the_source(qtbot, studio):
     QApplication.clipboard().setImage(image)
     toolbar = studio.window.canvas_toolbar
     with qtbot.waitSignal(toolbar.source_changed, timeout=5000):
-        studio.window.paste_image_action.trigger()
+        studio.window.window_actions.paste_image.trigger()
     assert (toolbar.source.width(), toolbar.source.height()) == (40, 24)
     assert toolbar.source.pixelColor(3, 3).getRgb()[:3] == (200, 20, 20)
     QApplication.clipboard().clear()

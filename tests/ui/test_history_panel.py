@@ -191,14 +191,14 @@ def test_reuse_parameters_and_seed_fill_the_editor_and_settings(qtbot, hstudio: 
     panel.reuse_action.trigger()
     assert window.prompt_editor.prompt() == "a blue whale, deep sea"
     assert window.prompt_editor.negative_prompt() == "ugly"
-    request = window.parameter_panel.request("", "")
+    request = window.parameters.request("", "")
     assert (request.model, request.steps, request.seed, request.width, request.sampler) == (
         "model-b", 12, 501, 64, "Euler")
 
     window.parameter_panel.seed_spin.setValue(-1)
     select(panel, "a red fox in the snow")
     panel.reuse_seed_action.trigger()
-    assert window.parameter_panel.request("", "").seed == 500
+    assert window.parameters.request("", "").seed == 500
 
 
 def test_send_to_canvas_makes_the_image_the_source_for_editing(qtbot, hstudio: HistoryStudio):
@@ -262,14 +262,14 @@ def test_disk_full_keeps_the_image_and_saves_it_elsewhere(qtbot, hstudio: Histor
     with qtbot.waitSignal(hstudio.controller.job_failed, timeout=TIMEOUT_MS):
         window.generate()
     assert "disk is full" in window.message_bar.text() and "Save unsaved images" in window.message_bar.text()
-    assert window.save_unsaved_action.isEnabled()
+    assert window.window_actions.save_unsaved.isEnabled()
     assert len(hstudio.controller.pending_images) == 1
 
     elsewhere = tmp_path / "other-disk"
     elsewhere.mkdir()
     (saved,) = window.save_unsaved_images(str(elsewhere))
     assert saved.parent == elsewhere and read_image_metadata(saved).request.prompt == "not lost"
-    assert not window.save_unsaved_action.isEnabled() and hstudio.controller.pending_images == []
+    assert not window.window_actions.save_unsaved.isEnabled() and hstudio.controller.pending_images == []
     assert hstudio.store.find_by_path(saved).seed == 77
     qtbot.waitUntil(lambda: "not lost" in prompts(hstudio.panel), timeout=TIMEOUT_MS)
 

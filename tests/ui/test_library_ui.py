@@ -39,17 +39,17 @@ def test_panel_lora_rows_become_request_loras_and_back(studio, integration, qtbo
     qtbot.waitUntil(lambda: panel.lora_list.names() == ["inkwash"], timeout=TIMEOUT_MS)
     row = panel.lora_list.add_row()
     row.weight_spin.setValue(0.65)
-    assert panel.request("a cat").loras == (LoraRef("inkwash", 0.65),)
+    assert panel.model.request("a cat").loras == (LoraRef("inkwash", 0.65),)
 
     from_history = GenerationRequest(prompt="x", model="m", loras=(LoraRef("gone-lora", -0.5), LoraRef("inkwash", 1)))
-    panel.set_from_request(from_history)
-    assert panel.request("x").loras == from_history.loras  # a LoRA the library lacks stays visible
+    panel.model.set_from_request(from_history)
+    assert panel.model.request("x").loras == from_history.loras  # a LoRA the library lacks stays visible
     with qtbot.waitSignal(studio.window.job_submitted, timeout=TIMEOUT_MS) as submitted:
         studio.window.prompt_editor.set_prompts("a cat")
         studio.window.generate()
     assert submitted.args[0].request.loras == from_history.loras
     panel.lora_list.set_loras(())
-    assert panel.request("x").loras == ()
+    assert panel.model.request("x").loras == ()
 
 
 def test_library_dialog_import_info_rename_remove(studio, integration, qtbot, lora_source):

@@ -132,9 +132,9 @@ def test_seed_buttons_reuse_the_last_seed_and_go_back_to_random(qtbot, studio: S
     finished = click_generate_and_wait(qtbot, studio)
 
     qtbot.mouseClick(panel.reuse_seed_button, Qt.MouseButton.LeftButton)
-    assert panel.request("", "").seed == finished.seeds[0]
+    assert panel.model.request("", "").seed == finished.seeds[0]
     qtbot.mouseClick(panel.random_seed_button, Qt.MouseButton.LeftButton)
-    assert panel.request("", "").seed == -1
+    assert panel.model.request("", "").seed == -1
 
 
 def test_panel_round_trips_a_request(qtbot, studio: Studio) -> None:
@@ -158,9 +158,9 @@ def test_panel_round_trips_a_request(qtbot, studio: Studio) -> None:
         emphasis="No norm",
     )
     panel = studio.window.parameter_panel
-    panel.set_from_request(request)
+    panel.model.set_from_request(request)
     assert (panel.clip_skip_spin.value(), panel.emphasis_combo.currentText()) == (2, "No norm")  # shown
-    assert panel.request("p", "n") == request
+    assert panel.model.request("p", "n") == request
 
 
 # --------------------------------------------------------------------------------------- cancel
@@ -175,6 +175,7 @@ def test_cancel_mid_run_writes_nothing_and_the_next_job_runs(qtbot, studio: Stud
         qtbot.mouseClick(window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(backend.blocked.is_set, timeout=TIMEOUT_MS)
     assert window.queue_panel.cancel_button.isEnabled()
+    assert window.window_actions.cancel.isEnabled() and window.window_actions.cancel_all.isEnabled()
 
     with qtbot.waitSignal(studio.controller.job_cancelled, timeout=TIMEOUT_MS):
         if how == "button":
@@ -186,6 +187,7 @@ def test_cancel_mid_run_writes_nothing_and_the_next_job_runs(qtbot, studio: Stud
     assert studio.output_files() == []
     assert window.result_strip.count() == 0
     assert not window.queue_panel.cancel_button.isEnabled()
+    assert not window.window_actions.cancel.isEnabled() and not window.window_actions.cancel_all.isEnabled()
     assert window.queue_panel.generate_button.isEnabled()
     assert window.queue_panel.status_label.text() == "Cancelled"
     assert not window.message_bar.isVisible()
@@ -406,9 +408,10 @@ def test_python_m_desktop_routes_subcommands_to_the_cli(tmp_path: Path) -> None:
 
 
 def test_choosing_a_model_brings_its_native_size_unless_the_kind_stays_the_same(qtbot) -> None:
+    from desktop.ui.parameter_model import ParameterModel
     from desktop.ui.parameter_panel import ParameterPanel
 
-    panel = ParameterPanel()
+    panel = ParameterPanel(ParameterModel())
     qtbot.addWidget(panel)
     sizes = {"marble-demo": 128, "sd15-a": 512, "sd15-b": 512, "sdxl": 1024}
     panel.set_models(["marble-demo", "sd15-a", "sd15-b", "sdxl", "unknown"], "/models", sizes)

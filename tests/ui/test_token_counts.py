@@ -84,6 +84,6 @@ def test_with_emphasis_none_brackets_and_break_count_as_words(studio, qtbot) -> 
     assert editor.negative_count.text() == "10/75"
     assert editor.prompt_count.text() == "2/75"
     # A request shown from history brings its emphasis, and the count follows it.
-    panel.set_from_request(GenerationRequest(prompt="a cat", model=studio.model_name, emphasis="Original"))
+    panel.model.set_from_request(GenerationRequest(prompt="a cat", model=studio.model_name, emphasis="Original"))
     assert panel.emphasis_combo.currentData() == "Original"
     assert editor.negative_count.text() == "3/150"

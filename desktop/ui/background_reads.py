@@ -1,0 +1,101 @@
+"""The window's reads that are too slow for the GUI thread: the models folder scan, the tokenizer's
+merges for the token counters, and the embeddings' vector counts. Each runs on the window's thread
+pool and reports back by a signal, on the GUI thread."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QThreadPool, Signal
+
+from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.embedding_vectors import vector_counts
+from desktop.engine.library.native_size import native_size
+from desktop.engine.token_count import TokenCounter
+
+log = logging.getLogger(__name__)
+
+
+class _Relay(QObject):
+    """Emitted from the pool's threads; the connections to `BackgroundReads` queue to the GUI thread.
+    A separate object, so no signal is emitted on an object that is being destroyed."""
+
+    models_listed = Signal(object, object, str)
+    token_counter_loaded = Signal(object)
+    embedding_vectors_read = Signal(object)
+
+
+class BackgroundReads(QObject):
+    """Starts the reads and re-emits their results on the GUI thread.
+
+    Signals:
+        models_listed(object, object, str): model names found (a list), their native sizes (a dict of
+            name -> side in pixels, for the models that tell) and an error text ("" when none).
+        token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
+        embedding_vectors_read(object): the library's embeddings, a dict of name -> vectors.
+    """
+
+    models_listed = Signal(object, object, str)
+    token_counter_loaded = Signal(object)
+    embedding_vectors_read = Signal(object)
+
+    def __init__(self, pool: QThreadPool, catalog: ModelCatalog, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._pool = pool
+        self._catalog = catalog
+        self._embeddings_folder: Path | None = None
+        self._relay = _Relay(self)
+        self._relay.models_listed.connect(self.models_listed)
+        self._relay.token_counter_loaded.connect(self.token_counter_loaded)
+        self._relay.embedding_vectors_read.connect(self.embedding_vectors_read)
+
+    def scan_models(self) -> None:
+        catalog, relay = self._catalog, self._relay
+        self._pool.start(lambda: relay.models_listed.emit(*_scan(catalog)))
+
+    def load_token_counter(self, merges_file: Path, embeddings_folder: Path | None = None) -> None:
+        """Read the tokenizer's merges (~60 ms of Python). With the library's embeddings folder, an
+        embedding's name counts as its vectors (headers only)."""
+        relay = self._relay
+        self._embeddings_folder = embeddings_folder
+        self._pool.start(lambda: relay.token_counter_loaded.emit(_token_counter(merges_file, embeddings_folder)))
+
+    def refresh_embedding_counts(self) -> None:
+        """Read the embeddings' vector counts again (the library changed)."""
+        folder, relay = self._embeddings_folder, self._relay
+        if folder is not None:
+            self._pool.start(lambda: relay.embedding_vectors_read.emit(_embedding_vectors(folder)))
+
+
+def _scan(catalog: ModelCatalog) -> tuple[list[str], dict[str, int], str]:
+    sizes: dict[str, int] = {}
+    try:
+        entries = catalog.entries()
+        for entry in entries:
+            side = native_size(entry.path)
+            if side is not None:
+                sizes[entry.name] = side
+    except OSError as exc:
+        return [], {}, f"Cannot read the models folder {catalog.folder}: {exc.strerror or exc}."
+    return [entry.name for entry in entries], sizes, ""
+
+
+def _token_counter(merges_file: Path, embeddings_folder: Path | None) -> TokenCounter | None:
+    try:
+        counter = TokenCounter.from_merges_file(merges_file)
+    except (OSError, ValueError, UnicodeDecodeError):
+        log.warning("No token counts: cannot read %s", merges_file, exc_info=True)
+        return None
+    if embeddings_folder is not None:
+        counter.set_embeddings(_embedding_vectors(embeddings_folder))
+    return counter
+
+
+def _embedding_vectors(folder: Path) -> dict[str, int]:
+    """The embeddings' vector counts; none when the folder cannot be read (names then count as words)."""
+    try:
+        return vector_counts(folder)
+    except OSError:
+        log.warning("Embedding names count as words: cannot read %s", folder, exc_info=True)
+        return {}

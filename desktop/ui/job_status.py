@@ -1,0 +1,167 @@
+"""What the bottom of the window says about jobs: progress, the status line, previews on the canvas,
+warnings and failures in the message bar. Turns the controller's events into those, and nothing else."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from desktop.bridge.controller import GenerationController
+from desktop.engine.events import (
+    ImageSaved,
+    ImageUnsaved,
+    JobCancelled,
+    JobFailed,
+    JobFinished,
+    JobStarted,
+    JobWarning,
+    ModelLoaded,
+    ModelLoading,
+    PreviewReady,
+    StepProgress,
+)
+from desktop.ui.canvas import MaskCanvas
+from desktop.ui.queue_panel import QueuePanel
+
+
+class JobStatus(QObject):
+    """Follows the current job for the queue panel and the canvas.
+
+    Signals:
+        seed_drawn(object): the job that just started uses this seed (drawn, when the request said random).
+        preview_shown(): the canvas now shows a preview instead of a finished image.
+        results_ready(object, object): the finished job's image paths and seeds (two lists).
+    """
+
+    seed_drawn = Signal(object)  # object: seeds go up to 2**32 - 1, past a C int
+    preview_shown = Signal()
+    results_ready = Signal(object, object)
+
+    def __init__(
+        self,
+        controller: GenerationController,
+        queue_panel: QueuePanel,
+        canvas: MaskCanvas,
+        parent: QObject | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self._controller = controller
+        self._queue_panel = queue_panel
+        self._message_bar = queue_panel.message_bar
+        self._canvas = canvas
+        self._job_id: str | None = None
+        self._display_size: tuple[int, int] | None = None
+        self._images_total = 0
+        self._previews_shown = 0
+        self._state_text = "Ready"
+        for signal, slot in (
+            (controller.busy_changed, self._on_busy_changed),
+            (controller.queue_changed, self.update_status),
+            (controller.job_started, self._on_job_started),
+            (controller.model_loading, self._on_model_loading),
+            (controller.model_loaded, self._on_model_loaded),
+            (controller.step_progressed, self._on_step_progressed),
+            (controller.preview_ready, self._on_preview_ready),
+            (controller.job_warning, self._on_job_warning),
+            (controller.image_saved, self._on_image_saved),
+            (controller.job_finished, self._on_job_finished),
+            (controller.job_failed, self._on_job_failed),
+            (controller.job_cancelled, self._on_job_cancelled),
+            (controller.image_unsaved, self._on_image_unsaved),
+        ):
+            signal.connect(slot)
+
+    @property
+    def previews_shown(self) -> int:
+        """Previews the canvas showed for the current (or last) job."""
+        return self._previews_shown
+
+    def set_state(self, text: str) -> None:
+        self._state_text = text
+        self.update_status()
+
+    @Slot()
+    def update_status(self) -> None:
+        queued = len(self._controller.pending_jobs())
+        suffix = f" · {queued} queued" if queued else ""
+        self._queue_panel.set_status(f"{self._state_text}{suffix}")
+
+    @Slot(bool)
+    def _on_busy_changed(self, busy: bool) -> None:
+        self._queue_panel.set_busy(busy)
+        if not busy:
+            self.update_status()
+
+    @Slot(object)
+    def _on_job_started(self, event: JobStarted) -> None:
+        request = event.request
+        self._job_id = event.job_id
+        self._display_size = (request.width, request.height)
+        self._images_total = request.images_total
+        self._previews_shown = 0
+        self.seed_drawn.emit(request.seed)
+        self._queue_panel.reset_progress("Starting…")
+        self.set_state(f"Running, seed {request.seed}")
+
+    @Slot(object)
+    def _on_model_loading(self, event: ModelLoading) -> None:
+        self._queue_panel.show_waiting(f"Loading {event.model}…")
+
+    @Slot(object)
+    def _on_model_loaded(self, event: ModelLoaded) -> None:
+        self._queue_panel.reset_progress("Model ready")
+        if not event.reused:
+            self.set_state(f"Loaded {event.model} in {event.seconds:.1f} s")
+
+    @Slot(object)
+    def _on_step_progressed(self, event: StepProgress) -> None:
+        if event.job_id == self._job_id:
+            self._queue_panel.show_progress(event.step, event.total, event.batch_index, event.batch_count)
+
+    @Slot(object)
+    def _on_preview_ready(self, event: PreviewReady) -> None:
+        if event.job_id != self._job_id:
+            return
+        try:
+            self._canvas.show_preview(event.image, self._display_size)
+        except ValueError:
+            return  # a malformed preview is not worth interrupting the job for
+        self._previews_shown += 1
+        self.preview_shown.emit()
+
+    @Slot(object)
+    def _on_job_warning(self, event: JobWarning) -> None:
+        self._message_bar.show_message(event.message, "warning", append=True)
+
+    @Slot(object)
+    def _on_image_saved(self, event: ImageSaved) -> None:
+        self.set_state(f"Saved {event.index + 1}/{self._images_total}")
+
+    @Slot(object)
+    def _on_image_unsaved(self, event: ImageUnsaved) -> None:
+        count = len(self._controller.pending_images)
+        self._message_bar.show_message(
+            f"{event.message} {count} image{'s are' if count != 1 else ' is'} kept in memory: use "
+            "File > Save unsaved images… to put them in another folder.",
+            "error",
+        )
+
+    @Slot(object)
+    def _on_job_finished(self, event: JobFinished) -> None:
+        self.results_ready.emit(list(event.paths), list(event.seeds))
+        count = len(event.paths)
+        self.set_state(f"Done: {count} image{'s' if count != 1 else ''} in {event.seconds:.1f} s")
+
+    @Slot(object)
+    def _on_job_failed(self, event: JobFailed) -> None:
+        self._message_bar.show_message(event.message, "error", append=True)
+        if event.job_id == self._job_id:
+            self._queue_panel.reset_progress("Failed")
+        self.set_state("Failed")
+
+    @Slot(object)
+    def _on_job_cancelled(self, event: JobCancelled) -> None:
+        if event.job_id == self._job_id:
+            self._queue_panel.reset_progress("Cancelled")
+            self.set_state("Cancelled")
+        else:
+            self.update_status()

@@ -1,0 +1,182 @@
+"""The parameter panel is bound to its `ParameterModel` both ways, field by field, and the request of
+the next job is built from the model. The widget readers and writers here are the test's own, so a
+binding missing from the panel shows as a field that does not follow."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from PySide6.QtWidgets import QComboBox, QDoubleSpinBox
+
+from desktop.engine.backends.schedulers import SAMPLER_NAMES
+from desktop.engine.request import GenerationRequest, LoraRef
+from desktop.ui.parameter_model import PARAMETER_FIELDS, ParameterModel, Parameters, build_request
+from desktop.ui.parameter_panel import ParameterPanel
+
+# Every field away from its default, so a field that is not carried shows.
+CHANGED = Parameters(
+    model="not-in-the-folder",
+    sampler=SAMPLER_NAMES[-1],
+    steps=12,
+    cfg_scale=4.5,
+    seed=4_000_000_000,
+    width=832,
+    height=1216,
+    batch_count=3,
+    batch_size=2,
+    clip_skip=2,
+    emphasis="No norm",
+    device="cpu",
+    precision="fp16",
+    memory_mode="tiled",
+    fast_mode=True,
+    loras=(LoraRef("inkwash", 0.5),),
+)
+# Request fields that are not settings of the panel: the prompt editor's and the canvas's.
+NOT_PARAMETERS = {
+    "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
+    "padding", "resize_mode",
+}
+
+
+def _combo_data(combo: QComboBox) -> Any:
+    return combo.currentData()
+
+
+def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
+    return {
+        "model": lambda: _combo_data(panel.model_combo),
+        "sampler": lambda: _combo_data(panel.sampler_combo),
+        "steps": panel.steps_spin.value,
+        "cfg_scale": panel.cfg_spin.value,
+        "seed": lambda: int(panel.seed_spin.value()),
+        "width": panel.width_spin.value,
+        "height": panel.height_spin.value,
+        "batch_count": panel.batch_count_spin.value,
+        "batch_size": panel.batch_size_spin.value,
+        "clip_skip": panel.clip_skip_spin.value,
+        "emphasis": lambda: _combo_data(panel.emphasis_combo),
+        "device": lambda: _combo_data(panel.device_combo),
+        "precision": lambda: _combo_data(panel.precision_combo),
+        "memory_mode": lambda: _combo_data(panel.memory_combo),
+        "fast_mode": panel.fast_check.isChecked,
+        "loras": lambda: tuple(
+            LoraRef(name.currentData(), weight.value())
+            for name, weight in zip(
+                panel.lora_list.findChildren(QComboBox, "lora_name_combo"),
+                panel.lora_list.findChildren(QDoubleSpinBox, "lora_weight_spin"),
+                strict=True,
+            )
+        ),
+    }
+
+
+def _select(combo: QComboBox, value: object) -> None:
+    if combo.findData(value) < 0:
+        combo.addItem(str(value), value)
+    combo.setCurrentIndex(combo.findData(value))
+
+
+def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
+    """What a user does, widget by widget."""
+    _select(panel.model_combo, target.model)
+    _select(panel.sampler_combo, target.sampler)
+    panel.steps_spin.setValue(target.steps)
+    panel.cfg_spin.setValue(target.cfg_scale)
+    panel.seed_spin.setValue(target.seed)
+    panel.width_spin.setValue(target.width)
+    panel.height_spin.setValue(target.height)
+    panel.batch_count_spin.setValue(target.batch_count)
+    panel.batch_size_spin.setValue(target.batch_size)
+    panel.clip_skip_spin.setValue(target.clip_skip)
+    _select(panel.emphasis_combo, target.emphasis)
+    _select(panel.device_combo, target.device)
+    _select(panel.precision_combo, target.precision)
+    _select(panel.memory_combo, target.memory_mode)
+    panel.fast_check.setChecked(target.fast_mode)
+    panel.lora_list.set_names([ref.name for ref in target.loras])
+    for ref in target.loras:
+        panel.lora_list.add_row(ref.name, ref.weight)
+
+
+@pytest.fixture
+def panel(qtbot) -> ParameterPanel:
+    panel = ParameterPanel(ParameterModel())
+    qtbot.addWidget(panel)
+    return panel
+
+
+def test_the_changed_parameters_differ_from_the_defaults_in_every_field() -> None:
+    defaults = Parameters()
+    assert [name for name in PARAMETER_FIELDS if getattr(CHANGED, name) == getattr(defaults, name)] == []
+
+
+def test_setting_the_model_updates_every_widget(panel: ParameterPanel) -> None:
+    readers = _readers(panel)
+    assert set(readers) == set(PARAMETER_FIELDS)
+    panel.model.set_parameters(CHANGED)
+    shown = {name: read() for name, read in readers.items()}
+    assert shown == dataclasses.asdict(CHANGED) | {"loras": CHANGED.loras}
+    assert panel.model.parameters == CHANGED  # showing changed nothing back
+
+
+def test_editing_every_widget_updates_the_model(panel: ParameterPanel) -> None:
+    changed: list[str] = []
+    panel.model.field_changed.connect(lambda name, _value: changed.append(name))
+    _edit_every_widget(panel, CHANGED)
+    assert panel.model.parameters == CHANGED
+    # One change per field (the LoRA row twice: added, then its weight), no echo from the widgets.
+    assert sorted(set(changed)) == sorted(PARAMETER_FIELDS)
+    assert len([name for name in changed if name != "loras"]) == len(PARAMETER_FIELDS) - 1
+
+
+def test_the_request_is_built_from_the_model_with_every_field(panel: ParameterPanel) -> None:
+    request = build_request(CHANGED, "a cat", "blurry")
+    assert (request.prompt, request.negative_prompt) == ("a cat", "blurry")
+    assert {name: getattr(request, name) for name in PARAMETER_FIELDS} == dataclasses.asdict(CHANGED) | {
+        "loras": CHANGED.loras
+    }
+    panel.model.set_parameters(CHANGED)
+    assert panel.model.request("a cat", "blurry") == request
+    # A new request field is either a setting here or named as someone else's.
+    request_fields = {field.name for field in dataclasses.fields(GenerationRequest)}
+    assert request_fields - NOT_PARAMETERS == set(PARAMETER_FIELDS)
+
+
+def test_a_reused_request_sets_the_model_and_one_without_a_model_keeps_the_current(panel: ParameterPanel) -> None:
+    panel.model.set_from_request(build_request(CHANGED, "p"))
+    assert panel.model.parameters == CHANGED
+    panel.model.set_from_request(GenerationRequest(prompt="p", model="", steps=7))
+    assert (panel.model.value("model"), panel.model.value("steps")) == (CHANGED.model, 7)
+
+
+def test_a_value_no_widget_can_show_becomes_the_value_shown(panel: ParameterPanel) -> None:
+    before = panel.model.value("sampler")
+    panel.model.update(sampler="no such sampler", steps=5)
+    # The job runs with what the user sees, not with a value the panel silently cannot show.
+    assert panel.model.value("sampler") == before == panel.sampler_combo.currentData()
+    assert panel.steps_spin.value() == 5
+
+
+def test_an_unknown_field_is_refused(panel: ParameterPanel) -> None:
+    with pytest.raises(ValueError, match="Not a parameter: colour"):
+        panel.model.update(colour="red")
+
+
+def test_setting_values_the_model_already_has_says_nothing(qtbot, panel: ParameterPanel) -> None:
+    panel.model.set_parameters(CHANGED)
+    with qtbot.assertNotEmitted(panel.model.field_changed):
+        panel.model.set_parameters(CHANGED)
+        panel.model.update(steps=CHANGED.steps)
+    with qtbot.waitSignal(panel.model.field_changed, timeout=1000) as changed:
+        panel.model.set_from_request(dataclasses.replace(build_request(CHANGED, "p"), steps=9))
+    assert changed.args == ["steps", 9]
+
+
+def test_a_request_without_a_model_keeps_the_model_even_without_a_panel() -> None:
+    model = ParameterModel(CHANGED)
+    model.set_from_request(GenerationRequest(prompt="p", model=""))
+    assert model.value("model") == CHANGED.model
