@@ -134,7 +134,7 @@ class SettingsStore:
         """Read the file; whatever cannot be used is replaced by defaults and said in `problems`."""
         self.problems = []
         try:
-            data = read_json_file(self._path, label=f"The settings file {self._path}", missing_ok=True,
+            data = read_json_file(self._path, label=f"the settings file {self._path}", missing_ok=True,
                                   error=MarbleError)
         except MarbleError as error:
             self._problem(f"{error} Using the default settings; the file is replaced at the next save.")
