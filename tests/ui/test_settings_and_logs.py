@@ -19,6 +19,7 @@ import desktop
 from desktop.app import build_main_window
 from desktop.bridge.controller import GenerationController
 from desktop.engine.app_log import log_file_path, start_log_file, stop_log_file
+from desktop.engine.errors import ModelError
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.runner import JobRunner
@@ -180,8 +181,14 @@ def log_folder(tmp_path: Path) -> Iterator[Path]:
         stop_log_file(handler)
 
 
-def test_a_failed_job_writes_its_request_and_traceback_to_the_log(qtbot, studio: Studio, log_folder: Path) -> None:
-    studio.backend.fail_with, studio.backend.fail_at_step = RuntimeError("the sampler tripped"), 2
+@pytest.mark.parametrize(
+    ("error", "fail_at"),
+    [(RuntimeError("the sampler tripped"), "generate"), (ModelError("the sampler tripped"), "load")],
+)
+def test_a_failed_job_writes_its_request_and_traceback_to_the_log(
+    qtbot, studio: Studio, log_folder: Path, error: Exception, fail_at: str
+) -> None:
+    studio.backend.fail_with, studio.backend.fail_at, studio.backend.fail_at_step = error, fail_at, 2
     studio.window.prompt_editor.set_prompts("a marble owl", "")
     with qtbot.waitSignal(studio.controller.job_failed, timeout=TIMEOUT_MS) as failed:
         qtbot.mouseClick(studio.window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
@@ -189,10 +196,12 @@ def test_a_failed_job_writes_its_request_and_traceback_to_the_log(qtbot, studio:
     job_id = failed.args[0].job_id
     text = log_file_path(log_folder).read_text(encoding="utf-8")
     assert f"job {job_id} started: " in text and "prompt='a marble owl'" in text
-    assert f"job {job_id}: model {FAKE_MODEL} loaded in " in text
-    failure = text[text.index(f"job {job_id} failed (RuntimeError)"):]
+    if fail_at == "generate":
+        assert f"job {job_id}: model {FAKE_MODEL} loaded in " in text
+    kind = type(error).__name__
+    failure = text[text.index(f"job {job_id} failed ({kind})"):]
     assert "Traceback (most recent call last):" in failure
-    assert "fake_backend.py" in failure and "RuntimeError: the sampler tripped" in failure
+    assert "fake_backend.py" in failure and f"{kind}: the sampler tripped" in failure
 
 
 def test_uncaught_exceptions_show_a_dialog_log_and_the_app_keeps_running(
