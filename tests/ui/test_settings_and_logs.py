@@ -174,11 +174,13 @@ def test_theme_switch_changes_the_palette(qtbot) -> None:
 @pytest.fixture
 def log_folder(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "logs"
+    level = logging.getLogger("desktop").level
     handler = start_log_file(folder)
     try:
         yield folder
     finally:
         stop_log_file(handler)
+        logging.getLogger("desktop").setLevel(level)
 
 
 @pytest.mark.parametrize(
