@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QDesktopServices, QKeySequence, QPalette
 from PySide6.QtWidgets import QApplication, QCheckBox, QComboBox, QDialog, QMessageBox, QSpinBox
 
@@ -220,10 +220,12 @@ def test_uncaught_exceptions_show_a_dialog_log_and_the_app_keeps_running(
     hook.install()
     try:
         assert sys.excepthook == hook._excepthook
-        try:
+
+        def failing_slot() -> None:
             raise ValueError("a slot went wrong")
-        except ValueError:
-            sys.excepthook(*sys.exc_info())
+
+        # A real slot raising inside the event loop: PySide hands the exception to sys.excepthook.
+        QTimer.singleShot(0, failing_slot)
         qtbot.waitUntil(lambda: len(shown) == 1, timeout=TIMEOUT_MS)
         assert "ValueError: a slot went wrong" in shown[0]
         assert str(log_file_path(log_folder)) in shown[0]
