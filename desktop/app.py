@@ -7,6 +7,8 @@ with another runner factory (`build_main_window`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
 import sqlite3
 import sys
 import time
@@ -20,9 +22,11 @@ from PySide6.QtWidgets import QApplication, QWidget
 import desktop
 from desktop.bridge.controller import GenerationController
 from desktop.bridge.history_model import HistoryModel
+from desktop.bridge.job_log import JobLog
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.bridge.single_instance import SingleInstance, instance_name
 from desktop.bridge.worker import RunnerFactory
+from desktop.engine.app_log import log_file_path, start_log_file
 from desktop.engine.edit_inputs import inputs_folder
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryStore, explain_database_error
@@ -33,10 +37,14 @@ from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
+from desktop.engine.settings import SettingsStore
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
+from desktop.ui.error_hook import ErrorHook
 from desktop.ui.history_panel import HistoryPanel
-from desktop.ui.main_window import MainWindow, apply_theme
+from desktop.ui.main_window import MainWindow
 from desktop.ui.self_test import SelfTest
+from desktop.ui.settings_integration import SettingsIntegration
+from desktop.ui.theme import ThemeManager, apply_theme
 
 APP_NAME = "Marble Studio"
 ORGANIZATION = "Marble"
@@ -69,12 +77,14 @@ def build_main_window(
     runner_factory: RunnerFactory,
     catalog: ModelCatalog | None = None,
     history: HistoryStore | None = None,
+    settings: SettingsStore | None = None,
 ) -> tuple[MainWindow, GenerationController]:
     """The window and its controller (whose thread is already running). The caller shows the window
     and must call `controller.shutdown()` when done.
 
     With a history store, the window gets the history panel, the controller persists its queue, and
-    the store is checked against the image folder in the background."""
+    the store is checked against the image folder in the background. With a settings store, the
+    window gets Edit > Settings and Help > Open log folder, and the saved settings are applied."""
     catalog = catalog if catalog is not None else ModelCatalog(paths.models)
     controller = GenerationController(runner_factory, history=history)
     try:
@@ -87,6 +97,14 @@ def build_main_window(
             model = HistoryModel(history, QThreadPool(window))
             window.add_history_panel(HistoryPanel(model, controller))
             model.reconcile_in_background()
+        window.job_log = JobLog(controller, window)
+        if settings is not None:
+            app = QApplication.instance()
+            assert isinstance(app, QApplication)
+            window.settings_integration = SettingsIntegration(
+                window, settings, ThemeManager(app, parent=window), log_folder=paths.logs
+            )
+            window.settings_integration.apply_at_start()
     except BaseException:
         # The controller's thread is already running; a QThread destroyed while running aborts the process.
         controller.shutdown()
@@ -124,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    log_file = start_logging(paths)
+    settings = SettingsStore.open(paths.settings_file)
+    paths = with_chosen_folders(paths, settings)
 
     QApplication.setApplicationName(APP_NAME)
     QApplication.setOrganizationName(ORGANIZATION)
@@ -136,12 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("marble-studio: Marble Studio is already running with this data folder; its window was brought "
               "forward.", file=sys.stderr)
         return 0
-    apply_theme(app)
+    apply_theme(app, settings.get("theme"))
 
     resources = Resources.default()
     app.setWindowIcon(application_icon(resources))
     install_demo(paths, resources)
-    window, controller, history = build_app_window(paths, resources)
+    window, controller, history = build_app_window(paths, resources, settings)
     # Cancel the running job and join the generation thread before Qt tears the objects down.
     app.aboutToQuit.connect(controller.shutdown)
     instance.activation_requested.connect(lambda: bring_forward(window))
@@ -149,7 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         SelfTest(app, window, started, report=args.self_test_report)
     window.show()
     window.load_token_counter(resources.tokenizers / TOKENIZER_FOLDER / "merges.txt", paths.embeddings)
-    code = app.exec()
+    error_hook = ErrorHook(window, log_file)
+    error_hook.install()
+    try:
+        code = app.exec()
+    finally:
+        error_hook.uninstall()
     # A quit right after start can come while background reads (the model scan, the counter's merges,
     # the history check) still run; they finish before the objects they report to go with this frame.
     for pool in window.findChildren(QThreadPool):
@@ -177,15 +203,39 @@ def application_icon(resources: Resources) -> QIcon:
     return icon
 
 
+def start_logging(paths: AppPaths) -> Path | None:
+    """The rotating log in the logs folder; None (and a line on stderr) when it cannot be written."""
+    try:
+        start_log_file(paths.logs)
+    except OSError as error:
+        print(f"marble-studio: no log file: cannot write in {paths.logs}: {error}", file=sys.stderr)
+        return None
+    logging.getLogger("desktop").info("Marble Studio %s starting, data in %s", desktop.__version__,
+                                      paths.models.parent)
+    return log_file_path(paths.logs)
+
+
+def with_chosen_folders(paths: AppPaths, settings: SettingsStore) -> AppPaths:
+    """The paths with the output folder the user chose in the settings (empty: the app's own)."""
+    chosen = settings.get("output_folder")
+    if not chosen:
+        return paths
+    return dataclasses.replace(paths, outputs=Path(chosen).expanduser())
+
+
 def build_app_window(
-    paths: AppPaths, resources: Resources
+    paths: AppPaths, resources: Resources, settings: SettingsStore | None = None
 ) -> tuple[MainWindow, GenerationController, HistoryStore | None]:
     """The window as `main` shows it, over the diffusers backend; a history that cannot be opened is
     said in the window's message bar (the window still works, without the history panel)."""
-    catalog = ModelCatalog(paths.models)
+    models_folder = settings.get("models_folder") if settings is not None else ""
+    catalog = ModelCatalog(Path(models_folder).expanduser() if models_folder else paths.models)
     history, problem = open_history(paths)
-    factory = diffusers_runner_factory(paths, resources, catalog, ImageWriter(paths.outputs), history=history)
-    window, controller = build_main_window(paths, factory, catalog, history)
+    preview_every = settings.get("preview_every") if settings is not None else 1
+    factory = diffusers_runner_factory(
+        paths, resources, catalog, ImageWriter(paths.outputs), preview_every=preview_every, history=history
+    )
+    window, controller = build_main_window(paths, factory, catalog, history, settings)
     if problem:
         window.message_bar.show_message(problem, "error")
     return window, controller, history

@@ -73,3 +73,7 @@ def test_self_test_generates_through_the_real_window(tmp_path):
     assert len(saved) == 1 and f"self-test: passed: {saved[0]}" in done.stdout
     # The same lines in the report file, for a windowed executable without stdout.
     assert (tmp_path / "report.txt").read_text(encoding="utf-8") == done.stdout
+    # The start kept its story in the log folder: the job's request and how long it took.
+    log_text = (tmp_path / "home" / "logs" / "marble-studio.log").read_text(encoding="utf-8")
+    assert "Marble Studio" in log_text and "started: " in log_text and "model='marble-demo'" in log_text
+    assert " finished in " in log_text and saved[0].name in log_text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal, Slot
@@ -40,7 +41,8 @@ class GenerationWorker(QObject):
         except Exception as error:  # noqa: BLE001 - e.g. torch missing: report it, keep the thread alive
             state = JobState.FAILED
             self.event_emitted.emit(
-                JobFailed(job.id, f"The generation engine could not start: {error}", type(error).__name__)
+                JobFailed(job.id, f"The generation engine could not start: {error}", type(error).__name__,
+                          traceback.format_exc())
             )
         self.job_done.emit(job.id, state.value)
 

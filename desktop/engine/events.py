@@ -92,6 +92,8 @@ class JobFailed:
     job_id: str
     message: str
     error_type: str
+    # The formatted traceback, for the log file (never shown to the user); "" when there is none.
+    detail: str = ""
 
 
 @dataclass(frozen=True)

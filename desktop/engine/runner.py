@@ -10,6 +10,7 @@ import io
 import logging
 import sqlite3
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -75,12 +76,13 @@ class JobRunner:
         except MarbleError as error:
             job.state = JobState.FAILED
             self._journal_end(job, str(error), emit)
-            emit(JobFailed(job.id, str(error), type(error).__name__))
+            emit(JobFailed(job.id, str(error), type(error).__name__, traceback.format_exc()))
         except Exception as error:  # noqa: BLE001 - a bug in one job must not kill the worker
             log.exception("job %s failed", job.id)
             job.state = JobState.FAILED
             self._journal_end(job, str(error), emit)
-            emit(JobFailed(job.id, f"Unexpected error: {type(error).__name__}: {error}", type(error).__name__))
+            emit(JobFailed(job.id, f"Unexpected error: {type(error).__name__}: {error}", type(error).__name__,
+                           traceback.format_exc()))
         else:
             job.state = JobState.FINISHED
             self._journal_end(job, "", emit)
