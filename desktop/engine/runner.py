@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from desktop.engine.backends.base import Backend, GeneratedBatch, LoadReport, StepInfo
-from desktop.engine.errors import Cancelled, MarbleError, StorageError
+from desktop.engine.errors import Cancelled, ErrorKind, MarbleError, StorageError
 from desktop.engine.events import (
     Event,
     ImageSaved,
@@ -75,12 +75,12 @@ class JobRunner:
         except MarbleError as error:
             job.state = JobState.FAILED
             self._journal_end(job, str(error), emit)
-            emit(JobFailed(job.id, str(error), type(error).__name__))
+            emit(JobFailed(job.id, str(error), error.kind))
         except Exception as error:  # noqa: BLE001 - a bug in one job must not kill the worker
             log.exception("job %s failed", job.id)
             job.state = JobState.FAILED
             self._journal_end(job, str(error), emit)
-            emit(JobFailed(job.id, f"Unexpected error: {type(error).__name__}: {error}", type(error).__name__))
+            emit(JobFailed(job.id, f"Unexpected error: {type(error).__name__}: {error}", ErrorKind.INTERNAL))
         else:
             job.state = JobState.FINISHED
             self._journal_end(job, "", emit)
