@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import desktop
 from desktop.engine.backends.schedulers import SAMPLER_NAMES, canonical_sampler
 from desktop.engine.edit_inputs import inputs_folder, request_size
-from desktop.engine.errors import InvalidRequest, MarbleError
+from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError
 from desktop.engine.events import (
     Event,
     ImageSaved,
@@ -52,20 +52,11 @@ from desktop.engine.request import (
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.terminal_text import printable
+from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, exit_code
+from desktop.exit_codes import EXIT_MODEL as EXIT_MODEL  # re-exported: tests and scripts import the statuses here
 from desktop.history_cli import add_history_commands, default_rescue_dir, open_history, rescue, run_history
 from desktop.library_cli import GROUPS as LIBRARY_GROUPS
 from desktop.library_cli import add_library_commands, run_library
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_MODEL = 3
-EXIT_CANCELLED = 130
-# A reader that went away (`marble history list | head`): what a shell reports for a tool that SIGPIPE
-# ended, 128 + 13, as `yes | head` gives.
-EXIT_BROKEN_PIPE = 141
-
-_EXIT_FOR_ERROR = {"InvalidRequest": EXIT_BAD_INPUT, "DeviceError": EXIT_BAD_INPUT, "ModelError": EXIT_MODEL}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -183,10 +174,11 @@ def _generate(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextI
         paths.ensure()
         request = _request_from_args(args, paths).with_seed().validate()
     except MarbleError as error:
-        report(JobFailed("-", str(error), type(error).__name__))
-        return _EXIT_FOR_ERROR.get(type(error).__name__, EXIT_FAILED)
+        report(JobFailed("-", str(error), error.kind))
+        return exit_code(error.kind)
     except OSError as error:
-        report(JobFailed("-", f"Cannot create the app folders under {paths.models.parent}: {error}", "OSError"))
+        report(JobFailed("-", f"Cannot create the app folders under {paths.models.parent}: {error}",
+                          ErrorKind.STORAGE))
         return EXIT_FAILED
     return _run_request(request, args, paths, report)
 
@@ -218,7 +210,7 @@ def _run_request(
         except sqlite3.Error as error:
             # Unrecorded, the old job would be offered again and its images made twice: make none now.
             history.close_all()
-            report(JobFailed(job.id, explain_database_error(paths.history_db, error, paths.outputs), "StorageError"))
+            report(JobFailed(job.id, explain_database_error(paths.history_db, error, paths.outputs), ErrorKind.STORAGE))
             return EXIT_FAILED
     rescue_dir = Path(args.rescue_dir).expanduser() if args.rescue_dir else default_rescue_dir()
     previous = signal.signal(signal.SIGINT, lambda *_: job.cancel_token.cancel())
@@ -248,7 +240,7 @@ def _run_request(
         return EXIT_OK
     if isinstance(final, JobCancelled):
         return EXIT_CANCELLED
-    return _EXIT_FOR_ERROR.get(final.error_type, EXIT_FAILED)
+    return exit_code(final.kind)
 
 
 def _resume(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
@@ -262,13 +254,15 @@ def _resume(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO)
         finally:
             history.close_all()
     except (MarbleError, OSError) as error:
-        report(JobFailed("-", f"Cannot open the history: {error}", type(error).__name__))
+        kind = error.kind if isinstance(error, MarbleError) else ErrorKind.STORAGE
+        report(JobFailed("-", f"Cannot open the history: {error}", kind))
         return EXIT_FAILED
     except sqlite3.Error as error:
-        report(JobFailed("-", explain_database_error(paths.history_db, error, paths.outputs), "StorageError"))
+        report(JobFailed("-", explain_database_error(paths.history_db, error, paths.outputs), ErrorKind.STORAGE))
         return EXIT_FAILED
     if record is None:
-        report(JobFailed("-", f"No unfinished job {args.job!r}; `marble history jobs` lists them.", "InvalidRequest"))
+        report(JobFailed("-", f"No unfinished job {args.job!r}; `marble history jobs` lists them.",
+                         ErrorKind.INVALID_REQUEST))
         return EXIT_BAD_INPUT
     return _run_request(record.remaining_request(), args, paths, report, resumes=record.id)
 
@@ -381,8 +375,8 @@ def _json_record(event: Event) -> dict[str, Any] | None:
             return {"event": "warning", "message": message}
         case JobFinished(paths=paths, seeds=seeds, seconds=seconds):
             return {"event": "finished", "paths": list(paths), "seeds": list(seeds), "seconds": round(seconds, 3)}
-        case JobFailed(message=message, error_type=error_type):
-            return {"event": "failed", "message": message, "error": error_type}
+        case JobFailed(message=message, kind=kind):
+            return {"event": "failed", "message": message, "error": kind.value}
         case JobCancelled():
             return {"event": "cancelled"}
     return None  # previews carry pixels: not for a line-oriented stream

@@ -27,10 +27,7 @@ from desktop.engine.history import (
 )
 from desktop.engine.paths import AppPaths
 from desktop.engine.terminal_text import printable
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 # `history show` fields that may span lines (a prompt); every other field is printed on one line.
 MULTILINE_FIELDS = frozenset({"Prompt", "Negative prompt"})

@@ -16,16 +16,10 @@ from desktop.engine.errors import Cancelled, MarbleError
 from desktop.engine.library.index import Library, LibraryRecord
 from desktop.engine.paths import AppPaths
 from desktop.engine.terminal_text import printable
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_MODEL = 3
-EXIT_CANCELLED = 130
+from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK, exit_code
 
 # command word -> (library kind, plural for messages)
 GROUPS = {"models": ("model", "models"), "loras": ("lora", "LoRAs"), "embeddings": ("embedding", "embeddings")}
-_EXIT_FOR_ERROR = {"InvalidRequest": EXIT_BAD_INPUT, "ModelError": EXIT_MODEL, "Cancelled": EXIT_CANCELLED}
 
 
 def add_library_commands(
@@ -88,7 +82,7 @@ def run_library(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: Tex
                 return EXIT_OK
     except MarbleError as error:
         print(printable(f"marble: error: {error}"), file=err)
-        return _EXIT_FOR_ERROR.get(type(error).__name__, EXIT_FAILED)
+        return exit_code(error.kind)
     return EXIT_BAD_INPUT
 
 

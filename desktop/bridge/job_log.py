@@ -42,6 +42,6 @@ class JobLog(QObject):
             log.info("job %s finished in %.2f s: %s", event.job_id, event.seconds, ", ".join(event.paths))
         elif isinstance(event, JobFailed):
             detail = f"\n{event.detail.rstrip()}" if event.detail else ""
-            log.error("job %s failed (%s): %s%s", event.job_id, event.error_type, event.message, detail)
+            log.error("job %s failed (%s): %s%s", event.job_id, event.kind.value, event.message, detail)
         elif isinstance(event, JobCancelled):
             log.info("job %s cancelled", event.job_id)

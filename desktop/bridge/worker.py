@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from desktop.engine.errors import error_kind
 from desktop.engine.events import JobFailed
 from desktop.engine.jobs import Job, JobState
 from desktop.engine.runner import JobRunner
@@ -41,7 +42,7 @@ class GenerationWorker(QObject):
         except Exception as error:  # noqa: BLE001 - e.g. torch missing: report it, keep the thread alive
             state = JobState.FAILED
             self.event_emitted.emit(
-                JobFailed(job.id, f"The generation engine could not start: {error}", type(error).__name__,
+                JobFailed(job.id, f"The generation engine could not start: {error}", error_kind(error),
                           traceback.format_exc())
             )
         self.job_done.emit(job.id, state.value)

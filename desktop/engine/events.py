@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from desktop.engine.errors import ErrorKind
 from desktop.engine.request import GenerationRequest
 
 
@@ -89,9 +90,11 @@ class JobFinished:
 
 @dataclass(frozen=True)
 class JobFailed:
+    """`kind` says what went wrong for callers that act on it (an exit status, a retry offer)."""
+
     job_id: str
     message: str
-    error_type: str
+    kind: ErrorKind
     # The formatted traceback, for the log file (never shown to the user); "" when there is none.
     detail: str = ""
 

@@ -18,7 +18,7 @@ import io
 import json
 import re
 import shlex
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin
 
-from desktop.engine.backends.base import ModelInfo
+from desktop.engine.backends.base import AdapterHash, ModelInfo
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
@@ -84,13 +84,17 @@ def format_parameters(
     sampler_used: str | None = None,
     batch_pos: int | None = None,
     extra: Mapping[str, str] | None = None,
+    *,
+    loras: Sequence[AdapterHash] = (),
+    embeddings: Sequence[AdapterHash] = (),
 ) -> str:
     """A1111's `parameters` text for one image made from `request` with `seed`.
 
     `sampler_used` names the A1111 sampler the model's default scheduler corresponds to; it is only
     used when the request says "default" (without it, `Sampler` is left out rather than guessed).
-    `batch_pos` is the image's index within its batch. `extra` pairs (e.g. `Lora hashes`) go just
-    before `Version`, as A1111 places its extra generation parameters.
+    `batch_pos` is the image's index within its batch. `extra` pairs (e.g. edit settings), then
+    `Lora hashes` and `TI hashes` of the `loras` and `embeddings` used, go just before `Version`, as
+    A1111 places its extra generation parameters.
     """
     pairs: list[tuple[str, object]] = [("Steps", request.steps)]
     pairs += _sampler_pairs(request.sampler, sampler_used)
@@ -109,6 +113,7 @@ def format_parameters(
     if request.emphasis != "Original":  # A1111 writes it only when it is not the default
         pairs.append(("Emphasis", request.emphasis))
     pairs += list((extra or {}).items())
+    pairs += [("Lora hashes", adapter_hashes_text(loras)), ("TI hashes", adapter_hashes_text(embeddings))]
     pairs.append(("Version", f"marble {version}"))
 
     settings = ", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs if value not in (None, ""))
@@ -128,10 +133,15 @@ def png_text_chunks(
     sampler_used: str | None = None,
     batch_pos: int | None = None,
     extra: Mapping[str, str] | None = None,
+    *,
+    loras: Sequence[AdapterHash] = (),
+    embeddings: Sequence[AdapterHash] = (),
 ) -> dict[str, str]:
     """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON."""
     return {
-        PARAMETERS_CHUNK: format_parameters(request, seed, model, version, sampler_used, batch_pos, extra),
+        PARAMETERS_CHUNK: format_parameters(
+            request, seed, model, version, sampler_used, batch_pos, extra, loras=loras, embeddings=embeddings
+        ),
         MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used),
     }
 
@@ -167,6 +177,17 @@ def marble_json(
         document["sampler_used"] = sampler_used
     # ASCII-only JSON stays a plain tEXt chunk that every PNG reader handles.
     return json.dumps(document, ensure_ascii=True)
+
+
+def adapter_hashes_text(adapters: Sequence[AdapterHash]) -> str:
+    """A1111's `Lora hashes` / `TI hashes` value, `name: hash, name2: hash2` (empty for none): also what
+    the history records, so a row and its file's text agree."""
+    return ", ".join(f"{adapter.name}: {adapter.autov3}" for adapter in adapters)
+
+
+def written_sampler(sampler: str, sampler_used: str | None) -> str:
+    """The `Sampler` value the parameters text gets for a request's sampler (empty when unknown)."""
+    return next((str(value) for key, value in _sampler_pairs(sampler, sampler_used) if key == "Sampler"), "")
 
 
 def _sampler_pairs(sampler: str, sampler_used: str | None) -> list[tuple[str, object]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from desktop.engine.backends.base import Backend, GeneratedBatch, LoadReport, StepInfo
-from desktop.engine.errors import Cancelled, MarbleError, StorageError
+from desktop.engine.errors import Cancelled, ErrorKind, MarbleError, StorageError
 from desktop.engine.events import (
     Event,
     ImageSaved,
@@ -32,10 +32,10 @@ from desktop.engine.events import (
     PreviewReady,
     StepProgress,
 )
-from desktop.engine.history.store import JOB_CHUNK, HistoryStore, NewImage, parse_lora_hashes
+from desktop.engine.history.store import JOB_CHUNK, HistoryStore, NewImage
 from desktop.engine.imaging import edit_parameters, file_sha256
 from desktop.engine.jobs import Job, JobState
-from desktop.engine.metadata import PARAMETERS_CHUNK, parse_parameters, png_info, png_text_chunks
+from desktop.engine.metadata import adapter_hashes_text, png_info, png_text_chunks, written_sampler
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.request import GenerationRequest
 
@@ -76,12 +76,12 @@ class JobRunner:
         except MarbleError as error:
             job.state = JobState.FAILED
             self._journal_end(job, str(error), emit)
-            emit(JobFailed(job.id, str(error), type(error).__name__, traceback.format_exc()))
+            emit(JobFailed(job.id, str(error), error.kind, traceback.format_exc()))
         except Exception as error:  # noqa: BLE001 - a bug in one job must not kill the worker
             log.exception("job %s failed", job.id)
             job.state = JobState.FAILED
             self._journal_end(job, str(error), emit)
-            emit(JobFailed(job.id, f"Unexpected error: {type(error).__name__}: {error}", type(error).__name__,
+            emit(JobFailed(job.id, f"Unexpected error: {type(error).__name__}: {error}", ErrorKind.INTERNAL,
                            traceback.format_exc()))
         else:
             job.state = JobState.FINISHED
@@ -123,7 +123,9 @@ class JobRunner:
                     self._version,
                     sampler_used=batch.sampler_used,
                     batch_pos=position if request.batch_size > 1 else None,
-                    extra={**edit_extra, **dict(batch.extra_parameters)} or None,
+                    extra=edit_extra or None,
+                    loras=batch.loras,
+                    embeddings=batch.embeddings,
                 )
                 # The file names its job, so an image whose history row never got written (a kill, a
                 # full disk) still counts for that job when the next start indexes it.
@@ -142,7 +144,7 @@ class JobRunner:
                     ]
                     raise self._keep_unsaved(job.id, unsaved, len(paths), error, emit) from error
                 timings = {"load_s": report.seconds, "generate_s": batch_seconds / max(1, len(batch.images))}
-                self._record_image(job, path, seed, report, chunks, timings, emit)
+                self._record_image(job, path, seed, report, batch, timings, emit)
                 paths.append(str(path))
                 seeds.append(seed)
                 emit(ImageSaved(job.id, str(path), seed, len(paths) - 1))
@@ -184,23 +186,24 @@ class JobRunner:
         path: Path,
         seed: int,
         report: LoadReport,
-        chunks: Mapping[str, str],
+        batch: GeneratedBatch,
         timings: dict[str, float],
         emit: Emit,
     ) -> None:
-        """Record a written image in the history (one transaction) before anyone is told it exists."""
+        """Record a written image in the history (one transaction) before anyone is told it exists.
+
+        The row gets the backend's typed facts (hashes, sampler), formatted by metadata.py as in the
+        file, never parsed back out of the text written a moment before."""
         if self._history is None:
             return
-        parameters = chunks.get(PARAMETERS_CHUNK, "")
-        settings = parse_parameters(parameters).settings
         entry = NewImage(
             path=str(path),
             request=job.request,
             seed=seed,
             model_name=report.model.name,
             model_hash=report.model.hash,
-            lora_hashes=parse_lora_hashes(parameters),
-            sampler=settings.get("Sampler", ""),
+            lora_hashes=adapter_hashes_text(batch.loras),
+            sampler=written_sampler(job.request.sampler, batch.sampler_used),
             timings=timings,
             device=f"{report.device} {report.dtype}".strip(),
             job_id=job.id,

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from desktop.engine.backends.base import AdapterHash
 from desktop.engine.backends.diffusers_backend import DiffusersBackend, _pack, _prompt_arguments
 from desktop.engine.errors import ModelError
 from desktop.engine.jobs import CancelToken
@@ -60,10 +61,7 @@ def test_embedding_by_name_changes_the_image_and_nothing_else(home, tiny_sd15_di
     backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), 0)
     plain, _ = image(backend, tiny_sd15_dir, "a cat")
     with_word, batch = image(backend, tiny_sd15_dir, "a cat, inkstyle")
-    assert (
-        dict(batch.extra_parameters)["TI hashes"]
-        == f"inkstyle: {autov3_hash(home.embeddings / 'inkstyle.safetensors')}"
-    )
+    assert batch.embeddings == (AdapterHash("inkstyle", autov3_hash(home.embeddings / "inkstyle.safetensors")),)
     fresh = DiffusersBackend(
         AppPaths.for_root(home.models.parent / "empty").ensure(), Resources.default(), ModelCatalog(home.models), 0
     )
@@ -72,9 +70,9 @@ def test_embedding_by_name_changes_the_image_and_nothing_else(home, tiny_sd15_di
     # Prompts that do not use it are untouched by its token being loaded; negative prompts use it too.
     assert np.array_equal(image(backend, tiny_sd15_dir, "a cat")[0], plain)
     negative, batch = image(backend, tiny_sd15_dir, "a cat", "inkstyle")
-    assert not np.array_equal(negative, plain) and "TI hashes" in dict(batch.extra_parameters)
+    assert not np.array_equal(negative, plain) and [e.name for e in batch.embeddings] == ["inkstyle"]
     # Part of a longer word is not the embedding.
-    assert "TI hashes" not in dict(image(backend, tiny_sd15_dir, "a cat, inkstyles")[1].extra_parameters)
+    assert image(backend, tiny_sd15_dir, "a cat, inkstyles")[1].embeddings == ()
     # Through A1111's prompt syntax (weights, BREAK: the chunked encoding) the embedding expands the same.
     assert np.array_equal(image(backend, tiny_sd15_dir, "a cat, inkstyle BREAK")[0], with_word)
     assert not np.array_equal(image(backend, tiny_sd15_dir, "a cat, (inkstyle:1.3)")[0], with_word)
@@ -98,7 +96,7 @@ def test_a_multi_vector_embedding_is_never_split_across_chunks(home, tiny_sd15_d
     backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), 0)
     prompt = "cat " * 74 + "inkstyle, a dog"
     with_embedding, batch = image(backend, tiny_sd15_dir, prompt)
-    assert "TI hashes" in dict(batch.extra_parameters)
+    assert [e.name for e in batch.embeddings] == ["inkstyle"]
     pipe = backend._pipe
     vectors = pipe.tokenizer.convert_tokens_to_ids(["inkstyle", "inkstyle_1"])
     chunks = _pack(pipe.tokenizer, parse_prompt(prompt))

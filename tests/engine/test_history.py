@@ -17,7 +17,7 @@ from PIL import Image
 
 import desktop
 from desktop.engine.backends.base import ModelInfo
-from desktop.engine.errors import StorageError
+from desktop.engine.errors import ErrorKind, StorageError
 from desktop.engine.events import ImageSaved, ImageUnsaved, JobFailed, JobFinished
 from desktop.engine.history import (
     HistoryQuery,
@@ -380,7 +380,7 @@ def test_disk_full_keeps_the_images_in_memory_and_they_can_be_saved_elsewhere(
     monkeypatch.undo()
 
     failed = events[-1]
-    assert isinstance(failed, JobFailed) and failed.error_type == "StorageError"
+    assert isinstance(failed, JobFailed) and failed.kind is ErrorKind.STORAGE
     assert "disk is full" in failed.message and "3 images are kept in memory" in failed.message
     unsaved = [event for event in events if isinstance(event, ImageUnsaved)]
     assert [(e.seed, e.index) for e in unsaved] == [(10, 0), (11, 1), (12, 2)]

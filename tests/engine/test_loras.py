@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from desktop.engine.backends.base import StepInfo
+from desktop.engine.backends.base import AdapterHash, StepInfo
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.history import HistoryStore
 from desktop.engine.jobs import CancelToken, Job, JobState
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
@@ -24,7 +27,7 @@ from desktop.engine.library.lora import (
     parse_lora_arg,
     split_lora_tags,
 )
-from desktop.engine.metadata import read_text_chunks
+from desktop.engine.metadata import parse_parameters, read_text_chunks
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import GenerationRequest, LoraRef
@@ -283,7 +286,7 @@ def test_prompt_tag_equals_request_lora_and_the_tag_is_not_encoded(backend, tiny
     by_tag = generate(backend, request_for(tiny_sd15_dir, prompt=f"<lora:DETAIL:0.7> {base_prompt}"))
     by_request = generate(backend, request_for(tiny_sd15_dir, loras=(LoraRef("detail", 0.7),)))
     assert np.array_equal(pixels(by_tag.images[0]), pixels(by_request.images[0]))
-    assert dict(by_tag.extra_parameters)["Lora hashes"].startswith("detail: ")
+    assert [lora.name for lora in by_tag.loras] == ["detail"] and by_tag.loras == by_request.loras
 
 
 def test_two_loras_at_once_with_their_own_weights(backend, tiny_sd15_dir, base_image):
@@ -295,10 +298,9 @@ def test_two_loras_at_once_with_their_own_weights(backend, tiny_sd15_dir, base_i
     assert not np.array_equal(both, detail) and not np.array_equal(both, style)
     assert np.array_equal(image(LoraRef("detail", 0.8), LoraRef("PeftStyle", 0.0)), detail)
     batch = generate(backend, request_for(tiny_sd15_dir, loras=(LoraRef("detail", 0.8), LoraRef("PeftStyle", 0.6))))
-    hashes = dict(batch.extra_parameters)["Lora hashes"]
-    assert hashes == (
-        f"detail: {autov3_hash(backend._loras.catalog.get('detail').path)}, "
-        f"PeftStyle: {autov3_hash(backend._loras.catalog.get('PeftStyle').path)}"
+    assert batch.loras == (
+        AdapterHash("detail", autov3_hash(backend._loras.catalog.get("detail").path)),
+        AdapterHash("PeftStyle", autov3_hash(backend._loras.catalog.get("PeftStyle").path)),
     )
 
 
@@ -344,6 +346,36 @@ def test_runner_writes_lora_hashes_in_the_png(home, backend, tiny_sd15_dir, tmp_
     unet_only = autov3_hash(home.loras / "unet-only.safetensors")
     assert f'Lora hashes: "unet-only: {unet_only}, detail: {detail}"' in parameters
     assert parameters.startswith("a cat <lora:detail:0.5>")  # the prompt as typed, as A1111 writes it
+
+
+def _sha256_after_header(path: Path) -> str:
+    # AutoV3 computed here from the bytes, independently of the library's autov3_hash.
+    data = path.read_bytes()
+    header_size = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + header_size:]).hexdigest()
+
+
+def test_history_row_gets_the_backends_hashes_not_text_parsed_back(home, backend, tiny_sd15_single, tmp_path):
+    model_file, config = tiny_sd15_single
+    request = request_for(model_file, model_config=str(config), prompt="a cat <lora:detail:0.5>",
+                          loras=(LoraRef("unet-only", 0.3),), sampler="DPM++ 2M Karras")
+    history = HistoryStore(home.history_db, tmp_path / "out", home.thumbnails)
+    try:
+        runner = JobRunner(backend, ImageWriter(tmp_path / "out", dated=False), "test", history)
+        assert runner.run(Job(request), lambda _: None) is JobState.FINISHED
+        (row,) = history.query()
+    finally:
+        history.close_all()
+    detail = _sha256_after_header(home.loras / "detail.safetensors")[:12]
+    unet_only = _sha256_after_header(home.loras / "unet-only.safetensors")[:12]
+    assert row.lora_hashes == f"unet-only: {unet_only}, detail: {detail}"
+    assert row.model_hash == hashlib.sha256(model_file.read_bytes()).hexdigest()[:10]  # AutoV2
+    assert row.sampler == "DPM++ 2M"  # as the file says it, with `Schedule type: Karras` beside it
+    # The file's text says the same as the row.
+    settings = parse_parameters(read_text_chunks(row.path)["parameters"]).settings
+    assert (settings["Lora hashes"], settings["Model hash"], settings["Sampler"]) == (
+        row.lora_hashes, row.model_hash, row.sampler
+    )
 
 
 def test_a_lora_file_changed_on_disk_is_reloaded(home, backend, tiny_sd15_dir, tmp_path):

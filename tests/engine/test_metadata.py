@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from PIL import Image, features
 
-from desktop.engine.backends.base import ModelInfo
+from desktop.engine.backends.base import AdapterHash, ModelInfo
 from desktop.engine.backends.schedulers import SAMPLERS
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.metadata import (
     SCHEMA_VERSION,
     ImageMetadata,
+    adapter_hashes_text,
     format_parameters,
     from_marble_json,
     interpret_chunks,
@@ -99,14 +100,22 @@ def test_parameters_text_with_optional_fields() -> None:
         batch_size=2,
         clip_skip=2,
     )
-    extra = {"Lora hashes": "detail: 0123456789ab"}
-    text = format_parameters(made, 7, None, VERSION, batch_pos=1, extra=extra)
+    loras = (AdapterHash("detail", "0123456789ab"),)
+    embeddings = (AdapterHash("ink", "abcdefabcdef"), AdapterHash("bad-hands", "111111111111"))
+    text = format_parameters(made, 7, None, VERSION, batch_pos=1, extra={"Denoising strength": "0.5"},
+                             loras=loras, embeddings=embeddings)
     expected = (
         "line one\nline two\n"
         "Steps: 20, CFG scale: 7.0, Seed: 7, Size: 768x512, Model: foo, Batch size: 2, Batch pos: 1, "
-        'Clip skip: 2, Lora hashes: "detail: 0123456789ab", Version: marble 0.1.0'
+        'Clip skip: 2, Denoising strength: 0.5, Lora hashes: "detail: 0123456789ab", '
+        'TI hashes: "ink: abcdefabcdef, bad-hands: 111111111111", Version: marble 0.1.0'
     )
     assert text == expected
+    # The history stores these values as the text has them.
+    settings = parse_parameters(text).settings
+    assert settings["Lora hashes"] == adapter_hashes_text(loras) == "detail: 0123456789ab"
+    assert settings["TI hashes"] == adapter_hashes_text(embeddings)
+    assert adapter_hashes_text(()) == "" and "hashes" not in format_parameters(made, 7, None, VERSION)
 
 
 def test_default_sampler_is_written_as_the_scheduler_used() -> None:

@@ -10,6 +10,7 @@ from PIL import Image
 
 import desktop
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
+from desktop.engine.errors import ErrorKind
 from desktop.engine.events import (
     ImageSaved,
     JobCancelled,
@@ -117,7 +118,7 @@ def test_failure_is_an_event_and_the_runner_goes_on(runner, tiny_sd15_dir):
     _, state, events = run(runner, request_for("missing-model"))
     assert state is JobState.FAILED
     failed = events[-1]
-    assert isinstance(failed, JobFailed) and failed.error_type == "ModelError"
+    assert isinstance(failed, JobFailed) and failed.kind is ErrorKind.MODEL
     assert "No model named 'missing-model'" in failed.message
     _, state, _ = run(runner, request_for(tiny_sd15_dir))
     assert state is JobState.FINISHED

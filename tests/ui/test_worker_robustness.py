@@ -17,6 +17,7 @@ from diffusers import StableDiffusionPipeline
 import desktop
 from desktop.bridge.controller import GenerationController
 from desktop.engine.backends import create_diffusers_backend
+from desktop.engine.errors import ErrorKind
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
@@ -92,7 +93,7 @@ def test_out_of_memory_twice_fails_clearly_and_the_worker_runs_the_next_job(qtbo
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", always_oom)
     with qtbot.waitSignal(controller.job_failed, timeout=TIMEOUT_MS) as failed:
         controller.submit(request())
-    assert failed.args[0].error_type == "OutOfMemory"
+    assert failed.args[0].kind is ErrorKind.OUT_OF_MEMORY
     assert "ran out of memory at 64x64" in failed.args[0].message
     assert "even with VAE tiling and attention slicing" in failed.args[0].message
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", original)

@@ -24,6 +24,15 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class AdapterHash:
+    """A LoRA or textual-inversion embedding an image was made with: its library name and AutoV3 hash
+    (sha256 of the safetensors data after the header, first 12 hex), as A1111 records them."""
+
+    name: str
+    autov3: str
+
+
+@dataclass(frozen=True)
 class StepInfo:
     """One finished denoising step; `preview` is set only on steps that asked for one."""
 
@@ -43,8 +52,10 @@ class GeneratedBatch:
     # The A1111 name of the sampler that ran (what `default` resolved to), when it has one.
     sampler_used: str | None = None
     notes: tuple[str, ...] = ()
-    # Extra A1111 `parameters` pairs this batch needs in its metadata, e.g. ("Lora hashes", "a: 0123456789ab").
-    extra_parameters: tuple[tuple[str, str], ...] = ()
+    # What the images were made with, as facts: metadata.py writes them (`Lora hashes`, `TI hashes`),
+    # the history records them; nobody parses them back out of text.
+    loras: tuple[AdapterHash, ...] = ()
+    embeddings: tuple[AdapterHash, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -382,7 +382,7 @@ class DiffusersBackend:
             note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
             images = tuple(plan.source.copy() for _ in seeds)
             return GeneratedBatch(
-                images, seeds, batch_index, self._sampler_name(request), note, lora_plan.extra_parameters
+                images, seeds, batch_index, self._sampler_name(request), note, lora_plan.loras, lora_plan.embeddings
             )
         pipe = self._pipe_for(request.mode, plan)
         device = self._key.device if self._key else "cpu"
@@ -413,7 +413,7 @@ class DiffusersBackend:
         notes = (*run_notes, *first)
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(
-            images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.extra_parameters
+            images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings
         )
 
     def _run_pipeline(

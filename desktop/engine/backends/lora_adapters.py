@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends.base import AdapterHash
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
 from desktop.engine.library.lora import (
@@ -39,23 +40,9 @@ class LoraPlan:
     """What one job runs with: the request as the encoder sees it, and what its metadata says."""
 
     request: GenerationRequest  # prompt without `<lora:...>` tags; `loras` = panel + tags, merged
-    hashes: tuple[tuple[str, str], ...]  # (name, AutoV3) of each LoRA, for `Lora hashes`
+    loras: tuple[AdapterHash, ...]  # each LoRA of the job, in the request's order
     notes: tuple[str, ...] = ()
-    embedding_hashes: tuple[tuple[str, str], ...] = ()  # (name, AutoV3) of each embedding the prompts use
-
-    @property
-    def hashes_text(self) -> str | None:
-        """The value of A1111's `Lora hashes` pair: `name: hash, name2: hash2`."""
-        return ", ".join(f"{name}: {digest}" for name, digest in self.hashes) or None
-
-    @property
-    def extra_parameters(self) -> tuple[tuple[str, str], ...]:
-        pairs = []
-        if self.hashes:
-            pairs.append(("Lora hashes", ", ".join(f"{name}: {digest}" for name, digest in self.hashes)))
-        if self.embedding_hashes:
-            pairs.append(("TI hashes", ", ".join(f"{name}: {digest}" for name, digest in self.embedding_hashes)))
-        return tuple(pairs)
+    embeddings: tuple[AdapterHash, ...] = ()  # each embedding the prompts use
 
 
 @dataclass(frozen=True)
@@ -113,14 +100,14 @@ class LoraAdapters:
         refs = merge_loras(request.loras, tagged)
         # Resolve and check every LoRA before touching the pipeline: a bad name fails the job cleanly.
         chosen: list[tuple[str, _Identity, LoraInfo, Path, float]] = []
-        hashes: list[tuple[str, str]] = []
+        hashes: list[AdapterHash] = []
         for ref in refs:
             entry = self._catalog.get(ref.name)
             identity = _Identity.of(entry.path)
             info, digest = self._facts_for(identity, entry)
             check_lora_fits(info, shape, entry.name, model_name)
             chosen.append((entry.name, identity, info, entry.path, float(ref.weight)))
-            hashes.append((entry.name, digest))
+            hashes.append(AdapterHash(entry.name, digest))
 
         for name, identity, _info, path, weight in chosen:
             if weight != 0 and identity not in self._loaded:
@@ -139,7 +126,7 @@ class LoraAdapters:
 
     def _apply_embeddings(
         self, pipe: Any, text: str, shape: ModelShape, model_name: str
-    ) -> tuple[tuple[str, str], ...]:
+    ) -> tuple[AdapterHash, ...]:
         """Load each library embedding whose name the prompts use as a word (A1111 behaviour)."""
         if self._embeddings is None:
             return ()
@@ -152,7 +139,7 @@ class LoraAdapters:
             if entry.name not in self._tokens:
                 self._load_embedding(pipe, entry.name, entry.path, shape, model_name)
                 self._tokens[entry.name] = _Identity.of(entry.path)
-            used.append((entry.name, autov3_hash(entry.path)))
+            used.append(AdapterHash(entry.name, autov3_hash(entry.path)))
         return tuple(used)
 
     def _load_embedding(self, pipe: Any, name: str, path: Path, shape: ModelShape, model_name: str) -> None:
