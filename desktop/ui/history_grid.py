@@ -37,14 +37,12 @@ class HistoryDelegate(QStyledItemDelegate):
         return self.cell_size(option)
 
     def paint(self, painter: QPainter, option: QStyleOptionViewItem, index: Index) -> None:
+        # No initStyleOption: it reads every role of the row, and the view's option already has the
+        # state (selected, hovered) and palette; this draws the background, picture and caption itself.
         opt = QStyleOptionViewItem(option)
-        self.initStyleOption(opt, index)
         widget = opt.widget
         style = widget.style() if widget is not None else None
         painter.save()
-        # Selection and hover background only: icon and text are drawn below, at fixed places.
-        opt.text = ""
-        opt.icon = type(opt.icon)()
         if style is not None:
             style.drawPrimitive(QStyle.PrimitiveElement.PE_PanelItemViewItem, opt, painter, widget)
         box = QRect(opt.rect.x() + PADDING, opt.rect.y() + PADDING, self._icon_size, self._icon_size)
