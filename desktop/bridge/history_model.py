@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from pathlib import Path
@@ -144,23 +145,14 @@ class HistoryModel(QAbstractListModel):
     def fetchMore(self, parent: Index = QModelIndex()) -> None:  # noqa: B008
         if parent.isValid():
             return
-        records = self._safe(lambda: self._store.query(self._query, PAGE_SIZE, len(self._records)), [])
-        if not records:
-            self._total = len(self._records)  # the database shrank under us: stop asking
-            return
-        first = len(self._records)
-        self.beginInsertRows(QModelIndex(), first, first + len(records) - 1)
-        for offset, record in enumerate(records):
-            self._row_of[record.id] = first + offset
-        self._records.extend(records)
-        self.endInsertRows()
+        self._append(PAGE_SIZE)
 
     def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> object:
         if not index.isValid() or not 0 <= index.row() < len(self._records):
             return None
         record = self._records[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return _caption(record)
+            return caption(record)
         if role == Qt.ItemDataRole.DecorationRole:
             return self._pixmap(record)
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -195,6 +187,11 @@ class HistoryModel(QAbstractListModel):
     def refresh(self) -> None:
         """Reload after the database changed (a new image, a delete): cheap, one count and one page."""
         self._reload()
+
+    def fetch_all(self) -> None:
+        """Load every remaining row in one query (End in the grid: the user asked for the oldest)."""
+        if self.canFetchMore():
+            self._append(self._total - len(self._records))
 
     def record_at(self, row: int) -> ImageRecord | None:
         return self._records[row] if 0 <= row < len(self._records) else None
@@ -248,6 +245,18 @@ class HistoryModel(QAbstractListModel):
         if self.canFetchMore():
             self.fetchMore()
         self.query_changed.emit(self._total)
+
+    def _append(self, limit: int) -> None:
+        first = len(self._records)
+        records = self._safe(lambda: self._store.query(self._query, limit, first), [])
+        if not records:
+            self._total = first  # the database shrank under us: stop asking
+            return
+        self.beginInsertRows(QModelIndex(), first, first + len(records) - 1)
+        for offset, record in enumerate(records):
+            self._row_of[record.id] = first + offset
+        self._records.extend(records)
+        self.endInsertRows()
 
     def _safe(self, read: Callable[[], object], fallback: object) -> object:  # type: ignore[type-arg]
         try:
@@ -304,9 +313,11 @@ class HistoryModel(QAbstractListModel):
         self.reconciled.emit(result)
 
 
-def _caption(record: ImageRecord) -> str:
-    words = " ".join(record.prompt.split())
-    return words[:28] + ("…" if len(words) > 28 else "") if words else Path(record.path).name
+def caption(record: ImageRecord) -> str:
+    """Two lines that tell images apart at a glance: when, then seed and model (a batch shares the rest)."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+    seed = f"seed {record.seed}" if record.seed is not None else Path(record.path).name
+    return f"{when}\n{seed} · {record.model}" if record.model else f"{when}\n{seed}"
 
 
 def _load_thumbnail(source: str, target: str, size: int) -> QImage:

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from PySide6.QtCore import QItemSelectionModel, QSize, Qt, QTimer, QUrl, Signal, Slot
+from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QImageReader, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
-    QListView,
     QMenu,
     QPlainTextEdit,
     QPushButton,
@@ -37,6 +36,8 @@ from desktop.bridge.history_model import ICON_SIZE, HistoryModel
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryQuery, ImageRecord, ReconcileReport, export_image
 from desktop.engine.request import GenerationRequest
+from desktop.ui.history_detail import HistoryDetailView
+from desktop.ui.history_grid import HistoryGrid
 
 SEARCH_DELAY_MS = 250
 REFRESH_DELAY_MS = 300
@@ -100,21 +101,12 @@ class HistoryPanel(QWidget):
         self.trash_check = QCheckBox("Trash", objectName="history_trash_view")
         self.count_label = QLabel(objectName="history_count")
 
-        self.view = QListView(objectName="history_grid")
+        # Fixed-size cells drawn by its own delegate: see history_grid for why.
+        self.view = HistoryGrid(ICON_SIZE)
         self.view.setModel(model)
-        self.view.setViewMode(QListView.ViewMode.IconMode)
-        self.view.setResizeMode(QListView.ResizeMode.Adjust)
-        self.view.setMovement(QListView.Movement.Static)
-        self.view.setUniformItemSizes(True)  # layout is then arithmetic, not a pass over every row
-        self.view.setLayoutMode(QListView.LayoutMode.Batched)
-        self.view.setBatchSize(200)
-        self.view.setIconSize(QSize(ICON_SIZE, ICON_SIZE))
-        self.view.setGridSize(QSize(ICON_SIZE + 16, ICON_SIZE + 30))
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setVerticalScrollMode(QAbstractItemView.ScrollMode.ScrollPerPixel)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
-        # Elided one-line captions: wrapping lays out text for every item on every paint.
-        self.view.setTextElideMode(Qt.TextElideMode.ElideRight)
 
         self.details = QPlainTextEdit(objectName="history_details")
         self.details.setReadOnly(True)
@@ -131,6 +123,7 @@ class HistoryPanel(QWidget):
         self.trash_check.toggled.connect(self._on_trash_toggled)
         self.view.selectionModel().selectionChanged.connect(lambda *_: self._on_selection_changed())
         self.view.doubleClicked.connect(lambda index: self.send_to_canvas())
+        self.view.open_requested.connect(lambda index: self.open_details())
         self.view.customContextMenuRequested.connect(self._show_menu)
         self.resume_button.clicked.connect(self.resume_unfinished)
         self.dismiss_button.clicked.connect(self.dismiss_unfinished)
@@ -140,6 +133,7 @@ class HistoryPanel(QWidget):
             controller.image_saved.connect(lambda _: self._refresh_timer.start())
             controller.pending_images_changed.connect(lambda _: self._refresh_timer.start())
 
+        self.detail_view: HistoryDetailView | None = None
         self._refresh_models()
         self._on_query_changed(model.total)
         self._on_selection_changed()
@@ -157,6 +151,7 @@ class HistoryPanel(QWidget):
             self.addAction(act)
             return act
 
+        self.details_action = action("Details…", self.open_details, "history_details_open")
         self.reuse_action = action("Reuse all parameters", self.reuse_parameters, "history_reuse")
         self.reuse_seed_action = action("Reuse seed", self.reuse_seed, "history_reuse_seed")
         self.canvas_action = action("Send to canvas", self.send_to_canvas, "history_send_to_canvas")
@@ -196,8 +191,9 @@ class HistoryPanel(QWidget):
         more = QToolButton(text="More")
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(more)
-        menu.addActions([self.open_action, self.reveal_action, self.copy_action, self.export_action,
-                         self.export_private_action, self.restore_action, self.empty_trash_action])
+        menu.addActions([self.details_action, self.open_action, self.reveal_action, self.copy_action,
+                         self.export_action, self.export_private_action, self.restore_action,
+                         self.empty_trash_action])
         more.setMenu(menu)
         buttons.addWidget(more)
         buttons.addStretch(1)
@@ -285,6 +281,32 @@ class HistoryPanel(QWidget):
         return [record for row in rows if (record := self._model.record_at(row)) is not None]
 
     @Slot()
+    def open_details(self) -> None:
+        """The current image at full size with its recipe, in a window of its own (Enter in the grid)."""
+        record = self.current_record()
+        if record is None:
+            return
+        if self.detail_view is None:
+            actions = (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.copy_action,
+                       self.open_action, self.reveal_action, self.favourite_action, self.delete_action)
+            self.detail_view = HistoryDetailView(actions, _describe, self)
+            self.detail_view.step_requested.connect(self.step_selection)
+        self.detail_view.show_record(record)
+        self.detail_view.show()
+        self.detail_view.raise_()
+        self.detail_view.activateWindow()
+
+    @Slot(int)
+    def step_selection(self, step: int) -> None:
+        """Select the image `step` rows away from the current one (the detail view's Left and Right)."""
+        row = self.view.currentIndex().row() + step
+        if row >= self._model.rowCount() and self._model.canFetchMore():
+            self._model.fetchMore()
+        if 0 <= row < self._model.rowCount():
+            self.select_rows([row])
+            self.view.scrollTo(self._model.index(row))
+
+    @Slot()
     def reuse_parameters(self) -> None:
         record = self.current_record()
         request = record.request() if record else None
@@ -369,12 +391,18 @@ class HistoryPanel(QWidget):
         records = self.selected_records()
         if not records:
             return
+        row = min(self._model.row_of(record.id) for record in records)
         try:
             moved = self._model.store.trash(record.id for record in records)
         except MarbleError as error:
             self.message.emit(str(error), "error")
             moved = []
         self.refresh()
+        # The image that took the deleted one's place is selected, so Delete can be pressed again.
+        if moved and self.current_record() is None and self._model.rowCount():
+            self.select_rows([min(row, self._model.rowCount() - 1)])
+        if self.current_record() is None and self.detail_view is not None:
+            self.detail_view.close()
         if moved:
             count = len(moved)
             self.message.emit(
@@ -472,19 +500,23 @@ class HistoryPanel(QWidget):
     def _on_selection_changed(self) -> None:
         records = self.selected_records()
         record = self.current_record()
-        for act in (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.open_action,
-                    self.reveal_action, self.copy_action):
+        for act in (self.details_action, self.reuse_action, self.reuse_seed_action, self.canvas_action,
+                    self.open_action, self.reveal_action, self.copy_action):
             act.setEnabled(record is not None)
         for act in (self.export_action, self.export_private_action, self.favourite_action, self.delete_action,
                     self.restore_action):
             act.setEnabled(bool(records))
         self.details.setPlainText(_describe(record) if record is not None else "")
+        # Follows the grid; a reload clears the selection for a moment, so no image is not a reason to close.
+        if record is not None and self.detail_view is not None and self.detail_view.isVisible() \
+                and self.detail_view.record != record:
+            self.detail_view.show_record(record)
 
     def _show_menu(self, position) -> None:  # noqa: ANN001 - QPoint
         if not self.view.indexAt(position).isValid():
             return
         menu = QMenu(self)
-        menu.addActions([self.reuse_action, self.reuse_seed_action, self.canvas_action])
+        menu.addActions([self.details_action, self.reuse_action, self.reuse_seed_action, self.canvas_action])
         menu.addSeparator()
         menu.addActions([self.open_action, self.reveal_action, self.copy_action, self.export_action,
                          self.export_private_action])

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QDockWidget, QToolButton
 
 import desktop
 from desktop.app import build_main_window
 from desktop.bridge.controller import GenerationController
-from desktop.bridge.history_model import RecordRole
+from desktop.bridge.history_model import ICON_SIZE, RecordRole
 from desktop.engine.backends.base import ModelInfo
 from desktop.engine.history import HistoryStore, NewImage
 from desktop.engine.metadata import png_text_chunks, read_image_metadata
@@ -32,7 +32,9 @@ from tests.support.fake_backend import FakeBackend, colour_for
 
 pytestmark = [
     pytest.mark.qt_log_level_fail("WARNING"),
-    pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints"),
+    # Offscreen limits: floating docks and the detail window ask for these.
+    pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints",
+                              r"This plugin does not support raise\(\)"),
 ]
 
 FAKE_MODEL = "fake-model"
@@ -53,14 +55,15 @@ class HistoryStudio:
         return self.window.history_panel
 
 
-def populate(paths: AppPaths, store: HistoryStore, items: list[tuple[str, str]]) -> list[int]:
+def populate(paths: AppPaths, store: HistoryStore, items: list[tuple[str, str]],
+             size: tuple[int, int] = (64, 64)) -> list[int]:
     """Real PNGs with Marble metadata, recorded as the runner records them; (prompt, model) each."""
     writer = ImageWriter(paths.outputs / "2026-01-01", dated=False)
     ids = []
     for n, (prompt, model) in enumerate(items):
-        request = GenerationRequest(prompt=prompt, model=model, steps=12, seed=500 + n, width=64, height=64,
-                                    sampler="Euler", negative_prompt="ugly")
-        image = Image.new("RGB", (64, 64), colour_for(500 + n))
+        request = GenerationRequest(prompt=prompt, model=model, steps=12, seed=500 + n, width=size[0],
+                                    height=size[1], sampler="Euler", negative_prompt="ugly")
+        image = Image.new("RGB", size, colour_for(500 + n))
         chunks = png_text_chunks(request, 500 + n, ModelInfo(model, "/m", "sd15", None), desktop.__version__)
         path = writer.save(image, chunks, 500 + n)
         ids.append(store.record_image(NewImage(str(path), request, 500 + n, model, created=1_000_000 + n)).id)
@@ -350,3 +353,156 @@ def test_queue_states_are_journaled_as_jobs_move(qtbot, home: AppPaths):
         assert controller.unfinished_jobs() == []
     finally:
         close_studio(window, controller, store)
+
+
+# ------------------------------------------------------------------------------ the grid (issue 24)
+
+
+def activate(qtbot, window: MainWindow, panel: HistoryPanel) -> None:
+    """Keys reach the grid as a user's would: the window active, the grid focused."""
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=TIMEOUT_MS)
+    panel.view.setFocus()
+    qtbot.waitUntil(panel.view.hasFocus, timeout=TIMEOUT_MS)
+
+
+def assert_full_cells(panel: HistoryPanel) -> None:
+    """Every cell on screen is a whole thumbnail plus its caption, not a caption-high strip."""
+    model = panel.model
+    for row in range(model.rowCount()):
+        rect = panel.view.visualRect(model.index(row))
+        assert rect.height() >= ICON_SIZE + 2 * panel.view.fontMetrics().lineSpacing(), (row, rect)
+        assert rect.width() >= ICON_SIZE, (row, rect)
+
+
+def test_grid_cells_are_whole_thumbnails_after_a_restart_and_a_new_image(qtbot, hstudio: HistoryStudio):
+    window, panel = hstudio.window, hstudio.panel
+    assert_full_cells(panel)  # a restart with images in the history: nothing loaded yet
+    window.prompt_editor.set_prompts("one more")
+    with qtbot.waitSignal(panel.model.query_changed, timeout=TIMEOUT_MS):
+        with qtbot.waitSignal(hstudio.controller.job_finished, timeout=TIMEOUT_MS):
+            window.generate()
+    assert panel.model.rowCount() == 4
+    assert_full_cells(panel)  # the new row 0 has no thumbnail yet; the cells must not shrink to it
+
+
+def test_grid_keeps_whole_cells_and_reflows_when_the_panel_is_resized(qtbot, home: AppPaths):
+    seed_store = HistoryStore(home.history_db, home.outputs, home.thumbnails)
+    populate(home, seed_store, [(f"picture {n}", "model-a") for n in range(6)])
+    seed_store.close_all()
+    window, controller, store = open_studio(qtbot, home, FakeBackend(steps=1))
+    try:
+        panel = window.history_panel
+        dock = window.findChild(QDockWidget, "history_dock")
+        dock.setFloating(True)
+        model, view = panel.model, panel.view
+
+        def columns() -> int:
+            return len({view.visualRect(model.index(row)).x() for row in range(model.rowCount())})
+
+        dock.resize(view.gridSize().width() * 6 + 80, 700)
+        qtbot.waitUntil(lambda: columns() == 6, timeout=TIMEOUT_MS)
+        assert_full_cells(panel)
+        dock.resize(dock.minimumSizeHint().width(), 700)
+        qtbot.waitUntil(lambda: columns() < 6, timeout=TIMEOUT_MS)
+        assert_full_cells(panel)
+    finally:
+        close_studio(window, controller, store)
+
+
+def test_thumbnails_keep_their_aspect_ratio_and_captions_tell_images_apart(qtbot, home: AppPaths):
+    seed_store = HistoryStore(home.history_db, home.outputs, home.thumbnails)
+    populate(home, seed_store, [("same prompt", "model-a"), ("same prompt", "model-a")], size=(128, 64))
+    seed_store.close_all()
+    window, controller, store = open_studio(qtbot, home, FakeBackend(steps=1))
+    try:
+        panel = window.history_panel
+        model, view = panel.model, panel.view
+        qtbot.waitUntil(lambda: model.data(model.index(0), Qt.ItemDataRole.DecorationRole) is not None,
+                        timeout=TIMEOUT_MS)
+        captions = [model.data(model.index(row), Qt.ItemDataRole.DisplayRole) for row in range(2)]
+        assert captions[0] != captions[1]
+        assert "seed 501" in captions[0] and "model-a" in captions[0] and "1970-01-" in captions[0]
+        view.clearSelection()
+        frame = view.viewport().grab().toImage()
+        rect = view.visualRect(model.index(0))
+        centre = rect.center().x()
+        box_top = rect.top() + 4  # the delegate's padding
+        # A 2:1 image in a square box: its colour in the middle band, background above and below it.
+        assert frame.pixelColor(centre, box_top + ICON_SIZE // 2).getRgb()[:3] == pytest.approx(
+            colour_for(501), abs=3)
+        background = frame.pixelColor(centre, box_top + 8).getRgb()[:3]
+        assert background != pytest.approx(colour_for(501), abs=3)
+    finally:
+        close_studio(window, controller, store)
+
+
+def test_keyboard_moves_through_the_grid_and_end_reaches_the_oldest(qtbot, home: AppPaths, monkeypatch):
+    monkeypatch.setattr("desktop.bridge.history_model.PAGE_SIZE", 4)  # the oldest images are not fetched yet
+    seed_store = HistoryStore(home.history_db, home.outputs, home.thumbnails)
+    populate(home, seed_store, [(f"picture {n}", "m") for n in range(60)])
+    seed_store.close_all()
+    window, controller, store = open_studio(qtbot, home, FakeBackend(steps=1))
+    try:
+        panel = window.history_panel
+        activate(qtbot, window, panel)
+        assert panel.model.rowCount() < 60
+        qtbot.keyClick(panel.view, Qt.Key.Key_Home)
+        assert panel.current_record().prompt == "picture 59"
+        qtbot.keyClick(panel.view, Qt.Key.Key_Right)
+        assert panel.current_record().prompt == "picture 58"
+        qtbot.keyClick(panel.view, Qt.Key.Key_Down)  # one grid line down
+        row = panel.view.currentIndex().row()
+        assert row > 1 and panel.view.visualRect(panel.view.currentIndex()).x() == panel.view.visualRect(
+            panel.model.index(1)).x()
+        qtbot.keyClick(panel.view, Qt.Key.Key_End)
+        assert panel.current_record().prompt == "picture 0"
+        qtbot.keyClick(panel.view, Qt.Key.Key_Left)
+        assert panel.current_record().prompt == "picture 1"
+        qtbot.keyClick(panel.view, Qt.Key.Key_Home)
+        assert [r.prompt for r in panel.selected_records()] == ["picture 59"]
+    finally:
+        close_studio(window, controller, store)
+
+
+def test_delete_key_trashes_and_selects_the_next_image(qtbot, hstudio: HistoryStudio):
+    panel = hstudio.panel
+    activate(qtbot, hstudio.window, panel)
+    qtbot.keyClick(panel.view, Qt.Key.Key_Home)
+    first = panel.current_record()
+    qtbot.keyClick(panel.view, Qt.Key.Key_Delete)
+    assert hstudio.store.get(first.id).trashed
+    assert panel.current_record().prompt == "a blue whale, deep sea"  # so Delete can be pressed again
+    qtbot.keyClick(panel.view, Qt.Key.Key_Delete)
+    assert prompts(panel) == ["a red fox in the snow"]
+
+
+def test_enter_opens_the_detail_view_with_the_image_and_its_recipe(qtbot, hstudio: HistoryStudio):
+    window, panel = hstudio.window, hstudio.panel
+    activate(qtbot, window, panel)
+    select(panel, "a blue whale, deep sea")
+    qtbot.keyClick(panel.view, Qt.Key.Key_Return)
+    detail = panel.detail_view
+    assert detail is not None and detail.isVisible()
+    full = detail.image_label.full_pixmap
+    assert (full.width(), full.height()) == (64, 64)
+    assert full.toImage().pixelColor(5, 5).getRgb()[:3] == colour_for(501)
+    recipe = detail.recipe.toPlainText()
+    # The file's own A1111 text first (prompt, negative, parameters), then what only the history knows.
+    assert recipe.startswith("a blue whale, deep sea\nNegative prompt: ugly\nSteps: 12, Sampler: Euler")
+    assert "Seed: 501" in recipe and "Model: model-b" in recipe and f"File: {detail.record.path}" in recipe
+
+    detail.activateWindow()
+    qtbot.waitUntil(detail.isActiveWindow, timeout=TIMEOUT_MS)
+    qtbot.keyClick(detail, Qt.Key.Key_Right)  # the next image, the grid following
+    assert detail.record.prompt == "a red fox in the snow" == panel.current_record().prompt
+    assert detail.recipe.toPlainText().startswith("a red fox in the snow")
+
+    buttons = {button.defaultAction(): button for button in detail.findChildren(QToolButton)}
+    qtbot.mouseClick(buttons[panel.reuse_action], Qt.MouseButton.LeftButton)
+    assert window.prompt_editor.prompt() == "a red fox in the snow"
+    fox = detail.record
+    qtbot.keyClick(detail, Qt.Key.Key_Delete)  # the panel's shortcut works in the detail window
+    assert hstudio.store.get(fox.id).trashed
+    assert "a red fox in the snow" not in prompts(panel)
+    assert detail.record.prompt == panel.current_record().prompt == "a blue whale, deep sea"
