@@ -19,7 +19,7 @@ import desktop
 from desktop.app import build_main_window
 from desktop.bridge.controller import GenerationController
 from desktop.engine.app_log import log_file_path, start_log_file, stop_log_file
-from desktop.engine.errors import ModelError
+from desktop.engine.errors import ModelError, error_kind
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.runner import JobRunner
@@ -200,10 +200,10 @@ def test_a_failed_job_writes_its_request_and_traceback_to_the_log(
     assert f"job {job_id} started: " in text and "prompt='a marble owl'" in text
     if fail_at == "generate":
         assert f"job {job_id}: model {FAKE_MODEL} loaded in " in text
-    kind = type(error).__name__
+    kind = error_kind(error).value
     failure = text[text.index(f"job {job_id} failed ({kind})"):]
     assert "Traceback (most recent call last):" in failure
-    assert "fake_backend.py" in failure and f"{kind}: the sampler tripped" in failure
+    assert "fake_backend.py" in failure and f"{type(error).__name__}: the sampler tripped" in failure
 
 
 def test_uncaught_exceptions_show_a_dialog_log_and_the_app_keeps_running(
