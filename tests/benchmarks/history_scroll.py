@@ -57,9 +57,9 @@ def fill(paths: AppPaths, store: HistoryStore, count: int) -> float:
             "request_json": json.dumps({"prompt": prompt, "model": f"model-{n % 5}", "seed": n}),
             "timings_json": "{}", "device": "cuda fp16", "source": "marble", "job_id": None,
         })
-    with store._transaction() as tx:  # noqa: SLF001 - a bulk import, one transaction instead of 20,000
+    with store._db.transaction() as tx:  # noqa: SLF001 - a bulk import, one transaction instead of 20,000
         for row in rows:
-            store._upsert_image(tx, row)  # noqa: SLF001
+            store._images.upsert(tx, row)  # noqa: SLF001
     return time.perf_counter() - started
 
 

@@ -86,7 +86,7 @@ def test_database_is_wal_with_busy_timeout_foreign_keys_and_a_version(store: His
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.target_version()
     conn.close()
     # The store's own connection carries the per-connection settings.
-    own = store._conn()
+    own = store._db.connection()
     assert own.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
     assert own.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.has_full_text_search
@@ -109,7 +109,7 @@ def test_migration_backs_up_the_database_first(paths: AppPaths, monkeypatch):
     assert old.execute("PRAGMA user_version").fetchone()[0] == 1
     assert old.execute("SELECT count(*) FROM images").fetchone()[0] == 1
     old.close()
-    conn = second._conn()
+    conn = second._db.connection()
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     assert conn.execute("SELECT rating FROM images").fetchall() == [(0,)]
     second.close_all()
@@ -177,7 +177,7 @@ def test_search_filters_and_sort(store: HistoryStore, paths: AppPaths):
 def test_search_without_fts5_falls_back_to_like(store: HistoryStore, paths: AppPaths, monkeypatch):
     for n, prompt in enumerate(["a red fox", "100% pure_ocean", "blue whale"]):
         store.record_image(NewImage(str(paths.outputs / f"{n}.png"), request_for(prompt=prompt), n, "m"))
-    monkeypatch.setattr(store, "_fts", False)
+    monkeypatch.setattr(store._images, "full_text", False)
     assert [r.prompt for r in store.query(HistoryQuery(text="FOX"))] == ["a red fox"]
     assert [r.prompt for r in store.query(HistoryQuery(text="100%"))] == ["100% pure_ocean"]
     assert store.count(HistoryQuery(text="whale blue")) == 1
@@ -258,7 +258,7 @@ def test_a_partial_file_of_a_live_writer_is_left_alone(store: HistoryStore, path
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         store.add_job("job-live", request_for(), "running")
-        conn = store._conn()
+        conn = store._db.connection()
         conn.execute("UPDATE jobs SET pid = ? WHERE id = 'job-live'", (writer.pid,))
         partial = paths.outputs / ".00001-1.png.partial"
         partial.write_bytes(b"being written")
@@ -279,7 +279,7 @@ def test_unfinished_jobs_of_dead_processes_are_offered_with_what_remains(store: 
     store.add_job("job-dead", request, "running")
     store.add_job("job-queued", request_for(prompt="queued"), "queued")
     store.add_job("job-done", request_for(), "finished")
-    conn = store._conn()
+    conn = store._db.connection()
     conn.execute("UPDATE jobs SET pid = ?", (dead_pid(),))
     for k in range(5):  # batches 0 and 1 written, batch 2 half written
         store.record_image(NewImage(str(paths.outputs / f"{k}.png"), request, 100 + k, "m", job_id="job-dead"))

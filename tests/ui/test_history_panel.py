@@ -285,7 +285,7 @@ def test_unfinished_jobs_are_offered_and_run_again(qtbot, home: AppPaths):
     store.add_job("job-old", request, "running")
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
-    store._conn().execute("UPDATE jobs SET pid = ?", (child.pid,))
+    store._db.connection().execute("UPDATE jobs SET pid = ?", (child.pid,))
     store.record_image(NewImage(str(home.outputs / "gone.png"), request, 10, FAKE_MODEL, job_id="job-old"))
     store.close_all()
 

@@ -34,6 +34,7 @@ POINTS = ("step", "half", "partial", "png", "row", "now")
 def _install(action: str, point: str, nth: int) -> None:
     from desktop.engine import outputs
     from desktop.engine.events import StepProgress
+    from desktop.engine.history.database import Database
     from desktop.engine.history.store import HistoryStore
     from desktop.engine.runner import JobRunner
 
@@ -89,7 +90,7 @@ def _install(action: str, point: str, nth: int) -> None:
         reached("png")
         return path
 
-    real_transaction = HistoryStore._transaction
+    real_transaction = Database.transaction
 
     def transaction(self):  # type: ignore[no-untyped-def]
         if full[0]:
@@ -106,7 +107,7 @@ def _install(action: str, point: str, nth: int) -> None:
     JobRunner.run = run  # type: ignore[method-assign]
     outputs.write_atomically = write_atomically
     outputs.ImageWriter.save = save  # type: ignore[method-assign]
-    HistoryStore._transaction = transaction  # type: ignore[method-assign]
+    Database.transaction = transaction  # type: ignore[method-assign]
     HistoryStore.record_image = record_image  # type: ignore[method-assign]
 
 
