@@ -43,6 +43,7 @@ from desktop.ui.error_hook import ErrorHook
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.main_window import MainWindow
 from desktop.ui.self_test import SelfTest
+from desktop.ui.session_memory import SessionMemory
 from desktop.ui.settings_integration import SettingsIntegration
 from desktop.ui.theme import ThemeManager, apply_theme
 
@@ -105,6 +106,9 @@ def build_main_window(
                 window, settings, ThemeManager(app, parent=window), log_folder=paths.logs
             )
             window.settings_integration.apply_at_start()
+            window.session_memory = SessionMemory(window, settings)
+            window.session_memory.restore()
+            window.settings_integration.restore_window()
     except BaseException:
         # The controller's thread is already running; a QThread destroyed while running aborts the process.
         controller.shutdown()

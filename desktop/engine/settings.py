@@ -5,8 +5,9 @@ the dialog builds itself from them and a new setting is one more entry in `SETTI
 fails a start: a missing file gives the defaults, a damaged one gives the defaults and a warning, and
 a value of the wrong type or out of range is clamped or replaced by its default (with a warning).
 
-Beside the declared settings the file keeps two kinds of state the user never edits by hand: the last
-parameters per model family, and the window's geometry and layout (Qt's byte blobs, as base64).
+Beside the declared settings the file keeps state the user never edits by hand: the last parameters
+per model family, what the window held when it closed (the session), and the window's geometry and
+layout (Qt's byte blobs, as base64).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class SettingsStore:
         self._declarations = {setting.key: setting for setting in declarations}
         self._values: dict[str, Any] = {key: setting.default for key, setting in self._declarations.items()}
         self._last_parameters: dict[str, dict[str, Any]] = {}
+        self._session: dict[str, Any] = {}
         self._window_state: dict[str, str] = {}
         self.problems: list[str] = []
 
@@ -152,6 +154,9 @@ class SettingsStore:
         last = data.get("last_parameters", {})
         if isinstance(last, dict):
             self._last_parameters = {str(k): dict(v) for k, v in last.items() if isinstance(v, dict)}
+        session = data.get("session", {})
+        if isinstance(session, dict):
+            self._session = session
         state = data.get("window_state", {})
         if isinstance(state, dict):
             self._window_state = {str(k): v for k, v in state.items() if isinstance(v, str)}
@@ -208,6 +213,15 @@ class SettingsStore:
         json.dumps(dict(parameters))
         self._last_parameters[family] = dict(parameters)
 
+    def session(self) -> dict[str, Any]:
+        """What the window held when it last closed (prompts, parameters, canvas); checked by its reader."""
+        return dict(self._session)
+
+    def set_session(self, session: Mapping[str, Any]) -> None:
+        """Remember the window's contents (JSON values only: checked now, not at save time)."""
+        json.dumps(dict(session))
+        self._session = dict(session)
+
     def save_window_state(self, state: Mapping[str, bytes]) -> None:
         """Qt's geometry and layout blobs by name ("geometry", "state", "splitter.main", ...)."""
         self._window_state = {name: base64.b64encode(bytes(blob)).decode("ascii") for name, blob in state.items()}
@@ -230,6 +244,7 @@ class SettingsStore:
             "schema_version": SCHEMA_VERSION,
             "settings": self._values,
             "last_parameters": self._last_parameters,
+            "session": self._session,
             "window_state": self._window_state,
         }
         text = json.dumps(document, indent=2, sort_keys=True).encode("utf-8")

@@ -11,7 +11,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.embedding_vectors import vector_counts
-from desktop.engine.library.native_size import native_size
+from desktop.engine.library.native_size import model_family, native_size
 from desktop.engine.token_count import TokenCounter
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,7 @@ class _Relay(QObject):
     A separate object, so no signal is emitted on an object that is being destroyed."""
 
     models_listed = Signal(object, object, str)
+    families_listed = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
 
@@ -32,11 +33,14 @@ class BackgroundReads(QObject):
     Signals:
         models_listed(object, object, str): model names found (a list), their native sizes (a dict of
             name -> side in pixels, for the models that tell) and an error text ("" when none).
+        families_listed(object): each model's family (a dict of name -> "sd1", "sd2", "sdxl", ...),
+            emitted just before `models_listed` for the same scan.
         token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
         embedding_vectors_read(object): the library's embeddings, a dict of name -> vectors.
     """
 
     models_listed = Signal(object, object, str)
+    families_listed = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
 
@@ -47,12 +51,19 @@ class BackgroundReads(QObject):
         self._embeddings_folder: Path | None = None
         self._relay = _Relay(self)
         self._relay.models_listed.connect(self.models_listed)
+        self._relay.families_listed.connect(self.families_listed)
         self._relay.token_counter_loaded.connect(self.token_counter_loaded)
         self._relay.embedding_vectors_read.connect(self.embedding_vectors_read)
 
     def scan_models(self) -> None:
         catalog, relay = self._catalog, self._relay
-        self._pool.start(lambda: relay.models_listed.emit(*_scan(catalog)))
+
+        def scan() -> None:
+            names, sizes, families, error = _scan(catalog)
+            relay.families_listed.emit(families)
+            relay.models_listed.emit(names, sizes, error)
+
+        self._pool.start(scan)
 
     def load_token_counter(self, merges_file: Path, embeddings_folder: Path | None = None) -> None:
         """Read the tokenizer's merges (~60 ms of Python). With the library's embeddings folder, an
@@ -68,17 +79,21 @@ class BackgroundReads(QObject):
             self._pool.start(lambda: relay.embedding_vectors_read.emit(_embedding_vectors(folder)))
 
 
-def _scan(catalog: ModelCatalog) -> tuple[list[str], dict[str, int], str]:
+def _scan(catalog: ModelCatalog) -> tuple[list[str], dict[str, int], dict[str, str], str]:
     sizes: dict[str, int] = {}
+    families: dict[str, str] = {}
     try:
         entries = catalog.entries()
         for entry in entries:
             side = native_size(entry.path)
             if side is not None:
                 sizes[entry.name] = side
+            family = model_family(entry.path)
+            if family is not None:
+                families[entry.name] = family
     except OSError as exc:
-        return [], {}, f"Cannot read the models folder {catalog.folder}: {exc.strerror or exc}."
-    return [entry.name for entry in entries], sizes, ""
+        return [], {}, {}, f"Cannot read the models folder {catalog.folder}: {exc.strerror or exc}."
+    return [entry.name for entry in entries], sizes, families, ""
 
 
 def _token_counter(merges_file: Path, embeddings_folder: Path | None) -> TokenCounter | None:

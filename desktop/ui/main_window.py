@@ -61,11 +61,14 @@ class MainWindow(QMainWindow):
 
     Signals:
         models_listed(list): the model list was refreshed with these names.
+        families_listed(object): the models' families (name -> "sd1", "sd2", "sdxl", ...), just before
+            `models_listed` for the same scan.
         job_submitted(object): the user's request became this queued `Job`.
         result_shown(str): the canvas now shows this finished image file.
     """
 
     models_listed = Signal(list)
+    families_listed = Signal(object)
     job_submitted = Signal(object)
     result_shown = Signal(str)
 
@@ -119,6 +122,7 @@ class MainWindow(QMainWindow):
         self.queue_panel.generate_requested.connect(self.generate)
         self.queue_panel.cancel_requested.connect(self.cancel)
         self.result_strip.result_chosen.connect(self._show_result)
+        self._reads.families_listed.connect(self.families_listed)
         self._reads.models_listed.connect(self._on_models_listed)
         self._reads.token_counter_loaded.connect(self._on_token_counter_loaded)
         self._reads.embedding_vectors_read.connect(self.prompt_editor.set_embeddings)

@@ -31,7 +31,7 @@ from desktop.engine.history.reconcile import IMAGE_SUFFIXES, PARTIAL_GRACE_S
 from desktop.engine.history.records import HistoryQuery, ImageRecord, JobRecord, NewImage, ReconcileReport
 from desktop.engine.history.rows import found_image_row, new_image_row
 from desktop.engine.history.trash import TRASH_FOLDER, Trash
-from desktop.engine.metadata import interpret_chunks, parse_parameters, read_text_chunks
+from desktop.engine.metadata import interpret_chunks, read_text_chunks
 from desktop.engine.request import GenerationRequest
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
     "NewImage",
     "ReconcileReport",
     "explain_database_error",
-    "parse_lora_hashes",
 ]
 
 # The default query: every image not in the trash, newest first (a frozen dataclass, safe to share).
@@ -189,7 +188,3 @@ class HistoryStore:
         (see `desktop.engine.history.reconcile`)."""
         return reconciling.reconcile(self._images, self._jobs, self._library, self.index_file, partial_grace_s)
 
-
-def parse_lora_hashes(parameters_text: str) -> str:
-    """The `Lora hashes` value of A1111 parameters text, as written (empty when there is none)."""
-    return parse_parameters(parameters_text).settings.get("Lora hashes", "")

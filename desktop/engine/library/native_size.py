@@ -40,6 +40,35 @@ def native_size(path: Path) -> int | None:
         return None
 
 
+# The family a shipped config belongs to: models of one family share good defaults (size, steps, CFG).
+_FAMILY_BY_CONFIG = {
+    "sd15": "sd1",
+    "sd15-inpaint": "sd1",
+    "sd2": "sd2",
+    "sd2-base": "sd2",
+    "sd2-inpaint": "sd2",
+    "sdxl": "sdxl",
+    "sdxl-inpaint": "sdxl",
+}
+# A diffusers folder's UNet says its family by the width of the text embedding it attends to.
+_FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def model_family(path: Path) -> str | None:
+    """"sd1", "sd2", "sdxl", or "unet-<width>" for another UNet folder (the demo model); None when unreadable."""
+    try:
+        if path.is_dir():
+            width = _json(path / "unet" / "config.json").get("cross_attention_dim")
+            if isinstance(width, list) and width:
+                width = width[0]
+            if not isinstance(width, int):
+                return None
+            return _FAMILY_BY_CROSS_ATTENTION.get(width, f"unet-{width}")
+        return _FAMILY_BY_CONFIG.get(detect_model(path).config_name)
+    except (MarbleError, OSError, ValueError):
+        return None
+
+
 def _json(file: Path) -> dict:
     data = read_json_file(file)  # a FIFO or /dev/zero is refused, not waited on
     if not isinstance(data, dict):
