@@ -235,3 +235,18 @@ def test_the_hint_says_what_the_canvas_does_in_each_mode_and_tool(qtbot, docked:
     assert toolbar.hint.startswith("Outpaint") and "Extend" in toolbar.hint
     toolbar.set_mode("txt2img")
     assert toolbar.hint.startswith("Text to image")
+
+
+def test_a_long_source_name_is_shortened_not_widening_the_window(qtbot, docked: MainWindow, tmp_path):
+    window = docked
+    window.resize(SCREEN_W, SCREEN_H)
+    qtbot.waitUntil(lambda: window.width() == SCREEN_W, timeout=TIMEOUT_MS)
+    name = "a very long file name " * 8 + ".png"
+    path = tmp_path / name
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(path)
+    assert window.canvas_toolbar.load_source_file(str(path))
+    label = window.canvas_toolbar.source_label
+    assert window.minimumSizeHint().width() <= SCREEN_W and window.width() == SCREEN_W
+    assert name in label.text() and label.toolTip() == label.text()
+    shown = label.elided_text()
+    assert "…" in shown and label.fontMetrics().horizontalAdvance(shown) <= label.contentsRect().width()

@@ -37,6 +37,7 @@ from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
 from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
 from desktop.ui.canvas.view import MaskCanvas
+from desktop.ui.elided_label import ElidedLabel
 from desktop.ui.flow_layout import flow_row
 
 MODES = (
@@ -89,10 +90,8 @@ class CanvasToolbar(QWidget):
         self.strength_slider.setMinimumWidth(100)
         self.strength_label = QLabel("0.75")
         self.use_source_button = _button("Use as source", "Edit the image on the canvas")
-        self.source_label = QLabel("No source image", objectName="source_label")
-        self.source_label.setTextFormat(Qt.TextFormat.PlainText)
-        # A long file name must not widen the window.
-        self.source_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # A long file name must not widen the window: it is shortened with "…" (full name in the tooltip).
+        self.source_label = ElidedLabel("No source image", objectName="source_label")
 
         self.tool_buttons = {
             tool: _button(text, tip, checkable=True)
