@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QMainWindow,
     QScrollArea,
     QSplitter,
@@ -42,6 +43,10 @@ from desktop.ui.result_strip import ResultStrip
 from desktop.ui.window_actions import build_window_actions
 
 WINDOW_TITLE = "Marble Studio"
+# The narrowest the history dock gets and its first width: with every panel open the
+# window must fit a 1280 x 720 screen (a 1366 x 768 laptop, or a 2560 x 1440 panel at 200 %).
+HISTORY_MIN_WIDTH = 220
+HISTORY_WIDTH = 320
 
 _WINDOW_STYLE = """
 #message_bar { border-radius: 4px; background: #2d3a4a; }
@@ -142,7 +147,10 @@ class MainWindow(QMainWindow):
         scroll.setWidget(left)
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setMinimumWidth(340)
+        # Wide enough for the column's fields beside a vertical scroll bar; narrower would clip them, as
+        # the column only scrolls up and down.
+        frame = 2 * scroll.frameWidth()
+        scroll.setMinimumWidth(left.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + frame)
 
         centre = QWidget()
         centre_layout = QVBoxLayout(centre)
@@ -232,11 +240,19 @@ class MainWindow(QMainWindow):
         """Dock the history on the right and wire its actions to the editor, settings and canvas."""
         self.history_panel = panel
         dock = QDockWidget("History", self, objectName="history_dock")
-        dock.setWidget(panel)
+        # In a scroll area, so the panel's rows of filters and buttons never make the window wider than
+        # a laptop screen: a narrow dock scrolls sideways instead (the dock can also be closed, View menu).
+        scroll = QScrollArea(objectName="history_scroll")
+        scroll.setWidget(panel)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setMinimumWidth(HISTORY_MIN_WIDTH)
+        dock.setWidget(scroll)
         dock.setFeatures(
             QDockWidget.DockWidgetFeature.DockWidgetMovable | QDockWidget.DockWidgetFeature.DockWidgetClosable
         )
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self.resizeDocks([dock], [HISTORY_WIDTH], Qt.Orientation.Horizontal)
         self.view_menu.addAction(dock.toggleViewAction())
         panel.reuse_requested.connect(self._reuse_request)
         panel.seed_reuse_requested.connect(lambda seed: self.parameters.update(seed=seed))

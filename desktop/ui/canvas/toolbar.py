@@ -37,8 +37,23 @@ from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
 from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
 from desktop.ui.canvas.view import MaskCanvas
+from desktop.ui.elided_label import ElidedLabel
+from desktop.ui.flow_layout import flow_row
 
-MODES = (("txt2img", "Text to image"), ("img2img", "Image to image"), ("inpaint", "Inpaint"))
+MODES = (
+    ("txt2img", "Text to image"),
+    ("img2img", "Image to image"),
+    ("inpaint", "Inpaint"),
+    ("outpaint", "Outpaint"),
+)
+# The toolbar rows each mode shows; the others are hidden, so a mode shows only what it uses.
+ROWS_BY_MODE: dict[str, tuple[str, ...]] = {
+    "txt2img": (),
+    "img2img": ("source", "strength"),
+    "inpaint": ("source", "strength", "tools", "mask"),
+    # Extend grows the canvas, masks the new area and switches to inpainting it.
+    "outpaint": ("source", "outpaint"),
+}
 AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
 RESIZE = (("resize", "Resize"), ("pad", "Pad"))
 
@@ -48,7 +63,7 @@ class CanvasToolbar(QWidget):
 
     Signals:
         source_changed(): the source image for image-to-image / inpainting changed (or was removed).
-        mode_changed(str): "txt2img", "img2img" or "inpaint".
+        mode_changed(str): "txt2img", "img2img", "inpaint" or "outpaint".
         problem(str): something the user did could not be done (shown by the window).
     """
 
@@ -72,12 +87,11 @@ class CanvasToolbar(QWidget):
         self.strength_slider = QSlider(Qt.Orientation.Horizontal, objectName="strength_slider")
         self.strength_slider.setRange(0, 100)
         self.strength_slider.setValue(75)
+        self.strength_slider.setMinimumWidth(100)
         self.strength_label = QLabel("0.75")
         self.use_source_button = _button("Use as source", "Edit the image on the canvas")
-        self.source_label = QLabel("No source image", objectName="source_label")
-        self.source_label.setTextFormat(Qt.TextFormat.PlainText)
-        # A long file name must not widen the window.
-        self.source_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        # A long file name must not widen the window: it is shortened with "…" (full name in the tooltip).
+        self.source_label = ElidedLabel("No source image", objectName="source_label")
 
         self.tool_buttons = {
             tool: _button(text, tip, checkable=True)
@@ -122,16 +136,26 @@ class CanvasToolbar(QWidget):
         self.resize_combo = _combo(RESIZE, "resize_mode")
         self.resize_combo.setToolTip("How a source whose sides are not multiples of 8 is made to fit the model")
         self.outpaint_spins = {
-            side: _spin(0, 2048, 0, " px", f"Grow the canvas on the {side}")
+            side: _spin(0, 2048, 0, " px", f"Grow the canvas on the {side}", prefix=f"{side.title()} ")
             for side in ("left", "top", "right", "bottom")
         }
         self.outpaint_button = _button("Extend", "Grow the canvas and mask the new area for outpainting")
+        # What a click or drag on the canvas does now: the toolbar changes with the mode, the canvas
+        # looks the same in every mode.
+        self.hint_label = QLabel(objectName="canvas_hint")
+        self.hint_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.hint_label.setWordWrap(True)
+        self.hint_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.rows: dict[str, QWidget] = {}
 
         self._build_layout()
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.strength_slider.valueChanged.connect(lambda v: self.strength_label.setText(f"{v / 100:.2f}"))
         self.use_source_button.clicked.connect(self.use_current_as_source)
         self._tools.buttonClicked.connect(self._on_tool_clicked)
+        canvas.tool_changed.connect(self._on_canvas_tool_changed)
+        self.source_changed.connect(self._update_hint)
+        self.strength_slider.valueChanged.connect(self._update_hint)
         self.size_spin.valueChanged.connect(self._update_brush)
         self.hardness_slider.valueChanged.connect(self._update_brush)
         self.overlay_check.toggled.connect(self._update_overlay)
@@ -147,44 +171,45 @@ class CanvasToolbar(QWidget):
         self._on_mode_changed()
 
     def _build_layout(self) -> None:
+        # Rows of small controls wrap (FlowLayout) instead of widening the window: the toolbar must
+        # fit the centre column of a 1280 x 720 window next to the settings and the history.
+        source = QWidget()
+        source_layout = QHBoxLayout(source)
+        source_layout.setContentsMargins(0, 0, 0, 0)
+        source_layout.addWidget(self.use_source_button)
+        source_layout.addWidget(self.source_label, 1)
         top = QHBoxLayout()
         top.addWidget(self.mode_combo)
-        top.addWidget(QLabel("Strength"))
-        top.addWidget(self.strength_slider, 1)
-        top.addWidget(self.strength_label)
-        top.addWidget(self.use_source_button)
-        top.addWidget(self.source_label, 1)
-        tools = _row(
-            *self.tool_buttons.values(),
-            self.size_spin,
-            QLabel("Hardness"),
-            self.hardness_slider,
-            self.overlay_check,
-            self.opacity_slider,
-            self.invert_button,
-            self.clear_button,
-            self.fill_button,
-            self.undo_button,
-            self.redo_button,
-        )
-        settings = _row(
-            QLabel("Mask blur"),
-            self.blur_spin,
-            self.area_combo,
-            QLabel("Padding"),
-            self.padding_spin,
-            self.resize_combo,
-            self.load_mask_button,
-            self.save_mask_button,
-        )
-        outpaint = _row(
-            QLabel("Extend canvas (left, top, right, bottom)"), *self.outpaint_spins.values(), self.outpaint_button
-        )
+        top.addWidget(source, 1)
+        self.rows = {
+            "source": source,
+            "strength": flow_row(
+                _group(QLabel("Strength"), self.strength_slider, self.strength_label),
+                _group(QLabel("Fit"), self.resize_combo),
+            ),
+            "tools": flow_row(
+                _group(*self.tool_buttons.values()),
+                _group(QLabel("Size"), self.size_spin),
+                _group(QLabel("Hardness"), self.hardness_slider),
+                _group(self.overlay_check, self.opacity_slider),
+                _group(self.invert_button, self.clear_button, self.fill_button),
+                _group(self.undo_button, self.redo_button),
+            ),
+            "mask": flow_row(
+                _group(QLabel("Mask blur"), self.blur_spin),
+                self.area_combo,
+                _group(QLabel("Padding"), self.padding_spin),
+                _group(self.load_mask_button, self.save_mask_button),
+            ),
+            "outpaint": flow_row(QLabel("Extend canvas"), *self.outpaint_spins.values(), self.outpaint_button),
+        }
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
         layout.setSpacing(2)
-        for row in (top, tools, settings, outpaint):
-            layout.addLayout(row)
+        layout.addLayout(top)
+        for name in ("strength", "tools", "mask", "outpaint"):
+            layout.addWidget(self.rows[name])
+        layout.addWidget(self.hint_label)
 
     # --------------------------------------------------------------------------------------- state
 
@@ -296,9 +321,11 @@ class CanvasToolbar(QWidget):
             raise InvalidRequest('Image-to-image needs a source: drop an image on the canvas or use "Use as source".')
         mask_path = None
         area = self.area_combo.currentData()
-        if mode == "inpaint":
+        if mode in ("inpaint", "outpaint"):
             values = self._canvas.mask_layer.values() if self._canvas.mask_layer is not None else None
             if values is None or not values.any():
+                if mode == "outpaint":
+                    raise InvalidRequest("Nothing to outpaint yet: set how far to grow each side and press Extend.")
                 raise InvalidRequest("The mask is empty: paint the area to repaint with the brush first.")
             mask_path = str(store_by_hash(grayscale_png(values), inputs_folder))
         source_path = str(self._store_source(inputs_folder))
@@ -334,11 +361,37 @@ class CanvasToolbar(QWidget):
     @Slot()
     def _on_mode_changed(self) -> None:
         mode = self.mode
-        for widget in (self.blur_spin, self.area_combo, self.padding_spin):
-            widget.setEnabled(mode == "inpaint")
-        self.strength_slider.setEnabled(mode != "txt2img")
+        for name, row in self.rows.items():
+            row.setVisible(name in ROWS_BY_MODE[mode])
+        if mode != "inpaint" and self._canvas.tool != "pan":
+            # The mask tools are hidden outside inpainting: a drag there moves the view again.
+            self.tool_buttons["pan"].setChecked(True)
+            self._canvas.set_tool("pan")
         self._update_overlay()
+        self._update_hint()
         self.mode_changed.emit(mode)
+
+    @property
+    def hint(self) -> str:
+        """The line telling what a click or drag on the canvas does now."""
+        return self.hint_label.text()
+
+    @Slot()
+    def _update_hint(self) -> None:
+        self.hint_label.setText(
+            canvas_hint(
+                self.mode,
+                self._canvas.tool,
+                self.size_spin.value(),
+                self._source is not None,
+                self.strength_slider.value() / 100,
+            )
+        )
+
+    @Slot(str)
+    def _on_canvas_tool_changed(self, tool: str) -> None:
+        self.tool_buttons[tool].setChecked(True)
+        self._update_hint()
 
     def _on_tool_clicked(self, button: QToolButton) -> None:
         tool = next(name for name, candidate in self.tool_buttons.items() if candidate is button)
@@ -354,6 +407,7 @@ class CanvasToolbar(QWidget):
         self._canvas.brush = replace(
             self._canvas.brush, size=float(self.size_spin.value()), hardness=self.hardness_slider.value() / 100
         )
+        self._update_hint()
 
     @Slot()
     def _update_overlay(self) -> None:
@@ -396,20 +450,33 @@ class CanvasToolbar(QWidget):
             self.problem.emit(str(error))
 
 
+_NEEDS_SOURCE = 'Drop an image on the canvas, paste one (Ctrl+V) or press "Use as source" first.'
+_VIEW = "Drag to move the view, wheel to zoom."
+
+
+def canvas_hint(mode: str, tool: str, brush_size: int, has_source: bool, strength: float) -> str:
+    """What a click or drag on the canvas does in `mode` with `tool`, in one short line."""
+    if mode == "txt2img":
+        return f"Text to image: the canvas shows previews and results. {_VIEW}"
+    if not has_source:
+        return f"{dict(MODES)[mode]}: {_NEEDS_SOURCE}"
+    if mode == "img2img":
+        return f"Image to image: the source is redrawn at strength {strength:.2f}. {_VIEW}"
+    if mode == "outpaint":
+        return "Outpaint: set how far to grow each side, then Extend; the new area is then painted in."
+    if tool == "brush":
+        return f"Drag to paint the area to repaint (brush {brush_size} px)."
+    if tool == "eraser":
+        return f"Drag to erase from the area to repaint (eraser {brush_size} px)."
+    return "Inpaint: pick Brush and drag over the area to repaint; here a drag moves the view."
+
+
 def qimage_rgb(image: QImage) -> np.ndarray:
     """An (H, W, 3) uint8 copy of a QImage's pixels."""
     rgb = image.convertToFormat(QImage.Format.Format_RGB888)
     height, width, line = rgb.height(), rgb.width(), rgb.bytesPerLine()
     rows = np.frombuffer(rgb.constBits(), np.uint8, count=height * line).reshape(height, line)
     return rows[:, : width * 3].reshape(height, width, 3).copy()
-
-
-def _row(*widgets: QWidget) -> QHBoxLayout:
-    row = QHBoxLayout()
-    for widget in widgets:
-        row.addWidget(widget)
-    row.addStretch(1)
-    return row
 
 
 def _combo(items: tuple[tuple[str, str], ...], name: str) -> QComboBox:
@@ -425,6 +492,17 @@ def _button(text: str, tip: str, checkable: bool = False) -> QToolButton:
     return button
 
 
-def _spin(low: int, high: int, value: int, suffix: str, tip: str) -> QSpinBox:
-    spin = QSpinBox(minimum=low, maximum=high, value=value, suffix=suffix, toolTip=tip)
+def _spin(low: int, high: int, value: int, suffix: str, tip: str, prefix: str = "") -> QSpinBox:
+    spin = QSpinBox(minimum=low, maximum=high, value=value, suffix=suffix, prefix=prefix, toolTip=tip)
     return spin
+
+
+def _group(*widgets: QWidget) -> QWidget:
+    """Widgets that belong together (a label and its field): a wrapping row never splits them."""
+    group = QWidget()
+    layout = QHBoxLayout(group)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(4)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return group
