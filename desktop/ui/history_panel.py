@@ -36,6 +36,7 @@ from desktop.bridge.history_model import ICON_SIZE, HistoryModel
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryQuery, ImageRecord, ReconcileReport, export_image
 from desktop.engine.request import GenerationRequest
+from desktop.ui.flow_layout import flow_row
 from desktop.ui.history_detail import HistoryDetailView
 from desktop.ui.history_grid import HistoryGrid
 
@@ -168,26 +169,15 @@ class HistoryPanel(QWidget):
         self.empty_trash_action = action("Empty trash…", self.empty_trash, "history_empty_trash")
 
     def _build_layout(self) -> None:
-        filters = QHBoxLayout()
-        filters.setContentsMargins(0, 0, 0, 0)
-        filters.addWidget(self.search_edit, 1)
-        filters.addWidget(self.model_combo)
-        filters.addWidget(self.date_combo)
-        filters2 = QHBoxLayout()
-        filters2.setContentsMargins(0, 0, 0, 0)
-        filters2.addWidget(self.favourites_check)
-        filters2.addWidget(self.trash_check)
-        filters2.addWidget(self.sort_combo)
-        filters2.addStretch(1)
-        filters2.addWidget(self.count_label)
-
-        buttons = QHBoxLayout()
-        buttons.setContentsMargins(0, 0, 0, 0)
+        # Rows that wrap (flow rows), so the docked panel fits a narrow column of a 1280 px window.
+        filters = flow_row(self.model_combo, self.date_combo, self.favourites_check, self.trash_check,
+                           self.sort_combo, self.count_label)
+        tool_buttons = []
         for act in (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.favourite_action,
                     self.delete_action):
             button = QToolButton()
             button.setDefaultAction(act)
-            buttons.addWidget(button)
+            tool_buttons.append(button)
         more = QToolButton(text="More")
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(more)
@@ -195,13 +185,12 @@ class HistoryPanel(QWidget):
                          self.export_action, self.export_private_action, self.restore_action,
                          self.empty_trash_action])
         more.setMenu(menu)
-        buttons.addWidget(more)
-        buttons.addStretch(1)
+        buttons = flow_row(*tool_buttons, more)
 
         lower = QWidget()
         lower_layout = QVBoxLayout(lower)
         lower_layout.setContentsMargins(0, 0, 0, 0)
-        lower_layout.addLayout(buttons)
+        lower_layout.addWidget(buttons)
         lower_layout.addWidget(self.details, 1)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.view)
@@ -213,8 +202,8 @@ class HistoryPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.recovery_bar)
-        layout.addLayout(filters)
-        layout.addLayout(filters2)
+        layout.addWidget(self.search_edit)
+        layout.addWidget(filters)
         layout.addWidget(splitter, 1)
 
     # ----------------------------------------------------------------------------------- public

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from PySide6.QtCore import QRect
-from PySide6.QtWidgets import QDockWidget, QPushButton, QWidget
+from PySide6.QtWidgets import QDockWidget, QPushButton, QScrollArea, QWidget
 
 import desktop
 from desktop.app import build_main_window
@@ -101,6 +101,11 @@ def test_the_window_with_its_history_docked_fits_1280x720(qtbot, docked: MainWin
                     if child.isVisibleTo(row):
                         assert row.rect().contains(QRect(child.mapTo(row, child.rect().topLeft()), child.size()))
         assert window.canvas.height() >= 200 and window.canvas.width() >= 256, mode
+    # The history panel's own rows wrap too: nothing of it is cut off or scrolled sideways in its dock.
+    history_scroll = window.findChild(QScrollArea, "history_scroll")
+    qtbot.waitUntil(lambda: history_scroll.widget().height() >= history_scroll.widget().minimumSizeHint().height(),
+                    timeout=TIMEOUT_MS)
+    assert history_scroll.horizontalScrollBar().maximum() == 0, window.history_panel.minimumSizeHint()
 
 
 # The child builds the window under QT_SCALE_FACTOR and reports sizes in logical pixels.
