@@ -347,6 +347,7 @@ def test_cli_refuses_a_source_under_64_pixels_before_any_work(tmp_path, tiny_sd1
     assert code == 2, err.getvalue()
     assert "The source image is 1x1 pixels, too small to edit" in err.getvalue()
     assert "at least 64 pixels on each side" in err.getvalue()
+    assert "Loading" not in err.getvalue()  # refused before the model loads
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
 
 
