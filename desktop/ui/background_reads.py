@@ -5,6 +5,7 @@ pool and reports back by a signal, on the GUI thread."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
@@ -22,6 +23,7 @@ class _Relay(QObject):
     A separate object, so no signal is emitted on an object that is being destroyed."""
 
     models_listed = Signal(object, object, str)
+    demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
 
@@ -32,27 +34,44 @@ class BackgroundReads(QObject):
     Signals:
         models_listed(object, object, str): model names found (a list), their native sizes (a dict of
             name -> side in pixels, for the models that tell) and an error text ("" when none).
+        demo_model_found(object): after each `models_listed`, the demo model's name in the library
+            (it may have been renamed), or None when the library has none.
         token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
         embedding_vectors_read(object): the library's embeddings, a dict of name -> vectors.
     """
 
     models_listed = Signal(object, object, str)
+    demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
 
-    def __init__(self, pool: QThreadPool, catalog: ModelCatalog, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        pool: QThreadPool,
+        catalog: ModelCatalog,
+        parent: QObject | None = None,
+        demo_model: Callable[[], str | None] | None = None,
+    ) -> None:
+        """`demo_model` names the library's demo model (it reads the library index: off the GUI thread)."""
         super().__init__(parent)
         self._pool = pool
         self._catalog = catalog
+        self._demo_model = demo_model
         self._embeddings_folder: Path | None = None
         self._relay = _Relay(self)
         self._relay.models_listed.connect(self.models_listed)
+        self._relay.demo_model_found.connect(self.demo_model_found)
         self._relay.token_counter_loaded.connect(self.token_counter_loaded)
         self._relay.embedding_vectors_read.connect(self.embedding_vectors_read)
 
     def scan_models(self) -> None:
-        catalog, relay = self._catalog, self._relay
-        self._pool.start(lambda: relay.models_listed.emit(*_scan(catalog)))
+        catalog, relay, demo_model = self._catalog, self._relay, self._demo_model
+
+        def scan() -> None:
+            relay.models_listed.emit(*_scan(catalog))
+            relay.demo_model_found.emit(demo_model() if demo_model is not None else None)
+
+        self._pool.start(scan)
 
     def load_token_counter(self, merges_file: Path, embeddings_folder: Path | None = None) -> None:
         """Read the tokenizer's merges (~60 ms of Python). With the library's embeddings folder, an

@@ -14,7 +14,16 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
+from desktop.app import build_main_window
+from desktop.engine.library.demo import DEMO_MODEL_DRAWS, DEMO_MODEL_NAME, install_demo_model
+from desktop.engine.library.index import Library
+from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
+from desktop.engine.resources import Resources
+from desktop.engine.runner import JobRunner
+from desktop.ui.prompt_editor import PROMPT_PLACEHOLDER
+from installer.demo_model import scenes
+from tests.support.fake_backend import FakeBackend
 from tests.support.real_window import real_window
 
 pytestmark = [
@@ -104,3 +113,29 @@ def test_a_source_too_small_to_edit_is_refused_in_the_message_bar(qtbot, studio,
         "pixels on each side. Scale it up first, or use text to image."
     )
     assert not (studio.paths.cache / "inputs").exists()  # nothing written for a refused job
+
+
+def test_the_demo_model_says_in_the_prompt_field_what_it_draws(qtbot, tmp_path):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    install_demo_model(Library(paths), Resources.default().demo_model, paths.config)
+    (paths.models / "fake-model.safetensors").write_bytes(b"")  # listed first; never run
+    window, controller = build_main_window(paths, lambda: JobRunner(FakeBackend(), ImageWriter(paths.outputs), "t"))
+    try:
+        qtbot.addWidget(window)
+        panel, field = window.parameter_panel, window.prompt_editor.prompt_edit
+        qtbot.waitUntil(lambda: panel.model_combo.count() == 2, timeout=10_000)
+        assert panel.selected_model() == "fake-model" and field.placeholderText() == PROMPT_PLACEHOLDER
+        panel.model_combo.setCurrentIndex(panel.model_combo.findData(DEMO_MODEL_NAME))
+        qtbot.waitUntil(lambda: field.placeholderText() == DEMO_MODEL_DRAWS, timeout=10_000)
+        panel.model_combo.setCurrentIndex(panel.model_combo.findData("fake-model"))
+        assert field.placeholderText() == PROMPT_PLACEHOLDER
+    finally:
+        controller.shutdown()
+        window.wait_for_background()
+
+
+def test_the_demo_model_hint_names_everything_it_was_trained_to_draw():
+    # The training scenes are the truth: a shape, colour, size or position added there is said here.
+    words = DEMO_MODEL_DRAWS.lower()
+    for word in (*scenes.SHAPES, *scenes.COLOURS, *scenes.SIZES, *scenes.POSITIONS):
+        assert word in words, word
