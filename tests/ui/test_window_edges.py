@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
+from desktop.ui.main_window import MainWindow
 from desktop.ui.prompt_editor import PROMPT_PLACEHOLDER
 from installer.demo_model import scenes
 from tests.support.fake_backend import FakeBackend
@@ -115,23 +117,38 @@ def test_a_source_too_small_to_edit_is_refused_in_the_message_bar(qtbot, studio,
     assert not (studio.paths.cache / "inputs").exists()  # nothing written for a refused job
 
 
-def test_the_demo_model_says_in_the_prompt_field_what_it_draws(qtbot, tmp_path):
+@contextmanager
+def demo_window(qtbot, tmp_path, *other_models: str) -> Iterator[MainWindow]:
+    """The window as a first start makes it: the demo model installed, and these (never run) beside it."""
     paths = AppPaths.for_root(tmp_path / "home").ensure()
     install_demo_model(Library(paths), Resources.default().demo_model, paths.config)
-    (paths.models / "fake-model.safetensors").write_bytes(b"")  # listed first; never run
+    for name in other_models:
+        (paths.models / f"{name}.safetensors").write_bytes(b"")
     window, controller = build_main_window(paths, lambda: JobRunner(FakeBackend(), ImageWriter(paths.outputs), "t"))
     try:
         qtbot.addWidget(window)
+        qtbot.waitUntil(lambda: window.parameter_panel.model_combo.count() == 1 + len(other_models), timeout=10_000)
+        yield window
+    finally:
+        controller.shutdown()
+        window.wait_for_background()
+
+
+def test_a_first_start_with_the_demo_model_says_what_it_draws(qtbot, tmp_path):
+    with demo_window(qtbot, tmp_path) as window:
+        assert window.parameter_panel.selected_model() == DEMO_MODEL_NAME
+        field = window.prompt_editor.prompt_edit
+        qtbot.waitUntil(lambda: field.placeholderText() == DEMO_MODEL_DRAWS, timeout=10_000)
+
+
+def test_the_prompt_hint_follows_the_selected_model(qtbot, tmp_path):
+    with demo_window(qtbot, tmp_path, "fake-model") as window:
         panel, field = window.parameter_panel, window.prompt_editor.prompt_edit
-        qtbot.waitUntil(lambda: panel.model_combo.count() == 2, timeout=10_000)
         assert panel.selected_model() == "fake-model" and field.placeholderText() == PROMPT_PLACEHOLDER
         panel.model_combo.setCurrentIndex(panel.model_combo.findData(DEMO_MODEL_NAME))
         qtbot.waitUntil(lambda: field.placeholderText() == DEMO_MODEL_DRAWS, timeout=10_000)
         panel.model_combo.setCurrentIndex(panel.model_combo.findData("fake-model"))
         assert field.placeholderText() == PROMPT_PLACEHOLDER
-    finally:
-        controller.shutdown()
-        window.wait_for_background()
 
 
 def test_the_demo_model_hint_names_everything_it_was_trained_to_draw():
