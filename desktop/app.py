@@ -31,7 +31,7 @@ from desktop.engine.edit_inputs import inputs_folder
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryStore, explain_database_error
 from desktop.engine.library.catalog import ModelCatalog
-from desktop.engine.library.demo import install_demo_model
+from desktop.engine.library.demo import demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
@@ -89,7 +89,13 @@ def build_main_window(
     catalog = catalog if catalog is not None else ModelCatalog(paths.models)
     controller = GenerationController(runner_factory, history=history)
     try:
-        window = MainWindow(controller, catalog, paths.outputs, inputs_folder=inputs_folder(paths))
+        window = MainWindow(
+            controller,
+            catalog,
+            paths.outputs,
+            inputs_folder=inputs_folder(paths),
+            demo_model=lambda: demo_model_name(Library(paths)),
+        )
         # Parented to the window, which keeps it alive; tests reach the dialog through this attribute.
         window.library_integration = LibraryIntegration(
             window, LibraryTasks(Library(paths), window), window.file_menu

@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import desktop
 from desktop.engine.backends.schedulers import SAMPLER_NAMES, canonical_sampler
-from desktop.engine.edit_inputs import inputs_folder, request_size
+from desktop.engine.edit_inputs import inputs_folder, request_size, step_words
 from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError
 from desktop.engine.events import (
     Event,
@@ -31,7 +31,14 @@ from desktop.engine.events import (
     StepProgress,
 )
 from desktop.engine.history.store import RESUMED, explain_database_error
-from desktop.engine.imaging import Margins, load_mask, load_source, outpaint_canvas, save_png_by_hash
+from desktop.engine.imaging import (
+    Margins,
+    check_source_size,
+    load_mask,
+    load_source,
+    outpaint_canvas,
+    save_png_by_hash,
+)
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import demo_model_name, install_demo_model
@@ -274,10 +281,14 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     init_image, mask = _edit_inputs(args, paths)
     model = args.model or _default_model(paths)
     width, height = args.width, args.height
-    if init_image is not None and (width is None or height is None):
-        # Default to the source's own size (as a multiple of 8): "whole" then works at full detail.
-        size = request_size(load_source(init_image).size, args.resize_mode)
-        width, height = width or size[0], height or size[1]
+    if init_image is not None:
+        source_size = load_source(init_image).size
+        # Before the model loads: a source the model cannot work on is refused with the reason.
+        check_source_size(source_size, args.resize_mode, whole=mask is None or args.inpaint_area == "whole")
+        if width is None or height is None:
+            # Default to the source's own size (as a multiple of 8): "whole" then works at full detail.
+            size = request_size(source_size, args.resize_mode)
+            width, height = width or size[0], height or size[1]
     if width is None or height is None:
         side = _model_native_size(model, paths) or 512
         width, height = width or side, height or side
@@ -388,6 +399,7 @@ class _TextReporter:
     def __init__(self, out: TextIO, err: TextIO) -> None:
         self._out, self._err = out, err
         self._interactive = err.isatty()
+        self._request: GenerationRequest | None = None  # the running job's, for its step words
 
     def __call__(self, event: Event) -> None:
         match event:
@@ -396,8 +408,11 @@ class _TextReporter:
             case ModelLoaded(model=model, seconds=seconds, reused=reused):
                 if not reused:
                     self._say(f"Loaded {model} in {seconds:.1f} s")
+            case JobStarted(request=request):
+                self._request = request
             case StepProgress(step=step, total=total, batch_index=batch, batch_count=batches):
-                line = f"batch {batch + 1}/{batches} step {step}/{total}"
+                words = step_words(step, total, self._request) if self._request else f"step {step}/{total}"
+                line = f"batch {batch + 1}/{batches}, {words}"
                 if self._interactive:
                     print(f"\r{line}", end="" if step < total else "\n", file=self._err, flush=True)
                 elif step == total:

@@ -225,8 +225,31 @@ class EditPlan:
     cropped: bool
 
 
+def check_source_size(size: tuple[int, int], resize_mode: str, whole: bool) -> None:
+    """Refuse a source the model cannot work on, with the reason: the window and `marble generate`
+    both ask before a job is queued, and `plan_edit` asks again for a request made elsewhere.
+
+    Under MIN_SIDE pixels on a side there is nothing to edit: the model would make a 64-pixel
+    picture and squeeze it back into the source's few pixels, a result with no visible relation to
+    the prompt. A whole picture (`whole`) is worked at its own size, so it may not pass MAX_SIDE;
+    "Only masked" works a crop at the request's size, so any larger source is fine there.
+    """
+    width, height = size
+    if min(width, height) < MIN_SIDE:
+        raise InvalidRequest(
+            f"The source image is {width}x{height} pixels, too small to edit: image to image and inpainting "
+            f"need at least {MIN_SIDE} pixels on each side. Scale it up first, or use text to image."
+        )
+    if whole and max(working_size(size, resize_mode)) > MAX_SIDE:
+        raise InvalidRequest(
+            f"The source image is {width}x{height} pixels; Marble works on whole images of up to "
+            f'{MAX_SIDE} pixels a side. Use "Inpaint only masked" or a smaller image.'
+        )
+
+
 def plan_edit(source: Image.Image, mask: Image.Image | None, request: GenerationRequest) -> EditPlan:
     """How to run `request` on `source` (RGB) and `mask` (L, the source's size, white = repaint)."""
+    check_source_size(source.size, request.resize_mode, whole=False)
     full: Box = (0, 0, source.width, source.height)
     alpha = blur_mask(mask, request.mask_blur) if mask is not None else None
     if alpha is not None and request.inpaint_area == "masked":
@@ -237,12 +260,8 @@ def plan_edit(source: Image.Image, mask: Image.Image | None, request: Generation
             region = source.crop(box).resize(size, Image.Resampling.LANCZOS)
             region_mask = alpha.crop(box).resize(size, Image.Resampling.LANCZOS)
             return EditPlan(source, region, region_mask, alpha, box, size, "resize", True)
+    check_source_size(source.size, request.resize_mode, whole=True)
     size = working_size(source.size, request.resize_mode)
-    if max(size) > MAX_SIDE:
-        raise InvalidRequest(
-            f"The source image is {source.width}x{source.height}; Marble works on whole images of up to "
-            f'{MAX_SIDE} pixels a side. Use "Inpaint only masked" or a smaller image.'
-        )
     image = to_working(source, size, request.resize_mode)
     work_mask = to_working(alpha, size, request.resize_mode) if alpha is not None else None
     return EditPlan(source, image, work_mask, alpha, full, size, request.resize_mode, False)

@@ -5,6 +5,7 @@ pool and reports back by a signal, on the GUI thread."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
@@ -23,6 +24,7 @@ class _Relay(QObject):
 
     models_listed = Signal(object, object, str)
     families_listed = Signal(object)
+    demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
 
@@ -35,33 +37,46 @@ class BackgroundReads(QObject):
             name -> side in pixels, for the models that tell) and an error text ("" when none).
         families_listed(object): each model's family (a dict of name -> "sd1", "sd2", "sdxl", ...),
             emitted just before `models_listed` for the same scan.
+        demo_model_found(object): after each `models_listed`, the demo model's name in the library
+            (it may have been renamed), or None when the library has none.
         token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
         embedding_vectors_read(object): the library's embeddings, a dict of name -> vectors.
     """
 
     models_listed = Signal(object, object, str)
     families_listed = Signal(object)
+    demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
 
-    def __init__(self, pool: QThreadPool, catalog: ModelCatalog, parent: QObject | None = None) -> None:
+    def __init__(
+        self,
+        pool: QThreadPool,
+        catalog: ModelCatalog,
+        parent: QObject | None = None,
+        demo_model: Callable[[], str | None] | None = None,
+    ) -> None:
+        """`demo_model` names the library's demo model (it reads the library index: off the GUI thread)."""
         super().__init__(parent)
         self._pool = pool
         self._catalog = catalog
+        self._demo_model = demo_model
         self._embeddings_folder: Path | None = None
         self._relay = _Relay(self)
         self._relay.models_listed.connect(self.models_listed)
         self._relay.families_listed.connect(self.families_listed)
+        self._relay.demo_model_found.connect(self.demo_model_found)
         self._relay.token_counter_loaded.connect(self.token_counter_loaded)
         self._relay.embedding_vectors_read.connect(self.embedding_vectors_read)
 
     def scan_models(self) -> None:
-        catalog, relay = self._catalog, self._relay
+        catalog, relay, demo_model = self._catalog, self._relay, self._demo_model
 
         def scan() -> None:
             names, sizes, families, error = _scan(catalog)
             relay.families_listed.emit(families)
             relay.models_listed.emit(names, sizes, error)
+            relay.demo_model_found.emit(demo_model() if demo_model is not None else None)
 
         self._pool.start(scan)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Signal, Slot
 
 from desktop.bridge.controller import GenerationController
+from desktop.engine.edit_inputs import step_words
 from desktop.engine.events import (
     ImageSaved,
     ImageUnsaved,
@@ -19,6 +20,7 @@ from desktop.engine.events import (
     PreviewReady,
     StepProgress,
 )
+from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas import MaskCanvas
 from desktop.ui.queue_panel import QueuePanel
 
@@ -49,6 +51,7 @@ class JobStatus(QObject):
         self._message_bar = queue_panel.message_bar
         self._canvas = canvas
         self._job_id: str | None = None
+        self._request: GenerationRequest | None = None
         self._display_size: tuple[int, int] | None = None
         self._images_total = 0
         self._previews_shown = 0
@@ -95,6 +98,7 @@ class JobStatus(QObject):
     def _on_job_started(self, event: JobStarted) -> None:
         request = event.request
         self._job_id = event.job_id
+        self._request = request
         self._display_size = (request.width, request.height)
         self._images_total = request.images_total
         self._previews_shown = 0
@@ -115,7 +119,8 @@ class JobStatus(QObject):
     @Slot(object)
     def _on_step_progressed(self, event: StepProgress) -> None:
         if event.job_id == self._job_id:
-            self._queue_panel.show_progress(event.step, event.total, event.batch_index, event.batch_count)
+            words = step_words(event.step, event.total, self._request) if self._request is not None else ""
+            self._queue_panel.show_progress(event.step, event.total, event.batch_index, event.batch_count, words)
 
     @Slot(object)
     def _on_preview_ready(self, event: PreviewReady) -> None:

@@ -9,6 +9,7 @@ Generation runs on the controller's thread; folder scans and thumbnails run on a
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QThreadPool, QUrl, Signal, Slot
@@ -29,6 +30,7 @@ from desktop.bridge.controller import GenerationController
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.demo import DEMO_MODEL_DRAWS
 from desktop.engine.request import GenerationRequest
 from desktop.engine.token_count import TokenCounter
 from desktop.ui.background_reads import BackgroundReads
@@ -84,7 +86,10 @@ class MainWindow(QMainWindow):
         outputs_folder: Path | None = None,
         parent: QWidget | None = None,
         inputs_folder: Path | None = None,
+        demo_model: Callable[[], str | None] | None = None,
     ) -> None:
+        """`demo_model` names the library's demo model, read after each models scan, so the prompt
+        field can say what it draws when it is selected."""
         super().__init__(parent)
         self.setWindowTitle(WINDOW_TITLE)
         self.setObjectName("main_window")
@@ -94,11 +99,12 @@ class MainWindow(QMainWindow):
         # Where the canvas's source image and mask are saved for a job (the app's cache/inputs).
         self._inputs_folder = inputs_folder or Path(tempfile.gettempdir()) / "marble-inputs"
         self._shown_path: str | None = None
+        self._demo_model: str | None = None
         # Created before its users, so it is destroyed first: its destructor waits for running tasks,
         # which may still emit on their relays.
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(2)
-        self._reads = BackgroundReads(self._pool, catalog, self)
+        self._reads = BackgroundReads(self._pool, catalog, self, demo_model)
 
         self.prompt_editor = PromptEditor()
         self.parameters = ParameterModel(parent=self)
@@ -129,6 +135,8 @@ class MainWindow(QMainWindow):
         self.result_strip.result_chosen.connect(self._show_result)
         self._reads.families_listed.connect(self.families_listed)
         self._reads.models_listed.connect(self._on_models_listed)
+        self._reads.demo_model_found.connect(self._on_demo_model_found)
+        self.parameters.field_changed.connect(self._on_parameter_changed)
         self._reads.token_counter_loaded.connect(self._on_token_counter_loaded)
         self._reads.embedding_vectors_read.connect(self.prompt_editor.set_embeddings)
         self.job_status.seed_drawn.connect(self.parameter_panel.set_last_seed)
@@ -313,6 +321,20 @@ class MainWindow(QMainWindow):
         if error:
             self.message_bar.show_message(error, "error")
         self.models_listed.emit(list(names))
+
+    @Slot(object)
+    def _on_demo_model_found(self, name: str | None) -> None:
+        self._demo_model = name
+        self._update_prompt_hint()
+
+    @Slot(str, object)
+    def _on_parameter_changed(self, name: str, _value: object) -> None:
+        if name == "model":
+            self._update_prompt_hint()
+
+    def _update_prompt_hint(self) -> None:
+        demo = self._demo_model is not None and self.parameters.value("model") == self._demo_model
+        self.prompt_editor.set_model_hint(DEMO_MODEL_DRAWS if demo else "")
 
     @Slot(object)
     def _on_token_counter_loaded(self, counter: TokenCounter | None) -> None:

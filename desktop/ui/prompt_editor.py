@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, 
 from desktop.engine.token_count import CHUNK_TOKENS, TokenCounter
 from desktop.ui.prompt_weights import STEP, adjust_weight
 
+PROMPT_PLACEHOLDER = "Describe the image: a marble statue of a cat, soft light"
 COUNT_DELAY_MS = 150  # counting waits for a pause in typing: a pasted 5,000-token prompt takes ~20 ms
 COUNT_TOOLTIP = (
     f"Tokens used / what the prompt's chunks hold. The text encoder reads {CHUNK_TOKENS} tokens at a"
@@ -29,9 +30,7 @@ class PromptEditor(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.prompt_edit = _plain_editor(
-            "prompt_edit", "Describe the image: a marble statue of a cat, soft light"
-        )
+        self.prompt_edit = _plain_editor("prompt_edit", PROMPT_PLACEHOLDER)
         self.negative_edit = _plain_editor("negative_prompt_edit", "What to avoid: blurry, low quality")
         self.prompt_edit.setMinimumHeight(90)
         self.negative_edit.setMinimumHeight(50)
@@ -69,6 +68,11 @@ class PromptEditor(QWidget):
         for count in (self.prompt_count, self.negative_count):
             count.emphasis = emphasis
             count.recount()
+
+    def set_model_hint(self, hint: str) -> None:
+        """Say in the empty prompt field what the selected model can draw ("" for the general hint):
+        a model that knows only a few things (the demo model) says which."""
+        self.prompt_edit.setPlaceholderText(hint or PROMPT_PLACEHOLDER)
 
     def prompt(self) -> str:
         return self.prompt_edit.toPlainText()

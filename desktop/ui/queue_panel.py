@@ -127,12 +127,14 @@ class QueuePanel(QWidget):
     def set_status(self, text: str) -> None:
         self.status_label.setText(text)
 
-    def show_progress(self, step: int, total: int, batch_index: int, batch_count: int) -> None:
-        """Overall progress of the job: every batch counts, so the bar never runs backwards."""
+    def show_progress(self, step: int, total: int, batch_index: int, batch_count: int, words: str = "") -> None:
+        """Overall progress of the job: every batch counts, so the bar never runs backwards. `words`
+        say the steps (`step_words`); by default "Step 3/30"."""
         total, batch_count = max(1, total), max(1, batch_count)
         self.progress_bar.setRange(0, total * batch_count)
         self.progress_bar.setValue(min(total * batch_count, batch_index * total + step))
-        text = f"Step {step}/{total}"
+        words = words or f"step {step}/{total}"
+        text = words[:1].upper() + words[1:]
         if batch_count > 1:
             text += f" · batch {batch_index + 1}/{batch_count}"
         self.progress_bar.setFormat(text)

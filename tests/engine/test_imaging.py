@@ -13,6 +13,7 @@ from desktop.engine.errors import InvalidRequest
 from desktop.engine.imaging import (
     Margins,
     blur_mask,
+    check_source_size,
     crop_box,
     edit_parameters,
     finish_edit,
@@ -78,14 +79,14 @@ def test_paste_region_lands_in_its_box_and_leaves_everything_else():
 
 @pytest.mark.parametrize("mode", ["resize", "pad"])
 def test_whole_image_plan_works_at_a_multiple_of_8_and_returns_the_source_size(mode):
-    source = noise(70, 60)
-    assert working_size(source.size, "pad") == (72, 64)
+    source = noise(70, 66)
+    assert working_size(source.size, "pad") == (72, 72)
     assert working_size((101, 99), "resize") == (104, 96)
     plan = plan_edit(source, None, request(mask=None, resize_mode=mode))
     assert plan.image.size == plan.size and all(side % 8 == 0 for side in plan.size)
     if mode == "pad":
         # Padding keeps the source pixels where they were; only new rows/columns are added.
-        assert np.array_equal(np.asarray(plan.image)[:60, :70], np.asarray(source))
+        assert np.array_equal(np.asarray(plan.image)[:66, :70], np.asarray(source))
     result = finish_edit(plan, plan.image)
     assert result.size == source.size
     if mode == "pad":
@@ -212,3 +213,24 @@ def test_only_masked_round_trip_gives_back_the_source_and_the_patch_at_its_place
     # PIL's composite: (generated * alpha + source * (255 - alpha)) / 255, rounded.
     expected = (placed * alpha + np.asarray(source).astype(np.int32) * (255 - alpha)) / 255
     assert np.abs(result - expected).max() <= 1
+
+
+@pytest.mark.parametrize("area", ["whole", "masked"])
+@pytest.mark.parametrize("size", [(1, 1), (63, 200)])
+def test_a_source_under_64_pixels_a_side_is_refused_with_its_size(size, area):
+    # Worked at 64 and squeezed back, a 1x1 source gave a 1x1 "result" without a word.
+    source = noise(*size)
+    mask = square_mask(size, (0, 0, 1, 1))
+    with pytest.raises(InvalidRequest, match=rf"is {size[0]}x{size[1]} pixels, too small to edit.*at least 64"):
+        plan_edit(source, mask, request(inpaint_area=area))
+    check_source_size((64, 64), "resize", whole=True)  # the smallest a request makes is fine
+
+
+def test_a_source_too_large_to_work_whole_is_refused_but_only_masked_takes_it():
+    with pytest.raises(InvalidRequest, match=r"5000x100 pixels; .* up to 4096 pixels a side.*only masked"):
+        check_source_size((5000, 100), "resize", whole=True)
+    # "pad" rounds 4093 up to 4096: still inside; one more pixel and it is not.
+    check_source_size((4093, 100), "pad", whole=True)
+    with pytest.raises(InvalidRequest):
+        check_source_size((4097, 100), "pad", whole=True)
+    check_source_size((5000, 100), "resize", whole=False)

@@ -24,7 +24,7 @@ from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
 
-SOURCE_SIZE = (70, 60)  # deliberately not a multiple of 8
+SOURCE_SIZE = (70, 66)  # deliberately not a multiple of 8 (and at least 64, the smallest source)
 MASK_BOX = (40, 20, 60, 40)
 
 
@@ -282,7 +282,7 @@ def test_cli_outpaints_and_keeps_the_old_pixels(tmp_path, tiny_sd15_dir, inputs)
     assert request["init_image"].startswith(str(tmp_path / "home")) and request["mask"]
     assert (request["width"], request["height"]) == (96, 64)
     result = pixels(Image.open(events[-1]["paths"][0]))
-    assert result.shape == (60, 70 + 24, 3)
+    assert result.shape == (SOURCE_SIZE[1], 70 + 24, 3)
     # Old pixels away from the blended seam (16 px ramp + blur) are the source's own.
     assert np.array_equal(result[:, 16 + 24 : 16 + 70 - 24], source_pixels(inputs)[:, 24:46])
     assert not np.array_equal(result[:, :16], np.repeat(source_pixels(inputs)[:, :1], 16, axis=1))
@@ -328,3 +328,33 @@ def test_inpainting_is_deterministic(backend, tiny_sd15_dir, inputs):
     first, _ = run(backend, edit)
     again, _ = run(backend, edit)
     assert np.array_equal(pixels(first.images[0]), pixels(again.images[0]))
+
+
+def generate_args(tmp_path, model, source, *extra: str) -> list[str]:
+    home, out = str(tmp_path / "home"), str(tmp_path / "out")
+    return ["generate", "--home", home, "--out", out, "--model", str(model), "--prompt", "a red circle",
+            "--init-image", str(source), "--device", "cpu", "--seed", "3", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [(), ("--mask", "MASK", "--inpaint-area", "masked")])
+def test_cli_refuses_a_source_under_64_pixels_before_any_work(tmp_path, tiny_sd15_dir, extra):
+    source, mask = tmp_path / "dot.png", tmp_path / "mask.png"
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(source)
+    Image.new("L", (1, 1), 255).save(mask)
+    out, err = io.StringIO(), io.StringIO()
+    argv = generate_args(tmp_path, tiny_sd15_dir, source, *(str(mask) if a == "MASK" else a for a in extra))
+    code = main(argv, out, err)
+    assert code == 2, err.getvalue()
+    assert "The source image is 1x1 pixels, too small to edit" in err.getvalue()
+    assert "at least 64 pixels on each side" in err.getvalue()
+    assert "Loading" not in err.getvalue()  # refused before the model loads
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.png"))
+
+
+def test_cli_progress_counts_the_steps_an_edit_runs(tmp_path, tiny_sd15_dir, inputs):
+    out, err = io.StringIO(), io.StringIO()
+    extra = ("--steps", "8", "--strength", "0.5", "--sampler", "DDIM")  # DDIM: no warm-up step
+    code = main(generate_args(tmp_path, tiny_sd15_dir, inputs / "source.png", *extra), out, err)
+    assert code == 0, err.getvalue()
+    # int(8 * 0.5) = 4 steps run: the count says 4, and why.
+    assert "batch 1/1, 4 of 4 steps: 8 at strength 0.5" in err.getvalue()

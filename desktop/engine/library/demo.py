@@ -22,6 +22,15 @@ DEMO_MODEL_NAME = "marble-demo"
 _MARKER_NAME = "demo-model-installed"
 _UPDATE_NAME = f"{DEMO_MODEL_NAME}-update"
 _LOCK_NAME = "demo-model.lock"
+# What the demo model was trained to draw (installer/demo_model/scenes.py: its shapes, colours, sizes
+# and positions), for the prompt field: a new user typing "a cat" would get coloured blobs and think
+# the app broken. A test keeps this in step with the training scenes.
+DEMO_MODEL_DRAWS = (
+    "The demo model draws flat shapes only: one to three circles, squares or triangles; red, orange, "
+    "yellow, green, blue, purple, white or black; small or large; at the top, bottom, left, right, centre "
+    "or a corner (top left, top right, bottom left, bottom right); on a plain or two-colour background. "
+    "Try: a large red circle on the left on a blue background"
+)
 
 
 def install_demo_model(library: Library, source: Path, config_folder: Path) -> LibraryRecord | None:

@@ -32,7 +32,7 @@ from PySide6.QtWidgets import (
 
 from desktop.engine.edit_inputs import request_size
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.imaging import Margins, outpaint_canvas, store_by_hash
+from desktop.engine.imaging import Margins, check_source_size, outpaint_canvas, store_by_hash
 from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
 from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
@@ -77,6 +77,10 @@ class CanvasToolbar(QWidget):
         self._canvas = canvas
         self._source: QImage | None = None
         self._source_file: str | None = None
+        # The mask belongs to the source: over a result or a preview it would hide the new pixels
+        # (and painting there would edit a picture no job reads), so it shows only with the source.
+        self._showing_source = False
+        self._showing_own = False  # while this toolbar puts a source on the canvas
         # A source with no file (pasted, outpainted) is encoded to PNG as soon as it is set, on this
         # thread: at 2048x2048 that takes about 2 s, which on the GUI thread at Generate would freeze
         # the window. Generate waits for it only when pressed before the encoding is done.
@@ -167,6 +171,7 @@ class CanvasToolbar(QWidget):
         self.save_mask_button.clicked.connect(self._ask_save_mask)
         self.outpaint_button.clicked.connect(self._on_outpaint_clicked)
         canvas.image_dropped.connect(self.load_source_file)
+        canvas.picture_changed.connect(self._on_picture_changed)
         self._update_brush()
         self._on_mode_changed()
 
@@ -224,6 +229,24 @@ class CanvasToolbar(QWidget):
     def source(self) -> QImage | None:
         return self._source
 
+    @property
+    def showing_source(self) -> bool:
+        """Whether the canvas shows the source (with its mask), not a result or a preview."""
+        return self._showing_source
+
+    @Slot()
+    def show_source(self) -> bool:
+        """Show the source again, with its mask (kept from the last job); False when there is none."""
+        if self._source is None:
+            return False
+        if not self._showing_source:
+            # From its file when it has one, so "Use as source" afterwards still copies that file.
+            if self._source_file is None or not self._show(self._source_file):
+                self._show(self._source)
+            self._showing_source = True
+            self._update_overlay()
+        return True
+
     @Slot()
     def use_current_as_source(self) -> bool:
         """Make the picture on the canvas the source; False when there is none (or only a preview)."""
@@ -237,7 +260,7 @@ class CanvasToolbar(QWidget):
     @Slot(str)
     def load_source_file(self, path: str) -> bool:
         """Show an image file and make it the source (a dropped file, or one picked by the user)."""
-        if not self._canvas.show_image(path):
+        if not self._show(path):
             self.problem.emit(f"Cannot open {Path(path).name}: it is missing, too large, or not an image.")
             return False
         image = self._canvas.current_image
@@ -251,7 +274,7 @@ class CanvasToolbar(QWidget):
             self.problem.emit("The clipboard holds no image. Copy a picture first, or drop an image file.")
             return False
         image = image.convertToFormat(QImage.Format.Format_RGB888)
-        self._canvas.show_qimage(image)
+        self._show(image)
         self._set_source(image, None)
         return True
 
@@ -263,6 +286,7 @@ class CanvasToolbar(QWidget):
         # A shallow copy for the encoder: the pixels are shared read-only (QImage copies on write).
         self._source_png = self._encoder.submit(png_bytes, QImage(self._source)) if file is None else None
         self._canvas.ensure_mask(QSize(image.width(), image.height()))
+        self._showing_source = True
         self._update_overlay()
         name = Path(file).name if file else "edited canvas"
         self.source_label.setText(f"Source: {name} ({image.width()}x{image.height()})")
@@ -280,7 +304,7 @@ class CanvasToolbar(QWidget):
         old_mask = Image.fromarray(mask_layer.values(), "L") if mask_layer is not None else None
         grown, mask = outpaint_canvas(Image.fromarray(qimage_rgb(self._source), "RGB"), margins, old_mask)
         image = array_to_qimage(np.asarray(grown))
-        self._canvas.show_qimage(image)
+        self._show(image)
         self._set_source(image, None)
         assert self._canvas.mask_layer is not None
         self._canvas.mask_layer.set_values(np.asarray(mask), "Outpaint")
@@ -321,6 +345,9 @@ class CanvasToolbar(QWidget):
             raise InvalidRequest('Image-to-image needs a source: drop an image on the canvas or use "Use as source".')
         mask_path = None
         area = self.area_combo.currentData()
+        # Before any file is written: a source the model cannot work on is refused with the reason.
+        whole = mode == "img2img" or area == "whole"
+        check_source_size((self._source.width(), self._source.height()), self.resize_combo.currentData(), whole)
         if mode in ("inpaint", "outpaint"):
             values = self._canvas.mask_layer.values() if self._canvas.mask_layer is not None else None
             if values is None or not values.any():
@@ -393,11 +420,37 @@ class CanvasToolbar(QWidget):
         self.tool_buttons[tool].setChecked(True)
         self._update_hint()
 
+    def _show(self, picture: str | QImage) -> bool:
+        """Put a source on the canvas: a file (False when it cannot be read) or pixels."""
+        self._showing_own = True
+        try:
+            if isinstance(picture, QImage):
+                self._canvas.show_qimage(picture)
+                return True
+            return self._canvas.show_image(picture)
+        finally:
+            self._showing_own = False
+
+    @Slot()
+    def _on_picture_changed(self) -> None:
+        if self._showing_own:
+            return  # a source: the caller shows its mask (`_set_source`, `show_source`)
+        self._showing_source = False
+        self._update_overlay()
+        if self._canvas.tool != "pan":
+            # A stroke now would land on a mask nobody sees; picking a mask tool brings the source back.
+            self.tool_buttons["pan"].setChecked(True)
+            self._canvas.set_tool("pan")
+
     def _on_tool_clicked(self, button: QToolButton) -> None:
         tool = next(name for name, candidate in self.tool_buttons.items() if candidate is button)
         if tool != "pan" and self._canvas.mask_layer is None and not self.use_current_as_source():
             self.tool_buttons["pan"].setChecked(True)
             return
+        if tool != "pan":
+            # A result is on the canvas: the mask is painted on the source, so show it again
+            # (to paint on the result instead, "Use as source" first).
+            self.show_source()
         self._canvas.set_tool(tool)
         if tool != "pan" and self.mode != "inpaint":
             self.set_mode("inpaint")
@@ -414,7 +467,7 @@ class CanvasToolbar(QWidget):
         layer = self._canvas.mask_layer
         if layer is not None:
             # The mask only matters for inpainting; elsewhere it would only hide the picture.
-            layer.setVisible(self.overlay_check.isChecked() and self.mode == "inpaint")
+            layer.setVisible(self.overlay_check.isChecked() and self.mode == "inpaint" and self._showing_source)
             layer.set_overlay_opacity(self.opacity_slider.value() / 100)
 
     def _mask_op(self, name: str) -> None:
@@ -422,6 +475,7 @@ class CanvasToolbar(QWidget):
         if layer is None:
             self.problem.emit('Pick a source image first: drop one on the canvas or use "Use as source".')
             return
+        self.show_source()  # the change is seen where it is made, not under a result
         getattr(layer, name)()
 
     @Slot()

@@ -34,11 +34,13 @@ class MaskCanvas(CanvasView):
         mask_edited(): the mask changed (stroke, undo, redo, invert, clear, fill, load).
         image_dropped(str): a local file was dropped on the canvas.
         tool_changed(str): the active tool is now this one of TOOLS.
+        picture_changed(): the canvas shows another picture (a file, a preview, an image in memory).
     """
 
     mask_edited = Signal()
     image_dropped = Signal(str)
     tool_changed = Signal(str)
+    picture_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -99,6 +101,10 @@ class MaskCanvas(CanvasView):
         """Show an image made in memory (an outpainting canvas)."""
         self._shown_file = None
         self._set_image(image.copy(), preview=False, display_size=None)
+
+    def _set_image(self, image: QImage, preview: bool, display_size: tuple[int, int] | None) -> None:
+        super()._set_image(image, preview, display_size)
+        self.picture_changed.emit()
 
     def ensure_mask(self, size: QSize) -> MaskLayer:
         """A mask of `size` image pixels; a mask of another size is replaced by an empty one."""
