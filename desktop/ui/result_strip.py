@@ -52,6 +52,9 @@ class ResultStrip(QListWidget):
         self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.itemClicked.connect(self._on_item_chosen)
         self.currentItemChanged.connect(self._on_item_chosen)
+        # Shown only when there is a choice to make: one image is already on the canvas, and an empty
+        # strip would take room from it.
+        self.hide()
 
     def paths(self) -> list[str]:
         return [self.item(row).data(PATH_ROLE) for row in range(self.count())]
@@ -69,6 +72,7 @@ class ResultStrip(QListWidget):
             self._load_thumbnail(path)
         if paths:
             self.setCurrentRow(len(paths) - 1)
+        self.setVisible(len(paths) > 1)
         self.blockSignals(False)
         if paths:
             self.result_chosen.emit(paths[-1])

@@ -111,7 +111,7 @@ def test_ctrl_enter_in_prompt_runs_a_batch_and_thumbnails_switch_the_canvas(qtbo
     bar = window.queue_panel.progress_bar
     assert bar.maximum() == 2 * studio.backend.steps and bar.value() == bar.maximum()
     strip = window.result_strip
-    assert strip.count() == 4
+    assert strip.count() == 4 and strip.isVisible()
     assert window.canvas.current_image.pixelColor(5, 5).getRgb()[:3] == colour_for(1003)
 
     first = strip.item(0)
@@ -185,7 +185,7 @@ def test_cancel_mid_run_writes_nothing_and_the_next_job_runs(qtbot, studio: Stud
     wait_idle(qtbot, studio)
 
     assert studio.output_files() == []
-    assert window.result_strip.count() == 0
+    assert window.result_strip.count() == 0 and not window.result_strip.isVisible()
     assert not window.queue_panel.cancel_button.isEnabled()
     assert not window.window_actions.cancel.isEnabled() and not window.window_actions.cancel_all.isEnabled()
     assert window.queue_panel.generate_button.isEnabled()
