@@ -117,7 +117,7 @@ RANGES = [
     ("width", 64, 4096, "width", "use 64 to 4096 pixels"),
     ("height", 64, 4096, "height", "use 64 to 4096 pixels"),
     ("steps", 1, 150, "steps", "use 1 to 150"),
-    ("seed", 0, 2**32 - 1, "seed", "use 0 to 4294967295, or -1 for random"),
+    ("seed", 0, 2**64 - 1, "seed", "use 0 to 18446744073709551615, or -1 for random"),
     ("batch_size", 1, 8, "batch size", "use 1 to 8"),
     ("batch_count", 1, 100, "batch count", "use 1 to 100"),
     ("clip_skip", 1, 12, "clip skip", "use 1 to 12"),
