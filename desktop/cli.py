@@ -38,8 +38,8 @@ from desktop.engine.library.demo import demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.library.lora import parse_lora_arg
 from desktop.engine.library.native_size import native_size
-from desktop.engine.outputs import ImageWriter
 from desktop.engine.metadata import read_image_metadata
+from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.recipe import read_recipe, recipe_text
 from desktop.engine.request import (

@@ -195,7 +195,9 @@ def _read_loras(
         record = _by_hash(loras, lora_hash, "autov3") or _by_name(loras, clean_model_name(ref.name))
         if record is None:
             hashed = f" (hash {lora_hash})" if lora_hash else ""
-            warnings.append(f"The LoRA {ref.name!r}{hashed} is not in the library: it is left out. Import it to use it.")
+            warnings.append(
+                f"The LoRA {ref.name!r}{hashed} is not in the library: it is left out. Import it to use it."
+            )
         elif all(existing.name != record.name for existing in found):
             found.append(LoraRef(record.name, ref.weight))
     fields["loras"] = tuple(found)
