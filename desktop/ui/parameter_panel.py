@@ -279,7 +279,7 @@ class ParameterPanel(QWidget):
             "sampler": _combo_binding(self.sampler_combo),
             "steps": _spin_binding(self.steps_spin),
             "cfg_scale": _Binding(cfg, lambda: round(cfg.value(), 2), cfg.setValue, cfg.valueChanged),
-            "seed": _Binding(seed, seed.value, seed.setValue, seed.textEdited),
+            "seed": _Binding(seed, seed.value, seed.setValue, seed.textChanged),
             "width": _spin_binding(self.width_spin),
             "height": _spin_binding(self.height_spin),
             "batch_count": _spin_binding(self.batch_count_spin),

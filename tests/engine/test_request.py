@@ -34,7 +34,7 @@ def test_defaults_are_valid():
         ({"sampler": "Euler b"}, "Unknown sampler 'Euler b'"),
         ({"model": " "}, "No model is selected"),
         ({"seed": -5}, "seed -5 is out of range"),
-        ({"seed": 2**40}, "out of range"),
+        ({"seed": 2**64}, "out of range"),
         ({"batch_size": 0}, "batch size 0 is out of range"),
         ({"batch_count": 1000}, "batch count 1000 is out of range"),
         ({"device": "tpu"}, "Unknown device 'tpu'"),
