@@ -39,6 +39,7 @@ from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
+from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
 from desktop.ui.error_hook import ErrorHook
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.main_window import MainWindow
@@ -97,9 +98,9 @@ def build_main_window(
             demo_model=lambda: demo_model_name(Library(paths)),
         )
         # Parented to the window, which keeps it alive; tests reach the dialog through this attribute.
-        window.library_integration = LibraryIntegration(
-            window, LibraryTasks(Library(paths), window), window.file_menu
-        )
+        library = Library(paths)
+        window.library_integration = LibraryIntegration(window, LibraryTasks(library, window), window.file_menu)
+        RecipeIntegration(window, library, window.library_integration.import_dropped)
         if history is not None:
             model = HistoryModel(history, QThreadPool(window))
             window.add_history_panel(HistoryPanel(model, controller))

@@ -45,8 +45,10 @@ from desktop.engine.library.demo import demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.library.lora import parse_lora_arg
 from desktop.engine.library.native_size import native_size
+from desktop.engine.metadata import read_image_metadata
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
+from desktop.engine.recipe import read_recipe, recipe_text
 from desktop.engine.request import (
     DEVICES,
     EMPHASIS_MODES,
@@ -130,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_history_commands(commands, _Parser, _add_home)
     commands.add_parser("samplers", help="list the sampler names")
+    info = commands.add_parser("info", help="print an image's recipe (A1111, ComfyUI, InvokeAI, ... metadata)")
+    info.add_argument("file", help="a PNG, JPEG or WebP image")
+    info.add_argument("--json", action="store_true", help="print the recipe as one JSON object")
+    _add_home(info)
     return parser
 
 
@@ -166,6 +172,8 @@ def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | No
         print("\n".join(SAMPLER_NAMES), file=out)
         return EXIT_OK
     paths = AppPaths.resolve(args.home)
+    if args.command == "info":
+        return _info(args, paths, out, err)
     if args.command in LIBRARY_GROUPS:
         return run_library(args, paths, out, err)
     if args.command == "history" and args.history_command == "resume":
@@ -173,6 +181,21 @@ def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | No
     if args.command == "history":
         return run_history(args, paths, out, err)
     return _generate(args, paths, out, err)
+
+
+def _info(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
+    """The same recipe the window's PNG info view shows, matched against this library."""
+    try:
+        library = Library(paths)
+        recipe = read_recipe(read_image_metadata(args.file), library.records("model"), library.records("lora"))
+    except MarbleError as error:
+        print(f"marble: {printable(str(error))}", file=err)
+        return exit_code(error.kind)
+    if args.json:
+        print(json.dumps(recipe.to_json(), ensure_ascii=False), file=out)
+    else:
+        print(printable(recipe_text(recipe), multiline=True), file=out)
+    return EXIT_OK
 
 
 def _generate(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:

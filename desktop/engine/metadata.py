@@ -40,7 +40,7 @@ PARAMETERS_CHUNK = "parameters"
 # Our own cap, so safety never depends on Pillow's global MAX_IMAGE_PIXELS (which any library may
 # change). Pillow's own bomb warning, turned into an error below, usually fires first (~89 Mpx).
 
-FORMATS = ("marble", "a1111", "comfyui", "invokeai", "novelai", "fooocus", "unknown")
+FORMATS = ("marble", "a1111", "forge", "swarmui", "comfyui", "invokeai", "novelai", "fooocus", "unknown")
 
 _NEGATIVE_PREFIX = "Negative prompt:"
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
@@ -604,9 +604,41 @@ def _read_parameters(raw: Mapping[str, str]) -> _Found | None:
     fooocus = "fooocus_scheme" in raw
     if text.lstrip().startswith("{"):
         data = _json_object(text)
+        if data is not None and isinstance(data.get("sui_image_params"), dict):
+            return _swarmui(data["sui_image_params"])
         return _fooocus(data) if data is not None else None
     parsed = parse_parameters(text)
-    return _Found("fooocus" if fooocus else "a1111", parsed)
+    if fooocus:
+        return _Found("fooocus", parsed)
+    # Forge writes A1111's text; its version reads like "f2.0.1v1.10.1-previous-...".
+    forge = re.match(r"f\d", parsed.settings.get("Version", ""))
+    return _Found("forge" if forge else "a1111", parsed)
+
+
+def _swarmui(data: dict[str, Any]) -> _Found:
+    """SwarmUI's `parameters` JSON: {"sui_image_params": {"prompt", "negativeprompt", "cfgscale", ...}}."""
+    settings = _settings(
+        steps=data.get("steps"),
+        sampler=(data.get("sampler"), data.get("scheduler")),
+        cfg=data.get("cfgscale"),
+        seed=data.get("seed"),
+        size=(data.get("width"), data.get("height")),
+        model=data.get("model"),
+        clip_skip=data.get("clipstopatlayer") and abs(_to_int(data.get("clipstopatlayer")) or 1),
+        version=data.get("swarm_version"),
+    )
+    loras, weights = data.get("loras"), data.get("loraweights")
+    if isinstance(loras, list) and loras:
+        weights = weights if isinstance(weights, list) else []
+        tags = [
+            f"<lora:{clean_model_name(str(name))}:{weights[i] if i < len(weights) else 1}>"
+            for i, name in enumerate(loras)
+        ]
+        # A1111's way of naming LoRAs, so one recipe reader handles both.
+        prompt = " ".join([str(data.get("prompt") or ""), *tags]).strip()
+    else:
+        prompt = data.get("prompt")
+    return _Found("swarmui", _parsed(prompt, data.get("negativeprompt"), settings))
 
 
 def _fooocus(data: dict[str, Any]) -> _Found:

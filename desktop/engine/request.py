@@ -18,7 +18,10 @@ MAX_CFG = 30.0
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_PROMPT_CHARS = 100_000
-MAX_SEED = 2**32 - 1
+# ComfyUI and Fooocus write seeds up to 2**64 - 1, and torch's generator takes them all: a recipe's
+# seed must survive as written. Random seeds are still drawn below 2**32, as A1111 draws them.
+MAX_SEED = 2**64 - 1
+MAX_DRAWN_SEED = 2**32 - 1
 RANDOM_SEED = -1
 INPAINT_AREAS = ("whole", "masked")
 RESIZE_MODES = ("resize", "pad")
@@ -181,11 +184,13 @@ class GenerationRequest:
         """A copy with a concrete seed: the random seed is drawn once, so metadata can reproduce it."""
         if self.seed != RANDOM_SEED:
             return self
-        return replace(self, seed=(rng or random.SystemRandom()).randint(0, MAX_SEED))
+        return replace(self, seed=(rng or random.SystemRandom()).randint(0, MAX_DRAWN_SEED))
 
     def seed_for(self, batch_index: int, image_index: int) -> int:
-        """Image k of a job uses seed + k, as A1111 does, so any image can be re-made alone."""
-        return self.seed + batch_index * self.batch_size + image_index
+        """Image k of a job uses seed + k, as A1111 does, so any image can be re-made alone.
+
+        Wraps past 2**64 - 1, the largest seed torch's generator takes."""
+        return (self.seed + batch_index * self.batch_size + image_index) % (MAX_SEED + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, QThreadPool, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices
@@ -43,6 +44,9 @@ from desktop.ui.prompt_editor import PromptEditor
 from desktop.ui.queue_panel import QueuePanel
 from desktop.ui.result_strip import ResultStrip
 from desktop.ui.window_actions import build_window_actions
+
+if TYPE_CHECKING:
+    from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
 
 WINDOW_TITLE = "Marble Studio"
 # The narrowest the history dock gets and its first width: with every panel open the
@@ -121,6 +125,8 @@ class MainWindow(QMainWindow):
         self.setStyleSheet(_WINDOW_STYLE)
         self._connect_parts()
         self.history_panel: HistoryPanel | None = None
+        # PNG info for opened, dropped and pasted images (set by RecipeIntegration; None: sources only).
+        self.recipes: RecipeIntegration | None = None
 
         self.resize(1280, 820)
         self.refresh_models()
@@ -276,6 +282,10 @@ class MainWindow(QMainWindow):
                 self, "Open image as source", str(self.outputs_folder or ""), "Images (*.png *.jpg *.jpeg *.webp)"
             )
         return bool(path) and self.canvas_toolbar.load_source_file(path)
+
+    @Slot()
+    def paste_image(self) -> bool:
+        return self.recipes.paste() if self.recipes is not None else self.paste_source_image()
 
     @Slot()
     def paste_source_image(self) -> bool:

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -89,6 +90,38 @@ class SideSpinBox(QSpinBox):
         return f"{snapped}{self.suffix()}"
 
 
+class _SeedValidator(QValidator):
+    def validate(self, text: str, pos: int) -> tuple[QValidator.State, str, int]:
+        stripped = text.strip()
+        if stripped in ("", "-", "-1"):
+            return QValidator.State.Acceptable if stripped != "-" else QValidator.State.Intermediate, text, pos
+        if not stripped.isdigit() or not stripped.isascii():
+            return QValidator.State.Invalid, text, pos
+        return (QValidator.State.Acceptable if int(stripped) <= MAX_SEED else QValidator.State.Invalid), text, pos
+
+
+class SeedEdit(QLineEdit):
+    """The seed, 0 to 2**64 - 1 exactly (ComfyUI and Fooocus seeds), or empty / -1 for random.
+
+    A line edit, because spin boxes hold a C int or a double, and a double cannot hold 2**64 - 1.
+    """
+
+    def __init__(self, name: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName(name)
+        self.setValidator(_SeedValidator(self))
+        self.setPlaceholderText("Random")
+        self.setToolTip("Empty (Random) draws a new seed for every job; up to 18446744073709551615")
+
+    def value(self) -> int:
+        text = self.text().strip()
+        return int(text) if text.isdigit() and text.isascii() and int(text) <= MAX_SEED else RANDOM_SEED
+
+    def setValue(self, value: int) -> None:  # noqa: N802 - spin-box spelling, as the other fields
+        value = int(value)
+        self.setText("" if value == RANDOM_SEED or not 0 <= value <= MAX_SEED else str(value))
+
+
 class ParameterPanel(QWidget):
     """The settings of the next job, as widgets bound to a `ParameterModel` both ways: an edit sets the
     model's field, a change of the model shows in its widget. Holds no model list of its own: the
@@ -153,12 +186,7 @@ class ParameterPanel(QWidget):
         self.cfg_spin.setDecimals(1)
         self.cfg_spin.setSingleStep(0.5)
 
-        # QSpinBox stops at 2**31 - 1; a double with no decimals holds every 32-bit seed exactly.
-        self.seed_spin = QDoubleSpinBox(objectName="seed_spin")
-        self.seed_spin.setDecimals(0)
-        self.seed_spin.setRange(RANDOM_SEED, MAX_SEED)
-        self.seed_spin.setSpecialValueText("Random")
-        self.seed_spin.setToolTip("-1 (Random) draws a new seed for every job")
+        self.seed_spin = SeedEdit("seed_spin")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
         self.random_seed_button.setToolTip("Random seed for every job")
         self.random_seed_button.clicked.connect(self.use_random_seed)
@@ -251,7 +279,7 @@ class ParameterPanel(QWidget):
             "sampler": _combo_binding(self.sampler_combo),
             "steps": _spin_binding(self.steps_spin),
             "cfg_scale": _Binding(cfg, lambda: round(cfg.value(), 2), cfg.setValue, cfg.valueChanged),
-            "seed": _Binding(seed, lambda: int(round(seed.value())), seed.setValue, seed.valueChanged),
+            "seed": _Binding(seed, seed.value, seed.setValue, seed.textChanged),
             "width": _spin_binding(self.width_spin),
             "height": _spin_binding(self.height_spin),
             "batch_count": _spin_binding(self.batch_count_spin),

@@ -52,8 +52,10 @@ def build_window_actions(window: MainWindow) -> WindowActions:
     open_outputs.setEnabled(window.outputs_folder is not None)
     save_unsaved = action("Save &unsaved images…", window.save_unsaved_images)
     save_unsaved.setEnabled(False)
-    open_image = action("&Open image as source…", window.open_source_image, QKeySequence.StandardKey.Open)
-    paste_image = action("&Paste image as source", window.paste_source_image, QKeySequence.StandardKey.Paste)
+    # Ctrl+O belongs to File > Open image... (PNG info), added by the recipe integration.
+    open_image = action("Open image as &source…", window.open_source_image)
+    # A pasted picture becomes the source; one that carries a recipe opens PNG info first.
+    paste_image = action("&Paste image", window.paste_image, QKeySequence.StandardKey.Paste)
     quit_action = action("&Quit", window.close, QKeySequence.StandardKey.Quit)
     fit = action("&Fit to window", window.canvas.fit_to_window, QKeySequence("Ctrl+0"))
     actual = action("&Actual size", window.canvas.show_actual_size, QKeySequence("Ctrl+1"))

@@ -272,7 +272,7 @@ def test_parser_never_raises_on_junk() -> None:
 
 def test_invalid_numbers_keep_the_defaults() -> None:
     parsed = parse_parameters(
-        "p\nSteps: abc, Sampler: Mystery 3000, CFG scale: 99, Seed: 99999999999, Size: 1001x999, "
+        "p\nSteps: abc, Sampler: Mystery 3000, CFG scale: 99, Seed: 18446744073709551616, Size: 1001x999, "
         "Clip skip: 40, Model: nan"
     )
     made = request_from_parameters(parsed, "fallback")
@@ -638,8 +638,8 @@ def test_unknown_and_junk_chunks() -> None:
 REAL_FILES = [
     ("automatic1111_cropped.png", "a1111", "photo of a duck", 235284042, 15, "UniPC"),
     ("text_after_idat.png", "a1111", "photo of a duck", 235284042, 15, "UniPC"),
-    ("fooocus1_cropped.png", "fooocus", "a smiling goldfish", -1, 30, "DPM++ 2M SDE Karras"),
-    ("img2img_cropped.png", "comfyui", "photograph of victorian woman", -1, 20, "DPM++ 2M"),
+    ("fooocus1_cropped.png", "fooocus", "a smiling goldfish", 6952411511246973023, 30, "DPM++ 2M SDE Karras"),
+    ("img2img_cropped.png", "comfyui", "photograph of victorian woman", 280823642470253, 20, "DPM++ 2M"),
     ("invokeai_imeta1.png", "invokeai", "digital artwork, oil painting", 3293022630, 35, "Euler"),
     ("invokeai_sdmeta1.png", "invokeai", "professional full body photo", 2980747362, 50, "LMS"),
     ("invokeai_dream1.png", "invokeai", "professional full body photo", 2980747362, 50, "LMS"),
@@ -654,7 +654,7 @@ def test_real_files(name: str, tool: str, prompt: str, seed: int, steps: int, sa
     assert found.format == tool
     assert found.prompt.startswith(prompt)
     assert found.request is not None
-    # Seeds beyond 32 bits (Fooocus, ComfyUI) cannot be reproduced here: the request draws a new one.
+    # Seeds beyond 32 bits (Fooocus, ComfyUI) are kept exactly, up to 2**64 - 1.
     assert (found.request.seed, found.request.steps, found.request.sampler) == (seed, steps, sampler)
 
 

@@ -1,0 +1,368 @@
+"""An image's recipe as settings Marble can use: metadata -> request fields, warnings, unsupported fields.
+
+`read_recipe` turns what `metadata.read_image_metadata` found (any tool's format) into the fields of a
+`GenerationRequest` that Marble can honour, matched against the library: a model by its AutoV2 hash
+first (A1111's `Model hash`), then by name; a LoRA by its AutoV3 hash (`Lora hashes`), then by name.
+A model or LoRA the library lacks is named in a warning and left out, never passed on as a name the
+library does not know. Every setting that cannot be honoured (an extension's setting, a sampler
+Marble lacks, a value out of range) is listed as unsupported, so the user knows what will differ.
+
+The window's PNG info view and `marble info` both show this, so they always agree. Pure Python.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS
+from desktop.engine.errors import InvalidRequest
+from desktop.engine.library.lora import split_lora_tags
+from desktop.engine.metadata import ImageMetadata, clean_model_name, resolve_sampler
+from desktop.engine.request import EMPHASIS_MODES, GenerationRequest, LoraRef
+
+# The request fields a recipe sets, in the order a change list shows them. Machine settings (device,
+# precision, memory, batch) belong to this computer, not to the image.
+RECIPE_FIELDS = (
+    "prompt", "negative_prompt", "model", "loras", "sampler", "steps", "cfg_scale", "seed", "width", "height",
+    "clip_skip", "emphasis",
+)  # fmt: skip
+# "Use prompt only" takes these: A1111 writes LoRAs into the prompt, so they travel with it.
+PROMPT_FIELDS = ("prompt", "negative_prompt", "loras")
+
+# Settings that describe the file rather than ask for anything: read, never reported as unsupported.
+_INFORMATIONAL = {"model hash", "lora hashes", "ti hashes", "version", "source", "batch size", "batch pos"}
+# Settings turned into fields below.
+_HANDLED = {"steps", "sampler", "schedule type", "cfg scale", "seed", "size", "model", "clip skip", "emphasis"}
+# Schedules that are every sampler's default, so naming them asks for nothing Marble lacks.
+_PLAIN_SCHEDULES = {"", "automatic", "normal", "default", "simple"}
+_FORMAT_NAMES = {
+    "marble": "Marble", "a1111": "AUTOMATIC1111", "forge": "Forge", "swarmui": "SwarmUI", "comfyui": "ComfyUI",
+    "invokeai": "InvokeAI", "novelai": "NovelAI", "fooocus": "Fooocus", "unknown": "no recipe",
+}  # fmt: skip
+
+
+class LibraryEntry(Protocol):
+    """What matching needs of a library record (`LibraryRecord` fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def autov2(self) -> str | None: ...
+    @property
+    def autov3(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What an image asks for, as Marble can honour it.
+
+    `fields` maps `GenerationRequest` field names (a subset of RECIPE_FIELDS) to values; `warnings`
+    name what is missing from the library; `unsupported` lists each setting that will not be honoured,
+    as `Key: value (why)`.
+    """
+
+    format: str
+    prompt: str
+    negative_prompt: str
+    settings: Mapping[str, str]
+    fields: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    warnings: tuple[str, ...] = ()
+    unsupported: tuple[str, ...] = ()
+
+    @property
+    def has_recipe(self) -> bool:
+        return self.format != "unknown"
+
+    @property
+    def format_name(self) -> str:
+        return _FORMAT_NAMES.get(self.format, self.format)
+
+    def prompt_fields(self) -> dict[str, Any]:
+        return {name: value for name, value in self.fields.items() if name in PROMPT_FIELDS}
+
+    def to_json(self) -> dict[str, Any]:
+        fields = dict(self.fields)
+        if "loras" in fields:
+            fields["loras"] = [{"name": ref.name, "weight": ref.weight} for ref in fields["loras"]]
+        return {
+            "format": self.format,
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "settings": dict(self.settings),
+            "fields": fields,
+            "warnings": list(self.warnings),
+            "unsupported": list(self.unsupported),
+        }
+
+
+def read_recipe(
+    metadata: ImageMetadata, models: Sequence[LibraryEntry] = (), loras: Sequence[LibraryEntry] = ()
+) -> Recipe:
+    """The recipe of an image, matched against the library's `models` and `loras`."""
+    if metadata.format == "unknown":
+        return Recipe("unknown", "", "", MappingProxyType({}))
+    settings = {key.strip().casefold(): value for key, value in metadata.settings.items()}
+    fields: dict[str, Any] = {}
+    warnings: list[str] = []
+    unsupported: list[str] = []
+
+    prompt, negative = metadata.prompt, metadata.negative_prompt
+    tagged: tuple[LoraRef, ...] = ()
+    try:
+        prompt, tagged = split_lora_tags(prompt)
+    except InvalidRequest as error:
+        warnings.append(f"{error} The tag stays in the prompt.")
+    fields["prompt"], fields["negative_prompt"] = prompt, negative
+
+    marble = metadata.request if metadata.format == "marble" else None
+    _read_model(settings, marble, models, fields, warnings)
+    wanted_loras = (*(marble.loras if marble else ()), *tagged)
+    _read_loras(wanted_loras, _hash_table(settings.get("lora hashes", "")), loras, fields, warnings)
+
+    if marble is not None:
+        # Our own chunk is the exact request: every field is honoured as saved.
+        for name in ("sampler", "steps", "cfg_scale", "seed", "width", "height", "clip_skip", "emphasis"):
+            fields[name] = getattr(marble, name)
+        if marble.init_image is not None:
+            unsupported.append("Source image: the image was made from a source image, which the file does not hold")
+    else:
+        _read_settings(settings, metadata.settings, fields, unsupported)
+    for key, value in metadata.settings.items():
+        folded = key.strip().casefold()
+        if folded not in _HANDLED and folded not in _INFORMATIONAL:
+            unsupported.append(f"{key}: {value} (Marble has no such setting)")
+    ordered = {name: fields[name] for name in RECIPE_FIELDS if name in fields}
+    return Recipe(
+        metadata.format,
+        metadata.prompt,
+        metadata.negative_prompt,
+        MappingProxyType(dict(metadata.settings)),
+        MappingProxyType(ordered),
+        tuple(warnings),
+        tuple(unsupported),
+    )
+
+
+# -------------------------------------------------------------------------------------------- library
+
+
+def _read_model(
+    settings: Mapping[str, str],
+    marble: GenerationRequest | None,
+    models: Sequence[LibraryEntry],
+    fields: dict[str, Any],
+    warnings: list[str],
+) -> None:
+    name = clean_model_name(marble.model if marble else settings.get("model", ""))
+    model_hash = settings.get("model hash", "").strip().casefold()
+    if not name and not model_hash:
+        return
+    found = _by_hash(models, model_hash, "autov2") or _by_name(models, name)
+    label = f"{name!r}" if name else "the model"
+    hashed = f" (hash {model_hash})" if model_hash else ""
+    if found is None:
+        warnings.append(
+            f"The model {label}{hashed} is not in the library: the current model is kept. Import it (drop the "
+            "file on the window) to reproduce this image."
+        )
+        return
+    fields["model"] = found.name
+    if model_hash and not _hash_matches(found, model_hash, "autov2") and found.autov2:
+        warnings.append(
+            f"The model {found.name!r} was matched by name, but its hash {found.autov2} differs from the "
+            f"image's {model_hash}: the result may differ."
+        )
+
+
+def _read_loras(
+    wanted: Sequence[LoraRef],
+    hashes: Mapping[str, str],
+    loras: Sequence[LibraryEntry],
+    fields: dict[str, Any],
+    warnings: list[str],
+) -> None:
+    if not wanted:
+        return
+    found: list[LoraRef] = []
+    for ref in wanted:
+        lora_hash = hashes.get(ref.name.casefold(), "")
+        record = _by_hash(loras, lora_hash, "autov3") or _by_name(loras, clean_model_name(ref.name))
+        if record is None:
+            hashed = f" (hash {lora_hash})" if lora_hash else ""
+            warnings.append(
+                f"The LoRA {ref.name!r}{hashed} is not in the library: it is left out. Import it to use it."
+            )
+        elif all(existing.name != record.name for existing in found):
+            found.append(LoraRef(record.name, ref.weight))
+    fields["loras"] = tuple(found)
+
+
+def _by_hash(entries: Sequence[LibraryEntry], wanted: str, kind: str) -> LibraryEntry | None:
+    if not re.fullmatch(r"[0-9a-f]{8,64}", wanted):
+        return None
+    return next((entry for entry in entries if _hash_matches(entry, wanted, kind)), None)
+
+
+def _hash_matches(entry: LibraryEntry, wanted: str, kind: str) -> bool:
+    short = (getattr(entry, kind) or "").casefold()
+    full = (entry.sha256 or "").casefold()
+    # A1111's short hashes are prefixes of the file's (AutoV2) or the tensors' (AutoV3) sha256.
+    return bool(short) and short == wanted or (kind == "autov2" and bool(full) and full.startswith(wanted))
+
+
+def _by_name(entries: Sequence[LibraryEntry], name: str) -> LibraryEntry | None:
+    if not name:
+        return None
+    exact = next((entry for entry in entries if entry.name == name), None)
+    return exact or next((entry for entry in entries if entry.name.casefold() == name.casefold()), None)
+
+
+def _hash_table(text: str) -> dict[str, str]:
+    """A1111's `Lora hashes` value, `name: hash, name2: hash2`, keyed by folded name."""
+    table = {}
+    for part in text.split(","):
+        name, sep, value = part.rpartition(":")
+        if sep and name.strip():
+            table[name.strip().casefold()] = value.strip().casefold()
+    return table
+
+
+# ------------------------------------------------------------------------------------------- settings
+
+
+def _read_settings(
+    settings: Mapping[str, str], original: Mapping[str, str], fields: dict[str, Any], unsupported: list[str]
+) -> None:
+    shown = {key.strip().casefold(): key for key in original}
+
+    def take(key: str, values: dict[str, Any] | None, why: str = "not a valid value") -> None:
+        if values is None:
+            unsupported.append(f"{shown[key]}: {settings[key]} ({why})")
+            return
+        problem = _problem(values)
+        if problem:
+            unsupported.append(f"{shown[key]}: {settings[key]} ({problem})")
+        else:
+            fields.update(values)
+
+    if "steps" in settings:
+        take("steps", _whole("steps", settings["steps"]))
+    if "cfg scale" in settings:
+        cfg = _number(settings["cfg scale"])
+        take("cfg scale", None if cfg is None else {"cfg_scale": cfg})
+    if "seed" in settings:
+        take("seed", _whole("seed", settings["seed"]))
+    if "size" in settings:
+        match = re.fullmatch(r"\s*(\d{1,6})\s*[x×]\s*(\d{1,6})\s*", settings["size"])
+        take("size", {"width": int(match[1]), "height": int(match[2])} if match else None)
+    if "clip skip" in settings:
+        take("clip skip", _whole("clip_skip", settings["clip skip"]))
+    if "emphasis" in settings:
+        mode = next((m for m in EMPHASIS_MODES if m.casefold() == settings["emphasis"].strip().casefold()), None)
+        take("emphasis", None if mode is None else {"emphasis": mode}, "Marble has no such emphasis mode")
+    if "sampler" in settings:
+        _read_sampler(settings, shown, fields, unsupported)
+
+
+def _read_sampler(
+    settings: Mapping[str, str], shown: Mapping[str, str], fields: dict[str, Any], unsupported: list[str]
+) -> None:
+    name, schedule = settings["sampler"], settings.get("schedule type", "")
+    resolved = resolve_sampler(name, schedule or None)
+    if resolved == DEFAULT_SAMPLER:
+        unsupported.append(f"{shown['sampler']}: {name} (Marble has no such sampler; the model's default is used)")
+        return
+    fields["sampler"] = resolved
+    karras_asked = schedule.strip().casefold() == "karras" or name.strip().endswith(" Karras")
+    if karras_asked and not SAMPLERS[resolved].karras:
+        unsupported.append(f"Schedule type: Karras (Marble has no Karras {SAMPLERS[resolved].base_name})")
+    elif schedule.strip().casefold() not in _PLAIN_SCHEDULES | {"karras"}:
+        unsupported.append(f"{shown['schedule type']}: {schedule} (Marble has no such schedule)")
+
+
+def _whole(name: str, text: str) -> dict[str, Any] | None:
+    text = text.strip()
+    # Parsed as an int, never through a float: a seed of 2**64 - 1 must stay exact.
+    if re.fullmatch(r"[+-]?\d{1,30}", text):
+        return {name: int(text)}
+    number = _number(text)
+    return {name: int(number)} if number is not None and number.is_integer() else None
+
+
+def _number(text: str) -> float | None:
+    try:
+        number = float(text.strip())
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _problem(values: dict[str, Any]) -> str | None:
+    """Why these values would make an invalid request, checked on an otherwise valid one."""
+    try:
+        replace(GenerationRequest(prompt="", model="m"), **values).validate()
+    except InvalidRequest as error:
+        return str(error).rstrip(".")
+    return None
+
+
+# ------------------------------------------------------------------------------------------ showing
+
+
+def recipe_text(recipe: Recipe) -> str:
+    """The recipe as plain text: what the file says, then what Marble will not honour."""
+    if not recipe.has_recipe:
+        return "This image carries no recipe (no generation settings in its metadata)."
+    lines = [f"Written by: {recipe.format_name}", "", "Prompt:", recipe.prompt]
+    if recipe.negative_prompt:
+        lines += ["", "Negative prompt:", recipe.negative_prompt]
+    if recipe.settings:
+        lines += ["", "Settings:", *(f"{key}: {value}" for key, value in recipe.settings.items())]
+    if recipe.warnings:
+        lines += ["", "Warnings:", *(f"- {text}" for text in recipe.warnings)]
+    if recipe.unsupported:
+        lines += ["", "Not used by Marble:", *(f"- {text}" for text in recipe.unsupported)]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Change:
+    field: str
+    old: str
+    new: str
+
+    def __str__(self) -> str:
+        return f"{_LABELS.get(self.field, self.field)}: {self.old} -> {self.new}"
+
+
+_LABELS = {
+    "prompt": "Prompt", "negative_prompt": "Negative prompt", "model": "Model", "loras": "LoRAs",
+    "sampler": "Sampler", "steps": "Steps", "cfg_scale": "CFG scale", "seed": "Seed", "width": "Width",
+    "height": "Height", "clip_skip": "Clip skip", "emphasis": "Emphasis",
+}  # fmt: skip
+
+
+def changes(fields: Mapping[str, Any], current: Mapping[str, Any]) -> list[Change]:
+    """What applying `fields` to the `current` values would change, as short `old -> new` texts."""
+    return [
+        Change(name, _short(name, current.get(name)), _short(name, value))
+        for name, value in fields.items()
+        if current.get(name) != value
+    ]
+
+
+def _short(name: str, value: Any) -> str:
+    if name == "loras":
+        return ", ".join(f"{ref.name}:{ref.weight:g}" for ref in value or ()) or "none"
+    if name == "seed" and value == -1:
+        return "random"
+    text = " ".join(str(value).split()) if value is not None else ""
+    if not text:
+        return "(empty)"
+    return text if len(text) <= 40 else text[:39] + "…"
