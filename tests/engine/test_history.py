@@ -421,3 +421,29 @@ def test_export_with_and_without_metadata(paths: AppPaths, tmp_path: Path):
     with Image.open(source) as a, Image.open(stripped) as b:
         assert a.tobytes() == b.tobytes()
     assert b"fox" not in stripped.read_bytes()
+
+
+def test_seeds_up_to_two_to_the_64_are_kept_by_the_runner_the_index_and_a_reread(
+    store: HistoryStore, paths: AppPaths
+):
+    # ComfyUI and Fooocus seeds reach 2**64 - 1; SQLite's INTEGER stops at 2**63 - 1.
+    top = 2**64 - 1
+    runner = JobRunner(FakeBackend(steps=1), ImageWriter(paths.outputs), VERSION, history=store)
+    job, events = run_job(runner, request_for(seed=top - 1, batch_size=2))
+    assert isinstance(events[-1], JobFinished), events[-1]
+    records = sorted(store.query(), key=lambda record: record.seed)
+    assert [record.seed for record in records] == [top - 1, top]
+    assert all(record.request().seed == record.seed for record in records)
+    assert store.job(job.id).images_done == 2
+    # Indexed from the file alone (a lost database), and read back by a new store.
+    path = records[-1].path
+    store.close_all()
+    paths.history_db.unlink()
+    fresh = HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
+    try:
+        assert fresh.index_file(path).seed == top
+        assert fresh.find_by_path(path).seed == top
+        middle = write_png(paths.outputs / "mid.png", request_for(seed=2**63), seed=2**63)
+        assert fresh.index_file(middle).seed == 2**63
+    finally:
+        fresh.close_all()

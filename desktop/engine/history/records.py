@@ -148,9 +148,24 @@ class ReconcileReport:
     unreadable: tuple[str, ...] = ()
 
 
+# SQLite's INTEGER is signed 64-bit, and seeds go to 2**64 - 1 (ComfyUI, Fooocus): the upper half is
+# stored as its two's-complement negative. No stored seed is negative otherwise: an image's row holds
+# the concrete seed it was made with, never -1 (Random).
+_SEED_WRAP = 2**64
+
+
+def seed_to_sql(seed: int | None) -> int | None:
+    return seed - _SEED_WRAP if seed is not None and seed >= 2**63 else seed
+
+
+def seed_from_sql(value: int | None) -> int | None:
+    return value + _SEED_WRAP if value is not None and value < 0 else value
+
+
 def image_from_row(row: Sequence[Any]) -> ImageRecord:
     """An `images` row, selected as IMAGE_COLUMNS, as a record."""
     values = list(row)
+    values[8] = seed_from_sql(values[8])  # seed
     values[17] = bool(values[17])  # favourite
     values[18] = bool(values[18])  # missing
     return ImageRecord(*values)

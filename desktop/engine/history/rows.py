@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.history.records import NewImage
+from desktop.engine.history.records import NewImage, seed_to_sql
 from desktop.engine.metadata import ImageMetadata
 from desktop.engine.request import GenerationRequest
 
@@ -38,7 +38,7 @@ def image_row(
         "model": model,
         "model_hash": model_hash,
         "lora_hashes": lora_hashes,
-        "seed": request.seed if request else None,
+        "seed": seed_to_sql(request.seed) if request else None,
         "sampler": sampler,
         "steps": request.steps if request else None,
         "cfg": float(request.cfg_scale) if request else None,
