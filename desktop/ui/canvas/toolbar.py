@@ -87,6 +87,23 @@ class CanvasToolbar(QWidget):
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="marble-source-png")
         self._source_png: Future[bytes] | None = None
 
+        self._build_source_controls()
+        self._build_mask_tools()
+        self._build_mask_settings()
+        # What a click or drag on the canvas does now: the toolbar changes with the mode, the canvas
+        # looks the same in every mode.
+        self.hint_label = QLabel(objectName="canvas_hint")
+        self.hint_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.hint_label.setWordWrap(True)
+        self.hint_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.rows: dict[str, QWidget] = {}
+
+        self._build_layout()
+        self._connect()
+        self._update_brush()
+        self._on_mode_changed()
+
+    def _build_source_controls(self) -> None:
         self.mode_combo = _combo(MODES, "canvas_mode")
         self.strength_slider = QSlider(Qt.Orientation.Horizontal, objectName="strength_slider")
         self.strength_slider.setRange(0, 100)
@@ -97,6 +114,7 @@ class CanvasToolbar(QWidget):
         # A long file name must not widen the window: it is shortened with "…" (full name in the tooltip).
         self.source_label = ElidedLabel("No source image", objectName="source_label")
 
+    def _build_mask_tools(self) -> None:
         self.tool_buttons = {
             tool: _button(text, tip, checkable=True)
             for tool, text, tip in (
@@ -125,15 +143,16 @@ class CanvasToolbar(QWidget):
         # Short fixed labels: the undo actions' own texts ("Undo Brush stroke") would widen the bar.
         self.undo_button = _button("Undo", "Undo the last mask edit (Ctrl+Z)")
         self.redo_button = _button("Redo", "Redo (Ctrl+Shift+Z)")
-        self.undo_button.clicked.connect(canvas.undo_stack.undo)
-        self.redo_button.clicked.connect(canvas.undo_stack.redo)
-        canvas.undo_stack.canUndoChanged.connect(self.undo_button.setEnabled)
-        canvas.undo_stack.canRedoChanged.connect(self.redo_button.setEnabled)
+        self.undo_button.clicked.connect(self._canvas.undo_stack.undo)
+        self.redo_button.clicked.connect(self._canvas.undo_stack.redo)
+        self._canvas.undo_stack.canUndoChanged.connect(self.undo_button.setEnabled)
+        self._canvas.undo_stack.canRedoChanged.connect(self.redo_button.setEnabled)
         self.undo_button.setEnabled(False)
         self.redo_button.setEnabled(False)
         self.load_mask_button = _button("Load mask…", "Load a mask PNG (white = repaint)")
         self.save_mask_button = _button("Save mask…", "Save the mask as a PNG (white = repaint)")
 
+    def _build_mask_settings(self) -> None:
         self.blur_spin = _spin(0, 256, 4, " px", "Mask blur: feather the mask edge")
         self.area_combo = _combo(AREAS, "inpaint_area")
         self.padding_spin = _spin(0, 1024, 32, " px", 'Padding around the mask for "Only masked"')
@@ -144,20 +163,13 @@ class CanvasToolbar(QWidget):
             for side in ("left", "top", "right", "bottom")
         }
         self.outpaint_button = _button("Extend", "Grow the canvas and mask the new area for outpainting")
-        # What a click or drag on the canvas does now: the toolbar changes with the mode, the canvas
-        # looks the same in every mode.
-        self.hint_label = QLabel(objectName="canvas_hint")
-        self.hint_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.hint_label.setWordWrap(True)
-        self.hint_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.rows: dict[str, QWidget] = {}
 
-        self._build_layout()
+    def _connect(self) -> None:
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.strength_slider.valueChanged.connect(lambda v: self.strength_label.setText(f"{v / 100:.2f}"))
         self.use_source_button.clicked.connect(self.use_current_as_source)
         self._tools.buttonClicked.connect(self._on_tool_clicked)
-        canvas.tool_changed.connect(self._on_canvas_tool_changed)
+        self._canvas.tool_changed.connect(self._on_canvas_tool_changed)
         self.source_changed.connect(self._update_hint)
         self.strength_slider.valueChanged.connect(self._update_hint)
         self.size_spin.valueChanged.connect(self._update_brush)
@@ -170,10 +182,8 @@ class CanvasToolbar(QWidget):
         self.load_mask_button.clicked.connect(self._ask_load_mask)
         self.save_mask_button.clicked.connect(self._ask_save_mask)
         self.outpaint_button.clicked.connect(self._on_outpaint_clicked)
-        canvas.image_dropped.connect(self.load_source_file)
-        canvas.picture_changed.connect(self._on_picture_changed)
-        self._update_brush()
-        self._on_mode_changed()
+        self._canvas.image_dropped.connect(self.load_source_file)
+        self._canvas.picture_changed.connect(self._on_picture_changed)
 
     def _build_layout(self) -> None:
         # Rows of small controls wrap (FlowLayout) instead of widening the window: the toolbar must
