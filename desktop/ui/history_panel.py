@@ -8,7 +8,6 @@ are plain text (prompts from downloaded files are never rendered as HTML).
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import QItemSelectionModel, Qt, QTimer, QUrl, Signal, Slot
@@ -16,15 +15,9 @@ from PySide6.QtGui import QAction, QDesktopServices, QImageReader, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
-    QCheckBox,
-    QComboBox,
     QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
     QMenu,
     QPlainTextEdit,
-    QPushButton,
     QSplitter,
     QToolButton,
     QVBoxLayout,
@@ -34,16 +27,15 @@ from PySide6.QtWidgets import (
 from desktop.bridge.controller import GenerationController
 from desktop.bridge.history_model import ICON_SIZE, HistoryModel
 from desktop.engine.errors import MarbleError
-from desktop.engine.history import HistoryQuery, ImageRecord, ReconcileReport, export_image
+from desktop.engine.history import ImageRecord, ReconcileReport, export_image
 from desktop.engine.request import GenerationRequest
 from desktop.ui.flow_layout import flow_row
 from desktop.ui.history_detail import HistoryDetailView
+from desktop.ui.history_filters import HistoryFilters
 from desktop.ui.history_grid import HistoryGrid
+from desktop.ui.history_recovery import RecoveryBar
 
-SEARCH_DELAY_MS = 250
 REFRESH_DELAY_MS = 300
-_DAY = 86_400.0
-DATE_RANGES = (("Any time", None), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30))
 
 
 class HistoryPanel(QWidget):
@@ -71,36 +63,23 @@ class HistoryPanel(QWidget):
         self.setObjectName("history_panel")
         self._model = model
         self._controller = controller
-        self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
-        self._search_timer.timeout.connect(self.apply_filters)
         self._refresh_timer = QTimer(self, singleShot=True, interval=REFRESH_DELAY_MS)
         self._refresh_timer.timeout.connect(self.refresh)
 
-        self.recovery_label = QLabel(objectName="history_recovery_label")
-        self.recovery_label.setTextFormat(Qt.TextFormat.PlainText)
-        self.recovery_label.setWordWrap(True)
-        self.resume_button = QPushButton("Run again", objectName="history_resume_button")
-        self.dismiss_button = QPushButton("Dismiss", objectName="history_dismiss_button")
-        self.recovery_bar = QWidget(objectName="history_recovery_bar")
-        recovery = QHBoxLayout(self.recovery_bar)
-        recovery.setContentsMargins(6, 4, 6, 4)
-        recovery.addWidget(self.recovery_label, 1)
-        recovery.addWidget(self.resume_button)
-        recovery.addWidget(self.dismiss_button)
-        self.recovery_bar.hide()
-
-        self.search_edit = QLineEdit(objectName="history_search", placeholderText="Search prompts")
-        self.search_edit.setClearButtonEnabled(True)
-        self.model_combo = QComboBox(objectName="history_model_filter")
-        self.date_combo = QComboBox(objectName="history_date_filter")
-        for label, days in DATE_RANGES:
-            self.date_combo.addItem(label, days)
-        self.favourites_check = QCheckBox("★ only", objectName="history_favourites_filter")
-        self.sort_combo = QComboBox(objectName="history_sort")
-        self.sort_combo.addItem("Newest first", True)
-        self.sort_combo.addItem("Oldest first", False)
-        self.trash_check = QCheckBox("Trash", objectName="history_trash_view")
-        self.count_label = QLabel(objectName="history_count")
+        self.recovery_bar = RecoveryBar(controller)
+        self.recovery_bar.message.connect(self.message)
+        # Kept as attributes of the panel: tests and the window reach the controls through it.
+        self.recovery_label = self.recovery_bar.label
+        self.resume_button = self.recovery_bar.resume_button
+        self.dismiss_button = self.recovery_bar.dismiss_button
+        self.filters = HistoryFilters()
+        self.search_edit = self.filters.search_edit
+        self.model_combo = self.filters.model_combo
+        self.date_combo = self.filters.date_combo
+        self.favourites_check = self.filters.favourites_check
+        self.sort_combo = self.filters.sort_combo
+        self.trash_check = self.filters.trash_check
+        self.count_label = self.filters.count_label
 
         # Fixed-size cells drawn by its own delegate: see history_grid for why.
         self.view = HistoryGrid(ICON_SIZE)
@@ -116,18 +95,12 @@ class HistoryPanel(QWidget):
         self._build_actions()
         self._build_layout()
 
-        self.search_edit.textChanged.connect(lambda _: self._search_timer.start())
-        self.search_edit.returnPressed.connect(self.apply_filters)
-        for combo in (self.model_combo, self.date_combo, self.sort_combo):
-            combo.activated.connect(lambda _: self.apply_filters())
-        self.favourites_check.toggled.connect(lambda _: self.apply_filters())
-        self.trash_check.toggled.connect(self._on_trash_toggled)
+        self.filters.changed.connect(lambda: self._model.set_query(self.filters.query()))
+        self.filters.trash_toggled.connect(self._on_trash_toggled)
         self.view.selectionModel().selectionChanged.connect(lambda *_: self._on_selection_changed())
         self.view.doubleClicked.connect(lambda index: self.send_to_canvas())
         self.view.open_requested.connect(lambda index: self.open_details())
         self.view.customContextMenuRequested.connect(self._show_menu)
-        self.resume_button.clicked.connect(self.resume_unfinished)
-        self.dismiss_button.clicked.connect(self.dismiss_unfinished)
         model.query_changed.connect(self._on_query_changed)
         model.reconciled.connect(self._on_reconciled)
         if controller is not None:
@@ -138,7 +111,7 @@ class HistoryPanel(QWidget):
         self._refresh_models()
         self._on_query_changed(model.total)
         self._on_selection_changed()
-        self.show_unfinished_jobs()
+        self.recovery_bar.show_unfinished_jobs()
 
     # ----------------------------------------------------------------------------------- layout
 
@@ -170,8 +143,6 @@ class HistoryPanel(QWidget):
 
     def _build_layout(self) -> None:
         # Rows that wrap (flow rows), so the docked panel fits a narrow column of a 1280 px window.
-        filters = flow_row(self.model_combo, self.date_combo, self.favourites_check, self.trash_check,
-                           self.sort_combo, self.count_label)
         tool_buttons = []
         for act in (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.favourite_action,
                     self.delete_action):
@@ -202,8 +173,7 @@ class HistoryPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.recovery_bar)
-        layout.addWidget(self.search_edit)
-        layout.addWidget(filters)
+        layout.addWidget(self.filters)
         layout.addWidget(splitter, 1)
 
     # ----------------------------------------------------------------------------------- public
@@ -212,25 +182,9 @@ class HistoryPanel(QWidget):
     def model(self) -> HistoryModel:
         return self._model
 
-    def current_query(self) -> HistoryQuery:
-        days = self.date_combo.currentData()
-        since = None
-        if days is not None:
-            midnight = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-            since = midnight - days * _DAY
-        return HistoryQuery(
-            text=self.search_edit.text().strip(),
-            model=self.model_combo.currentData() or None,
-            favourites_only=self.favourites_check.isChecked(),
-            since=since,
-            trashed=self.trash_check.isChecked(),
-            newest_first=bool(self.sort_combo.currentData()),
-        )
-
     @Slot()
     def apply_filters(self) -> None:
-        self._search_timer.stop()
-        self._model.set_query(self.current_query())
+        self.filters.apply()
 
     @Slot()
     def refresh(self) -> None:
@@ -413,64 +367,20 @@ class HistoryPanel(QWidget):
         self.refresh()
         self.message.emit(f"Deleted {count} image{'s' if count != 1 else ''} for good.", "info")
 
-    # ------------------------------------------------------------------------ unfinished jobs
-
-    def show_unfinished_jobs(self) -> None:
-        jobs = self._controller.unfinished_jobs() if self._controller is not None else []
-        if not jobs:
-            self.recovery_bar.hide()
-            return
-        images = sum(job.remaining_request().images_total for job in jobs)
-        self.recovery_label.setText(
-            f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} did not finish last time "
-            f"({images} image{'s' if images != 1 else ''} to make)."
-        )
-        self.recovery_bar.show()
-
-    @Slot()
-    def resume_unfinished(self) -> None:
-        if self._controller is None:
-            return
-        for job in self._controller.unfinished_jobs():
-            try:
-                self._controller.resume(job.id)
-            except MarbleError as error:
-                self.message.emit(f"Cannot run {job.id} again: {error}", "error")
-                self._controller.dismiss(job.id)
-        self.show_unfinished_jobs()
-
-    @Slot()
-    def dismiss_unfinished(self) -> None:
-        if self._controller is None:
-            return
-        for job in self._controller.unfinished_jobs():
-            self._controller.dismiss(job.id)
-        self.show_unfinished_jobs()
-
     # ---------------------------------------------------------------------------------- private
 
     def _refresh_models(self) -> None:
-        current = self.model_combo.currentData()
-        names = self._model.store.models() if self._model else []
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        self.model_combo.addItem("All models", None)
-        for name in names:
-            self.model_combo.addItem(name, name)
-        index = self.model_combo.findData(current)
-        self.model_combo.setCurrentIndex(max(0, index))
-        self.model_combo.blockSignals(False)
+        self.filters.set_models(self._model.store.models() if self._model else [])
 
     @Slot(int)
     def _on_query_changed(self, total: int) -> None:
-        self.count_label.setText(f"{total:,} image{'s' if total != 1 else ''}")
+        self.filters.set_count(total)
         self._on_selection_changed()
 
     @Slot(bool)
     def _on_trash_toggled(self, trash: bool) -> None:
         self.delete_action.setVisible(not trash)
         self.restore_action.setVisible(trash)
-        self.apply_filters()
 
     @Slot(object)
     def _on_reconciled(self, result: object) -> None:
@@ -484,7 +394,7 @@ class HistoryPanel(QWidget):
                     "in the image folder; their records are kept and marked missing.",
                     "warning",
                 )
-        self.show_unfinished_jobs()
+        self.recovery_bar.show_unfinished_jobs()
 
     def _on_selection_changed(self) -> None:
         records = self.selected_records()
