@@ -35,6 +35,7 @@ from desktop.engine.library.demo import demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
+from desktop.engine.provenance import signer_for
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
@@ -243,8 +244,14 @@ def build_app_window(
     catalog = ModelCatalog(Path(models_folder).expanduser() if models_folder else paths.models)
     history, problem = open_history(paths)
     preview_every = settings.get("preview_every") if settings is not None else 1
+    writer = ImageWriter(paths.outputs)
+    try:
+        writer.signer = signer_for(paths.config, bool(settings is not None and settings.get("c2pa")))
+    except MarbleError as error:
+        # Images are still saved, with their XMP mark; the user learns why they are not signed.
+        problem = f"{problem} {error}".strip()
     factory = diffusers_runner_factory(
-        paths, resources, catalog, ImageWriter(paths.outputs), preview_every=preview_every, history=history
+        paths, resources, catalog, writer, preview_every=preview_every, history=history
     )
     window, controller = build_main_window(paths, factory, catalog, history, settings)
     if problem:
