@@ -111,7 +111,8 @@ def build_main_window(
             app = QApplication.instance()
             assert isinstance(app, QApplication)
             window.settings_integration = SettingsIntegration(
-                window, settings, ThemeManager(app, parent=window), log_folder=paths.logs
+                window, settings, ThemeManager(app, parent=window), log_folder=paths.logs,
+                signing_key_folder=paths.config,
             )
             window.settings_integration.apply_at_start()
             window.session_memory = SessionMemory(window, settings)
@@ -254,9 +255,27 @@ def build_app_window(
         paths, resources, catalog, writer, preview_every=preview_every, history=history
     )
     window, controller = build_main_window(paths, factory, catalog, history, settings)
+    if settings is not None:
+        follow_signing_setting(window, writer, paths.config, settings)
     if problem:
         window.message_bar.show_message(problem, "error")
     return window, controller, history
+
+
+def follow_signing_setting(window: MainWindow, writer: ImageWriter, key_folder: Path, settings: SettingsStore) -> None:
+    """The writer signs (or stops) from the next image on when C2PA signing or its key changes."""
+
+    def refresh() -> None:
+        try:
+            # An attribute swap: the generation thread reads it once per image.
+            writer.signer = signer_for(key_folder, bool(settings.get("c2pa")))
+        except MarbleError as error:
+            writer.signer = None
+            window.message_bar.show_message(str(error), "error")
+
+    integration = window.settings_integration
+    integration.settings_changed.connect(lambda keys: refresh() if "c2pa" in keys else None)
+    integration.signing_key_created.connect(refresh)
 
 
 def install_demo(paths: AppPaths, resources: Resources) -> None:

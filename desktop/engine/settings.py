@@ -104,7 +104,7 @@ SETTINGS: tuple[Setting, ...] = (
     # turns this on). Every image is marked AI-generated in its XMP either way.
     Setting(
         "c2pa", "C2PA signing", "Sign every new image with a C2PA manifest (Content Credentials) naming Marble "
-        "and the model, with your own key. Takes effect at the next start.", BOOLEAN, False,
+        "and the model, with your own key (Create signing key, below).", BOOLEAN, False,
     ),
 )
 
