@@ -4,6 +4,7 @@ reader, the signing key's files, the command line's switch, and the private expo
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 import struct
@@ -19,7 +20,7 @@ from PIL import Image
 
 import desktop
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
-from desktop.engine.events import JobFinished, JobWarning
+from desktop.engine.events import ImageUnsaved, JobFinished, JobWarning
 from desktop.engine.history import export_image
 from desktop.engine.jobs import Job, JobState
 from desktop.engine.library.catalog import ModelCatalog
@@ -88,8 +89,6 @@ def manifest_of(data: bytes) -> tuple[dict, list[dict]]:
     """The active manifest and the validation status, as the c2pa library's reader reports them."""
     with c2pa.Reader("image/png", io.BytesIO(data)) as reader:
         active = reader.get_active_manifest()
-        import json
-
         status = json.loads(reader.json()).get("validation_status", [])
     return active, status
 
@@ -248,3 +247,19 @@ def test_a_real_job_signs_its_image_with_the_model_it_used(tmp_path, key, tiny_s
     assert action["parameters"]["model"] == "tiny-sd15"
     assert action["softwareAgent"]["version"] == desktop.__version__
     assert [entry["code"] for entry in status] == ["signingCredential.untrusted"]
+
+
+def test_an_image_that_could_not_be_saved_is_kept_with_its_marks(tmp_path, key, tiny_sd15_dir):
+    home = AppPaths.for_root(tmp_path / "home").ensure()
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the output folder should be")
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models))
+    runner = JobRunner(backend, ImageWriter(blocked, signer=C2paSigner(key)), desktop.__version__)
+    events: list = []
+    request = GenerationRequest(prompt="a red circle", model=str(tiny_sd15_dir), steps=2, seed=5,
+                                width=64, height=64, device="cpu")
+    assert runner.run(Job(request), events.append) is JobState.FAILED
+    (unsaved,) = [e for e in events if isinstance(e, ImageUnsaved)]
+    assert xmp_source_type(text_chunks(unsaved.png)[XMP_KEYWORD][1]) == TRAINED_ALGORITHMIC_MEDIA
+    active, _ = manifest_of(unsaved.png)
+    assert active["assertions"][0]["data"]["actions"][0]["parameters"]["model"] == "tiny-sd15"
