@@ -35,6 +35,7 @@ from desktop.engine.library.demo import demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
+from desktop.engine.provenance import signer_for
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
@@ -110,7 +111,8 @@ def build_main_window(
             app = QApplication.instance()
             assert isinstance(app, QApplication)
             window.settings_integration = SettingsIntegration(
-                window, settings, ThemeManager(app, parent=window), log_folder=paths.logs
+                window, settings, ThemeManager(app, parent=window), log_folder=paths.logs,
+                signing_key_folder=paths.config,
             )
             window.settings_integration.apply_at_start()
             window.session_memory = SessionMemory(window, settings)
@@ -243,13 +245,37 @@ def build_app_window(
     catalog = ModelCatalog(Path(models_folder).expanduser() if models_folder else paths.models)
     history, problem = open_history(paths)
     preview_every = settings.get("preview_every") if settings is not None else 1
+    writer = ImageWriter(paths.outputs)
+    try:
+        writer.signer = signer_for(paths.config, bool(settings is not None and settings.get("c2pa")))
+    except MarbleError as error:
+        # Images are still saved, with their XMP mark; the user learns why they are not signed.
+        problem = f"{problem} {error}".strip()
     factory = diffusers_runner_factory(
-        paths, resources, catalog, ImageWriter(paths.outputs), preview_every=preview_every, history=history
+        paths, resources, catalog, writer, preview_every=preview_every, history=history
     )
     window, controller = build_main_window(paths, factory, catalog, history, settings)
+    if settings is not None:
+        follow_signing_setting(window, writer, paths.config, settings)
     if problem:
         window.message_bar.show_message(problem, "error")
     return window, controller, history
+
+
+def follow_signing_setting(window: MainWindow, writer: ImageWriter, key_folder: Path, settings: SettingsStore) -> None:
+    """The writer signs (or stops) from the next image on when C2PA signing or its key changes."""
+
+    def refresh() -> None:
+        try:
+            # An attribute swap: the generation thread reads it once per image.
+            writer.signer = signer_for(key_folder, bool(settings.get("c2pa")))
+        except MarbleError as error:
+            writer.signer = None
+            window.message_bar.show_message(str(error), "error")
+
+    integration = window.settings_integration
+    integration.settings_changed.connect(lambda keys: refresh() if "c2pa" in keys else None)
+    integration.signing_key_created.connect(refresh)
 
 
 def install_demo(paths: AppPaths, resources: Resources) -> None:

@@ -48,6 +48,7 @@ from desktop.engine.library.native_size import native_size
 from desktop.engine.metadata import read_image_metadata
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
+from desktop.engine.provenance import signer_for
 from desktop.engine.recipe import read_recipe, recipe_text
 from desktop.engine.request import (
     DEVICES,
@@ -60,6 +61,7 @@ from desktop.engine.request import (
 )
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
+from desktop.engine.settings import SettingsStore
 from desktop.engine.terminal_text import printable
 from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, exit_code
 from desktop.exit_codes import EXIT_MODEL as EXIT_MODEL  # re-exported: tests and scripts import the statuses here
@@ -123,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="make a source that is not a multiple of 8 fit by resizing or by padding")
     edit.add_argument("--outpaint", metavar="L,T,R,B",
                       help="grow the source canvas by these pixels (or one number for all sides) and fill them")
+    gen.add_argument("--c2pa", action=argparse.BooleanOptionalAction, default=None,
+                     help="sign the images with a C2PA manifest (default: the C2PA signing setting)")
     gen.add_argument("--rescue-dir", metavar="DIR",
                      help="where images go when the output folder cannot be written (disk full); "
                           "default: marble-rescue in the temp folder")
@@ -213,6 +217,14 @@ def _generate(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextI
     return _run_request(request, args, paths, report)
 
 
+def _c2pa_wanted(args: argparse.Namespace, paths: AppPaths) -> bool:
+    """--c2pa / --no-c2pa, else the setting the window saved (`marble resume` has no flag)."""
+    chosen = getattr(args, "c2pa", None)
+    if chosen is not None:
+        return bool(chosen)
+    return bool(SettingsStore.open(paths.settings_file).get("c2pa"))
+
+
 def _run_request(
     request: GenerationRequest,
     args: argparse.Namespace,
@@ -224,9 +236,16 @@ def _run_request(
     the unfinished job this one finishes, which the history then records as resumed."""
     from desktop.engine.backends import create_diffusers_backend
 
+    try:
+        # Checked before the model loads: a missing key should not cost a minute of loading first.
+        signer = signer_for(paths.config, _c2pa_wanted(args, paths))
+    except MarbleError as error:
+        report(JobFailed("-", str(error), error.kind))
+        return exit_code(error.kind)
     catalog = ModelCatalog(paths.models)
     backend = create_diffusers_backend(paths, Resources.default(), catalog, 0 if args.no_preview else 1)
     writer = ImageWriter(Path(args.out).expanduser(), dated=False) if args.out else ImageWriter(paths.outputs)
+    writer.signer = signer
     job = Job(request)
     try:
         # Opening also tidies up after a crash: leftover temp files, jobs of dead processes.

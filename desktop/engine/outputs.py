@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -14,6 +16,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from desktop.engine.errors import StorageError
+from desktop.engine.provenance import XMP_KEYWORD, C2paSigner, ImageOrigin, SigningError, xmp_packet
+
+log = logging.getLogger(__name__)
 
 _NUMBERED = re.compile(r"^(\d{5,})-")
 
@@ -25,21 +30,55 @@ class ImageWriter:
     takes that name and later ones `name-2.png`, `name-3.png`, ...
     """
 
-    def __init__(self, target: Path, dated: bool = True, clock: Callable[[], datetime] = datetime.now) -> None:
+    def __init__(
+        self,
+        target: Path,
+        dated: bool = True,
+        clock: Callable[[], datetime] = datetime.now,
+        signer: C2paSigner | None = None,
+    ) -> None:
         self._target = target
         self._dated = dated
         self._clock = clock
         self._written = 0
+        # None: no C2PA manifest (the XMP mark is written either way). Settable between jobs.
+        self.signer = signer
+        # Sentences about images saved without their signature; the runner turns them into warnings.
+        self.problems: list[str] = []
 
-    def save(self, image: Image.Image, text_chunks: Mapping[str, str], seed: int) -> Path:
+    def save(
+        self, image: Image.Image, text_chunks: Mapping[str, str], seed: int, origin: ImageOrigin | None = None
+    ) -> Path:
         path = self._next_path(seed)
+        # Encoded (and signed) in memory first: the file itself is still written in one atomic step.
+        data = self.encode(image, text_chunks, origin, path.name)
+        write_atomically(path, lambda stream: stream.write(data))  # type: ignore[attr-defined]
+        self._written += 1
+        return path
+
+    def encode(
+        self, image: Image.Image, text_chunks: Mapping[str, str], origin: ImageOrigin | None, title: str
+    ) -> bytes:
+        """The PNG bytes of one image: its text chunks, the XMP mark, and the C2PA manifest when signing."""
+        origin = origin or ImageOrigin(app_version="")
         info = PngInfo()
         for key, value in text_chunks.items():
             # iTXt keeps any Unicode a prompt may hold; tEXt is Latin-1 only.
             info.add_itxt(key, value) if not value.isascii() else info.add_text(key, value)
-        write_atomically(path, lambda stream: image.save(stream, format="PNG", pnginfo=info))
-        self._written += 1
-        return path
+        # XMP's own rule for PNG: one uncompressed iTXt chunk with this keyword.
+        info.add_itxt(XMP_KEYWORD, xmp_packet(origin.app_version), zip=False)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", pnginfo=info)
+        png = buffer.getvalue()
+        if self.signer is None:
+            return png
+        try:
+            return self.signer.sign_png(png, origin, title)
+        except SigningError as error:
+            # The picture matters more than its signature: keep it, unsigned, and say so.
+            log.warning("%s", error)
+            self.problems.append(f"{title} is saved without its C2PA signature: {error}")
+            return png
 
     def _next_path(self, seed: int) -> Path:
         if self._target.suffix.lower() == ".png":

@@ -6,7 +6,6 @@ in both. `run` never raises: every outcome is an event.
 
 from __future__ import annotations
 
-import io
 import logging
 import sqlite3
 import time
@@ -35,8 +34,9 @@ from desktop.engine.events import (
 from desktop.engine.history.store import JOB_CHUNK, HistoryStore, NewImage
 from desktop.engine.imaging import edit_parameters, file_sha256
 from desktop.engine.jobs import Job, JobState
-from desktop.engine.metadata import adapter_hashes_text, png_info, png_text_chunks, written_sampler
+from desktop.engine.metadata import adapter_hashes_text, png_text_chunks, written_sampler
 from desktop.engine.outputs import ImageWriter
+from desktop.engine.provenance import ImageOrigin
 from desktop.engine.request import GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,11 @@ class JobRunner:
                 # full disk) still counts for that job when the next start indexes it.
                 return {**chunks, JOB_CHUNK: job.id}
 
+            origin = ImageOrigin(self._version, report.model.name, report.model.hash or "")
             for position, (image, seed) in enumerate(zip(batch.images, batch.seeds, strict=True)):
                 chunks = chunks_for(position, seed)
                 try:
-                    path = self._writer.save(image, chunks, seed)
+                    path = self._writer.save(image, chunks, seed, origin)
                 except StorageError as error:
                     # The rest of this batch is made already: keep it in memory too, then stop the job.
                     unsaved = [
@@ -142,7 +143,10 @@ class JobRunner:
                         for k, (later, later_seed) in enumerate(zip(batch.images, batch.seeds, strict=True))
                         if k >= position
                     ]
-                    raise self._keep_unsaved(job.id, unsaved, len(paths), error, emit) from error
+                    raise self._keep_unsaved(job.id, unsaved, len(paths), error, emit, origin) from error
+                for problem in self._writer.problems:
+                    emit(JobWarning(job.id, problem))
+                self._writer.problems.clear()
                 timings = {"load_s": report.seconds, "generate_s": batch_seconds / max(1, len(batch.images))}
                 self._record_image(job, path, seed, report, batch, timings, emit)
                 paths.append(str(path))
@@ -222,13 +226,13 @@ class JobRunner:
         saved_before: int,
         error: StorageError,
         emit: Emit,
+        origin: ImageOrigin,
     ) -> StorageError:
         """Hand the images that could not be written to the caller as PNG bytes, then fail the job."""
         for offset, (image, seed, chunks) in enumerate(images):
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG", pnginfo=png_info(chunks))
-            emit(ImageUnsaved(job_id, buffer.getvalue(), seed, saved_before + offset,
-                              f"marble-{seed}.png", str(error)))
+            # The same bytes the writer would have saved: the XMP mark and, when signing, the manifest.
+            data = self._writer.encode(image, chunks, origin, f"marble-{seed}.png")
+            emit(ImageUnsaved(job_id, data, seed, saved_before + offset, f"marble-{seed}.png", str(error)))
         count = len(images)
         return StorageError(
             f"{error} {count} image{'s are' if count != 1 else ' is'} kept in memory: "

@@ -100,6 +100,12 @@ SETTINGS: tuple[Setting, ...] = (
         "models_folder", "Models folder", "A folder of models to use instead of the app's own; empty: "
         "the app's own models folder. Takes effect at the next start.", FOLDER, "",
     ),
+    # Off by default: a signature needs the user's own key, made on purpose ("Create signing key"
+    # turns this on). Every image is marked AI-generated in its XMP either way.
+    Setting(
+        "c2pa", "C2PA signing", "Sign every new image with a C2PA manifest (Content Credentials) naming Marble "
+        "and the model, with your own key (Create signing key, below).", BOOLEAN, False,
+    ),
 )
 
 

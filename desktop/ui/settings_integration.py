@@ -15,7 +15,8 @@ from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
 from PySide6.QtWidgets import QComboBox, QDialog, QMainWindow, QMenu
 
-from desktop.engine.errors import StorageError
+from desktop.engine.errors import MarbleError, StorageError
+from desktop.engine.provenance import create_signing_key, key_exists
 from desktop.engine.settings import SettingsStore
 from desktop.ui.dialogs.settings_dialog import SettingsDialog
 from desktop.ui.theme import ThemeManager
@@ -31,15 +32,23 @@ class SettingsIntegration(QObject):
 
     Signals:
         settings_changed(list): these setting keys got a new value from the dialog (already saved).
+        signing_key_created(): the dialog's "Create signing key" made a new C2PA key.
     """
 
     settings_changed = Signal(list)
+    signing_key_created = Signal()
 
     def __init__(
-        self, window: QMainWindow, store: SettingsStore, theme: ThemeManager, log_folder: Path | None = None
+        self,
+        window: QMainWindow,
+        store: SettingsStore,
+        theme: ThemeManager,
+        log_folder: Path | None = None,
+        signing_key_folder: Path | None = None,
     ) -> None:
         super().__init__(window)
         self._window = window
+        self._signing_key_folder = signing_key_folder
         self._store = store
         self._theme = theme
         self._log_folder = log_folder
@@ -84,6 +93,9 @@ class SettingsIntegration(QObject):
     def open_settings(self) -> bool:
         """Show the dialog; True when the user pressed OK (the settings are then applied and saved)."""
         dialog = SettingsDialog(self._store.declarations, self._store.values(), self._window)
+        if self._signing_key_folder is not None:
+            text = "Replace signing key" if key_exists(self._signing_key_folder) else "Create signing key"
+            dialog.add_action("create_signing_key", text, lambda: self._create_signing_key(dialog))
         try:
             if dialog.exec() != QDialog.DialogCode.Accepted:
                 return False
@@ -121,6 +133,18 @@ class SettingsIntegration(QObject):
         if self._log_folder is not None:
             self._log_folder.mkdir(parents=True, exist_ok=True)
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(self._log_folder)))
+
+    def _create_signing_key(self, dialog: SettingsDialog) -> str:
+        assert self._signing_key_folder is not None
+        try:
+            create_signing_key(self._signing_key_folder)
+        except MarbleError as error:
+            return str(error)
+        # Made on purpose to sign with: signing is ticked (the user can still untick it, or Cancel).
+        dialog.set_values({"c2pa": True})
+        self.signing_key_created.emit()
+        return (f"A new signing key is in {self._signing_key_folder}. Images are signed with it once "
+                "C2PA signing is on (press OK).")
 
     # ------------------------------------------------------------------------------ window state
 

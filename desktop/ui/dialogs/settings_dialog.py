@@ -5,7 +5,7 @@ A new declaration in `desktop.engine.settings.SETTINGS` appears here with no cha
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -90,10 +90,26 @@ class SettingsDialog(QDialog):
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         self.buttons.clicked.connect(self._on_clicked)
+        # Actions beside the settings ("Create signing key"): added by whoever opens the dialog.
+        self._actions = QVBoxLayout()
         layout = QVBoxLayout(self)
         layout.addLayout(form)
+        layout.addLayout(self._actions)
         layout.addWidget(self.buttons)
         self.setMinimumWidth(520)
+
+    def add_action(self, name: str, text: str, run: Callable[[], str]) -> QPushButton:
+        """A button that runs `run` at once (not at OK); the sentence it returns is shown under it."""
+        button = QPushButton(text, objectName=name)
+        result = QLabel(objectName=f"{name}_result")
+        result.setTextFormat(Qt.TextFormat.PlainText)
+        result.setWordWrap(True)
+        button.clicked.connect(lambda: result.setText(run()))
+        row = QHBoxLayout()
+        row.addWidget(button)
+        row.addWidget(result, 1)
+        self._actions.addLayout(row)
+        return button
 
     @staticmethod
     def _editor_for(setting: Setting) -> QWidget:

@@ -85,8 +85,8 @@ def _install(action: str, point: str, nth: int) -> None:
 
     real_save = outputs.ImageWriter.save
 
-    def save(self, image, text_chunks, seed):  # type: ignore[no-untyped-def]
-        path = real_save(self, image, text_chunks, seed)
+    def save(self, image, text_chunks, seed, *rest):  # type: ignore[no-untyped-def]
+        path = real_save(self, image, text_chunks, seed, *rest)
         reached("png")
         return path
 
