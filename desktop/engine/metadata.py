@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from PIL import Image, PngImagePlugin
 
 from desktop.engine.backends.base import AdapterHash, ModelInfo
-from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, canonical_sampler
+from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
 from desktop.engine.safe_files import open_regular
@@ -197,8 +197,8 @@ def _sampler_pairs(sampler: str, sampler_used: str | None) -> list[tuple[str, ob
     spec = SAMPLERS.get(canonical_sampler(name) or "")
     if spec is None:
         return [("Sampler", name)]
-    # A1111 >= 1.9 writes the Karras part as its own `Schedule type`.
-    return [("Sampler", spec.base_name), ("Schedule type", "Karras" if spec.karras else None)]
+    # A1111 >= 1.9 writes the Karras/Exponential part as its own `Schedule type`.
+    return [("Sampler", spec.base_name), ("Schedule type", spec.schedule or None)]
 
 
 def _written_model_name(request: GenerationRequest, model: ModelInfo | None) -> str:
@@ -400,6 +400,7 @@ _TOOL_SAMPLERS = {
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_sde": "DPM++ 2M SDE",
     "dpmpp_sde": "DPM++ SDE",
+    "dpmpp_3m_sde": "DPM++ 3M SDE",
     "ddim": "DDIM",
     "plms": "PLMS",
     "pndm": "PLMS",
@@ -412,14 +413,16 @@ _TOOL_SAMPLERS = {
 def resolve_sampler(name: str, schedule_type: str | None = None) -> str:
     """Our sampler name for what a file says (A1111 or another tool's identifier), else "default".
 
-    When the Karras variant is not one we have, the plain sampler is the closest reproduction.
+    When the Karras (or Exponential) variant is not one we have, the plain sampler is the closest
+    reproduction.
     """
-    name, karras = _a1111_sampler_name(str(name)), _is_karras(schedule_type)
-    if karras or name.endswith(" Karras"):
-        found = canonical_sampler(name, "Karras")
-        if found:
-            return found
-        name = name.removesuffix(" Karras")
+    name = _a1111_sampler_name(str(name))
+    for schedule in SCHEDULE_SWITCHES:
+        if _is_schedule(schedule_type, schedule) or name.endswith(f" {schedule}"):
+            found = canonical_sampler(name, schedule)
+            if found:
+                return found
+            name = name.removesuffix(f" {schedule}")
     return canonical_sampler(name) or DEFAULT_SAMPLER
 
 
@@ -436,8 +439,8 @@ def _a1111_sampler_name(name: str) -> str:
     return name.strip()
 
 
-def _is_karras(schedule_type: str | None) -> bool:
-    return bool(schedule_type) and str(schedule_type).strip().casefold() == "karras"
+def _is_schedule(schedule_type: str | None, schedule: str) -> bool:
+    return bool(schedule_type) and str(schedule_type).strip().casefold() == schedule.casefold()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -898,7 +901,7 @@ def _display_sampler(name: object, scheduler: object) -> Iterable[tuple[str, obj
     if resolved == DEFAULT_SAMPLER:
         return [("Sampler", name), ("Schedule type", schedule)]
     spec = SAMPLERS[resolved]
-    return [("Sampler", spec.base_name), ("Schedule type", "Karras" if spec.karras else schedule)]
+    return [("Sampler", spec.base_name), ("Schedule type", spec.schedule or schedule)]
 
 
 def _as_text(value: object) -> str:

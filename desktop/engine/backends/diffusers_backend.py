@@ -63,6 +63,7 @@ from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # n
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
+from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
 from desktop.engine.imaging import EditPlan, finish_edit, load_mask, load_source, mask_is_empty, plan_edit  # noqa: E402
 from desktop.engine.jobs import CancelToken  # noqa: E402
@@ -430,6 +431,7 @@ class DiffusersBackend:
 
         Returns the pipeline's output, or None when cancelled; raises _OutOfMemoryRaised on OOM."""
         pipe.scheduler = self._make_scheduler(request.sampler)
+        use_brownian_noise(pipe.scheduler, seeds)  # the SDE samplers' noise, seeded as A1111 seeds it
         watcher = _X0Watcher(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         every = self._preview_every
