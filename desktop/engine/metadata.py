@@ -106,12 +106,15 @@ def format_parameters(
         ("Model hash", model.hash if model else None),
         ("Model", _written_model_name(request, model)),
     ]
+    pairs += _variation_pairs(request, seed)
     if request.batch_size > 1:
         pairs += [("Batch size", request.batch_size), ("Batch pos", batch_pos)]
     if request.clip_skip > 1:
         pairs.append(("Clip skip", request.clip_skip))
     if request.emphasis != "Original":  # A1111 writes it only when it is not the default
         pairs.append(("Emphasis", request.emphasis))
+    if request.tiling:
+        pairs.append(("Tiling", True))
     pairs += list((extra or {}).items())
     pairs += [("Lora hashes", adapter_hashes_text(loras)), ("TI hashes", adapter_hashes_text(embeddings))]
     pairs.append(("Version", f"marble {version}"))
@@ -123,6 +126,17 @@ def format_parameters(
     lines.append(settings)
     # A1111 strips the whole text, so an empty prompt does not leave an empty first line.
     return "\n".join(lines).strip()
+
+
+def _variation_pairs(request: GenerationRequest, seed: int) -> list[tuple[str, object]]:
+    """A1111's keys, each only when on: this image's variation seed and strength, the seed resize size."""
+    pairs: list[tuple[str, object]] = []
+    if request.subseed_strength > 0:
+        pairs += [("Variation seed", request.subseed_for(seed)),
+                  ("Variation seed strength", float(request.subseed_strength))]
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        pairs.append(("Seed resize from", f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"))
+    return pairs
 
 
 def png_text_chunks(
@@ -343,9 +357,24 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
     emphasis = settings.get("emphasis", "").strip().casefold()
     if known := next((mode for mode in EMPHASIS_MODES if mode.casefold() == emphasis), None):
         changes.append({"emphasis": known})
+    changes += _variation_changes(settings)
     for change in changes:
         request = _apply_if_valid(request, change)
     return request
+
+
+def _variation_changes(settings: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Variation seed, its strength (one change: a strength alone would draw a random subseed),
+    seed resize and tiling from A1111's keys."""
+    changes: list[dict[str, Any]] = []
+    subseed, strength = _to_int(settings.get("variation seed")), _to_float(settings.get("variation seed strength"))
+    if subseed is not None and strength is not None:
+        changes.append({"subseed": subseed, "subseed_strength": strength})
+    if (resize := _to_size(settings.get("seed resize from"))) is not None:
+        changes.append({"seed_resize_from_w": resize[0], "seed_resize_from_h": resize[1]})
+    if settings.get("tiling", "").strip().casefold() == "true":
+        changes.append({"tiling": True})
+    return changes
 
 
 def _apply_if_valid(request: GenerationRequest, change: dict[str, Any]) -> GenerationRequest:

@@ -64,6 +64,7 @@ from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
+from desktop.engine.backends.variation import initial_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
 from desktop.engine.imaging import EditPlan, finish_edit, load_mask, load_source, mask_is_empty, plan_edit  # noqa: E402
 from desktop.engine.jobs import CancelToken  # noqa: E402
@@ -390,6 +391,8 @@ class DiffusersBackend:
         mode = choose_mode(request.memory_mode, device, request.width, request.height,
                            *_memory_budget(pipe, device))
         run_notes: list[str] = []
+        if request.varies_noise and plan is not None:
+            run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
         run = functools.partial(self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel)
         for attempt in attempts(mode, device):
             if attempt.reason:
@@ -463,6 +466,7 @@ class DiffusersBackend:
                     callback_on_step_end=on_step_end,
                     callback_on_step_end_tensor_inputs=["latents"],
                     **self._mode_arguments(request, plan),
+                    **_variation_arguments(pipe, request, plan, seeds),
                 )
         except _CancelRequested:
             return None
@@ -708,6 +712,22 @@ def shared_tokenizers(resources: Resources, folder: Path, family: str) -> dict[s
         and not any((folder / name / file).is_file() for file in ("vocab.json", "tokenizer.json"))
     ]
     return {name: clip_tokenizer(resources, pads_with_zero(family, name)) for name in missing}
+
+
+def _variation_arguments(
+    pipe: Any, request: GenerationRequest, plan: EditPlan | None, seeds: tuple[int, ...]
+) -> dict[str, Any]:
+    """`latents=` with A1111's variation/resized noise; nothing (the pipeline draws it) otherwise."""
+    if not request.varies_noise or plan is not None:
+        return {}
+    factor = pipe.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+    resize = None
+    if request.seed_resize_from_w > 0:
+        resize = (request.seed_resize_from_h // factor, request.seed_resize_from_w // factor)
+    subseeds = [request.subseed_for(seed) for seed in seeds]
+    noise = initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
+    return {"latents": noise.to(pipe.unet.dtype)}
 
 
 def _pipeline_class(arch: ArchitectureInfo) -> Any:
