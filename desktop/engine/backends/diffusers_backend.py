@@ -64,6 +64,7 @@ from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
+from desktop.engine.backends.tiling import circular_padding  # noqa: E402
 from desktop.engine.backends.variation import initial_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
 from desktop.engine.imaging import EditPlan, finish_edit, load_mask, load_source, mask_is_empty, plan_edit  # noqa: E402
@@ -455,7 +456,8 @@ class DiffusersBackend:
             return {}
 
         try:
-            with torch.inference_mode():
+            tiled = (pipe.unet, pipe.vae) if request.tiling else ()
+            with torch.inference_mode(), circular_padding(tiled):
                 return pipe(
                     **_prompt_arguments(pipe, request),
                     num_inference_steps=request.steps,
