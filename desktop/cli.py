@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -93,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--cfg", type=float, default=7.5, help="guidance scale")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
+    gen.add_argument("--subseed", type=int, default=-1, metavar="N",
+                     help="A1111's variation seed (-1 draws one when --subseed-strength is above 0)")
+    gen.add_argument("--subseed-strength", type=float, default=0.0, metavar="F",
+                     help="how far the noise moves from --seed's towards --subseed's: 0 off, 1 all the way")
+    gen.add_argument("--seed-resize-from", metavar="WxH",
+                     help="draw the seed's noise at this size and centre it (A1111's Seed resize from)")
+    gen.add_argument("--tiling", action="store_true", help="seamless tiling: the image wraps at its edges")
     gen.add_argument("--width", type=int, help="the model's native size; the source's with --init-image")
     gen.add_argument("--height", type=int, help="the model's native size; the source's with --init-image")
     gen.add_argument("--batch-count", type=int, default=1, help="pipeline runs, one after another")
@@ -316,11 +324,19 @@ def _resume(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO)
     return _run_request(record.remaining_request(), args, paths, report, resumes=record.id)
 
 
+def _size_arg(text: str, option: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d{1,5})\s*[xX]\s*(\d{1,5})\s*", text)
+    if match is None:
+        raise InvalidRequest(f"{option} {text!r} is not a size: write it as WIDTHxHEIGHT, e.g. 768x512.")
+    return int(match[1]), int(match[2])
+
+
 def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationRequest:
     sampler = canonical_sampler(args.sampler)
     if sampler is None:
         raise InvalidRequest(f"Unknown sampler {args.sampler!r}. Known samplers: {', '.join(SAMPLER_NAMES)}.")
     init_image, mask = _edit_inputs(args, paths)
+    resize_from = _size_arg(args.seed_resize_from, "--seed-resize-from") if args.seed_resize_from else (0, 0)
     model = args.model or _default_model(paths)
     width, height = args.width, args.height
     if init_image is not None:
@@ -361,6 +377,11 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         padding=args.padding,
         resize_mode=args.resize_mode,
         loras=tuple(parse_lora_arg(value) for value in args.lora),
+        subseed=args.subseed,
+        subseed_strength=args.subseed_strength,
+        seed_resize_from_w=resize_from[0],
+        seed_resize_from_h=resize_from[1],
+        tiling=args.tiling,
     )
 
 

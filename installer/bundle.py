@@ -32,6 +32,7 @@ METADATA_PACKAGES: tuple[str, ...] = (
     "numpy",
     "pillow",
     "scipy",
+    "torchsde",  # diffusers offers DPMSolverSDEScheduler only when this distribution's metadata is found
     "platformdirs",
     "packaging",
     "filelock",

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from PIL import Image, PngImagePlugin
 
 from desktop.engine.backends.base import AdapterHash, ModelInfo
-from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, canonical_sampler
+from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
 from desktop.engine.safe_files import open_regular
@@ -106,12 +106,15 @@ def format_parameters(
         ("Model hash", model.hash if model else None),
         ("Model", _written_model_name(request, model)),
     ]
+    pairs += _variation_pairs(request, seed)
     if request.batch_size > 1:
         pairs += [("Batch size", request.batch_size), ("Batch pos", batch_pos)]
     if request.clip_skip > 1:
         pairs.append(("Clip skip", request.clip_skip))
     if request.emphasis != "Original":  # A1111 writes it only when it is not the default
         pairs.append(("Emphasis", request.emphasis))
+    if request.tiling:
+        pairs.append(("Tiling", True))
     pairs += list((extra or {}).items())
     pairs += [("Lora hashes", adapter_hashes_text(loras)), ("TI hashes", adapter_hashes_text(embeddings))]
     pairs.append(("Version", f"marble {version}"))
@@ -123,6 +126,17 @@ def format_parameters(
     lines.append(settings)
     # A1111 strips the whole text, so an empty prompt does not leave an empty first line.
     return "\n".join(lines).strip()
+
+
+def _variation_pairs(request: GenerationRequest, seed: int) -> list[tuple[str, object]]:
+    """A1111's keys, each only when on: this image's variation seed and strength, the seed resize size."""
+    pairs: list[tuple[str, object]] = []
+    if request.subseed_strength > 0:
+        pairs += [("Variation seed", request.subseed_for(seed)),
+                  ("Variation seed strength", float(request.subseed_strength))]
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        pairs.append(("Seed resize from", f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"))
+    return pairs
 
 
 def png_text_chunks(
@@ -197,8 +211,8 @@ def _sampler_pairs(sampler: str, sampler_used: str | None) -> list[tuple[str, ob
     spec = SAMPLERS.get(canonical_sampler(name) or "")
     if spec is None:
         return [("Sampler", name)]
-    # A1111 >= 1.9 writes the Karras part as its own `Schedule type`.
-    return [("Sampler", spec.base_name), ("Schedule type", "Karras" if spec.karras else None)]
+    # A1111 >= 1.9 writes the Karras/Exponential part as its own `Schedule type`.
+    return [("Sampler", spec.base_name), ("Schedule type", spec.schedule or None)]
 
 
 def _written_model_name(request: GenerationRequest, model: ModelInfo | None) -> str:
@@ -343,9 +357,24 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
     emphasis = settings.get("emphasis", "").strip().casefold()
     if known := next((mode for mode in EMPHASIS_MODES if mode.casefold() == emphasis), None):
         changes.append({"emphasis": known})
+    changes += _variation_changes(settings)
     for change in changes:
         request = _apply_if_valid(request, change)
     return request
+
+
+def _variation_changes(settings: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Variation seed, its strength (one change: a strength alone would draw a random subseed),
+    seed resize and tiling from A1111's keys."""
+    changes: list[dict[str, Any]] = []
+    subseed, strength = _to_int(settings.get("variation seed")), _to_float(settings.get("variation seed strength"))
+    if subseed is not None and strength is not None:
+        changes.append({"subseed": subseed, "subseed_strength": strength})
+    if (resize := _to_size(settings.get("seed resize from"))) is not None:
+        changes.append({"seed_resize_from_w": resize[0], "seed_resize_from_h": resize[1]})
+    if settings.get("tiling", "").strip().casefold() == "true":
+        changes.append({"tiling": True})
+    return changes
 
 
 def _apply_if_valid(request: GenerationRequest, change: dict[str, Any]) -> GenerationRequest:
@@ -400,6 +429,7 @@ _TOOL_SAMPLERS = {
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_sde": "DPM++ 2M SDE",
     "dpmpp_sde": "DPM++ SDE",
+    "dpmpp_3m_sde": "DPM++ 3M SDE",
     "ddim": "DDIM",
     "plms": "PLMS",
     "pndm": "PLMS",
@@ -412,14 +442,16 @@ _TOOL_SAMPLERS = {
 def resolve_sampler(name: str, schedule_type: str | None = None) -> str:
     """Our sampler name for what a file says (A1111 or another tool's identifier), else "default".
 
-    When the Karras variant is not one we have, the plain sampler is the closest reproduction.
+    When the Karras (or Exponential) variant is not one we have, the plain sampler is the closest
+    reproduction.
     """
-    name, karras = _a1111_sampler_name(str(name)), _is_karras(schedule_type)
-    if karras or name.endswith(" Karras"):
-        found = canonical_sampler(name, "Karras")
-        if found:
-            return found
-        name = name.removesuffix(" Karras")
+    name = _a1111_sampler_name(str(name))
+    for schedule in SCHEDULE_SWITCHES:
+        if _is_schedule(schedule_type, schedule) or name.endswith(f" {schedule}"):
+            found = canonical_sampler(name, schedule)
+            if found:
+                return found
+            name = name.removesuffix(f" {schedule}")
     return canonical_sampler(name) or DEFAULT_SAMPLER
 
 
@@ -436,8 +468,8 @@ def _a1111_sampler_name(name: str) -> str:
     return name.strip()
 
 
-def _is_karras(schedule_type: str | None) -> bool:
-    return bool(schedule_type) and str(schedule_type).strip().casefold() == "karras"
+def _is_schedule(schedule_type: str | None, schedule: str) -> bool:
+    return bool(schedule_type) and str(schedule_type).strip().casefold() == schedule.casefold()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -930,7 +962,7 @@ def _display_sampler(name: object, scheduler: object) -> Iterable[tuple[str, obj
     if resolved == DEFAULT_SAMPLER:
         return [("Sampler", name), ("Schedule type", schedule)]
     spec = SAMPLERS[resolved]
-    return [("Sampler", spec.base_name), ("Schedule type", "Karras" if spec.karras else schedule)]
+    return [("Sampler", spec.base_name), ("Schedule type", spec.schedule or schedule)]
 
 
 def _as_text(value: object) -> str:

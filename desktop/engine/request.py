@@ -76,6 +76,15 @@ class GenerationRequest:
     inpaint_area: str = "whole"
     padding: int = 32
     resize_mode: str = "resize"
+    # A1111's variation seed: the initial noise is the seed's, slerped towards the subseed's by the
+    # strength (0 = off). Image k uses subseed + k. docs/samplers.md.
+    subseed: int = RANDOM_SEED
+    subseed_strength: float = 0.0
+    # A1111's "Seed resize from": the seed's noise drawn at this size (0 = off) and pasted centred.
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    # Seamless tiling: the UNet's and VAE's convolutions pad circularly, so the image wraps.
+    tiling: bool = False
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -132,7 +141,33 @@ class GenerationRequest:
             raise InvalidRequest(f"fast mode must be true or false, not {self.fast_mode!r}.")
         self._validate_loras()
         self._validate_image_inputs()
+        self._validate_variation()
         return self
+
+    def _validate_variation(self) -> None:
+        _check_int("variation seed", self.subseed)
+        if self.subseed != RANDOM_SEED and not 0 <= self.subseed <= MAX_SEED:
+            raise InvalidRequest(
+                f"variation seed {self.subseed} is out of range: use 0 to {MAX_SEED}, or -1 for random."
+            )
+        if not isinstance(self.subseed_strength, (int, float)) or not 0.0 <= self.subseed_strength <= 1.0:
+            raise InvalidRequest(f"variation strength {self.subseed_strength} is out of range: use 0 to 1.")
+        sides = (self.seed_resize_from_w, self.seed_resize_from_h)
+        for label, side in zip(("seed resize width", "seed resize height"), sides, strict=True):
+            _check_int(label, side)
+            if side and (side % 8 or not MIN_SIDE <= side <= MAX_SIDE):
+                raise InvalidRequest(
+                    f"{label} {side} must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}, or 0 for off."
+                )
+        if (sides[0] == 0) != (sides[1] == 0):
+            raise InvalidRequest("Seed resize from needs both a width and a height (or neither).")
+        if not isinstance(self.tiling, bool):
+            raise InvalidRequest(f"tiling must be true or false, not {self.tiling!r}.")
+
+    @property
+    def varies_noise(self) -> bool:
+        """True when the initial noise is not the plain seed's: variation seed or seed resize is on."""
+        return self.subseed_strength > 0 or self.seed_resize_from_w > 0
 
     def _validate_loras(self) -> None:
         for lora in self.loras:
@@ -182,15 +217,23 @@ class GenerationRequest:
 
     def with_seed(self, rng: random.Random | None = None) -> GenerationRequest:
         """A copy with a concrete seed: the random seed is drawn once, so metadata can reproduce it."""
-        if self.seed != RANDOM_SEED:
-            return self
-        return replace(self, seed=(rng or random.SystemRandom()).randint(0, MAX_DRAWN_SEED))
+        rng = rng or random.SystemRandom()
+        made = self
+        if made.seed == RANDOM_SEED:
+            made = replace(made, seed=rng.randint(0, MAX_DRAWN_SEED))
+        if made.subseed == RANDOM_SEED and made.subseed_strength > 0:
+            made = replace(made, subseed=rng.randint(0, MAX_DRAWN_SEED))
+        return made
 
     def seed_for(self, batch_index: int, image_index: int) -> int:
         """Image k of a job uses seed + k, as A1111 does, so any image can be re-made alone.
 
         Wraps past 2**64 - 1, the largest seed torch's generator takes."""
         return (self.seed + batch_index * self.batch_size + image_index) % (MAX_SEED + 1)
+
+    def subseed_for(self, seed: int) -> int:
+        """The variation seed of the image made with `seed`: it steps along with the seed, as in A1111."""
+        return (self.subseed + (seed - self.seed)) % (MAX_SEED + 1)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

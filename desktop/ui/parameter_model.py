@@ -38,6 +38,11 @@ class Parameters:
     memory_mode: str = "auto"
     fast_mode: bool = False
     loras: tuple[LoraRef, ...] = ()
+    subseed: int = RANDOM_SEED
+    subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0
+    seed_resize_from_h: int = 0
+    tiling: bool = False
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:

@@ -1,5 +1,6 @@
 """Every generation setting except the prompts: model, sampler, steps, CFG, seed, size, batch, text
-encoder (clip skip, emphasis), device. The values live in a `ParameterModel`; the widgets show it."""
+encoder (clip skip, emphasis), device, and A1111's extras (variation seed, seed resize, tiling).
+The values live in a `ParameterModel`; the widgets show it."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ from desktop.engine.request import (
     RANDOM_SEED,
 )
 from desktop.ui.lora_list import LoraListWidget
-from desktop.ui.parameter_model import ParameterModel
+from desktop.ui.parameter_model import ParameterModel, Parameters
 
+_EXTRA_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling")
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
     (768, 768),
@@ -149,6 +151,7 @@ class ParameterPanel(QWidget):
         self._create_size_widgets()
         self._create_encoder_widgets()
         self._create_device_widgets()
+        self._create_extra_widgets()
         self.lora_list = LoraListWidget()
         self._lay_out()
         self._bindings = self._bind()
@@ -242,6 +245,41 @@ class ParameterPanel(QWidget):
             "to compile; later ones run faster. Switching it reloads the model."
         )
 
+    def _create_extra_widgets(self) -> None:
+        """A1111's variation seed, seed resize and tiling, folded away under "Extra" as in A1111."""
+        self.extra_button = QToolButton(objectName="extra_button", text="Extra")
+        self.extra_button.setCheckable(True)
+        self.extra_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.extra_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.extra_button.toggled.connect(self.show_extra)
+        # The same range as the seed (to 2**64 - 1), so it is the same exact field.
+        self.subseed_spin = SeedEdit("subseed_spin")
+        self.subseed_spin.setToolTip("Variation seed: its noise is mixed into the seed's by the strength; "
+                                     "empty (Random) draws one per job")
+        self.subseed_strength_spin = QDoubleSpinBox(objectName="subseed_strength_spin")
+        self.subseed_strength_spin.setRange(0.0, 1.0)
+        self.subseed_strength_spin.setDecimals(2)
+        self.subseed_strength_spin.setSingleStep(0.05)
+        self.subseed_strength_spin.setToolTip("0: the seed's image; 1: the variation seed's image")
+        self.resize_w_spin = _resize_spin("seed_resize_w_spin")
+        self.resize_h_spin = _resize_spin("seed_resize_h_spin")
+        self.tiling_check = QCheckBox("Seamless tiling", objectName="tiling_check")
+        self.tiling_check.setToolTip("The image wraps: its left edge continues its right, its top its bottom")
+        self.extra = QWidget(objectName="extra")
+        form = QFormLayout(self.extra)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("&Variation seed", _row(self.subseed_spin, QLabel("strength"), self.subseed_strength_spin))
+        form.addRow("Resize seed from", _row(self.resize_w_spin, QLabel("×"), self.resize_h_spin))
+        form.addRow("", self.tiling_check)
+        self.extra.hide()
+
+    @Slot(bool)
+    def show_extra(self, shown: bool) -> None:
+        self.extra.setVisible(shown)
+        self.extra_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        if self.extra_button.isChecked() != shown:
+            self.extra_button.setChecked(shown)
+
     def _lay_out(self) -> None:
         clip_skip_label = QLabel("Clip s&kip")
         clip_skip_label.setBuddy(self.clip_skip_spin)
@@ -266,6 +304,8 @@ class ParameterPanel(QWidget):
         form.addRow("Precisi&on", self.precision_combo)
         form.addRow("Memor&y", self.memory_combo)
         form.addRow("Fas&t mode", self.fast_check)
+        form.addRow(self.extra_button)
+        form.addRow(self.extra)
         form.addRow("&LoRAs", self.lora_list)
 
     # ------------------------------------------------------------------------------------ binding
@@ -291,6 +331,16 @@ class ParameterPanel(QWidget):
             "memory_mode": _combo_binding(self.memory_combo),
             "fast_mode": _Binding(fast, fast.isChecked, fast.setChecked, fast.toggled),
             "loras": _Binding(loras, loras.loras, loras.set_loras, loras.loras_changed),
+            "subseed": _Binding(self.subseed_spin, self.subseed_spin.value, self.subseed_spin.setValue,
+                                self.subseed_spin.textChanged),
+            "subseed_strength": _Binding(
+                self.subseed_strength_spin, lambda: round(self.subseed_strength_spin.value(), 2),
+                self.subseed_strength_spin.setValue, self.subseed_strength_spin.valueChanged,
+            ),
+            "seed_resize_from_w": _spin_binding(self.resize_w_spin),
+            "seed_resize_from_h": _spin_binding(self.resize_h_spin),
+            "tiling": _Binding(self.tiling_check, self.tiling_check.isChecked, self.tiling_check.setChecked,
+                               self.tiling_check.toggled),
         }
         for name, binding in bindings.items():
             if name == "model":
@@ -310,6 +360,8 @@ class ParameterPanel(QWidget):
             self._show(name, value, self._bindings[name])
         if name == "emphasis":
             self.emphasis_changed.emit(value)
+        if name in _EXTRA_FIELDS and value != getattr(Parameters(), name):
+            self.show_extra(True)  # a recipe that uses an extra shows it
 
     def _show(self, name: str, value: object, binding: _Binding) -> None:
         # A widget that already shows the value (its own edit, coming back) is left alone: rebuilding
@@ -417,6 +469,15 @@ class _Binding:
     read: Callable[[], Any]
     show: Callable[[Any], object]
     edited: SignalInstance
+
+
+def _resize_spin(name: str) -> QSpinBox:
+    spin = QSpinBox(objectName=name)
+    spin.setRange(0, MAX_SIDE)
+    spin.setSingleStep(8)
+    spin.setSpecialValueText("Off")
+    spin.setToolTip("Draw the seed's noise at this size and centre it: keeps a seed's look at a new size")
+    return spin
 
 
 def _spin_binding(spin: QSpinBox) -> _Binding:

@@ -34,6 +34,11 @@ CHANGED = Parameters(
     memory_mode="tiled",
     fast_mode=True,
     loras=(LoraRef("inkwash", 0.5),),
+    subseed=77,
+    subseed_strength=0.35,
+    seed_resize_from_w=768,
+    seed_resize_from_h=640,
+    tiling=True,
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's.
 NOT_PARAMETERS = {
@@ -71,6 +76,11 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
                 strict=True,
             )
         ),
+        "subseed": lambda: int(panel.subseed_spin.value()),
+        "subseed_strength": panel.subseed_strength_spin.value,
+        "seed_resize_from_w": panel.resize_w_spin.value,
+        "seed_resize_from_h": panel.resize_h_spin.value,
+        "tiling": panel.tiling_check.isChecked,
     }
 
 
@@ -97,6 +107,11 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
     _select(panel.precision_combo, target.precision)
     _select(panel.memory_combo, target.memory_mode)
     panel.fast_check.setChecked(target.fast_mode)
+    panel.subseed_spin.setValue(target.subseed)
+    panel.subseed_strength_spin.setValue(target.subseed_strength)
+    panel.resize_w_spin.setValue(target.seed_resize_from_w)
+    panel.resize_h_spin.setValue(target.seed_resize_from_h)
+    panel.tiling_check.setChecked(target.tiling)
     panel.lora_list.set_names([ref.name for ref in target.loras])
     for ref in target.loras:
         panel.lora_list.add_row(ref.name, ref.weight)
@@ -180,3 +195,13 @@ def test_a_request_without_a_model_keeps_the_model_even_without_a_panel() -> Non
     model = ParameterModel(CHANGED)
     model.set_from_request(GenerationRequest(prompt="p", model=""))
     assert model.value("model") == CHANGED.model
+
+
+def test_extra_row_is_folded_until_asked_for_or_a_recipe_uses_it(panel: ParameterPanel) -> None:
+    assert panel.extra.isHidden()
+    panel.extra_button.click()
+    assert not panel.extra.isHidden()
+    panel.extra_button.click()
+    assert panel.extra.isHidden()
+    panel.model.update(tiling=True)
+    assert not panel.extra.isHidden() and panel.extra_button.isChecked()

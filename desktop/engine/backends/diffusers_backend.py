@@ -63,6 +63,9 @@ from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # n
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
+from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
+from desktop.engine.backends.tiling import circular_padding  # noqa: E402
+from desktop.engine.backends.variation import initial_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
 from desktop.engine.imaging import EditPlan, finish_edit, load_mask, load_source, mask_is_empty, plan_edit  # noqa: E402
 from desktop.engine.jobs import CancelToken  # noqa: E402
@@ -389,6 +392,8 @@ class DiffusersBackend:
         mode = choose_mode(request.memory_mode, device, request.width, request.height,
                            *_memory_budget(pipe, device))
         run_notes: list[str] = []
+        if request.varies_noise and plan is not None:
+            run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
         run = functools.partial(self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel)
         for attempt in attempts(mode, device):
             if attempt.reason:
@@ -430,6 +435,7 @@ class DiffusersBackend:
 
         Returns the pipeline's output, or None when cancelled; raises _OutOfMemoryRaised on OOM."""
         pipe.scheduler = self._make_scheduler(request.sampler)
+        use_brownian_noise(pipe.scheduler, seeds)  # the SDE samplers' noise, seeded as A1111 seeds it
         watcher = _X0Watcher(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         every = self._preview_every
@@ -450,7 +456,8 @@ class DiffusersBackend:
             return {}
 
         try:
-            with torch.inference_mode():
+            tiled = (pipe.unet, pipe.vae) if request.tiling else ()
+            with torch.inference_mode(), circular_padding(tiled):
                 return pipe(
                     **_prompt_arguments(pipe, request),
                     num_inference_steps=request.steps,
@@ -461,6 +468,7 @@ class DiffusersBackend:
                     callback_on_step_end=on_step_end,
                     callback_on_step_end_tensor_inputs=["latents"],
                     **self._mode_arguments(request, plan),
+                    **_variation_arguments(pipe, request, plan, seeds),
                 )
         except _CancelRequested:
             return None
@@ -706,6 +714,22 @@ def shared_tokenizers(resources: Resources, folder: Path, family: str) -> dict[s
         and not any((folder / name / file).is_file() for file in ("vocab.json", "tokenizer.json"))
     ]
     return {name: clip_tokenizer(resources, pads_with_zero(family, name)) for name in missing}
+
+
+def _variation_arguments(
+    pipe: Any, request: GenerationRequest, plan: EditPlan | None, seeds: tuple[int, ...]
+) -> dict[str, Any]:
+    """`latents=` with A1111's variation/resized noise; nothing (the pipeline draws it) otherwise."""
+    if not request.varies_noise or plan is not None:
+        return {}
+    factor = pipe.vae_scale_factor
+    shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+    resize = None
+    if request.seed_resize_from_w > 0:
+        resize = (request.seed_resize_from_h // factor, request.seed_resize_from_w // factor)
+    subseeds = [request.subseed_for(seed) for seed in seeds]
+    noise = initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
+    return {"latents": noise.to(pipe.unet.dtype)}
 
 
 def _pipeline_class(arch: ArchitectureInfo) -> Any:
