@@ -38,6 +38,9 @@ class LoraRef:
     name: str
     weight: float = 1.0
 
+# Library names are at most 120 characters (library.index.MAX_NAME_CHARS); room for a file extension.
+MAX_VAE_NAME_CHARS = 200
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -73,6 +76,8 @@ class GenerationRequest:
     inpaint_area: str = "whole"
     padding: int = 32
     resize_mode: str = "resize"
+    # A VAE by library name (never a path), decoding instead of the model's own; "" = the model's own.
+    vae: str = ""
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -129,6 +134,8 @@ class GenerationRequest:
             raise InvalidRequest(f"fast mode must be true or false, not {self.fast_mode!r}.")
         self._validate_loras()
         self._validate_image_inputs()
+        if not isinstance(self.vae, str) or "\x00" in self.vae or len(self.vae) > MAX_VAE_NAME_CHARS:
+            raise InvalidRequest(f"VAE name {self.vae!r} is not a valid name.")
         return self
 
     def _validate_loras(self) -> None:

@@ -228,8 +228,11 @@ class AdapterCatalog:
     text (prompt tags, PNG metadata, a panel row), so a name is only ever compared with this listing.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, noun: str = "LoRA", command: str = "loras") -> None:
         self._folder = folder
+        # What `get` calls an entry it cannot find, and the import command it suggests (VAEs use this too).
+        self._noun = noun
+        self._command = command
 
     @property
     def folder(self) -> Path:
@@ -252,13 +255,13 @@ class AdapterCatalog:
         return find_by_name(self.entries(), name)
 
     def get(self, name: str) -> AdapterFile:
-        """The entry for a name, or a ModelError that says which LoRAs exist."""
+        """The entry for a name, or a ModelError that says which entries exist."""
         entry = self.find(name)
         if entry is None:
             known = ", ".join(self.names()) or "none yet"
             raise ModelError(
-                f"No LoRA named {name!r} in the library ({self._folder}; LoRAs there: {known}). "
-                "Import it first (marble loras import FILE)."
+                f"No {self._noun} named {name!r} in the library ({self._folder}; {self._noun}s there: {known}). "
+                f"Import it first (marble {self._command} import FILE)."
             )
         return entry
 
