@@ -18,7 +18,13 @@ from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.index import guess_kind
 from desktop.engine.library.vae import inspect_vae
-from desktop.engine.metadata import format_parameters, parse_parameters, read_image_metadata, read_text_chunks
+from desktop.engine.metadata import (
+    format_parameters,
+    parse_parameters,
+    read_image_metadata,
+    read_text_chunks,
+    request_from_parameters,
+)
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import GenerationRequest
@@ -194,3 +200,13 @@ def test_no_vae_writes_no_vae_fields():
     assert "VAE" not in text
     with_vae = format_parameters(request, 1, None, "1", vae=VaeHash("x", "0123456789"))
     assert "VAE hash: 0123456789, VAE: x.safetensors" in with_vae
+
+
+@pytest.mark.parametrize(
+    ("written", "name"),
+    [("vae-ft-mse-840000-ema-pruned.safetensors", "vae-ft-mse-840000-ema-pruned"),
+     ("kl-f8-anime2.ckpt", "kl-f8-anime2"), ("sdxl_vae", "sdxl_vae"), ("None", ""), ("Automatic", "")],
+)  # fmt: skip
+def test_a1111_text_gives_back_the_vaes_library_name(written, name):
+    text = f"a cat\nSteps: 20, Sampler: Euler, Seed: 5, Size: 64x64, VAE hash: 0123456789, VAE: {written}, Version: v1"
+    assert request_from_parameters(parse_parameters(text), "m").vae == name
