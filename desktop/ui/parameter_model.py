@@ -38,6 +38,7 @@ class Parameters:
     memory_mode: str = "auto"
     fast_mode: bool = False
     loras: tuple[LoraRef, ...] = ()
+    vae: str = ""  # a library VAE's name; "" = the model's own
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:

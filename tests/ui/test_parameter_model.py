@@ -34,6 +34,7 @@ CHANGED = Parameters(
     memory_mode="tiled",
     fast_mode=True,
     loras=(LoraRef("inkwash", 0.5),),
+    vae="crisp-vae",
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's.
 NOT_PARAMETERS = {
@@ -71,6 +72,7 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
                 strict=True,
             )
         ),
+        "vae": lambda: _combo_data(panel.vae_combo),
     }
 
 
@@ -100,6 +102,8 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
     panel.lora_list.set_names([ref.name for ref in target.loras])
     for ref in target.loras:
         panel.lora_list.add_row(ref.name, ref.weight)
+    panel.set_vae_names([target.vae])
+    _select(panel.vae_combo, target.vae)
 
 
 @pytest.fixture
@@ -180,3 +184,14 @@ def test_a_request_without_a_model_keeps_the_model_even_without_a_panel() -> Non
     model = ParameterModel(CHANGED)
     model.set_from_request(GenerationRequest(prompt="p", model=""))
     assert model.value("model") == CHANGED.model
+
+
+def test_the_vae_list_keeps_the_choice_and_offers_the_models_own(panel: ParameterPanel) -> None:
+    panel.set_vae_names(["crisp", "soft"])
+    assert [panel.vae_combo.itemData(i) for i in range(panel.vae_combo.count())] == ["", "crisp", "soft"]
+    _select(panel.vae_combo, "soft")
+    assert panel.model.value("vae") == "soft"
+    panel.set_vae_names(["crisp"])  # removed from the library: still shown, so the job can say it is missing
+    assert panel.vae_combo.currentData() == "soft" and panel.model.value("vae") == "soft"
+    panel.model.update(vae="")
+    assert panel.vae_combo.currentData() == "" and build_request(panel.model.parameters, "p").vae == ""

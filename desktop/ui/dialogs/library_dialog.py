@@ -309,6 +309,7 @@ class LibraryIntegration(QObject):
         tasks.import_cancelled.connect(self._next_drop)
         tasks.failed.connect(self._on_failed)
         tasks.list("lora")
+        tasks.list("vae")
         app = QCoreApplication.instance()
         if app is not None:
             # A running import is cancelled (its partial file removed) before the app goes away.
@@ -355,7 +356,7 @@ class LibraryIntegration(QObject):
         panel = getattr(self._window, "parameter_panel", None)
         if kind == "lora" and panel is not None:
             panel.lora_list.set_names([r.name for r in records])
-        elif kind == "vae" and panel is not None and hasattr(panel, "set_vae_names"):
+        elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
         elif kind in ("model", "embedding"):
             name = "refresh_models" if kind == "model" else "refresh_embedding_counts"
