@@ -170,7 +170,9 @@ class DiffusersBackend:
         self._catalog = catalog
         self._preview_every = max(0, preview_every)
         self._hashes = HashCache(paths.cache / "hashes.json")
-        self._loras = LoraAdapters(loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings))
+        self._loras = LoraAdapters(
+            loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings), rename_sgm=_rename_sgm
+        )
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
@@ -669,6 +671,13 @@ def _convert_ldm_vae(state: dict[str, Any], config: dict[str, Any]) -> dict[str,
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
     return convert_ldm_vae_checkpoint(state, config)
+
+
+def _rename_sgm(state: dict[str, Any], unet_config: Any) -> dict[str, Any]:
+    """kohya's SDXL UNet layer names (input_blocks_4_1_...) in diffusers' names, for LyCORIS files."""
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+
+    return _maybe_map_sgm_blocks_to_diffusers(state, unet_config)
 
 
 def header_dtype(header: Any) -> torch.dtype:
