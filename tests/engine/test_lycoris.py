@@ -59,7 +59,9 @@ def lokr(generator: torch.Generator, layer: torch.nn.Linear) -> tuple[dict[str, 
 
 def lokr_full(generator: torch.Generator, layer: torch.nn.Linear) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     out_f, in_f = layer.weight.shape
-    parts = {"lokr_w1": _randn(generator, 2, 2, scale=0.3), "lokr_w2": _randn(generator, out_f // 2, in_f // 2, scale=0.2)}
+    parts = {
+        "lokr_w1": _randn(generator, 2, 2, scale=0.3), "lokr_w2": _randn(generator, out_f // 2, in_f // 2, scale=0.2),
+    }  # fmt: skip
     return parts, torch.kron(parts["lokr_w1"], parts["lokr_w2"])  # both factors whole: no alpha scale
 
 
@@ -78,15 +80,20 @@ def ia3(generator: torch.Generator, layer: torch.nn.Linear) -> tuple[dict[str, t
 MAKERS: dict[str, Maker] = {"loha": loha, "lokr": lokr, "lokr-full": lokr_full, "full": full, "ia3": ia3}
 
 
-def make_file(pipe, maker: Maker, seed: int, path: Path) -> dict[tuple[str, str], torch.Tensor]:
-    """Write a kohya-named LyCORIS file for the tiny model; return {(component, module path): weight change}."""
+def make_file(pipe, maker: Maker, seed: int, path: Path, sgm: bool = False) -> dict[tuple[str, str], torch.Tensor]:
+    """Write a kohya-named LyCORIS file for the tiny model (SDXL UNet layers by their original SGM names when
+    `sgm`); return {(component, module path): weight change}."""
     generator = torch.Generator().manual_seed(seed)
     tensors: dict[str, torch.Tensor] = {}
     deltas: dict[tuple[str, str], torch.Tensor] = {}
+    xl = getattr(pipe, "text_encoder_2", None) is not None
     layers = [("lora_unet_", "unet", name, layer) for name, layer in _linear_modules(pipe.unet, UNET_TARGETS)]
-    layers += [("lora_te_", "text_encoder", name, layer) for name, layer in _linear_modules(pipe.text_encoder, TEXT_TARGETS)]
+    for prefix, component in (("lora_te1_" if xl else "lora_te_", "text_encoder"), ("lora_te2_", "text_encoder_2")):
+        if getattr(pipe, component, None) is not None:
+            layers += [(prefix, component, n, m) for n, m in _linear_modules(getattr(pipe, component), TEXT_TARGETS)]
     for prefix, component, name, layer in layers:
-        key = prefix + (_clip_path(name) if component == "text_encoder" else name).replace(".", "_")
+        path_name = _clip_path(name) if component != "unet" else (tiny_loras.sgm_unet_name(name) if sgm else name)
+        key = prefix + path_name.replace(".", "_")
         parts, delta = maker(generator, layer)
         tensors.update({f"{key}.{suffix}": value.contiguous() for suffix, value in parts.items()})
         deltas[(component, name)] = delta
@@ -141,7 +148,8 @@ def base_image(backend, tiny_sd15_dir) -> np.ndarray:
 
 def test_lycoris_kinds_are_detected_with_their_widths(made):
     paths, _ = made
-    for kind, algorithm in (("loha", "loha"), ("lokr", "lokr"), ("lokr-full", "lokr"), ("full", "full"), ("ia3", "ia3")):
+    kinds = (("loha", "loha"), ("lokr", "lokr"), ("lokr-full", "lokr"), ("full", "full"), ("ia3", "ia3"))
+    for kind, algorithm in kinds:
         info = inspect_lora(read_safetensors_header(paths.loras / f"{kind}.safetensors"))
         assert (info.format, info.algorithm, info.unet, info.text_encoder) == ("kohya", algorithm, True, True)
         if kind != "ia3":  # an (IA)3 vector gives one width only
@@ -186,3 +194,17 @@ def test_lycoris_and_a_plain_lora_together_and_switching_between_them(backend, t
 def test_a_lycoris_file_for_another_model_is_refused(made, backend, tiny_sdxl_dir, tmp_path):
     with pytest.raises(ModelError, match="does not fit|changed nothing"):
         image_of(backend, request_for(tiny_sdxl_dir, loras=(LoraRef("loha", 1.0),)))
+
+
+def test_sdxl_loha_with_original_block_names_equals_the_diffusers_named_one(made, backend, tiny_sdxl_dir):
+    paths, _ = made
+    sdxl = type(tiny_models.build_tiny_sdxl()).from_pretrained(str(tiny_sdxl_dir))
+    by_name = make_file(sdxl, loha, 30, paths.loras / "xl-loha.safetensors")
+    make_file(sdxl, loha, 30, paths.loras / "xl-loha-sgm.safetensors", sgm=True)
+    assert inspect_lora(read_safetensors_header(paths.loras / "xl-loha-sgm.safetensors")).family == "sdxl"
+    assert any(component == "text_encoder_2" for component, _ in by_name)
+    base = image_of(backend, request_for(tiny_sdxl_dir))
+    diffusers_named = image_of(backend, request_for(tiny_sdxl_dir, loras=(LoraRef("xl-loha", 1.0),)))
+    sgm_named = image_of(backend, request_for(tiny_sdxl_dir, loras=(LoraRef("xl-loha-sgm", 1.0),)))
+    assert np.abs(diffusers_named - base).mean() > 2.0
+    assert np.array_equal(sgm_named, diffusers_named)

@@ -120,7 +120,7 @@ class LoraAdapters:
 
         merged = [item for item in chosen if item[2].algorithm != "lora"]
         chosen = [item for item in chosen if item[2].algorithm == "lora"]
-        self._merge_lycoris(pipe, merged)
+        notes += self._merge_lycoris(pipe, merged)
         for name, identity, _info, path, weight in chosen:
             if weight != 0 and identity not in self._loaded:
                 self._load(pipe, name, identity, path)
@@ -134,7 +134,9 @@ class LoraAdapters:
         embedding_hashes = self._apply_embeddings(pipe, f"{prompt}\n{negative}", shape, model_name)
         return LoraPlan(cleaned, tuple(hashes), tuple(notes), embedding_hashes)
 
-    def _merge_lycoris(self, pipe: Any, merged: list[tuple[str, _Identity, LoraInfo, Path, float]]) -> None:
+    def _merge_lycoris(
+        self, pipe: Any, merged: list[tuple[str, _Identity, LoraInfo, Path, float]]
+    ) -> tuple[str, ...]:
         files = []
         for name, identity, _info, path, weight in merged:
             if weight == 0:
@@ -147,7 +149,7 @@ class LoraAdapters:
             files.append((identity, lycoris, weight))
         while len(self._lycoris_files) > self._max_cached:
             self._lycoris_files.popitem(last=False)
-        self._lycoris.apply(pipe, files)
+        return self._lycoris.apply(pipe, files)
 
     # --------------------------------------------------------------------------- embeddings
 
