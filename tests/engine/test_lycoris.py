@@ -208,3 +208,17 @@ def test_sdxl_loha_with_original_block_names_equals_the_diffusers_named_one(made
     sgm_named = image_of(backend, request_for(tiny_sdxl_dir, loras=(LoraRef("xl-loha-sgm", 1.0),)))
     assert np.abs(diffusers_named - base).mean() > 2.0
     assert np.array_equal(sgm_named, diffusers_named)
+
+
+def test_layers_that_match_nothing_are_named_in_a_note(made, backend, tiny_sd15_dir):
+    paths, _ = made
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(paths.loras / "loha.safetensors"))
+    tensors.update({f"lora_unet_no_such_block_to_q.{suffix}": torch.ones(4, 4) for suffix in
+                    ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")})  # fmt: skip
+    tiny_loras.save_lora(tensors, paths.loras / "loha-extra.safetensors")
+    request = request_for(tiny_sd15_dir, loras=(LoraRef("loha-extra", 1.0),))
+    backend.load(request)
+    batch = backend.generate(request, 0, lambda _: None, CancelToken())
+    assert any("1 of the" in note and "'loha-extra'" in note and "skipped" in note for note in batch.notes)

@@ -127,20 +127,26 @@ class LycorisMerger:
         self._originals.clear()
         self._applied = ()
 
-    def apply(self, pipe: Any, files: list[tuple[object, LycorisFile, float]]) -> None:
-        """Merge `files` ((identity, file, weight), weight 0 skipped) after restoring the model's own weights."""
+    def apply(self, pipe: Any, files: list[tuple[object, LycorisFile, float]]) -> tuple[str, ...]:
+        """Merge `files` ((identity, file, weight), weight 0 skipped) after restoring the model's own weights;
+        returns notes on layers that matched nothing."""
         wanted = tuple((identity, weight) for identity, _, weight in files if weight != 0)
         if wanted == self._applied:
-            return
+            return ()
         self.restore()
+        notes = []
         try:
             for _, lycoris, weight in files:
-                if weight != 0:
-                    self._merge(pipe, lycoris, weight)
+                if weight != 0 and (skipped := self._merge(pipe, lycoris, weight)):
+                    notes.append(
+                        f"{skipped} of the {len(lycoris.layers)} layers of the LoRA {lycoris.name!r} match no layer of "
+                        "this model and were skipped."
+                    )
         except BaseException:
             self.restore()
             raise
         self._applied = wanted
+        return tuple(notes)
 
     def restore(self) -> None:
         for param, original in self._originals.values():
@@ -148,11 +154,10 @@ class LycorisMerger:
         self._originals.clear()
         self._applied = ()
 
-    def _merge(self, pipe: Any, lycoris: LycorisFile, weight: float) -> None:
+    def _merge(self, pipe: Any, lycoris: LycorisFile, weight: float) -> int:
+        """Add one file's changes; returns how many of its layers found no place."""
         placed = 0
         for layer, module in self._place(pipe, lycoris.layers):
-            if module is None:
-                continue
             module = getattr(module, "base_layer", module)  # a layer PEFT wrapped for a plain LoRA
             target = getattr(module, "weight", None)
             if target is None:
@@ -170,6 +175,7 @@ class LycorisMerger:
                 f"The LoRA {lycoris.name!r} changed nothing: none of its layers match this model's layers. It was "
                 "probably made for another base model."
             )
+        return len(lycoris.layers) - placed
 
     def _add(self, module: Any, name: str, delta: Any) -> None:
         param = getattr(module, name)
@@ -203,7 +209,17 @@ class LycorisMerger:
             renamed = self._rename_sgm(dict(marked), pipe.unet.config)
         except (ValueError, KeyError, IndexError):
             return {}
-        return {old: new.removesuffix(".x") for new, old in renamed.items()}
+        # diffusers renames the block numbering here and the block words later (_convert_unet_lora_key).
+        words = (
+            ("_input_blocks_", "_down_blocks_"), ("_middle_block_", "_mid_block_"), ("_output_blocks_", "_up_blocks_"),
+        )  # fmt: skip
+        table = {}
+        for new, old in renamed.items():
+            new = new.removesuffix(".x")
+            for sgm, diffusers in words:
+                new = new.replace(sgm, diffusers)
+            table[old] = new
+        return table
 
 
 def _module_table(model: Any) -> dict[str, Any]:
