@@ -222,3 +222,12 @@ def test_layers_that_match_nothing_are_named_in_a_note(made, backend, tiny_sd15_
     backend.load(request)
     batch = backend.generate(request, 0, lambda _: None, CancelToken())
     assert any("1 of the" in note and "'loha-extra'" in note and "skipped" in note for note in batch.notes)
+
+
+def test_the_library_names_the_lycoris_kind(made, tmp_path):
+    from desktop.engine.library.index import Library
+
+    paths, _ = made
+    library = Library(AppPaths.for_root(tmp_path / "h").ensure())
+    record = library.import_path(paths.loras / "lokr.safetensors", "lora", "k")
+    assert (record.architecture, record.format) == ("unknown base model LoKr", "kohya")

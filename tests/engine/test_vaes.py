@@ -210,3 +210,18 @@ def test_no_vae_writes_no_vae_fields():
 def test_a1111_text_gives_back_the_vaes_library_name(written, name):
     text = f"a cat\nSteps: 20, Sampler: Euler, Seed: 5, Size: 64x64, VAE hash: 0123456789, VAE: {written}, Version: v1"
     assert request_from_parameters(parse_parameters(text), "m").vae == name
+
+
+def test_generate_with_vae_on_the_command_line(tmp_path, home, tiny_sd15_dir):
+    where = tmp_path / "home"
+    (where / "vae").mkdir(parents=True)
+    shutil.copy(home.vaes / "crisp.safetensors", where / "vae" / "crisp.safetensors")
+    out = tmp_path / "out.png"
+    args = ("generate", "--model", str(tiny_sd15_dir), "--prompt", "a cat", "--steps", "1", "--seed", "3",
+            "--width", "64", "--height", "64", "--device", "cpu", "--no-preview", "--home", str(where))  # fmt: skip
+    code, _, err = run_cli(*args, "--vae", "crisp", "--out", str(out))
+    assert code == 0, err
+    sha = hashlib.sha256((home.vaes / "crisp.safetensors").read_bytes()).hexdigest()
+    assert f"VAE hash: {sha[:10]}, VAE: crisp.safetensors" in read_text_chunks(out)["parameters"]
+    code, _, err = run_cli(*args, "--vae", "missing", "--out", str(tmp_path / "x.png"))
+    assert code != 0 and "No VAE named 'missing'" in err and "Traceback" not in err

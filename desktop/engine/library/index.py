@@ -53,6 +53,8 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 # Names Windows will not create as files, whatever the extension.
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 _FORBIDDEN_CHARS = set('<>:"/\\|?*')
+# How the LoRA list names LyCORIS files (LoraInfo.algorithm), which apply like LoRAs.
+_LYCORIS_LABELS = {"loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full-diff LoRA"}
 
 Progress = Callable[[int, int], None]
 ShouldCancel = Callable[[], bool]
@@ -358,7 +360,8 @@ class Library:
             label, family, fmt = arch.label, arch.family, "safetensors"
         elif kind == "lora":
             info = inspect_lora(header, display)
-            label, family, fmt = f"{info.label} LoRA", info.family, info.format
+            kind_label = _LYCORIS_LABELS.get(info.algorithm, "LoRA")
+            label, family, fmt = f"{info.label} {kind_label}", info.family, info.format
         elif kind == "vae":
             vae = inspect_vae(header, display)
             label, family, fmt = vae.label, vae.family, vae.layout
