@@ -12,7 +12,7 @@ import pytest
 
 from desktop.engine.backends.base import VaeHash
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
-from desktop.engine.errors import ModelError
+from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.jobs import CancelToken, Job, JobState
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import read_safetensors_header
@@ -225,3 +225,9 @@ def test_generate_with_vae_on_the_command_line(tmp_path, home, tiny_sd15_dir):
     assert f"VAE hash: {sha[:10]}, VAE: crisp.safetensors" in read_text_chunks(out)["parameters"]
     code, _, err = run_cli(*args, "--vae", "missing", "--out", str(tmp_path / "x.png"))
     assert code != 0 and "No VAE named 'missing'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "x" * 201, 3])
+def test_a_bad_vae_name_is_refused_by_validation(name):
+    with pytest.raises(InvalidRequest, match="VAE name"):
+        GenerationRequest(prompt="p", model="m", vae=name).validate()
