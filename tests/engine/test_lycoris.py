@@ -231,3 +231,25 @@ def test_the_library_names_the_lycoris_kind(made, tmp_path):
     library = Library(AppPaths.for_root(tmp_path / "h").ensure())
     record = library.import_path(paths.loras / "lokr.safetensors", "lora", "k")
     assert (record.architecture, record.format) == ("unknown base model LoKr", "kohya")
+
+
+def test_lokr_for_a_convolution_is_torch_kron_with_the_kernel_kept():
+    from desktop.engine.backends.lycoris import layer_delta
+
+    generator = torch.Generator().manual_seed(3)
+    w1, w2 = torch.randn(2, 4, generator=generator), torch.randn(8, 4, 3, 3, generator=generator)
+    weight = torch.zeros(16, 16, 3, 3)
+    delta, bias = layer_delta({"lokr_w1": w1, "lokr_w2": w2}, weight, "conv")
+    assert bias is None and torch.allclose(delta, torch.kron(w1[:, :, None, None], w2))
+
+
+def test_a_damaged_lycoris_file_is_refused_with_a_message(made, backend, tiny_sd15_dir):
+    paths, _ = made
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(paths.loras / "loha.safetensors"))
+    first = sorted(key for key in tensors if key.endswith(".hada_w1_b"))[0]
+    tensors[first] = torch.ones(3, 5)  # its rank no longer matches hada_w1_a
+    tiny_loras.save_lora(tensors, paths.loras / "loha-damaged.safetensors")
+    with pytest.raises(ModelError, match="'loha-damaged' could not be applied.*damaged or does not fit"):
+        image_of(backend, request_for(tiny_sd15_dir, loras=(LoraRef("loha-damaged", 1.0),)))

@@ -97,9 +97,13 @@ def _factor(parts: Mapping[str, Any], name: str) -> Any:
 
 
 def _kron(a: Any, b: Any) -> Any:
-    """The Kronecker product of two matrices, by broadcasting (torch.kron without importing torch)."""
-    (m, n), (p, q) = a.shape[:2], b.shape[:2]
-    return (a.reshape(m, 1, n, 1) * b.reshape(1, p, 1, q)).reshape(m * p, n * q)
+    """The Kronecker product, by broadcasting (torch.kron without importing torch). A convolution's w1 is a
+    matrix and its w2 has the kernel dimensions: w1 gets trailing 1s first, as A1111's make_kron does."""
+    a = a.reshape(*a.shape, *([1] * (b.dim() - a.dim())))
+    interleaved_a = [size for pair in zip(a.shape, [1] * a.dim(), strict=True) for size in pair]
+    interleaved_b = [size for pair in zip([1] * b.dim(), b.shape, strict=True) for size in pair]
+    product = a.reshape(interleaved_a) * b.reshape(interleaved_b)
+    return product.reshape([x * y for x, y in zip(a.shape, b.shape, strict=True)])
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,11 @@ class LycorisMerger:
                 continue
             try:
                 delta, bias = layer_delta(lycoris.layers[layer], target.data, layer)
+            except (RuntimeError, KeyError) as error:  # tensors that do not multiply, a missing half of a pair
+                raise ModelError(
+                    f"The LoRA {lycoris.name!r} could not be applied to this model: its layer {layer} is damaged or "
+                    f"does not fit ({str(error)[:160]})."
+                ) from None
             except ModelError as error:
                 raise ModelError(f"The LoRA {lycoris.name!r} could not be applied to this model: {error}.") from None
             self._add(module, "weight", delta * weight)
