@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", help="output folder, or a .png file name")
     gen.add_argument("--json", action="store_true", help="print one JSON object per event")
     gen.add_argument("--no-preview", action="store_true", help="skip the per-step preview")
+    gen.add_argument("--vae", default="", metavar="NAME",
+                     help="decode with a library VAE (marble vaes import FILE) instead of the model's own")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                      help="apply a library LoRA (repeatable; weight 1 if omitted); <lora:NAME:WEIGHT> in the "
                           "prompt works too")
@@ -382,6 +384,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         seed_resize_from_w=resize_from[0],
         seed_resize_from_h=resize_from[1],
         tiling=args.tiling,
+        vae=args.vae,
     )
 
 

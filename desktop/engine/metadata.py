@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin
 
-from desktop.engine.backends.base import AdapterHash, ModelInfo
+from desktop.engine.backends.base import AdapterHash, ModelInfo, VaeHash
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
@@ -43,6 +43,8 @@ PARAMETERS_CHUNK = "parameters"
 FORMATS = ("marble", "a1111", "forge", "swarmui", "comfyui", "invokeai", "novelai", "fooocus", "unknown")
 
 _NEGATIVE_PREFIX = "Negative prompt:"
+# Library VAEs are safetensors files; A1111 writes `VAE` as the file name.
+VAE_EXTENSION = ".safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
 
 
@@ -87,6 +89,7 @@ def format_parameters(
     *,
     loras: Sequence[AdapterHash] = (),
     embeddings: Sequence[AdapterHash] = (),
+    vae: VaeHash | None = None,
 ) -> str:
     """A1111's `parameters` text for one image made from `request` with `seed`.
 
@@ -106,6 +109,9 @@ def format_parameters(
         ("Model hash", model.hash if model else None),
         ("Model", _written_model_name(request, model)),
     ]
+    if vae is not None:
+        # A1111's order and spelling: the hash, then the VAE's file name with its extension.
+        pairs += [("VAE hash", vae.autov2), ("VAE", f"{vae.name}{VAE_EXTENSION}")]
     pairs += _variation_pairs(request, seed)
     if request.batch_size > 1:
         pairs += [("Batch size", request.batch_size), ("Batch pos", batch_pos)]
@@ -150,11 +156,13 @@ def png_text_chunks(
     *,
     loras: Sequence[AdapterHash] = (),
     embeddings: Sequence[AdapterHash] = (),
+    vae: VaeHash | None = None,
 ) -> dict[str, str]:
     """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON."""
     return {
         PARAMETERS_CHUNK: format_parameters(
-            request, seed, model, version, sampler_used, batch_pos, extra, loras=loras, embeddings=embeddings
+            request, seed, model, version, sampler_used, batch_pos, extra, loras=loras, embeddings=embeddings,
+            vae=vae,
         ),
         MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used),
     }
@@ -358,6 +366,8 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
     if known := next((mode for mode in EMPHASIS_MODES if mode.casefold() == emphasis), None):
         changes.append({"emphasis": known})
     changes += _variation_changes(settings)
+    if vae_name := vae_library_name(settings.get("vae", "")):
+        changes.append({"vae": vae_name})
     for change in changes:
         request = _apply_if_valid(request, change)
     return request
@@ -375,6 +385,17 @@ def _variation_changes(settings: Mapping[str, str]) -> list[dict[str, Any]]:
     if settings.get("tiling", "").strip().casefold() == "true":
         changes.append({"tiling": True})
     return changes
+
+
+def vae_library_name(written: str) -> str:
+    """The library name in a `VAE` value: A1111 writes the file name (`vae-ft-mse.safetensors`); "None"
+    and "Automatic" mean the model's own VAE."""
+    name = written.strip()
+    if name.casefold() in ("none", "automatic", "auto"):
+        return ""
+    if name.casefold().endswith(_WEIGHT_SUFFIXES):
+        name = name.rpartition(".")[0]
+    return name.strip()
 
 
 def _apply_if_valid(request: GenerationRequest, change: dict[str, Any]) -> GenerationRequest:

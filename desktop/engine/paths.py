@@ -49,6 +49,11 @@ class AppPaths:
         return self.models.parent / "embeddings"
 
     @property
+    def vaes(self) -> Path:
+        """VAEs chosen per job by library name (A1111's "SD VAE"), beside the models."""
+        return self.models.parent / "vae"
+
+    @property
     def converted_models(self) -> Path:
         """Diffusers folders converted from single-file checkpoints, reused on later loads."""
         return self.cache / "converted"

@@ -41,6 +41,9 @@ class LoraRef:
     name: str
     weight: float = 1.0
 
+# Library names are at most 120 characters (library.index.MAX_NAME_CHARS); room for a file extension.
+MAX_VAE_NAME_CHARS = 200
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
@@ -85,6 +88,8 @@ class GenerationRequest:
     seed_resize_from_h: int = 0
     # Seamless tiling: the UNet's and VAE's convolutions pad circularly, so the image wraps.
     tiling: bool = False
+    # A VAE by library name (never a path), decoding instead of the model's own; "" = the model's own.
+    vae: str = ""
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -142,6 +147,8 @@ class GenerationRequest:
         self._validate_loras()
         self._validate_image_inputs()
         self._validate_variation()
+        if not isinstance(self.vae, str) or "\x00" in self.vae or len(self.vae) > MAX_VAE_NAME_CHARS:
+            raise InvalidRequest(f"VAE name {self.vae!r} is not a valid name.")
         return self
 
     def _validate_variation(self) -> None:

@@ -126,6 +126,7 @@ class JobRunner:
                     extra=edit_extra or None,
                     loras=batch.loras,
                     embeddings=batch.embeddings,
+                    vae=batch.vae,
                 )
                 # The file names its job, so an image whose history row never got written (a kill, a
                 # full disk) still counts for that job when the next start indexes it.

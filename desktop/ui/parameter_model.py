@@ -43,6 +43,7 @@ class Parameters:
     seed_resize_from_w: int = 0
     seed_resize_from_h: int = 0
     tiling: bool = False
+    vae: str = ""  # a library VAE's name; "" = the model's own
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:

@@ -153,6 +153,7 @@ class ParameterPanel(QWidget):
         self._create_device_widgets()
         self._create_extra_widgets()
         self.lora_list = LoraListWidget()
+        self._create_vae_widgets()
         self._lay_out()
         self._bindings = self._bind()
 
@@ -280,6 +281,14 @@ class ParameterPanel(QWidget):
         if self.extra_button.isChecked() != shown:
             self.extra_button.setChecked(shown)
 
+    def _create_vae_widgets(self) -> None:
+        self.vae_combo = QComboBox(objectName="vae_combo")
+        self.vae_combo.addItem(_OWN_VAE_LABEL, "")
+        self.vae_combo.setToolTip(
+            "The VAE turns the finished latent into pixels. Automatic: the model's own. A library VAE (marble vaes "
+            "import, or drop one on the window) fixes washed-out colours of some models."
+        )
+
     def _lay_out(self) -> None:
         clip_skip_label = QLabel("Clip s&kip")
         clip_skip_label.setBuddy(self.clip_skip_spin)
@@ -307,6 +316,7 @@ class ParameterPanel(QWidget):
         form.addRow(self.extra_button)
         form.addRow(self.extra)
         form.addRow("&LoRAs", self.lora_list)
+        form.addRow("&VAE", self.vae_combo)
 
     # ------------------------------------------------------------------------------------ binding
 
@@ -341,6 +351,7 @@ class ParameterPanel(QWidget):
             "seed_resize_from_h": _spin_binding(self.resize_h_spin),
             "tiling": _Binding(self.tiling_check, self.tiling_check.isChecked, self.tiling_check.setChecked,
                                self.tiling_check.toggled),
+            "vae": _Binding(self.vae_combo, self.selected_vae, self._show_vae, self.vae_combo.currentIndexChanged),
         }
         for name, binding in bindings.items():
             if name == "model":
@@ -401,6 +412,31 @@ class ParameterPanel(QWidget):
             f"No models yet. Put .safetensors files or diffusers folders in:\n{folder}\nthen press ⟳."
         )
         self.models_hint.setVisible(not names)
+
+    def set_vae_names(self, names: Sequence[str]) -> None:
+        """Fill the VAE list from the library, keeping the current choice (shown even when it is gone:
+        the job then says clearly that it is missing)."""
+        current = self.selected_vae()
+        with QSignalBlocker(self.vae_combo):
+            self.vae_combo.clear()
+            self.vae_combo.addItem(_OWN_VAE_LABEL, "")
+            for name in names:
+                self.vae_combo.addItem(name, name)
+        self._show_vae(current)
+
+    def selected_vae(self) -> str:
+        data = self.vae_combo.currentData()
+        return data if isinstance(data, str) else ""
+
+    def _show_vae(self, name: object) -> None:
+        name = name if isinstance(name, str) else ""
+        index = self.vae_combo.findData(name)
+        if index < 0:
+            self.vae_combo.addItem(name, name)
+            index = self.vae_combo.count() - 1
+            self.vae_combo.setItemData(index, "Not in the VAE library", Qt.ItemDataRole.ToolTipRole)
+        with QSignalBlocker(self.vae_combo):
+            self.vae_combo.setCurrentIndex(index)
 
     def selected_model(self) -> str:
         data = self.model_combo.currentData()
@@ -486,6 +522,9 @@ def _spin_binding(spin: QSpinBox) -> _Binding:
 
 def _combo_binding(combo: QComboBox) -> _Binding:
     return _Binding(combo, combo.currentData, lambda value: _select_data(combo, value), combo.currentIndexChanged)
+
+
+_OWN_VAE_LABEL = "Automatic (the model's own)"
 
 
 def _combo(name: str, values: Sequence[str], labels: Mapping[str, str]) -> QComboBox:

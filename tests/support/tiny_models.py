@@ -135,6 +135,38 @@ def _tiny_vae(scaling_factor: float) -> AutoencoderKL:
     )
 
 
+def build_tiny_vae(
+    seed: int, scaling_factor: float = 0.18215, latent_channels: int = 4, channels: tuple[int, ...] = _VAE_CHANNELS
+) -> AutoencoderKL:
+    """A stand-alone tiny VAE with seeded random weights, shaped like the tiny models' own by default: the
+    VAE people download to decode with instead of a model's own. Jittered more than the models' parts so
+    its images differ visibly from the model VAE's."""
+    with _seeded(seed) as generator:
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(channels),
+            up_block_types=("UpDecoderBlock2D",) * len(channels),
+            block_out_channels=channels, layers_per_block=1, latent_channels=latent_channels,
+            norm_num_groups=32, sample_size=64, scaling_factor=scaling_factor,
+        )  # fmt: skip
+        with torch.no_grad():
+            for param in vae.parameters():
+                param.add_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * 0.1)
+    return vae.eval()
+
+
+def save_vae_file(vae: AutoencoderKL, path: Path | str, layout: str = "ldm", prefix: str = "") -> Path:
+    """One .safetensors VAE file: `ldm` in the original names (encoder.down.0..., with `prefix` such as
+    `first_stage_model.`), `diffusers` in diffusers' own names."""
+    state = {k: v.detach().contiguous() for k, v in vae.state_dict().items()}
+    if layout == "ldm":
+        state = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(state, vae.config).items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
 def _tiny_sd15_unet(in_channels: int) -> UNet2DConditionModel:
     # SD 1.5's shape in miniature: attention in every level but the deepest, conv 1x1 proj_in/out.
     return UNet2DConditionModel(

@@ -155,3 +155,19 @@ def test_cancel_button_stops_an_import(studio, integration, qtbot, lora_source, 
     assert "cancelled" in dialog.message.text() and not dialog.cancel_button.isVisibleTo(dialog)
     assert not integration.tasks.importing
     dialog.close()
+
+
+def test_a_vae_imported_in_the_dialog_is_listed_and_offered_in_the_panel(studio, integration, qtbot, tmp_path):
+    source = tiny_models.save_vae_file(tiny_models.build_tiny_vae(seed=5), tmp_path / "crisp.safetensors")
+    dialog = integration.show_dialog()
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(integration.tasks.import_finished, timeout=TIMEOUT_MS) as finished:
+        assert dialog.import_file(str(source), "vae")
+    assert finished.args[0].kind == "vae"
+    qtbot.waitUntil(lambda: dialog.select("vae", "crisp"), timeout=TIMEOUT_MS)
+    assert dialog.tabs.tabText(dialog.tabs.currentIndex()).startswith("VAEs")
+    panel = studio.window.parameter_panel
+    qtbot.waitUntil(lambda: panel.vae_combo.findData("crisp") >= 0, timeout=TIMEOUT_MS)
+    panel.vae_combo.setCurrentIndex(panel.vae_combo.findData("crisp"))
+    assert panel.model.request("a cat").vae == "crisp"
+    dialog.close()

@@ -39,6 +39,7 @@ CHANGED = Parameters(
     seed_resize_from_w=768,
     seed_resize_from_h=640,
     tiling=True,
+    vae="crisp-vae",
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's.
 NOT_PARAMETERS = {
@@ -81,6 +82,7 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "seed_resize_from_w": panel.resize_w_spin.value,
         "seed_resize_from_h": panel.resize_h_spin.value,
         "tiling": panel.tiling_check.isChecked,
+        "vae": lambda: _combo_data(panel.vae_combo),
     }
 
 
@@ -115,6 +117,8 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
     panel.lora_list.set_names([ref.name for ref in target.loras])
     for ref in target.loras:
         panel.lora_list.add_row(ref.name, ref.weight)
+    panel.set_vae_names([target.vae])
+    _select(panel.vae_combo, target.vae)
 
 
 @pytest.fixture
@@ -205,3 +209,14 @@ def test_extra_row_is_folded_until_asked_for_or_a_recipe_uses_it(panel: Paramete
     assert panel.extra.isHidden()
     panel.model.update(tiling=True)
     assert not panel.extra.isHidden() and panel.extra_button.isChecked()
+
+
+def test_the_vae_list_keeps_the_choice_and_offers_the_models_own(panel: ParameterPanel) -> None:
+    panel.set_vae_names(["crisp", "soft"])
+    assert [panel.vae_combo.itemData(i) for i in range(panel.vae_combo.count())] == ["", "crisp", "soft"]
+    _select(panel.vae_combo, "soft")
+    assert panel.model.value("vae") == "soft"
+    panel.set_vae_names(["crisp"])  # removed from the library: still shown, so the job can say it is missing
+    assert panel.vae_combo.currentData() == "soft" and panel.model.value("vae") == "soft"
+    panel.model.update(vae="")
+    assert panel.vae_combo.currentData() == "" and build_request(panel.model.parameters, "p").vae == ""

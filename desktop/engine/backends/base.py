@@ -33,6 +33,15 @@ class AdapterHash:
 
 
 @dataclass(frozen=True)
+class VaeHash:
+    """The VAE an image was decoded with, when it is not the model's own: its library name and AutoV2
+    hash (sha256 of the whole file, first 10 hex), as A1111 writes `VAE hash`."""
+
+    name: str
+    autov2: str
+
+
+@dataclass(frozen=True)
 class StepInfo:
     """One finished denoising step; `preview` is set only on steps that asked for one."""
 
@@ -56,6 +65,7 @@ class GeneratedBatch:
     # the history records them; nobody parses them back out of text.
     loras: tuple[AdapterHash, ...] = ()
     embeddings: tuple[AdapterHash, ...] = ()
+    vae: VaeHash | None = None  # None: the model's own VAE
 
 
 @dataclass(frozen=True)

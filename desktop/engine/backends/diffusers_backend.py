@@ -65,6 +65,7 @@ from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
 from desktop.engine.backends.tiling import circular_padding  # noqa: E402
+from desktop.engine.backends.vae_swap import VaeSwitcher  # noqa: E402
 from desktop.engine.backends.variation import initial_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
 from desktop.engine.imaging import EditPlan, finish_edit, load_mask, load_source, mask_is_empty, plan_edit  # noqa: E402
@@ -172,7 +173,10 @@ class DiffusersBackend:
         self._catalog = catalog
         self._preview_every = max(0, preview_every)
         self._hashes = HashCache(paths.cache / "hashes.json")
-        self._loras = LoraAdapters(loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings))
+        self._loras = LoraAdapters(
+            loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings), rename_sgm=_rename_sgm
+        )
+        self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
@@ -236,6 +240,7 @@ class DiffusersBackend:
         self._key = None
         self._model = None
         self._loras.forget()
+        self._vaes.forget()
         self._pipes.clear()
         self._memory_mode = "full"
         self._default_scheduler = None
@@ -378,6 +383,7 @@ class DiffusersBackend:
             self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
         )
         request = lora_plan.request
+        vae = self._vaes.apply(self._pipe, request.vae, self._model.name if self._model else "the model")
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         plan = _edit_plan(request) if request.mode != "txt2img" else None
         if plan is not None and (request.strength <= 0 or (plan.alpha is not None and mask_is_empty(plan.alpha))):
@@ -385,7 +391,8 @@ class DiffusersBackend:
             note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
             images = tuple(plan.source.copy() for _ in seeds)
             return GeneratedBatch(
-                images, seeds, batch_index, self._sampler_name(request), note, lora_plan.loras, lora_plan.embeddings
+                images, seeds, batch_index, self._sampler_name(request), note, lora_plan.loras, lora_plan.embeddings,
+                vae,
             )
         pipe = self._pipe_for(request.mode, plan)
         device = self._key.device if self._key else "cpu"
@@ -418,7 +425,7 @@ class DiffusersBackend:
         notes = (*run_notes, *first)
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(
-            images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings
+            images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings, vae
         )
 
     def _run_pipeline(
@@ -665,6 +672,20 @@ class _X0Watcher:
     def detach(self) -> None:
         with contextlib.suppress(AttributeError):
             del self._scheduler.step
+
+
+def _convert_ldm_vae(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """An original-layout (encoder.down.0...) VAE state dict in diffusers' names, for VaeSwitcher."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    return convert_ldm_vae_checkpoint(state, config)
+
+
+def _rename_sgm(state: dict[str, Any], unet_config: Any) -> dict[str, Any]:
+    """kohya's SDXL UNet layer names (input_blocks_4_1_...) in diffusers' names, for LyCORIS files."""
+    from diffusers.loaders.lora_conversion_utils import _maybe_map_sgm_blocks_to_diffusers
+
+    return _maybe_map_sgm_blocks_to_diffusers(state, unet_config)
 
 
 def header_dtype(header: Any) -> torch.dtype:

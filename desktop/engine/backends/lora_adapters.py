@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends.base import AdapterHash
+from desktop.engine.backends.lycoris import LycorisFile, LycorisMerger, RenameSgm, read_lycoris
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
 from desktop.engine.library.lora import (
@@ -67,9 +68,16 @@ class LoraAdapters:
     """Keeps the pipeline's adapters in step with each request's LoRAs."""
 
     def __init__(
-        self, catalog: AdapterCatalog, max_cached: int = MAX_CACHED_ADAPTERS, embeddings: AdapterCatalog | None = None
+        self,
+        catalog: AdapterCatalog,
+        max_cached: int = MAX_CACHED_ADAPTERS,
+        embeddings: AdapterCatalog | None = None,
+        rename_sgm: RenameSgm | None = None,
     ) -> None:
         self._catalog = catalog
+        # LyCORIS files (LoHa, LoKr, (IA)3, full diff): merged into the weights, since diffusers cannot load them.
+        self._lycoris = LycorisMerger(rename_sgm)
+        self._lycoris_files: OrderedDict[_Identity, LycorisFile] = OrderedDict()
         self._embeddings = embeddings
         self._tokens: dict[str, _Identity] = {}  # embedding tokens added to the loaded pipeline's tokenizers
         self._max_cached = max(1, max_cached)
@@ -90,6 +98,7 @@ class LoraAdapters:
         self._loaded.clear()
         self._tokens.clear()
         self._enabled = True
+        self._lycoris.forget()
 
     def apply(self, pipe: Any, request: GenerationRequest, shape: ModelShape, model_name: str) -> LoraPlan:
         prompt, tagged = split_lora_tags(request.prompt)
@@ -109,6 +118,9 @@ class LoraAdapters:
             chosen.append((entry.name, identity, info, entry.path, float(ref.weight)))
             hashes.append(AdapterHash(entry.name, digest))
 
+        merged = [item for item in chosen if item[2].algorithm != "lora"]
+        chosen = [item for item in chosen if item[2].algorithm == "lora"]
+        notes += self._merge_lycoris(pipe, merged)
         for name, identity, _info, path, weight in chosen:
             if weight != 0 and identity not in self._loaded:
                 self._load(pipe, name, identity, path)
@@ -121,6 +133,23 @@ class LoraAdapters:
         cleaned = replace(request, prompt=prompt, negative_prompt=negative, loras=refs)
         embedding_hashes = self._apply_embeddings(pipe, f"{prompt}\n{negative}", shape, model_name)
         return LoraPlan(cleaned, tuple(hashes), tuple(notes), embedding_hashes)
+
+    def _merge_lycoris(
+        self, pipe: Any, merged: list[tuple[str, _Identity, LoraInfo, Path, float]]
+    ) -> tuple[str, ...]:
+        files = []
+        for name, identity, _info, path, weight in merged:
+            if weight == 0:
+                continue
+            lycoris = self._lycoris_files.get(identity)
+            if lycoris is None:
+                lycoris = read_lycoris(name, path)
+                self._lycoris_files[identity] = lycoris
+            self._lycoris_files.move_to_end(identity)
+            files.append((identity, lycoris, weight))
+        while len(self._lycoris_files) > self._max_cached:
+            self._lycoris_files.popitem(last=False)
+        return self._lycoris.apply(pipe, files)
 
     # --------------------------------------------------------------------------- embeddings
 

@@ -1,4 +1,4 @@
-"""The library: models, LoRAs and embeddings in the data folder, with a versioned JSON index.
+"""The library: models, LoRAs, embeddings and VAEs in the data folder, with a versioned JSON index.
 
 Import copies a file (or hard-links it when source and library share a volume) into the kind's folder,
 checks what it is from its bytes, and records name, architecture, size, sha256, AutoV2 (and AutoV3 for
@@ -36,12 +36,13 @@ from desktop.engine.library.checkpoint import (
     sniff_file_type,
 )
 from desktop.engine.library.lora import inspect_lora
+from desktop.engine.library.vae import inspect_vae
 from desktop.engine.paths import AppPaths
 from desktop.engine.safe_files import loads_json, open_regular, read_regular_bytes
 from desktop.engine.terminal_text import BIDI_AND_SEPARATORS, library_text
 
 SCHEMA_VERSION = 1
-KINDS = ("model", "lora", "embedding")
+KINDS = ("model", "lora", "embedding", "vae")
 MAX_NAME_CHARS = 120
 # File systems count a name in bytes (ext4, APFS: 255 UTF-8 bytes; NTFS: 255 UTF-16 units). The longest
 # name a library entry writes is its hidden copy during import: "." + name + ".safetensors" + ".partial".
@@ -52,6 +53,8 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 # Names Windows will not create as files, whatever the extension.
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 _FORBIDDEN_CHARS = set('<>:"/\\|?*')
+# How the LoRA list names LyCORIS files (LoraInfo.algorithm), which apply like LoRAs.
+_LYCORIS_LABELS = {"loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full-diff LoRA"}
 
 Progress = Callable[[int, int], None]
 ShouldCancel = Callable[[], bool]
@@ -62,7 +65,7 @@ class LibraryRecord:
     """One library entry as the index stores it and the CLI/window show it."""
 
     name: str
-    kind: str  # "model" | "lora" | "embedding"
+    kind: str  # "model" | "lora" | "embedding" | "vae"
     file: str  # the file or folder name inside the kind's folder (made by check_name, never from a prompt)
     architecture: str  # a label: "SD 1.x", "SDXL inpainting", "SD 1.x LoRA", ...
     family: str | None
@@ -133,11 +136,13 @@ def same_name(a: str, b: str) -> bool:
 
 
 class Library:
-    """The three library folders and their index. Thread-safe: the window hashes on a thread pool."""
+    """The library folders and their index. Thread-safe: the window hashes on a thread pool."""
 
     def __init__(self, paths: AppPaths) -> None:
         self._paths = paths
-        self._folders = {"model": paths.models, "lora": paths.loras, "embedding": paths.embeddings}
+        self._folders = {
+            "model": paths.models, "lora": paths.loras, "embedding": paths.embeddings, "vae": paths.vaes,
+        }
         self._file = paths.library_index
         self._lock = threading.RLock()
 
@@ -355,7 +360,11 @@ class Library:
             label, family, fmt = arch.label, arch.family, "safetensors"
         elif kind == "lora":
             info = inspect_lora(header, display)
-            label, family, fmt = f"{info.label} LoRA", info.family, info.format
+            kind_label = _LYCORIS_LABELS.get(info.algorithm, "LoRA")
+            label, family, fmt = f"{info.label} {kind_label}", info.family, info.format
+        elif kind == "vae":
+            vae = inspect_vae(header, display)
+            label, family, fmt = vae.label, vae.family, vae.layout
         else:
             label, family, fmt = _embedding_label(header, display), None, "embedding"
         digest = sha256 or sha256_file(path, on_progress, name=display)
@@ -413,7 +422,7 @@ class Library:
 
 
 def guess_kind(path: Path | str) -> str:
-    """Which library a dropped file belongs in, judged from its bytes: "model", "lora" or "embedding".
+    """Which library a dropped file belongs in, judged from its bytes: "model", "lora", "embedding" or "vae".
 
     Anything unclear goes to "model", whose import then explains what the file is (a pickle, a VAE, ...).
     """
@@ -430,6 +439,9 @@ def guess_kind(path: Path | str) -> str:
     with contextlib.suppress(ModelError):
         _embedding_label(header, path.name)
         return "embedding"
+    with contextlib.suppress(ModelError):
+        inspect_vae(header, path.name)
+        return "vae"
     return "model"
 
 
@@ -451,7 +463,7 @@ def _check_kind(kind: str) -> None:
 
 
 def _noun(kind: str) -> str:
-    return {"model": "model", "lora": "LoRA", "embedding": "embedding"}[kind]
+    return {"model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE"}[kind]
 
 
 def _library_files(folder: Path, kind: str) -> list[str]:

@@ -26,6 +26,13 @@ FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 # fields after the weight (`<lora:name:0.8:0.5>`, text-encoder/UNet split) are accepted and ignored.
 _TAG = re.compile(r"<(?:lora|lyco):([^:<>]+)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 _SPACES = re.compile(r"[ \t]{2,}")
+# LyCORIS kinds by the tensor-name suffixes only they use.
+_LYCORIS_MARKS = (
+    ("loha", {"hada_w1_a", "hada_w1_b"}),
+    ("lokr", {"lokr_w1", "lokr_w1_a", "lokr_w2", "lokr_w2_a"}),
+    ("ia3", {"on_input"}),
+    ("full", {"diff"}),
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,6 +51,8 @@ class LoraInfo:
     unet: bool
     text_encoder: bool
     tensors: int
+    # "lora", or the LyCORIS kind ("loha", "lokr", "ia3", "full"), which Marble merges into the weights.
+    algorithm: str = "lora"
 
     @property
     def label(self) -> str:
@@ -53,6 +62,7 @@ class LoraInfo:
 def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo:
     """Format and base architecture of a LoRA from tensor names and shapes; raise if it is no LoRA."""
     names = list(header.tensors)
+    algorithm = _lycoris_algorithm(names)
     if any(n.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for n in names):
         fmt = "kohya"
     elif any(".lora_A." in n or ".lora_B." in n for n in names):
@@ -65,9 +75,12 @@ def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo
     te1 = [n for n in names if n.startswith(("lora_te_", "lora_te1_", "text_encoder."))]
     unet = [n for n in names if n not in te1 and n not in te2]
 
-    context = _first_width(header, unet, _is_context_down)
-    text_width = _first_width(header, te1, _is_q_proj_down)
-    text_width_2 = _first_width(header, te2, _is_q_proj_down)
+    if algorithm is not None and fmt != "kohya":
+        raise ModelError(f"{name} is a LyCORIS file with layer names Marble cannot place (not kohya's lora_unet_...).")
+    width = _first_width if algorithm is None else _first_lycoris_width
+    context = width(header, unet, _is_context_down)
+    text_width = width(header, te1, _is_q_proj_down)
+    text_width_2 = width(header, te2, _is_q_proj_down)
     sgm_names = any(n.startswith(("lora_unet_input_blocks_", "lora_unet_output_blocks_")) for n in unet)
     if te2 or context == 2048 or (sgm_names and context is None):
         # kohya writes SDXL UNet layers by their original (SGM) names, SD 1/2 ones by diffusers names.
@@ -85,7 +98,37 @@ def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo
         unet=bool(unet),
         text_encoder=bool(te1 or te2),
         tensors=len(names),
+        algorithm=algorithm or "lora",
     )
+
+
+def _lycoris_algorithm(names: list[str]) -> str | None:
+    suffixes = {name.rpartition(".")[2] for name in names}
+    for algorithm, marks in _LYCORIS_MARKS:
+        if suffixes & marks:
+            return algorithm
+    return None
+
+
+def _first_lycoris_width(
+    header: SafetensorsHeader, names: Iterable[str], wanted: Callable[[str], bool]
+) -> int | None:
+    """The input width of the first wanted layer of a LyCORIS file: what its tensors multiply out to."""
+    tensors = header.tensors
+    for stem in sorted({n.partition(".")[0] for n in names if wanted(n)}):
+
+        def shape(suffix: str, stem: str = stem) -> tuple[int, ...] | None:
+            info = tensors.get(f"{stem}.{suffix}")
+            return tuple(info.shape) if info is not None else None
+
+        if (b := shape("hada_w1_b")) and len(b) == 2:
+            return b[1]
+        if (diff := shape("diff")) and len(diff) == 2:
+            return diff[1]
+        w1, w2 = shape("lokr_w1") or shape("lokr_w1_b"), shape("lokr_w2") or shape("lokr_w2_b")
+        if w1 and w2 and len(w1) == 2 and len(w2) == 2:
+            return w1[1] * w2[1]
+    return None
 
 
 def _is_context_down(name: str) -> bool:
@@ -228,8 +271,11 @@ class AdapterCatalog:
     text (prompt tags, PNG metadata, a panel row), so a name is only ever compared with this listing.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, noun: str = "LoRA", command: str = "loras") -> None:
         self._folder = folder
+        # What `get` calls an entry it cannot find, and the import command it suggests (VAEs use this too).
+        self._noun = noun
+        self._command = command
 
     @property
     def folder(self) -> Path:
@@ -252,13 +298,13 @@ class AdapterCatalog:
         return find_by_name(self.entries(), name)
 
     def get(self, name: str) -> AdapterFile:
-        """The entry for a name, or a ModelError that says which LoRAs exist."""
+        """The entry for a name, or a ModelError that says which entries exist."""
         entry = self.find(name)
         if entry is None:
             known = ", ".join(self.names()) or "none yet"
             raise ModelError(
-                f"No LoRA named {name!r} in the library ({self._folder}; LoRAs there: {known}). "
-                "Import it first (marble loras import FILE)."
+                f"No {self._noun} named {name!r} in the library ({self._folder}; {self._noun}s there: {known}). "
+                f"Import it first (marble {self._command} import FILE)."
             )
         return entry
 

@@ -1,0 +1,69 @@
+"""VAEs without torch: what a VAE file is, judged from its safetensors header.
+
+A VAE is chosen per job by its library name (A1111's "SD VAE" setting); the file is never downloaded and
+never given by path from text. SD 1.x, SD 2.x and SDXL VAEs share one architecture (the same tensor names
+and shapes: only the latent scaling factor, a config value, differs), so a file cannot say which of them
+it was trained for; what the header does say is its layout and its latent width, and the backend refuses a
+VAE whose tensors do not fit the loaded model's VAE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import SafetensorsHeader
+
+# Prefixes a VAE's tensors carry when they were cut out of a full checkpoint, or saved on their own.
+_LDM_PREFIXES = ("first_stage_model.", "vae.", "")
+_LDM_PROBE = "encoder.down.0.block.0.conv1.weight"
+_DIFFUSERS_PROBE = "encoder.down_blocks.0.resnets.0.conv1.weight"
+_LATENT_LABELS = {4: "SD 1.x / 2.x / SDXL VAE", 16: "SD3 / Flux VAE"}
+# Latent widths Marble's pipelines (SD 1.x, SD 2.x, SDXL) decode.
+SUPPORTED_LATENT_CHANNELS = 4
+
+
+@dataclass(frozen=True)
+class VaeInfo:
+    """What a VAE file's header says: its layout, its tensor-name prefix and its latent width."""
+
+    layout: str  # "ldm" (original encoder.down.0... names) | "diffusers" (encoder.down_blocks.0...)
+    prefix: str  # "first_stage_model." | "vae." | ""
+    latent_channels: int | None
+
+    @property
+    def label(self) -> str:
+        return _LATENT_LABELS.get(self.latent_channels or 0, "VAE")
+
+    @property
+    def family(self) -> str | None:
+        # One architecture for SD 1.x, 2.x and SDXL: "sd" names that whole group.
+        return "sd" if self.latent_channels == SUPPORTED_LATENT_CHANNELS else None
+
+
+def inspect_vae(header: SafetensorsHeader, name: str = "this file") -> VaeInfo:
+    """Layout and latent width of a VAE from its tensor names and shapes; raise if it is no VAE."""
+    names = header.tensors
+    if any(n.startswith("model.diffusion_model.") for n in names):
+        raise ModelError(
+            f"{name} is a whole checkpoint (it has a UNet), not a VAE on its own. Import it as a model; its own "
+            "VAE is used when no VAE is chosen."
+        )
+    for layout, probe in (("ldm", _LDM_PROBE), ("diffusers", _DIFFUSERS_PROBE)):
+        for prefix in _LDM_PREFIXES:
+            if prefix + probe in names and _has_decoder(names, prefix):
+                return VaeInfo(layout, prefix, _latent_channels(header, prefix))
+    raise ModelError(
+        f"{name} is not a VAE: it has neither the original (encoder.down.0...) nor the diffusers "
+        "(encoder.down_blocks.0...) VAE layer names, with a decoder."
+    )
+
+
+def _has_decoder(names: object, prefix: str) -> bool:
+    return f"{prefix}decoder.conv_in.weight" in names  # type: ignore[operator]
+
+
+def _latent_channels(header: SafetensorsHeader, prefix: str) -> int | None:
+    # decoder.conv_in reads the latent: weight shape (width, latent channels, 3, 3).
+    shape = header.tensors[f"{prefix}decoder.conv_in.weight"].shape
+    return shape[1] if len(shape) == 4 else None
