@@ -201,7 +201,8 @@ def _info(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -
     """The same recipe the window's PNG info view shows, matched against this library."""
     try:
         library = Library(paths)
-        recipe = read_recipe(read_image_metadata(args.file), library.records("model"), library.records("lora"))
+        recipe = read_recipe(read_image_metadata(args.file), library.records("model"), library.records("lora"),
+                             library.records("vae"))
     except MarbleError as error:
         print(f"marble: {printable(str(error))}", file=err)
         return exit_code(error.kind)

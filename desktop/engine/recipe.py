@@ -21,22 +21,33 @@ from typing import Any, Protocol
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.library.lora import split_lora_tags
-from desktop.engine.metadata import ImageMetadata, clean_model_name, resolve_sampler
+from desktop.engine.metadata import ImageMetadata, clean_model_name, resolve_sampler, vae_library_name
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest, LoraRef
 
 # The request fields a recipe sets, in the order a change list shows them. Machine settings (device,
 # precision, memory, batch) belong to this computer, not to the image.
 RECIPE_FIELDS = (
     "prompt", "negative_prompt", "model", "loras", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-    "clip_skip", "emphasis",
+    "clip_skip", "emphasis", "vae", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+    "tiling",
 )  # fmt: skip
 # "Use prompt only" takes these: A1111 writes LoRAs into the prompt, so they travel with it.
 PROMPT_FIELDS = ("prompt", "negative_prompt", "loras")
 
 # Settings that describe the file rather than ask for anything: read, never reported as unsupported.
-_INFORMATIONAL = {"model hash", "lora hashes", "ti hashes", "version", "source", "batch size", "batch pos"}
+_INFORMATIONAL = {
+    "model hash", "lora hashes", "ti hashes", "vae hash", "version", "source", "batch size", "batch pos",
+}  # fmt: skip
 # Settings turned into fields below.
-_HANDLED = {"steps", "sampler", "schedule type", "cfg scale", "seed", "size", "model", "clip skip", "emphasis"}
+_HANDLED = {
+    "steps", "sampler", "schedule type", "cfg scale", "seed", "size", "model", "clip skip", "emphasis", "vae",
+    "variation seed", "variation seed strength", "seed resize from", "tiling",
+}  # fmt: skip
+# What our own chunk carries beside the prompt, the model and the LoRAs: honoured exactly as saved.
+_MARBLE_FIELDS = (
+    "sampler", "steps", "cfg_scale", "seed", "width", "height", "clip_skip", "emphasis", "subseed",
+    "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling",
+)  # fmt: skip
 # Schedules that are every sampler's default, so naming them asks for nothing Marble lacks.
 _PLAIN_SCHEDULES = {"", "automatic", "normal", "default", "simple"}
 _FORMAT_NAMES = {
@@ -102,9 +113,12 @@ class Recipe:
 
 
 def read_recipe(
-    metadata: ImageMetadata, models: Sequence[LibraryEntry] = (), loras: Sequence[LibraryEntry] = ()
+    metadata: ImageMetadata,
+    models: Sequence[LibraryEntry] = (),
+    loras: Sequence[LibraryEntry] = (),
+    vaes: Sequence[LibraryEntry] = (),
 ) -> Recipe:
-    """The recipe of an image, matched against the library's `models` and `loras`."""
+    """The recipe of an image, matched against the library's `models`, `loras` and `vaes`."""
     if metadata.format == "unknown":
         return Recipe("unknown", "", "", MappingProxyType({}))
     settings = {key.strip().casefold(): value for key, value in metadata.settings.items()}
@@ -124,15 +138,20 @@ def read_recipe(
     _read_model(settings, marble, models, fields, warnings)
     wanted_loras = (*(marble.loras if marble else ()), *tagged)
     _read_loras(wanted_loras, _hash_table(settings.get("lora hashes", "")), loras, fields, warnings)
+    _read_vae(settings, marble, vaes, fields, warnings)
 
     if marble is not None:
         # Our own chunk is the exact request: every field is honoured as saved.
-        for name in ("sampler", "steps", "cfg_scale", "seed", "width", "height", "clip_skip", "emphasis"):
+        for name in _MARBLE_FIELDS:
             fields[name] = getattr(marble, name)
         if marble.init_image is not None:
             unsupported.append("Source image: the image was made from a source image, which the file does not hold")
     else:
         _read_settings(settings, metadata.settings, fields, unsupported)
+        # Unsaid means off: an image without a variation seed or tiling was made without them.
+        for name, off in (("subseed_strength", 0.0), ("seed_resize_from_w", 0), ("seed_resize_from_h", 0),
+                          ("tiling", False)):
+            fields.setdefault(name, off)
     for key, value in metadata.settings.items():
         folded = key.strip().casefold()
         if folded not in _HANDLED and folded not in _INFORMATIONAL:
@@ -203,6 +222,30 @@ def _read_loras(
     fields["loras"] = tuple(found)
 
 
+def _read_vae(
+    settings: Mapping[str, str],
+    marble: GenerationRequest | None,
+    vaes: Sequence[LibraryEntry],
+    fields: dict[str, Any],
+    warnings: list[str],
+) -> None:
+    name = marble.vae if marble is not None else vae_library_name(settings.get("vae", ""))
+    vae_hash = settings.get("vae hash", "").strip().casefold()
+    if not name and not vae_hash:
+        fields["vae"] = ""  # the model's own, as the image was made
+        return
+    found = _by_hash(vaes, vae_hash, "autov2") or _by_name(vaes, name)
+    if found is None:
+        hashed = f" (hash {vae_hash})" if vae_hash else ""
+        warnings.append(
+            f"The VAE {name or 'of this image'!r}{hashed} is not in the library: the model's own is used. "
+            "Import it (drop the file on the window) to reproduce this image."
+        )
+        fields["vae"] = ""
+        return
+    fields["vae"] = found.name
+
+
 def _by_hash(entries: Sequence[LibraryEntry], wanted: str, kind: str) -> LibraryEntry | None:
     if not re.fullmatch(r"[0-9a-f]{8,64}", wanted):
         return None
@@ -268,6 +311,24 @@ def _read_settings(
         take("emphasis", None if mode is None else {"emphasis": mode}, "Marble has no such emphasis mode")
     if "sampler" in settings:
         _read_sampler(settings, shown, fields, unsupported)
+    _read_variation(settings, take)
+
+
+def _read_variation(settings: Mapping[str, str], take: Any) -> None:
+    """A1111's variation seed (with its strength: a strength alone would draw a random one), seed
+    resize and tiling."""
+    if "variation seed" in settings:
+        subseed = _whole("subseed", settings["variation seed"])
+        strength = _number(settings.get("variation seed strength", "0"))
+        values = None if subseed is None or strength is None else {**subseed, "subseed_strength": strength}
+        take("variation seed", values)
+    if "seed resize from" in settings:
+        match = re.fullmatch(r"\s*(\d{1,6})\s*[x×]\s*(\d{1,6})\s*", settings["seed resize from"])
+        take("seed resize from", {"seed_resize_from_w": int(match[1]), "seed_resize_from_h": int(match[2])}
+             if match else None)
+    if "tiling" in settings:
+        value = settings["tiling"].strip().casefold()
+        take("tiling", {"tiling": value == "true"} if value in ("true", "false") else None)
 
 
 def _read_sampler(
@@ -344,7 +405,9 @@ class Change:
 _LABELS = {
     "prompt": "Prompt", "negative_prompt": "Negative prompt", "model": "Model", "loras": "LoRAs",
     "sampler": "Sampler", "steps": "Steps", "cfg_scale": "CFG scale", "seed": "Seed", "width": "Width",
-    "height": "Height", "clip_skip": "Clip skip", "emphasis": "Emphasis",
+    "height": "Height", "clip_skip": "Clip skip", "emphasis": "Emphasis", "vae": "VAE", "subseed": "Variation seed",
+    "subseed_strength": "Variation strength", "seed_resize_from_w": "Seed resize from (width)",
+    "seed_resize_from_h": "Seed resize from (height)", "tiling": "Tiling",
 }  # fmt: skip
 
 
@@ -360,8 +423,10 @@ def changes(fields: Mapping[str, Any], current: Mapping[str, Any]) -> list[Chang
 def _short(name: str, value: Any) -> str:
     if name == "loras":
         return ", ".join(f"{ref.name}:{ref.weight:g}" for ref in value or ()) or "none"
-    if name == "seed" and value == -1:
+    if name in ("seed", "subseed") and value == -1:
         return "random"
+    if name == "vae" and value == "":
+        return "the model's own"
     text = " ".join(str(value).split()) if value is not None else ""
     if not text:
         return "(empty)"

@@ -111,3 +111,35 @@ def test_marble_info_prints_the_recipe_as_text_and_json(tmp_path):
     bad.write_text("hello")
     refused = _marble_info(str(bad), home=tmp_path / "home")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+
+
+VARIED = (
+    "castle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, Model: dreamy, "
+    "VAE hash: 735e4c3a44, VAE: crisp-vae.safetensors, Variation seed: 77, Variation seed strength: 0.35, "
+    "Seed resize from: 768x640, Tiling: True"
+)
+
+
+def test_vae_is_matched_by_hash_then_name_and_a_missing_one_is_warned_about():
+    by_name, by_hash = Entry("crisp-vae", autov2="ffffffffff"), Entry("renamed-vae", autov2="735e4c3a44")
+    recipe = read_recipe(interpret_chunks({"parameters": VARIED}), [Entry("dreamy")], (), [by_name, by_hash])
+    assert recipe.fields["vae"] == "renamed-vae" and recipe.warnings == ()
+    assert read_recipe(interpret_chunks({"parameters": VARIED}), [Entry("dreamy")], (), [by_name]).fields["vae"] == (
+        "crisp-vae"
+    )
+    missing = read_recipe(interpret_chunks({"parameters": VARIED}), [Entry("dreamy")])
+    assert missing.fields["vae"] == ""
+    assert any("VAE 'crisp-vae' (hash 735e4c3a44) is not in the library" in text for text in missing.warnings)
+    assert not any(text.startswith(("VAE", "Variation", "Seed resize", "Tiling")) for text in missing.unsupported)
+
+
+def test_variation_seed_resize_and_tiling_are_honoured_and_unsaid_means_off():
+    fields = recipe_of(VARIED, [Entry("dreamy")]).fields
+    assert (fields["subseed"], fields["subseed_strength"]) == (77, 0.35)
+    assert (fields["seed_resize_from_w"], fields["seed_resize_from_h"], fields["tiling"]) == (768, 640, True)
+    plain = recipe_of("castle\nSteps: 20, Seed: 5, Size: 512x512", [Entry("dreamy")]).fields
+    off = (plain["subseed_strength"], plain["seed_resize_from_w"], plain["tiling"], plain["vae"])
+    assert off == (0.0, 0, False, "")
+    assert [str(change) for change in changes({"tiling": True, "vae": ""}, {"tiling": False, "vae": "crisp"})] == [
+        "Tiling: False -> True", "VAE: crisp -> the model's own",
+    ]

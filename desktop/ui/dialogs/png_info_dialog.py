@@ -220,7 +220,9 @@ class RecipeIntegration(QObject):
     def _recipe_of(self, source: str | bytes, quiet: bool = False) -> Recipe | None:
         try:
             metadata = read_image_metadata(source)
-            return read_recipe(metadata, self._library.records("model"), self._library.records("lora"))
+            return read_recipe(
+                metadata, self._library.records("model"), self._library.records("lora"), self._library.records("vae")
+            )
         except (MarbleError, OSError) as error:
             if not quiet:
                 self._window.message_bar.show_message(str(error), "error")
