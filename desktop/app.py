@@ -48,6 +48,7 @@ from desktop.ui.self_test import SelfTest
 from desktop.ui.session_memory import SessionMemory
 from desktop.ui.settings_integration import SettingsIntegration
 from desktop.ui.theme import ThemeManager, apply_theme
+from desktop.ui.translation import install_translations
 
 APP_NAME = "Marble Studio"
 ORGANIZATION = "Marble"
@@ -173,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_theme(app, settings.get("theme"))
 
     resources = Resources.default()
+    install_translations(app, resources.translations)  # parented to the app, so they live as long
     app.setWindowIcon(application_icon(resources))
     install_demo(paths, resources)
     window, controller, history = build_app_window(paths, resources, settings)

@@ -77,6 +77,12 @@ class Resources:
         return self.root / "demo-model"
 
     @property
+    def translations(self) -> Path:
+        """The window's strings: `marble_en.ts`, the English source extracted from the code
+        (installer/tools/extract_strings.py), and `marble_<language>.qm`, compiled translations."""
+        return self.root / "translations"
+
+    @property
     def icons(self) -> Path:
         return self.root / "icons"
 
