@@ -38,6 +38,7 @@ from desktop.engine.paths import HOME_ENV, AppPaths
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
+from desktop.engine.wildcards import Wildcards
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.error_hook import ErrorHook
 from desktop.ui.history_panel import HistoryPanel
@@ -68,7 +69,7 @@ def diffusers_runner_factory(
         from desktop.engine.backends import create_diffusers_backend
 
         backend = create_diffusers_backend(paths, resources, catalog, preview_every)
-        return JobRunner(backend, writer, desktop.__version__, history)
+        return JobRunner(backend, writer, desktop.__version__, history, Wildcards(paths.wildcards))
 
     return build_runner
 

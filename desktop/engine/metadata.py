@@ -136,13 +136,17 @@ def png_text_chunks(
     *,
     loras: Sequence[AdapterHash] = (),
     embeddings: Sequence[AdapterHash] = (),
+    template: GenerationRequest | None = None,
 ) -> dict[str, str]:
-    """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON."""
+    """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON.
+
+    `template` is the request as typed when `request` is what was made of it (wildcards chosen): the
+    JSON keeps its prompts too, so the image can be made again with other choices."""
     return {
         PARAMETERS_CHUNK: format_parameters(
             request, seed, model, version, sampler_used, batch_pos, extra, loras=loras, embeddings=embeddings
         ),
-        MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used),
+        MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used, template=template),
     }
 
 
@@ -160,6 +164,8 @@ def marble_json(
     model: ModelInfo | None,
     version: str,
     sampler_used: str | None = None,
+    *,
+    template: GenerationRequest | None = None,
 ) -> str:
     """Our JSON chunk: the complete request with the concrete seed, versioned for migrations."""
     # The model is saved by name, never as a path: names are looked up in the library index, and a
@@ -175,6 +181,8 @@ def marble_json(
         document["model_hash"] = model.hash
     if sampler_used and request.sampler == DEFAULT_SAMPLER:
         document["sampler_used"] = sampler_used
+    if template is not None:
+        document["prompt_template"] = {"prompt": template.prompt, "negative_prompt": template.negative_prompt}
     # ASCII-only JSON stays a plain tEXt chunk that every PNG reader handles.
     return json.dumps(document, ensure_ascii=True)
 
