@@ -82,7 +82,7 @@ class StyleStore:
         for name in names:
             style = by_name.get(name.strip().casefold())
             if style is None:
-                known = ", ".join(sorted(style.name for style in by_name.values())) or "none yet"
+                known = ", ".join(sorted((s.name for s in by_name.values()), key=str.casefold)) or "none yet"
                 raise InvalidRequest(
                     f"There is no style named {name!r} (known: {known}); `marble styles import styles.csv` "
                     "imports A1111's styles."
