@@ -29,6 +29,7 @@ from PIL import Image, PngImagePlugin
 from desktop.engine.backends.base import AdapterHash, ModelInfo
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
+from desktop.engine.library.lora import prompt_with_lora_tags
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
 from desktop.engine.safe_files import open_regular
 from desktop.engine.untrusted_image import open_untrusted
@@ -117,7 +118,8 @@ def format_parameters(
     pairs.append(("Version", f"marble {version}"))
 
     settings = ", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs if value not in (None, ""))
-    lines = [request.prompt]
+    # The panel's LoRAs go into the prompt as tags, as A1111 writes them (the JSON chunk keeps them apart).
+    lines = [prompt_with_lora_tags(request.prompt, request.loras)]
     if request.negative_prompt.strip():
         lines.append(f"{_NEGATIVE_PREFIX} {request.negative_prompt}")
     lines.append(settings)
