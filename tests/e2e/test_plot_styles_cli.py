@@ -45,6 +45,16 @@ def test_a_2x2x2_plot_makes_eight_recorded_images_and_a_labelled_grid(tmp_path, 
         axes = parse_axis("steps=1-2"), parse_axis("cfg=3,7"), parse_axis("prompt=red,blue")
         assert grid.size == grid_size((64, 64), *axes) == (2 * (160 + 2 * 64) + 16, 32 + 32 + 2 * 64)
         assert "steps=1,2" in grid.text["marble-plot"]
+        # Every image sits in its own cell: X = steps, Y = CFG, Z = prompt (panels side by side).
+        for path in paths:
+            parsed = parse_parameters(read_image_metadata(path).raw["parameters"])
+            ix = ("1", "2").index(parsed.settings["Steps"])
+            iy = ("3.0", "7.0").index(parsed.settings["CFG scale"])
+            iz = ("a red circle", "a blue circle").index(parsed.prompt)
+            left, top = iz * (160 + 2 * 64 + 16) + 160 + ix * 64, 64 + iy * 64
+            with Image.open(path) as image:
+                cell = grid.convert("RGB").crop((left, top, left + 64, top + 64))
+                assert cell.tobytes() == image.convert("RGB").tobytes()
 
 
 def test_a_bad_axis_is_one_clear_line_and_makes_nothing(tmp_path, tiny_sd15_dir):

@@ -83,7 +83,8 @@ def test_the_grid_has_room_for_its_labels_and_draws_them():
     top = 2 * LABEL_BAND
     for (ix, iy, iz), image in images.items():
         left = iz * (panel + Z_GAP) + Y_LABEL_WIDTH + ix * 64
-        assert grid.getpixel((left + 32, top + iy * 48 + 24)) == image.getpixel((0, 0))
+        for dx, dy in ((0, 0), (32, 24), (63, 47)):  # corners too: not one pixel off
+            assert grid.getpixel((left + dx, top + iy * 48 + dy)) == image.getpixel((0, 0))
     # Labels: ink in the Z title band, the X label band and the Y label column; none in the gap.
     def inked(box):
         region = grid.crop(box)

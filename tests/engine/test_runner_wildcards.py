@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 import desktop
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
@@ -82,3 +83,19 @@ def test_without_a_wildcards_folder_given_the_prompt_is_left_as_typed(home, tiny
     (path,) = home.outputs.rglob("*.png")
     assert read_image_metadata(path).request.prompt == "a __colour__ circle"
     assert "prompt_template" not in json.loads(read_image_metadata(path).raw["marble"])
+
+
+def test_the_pixels_are_made_from_the_chosen_prompt(home, tiny_sd15_dir):
+    (home.wildcards / "thing.txt").write_text("zebra\n", encoding="utf-8")
+    runner = make_runner(home)
+
+    def pixels(prompt: str) -> bytes:
+        events = []
+        runner.run(Job(request_for(tiny_sd15_dir, prompt=prompt, negative_prompt="", batch_count=1)), events.append)
+        (path,) = [event.path for event in events if hasattr(event, "path")]
+        with Image.open(path) as image:
+            return image.tobytes()
+
+    chosen = pixels("a __thing__ circle")
+    assert chosen == pixels("a zebra circle")
+    assert chosen != pixels("a __thing__ circle".replace("__", "_"))  # the typed text would differ

@@ -30,7 +30,7 @@ def test_a1111_styles_csv_with_quoting_and_old_columns():
         '"Cinematic","cinematic still of {prompt}, shallow depth of field","anime, ""cartoon"""\n'
         "None,,\n"
         ",orphan,\n"
-        "Plain,watercolor,\n"
+        "Plain, watercolor, \n"
     )
     styles = parse_a1111_styles(text)
     assert styles == [
