@@ -38,6 +38,7 @@ from desktop.engine.paths import HOME_ENV, AppPaths
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
+from desktop.engine.styles import StyleStore
 from desktop.engine.wildcards import Wildcards
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.error_hook import ErrorHook
@@ -91,6 +92,7 @@ def build_main_window(
     controller = GenerationController(runner_factory, history=history)
     try:
         window = MainWindow(controller, catalog, paths.outputs, inputs_folder=inputs_folder(paths))
+        _offer_styles(window, paths)
         # Parented to the window, which keeps it alive; tests reach the dialog through this attribute.
         window.library_integration = LibraryIntegration(
             window, LibraryTasks(Library(paths), window), window.file_menu
@@ -206,6 +208,14 @@ def application_icon(resources: Resources) -> QIcon:
         if path.is_file():
             icon.addFile(str(path))
     return icon
+
+
+def _offer_styles(window: MainWindow, paths: AppPaths) -> None:
+    try:
+        window.prompt_editor.set_styles(StyleStore(paths.styles_file).all())  # a few KB of JSON
+    except MarbleError as error:
+        # A damaged styles file must not stop the window: the picker stays empty, the log says why.
+        logging.getLogger(__name__).warning("styles not loaded: %s", error)
 
 
 def start_logging(paths: AppPaths) -> Path | None:
