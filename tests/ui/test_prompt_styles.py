@@ -57,3 +57,22 @@ def test_the_window_offers_the_saved_styles_and_survives_a_damaged_file(qtbot, s
     studio.paths.styles_file.write_text("{damaged", encoding="utf-8")
     _offer_styles(studio.window, studio.paths)  # logged, not raised
     assert editor.checked_styles() == ["Sharp"]
+
+
+def test_a_new_window_offers_the_styles_saved_in_the_data_folder(qtbot, tmp_path, fake_backend) -> None:
+    import desktop
+    from desktop.app import build_main_window
+    from desktop.engine.outputs import ImageWriter
+    from desktop.engine.paths import AppPaths
+    from desktop.engine.runner import JobRunner
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    StyleStore(paths.styles_file).save(STYLES)
+    writer = ImageWriter(paths.outputs)
+    window, controller = build_main_window(paths, lambda: JobRunner(fake_backend, writer, desktop.__version__))
+    try:
+        qtbot.addWidget(window)
+        assert [action.text() for action in window.prompt_editor.styles_button.menu().actions()] == ["Framed", "Sharp"]
+    finally:
+        controller.shutdown()
+        window.wait_for_background()
