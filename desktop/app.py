@@ -39,6 +39,8 @@ from desktop.engine.provenance import signer_for
 from desktop.engine.resources import TOKENIZER_FOLDER, Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
+from desktop.engine.styles import StyleStore
+from desktop.engine.wildcards import Wildcards
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
 from desktop.ui.error_hook import ErrorHook
@@ -71,7 +73,7 @@ def diffusers_runner_factory(
         from desktop.engine.backends import create_diffusers_backend
 
         backend = create_diffusers_backend(paths, resources, catalog, preview_every)
-        return JobRunner(backend, writer, desktop.__version__, history)
+        return JobRunner(backend, writer, desktop.__version__, history, Wildcards(paths.wildcards))
 
     return build_runner
 
@@ -99,6 +101,7 @@ def build_main_window(
             inputs_folder=inputs_folder(paths),
             demo_model=lambda: demo_model_name(Library(paths)),
         )
+        _offer_styles(window, paths)
         # Parented to the window, which keeps it alive; tests reach the dialog through this attribute.
         library = Library(paths)
         window.library_integration = LibraryIntegration(window, LibraryTasks(library, window), window.file_menu)
@@ -216,6 +219,14 @@ def application_icon(resources: Resources) -> QIcon:
         if path.is_file():
             icon.addFile(str(path))
     return icon
+
+
+def _offer_styles(window: MainWindow, paths: AppPaths) -> None:
+    try:
+        window.prompt_editor.set_styles(StyleStore(paths.styles_file).all())  # a few KB of JSON
+    except MarbleError as error:
+        # A damaged styles file must not stop the window: the picker stays empty, the log says why.
+        logging.getLogger(__name__).warning("styles not loaded: %s", error)
 
 
 def start_logging(paths: AppPaths) -> Path | None:

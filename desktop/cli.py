@@ -63,12 +63,16 @@ from desktop.engine.request import (
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
+from desktop.engine.styles import StyleStore, apply_styles
 from desktop.engine.terminal_text import printable
+from desktop.engine.wildcards import Wildcards
 from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, exit_code
 from desktop.exit_codes import EXIT_MODEL as EXIT_MODEL  # re-exported: tests and scripts import the statuses here
 from desktop.history_cli import add_history_commands, default_rescue_dir, open_history, rescue, run_history
 from desktop.library_cli import GROUPS as LIBRARY_GROUPS
 from desktop.library_cli import add_library_commands, run_library
+from desktop.plot_cli import add_plot_command, run_plot
+from desktop.styles_cli import add_styles_commands, run_styles
 
 
 class _Parser(argparse.ArgumentParser):
@@ -123,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                      help="apply a library LoRA (repeatable; weight 1 if omitted); <lora:NAME:WEIGHT> in the "
                           "prompt works too")
+    gen.add_argument("--style", action="append", default=[], metavar="NAME",
+                     help="apply a saved style to the prompt and negative (repeatable; `marble styles list`)")
     edit = gen.add_argument_group("image-to-image, inpainting and outpainting")
     edit.add_argument("--init-image", metavar="PATH", help="source image (PNG, JPEG or WebP)")
     edit.add_argument("--strength", type=float, default=0.75, help="0 keeps the source, 1 ignores it")
@@ -145,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_library_commands(commands, _Parser, _add_home)
 
     add_history_commands(commands, _Parser, _add_home)
+    add_styles_commands(commands, _Parser, _add_home)
+    add_plot_command(commands, _add_home)
     commands.add_parser("samplers", help="list the sampler names")
     info = commands.add_parser("info", help="print an image's recipe (A1111, ComfyUI, InvokeAI, ... metadata)")
     info.add_argument("file", help="a PNG, JPEG or WebP image")
@@ -181,7 +189,11 @@ def _silence_stdout() -> None:
 
 def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | None) -> int:
     out, err = stdout or sys.stdout, stderr or sys.stderr
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `marble plot` takes every `marble generate` option: those it leaves unknown are read below as such.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "plot":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "samplers":
         print("\n".join(SAMPLER_NAMES), file=out)
         return EXIT_OK
@@ -194,6 +206,12 @@ def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | No
         return _resume(args, paths, out, err)
     if args.command == "history":
         return run_history(args, paths, out, err)
+    if args.command == "styles":
+        return run_styles(args, paths, out, err)
+    if args.command == "plot":
+        generate_args = parser.parse_args([*(["--home", args.home] if args.home else []), "generate", *unknown])
+        return run_plot(args, generate_args, paths, _request_from_args,
+                        _JsonReporter(out) if generate_args.json else _TextReporter(out, err), out)
     return _generate(args, paths, out, err)
 
 
@@ -290,7 +308,7 @@ def _run_request(
             outcome.append(event)
 
     try:
-        JobRunner(backend, writer, desktop.__version__, history).run(job, emit)
+        JobRunner(backend, writer, desktop.__version__, history, Wildcards(paths.wildcards)).run(job, emit)
     finally:
         signal.signal(signal.SIGINT, previous)
         if history is not None:
@@ -341,6 +359,9 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     init_image, mask = _edit_inputs(args, paths)
     resize_from = _size_arg(args.seed_resize_from, "--seed-resize-from") if args.seed_resize_from else (0, 0)
     model = args.model or _default_model(paths)
+    prompt, negative = args.prompt, args.negative
+    if args.style:
+        prompt, negative = apply_styles(prompt, negative, StyleStore(paths.styles_file).get_many(args.style))
     width, height = args.width, args.height
     if init_image is not None:
         source_size = load_source(init_image).size
@@ -354,9 +375,9 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         side = _model_native_size(model, paths) or 512
         width, height = width or side, height or side
     return GenerationRequest(
-        prompt=args.prompt,
+        prompt=prompt,
         model=model,
-        negative_prompt=args.negative,
+        negative_prompt=negative,
         steps=args.steps,
         cfg_scale=args.cfg,
         seed=args.seed,

@@ -29,6 +29,7 @@ from PIL import Image, PngImagePlugin
 from desktop.engine.backends.base import AdapterHash, ModelInfo, VaeHash
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
 from desktop.engine.errors import InvalidRequest, MarbleError
+from desktop.engine.library.lora import prompt_with_lora_tags
 from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
 from desktop.engine.safe_files import open_regular
 from desktop.engine.untrusted_image import open_untrusted
@@ -126,7 +127,8 @@ def format_parameters(
     pairs.append(("Version", f"marble {version}"))
 
     settings = ", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs if value not in (None, ""))
-    lines = [request.prompt]
+    # The panel's LoRAs go into the prompt as tags, as A1111 writes them (the JSON chunk keeps them apart).
+    lines = [prompt_with_lora_tags(request.prompt, request.loras)]
     if request.negative_prompt.strip():
         lines.append(f"{_NEGATIVE_PREFIX} {request.negative_prompt}")
     lines.append(settings)
@@ -157,14 +159,18 @@ def png_text_chunks(
     loras: Sequence[AdapterHash] = (),
     embeddings: Sequence[AdapterHash] = (),
     vae: VaeHash | None = None,
+    template: GenerationRequest | None = None,
 ) -> dict[str, str]:
-    """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON."""
+    """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON.
+
+    `template` is the request as typed when `request` is what was made of it (wildcards chosen): the
+    JSON keeps its prompts too, so the image can be made again with other choices."""
     return {
         PARAMETERS_CHUNK: format_parameters(
             request, seed, model, version, sampler_used, batch_pos, extra, loras=loras, embeddings=embeddings,
             vae=vae,
         ),
-        MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used),
+        MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used, template=template),
     }
 
 
@@ -182,6 +188,8 @@ def marble_json(
     model: ModelInfo | None,
     version: str,
     sampler_used: str | None = None,
+    *,
+    template: GenerationRequest | None = None,
 ) -> str:
     """Our JSON chunk: the complete request with the concrete seed, versioned for migrations."""
     # The model is saved by name, never as a path: names are looked up in the library index, and a
@@ -197,6 +205,8 @@ def marble_json(
         document["model_hash"] = model.hash
     if sampler_used and request.sampler == DEFAULT_SAMPLER:
         document["sampler_used"] = sampler_used
+    if template is not None:
+        document["prompt_template"] = {"prompt": template.prompt, "negative_prompt": template.negative_prompt}
     # ASCII-only JSON stays a plain tEXt chunk that every PNG reader handles.
     return json.dumps(document, ensure_ascii=True)
 

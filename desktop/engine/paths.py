@@ -54,6 +54,16 @@ class AppPaths:
         return self.models.parent / "vae"
 
     @property
+    def styles_file(self) -> Path:
+        """Saved prompt styles (names with prompt and negative pieces), in the data folder."""
+        return self.models.parent / "styles.json"
+
+    @property
+    def wildcards(self) -> Path:
+        """Wildcard lists: `__name__` in a prompt picks a line of `wildcards/name.txt`."""
+        return self.models.parent / "wildcards"
+
+    @property
     def converted_models(self) -> Path:
         """Diffusers folders converted from single-file checkpoints, reused on later loads."""
         return self.cache / "converted"

@@ -11,6 +11,7 @@ import sqlite3
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -38,6 +39,7 @@ from desktop.engine.metadata import adapter_hashes_text, png_text_chunks, writte
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.provenance import ImageOrigin
 from desktop.engine.request import GenerationRequest
+from desktop.engine.wildcards import Wildcards
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,20 @@ class JobRunner:
     """Owns no thread: call `run` on the thread that owns the backend."""
 
     def __init__(
-        self, backend: Backend, writer: ImageWriter, version: str, history: HistoryStore | None = None
+        self,
+        backend: Backend,
+        writer: ImageWriter,
+        version: str,
+        history: HistoryStore | None = None,
+        wildcards: Wildcards | None = None,
     ) -> None:
         self._backend = backend
         self._writer = writer
         self._version = version
         # Optional so tools and tests can run jobs without a database; the app and the CLI pass one.
         self._history = history
+        # `__name__` in prompts; None leaves them as typed (tools and tests without a data folder).
+        self._wildcards = wildcards
 
     @property
     def backend(self) -> Backend:
@@ -93,6 +102,8 @@ class JobRunner:
         request, token = job.request, job.cancel_token
         if token.cancelled:
             raise Cancelled("Cancelled before it started.")
+        # Every run's wildcards before the model loads: a missing wildcard file fails at once.
+        per_batch = [self._with_wildcards(request, index) for index in range(request.batch_count)]
         emit(ModelLoading(job.id, request.model))
         report = self._backend.load(request)
         emit(ModelLoaded(job.id, report.model.name, report.seconds, report.reused))
@@ -111,13 +122,16 @@ class JobRunner:
             if token.cancelled:
                 raise Cancelled("Cancelled between batches.")
             batch_started = time.perf_counter()
-            batch = self._backend.generate(request, batch_index, on_step, token)
+            batch_request = per_batch[batch_index]
+            batch = self._backend.generate(batch_request, batch_index, on_step, token)
             batch_seconds = time.perf_counter() - batch_started
             for note in batch.notes:
                 emit(JobWarning(job.id, note))
-            def chunks_for(position: int, seed: int, batch: GeneratedBatch = batch) -> dict[str, str]:
+            def chunks_for(
+                position: int, seed: int, batch: GeneratedBatch = batch, made: GenerationRequest = batch_request
+            ) -> dict[str, str]:
                 chunks = png_text_chunks(
-                    request,
+                    made,
                     seed,
                     report.model,
                     self._version,
@@ -127,6 +141,7 @@ class JobRunner:
                     loras=batch.loras,
                     embeddings=batch.embeddings,
                     vae=batch.vae,
+                    template=request if made is not request else None,
                 )
                 # The file names its job, so an image whose history row never got written (a kill, a
                 # full disk) still counts for that job when the next start indexes it.
@@ -149,11 +164,21 @@ class JobRunner:
                     emit(JobWarning(job.id, problem))
                 self._writer.problems.clear()
                 timings = {"load_s": report.seconds, "generate_s": batch_seconds / max(1, len(batch.images))}
-                self._record_image(job, path, seed, report, batch, timings, emit)
+                self._record_image(job, path, seed, report, batch, timings, emit, batch_request)
                 paths.append(str(path))
                 seeds.append(seed)
                 emit(ImageSaved(job.id, str(path), seed, len(paths) - 1))
         return paths, seeds
+
+    def _with_wildcards(self, request: GenerationRequest, batch_index: int) -> GenerationRequest:
+        """The request one run makes: wildcards chosen by that run's first seed (seed + batch index
+        for single images), so any image can be made again from its own seed."""
+        if self._wildcards is None:
+            return request
+        resolved = self._wildcards.resolve(request.prompt, request.negative_prompt, request.seed_for(batch_index, 0))
+        if (resolved.prompt, resolved.negative_prompt) == (request.prompt, request.negative_prompt):
+            return request
+        return replace(request, prompt=resolved.prompt, negative_prompt=resolved.negative_prompt)
 
     @staticmethod
     def _edit_extra(request: GenerationRequest) -> dict[str, str]:
@@ -194,6 +219,7 @@ class JobRunner:
         batch: GeneratedBatch,
         timings: dict[str, float],
         emit: Emit,
+        made_from: GenerationRequest | None = None,
     ) -> None:
         """Record a written image in the history (one transaction) before anyone is told it exists.
 
@@ -203,7 +229,7 @@ class JobRunner:
             return
         entry = NewImage(
             path=str(path),
-            request=job.request,
+            request=made_from or job.request,
             seed=seed,
             model_name=report.model.name,
             model_hash=report.model.hash,

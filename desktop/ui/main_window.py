@@ -211,7 +211,7 @@ class MainWindow(QMainWindow):
     @Slot()
     def generate(self) -> Job | None:
         """Queue a job from the current prompt and settings; a rejected request shows why."""
-        request = self.parameters.request(self.prompt_editor.prompt(), self.prompt_editor.negative_prompt())
+        request = self.parameters.request(*self.prompt_editor.styled_prompts())
         self.message_bar.clear()
         try:
             request = self.canvas_toolbar.edit_request(request, self._inputs_folder)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QKeyEvent, QTextCursor
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QPlainTextEdit, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QToolButton, QVBoxLayout, QWidget
 
+from desktop.engine.styles import Style, apply_styles
 from desktop.engine.token_count import CHUNK_TOKENS, TokenCounter
 from desktop.ui.prompt_weights import STEP, adjust_weight
 
@@ -25,7 +26,10 @@ class PromptEditor(QWidget):
     Ctrl+Up / Ctrl+Down raise or lower the selected words' weight, as in A1111. Once a token counter
     is given (`set_token_counter`, loaded off the GUI thread at start-up), each field shows its count.
 
-    Signals: none; read `prompt()` and `negative_prompt()` when a job is submitted.
+    The Styles button picks saved styles (`set_styles`), applied only when a job is submitted
+    (`styled_prompts`), as A1111 does: the fields keep what the user typed.
+
+    Signals: none; read `styled_prompts()` when a job is submitted.
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -42,9 +46,20 @@ class PromptEditor(QWidget):
         self.prompt_count = _TokenCount(self.prompt_edit, "prompt_token_count", self)
         self.negative_count = _TokenCount(self.negative_edit, "negative_token_count", self)
 
+        self.styles_button = QToolButton(self)
+        self.styles_button.setObjectName("styles_button")
+        self.styles_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.styles_button.setToolTip("Saved styles added to the prompts when you generate "
+                                      "(`marble styles import styles.csv` imports A1111's)")
+        self.styles_button.setMenu(QMenu(self.styles_button))
+        self._styles: list[Style] = []
+        self.set_styles([])
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addLayout(_header(prompt_label, self.prompt_count))
+        header = _header(prompt_label, self.prompt_count)
+        header.insertWidget(1, self.styles_button)
+        layout.addLayout(header)
         layout.addWidget(self.prompt_edit, 3)
         layout.addLayout(_header(negative_label, self.negative_count))
         layout.addWidget(self.negative_edit, 2)
@@ -79,6 +94,37 @@ class PromptEditor(QWidget):
 
     def negative_prompt(self) -> str:
         return self.negative_edit.toPlainText()
+
+    def set_styles(self, styles: Sequence[Style]) -> None:
+        """The saved styles to offer; those checked before stay checked when still offered."""
+        checked = set(self.checked_styles())
+        self._styles = list(styles)
+        menu = self.styles_button.menu()
+        menu.clear()
+        for style in self._styles:
+            action = menu.addAction(style.name)
+            action.setCheckable(True)
+            action.setChecked(style.name in checked)
+            action.setToolTip(f"{style.prompt}\nNegative: {style.negative_prompt}")
+            action.toggled.connect(self._show_style_count)
+        self.styles_button.setEnabled(bool(self._styles))
+        self._show_style_count()
+
+    def checked_styles(self) -> list[str]:
+        return [action.text() for action in self.styles_button.menu().actions() if action.isChecked()]
+
+    def set_checked_styles(self, names: Sequence[str]) -> None:
+        for action in self.styles_button.menu().actions():
+            action.setChecked(action.text() in names)
+
+    def styled_prompts(self) -> tuple[str, str]:
+        """The prompt and negative prompt with the checked styles applied, in the menu's order."""
+        checked = set(self.checked_styles())
+        return apply_styles(self.prompt(), self.negative_prompt(), [s for s in self._styles if s.name in checked])
+
+    def _show_style_count(self) -> None:
+        count = len(self.checked_styles())
+        self.styles_button.setText(f"Styles ({count})" if count else "Styles")
 
     def set_prompts(self, prompt: str, negative_prompt: str = "") -> None:
         self.prompt_edit.setPlainText(prompt)

@@ -211,6 +211,25 @@ def split_lora_tags(prompt: str) -> tuple[str, tuple[LoraRef, ...]]:
     return "\n".join(line for line in lines if line), tuple(refs)
 
 
+def lora_tag_names(prompt: str) -> set[str]:
+    """The LoRA names tagged in a prompt, casefolded; never raises (a bad weight is the backend's to report)."""
+    return {match.group(1).strip().casefold() for match in _TAG.finditer(prompt)}
+
+
+def prompt_with_lora_tags(prompt: str, loras: Iterable[LoraRef]) -> str:
+    """`prompt` with a `<lora:NAME:WEIGHT>` tag added for each LoRA it does not tag already, as A1111
+    writes the LoRAs of an image into its prompt, so that A1111 and Forge apply them again.
+
+    A tag already in the prompt wins over the panel's weight (`merge_loras` puts the prompt's last), so
+    that LoRA is not written twice. Tags follow a space, not a comma: taking them out again leaves the
+    prompt exactly as it was encoded."""
+    tagged = lora_tag_names(prompt)
+    tags = [f"<lora:{ref.name}:{ref.weight:g}>" for ref in loras if ref.name.strip().casefold() not in tagged]
+    if not tags:
+        return prompt
+    return " ".join([prompt, *tags]) if prompt.strip() else " ".join(tags)
+
+
 def _weight(raw: str | None, tag: str) -> float:
     if raw is None or not raw.strip():
         return 1.0
