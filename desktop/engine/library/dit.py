@@ -123,6 +123,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             _check_contiguous(blocks, "single_blocks", name, family),
         )
     elif "joint_blocks" in blocks:
+        _require(model, ("x_embedder.proj.weight", "context_embedder.weight", "final_layer.linear.weight"), name, "SD3")
         family, variant = _sd3_bfl(model, blocks["joint_blocks"])
         layout = "bfl"
         counts = (_check_contiguous(blocks, "joint_blocks", name, "SD3"), 0)
@@ -186,6 +187,12 @@ def _flux_diffusers(model: Mapping[str, TensorShape]) -> tuple[str, str]:
         return "chroma", ""
     guided = any(key.startswith("time_text_embed.guidance_embedder.") for key in model)
     return "flux", "dev" if guided else "schnell"
+
+
+def _require(model: Mapping[str, TensorShape], needed: tuple[str, ...], name: str, family: str) -> None:
+    for tensor in needed:
+        if tensor not in model:
+            raise ModelError(f"{name} looks like {family} but {tensor} is missing: the file is damaged or incomplete.")
 
 
 def _sd3_bfl(model: Mapping[str, TensorShape], joint: set[int]) -> tuple[str, str]:
