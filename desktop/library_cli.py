@@ -155,7 +155,7 @@ def _info(library: Library, kind: str, name: str, as_json: bool, out: TextIO, er
         ("name", record.name), ("architecture", record.architecture), ("format", record.format),
         ("size", _size(record.size)), ("sha256", record.sha256), ("AutoV2", record.autov2),
         ("AutoV3", record.autov3), ("path", str(library.path_of(record))), ("source", record.source),
-        ("imported", record.imported_at),
+        ("imported", record.imported_at), *record.dit_details,
     ]  # fmt: skip
     # Header metadata is whatever the file's author wrote: escape sequences in it are shown, not obeyed.
     for label, value in rows:

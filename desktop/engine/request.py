@@ -90,6 +90,12 @@ class GenerationRequest:
     tiling: bool = False
     # A VAE by library name (never a path), decoding instead of the model's own; "" = the model's own.
     vae: str = ""
+    # Flux-dev's "Distilled CFG Scale" (Forge's name): the guidance value fed to the transformer, beside
+    # the true CFG above (used by Flux only with a negative prompt). Ignored by other families.
+    distilled_cfg_scale: float = 3.5
+    # A diffusers folder of the same family supplying what a transformer-only file (Flux, SD3, GGUF)
+    # lacks: text encoders, tokenizers and VAE. None: the model file or folder must hold them itself.
+    text_encoders: str | None = None
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -116,6 +122,10 @@ class GenerationRequest:
             raise InvalidRequest(f"steps {self.steps} is out of range: use 1 to {MAX_STEPS}.")
         if not isinstance(self.cfg_scale, (int, float)) or not 0 <= self.cfg_scale <= MAX_CFG:
             raise InvalidRequest(f"CFG scale {self.cfg_scale} is out of range: use 0 to {MAX_CFG:g}.")
+        if not isinstance(self.distilled_cfg_scale, (int, float)) or not 0 <= self.distilled_cfg_scale <= MAX_CFG:
+            raise InvalidRequest(
+                f"Distilled CFG scale {self.distilled_cfg_scale} is out of range: use 0 to {MAX_CFG:g}."
+            )
         _check_int("seed", self.seed)
         if self.seed != RANDOM_SEED and not 0 <= self.seed <= MAX_SEED:
             raise InvalidRequest(f"seed {self.seed} is out of range: use 0 to {MAX_SEED}, or -1 for random.")

@@ -338,8 +338,6 @@ def test_explicit_hint_beats_metadata(tmp_path):
             "LoRA",
         ),
         ({"encoder.conv_in.weight": (128, 3, 3, 3), "decoder.conv_out.weight": (3, 128, 3, 3)}, "VAE"),
-        ({"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, "Flux"),
-        ({UNET + "joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,)}, "SD3"),
         ({"emb_params": (4, 768)}, "embedding"),
         (sd1_tensors(8), "8 input channels"),
         (
@@ -404,8 +402,8 @@ def _folder(root: Path, index: dict, unet: dict) -> Path:
 
 
 def test_folder_of_another_pipeline_is_refused(tmp_path):
-    folder = _folder(tmp_path / "flux", {"_class_name": "FluxPipeline"}, {"in_channels": 4})
-    with pytest.raises(ModelError, match=UNKNOWN + ".*FluxPipeline"):
+    folder = _folder(tmp_path / "other", {"_class_name": "KandinskyPipeline"}, {"in_channels": 4})
+    with pytest.raises(ModelError, match=UNKNOWN + ".*KandinskyPipeline"):
         detect_diffusers_folder(folder)
 
 
@@ -455,3 +453,16 @@ def test_autov3_hashes_the_data_after_the_header(tiny_sd15_single):
     data = single.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
     assert autov3_hash(single) == hashlib.sha256(data[8 + length :]).hexdigest()[:12]
+
+
+@pytest.mark.parametrize(
+    ("tensors", "family"),
+    [
+        ({"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, "Flux.1"),
+        ({UNET + "joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,)}, "SD3"),
+    ],
+)
+def test_incomplete_dit_files_are_refused_naming_the_file(tmp_path, tensors, family):
+    path = write_header_only(tmp_path / "thing.safetensors", tensors)
+    with pytest.raises(ModelError, match=rf"^thing\.safetensors looks like {family} but .* is missing"):
+        detect_file(path)

@@ -57,6 +57,7 @@ from diffusers.utils.torch_utils import get_module_execution_device  # noqa: E40
 from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
+from desktop.engine.backends import families  # noqa: E402
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
@@ -76,9 +77,11 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     check_model_folder,
     detect_architecture,
     detect_diffusers_folder,
+    dit_architecture,
     read_safetensors_header,
     sniff_file_type,
 )
+from desktop.engine.library.dit import detect_gguf  # noqa: E402
 from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.prompt_syntax import (  # noqa: E402
@@ -155,6 +158,7 @@ class _LoadKey:
     device: str
     dtype: str
     fast: bool  # fast mode compiles the loaded UNet in place, so switching it means loading again
+    text_encoders: str | None = None  # the folder a transformer-only DiT file takes its other parts from
 
 
 class DiffusersBackend:
@@ -181,6 +185,7 @@ class DiffusersBackend:
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
         self._family = "sd1"
+        self._dit: Any = None  # DitInfo of a loaded Flux/SD3 model (backends/families.py), else None
         self._default_scheduler: Any = None
         self._notes: list[str] = []
         self._inpaint_model = False
@@ -197,7 +202,10 @@ class DiffusersBackend:
         started = time.perf_counter()
         entry = self._catalog.resolve(request.model)
         choice = pick_device(request.device, request.precision)
-        key = _LoadKey(str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode)
+        key = _LoadKey(
+            str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode,
+            request.text_encoders,
+        )  # fmt: skip
         if self._pipe is not None and key == self._key:
             assert self._model is not None
             if self._inpaint_model:
@@ -207,7 +215,11 @@ class DiffusersBackend:
         self._notes = []
         try:
             with collector_paused():
-                pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice, request.mode)
+                dit = self._load_dit(entry, request, choice)
+                if dit is not None:
+                    pipe, arch, model_hash = dit
+                else:
+                    pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice, request.mode)
         except torch.cuda.OutOfMemoryError:
             oom = True
         else:
@@ -218,7 +230,8 @@ class DiffusersBackend:
             raise OutOfMemory(f"Not enough {choice.device.upper()} memory to load {entry.name}.")
         pipe.set_progress_bar_config(disable=True)
         _expose_text_model(pipe)
-        if request.fast_mode:
+        self._dit = arch.dit
+        if request.fast_mode and arch.dit is None:
             _make_fast(pipe)
             self._notes.append(
                 "Fast mode: the first image compiles the UNet, which takes a while; later ones run faster."
@@ -245,6 +258,41 @@ class DiffusersBackend:
         self._memory_mode = "full"
         self._default_scheduler = None
         _free_memory()
+
+    def _load_dit(
+        self, entry: ModelEntry, request: GenerationRequest, choice: DeviceChoice
+    ) -> tuple[Any, ArchitectureInfo, str | None] | None:
+        """A Flux / SD3 model, detected from its tensors; None for the UNet families."""
+        if entry.is_folder:
+            arch = detect_diffusers_folder(entry.path, name=entry.name)
+            if arch.dit is None:
+                return None
+            check_model_folder(entry.path, name=entry.name)
+            model_hash = None
+        else:
+            kind = sniff_file_type(entry.path)
+            if kind == "gguf":
+                arch = dit_architecture(detect_gguf(entry.path))
+            elif kind == "safetensors":
+                arch = detect_architecture(read_safetensors_header(entry.path), name=entry.path.name)
+                if arch.dit is None:
+                    return None
+            else:
+                return None
+            model_hash = self._hashes.autov2(entry.path)
+        if request.mode != "txt2img":
+            raise ModelError(
+                f"{entry.name} is a {arch.label} model; Marble runs it for text-to-image only so far "
+                "(docs/model-families.md)."
+            )
+        config = Path(request.model_config).expanduser() if request.model_config else None
+        text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders else None
+        name = entry.path.name if not entry.is_folder else entry.name
+        pipe = families.load_pipeline(
+            entry.path, arch, name=name, dtype=choice.dtype, resources=self._resources, config_folder=config,
+            text_encoders=text_encoders,
+        )  # fmt: skip
+        return pipe.to(choice.device), arch, model_hash
 
     def _load_entry(
         self, entry: ModelEntry, config: str | None, choice: DeviceChoice, mode: str = "txt2img"
@@ -378,6 +426,8 @@ class DiffusersBackend:
             self.load(request)
         if cancel.cancelled:
             raise Cancelled("Cancelled before the first step.")
+        if self._dit is not None:
+            return self._generate_dit(request, batch_index, on_step, cancel)
         # LoRAs from the request and the prompt's <lora:...> tags; the encoder gets the prompt without tags.
         lora_plan = self._loras.apply(
             self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
@@ -427,6 +477,49 @@ class DiffusersBackend:
         return GeneratedBatch(
             images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings, vae
         )
+
+    def _generate_dit(
+        self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
+    ) -> GeneratedBatch:
+        """Flux / SD3: the pipeline's own flow-matching scheduler and prompt encoding (families.py)."""
+        pipe = self._pipe
+        seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
+        notes: list[str] = []
+        if request.loras or "<lora:" in request.prompt:
+            notes.append(f"LoRAs are not applied to {self._dit.label} models yet; they were ignored.")
+        if request.sampler != DEFAULT_SAMPLER:
+            notes.append(
+                f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
+            )
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+        def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if cancel.cancelled:
+                raise _CancelRequested
+            on_step(StepInfo(i + 1, pipeline.num_timesteps, batch_index, None))
+            return {}
+
+        try:
+            with torch.inference_mode():
+                result = pipe(
+                    **families.generation_arguments(pipe, request, self._dit),
+                    num_inference_steps=request.steps, width=request.width, height=request.height,
+                    num_images_per_prompt=request.batch_size,
+                    generator=generators[0] if len(generators) == 1 else generators,
+                    callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
+                )  # fmt: skip
+        except _CancelRequested:
+            raise Cancelled("Cancelled.") from None
+        except torch.cuda.OutOfMemoryError:
+            oom = True
+        else:
+            oom = False
+        if oom:
+            _free_memory()
+            raise OutOfMemory(
+                f"The device ran out of memory running {self._dit.label} at {request.width}x{request.height}."
+            )
+        return GeneratedBatch(tuple(result.images), seeds, batch_index, None, tuple(notes), (), (), None)
 
     def _run_pipeline(
         self,

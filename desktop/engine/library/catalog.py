@@ -69,7 +69,7 @@ class ModelCatalog:
         for child in sorted(self._models_dir.iterdir(), key=lambda p: p.name.casefold()):
             if child.name.startswith("."):
                 continue
-            if child.is_file() and child.suffix.lower() == ".safetensors":
+            if child.is_file() and child.suffix.lower() in (".safetensors", ".gguf"):
                 found.append(ModelEntry(child.stem, child))
             elif child.is_dir() and (child / "model_index.json").is_file():
                 found.append(ModelEntry(child.name, child))

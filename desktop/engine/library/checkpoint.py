@@ -21,6 +21,16 @@ from pathlib import Path
 from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library.dit import (
+    DitInfo,
+    TensorShape,
+    detect_dit,
+    detect_dit_folder,
+    detect_gguf,
+    dit_pipeline_family,
+    is_gguf,
+    looks_like_dit,
+)
 from desktop.engine.safe_files import json_depth_exceeds, open_regular, read_json_file
 
 StrPath = str | os.PathLike[str]
@@ -85,6 +95,8 @@ def sniff_bytes(head: bytes) -> str:
         (header_len,) = struct.unpack("<Q", head[:8])
         if 2 <= header_len <= MAX_HEADER_BYTES:
             return "safetensors"
+    if is_gguf(head):
+        return "gguf"  # llama.cpp's format: quantised DiT transformers (Flux, SD3) ship in it
     if head.startswith(b"PK\x03\x04"):
         return "zip"  # torch.save's default format since 1.6 (.ckpt, .pt, .bin): pickles inside
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -281,12 +293,19 @@ def _parse_tensor_entry(name: str, tensor_name: str, entry: object) -> TensorInf
 
 @dataclass(frozen=True)
 class ArchitectureInfo:
-    family: str  # "sd1" | "sd2" | "sdxl"
+    family: str  # "sd1" | "sd2" | "sdxl" | "flux" | "sd3" | "sd3.5" | "chroma"
     inpaint: bool  # UNet takes 9 input channels (latents + mask + masked-image latents)
     config_name: str  # folder under resources/configs/ holding the diffusers configs for this model
+    dit: DitInfo | None = None  # set for the diffusion-transformer families (library/dit.py)
+
+    @property
+    def is_dit(self) -> bool:
+        return self.dit is not None
 
     @property
     def label(self) -> str:
+        if self.dit is not None:
+            return self.dit.label
         base = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.family]
         return f"{base} inpainting" if self.inpaint else base
 
@@ -330,8 +349,13 @@ def detect_architecture(
     `header` is an original-layout (LDM / A1111) single file. `v_prediction` is the caller's hint for SD 2
     (e.g. from a YAML next to the file or the user's choice); without it the file's metadata is consulted,
     then 768-v ("sd2") is assumed, because the tensors of 768-v and 512-base models are indistinguishable.
-    `name` only appears in error messages.
+    `name` only appears in error messages. Flux.1, SD3/SD3.5 and Chroma files are told apart by
+    library/dit.py.
     """
+    if looks_like_dit(header.tensors):
+        return dit_architecture(
+            detect_dit({k: TensorShape(v.dtype, v.shape) for k, v in header.tensors.items()}, name=name)
+        )
     conv_in = header.shape(_UNET_CONV_IN)
     if conv_in is None or len(conv_in) != 4:
         raise ModelError(f"{name}: {_UNKNOWN}. {_what_it_might_be(header)}")
@@ -438,11 +462,13 @@ def _what_it_might_be(header: SafetensorsHeader) -> str:
     vae_like = any(n.startswith(("encoder.", "decoder.", "first_stage_model.")) for n in names)
     if vae_like and not header.has_prefix(_UNET):
         return "It looks like a VAE on its own, not a full model."
-    if any("joint_blocks." in n or "double_blocks." in n for n in names):
-        return "It looks like an SD3 or Flux model, which Marble does not support."
     if "emb_params" in header or "string_to_param.*" in header:
         return "It looks like a textual-inversion embedding."
     return "It has no SD-style UNet."
+
+
+def dit_architecture(info: DitInfo) -> ArchitectureInfo:
+    return ArchitectureInfo(family=info.family, inpaint=False, config_name=info.config_name or "", dit=info)
 
 
 def detect_diffusers_folder(
@@ -457,6 +483,8 @@ def detect_diffusers_folder(
         folder, "model_index.json", name, "is not a diffusers model folder (no model_index.json)"
     )
     class_name = str(index.get("_class_name", ""))
+    if dit_pipeline_family(class_name) is not None:
+        return _dit_folder(folder, index, class_name, name)
     unet = _read_json(folder, "unet/config.json", name, "has no unet/config.json")
 
     in_channels = unet.get("in_channels")
@@ -483,6 +511,30 @@ def detect_diffusers_folder(
     return ArchitectureInfo(
         family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction)
     )
+
+
+def _dit_folder(folder: Path, index: Mapping[str, object], class_name: str, name: str) -> ArchitectureInfo:
+    transformer = _read_json(folder, "transformer/config.json", name, "has no transformer/config.json")
+    family, variant = detect_dit_folder(index, transformer, class_name)
+    weights = [f for f in (folder / "transformer").glob("*.safetensors") if f.is_file()]
+    parameters, dtype = 0, "?"
+    counts: dict[str, int] = {}
+    for file in weights:
+        header = read_safetensors_header(file, name=f"transformer/{file.name} in {name}")
+        for info in header.tensors.values():
+            elements = math.prod(info.shape)
+            parameters += elements
+            counts[info.dtype] = counts.get(info.dtype, 0) + elements
+    if counts:
+        dtype = max(counts, key=counts.__getitem__)
+    parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+    components = tuple(part for part in parts if part in index)
+    depth = transformer.get("num_layers")
+    info = DitInfo(
+        family=family, variant=variant, layout="diffusers", parameters=parameters, dtype=dtype, quantization=None,
+        components=components, blocks=(depth if isinstance(depth, int) else 0, 0),
+    )  # fmt: skip
+    return dit_architecture(info)
 
 
 def _sd1_or_sd2(folder: Path, unet: Mapping[str, object], name: str) -> str:
@@ -555,6 +607,8 @@ def detect_model(path: StrPath, *, v_prediction: bool | None = None) -> Architec
     path = Path(path)
     if path.is_dir():
         return detect_diffusers_folder(path, v_prediction=v_prediction)
+    if sniff_file_type(path) == "gguf":
+        return dit_architecture(detect_gguf(path))
     header = read_safetensors_header(path)
     return detect_architecture(header, name=path.name, v_prediction=v_prediction)
 

@@ -31,6 +31,7 @@ from desktop.engine.library.checkpoint import (
     check_model_folder,
     detect_architecture,
     detect_diffusers_folder,
+    detect_model,
     read_safetensors_header,
     sha256_file,
     sniff_file_type,
@@ -78,19 +79,40 @@ class LibraryRecord:
     imported_at: str | None  # ISO 8601, UTC
     indexed: bool = True  # False: found in the folder but not hashed yet
     demo: bool = False  # Marble's own demo model, installed on first start
+    # Diffusion-transformer models (library/dit.py): transformer parameters, weight type or GGUF
+    # quantisation, tensor layout ("bfl" | "diffusers") and what the file holds besides the transformer.
+    parameters: int | None = None
+    dtype: str | None = None
+    layout: str | None = None
+    components: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
     @property
     def shown_architecture(self) -> str:
-        """The architecture as lists show it, with the demo model marked."""
-        return f"{self.architecture} (Marble demo)" if self.demo else self.architecture
+        """The architecture as lists show it, with the demo model marked and a DiT's size and weight type."""
+        shown = f"{self.architecture} (Marble demo)" if self.demo else self.architecture
+        details = [part for part in (describe_parameters(self.parameters), self.dtype) if part]
+        return f"{shown}, {', '.join(details)}" if details and self.family not in ("sd1", "sd2", "sdxl") else shown
+
+    @property
+    def dit_details(self) -> list[tuple[str, str]]:
+        """(label, value) rows `info` shows for a diffusion-transformer model; none for the UNet families."""
+        if self.layout is None:
+            return []
+        return [
+            ("parameters", describe_parameters(self.parameters) or "-"), ("dtype", self.dtype or "-"),
+            ("layout", self.layout), ("contains", ", ".join(self.components or ()) or "-"),
+        ]  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> LibraryRecord:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("components"), list):  # JSON has no tuples
+            values["components"] = tuple(values["components"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
 
 
 def check_name(name: str) -> str:
@@ -202,7 +224,7 @@ class Library:
     def header_metadata(self, record: LibraryRecord) -> dict[str, str]:
         """The `__metadata__` of a safetensors file (training notes, trigger words); {} for folders."""
         path = self.path_of(record)
-        if path.is_dir():
+        if path.is_dir() or record.format == "gguf":
             return {}
         return dict(read_safetensors_header(path).metadata)
 
@@ -235,7 +257,7 @@ class Library:
         folder.mkdir(parents=True, exist_ok=True)
         is_folder = source.is_dir()
         base = check_name(name if name is not None else (source.name if is_folder else source.stem))
-        file_name = base if is_folder else f"{base}.safetensors"
+        file_name = base if is_folder else f"{base}{_model_suffix(source, kind)}"
         with self._lock:
             if self.find(kind, base) is not None or (folder / file_name).exists():
                 raise ModelError(
@@ -264,6 +286,8 @@ class Library:
                     except ModelError as error:
                         # The child's reason is torch's text, which styles words with ANSI codes.
                         raise ModelError(library_text(error)) from None
+                elif file_type == "gguf" and kind == "model":
+                    known_sha = _copy_or_link(source, partial, on_progress, should_cancel)
                 elif file_type != "safetensors":
                     raise ModelError(
                         f"{source.name} is not a safetensors file or a diffusers folder (its bytes match no known "
@@ -315,7 +339,8 @@ class Library:
         record = self.get(kind, name)
         base = check_name(new_name)
         path = self.path_of(record)
-        new_file = base if path.is_dir() else f"{base}.safetensors"
+        suffix = ".gguf" if path.suffix.lower() == ".gguf" else ".safetensors"
+        new_file = base if path.is_dir() else f"{base}{suffix}"
         with self._lock:
             clash = self.find(kind, base)
             if clash is not None and clash.file != record.file:
@@ -351,13 +376,21 @@ class Library:
         if is_folder:
             arch = detect_diffusers_folder(path, name=display)
             size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            return LibraryRecord(
+            return _with_dit(LibraryRecord(
                 path.name, kind, path.name, arch.label, arch.family, "diffusers", size, None, None, None, source, now
-            )
+            ), arch.dit)  # fmt: skip
+        if kind == "model" and sniff_file_type(path, label=display) == "gguf":
+            arch = detect_model(path)
+            digest = sha256 or sha256_file(path, on_progress, name=display)
+            return _with_dit(LibraryRecord(
+                path.stem, kind, path.name, arch.label, arch.family, "gguf", path.stat().st_size, digest, digest[:10],
+                None, source, now,
+            ), arch.dit)  # fmt: skip
+        dit = None
         header = read_safetensors_header(path, name=display)
         if kind == "model":
             arch = detect_architecture(header, name=display)
-            label, family, fmt = arch.label, arch.family, "safetensors"
+            label, family, fmt, dit = arch.label, arch.family, "safetensors", arch.dit
         elif kind == "lora":
             info = inspect_lora(header, display)
             kind_label = _LYCORIS_LABELS.get(info.algorithm, "LoRA")
@@ -368,10 +401,10 @@ class Library:
         else:
             label, family, fmt = _embedding_label(header, display), None, "embedding"
         digest = sha256 or sha256_file(path, on_progress, name=display)
-        return LibraryRecord(
+        return _with_dit(LibraryRecord(
             path.stem, kind, path.name, label, family, fmt, header.file_size, digest, digest[:10],
             autov3_hash(path, name=display), source, now,
-        )  # fmt: skip
+        ), dit)  # fmt: skip
 
     def _store(self, record: LibraryRecord) -> None:
         with self._lock:
@@ -473,7 +506,8 @@ def _library_files(folder: Path, kind: str) -> list[str]:
     for child in folder.iterdir():
         if child.name.startswith("."):
             continue
-        if child.is_file() and child.suffix.lower() == ".safetensors":
+        suffix = child.suffix.lower()
+        if child.is_file() and (suffix == ".safetensors" or (kind == "model" and suffix == ".gguf")):
             names.append(child.name)
         elif kind == "model" and child.is_dir() and (child / "model_index.json").is_file():
             names.append(child.name)
@@ -489,7 +523,8 @@ def _unindexed(kind: str, path: Path) -> LibraryRecord:
     is_dir = path.is_dir()
     size = 0 if is_dir else path.stat().st_size
     name = path.name if is_dir else path.stem
-    return LibraryRecord(name, kind, path.name, "not indexed yet", None, "diffusers" if is_dir else "safetensors",
+    fmt = "diffusers" if is_dir else "gguf" if path.suffix.lower() == ".gguf" else "safetensors"
+    return LibraryRecord(name, kind, path.name, "not indexed yet", None, fmt,
                          size, None, None, None, None, None, indexed=False)  # fmt: skip
 
 
@@ -572,3 +607,27 @@ def _remove(path: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink()
+
+
+def _model_suffix(source: Path, kind: str) -> str:
+    """The library file's extension: a GGUF model keeps ".gguf" (diffusers picks its reader by it)."""
+    if kind == "model" and source.is_file() and sniff_file_type(source) == "gguf":
+        return ".gguf"
+    return ".safetensors"
+
+
+def _with_dit(record: LibraryRecord, dit: object) -> LibraryRecord:
+    """`record` with the DiT details (parameters, dtype/quantisation, layout) when there are any."""
+    if dit is None:
+        return record
+    return replace(
+        record, parameters=dit.parameters, dtype=dit.dtype, layout=dit.layout,  # type: ignore[attr-defined]
+        components=dit.components,  # type: ignore[attr-defined]
+    )
+
+
+def describe_parameters(count: int | None) -> str:
+    """1.2B, 860M: how model cards state sizes."""
+    if not count:
+        return ""
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M" if count >= 1e6 else f"{count:,}"

@@ -235,6 +235,7 @@ class LibraryDialog(QDialog):
             f"Format: {record.format}", f"Size: {_size(record.size)}", f"SHA-256: {record.sha256 or '-'}",
             f"AutoV2: {record.autov2 or '-'}", f"AutoV3: {record.autov3 or '-'}",
             f"Source: {record.source or '-'}", f"Imported: {record.imported_at or '-'}",
+            *(f"{label.capitalize()}: {value}" for label, value in record.dit_details),
         ]  # fmt: skip
         if metadata:
             lines += ["", "Header metadata:"] + [f"  {key}: {value}" for key, value in sorted(metadata.items())]

@@ -1,0 +1,289 @@
+"""Loading and running the diffusion-transformer families: Flux.1 and SD3/SD3.5.
+
+Called by diffusers_backend on the generation thread; torch, diffusers and transformers are imported
+inside the functions (this module is listed with the backend's helpers in pyproject's import-linter
+contract). Detection (which family, which layout, which quantisation) happened already, from the
+tensors, in desktop.engine.library.dit.
+
+A model comes as
+- a diffusers folder: loaded as it is;
+- a single file (BFL/SAI names, ComfyUI's prefixed names, or diffusers names; safetensors or GGUF):
+  the transformer is read from it and the rest (text encoders, tokenizers, VAE) comes from a diffusers
+  folder of the same family the user names (`text_encoders`), or, for an SD3 file that holds its own
+  text encoders and VAE, from the file itself.
+Configs come from resources/configs/ (or the user's --config folder); nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import ArchitectureInfo
+from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
+from desktop.engine.request import GenerationRequest
+from desktop.engine.resources import Resources
+
+# The T5 tokenizer shipped once under resources/tokenizers/ (LICENSE-NOTE there).
+T5_TOKENIZER_FOLDER = "t5"
+# Flux.1's T5 prompt length: dev was trained with 512 tokens, schnell with 256 (BFL's reference code).
+_MAX_SEQUENCE = {("flux", "dev"): 512, ("flux", "schnell"): 256}
+_SD3_MAX_SEQUENCE = 256
+
+
+def pipeline_class(family: str) -> Any:
+    import diffusers
+
+    if family == "flux":
+        return diffusers.FluxPipeline
+    if family in ("sd3", "sd3.5"):
+        return diffusers.StableDiffusion3Pipeline
+    raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
+
+
+def transformer_class(family: str) -> Any:
+    import diffusers
+
+    return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
+
+
+def shipped_tokenizers(resources: Resources, folder: Path, family: str) -> dict[str, Any]:
+    """Tokenizers for each tokenizer component `folder`'s model_index.json names but does not hold:
+    the shipped CLIP files (SD3's second one padding with "!", as OpenCLIP bigG was trained) and the
+    shipped T5 files."""
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    found: dict[str, Any] = {}
+    for component, entry in index.items():
+        if not component.startswith("tokenizer") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        if any((folder / component / file).is_file() for file in ("vocab.json", "tokenizer.json", "spiece.model")):
+            continue
+        if entry[1].startswith("T5"):
+            found[component] = transformers.T5TokenizerFast.from_pretrained(
+                str(resources.tokenizers / T5_TOKENIZER_FOLDER), local_files_only=True
+            )
+        else:
+            pad_zero = family in ("sd3", "sd3.5") and component == "tokenizer_2"
+            overrides = {"pad_token": "!"} if pad_zero else {}
+            found[component] = transformers.CLIPTokenizer.from_pretrained(
+                str(resources.tokenizer_folder()), local_files_only=True, **overrides
+            )
+    return found
+
+
+def load_pipeline(
+    path: Path,
+    arch: ArchitectureInfo,
+    *,
+    name: str,
+    dtype: Any,
+    resources: Resources,
+    config_folder: Path | None,
+    text_encoders: Path | None,
+) -> Any:
+    """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline."""
+    info = arch.dit
+    assert info is not None
+    cls = pipeline_class(info.family)
+    if path.is_dir():
+        return _from_pretrained(cls, path, name, dtype, resources, info.family)
+    config = config_folder or _config_folder(resources, arch, name)
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    if text_encoders is not None:
+        if not (text_encoders / "model_index.json").is_file():
+            raise ModelError(
+                f"The text-encoder folder {text_encoders} is not a diffusers model folder (no model_index.json)."
+            )
+        return _from_pretrained(cls, text_encoders, name, dtype, resources, info.family, transformer=transformer)
+    if info.family != "flux" and not info.needs_components:
+        # An SAI all-in-one file: diffusers converts its text encoders and VAE too.
+        import diffusers
+
+        try:
+            return cls.from_single_file(
+                str(path), config=str(config), local_files_only=True, dtype=dtype, transformer=transformer,
+                **shipped_tokenizers(resources, config, info.family),
+            )  # fmt: skip
+        except (
+            OSError,
+            ValueError,
+            KeyError,
+            RuntimeError,
+            diffusers.loaders.single_file_utils.SingleFileComponentError,
+        ) as error:
+            raise ModelError(f"{name}: could not load its text encoders and VAE ({_short(error)}).") from error
+    raise ModelError(
+        f"{name} holds the {info.label} transformer only ({', '.join(info.components)}): choose the text "
+        "encoders and VAE to use with it, a diffusers folder of the same family (--text-encoders FOLDER)."
+    )
+
+
+def _from_pretrained(
+    cls: Any, folder: Path, name: str, dtype: Any, resources: Resources, family: str, **components: Any
+) -> Any:
+    try:
+        return cls.from_pretrained(
+            str(folder), dtype=dtype, local_files_only=True, use_safetensors=True,
+            **shipped_tokenizers(resources, folder, family), **components,
+        )  # fmt: skip
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+        raise ModelError(f"Could not load {name!r} from {folder}: {_short(error)}") from error
+
+
+def _config_folder(resources: Resources, arch: ArchitectureInfo, name: str) -> Path:
+    if not arch.config_name:
+        raise ModelError(f"{name}: Marble ships no configuration for {arch.label} yet; pass a diffusers config folder.")
+    return resources.config_folder(arch.config_name)
+
+
+def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtype: Any) -> Any:
+    """The transformer of a single file (safetensors or GGUF, any layout) as a diffusers model."""
+    import diffusers
+
+    expected = json.loads((config / "transformer" / "config.json").read_text(encoding="utf-8"))
+    layers = expected.get("num_layers")
+    if isinstance(layers, int) and info.blocks[0] != layers:
+        raise ModelError(
+            f"{name} has {info.blocks[0]} {'double' if info.family == 'flux' else 'joint'} blocks but the "
+            f"{info.label} configuration has {layers}: the file is incomplete, or a variant with other dimensions "
+            "(pass its diffusers config folder)."
+        )
+    single = expected.get("num_single_layers")
+    if info.family == "flux" and isinstance(single, int) and info.blocks[1] != single:
+        raise ModelError(
+            f"{name} has {info.blocks[1]} single blocks but the {info.label} configuration has {single}: the "
+            "file is incomplete, or a variant with other dimensions (pass its diffusers config folder)."
+        )
+    gguf = info.quantization is not None
+    kwargs: dict[str, Any] = {"config": str(config), "subfolder": "transformer", "local_files_only": True,
+                              "dtype": dtype}  # fmt: skip
+    if gguf:
+        kwargs["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
+    cls = transformer_class(info.family)
+    try:
+        if info.family == "flux":
+            # diffusers' own BFL conversion assumes FLUX.1's 3072 width; convert here from the tensors.
+            state = _read_state(path, gguf)
+            if info.layout == "bfl":
+                state = convert_flux_bfl(state)
+            return cls.from_single_file(state, **kwargs)
+        return cls.from_single_file(str(path), **kwargs)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
+        raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error
+
+
+def _read_state(path: Path, gguf: bool) -> dict[str, Any]:
+    if gguf:
+        from diffusers.models.model_loading_utils import load_gguf_checkpoint
+
+        state = load_gguf_checkpoint(str(path))
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    return {
+        key.removeprefix(COMFY_PREFIX): value
+        for key, value in state.items()
+        if not key.startswith(("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.", "conditioner."))
+    }
+
+
+def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
+    """Flux.1 tensors in Black Forest Labs' names -> FluxTransformer2DModel's names, any width.
+
+    The fused projections split by the widths read from the tensors themselves (img_in's output is the
+    model width; linear1 of a single block holds q, k, v and the MLP input)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    take = state.pop
+    width = state["img_in.weight"].shape[0]
+
+    def pair(src: str, dst: str) -> None:
+        for suffix in ("weight", "bias"):
+            key = f"{src}.{suffix}"
+            if key in state:
+                out[f"{dst}.{suffix}"] = take(key)
+
+    pair("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1")
+    pair("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2")
+    pair("vector_in.in_layer", "time_text_embed.text_embedder.linear_1")
+    pair("vector_in.out_layer", "time_text_embed.text_embedder.linear_2")
+    pair("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1")
+    pair("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2")
+    pair("txt_in", "context_embedder")
+    pair("img_in", "x_embedder")
+    double = sorted({int(k.split(".")[1]) for k in state if k.startswith("double_blocks.")})
+    for i in double:
+        src, dst = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        pair(src + "img_mod.lin", dst + "norm1.linear")
+        pair(src + "txt_mod.lin", dst + "norm1_context.linear")
+        for stream, names in (
+            ("img_attn", ("to_q", "to_k", "to_v")),
+            ("txt_attn", ("add_q_proj", "add_k_proj", "add_v_proj")),
+        ):
+            for suffix in ("weight", "bias"):
+                for part, target in zip(torch.chunk(take(f"{src}{stream}.qkv.{suffix}"), 3, dim=0), names, strict=True):
+                    out[f"{dst}attn.{target}.{suffix}"] = part
+        out[dst + "attn.norm_q.weight"] = take(src + "img_attn.norm.query_norm.scale")
+        out[dst + "attn.norm_k.weight"] = take(src + "img_attn.norm.key_norm.scale")
+        out[dst + "attn.norm_added_q.weight"] = take(src + "txt_attn.norm.query_norm.scale")
+        out[dst + "attn.norm_added_k.weight"] = take(src + "txt_attn.norm.key_norm.scale")
+        pair(src + "img_mlp.0", dst + "ff.net.0.proj")
+        pair(src + "img_mlp.2", dst + "ff.net.2")
+        pair(src + "txt_mlp.0", dst + "ff_context.net.0.proj")
+        pair(src + "txt_mlp.2", dst + "ff_context.net.2")
+        pair(src + "img_attn.proj", dst + "attn.to_out.0")
+        pair(src + "txt_attn.proj", dst + "attn.to_add_out")
+    single = sorted({int(k.split(".")[1]) for k in state if k.startswith("single_blocks.")})
+    for i in single:
+        src, dst = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        pair(src + "modulation.lin", dst + "norm.linear")
+        for suffix in ("weight", "bias"):
+            fused = take(f"{src}linear1.{suffix}")
+            q, k, v, mlp = torch.split(fused, (width, width, width, fused.shape[0] - 3 * width), dim=0)
+            out[f"{dst}attn.to_q.{suffix}"], out[f"{dst}attn.to_k.{suffix}"] = q, k
+            out[f"{dst}attn.to_v.{suffix}"], out[f"{dst}proj_mlp.{suffix}"] = v, mlp
+        out[dst + "attn.norm_q.weight"] = take(src + "norm.query_norm.scale")
+        out[dst + "attn.norm_k.weight"] = take(src + "norm.key_norm.scale")
+        pair(src + "linear2", dst + "proj_out")
+    pair("final_layer.linear", "proj_out")
+    for suffix in ("weight", "bias"):
+        # BFL's final modulation is (shift, scale); diffusers' AdaLayerNormContinuous wants (scale, shift).
+        shift, scale = take(f"final_layer.adaLN_modulation.1.{suffix}").chunk(2, dim=0)
+        out[f"norm_out.linear.{suffix}"] = torch.cat([scale, shift], dim=0)
+    if state:
+        raise KeyError(f"unexpected tensor {next(iter(state))!r}")
+    return out
+
+
+def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
+    """The family's own prompt and guidance arguments: T5 prompts whole (no 77-token chunks), Flux-dev's
+    distilled guidance beside true CFG, a negative prompt only where the family uses one."""
+    negative = request.negative_prompt or None
+    if info.family == "flux":
+        arguments: dict[str, Any] = {
+            "prompt": request.prompt,
+            "max_sequence_length": _MAX_SEQUENCE.get((info.family, info.variant), 512),
+            # dev: the distilled guidance the transformer embeds; schnell has no guidance embedder.
+            "guidance_scale": float(request.distilled_cfg_scale) if info.variant == "dev" else 0.0,
+        }
+        if negative:
+            # True CFG (two passes a step) only with a negative prompt, as diffusers and Forge do.
+            arguments |= {"negative_prompt": negative, "true_cfg_scale": float(request.cfg_scale)}
+        return arguments
+    return {
+        "prompt": request.prompt,
+        "negative_prompt": negative,
+        "guidance_scale": float(request.cfg_scale),
+        "max_sequence_length": _SD3_MAX_SEQUENCE,
+    }
+
+
+def _short(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]

@@ -1,0 +1,307 @@
+"""Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma.
+
+Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
+torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
+"flux1-dev.safetensors" that is really schnell is schnell.
+
+Layouts recognised (docs/model-families.md):
+- "bfl": Black Forest Labs' / Stability's original names (`double_blocks.N`, `joint_blocks.N`), bare
+  or under ComfyUI's `model.diffusion_model.` prefix (with or without `text_encoders.*` and `vae.*`
+  beside them: an "all-in-one" file);
+- "diffusers": a transformer saved by diffusers (`transformer_blocks.N`, `x_embedder`);
+- either of those inside a GGUF file (quantised transformer only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from desktop.engine.errors import ModelError
+
+StrPath = str | os.PathLike[str]
+
+COMFY_PREFIX = "model.diffusion_model."
+GGUF_MAGIC = b"GGUF"
+
+# Config folders under resources/configs/ for each (family, variant).
+DIT_CONFIGS = {
+    ("flux", "dev"): "flux-dev",
+    ("flux", "schnell"): "flux-schnell",
+    ("sd3", "medium"): "sd3-medium",
+    ("sd3.5", "medium"): "sd3.5-medium",
+    ("sd3.5", "large"): "sd3.5-large",
+}
+DIT_LABELS = {
+    "flux": "Flux.1",
+    "sd3": "SD3",
+    "sd3.5": "SD3.5",
+    "chroma": "Chroma",
+}
+# SD3.5 large has 38 joint blocks of width 2432; medium (3 and 3.5) 24 of width 1536.
+_SD3_LARGE_DEPTH = 38
+
+_BLOCK = re.compile(
+    r"^(double_blocks|single_blocks|joint_blocks|transformer_blocks|single_transformer_blocks)\.(\d+)\."
+)
+
+
+@dataclass(frozen=True)
+class DitInfo:
+    """What the tensors say about a DiT file or folder."""
+
+    family: str  # "flux" | "sd3" | "sd3.5" | "chroma"
+    variant: str  # "dev" | "schnell" | "medium" | "large" | ""
+    layout: str  # "bfl" | "diffusers"
+    parameters: int  # transformer parameters (elements), for the library row
+    dtype: str  # the most common tensor type: "BF16", "F16", "F8_E4M3", "Q8_0", "Q4_K" ...
+    quantization: str | None  # GGUF type name for GGUF files, else None
+    components: tuple[str, ...]  # what the file holds: "transformer", "clip_l", "clip_g", "t5xxl", "vae"
+    blocks: tuple[int, ...]  # (double/joint, single) block counts
+
+    @property
+    def config_name(self) -> str | None:
+        return DIT_CONFIGS.get((self.family, self.variant))
+
+    @property
+    def label(self) -> str:
+        base = DIT_LABELS[self.family]
+        name = f"{base} {self.variant}" if self.variant else base
+        return f"{name} ({self.quantization})" if self.quantization else name
+
+    @property
+    def needs_components(self) -> bool:
+        """Whether text encoders and a VAE must come from elsewhere (a transformer-only file)."""
+        return "vae" not in self.components or "clip_l" not in self.components
+
+
+@dataclass(frozen=True)
+class TensorShape:
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def looks_like_dit(names: Iterable[str]) -> bool:
+    for name in names:
+        bare = name.removeprefix(COMFY_PREFIX)
+        if bare.startswith(
+            ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
+        ):
+            return True
+        if bare.startswith("context_embedder.") and not name.startswith("text_encoders."):
+            return True
+    return False
+
+
+def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: str | None = None) -> DitInfo:
+    """The family, variant and layout of a DiT state dict described by `tensors` (name -> dtype, shape).
+
+    Raises ModelError naming `name` when the tensors are a DiT but incomplete or of an unknown kind."""
+    comfy = any(key.startswith(COMFY_PREFIX) for key in tensors)
+    model = {key.removeprefix(COMFY_PREFIX): value for key, value in tensors.items() if key.startswith(COMFY_PREFIX)}
+    if not comfy:
+        model = {
+            key: value
+            for key, value in tensors.items()
+            if not key.startswith(("text_encoders.", "vae.", "first_stage_model."))
+        }
+    components = ["transformer"]
+    for encoder in ("clip_l", "clip_g", "t5xxl"):
+        if any(key.startswith(f"text_encoders.{encoder}.") for key in tensors):
+            components.append(encoder)
+    if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
+        components.append("vae")
+    blocks = _block_indices(model)
+    if "double_blocks" in blocks:
+        family, variant, layout = _flux_bfl(model, name)
+        counts = (
+            _check_contiguous(blocks, "double_blocks", name, family),
+            _check_contiguous(blocks, "single_blocks", name, family),
+        )
+    elif "joint_blocks" in blocks:
+        _require(model, ("x_embedder.proj.weight", "context_embedder.weight", "final_layer.linear.weight"), name, "SD3")
+        family, variant = _sd3_bfl(model, blocks["joint_blocks"])
+        layout = "bfl"
+        counts = (_check_contiguous(blocks, "joint_blocks", name, "SD3"), 0)
+    elif "single_transformer_blocks" in blocks:
+        family, variant = _flux_diffusers(model)
+        layout = "diffusers"
+        counts = (
+            _check_contiguous(blocks, "transformer_blocks", name, family),
+            _check_contiguous(blocks, "single_transformer_blocks", name, family),
+        )
+    elif "transformer_blocks" in blocks and "pos_embed.proj.weight" in model:
+        family, variant = _sd3_diffusers(model, blocks["transformer_blocks"])
+        layout = "diffusers"
+        counts = (_check_contiguous(blocks, "transformer_blocks", name, "SD3"), 0)
+    else:
+        raise ModelError(f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5 or Chroma).")
+    parameters = sum(math.prod(info.shape) for info in model.values())
+    return DitInfo(
+        family=family, variant=variant, layout=layout, parameters=parameters,
+        dtype=quantization or _common_dtype(model.values()), quantization=quantization,
+        components=tuple(components), blocks=counts,
+    )  # fmt: skip
+
+
+def _block_indices(model: Mapping[str, TensorShape]) -> dict[str, set[int]]:
+    found: dict[str, set[int]] = {}
+    for key in model:
+        match = _BLOCK.match(key)
+        if match:
+            found.setdefault(match.group(1), set()).add(int(match.group(2)))
+    return found
+
+
+def _check_contiguous(blocks: Mapping[str, set[int]], kind: str, name: str, family: str) -> int:
+    present = blocks.get(kind, set())
+    if not present:
+        raise ModelError(
+            f"{name} looks like {DIT_LABELS.get(family, family)} but has no {kind}; the file is incomplete."
+        )
+    missing = sorted(set(range(max(present) + 1)) - present)
+    if missing:
+        raise ModelError(
+            f"{name} looks like {DIT_LABELS.get(family, family)} but {kind}.{missing[0]} is missing "
+            f"({len(missing)} of {max(present) + 1} blocks absent): the file is damaged or incomplete. "
+            "Download it again."
+        )
+    return len(present)
+
+
+def _flux_bfl(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str]:
+    if "distilled_guidance_layer.in_proj.weight" in model:
+        return "chroma", "", "bfl"
+    for needed in ("img_in.weight", "txt_in.weight", "final_layer.linear.weight", "time_in.in_layer.weight"):
+        if needed not in model:
+            raise ModelError(f"{name} looks like Flux.1 but {needed} is missing: the file is damaged or incomplete.")
+    return "flux", "dev" if "guidance_in.in_layer.weight" in model else "schnell", "bfl"
+
+
+def _flux_diffusers(model: Mapping[str, TensorShape]) -> tuple[str, str]:
+    if any(key.startswith("distilled_guidance_layer.") for key in model):
+        return "chroma", ""
+    guided = any(key.startswith("time_text_embed.guidance_embedder.") for key in model)
+    return "flux", "dev" if guided else "schnell"
+
+
+def _require(model: Mapping[str, TensorShape], needed: tuple[str, ...], name: str, family: str) -> None:
+    for tensor in needed:
+        if tensor not in model:
+            raise ModelError(f"{name} looks like {family} but {tensor} is missing: the file is damaged or incomplete.")
+
+
+def _sd3_bfl(model: Mapping[str, TensorShape], joint: set[int]) -> tuple[str, str]:
+    depth = max(joint) + 1
+    qk_norm = any(".attn.ln_q." in key for key in model)
+    if depth >= _SD3_LARGE_DEPTH:
+        return "sd3.5", "large"
+    return ("sd3.5" if qk_norm or any(".attn2." in key for key in model) else "sd3"), "medium"
+
+
+def _sd3_diffusers(model: Mapping[str, TensorShape], blocks: set[int]) -> tuple[str, str]:
+    depth = max(blocks) + 1
+    qk_norm = any(".attn.norm_q." in key for key in model)
+    if depth >= _SD3_LARGE_DEPTH:
+        return "sd3.5", "large"
+    return ("sd3.5" if qk_norm or any(".attn2." in key for key in model) else "sd3"), "medium"
+
+
+def _common_dtype(infos: Iterable[TensorShape]) -> str:
+    counts: dict[str, int] = {}
+    for info in infos:
+        counts[info.dtype] = counts.get(info.dtype, 0) + math.prod(info.shape)
+    return max(counts, key=counts.__getitem__) if counts else "?"
+
+
+# --------------------------------------------------------------------------------------------------
+# GGUF
+
+
+def is_gguf(head: bytes) -> bool:
+    return head.startswith(GGUF_MAGIC)
+
+
+# The tensor types a diffusers GGUF transformer may hold (diffusers' dequantisation table, and the
+# plain float types). Anything else (a row of I32, a type from a newer llama.cpp) cannot be loaded.
+_GGUF_LOADABLE = {
+    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+}  # fmt: skip
+
+
+def read_gguf_tensors(path: StrPath, *, name: str | None = None) -> tuple[dict[str, TensorShape], str]:
+    """name -> (type, shape in PyTorch order) of a GGUF file, and its main quantisation type.
+
+    Raises ModelError naming the file for a damaged file or a tensor type diffusers cannot dequantise."""
+    path = Path(path)
+    name = name or path.name
+    try:
+        import gguf  # numpy-only reader; imported here so listing models does not pay for it
+    except ImportError as error:  # pragma: no cover - a dependency in pyproject
+        raise ModelError(f"{name} is a GGUF file, but the gguf package is not installed.") from error
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except (ValueError, OSError, KeyError, IndexError, TypeError) as error:
+        raise ModelError(f"{name} is not a readable GGUF file ({error}); download it again.") from None
+    tensors: dict[str, TensorShape] = {}
+    weights: dict[str, int] = {}
+    for tensor in reader.tensors:
+        type_name = tensor.tensor_type.name
+        if type_name not in _GGUF_LOADABLE:
+            raise ModelError(
+                f"{name}: tensor {tensor.name!r} has GGUF type {type_name}, which Marble cannot dequantise "
+                f"(supported: {', '.join(sorted(_GGUF_LOADABLE))}). Get another quantisation of this model."
+            )
+        # GGUF stores dimensions fastest-first; PyTorch lists them slowest-first.
+        shape = tuple(int(d) for d in reversed(list(tensor.shape)))
+        tensors[tensor.name] = TensorShape(type_name, shape)
+        if len(shape) >= 2:
+            weights[type_name] = weights.get(type_name, 0) + int(tensor.n_elements)
+    main = max(weights, key=weights.__getitem__) if weights else "F32"
+    return tensors, main
+
+
+def detect_gguf(path: StrPath, *, name: str | None = None) -> DitInfo:
+    name = name or Path(path).name
+    tensors, quantization = read_gguf_tensors(path, name=name)
+    if not looks_like_dit(tensors):
+        raise ModelError(f"{name}: a GGUF file, but not a Flux.1, SD3/SD3.5 or Chroma transformer.")
+    return detect_dit(tensors, name=name, quantization=quantization)
+
+
+# --------------------------------------------------------------------------------------------------
+# Diffusers folders
+
+
+_PIPELINES = {
+    "FluxPipeline": "flux",
+    "StableDiffusion3Pipeline": "sd3",
+    "ChromaPipeline": "chroma",
+}
+
+
+def dit_pipeline_family(class_name: str) -> str | None:
+    return _PIPELINES.get(class_name)
+
+
+def detect_dit_folder(
+    index: Mapping[str, object], transformer: Mapping[str, object], class_name: str
+) -> tuple[str, str]:
+    """(family, variant) of a diffusers folder from model_index.json and transformer/config.json."""
+    family = _PIPELINES[class_name]
+    if family == "flux":
+        if transformer.get("_class_name") == "ChromaTransformer2DModel":
+            return "chroma", ""
+        return "flux", "dev" if transformer.get("guidance_embeds") else "schnell"
+    if family == "sd3":
+        depth = transformer.get("num_layers")
+        if isinstance(depth, int) and depth >= _SD3_LARGE_DEPTH:
+            return "sd3.5", "large"
+        if transformer.get("qk_norm") or transformer.get("dual_attention_layers"):
+            return "sd3.5", "medium"
+        return "sd3", "medium"
+    return family, ""

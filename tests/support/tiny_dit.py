@@ -1,0 +1,203 @@
+"""Tiny random Flux.1 and SD3 models built from Marble's shipped configs with small dimensions.
+
+Each is saved as a diffusers folder; Flux also as a Black Forest Labs single file (the inverse of
+diffusers' key conversion, written here) and as GGUF transformers written with the `gguf` package.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from desktop.engine.backends.families import shipped_tokenizers
+from desktop.engine.resources import Resources
+
+CONFIGS = Resources.default().configs
+
+
+def _shipped(name: str, part: str) -> dict:
+    return json.loads((CONFIGS / name / part).read_text(encoding="utf-8"))
+
+
+def _clip(projection: bool) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+    )  # fmt: skip
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _t5() -> T5EncoderModel:
+    base = _shipped("flux-dev", "text_encoder_2/config.json")
+    config = T5Config(
+        vocab_size=base["vocab_size"], d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        feed_forward_proj=base.get("feed_forward_proj", "gated-gelu"), relative_attention_num_buckets=8,
+    )  # fmt: skip
+    return T5EncoderModel(config)
+
+
+def _vae(latent_channels: int, shift: float, scale: float) -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=4, sample_size=32, shift_factor=shift, scaling_factor=scale,
+        use_quant_conv=False, use_post_quant_conv=False,
+    )  # fmt: skip
+
+
+def _jitter(module: torch.nn.Module, seed: int) -> None:
+    """Random small values everywhere (norm scales too), so a mis-mapped tensor changes the image."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+
+
+def build_tiny_flux(variant: str = "dev", double: int = 2, single: int = 2, seed: int = 0) -> FluxPipeline:
+    config = _shipped(f"flux-{variant}", "transformer/config.json")
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=double, num_single_layers=single, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        guidance_embeds=config["guidance_embeds"], axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+    _jitter(transformer, seed)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        _shipped(f"flux-{variant}", "scheduler/scheduler_config.json")
+    )
+    parts = shipped_tokenizers(Resources.default(), CONFIGS / f"flux-{variant}", "flux")
+    return FluxPipeline(
+        scheduler=scheduler, vae=_vae(4, 0.1159, 0.3611), text_encoder=_clip(False), text_encoder_2=_t5(),
+        transformer=transformer, **parts,
+    )  # fmt: skip
+
+
+def build_tiny_sd3(seed: int = 0, qk_norm: str | None = "rms_norm") -> StableDiffusion3Pipeline:
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=64, out_channels=4,
+        pos_embed_max_size=32, qk_norm=qk_norm,
+    )  # fmt: skip
+    _jitter(transformer, seed)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(_shipped("sd3-medium", "scheduler/scheduler_config.json"))
+    parts = shipped_tokenizers(Resources.default(), CONFIGS / "sd3-medium", "sd3")
+    return StableDiffusion3Pipeline(
+        scheduler=scheduler, vae=_vae(4, 0.0609, 1.5305), text_encoder=_clip(True), text_encoder_2=_clip(True),
+        text_encoder_3=_t5(), transformer=transformer, **parts,
+    )  # fmt: skip
+
+
+def save_pipeline(pipe, folder: Path) -> Path:
+    """A diffusers folder without tokenizer files, as Marble's configs are: the shipped ones serve."""
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    for sub in folder.iterdir():
+        if sub.name.startswith("tokenizer"):
+            for file in sub.iterdir():
+                file.unlink()
+            sub.rmdir()
+    return folder
+
+
+def config_folder(pipe, folder: Path) -> Path:
+    """A diffusers config folder (no weights) describing `pipe`, as `--config` takes."""
+    save_pipeline(pipe, folder)
+    for file in folder.rglob("*.safetensors"):
+        file.unlink()
+    return folder
+
+
+def flux_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' FluxTransformer2DModel names -> Black Forest Labs' original names (fused qkv)."""
+    state = dict(state)
+    out: dict[str, torch.Tensor] = {}
+
+    def move(dst: str, src: str) -> None:
+        for suffix in ("weight", "bias"):
+            if f"{src}.{suffix}" in state:
+                out[f"{dst}.{suffix}"] = state.pop(f"{src}.{suffix}")
+
+    for dst, src in (
+        ("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+        ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+        ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+        ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+        ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
+        ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+        ("txt_in", "context_embedder"),
+        ("img_in", "x_embedder"),
+        ("final_layer.linear", "proj_out"),
+    ):
+        move(dst, src)
+    blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")})
+    for i in blocks:
+        s, d = f"transformer_blocks.{i}.", f"double_blocks.{i}."
+        for suffix in ("weight", "bias"):
+            out[f"{d}img_attn.qkv.{suffix}"] = torch.cat([state.pop(f"{s}attn.to_{x}.{suffix}") for x in "qkv"])
+            out[f"{d}txt_attn.qkv.{suffix}"] = torch.cat([state.pop(f"{s}attn.add_{x}_proj.{suffix}") for x in "qkv"])
+        out[d + "img_attn.norm.query_norm.scale"] = state.pop(s + "attn.norm_q.weight")
+        out[d + "img_attn.norm.key_norm.scale"] = state.pop(s + "attn.norm_k.weight")
+        out[d + "txt_attn.norm.query_norm.scale"] = state.pop(s + "attn.norm_added_q.weight")
+        out[d + "txt_attn.norm.key_norm.scale"] = state.pop(s + "attn.norm_added_k.weight")
+        for dst, src in (("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
+                         ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
+                         ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
+                         ("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out")):  # fmt: skip
+            move(d + dst, s + src)
+    singles = sorted({int(k.split(".")[1]) for k in state if k.startswith("single_transformer_blocks.")})
+    for i in singles:
+        s, d = f"single_transformer_blocks.{i}.", f"single_blocks.{i}."
+        for suffix in ("weight", "bias"):
+            parts = [state.pop(f"{s}attn.to_{x}.{suffix}") for x in "qkv"] + [state.pop(f"{s}proj_mlp.{suffix}")]
+            out[f"{d}linear1.{suffix}"] = torch.cat(parts)
+        out[d + "norm.query_norm.scale"] = state.pop(s + "attn.norm_q.weight")
+        out[d + "norm.key_norm.scale"] = state.pop(s + "attn.norm_k.weight")
+        move(d + "modulation.lin", s + "norm.linear")
+        move(d + "linear2", s + "proj_out")
+    for suffix in ("weight", "bias"):
+        scale, shift = state.pop(f"norm_out.linear.{suffix}").chunk(2)
+        out[f"final_layer.adaLN_modulation.1.{suffix}"] = torch.cat([shift, scale])
+    assert not state, sorted(state)
+    return out
+
+
+def save_bfl_file(pipe: FluxPipeline, path: Path, prefix: str = "", drop: str | None = None) -> Path:
+    state = {prefix + k: v.contiguous() for k, v in flux_to_bfl(pipe.transformer.state_dict()).items()}
+    if drop is not None:
+        state = {k: v for k, v in state.items() if f".{drop}." not in f".{k}"}
+    save_file(state, str(path))
+    return path
+
+
+def save_gguf(state: dict[str, torch.Tensor], path: Path, quant: str = "Q8_0", arch: str = "flux") -> Path:
+    """Tensors to a GGUF file: 2-D weights whose rows fit the quantisation's blocks as `quant`, the rest F32."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    kind = gguf.GGMLQuantizationType[quant]
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    for name, tensor in state.items():
+        data = tensor.detach().float().numpy()
+        if data.ndim == 2 and data.shape[-1] % block == 0 and kind != gguf.GGMLQuantizationType.F32:
+            quantised = gguf.quants.quantize(data, kind)
+            writer.add_tensor(name, quantised, raw_shape=quantised.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
