@@ -828,3 +828,44 @@ def test_values_are_quoted_for_a_carriage_return_and_keep_their_unicode() -> Non
 )
 def test_exif_user_comment_encodings(comment: object, text: str | None) -> None:
     assert _decode_user_comment(comment) == text
+
+
+def test_comfyui_primitives_custom_samplers_and_junk_nodes() -> None:
+    """Values linked from primitive nodes of every kind; a stock sampler chosen over a custom node with
+    positive/negative inputs even when the custom one has the smaller id; junk nodes skipped."""
+    graph = {
+        "0": ["not", "a node"],
+        "1": {"class_type": "Junk"},
+        "2": {"class_type": "MyGuider", "inputs": {"positive": ["7", 0], "negative": ["8", 0], "cfg": 1}},
+        "3": {"class_type": "PrimitiveInt", "inputs": {"int": 30}},
+        "4": {"class_type": "PrimitiveFloat", "inputs": {"float": 4.5}},
+        "5": {"class_type": "Seed", "inputs": {"seed": 77}},
+        "6": {"class_type": "PrimitiveString", "inputs": {"string": "euler_ancestral"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox"}},
+        "8": {"class_type": "CLIPTextEncode", "inputs": {"text": "blur"}},
+        "9": {"class_type": "Sched", "inputs": {"value": "normal"}},
+        "11": {
+            "class_type": "KSamplerAdvanced",
+            "inputs": {"positive": ["7", 0], "negative": ["8", 0], "steps": ["3", 0], "cfg": ["4", 0],
+                       "noise_seed": ["5", 0], "sampler_name": ["6", 0], "scheduler": ["9", 0]},
+        },
+    }  # fmt: skip
+    found = interpret_chunks({"prompt": json.dumps(graph)}, model_fallback="m")
+    assert (found.format, found.prompt, found.negative_prompt) == ("comfyui", "a fox", "blur")
+    assert dict(found.settings) == {
+        "Steps": "30", "Sampler": "Euler a", "Schedule type": "normal", "CFG scale": "4.5", "Seed": "77",
+    }  # fmt: skip
+    # Without a stock sampler, the custom node with positive/negative inputs is the sampler.
+    del graph["11"]
+    custom = interpret_chunks({"prompt": json.dumps(graph)}, model_fallback="m")
+    assert (custom.prompt, dict(custom.settings)) == ("a fox", {"CFG scale": "1"})
+
+
+def test_jpeg_comment_is_the_parameters_when_exif_has_none(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(path, "JPEG", comment=A1111_TEXT.encode("utf-8") + b"\xff")
+    found = read_image_metadata(path)
+    assert found.raw["comment"] == A1111_TEXT + "\ufffd"
+    assert (found.format, found.prompt, found.negative_prompt) == ("a1111", "a fox, at night", "blur")
+    Image.new("RGB", (8, 8)).save(path, "JPEG", comment=b"\x00 \n")
+    assert dict(read_image_metadata(path).raw) == {}
