@@ -869,3 +869,35 @@ def test_jpeg_comment_is_the_parameters_when_exif_has_none(tmp_path: Path) -> No
     assert (found.format, found.prompt, found.negative_prompt) == ("a1111", "a fox, at night", "blur")
     Image.new("RGB", (8, 8)).save(path, "JPEG", comment=b"\x00 \n")
     assert dict(read_image_metadata(path).raw) == {}
+
+
+def test_novelai_is_known_by_its_software_or_its_keys_and_falls_back_to_the_description() -> None:
+    comment = json.dumps({"uc": "blur", "scale": 7, "steps": 9, "width": 64, "height": 96})
+    found = interpret_chunks({"Comment": comment, "Description": "a cat", "Source": "NAI v3"}, model_fallback="m")
+    assert (found.format, found.prompt, found.negative_prompt) == ("novelai", "a cat", "blur")
+    assert dict(found.settings) == {"Steps": "9", "CFG scale": "7", "Size": "64x96", "Source": "NAI v3"}
+    by_software = interpret_chunks({"Comment": '{"steps": 3}', "Software": "NovelAI"})
+    assert (by_software.format, by_software.prompt, dict(by_software.settings)) == ("novelai", "", {"Steps": "3"})
+    assert interpret_chunks({"Comment": '{"steps": 3}', "Software": "Other"}).format == "unknown"
+
+
+def test_other_tools_samplers_we_do_not_know_are_shown_as_written() -> None:
+    data = {"prompt": "p", "sampler": "my_sampler", "scheduler": "  ", "resolution": "(640, 512)", "steps": 5}
+    found = interpret_chunks({"parameters": json.dumps(data)}, model_fallback="m")
+    assert (found.format, dict(found.settings)) == (
+        "fooocus",
+        {"Steps": "5", "Sampler": "my_sampler", "Size": "640x512"},
+    )
+    data |= {"scheduler": "exponential", "resolution": "640"}
+    found = interpret_chunks({"parameters": json.dumps(data)}, model_fallback="m")
+    assert dict(found.settings) == {"Steps": "5", "Sampler": "my_sampler", "Schedule type": "exponential"}
+
+
+def test_invokeai_2_prompt_lists_and_3_model_dicts() -> None:
+    image = {"prompt": [{"prompt": "a fox [blur]"}, "junk", {"weight": 1}, {"prompt": "at night"}], "cfg_scale": 6}
+    v2 = interpret_chunks({"sd-metadata": json.dumps({"image": image, "app_version": "2.1"})}, model_fallback="m")
+    assert (v2.prompt, v2.negative_prompt) == ("a fox, at night", "blur")
+    assert dict(v2.settings) == {"CFG scale": "6", "Version": "2.1"}
+    for model in ({"model_name": "juggernaut", "name": "other"}, {"name": "juggernaut"}):
+        v3 = interpret_chunks({"invokeai_metadata": json.dumps({"positive_prompt": "p", "model": model})})
+        assert v3.settings["Model"] == "juggernaut"
