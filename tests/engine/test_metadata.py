@@ -32,7 +32,9 @@ from desktop.engine.metadata import (
     png_info,
     png_text_chunks,
     read_image_metadata,
+    read_text_chunks,
     request_from_parameters,
+    written_sampler,
 )
 from desktop.engine.request import GenerationRequest
 
@@ -901,3 +903,29 @@ def test_invokeai_2_prompt_lists_and_3_model_dicts() -> None:
     for model in ({"model_name": "juggernaut", "name": "other"}, {"name": "juggernaut"}):
         v3 = interpret_chunks({"invokeai_metadata": json.dumps({"positive_prompt": "p", "model": model})})
         assert v3.settings["Model"] == "juggernaut"
+
+
+def test_small_readers_and_writers_named_by_their_survivors() -> None:
+    # A ComfyUI graph with no sampler is still ComfyUI's, with nothing to show.
+    bare = interpret_chunks({"prompt": json.dumps({"1": {"class_type": "LoadImage", "inputs": {}}})})
+    assert (bare.format, bare.prompt, bare.negative_prompt, dict(bare.settings)) == ("comfyui", "", "", {})
+    # A Flux-style UNETLoader names the model by `unet_name`.
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors"}},
+        "2": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox"}},
+    }
+    assert interpret_chunks({"prompt": json.dumps(graph)}).settings["Model"] == "flux1-dev"
+    # A marble chunk alone: the settings shown are those its request would write.
+    made = request(sampler="DDIM", steps=12)
+    alone = interpret_chunks({"marble": marble_json(made, 99, None, VERSION)})
+    assert dict(alone.settings) == dict(parse_parameters(format_parameters(made, 99, None, "?")).settings)
+    assert (alone.settings["Steps"], alone.settings["Seed"], alone.settings["Sampler"]) == ("12", "99", "DDIM")
+    # The `Sampler` value written for a request's sampler.
+    assert written_sampler("default", "Euler a") == "Euler a"
+    assert written_sampler("DPM++ 2M Karras", "Euler a") == "DPM++ 2M"
+    assert written_sampler("default", None) == ""
+    # Bytes that are not an image are named as image data.
+    with pytest.raises(InvalidRequest) as caught:
+        read_text_chunks(b"plain text")
+    assert str(caught.value).startswith("The image data is not a PNG, JPEG or WebP image")
