@@ -862,7 +862,8 @@ def _invokeai_v2(data: dict[str, Any]) -> _Found | None:
         return None
     prompt = image.get("prompt")
     if isinstance(prompt, list):
-        prompt = ", ".join(str(part.get("prompt", "")) for part in prompt if isinstance(part, dict))
+        # A part without a prompt (a weight alone) adds nothing, not an empty ", , " piece.
+        prompt = ", ".join(str(part["prompt"]) for part in prompt if isinstance(part, dict) and part.get("prompt"))
     positive, negative = _split_invoke_negative(str(prompt or ""))
     settings = _settings(
         steps=image.get("steps"),

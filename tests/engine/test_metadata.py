@@ -22,21 +22,30 @@ from desktop.engine.errors import InvalidRequest
 from desktop.engine.metadata import (
     SCHEMA_VERSION,
     ImageMetadata,
+    _decode_user_comment,
     adapter_hashes_text,
     format_parameters,
     from_marble_json,
     interpret_chunks,
+    marble_json,
     parse_parameters,
     png_info,
     png_text_chunks,
     read_image_metadata,
+    read_text_chunks,
     request_from_parameters,
+    written_sampler,
 )
 from desktop.engine.request import GenerationRequest
 
 VERSION = "0.1.0"
 SD15 = ModelInfo("v1-5-pruned-emaonly", "/models/v1-5-pruned-emaonly.safetensors", "sd15", "6ce0161689")
-FIXTURES = Path(__file__).parents[2].parent / "shared" / "fixtures" / "metadata"
+# Looked for above the checkout, so mutmut's copy of the tests (in `mutants/`) finds them too.
+FIXTURES = next(
+    (folder / "shared" / "fixtures" / "metadata" for folder in Path(__file__).resolve().parents
+     if (folder / "shared" / "fixtures" / "metadata").is_dir()),
+    Path(__file__).parents[2].parent / "shared" / "fixtures" / "metadata",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,8 +111,9 @@ def test_parameters_text_with_optional_fields() -> None:
     )
     loras = (AdapterHash("detail", "0123456789ab"),)
     embeddings = (AdapterHash("ink", "abcdefabcdef"), AdapterHash("bad-hands", "111111111111"))
-    text = format_parameters(made, 7, None, VERSION, batch_pos=1, extra={"Denoising strength": "0.5"},
-                             loras=loras, embeddings=embeddings)
+    text = format_parameters(
+        made, 7, None, VERSION, batch_pos=1, extra={"Denoising strength": "0.5"}, loras=loras, embeddings=embeddings
+    )
     expected = (
         "line one\nline two\n"
         "Steps: 20, CFG scale: 7.0, Seed: 7, Size: 768x512, Model: foo, Batch size: 2, Batch pos: 1, "
@@ -324,9 +334,7 @@ def test_a_decompression_bomb_is_refused_quickly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 2
 
 
-def test_the_bomb_is_refused_without_pillows_global_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_bomb_is_refused_without_pillows_global_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     with pytest.raises(InvalidRequest, match="40,000 x 40,000 pixels"):
         read_image_metadata(hand_built_png(40_000, 40_000))
@@ -397,9 +405,7 @@ def exif_with_user_comment(comment: bytes) -> Image.Exif:
     return exif
 
 
-A1111_TEXT = (
-    "a fox, at night\nNegative prompt: blur\nSteps: 22, Sampler: Euler a, CFG scale: 6, Seed: 5, Size: 8x8"
-)
+A1111_TEXT = "a fox, at night\nNegative prompt: blur\nSteps: 22, Sampler: Euler a, CFG scale: 6, Seed: 5, Size: 8x8"
 
 
 @pytest.mark.parametrize("encoding", ["utf-16-be", "utf-16-le"])
@@ -673,3 +679,253 @@ def test_parameters_text_in_odd_but_real_shapes_is_split_correctly() -> None:
     assert split("a cat\nNegative prompt: blurry\nugly") == ("a cat", "blurry\nugly", {})
     assert split("a cat, red") == ("a cat, red", "", {})
     assert split(None) == ("", "", {})
+
+
+# Every field another tool's real file gives us, not only the first few: a field read but never
+# checked is a field that can silently go wrong (issue 23).
+REAL_SETTINGS = {
+    "automatic1111_cropped.png": (
+        "photo of a duck", "monochrome",
+        {"Steps": "15", "Sampler": "UniPC", "CFG scale": "5", "Seed": "235284042", "Size": "512x400",
+         "Model hash": "c0d1994c73", "Model": "realistic_realisticVisionV20_v20"},
+        ("realistic_realisticVisionV20_v20", 5.0, 512, 400, 1),
+    ),
+    "fooocus1_cropped.png": (
+        "a smiling goldfish", "",
+        {"Steps": "30", "Sampler": "DPM++ 2M SDE", "Schedule type": "Karras", "CFG scale": "4",
+         "Seed": "6952411511246973023", "Size": "768x1280", "Model hash": "aeb7e9e689",
+         "Model": "juggernautXL_v8Rundiffusion", "Clip skip": "2", "Version": "Fooocus v2.4.3"},
+        ("juggernautXL_v8Rundiffusion", 4.0, 768, 1280, 2),
+    ),
+    "img2img_cropped.png": (
+        "photograph of victorian woman with wings, sky clouds, meadow grass\n", "watermark, text\n",
+        {"Steps": "20", "Sampler": "DPM++ 2M", "Schedule type": "normal", "CFG scale": "8.0",
+         "Seed": "280823642470253", "Model": "v1-5-pruned-emaonly"},
+        ("v1-5-pruned-emaonly", 8.0, 512, 512, 1),
+    ),
+    "invokeai_dream1.png": (
+        None, "rendering, glowing eyes, skinny",
+        {"Steps": "50", "Sampler": "LMS", "CFG scale": "5", "Seed": "2980747362", "Size": "512x768"},
+        ("mine", 5.0, 512, 768, 1),
+    ),
+    "invokeai_imeta1.png": (
+        "digital artwork, oil painting. painterly brushstrokes, holidays,",
+        "grainy+, photo, oversaturated, overexposed, blurry, compressed jpg+, noisy++, unfocused , black and white",
+        {"Steps": "35", "Sampler": "Euler", "CFG scale": "8.0", "Seed": "3293022630", "Size": "1024x1024",
+         "Model": "juggernautXL"},
+        ("juggernautXL", 8.0, 1024, 1024, 1),
+    ),
+    "invokeai_sdmeta1.png": (
+        None, "rendering, glowing eyes, skinny",
+        {"Steps": "50", "Sampler": "LMS", "CFG scale": "5", "Seed": "2980747362", "Size": "512x768",
+         "Model": "deliberateForInvoke_v08", "Version": "2.3.0"},
+        ("deliberateForInvoke_v08", 5.0, 512, 768, 1),
+    ),
+    "novelai1_cropped.png": (
+        "masterpiece, best quality,  cat, space, icon", None,
+        {"Steps": "50", "Sampler": "Euler a", "CFG scale": "10.0", "Seed": "2253955223",
+         "Source": "Stable Diffusion 1D44365E"},
+        ("mine", 10.0, 512, 512, 1),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared metadata fixtures are not available")
+@pytest.mark.parametrize("name", sorted(REAL_SETTINGS))
+def test_real_files_every_field(name: str) -> None:
+    prompt, negative, settings, (model, cfg, width, height, clip_skip) = REAL_SETTINGS[name]
+    found = read_image_metadata(FIXTURES / name, model_fallback="mine")
+    if prompt is not None:
+        assert found.prompt == prompt
+    if negative is not None:
+        assert found.negative_prompt == negative
+    else:
+        assert found.negative_prompt.startswith("lowres, bad anatomy, bad hands, text, error")
+    assert dict(found.settings) == settings
+    assert found.request is not None
+    request = found.request
+    assert (request.model, request.cfg_scale, request.width, request.height, request.clip_skip) == (
+        model, cfg, width, height, clip_skip)  # fmt: skip
+    assert request.prompt == found.prompt and request.negative_prompt == found.negative_prompt
+
+
+def test_invokeai_1_and_2_keep_the_whole_prompt_without_the_bracketed_negative() -> None:
+    found = read_image_metadata(FIXTURES / "invokeai_sdmeta1.png") if FIXTURES.is_dir() else None
+    dream = interpret_chunks(
+        {"Dream": '"a cat [blurry] on a mat [ugly, dark]" -s 12 -S 7 -W 64 -H 128 -C 6.5 -A k_euler'}
+    )
+    assert (dream.format, dream.prompt, dream.negative_prompt) == ("invokeai", "a cat on a mat", "blurry, ugly, dark")
+    assert dict(dream.settings) == {
+        "Steps": "12",
+        "Sampler": "Euler",
+        "CFG scale": "6.5",
+        "Seed": "7",
+        "Size": "64x128",
+    }
+    if found is not None:
+        assert "[" not in found.prompt and found.prompt.endswith("film grain, low contrast")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "The Marble metadata in this image is not valid JSON."),
+        ("[1, 2]", "The Marble metadata in this image is not a JSON object."),
+        ('{"schema_version": 0, "request": {}}', "The Marble metadata has an unknown schema version 0."),
+        ('{"schema_version": true, "request": {}}', "The Marble metadata has an unknown schema version True."),
+        ('{"request": 5}', "The Marble metadata in this image has no request."),
+        ('{"request": {"model_config": 5}}', "The Marble metadata in this image has a malformed model config."),
+    ]
+    + [
+        (json.dumps({"request": {field: 5}}), "The Marble metadata in this image has a malformed request.")
+        for field in ("prompt", "negative_prompt", "model", "sampler", "device", "precision")
+    ],
+)
+def test_marble_chunk_errors_are_whole_sentences(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        from_marble_json(text)
+    assert str(caught.value) == message
+
+
+def test_marble_chunk_without_a_version_is_version_1_and_a_config_path_is_kept() -> None:
+    made = from_marble_json(json.dumps({"request": {"prompt": "p", "model": "m", "model_config": "v1.yaml"}}))
+    assert (made.prompt, made.model, made.model_config) == ("p", "m", "v1.yaml")
+
+
+def test_marble_chunk_names_the_app_hash_and_the_scheduler_used() -> None:
+    made = request(prompt="café ☕", sampler="default")
+    document = json.loads(marble_json(made, 5, SD15, VERSION, "Euler a"))
+    assert (document["app"], document["model_hash"], document["sampler_used"]) == ("marble", "6ce0161689", "Euler a")
+    assert document["request"]["model"] == "v1-5-pruned-emaonly"
+    assert marble_json(made, 5, SD15, VERSION).isascii()  # a plain tEXt chunk
+    chosen = json.loads(marble_json(request(sampler="DDIM"), 5, None, VERSION, "Euler a"))
+    assert "sampler_used" not in chosen and "model_hash" not in chosen
+    chunks = png_text_chunks(made, 5, SD15, VERSION, "Euler a", 2, {"Denoising strength": "0.5"})
+    assert json.loads(chunks["marble"]) == document
+    assert "Sampler: Euler a" in chunks["parameters"] and "Denoising strength: 0.5" in chunks["parameters"]
+    assert "Model hash: 6ce0161689" in chunks["parameters"]
+
+
+def test_values_are_quoted_for_a_carriage_return_and_keep_their_unicode() -> None:
+    text = format_parameters(request(), 1, None, VERSION, extra={"Note": "a\rb", "Place": "café ☕"})
+    assert 'Note: "a\\rb"' in text and "Place: café ☕" in text
+    quoted = format_parameters(request(), 1, None, VERSION, extra={"Place": "café, ☕"})
+    assert 'Place: "café, ☕"' in quoted
+
+
+@pytest.mark.parametrize(
+    ("comment", "text"),
+    [
+        ("  plain\x00", "  plain"),
+        ("\x00\x00", None),
+        (b"UNICODE\x00\xfe\xff" + "a, b".encode("utf-16-be"), "a, b"),
+        (b"UNICODE\x00\xff\xfe" + "a, b".encode("utf-16-le"), "a, b"),
+        (b"UNICODE\x00" + "ab\u4e00".encode("utf-16-be") + b"\x00", "ab\u4e00"),
+        (b"ASCII\x00\x00\x00caf\xc3\xa9\x00", "café"),
+        (b"\x00" * 8 + b"plain", "plain"),
+        (b"no tag here", "no tag here"),
+        (b"UNICODE\x00", None),
+        (12, None),
+    ],
+)
+def test_exif_user_comment_encodings(comment: object, text: str | None) -> None:
+    assert _decode_user_comment(comment) == text
+
+
+def test_comfyui_primitives_custom_samplers_and_junk_nodes() -> None:
+    """Values linked from primitive nodes of every kind; a stock sampler chosen over a custom node with
+    positive/negative inputs even when the custom one has the smaller id; junk nodes skipped."""
+    graph = {
+        "0": ["not", "a node"],
+        "1": {"class_type": "Junk"},
+        "2": {"class_type": "MyGuider", "inputs": {"positive": ["7", 0], "negative": ["8", 0], "cfg": 1}},
+        "3": {"class_type": "PrimitiveInt", "inputs": {"int": 30}},
+        "4": {"class_type": "PrimitiveFloat", "inputs": {"float": 4.5}},
+        "5": {"class_type": "Seed", "inputs": {"seed": 77}},
+        "6": {"class_type": "PrimitiveString", "inputs": {"string": "euler_ancestral"}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox"}},
+        "8": {"class_type": "CLIPTextEncode", "inputs": {"text": "blur"}},
+        "9": {"class_type": "Sched", "inputs": {"value": "normal"}},
+        "11": {
+            "class_type": "KSamplerAdvanced",
+            "inputs": {"positive": ["7", 0], "negative": ["8", 0], "steps": ["3", 0], "cfg": ["4", 0],
+                       "noise_seed": ["5", 0], "sampler_name": ["6", 0], "scheduler": ["9", 0]},
+        },
+    }  # fmt: skip
+    found = interpret_chunks({"prompt": json.dumps(graph)}, model_fallback="m")
+    assert (found.format, found.prompt, found.negative_prompt) == ("comfyui", "a fox", "blur")
+    assert dict(found.settings) == {
+        "Steps": "30", "Sampler": "Euler a", "Schedule type": "normal", "CFG scale": "4.5", "Seed": "77",
+    }  # fmt: skip
+    # Without a stock sampler, the custom node with positive/negative inputs is the sampler.
+    del graph["11"]
+    custom = interpret_chunks({"prompt": json.dumps(graph)}, model_fallback="m")
+    assert (custom.prompt, dict(custom.settings)) == ("a fox", {"CFG scale": "1"})
+
+
+def test_jpeg_comment_is_the_parameters_when_exif_has_none(tmp_path: Path) -> None:
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 8)).save(path, "JPEG", comment=A1111_TEXT.encode("utf-8") + b"\xff")
+    found = read_image_metadata(path)
+    assert found.raw["comment"] == A1111_TEXT + "\ufffd"
+    assert (found.format, found.prompt, found.negative_prompt) == ("a1111", "a fox, at night", "blur")
+    Image.new("RGB", (8, 8)).save(path, "JPEG", comment=b"\x00 \n")
+    assert dict(read_image_metadata(path).raw) == {}
+
+
+def test_novelai_is_known_by_its_software_or_its_keys_and_falls_back_to_the_description() -> None:
+    comment = json.dumps({"uc": "blur", "scale": 7, "steps": 9, "width": 64, "height": 96})
+    found = interpret_chunks({"Comment": comment, "Description": "a cat", "Source": "NAI v3"}, model_fallback="m")
+    assert (found.format, found.prompt, found.negative_prompt) == ("novelai", "a cat", "blur")
+    assert dict(found.settings) == {"Steps": "9", "CFG scale": "7", "Size": "64x96", "Source": "NAI v3"}
+    by_software = interpret_chunks({"Comment": '{"steps": 3}', "Software": "NovelAI"})
+    assert (by_software.format, by_software.prompt, dict(by_software.settings)) == ("novelai", "", {"Steps": "3"})
+    assert interpret_chunks({"Comment": '{"steps": 3}', "Software": "Other"}).format == "unknown"
+
+
+def test_other_tools_samplers_we_do_not_know_are_shown_as_written() -> None:
+    data = {"prompt": "p", "sampler": "my_sampler", "scheduler": "  ", "resolution": "(640, 512)", "steps": 5}
+    found = interpret_chunks({"parameters": json.dumps(data)}, model_fallback="m")
+    assert (found.format, dict(found.settings)) == (
+        "fooocus",
+        {"Steps": "5", "Sampler": "my_sampler", "Size": "640x512"},
+    )
+    data |= {"scheduler": "exponential", "resolution": "640"}
+    found = interpret_chunks({"parameters": json.dumps(data)}, model_fallback="m")
+    assert dict(found.settings) == {"Steps": "5", "Sampler": "my_sampler", "Schedule type": "exponential"}
+
+
+def test_invokeai_2_prompt_lists_and_3_model_dicts() -> None:
+    image = {"prompt": [{"prompt": "a fox [blur]"}, "junk", {"weight": 1}, {"prompt": "at night"}], "cfg_scale": 6}
+    v2 = interpret_chunks({"sd-metadata": json.dumps({"image": image, "app_version": "2.1"})}, model_fallback="m")
+    assert (v2.prompt, v2.negative_prompt) == ("a fox, at night", "blur")
+    assert dict(v2.settings) == {"CFG scale": "6", "Version": "2.1"}
+    for model in ({"model_name": "juggernaut", "name": "other"}, {"name": "juggernaut"}):
+        v3 = interpret_chunks({"invokeai_metadata": json.dumps({"positive_prompt": "p", "model": model})})
+        assert v3.settings["Model"] == "juggernaut"
+
+
+def test_small_readers_and_writers_named_by_their_survivors() -> None:
+    # A ComfyUI graph with no sampler is still ComfyUI's, with nothing to show.
+    bare = interpret_chunks({"prompt": json.dumps({"1": {"class_type": "LoadImage", "inputs": {}}})})
+    assert (bare.format, bare.prompt, bare.negative_prompt, dict(bare.settings)) == ("comfyui", "", "", {})
+    # A Flux-style UNETLoader names the model by `unet_name`.
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux1-dev.safetensors"}},
+        "2": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox"}},
+    }
+    assert interpret_chunks({"prompt": json.dumps(graph)}).settings["Model"] == "flux1-dev"
+    # A marble chunk alone: the settings shown are those its request would write.
+    made = request(sampler="DDIM", steps=12)
+    alone = interpret_chunks({"marble": marble_json(made, 99, None, VERSION)})
+    assert dict(alone.settings) == dict(parse_parameters(format_parameters(made, 99, None, "?")).settings)
+    assert (alone.settings["Steps"], alone.settings["Seed"], alone.settings["Sampler"]) == ("12", "99", "DDIM")
+    # The `Sampler` value written for a request's sampler.
+    assert written_sampler("default", "Euler a") == "Euler a"
+    assert written_sampler("DPM++ 2M Karras", "Euler a") == "DPM++ 2M"
+    assert written_sampler("default", None) == ""
+    # Bytes that are not an image are named as image data.
+    with pytest.raises(InvalidRequest) as caught:
+        read_text_chunks(b"plain text")
+    assert str(caught.value).startswith("The image data is not a PNG, JPEG or WebP image")
