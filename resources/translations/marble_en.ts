@@ -306,6 +306,34 @@
         <source>PNG images (*.png)</source>
         <translation type="unfinished"></translation>
     </message>
+    <message>
+        <source>Text to image: the canvas shows previews and results. Drag to move the view, wheel to zoom.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{mode}: Drop an image on the canvas, paste one (Ctrl+V) or press &quot;Use as source&quot; first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Image to image: the source is redrawn at strength {strength}. Drag to move the view, wheel to zoom.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Outpaint: set how far to grow each side, then Extend; the new area is then painted in.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Drag to paint the area to repaint (brush {size} px).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Drag to erase from the area to repaint (eraser {size} px).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Inpaint: pick Brush and drag over the area to repaint; here a drag moves the view.</source>
+        <translation type="unfinished"></translation>
+    </message>
 </context>
 <context>
     <name>CanvasView</name>

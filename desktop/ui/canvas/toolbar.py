@@ -41,9 +41,8 @@ from desktop.ui.elided_label import ElidedLabel
 from desktop.ui.flow_layout import flow_row
 from desktop.ui.translation import translate
 
-CONTEXT = "CanvasToolbar"  # the class's own: its self.tr() and these tables share one context
-
-# Labels are translated where they are shown; the first item of each pair is data and stays as it is.
+# Labels are translated where they are shown, in the class's own context (lupdate needs the literal name);
+# the first item of each pair is data and stays as it is.
 MODES = (
     ("txt2img", QT_TRANSLATE_NOOP("CanvasToolbar", "Text to image")),
     ("img2img", QT_TRANSLATE_NOOP("CanvasToolbar", "Image to image")),
@@ -543,22 +542,27 @@ class CanvasToolbar(QWidget):
 def canvas_hint(mode: str, tool: str, brush_size: int, has_source: bool, strength: float) -> str:
     """What a click or drag on the canvas does in `mode` with `tool`, in one short line."""
     if mode == "txt2img":
-        return translate(CONTEXT, "Text to image: the canvas shows previews and results. "
-                                  "Drag to move the view, wheel to zoom.")
+        return translate("CanvasToolbar", "Text to image: the canvas shows previews and results. "
+                         "Drag to move the view, wheel to zoom.")
     if not has_source:
-        return translate(CONTEXT, '{mode}: Drop an image on the canvas, paste one (Ctrl+V) or press "Use as source" '
-                                  "first.").format(mode=translate(CONTEXT, dict(MODES)[mode]))
+        text = translate("CanvasToolbar", '{mode}: Drop an image on the canvas, paste one (Ctrl+V) or press '
+                         '"Use as source" first.')
+        return text.format(mode=translate("CanvasToolbar", dict(MODES)[mode]))
     if mode == "img2img":
-        return translate(CONTEXT, "Image to image: the source is redrawn at strength {strength}. "
-                                  "Drag to move the view, wheel to zoom.").format(strength=f"{strength:.2f}")
+        text = translate("CanvasToolbar", "Image to image: the source is redrawn at strength {strength}. "
+                         "Drag to move the view, wheel to zoom.")
+        return text.format(strength=f"{strength:.2f}")
     if mode == "outpaint":
-        return translate(CONTEXT, "Outpaint: set how far to grow each side, then Extend; the new area is then "
-                                  "painted in.")
+        return translate("CanvasToolbar", "Outpaint: set how far to grow each side, then Extend; the new area is "
+                         "then painted in.")
     if tool == "brush":
-        return translate(CONTEXT, "Drag to paint the area to repaint (brush {size} px).").format(size=brush_size)
+        text = translate("CanvasToolbar", "Drag to paint the area to repaint (brush {size} px).")
+        return text.format(size=brush_size)
     if tool == "eraser":
-        return translate(CONTEXT, "Drag to erase from the area to repaint (eraser {size} px).").format(size=brush_size)
-    return translate(CONTEXT, "Inpaint: pick Brush and drag over the area to repaint; here a drag moves the view.")
+        text = translate("CanvasToolbar", "Drag to erase from the area to repaint (eraser {size} px).")
+        return text.format(size=brush_size)
+    return translate("CanvasToolbar", "Inpaint: pick Brush and drag over the area to repaint; here a drag moves "
+                     "the view.")
 
 
 def qimage_rgb(image: QImage) -> np.ndarray:
@@ -572,7 +576,7 @@ def qimage_rgb(image: QImage) -> np.ndarray:
 def _combo(items: tuple[tuple[str, str], ...], name: str) -> QComboBox:
     combo = QComboBox(objectName=name)
     for data, text in items:
-        combo.addItem(translate(CONTEXT, text), data)
+        combo.addItem(translate("CanvasToolbar", text), data)
     return combo
 
 
