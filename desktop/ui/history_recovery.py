@@ -42,9 +42,10 @@ class RecoveryBar(QWidget):
             return
         images = sum(job.remaining_request().images_total for job in jobs)
         # Whole sentences per count, so a translation never glues fragments together.
-        if len(jobs) == 1:
-            text = self.tr("1 job did not finish last time ({images} images to make).") if images != 1 \
-                else self.tr("1 job did not finish last time (1 image to make).")
+        if len(jobs) == 1 and images == 1:
+            text = self.tr("1 job did not finish last time (1 image to make).")
+        elif len(jobs) == 1:
+            text = self.tr("1 job did not finish last time ({images} images to make).")
         else:
             text = self.tr("{jobs} jobs did not finish last time ({images} images to make).")
         self.label.setText(text.format(jobs=len(jobs), images=images))
