@@ -14,6 +14,7 @@ from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.embedding_vectors import vector_counts
 from desktop.engine.library.native_size import model_family, native_size
 from desktop.engine.token_count import TokenCounter
+from desktop.ui.translation import translate
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def _scan(catalog: ModelCatalog) -> tuple[list[str], dict[str, int], dict[str, s
             if family is not None:
                 families[entry.name] = family
     except OSError as exc:
-        return [], {}, {}, f"Cannot read the models folder {catalog.folder}: {exc.strerror or exc}."
+        text = translate("BackgroundReads", "Cannot read the models folder {folder}: {reason}.")
+        return [], {}, {}, text.format(folder=catalog.folder, reason=exc.strerror or exc)
     return [entry.name for entry in entries], sizes, families, ""
 
 

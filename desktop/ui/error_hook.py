@@ -78,11 +78,12 @@ class ErrorHook(QObject):
             return  # one dialog at a time: a repeating error must not bury the window in boxes
         self._showing = True
         try:
-            where = f"The details are in the log: {self._log_file}" if self._log_file else "No log file is kept."
-            box = QMessageBox(QMessageBox.Icon.Critical, "Unexpected error",
-                              f"Something went wrong inside Marble Studio: {summary}\n\n{where}\n\n"
-                              "The app keeps running; if something looks wrong, save your work and restart it.",
-                              QMessageBox.StandardButton.Ok, self._window)
+            where = (self.tr("The details are in the log: {file}").format(file=self._log_file) if self._log_file
+                     else self.tr("No log file is kept."))
+            text = self.tr("Something went wrong inside Marble Studio: {summary}\n\n{where}\n\n"
+                           "The app keeps running; if something looks wrong, save your work and restart it.")
+            box = QMessageBox(QMessageBox.Icon.Critical, self.tr("Unexpected error"),
+                              text.format(summary=summary, where=where), QMessageBox.StandardButton.Ok, self._window)
             box.setTextFormat(Qt.TextFormat.PlainText)
             box.setDetailedText(details)
             box.setObjectName("error_dialog")

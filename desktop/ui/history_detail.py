@@ -83,7 +83,7 @@ class HistoryDetailView(QDialog):
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("history_detail")
-        self.setWindowTitle("Image details")
+        self.setWindowTitle(self.tr("Image details"))
         self.setModal(False)
         # Holds the focus itself (nothing else here takes it from the keyboard): a window-wide shortcut
         # such as Delete only fires when some widget of this window has the focus.
@@ -130,15 +130,15 @@ class HistoryDetailView(QDialog):
         self._record = record
         source = record.trash_path if record.trashed and record.trash_path else record.path
         pixmap = QPixmap()
-        fallback = f"{source} is missing: it was moved or deleted outside Marble."
+        fallback = self.tr("{file} is missing: it was moved or deleted outside Marble.").format(file=source)
         if not record.missing and Path(source).is_file():
             reader = QImageReader(source)
             image = reader.read()
             pixmap = QPixmap.fromImage(image) if not image.isNull() else pixmap
-            fallback = f"Cannot read {source}: {reader.errorString()}"
+            fallback = self.tr("Cannot read {file}: {reason}").format(file=source, reason=reader.errorString())
         self.image_label.set_full(pixmap, fallback)
         self.recipe.setPlainText(recipe_text(record, source, self._describe))
-        self.setWindowTitle(f"{Path(source).name} — image details")
+        self.setWindowTitle(self.tr("{name} — image details").format(name=Path(source).name))
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
         step = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}.get(Qt.Key(event.key()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QTimer, Signal, Slot
 from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 from desktop.engine.history import HistoryQuery
@@ -13,7 +13,12 @@ from desktop.ui.flow_layout import flow_row
 
 SEARCH_DELAY_MS = 250
 _DAY = 86_400.0
-DATE_RANGES = (("Any time", None), ("Today", 0), ("Last 7 days", 7), ("Last 30 days", 30))
+DATE_RANGES = (
+    (QT_TRANSLATE_NOOP("HistoryFilters", "Any time"), None),
+    (QT_TRANSLATE_NOOP("HistoryFilters", "Today"), 0),
+    (QT_TRANSLATE_NOOP("HistoryFilters", "Last 7 days"), 7),
+    (QT_TRANSLATE_NOOP("HistoryFilters", "Last 30 days"), 30),
+)
 
 
 class HistoryFilters(QWidget):
@@ -31,17 +36,17 @@ class HistoryFilters(QWidget):
         super().__init__(parent)
         self._search_timer = QTimer(self, singleShot=True, interval=SEARCH_DELAY_MS)
         self._search_timer.timeout.connect(self.apply)
-        self.search_edit = QLineEdit(objectName="history_search", placeholderText="Search prompts")
+        self.search_edit = QLineEdit(objectName="history_search", placeholderText=self.tr("Search prompts"))
         self.search_edit.setClearButtonEnabled(True)
         self.model_combo = QComboBox(objectName="history_model_filter")
         self.date_combo = QComboBox(objectName="history_date_filter")
         for label, days in DATE_RANGES:
-            self.date_combo.addItem(label, days)
-        self.favourites_check = QCheckBox("★ only", objectName="history_favourites_filter")
+            self.date_combo.addItem(self.tr(label), days)
+        self.favourites_check = QCheckBox(self.tr("★ only"), objectName="history_favourites_filter")
         self.sort_combo = QComboBox(objectName="history_sort")
-        self.sort_combo.addItem("Newest first", True)
-        self.sort_combo.addItem("Oldest first", False)
-        self.trash_check = QCheckBox("Trash", objectName="history_trash_view")
+        self.sort_combo.addItem(self.tr("Newest first"), True)
+        self.sort_combo.addItem(self.tr("Oldest first"), False)
+        self.trash_check = QCheckBox(self.tr("Trash"), objectName="history_trash_view")
         self.count_label = QLabel(objectName="history_count")
         self.set_models([])
 
@@ -84,14 +89,15 @@ class HistoryFilters(QWidget):
         current = self.model_combo.currentData()
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        self.model_combo.addItem("All models", None)
+        self.model_combo.addItem(self.tr("All models"), None)
         for name in names:
             self.model_combo.addItem(name, name)
         self.model_combo.setCurrentIndex(max(0, self.model_combo.findData(current)))
         self.model_combo.blockSignals(False)
 
     def set_count(self, total: int) -> None:
-        self.count_label.setText(f"{total:,} image{'s' if total != 1 else ''}")
+        text = self.tr("1 image") if total == 1 else self.tr("{count} images").format(count=f"{total:,}")
+        self.count_label.setText(text)
 
     @Slot(bool)
     def _on_trash_toggled(self, trash: bool) -> None:

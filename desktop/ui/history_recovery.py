@@ -24,8 +24,8 @@ class RecoveryBar(QWidget):
         self.label = QLabel(objectName="history_recovery_label")
         self.label.setTextFormat(Qt.TextFormat.PlainText)
         self.label.setWordWrap(True)
-        self.resume_button = QPushButton("Run again", objectName="history_resume_button")
-        self.dismiss_button = QPushButton("Dismiss", objectName="history_dismiss_button")
+        self.resume_button = QPushButton(self.tr("Run again"), objectName="history_resume_button")
+        self.dismiss_button = QPushButton(self.tr("Dismiss"), objectName="history_dismiss_button")
         layout = QHBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
         layout.addWidget(self.label, 1)
@@ -41,10 +41,14 @@ class RecoveryBar(QWidget):
             self.hide()
             return
         images = sum(job.remaining_request().images_total for job in jobs)
-        self.label.setText(
-            f"{len(jobs)} job{'s' if len(jobs) != 1 else ''} did not finish last time "
-            f"({images} image{'s' if images != 1 else ''} to make)."
-        )
+        # Whole sentences per count, so a translation never glues fragments together.
+        if len(jobs) == 1 and images == 1:
+            text = self.tr("1 job did not finish last time (1 image to make).")
+        elif len(jobs) == 1:
+            text = self.tr("1 job did not finish last time ({images} images to make).")
+        else:
+            text = self.tr("{jobs} jobs did not finish last time ({images} images to make).")
+        self.label.setText(text.format(jobs=len(jobs), images=images))
         self.show()
 
     @Slot()
@@ -55,7 +59,7 @@ class RecoveryBar(QWidget):
             try:
                 self._controller.resume(job.id)
             except MarbleError as error:
-                self.message.emit(f"Cannot run {job.id} again: {error}", "error")
+                self.message.emit(self.tr("Cannot run {job} again: {error}").format(job=job.id, error=error), "error")
                 self._controller.dismiss(job.id)
         self.show_unfinished_jobs()
 

@@ -55,7 +55,7 @@ class JobStatus(QObject):
         self._display_size: tuple[int, int] | None = None
         self._images_total = 0
         self._previews_shown = 0
-        self._state_text = "Ready"
+        self._state_text = self.tr("Ready")
         for signal, slot in (
             (controller.busy_changed, self._on_busy_changed),
             (controller.queue_changed, self.update_status),
@@ -85,8 +85,8 @@ class JobStatus(QObject):
     @Slot()
     def update_status(self) -> None:
         queued = len(self._controller.pending_jobs())
-        suffix = f" · {queued} queued" if queued else ""
-        self._queue_panel.set_status(f"{self._state_text}{suffix}")
+        text = self.tr("{state} · {queued} queued").format(state=self._state_text, queued=queued)
+        self._queue_panel.set_status(text if queued else self._state_text)
 
     @Slot(bool)
     def _on_busy_changed(self, busy: bool) -> None:
@@ -103,18 +103,19 @@ class JobStatus(QObject):
         self._images_total = request.images_total
         self._previews_shown = 0
         self.seed_drawn.emit(request.seed)
-        self._queue_panel.reset_progress("Starting…")
-        self.set_state(f"Running, seed {request.seed}")
+        self._queue_panel.reset_progress(self.tr("Starting…"))
+        self.set_state(self.tr("Running, seed {seed}").format(seed=request.seed))
 
     @Slot(object)
     def _on_model_loading(self, event: ModelLoading) -> None:
-        self._queue_panel.show_waiting(f"Loading {event.model}…")
+        self._queue_panel.show_waiting(self.tr("Loading {model}…").format(model=event.model))
 
     @Slot(object)
     def _on_model_loaded(self, event: ModelLoaded) -> None:
-        self._queue_panel.reset_progress("Model ready")
+        self._queue_panel.reset_progress(self.tr("Model ready"))
         if not event.reused:
-            self.set_state(f"Loaded {event.model} in {event.seconds:.1f} s")
+            loaded = self.tr("Loaded {model} in {seconds:.1f} s")
+            self.set_state(loaded.format(model=event.model, seconds=event.seconds))
 
     @Slot(object)
     def _on_step_progressed(self, event: StepProgress) -> None:
@@ -135,38 +136,42 @@ class JobStatus(QObject):
 
     @Slot(object)
     def _on_job_warning(self, event: JobWarning) -> None:
+        # Engine messages stay English (shared with the CLI and the logs).
         self._message_bar.show_message(event.message, "warning", append=True)
 
     @Slot(object)
     def _on_image_saved(self, event: ImageSaved) -> None:
-        self.set_state(f"Saved {event.index + 1}/{self._images_total}")
+        self.set_state(self.tr("Saved {index}/{total}").format(index=event.index + 1, total=self._images_total))
 
     @Slot(object)
     def _on_image_unsaved(self, event: ImageUnsaved) -> None:
         count = len(self._controller.pending_images)
-        self._message_bar.show_message(
-            f"{event.message} {count} image{'s are' if count != 1 else ' is'} kept in memory: use "
-            "File > Save unsaved images… to put them in another folder.",
-            "error",
-        )
+        # event.message comes from the engine (English, shared with the CLI).
+        kept = (self.tr("1 image is kept in memory: use File > Save unsaved images… to put it in another folder.")
+                if count == 1 else
+                self.tr("{count} images are kept in memory: use File > Save unsaved images… to put them in "
+                        "another folder.").format(count=count))
+        self._message_bar.show_message(f"{event.message} {kept}", "error")
 
     @Slot(object)
     def _on_job_finished(self, event: JobFinished) -> None:
         self.results_ready.emit(list(event.paths), list(event.seeds))
         count = len(event.paths)
-        self.set_state(f"Done: {count} image{'s' if count != 1 else ''} in {event.seconds:.1f} s")
+        done = (self.tr("Done: 1 image in {seconds:.1f} s") if count == 1
+                else self.tr("Done: {count} images in {seconds:.1f} s"))
+        self.set_state(done.format(count=count, seconds=event.seconds))
 
     @Slot(object)
     def _on_job_failed(self, event: JobFailed) -> None:
         self._message_bar.show_message(event.message, "error", append=True)
         if event.job_id == self._job_id:
-            self._queue_panel.reset_progress("Failed")
-        self.set_state("Failed")
+            self._queue_panel.reset_progress(self.tr("Failed"))
+        self.set_state(self.tr("Failed"))
 
     @Slot(object)
     def _on_job_cancelled(self, event: JobCancelled) -> None:
         if event.job_id == self._job_id:
-            self._queue_panel.reset_progress("Cancelled")
-            self.set_state("Cancelled")
+            self._queue_panel.reset_progress(self.tr("Cancelled"))
+            self.set_state(self.tr("Cancelled"))
         else:
             self.update_status()

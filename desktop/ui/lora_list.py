@@ -29,9 +29,9 @@ class _LoraRow(QWidget):
         self.weight_spin.setDecimals(2)
         self.weight_spin.setSingleStep(0.05)
         self.weight_spin.setValue(1.0)
-        self.weight_spin.setToolTip("LoRA weight: 0 turns it off, 1 is full strength")
+        self.weight_spin.setToolTip(self.tr("LoRA weight: 0 turns it off, 1 is full strength"))
         self.remove_button = QToolButton(objectName="lora_remove_button", text="✕")
-        self.remove_button.setToolTip("Remove this LoRA")
+        self.remove_button.setToolTip(self.tr("Remove this LoRA"))
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
@@ -54,7 +54,7 @@ class _LoraRow(QWidget):
             # Keep a LoRA the library lacks (from history or a PNG): the job then says clearly it is missing.
             self.name_combo.addItem(name, name)
             index = self.name_combo.count() - 1
-            self.name_combo.setItemData(index, "Not in the LoRA library", Qt.ItemDataRole.ToolTipRole)
+            self.name_combo.setItemData(index, self.tr("Not in the LoRA library"), Qt.ItemDataRole.ToolTipRole)
         self.name_combo.setCurrentIndex(index)
 
     def name(self) -> str:
@@ -79,8 +79,8 @@ class LoraListWidget(QWidget):
         self._rows_layout = QVBoxLayout()
         self._rows_layout.setContentsMargins(0, 0, 0, 0)
         self._rows_layout.setSpacing(2)
-        self.add_button = QPushButton("Add LoRA", objectName="add_lora_button")
-        self.add_button.setToolTip("Apply a LoRA from the library (or type <lora:name:weight> in the prompt)")
+        self.add_button = QPushButton(self.tr("Add LoRA"), objectName="add_lora_button")
+        self.add_button.setToolTip(self.tr("Apply a LoRA from the library (or type <lora:name:weight> in the prompt)"))
         self.add_button.clicked.connect(self.add_row)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -137,4 +137,4 @@ class LoraListWidget(QWidget):
     def _update_add_button(self) -> None:
         self.add_button.setEnabled(bool(self._names))
         if not self._names:
-            self.add_button.setToolTip("No LoRAs in the library yet: import some with File ▸ Library…")
+            self.add_button.setToolTip(self.tr("No LoRAs in the library yet: import some with File ▸ Library…"))

@@ -35,7 +35,7 @@ class MessageBar(QWidget):
         self.message_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.message_label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.dismiss_button = QToolButton(objectName="dismiss_message_button", text="✕")
-        self.dismiss_button.setToolTip("Dismiss")
+        self.dismiss_button.setToolTip(self.tr("Dismiss"))
         self.dismiss_button.setAutoRaise(True)
         self.dismiss_button.clicked.connect(self.clear)
         layout = QHBoxLayout(self)
@@ -91,13 +91,13 @@ class QueuePanel(QWidget):
         self.setObjectName("queue_panel")
         self.message_bar = MessageBar()
 
-        self.generate_button = QPushButton("Generate", objectName="generate_button")
-        self.generate_button.setToolTip("Generate (Ctrl+Enter)")
+        self.generate_button = QPushButton(self.tr("Generate"), objectName="generate_button")
+        self.generate_button.setToolTip(self.tr("Generate (Ctrl+Enter)"))
         self.generate_button.setMinimumHeight(36)
         self.generate_button.setMinimumWidth(140)
         self.generate_button.clicked.connect(self.generate_requested)
-        self.cancel_button = QPushButton("Cancel", objectName="cancel_button")
-        self.cancel_button.setToolTip("Cancel the running job (Esc)")
+        self.cancel_button = QPushButton(self.tr("Cancel"), objectName="cancel_button")
+        self.cancel_button.setToolTip(self.tr("Cancel the running job (Esc)"))
         self.cancel_button.setMinimumHeight(36)
         self.cancel_button.setEnabled(False)
         self.cancel_button.clicked.connect(self.cancel_requested)
@@ -106,8 +106,8 @@ class QueuePanel(QWidget):
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setTextVisible(True)
-        self.progress_bar.setFormat("Idle")
-        self.status_label = QLabel("Ready", objectName="status_label")
+        self.progress_bar.setFormat(self.tr("Idle"))
+        self.status_label = QLabel(self.tr("Ready"), objectName="status_label")
         self.status_label.setTextFormat(Qt.TextFormat.PlainText)
         self.status_label.setMinimumWidth(160)
 
@@ -133,10 +133,12 @@ class QueuePanel(QWidget):
         total, batch_count = max(1, total), max(1, batch_count)
         self.progress_bar.setRange(0, total * batch_count)
         self.progress_bar.setValue(min(total * batch_count, batch_index * total + step))
-        words = words or f"step {step}/{total}"
+        # `words` come from the engine (English, shared with the CLI); the default is ours.
+        words = words or self.tr("step {step}/{total}").format(step=step, total=total)
         text = words[:1].upper() + words[1:]
         if batch_count > 1:
-            text += f" · batch {batch_index + 1}/{batch_count}"
+            text = self.tr("{progress} · batch {index}/{count}").format(
+                progress=text, index=batch_index + 1, count=batch_count)
         self.progress_bar.setFormat(text)
 
     def show_waiting(self, text: str) -> None:
@@ -144,7 +146,7 @@ class QueuePanel(QWidget):
         self.progress_bar.setRange(0, 0)
         self.progress_bar.setFormat(text)
 
-    def reset_progress(self, text: str = "Idle") -> None:
+    def reset_progress(self, text: str = "") -> None:
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
-        self.progress_bar.setFormat(text)
+        self.progress_bar.setFormat(text or self.tr("Idle"))

@@ -66,7 +66,7 @@ class ResultStrip(QListWidget):
         for path, seed in zip(paths, seeds, strict=False):
             item = QListWidgetItem(str(seed))
             item.setData(PATH_ROLE, path)
-            item.setToolTip(f"Seed {seed}\n{path}")
+            item.setToolTip(self.tr("Seed {seed}\n{path}").format(seed=seed, path=path))
             item.setSizeHint(QSize(THUMBNAIL_SIZE + 12, THUMBNAIL_SIZE + 28))
             self.addItem(item)
             self._load_thumbnail(path)

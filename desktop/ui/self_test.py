@@ -4,6 +4,9 @@ It waits for the window's first paint and for the model list, presses Generate w
 model (the demo model on a fresh install) at few steps, and ends the app with 0 once the image is saved
 (1 on a failure or after the timeout), printing one line per stage. The installers' smoke test runs it
 on the frozen app; a user can run it to see that an install works.
+
+Its report lines stay English, untranslated: they are for logs and for the installer's smoke test,
+which reads them.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class SettingsIntegration(QObject):
         self._store = store
         self._theme = theme
         self._log_folder = log_folder
-        self.settings_action = QAction("&Settings…", window)
+        self.settings_action = QAction(self.tr("&Settings…"), window)
         self.settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
         keys = QKeySequence.keyBindings(QKeySequence.StandardKey.Preferences) or [
             QKeySequence(_FALLBACK_PREFERENCES_KEY)
@@ -61,19 +61,19 @@ class SettingsIntegration(QObject):
         self.settings_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         self.settings_action.triggered.connect(self.open_settings)
         window.addAction(self.settings_action)
-        self.open_log_folder_action = QAction("Open &log folder", window)
+        self.open_log_folder_action = QAction(self.tr("Open &log folder"), window)
         self.open_log_folder_action.triggered.connect(self.open_log_folder)
         self.open_log_folder_action.setEnabled(log_folder is not None)
 
         bar = window.menuBar()
-        self.edit_menu = QMenu("&Edit", window)
+        self.edit_menu = QMenu(self.tr("&Edit"), window)
         self.edit_menu.addAction(self.settings_action)
         view_menu = getattr(window, "view_menu", None)
         if isinstance(view_menu, QMenu):
             bar.insertMenu(view_menu.menuAction(), self.edit_menu)
         else:
             bar.addMenu(self.edit_menu)
-        self.help_menu = bar.addMenu("&Help")
+        self.help_menu = bar.addMenu(self.tr("&Help"))
         self.help_menu.addAction(self.open_log_folder_action)
         window.installEventFilter(self)
 
@@ -88,13 +88,15 @@ class SettingsIntegration(QObject):
         message_bar = getattr(self._window, "message_bar", None)
         for problem in self._store.problems:
             if message_bar is not None:
+                # The store's problems are engine sentences (English, shared with the CLI and the log).
                 message_bar.show_message(problem, "warning", append=True)
 
     def open_settings(self) -> bool:
         """Show the dialog; True when the user pressed OK (the settings are then applied and saved)."""
         dialog = SettingsDialog(self._store.declarations, self._store.values(), self._window)
         if self._signing_key_folder is not None:
-            text = "Replace signing key" if key_exists(self._signing_key_folder) else "Create signing key"
+            exists = key_exists(self._signing_key_folder)
+            text = self.tr("Replace signing key") if exists else self.tr("Create signing key")
             dialog.add_action("create_signing_key", text, lambda: self._create_signing_key(dialog))
         try:
             if dialog.exec() != QDialog.DialogCode.Accepted:
@@ -143,8 +145,8 @@ class SettingsIntegration(QObject):
         # Made on purpose to sign with: signing is ticked (the user can still untick it, or Cancel).
         dialog.set_values({"c2pa": True})
         self.signing_key_created.emit()
-        return (f"A new signing key is in {self._signing_key_folder}. Images are signed with it once "
-                "C2PA signing is on (press OK).")
+        return self.tr("A new signing key is in {folder}. Images are signed with it once C2PA signing is on "
+                       "(press OK).").format(folder=self._signing_key_folder)
 
     # ------------------------------------------------------------------------------ window state
 

@@ -1,4 +1,856 @@
 <?xml version="1.0" encoding="utf-8"?>
 <!DOCTYPE TS>
 <TS version="2.1" language="en" sourcelanguage="en">
+<context>
+    <name>BackgroundReads</name>
+    <message>
+        <source>Cannot read the models folder {folder}: {reason}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>CanvasToolbar</name>
+    <message>
+        <source>Text to image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Image to image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Inpaint</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Outpaint</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Whole picture</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Only masked</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Resize</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Pad</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Left </source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Grow the canvas on the left</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Top </source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Grow the canvas on the top</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Right </source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Grow the canvas on the right</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Bottom </source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Grow the canvas on the bottom</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Use as source</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Edit the image on the canvas</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No source image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Pan</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Drag to move the view</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Brush</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Paint the area to repaint</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Eraser</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Erase the mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source> px</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Brush size (image pixels)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Brush hardness</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Show the mask overlay</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Mask overlay opacity</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Invert</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Invert the mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clear</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clear the mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Fill</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Mask everything</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Undo</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Undo the last mask edit (Ctrl+Z)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Redo</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Redo (Ctrl+Shift+Z)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Load mask…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Load a mask PNG (white = repaint)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Save mask…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Save the mask as a PNG (white = repaint)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Mask blur: feather the mask edge</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Padding around the mask for &quot;Only masked&quot;</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>How a source whose sides are not multiples of 8 is made to fit the model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Extend</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Grow the canvas and mask the new area for outpainting</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Strength</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Fit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Hardness</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Mask blur</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Padding</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Extend canvas</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Show a finished image on the canvas first, or drop an image file on it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot open {name}: it is missing, too large, or not an image.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The clipboard holds no image. Copy a picture first, or drop an image file.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>edited canvas</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Source: {name} ({width}x{height})</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>There is no mask yet: pick a source image and paint on it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Pick a source image before loading a mask for it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{name} is too large to be a mask.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot read {name} as an image: {reason}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Load mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Image-to-image needs a source: drop an image on the canvas or use &quot;Use as source&quot;.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Nothing to outpaint yet: set how far to grow each side and press Extend.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The mask is empty: paint the area to repaint with the brush first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Pick a source image first: drop one on the canvas or use &quot;Use as source&quot;.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Images (*.png *.jpg *.jpeg *.webp)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Save mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>PNG images (*.png)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Text to image: the canvas shows previews and results. Drag to move the view, wheel to zoom.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{mode}: Drop an image on the canvas, paste one (Ctrl+V) or press &quot;Use as source&quot; first.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Image to image: the source is redrawn at strength {strength}. Drag to move the view, wheel to zoom.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Outpaint: set how far to grow each side, then Extend; the new area is then painted in.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Drag to paint the area to repaint (brush {size} px).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Drag to erase from the area to repaint (eraser {size} px).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Inpaint: pick Brush and drag over the area to repaint; here a drag moves the view.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>CanvasView</name>
+    <message>
+        <source>Your image appears here</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>ErrorHook</name>
+    <message>
+        <source>The details are in the log: {file}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No log file is kept.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Something went wrong inside Marble Studio: {summary}
+
+{where}
+
+The app keeps running; if something looks wrong, save your work and restart it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Unexpected error</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>HistoryDetailView</name>
+    <message>
+        <source>Image details</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{file} is missing: it was moved or deleted outside Marble.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot read {file}: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{name} — image details</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>HistoryFilters</name>
+    <message>
+        <source>Any time</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Today</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Last 7 days</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Last 30 days</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Search prompts</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>★ only</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Newest first</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Oldest first</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Trash</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>All models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>1 image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{count} images</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>JobStatus</name>
+    <message>
+        <source>Ready</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{state} · {queued} queued</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Starting…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Running, seed {seed}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Loading {model}…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Model ready</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Loaded {model} in {seconds:.1f} s</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Saved {index}/{total}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>1 image is kept in memory: use File &gt; Save unsaved images… to put it in another folder.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{count} images are kept in memory: use File &gt; Save unsaved images… to put them in another folder.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Done: 1 image in {seconds:.1f} s</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Done: {count} images in {seconds:.1f} s</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Failed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cancelled</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>LoraListWidget</name>
+    <message>
+        <source>Add LoRA</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Apply a LoRA from the library (or type &lt;lora:name:weight&gt; in the prompt)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No LoRAs in the library yet: import some with File ▸ Library…</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>MaskCanvas</name>
+    <message>
+        <source>Undo</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Redo</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>MaskLayer</name>
+    <message>
+        <source>Erase</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Brush stroke</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Invert mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clear mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Fill mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Load mask</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>MessageBar</name>
+    <message>
+        <source>Dismiss</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>PngInfoDialog</name>
+    <message>
+        <source>PNG info</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Using all parameters changes:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Use &amp;all parameters</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Use &amp;prompt only</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Use as &amp;source image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Use as &amp;control image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Control units come in a later version of Marble.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{image}: {format}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Nothing: the settings match.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>QueuePanel</name>
+    <message>
+        <source>Generate</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Generate (Ctrl+Enter)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cancel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cancel the running job (Esc)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Idle</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Ready</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>step {step}/{total}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{progress} · batch {index}/{count}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>RecipeIntegration</name>
+    <message>
+        <source>&amp;Open image…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Images (*.png *.jpg *.jpeg *.webp)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Pasted image</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>RecoveryBar</name>
+    <message>
+        <source>Run again</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Dismiss</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>1 job did not finish last time ({images} images to make).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>1 job did not finish last time (1 image to make).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{jobs} jobs did not finish last time ({images} images to make).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot run {job} again: {error}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>ResultStrip</name>
+    <message>
+        <source>Seed {seed}
+{path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>Settings</name>
+    <message>
+        <source>Theme</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Dark keeps the colours of your images the brightest thing on screen; Follow the system uses your desktop&apos;s light or dark palette.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Dark</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Light</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Follow the system</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Live preview</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Show the picture taking shape every N denoising steps (Off: no previews, a little faster). Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Off</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Memory mode</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The memory mode new jobs start with: Auto picks one for your GPU; Tiled and Offload use less graphics memory and run slower.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Auto</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Full</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Tiled</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Offload</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Device</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Where new jobs run: Auto uses the GPU when there is one.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CPU</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CUDA (NVIDIA)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Apple GPU</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Output folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Where new images are saved; empty: the app&apos;s own outputs folder. Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Models folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>A folder of models to use instead of the app&apos;s own; empty: the app&apos;s own models folder. Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>C2PA signing</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Sign every new image with a C2PA manifest (Content Credentials) naming Marble and the model, with your own key (Create signing key, below).</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>SettingsDialog</name>
+    <message>
+        <source>Settings</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{title}:</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>SettingsIntegration</name>
+    <message>
+        <source>&amp;Settings…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open &amp;log folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Edit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Help</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Replace signing key</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Create signing key</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>A new signing key is in {folder}. Images are signed with it once C2PA signing is on (press OK).</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>_FolderField</name>
+    <message>
+        <source>(the app&apos;s own folder)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Browse…</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>_LoraRow</name>
+    <message>
+        <source>LoRA weight: 0 turns it off, 1 is full strength</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove this LoRA</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Not in the LoRA library</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
 </TS>

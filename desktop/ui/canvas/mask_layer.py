@@ -181,7 +181,7 @@ class MaskLayer(QGraphicsObject):
         for (column, row), tile in saved.items():
             painter.drawImage(column * _TILE - rect.x(), row * _TILE - rect.y(), tile)
         painter.end()
-        text = "Erase" if self._brush.erase else "Brush stroke"
+        text = self.tr("Erase") if self._brush.erase else self.tr("Brush stroke")
         self._undo.push(_PatchCommand(self, rect, before, self._image.copy(rect), text))
 
     def _save_tiles(self, rect: QRect) -> None:
@@ -235,22 +235,22 @@ class MaskLayer(QGraphicsObject):
     # ------------------------------------------------------------------------ whole-mask operations
 
     def invert(self) -> None:
-        self.set_values(255 - self.values(), "Invert mask")
+        self.set_values(255 - self.values(), self.tr("Invert mask"))
 
     def clear(self) -> None:
-        self.set_values(np.zeros((self._image.height(), self._image.width()), np.uint8), "Clear mask")
+        self.set_values(np.zeros((self._image.height(), self._image.width()), np.uint8), self.tr("Clear mask"))
 
     def fill(self) -> None:
-        self.set_values(np.full((self._image.height(), self._image.width()), 255, np.uint8), "Fill mask")
+        self.set_values(np.full((self._image.height(), self._image.width()), 255, np.uint8), self.tr("Fill mask"))
 
-    def set_values(self, values: np.ndarray, text: str = "Load mask") -> None:
+    def set_values(self, values: np.ndarray, text: str = "") -> None:
         """Replace the whole mask (undoable); `values` must be the layer's size."""
         if values.shape != (self._image.height(), self._image.width()):
             raise ValueError(
                 f"mask of shape {values.shape} does not fit a {self.size.width()}x{self.size.height()} layer"
             )
         rect = self._image.rect()
-        self._undo.push(_PatchCommand(self, rect, self._image.copy(), mask_image(values), text))
+        self._undo.push(_PatchCommand(self, rect, self._image.copy(), mask_image(values), text or self.tr("Load mask")))
 
     def _put(self, rect: QRect, pixels: QImage) -> None:
         painter = QPainter(self._image)

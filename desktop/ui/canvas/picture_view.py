@@ -72,7 +72,7 @@ class CanvasView(QGraphicsView):
         self._item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
         self._item.hide()
         self.scene().addItem(self._item)
-        self._placeholder = QGraphicsSimpleTextItem("Your image appears here")
+        self._placeholder = QGraphicsSimpleTextItem(self.tr("Your image appears here"))
         self._placeholder.setBrush(QColor(140, 140, 140))
         self.scene().addItem(self._placeholder)
         self.scene().setSceneRect(self._placeholder.boundingRect())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from PySide6.QtCore import QSize, Qt, Signal, Slot
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QSize, Qt, Signal, Slot
 from PySide6.QtGui import QImage, QImageReader
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -39,12 +39,15 @@ from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS, array_to_qimage, pn
 from desktop.ui.canvas.view import MaskCanvas
 from desktop.ui.elided_label import ElidedLabel
 from desktop.ui.flow_layout import flow_row
+from desktop.ui.translation import translate
 
+# Labels are translated where they are shown, in the class's own context (lupdate needs the literal name);
+# the first item of each pair is data and stays as it is.
 MODES = (
-    ("txt2img", "Text to image"),
-    ("img2img", "Image to image"),
-    ("inpaint", "Inpaint"),
-    ("outpaint", "Outpaint"),
+    ("txt2img", QT_TRANSLATE_NOOP("CanvasToolbar", "Text to image")),
+    ("img2img", QT_TRANSLATE_NOOP("CanvasToolbar", "Image to image")),
+    ("inpaint", QT_TRANSLATE_NOOP("CanvasToolbar", "Inpaint")),
+    ("outpaint", QT_TRANSLATE_NOOP("CanvasToolbar", "Outpaint")),
 )
 # The toolbar rows each mode shows; the others are hidden, so a mode shows only what it uses.
 ROWS_BY_MODE: dict[str, tuple[str, ...]] = {
@@ -54,8 +57,22 @@ ROWS_BY_MODE: dict[str, tuple[str, ...]] = {
     # Extend grows the canvas, masks the new area and switches to inpainting it.
     "outpaint": ("source", "outpaint"),
 }
-AREAS = (("whole", "Whole picture"), ("masked", "Only masked"))
-RESIZE = (("resize", "Resize"), ("pad", "Pad"))
+AREAS = (
+    ("whole", QT_TRANSLATE_NOOP("CanvasToolbar", "Whole picture")),
+    ("masked", QT_TRANSLATE_NOOP("CanvasToolbar", "Only masked")),
+)
+RESIZE = (("resize", QT_TRANSLATE_NOOP("CanvasToolbar", "Resize")), ("pad", QT_TRANSLATE_NOOP("CanvasToolbar", "Pad")))
+# Each side's field: its prefix and its tooltip, whole phrases (a translation may order them its own way).
+OUTPAINT_SIDES = (
+    ("left", QT_TRANSLATE_NOOP("CanvasToolbar", "Left "),
+     QT_TRANSLATE_NOOP("CanvasToolbar", "Grow the canvas on the left")),
+    ("top", QT_TRANSLATE_NOOP("CanvasToolbar", "Top "),
+     QT_TRANSLATE_NOOP("CanvasToolbar", "Grow the canvas on the top")),
+    ("right", QT_TRANSLATE_NOOP("CanvasToolbar", "Right "),
+     QT_TRANSLATE_NOOP("CanvasToolbar", "Grow the canvas on the right")),
+    ("bottom", QT_TRANSLATE_NOOP("CanvasToolbar", "Bottom "),
+     QT_TRANSLATE_NOOP("CanvasToolbar", "Grow the canvas on the bottom")),
+)
 
 
 class CanvasToolbar(QWidget):
@@ -110,59 +127,61 @@ class CanvasToolbar(QWidget):
         self.strength_slider.setValue(75)
         self.strength_slider.setMinimumWidth(100)
         self.strength_label = QLabel("0.75")
-        self.use_source_button = _button("Use as source", "Edit the image on the canvas")
+        self.use_source_button = _button(self.tr("Use as source"), self.tr("Edit the image on the canvas"))
         # A long file name must not widen the window: it is shortened with "…" (full name in the tooltip).
-        self.source_label = ElidedLabel("No source image", objectName="source_label")
+        self.source_label = ElidedLabel(self.tr("No source image"), objectName="source_label")
 
     def _build_mask_tools(self) -> None:
         self.tool_buttons = {
             tool: _button(text, tip, checkable=True)
             for tool, text, tip in (
-                ("pan", "Pan", "Drag to move the view"),
-                ("brush", "Brush", "Paint the area to repaint"),
-                ("eraser", "Eraser", "Erase the mask"),
+                ("pan", self.tr("Pan"), self.tr("Drag to move the view")),
+                ("brush", self.tr("Brush"), self.tr("Paint the area to repaint")),
+                ("eraser", self.tr("Eraser"), self.tr("Erase the mask")),
             )
         }
         self._tools = QButtonGroup(self)
         for button in self.tool_buttons.values():
             self._tools.addButton(button)
         self.tool_buttons["pan"].setChecked(True)
-        self.size_spin = _spin(1, 1024, 32, " px", "Brush size (image pixels)")
+        self.size_spin = _spin(1, 1024, 32, self.tr(" px"), self.tr("Brush size (image pixels)"))
         self.hardness_slider = QSlider(Qt.Orientation.Horizontal, objectName="hardness_slider")
         self.hardness_slider.setRange(0, 100)
         self.hardness_slider.setValue(80)
-        self.hardness_slider.setToolTip("Brush hardness")
-        self.overlay_check = QCheckBox("Mask", checked=True, toolTip="Show the mask overlay")
+        self.hardness_slider.setToolTip(self.tr("Brush hardness"))
+        self.overlay_check = QCheckBox(self.tr("Mask"), checked=True, toolTip=self.tr("Show the mask overlay"))
         self.opacity_slider = QSlider(Qt.Orientation.Horizontal, objectName="opacity_slider")
         self.opacity_slider.setRange(0, 100)
         self.opacity_slider.setValue(50)
-        self.opacity_slider.setToolTip("Mask overlay opacity")
-        self.invert_button = _button("Invert", "Invert the mask")
-        self.clear_button = _button("Clear", "Clear the mask")
-        self.fill_button = _button("Fill", "Mask everything")
+        self.opacity_slider.setToolTip(self.tr("Mask overlay opacity"))
+        self.invert_button = _button(self.tr("Invert"), self.tr("Invert the mask"))
+        self.clear_button = _button(self.tr("Clear"), self.tr("Clear the mask"))
+        self.fill_button = _button(self.tr("Fill"), self.tr("Mask everything"))
         # Short fixed labels: the undo actions' own texts ("Undo Brush stroke") would widen the bar.
-        self.undo_button = _button("Undo", "Undo the last mask edit (Ctrl+Z)")
-        self.redo_button = _button("Redo", "Redo (Ctrl+Shift+Z)")
+        self.undo_button = _button(self.tr("Undo"), self.tr("Undo the last mask edit (Ctrl+Z)"))
+        self.redo_button = _button(self.tr("Redo"), self.tr("Redo (Ctrl+Shift+Z)"))
         self.undo_button.clicked.connect(self._canvas.undo_stack.undo)
         self.redo_button.clicked.connect(self._canvas.undo_stack.redo)
         self._canvas.undo_stack.canUndoChanged.connect(self.undo_button.setEnabled)
         self._canvas.undo_stack.canRedoChanged.connect(self.redo_button.setEnabled)
         self.undo_button.setEnabled(False)
         self.redo_button.setEnabled(False)
-        self.load_mask_button = _button("Load mask…", "Load a mask PNG (white = repaint)")
-        self.save_mask_button = _button("Save mask…", "Save the mask as a PNG (white = repaint)")
+        self.load_mask_button = _button(self.tr("Load mask…"), self.tr("Load a mask PNG (white = repaint)"))
+        self.save_mask_button = _button(self.tr("Save mask…"), self.tr("Save the mask as a PNG (white = repaint)"))
 
     def _build_mask_settings(self) -> None:
-        self.blur_spin = _spin(0, 256, 4, " px", "Mask blur: feather the mask edge")
+        self.blur_spin = _spin(0, 256, 4, self.tr(" px"), self.tr("Mask blur: feather the mask edge"))
         self.area_combo = _combo(AREAS, "inpaint_area")
-        self.padding_spin = _spin(0, 1024, 32, " px", 'Padding around the mask for "Only masked"')
+        self.padding_spin = _spin(0, 1024, 32, self.tr(" px"), self.tr('Padding around the mask for "Only masked"'))
         self.resize_combo = _combo(RESIZE, "resize_mode")
-        self.resize_combo.setToolTip("How a source whose sides are not multiples of 8 is made to fit the model")
+        self.resize_combo.setToolTip(
+            self.tr("How a source whose sides are not multiples of 8 is made to fit the model"))
         self.outpaint_spins = {
-            side: _spin(0, 2048, 0, " px", f"Grow the canvas on the {side}", prefix=f"{side.title()} ")
-            for side in ("left", "top", "right", "bottom")
+            side: _spin(0, 2048, 0, self.tr(" px"), self.tr(tip), prefix=self.tr(prefix))
+            for side, prefix, tip in OUTPAINT_SIDES
         }
-        self.outpaint_button = _button("Extend", "Grow the canvas and mask the new area for outpainting")
+        self.outpaint_button = _button(
+            self.tr("Extend"), self.tr("Grow the canvas and mask the new area for outpainting"))
 
     def _connect(self) -> None:
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
@@ -199,24 +218,24 @@ class CanvasToolbar(QWidget):
         self.rows = {
             "source": source,
             "strength": flow_row(
-                _group(QLabel("Strength"), self.strength_slider, self.strength_label),
-                _group(QLabel("Fit"), self.resize_combo),
+                _group(QLabel(self.tr("Strength")), self.strength_slider, self.strength_label),
+                _group(QLabel(self.tr("Fit")), self.resize_combo),
             ),
             "tools": flow_row(
                 _group(*self.tool_buttons.values()),
-                _group(QLabel("Size"), self.size_spin),
-                _group(QLabel("Hardness"), self.hardness_slider),
+                _group(QLabel(self.tr("Size")), self.size_spin),
+                _group(QLabel(self.tr("Hardness")), self.hardness_slider),
                 _group(self.overlay_check, self.opacity_slider),
                 _group(self.invert_button, self.clear_button, self.fill_button),
                 _group(self.undo_button, self.redo_button),
             ),
             "mask": flow_row(
-                _group(QLabel("Mask blur"), self.blur_spin),
+                _group(QLabel(self.tr("Mask blur")), self.blur_spin),
                 self.area_combo,
-                _group(QLabel("Padding"), self.padding_spin),
+                _group(QLabel(self.tr("Padding")), self.padding_spin),
                 _group(self.load_mask_button, self.save_mask_button),
             ),
-            "outpaint": flow_row(QLabel("Extend canvas"), *self.outpaint_spins.values(), self.outpaint_button),
+            "outpaint": flow_row(QLabel(self.tr("Extend canvas")), *self.outpaint_spins.values(), self.outpaint_button),
         }
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 4)
@@ -262,7 +281,7 @@ class CanvasToolbar(QWidget):
         """Make the picture on the canvas the source; False when there is none (or only a preview)."""
         image = self._canvas.current_image
         if image is None or self._canvas.is_preview:
-            self.problem.emit("Show a finished image on the canvas first, or drop an image file on it.")
+            self.problem.emit(self.tr("Show a finished image on the canvas first, or drop an image file on it."))
             return False
         self._set_source(image, self._canvas.shown_file)
         return True
@@ -271,7 +290,8 @@ class CanvasToolbar(QWidget):
     def load_source_file(self, path: str) -> bool:
         """Show an image file and make it the source (a dropped file, or one picked by the user)."""
         if not self._show(path):
-            self.problem.emit(f"Cannot open {Path(path).name}: it is missing, too large, or not an image.")
+            self.problem.emit(self.tr("Cannot open {name}: it is missing, too large, or not an image.")
+                              .format(name=Path(path).name))
             return False
         image = self._canvas.current_image
         assert image is not None
@@ -281,7 +301,7 @@ class CanvasToolbar(QWidget):
     def paste_source(self, image: QImage) -> bool:
         """Make a pasted picture (clipboard) the source; False when the clipboard holds no image."""
         if image.isNull():
-            self.problem.emit("The clipboard holds no image. Copy a picture first, or drop an image file.")
+            self.problem.emit(self.tr("The clipboard holds no image. Copy a picture first, or drop an image file."))
             return False
         image = image.convertToFormat(QImage.Format.Format_RGB888)
         self._show(image)
@@ -298,8 +318,9 @@ class CanvasToolbar(QWidget):
         self._canvas.ensure_mask(QSize(image.width(), image.height()))
         self._showing_source = True
         self._update_overlay()
-        name = Path(file).name if file else "edited canvas"
-        self.source_label.setText(f"Source: {name} ({image.width()}x{image.height()})")
+        name = Path(file).name if file else self.tr("edited canvas")
+        self.source_label.setText(
+            self.tr("Source: {name} ({width}x{height})").format(name=name, width=image.width(), height=image.height()))
         if self.mode == "txt2img":
             self.set_mode("img2img")
         self.source_changed.emit()
@@ -317,32 +338,33 @@ class CanvasToolbar(QWidget):
         self._show(image)
         self._set_source(image, None)
         assert self._canvas.mask_layer is not None
-        self._canvas.mask_layer.set_values(np.asarray(mask), "Outpaint")
+        self._canvas.mask_layer.set_values(np.asarray(mask), self.tr("Outpaint"))
         self.set_mode("inpaint")
 
     def save_mask(self, path: str | Path) -> None:
         layer = self._canvas.mask_layer
         if layer is None:
-            raise InvalidRequest("There is no mask yet: pick a source image and paint on it.")
+            raise InvalidRequest(self.tr("There is no mask yet: pick a source image and paint on it."))
         Path(path).write_bytes(grayscale_png(layer.values()))
 
     def load_mask(self, path: str | Path) -> None:
         """Load a mask image (white = repaint), scaled to the source if its size differs."""
         if self._source is None:
-            raise InvalidRequest("Pick a source image before loading a mask for it.")
+            raise InvalidRequest(self.tr("Pick a source image before loading a mask for it."))
         reader = QImageReader(str(path))
         size = reader.size()
         if size.isValid() and size.width() * size.height() > MAX_IMAGE_PIXELS:
-            raise InvalidRequest(f"{Path(path).name} is too large to be a mask.")
+            raise InvalidRequest(self.tr("{name} is too large to be a mask.").format(name=Path(path).name))
         image = reader.read()
         if image.isNull():
-            raise InvalidRequest(f"Cannot read {Path(path).name} as an image: {reader.errorString()}.")
+            raise InvalidRequest(self.tr("Cannot read {name} as an image: {reason}.").format(
+                name=Path(path).name, reason=reader.errorString()))
         if image.size() != self._source.size():
             image = image.scaled(
                 self._source.size(), Qt.AspectRatioMode.IgnoreAspectRatio, Qt.TransformationMode.SmoothTransformation
             )
         layer = self._canvas.ensure_mask(self._source.size())
-        layer.set_values(values_from_image(image), "Load mask")
+        layer.set_values(values_from_image(image), self.tr("Load mask"))
 
     # ------------------------------------------------------------------------------------- request
 
@@ -352,7 +374,8 @@ class CanvasToolbar(QWidget):
         if mode == "txt2img":
             return replace(request, init_image=None, mask=None)
         if self._source is None:
-            raise InvalidRequest('Image-to-image needs a source: drop an image on the canvas or use "Use as source".')
+            raise InvalidRequest(
+                self.tr('Image-to-image needs a source: drop an image on the canvas or use "Use as source".'))
         mask_path = None
         area = self.area_combo.currentData()
         # Before any file is written: a source the model cannot work on is refused with the reason.
@@ -362,8 +385,9 @@ class CanvasToolbar(QWidget):
             values = self._canvas.mask_layer.values() if self._canvas.mask_layer is not None else None
             if values is None or not values.any():
                 if mode == "outpaint":
-                    raise InvalidRequest("Nothing to outpaint yet: set how far to grow each side and press Extend.")
-                raise InvalidRequest("The mask is empty: paint the area to repaint with the brush first.")
+                    raise InvalidRequest(
+                        self.tr("Nothing to outpaint yet: set how far to grow each side and press Extend."))
+                raise InvalidRequest(self.tr("The mask is empty: paint the area to repaint with the brush first."))
             mask_path = str(store_by_hash(grayscale_png(values), inputs_folder))
         source_path = str(self._store_source(inputs_folder))
         changes: dict[str, object] = dict(
@@ -483,14 +507,15 @@ class CanvasToolbar(QWidget):
     def _mask_op(self, name: str) -> None:
         layer = self._canvas.mask_layer
         if layer is None:
-            self.problem.emit('Pick a source image first: drop one on the canvas or use "Use as source".')
+            self.problem.emit(self.tr('Pick a source image first: drop one on the canvas or use "Use as source".'))
             return
         self.show_source()  # the change is seen where it is made, not under a result
         getattr(layer, name)()
 
     @Slot()
     def _ask_load_mask(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load mask", "", "Images (*.png *.jpg *.jpeg *.webp)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, self.tr("Load mask"), "", self.tr("Images (*.png *.jpg *.jpeg *.webp)"))
         if path:
             try:
                 self.load_mask(path)
@@ -499,7 +524,7 @@ class CanvasToolbar(QWidget):
 
     @Slot()
     def _ask_save_mask(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save mask", "mask.png", "PNG images (*.png)")
+        path, _ = QFileDialog.getSaveFileName(self, self.tr("Save mask"), "mask.png", self.tr("PNG images (*.png)"))
         if path:
             try:
                 self.save_mask(path)
@@ -514,25 +539,30 @@ class CanvasToolbar(QWidget):
             self.problem.emit(str(error))
 
 
-_NEEDS_SOURCE = 'Drop an image on the canvas, paste one (Ctrl+V) or press "Use as source" first.'
-_VIEW = "Drag to move the view, wheel to zoom."
-
-
 def canvas_hint(mode: str, tool: str, brush_size: int, has_source: bool, strength: float) -> str:
     """What a click or drag on the canvas does in `mode` with `tool`, in one short line."""
     if mode == "txt2img":
-        return f"Text to image: the canvas shows previews and results. {_VIEW}"
+        return translate("CanvasToolbar", "Text to image: the canvas shows previews and results. "
+                         "Drag to move the view, wheel to zoom.")
     if not has_source:
-        return f"{dict(MODES)[mode]}: {_NEEDS_SOURCE}"
+        text = translate("CanvasToolbar", '{mode}: Drop an image on the canvas, paste one (Ctrl+V) or press '
+                         '"Use as source" first.')
+        return text.format(mode=translate("CanvasToolbar", dict(MODES)[mode]))
     if mode == "img2img":
-        return f"Image to image: the source is redrawn at strength {strength:.2f}. {_VIEW}"
+        text = translate("CanvasToolbar", "Image to image: the source is redrawn at strength {strength}. "
+                         "Drag to move the view, wheel to zoom.")
+        return text.format(strength=f"{strength:.2f}")
     if mode == "outpaint":
-        return "Outpaint: set how far to grow each side, then Extend; the new area is then painted in."
+        return translate("CanvasToolbar", "Outpaint: set how far to grow each side, then Extend; the new area is "
+                         "then painted in.")
     if tool == "brush":
-        return f"Drag to paint the area to repaint (brush {brush_size} px)."
+        text = translate("CanvasToolbar", "Drag to paint the area to repaint (brush {size} px).")
+        return text.format(size=brush_size)
     if tool == "eraser":
-        return f"Drag to erase from the area to repaint (eraser {brush_size} px)."
-    return "Inpaint: pick Brush and drag over the area to repaint; here a drag moves the view."
+        text = translate("CanvasToolbar", "Drag to erase from the area to repaint (eraser {size} px).")
+        return text.format(size=brush_size)
+    return translate("CanvasToolbar", "Inpaint: pick Brush and drag over the area to repaint; here a drag moves "
+                     "the view.")
 
 
 def qimage_rgb(image: QImage) -> np.ndarray:
@@ -546,7 +576,7 @@ def qimage_rgb(image: QImage) -> np.ndarray:
 def _combo(items: tuple[tuple[str, str], ...], name: str) -> QComboBox:
     combo = QComboBox(objectName=name)
     for data, text in items:
-        combo.addItem(text, data)
+        combo.addItem(translate("CanvasToolbar", text), data)
     return combo
 
 

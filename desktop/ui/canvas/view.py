@@ -54,10 +54,10 @@ class MaskCanvas(CanvasView):
         self._shown_file: str | None = None
         self.setAcceptDrops(True)
         self.undo_action = self._shortcut_action(
-            self.undo_stack.createUndoAction(self, "Undo"), QKeySequence.StandardKey.Undo
+            self.undo_stack.createUndoAction(self, self.tr("Undo")), QKeySequence.StandardKey.Undo
         )
         self.redo_action = self._shortcut_action(
-            self.undo_stack.createRedoAction(self, "Redo"), QKeySequence("Ctrl+Shift+Z")
+            self.undo_stack.createRedoAction(self, self.tr("Redo")), QKeySequence("Ctrl+Shift+Z")
         )
 
     def _shortcut_action(self, action: QAction, key: QKeySequence | QKeySequence.StandardKey) -> QAction:

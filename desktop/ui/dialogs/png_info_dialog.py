@@ -57,22 +57,22 @@ class PngInfoDialog(QDialog):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("png_info_dialog")
-        self.setWindowTitle("PNG info")
+        self.setWindowTitle(self.tr("PNG info"))
         self.resize(620, 560)
         self._recipe: Recipe | None = None
         self.title = QLabel(objectName="png_info_title")
         self.title.setTextFormat(Qt.TextFormat.PlainText)
         # Plain text: a prompt from a file is never rendered as HTML.
         self.text = QPlainTextEdit(objectName="png_info_text", readOnly=True)
-        self.changes_label = QLabel("Using all parameters changes:")
+        self.changes_label = QLabel(self.tr("Using all parameters changes:"))
         self.changes_text = QPlainTextEdit(objectName="png_info_changes", readOnly=True)
         self.changes_text.setMaximumHeight(130)
-        self.use_all_button = QPushButton("Use &all parameters", objectName="use_all_button")
-        self.use_prompt_button = QPushButton("Use &prompt only", objectName="use_prompt_button")
-        self.use_source_button = QPushButton("Use as &source image", objectName="use_source_button")
-        self.use_control_button = QPushButton("Use as &control image", objectName="use_control_button")
+        self.use_all_button = QPushButton(self.tr("Use &all parameters"), objectName="use_all_button")
+        self.use_prompt_button = QPushButton(self.tr("Use &prompt only"), objectName="use_prompt_button")
+        self.use_source_button = QPushButton(self.tr("Use as &source image"), objectName="use_source_button")
+        self.use_control_button = QPushButton(self.tr("Use as &control image"), objectName="use_control_button")
         self.use_control_button.setEnabled(False)
-        self.use_control_button.setToolTip("Control units come in a later version of Marble.")
+        self.use_control_button.setToolTip(self.tr("Control units come in a later version of Marble."))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         for button in (self.use_all_button, self.use_prompt_button, self.use_source_button, self.use_control_button):
             buttons.addButton(button, QDialogButtonBox.ButtonRole.ActionRole)
@@ -94,10 +94,12 @@ class PngInfoDialog(QDialog):
     def show_recipe(self, recipe: Recipe, label: str, current: dict[str, Any]) -> None:
         """Show `recipe` (of the image called `label`) against the `current` settings."""
         self._recipe = recipe
-        self.title.setText(f"{label}: {recipe.format_name}")
+        self.title.setText(self.tr("{image}: {format}").format(image=label, format=recipe.format_name))
+        # The recipe and its changes are the engine's text (English, shared with the CLI).
         self.text.setPlainText(recipe_text(recipe))
         listed = changes(recipe.fields, current)
-        self.changes_text.setPlainText("\n".join(str(change) for change in listed) or "Nothing: the settings match.")
+        self.changes_text.setPlainText(
+            "\n".join(str(change) for change in listed) or self.tr("Nothing: the settings match."))
         self.changes_label.setVisible(recipe.has_recipe)
         self.changes_text.setVisible(recipe.has_recipe)
         self.use_all_button.setEnabled(recipe.has_recipe)
@@ -139,7 +141,7 @@ class RecipeIntegration(QObject):
         self.dialog.use_all_requested.connect(self.apply_fields)
         self.dialog.use_prompt_requested.connect(self.apply_fields)
         self.dialog.use_source_requested.connect(self._use_as_source)
-        self.open_action = QAction("&Open image…", window, objectName="open_image_info_action")
+        self.open_action = QAction(self.tr("&Open image…"), window, objectName="open_image_info_action")
         self.open_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Open))
         self.open_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
         self.open_action.triggered.connect(lambda: self.open_image())
@@ -160,7 +162,8 @@ class RecipeIntegration(QObject):
         """File > Open image...: show the picked image's PNG info."""
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
-                self._window, "Open image", str(self._window.outputs_folder or ""), "Images (*.png *.jpg *.jpeg *.webp)"
+                self._window, self.tr("Open image"), str(self._window.outputs_folder or ""),
+                self.tr("Images (*.png *.jpg *.jpeg *.webp)"),
             )
             if not path:
                 return False
@@ -191,7 +194,7 @@ class RecipeIntegration(QObject):
         if recipe is None:
             return False
         self._source = source
-        label = Path(source).name if isinstance(source, str) else "Pasted image"
+        label = Path(source).name if isinstance(source, str) else self.tr("Pasted image")
         self.dialog.show_recipe(recipe, label, self._current())
         self.dialog.show()
         return True

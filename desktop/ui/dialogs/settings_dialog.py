@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QT_TRANSLATE_NOOP, Qt
 from PySide6.QtWidgets import (
     QAbstractButton,
     QCheckBox,
@@ -27,6 +27,45 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.engine.settings import BOOLEAN, CHOICE, FOLDER, INTEGER, Setting
+from desktop.ui.translation import translate
+
+# The settings' declarations are Qt-free (desktop.engine, shared with the CLI); their titles, help and
+# choice labels are listed here so lupdate extracts them, and the dialog shows them through
+# translate(SETTINGS_CONTEXT, ...). A test checks every declared text is in this list.
+SETTINGS_CONTEXT = "Settings"
+SETTING_TEXTS = (
+    QT_TRANSLATE_NOOP("Settings", "Theme"),
+    QT_TRANSLATE_NOOP("Settings", "Dark keeps the colours of your images the brightest thing on screen; Follow the "
+                      "system uses your desktop's light or dark palette."),
+    QT_TRANSLATE_NOOP("Settings", "Dark"),
+    QT_TRANSLATE_NOOP("Settings", "Light"),
+    QT_TRANSLATE_NOOP("Settings", "Follow the system"),
+    QT_TRANSLATE_NOOP("Settings", "Live preview"),
+    QT_TRANSLATE_NOOP("Settings", "Show the picture taking shape every N denoising steps (Off: no previews, a "
+                      "little faster). Takes effect at the next start."),
+    QT_TRANSLATE_NOOP("Settings", "Off"),
+    QT_TRANSLATE_NOOP("Settings", "Memory mode"),
+    QT_TRANSLATE_NOOP("Settings", "The memory mode new jobs start with: Auto picks one for your GPU; Tiled and "
+                      "Offload use less graphics memory and run slower."),
+    QT_TRANSLATE_NOOP("Settings", "Auto"),
+    QT_TRANSLATE_NOOP("Settings", "Full"),
+    QT_TRANSLATE_NOOP("Settings", "Tiled"),
+    QT_TRANSLATE_NOOP("Settings", "Offload"),
+    QT_TRANSLATE_NOOP("Settings", "Device"),
+    QT_TRANSLATE_NOOP("Settings", "Where new jobs run: Auto uses the GPU when there is one."),
+    QT_TRANSLATE_NOOP("Settings", "CPU"),
+    QT_TRANSLATE_NOOP("Settings", "CUDA (NVIDIA)"),
+    QT_TRANSLATE_NOOP("Settings", "Apple GPU"),
+    QT_TRANSLATE_NOOP("Settings", "Output folder"),
+    QT_TRANSLATE_NOOP("Settings", "Where new images are saved; empty: the app's own outputs folder. Takes effect at"
+                      " the next start."),
+    QT_TRANSLATE_NOOP("Settings", "Models folder"),
+    QT_TRANSLATE_NOOP("Settings", "A folder of models to use instead of the app's own; empty: the app's own models "
+                      "folder. Takes effect at the next start."),
+    QT_TRANSLATE_NOOP("Settings", "C2PA signing"),
+    QT_TRANSLATE_NOOP("Settings", "Sign every new image with a C2PA manifest (Content Credentials) naming Marble "
+                      "and the model, with your own key (Create signing key, below)."),
+)
 
 
 class _FolderField(QWidget):
@@ -35,8 +74,8 @@ class _FolderField(QWidget):
     def __init__(self, title: str, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.line_edit = QLineEdit()
-        self.line_edit.setPlaceholderText("(the app's own folder)")
-        browse = QPushButton("Browse…")
+        self.line_edit.setPlaceholderText(self.tr("(the app's own folder)"))
+        browse = QPushButton(self.tr("Browse…"))
         browse.clicked.connect(lambda: self._browse(title))
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -56,7 +95,7 @@ class SettingsDialog(QDialog):
         self, declarations: Sequence[Setting], values: Mapping[str, Any], parent: QWidget | None = None
     ) -> None:
         super().__init__(parent)
-        self.setWindowTitle("Settings")
+        self.setWindowTitle(self.tr("Settings"))
         self.setObjectName("settings_dialog")
         self._declarations = tuple(declarations)
         self.editors: dict[str, QWidget] = {}
@@ -65,10 +104,11 @@ class SettingsDialog(QDialog):
         for setting in self._declarations:
             editor = self._editor_for(setting)
             editor.setObjectName(f"setting_{setting.key}")
-            editor.setToolTip(setting.help)
-            editor.setWhatsThis(setting.help)
+            help_text = translate(SETTINGS_CONTEXT, setting.help)
+            editor.setToolTip(help_text)
+            editor.setWhatsThis(help_text)
             self.editors[setting.key] = editor
-            help_label = QLabel(setting.help)
+            help_label = QLabel(help_text)
             # Help text is ours, but plain text keeps any path or bracket in it literal.
             help_label.setTextFormat(Qt.TextFormat.PlainText)
             help_label.setWordWrap(True)
@@ -77,7 +117,7 @@ class SettingsDialog(QDialog):
             column.setSpacing(2)
             column.addWidget(editor)
             column.addWidget(help_label)
-            label = QLabel(f"{setting.title}:")
+            label = QLabel(self.tr("{title}:").format(title=translate(SETTINGS_CONTEXT, setting.title)))
             label.setBuddy(editor)
             form.addRow(label, column)
         self.set_values(values)
@@ -116,17 +156,18 @@ class SettingsDialog(QDialog):
         if setting.kind == CHOICE:
             combo = QComboBox()
             for value, label in setting.choices:
-                combo.addItem(label, value)
+                combo.addItem(translate(SETTINGS_CONTEXT, label), value)
             return combo
         if setting.kind == INTEGER:
             spin = QSpinBox()
             spin.setRange(setting.minimum, setting.maximum)
-            spin.setSpecialValueText(setting.minimum_label)
+            if setting.minimum_label:
+                spin.setSpecialValueText(translate(SETTINGS_CONTEXT, setting.minimum_label))
             return spin
         if setting.kind == BOOLEAN:
             return QCheckBox()
         if setting.kind == FOLDER:
-            return _FolderField(setting.title)
+            return _FolderField(translate(SETTINGS_CONTEXT, setting.title))
         raise ValueError(f"no editor for settings of kind {setting.kind!r}")
 
     def set_values(self, values: Mapping[str, Any]) -> None:
