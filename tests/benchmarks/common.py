@@ -39,8 +39,9 @@ def sd15_random_folder(family: str = "sd15") -> Path:
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.schedulers import PNDMScheduler
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
+    from desktop.engine.backends.diffusers_backend import clip_tokenizer
     from desktop.engine.resources import Resources
 
     configs = Resources.default().config_folder(family)
@@ -51,7 +52,7 @@ def sd15_random_folder(family: str = "sd15") -> Path:
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(configs / "tokenizer"),
+        tokenizer=clip_tokenizer(Resources.default(), pad_zero=family.startswith("sd2")),
         unet=unet,
         scheduler=PNDMScheduler.from_config(PNDMScheduler.load_config(configs / "scheduler")),
         safety_checker=None,

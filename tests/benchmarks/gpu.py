@@ -74,8 +74,9 @@ def build_weights(family: str, folder: Path, setup: Setup) -> Path:
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    from desktop.engine.backends.diffusers_backend import clip_tokenizer
     from desktop.engine.resources import Resources
 
     configs = Resources.default().config_folder(family)
@@ -85,11 +86,11 @@ def build_weights(family: str, folder: Path, setup: Setup) -> Path:
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder"))
         parts = dict(vae=vae, text_encoder=text_encoder, unet=unet,
-                     tokenizer=CLIPTokenizer.from_pretrained(configs / "tokenizer"))
+                     tokenizer=clip_tokenizer(Resources.default(), pad_zero=family.startswith("sd2")))
         if family == "sdxl":
             parts["text_encoder_2"] = CLIPTextModelWithProjection(
                 CLIPTextConfig.from_pretrained(configs / "text_encoder_2"))
-            parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(configs / "tokenizer_2")
+            parts["tokenizer_2"] = clip_tokenizer(Resources.default(), pad_zero=True)
             scheduler = EulerDiscreteScheduler.from_config(EulerDiscreteScheduler.load_config(configs / "scheduler"))
             pipe = StableDiffusionXLPipeline(scheduler=scheduler, **parts)
         else:

@@ -18,6 +18,8 @@ from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from desktop.engine.backends.diffusers_backend import clip_tokenizer
+from desktop.engine.resources import Resources
 from installer.demo_model import scenes
 from installer.demo_model.training import diffusion_loss, token_ids, training_schedule
 
@@ -27,7 +29,10 @@ TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 def train_black_background_lora(model: Path, out_folder: Path, steps: int = 300, seed: int = 0) -> Path:
     """Train the LoRA and save it; returns the .safetensors file."""
     torch.manual_seed(seed)
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32, local_files_only=True)
+    # The demo model ships no tokenizer files: the app hands it the one shared CLIP tokenizer.
+    pipe = StableDiffusionPipeline.from_pretrained(
+        model, torch_dtype=torch.float32, local_files_only=True, tokenizer=clip_tokenizer(Resources.default(), False)
+    )
     rng = random.Random(seed)
     drawn = [_scene_not_on_black(rng) for _ in range(96)]
     captions = [scenes.caption(scene, rng) for scene in drawn]
