@@ -91,7 +91,8 @@ def split_and(prompt: str) -> tuple[tuple[str, float], ...]:
         match = _WEIGHT.match(part)
         assert match is not None  # every part of the pattern is optional
         text, weight = match.groups()
-        parts.append((text, float(weight) if weight is not None else 1.0))
+        # Without a weight the part stays as typed: a plain prompt must reach the encoder unchanged.
+        parts.append((text, float(weight)) if weight is not None else (part, 1.0))
     return tuple(parts)
 
 

@@ -56,11 +56,12 @@ def test_the_schedule_lists_each_distinct_prompt_once_with_its_last_step():
 
 
 def test_and_splits_weighted_sub_prompts():
-    # As A1111: the text before a part's weight, its leading space kept (the tokenizer drops it).
-    assert split_and("a cat :1.2 AND a dog:0.8 AND sky") == (("a cat", 1.2), (" a dog", 0.8), (" sky", 1.0))
+    # As A1111: the text before a part's weight; spaces around it do not change the tokens.
+    assert split_and("a cat :1.2 AND a dog:0.8 AND sky ") == (("a cat", 1.2), (" a dog", 0.8), (" sky ", 1.0))
+    assert split_and("a cat ") == (("a cat ", 1.0),)
     assert split_and("a (red:1.5) ball") == (("a (red:1.5) ball", 1.0),)  # a weight in brackets is emphasis
     assert split_and("ANDROID, sand") == (("ANDROID, sand", 1.0),)
-    plan = plan_prompts("[cat:dog:1] AND sky :0.5", "[blurry|ugly]", 3)
+    plan = plan_prompts("[cat:dog:1]AND sky :0.5", "[blurry|ugly]", 3)
     assert [part.weight for part in plan.positive] == [1.0, 0.5]
     assert per_step(plan.positive[0].schedule, 3) == ["cat", "cat", "dog"]
     assert per_step(plan.negative, 3) == ["blurry", "blurry", "ugly"]
