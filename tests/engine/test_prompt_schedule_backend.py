@@ -9,6 +9,7 @@ import functools
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.jobs import CancelToken
@@ -87,9 +88,10 @@ def test_a_schedule_that_never_changes_is_the_plain_image(backend, tiny_sd15_dir
     assert not np.array_equal(changed, plain)
 
 
-@pytest.mark.parametrize("cfg", [7.0, 1.0])
-def test_and_is_the_weighted_sum_of_separate_predictions(backend, tiny_sd15_dir, cfg):
-    request = request_for(tiny_sd15_dir, "a red circle :1.5 AND a blue [square:moon:1]:0.5", cfg_scale=cfg, steps=3)
+@pytest.mark.parametrize(("cfg", "images"), [(7.0, 1), (1.0, 1), (7.0, 2)])
+def test_and_is_the_weighted_sum_of_separate_predictions(backend, tiny_sd15_dir, cfg, images):
+    request = request_for(tiny_sd15_dir, "a red circle :1.5 AND a blue [square:moon:1]:0.5", cfg_scale=cfg, steps=3,
+                          batch_size=images)  # fmt: skip
     calls: list = []
     original_make = backend._make_scheduler
     guided: list = []
@@ -115,11 +117,12 @@ def test_and_is_the_weighted_sum_of_separate_predictions(backend, tiny_sd15_dir,
     second = ["a blue square", "a blue square", "a blue moon"]
     assert len(calls) == len(guided) == 3
     for (sample, timestep, _, _, _), prediction, text in zip(calls, guided, second, strict=True):
-        latents = sample[:1]
+        latents = sample[:images]  # the unconditioned rows come first
 
         def unet(embeds, latents=latents, timestep=timestep):
             with torch.inference_mode():
-                return pipe.unet(latents, timestep, encoder_hidden_states=embeds, return_dict=False)[0]
+                hidden = embeds.expand(images, -1, -1)
+                return pipe.unet(latents, timestep, encoder_hidden_states=hidden, return_dict=False)[0]
 
         uncond = unet(encoded(pipe, "blurry"))
         red, other = unet(encoded(pipe, "a red circle")), unet(encoded(pipe, text))
@@ -138,3 +141,16 @@ def test_sdxl_swaps_hidden_states_and_pooled_embeds_per_step(backend, tiny_sdxl_
             embeds, _, pooled, _ = pipe.encode_prompt(text, device="cpu", do_classifier_free_guidance=False)
         assert torch.allclose(hidden[1:], embeds, atol=1e-5) and not hidden[:1].any()  # empty negative: zeros
         assert torch.allclose(added["text_embeds"][1:], pooled, atol=1e-5) and not added["text_embeds"][:1].any()
+
+
+def test_image_to_image_schedules_over_the_steps_it_runs(backend, tiny_sd15_dir, tmp_path):
+    """Strength 0.5 of 6 steps runs 3: `[cat:dog:0.5]` changes after int(0.5 * 3) = step 1."""
+    source = tmp_path / "source.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(source)
+    request = request_for(tiny_sd15_dir, "[cat:dog:0.5]", steps=6, strength=0.5, init_image=str(source))
+    calls: list = []
+    run(backend, request, calls)
+    pipe = backend._pipe
+    assert len(calls) == 3
+    for (_, _, hidden, _, _), text in zip(calls, ["cat", "cat", "dog"], strict=True):
+        assert torch.allclose(hidden[1:], encoded(pipe, text), atol=1e-5), text

@@ -876,9 +876,11 @@ def _conditioning(pipe: Any, request: GenerationRequest) -> Iterator[dict[str, A
         return
     _check_clip_skip(encoders, request.clip_skip)
     conditioning = _StepConditioning(pipe, request, plan, encoders)
+    # Outside torch.compile (fast mode compiles the UNet's call, hooks included): the hooks count calls
+    # and pick tensors by step, which traced code would guard on and recompile for at every step.
     handles = [
-        pipe.unet.register_forward_pre_hook(conditioning.before_unet, with_kwargs=True),
-        pipe.unet.register_forward_hook(conditioning.after_unet, with_kwargs=True),
+        pipe.unet.register_forward_pre_hook(torch.compiler.disable(conditioning.before_unet), with_kwargs=True),
+        pipe.unet.register_forward_hook(torch.compiler.disable(conditioning.after_unet), with_kwargs=True),
     ]
     try:
         yield conditioning.arguments()
