@@ -93,8 +93,9 @@ def test_a_scheduled_and_prompt_runs_compiled_with_the_eager_picture(paths, tiny
     """The per-step conditioning hooks run outside the compiled graph: same picture, within rounding."""
     prompt = "a [red|blue] circle AND a [square:moon:1] :0.5"
     eager, _ = run(make_backend(paths), request_for(tiny_sd15_dir, prompt=prompt))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # counted since the process began
     fast, _ = run(make_backend(paths), request_for(tiny_sd15_dir, prompt=prompt, fast_mode=True))
     difference = np.abs(pixels(fast.images[0]).astype(int) - pixels(eager.images[0]).astype(int))
     assert difference.max() <= 8 and difference.mean() < 1.0, (difference.max(), difference.mean())
     # One graph for the UNet: hooks traced with it would guard on the step and recompile (7 graphs here).
-    assert 1 <= torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 2
