@@ -28,7 +28,8 @@ from dataclasses import dataclass
 _AND = re.compile(r"\bAND\b")
 _WEIGHT = re.compile(r"^(.*?)(?:\s*:\s*([-+]?(?:\d+\.?|\d*\.\d+)))?\s*$", re.DOTALL)
 _NUMBER = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
-# Nesting past this is read as text, so a pasted wall of brackets cannot exhaust the stack.
+# A prompt nesting brackets deeper than this schedules nothing (it is all text here, while
+# prompt_syntax still reads its emphasis): a pasted wall of brackets cannot exhaust time or the stack.
 MAX_DEPTH = 64
 
 
@@ -140,26 +141,36 @@ class _Parser:
 
     def __init__(self, text: str) -> None:
         self._text = text
+        # A bracket without a partner can form nothing, each bracket is parsed once, and never past its
+        # partner: a failed bracket is re-read as text, and without these limits a wall of brackets took
+        # exponential, then quadratic, time.
+        self._closed, self._depth = _closed_brackets(text)
+        self._parsed: dict[int, tuple[tuple, int] | None] = {}
 
     def parse(self) -> tuple:
-        nodes, _ = self._sequence(0, "", 0)
+        if self._depth > MAX_DEPTH:
+            return (self._text,) if self._text else ()
+        nodes, _ = self._sequence(0, "", 0, len(self._text))
         return nodes
 
-    def _sequence(self, index: int, stops: str, depth: int) -> tuple[tuple, int]:
-        """Nodes from `index` up to (not including) one of `stops` or the end."""
+    def _sequence(self, index: int, stops: str, depth: int, end: int) -> tuple[tuple, int]:
+        """Nodes from `index` up to (not including) one of `stops` or `end`."""
         text = self._text
         nodes: list = []
         plain: list[str] = []
-        while index < len(text):
+        while index < end:
             char = text[index]
             if char in stops:
                 break
-            if char == "\\" and index + 1 < len(text):
+            if char == "\\" and index + 1 < end:
                 plain.append(text[index : index + 2])  # an escape stays for prompt_syntax
                 index += 2
                 continue
-            if char in "[(" and depth < MAX_DEPTH:
-                parsed = self._bracket(index, depth + 1) if char == "[" else self._round(index, depth + 1)
+            if char in "[(" and depth < MAX_DEPTH and index in self._closed:
+                if index not in self._parsed:
+                    bracket = self._bracket if char == "[" else self._round
+                    self._parsed[index] = bracket(index, depth + 1)
+                parsed = self._parsed[index]
                 if parsed is not None:
                     inner, index = parsed
                     if plain:
@@ -175,8 +186,9 @@ class _Parser:
 
     def _round(self, index: int, depth: int) -> tuple[tuple, int] | None:
         # Emphasis: `(...)` may hold a `:` (its weight); constructs inside it still schedule.
-        inner, end = self._sequence(index + 1, ")", depth)
-        if end >= len(self._text):
+        limit = self._closed[index] + 1
+        inner, end = self._sequence(index + 1, ")", depth, limit)
+        if end >= limit:
             return None
         return ("(", *inner, ")"), end + 1
 
@@ -184,10 +196,11 @@ class _Parser:
         parts: list[tuple] = []
         separators: list[str] = []
         position = index + 1
+        limit = self._closed[index] + 1
         while True:
-            nodes, position = self._sequence(position, ":|]", depth)
+            nodes, position = self._sequence(position, ":|]", depth, limit)
             parts.append(nodes)
-            if position >= len(self._text):
+            if position >= limit:
                 return None
             char = self._text[position]
             position += 1
@@ -205,6 +218,29 @@ class _Parser:
             before = parts[0] if len(parts) == 3 else ()
             return (_Edit(before, parts[-2], number.group(1)),), position
         return None
+
+
+def _closed_brackets(text: str) -> tuple[dict[int, int], int]:
+    """Each `[` or `(` that a later `]` or `)` closes -> where that partner is, escapes skipped; and
+    the deepest nesting of brackets."""
+    closed: dict[int, int] = {}
+    opens: dict[str, list[int]] = {"[": [], "(": []}
+    deepest = 0
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char in opens:
+            opens[char].append(index)
+            deepest = max(deepest, len(opens["["]) + len(opens["("]))
+        elif char in "])":
+            stack = opens["[" if char == "]" else "("]
+            if stack:
+                closed[stack.pop()] = index
+        index += 1
+    return closed, deepest
 
 
 def _when(edit: _Edit, steps: int) -> int:

@@ -76,5 +76,5 @@ def test_plain_prompts_stay_plain():
 
 
 def test_deep_nesting_is_text_not_a_crash():
-    prompt = "[" * 5000 + "a" + "]" * 5000
-    assert per_step(schedule_prompt(prompt, 2), 2) == [prompt, prompt]
+    for prompt in ("[" * 5000 + "a" + "]" * 5000, "[a:" * 5000 + "]" * 5000, "(" * 20000 + "[a|b]"):
+        assert per_step(schedule_prompt(prompt, 2), 2) == [prompt, prompt]  # in well under a second
