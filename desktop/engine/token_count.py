@@ -19,9 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from desktop.engine.prompt_schedule import schedule_prompt, split_and
 from desktop.engine.prompt_syntax import embedding_words, pack_prompt, prompt_pieces
 
 CHUNK_TOKENS = 75  # a 77-token window less its start and end tokens
+# The counter does not know the job's steps; A1111's default. Steps only decide which of a prompt's
+# scheduled variants exist, not how long each is.
+COUNT_STEPS = 20
 _END_OF_WORD = "</w>"
 _COMMA = "," + _END_OF_WORD
 _MAX_CACHED_WORDS = 50_000
@@ -89,9 +93,16 @@ class TokenCounter:
                 out.extend(pieces)
         return out
 
-    def measure(self, prompt: str, emphasis: str = "Original") -> PromptLength:
+    def measure(self, prompt: str, emphasis: str = "Original", negative: bool = False) -> PromptLength:
         """Tokens and chunks of a prompt read with A1111's syntax (weights, BREAK, 75-token chunks), or
-        with emphasis "None" as plain text, brackets and BREAK counted as words, as the backend reads it."""
+        with emphasis "None" as plain text, brackets and BREAK counted as words, as the backend reads it.
+        A prompt that changes between steps (`[a:b:5]`, `[a|b]`) or has AND parts (not in a negative
+        prompt) counts its longest variant, as A1111's counter does: each is encoded on its own."""
+        parts = [prompt] if negative else [text for text, _ in split_and(prompt)]
+        texts = dict.fromkeys(text for part in parts for text in schedule_prompt(part, COUNT_STEPS).texts)
+        return max((self._measure_one(text, emphasis) for text in texts), key=lambda length: length.tokens)
+
+    def _measure_one(self, prompt: str, emphasis: str) -> PromptLength:
         # Packing needs ids only to find commas: 1 for a comma, 0 for the rest, and an embedding's
         # vectors as one group (the packer keeps a group in one chunk).
         def comma_ids(text: str) -> list[int | tuple[int, ...]]:

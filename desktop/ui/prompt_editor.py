@@ -44,7 +44,7 @@ class PromptEditor(QWidget):
         negative_label.setBuddy(self.negative_edit)
 
         self.prompt_count = _TokenCount(self.prompt_edit, "prompt_token_count", self)
-        self.negative_count = _TokenCount(self.negative_edit, "negative_token_count", self)
+        self.negative_count = _TokenCount(self.negative_edit, "negative_token_count", self, negative=True)
 
         self.styles_button = QToolButton(self)
         self.styles_button.setObjectName("styles_button")
@@ -135,13 +135,14 @@ class _TokenCount(QLabel):
     """A field's "12/75" (tokens over what its chunks hold), hidden until there is a counter. Counted
     on the GUI thread after a pause in typing. Signals: QLabel's."""
 
-    def __init__(self, editor: QPlainTextEdit, name: str, parent: QWidget) -> None:
+    def __init__(self, editor: QPlainTextEdit, name: str, parent: QWidget, negative: bool = False) -> None:
         super().__init__(parent)
         self.setObjectName(name)
         self.setToolTip(COUNT_TOOLTIP)
         self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.hide()
         self._editor = editor
+        self._negative = negative  # a negative prompt has no AND parts
         self._counter: TokenCounter | None = None
         self.emphasis = "Original"  # request.EMPHASIS_MODES; PromptEditor.set_emphasis keeps it
         self._timer = QTimer(self)
@@ -161,7 +162,7 @@ class _TokenCount(QLabel):
 
     def recount(self) -> None:
         if self._counter is not None:
-            length = self._counter.measure(self._editor.toPlainText(), self.emphasis)
+            length = self._counter.measure(self._editor.toPlainText(), self.emphasis, self._negative)
             self.setText(f"{length.tokens}/{length.capacity}")
 
 

@@ -87,3 +87,15 @@ def test_a_failed_compile_falls_back_to_eager_with_a_note(paths, tiny_sd15_dir, 
     # The next job runs eagerly at once, without a second failed compile or note.
     second = backend.generate(request_for(tiny_sd15_dir, fast_mode=True), 0, lambda step: None, CancelToken())
     assert not any("Fast mode" in note for note in second.notes)
+
+
+def test_a_scheduled_and_prompt_runs_compiled_with_the_eager_picture(paths, tiny_sd15_dir, fresh_dynamo):
+    """The per-step conditioning hooks run outside the compiled graph: same picture, within rounding."""
+    prompt = "a [red|blue] circle AND a [square:moon:1] :0.5"
+    eager, _ = run(make_backend(paths), request_for(tiny_sd15_dir, prompt=prompt))
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # counted since the process began
+    fast, _ = run(make_backend(paths), request_for(tiny_sd15_dir, prompt=prompt, fast_mode=True))
+    difference = np.abs(pixels(fast.images[0]).astype(int) - pixels(eager.images[0]).astype(int))
+    assert difference.max() <= 8 and difference.mean() < 1.0, (difference.max(), difference.mean())
+    # One graph for the UNet: hooks traced with it would guard on the step and recompile (7 graphs here).
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 2

@@ -35,6 +35,7 @@ from desktop.engine.metadata import (
     read_text_chunks,
     request_from_parameters,
 )
+from desktop.engine.prompt_schedule import has_schedule, per_step, plan_prompts
 from desktop.engine.prompt_syntax import pack_prompt, prompt_pieces
 from desktop.engine.request import GenerationRequest
 from desktop.engine.terminal_text import is_unsafe_char
@@ -290,6 +291,29 @@ def test_fuzz_prompts() -> None:
             assert all(math.isfinite(p.weight) for p in pieces), f"an infinite weight from {text!r:.300}"
             chunks = run_case(lambda p=pieces: pack_prompt(p, fake_tokenize, 75, 11), "pack_prompt", text)
             assert chunks and all(len(c.ids) <= 75 for c in chunks)
+
+
+SCHEDULE_PIECES = ["[", "]", "(", ")", ":", "::", "|", "\\", "0.5", "3", "1.0", ".2", "1e3", " ", "AND", "cat",
+                   "dog", ":1.2", "BREAK", "[a:b:2]", "[a|b]", "[a::1]", "\n", "\U0001f600"]  # fmt: skip
+
+
+def test_fuzz_prompt_schedules() -> None:
+    rng = random.Random(SEED + 4)
+    for _ in range(1500):
+        pieces = [rng.choice(SCHEDULE_PIECES) for _ in range(rng.randint(0, 80))]
+        if rng.random() < 0.05:
+            pieces = ["["] * rng.choice([500, 20000]) + pieces + ["]"] * 300
+        text = "".join(pieces)
+        steps = rng.choice([1, 2, 7, 30])
+        plan = run_case(lambda t=text, s=steps: plan_prompts(t, t, s), "plan_prompts", text)
+        if plan is None:
+            continue
+        for schedule in [part.schedule for part in plan.positive] + [plan.negative]:
+            ends = [end for end, _ in schedule.entries]
+            assert ends == sorted(set(ends)) and ends[-1] == steps and ends[0] >= 1, f"{ends} from {text!r:.300}"
+            assert len(per_step(schedule, steps)) == steps
+        if not has_schedule(text) and "AND" not in text:
+            assert per_step(plan.negative, steps) == [text] * steps, f"text changed: {text!r:.300}"
 
 
 # ---------------------------------------------------------------------------------- library names

@@ -166,6 +166,8 @@ ROUND_TRIPS = [
     request(prompt="猫, café ☕", negative_prompt="ぼかし", sampler="LCM", cfg_scale=1.0, steps=4),
     request(batch_size=4, batch_count=3, sampler="DDIM", cfg_scale=0.0),
     request(prompt="a (red:1.3) ball", emphasis="No norm"),
+    # A1111's prompt editing, alternation and AND are written and read back as typed.
+    request(prompt="a [cat:dog:0.5] [red|blue] ball :1.2 AND sky, [a::3]:0.8", negative_prompt="[blurry|ugly]"),
 ]
 
 

@@ -195,3 +195,18 @@ def test_a_file_without_merges_is_refused(tmp_path: Path) -> None:
     empty.write_text("#version: 0.2\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no byte-pair merges"):
         TokenCounter.from_merges_file(empty)
+
+
+def test_scheduled_and_and_prompts_count_their_longest_variant(counter: TokenCounter) -> None:
+    """As A1111's counter: each step's prompt and each AND part is encoded on its own, so the count is
+    the longest of them, not the brackets and words of all of them."""
+    assert counter.measure("[a red cat:dog:5]") == counter.measure("a red cat") == PromptLength(3, 1)
+    assert counter.measure("[dog:a red cat:0.5]") == PromptLength(3, 1)
+    assert counter.measure("a [cat|big red dog]") == PromptLength(4, 1)
+    assert counter.measure("a [big red:5] cat") == PromptLength(4, 1)
+    assert counter.measure("cat AND big red dog :1.2") == PromptLength(3, 1)  # the weight is no token
+    long = "cat " * 60
+    assert counter.measure(f"{long} AND {long}") == PromptLength(60, 1)
+    # The negative prompt has no AND: the words count as typed; its schedules still count per step.
+    assert counter.measure("cat AND dog", negative=True) == PromptLength(3, 1)
+    assert counter.measure("[blurry|low quality]", negative=True) == PromptLength(2, 1)

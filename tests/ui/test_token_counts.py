@@ -31,6 +31,10 @@ def test_each_field_counts_its_tokens_once_typing_pauses(qtbot) -> None:
     qtbot.waitUntil(lambda: editor.prompt_count.text() == "76/150", timeout=TIMEOUT_MS)
     editor.negative_edit.setPlainText("(blurry:1.4) BREAK lowres")
     qtbot.waitUntil(lambda: editor.negative_count.text() == "3/150", timeout=TIMEOUT_MS)  # blurry, low, res
+    # Prompt editing and AND count their longest variant; in the negative field AND is a word.
+    editor.set_prompts("[a red fox:cat:0.5] AND dog", "blurry AND ugly")
+    qtbot.waitUntil(lambda: editor.prompt_count.text() == "3/75", timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: editor.negative_count.text() == "3/75", timeout=TIMEOUT_MS)
 
 
 def test_the_window_loads_the_counter_in_the_background(studio, qtbot) -> None:

@@ -84,6 +84,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 from desktop.engine.library.dit import detect_gguf  # noqa: E402
 from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
+from desktop.engine.prompt_schedule import PromptPlan, plan_prompts  # noqa: E402
 from desktop.engine.prompt_syntax import (  # noqa: E402
     Chunk,
     PromptPiece,
@@ -557,9 +558,9 @@ class DiffusersBackend:
 
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()
-            with torch.inference_mode(), circular_padding(tiled):
+            with torch.inference_mode(), circular_padding(tiled), _conditioning(pipe, request) as prompt_arguments:
                 return pipe(
-                    **_prompt_arguments(pipe, request),
+                    **prompt_arguments,
                     num_inference_steps=request.steps,
                     guidance_scale=request.cfg_scale,
                     num_images_per_prompt=request.batch_size,
@@ -961,13 +962,7 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     encoders = _text_encoders(pipe)
     if not encoders:
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or None}
-    # The panel offers A1111's 1-12 (SD's CLIP has 12 layers); a smaller text encoder has fewer.
-    layers = min(encoder.config.num_hidden_layers for _, encoder in encoders)
-    if request.clip_skip > layers:
-        raise InvalidRequest(
-            f"Clip skip {request.clip_skip} is too deep for this model: its text encoder has {layers} layers, "
-            f"so use 1 to {layers}."
-        )
+    _check_clip_skip(encoders, request.clip_skip)
     packed = [[_pack(tokenizer, pieces) for tokenizer, _ in encoders] for pieces in (positive, negative)]
     # diffusers applies clip skip to the prompt only; A1111 (whose "Clip skip: 2" we read and write)
     # applies it to the negative prompt too, so clip skip takes the chunked path, which does both.
@@ -995,6 +990,157 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     if xl:
         arguments |= {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
     return arguments
+
+
+def _check_clip_skip(encoders: list[tuple[Any, Any]], clip_skip: int) -> None:
+    # The panel offers A1111's 1-12 (SD's CLIP has 12 layers); a smaller text encoder has fewer.
+    layers = min(encoder.config.num_hidden_layers for _, encoder in encoders)
+    if clip_skip > layers:
+        raise InvalidRequest(
+            f"Clip skip {clip_skip} is too deep for this model: its text encoder has {layers} layers, "
+            f"so use 1 to {layers}."
+        )
+
+
+@contextlib.contextmanager
+def _conditioning(pipe: Any, request: GenerationRequest) -> Iterator[dict[str, Any]]:
+    """The prompt arguments for one pipeline call; while it runs, a prompt that changes between steps
+    (A1111's prompt editing and alternation) or has AND parts conditions each UNet call through
+    hooks (`_StepConditioning`). A prompt with none of these takes `_prompt_arguments` unchanged."""
+    plan = plan_prompts(request.prompt, request.negative_prompt, _steps_run(request))
+    encoders = _text_encoders(pipe)
+    if not encoders or (plan.is_plain and plan.positive[0].schedule.entries[0][1] == request.prompt):
+        yield _prompt_arguments(pipe, request)
+        return
+    _check_clip_skip(encoders, request.clip_skip)
+    conditioning = _StepConditioning(pipe, request, plan, encoders)
+    # Outside torch.compile (fast mode compiles the UNet's call, hooks included): the hooks count calls
+    # and pick tensors by step, which traced code would guard on and recompile for at every step.
+    handles = [
+        pipe.unet.register_forward_pre_hook(torch.compiler.disable(conditioning.before_unet), with_kwargs=True),
+        pipe.unet.register_forward_hook(torch.compiler.disable(conditioning.after_unet), with_kwargs=True),
+    ]
+    try:
+        yield conditioning.arguments()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _steps_run(request: GenerationRequest) -> int:
+    """The denoising steps the pipeline runs: image-to-image skips the first (1 - strength), as
+    diffusers' get_timesteps does; A1111 schedules prompts over the steps actually run."""
+    if request.mode == "txt2img":
+        return request.steps
+    return max(1, min(int(request.steps * request.strength), request.steps))
+
+
+class _StepConditioning:
+    """Gives each UNet call the conditioning of its step, for a scheduled or AND prompt.
+
+    diffusers' pipelines concatenate [negative; positive] once, before the loop, so a step callback
+    cannot change them for classifier-free guidance; instead a forward pre-hook on the UNet replaces
+    `encoder_hidden_states` (and SDXL's pooled `text_embeds`) with the encodings of the texts this
+    call's step uses, each text encoded once. With AND parts (or a weight on the one part) the hook
+    runs the UNet on [uncond; cond_1; ...; cond_n] in one batch and the forward hook folds the result
+    back to [uncond; uncond + sum(w_i * (cond_i - uncond))]: the pipeline's own guidance then makes
+    A1111's composable `uncond + cfg * sum(w_i * (cond_i - uncond))`. Calls are counted as steps
+    through the scheduler's order, so a second-order sampler's two calls share their step."""
+
+    def __init__(self, pipe: Any, request: GenerationRequest, plan: PromptPlan, encoders: list[tuple[Any, Any]]):
+        self._pipe = pipe
+        self._plan = plan
+        self._calls = 0
+        self._combine: tuple[int, tuple[float, ...]] | None = None
+        self._composed = len(plan.positive) > 1 or plan.positive[0].weight != 1.0
+        xl = _is_xl(pipe)
+        clip_skip, normalise = request.clip_skip - 1, request.emphasis == "Original"
+
+        def encode(text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+            packed = [_pack(tokenizer, prompt_pieces(text, request.emphasis)) for tokenizer, _ in encoders]
+            return _encode_chunks(encoders, packed, clip_skip, xl, normalise)
+
+        positive = {text: encode(text) for part in plan.positive for text in part.schedule.texts}
+        negative = {text: encode(text) for text in plan.negative.texts}
+        length = max(embeds.shape[1] for embeds, _ in [*positive.values(), *negative.values()])
+        # Every step's texts are batched together, so all are padded to one length, as A1111 pads.
+        blank = None
+        for table in (positive, negative):
+            for text, (embeds, pooled) in table.items():
+                if embeds.shape[1] < length:
+                    if blank is None:
+                        empty = [[Chunk((), ())] for _ in encoders]
+                        blank = _encode_chunks(encoders, empty, clip_skip, xl, normalise)[0]
+                    copies = (length - embeds.shape[1]) // blank.shape[1]
+                    table[text] = (torch.cat([embeds, *[blank] * copies], dim=1), pooled)
+        if xl and not request.negative_prompt and pipe.config.force_zeros_for_empty_prompt:
+            # As the plain path: SDXL's empty negative prompt is zeros (the pipeline's own choice).
+            embeds, pooled = next(iter(positive.values()))
+            negative = {"": (torch.zeros_like(embeds), torch.zeros_like(pooled))}
+        self._positive, self._negative = positive, negative
+
+    def arguments(self) -> dict[str, Any]:
+        """The first step's encodings: the pipeline checks and batches these, and the hook replaces them."""
+        positive, pooled = self._positive[self._plan.positive[0].schedule.at(0)]
+        negative, negative_pooled = self._negative[self._plan.negative.at(0)]
+        arguments = {"prompt_embeds": positive, "negative_prompt_embeds": negative}
+        if pooled is not None:
+            arguments |= {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+        return arguments
+
+    def before_unet(self, module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        order = max(1, int(getattr(self._pipe.scheduler, "order", 1)))
+        step = (self._calls + order - 1) // order
+        self._calls += 1
+        sample = args[0] if args else kwargs["sample"]
+        guided = bool(self._pipe.do_classifier_free_guidance)
+        images = sample.shape[0] // 2 if guided else sample.shape[0]
+        parts = [self._positive[part.schedule.at(step)] for part in self._plan.positive]
+        negative = self._negative[self._plan.negative.at(step)]
+        # AND needs the unconditioned prediction even without guidance (A1111's formula at CFG 1).
+        rows = [negative, *parts] if guided or self._composed else parts
+        reference = kwargs["encoder_hidden_states"]
+        kwargs = dict(kwargs)
+        kwargs["encoder_hidden_states"] = torch.cat(
+            [embeds.to(reference.device, reference.dtype).expand(images, -1, -1) for embeds, _ in rows]
+        )
+        added = kwargs.get("added_cond_kwargs")
+        if added and "text_embeds" in added:
+            pooled_reference = added["text_embeds"]
+            added = dict(added)
+            added["text_embeds"] = torch.cat(
+                [pooled.to(pooled_reference.device, pooled_reference.dtype).expand(images, -1) for _, pooled in rows]
+            )
+            if self._composed:
+                time_ids = added["time_ids"]
+                added["time_ids"] = torch.cat([time_ids[:images]] + [time_ids[-images:]] * len(parts))
+            kwargs["added_cond_kwargs"] = added
+        self._combine = None
+        if self._composed:
+            latents = torch.cat([sample[:images]] + [sample[-images:]] * len(parts))
+            args = (latents, *args[1:]) if args else args
+            if not args:
+                kwargs["sample"] = latents
+            self._combine = (images, tuple(part.weight for part in self._plan.positive), guided)
+        return args, kwargs
+
+    def after_unet(self, module: Any, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+        if self._combine is None:
+            return None
+        images, weights, guided = self._combine
+        self._combine = None
+        prediction = output[0] if isinstance(output, tuple) else output.sample
+        uncond = prediction[:images]
+        total = sum(
+            weight * (prediction[images * (number + 1) : images * (number + 2)] - uncond)
+            for number, weight in enumerate(weights)
+        )
+        combined = uncond + total
+        result = torch.cat([uncond, combined]) if guided else combined
+        if isinstance(output, tuple):
+            return (result, *output[1:])
+        output.sample = result
+        return output
 
 
 def _is_xl(pipe: Any) -> bool:
