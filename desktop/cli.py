@@ -66,6 +66,7 @@ from desktop.exit_codes import EXIT_MODEL as EXIT_MODEL  # re-exported: tests an
 from desktop.history_cli import add_history_commands, default_rescue_dir, open_history, rescue, run_history
 from desktop.library_cli import GROUPS as LIBRARY_GROUPS
 from desktop.library_cli import add_library_commands, run_library
+from desktop.serve_cli import add_serve_command, run_serve
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_library_commands(commands, _Parser, _add_home)
 
     add_history_commands(commands, _Parser, _add_home)
+    add_serve_command(commands, _Parser, _add_home)
     commands.add_parser("samplers", help="list the sampler names")
     info = commands.add_parser("info", help="print an image's recipe (A1111, ComfyUI, InvokeAI, ... metadata)")
     info.add_argument("file", help="a PNG, JPEG or WebP image")
@@ -180,6 +182,8 @@ def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | No
         return _resume(args, paths, out, err)
     if args.command == "history":
         return run_history(args, paths, out, err)
+    if args.command == "serve":
+        return run_serve(args, paths, out, err)
     return _generate(args, paths, out, err)
 
 
