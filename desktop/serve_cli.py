@@ -146,6 +146,11 @@ def _serve(service: ApiService, paths: AppPaths, history: HistoryStore, host: st
 
     server = Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     # uvicorn stops on Ctrl+C; `run_serve` then cancels the running job (images already made are saved).
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl+C it handled once it has shut down: stopping is the normal end here.
+        pass
+    print("Marble API stopped.", file=out, flush=True)
     return EXIT_OK
 

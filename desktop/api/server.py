@@ -287,7 +287,7 @@ def build_app(service: ApiService, inputs: Path, version: str, config: ServerCon
         parameters: dict[str, Any] = {}
         if text:
             parsed = parse_parameters(text)
-            parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative, **dict(parsed.settings)}
+            parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **dict(parsed.settings)}
         return {"info": text, "items": {k: v for k, v in chunks.items() if k != "parameters"},
                 "parameters": parameters}
 
