@@ -218,15 +218,20 @@ def decode_image(data: object, field_name: str, limits: ApiLimits) -> Image.Imag
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(422, f"{field_name} is not valid base64.", field_name) from None
+    decoded, size = None, (0, 0)
     try:
         with open_untrusted(io.BytesIO(raw), field_name) as (image, _format):
-            if image.width * image.height > limits.max_image_pixels:
-                raise ApiError(413, f"{field_name} is {image.width}x{image.height} pixels; the API accepts up to "
-                                    f"{limits.max_image_pixels:,} pixels.", field_name)
-            image.load()
-            return image.copy()
+            size = image.size
+            # Checked from the header, before a pixel is decoded (a decompression bomb is small on the wire).
+            if size[0] * size[1] <= limits.max_image_pixels:
+                image.load()
+                decoded = image.copy()
     except InvalidRequest as error:
-        raise ApiError(422, str(error), field_name) from None
+        raise ApiError(413 if "decompression bomb" in str(error) else 422, str(error), field_name) from None
+    if decoded is None:
+        raise ApiError(413, f"{field_name} is {size[0]}x{size[1]} pixels; the API accepts up to "
+                            f"{limits.max_image_pixels:,} pixels.", field_name)
+    return decoded
 
 
 def check_batch(payload: Mapping[str, Any], limits: ApiLimits) -> None:

@@ -115,24 +115,30 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await _plain(send, 413, f"The request body is over this server's limit of {self.limit:,} bytes.")
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        # Read the whole body first (at most `limit` bytes): a chunked upload has no Content-Length, and
+        # refusing it half-way inside the app would surface as the framework's 400, not a 413.
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.limit:
-                raise _TooLarge
-            return message
+                await _plain(send, 413, f"The request body is over this server's limit of {self.limit:,} bytes.")
+                return
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await _plain(send, 413, f"The request body is over this server's limit of {self.limit:,} bytes.")
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 class BasicAuth:
