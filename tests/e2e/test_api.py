@@ -355,3 +355,11 @@ def test_ctrl_c_during_a_job_keeps_the_images_made(tmp_path, tiny_sd15_dir):
     made = history_count(running.home)
     assert 1 <= made < 3
     assert len(list((running.home / "outputs").rglob("*.png"))) == made
+
+
+def test_the_command_line_loads_no_web_framework_until_it_serves():
+    code = ("import sys, desktop.cli; "
+            "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'pydantic', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr
