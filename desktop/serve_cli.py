@@ -133,6 +133,9 @@ def _serve(service: ApiService, paths: AppPaths, history: HistoryStore, host: st
     except OSError as error:
         print(f"marble: error: cannot listen on {host}:{args.port}: {error}", file=err)
         return EXIT_FAILED
+    # Listening before the address is printed: a client that connects at once waits in the backlog
+    # until uvicorn accepts, instead of being refused while the server starts.
+    sock.listen(128)
     port = sock.getsockname()[1]
     service.start()
     print(f"Marble API on http://{host}:{port}/sdapi/v1 (docs: http://{host}:{port}/docs)", file=out, flush=True)
