@@ -72,6 +72,7 @@ from desktop.history_cli import add_history_commands, default_rescue_dir, open_h
 from desktop.library_cli import GROUPS as LIBRARY_GROUPS
 from desktop.library_cli import add_library_commands, run_library
 from desktop.plot_cli import add_plot_command, run_plot
+from desktop.serve_cli import add_serve_command, run_serve
 from desktop.styles_cli import add_styles_commands, run_styles
 
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_history_commands(commands, _Parser, _add_home)
     add_styles_commands(commands, _Parser, _add_home)
     add_plot_command(commands, _add_home)
+    add_serve_command(commands, _Parser, _add_home)
     commands.add_parser("samplers", help="list the sampler names")
     info = commands.add_parser("info", help="print an image's recipe (A1111, ComfyUI, InvokeAI, ... metadata)")
     info.add_argument("file", help="a PNG, JPEG or WebP image")
@@ -212,6 +214,8 @@ def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | No
         generate_args = parser.parse_args([*(["--home", args.home] if args.home else []), "generate", *unknown])
         return run_plot(args, generate_args, paths, _request_from_args,
                         _JsonReporter(out) if generate_args.json else _TextReporter(out, err), out)
+    if args.command == "serve":
+        return run_serve(args, paths, out, err)
     return _generate(args, paths, out, err)
 
 

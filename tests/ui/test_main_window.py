@@ -350,7 +350,8 @@ def test_window_builds_and_shows_without_importing_torch(tmp_path: Path) -> None
         app.processEvents()
         window.wait_for_background()
         app.processEvents()
-        heavy = [name for name in ("torch", "diffusers", "transformers", "accelerate") if name in sys.modules]
+        heavy = [name for name in ("torch", "diffusers", "transformers", "accelerate", "fastapi", "uvicorn")
+                 if name in sys.modules]
         controller.shutdown()
         print("HEAVY", heavy)
     """

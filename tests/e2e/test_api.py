@@ -1,0 +1,370 @@
+"""`marble serve`, run as a user runs it (a child process on 127.0.0.1, an ephemeral port), driven by a
+real HTTP client (httpx) and by the maintained A1111 client library `webuiapi`. Every picture is
+compared pixel for pixel with the same request made by `marble generate`."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from desktop.engine.history.store import HistoryStore
+from tests.e2e.test_cli import in_process
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPT = "a red fox in a spacesuit"
+
+
+class Server:
+    """`marble serve` in a child process; stderr (the log) goes to a file the tests can read."""
+
+    def __init__(self, home: Path, *extra: str) -> None:
+        self.home = home
+        self.log = home.parent / f"{home.name}-serve.log"
+        env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "desktop.cli", "serve", "--port", "0", "--home", str(home), *extra],
+            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log.open("w"), text=True,
+        )
+        line = self.process.stdout.readline()
+        assert "Marble API on http://" in line, (line, self.log.read_text())
+        self.port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = httpx.Client(base_url=self.url, timeout=300)
+
+    def post(self, path: str, payload: object, **kwargs) -> httpx.Response:
+        return self.client.post(f"/sdapi/v1/{path}", json=payload, **kwargs)
+
+    def get(self, path: str, **kwargs) -> httpx.Response:
+        return self.client.get(f"/sdapi/v1/{path}", **kwargs)
+
+    def stop(self) -> int:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        return self.process.wait(60)
+
+
+def make_home(root: Path, models: dict[str, Path]) -> Path:
+    home = root / "home"
+    for name, folder in models.items():
+        shutil.copytree(folder, home / "models" / name)
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_sd15_dir, tiny_sdxl_dir):
+    home = make_home(tmp_path_factory.mktemp("api"), {"tiny-sd15": tiny_sd15_dir, "tiny-sdxl": tiny_sdxl_dir})
+    running = Server(home, "--model", "tiny-sd15")
+    yield running
+    assert running.stop() == 0, running.log.read_text()
+
+
+@pytest.fixture(autouse=True)
+def _first_model(request):
+    """Tests switch models: each starts on tiny-sd15."""
+    if "server" in request.fixturenames:
+        server = request.getfixturevalue("server")
+        assert server.post("options", {"sd_model_checkpoint": "tiny-sd15"}).status_code == 200
+
+
+def decode(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def generate(home: Path, out: Path, model: str, *extra: str) -> Image.Image:
+    code, _out, err = in_process(["generate", "--home", str(home), "--model", model, "--prompt", PROMPT,
+                                  "--negative", "blurry", "--seed", "42", "--out", str(out), *extra])
+    assert code == 0, err
+    return Image.open(out)
+
+
+def same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
+def history_count(home: Path) -> int:
+    store = HistoryStore(home / "history" / "history.db", home / "outputs", home / "cache" / "thumbnails")
+    try:
+        return store.count()
+    finally:
+        store.close_all()
+
+
+TXT2IMG = {"prompt": PROMPT, "negative_prompt": "blurry", "seed": 42, "steps": 3, "cfg_scale": 7.5,
+           "sampler_name": "DPM++ 2M", "scheduler": "Karras", "width": 64, "height": 64}
+CLI_TXT2IMG = ("--steps", "3", "--cfg", "7.5", "--sampler", "DPM++ 2M Karras", "--width", "64", "--height", "64")
+
+
+# ------------------------------------------------------------------------------------ generation
+
+
+def test_txt2img_over_http_is_the_image_marble_generate_makes(server, tmp_path):
+    before = history_count(server.home)
+    response = server.post("txt2img", {**TXT2IMG, "n_iter": 2, "some_future_field": 1})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    images = [decode(b64) for b64 in body["images"]]
+    assert len(images) == 2
+    # A1111's shapes: `info` is a JSON string, `parameters` the request; each PNG carries `parameters`.
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [42, 43] and info["seed"] == 42 and info["sd_model_name"] == "tiny-sd15"
+    assert body["parameters"]["prompt"] == PROMPT
+    assert images[0].info["parameters"] == info["infotexts"][0]
+    assert "Seed: 42" in info["infotexts"][0] and "Model: tiny-sd15" in info["infotexts"][0]
+    # Every image made through the API is in the history, recorded by the server itself (counted before
+    # `marble generate` runs: its start would index unrecorded files in the outputs folder).
+    assert history_count(server.home) == before + 2
+    assert same_pixels(images[0], generate(server.home, tmp_path / "cli.png", "tiny-sd15", *CLI_TXT2IMG))
+    assert same_pixels(images[1], generate(server.home, tmp_path / "cli43.png", "tiny-sd15", *CLI_TXT2IMG,
+                                           "--seed", "43"))
+    assert history_count(server.home) == before + 4  # and the two CLI images
+    # Unknown fields are ignored, with a warning in the log, as A1111 does.
+    assert "ignored unknown field 'some_future_field'" in server.log.read_text()
+
+
+def test_webuiapi_txt2img_img2img_inpainting_and_png_info(server, tmp_path):
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=3)
+    made = api.txt2img(prompt=PROMPT, negative_prompt="blurry", seed=42, cfg_scale=7.5, width=64, height=64)
+    cli_args = ("--steps", "3", "--cfg", "7.5", "--sampler", "Euler a", "--width", "64", "--height", "64")
+    assert same_pixels(made.image, generate(server.home, tmp_path / "t.png", "tiny-sd15", *cli_args))
+
+    source = tmp_path / "source.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(source)
+    edited = api.img2img(images=[Image.open(source)], prompt=PROMPT, negative_prompt="blurry", seed=42,
+                         cfg_scale=7.5, width=64, height=64, denoising_strength=0.6, steps=4)
+    cli_edit = ("--steps", "4", "--cfg", "7.5", "--sampler", "Euler a", "--init-image", str(source),
+                "--strength", "0.6")
+    assert same_pixels(edited.image, generate(server.home, tmp_path / "i.png", "tiny-sd15", *cli_edit))
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    inpainted = api.img2img(images=[Image.open(source)], mask_image=mask, inpainting_fill=1, inpaint_full_res=False,
+                            mask_blur=4, prompt=PROMPT, negative_prompt="blurry", seed=42, cfg_scale=7.5,
+                            width=64, height=64, denoising_strength=0.6, steps=4)
+    expected = generate(server.home, tmp_path / "m.png", "tiny-sd15", *cli_edit, "--mask", str(tmp_path / "mask.png"))
+    assert same_pixels(inpainted.image, expected)
+    assert not same_pixels(inpainted.image, edited.image)
+    # Pixels far from the mask are the source's own.
+    assert np.array_equal(np.asarray(inpainted.image.convert("RGB"))[:4], np.asarray(Image.open(source))[:4])
+
+    info = api.png_info(made.image)
+    assert info.info == made.image.info["parameters"]
+    assert info.json["parameters"]["Seed"] == "42"
+
+
+def test_options_switch_the_model_and_override_settings_switch_one_request(server, tmp_path):
+    assert server.get("options").json()["sd_model_checkpoint"] == "tiny-sd15"
+    assert server.post("options", {"sd_model_checkpoint": "tiny-sdxl"}).status_code == 200
+    assert server.get("options").json()["sd_model_checkpoint"] == "tiny-sdxl"
+    body = server.post("txt2img", TXT2IMG).json()
+    assert json.loads(body["info"])["sd_model_name"] == "tiny-sdxl"
+    assert same_pixels(decode(body["images"][0]), generate(server.home, tmp_path / "x.png", "tiny-sdxl", *CLI_TXT2IMG))
+    # One request on another model leaves the setting alone.
+    body = server.post("txt2img", {**TXT2IMG, "override_settings": {"sd_model_checkpoint": "tiny-sd15"}}).json()
+    assert json.loads(body["info"])["sd_model_name"] == "tiny-sd15"
+    assert server.get("options").json()["sd_model_checkpoint"] == "tiny-sdxl"
+    titles = {m["model_name"] for m in server.get("sd-models").json()}
+    assert titles == {"tiny-sd15", "tiny-sdxl"}
+
+
+def test_progress_shows_a_preview_and_interrupt_keeps_the_images_made(server):
+    before = history_count(server.home)
+    result: dict[str, httpx.Response] = {}
+    slow = {**TXT2IMG, "steps": 150, "n_iter": 3, "sampler_name": "Euler", "scheduler": "automatic"}
+    worker = threading.Thread(target=lambda: result.setdefault("r", server.post("txt2img", slow)))
+    worker.start()
+    preview = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and worker.is_alive():
+        progress = server.get("progress").json()
+        if progress["current_image"] and preview is None:
+            preview = decode(progress["current_image"])
+            assert 0 < progress["progress"] < 1 and progress["state"]["sampling_steps"] == 150
+        if progress["state"]["job_no"] >= 1:  # the first image is saved; the second is under way
+            break
+        time.sleep(0.05)
+    assert preview is not None and preview.format == "PNG"
+    assert server.post("interrupt", {}).status_code == 200
+    worker.join(240)
+    body = result["r"].json()
+    assert result["r"].status_code == 200 and 1 <= len(body["images"]) < 3
+    assert history_count(server.home) == before + len(body["images"])
+    assert server.get("progress").json()["progress"] == 0
+
+
+def test_lists_and_docs_work_offline(server):
+    assert "Euler a" in {s["name"] for s in server.get("samplers").json()}
+    assert {s["name"] for s in server.get("schedulers").json()} == {"automatic", "karras"}
+    assert server.get("loras").json() == [] and server.get("embeddings").json()["loaded"] == {}
+    assert server.post("refresh-checkpoints", {}).status_code == 200
+    assert server.get("memory").json()["ram"]["total"] > 0
+    schema = server.client.get("/openapi.json").json()
+    assert "/sdapi/v1/txt2img" in schema["paths"] and "/sdapi/v1/img2img" in schema["paths"]
+    page = server.client.get("/docs").text
+    assert "/sdapi/v1/txt2img" in page and "<script" not in page
+
+
+# --------------------------------------------------------------------------------------- security
+
+
+@pytest.mark.parametrize("name", ["../tiny-sd15", "/etc/passwd", "C:\\models\\x", "tiny\x00sd15", "..%2Ftiny-sd15",
+                                  "%2e%2e%2fetc", "models/tiny-sd15", "~/x"])
+def test_model_names_are_names_never_paths(server, name):
+    response = server.post("options", {"sd_model_checkpoint": name})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "sd_model_checkpoint"]
+    response = server.post("txt2img", {**TXT2IMG, "override_settings": {"sd_model_checkpoint": name}})
+    assert response.status_code == 422
+    assert server.get("options").json()["sd_model_checkpoint"] == "tiny-sd15"
+
+
+def test_an_unknown_model_is_404(server):
+    assert server.post("options", {"sd_model_checkpoint": "no-such-model"}).status_code == 404
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"steps": 0}, "steps"), ({"cfg_scale": 99}, "cfg_scale"), ({"width": 65}, "width"),
+    ({"height": 99999}, "height"), ({"sampler_name": "Nope"}, "sampler_name"), ({"seed": 2**70}, "seed"),
+    ({"enable_hr": True}, "enable_hr"), ({"restore_faces": True}, "restore_faces"),
+    ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
+    ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "override_settings"),
+])
+def test_out_of_range_and_unsupported_fields_are_422_naming_the_field(server, change, field):
+    response = server.post("txt2img", {**TXT2IMG, **change})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][1] == field
+
+
+def test_batch_limits_are_429(server):
+    assert server.post("txt2img", {**TXT2IMG, "batch_size": 9}).status_code == 429
+    assert server.post("txt2img", {**TXT2IMG, "batch_size": 4, "n_iter": 5}).status_code == 429
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares a huge picture (a decompression bomb's first bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = chunk(b"IDAT", zlib.compress(b"\0" * 16))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
+
+
+def test_image_limits(server):
+    bomb = base64.b64encode(png_declaring(5000, 5000)).decode()
+    response = server.post("img2img", {**TXT2IMG, "init_images": [bomb]})
+    assert response.status_code == 413 and "5000x5000" in response.text
+    huge = base64.b64encode(png_declaring(20000, 20000)).decode()
+    assert server.post("png-info", {"image": huge}).status_code in (413, 422)
+    not_image = base64.b64encode(b"#!/bin/sh\nrm -rf /\n").decode()
+    response = server.post("img2img", {**TXT2IMG, "init_images": [not_image]})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "init_images"]
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory, tiny_sd15_dir):
+    home = make_home(tmp_path_factory.mktemp("strict"), {"tiny-sd15": tiny_sd15_dir})
+    running = Server(home, "--model", "tiny-sd15", "--max-body-mb", "0.01", "--max-queue", "1",
+                     "--api-auth", "ada:s3cret", "--cors-allow-origins", "http://allowed.example")
+    yield running
+    running.stop()
+
+
+def test_body_size_queue_length_auth_and_cors_on_a_strict_server(strict):
+    auth = ("ada", "s3cret")
+    assert strict.get("options").status_code == 401
+    assert strict.get("options", auth=("ada", "wrong")).status_code == 401
+    assert strict.client.get("/docs").status_code == 401
+    assert strict.get("options", auth=auth).status_code == 200
+    big = {**TXT2IMG, "prompt": "x" * 20_000}
+    assert strict.post("txt2img", big, auth=auth).status_code == 413
+    # Chunked, with no Content-Length: counted as it arrives.
+    chunks = (part.encode() for part in [json.dumps(big)[i:i + 1000] for i in range(0, 20_100, 1000)])
+    response = strict.client.post("/sdapi/v1/txt2img", content=chunks, auth=auth,
+                                  headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    # CORS: the allowed origin gets its header, another none.
+    allowed = strict.get("options", auth=auth, headers={"origin": "http://allowed.example"})
+    assert allowed.headers.get("access-control-allow-origin") == "http://allowed.example"
+    other = strict.get("options", auth=auth, headers={"origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+    # Queue of one: while a slow job runs, the next request is refused with 429.
+    slow = threading.Thread(target=lambda: strict.post("txt2img", {**TXT2IMG, "steps": 150}, auth=auth))
+    slow.start()
+    deadline = time.monotonic() + 120
+    while (strict.get("progress", auth=auth).json()["state"]["job_count"] == 0 and time.monotonic() < deadline
+           and slow.is_alive()):
+        time.sleep(0.05)
+    assert strict.post("txt2img", TXT2IMG, auth=auth).status_code == 429
+    strict.post("interrupt", {}, auth=auth)
+    slow.join(120)
+    # A maintained client with credentials works.
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=strict.port, username="ada", password="s3cret")
+    assert api.get_options()["sd_model_checkpoint"] == "tiny-sd15"
+
+
+def test_cors_is_off_by_default(server):
+    response = server.get("options", headers={"origin": "http://allowed.example"})
+    assert "access-control-allow-origin" not in response.headers
+    preflight = server.client.options("/sdapi/v1/txt2img", headers={
+        "origin": "http://allowed.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+@pytest.mark.parametrize("flags", [["--listen"], ["--host", "0.0.0.0"], ["--listen", "--api-auth", "nopassword"]])
+def test_listening_beyond_this_machine_needs_auth(tmp_path, flags):
+    # A child process with a timeout: a server that started instead of refusing fails the test, not hangs it.
+    result = subprocess.run([sys.executable, "-m", "desktop.cli", "serve", "--home", str(tmp_path), "--port", "0",
+                             *flags], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2 and "api-auth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_during_a_job_keeps_the_images_made(tmp_path, tiny_sd15_dir):
+    running = Server(make_home(tmp_path, {"tiny-sd15": tiny_sd15_dir}), "--model", "tiny-sd15")
+    result: dict[str, httpx.Response] = {}
+    slow = {**TXT2IMG, "steps": 150, "n_iter": 3}
+    worker = threading.Thread(target=lambda: result.setdefault("r", running.post("txt2img", slow)))
+    worker.start()
+    deadline = time.monotonic() + 240
+    while running.get("progress").json()["state"]["job_no"] < 1 and time.monotonic() < deadline and worker.is_alive():
+        time.sleep(0.05)
+    running.process.send_signal(signal.SIGINT)
+    worker.join(120)
+    assert running.process.wait(60) == 0
+    with contextlib.suppress(Exception):
+        running.client.close()
+    made = history_count(running.home)
+    assert 1 <= made < 3
+    assert len(list((running.home / "outputs").rglob("*.png"))) == made
+
+
+def test_the_command_line_loads_no_web_framework_until_it_serves():
+    code = ("import sys, desktop.cli; "
+            "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn', 'pydantic', 'torch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "[]", result.stderr
