@@ -163,7 +163,7 @@ class HistoryPanel(QWidget):
         lower_layout.setContentsMargins(0, 0, 0, 0)
         lower_layout.addWidget(buttons)
         lower_layout.addWidget(self.details, 1)
-        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter = QSplitter(Qt.Orientation.Vertical, objectName="history_splitter")
         splitter.addWidget(self.view)
         splitter.addWidget(lower)
         splitter.setStretchFactor(0, 3)

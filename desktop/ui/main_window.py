@@ -174,7 +174,7 @@ class MainWindow(QMainWindow):
         centre_layout.addWidget(self.canvas, 1)
         centre_layout.addWidget(self.result_strip)
 
-        splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter = QSplitter(Qt.Orientation.Horizontal, objectName="main_splitter")
         splitter.addWidget(scroll)
         splitter.addWidget(centre)
         splitter.setStretchFactor(0, 0)

@@ -13,7 +13,7 @@ from typing import Any
 
 from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QDesktopServices, QKeySequence
-from PySide6.QtWidgets import QComboBox, QDialog, QMainWindow, QMenu
+from PySide6.QtWidgets import QComboBox, QDialog, QMainWindow, QMenu, QSplitter
 
 from desktop.engine.errors import MarbleError, StorageError
 from desktop.engine.provenance import create_signing_key, key_exists
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Linux and Windows have no standard key for Preferences; Ctrl+, is what most apps there use.
 _FALLBACK_PREFERENCES_KEY = "Ctrl+,"
+_SPLITTER_PREFIX = "splitter."
 
 
 class SettingsIntegration(QObject):
@@ -151,10 +152,13 @@ class SettingsIntegration(QObject):
     # ------------------------------------------------------------------------------ window state
 
     def remember_window(self) -> None:
-        """Keep the window's geometry and toolbar/dock layout in the store (saved with it)."""
-        self._store.save_window_state(
-            {"geometry": self._window.saveGeometry().data(), "state": self._window.saveState().data()}
-        )
+        """Keep the window's geometry, toolbar/dock layout and splitter positions in the store (saved
+        with it). Splitters are kept by object name: QMainWindow's own state does not hold them."""
+        state = {"geometry": self._window.saveGeometry().data(), "state": self._window.saveState().data()}
+        for splitter in self._window.findChildren(QSplitter):
+            if splitter.objectName():
+                state[f"{_SPLITTER_PREFIX}{splitter.objectName()}"] = splitter.saveState().data()
+        self._store.save_window_state(state)
 
     def restore_window(self) -> bool:
         """Put the window back as `remember_window` kept it; False when nothing (usable) was kept."""
@@ -164,6 +168,10 @@ class SettingsIntegration(QObject):
             restored = self._window.restoreGeometry(QByteArray(state["geometry"]))
         if "state" in state:
             restored = self._window.restoreState(QByteArray(state["state"])) and restored
+        for splitter in self._window.findChildren(QSplitter):
+            blob = state.get(f"{_SPLITTER_PREFIX}{splitter.objectName()}")
+            if splitter.objectName() and blob is not None:
+                splitter.restoreState(QByteArray(blob))
         return restored
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PySide6.QtWidgets import QComboBox
+from PySide6.QtWidgets import QComboBox, QSplitter
 
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import LoraRef
@@ -61,6 +61,9 @@ def test_twenty_values_are_there_after_a_restart(qtbot, tmp_path: Path) -> None:
         toolbar.padding_spin.setValue(48)
         pick(toolbar.area_combo, "masked")
         pick(toolbar.resize_combo, "pad")
+        splitter = window.findChild(QSplitter, "main_splitter")
+        splitter.setSizes([splitter.sizes()[0] + 60, splitter.sizes()[1] - 60])
+        sizes = splitter.sizes()
         expected = window.parameters.parameters
         precision, memory = expected.precision, expected.memory_mode
         assert expected.model == "zz-sdxl-model" and expected.steps == 23
@@ -87,6 +90,9 @@ def test_twenty_values_are_there_after_a_restart(qtbot, tmp_path: Path) -> None:
         assert toolbar.mode_combo.currentData() == "img2img" and toolbar.strength_slider.value() == 42
         assert (toolbar.blur_spin.value(), toolbar.padding_spin.value()) == (9, 48)
         assert toolbar.area_combo.currentData() == "masked" and toolbar.resize_combo.currentData() == "pad"
+        # The settings column keeps the width it was dragged to (the window itself is fitted to the
+        # offscreen screen, so the canvas side may differ).
+        assert window.findChild(QSplitter, "main_splitter").sizes()[0] == sizes[0]
     finally:
         close_window(window, controller)
 

@@ -112,7 +112,7 @@ def test_changed_settings_are_there_after_a_restart(qtbot, tmp_path: Path, monke
         assert window_lightness() > 200
         assert window.parameter_panel.device_combo.currentData() == "cpu"
         # The close kept the window's layout, and the start put it back.
-        assert set(store.window_state()) == {"geometry", "state"}
+        assert set(store.window_state()) == {"geometry", "state", "splitter.main_splitter"}
         assert (window.width(), window.height()) == kept_size
     finally:
         close_window(window, controller)
