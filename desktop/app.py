@@ -62,13 +62,14 @@ def diffusers_runner_factory(
     writer: ImageWriter,
     preview_every: int = 1,
     history: HistoryStore | None = None,
+    cpu_threads: int = 0,
 ) -> RunnerFactory:
     """A factory the worker calls on the generation thread at the first job: torch is imported there."""
 
     def build_runner() -> JobRunner:
         from desktop.engine.backends import create_diffusers_backend
 
-        backend = create_diffusers_backend(paths, resources, catalog, preview_every)
+        backend = create_diffusers_backend(paths, resources, catalog, preview_every, cpu_threads)
         return JobRunner(backend, writer, desktop.__version__, history)
 
     return build_runner
@@ -243,8 +244,10 @@ def build_app_window(
     catalog = ModelCatalog(Path(models_folder).expanduser() if models_folder else paths.models)
     history, problem = open_history(paths)
     preview_every = settings.get("preview_every") if settings is not None else 1
+    cpu_threads = settings.get("cpu_threads") if settings is not None else 0
     factory = diffusers_runner_factory(
-        paths, resources, catalog, ImageWriter(paths.outputs), preview_every=preview_every, history=history
+        paths, resources, catalog, ImageWriter(paths.outputs), preview_every=preview_every, history=history,
+        cpu_threads=cpu_threads,
     )
     window, controller = build_main_window(paths, factory, catalog, history, settings)
     if problem:

@@ -58,6 +58,7 @@ from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
@@ -163,8 +164,14 @@ class DiffusersBackend:
         catalog: ModelCatalog,
         preview_every: int = 1,
         loras: AdapterCatalog | None = None,
+        cpu_threads: int = 0,
+        busy_cores: Callable[[], float | None] = others_busy_cores,
     ) -> None:
         self._paths = paths
+        # 0: each CPU job sizes torch's thread pool to the cores other processes leave free.
+        self._cpu_threads = max(0, cpu_threads)
+        self._busy_cores = busy_cores
+        self._default_threads = torch.get_num_threads()
         self._resources = resources
         self._catalog = catalog
         self._preview_every = max(0, preview_every)
@@ -370,6 +377,8 @@ class DiffusersBackend:
             self.load(request)
         if cancel.cancelled:
             raise Cancelled("Cancelled before the first step.")
+        if batch_index == 0 and (self._key is None or self._key.device == "cpu"):
+            self._set_cpu_threads()
         # LoRAs from the request and the prompt's <lora:...> tags; the encoder gets the prompt without tags.
         lora_plan = self._loras.apply(
             self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
@@ -415,6 +424,13 @@ class DiffusersBackend:
         return GeneratedBatch(
             images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings
         )
+
+    def _set_cpu_threads(self) -> None:
+        # Here, on the generation thread: torch's OpenMP pool takes its size from the calling thread.
+        busy = None if self._cpu_threads else self._busy_cores()
+        choice = choose_threads(self._cpu_threads, self._default_threads, usable_cores(), busy)
+        torch.set_num_threads(choice.threads)
+        log.info("CPU threads for this job: %s", choice.reason)
 
     def _run_pipeline(
         self,
