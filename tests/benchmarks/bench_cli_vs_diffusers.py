@@ -19,6 +19,12 @@ against the plain script, which converts on every run. Pairs alternate which arm
 from the moment the child is started (wall clock, `time.time()` on both sides):
 import (Python, the app or diffusers, torch), load, steps (prompt encoding and the denoising, to the
 last step's end), save (VAE decode and the PNG), exit (from the saved image to the process's end).
+Both loaders map the safetensors files and the weights are read as the first step touches them, so
+"load" is short and the first step carries the reading, in both arms alike.
+
+`--threads N` pins both arms to N CPU threads: the app's own cost, like with like. Without it the
+app sizes its pool to the cores other processes leave free (its default) and the plain script keeps
+torch's default of one thread per core: what a user of each sees on a machine that is busy.
 """
 
 from __future__ import annotations
@@ -49,7 +55,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPTokenizer
 marks["imported"] = time.time()
-model, config, tokenizer, out, steps, size, prompt, negative, seed, cfg = sys.argv[1:]
+model, config, tokenizer, out, steps, size, prompt, negative, seed, cfg, threads = sys.argv[1:]
+if int(threads):
+    torch.set_num_threads(int(threads))
 pipe = StableDiffusionPipeline.from_single_file(
     model, config=config, local_files_only=True, dtype=torch.float32,
     tokenizer=CLIPTokenizer.from_pretrained(tokenizer, local_files_only=True),
@@ -73,12 +81,12 @@ def child_env() -> dict[str, str]:
     return os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(common.ROOT)}
 
 
-def run_plain(model: Path, out: Path, steps: int, size: int) -> dict[str, float]:
+def run_plain(model: Path, out: Path, steps: int, size: int, threads: int) -> dict[str, float]:
     from desktop.engine.resources import Resources
 
     resources = Resources.default()
     args = [str(model), str(resources.config_folder("sd15")), str(resources.tokenizer_folder()), str(out),
-            str(steps), str(size), PROMPT, NEGATIVE, str(SEED), str(CFG)]
+            str(steps), str(size), PROMPT, NEGATIVE, str(SEED), str(CFG), str(threads)]
     started = time.time()
     done = subprocess.run([sys.executable, "-c", PLAIN_SCRIPT, *args], env=child_env(), cwd=common.ROOT,
                           capture_output=True, text=True)
@@ -140,7 +148,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3, help="interleaved warm pairs after the first one")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="the app's --threads (0: its automatic choice)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="pin both arms to N CPU threads (like with like); 0: the app chooses (its default) "
+                             "and the plain script keeps torch's default")
     parser.add_argument("--keep", action="store_true", help="keep the app's home (its converted model)")
     args = parser.parse_args()
 
@@ -148,17 +158,18 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="marble-cli-bench-", dir=common.cache_root()))
     home = work / "home"
     print(f"model: {model} ({model.stat().st_size / 1e9:.2f} GB, fp32 on disk and in the run), "
-          f"{args.size}x{args.size}, {args.steps} steps, CFG {CFG}, CPU, app --threads {args.threads}")
+          f"{args.size}x{args.size}, {args.steps} steps, CFG {CFG}, CPU, --threads {args.threads}")
     print(f"cpu cores: {os.cpu_count()}, load average at start: {load_average()}")
     try:
-        first_plain = run_plain(model, work / "plain-first.png", args.steps, args.size)
+        first_plain = run_plain(model, work / "plain-first.png", args.steps, args.size, args.threads)
         first_app = run_cli(model, home, work / "app-first.png", args.steps, args.size, args.threads)
         plain_runs, app_runs = [], []
         for index in range(args.pairs):
             order = ("plain", "app") if index % 2 else ("app", "plain")
             for arm in order:
                 if arm == "plain":
-                    plain_runs.append(run_plain(model, work / f"plain-{index}.png", args.steps, args.size))
+                    plain_runs.append(run_plain(model, work / f"plain-{index}.png", args.steps, args.size,
+                                                 args.threads))
                 else:
                     app_runs.append(run_cli(model, home, work / f"app-{index}.png", args.steps, args.size,
                                             args.threads))

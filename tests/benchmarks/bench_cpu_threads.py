@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,8 +44,20 @@ def main() -> None:
     from desktop.engine.resources import Resources
 
     model = Resources.default().demo_model
+    work = Path(tempfile.mkdtemp(prefix="marble-threads-bench-", dir=common.cache_root()))
+    try:
+        results = measure(args, model, work / "home")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for (machine, label), runs in results.items():
+        steps = [run["steps"] for run in runs]
+        totals = [run["total"] for run in runs]
+        print(f"{machine:6s} {label:9s} steps {common.summary(steps)} s; whole process median "
+              f"{statistics.median(totals):.2f} s")
+
+
+def measure(args: argparse.Namespace, model: Path, home: Path) -> dict[tuple[str, str], list[dict[str, float]]]:
     default_threads = cores()
-    home = Path(tempfile.mkdtemp(prefix="marble-threads-bench-", dir=common.cache_root())) / "home"
     print(f"demo model, {args.size}x{args.size}, {args.steps} steps, CPU; usable cores {default_threads}; "
           f"busy case: {args.busy} busy-loop processes")
     run_cli(model, home, home.parent / "warm-up.png", args.steps, args.size, 0)  # the disk cache, the imports
@@ -64,11 +77,7 @@ def main() -> None:
             for loop in loops:
                 loop.kill()
                 loop.wait()
-    for (machine, label), runs in results.items():
-        steps = [run["steps"] for run in runs]
-        totals = [run["total"] for run in runs]
-        print(f"{machine:6s} {label:9s} steps {common.summary(steps)} s; whole process median "
-              f"{statistics.median(totals):.2f} s")
+    return results
 
 
 if __name__ == "__main__":
