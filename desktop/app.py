@@ -66,13 +66,14 @@ def diffusers_runner_factory(
     writer: ImageWriter,
     preview_every: int = 1,
     history: HistoryStore | None = None,
+    cpu_threads: int = 0,
 ) -> RunnerFactory:
     """A factory the worker calls on the generation thread at the first job: torch is imported there."""
 
     def build_runner() -> JobRunner:
         from desktop.engine.backends import create_diffusers_backend
 
-        backend = create_diffusers_backend(paths, resources, catalog, preview_every)
+        backend = create_diffusers_backend(paths, resources, catalog, preview_every, cpu_threads)
         return JobRunner(backend, writer, desktop.__version__, history, Wildcards(paths.wildcards))
 
     return build_runner
@@ -258,6 +259,7 @@ def build_app_window(
     catalog = ModelCatalog(Path(models_folder).expanduser() if models_folder else paths.models)
     history, problem = open_history(paths)
     preview_every = settings.get("preview_every") if settings is not None else 1
+    cpu_threads = settings.get("cpu_threads") if settings is not None else 0
     writer = ImageWriter(paths.outputs)
     try:
         writer.signer = signer_for(paths.config, bool(settings is not None and settings.get("c2pa")))
@@ -265,7 +267,8 @@ def build_app_window(
         # Images are still saved, with their XMP mark; the user learns why they are not signed.
         problem = f"{problem} {error}".strip()
     factory = diffusers_runner_factory(
-        paths, resources, catalog, writer, preview_every=preview_every, history=history
+        paths, resources, catalog, writer, preview_every=preview_every, history=history,
+        cpu_threads=cpu_threads,
     )
     window, controller = build_main_window(paths, factory, catalog, history, settings)
     if settings is not None:

@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-preview", action="store_true", help="skip the per-step preview")
     gen.add_argument("--vae", default="", metavar="NAME",
                      help="decode with a library VAE (marble vaes import FILE) instead of the model's own")
+    gen.add_argument("--threads", type=_thread_count, default=0, metavar="N",
+                     help="CPU threads for the job; 0 (default): the cores other programs leave free")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                      help="apply a library LoRA (repeatable; weight 1 if omitted); <lora:NAME:WEIGHT> in the "
                           "prompt works too")
@@ -164,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _HOME_HELP = "keep every file of the app under this folder (or set MARBLE_HOME)"
+
+
+def _thread_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a thread count (0 = automatic, or 1 and up)")
+    return count
 
 
 def _add_home(parser: argparse.ArgumentParser) -> None:
@@ -276,7 +288,9 @@ def _run_request(
         report(JobFailed("-", str(error), error.kind))
         return exit_code(error.kind)
     catalog = ModelCatalog(paths.models)
-    backend = create_diffusers_backend(paths, Resources.default(), catalog, 0 if args.no_preview else 1)
+    backend = create_diffusers_backend(
+        paths, Resources.default(), catalog, 0 if args.no_preview else 1, getattr(args, "threads", 0)
+    )
     writer = ImageWriter(Path(args.out).expanduser(), dated=False) if args.out else ImageWriter(paths.outputs)
     writer.signer = signer
     job = Job(request)

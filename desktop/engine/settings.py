@@ -93,6 +93,11 @@ SETTINGS: tuple[Setting, ...] = (
                        .get(device, device)) for device in DEVICES),
     ),
     Setting(
+        "cpu_threads", "CPU threads", "Threads a job on the CPU uses. Auto: the cores other programs "
+        "leave free when the job starts (a busy machine slows a job several-fold when both compete for "
+        "every core). Takes effect at the next start.", INTEGER, 0, minimum=0, maximum=256, minimum_label="Auto",
+    ),
+    Setting(
         "output_folder", "Output folder", "Where new images are saved; empty: the app's own outputs "
         "folder. Takes effect at the next start.", FOLDER, "",
     ),

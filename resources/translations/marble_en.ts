@@ -658,11 +658,11 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>1 job did not finish last time ({images} images to make).</source>
+        <source>1 job did not finish last time (1 image to make).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>1 job did not finish last time (1 image to make).</source>
+        <source>1 job did not finish last time ({images} images to make).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -774,6 +774,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>A folder of models to use instead of the app&apos;s own; empty: the app&apos;s own models folder. Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CPU threads</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Threads a job on the CPU uses. Auto: the cores other programs leave free when the job starts (a busy machine slows a job several-fold when both compete for every core). Takes effect at the next start.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -65,6 +65,27 @@ def sd15_random_folder(family: str = "sd15") -> Path:
     return folder
 
 
+def sd15_single_file() -> Path:
+    """The model of `sd15_random_folder` as ONE original-layout fp32 `.safetensors` file (~4.3 GB), as
+    users download checkpoints: for comparing `marble generate` with diffusers' own `from_single_file`."""
+    path = cache_root() / "sd15-random-fp32.safetensors"
+    if path.is_file():
+        return path
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from tests.support.tiny_models import save_single_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(sd15_random_folder()), local_files_only=True, dtype=torch.float32, safety_checker=None,
+        requires_safety_checker=False,
+    )
+    partial = path.with_name(path.name + ".partial")
+    save_single_file(pipe, partial, dtype=torch.float32)
+    partial.rename(path)
+    return path
+
+
 class WorkerThread:
     """One persistent plain thread that runs calls handed to it, for timing torch off the main thread
     (as the app must run it) against the same call on the main thread, interleaved."""

@@ -147,12 +147,28 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
         (["--steps", "0"], "steps 0 is out of range"),
         (["--sampler", "Euler z"], "Unknown sampler 'Euler z'"),
         (["--device", "tpu"], "invalid choice"),
+        (["--threads", "-1"], "'-1' is not a thread count"),
+        (["--threads", "two"], "'two' is not a thread count"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, changes, message):
     code, out, err = in_process(generate_args("m", *changes, "--home", str(tmp_path)))
     assert code == EXIT_BAD_INPUT
     assert message in err and "Traceback" not in err
+
+
+def test_threads_flag_sizes_the_jobs_thread_pool(tmp_path, tiny_sd15_dir):
+    import torch  # only here: the other tests run the command line as a child process
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        # In this process the job runs on this thread, so the pool it left behind is the one it used.
+        code, _, err = in_process(generate_args(tiny_sd15_dir, "--threads", "3", "--home", str(tmp_path)))
+        assert code == 0, err
+        assert torch.get_num_threads() == 3  # more than the default of 2 that automatic never exceeds
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bad_input_in_json_mode_is_a_failed_event(tmp_path):

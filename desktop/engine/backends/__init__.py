@@ -25,10 +25,10 @@ _LOADED_LAZILY = (
 
 
 def create_diffusers_backend(
-    paths: AppPaths, resources: Resources, catalog: ModelCatalog, preview_every: int = 1
+    paths: AppPaths, resources: Resources, catalog: ModelCatalog, preview_every: int = 1, cpu_threads: int = 0
 ) -> Backend:
     """Import torch and diffusers now, on the calling thread, and build the backend."""
     from desktop.engine.backends.gentle_import import import_gently
 
     module = import_gently("desktop.engine.backends.diffusers_backend", _LOADED_LAZILY)
-    return module.DiffusersBackend(paths, resources, catalog, preview_every)
+    return module.DiffusersBackend(paths, resources, catalog, preview_every, cpu_threads=cpu_threads)

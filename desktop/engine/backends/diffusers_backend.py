@@ -59,6 +59,7 @@ from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends import families  # noqa: E402
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
@@ -172,8 +173,14 @@ class DiffusersBackend:
         catalog: ModelCatalog,
         preview_every: int = 1,
         loras: AdapterCatalog | None = None,
+        cpu_threads: int = 0,
+        busy_cores: Callable[[], float | None] = others_busy_cores,
     ) -> None:
         self._paths = paths
+        # 0: each CPU job sizes torch's thread pool to the cores other processes leave free.
+        self._cpu_threads = max(0, cpu_threads)
+        self._busy_cores = busy_cores
+        self._default_threads = torch.get_num_threads()
         self._resources = resources
         self._catalog = catalog
         self._preview_every = max(0, preview_every)
@@ -427,6 +434,8 @@ class DiffusersBackend:
             self.load(request)
         if cancel.cancelled:
             raise Cancelled("Cancelled before the first step.")
+        if batch_index == 0 and (self._key is None or self._key.device == "cpu"):
+            self._set_cpu_threads()
         if self._dit is not None:
             return self._generate_dit(request, batch_index, on_step, cancel)
         # LoRAs from the request and the prompt's <lora:...> tags; the encoder gets the prompt without tags.
@@ -521,6 +530,13 @@ class DiffusersBackend:
                 f"The device ran out of memory running {self._dit.label} at {request.width}x{request.height}."
             )
         return GeneratedBatch(tuple(result.images), seeds, batch_index, None, tuple(notes), (), (), None)
+
+    def _set_cpu_threads(self) -> None:
+        # Here, on the generation thread: torch's OpenMP pool takes its size from the calling thread.
+        busy = None if self._cpu_threads else self._busy_cores()
+        choice = choose_threads(self._cpu_threads, self._default_threads, usable_cores(), busy)
+        torch.set_num_threads(choice.threads)
+        log.info("CPU threads for this job: %s", choice.reason)
 
     def _run_pipeline(
         self,

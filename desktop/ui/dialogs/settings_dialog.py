@@ -62,6 +62,10 @@ SETTING_TEXTS = (
     QT_TRANSLATE_NOOP("Settings", "Models folder"),
     QT_TRANSLATE_NOOP("Settings", "A folder of models to use instead of the app's own; empty: the app's own models "
                       "folder. Takes effect at the next start."),
+    QT_TRANSLATE_NOOP("Settings", "CPU threads"),
+    QT_TRANSLATE_NOOP("Settings", "Threads a job on the CPU uses. Auto: the cores other programs leave free when the "
+                      "job starts (a busy machine slows a job several-fold when both compete for every core). "
+                      "Takes effect at the next start."),
     QT_TRANSLATE_NOOP("Settings", "C2PA signing"),
     QT_TRANSLATE_NOOP("Settings", "Sign every new image with a C2PA manifest (Content Credentials) naming Marble "
                       "and the model, with your own key (Create signing key, below)."),
