@@ -361,6 +361,9 @@ def test_the_window_s_panels_menus_history_and_library_go_through_translation(fu
     qtbot.waitUntil(lambda: library.tabs.tabText(0).endswith("⟧") and "(" in library.tabs.tabText(0),
                     timeout=10_000)
     qtbot.waitUntil(lambda: library.select("lora", "ink"), timeout=10_000)
+    # A tab says "{kind} ({count})" with the kind translated inside the translated sentence.
+    tabs = [library.tabs.tabText(index) for index in range(library.tabs.count())]
+    assert all(re.fullmatch(r"⟦⟦[^⟧]+⟧ \(\d+\)⟧", tab) for tab in tabs), tabs
 
     problems = untranslated([window, library, history.detail_view], TRANSLATED_MODULES)
     assert window.menuBar().actions(), "no menus"
