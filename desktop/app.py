@@ -50,7 +50,7 @@ from desktop.ui.self_test import SelfTest
 from desktop.ui.session_memory import SessionMemory
 from desktop.ui.settings_integration import SettingsIntegration
 from desktop.ui.theme import ThemeManager, apply_theme
-from desktop.ui.translation import install_translations
+from desktop.ui.translation import install_translations, translate
 
 APP_NAME = "Marble Studio"
 ORGANIZATION = "Marble"
@@ -311,9 +311,8 @@ def open_history(paths: AppPaths) -> tuple[HistoryStore | None, str]:
         problem = explain_database_error(paths.history_db, error, paths.outputs)
     except (MarbleError, OSError) as error:
         problem = str(error)
-    problem = f"The history is unavailable: {problem}"
-    print(f"marble-studio: {problem}", file=sys.stderr)
-    return None, problem
+    print(f"marble-studio: The history is unavailable: {problem}", file=sys.stderr)  # the log stays English
+    return None, translate("App", "The history is unavailable: {problem}").format(problem=problem)
 
 
 if __name__ == "__main__":

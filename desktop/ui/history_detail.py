@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QSize, Qt, Signal
 from PySide6.QtGui import QAction, QImageReader, QKeyEvent, QPixmap, QResizeEvent
 from PySide6.QtWidgets import (
     QDialog,
@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import ImageRecord
 from desktop.engine.metadata import read_text_chunks
+from desktop.ui.translation import translate
 
 
 class _ImageLabel(QLabel):
@@ -149,6 +150,18 @@ class HistoryDetailView(QDialog):
         super().keyPressEvent(event)
 
 
+# The labels of describe()'s lines that only the history knows (the file's own text lacks them). describe()
+# (history_panel) writes its labels translated, so they are matched translated too.
+HISTORY_ONLY_LABELS = (
+    QT_TRANSLATE_NOOP("HistoryDescription", "Device"),
+    QT_TRANSLATE_NOOP("HistoryDescription", "Time"),
+    QT_TRANSLATE_NOOP("HistoryDescription", "Created"),
+    QT_TRANSLATE_NOOP("HistoryDescription", "File"),
+    QT_TRANSLATE_NOOP("HistoryDescription", "In the trash"),
+    QT_TRANSLATE_NOOP("HistoryDescription", "Favourite"),
+)
+
+
 def recipe_text(record: ImageRecord, source: str, describe: Callable[[ImageRecord], str]) -> str:
     """The file's A1111 `parameters` text when it has one, then the history's own lines; else `describe`."""
     described = describe(record)
@@ -159,6 +172,6 @@ def recipe_text(record: ImageRecord, source: str, describe: Callable[[ImageRecor
     if not parameters.strip():
         return described
     # describe() starts with the prompt block; keep only its trailing "Label: value" lines the file lacks.
-    extra = [line for line in described.rsplit("\n\n", 1)[-1].splitlines()
-             if line.split(":", 1)[0] in ("Device", "Time", "Created", "File", "In the trash", "Favourite")]
+    own = {translate("HistoryDescription", label) for label in HISTORY_ONLY_LABELS}
+    extra = [line for line in described.rsplit("\n\n", 1)[-1].splitlines() if line.split(":", 1)[0] in own]
     return parameters.rstrip() + ("\n\n" + "\n".join(extra) if extra else "")

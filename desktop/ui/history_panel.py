@@ -34,6 +34,7 @@ from desktop.ui.history_detail import HistoryDetailView
 from desktop.ui.history_filters import HistoryFilters
 from desktop.ui.history_grid import HistoryGrid
 from desktop.ui.history_recovery import RecoveryBar
+from desktop.ui.translation import translate
 
 REFRESH_DELAY_MS = 300
 
@@ -90,7 +91,7 @@ class HistoryPanel(QWidget):
 
         self.details = QPlainTextEdit(objectName="history_details")
         self.details.setReadOnly(True)
-        self.details.setPlaceholderText("Select an image to see how it was made.")
+        self.details.setPlaceholderText(self.tr("Select an image to see how it was made."))
 
         self._build_actions()
         self._build_layout()
@@ -125,21 +126,21 @@ class HistoryPanel(QWidget):
             self.addAction(act)
             return act
 
-        self.details_action = action("Details…", self.open_details, "history_details_open")
-        self.reuse_action = action("Reuse all parameters", self.reuse_parameters, "history_reuse")
-        self.reuse_seed_action = action("Reuse seed", self.reuse_seed, "history_reuse_seed")
-        self.canvas_action = action("Send to canvas", self.send_to_canvas, "history_send_to_canvas")
-        self.open_action = action("Open file", self.open_file, "history_open")
-        self.reveal_action = action("Show in folder", self.reveal_in_folder, "history_reveal")
-        self.copy_action = action("Copy image", self.copy_image, "history_copy", "Ctrl+C")
-        self.export_action = action("Export…", lambda: self._export_dialog(False), "history_export")
+        self.details_action = action(self.tr("Details…"), self.open_details, "history_details_open")
+        self.reuse_action = action(self.tr("Reuse all parameters"), self.reuse_parameters, "history_reuse")
+        self.reuse_seed_action = action(self.tr("Reuse seed"), self.reuse_seed, "history_reuse_seed")
+        self.canvas_action = action(self.tr("Send to canvas"), self.send_to_canvas, "history_send_to_canvas")
+        self.open_action = action(self.tr("Open file"), self.open_file, "history_open")
+        self.reveal_action = action(self.tr("Show in folder"), self.reveal_in_folder, "history_reveal")
+        self.copy_action = action(self.tr("Copy image"), self.copy_image, "history_copy", "Ctrl+C")
+        self.export_action = action(self.tr("Export…"), lambda: self._export_dialog(False), "history_export")
         self.export_private_action = action(
-            "Export without metadata…", lambda: self._export_dialog(True), "history_export_private"
+            self.tr("Export without metadata…"), lambda: self._export_dialog(True), "history_export_private"
         )
-        self.favourite_action = action("Favourite", self.toggle_favourite, "history_favourite", "F")
-        self.delete_action = action("Move to trash", self.delete_selected, "history_delete", "Delete")
-        self.restore_action = action("Restore", self.restore_selected, "history_restore")
-        self.empty_trash_action = action("Empty trash…", self.empty_trash, "history_empty_trash")
+        self.favourite_action = action(self.tr("Favourite"), self.toggle_favourite, "history_favourite", "F")
+        self.delete_action = action(self.tr("Move to trash"), self.delete_selected, "history_delete", "Delete")
+        self.restore_action = action(self.tr("Restore"), self.restore_selected, "history_restore")
+        self.empty_trash_action = action(self.tr("Empty trash…"), self.empty_trash, "history_empty_trash")
 
     def _build_layout(self) -> None:
         # Rows that wrap (flow rows), so the docked panel fits a narrow column of a 1280 px window.
@@ -149,7 +150,7 @@ class HistoryPanel(QWidget):
             button = QToolButton()
             button.setDefaultAction(act)
             tool_buttons.append(button)
-        more = QToolButton(text="More")
+        more = QToolButton(text=self.tr("More"))
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(more)
         menu.addActions([self.details_action, self.open_action, self.reveal_action, self.copy_action,
@@ -257,7 +258,7 @@ class HistoryPanel(QWidget):
             if record is not None:
                 request = _request_from_columns(record)
             if request is None:
-                self.message.emit("This image does not say how it was made.", "warning")
+                self.message.emit(self.tr("This image does not say how it was made."), "warning")
                 return
         self.reuse_requested.emit(request)
 
@@ -273,7 +274,9 @@ class HistoryPanel(QWidget):
         if record is None:
             return
         if record.missing or not Path(record.path).exists():
-            self.message.emit(f"{record.path} is missing: it was moved or deleted outside Marble.", "error")
+            self.message.emit(
+                self.tr("{path} is missing: it was moved or deleted outside Marble.").format(path=record.path), "error"
+            )
             return
         self.send_to_canvas_requested.emit(record.path)
 
@@ -296,7 +299,7 @@ class HistoryPanel(QWidget):
             return
         image = QImageReader(record.path).read()
         if image.isNull():
-            self.message.emit(f"Cannot read {record.path}.", "error")
+            self.message.emit(self.tr("Cannot read {path}.").format(path=record.path), "error")
             return
         QApplication.clipboard().setImage(image)
 
@@ -348,9 +351,9 @@ class HistoryPanel(QWidget):
             self.detail_view.close()
         if moved:
             count = len(moved)
-            self.message.emit(
-                f"Moved {count} image{'s' if count != 1 else ''} to the trash; tick Trash to restore.", "info"
-            )
+            text = (self.tr("Moved 1 image to the trash; tick Trash to restore.") if count == 1
+                    else self.tr("Moved {count} images to the trash; tick Trash to restore.").format(count=count))
+            self.message.emit(text, "info")
 
     @Slot()
     def restore_selected(self) -> None:
@@ -365,7 +368,9 @@ class HistoryPanel(QWidget):
     def empty_trash(self) -> None:
         count = self._model.store.empty_trash()
         self.refresh()
-        self.message.emit(f"Deleted {count} image{'s' if count != 1 else ''} for good.", "info")
+        text = (self.tr("Deleted 1 image for good.") if count == 1
+                else self.tr("Deleted {count} images for good.").format(count=count))
+        self.message.emit(text, "info")
 
     # ---------------------------------------------------------------------------------- private
 
@@ -389,11 +394,13 @@ class HistoryPanel(QWidget):
         elif isinstance(result, ReconcileReport):
             self._refresh_models()
             if result.marked_missing:
-                self.message.emit(
-                    f"{result.marked_missing} image{'s are' if result.marked_missing != 1 else ' is'} no longer "
-                    "in the image folder; their records are kept and marked missing.",
-                    "warning",
+                text = (
+                    self.tr("1 image is no longer in the image folder; its record is kept and marked missing.")
+                    if result.marked_missing == 1
+                    else self.tr("{count} images are no longer in the image folder; their records are kept and "
+                                 "marked missing.").format(count=result.marked_missing)
                 )
+                self.message.emit(text, "warning")
         self.recovery_bar.show_unfinished_jobs()
 
     def _on_selection_changed(self) -> None:
@@ -430,31 +437,44 @@ class HistoryPanel(QWidget):
             return
         if len(records) == 1:
             name = Path(records[0].path).name
-            target, _ = QFileDialog.getSaveFileName(self, "Export image", name, "PNG images (*.png)")
+            target, _ = QFileDialog.getSaveFileName(self, self.tr("Export image"), name, self.tr("PNG images (*.png)"))
         else:
-            target = QFileDialog.getExistingDirectory(self, f"Export {len(records)} images")
+            target = QFileDialog.getExistingDirectory(self, self.tr("Export {count} images").format(count=len(records)))
         if target:
             written = self.export_selected(target, strip_metadata)
             if written:
-                self.message.emit(f"Exported {len(written)} image(s) to {Path(target)}.", "info")
+                self.message.emit(
+                    self.tr("Exported {count} image(s) to {folder}.").format(count=len(written), folder=Path(target)),
+                    "info",
+                )
 
 
 def _describe(record: ImageRecord) -> str:
     """Every parameter, one per line, as a user reads them (and can copy them)."""
     lines = [record.prompt]
     if record.negative:
-        lines.append(f"Negative prompt: {record.negative}")
+        lines.append(translate("HistoryDescription", "Negative prompt: {negative}").format(negative=record.negative))
     lines.append("")
+    # The labels are translated (history_detail.recipe_text matches the history-only ones translated too).
     pairs = [
-        ("Model", record.model), ("Model hash", record.model_hash), ("LoRA hashes", record.lora_hashes),
-        ("Seed", record.seed), ("Sampler", record.sampler), ("Steps", record.steps),
-        ("CFG scale", None if record.cfg is None else f"{record.cfg:g}"), ("Size", record.size),
-        ("Device", record.device),
-        ("Time", ", ".join(f"{key.removesuffix('_s')} {value:.2f} s" for key, value in record.timings.items())),
-        ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))),
-        ("File", record.path + ("  (missing)" if record.missing else "")),
-        ("In the trash", record.trash_path if record.trashed else None),
-        ("Favourite", "yes" if record.favourite else None),
+        (translate("HistoryDescription", "Model"), record.model),
+        (translate("HistoryDescription", "Model hash"), record.model_hash),
+        (translate("HistoryDescription", "LoRA hashes"), record.lora_hashes),
+        (translate("HistoryDescription", "Seed"), record.seed),
+        (translate("HistoryDescription", "Sampler"), record.sampler),
+        (translate("HistoryDescription", "Steps"), record.steps),
+        (translate("HistoryDescription", "CFG scale"), None if record.cfg is None else f"{record.cfg:g}"),
+        (translate("HistoryDescription", "Size"), record.size),
+        (translate("HistoryDescription", "Device"), record.device),
+        (translate("HistoryDescription", "Time"),
+         ", ".join(f"{key.removesuffix('_s')} {value:.2f} s" for key, value in record.timings.items())),
+        (translate("HistoryDescription", "Created"),
+         time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))),
+        (translate("HistoryDescription", "File"),
+         record.path + (translate("HistoryDescription", "  (missing)") if record.missing else "")),
+        (translate("HistoryDescription", "In the trash"), record.trash_path if record.trashed else None),
+        (translate("HistoryDescription", "Favourite"),
+         translate("HistoryDescription", "yes") if record.favourite else None),
     ]
     lines += [f"{label}: {value}" for label, value in pairs if value not in (None, "")]
     return "\n".join(lines)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, QThreadPool, QUrl, Signal, Slot
+from PySide6.QtCore import QT_TRANSLATE_NOOP, Qt, QThreadPool, QUrl, Signal, Slot
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
     QApplication,
@@ -48,7 +48,7 @@ from desktop.ui.window_actions import build_window_actions
 if TYPE_CHECKING:
     from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
 
-WINDOW_TITLE = "Marble Studio"
+WINDOW_TITLE = QT_TRANSLATE_NOOP("MainWindow", "Marble Studio")
 # The narrowest the history dock gets and its first width: with every panel open the
 # window must fit a 1280 x 720 screen (a 1366 x 768 laptop, or a 2560 x 1440 panel at 200 %).
 HISTORY_MIN_WIDTH = 220
@@ -95,7 +95,7 @@ class MainWindow(QMainWindow):
         """`demo_model` names the library's demo model, read after each models scan, so the prompt
         field can say what it draws when it is selected."""
         super().__init__(parent)
-        self.setWindowTitle(WINDOW_TITLE)
+        self.setWindowTitle(self.tr(WINDOW_TITLE))
         self.setObjectName("main_window")
         self._controller = controller
         self._catalog = catalog
@@ -227,13 +227,13 @@ class MainWindow(QMainWindow):
     def cancel(self) -> None:
         if self._controller.busy:
             self._controller.cancel()
-            self.job_status.set_state("Cancelling…")
+            self.job_status.set_state(self.tr("Cancelling…"))
 
     @Slot()
     def cancel_all(self) -> None:
         if self._controller.busy or self._controller.pending_jobs():
             self._controller.cancel_all()
-            self.job_status.set_state("Cancelling…")
+            self.job_status.set_state(self.tr("Cancelling…"))
 
     @Slot()
     def refresh_models(self) -> None:
@@ -253,7 +253,7 @@ class MainWindow(QMainWindow):
     def add_history_panel(self, panel: HistoryPanel) -> None:
         """Dock the history on the right and wire its actions to the editor, settings and canvas."""
         self.history_panel = panel
-        dock = QDockWidget("History", self, objectName="history_dock")
+        dock = QDockWidget(self.tr("History"), self, objectName="history_dock")
         # In a scroll area, so the panel's rows of filters and buttons never make the window wider than
         # a laptop screen: a narrow dock scrolls sideways instead (the dock can also be closed, View menu).
         scroll = QScrollArea(objectName="history_scroll")
@@ -279,7 +279,8 @@ class MainWindow(QMainWindow):
         """Pick an image file (PNG, JPEG, WebP) and make it the image-to-image / inpainting source."""
         if path is None:
             path, _ = QFileDialog.getOpenFileName(
-                self, "Open image as source", str(self.outputs_folder or ""), "Images (*.png *.jpg *.jpeg *.webp)"
+                self, self.tr("Open image as source"), str(self.outputs_folder or ""),
+                self.tr("Images (*.png *.jpg *.jpeg *.webp)")
             )
         return bool(path) and self.canvas_toolbar.load_source_file(path)
 
@@ -298,15 +299,19 @@ class MainWindow(QMainWindow):
         if not self._controller.pending_images:
             return []
         if folder is None:
-            folder = QFileDialog.getExistingDirectory(self, "Save unsaved images in")
+            folder = QFileDialog.getExistingDirectory(self, self.tr("Save unsaved images in"))
             if not folder:
                 return []
         try:
             saved = self._controller.save_pending_images(folder)
         except MarbleError as error:
-            self.message_bar.show_message(f"{error} The images are still kept: try another folder.", "error")
+            self.message_bar.show_message(
+                self.tr("{error} The images are still kept: try another folder.").format(error=error), "error"
+            )
             return []
-        self.message_bar.show_message(f"Saved {len(saved)} image(s) in {folder}.", "info")
+        self.message_bar.show_message(
+            self.tr("Saved {count} image(s) in {folder}.").format(count=len(saved), folder=folder), "info"
+        )
         return saved
 
     @Slot()
@@ -364,7 +369,9 @@ class MainWindow(QMainWindow):
             self._shown_path = path
             self.result_shown.emit(path)
         else:
-            self.message_bar.show_message(f"Cannot open {path}: the file is missing or not an image.", "error")
+            self.message_bar.show_message(
+                self.tr("Cannot open {path}: the file is missing or not an image.").format(path=path), "error"
+            )
 
 
 def _open_folder(folder: Path) -> None:

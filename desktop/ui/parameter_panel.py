@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QSignalBlocker, Qt, Signal, SignalInstance, Slot
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QSignalBlocker, Qt, Signal, SignalInstance, Slot
 from PySide6.QtGui import QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -43,6 +43,7 @@ from desktop.engine.request import (
 )
 from desktop.ui.lora_list import LoraListWidget
 from desktop.ui.parameter_model import ParameterModel, Parameters
+from desktop.ui.translation import translate
 
 _EXTRA_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling")
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
@@ -55,13 +56,29 @@ SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (832, 1216),
     (1216, 832),
 )
-_DEVICE_LABELS = {"auto": "Auto", "cpu": "CPU", "cuda": "CUDA (NVIDIA)", "mps": "Apple (MPS)"}
-_PRECISION_LABELS = {"auto": "Auto", "fp32": "fp32 (full)", "fp16": "fp16 (half)", "bf16": "bf16"}
+_DEVICE_LABELS = {
+    "auto": QT_TRANSLATE_NOOP("ParameterPanel", "Auto"),
+    "cpu": QT_TRANSLATE_NOOP("ParameterPanel", "CPU"),
+    "cuda": QT_TRANSLATE_NOOP("ParameterPanel", "CUDA (NVIDIA)"),
+    "mps": QT_TRANSLATE_NOOP("ParameterPanel", "Apple (MPS)"),
+}
+_PRECISION_LABELS = {
+    "auto": QT_TRANSLATE_NOOP("ParameterPanel", "Auto"),
+    "fp32": QT_TRANSLATE_NOOP("ParameterPanel", "fp32 (full)"),
+    "fp16": QT_TRANSLATE_NOOP("ParameterPanel", "fp16 (half)"),
+    "bf16": QT_TRANSLATE_NOOP("ParameterPanel", "bf16"),
+}
 _MEMORY_LABELS = {
-    "auto": "Auto",
-    "full": "Full (fastest)",
-    "tiled": "Tiled VAE + sliced attention",
-    "offload": "CPU offload (least VRAM)",
+    "auto": QT_TRANSLATE_NOOP("ParameterPanel", "Auto"),
+    "full": QT_TRANSLATE_NOOP("ParameterPanel", "Full (fastest)"),
+    "tiled": QT_TRANSLATE_NOOP("ParameterPanel", "Tiled VAE + sliced attention"),
+    "offload": QT_TRANSLATE_NOOP("ParameterPanel", "CPU offload (least VRAM)"),
+}
+# A1111's mode names (the request keeps them as they are; only the list shows them translated).
+_EMPHASIS_LABELS = {
+    "Original": QT_TRANSLATE_NOOP("ParameterPanel", "Original"),
+    "No norm": QT_TRANSLATE_NOOP("ParameterPanel", "No norm"),
+    "None": QT_TRANSLATE_NOOP("ParameterPanel", "None"),
 }
 
 
@@ -73,7 +90,7 @@ class SideSpinBox(QSpinBox):
         self.setObjectName(name)
         self.setRange(MIN_SIDE, MAX_SIDE)
         self.setSingleStep(8)
-        self.setSuffix(" px")
+        self.setSuffix(self.tr(" px"))
         self.setAccelerated(True)
 
     def validate(self, text: str, pos: int) -> tuple[QValidator.State, str, int]:
@@ -112,8 +129,8 @@ class SeedEdit(QLineEdit):
         super().__init__(parent)
         self.setObjectName(name)
         self.setValidator(_SeedValidator(self))
-        self.setPlaceholderText("Random")
-        self.setToolTip("Empty (Random) draws a new seed for every job; up to 18446744073709551615")
+        self.setPlaceholderText(self.tr("Random"))
+        self.setToolTip(self.tr("Empty (Random) draws a new seed for every job; up to 18446744073709551615"))
 
     def value(self) -> int:
         text = self.text().strip()
@@ -163,9 +180,9 @@ class ParameterPanel(QWidget):
         self.model_combo = QComboBox(objectName="model_combo")
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(12)
-        self.model_combo.setPlaceholderText("No models found")
+        self.model_combo.setPlaceholderText(self.tr("No models found"))
         self.refresh_models_button = QToolButton(objectName="refresh_models_button", text="⟳")
-        self.refresh_models_button.setToolTip("Scan the models folder again")
+        self.refresh_models_button.setToolTip(self.tr("Scan the models folder again"))
         self.refresh_models_button.clicked.connect(self.models_refresh_requested)
 
         self.models_hint = QWidget(objectName="models_hint")
@@ -173,7 +190,9 @@ class ParameterPanel(QWidget):
         self.models_hint_label.setTextFormat(Qt.TextFormat.PlainText)
         self.models_hint_label.setWordWrap(True)
         self.models_hint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.open_models_folder_button = QPushButton("Open models folder", objectName="open_models_folder_button")
+        self.open_models_folder_button = QPushButton(
+            self.tr("Open models folder"), objectName="open_models_folder_button"
+        )
         self.open_models_folder_button.clicked.connect(self.open_models_folder_requested)
         hint_layout = QVBoxLayout(self.models_hint)
         hint_layout.setContentsMargins(0, 0, 0, 0)
@@ -182,7 +201,9 @@ class ParameterPanel(QWidget):
         self.models_hint.hide()
 
     def _create_sampling_widgets(self) -> None:
-        self.sampler_combo = _combo("sampler_combo", SAMPLER_NAMES, {DEFAULT_SAMPLER: "Model default"})
+        self.sampler_combo = _combo(
+            "sampler_combo", SAMPLER_NAMES, {DEFAULT_SAMPLER: QT_TRANSLATE_NOOP("ParameterPanel", "Model default")}
+        )
         self.steps_spin = QSpinBox(objectName="steps_spin")
         self.steps_spin.setRange(1, MAX_STEPS)
         self.cfg_spin = QDoubleSpinBox(objectName="cfg_spin")
@@ -192,28 +213,28 @@ class ParameterPanel(QWidget):
 
         self.seed_spin = SeedEdit("seed_spin")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
-        self.random_seed_button.setToolTip("Random seed for every job")
+        self.random_seed_button.setToolTip(self.tr("Random seed for every job"))
         self.random_seed_button.clicked.connect(self.use_random_seed)
         self.reuse_seed_button = QToolButton(objectName="reuse_seed_button", text="♻")
-        self.reuse_seed_button.setToolTip("Reuse the seed of the last job")
+        self.reuse_seed_button.setToolTip(self.tr("Reuse the seed of the last job"))
         self.reuse_seed_button.setEnabled(False)
         self.reuse_seed_button.clicked.connect(self.reuse_last_seed)
 
         self.batch_count_spin = QSpinBox(objectName="batch_count_spin")
         self.batch_count_spin.setRange(1, MAX_BATCH_COUNT)
-        self.batch_count_spin.setToolTip("Pipeline runs, one after another")
+        self.batch_count_spin.setToolTip(self.tr("Pipeline runs, one after another"))
         self.batch_size_spin = QSpinBox(objectName="batch_size_spin")
         self.batch_size_spin.setRange(1, MAX_BATCH_SIZE)
-        self.batch_size_spin.setToolTip("Images per run (needs more memory)")
+        self.batch_size_spin.setToolTip(self.tr("Images per run (needs more memory)"))
 
     def _create_size_widgets(self) -> None:
         self.width_spin = SideSpinBox("width_spin")
         self.height_spin = SideSpinBox("height_spin")
         self.swap_size_button = QToolButton(objectName="swap_size_button", text="⇄")
-        self.swap_size_button.setToolTip("Swap width and height")
+        self.swap_size_button.setToolTip(self.tr("Swap width and height"))
         self.swap_size_button.clicked.connect(self.swap_size)
         self.size_preset_combo = QComboBox(objectName="size_preset_combo")
-        self.size_preset_combo.addItem("Presets…", None)
+        self.size_preset_combo.addItem(self.tr("Presets…"), None)
         for width, height in SIZE_PRESETS:
             self.size_preset_combo.addItem(f"{width} × {height}", (width, height))
         self.size_preset_combo.activated.connect(self._on_preset_activated)
@@ -222,55 +243,56 @@ class ParameterPanel(QWidget):
         # A1111's names and ranges, so settings copied from its PNGs mean the same here.
         self.clip_skip_spin = QSpinBox(objectName="clip_skip_spin")
         self.clip_skip_spin.setRange(1, MAX_CLIP_SKIP)
-        self.clip_skip_spin.setToolTip(
+        self.clip_skip_spin.setToolTip(self.tr(
             "Clip skip: read the prompt from this many layers before the text encoder's last (1: the last). "
             "Many anime models are made for 2."
-        )
-        self.emphasis_combo = _combo("emphasis_combo", EMPHASIS_MODES, {})
-        self.emphasis_combo.setToolTip(
+        ))
+        self.emphasis_combo = _combo("emphasis_combo", EMPHASIS_MODES, _EMPHASIS_LABELS)
+        self.emphasis_combo.setToolTip(self.tr(
             "How (word:1.2) weights apply. Original: as AUTOMATIC1111 (weights, then the mean restored); "
             "No norm: weights only; None: brackets, weights and BREAK are plain text."
-        )
+        ))
 
     def _create_device_widgets(self) -> None:
         self.device_combo = _combo("device_combo", DEVICES, _DEVICE_LABELS)
         self.precision_combo = _combo("precision_combo", PRECISIONS, _PRECISION_LABELS)
         self.memory_combo = _combo("memory_combo", MEMORY_MODES, _MEMORY_LABELS)
-        self.memory_combo.setToolTip(
+        self.memory_combo.setToolTip(self.tr(
             "Auto: everything on the GPU when it fits, VAE tiling above 1024×1024, CPU offload when VRAM is short. "
             "After running out of memory Marble retries once a step lower and says so."
-        )
-        self.fast_check = QCheckBox("Compile the UNet (GPU)", objectName="fast_check")
-        self.fast_check.setToolTip(
+        ))
+        self.fast_check = QCheckBox(self.tr("Compile the UNet (GPU)"), objectName="fast_check")
+        self.fast_check.setToolTip(self.tr(
             "Fast mode: channels_last and torch.compile. The first image after loading takes a minute or more "
             "to compile; later ones run faster. Switching it reloads the model."
-        )
+        ))
 
     def _create_extra_widgets(self) -> None:
         """A1111's variation seed, seed resize and tiling, folded away under "Extra" as in A1111."""
-        self.extra_button = QToolButton(objectName="extra_button", text="Extra")
+        self.extra_button = QToolButton(objectName="extra_button", text=self.tr("Extra"))
         self.extra_button.setCheckable(True)
         self.extra_button.setArrowType(Qt.ArrowType.RightArrow)
         self.extra_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.extra_button.toggled.connect(self.show_extra)
         # The same range as the seed (to 2**64 - 1), so it is the same exact field.
         self.subseed_spin = SeedEdit("subseed_spin")
-        self.subseed_spin.setToolTip("Variation seed: its noise is mixed into the seed's by the strength; "
-                                     "empty (Random) draws one per job")
+        self.subseed_spin.setToolTip(self.tr("Variation seed: its noise is mixed into the seed's by the strength; "
+                                             "empty (Random) draws one per job"))
         self.subseed_strength_spin = QDoubleSpinBox(objectName="subseed_strength_spin")
         self.subseed_strength_spin.setRange(0.0, 1.0)
         self.subseed_strength_spin.setDecimals(2)
         self.subseed_strength_spin.setSingleStep(0.05)
-        self.subseed_strength_spin.setToolTip("0: the seed's image; 1: the variation seed's image")
+        self.subseed_strength_spin.setToolTip(self.tr("0: the seed's image; 1: the variation seed's image"))
         self.resize_w_spin = _resize_spin("seed_resize_w_spin")
         self.resize_h_spin = _resize_spin("seed_resize_h_spin")
-        self.tiling_check = QCheckBox("Seamless tiling", objectName="tiling_check")
-        self.tiling_check.setToolTip("The image wraps: its left edge continues its right, its top its bottom")
+        self.tiling_check = QCheckBox(self.tr("Seamless tiling"), objectName="tiling_check")
+        self.tiling_check.setToolTip(self.tr("The image wraps: its left edge continues its right, its top its bottom"))
         self.extra = QWidget(objectName="extra")
         form = QFormLayout(self.extra)
         form.setContentsMargins(0, 0, 0, 0)
-        form.addRow("&Variation seed", _row(self.subseed_spin, QLabel("strength"), self.subseed_strength_spin))
-        form.addRow("Resize seed from", _row(self.resize_w_spin, QLabel("×"), self.resize_h_spin))
+        form.addRow(self.tr("&Variation seed"), _row(self.subseed_spin, QLabel(self.tr("strength")),
+                                                     self.subseed_strength_spin))
+        form.addRow(self.tr("Resize seed from"), _row(self.resize_w_spin, QLabel("×"), self.resize_h_spin))
         form.addRow("", self.tiling_check)
         self.extra.hide()
 
@@ -283,40 +305,40 @@ class ParameterPanel(QWidget):
 
     def _create_vae_widgets(self) -> None:
         self.vae_combo = QComboBox(objectName="vae_combo")
-        self.vae_combo.addItem(_OWN_VAE_LABEL, "")
-        self.vae_combo.setToolTip(
+        self.vae_combo.addItem(translate("ParameterPanel", _OWN_VAE_LABEL), "")
+        self.vae_combo.setToolTip(self.tr(
             "The VAE turns the finished latent into pixels. Automatic: the model's own. A library VAE (marble vaes "
             "import, or drop one on the window) fixes washed-out colours of some models."
-        )
+        ))
 
     def _lay_out(self) -> None:
-        clip_skip_label = QLabel("Clip s&kip")
+        clip_skip_label = QLabel(self.tr("Clip s&kip"))
         clip_skip_label.setBuddy(self.clip_skip_spin)
-        emphasis_label = QLabel("Emp&hasis")
+        emphasis_label = QLabel(self.tr("Emp&hasis"))
         emphasis_label.setBuddy(self.emphasis_combo)
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.addRow("&Model", _row(self.model_combo, self.refresh_models_button))
+        form.addRow(self.tr("&Model"), _row(self.model_combo, self.refresh_models_button))
         form.addRow(self.models_hint)
-        form.addRow("S&ampler", self.sampler_combo)
-        form.addRow("&Steps", self.steps_spin)
-        form.addRow("&CFG scale", self.cfg_spin)
-        form.addRow("S&eed", _row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
-        form.addRow("&Width", _row(self.width_spin, self.swap_size_button))
-        form.addRow("&Height", self.height_spin)
-        form.addRow("Si&ze", self.size_preset_combo)
+        form.addRow(self.tr("S&ampler"), self.sampler_combo)
+        form.addRow(self.tr("&Steps"), self.steps_spin)
+        form.addRow(self.tr("&CFG scale"), self.cfg_spin)
+        form.addRow(self.tr("S&eed"), _row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
+        form.addRow(self.tr("&Width"), _row(self.width_spin, self.swap_size_button))
+        form.addRow(self.tr("&Height"), self.height_spin)
+        form.addRow(self.tr("Si&ze"), self.size_preset_combo)
         form.addRow(clip_skip_label, _row(self.clip_skip_spin, emphasis_label, self.emphasis_combo))
-        form.addRow("&Batch count", self.batch_count_spin)
-        form.addRow("Batch s&ize", self.batch_size_spin)
-        form.addRow("&Device", self.device_combo)
-        form.addRow("Precisi&on", self.precision_combo)
-        form.addRow("Memor&y", self.memory_combo)
-        form.addRow("Fas&t mode", self.fast_check)
+        form.addRow(self.tr("&Batch count"), self.batch_count_spin)
+        form.addRow(self.tr("Batch s&ize"), self.batch_size_spin)
+        form.addRow(self.tr("&Device"), self.device_combo)
+        form.addRow(self.tr("Precisi&on"), self.precision_combo)
+        form.addRow(self.tr("Memor&y"), self.memory_combo)
+        form.addRow(self.tr("Fas&t mode"), self.fast_check)
         form.addRow(self.extra_button)
         form.addRow(self.extra)
-        form.addRow("&LoRAs", self.lora_list)
-        form.addRow("&VAE", self.vae_combo)
+        form.addRow(self.tr("&LoRAs"), self.lora_list)
+        form.addRow(self.tr("&VAE"), self.vae_combo)
 
     # ------------------------------------------------------------------------------------ binding
 
@@ -409,7 +431,9 @@ class ParameterPanel(QWidget):
         self.model_combo.setEnabled(bool(names))
         self._on_model_chosen()
         self.models_hint_label.setText(
-            f"No models yet. Put .safetensors files or diffusers folders in:\n{folder}\nthen press ⟳."
+            self.tr("No models yet. Put .safetensors files or diffusers folders in:\n{folder}\nthen press ⟳.").format(
+                folder=folder
+            )
         )
         self.models_hint.setVisible(not names)
 
@@ -419,7 +443,7 @@ class ParameterPanel(QWidget):
         current = self.selected_vae()
         with QSignalBlocker(self.vae_combo):
             self.vae_combo.clear()
-            self.vae_combo.addItem(_OWN_VAE_LABEL, "")
+            self.vae_combo.addItem(translate("ParameterPanel", _OWN_VAE_LABEL), "")
             for name in names:
                 self.vae_combo.addItem(name, name)
         self._show_vae(current)
@@ -434,7 +458,7 @@ class ParameterPanel(QWidget):
         if index < 0:
             self.vae_combo.addItem(name, name)
             index = self.vae_combo.count() - 1
-            self.vae_combo.setItemData(index, "Not in the VAE library", Qt.ItemDataRole.ToolTipRole)
+            self.vae_combo.setItemData(index, self.tr("Not in the VAE library"), Qt.ItemDataRole.ToolTipRole)
         with QSignalBlocker(self.vae_combo):
             self.vae_combo.setCurrentIndex(index)
 
@@ -450,7 +474,7 @@ class ParameterPanel(QWidget):
             # Keep a model the library lacks visible: the job will then say clearly that it is missing.
             self.model_combo.addItem(name, name)
             index = self.model_combo.count() - 1
-            self.model_combo.setItemData(index, "Not in the models folder", Qt.ItemDataRole.ToolTipRole)
+            self.model_combo.setItemData(index, self.tr("Not in the models folder"), Qt.ItemDataRole.ToolTipRole)
             self.model_combo.setEnabled(True)
         self.model_combo.setCurrentIndex(index)
 
@@ -473,7 +497,7 @@ class ParameterPanel(QWidget):
     def set_last_seed(self, seed: int) -> None:
         self._last_seed = seed
         self.reuse_seed_button.setEnabled(True)
-        self.reuse_seed_button.setToolTip(f"Reuse the seed of the last job ({seed})")
+        self.reuse_seed_button.setToolTip(self.tr("Reuse the seed of the last job ({seed})").format(seed=seed))
 
     @Slot()
     def use_random_seed(self) -> None:
@@ -511,8 +535,9 @@ def _resize_spin(name: str) -> QSpinBox:
     spin = QSpinBox(objectName=name)
     spin.setRange(0, MAX_SIDE)
     spin.setSingleStep(8)
-    spin.setSpecialValueText("Off")
-    spin.setToolTip("Draw the seed's noise at this size and centre it: keeps a seed's look at a new size")
+    spin.setSpecialValueText(translate("ParameterPanel", "Off"))
+    spin.setToolTip(translate("ParameterPanel",
+                              "Draw the seed's noise at this size and centre it: keeps a seed's look at a new size"))
     return spin
 
 
@@ -524,13 +549,13 @@ def _combo_binding(combo: QComboBox) -> _Binding:
     return _Binding(combo, combo.currentData, lambda value: _select_data(combo, value), combo.currentIndexChanged)
 
 
-_OWN_VAE_LABEL = "Automatic (the model's own)"
+_OWN_VAE_LABEL = QT_TRANSLATE_NOOP("ParameterPanel", "Automatic (the model's own)")
 
 
 def _combo(name: str, values: Sequence[str], labels: Mapping[str, str]) -> QComboBox:
     combo = QComboBox(objectName=name)
     for value in values:
-        combo.addItem(labels.get(value, value), value)
+        combo.addItem(translate("ParameterPanel", labels[value]) if value in labels else value, value)
     return combo
 
 

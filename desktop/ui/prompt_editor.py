@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QT_TRANSLATE_NOOP, Qt, QTimer
 from PySide6.QtGui import QKeyEvent, QTextCursor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QToolButton, QVBoxLayout, QWidget
 
 from desktop.engine.styles import Style, apply_styles
 from desktop.engine.token_count import CHUNK_TOKENS, TokenCounter
 from desktop.ui.prompt_weights import STEP, adjust_weight
+from desktop.ui.translation import translate
 
-PROMPT_PLACEHOLDER = "Describe the image: a marble statue of a cat, soft light"
+# Translated where shown (translate("PromptEditor", ...)); the constants stay English.
+PROMPT_PLACEHOLDER = QT_TRANSLATE_NOOP("PromptEditor", "Describe the image: a marble statue of a cat, soft light")
 COUNT_DELAY_MS = 150  # counting waits for a pause in typing: a pasted 5,000-token prompt takes ~20 ms
-COUNT_TOOLTIP = (
-    f"Tokens used / what the prompt's chunks hold. The text encoder reads {CHUNK_TOKENS} tokens at a"
-    f" time; a longer prompt (or BREAK) starts another chunk of {CHUNK_TOKENS}, encoded on its own and"
-    " joined, as in AUTOMATIC1111."
+COUNT_TOOLTIP = QT_TRANSLATE_NOOP(
+    "PromptEditor",
+    "Tokens used / what the prompt's chunks hold. The text encoder reads {chunk} tokens at a"
+    " time; a longer prompt (or BREAK) starts another chunk of {chunk}, encoded on its own and"
+    " joined, as in AUTOMATIC1111.",
 )
 
 
@@ -34,13 +37,13 @@ class PromptEditor(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.prompt_edit = _plain_editor("prompt_edit", PROMPT_PLACEHOLDER)
-        self.negative_edit = _plain_editor("negative_prompt_edit", "What to avoid: blurry, low quality")
+        self.prompt_edit = _plain_editor("prompt_edit", self.tr(PROMPT_PLACEHOLDER))
+        self.negative_edit = _plain_editor("negative_prompt_edit", self.tr("What to avoid: blurry, low quality"))
         self.prompt_edit.setMinimumHeight(90)
         self.negative_edit.setMinimumHeight(50)
-        prompt_label = QLabel("&Prompt")
+        prompt_label = QLabel(self.tr("&Prompt"))
         prompt_label.setBuddy(self.prompt_edit)
-        negative_label = QLabel("&Negative prompt")
+        negative_label = QLabel(self.tr("&Negative prompt"))
         negative_label.setBuddy(self.negative_edit)
 
         self.prompt_count = _TokenCount(self.prompt_edit, "prompt_token_count", self)
@@ -49,8 +52,8 @@ class PromptEditor(QWidget):
         self.styles_button = QToolButton(self)
         self.styles_button.setObjectName("styles_button")
         self.styles_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        self.styles_button.setToolTip("Saved styles added to the prompts when you generate "
-                                      "(`marble styles import styles.csv` imports A1111's)")
+        self.styles_button.setToolTip(self.tr("Saved styles added to the prompts when you generate "
+                                              "(`marble styles import styles.csv` imports A1111's)"))
         self.styles_button.setMenu(QMenu(self.styles_button))
         self._styles: list[Style] = []
         self.set_styles([])
@@ -87,7 +90,7 @@ class PromptEditor(QWidget):
     def set_model_hint(self, hint: str) -> None:
         """Say in the empty prompt field what the selected model can draw ("" for the general hint):
         a model that knows only a few things (the demo model) says which."""
-        self.prompt_edit.setPlaceholderText(hint or PROMPT_PLACEHOLDER)
+        self.prompt_edit.setPlaceholderText(hint or self.tr(PROMPT_PLACEHOLDER))
 
     def prompt(self) -> str:
         return self.prompt_edit.toPlainText()
@@ -105,7 +108,8 @@ class PromptEditor(QWidget):
             action = menu.addAction(style.name)
             action.setCheckable(True)
             action.setChecked(style.name in checked)
-            action.setToolTip(f"{style.prompt}\nNegative: {style.negative_prompt}")
+            action.setToolTip(self.tr("{prompt}\nNegative: {negative}").format(prompt=style.prompt,
+                                                                              negative=style.negative_prompt))
             action.toggled.connect(self._show_style_count)
         self.styles_button.setEnabled(bool(self._styles))
         self._show_style_count()
@@ -124,7 +128,7 @@ class PromptEditor(QWidget):
 
     def _show_style_count(self) -> None:
         count = len(self.checked_styles())
-        self.styles_button.setText(f"Styles ({count})" if count else "Styles")
+        self.styles_button.setText(self.tr("Styles ({count})").format(count=count) if count else self.tr("Styles"))
 
     def set_prompts(self, prompt: str, negative_prompt: str = "") -> None:
         self.prompt_edit.setPlainText(prompt)
@@ -138,7 +142,7 @@ class _TokenCount(QLabel):
     def __init__(self, editor: QPlainTextEdit, name: str, parent: QWidget, negative: bool = False) -> None:
         super().__init__(parent)
         self.setObjectName(name)
-        self.setToolTip(COUNT_TOOLTIP)
+        self.setToolTip(translate("PromptEditor", COUNT_TOOLTIP).format(chunk=CHUNK_TOKENS))
         self.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.hide()
         self._editor = editor

@@ -2,6 +2,13 @@
 <!DOCTYPE TS>
 <TS version="2.1" language="en" sourcelanguage="en">
 <context>
+    <name>App</name>
+    <message>
+        <source>The history is unavailable: {problem}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>BackgroundReads</name>
     <message>
         <source>Cannot read the models folder {folder}: {reason}.</source>
@@ -366,6 +373,77 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
 </context>
 <context>
+    <name>HistoryDescription</name>
+    <message>
+        <source>Device</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Time</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Created</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>File</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>In the trash</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Favourite</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Negative prompt: {negative}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Model hash</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>LoRA hashes</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Seed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Sampler</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Steps</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CFG scale</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>  (missing)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>yes</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>HistoryDetailView</name>
     <message>
         <source>Image details</source>
@@ -436,6 +514,121 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
 </context>
 <context>
+    <name>HistoryPanel</name>
+    <message>
+        <source>Select an image to see how it was made.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Details…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reuse all parameters</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reuse seed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Send to canvas</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open file</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Show in folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Copy image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Export…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Export without metadata…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Favourite</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Move to trash</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Restore</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Empty trash…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>More</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>This image does not say how it was made.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{path} is missing: it was moved or deleted outside Marble.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot read {path}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Moved 1 image to the trash; tick Trash to restore.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Moved {count} images to the trash; tick Trash to restore.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Deleted 1 image for good.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Deleted {count} images for good.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>1 image is no longer in the image folder; its record is kept and marked missing.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{count} images are no longer in the image folder; their records are kept and marked missing.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Export image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>PNG images (*.png)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Export {count} images</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Exported {count} image(s) to {folder}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>JobStatus</name>
     <message>
         <source>Ready</source>
@@ -495,6 +688,184 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
 </context>
 <context>
+    <name>LibraryDialog</name>
+    <message>
+        <source>Models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>LoRAs</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Embeddings</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>VAEs</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Name</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Architecture</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>AutoV2</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Select an entry to see its hashes and the metadata in its header.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Import…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Convert pickle and import</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Load only the tensors of the pickled file (weights_only) in a separate process and save them as .safetensors. A file that needs anything more is rejected.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cancel import</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Remove</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Re&amp;name…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Show in &amp;folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Close</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Import into {kind}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Weights (*.safetensors *.ckpt *.pt *.pth *.bin);;All files (*)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Another import is still running; wait for it or cancel it.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Importing {name}…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove from the library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Delete {name} ({file}) from the library folder? This cannot be undone.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Rename</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>New name:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{kind} ({count})</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Name: {name}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>File: {file}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Architecture: {architecture}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Format: {format}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Size: {size}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>SHA-256: {hash}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>AutoV2: {hash}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>AutoV3: {hash}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Source: {source}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Imported: {date}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Header metadata:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Imported {name} ({architecture}).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Import cancelled; nothing was added.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>LibraryIntegration</name>
+    <message>
+        <source>&amp;Library…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Importing {name}…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Imported {name} into the library ({architecture}).</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>LoraListWidget</name>
     <message>
         <source>Add LoRA</source>
@@ -506,6 +877,45 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>No LoRAs in the library yet: import some with File ▸ Library…</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>MainWindow</name>
+    <message>
+        <source>Marble Studio</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cancelling…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>History</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open image as source</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Images (*.png *.jpg *.jpeg *.webp)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Save unsaved images in</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{error} The images are still kept: try another folder.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Saved {count} image(s) in {folder}.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot open {path}: the file is missing or not an image.</source>
         <translation type="unfinished"></translation>
     </message>
 </context>
@@ -555,6 +965,259 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
 </context>
 <context>
+    <name>ParameterPanel</name>
+    <message>
+        <source>Auto</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CPU</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CUDA (NVIDIA)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Apple (MPS)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>fp32 (full)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>fp16 (half)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>bf16</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Full (fastest)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Tiled VAE + sliced attention</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CPU offload (least VRAM)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Original</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No norm</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>None</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No models found</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Scan the models folder again</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open models folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Model default</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Random seed for every job</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reuse the seed of the last job</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Pipeline runs, one after another</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Images per run (needs more memory)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Swap width and height</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Presets…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clip skip: read the prompt from this many layers before the text encoder&apos;s last (1: the last). Many anime models are made for 2.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>How (word:1.2) weights apply. Original: as AUTOMATIC1111 (weights, then the mean restored); No norm: weights only; None: brackets, weights and BREAK are plain text.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Auto: everything on the GPU when it fits, VAE tiling above 1024×1024, CPU offload when VRAM is short. After running out of memory Marble retries once a step lower and says so.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Compile the UNet (GPU)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Fast mode: channels_last and torch.compile. The first image after loading takes a minute or more to compile; later ones run faster. Switching it reloads the model.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Extra</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Variation seed: its noise is mixed into the seed&apos;s by the strength; empty (Random) draws one per job</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>0: the seed&apos;s image; 1: the variation seed&apos;s image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Seamless tiling</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The image wraps: its left edge continues its right, its top its bottom</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Variation seed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>strength</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Resize seed from</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The VAE turns the finished latent into pixels. Automatic: the model&apos;s own. A library VAE (marble vaes import, or drop one on the window) fixes washed-out colours of some models.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clip s&amp;kip</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Emp&amp;hasis</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>S&amp;ampler</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Steps</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;CFG scale</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>S&amp;eed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Width</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Height</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Si&amp;ze</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Batch count</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Batch s&amp;ize</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Device</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Precisi&amp;on</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Memor&amp;y</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Fas&amp;t mode</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;LoRAs</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;VAE</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No models yet. Put .safetensors files or diffusers folders in:
+{folder}
+then press ⟳.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Not in the VAE library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Not in the models folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reuse the seed of the last job ({seed})</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Off</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Draw the seed&apos;s noise at this size and centre it: keeps a seed&apos;s look at a new size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Automatic (the model&apos;s own)</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>PngInfoDialog</name>
     <message>
         <source>PNG info</source>
@@ -590,6 +1253,46 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>Nothing: the settings match.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>PromptEditor</name>
+    <message>
+        <source>Describe the image: a marble statue of a cat, soft light</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Tokens used / what the prompt&apos;s chunks hold. The text encoder reads {chunk} tokens at a time; a longer prompt (or BREAK) starts another chunk of {chunk}, encoded on its own and joined, as in AUTOMATIC1111.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>What to avoid: blurry, low quality</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Prompt</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Negative prompt</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Saved styles added to the prompts when you generate (`marble styles import styles.csv` imports A1111&apos;s)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{prompt}
+Negative: {negative}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Styles ({count})</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Styles</source>
         <translation type="unfinished"></translation>
     </message>
 </context>
@@ -679,6 +1382,17 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     <message>
         <source>Seed {seed}
 {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>SeedEdit</name>
+    <message>
+        <source>Random</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Empty (Random) draws a new seed for every job; up to 18446744073709551615</source>
         <translation type="unfinished"></translation>
     </message>
 </context>
@@ -832,6 +1546,72 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>A new signing key is in {folder}. Images are signed with it once C2PA signing is on (press OK).</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>SideSpinBox</name>
+    <message>
+        <source> px</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>WindowActions</name>
+    <message>
+        <source>&amp;Generate</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Cancel</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cancel &amp;all</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Refresh models</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open &amp;models folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open &amp;outputs folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Save &amp;unsaved images…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Open image as &amp;source…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Paste image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Quit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Fit to window</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Actual size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;File</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;View</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

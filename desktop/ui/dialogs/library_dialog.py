@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QCoreApplication, QEvent, QObject, Qt, QUrl, Slot
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QCoreApplication, QEvent, QObject, Qt, QUrl, Slot
 from PySide6.QtGui import QAction, QDesktopServices, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -34,9 +34,21 @@ from PySide6.QtWidgets import (
 
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.index import KINDS, LibraryRecord
+from desktop.ui.translation import translate
 
-_TAB_TITLES = {"model": "Models", "lora": "LoRAs", "embedding": "Embeddings", "vae": "VAEs"}
-_COLUMNS = ("Name", "Architecture", "Size", "AutoV2")
+# Translated where shown (translate("LibraryDialog", ...)).
+_TAB_TITLES = {
+    "model": QT_TRANSLATE_NOOP("LibraryDialog", "Models"),
+    "lora": QT_TRANSLATE_NOOP("LibraryDialog", "LoRAs"),
+    "embedding": QT_TRANSLATE_NOOP("LibraryDialog", "Embeddings"),
+    "vae": QT_TRANSLATE_NOOP("LibraryDialog", "VAEs"),
+}
+_COLUMNS = (
+    QT_TRANSLATE_NOOP("LibraryDialog", "Name"),
+    QT_TRANSLATE_NOOP("LibraryDialog", "Architecture"),
+    QT_TRANSLATE_NOOP("LibraryDialog", "Size"),
+    QT_TRANSLATE_NOOP("LibraryDialog", "AutoV2"),
+)
 # What a drop may carry: weights files of any extension (the import judges the bytes) and folders.
 _DROPPABLE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
 
@@ -49,7 +61,7 @@ class LibraryDialog(QDialog):
 
     def __init__(self, tasks: LibraryTasks, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setWindowTitle("Library")
+        self.setWindowTitle(self.tr("Library"))
         self.setObjectName("library_dialog")
         self.resize(820, 520)
         self._tasks = tasks
@@ -61,7 +73,7 @@ class LibraryDialog(QDialog):
         self.tables: dict[str, QTableWidget] = {}
         for kind in KINDS:
             table = QTableWidget(0, len(_COLUMNS), objectName=f"{kind}_table")
-            table.setHorizontalHeaderLabels(list(_COLUMNS))
+            table.setHorizontalHeaderLabels([translate("LibraryDialog", column) for column in _COLUMNS])
             table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
             table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
             table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -69,30 +81,30 @@ class LibraryDialog(QDialog):
             table.verticalHeader().hide()
             table.itemSelectionChanged.connect(self._on_selection_changed)
             self.tables[kind] = table
-            self.tabs.addTab(table, _TAB_TITLES[kind])
+            self.tabs.addTab(table, translate("LibraryDialog", _TAB_TITLES[kind]))
         self.tabs.currentChanged.connect(self._on_selection_changed)
 
         self.details = QPlainTextEdit(objectName="library_details", readOnly=True)
-        self.details.setPlaceholderText("Select an entry to see its hashes and the metadata in its header.")
+        self.details.setPlaceholderText(self.tr("Select an entry to see its hashes and the metadata in its header."))
         self.message = QLabel(objectName="library_message")
         self.message.setTextFormat(Qt.TextFormat.PlainText)
         self.message.setWordWrap(True)
         self.progress = QProgressBar(objectName="library_progress")
         self.progress.hide()
 
-        self.import_button = QPushButton("&Import…", objectName="library_import_button")
-        self.convert_button = QPushButton("&Convert pickle and import", objectName="library_convert_button")
-        self.convert_button.setToolTip(
+        self.import_button = QPushButton(self.tr("&Import…"), objectName="library_import_button")
+        self.convert_button = QPushButton(self.tr("&Convert pickle and import"), objectName="library_convert_button")
+        self.convert_button.setToolTip(self.tr(
             "Load only the tensors of the pickled file (weights_only) in a separate process and save them as "
             ".safetensors. A file that needs anything more is rejected."
-        )
+        ))
         self.convert_button.hide()
-        self.cancel_button = QPushButton("Cancel import", objectName="library_cancel_button")
+        self.cancel_button = QPushButton(self.tr("Cancel import"), objectName="library_cancel_button")
         self.cancel_button.hide()
-        self.remove_button = QPushButton("&Remove", objectName="library_remove_button")
-        self.rename_button = QPushButton("Re&name…", objectName="library_rename_button")
-        self.reveal_button = QPushButton("Show in &folder", objectName="library_reveal_button")
-        close_button = QPushButton("Close")
+        self.remove_button = QPushButton(self.tr("&Remove"), objectName="library_remove_button")
+        self.rename_button = QPushButton(self.tr("Re&name…"), objectName="library_rename_button")
+        self.reveal_button = QPushButton(self.tr("Show in &folder"), objectName="library_reveal_button")
+        close_button = QPushButton(self.tr("Close"))
         self.import_button.clicked.connect(self.choose_and_import)
         self.convert_button.clicked.connect(self.convert_last)
         self.cancel_button.clicked.connect(tasks.cancel_import)
@@ -154,22 +166,23 @@ class LibraryDialog(QDialog):
     @Slot()
     def choose_and_import(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, f"Import into {_TAB_TITLES[self.current_kind()]}", "",
-            "Weights (*.safetensors *.ckpt *.pt *.pth *.bin);;All files (*)",
+            self,
+            self.tr("Import into {kind}").format(kind=translate("LibraryDialog", _TAB_TITLES[self.current_kind()])),
+            "", self.tr("Weights (*.safetensors *.ckpt *.pt *.pth *.bin);;All files (*)"),
         )  # fmt: skip
         if path:
             self.import_file(path, self.current_kind())
 
     def import_file(self, path: str, kind: str | None = None, convert_pickle: bool = False) -> bool:
         if not self._tasks.import_path(path, kind, convert_pickle):
-            self._say("Another import is still running; wait for it or cancel it.")
+            self._say(self.tr("Another import is still running; wait for it or cancel it."))
             return False
         self._last_import = (path, kind)
         self.convert_button.hide()
         self.progress.setRange(0, 0)
         self.progress.show()
         self.cancel_button.show()
-        self._say(f"Importing {Path(path).name}…")
+        self._say(self.tr("Importing {name}…").format(name=Path(path).name))
         return True
 
     @Slot()
@@ -184,8 +197,9 @@ class LibraryDialog(QDialog):
             return
         if confirm:
             answer = QMessageBox.question(
-                self, "Remove from the library",
-                f"Delete {record.name} ({record.file}) from the library folder? This cannot be undone.",
+                self, self.tr("Remove from the library"),
+                self.tr("Delete {name} ({file}) from the library folder? This cannot be undone.").format(
+                    name=record.name, file=record.file),
             )  # fmt: skip
             if answer != QMessageBox.StandardButton.Yes:
                 return
@@ -196,7 +210,7 @@ class LibraryDialog(QDialog):
         if record is None:
             return
         if new_name is None:
-            new_name, ok = QInputDialog.getText(self, "Rename", "New name:", text=record.name)
+            new_name, ok = QInputDialog.getText(self, self.tr("Rename"), self.tr("New name:"), text=record.name)
             if not ok:
                 return
         self._tasks.rename(record.kind, record.name, new_name)
@@ -220,7 +234,8 @@ class LibraryDialog(QDialog):
             values = (record.name, record.shown_architecture, _size(record.size), record.autov2 or "")
             for column, value in enumerate(values):
                 table.setItem(row, column, QTableWidgetItem(value))
-        self.tabs.setTabText(KINDS.index(kind), f"{_TAB_TITLES[kind]} ({len(records)})")
+        self.tabs.setTabText(KINDS.index(kind), self.tr("{kind} ({count})").format(
+            kind=translate("LibraryDialog", _TAB_TITLES[kind]), count=len(records)))
         if selected is not None and selected.kind == kind:
             self.select(kind, selected.name)
         self._update_buttons()
@@ -231,14 +246,20 @@ class LibraryDialog(QDialog):
         if current is None or (current.kind, current.file) != (record.kind, record.file):
             return
         lines = [
-            f"Name: {record.name}", f"File: {record.file}", f"Architecture: {record.architecture}",
-            f"Format: {record.format}", f"Size: {_size(record.size)}", f"SHA-256: {record.sha256 or '-'}",
-            f"AutoV2: {record.autov2 or '-'}", f"AutoV3: {record.autov3 or '-'}",
-            f"Source: {record.source or '-'}", f"Imported: {record.imported_at or '-'}",
+            self.tr("Name: {name}").format(name=record.name), self.tr("File: {file}").format(file=record.file),
+            self.tr("Architecture: {architecture}").format(architecture=record.architecture),
+            self.tr("Format: {format}").format(format=record.format),
+            self.tr("Size: {size}").format(size=_size(record.size)),
+            self.tr("SHA-256: {hash}").format(hash=record.sha256 or "-"),
+            self.tr("AutoV2: {hash}").format(hash=record.autov2 or "-"),
+            self.tr("AutoV3: {hash}").format(hash=record.autov3 or "-"),
+            self.tr("Source: {source}").format(source=record.source or "-"),
+            self.tr("Imported: {date}").format(date=record.imported_at or "-"),
             *(f"{label.capitalize()}: {value}" for label, value in record.dit_details),
         ]  # fmt: skip
         if metadata:
-            lines += ["", "Header metadata:"] + [f"  {key}: {value}" for key, value in sorted(metadata.items())]
+            lines += ["", self.tr("Header metadata:")]
+            lines += [f"  {key}: {value}" for key, value in sorted(metadata.items())]
         self.details.setPlainText("\n".join(lines))
 
     @Slot(int, int)
@@ -249,12 +270,13 @@ class LibraryDialog(QDialog):
     @Slot(object)
     def _on_import_finished(self, record: LibraryRecord) -> None:
         self._end_import()
-        self._say(f"Imported {record.name} ({record.architecture}).")
+        self._say(self.tr("Imported {name} ({architecture}).").format(
+            name=record.name, architecture=record.architecture))
 
     @Slot()
     def _on_import_cancelled(self) -> None:
         self._end_import()
-        self._say("Import cancelled; nothing was added.")
+        self._say(self.tr("Import cancelled; nothing was added."))
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:
@@ -298,7 +320,7 @@ class LibraryIntegration(QObject):
         self._tasks = tasks
         self._queue: list[str] = []
         self.dialog: LibraryDialog | None = None
-        self.library_action = QAction("&Library…", window, objectName="library_action")
+        self.library_action = QAction(self.tr("&Library…"), window, objectName="library_action")
         self.library_action.triggered.connect(self.show_dialog)
         if file_menu is not None:
             first = file_menu.actions()[0] if file_menu.actions() else None
@@ -349,7 +371,7 @@ class LibraryIntegration(QObject):
     def _next_drop(self) -> None:
         if self._queue and not self._tasks.importing:
             path = self._queue.pop(0)
-            self._show(f"Importing {Path(path).name}…", "info")
+            self._show(self.tr("Importing {name}…").format(name=Path(path).name), "info")
             self._tasks.import_path(path)
 
     @Slot(str, object)
@@ -367,7 +389,8 @@ class LibraryIntegration(QObject):
 
     @Slot(object)
     def _on_import_done(self, record: LibraryRecord) -> None:
-        self._show(f"Imported {record.name} into the library ({record.architecture}).", "info")
+        self._show(self.tr("Imported {name} into the library ({architecture}).").format(
+            name=record.name, architecture=record.architecture), "info")
         self._next_drop()
 
     @Slot(str)
