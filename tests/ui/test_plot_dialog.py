@@ -26,9 +26,14 @@ SIZE = 64
 
 
 class StepsColourBackend(FakeBackend):
-    """Colours each image by its seed and its steps, so all four cells of a seed x steps plot differ."""
+    """Colours each image by its seed and its steps, so all four cells of a seed x steps plot differ;
+    with `block_from` set, the calls from that one on stop at step 1 until released or cancelled."""
+
+    block_from = 0
 
     def generate(self, request, batch_index, on_step, cancel):  # type: ignore[no-untyped-def]
+        if self.block_from and len(self.generated) + 1 >= self.block_from:
+            self.block_at_step = 1
         batch = super().generate(request, batch_index, on_step, cancel)
         return replace(batch, images=tuple(Image.new("RGB", image.size, cell_colour(seed, request.steps))
                                            for image, seed in zip(batch.images, batch.seeds, strict=True)))
@@ -129,18 +134,18 @@ def test_a_bad_axis_value_disables_queue_and_names_the_axis(qtbot, studio):
 
 
 def test_cancel_all_during_a_plot_leaves_no_grid(qtbot, studio):
-    studio.backend.block_at_step = 1
+    studio.backend.block_from = 2  # the first cell is made, the second waits
     plot = open_plot(studio)
     plot.dialog.set_axis(0, "cfg", "5, 6, 7")
     with qtbot.waitSignal(plot.plot_queued, timeout=TIMEOUT_MS):
         plot.dialog.queue_button.click()
-    assert studio.backend.blocked.wait(TIMEOUT_MS / 1000)
+    qtbot.waitUntil(studio.backend.blocked.is_set, timeout=TIMEOUT_MS)  # the GUI thread starts each next job
     with qtbot.waitSignal(plot.plot_stopped, timeout=TIMEOUT_MS) as stopped, \
             qtbot.waitSignal(studio.controller.busy_changed, timeout=TIMEOUT_MS,
                              check_params_cb=lambda busy: not busy):
         studio.window.window_actions.cancel_all.trigger()
     assert "no grid" in stopped.args[0]
-    assert len(studio.backend.generated) == 1  # the other cells never ran
+    assert len(studio.backend.generated) == 2  # the third cell never ran
     assert not (studio.paths.outputs / "grids").exists()
-    assert studio.output_files() == []
+    assert len(studio.output_files()) == 1  # the first cell's image, and nothing else
     assert "no grid" in studio.window.message_bar.text()
