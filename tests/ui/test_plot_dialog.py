@@ -149,3 +149,12 @@ def test_cancel_all_during_a_plot_leaves_no_grid(qtbot, studio):
     assert not (studio.paths.outputs / "grids").exists()
     assert len(studio.output_files()) == 1  # the first cell's image, and nothing else
     assert "no grid" in studio.window.message_bar.text()
+
+
+def test_the_cells_are_checked_again_when_the_prompt_changes(qtbot, studio):
+    dialog = open_plot(studio).dialog
+    dialog.set_axis(0, "prompt", "red, blue")
+    assert dialog.queue_button.isEnabled(), dialog.error_label.text()
+    studio.window.prompt_editor.set_prompts("a green cat", "")
+    assert not dialog.queue_button.isEnabled()
+    assert "did not find 'red'" in dialog.error_label.text()

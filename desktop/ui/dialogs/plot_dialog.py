@@ -75,8 +75,8 @@ class PlotDialog(QDialog):
             edit.setPlaceholderText(self.tr("1,2,3 or 10-30 (+10) or 1-2 [5]"))
             edit.setToolTip(self.tr("Comma-separated values, or ranges. For Prompt S/R, the first value is the "
                                     "text replaced in the prompt."))
-            combo.currentIndexChanged.connect(self._refresh)
-            edit.textChanged.connect(self._refresh)
+            combo.currentIndexChanged.connect(self.refresh)
+            edit.textChanged.connect(self.refresh)
             grid.addWidget(QLabel(self.tr("{axis} axis").format(axis=name)), row, 0)
             grid.addWidget(combo, row, 1)
             grid.addWidget(edit, row, 2)
@@ -125,7 +125,7 @@ class PlotDialog(QDialog):
             index = combo.findData(chosen)
             combo.setCurrentIndex(max(index, 0))
             combo.blockSignals(False)
-        self._refresh()
+        self.refresh()
 
     def set_axis(self, row: int, param: str | None, values: str) -> None:
         """Choose an axis's parameter and values (a reused plot, tests)."""
@@ -160,7 +160,7 @@ class PlotDialog(QDialog):
         return x, y, z
 
     @Slot()
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
         try:
             axes = self.axes()
             cells = plan_plot(self._base_request(), *axes)
@@ -232,6 +232,10 @@ class PlotIntegration(QObject):
         window.addAction(self.action)
         window.window_actions.job_menu.addSeparator()
         window.window_actions.job_menu.addAction(self.action)
+        # The cells are checked against the window's prompt and settings: a change there is checked too.
+        window.parameters.field_changed.connect(self._window_changed)
+        window.prompt_editor.prompt_edit.textChanged.connect(self._window_changed)
+        window.prompt_editor.negative_edit.textChanged.connect(self._window_changed)
         self._controller.job_finished.connect(self._on_finished)
         self._controller.job_cancelled.connect(self._on_ended)
         self._controller.job_failed.connect(self._on_ended)
@@ -242,6 +246,11 @@ class PlotIntegration(QObject):
 
     def _lora_names(self) -> list[str]:
         return [ref.name for ref in self._window.parameters.value("loras")]
+
+    @Slot()
+    def _window_changed(self) -> None:
+        if self.dialog.isVisible():
+            self.dialog.refresh()
 
     @Slot()
     def open_dialog(self) -> None:
