@@ -42,6 +42,7 @@ from desktop.engine.settings import SettingsStore
 from desktop.engine.styles import StyleStore
 from desktop.engine.wildcards import Wildcards
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
+from desktop.ui.dialogs.plot_dialog import PlotIntegration
 from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
 from desktop.ui.error_hook import ErrorHook
 from desktop.ui.history_panel import HistoryPanel
@@ -107,6 +108,8 @@ def build_main_window(
         library = Library(paths)
         window.library_integration = LibraryIntegration(window, LibraryTasks(library, window), window.file_menu)
         RecipeIntegration(window, library, window.library_integration.import_dropped)
+        # Generate > X/Y/Z plot...; the grids go beside the images, as `marble plot` puts them.
+        window.plot_integration = PlotIntegration(window, paths.outputs / "grids", desktop.__version__)
         if history is not None:
             model = HistoryModel(history, QThreadPool(window))
             window.add_history_panel(HistoryPanel(model, controller))

@@ -211,17 +211,22 @@ class MainWindow(QMainWindow):
     @Slot()
     def generate(self) -> Job | None:
         """Queue a job from the current prompt and settings; a rejected request shows why."""
-        request = self.parameters.request(*self.prompt_editor.styled_prompts())
         self.message_bar.clear()
         try:
-            request = self.canvas_toolbar.edit_request(request, self._inputs_folder)
-            job = self._controller.submit(request)
+            job = self._controller.submit(self.current_request())
         except (InvalidRequest, OSError) as error:  # OSError: the cache folder for the source is not writable
             self.message_bar.show_message(str(error), "error")
             return None
         self.job_submitted.emit(job)
         self.job_status.update_status()
         return job
+
+    def current_request(self) -> GenerationRequest:
+        """The next job's request: the prompts, the settings and the canvas's edit (its source image and
+        mask saved for the job). Not yet validated; raises InvalidRequest, or OSError when the source
+        cannot be saved."""
+        request = self.parameters.request(*self.prompt_editor.styled_prompts())
+        return self.canvas_toolbar.edit_request(request, self._inputs_folder)
 
     @Slot()
     def cancel(self) -> None:

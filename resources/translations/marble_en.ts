@@ -1218,6 +1218,132 @@ then press ⟳.</source>
     </message>
 </context>
 <context>
+    <name>PlotDialog</name>
+    <message>
+        <source>X/Y/Z plot</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>1,2,3 or 10-30 (+10) or 1-2 [5]</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Comma-separated values, or ranges. For Prompt S/R, the first value is the text replaced in the prompt.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{axis} axis</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Queue</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Queue one job per cell; the grid is made when the last is done</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Seed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Steps</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>CFG scale</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Sampler</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Model</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Width</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Height</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Size (WxH)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clip skip</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Denoising strength</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Prompt S/R</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>LoRA weight: {name}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>(none)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>X axis: type the values to try.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{axis} axis: {problem}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>1 cell</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{count} cells ({shape})</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>PlotIntegration</name>
+    <message>
+        <source>X/Y/Z &amp;plot…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Plot queued: {count} jobs; the grid follows the last one.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>a cell&apos;s image could not be saved</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>cancelled</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The plot stopped ({reason}): no grid was made.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The plot&apos;s images are saved, but not its grid: {reason}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Plot grid saved: {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>PngInfoDialog</name>
     <message>
         <source>PNG info</source>

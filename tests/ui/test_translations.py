@@ -86,6 +86,7 @@ TRANSLATED_MODULES = [
     "desktop.ui.history_panel",
     "desktop.ui.dialogs.library_dialog",
     "desktop.app",
+    "desktop.ui.dialogs.plot_dialog",
 ]
 # Checked and left out: prompt_weights and parameter_model show no text; self_test writes the log (English,
 # as the engine's messages and the CLI); translation holds none.
@@ -296,14 +297,18 @@ def untranslated(roots: list[QWidget], modules: list[str]) -> list[str]:
     return sorted(set(found))
 
 
-def test_every_text_of_the_translated_modules_goes_through_translation(full_window: MainWindow, tmp_path):
+def test_every_text_of_the_translated_modules_goes_through_translation(full_window: MainWindow, tmp_path, qtbot):
     window = full_window
+    # The plot dialog's cell count needs a model (without one it shows the engine's own message).
+    qtbot.waitUntil(lambda: window.parameter_panel.selected_model() == "fake-model", timeout=10_000)
     toolbar = window.canvas_toolbar
     # Dialogs the window makes on demand, built as it builds them.
     store = window.settings_integration.store
     settings_dialog = SettingsDialog(store.declarations, store.values(), window)
     detail_view = HistoryDetailView((), lambda record: "", window)
-    roots = [window, settings_dialog, detail_view]
+    plot_dialog = window.plot_integration.dialog  # its error and cell count are checked below too
+    plot_dialog.set_axis(0, "steps", "10,20")
+    roots = [window, settings_dialog, detail_view, plot_dialog]
     assert window.queue_panel.generate_button.text() == "⟦Generate⟧", "the pseudo-translation is not installed"
 
     problems: list[str] = []
@@ -319,6 +324,8 @@ def test_every_text_of_the_translated_modules_goes_through_translation(full_wind
             hints.add(toolbar.hint)
     toolbar.set_mode("inpaint")
     toolbar.tool_buttons["brush"].click()
+    problems += untranslated(roots, TRANSLATED_MODULES)
+    plot_dialog.set_axis(0, "steps", "10,lots")  # the error replaces the count
     problems += untranslated(roots, TRANSLATED_MODULES)
     hints.add(toolbar.hint)
     assert len(hints) == 2 * len(MODES), hints  # each mode, with and without a source, and the brush
