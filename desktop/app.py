@@ -41,6 +41,7 @@ from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
 from desktop.engine.styles import StyleStore
 from desktop.engine.wildcards import Wildcards
+from desktop.ui.api_integration import ServeApiIntegration
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
 from desktop.ui.error_hook import ErrorHook
@@ -106,6 +107,8 @@ def build_main_window(
         library = Library(paths)
         window.library_integration = LibraryIntegration(window, LibraryTasks(library, window), window.file_menu)
         RecipeIntegration(window, library, window.library_integration.import_dropped)
+        window.api_integration = ServeApiIntegration(window, controller, library, catalog, inputs_folder(paths),
+                                                     settings)
         if history is not None:
             model = HistoryModel(history, QThreadPool(window))
             window.add_history_panel(HistoryPanel(model, controller))
