@@ -658,11 +658,11 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>1 job did not finish last time ({images} images to make).</source>
+        <source>1 job did not finish last time (1 image to make).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>1 job did not finish last time (1 image to make).</source>
+        <source>1 job did not finish last time ({images} images to make).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -679,6 +679,29 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     <message>
         <source>Seed {seed}
 {path}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>ServeApiIntegration</name>
+    <message>
+        <source>Serve &amp;API</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Answer A1111&apos;s HTTP API on this machine (127.0.0.1); its jobs join this queue.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot serve the API on {host}:{port}: {reason}. Another program (or another Marble) may use that port: choose another API port in Settings.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>API serving on {url}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>API stopped.</source>
         <translation type="unfinished"></translation>
     </message>
 </context>
@@ -774,6 +797,18 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>A folder of models to use instead of the app&apos;s own; empty: the app&apos;s own models folder. Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>API port</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any free port: one is picked each time.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Any free port</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

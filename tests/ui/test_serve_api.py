@@ -195,7 +195,7 @@ def test_closing_the_window_while_serving_stops_the_server_and_answers_waiting_c
     assert wait(qtbot, pending, timeout_ms=10_000).status_code in (200, 503)
 
 
-def test_the_window_does_not_load_the_web_framework_until_serving() -> None:
+def test_the_window_does_not_load_the_web_framework_until_serving(qapp) -> None:
     code = ("import sys; from desktop.app import build_main_window; "
             "print('fastapi' in sys.modules or 'uvicorn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
