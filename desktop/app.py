@@ -41,6 +41,7 @@ from desktop.engine.runner import JobRunner
 from desktop.engine.settings import SettingsStore
 from desktop.engine.styles import StyleStore
 from desktop.engine.wildcards import Wildcards
+from desktop.ui.api_integration import ServeApiIntegration
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.dialogs.plot_dialog import PlotIntegration
 from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
@@ -110,6 +111,8 @@ def build_main_window(
         RecipeIntegration(window, library, window.library_integration.import_dropped)
         # Generate > X/Y/Z plot...; the grids go beside the images, as `marble plot` puts them.
         window.plot_integration = PlotIntegration(window, paths.outputs / "grids", desktop.__version__)
+        window.api_integration = ServeApiIntegration(window, controller, library, catalog, inputs_folder(paths),
+                                                     settings)
         if history is not None:
             model = HistoryModel(history, QThreadPool(window))
             window.add_history_panel(HistoryPanel(model, controller))

@@ -1,8 +1,9 @@
 """The HTTP side of the API: FastAPI routes with A1111's paths, fields and response shapes.
 
 FastAPI (Starlette + pydantic) with uvicorn is what A1111 itself runs, so clients meet the same
-validation errors, OpenAPI document and behaviour. This module is imported only by `marble serve`
-(and the tests): the window and `marble generate` never load a web framework.
+validation errors, OpenAPI document and behaviour. This module is imported only by `marble serve`,
+by the window when Serve API is turned on, and by the tests: `marble generate` and a window that does
+not serve never load a web framework.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import html
 import logging
 import os
 import secrets
+import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
@@ -35,7 +39,7 @@ from desktop.api.convert import (
     png_base64,
     request_from_payload,
 )
-from desktop.api.service import ApiService, Ticket, preview_png
+from desktop.api.service import JobSource, Ticket, preview_png
 from desktop.engine.backends.schedulers import SAMPLER_NAMES
 from desktop.engine.errors import ErrorKind, InvalidRequest
 from desktop.engine.imaging import save_png_by_hash
@@ -56,6 +60,59 @@ class ServerConfig:
     port: int = 7860
     auth: tuple[str, str] | None = None
     cors_origins: tuple[str, ...] = ()
+
+
+class BackgroundServer:
+    """uvicorn on a thread of its own, for the window (`marble serve` runs it on the main thread).
+
+    `start` binds and listens before the thread starts, so a port in use is an OSError the caller shows
+    at once, and a client that connects right away waits in the backlog. `stop` asks uvicorn to exit
+    and joins with a timeout: a window that closes must never hang on a slow client.
+    """
+
+    def __init__(self, app: Asgi, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        # log_config=None: the app's logging stays as the window set it up.
+        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="off",
+                                timeout_graceful_shutdown=2)
+        self._server = uvicorn.Server(config)
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Listen on host:port (0: a free port) and serve; the port listened on. Raises OSError."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # Lets a stopped server's port be taken again at once (TIME_WAIT), never a port another listens on.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self._socket, self.port = sock, sock.getsockname()[1]
+        # uvicorn installs no signal handlers off the main thread: the window keeps its own.
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
+                                        name="marble-api-http", daemon=True)
+        self._thread.start()
+        return self.port
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop serving and free the port; False when the thread did not end within `timeout`."""
+        self._server.should_exit = True
+        stopped = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            stopped = not self._thread.is_alive()
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        return stopped
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
 
 # ------------------------------------------------------------------------------------- schemas
@@ -171,7 +228,7 @@ async def _plain(send: Send, status: int, detail: str, headers: list[tuple[bytes
 # --------------------------------------------------------------------------------------- app
 
 
-def build_app(service: ApiService, inputs: Path, version: str, config: ServerConfig) -> Asgi:
+def build_app(service: JobSource, inputs: Path, version: str, config: ServerConfig) -> Asgi:
     """The ASGI application: routes, then CORS (only when asked), auth, and the body limit outermost."""
     app = FastAPI(title="Marble Studio API (A1111-compatible)", version=version, docs_url=None, redoc_url=None)
 

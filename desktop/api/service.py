@@ -13,6 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
@@ -65,6 +66,46 @@ class Ticket:
         return min(1.0, (self.batch_index * self.total + self.step) / (batches * self.total))
 
 
+class JobSource(Protocol):
+    """What the HTTP routes need from whoever runs the jobs: `ApiService` (headless `marble serve`) or
+    the window's queue (`desktop.bridge.api_jobs.ControllerJobs`). Every method is called on the HTTP
+    server's threads, so each implementation is thread-safe."""
+
+    limits: ApiLimits
+
+    @property
+    def options(self) -> ApiOptions: ...
+
+    def set_options(self, options: ApiOptions) -> None: ...
+
+    def model_name(self, name: object, field_name: str) -> str: ...
+
+    def records(self, kind: str) -> list[LibraryRecord]: ...
+
+    def submit(self, request: GenerationRequest) -> Ticket:
+        """Queue the request; the ticket's `done` is set after its last event. Raises ApiError."""
+        ...
+
+    def interrupt(self) -> None: ...
+
+    def progress(self) -> tuple[Ticket | None, int]:
+        """The running job's ticket (None when idle) and how many jobs are queued or running."""
+        ...
+
+
+def library_model_name(catalog: ModelCatalog, name: object, field_name: str) -> str:
+    """A library model name from a client, or ApiError: never a path, never a file touched."""
+    if not isinstance(name, str) or not name.strip():
+        raise ApiError(422, f"{field_name} must be a model name.", field_name)
+    if looks_like_path(name):
+        raise ApiError(422, f"{field_name} must be a library name, not a path: {name!r}.", field_name)
+    entry = catalog.find(strip_title(name))
+    if entry is None:
+        known = ", ".join(catalog.names()) or "none"
+        raise ApiError(404, f"No model named {name!r} in the library (models: {known}).", field_name)
+    return entry.name
+
+
 class ApiService:
     """Runs API jobs one at a time on its own thread; `stop` cancels and joins it."""
 
@@ -113,16 +154,7 @@ class ApiService:
     # ----------------------------------------------------------------------------------- names
 
     def model_name(self, name: object, field_name: str) -> str:
-        """A library model name from a client, or ApiError: never a path, never a file touched."""
-        if not isinstance(name, str) or not name.strip():
-            raise ApiError(422, f"{field_name} must be a model name.", field_name)
-        if looks_like_path(name):
-            raise ApiError(422, f"{field_name} must be a library name, not a path: {name!r}.", field_name)
-        entry = self._catalog.find(strip_title(name))
-        if entry is None:
-            known = ", ".join(self._catalog.names()) or "none"
-            raise ApiError(404, f"No model named {name!r} in the library (models: {known}).", field_name)
-        return entry.name
+        return library_model_name(self._catalog, name, field_name)
 
     def records(self, kind: str) -> list[LibraryRecord]:
         return self._library.records(kind)

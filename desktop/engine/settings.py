@@ -105,6 +105,13 @@ SETTINGS: tuple[Setting, ...] = (
         "models_folder", "Models folder", "A folder of models to use instead of the app's own; empty: "
         "the app's own models folder. Takes effect at the next start.", FOLDER, "",
     ),
+    # The window serves on 127.0.0.1 only: listening beyond this machine needs authentication, which
+    # `marble serve --listen --api-auth` offers (docs/api.md).
+    Setting(
+        "api_port", "API port", "The port File ▸ Serve API listens on, on this machine only "
+        "(127.0.0.1). Any free port: one is picked each time.", INTEGER, 7860,
+        minimum=0, maximum=65535, minimum_label="Any free port",
+    ),
     # Off by default: a signature needs the user's own key, made on purpose ("Create signing key"
     # turns this on). Every image is marked AI-generated in its XMP either way.
     Setting(

@@ -1523,6 +1523,29 @@ Negative: {negative}</source>
     </message>
 </context>
 <context>
+    <name>ServeApiIntegration</name>
+    <message>
+        <source>Serve &amp;API</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Answer A1111&apos;s HTTP API on this machine (127.0.0.1); its jobs join this queue.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot serve the API on {host}:{port}: {reason}. Another program (or another Marble) may use that port: choose another API port in Settings.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>API serving on {url}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>API stopped.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>Settings</name>
     <message>
         <source>Theme</source>
@@ -1622,6 +1645,18 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>Threads a job on the CPU uses. Auto: the cores other programs leave free when the job starts (a busy machine slows a job several-fold when both compete for every core). Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>API port</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any free port: one is picked each time.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Any free port</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

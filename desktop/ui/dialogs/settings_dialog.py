@@ -66,6 +66,10 @@ SETTING_TEXTS = (
     QT_TRANSLATE_NOOP("Settings", "Threads a job on the CPU uses. Auto: the cores other programs leave free when the "
                       "job starts (a busy machine slows a job several-fold when both compete for every core). "
                       "Takes effect at the next start."),
+    QT_TRANSLATE_NOOP("Settings", "API port"),
+    QT_TRANSLATE_NOOP("Settings", "The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any "
+                      "free port: one is picked each time."),
+    QT_TRANSLATE_NOOP("Settings", "Any free port"),
     QT_TRANSLATE_NOOP("Settings", "C2PA signing"),
     QT_TRANSLATE_NOOP("Settings", "Sign every new image with a C2PA manifest (Content Credentials) naming Marble "
                       "and the model, with your own key (Create signing key, below)."),
