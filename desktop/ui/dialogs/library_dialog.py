@@ -35,7 +35,9 @@ from PySide6.QtWidgets import (
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.index import KINDS, LibraryRecord
 
-_TAB_TITLES = {"model": "Models", "lora": "LoRAs", "embedding": "Embeddings", "vae": "VAEs"}
+_TAB_TITLES = {
+    "model": "Models", "lora": "LoRAs", "embedding": "Embeddings", "vae": "VAEs", "control": "Controls",
+}
 _COLUMNS = ("Name", "Architecture", "Size", "AutoV2")
 # What a drop may carry: weights files of any extension (the import judges the bytes) and folders.
 _DROPPABLE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
