@@ -127,6 +127,7 @@ class JobRunner:
                     loras=batch.loras,
                     embeddings=batch.embeddings,
                     vae=batch.vae,
+                    controls=batch.controls,
                 )
                 # The file names its job, so an image whose history row never got written (a kill, a
                 # full disk) still counts for that job when the next start indexes it.
