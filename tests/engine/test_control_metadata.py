@@ -3,6 +3,7 @@ and `marble generate --control` end to end."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import pytest
@@ -95,6 +96,8 @@ def test_generate_with_control_units_on_the_command_line(tmp_path, tiny_sd15_dir
     assert code == 0, err
     parameters = read_text_chunks(out)["parameters"]
     digest = legacy_hash(home / "controlnet" / "edges.safetensors")
+    data = (home / "controlnet" / "edges.safetensors").read_bytes()
+    assert digest == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]  # A1111's old model hash
     assert f'ControlNet 0: "Module: canny, Model: edges [{digest}], Weight: 0.7,' in parameters
     assert "Guidance Start: 0.0, Guidance End: 0.5," in parameters
     # Our own chunk keeps the unit exactly, with its image, so the recipe reproduces the job.

@@ -321,3 +321,14 @@ def test_control_units_are_validated():
         request_for("m", controls=(ControlUnit("a", "b.png", preprocessor="inpaint"),))
     request = request_for("m", controls=(ControlUnit("a", "b.png", 0.5, 0.1, 0.9, "prompt", "canny"),))
     assert GenerationRequest.from_dict(request.to_dict()) == request
+
+
+def test_crop_and_resize_covers_the_size_and_keeps_the_centre():
+    from desktop.engine.backends.control import crop_and_resize
+
+    wide = Image.new("RGB", (128, 64), "black")
+    ImageDraw.Draw(wide).rectangle((32, 0, 95, 63), fill="white")  # the middle half is white
+    fitted = np.asarray(crop_and_resize(wide, (64, 64)))
+    assert fitted.shape == (64, 64, 3) and fitted.min() == 255  # the black sides were cut, not squeezed in
+    tall = np.asarray(crop_and_resize(Image.new("RGB", (10, 30), "red"), (40, 40)))
+    assert tall.shape == (40, 40, 3)
