@@ -116,6 +116,8 @@ def test_control_arguments_parse_from_the_end():
         "/a:b/c.png", 0.5, 0.2, 0.8, "tile", "control"
     )
     assert parse_control_args(["m:/c.png:0.3"], [], [])[0].weight == 0.3
+    (unit,) = parse_control_args(["m:1:2:3"], [], [])  # the path keeps at least its last part
+    assert unit.image.endswith("1:2") and unit.weight == 3.0
     with pytest.raises(InvalidRequest, match="once per --control"):
         parse_control_args(["a:/x.png", "b:/y.png", "c:/z.png"], ["canny", "tile"], [])
     with pytest.raises(InvalidRequest, match="NAME:IMAGE"):

@@ -67,7 +67,8 @@ def backend(home) -> DiffusersBackend:
 @pytest.fixture(scope="module")
 def control_image(tmp_path_factory):
     image = Image.new("RGB", (64, 64), "black")
-    ImageDraw.Draw(image).rectangle((16, 16, 47, 47), fill="white")
+    # Off centre, so a flipped or shifted control image would give another result.
+    ImageDraw.Draw(image).rectangle((8, 12, 35, 47), fill="white")
     path = tmp_path_factory.mktemp("control-image") / "square.png"
     image.save(path)
     return path
