@@ -284,7 +284,8 @@ def _controlnet_run(
         raise InvalidRequest("Two units using the same control model need the same control mode.")
     controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
     cls = _controlnet_pipeline(request.mode, getattr(base, "text_encoder_2", None) is not None)
-    pipe = cls.from_pipe(base, controlnet=controlnet, torch_dtype=base.dtype)
+    # Without the dtype, from_pipe would upcast the shared modules to fp32.
+    pipe = cls.from_pipe(base, controlnet=controlnet, dtype=base.dtype)
     pipe.set_progress_bar_config(disable=True)
     control = images[0] if len(images) == 1 else images
     arguments: dict[str, Any] = {
