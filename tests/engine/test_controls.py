@@ -265,7 +265,13 @@ def test_controlnet_with_image_to_image_and_inpainting(backend, tiny_sd15_dir, c
     ours = image_of(backend, inpaint)
     without = image_of(backend, request_for(tiny_sd15_dir, init_image=str(source), mask=str(mask), mask_blur=0))
     assert ours.shape == (64, 64, 3) and np.abs(ours - without).mean() > 0.5
-    assert StableDiffusionControlNetInpaintPipeline  # the class the backend picks for inpainting
+    # The inpaint preprocessor's image: the source with the masked pixels at -1 (here: all of them).
+    marked = torch.full((1, 3, 64, 64), -1.0)
+    pipe = plain(StableDiffusionControlNetInpaintPipeline, tiny_sd15_dir, controlnet=controlnets[0])
+    expected = bare(pipe, inpaint, image=Image.open(source).convert("RGB"), mask_image=Image.open(mask),
+                    control_image=marked, strength=1.0, controlnet_conditioning_scale=1.0, width=64,
+                    height=64)  # fmt: skip
+    assert np.array_equal(ours, expected)
 
 
 def test_t2i_adapter_equals_the_diffusers_adapter_pipeline(backend, tiny_sd15_dir, adapter, control_image):
