@@ -339,3 +339,13 @@ def test_crop_and_resize_covers_the_size_and_keeps_the_centre():
     assert fitted.shape == (64, 64, 3) and fitted.min() == 255  # the black sides were cut, not squeezed in
     tall = np.asarray(crop_and_resize(Image.new("RGB", (10, 30), "red"), (40, 40)))
     assert tall.shape == (40, 40, 3)
+
+
+def test_an_inpainting_model_takes_a_controlnet_in_image_to_image(home, tiny_sd15_inpaint_dir, control_image, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (30, 120, 200)).save(source)
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), preview_every=0)
+    plain_edit = request_for(tiny_sd15_inpaint_dir, init_image=str(source), strength=0.8)
+    controlled = request_for(tiny_sd15_inpaint_dir, init_image=str(source), strength=0.8,
+                             controls=(ControlUnit("edges", str(control_image)),))  # fmt: skip
+    assert np.abs(image_of(backend, controlled) - image_of(backend, plain_edit)).mean() > 0.5
