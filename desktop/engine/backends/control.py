@@ -283,7 +283,10 @@ def _controlnet_run(
     if len({id(m) for m in models}) < len(models) and len({s for s, m in zip(soft, models, strict=True)}) > 1:
         raise InvalidRequest("Two units using the same control model need the same control mode.")
     controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
-    cls = _controlnet_pipeline(request.mode, getattr(base, "text_encoder_2", None) is not None)
+    mode = request.mode
+    if mode == "img2img" and base.unet.config.in_channels == 9:
+        mode = "inpaint"  # an inpainting model edits through its inpainting pipeline (everything masked)
+    cls = _controlnet_pipeline(mode, getattr(base, "text_encoder_2", None) is not None)
     # Without the dtype, from_pipe would upcast the shared modules to fp32.
     pipe = cls.from_pipe(base, controlnet=controlnet, dtype=base.dtype)
     pipe.set_progress_bar_config(disable=True)
