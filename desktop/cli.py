@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,12 +53,15 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.provenance import signer_for
 from desktop.engine.recipe import read_recipe, recipe_text
 from desktop.engine.request import (
+    CONTROL_MODES,
+    CONTROL_PREPROCESSORS,
     DEVICES,
     EMPHASIS_MODES,
     INPAINT_AREAS,
     MEMORY_MODES,
     PRECISIONS,
     RESIZE_MODES,
+    ControlUnit,
     GenerationRequest,
 )
 from desktop.engine.resources import Resources
@@ -132,6 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
                           "prompt works too")
     gen.add_argument("--style", action="append", default=[], metavar="NAME",
                      help="apply a saved style to the prompt and negative (repeatable; `marble styles list`)")
+    control = gen.add_argument_group("ControlNet / T2I-Adapter units")
+    control.add_argument("--control", action="append", default=[], metavar="NAME:IMAGE[:WEIGHT[:START:END]]",
+                         help="a control unit: a library control model (marble controls import FILE), its image, "
+                              "weight (default 1) and guidance range as fractions of the steps (repeatable)")
+    control.add_argument("--control-preprocessor", action="append", default=[], choices=CONTROL_PREPROCESSORS,
+                         help="preprocess the control image (once for every unit, or once per --control in order)")
+    control.add_argument("--control-mode", action="append", default=[], choices=CONTROL_MODES,
+                         help="balanced, prompt (A1111's 'My prompt is more important') or control ('ControlNet "
+                              "is more important'); once for every unit, or once per --control")
     edit = gen.add_argument_group("image-to-image, inpainting and outpainting")
     edit.add_argument("--init-image", metavar="PATH", help="source image (PNG, JPEG or WebP)")
     edit.add_argument("--strength", type=float, default=0.75, help="0 keeps the source, 1 ignores it")
@@ -236,7 +249,7 @@ def _info(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -
     try:
         library = Library(paths)
         recipe = read_recipe(read_image_metadata(args.file), library.records("model"), library.records("lora"),
-                             library.records("vae"))
+                             library.records("vae"), library.records("control"))
     except MarbleError as error:
         print(f"marble: {printable(str(error))}", file=err)
         return exit_code(error.kind)
@@ -425,7 +438,41 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         seed_resize_from_h=resize_from[1],
         tiling=args.tiling,
         vae=args.vae,
+        controls=parse_control_args(args.control, args.control_preprocessor, args.control_mode),
     )
+
+
+def parse_control_args(values: list[str], preprocessors: list[str], modes: list[str]) -> tuple[ControlUnit, ...]:
+    """`--control NAME:IMAGE[:WEIGHT[:START:END]]` values as units. The image path may hold colons
+    (C:\\...): numbers are taken from the end, the rest after the name is the path."""
+    units = []
+    for value in values:
+        name, _, rest = value.partition(":")
+        parts = rest.split(":")
+        numbers: list[float] = []
+        for count in (3, 1):
+            tail = parts[-count:] if len(parts) > count else []
+            try:
+                numbers = [float(part) for part in tail]
+            except ValueError:
+                continue
+            if numbers:
+                parts = parts[:-count]
+                break
+        image = ":".join(parts)
+        if not name.strip() or not image.strip():
+            raise InvalidRequest(f"--control {value!r}: use NAME:IMAGE[:WEIGHT[:START:END]].")
+        weight, start, end = (numbers + [0.0, 1.0])[:3] if numbers else (1.0, 0.0, 1.0)
+        units.append(ControlUnit(name, str(Path(image).expanduser().resolve()), weight, start, end))
+    for label, chosen, field in (("--control-preprocessor", preprocessors, "preprocessor"),
+                                 ("--control-mode", modes, "mode")):  # fmt: skip
+        if not chosen:
+            continue
+        if len(chosen) not in (1, len(units)):
+            raise InvalidRequest(f"Give {label} once for every unit, or once per --control ({len(units)}).")
+        picks = chosen * len(units) if len(chosen) == 1 else chosen
+        units = [replace(unit, **{field: pick}) for unit, pick in zip(units, picks, strict=True)]
+    return tuple(units)
 
 
 def _default_model(paths: AppPaths) -> str:

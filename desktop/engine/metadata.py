@@ -26,11 +26,12 @@ from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin
 
-from desktop.engine.backends.base import AdapterHash, ModelInfo, VaeHash
+from desktop.engine.backends.base import AdapterHash, ControlHash, ModelInfo, VaeHash
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
+from desktop.engine.control_preprocess import A1111_MODULES, DEFAULT_THRESHOLDS
 from desktop.engine.errors import InvalidRequest, MarbleError
 from desktop.engine.library.lora import prompt_with_lora_tags
-from desktop.engine.request import EMPHASIS_MODES, GenerationRequest
+from desktop.engine.request import EMPHASIS_MODES, ControlUnit, GenerationRequest
 from desktop.engine.safe_files import open_regular
 from desktop.engine.untrusted_image import open_untrusted
 
@@ -91,6 +92,7 @@ def format_parameters(
     loras: Sequence[AdapterHash] = (),
     embeddings: Sequence[AdapterHash] = (),
     vae: VaeHash | None = None,
+    controls: Sequence[ControlHash] = (),
 ) -> str:
     """A1111's `parameters` text for one image made from `request` with `seed`.
 
@@ -123,6 +125,7 @@ def format_parameters(
     if request.tiling:
         pairs.append(("Tiling", True))
     pairs += list((extra or {}).items())
+    pairs += control_pairs(request, controls)
     pairs += [("Lora hashes", adapter_hashes_text(loras)), ("TI hashes", adapter_hashes_text(embeddings))]
     pairs.append(("Version", f"marble {version}"))
 
@@ -160,6 +163,7 @@ def png_text_chunks(
     embeddings: Sequence[AdapterHash] = (),
     vae: VaeHash | None = None,
     template: GenerationRequest | None = None,
+    controls: Sequence[ControlHash] = (),
 ) -> dict[str, str]:
     """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON.
 
@@ -168,7 +172,7 @@ def png_text_chunks(
     return {
         PARAMETERS_CHUNK: format_parameters(
             request, seed, model, version, sampler_used, batch_pos, extra, loras=loras, embeddings=embeddings,
-            vae=vae,
+            vae=vae, controls=controls,
         ),
         MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used, template=template),
     }
@@ -1001,3 +1005,98 @@ def _as_text(value: object) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# ControlNet units, as A1111's ControlNet extension writes them
+
+CONTROL_MODE_NAMES = {
+    "balanced": "Balanced", "prompt": "My prompt is more important", "control": "ControlNet is more important",
+}  # fmt: skip
+_CONTROL_KEY = re.compile(r"controlnet (\d+)\Z", re.IGNORECASE)
+# The extension's value is itself `Key: value, Key: value`; split before each known key.
+_CONTROL_FIELD = re.compile(
+    r",\s*(?=(?:Module|Model|Weight|Resize Mode|Low Vram|Processor Res|Threshold A|Threshold B|Guidance Start|"
+    r"Guidance End|Pixel Perfect|Control Mode|Hr Option|Save Detected Map)\s*:)"
+)
+_CONTROL_MODEL = re.compile(r"(?P<name>.*?)\s*(?:\[(?P<hash>[0-9a-fA-F]{8,64})\])?\s*\Z")
+
+
+@dataclass(frozen=True)
+class ParsedControl:
+    """One `ControlNet N` entry read back: the unit (its image is not in the file: ""), the model's
+    hash in brackets and the extension's module name."""
+
+    index: int
+    unit: ControlUnit
+    model_hash: str
+    module: str
+
+
+def control_pairs(request: GenerationRequest, controls: Sequence[ControlHash]) -> list[tuple[str, str]]:
+    """`ControlNet 0`, `ControlNet 1`, ... for the request's units, in the extension's words and order.
+
+    The model is written `name [hash]` with A1111's old 8-hex model hash, as the extension names models.
+    Marble fits control images by cropping and resizing ("Crop and Resize") and runs the preprocessor at
+    the working size (Processor Res: the shorter side); it has no pixel-perfect mode."""
+    hashes = {index: entry for index, entry in enumerate(controls)}
+    pairs = []
+    for index, unit in enumerate(request.controls):
+        entry = hashes.get(index)
+        model = f"{unit.model} [{entry.hash}]" if entry is not None and entry.hash else unit.model
+        default_a, default_b = DEFAULT_THRESHOLDS.get(unit.preprocessor, (-1.0, -1.0))
+        a = unit.threshold_a if unit.threshold_a >= 0 else default_a
+        b = unit.threshold_b if unit.threshold_b >= 0 else default_b
+        fields = [
+            ("Module", A1111_MODULES.get(unit.preprocessor, unit.preprocessor)), ("Model", model),
+            ("Weight", float(unit.weight)), ("Resize Mode", "Crop and Resize"),
+            ("Processor Res", min(request.width, request.height)), ("Threshold A", float(a)),
+            ("Threshold B", float(b)), ("Guidance Start", float(unit.start)), ("Guidance End", float(unit.end)),
+            ("Pixel Perfect", False), ("Control Mode", CONTROL_MODE_NAMES.get(unit.mode, unit.mode)),
+        ]  # fmt: skip
+        pairs.append((f"ControlNet {index}", ", ".join(f"{key}: {value}" for key, value in fields)))
+    return pairs
+
+
+def parse_control_units(settings: Mapping[str, str]) -> list[ParsedControl]:
+    """The `ControlNet N` entries of A1111 settings, in order; entries that do not parse are skipped.
+
+    Values out of range are clamped to what a unit takes; the module is kept as written (the recipe
+    decides whether Marble has that preprocessor)."""
+    found = []
+    for key, value in settings.items():
+        match = _CONTROL_KEY.match(key.strip())
+        if match is None or not isinstance(value, str):
+            continue
+        fields = {}
+        for part in _CONTROL_FIELD.split(value.strip()):
+            name, sep, rest = part.partition(":")
+            if sep:
+                fields[name.strip().casefold()] = rest.strip()
+        model = _CONTROL_MODEL.match(fields.get("model", ""))
+        name = clean_model_name(model["name"]) if model else ""
+        if not name or name.casefold() == "none":
+            continue
+        mode_text = fields.get("control mode", "").casefold()
+        mode = next((m for m, label in CONTROL_MODE_NAMES.items() if label.casefold() == mode_text), "balanced")
+
+        start = _clamped(fields, "guidance start", 0.0, 0.0, 1.0)
+        unit = ControlUnit(
+            model=name,
+            image="",
+            weight=_clamped(fields, "weight", 1.0, 0.0, 2.0),
+            start=start,
+            end=_clamped(fields, "guidance end", 1.0, start, 1.0),
+            mode=mode,
+            preprocessor="none",
+            threshold_a=_clamped(fields, "threshold a", -1.0, -1.0, 1e6),
+            threshold_b=_clamped(fields, "threshold b", -1.0, -1.0, 1e6),
+        )
+        found.append(ParsedControl(int(match[1]), unit, (model["hash"] or "").casefold() if model else "",
+                                   fields.get("module", "none")))  # fmt: skip
+    return sorted(found, key=lambda parsed: parsed.index)
+
+
+def _clamped(fields: Mapping[str, str], label: str, default: float, low: float, high: float) -> float:
+    value = _to_float(fields.get(label))
+    return default if value is None else min(max(value, low), high)

@@ -64,6 +64,11 @@ class AppPaths:
         return self.models.parent / "wildcards"
 
     @property
+    def controls(self) -> Path:
+        """Control models (ControlNet, Control-LoRA, T2I-Adapter) chosen per control unit by library name."""
+        return self.models.parent / "controlnet"
+
+    @property
     def converted_models(self) -> Path:
         """Diffusers folders converted from single-file checkpoints, reused on later loads."""
         return self.cache / "converted"

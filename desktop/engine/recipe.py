@@ -14,22 +14,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS
+from desktop.engine.control_preprocess import preprocessor_from_module
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.library.lora import split_lora_tags
-from desktop.engine.metadata import ImageMetadata, clean_model_name, resolve_sampler, vae_library_name
-from desktop.engine.request import EMPHASIS_MODES, GenerationRequest, LoraRef
+from desktop.engine.metadata import (
+    ImageMetadata,
+    clean_model_name,
+    parse_control_units,
+    resolve_sampler,
+    vae_library_name,
+)
+from desktop.engine.request import EMPHASIS_MODES, ControlUnit, GenerationRequest, LoraRef
 
 # The request fields a recipe sets, in the order a change list shows them. Machine settings (device,
 # precision, memory, batch) belong to this computer, not to the image.
 RECIPE_FIELDS = (
     "prompt", "negative_prompt", "model", "loras", "sampler", "steps", "cfg_scale", "seed", "width", "height",
     "clip_skip", "emphasis", "vae", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
-    "tiling",
+    "tiling", "controls",
 )  # fmt: skip
 # "Use prompt only" takes these: A1111 writes LoRAs into the prompt, so they travel with it.
 PROMPT_FIELDS = ("prompt", "negative_prompt", "loras")
@@ -101,6 +108,8 @@ class Recipe:
         fields = dict(self.fields)
         if "loras" in fields:
             fields["loras"] = [{"name": ref.name, "weight": ref.weight} for ref in fields["loras"]]
+        if "controls" in fields:
+            fields["controls"] = [asdict(unit) for unit in fields["controls"]]
         return {
             "format": self.format,
             "prompt": self.prompt,
@@ -117,8 +126,9 @@ def read_recipe(
     models: Sequence[LibraryEntry] = (),
     loras: Sequence[LibraryEntry] = (),
     vaes: Sequence[LibraryEntry] = (),
+    controls: Sequence[LibraryEntry] = (),
 ) -> Recipe:
-    """The recipe of an image, matched against the library's `models`, `loras` and `vaes`."""
+    """The recipe of an image, matched against the library's `models`, `loras`, `vaes` and `controls`."""
     if metadata.format == "unknown":
         return Recipe("unknown", "", "", MappingProxyType({}))
     settings = {key.strip().casefold(): value for key, value in metadata.settings.items()}
@@ -139,6 +149,7 @@ def read_recipe(
     wanted_loras = (*(marble.loras if marble else ()), *tagged)
     _read_loras(wanted_loras, _hash_table(settings.get("lora hashes", "")), loras, fields, warnings)
     _read_vae(settings, marble, vaes, fields, warnings)
+    _read_controls(metadata.settings, marble, controls, fields, warnings, unsupported)
 
     if marble is not None:
         # Our own chunk is the exact request: every field is honoured as saved.
@@ -154,7 +165,7 @@ def read_recipe(
             fields.setdefault(name, off)
     for key, value in metadata.settings.items():
         folded = key.strip().casefold()
-        if folded not in _HANDLED and folded not in _INFORMATIONAL:
+        if folded not in _HANDLED and folded not in _INFORMATIONAL and not _CONTROL_KEY.match(folded):
             unsupported.append(f"{key}: {value} (Marble has no such setting)")
     ordered = {name: fields[name] for name in RECIPE_FIELDS if name in fields}
     return Recipe(
@@ -244,6 +255,50 @@ def _read_vae(
         fields["vae"] = ""
         return
     fields["vae"] = found.name
+
+
+_CONTROL_KEY = re.compile(r"controlnet \d+\Z")
+
+
+def _read_controls(
+    settings: Mapping[str, str],
+    marble: GenerationRequest | None,
+    controls: Sequence[LibraryEntry],
+    fields: dict[str, Any],
+    warnings: list[str],
+    unsupported: list[str],
+) -> None:
+    """Control units: our chunk's exactly (with their image files); A1111's `ControlNet N` entries with
+    the model matched by library name (the extension's bracketed hash is A1111's old model hash, which
+    the library does not record) and no image, since the PNG does not hold it. Unsaid means none."""
+    if marble is not None:
+        wanted = [(unit, "") for unit in marble.controls]
+    else:
+        wanted = []
+        for parsed in parse_control_units(settings):
+            preprocessor = preprocessor_from_module(parsed.module)
+            if preprocessor is None:
+                unsupported.append(
+                    f"ControlNet {parsed.index}: preprocessor {parsed.module} (not built in; the image is used as is)"
+                )
+            wanted.append((replace(parsed.unit, preprocessor=preprocessor or "none"), parsed.model_hash))
+    found: list[ControlUnit] = []
+    for index, (unit, model_hash) in enumerate(wanted):
+        record = _by_name(controls, unit.model)
+        if record is None:
+            hashed = f" (hash {model_hash})" if model_hash else ""
+            warnings.append(
+                f"The control model {unit.model!r}{hashed} is not in the library: control unit {index} is left out. "
+                "Import it (marble controls import FILE) to use it."
+            )
+            continue
+        found.append(replace(unit, model=record.name))
+        if not unit.image:
+            warnings.append(
+                f"Control unit {index} ({record.name}): the PNG does not hold its control image; choose one before "
+                "generating."
+            )
+    fields["controls"] = tuple(found)
 
 
 def _by_hash(entries: Sequence[LibraryEntry], wanted: str, kind: str) -> LibraryEntry | None:
@@ -407,7 +462,7 @@ _LABELS = {
     "sampler": "Sampler", "steps": "Steps", "cfg_scale": "CFG scale", "seed": "Seed", "width": "Width",
     "height": "Height", "clip_skip": "Clip skip", "emphasis": "Emphasis", "vae": "VAE", "subseed": "Variation seed",
     "subseed_strength": "Variation strength", "seed_resize_from_w": "Seed resize from (width)",
-    "seed_resize_from_h": "Seed resize from (height)", "tiling": "Tiling",
+    "seed_resize_from_h": "Seed resize from (height)", "tiling": "Tiling", "controls": "Control units",
 }  # fmt: skip
 
 
@@ -425,6 +480,8 @@ def _short(name: str, value: Any) -> str:
         return ", ".join(f"{ref.name}:{ref.weight:g}" for ref in value or ()) or "none"
     if name in ("seed", "subseed") and value == -1:
         return "random"
+    if name == "controls":
+        return ", ".join(f"{unit.model}:{unit.weight:g}" for unit in value or ()) or "none"
     if name == "vae" and value == "":
         return "the model's own"
     text = " ".join(str(value).split()) if value is not None else ""

@@ -41,6 +41,60 @@ class LoraRef:
     name: str
     weight: float = 1.0
 
+# A1111's ControlNet "Control Mode": balanced, "My prompt is more important", "ControlNet is more important".
+CONTROL_MODES = ("balanced", "prompt", "control")
+CONTROL_PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint")
+MAX_CONTROL_UNITS = 8
+MAX_CONTROL_WEIGHT = 2.0  # A1111's slider range
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet / T2I-Adapter unit: a control model by library name, its image file and settings.
+
+    `start`/`end` are fractions of the steps (diffusers' control_guidance_start/end, A1111's Guidance
+    Start/End). `mode`: CONTROL_MODES (docs in desktop/engine/backends/control.py). `threshold_a/b`:
+    the preprocessor's two settings as A1111 writes them; -1 = the preprocessor's default.
+    """
+
+    model: str
+    image: str
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    mode: str = "balanced"
+    preprocessor: str = "none"
+    threshold_a: float = -1.0
+    threshold_b: float = -1.0
+
+    def validate(self, index: int) -> None:
+        label = f"Control unit {index}"
+        if not isinstance(self.model, str) or not self.model.strip() or "\x00" in self.model:
+            raise InvalidRequest(f"{label} needs a control model name (marble controls list).")
+        if len(self.model) > MAX_VAE_NAME_CHARS:
+            raise InvalidRequest(f"{label}: control model name is too long.")
+        if not isinstance(self.image, str) or not self.image.strip() or "\x00" in self.image:
+            raise InvalidRequest(f"{label} needs a control image file.")
+        numbers = (("weight", self.weight), ("start", self.start), ("end", self.end),
+                   ("threshold A", self.threshold_a), ("threshold B", self.threshold_b))  # fmt: skip
+        for name, value in numbers:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidRequest(f"{label}: {name} must be a number, not {value!r}.")
+        if not 0.0 <= self.weight <= MAX_CONTROL_WEIGHT:
+            raise InvalidRequest(f"{label}: weight {self.weight} is out of range: use 0 to {MAX_CONTROL_WEIGHT:g}.")
+        if not 0.0 <= self.start <= self.end <= 1.0:
+            raise InvalidRequest(
+                f"{label}: start {self.start} and end {self.end} must be fractions of the steps with "
+                "0 <= start <= end <= 1."
+            )
+        if self.mode not in CONTROL_MODES:
+            raise InvalidRequest(f"{label}: unknown control mode {self.mode!r}: use one of {', '.join(CONTROL_MODES)}.")
+        if self.preprocessor not in CONTROL_PREPROCESSORS:
+            raise InvalidRequest(
+                f"{label}: unknown preprocessor {self.preprocessor!r}: use one of {', '.join(CONTROL_PREPROCESSORS)}."
+            )
+
+
 # Library names are at most 120 characters (library.index.MAX_NAME_CHARS); room for a file extension.
 MAX_VAE_NAME_CHARS = 200
 
@@ -96,6 +150,8 @@ class GenerationRequest:
     # A diffusers folder of the same family supplying what a transformer-only file (Flux, SD3, GGUF)
     # lacks: text encoders, tokenizers and VAE. None: the model file or folder must hold them itself.
     text_encoders: str | None = None
+    # ControlNet / T2I-Adapter units, applied together (A1111's ControlNet 0, 1, ...).
+    controls: tuple[ControlUnit, ...] = ()
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -159,7 +215,20 @@ class GenerationRequest:
         self._validate_variation()
         if not isinstance(self.vae, str) or "\x00" in self.vae or len(self.vae) > MAX_VAE_NAME_CHARS:
             raise InvalidRequest(f"VAE name {self.vae!r} is not a valid name.")
+        self._validate_controls()
         return self
+
+    def _validate_controls(self) -> None:
+        if not isinstance(self.controls, tuple) or len(self.controls) > MAX_CONTROL_UNITS:
+            raise InvalidRequest(f"Use at most {MAX_CONTROL_UNITS} control units.")
+        for index, unit in enumerate(self.controls):
+            if not isinstance(unit, ControlUnit):
+                raise InvalidRequest(f"Control unit {index} must name a control model and an image, not {unit!r}.")
+            unit.validate(index)
+            if unit.preprocessor == "inpaint" and self.mode != "inpaint":
+                raise InvalidRequest(
+                    f"Control unit {index}: the inpaint preprocessor needs a source image and a mask."
+                )
 
     def _validate_variation(self) -> None:
         _check_int("variation seed", self.subseed)
@@ -264,6 +333,8 @@ class GenerationRequest:
             values["sampler"] = canonical_sampler(str(values["sampler"])) or str(values["sampler"])
         if "loras" in values:
             values["loras"] = _loras_from(values["loras"])
+        if "controls" in values:
+            values["controls"] = _controls_from(values["controls"])
         try:
             return cls(**values)
         except TypeError as error:
@@ -282,6 +353,21 @@ def _loras_from(raw: object) -> tuple[LoraRef, ...]:
         else:
             raise InvalidRequest(f"The saved request has an unreadable LoRA entry: {item!r}.")
     return tuple(refs)
+
+
+def _controls_from(raw: object) -> tuple[ControlUnit, ...]:
+    if not isinstance(raw, (list, tuple)):
+        raise InvalidRequest("The saved request lists its control units in an unknown form.")
+    known = {f.name for f in fields(ControlUnit)}
+    units = []
+    for item in raw:
+        if isinstance(item, ControlUnit):
+            units.append(item)
+        elif isinstance(item, dict) and isinstance(item.get("model"), str) and isinstance(item.get("image"), str):
+            units.append(ControlUnit(**{k: v for k, v in item.items() if k in known}))
+        else:
+            raise InvalidRequest(f"The saved request has an unreadable control unit: {item!r}.")
+    return tuple(units)
 
 
 def _check_int(label: str, value: object) -> None:

@@ -142,6 +142,7 @@ class JobRunner:
                     embeddings=batch.embeddings,
                     vae=batch.vae,
                     template=request if made is not request else None,
+                    controls=batch.controls,
                 )
                 # The file names its job, so an image whose history row never got written (a kill, a
                 # full disk) still counts for that job when the next start indexes it.

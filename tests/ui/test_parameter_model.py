@@ -41,10 +41,12 @@ CHANGED = Parameters(
     tiling=True,
     vae="crisp-vae",
 )
-# Request fields that are not settings of the panel: the prompt editor's and the canvas's.
+# Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
+# ones the panel does not offer yet (Flux's distilled CFG and separate text encoders, control units:
+# command line and recipes only so far).
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
-    "padding", "resize_mode",
+    "padding", "resize_mode", "distilled_cfg_scale", "text_encoders", "controls",
 }
 
 

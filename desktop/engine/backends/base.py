@@ -33,6 +33,15 @@ class AdapterHash:
 
 
 @dataclass(frozen=True)
+class ControlHash:
+    """A control model an image was made with: its library name and A1111's old 8-hex model hash, as the
+    ControlNet extension writes `Model: name [hash]`."""
+
+    name: str
+    hash: str
+
+
+@dataclass(frozen=True)
 class VaeHash:
     """The VAE an image was decoded with, when it is not the model's own: its library name and AutoV2
     hash (sha256 of the whole file, first 10 hex), as A1111 writes `VAE hash`."""
@@ -66,6 +75,7 @@ class GeneratedBatch:
     loras: tuple[AdapterHash, ...] = ()
     embeddings: tuple[AdapterHash, ...] = ()
     vae: VaeHash | None = None  # None: the model's own VAE
+    controls: tuple[ControlHash, ...] = ()  # one per request.controls unit, in order
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends import families  # noqa: E402
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
+from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
@@ -188,6 +190,7 @@ class DiffusersBackend:
         self._loras = LoraAdapters(
             loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings), rename_sgm=_rename_sgm
         )
+        self._controls = ControlModels(AdapterCatalog(paths.controls, "control model", "controls"))
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
@@ -262,6 +265,7 @@ class DiffusersBackend:
         self._model = None
         self._loras.forget()
         self._vaes.forget()
+        self._controls.forget()
         self._pipes.clear()
         self._memory_mode = "full"
         self._default_scheduler = None
@@ -455,25 +459,37 @@ class DiffusersBackend:
                 vae,
             )
         pipe = self._pipe_for(request.mode, plan)
+        control = self._controls.prepare(self._pipe, pipe, request, plan)
+        if control is not None:
+            pipe = control.pipe
         device = self._key.device if self._key else "cpu"
         mode = choose_mode(request.memory_mode, device, request.width, request.height,
                            *_memory_budget(pipe, device))
         run_notes: list[str] = []
         if request.varies_noise and plan is not None:
             run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
-        run = functools.partial(self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel)
-        for attempt in attempts(mode, device):
-            if attempt.reason:
-                run_notes.append(attempt.reason)
-            self._apply_memory_mode(pipe, attempt.mode)
-            try:
-                result = _eager_if_compile_fails(run, pipe, run_notes)
-                break
-            except _OutOfMemoryRaised:
-                pass
-            # Recover outside the except block, so the traceback no longer pins the tensors.
-            _free_memory()
-        else:
+        run = functools.partial(
+            self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel, control
+        )
+        exhausted = False
+        try:
+            for attempt in attempts(mode, device):
+                if attempt.reason:
+                    run_notes.append(attempt.reason)
+                self._apply_memory_mode(pipe, attempt.mode)
+                try:
+                    result = _eager_if_compile_fails(run, pipe, run_notes)
+                    break
+                except _OutOfMemoryRaised:
+                    pass
+                # Recover outside the except block, so the traceback no longer pins the tensors.
+                _free_memory()
+            else:
+                exhausted = True
+        finally:
+            if control is not None:
+                control.close()
+        if exhausted:
             raise OutOfMemory(
                 f"The {device} ran out of memory at {request.width}x{request.height}, batch size "
                 f"{request.batch_size}, even with {DESCRIPTIONS[attempt.mode]}. Try a smaller size or batch, or "
@@ -485,7 +501,8 @@ class DiffusersBackend:
         notes = (*run_notes, *first)
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(
-            images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings, vae
+            images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings, vae,
+            control.hashes if control is not None else (),
         )
 
     def _generate_dit(
@@ -547,6 +564,7 @@ class DiffusersBackend:
         batch_index: int,
         on_step: Callable[[StepInfo], None],
         cancel: CancelToken,
+        control: ControlRun | None = None,
     ) -> Any:
         """One pipeline call: a fresh scheduler and generators each time, so a retry is reproducible.
 
@@ -565,6 +583,7 @@ class DiffusersBackend:
                 raise _CancelRequested
             total = pipeline.num_timesteps
             step = i + 1
+            advance_control(control, step)
             wanted = bool(every) and (step % every == 0 or step == total)
             x0 = watcher.predicted_x0(tensors["latents"])[0] if wanted else None
             latents = copies.step(x0, last=step == total)
@@ -586,6 +605,7 @@ class DiffusersBackend:
                     callback_on_step_end_tensor_inputs=["latents"],
                     **self._mode_arguments(request, plan),
                     **_variation_arguments(pipe, request, plan, seeds),
+                    **(control.arguments if control is not None else {}),
                 )
         except _CancelRequested:
             return None

@@ -36,6 +36,7 @@ from desktop.engine.library.checkpoint import (
     sha256_file,
     sniff_file_type,
 )
+from desktop.engine.library.control import inspect_control
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.vae import inspect_vae
 from desktop.engine.paths import AppPaths
@@ -43,7 +44,7 @@ from desktop.engine.safe_files import loads_json, open_regular, read_regular_byt
 from desktop.engine.terminal_text import BIDI_AND_SEPARATORS, library_text
 
 SCHEMA_VERSION = 1
-KINDS = ("model", "lora", "embedding", "vae")
+KINDS = ("model", "lora", "embedding", "vae", "control")
 MAX_NAME_CHARS = 120
 # File systems count a name in bytes (ext4, APFS: 255 UTF-8 bytes; NTFS: 255 UTF-16 units). The longest
 # name a library entry writes is its hidden copy during import: "." + name + ".safetensors" + ".partial".
@@ -66,7 +67,7 @@ class LibraryRecord:
     """One library entry as the index stores it and the CLI/window show it."""
 
     name: str
-    kind: str  # "model" | "lora" | "embedding" | "vae"
+    kind: str  # "model" | "lora" | "embedding" | "vae" | "control"
     file: str  # the file or folder name inside the kind's folder (made by check_name, never from a prompt)
     architecture: str  # a label: "SD 1.x", "SDXL inpainting", "SD 1.x LoRA", ...
     family: str | None
@@ -164,6 +165,7 @@ class Library:
         self._paths = paths
         self._folders = {
             "model": paths.models, "lora": paths.loras, "embedding": paths.embeddings, "vae": paths.vaes,
+            "control": paths.controls,
         }
         self._file = paths.library_index
         self._lock = threading.RLock()
@@ -398,6 +400,9 @@ class Library:
         elif kind == "vae":
             vae = inspect_vae(header, display)
             label, family, fmt = vae.label, vae.family, vae.layout
+        elif kind == "control":
+            control = inspect_control(header, display)
+            label, family, fmt = control.label, control.family, f"{control.kind} ({control.layout})"
         else:
             label, family, fmt = _embedding_label(header, display), None, "embedding"
         digest = sha256 or sha256_file(path, on_progress, name=display)
@@ -455,7 +460,8 @@ class Library:
 
 
 def guess_kind(path: Path | str) -> str:
-    """Which library a dropped file belongs in, judged from its bytes: "model", "lora", "embedding" or "vae".
+    """Which library a dropped file belongs in, judged from its bytes: "model", "lora", "embedding", "vae"
+    or "control".
 
     Anything unclear goes to "model", whose import then explains what the file is (a pickle, a VAE, ...).
     """
@@ -472,6 +478,9 @@ def guess_kind(path: Path | str) -> str:
     with contextlib.suppress(ModelError):
         _embedding_label(header, path.name)
         return "embedding"
+    with contextlib.suppress(ModelError):
+        inspect_control(header, path.name)
+        return "control"
     with contextlib.suppress(ModelError):
         inspect_vae(header, path.name)
         return "vae"
@@ -496,7 +505,7 @@ def _check_kind(kind: str) -> None:
 
 
 def _noun(kind: str) -> str:
-    return {"model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE"}[kind]
+    return {"model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE", "control": "control model"}[kind]
 
 
 def _library_files(folder: Path, kind: str) -> list[str]:

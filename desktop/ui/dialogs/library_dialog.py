@@ -42,6 +42,7 @@ _TAB_TITLES = {
     "lora": QT_TRANSLATE_NOOP("LibraryDialog", "LoRAs"),
     "embedding": QT_TRANSLATE_NOOP("LibraryDialog", "Embeddings"),
     "vae": QT_TRANSLATE_NOOP("LibraryDialog", "VAEs"),
+    "control": QT_TRANSLATE_NOOP("LibraryDialog", "Controls"),
 }
 _COLUMNS = (
     QT_TRANSLATE_NOOP("LibraryDialog", "Name"),

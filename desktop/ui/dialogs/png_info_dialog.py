@@ -31,6 +31,7 @@ from desktop.engine.errors import MarbleError
 from desktop.engine.library.index import Library
 from desktop.engine.metadata import read_image_metadata
 from desktop.engine.recipe import RECIPE_FIELDS, Recipe, changes, read_recipe, recipe_text
+from desktop.ui.parameter_model import PARAMETER_FIELDS
 
 if TYPE_CHECKING:
     from desktop.ui.main_window import MainWindow
@@ -209,7 +210,8 @@ class RecipeIntegration(QObject):
             editor.set_prompts(
                 fields.get("prompt", editor.prompt()), fields.get("negative_prompt", editor.negative_prompt())
             )
-        settings = {name: value for name, value in fields.items() if name not in ("prompt", "negative_prompt")}
+        # The panel has no control units yet (the command line has): they are not applied here.
+        settings = {name: value for name, value in fields.items() if name in PARAMETER_FIELDS}
         window.parameters.update(**settings)
         self.recipe_applied.emit(dict(fields))
 
@@ -223,8 +225,10 @@ class RecipeIntegration(QObject):
     def _recipe_of(self, source: str | bytes, quiet: bool = False) -> Recipe | None:
         try:
             metadata = read_image_metadata(source)
+            library = self._library
             return read_recipe(
-                metadata, self._library.records("model"), self._library.records("lora"), self._library.records("vae")
+                metadata, library.records("model"), library.records("lora"), library.records("vae"),
+                library.records("control"),
             )
         except (MarbleError, OSError) as error:
             if not quiet:
@@ -232,7 +236,11 @@ class RecipeIntegration(QObject):
             return None
 
     def _current(self) -> dict[str, Any]:
-        current = {name: self._window.parameters.value(name) for name in RECIPE_FIELDS if name not in _PROMPTS}
+        current = {
+            name: self._window.parameters.value(name)
+            for name in RECIPE_FIELDS
+            if name not in _PROMPTS and name in PARAMETER_FIELDS
+        }
         current["prompt"] = self._window.prompt_editor.prompt()
         current["negative_prompt"] = self._window.prompt_editor.negative_prompt()
         return current

@@ -1,0 +1,398 @@
+"""ControlNet and T2I-Adapter units for the diffusers backend.
+
+Loaded only by the diffusers backend during a job; torch, diffusers and accelerate are imported inside
+functions (the import-linter contract lists this module beside sde_noise and tiling).
+
+How a request's units run:
+- ControlNets: diffusers' StableDiffusion(XL)ControlNet{,Img2Img,Inpaint}Pipeline made from the loaded
+  pipeline with `from_pipe` (shared weights, the loaded dtype kept), several units through
+  MultiControlNetModel. Weight = controlnet_conditioning_scale, start/end = control_guidance_start/end
+  (fractions of the steps the job runs; diffusers' rule: step i runs the unit unless i/n < start or
+  (i+1)/n > end).
+- A ControlNet's architecture is the base UNet's encoder, so the model is built from the loaded UNet's
+  config (`ControlNetModel.from_unet`, on the meta device) and its tensors loaded strictly: no shipped
+  config is needed, for SD 1.x, 2.x or SDXL, and a ControlNet for another family is refused by the
+  shape check with a sentence. ControlNets with a smaller encoder than their base (SDXL "small"/"mid")
+  do not fit this way and are refused (not supported yet).
+- T2I-Adapters: the adapter's features are computed once from the control image (scaled by the weight,
+  repeated for the batch and for classifier-free guidance, as diffusers' adapter pipelines do) and given
+  to the UNet as `down_intrablock_additional_residuals` by a forward pre-hook, at the steps the
+  start/end range allows. The same pipeline as without control runs, so adapters work for text to
+  image, image to image and inpainting alike (diffusers' adapter pipelines are text to image only).
+- Control modes (A1111's "Control Mode"): "balanced" is plain ControlNet. "control" ("ControlNet is
+  more important") is diffusers' `guess_mode`: the ControlNet sees only the conditional half of the
+  CFG batch and its residuals are scaled from 0.1 (shallowest) to 1.0 (mid block); diffusers applies it
+  to the whole call, so Marble asks that all units of a job agree. "prompt" ("My prompt is more
+  important") is A1111's soft injection: residual k of n (mid block last) is scaled by 0.825**(n-1-k),
+  by a forward hook on that unit's ControlNet. T2I-Adapters run balanced only.
+- Control-LoRAs are recognised and listed; generating with them is not supported yet (a clear refusal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from desktop.engine.backends.base import ControlHash
+from desktop.engine.control_preprocess import Thresholds, preprocess
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.imaging import EditPlan, load_source, to_working
+from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+from desktop.engine.library.control import CONTROL_LORA, CONTROLNET, T2I_ADAPTER, ControlInfo, inspect_control
+from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.request import ControlUnit, GenerationRequest
+from desktop.engine.terminal_text import library_text
+
+SOFT_INJECTION_BASE = 0.825  # A1111's "My prompt is more important": 0.825 ** (12 - i) over SD's 13 residuals
+
+
+def legacy_hash(path: Path) -> str:
+    """A1111's old model hash (sha256 of 64 KiB at 1 MiB, first 8 hex): the `[hash]` after a ControlNet
+    model's name in the extension's metadata."""
+    with open(path, "rb") as stream:
+        stream.seek(0x100000)
+        return hashlib.sha256(stream.read(0x10000)).hexdigest()[:8]
+
+
+@dataclass
+class ControlRun:
+    """What one pipeline call needs for its control units: the pipeline, its extra arguments, and the
+    hooks to remove afterwards (`close`)."""
+
+    pipe: Any
+    arguments: dict[str, Any]
+    hashes: tuple[ControlHash, ...]
+    handles: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+@dataclass(frozen=True)
+class _Identity:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+class ControlModels:
+    """Control models by library name, loaded once per pipeline and kept until it is unloaded."""
+
+    def __init__(self, catalog: AdapterCatalog) -> None:
+        self._catalog = catalog
+        self._loaded: dict[_Identity, tuple[Any, ControlInfo, str]] = {}
+
+    def forget(self) -> None:
+        self._loaded.clear()
+
+    def prepare(self, base: Any, pipe: Any, request: GenerationRequest, plan: EditPlan | None) -> ControlRun | None:
+        """The pipeline and arguments for `request.controls` (None when it has none).
+
+        `base` is the loaded text-to-image pipeline (ControlNet pipelines are made from it), `pipe` the
+        one the job would run without control (adapters hook its UNet)."""
+        units = request.controls
+        if not units:
+            return None
+        loaded = [self._load(unit, base) for unit in units]
+        kinds = {info.kind for _, info, _ in loaded}
+        if len(kinds) > 1:
+            raise InvalidRequest("A job can use ControlNets or T2I-Adapters, not both at once: remove one kind.")
+        hashes = tuple(ControlHash(*names) for _, _, names in loaded)
+        # A unit at weight 0 or with an empty range changes nothing (diffusers refuses start == end): the
+        # metadata still lists it, as A1111 does, but it does not run.
+        active = [
+            (unit, item) for unit, item in zip(units, loaded, strict=True) if unit.weight > 0 and unit.end > unit.start
+        ]
+        if not active:
+            return ControlRun(pipe, {}, hashes)
+        units = tuple(unit for unit, _ in active)
+        loaded = [item for _, item in active]
+        size = plan.size if plan is not None else (request.width, request.height)
+        images = [_control_image(unit, plan, size) for unit in units]
+        if kinds == {T2I_ADAPTER}:
+            return _adapter_run(pipe, units, [m for m, _, _ in loaded], images, request, hashes)
+        return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
+
+    def _load(self, unit: ControlUnit, base: Any) -> tuple[Any, ControlInfo, tuple[str, str]]:
+        entry = self._catalog.get(unit.model.strip())
+        stat = entry.path.stat()
+        identity = _Identity(str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
+        cached = self._loaded.get(identity)
+        if cached is None:
+            model, info = _read(entry.name, entry.path, base)
+            cached = (model, info, legacy_hash(entry.path))
+            self._loaded[identity] = cached
+        return cached[0], cached[1], (entry.name, cached[2])
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+def _read(name: str, path: Path, base: Any) -> tuple[Any, ControlInfo]:
+    if sniff_file_type(path) != "safetensors":
+        raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
+    info = inspect_control(read_safetensors_header(path, name=name), name)
+    if info.kind == CONTROL_LORA:
+        raise ModelError(
+            f"{name!r} is a Control-LoRA; Marble lists them but cannot generate with them yet. Use a full "
+            "ControlNet or a T2I-Adapter."
+        )
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    unet = getattr(base.unet, "_orig_mod", base.unet)  # fast mode compiles the UNet in place
+    try:
+        model = _controlnet(state, info, unet) if info.kind == CONTROLNET else _adapter(state, info, unet)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise ModelError(
+            f"The control model {name!r} ({info.label}) does not fit the loaded model: {_short(error)}. Pick a "
+            "control model made for this kind of model."
+        ) from None
+    if model.dtype != base.dtype:
+        model = model.to(dtype=base.dtype)
+    return model.to(base.device).eval(), info
+
+
+def _controlnet(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    if info.layout == "ldm":
+        state = {k.removeprefix(info.prefix): v for k, v in state.items()}
+        converted = convert_controlnet_checkpoint(state, {"layers_per_block": unet.config.layers_per_block})
+        # diffusers' converter leaves SDXL's added (size/crop) embedding to its single-file loader.
+        for ldm, ours in (("label_emb.0.0", "add_embedding.linear_1"), ("label_emb.0.2", "add_embedding.linear_2")):
+            for param in ("weight", "bias"):
+                if f"{ldm}.{param}" in state:
+                    converted[f"{ours}.{param}"] = state[f"{ldm}.{param}"]
+        state = {k: v for k, v in converted.items() if v is not None}
+    blocks = sorted({int(k.split(".")[2]) for k in state if k.startswith("controlnet_cond_embedding.blocks.")})
+    outs = (
+        state["controlnet_cond_embedding.conv_in.weight"].shape[0],
+        *(state[f"controlnet_cond_embedding.blocks.{i}.weight"].shape[0] for i in blocks[1::2]),
+    )
+    with init_empty_weights():
+        shaped = ControlNetModel.from_unet(
+            unet,
+            load_weights_from_unet=False,
+            conditioning_channels=info.conditioning_channels or 3,
+            conditioning_embedding_out_channels=outs,
+        )
+        # An inpainting UNet reads 9 channels; its ControlNets read the 4 latent channels only.
+        config = {**shaped.config, "in_channels": state["conv_in.weight"].shape[1]}
+        model = ControlNetModel.from_config(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def _adapter(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:
+    from accelerate import init_empty_weights
+    from diffusers import T2IAdapter
+
+    if info.layout != "diffusers":
+        raise ValueError("only T2I-Adapters in diffusers' layout (adapter.body...) can be loaded yet")
+    if any(".out_conv." in k for k in state):
+        raise ValueError("light T2I-Adapters are not supported yet")
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("adapter.body.")})
+    channels = [state[f"adapter.body.{i}.resnets.0.block1.weight"].shape[0] for i in levels]
+    res_blocks = len({k.split(".")[4] for k in state if k.startswith("adapter.body.0.resnets.")})
+    conditioning = info.conditioning_channels or 3
+    factor = round((state["adapter.conv_in.weight"].shape[1] / conditioning) ** 0.5)
+    with init_empty_weights():
+        model = T2IAdapter(
+            in_channels=conditioning,
+            channels=channels,
+            num_res_blocks=res_blocks,
+            downscale_factor=factor,
+            adapter_type="full_adapter_xl" if info.family == "sdxl" else "full_adapter",
+        )
+    model.load_state_dict(state, strict=True, assign=True)
+    del unet  # the adapter's shape is its own; the UNet checks it when the features arrive
+    return model
+
+
+# ---------------------------------------------------------------------------------------- images
+
+
+def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int]) -> Any:
+    """The unit's control image at the working size, preprocessed, as a (1, 3, H, W) float tensor."""
+    import torch
+
+    thresholds = Thresholds(unit.threshold_a, unit.threshold_b)
+    if unit.preprocessor == "inpaint":
+        assert plan is not None and plan.mask is not None  # validate() asks for a mask
+        array = preprocess("inpaint", plan.image, plan.mask, thresholds)
+    else:
+        image = load_source(unit.image)
+        if plan is None:
+            fitted = crop_and_resize(image, size)
+        else:
+            # The control image stands for the whole source: fit it there, then take what the job works on.
+            fitted = crop_and_resize(image, plan.source.size)
+            fitted = (
+                fitted.crop(plan.box).resize(size, Image.Resampling.LANCZOS)
+                if plan.cropped
+                else to_working(fitted, size, plan.resize_mode)
+            )
+        array = preprocess(unit.preprocessor, fitted, None, thresholds)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
+
+
+def crop_and_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A1111's "Crop and Resize": scale to cover `size`, then cut the centre."""
+    if image.size == size:
+        return image
+    width, height = size
+    scale = max(width / image.width, height / image.height)
+    scaled = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.Resampling.LANCZOS
+    )
+    left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+# ------------------------------------------------------------------------------------- controlnets
+
+
+def _controlnet_run(
+    base: Any,
+    request: GenerationRequest,
+    plan: EditPlan | None,
+    units: tuple[ControlUnit, ...],
+    models: list[Any],
+    images: list[Any],
+    hashes: tuple[ControlHash, ...],
+) -> ControlRun:
+    from diffusers import MultiControlNetModel
+
+    modes = {unit.mode for unit in units}
+    if "control" in modes and modes != {"control"}:
+        raise InvalidRequest(
+            'Control mode "ControlNet is more important" applies to every unit of a job in Marble (diffusers\' '
+            "guess mode): give all units that mode, or none of them."
+        )
+    soft = [unit.mode == "prompt" for unit in units]
+    if len({id(m) for m in models}) < len(models) and len({s for s, m in zip(soft, models, strict=True)}) > 1:
+        raise InvalidRequest("Two units using the same control model need the same control mode.")
+    controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
+    mode = request.mode
+    if mode == "img2img" and base.unet.config.in_channels == 9:
+        mode = "inpaint"  # an inpainting model edits through its inpainting pipeline (everything masked)
+    cls = _controlnet_pipeline(mode, getattr(base, "text_encoder_2", None) is not None)
+    # Without the dtype, from_pipe would upcast the shared modules to fp32.
+    pipe = cls.from_pipe(base, controlnet=controlnet, dtype=base.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    control = images[0] if len(images) == 1 else images
+    arguments: dict[str, Any] = {
+        "controlnet_conditioning_scale": [float(u.weight) for u in units] if len(units) > 1 else float(units[0].weight),
+        "control_guidance_start": [float(u.start) for u in units],
+        "control_guidance_end": [float(u.end) for u in units],
+        "guess_mode": modes == {"control"},
+    }
+    arguments["image" if plan is None else "control_image"] = control
+    run = ControlRun(pipe, arguments, hashes)
+    for model, is_soft in zip(models, soft, strict=True):
+        if is_soft:
+            run.handles.append(model.register_forward_hook(_soft_injection))
+    return run
+
+
+def _controlnet_pipeline(mode: str, xl: bool) -> Any:
+    import diffusers
+
+    names = {
+        ("txt2img", False): "StableDiffusionControlNetPipeline",
+        ("img2img", False): "StableDiffusionControlNetImg2ImgPipeline",
+        ("inpaint", False): "StableDiffusionControlNetInpaintPipeline",
+        ("txt2img", True): "StableDiffusionXLControlNetPipeline",
+        ("img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
+        ("inpaint", True): "StableDiffusionXLControlNetInpaintPipeline",
+    }
+    return getattr(diffusers, names[(mode, xl)])
+
+
+def _soft_injection(_module: Any, _args: Any, output: Any) -> Any:
+    down, mid = output if isinstance(output, tuple) else (output.down_block_res_samples, output.mid_block_res_sample)
+    count = len(down) + 1
+    scaled = [sample * SOFT_INJECTION_BASE ** (count - 1 - k) for k, sample in enumerate(down)]
+    if isinstance(output, tuple):
+        return (scaled, mid)
+    output.down_block_res_samples = scaled
+    return output
+
+
+# ---------------------------------------------------------------------------------------- adapters
+
+
+def _adapter_run(
+    pipe: Any,
+    units: tuple[ControlUnit, ...],
+    models: list[Any],
+    images: list[Any],
+    request: GenerationRequest,
+    hashes: tuple[ControlHash, ...],
+) -> ControlRun:
+    import torch
+
+    if any(unit.mode != "balanced" for unit in units):
+        raise InvalidRequest("T2I-Adapters run in the balanced control mode only.")
+    features = []
+    with torch.inference_mode():
+        for model, image in zip(models, images, strict=True):
+            states = model(image.to(model.device, model.dtype))
+            features.append(states)
+    unet = pipe.unet
+    counter = _StepCounter()
+
+    def add_features(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        total = getattr(pipe, "_num_timesteps", None) or request.steps
+        step = counter.step
+        summed = None
+        for unit, states in zip(units, features, strict=True):
+            if step / total < unit.start or (step + 1) / total > unit.end or unit.weight == 0:
+                continue
+            scaled = [state * float(unit.weight) for state in states]
+            summed = scaled if summed is None else [a + b for a, b in zip(summed, scaled, strict=True)]
+        if summed is not None:
+            sample = args[0] if args else kwargs["sample"]
+            # One copy per image of the batch and per half of the CFG batch, as diffusers repeats them.
+            kwargs = {
+                **kwargs,
+                "down_intrablock_additional_residuals": [
+                    s.to(sample.dtype).repeat(sample.shape[0] // s.shape[0], 1, 1, 1) for s in summed
+                ],
+            }
+        return args, kwargs
+
+    run = ControlRun(pipe, {}, hashes)
+    run.handles.append(unet.register_forward_pre_hook(add_features, with_kwargs=True))
+    run.step_counter = counter  # type: ignore[attr-defined]
+    return run
+
+
+class _StepCounter:
+    """The step the pipeline is at, advanced by the backend's step callback (UNet calls per step vary
+    by sampler: Heun and DPM2 call it twice)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+
+
+def advance(run: ControlRun | None, step: int) -> None:
+    """Called from the step callback with the number of finished steps."""
+    counter: _StepCounter | None = getattr(run, "step_counter", None)
+    if counter is not None:
+        counter.step = step
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return library_text(text[0] if text else type(error).__name__)[:300]

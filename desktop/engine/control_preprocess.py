@@ -1,0 +1,178 @@
+"""Control-image preprocessors without learned weights: numpy and Pillow only (no Qt, no torch, no OpenCV).
+
+Each takes an RGB image already at the working size and returns float32 (height, width, 3): values in
+[0, 1], what diffusers' ControlNet pipelines read for an image (they do not normalise control images to
+[-1, 1]). The inpaint preprocessor marks the pixels to repaint with -1, the value ControlNet 1.1's
+inpaint model was trained with (A1111's extension and diffusers' example do the same).
+
+Canny follows OpenCV's `cv2.Canny(image, low, high)`, which A1111's extension calls: 3x3 Sobel on the
+grayscale image, L1 gradient magnitude, non-maximum suppression along the gradient direction, then
+hysteresis (strong edges above `high`, weak ones above `low` kept where they touch a strong one). No
+blur first, as OpenCV does none. Learned preprocessors (depth, pose, lineart, HED) need weights and
+are not here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from desktop.engine.errors import InvalidRequest
+
+PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint")
+# A1111's extension names its modules differently; these are the names it writes as "Module:".
+A1111_MODULES = {
+    "none": "none", "canny": "canny", "softedge": "softedge_gradient", "scribble": "scribble_thr",
+    "tile": "tile_resample", "inpaint": "inpaint_only",
+}  # fmt: skip
+# Threshold A / B as the extension writes them; -1 where a module has no such slider.
+DEFAULT_THRESHOLDS = {
+    "none": (-1.0, -1.0), "canny": (100.0, 200.0), "softedge": (-1.0, -1.0), "scribble": (127.0, -1.0),
+    "tile": (1.0, -1.0), "inpaint": (-1.0, -1.0),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    a: float = -1.0
+    b: float = -1.0
+
+
+def preprocessor_from_module(module: str) -> str | None:
+    """Marble's preprocessor for a module name A1111 wrote, or None when Marble has no such preprocessor."""
+    for name, a1111 in A1111_MODULES.items():
+        if module in (name, a1111):
+            return name
+    return {"invert": "scribble", "scribble_hed": None}.get(module)
+
+
+def preprocess(
+    name: str, image: Image.Image, mask: Image.Image | None = None, thresholds: Thresholds | None = None
+) -> np.ndarray:
+    """The control image for `image` (RGB, working size) by preprocessor `name`; float32 (H, W, 3)."""
+    if name not in PREPROCESSORS:
+        raise InvalidRequest(f"Unknown control preprocessor {name!r}: use one of {', '.join(PREPROCESSORS)}.")
+    a, b = DEFAULT_THRESHOLDS[name]
+    if thresholds is not None:
+        a = thresholds.a if thresholds.a >= 0 else a
+        b = thresholds.b if thresholds.b >= 0 else b
+    rgb = image.convert("RGB")
+    steps: dict[str, Callable[[], np.ndarray]] = {
+        "none": lambda: _unit(np.asarray(rgb, dtype=np.float32) / 255.0),
+        "canny": lambda: _gray3(canny(_gray(rgb), a, b)),
+        "softedge": lambda: _gray3(soft_edge(_gray(rgb))),
+        "scribble": lambda: _gray3((_gray(rgb) < a).astype(np.float32)),
+        "tile": lambda: _tile(rgb, a),
+        "inpaint": lambda: _inpaint(rgb, mask),
+    }
+    return steps[name]()
+
+
+def to_preview(control: np.ndarray) -> Image.Image:
+    """An RGB image of a control array for the window; the inpaint marker (-1) shows black."""
+    return Image.fromarray((np.clip(control, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), "RGB")
+
+
+# ------------------------------------------------------------------------------------------ canny
+
+
+def canny(gray: np.ndarray, low: float = 100.0, high: float = 200.0) -> np.ndarray:
+    """Edges (0/1 float32) of a grayscale image (0-255 values)."""
+    if low > high:
+        low, high = high, low
+    gx, gy = _sobel(gray)
+    magnitude = np.abs(gx) + np.abs(gy)  # OpenCV's default L1 gradient
+    thin = _non_max_suppression(magnitude, gx, gy)
+    strong = thin > high
+    weak = thin > low
+    return _hysteresis(strong, weak).astype(np.float32)
+
+
+def _sobel(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # Replicated border: the frame of the image is not an edge.
+    p = np.pad(gray.astype(np.float32), 1, mode="edge")
+    gx = (p[:-2, 2:] + 2 * p[1:-1, 2:] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[1:-1, :-2] + p[2:, :-2])
+    gy = (p[2:, :-2] + 2 * p[2:, 1:-1] + p[2:, 2:]) - (p[:-2, :-2] + 2 * p[:-2, 1:-1] + p[:-2, 2:])
+    return gx, gy
+
+
+def _non_max_suppression(magnitude: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Keep a pixel only where it is a maximum along its gradient direction (4 quantised directions)."""
+    angle = (np.degrees(np.arctan2(gy, gx)) + 180.0) % 180.0
+    p = np.pad(magnitude, 1, mode="constant")
+    center = p[1:-1, 1:-1]
+    neighbours = {
+        0: (p[1:-1, :-2], p[1:-1, 2:]),  # horizontal gradient: compare left/right
+        45: (p[:-2, :-2], p[2:, 2:]),
+        90: (p[:-2, 1:-1], p[2:, 1:-1]),
+        135: (p[:-2, 2:], p[2:, :-2]),
+    }
+    sector = (np.round(angle / 45.0).astype(int) % 4) * 45
+    keep = np.zeros(magnitude.shape, dtype=bool)
+    for direction, (before, after) in neighbours.items():
+        # Ties: the first of a plateau (">" one side, ">=" the other) keeps a one-pixel line.
+        here = (sector == direction) & (center > before) & (center >= after)
+        keep |= here
+    return np.where(keep, magnitude, 0.0)
+
+
+def _hysteresis(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    edges = strong.copy()
+    while True:
+        p = np.pad(edges, 1)
+        grown = np.zeros_like(edges)
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                grown |= p[dy : dy + edges.shape[0], dx : dx + edges.shape[1]]
+        grown &= weak
+        grown |= edges
+        if np.array_equal(grown, edges):
+            return edges
+        edges = grown
+
+
+# -------------------------------------------------------------------------------------- the rest
+
+
+def soft_edge(gray: np.ndarray) -> np.ndarray:
+    """Gradient magnitude of the lightly blurred image, scaled to [0, 1]: soft edges, no threshold."""
+    blurred = np.asarray(
+        Image.fromarray(gray.astype(np.uint8), "L").filter(ImageFilter.GaussianBlur(1.0)), dtype=np.float32
+    )
+    gx, gy = _sobel(blurred)
+    magnitude = np.hypot(gx, gy)
+    peak = float(magnitude.max())
+    return magnitude / peak if peak > 0 else magnitude
+
+
+def _tile(rgb: Image.Image, rate: float) -> np.ndarray:
+    # A1111's tile_resample: the image shrunk by `rate` (>= 1) and grown back, which blurs detail away.
+    rate = max(1.0, rate)
+    small = rgb.resize((max(1, round(rgb.width / rate)), max(1, round(rgb.height / rate))), Image.Resampling.BICUBIC)
+    back = small.resize(rgb.size, Image.Resampling.BICUBIC) if small.size != rgb.size else small
+    return np.asarray(back, dtype=np.float32) / 255.0
+
+
+def _inpaint(rgb: Image.Image, mask: Image.Image | None) -> np.ndarray:
+    if mask is None:
+        raise InvalidRequest("The inpaint control preprocessor needs a mask: give the job a source image and a mask.")
+    image = np.asarray(rgb, dtype=np.float32) / 255.0
+    repaint = np.asarray(mask.convert("L").resize(rgb.size), dtype=np.float32) > 127.5
+    image = image.copy()
+    image[repaint] = -1.0
+    return image
+
+
+def _gray(rgb: Image.Image) -> np.ndarray:
+    return np.asarray(rgb.convert("L"), dtype=np.float32)
+
+
+def _gray3(plane: np.ndarray) -> np.ndarray:
+    return _unit(np.repeat(plane[..., None].astype(np.float32), 3, axis=2))
+
+
+def _unit(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.float32)

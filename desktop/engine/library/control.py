@@ -1,0 +1,101 @@
+"""Control models without torch: what a ControlNet / Control-LoRA / T2I-Adapter file is, from its header.
+
+A control model is chosen per control unit by its library name and never downloaded. Its tensors say
+which kind it is and which base family it was trained for:
+
+- ControlNet, original layout (what A1111's extension and model sites use): `input_blocks.*`,
+  `zero_convs.*`, `input_hint_block.*`, often under `control_model.`;
+- ControlNet, diffusers layout (`diffusion_pytorch_model.safetensors`): `controlnet_cond_embedding.*`,
+  `controlnet_down_blocks.*`;
+- Control-LoRA (Stability's "control-lora"): a `lora_controlnet` marker tensor and LoRA halves;
+- T2I-Adapter: `adapter.conv_in` / `adapter.body.*` (diffusers) or `conv_in` / `body.*` (original).
+
+Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
+2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
+T2I-Adapters have no attention: SDXL's unshuffles the image by 16 (in-channels 3*256), SD 1.x's by 8 (3*64).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import SafetensorsHeader
+
+CONTROLNET = "controlnet"
+CONTROL_LORA = "control-lora"
+T2I_ADAPTER = "t2i-adapter"
+_KIND_LABELS = {CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter"}
+_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+_WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_ATTN2_TO_K = re.compile(r".*attn2\.to_k\.(weight|down)$")
+# The LDM prefix diffusers' converter strips (desktop/engine/backends/control.py feeds it the rest).
+LDM_PREFIX = "control_model."
+
+
+@dataclass(frozen=True)
+class ControlInfo:
+    """What a control model's header says."""
+
+    kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER
+    layout: str  # "ldm" (original names) | "diffusers"
+    prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
+    family: str | None  # "sd1" | "sd2" | "sdxl"; None when the shapes match no released family
+    conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
+
+    @property
+    def label(self) -> str:
+        base = _FAMILY_LABELS.get(self.family or "", "")
+        return f"{base} {_KIND_LABELS[self.kind]}".strip()
+
+
+def inspect_control(header: SafetensorsHeader, name: str = "this file") -> ControlInfo:
+    """Kind, layout and family of a control model from its tensor names and shapes; raise if it is none."""
+    names = header.tensors
+    if any(n.startswith("model.diffusion_model.") for n in names):
+        raise ModelError(f"{name} is a whole checkpoint (it has a UNet), not a control model. Import it as a model.")
+    if "lora_controlnet" in names:
+        return ControlInfo(CONTROL_LORA, "ldm", "", _controlnet_family(header), _hint_channels(header, "", "ldm"))
+    for prefix in (LDM_PREFIX, ""):
+        if f"{prefix}input_hint_block.0.weight" in names and f"{prefix}zero_convs.0.0.weight" in names:
+            return ControlInfo(
+                CONTROLNET, "ldm", prefix, _controlnet_family(header), _hint_channels(header, prefix, "ldm")
+            )
+    if "controlnet_cond_embedding.conv_in.weight" in names and "controlnet_down_blocks.0.weight" in names:
+        channels = _hint_channels(header, "", "diffusers")
+        return ControlInfo(CONTROLNET, "diffusers", "", _controlnet_family(header), channels)
+    for prefix, layout in (("adapter.", "diffusers"), ("", "ldm")):
+        conv_in = header.shape(f"{prefix}conv_in.weight")
+        if conv_in is not None and len(conv_in) == 4 and header.has_prefix(f"{prefix}body."):
+            family, channels = _adapter_family(conv_in[1])
+            return ControlInfo(T2I_ADAPTER, layout, prefix, family, channels)
+    raise ModelError(
+        f"{name} is not a control model: it has none of the ControlNet (input_hint_block / zero_convs, or "
+        "controlnet_cond_embedding), Control-LoRA (lora_controlnet) or T2I-Adapter (conv_in + body) tensors."
+    )
+
+
+def _controlnet_family(header: SafetensorsHeader) -> str | None:
+    names = header.tensors
+    if any(".label_emb." in f".{n}" or n.startswith("add_embedding.") for n in names):
+        return "sdxl"
+    for tensor_name in sorted(names):
+        if _ATTN2_TO_K.match(tensor_name):
+            shape = names[tensor_name].shape
+            return _WIDTH_FAMILIES.get(shape[1]) if len(shape) == 2 else None
+    return None
+
+
+def _hint_channels(header: SafetensorsHeader, prefix: str, layout: str) -> int | None:
+    first = "input_hint_block.0.weight" if layout == "ldm" else "controlnet_cond_embedding.conv_in.weight"
+    shape = header.shape(prefix + first)
+    return shape[1] if shape is not None and len(shape) == 4 else None
+
+
+def _adapter_family(in_channels: int) -> tuple[str | None, int | None]:
+    # The adapter pixel-unshuffles the control image: by 8 for SD 1.x (latent size), by 16 for SDXL.
+    for family, factor in (("sdxl", 256), ("sd1", 64)):
+        if in_channels % factor == 0 and in_channels // factor in (1, 3):
+            return family, in_channels // factor
+    return None, None
