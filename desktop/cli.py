@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import desktop
+from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import SAMPLER_NAMES, canonical_sampler
 from desktop.engine.edit_inputs import inputs_folder, request_size, step_words
 from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError
@@ -135,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="make a source that is not a multiple of 8 fit by resizing or by padding")
     edit.add_argument("--outpaint", metavar="L,T,R,B",
                       help="grow the source canvas by these pixels (or one number for all sides) and fill them")
+    hires = gen.add_argument_group("hires fix (A1111's: a second, image-to-image pass at a larger size)")
+    hires.add_argument("--hires-scale", type=float, metavar="F", help="upscale by F (turns the hires fix on)")
+    hires.add_argument("--hires-resize", metavar="WxH",
+                       help="upscale to this size instead (0 on one side keeps the aspect ratio)")
+    hires.add_argument("--hires-steps", type=int, default=0, metavar="N", help="second-pass steps (0 = --steps)")
+    hires.add_argument("--hires-denoise", type=float, default=0.7, metavar="D", help="second-pass denoising strength")
+    hires.add_argument("--hires-upscaler", default="Latent", metavar="NAME",
+                       help="Latent, Latent (antialiased), Latent (bicubic), Latent (nearest), Lanczos, Nearest, or "
+                       "a library upscaler")
+    hires.add_argument("--hires-prompt", default="", metavar="TEXT", help="second-pass prompt (default: --prompt)")
+    hires.add_argument("--hires-negative", default="", metavar="TEXT", help="second-pass negative prompt")
+    hires.add_argument("--hires-sampler", default="", metavar="NAME", help="second-pass sampler (default: --sampler)")
     gen.add_argument("--c2pa", action=argparse.BooleanOptionalAction, default=None,
                      help="sign the images with a C2PA manifest (default: the C2PA signing setting)")
     gen.add_argument("--rescue-dir", metavar="DIR",
@@ -386,7 +399,33 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         seed_resize_from_h=resize_from[1],
         tiling=args.tiling,
         vae=args.vae,
+        **_hires_fields(args),
     )
+
+
+def _hires_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The hires fix's request fields: on when --hires-scale or --hires-resize is given."""
+    if args.hires_scale is None and args.hires_resize is None:
+        return {}
+    resize = _size_arg(args.hires_resize, "--hires-resize") if args.hires_resize else (0, 0)
+    sampler = ""
+    if args.hires_sampler:
+        sampler = canonical_sampler(args.hires_sampler) or ""
+        if not sampler or sampler == "default":
+            raise InvalidRequest(f"Unknown hires sampler {args.hires_sampler!r}. Known samplers: "
+                                 f"{', '.join(SAMPLER_NAMES)}.")
+    return {
+        "hires_fix": True,
+        "hires_scale": args.hires_scale if args.hires_scale is not None else 2.0,
+        "hires_resize_w": resize[0],
+        "hires_resize_h": resize[1],
+        "hires_upscaler": canonical_upscaler(args.hires_upscaler) or args.hires_upscaler,
+        "hires_steps": args.hires_steps,
+        "hires_denoise": args.hires_denoise,
+        "hires_prompt": args.hires_prompt,
+        "hires_negative_prompt": args.hires_negative,
+        "hires_sampler": sampler,
+    }
 
 
 def _default_model(paths: AppPaths) -> str:

@@ -3,6 +3,8 @@ two passes run by hand through diffusers with the tiny model."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +14,19 @@ from PIL import Image
 from desktop.engine.backends.base import StepInfo
 from desktop.engine.errors import Cancelled, InvalidRequest
 from desktop.engine.jobs import CancelToken
+from desktop.engine.metadata import (
+    format_parameters,
+    interpret_chunks,
+    png_info,
+    png_text_chunks,
+    read_image_metadata,
+    read_text_chunks,
+)
 from desktop.engine.paths import AppPaths
+from desktop.engine.recipe import read_recipe
 from desktop.engine.request import hires_target
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.cli_runner import run_cli
 
 
 @pytest.fixture
@@ -136,3 +148,74 @@ def test_bad_hires_settings_are_refused_in_words(tmp_path, changes, words):
 
 def test_off_hires_settings_are_not_checked(tmp_path):
     request_for(tmp_path, hires_scale=0.5)  # off: nothing to refuse
+
+
+# ------------------------------------------------------------------------------------------- metadata
+
+A1111_HIRES = (
+    "a castle\nNegative prompt: fog\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 512x512, "
+    "Model: dreamy, Denoising strength: 0.45, Hires upscale: 1.5, Hires steps: 10, Hires upscaler: Latent (bicubic), "
+    'Hires prompt: "a castle, detailed", Hires sampler: DPM++ 2M, Version: v1.10.1'
+)
+
+
+def test_written_as_a1111_writes_it():
+    request = request_for("m", hires_fix=True, hires_scale=2.0, hires_steps=10, hires_denoise=0.5)
+    text = format_parameters(request, 42, None, "0.1")
+    assert "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 10, Hires upscaler: Latent, Version" in text
+    assert "Size: 64x64" in text  # A1111's Size is the first pass's
+    resized = format_parameters(replace(request, hires_resize_w=128, hires_resize_h=96, hires_steps=0,
+                                         hires_prompt="a, b", hires_sampler="Euler"), 42, None, "0.1")
+    assert 'Hires resize: 128x96, Hires upscaler: Latent, Hires prompt: "a, b", Hires sampler: Euler' in resized
+    assert "Hires" not in format_parameters(replace(request, hires_fix=False), 42, None, "0.1")
+
+
+def test_a1111_hires_keys_are_restored_as_request_fields():
+    metadata = interpret_chunks({"parameters": A1111_HIRES})
+    expected = {
+        "hires_fix": True, "hires_scale": 1.5, "hires_steps": 10, "hires_denoise": 0.45,
+        "hires_upscaler": "Latent (bicubic)", "hires_prompt": "a castle, detailed", "hires_sampler": "DPM++ 2M",
+    }
+    assert {name: getattr(metadata.request, name) for name in expected} == expected
+    recipe = read_recipe(metadata)
+    assert {name: recipe.fields[name] for name in expected} == expected
+    assert not [line for line in recipe.unsupported if "Hires" in line or "Denoising" in line]
+    # An upscaler model the library lacks is named, and the default upscaler is used.
+    missing = read_recipe(interpret_chunks({"parameters": A1111_HIRES.replace("Latent (bicubic)", "4x-UltraSharp")}))
+    assert "hires_upscaler" not in missing.fields
+    assert any("4x-UltraSharp" in line for line in missing.unsupported)
+    # Without hires keys, an image was made without the hires fix.
+    plain = read_recipe(interpret_chunks({"parameters": A1111_HIRES.split(", Denoising")[0]}))
+    assert plain.fields["hires_fix"] is False
+
+
+def test_png_round_trip(paths, tiny_sd15_dir, tmp_path):
+    request = hires_request(tiny_sd15_dir, hires_upscaler="Lanczos", hires_steps=4, hires_prompt="sharp, red")
+    batch, _ = run(make_backend(paths), request)
+    target = tmp_path / "hires.png"
+    batch.images[0].save(target, pnginfo=png_info(png_text_chunks(request, 42, None, "0.1", batch.sampler_used)))
+    read = read_image_metadata(target)
+    assert read.request == replace(request, model="tiny-sd15")
+    assert read.request.hires_size == Image.open(target).size == (128, 128)
+    a1111_only = interpret_chunks({"parameters": read.raw["parameters"]}).request
+    for name in ("hires_fix", "hires_scale", "hires_steps", "hires_denoise", "hires_upscaler", "hires_prompt"):
+        assert getattr(a1111_only, name) == getattr(request, name), name
+
+
+def test_hires_fix_on_the_command_line(tmp_path, tiny_sd15_dir):
+    out = tmp_path / "out.png"
+    args = ("generate", "--model", str(tiny_sd15_dir), "--prompt", "a cat", "--steps", "2", "--seed", "3",
+            "--width", "64", "--height", "64", "--device", "cpu", "--no-preview",
+            "--home", str(tmp_path / "h"))  # fmt: skip
+    code, _, err = run_cli(*args, "--hires-scale", "1.5", "--hires-steps", "4", "--hires-denoise", "0.5",
+                           "--hires-upscaler", "lanczos", "--out", str(out))
+    assert code == 0, err
+    assert Image.open(out).size == (96, 96)
+    assert "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Lanczos" in (
+        read_text_chunks(out)["parameters"])
+    code, _, err = run_cli(*args, "--hires-resize", "128x0", "--out", str(tmp_path / "r.png"))
+    assert code == 0, err
+    assert Image.open(tmp_path / "r.png").size == (128, 128)
+    code, _, err = run_cli(*args, "--hires-scale", "2", "--hires-upscaler", "4x-Nothing",
+                           "--out", str(tmp_path / "x.png"))
+    assert code != 0 and "Unknown hires upscaler '4x-Nothing'" in err and "Traceback" not in err
