@@ -72,6 +72,7 @@ from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
 from desktop.engine.backends.tiling import circular_padding  # noqa: E402
+from desktop.engine.backends.upscale import load_upscaler, upscale  # noqa: E402
 from desktop.engine.backends.vae_swap import VaeSwitcher  # noqa: E402
 from desktop.engine.backends.variation import initial_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
@@ -183,6 +184,7 @@ class DiffusersBackend:
         self._loras = LoraAdapters(
             loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings), rename_sgm=_rename_sgm
         )
+        self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
@@ -539,9 +541,13 @@ class DiffusersBackend:
         return len(scheduler.timesteps[start * scheduler.order :])
 
     def _upscaler(self, name: str) -> Callable[[Image.Image], Image.Image]:
-        raise InvalidRequest(
-            f"Unknown hires upscaler {name!r}: use one of {', '.join(BUILT_IN_UPSCALERS)}."
-        )
+        """A library upscaler model as an image -> image function, loaded once per job, tiled."""
+        entry = self._upscalers.find(name)
+        if entry is None:
+            known = ", ".join([*BUILT_IN_UPSCALERS, *self._upscalers.names()])
+            raise InvalidRequest(f"Unknown hires upscaler {name!r}: use one of {known}.")
+        network, info = load_upscaler(entry.path, self._key.device if self._key else "cpu")
+        return functools.partial(upscale, network, info.scale)
 
     def _apply_memory_mode(self, pipe: Any, mode: str) -> None:
         """Switch tiling, slicing and offload on the modules `pipe` shares with its siblings."""

@@ -36,13 +36,14 @@ from desktop.engine.library.checkpoint import (
     sniff_file_type,
 )
 from desktop.engine.library.lora import inspect_lora
+from desktop.engine.library.upscaler import inspect_upscaler
 from desktop.engine.library.vae import inspect_vae
 from desktop.engine.paths import AppPaths
 from desktop.engine.safe_files import loads_json, open_regular, read_regular_bytes
 from desktop.engine.terminal_text import BIDI_AND_SEPARATORS, library_text
 
 SCHEMA_VERSION = 1
-KINDS = ("model", "lora", "embedding", "vae")
+KINDS = ("model", "lora", "embedding", "vae", "upscaler")
 MAX_NAME_CHARS = 120
 # File systems count a name in bytes (ext4, APFS: 255 UTF-8 bytes; NTFS: 255 UTF-16 units). The longest
 # name a library entry writes is its hidden copy during import: "." + name + ".safetensors" + ".partial".
@@ -142,6 +143,7 @@ class Library:
         self._paths = paths
         self._folders = {
             "model": paths.models, "lora": paths.loras, "embedding": paths.embeddings, "vae": paths.vaes,
+            "upscaler": paths.upscalers,
         }
         self._file = paths.library_index
         self._lock = threading.RLock()
@@ -365,6 +367,9 @@ class Library:
         elif kind == "vae":
             vae = inspect_vae(header, display)
             label, family, fmt = vae.label, vae.family, vae.layout
+        elif kind == "upscaler":
+            upscaler = inspect_upscaler(header, display)
+            label, family, fmt = upscaler.label, None, upscaler.layout
         else:
             label, family, fmt = _embedding_label(header, display), None, "embedding"
         digest = sha256 or sha256_file(path, on_progress, name=display)
@@ -463,7 +468,7 @@ def _check_kind(kind: str) -> None:
 
 
 def _noun(kind: str) -> str:
-    return {"model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE"}[kind]
+    return {"model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE", "upscaler": "upscaler"}[kind]
 
 
 def _library_files(folder: Path, kind: str) -> list[str]:
