@@ -158,23 +158,38 @@ def upscale(
         with torch.inference_mode():
             out = network(source.to(device)).float().cpu()[0]
         return _to_image(out)
-    total = torch.zeros((3, height * scale, width * scale))
-    weights = torch.zeros((1, height * scale, width * scale))
+    # One row of tiles at a time: rows that no later tile reaches are written out as 8-bit pixels at
+    # once, and only the band the next row shares is carried over, so memory holds one strip, not a
+    # float copy of the whole result (a 2048 px image at 4x would be 1 GB of floats).
+    overlap = min(overlap, tile // 2)
+    result = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
+    carry: tuple[Any, Any] | None = None
     for top in range(0, height, tile):
+        y0, y1 = max(0, top - overlap), min(height, top + tile + overlap)
+        more_rows = top + tile < height
+        total = torch.zeros((3, (y1 - y0) * scale, width * scale))
+        weights = torch.zeros((1, (y1 - y0) * scale, width * scale))
+        if carry is not None:
+            rows = carry[0].shape[1]
+            total[:, :rows] += carry[0]
+            weights[:, :rows] += carry[1]
         for left in range(0, width, tile):
             if should_cancel is not None and should_cancel():
                 raise Cancelled("Upscale cancelled.")
-            y0, y1 = max(0, top - overlap), min(height, top + tile + overlap)
             x0, x1 = max(0, left - overlap), min(width, left + tile + overlap)
             with torch.inference_mode():
                 out = network(source[:, :, y0:y1, x0:x1].to(device)).float().cpu()[0]
-            ramp = _ramp(y1 - y0, y0 > 0, y1 < height, overlap, scale)[:, None] * _ramp(
-                x1 - x0, x0 > 0, x1 < width, overlap, scale
+            # A side blends only where a neighbouring tile shares it (one exists beyond this tile's own cells).
+            ramp = _ramp(y1 - y0, y0 > 0, more_rows, overlap, scale)[:, None] * _ramp(
+                x1 - x0, x0 > 0, left + tile < width, overlap, scale
             )[None, :]
-            total[:, y0 * scale : y1 * scale, x0 * scale : x1 * scale] += out * ramp
-            weights[:, y0 * scale : y1 * scale, x0 * scale : x1 * scale] += ramp
+            total[:, :, x0 * scale : x1 * scale] += out * ramp
+            weights[:, :, x0 * scale : x1 * scale] += ramp
             del out
-    return _to_image(total / weights)
+        done = ((top + tile - overlap) if more_rows else y1) * scale - y0 * scale
+        result[y0 * scale : y0 * scale + done] = _to_array(total[:, :done] / weights[:, :done])
+        carry = (total[:, done:], weights[:, done:])
+    return Image.fromarray(result, "RGB")
 
 
 def _ramp(length: int, before: bool, after: bool, overlap: int, scale: int) -> Any:
@@ -196,5 +211,8 @@ def _ramp(length: int, before: bool, after: bool, overlap: int, scale: int) -> A
 
 
 def _to_image(chw: Any) -> Image.Image:
-    array = (chw.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(array, "RGB")
+    return Image.fromarray(_to_array(chw), "RGB")
+
+
+def _to_array(chw: Any) -> np.ndarray:
+    return (chw.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
