@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
-from desktop.engine.library.index import Library
+from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.library.upscaler import inspect_upscaler
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
@@ -165,3 +165,7 @@ def test_hires_fix_with_an_upscaler_model_matches_by_hand(paths, tiny_sd15_dir, 
         return upscale(network, 4, image).resize((128, 128), Image.Resampling.LANCZOS)
 
     assert np.array_equal(pixels(batch.images[0]), by_hand(tiny_sd15_dir, request, by_model))
+
+
+def test_a_dropped_upscaler_goes_to_the_upscaler_library(tiny_esrgan):
+    assert guess_kind(tiny_esrgan) == "upscaler"

@@ -427,7 +427,8 @@ class Library:
 
 
 def guess_kind(path: Path | str) -> str:
-    """Which library a dropped file belongs in, judged from its bytes: "model", "lora", "embedding" or "vae".
+    """Which library a dropped file belongs in, judged from its bytes: "model", "lora", "embedding", "vae" or
+    "upscaler".
 
     Anything unclear goes to "model", whose import then explains what the file is (a pickle, a VAE, ...).
     """
@@ -447,6 +448,9 @@ def guess_kind(path: Path | str) -> str:
     with contextlib.suppress(ModelError):
         inspect_vae(header, path.name)
         return "vae"
+    with contextlib.suppress(ModelError):
+        inspect_upscaler(header, path.name)
+        return "upscaler"
     return "model"
 
 

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.index import KINDS, LibraryRecord
 
-_TAB_TITLES = {"model": "Models", "lora": "LoRAs", "embedding": "Embeddings", "vae": "VAEs"}
+_TAB_TITLES = {"model": "Models", "lora": "LoRAs", "embedding": "Embeddings", "vae": "VAEs", "upscaler": "Upscalers"}
 _COLUMNS = ("Name", "Architecture", "Size", "AutoV2")
 # What a drop may carry: weights files of any extension (the import judges the bytes) and folders.
 _DROPPABLE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
@@ -310,6 +310,7 @@ class LibraryIntegration(QObject):
         tasks.failed.connect(self._on_failed)
         tasks.list("lora")
         tasks.list("vae")
+        tasks.list("upscaler")
         app = QCoreApplication.instance()
         if app is not None:
             # A running import is cancelled (its partial file removed) before the app goes away.
@@ -358,6 +359,8 @@ class LibraryIntegration(QObject):
             panel.lora_list.set_names([r.name for r in records])
         elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
+        elif kind == "upscaler" and panel is not None:
+            panel.set_upscalers([r.name for r in records])
         elif kind in ("model", "embedding"):
             name = "refresh_models" if kind == "model" else "refresh_embedding_counts"
             refresh = getattr(self._window, name, None)

@@ -221,7 +221,8 @@ class RecipeIntegration(QObject):
         try:
             metadata = read_image_metadata(source)
             return read_recipe(
-                metadata, self._library.records("model"), self._library.records("lora"), self._library.records("vae")
+                metadata, self._library.records("model"), self._library.records("lora"), self._library.records("vae"),
+                self._library.records("upscaler"),
             )
         except (MarbleError, OSError) as error:
             if not quiet:
