@@ -13,6 +13,7 @@ from PIL import Image
 
 from desktop.engine.backends.base import StepInfo
 from desktop.engine.errors import Cancelled, InvalidRequest
+from desktop.engine.history.rows import image_row
 from desktop.engine.jobs import CancelToken
 from desktop.engine.metadata import (
     format_parameters,
@@ -219,3 +220,13 @@ def test_hires_fix_on_the_command_line(tmp_path, tiny_sd15_dir):
     code, _, err = run_cli(*args, "--hires-scale", "2", "--hires-upscaler", "4x-Nothing",
                            "--out", str(tmp_path / "x.png"))
     assert code != 0 and "Unknown hires upscaler '4x-Nothing'" in err and "Traceback" not in err
+
+
+def test_history_records_the_hires_image_size(tmp_path):
+    request = request_for("m", hires_fix=True, hires_scale=2.0, hires_steps=6, hires_denoise=0.5)
+    row = image_row(tmp_path / "a.png", 0.0, request, prompt="p", negative="", model="m", sampler="Euler",
+                    source="marble")
+    assert (row["width"], row["height"]) == (128, 128)
+    plain = image_row(tmp_path / "a.png", 0.0, replace(request, hires_fix=False), prompt="p", negative="",
+                      model="m", sampler="Euler", source="marble")
+    assert (plain["width"], plain["height"]) == (64, 64)
