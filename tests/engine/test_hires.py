@@ -230,3 +230,12 @@ def test_history_records_the_hires_image_size(tmp_path):
     plain = image_row(tmp_path / "a.png", 0.0, replace(request, hires_fix=False), prompt="p", negative="",
                       model="m", sampler="Euler", source="marble")
     assert (plain["width"], plain["height"]) == (64, 64)
+
+
+def test_image_to_image_ignores_the_hires_fix_and_says_so(paths, tiny_sd15_dir, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(source)
+    request = hires_request(tiny_sd15_dir, init_image=str(source), strength=0.5)
+    batch, _ = run(make_backend(paths), request)
+    assert batch.images[0].size == (64, 64)
+    assert any("hires fix applies to text-to-image only" in note for note in batch.notes)

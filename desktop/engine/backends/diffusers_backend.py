@@ -410,6 +410,8 @@ class DiffusersBackend:
         run_notes: list[str] = []
         if request.varies_noise and plan is not None:
             run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
+        if request.hires_fix and plan is not None:
+            run_notes.append("The hires fix applies to text-to-image only (as in A1111); it was ignored.")
         run = functools.partial(self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel)
         for attempt in attempts(mode, device):
             if attempt.reason:
