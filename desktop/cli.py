@@ -14,10 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from PIL import Image
+
 import desktop
+from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import SAMPLER_NAMES, canonical_sampler
 from desktop.engine.edit_inputs import inputs_folder, request_size, step_words
-from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError
+from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError, StorageError
 from desktop.engine.events import (
     Event,
     ImageSaved,
@@ -45,7 +48,7 @@ from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
-from desktop.engine.library.lora import parse_lora_arg
+from desktop.engine.library.lora import AdapterCatalog, parse_lora_arg
 from desktop.engine.library.native_size import native_size
 from desktop.engine.metadata import read_image_metadata
 from desktop.engine.outputs import ImageWriter
@@ -157,6 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="make a source that is not a multiple of 8 fit by resizing or by padding")
     edit.add_argument("--outpaint", metavar="L,T,R,B",
                       help="grow the source canvas by these pixels (or one number for all sides) and fill them")
+    hires = gen.add_argument_group("hires fix (A1111's: a second, image-to-image pass at a larger size)")
+    hires.add_argument("--hires-scale", type=float, metavar="F", help="upscale by F (turns the hires fix on)")
+    hires.add_argument("--hires-resize", metavar="WxH",
+                       help="upscale to this size instead (0 on one side keeps the aspect ratio)")
+    hires.add_argument("--hires-steps", type=int, default=0, metavar="N", help="second-pass steps (0 = --steps)")
+    hires.add_argument("--hires-denoise", type=float, default=0.7, metavar="D", help="second-pass denoising strength")
+    hires.add_argument("--hires-upscaler", default="Latent", metavar="NAME",
+                       help="Latent, Latent (antialiased), Latent (bicubic), Latent (nearest), Lanczos, Nearest, or "
+                       "a library upscaler")
+    hires.add_argument("--hires-prompt", default="", metavar="TEXT", help="second-pass prompt (default: --prompt)")
+    hires.add_argument("--hires-negative", default="", metavar="TEXT", help="second-pass negative prompt")
+    hires.add_argument("--hires-sampler", default="", metavar="NAME", help="second-pass sampler (default: --sampler)")
     gen.add_argument("--c2pa", action=argparse.BooleanOptionalAction, default=None,
                      help="sign the images with a C2PA manifest (default: the C2PA signing setting)")
     gen.add_argument("--rescue-dir", metavar="DIR",
@@ -171,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_command(commands, _add_home)
     add_serve_command(commands, _Parser, _add_home)
     commands.add_parser("samplers", help="list the sampler names")
+    up = commands.add_parser("upscale", help="upscale an image with a library upscaler model (ESRGAN family)")
+    up.add_argument("image", help="a PNG, JPEG or WebP image")
+    up.add_argument("--upscaler", required=True, metavar="NAME", help="a library upscaler (marble upscalers list)")
+    up.add_argument("--scale", type=float, default=None, metavar="F",
+                    help="final scale (default: the model's own); other scales resize its result with Lanczos")
+    up.add_argument("--tile", type=int, default=256, metavar="PX", help="tile size in source pixels (0 = whole image)")
+    up.add_argument("--device", default="cpu", choices=DEVICES)
+    up.add_argument("--out", required=True, metavar="FILE", help="the PNG to write")
+    _add_home(up)
     info = commands.add_parser("info", help="print an image's recipe (A1111, ComfyUI, InvokeAI, ... metadata)")
     info.add_argument("file", help="a PNG, JPEG or WebP image")
     info.add_argument("--json", action="store_true", help="print the recipe as one JSON object")
@@ -227,6 +251,8 @@ def _main(argv: Sequence[str] | None, stdout: TextIO | None, stderr: TextIO | No
     paths = AppPaths.resolve(args.home)
     if args.command == "info":
         return _info(args, paths, out, err)
+    if args.command == "upscale":
+        return _upscale(args, paths, out, err)
     if args.command in LIBRARY_GROUPS:
         return run_library(args, paths, out, err)
     if args.command == "history" and args.history_command == "resume":
@@ -249,7 +275,8 @@ def _info(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -
     try:
         library = Library(paths)
         recipe = read_recipe(read_image_metadata(args.file), library.records("model"), library.records("lora"),
-                             library.records("vae"), library.records("control"))
+                             library.records("vae"), library.records("control"),
+                             library.records("upscaler"))
     except MarbleError as error:
         print(f"marble: {printable(str(error))}", file=err)
         return exit_code(error.kind)
@@ -257,6 +284,37 @@ def _info(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -
         print(json.dumps(recipe.to_json(), ensure_ascii=False), file=out)
     else:
         print(printable(recipe_text(recipe), multiline=True), file=out)
+    return EXIT_OK
+
+
+def _upscale(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
+    """`marble upscale`: a library upscaler over the image in overlapping tiles, written atomically."""
+    try:
+        if args.tile < 0 or 0 < args.tile < 32:
+            raise InvalidRequest(f"--tile {args.tile} is too small: use 32 pixels or more, or 0 for the whole image.")
+        if args.scale is not None and not 0.25 <= args.scale <= 16:
+            raise InvalidRequest(f"--scale {args.scale:g} is out of range: use 0.25 to 16.")
+        entry = AdapterCatalog(paths.upscalers, "upscaler", "upscalers").get(args.upscaler)
+        source = load_source(args.image)
+        from desktop.engine.backends.upscale import load_upscaler, upscale  # torch: only when it is needed
+
+        network, info = load_upscaler(entry.path, args.device)
+        result = upscale(network, info.scale, source, tile=args.tile)
+        if args.scale is not None and args.scale != info.scale:
+            size = (max(1, round(source.width * args.scale)), max(1, round(source.height * args.scale)))
+            result = result.resize(size, Image.Resampling.LANCZOS)
+        target = Path(args.out).expanduser()
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            result.save(partial, format="PNG")
+            os.replace(partial, target)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise StorageError(f"Could not write {target}: {error.strerror or error}.") from None
+    except MarbleError as error:
+        print(f"marble: error: {printable(str(error))}", file=err)
+        return exit_code(error.kind)
+    print(printable(str(target)), file=out)
     return EXIT_OK
 
 
@@ -439,6 +497,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         tiling=args.tiling,
         vae=args.vae,
         controls=parse_control_args(args.control, args.control_preprocessor, args.control_mode),
+        **_hires_fields(args),
     )
 
 
@@ -473,6 +532,31 @@ def parse_control_args(values: list[str], preprocessors: list[str], modes: list[
         picks = chosen * len(units) if len(chosen) == 1 else chosen
         units = [replace(unit, **{field: pick}) for unit, pick in zip(units, picks, strict=True)]
     return tuple(units)
+
+
+def _hires_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The hires fix's request fields: on when --hires-scale or --hires-resize is given."""
+    if args.hires_scale is None and args.hires_resize is None:
+        return {}
+    resize = _size_arg(args.hires_resize, "--hires-resize") if args.hires_resize else (0, 0)
+    sampler = ""
+    if args.hires_sampler:
+        sampler = canonical_sampler(args.hires_sampler) or ""
+        if not sampler or sampler == "default":
+            raise InvalidRequest(f"Unknown hires sampler {args.hires_sampler!r}. Known samplers: "
+                                 f"{', '.join(SAMPLER_NAMES)}.")
+    return {
+        "hires_fix": True,
+        "hires_scale": args.hires_scale if args.hires_scale is not None else 2.0,
+        "hires_resize_w": resize[0],
+        "hires_resize_h": resize[1],
+        "hires_upscaler": canonical_upscaler(args.hires_upscaler) or args.hires_upscaler,
+        "hires_steps": args.hires_steps,
+        "hires_denoise": args.hires_denoise,
+        "hires_prompt": args.hires_prompt,
+        "hires_negative_prompt": args.hires_negative,
+        "hires_sampler": sampler,
+    }
 
 
 def _default_model(paths: AppPaths) -> str:

@@ -1,4 +1,5 @@
-"""`marble models|loras|embeddings|vaes|controls list|import|remove|info|rename`: the library from the command line.
+"""`marble models|loras|embeddings|vaes|controls|upscalers list|import|remove|info|rename`: the library from the
+command line.
 
 Kept apart from desktop/cli.py, which registers these commands and calls `run_library`. Engine only.
 """
@@ -21,7 +22,7 @@ from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK, exit_cod
 # command word -> (library kind, plural for messages)
 GROUPS = {
     "models": ("model", "models"), "loras": ("lora", "LoRAs"), "embeddings": ("embedding", "embeddings"),
-    "vaes": ("vae", "VAEs"), "controls": ("control", "control models"),
+    "vaes": ("vae", "VAEs"), "controls": ("control", "control models"), "upscalers": ("upscaler", "upscalers"),
 }
 
 

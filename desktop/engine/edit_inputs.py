@@ -35,6 +35,10 @@ def step_words(step: int, total: int, request: GenerationRequest) -> str:
     Image to image and inpainting run only the last `int(steps * strength)` of the steps asked for
     (diffusers' rule), so "22 of 22 steps: 30 at strength 0.75" says why the count is not 30.
     """
+    if request.hires_active:
+        # One count through both passes (the backend counts the second on from the first).
+        width, height = request.hires_size
+        return f"step {step}/{total}: {request.steps} steps, then the hires fix to {width}x{height}"
     if request.init_image is not None and request.strength < 1:
         return f"{step} of {total} steps: {request.steps} at strength {request.strength:g}"
     return f"step {step}/{total}"

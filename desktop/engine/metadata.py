@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 from PIL import Image, PngImagePlugin
 
 from desktop.engine.backends.base import AdapterHash, ControlHash, ModelInfo, VaeHash
+from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
 from desktop.engine.control_preprocess import A1111_MODULES, DEFAULT_THRESHOLDS
 from desktop.engine.errors import InvalidRequest, MarbleError
@@ -124,6 +125,7 @@ def format_parameters(
         pairs.append(("Emphasis", request.emphasis))
     if request.tiling:
         pairs.append(("Tiling", True))
+    pairs += hires_pairs(request)
     pairs += list((extra or {}).items())
     pairs += control_pairs(request, controls)
     pairs += [("Lora hashes", adapter_hashes_text(loras)), ("TI hashes", adapter_hashes_text(embeddings))]
@@ -148,6 +150,57 @@ def _variation_pairs(request: GenerationRequest, seed: int) -> list[tuple[str, o
     if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
         pairs.append(("Seed resize from", f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"))
     return pairs
+
+
+def hires_pairs(request: GenerationRequest) -> list[tuple[str, object]]:
+    """A1111's hires fix keys, in its order, when the hires fix ran: `Denoising strength` (the second
+    pass's), `Hires upscale` or `Hires resize`, `Hires steps` (when not "same as steps"), `Hires
+    upscaler`, and the hires prompt, negative prompt and sampler when they were given."""
+    if not request.hires_active:
+        return []
+    pairs: list[tuple[str, object]] = [("Denoising strength", f"{float(request.hires_denoise):g}")]
+    if request.hires_resize_w or request.hires_resize_h:
+        pairs.append(("Hires resize", f"{request.hires_resize_w}x{request.hires_resize_h}"))
+    else:
+        pairs.append(("Hires upscale", f"{float(request.hires_scale):g}"))
+    if request.hires_steps:
+        pairs.append(("Hires steps", request.hires_steps))
+    pairs.append(("Hires upscaler", request.hires_upscaler))
+    if request.hires_prompt:
+        pairs.append(("Hires prompt", request.hires_prompt))
+    if request.hires_negative_prompt:
+        pairs.append(("Hires negative prompt", request.hires_negative_prompt))
+    if request.hires_sampler:
+        pairs.append(("Hires sampler", request.hires_sampler))
+    return pairs
+
+
+def hires_changes(settings: Mapping[str, str]) -> dict[str, Any] | None:
+    """Request fields from A1111's hires keys (settings keyed in casefold), or None when the image was
+    not hires-fixed: `Hires upscale` or `Hires resize` says it was. Unreadable values keep the defaults."""
+    scale, resize = settings.get("hires upscale"), _to_size(settings.get("hires resize"))
+    if scale is None and resize is None:
+        return None
+    change: dict[str, Any] = {"hires_fix": True}
+    if resize is not None:
+        change |= {"hires_resize_w": resize[0], "hires_resize_h": resize[1]}
+    elif (number := _to_float(scale)) is not None:
+        change["hires_scale"] = number
+    if (steps := _to_int(settings.get("hires steps"))) is not None:
+        change["hires_steps"] = steps
+    if (denoise := _to_float(settings.get("denoising strength"))) is not None:
+        change["hires_denoise"] = denoise
+    if upscaler := settings.get("hires upscaler", "").strip():
+        change["hires_upscaler"] = canonical_upscaler(upscaler) or upscaler
+    for key, name in (("hires prompt", "hires_prompt"), ("hires negative prompt", "hires_negative_prompt")):
+        if key in settings:
+            change[name] = settings[key]
+    if sampler := settings.get("hires sampler", "").strip():
+        # A1111 writes "Use same sampler" when none was picked.
+        resolved = resolve_sampler(sampler, settings.get("hires schedule type"))
+        if resolved != DEFAULT_SAMPLER:
+            change["hires_sampler"] = resolved
+    return change
 
 
 def png_text_chunks(
@@ -382,6 +435,8 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
     changes += _variation_changes(settings)
     if vae_name := vae_library_name(settings.get("vae", "")):
         changes.append({"vae": vae_name})
+    if (hires := hires_changes(settings)) is not None:
+        changes.append(hires)
     for change in changes:
         request = _apply_if_valid(request, change)
     return request

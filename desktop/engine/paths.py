@@ -69,6 +69,11 @@ class AppPaths:
         return self.models.parent / "controlnet"
 
     @property
+    def upscalers(self) -> Path:
+        """Upscaler models (ESRGAN family) for the hires fix and `marble upscale`, beside the models."""
+        return self.models.parent / "upscalers"
+
+    @property
     def converted_models(self) -> Path:
         """Diffusers folders converted from single-file checkpoints, reused on later loads."""
         return self.cache / "converted"

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from desktop.engine.control_preprocess import preprocessor_from_module
 from desktop.engine.errors import InvalidRequest
@@ -25,18 +26,27 @@ from desktop.engine.library.lora import split_lora_tags
 from desktop.engine.metadata import (
     ImageMetadata,
     clean_model_name,
+    hires_changes,
     parse_control_units,
     resolve_sampler,
     vae_library_name,
 )
 from desktop.engine.request import EMPHASIS_MODES, ControlUnit, GenerationRequest, LoraRef
 
+HIRES_FIELDS = (
+    "hires_fix", "hires_scale", "hires_resize_w", "hires_resize_h", "hires_upscaler", "hires_steps", "hires_denoise",
+    "hires_prompt", "hires_negative_prompt", "hires_sampler",
+)  # fmt: skip
+_HIRES_KEYS = {
+    "hires upscale", "hires resize", "hires steps", "hires upscaler", "hires prompt", "hires negative prompt",
+    "hires sampler", "hires schedule type",
+}  # fmt: skip
 # The request fields a recipe sets, in the order a change list shows them. Machine settings (device,
 # precision, memory, batch) belong to this computer, not to the image.
 RECIPE_FIELDS = (
     "prompt", "negative_prompt", "model", "loras", "sampler", "steps", "cfg_scale", "seed", "width", "height",
     "clip_skip", "emphasis", "vae", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
-    "tiling", "controls",
+    "tiling", "controls", *HIRES_FIELDS,
 )  # fmt: skip
 # "Use prompt only" takes these: A1111 writes LoRAs into the prompt, so they travel with it.
 PROMPT_FIELDS = ("prompt", "negative_prompt", "loras")
@@ -53,7 +63,7 @@ _HANDLED = {
 # What our own chunk carries beside the prompt, the model and the LoRAs: honoured exactly as saved.
 _MARBLE_FIELDS = (
     "sampler", "steps", "cfg_scale", "seed", "width", "height", "clip_skip", "emphasis", "subseed",
-    "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling",
+    "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling", *HIRES_FIELDS,
 )  # fmt: skip
 # Schedules that are every sampler's default, so naming them asks for nothing Marble lacks.
 _PLAIN_SCHEDULES = {"", "automatic", "normal", "default", "simple"}
@@ -127,8 +137,10 @@ def read_recipe(
     loras: Sequence[LibraryEntry] = (),
     vaes: Sequence[LibraryEntry] = (),
     controls: Sequence[LibraryEntry] = (),
+    upscalers: Sequence[LibraryEntry] = (),
 ) -> Recipe:
-    """The recipe of an image, matched against the library's `models`, `loras`, `vaes` and `controls`."""
+    """The recipe of an image, matched against the library's `models`, `loras`, `vaes`, `controls` and
+    `upscalers`."""
     if metadata.format == "unknown":
         return Recipe("unknown", "", "", MappingProxyType({}))
     settings = {key.strip().casefold(): value for key, value in metadata.settings.items()}
@@ -159,13 +171,15 @@ def read_recipe(
             unsupported.append("Source image: the image was made from a source image, which the file does not hold")
     else:
         _read_settings(settings, metadata.settings, fields, unsupported)
-        # Unsaid means off: an image without a variation seed or tiling was made without them.
+        _read_hires(settings, upscalers, fields, unsupported)
+        # Unsaid means off: an image without a variation seed, tiling or hires fix was made without them.
         for name, off in (("subseed_strength", 0.0), ("seed_resize_from_w", 0), ("seed_resize_from_h", 0),
-                          ("tiling", False)):
+                          ("tiling", False), ("hires_fix", False)):
             fields.setdefault(name, off)
+    handled = _HANDLED | (_HIRES_KEYS | {"denoising strength"} if fields.get("hires_fix") else _HIRES_KEYS)
     for key, value in metadata.settings.items():
         folded = key.strip().casefold()
-        if folded not in _HANDLED and folded not in _INFORMATIONAL and not _CONTROL_KEY.match(folded):
+        if folded not in handled and folded not in _INFORMATIONAL and not _CONTROL_KEY.match(folded):
             unsupported.append(f"{key}: {value} (Marble has no such setting)")
     ordered = {name: fields[name] for name in RECIPE_FIELDS if name in fields}
     return Recipe(
@@ -386,6 +400,28 @@ def _read_variation(settings: Mapping[str, str], take: Any) -> None:
         take("tiling", {"tiling": value == "true"} if value in ("true", "false") else None)
 
 
+def _read_hires(
+    settings: Mapping[str, str], upscalers: Sequence[LibraryEntry], fields: dict[str, Any], unsupported: list[str]
+) -> None:
+    """A1111's hires fix keys; an upscaler model the library lacks leaves the default ("Latent")."""
+    change = hires_changes(settings)
+    if change is None:
+        return
+    upscaler = change.get("hires_upscaler", "Latent")
+    if canonical_upscaler(upscaler) is None:
+        found = _by_name(upscalers, upscaler)
+        if found is None:
+            unsupported.append(f"Hires upscaler: {upscaler} (not in the upscaler library; Latent is used)")
+            change.pop("hires_upscaler")
+        else:
+            change["hires_upscaler"] = found.name
+    problem = _problem(change)
+    if problem:
+        unsupported.append(f"Hires fix: {problem}")
+        return
+    fields.update(change)
+
+
 def _read_sampler(
     settings: Mapping[str, str], shown: Mapping[str, str], fields: dict[str, Any], unsupported: list[str]
 ) -> None:
@@ -463,6 +499,10 @@ _LABELS = {
     "height": "Height", "clip_skip": "Clip skip", "emphasis": "Emphasis", "vae": "VAE", "subseed": "Variation seed",
     "subseed_strength": "Variation strength", "seed_resize_from_w": "Seed resize from (width)",
     "seed_resize_from_h": "Seed resize from (height)", "tiling": "Tiling", "controls": "Control units",
+    "hires_fix": "Hires fix",
+    "hires_scale": "Hires upscale", "hires_resize_w": "Hires resize (width)", "hires_resize_h": "Hires resize (height)",
+    "hires_upscaler": "Hires upscaler", "hires_steps": "Hires steps", "hires_denoise": "Hires denoising strength",
+    "hires_prompt": "Hires prompt", "hires_negative_prompt": "Hires negative prompt", "hires_sampler": "Hires sampler",
 }  # fmt: skip
 
 

@@ -32,6 +32,7 @@ MEMORY_MODES = ("auto", "full", "tiled", "offload")
 EMPHASIS_MODES = ("Original", "No norm", "None")
 MAX_CLIP_SKIP = 12  # CLIP ViT-L has 12 layers; A1111's slider stops there too
 MAX_LORA_WEIGHT = 5.0
+MAX_HIRES_SCALE = 8.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,21 @@ class GenerationRequest:
     text_encoders: str | None = None
     # ControlNet / T2I-Adapter units, applied together (A1111's ControlNet 0, 1, ...).
     controls: tuple[ControlUnit, ...] = ()
+    # A1111's hires fix (text-to-image only): the first pass's image upscaled by `hires_scale`, or to
+    # `hires_resize_w` x `hires_resize_h` (0 = by scale), then a second, image-to-image pass at
+    # `hires_denoise` with `hires_steps` steps (0 = as many as `steps`). The upscaler is a latent mode
+    # ("Latent", "Latent (bicubic)", ...), a pixel resampler ("Lanczos", "Nearest") or a library
+    # upscaler model by name. Empty hires prompt / negative / sampler mean the first pass's.
+    hires_fix: bool = False
+    hires_scale: float = 2.0
+    hires_resize_w: int = 0
+    hires_resize_h: int = 0
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    hires_denoise: float = 0.7
+    hires_prompt: str = ""
+    hires_negative_prompt: str = ""
+    hires_sampler: str = ""
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -216,6 +232,7 @@ class GenerationRequest:
         if not isinstance(self.vae, str) or "\x00" in self.vae or len(self.vae) > MAX_VAE_NAME_CHARS:
             raise InvalidRequest(f"VAE name {self.vae!r} is not a valid name.")
         self._validate_controls()
+        self._validate_hires()
         return self
 
     def _validate_controls(self) -> None:
@@ -229,6 +246,61 @@ class GenerationRequest:
                 raise InvalidRequest(
                     f"Control unit {index}: the inpaint preprocessor needs a source image and a mask."
                 )
+
+    def _validate_hires(self) -> None:
+        if not isinstance(self.hires_fix, bool):
+            raise InvalidRequest(f"hires fix must be true or false, not {self.hires_fix!r}.")
+        if not self.hires_fix:
+            return
+        if not isinstance(self.hires_scale, (int, float)) or not 1.0 <= self.hires_scale <= MAX_HIRES_SCALE:
+            raise InvalidRequest(f"hires upscale {self.hires_scale} is out of range: use 1 to {MAX_HIRES_SCALE:g}.")
+        for label, side in (("hires resize width", self.hires_resize_w), ("hires resize height", self.hires_resize_h)):
+            _check_int(label, side)
+            if side and not MIN_SIDE <= side <= MAX_SIDE:
+                raise InvalidRequest(f"{label} {side} is out of range: use {MIN_SIDE} to {MAX_SIDE}, or 0 for off.")
+        if not isinstance(self.hires_upscaler, str) or not self.hires_upscaler.strip() or "\x00" in self.hires_upscaler:
+            raise InvalidRequest(f"hires upscaler {self.hires_upscaler!r} is not a valid name.")
+        _check_int("hires steps", self.hires_steps)
+        if not 0 <= self.hires_steps <= MAX_STEPS:
+            raise InvalidRequest(
+                f"hires steps {self.hires_steps} is out of range: use 0 (same as steps) to {MAX_STEPS}."
+            )
+        if not isinstance(self.hires_denoise, (int, float)) or not 0.0 < self.hires_denoise <= 1.0:
+            raise InvalidRequest(
+                f"hires denoising strength {self.hires_denoise} is out of range: use above 0, up to 1."
+            )
+        if self.hires_pass_steps < 1:
+            raise InvalidRequest(
+                f"At hires denoising strength {self.hires_denoise:g}, {self.hires_steps or self.steps} hires step(s) "
+                "leave no step to run: use more hires steps or a higher strength."
+            )
+        for label, text in (("hires prompt", self.hires_prompt), ("hires negative prompt", self.hires_negative_prompt)):
+            if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS or "\x00" in text:
+                raise InvalidRequest(f"The {label} must be text without NUL characters, at most {MAX_PROMPT_CHARS:,}.")
+        if self.hires_sampler and self.hires_sampler not in SAMPLER_NAMES:
+            raise InvalidRequest(
+                f"Unknown hires sampler {self.hires_sampler!r}. Known samplers: {', '.join(SAMPLER_NAMES)}."
+            )
+        width, height = self.hires_size
+        if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+            raise InvalidRequest(
+                f"The hires fix would make a {width}x{height} image: keep both sides from {MIN_SIDE} to {MAX_SIDE}."
+            )
+
+    @property
+    def hires_active(self) -> bool:
+        """The hires fix runs: it is on and the request is text-to-image (A1111 offers it there only)."""
+        return self.hires_fix and self.init_image is None
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        """The final size of a hires-fixed image (multiples of 8)."""
+        return hires_target(self.width, self.height, self.hires_scale, self.hires_resize_w, self.hires_resize_h)[2:]
+
+    @property
+    def hires_pass_steps(self) -> int:
+        """Steps the second pass runs: int(hires steps x denoising strength), as A1111 and diffusers do."""
+        return int((self.hires_steps or self.steps) * self.hires_denoise)
 
     def _validate_variation(self) -> None:
         _check_int("variation seed", self.subseed)
@@ -368,6 +440,34 @@ def _controls_from(raw: object) -> tuple[ControlUnit, ...]:
         else:
             raise InvalidRequest(f"The saved request has an unreadable control unit: {item!r}.")
     return tuple(units)
+
+
+def hires_target(width: int, height: int, scale: float, resize_w: int, resize_h: int) -> tuple[int, int, int, int]:
+    """(upscale to w, h, then crop to w, h) for A1111's hires fix, all multiples of 8.
+
+    By scale: both sides times the scale. Resize to one side: the other keeps the aspect ratio. Resize to
+    both: upscaled to cover that size, then cropped about the centre, as A1111 does."""
+    if not resize_w and not resize_h:
+        w, h = _eight(width * scale), _eight(height * scale)
+        return w, h, w, h
+    if not resize_h:
+        w = _eight(resize_w)
+        h = _eight(resize_w * height / width)
+        return w, h, w, h
+    if not resize_w:
+        h = _eight(resize_h)
+        w = _eight(resize_h * width / height)
+        return w, h, w, h
+    target_w, target_h = _eight(resize_w), _eight(resize_h)
+    if width / height < resize_w / resize_h:
+        up_w, up_h = target_w, _eight(math.ceil(resize_w * height / width))
+    else:
+        up_w, up_h = _eight(math.ceil(resize_h * width / height)), target_h
+    return max(up_w, target_w), max(up_h, target_h), target_w, target_h
+
+
+def _eight(value: float) -> int:
+    return int(value) // 8 * 8
 
 
 def _check_int(label: str, value: object) -> None:

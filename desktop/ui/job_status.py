@@ -99,7 +99,8 @@ class JobStatus(QObject):
         request = event.request
         self._job_id = event.job_id
         self._request = request
-        self._display_size = (request.width, request.height)
+        # With the hires fix the canvas shows both passes' previews at the final size, so it does not jump.
+        self._display_size = request.hires_size if request.hires_active else (request.width, request.height)
         self._images_total = request.images_total
         self._previews_shown = 0
         self.seed_drawn.emit(request.seed)

@@ -44,6 +44,16 @@ class Parameters:
     seed_resize_from_h: int = 0
     tiling: bool = False
     vae: str = ""  # a library VAE's name; "" = the model's own
+    hires_fix: bool = False
+    hires_scale: float = 2.0
+    hires_resize_w: int = 0
+    hires_resize_h: int = 0
+    hires_upscaler: str = "Latent"
+    hires_steps: int = 0
+    hires_denoise: float = 0.7
+    hires_prompt: str = ""
+    hires_negative_prompt: str = ""
+    hires_sampler: str = ""
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.engine.backends.hires import BUILT_IN_UPSCALERS
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from desktop.engine.request import (
     DEVICES,
@@ -46,6 +47,7 @@ from desktop.ui.parameter_model import ParameterModel, Parameters
 from desktop.ui.translation import translate
 
 _EXTRA_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling")
+_SAME_SAMPLER_LABEL = QT_TRANSLATE_NOOP("ParameterPanel", "Same as the first pass")
 SIZE_PRESETS: tuple[tuple[int, int], ...] = (
     (512, 512),
     (768, 768),
@@ -169,6 +171,7 @@ class ParameterPanel(QWidget):
         self._create_encoder_widgets()
         self._create_device_widgets()
         self._create_extra_widgets()
+        self._create_hires_widgets()
         self.lora_list = LoraListWidget()
         self._create_vae_widgets()
         self._lay_out()
@@ -296,6 +299,75 @@ class ParameterPanel(QWidget):
         form.addRow("", self.tiling_check)
         self.extra.hide()
 
+    def _create_hires_widgets(self) -> None:
+        """A1111's hires fix, folded away under "Hires fix": a second, image-to-image pass at a larger size."""
+        self.hires_button = QToolButton(objectName="hires_button", text=self.tr("Hires fix"))
+        self.hires_button.setCheckable(True)
+        self.hires_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.hires_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.hires_button.toggled.connect(self.show_hires)
+        self.hires_check = QCheckBox(self.tr("Upscale and denoise again"), objectName="hires_check")
+        self.hires_check.setToolTip(self.tr("Text-to-image only: the image is made at the size above, upscaled, then "
+                                            "refined by an image-to-image pass at the larger size"))
+        self.hires_upscaler_combo = _combo("hires_upscaler_combo", BUILT_IN_UPSCALERS, {})
+        self.hires_upscaler_combo.setToolTip(self.tr(
+            "Latent modes upscale the latents (fast, needs denoising 0.5 or more); Lanczos and upscaler models upscale "
+            "the pixels"
+        ))
+        self.hires_scale_spin = QDoubleSpinBox(objectName="hires_scale_spin")
+        self.hires_scale_spin.setRange(1.0, 8.0)
+        self.hires_scale_spin.setDecimals(2)
+        self.hires_scale_spin.setSingleStep(0.05)
+        self.hires_resize_w_spin = _resize_spin("hires_resize_w_spin")
+        self.hires_resize_h_spin = _resize_spin("hires_resize_h_spin")
+        for spin in (self.hires_resize_w_spin, self.hires_resize_h_spin):
+            spin.setToolTip(self.tr("Resize to this size instead of upscaling by a factor (Off: by the factor)"))
+        self.hires_steps_spin = QSpinBox(objectName="hires_steps_spin")
+        self.hires_steps_spin.setRange(0, 150)
+        self.hires_steps_spin.setSpecialValueText(self.tr("Same as steps"))
+        self.hires_denoise_spin = QDoubleSpinBox(objectName="hires_denoise_spin")
+        self.hires_denoise_spin.setRange(0.01, 1.0)
+        self.hires_denoise_spin.setDecimals(2)
+        self.hires_denoise_spin.setSingleStep(0.05)
+        self.hires_sampler_combo = _combo(
+            "hires_sampler_combo", ("", *(name for name in SAMPLER_NAMES if name != DEFAULT_SAMPLER)),
+            {"": _SAME_SAMPLER_LABEL},
+        )
+        self.hires_prompt_edit = QLineEdit(objectName="hires_prompt_edit",
+                                           placeholderText=self.tr("Same as the prompt"))
+        self.hires_negative_edit = QLineEdit(objectName="hires_negative_edit",
+                                             placeholderText=self.tr("Same as the negative prompt"))
+        self.hires = QWidget(objectName="hires")
+        form = QFormLayout(self.hires)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("", self.hires_check)
+        form.addRow(self.tr("Upscaler"), self.hires_upscaler_combo)
+        form.addRow(self.tr("Upscale by"), self.hires_scale_spin)
+        form.addRow(self.tr("Resize to"), _row(self.hires_resize_w_spin, QLabel("×"), self.hires_resize_h_spin))
+        form.addRow(self.tr("Hires steps"), self.hires_steps_spin)
+        form.addRow(self.tr("Denoising"), self.hires_denoise_spin)
+        form.addRow(self.tr("Hires sampler"), self.hires_sampler_combo)
+        form.addRow(self.tr("Hires prompt"), self.hires_prompt_edit)
+        form.addRow(self.tr("Hires negative"), self.hires_negative_edit)
+        self.hires.hide()
+
+    @Slot(bool)
+    def show_hires(self, shown: bool) -> None:
+        self.hires.setVisible(shown)
+        self.hires_button.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
+        if self.hires_button.isChecked() != shown:
+            self.hires_button.setChecked(shown)
+
+    def set_upscalers(self, names: Sequence[str]) -> None:
+        """The library's upscaler models after the built-in upscalers, keeping the current choice."""
+        current = self.model.value("hires_upscaler")
+        with QSignalBlocker(self.hires_upscaler_combo):
+            while self.hires_upscaler_combo.count() > len(BUILT_IN_UPSCALERS):
+                self.hires_upscaler_combo.removeItem(self.hires_upscaler_combo.count() - 1)
+            for name in names:
+                self.hires_upscaler_combo.addItem(name, name)
+        self._show("hires_upscaler", current, self._bindings["hires_upscaler"])
+
     @Slot(bool)
     def show_extra(self, shown: bool) -> None:
         self.extra.setVisible(shown)
@@ -337,6 +409,8 @@ class ParameterPanel(QWidget):
         form.addRow(self.tr("Fas&t mode"), self.fast_check)
         form.addRow(self.extra_button)
         form.addRow(self.extra)
+        form.addRow(self.hires_button)
+        form.addRow(self.hires)
         form.addRow(self.tr("&LoRAs"), self.lora_list)
         form.addRow(self.tr("&VAE"), self.vae_combo)
 
@@ -374,6 +448,7 @@ class ParameterPanel(QWidget):
             "tiling": _Binding(self.tiling_check, self.tiling_check.isChecked, self.tiling_check.setChecked,
                                self.tiling_check.toggled),
             "vae": _Binding(self.vae_combo, self.selected_vae, self._show_vae, self.vae_combo.currentIndexChanged),
+            **self._hires_bindings(),
         }
         for name, binding in bindings.items():
             if name == "model":
@@ -383,6 +458,23 @@ class ParameterPanel(QWidget):
             self._show(name, self.model.value(name), binding)
         self.model.field_changed.connect(self._on_field_changed)
         return bindings
+
+    def _hires_bindings(self) -> dict[str, _Binding]:
+        check, scale, denoise = self.hires_check, self.hires_scale_spin, self.hires_denoise_spin
+        prompt, negative = self.hires_prompt_edit, self.hires_negative_edit
+        return {
+            "hires_fix": _Binding(check, check.isChecked, check.setChecked, check.toggled),
+            "hires_scale": _Binding(scale, lambda: round(scale.value(), 2), scale.setValue, scale.valueChanged),
+            "hires_resize_w": _spin_binding(self.hires_resize_w_spin),
+            "hires_resize_h": _spin_binding(self.hires_resize_h_spin),
+            "hires_upscaler": _combo_binding(self.hires_upscaler_combo),
+            "hires_steps": _spin_binding(self.hires_steps_spin),
+            "hires_denoise": _Binding(denoise, lambda: round(denoise.value(), 2), denoise.setValue,
+                                      denoise.valueChanged),
+            "hires_prompt": _Binding(prompt, prompt.text, prompt.setText, prompt.textChanged),
+            "hires_negative_prompt": _Binding(negative, negative.text, negative.setText, negative.textChanged),
+            "hires_sampler": _combo_binding(self.hires_sampler_combo),
+        }
 
     def _take_edit(self, name: str) -> None:
         self.model.update(**{name: self._bindings[name].read()})
@@ -395,6 +487,8 @@ class ParameterPanel(QWidget):
             self.emphasis_changed.emit(value)
         if name in _EXTRA_FIELDS and value != getattr(Parameters(), name):
             self.show_extra(True)  # a recipe that uses an extra shows it
+        if name == "hires_fix" and value:
+            self.show_hires(True)
 
     def _show(self, name: str, value: object, binding: _Binding) -> None:
         # A widget that already shows the value (its own edit, coming back) is left alone: rebuilding

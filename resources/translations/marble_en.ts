@@ -710,6 +710,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Upscalers</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Name</source>
         <translation type="unfinished"></translation>
     </message>
@@ -971,6 +975,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
 <context>
     <name>ParameterPanel</name>
     <message>
+        <source>Same as the first pass</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Auto</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1112,6 +1120,70 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>Resize seed from</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Hires fix</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Upscale and denoise again</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Text-to-image only: the image is made at the size above, upscaled, then refined by an image-to-image pass at the larger size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Latent modes upscale the latents (fast, needs denoising 0.5 or more); Lanczos and upscaler models upscale the pixels</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Resize to this size instead of upscaling by a factor (Off: by the factor)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Same as steps</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Same as the prompt</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Same as the negative prompt</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Upscaler</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Upscale by</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Resize to</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Hires steps</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Denoising</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Hires sampler</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Hires prompt</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Hires negative</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -66,8 +66,9 @@ def test_every_setting_marble_cannot_honour_is_listed():
     recipe = recipe_of(text.replace("Steps: 20", "Steps: 900"))
     assert "sampler" not in recipe.fields and "steps" not in recipe.fields
     listed = "\n".join(recipe.unsupported)
-    for expected in ("Hires upscale: 2", "ADetailer model: face_yolov8n.pt", "Sampler: Restart", "Steps: 900"):
+    for expected in ("ADetailer model: face_yolov8n.pt", "Sampler: Restart", "Steps: 900"):
         assert expected in listed
+    assert "Hires upscale" not in listed and recipe.fields["hires_fix"] is True  # the hires fix is honoured
     assert "Version" not in listed and "Model hash" not in listed
     assert "Not used by Marble:\n- " in recipe_text(recipe)
 

@@ -40,6 +40,16 @@ CHANGED = Parameters(
     seed_resize_from_h=640,
     tiling=True,
     vae="crisp-vae",
+    hires_fix=True,
+    hires_scale=1.5,
+    hires_resize_w=1024,
+    hires_resize_h=768,
+    hires_upscaler="Lanczos",
+    hires_steps=12,
+    hires_denoise=0.45,
+    hires_prompt="sharp details",
+    hires_negative_prompt="blur",
+    hires_sampler="Euler",
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
 # ones the panel does not offer yet (Flux's distilled CFG and separate text encoders, control units:
@@ -85,6 +95,16 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "seed_resize_from_h": panel.resize_h_spin.value,
         "tiling": panel.tiling_check.isChecked,
         "vae": lambda: _combo_data(panel.vae_combo),
+        "hires_fix": panel.hires_check.isChecked,
+        "hires_scale": panel.hires_scale_spin.value,
+        "hires_resize_w": panel.hires_resize_w_spin.value,
+        "hires_resize_h": panel.hires_resize_h_spin.value,
+        "hires_upscaler": lambda: _combo_data(panel.hires_upscaler_combo),
+        "hires_steps": panel.hires_steps_spin.value,
+        "hires_denoise": panel.hires_denoise_spin.value,
+        "hires_prompt": panel.hires_prompt_edit.text,
+        "hires_negative_prompt": panel.hires_negative_edit.text,
+        "hires_sampler": lambda: _combo_data(panel.hires_sampler_combo),
     }
 
 
@@ -121,6 +141,16 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
         panel.lora_list.add_row(ref.name, ref.weight)
     panel.set_vae_names([target.vae])
     _select(panel.vae_combo, target.vae)
+    panel.hires_check.setChecked(target.hires_fix)
+    panel.hires_scale_spin.setValue(target.hires_scale)
+    panel.hires_resize_w_spin.setValue(target.hires_resize_w)
+    panel.hires_resize_h_spin.setValue(target.hires_resize_h)
+    _select(panel.hires_upscaler_combo, target.hires_upscaler)
+    panel.hires_steps_spin.setValue(target.hires_steps)
+    panel.hires_denoise_spin.setValue(target.hires_denoise)
+    panel.hires_prompt_edit.setText(target.hires_prompt)
+    panel.hires_negative_edit.setText(target.hires_negative_prompt)
+    _select(panel.hires_sampler_combo, target.hires_sampler)
 
 
 @pytest.fixture
@@ -211,6 +241,19 @@ def test_extra_row_is_folded_until_asked_for_or_a_recipe_uses_it(panel: Paramete
     assert panel.extra.isHidden()
     panel.model.update(tiling=True)
     assert not panel.extra.isHidden() and panel.extra_button.isChecked()
+
+
+def test_hires_fix_is_folded_until_asked_for_or_a_recipe_uses_it(panel: ParameterPanel) -> None:
+    assert panel.hires.isHidden()
+    panel.hires_button.click()
+    assert not panel.hires.isHidden()
+    panel.hires_button.click()
+    assert panel.hires.isHidden()
+    panel.model.update(hires_fix=True, hires_upscaler="Latent (bicubic)")
+    assert not panel.hires.isHidden() and panel.hires_button.isChecked()
+    panel.set_upscalers(["4x-tiny"])
+    panel.hires_upscaler_combo.setCurrentIndex(panel.hires_upscaler_combo.findData("4x-tiny"))
+    assert build_request(panel.model.parameters, "p").hires_upscaler == "4x-tiny"
 
 
 def test_the_vae_list_keeps_the_choice_and_offers_the_models_own(panel: ParameterPanel) -> None:

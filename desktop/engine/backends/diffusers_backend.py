@@ -24,7 +24,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -63,12 +63,20 @@ from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
+from desktop.engine.backends.hires import (  # noqa: E402
+    BUILT_IN_UPSCALERS,
+    PIXEL_RESAMPLERS,
+    is_latent,
+    upscale_images,
+    upscale_latents,
+)
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
 from desktop.engine.backends.tiling import circular_padding  # noqa: E402
+from desktop.engine.backends.upscale import load_upscaler, upscale  # noqa: E402
 from desktop.engine.backends.vae_swap import VaeSwitcher  # noqa: E402
 from desktop.engine.backends.variation import initial_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
@@ -95,7 +103,7 @@ from desktop.engine.prompt_syntax import (  # noqa: E402
     pack_prompt,
     prompt_pieces,
 )
-from desktop.engine.request import GenerationRequest  # noqa: E402
+from desktop.engine.request import GenerationRequest, hires_target  # noqa: E402
 from desktop.engine.resources import PAD_ZERO_TOKEN, TOKENIZER_COMPONENTS, Resources, pads_with_zero  # noqa: E402
 from desktop.engine.terminal_text import library_text  # noqa: E402
 
@@ -191,6 +199,7 @@ class DiffusersBackend:
             loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings), rename_sgm=_rename_sgm
         )
         self._controls = ControlModels(AdapterCatalog(paths.controls, "control model", "controls"))
+        self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
@@ -463,11 +472,13 @@ class DiffusersBackend:
         if control is not None:
             pipe = control.pipe
         device = self._key.device if self._key else "cpu"
-        mode = choose_mode(request.memory_mode, device, request.width, request.height,
-                           *_memory_budget(pipe, device))
+        width, height = request.hires_size if request.hires_active else (request.width, request.height)
+        mode = choose_mode(request.memory_mode, device, width, height, *_memory_budget(pipe, device))
         run_notes: list[str] = []
         if request.varies_noise and plan is not None:
             run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
+        if request.hires_fix and plan is not None:
+            run_notes.append("The hires fix applies to text-to-image only (as in A1111); it was ignored.")
         run = functools.partial(
             self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel, control
         )
@@ -566,47 +577,24 @@ class DiffusersBackend:
         cancel: CancelToken,
         control: ControlRun | None = None,
     ) -> Any:
-        """One pipeline call: a fresh scheduler and generators each time, so a retry is reproducible.
+        """One job's pipeline calls (two with the hires fix): a fresh scheduler and generators each
+        time, so a retry is reproducible.
 
-        Returns the pipeline's output, or None when cancelled; raises _OutOfMemoryRaised on OOM."""
-        pipe.scheduler = self._make_scheduler(request.sampler)
-        use_brownian_noise(pipe.scheduler, seeds)  # the SDE samplers' noise, seeded as A1111 seeds it
-        watcher = _X0Watcher(pipe.scheduler)
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        every = self._preview_every
-        family = self._family
-
-        copies = PreviewCopies(self._key.device if self._key else "cpu")
-
-        def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if cancel.cancelled:
-                raise _CancelRequested
-            total = pipeline.num_timesteps
-            step = i + 1
-            advance_control(control, step)
-            wanted = bool(every) and (step % every == 0 or step == total)
-            x0 = watcher.predicted_x0(tensors["latents"])[0] if wanted else None
-            latents = copies.step(x0, last=step == total)
-            preview = latents_to_rgb(latents, family) if latents is not None else None
-            on_step(StepInfo(step, total, batch_index, preview))
-            return {}
-
+        Returns the last pipeline output, or None when cancelled; raises _OutOfMemoryRaised on OOM."""
+        hires = request.hires_active and plan is None
+        arguments = {**self._mode_arguments(request, plan), **_variation_arguments(pipe, request, plan, seeds)}
+        if hires:
+            # Latent upscalers take the first pass's latents as they are; pixel ones need its image.
+            arguments["output_type"] = "latent" if is_latent(request.hires_upscaler) else "pil"
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family,
+                             self._key.device if self._key else "cpu", self._hires_timesteps(request) if hires else 0)
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()
-            with torch.inference_mode(), circular_padding(tiled), _conditioning(pipe, request) as prompt_arguments:
-                return pipe(
-                    **prompt_arguments,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.cfg_scale,
-                    num_images_per_prompt=request.batch_size,
-                    generator=generators[0] if len(generators) == 1 else generators,
-                    clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,
-                    callback_on_step_end=on_step_end,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                    **self._mode_arguments(request, plan),
-                    **_variation_arguments(pipe, request, plan, seeds),
-                    **(control.arguments if control is not None else {}),
-                )
+            with torch.inference_mode(), circular_padding(tiled):
+                first = self._one_pass(pipe, request, seeds, request.sampler, progress, arguments, control)
+                if not hires:
+                    return first
+                return self._hires_pass(request, seeds, first.images, progress)
         except _CancelRequested:
             return None
         except torch.cuda.OutOfMemoryError:
@@ -620,8 +608,80 @@ class DiffusersBackend:
             if "out of memory" not in str(error).lower():
                 raise
             raise _OutOfMemoryRaised from None
+
+    def _one_pass(
+        self,
+        pipe: Any,
+        request: GenerationRequest,
+        seeds: tuple[int, ...],
+        sampler: str,
+        progress: _Progress,
+        arguments: dict[str, Any],
+        control: ControlRun | None = None,
+    ) -> Any:
+        """One pipeline call; control units, when given, act in this pass (the first of a hires job)."""
+        pipe.scheduler = self._make_scheduler(sampler)
+        use_brownian_noise(pipe.scheduler, seeds)  # the SDE samplers' noise, seeded as A1111 seeds it
+        watcher = _X0Watcher(pipe.scheduler)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        try:
+            with _conditioning(pipe, request) as prompt_arguments:
+                return pipe(
+                    **prompt_arguments,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.cfg_scale,
+                    num_images_per_prompt=request.batch_size,
+                    generator=generators[0] if len(generators) == 1 else generators,
+                    clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,
+                    callback_on_step_end=progress.callback(watcher, control),
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    **arguments,
+                    **(control.arguments if control is not None else {}),
+                )
         finally:
             watcher.detach()
+
+    def _hires_pass(self, request: GenerationRequest, seeds: tuple[int, ...], first: Any, progress: _Progress) -> Any:
+        """A1111's second pass: the first pass's latents or images upscaled, then image-to-image at the
+        hires denoising strength, with the hires prompt and sampler, seeded with the same seeds."""
+        pipe = self._pipe_for("img2img", None)
+        up_w, up_h, width, height = hires_target(
+            request.width, request.height, request.hires_scale, request.hires_resize_w, request.hires_resize_h
+        )
+        if is_latent(request.hires_upscaler):
+            image: Any = upscale_latents(first, (up_w, up_h), (width, height), request.hires_upscaler,
+                                         pipe.vae_scale_factor)
+        else:
+            model = None if request.hires_upscaler in PIXEL_RESAMPLERS else self._upscaler(request.hires_upscaler)
+            image = upscale_images(first, (up_w, up_h), (width, height), request.hires_upscaler, model)
+        second = replace(
+            request,
+            prompt=request.hires_prompt or request.prompt,
+            negative_prompt=request.hires_negative_prompt or request.negative_prompt,
+            steps=request.hires_steps or request.steps,
+        )
+        progress.next_pass()
+        arguments = {"image": image, "strength": float(request.hires_denoise)}
+        return self._one_pass(pipe, second, seeds, request.hires_sampler or request.sampler, progress, arguments)
+
+    def _hires_timesteps(self, request: GenerationRequest) -> int:
+        """How many steps the second pass will call back for: image-to-image's own rule (the last
+        int(steps x strength) of the schedule, times the scheduler's order), so the count that the first
+        pass shows is exact for every sampler (PLMS adds a step, Heun doubles them)."""
+        scheduler = self._make_scheduler(request.hires_sampler or request.sampler)
+        steps = request.hires_steps or request.steps
+        scheduler.set_timesteps(steps)
+        start = steps - min(int(steps * request.hires_denoise), steps)
+        return len(scheduler.timesteps[start * scheduler.order :])
+
+    def _upscaler(self, name: str) -> Callable[[Image.Image], Image.Image]:
+        """A library upscaler model as an image -> image function, loaded once per job, tiled."""
+        entry = self._upscalers.find(name)
+        if entry is None:
+            known = ", ".join([*BUILT_IN_UPSCALERS, *self._upscalers.names()])
+            raise InvalidRequest(f"Unknown hires upscaler {name!r}: use one of {known}.")
+        network, info = load_upscaler(entry.path, self._key.device if self._key else "cpu")
+        return functools.partial(upscale, network, info.scale)
 
     def _apply_memory_mode(self, pipe: Any, mode: str) -> None:
         """Switch tiling, slicing and offload on the modules `pipe` shares with its siblings."""
@@ -691,6 +751,48 @@ class DiffusersBackend:
         spec = SAMPLERS[sampler]
         cls = getattr(diffusers, spec.scheduler_class)
         return cls.from_config(base.config, **dict(spec.overrides))
+
+
+class _Progress:
+    """The step callback of a job's passes: checks cancel, makes previews, and counts the hires fix's
+    second pass on from the first, so one job reads "step 25 of 35" through both passes.
+
+    The first pass's total includes the second pass's expected steps (`extra`); the second reports
+    its own exact count once it runs."""
+
+    def __init__(
+        self, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken, every: int, family: str,
+        device: str, extra: int,
+    ) -> None:
+        self._batch_index, self._on_step, self._cancel = batch_index, on_step, cancel
+        self._every, self._family, self._device = every, family, device
+        self._extra = extra
+        self._offset = 0
+        self._last_total = 0
+
+    def next_pass(self) -> None:
+        self._offset += self._last_total
+        self._extra = 0
+
+    def callback(self, watcher: _X0Watcher, control: ControlRun | None = None) -> Callable[..., dict[str, Any]]:
+        copies = PreviewCopies(self._device)
+
+        def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if self._cancel.cancelled:
+                raise _CancelRequested
+            total = pipeline.num_timesteps
+            self._last_total = total
+            step = i + 1
+            advance_control(control, step)  # the pass's own step: control ranges are fractions of it
+            wanted = bool(self._every) and (step % self._every == 0 or step == total)
+            x0 = watcher.predicted_x0(tensors["latents"])[0] if wanted else None
+            latents = copies.step(x0, last=step == total)
+            preview = latents_to_rgb(latents, self._family) if latents is not None else None
+            grand_total = self._offset + total + self._extra
+            self._on_step(StepInfo(self._offset + step, grand_total, self._batch_index, preview))
+            return {}
+
+        return on_step_end
 
 
 class PreviewCopies:

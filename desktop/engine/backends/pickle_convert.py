@@ -82,7 +82,8 @@ def convert_in_child(source: Path, target: Path, timeout: float | None = None) -
 def _tensors_of(loaded: object) -> Mapping[str, object]:
     """The state dict inside what torch.load returned: top level, or under the usual wrapper keys."""
     if isinstance(loaded, Mapping):
-        for key in ("state_dict", "model", "module"):
+        # params_ema / params: how Real-ESRGAN (BasicSR) wraps its upscalers.
+        for key in ("state_dict", "model", "module", "params_ema", "params"):
             inner = loaded.get(key)
             if isinstance(inner, Mapping) and inner:
                 return inner

@@ -42,8 +42,9 @@ def image_row(
         "sampler": sampler,
         "steps": request.steps if request else None,
         "cfg": float(request.cfg_scale) if request else None,
-        "width": request.width if request else None,
-        "height": request.height if request else None,
+        # The image's own size: the hires fix's when it ran (A1111's `Size` stays the first pass's).
+        "width": (request.hires_size[0] if request.hires_active else request.width) if request else None,
+        "height": (request.hires_size[1] if request.hires_active else request.height) if request else None,
         "request_json": json.dumps(request.to_dict()) if request else None,
         "timings_json": json.dumps(timings or {}),
         "device": device,

@@ -38,13 +38,14 @@ from desktop.engine.library.checkpoint import (
 )
 from desktop.engine.library.control import inspect_control
 from desktop.engine.library.lora import inspect_lora
+from desktop.engine.library.upscaler import inspect_upscaler
 from desktop.engine.library.vae import inspect_vae
 from desktop.engine.paths import AppPaths
 from desktop.engine.safe_files import loads_json, open_regular, read_regular_bytes
 from desktop.engine.terminal_text import BIDI_AND_SEPARATORS, library_text
 
 SCHEMA_VERSION = 1
-KINDS = ("model", "lora", "embedding", "vae", "control")
+KINDS = ("model", "lora", "embedding", "vae", "control", "upscaler")
 MAX_NAME_CHARS = 120
 # File systems count a name in bytes (ext4, APFS: 255 UTF-8 bytes; NTFS: 255 UTF-16 units). The longest
 # name a library entry writes is its hidden copy during import: "." + name + ".safetensors" + ".partial".
@@ -166,6 +167,7 @@ class Library:
         self._folders = {
             "model": paths.models, "lora": paths.loras, "embedding": paths.embeddings, "vae": paths.vaes,
             "control": paths.controls,
+            "upscaler": paths.upscalers,
         }
         self._file = paths.library_index
         self._lock = threading.RLock()
@@ -403,6 +405,9 @@ class Library:
         elif kind == "control":
             control = inspect_control(header, display)
             label, family, fmt = control.label, control.family, f"{control.kind} ({control.layout})"
+        elif kind == "upscaler":
+            upscaler = inspect_upscaler(header, display)
+            label, family, fmt = upscaler.label, None, upscaler.layout
         else:
             label, family, fmt = _embedding_label(header, display), None, "embedding"
         digest = sha256 or sha256_file(path, on_progress, name=display)
@@ -460,8 +465,8 @@ class Library:
 
 
 def guess_kind(path: Path | str) -> str:
-    """Which library a dropped file belongs in, judged from its bytes: "model", "lora", "embedding", "vae"
-    or "control".
+    """Which library a dropped file belongs in, judged from its bytes: "model", "lora", "embedding", "vae",
+    "control" or "upscaler".
 
     Anything unclear goes to "model", whose import then explains what the file is (a pickle, a VAE, ...).
     """
@@ -484,6 +489,9 @@ def guess_kind(path: Path | str) -> str:
     with contextlib.suppress(ModelError):
         inspect_vae(header, path.name)
         return "vae"
+    with contextlib.suppress(ModelError):
+        inspect_upscaler(header, path.name)
+        return "upscaler"
     return "model"
 
 
@@ -505,7 +513,10 @@ def _check_kind(kind: str) -> None:
 
 
 def _noun(kind: str) -> str:
-    return {"model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE", "control": "control model"}[kind]
+    return {
+        "model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE", "control": "control model",
+        "upscaler": "upscaler",
+    }[kind]
 
 
 def _library_files(folder: Path, kind: str) -> list[str]:

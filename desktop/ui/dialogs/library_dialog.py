@@ -43,6 +43,7 @@ _TAB_TITLES = {
     "embedding": QT_TRANSLATE_NOOP("LibraryDialog", "Embeddings"),
     "vae": QT_TRANSLATE_NOOP("LibraryDialog", "VAEs"),
     "control": QT_TRANSLATE_NOOP("LibraryDialog", "Controls"),
+    "upscaler": QT_TRANSLATE_NOOP("LibraryDialog", "Upscalers"),
 }
 _COLUMNS = (
     QT_TRANSLATE_NOOP("LibraryDialog", "Name"),
@@ -334,6 +335,7 @@ class LibraryIntegration(QObject):
         tasks.failed.connect(self._on_failed)
         tasks.list("lora")
         tasks.list("vae")
+        tasks.list("upscaler")
         app = QCoreApplication.instance()
         if app is not None:
             # A running import is cancelled (its partial file removed) before the app goes away.
@@ -382,6 +384,8 @@ class LibraryIntegration(QObject):
             panel.lora_list.set_names([r.name for r in records])
         elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
+        elif kind == "upscaler" and panel is not None:
+            panel.set_upscalers([r.name for r in records])
         elif kind in ("model", "embedding"):
             name = "refresh_models" if kind == "model" else "refresh_embedding_counts"
             refresh = getattr(self._window, name, None)

@@ -228,7 +228,7 @@ class RecipeIntegration(QObject):
             library = self._library
             return read_recipe(
                 metadata, library.records("model"), library.records("lora"), library.records("vae"),
-                library.records("control"),
+                library.records("control"), library.records("upscaler"),
             )
         except (MarbleError, OSError) as error:
             if not quiet:

@@ -1,0 +1,218 @@
+"""ESRGAN-family upscalers (RRDB networks), run in overlapping tiles so big images fit in memory.
+
+The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
+loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
+desktop.engine.backends.pickle_convert, like any pickled checkpoint.
+
+Tiles overlap by `overlap` input pixels on every inner side and are blended with linear ramps across
+the overlap, so no seam shows; the network's receptive field reaches about as far as the overlap, so
+the tiled result differs from a whole-image run only slightly, in the blended bands.
+
+torch is imported inside the functions: only the backend and `marble upscale` load this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from desktop.engine.errors import Cancelled, ModelError
+from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+from desktop.engine.library.upscaler import UpscalerInfo, inspect_upscaler
+
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 16
+
+
+def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
+    """(the network in eval mode on `device`, its shape) from a safetensors file; ModelError otherwise."""
+    from safetensors.torch import load_file
+
+    if sniff_file_type(path) != "safetensors":
+        raise ModelError(f"{path.name} is not a safetensors file; convert a pickled upscaler on import first.")
+    info = inspect_upscaler(read_safetensors_header(path), path.name)
+    state = load_file(str(path))
+    if info.layout == "basicsr":
+        state = _esrgan_names(state, info)
+    network = _build(info)
+    try:
+        network.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"{path.name}'s tensors do not fit an {info.label}: {str(error).splitlines()[0]}") from None
+    return network.eval().to(device), info
+
+
+def _build(info: UpscalerInfo) -> Any:
+    import torch
+    from torch import nn
+
+    def conv(cin: int, cout: int) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 3, 1, 1)
+
+    class DenseBlock(nn.Module):
+        def __init__(self, nf: int, gc: int) -> None:
+            super().__init__()
+            for k in range(1, 6):
+                layers: list[nn.Module] = [conv(nf + (k - 1) * gc, gc if k < 5 else nf)]
+                if k < 5:
+                    layers.append(nn.LeakyReLU(0.2, inplace=True))
+                setattr(self, f"conv{k}", nn.Sequential(*layers))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = [x]
+            for k in range(1, 5):
+                features.append(getattr(self, f"conv{k}")(torch.cat(features, 1)))
+            return self.conv5(torch.cat(features, 1)) * 0.2 + x
+
+    class Rrdb(nn.Module):
+        def __init__(self, nf: int, gc: int) -> None:
+            super().__init__()
+            self.RDB1, self.RDB2, self.RDB3 = DenseBlock(nf, gc), DenseBlock(nf, gc), DenseBlock(nf, gc)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+    class Shortcut(nn.Module):
+        def __init__(self, sub: nn.Module) -> None:
+            super().__init__()
+            self.sub = sub
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.sub(x)
+
+    class Unshuffled(nn.Sequential):
+        """Real-ESRGAN's x2 and x1 models see their input pixel-unshuffled (more channels, smaller)."""
+
+        def __init__(self, factor: int, *layers: nn.Module) -> None:
+            super().__init__(*layers)
+            self.factor = factor
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.factor > 1:
+                x = nn.functional.pixel_unshuffle(x, self.factor)
+            return super().forward(x)
+
+    nf, gc = info.features, info.growth
+    ups = max(0, (info.scale * _unshuffle(info)).bit_length() - 1)
+    layers: list[nn.Module] = [
+        conv(info.in_channels * _unshuffle(info) ** 2, nf),
+        Shortcut(nn.Sequential(*(Rrdb(nf, gc) for _ in range(info.blocks)), conv(nf, nf))),
+    ]
+    for _ in range(ups):
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv(nf, nf), nn.LeakyReLU(0.2, inplace=True)]
+    layers += [conv(nf, nf), nn.LeakyReLU(0.2, inplace=True), conv(nf, info.out_channels)]
+    network = Unshuffled(_unshuffle(info))
+    network.model = nn.Sequential(*layers)
+    return network
+
+
+def _unshuffle(info: UpscalerInfo) -> int:
+    return {2: 2, 1: 4}.get(info.scale, 1) if info.layout == "basicsr" else 1
+
+
+def _esrgan_names(state: dict[str, Any], info: UpscalerInfo) -> dict[str, Any]:
+    """Real-ESRGAN's (BasicSR's) tensor names in the original ESRGAN ones that `_build` uses."""
+    ups = max(0, (info.scale * _unshuffle(info)).bit_length() - 1)
+    hr = 2 + 3 * ups  # after conv_first, the trunk and (upsample, conv, LeakyReLU) per 2x
+    renamed: dict[str, Any] = {}
+    for key, value in state.items():
+        new = key
+        if key.startswith("conv_first."):
+            new = "model.0." + key.split(".", 1)[1]
+        elif key.startswith("body."):
+            block, rdb, layer, rest = key.split(".")[1:5]
+            new = f"model.1.sub.{block}.{rdb.upper()}.{layer}.0.{rest}"
+        elif key.startswith("conv_body."):
+            new = f"model.1.sub.{info.blocks}." + key.split(".", 1)[1]
+        elif key.startswith("conv_up"):
+            index = int(key[len("conv_up")]) - 1
+            new = f"model.{3 + 3 * index}." + key.split(".", 1)[1]
+        elif key.startswith("conv_hr."):
+            new = f"model.{hr}." + key.split(".", 1)[1]
+        elif key.startswith("conv_last."):
+            new = f"model.{hr + 2}." + key.split(".", 1)[1]
+        renamed[new] = value
+    return renamed
+
+
+def upscale(
+    network: Any,
+    scale: int,
+    image: Image.Image,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Image.Image:
+    """`image` upscaled by the network's `scale`, in tiles of `tile` input pixels (0 = whole image)."""
+    import torch
+
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    height, width = rgb.shape[:2]
+    source = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    device = next(network.parameters()).device
+    if tile <= 0 or (tile >= width and tile >= height):
+        with torch.inference_mode():
+            out = network(source.to(device)).float().cpu()[0]
+        return _to_image(out)
+    # One row of tiles at a time: rows that no later tile reaches are written out as 8-bit pixels at
+    # once, and only the band the next row shares is carried over, so memory holds one strip, not a
+    # float copy of the whole result (a 2048 px image at 4x would be 1 GB of floats).
+    overlap = min(overlap, tile // 2)
+    result = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
+    carry: tuple[Any, Any] | None = None
+    for top in range(0, height, tile):
+        y0, y1 = max(0, top - overlap), min(height, top + tile + overlap)
+        more_rows = top + tile < height
+        total = torch.zeros((3, (y1 - y0) * scale, width * scale))
+        weights = torch.zeros((1, (y1 - y0) * scale, width * scale))
+        if carry is not None:
+            rows = carry[0].shape[1]
+            total[:, :rows] += carry[0]
+            weights[:, :rows] += carry[1]
+        for left in range(0, width, tile):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("Upscale cancelled.")
+            x0, x1 = max(0, left - overlap), min(width, left + tile + overlap)
+            with torch.inference_mode():
+                out = network(source[:, :, y0:y1, x0:x1].to(device)).float().cpu()[0]
+            # A side blends only where a neighbouring tile shares it (one exists beyond this tile's own cells).
+            ramp = _ramp(y1 - y0, y0 > 0, more_rows, overlap, scale)[:, None] * _ramp(
+                x1 - x0, x0 > 0, left + tile < width, overlap, scale
+            )[None, :]
+            total[:, :, x0 * scale : x1 * scale] += out * ramp
+            weights[:, :, x0 * scale : x1 * scale] += ramp
+            del out
+        done = ((top + tile - overlap) if more_rows else y1) * scale - y0 * scale
+        result[y0 * scale : y0 * scale + done] = _to_array(total[:, :done] / weights[:, :done])
+        carry = (total[:, done:], weights[:, done:])
+    return Image.fromarray(result, "RGB")
+
+
+def _ramp(length: int, before: bool, after: bool, overlap: int, scale: int) -> Any:
+    """Per-pixel blend weight along one side of a tile: rising across the shared band with the tile
+    before it, falling across the band with the tile after it (2 x overlap wide), 1 elsewhere."""
+    import torch
+
+    ramp = torch.ones(length * scale)
+    band = 2 * overlap * scale
+    if band:
+        rising = (torch.arange(band, dtype=torch.float32) + 0.5) / band
+        if before:
+            n = min(band, ramp.numel())
+            ramp[:n] = torch.minimum(ramp[:n], rising[:n])
+        if after:
+            n = min(band, ramp.numel())
+            ramp[-n:] = torch.minimum(ramp[-n:], rising.flip(0)[-n:])
+    return ramp
+
+
+def _to_image(chw: Any) -> Image.Image:
+    return Image.fromarray(_to_array(chw), "RGB")
+
+
+def _to_array(chw: Any) -> np.ndarray:
+    return (chw.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
