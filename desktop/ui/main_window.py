@@ -36,6 +36,7 @@ from desktop.engine.request import GenerationRequest
 from desktop.engine.token_count import TokenCounter
 from desktop.ui.background_reads import BackgroundReads
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
+from desktop.ui.canvas.picture_view import png_bytes
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.job_status import JobStatus
 from desktop.ui.parameter_model import ParameterModel
@@ -133,6 +134,7 @@ class MainWindow(QMainWindow):
 
     def _connect_parts(self) -> None:
         self.canvas_toolbar.problem.connect(lambda text: self.message_bar.show_message(text, "error"))
+        self.parameter_panel.control_list.set_image_store(self._inputs_folder, self._canvas_picture)
         self.parameter_panel.models_refresh_requested.connect(self.refresh_models)
         self.parameter_panel.open_models_folder_requested.connect(self.open_models_folder)
         self.parameter_panel.emphasis_changed.connect(self.prompt_editor.set_emphasis)
@@ -227,6 +229,21 @@ class MainWindow(QMainWindow):
         cannot be saved."""
         request = self.parameters.request(*self.prompt_editor.styled_prompts())
         return self.canvas_toolbar.edit_request(request, self._inputs_folder)
+
+    def _canvas_picture(self) -> bytes | None:
+        """The finished picture on the canvas (else the canvas's source) as file bytes, for a control unit."""
+        image = self.canvas.current_image
+        shown = self.canvas.shown_file
+        if image is None or self.canvas.is_preview:
+            image, shown = self.canvas_toolbar.source, None
+        if image is None:
+            return None
+        if shown:
+            try:
+                return Path(shown).read_bytes()  # the file as it is: no re-encoding
+            except OSError:
+                pass
+        return png_bytes(image)
 
     @Slot()
     def cancel(self) -> None:

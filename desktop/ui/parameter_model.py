@@ -15,7 +15,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER
-from desktop.engine.request import RANDOM_SEED, GenerationRequest, LoraRef
+from desktop.engine.request import RANDOM_SEED, ControlUnit, GenerationRequest, LoraRef
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class Parameters:
     hires_prompt: str = ""
     hires_negative_prompt: str = ""
     hires_sampler: str = ""
+    controls: tuple[ControlUnit, ...] = ()  # ControlNet / T2I-Adapter units
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:

@@ -42,6 +42,7 @@ from desktop.engine.request import (
     PRECISIONS,
     RANDOM_SEED,
 )
+from desktop.ui.control_list import ControlListWidget
 from desktop.ui.lora_list import LoraListWidget
 from desktop.ui.parameter_model import ParameterModel, Parameters
 from desktop.ui.translation import translate
@@ -173,6 +174,7 @@ class ParameterPanel(QWidget):
         self._create_extra_widgets()
         self._create_hires_widgets()
         self.lora_list = LoraListWidget()
+        self.control_list = ControlListWidget()
         self._create_vae_widgets()
         self._lay_out()
         self._bindings = self._bind()
@@ -413,6 +415,7 @@ class ParameterPanel(QWidget):
         form.addRow(self.hires)
         form.addRow(self.tr("&LoRAs"), self.lora_list)
         form.addRow(self.tr("&VAE"), self.vae_combo)
+        form.addRow(self.tr("Co&ntrol units"), self.control_list)
 
     # ------------------------------------------------------------------------------------ binding
 
@@ -437,6 +440,8 @@ class ParameterPanel(QWidget):
             "memory_mode": _combo_binding(self.memory_combo),
             "fast_mode": _Binding(fast, fast.isChecked, fast.setChecked, fast.toggled),
             "loras": _Binding(loras, loras.loras, loras.set_loras, loras.loras_changed),
+            "controls": _Binding(self.control_list, self.control_list.controls, self.control_list.set_controls,
+                                 self.control_list.controls_changed),
             "subseed": _Binding(self.subseed_spin, self.subseed_spin.value, self.subseed_spin.setValue,
                                 self.subseed_spin.textChanged),
             "subseed_strength": _Binding(

@@ -18,7 +18,8 @@ from typing import Any
 
 from PySide6.QtCore import QEvent, QObject, QTimer, Slot
 
-from desktop.engine.request import LoraRef
+from desktop.engine.errors import MarbleError
+from desktop.engine.request import ControlUnit, GenerationRequest, LoraRef
 from desktop.engine.settings import SettingsStore
 from desktop.ui.main_window import MainWindow
 from desktop.ui.parameter_model import PARAMETER_FIELDS, Parameters
@@ -51,6 +52,10 @@ def parameters_from_json(values: Mapping[str, Any], base: Parameters) -> Paramet
             loras = _loras(value)
             if loras is not None:
                 changes[name] = loras
+        elif name == "controls":
+            controls = _controls(value)
+            if controls is not None:
+                changes[name] = controls
         elif isinstance(default, bool):
             if isinstance(value, bool):
                 changes[name] = value
@@ -63,6 +68,20 @@ def parameters_from_json(values: Mapping[str, Any], base: Parameters) -> Paramet
         elif isinstance(value, type(default)):
             changes[name] = value
     return dataclasses.replace(base, **changes)
+
+
+def _controls(value: Any) -> tuple[ControlUnit, ...] | None:
+    """The stored units (`asdict` wrote them), each validated as a request would; None when damaged."""
+    if not isinstance(value, list):
+        return None
+    try:
+        units = GenerationRequest.from_dict({"prompt": "", "model": "", "controls": value}).controls
+        for index, unit in enumerate(units):
+            if unit.image:  # an empty image is allowed here: the panel asks for one
+                unit.validate(index)
+    except (MarbleError, TypeError, ValueError):
+        return None
+    return units
 
 
 def _loras(value: Any) -> tuple[LoraRef, ...] | None:

@@ -350,6 +350,73 @@
     </message>
 </context>
 <context>
+    <name>ControlListWidget</name>
+    <message>
+        <source>None (image as is)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Canny edges</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Soft edges</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Scribble</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Tile (blur)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Inpaint</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Balanced</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Prompt is more important</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Control is more important</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Add control unit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Show a finished image on the canvas first, or choose a file.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot save the canvas picture: {error}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Control image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Images (*.png *.jpg *.jpeg *.webp)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No control models in the library yet: import some with File ▸ Library…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Guide the composition with a control image (ControlNet, T2I-Adapter)</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>ErrorHook</name>
     <message>
         <source>The details are in the log: {file}</source>
@@ -1263,6 +1330,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Co&amp;ntrol units</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>No models yet. Put .safetensors files or diffusers folders in:
 {folder}
 then press ⟳.</source>
@@ -1446,7 +1517,7 @@ then press ⟳.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Control units come in a later version of Marble.</source>
+        <source>Add a control unit with this image (Control units in the panel)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1549,6 +1620,10 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>Pasted image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No control unit added: import a control model first, or remove a unit.</source>
         <translation type="unfinished"></translation>
     </message>
 </context>
@@ -1849,6 +1924,77 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>&amp;View</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>_ControlRow</name>
+    <message>
+        <source>The control model (ControlNet or T2I-Adapter) from the library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove this control unit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>File…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Choose the control image from a file</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Canvas</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Use the picture on the canvas as the control image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>How the image becomes the control image before generating</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Control weight: 0 turns it off, 1 is full strength</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Start: the fraction of the steps where control begins</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>End: the fraction of the steps where control ends</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Weight</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Start</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>End</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Not in the control library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No image yet</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot read the image</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtWidgets import QComboBox, QDoubleSpinBox
 
 from desktop.engine.backends.schedulers import SAMPLER_NAMES
-from desktop.engine.request import GenerationRequest, LoraRef
+from desktop.engine.request import ControlUnit, GenerationRequest, LoraRef
 from desktop.ui.parameter_model import PARAMETER_FIELDS, ParameterModel, Parameters, build_request
 from desktop.ui.parameter_panel import ParameterPanel
 
@@ -50,13 +50,13 @@ CHANGED = Parameters(
     hires_prompt="sharp details",
     hires_negative_prompt="blur",
     hires_sampler="Euler",
+    controls=(ControlUnit("edges-cn", "/no/such/edges.png", 0.8, 0.1, 0.9, "prompt", "canny"),),
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
-# ones the panel does not offer yet (Flux's distilled CFG and separate text encoders, control units:
-# command line and recipes only so far).
+# ones the panel does not offer yet (Flux's distilled CFG and separate text encoders).
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
-    "padding", "resize_mode", "distilled_cfg_scale", "text_encoders", "controls",
+    "padding", "resize_mode", "distilled_cfg_scale", "text_encoders",
 }
 
 
@@ -105,7 +105,15 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "hires_prompt": panel.hires_prompt_edit.text,
         "hires_negative_prompt": panel.hires_negative_edit.text,
         "hires_sampler": lambda: _combo_data(panel.hires_sampler_combo),
+        "controls": lambda: tuple(_read_unit(panel.control_list.row(i)) for i in range(panel.control_list.rows())),
     }
+
+
+def _read_unit(row: Any) -> ControlUnit:
+    return ControlUnit(
+        row.model_combo.currentData(), row.image_label.toolTip(), row.weight_spin.value(), row.start_spin.value(),
+        row.end_spin.value(), row.mode_combo.currentData(), row.preprocessor_combo.currentData(),
+    )
 
 
 def _select(combo: QComboBox, value: object) -> None:
@@ -151,6 +159,15 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
     panel.hires_prompt_edit.setText(target.hires_prompt)
     panel.hires_negative_edit.setText(target.hires_negative_prompt)
     _select(panel.hires_sampler_combo, target.hires_sampler)
+    panel.control_list.set_names([unit.model for unit in target.controls])
+    for unit in target.controls:
+        row = panel.control_list.add_unit_with_image(unit.image)
+        _select(row.model_combo, unit.model)
+        _select(row.preprocessor_combo, unit.preprocessor)
+        _select(row.mode_combo, unit.mode)
+        row.weight_spin.setValue(unit.weight)
+        row.start_spin.setValue(unit.start)
+        row.end_spin.setValue(unit.end)
 
 
 @pytest.fixture
@@ -170,7 +187,7 @@ def test_setting_the_model_updates_every_widget(panel: ParameterPanel) -> None:
     assert set(readers) == set(PARAMETER_FIELDS)
     panel.model.set_parameters(CHANGED)
     shown = {name: read() for name, read in readers.items()}
-    assert shown == dataclasses.asdict(CHANGED) | {"loras": CHANGED.loras}
+    assert shown == dataclasses.asdict(CHANGED) | {"loras": CHANGED.loras, "controls": CHANGED.controls}
     assert panel.model.parameters == CHANGED  # showing changed nothing back
 
 
@@ -179,16 +196,16 @@ def test_editing_every_widget_updates_the_model(panel: ParameterPanel) -> None:
     panel.model.field_changed.connect(lambda name, _value: changed.append(name))
     _edit_every_widget(panel, CHANGED)
     assert panel.model.parameters == CHANGED
-    # One change per field (the LoRA row twice: added, then its weight), no echo from the widgets.
+    # One change per field (the LoRA and control rows several: added, then edited), no echo from the widgets.
     assert sorted(set(changed)) == sorted(PARAMETER_FIELDS)
-    assert len([name for name in changed if name != "loras"]) == len(PARAMETER_FIELDS) - 1
+    assert len([name for name in changed if name not in ("loras", "controls")]) == len(PARAMETER_FIELDS) - 2
 
 
 def test_the_request_is_built_from_the_model_with_every_field(panel: ParameterPanel) -> None:
     request = build_request(CHANGED, "a cat", "blurry")
     assert (request.prompt, request.negative_prompt) == ("a cat", "blurry")
     assert {name: getattr(request, name) for name in PARAMETER_FIELDS} == dataclasses.asdict(CHANGED) | {
-        "loras": CHANGED.loras
+        "loras": CHANGED.loras, "controls": CHANGED.controls
     }
     panel.model.set_parameters(CHANGED)
     assert panel.model.request("a cat", "blurry") == request

@@ -9,7 +9,7 @@ from pathlib import Path
 from PySide6.QtWidgets import QComboBox, QSplitter
 
 from desktop.engine.paths import AppPaths
-from desktop.engine.request import LoraRef
+from desktop.engine.request import ControlUnit, LoraRef
 from desktop.engine.settings import SettingsStore
 from desktop.ui.parameter_model import Parameters
 from desktop.ui.session_memory import parameters_from_json, parameters_to_json
@@ -142,3 +142,14 @@ def test_stored_parameters_round_trip_and_damaged_fields_keep_the_current_value(
     got = parameters_from_json(damaged, Parameters())
     assert (got.steps, got.cfg_scale, got.fast_mode, got.loras) == (30, 7.5, False, ())
     assert got.seed == 7 and got.model == "m"
+
+
+def test_stored_control_units_round_trip_and_damaged_ones_keep_the_current_value() -> None:
+    unit = ControlUnit("edges", "/inputs/a.png", 0.5, 0.1, 0.9, "prompt", "canny", 50.0, 150.0)
+    parameters = Parameters(controls=(unit, ControlUnit("edges", "")))
+    stored = json.loads(json.dumps(parameters_to_json(parameters)))
+    assert parameters_from_json(stored, Parameters()) == parameters
+    current = Parameters(controls=(unit,))
+    damaged = [{**stored["controls"][0], "weight": 7.0}], [{"image": "a.png"}], {"edges": 1}
+    for value in damaged:
+        assert parameters_from_json({"controls": value}, current).controls == (unit,)

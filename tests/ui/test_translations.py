@@ -87,6 +87,7 @@ TRANSLATED_MODULES = [
     "desktop.ui.dialogs.library_dialog",
     "desktop.app",
     "desktop.ui.dialogs.plot_dialog",
+    "desktop.ui.control_list",
 ]
 # Checked and left out: prompt_weights and parameter_model show no text; self_test writes the log (English,
 # as the engine's messages and the CLI); translation holds none.
@@ -309,6 +310,7 @@ def test_every_text_of_the_translated_modules_goes_through_translation(full_wind
     plot_dialog = window.plot_integration.dialog  # its error and cell count are checked below too
     plot_dialog.set_axis(0, "steps", "10,20")
     roots = [window, settings_dialog, detail_view, plot_dialog]
+    window.parameter_panel.control_list.add_row()  # a control unit's widgets, and its "no image" texts
     assert window.queue_panel.generate_button.text() == "⟦Generate⟧", "the pseudo-translation is not installed"
 
     problems: list[str] = []

@@ -336,6 +336,7 @@ class LibraryIntegration(QObject):
         tasks.list("lora")
         tasks.list("vae")
         tasks.list("upscaler")
+        tasks.list("control")
         app = QCoreApplication.instance()
         if app is not None:
             # A running import is cancelled (its partial file removed) before the app goes away.
@@ -384,6 +385,8 @@ class LibraryIntegration(QObject):
             panel.lora_list.set_names([r.name for r in records])
         elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
+        elif kind == "control" and panel is not None:
+            panel.control_list.set_names([r.name for r in records])
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
         elif kind in ("model", "embedding"):

@@ -49,11 +49,13 @@ class PngInfoDialog(QDialog):
         use_all_requested(object): the user chose "Use all parameters"; the fields (a dict).
         use_prompt_requested(object): the user chose "Use prompt only"; the prompt fields (a dict).
         use_source_requested(): the user chose "Use as source image".
+        use_control_requested(): the user chose "Use as control image".
     """
 
     use_all_requested = Signal(object)
     use_prompt_requested = Signal(object)
     use_source_requested = Signal()
+    use_control_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -72,8 +74,7 @@ class PngInfoDialog(QDialog):
         self.use_prompt_button = QPushButton(self.tr("Use &prompt only"), objectName="use_prompt_button")
         self.use_source_button = QPushButton(self.tr("Use as &source image"), objectName="use_source_button")
         self.use_control_button = QPushButton(self.tr("Use as &control image"), objectName="use_control_button")
-        self.use_control_button.setEnabled(False)
-        self.use_control_button.setToolTip(self.tr("Control units come in a later version of Marble."))
+        self.use_control_button.setToolTip(self.tr("Add a control unit with this image (Control units in the panel)"))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         for button in (self.use_all_button, self.use_prompt_button, self.use_source_button, self.use_control_button):
             buttons.addButton(button, QDialogButtonBox.ButtonRole.ActionRole)
@@ -87,6 +88,7 @@ class PngInfoDialog(QDialog):
         self.use_all_button.clicked.connect(lambda: self._use(dict(self._fields()), self.use_all_requested))
         self.use_prompt_button.clicked.connect(lambda: self._use(self._prompt_fields(), self.use_prompt_requested))
         self.use_source_button.clicked.connect(self._use_source)
+        self.use_control_button.clicked.connect(self._use_control)
 
     @property
     def recipe(self) -> Recipe | None:
@@ -120,6 +122,10 @@ class PngInfoDialog(QDialog):
         self.use_source_requested.emit()
         self.accept()
 
+    def _use_control(self) -> None:
+        self.use_control_requested.emit()
+        self.accept()
+
 
 class RecipeIntegration(QObject):
     """Routes opened, dropped and pasted images to PNG info, and dropped weights to the library import.
@@ -142,6 +148,7 @@ class RecipeIntegration(QObject):
         self.dialog.use_all_requested.connect(self.apply_fields)
         self.dialog.use_prompt_requested.connect(self.apply_fields)
         self.dialog.use_source_requested.connect(self._use_as_source)
+        self.dialog.use_control_requested.connect(self._use_as_control)
         self.open_action = QAction(self.tr("&Open image…"), window, objectName="open_image_info_action")
         self.open_action.setShortcut(QKeySequence(QKeySequence.StandardKey.Open))
         self.open_action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
@@ -210,7 +217,6 @@ class RecipeIntegration(QObject):
             editor.set_prompts(
                 fields.get("prompt", editor.prompt()), fields.get("negative_prompt", editor.negative_prompt())
             )
-        # The panel has no control units yet (the command line has): they are not applied here.
         settings = {name: value for name, value in fields.items() if name in PARAMETER_FIELDS}
         window.parameters.update(**settings)
         self.recipe_applied.emit(dict(fields))
@@ -221,6 +227,24 @@ class RecipeIntegration(QObject):
             self._window.canvas_toolbar.load_source_file(self._source)
         elif isinstance(self._source, bytes):
             self._window.canvas_toolbar.paste_source(QImage.fromData(self._source))
+
+    @Slot()
+    def _use_as_control(self) -> None:
+        """A new control unit with the image: a file as it is; pasted bytes saved into the inputs folder."""
+        controls = self._window.parameter_panel.control_list
+        if isinstance(self._source, str):
+            path = self._source
+        elif isinstance(self._source, bytes):
+            try:
+                path = controls.store_image(self._source)
+            except OSError as error:
+                self._window.message_bar.show_message(str(error), "error")
+                return
+        else:
+            return
+        if controls.add_unit_with_image(path) is None:
+            self._window.message_bar.show_message(
+                self.tr("No control unit added: import a control model first, or remove a unit."), "error")
 
     def _recipe_of(self, source: str | bytes, quiet: bool = False) -> Recipe | None:
         try:

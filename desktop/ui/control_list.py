@@ -1,0 +1,368 @@
+"""The control units of the next job: one block per ControlNet / T2I-Adapter unit, like the LoRA rows.
+
+Each unit picks a control model from the library, a control image (a file, or the picture on the
+canvas saved into the app's inputs folder so the request holds a path), a preprocessor, weight,
+start/end (fractions of the steps) and control mode, and shows a small preview of its preprocessed
+image. The preview runs the Qt-free preprocessor on a thumbnail, on the GUI thread: at
+`PREVIEW_SIDE` px it takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from PySide6.QtCore import QT_TRANSLATE_NOOP, Qt, Signal
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.engine.control_preprocess import preprocess, to_preview
+from desktop.engine.errors import MarbleError
+from desktop.engine.imaging import store_by_hash
+from desktop.engine.request import (
+    CONTROL_MODES,
+    CONTROL_PREPROCESSORS,
+    MAX_CONTROL_UNITS,
+    MAX_CONTROL_WEIGHT,
+    ControlUnit,
+)
+from desktop.ui.canvas.picture_view import array_to_qimage
+from desktop.ui.translation import translate
+
+PREVIEW_SIDE = 96
+_PREPROCESSOR_LABELS = {
+    "none": QT_TRANSLATE_NOOP("ControlListWidget", "None (image as is)"),
+    "canny": QT_TRANSLATE_NOOP("ControlListWidget", "Canny edges"),
+    "softedge": QT_TRANSLATE_NOOP("ControlListWidget", "Soft edges"),
+    "scribble": QT_TRANSLATE_NOOP("ControlListWidget", "Scribble"),
+    "tile": QT_TRANSLATE_NOOP("ControlListWidget", "Tile (blur)"),
+    "inpaint": QT_TRANSLATE_NOOP("ControlListWidget", "Inpaint"),
+}
+_MODE_LABELS = {
+    "balanced": QT_TRANSLATE_NOOP("ControlListWidget", "Balanced"),
+    "prompt": QT_TRANSLATE_NOOP("ControlListWidget", "Prompt is more important"),
+    "control": QT_TRANSLATE_NOOP("ControlListWidget", "Control is more important"),
+}
+
+# Returns the canvas's picture as image file bytes, or None when it shows nothing usable.
+CanvasPicture = Callable[[], bytes | None]
+
+
+def preview_image(path: str, preprocessor: str) -> Image.Image:
+    """The preprocessed control image of the file at `path`, at most PREVIEW_SIDE px a side."""
+    with Image.open(path) as image:
+        image.draft("RGB", (PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))  # JPEGs decode small; others ignore it
+        small = image.convert("RGB")
+    small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return to_preview(preprocess(preprocessor, small))
+
+
+class _ControlRow(QFrame):
+    """One unit's widgets; the thresholds it does not show are kept from the unit it was given."""
+
+    def __init__(self, names: Sequence[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        self._thresholds = (-1.0, -1.0)
+        self._image = ""
+        self.model_combo = QComboBox(objectName="control_model_combo")
+        self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.model_combo.setMinimumContentsLength(10)
+        self.model_combo.setToolTip(self.tr("The control model (ControlNet or T2I-Adapter) from the library"))
+        self.remove_button = QToolButton(objectName="control_remove_button", text="✕")
+        self.remove_button.setToolTip(self.tr("Remove this control unit"))
+        self.image_label = QLabel(objectName="control_image_label")
+        self.image_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.file_button = QPushButton(self.tr("File…"), objectName="control_file_button")
+        self.file_button.setToolTip(self.tr("Choose the control image from a file"))
+        self.canvas_button = QPushButton(self.tr("Canvas"), objectName="control_canvas_button")
+        self.canvas_button.setToolTip(self.tr("Use the picture on the canvas as the control image"))
+        self.preprocessor_combo = QComboBox(objectName="control_preprocessor_combo")
+        for name in CONTROL_PREPROCESSORS:
+            self.preprocessor_combo.addItem(translate("ControlListWidget", _PREPROCESSOR_LABELS[name]), name)
+        self.preprocessor_combo.setToolTip(self.tr("How the image becomes the control image before generating"))
+        self.mode_combo = QComboBox(objectName="control_mode_combo")
+        for name in CONTROL_MODES:
+            self.mode_combo.addItem(translate("ControlListWidget", _MODE_LABELS[name]), name)
+        self.weight_spin = _spin("control_weight_spin", MAX_CONTROL_WEIGHT, 1.0)
+        self.weight_spin.setToolTip(self.tr("Control weight: 0 turns it off, 1 is full strength"))
+        self.start_spin = _spin("control_start_spin", 1.0, 0.0)
+        self.start_spin.setToolTip(self.tr("Start: the fraction of the steps where control begins"))
+        self.end_spin = _spin("control_end_spin", 1.0, 1.0)
+        self.end_spin.setToolTip(self.tr("End: the fraction of the steps where control ends"))
+        self.preview = QLabel(objectName="control_preview")
+        self.preview.setFixedSize(PREVIEW_SIDE, PREVIEW_SIDE)
+        self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.preview.setWordWrap(True)
+        self._lay_out()
+        self.set_names(names)
+        self.set_image("")
+
+    def _lay_out(self) -> None:
+        settings = QVBoxLayout()
+        settings.setSpacing(2)
+        settings.addLayout(_hbox(self.model_combo, self.remove_button))
+        settings.addLayout(_hbox(self.image_label, self.file_button, self.canvas_button))
+        settings.addLayout(_hbox(self.preprocessor_combo, self.mode_combo))
+        settings.addLayout(_hbox(
+            QLabel(self.tr("Weight")), self.weight_spin, QLabel(self.tr("Start")), self.start_spin,
+            QLabel(self.tr("End")), self.end_spin,
+        ))
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(settings, 1)
+        layout.addWidget(self.preview, 0, Qt.AlignmentFlag.AlignTop)
+
+    def set_names(self, names: Sequence[str]) -> None:
+        current = self.name()
+        self.model_combo.clear()
+        for name in names:
+            self.model_combo.addItem(name, name)
+        if current:
+            self.select(current)
+
+    def select(self, name: str) -> None:
+        index = self.model_combo.findData(name)
+        if index < 0:
+            # Kept when the library lacks it (a recipe, history): the job then says clearly it is missing.
+            self.model_combo.addItem(name, name)
+            index = self.model_combo.count() - 1
+            self.model_combo.setItemData(index, self.tr("Not in the control library"), Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.setCurrentIndex(index)
+
+    def name(self) -> str:
+        data = self.model_combo.currentData()
+        return data if isinstance(data, str) else ""
+
+    def image(self) -> str:
+        return self._image
+
+    def set_image(self, path: str) -> None:
+        self._image = path
+        self.image_label.setText(Path(path).name if path else self.tr("No image yet"))
+        self.image_label.setToolTip(path)
+        self.update_preview()
+
+    def update_preview(self) -> None:
+        if not self._image:
+            self.preview.setPixmap(QPixmap())
+            self.preview.setText(self.tr("No image"))
+            return
+        try:
+            image = preview_image(self._image, self.preprocessor_combo.currentData())
+        except (OSError, UnidentifiedImageError, ValueError, MarbleError):
+            self.preview.setPixmap(QPixmap())
+            self.preview.setText(self.tr("Cannot read the image"))
+            return
+        self.preview.setText("")
+        self.preview.setPixmap(QPixmap.fromImage(array_to_qimage(np.asarray(image))))
+
+    def unit(self) -> ControlUnit:
+        return ControlUnit(
+            model=self.name(), image=self._image, weight=round(self.weight_spin.value(), 2),
+            start=round(self.start_spin.value(), 2), end=round(self.end_spin.value(), 2),
+            mode=self.mode_combo.currentData(), preprocessor=self.preprocessor_combo.currentData(),
+            threshold_a=self._thresholds[0], threshold_b=self._thresholds[1],
+        )
+
+    def show_unit(self, unit: ControlUnit) -> None:
+        self.select(unit.model)
+        self._thresholds = (unit.threshold_a, unit.threshold_b)
+        _select_data(self.preprocessor_combo, unit.preprocessor)
+        _select_data(self.mode_combo, unit.mode)
+        self.weight_spin.setValue(unit.weight)
+        self.start_spin.setValue(unit.start)
+        self.end_spin.setValue(unit.end)
+        self.set_image(unit.image)
+
+
+class ControlListWidget(QWidget):
+    """Control units of the next job and an "Add control unit" button.
+
+    Signals:
+        controls_changed(): a unit was added, removed, or one of its settings or its image changed.
+    """
+
+    controls_changed = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("control_list")
+        self._names: list[str] = []
+        self._rows: list[_ControlRow] = []
+        self._inputs_folder: Path | None = None
+        self._canvas_picture: CanvasPicture | None = None
+        self._rows_layout = QVBoxLayout()
+        self._rows_layout.setContentsMargins(0, 0, 0, 0)
+        self._rows_layout.setSpacing(2)
+        self.add_button = QPushButton(self.tr("Add control unit"), objectName="add_control_button")
+        self.add_button.clicked.connect(lambda: self.add_row())
+        self.problem = QLabel(objectName="control_problem")
+        self.problem.setWordWrap(True)
+        self.problem.setVisible(False)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addLayout(self._rows_layout)
+        layout.addWidget(self.problem)
+        layout.addWidget(self.add_button, 0, Qt.AlignmentFlag.AlignLeft)
+        self._update_add_button()
+
+    def set_image_store(self, inputs_folder: Path, canvas_picture: CanvasPicture) -> None:
+        """Where canvas pictures are saved for a job, and how to get the canvas's picture."""
+        self._inputs_folder = inputs_folder
+        self._canvas_picture = canvas_picture
+
+    def set_names(self, names: Sequence[str]) -> None:
+        self._names = list(names)
+        for row in self._rows:
+            row.set_names(self._names)
+        self._update_add_button()
+
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def rows(self) -> int:
+        return len(self._rows)
+
+    def row(self, index: int) -> _ControlRow:
+        return self._rows[index]
+
+    def add_row(self, unit: ControlUnit | None = None) -> _ControlRow | None:
+        """A new unit: `unit`'s settings, or the first library model not in use yet and no image."""
+        if len(self._rows) >= MAX_CONTROL_UNITS:
+            return None
+        row = _ControlRow(self._names, self)
+        if unit is not None:
+            row.show_unit(unit)
+        elif self._names:
+            used = {r.name() for r in self._rows}
+            row.select(next((n for n in self._names if n not in used), self._names[0]))
+        row.remove_button.clicked.connect(lambda: self.remove_row(row))
+        row.file_button.clicked.connect(lambda: self._choose_file(row))
+        row.canvas_button.clicked.connect(lambda: self.use_canvas(row))
+        row.preprocessor_combo.currentIndexChanged.connect(lambda: self._on_preprocessor_changed(row))
+        for combo in (row.model_combo, row.mode_combo):
+            combo.currentIndexChanged.connect(self.controls_changed)
+        for spin in (row.weight_spin, row.start_spin, row.end_spin):
+            spin.valueChanged.connect(self.controls_changed)
+        self._rows.append(row)
+        self._rows_layout.addWidget(row)
+        self._update_add_button()
+        self.controls_changed.emit()
+        return row
+
+    def add_unit_with_image(self, path: str) -> _ControlRow | None:
+        """A new unit with this control image (PNG info's "Use as control image"); None when the library
+        has no control model or all units are in use."""
+        if not self._names:
+            return None
+        row = self.add_row()
+        if row is not None:
+            self._set_image(row, path)
+        return row
+
+    def remove_row(self, row: _ControlRow) -> None:
+        if row in self._rows:
+            self._rows.remove(row)
+            self._rows_layout.removeWidget(row)
+            row.deleteLater()
+            self._update_add_button()
+            self.controls_changed.emit()
+
+    def controls(self) -> tuple[ControlUnit, ...]:
+        return tuple(row.unit() for row in self._rows if row.name())
+
+    def set_controls(self, units: Sequence[ControlUnit]) -> None:
+        for row in list(self._rows):
+            self.remove_row(row)
+        for unit in units:
+            self.add_row(unit)
+
+    def use_canvas(self, row: _ControlRow) -> bool:
+        """Save the canvas's picture into the inputs folder and make it `row`'s control image."""
+        data = self._canvas_picture() if self._canvas_picture is not None else None
+        if not data:
+            self._say(self.tr("Show a finished image on the canvas first, or choose a file."))
+            return False
+        try:
+            path = self.store_image(data)
+        except OSError as error:
+            self._say(self.tr("Cannot save the canvas picture: {error}").format(error=error))
+            return False
+        self._set_image(row, path)
+        return True
+
+    def store_image(self, data: bytes) -> str:
+        """Save image file bytes into the inputs folder (named by content) so a request can point at them."""
+        if self._inputs_folder is None:
+            raise OSError("no folder for control images")  # set_image_store was not called
+        return str(store_by_hash(data, self._inputs_folder))
+
+    def _choose_file(self, row: _ControlRow) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, self.tr("Control image"), str(Path(row.image()).parent) if row.image() else "",
+            self.tr("Images (*.png *.jpg *.jpeg *.webp)"),
+        )
+        if path:
+            self._set_image(row, path)
+
+    def _set_image(self, row: _ControlRow, path: str) -> None:
+        self._say("")
+        row.set_image(path)
+        self.controls_changed.emit()
+
+    def _on_preprocessor_changed(self, row: _ControlRow) -> None:
+        row.update_preview()
+        self.controls_changed.emit()
+
+    def _say(self, text: str) -> None:
+        self.problem.setText(text)
+        self.problem.setVisible(bool(text))
+
+    def _update_add_button(self) -> None:
+        self.add_button.setEnabled(bool(self._names) and len(self._rows) < MAX_CONTROL_UNITS)
+        if not self._names:
+            self.add_button.setToolTip(
+                self.tr("No control models in the library yet: import some with File ▸ Library…"))
+        else:
+            self.add_button.setToolTip(self.tr("Guide the composition with a control image (ControlNet, T2I-Adapter)"))
+
+
+def _spin(name: str, maximum: float, value: float) -> QDoubleSpinBox:
+    spin = QDoubleSpinBox(objectName=name)
+    spin.setRange(0.0, maximum)
+    spin.setDecimals(2)
+    spin.setSingleStep(0.05)
+    spin.setValue(value)
+    return spin
+
+
+def _hbox(*widgets: QWidget) -> QHBoxLayout:
+    layout = QHBoxLayout()
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(4)
+    for widget in widgets:
+        # The model's name and the image's name take the room; buttons and numbers keep their size.
+        layout.addWidget(widget, 1 if widget.objectName() in ("control_model_combo", "control_image_label") else 0)
+    return layout
+
+
+def _select_data(combo: QComboBox, value: object) -> None:
+    index = combo.findData(value)
+    if index >= 0:
+        combo.setCurrentIndex(index)
+
