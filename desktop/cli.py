@@ -49,7 +49,7 @@ from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import demo_model_name, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.library.lora import AdapterCatalog, parse_lora_arg
-from desktop.engine.library.native_size import native_size
+from desktop.engine.library.native_size import family_defaults, model_family, native_size
 from desktop.engine.metadata import read_image_metadata
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
@@ -102,8 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", help="a library name, a .safetensors file or a diffusers folder (default: the demo)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt")
-    gen.add_argument("--steps", type=int, default=30)
-    gen.add_argument("--cfg", type=float, default=7.5, help="guidance scale")
+    gen.add_argument("--steps", type=int, default=None, help="default 30; 4 for a Flux schnell model")
+    gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default 7.5; 1 for Flux schnell)")
+    gen.add_argument("--distilled-cfg", type=float, default=3.5, metavar="F",
+                     help="Flux dev's distilled guidance (Forge's Distilled CFG Scale); other models ignore it")
+    gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
+                     help="for a transformer-only Flux/SD3 file: a diffusers folder (or library model) of the "
+                          "same family that supplies the text encoders, tokenizers and VAE")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--subseed", type=int, default=-1, metavar="N",
@@ -463,12 +468,16 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     if width is None or height is None:
         side = _model_native_size(model, paths) or 512
         width, height = width or side, height or side
+    # A few-step family (Flux schnell) gets its own steps and CFG unless the user gave them.
+    defaults = {"steps": 30, "cfg_scale": 7.5} | family_defaults(_model_family(model, paths))
     return GenerationRequest(
         prompt=prompt,
         model=model,
         negative_prompt=negative,
-        steps=args.steps,
-        cfg_scale=args.cfg,
+        steps=args.steps if args.steps is not None else defaults["steps"],
+        cfg_scale=args.cfg if args.cfg is not None else defaults["cfg_scale"],
+        distilled_cfg_scale=args.distilled_cfg,
+        text_encoders=_text_encoders(args.text_encoders, paths),
         seed=args.seed,
         sampler=sampler,
         width=width,
@@ -577,6 +586,25 @@ def _model_native_size(model: str, paths: AppPaths) -> int | None:
         return native_size(ModelCatalog(paths.models).resolve(model).path)
     except MarbleError:
         return None  # the job will say clearly what is wrong with the model
+
+
+def _model_family(model: str, paths: AppPaths) -> str | None:
+    try:
+        return model_family(ModelCatalog(paths.models).resolve(model).path)
+    except MarbleError:
+        return None  # the job will say clearly what is wrong with the model
+
+
+def _text_encoders(value: str | None, paths: AppPaths) -> str | None:
+    """--text-encoders: a library model name or a path, resolved to the diffusers folder it names."""
+    if not value:
+        return None
+    entry = ModelCatalog(paths.models).resolve(value)
+    if not entry.is_folder:
+        raise InvalidRequest(
+            f"--text-encoders {value!r} is a file; name a diffusers folder of the same family (with model_index.json)."
+        )
+    return str(entry.path)
 
 
 def _edit_inputs(args: argparse.Namespace, paths: AppPaths) -> tuple[str | None, str | None]:

@@ -108,6 +108,8 @@ def format_parameters(
     pairs += [
         # A1111 writes the float as Python's str(): 7.5, and 7.0 for seven.
         ("CFG scale", float(request.cfg_scale)),
+        # Forge's key for Flux dev's distilled guidance, right after CFG scale as Forge writes it.
+        ("Distilled CFG Scale", float(request.distilled_cfg_scale) if _is_flux_dev(model) else None),
         ("Seed", seed),
         ("Size", f"{request.width}x{request.height}"),
         ("Model hash", model.hash if model else None),
@@ -139,6 +141,11 @@ def format_parameters(
     lines.append(settings)
     # A1111 strips the whole text, so an empty prompt does not leave an empty first line.
     return "\n".join(lines).strip()
+
+
+def _is_flux_dev(model: ModelInfo | None) -> bool:
+    # ModelInfo.architecture holds the shipped config's name the model was detected as.
+    return model is not None and model.architecture == "flux-dev"
 
 
 def _variation_pairs(request: GenerationRequest, seed: int) -> list[tuple[str, object]]:
@@ -423,6 +430,8 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
         changes.append({"sampler": resolve_sampler(settings["sampler"], settings.get("schedule type"))})
     if (cfg := _to_float(settings.get("cfg scale"))) is not None:
         changes.append({"cfg_scale": cfg})
+    if (distilled := _to_float(settings.get("distilled cfg scale"))) is not None:
+        changes.append({"distilled_cfg_scale": distilled})
     if (seed := _to_int(settings.get("seed"))) is not None:
         changes.append({"seed": seed})
     if (size := _to_size(settings.get("size"))) is not None:

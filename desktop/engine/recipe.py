@@ -44,8 +44,9 @@ _HIRES_KEYS = {
 # The request fields a recipe sets, in the order a change list shows them. Machine settings (device,
 # precision, memory, batch) belong to this computer, not to the image.
 RECIPE_FIELDS = (
-    "prompt", "negative_prompt", "model", "loras", "sampler", "steps", "cfg_scale", "seed", "width", "height",
-    "clip_skip", "emphasis", "vae", "subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h",
+    "prompt", "negative_prompt", "model", "loras", "sampler", "steps", "cfg_scale", "distilled_cfg_scale", "seed",
+    "width", "height", "clip_skip", "emphasis", "vae", "subseed", "subseed_strength", "seed_resize_from_w",
+    "seed_resize_from_h",
     "tiling", "controls", *HIRES_FIELDS,
 )  # fmt: skip
 # "Use prompt only" takes these: A1111 writes LoRAs into the prompt, so they travel with it.
@@ -57,8 +58,8 @@ _INFORMATIONAL = {
 }  # fmt: skip
 # Settings turned into fields below.
 _HANDLED = {
-    "steps", "sampler", "schedule type", "cfg scale", "seed", "size", "model", "clip skip", "emphasis", "vae",
-    "variation seed", "variation seed strength", "seed resize from", "tiling",
+    "steps", "sampler", "schedule type", "cfg scale", "distilled cfg scale", "seed", "size", "model", "clip skip",
+    "emphasis", "vae", "variation seed", "variation seed strength", "seed resize from", "tiling",
 }  # fmt: skip
 # What our own chunk carries beside the prompt, the model and the LoRAs: honoured exactly as saved.
 _MARBLE_FIELDS = (
@@ -167,6 +168,9 @@ def read_recipe(
         # Our own chunk is the exact request: every field is honoured as saved.
         for name in _MARBLE_FIELDS:
             fields[name] = getattr(marble, name)
+        if "distilled cfg scale" in settings:
+            # Written for Flux dev only: other images leave the current value alone.
+            fields["distilled_cfg_scale"] = marble.distilled_cfg_scale
         if marble.init_image is not None:
             unsupported.append("Source image: the image was made from a source image, which the file does not hold")
     else:
@@ -368,6 +372,9 @@ def _read_settings(
     if "cfg scale" in settings:
         cfg = _number(settings["cfg scale"])
         take("cfg scale", None if cfg is None else {"cfg_scale": cfg})
+    if "distilled cfg scale" in settings:
+        distilled = _number(settings["distilled cfg scale"])
+        take("distilled cfg scale", None if distilled is None else {"distilled_cfg_scale": distilled})
     if "seed" in settings:
         take("seed", _whole("seed", settings["seed"]))
     if "size" in settings:
@@ -495,7 +502,8 @@ class Change:
 
 _LABELS = {
     "prompt": "Prompt", "negative_prompt": "Negative prompt", "model": "Model", "loras": "LoRAs",
-    "sampler": "Sampler", "steps": "Steps", "cfg_scale": "CFG scale", "seed": "Seed", "width": "Width",
+    "sampler": "Sampler", "steps": "Steps", "cfg_scale": "CFG scale",
+    "distilled_cfg_scale": "Distilled CFG Scale", "seed": "Seed", "width": "Width",
     "height": "Height", "clip_skip": "Clip skip", "emphasis": "Emphasis", "vae": "VAE", "subseed": "Variation seed",
     "subseed_strength": "Variation strength", "seed_resize_from_w": "Seed resize from (width)",
     "seed_resize_from_h": "Seed resize from (height)", "tiling": "Tiling", "controls": "Control units",

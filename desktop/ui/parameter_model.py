@@ -26,6 +26,7 @@ class Parameters:
     sampler: str = DEFAULT_SAMPLER
     steps: int = 30
     cfg_scale: float = 7.5
+    distilled_cfg_scale: float = 3.5  # Flux dev's guidance; the panel shows it for Flux dev models only
     seed: int = RANDOM_SEED
     width: int = 512
     height: int = 512

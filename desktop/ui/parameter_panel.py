@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from desktop.engine.backends.hires import BUILT_IN_UPSCALERS
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+from desktop.engine.library.native_size import family_defaults
 from desktop.engine.request import (
     DEVICES,
     EMPHASIS_MODES,
@@ -166,6 +167,7 @@ class ParameterPanel(QWidget):
         self._last_seed: int | None = None
         self._native_sizes: dict[str, int] = {}
         self._sized_for = ""  # the model whose native size the size fields were last set for
+        self._families: dict[str, str] = {}  # model name -> family ("sd1", "flux-dev", ...)
         self._create_model_widgets()
         self._create_sampling_widgets()
         self._create_size_widgets()
@@ -215,6 +217,14 @@ class ParameterPanel(QWidget):
         self.cfg_spin.setRange(0.0, MAX_CFG)
         self.cfg_spin.setDecimals(1)
         self.cfg_spin.setSingleStep(0.5)
+        # Flux dev's distilled guidance (Forge's "Distilled CFG Scale"): shown only for Flux dev models.
+        self.distilled_cfg_spin = QDoubleSpinBox(objectName="distilled_cfg_spin")
+        self.distilled_cfg_spin.setRange(0.0, MAX_CFG)
+        self.distilled_cfg_spin.setDecimals(1)
+        self.distilled_cfg_spin.setSingleStep(0.5)
+        self.distilled_cfg_spin.setToolTip(self.tr("The guidance Flux dev was distilled with (3.5 by default)"))
+        self.distilled_cfg_label = QLabel(self.tr("Distilled C&FG"), objectName="distilled_cfg_label")
+        self.distilled_cfg_label.setBuddy(self.distilled_cfg_spin)
 
         self.seed_spin = SeedEdit("seed_spin")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
@@ -398,6 +408,8 @@ class ParameterPanel(QWidget):
         form.addRow(self.tr("S&ampler"), self.sampler_combo)
         form.addRow(self.tr("&Steps"), self.steps_spin)
         form.addRow(self.tr("&CFG scale"), self.cfg_spin)
+        form.addRow(self.distilled_cfg_label, self.distilled_cfg_spin)
+        self._show_family_rows()
         form.addRow(self.tr("S&eed"), _row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
         form.addRow(self.tr("&Width"), _row(self.width_spin, self.swap_size_button))
         form.addRow(self.tr("&Height"), self.height_spin)
@@ -428,6 +440,10 @@ class ParameterPanel(QWidget):
             "sampler": _combo_binding(self.sampler_combo),
             "steps": _spin_binding(self.steps_spin),
             "cfg_scale": _Binding(cfg, lambda: round(cfg.value(), 2), cfg.setValue, cfg.valueChanged),
+            "distilled_cfg_scale": _Binding(
+                self.distilled_cfg_spin, lambda: round(self.distilled_cfg_spin.value(), 2),
+                self.distilled_cfg_spin.setValue, self.distilled_cfg_spin.valueChanged,
+            ),
             "seed": _Binding(seed, seed.value, seed.setValue, seed.textChanged),
             "width": _spin_binding(self.width_spin),
             "height": _spin_binding(self.height_spin),
@@ -490,6 +506,8 @@ class ParameterPanel(QWidget):
             self._show(name, value, self._bindings[name])
         if name == "emphasis":
             self.emphasis_changed.emit(value)
+        if name == "model":
+            self._show_family_rows()
         if name in _EXTRA_FIELDS and value != getattr(Parameters(), name):
             self.show_extra(True)  # a recipe that uses an extra shows it
         if name == "hires_fix" and value:
@@ -578,14 +596,34 @@ class ParameterPanel(QWidget):
         self.model_combo.setCurrentIndex(index)
 
     def _on_model_chosen(self) -> None:
-        """The user picked a model, or the list was refilled: bring its native size, if it differs."""
+        """The user picked a model, or the list was refilled: bring its native size, if it differs, and
+        a few-step family's steps and CFG (Flux schnell: 4 steps, CFG 1) when coming from another family."""
         previous, model = self._sized_for, self.selected_model()
         side = self._native_sizes.get(model)
         changes: dict[str, object] = {"model": model}
         if model != previous and side is not None and side != self._native_sizes.get(previous):
             changes |= {"width": side, "height": side}
+        family = self._families.get(model)
+        old_family = self._families.get(previous)
+        if model != previous and family != old_family:
+            # Leaving a few-step family brings the usual steps and CFG back (session memory may then
+            # restore the new family's own).
+            usual = {"steps": Parameters.steps, "cfg_scale": Parameters.cfg_scale}
+            usual = usual if family_defaults(old_family) else {}
+            changes |= family_defaults(family) or usual
         self._sized_for = model
         self.model.update(**changes)
+        self._show_family_rows()
+
+    def set_families(self, families: Mapping[str, str]) -> None:
+        """Each model's family (`model_family`), so family-only rows (Distilled CFG) show for the right models."""
+        self._families = dict(families)
+        self._show_family_rows()
+
+    def _show_family_rows(self) -> None:
+        flux_dev = self._families.get(self.selected_model()) == "flux-dev"
+        self.distilled_cfg_label.setVisible(flux_dev)
+        self.distilled_cfg_spin.setVisible(flux_dev)
 
     # -------------------------------------------------------------------------------------- seed
 

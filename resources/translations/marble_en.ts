@@ -1114,6 +1114,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>The guidance Flux dev was distilled with (3.5 by default)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Distilled C&amp;FG</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Random seed for every job</source>
         <translation type="unfinished"></translation>
     </message>

@@ -22,6 +22,7 @@ CHANGED = Parameters(
     sampler=SAMPLER_NAMES[-1],
     steps=12,
     cfg_scale=4.5,
+    distilled_cfg_scale=2.5,
     seed=4_000_000_000,
     width=832,
     height=1216,
@@ -53,10 +54,10 @@ CHANGED = Parameters(
     controls=(ControlUnit("edges-cn", "/no/such/edges.png", 0.8, 0.1, 0.9, "prompt", "canny"),),
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
-# ones the panel does not offer yet (Flux's distilled CFG and separate text encoders).
+# one the panel does not offer yet (Flux's separate text encoders: command line only so far).
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
-    "padding", "resize_mode", "distilled_cfg_scale", "text_encoders",
+    "padding", "resize_mode", "text_encoders",
 }
 
 
@@ -70,6 +71,7 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "sampler": lambda: _combo_data(panel.sampler_combo),
         "steps": panel.steps_spin.value,
         "cfg_scale": panel.cfg_spin.value,
+        "distilled_cfg_scale": panel.distilled_cfg_spin.value,
         "seed": lambda: int(panel.seed_spin.value()),
         "width": panel.width_spin.value,
         "height": panel.height_spin.value,
@@ -128,6 +130,7 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
     _select(panel.sampler_combo, target.sampler)
     panel.steps_spin.setValue(target.steps)
     panel.cfg_spin.setValue(target.cfg_scale)
+    panel.distilled_cfg_spin.setValue(target.distilled_cfg_scale)
     panel.seed_spin.setValue(target.seed)
     panel.width_spin.setValue(target.width)
     panel.height_spin.setValue(target.height)
@@ -282,3 +285,20 @@ def test_the_vae_list_keeps_the_choice_and_offers_the_models_own(panel: Paramete
     assert panel.vae_combo.currentData() == "soft" and panel.model.value("vae") == "soft"
     panel.model.update(vae="")
     assert panel.vae_combo.currentData() == "" and build_request(panel.model.parameters, "p").vae == ""
+
+
+def test_distilled_cfg_shows_for_flux_dev_only_and_schnell_brings_its_few_steps(panel: ParameterPanel) -> None:
+    panel.set_families({"dev": "flux-dev", "schnell": "flux-schnell", "sd": "sd1"})
+    panel.set_models(["sd", "dev", "schnell"], "/models")
+    assert panel.selected_model() == "sd" and not panel.distilled_cfg_spin.isVisibleTo(panel)
+    panel.model.update(steps=25, cfg_scale=6.0)
+    _select(panel.model_combo, "dev")
+    assert panel.distilled_cfg_spin.isVisibleTo(panel) and panel.distilled_cfg_label.isVisibleTo(panel)
+    assert (panel.model.value("steps"), panel.model.value("cfg_scale")) == (25, 6.0)
+    _select(panel.model_combo, "schnell")
+    assert not panel.distilled_cfg_spin.isVisibleTo(panel)
+    assert (panel.model.value("steps"), panel.model.value("cfg_scale")) == (4, 1.0)
+    _select(panel.model_combo, "sd")  # leaving schnell: the usual steps and CFG again
+    assert (panel.model.value("steps"), panel.model.value("cfg_scale")) == (30, 7.5)
+    panel.model.update(model="dev")  # a recipe choosing the model shows the row too
+    assert panel.distilled_cfg_spin.isVisibleTo(panel)

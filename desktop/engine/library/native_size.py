@@ -49,14 +49,25 @@ _FAMILY_BY_CONFIG = {
     "sd2-inpaint": "sd2",
     "sdxl": "sdxl",
     "sdxl-inpaint": "sdxl",
+    # The diffusion transformers (desktop.engine.library.dit): Flux dev and schnell want different
+    # defaults (schnell: 4 steps, no guidance), the SD3 sizes share theirs.
+    "flux-dev": "flux-dev",
+    "flux-schnell": "flux-schnell",
+    "sd3-medium": "sd3",
+    "sd3.5-medium": "sd3",
+    "sd3.5-large": "sd3",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
 def model_family(path: Path) -> str | None:
-    """"sd1", "sd2", "sdxl", or "unet-<width>" for another UNet folder (the demo model); None when unreadable."""
+    """"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell", "sd3", or "unet-<width>" for another UNet folder
+    (the demo model); None when unreadable or unknown."""
     try:
+        if path.is_dir() and not (path / "unet").is_dir():
+            # A transformer folder (Flux, SD3): its model_index.json and transformer config tell.
+            return _FAMILY_BY_CONFIG.get(detect_model(path).config_name)
         if path.is_dir():
             width = _json(path / "unet" / "config.json").get("cross_attention_dim")
             if isinstance(width, list) and width:
@@ -67,6 +78,16 @@ def model_family(path: Path) -> str | None:
         return _FAMILY_BY_CONFIG.get(detect_model(path).config_name)
     except (MarbleError, OSError, ValueError):
         return None
+
+
+# Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
+# schnell is distilled to 4 steps without guidance (BFL's reference settings).
+_FAMILY_DEFAULTS: dict[str, dict[str, float | int]] = {"flux-schnell": {"steps": 4, "cfg_scale": 1.0}}
+
+
+def family_defaults(family: str | None) -> dict[str, float | int]:
+    """The request fields (`steps`, `cfg_scale`) a family needs other than the usual defaults; {} for most."""
+    return dict(_FAMILY_DEFAULTS.get(family or "", {}))
 
 
 def _json(file: Path) -> dict:

@@ -1,0 +1,44 @@
+"""The window learns each model's family from its files: Distilled CFG shows for a Flux dev model only,
+and choosing a Flux schnell model brings its few-step defaults."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from desktop.engine.paths import AppPaths
+from tests.support.fake_backend import FakeBackend
+from tests.ui.conftest import TIMEOUT_MS
+from tests.ui.test_session_memory import pick
+from tests.ui.test_settings_and_logs import close_window, open_window
+
+
+def flux_folder(models: Path, name: str, dev: bool) -> None:
+    """A Flux diffusers folder as the scan sees it (configs only; never loaded)."""
+    folder = models / name
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (folder / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": "FluxTransformer2DModel", "guidance_embeds": dev})
+    )
+
+
+def test_distilled_cfg_row_follows_the_models_family(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    models = AppPaths.for_root(home).ensure().models
+    flux_folder(models, "zz-flux-dev", dev=True)
+    flux_folder(models, "zz-flux-schnell", dev=False)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux-schnell") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux-dev")
+        assert panel.distilled_cfg_spin.isVisibleTo(panel)
+        panel.distilled_cfg_spin.setValue(2.5)
+        assert window.parameters.request("a fox").distilled_cfg_scale == 2.5
+        pick(panel.model_combo, "zz-flux-schnell")
+        assert not panel.distilled_cfg_spin.isVisibleTo(panel)
+        qtbot.waitUntil(lambda: panel.steps_spin.value() == 4, timeout=TIMEOUT_MS)
+        assert panel.cfg_spin.value() == 1.0
+    finally:
+        close_window(window, controller)
