@@ -24,7 +24,6 @@ from desktop.engine.events import (
     ImageSaved,
     JobCancelled,
     JobFailed,
-    JobFinished,
     JobWarning,
     PreviewReady,
     StepProgress,
@@ -57,6 +56,26 @@ class Ticket:
     batch_index: int = 0
     started: float = 0.0
     preview: np.ndarray | None = None
+
+    def record(self, event: Event) -> None:
+        """Take a job event into the ticket (the caller holds its lock): progress, preview, images,
+        warnings and how it ended. Shared by the headless service and the window's adapter."""
+        match event:
+            case StepProgress(step=step, total=total, batch_index=batch_index):
+                self.step, self.total, self.batch_index = step, total, batch_index
+            case PreviewReady(image=image):
+                self.preview = image
+            case ImageSaved(path=path, seed=seed):
+                self.paths.append(path)
+                self.seeds.append(seed)
+            case JobWarning(message=message):
+                self.warnings.append(message)
+                log.warning("API job %s: %s", self.job.id, message)
+            case JobFailed():
+                self.failure = event
+                log.warning("API job %s failed: %s", self.job.id, event.message)
+            case JobCancelled():
+                self.cancelled = True
 
     @property
     def fraction(self) -> float:
@@ -224,24 +243,7 @@ class ApiService:
 
     def _on_event(self, ticket: Ticket, event: Event) -> None:
         with self._lock:
-            match event:
-                case StepProgress(step=step, total=total, batch_index=batch_index):
-                    ticket.step, ticket.total, ticket.batch_index = step, total, batch_index
-                case PreviewReady(image=image):
-                    ticket.preview = image
-                case ImageSaved(path=path, seed=seed):
-                    ticket.paths.append(path)
-                    ticket.seeds.append(seed)
-                case JobWarning(message=message):
-                    ticket.warnings.append(message)
-                    log.warning("API job %s: %s", ticket.job.id, message)
-                case JobFailed():
-                    ticket.failure = event
-                    log.warning("API job %s failed: %s", ticket.job.id, event.message)
-                case JobCancelled():
-                    ticket.cancelled = True
-                case JobFinished():
-                    pass
+            ticket.record(event)
 
 
 def preview_png(image: np.ndarray | None) -> bytes | None:

@@ -21,14 +21,10 @@ from desktop.bridge.controller import GenerationController
 from desktop.engine.errors import InvalidRequest
 from desktop.engine.events import (
     Event,
-    ImageSaved,
     JobCancelled,
     JobFailed,
     JobFinished,
     JobStarted,
-    JobWarning,
-    PreviewReady,
-    StepProgress,
 )
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.index import Library, LibraryRecord
@@ -184,23 +180,10 @@ class ControllerJobs(QObject):
             ticket = ticket or current
             if ticket is None:
                 return
-            match event:
-                case StepProgress(step=step, total=total, batch_index=batch_index):
-                    ticket.step, ticket.total, ticket.batch_index = step, total, batch_index
-                case PreviewReady(image=image):
-                    ticket.preview = image
-                case ImageSaved(path=path, seed=seed):
-                    ticket.paths.append(path)
-                    ticket.seeds.append(seed)
-                case JobWarning(message=message):
-                    ticket.warnings.append(message)
-                case JobFailed() | JobCancelled() | JobFinished():
-                    if isinstance(event, JobFailed):
-                        ticket.failure = event
-                    elif isinstance(event, JobCancelled):
-                        ticket.cancelled = True
-                    if current is not None:
-                        self._current = None
-                    finished = self._tickets.pop(event.job_id, None)
+            ticket.record(event)
+            if isinstance(event, (JobFailed, JobCancelled, JobFinished)):
+                if current is not None:
+                    self._current = None
+                finished = self._tickets.pop(event.job_id, None)
         if finished is not None:
             finished.done.set()

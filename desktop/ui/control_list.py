@@ -40,6 +40,7 @@ from desktop.engine.request import (
     ControlUnit,
 )
 from desktop.ui.canvas.picture_view import array_to_qimage
+from desktop.ui.library_combo import chosen_name, fill_names, select_name
 from desktop.ui.translation import translate
 
 PREVIEW_SIDE = 96
@@ -127,25 +128,14 @@ class _ControlRow(QFrame):
         layout.addWidget(self.preview, 0, Qt.AlignmentFlag.AlignTop)
 
     def set_names(self, names: Sequence[str]) -> None:
-        current = self.name()
-        self.model_combo.clear()
-        for name in names:
-            self.model_combo.addItem(name, name)
-        if current:
-            self.select(current)
+        fill_names(self.model_combo, names, self.tr("Not in the control library"))
 
     def select(self, name: str) -> None:
-        index = self.model_combo.findData(name)
-        if index < 0:
-            # Kept when the library lacks it (a recipe, history): the job then says clearly it is missing.
-            self.model_combo.addItem(name, name)
-            index = self.model_combo.count() - 1
-            self.model_combo.setItemData(index, self.tr("Not in the control library"), Qt.ItemDataRole.ToolTipRole)
-        self.model_combo.setCurrentIndex(index)
+        # Kept when the library lacks it (a recipe, history): the job then says clearly it is missing.
+        select_name(self.model_combo, name, self.tr("Not in the control library"))
 
     def name(self) -> str:
-        data = self.model_combo.currentData()
-        return data if isinstance(data, str) else ""
+        return chosen_name(self.model_combo)
 
     def image(self) -> str:
         return self._image

@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
+from desktop.ui.library_combo import chosen_name, fill_names, select_name
 
 
 class _LoraRow(QWidget):
@@ -41,25 +42,14 @@ class _LoraRow(QWidget):
         self.set_names(names)
 
     def set_names(self, names: Sequence[str]) -> None:
-        current = self.name()
-        self.name_combo.clear()
-        for name in names:
-            self.name_combo.addItem(name, name)
-        if current:
-            self.select(current)
+        fill_names(self.name_combo, names, self.tr("Not in the LoRA library"))
 
     def select(self, name: str) -> None:
-        index = self.name_combo.findData(name)
-        if index < 0:
-            # Keep a LoRA the library lacks (from history or a PNG): the job then says clearly it is missing.
-            self.name_combo.addItem(name, name)
-            index = self.name_combo.count() - 1
-            self.name_combo.setItemData(index, self.tr("Not in the LoRA library"), Qt.ItemDataRole.ToolTipRole)
-        self.name_combo.setCurrentIndex(index)
+        # Keep a LoRA the library lacks (from history or a PNG): the job then says clearly it is missing.
+        select_name(self.name_combo, name, self.tr("Not in the LoRA library"))
 
     def name(self) -> str:
-        data = self.name_combo.currentData()
-        return data if isinstance(data, str) else ""
+        return chosen_name(self.name_combo)
 
 
 class LoraListWidget(QWidget):
