@@ -197,15 +197,8 @@ class SessionMemory(QObject):
 
     def _toolbar_values(self) -> dict[str, Any]:
         toolbar = self._window.canvas_toolbar
-        values: dict[str, Any] = {}
-        for name in _TOOLBAR_COMBOS:
-            combo = getattr(toolbar, name, None)
-            if combo is not None:
-                values[name] = combo.currentData()
-        for name in _TOOLBAR_VALUES:
-            widget = getattr(toolbar, name, None)
-            if widget is not None:
-                values[name] = widget.value()
+        values: dict[str, Any] = {name: getattr(toolbar, name).currentData() for name in _TOOLBAR_COMBOS}
+        values.update({name: getattr(toolbar, name).value() for name in _TOOLBAR_VALUES})
         return values
 
     def _restore_toolbar(self, values: object) -> None:
@@ -213,13 +206,11 @@ class SessionMemory(QObject):
             return
         toolbar = self._window.canvas_toolbar
         for name in _TOOLBAR_COMBOS:
-            combo = getattr(toolbar, name, None)
-            if combo is not None and name in values:
-                index = combo.findData(values[name])
-                if index >= 0:
-                    combo.setCurrentIndex(index)
+            combo = getattr(toolbar, name)
+            index = combo.findData(values.get(name))
+            if index >= 0:
+                combo.setCurrentIndex(index)
         for name in _TOOLBAR_VALUES:
-            widget = getattr(toolbar, name, None)
             value = values.get(name)
-            if widget is not None and isinstance(value, int) and not isinstance(value, bool):
-                widget.setValue(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                getattr(toolbar, name).setValue(value)

@@ -477,21 +477,15 @@ def guess_kind(path: Path | str) -> str:
         header = read_safetensors_header(path)
     except ModelError:
         return "model"
-    with contextlib.suppress(ModelError):
-        inspect_lora(header, path.name)
-        return "lora"
-    with contextlib.suppress(ModelError):
-        _embedding_label(header, path.name)
-        return "embedding"
-    with contextlib.suppress(ModelError):
-        inspect_control(header, path.name)
-        return "control"
-    with contextlib.suppress(ModelError):
-        inspect_vae(header, path.name)
-        return "vae"
-    with contextlib.suppress(ModelError):
-        inspect_upscaler(header, path.name)
-        return "upscaler"
+    # Tried in turn: the first reader that accepts the header names the library.
+    readers = (
+        ("lora", inspect_lora), ("embedding", _embedding_label), ("control", inspect_control), ("vae", inspect_vae),
+        ("upscaler", inspect_upscaler),
+    )  # fmt: skip
+    for kind, read in readers:
+        with contextlib.suppress(ModelError):
+            read(header, path.name)
+            return kind
     return "model"
 
 
