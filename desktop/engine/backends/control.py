@@ -25,7 +25,8 @@ How a request's units run:
   to the whole call, so Marble asks that all units of a job agree. "prompt" ("My prompt is more
   important") is A1111's soft injection: residual k of n (mid block last) is scaled by 0.825**(n-1-k),
   by a forward hook on that unit's ControlNet. T2I-Adapters run balanced only.
-- Control-LoRAs are recognised and listed; generating with them is not supported yet (a clear refusal).
+- Control-LoRAs (Stability's "control-lora": LoRA pairs over the base UNet's encoder plus the ControlNet's
+  own tensors) become a plain ControlNetModel on the loaded UNet (backends/control_lora.py) and run like one.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from desktop.engine.backends.base import ControlHash
+from desktop.engine.backends.control_lora import build_control_lora
 from desktop.engine.control_preprocess import Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
@@ -139,17 +141,18 @@ def _read(name: str, path: Path, base: Any) -> tuple[Any, ControlInfo]:
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
-    if info.kind == CONTROL_LORA:
-        raise ModelError(
-            f"{name!r} is a Control-LoRA; Marble lists them but cannot generate with them yet. Use a full "
-            "ControlNet or a T2I-Adapter."
-        )
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for a truncated or damaged file
+        raise ModelError(f"The control model {name!r} cannot be read ({_short(error)}); import it again.") from None
     unet = getattr(base.unet, "_orig_mod", base.unet)  # fast mode compiles the UNet in place
     try:
-        model = _controlnet(state, info, unet) if info.kind == CONTROLNET else _adapter(state, info, unet)
+        if info.kind == CONTROL_LORA:
+            model = build_control_lora(state, info, unet, name)
+        else:
+            model = _controlnet(state, info, unet) if info.kind == CONTROLNET else _adapter(state, info, unet)
     except (RuntimeError, KeyError, ValueError) as error:
         raise ModelError(
             f"The control model {name!r} ({info.label}) does not fit the loaded model: {_short(error)}. Pick a "
