@@ -19,9 +19,9 @@ from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import inspect_control
 from desktop.engine.metadata import read_text_chunks
 from desktop.engine.paths import AppPaths
-from desktop.engine.request import ControlUnit, GenerationRequest
+from desktop.engine.request import ControlUnit, GenerationRequest, LoraRef
 from desktop.engine.resources import Resources
-from tests.support import tiny_controls, tiny_models
+from tests.support import tiny_controls, tiny_loras, tiny_models
 from tests.support.cli_runner import run_cli
 
 STEPS = 3
@@ -181,3 +181,28 @@ def test_generate_with_a_control_lora_on_the_command_line(home, tiny_sd15_dir, c
                            "--out", str(out))  # fmt: skip
     assert code == 0, err
     assert "Model: sd15-lora [" in read_text_chunks(out)["parameters"]
+
+
+def test_a_control_lora_is_built_on_the_models_own_weights_not_a_merged_lycoris(
+    home, tiny_sd15_dir, sd15, sd15_lora, control_image
+):
+    # A full-diff LyCORIS file on the encoder layers the ControlNet copies, merged into the UNet in place.
+    generator = torch.Generator().manual_seed(21)
+    tensors = {
+        "lora_unet_" + name.replace(".", "_") + ".diff": torch.randn(layer.weight.shape, generator=generator)
+        for name, layer in tiny_loras._linear_modules(sd15.unet, tiny_loras.UNET_TARGETS)
+        if name.startswith(("down_blocks.", "mid_block."))
+    }
+    assert tensors
+    tiny_loras.save_lora(tensors, home.loras / "encoder-diff.safetensors")
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), preview_every=0)
+    unit = ControlUnit("sd15-lora", str(control_image))
+    image_of(backend, request_for(tiny_sd15_dir, controls=(unit,), loras=(LoraRef("encoder-diff"),)))
+    assert backend._loras.own_weights()  # the file is merged into the UNet's weights while the ControlNet is built
+    (model,) = [model for model, info, _ in backend._controls._loaded.values() if info.kind == "control-lora"]
+    ours, expected = model.state_dict(), sd15_lora[0].state_dict()
+    assert [k for k in expected if not torch.equal(ours[k], expected[k])] == []
+    request = request_for(tiny_sd15_dir, controls=(unit,))
+    alone = image_of(backend, request)  # the ControlNet built above, reused
+    assert np.array_equal(alone, bare(StableDiffusionControlNetPipeline, tiny_sd15_dir, sd15_lora[0], request,
+                                      control_image))  # fmt: skip

@@ -32,6 +32,7 @@ How a request's units run:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,11 @@ class _Identity:
 class ControlModels:
     """Control models by library name, loaded once per pipeline and kept until it is unloaded."""
 
-    def __init__(self, catalog: AdapterCatalog) -> None:
+    def __init__(self, catalog: AdapterCatalog, own_weights: Callable[[], Mapping[int, Any]] | None = None) -> None:
         self._catalog = catalog
+        # A Control-LoRA is built on the model's own weights, not on a LyCORIS file merged into them for a job
+        # (the ControlNet is kept across jobs): the LoRA merger says what it changed.
+        self._own_weights = own_weights or dict
         self._loaded: dict[_Identity, tuple[Any, ControlInfo, str]] = {}
 
     def forget(self) -> None:
@@ -128,7 +132,7 @@ class ControlModels:
         identity = _Identity(str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
         cached = self._loaded.get(identity)
         if cached is None:
-            model, info = _read(entry.name, entry.path, base)
+            model, info = _read(entry.name, entry.path, base, self._own_weights())
             cached = (model, info, legacy_hash(entry.path))
             self._loaded[identity] = cached
         return cached[0], cached[1], (entry.name, cached[2])
@@ -137,7 +141,7 @@ class ControlModels:
 # ---------------------------------------------------------------------------------------- loading
 
 
-def _read(name: str, path: Path, base: Any) -> tuple[Any, ControlInfo]:
+def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tuple[Any, ControlInfo]:
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
@@ -150,7 +154,7 @@ def _read(name: str, path: Path, base: Any) -> tuple[Any, ControlInfo]:
     unet = getattr(base.unet, "_orig_mod", base.unet)  # fast mode compiles the UNet in place
     try:
         if info.kind == CONTROL_LORA:
-            model = build_control_lora(state, info, unet, name)
+            model = build_control_lora(state, info, unet, name, originals)
         else:
             model = _controlnet(state, info, unet) if info.kind == CONTROLNET else _adapter(state, info, unet)
     except (RuntimeError, KeyError, ValueError) as error:

@@ -20,6 +20,7 @@ middle block, load the file on top. Names are mapped with diffusers' own single-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from desktop.engine.errors import ModelError
@@ -32,9 +33,12 @@ _FAMILY_WORDS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _MAPPING_PREFIX = "control_model."  # the converter strips it; adding it keeps its "prefixed" path
 
 
-def build_control_lora(state: dict[str, Any], info: ControlInfo, unet: Any, name: str) -> Any:
+def build_control_lora(
+    state: dict[str, Any], info: ControlInfo, unet: Any, name: str, originals: Mapping[int, Any] | None = None
+) -> Any:
     """The ControlNetModel a Control-LoRA's tensors describe on `unet`; ModelError (naming the file) when the
-    file is incomplete or made for another kind of model."""
+    file is incomplete or made for another kind of model. `originals` (id(parameter) -> value) gives the
+    model's own value of parameters a job has changed in place (merged LyCORIS files)."""
     import torch
     from accelerate import init_empty_weights
     from diffusers import ControlNetModel
@@ -62,7 +66,7 @@ def build_control_lora(state: dict[str, Any], info: ControlInfo, unet: Any, name
             conditioning_embedding_out_channels=outs,
         )
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    base = _unet_weights(unet)
+    base = _unet_weights(unet, originals or {})
     device = next(iter(base.values())).device
     dtype = unet.dtype
     weights: dict[str, Any] = {}
@@ -159,13 +163,17 @@ def _check_family(state: dict[str, Any], info: ControlInfo, unet: Any, name: str
         )
 
 
-def _unet_weights(unet: Any) -> dict[str, Any]:
-    """The UNet's own weights by their plain names (a PEFT LoRA wraps layers as `<layer>.base_layer`)."""
+def _unet_weights(unet: Any, originals: Mapping[int, Any]) -> dict[str, Any]:
+    """The UNet's own weights by their plain names: a PEFT LoRA wraps layers as `<layer>.base_layer` (its
+    `lora_*` halves are left out), a merged LyCORIS file's changes are undone from `originals`."""
+    parameters = dict(unet.named_parameters())
     weights = {}
     for key, value in unet.state_dict().items():
         if ".lora_" in key:
             continue
-        weights[key.replace(".base_layer.", ".")] = value
+        param = parameters.get(key)
+        own = originals.get(id(param)) if param is not None else None
+        weights[key.replace(".base_layer.", ".")] = value if own is None else own
     return weights
 
 
