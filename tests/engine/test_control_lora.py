@@ -206,3 +206,19 @@ def test_a_control_lora_is_built_on_the_models_own_weights_not_a_merged_lycoris(
     alone = image_of(backend, request)  # the ControlNet built above, reused
     assert np.array_equal(alone, bare(StableDiffusionControlNetPipeline, tiny_sd15_dir, sd15_lora[0], request,
                                       control_image))  # fmt: skip
+
+
+def test_a_control_lora_and_a_full_controlnet_in_one_job(backend, home, tiny_sd15_dir, sd15, sd15_lora, control_image):
+    full = tiny_controls.build_tiny_controlnet(sd15.unet, seed=13)
+    tiny_controls.save_controlnet(full, home.controls / "full-edges.safetensors", "ldm")
+    units = (ControlUnit("sd15-lora", str(control_image), 0.7), ControlUnit("full-edges", str(control_image), 1.2))
+    request = request_for(tiny_sd15_dir, controls=units)
+    ours = image_of(backend, request)
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(str(tiny_sd15_dir), local_files_only=True,
+                                                             controlnet=[sd15_lora[0], full])  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.open(control_image).convert("RGB")
+    expected = pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                    generator=torch.Generator("cpu").manual_seed(request.seed), width=64, height=64,
+                    image=[image, image], controlnet_conditioning_scale=[0.7, 1.2]).images[0]  # fmt: skip
+    assert np.array_equal(ours, np.asarray(expected.convert("RGB")).astype(np.int16))

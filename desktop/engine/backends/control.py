@@ -107,7 +107,8 @@ class ControlModels:
         if not units:
             return None
         loaded = [self._load(unit, base) for unit in units]
-        kinds = {info.kind for _, info, _ in loaded}
+        # A Control-LoRA is a ControlNet once loaded: the two mix freely.
+        kinds = {T2I_ADAPTER if info.kind == T2I_ADAPTER else CONTROLNET for _, info, _ in loaded}
         if len(kinds) > 1:
             raise InvalidRequest("A job can use ControlNets or T2I-Adapters, not both at once: remove one kind.")
         hashes = tuple(ControlHash(*names) for _, _, names in loaded)
