@@ -109,6 +109,21 @@ def test_the_controlnet_is_rebuilt_exactly(request, tmp_path, family):
     assert dict(model.config) == dict(expected.config)
     # The UNet lent its weights but was not changed by the deltas.
     assert all(torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+    # The file's layout as diffusers' own reader of Stability's files sees it (an independent check of the
+    # test's exporter): LoRA pairs as lora_B (up) / lora_A (down) on the UNet's weights, the rest in full.
+    from diffusers.utils import convert_sai_sd_control_lora_state_dict_to_peft
+
+    peft = convert_sai_sd_control_lora_state_dict_to_peft(dict(tensors))
+    unet_weights = pipe.unet.state_dict()
+    for key, value in peft.items():
+        if ".lora_B." in key:
+            weight = key.replace(".lora_B.weight", ".weight")
+            down = peft[key.replace(".lora_B.", ".lora_A.")]
+            change = (value.flatten(1) @ down.flatten(1)).reshape(theirs[weight].shape)
+            assert torch.allclose(theirs[weight], unet_weights[weight] + change, atol=1e-6)
+        elif ".lora_A." not in key:
+            assert torch.equal(theirs[key], value)
+    assert len(peft) == len(tensors) - 1  # every tensor but the marker has a place
 
 
 def test_sd15_control_lora_equals_bare_diffusers_and_weight_zero_is_no_control(
