@@ -148,10 +148,7 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
     info = inspect_control(read_safetensors_header(path, name=name), name)
     from safetensors.torch import load_file
 
-    try:
-        state = load_file(str(path))
-    except Exception as error:  # safetensors raises its own error type for a truncated or damaged file
-        raise ModelError(f"The control model {name!r} cannot be read ({_short(error)}); import it again.") from None
+    state = load_file(str(path))  # the header was checked above: a truncated or damaged file stopped there
     unet = getattr(base.unet, "_orig_mod", base.unet)  # fast mode compiles the UNet in place
     try:
         if info.kind == CONTROL_LORA:
