@@ -84,3 +84,52 @@ def save_adapter(adapter: T2IAdapter, path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous() for k, v in adapter.state_dict().items()}, str(path))
     return path
+
+
+_CONTROLNET_OWN = ("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")
+
+
+def build_tiny_control_lora(
+    unet: UNet2DConditionModel, seed: int = 0, rank: int = 2
+) -> tuple[ControlNetModel, dict[str, torch.Tensor]]:
+    """A Control-LoRA and the ControlNet it stands for, on `unet`.
+
+    The ControlNet starts as `from_unet(unet)`; every linear / conv weight of the UNet's encoder copy gets an
+    exact low-rank change `up @ down` (rank `rank`, written to the file as `.up` / `.down`), every other
+    UNet-side tensor (norms, biases) and everything the ControlNet has of its own (hint encoder, zero
+    convolutions) is random and written in full, as Stability's files hold them. Returns the model and the
+    file's tensors (original LDM names, no prefix, with the `lora_controlnet` marker)."""
+    with _seeded(seed) as generator:
+        controlnet = ControlNetModel.from_unet(unet)
+        pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        with torch.no_grad():
+            for key, param in controlnet.named_parameters():
+                noise = torch.randn(param.shape, generator=generator)
+                if key.startswith(_CONTROLNET_OWN):
+                    # Zero convolutions (and the hint encoder's last conv) start at zero; make them count.
+                    param.add_(noise * (0.3 if param.ndim > 1 else 0.05))
+                elif param.ndim >= 2:
+                    up = torch.randn((param.shape[0], rank, *[1] * (param.ndim - 2)), generator=generator) * 0.2
+                    down = torch.randn((rank, *param.shape[1:]), generator=generator) * 0.2
+                    param.copy_(param + (up.flatten(1) @ down.flatten(1)).reshape(param.shape))
+                    pairs[key] = (up, down)
+                else:
+                    param.add_(noise * 0.02)
+    controlnet.eval()
+    ldm = {k.removeprefix("control_model."): v for k, v in controlnet_to_ldm(controlnet).items()}
+    by_storage = {tensor.data_ptr(): name for name, tensor in ldm.items()}
+    parameters = dict(controlnet.named_parameters())
+    for key, (up, down) in pairs.items():
+        name = by_storage[parameters[key].data_ptr()]
+        del ldm[name]
+        module = name.removesuffix(".weight")
+        ldm[f"{module}.up"], ldm[f"{module}.down"] = up.contiguous(), down.contiguous()
+    ldm["lora_controlnet"] = torch.zeros(1)
+    return controlnet, ldm
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(path))
+    return path

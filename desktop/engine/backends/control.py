@@ -25,12 +25,14 @@ How a request's units run:
   to the whole call, so Marble asks that all units of a job agree. "prompt" ("My prompt is more
   important") is A1111's soft injection: residual k of n (mid block last) is scaled by 0.825**(n-1-k),
   by a forward hook on that unit's ControlNet. T2I-Adapters run balanced only.
-- Control-LoRAs are recognised and listed; generating with them is not supported yet (a clear refusal).
+- Control-LoRAs (Stability's "control-lora": LoRA pairs over the base UNet's encoder plus the ControlNet's
+  own tensors) become a plain ControlNetModel on the loaded UNet (backends/control_lora.py) and run like one.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from desktop.engine.backends.base import ControlHash
+from desktop.engine.backends.control_lora import build_control_lora
 from desktop.engine.control_preprocess import Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
@@ -85,8 +88,11 @@ class _Identity:
 class ControlModels:
     """Control models by library name, loaded once per pipeline and kept until it is unloaded."""
 
-    def __init__(self, catalog: AdapterCatalog) -> None:
+    def __init__(self, catalog: AdapterCatalog, own_weights: Callable[[], Mapping[int, Any]] | None = None) -> None:
         self._catalog = catalog
+        # A Control-LoRA is built on the model's own weights, not on a LyCORIS file merged into them for a job
+        # (the ControlNet is kept across jobs): the LoRA merger says what it changed.
+        self._own_weights = own_weights or dict
         self._loaded: dict[_Identity, tuple[Any, ControlInfo, str]] = {}
 
     def forget(self) -> None:
@@ -101,7 +107,8 @@ class ControlModels:
         if not units:
             return None
         loaded = [self._load(unit, base) for unit in units]
-        kinds = {info.kind for _, info, _ in loaded}
+        # A Control-LoRA is a ControlNet once loaded: the two mix freely.
+        kinds = {T2I_ADAPTER if info.kind == T2I_ADAPTER else CONTROLNET for _, info, _ in loaded}
         if len(kinds) > 1:
             raise InvalidRequest("A job can use ControlNets or T2I-Adapters, not both at once: remove one kind.")
         hashes = tuple(ControlHash(*names) for _, _, names in loaded)
@@ -126,7 +133,7 @@ class ControlModels:
         identity = _Identity(str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
         cached = self._loaded.get(identity)
         if cached is None:
-            model, info = _read(entry.name, entry.path, base)
+            model, info = _read(entry.name, entry.path, base, self._own_weights())
             cached = (model, info, legacy_hash(entry.path))
             self._loaded[identity] = cached
         return cached[0], cached[1], (entry.name, cached[2])
@@ -135,21 +142,19 @@ class ControlModels:
 # ---------------------------------------------------------------------------------------- loading
 
 
-def _read(name: str, path: Path, base: Any) -> tuple[Any, ControlInfo]:
+def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tuple[Any, ControlInfo]:
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
-    if info.kind == CONTROL_LORA:
-        raise ModelError(
-            f"{name!r} is a Control-LoRA; Marble lists them but cannot generate with them yet. Use a full "
-            "ControlNet or a T2I-Adapter."
-        )
     from safetensors.torch import load_file
 
-    state = load_file(str(path))
+    state = load_file(str(path))  # the header was checked above: a truncated or damaged file stopped there
     unet = getattr(base.unet, "_orig_mod", base.unet)  # fast mode compiles the UNet in place
     try:
-        model = _controlnet(state, info, unet) if info.kind == CONTROLNET else _adapter(state, info, unet)
+        if info.kind == CONTROL_LORA:
+            model = build_control_lora(state, info, unet, name, originals)
+        else:
+            model = _controlnet(state, info, unet) if info.kind == CONTROLNET else _adapter(state, info, unet)
     except (RuntimeError, KeyError, ValueError) as error:
         raise ModelError(
             f"The control model {name!r} ({info.label}) does not fit the loaded model: {_short(error)}. Pick a "

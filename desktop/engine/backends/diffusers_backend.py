@@ -198,7 +198,9 @@ class DiffusersBackend:
         self._loras = LoraAdapters(
             loras or AdapterCatalog(paths.loras), embeddings=AdapterCatalog(paths.embeddings), rename_sgm=_rename_sgm
         )
-        self._controls = ControlModels(AdapterCatalog(paths.controls, "control model", "controls"))
+        self._controls = ControlModels(
+            AdapterCatalog(paths.controls, "control model", "controls"), own_weights=self._loras.own_weights
+        )
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._pipe: Any = None

@@ -93,6 +93,10 @@ class LoraAdapters:
     def loaded_adapters(self) -> tuple[str, ...]:
         return tuple(self._loaded.values())
 
+    def own_weights(self) -> dict[int, Any]:
+        """id(parameter) -> the model's own value of each parameter a merged LyCORIS file changed."""
+        return self._lycoris.originals()
+
     def forget(self) -> None:
         """The pipeline is gone (unloaded or replaced): its adapters went with it."""
         self._loaded.clear()

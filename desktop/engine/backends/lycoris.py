@@ -152,6 +152,11 @@ class LycorisMerger:
         self._applied = wanted
         return tuple(notes)
 
+    def originals(self) -> dict[int, Any]:
+        """id(parameter) -> its value before the merged files' changes, for code that builds on the model's own
+        weights (a Control-LoRA's ControlNet)."""
+        return {id(param): original for param, original in self._originals.values()}
+
     def restore(self) -> None:
         for param, original in self._originals.values():
             param.data.copy_(original)
