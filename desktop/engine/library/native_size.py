@@ -56,6 +56,8 @@ _FAMILY_BY_CONFIG = {
     "sd3-medium": "sd3",
     "sd3.5-medium": "sd3",
     "sd3.5-large": "sd3",
+    "qwen-image": "qwen-image",
+    "z-image": "z-image",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
