@@ -8,7 +8,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from diffusers import GGUFQuantizationConfig, QwenImagePipeline, QwenImageTransformer2DModel, ZImagePipeline
+from diffusers import (
+    GGUFQuantizationConfig,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+    ZImagePipeline,
+    ZImageTransformer2DModel,
+)
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
@@ -194,4 +200,31 @@ def test_lumina2_is_told_from_z_image_by_its_caption_width(zimage, tmp_path):
     state["cap_embedder.1.weight"] = torch.zeros(32, 2304)
     path = save_transformer_file(state, tmp_path / "z-image-turbo.safetensors")
     with pytest.raises(ModelError, match=r"z-image-turbo\.safetensors is a Lumina Image 2\.0 transformer"):
+        detect_model(path)
+
+
+def test_z_image_gguf_in_original_names_matches_diffusers_gguf_loading(paths, zimage, tmp_path):
+    state = z_image_to_original(dict(zimage["pipe"].transformer.state_dict()))
+    # As ComfyUI-GGUF's converter does, the pad tokens stay floats.
+    path = save_gguf(state, tmp_path / "z-Q8_0.gguf", arch="lumina2", keep=("x_pad_token", "cap_pad_token"))
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.layout, arch.dit.quantization) == ("z-image", "original", "Q8_0")
+    request = request_for(
+        path, steps=2, cfg_scale=4.0, model_config=str(zimage["folder"]), text_encoders=str(zimage["folder"])
+    )
+    batch, _ = run(make_backend(paths), request)
+    transformer = ZImageTransformer2DModel.from_single_file(
+        str(path), config=str(zimage["folder"]), subfolder="transformer", local_files_only=True,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32,
+    )  # fmt: skip
+    extra = {"negative_prompt": request.negative_prompt, "guidance_scale": 4.0}
+    expected = bare_image(ZImagePipeline, zimage["folder"], request, transformer, **extra)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(ZImagePipeline, zimage["folder"], request, **extra))
+
+
+def test_a_z_image_gguf_with_quantised_pad_tokens_names_the_file_and_tensor(zimage, tmp_path):
+    state = z_image_to_original(dict(zimage["pipe"].transformer.state_dict()))
+    path = save_gguf(state, tmp_path / "odd-z.gguf", arch="lumina2")
+    with pytest.raises(ModelError, match=r"odd-z\.gguf: its x_pad_token is stored as Q8_0"):
         detect_model(path)

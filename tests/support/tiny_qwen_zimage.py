@@ -117,7 +117,8 @@ def z_image_to_original(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
             continue
         key = key.replace("all_x_embedder.2-1.", "x_embedder.").replace("all_final_layer.2-1.", "final_layer.")
         key = key.replace(".attention.to_out.0.", ".attention.out.")
-        key = key.replace(".attention.norm_q.", ".attention.q_norm.").replace(".attention.norm_k.", ".attention.k_norm.")
+        key = key.replace(".attention.norm_q.", ".attention.q_norm.")
+        key = key.replace(".attention.norm_k.", ".attention.k_norm.")
         out[key] = value
     return out
 

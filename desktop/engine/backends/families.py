@@ -199,8 +199,9 @@ def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtyp
                 state = convert_flux_bfl(state)
             return cls.from_single_file(state, **kwargs)
         if info.family in qwen_zimage.FAMILIES:
-            # Read here to drop ComfyUI's prefix (Qwen-Image's loader keeps names as they are).
-            return cls.from_single_file(qwen_zimage.prepare_state(_read_state(path, gguf), info), **kwargs)
+            # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
+            # converts Z-Image's original names and leaves its own (it checks them against the model).
+            return cls.from_single_file(_read_state(path, gguf), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error

@@ -127,23 +127,6 @@ def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:
             )
 
 
-def prepare_state(state: dict[str, Any], info: DitInfo) -> dict[str, Any]:
-    """Tensors (ComfyUI prefix already removed) in the names diffusers' single-file loader expects.
-
-    Qwen-Image's loader takes diffusers' names as they are. Z-Image's converts the original names
-    (fused qkv, `x_embedder`, `final_layer`); a file already in diffusers' names is given the original
-    embedder and head names, the only ones the converter would otherwise rename twice."""
-    if info.family != Z_IMAGE or info.layout != "diffusers":
-        return state
-    renamed = {}
-    for key, value in state.items():
-        for new, old in (("x_embedder.", "all_x_embedder.2-1."), ("final_layer.", "all_final_layer.2-1.")):
-            if key.startswith(old):
-                key = new + key.removeprefix(old)
-        renamed[key] = value
-    return renamed
-
-
 def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
     """Qwen-Image: true CFG (`true_cfg_scale`) against the negative prompt (a blank one by default, as
     Qwen's examples do). Z-Image: its own CFG (`guidance_scale`; 0 or 1 for Turbo turns it off)."""

@@ -32,6 +32,7 @@ LABELS = {QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image"}
 PIPELINES = {"QwenImagePipeline": QWEN_IMAGE, "ZImagePipeline": Z_IMAGE}
 
 _LUMINA2_CAPTION_WIDTH = 2304  # Gemma-2 2B's hidden size: Lumina Image 2.0, not Z-Image
+_GGUF_BLOCK_TYPES = ("Q", "IQ", "TQ")  # GGUF's block-quantised type names (Q8_0, Q4_K, IQ4_XS ...)
 _BLOCK = re.compile(r"^(transformer_blocks|layers|noise_refiner|context_refiner)\.(\d+)\.")
 _QWEN_NEEDED = ("img_in.weight", "txt_in.weight", "txt_norm.weight", "proj_out.weight", "norm_out.linear.weight",
                 "time_text_embed.timestep_embedder.linear_1.weight")  # fmt: skip
@@ -64,6 +65,13 @@ def detect(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str, 
         raise ModelError(f"{name} is a Lumina Image 2.0 transformer, which Marble does not run yet.")
     layout = "diffusers" if any(key.startswith("all_x_embedder.") for key in model) else "original"
     _require(model, _ZIMAGE_NEEDED[layout], name, Z_IMAGE)
+    for pad in ("x_pad_token", "cap_pad_token"):
+        # diffusers uses these as plain tensors, never dequantised: a GGUF file must keep them as floats.
+        if pad in model and model[pad].dtype.startswith(_GGUF_BLOCK_TYPES):
+            raise ModelError(
+                f"{name}: its {pad} is stored as {model[pad].dtype}, which diffusers cannot use (it must stay a "
+                "float type). Get a GGUF conversion of this Z-Image model that keeps it in F16/F32."
+            )
     blocks = _blocks(model)
     main = _contiguous(blocks, "layers", name, Z_IMAGE)
     refiners = _contiguous(blocks, "noise_refiner", name, Z_IMAGE)
