@@ -228,3 +228,26 @@ def test_a_z_image_gguf_with_quantised_pad_tokens_names_the_file_and_tensor(zima
     path = save_gguf(state, tmp_path / "odd-z.gguf", arch="lumina2")
     with pytest.raises(ModelError, match=r"odd-z\.gguf: its x_pad_token is stored as Q8_0"):
         detect_model(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters"),
+    # Qwen-Image's 20B and Z-Image's 6B transformers, counted from the shipped configs on the meta device.
+    [("qwen-image", 20_430_401_088), ("z-image", 6_154_908_736)],
+)
+def test_shipped_transformer_configs_have_the_published_sizes(name, parameters):
+    from accelerate import init_empty_weights
+
+    from desktop.engine.backends.families import transformer_class
+    from desktop.engine.resources import Resources
+
+    cls = transformer_class(name)
+    with init_empty_weights():
+        model = cls.from_config(cls.load_config(str(Resources.default().config_folder(name)), subfolder="transformer"))
+    assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def test_a_single_file_without_a_config_folder_is_checked_against_the_shipped_config(paths, qwen):
+    request = request_for(qwen["comfy"], text_encoders=str(qwen["folder"]))
+    with pytest.raises(ModelError, match=r"has 2 main blocks but the Qwen-Image configuration has 60"):
+        run(make_backend(paths), request)
