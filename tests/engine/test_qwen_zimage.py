@@ -251,3 +251,59 @@ def test_a_single_file_without_a_config_folder_is_checked_against_the_shipped_co
     request = request_for(qwen["comfy"], text_encoders=str(qwen["folder"]))
     with pytest.raises(ModelError, match=r"has 2 main blocks but the Qwen-Image configuration has 60"):
         run(make_backend(paths), request)
+
+
+def _source(tmp_path):
+    from PIL import Image
+
+    gradient = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
+    image = Image.fromarray(np.stack([gradient, gradient[::-1], np.full_like(gradient, 90)], axis=-1))
+    path = tmp_path / "source.png"
+    image.save(path)
+    return image, path
+
+
+@pytest.mark.parametrize("family", ["qwen", "zimage"])
+def test_image_to_image_matches_bare_diffusers(paths, qwen, zimage, tmp_path, family):
+    from diffusers import QwenImageImg2ImgPipeline, ZImageImg2ImgPipeline
+
+    model = qwen if family == "qwen" else zimage
+    image, path = _source(tmp_path)
+    request = request_for(model["folder"], steps=4, cfg_scale=4.0, init_image=str(path), strength=0.8)
+    assert request.mode == "img2img"
+    batch, _ = run(make_backend(paths), request)
+    if family == "qwen":
+        cls, extra = QwenImageImg2ImgPipeline, {"negative_prompt": request.negative_prompt, "true_cfg_scale": 4.0}
+    else:
+        cls, extra = ZImageImg2ImgPipeline, {"negative_prompt": request.negative_prompt, "guidance_scale": 4.0}
+    expected = bare_image(cls, model["folder"], request, image=image, strength=0.8, **extra)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    text_only = run(make_backend(paths), request_for(model["folder"], steps=2, cfg_scale=4.0))[0]
+    assert not np.array_equal(pixels(text_only.images[0]), expected)  # the source was used
+
+
+def test_z_image_inpainting_keeps_the_pixels_outside_the_mask(paths, zimage, tmp_path):
+    from PIL import Image
+
+    image, path = _source(tmp_path)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[16:48, 16:48] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    request = request_for(
+        zimage["folder"], steps=2, cfg_scale=4.0, init_image=str(path), mask=str(tmp_path / "mask.png"), strength=1.0,
+        mask_blur=0,
+    )  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    result = pixels(batch.images[0])
+    outside = mask == 0
+    assert np.array_equal(result[outside], pixels(image)[outside])
+    assert not np.array_equal(result[~outside], pixels(image)[~outside])
+
+
+def test_flux_image_to_image_is_still_refused_clearly(paths, tmp_path):
+    from tests.support.tiny_dit import build_tiny_flux, save_pipeline
+
+    folder = save_pipeline(build_tiny_flux(), tmp_path / "flux")
+    _, path = _source(tmp_path)
+    with pytest.raises(ModelError, match="Flux.1 dev model; Marble runs it for text-to-image only"):
+        run(make_backend(paths), request_for(folder, init_image=str(path)))

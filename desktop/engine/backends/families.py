@@ -47,6 +47,11 @@ def pipeline_class(family: str) -> Any:
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
+def edits(family: str) -> bool:
+    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' pipelines, from_pipe)."""
+    return family in qwen_zimage.FAMILIES
+
+
 def transformer_class(family: str) -> Any:
     import diffusers
 
