@@ -307,3 +307,20 @@ def test_flux_image_to_image_is_still_refused_clearly(paths, tmp_path):
     _, path = _source(tmp_path)
     with pytest.raises(ModelError, match="Flux.1 dev model; Marble runs it for text-to-image only"):
         run(make_backend(paths), request_for(folder, init_image=str(path)))
+
+
+def test_library_rows_and_family_defaults(qwen, zimage, tmp_path):
+    from desktop.engine.library.index import Library
+    from desktop.engine.library.native_size import family_defaults, model_family
+
+    library = Library(AppPaths.for_root(tmp_path / "lib").ensure())
+    record = library.import_path(zimage["original"], "model", name="z")
+    assert (record.family, record.layout, record.architecture, record.dtype) == (
+        "z-image", "original", "Z-Image", "F32"
+    )  # fmt: skip
+    assert record.parameters == sum(p.numel() for p in zimage["pipe"].transformer.parameters())
+    gguf = library.import_path(qwen["gguf"], "model", name="q")
+    assert (gguf.family, gguf.dtype, gguf.format) == ("qwen-image", "Q8_0", "gguf")
+    assert gguf.shown_architecture.startswith("Qwen-Image (Q8_0), ")
+    assert (model_family(qwen["folder"]), model_family(zimage["diffusers"])) == ("qwen-image", "z-image")
+    assert family_defaults("qwen-image") == {"cfg_scale": 4.0}
