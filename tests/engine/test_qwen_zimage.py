@@ -324,3 +324,18 @@ def test_library_rows_and_family_defaults(qwen, zimage, tmp_path):
     assert gguf.shown_architecture.startswith("Qwen-Image (Q8_0), ")
     assert (model_family(qwen["folder"]), model_family(zimage["diffusers"])) == ("qwen-image", "z-image")
     assert family_defaults("qwen-image") == {"cfg_scale": 4.0}
+
+
+def test_a_folder_of_bare_components_serves_a_z_image_file(paths, zimage, tmp_path):
+    # Not a diffusers folder (no model_index.json, no scheduler): text encoder, tokenizer and VAE only.
+    parts = tmp_path / "parts"
+    for part in ("text_encoder", "tokenizer", "vae"):
+        shutil.copytree(zimage["folder"] / part, parts / part)
+    request = request_for(
+        zimage["original"], steps=2, cfg_scale=4.0, model_config=str(zimage["folder"]), text_encoders=str(parts)
+    )
+    batch, _ = run(make_backend(paths), request)
+    expected = bare_image(
+        ZImagePipeline, zimage["folder"], request, negative_prompt=request.negative_prompt, guidance_scale=4.0
+    )
+    assert np.array_equal(pixels(batch.images[0]), expected)
