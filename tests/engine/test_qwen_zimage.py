@@ -339,3 +339,9 @@ def test_a_folder_of_bare_components_serves_a_z_image_file(paths, zimage, tmp_pa
         ZImagePipeline, zimage["folder"], request, negative_prompt=request.negative_prompt, guidance_scale=4.0
     )
     assert np.array_equal(pixels(batch.images[0]), expected)
+
+
+def test_an_edit_at_strength_zero_returns_the_source(paths, zimage, tmp_path):
+    image, path = _source(tmp_path)
+    batch, _ = run(make_backend(paths), request_for(zimage["folder"], steps=2, init_image=str(path), strength=0.0))
+    assert np.array_equal(pixels(batch.images[0]), pixels(image))

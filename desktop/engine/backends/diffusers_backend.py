@@ -515,15 +515,18 @@ class DiffusersBackend:
     def _generate_dit(
         self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
     ) -> GeneratedBatch:
-        """Flux / SD3: the pipeline's own flow-matching scheduler and prompt encoding (families.py)."""
+        """Flux / SD3 / Qwen-Image / Z-Image: the pipeline's own flow-matching scheduler and prompt encoding
+        (families.py); image-to-image and inpainting where the family has diffusers' pipelines (families.edits)."""
         _refuse_dit_edit(self._model.name if self._model else "the model", self._dit, request.mode)
-        # Image-to-image and inpainting where the family has diffusers' pipelines (families.edits).
         plan = _edit_plan(request) if request.mode != "txt2img" else None
+        seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
+        if plan is not None and request.strength <= 0:
+            # Strength 0 runs no step (diffusers would refuse it): the source itself is the answer.
+            return GeneratedBatch(tuple(plan.source.copy() for _ in seeds), seeds, batch_index, None, (), (), (), None)
         pipe = self._pipe if plan is None else self._pipe_for(request.mode, plan)
         inputs = {"width": request.width, "height": request.height}
         if plan is not None:
             inputs = {"width": plan.size[0], "height": plan.size[1]} | self._mode_arguments(request, plan)
-        seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         notes: list[str] = []
         if request.loras or "<lora:" in request.prompt:
             notes.append(f"LoRAs are not applied to {self._dit.label} models yet; they were ignored.")
