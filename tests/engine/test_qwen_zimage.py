@@ -345,3 +345,9 @@ def test_an_edit_at_strength_zero_returns_the_source(paths, zimage, tmp_path):
     image, path = _source(tmp_path)
     batch, _ = run(make_backend(paths), request_for(zimage["folder"], steps=2, init_image=str(path), strength=0.0))
     assert np.array_equal(pixels(batch.images[0]), pixels(image))
+
+
+def test_a_folder_of_the_other_family_is_refused_by_its_configs(paths, qwen, zimage):
+    request = request_for(qwen["comfy"], model_config=str(qwen["folder"]), text_encoders=str(zimage["folder"]))
+    with pytest.raises(ModelError, match=r"text encoder and VAE are qwen3 and AutoencoderKL, but Qwen-Image needs"):
+        run(make_backend(paths), request)

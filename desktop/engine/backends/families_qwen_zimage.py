@@ -19,6 +19,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE, Z_IMAGE
 from desktop.engine.request import GenerationRequest
+from desktop.engine.safe_files import read_json_file
 
 FAMILIES = (QWEN_IMAGE, Z_IMAGE)
 # Both pipelines read up to 512 prompt tokens (their default); nothing is cut into 77-token chunks.
@@ -27,6 +28,8 @@ MAX_SEQUENCE = 512
 _QWEN_BLANK_NEGATIVE = " "
 _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder"}
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
+_EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL")}
 
 
 def pipeline_class(family: str) -> Any:
@@ -80,6 +83,16 @@ def check_components(folder: Path, family: str, *, name: str) -> None:
         raise ModelError(
             f"{folder} cannot serve {name}: it has no {', no '.join(missing)}. {label} needs a diffusers "
             f"{label} folder, or a folder holding text_encoder/, tokenizer/ and vae/."
+        )
+    # A folder of the other family would load with the wrong classes, half its weights left random.
+    encoder = read_json_file(folder / "text_encoder" / "config.json", label=f"text_encoder/config.json in {folder}")
+    vae = read_json_file(folder / "vae" / "config.json", label=f"vae/config.json in {folder}")
+    found = (encoder.get("model_type") if isinstance(encoder, dict) else None,
+             vae.get("_class_name") if isinstance(vae, dict) else None)  # fmt: skip
+    if found != _EXPECTED_PARTS[family]:
+        raise ModelError(
+            f"{folder} cannot serve {name}: its text encoder and VAE are {found[0]} and {found[1]}, but {label} "
+            f"needs {_TEXT_ENCODER_NAMES[family]} ({_EXPECTED_PARTS[family][0]}) and {_EXPECTED_PARTS[family][1]}."
         )
 
 
