@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--distilled-cfg", type=float, default=3.5, metavar="F",
                      help="Flux dev's distilled guidance (Forge's Distilled CFG Scale); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
-                     help="for a transformer-only Flux/SD3 file: a diffusers folder (or library model) of the "
-                          "same family that supplies the text encoders, tokenizers and VAE")
+                     help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image file: a diffusers folder (or "
+                          "library model) of the same family that supplies the text encoders, tokenizers and VAE "
+                          "(Qwen-Image/Z-Image: or a folder holding text_encoder/, tokenizer/ and vae/)")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--subseed", type=int, default=-1, metavar="N",

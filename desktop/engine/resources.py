@@ -26,6 +26,11 @@ CONFIG_NAMES: tuple[str, ...] = (
     "sdxl",  # SDXL base 1.0, CLIP ViT-L + OpenCLIP bigG
     "sdxl-inpaint",  # SDXL inpainting (9-channel UNet)
 )
+# The diffusion transformers' config folders (library/dit.py's DIT_CONFIGS): transformer, scheduler and
+# VAE configs; their text encoders and tokenizers come from a folder the user names.
+DIT_CONFIG_NAMES: tuple[str, ...] = (
+    "flux-dev", "flux-schnell", "sd3-medium", "sd3.5-medium", "sd3.5-large", "qwen-image", "z-image",
+)  # fmt: skip
 
 # The one CLIP tokenizer folder under resources/tokenizers/ (OpenAI's vocabulary and merges, 1.6 MB +
 # 0.5 MB), shared by every model Marble ships a config for and by the demo model. It pads with
@@ -96,8 +101,8 @@ class Resources:
 
         Raises ModelError for an unknown name or a folder missing from the installation.
         """
-        if name not in CONFIG_NAMES:
-            known = ", ".join(CONFIG_NAMES)
+        if name not in CONFIG_NAMES + DIT_CONFIG_NAMES:
+            known = ", ".join(CONFIG_NAMES + DIT_CONFIG_NAMES)
             raise ModelError(f"Marble has no model configuration named {name!r}; it knows {known}.")
         folder = self.configs / name
         if not (folder / "model_index.json").is_file():

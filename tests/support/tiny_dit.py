@@ -182,8 +182,11 @@ def save_bfl_file(pipe: FluxPipeline, path: Path, prefix: str = "", drop: str | 
     return path
 
 
-def save_gguf(state: dict[str, torch.Tensor], path: Path, quant: str = "Q8_0", arch: str = "flux") -> Path:
-    """Tensors to a GGUF file: 2-D weights whose rows fit the quantisation's blocks as `quant`, the rest F32."""
+def save_gguf(
+    state: dict[str, torch.Tensor], path: Path, quant: str = "Q8_0", arch: str = "flux", keep: tuple[str, ...] = ()
+) -> Path:
+    """Tensors to a GGUF file: 2-D weights whose rows fit the quantisation's blocks as `quant`, the rest (and
+    the tensors named in `keep`) F32."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch)
@@ -191,7 +194,8 @@ def save_gguf(state: dict[str, torch.Tensor], path: Path, quant: str = "Q8_0", a
     block = gguf.GGML_QUANT_SIZES[kind][0]
     for name, tensor in state.items():
         data = tensor.detach().float().numpy()
-        if data.ndim == 2 and data.shape[-1] % block == 0 and kind != gguf.GGMLQuantizationType.F32:
+        quantise = data.ndim == 2 and data.shape[-1] % block == 0 and name not in keep
+        if quantise and kind != gguf.GGMLQuantizationType.F32:
             quantised = gguf.quants.quantize(data, kind)
             writer.add_tensor(name, quantised, raw_shape=quantised.shape, raw_dtype=kind)
         else:

@@ -303,11 +303,7 @@ class DiffusersBackend:
             else:
                 return None
             model_hash = self._hashes.autov2(entry.path)
-        if request.mode != "txt2img":
-            raise ModelError(
-                f"{entry.name} is a {arch.label} model; Marble runs it for text-to-image only so far "
-                "(docs/model-families.md)."
-            )
+        _refuse_dit_edit(entry.name, arch.dit, request.mode)
         config = Path(request.model_config).expanduser() if request.model_config else None
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders else None
         name = entry.path.name if not entry.is_folder else entry.name
@@ -521,9 +517,18 @@ class DiffusersBackend:
     def _generate_dit(
         self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
     ) -> GeneratedBatch:
-        """Flux / SD3: the pipeline's own flow-matching scheduler and prompt encoding (families.py)."""
-        pipe = self._pipe
+        """Flux / SD3 / Qwen-Image / Z-Image: the pipeline's own flow-matching scheduler and prompt encoding
+        (families.py); image-to-image and inpainting where the family has diffusers' pipelines (families.edits)."""
+        _refuse_dit_edit(self._model.name if self._model else "the model", self._dit, request.mode)
+        plan = _edit_plan(request) if request.mode != "txt2img" else None
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
+        if plan is not None and request.strength <= 0:
+            # Strength 0 runs no step (diffusers would refuse it): the source itself is the answer.
+            return GeneratedBatch(tuple(plan.source.copy() for _ in seeds), seeds, batch_index, None, (), (), (), None)
+        pipe = self._pipe if plan is None else self._pipe_for(request.mode, plan)
+        inputs = {"width": request.width, "height": request.height}
+        if plan is not None:
+            inputs = {"width": plan.size[0], "height": plan.size[1]} | self._mode_arguments(request, plan)
         notes: list[str] = []
         if request.loras or "<lora:" in request.prompt:
             notes.append(f"LoRAs are not applied to {self._dit.label} models yet; they were ignored.")
@@ -543,8 +548,7 @@ class DiffusersBackend:
             with torch.inference_mode():
                 result = pipe(
                     **families.generation_arguments(pipe, request, self._dit),
-                    num_inference_steps=request.steps, width=request.width, height=request.height,
-                    num_images_per_prompt=request.batch_size,
+                    num_inference_steps=request.steps, **inputs, num_images_per_prompt=request.batch_size,
                     generator=generators[0] if len(generators) == 1 else generators,
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )  # fmt: skip
@@ -559,7 +563,8 @@ class DiffusersBackend:
             raise OutOfMemory(
                 f"The device ran out of memory running {self._dit.label} at {request.width}x{request.height}."
             )
-        return GeneratedBatch(tuple(result.images), seeds, batch_index, None, tuple(notes), (), (), None)
+        images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
+        return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), (), (), None)
 
     def _set_cpu_threads(self) -> None:
         # Here, on the generation thread: torch's OpenMP pool takes its size from the calling thread.
@@ -1005,6 +1010,13 @@ def _edit_plan(request: GenerationRequest) -> EditPlan:
     source = load_source(request.init_image)
     mask = load_mask(request.mask, source.size) if request.mask is not None else None
     return plan_edit(source, mask, request)
+
+
+def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
+    if mode != "txt2img" and not families.edits(dit.family):
+        raise ModelError(
+            f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."
+        )
 
 
 def _refuse_inpaint_only(name: str, mode: str) -> None:

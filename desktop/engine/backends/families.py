@@ -1,4 +1,5 @@
-"""Loading and running the diffusion-transformer families: Flux.1 and SD3/SD3.5.
+"""Loading and running the diffusion-transformer families: Flux.1 and SD3/SD3.5 (Qwen-Image and Z-Image
+in families_qwen_zimage.py, called from here).
 
 Called by diffusers_backend on the generation thread; torch, diffusers and transformers are imported
 inside the functions (this module is listed with the backend's helpers in pyproject's import-linter
@@ -20,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
@@ -36,6 +38,8 @@ _SD3_MAX_SEQUENCE = 256
 def pipeline_class(family: str) -> Any:
     import diffusers
 
+    if family in qwen_zimage.FAMILIES:
+        return qwen_zimage.pipeline_class(family)
     if family == "flux":
         return diffusers.FluxPipeline
     if family in ("sd3", "sd3.5"):
@@ -43,9 +47,16 @@ def pipeline_class(family: str) -> Any:
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
+def edits(family: str) -> bool:
+    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' pipelines, from_pipe)."""
+    return family in qwen_zimage.FAMILIES
+
+
 def transformer_class(family: str) -> Any:
     import diffusers
 
+    if family in qwen_zimage.FAMILIES:
+        return qwen_zimage.transformer_class(family)
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -89,6 +100,8 @@ def load_pipeline(
     info = arch.dit
     assert info is not None
     cls = pipeline_class(info.family)
+    if info.family in qwen_zimage.FAMILIES:
+        return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
     if path.is_dir():
         return _from_pretrained(cls, path, name, dtype, resources, info.family)
     config = config_folder or _config_folder(resources, arch, name)
@@ -122,6 +135,23 @@ def load_pipeline(
     )
 
 
+def _load_qwen_zimage(
+    path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
+    text_encoders: Path | None,
+) -> Any:
+    """Their text encoder, tokenizer and VAE always come from a folder (the model's own, or --text-encoders)."""
+    info = arch.dit
+    assert info is not None
+    config = config_folder or _config_folder(resources, arch, name)
+    if path.is_dir():
+        return qwen_zimage.assemble(path, info, name=name, dtype=dtype, shipped=config)
+    if text_encoders is None:
+        raise qwen_zimage.needs_folder_error(name, info)
+    qwen_zimage.check_components(text_encoders, info.family, name=name)  # before the slow transformer load
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return qwen_zimage.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
+
+
 def _from_pretrained(
     cls: Any, folder: Path, name: str, dtype: Any, resources: Resources, family: str, **components: Any
 ) -> Any:
@@ -146,7 +176,9 @@ def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtyp
 
     expected = json.loads((config / "transformer" / "config.json").read_text(encoding="utf-8"))
     layers = expected.get("num_layers")
-    if isinstance(layers, int) and info.blocks[0] != layers:
+    if info.family in qwen_zimage.FAMILIES:
+        qwen_zimage.check_blocks(info, expected, name=name)
+    elif isinstance(layers, int) and info.blocks[0] != layers:
         raise ModelError(
             f"{name} has {info.blocks[0]} {'double' if info.family == 'flux' else 'joint'} blocks but the "
             f"{info.label} configuration has {layers}: the file is incomplete, or a variant with other dimensions "
@@ -171,6 +203,10 @@ def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtyp
             if info.layout == "bfl":
                 state = convert_flux_bfl(state)
             return cls.from_single_file(state, **kwargs)
+        if info.family in qwen_zimage.FAMILIES:
+            # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
+            # converts Z-Image's original names and leaves its own (it checks them against the model).
+            return cls.from_single_file(_read_state(path, gguf), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error
@@ -264,6 +300,8 @@ def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
 def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
     """The family's own prompt and guidance arguments: T5 prompts whole (no 77-token chunks), Flux-dev's
     distilled guidance beside true CFG, a negative prompt only where the family uses one."""
+    if info.family in qwen_zimage.FAMILIES:
+        return qwen_zimage.generation_arguments(request, info)
     negative = request.negative_prompt or None
     if info.family == "flux":
         arguments: dict[str, Any] = {

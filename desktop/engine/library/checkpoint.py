@@ -529,7 +529,7 @@ def _dit_folder(folder: Path, index: Mapping[str, object], class_name: str, name
         dtype = max(counts, key=counts.__getitem__)
     parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
     components = tuple(part for part in parts if part in index)
-    depth = transformer.get("num_layers")
+    depth = transformer.get("num_layers", transformer.get("n_layers"))  # Z-Image says n_layers
     info = DitInfo(
         family=family, variant=variant, layout="diffusers", parameters=parameters, dtype=dtype, quantization=None,
         components=components, blocks=(depth if isinstance(depth, int) else 0, 0),

@@ -1,4 +1,5 @@
-"""Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma.
+"""Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma, and
+Qwen-Image and Z-Image (their rules in library/dit_qwen_zimage.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library import dit_qwen_zimage
 
 StrPath = str | os.PathLike[str]
 
@@ -35,12 +37,14 @@ DIT_CONFIGS = {
     ("sd3", "medium"): "sd3-medium",
     ("sd3.5", "medium"): "sd3.5-medium",
     ("sd3.5", "large"): "sd3.5-large",
+    **dit_qwen_zimage.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
     "sd3": "SD3",
     "sd3.5": "SD3.5",
     "chroma": "Chroma",
+    **dit_qwen_zimage.LABELS,
 }
 # SD3.5 large has 38 joint blocks of width 2432; medium (3 and 3.5) 24 of width 1536.
 _SD3_LARGE_DEPTH = 38
@@ -54,9 +58,9 @@ _BLOCK = re.compile(
 class DitInfo:
     """What the tensors say about a DiT file or folder."""
 
-    family: str  # "flux" | "sd3" | "sd3.5" | "chroma"
+    family: str  # "flux" | "sd3" | "sd3.5" | "chroma" | "qwen-image" | "z-image"
     variant: str  # "dev" | "schnell" | "medium" | "large" | ""
-    layout: str  # "bfl" | "diffusers"
+    layout: str  # "bfl" | "diffusers" | "original" (Z-Image's own names)
     parameters: int  # transformer parameters (elements), for the library row
     dtype: str  # the most common tensor type: "BF16", "F16", "F8_E4M3", "Q8_0", "Q4_K" ...
     quantization: str | None  # GGUF type name for GGUF files, else None
@@ -88,6 +92,8 @@ class TensorShape:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
+        if dit_qwen_zimage.is_marker(bare):
+            return True
         if bare.startswith(
             ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
         ):
@@ -116,7 +122,10 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
         components.append("vae")
     blocks = _block_indices(model)
-    if "double_blocks" in blocks:
+    other = dit_qwen_zimage.detect(model, name)
+    if other is not None:
+        family, variant, layout, counts = other
+    elif "double_blocks" in blocks:
         family, variant, layout = _flux_bfl(model, name)
         counts = (
             _check_contiguous(blocks, "double_blocks", name, family),
@@ -139,7 +148,9 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         layout = "diffusers"
         counts = (_check_contiguous(blocks, "transformer_blocks", name, "SD3"), 0)
     else:
-        raise ModelError(f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5 or Chroma).")
+        raise ModelError(
+            f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image)."
+        )
     parameters = sum(math.prod(info.shape) for info in model.values())
     return DitInfo(
         family=family, variant=variant, layout=layout, parameters=parameters,
@@ -269,7 +280,9 @@ def detect_gguf(path: StrPath, *, name: str | None = None) -> DitInfo:
     name = name or Path(path).name
     tensors, quantization = read_gguf_tensors(path, name=name)
     if not looks_like_dit(tensors):
-        raise ModelError(f"{name}: a GGUF file, but not a Flux.1, SD3/SD3.5 or Chroma transformer.")
+        raise ModelError(
+            f"{name}: a GGUF file, but not a Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image transformer."
+        )
     return detect_dit(tensors, name=name, quantization=quantization)
 
 
@@ -281,6 +294,7 @@ _PIPELINES = {
     "FluxPipeline": "flux",
     "StableDiffusion3Pipeline": "sd3",
     "ChromaPipeline": "chroma",
+    **dit_qwen_zimage.PIPELINES,
 }
 
 
@@ -293,6 +307,8 @@ def detect_dit_folder(
 ) -> tuple[str, str]:
     """(family, variant) of a diffusers folder from model_index.json and transformer/config.json."""
     family = _PIPELINES[class_name]
+    if dit_qwen_zimage.folder_family(class_name) is not None:
+        return family, ""
     if family == "flux":
         if transformer.get("_class_name") == "ChromaTransformer2DModel":
             return "chroma", ""

@@ -56,6 +56,8 @@ _FAMILY_BY_CONFIG = {
     "sd3-medium": "sd3",
     "sd3.5-medium": "sd3",
     "sd3.5-large": "sd3",
+    "qwen-image": "qwen-image",
+    "z-image": "z-image",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -82,7 +84,11 @@ def model_family(path: Path) -> str | None:
 
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
 # schnell is distilled to 4 steps without guidance (BFL's reference settings).
-_FAMILY_DEFAULTS: dict[str, dict[str, float | int]] = {"flux-schnell": {"steps": 4, "cfg_scale": 1.0}}
+# Qwen-Image's CFG is true CFG at 4 in Qwen's examples; 7.5 burns its images.
+_FAMILY_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "flux-schnell": {"steps": 4, "cfg_scale": 1.0},
+    "qwen-image": {"cfg_scale": 4.0},
+}
 
 
 def family_defaults(family: str | None) -> dict[str, float | int]:

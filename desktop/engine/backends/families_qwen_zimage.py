@@ -1,0 +1,157 @@
+"""Loading and running Qwen-Image and Z-Image (called from backends/families.py on the generation thread).
+
+Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image) whose weights and
+tokenizers Marble cannot ship. So every model of these families takes its text encoder, tokenizer and
+VAE from a folder: the model's own diffusers folder, or, for a single transformer file, the folder the
+user names (`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding
+`text_encoder/`, `tokenizer/` and `vae/` in diffusers' form. The scheduler comes from that folder when it
+has one, else from the shipped config (resources/configs/qwen-image, z-image).
+
+torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE, Z_IMAGE
+from desktop.engine.request import GenerationRequest
+from desktop.engine.safe_files import read_json_file
+
+FAMILIES = (QWEN_IMAGE, Z_IMAGE)
+# Both pipelines read up to 512 prompt tokens (their default); nothing is cut into 77-token chunks.
+MAX_SEQUENCE = 512
+# Qwen's own examples pass a blank negative prompt so that true CFG runs without a user negative.
+_QWEN_BLANK_NEGATIVE = " "
+_TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder"}
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
+_EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL")}
+
+
+def pipeline_class(family: str) -> Any:
+    import diffusers
+
+    return diffusers.QwenImagePipeline if family == QWEN_IMAGE else diffusers.ZImagePipeline
+
+
+def transformer_class(family: str) -> Any:
+    import diffusers
+
+    return diffusers.QwenImageTransformer2DModel if family == QWEN_IMAGE else diffusers.ZImageTransformer2DModel
+
+
+def _text_encoder_class(family: str) -> Any:
+    import transformers
+
+    return transformers.Qwen2_5_VLForConditionalGeneration if family == QWEN_IMAGE else transformers.Qwen3Model
+
+
+def _vae_class(family: str) -> Any:
+    import diffusers
+
+    return diffusers.AutoencoderKLQwenImage if family == QWEN_IMAGE else diffusers.AutoencoderKL
+
+
+def _label(family: str) -> str:
+    return "Qwen-Image" if family == QWEN_IMAGE else "Z-Image"
+
+
+def needs_folder_error(name: str, info: DitInfo) -> ModelError:
+    label = _label(info.family)
+    return ModelError(
+        f"{name} holds the {info.label} transformer only. {label} also needs {_TEXT_ENCODER_NAMES[info.family]}, "
+        f"its tokenizer and its VAE, which Marble cannot ship: pass --text-encoders FOLDER, a diffusers {label} "
+        "folder or a folder holding text_encoder/, tokenizer/ and vae/."
+    )
+
+
+def check_components(folder: Path, family: str, *, name: str) -> None:
+    """Refuse, naming what is missing, a folder that lacks the text encoder, tokenizer or VAE."""
+    label = _label(family)
+    missing = []
+    if not (folder / "text_encoder" / "config.json").is_file():
+        missing.append(f"text_encoder/ ({_TEXT_ENCODER_NAMES[family]})")
+    if not any((folder / "tokenizer" / file).is_file() for file in _TOKENIZER_FILES):
+        missing.append("tokenizer/ (tokenizer.json, or vocab.json and merges.txt)")
+    if not (folder / "vae" / "config.json").is_file():
+        missing.append(f"vae/ (the {label} VAE)")
+    if missing:
+        raise ModelError(
+            f"{folder} cannot serve {name}: it has no {', no '.join(missing)}. {label} needs a diffusers "
+            f"{label} folder, or a folder holding text_encoder/, tokenizer/ and vae/."
+        )
+    # A folder of the other family would load with the wrong classes, half its weights left random.
+    encoder = read_json_file(folder / "text_encoder" / "config.json", label=f"text_encoder/config.json in {folder}")
+    vae = read_json_file(folder / "vae" / "config.json", label=f"vae/config.json in {folder}")
+    found = (encoder.get("model_type") if isinstance(encoder, dict) else None,
+             vae.get("_class_name") if isinstance(vae, dict) else None)  # fmt: skip
+    if found != _EXPECTED_PARTS[family]:
+        raise ModelError(
+            f"{folder} cannot serve {name}: its text encoder and VAE are {found[0]} and {found[1]}, but {label} "
+            f"needs {_TEXT_ENCODER_NAMES[family]} ({_EXPECTED_PARTS[family][0]}) and {_EXPECTED_PARTS[family][1]}."
+        )
+
+
+def assemble(
+    folder: Path, info: DitInfo, *, name: str, dtype: Any, shipped: Path, transformer: Any | None = None
+) -> Any:
+    """The pipeline from `folder`'s text encoder, tokenizer, VAE (and scheduler, else `shipped`'s), with
+    `transformer` or, when None, the folder's own."""
+    import diffusers
+    import transformers
+
+    check_components(folder, info.family, name=name)
+    scheduler_folder = folder if (folder / "scheduler" / "scheduler_config.json").is_file() else shipped
+    try:
+        if transformer is None:
+            transformer = transformer_class(info.family).from_pretrained(
+                str(folder / "transformer"), dtype=dtype, local_files_only=True, use_safetensors=True
+            )
+        parts = {
+            "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
+                str(scheduler_folder / "scheduler"), local_files_only=True
+            ),
+            "text_encoder": _text_encoder_class(info.family).from_pretrained(
+                str(folder / "text_encoder"), dtype=dtype, local_files_only=True, use_safetensors=True
+            ),
+            "tokenizer": transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+            "vae": _vae_class(info.family).from_pretrained(
+                str(folder / "vae"), dtype=dtype, local_files_only=True, use_safetensors=True
+            ),
+        }
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+        raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
+    return pipeline_class(info.family)(transformer=transformer, **parts)
+
+
+def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:
+    """A file whose last block(s) are missing passes detection (the indices stay contiguous): compare the
+    counts with the configuration's before loading."""
+    wanted = (expected.get("num_layers", expected.get("n_layers")), expected.get("n_refiner_layers", 0))
+    for found, want, kind in zip(info.blocks, wanted, ("main", "refiner"), strict=True):
+        if isinstance(want, int) and found != want:
+            raise ModelError(
+                f"{name} has {found} {kind} blocks but the {info.label} configuration has {want}: the file is "
+                "incomplete, or a variant with other dimensions (pass its diffusers config folder)."
+            )
+
+
+def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
+    """Qwen-Image: true CFG (`true_cfg_scale`) against the negative prompt (a blank one by default, as
+    Qwen's examples do). Z-Image: its own CFG (`guidance_scale`; 0 or 1 for Turbo turns it off)."""
+    arguments: dict[str, Any] = {"prompt": request.prompt, "max_sequence_length": MAX_SEQUENCE}
+    if info.family == QWEN_IMAGE:
+        return arguments | {
+            "negative_prompt": request.negative_prompt or _QWEN_BLANK_NEGATIVE,
+            "true_cfg_scale": float(request.cfg_scale),
+        }
+    return arguments | {"negative_prompt": request.negative_prompt or None, "guidance_scale": float(request.cfg_scale)}
+
+
+def _short(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]

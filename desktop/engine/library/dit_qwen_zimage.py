@@ -1,0 +1,125 @@
+"""Qwen-Image and Z-Image transformers told apart from their tensors (registered in library/dit.py).
+
+Headers only, as dit.py: no torch. The names in circulation (checked against ComfyUI's model detection
+and diffusers' single-file converters):
+
+- Qwen-Image was released in diffusers' names (`transformer_blocks.N.img_mod.1`, `img_in`, `txt_in`,
+  `txt_norm`); ComfyUI's split files carry the same names under `model.diffusion_model.`, and the GGUF
+  files in circulation the bare names. Layout "diffusers" for all of them.
+- Z-Image's original (Tongyi / ComfyUI "lumina2" family) names fuse q, k and v (`layers.N.attention.qkv`)
+  and call the patch embedder `x_embedder` and the head `final_layer`: layout "original". diffusers
+  splits q/k/v and keys the embedder and head by patch size (`all_x_embedder.2-1`): layout "diffusers".
+  Both have `cap_embedder.1` (the caption projection) and `noise_refiner.N` / `context_refiner.N` /
+  `layers.N`. Lumina Image 2.0 shares the original names; its caption width is Gemma-2 2B's 2304 where
+  Z-Image's is Qwen3-4B's 2560, which is how ComfyUI tells them apart too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from desktop.engine.errors import ModelError
+
+if TYPE_CHECKING:
+    from desktop.engine.library.dit import TensorShape
+
+QWEN_IMAGE = "qwen-image"
+Z_IMAGE = "z-image"
+CONFIGS = {(QWEN_IMAGE, ""): "qwen-image", (Z_IMAGE, ""): "z-image"}
+LABELS = {QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image"}
+PIPELINES = {"QwenImagePipeline": QWEN_IMAGE, "ZImagePipeline": Z_IMAGE}
+
+_LUMINA2_CAPTION_WIDTH = 2304  # Gemma-2 2B's hidden size: Lumina Image 2.0, not Z-Image
+_GGUF_BLOCK_TYPES = ("Q", "IQ", "TQ")  # GGUF's block-quantised type names (Q8_0, Q4_K, IQ4_XS ...)
+_BLOCK = re.compile(r"^(transformer_blocks|layers|noise_refiner|context_refiner)\.(\d+)\.")
+_QWEN_NEEDED = ("img_in.weight", "txt_in.weight", "txt_norm.weight", "proj_out.weight", "norm_out.linear.weight",
+                "time_text_embed.timestep_embedder.linear_1.weight")  # fmt: skip
+_ZIMAGE_NEEDED = {
+    "original": ("x_embedder.weight", "final_layer.linear.weight", "t_embedder.mlp.0.weight", "cap_embedder.1.weight"),
+    "diffusers": ("all_x_embedder.2-1.weight", "all_final_layer.2-1.linear.weight", "t_embedder.mlp.0.weight",
+                  "cap_embedder.1.weight"),
+}  # fmt: skip
+
+
+def is_marker(bare_name: str) -> bool:
+    """Whether one tensor name (ComfyUI prefix removed) belongs only to these families."""
+    return bare_name in ("txt_norm.weight", "cap_embedder.1.weight") or bare_name.startswith("txt_in.text_norm.")
+
+
+def detect(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str, tuple[int, int]] | None:
+    """(family, variant, layout, (main blocks, refiner blocks)) of a Qwen-Image or Z-Image transformer whose
+    tensors (prefix removed) are `model`; None when it is neither. ModelError naming `name` when it is one
+    of them but damaged, or a relative Marble cannot run."""
+    if "txt_in.text_norm.weight" in model:
+        raise ModelError(f"{name} is a Qwen-Image 2.1 transformer, which Marble does not run yet.")
+    if "txt_norm.weight" in model:
+        _require(model, _QWEN_NEEDED, name, QWEN_IMAGE)
+        blocks = _blocks(model)
+        return QWEN_IMAGE, "", "diffusers", (_contiguous(blocks, "transformer_blocks", name, QWEN_IMAGE), 0)
+    caption = model.get("cap_embedder.1.weight")
+    if caption is None:
+        return None
+    if len(caption.shape) == 2 and caption.shape[1] == _LUMINA2_CAPTION_WIDTH:
+        raise ModelError(f"{name} is a Lumina Image 2.0 transformer, which Marble does not run yet.")
+    layout = "diffusers" if any(key.startswith("all_x_embedder.") for key in model) else "original"
+    _require(model, _ZIMAGE_NEEDED[layout], name, Z_IMAGE)
+    for pad in ("x_pad_token", "cap_pad_token"):
+        # diffusers uses these as plain tensors, never dequantised: a GGUF file must keep them as floats.
+        if pad in model and model[pad].dtype.startswith(_GGUF_BLOCK_TYPES):
+            raise ModelError(
+                f"{name}: its {pad} is stored as {model[pad].dtype}, which diffusers cannot use (it must stay a "
+                "float type). Get a GGUF conversion of this Z-Image model that keeps it in F16/F32."
+            )
+    blocks = _blocks(model)
+    main = _contiguous(blocks, "layers", name, Z_IMAGE)
+    refiners = _contiguous(blocks, "noise_refiner", name, Z_IMAGE)
+    if _contiguous(blocks, "context_refiner", name, Z_IMAGE) != refiners:
+        raise ModelError(
+            f"{name} looks like Z-Image but has {refiners} noise-refiner and "
+            f"{len(blocks['context_refiner'])} context-refiner blocks: the file is damaged or incomplete."
+        )
+    return Z_IMAGE, "", layout, (main, refiners)
+
+
+def folder_family(class_name: str) -> str | None:
+    return PIPELINES.get(class_name)
+
+
+def folder_blocks(transformer: Mapping[str, object]) -> tuple[int, int]:
+    """(main, refiner) block counts from a transformer/config.json of these families."""
+    main = transformer.get("num_layers", transformer.get("n_layers"))
+    refiners = transformer.get("n_refiner_layers", 0)
+    return (main if isinstance(main, int) else 0, refiners if isinstance(refiners, int) else 0)
+
+
+def _blocks(model: Iterable[str]) -> dict[str, set[int]]:
+    found: dict[str, set[int]] = {}
+    for key in model:
+        match = _BLOCK.match(key)
+        if match:
+            found.setdefault(match.group(1), set()).add(int(match.group(2)))
+    return found
+
+
+def _require(model: Mapping[str, TensorShape], needed: Iterable[str], name: str, family: str) -> None:
+    for tensor in needed:
+        if tensor not in model:
+            raise ModelError(
+                f"{name} looks like {LABELS[family]} but {tensor} is missing: the file is damaged or incomplete."
+            )
+
+
+def _contiguous(blocks: Mapping[str, set[int]], kind: str, name: str, family: str) -> int:
+    present = blocks.get(kind, set())
+    if not present:
+        raise ModelError(f"{name} looks like {LABELS[family]} but has no {kind}; the file is incomplete.")
+    missing = sorted(set(range(max(present) + 1)) - present)
+    if missing:
+        raise ModelError(
+            f"{name} looks like {LABELS[family]} but {kind}.{missing[0]} is missing "
+            f"({len(missing)} of {max(present) + 1} blocks absent): the file is damaged or incomplete. "
+            "Download it again."
+        )
+    return len(present)
