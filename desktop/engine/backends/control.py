@@ -31,6 +31,7 @@ How a request's units run:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from desktop.engine.imaging import EditPlan, load_source, to_working
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.control import CONTROL_LORA, CONTROLNET, T2I_ADAPTER, ControlInfo, inspect_control
 from desktop.engine.library.lora import AdapterCatalog
-from desktop.engine.request import ControlUnit, GenerationRequest
+from desktop.engine.request import IP_ADAPTER_PREPROCESSOR, ControlUnit, GenerationRequest
 from desktop.engine.terminal_text import library_text
 
 SOFT_INJECTION_BASE = 0.825  # A1111's "My prompt is more important": 0.825 ** (12 - i) over SD's 13 residuals
@@ -68,6 +69,8 @@ class ControlRun:
     arguments: dict[str, Any]
     hashes: tuple[ControlHash, ...]
     handles: list[Any] = field(default_factory=list)
+    # Called with the number of finished steps (IP-Adapter ranges set their scales there).
+    steppers: list[Callable[[int], None]] = field(default_factory=list)
 
     def close(self) -> None:
         for handle in self.handles:
@@ -97,7 +100,8 @@ class ControlModels:
 
         `base` is the loaded text-to-image pipeline (ControlNet pipelines are made from it), `pipe` the
         one the job would run without control (adapters hook its UNet)."""
-        units = request.controls
+        # IP-Adapter units (desktop/engine/backends/ip_adapter.py) join the run afterwards.
+        units = tuple(unit for unit in request.controls if unit.preprocessor != IP_ADAPTER_PREPROCESSOR)
         if not units:
             return None
         loaded = [self._load(unit, base) for unit in units]
@@ -391,6 +395,8 @@ def advance(run: ControlRun | None, step: int) -> None:
     counter: _StepCounter | None = getattr(run, "step_counter", None)
     if counter is not None:
         counter.step = step
+    for stepper in run.steppers if run is not None else ():
+        stepper(step)
 
 
 def _short(error: BaseException) -> str:
