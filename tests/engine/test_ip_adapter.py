@@ -9,6 +9,8 @@ import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image, ImageDraw
 
+from desktop.cli import parse_ip_adapter_args
+from desktop.engine.backends.control import legacy_hash
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.jobs import CancelToken
@@ -17,11 +19,18 @@ from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import inspect_control
 from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.library.ip_adapter import inspect_ip_adapter
-from desktop.engine.metadata import control_pairs, parse_control_units
+from desktop.engine.metadata import (
+    control_pairs,
+    interpret_chunks,
+    parse_control_units,
+    read_image_metadata,
+    read_text_chunks,
+)
 from desktop.engine.paths import AppPaths
-from desktop.engine.recipe import preprocessor_from_module
+from desktop.engine.recipe import preprocessor_from_module, read_recipe
 from desktop.engine.request import ControlUnit, GenerationRequest
 from desktop.engine.resources import Resources
+from tests.support import tiny_controls, tiny_models
 from tests.support import tiny_ip_adapters as tiny
 from tests.support.cli_runner import run_cli
 
@@ -60,6 +69,9 @@ def home(tmp_path_factory, states, encoder) -> AppPaths:
     for name, state in (("face", states[0]), ("style", states[1])):
         library.import_path(str(tiny.save_state(state, root / f"{name}.safetensors")), "control", name)
     library.import_path(str(tiny.save_image_encoder(encoder, root / "encoder.safetensors")), "control", "encoder")
+    controlnet = tiny_controls.build_tiny_controlnet(tiny_models.build_tiny_sd15().unet, seed=3)
+    edges = tiny_controls.save_controlnet(controlnet, root / "edges.safetensors", "diffusers")
+    library.import_path(str(edges), "control", "edges")
     return paths
 
 
@@ -156,12 +168,14 @@ def test_ip_adapter_equals_bare_diffusers(backend, sd_pipe, tiny_sd15_dir, state
 
 
 def test_two_units_equal_bare_diffusers_and_weight_zero_is_no_adapter(
-    backend, sd_pipe, tiny_sd15_dir, states, encoder, reference
+    backend, sd_pipe, tiny_sd15_dir, states, encoder, reference, tmp_path
 ):
-    units = (unit("face", reference, 0.6), unit("style", reference, 1.2))
+    other = tmp_path / "other.png"
+    Image.new("RGB", (32, 32), "yellow").save(other)
+    units = (unit("face", reference, 0.6), unit("style", other, 1.2))
     ours = image_of(backend, request_for(tiny_sd15_dir, controls=units))
-    image = Image.open(reference).convert("RGB")
-    expected = bare(sd_pipe, request_for(tiny_sd15_dir), states, encoder, [image, image], [0.6, 1.2])
+    images = [Image.open(path).convert("RGB") for path in (reference, other)]
+    expected = bare(sd_pipe, request_for(tiny_sd15_dir), states, encoder, images, [0.6, 1.2])
     assert np.array_equal(ours, expected)
     without = image_of(backend, request_for(tiny_sd15_dir))
     zero = request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.0),))
@@ -185,7 +199,6 @@ def test_missing_encoder_and_wrong_kind_are_clear(tmp_path, states, tiny_sd15_di
         image_of(alone, request_for(tiny_sd15_dir, controls=(unit("lonely", reference),), hires_fix=True))
 
 
-@pytest.mark.slow
 def test_sdxl_ip_adapter_equals_bare_diffusers(tmp_path, tiny_sdxl_dir, encoder, reference):
     pipe = _plain(StableDiffusionXLPipeline, tiny_sdxl_dir)
     state = tiny.ip_adapter_state(pipe.unet, seed=31)
@@ -215,3 +228,46 @@ def test_metadata_is_written_and_read_back_as_a1111_writes_it(backend, tiny_sd15
     assert preprocessor_from_module("ip-adapter_clip_sdxl_plus_vith") == "ip-adapter"
     batch = backend.generate(request, 0, lambda _: None, CancelToken())
     assert batch.controls[0].module == "ip-adapter_clip_sd15" and batch.controls[0].name == "face"
+
+
+def test_with_a_controlnet_and_in_image_to_image(backend, tiny_sd15_dir, reference, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), "teal").save(source)
+    edges = ControlUnit("edges", str(reference), weight=0.8)
+    only_edges = image_of(backend, request_for(tiny_sd15_dir, controls=(edges,)))
+    both = image_of(backend, request_for(tiny_sd15_dir, controls=(edges, unit("face", reference))))
+    assert np.abs(both - only_edges).mean() > 1.0
+    # Again with the IP unit first: the same result (units are independent of order), and clean afterwards.
+    assert np.array_equal(image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", reference), edges))),
+                          both)  # fmt: skip
+    assert np.array_equal(image_of(backend, request_for(tiny_sd15_dir, controls=(edges,))), only_edges)
+    mask = tmp_path / "mask.png"
+    white = Image.new("L", (64, 64), 0)
+    white.paste(255, (0, 0, 40, 64))
+    white.save(mask)
+    for edit in (dict(init_image=str(source), strength=0.8), dict(init_image=str(source), mask=str(mask), strength=1.0)):
+        plain_edit = image_of(backend, request_for(tiny_sd15_dir, **edit))
+        ip_edit = image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", reference),), **edit))
+        assert np.abs(ip_edit - plain_edit).mean() > 1.0
+
+
+def test_cli_ip_adapter_writes_a1111_metadata_and_reads_back(home, tiny_sd15_dir, reference, tmp_path):
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(
+        "generate", "--model", str(tiny_sd15_dir), "--prompt", "a cat", "--steps", "2", "--seed", "3", "--width",
+        "64", "--height", "64", "--device", "cpu", "--no-preview", "--home", str(home.models.parent),
+        "--ip-adapter", f"face:{reference}:0.5", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    digest = legacy_hash(Library(home).path_of(Library(home).get("control", "face")))
+    parameters = read_text_chunks(out)["parameters"]
+    assert f'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: face [{digest}], Weight: 0.5,' in parameters
+    assert read_image_metadata(out).request.controls == (unit("face", reference, 0.5),)
+    # An A1111 PNG (no Marble chunk): the module reads back as an IP-Adapter unit.
+    recipe = read_recipe(interpret_chunks({"parameters": parameters}), controls=[Library(home).get("control", "face")])
+    (read,) = recipe.fields["controls"]
+    assert (read.model, read.preprocessor, read.weight) == ("face", "ip-adapter", 0.5)
+    assert parse_ip_adapter_args(["m:/a:b/c.png"]) == (ControlUnit("m", "/a:b/c.png", 1.0, preprocessor="ip-adapter"),)
+    assert parse_ip_adapter_args(["m:/c.png:0.3"])[0].weight == 0.3
+    code, _, err = run_cli("generate", "--model", "x", "--prompt", "p", "--ip-adapter", "face", "--home", str(tmp_path))
+    assert code != 0 and "NAME:IMAGE[:WEIGHT]" in err and "Traceback" not in err
