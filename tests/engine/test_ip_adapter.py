@@ -245,7 +245,8 @@ def test_with_a_controlnet_and_in_image_to_image(backend, tiny_sd15_dir, referen
     white = Image.new("L", (64, 64), 0)
     white.paste(255, (0, 0, 40, 64))
     white.save(mask)
-    for edit in (dict(init_image=str(source), strength=0.8), dict(init_image=str(source), mask=str(mask), strength=1.0)):
+    edits = (dict(init_image=str(source), strength=0.8), dict(init_image=str(source), mask=str(mask), strength=1.0))
+    for edit in edits:
         plain_edit = image_of(backend, request_for(tiny_sd15_dir, **edit))
         ip_edit = image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", reference),), **edit))
         assert np.abs(ip_edit - plain_edit).mean() > 1.0
