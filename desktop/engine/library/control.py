@@ -9,6 +9,8 @@ which kind it is and which base family it was trained for:
   `controlnet_down_blocks.*`;
 - Control-LoRA (Stability's "control-lora"): a `lora_controlnet` marker tensor and LoRA halves;
 - T2I-Adapter: `adapter.conv_in` / `adapter.body.*` (diffusers) or `conv_in` / `body.*` (original).
+- IP-Adapter (`image_proj.*` + `ip_adapter.*`) and the CLIP image encoders IP-Adapters read with
+  (`vision_model.*` + `visual_projection.weight`): desktop/engine/library/ip_adapter.py.
 
 Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
 2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
