@@ -195,6 +195,9 @@ def test_missing_encoder_and_wrong_kind_are_clear(tmp_path, states, tiny_sd15_di
     alone = DiffusersBackend(paths, Resources.default(), ModelCatalog(paths.models), preview_every=0)
     with pytest.raises(ModelError, match="No CLIP image encoder.*24-wide projection"):
         image_of(alone, request_for(tiny_sd15_dir, controls=(unit("lonely", reference),)))
+    as_controlnet = ControlUnit("lonely", str(reference))
+    with pytest.raises(InvalidRequest, match="is an IP-Adapter: give its unit the ip-adapter preprocessor"):
+        image_of(alone, request_for(tiny_sd15_dir, controls=(as_controlnet,)))
     with pytest.raises(InvalidRequest, match="hires fix"):
         image_of(alone, request_for(tiny_sd15_dir, controls=(unit("lonely", reference),), hires_fix=True))
 

@@ -44,7 +44,15 @@ from desktop.engine.control_preprocess import Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
-from desktop.engine.library.control import CONTROL_LORA, CONTROLNET, T2I_ADAPTER, ControlInfo, inspect_control
+from desktop.engine.library.control import (
+    CONTROL_LORA,
+    CONTROLNET,
+    IMAGE_ENCODER,
+    IP_ADAPTER,
+    T2I_ADAPTER,
+    ControlInfo,
+    inspect_control,
+)
 from desktop.engine.library.lora import AdapterCatalog
 from desktop.engine.request import IP_ADAPTER_PREPROCESSOR, ControlUnit, GenerationRequest
 from desktop.engine.terminal_text import library_text
@@ -143,6 +151,14 @@ def _read(name: str, path: Path, base: Any) -> tuple[Any, ControlInfo]:
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
+    if info.kind == IP_ADAPTER:
+        raise InvalidRequest(
+            f"{name!r} is an IP-Adapter: give its unit the ip-adapter preprocessor (--ip-adapter NAME:IMAGE)."
+        )
+    if info.kind == IMAGE_ENCODER:
+        raise InvalidRequest(
+            f"{name!r} is an image encoder, which IP-Adapter units pick by themselves; choose a control model."
+        )
     if info.kind == CONTROL_LORA:
         raise ModelError(
             f"{name!r} is a Control-LoRA; Marble lists them but cannot generate with them yet. Use a full "
