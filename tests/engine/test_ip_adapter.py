@@ -136,6 +136,12 @@ def test_plain_plus_and_encoder_are_detected_and_listed(home, tmp_path):
     assert inspect_control(read_safetensors_header(plus)).label == "SD 1.x IP-Adapter Plus"
     xl = tiny.save_state(tiny.plus_header_state(cross=2048), tmp_path / "xl.safetensors")
     assert inspect_control(read_safetensors_header(xl)).label == "SDXL IP-Adapter Plus"
+    # A transformers folder (h94's image_encoder/) imports as its weights file, named after the folder.
+    folder = tmp_path / "image_encoder"
+    tiny.build_tiny_image_encoder(seed=3).save_pretrained(str(folder))
+    record = library.import_path(str(folder), "control")
+    assert (record.name, record.format) == ("image_encoder", "image-encoder (32 wide)")
+    library.remove("control", "image_encoder")
     assert guess_kind(plus) == "control"
     assert guess_kind(library.path_of(library.get("control", "encoder"))) == "control"
     code, out, err = run_cli("controls", "list", "--home", str(home.models.parent))
