@@ -167,8 +167,7 @@ class IpAdapters:
         )
         raise ModelError(
             f"No CLIP image encoder in the control library fits these IP-Adapters ({needs}). Import the encoder "
-            "the adapter was trained with (e.g. h94's image_encoder/model.safetensors) with `marble controls "
-            "import FILE`."
+            "the adapter was trained with (e.g. h94's image_encoder folder) with `marble controls import PATH`."
         )
 
 
