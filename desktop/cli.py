@@ -61,6 +61,7 @@ from desktop.engine.request import (
     DEVICES,
     EMPHASIS_MODES,
     INPAINT_AREAS,
+    IP_ADAPTER_PREPROCESSOR,
     MEMORY_MODES,
     PRECISIONS,
     RESIZE_MODES,
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--control-mode", action="append", default=[], choices=CONTROL_MODES,
                          help="balanced, prompt (A1111's 'My prompt is more important') or control ('ControlNet "
                               "is more important'); once for every unit, or once per --control")
+    control.add_argument("--ip-adapter", action="append", default=[], metavar="NAME:IMAGE[:WEIGHT]",
+                         help="an image prompt: a library IP-Adapter, its reference image and weight (default 1); "
+                              "the CLIP image encoder is picked from the control library (repeatable)")
     edit = gen.add_argument_group("image-to-image, inpainting and outpainting")
     edit.add_argument("--init-image", metavar="PATH", help="source image (PNG, JPEG or WebP)")
     edit.add_argument("--strength", type=float, default=0.75, help="0 keeps the source, 1 ignores it")
@@ -506,9 +510,30 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         seed_resize_from_h=resize_from[1],
         tiling=args.tiling,
         vae=args.vae,
-        controls=parse_control_args(args.control, args.control_preprocessor, args.control_mode),
+        controls=parse_control_args(args.control, args.control_preprocessor, args.control_mode)
+        + parse_ip_adapter_args(args.ip_adapter),
         **_hires_fields(args),
     )
+
+
+def parse_ip_adapter_args(values: list[str]) -> tuple[ControlUnit, ...]:
+    """`--ip-adapter NAME:IMAGE[:WEIGHT]` values as IP-Adapter units (after the --control units). The image
+    path may hold colons: a last part that is a number is the weight."""
+    units = []
+    for value in values:
+        name, _, rest = value.partition(":")
+        image, sep, last = rest.rpartition(":")
+        try:
+            weight = float(last) if sep else 1.0
+        except ValueError:
+            image, weight = rest, 1.0
+        if not sep:
+            image = rest
+        if not name.strip() or not image.strip():
+            raise InvalidRequest(f"--ip-adapter {value!r}: use NAME:IMAGE[:WEIGHT].")
+        path = str(Path(image).expanduser().resolve())
+        units.append(ControlUnit(name, path, weight, preprocessor=IP_ADAPTER_PREPROCESSOR))
+    return tuple(units)
 
 
 def parse_control_args(values: list[str], preprocessors: list[str], modes: list[str]) -> tuple[ControlUnit, ...]:

@@ -46,6 +46,10 @@ def preprocessor_from_module(module: str) -> str | None:
     for name, a1111 in A1111_MODULES.items():
         if module in (name, a1111):
             return name
+    # The extension names IP-Adapter modules by encoder (ip-adapter_clip_sd15, ip-adapter_clip_sdxl,
+    # ip-adapter_clip_h, ...); Marble picks the encoder from the library, so all read back as one.
+    if module.startswith("ip-adapter") and "face_id" not in module:
+        return "ip-adapter"
     return {"invert": "scribble", "scribble_hed": None}.get(module)
 
 

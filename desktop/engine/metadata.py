@@ -1112,7 +1112,8 @@ def control_pairs(request: GenerationRequest, controls: Sequence[ControlHash]) -
         a = unit.threshold_a if unit.threshold_a >= 0 else default_a
         b = unit.threshold_b if unit.threshold_b >= 0 else default_b
         fields = [
-            ("Module", A1111_MODULES.get(unit.preprocessor, unit.preprocessor)), ("Model", model),
+            ("Module", entry.module if entry is not None and entry.module else
+             A1111_MODULES.get(unit.preprocessor, unit.preprocessor)), ("Model", model),
             ("Weight", float(unit.weight)), ("Resize Mode", "Crop and Resize"),
             ("Processor Res", min(request.width, request.height)), ("Threshold A", float(a)),
             ("Threshold B", float(b)), ("Guidance Start", float(unit.start)), ("Guidance End", float(unit.end)),

@@ -44,7 +44,9 @@ class LoraRef:
 
 # A1111's ControlNet "Control Mode": balanced, "My prompt is more important", "ControlNet is more important".
 CONTROL_MODES = ("balanced", "prompt", "control")
-CONTROL_PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint")
+# "ip-adapter": the unit is an IP-Adapter and its image a reference image (desktop/engine/backends/ip_adapter.py).
+IP_ADAPTER_PREPROCESSOR = "ip-adapter"
+CONTROL_PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint", IP_ADAPTER_PREPROCESSOR)
 MAX_CONTROL_UNITS = 8
 MAX_CONTROL_WEIGHT = 2.0  # A1111's slider range
 

@@ -9,7 +9,7 @@ image. The preview runs the Qt-free preprocessor on a thumbnail, on the GUI thre
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from desktop.engine.imaging import store_by_hash
 from desktop.engine.request import (
     CONTROL_MODES,
     CONTROL_PREPROCESSORS,
+    IP_ADAPTER_PREPROCESSOR,
     MAX_CONTROL_UNITS,
     MAX_CONTROL_WEIGHT,
     ControlUnit,
@@ -51,6 +52,7 @@ _PREPROCESSOR_LABELS = {
     "scribble": QT_TRANSLATE_NOOP("ControlListWidget", "Scribble"),
     "tile": QT_TRANSLATE_NOOP("ControlListWidget", "Tile (blur)"),
     "inpaint": QT_TRANSLATE_NOOP("ControlListWidget", "Inpaint"),
+    IP_ADAPTER_PREPROCESSOR: QT_TRANSLATE_NOOP("ControlListWidget", "IP-Adapter (reference image)"),
 }
 _MODE_LABELS = {
     "balanced": QT_TRANSLATE_NOOP("ControlListWidget", "Balanced"),
@@ -68,7 +70,8 @@ def preview_image(path: str, preprocessor: str) -> Image.Image:
         image.draft("RGB", (PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))  # JPEGs decode small; others ignore it
         small = image.convert("RGB")
     small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
-    return to_preview(preprocess(preprocessor, small))
+    # An IP-Adapter's reference image goes to its image encoder as it is.
+    return to_preview(preprocess("none" if preprocessor == IP_ADAPTER_PREPROCESSOR else preprocessor, small))
 
 
 class _ControlRow(QFrame):
@@ -192,6 +195,7 @@ class ControlListWidget(QWidget):
         super().__init__(parent)
         self.setObjectName("control_list")
         self._names: list[str] = []
+        self._ip_adapters: frozenset[str] = frozenset()
         self._rows: list[_ControlRow] = []
         self._inputs_folder: Path | None = None
         self._canvas_picture: CanvasPicture | None = None
@@ -216,8 +220,10 @@ class ControlListWidget(QWidget):
         self._inputs_folder = inputs_folder
         self._canvas_picture = canvas_picture
 
-    def set_names(self, names: Sequence[str]) -> None:
+    def set_names(self, names: Sequence[str], ip_adapters: Collection[str] = ()) -> None:
+        """The library's control models; choosing one of `ip_adapters` makes the unit an IP-Adapter unit."""
         self._names = list(names)
+        self._ip_adapters = frozenset(ip_adapters)
         for row in self._rows:
             row.set_names(self._names)
         self._update_add_button()
@@ -245,10 +251,12 @@ class ControlListWidget(QWidget):
         row.file_button.clicked.connect(lambda: self._choose_file(row))
         row.canvas_button.clicked.connect(lambda: self.use_canvas(row))
         row.preprocessor_combo.currentIndexChanged.connect(lambda: self._on_preprocessor_changed(row))
-        for combo in (row.model_combo, row.mode_combo):
-            combo.currentIndexChanged.connect(self.controls_changed)
+        row.model_combo.currentIndexChanged.connect(lambda: self._on_model_changed(row))
+        row.mode_combo.currentIndexChanged.connect(self.controls_changed)
         for spin in (row.weight_spin, row.start_spin, row.end_spin):
             spin.valueChanged.connect(self.controls_changed)
+        if unit is None:
+            self._on_model_changed(row)
         self._rows.append(row)
         self._rows_layout.addWidget(row)
         self._update_add_button()
@@ -313,6 +321,15 @@ class ControlListWidget(QWidget):
     def _set_image(self, row: _ControlRow, path: str) -> None:
         self._say("")
         row.set_image(path)
+        self.controls_changed.emit()
+
+    def _on_model_changed(self, row: _ControlRow) -> None:
+        # An IP-Adapter reads its image as a reference (A1111's "ip-adapter" module); other models do not.
+        # A name the library lacks (a recipe's, or the box refilling) keeps the unit's preprocessor.
+        name = row.name()
+        is_ip = name in self._ip_adapters
+        if name in self._names and is_ip != (row.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR):
+            _select_data(row.preprocessor_combo, IP_ADAPTER_PREPROCESSOR if is_ip else "none")
         self.controls_changed.emit()
 
     def _on_preprocessor_changed(self, row: _ControlRow) -> None:

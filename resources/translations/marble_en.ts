@@ -376,6 +376,10 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>IP-Adapter (reference image)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Balanced</source>
         <translation type="unfinished"></translation>
     </message>

@@ -39,6 +39,7 @@ class ControlHash:
 
     name: str
     hash: str
+    module: str = ""  # the extension's module name when the backend decides it (IP-Adapter: by encoder)
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,17 @@ from desktop.engine.control_preprocess import Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
-from desktop.engine.library.control import CONTROL_LORA, CONTROLNET, T2I_ADAPTER, ControlInfo, inspect_control
+from desktop.engine.library.control import (
+    CONTROL_LORA,
+    CONTROLNET,
+    IMAGE_ENCODER,
+    IP_ADAPTER,
+    T2I_ADAPTER,
+    ControlInfo,
+    inspect_control,
+)
 from desktop.engine.library.lora import AdapterCatalog
-from desktop.engine.request import ControlUnit, GenerationRequest
+from desktop.engine.request import IP_ADAPTER_PREPROCESSOR, ControlUnit, GenerationRequest
 from desktop.engine.terminal_text import library_text
 
 SOFT_INJECTION_BASE = 0.825  # A1111's "My prompt is more important": 0.825 ** (12 - i) over SD's 13 residuals
@@ -71,6 +79,8 @@ class ControlRun:
     arguments: dict[str, Any]
     hashes: tuple[ControlHash, ...]
     handles: list[Any] = field(default_factory=list)
+    # Called with the number of finished steps (IP-Adapter ranges set their scales there).
+    steppers: list[Callable[[int], None]] = field(default_factory=list)
 
     def close(self) -> None:
         for handle in self.handles:
@@ -103,7 +113,8 @@ class ControlModels:
 
         `base` is the loaded text-to-image pipeline (ControlNet pipelines are made from it), `pipe` the
         one the job would run without control (adapters hook its UNet)."""
-        units = request.controls
+        # IP-Adapter units (desktop/engine/backends/ip_adapter.py) join the run afterwards.
+        units = tuple(unit for unit in request.controls if unit.preprocessor != IP_ADAPTER_PREPROCESSOR)
         if not units:
             return None
         loaded = [self._load(unit, base) for unit in units]
@@ -146,6 +157,14 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
+    if info.kind == IP_ADAPTER:
+        raise InvalidRequest(
+            f"{name!r} is an IP-Adapter: give its unit the ip-adapter preprocessor (--ip-adapter NAME:IMAGE)."
+        )
+    if info.kind == IMAGE_ENCODER:
+        raise InvalidRequest(
+            f"{name!r} is an image encoder, which IP-Adapter units pick by themselves; choose a control model."
+        )
     from safetensors.torch import load_file
 
     state = load_file(str(path))  # the header was checked above: a truncated or damaged file stopped there
@@ -396,6 +415,8 @@ def advance(run: ControlRun | None, step: int) -> None:
     counter: _StepCounter | None = getattr(run, "step_counter", None)
     if counter is not None:
         counter.step = step
+    for stepper in run.steppers if run is not None else ():
+        stepper(step)
 
 
 def _short(error: BaseException) -> str:

@@ -70,6 +70,7 @@ from desktop.engine.backends.hires import (  # noqa: E402
     upscale_images,
     upscale_latents,
 )
+from desktop.engine.backends.ip_adapter import IpAdapters  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
@@ -201,6 +202,7 @@ class DiffusersBackend:
         self._controls = ControlModels(
             AdapterCatalog(paths.controls, "control model", "controls"), own_weights=self._loras.own_weights
         )
+        self._ip_adapters = IpAdapters(AdapterCatalog(paths.controls, "control model", "controls"))
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._pipe: Any = None
@@ -277,6 +279,7 @@ class DiffusersBackend:
         self._loras.forget()
         self._vaes.forget()
         self._controls.forget()
+        self._ip_adapters.forget()
         self._pipes.clear()
         self._memory_mode = "full"
         self._default_scheduler = None
@@ -469,6 +472,7 @@ class DiffusersBackend:
         control = self._controls.prepare(self._pipe, pipe, request, plan)
         if control is not None:
             pipe = control.pipe
+        control = self._ip_adapters.prepare(pipe, request, request.hires_active and plan is None, control)
         device = self._key.device if self._key else "cpu"
         width, height = request.hires_size if request.hires_active else (request.width, request.height)
         mode = choose_mode(request.memory_mode, device, width, height, *_memory_budget(pipe, device))

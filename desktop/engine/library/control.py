@@ -9,6 +9,8 @@ which kind it is and which base family it was trained for:
   `controlnet_down_blocks.*`;
 - Control-LoRA (Stability's "control-lora"): a `lora_controlnet` marker tensor and LoRA halves;
 - T2I-Adapter: `adapter.conv_in` / `adapter.body.*` (diffusers) or `conv_in` / `body.*` (original).
+- IP-Adapter (`image_proj.*` + `ip_adapter.*`) and the CLIP image encoders IP-Adapters read with
+  (`vision_model.*` + `visual_projection.weight`): desktop/engine/library/ip_adapter.py.
 
 Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
 2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
@@ -22,11 +24,23 @@ from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.ip_adapter import (
+    PLAIN,
+    inspect_image_encoder,
+    inspect_ip_adapter,
+    is_image_encoder,
+    is_ip_adapter,
+)
 
 CONTROLNET = "controlnet"
 CONTROL_LORA = "control-lora"
 T2I_ADAPTER = "t2i-adapter"
-_KIND_LABELS = {CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter"}
+IP_ADAPTER = "ip-adapter"  # layout: its variant (plain / plus / full); desktop/engine/library/ip_adapter.py
+IMAGE_ENCODER = "image-encoder"  # the CLIP vision model IP-Adapters read reference images with
+_KIND_LABELS = {
+    CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter", IP_ADAPTER: "IP-Adapter",
+    IMAGE_ENCODER: "image encoder",
+}  # fmt: skip
 _FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _ATTN2_TO_K = re.compile(r".*attn2\.to_k\.(weight|down)$")
@@ -38,7 +52,7 @@ LDM_PREFIX = "control_model."
 class ControlInfo:
     """What a control model's header says."""
 
-    kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER
+    kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | IP_ADAPTER | IMAGE_ENCODER
     layout: str  # "ldm" (original names) | "diffusers"
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
     family: str | None  # "sd1" | "sd2" | "sdxl"; None when the shapes match no released family
@@ -47,7 +61,12 @@ class ControlInfo:
     @property
     def label(self) -> str:
         base = _FAMILY_LABELS.get(self.family or "", "")
-        return f"{base} {_KIND_LABELS[self.kind]}".strip()
+        kind = _KIND_LABELS[self.kind]
+        if self.kind == IP_ADAPTER and self.layout != PLAIN:
+            kind = f"{kind} {self.layout.capitalize()}"
+        elif self.kind == IMAGE_ENCODER:
+            kind = f"{self.layout} {kind}"
+        return f"{base} {kind}".strip()
 
 
 def inspect_control(header: SafetensorsHeader, name: str = "this file") -> ControlInfo:
@@ -55,6 +74,12 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     names = header.tensors
     if any(n.startswith("model.diffusion_model.") for n in names):
         raise ModelError(f"{name} is a whole checkpoint (it has a UNet), not a control model. Import it as a model.")
+    if is_ip_adapter(header):
+        ip = inspect_ip_adapter(header, name)
+        return ControlInfo(IP_ADAPTER, ip.variant, "", ip.family, None)
+    if is_image_encoder(header):
+        encoder = inspect_image_encoder(header, name)
+        return ControlInfo(IMAGE_ENCODER, encoder.short_name, "", None, None)
     if "lora_controlnet" in names:
         return ControlInfo(CONTROL_LORA, "ldm", "", _controlnet_family(header), _hint_channels(header, "", "ldm"))
     for prefix in (LDM_PREFIX, ""):
@@ -72,7 +97,8 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
             return ControlInfo(T2I_ADAPTER, layout, prefix, family, channels)
     raise ModelError(
         f"{name} is not a control model: it has none of the ControlNet (input_hint_block / zero_convs, or "
-        "controlnet_cond_embedding), Control-LoRA (lora_controlnet) or T2I-Adapter (conv_in + body) tensors."
+        "controlnet_cond_embedding), Control-LoRA (lora_controlnet), T2I-Adapter (conv_in + body), IP-Adapter "
+        "(image_proj + ip_adapter) or CLIP image encoder (vision_model + visual_projection) tensors."
     )
 
 

@@ -257,6 +257,11 @@ class Library:
             source = source.resolve()
         except (OSError, ValueError) as error:  # a path too long for the file system, a NUL byte
             raise ModelError(f"{source} cannot be read ({getattr(error, 'strerror', None) or error}).") from None
+        if kind == "control" and source.is_dir() and (source / "model.safetensors").is_file():
+            # A transformers folder (an IP-Adapter's image_encoder/): its weights are the entry; the
+            # encoder is rebuilt from their shapes, so the config is not needed.
+            name = name if name is not None else source.name
+            source = source / "model.safetensors"
         folder = self.folder(kind)
         folder.mkdir(parents=True, exist_ok=True)
         is_folder = source.is_dir()

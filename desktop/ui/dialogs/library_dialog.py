@@ -386,7 +386,10 @@ class LibraryIntegration(QObject):
         elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
         elif kind == "control" and panel is not None:
-            panel.control_list.set_names([r.name for r in records])
+            # Image encoders are picked by the backend, never by the user.
+            units = [r for r in records if not (r.format or "").startswith("image-encoder")]
+            ips = [r.name for r in units if (r.format or "").startswith("ip-adapter")]
+            panel.control_list.set_names([r.name for r in units], ip_adapters=ips)
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
         elif kind in ("model", "embedding"):

@@ -1,0 +1,278 @@
+"""IP-Adapter units for the diffusers backend: an image prompt from reference images.
+
+An IP-Adapter is a control unit (as in A1111's ControlNet extension) whose preprocessor is "ip-adapter",
+whose model is an IP-Adapter file from the control library and whose image is the reference image. It
+goes through diffusers' own machinery: the files' state dicts are given to `pipe.load_ip_adapter` (one
+adapter per unit), the unit weights to `set_ip_adapter_scale`, the images as `ip_adapter_image`.
+
+The CLIP image encoder is not downloaded: it is picked from the control library by shape (a plain adapter
+reads the encoder's projected embedding, plus/full ones its hidden states; the width must match). All
+units of a job share one encoder, as diffusers runs one. Files without a config are built from their
+tensors' shapes; every released IP-Adapter encoder (ViT-H/14, ViT-bigG/14) has 16 attention heads.
+
+Start/end: the scale of a unit is 0 outside its range, set between steps by the step callback with
+diffusers' ControlNet rule (step i runs unless i/n < start or (i+1)/n > end). After the job the adapters
+are unloaded and the UNet's previous attention processors restored, so the next job is clean.
+
+Loaded only by the diffusers backend during a job; torch, diffusers and transformers are imported inside
+functions (the import-linter contract lists this module).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.backends.base import ControlHash
+from desktop.engine.backends.control import ControlRun, legacy_hash
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.imaging import load_source
+from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+from desktop.engine.library.ip_adapter import (
+    ImageEncoderInfo,
+    IpAdapterInfo,
+    inspect_image_encoder,
+    inspect_ip_adapter,
+    is_image_encoder,
+)
+from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.request import IP_ADAPTER_PREPROCESSOR, ControlUnit, GenerationRequest
+from desktop.engine.terminal_text import library_text
+
+# The module names A1111's ControlNet extension writes for an IP-Adapter unit, by the encoder it ran.
+A1111_MODULE_SD15 = "ip-adapter_clip_sd15"  # OpenCLIP ViT-H/14
+A1111_MODULE_SDXL = "ip-adapter_clip_sdxl"  # OpenCLIP ViT-bigG/14
+_BIG_G_WIDTH = 1664
+
+
+def is_ip_unit(unit: ControlUnit) -> bool:
+    return unit.preprocessor == IP_ADAPTER_PREPROCESSOR
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    name: str
+    path: Path
+    info: IpAdapterInfo
+    hash: str
+
+
+class _Unload:
+    """A ControlRun handle: removing it unloads the adapters and puts back what the pipeline had."""
+
+    def __init__(self, pipe: Any, processors: dict[str, Any], feature_extractor: Any, image_encoder: Any) -> None:
+        self._pipe, self._processors = pipe, processors
+        self._feature_extractor, self._image_encoder = feature_extractor, image_encoder
+
+    def remove(self) -> None:
+        pipe = self._pipe
+        pipe.unload_ip_adapter()
+        # diffusers' unload puts default processors back; the ones before the job may differ.
+        pipe.unet.set_attn_processor(self._processors)
+        pipe.register_modules(feature_extractor=self._feature_extractor, image_encoder=self._image_encoder)
+
+
+class IpAdapters:
+    """IP-Adapter units of a request: loads adapters and encoders from the control library per job."""
+
+    def __init__(self, catalog: AdapterCatalog) -> None:
+        self._catalog = catalog
+        self._encoders: dict[tuple[str, int, int], Any] = {}
+
+    def forget(self) -> None:
+        self._encoders.clear()
+
+    def prepare(
+        self, pipe: Any, request: GenerationRequest, hires: bool, control: ControlRun | None
+    ) -> ControlRun | None:
+        """`control` (the ControlNet / T2I units' run, or None) with the request's IP-Adapter units added;
+        its hashes cover every unit in the request's order. `pipe` is the pipeline the job calls."""
+        indexed = [(i, unit) for i, unit in enumerate(request.controls) if is_ip_unit(unit)]
+        if not indexed:
+            return control
+        try:
+            return self._prepare(pipe, request, hires, control, indexed)
+        except BaseException:
+            if control is not None:
+                control.close()  # the ControlNet / T2I hooks of a job that will not run
+            raise
+
+    def _prepare(
+        self,
+        pipe: Any,
+        request: GenerationRequest,
+        hires: bool,
+        control: ControlRun | None,
+        indexed: list[tuple[int, ControlUnit]],
+    ) -> ControlRun:
+        if hires:
+            raise InvalidRequest("IP-Adapter units do not work with the hires fix yet: turn one of them off.")
+        adapters = [self._adapter(unit) for _, unit in indexed]
+        unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+        for adapter in adapters:
+            width = unet.config.cross_attention_dim
+            if adapter.info.attention_width is not None and adapter.info.attention_width != width:
+                raise ModelError(
+                    f"The IP-Adapter {adapter.name!r} is made for {adapter.info.attention_width}-wide text "
+                    f"states; the loaded model reads {width}-wide ones. Pick an IP-Adapter for this kind of model."
+                )
+        active = [
+            (unit, adapter)
+            for (_, unit), adapter in zip(indexed, adapters, strict=True)
+            if unit.weight > 0 and unit.end > unit.start
+        ]
+        encoder = self._encoder_for([a for _, a in active], pipe) if active else None
+        hashes = _merged_hashes(request, control, adapters, encoder)
+        run = control if control is not None else ControlRun(pipe, {}, ())
+        run.hashes = hashes
+        if active:
+            try:
+                _load(run, [u for u, _ in active], [a for _, a in active], encoder, request)
+            except BaseException:
+                run.close()
+                raise
+        return run
+
+    def _adapter(self, unit: ControlUnit) -> _Adapter:
+        entry = self._catalog.get(unit.model.strip())
+        if sniff_file_type(entry.path) != "safetensors":
+            raise ModelError(f"The IP-Adapter {entry.name!r} is not a safetensors file; import it again.")
+        info = inspect_ip_adapter(read_safetensors_header(entry.path, name=entry.name), repr(entry.name))
+        return _Adapter(entry.name, entry.path, info, legacy_hash(entry.path))
+
+    def _encoder_for(self, adapters: list[_Adapter], pipe: Any) -> Any:
+        """The library's first image encoder (by name) whose widths fit every adapter, loaded."""
+        for entry in sorted(self._catalog.entries(), key=lambda e: e.name.casefold()):
+            if sniff_file_type(entry.path) != "safetensors":
+                continue
+            try:
+                header = read_safetensors_header(entry.path, name=entry.name)
+            except ModelError:
+                continue
+            if not is_image_encoder(header):
+                continue
+            info = inspect_image_encoder(header, entry.name)
+            if all(info.width_of(a.info.encoder_output) == a.info.encoder_width for a in adapters):
+                stat = entry.path.stat()
+                key = (str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
+                if key not in self._encoders:
+                    self._encoders[key] = _build_encoder(entry.path, info, entry.name)
+                encoder = self._encoders[key]
+                return encoder.to(device=pipe.device, dtype=pipe.dtype)
+        needs = "; ".join(
+            f"{a.name!r} needs one with a {a.info.encoder_width}-wide "
+            f"{'projection' if a.info.encoder_output == 'image_embeds' else 'hidden size'}"
+            for a in adapters
+        )
+        raise ModelError(
+            f"No CLIP image encoder in the control library fits these IP-Adapters ({needs}). Import the encoder "
+            "the adapter was trained with (e.g. h94's image_encoder folder) with `marble controls import PATH`."
+        )
+
+
+def _merged_hashes(
+    request: GenerationRequest, control: ControlRun | None, adapters: list[_Adapter], encoder: Any
+) -> tuple[ControlHash, ...]:
+    others = iter(control.hashes if control is not None else ())
+    ours = iter(adapters)
+    merged = []
+    for unit in request.controls:
+        if not is_ip_unit(unit):
+            merged.append(next(others))
+            continue
+        adapter = next(ours)
+        if encoder is not None:
+            big = encoder.config.hidden_size == _BIG_G_WIDTH
+        else:
+            big = adapter.info.family == "sdxl"
+        merged.append(ControlHash(adapter.name, adapter.hash, A1111_MODULE_SDXL if big else A1111_MODULE_SD15))
+    return tuple(merged)
+
+
+def _build_encoder(path: Path, info: ImageEncoderInfo, name: str) -> Any:
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=info.hidden_size, intermediate_size=info.intermediate_size, projection_dim=info.projection_dim,
+        num_hidden_layers=info.layers, num_attention_heads=16, num_channels=info.channels,
+        image_size=info.image_size, patch_size=info.patch_size,
+        # OpenAI's ViT-L uses quick GELU; OpenCLIP's ViT-H / bigG (the IP-Adapter encoders) exact GELU.
+        hidden_act="quick_gelu" if info.hidden_size == 1024 else "gelu",
+    )  # fmt: skip
+    state = load_file(str(path))
+    state.pop("vision_model.embeddings.position_ids", None)  # a buffer older exports carry
+    with init_empty_weights():
+        model = CLIPVisionModelWithProjection(config)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as error:
+        raise ModelError(f"The image encoder {name!r} could not be read: {_short(error)}.") from None
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        first = (missing + unexpected)[0]
+        raise ModelError(f"The image encoder {name!r} does not have the expected tensors ({first}).")
+    return model.eval()
+
+
+def _feature_extractor(image_size: int) -> Any:
+    import transformers
+
+    # The Pillow-backed processor works without torchvision (which Marble does not ship).
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+def _load(
+    run: ControlRun, units: list[ControlUnit], adapters: list[_Adapter], encoder: Any, request: GenerationRequest
+) -> None:
+    from safetensors.torch import load_file
+
+    pipe = run.pipe
+    states = []
+    for adapter in adapters:
+        flat = load_file(str(adapter.path))
+        states.append({
+            part: {k.removeprefix(f"{part}."): v for k, v in flat.items() if k.startswith(f"{part}.")}
+            for part in ("image_proj", "ip_adapter")
+        })  # fmt: skip
+    unet = pipe.unet
+    handle = _Unload(pipe, dict(unet.attn_processors), getattr(pipe, "feature_extractor", None),
+                     getattr(pipe, "image_encoder", None))  # fmt: skip
+    pipe.register_modules(image_encoder=encoder, feature_extractor=_feature_extractor(encoder.config.image_size))
+    run.handles.append(handle)  # from here on, close() undoes the loading
+    try:
+        pipe.load_ip_adapter(states, subfolder=[""] * len(states), weight_name=[""] * len(states),
+                             image_encoder_folder=None)  # fmt: skip
+    except (RuntimeError, KeyError, ValueError) as error:
+        names = ", ".join(repr(a.name) for a in adapters)
+        raise ModelError(f"The IP-Adapter {names} does not fit the loaded model: {_short(error)}.") from None
+    weights = [float(unit.weight) for unit in units]
+    ranged = any(unit.start > 0 or unit.end < 1 for unit in units)
+
+    def scales_at(step: int, total: int) -> list[float]:
+        return [
+            0.0 if step / total < unit.start or (step + 1) / total > unit.end else weight
+            for unit, weight in zip(units, weights, strict=True)
+        ]
+
+    first_total = request.steps if request.mode == "txt2img" else max(1, min(int(request.steps * request.strength),
+                                                                               request.steps))  # fmt: skip
+    pipe.set_ip_adapter_scale(scales_at(0, first_total) if ranged else weights)
+    if ranged:
+
+        def on_step(done: int) -> None:
+            total = getattr(pipe, "_num_timesteps", None) or first_total
+            if done < total:
+                pipe.set_ip_adapter_scale(scales_at(done, total))
+
+        run.steppers.append(on_step)
+    images = [load_source(unit.image) for unit in units]
+    run.arguments["ip_adapter_image"] = images
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return library_text(text[0] if text else type(error).__name__)[:300]
