@@ -89,6 +89,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     detect_architecture,
     detect_diffusers_folder,
     dit_architecture,
+    prediction_scheduler_overrides,
     read_safetensors_header,
     sniff_file_type,
 )
@@ -260,7 +261,7 @@ class DiffusersBackend:
         self._key = key
         self._family = arch.family
         self._inpaint_model = arch.inpaint
-        self._default_scheduler = pipe.scheduler
+        self._default_scheduler = with_prediction_overrides(pipe.scheduler, arch)
         self._model = ModelInfo(entry.name, str(entry.path), arch.config_name, model_hash)
         return LoadReport(
             self._model, time.perf_counter() - started, False, choice.device, choice.precision, tuple(self._notes)
@@ -983,6 +984,13 @@ def _variation_arguments(
     subseeds = [request.subseed_for(seed) for seed in seeds]
     noise = initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
     return {"latents": noise.to(pipe.unet.dtype)}
+
+
+def with_prediction_overrides(scheduler: Any, arch: ArchitectureInfo) -> Any:
+    """The model's scheduler, reconfigured for a marked v-prediction SDXL (library/checkpoint.py); every
+    sampler is made from this one's config, so they all inherit the prediction type and spacing."""
+    overrides = prediction_scheduler_overrides(arch)
+    return type(scheduler).from_config(scheduler.config, **overrides) if overrides else scheduler
 
 
 def _pipeline_class(arch: ArchitectureInfo) -> Any:

@@ -297,6 +297,10 @@ class ArchitectureInfo:
     inpaint: bool  # UNet takes 9 input channels (latents + mask + masked-image latents)
     config_name: str  # folder under resources/configs/ holding the diffusers configs for this model
     dit: DitInfo | None = None  # set for the diffusion-transformer families (library/dit.py)
+    # SDXL v-prediction fine-tunes (NoobAI-XL v-pred and its kind) carry empty marker tensors `v_pred` and,
+    # when trained with zero terminal SNR, `ztsnr`: the tensors look like any SDXL, only the markers tell.
+    v_prediction: bool = False
+    zero_snr: bool = False
 
     @property
     def is_dit(self) -> bool:
@@ -307,6 +311,8 @@ class ArchitectureInfo:
         if self.dit is not None:
             return self.dit.label
         base = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.family]
+        if self.family == "sdxl" and self.v_prediction:
+            base += " v-prediction, zero terminal SNR" if self.zero_snr else " v-prediction"
         return f"{base} inpainting" if self.inpaint else base
 
 
@@ -411,8 +417,31 @@ def detect_architecture(
     if family == "sd2" and v_prediction is None:
         v_prediction = _v_prediction_hint(header.metadata)
     return ArchitectureInfo(
-        family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction)
+        family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction),
+        **sdxl_prediction_markers(header, family),
     )
+
+
+def sdxl_prediction_markers(header: SafetensorsHeader, family: str) -> dict[str, bool]:
+    """An SDXL single file's `v_pred` / `ztsnr` marker tensors (the keys ComfyUI and Forge read) as
+    ArchitectureInfo fields; {} for other families, whose files never carry them."""
+    if family != "sdxl" or "v_pred" not in header:
+        return {}
+    return {"v_prediction": True, "zero_snr": "ztsnr" in header}
+
+
+def prediction_scheduler_overrides(arch: ArchitectureInfo) -> dict[str, object]:
+    """Scheduler config changes a marked v-prediction SDXL needs; {} for everything else.
+
+    v-prediction needs the trailing spacing: ComfyUI's and A1111's k-diffusion schedules start at the
+    last training timestep, and with zero terminal SNR the "leading" spacing SDXL's config names would
+    never reach the pure-noise step the model was trained to start from (Lin et al. 2023, table 2)."""
+    if not arch.v_prediction:
+        return {}
+    overrides: dict[str, object] = {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+    if arch.zero_snr:
+        overrides["rescale_betas_zero_snr"] = True
+    return overrides
 
 
 # Weights every text encoder of the family has whatever its depth: its first layer and final norm.
