@@ -94,6 +94,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     sniff_file_type,
 )
 from desktop.engine.library.dit import detect_gguf  # noqa: E402
+from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
 from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.prompt_schedule import PromptPlan, plan_prompts  # noqa: E402
@@ -621,7 +622,7 @@ class DiffusersBackend:
         control: ControlRun | None = None,
     ) -> Any:
         """One pipeline call; control units, when given, act in this pass (the first of a hires job)."""
-        pipe.scheduler = self._make_scheduler(sampler)
+        pipe.scheduler = self._make_scheduler(sampler, request.few_step)
         use_brownian_noise(pipe.scheduler, seeds)  # the SDE samplers' noise, seeded as A1111 seeds it
         watcher = _X0Watcher(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -669,7 +670,7 @@ class DiffusersBackend:
         """How many steps the second pass will call back for: image-to-image's own rule (the last
         int(steps x strength) of the schedule, times the scheduler's order), so the count that the first
         pass shows is exact for every sampler (PLMS adds a step, Heun doubles them)."""
-        scheduler = self._make_scheduler(request.hires_sampler or request.sampler)
+        scheduler = self._make_scheduler(request.hires_sampler or request.sampler, request.few_step)
         steps = request.hires_steps or request.steps
         scheduler.set_timesteps(steps)
         start = steps - min(int(steps * request.hires_denoise), steps)
@@ -744,14 +745,17 @@ class DiffusersBackend:
     def model_info(self) -> ModelInfo | None:
         return self._model
 
-    def _make_scheduler(self, sampler: str) -> Any:
-        """A fresh scheduler every job: schedulers keep state between steps."""
+    def _make_scheduler(self, sampler: str, few_step: str = "") -> Any:
+        """A fresh scheduler every job: schedulers keep state between steps. A few-step kind adds its
+        timestep spacing (Turbo, Lightning, Hyper: trailing) to whichever sampler runs."""
         base = self._default_scheduler
+        preset = FEW_STEP_PRESETS.get(few_step)
+        spacing = {"timestep_spacing": preset.timestep_spacing} if preset and preset.timestep_spacing else {}
         if sampler == DEFAULT_SAMPLER:
-            return type(base).from_config(base.config)
+            return type(base).from_config(base.config, **spacing)
         spec = SAMPLERS[sampler]
         cls = getattr(diffusers, spec.scheduler_class)
-        return cls.from_config(base.config, **dict(spec.overrides))
+        return cls.from_config(base.config, **dict(spec.overrides), **spacing)
 
 
 class _Progress:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from desktop.engine.errors import MarbleError
 from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.few_step import PRESETS, few_step_of_file, split_family
 from desktop.engine.safe_files import read_json_file
 
 # Published training sizes of the architectures a single file can be (resources/configs names).
@@ -63,7 +64,17 @@ _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 def model_family(path: Path) -> str | None:
     """"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell", "sd3", or "unet-<width>" for another UNet folder
-    (the demo model); None when unreadable or unknown."""
+    (the demo model); None when unreadable or unknown. A UNet single file whose header names a few-step
+    kind (library/few_step.py) gets it as a suffix, "sdxl-turbo": a family of its own, with its defaults."""
+    family = _plain_family(path)
+    if family in ("sd1", "sd2", "sdxl"):
+        kind = few_step_of_file(path)
+        if kind is not None:
+            return f"{family}-{kind}"
+    return family
+
+
+def _plain_family(path: Path) -> str | None:
     try:
         if path.is_dir() and not (path / "unet").is_dir():
             # A transformer folder (Flux, SD3): its model_index.json and transformer config tell.
@@ -82,11 +93,16 @@ def model_family(path: Path) -> str | None:
 
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
 # schnell is distilled to 4 steps without guidance (BFL's reference settings).
-_FAMILY_DEFAULTS: dict[str, dict[str, float | int]] = {"flux-schnell": {"steps": 4, "cfg_scale": 1.0}}
+_FAMILY_DEFAULTS: dict[str, dict[str, object]] = {"flux-schnell": {"steps": 4, "cfg_scale": 1.0}}
 
 
-def family_defaults(family: str | None) -> dict[str, float | int]:
-    """The request fields (`steps`, `cfg_scale`) a family needs other than the usual defaults; {} for most."""
+def family_defaults(family: str | None) -> dict[str, object]:
+    """The request fields (`steps`, `cfg_scale`, and for few-step kinds `sampler` and `few_step`) a family
+    needs other than the usual defaults; {} for most. A few-step family ("sdxl-lightning", or "-lcm" for
+    the kind alone, as a chosen LoRA gives it) gets its kind's published settings (library/few_step.py)."""
+    _base, kind = split_family(family)
+    if kind is not None:
+        return PRESETS[kind].request_fields()
     return dict(_FAMILY_DEFAULTS.get(family or "", {}))
 
 
