@@ -73,6 +73,7 @@ from desktop.engine.backends.hires import (  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
+from desktop.engine.backends.refiner import Refiners  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
 from desktop.engine.backends.tiling import circular_padding  # noqa: E402
@@ -203,6 +204,7 @@ class DiffusersBackend:
         self._controls = ControlModels(AdapterCatalog(paths.controls, "control model", "controls"))
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
+        self._refiners = Refiners(catalog, self._hashes)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
@@ -277,6 +279,7 @@ class DiffusersBackend:
         self._loras.forget()
         self._vaes.forget()
         self._controls.forget()
+        self._refiners.forget()
         self._pipes.clear()
         self._memory_mode = "full"
         self._default_scheduler = None
@@ -322,6 +325,7 @@ class DiffusersBackend:
     ) -> tuple[Any, ArchitectureInfo, str | None]:
         if entry.is_folder:
             arch = detect_diffusers_folder(entry.path, name=entry.name)
+            _refuse_refiner(entry.name, arch)
             # Pickled weights are refused by their bytes; from_pretrained reads safetensors only anyway.
             check_model_folder(entry.path, name=entry.name)
             if arch.inpaint:
@@ -333,6 +337,7 @@ class DiffusersBackend:
             raise ModelError(_not_safetensors_message(entry.path, kind))
         header = read_safetensors_header(entry.path)
         arch = detect_architecture(header, name=entry.path.name)
+        _refuse_refiner(entry.name, arch)
         if arch.inpaint:
             _refuse_inpaint_only(entry.name, mode)
         model_hash = self._hashes.autov2(entry.path)
@@ -481,6 +486,9 @@ class DiffusersBackend:
             run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
         if request.hires_fix and plan is not None:
             run_notes.append("The hires fix applies to text-to-image only (as in A1111); it was ignored.")
+        if request.refiner and (self._family != "sdxl" or plan is not None):
+            raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
+        refiner_used = self._refiners.used(request)
         run = functools.partial(
             self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel, control
         )
@@ -515,7 +523,7 @@ class DiffusersBackend:
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(
             images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings, vae,
-            control.hashes if control is not None else (),
+            control.hashes if control is not None else (), refiner=refiner_used,
         )
 
     def _generate_dit(
@@ -588,12 +596,21 @@ class DiffusersBackend:
         if hires:
             # Latent upscalers take the first pass's latents as they are; pixel ones need its image.
             arguments["output_type"] = "latent" if is_latent(request.hires_upscaler) else "pil"
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family,
-                             self._key.device if self._key else "cpu", self._hires_timesteps(request) if hires else 0)
+        device = self._key.device if self._key else "cpu"
+        refiner = self._refiners.pipe(request.refiner, pipe.dtype, device) if request.refiner and not plan else None
+        extra = self._hires_timesteps(request) if hires else 0
+        if refiner is not None:
+            # The base stops at the switch and hands its (still noisy) latents on, undecoded.
+            arguments |= {"denoising_end": float(request.refiner_switch_at), "output_type": "latent"}
+            extra = self._refiners.extra_steps(refiner, request)
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, extra)
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()
             with torch.inference_mode(), circular_padding(tiled):
                 first = self._one_pass(pipe, request, seeds, request.sampler, progress, arguments, control)
+                if refiner is not None:
+                    progress.next_pass()
+                    return self._refiners.run(refiner, request, seeds, first.images, progress.callback, _X0Watcher)
                 if not hires:
                     return first
                 return self._hires_pass(request, seeds, first.images, progress)
@@ -1015,6 +1032,14 @@ def _edit_plan(request: GenerationRequest) -> EditPlan:
     source = load_source(request.init_image)
     mask = load_mask(request.mask, source.size) if request.mask is not None else None
     return plan_edit(source, mask, request)
+
+
+def _refuse_refiner(name: str, arch: ArchitectureInfo) -> None:
+    if arch.refiner:
+        raise ModelError(
+            f"{name} is an SDXL refiner: it finishes an SDXL model's image. Choose an SDXL model, and this one as "
+            "its refiner (--refiner, or Refiner in the window)."
+        )
 
 
 def _refuse_inpaint_only(name: str, mode: str) -> None:

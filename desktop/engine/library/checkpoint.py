@@ -301,6 +301,9 @@ class ArchitectureInfo:
     # when trained with zero terminal SNR, `ztsnr`: the tensors look like any SDXL, only the markers tell.
     v_prediction: bool = False
     zero_snr: bool = False
+    # The SDXL refiner (one OpenCLIP-G encoder, aesthetic-score conditioning): a second pass, never a
+    # main model (backends/refiner.py).
+    refiner: bool = False
 
     @property
     def is_dit(self) -> bool:
@@ -310,6 +313,8 @@ class ArchitectureInfo:
     def label(self) -> str:
         if self.dit is not None:
             return self.dit.label
+        if self.refiner:
+            return "SDXL refiner"
         base = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.family]
         if self.family == "sdxl" and self.v_prediction:
             base += " v-prediction, zero terminal SNR" if self.zero_snr else " v-prediction"
@@ -388,9 +393,8 @@ def detect_architecture(
         family = "sdxl"
         _require_text_encoder(header, name, "SDXL", _SDXL_CLIP_L_NEEDS + _SDXL_OPENCLIP_G_NEEDS)
     elif header.has_prefix(_SDXL_REFINER_OPENCLIP) and _UNET_LABEL_EMB in header:
-        raise ModelError(
-            f"{name}: {_UNKNOWN}. It is an SDXL refiner, which Marble does not support as a main model."
-        )
+        _require_text_encoder(header, name, "an SDXL refiner", _SDXL_REFINER_NEEDS)
+        return ArchitectureInfo(family="sdxl", inpaint=inpaint, config_name="sdxl-refiner", refiner=True)
     elif header.has_prefix(_SD2_OPENCLIP):
         width = _width(header, _SD2_OPENCLIP + "token_embedding.weight")
         if width != context_dim:
@@ -454,6 +458,9 @@ _SDXL_CLIP_L_NEEDS = tuple(
 )
 _SD2_OPENCLIP_NEEDS = tuple(
     _SD2_OPENCLIP + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
+)
+_SDXL_REFINER_NEEDS = tuple(
+    _SDXL_REFINER_OPENCLIP + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
 )
 _SDXL_OPENCLIP_G_NEEDS = tuple(
     _SDXL_OPENCLIP_G + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
@@ -523,9 +530,7 @@ def detect_diffusers_folder(
 
     if class_name.startswith("StableDiffusionXL") or unet.get("addition_embed_type") == "text_time":
         if _is_null_component(index.get("text_encoder")):
-            raise ModelError(
-                f"{name}: {_UNKNOWN}. It is an SDXL refiner, which Marble does not support as a main model."
-            )
+            return ArchitectureInfo(family="sdxl", inpaint=inpaint, config_name="sdxl-refiner", refiner=True)
         family = "sdxl"
     elif class_name.startswith("StableDiffusion") and not class_name.startswith("StableDiffusion3"):
         family = _sd1_or_sd2(folder, unet, name)

@@ -23,6 +23,7 @@ _SIZE_BY_CONFIG = {
     "sd2-inpaint": 512,
     "sdxl": 1024,
     "sdxl-inpaint": 1024,
+    "sdxl-refiner": 1024,
 }
 
 
@@ -50,6 +51,7 @@ _FAMILY_BY_CONFIG = {
     "sd2-inpaint": "sd2",
     "sdxl": "sdxl",
     "sdxl-inpaint": "sdxl",
+    "sdxl-refiner": "sdxl-refiner",  # offered as a refiner, not as a main model's family
     # The diffusion transformers (desktop.engine.library.dit): Flux dev and schnell want different
     # defaults (schnell: 4 steps, no guidance), the SD3 sizes share theirs.
     "flux-dev": "flux-dev",
@@ -79,6 +81,8 @@ def _plain_family(path: Path) -> str | None:
         if path.is_dir() and not (path / "unet").is_dir():
             # A transformer folder (Flux, SD3): its model_index.json and transformer config tell.
             return _FAMILY_BY_CONFIG.get(detect_model(path).config_name)
+        if path.is_dir() and _is_refiner_folder(path):
+            return "sdxl-refiner"
         if path.is_dir():
             width = _json(path / "unet" / "config.json").get("cross_attention_dim")
             if isinstance(width, list) and width:
@@ -104,6 +108,13 @@ def family_defaults(family: str | None) -> dict[str, object]:
     if kind is not None:
         return PRESETS[kind].request_fields()
     return dict(_FAMILY_DEFAULTS.get(family or "", {}))
+
+
+def _is_refiner_folder(path: Path) -> bool:
+    try:
+        return detect_model(path).refiner
+    except MarbleError:
+        return False  # another UNet folder (the demo model): told by its width below
 
 
 def _json(file: Path) -> dict:
