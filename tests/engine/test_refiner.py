@@ -9,12 +9,15 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
 from desktop.engine.backends.base import RefinerHash
+from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.errors import Cancelled, InvalidRequest, ModelError
 from desktop.engine.jobs import CancelToken
+from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.library.native_size import model_family
 from desktop.engine.metadata import format_parameters, parse_parameters, read_image_metadata, request_from_parameters
 from desktop.engine.paths import AppPaths
+from desktop.engine.resources import Resources
 from tests.e2e.test_cli import in_process
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support import tiny_models
@@ -105,3 +108,18 @@ def test_cli_refiner_options(tmp_path, tiny_sdxl_dir, refiner_dir):
     metadata = read_image_metadata(out)
     assert "Refiner: tiny-refiner, Refiner switch at: 0.5" in metadata.raw["parameters"]
     assert metadata.request.refiner == str(refiner_dir) and metadata.request.refiner_switch_at == 0.5
+
+
+def test_single_file_refiner_loads_through_the_shipped_layout(paths, tmp_path, tiny_sdxl_dir, refiner_dir):
+    pipe = tiny_models.build_tiny_sdxl_refiner()
+    file = tiny_models.save_single_file(pipe, tmp_path / "xl-refiner.safetensors")
+    assert detect_model(file).refiner
+    # Resources whose sdxl-refiner config has the tiny dimensions, as the shipped one has the real ones.
+    root = tmp_path / "resources"
+    tiny_models.save_config_folder(pipe, root / "configs" / "sdxl-refiner")
+    (root / "tokenizers").symlink_to(Resources.default().tokenizers)
+    backend = DiffusersBackend(paths, Resources(root), ModelCatalog(paths.models))
+    request = request_for(tiny_sdxl_dir, sampler="Euler", steps=5, refiner=str(file), refiner_switch_at=0.6)
+    batch, _ = run(backend, request)
+    assert np.array_equal(pixels(batch.images[0]), pixels(by_hand(tiny_sdxl_dir, refiner_dir, request)))
+    assert batch.refiner.name == "xl-refiner" and len(batch.refiner.autov2) == 10

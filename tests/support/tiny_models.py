@@ -518,6 +518,8 @@ def ldm_state_dict(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) ->
     text_encoder_2 = getattr(pipe, "text_encoder_2", None)
     if text_encoder_2 is None:
         sd.update(clip_to_ldm(pipe.text_encoder.state_dict(), "cond_stage_model.transformer."))
+    elif pipe.text_encoder is None:  # the SDXL refiner: OpenCLIP-G alone, as the first embedder
+        sd.update(open_clip_to_ldm(text_encoder_2.state_dict(), "conditioner.embedders.0.model."))
     else:
         sd.update(clip_to_ldm(pipe.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
         sd.update(open_clip_to_ldm(text_encoder_2.state_dict(), "conditioner.embedders.1.model."))

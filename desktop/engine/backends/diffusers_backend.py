@@ -204,7 +204,7 @@ class DiffusersBackend:
         self._controls = ControlModels(AdapterCatalog(paths.controls, "control model", "controls"))
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
-        self._refiners = Refiners(catalog, self._hashes)
+        self._refiners = Refiners(catalog, self._hashes, resources)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None

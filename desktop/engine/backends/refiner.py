@@ -20,6 +20,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.catalog import HashCache, ModelCatalog
 from desktop.engine.library.checkpoint import check_model_folder, detect_model
 from desktop.engine.request import GenerationRequest
+from desktop.engine.resources import Resources
 
 # diffusers' handoff: the base denoises while t >= this cutoff, the refiner below it.
 _TRAIN_TIMESTEPS = 1000
@@ -28,9 +29,10 @@ _TRAIN_TIMESTEPS = 1000
 class Refiners:
     """Loads the SDXL refiner a request names, once, and runs its pass."""
 
-    def __init__(self, catalog: ModelCatalog, hashes: HashCache) -> None:
+    def __init__(self, catalog: ModelCatalog, hashes: HashCache, resources: Resources) -> None:
         self._catalog = catalog
         self._hashes = hashes
+        self._resources = resources
         self._key: tuple[str, str, str] | None = None
         self._pipe: Any = None
 
@@ -53,12 +55,11 @@ class Refiners:
         arch = detect_model(entry.path)
         if not arch.refiner:
             raise ModelError(f"{entry.name} is {arch.label}, not an SDXL refiner: choose a refiner model.")
-        if not entry.is_folder:
-            raise ModelError(
-                f"{entry.name} is an SDXL refiner single file; Marble loads refiners from a diffusers folder so far "
-                "(the stable-diffusion-xl-refiner-1.0 layout)."
-            )
-        self._pipe = _load_folder(entry.path, entry.name, dtype).to(device)
+        if entry.is_folder:
+            pipe = _load_folder(entry.path, entry.name, dtype)
+        else:
+            pipe = _load_file(entry.path, entry.name, self._resources, dtype)
+        self._pipe = pipe.to(device)
         self._key = key
         return self._pipe
 
@@ -110,6 +111,26 @@ def make_scheduler(default: Any, sampler: str) -> Any:
         return type(default).from_config(default.config)
     spec = SAMPLERS[sampler]
     return getattr(diffusers, spec.scheduler_class).from_config(default.config, **dict(spec.overrides))
+
+
+def _load_file(path: Path, name: str, resources: Resources, dtype: Any) -> Any:
+    """An original-layout refiner file (sd_xl_refiner_1.0.safetensors) through the shipped config."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from desktop.engine.backends.diffusers_backend import shared_tokenizers
+
+    if not path.name.endswith(".safetensors"):
+        # diffusers picks its reader by the name; any other name would go through torch.load.
+        raise ModelError(f"The refiner {name!r} must be a .safetensors file; rename it or import it into the library.")
+    config = resources.config_folder("sdxl-refiner")
+    try:
+        pipe = StableDiffusionXLImg2ImgPipeline.from_single_file(
+            str(path), config=str(config), local_files_only=True, **shared_tokenizers(resources, config, "sdxl")
+        )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise ModelError(f"{name} looks like an SDXL refiner but could not be loaded: {error}") from error
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dtype=dtype)
 
 
 def _load_folder(folder: Path, name: str, dtype: Any) -> Any:
