@@ -736,9 +736,12 @@ def _combo_binding(combo: QComboBox) -> _Binding:
     return _Binding(combo, combo.currentData, lambda value: _select_data(combo, value), combo.currentIndexChanged)
 
 
+# Product names, but through translation like every text of the panel (a script may transliterate them).
 _FEW_STEP_LABELS = {
-    "": QT_TRANSLATE_NOOP("ParameterPanel", "None"), "lcm": "LCM", "turbo": "Turbo", "lightning": "Lightning",
-    "hyper": "Hyper-SD", "dmd2": "DMD2",
+    "": QT_TRANSLATE_NOOP("ParameterPanel", "None"), "lcm": QT_TRANSLATE_NOOP("ParameterPanel", "LCM"),
+    "turbo": QT_TRANSLATE_NOOP("ParameterPanel", "Turbo"),
+    "lightning": QT_TRANSLATE_NOOP("ParameterPanel", "Lightning"),
+    "hyper": QT_TRANSLATE_NOOP("ParameterPanel", "Hyper-SD"), "dmd2": QT_TRANSLATE_NOOP("ParameterPanel", "DMD2"),
 }
 _OWN_VAE_LABEL = QT_TRANSLATE_NOOP("ParameterPanel", "Automatic (the model's own)")
 
