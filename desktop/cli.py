@@ -18,7 +18,7 @@ from PIL import Image
 
 import desktop
 from desktop.engine.backends.hires import canonical_upscaler
-from desktop.engine.backends.schedulers import SAMPLER_NAMES, canonical_sampler
+from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, canonical_sampler
 from desktop.engine.edit_inputs import inputs_folder, request_size, step_words
 from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError, StorageError
 from desktop.engine.events import (
@@ -47,6 +47,7 @@ from desktop.engine.imaging import (
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import demo_model_name, install_demo_model
+from desktop.engine.library.few_step import FEW_STEP_KINDS, few_step_of_file, split_family
 from desktop.engine.library.index import Library
 from desktop.engine.library.lora import AdapterCatalog, parse_lora_arg
 from desktop.engine.library.native_size import family_defaults, model_family, native_size
@@ -67,6 +68,7 @@ from desktop.engine.request import (
     RESIZE_MODES,
     ControlUnit,
     GenerationRequest,
+    LoraRef,
 )
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
@@ -113,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(Qwen-Image/Z-Image: or a folder holding text_encoder/, tokenizer/ and vae/)")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
+    gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",
+                     help=f"a few-step model or LoRA ({', '.join(FEW_STEP_KINDS)}): its published steps, CFG "
+                          "and sampler unless given; detected from the model's or --lora's header when it says")
+    gen.add_argument("--refiner", default="", metavar="NAME", help="an SDXL refiner model to finish the image")
+    gen.add_argument("--refiner-switch-at", type=float, default=0.8, metavar="F",
+                     help="fraction of the steps the base model runs before the refiner takes over (default 0.8)")
     gen.add_argument("--subseed", type=int, default=-1, metavar="N",
                      help="A1111's variation seed (-1 draws one when --subseed-strength is above 0)")
     gen.add_argument("--subseed-strength", type=float, default=0.0, metavar="F",
@@ -473,18 +481,28 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     if width is None or height is None:
         side = _model_native_size(model, paths) or 512
         width, height = width or side, height or side
-    # A few-step family (Flux schnell) gets its own steps and CFG unless the user gave them.
-    defaults = {"steps": 30, "cfg_scale": 7.5} | family_defaults(_model_family(model, paths))
+    # A few-step family (Flux schnell, an LCM/Turbo/... model or LoRA) gets its own steps, CFG and sampler
+    # unless the user gave them.
+    loras = tuple(parse_lora_arg(value) for value in args.lora)
+    family = f"-{args.few_step}" if args.few_step else _model_family(model, paths)
+    if not split_family(family)[1]:
+        family = next((f"-{kind}" for kind in _lora_few_steps(loras, paths)), family)
+    defaults = {"steps": 30, "cfg_scale": 7.5, "sampler": sampler, "few_step": ""} | family_defaults(family)
+    if args.sampler.strip().casefold() != DEFAULT_SAMPLER:
+        defaults["sampler"] = sampler
     return GenerationRequest(
         prompt=prompt,
         model=model,
         negative_prompt=negative,
         steps=args.steps if args.steps is not None else defaults["steps"],
         cfg_scale=args.cfg if args.cfg is not None else defaults["cfg_scale"],
+        few_step=str(defaults.get("few_step", "")),
+        refiner=args.refiner,
+        refiner_switch_at=args.refiner_switch_at,
         distilled_cfg_scale=args.distilled_cfg,
         text_encoders=_text_encoders(args.text_encoders, paths),
         seed=args.seed,
-        sampler=sampler,
+        sampler=str(defaults["sampler"]),
         width=width,
         height=height,
         batch_count=args.batch_count,
@@ -503,7 +521,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         inpaint_area=args.inpaint_area,
         padding=args.padding,
         resize_mode=args.resize_mode,
-        loras=tuple(parse_lora_arg(value) for value in args.lora),
+        loras=loras,
         subseed=args.subseed,
         subseed_strength=args.subseed_strength,
         seed_resize_from_w=resize_from[0],
@@ -619,6 +637,14 @@ def _model_family(model: str, paths: AppPaths) -> str | None:
         return model_family(ModelCatalog(paths.models).resolve(model).path)
     except MarbleError:
         return None  # the job will say clearly what is wrong with the model
+
+
+def _lora_few_steps(loras: tuple[LoraRef, ...], paths: AppPaths) -> list[str]:
+    """The few-step kinds the chosen LoRAs' headers name (an LCM-LoRA, a Lightning LoRA ...)."""
+    catalog = AdapterCatalog(paths.loras)
+    entries = [catalog.find(lora.name) for lora in loras]
+    kinds = [few_step_of_file(entry.path) for entry in entries if entry is not None]
+    return [kind for kind in kinds if kind]
 
 
 def _text_encoders(value: str | None, paths: AppPaths) -> str | None:

@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin
 
-from desktop.engine.backends.base import AdapterHash, ControlHash, ModelInfo, VaeHash
+from desktop.engine.backends.base import AdapterHash, ControlHash, ModelInfo, RefinerHash, VaeHash
 from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
 from desktop.engine.control_preprocess import A1111_MODULES, DEFAULT_THRESHOLDS
@@ -94,6 +94,7 @@ def format_parameters(
     embeddings: Sequence[AdapterHash] = (),
     vae: VaeHash | None = None,
     controls: Sequence[ControlHash] = (),
+    refiner: RefinerHash | None = None,
 ) -> str:
     """A1111's `parameters` text for one image made from `request` with `seed`.
 
@@ -128,6 +129,7 @@ def format_parameters(
     if request.tiling:
         pairs.append(("Tiling", True))
     pairs += hires_pairs(request)
+    pairs += refiner_pairs(request, refiner)
     pairs += list((extra or {}).items())
     pairs += control_pairs(request, controls)
     pairs += [("Lora hashes", adapter_hashes_text(loras)), ("TI hashes", adapter_hashes_text(embeddings))]
@@ -157,6 +159,27 @@ def _variation_pairs(request: GenerationRequest, seed: int) -> list[tuple[str, o
     if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
         pairs.append(("Seed resize from", f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"))
     return pairs
+
+
+def refiner_pairs(request: GenerationRequest, refiner: RefinerHash | None) -> list[tuple[str, object]]:
+    """A1111's `Refiner: NAME [hash]` (the hash when there is one file to hash) and `Refiner switch at`."""
+    if not request.refiner:
+        return []
+    name = refiner.name if refiner is not None else request.refiner
+    written = f"{name} [{refiner.autov2}]" if refiner is not None and refiner.autov2 else name
+    return [("Refiner", written), ("Refiner switch at", f"{float(request.refiner_switch_at):g}")]
+
+
+def refiner_changes(settings: Mapping[str, str]) -> dict[str, Any] | None:
+    """Request fields from A1111's refiner keys (settings keyed in casefold); None without `Refiner`."""
+    written = settings.get("refiner", "").strip()
+    name = re.sub(r"\s*\[[0-9a-fA-F]{8,64}\]$", "", written)
+    if not name:
+        return None
+    change: dict[str, Any] = {"refiner": clean_model_name(name) or name}
+    if (switch := _to_float(settings.get("refiner switch at"))) is not None:
+        change["refiner_switch_at"] = switch
+    return change
 
 
 def hires_pairs(request: GenerationRequest) -> list[tuple[str, object]]:
@@ -224,6 +247,7 @@ def png_text_chunks(
     vae: VaeHash | None = None,
     template: GenerationRequest | None = None,
     controls: Sequence[ControlHash] = (),
+    refiner: RefinerHash | None = None,
 ) -> dict[str, str]:
     """The text chunks to save with one image: A1111's `parameters` and our `marble` JSON.
 
@@ -232,7 +256,7 @@ def png_text_chunks(
     return {
         PARAMETERS_CHUNK: format_parameters(
             request, seed, model, version, sampler_used, batch_pos, extra, loras=loras, embeddings=embeddings,
-            vae=vae, controls=controls,
+            vae=vae, controls=controls, refiner=refiner,
         ),
         MARBLE_CHUNK: marble_json(request, seed, model, version, sampler_used, template=template),
     }
@@ -446,6 +470,8 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
         changes.append({"vae": vae_name})
     if (hires := hires_changes(settings)) is not None:
         changes.append(hires)
+    if (refined := refiner_changes(settings)) is not None:
+        changes.append(refined)
     for change in changes:
         request = _apply_if_valid(request, change)
     return request

@@ -9,6 +9,7 @@ from typing import Any
 
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, canonical_sampler
 from desktop.engine.errors import InvalidRequest
+from desktop.engine.library.few_step import FEW_STEP_KINDS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -170,6 +171,13 @@ class GenerationRequest:
     hires_prompt: str = ""
     hires_negative_prompt: str = ""
     hires_sampler: str = ""
+    # A few-step model or LoRA's kind (library/few_step.py: "lcm", "turbo", ...); "" = none. It adds the
+    # kind's timestep spacing to the sampler; steps, CFG and sampler are set by choosing it.
+    few_step: str = ""
+    # A1111's SDXL refiner: a library SDXL refiner model (by name) continues the base model's latents
+    # after `refiner_switch_at` of the steps (backends/refiner.py). "" = no refiner.
+    refiner: str = ""
+    refiner_switch_at: float = 0.8
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -235,7 +243,26 @@ class GenerationRequest:
             raise InvalidRequest(f"VAE name {self.vae!r} is not a valid name.")
         self._validate_controls()
         self._validate_hires()
+        self._validate_few_step_and_refiner()
         return self
+
+    def _validate_few_step_and_refiner(self) -> None:
+        if self.few_step and self.few_step not in FEW_STEP_KINDS:
+            raise InvalidRequest(f"Unknown few-step kind {self.few_step!r}: use one of {', '.join(FEW_STEP_KINDS)}.")
+        if not isinstance(self.refiner, str) or "\x00" in self.refiner or len(self.refiner) > MAX_VAE_NAME_CHARS:
+            raise InvalidRequest(f"Refiner name {self.refiner!r} is not a valid name.")
+        switch = self.refiner_switch_at
+        if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0.0 < switch < 1.0:
+            raise InvalidRequest(f"Refiner switch at {switch!r} is out of range: use a fraction above 0 and below 1.")
+        if self.refiner and self.init_image is not None:
+            raise InvalidRequest("The refiner runs after text-to-image only; leave it empty for image-to-image.")
+        if self.refiner and self.hires_fix:
+            raise InvalidRequest("Use either the refiner or the hires fix in one job, not both.")
+        if self.refiner and int(self.steps * self.refiner_switch_at) < 1:
+            raise InvalidRequest(
+                f"With {self.steps} step(s), switching to the refiner at {self.refiner_switch_at:g} leaves the "
+                "base model no step: use more steps or a later switch."
+            )
 
     def _validate_controls(self) -> None:
         if not isinstance(self.controls, tuple) or len(self.controls) > MAX_CONTROL_UNITS:

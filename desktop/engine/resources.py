@@ -25,6 +25,7 @@ CONFIG_NAMES: tuple[str, ...] = (
     "sd2-inpaint",  # SD 2.x inpainting (9-channel UNet, epsilon)
     "sdxl",  # SDXL base 1.0, CLIP ViT-L + OpenCLIP bigG
     "sdxl-inpaint",  # SDXL inpainting (9-channel UNet)
+    "sdxl-refiner",  # SDXL refiner 1.0: OpenCLIP bigG only, aesthetic-score conditioning (a second pass)
 )
 # The diffusion transformers' config folders (library/dit.py's DIT_CONFIGS): transformer, scheduler and
 # VAE configs; their text encoders and tokenizers come from a folder the user names.

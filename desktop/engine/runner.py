@@ -143,6 +143,7 @@ class JobRunner:
                     vae=batch.vae,
                     template=request if made is not request else None,
                     controls=batch.controls,
+                    refiner=batch.refiner,
                 )
                 # The file names its job, so an image whose history row never got written (a kill, a
                 # full disk) still counts for that job when the next start indexes it.

@@ -56,6 +56,9 @@ class Parameters:
     hires_negative_prompt: str = ""
     hires_sampler: str = ""
     controls: tuple[ControlUnit, ...] = ()  # ControlNet / T2I-Adapter units
+    few_step: str = ""  # library/few_step.py kind; "" = none
+    refiner: str = ""  # an SDXL refiner model's name; "" = none
+    refiner_switch_at: float = 0.8
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:

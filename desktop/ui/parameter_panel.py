@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from desktop.engine.backends.hires import BUILT_IN_UPSCALERS
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
+from desktop.engine.library.few_step import FEW_STEP_KINDS
 from desktop.engine.library.native_size import family_defaults
 from desktop.engine.request import (
     DEVICES,
@@ -225,6 +226,23 @@ class ParameterPanel(QWidget):
         self.distilled_cfg_spin.setToolTip(self.tr("The guidance Flux dev was distilled with (3.5 by default)"))
         self.distilled_cfg_label = QLabel(self.tr("Distilled C&FG"), objectName="distilled_cfg_label")
         self.distilled_cfg_label.setBuddy(self.distilled_cfg_spin)
+        # Few-step models and LoRAs (LCM, Turbo, ...): choosing one sets its published steps, CFG and sampler.
+        self.few_step_combo = _combo("few_step_combo", ("", *FEW_STEP_KINDS), _FEW_STEP_LABELS)
+        self.few_step_combo.setToolTip(self.tr(
+            "For a few-step model or LoRA: sets the steps, CFG and sampler its makers recommend"
+        ))
+        # A1111's SDXL refiner: shown for SDXL models only.
+        self.refiner_combo = QComboBox(objectName="refiner_combo")
+        self.refiner_combo.addItem(self.tr("None"), "")
+        self.refiner_combo.setToolTip(self.tr("An SDXL refiner model that finishes the last steps"))
+        self.refiner_switch_spin = QDoubleSpinBox(objectName="refiner_switch_spin")
+        self.refiner_switch_spin.setRange(0.01, 0.99)
+        self.refiner_switch_spin.setDecimals(2)
+        self.refiner_switch_spin.setSingleStep(0.05)
+        self.refiner_switch_spin.setToolTip(self.tr("Fraction of the steps the base model runs before the refiner"))
+        self.refiner_label = QLabel(self.tr("Refi&ner"), objectName="refiner_label")
+        self.refiner_label.setBuddy(self.refiner_combo)
+        self.refiner_row = _row(self.refiner_combo, QLabel(self.tr("switch at")), self.refiner_switch_spin)
 
         self.seed_spin = SeedEdit("seed_spin")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
@@ -409,6 +427,8 @@ class ParameterPanel(QWidget):
         form.addRow(self.tr("&Steps"), self.steps_spin)
         form.addRow(self.tr("&CFG scale"), self.cfg_spin)
         form.addRow(self.distilled_cfg_label, self.distilled_cfg_spin)
+        form.addRow(self.tr("Few-ste&p"), self.few_step_combo)
+        form.addRow(self.refiner_label, self.refiner_row)
         self._show_family_rows()
         form.addRow(self.tr("S&eed"), _row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
         form.addRow(self.tr("&Width"), _row(self.width_spin, self.swap_size_button))
@@ -438,6 +458,13 @@ class ParameterPanel(QWidget):
         bindings = {
             "model": _Binding(model, self.selected_model, self._show_model, model.currentIndexChanged),
             "sampler": _combo_binding(self.sampler_combo),
+            "few_step": _combo_binding(self.few_step_combo),
+            "refiner": _Binding(self.refiner_combo, self.refiner_combo.currentData, self._show_refiner,
+                                self.refiner_combo.currentIndexChanged),
+            "refiner_switch_at": _Binding(
+                self.refiner_switch_spin, lambda: round(self.refiner_switch_spin.value(), 2),
+                self.refiner_switch_spin.setValue, self.refiner_switch_spin.valueChanged,
+            ),
             "steps": _spin_binding(self.steps_spin),
             "cfg_scale": _Binding(cfg, lambda: round(cfg.value(), 2), cfg.setValue, cfg.valueChanged),
             "distilled_cfg_scale": _Binding(
@@ -474,6 +501,8 @@ class ParameterPanel(QWidget):
         for name, binding in bindings.items():
             if name == "model":
                 binding.edited.connect(self._on_model_chosen)
+            elif name == "few_step":
+                binding.edited.connect(self._on_few_step_chosen)
             else:
                 binding.edited.connect(lambda *_, name=name: self._take_edit(name))
             self._show(name, self.model.value(name), binding)
@@ -545,6 +574,13 @@ class ParameterPanel(QWidget):
                 self.model_combo.addItem(name, name)
             index = self.model_combo.findData(current) if current else -1
             self.model_combo.setCurrentIndex(index if index >= 0 else (0 if names else -1))
+        refiner = self.refiner_combo.currentData() or ""
+        with QSignalBlocker(self.refiner_combo):
+            while self.refiner_combo.count() > 1:
+                self.refiner_combo.removeItem(1)
+            for name in names:
+                self.refiner_combo.addItem(name, name)
+            self._show_refiner(refiner)
         self.model_combo.setEnabled(bool(names))
         self._on_model_chosen()
         self.models_hint_label.setText(
@@ -608,12 +644,18 @@ class ParameterPanel(QWidget):
         if model != previous and family != old_family:
             # Leaving a few-step family brings the usual steps and CFG back (session memory may then
             # restore the new family's own).
-            usual = {"steps": Parameters.steps, "cfg_scale": Parameters.cfg_scale}
-            usual = usual if family_defaults(old_family) else {}
-            changes |= family_defaults(family) or usual
+            usual = {name: getattr(Parameters, name) for name in family_defaults(old_family)}
+            changes |= usual | family_defaults(family)
         self._sized_for = model
         self.model.update(**changes)
         self._show_family_rows()
+
+    def _on_few_step_chosen(self) -> None:
+        """A few-step kind chosen by hand brings its preset; "None" brings the usual settings back."""
+        kind = self.few_step_combo.currentData() or ""
+        previous = self.model.value("few_step")
+        usual = {name: getattr(Parameters, name) for name in family_defaults(f"-{previous}")} if previous else {}
+        self.model.update(**(usual | (family_defaults(f"-{kind}") if kind else {"few_step": ""})))
 
     def set_families(self, families: Mapping[str, str]) -> None:
         """Each model's family (`model_family`), so family-only rows (Distilled CFG) show for the right models."""
@@ -624,6 +666,14 @@ class ParameterPanel(QWidget):
         flux_dev = self._families.get(self.selected_model()) == "flux-dev"
         self.distilled_cfg_label.setVisible(flux_dev)
         self.distilled_cfg_spin.setVisible(flux_dev)
+        sdxl = self._families.get(self.selected_model(), "").startswith("sdxl")
+        self.refiner_label.setVisible(sdxl)
+        self.refiner_row.setVisible(sdxl)
+
+    def _show_refiner(self, name: str) -> None:
+        if self.refiner_combo.findData(name) < 0:  # a recipe's refiner not in the folder stays visible
+            self.refiner_combo.addItem(name, name)
+        _select_data(self.refiner_combo, name)
 
     # -------------------------------------------------------------------------------------- seed
 
@@ -686,6 +736,13 @@ def _combo_binding(combo: QComboBox) -> _Binding:
     return _Binding(combo, combo.currentData, lambda value: _select_data(combo, value), combo.currentIndexChanged)
 
 
+# Product names, but through translation like every text of the panel (a script may transliterate them).
+_FEW_STEP_LABELS = {
+    "": QT_TRANSLATE_NOOP("ParameterPanel", "None"), "lcm": QT_TRANSLATE_NOOP("ParameterPanel", "LCM"),
+    "turbo": QT_TRANSLATE_NOOP("ParameterPanel", "Turbo"),
+    "lightning": QT_TRANSLATE_NOOP("ParameterPanel", "Lightning"),
+    "hyper": QT_TRANSLATE_NOOP("ParameterPanel", "Hyper-SD"), "dmd2": QT_TRANSLATE_NOOP("ParameterPanel", "DMD2"),
+}
 _OWN_VAE_LABEL = QT_TRANSLATE_NOOP("ParameterPanel", "Automatic (the model's own)")
 
 

@@ -1126,6 +1126,26 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>For a few-step model or LoRA: sets the steps, CFG and sampler its makers recommend</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>An SDXL refiner model that finishes the last steps</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Fraction of the steps the base model runs before the refiner</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Refi&amp;ner</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>switch at</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Random seed for every job</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1294,6 +1314,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Few-ste&amp;p</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>S&amp;eed</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1369,6 +1393,26 @@ then press ⟳.</source>
     </message>
     <message>
         <source>Draw the seed&apos;s noise at this size and centre it: keeps a seed&apos;s look at a new size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>LCM</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Turbo</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Lightning</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Hyper-SD</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>DMD2</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

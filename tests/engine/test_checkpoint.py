@@ -345,15 +345,6 @@ def test_explicit_hint_beats_metadata(tmp_path):
             "no text encoder",
         ),
         (sd1_tensors(context=1024), "does not match"),
-        (
-            {
-                UNET + "input_blocks.0.0.weight": (384, 4, 3, 3),
-                UNET + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (768, 1280),
-                UNET + "label_emb.0.0.weight": (1536, 2560),
-                "conditioner.embedders.0.model.text_projection": (1280, 1280),
-            },
-            "refiner",
-        ),
     ],
 )
 def test_unknown_architectures_are_refused(tmp_path, tensors, hint):
@@ -407,11 +398,28 @@ def test_folder_of_another_pipeline_is_refused(tmp_path):
         detect_diffusers_folder(folder)
 
 
-def test_sdxl_refiner_folder_is_refused(tmp_path):
+def test_sdxl_refiner_folder_is_detected_as_a_refiner(tmp_path):
     index = {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None]}
     unet = {"in_channels": 4, "addition_embed_type": "text_time", "cross_attention_dim": 1280}
-    with pytest.raises(ModelError, match="refiner"):
-        detect_diffusers_folder(_folder(tmp_path / "refiner", index, unet))
+    arch = detect_diffusers_folder(_folder(tmp_path / "refiner", index, unet))
+    assert arch.refiner and arch.config_name == "sdxl-refiner" and arch.label == "SDXL refiner"
+
+
+_REFINER_FILE = {
+    UNET + "input_blocks.0.0.weight": (384, 4, 3, 3),
+    UNET + "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (768, 1280),
+    UNET + "label_emb.0.0.weight": (1536, 2560),
+    "conditioner.embedders.0.model.text_projection": (1280, 1280),
+}
+
+
+def test_sdxl_refiner_file_is_detected_and_needs_its_encoder(tmp_path):
+    encoder = {"conditioner.embedders.0.model." + n: (1280,) for n in
+               ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")}  # fmt: skip
+    arch = detect_file(write_header_only(tmp_path / "refiner.safetensors", _REFINER_FILE | encoder))
+    assert arch.refiner and arch.config_name == "sdxl-refiner" and arch.label == "SDXL refiner"
+    with pytest.raises(ModelError, match="an SDXL refiner, but its text-encoder weights are missing"):
+        detect_file(write_header_only(tmp_path / "bare.safetensors", _REFINER_FILE))
 
 
 def test_sd2_folder_prediction_from_its_scheduler(tmp_path):

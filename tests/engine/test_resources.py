@@ -40,7 +40,10 @@ OPENCLIP_BIGG_PROJ = 694_659_840  # SDXL text_encoder_2, with the 1280x1280 proj
 SD_PARTS = {"model_index.json", "scheduler", "unet", "vae", "text_encoder"}
 SDXL_PARTS = SD_PARTS | {"text_encoder_2"}
 FAMILIES = {"sd15": "sd1", "sd15-inpaint": "sd1", "sd2": "sd2", "sd2-base": "sd2", "sd2-inpaint": "sd2",
-            "sdxl": "sdxl", "sdxl-inpaint": "sdxl"}
+            "sdxl": "sdxl", "sdxl-inpaint": "sdxl", "sdxl-refiner": "sdxl"}
+REFINER_UNET = 2_259_526_660  # stabilityai/stable-diffusion-xl-refiner-1.0's UNet config
+# The refiner has the second SDXL encoder and tokenizer only.
+REFINER_PARTS = SDXL_PARTS - {"text_encoder"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ EXPECT: dict[str, Expect] = {
         "epsilon",
         [49407, 0],
         0.13025,
+    ),
+    "sdxl-refiner": Expect(
+        "StableDiffusionXLImg2ImgPipeline", REFINER_UNET, [OPENCLIP_BIGG_PROJ], "epsilon", [0], 0.13025
     ),
 }
 
@@ -165,11 +171,15 @@ def test_config_folder_is_complete(resources: Resources, name: str) -> None:
     folder = resources.config_folder(name)
     expect = EXPECT[name]
     xl = name.startswith("sdxl")
-    assert {p.name for p in folder.iterdir()} == (SDXL_PARTS if xl else SD_PARTS)
+    refiner = name == "sdxl-refiner"
+    assert {p.name for p in folder.iterdir()} == (REFINER_PARTS if refiner else SDXL_PARTS if xl else SD_PARTS)
 
     index = _read(folder / "model_index.json")
     assert index["_class_name"] == expect.pipeline
     components = ["scheduler", "unet", "vae", "text_encoder"] + (["text_encoder_2"] if xl else [])
+    if refiner:
+        components.remove("text_encoder")
+        assert index["text_encoder"] == [None, None] and index["tokenizer"] == [None, None]
     for component in components:
         assert index[component][0] in ("diffusers", "transformers")
         config_file = "scheduler_config.json" if component == "scheduler" else "config.json"
@@ -180,8 +190,8 @@ def test_config_folder_is_complete(resources: Resources, name: str) -> None:
         assert index.get(optional, [None, None]) == [None, None]
 
     # The tokenizers stay in model_index.json: the backend hands in the shared copy for each.
-    tokenizers = ["tokenizer", "tokenizer_2"] if xl else ["tokenizer"]
-    assert [name for name in TOKENIZER_COMPONENTS if index.get(name)] == tokenizers
+    tokenizers = ["tokenizer_2"] if refiner else ["tokenizer", "tokenizer_2"] if xl else ["tokenizer"]
+    assert [name for name in TOKENIZER_COMPONENTS if index.get(name, [None])[0]] == tokenizers
     assert all(index[name] == ["transformers", "CLIPTokenizer"] for name in tokenizers)
 
     scheduler = _read(folder / "scheduler" / "scheduler_config.json")
@@ -215,8 +225,9 @@ def build_empty() -> Callable[[Path], dict[str, Any]]:
                 modules: dict[str, Any] = {
                     "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(unet_dir)),
                     "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
-                    "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
                 }
+                if (folder / "text_encoder").is_dir():
+                    modules["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
                 if (folder / "text_encoder_2").is_dir():
                     config = CLIPTextConfig.from_pretrained(folder / "text_encoder_2")
                     modules["text_encoder_2"] = CLIPTextModelWithProjection(config)
@@ -281,6 +292,7 @@ def test_from_single_file_uses_the_folder_offline(
     assert type(pipe).__name__ == expect.pipeline
     assert pipe.scheduler.config.prediction_type == expect.prediction
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if hasattr(pipe, "tokenizer_2") else [])
+    tokenizers = [t for t in tokenizers if t is not None]  # the refiner has no first tokenizer
     assert [t.pad_token_id for t in tokenizers] == expect.tokenizer_pads
     assert tokenizers[0](REFERENCE_TEXT)["input_ids"] == REFERENCE_IDS
     assert connections == []
@@ -351,6 +363,7 @@ def test_every_model_gets_the_tokenization_of_its_old_copy(resources: Resources,
                                                                                FAMILIES[name])
     pads = [49407] if name == "demo-model" else EXPECT[name].tokenizer_pads
     tokenizers = shared_tokenizers(resources, folder, family)
-    assert list(tokenizers) == list(TOKENIZER_COMPONENTS[: len(pads)])
+    expected = ["tokenizer_2"] if name == "sdxl-refiner" else list(TOKENIZER_COMPONENTS[: len(pads)])
+    assert list(tokenizers) == expected
     for tok, pad_id in zip(tokenizers.values(), pads, strict=True):
         _tokenizes_as_before(tok, pad_zero=pad_id == 0)

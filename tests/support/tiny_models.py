@@ -23,6 +23,7 @@ from diffusers import (
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
@@ -269,6 +270,52 @@ def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipe
 
 
+def build_tiny_sdxl_refiner(seed: int = 5) -> StableDiffusionXLImg2ImgPipeline:
+    """The SDXL refiner in miniature, as stabilityai/stable-diffusion-xl-refiner-1.0 is laid out: only the
+    OpenCLIP-G-style encoder (its context alone, 64 wide), and 5 conditioning numbers (size, crop and the
+    aesthetic score) instead of the base's 6."""
+    with _seeded(seed) as generator:
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=_UNET_CHANNELS,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            cross_attention_dim=_TEXT_WIDTH_2,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=_SDXL_TIME_EMBED,
+            projection_class_embeddings_input_dim=_TEXT_WIDTH_2 + 5 * _SDXL_TIME_EMBED,
+            norm_num_groups=32,
+        )
+        vae = _tiny_vae(scaling_factor=0.13025)
+        text_encoder_2 = CLIPTextModelWithProjection(
+            _clip_config(
+                hidden_size=_TEXT_WIDTH_2, intermediate_size=2 * _TEXT_WIDTH_2 + 3, hidden_act="gelu",
+                projection_dim=_TEXT_WIDTH_2, pad_token_id=0,
+            )
+        )  # fmt: skip
+        for module in (unet, vae, text_encoder_2):
+            _jitter(module, generator)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=vae.eval(),
+        text_encoder=None,
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer=None,
+        tokenizer_2=_tokenizer(pad_zero=True),
+        unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 # --------------------------------------------------------------------------------------------------
 # Diffusers layout
 
@@ -471,6 +518,8 @@ def ldm_state_dict(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) ->
     text_encoder_2 = getattr(pipe, "text_encoder_2", None)
     if text_encoder_2 is None:
         sd.update(clip_to_ldm(pipe.text_encoder.state_dict(), "cond_stage_model.transformer."))
+    elif pipe.text_encoder is None:  # the SDXL refiner: OpenCLIP-G alone, as the first embedder
+        sd.update(open_clip_to_ldm(text_encoder_2.state_dict(), "conditioner.embedders.0.model."))
     else:
         sd.update(clip_to_ldm(pipe.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
         sd.update(open_clip_to_ldm(text_encoder_2.state_dict(), "conditioner.embedders.1.model."))

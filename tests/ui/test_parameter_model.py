@@ -52,6 +52,9 @@ CHANGED = Parameters(
     hires_negative_prompt="blur",
     hires_sampler="Euler",
     controls=(ControlUnit("edges-cn", "/no/such/edges.png", 0.8, 0.1, 0.9, "prompt", "canny"),),
+    few_step="lightning",
+    refiner="xl-refiner",
+    refiner_switch_at=0.65,
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
 # one the panel does not offer yet (Flux's separate text encoders: command line only so far).
@@ -108,6 +111,9 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "hires_negative_prompt": panel.hires_negative_edit.text,
         "hires_sampler": lambda: _combo_data(panel.hires_sampler_combo),
         "controls": lambda: tuple(_read_unit(panel.control_list.row(i)) for i in range(panel.control_list.rows())),
+        "few_step": lambda: _combo_data(panel.few_step_combo),
+        "refiner": lambda: _combo_data(panel.refiner_combo),
+        "refiner_switch_at": panel.refiner_switch_spin.value,
     }
 
 
@@ -127,7 +133,10 @@ def _select(combo: QComboBox, value: object) -> None:
 def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
     """What a user does, widget by widget."""
     _select(panel.model_combo, target.model)
+    _select(panel.few_step_combo, target.few_step)  # first: choosing a kind sets steps, CFG and sampler
     _select(panel.sampler_combo, target.sampler)
+    _select(panel.refiner_combo, target.refiner)
+    panel.refiner_switch_spin.setValue(target.refiner_switch_at)
     panel.steps_spin.setValue(target.steps)
     panel.cfg_spin.setValue(target.cfg_scale)
     panel.distilled_cfg_spin.setValue(target.distilled_cfg_scale)
@@ -201,7 +210,8 @@ def test_editing_every_widget_updates_the_model(panel: ParameterPanel) -> None:
     assert panel.model.parameters == CHANGED
     # One change per field (the LoRA and control rows several: added, then edited), no echo from the widgets.
     assert sorted(set(changed)) == sorted(PARAMETER_FIELDS)
-    assert len([name for name in changed if name not in ("loras", "controls")]) == len(PARAMETER_FIELDS) - 2
+    # Choosing the few-step kind set steps, CFG and sampler, which the edits after it change again.
+    assert len([name for name in changed if name not in ("loras", "controls")]) == len(PARAMETER_FIELDS) - 2 + 3
 
 
 def test_the_request_is_built_from_the_model_with_every_field(panel: ParameterPanel) -> None:

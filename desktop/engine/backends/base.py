@@ -62,6 +62,15 @@ class StepInfo:
 
 
 @dataclass(frozen=True)
+class RefinerHash:
+    """The SDXL refiner an image was finished with: its library name and AutoV2 hash (None for a
+    diffusers folder, which has no one file to hash), as A1111 writes `Refiner: NAME [hash]`."""
+
+    name: str
+    autov2: str | None
+
+
+@dataclass(frozen=True)
 class GeneratedBatch:
     """The images of one pipeline call, in order, with the seed each was made from."""
 
@@ -77,6 +86,7 @@ class GeneratedBatch:
     embeddings: tuple[AdapterHash, ...] = ()
     vae: VaeHash | None = None  # None: the model's own VAE
     controls: tuple[ControlHash, ...] = ()  # one per request.controls unit, in order
+    refiner: RefinerHash | None = None  # None: no refiner pass
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,7 @@ from desktop.engine.backends.ip_adapter import IpAdapters  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
+from desktop.engine.backends.refiner import Refiners  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
 from desktop.engine.backends.tiling import circular_padding  # noqa: E402
@@ -90,10 +91,12 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     detect_architecture,
     detect_diffusers_folder,
     dit_architecture,
+    prediction_scheduler_overrides,
     read_safetensors_header,
     sniff_file_type,
 )
 from desktop.engine.library.dit import detect_gguf  # noqa: E402
+from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
 from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.prompt_schedule import PromptPlan, plan_prompts  # noqa: E402
@@ -205,6 +208,7 @@ class DiffusersBackend:
         self._ip_adapters = IpAdapters(AdapterCatalog(paths.controls, "control model", "controls"))
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
+        self._refiners = Refiners(catalog, self._hashes, resources)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
@@ -264,7 +268,7 @@ class DiffusersBackend:
         self._key = key
         self._family = arch.family
         self._inpaint_model = arch.inpaint
-        self._default_scheduler = pipe.scheduler
+        self._default_scheduler = with_prediction_overrides(pipe.scheduler, arch)
         self._model = ModelInfo(entry.name, str(entry.path), arch.config_name, model_hash)
         return LoadReport(
             self._model, time.perf_counter() - started, False, choice.device, choice.precision, tuple(self._notes)
@@ -280,6 +284,7 @@ class DiffusersBackend:
         self._vaes.forget()
         self._controls.forget()
         self._ip_adapters.forget()
+        self._refiners.forget()
         self._pipes.clear()
         self._memory_mode = "full"
         self._default_scheduler = None
@@ -321,6 +326,7 @@ class DiffusersBackend:
     ) -> tuple[Any, ArchitectureInfo, str | None]:
         if entry.is_folder:
             arch = detect_diffusers_folder(entry.path, name=entry.name)
+            _refuse_refiner(entry.name, arch)
             # Pickled weights are refused by their bytes; from_pretrained reads safetensors only anyway.
             check_model_folder(entry.path, name=entry.name)
             if arch.inpaint:
@@ -332,6 +338,7 @@ class DiffusersBackend:
             raise ModelError(_not_safetensors_message(entry.path, kind))
         header = read_safetensors_header(entry.path)
         arch = detect_architecture(header, name=entry.path.name)
+        _refuse_refiner(entry.name, arch)
         if arch.inpaint:
             _refuse_inpaint_only(entry.name, mode)
         model_hash = self._hashes.autov2(entry.path)
@@ -481,6 +488,9 @@ class DiffusersBackend:
             run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
         if request.hires_fix and plan is not None:
             run_notes.append("The hires fix applies to text-to-image only (as in A1111); it was ignored.")
+        if request.refiner and (self._family != "sdxl" or plan is not None):
+            raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
+        refiner_used = self._refiners.used(request)
         run = functools.partial(
             self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel, control
         )
@@ -515,7 +525,7 @@ class DiffusersBackend:
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(
             images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings, vae,
-            control.hashes if control is not None else (),
+            control.hashes if control is not None else (), refiner=refiner_used,
         )
 
     def _generate_dit(
@@ -597,12 +607,21 @@ class DiffusersBackend:
         if hires:
             # Latent upscalers take the first pass's latents as they are; pixel ones need its image.
             arguments["output_type"] = "latent" if is_latent(request.hires_upscaler) else "pil"
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family,
-                             self._key.device if self._key else "cpu", self._hires_timesteps(request) if hires else 0)
+        device = self._key.device if self._key else "cpu"
+        refiner = self._refiners.pipe(request.refiner, pipe.dtype, device) if request.refiner and not plan else None
+        extra = self._hires_timesteps(request) if hires else 0
+        if refiner is not None:
+            # The base stops at the switch and hands its (still noisy) latents on, undecoded.
+            arguments |= {"denoising_end": float(request.refiner_switch_at), "output_type": "latent"}
+            extra = self._refiners.extra_steps(refiner, request)
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, extra)
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()
             with torch.inference_mode(), circular_padding(tiled):
                 first = self._one_pass(pipe, request, seeds, request.sampler, progress, arguments, control)
+                if refiner is not None:
+                    progress.next_pass()
+                    return self._refiners.run(refiner, request, seeds, first.images, progress.callback, _X0Watcher)
                 if not hires:
                     return first
                 return self._hires_pass(request, seeds, first.images, progress)
@@ -631,7 +650,7 @@ class DiffusersBackend:
         control: ControlRun | None = None,
     ) -> Any:
         """One pipeline call; control units, when given, act in this pass (the first of a hires job)."""
-        pipe.scheduler = self._make_scheduler(sampler)
+        pipe.scheduler = self._make_scheduler(sampler, request.few_step)
         use_brownian_noise(pipe.scheduler, seeds)  # the SDE samplers' noise, seeded as A1111 seeds it
         watcher = _X0Watcher(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -679,7 +698,7 @@ class DiffusersBackend:
         """How many steps the second pass will call back for: image-to-image's own rule (the last
         int(steps x strength) of the schedule, times the scheduler's order), so the count that the first
         pass shows is exact for every sampler (PLMS adds a step, Heun doubles them)."""
-        scheduler = self._make_scheduler(request.hires_sampler or request.sampler)
+        scheduler = self._make_scheduler(request.hires_sampler or request.sampler, request.few_step)
         steps = request.hires_steps or request.steps
         scheduler.set_timesteps(steps)
         start = steps - min(int(steps * request.hires_denoise), steps)
@@ -754,14 +773,17 @@ class DiffusersBackend:
     def model_info(self) -> ModelInfo | None:
         return self._model
 
-    def _make_scheduler(self, sampler: str) -> Any:
-        """A fresh scheduler every job: schedulers keep state between steps."""
+    def _make_scheduler(self, sampler: str, few_step: str = "") -> Any:
+        """A fresh scheduler every job: schedulers keep state between steps. A few-step kind adds its
+        timestep spacing (Turbo, Lightning, Hyper: trailing) to whichever sampler runs."""
         base = self._default_scheduler
+        preset = FEW_STEP_PRESETS.get(few_step)
+        spacing = {"timestep_spacing": preset.timestep_spacing} if preset and preset.timestep_spacing else {}
         if sampler == DEFAULT_SAMPLER:
-            return type(base).from_config(base.config)
+            return type(base).from_config(base.config, **spacing)
         spec = SAMPLERS[sampler]
         cls = getattr(diffusers, spec.scheduler_class)
-        return cls.from_config(base.config, **dict(spec.overrides))
+        return cls.from_config(base.config, **dict(spec.overrides), **spacing)
 
 
 class _Progress:
@@ -996,6 +1018,13 @@ def _variation_arguments(
     return {"latents": noise.to(pipe.unet.dtype)}
 
 
+def with_prediction_overrides(scheduler: Any, arch: ArchitectureInfo) -> Any:
+    """The model's scheduler, reconfigured for a marked v-prediction SDXL (library/checkpoint.py); every
+    sampler is made from this one's config, so they all inherit the prediction type and spacing."""
+    overrides = prediction_scheduler_overrides(arch)
+    return type(scheduler).from_config(scheduler.config, **overrides) if overrides else scheduler
+
+
 def _pipeline_class(arch: ArchitectureInfo) -> Any:
     return StableDiffusionXLPipeline if arch.family == "sdxl" else StableDiffusionPipeline
 
@@ -1020,6 +1049,14 @@ def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
     if mode != "txt2img" and not families.edits(dit.family):
         raise ModelError(
             f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."
+        )
+
+
+def _refuse_refiner(name: str, arch: ArchitectureInfo) -> None:
+    if arch.refiner:
+        raise ModelError(
+            f"{name} is an SDXL refiner: it finishes an SDXL model's image. Choose an SDXL model, and this one as "
+            "its refiner (--refiner, or Refiner in the window)."
         )
 
 

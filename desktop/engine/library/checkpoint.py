@@ -297,6 +297,13 @@ class ArchitectureInfo:
     inpaint: bool  # UNet takes 9 input channels (latents + mask + masked-image latents)
     config_name: str  # folder under resources/configs/ holding the diffusers configs for this model
     dit: DitInfo | None = None  # set for the diffusion-transformer families (library/dit.py)
+    # SDXL v-prediction fine-tunes (NoobAI-XL v-pred and its kind) carry empty marker tensors `v_pred` and,
+    # when trained with zero terminal SNR, `ztsnr`: the tensors look like any SDXL, only the markers tell.
+    v_prediction: bool = False
+    zero_snr: bool = False
+    # The SDXL refiner (one OpenCLIP-G encoder, aesthetic-score conditioning): a second pass, never a
+    # main model (backends/refiner.py).
+    refiner: bool = False
 
     @property
     def is_dit(self) -> bool:
@@ -306,7 +313,11 @@ class ArchitectureInfo:
     def label(self) -> str:
         if self.dit is not None:
             return self.dit.label
+        if self.refiner:
+            return "SDXL refiner"
         base = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.family]
+        if self.family == "sdxl" and self.v_prediction:
+            base += " v-prediction, zero terminal SNR" if self.zero_snr else " v-prediction"
         return f"{base} inpainting" if self.inpaint else base
 
 
@@ -382,9 +393,8 @@ def detect_architecture(
         family = "sdxl"
         _require_text_encoder(header, name, "SDXL", _SDXL_CLIP_L_NEEDS + _SDXL_OPENCLIP_G_NEEDS)
     elif header.has_prefix(_SDXL_REFINER_OPENCLIP) and _UNET_LABEL_EMB in header:
-        raise ModelError(
-            f"{name}: {_UNKNOWN}. It is an SDXL refiner, which Marble does not support as a main model."
-        )
+        _require_text_encoder(header, name, "an SDXL refiner", _SDXL_REFINER_NEEDS)
+        return ArchitectureInfo(family="sdxl", inpaint=inpaint, config_name="sdxl-refiner", refiner=True)
     elif header.has_prefix(_SD2_OPENCLIP):
         width = _width(header, _SD2_OPENCLIP + "token_embedding.weight")
         if width != context_dim:
@@ -411,8 +421,31 @@ def detect_architecture(
     if family == "sd2" and v_prediction is None:
         v_prediction = _v_prediction_hint(header.metadata)
     return ArchitectureInfo(
-        family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction)
+        family=family, inpaint=inpaint, config_name=_config_name(family, inpaint, v_prediction),
+        **sdxl_prediction_markers(header, family),
     )
+
+
+def sdxl_prediction_markers(header: SafetensorsHeader, family: str) -> dict[str, bool]:
+    """An SDXL single file's `v_pred` / `ztsnr` marker tensors (the keys ComfyUI and Forge read) as
+    ArchitectureInfo fields; {} for other families, whose files never carry them."""
+    if family != "sdxl" or "v_pred" not in header:
+        return {}
+    return {"v_prediction": True, "zero_snr": "ztsnr" in header}
+
+
+def prediction_scheduler_overrides(arch: ArchitectureInfo) -> dict[str, object]:
+    """Scheduler config changes a marked v-prediction SDXL needs; {} for everything else.
+
+    v-prediction needs the trailing spacing: ComfyUI's and A1111's k-diffusion schedules start at the
+    last training timestep, and with zero terminal SNR the "leading" spacing SDXL's config names would
+    never reach the pure-noise step the model was trained to start from (Lin et al. 2023, table 2)."""
+    if not arch.v_prediction:
+        return {}
+    overrides: dict[str, object] = {"prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+    if arch.zero_snr:
+        overrides["rescale_betas_zero_snr"] = True
+    return overrides
 
 
 # Weights every text encoder of the family has whatever its depth: its first layer and final norm.
@@ -425,6 +458,9 @@ _SDXL_CLIP_L_NEEDS = tuple(
 )
 _SD2_OPENCLIP_NEEDS = tuple(
     _SD2_OPENCLIP + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
+)
+_SDXL_REFINER_NEEDS = tuple(
+    _SDXL_REFINER_OPENCLIP + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
 )
 _SDXL_OPENCLIP_G_NEEDS = tuple(
     _SDXL_OPENCLIP_G + n for n in ("transformer.resblocks.0.attn.in_proj_weight", "ln_final.weight")
@@ -494,9 +530,7 @@ def detect_diffusers_folder(
 
     if class_name.startswith("StableDiffusionXL") or unet.get("addition_embed_type") == "text_time":
         if _is_null_component(index.get("text_encoder")):
-            raise ModelError(
-                f"{name}: {_UNKNOWN}. It is an SDXL refiner, which Marble does not support as a main model."
-            )
+            return ArchitectureInfo(family="sdxl", inpaint=inpaint, config_name="sdxl-refiner", refiner=True)
         family = "sdxl"
     elif class_name.startswith("StableDiffusion") and not class_name.startswith("StableDiffusion3"):
         family = _sd1_or_sd2(folder, unet, name)

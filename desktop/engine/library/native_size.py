@@ -11,6 +11,7 @@ from pathlib import Path
 
 from desktop.engine.errors import MarbleError
 from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.few_step import PRESETS, few_step_of_file, split_family
 from desktop.engine.safe_files import read_json_file
 
 # Published training sizes of the architectures a single file can be (resources/configs names).
@@ -22,6 +23,7 @@ _SIZE_BY_CONFIG = {
     "sd2-inpaint": 512,
     "sdxl": 1024,
     "sdxl-inpaint": 1024,
+    "sdxl-refiner": 1024,
 }
 
 
@@ -49,6 +51,7 @@ _FAMILY_BY_CONFIG = {
     "sd2-inpaint": "sd2",
     "sdxl": "sdxl",
     "sdxl-inpaint": "sdxl",
+    "sdxl-refiner": "sdxl-refiner",  # offered as a refiner, not as a main model's family
     # The diffusion transformers (desktop.engine.library.dit): Flux dev and schnell want different
     # defaults (schnell: 4 steps, no guidance), the SD3 sizes share theirs.
     "flux-dev": "flux-dev",
@@ -65,11 +68,23 @@ _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 def model_family(path: Path) -> str | None:
     """"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell", "sd3", or "unet-<width>" for another UNet folder
-    (the demo model); None when unreadable or unknown."""
+    (the demo model); None when unreadable or unknown. A UNet single file whose header names a few-step
+    kind (library/few_step.py) gets it as a suffix, "sdxl-turbo": a family of its own, with its defaults."""
+    family = _plain_family(path)
+    if family in ("sd1", "sd2", "sdxl"):
+        kind = few_step_of_file(path)
+        if kind is not None:
+            return f"{family}-{kind}"
+    return family
+
+
+def _plain_family(path: Path) -> str | None:
     try:
         if path.is_dir() and not (path / "unet").is_dir():
             # A transformer folder (Flux, SD3): its model_index.json and transformer config tell.
             return _FAMILY_BY_CONFIG.get(detect_model(path).config_name)
+        if path.is_dir() and _is_refiner_folder(path):
+            return "sdxl-refiner"
         if path.is_dir():
             width = _json(path / "unet" / "config.json").get("cross_attention_dim")
             if isinstance(width, list) and width:
@@ -85,15 +100,27 @@ def model_family(path: Path) -> str | None:
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
 # schnell is distilled to 4 steps without guidance (BFL's reference settings).
 # Qwen-Image's CFG is true CFG at 4 in Qwen's examples; 7.5 burns its images.
-_FAMILY_DEFAULTS: dict[str, dict[str, float | int]] = {
+_FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "flux-schnell": {"steps": 4, "cfg_scale": 1.0},
     "qwen-image": {"cfg_scale": 4.0},
 }
 
 
-def family_defaults(family: str | None) -> dict[str, float | int]:
-    """The request fields (`steps`, `cfg_scale`) a family needs other than the usual defaults; {} for most."""
+def family_defaults(family: str | None) -> dict[str, object]:
+    """The request fields (`steps`, `cfg_scale`, and for few-step kinds `sampler` and `few_step`) a family
+    needs other than the usual defaults; {} for most. A few-step family ("sdxl-lightning", or "-lcm" for
+    the kind alone, as a chosen LoRA gives it) gets its kind's published settings (library/few_step.py)."""
+    _base, kind = split_family(family)
+    if kind is not None:
+        return PRESETS[kind].request_fields()
     return dict(_FAMILY_DEFAULTS.get(family or "", {}))
+
+
+def _is_refiner_folder(path: Path) -> bool:
+    try:
+        return detect_model(path).refiner
+    except MarbleError:
+        return False  # another UNet folder (the demo model): told by its width below
 
 
 def _json(file: Path) -> dict:

@@ -1,0 +1,100 @@
+"""Few-step models and LoRAs (library/few_step.py): told from their headers, given their published
+settings by the command line, and their timestep spacing honoured by the backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
+from desktop.engine.library.few_step import PRESETS, few_step_from_metadata
+from desktop.engine.library.native_size import family_defaults, model_family
+from desktop.engine.metadata import read_image_metadata
+from desktop.engine.paths import AppPaths
+from tests.e2e.test_cli import in_process
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support import tiny_loras, tiny_models
+
+
+@pytest.mark.parametrize(
+    ("metadata", "kind"),
+    [
+        ({"ss_output_name": "sdxl_lightning_4step_lora", "ss_network_module": "networks.lora"}, "lightning"),
+        ({"modelspec.title": "SDXL-Turbo"}, "turbo"),
+        ({"ss_output_name": "lcm-lora-sdv1-5"}, "lcm"),
+        ({"modelspec.title": "Hyper-SD 8-step LoRA"}, "hyper"),
+        ({"modelspec.name": "dmd2_sdxl_4step"}, "dmd2"),
+        ({"modelspec.title": "Hyperrealism v3"}, None),  # "hyper" alone is an ordinary word
+        ({"ss_output_name": "turbocharged_cars"}, None),  # a whole word only
+        ({"format": "pt"}, None),
+    ],
+)
+def test_the_kind_is_read_from_the_header_metadata(metadata, kind):
+    assert few_step_from_metadata(metadata) == kind
+
+
+def test_a_few_step_single_file_is_a_family_of_its_own_with_its_defaults(tmp_path):
+    pipe = tiny_models.build_tiny_sd15()
+    plain = tiny_models.save_single_file(pipe, tmp_path / "plain.safetensors")
+    fast = tiny_models.save_single_file(pipe, tmp_path / "fast.safetensors", metadata={"modelspec.title": "Lightning"})
+    assert model_family(plain) == "sd1" and family_defaults("sd1") == {}
+    assert model_family(fast) == "sd1-lightning"
+    lightning = {"steps": 4, "cfg_scale": 1.0, "sampler": "Euler", "few_step": "lightning"}
+    assert family_defaults("sd1-lightning") == lightning
+    assert family_defaults("flux-schnell") == {"steps": 4, "cfg_scale": 1.0}  # the existing table still works
+
+
+def _cli(model, home, out, *extra):
+    return in_process(
+        ["generate", "--model", str(model), "--prompt", "a fox", "--seed", "3", "--width", "64", "--height", "64",
+         "--device", "cpu", "--out", str(out), "--no-preview", "--home", str(home), *extra]
+    )  # fmt: skip
+
+
+def test_cli_takes_the_preset_from_a_lora_header_or_the_option(tmp_path, tiny_sd15_dir):
+    home = tmp_path / "home"
+    loras = AppPaths.for_root(home).ensure().loras
+    pipe = tiny_models.build_tiny_sd15()
+    tiny_loras.save_lora(tiny_loras.kohya_state_dict(pipe), loras / "speedy.safetensors",
+                         {"ss_output_name": "lcm-lora-sdv1-5", "ss_network_module": "networks.lora"})  # fmt: skip
+    code, _, err = _cli(tiny_sd15_dir, home, tmp_path / "a.png", "--lora", "speedy")
+    assert code == 0, err
+    request = read_image_metadata(tmp_path / "a.png").request
+    assert (request.steps, request.cfg_scale, request.sampler, request.few_step) == (4, 1.0, "LCM", "lcm")
+
+    # Chosen by hand; what the user gives wins over the preset.
+    code, _, err = _cli(tiny_sd15_dir, home, tmp_path / "b.png", "--few-step", "turbo", "--steps", "2")
+    assert code == 0, err
+    request = read_image_metadata(tmp_path / "b.png").request
+    assert (request.steps, request.cfg_scale, request.sampler, request.few_step) == (2, 1.0, "Euler a", "turbo")
+
+    code, _, err = _cli(tiny_sd15_dir, home, tmp_path / "c.png", "--steps", "2")  # no kind: the usual defaults
+    request = read_image_metadata(tmp_path / "c.png").request
+    assert code == 0 and (request.cfg_scale, request.sampler, request.few_step) == (7.5, "default", "")
+
+
+def test_backend_runs_the_kinds_sampler_with_trailing_timesteps(paths, tiny_sd15_dir):
+    request = request_for(tiny_sd15_dir, steps=2, cfg_scale=1.0, sampler="Euler a", few_step="turbo")
+    batch, steps = run(make_backend(paths), request)
+    assert len(steps) == 2
+
+    bare = StableDiffusionPipeline.from_pretrained(str(tiny_sd15_dir), local_files_only=True)
+    bare.set_progress_bar_config(disable=True)
+    config = bare.scheduler.config
+
+    def bare_image(**scheduler_changes):
+        bare.scheduler = EulerAncestralDiscreteScheduler.from_config(config, **scheduler_changes)
+        return pixels(bare(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=2,
+            guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(request.seed), height=64, width=64,
+        ).images[0])  # fmt: skip
+
+    assert PRESETS["turbo"].timestep_spacing == "trailing"
+    assert np.array_equal(pixels(batch.images[0]), bare_image(timestep_spacing="trailing"))
+    assert not np.array_equal(pixels(batch.images[0]), bare_image())
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
