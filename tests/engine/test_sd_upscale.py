@@ -8,15 +8,23 @@ import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
+from safetensors.torch import save_file
 
+from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.errors import InvalidRequest
+from desktop.engine.events import JobFinished, StepProgress
 from desktop.engine.history.store import HistoryStore
+from desktop.engine.jobs import Job
+from desktop.engine.library.index import Library
 from desktop.engine.metadata import png_info, png_text_chunks, read_image_metadata
+from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import GenerationRequest
+from desktop.engine.runner import JobRunner
 from desktop.engine.upscale_job import UpscaleSettings, upscale_request
 from desktop.engine.upscale_tiles import blend_tiles, tile_boxes, tile_starts
 from tests.engine.test_diffusers_backend import make_backend, pixels, run
+from tests.engine.test_upscalers import esrgan_state
 from tests.support.cli_runner import run_cli
 
 
@@ -151,3 +159,32 @@ def test_marble_upscale_sd_upscale_writes_the_result_and_the_history(tiny_sd15_d
     code, _, err = run_cli("upscale", str(source), "--upscaler", "nope", "--sd-upscale", "--model",
                            str(tiny_sd15_dir), "--out", str(out), "--home", str(home))
     assert code != 0 and "Unknown upscaler 'nope'" in err and "Traceback" not in err
+
+
+def test_a_plain_upscale_with_a_library_model_loads_no_pipeline_and_counts_its_tiles(paths, tmp_path):
+    weights = tmp_path / "4x-tiny.safetensors"
+    save_file(esrgan_state(), str(weights))
+    Library(paths).import_path(weights, "upscaler")
+    source = tmp_path / "photo.png"
+    smooth_image(40, 24).save(source)  # no recipe, no model: a photo
+    request = upscale_request(str(source), {}, UpscaleSettings(upscaler="4x-tiny", scale=2.0, tile=16),
+                              device="cpu")
+    store = HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
+    events = []
+    try:
+        runner = JobRunner(make_backend(paths), ImageWriter(paths.outputs), "test", store)
+        runner.run(Job(request), events.append)
+        assert runner.backend._pipe is None  # a plain upscale never loads a model
+        finished = events[-1]
+        assert isinstance(finished, JobFinished), finished
+        made = Image.open(finished.paths[0])
+        network, _ = load_upscaler(weights)
+        expected = upscale(network, 4, Image.open(source).convert("RGB"), tile=16).resize(
+            (80, 48), Image.Resampling.LANCZOS)
+        assert np.array_equal(pixels(made), pixels(expected))
+        steps = [(e.step, e.total) for e in events if isinstance(e, StepProgress)]
+        assert steps == [(k, 6) for k in range(1, 7)]  # 3 x 2 tiles of 16 px over 40 x 24
+        assert read_image_metadata(finished.paths[0]).settings["Postprocess upscaler"] == "4x-tiny"
+        assert len(store.query()) == 1
+    finally:
+        store.close_all()

@@ -20,6 +20,7 @@ import gc  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -534,7 +535,10 @@ class DiffusersBackend:
                 f"keep both sides from 8 to {MAX_SIDE} pixels."
             )
         seed = request.seed_for(batch_index, 0)
-        upscaled = self._upscale_pixels(source, target, request, cancel)
+        # SD upscale counts its progress over the tiles it denoises; a plain one over the upscaler's tiles.
+        upscaled = self._upscale_pixels(
+            source, target, request, cancel, batch_index, None if request.sd_upscale else on_step
+        )
         if not request.sd_upscale:
             return GeneratedBatch((upscaled,), (seed,), batch_index)
         if self._pipe is None:
@@ -573,7 +577,8 @@ class DiffusersBackend:
         )
 
     def _upscale_pixels(
-        self, source: Image.Image, target: tuple[int, int], request: GenerationRequest, cancel: CancelToken
+        self, source: Image.Image, target: tuple[int, int], request: GenerationRequest, cancel: CancelToken,
+        batch_index: int = 0, on_step: Callable[[StepInfo], None] | None = None,
     ) -> Image.Image:
         """`source` at `target` size: a resampler, or an upscaler model (its own factor, in tiles) and
         then Lanczos to the exact size, as A1111 does with a factor the model does not have."""
@@ -591,8 +596,20 @@ class DiffusersBackend:
         image = source
         # A 4x model asked for 8x runs twice; asked for 2x, once and then Lanczos down (A1111's way).
         while image.width < target[0] or image.height < target[1]:
-            image = upscale(network, info.scale, image, tile=request.upscale_tile,
-                            should_cancel=lambda: cancel.cancelled)
+            tile = request.upscale_tile
+            total = math.ceil(image.width / tile) * math.ceil(image.height / tile) if tile > 0 else 1
+            done = [0]
+
+            def next_tile(total: int = total, done: list[int] = done) -> bool:
+                # Called before each tile: the tile before it is done, so the job's progress moves on.
+                if done[0] and on_step is not None:
+                    on_step(StepInfo(done[0], total, batch_index, None))
+                done[0] += 1
+                return cancel.cancelled
+
+            image = upscale(network, info.scale, image, tile=tile, should_cancel=next_tile)
+            if on_step is not None:
+                on_step(StepInfo(total, total, batch_index, None))
             if info.scale <= 1:
                 break
         return image if image.size == target else image.resize(target, Image.Resampling.LANCZOS)
