@@ -19,6 +19,7 @@ from desktop.engine.library.index import Library
 from desktop.engine.metadata import png_info, png_text_chunks, read_image_metadata
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
+from desktop.engine.recipe import read_recipe
 from desktop.engine.request import GenerationRequest
 from desktop.engine.runner import JobRunner
 from desktop.engine.upscale_job import UpscaleSettings, upscale_request
@@ -148,6 +149,8 @@ def test_marble_upscale_sd_upscale_writes_the_result_and_the_history(tiny_sd15_d
     assert metadata.settings["Postprocess upscaler"] == "Lanczos"
     assert metadata.settings["SD upscale overlap"] == "16"
     assert metadata.settings["Denoising strength"] == "0.5"
+    unsupported = " ".join(read_recipe(metadata).unsupported)
+    assert "Postprocess" not in unsupported and "SD upscale" not in unsupported  # facts, not settings
     paths = AppPaths.for_root(home)
     store = HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
     try:
