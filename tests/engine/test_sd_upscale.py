@@ -10,11 +10,12 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 from safetensors.torch import save_file
 
+from desktop.engine.backends.base import StepInfo
 from desktop.engine.backends.upscale import load_upscaler, upscale
-from desktop.engine.errors import InvalidRequest
+from desktop.engine.errors import Cancelled, InvalidRequest
 from desktop.engine.events import JobFinished, StepProgress
 from desktop.engine.history.store import HistoryStore
-from desktop.engine.jobs import Job
+from desktop.engine.jobs import CancelToken, Job
 from desktop.engine.library.index import Library
 from desktop.engine.metadata import png_info, png_text_chunks, read_image_metadata
 from desktop.engine.outputs import ImageWriter
@@ -191,3 +192,23 @@ def test_a_plain_upscale_with_a_library_model_loads_no_pipeline_and_counts_its_t
         assert len(store.query()) == 1
     finally:
         store.close_all()
+
+
+def test_cancel_during_the_second_tile_stops_the_job(paths, tiny_sd15_dir, tmp_path):
+    source = tmp_path / "source.png"
+    smooth_image(64, 64).save(source)
+    request = sd_request(tiny_sd15_dir, source, sd_tile=64, sd_overlap=32)
+    backend = make_backend(paths)
+    backend.load(request)
+    cancel = CancelToken()
+    seen: list[StepInfo] = []
+
+    def on_step(info: StepInfo) -> None:
+        seen.append(info)
+        if len(seen) == 4:  # the first tile runs 3 steps (PLMS's warm-up step included), then the second
+            cancel.cancel()
+
+    with pytest.raises(Cancelled):
+        backend.generate(request, 0, on_step, cancel)
+    # One total from the first step on: 4 tiles x 3 steps (int(4 x 0.5), plus PLMS's warm-up step).
+    assert [(s.step, s.total) for s in seen] == [(1, 12), (2, 12), (3, 12), (4, 12)]

@@ -554,20 +554,21 @@ class DiffusersBackend:
         vae = self._vaes.apply(self._pipe, request.vae, self._model.name if self._model else "the model")
         pipe = self._pipe_for("img2img", None)
         boxes = tile_boxes(target, request.sd_upscale_tile, request.sd_upscale_overlap)
-        per_tile = _steps_run(request)
+        # Exact, as for the hires fix's second pass: the first step already shows the total of all tiles.
+        per_tile = self._img2img_timesteps(request.sampler, request.steps, request.strength)
         progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family,
                              self._key.device if self._key else "cpu", per_tile * (len(boxes) - 1))
         tiles = []
         try:
             with torch.inference_mode():
-                for box in boxes:
+                for index, box in enumerate(boxes):
                     crop = upscaled.crop(box)
                     # Every tile with the job's seed, as A1111's script runs each batch of tiles.
                     tile_request = replace(request, width=crop.width, height=crop.height)
                     arguments = {"image": crop, "strength": float(request.strength)}
                     result = self._one_pass(pipe, tile_request, (seed,), request.sampler, progress, arguments)
                     tiles.append(result.images[0])
-                    progress.next_pass()
+                    progress.next_pass(per_tile * (len(boxes) - index - 2))
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         blended = blend_tiles(target, boxes, tiles)
@@ -766,10 +767,14 @@ class DiffusersBackend:
         """How many steps the second pass will call back for: image-to-image's own rule (the last
         int(steps x strength) of the schedule, times the scheduler's order), so the count that the first
         pass shows is exact for every sampler (PLMS adds a step, Heun doubles them)."""
-        scheduler = self._make_scheduler(request.hires_sampler or request.sampler)
-        steps = request.hires_steps or request.steps
+        return self._img2img_timesteps(
+            request.hires_sampler or request.sampler, request.hires_steps or request.steps, request.hires_denoise
+        )
+
+    def _img2img_timesteps(self, sampler: str, steps: int, strength: float) -> int:
+        scheduler = self._make_scheduler(sampler)
         scheduler.set_timesteps(steps)
-        start = steps - min(int(steps * request.hires_denoise), steps)
+        start = steps - min(int(steps * strength), steps)
         return len(scheduler.timesteps[start * scheduler.order :])
 
     def _upscaler(self, name: str) -> Callable[[Image.Image], Image.Image]:
@@ -868,9 +873,10 @@ class _Progress:
         self._offset = 0
         self._last_total = 0
 
-    def next_pass(self) -> None:
+    def next_pass(self, still_to_come: int = 0) -> None:
+        """The next pass starts; `still_to_come`: the steps of the passes after it (SD upscale's tiles)."""
         self._offset += self._last_total
-        self._extra = 0
+        self._extra = max(0, still_to_come)
 
     def callback(self, watcher: _X0Watcher, control: ControlRun | None = None) -> Callable[..., dict[str, Any]]:
         copies = PreviewCopies(self._device)
