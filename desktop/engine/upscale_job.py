@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from desktop.engine.backends.hires import canonical_upscaler
-from desktop.engine.request import GenerationRequest
+from desktop.engine.request import MAX_SIDE, MIN_SIDE, GenerationRequest
 
 # What the source's recipe may give an upscale job; hires fix, control units and batches are not part of it.
 _FROM_RECIPE = (
@@ -42,6 +42,11 @@ def upscale_request(
     and `overrides` (a model, prompt or seed given by the user). Not validated: the caller's submit does."""
     known = {f.name for f in fields(GenerationRequest)}
     values: dict[str, Any] = {name: recipe[name] for name in _FROM_RECIPE if name in recipe}
+    for side in ("width", "height"):
+        # A size Marble could not generate at (a ComfyUI image at 1000 px) must not stop an upscale of it.
+        if side in values and not (isinstance(values[side], int) and values[side] % 8 == 0
+                                   and MIN_SIDE <= values[side] <= MAX_SIDE):
+            del values[side]
     values.update({name: value for name, value in overrides.items() if name in known and value is not None})
     values.setdefault("prompt", "")
     values.setdefault("model", "")
