@@ -43,7 +43,7 @@ def upscale_request(
     known = {f.name for f in fields(GenerationRequest)}
     values: dict[str, Any] = {name: recipe[name] for name in _FROM_RECIPE if name in recipe}
     for side in ("width", "height"):
-        # A size Marble could not generate at (a ComfyUI image at 1000 px) must not stop an upscale of it.
+        # A size Marble could not generate at (a ComfyUI image at 1003 px) must not stop an upscale of it.
         if side in values and not (isinstance(values[side], int) and values[side] % 8 == 0
                                    and MIN_SIDE <= values[side] <= MAX_SIDE):
             del values[side]

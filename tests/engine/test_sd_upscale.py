@@ -96,8 +96,8 @@ def test_upscale_request_validation_says_what_is_wrong(tmp_path):
     with pytest.raises(InvalidRequest, match="No model is selected"):
         upscale_request("a.png", {}, UpscaleSettings(sd_upscale=True)).validate()
     upscale_request("a.png", {}, UpscaleSettings()).validate()  # a plain upscale needs no model
-    # A recipe's size Marble could not generate at (ComfyUI's 1000 px) does not stop the upscale.
-    assert upscale_request("a.png", {"width": 1000, "height": 512}, UpscaleSettings()).validate().height == 512
+    # A recipe's size Marble could not generate at (a ComfyUI image at 1003 px) does not stop the upscale.
+    assert upscale_request("a.png", {"width": 1003, "height": 512}, UpscaleSettings()).validate().height == 512
 
 
 def test_one_tile_sd_upscale_is_the_img2img_pass_by_hand(paths, tiny_sd15_dir, tmp_path):
