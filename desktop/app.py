@@ -45,6 +45,7 @@ from desktop.ui.api_integration import ServeApiIntegration
 from desktop.ui.dialogs.library_dialog import LibraryIntegration
 from desktop.ui.dialogs.plot_dialog import PlotIntegration
 from desktop.ui.dialogs.png_info_dialog import RecipeIntegration
+from desktop.ui.dialogs.upscale_dialog import UpscaleIntegration
 from desktop.ui.error_hook import ErrorHook
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.main_window import MainWindow
@@ -117,6 +118,8 @@ def build_main_window(
             model = HistoryModel(history, QThreadPool(window))
             window.add_history_panel(HistoryPanel(model, controller))
             model.reconcile_in_background()
+        # History > Upscale... and Generate > Upscale canvas image...: a queued upscale job.
+        window.upscale_integration = UpscaleIntegration(window, library)
         window.job_log = JobLog(controller, window)
         if settings is not None:
             app = QApplication.instance()

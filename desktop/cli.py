@@ -84,6 +84,7 @@ from desktop.library_cli import add_library_commands, run_library
 from desktop.plot_cli import add_plot_command, run_plot
 from desktop.serve_cli import add_serve_command, run_serve
 from desktop.styles_cli import add_styles_commands, run_styles
+from desktop.upscale_cli import sd_upscale_command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -209,9 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--upscaler", required=True, metavar="NAME", help="a library upscaler (marble upscalers list)")
     up.add_argument("--scale", type=float, default=None, metavar="F",
                     help="final scale (default: the model's own); other scales resize its result with Lanczos")
-    up.add_argument("--tile", type=int, default=256, metavar="PX", help="tile size in source pixels (0 = whole image)")
+    up.add_argument("--tile", type=int, default=None, metavar="PX",
+                    help="tile size: the upscaler's, in source pixels (default 256; 0 = whole image); with "
+                    "--sd-upscale the image-to-image tiles' (default 512)")
     up.add_argument("--device", default="cpu", choices=DEVICES)
     up.add_argument("--out", required=True, metavar="FILE", help="the PNG to write")
+    sd = up.add_argument_group("SD upscale (A1111's script: image-to-image over overlapping tiles)")
+    sd.add_argument("--sd-upscale", action="store_true", help="denoise the upscaled image again, tile by tile")
+    sd.add_argument("--model", default=None, metavar="NAME", help="the model (default: the source's recipe's)")
+    sd.add_argument("--prompt", default=None, help="the prompt (default: the source's)")
+    sd.add_argument("--negative", default=None, help="the negative prompt (default: the source's)")
+    sd.add_argument("--seed", type=int, default=None, help="the seed (default: the source's)")
+    sd.add_argument("--steps", type=int, default=None, help="steps (default: the source's)")
+    sd.add_argument("--denoise", type=float, default=0.3, metavar="D", help="denoising strength (default 0.3)")
+    sd.add_argument("--overlap", type=int, default=64, metavar="PX", help="tile overlap in pixels (default 64)")
     _add_home(up)
     info = commands.add_parser("info", help="print an image's recipe (A1111, ComfyUI, InvokeAI, ... metadata)")
     info.add_argument("file", help="a PNG, JPEG or WebP image")
@@ -307,6 +319,9 @@ def _info(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -
 
 def _upscale(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
     """`marble upscale`: a library upscaler over the image in overlapping tiles, written atomically."""
+    if args.sd_upscale:
+        return sd_upscale_command(args, paths, out, err, _run_request, _TextReporter(out, err))
+    args.tile = 256 if args.tile is None else args.tile
     try:
         if args.tile < 0 or 0 < args.tile < 32:
             raise InvalidRequest(f"--tile {args.tile} is too small: use 32 pixels or more, or 0 for the whole image.")

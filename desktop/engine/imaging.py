@@ -375,3 +375,19 @@ def edit_parameters(request: GenerationRequest, source_hash: str | None) -> dict
     if source_hash:
         pairs["Init image hash"] = source_hash[:10]
     return pairs
+
+
+def upscale_parameters(request: GenerationRequest, edit: dict[str, str]) -> dict[str, str]:
+    """The A1111 keys of an upscale job after the source's recipe: the extras tab's `Postprocess
+    upscale by` / `Postprocess upscaler`, and for SD upscale the img2img keys (`edit`) and the SD
+    upscale script's `SD upscale overlap` / `SD upscale upscaler`. `edit` as it is for other jobs."""
+    if not request.upscale_job:
+        return edit
+    pairs = {
+        "Postprocess upscale by": f"{float(request.upscale_by):g}",
+        "Postprocess upscaler": request.upscale_upscaler,
+    }
+    if not request.sd_upscale:
+        return pairs
+    return {**edit, "SD upscale overlap": str(request.sd_upscale_overlap),
+            "SD upscale upscaler": request.upscale_upscaler, "SD upscale tile": str(request.sd_upscale_tile), **pairs}

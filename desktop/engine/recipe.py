@@ -55,6 +55,9 @@ PROMPT_FIELDS = ("prompt", "negative_prompt", "loras")
 # Settings that describe the file rather than ask for anything: read, never reported as unsupported.
 _INFORMATIONAL = {
     "model hash", "lora hashes", "ti hashes", "vae hash", "version", "source", "batch size", "batch pos",
+    # How the image was upscaled after it was made (A1111's extras tab and SD upscale script): the recipe
+    # above it remakes the source.
+    "postprocess upscale by", "postprocess upscaler", "sd upscale overlap", "sd upscale upscaler", "sd upscale tile",
 }  # fmt: skip
 # Settings turned into fields below.
 _HANDLED = {

@@ -34,6 +34,7 @@ EMPHASIS_MODES = ("Original", "No norm", "None")
 MAX_CLIP_SKIP = 12  # CLIP ViT-L has 12 layers; A1111's slider stops there too
 MAX_LORA_WEIGHT = 5.0
 MAX_HIRES_SCALE = 8.0
+MAX_UPSCALE = 8.0
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,17 @@ class GenerationRequest:
     # after `refiner_switch_at` of the steps (backends/refiner.py). "" = no refiner.
     refiner: str = ""
     refiner_switch_at: float = 0.8
+    # An upscale job (A1111's extras tab; with `sd_upscale`, its "SD upscale" script): `init_image`
+    # upscaled by `upscale_by` (0 = not an upscale job) with `upscale_upscaler` (a pixel resampler or a
+    # library upscaler model, run in tiles of `upscale_tile` input pixels); SD upscale then runs
+    # image-to-image at `strength` over overlapping tiles of `sd_upscale_tile` px, blended across
+    # `sd_upscale_overlap` px. The other fields are the source's recipe (prompt, seed, model, size).
+    upscale_by: float = 0.0
+    upscale_upscaler: str = "Lanczos"
+    upscale_tile: int = 256
+    sd_upscale: bool = False
+    sd_upscale_tile: int = 512
+    sd_upscale_overlap: int = 64
 
     def validate(self) -> GenerationRequest:
         """Raise InvalidRequest naming the first problem; return self so calls chain."""
@@ -190,7 +202,9 @@ class GenerationRequest:
                 )
             if "\x00" in text:
                 raise InvalidRequest(f"The {label} contains a NUL character.")
-        if not self.model or not self.model.strip():
+        # A plain upscale runs no pipeline: an image without a recipe (a photo) still upscales.
+        plain_upscale = bool(self.upscale_by) and not self.sd_upscale
+        if (not self.model or not self.model.strip()) and not plain_upscale:
             raise InvalidRequest("No model is selected: pick a model or pass --model.")
         for label, side in (("width", self.width), ("height", self.height)):
             _check_int(label, side)
@@ -244,7 +258,53 @@ class GenerationRequest:
         self._validate_controls()
         self._validate_hires()
         self._validate_few_step_and_refiner()
+        self._validate_upscale()
         return self
+
+    def _validate_upscale(self) -> None:
+        if not isinstance(self.upscale_by, (int, float)) or isinstance(self.upscale_by, bool):
+            raise InvalidRequest(f"upscale factor {self.upscale_by!r} must be a number.")
+        if not self.upscale_by:
+            return
+        if not 1.0 <= self.upscale_by <= MAX_UPSCALE:
+            raise InvalidRequest(f"upscale factor {self.upscale_by:g} is out of range: use 1 to {MAX_UPSCALE:g}.")
+        if self.init_image is None or self.mask is not None:
+            raise InvalidRequest("An upscale needs a source image and no mask.")
+        name = self.upscale_upscaler
+        if not isinstance(name, str) or not name.strip() or "\x00" in name:
+            raise InvalidRequest(f"upscaler {self.upscale_upscaler!r} is not a valid name.")
+        _check_int("upscale tile", self.upscale_tile)
+        if not 0 <= self.upscale_tile <= MAX_SIDE:
+            raise InvalidRequest(
+                f"upscale tile {self.upscale_tile} is out of range: use 0 (whole image) to {MAX_SIDE}."
+            )
+        if self.hires_fix or self.batch_size != 1 or self.batch_count != 1:
+            raise InvalidRequest("An upscale makes one image: turn the hires fix off and use batch size and count 1.")
+        if not isinstance(self.sd_upscale, bool):
+            raise InvalidRequest(f"SD upscale must be true or false, not {self.sd_upscale!r}.")
+        if not self.sd_upscale:
+            return
+        _check_int("SD upscale tile", self.sd_upscale_tile)
+        if self.sd_upscale_tile % 8 or not MIN_SIDE <= self.sd_upscale_tile <= MAX_SIDE:
+            raise InvalidRequest(
+                f"SD upscale tile {self.sd_upscale_tile} must be a multiple of 8 from {MIN_SIDE} to {MAX_SIDE}."
+            )
+        _check_int("SD upscale overlap", self.sd_upscale_overlap)
+        if not 0 <= self.sd_upscale_overlap <= self.sd_upscale_tile // 2:
+            raise InvalidRequest(
+                f"SD upscale overlap {self.sd_upscale_overlap} is out of range: use 0 to half the tile "
+                f"({self.sd_upscale_tile // 2})."
+            )
+        if not 0.0 < self.strength <= 1.0:
+            raise InvalidRequest(
+                f"SD upscale denoising strength {self.strength:g} is out of range: use above 0, up to 1."
+            )
+
+    @property
+    def upscale_job(self) -> bool:
+        """This job upscales `init_image` rather than generating from the recipe."""
+        return bool(self.upscale_by)
+
 
     def _validate_few_step_and_refiner(self) -> None:
         if self.few_step and self.few_step not in FEW_STEP_KINDS:
@@ -493,6 +553,13 @@ def hires_target(width: int, height: int, scale: float, resize_w: int, resize_h:
     else:
         up_w, up_h = _eight(math.ceil(resize_h * width / height)), target_h
     return max(up_w, target_w), max(up_h, target_h), target_w, target_h
+
+
+def upscale_target(size: tuple[int, int], scale: float, sd_upscale: bool) -> tuple[int, int]:
+    """The size an upscale job makes of a `size` source: A1111's int(side x scale); multiples of 8 for
+    SD upscale, whose tiles go through the VAE."""
+    width, height = int(size[0] * scale), int(size[1] * scale)
+    return (_eight(width), _eight(height)) if sd_upscale else (width, height)
 
 
 def _eight(value: float) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from desktop.engine.backends.base import Backend, GeneratedBatch, LoadReport, StepInfo
+from desktop.engine.backends.base import Backend, GeneratedBatch, LoadReport, ModelInfo, StepInfo
 from desktop.engine.errors import Cancelled, ErrorKind, MarbleError, StorageError
 from desktop.engine.events import (
     Event,
@@ -33,7 +33,7 @@ from desktop.engine.events import (
     StepProgress,
 )
 from desktop.engine.history.store import JOB_CHUNK, HistoryStore, NewImage
-from desktop.engine.imaging import edit_parameters, file_sha256
+from desktop.engine.imaging import edit_parameters, file_sha256, upscale_parameters
 from desktop.engine.jobs import Job, JobState
 from desktop.engine.metadata import adapter_hashes_text, png_text_chunks, written_sampler
 from desktop.engine.outputs import ImageWriter
@@ -104,14 +104,18 @@ class JobRunner:
             raise Cancelled("Cancelled before it started.")
         # Every run's wildcards before the model loads: a missing wildcard file fails at once.
         per_batch = [self._with_wildcards(request, index) for index in range(request.batch_count)]
-        emit(ModelLoading(job.id, request.model))
-        report = self._backend.load(request)
-        emit(ModelLoaded(job.id, report.model.name, report.seconds, report.reused))
+        if request.upscale_job and not request.sd_upscale:
+            # A plain upscale needs no pipeline: the source's model is only named in the recipe kept.
+            report = LoadReport(ModelInfo(request.model, "", "", None), 0.0, True, "", "")
+        else:
+            emit(ModelLoading(job.id, request.model))
+            report = self._backend.load(request)
+            emit(ModelLoaded(job.id, report.model.name, report.seconds, report.reused))
         for note in report.notes:
             emit(JobWarning(job.id, note))
         paths: list[str] = []
         seeds: list[int] = []
-        edit_extra = self._edit_extra(request)
+        edit_extra = upscale_parameters(request, self._edit_extra(request))
 
         def on_step(info: StepInfo) -> None:
             emit(StepProgress(job.id, info.step, info.total, info.batch_index, request.batch_count))

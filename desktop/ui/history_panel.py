@@ -46,12 +46,14 @@ class HistoryPanel(QWidget):
         reuse_requested(object): a GenerationRequest to load into the prompt editor and settings.
         seed_reuse_requested(int): a seed to put in the seed box.
         send_to_canvas_requested(str): an image file to show on the canvas (source for img2img/inpaint).
+        upscale_requested(str): an image file to upscale (the window's Upscale dialog).
         message(str, str): a text and its level ("info", "warning", "error") for the message bar.
     """
 
     reuse_requested = Signal(object)
     seed_reuse_requested = Signal(int)
     send_to_canvas_requested = Signal(str)
+    upscale_requested = Signal(str)
     message = Signal(str, str)
 
     def __init__(
@@ -130,6 +132,7 @@ class HistoryPanel(QWidget):
         self.reuse_action = action(self.tr("Reuse all parameters"), self.reuse_parameters, "history_reuse")
         self.reuse_seed_action = action(self.tr("Reuse seed"), self.reuse_seed, "history_reuse_seed")
         self.canvas_action = action(self.tr("Send to canvas"), self.send_to_canvas, "history_send_to_canvas")
+        self.upscale_action = action(self.tr("Upscale…"), self.upscale, "history_upscale")
         self.open_action = action(self.tr("Open file"), self.open_file, "history_open")
         self.reveal_action = action(self.tr("Show in folder"), self.reveal_in_folder, "history_reveal")
         self.copy_action = action(self.tr("Copy image"), self.copy_image, "history_copy", "Ctrl+C")
@@ -153,8 +156,8 @@ class HistoryPanel(QWidget):
         more = QToolButton(text=self.tr("More"))
         more.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         menu = QMenu(more)
-        menu.addActions([self.details_action, self.open_action, self.reveal_action, self.copy_action,
-                         self.export_action, self.export_private_action, self.restore_action,
+        menu.addActions([self.details_action, self.upscale_action, self.open_action, self.reveal_action,
+                         self.copy_action, self.export_action, self.export_private_action, self.restore_action,
                          self.empty_trash_action])
         more.setMenu(menu)
         buttons = flow_row(*tool_buttons, more)
@@ -231,7 +234,8 @@ class HistoryPanel(QWidget):
         if record is None:
             return
         if self.detail_view is None:
-            actions = (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.copy_action,
+            actions = (self.reuse_action, self.reuse_seed_action, self.canvas_action, self.upscale_action,
+                       self.copy_action,
                        self.open_action, self.reveal_action, self.favourite_action, self.delete_action)
             self.detail_view = HistoryDetailView(actions, _describe, self)
             self.detail_view.step_requested.connect(self.step_selection)
@@ -279,6 +283,18 @@ class HistoryPanel(QWidget):
             )
             return
         self.send_to_canvas_requested.emit(record.path)
+
+    @Slot()
+    def upscale(self) -> None:
+        record = self.current_record()
+        if record is None:
+            return
+        if record.missing or not Path(record.path).exists():
+            self.message.emit(
+                self.tr("{path} is missing: it was moved or deleted outside Marble.").format(path=record.path), "error"
+            )
+            return
+        self.upscale_requested.emit(record.path)
 
     @Slot()
     def open_file(self) -> None:
@@ -407,7 +423,7 @@ class HistoryPanel(QWidget):
         records = self.selected_records()
         record = self.current_record()
         for act in (self.details_action, self.reuse_action, self.reuse_seed_action, self.canvas_action,
-                    self.open_action, self.reveal_action, self.copy_action):
+                    self.upscale_action, self.open_action, self.reveal_action, self.copy_action):
             act.setEnabled(record is not None)
         for act in (self.export_action, self.export_private_action, self.favourite_action, self.delete_action,
                     self.restore_action):
@@ -422,7 +438,8 @@ class HistoryPanel(QWidget):
         if not self.view.indexAt(position).isValid():
             return
         menu = QMenu(self)
-        menu.addActions([self.details_action, self.reuse_action, self.reuse_seed_action, self.canvas_action])
+        menu.addActions([self.details_action, self.reuse_action, self.reuse_seed_action, self.canvas_action,
+                         self.upscale_action])
         menu.addSeparator()
         menu.addActions([self.open_action, self.reveal_action, self.copy_action, self.export_action,
                          self.export_private_action])

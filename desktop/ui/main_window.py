@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 
 from desktop.bridge.controller import GenerationController
 from desktop.engine.errors import InvalidRequest, MarbleError
+from desktop.engine.imaging import store_by_hash
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import DEMO_MODEL_DRAWS
@@ -216,13 +217,31 @@ class MainWindow(QMainWindow):
         """Queue a job from the current prompt and settings; a rejected request shows why."""
         self.message_bar.clear()
         try:
-            job = self._controller.submit(self.current_request())
+            request = self.current_request()
         except (InvalidRequest, OSError) as error:  # OSError: the cache folder for the source is not writable
+            self.message_bar.show_message(str(error), "error")
+            return None
+        return self.submit(request)
+
+    def submit(self, request: GenerationRequest) -> Job | None:
+        """Queue `request` (the prompt's job, or one another part of the window built: an upscale)."""
+        try:
+            job = self._controller.submit(request)
+        except InvalidRequest as error:
             self.message_bar.show_message(str(error), "error")
             return None
         self.job_submitted.emit(job)
         self.job_status.update_status()
         return job
+
+    def canvas_picture_file(self) -> str | None:
+        """A file holding the canvas's picture: the history file it shows, else its pixels saved in the
+        inputs folder (by hash). None when the canvas is empty."""
+        image = self.canvas.current_image
+        if image is not None and not self.canvas.is_preview and self.canvas.shown_file:
+            return self.canvas.shown_file
+        data = self._canvas_picture()
+        return None if data is None else str(store_by_hash(data, self._inputs_folder))
 
     def current_request(self) -> GenerationRequest:
         """The next job's request: the prompts, the settings and the canvas's edit (its source image and

@@ -607,6 +607,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Upscale…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Open file</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1921,6 +1925,64 @@ Negative: {negative}</source>
     <name>SideSpinBox</name>
     <message>
         <source> px</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>UpscaleDialog</name>
+    <message>
+        <source>Upscale</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Whole image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>An upscaler model runs in tiles of this many source pixels, so big images fit in memory.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Upscaler</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Scale</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Upscaler tile</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>SD upscale: denoise the result again, tile by tile</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Image-to-image over overlapping tiles with the image&apos;s own prompt, seed and model (else the current ones), blended so no seam shows.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Denoising strength</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Tile size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Tile overlap</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>UpscaleIntegration</name>
+    <message>
+        <source>&amp;Upscale canvas image…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The canvas has no image to upscale.</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

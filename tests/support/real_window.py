@@ -7,6 +7,7 @@ from contextlib import contextmanager
 
 from desktop.app import build_main_window, diffusers_runner_factory
 from desktop.bridge.controller import GenerationController
+from desktop.engine.history.store import HistoryStore
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
@@ -16,13 +17,17 @@ from desktop.ui.main_window import MainWindow
 
 @contextmanager
 def real_window(
-    qtbot, paths: AppPaths, *, steps: int, seed: int, model: str = "tiny-sd15", size: int | None = 64
+    qtbot, paths: AppPaths, *, steps: int, seed: int, model: str = "tiny-sd15", size: int | None = 64,
+    history: bool = False,
 ) -> Iterator[tuple[MainWindow, GenerationController]]:
     """Shown, with `model` (already in `paths.models`) selected; always shut down afterwards.
-    `size=None` keeps the size the panel chose for the model."""
+    `size=None` keeps the size the panel chose for the model. `history=True` gives it the history
+    database and panel, as the app has them."""
     catalog = ModelCatalog(paths.models)
-    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs))
-    window, controller = build_main_window(paths, factory, catalog)
+    store = HistoryStore(paths.history_db, paths.outputs, paths.thumbnails) if history else None
+    factory = diffusers_runner_factory(paths, Resources.default(), catalog, ImageWriter(paths.outputs),
+                                       history=store)
+    window, controller = build_main_window(paths, factory, catalog, store)
     try:
         qtbot.addWidget(window)
         window.show()
@@ -41,3 +46,5 @@ def real_window(
     finally:
         controller.shutdown()
         window.wait_for_background()
+        if store is not None:
+            store.close_all()

@@ -20,6 +20,7 @@ import gc  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -66,6 +67,7 @@ from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
     BUILT_IN_UPSCALERS,
     PIXEL_RESAMPLERS,
+    canonical_upscaler,
     is_latent,
     upscale_images,
     upscale_latents,
@@ -107,9 +109,10 @@ from desktop.engine.prompt_syntax import (  # noqa: E402
     pack_prompt,
     prompt_pieces,
 )
-from desktop.engine.request import GenerationRequest, hires_target  # noqa: E402
+from desktop.engine.request import MAX_SIDE, GenerationRequest, hires_target, upscale_target  # noqa: E402
 from desktop.engine.resources import PAD_ZERO_TOKEN, TOKENIZER_COMPONENTS, Resources, pads_with_zero  # noqa: E402
 from desktop.engine.terminal_text import library_text  # noqa: E402
+from desktop.engine.upscale_tiles import blend_tiles, tile_boxes  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -451,6 +454,8 @@ class DiffusersBackend:
         on_step: Callable[[StepInfo], None],
         cancel: CancelToken,
     ) -> GeneratedBatch:
+        if request.upscale_job:
+            return self._upscale_job(request, batch_index, on_step, cancel)
         if self._pipe is None:
             self.load(request)
         if cancel.cancelled:
@@ -527,6 +532,100 @@ class DiffusersBackend:
             images, seeds, batch_index, self._sampler_name(request), notes, lora_plan.loras, lora_plan.embeddings, vae,
             control.hashes if control is not None else (), refiner=refiner_used,
         )
+
+    def _upscale_job(
+        self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
+    ) -> GeneratedBatch:
+        """An upscale of `request.init_image` (A1111's extras tab), then for SD upscale image-to-image
+        over overlapping tiles of the upscaled image, blended (desktop.engine.upscale_tiles)."""
+        assert request.init_image is not None  # validate() makes sure
+        source = load_source(request.init_image)
+        target = upscale_target(source.size, request.upscale_by, request.sd_upscale)
+        if max(target) > MAX_SIDE or min(target) < 8:
+            raise InvalidRequest(
+                f"Upscaling {source.width}x{source.height} by {request.upscale_by:g} makes {target[0]}x{target[1]}: "
+                f"keep both sides from 8 to {MAX_SIDE} pixels."
+            )
+        seed = request.seed_for(batch_index, 0)
+        # SD upscale counts its progress over the tiles it denoises; a plain one over the upscaler's tiles.
+        upscaled = self._upscale_pixels(
+            source, target, request, cancel, batch_index, None if request.sd_upscale else on_step
+        )
+        if not request.sd_upscale:
+            return GeneratedBatch((upscaled,), (seed,), batch_index)
+        if self._pipe is None:
+            self.load(request)
+        if self._dit is not None:
+            raise InvalidRequest(f"SD upscale runs with SD 1.x and SDXL models, not {self._dit.label}.")
+        if batch_index == 0 and (self._key is None or self._key.device == "cpu"):
+            self._set_cpu_threads()
+        lora_plan = self._loras.apply(
+            self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
+        )
+        request = lora_plan.request
+        vae = self._vaes.apply(self._pipe, request.vae, self._model.name if self._model else "the model")
+        pipe = self._pipe_for("img2img", None)
+        boxes = tile_boxes(target, request.sd_upscale_tile, request.sd_upscale_overlap)
+        # Exact, as for the hires fix's second pass: the first step already shows the total of all tiles.
+        per_tile = self._img2img_timesteps(request.sampler, request.steps, request.strength, request.few_step)
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family,
+                             self._key.device if self._key else "cpu", per_tile * (len(boxes) - 1))
+        tiles = []
+        try:
+            with torch.inference_mode():
+                for index, box in enumerate(boxes):
+                    crop = upscaled.crop(box)
+                    # Every tile with the job's seed, as A1111's script runs each batch of tiles.
+                    tile_request = replace(request, width=crop.width, height=crop.height)
+                    arguments = {"image": crop, "strength": float(request.strength)}
+                    result = self._one_pass(pipe, tile_request, (seed,), request.sampler, progress, arguments)
+                    tiles.append(result.images[0])
+                    progress.next_pass(per_tile * (len(boxes) - index - 2))
+        except _CancelRequested:
+            raise Cancelled("Cancelled.") from None
+        blended = blend_tiles(target, boxes, tiles)
+        return GeneratedBatch(
+            (blended,), (seed,), batch_index, self._sampler_name(request), lora_plan.notes, lora_plan.loras,
+            lora_plan.embeddings, vae,
+        )
+
+    def _upscale_pixels(
+        self, source: Image.Image, target: tuple[int, int], request: GenerationRequest, cancel: CancelToken,
+        batch_index: int = 0, on_step: Callable[[StepInfo], None] | None = None,
+    ) -> Image.Image:
+        """`source` at `target` size: a resampler, or an upscaler model (its own factor, in tiles) and
+        then Lanczos to the exact size, as A1111 does with a factor the model does not have."""
+        name = canonical_upscaler(request.upscale_upscaler) or request.upscale_upscaler
+        if name in PIXEL_RESAMPLERS:
+            return source.resize(target, PIXEL_RESAMPLERS[name])
+        if name in BUILT_IN_UPSCALERS:
+            raise InvalidRequest(f"{name} works on latents during the hires fix; upscale an image with Lanczos, "
+                                 "Nearest or a library upscaler.")
+        entry = self._upscalers.find(name)
+        if entry is None:
+            known = ", ".join([*PIXEL_RESAMPLERS, *self._upscalers.names()])
+            raise InvalidRequest(f"Unknown upscaler {name!r}: use one of {known}.")
+        network, info = load_upscaler(entry.path, pick_device(request.device, request.precision).device)
+        image = source
+        # A 4x model asked for 8x runs twice; asked for 2x, once and then Lanczos down (A1111's way).
+        while image.width < target[0] or image.height < target[1]:
+            tile = request.upscale_tile
+            total = math.ceil(image.width / tile) * math.ceil(image.height / tile) if tile > 0 else 1
+            done = [0]
+
+            def next_tile(total: int = total, done: list[int] = done) -> bool:
+                # Called before each tile: the tile before it is done, so the job's progress moves on.
+                if done[0] and on_step is not None:
+                    on_step(StepInfo(done[0], total, batch_index, None))
+                done[0] += 1
+                return cancel.cancelled
+
+            image = upscale(network, info.scale, image, tile=tile, should_cancel=next_tile)
+            if on_step is not None:
+                on_step(StepInfo(total, total, batch_index, None))
+            if info.scale <= 1:
+                break
+        return image if image.size == target else image.resize(target, Image.Resampling.LANCZOS)
 
     def _generate_dit(
         self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
@@ -698,10 +797,15 @@ class DiffusersBackend:
         """How many steps the second pass will call back for: image-to-image's own rule (the last
         int(steps x strength) of the schedule, times the scheduler's order), so the count that the first
         pass shows is exact for every sampler (PLMS adds a step, Heun doubles them)."""
-        scheduler = self._make_scheduler(request.hires_sampler or request.sampler, request.few_step)
-        steps = request.hires_steps or request.steps
+        return self._img2img_timesteps(
+            request.hires_sampler or request.sampler, request.hires_steps or request.steps, request.hires_denoise,
+            request.few_step,
+        )
+
+    def _img2img_timesteps(self, sampler: str, steps: int, strength: float, few_step: str = "") -> int:
+        scheduler = self._make_scheduler(sampler, few_step)
         scheduler.set_timesteps(steps)
-        start = steps - min(int(steps * request.hires_denoise), steps)
+        start = steps - min(int(steps * strength), steps)
         return len(scheduler.timesteps[start * scheduler.order :])
 
     def _upscaler(self, name: str) -> Callable[[Image.Image], Image.Image]:
@@ -803,9 +907,10 @@ class _Progress:
         self._offset = 0
         self._last_total = 0
 
-    def next_pass(self) -> None:
+    def next_pass(self, still_to_come: int = 0) -> None:
+        """The next pass starts; `still_to_come`: the steps of the passes after it (SD upscale's tiles)."""
         self._offset += self._last_total
-        self._extra = 0
+        self._extra = max(0, still_to_come)
 
     def callback(self, watcher: _X0Watcher, control: ControlRun | None = None) -> Callable[..., dict[str, Any]]:
         copies = PreviewCopies(self._device)

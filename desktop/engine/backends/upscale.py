@@ -47,6 +47,8 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
 
 
 def _build(info: UpscalerInfo) -> Any:
+    if info.layout == "srvgg":
+        return _build_compact(info)
     import torch
     from torch import nn
 
@@ -108,6 +110,33 @@ def _build(info: UpscalerInfo) -> Any:
     network = Unshuffled(_unshuffle(info))
     network.model = nn.Sequential(*layers)
     return network
+
+
+def _build_compact(info: UpscalerInfo) -> Any:
+    """Real-ESRGAN's SRVGGNetCompact, from its published layout: conv, PReLU, num_conv x (conv, PReLU),
+    conv to out x scale^2 channels, pixel shuffle; the network learns the residual over a nearest upsample."""
+    import torch
+    from torch import nn
+
+    class Compact(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            nf, convs = info.features, info.blocks
+            layers: list[nn.Module] = [nn.Conv2d(info.in_channels, nf, 3, 1, 1), nn.PReLU(nf)]
+            for _ in range(convs):
+                layers += [nn.Conv2d(nf, nf, 3, 1, 1), nn.PReLU(nf)]
+            layers.append(nn.Conv2d(nf, info.out_channels * info.scale**2, 3, 1, 1))
+            self.body = nn.ModuleList(layers)
+            self.shuffle = nn.PixelShuffle(info.scale)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = x
+            for layer in self.body:
+                out = layer(out)
+            base = nn.functional.interpolate(x, scale_factor=info.scale, mode="nearest")
+            return self.shuffle(out) + base
+
+    return Compact()
 
 
 def _unshuffle(info: UpscalerInfo) -> int:

@@ -6,6 +6,10 @@ Real-ESRGAN ships (`conv_first.weight`, `body.N.rdb1.conv1.weight`, ...). The he
 count, the width, the colour channels and the scale (how many 2x upsampling convolutions there are), so
 the backend builds the exact network and loads the tensors strictly: a file that does not fit is an error.
 
+Real-ESRGAN's compact network (SRVGGNetCompact: realesr-general-x4v3, realesr-animevideov3) is a plain
+stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_channels x scale^2, a
+pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
+
 Other architectures (SwinIR, DAT, HAT, ...) are refused with their name where it can be recognised: their
 loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -25,24 +29,26 @@ _OTHER_ARCHITECTURES = {
     "layers.0.residual_group.blocks.0.attn.relative_position_bias_table": "SwinIR",
     "layers.0.blocks.0.attn.qkv.weight": "DAT",
     "layers.0.residual_group.blocks.0.attn.relative_position_index": "HAT",
-    "body.0.weight": "Real-ESRGAN compact (SRVGG)",
 }
+_COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 
 
 @dataclass(frozen=True)
 class UpscalerInfo:
     """An RRDB upscaler's shape, from its header."""
 
-    layout: str  # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names)
+    layout: str  # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net)
     scale: int  # 1, 2, 4 or 8
-    blocks: int
+    blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
     features: int
     in_channels: int
     out_channels: int
-    growth: int  # each dense block's inner width (32 in the published models)
+    growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
 
     @property
     def label(self) -> str:
+        if self.layout == "srvgg":
+            return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
 
 
@@ -67,12 +73,31 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         last = tensors["conv_last.weight"].shape
         info = UpscalerInfo("basicsr", 2**ups // unshuffle, blocks, first[0], first[1] // unshuffle**2, last[0], growth)
         return _checked(info, name)
+    if "body.0.weight" in tensors and "body.1.weight" in tensors:
+        return _compact(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family (RRDB) upscalers only."
             )
     raise ModelError(f"{name} is not an upscaler model Marble knows (no ESRGAN / Real-ESRGAN tensor names).")
+
+
+def _compact(tensors: dict, name: str) -> UpscalerInfo:
+    """SRVGGNetCompact: convs at the even body indices, a PReLU (one weight per feature) after each but
+    the last; the last conv makes out_channels x scale^2 channels for the pixel shuffle."""
+    convs = sorted(int(m[1]) for key in tensors if (m := _COMPACT_CONV.fullmatch(key)) and len(tensors[key].shape) == 4)
+    first, last = tensors["body.0.weight"].shape, tensors[f"body.{convs[-1]}.weight"].shape
+    prelus = [f"body.{index + 1}.weight" for index in convs[:-1]]
+    if convs != list(range(0, 2 * len(convs), 2)) or any(
+        key not in tensors or tuple(tensors[key].shape) != (first[0],) for key in prelus
+    ):
+        raise ModelError(f"{name} has a Real-ESRGAN compact layout Marble cannot run (PReLU activations only).")
+    in_channels = first[1]
+    scale = round((last[0] / in_channels) ** 0.5)
+    if scale * scale * in_channels != last[0]:
+        raise ModelError(f"{name}'s last convolution ({last[0]} channels) fits no scale of {in_channels} channels.")
+    return _checked(UpscalerInfo("srvgg", scale, len(convs) - 2, first[0], in_channels, in_channels, 0), name)
 
 
 def _checked(info: UpscalerInfo, name: str) -> UpscalerInfo:
