@@ -44,7 +44,7 @@ class LoraRef:
 
 # A1111's ControlNet "Control Mode": balanced, "My prompt is more important", "ControlNet is more important".
 CONTROL_MODES = ("balanced", "prompt", "control")
-CONTROL_PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint")
+CONTROL_PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint", "depth", "lineart", "openpose")
 MAX_CONTROL_UNITS = 8
 MAX_CONTROL_WEIGHT = 2.0  # A1111's slider range
 

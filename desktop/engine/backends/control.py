@@ -38,12 +38,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from desktop.engine.backends.annotators import Annotators
 from desktop.engine.backends.base import ControlHash
-from desktop.engine.control_preprocess import Thresholds, preprocess
+from desktop.engine.control_preprocess import LEARNED, Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
-from desktop.engine.library.control import CONTROL_LORA, CONTROLNET, T2I_ADAPTER, ControlInfo, inspect_control
+from desktop.engine.library.control import (
+    ANNOTATOR,
+    CONTROL_LORA,
+    CONTROLNET,
+    T2I_ADAPTER,
+    ControlInfo,
+    inspect_control,
+)
 from desktop.engine.library.lora import AdapterCatalog
 from desktop.engine.request import ControlUnit, GenerationRequest
 from desktop.engine.terminal_text import library_text
@@ -88,9 +96,12 @@ class ControlModels:
     def __init__(self, catalog: AdapterCatalog) -> None:
         self._catalog = catalog
         self._loaded: dict[_Identity, tuple[Any, ControlInfo, str]] = {}
+        # Learned preprocessors' networks live in the same library folder.
+        self.annotators = Annotators(catalog)
 
     def forget(self) -> None:
         self._loaded.clear()
+        self.annotators.forget()
 
     def prepare(self, base: Any, pipe: Any, request: GenerationRequest, plan: EditPlan | None) -> ControlRun | None:
         """The pipeline and arguments for `request.controls` (None when it has none).
@@ -115,7 +126,7 @@ class ControlModels:
         units = tuple(unit for unit, _ in active)
         loaded = [item for _, item in active]
         size = plan.size if plan is not None else (request.width, request.height)
-        images = [_control_image(unit, plan, size) for unit in units]
+        images = [_control_image(unit, plan, size, self.annotators) for unit in units]
         if kinds == {T2I_ADAPTER}:
             return _adapter_run(pipe, units, [m for m, _, _ in loaded], images, request, hashes)
         return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
@@ -139,6 +150,11 @@ def _read(name: str, path: Path, base: Any) -> tuple[Any, ControlInfo]:
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
+    if info.kind == ANNOTATOR:
+        raise ModelError(
+            f"{name!r} is a {info.label}, not a control model: pick a ControlNet or T2I-Adapter as the "
+            f"unit's model and the {info.layout} preprocessor, which finds this network by itself."
+        )
     if info.kind == CONTROL_LORA:
         raise ModelError(
             f"{name!r} is a Control-LoRA; Marble lists them but cannot generate with them yet. Use a full "
@@ -222,7 +238,7 @@ def _adapter(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:
 # ---------------------------------------------------------------------------------------- images
 
 
-def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int]) -> Any:
+def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int], annotators: Annotators) -> Any:
     """The unit's control image at the working size, preprocessed, as a (1, 3, H, W) float tensor."""
     import torch
 
@@ -242,7 +258,10 @@ def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, in
                 if plan.cropped
                 else to_working(fitted, size, plan.resize_mode)
             )
-        array = preprocess(unit.preprocessor, fitted, None, thresholds)
+        if unit.preprocessor in LEARNED:
+            array = annotators.apply(unit.preprocessor, fitted)
+        else:
+            array = preprocess(unit.preprocessor, fitted, None, thresholds)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 
 

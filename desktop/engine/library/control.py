@@ -21,11 +21,15 @@ import re
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library.annotator import inspect_annotator
 from desktop.engine.library.checkpoint import SafetensorsHeader
 
 CONTROLNET = "controlnet"
 CONTROL_LORA = "control-lora"
 T2I_ADAPTER = "t2i-adapter"
+# A learned preprocessor's weights (depth, lineart, pose: desktop/engine/library/annotator.py), kept in the
+# control library; its layout is the task ("depth", "lineart", "openpose").
+ANNOTATOR = "annotator"
 _KIND_LABELS = {CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter"}
 _FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -38,14 +42,17 @@ LDM_PREFIX = "control_model."
 class ControlInfo:
     """What a control model's header says."""
 
-    kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER
+    kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | ANNOTATOR
     layout: str  # "ldm" (original names) | "diffusers"
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
     family: str | None  # "sd1" | "sd2" | "sdxl"; None when the shapes match no released family
     conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
+    detail: str = ""  # an annotator's own label
 
     @property
     def label(self) -> str:
+        if self.kind == ANNOTATOR:
+            return self.detail
         base = _FAMILY_LABELS.get(self.family or "", "")
         return f"{base} {_KIND_LABELS[self.kind]}".strip()
 
@@ -70,9 +77,13 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         if conv_in is not None and len(conv_in) == 4 and header.has_prefix(f"{prefix}body."):
             family, channels = _adapter_family(conv_in[1])
             return ControlInfo(T2I_ADAPTER, layout, prefix, family, channels)
+    annotator = inspect_annotator(header, name)
+    if annotator is not None:
+        return ControlInfo(ANNOTATOR, annotator.task, "", None, None, annotator.label)
     raise ModelError(
         f"{name} is not a control model: it has none of the ControlNet (input_hint_block / zero_convs, or "
-        "controlnet_cond_embedding), Control-LoRA (lora_controlnet) or T2I-Adapter (conv_in + body) tensors."
+        "controlnet_cond_embedding), Control-LoRA (lora_controlnet) or T2I-Adapter (conv_in + body) tensors, "
+        "nor a depth, lineart or OpenPose preprocessor's."
     )
 
 

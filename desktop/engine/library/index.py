@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, StorageError
+from desktop.engine.library.annotator import is_depth_folder, pack_depth_folder
 from desktop.engine.library.checkpoint import (
     HASH_CHUNK_BYTES,
     autov3_hash,
@@ -261,7 +262,9 @@ class Library:
         folder.mkdir(parents=True, exist_ok=True)
         is_folder = source.is_dir()
         base = check_name(name if name is not None else (source.name if is_folder else source.stem))
-        file_name = base if is_folder else f"{base}{_model_suffix(source, kind)}"
+        # A depth preprocessor's folder (config.json + model.safetensors) becomes one control-library file.
+        packs = is_folder and kind == "control" and is_depth_folder(source)
+        file_name = base if is_folder and not packs else f"{base}{_model_suffix(source, kind)}"
         with self._lock:
             if self.find(kind, base) is not None or (folder / file_name).exists():
                 raise ModelError(
@@ -272,7 +275,10 @@ class Library:
         known_sha: str | None = None
         _remove(partial)
         try:
-            if is_folder:
+            if packs:
+                pack_depth_folder(source, partial)
+                is_folder = False
+            elif is_folder:
                 if kind != "model":
                     raise ModelError(f"{source.name} is a folder; a {_noun(kind)} is a single .safetensors file.")
                 detect_diffusers_folder(source)  # refuse anything that is not a model folder before copying
