@@ -302,3 +302,29 @@ def test_limbs_are_drawn_in_openposes_colours_where_the_peaks_are():
     for part, (x, y) in LEFT.items():
         assert tuple(image[y, x]) == ann.COLOURS[part]
     assert tuple(image[110, 150]) == (0, 0, 0) and tuple(image[5, 100]) == (0, 0, 0)
+
+
+def test_pose_maps_are_the_networks_on_openposes_input(library, picture):
+    # By hand: height scaled to 184 (OpenPose's 368 box at scale 0.5), BGR, grey padding to a multiple of 8,
+    # values /256 - 0.5; the maps upsampled 8x, the padding cut, then resized to the picture.
+    net = annotators_of(library).find("openpose").net
+    image = Image.open(picture).convert("RGB")
+    small = image.resize((245, 184), Image.Resampling.BICUBIC)  # 64 x 48 -> 245.3 x 184
+    bgr = np.full((184, 248, 3), 128.0, np.float32)
+    bgr[:, :245] = np.asarray(small, np.float32)[:, :, ::-1]
+    with torch.no_grad():
+        _, heat = net(torch.tensor(bgr.transpose(2, 0, 1)[None] / 256.0 - 0.5))
+    heat = torch.nn.functional.interpolate(heat, scale_factor=8, mode="bicubic")[:, :, :184, :245]
+    heat = torch.nn.functional.interpolate(heat, (48, 64), mode="bicubic")[0].numpy()
+    assert np.abs(ann.pose_maps(net, image)[0] - heat).max() < 1e-5
+
+
+def test_a_depth_file_missing_a_tensor_is_refused(library, tmp_path):
+    from safetensors.torch import load_file
+
+    packed = library.controls / "depth-anything-tiny.safetensors"
+    state = load_file(str(packed))
+    del state["head.conv3.bias"]
+    save_file(state, str(tmp_path / "short.safetensors"), metadata=read_safetensors_header(packed).metadata)
+    with pytest.raises(ModelError, match="The depth preprocessor 'short' could not be loaded"):
+        ann.load_annotator(tmp_path / "short.safetensors", "short")
