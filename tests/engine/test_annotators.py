@@ -325,6 +325,6 @@ def test_a_depth_file_missing_a_tensor_is_refused(library, tmp_path):
     packed = library.controls / "depth-anything-tiny.safetensors"
     state = load_file(str(packed))
     del state["head.conv3.bias"]
-    save_file(state, str(tmp_path / "short.safetensors"), metadata=read_safetensors_header(packed).metadata)
+    save_file(state, str(tmp_path / "short.safetensors"), metadata=dict(read_safetensors_header(packed).metadata))
     with pytest.raises(ModelError, match="The depth preprocessor 'short' could not be loaded"):
         ann.load_annotator(tmp_path / "short.safetensors", "short")
