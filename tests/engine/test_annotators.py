@@ -328,3 +328,16 @@ def test_a_depth_file_missing_a_tensor_is_refused(library, tmp_path):
     save_file(state, str(tmp_path / "short.safetensors"), metadata=dict(read_safetensors_header(packed).metadata))
     with pytest.raises(ModelError, match="The depth preprocessor 'short' could not be loaded"):
         ann.load_annotator(tmp_path / "short.safetensors", "short")
+
+
+def test_each_peak_joins_one_limb_the_best_scoring():
+    # A second, weaker nose further up, on a weaker stretch of the neck-nose field: both pairs pass, the
+    # stronger (the true nose) must keep the limb instead of being replaced by the later, weaker one.
+    heat, paf = synthetic_maps([LEFT])
+    ys, xs = np.mgrid[0:120, 0:160]
+    heat[0] = np.maximum(heat[0], 0.5 * np.exp(-((xs - 40) ** 2 + (ys - 8) ** 2) / 8.0))
+    px, py = ann.LIMB_PAFS[ann.LIMBS.index((1, 0))]
+    band = (np.abs(xs - 40) <= 2) & (ys >= 8) & (ys < 20)
+    paf[px][band], paf[py][band] = 0.0, -0.5
+    (person,) = ann.decode_pose(heat, paf)
+    assert person[0] == LEFT[0]
