@@ -341,3 +341,17 @@ def test_each_peak_joins_one_limb_the_best_scoring():
     paf[px][band], paf[py][band] = 0.0, -0.5
     (person,) = ann.decode_pose(heat, paf)
     assert person[0] == LEFT[0]
+
+
+def test_a_dpt_midas_folder_gives_depth_too(paths, tmp_path):
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    torch.manual_seed(0)
+    config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32,
+                       patch_size=16, backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[8, 16, 32, 32],
+                       fusion_hidden_size=16, head_hidden_size=8)  # fmt: skip
+    DPTForDepthEstimation(config).save_pretrained(tmp_path / "dpt-tiny")
+    record = Library(paths).import_path(tmp_path / "dpt-tiny", "control")
+    assert record.architecture == "Depth preprocessor (DPT/MiDaS)"
+    out = annotators_of(paths).apply("depth", Image.new("RGB", (64, 48), (90, 30, 200)))
+    assert out.shape == (48, 64, 3) and out.min() == 0.0 and out.max() == 1.0

@@ -9,8 +9,8 @@ strictly, on the CPU in float32 so a control image does not depend on the GPU or
 What each one returns (float32 (H, W, 3) in [0, 1], as desktop/engine/control_preprocess.py does):
 - depth: the model's relative inverse depth, min-max normalised, as grey (near = white), which is what
   A1111's depth_anything / depth_midas modules give. Depth Anything sees the image resized so both sides
-  are at least 518 px and multiples of 14 (ImageNet mean/std); DPT/MiDaS at least 384 px, multiples of
-  32 (mean/std 0.5). The prediction is resized back bilinearly.
+  are at least 518 px and multiples of 14 (ImageNet mean/std); DPT/MiDaS at 384 x 384 (transformers'
+  DPT reads square patch grids only; mean/std 0.5). The prediction is resized back bilinearly.
 - lineart: ControlNet 1.1's lineart generator (ResNet-style: 7x7 stem, two stride-2 convolutions,
   residual blocks with instance norm, two transposed convolutions, 7x7 head with a sigmoid) on the RGB
   image in [0, 1]; its output is dark lines on white, so the control image is 255 - output (white lines
@@ -297,8 +297,11 @@ def _depth(annotator: Annotator, rgb: Image.Image) -> np.ndarray:
     side, multiple = (384, 32) if dpt else (518, 14)
     mean, std = ((0.5,) * 3, (0.5,) * 3) if dpt else ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     # "lower bound": the smallest multiple-of-`multiple` size with both sides >= `side`, aspect kept.
+    # transformers' DPT reads a square grid of patches only, so it gets the square its processor makes.
     scale = max(side / rgb.width, side / rgb.height)
     size = (math.ceil(rgb.width * scale / multiple) * multiple, math.ceil(rgb.height * scale / multiple) * multiple)
+    if dpt:
+        size = (side, side)
     array = np.asarray(rgb.resize(size, Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
     array = (array - np.array(mean, np.float32)) / np.array(std, np.float32)
     pixels = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
