@@ -386,7 +386,8 @@ class LibraryIntegration(QObject):
         elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
         elif kind == "control" and panel is not None:
-            panel.control_list.set_names([r.name for r in records])
+            # Preprocessors' networks (format "annotator (...)") are found by task, never picked as a unit's model.
+            panel.control_list.set_names([r.name for r in records if not (r.format or "").startswith("annotator")])
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
         elif kind in ("model", "embedding"):
