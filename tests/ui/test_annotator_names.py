@@ -20,3 +20,15 @@ def test_annotators_are_not_offered_as_a_units_model():
                _record("dropped", "safetensors")]  # fmt: skip
     LibraryIntegration._on_records_listed(integration, "control", records)
     assert shown == [["canny", "dropped"]]
+
+
+def test_a_learned_preprocessors_preview_is_the_image_unprocessed(tmp_path):
+    from PIL import Image
+
+    from desktop.ui.control_list import PREVIEW_SIDE, preview_image
+
+    path = tmp_path / "p.png"
+    Image.new("RGB", (300, 200), (200, 30, 60)).save(path)
+    for name in ("depth", "lineart", "openpose"):  # no network runs on the GUI thread
+        preview = preview_image(str(path), name)
+        assert max(preview.size) == PREVIEW_SIDE and preview.getpixel((5, 5)) == (200, 30, 60)
