@@ -355,3 +355,11 @@ def test_a_dpt_midas_folder_gives_depth_too(paths, tmp_path):
     assert record.architecture == "Depth preprocessor (DPT/MiDaS)"
     out = annotators_of(paths).apply("depth", Image.new("RGB", (64, 48), (90, 30, 200)))
     assert out.shape == (48, 64, 3) and out.min() == 0.0 and out.max() == 1.0
+
+
+def test_a_network_that_fails_on_the_image_is_a_sentence(paths):
+    state = lineart_state()
+    state["model0.1.weight"] = torch.zeros(4, 4, 7, 7)  # reads 4 channels: loads, then fails on RGB
+    save_file(state, str(paths.controls / "four.safetensors"))
+    with pytest.raises(ModelError, match="The lineart preprocessor 'four' failed on this image"):
+        annotators_of(paths).apply("lineart", Image.new("RGB", (16, 16)))

@@ -119,7 +119,12 @@ class Annotators:
         )
 
     def apply(self, task: str, image: Image.Image) -> np.ndarray:
-        return annotate(self.find(task), image)
+        annotator = self.find(task)
+        try:
+            return annotate(annotator, image)
+        except (RuntimeError, ValueError) as error:  # a network whose shapes its config does not match
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise ModelError(f"The {task} preprocessor {annotator.name!r} failed on this image: {first}.") from None
 
 
 _WHAT = {
