@@ -360,6 +360,7 @@ def test_a_dpt_midas_folder_gives_depth_too(paths, tmp_path):
 def test_a_network_that_fails_on_the_image_is_a_sentence(paths):
     state = lineart_state()
     state["model0.1.weight"] = torch.zeros(4, 4, 7, 7)  # reads 4 channels: loads, then fails on RGB
+    paths.controls.mkdir(parents=True, exist_ok=True)
     save_file(state, str(paths.controls / "four.safetensors"))
     with pytest.raises(ModelError, match="The lineart preprocessor 'four' failed on this image"):
         annotators_of(paths).apply("lineart", Image.new("RGB", (16, 16)))
