@@ -8,8 +8,8 @@ inpaint model was trained with (A1111's extension and diffusers' example do the 
 Canny follows OpenCV's `cv2.Canny(image, low, high)`, which A1111's extension calls: 3x3 Sobel on the
 grayscale image, L1 gradient magnitude, non-maximum suppression along the gradient direction, then
 hysteresis (strong edges above `high`, weak ones above `low` kept where they touch a strong one). No
-blur first, as OpenCV does none. Learned preprocessors (depth, pose, lineart, HED) need weights and
-are not here.
+blur first, as OpenCV does none. Learned preprocessors (depth, lineart, pose) need weights the user
+imports: they are named here (LEARNED) and run by desktop/engine/backends/annotators.py.
 """
 
 from __future__ import annotations
@@ -23,15 +23,21 @@ from PIL import Image, ImageFilter
 from desktop.engine.errors import InvalidRequest
 
 PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint")
+# Preprocessors that run a network from the control library (an imported annotator of that task).
+LEARNED = ("depth", "lineart", "openpose")
 # A1111's extension names its modules differently; these are the names it writes as "Module:".
 A1111_MODULES = {
     "none": "none", "canny": "canny", "softedge": "softedge_gradient", "scribble": "scribble_thr",
     "tile": "tile_resample", "inpaint": "inpaint_only",
+    "depth": "depth_anything", "lineart": "lineart_realistic", "openpose": "openpose",
 }  # fmt: skip
+# Other module names A1111 writes that mean the same output (inverse relative depth as grey).
+_READ_AS = {"invert": "scribble", "depth_midas": "depth", "depth_anything_v2": "depth"}
 # Threshold A / B as the extension writes them; -1 where a module has no such slider.
 DEFAULT_THRESHOLDS = {
     "none": (-1.0, -1.0), "canny": (100.0, 200.0), "softedge": (-1.0, -1.0), "scribble": (127.0, -1.0),
-    "tile": (1.0, -1.0), "inpaint": (-1.0, -1.0),
+    "tile": (1.0, -1.0), "inpaint": (-1.0, -1.0), "depth": (-1.0, -1.0), "lineart": (-1.0, -1.0),
+    "openpose": (-1.0, -1.0),
 }  # fmt: skip
 
 
@@ -50,13 +56,15 @@ def preprocessor_from_module(module: str) -> str | None:
     # ip-adapter_clip_h, ...); Marble picks the encoder from the library, so all read back as one.
     if module.startswith("ip-adapter") and "face_id" not in module:
         return "ip-adapter"
-    return {"invert": "scribble", "scribble_hed": None}.get(module)
+    return _READ_AS.get(module)
 
 
 def preprocess(
     name: str, image: Image.Image, mask: Image.Image | None = None, thresholds: Thresholds | None = None
 ) -> np.ndarray:
     """The control image for `image` (RGB, working size) by preprocessor `name`; float32 (H, W, 3)."""
+    if name in LEARNED:
+        raise InvalidRequest(f"The {name} preprocessor needs its network: it runs during generation.")
     if name not in PREPROCESSORS:
         raise InvalidRequest(f"Unknown control preprocessor {name!r}: use one of {', '.join(PREPROCESSORS)}.")
     a, b = DEFAULT_THRESHOLDS[name]

@@ -48,7 +48,10 @@ class LoraRef:
 CONTROL_MODES = ("balanced", "prompt", "control")
 # "ip-adapter": the unit is an IP-Adapter and its image a reference image (desktop/engine/backends/ip_adapter.py).
 IP_ADAPTER_PREPROCESSOR = "ip-adapter"
-CONTROL_PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint", IP_ADAPTER_PREPROCESSOR)
+CONTROL_PREPROCESSORS = (
+    "none", "canny", "softedge", "scribble", "tile", "inpaint", "depth", "lineart", "openpose",
+    IP_ADAPTER_PREPROCESSOR,
+)
 MAX_CONTROL_UNITS = 8
 MAX_CONTROL_WEIGHT = 2.0  # A1111's slider range
 

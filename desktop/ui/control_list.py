@@ -4,7 +4,8 @@ Each unit picks a control model from the library, a control image (a file, or th
 canvas saved into the app's inputs folder so the request holds a path), a preprocessor, weight,
 start/end (fractions of the steps) and control mode, and shows a small preview of its preprocessed
 image. The preview runs the Qt-free preprocessor on a thumbnail, on the GUI thread: at
-`PREVIEW_SIDE` px it takes milliseconds.
+`PREVIEW_SIDE` px it takes milliseconds. Learned preprocessors (depth, lineart, pose) would run a network
+there, so their preview is the image unprocessed, with the tooltip "Previewed at generation".
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.engine.control_preprocess import preprocess, to_preview
+from desktop.engine.control_preprocess import LEARNED, preprocess, to_preview
 from desktop.engine.errors import MarbleError
 from desktop.engine.imaging import store_by_hash
 from desktop.engine.request import (
@@ -53,6 +54,9 @@ _PREPROCESSOR_LABELS = {
     "tile": QT_TRANSLATE_NOOP("ControlListWidget", "Tile (blur)"),
     "inpaint": QT_TRANSLATE_NOOP("ControlListWidget", "Inpaint"),
     IP_ADAPTER_PREPROCESSOR: QT_TRANSLATE_NOOP("ControlListWidget", "IP-Adapter (reference image)"),
+    "depth": QT_TRANSLATE_NOOP("ControlListWidget", "Depth (imported model)"),
+    "lineart": QT_TRANSLATE_NOOP("ControlListWidget", "Lineart (imported model)"),
+    "openpose": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose (imported model)"),
 }
 _MODE_LABELS = {
     "balanced": QT_TRANSLATE_NOOP("ControlListWidget", "Balanced"),
@@ -70,6 +74,8 @@ def preview_image(path: str, preprocessor: str) -> Image.Image:
         image.draft("RGB", (PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))  # JPEGs decode small; others ignore it
         small = image.convert("RGB")
     small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    if preprocessor in LEARNED:
+        return small  # a network would block the GUI thread: the window shows the image as it is
     # An IP-Adapter's reference image goes to its image encoder as it is.
     return to_preview(preprocess("none" if preprocessor == IP_ADAPTER_PREPROCESSOR else preprocessor, small))
 
@@ -162,6 +168,8 @@ class _ControlRow(QFrame):
             return
         self.preview.setText("")
         self.preview.setPixmap(QPixmap.fromImage(array_to_qimage(np.asarray(image))))
+        learned = self.preprocessor_combo.currentData() in LEARNED
+        self.preview.setToolTip(self.tr("Previewed at generation: shown unprocessed") if learned else "")
 
     def unit(self) -> ControlUnit:
         return ControlUnit(

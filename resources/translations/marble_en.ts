@@ -380,6 +380,18 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Depth (imported model)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Lineart (imported model)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>OpenPose (imported model)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Balanced</source>
         <translation type="unfinished"></translation>
     </message>
@@ -2113,6 +2125,10 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>Cannot read the image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Previewed at generation: shown unprocessed</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

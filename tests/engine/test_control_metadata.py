@@ -63,7 +63,7 @@ def test_units_are_written_as_the_extension_writes_them():
 
 def test_an_a1111_png_gives_control_units_matched_by_name_and_warns_about_the_rest():
     text = f"a house\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 512x512, {A1111_LINE}, " + (
-        'ControlNet 1: "Module: depth_midas, Model: control_depth [12345678], Weight: 1, Guidance Start: 0, '
+        'ControlNet 1: "Module: depth_leres, Model: control_depth [12345678], Weight: 1, Guidance Start: 0, '
         'Guidance End: 1, Control Mode: Balanced"'
     )
     metadata = interpret_chunks({"parameters": text})
@@ -72,7 +72,7 @@ def test_an_a1111_png_gives_control_units_matched_by_name_and_warns_about_the_re
     assert unit == ControlUnit("control_v11p_sd15_canny", "", 0.8, 0.1, 0.9, "prompt", "canny", 100.0, 200.0)
     assert any("'control_depth' (hash 12345678) is not in the library" in w for w in recipe.warnings)
     assert any("does not hold its control image" in w for w in recipe.warnings)
-    assert any("depth_midas" in u for u in recipe.unsupported)
+    assert any("depth_leres" in u for u in recipe.unsupported)
     assert not any(u.startswith("ControlNet 0") for u in recipe.unsupported)
     # Unsaid means none.
     plain = read_recipe(interpret_chunks({"parameters": "x\nSteps: 20, Seed: 1, Size: 512x512"}))

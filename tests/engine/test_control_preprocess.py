@@ -80,9 +80,12 @@ def test_inpaint_marks_the_masked_pixels_with_minus_one():
 
 
 def test_unknown_names_are_refused_and_a1111_modules_map_back():
-    with pytest.raises(InvalidRequest, match="Unknown control preprocessor 'depth'"):
+    with pytest.raises(InvalidRequest, match="Unknown control preprocessor 'hed'"):
+        preprocess("hed", square())
+    # Learned ones run in the backend with their network (tests/engine/test_annotators.py), never here.
+    with pytest.raises(InvalidRequest, match="The depth preprocessor needs its network"):
         preprocess("depth", square())
-    assert [preprocessor_from_module(n) for n in ("canny", "softedge_gradient", "tile_resample", "depth_midas")] == [
+    assert [preprocessor_from_module(n) for n in ("canny", "softedge_gradient", "tile_resample", "scribble_hed")] == [
         "canny", "softedge", "tile", None
     ]
     assert set(PREPROCESSORS) == {"none", "canny", "softedge", "scribble", "tile", "inpaint"}

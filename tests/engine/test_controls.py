@@ -322,8 +322,8 @@ def test_control_units_are_validated():
         request_for("m", controls=(ControlUnit("a", "b.png", start=0.8, end=0.2),))
     with pytest.raises(InvalidRequest, match="weight 3"):
         request_for("m", controls=(ControlUnit("a", "b.png", weight=3),))
-    with pytest.raises(InvalidRequest, match="preprocessor 'depth'"):
-        request_for("m", controls=(ControlUnit("a", "b.png", preprocessor="depth"),))
+    with pytest.raises(InvalidRequest, match="preprocessor 'hed'"):
+        request_for("m", controls=(ControlUnit("a", "b.png", preprocessor="hed"),))
     with pytest.raises(InvalidRequest, match="needs a source image and a mask"):
         request_for("m", controls=(ControlUnit("a", "b.png", preprocessor="inpaint"),))
     request = request_for("m", controls=(ControlUnit("a", "b.png", 0.5, 0.1, 0.9, "prompt", "canny"),))

@@ -40,13 +40,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from desktop.engine.backends.annotators import Annotators
 from desktop.engine.backends.base import ControlHash
 from desktop.engine.backends.control_lora import build_control_lora
-from desktop.engine.control_preprocess import Thresholds, preprocess
+from desktop.engine.control_preprocess import LEARNED, Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.control import (
+    ANNOTATOR,
     CONTROL_LORA,
     CONTROLNET,
     IMAGE_ENCODER,
@@ -104,9 +106,12 @@ class ControlModels:
         # (the ControlNet is kept across jobs): the LoRA merger says what it changed.
         self._own_weights = own_weights or dict
         self._loaded: dict[_Identity, tuple[Any, ControlInfo, str]] = {}
+        # Learned preprocessors' networks live in the same library folder.
+        self.annotators = Annotators(catalog)
 
     def forget(self) -> None:
         self._loaded.clear()
+        self.annotators.forget()
 
     def prepare(self, base: Any, pipe: Any, request: GenerationRequest, plan: EditPlan | None) -> ControlRun | None:
         """The pipeline and arguments for `request.controls` (None when it has none).
@@ -133,7 +138,7 @@ class ControlModels:
         units = tuple(unit for unit, _ in active)
         loaded = [item for _, item in active]
         size = plan.size if plan is not None else (request.width, request.height)
-        images = [_control_image(unit, plan, size) for unit in units]
+        images = [_control_image(unit, plan, size, self.annotators) for unit in units]
         if kinds == {T2I_ADAPTER}:
             return _adapter_run(pipe, units, [m for m, _, _ in loaded], images, request, hashes)
         return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
@@ -164,6 +169,11 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
     if info.kind == IMAGE_ENCODER:
         raise InvalidRequest(
             f"{name!r} is an image encoder, which IP-Adapter units pick by themselves; choose a control model."
+        )
+    if info.kind == ANNOTATOR:
+        raise ModelError(
+            f"{name!r} is a {info.label}, not a control model: pick a ControlNet or T2I-Adapter as the "
+            f"unit's model and the {info.layout} preprocessor, which finds this network by itself."
         )
     from safetensors.torch import load_file
 
@@ -246,7 +256,7 @@ def _adapter(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:
 # ---------------------------------------------------------------------------------------- images
 
 
-def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int]) -> Any:
+def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int], annotators: Annotators) -> Any:
     """The unit's control image at the working size, preprocessed, as a (1, 3, H, W) float tensor."""
     import torch
 
@@ -266,7 +276,10 @@ def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, in
                 if plan.cropped
                 else to_working(fitted, size, plan.resize_mode)
             )
-        array = preprocess(unit.preprocessor, fitted, None, thresholds)
+        if unit.preprocessor in LEARNED:
+            array = annotators.apply(unit.preprocessor, fitted)
+        else:
+            array = preprocess(unit.preprocessor, fitted, None, thresholds)
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 
 

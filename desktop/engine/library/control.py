@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library.annotator import inspect_annotator
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.ip_adapter import (
     PLAIN,
@@ -37,6 +38,9 @@ CONTROL_LORA = "control-lora"
 T2I_ADAPTER = "t2i-adapter"
 IP_ADAPTER = "ip-adapter"  # layout: its variant (plain / plus / full); desktop/engine/library/ip_adapter.py
 IMAGE_ENCODER = "image-encoder"  # the CLIP vision model IP-Adapters read reference images with
+# A learned preprocessor's weights (depth, lineart, pose: desktop/engine/library/annotator.py), kept in the
+# control library; its layout is the task ("depth", "lineart", "openpose").
+ANNOTATOR = "annotator"
 _KIND_LABELS = {
     CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter", IP_ADAPTER: "IP-Adapter",
     IMAGE_ENCODER: "image encoder",
@@ -52,14 +56,17 @@ LDM_PREFIX = "control_model."
 class ControlInfo:
     """What a control model's header says."""
 
-    kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | IP_ADAPTER | IMAGE_ENCODER
+    kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | IP_ADAPTER | IMAGE_ENCODER | ANNOTATOR
     layout: str  # "ldm" (original names) | "diffusers"
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
     family: str | None  # "sd1" | "sd2" | "sdxl"; None when the shapes match no released family
     conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
+    detail: str = ""  # an annotator's own label
 
     @property
     def label(self) -> str:
+        if self.kind == ANNOTATOR:
+            return self.detail
         base = _FAMILY_LABELS.get(self.family or "", "")
         kind = _KIND_LABELS[self.kind]
         if self.kind == IP_ADAPTER and self.layout != PLAIN:
@@ -95,10 +102,14 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         if conv_in is not None and len(conv_in) == 4 and header.has_prefix(f"{prefix}body."):
             family, channels = _adapter_family(conv_in[1])
             return ControlInfo(T2I_ADAPTER, layout, prefix, family, channels)
+    annotator = inspect_annotator(header, name)
+    if annotator is not None:
+        return ControlInfo(ANNOTATOR, annotator.task, "", None, None, annotator.label)
     raise ModelError(
         f"{name} is not a control model: it has none of the ControlNet (input_hint_block / zero_convs, or "
         "controlnet_cond_embedding), Control-LoRA (lora_controlnet), T2I-Adapter (conv_in + body), IP-Adapter "
-        "(image_proj + ip_adapter) or CLIP image encoder (vision_model + visual_projection) tensors."
+        "(image_proj + ip_adapter) or CLIP image encoder (vision_model + visual_projection) tensors, nor a depth, "
+        "lineart or OpenPose preprocessor's."
     )
 
 

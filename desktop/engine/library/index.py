@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, StorageError
+from desktop.engine.library.annotator import is_depth_folder, pack_depth_folder
 from desktop.engine.library.checkpoint import (
     HASH_CHUNK_BYTES,
     autov3_hash,
@@ -257,7 +258,10 @@ class Library:
             source = source.resolve()
         except (OSError, ValueError) as error:  # a path too long for the file system, a NUL byte
             raise ModelError(f"{source} cannot be read ({getattr(error, 'strerror', None) or error}).") from None
-        if kind == "control" and source.is_dir() and (source / "model.safetensors").is_file():
+        if (
+            kind == "control" and source.is_dir() and (source / "model.safetensors").is_file()
+            and not is_depth_folder(source)
+        ):
             # A transformers folder (an IP-Adapter's image_encoder/): its weights are the entry; the
             # encoder is rebuilt from their shapes, so the config is not needed.
             name = name if name is not None else source.name
@@ -266,7 +270,9 @@ class Library:
         folder.mkdir(parents=True, exist_ok=True)
         is_folder = source.is_dir()
         base = check_name(name if name is not None else (source.name if is_folder else source.stem))
-        file_name = base if is_folder else f"{base}{_model_suffix(source, kind)}"
+        # A depth preprocessor's folder (config.json + model.safetensors) becomes one control-library file.
+        packs = is_folder and kind == "control" and is_depth_folder(source)
+        file_name = base if is_folder and not packs else f"{base}{_model_suffix(source, kind)}"
         with self._lock:
             if self.find(kind, base) is not None or (folder / file_name).exists():
                 raise ModelError(
@@ -277,7 +283,10 @@ class Library:
         known_sha: str | None = None
         _remove(partial)
         try:
-            if is_folder:
+            if packs:
+                pack_depth_folder(source, partial)
+                is_folder = False
+            elif is_folder:
                 if kind != "model":
                     raise ModelError(f"{source.name} is a folder; a {_noun(kind)} is a single .safetensors file.")
                 detect_diffusers_folder(source)  # refuse anything that is not a model folder before copying

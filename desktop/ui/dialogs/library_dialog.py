@@ -387,7 +387,8 @@ class LibraryIntegration(QObject):
             panel.set_vae_names([r.name for r in records])
         elif kind == "control" and panel is not None:
             # Image encoders are picked by the backend, never by the user.
-            units = [r for r in records if not (r.format or "").startswith("image-encoder")]
+            # Preprocessors' networks (format "annotator (...)") are found by task, never picked as a unit's model.
+            units = [r for r in records if not (r.format or "").startswith(("image-encoder", "annotator"))]
             ips = [r.name for r in units if (r.format or "").startswith("ip-adapter")]
             panel.control_list.set_names([r.name for r in units], ip_adapters=ips)
         elif kind == "upscaler" and panel is not None:
