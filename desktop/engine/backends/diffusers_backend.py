@@ -523,8 +523,13 @@ class DiffusersBackend:
         pipe = self._pipe
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         notes: list[str] = []
-        if request.loras or "<lora:" in request.prompt:
-            notes.append(f"LoRAs are not applied to {self._dit.label} models yet; they were ignored.")
+        # LoRAs from the panel and `<lora:...>` tags, in the layouts diffusers converts (kohya, XLabs, PEFT).
+        lora_plan = self._loras.apply(
+            pipe, request, model_shape(pipe, self._family), self._model.name if self._model else "", embeddings=False
+        )
+        request = lora_plan.request
+        if batch_index == 0:
+            notes.extend(lora_plan.notes)
         if request.sampler != DEFAULT_SAMPLER:
             notes.append(
                 f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
@@ -557,7 +562,7 @@ class DiffusersBackend:
             raise OutOfMemory(
                 f"The device ran out of memory running {self._dit.label} at {request.width}x{request.height}."
             )
-        return GeneratedBatch(tuple(result.images), seeds, batch_index, None, tuple(notes), (), (), None)
+        return GeneratedBatch(tuple(result.images), seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
 
     def _set_cpu_threads(self) -> None:
         # Here, on the generation thread: torch's OpenMP pool takes its size from the calling thread.
