@@ -301,10 +301,10 @@ class DiffusersBackend:
             else:
                 return None
             model_hash = self._hashes.autov2(entry.path)
-        if request.mode != "txt2img":
+        if arch.inpaint and request.mode == "txt2img":
             raise ModelError(
-                f"{entry.name} is a {arch.label} model; Marble runs it for text-to-image only so far "
-                "(docs/model-families.md)."
+                f"{entry.name} is a {arch.label} model: it edits a source image. Pick a regular model for "
+                "text-to-image, or give it a source image (and a mask) to work on."
             )
         config = Path(request.model_config).expanduser() if request.model_config else None
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders else None
@@ -519,7 +519,8 @@ class DiffusersBackend:
     def _generate_dit(
         self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
     ) -> GeneratedBatch:
-        """Flux / SD3: the pipeline's own flow-matching scheduler and prompt encoding (families.py)."""
+        """Flux / SD3: the pipeline's own flow-matching scheduler and prompt encoding (families.py); image to
+        image and inpainting through the family's own pipelines, sharing the loaded weights."""
         pipe = self._pipe
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         notes: list[str] = []
@@ -534,6 +535,19 @@ class DiffusersBackend:
             notes.append(
                 f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
             )
+        plan = _edit_plan(request) if request.mode != "txt2img" else None
+        if plan is not None and (request.strength <= 0 or (plan.alpha is not None and mask_is_empty(plan.alpha))):
+            # Nothing to denoise: the source itself is the exact answer (no VAE round trip).
+            note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
+            images = tuple(plan.source.copy() for _ in seeds)
+            return GeneratedBatch(images, seeds, batch_index, None, note, lora_plan.loras, (), None)
+        size = {"width": request.width, "height": request.height}
+        if plan is not None:
+            pipe = self._dit_pipe_for(request.mode)
+            size = {"image": plan.image, "strength": float(request.strength), "width": plan.size[0],
+                    "height": plan.size[1]}  # fmt: skip
+            if plan.mask is not None or self._inpaint_model:
+                size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
         def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -546,8 +560,7 @@ class DiffusersBackend:
             with torch.inference_mode():
                 result = pipe(
                     **families.generation_arguments(pipe, request, self._dit),
-                    num_inference_steps=request.steps, width=request.width, height=request.height,
-                    num_images_per_prompt=request.batch_size,
+                    num_inference_steps=request.steps, **size, num_images_per_prompt=request.batch_size,
                     generator=generators[0] if len(generators) == 1 else generators,
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )  # fmt: skip
@@ -562,7 +575,16 @@ class DiffusersBackend:
             raise OutOfMemory(
                 f"The device ran out of memory running {self._dit.label} at {request.width}x{request.height}."
             )
-        return GeneratedBatch(tuple(result.images), seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
+        images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
+        return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
+
+    def _dit_pipe_for(self, mode: str) -> Any:
+        """The DiT family's image-to-image / inpainting pipeline, made once per loaded model."""
+        pipe = self._pipes.get(mode)
+        if pipe is None:
+            pipe = families.edit_pipeline(self._pipe, mode, self._dit)
+            self._pipes[mode] = pipe
+        return pipe
 
     def _set_cpu_threads(self) -> None:
         # Here, on the generation thread: torch's OpenMP pool takes its size from the calling thread.

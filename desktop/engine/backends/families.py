@@ -36,11 +36,41 @@ _SD3_MAX_SEQUENCE = 256
 def pipeline_class(family: str) -> Any:
     import diffusers
 
+    if family == "flux-fill":
+        return diffusers.FluxFillPipeline
     if family == "flux":
         return diffusers.FluxPipeline
     if family in ("sd3", "sd3.5"):
         return diffusers.StableDiffusion3Pipeline
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
+
+
+# The image-to-image and inpainting pipeline of each family (diffusers' class names).
+_EDIT_PIPELINES = {
+    ("flux", "img2img"): "FluxImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxInpaintPipeline",
+    ("sd3", "img2img"): "StableDiffusion3Img2ImgPipeline",
+    ("sd3", "inpaint"): "StableDiffusion3InpaintPipeline",
+    ("sd3.5", "img2img"): "StableDiffusion3Img2ImgPipeline",
+    ("sd3.5", "inpaint"): "StableDiffusion3InpaintPipeline",
+}
+
+
+def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
+    """The loaded pipeline's image-to-image or inpainting sibling (`mode`), sharing its modules: from_pipe
+    moves no tensor. A Flux Fill model (loaded as FluxFillPipeline) does both itself: image-to-image is
+    inpainting with everything masked, as for an SD inpainting model."""
+    import diffusers
+
+    if info.fill:
+        return pipe
+    name = _EDIT_PIPELINES.get((info.family, mode))
+    if name is None:
+        raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
+    # Without the dtype, from_pipe would upcast the shared modules to fp32 (as for the UNet families).
+    edit = getattr(diffusers, name).from_pipe(pipe, dtype=pipe.dtype)
+    edit.set_progress_bar_config(disable=True)
+    return edit
 
 
 def transformer_class(family: str) -> Any:
@@ -88,7 +118,7 @@ def load_pipeline(
     """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline."""
     info = arch.dit
     assert info is not None
-    cls = pipeline_class(info.family)
+    cls = pipeline_class("flux-fill" if info.fill else info.family)
     if path.is_dir():
         return _from_pretrained(cls, path, name, dtype, resources, info.family)
     config = config_folder or _config_folder(resources, arch, name)
@@ -272,7 +302,7 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
             # dev: the distilled guidance the transformer embeds; schnell has no guidance embedder.
             "guidance_scale": float(request.distilled_cfg_scale) if info.variant == "dev" else 0.0,
         }
-        if negative:
+        if negative and not info.fill:
             # True CFG (two passes a step) only with a negative prompt, as diffusers and Forge do.
             arguments |= {"negative_prompt": negative, "true_cfg_scale": float(request.cfg_scale)}
         return arguments
