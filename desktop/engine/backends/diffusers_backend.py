@@ -62,6 +62,7 @@ from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, 
 from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
+from desktop.engine.backends.dit_memory import choose_dit_mode, needs_reload  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
     BUILT_IN_UPSCALERS,
@@ -206,6 +207,7 @@ class DiffusersBackend:
         self._model: ModelInfo | None = None
         self._family = "sd1"
         self._dit: Any = None  # DitInfo of a loaded Flux/SD3 model (backends/families.py), else None
+        self._dit_mode: str | None = None  # its memory mode (dit_memory.py); None: as loaded
         self._default_scheduler: Any = None
         self._notes: list[str] = []
         self._inpaint_model = False
@@ -277,6 +279,7 @@ class DiffusersBackend:
         self._controls.forget()
         self._pipes.clear()
         self._memory_mode = "full"
+        self._dit_mode = None
         self._default_scheduler = None
         _free_memory()
 
@@ -313,7 +316,9 @@ class DiffusersBackend:
             entry.path, arch, name=name, dtype=choice.dtype, resources=self._resources, config_folder=config,
             text_encoders=text_encoders,
         )  # fmt: skip
-        return pipe.to(choice.device), arch, model_hash
+        # On CUDA the weights stay in RAM until the first job's memory mode puts them where they run: a
+        # 12B Flux would not fit a 12-24 GB card whole.
+        return (pipe if choice.device == "cuda" else pipe.to(choice.device)), arch, model_hash
 
     def _load_entry(
         self, entry: ModelEntry, config: str | None, choice: DeviceChoice, mode: str = "txt2img"
@@ -521,6 +526,7 @@ class DiffusersBackend:
     ) -> GeneratedBatch:
         """Flux / SD3: the pipeline's own flow-matching scheduler and prompt encoding (families.py); image to
         image and inpainting through the family's own pipelines, sharing the loaded weights."""
+        self._dit_memory(request)
         pipe = self._pipe
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         notes: list[str] = []
@@ -577,6 +583,26 @@ class DiffusersBackend:
             )
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
+
+    def _dit_memory(self, request: GenerationRequest) -> None:
+        """Put the loaded DiT in the job's memory mode (dit_memory.py), loading it again first when it
+        is in a mode that changed its weights or hooks (fp8, group, sequential)."""
+        assert self._key is not None
+        device, pipe = self._key.device, self._pipe
+        free, sizes = None, None
+        if device == "cuda":
+            sizes = families.memory_sizes(pipe, self._dit)
+            on_device = sizes.total if self._dit_mode in ("full", "tiled") else 0
+            free = torch.cuda.mem_get_info()[0] + on_device
+        element = next(pipe.transformer.parameters()).element_size()
+        mode = choose_dit_mode(request.memory_mode, device, free, sizes, request.width * request.height, element)
+        if mode == self._dit_mode:
+            return
+        if self._dit_mode is not None and needs_reload(self._dit_mode, mode):
+            self.unload()
+            self.load(request)
+        families.apply_memory_mode(self._pipe, mode, self._dit_mode, device, self._pipe.dtype)
+        self._dit_mode = self._memory_mode = mode
 
     def _dit_pipe_for(self, mode: str) -> Any:
         """The DiT family's image-to-image / inpainting pipeline, made once per loaded model."""

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
@@ -312,6 +313,57 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
         "guidance_scale": float(request.cfg_scale),
         "max_sequence_length": _SD3_MAX_SEQUENCE,
     }
+
+
+def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
+    """What the loaded pipeline weighs, component by component, for the auto memory mode."""
+
+    def weight(module: Any) -> int:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
+
+    transformer = pipe.transformer
+    blocks = len(getattr(transformer, "transformer_blocks", ())) + len(
+        getattr(transformer, "single_transformer_blocks", ())
+    )
+    encoders = tuple(weight(getattr(pipe, name, None)) for name in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+    stored_small = next(transformer.parameters()).element_size() <= 1
+    return DitSizes(
+        transformer=weight(transformer), transformer_blocks=blocks, encoders=tuple(e for e in encoders if e),
+        vae=weight(pipe.vae), fp8_possible=info.quantization is None and not stored_small,
+    )  # fmt: skip
+
+
+def apply_memory_mode(pipe: Any, mode: str, current: str | None, device: str, dtype: Any) -> None:
+    """Put the loaded pipeline in `mode` (dit_memory.py). `current` is the mode it is in (None: as
+    loaded, on the CPU); the backend reloads the model before leaving a STICKY mode, so only model
+    offload's hooks are ever undone here."""
+    import torch
+
+    if current == "offload":
+        pipe.remove_all_hooks()
+    if mode in ("full", "tiled"):
+        pipe.to(device)
+    if mode == "tiled":
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+    if mode == "offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "fp8":
+        # Stored as float8, computed in the pipeline's dtype layer by layer; norms and embeddings stay as
+        # they are (diffusers' default skip list), as the fp8 checkpoints people share keep them.
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+        if device == "cuda":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+    elif mode == "group":
+        pipe.enable_group_offload(
+            onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="leaf_level",
+            use_stream=True,
+        )  # fmt: skip
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
 
 
 def _short(error: BaseException) -> str:
