@@ -65,6 +65,8 @@ def test_forced_modes_and_devices_without_cuda():
     assert choose_dit_mode("group", "cpu", None, None, MEGAPIXEL) == "full"  # offloading needs a GPU
     assert choose_dit_mode("fp8", "cpu", None, None, MEGAPIXEL) == "fp8"  # casting works anywhere
     assert choose_dit_mode("auto", "cpu", None, None, MEGAPIXEL) == "full"
+    assert choose_dit_mode("fp8", "cuda", free_on(24), FLUX_Q8, MEGAPIXEL) == "offload"  # GGUF: no fp8 casting
+    assert choose_dit_mode("fp8", "cpu", None, FLUX_Q8, MEGAPIXEL) == "full"
     assert needs_reload("fp8", "full") and needs_reload("group", "offload") and not needs_reload("offload", "full")
     # A UNet model asked for a DiT mode gets the nearest UNet mode.
     assert choose_mode("fp8", "cuda", 512, 512) == "full"

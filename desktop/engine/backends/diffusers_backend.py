@@ -589,9 +589,8 @@ class DiffusersBackend:
         is in a mode that changed its weights or hooks (fp8, group, sequential)."""
         assert self._key is not None
         device, pipe = self._key.device, self._pipe
-        free, sizes = None, None
+        sizes, free = families.memory_sizes(pipe, self._dit), None
         if device == "cuda":
-            sizes = families.memory_sizes(pipe, self._dit)
             on_device = sizes.total if self._dit_mode in ("full", "tiled") else 0
             free = torch.cuda.mem_get_info()[0] + on_device
         element = next(pipe.transformer.parameters()).element_size()

@@ -81,6 +81,8 @@ def choose_dit_mode(
     """The mode to run with: the user's choice where the device supports it, or for `auto` the first
     mode of AUTO_ORDER whose peak fits `free_bytes` (with RESERVE_BYTES kept free). Off CUDA, or with
     nothing measured, auto is "full"; when nothing fits, "sequential", the least memory there is."""
+    if requested == "fp8" and sizes is not None and not sizes.fp8_possible:
+        requested = "offload"  # a GGUF or fp8 file is stored small already: casting it again would break it
     if requested != "auto":
         if requested in CUDA_ONLY and device != "cuda":
             return "full"
