@@ -106,3 +106,24 @@ def test_each_offload_mode_runs_on_cuda(flux_folder, tmp_path, mode):
     assert backend.memory_mode == mode
     difference = np.abs(pixels(other.images[0]).astype(int) - pixels(full.images[0]).astype(int))
     assert difference.mean() < (1.5 if mode == "fp8" else 0.5)
+
+
+def test_an_edit_job_in_fp8_keeps_the_transformer_in_fp8(flux_folder, tmp_path):
+    from PIL import Image
+
+    backend = make_backend(AppPaths.for_root(tmp_path / "home").ensure())
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(source)
+    values = dict(prompt="a red circle", negative_prompt="", distilled_cfg_scale=3.5, memory_mode="fp8")
+    run(backend, request_for(flux_folder, **values))
+    seen = []
+    to_q = backend._pipe.transformer.transformer_blocks[0].attn.to_q
+    hook = to_q.register_forward_hook(lambda module, args, output: seen.append(module.weight.dtype))
+    batch, _ = run(backend, request_for(flux_folder, init_image=str(source), strength=0.5, **values))
+    hook.remove()
+    # The same model, not loaded again: fp8 is still the job's mode.
+    assert to_q is backend._pipe.transformer.transformer_blocks[0].attn.to_q
+    # The image-to-image pipeline shares the fp8 transformer: still stored in fp8 between its layers' calls.
+    assert backend._pipes["img2img"].transformer is backend._pipe.transformer
+    assert to_q.weight.dtype == torch.float8_e4m3fn and seen
+    assert batch.images[0].size == (64, 64)

@@ -593,7 +593,7 @@ class DiffusersBackend:
         if device == "cuda":
             on_device = sizes.total if self._dit_mode in ("full", "tiled") else 0
             free = torch.cuda.mem_get_info()[0] + on_device
-        element = next(pipe.transformer.parameters()).element_size()
+        element = pipe.vae.dtype.itemsize  # the compute dtype's (the VAE is never cast to fp8)
         mode = choose_dit_mode(request.memory_mode, device, free, sizes, request.width * request.height, element)
         if mode == self._dit_mode:
             return

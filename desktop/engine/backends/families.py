@@ -16,6 +16,7 @@ Configs come from resources/configs/ (or the user's --config folder); nothing is
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,8 @@ _EDIT_PIPELINES = {
 
 
 def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
-    """The loaded pipeline's image-to-image or inpainting sibling (`mode`), sharing its modules: from_pipe
-    moves no tensor. A Flux Fill model (loaded as FluxFillPipeline) does both itself: image-to-image is
+    """The loaded pipeline's image-to-image or inpainting sibling (`mode`), sharing its modules (no tensor
+    is copied). A Flux Fill model (loaded as FluxFillPipeline) does both itself: image-to-image is
     inpainting with everything masked, as for an SD inpainting model."""
     import diffusers
 
@@ -68,8 +69,11 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
-    # Without the dtype, from_pipe would upcast the shared modules to fp32 (as for the UNet families).
-    edit = getattr(diffusers, name).from_pipe(pipe, dtype=pipe.dtype)
+    cls = getattr(diffusers, name)
+    # Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move
+    # them (fighting the offload hooks); a constructor only registers them.
+    accepted = inspect.signature(cls.__init__).parameters
+    edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted})
     edit.set_progress_bar_config(disable=True)
     return edit
 
@@ -326,10 +330,13 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
         getattr(transformer, "single_transformer_blocks", ())
     )
     encoders = tuple(weight(getattr(pipe, name, None)) for name in ("text_encoder", "text_encoder_2", "text_encoder_3"))
-    stored_small = next(transformer.parameters()).element_size() <= 1
+    # At the compute dtype, whatever fp8 casting did to the storage: the sizes are those of the loaded
+    # model, which is what a mode change that reloads it gets. A GGUF transformer stays as stored.
+    stored = weight(transformer)
+    computed = sum(p.numel() for p in transformer.parameters()) * pipe.vae.dtype.itemsize
     return DitSizes(
-        transformer=weight(transformer), transformer_blocks=blocks, encoders=tuple(e for e in encoders if e),
-        vae=weight(pipe.vae), fp8_possible=info.quantization is None and not stored_small,
+        transformer=stored if info.quantization else computed, transformer_blocks=blocks,
+        encoders=tuple(e for e in encoders if e), vae=weight(pipe.vae), fp8_possible=info.quantization is None,
     )  # fmt: skip
 
 
