@@ -27,7 +27,8 @@ RANDOM_SEED = -1
 INPAINT_AREAS = ("whole", "masked")
 RESIZE_MODES = ("resize", "pad")
 # auto: full on a roomy GPU, VAE tiling for large images, CPU offload when VRAM is short.
-MEMORY_MODES = ("auto", "full", "tiled", "offload")
+# group, sequential and fp8 are the diffusion transformers' modes (backends/dit_memory.py).
+MEMORY_MODES = ("auto", "full", "tiled", "offload", "group", "sequential", "fp8")
 # A1111's emphasis modes: "Original" scales weighted tokens and restores each chunk's mean, "No norm"
 # only scales, "None" reads brackets and BREAK as plain text.
 EMPHASIS_MODES = ("Original", "No norm", "None")

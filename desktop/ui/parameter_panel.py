@@ -78,6 +78,9 @@ _MEMORY_LABELS = {
     "full": QT_TRANSLATE_NOOP("ParameterPanel", "Full (fastest)"),
     "tiled": QT_TRANSLATE_NOOP("ParameterPanel", "Tiled VAE + sliced attention"),
     "offload": QT_TRANSLATE_NOOP("ParameterPanel", "CPU offload (least VRAM)"),
+    "group": QT_TRANSLATE_NOOP("ParameterPanel", "Group offload (Flux, SD3)"),
+    "sequential": QT_TRANSLATE_NOOP("ParameterPanel", "Sequential offload (Flux, SD3; slowest)"),
+    "fp8": QT_TRANSLATE_NOOP("ParameterPanel", "fp8 layer-wise casting (Flux, SD3)"),
 }
 # A1111's mode names (the request keeps them as they are; only the list shows them translated).
 _EMPHASIS_LABELS = {

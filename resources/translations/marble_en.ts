@@ -1106,6 +1106,18 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Group offload (Flux, SD3)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Sequential offload (Flux, SD3; slowest)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>fp8 layer-wise casting (Flux, SD3)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Original</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1824,6 +1836,18 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>Offload</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Group</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Sequential</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Fp8</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

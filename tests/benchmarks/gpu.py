@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/benchmarks/gpu.py [--steps 30] [--families sd15,sdxl] [--out FILE.json]
     .venv/bin/python tests/benchmarks/gpu.py --smoke    # the same code path on the CPU, tiny sizes, no compile
+    .venv/bin/python tests/benchmarks/gpu.py --families flux,sd3.5 --steps 28   # the DiTs (gpu_dit.py)
 
 SD 1.5-size at 512x512 and SDXL-size at 1024x1024, random weights built from the configs in
 resources/ (no downloads), saved once to a temporary folder in fp16 and loaded both ways. Prints
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import common  # noqa: F401 - sets sys.path and the offline environment first
+from gpu_dit import DIT_FAMILIES, bench_dit
 
 SIZES = {"sd15": 512, "sdxl": 1024}
 # SD 1.5 jobs take about a second on an H100/H200 and drifted over a run, so they get more rounds.
@@ -41,6 +43,14 @@ class Setup:
         self.device = "cpu" if smoke else "cuda"
         self.precision = "fp32" if smoke else "fp16"
         self.dtype = torch.float32 if smoke else torch.float16
+
+    def for_dit(self) -> Setup:
+        """The same setup in bf16, the dtype Flux and SD3.5 are published and run in."""
+        import torch
+
+        dit = Setup(self.smoke)
+        dit.precision, dit.dtype = ("fp32", torch.float32) if self.smoke else ("bf16", torch.bfloat16)
+        return dit
 
     def size(self, family: str) -> int:
         return 64 if self.smoke else SIZES[family]
@@ -265,6 +275,11 @@ def main() -> None:
         for family in args.families.split(","):
             result: dict = {}
             results.append(result)
+            if family in DIT_FAMILIES:
+                bench_dit(family, steps, Path(work), setup.for_dit(), result, save)
+                print(json.dumps(result), flush=True)
+                print(f"{family}: app/bare {result['ratio']} (target >= 0.97)", file=sys.stderr, flush=True)
+                continue
             bench_family(family, steps, Path(work), setup, not (args.no_fast or args.smoke), result, save)
             print(json.dumps(result), flush=True)
             print(f"{family}: app/bare {result['ratio']} (target >= 0.97), fast/bare {result.get('fast_vs_bare')} "

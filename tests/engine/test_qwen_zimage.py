@@ -300,13 +300,21 @@ def test_z_image_inpainting_keeps_the_pixels_outside_the_mask(paths, zimage, tmp
     assert not np.array_equal(result[~outside], pixels(image)[~outside])
 
 
-def test_flux_image_to_image_is_still_refused_clearly(paths, tmp_path):
-    from tests.support.tiny_dit import build_tiny_flux, save_pipeline
+def test_edits_are_refused_clearly_for_a_family_without_edit_pipelines():
+    # Flux, SD3, Qwen-Image and Z-Image edit through their own pipelines (test_dit_edit.py, above); a family
+    # without them (Chroma, for now) is refused by name before anything loads.
+    from types import SimpleNamespace
 
-    folder = save_pipeline(build_tiny_flux(), tmp_path / "flux")
-    _, path = _source(tmp_path)
-    with pytest.raises(ModelError, match="Flux.1 dev model; Marble runs it for text-to-image only"):
-        run(make_backend(paths), request_for(folder, init_image=str(path)))
+    from desktop.engine.backends import families
+    from desktop.engine.backends.diffusers_backend import _refuse_dit_edit
+
+    assert [families.edits(f) for f in ("flux", "sd3.5", "qwen-image", "z-image", "chroma")] == [
+        True, True, True, True, False,
+    ]  # fmt: skip
+    chroma = SimpleNamespace(family="chroma", label="Chroma")
+    with pytest.raises(ModelError, match="Chroma model; Marble runs it for text-to-image only"):
+        _refuse_dit_edit("c.safetensors", chroma, "img2img")
+    _refuse_dit_edit("c.safetensors", chroma, "txt2img")
 
 
 def test_library_rows_and_family_defaults(qwen, zimage, tmp_path):

@@ -63,6 +63,7 @@ from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, 
 from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
+from desktop.engine.backends.dit_memory import choose_dit_mode, needs_reload  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
     BUILT_IN_UPSCALERS,
@@ -217,6 +218,7 @@ class DiffusersBackend:
         self._model: ModelInfo | None = None
         self._family = "sd1"
         self._dit: Any = None  # DitInfo of a loaded Flux/SD3 model (backends/families.py), else None
+        self._dit_mode: str | None = None  # its memory mode (dit_memory.py); None: as loaded
         self._default_scheduler: Any = None
         self._notes: list[str] = []
         self._inpaint_model = False
@@ -290,6 +292,7 @@ class DiffusersBackend:
         self._refiners.forget()
         self._pipes.clear()
         self._memory_mode = "full"
+        self._dit_mode = None
         self._default_scheduler = None
         _free_memory()
 
@@ -315,6 +318,11 @@ class DiffusersBackend:
                 return None
             model_hash = self._hashes.autov2(entry.path)
         _refuse_dit_edit(entry.name, arch.dit, request.mode)
+        if arch.inpaint and request.mode == "txt2img":
+            raise ModelError(
+                f"{entry.name} is a {arch.label} model: it edits a source image. Pick a regular model for "
+                "text-to-image, or give it a source image (and a mask) to work on."
+            )
         config = Path(request.model_config).expanduser() if request.model_config else None
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders else None
         name = entry.path.name if not entry.is_folder else entry.name
@@ -322,7 +330,9 @@ class DiffusersBackend:
             entry.path, arch, name=name, dtype=choice.dtype, resources=self._resources, config_folder=config,
             text_encoders=text_encoders,
         )  # fmt: skip
-        return pipe.to(choice.device), arch, model_hash
+        # On CUDA the weights stay in RAM until the first job's memory mode puts them where they run: a
+        # 12B Flux would not fit a 12-24 GB card whole.
+        return (pipe if choice.device == "cuda" else pipe.to(choice.device)), arch, model_hash
 
     def _load_entry(
         self, entry: ModelEntry, config: str | None, choice: DeviceChoice, mode: str = "txt2img"
@@ -631,24 +641,37 @@ class DiffusersBackend:
         self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
     ) -> GeneratedBatch:
         """Flux / SD3 / Qwen-Image / Z-Image: the pipeline's own flow-matching scheduler and prompt encoding
-        (families.py); image-to-image and inpainting where the family has diffusers' pipelines (families.edits)."""
+        (families.py); image-to-image and inpainting through the family's own pipelines (families.edits),
+        sharing the loaded weights."""
         _refuse_dit_edit(self._model.name if self._model else "the model", self._dit, request.mode)
-        plan = _edit_plan(request) if request.mode != "txt2img" else None
+        self._dit_memory(request)
+        pipe = self._pipe
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
-        if plan is not None and request.strength <= 0:
-            # Strength 0 runs no step (diffusers would refuse it): the source itself is the answer.
-            return GeneratedBatch(tuple(plan.source.copy() for _ in seeds), seeds, batch_index, None, (), (), (), None)
-        pipe = self._pipe if plan is None else self._pipe_for(request.mode, plan)
-        inputs = {"width": request.width, "height": request.height}
-        if plan is not None:
-            inputs = {"width": plan.size[0], "height": plan.size[1]} | self._mode_arguments(request, plan)
         notes: list[str] = []
-        if request.loras or "<lora:" in request.prompt:
-            notes.append(f"LoRAs are not applied to {self._dit.label} models yet; they were ignored.")
+        # LoRAs from the panel and `<lora:...>` tags, in the layouts diffusers converts (kohya, XLabs, PEFT).
+        lora_plan = self._loras.apply(
+            pipe, request, model_shape(pipe, self._family), self._model.name if self._model else "", embeddings=False
+        )
+        request = lora_plan.request
+        if batch_index == 0:
+            notes.extend(lora_plan.notes)
         if request.sampler != DEFAULT_SAMPLER:
             notes.append(
                 f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
             )
+        plan = _edit_plan(request) if request.mode != "txt2img" else None
+        if plan is not None and (request.strength <= 0 or (plan.alpha is not None and mask_is_empty(plan.alpha))):
+            # Nothing to denoise: the source itself is the exact answer (no VAE round trip).
+            note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
+            images = tuple(plan.source.copy() for _ in seeds)
+            return GeneratedBatch(images, seeds, batch_index, None, note, lora_plan.loras, (), None)
+        size = {"width": request.width, "height": request.height}
+        if plan is not None:
+            pipe = self._dit_pipe_for(request.mode)
+            size = {"image": plan.image, "strength": float(request.strength), "width": plan.size[0],
+                    "height": plan.size[1]}  # fmt: skip
+            if plan.mask is not None or self._inpaint_model:
+                size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
         def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -661,7 +684,7 @@ class DiffusersBackend:
             with torch.inference_mode():
                 result = pipe(
                     **families.generation_arguments(pipe, request, self._dit),
-                    num_inference_steps=request.steps, **inputs, num_images_per_prompt=request.batch_size,
+                    num_inference_steps=request.steps, **size, num_images_per_prompt=request.batch_size,
                     generator=generators[0] if len(generators) == 1 else generators,
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )  # fmt: skip
@@ -677,7 +700,34 @@ class DiffusersBackend:
                 f"The device ran out of memory running {self._dit.label} at {request.width}x{request.height}."
             )
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
-        return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), (), (), None)
+        return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
+
+    def _dit_memory(self, request: GenerationRequest) -> None:
+        """Put the loaded DiT in the job's memory mode (dit_memory.py), loading it again first when it
+        is in a mode that changed its weights or hooks (fp8, group, sequential)."""
+        assert self._key is not None
+        device, pipe = self._key.device, self._pipe
+        sizes, free = families.memory_sizes(pipe, self._dit), None
+        if device == "cuda":
+            on_device = sizes.total if self._dit_mode in ("full", "tiled") else 0
+            free = torch.cuda.mem_get_info()[0] + on_device
+        element = pipe.vae.dtype.itemsize  # the compute dtype's (the VAE is never cast to fp8)
+        mode = choose_dit_mode(request.memory_mode, device, free, sizes, request.width * request.height, element)
+        if mode == self._dit_mode:
+            return
+        if self._dit_mode is not None and needs_reload(self._dit_mode, mode):
+            self.unload()
+            self.load(request)
+        families.apply_memory_mode(self._pipe, mode, self._dit_mode, device, self._pipe.dtype)
+        self._dit_mode = self._memory_mode = mode
+
+    def _dit_pipe_for(self, mode: str) -> Any:
+        """The DiT family's image-to-image / inpainting pipeline, made once per loaded model."""
+        pipe = self._pipes.get(mode)
+        if pipe is None:
+            pipe = families.edit_pipeline(self._pipe, mode, self._dit)
+            self._pipes[mode] = pipe
+        return pipe
 
     def _set_cpu_threads(self) -> None:
         # Here, on the generation thread: torch's OpenMP pool takes its size from the calling thread.

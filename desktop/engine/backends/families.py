@@ -17,11 +17,13 @@ Configs come from resources/configs/ (or the user's --config folder); nothing is
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
+from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
@@ -40,6 +42,8 @@ def pipeline_class(family: str) -> Any:
 
     if family in qwen_zimage.FAMILIES:
         return qwen_zimage.pipeline_class(family)
+    if family == "flux-fill":
+        return diffusers.FluxFillPipeline
     if family == "flux":
         return diffusers.FluxPipeline
     if family in ("sd3", "sd3.5"):
@@ -47,9 +51,45 @@ def pipeline_class(family: str) -> Any:
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
+# The image-to-image and inpainting pipeline of each family (diffusers' class names).
+_EDIT_PIPELINES = {
+    ("flux", "img2img"): "FluxImg2ImgPipeline",
+    ("flux", "inpaint"): "FluxInpaintPipeline",
+    ("sd3", "img2img"): "StableDiffusion3Img2ImgPipeline",
+    ("sd3", "inpaint"): "StableDiffusion3InpaintPipeline",
+    ("sd3.5", "img2img"): "StableDiffusion3Img2ImgPipeline",
+    ("sd3.5", "inpaint"): "StableDiffusion3InpaintPipeline",
+    ("qwen-image", "img2img"): "QwenImageImg2ImgPipeline",
+    ("qwen-image", "inpaint"): "QwenImageInpaintPipeline",
+    ("z-image", "img2img"): "ZImageImg2ImgPipeline",
+    ("z-image", "inpaint"): "ZImageInpaintPipeline",
+}
+
+
 def edits(family: str) -> bool:
-    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' pipelines, from_pipe)."""
-    return family in qwen_zimage.FAMILIES
+    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines)."""
+    return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
+
+
+
+def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
+    """The loaded pipeline's image-to-image or inpainting sibling (`mode`), sharing its modules (no tensor
+    is copied). A Flux Fill model (loaded as FluxFillPipeline) does both itself: image-to-image is
+    inpainting with everything masked, as for an SD inpainting model."""
+    import diffusers
+
+    if info.fill:
+        return pipe
+    name = _EDIT_PIPELINES.get((info.family, mode))
+    if name is None:
+        raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
+    cls = getattr(diffusers, name)
+    # Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move
+    # them (fighting the offload hooks); a constructor only registers them.
+    accepted = inspect.signature(cls.__init__).parameters
+    edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted})
+    edit.set_progress_bar_config(disable=True)
+    return edit
 
 
 def transformer_class(family: str) -> Any:
@@ -99,7 +139,7 @@ def load_pipeline(
     """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline."""
     info = arch.dit
     assert info is not None
-    cls = pipeline_class(info.family)
+    cls = pipeline_class("flux-fill" if info.fill else info.family)
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
     if path.is_dir():
@@ -310,7 +350,7 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
             # dev: the distilled guidance the transformer embeds; schnell has no guidance embedder.
             "guidance_scale": float(request.distilled_cfg_scale) if info.variant == "dev" else 0.0,
         }
-        if negative:
+        if negative and not info.fill:
             # True CFG (two passes a step) only with a negative prompt, as diffusers and Forge do.
             arguments |= {"negative_prompt": negative, "true_cfg_scale": float(request.cfg_scale)}
         return arguments
@@ -320,6 +360,60 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
         "guidance_scale": float(request.cfg_scale),
         "max_sequence_length": _SD3_MAX_SEQUENCE,
     }
+
+
+def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
+    """What the loaded pipeline weighs, component by component, for the auto memory mode."""
+
+    def weight(module: Any) -> int:
+        return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
+
+    transformer = pipe.transformer
+    blocks = len(getattr(transformer, "transformer_blocks", ())) + len(
+        getattr(transformer, "single_transformer_blocks", ())
+    )
+    encoders = tuple(weight(getattr(pipe, name, None)) for name in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+    # At the compute dtype, whatever fp8 casting did to the storage: the sizes are those of the loaded
+    # model, which is what a mode change that reloads it gets. A GGUF transformer stays as stored.
+    stored = weight(transformer)
+    computed = sum(p.numel() for p in transformer.parameters()) * pipe.vae.dtype.itemsize
+    return DitSizes(
+        transformer=stored if info.quantization else computed, transformer_blocks=blocks,
+        encoders=tuple(e for e in encoders if e), vae=weight(pipe.vae), fp8_possible=info.quantization is None,
+    )  # fmt: skip
+
+
+def apply_memory_mode(pipe: Any, mode: str, current: str | None, device: str, dtype: Any) -> None:
+    """Put the loaded pipeline in `mode` (dit_memory.py). `current` is the mode it is in (None: as
+    loaded, on the CPU); the backend reloads the model before leaving a STICKY mode, so only model
+    offload's hooks are ever undone here."""
+    import torch
+
+    if current == "offload":
+        pipe.remove_all_hooks()
+    if mode in ("full", "tiled"):
+        pipe.to(device)
+    if mode == "tiled":
+        pipe.vae.enable_tiling()
+    else:
+        pipe.vae.disable_tiling()
+    if mode == "offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "fp8":
+        # Stored as float8, computed in the pipeline's dtype layer by layer; norms and embeddings stay as
+        # they are (diffusers' default skip list), as the fp8 checkpoints people share keep them.
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+        if device == "cuda":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+    elif mode == "group":
+        pipe.enable_group_offload(
+            onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="leaf_level",
+            use_stream=True,
+        )  # fmt: skip
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
 
 
 def _short(error: BaseException) -> str:

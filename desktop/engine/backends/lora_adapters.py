@@ -104,7 +104,11 @@ class LoraAdapters:
         self._enabled = True
         self._lycoris.forget()
 
-    def apply(self, pipe: Any, request: GenerationRequest, shape: ModelShape, model_name: str) -> LoraPlan:
+    def apply(
+        self, pipe: Any, request: GenerationRequest, shape: ModelShape, model_name: str, *, embeddings: bool = True
+    ) -> LoraPlan:
+        """Load, weight and switch the job's LoRAs on `pipe`; `embeddings` False for pipelines (Flux, SD3)
+        whose prompts take no textual-inversion embeddings."""
         prompt, tagged = split_lora_tags(request.prompt)
         negative, negative_tags = split_lora_tags(request.negative_prompt)
         notes = []
@@ -135,7 +139,9 @@ class LoraAdapters:
         self._activate(pipe, active)
         self._evict(pipe, {identity for _, identity, *_ in chosen})
         cleaned = replace(request, prompt=prompt, negative_prompt=negative, loras=refs)
-        embedding_hashes = self._apply_embeddings(pipe, f"{prompt}\n{negative}", shape, model_name)
+        embedding_hashes = (
+            self._apply_embeddings(pipe, f"{prompt}\n{negative}", shape, model_name) if embeddings else ()
+        )
         return LoraPlan(cleaned, tuple(hashes), tuple(notes), embedding_hashes)
 
     def _merge_lycoris(
@@ -227,7 +233,8 @@ class LoraAdapters:
                 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters")
                 # use_safetensors: read as safetensors whatever the file is called, never through torch.load.
                 pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
-        except (ValueError, KeyError, RuntimeError, TypeError, OSError) as error:
+        except (ValueError, KeyError, RuntimeError, TypeError, OSError, AssertionError) as error:
+            # AssertionError: diffusers' kohya Flux conversion asserts the fused layers' widths.
             self._drop(pipe, adapter)
             raise ModelError(f"The LoRA {name!r} could not be applied to this model: {_short(error)}") from error
         if _adapter_count(pipe, adapter) == before:
@@ -325,11 +332,17 @@ def model_shape(pipe: Any, family: str) -> ModelShape:
     """The widths of a loaded pipeline that decide whether a LoRA fits."""
     unet_config = getattr(getattr(pipe, "unet", None), "config", None)
     context = getattr(unet_config, "cross_attention_dim", None) if unet_config is not None else None
+    # A Flux.1 / SD3 transformer: its block width is heads x head size (what a LoRA's layers read).
+    transformer_config = getattr(getattr(pipe, "transformer", None), "config", None)
+    heads = getattr(transformer_config, "num_attention_heads", None)
+    head_dim = getattr(transformer_config, "attention_head_dim", None)
+    width = heads * head_dim if isinstance(heads, int) and isinstance(head_dim, int) else None
     return ModelShape(
-        family=family,
+        family="sd3" if family == "sd3.5" else family,  # one LoRA family covers SD3 and SD3.5
         context_dim=context if isinstance(context, int) else None,
         text_width=_hidden_size(getattr(pipe, "text_encoder", None)),
         text_width_2=_hidden_size(getattr(pipe, "text_encoder_2", None)),
+        transformer_width=width,
     )
 
 

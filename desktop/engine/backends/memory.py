@@ -16,6 +16,9 @@ TILING_PIXELS = 1024 * 1024
 # A GPU with less than this multiple of the weights' size has no room for activations: offload.
 HEADROOM = 1.5
 
+# The diffusion-transformer modes (dit_memory.py) on a UNet model: the nearest UNet mode.
+UNET_EQUIVALENT = {"group": "offload", "sequential": "offload", "fp8": "full"}
+
 DESCRIPTIONS = {
     "full": "everything on the device",
     "tiled": "VAE tiling and attention slicing",
@@ -32,6 +35,7 @@ def choose_mode(
     model_bytes: int | None = None,
 ) -> str:
     """The mode to run with: the user's choice, or for `auto` a pick by device, size and GPU memory."""
+    requested = UNET_EQUIVALENT.get(requested, requested)
     if requested != "auto":
         return requested if requested != "offload" or device == "cuda" else "tiled"
     short = device_bytes is not None and model_bytes is not None and device_bytes < model_bytes * HEADROOM

@@ -28,6 +28,7 @@ from desktop.engine.library.dit import (
     detect_dit_folder,
     detect_gguf,
     dit_pipeline_family,
+    is_fill_channels,
     is_gguf,
     looks_like_dit,
 )
@@ -504,7 +505,8 @@ def _what_it_might_be(header: SafetensorsHeader) -> str:
 
 
 def dit_architecture(info: DitInfo) -> ArchitectureInfo:
-    return ArchitectureInfo(family=info.family, inpaint=False, config_name=info.config_name or "", dit=info)
+    # Flux Fill edits a source image only, as an SD inpainting model does.
+    return ArchitectureInfo(family=info.family, inpaint=info.fill, config_name=info.config_name or "", dit=info)
 
 
 def detect_diffusers_folder(
@@ -564,9 +566,11 @@ def _dit_folder(folder: Path, index: Mapping[str, object], class_name: str, name
     parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
     components = tuple(part for part in parts if part in index)
     depth = transformer.get("num_layers", transformer.get("n_layers"))  # Z-Image says n_layers
+    channels = transformer.get("in_channels")
     info = DitInfo(
         family=family, variant=variant, layout="diffusers", parameters=parameters, dtype=dtype, quantization=None,
         components=components, blocks=(depth if isinstance(depth, int) else 0, 0),
+        fill=family == "flux" and is_fill_channels(channels, transformer.get("out_channels") or channels),
     )  # fmt: skip
     return dit_architecture(info)
 

@@ -66,6 +66,8 @@ class DitInfo:
     quantization: str | None  # GGUF type name for GGUF files, else None
     components: tuple[str, ...]  # what the file holds: "transformer", "clip_l", "clip_g", "t5xxl", "vae"
     blocks: tuple[int, ...]  # (double/joint, single) block counts
+    # Flux Fill: the transformer also reads the masked image's latents and the mask (an inpainting model).
+    fill: bool = False
 
     @property
     def config_name(self) -> str | None:
@@ -75,6 +77,7 @@ class DitInfo:
     def label(self) -> str:
         base = DIT_LABELS[self.family]
         name = f"{base} {self.variant}" if self.variant else base
+        name = f"{name} Fill" if self.fill else name
         return f"{name} ({self.quantization})" if self.quantization else name
 
     @property
@@ -155,8 +158,21 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     return DitInfo(
         family=family, variant=variant, layout=layout, parameters=parameters,
         dtype=quantization or _common_dtype(model.values()), quantization=quantization,
-        components=tuple(components), blocks=counts,
+        components=tuple(components), blocks=counts, fill=family == "flux" and is_fill_shape(model),
     )  # fmt: skip
+
+
+def is_fill_shape(model: Mapping[str, TensorShape]) -> bool:
+    """Flux Fill's input layer takes the noise, the masked image's latents and the mask (384 channels
+    for 64 out); a plain Flux reads as many as it writes, a Depth/Canny model twice as many."""
+    for inputs, outputs in (("img_in.weight", "final_layer.linear.weight"), ("x_embedder.weight", "proj_out.weight")):
+        if inputs in model and outputs in model:
+            return is_fill_channels(model[inputs].shape[-1], model[outputs].shape[0])
+    return False
+
+
+def is_fill_channels(in_channels: object, out_channels: object) -> bool:
+    return isinstance(in_channels, int) and isinstance(out_channels, int) and in_channels > 2 * out_channels
 
 
 def _block_indices(model: Mapping[str, TensorShape]) -> dict[str, set[int]]:
@@ -292,6 +308,7 @@ def detect_gguf(path: StrPath, *, name: str | None = None) -> DitInfo:
 
 _PIPELINES = {
     "FluxPipeline": "flux",
+    "FluxFillPipeline": "flux",
     "StableDiffusion3Pipeline": "sd3",
     "ChromaPipeline": "chroma",
     **dit_qwen_zimage.PIPELINES,

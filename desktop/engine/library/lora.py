@@ -20,7 +20,9 @@ from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
 # Cross-attention context width of each base family: what the UNet's attn2.to_k/to_v read.
 _FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5"}
+# Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
+_FLUX_WIDTH = 3072
 
 # A1111 extra-network syntax; `lyco` is the LyCORIS extension's spelling of the same thing. Extra
 # fields after the weight (`<lora:name:0.8:0.5>`, text-encoder/UNet split) are accepted and ignored.
@@ -43,8 +45,8 @@ _LYCORIS_MARKS = (
 class LoraInfo:
     """What a LoRA file's header says about it. Widths are None where the file has no such layers."""
 
-    format: str  # "kohya" | "peft" | "diffusers"
-    family: str | None  # "sd1" | "sd2" | "sdxl", or None for a width no released model has
+    format: str  # "kohya" | "peft" | "diffusers" | "xlabs"
+    family: str | None  # "sd1" | "sd2" | "sdxl" | "flux" | "sd3", or None for a width no released model has
     context_dim: int | None  # UNet cross-attention input width (768 SD1, 1024 SD2, 2048 SDXL)
     text_width: int | None  # first text encoder's hidden width
     text_width_2: int | None  # SDXL's second text encoder's hidden width
@@ -53,6 +55,8 @@ class LoraInfo:
     tensors: int
     # "lora", or the LyCORIS kind ("loha", "lokr", "ia3", "full"), which Marble merges into the weights.
     algorithm: str = "lora"
+    # A diffusion-transformer LoRA's block width (the input of its attention layers), else None.
+    transformer_width: int | None = None
 
     @property
     def label(self) -> str:
@@ -63,6 +67,13 @@ def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo
     """Format and base architecture of a LoRA from tensor names and shapes; raise if it is no LoRA."""
     names = list(header.tensors)
     algorithm = _lycoris_algorithm(names)
+    dit = _inspect_dit_lora(header, names)
+    if dit is not None:
+        if algorithm is not None:
+            raise ModelError(
+                f"{name} is a LyCORIS file for {dit.label}; Marble applies only plain LoRA files to those models."
+            )
+        return dit
     if any(n.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for n in names):
         fmt = "kohya"
     elif any(".lora_A." in n or ".lora_B." in n for n in names):
@@ -102,6 +113,64 @@ def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo
     )
 
 
+# Flux.1 and SD3 LoRAs in the layouts diffusers converts (docs/model-families.md): kohya/sd-scripts
+# (`lora_unet_double_blocks_0_img_attn_qkv`), XLabs (`double_blocks.0.processor.qkv_lora1`), and
+# diffusers/PEFT/ai-toolkit names (`transformer.single_transformer_blocks.0.attn.to_q.lora_A`).
+_FLUX_KOHYA = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
+_SD3_KOHYA = ("lora_unet_joint_blocks_",)
+_TRANSFORMER_PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.")
+
+
+def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo | None:
+    """LoraInfo for a Flux.1 / SD3 LoRA, or None when the names are not those of a transformer LoRA."""
+    bare = [_strip_transformer_prefix(n) for n in names]
+    te1 = [n for n in names if n.startswith(("lora_te_", "lora_te1_", "text_encoder."))]
+    te2 = [n for n in names if n.startswith(("lora_te2_", "text_encoder_2."))]
+    if any(n.startswith(_FLUX_KOHYA) for n in names):
+        fmt, family = "kohya", "flux"
+    elif any(n.startswith(_SD3_KOHYA) for n in names):
+        fmt, family = "kohya", "sd3"
+    elif any(n.startswith("double_blocks.") and ".processor." in n for n in names):
+        fmt, family = "xlabs", "flux"
+    elif any(n.startswith(("single_transformer_blocks.", "double_blocks.", "single_blocks.")) for n in bare):
+        fmt, family = "peft", "flux"
+    elif any(n.startswith(("joint_blocks.", "transformer_blocks.")) for n in bare) and any(
+        n.startswith(_TRANSFORMER_PREFIXES) for n in names
+    ):
+        fmt, family = "peft", "sd3"  # until the width says Flux (a LoRA of Flux's double blocks only)
+    else:
+        return None
+    width = None
+    for tensor, short in sorted(zip(names, bare, strict=True)):
+        shape = header.tensors[tensor].shape
+        down = tensor.endswith(("lora_down.weight", ".lora_A.weight", "down.weight"))
+        if down and len(shape) == 2 and any(mark in short for mark in _ATTENTION_INPUTS):
+            width = shape[1]
+            break
+    if fmt == "peft" and family == "sd3" and width == _FLUX_WIDTH:
+        family = "flux"
+    if fmt == "peft" and not any(".lora_A." in n or ".lora_B." in n for n in names):
+        fmt = "diffusers"
+    return LoraInfo(
+        format=fmt, family=family, context_dim=None,
+        text_width=_first_width(header, te1, _is_q_proj_down), text_width_2=_first_width(header, te2, _is_q_proj_down),
+        unet=len(te1) + len(te2) < len(names), text_encoder=bool(te1 or te2), tensors=len(names),
+        transformer_width=width,
+    )  # fmt: skip
+
+
+# The layers whose input is the transformer's width, in each naming (diffusers, BFL/kohya, XLabs).
+_ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
+                     ".proj_lora1.", "_linear1.", ".attn.qkv.")  # fmt: skip
+
+
+def _strip_transformer_prefix(name: str) -> str:
+    for prefix in _TRANSFORMER_PREFIXES:
+        if name.startswith(prefix):
+            return _strip_transformer_prefix(name.removeprefix(prefix))
+    return name
+
+
 def _lycoris_algorithm(names: list[str]) -> str | None:
     suffixes = {name.rpartition(".")[2] for name in names}
     for algorithm, marks in _LYCORIS_MARKS:
@@ -110,9 +179,7 @@ def _lycoris_algorithm(names: list[str]) -> str | None:
     return None
 
 
-def _first_lycoris_width(
-    header: SafetensorsHeader, names: Iterable[str], wanted: Callable[[str], bool]
-) -> int | None:
+def _first_lycoris_width(header: SafetensorsHeader, names: Iterable[str], wanted: Callable[[str], bool]) -> int | None:
     """The input width of the first wanted layer of a LyCORIS file: what its tensors multiply out to."""
     tensors = header.tensors
     for stem in sorted({n.partition(".")[0] for n in names if wanted(n)}):
@@ -163,6 +230,7 @@ class ModelShape:
     context_dim: int | None
     text_width: int | None
     text_width_2: int | None
+    transformer_width: int | None = None  # a Flux.1 / SD3 transformer's block width
 
 
 def check_lora_fits(info: LoraInfo, model: ModelShape, lora_name: str, model_name: str) -> None:
@@ -175,6 +243,14 @@ def check_lora_fits(info: LoraInfo, model: ModelShape, lora_name: str, model_nam
         problem = (
             f"its UNet layers read a text context of width {info.context_dim}, and {model_name}'s UNet "
             f"reads width {model.context_dim}"
+        )
+    elif (
+        info.transformer_width is not None
+        and model.transformer_width is not None
+        and info.transformer_width != model.transformer_width
+    ):
+        problem = (
+            f"its transformer layers have width {info.transformer_width}, {model_name}'s have {model.transformer_width}"
         )
     elif info.text_width is not None and model.text_width is not None and info.text_width != model.text_width:
         problem = f"its text-encoder layers have width {info.text_width}, {model_name}'s have {model.text_width}"
