@@ -31,7 +31,7 @@ from desktop.engine.edit_inputs import inputs_folder
 from desktop.engine.errors import MarbleError
 from desktop.engine.history import HistoryStore, explain_database_error
 from desktop.engine.library.catalog import ModelCatalog
-from desktop.engine.library.demo import demo_model_name, install_demo_model
+from desktop.engine.library.demo import demo_model_name, install_demo_control, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import HOME_ENV, AppPaths
@@ -304,9 +304,11 @@ def follow_signing_setting(window: MainWindow, writer: ImageWriter, key_folder: 
 
 
 def install_demo(paths: AppPaths, resources: Resources) -> None:
-    """First start: put the demo model in the library, so the first Generate works offline."""
+    """First start: put the demo model and its ControlNet in the library, so the first Generate works offline."""
     try:
-        install_demo_model(Library(paths), resources.demo_model, paths.config)
+        library = Library(paths)
+        install_demo_model(library, resources.demo_model, paths.config)
+        install_demo_control(library, resources.demo_control, paths.config)
     except (MarbleError, OSError) as error:
         # Not fatal: the window still says where to put models. The next start tries again.
         print(f"marble-studio: could not install the demo model: {error}", file=sys.stderr)

@@ -46,7 +46,7 @@ from desktop.engine.imaging import (
 )
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
-from desktop.engine.library.demo import demo_model_name, install_demo_model
+from desktop.engine.library.demo import demo_model_name, install_demo_control, install_demo_model
 from desktop.engine.library.few_step import FEW_STEP_KINDS, few_step_of_file, split_family
 from desktop.engine.library.index import Library
 from desktop.engine.library.lora import AdapterCatalog, parse_lora_arg
@@ -632,6 +632,7 @@ def _default_model(paths: AppPaths) -> str:
     library = Library(paths)
     try:
         install_demo_model(library, Resources.default().demo_model, paths.config)
+        install_demo_control(library, Resources.default().demo_control, paths.config)
     except (MarbleError, OSError) as error:
         raise InvalidRequest(f"No --model given, and the demo model could not be installed: {error}") from error
     name = demo_model_name(library)

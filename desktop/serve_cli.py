@@ -20,7 +20,7 @@ from desktop.api.service import ApiService
 from desktop.engine.errors import MarbleError
 from desktop.engine.history.store import HistoryStore
 from desktop.engine.library.catalog import ModelCatalog
-from desktop.engine.library.demo import demo_model_name, install_demo_model
+from desktop.engine.library.demo import demo_model_name, install_demo_control, install_demo_model
 from desktop.engine.library.index import Library
 from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
@@ -108,6 +108,7 @@ def build_service(paths: AppPaths, history: HistoryStore | None, limits: ApiLimi
 def _default_model(library: Library, paths: AppPaths) -> str:
     try:
         install_demo_model(library, Resources.default().demo_model, paths.config)
+        install_demo_control(library, Resources.default().demo_control, paths.config)
     except (MarbleError, OSError) as error:
         raise MarbleError(f"No --model given, and the demo model could not be installed: {error}") from error
     name = demo_model_name(library)

@@ -83,6 +83,11 @@ class Resources:
         return self.root / "demo-model"
 
     @property
+    def demo_control(self) -> Path:
+        """The demo model's ControlNet (canny edges; one safetensors file), trained by installer/demo_model/."""
+        return self.root / "demo-control" / "demo-control-canny.safetensors"
+
+    @property
     def translations(self) -> Path:
         """The window's strings: `marble_en.ts`, the English source extracted from the code
         (installer/tools/extract_strings.py), and `marble_<language>.qm`, compiled translations."""

@@ -9,7 +9,13 @@ import shutil
 from desktop.app import install_demo
 from desktop.engine.errors import MarbleError
 from desktop.engine.library.catalog import ModelCatalog
-from desktop.engine.library.demo import DEMO_MODEL_NAME, demo_model_name, install_demo_model
+from desktop.engine.library.demo import (
+    DEMO_CONTROL_NAME,
+    DEMO_MODEL_NAME,
+    demo_model_name,
+    install_demo_control,
+    install_demo_model,
+)
 from desktop.engine.library.index import Library
 from desktop.engine.library.native_size import native_size
 from desktop.engine.paths import AppPaths
@@ -148,3 +154,21 @@ def test_an_update_cut_short_after_the_old_copy_went_keeps_the_new_one(tmp_path,
     assert record is not None and record.name == DEMO_MODEL_NAME and record.demo
     assert ModelCatalog(paths.models).names() == [DEMO_MODEL_NAME]
     assert installed_scheduler(library, DEMO_MODEL_NAME)["_marble_note"] == "build 2"
+
+
+def test_first_start_installs_the_demo_controlnet_once(tmp_path):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    install_demo(paths, Resources.default())
+    library = Library(paths)
+    record = library.find("control", DEMO_CONTROL_NAME)
+    assert record is not None and record.kind == "control" and "ControlNet" in record.architecture
+    assert ModelCatalog(paths.models).names() == [DEMO_MODEL_NAME]
+    # Second start: nothing to do; removed by the user, it does not come back.
+    assert install_demo_control(library, Resources.default().demo_control, paths.config) is None
+    library.remove("control", DEMO_CONTROL_NAME)
+    install_demo(paths, Resources.default())
+    assert library.find("control", DEMO_CONTROL_NAME) is None
+    # A build without it installs nothing and leaves no marker, so a later build with it installs it.
+    other = AppPaths.for_root(tmp_path / "other").ensure()
+    assert install_demo_control(Library(other), tmp_path / "missing.safetensors", other.config) is None
+    assert install_demo_control(Library(other), Resources.default().demo_control, other.config) is not None

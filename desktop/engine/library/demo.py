@@ -22,6 +22,10 @@ DEMO_MODEL_NAME = "marble-demo"
 _MARKER_NAME = "demo-model-installed"
 _UPDATE_NAME = f"{DEMO_MODEL_NAME}-update"
 _LOCK_NAME = "demo-model.lock"
+# The demo model's ControlNet (canny edges, installer/demo_model/train_control.py), so a new user can
+# try a control unit at once; installed once, like the model.
+DEMO_CONTROL_NAME = "marble-demo-canny"
+_CONTROL_MARKER_NAME = "demo-control-installed"
 # What the demo model was trained to draw (installer/demo_model/scenes.py: its shapes, colours, sizes
 # and positions), for the prompt field: a new user typing "a cat" would get coloured blobs and think
 # the app broken. A test keeps this in step with the training scenes.
@@ -51,6 +55,25 @@ def install_demo_model(library: Library, source: Path, config_folder: Path) -> L
     # running a few commands): one installs while the others wait, then find the work done.
     with exclusive_lock(config_folder / _LOCK_NAME, what="installing the demo model"):
         return _install(library, source, marker, stamp)
+
+
+def install_demo_control(library: Library, source: Path, config_folder: Path) -> LibraryRecord | None:
+    """Import the shipped demo ControlNet file on the first start. Returns its record, or None when there
+    was nothing to do (installed before, even if the user has removed it since, or not shipped).
+
+    Raises MarbleError or OSError when the copy fails; the marker is then not written, so the next start
+    tries again."""
+    marker = config_folder / _CONTROL_MARKER_NAME
+    if not source.is_file() or marker.exists():
+        return None
+    with exclusive_lock(config_folder / _LOCK_NAME, what="installing the demo model"):
+        if marker.exists():
+            return None  # a sibling process installed it while this one waited for the lock
+        record = library.find("control", DEMO_CONTROL_NAME) or library.import_path(source, "control", DEMO_CONTROL_NAME)
+        partial = marker.with_name(f".{marker.name}.partial")
+        partial.write_text(shipped_stamp(source.parent) + "\n", encoding="utf-8")
+        os.replace(partial, marker)
+    return record
 
 
 def _read_marker(marker: Path) -> str | None:
