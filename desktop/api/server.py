@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,20 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from desktop.api import controlnet
 from desktop.api.convert import (
     ApiError,
-    ApiOptions,
+    LibraryNames,
     apply_override_settings,
     decode_image,
     info_json,
     merge_options,
     png_base64,
     request_from_payload,
+    vae_name,
 )
 from desktop.api.service import JobSource, Ticket, preview_png
+from desktop.engine.backends.hires import LATENT_MODES, PIXEL_RESAMPLERS
 from desktop.engine.backends.schedulers import SAMPLER_NAMES
 from desktop.engine.errors import ErrorKind, InvalidRequest
 from desktop.engine.imaging import save_png_by_hash
@@ -244,6 +247,12 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
     def save_input(image: Image.Image) -> str:
         return str(save_png_by_hash(image, inputs))
 
+    def library_names() -> LibraryNames:
+        def names(kind: str) -> tuple[str, ...]:
+            return tuple(record.name for record in service.records(kind))
+
+        return LibraryNames(names("lora"), names("vae"), names("upscaler"), names("control"))
+
     def generate(body: Txt2ImgRequest, img2img: bool) -> dict[str, Any]:
         payload = body.model_dump(exclude_unset=True)
         options, notes = apply_override_settings(service.options, payload.get("override_settings"))
@@ -252,8 +261,9 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
         model = options.sd_model_checkpoint
         if "override_settings" in payload and "sd_model_checkpoint" in (payload["override_settings"] or {}):
             model = service.model_name(model, "override_settings.sd_model_checkpoint")
-        options = ApiOptions(model, options.CLIP_stop_at_last_layers, options.emphasis)
-        converted = request_from_payload(payload, options, save_input, service.limits, img2img, log.warning)
+        options = replace(options, sd_model_checkpoint=model)
+        converted = request_from_payload(payload, options, save_input, service.limits, img2img, log.warning,
+                                         library_names())
         ticket = service.submit(converted.request)
         ticket.done.wait()
         return _result(ticket, payload, body.send_images is not False)
@@ -292,8 +302,10 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
         for note in notes:
             log.warning("API options: %s", note)
         if "sd_model_checkpoint" in changes:
-            options = ApiOptions(service.model_name(options.sd_model_checkpoint, "sd_model_checkpoint"),
-                                 options.CLIP_stop_at_last_layers, options.emphasis)
+            options = replace(options, sd_model_checkpoint=service.model_name(options.sd_model_checkpoint,
+                                                                              "sd_model_checkpoint"))
+        if "sd_vae" in changes:
+            vae_name(options.sd_vae, library_names().vaes, "sd_vae")  # an unknown VAE is refused now
         service.set_options(options)
 
     @app.get("/sdapi/v1/sd-models")
@@ -330,9 +342,41 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
                            "vectors": None} for r in service.records("embedding")}
         return {"loaded": loaded, "skipped": {}}
 
+    @app.get("/sdapi/v1/upscalers")
+    def upscalers() -> list[dict[str, Any]]:
+        # A1111 lists pixel upscalers here; the latent modes are in /latent-upscale-modes.
+        built_in = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                    for name in PIXEL_RESAMPLERS]
+        return built_in + [{"name": r.name, "model_name": r.architecture, "model_path": r.file, "model_url": None,
+                            "scale": 4} for r in service.records("upscaler")]
+
+    @app.get("/sdapi/v1/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict[str, Any]]:
+        return [{"name": name} for name in LATENT_MODES]
+
+    @app.get("/sdapi/v1/sd-vae")
+    def sd_vae() -> list[dict[str, Any]]:
+        # A1111 names VAEs by file name; `filename` is the name in the library, never a path.
+        return [{"model_name": f"{r.name}.safetensors", "filename": r.file} for r in service.records("vae")]
+
+    @app.get("/controlnet/model_list")
+    def controlnet_models(update: bool = True) -> dict[str, Any]:
+        # The extension's "name [hash]" titles (first 8 hex digits of the sha256); clients send them back.
+        return {"model_list": [f"{r.name} [{r.sha256[:8]}]" if r.sha256 else r.name
+                               for r in service.records("control")]}
+
+    @app.get("/controlnet/module_list")
+    def controlnet_modules(alias_names: bool = False) -> dict[str, Any]:
+        return controlnet.module_list()
+
+    @app.get("/controlnet/version")
+    def controlnet_version() -> dict[str, Any]:
+        return {"version": controlnet.EXTENSION_VERSION}
+
     @app.get("/sdapi/v1/scripts")
     def scripts() -> dict[str, Any]:
-        return {"txt2img": [], "img2img": []}
+        # The alwayson scripts Marble takes (lower case, as A1111 lists them).
+        return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
     @app.post("/sdapi/v1/png-info")
     def png_info(body: PngInfoRequest) -> dict[str, Any]:
