@@ -25,7 +25,7 @@ from desktop.engine.errors import InvalidRequest
 from desktop.engine.library.catalog import find_by_name
 from desktop.engine.library.lora import lora_tag_names
 from desktop.engine.metadata import hires_pairs
-from desktop.engine.request import MAX_CLIP_SKIP, GenerationRequest
+from desktop.engine.request import INPAINT_FILLS, MAX_CLIP_SKIP, GenerationRequest
 from desktop.engine.untrusted_image import open_untrusted
 
 # A1111's API defaults (modules/processing.py): what a missing field means.
@@ -464,9 +464,9 @@ def _img2img_values(
     if _int(payload, "inpainting_mask_invert", 0):
         mask = ImageOps.invert(mask)
     fill = _int(payload, "inpainting_fill", 1)
-    if fill != 1:
-        raise ApiError(422, "Marble inpaints from the original pixels under the mask: inpainting_fill 1 (original) "
-                            "is the one it supports.", "inpainting_fill")
+    if not 0 <= fill < len(INPAINT_FILLS):
+        raise ApiError(422, "inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing).",
+                       "inpainting_fill")
     blur = _int(payload, "mask_blur", 4)
     for axis in ("mask_blur_x", "mask_blur_y"):
         if axis in payload and payload[axis] is not None and _int(payload, axis, blur) != blur:
@@ -477,6 +477,7 @@ def _img2img_values(
         mask_blur=blur,
         inpaint_area="masked" if full_res else "whole",
         padding=_int(payload, "inpaint_full_res_padding", 0),
+        inpaint_fill=INPAINT_FILLS[fill],
     )
     return values
 

@@ -448,3 +448,31 @@ def test_a_controlnet_unit_over_http_is_the_image_marble_generate_makes(server, 
     assert same_pixels(image, cli)
     plain = decode(server.post("txt2img", TXT2IMG).json()["images"][0])
     assert not same_pixels(image, plain)  # the unit acted
+
+
+def test_inpainting_fill_modes_change_only_the_masked_area_each_differently(server, tmp_path):
+    source = Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+
+    def b64(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    payload = {**TXT2IMG, "steps": 4, "init_images": [b64(source)], "mask": b64(mask), "mask_blur": 0,
+               "inpaint_full_res": False, "denoising_strength": 0.6}
+    made = {}
+    for fill in (0, 1, 2, 3):
+        response = server.post("img2img", {**payload, "inpainting_fill": fill})
+        assert response.status_code == 200, response.text
+        made[fill] = np.asarray(decode(response.json()["images"][0]).convert("RGB")).astype(int)
+    outside = np.asarray(mask) == 0
+    for fill, pixels in made.items():
+        assert np.array_equal(pixels[outside], np.asarray(source)[outside]), fill
+    inside = ~outside
+    for a in made:
+        for b in made:
+            if a < b:
+                assert np.abs(made[a][inside] - made[b][inside]).mean() > 2, (a, b)
+    assert server.post("img2img", {**payload, "inpainting_fill": 7}).status_code == 422

@@ -101,8 +101,12 @@ def test_img2img_resizes_the_source_and_inverts_the_mask_as_asked():
     assert [image.size for image in saved] == [(64, 64), (64, 64)]
     assert saved[1].getpixel((0, 0)) == 0 and saved[1].getpixel((63, 0)) == 255  # inverted
     assert (request.inpaint_area, request.padding, request.strength) == ("masked", 8, 0.5)
+    assert request.inpaint_fill == "original"
+    fills = [convert({**payload, "inpainting_fill": n}, img2img=True, saved=[])[0].request.inpaint_fill
+             for n in (0, 2, 3)]
+    assert fills == ["fill", "latent noise", "latent nothing"]
     with pytest.raises(ApiError, match="inpainting_fill"):
-        convert({**payload, "inpainting_fill": 0}, img2img=True, saved=[])
+        convert({**payload, "inpainting_fill": 4}, img2img=True, saved=[])
 
 
 @pytest.mark.parametrize("name", ["../m", "/abs", "a\\b", "C:x", "a\x00b", "%2e%2e%2fx", "..%2Fm", "~/m", "x%00"])

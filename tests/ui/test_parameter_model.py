@@ -57,7 +57,7 @@ CHANGED = Parameters(
 # one the panel does not offer yet (Flux's separate text encoders: command line only so far).
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
-    "padding", "resize_mode", "text_encoders",
+    "padding", "resize_mode", "text_encoders", "inpaint_fill",
 }
 
 
