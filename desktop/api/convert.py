@@ -13,6 +13,7 @@ import binascii
 import io
 import json
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +26,7 @@ from desktop.engine.errors import InvalidRequest
 from desktop.engine.library.catalog import find_by_name
 from desktop.engine.library.lora import lora_tag_names
 from desktop.engine.metadata import hires_pairs
-from desktop.engine.request import INPAINT_FILLS, MAX_CLIP_SKIP, GenerationRequest
+from desktop.engine.request import INPAINT_FILLS, MAX_CLIP_SKIP, MAX_DRAWN_SEED, GenerationRequest
 from desktop.engine.untrusted_image import open_untrusted
 
 # A1111's API defaults (modules/processing.py): what a missing field means.
@@ -104,6 +105,9 @@ def find_name(names: Sequence[str], name: str) -> str | None:
 class Converted:
     request: GenerationRequest
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # img2img with several init_images: one request per further image (A1111 makes them one batch,
+    # image i with seed + i); their images follow `request`'s in the response.
+    more: tuple[GenerationRequest, ...] = ()
 
 
 # Fields Marble reads (txt2img and img2img).
@@ -417,19 +421,36 @@ def request_from_payload(
         "emphasis": options.emphasis,
         "vae": vae_name(options.sd_vae, names.vaes, "override_settings.sd_vae"),
     }
+    more_sources: list[str] = []
     if img2img:
         values.update(_img2img_values(payload, (width, height), save_image, limits))
+        more_sources = [_source(data, (width, height), save_image, limits) for data in payload["init_images"][1:]]
     else:
         values.update(_hires_values(payload, names.upscalers))
     controls = units_from(payload.get("alwayson_scripts"), names.controls, save_image, limits, log)
     # The inpaint module reads the job's own source and mask; its unit names the source for the record.
     values["controls"] = tuple(replace(unit, image=unit.image or values.get("init_image") or "") for unit in controls)
+    if more_sources:
+        # A1111 sets batch_size to the number of images, image i with seed + i: one request each here.
+        if values["seed"] == -1:
+            values["seed"] = random.SystemRandom().randint(0, MAX_DRAWN_SEED)
+        values["batch_size"] = 1
     request = GenerationRequest(**values)
     try:
         request.validate()
     except InvalidRequest as error:
         raise ApiError(422, str(error), _field_of(str(error))) from None
-    return Converted(request, tuple(warnings))
+    more = tuple(replace(request, init_image=path, seed=request.seed_for(0, i + 1))
+                 for i, path in enumerate(more_sources))
+    return Converted(request, tuple(warnings), more)
+
+
+def _source(data: object, size: tuple[int, int], save_image: Callable[[Image.Image], str], limits: ApiLimits) -> str:
+    """An init image at the request's size (A1111's "Just resize"), saved by the server."""
+    source = decode_image(data, "init_images", limits).convert("RGB")
+    if source.size != size:
+        source = source.resize(size, Image.Resampling.LANCZOS)
+    return save_image(source)
 
 
 def _img2img_values(
@@ -438,17 +459,19 @@ def _img2img_values(
     images = payload.get("init_images")
     if not isinstance(images, list) or not images:
         raise ApiError(422, "init_images must list one base64 image.", "init_images")
-    if len(images) > 1:
-        raise ApiError(422, "Marble uses one init image per request; send one.", "init_images")
+    if len(images) > 1 and _int(payload, "n_iter", 1) > 1:
+        raise ApiError(422, "Several init_images make one batch (A1111's way); Marble takes them with n_iter 1 only.",
+                       "init_images")
+    if len(images) > max(1, _int(payload, "batch_size", 1)):
+        # A1111: "bad number of images passed ... expecting batch_size or less".
+        raise ApiError(422, f"{len(images)} init_images but batch_size {_int(payload, 'batch_size', 1)}: send at most "
+                            "batch_size images (each takes one place in the batch).", "init_images")
     resize_mode = _int(payload, "resize_mode", 0)
     if resize_mode != 0:
         raise ApiError(422, "Marble supports resize_mode 0 (Just resize) only.", "resize_mode")
     # A1111's "Just resize": the source is scaled to the requested size, and the result has that size.
-    source = decode_image(images[0], "init_images", limits).convert("RGB")
-    if source.size != size:
-        source = source.resize(size, Image.Resampling.LANCZOS)
     values: dict[str, Any] = {
-        "init_image": save_image(source),
+        "init_image": _source(images[0], size, save_image, limits),
         "strength": _float(payload, "denoising_strength", 0.75),
     }
     mask_data = payload.get("mask")

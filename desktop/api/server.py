@@ -264,9 +264,20 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
         options = replace(options, sd_model_checkpoint=model)
         converted = request_from_payload(payload, options, save_input, service.limits, img2img, log.warning,
                                          library_names())
-        ticket = service.submit(converted.request)
-        ticket.done.wait()
-        return _result(ticket, payload, body.send_images is not False)
+        tickets: list[Ticket] = []
+        try:
+            for request in (converted.request, *converted.more):
+                tickets.append(service.submit(request))
+        except ApiError:
+            for queued in tickets:  # a request is answered whole or not at all
+                queued.job.cancel_token.cancel()
+            raise
+        for index, ticket in enumerate(tickets):
+            ticket.done.wait()
+            if ticket.interrupted:  # an interrupt stops the whole request, as it stops A1111's batch
+                for later in tickets[index + 1:]:
+                    later.job.cancel_token.cancel()
+        return _result(_merged(tickets), payload, body.send_images is not False)
 
     @app.post("/sdapi/v1/txt2img")
     def txt2img(body: Txt2ImgRequest) -> dict[str, Any]:
@@ -415,6 +426,23 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
     if config.auth is not None:
         wrapped = BasicAuth(wrapped, *config.auth)
     return BodyLimit(wrapped, service.limits.max_body_bytes)
+
+
+def _merged(tickets: list[Ticket]) -> Ticket:
+    """One request's jobs (several init images) as one ticket: images and seeds in order, the first
+    failure, and the batch size A1111 reports (one place per init image)."""
+    if len(tickets) == 1:
+        return tickets[0]
+    first = tickets[0]
+    request = replace(first.job.request, batch_size=len(tickets))
+    merged = Ticket(replace(first.job, request=request))
+    for ticket in tickets:
+        merged.paths += ticket.paths
+        merged.seeds += ticket.seeds
+        merged.failure = merged.failure or ticket.failure
+        merged.cancelled = merged.cancelled or ticket.cancelled
+        merged.interrupted = merged.interrupted or ticket.interrupted
+    return merged
 
 
 def _result(ticket: Ticket, payload: dict[str, Any], send_images: bool) -> dict[str, Any]:

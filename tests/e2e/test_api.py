@@ -476,3 +476,25 @@ def test_inpainting_fill_modes_change_only_the_masked_area_each_differently(serv
             if a < b:
                 assert np.abs(made[a][inside] - made[b][inside]).mean() > 2, (a, b)
     assert server.post("img2img", {**payload, "inpainting_fill": 7}).status_code == 422
+
+
+def test_several_init_images_make_one_batch_as_in_a1111(server, tmp_path):
+    sources = []
+    for index in range(2):
+        path = tmp_path / f"s{index}.png"
+        Image.fromarray(np.random.default_rng(index).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+        sources.append(path)
+    payload = {**TXT2IMG, "steps": 4, "denoising_strength": 0.6, "batch_size": 2,
+               "init_images": [base64.b64encode(p.read_bytes()).decode() for p in sources]}
+    body = server.post("img2img", payload).json()
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [42, 43] and info["batch_size"] == 2 and len(body["images"]) == 2
+    cli_edit = (*CLI_TXT2IMG[:-4], "--steps", "4", "--strength", "0.6")
+    for index, (b64, path) in enumerate(zip(body["images"], sources, strict=True)):
+        expected = generate(server.home, tmp_path / f"e{index}.png", "tiny-sd15", *cli_edit, "--init-image",
+                            str(path), "--seed", str(42 + index))
+        assert same_pixels(decode(b64), expected), index
+    # More images than the batch holds, or with n_iter, are refused naming the field.
+    for change in ({"batch_size": 1}, {"n_iter": 2}):
+        response = server.post("img2img", {**payload, **change})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "init_images"]
