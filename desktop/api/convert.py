@@ -564,8 +564,8 @@ def info_json(request: GenerationRequest, seeds: Sequence[int], infotexts: Seque
         "seed_resize_from_h": -1,
         "denoising_strength": _denoising(request),
         # A1111 lists the hires fix's keys here (its infotext has them too: Marble's metadata writer).
-        "extra_generation_params": {key: str(value) for key, value in hires_pairs(request)
-                                    if key != "Denoising strength"},
+        "extra_generation_params": {key: _as_number(value) if key in ("Hires upscale", "Hires steps") else value
+                                    for key, value in hires_pairs(request) if key != "Denoising strength"},
         "index_of_first_image": 0,
         "infotexts": list(infotexts),
         "styles": [],
@@ -574,6 +574,17 @@ def info_json(request: GenerationRequest, seeds: Sequence[int], infotexts: Seque
         "is_using_inpainting_conditioning": request.mask is not None,
         "version": "marble",
     })
+
+
+def _as_number(value: object) -> object:
+    """A1111 keeps the hires numbers as numbers in `extra_generation_params` (the infotext as text)."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
 
 
 def _denoising(request: GenerationRequest) -> float | None:

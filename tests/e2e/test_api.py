@@ -405,7 +405,7 @@ def test_hires_fix_over_http_is_the_image_marble_generate_makes(server, tmp_path
     assert image.size == (96, 96)
     # A1111's info: the second pass's strength, the hires keys in extra_generation_params and the infotext.
     assert info["denoising_strength"] == 0.5 and (info["width"], info["height"]) == (64, 64)
-    assert info["extra_generation_params"] == {"Hires upscale": "1.5", "Hires steps": "4", "Hires upscaler": "Latent"}
+    assert info["extra_generation_params"] == {"Hires upscale": 1.5, "Hires steps": 4, "Hires upscaler": "Latent"}
     assert "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Latent" in info["infotexts"][0]
     cli = generate(server.home, tmp_path / "h.png", "tiny-sd15", *CLI_TXT2IMG, "--hires-scale", "1.5",
                    "--hires-steps", "4", "--hires-denoise", "0.5", "--hires-upscaler", "Latent")
