@@ -34,8 +34,12 @@ CONTROL_MODES: Mapping[object, str] = {
     "My prompt is more important": "prompt", 1: "prompt",
     "ControlNet is more important": "control", 2: "control",
 }  # fmt: skip
-# resize_mode: Marble fits a control image by "Crop and Resize" (the extension's default, index 1).
-_CROP_AND_RESIZE = ("Crop and Resize", "Inner Fit (Scale to Fit)", 1)
+# resize_mode: Marble fits a control image by "Crop and Resize" (the extension's default, index 1). The
+# other modes ("Just Resize", "Resize and Fill": webuiapi's default) only differ from it when the image's
+# aspect ratio is not the output's, so they are taken for images of the output's shape.
+_CROP_AND_RESIZE = ("Crop and Resize", "Inner Fit (Scale to Fit)", 1, None)
+_RESIZE_MODES = (*_CROP_AND_RESIZE, "Just Resize", "Envelope (Outer Fit)", "Resize and Fill",
+                 "Outer Fit (Shrink to Fit)", 0, 2)
 # Unit keys that never change the picture, or that Marble reads below.
 _KNOWN = frozenset({
     "enabled", "module", "model", "weight", "image", "input_image", "mask", "guidance_start", "guidance_end",
@@ -56,6 +60,7 @@ def module_list() -> dict[str, Any]:
 
 def units_from(
     scripts: object,
+    size: tuple[int, int],
     control_models: Sequence[str],
     save_image: Callable[[Image.Image], str],
     limits: ApiLimits,
@@ -76,7 +81,7 @@ def units_from(
                 continue
             if not isinstance(arg, dict):
                 raise ApiError(422, f"ControlNet unit {index} must be an object.", _where(index))
-            units.append(_unit(arg, index, control_models, save_image, limits, log))
+            units.append(_unit(arg, index, size, control_models, save_image, limits, log))
     if len(units) > MAX_CONTROL_UNITS:
         raise ApiError(422, f"Use at most {MAX_CONTROL_UNITS} ControlNet units.", "alwayson_scripts")
     return tuple(units)
@@ -89,6 +94,7 @@ def _where(index: int, key: str | None = None) -> str:
 def _unit(
     arg: Mapping[str, Any],
     index: int,
+    size: tuple[int, int],
     control_models: Sequence[str],
     save_image: Callable[[Image.Image], str],
     limits: ApiLimits,
@@ -108,14 +114,15 @@ def _unit(
         raise ApiError(422, f"ControlNet unit {index}: unknown control_mode {arg.get('control_mode')!r} "
                             "(use Balanced, My prompt is more important, ControlNet is more important or 0/1/2).",
                        _where(index, "control_mode"))
-    if arg.get("resize_mode", 1) not in (*_CROP_AND_RESIZE, None):
-        raise ApiError(422, f"ControlNet unit {index}: Marble fits control images by 'Crop and Resize' only "
-                            f"(resize_mode 1), not {arg.get('resize_mode')!r}.", _where(index, "resize_mode"))
+    resize_mode = arg.get("resize_mode", 1)
+    if resize_mode not in _RESIZE_MODES:
+        raise ApiError(422, f"ControlNet unit {index}: unknown resize_mode {resize_mode!r}.",
+                       _where(index, "resize_mode"))
     if preprocessor != "none" and not arg.get("pixel_perfect", False) and arg.get("processor_res") not in (None, -1):
         # The extension runs the module at processor_res then resizes; Marble runs it at the working size.
         log(f"API request: ControlNet unit {index}: processor_res ignored; Marble preprocesses at the image's "
             "working size (as pixel_perfect does)")
-    image = _image(arg, index, preprocessor, save_image, limits)
+    image = _image(arg, index, preprocessor, save_image, limits, size, resize_mode in _CROP_AND_RESIZE)
     return ControlUnit(
         model=model, image=image,
         weight=_number(arg, "weight", 1.0, index), start=_number(arg, "guidance_start", 0.0, index),
@@ -138,7 +145,7 @@ def _model(value: object, index: int, control_models: Sequence[str]) -> str:
 
 
 def _image(arg: Mapping[str, Any], index: int, preprocessor: str, save_image: Callable[[Image.Image], str],
-           limits: ApiLimits) -> str:
+           limits: ApiLimits, size: tuple[int, int], cropped: bool) -> str:
     """The unit's image saved by the server; the inpaint module reads the job's own source and mask."""
     data = arg.get("image") if arg.get("image") not in (None, "") else arg.get("input_image")
     if isinstance(data, dict):  # the extension's {"image": b64, "mask": b64} form
@@ -147,7 +154,13 @@ def _image(arg: Mapping[str, Any], index: int, preprocessor: str, save_image: Ca
         if preprocessor == "inpaint":
             return ""  # filled with the job's source by the caller
         raise ApiError(422, f"ControlNet unit {index} needs an image (base64).", _where(index, "image"))
-    return save_image(decode_image(data, _where(index, "image"), limits).convert("RGB"))
+    image = decode_image(data, _where(index, "image"), limits).convert("RGB")
+    if not cropped and abs(image.width * size[1] - image.height * size[0]) > 0.01 * image.height * size[1]:
+        raise ApiError(422, f"ControlNet unit {index}: Marble fits control images by 'Crop and Resize' "
+                            f"(resize_mode 1); {arg.get('resize_mode')!r} differs from it for a "
+                            f"{image.width}x{image.height} image and a {size[0]}x{size[1]} output.",
+                       _where(index, "resize_mode"))
+    return save_image(image)
 
 
 def _number(arg: Mapping[str, Any], key: str, default: float, index: int) -> float:

@@ -427,7 +427,7 @@ def request_from_payload(
         more_sources = [_source(data, (width, height), save_image, limits) for data in payload["init_images"][1:]]
     else:
         values.update(_hires_values(payload, names.upscalers))
-    controls = units_from(payload.get("alwayson_scripts"), names.controls, save_image, limits, log)
+    controls = units_from(payload.get("alwayson_scripts"), (width, height), names.controls, save_image, limits, log)
     # The inpaint module reads the job's own source and mask; its unit names the source for the record.
     values["controls"] = tuple(replace(unit, image=unit.image or values.get("init_image") or "") for unit in controls)
     if more_sources:

@@ -448,6 +448,16 @@ def test_a_controlnet_unit_over_http_is_the_image_marble_generate_makes(server, 
     assert same_pixels(image, cli)
     plain = decode(server.post("txt2img", TXT2IMG).json()["images"][0])
     assert not same_pixels(image, plain)  # the unit acted
+    # The same unit from a maintained client (its default resize_mode, "Resize and Fill", is the same fit
+    # for a square image and output).
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="DPM++ 2M", scheduler="Karras", steps=3)
+    client_unit = webuiapi.ControlNetUnit(image=Image.open(square), module="canny", model="edges", weight=0.7,
+                                          guidance_end=0.5, threshold_a=100, threshold_b=200)
+    made = api.txt2img(prompt=PROMPT, negative_prompt="blurry", seed=42, cfg_scale=7.5, width=64, height=64,
+                       controlnet_units=[client_unit])
+    assert same_pixels(made.image, cli)
 
 
 def test_inpainting_fill_modes_change_only_the_masked_area_each_differently(server, tmp_path):

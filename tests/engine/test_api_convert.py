@@ -181,13 +181,16 @@ def test_controlnet_units_map_to_control_units():
     off = {"alwayson_scripts": {"ControlNet": {"args": [{"enabled": False, "model": "x"}, False, {}]}}}
     assert convert({**WEBUIAPI_DEFAULTS, **off})[0].request.controls == ()
     assert convert({**WEBUIAPI_DEFAULTS, **unit(control_mode=2)})[0].request.controls[0].mode == "control"
+    # webuiapi's default resize_mode is the same fit for an image of the output's shape.
+    assert convert({**WEBUIAPI_DEFAULTS, **unit(resize_mode="Resize and Fill")})[0].request.controls
     assert convert({**WEBUIAPI_DEFAULTS, **unit(module="tile_resample")})[0].request.controls[0].preprocessor == "tile"
 
 
 @pytest.mark.parametrize(("fields", "key", "words"), [
     ({"module": "depth_midas"}, "module", "'depth_midas'"), ({"model": "other [12345678]"}, "model", "other"),
     ({"model": "../tiny-canny"}, "model", "not a path"), ({"control_mode": "Loud"}, "control_mode", "Loud"),
-    ({"resize_mode": "Just Resize"}, "resize_mode", "Crop and Resize"), ({"image": "%%%"}, "image", "base64"),
+    ({"resize_mode": "Just Resize", "image": b64_png(Image.new("RGB", (32, 16)))}, "resize_mode", "Crop and Resize"),
+    ({"resize_mode": "Sideways"}, "resize_mode", "Sideways"), ({"image": "%%%"}, "image", "base64"),
     ({"weight": "1"}, "weight", "number"),
 ])
 def test_bad_controlnet_units_are_422_naming_the_unit_field(fields, key, words):
