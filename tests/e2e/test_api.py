@@ -486,6 +486,11 @@ def test_inpainting_fill_modes_change_only_the_masked_area_each_differently(serv
             if a < b:
                 assert np.abs(made[a][inside] - made[b][inside]).mean() > 2, (a, b)
     assert server.post("img2img", {**payload, "inpainting_fill": 7}).status_code == 422
+    # A batch: each image's latent noise is its own seed's (the rows are made one per image).
+    pair = server.post("img2img", {**payload, "inpainting_fill": 2, "batch_size": 2}).json()
+    assert json.loads(pair["info"])["all_seeds"] == [42, 43] and len(pair["images"]) == 2
+    first, second = (np.asarray(decode(b64).convert("RGB")).astype(int) for b64 in pair["images"])
+    assert np.abs(first - made[2])[inside].mean() < 1 and np.abs(second - first)[inside].mean() > 2
 
 
 def test_several_init_images_make_one_batch_as_in_a1111(server, tmp_path):

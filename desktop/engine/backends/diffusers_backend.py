@@ -604,7 +604,7 @@ class DiffusersBackend:
             # A1111's latent masked content (below 1 the source's latents start the sampling; at 1 noise does).
             fill = request.inpaint_fill if plan is not None and request.strength < 1 else "original"
             with torch.inference_mode(), circular_padding(tiled), \
-                    masked_latents(pipe, fill, plan.mask if plan else None, seeds[0]):
+                    masked_latents(pipe, fill, plan.mask if plan else None, seeds):
                 first = self._one_pass(pipe, request, seeds, request.sampler, progress, arguments, control)
                 if not hires:
                     return first

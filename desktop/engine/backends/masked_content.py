@@ -24,8 +24,9 @@ LATENT_FILLS = ("latent noise", "latent nothing")
 
 
 @contextmanager
-def masked_latents(pipe: Any, fill: str, mask: Image.Image | None, seed: int) -> Iterator[None]:
-    """Within the block, the pipeline's starting latents have `fill` under `mask` (L, working size)."""
+def masked_latents(pipe: Any, fill: str, mask: Image.Image | None, seeds: tuple[int, ...]) -> Iterator[None]:
+    """Within the block, the pipeline's starting latents have `fill` under `mask` (L, working size).
+    Image k of the batch gets the noise of its own seed, so it can be re-made alone."""
     if fill not in LATENT_FILLS or mask is None:
         yield
         return
@@ -47,10 +48,13 @@ def masked_latents(pipe: Any, fill: str, mask: Image.Image | None, seed: int) ->
         # Rounded to 0/1 at latent size, as A1111 does, so the blurred mask's edge keeps the source.
         small = np.asarray(mask.convert("L").resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
         repaint = torch.from_numpy(np.around(small / 255.0)).to(latents.device, latents.dtype)[None, None]
+        # One row per image (the pipeline repeats the source's row to the batch size only when it is short).
+        latents = latents.repeat(len(seeds) // latents.shape[0] or 1, 1, 1, 1)
         if fill == "latent noise":
-            generator = torch.Generator("cpu").manual_seed(seed)
-            other = torch.randn(latents.shape, generator=generator, dtype=torch.float32)
-            other = other.to(latents.device, latents.dtype)
+            other = torch.stack([
+                torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+                for seed in seeds[: latents.shape[0]]
+            ]).to(latents.device, latents.dtype)
         else:
             other = torch.zeros_like(latents)
         return latents * (1 - repaint) + other * repaint
