@@ -421,6 +421,7 @@ def square_image(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_controlnet_unit_over_http_is_the_image_marble_generate_makes(server, tmp_path):
     from tests.support import tiny_controls, tiny_models
 
@@ -460,6 +461,7 @@ def test_a_controlnet_unit_over_http_is_the_image_marble_generate_makes(server, 
     assert same_pixels(made.image, cli)
 
 
+@pytest.mark.slow
 def test_inpainting_fill_modes_change_only_the_masked_area_each_differently(server, tmp_path):
     source = Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 64), 0)
