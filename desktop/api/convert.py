@@ -13,15 +13,20 @@ import binascii
 import io
 import json
 import math
+import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image, ImageOps
 
+from desktop.engine.backends.hires import BUILT_IN_UPSCALERS, canonical_upscaler
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, canonical_sampler
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.request import MAX_CLIP_SKIP, GenerationRequest
+from desktop.engine.library.catalog import find_by_name
+from desktop.engine.library.lora import lora_tag_names
+from desktop.engine.metadata import hires_pairs
+from desktop.engine.request import INPAINT_FILLS, MAX_CLIP_SKIP, MAX_DRAWN_SEED, GenerationRequest
 from desktop.engine.untrusted_image import open_untrusted
 
 # A1111's API defaults (modules/processing.py): what a missing field means.
@@ -57,23 +62,52 @@ class ApiOptions:
     sd_model_checkpoint: str = ""
     CLIP_stop_at_last_layers: int = 1
     emphasis: str = "Original"
+    # A1111's VAE setting: "Automatic" (the model's own) or a library VAE's file name.
+    sd_vae: str = "Automatic"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "sd_model_checkpoint": self.sd_model_checkpoint,
             "CLIP_stop_at_last_layers": self.CLIP_stop_at_last_layers,
             "emphasis": self.emphasis,
+            "sd_vae": self.sd_vae,
             "samples_format": "png",
         }
 
 
-OPTION_KEYS = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis", "samples_format"})
+OPTION_KEYS = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers", "emphasis", "sd_vae", "samples_format"})
+# sd_vae values meaning "the model's own VAE".
+MODEL_OWN_VAE = ("Automatic", "None", "")
+
+
+@dataclass(frozen=True)
+class LibraryNames:
+    """The library's names a request may use, read by the server per request (the folders may change)."""
+
+    loras: tuple[str, ...] = ()
+    vaes: tuple[str, ...] = ()
+    upscalers: tuple[str, ...] = ()
+    controls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+
+
+def find_name(names: Sequence[str], name: str) -> str | None:
+    """The library's spelling of `name` (the engine's own matching: exact, then NFC/case-insensitive)."""
+    found = find_by_name([_Named(n) for n in names], name)
+    return found.name if found is not None else None
 
 
 @dataclass(frozen=True)
 class Converted:
     request: GenerationRequest
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # img2img with several init_images: one request per further image (A1111 makes them one batch,
+    # image i with seed + i); their images follow `request`'s in the response.
+    more: tuple[GenerationRequest, ...] = ()
 
 
 # Fields Marble reads (txt2img and img2img).
@@ -91,9 +125,12 @@ _MAPPED_IMG2IMG = frozenset({
 _HARMLESS = frozenset({
     "do_not_save_samples", "do_not_save_grid", "script_args", "force_task_id", "infotext", "comments",
     "disable_extra_networks", "firstphase_width", "firstphase_height", "image_cfg_scale", "user",
-    "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_checkpoint_name",
-    "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_additional_modules",
-    "subseed", "sampler_index", "denoising_strength", "refiner_switch_at",
+    "hr_additional_modules", "subseed", "sampler_index", "refiner_switch_at",
+})
+# The hires fix (txt2img only; img2img's are ignored as A1111's img2img has no hires fix).
+_HIRES = frozenset({
+    "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
+    "hr_scheduler", "hr_prompt", "hr_negative_prompt", "denoising_strength",
 })
 
 
@@ -103,7 +140,7 @@ def _no_op(value: object, *allowed: object) -> bool:
 
 # Fields A1111 uses to change the picture, with the values that change nothing.
 _CHANGES_IMAGE: Mapping[str, Callable[[object], bool]] = {
-    "enable_hr": lambda v: _no_op(v, False),
+    "hr_checkpoint_name": lambda v: _no_op(v, "", "Use same checkpoint"),
     "styles": lambda v: _no_op(v, []),
     "subseed_strength": lambda v: _no_op(v, 0),
     "seed_resize_from_h": lambda v: _no_op(v, -1, 0),
@@ -116,7 +153,9 @@ _CHANGES_IMAGE: Mapping[str, Callable[[object], bool]] = {
     "s_noise": lambda v: _no_op(v, 1),
     "s_min_uncond": lambda v: _no_op(v, 0),
     "script_name": lambda v: _no_op(v, ""),
-    "alwayson_scripts": lambda v: v is None or (isinstance(v, dict) and all(_empty_script(s) for s in v.values())),
+    # ControlNet's units are mapped (desktop.api.controlnet); any other active script is refused.
+    "alwayson_scripts": lambda v: v is None or (isinstance(v, dict) and all(
+        _empty_script(s) or (isinstance(k, str) and k.casefold() == "controlnet") for k, s in v.items())),
     "refiner_checkpoint": lambda v: _no_op(v, ""),
     "initial_noise_multiplier": lambda v: _no_op(v, 1),
     "latent_mask": lambda v: _no_op(v, ""),
@@ -139,7 +178,10 @@ def check_fields(payload: Mapping[str, Any], img2img: bool, log: Callable[[str],
     if refused:
         raise ApiError(422, f"Marble does not support {', '.join(refused)} (these change the image); "
                             "leave them at their defaults.", refused[0])
-    known = _MAPPED | _HARMLESS | set(_CHANGES_IMAGE) | {"eta"} | (_MAPPED_IMG2IMG if img2img else set())
+    if img2img and payload.get("enable_hr"):
+        raise ApiError(422, "The hires fix is for txt2img (A1111's img2img has none).", "enable_hr")
+    known = _MAPPED | _HARMLESS | _HIRES | set(_CHANGES_IMAGE) | {"eta", "enable_hr"}
+    known |= _MAPPED_IMG2IMG if img2img else set()
     warnings = []
     for name in payload:
         if name not in known:
@@ -161,22 +203,24 @@ def _eta_is_no_op(payload: Mapping[str, Any]) -> bool:
     return True
 
 
-def sampler_from(payload: Mapping[str, Any]) -> str:
-    """`sampler_name` (or the old `sampler_index`) plus A1111 1.9's `scheduler` ("Karras", "automatic")."""
-    name = payload.get("sampler_name") or payload.get("sampler_index")
-    if name is None or name == "":
-        return DEFAULT_SAMPLER
+def sampler_from(payload: Mapping[str, Any], prefix: str = "") -> str:
+    """`sampler_name` (or the old `sampler_index`) plus A1111 1.9's `scheduler` ("Karras", "automatic");
+    with prefix "hr_", the hires pass's (empty: the first pass's)."""
+    sampler_key, scheduler_key = f"{prefix}sampler_name", f"{prefix}scheduler"
+    name = payload.get(sampler_key) or (None if prefix else payload.get("sampler_index"))
+    if name is None or name == "" or (prefix and name == "Use same sampler"):
+        return "" if prefix else DEFAULT_SAMPLER
     if not isinstance(name, str):
-        raise ApiError(422, "sampler_name must be text.", "sampler_name")
-    schedule = payload.get("scheduler")
-    if schedule in (None, "", "automatic", "Automatic"):
+        raise ApiError(422, f"{sampler_key} must be text.", sampler_key)
+    schedule = payload.get(scheduler_key)
+    if schedule in (None, "", "automatic", "Automatic", "Use same scheduler"):
         found = canonical_sampler(name)
     elif isinstance(schedule, str) and schedule.casefold() == "karras":
         found = canonical_sampler(name, "Karras")
     else:
-        raise ApiError(422, f"Unsupported scheduler {schedule!r}: use 'automatic' or 'Karras'.", "scheduler")
+        raise ApiError(422, f"Unsupported scheduler {schedule!r}: use 'automatic' or 'Karras'.", scheduler_key)
     if found is None:
-        raise ApiError(422, f"Unknown sampler {name!r}. Known samplers: {', '.join(SAMPLER_NAMES)}.", "sampler_name")
+        raise ApiError(422, f"Unknown sampler {name!r}. Known samplers: {', '.join(SAMPLER_NAMES)}.", sampler_key)
     return found
 
 
@@ -255,6 +299,7 @@ def apply_override_settings(options: ApiOptions, overrides: object) -> tuple[Api
 def merge_options(options: ApiOptions, changes: Mapping[str, Any], where: str) -> tuple[ApiOptions, list[str]]:
     warnings = []
     model, clip_skip, emphasis = options.sd_model_checkpoint, options.CLIP_stop_at_last_layers, options.emphasis
+    vae = options.sd_vae
     for key, value in changes.items():
         if key == "sd_model_checkpoint":
             if not isinstance(value, str):
@@ -269,12 +314,74 @@ def merge_options(options: ApiOptions, changes: Mapping[str, Any], where: str) -
             if value not in ("Original", "No norm", "None"):
                 raise ApiError(422, "emphasis must be 'Original', 'No norm' or 'None'.", f"{where}.emphasis")
             emphasis = value
+        elif key == "sd_vae":
+            if not isinstance(value, str):
+                raise ApiError(422, "sd_vae must be a VAE name or 'Automatic'.", f"{where}.sd_vae")
+            vae = value
         elif key == "samples_format":
             if value != "png":
                 raise ApiError(422, "Marble writes PNG only (samples_format 'png').", f"{where}.samples_format")
         else:
             warnings.append(f"ignored unknown setting {key!r}")
-    return ApiOptions(model, clip_skip, emphasis), warnings
+    return ApiOptions(model, clip_skip, emphasis, vae), warnings
+
+
+def vae_name(value: str, vaes: Sequence[str], field_name: str) -> str:
+    """The request's `vae` for A1111's sd_vae: "" for the model's own, else a library VAE's name (A1111
+    names VAEs by file name: the extension is dropped)."""
+    if value in MODEL_OWN_VAE:
+        return ""
+    if looks_like_path(value):
+        raise ApiError(422, f"{field_name} must be a library name, not a path: {value!r}.", field_name)
+    stem = value[: -len(".safetensors")] if value.casefold().endswith(".safetensors") else value
+    found = find_name(vaes, stem)
+    if found is None:
+        raise ApiError(422, f"No VAE named {value!r} in the library (VAEs: {', '.join(vaes) or 'none'}; "
+                            "or 'Automatic').", field_name)
+    return found
+
+
+def check_loras(prompts: Sequence[tuple[str, str]], loras: Sequence[str]) -> None:
+    """Every `<lora:NAME:..>` tag names a library LoRA: refused here (422) rather than failing the job."""
+    for field_name, text in prompts:
+        for name in sorted(lora_tag_names(text)):
+            if looks_like_path(name) or find_name(loras, name) is None:
+                raise ApiError(422, f"No LoRA named {name!r} in the library (LoRAs: {', '.join(loras) or 'none'}).",
+                               field_name)
+
+
+def upscaler_name(value: object, upscalers: Sequence[str]) -> str:
+    """hr_upscaler: a built-in (latent modes, Lanczos, Nearest) or a library upscaler's name."""
+    if value is None or value == "":
+        return "Latent"  # A1111's default latent upscale mode
+    if not isinstance(value, str):
+        raise ApiError(422, "hr_upscaler must be an upscaler name.", "hr_upscaler")
+    built_in = canonical_upscaler(value)
+    if built_in is not None:
+        return built_in
+    found = None if looks_like_path(value) else find_name(upscalers, value)
+    if found is None:
+        known = ", ".join([*BUILT_IN_UPSCALERS, *upscalers])
+        raise ApiError(422, f"No upscaler named {value!r} (upscalers: {known}).", "hr_upscaler")
+    return found
+
+
+def _hires_values(payload: Mapping[str, Any], upscalers: Sequence[str]) -> dict[str, Any]:
+    """A1111's txt2img hires fields as the request's; `denoising_strength` is the second pass's."""
+    if not payload.get("enable_hr"):
+        return {}
+    return {
+        "hires_fix": True,
+        "hires_scale": _float(payload, "hr_scale", 2.0),
+        "hires_resize_w": _int(payload, "hr_resize_x", 0),
+        "hires_resize_h": _int(payload, "hr_resize_y", 0),
+        "hires_upscaler": upscaler_name(payload.get("hr_upscaler"), upscalers),
+        "hires_steps": _int(payload, "hr_second_pass_steps", 0),
+        "hires_denoise": _float(payload, "denoising_strength", 0.75),
+        "hires_prompt": _text(payload, "hr_prompt"),
+        "hires_negative_prompt": _text(payload, "hr_negative_prompt"),
+        "hires_sampler": sampler_from(payload, "hr_"),
+    }
 
 
 def request_from_payload(
@@ -284,12 +391,19 @@ def request_from_payload(
     limits: ApiLimits,
     img2img: bool,
     log: Callable[[str], None],
+    names: LibraryNames | None = None,
 ) -> Converted:
     """One GenerationRequest for an A1111 txt2img/img2img payload. `options.sd_model_checkpoint` must
     already be a library name the caller checked; `save_image` stores a decoded input and returns
-    the path the engine reads (made by the server, never taken from the request)."""
+    the path the engine reads (made by the server, never taken from the request). LoRA, VAE, upscaler
+    and control model names are checked against `names` (none known when it is None)."""
+    from desktop.api.controlnet import units_from  # it imports this module
+
+    names = names or LibraryNames()
     warnings = check_fields(payload, img2img, log)
     check_batch(payload, limits)
+    check_loras([(key, _text(payload, key)) for key in ("prompt", "negative_prompt", "hr_prompt",
+                                                         "hr_negative_prompt") if key in payload], names.loras)
     width, height = _int(payload, "width", A1111_SIZE), _int(payload, "height", A1111_SIZE)
     values: dict[str, Any] = {
         "prompt": _text(payload, "prompt"),
@@ -305,15 +419,38 @@ def request_from_payload(
         "batch_count": _int(payload, "n_iter", 1),
         "clip_skip": options.CLIP_stop_at_last_layers,
         "emphasis": options.emphasis,
+        "vae": vae_name(options.sd_vae, names.vaes, "override_settings.sd_vae"),
     }
+    more_sources: list[str] = []
     if img2img:
         values.update(_img2img_values(payload, (width, height), save_image, limits))
+        more_sources = [_source(data, (width, height), save_image, limits) for data in payload["init_images"][1:]]
+    else:
+        values.update(_hires_values(payload, names.upscalers))
+    controls = units_from(payload.get("alwayson_scripts"), (width, height), names.controls, save_image, limits, log)
+    # The inpaint module reads the job's own source and mask; its unit names the source for the record.
+    values["controls"] = tuple(replace(unit, image=unit.image or values.get("init_image") or "") for unit in controls)
+    if more_sources:
+        # A1111 sets batch_size to the number of images, image i with seed + i: one request each here.
+        if values["seed"] == -1:
+            values["seed"] = random.SystemRandom().randint(0, MAX_DRAWN_SEED)
+        values["batch_size"] = 1
     request = GenerationRequest(**values)
     try:
         request.validate()
     except InvalidRequest as error:
         raise ApiError(422, str(error), _field_of(str(error))) from None
-    return Converted(request, tuple(warnings))
+    more = tuple(replace(request, init_image=path, seed=request.seed_for(0, i + 1))
+                 for i, path in enumerate(more_sources))
+    return Converted(request, tuple(warnings), more)
+
+
+def _source(data: object, size: tuple[int, int], save_image: Callable[[Image.Image], str], limits: ApiLimits) -> str:
+    """An init image at the request's size (A1111's "Just resize"), saved by the server."""
+    source = decode_image(data, "init_images", limits).convert("RGB")
+    if source.size != size:
+        source = source.resize(size, Image.Resampling.LANCZOS)
+    return save_image(source)
 
 
 def _img2img_values(
@@ -322,17 +459,19 @@ def _img2img_values(
     images = payload.get("init_images")
     if not isinstance(images, list) or not images:
         raise ApiError(422, "init_images must list one base64 image.", "init_images")
-    if len(images) > 1:
-        raise ApiError(422, "Marble uses one init image per request; send one.", "init_images")
+    if len(images) > 1 and _int(payload, "n_iter", 1) > 1:
+        raise ApiError(422, "Several init_images make one batch (A1111's way); Marble takes them with n_iter 1 only.",
+                       "init_images")
+    if len(images) > max(1, _int(payload, "batch_size", 1)):
+        # A1111: "bad number of images passed ... expecting batch_size or less".
+        raise ApiError(422, f"{len(images)} init_images but batch_size {_int(payload, 'batch_size', 1)}: send at most "
+                            "batch_size images (each takes one place in the batch).", "init_images")
     resize_mode = _int(payload, "resize_mode", 0)
     if resize_mode != 0:
         raise ApiError(422, "Marble supports resize_mode 0 (Just resize) only.", "resize_mode")
     # A1111's "Just resize": the source is scaled to the requested size, and the result has that size.
-    source = decode_image(images[0], "init_images", limits).convert("RGB")
-    if source.size != size:
-        source = source.resize(size, Image.Resampling.LANCZOS)
     values: dict[str, Any] = {
-        "init_image": save_image(source),
+        "init_image": _source(images[0], size, save_image, limits),
         "strength": _float(payload, "denoising_strength", 0.75),
     }
     mask_data = payload.get("mask")
@@ -348,9 +487,9 @@ def _img2img_values(
     if _int(payload, "inpainting_mask_invert", 0):
         mask = ImageOps.invert(mask)
     fill = _int(payload, "inpainting_fill", 1)
-    if fill != 1:
-        raise ApiError(422, "Marble inpaints from the original pixels under the mask: inpainting_fill 1 (original) "
-                            "is the one it supports.", "inpainting_fill")
+    if not 0 <= fill < len(INPAINT_FILLS):
+        raise ApiError(422, "inpainting_fill must be 0 (fill), 1 (original), 2 (latent noise) or 3 (latent nothing).",
+                       "inpainting_fill")
     blur = _int(payload, "mask_blur", 4)
     for axis in ("mask_blur_x", "mask_blur_y"):
         if axis in payload and payload[axis] is not None and _int(payload, axis, blur) != blur:
@@ -361,11 +500,16 @@ def _img2img_values(
         mask_blur=blur,
         inpaint_area="masked" if full_res else "whole",
         padding=_int(payload, "inpaint_full_res_padding", 0),
+        inpaint_fill=INPAINT_FILLS[fill],
     )
     return values
 
 
 _FIELD_WORDS = (
+    ("hires upscale", "hr_scale"), ("hires resize width", "hr_resize_x"), ("hires resize height", "hr_resize_y"),
+    ("hires steps", "hr_second_pass_steps"), ("hires denoising", "denoising_strength"),
+    ("at hires denoising", "hr_second_pass_steps"), ("hires fix", "hr_scale"), ("hires prompt", "hr_prompt"),
+    ("hires negative prompt", "hr_negative_prompt"), ("control unit", "alwayson_scripts"),
     ("width", "width"), ("height", "height"), ("steps", "steps"), ("CFG scale", "cfg_scale"), ("seed", "seed"),
     ("batch size", "batch_size"), ("batch count", "n_iter"), ("clip skip", "CLIP_stop_at_last_layers"),
     ("strength", "denoising_strength"), ("mask blur", "mask_blur"), ("padding", "inpaint_full_res_padding"),
@@ -414,12 +558,14 @@ def info_json(request: GenerationRequest, seeds: Sequence[int], infotexts: Seque
         "face_restoration_model": None,
         "sd_model_name": request.model,
         "sd_model_hash": model_hash,
-        "sd_vae_name": None,
+        "sd_vae_name": f"{request.vae}.safetensors" if request.vae else None,
         "sd_vae_hash": None,
         "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": request.strength if request.init_image else None,
-        "extra_generation_params": {},
+        "denoising_strength": _denoising(request),
+        # A1111 lists the hires fix's keys here (its infotext has them too: Marble's metadata writer).
+        "extra_generation_params": {key: _as_number(value) if key in ("Hires upscale", "Hires steps") else value
+                                    for key, value in hires_pairs(request) if key != "Denoising strength"},
         "index_of_first_image": 0,
         "infotexts": list(infotexts),
         "styles": [],
@@ -428,6 +574,23 @@ def info_json(request: GenerationRequest, seeds: Sequence[int], infotexts: Seque
         "is_using_inpainting_conditioning": request.mask is not None,
         "version": "marble",
     })
+
+
+def _as_number(value: object) -> object:
+    """A1111 keeps the hires numbers as numbers in `extra_generation_params` (the infotext as text)."""
+    if isinstance(value, str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _denoising(request: GenerationRequest) -> float | None:
+    if request.init_image:
+        return request.strength
+    return request.hires_denoise if request.hires_active else None
 
 
 def looks_like_path(name: str) -> bool:

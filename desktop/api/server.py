@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,20 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
+from desktop.api import controlnet
 from desktop.api.convert import (
     ApiError,
-    ApiOptions,
+    LibraryNames,
     apply_override_settings,
     decode_image,
     info_json,
     merge_options,
     png_base64,
     request_from_payload,
+    vae_name,
 )
 from desktop.api.service import JobSource, Ticket, preview_png
+from desktop.engine.backends.hires import LATENT_MODES, PIXEL_RESAMPLERS
 from desktop.engine.backends.schedulers import SAMPLER_NAMES
 from desktop.engine.errors import ErrorKind, InvalidRequest
 from desktop.engine.imaging import save_png_by_hash
@@ -244,6 +247,12 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
     def save_input(image: Image.Image) -> str:
         return str(save_png_by_hash(image, inputs))
 
+    def library_names() -> LibraryNames:
+        def names(kind: str) -> tuple[str, ...]:
+            return tuple(record.name for record in service.records(kind))
+
+        return LibraryNames(names("lora"), names("vae"), names("upscaler"), names("control"))
+
     def generate(body: Txt2ImgRequest, img2img: bool) -> dict[str, Any]:
         payload = body.model_dump(exclude_unset=True)
         options, notes = apply_override_settings(service.options, payload.get("override_settings"))
@@ -252,11 +261,23 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
         model = options.sd_model_checkpoint
         if "override_settings" in payload and "sd_model_checkpoint" in (payload["override_settings"] or {}):
             model = service.model_name(model, "override_settings.sd_model_checkpoint")
-        options = ApiOptions(model, options.CLIP_stop_at_last_layers, options.emphasis)
-        converted = request_from_payload(payload, options, save_input, service.limits, img2img, log.warning)
-        ticket = service.submit(converted.request)
-        ticket.done.wait()
-        return _result(ticket, payload, body.send_images is not False)
+        options = replace(options, sd_model_checkpoint=model)
+        converted = request_from_payload(payload, options, save_input, service.limits, img2img, log.warning,
+                                         library_names())
+        tickets: list[Ticket] = []
+        try:
+            for request in (converted.request, *converted.more):
+                tickets.append(service.submit(request))
+        except ApiError:
+            for queued in tickets:  # a request is answered whole or not at all
+                queued.job.cancel_token.cancel()
+            raise
+        for index, ticket in enumerate(tickets):
+            ticket.done.wait()
+            if ticket.interrupted:  # an interrupt stops the whole request, as it stops A1111's batch
+                for later in tickets[index + 1:]:
+                    later.job.cancel_token.cancel()
+        return _result(_merged(tickets), payload, body.send_images is not False)
 
     @app.post("/sdapi/v1/txt2img")
     def txt2img(body: Txt2ImgRequest) -> dict[str, Any]:
@@ -292,8 +313,10 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
         for note in notes:
             log.warning("API options: %s", note)
         if "sd_model_checkpoint" in changes:
-            options = ApiOptions(service.model_name(options.sd_model_checkpoint, "sd_model_checkpoint"),
-                                 options.CLIP_stop_at_last_layers, options.emphasis)
+            options = replace(options, sd_model_checkpoint=service.model_name(options.sd_model_checkpoint,
+                                                                              "sd_model_checkpoint"))
+        if "sd_vae" in changes:
+            vae_name(options.sd_vae, library_names().vaes, "sd_vae")  # an unknown VAE is refused now
         service.set_options(options)
 
     @app.get("/sdapi/v1/sd-models")
@@ -330,9 +353,41 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
                            "vectors": None} for r in service.records("embedding")}
         return {"loaded": loaded, "skipped": {}}
 
+    @app.get("/sdapi/v1/upscalers")
+    def upscalers() -> list[dict[str, Any]]:
+        # A1111 lists pixel upscalers here; the latent modes are in /latent-upscale-modes.
+        built_in = [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                    for name in PIXEL_RESAMPLERS]
+        return built_in + [{"name": r.name, "model_name": r.architecture, "model_path": r.file, "model_url": None,
+                            "scale": 4} for r in service.records("upscaler")]
+
+    @app.get("/sdapi/v1/latent-upscale-modes")
+    def latent_upscale_modes() -> list[dict[str, Any]]:
+        return [{"name": name} for name in LATENT_MODES]
+
+    @app.get("/sdapi/v1/sd-vae")
+    def sd_vae() -> list[dict[str, Any]]:
+        # A1111 names VAEs by file name; `filename` is the name in the library, never a path.
+        return [{"model_name": f"{r.name}.safetensors", "filename": r.file} for r in service.records("vae")]
+
+    @app.get("/controlnet/model_list")
+    def controlnet_models(update: bool = True) -> dict[str, Any]:
+        # The extension's "name [hash]" titles (first 8 hex digits of the sha256); clients send them back.
+        return {"model_list": [f"{r.name} [{r.sha256[:8]}]" if r.sha256 else r.name
+                               for r in service.records("control")]}
+
+    @app.get("/controlnet/module_list")
+    def controlnet_modules(alias_names: bool = False) -> dict[str, Any]:
+        return controlnet.module_list()
+
+    @app.get("/controlnet/version")
+    def controlnet_version() -> dict[str, Any]:
+        return {"version": controlnet.EXTENSION_VERSION}
+
     @app.get("/sdapi/v1/scripts")
     def scripts() -> dict[str, Any]:
-        return {"txt2img": [], "img2img": []}
+        # The alwayson scripts Marble takes (lower case, as A1111 lists them).
+        return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
     @app.post("/sdapi/v1/png-info")
     def png_info(body: PngInfoRequest) -> dict[str, Any]:
@@ -371,6 +426,23 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
     if config.auth is not None:
         wrapped = BasicAuth(wrapped, *config.auth)
     return BodyLimit(wrapped, service.limits.max_body_bytes)
+
+
+def _merged(tickets: list[Ticket]) -> Ticket:
+    """One request's jobs (several init images) as one ticket: images and seeds in order, the first
+    failure, and the batch size A1111 reports (one place per init image)."""
+    if len(tickets) == 1:
+        return tickets[0]
+    first = tickets[0]
+    request = replace(first.job.request, batch_size=len(tickets))
+    merged = Ticket(replace(first.job, request=request))
+    for ticket in tickets:
+        merged.paths += ticket.paths
+        merged.seeds += ticket.seeds
+        merged.failure = merged.failure or ticket.failure
+        merged.cancelled = merged.cancelled or ticket.cancelled
+        merged.interrupted = merged.interrupted or ticket.interrupted
+    return merged
 
 
 def _result(ticket: Ticket, payload: dict[str, Any], send_images: bool) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -116,6 +117,48 @@ def store_by_hash(data: bytes, folder: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- geometry
+
+
+def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
+    """A1111's "fill" masked content: the masked area (mask L, white = repaint) painted with the colours
+    around it, blurred ever finer: each radius spreads the unmasked pixels' colour (weighted by how
+    unmasked they are) into the hole, and finer radii are laid over coarser ones."""
+    keep = 1.0 - np.asarray(mask.convert("L"), dtype=np.float32)[..., None] / 255.0
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    painted = pixels * keep
+    # Premultiplied colour and coverage of the layers laid so far ("over" compositing).
+    result, covered = np.zeros_like(pixels), np.zeros_like(keep)
+    for radius in (256, 64, 16, 4, 2, 0):
+        colour, weight = (_gaussian(painted, radius), _gaussian(keep, radius)) if radius else (painted, keep)
+        # The layer's own colour is the blurred colour over its blurred coverage; its alpha that coverage.
+        alpha = np.clip(weight, 0.0, 1.0)
+        mean = np.divide(colour, weight, out=np.zeros_like(colour), where=weight > 1e-6)
+        result = mean * alpha + result * (1.0 - alpha)
+        covered = alpha + covered * (1.0 - alpha)
+    straight = np.divide(result, covered, out=np.zeros_like(result), where=covered > 1e-6)
+    return Image.fromarray(np.clip(straight + 0.5, 0, 255).astype(np.uint8))
+
+
+def _gaussian(array: np.ndarray, radius: int) -> np.ndarray:
+    """A Gaussian blur (sigma `radius`) of a float (H, W, C) array, as three box blurs along each axis
+    (cumulative sums: the cost does not grow with the radius). Outside the image counts as zero, which
+    the caller's weighting by blurred coverage cancels."""
+    width = max(1, int(round(math.sqrt(4 * radius * radius + 1))))  # three boxes of this width ~ sigma
+    for axis in (0, 1):
+        for _ in range(3):
+            array = _box(array, width, axis)
+    return array
+
+
+def _box(array: np.ndarray, width: int, axis: int) -> np.ndarray:
+    before = width // 2
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (before + 1, width - before)
+    summed = np.cumsum(np.pad(array, pad), axis=axis, dtype=np.float64)
+    size = array.shape[axis]
+    upper = np.take(summed, np.arange(width, width + size), axis=axis)
+    lower = np.take(summed, np.arange(0, size), axis=axis)
+    return ((upper - lower) / width).astype(np.float32)
 
 
 def blur_mask(mask: Image.Image, radius: int) -> Image.Image:

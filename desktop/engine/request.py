@@ -25,6 +25,10 @@ MAX_SEED = 2**64 - 1
 MAX_DRAWN_SEED = 2**32 - 1
 RANDOM_SEED = -1
 INPAINT_AREAS = ("whole", "masked")
+# A1111's "Masked content" (inpainting_fill 0-3, in this order): what the masked area starts from.
+# "original": the source's pixels (A1111's default); "fill": a blurred average of the colours around
+# it; "latent noise" / "latent nothing": its latents replaced by noise / zeros before sampling.
+INPAINT_FILLS = ("fill", "original", "latent noise", "latent nothing")
 RESIZE_MODES = ("resize", "pad")
 # auto: full on a roomy GPU, VAE tiling for large images, CPU offload when VRAM is short.
 # group, sequential and fp8 are the diffusion transformers' modes (backends/dit_memory.py).
@@ -142,6 +146,7 @@ class GenerationRequest:
     inpaint_area: str = "whole"
     padding: int = 32
     resize_mode: str = "resize"
+    inpaint_fill: str = "original"
     # A1111's variation seed: the initial noise is the seed's, slerped towards the subseed's by the
     # strength (0 = off). Image k uses subseed + k. docs/samplers.md.
     subseed: int = RANDOM_SEED
@@ -452,6 +457,10 @@ class GenerationRequest:
             raise InvalidRequest(f"padding {self.padding} is out of range: use 0 to 1024 pixels.")
         if self.inpaint_area not in INPAINT_AREAS:
             raise InvalidRequest(f"Unknown inpaint area {self.inpaint_area!r}: use one of {', '.join(INPAINT_AREAS)}.")
+        if self.inpaint_fill not in INPAINT_FILLS:
+            raise InvalidRequest(
+                f"Unknown masked content {self.inpaint_fill!r}: use one of {', '.join(INPAINT_FILLS)}."
+            )
         if self.resize_mode not in RESIZE_MODES:
             raise InvalidRequest(f"Unknown resize mode {self.resize_mode!r}: use one of {', '.join(RESIZE_MODES)}.")
 

@@ -220,6 +220,9 @@ def test_lists_and_docs_work_offline(server):
     assert server.get("loras").json() == [] and server.get("embeddings").json()["loaded"] == {}
     assert server.post("refresh-checkpoints", {}).status_code == 200
     assert server.get("memory").json()["ram"]["total"] > 0
+    assert {"Lanczos", "Nearest"} <= {u["name"] for u in server.get("upscalers").json()}
+    assert {"Latent", "Latent (bicubic antialiased)"} <= {m["name"] for m in server.get("latent-upscale-modes").json()}
+    assert server.get("sd-vae").json() == []
     schema = server.client.get("/openapi.json").json()
     assert "/sdapi/v1/txt2img" in schema["paths"] and "/sdapi/v1/img2img" in schema["paths"]
     page = server.client.get("/docs").text
@@ -247,14 +250,35 @@ def test_an_unknown_model_is_404(server):
 @pytest.mark.parametrize(("change", "field"), [
     ({"steps": 0}, "steps"), ({"cfg_scale": 99}, "cfg_scale"), ({"width": 65}, "width"),
     ({"height": 99999}, "height"), ({"sampler_name": "Nope"}, "sampler_name"), ({"seed": 2**70}, "seed"),
-    ({"enable_hr": True}, "enable_hr"), ({"restore_faces": True}, "restore_faces"),
+    ({"restore_faces": True}, "restore_faces"), ({"hr_checkpoint_name": "other"}, "hr_checkpoint_name"),
     ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [{"ad_model": "face"}]}}}, "alwayson_scripts"),
     ({"override_settings": {"CLIP_stop_at_last_layers": 40}}, "override_settings"),
 ])
 def test_out_of_range_and_unsupported_fields_are_422_naming_the_field(server, change, field):
     response = server.post("txt2img", {**TXT2IMG, **change})
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][1] == field
+
+
+@pytest.mark.parametrize(("change", "field", "name"), [
+    ({"prompt": "a fox <lora:no-such-lora:0.8>"}, ["prompt"], "no-such-lora"),
+    ({"override_settings": {"sd_vae": "no-such-vae.safetensors"}}, ["override_settings", "sd_vae"],
+     "no-such-vae.safetensors"),
+    ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, ["hr_upscaler"], "R-ESRGAN 4x+"),
+    ({"alwayson_scripts": {"controlnet": {"args": [{"module": "depth_zoe", "model": "edges",
+                                                    "image": base64.b64encode(b"x").decode()}]}}},
+     ["alwayson_scripts", "controlnet", "args", "0", "module"], "depth_zoe"),
+])
+def test_unknown_lora_vae_upscaler_and_module_names_are_422_naming_field_and_name(server, change, field, name):
+    response = server.post("txt2img", {**TXT2IMG, **change})
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", *field] and repr(name) in detail["msg"]
+    # The VAE setting itself refuses an unknown name, and keeps the one it had.
+    if "override_settings" in change:
+        assert server.post("options", change["override_settings"]).status_code == 422
+        assert server.get("options").json()["sd_vae"] == "Automatic"
 
 
 def test_batch_limits_are_429(server):
@@ -368,3 +392,126 @@ def test_the_command_line_loads_no_web_framework_until_it_serves():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=os.environ | {"PYTHONPATH": str(ROOT)},
                             capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+# ---------------------------------------------------------------------------------- hires fix, ControlNet
+
+
+def test_hires_fix_over_http_is_the_image_marble_generate_makes(server, tmp_path):
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 4,
+             "denoising_strength": 0.5, "hr_prompt": "", "hr_negative_prompt": "", "hr_sampler_name": None}
+    body = server.post("txt2img", {**TXT2IMG, **hires}).json()
+    image, info = decode(body["images"][0]), json.loads(body["info"])
+    assert image.size == (96, 96)
+    # A1111's info: the second pass's strength, the hires keys in extra_generation_params and the infotext.
+    assert info["denoising_strength"] == 0.5 and (info["width"], info["height"]) == (64, 64)
+    assert info["extra_generation_params"] == {"Hires upscale": 1.5, "Hires steps": 4, "Hires upscaler": "Latent"}
+    assert "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Latent" in info["infotexts"][0]
+    cli = generate(server.home, tmp_path / "h.png", "tiny-sd15", *CLI_TXT2IMG, "--hires-scale", "1.5",
+                   "--hires-steps", "4", "--hires-denoise", "0.5", "--hires-upscaler", "Latent")
+    assert same_pixels(image, cli)
+    resized = server.post("txt2img", {**TXT2IMG, **hires, "hr_resize_x": 128, "hr_resize_y": 0}).json()
+    assert decode(resized["images"][0]).size == (128, 128)
+
+
+def square_image(path: Path) -> Path:
+    image = Image.new("RGB", (64, 64), "black")
+    image.paste((255, 255, 255), (16, 16, 48, 48))
+    image.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_controlnet_unit_over_http_is_the_image_marble_generate_makes(server, tmp_path):
+    from tests.support import tiny_controls, tiny_models
+
+    controlnet = tiny_controls.build_tiny_controlnet(tiny_models.build_tiny_sd15().unet, seed=3)
+    (server.home / "controlnet").mkdir(exist_ok=True)
+    tiny_controls.save_controlnet(controlnet, server.home / "controlnet" / "edges.safetensors", "ldm")
+    # What the extension's clients probe first.
+    assert server.client.get("/controlnet/version").json() == {"version": 2}
+    assert [title.split(" [")[0] for title in server.client.get("/controlnet/model_list").json()["model_list"]] \
+        == ["edges"]
+    modules = server.client.get("/controlnet/module_list").json()
+    assert {"none", "canny", "tile_resample", "inpaint_only"} <= set(modules["module_list"])
+    assert "controlnet" in server.get("scripts").json()["txt2img"]
+
+    square = square_image(tmp_path / "square.png")
+    unit = {"enabled": True, "module": "canny", "model": "edges [0123abcd]", "weight": 0.7, "guidance_start": 0.0,
+            "guidance_end": 0.5, "image": base64.b64encode(square.read_bytes()).decode(), "control_mode": "Balanced",
+            "pixel_perfect": True, "resize_mode": "Crop and Resize", "processor_res": 64, "threshold_a": 100,
+            "threshold_b": 200}
+    body = server.post("txt2img", {**TXT2IMG, "alwayson_scripts": {"controlnet": {"args": [unit]}}}).json()
+    image = decode(body["images"][0])
+    assert 'ControlNet 0: "Module: canny, Model: edges' in json.loads(body["info"])["infotexts"][0]
+    cli = generate(server.home, tmp_path / "c.png", "tiny-sd15", *CLI_TXT2IMG, "--control",
+                   f"edges:{square}:0.7:0:0.5", "--control-preprocessor", "canny")
+    assert same_pixels(image, cli)
+    plain = decode(server.post("txt2img", TXT2IMG).json()["images"][0])
+    assert not same_pixels(image, plain)  # the unit acted
+    # The same unit from a maintained client (its default resize_mode, "Resize and Fill", is the same fit
+    # for a square image and output).
+    import webuiapi
+
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="DPM++ 2M", scheduler="Karras", steps=3)
+    client_unit = webuiapi.ControlNetUnit(image=Image.open(square), module="canny", model="edges", weight=0.7,
+                                          guidance_end=0.5, threshold_a=100, threshold_b=200)
+    made = api.txt2img(prompt=PROMPT, negative_prompt="blurry", seed=42, cfg_scale=7.5, width=64, height=64,
+                       controlnet_units=[client_unit])
+    assert same_pixels(made.image, cli)
+
+
+@pytest.mark.slow
+def test_inpainting_fill_modes_change_only_the_masked_area_each_differently(server, tmp_path):
+    source = Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+
+    def b64(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    payload = {**TXT2IMG, "steps": 4, "init_images": [b64(source)], "mask": b64(mask), "mask_blur": 0,
+               "inpaint_full_res": False, "denoising_strength": 0.6}
+    made = {}
+    for fill in (0, 1, 2, 3):
+        response = server.post("img2img", {**payload, "inpainting_fill": fill})
+        assert response.status_code == 200, response.text
+        made[fill] = np.asarray(decode(response.json()["images"][0]).convert("RGB")).astype(int)
+    outside = np.asarray(mask) == 0
+    for fill, pixels in made.items():
+        assert np.array_equal(pixels[outside], np.asarray(source)[outside]), fill
+    inside = ~outside
+    for a in made:
+        for b in made:
+            if a < b:
+                assert np.abs(made[a][inside] - made[b][inside]).mean() > 2, (a, b)
+    assert server.post("img2img", {**payload, "inpainting_fill": 7}).status_code == 422
+    # A batch: each image's latent noise is its own seed's (the rows are made one per image).
+    pair = server.post("img2img", {**payload, "inpainting_fill": 2, "batch_size": 2}).json()
+    assert json.loads(pair["info"])["all_seeds"] == [42, 43] and len(pair["images"]) == 2
+    first, second = (np.asarray(decode(b64).convert("RGB")).astype(int) for b64 in pair["images"])
+    assert np.abs(first - made[2])[inside].mean() < 1 and np.abs(second - first)[inside].mean() > 2
+
+
+def test_several_init_images_make_one_batch_as_in_a1111(server, tmp_path):
+    sources = []
+    for index in range(2):
+        path = tmp_path / f"s{index}.png"
+        Image.fromarray(np.random.default_rng(index).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+        sources.append(path)
+    payload = {**TXT2IMG, "steps": 4, "denoising_strength": 0.6, "batch_size": 2,
+               "init_images": [base64.b64encode(p.read_bytes()).decode() for p in sources]}
+    body = server.post("img2img", payload).json()
+    info = json.loads(body["info"])
+    assert info["all_seeds"] == [42, 43] and info["batch_size"] == 2 and len(body["images"]) == 2
+    cli_edit = (*CLI_TXT2IMG[:-4], "--steps", "4", "--strength", "0.6")
+    for index, (b64, path) in enumerate(zip(body["images"], sources, strict=True)):
+        expected = generate(server.home, tmp_path / f"e{index}.png", "tiny-sd15", *cli_edit, "--init-image",
+                            str(path), "--seed", str(42 + index))
+        assert same_pixels(decode(b64), expected), index
+    # More images than the batch holds, or with n_iter, are refused naming the field.
+    for change in ({"batch_size": 1}, {"n_iter": 2}):
+        response = server.post("img2img", {**payload, **change})
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "init_images"]

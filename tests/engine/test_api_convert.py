@@ -9,7 +9,16 @@ import io
 import pytest
 from PIL import Image
 
-from desktop.api.convert import ApiError, ApiLimits, ApiOptions, looks_like_path, request_from_payload, sampler_from
+from desktop.api.convert import (
+    ApiError,
+    ApiLimits,
+    ApiOptions,
+    LibraryNames,
+    looks_like_path,
+    request_from_payload,
+    sampler_from,
+)
+from desktop.engine.request import ControlUnit
 
 # What webuiapi 0.9 sends for txt2img when the caller only gives a prompt (its defaults).
 WEBUIAPI_DEFAULTS = {
@@ -27,13 +36,17 @@ WEBUIAPI_DEFAULTS = {
 OPTIONS = ApiOptions("tiny", 2, "Original")
 
 
-def convert(payload: dict, img2img: bool = False, saved: list | None = None):
+NAMES = LibraryNames(loras=("detail",), vaes=("clear-vae",), upscalers=("4x-tiny",), controls=("tiny-canny",))
+
+
+def convert(payload: dict, img2img: bool = False, saved: list | None = None, options: ApiOptions = OPTIONS):
     def save(image: Image.Image) -> str:
         (saved if saved is not None else []).append(image)
         return f"/server-made/{len(saved or [])}.png"
 
     warnings: list[str] = []
-    return request_from_payload(payload, OPTIONS, save, ApiLimits(), img2img, warnings.append), warnings
+    converted = request_from_payload(payload, options, save, ApiLimits(), img2img, warnings.append, NAMES)
+    return converted, warnings
 
 
 def test_webuiapi_defaults_are_accepted_and_mapped():
@@ -45,11 +58,11 @@ def test_webuiapi_defaults_are_accepted_and_mapped():
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"enable_hr": True}, "enable_hr"), ({"styles": ["cinematic"]}, "styles"), ({"subseed_strength": 0.3},
-    "subseed_strength"), ({"tiling": True}, "tiling"), ({"s_noise": 1.01}, "s_noise"),
+    ({"hr_checkpoint_name": "other"}, "hr_checkpoint_name"), ({"styles": ["cinematic"]}, "styles"),
+    ({"subseed_strength": 0.3}, "subseed_strength"), ({"tiling": True}, "tiling"), ({"s_noise": 1.01}, "s_noise"),
     ({"eta": 0.5}, "eta"), ({"sampler_name": "DDIM", "eta": 1.0}, "eta"),
     ({"script_name": "x/y/z plot"}, "script_name"),
-    ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "alwayson_scripts"),
+    ({"alwayson_scripts": {"ADetailer": {"args": [{"ad_model": "face"}]}}}, "alwayson_scripts"),
 ])
 def test_fields_that_change_the_image_are_refused_by_name(change, field):
     with pytest.raises(ApiError) as caught:
@@ -88,8 +101,12 @@ def test_img2img_resizes_the_source_and_inverts_the_mask_as_asked():
     assert [image.size for image in saved] == [(64, 64), (64, 64)]
     assert saved[1].getpixel((0, 0)) == 0 and saved[1].getpixel((63, 0)) == 255  # inverted
     assert (request.inpaint_area, request.padding, request.strength) == ("masked", 8, 0.5)
+    assert request.inpaint_fill == "original"
+    fills = [convert({**payload, "inpainting_fill": n}, img2img=True, saved=[])[0].request.inpaint_fill
+             for n in (0, 2, 3)]
+    assert fills == ["fill", "latent noise", "latent nothing"]
     with pytest.raises(ApiError, match="inpainting_fill"):
-        convert({**payload, "inpainting_fill": 0}, img2img=True, saved=[])
+        convert({**payload, "inpainting_fill": 4}, img2img=True, saved=[])
 
 
 @pytest.mark.parametrize("name", ["../m", "/abs", "a\\b", "C:x", "a\x00b", "%2e%2e%2fx", "..%2Fm", "~/m", "x%00"])
@@ -100,3 +117,89 @@ def test_paths_are_not_names(name):
 @pytest.mark.parametrize("name", ["sd15", "Realistic Vision v6", "model.v2 [abc123]"])
 def test_names_are_names(name):
     assert not looks_like_path(name)
+
+
+def test_hires_fields_map_to_the_hires_fix():
+    payload = {**WEBUIAPI_DEFAULTS, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "latent (bicubic)",
+               "hr_second_pass_steps": 6, "denoising_strength": 0.4, "hr_prompt": "sharp",
+               "hr_sampler_name": "DPM++ 2M", "hr_scheduler": "Karras", "width": 64, "height": 64}
+    request = convert(payload)[0].request
+    assert (request.hires_fix, request.hires_scale, request.hires_upscaler) == (True, 1.5, "Latent (bicubic)")
+    assert (request.hires_steps, request.hires_denoise, request.hires_prompt) == (6, 0.4, "sharp")
+    assert request.hires_sampler == "DPM++ 2M Karras" and request.hires_size == (96, 96)
+    assert convert({**payload, "hr_upscaler": "4X-TINY"})[0].request.hires_upscaler == "4x-tiny"
+    # webuiapi's defaults (enable_hr False) leave it off; img2img has no hires fix in A1111.
+    assert not convert(WEBUIAPI_DEFAULTS)[0].request.hires_fix
+    assert convert({**payload, "hr_resize_x": 128, "hr_resize_y": 0})[0].request.hires_size == (128, 128)
+
+
+@pytest.mark.parametrize(("change", "field", "name"), [
+    ({"prompt": "a fox <lora:nope:0.5>"}, "prompt", "nope"),
+    ({"enable_hr": True, "hr_prompt": "<lora:ghost:1>", "width": 64, "height": 64}, "hr_prompt", "ghost"),
+    ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+", "width": 64, "height": 64}, "hr_upscaler", "R-ESRGAN 4x+"),
+    ({"override_settings": {"sd_vae": "missing.safetensors"}}, "override_settings.sd_vae", "missing.safetensors"),
+    ({"override_settings": {"sd_vae": "../clear-vae"}}, "override_settings.sd_vae", "../clear-vae"),
+])
+def test_unknown_library_names_are_refused_naming_field_and_name(change, field, name):
+    payload = {**WEBUIAPI_DEFAULTS, **change}
+    options, _ = (OPTIONS, None)
+    if "override_settings" in change:
+        from desktop.api.convert import apply_override_settings
+
+        options, _ = apply_override_settings(OPTIONS, change["override_settings"])
+    with pytest.raises(ApiError) as caught:
+        convert(payload, options=options)
+    assert caught.value.status == 422 and caught.value.field_name == field and repr(name) in str(caught.value)
+
+
+def test_known_library_names_pass():
+    from desktop.api.convert import apply_override_settings
+
+    options, _ = apply_override_settings(OPTIONS, {"sd_vae": "Clear-VAE.safetensors"})
+    request = convert({**WEBUIAPI_DEFAULTS, "prompt": "<lora:Detail:0.5> fox"}, options=options)[0].request
+    assert request.vae == "clear-vae" and request.prompt == "<lora:Detail:0.5> fox"
+    assert convert(WEBUIAPI_DEFAULTS, options=apply_override_settings(OPTIONS, {"sd_vae": "Automatic"})[0])[
+        0].request.vae == ""
+
+
+def unit(**fields) -> dict:
+    return {"alwayson_scripts": {"controlnet": {"args": [{"enabled": True, "model": "tiny-canny [0a1b2c3d]",
+                                                          "image": b64_png(Image.new("RGB", (16, 16))), **fields}]}}}
+
+
+def test_controlnet_units_map_to_control_units():
+    saved: list[Image.Image] = []
+    payload = {**WEBUIAPI_DEFAULTS, "width": 64, "height": 64,
+               **unit(module="canny", weight=0.8, guidance_start=0.1, guidance_end=0.9,
+                      control_mode="My prompt is more important", threshold_a=50, threshold_b=150,
+                      pixel_perfect=True, resize_mode="Crop and Resize", processor_res=512)}
+    request = convert(payload, saved=saved)[0].request
+    assert request.controls == (ControlUnit("tiny-canny", "/server-made/1.png", 0.8, 0.1, 0.9, "prompt", "canny",
+                                            50.0, 150.0),)
+    assert saved[0].size == (16, 16)
+    # Disabled units and webuiapi's "off" forms add nothing; control_mode by index.
+    off = {"alwayson_scripts": {"ControlNet": {"args": [{"enabled": False, "model": "x"}, False, {}]}}}
+    assert convert({**WEBUIAPI_DEFAULTS, **off})[0].request.controls == ()
+    assert convert({**WEBUIAPI_DEFAULTS, **unit(control_mode=2)})[0].request.controls[0].mode == "control"
+    # webuiapi's default resize_mode is the same fit for an image of the output's shape.
+    assert convert({**WEBUIAPI_DEFAULTS, **unit(resize_mode="Resize and Fill")})[0].request.controls
+    assert convert({**WEBUIAPI_DEFAULTS, **unit(module="tile_resample")})[0].request.controls[0].preprocessor == "tile"
+    # The learned preprocessors and IP-Adapter units, by the extension's module names.
+    for module, preprocessor in (("depth_midas", "depth"), ("depth_anything_v2", "depth"),
+                                 ("lineart_realistic", "lineart"), ("openpose", "openpose"),
+                                 ("ip-adapter_clip_sd15", "ip-adapter"), ("ip-adapter_clip_sdxl", "ip-adapter")):
+        assert convert({**WEBUIAPI_DEFAULTS, **unit(module=module)})[0].request.controls[0].preprocessor == preprocessor
+
+
+@pytest.mark.parametrize(("fields", "key", "words"), [
+    ({"module": "depth_leres"}, "module", "'depth_leres'"), ({"model": "other [12345678]"}, "model", "other"),
+    ({"model": "../tiny-canny"}, "model", "not a path"), ({"control_mode": "Loud"}, "control_mode", "Loud"),
+    ({"resize_mode": "Just Resize", "image": b64_png(Image.new("RGB", (32, 16)))}, "resize_mode", "Crop and Resize"),
+    ({"resize_mode": "Sideways"}, "resize_mode", "Sideways"), ({"image": "%%%"}, "image", "base64"),
+    ({"weight": "1"}, "weight", "number"),
+])
+def test_bad_controlnet_units_are_422_naming_the_unit_field(fields, key, words):
+    with pytest.raises(ApiError) as caught:
+        convert({**WEBUIAPI_DEFAULTS, **unit(**fields)})
+    assert caught.value.status == 422 and caught.value.field_name == f"alwayson_scripts.controlnet.args.0.{key}"
+    assert words in str(caught.value)

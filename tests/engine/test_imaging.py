@@ -535,3 +535,18 @@ def test_edit_parameters_whole_picture_and_pad():
         "Inpaint area": "Whole picture",
         "Resize mode": "Pad",
     }
+
+
+def test_fill_masked_paints_the_hole_with_the_colours_around_it():
+    from desktop.engine.imaging import fill_masked
+
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    image.paste((30, 30, 200), (0, 0, 32, 64))  # blue left half, red right half
+    image.paste((0, 255, 0), (16, 16, 48, 48))  # green under the mask: must not leak into the fill
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    filled = np.asarray(fill_masked(image, mask)).astype(int)
+    assert np.array_equal(filled[np.asarray(mask) == 0], np.asarray(image)[np.asarray(mask) == 0])
+    left, right = filled[32, 18], filled[32, 45]
+    assert left[2] > left[0] and right[0] > right[2]  # each side of the hole takes its neighbours' colour
+    assert filled[16:48, 16:48, 1].max() < 60  # no green

@@ -60,7 +60,9 @@ CHANGED = Parameters(
 # one the panel does not offer yet (Flux's separate text encoders: command line only so far).
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
-    "padding", "resize_mode", "text_encoders",
+    "padding", "resize_mode", "text_encoders", "inpaint_fill",
+    # The Upscale dialog's (history and canvas), not the panel's.
+    "upscale_by", "upscale_upscaler", "upscale_tile", "sd_upscale", "sd_upscale_tile", "sd_upscale_overlap",
 }
 
 

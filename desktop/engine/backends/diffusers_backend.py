@@ -75,6 +75,7 @@ from desktop.engine.backends.hires import (  # noqa: E402
 )
 from desktop.engine.backends.ip_adapter import IpAdapters  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
+from desktop.engine.backends.masked_content import masked_latents  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.refiner import Refiners  # noqa: E402
@@ -85,7 +86,15 @@ from desktop.engine.backends.upscale import load_upscaler, upscale  # noqa: E402
 from desktop.engine.backends.vae_swap import VaeSwitcher  # noqa: E402
 from desktop.engine.backends.variation import initial_noise  # noqa: E402
 from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
-from desktop.engine.imaging import EditPlan, finish_edit, load_mask, load_source, mask_is_empty, plan_edit  # noqa: E402
+from desktop.engine.imaging import (  # noqa: E402
+    EditPlan,
+    fill_masked,
+    finish_edit,
+    load_mask,
+    load_source,
+    mask_is_empty,
+    plan_edit,
+)
 from desktop.engine.jobs import CancelToken  # noqa: E402
 from desktop.engine.library.catalog import HashCache, ModelCatalog, ModelEntry  # noqa: E402
 from desktop.engine.library.checkpoint import (  # noqa: E402
@@ -766,7 +775,10 @@ class DiffusersBackend:
         progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, extra)
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()
-            with torch.inference_mode(), circular_padding(tiled):
+            # A1111's latent masked content (below 1 the source's latents start the sampling; at 1 noise does).
+            fill = request.inpaint_fill if plan is not None and request.strength < 1 else "original"
+            with torch.inference_mode(), circular_padding(tiled), \
+                    masked_latents(pipe, fill, plan.mask if plan else None, seeds):
                 first = self._one_pass(pipe, request, seeds, request.sampler, progress, arguments, control)
                 if refiner is not None:
                     progress.next_pass()
@@ -911,7 +923,10 @@ class DiffusersBackend:
     def _mode_arguments(self, request: GenerationRequest, plan: EditPlan | None) -> dict[str, Any]:
         if plan is None:
             return {"width": request.width, "height": request.height}
-        arguments: dict[str, Any] = {"image": plan.image, "strength": float(request.strength)}
+        image = plan.image
+        if request.inpaint_fill == "fill" and plan.mask is not None:
+            image = fill_masked(image, plan.mask)  # A1111's "fill": the hole starts as the colours around it
+        arguments: dict[str, Any] = {"image": image, "strength": float(request.strength)}
         if plan.mask is not None or self._inpaint_model:
             mask = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
             arguments |= {"mask_image": mask, "width": plan.size[0], "height": plan.size[1]}
