@@ -4,6 +4,7 @@ edited edge map reaches the request as it is (preprocessor "none")."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,14 +16,17 @@ from PySide6.QtCore import QPoint, QPointF, Qt
 
 from desktop.engine.control_preprocess import preprocess, to_preview
 from desktop.engine.imaging import load_source
+from desktop.engine.metadata import parse_parameters, read_text_chunks
 from desktop.engine.paths import AppPaths
 from desktop.ui.canvas.view import MaskCanvas
 from tests.support.fake_backend import FakeBackend
+from tests.support.real_window import real_window as open_real_window
 from tests.ui.conftest import TIMEOUT_MS
 from tests.ui.test_settings_and_logs import close_window, open_window
 from tests.ui.test_window_controls import control_file, square_image  # noqa: F401 - a fixture, found by name
 
 ZOOM = 2.0
+REAL_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
@@ -180,3 +184,55 @@ def test_edit_refuses_an_image_that_is_not_an_edge_map(qtbot, window, tmp_path, 
     row.edit_button.click()
     assert window.canvas.tool == "pan" and window.canvas.control_layer is None
     assert "nothing to edit" in controls.problem.text()
+
+
+def test_a_drawn_control_image_guides_a_real_job(qtbot, tmp_path, tiny_sd15_dir, control_file):  # noqa: F811
+    """Through the real diffusers backend: the job reads the drawing, and the PNG says so as A1111 writes it."""
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    shutil.copytree(tiny_sd15_dir, paths.models / "tiny-sd15")
+    paths.controls.mkdir(parents=True, exist_ok=True)
+    shutil.copy(control_file, paths.controls / "edges.safetensors")
+    with open_real_window(qtbot, paths, steps=2, seed=5) as (window, controller):
+        controls = window.parameter_panel.control_list
+        qtbot.waitUntil(lambda: controls.names() == ["edges"], timeout=TIMEOUT_MS)
+        controls.add_button.click()
+        controls.row(0).draw_button.click()
+        window.control_bar.size_spin.setValue(6)
+        zoom_in(window.canvas, (32, 32))
+        stroke(qtbot, window.canvas, [(10, 32), (54, 32)])
+        drawn = window.current_request().controls[0].image
+        window.prompt_editor.prompt_edit.setPlainText("a line")
+        ended: list = []
+        controller.job_finished.connect(ended.append)
+        controller.job_failed.connect(ended.append)
+        qtbot.mouseClick(window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: bool(ended), timeout=REAL_TIMEOUT_MS)
+    (event,) = ended
+    assert hasattr(event, "paths"), event  # finished, not failed: the backend read the drawing
+    chunks = read_text_chunks(event.paths[0])
+    assert json.loads(chunks["marble"])["request"]["controls"][0]["image"] == drawn
+    settings = parse_parameters(chunks["parameters"]).settings
+    assert "Module: none" in settings["ControlNet 0"] and "Model: edges" in settings["ControlNet 0"]
+
+
+def test_a_drawn_unit_keeps_its_drawing_after_a_restart(qtbot, home):
+    # The layer itself is not kept (the mask is not either); the unit's saved drawing is.
+    window, controller, _store = open_window(qtbot, home, FakeBackend(steps=2))
+    try:
+        controls = window.parameter_panel.control_list
+        qtbot.waitUntil(lambda: controls.names() == ["edges"], timeout=TIMEOUT_MS)
+        controls.add_button.click()
+        controls.row(0).draw_button.click()
+        zoom_in(window.canvas, (32, 32))
+        stroke(qtbot, window.canvas, [(10, 10), (40, 40)])
+        bytes_drawn = Path(window.current_request().controls[0].image).read_bytes()
+    finally:
+        window.library_integration.tasks.shutdown()
+        close_window(window, controller)
+    window, controller, _store = open_window(qtbot, home, FakeBackend(steps=2))
+    try:
+        (unit,) = window.parameters.value("controls")
+        assert (unit.preprocessor, Path(unit.image).read_bytes()) == ("none", bytes_drawn)
+    finally:
+        window.library_integration.tasks.shutdown()
+        close_window(window, controller)
