@@ -90,7 +90,8 @@ class ControlDrawing(QObject):
         values = np.ascontiguousarray(np.asarray(to_preview(control).convert("L")))
         layer = self._ensure_layer(QSize(values.shape[1], values.shape[0]))
         layer.set_values(values, self.tr("Edit control image"))
-        self._start(row, backdrop=path)
+        # Over the picture the map came from; a drawing being edited again has none.
+        self._start(row, backdrop=None if row.drawn else path)
 
     @Slot()
     def commit(self) -> None:
