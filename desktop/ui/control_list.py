@@ -88,6 +88,8 @@ class _ControlRow(QFrame):
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self._thresholds = (-1.0, -1.0)
         self._image = ""
+        # The image comes from the control drawing on the canvas (saved into the inputs folder per job).
+        self.drawn = False
         self.model_combo = QComboBox(objectName="control_model_combo")
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(10)
@@ -100,6 +102,11 @@ class _ControlRow(QFrame):
         self.file_button.setToolTip(self.tr("Choose the control image from a file"))
         self.canvas_button = QPushButton(self.tr("Canvas"), objectName="control_canvas_button")
         self.canvas_button.setToolTip(self.tr("Use the picture on the canvas as the control image"))
+        self.draw_button = QPushButton(self.tr("Draw"), objectName="control_draw_button")
+        self.draw_button.setToolTip(self.tr("Draw the control image by hand on the canvas (white on black)"))
+        self.edit_button = QPushButton(self.tr("Edit"), objectName="control_edit_button")
+        self.edit_button.setToolTip(
+            self.tr("Touch up the preprocessed image by hand on the canvas; it is then used as it is"))
         self.preprocessor_combo = QComboBox(objectName="control_preprocessor_combo")
         for name in CONTROL_PREPROCESSORS:
             self.preprocessor_combo.addItem(translate("ControlListWidget", _PREPROCESSOR_LABELS[name]), name)
@@ -126,6 +133,7 @@ class _ControlRow(QFrame):
         settings.setSpacing(2)
         settings.addLayout(_hbox(self.model_combo, self.remove_button))
         settings.addLayout(_hbox(self.image_label, self.file_button, self.canvas_button))
+        settings.addLayout(_hbox(self.draw_button, self.edit_button))
         settings.addLayout(_hbox(self.preprocessor_combo, self.mode_combo))
         settings.addLayout(_hbox(
             QLabel(self.tr("Weight")), self.weight_spin, QLabel(self.tr("Start")), self.start_spin,
@@ -149,10 +157,15 @@ class _ControlRow(QFrame):
     def image(self) -> str:
         return self._image
 
-    def set_image(self, path: str) -> None:
+    def set_image(self, path: str, drawn: bool = False) -> None:
         self._image = path
-        self.image_label.setText(Path(path).name if path else self.tr("No image yet"))
+        self.drawn = drawn
+        if drawn:
+            self.image_label.setText(self.tr("Canvas drawing"))
+        else:
+            self.image_label.setText(Path(path).name if path else self.tr("No image yet"))
         self.image_label.setToolTip(path)
+        self.edit_button.setEnabled(bool(path))
         self.update_preview()
 
     def update_preview(self) -> None:
@@ -195,9 +208,13 @@ class ControlListWidget(QWidget):
 
     Signals:
         controls_changed(): a unit was added, removed, or one of its settings or its image changed.
+        drawing_requested(object): the unit (its row) wants its image drawn by hand on the canvas.
+        edit_requested(object): the unit (its row) wants its preprocessed image touched up on the canvas.
     """
 
     controls_changed = Signal()
+    drawing_requested = Signal(object)
+    edit_requested = Signal(object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -258,6 +275,8 @@ class ControlListWidget(QWidget):
         row.remove_button.clicked.connect(lambda: self.remove_row(row))
         row.file_button.clicked.connect(lambda: self._choose_file(row))
         row.canvas_button.clicked.connect(lambda: self.use_canvas(row))
+        row.draw_button.clicked.connect(lambda: self.drawing_requested.emit(row))
+        row.edit_button.clicked.connect(lambda: self.edit_requested.emit(row))
         row.preprocessor_combo.currentIndexChanged.connect(lambda: self._on_preprocessor_changed(row))
         row.model_combo.currentIndexChanged.connect(lambda: self._on_model_changed(row))
         row.mode_combo.currentIndexChanged.connect(self.controls_changed)
@@ -288,6 +307,18 @@ class ControlListWidget(QWidget):
             row.deleteLater()
             self._update_add_button()
             self.controls_changed.emit()
+
+    def contains(self, row: _ControlRow) -> bool:
+        return row in self._rows
+
+    def set_drawn_image(self, row: _ControlRow, path: str, preprocessor: str = "none") -> None:
+        """`row`'s image is now the control drawing saved at `path`, used as it is (no second preprocessing)."""
+        if not self.contains(row):
+            return
+        self._say("")
+        _select_data(row.preprocessor_combo, preprocessor)
+        row.set_image(path, drawn=True)
+        self.controls_changed.emit()
 
     def controls(self) -> tuple[ControlUnit, ...]:
         return tuple(row.unit() for row in self._rows if row.name())
@@ -344,6 +375,10 @@ class ControlListWidget(QWidget):
         row.update_preview()
         self.controls_changed.emit()
 
+    def show_problem(self, text: str) -> None:
+        """Say under the units what could not be done (an empty text hides the line)."""
+        self._say(text)
+
     def _say(self, text: str) -> None:
         self.problem.setText(text)
         self.problem.setVisible(bool(text))
@@ -355,6 +390,10 @@ class ControlListWidget(QWidget):
                 self.tr("No control models in the library yet: import some with File ▸ Library…"))
         else:
             self.add_button.setToolTip(self.tr("Guide the composition with a control image (ControlNet, T2I-Adapter)"))
+
+
+# One unit's row, for the canvas's control drawing (control_drawing.py), which links to a row.
+ControlRow = _ControlRow
 
 
 def _spin(name: str, maximum: float, value: float) -> QDoubleSpinBox:

@@ -37,7 +37,9 @@ from desktop.engine.request import GenerationRequest
 from desktop.engine.token_count import TokenCounter
 from desktop.ui.background_reads import BackgroundReads
 from desktop.ui.canvas import CanvasToolbar, MaskCanvas
+from desktop.ui.canvas.control_layer import ControlDrawBar
 from desktop.ui.canvas.picture_view import png_bytes
+from desktop.ui.control_drawing import ControlDrawing
 from desktop.ui.history_panel import HistoryPanel
 from desktop.ui.job_status import JobStatus
 from desktop.ui.parameter_model import ParameterModel
@@ -117,6 +119,7 @@ class MainWindow(QMainWindow):
         self.parameter_panel = ParameterPanel(self.parameters)
         self.canvas = MaskCanvas()
         self.canvas_toolbar = CanvasToolbar(self.canvas)
+        self.control_bar = ControlDrawBar(self.canvas)
         self.result_strip = ResultStrip(self._pool)
         self.queue_panel = QueuePanel()
         self.message_bar = self.queue_panel.message_bar
@@ -136,6 +139,10 @@ class MainWindow(QMainWindow):
     def _connect_parts(self) -> None:
         self.canvas_toolbar.problem.connect(lambda text: self.message_bar.show_message(text, "error"))
         self.parameter_panel.control_list.set_image_store(self._inputs_folder, self._canvas_picture)
+        self.control_drawing = ControlDrawing(
+            self.canvas, self.control_bar, self.parameter_panel.control_list, self._inputs_folder,
+            lambda: (self.parameters.value("width"), self.parameters.value("height")), self,
+        )
         self.parameter_panel.models_refresh_requested.connect(self.refresh_models)
         self.parameter_panel.open_models_folder_requested.connect(self.open_models_folder)
         self.parameter_panel.emphasis_changed.connect(self.prompt_editor.set_emphasis)
@@ -175,6 +182,7 @@ class MainWindow(QMainWindow):
         centre_layout.setContentsMargins(0, 0, 0, 0)
         centre_layout.setSpacing(0)
         centre_layout.addWidget(self.canvas_toolbar)
+        centre_layout.addWidget(self.control_bar)
         centre_layout.addWidget(self.canvas, 1)
         centre_layout.addWidget(self.result_strip)
 
@@ -247,6 +255,7 @@ class MainWindow(QMainWindow):
         """The next job's request: the prompts, the settings and the canvas's edit (its source image and
         mask saved for the job). Not yet validated; raises InvalidRequest, or OSError when the source
         cannot be saved."""
+        self.control_drawing.commit()  # a unit drawn on the canvas reads the drawing as it is now
         request = self.parameters.request(*self.prompt_editor.styled_prompts())
         return self.canvas_toolbar.edit_request(request, self._inputs_folder)
 

@@ -350,6 +350,107 @@
     </message>
 </context>
 <context>
+    <name>ControlDrawBar</name>
+    <message>
+        <source>Scribble</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Draw white lines of the control image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Erase</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Erase lines back to black</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source> px</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Scribble width (image pixels)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>How much the black backdrop hides the picture under the drawing</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clear</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clear the drawing to black</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Undo</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Undo the last edit (Ctrl+Z)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Redo</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Redo (Ctrl+Shift+Z)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Done</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Use the drawing as the unit&apos;s control image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Control drawing:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Size</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Backdrop</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>ControlDrawing</name>
+    <message>
+        <source>This unit&apos;s image is not an edge or scribble map: there is nothing to edit.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot edit the control image: {error}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Edit control image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Cannot save the control drawing: {error}</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>ControlLayer</name>
+    <message>
+        <source>Clear drawing</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>ControlListWidget</name>
     <message>
         <source>None (image as is)</source>
@@ -2108,6 +2209,22 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Draw</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Draw the control image by hand on the canvas (white on black)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Edit</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Touch up the preprocessed image by hand on the canvas; it is then used as it is</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>How the image becomes the control image before generating</source>
         <translation type="unfinished"></translation>
     </message>
@@ -2137,6 +2254,10 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>Not in the control library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Canvas drawing</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

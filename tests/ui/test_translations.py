@@ -88,6 +88,8 @@ TRANSLATED_MODULES = [
     "desktop.app",
     "desktop.ui.dialogs.plot_dialog",
     "desktop.ui.control_list",
+    "desktop.ui.canvas.control_layer",
+    "desktop.ui.control_drawing",
 ]
 # Checked and left out: prompt_weights and parameter_model show no text; self_test writes the log (English,
 # as the engine's messages and the CLI); translation holds none.

@@ -42,10 +42,10 @@ def alpha_of(image: QImage) -> np.ndarray:
     return (words.reshape(height, image.bytesPerLine() // 4)[:, :width] >> 24).astype(np.uint8)
 
 
-def mask_image(values: np.ndarray) -> QImage:
+def mask_image(values: np.ndarray, color: QColor = MASK_COLOR) -> QImage:
     """A tinted overlay image whose alpha is `values` (H, W) uint8."""
     alpha = np.ascontiguousarray(values, dtype=np.uint32)
-    red, green, blue = (alpha * channel // 255 for channel in MASK_COLOR.getRgb()[:3])
+    red, green, blue = (alpha * channel // 255 for channel in color.getRgb()[:3])
     words = np.ascontiguousarray((alpha << 24) | (red << 16) | (green << 8) | blue, dtype=np.uint32)
     height, width = alpha.shape
     return QImage(words.data, width, height, width * 4, _FORMAT).copy()
@@ -94,6 +94,8 @@ class MaskLayer(QGraphicsObject):
     """
 
     mask_edited = Signal(QRect)
+    # What a stroke paints with; the control drawing (control_layer.py) paints white.
+    COLOR = MASK_COLOR
 
     def __init__(self, size: QSize, undo_stack: QUndoStack, parent: QGraphicsItem | None = None) -> None:
         super().__init__(parent)
@@ -211,13 +213,13 @@ class MaskLayer(QGraphicsObject):
         changed = QRect()
         for center in points:
             if brush.hardness >= 0.999:
-                painter.setBrush(MASK_COLOR)
+                painter.setBrush(self.COLOR)
             else:
                 gradient = QRadialGradient(center, radius)
-                transparent = QColor(MASK_COLOR)
+                transparent = QColor(self.COLOR)
                 transparent.setAlpha(0)
-                gradient.setColorAt(0.0, MASK_COLOR)
-                gradient.setColorAt(max(brush.hardness, 0.0), MASK_COLOR)
+                gradient.setColorAt(0.0, self.COLOR)
+                gradient.setColorAt(max(brush.hardness, 0.0), self.COLOR)
                 gradient.setColorAt(1.0, transparent)
                 painter.setBrush(gradient)
             painter.drawEllipse(center, radius, radius)
@@ -250,7 +252,8 @@ class MaskLayer(QGraphicsObject):
                 f"mask of shape {values.shape} does not fit a {self.size.width()}x{self.size.height()} layer"
             )
         rect = self._image.rect()
-        self._undo.push(_PatchCommand(self, rect, self._image.copy(), mask_image(values), text or self.tr("Load mask")))
+        after = mask_image(values, self.COLOR)
+        self._undo.push(_PatchCommand(self, rect, self._image.copy(), after, text or self.tr("Load mask")))
 
     def _put(self, rect: QRect, pixels: QImage) -> None:
         painter = QPainter(self._image)

@@ -36,7 +36,7 @@ from desktop.engine.imaging import Margins, check_source_size, outpaint_canvas, 
 from desktop.engine.request import GenerationRequest
 from desktop.ui.canvas.mask_layer import grayscale_png, values_from_image
 from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS, array_to_qimage, png_bytes
-from desktop.ui.canvas.view import MaskCanvas
+from desktop.ui.canvas.view import MASK_TOOLS, MaskCanvas
 from desktop.ui.elided_label import ElidedLabel
 from desktop.ui.flow_layout import flow_row
 from desktop.ui.translation import translate
@@ -424,7 +424,7 @@ class CanvasToolbar(QWidget):
         mode = self.mode
         for name, row in self.rows.items():
             row.setVisible(name in ROWS_BY_MODE[mode])
-        if mode != "inpaint" and self._canvas.tool != "pan":
+        if mode != "inpaint" and self._canvas.tool in MASK_TOOLS:
             # The mask tools are hidden outside inpainting: a drag there moves the view again.
             self.tool_buttons["pan"].setChecked(True)
             self._canvas.set_tool("pan")
@@ -451,7 +451,8 @@ class CanvasToolbar(QWidget):
 
     @Slot(str)
     def _on_canvas_tool_changed(self, tool: str) -> None:
-        self.tool_buttons[tool].setChecked(True)
+        # The control drawing's tools have their own buttons (control_layer.py); the mask's show Pan.
+        self.tool_buttons.get(tool, self.tool_buttons["pan"]).setChecked(True)
         self._update_hint()
 
     def _show(self, picture: str | QImage) -> bool:
@@ -471,7 +472,7 @@ class CanvasToolbar(QWidget):
             return  # a source: the caller shows its mask (`_set_source`, `show_source`)
         self._showing_source = False
         self._update_overlay()
-        if self._canvas.tool != "pan":
+        if self._canvas.tool in MASK_TOOLS:
             # A stroke now would land on a mask nobody sees; picking a mask tool brings the source back.
             self.tool_buttons["pan"].setChecked(True)
             self._canvas.set_tool("pan")

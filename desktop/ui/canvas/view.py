@@ -21,7 +21,10 @@ from PySide6.QtWidgets import QGraphicsView, QWidget
 from desktop.ui.canvas.mask_layer import Brush, MaskLayer
 from desktop.ui.canvas.picture_view import CanvasView
 
-TOOLS = ("pan", "brush", "eraser")
+MASK_TOOLS = ("brush", "eraser")
+# The control drawing's brush and eraser (control_layer.py): they paint on `control_layer`, not the mask.
+CONTROL_TOOLS = ("control_brush", "control_eraser")
+TOOLS = ("pan", *MASK_TOOLS, *CONTROL_TOOLS)
 
 
 class MaskCanvas(CanvasView):
@@ -49,6 +52,9 @@ class MaskCanvas(CanvasView):
         self.undo_stack.setUndoLimit(40)
         self.mask_layer: MaskLayer | None = None
         self.brush = Brush()
+        # Set by ControlDrawing: the layer and brush the control tools paint with.
+        self.control_layer: MaskLayer | None = None
+        self.control_brush = Brush(8.0, 1.0)
         self._tool = "pan"
         self._painting = False
         self._shown_file: str | None = None
@@ -131,18 +137,25 @@ class MaskCanvas(CanvasView):
 
     # ------------------------------------------------------------------------------------ Qt events
 
+    def _target(self) -> MaskLayer | None:
+        """The layer the current tool paints on."""
+        return self.control_layer if self._tool in CONTROL_TOOLS else self.mask_layer
+
     def mousePressEvent(self, event: QMouseEvent) -> None:
-        if self._tool != "pan" and event.button() == Qt.MouseButton.LeftButton and self.mask_layer is not None:
+        layer = self._target()
+        if self._tool != "pan" and event.button() == Qt.MouseButton.LeftButton and layer is not None:
             self._painting = True
-            brush = Brush(self.brush.size, self.brush.hardness, self._tool == "eraser")
-            self.mask_layer.begin_stroke(self.image_point(event.position()), brush)
+            base = self.control_brush if self._tool in CONTROL_TOOLS else self.brush
+            brush = Brush(base.size, base.hardness, self._tool in ("eraser", "control_eraser"))
+            layer.begin_stroke(self.image_point(event.position()), brush)
             event.accept()
             return
         super().mousePressEvent(event)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:
-        if self._painting and self.mask_layer is not None:
-            self.mask_layer.continue_stroke(self.image_point(event.position()))
+        layer = self._target()
+        if self._painting and layer is not None:
+            layer.continue_stroke(self.image_point(event.position()))
             event.accept()
             return
         super().mouseMoveEvent(event)
@@ -150,9 +163,10 @@ class MaskCanvas(CanvasView):
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:
         if self._painting and event.button() == Qt.MouseButton.LeftButton:
             self._painting = False
-            if self.mask_layer is not None:
-                self.mask_layer.continue_stroke(self.image_point(event.position()))
-                self.mask_layer.end_stroke()
+            layer = self._target()
+            if layer is not None:
+                layer.continue_stroke(self.image_point(event.position()))
+                layer.end_stroke()
             event.accept()
             return
         super().mouseReleaseEvent(event)
