@@ -168,6 +168,8 @@ def flux_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         move(d + "modulation.lin", s + "norm.linear")
         move(d + "linear2", s + "proj_out")
     for suffix in ("weight", "bias"):
+        if f"norm_out.linear.{suffix}" not in state:
+            continue  # Chroma: no final modulation weights
         scale, shift = state.pop(f"norm_out.linear.{suffix}").chunk(2)
         out[f"final_layer.adaLN_modulation.1.{suffix}"] = torch.cat([shift, scale])
     assert not state, sorted(state)

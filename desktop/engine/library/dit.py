@@ -37,6 +37,7 @@ DIT_CONFIGS = {
     ("sd3", "medium"): "sd3-medium",
     ("sd3.5", "medium"): "sd3.5-medium",
     ("sd3.5", "large"): "sd3.5-large",
+    ("chroma", ""): "chroma",
     **dit_qwen_zimage.CONFIGS,
 }
 DIT_LABELS = {
@@ -46,6 +47,9 @@ DIT_LABELS = {
     "chroma": "Chroma",
     **dit_qwen_zimage.LABELS,
 }
+# What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
+# (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
+SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae")}
 # SD3.5 large has 38 joint blocks of width 2432; medium (3 and 3.5) 24 of width 1536.
 _SD3_LARGE_DEPTH = 38
 
@@ -80,7 +84,7 @@ class DitInfo:
     @property
     def needs_components(self) -> bool:
         """Whether text encoders and a VAE must come from elsewhere (a transformer-only file)."""
-        return "vae" not in self.components or "clip_l" not in self.components
+        return not set(SELF_CONTAINED.get(self.family, ("clip_l", "vae"))) <= set(self.components)
 
 
 @dataclass(frozen=True)
