@@ -130,7 +130,7 @@ def load_pipeline(
         import diffusers
 
         try:
-            return cls.from_single_file(
+            pipe = cls.from_single_file(
                 str(path), config=str(config), local_files_only=True, dtype=dtype, transformer=transformer,
                 **shipped_tokenizers(resources, config, info.family),
             )  # fmt: skip
@@ -142,6 +142,12 @@ def load_pipeline(
             diffusers.loaders.single_file_utils.SingleFileComponentError,
         ) as error:
             raise ModelError(f"{name}: could not load its text encoders and VAE ({_short(error)}).") from error
+        # diffusers builds a T5 found in a single file in training mode: its dropout would make every
+        # prompt encode differently. Inference mode for every component, as from_pretrained leaves them.
+        for component in pipe.components.values():
+            if hasattr(component, "eval"):
+                component.eval()
+        return pipe
     raise ModelError(
         f"{name} holds the {info.label} transformer only ({', '.join(info.components)}): choose the text "
         "encoders and VAE to use with it, a diffusers folder of the same family (--text-encoders FOLDER)."
