@@ -23,6 +23,7 @@ from typing import Any
 
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
+from desktop.engine.backends.fp8_storage import keep_fp8
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
@@ -190,7 +191,12 @@ def _config_folder(resources: Resources, arch: ArchitectureInfo, name: str) -> P
 
 
 def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtype: Any) -> Any:
-    """The transformer of a single file (safetensors or GGUF, any layout) as a diffusers model."""
+    """The transformer of a single file (safetensors or GGUF, any layout) as a diffusers model; an fp8
+    file's stays stored in fp8 (fp8_storage.py)."""
+    return keep_fp8(_load_transformer(path, info, config, name=name, dtype=dtype), info, dtype)
+
+
+def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtype: Any) -> Any:
     import diffusers
 
     expected = json.loads((config / "transformer" / "config.json").read_text(encoding="utf-8"))

@@ -50,6 +50,9 @@ DIT_LABELS = {
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
 SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae")}
+# fp8 safetensors transformers (safetensors' dtype names): the torch storage dtype they keep while
+# loaded (layer-wise casting computes each layer in bf16/fp32) and how library rows name them.
+FP8_STORAGE = {"F8_E4M3": ("float8_e4m3fn", "fp8 e4m3fn"), "F8_E5M2": ("float8_e5m2", "fp8 e5m2")}
 # SD3.5 large has 38 joint blocks of width 2432; medium (3 and 3.5) 24 of width 1536.
 _SD3_LARGE_DEPTH = 38
 
@@ -80,6 +83,11 @@ class DitInfo:
         base = DIT_LABELS[self.family]
         name = f"{base} {self.variant}" if self.variant else base
         return f"{name} ({self.quantization})" if self.quantization else name
+
+    @property
+    def fp8_storage(self) -> str | None:
+        """torch's name of the float8 type a fp8 safetensors transformer stays stored in, else None."""
+        return FP8_STORAGE[self.dtype][0] if self.quantization is None and self.dtype in FP8_STORAGE else None
 
     @property
     def needs_components(self) -> bool:
@@ -161,6 +169,11 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         dtype=quantization or _common_dtype(model.values()), quantization=quantization,
         components=tuple(components), blocks=counts,
     )  # fmt: skip
+
+
+def shown_dtype(dtype: str | None) -> str | None:
+    """A weight type as library rows show it: "fp8 e4m3fn" for safetensors' F8_E4M3, others as stored."""
+    return FP8_STORAGE[dtype][1] if dtype in FP8_STORAGE else dtype
 
 
 def _block_indices(model: Mapping[str, TensorShape]) -> dict[str, set[int]]:
