@@ -46,6 +46,7 @@ from desktop.engine.request import (
 from desktop.ui.control_list import ControlListWidget
 from desktop.ui.lora_list import LoraListWidget
 from desktop.ui.parameter_model import ParameterModel, Parameters
+from desktop.ui.text_encoder_row import TextEncoderRow
 from desktop.ui.translation import translate
 
 _EXTRA_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling")
@@ -168,6 +169,7 @@ class ParameterPanel(QWidget):
         self._native_sizes: dict[str, int] = {}
         self._sized_for = ""  # the model whose native size the size fields were last set for
         self._families: dict[str, str] = {}  # model name -> family ("sd1", "flux-dev", ...)
+        self._component_models: frozenset[str] = frozenset()  # transformer-only files: need text encoders
         self._create_model_widgets()
         self._create_sampling_widgets()
         self._create_size_widgets()
@@ -225,6 +227,10 @@ class ParameterPanel(QWidget):
         self.distilled_cfg_spin.setToolTip(self.tr("The guidance Flux dev was distilled with (3.5 by default)"))
         self.distilled_cfg_label = QLabel(self.tr("Distilled C&FG"), objectName="distilled_cfg_label")
         self.distilled_cfg_label.setBuddy(self.distilled_cfg_spin)
+        self.text_encoders_row = TextEncoderRow()
+        self.text_encoders_edit = self.text_encoders_row.edit
+        self.text_encoders_label = QLabel(self.tr("&Text encoders"), objectName="text_encoders_label")
+        self.text_encoders_label.setBuddy(self.text_encoders_edit)
 
         self.seed_spin = SeedEdit("seed_spin")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
@@ -409,6 +415,7 @@ class ParameterPanel(QWidget):
         form.addRow(self.tr("&Steps"), self.steps_spin)
         form.addRow(self.tr("&CFG scale"), self.cfg_spin)
         form.addRow(self.distilled_cfg_label, self.distilled_cfg_spin)
+        form.addRow(self.text_encoders_label, self.text_encoders_row)
         self._show_family_rows()
         form.addRow(self.tr("S&eed"), _row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
         form.addRow(self.tr("&Width"), _row(self.width_spin, self.swap_size_button))
@@ -468,6 +475,8 @@ class ParameterPanel(QWidget):
             "seed_resize_from_h": _spin_binding(self.resize_h_spin),
             "tiling": _Binding(self.tiling_check, self.tiling_check.isChecked, self.tiling_check.setChecked,
                                self.tiling_check.toggled),
+            "text_encoders": _Binding(self.text_encoders_edit, self.text_encoders_edit.text,
+                                      self.text_encoders_edit.setText, self.text_encoders_edit.textChanged),
             "vae": _Binding(self.vae_combo, self.selected_vae, self._show_vae, self.vae_combo.currentIndexChanged),
             **self._hires_bindings(),
         }
@@ -620,10 +629,18 @@ class ParameterPanel(QWidget):
         self._families = dict(families)
         self._show_family_rows()
 
+    def set_component_models(self, names: frozenset[str]) -> None:
+        """The models that hold a transformer only (`needs_components`): the Text encoders row shows for them."""
+        self._component_models = frozenset(names)
+        self._show_family_rows()
+
     def _show_family_rows(self) -> None:
         flux_dev = self._families.get(self.selected_model()) == "flux-dev"
         self.distilled_cfg_label.setVisible(flux_dev)
         self.distilled_cfg_spin.setVisible(flux_dev)
+        needs = self.selected_model() in self._component_models
+        self.text_encoders_label.setVisible(needs)
+        self.text_encoders_row.setVisible(needs)
 
     # -------------------------------------------------------------------------------------- seed
 
