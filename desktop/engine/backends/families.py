@@ -25,6 +25,7 @@ from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.fp8_storage import keep_fp8
 from desktop.engine.errors import ModelError
+from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
 from desktop.engine.request import GenerationRequest
@@ -105,6 +106,8 @@ def load_pipeline(
     """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline."""
     info = arch.dit
     assert info is not None
+    if info.family == dit_flux2.FLUX2:
+        raise dit_flux2.not_supported(name, info.label)
     cls = pipeline_class(info.family)
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)

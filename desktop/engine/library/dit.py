@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_qwen_zimage
+from desktop.engine.library import dit_flux2, dit_qwen_zimage
 
 StrPath = str | os.PathLike[str]
 
@@ -46,6 +46,7 @@ DIT_LABELS = {
     "sd3.5": "SD3.5",
     "chroma": "Chroma",
     **dit_qwen_zimage.LABELS,
+    **dit_flux2.LABELS,
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
@@ -104,7 +105,7 @@ class TensorShape:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        if dit_qwen_zimage.is_marker(bare):
+        if dit_qwen_zimage.is_marker(bare) or dit_flux2.is_marker(bare):
             return True
         if bare.startswith(
             ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
@@ -134,7 +135,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
         components.append("vae")
     blocks = _block_indices(model)
-    other = dit_qwen_zimage.detect(model, name)
+    other = dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -312,6 +313,7 @@ _PIPELINES = {
     "StableDiffusion3Pipeline": "sd3",
     "ChromaPipeline": "chroma",
     **dit_qwen_zimage.PIPELINES,
+    **dit_flux2.PIPELINES,
 }
 
 
@@ -326,6 +328,8 @@ def detect_dit_folder(
     family = _PIPELINES[class_name]
     if dit_qwen_zimage.folder_family(class_name) is not None:
         return family, ""
+    if family == dit_flux2.FLUX2:
+        return family, dit_flux2.folder_variant(transformer)
     if family == "flux":
         if transformer.get("_class_name") == "ChromaTransformer2DModel":
             return "chroma", ""
