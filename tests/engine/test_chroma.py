@@ -103,3 +103,19 @@ def test_shipped_chroma_config_describes_chroma1_hd():
     assert index["_class_name"] == "ChromaPipeline" and "text_encoder_2" not in index
     transformer = json.loads((config / "transformer" / "config.json").read_text(encoding="utf-8"))
     assert (transformer["num_layers"], transformer["num_single_layers"]) == (19, 38)
+
+
+def test_chroma_all_in_one_file_uses_its_own_t5_and_vae(paths, chroma):
+    from tests.support.tiny_models import vae_to_ldm
+
+    pipe = chroma["pipe"]
+    vae = vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
+    extra = {"text_encoders.t5xxl.transformer." + k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    extra |= {"vae." + k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae.items()}
+    path = save_chroma_file(pipe, chroma["tmp"] / "chroma-aio.safetensors", prefix="model.diffusion_model.",
+                            extra=extra)  # fmt: skip
+    arch = detect_model(path)
+    assert arch.dit.components == ("transformer", "t5xxl", "vae") and not arch.dit.needs_components
+    request = chroma_request(path, chroma)  # no --text-encoders
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_chroma(chroma["folder"]), request))
