@@ -151,6 +151,7 @@ class MainWindow(QMainWindow):
         self.result_strip.result_chosen.connect(self._show_result)
         self._reads.families_listed.connect(self.families_listed)
         self._reads.families_listed.connect(self.parameter_panel.set_families)
+        self._reads.component_models_listed.connect(self.parameter_panel.set_component_models)
         self._reads.models_listed.connect(self._on_models_listed)
         self._reads.demo_model_found.connect(self._on_demo_model_found)
         self.parameters.field_changed.connect(self._on_parameter_changed)

@@ -45,6 +45,9 @@ class Parameters:
     seed_resize_from_h: int = 0
     tiling: bool = False
     vae: str = ""  # a library VAE's name; "" = the model's own
+    # The diffusers folder a transformer-only model takes its text encoders and VAE from; "" = none
+    # (the request's None). Shown for such models only.
+    text_encoders: str = ""
     hires_fix: bool = False
     hires_scale: float = 2.0
     hires_resize_w: int = 0
@@ -62,7 +65,8 @@ class Parameters:
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:
-        return cls(**{name: getattr(request, name) for name in PARAMETER_FIELDS})
+        values = {name: getattr(request, name) for name in PARAMETER_FIELDS}
+        return cls(**values | {"text_encoders": request.text_encoders or ""})
 
 
 PARAMETER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Parameters))
@@ -71,6 +75,7 @@ PARAMETER_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fi
 def build_request(parameters: Parameters, prompt: str, negative_prompt: str = "") -> GenerationRequest:
     """The request these settings describe, not yet validated (the controller validates)."""
     values = {name: getattr(parameters, name) for name in PARAMETER_FIELDS}
+    values["text_encoders"] = parameters.text_encoders or None
     return GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, **values)
 
 

@@ -47,6 +47,7 @@ from desktop.engine.request import (
 from desktop.ui.control_list import ControlListWidget
 from desktop.ui.lora_list import LoraListWidget
 from desktop.ui.parameter_model import ParameterModel, Parameters
+from desktop.ui.text_encoder_row import TextEncoderRow
 from desktop.ui.translation import translate
 
 _EXTRA_FIELDS = ("subseed", "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling")
@@ -172,6 +173,7 @@ class ParameterPanel(QWidget):
         self._native_sizes: dict[str, int] = {}
         self._sized_for = ""  # the model whose native size the size fields were last set for
         self._families: dict[str, str] = {}  # model name -> family ("sd1", "flux-dev", ...)
+        self._component_models: frozenset[str] = frozenset()  # transformer-only files: need text encoders
         self._create_model_widgets()
         self._create_sampling_widgets()
         self._create_size_widgets()
@@ -246,6 +248,10 @@ class ParameterPanel(QWidget):
         self.refiner_label = QLabel(self.tr("Refi&ner"), objectName="refiner_label")
         self.refiner_label.setBuddy(self.refiner_combo)
         self.refiner_row = _row(self.refiner_combo, QLabel(self.tr("switch at")), self.refiner_switch_spin)
+        self.text_encoders_row = TextEncoderRow()
+        self.text_encoders_edit = self.text_encoders_row.edit
+        self.text_encoders_label = QLabel(self.tr("&Text encoders"), objectName="text_encoders_label")
+        self.text_encoders_label.setBuddy(self.text_encoders_edit)
 
         self.seed_spin = SeedEdit("seed_spin")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
@@ -432,6 +438,7 @@ class ParameterPanel(QWidget):
         form.addRow(self.distilled_cfg_label, self.distilled_cfg_spin)
         form.addRow(self.tr("Few-ste&p"), self.few_step_combo)
         form.addRow(self.refiner_label, self.refiner_row)
+        form.addRow(self.text_encoders_label, self.text_encoders_row)
         self._show_family_rows()
         form.addRow(self.tr("S&eed"), _row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
         form.addRow(self.tr("&Width"), _row(self.width_spin, self.swap_size_button))
@@ -498,6 +505,8 @@ class ParameterPanel(QWidget):
             "seed_resize_from_h": _spin_binding(self.resize_h_spin),
             "tiling": _Binding(self.tiling_check, self.tiling_check.isChecked, self.tiling_check.setChecked,
                                self.tiling_check.toggled),
+            "text_encoders": _Binding(self.text_encoders_edit, self.text_encoders_edit.text,
+                                      self.text_encoders_edit.setText, self.text_encoders_edit.textChanged),
             "vae": _Binding(self.vae_combo, self.selected_vae, self._show_vae, self.vae_combo.currentIndexChanged),
             **self._hires_bindings(),
         }
@@ -665,6 +674,11 @@ class ParameterPanel(QWidget):
         self._families = dict(families)
         self._show_family_rows()
 
+    def set_component_models(self, names: frozenset[str]) -> None:
+        """The models that hold a transformer only (`needs_components`): the Text encoders row shows for them."""
+        self._component_models = frozenset(names)
+        self._show_family_rows()
+
     def _show_family_rows(self) -> None:
         flux_dev = self._families.get(self.selected_model()) == "flux-dev"
         self.distilled_cfg_label.setVisible(flux_dev)
@@ -672,6 +686,9 @@ class ParameterPanel(QWidget):
         sdxl = self._families.get(self.selected_model(), "").startswith("sdxl")
         self.refiner_label.setVisible(sdxl)
         self.refiner_row.setVisible(sdxl)
+        needs = self.selected_model() in self._component_models
+        self.text_encoders_label.setVisible(needs)
+        self.text_encoders_row.setVisible(needs)
 
     def _show_refiner(self, name: str) -> None:
         if self.refiner_combo.findData(name) < 0:  # a recipe's refiner not in the folder stays visible

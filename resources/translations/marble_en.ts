@@ -1275,6 +1275,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>&amp;Text encoders</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Random seed for every job</source>
         <translation type="unfinished"></translation>
     </message>
@@ -2062,6 +2066,25 @@ Negative: {negative}</source>
     <name>SideSpinBox</name>
     <message>
         <source> px</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>TextEncoderRow</name>
+    <message>
+        <source>A diffusers folder of the same family</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Choose the folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Text encoders and VAE folder</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

@@ -181,3 +181,24 @@ def test_sd3_folder_is_detected_and_matches_bare_diffusers(paths, tmp_path):
 def test_distilled_cfg_is_checked():
     with pytest.raises(InvalidRequest, match="Distilled CFG scale"):
         request_for("m", distilled_cfg_scale=-1.0)
+
+
+def test_flux_all_in_one_file_uses_its_own_text_encoders_and_vae(paths, flux):
+    from tests.support.tiny_dit import save_all_in_one
+
+    path = save_all_in_one(flux["pipe"], flux["tmp"] / "flux-aio.safetensors")
+    arch = detect_model(path)
+    assert arch.dit.components == ("transformer", "clip_l", "t5xxl", "vae") and not arch.dit.needs_components
+    request = flux_request(path, flux)  # no --text-encoders
+    batch, _ = run(make_backend(paths), request)
+    expected = bare_image(bare_flux(flux["folder"]), request, guidance_scale=3.5, max_sequence_length=512)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+
+
+def test_flux_file_with_clip_but_no_t5_still_needs_a_text_encoder_folder(paths, flux):
+    from tests.support.tiny_dit import save_all_in_one
+
+    path = save_all_in_one(flux["pipe"], flux["tmp"] / "flux-clip-only.safetensors", encoders=("clip_l",))
+    assert detect_model(path).dit.needs_components
+    with pytest.raises(ModelError, match=r"flux-clip-only\.safetensors holds the Flux.1 dev transformer only"):
+        run(make_backend(paths), flux_request(path, flux))

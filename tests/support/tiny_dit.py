@@ -168,6 +168,8 @@ def flux_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         move(d + "modulation.lin", s + "norm.linear")
         move(d + "linear2", s + "proj_out")
     for suffix in ("weight", "bias"):
+        if f"norm_out.linear.{suffix}" not in state:
+            continue  # Chroma: no final modulation weights
         scale, shift = state.pop(f"norm_out.linear.{suffix}").chunk(2)
         out[f"final_layer.adaLN_modulation.1.{suffix}"] = torch.cat([shift, scale])
     assert not state, sorted(state)
@@ -204,4 +206,22 @@ def save_gguf(
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def save_all_in_one(pipe: FluxPipeline, path: Path, encoders: tuple[str, ...] = ("clip_l", "t5xxl")) -> Path:
+    """A ComfyUI all-in-one Flux checkpoint: the BFL transformer under `model.diffusion_model.`, CLIP-L under
+    `text_encoders.clip_l.transformer.`, T5 under `text_encoders.t5xxl.transformer.` and the VAE in LDM
+    names under `vae.` (the names diffusers' single-file loader reads)."""
+    from tests.support.tiny_models import clip_to_ldm, vae_to_ldm
+
+    state = {"model.diffusion_model." + k: v for k, v in flux_to_bfl(pipe.transformer.state_dict()).items()}
+    if "clip_l" in encoders:
+        state |= clip_to_ldm(pipe.text_encoder.state_dict(), "text_encoders.clip_l.transformer.")
+    if "t5xxl" in encoders:
+        state |= {"text_encoders.t5xxl.transformer." + k: v for k, v in pipe.text_encoder_2.state_dict().items()}
+    vae = vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
+    state |= {"vae." + k.removeprefix("first_stage_model."): v for k, v in vae.items()}
+    # Tied tensors (T5's shared embedding) are saved as copies, as the real files hold them.
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
     return path

@@ -42,3 +42,42 @@ def test_distilled_cfg_row_follows_the_models_family(qtbot, tmp_path: Path) -> N
         assert panel.cfg_spin.value() == 1.0
     finally:
         close_window(window, controller)
+
+
+def transformer_only_file(models: Path, name: str) -> Path:
+    """A Flux.1 transformer-only file in BFL names as the scan sees it (headers only; never loaded)."""
+    import torch
+    from safetensors.torch import save_file
+
+    names = ("img_in.weight", "txt_in.weight", "final_layer.linear.weight", "time_in.in_layer.weight",
+             "double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight")  # fmt: skip
+    path = models / f"{name}.safetensors"
+    save_file({key: torch.zeros(2, 2) for key in names}, str(path))
+    return path
+
+
+def test_text_encoders_row_shows_for_a_transformer_only_file_and_is_kept(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    models = AppPaths.for_root(home).ensure().models
+    flux_folder(models, "zz-flux-dev", dev=True)
+    transformer_only_file(models, "zz-flux-transformer")
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux-transformer") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux-transformer")
+        qtbot.waitUntil(lambda: panel.text_encoders_edit.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        panel.text_encoders_edit.setText(str(models / "zz-flux-dev"))
+        assert window.parameters.request("a fox").text_encoders == str(models / "zz-flux-dev")
+        pick(panel.model_combo, "zz-flux-dev")  # a whole diffusers folder: nothing to choose
+        assert not panel.text_encoders_edit.isVisibleTo(panel)
+        pick(panel.model_combo, "zz-flux-transformer")
+    finally:
+        close_window(window, controller)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2), model="zz-flux-transformer")
+    try:
+        qtbot.wait(50)
+        assert window.parameters.parameters.text_encoders == str(models / "zz-flux-dev")
+        assert window.parameter_panel.text_encoders_edit.text() == str(models / "zz-flux-dev")
+    finally:
+        close_window(window, controller)

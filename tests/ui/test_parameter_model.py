@@ -41,6 +41,7 @@ CHANGED = Parameters(
     seed_resize_from_h=640,
     tiling=True,
     vae="crisp-vae",
+    text_encoders="/models/flux-dev",
     hires_fix=True,
     hires_scale=1.5,
     hires_resize_w=1024,
@@ -57,10 +58,10 @@ CHANGED = Parameters(
     refiner_switch_at=0.65,
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
-# one the panel does not offer yet (Flux's separate text encoders: command line only so far).
+# config folder (command line only).
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
-    "padding", "resize_mode", "text_encoders", "inpaint_fill",
+    "padding", "resize_mode", "inpaint_fill",
     # The Upscale dialog's (history and canvas), not the panel's.
     "upscale_by", "upscale_upscaler", "upscale_tile", "sd_upscale", "sd_upscale_tile", "sd_upscale_overlap",
 }
@@ -102,6 +103,7 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "seed_resize_from_h": panel.resize_h_spin.value,
         "tiling": panel.tiling_check.isChecked,
         "vae": lambda: _combo_data(panel.vae_combo),
+        "text_encoders": panel.text_encoders_edit.text,
         "hires_fix": panel.hires_check.isChecked,
         "hires_scale": panel.hires_scale_spin.value,
         "hires_resize_w": panel.hires_resize_w_spin.value,
@@ -163,6 +165,7 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
         panel.lora_list.add_row(ref.name, ref.weight)
     panel.set_vae_names([target.vae])
     _select(panel.vae_combo, target.vae)
+    panel.text_encoders_edit.setText(target.text_encoders)
     panel.hires_check.setChecked(target.hires_fix)
     panel.hires_scale_spin.setValue(target.hires_scale)
     panel.hires_resize_w_spin.setValue(target.hires_resize_w)
@@ -314,3 +317,17 @@ def test_distilled_cfg_shows_for_flux_dev_only_and_schnell_brings_its_few_steps(
     assert (panel.model.value("steps"), panel.model.value("cfg_scale")) == (30, 7.5)
     panel.model.update(model="dev")  # a recipe choosing the model shows the row too
     assert panel.distilled_cfg_spin.isVisibleTo(panel)
+
+
+def test_text_encoders_row_shows_for_transformer_only_models_and_empty_means_none(panel: ParameterPanel) -> None:
+    panel.set_models(["sd-model", "flux-transformer"], "/models")
+    panel.set_component_models(frozenset({"flux-transformer"}))
+    _select(panel.model_combo, "sd-model")
+    assert panel.text_encoders_row.isHidden()
+    _select(panel.model_combo, "flux-transformer")
+    assert not panel.text_encoders_row.isHidden() and not panel.text_encoders_label.isHidden()
+    # No folder chosen: the request carries None, as the command line without --text-encoders.
+    assert panel.model.request("p").text_encoders is None
+    panel.text_encoders_edit.setText("/models/flux-dev")
+    assert panel.model.request("p").text_encoders == "/models/flux-dev"
+    assert Parameters.from_request(GenerationRequest(prompt="p", model="m", text_encoders=None)).text_encoders == ""

@@ -74,6 +74,7 @@ TRANSLATED_MODULES = [
     "desktop.ui.canvas.mask_layer",
     "desktop.ui.canvas.picture_view",
     "desktop.ui.lora_list",
+    "desktop.ui.text_encoder_row",
     "desktop.ui.session_memory",
     "desktop.ui.background_reads",
     "desktop.ui.theme",

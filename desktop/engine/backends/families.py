@@ -22,9 +22,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
+from desktop.engine.backends.fp8_storage import keep_fp8
 from desktop.engine.errors import ModelError
+from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
 from desktop.engine.request import GenerationRequest
@@ -48,6 +51,8 @@ def pipeline_class(family: str) -> Any:
         return diffusers.FluxPipeline
     if family in ("sd3", "sd3.5"):
         return diffusers.StableDiffusion3Pipeline
+    if family == "chroma":
+        return chroma.pipeline_class()
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
@@ -97,6 +102,8 @@ def transformer_class(family: str) -> Any:
 
     if family in qwen_zimage.FAMILIES:
         return qwen_zimage.transformer_class(family)
+    if family == "chroma":
+        return chroma.transformer_class()
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -139,25 +146,35 @@ def load_pipeline(
     """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline."""
     info = arch.dit
     assert info is not None
+    if info.family == dit_flux2.FLUX2:
+        raise dit_flux2.not_supported(name, info.label)
     cls = pipeline_class("flux-fill" if info.fill else info.family)
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
     if path.is_dir():
         return _from_pretrained(cls, path, name, dtype, resources, info.family)
     config = config_folder or _config_folder(resources, arch, name)
+    if info.family == "chroma" and text_encoders is not None:
+        chroma.check_components(text_encoders, name=name)  # before the slow transformer load
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    if info.family == "chroma" and text_encoders is not None:
+        tokenizer = shipped_tokenizers(resources, config, info.family)["tokenizer"]
+        return chroma.assemble(
+            text_encoders, name=name, dtype=dtype, shipped=config, tokenizer=tokenizer, transformer=transformer
+        )
     if text_encoders is not None:
         if not (text_encoders / "model_index.json").is_file():
             raise ModelError(
                 f"The text-encoder folder {text_encoders} is not a diffusers model folder (no model_index.json)."
             )
         return _from_pretrained(cls, text_encoders, name, dtype, resources, info.family, transformer=transformer)
-    if info.family != "flux" and not info.needs_components:
-        # An SAI all-in-one file: diffusers converts its text encoders and VAE too.
+    if not info.needs_components:
+        # An all-in-one file (SAI's, or ComfyUI's with `text_encoders.*` and `vae.*`): diffusers converts
+        # its text encoders and VAE too; the transformer was converted above.
         import diffusers
 
         try:
-            return cls.from_single_file(
+            pipe = cls.from_single_file(
                 str(path), config=str(config), local_files_only=True, dtype=dtype, transformer=transformer,
                 **shipped_tokenizers(resources, config, info.family),
             )  # fmt: skip
@@ -169,6 +186,12 @@ def load_pipeline(
             diffusers.loaders.single_file_utils.SingleFileComponentError,
         ) as error:
             raise ModelError(f"{name}: could not load its text encoders and VAE ({_short(error)}).") from error
+        # diffusers builds a T5 found in a single file in training mode: its dropout would make every
+        # prompt encode differently. Inference mode for every component, as from_pretrained leaves them.
+        for component in pipe.components.values():
+            if hasattr(component, "eval"):
+                component.eval()
+        return pipe
     raise ModelError(
         f"{name} holds the {info.label} transformer only ({', '.join(info.components)}): choose the text "
         "encoders and VAE to use with it, a diffusers folder of the same family (--text-encoders FOLDER)."
@@ -211,7 +234,12 @@ def _config_folder(resources: Resources, arch: ArchitectureInfo, name: str) -> P
 
 
 def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtype: Any) -> Any:
-    """The transformer of a single file (safetensors or GGUF, any layout) as a diffusers model."""
+    """The transformer of a single file (safetensors or GGUF, any layout) as a diffusers model; an fp8
+    file's stays stored in fp8 (fp8_storage.py)."""
+    return keep_fp8(_load_transformer(path, info, config, name=name, dtype=dtype), info, dtype)
+
+
+def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtype: Any) -> Any:
     import diffusers
 
     expected = json.loads((config / "transformer" / "config.json").read_text(encoding="utf-8"))
@@ -225,7 +253,7 @@ def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtyp
             "(pass its diffusers config folder)."
         )
     single = expected.get("num_single_layers")
-    if info.family == "flux" and isinstance(single, int) and info.blocks[1] != single:
+    if info.family in ("flux", "chroma") and isinstance(single, int) and info.blocks[1] != single:
         raise ModelError(
             f"{name} has {info.blocks[1]} single blocks but the {info.label} configuration has {single}: the "
             "file is incomplete, or a variant with other dimensions (pass its diffusers config folder)."
@@ -237,11 +265,12 @@ def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtyp
         kwargs["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
     cls = transformer_class(info.family)
     try:
-        if info.family == "flux":
+        if info.family in ("flux", "chroma"):
             # diffusers' own BFL conversion assumes FLUX.1's 3072 width; convert here from the tensors.
             state = _read_state(path, gguf)
             if info.layout == "bfl":
-                state = convert_flux_bfl(state)
+                guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
+                state = convert_flux_bfl(state) | guidance
             return cls.from_single_file(state, **kwargs)
         if info.family in qwen_zimage.FAMILIES:
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
@@ -329,6 +358,8 @@ def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
         pair(src + "linear2", dst + "proj_out")
     pair("final_layer.linear", "proj_out")
     for suffix in ("weight", "bias"):
+        if f"final_layer.adaLN_modulation.1.{suffix}" not in state:
+            continue  # Chroma: its final norm takes its modulation from the distilled-guidance network
         # BFL's final modulation is (shift, scale); diffusers' AdaLayerNormContinuous wants (scale, shift).
         shift, scale = take(f"final_layer.adaLN_modulation.1.{suffix}").chunk(2, dim=0)
         out[f"norm_out.linear.{suffix}"] = torch.cat([scale, shift], dim=0)
@@ -342,6 +373,8 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
     distilled guidance beside true CFG, a negative prompt only where the family uses one."""
     if info.family in qwen_zimage.FAMILIES:
         return qwen_zimage.generation_arguments(request, info)
+    if info.family == "chroma":
+        return chroma.generation_arguments(request)
     negative = request.negative_prompt or None
     if info.family == "flux":
         arguments: dict[str, Any] = {
@@ -379,7 +412,9 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
     computed = sum(p.numel() for p in transformer.parameters()) * pipe.vae.dtype.itemsize
     return DitSizes(
         transformer=stored if info.quantization else computed, transformer_blocks=blocks,
-        encoders=tuple(e for e in encoders if e), vae=weight(pipe.vae), fp8_possible=info.quantization is None,
+        encoders=tuple(e for e in encoders if e), vae=weight(pipe.vae),
+        # GGUF is quantised already, and an fp8 file keeps its fp8 storage: casting again would stack.
+        fp8_possible=info.quantization is None and info.fp8_storage is None,
     )  # fmt: skip
 
 

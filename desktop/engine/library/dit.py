@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_qwen_zimage
+from desktop.engine.library import dit_flux2, dit_qwen_zimage
 
 StrPath = str | os.PathLike[str]
 
@@ -37,6 +37,7 @@ DIT_CONFIGS = {
     ("sd3", "medium"): "sd3-medium",
     ("sd3.5", "medium"): "sd3.5-medium",
     ("sd3.5", "large"): "sd3.5-large",
+    ("chroma", ""): "chroma",
     **dit_qwen_zimage.CONFIGS,
 }
 DIT_LABELS = {
@@ -45,7 +46,14 @@ DIT_LABELS = {
     "sd3.5": "SD3.5",
     "chroma": "Chroma",
     **dit_qwen_zimage.LABELS,
+    **dit_flux2.LABELS,
 }
+# What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
+# (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
+SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae")}
+# fp8 safetensors transformers (safetensors' dtype names): the torch storage dtype they keep while
+# loaded (layer-wise casting computes each layer in bf16/fp32) and how library rows name them.
+FP8_STORAGE = {"F8_E4M3": ("float8_e4m3fn", "fp8 e4m3fn"), "F8_E5M2": ("float8_e5m2", "fp8 e5m2")}
 # SD3.5 large has 38 joint blocks of width 2432; medium (3 and 3.5) 24 of width 1536.
 _SD3_LARGE_DEPTH = 38
 
@@ -81,9 +89,14 @@ class DitInfo:
         return f"{name} ({self.quantization})" if self.quantization else name
 
     @property
+    def fp8_storage(self) -> str | None:
+        """torch's name of the float8 type a fp8 safetensors transformer stays stored in, else None."""
+        return FP8_STORAGE[self.dtype][0] if self.quantization is None and self.dtype in FP8_STORAGE else None
+
+    @property
     def needs_components(self) -> bool:
         """Whether text encoders and a VAE must come from elsewhere (a transformer-only file)."""
-        return "vae" not in self.components or "clip_l" not in self.components
+        return not set(SELF_CONTAINED.get(self.family, ("clip_l", "vae"))) <= set(self.components)
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ class TensorShape:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        if dit_qwen_zimage.is_marker(bare):
+        if dit_qwen_zimage.is_marker(bare) or dit_flux2.is_marker(bare):
             return True
         if bare.startswith(
             ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
@@ -125,7 +138,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
         components.append("vae")
     blocks = _block_indices(model)
-    other = dit_qwen_zimage.detect(model, name)
+    other = dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -173,6 +186,11 @@ def is_fill_shape(model: Mapping[str, TensorShape]) -> bool:
 
 def is_fill_channels(in_channels: object, out_channels: object) -> bool:
     return isinstance(in_channels, int) and isinstance(out_channels, int) and in_channels > 2 * out_channels
+
+
+def shown_dtype(dtype: str | None) -> str | None:
+    """A weight type as library rows show it: "fp8 e4m3fn" for safetensors' F8_E4M3, others as stored."""
+    return FP8_STORAGE[dtype][1] if dtype in FP8_STORAGE else dtype
 
 
 def _block_indices(model: Mapping[str, TensorShape]) -> dict[str, set[int]]:
@@ -312,6 +330,7 @@ _PIPELINES = {
     "StableDiffusion3Pipeline": "sd3",
     "ChromaPipeline": "chroma",
     **dit_qwen_zimage.PIPELINES,
+    **dit_flux2.PIPELINES,
 }
 
 
@@ -326,6 +345,8 @@ def detect_dit_folder(
     family = _PIPELINES[class_name]
     if dit_qwen_zimage.folder_family(class_name) is not None:
         return family, ""
+    if family == dit_flux2.FLUX2:
+        return family, dit_flux2.folder_variant(transformer)
     if family == "flux":
         if transformer.get("_class_name") == "ChromaTransformer2DModel":
             return "chroma", ""

@@ -38,6 +38,7 @@ from desktop.engine.library.checkpoint import (
     sniff_file_type,
 )
 from desktop.engine.library.control import inspect_control
+from desktop.engine.library.dit import shown_dtype
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.upscaler import inspect_upscaler
 from desktop.engine.library.vae import inspect_vae
@@ -96,7 +97,7 @@ class LibraryRecord:
     def shown_architecture(self) -> str:
         """The architecture as lists show it, with the demo model marked and a DiT's size and weight type."""
         shown = f"{self.architecture} (Marble demo)" if self.demo else self.architecture
-        details = [part for part in (describe_parameters(self.parameters), self.dtype) if part]
+        details = [part for part in (describe_parameters(self.parameters), shown_dtype(self.dtype)) if part]
         return f"{shown}, {', '.join(details)}" if details and self.family not in ("sd1", "sd2", "sdxl") else shown
 
     @property
@@ -105,7 +106,7 @@ class LibraryRecord:
         if self.layout is None:
             return []
         return [
-            ("parameters", describe_parameters(self.parameters) or "-"), ("dtype", self.dtype or "-"),
+            ("parameters", describe_parameters(self.parameters) or "-"), ("dtype", shown_dtype(self.dtype) or "-"),
             ("layout", self.layout), ("contains", ", ".join(self.components or ()) or "-"),
         ]  # fmt: skip
 

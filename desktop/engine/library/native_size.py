@@ -128,3 +128,15 @@ def _json(file: Path) -> dict:
     if not isinstance(data, dict):
         raise ValueError(f"{file} is not a JSON object")
     return data
+
+
+def needs_components(path: Path) -> bool:
+    """Whether `path` is a transformer-only DiT file whose text encoders and VAE come from a folder the
+    user names (the window's "Text encoders" row); False for folders, UNet checkpoints and unreadable files."""
+    try:
+        if path.is_dir():
+            return False
+        dit = detect_model(path).dit
+        return dit is not None and dit.needs_components
+    except (MarbleError, OSError, ValueError):
+        return False

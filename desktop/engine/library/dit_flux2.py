@@ -1,0 +1,77 @@
+"""Flux.2 (Black Forest Labs' second generation: dev, and the smaller Klein models) told apart from its
+tensors. Detected so the library names it and a job says clearly that Marble does not run it yet,
+instead of mistaking it for Flux.1 (both have `double_blocks`/`single_blocks`) or calling it unknown.
+
+Flux.2 shares its modulation across blocks (`double_stream_modulation_img`, `single_stream_modulation`)
+where Flux.1 has one per block, and its text embedding is several stacked LLM layers: its width tells
+the text encoder and so the model (dev: Mistral Small 3.1, 3 x 5120; Klein 4B: Qwen3-4B, 3 x 2560;
+Klein 9B: Qwen3-8B, 3 x 4096). Headers only; no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from desktop.engine.errors import ModelError
+
+FLUX2 = "flux2"
+LABELS = {FLUX2: "Flux.2"}
+PIPELINES = {"Flux2Pipeline": FLUX2, "Flux2KleinPipeline": FLUX2}
+# The text embedding's width (txt_in / context_embedder input) -> the variant.
+_VARIANTS = {15360: "dev", 7680: "klein 4b", 12288: "klein 9b"}
+_NEEDED = {
+    "bfl": ("img_in.weight", "txt_in.weight", "final_layer.linear.weight", "time_in.in_layer.weight"),
+    "diffusers": ("x_embedder.weight", "context_embedder.weight", "proj_out.weight",
+                  "time_guidance_embed.timestep_embedder.linear_1.weight"),
+}  # fmt: skip
+_BLOCKS = {"bfl": ("double_blocks", "single_blocks"), "diffusers": ("transformer_blocks", "single_transformer_blocks")}
+_BLOCK = re.compile(r"^(double_blocks|single_blocks|transformer_blocks|single_transformer_blocks)\.(\d+)\.")
+
+
+def is_marker(bare_name: str) -> bool:
+    """Whether one tensor name (ComfyUI prefix removed) belongs only to Flux.2."""
+    return bare_name.startswith(("single_stream_modulation.", "double_stream_modulation_img."))
+
+
+def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[int, int]] | None:
+    """(family, variant, layout, (double, single) blocks) of a Flux.2 transformer whose tensors (prefix
+    removed) are `model`, each with a `.shape`; None when it is not Flux.2. ModelError naming `name` when
+    it is Flux.2 but damaged."""
+    if not any(is_marker(key) for key in model):
+        return None
+    layout = "diffusers" if "single_stream_modulation.linear.weight" in model else "bfl"
+    for tensor in _NEEDED[layout]:
+        if tensor not in model:
+            raise ModelError(f"{name} looks like Flux.2 but {tensor} is missing: the file is damaged or incomplete.")
+    text = model["txt_in.weight" if layout == "bfl" else "context_embedder.weight"].shape
+    variant = _VARIANTS.get(int(text[-1]), "") if len(text) == 2 else ""
+    found: dict[str, set[int]] = {}
+    for key in model:
+        match = _BLOCK.match(key)
+        if match:
+            found.setdefault(match.group(1), set()).add(int(match.group(2)))
+    counts = []
+    for kind in _BLOCKS[layout]:
+        present = found.get(kind, set())
+        missing = sorted(set(range(max(present, default=-1) + 1)) - present)
+        if not present or missing:
+            first = f"{kind}.{missing[0]}" if missing else kind
+            raise ModelError(f"{name} looks like Flux.2 but {first} is missing: the file is damaged or incomplete.")
+        counts.append(len(present))
+    return FLUX2, variant, layout, (counts[0], counts[1])
+
+
+def folder_variant(transformer: Mapping[str, object]) -> str:
+    """The variant of a Flux.2 diffusers folder from its transformer/config.json."""
+    width = transformer.get("joint_attention_dim")
+    return _VARIANTS.get(width, "") if isinstance(width, int) else ""
+
+
+def not_supported(name: str, label: str) -> ModelError:
+    """The clear refusal a job gets for a Flux.2 model."""
+    return ModelError(
+        f"{name} is a {label} model: Marble recognises Flux.2 but does not run it yet (its Mistral / Qwen3 "
+        "text encoders and new VAE are not wired in). Use a Flux.1, Chroma, SD3.5, Qwen-Image or Z-Image model."
+    )
