@@ -60,6 +60,7 @@ from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends import families  # noqa: E402
 from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E402
 from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
@@ -265,6 +266,8 @@ class DiffusersBackend:
         _expose_text_model(pipe)
         self._dit = arch.dit
         if request.fast_mode and arch.dit is None:
+            # Before the first compile: a restarted app then finds the kernels it built last time.
+            use_compile_cache(self._paths.compile_cache)
             _make_fast(pipe)
             self._notes.append(
                 "Fast mode: the first image compiles the UNet, which takes a while; later ones run faster."
