@@ -226,6 +226,8 @@ class DiffusersBackend:
         self._memory_mode = "full"
         # Image-to-image and inpainting pipelines made from the loaded one with from_pipe: same weights.
         self._pipes: dict[str, Any] = {}
+        # The shapes fast mode's compiled UNet has run at: a new one compiles (dynamo recompiles per shape).
+        self._compiled_shapes: set[tuple[Any, ...]] = set()
         # Progress comes from our step callback; loaders' tqdm bars would only litter stderr.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
@@ -269,6 +271,7 @@ class DiffusersBackend:
             # Before the first compile: a restarted app then finds the kernels it built last time.
             use_compile_cache(self._paths.compile_cache)
             _make_fast(pipe)
+            self._compiled_shapes = set()
             self._notes.append(
                 "Fast mode: the first image compiles the UNet, which takes a while; later ones run faster."
             )
@@ -509,6 +512,10 @@ class DiffusersBackend:
         if request.refiner and (self._family != "sdxl" or plan is not None):
             raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
         refiner_used = self._refiners.used(request)
+        shape = (request.mode, request.width, request.height, request.batch_size, request.cfg_scale > 1)
+        if _is_compiled(self._pipe.unet) and shape not in self._compiled_shapes:
+            # The first step waits for the compile: say so, rather than leave the step counter standing.
+            on_step(StepInfo(0, request.steps, batch_index, None, compiling=True))
         run = functools.partial(
             self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel, control
         )
@@ -538,6 +545,8 @@ class DiffusersBackend:
             )
         if result is None:
             raise Cancelled("Cancelled.")
+        if _is_compiled(self._pipe.unet):
+            self._compiled_shapes.add(shape)
         first = lora_plan.notes if batch_index == 0 else ()
         notes = (*run_notes, *first)
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
