@@ -22,6 +22,7 @@ from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, c
 from desktop.engine.edit_inputs import inputs_folder, request_size, step_words
 from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError, StorageError
 from desktop.engine.events import (
+    COMPILING_TEXT,
     Event,
     ImageSaved,
     ImageUnsaved,
@@ -30,6 +31,7 @@ from desktop.engine.events import (
     JobFinished,
     JobStarted,
     JobWarning,
+    ModelCompiling,
     ModelLoaded,
     ModelLoading,
     PreviewReady,
@@ -711,6 +713,8 @@ def _json_record(event: Event) -> dict[str, Any] | None:
             return {"event": "loading", "model": model}
         case ModelLoaded(model=model, seconds=seconds, reused=reused):
             return {"event": "loaded", "model": model, "seconds": round(seconds, 3), "reused": reused}
+        case ModelCompiling(model=model):
+            return {"event": "compiling", "model": model}
         case StepProgress(step=step, total=total, batch_index=batch, batch_count=batches):
             return {"event": "step", "step": step, "total": total, "batch": batch, "batches": batches}
         case ImageSaved(path=path, seed=seed, index=index):
@@ -741,6 +745,8 @@ class _TextReporter:
             case ModelLoaded(model=model, seconds=seconds, reused=reused):
                 if not reused:
                     self._say(f"Loaded {model} in {seconds:.1f} s")
+            case ModelCompiling():
+                self._say(COMPILING_TEXT)
             case JobStarted(request=request):
                 self._request = request
             case StepProgress(step=step, total=total, batch_index=batch, batch_count=batches):

@@ -20,6 +20,7 @@ from desktop.engine.events import (
     JobFinished,
     JobStarted,
     JobWarning,
+    ModelCompiling,
     ModelLoaded,
     ModelLoading,
     PreviewReady,
@@ -36,6 +37,7 @@ _SIGNAL_FOR = {
     JobStarted: "job_started",
     ModelLoading: "model_loading",
     ModelLoaded: "model_loaded",
+    ModelCompiling: "model_compiling",
     StepProgress: "step_progressed",
     PreviewReady: "preview_ready",
     JobWarning: "job_warning",
@@ -51,7 +53,7 @@ class GenerationController(QObject):
     """Owns the job queue and the generation thread. Lives on the GUI thread.
 
     Signals (each carries the engine's frozen event):
-        job_started, model_loading, model_loaded, step_progressed, preview_ready, job_warning,
+        job_started, model_loading, model_loaded, model_compiling, step_progressed, preview_ready, job_warning,
         image_saved, image_unsaved, job_finished, job_failed, job_cancelled
         event_received(object): every event above, for logs and panels that want them all.
         pending_images_changed(int): how many unsaved images (disk full) are kept in memory.
@@ -62,6 +64,7 @@ class GenerationController(QObject):
     job_started = Signal(object)
     model_loading = Signal(object)
     model_loaded = Signal(object)
+    model_compiling = Signal(object)
     step_progressed = Signal(object)
     preview_ready = Signal(object)
     job_warning = Signal(object)

@@ -30,6 +30,19 @@ class ModelLoaded:
     reused: bool
 
 
+# What the CLI says for ModelCompiling (the window says the same through its translations).
+COMPILING_TEXT = "Compiling the model (first fast-mode image)…"
+
+
+@dataclass(frozen=True)
+class ModelCompiling:
+    """Fast mode is compiling the model for this job's size before its first step (minutes the first
+    time, seconds with the compile cache warm): progress shows that instead of a step counter standing still."""
+
+    job_id: str
+    model: str
+
+
 @dataclass(frozen=True)
 class StepProgress:
     """Step `step` (1-based) of `total` finished, in pipeline call `batch_index` of the job."""
@@ -108,6 +121,7 @@ Event = (
     JobStarted
     | ModelLoading
     | ModelLoaded
+    | ModelCompiling
     | StepProgress
     | PreviewReady
     | JobWarning

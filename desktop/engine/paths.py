@@ -78,6 +78,11 @@ class AppPaths:
         """Diffusers folders converted from single-file checkpoints, reused on later loads."""
         return self.cache / "converted"
 
+    @property
+    def compile_cache(self) -> Path:
+        """Fast mode's compiled kernels (torch.compile's inductor and Triton caches), reused after a restart."""
+        return self.cache / "compile_cache"
+
     @classmethod
     def for_root(cls, root: Path | str) -> AppPaths:
         """Everything under one folder: portable installs, `--home`, tests."""

@@ -27,6 +27,7 @@ from desktop.engine.events import (
     JobFinished,
     JobStarted,
     JobWarning,
+    ModelCompiling,
     ModelLoaded,
     ModelLoading,
     PreviewReady,
@@ -118,6 +119,9 @@ class JobRunner:
         edit_extra = upscale_parameters(request, self._edit_extra(request))
 
         def on_step(info: StepInfo) -> None:
+            if info.compiling:
+                emit(ModelCompiling(job.id, report.model.name))
+                return
             emit(StepProgress(job.id, info.step, info.total, info.batch_index, request.batch_count))
             if info.preview is not None:
                 emit(PreviewReady(job.id, info.step, info.total, info.preview))

@@ -15,6 +15,7 @@ from desktop.engine.events import (
     JobFinished,
     JobStarted,
     JobWarning,
+    ModelCompiling,
     ModelLoaded,
     ModelLoading,
     PreviewReady,
@@ -62,6 +63,7 @@ class JobStatus(QObject):
             (controller.job_started, self._on_job_started),
             (controller.model_loading, self._on_model_loading),
             (controller.model_loaded, self._on_model_loaded),
+            (controller.model_compiling, self._on_model_compiling),
             (controller.step_progressed, self._on_step_progressed),
             (controller.preview_ready, self._on_preview_ready),
             (controller.job_warning, self._on_job_warning),
@@ -117,6 +119,12 @@ class JobStatus(QObject):
         if not event.reused:
             loaded = self.tr("Loaded {model} in {seconds:.1f} s")
             self.set_state(loaded.format(model=event.model, seconds=event.seconds))
+
+    @Slot(object)
+    def _on_model_compiling(self, event: ModelCompiling) -> None:
+        if event.job_id == self._job_id:
+            # Busy, not a step count: the first step comes when the compile is done.
+            self._queue_panel.show_waiting(self.tr("Compiling the model (first fast-mode image)…"))
 
     @Slot(object)
     def _on_step_progressed(self, event: StepProgress) -> None:

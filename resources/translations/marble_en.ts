@@ -847,6 +847,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Compiling the model (first fast-mode image)…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Saved {index}/{total}</source>
         <translation type="unfinished"></translation>
     </message>

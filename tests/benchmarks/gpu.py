@@ -27,8 +27,11 @@ from pathlib import Path
 
 import common  # noqa: F401 - sets sys.path and the offline environment first
 from gpu_dit import DIT_FAMILIES, bench_dit
+from gpu_speed import batch_throughput, first_step_after_restart, largest_batches, unet_alone
 
 SIZES = {"sd15": 512, "sdxl": 1024}
+# The sections added for issue 29 (gpu_speed.py), each skippable with --sections to fit a time budget.
+SECTIONS = ("unet", "batch8", "largest_batch", "restart")
 # SD 1.5 jobs take about a second on an H100/H200 and drifted over a run, so they get more rounds.
 ROUNDS = {"sd15": 10, "sdxl": 5}
 
@@ -114,7 +117,7 @@ def build_weights(family: str, folder: Path, setup: Setup) -> Path:
 
 
 def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, result: dict,
-                 checkpoint: Callable[[], None]) -> None:
+                 checkpoint: Callable[[], None], sections: tuple[str, ...] = SECTIONS) -> None:
     """Fills `result` section by section, calling `checkpoint` after each, so a run cut short keeps its figures."""
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -137,7 +140,11 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
     extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     prompt = "a red fox in a spacesuit, studio light"
 
+    setup.synchronize()
+    started = time.perf_counter()
     bare = cls.from_pretrained(str(folder), dtype=setup.dtype, local_files_only=True, **extra).to(setup.device)
+    setup.synchronize()
+    bare_load_seconds = time.perf_counter() - started
     bare.set_progress_bar_config(disable=True)
 
     def run_bare(n: int, write_png: bool = False) -> float:
@@ -158,12 +165,19 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
     runners = {every: JobRunner(backend, ImageWriter(paths.outputs), desktop.__version__)
                for every, backend in backends.items()}
     pictures: dict[str, str] = {}
+    last: dict[str, list] = {"events": []}  # the latest app job's events
 
-    def run_app(n: int, mode: str = "full", fast: bool = False, previews: bool = True) -> float:
+    def retried_lower() -> bool:
+        """The latest job ran out of memory in its mode and finished in the next one down."""
+        return any(type(event).__name__ == "JobWarning" and event.message.startswith("Ran out of memory")
+                   for event in last["events"])
+
+    def run_app(n: int, mode: str = "full", fast: bool = False, previews: bool = True, batch_size: int = 1) -> float:
         request = GenerationRequest(prompt=prompt, model=str(folder), steps=n, seed=1, width=size, height=size,
                                     device=setup.device, precision=setup.precision, memory_mode=mode,
-                                    fast_mode=fast)
+                                    fast_mode=fast, batch_size=batch_size)
         events: list = []
+        last["events"] = events
         setup.synchronize()
         t = time.perf_counter()
         runners[1 if previews else 0].run(Job(request), events.append)
@@ -192,6 +206,10 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
         for name, run in variants.items():
             times[name].append(run())
     normal_picture = pictures["full"]
+    if "batch8" in sections:
+        result["batch8"] = batch_throughput(bare, lambda n, batch_size: run_app(n, batch_size=batch_size),
+                                            prompt, 2 if setup.smoke else steps, size, setup)
+        checkpoint()
     bare = None  # free its memory before the memory modes are measured
     for backend in backends.values():
         backend.unload()
@@ -202,6 +220,8 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
     result |= {
         "family": family, "size": size, "steps": steps, "device": setup.device,
         "build_seconds": round(build_seconds, 1), "app_load_seconds": round(load_seconds, 1),
+        # Bare: from_pretrained + .to(device) only; the app's: its whole first 3-step job (load included).
+        "bare_load_seconds": round(bare_load_seconds, 1),
         "bare_steps_per_s": round(bare_rate, 2), "app_steps_per_s": round(app_rate, 2),
         "ratio": round(app_rate / bare_rate, 3),
         # Round by round (bare and app ran back to back), so drift over the run cancels out.
@@ -221,6 +241,9 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
     backends[1].unload()
     result["vram_by_mode"] = vram
     checkpoint()
+    if "largest_batch" in sections and not setup.smoke:
+        result["largest_batch_by_mode"] = largest_batches(run_app, family, backends[1].unload, setup, retried_lower)
+        checkpoint()
     if fast:
         setup.reset_peak()
         started = time.perf_counter()
@@ -234,6 +257,14 @@ def bench_family(family: str, steps: int, work: Path, setup: Setup, fast: bool, 
             "fast_first_job_seconds": round(compile_seconds, 1),
             "fast_pixel_difference": picture_difference(normal_picture, pictures["fast"]),
         }
+        checkpoint()
+        if "restart" in sections:
+            # The app's home kept the compiled kernels (compile_cache): a new process should reuse them.
+            result["fast_after_restart"] = first_step_after_restart(folder, work / f"home-{family}", size, setup)
+            checkpoint()
+    if "unet" in sections:
+        # After fast mode: its compiled graphs are in the compile cache the UNet alone can reuse.
+        result |= unet_alone(folder, family, setup, size, fast)
         checkpoint()
 
 
@@ -256,6 +287,8 @@ def main() -> None:
     parser.add_argument("--families", default="sd15,sdxl")
     parser.add_argument("--out", help="JSON file, rewritten after each family")
     parser.add_argument("--no-fast", action="store_true", help="skip fast mode (its compile takes minutes)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"extra sections to run, of {','.join(SECTIONS)} (default: all; '' for none)")
     parser.add_argument("--smoke", action="store_true",
                         help="check this script on the CPU: fp32, 64x64, 2 steps, no fast mode; no figures")
     args = parser.parse_args()
@@ -280,7 +313,10 @@ def main() -> None:
                 print(json.dumps(result), flush=True)
                 print(f"{family}: app/bare {result['ratio']} (target >= 0.97)", file=sys.stderr, flush=True)
                 continue
-            bench_family(family, steps, Path(work), setup, not (args.no_fast or args.smoke), result, save)
+            sections = tuple(name for name in args.sections.split(",") if name)
+            if unknown := set(sections) - set(SECTIONS):
+                raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))} (choose from {', '.join(SECTIONS)})")
+            bench_family(family, steps, Path(work), setup, not (args.no_fast or args.smoke), result, save, sections)
             print(json.dumps(result), flush=True)
             print(f"{family}: app/bare {result['ratio']} (target >= 0.97), fast/bare {result.get('fast_vs_bare')} "
                   f"(target >= 1.20), fast picture differs by {result.get('fast_pixel_difference')}",

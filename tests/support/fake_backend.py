@@ -35,6 +35,7 @@ class FakeBackend:
     block_at_step: after finishing this step, wait until `release` is set or the job is cancelled;
         `blocked` is set when it starts waiting.
     load_notes / generate_notes: become JobWarning events, as the real backend's notes do.
+    compiles: report compiling before the first step of each pipeline call, as fast mode does.
     """
 
     steps: int | None = None
@@ -46,6 +47,7 @@ class FakeBackend:
     load_notes: tuple[str, ...] = ()
     generate_notes: tuple[str, ...] = ()
     sampler_used: str = "Euler"
+    compiles: bool = False
     blocked: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     # Records, written on the worker thread and read by the test after the job's last event.
@@ -76,6 +78,8 @@ class FakeBackend:
         self.generated.append((request, batch_index))
         total = self.steps if self.steps is not None else request.steps
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
+        if self.compiles:
+            on_step(StepInfo(0, total, batch_index, None, compiling=True))
         for step in range(1, total + 1):
             if cancel.cancelled:
                 raise Cancelled("Cancelled.")

@@ -59,6 +59,9 @@ class StepInfo:
     total: int
     batch_index: int
     preview: np.ndarray | None
+    # Not a finished step: fast mode is about to compile for this size (`step` is 0); the runner turns
+    # it into a ModelCompiling event.
+    compiling: bool = False
 
 
 @dataclass(frozen=True)

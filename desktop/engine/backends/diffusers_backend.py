@@ -59,7 +59,8 @@ from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends import families  # noqa: E402
-from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.base import AdapterHash, GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E402
 from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
@@ -78,6 +79,7 @@ from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # n
 from desktop.engine.backends.masked_content import masked_latents  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
+from desktop.engine.backends.prompt_cache import PromptCache, PromptKey  # noqa: E402
 from desktop.engine.backends.refiner import Refiners  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
@@ -234,6 +236,12 @@ class DiffusersBackend:
         self._memory_mode = "full"
         # Image-to-image and inpainting pipelines made from the loaded one with from_pipe: same weights.
         self._pipes: dict[str, Any] = {}
+        # The shapes fast mode's compiled UNet has run at: a new one compiles (dynamo recompiles per shape).
+        self._compiled_shapes: set[tuple[Any, ...]] = set()
+        # The last jobs' prompt encodings (prompt_cache.py); `_loads` tells one load's from the next's.
+        self._prompts = PromptCache()
+        self._loads = 0
+        self._adapters_used: tuple[tuple[AdapterHash, ...], tuple[AdapterHash, ...]] = ((), ())
         # Progress comes from our step callback; loaders' tqdm bars would only litter stderr.
         diffusers.utils.logging.disable_progress_bar()
         transformers.utils.logging.disable_progress_bar()
@@ -274,12 +282,17 @@ class DiffusersBackend:
         _expose_text_model(pipe)
         self._dit = arch.dit
         if request.fast_mode and arch.dit is None:
+            # Before the first compile: a restarted app then finds the kernels it built last time.
+            use_compile_cache(self._paths.compile_cache)
             _make_fast(pipe)
+            self._compiled_shapes = set()
             self._notes.append(
                 "Fast mode: the first image compiles the UNet, which takes a while; later ones run faster."
             )
         self._pipe = pipe
         self._key = key
+        self._loads += 1
+        self._prompts.clear()
         self._family = arch.family
         self._inpaint_model = arch.inpaint
         self._default_scheduler = with_prediction_overrides(pipe.scheduler, arch)
@@ -488,6 +501,7 @@ class DiffusersBackend:
             self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
         )
         request = lora_plan.request
+        self._adapters_used = (lora_plan.loras, lora_plan.embeddings)
         vae = self._vaes.apply(self._pipe, request.vae, self._model.name if self._model else "the model")
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         plan = _edit_plan(request) if request.mode != "txt2img" else None
@@ -515,6 +529,10 @@ class DiffusersBackend:
         if request.refiner and (self._family != "sdxl" or plan is not None):
             raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
         refiner_used = self._refiners.used(request)
+        shape = (request.mode, request.width, request.height, request.batch_size, request.cfg_scale > 1)
+        if _is_compiled(self._pipe.unet) and shape not in self._compiled_shapes:
+            # The first step waits for the compile: say so, rather than leave the step counter standing.
+            on_step(StepInfo(0, request.steps, batch_index, None, compiling=True))
         run = functools.partial(
             self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel, control
         )
@@ -544,6 +562,8 @@ class DiffusersBackend:
             )
         if result is None:
             raise Cancelled("Cancelled.")
+        if _is_compiled(self._pipe.unet):
+            self._compiled_shapes.add(shape)
         first = lora_plan.notes if batch_index == 0 else ()
         notes = (*run_notes, *first)
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
@@ -582,6 +602,7 @@ class DiffusersBackend:
             self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
         )
         request = lora_plan.request
+        self._adapters_used = (lora_plan.loras, lora_plan.embeddings)
         vae = self._vaes.apply(self._pipe, request.vae, self._model.name if self._model else "the model")
         pipe = self._pipe_for("img2img", None)
         boxes = tile_boxes(target, request.sd_upscale_tile, request.sd_upscale_overlap)
@@ -662,6 +683,7 @@ class DiffusersBackend:
             pipe, request, model_shape(pipe, self._family), self._model.name if self._model else "", embeddings=False
         )
         request = lora_plan.request
+        self._adapters_used = (lora_plan.loras, lora_plan.embeddings)
         if batch_index == 0:
             notes.extend(lora_plan.notes)
         if request.sampler != DEFAULT_SAMPLER:
@@ -816,7 +838,7 @@ class DiffusersBackend:
         watcher = _X0Watcher(pipe.scheduler)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         try:
-            with _conditioning(pipe, request) as prompt_arguments:
+            with _conditioning(pipe, request, self._cached_prompt_arguments) as prompt_arguments:
                 return pipe(
                     **prompt_arguments,
                     num_inference_steps=request.steps,
@@ -831,6 +853,18 @@ class DiffusersBackend:
                 )
         finally:
             watcher.detach()
+
+    def _cached_prompt_arguments(self, pipe: Any, request: GenerationRequest) -> dict[str, Any]:
+        """`_prompt_arguments` as encodings, taken from the last jobs' when nothing that changes them did."""
+        key = PromptKey(
+            self._loads, tuple(id(encoder) for _, encoder in _text_encoders(pipe)), request.prompt,
+            request.negative_prompt, request.clip_skip, request.emphasis, request.loras, *self._adapters_used,
+        )
+        found = self._prompts.get(key)
+        if found is None:
+            found = _as_encodings(pipe, _prompt_arguments(pipe, request))
+            self._prompts.put(key, found)
+        return found
 
     def _hires_pass(self, request: GenerationRequest, seeds: tuple[int, ...], first: Any, progress: _Progress) -> Any:
         """A1111's second pass: the first pass's latents or images upscaled, then image-to-image at the
@@ -1355,6 +1389,23 @@ def _prompt_arguments(pipe: Any, request: GenerationRequest) -> dict[str, Any]:
     return arguments
 
 
+def _as_encodings(pipe: Any, arguments: dict[str, Any]) -> dict[str, Any]:
+    """Plain prompt texts encoded by the pipeline's own `encode_prompt`, as its call would encode them,
+    so they can be kept for the next job; the call then only repeats them per image (same numbers)."""
+    if "prompt" not in arguments or getattr(pipe, "text_encoder", None) is None or not hasattr(pipe, "encode_prompt"):
+        return arguments  # a pipeline without SD's encode_prompt (an SDXL refiner): it encodes the text itself
+    encoded = pipe.encode_prompt(
+        prompt=arguments["prompt"], device=pipe._execution_device, num_images_per_prompt=1,
+        do_classifier_free_guidance=True, negative_prompt=arguments["negative_prompt"],
+    )
+    if _is_xl(pipe):
+        embeds, negative, pooled, negative_pooled = encoded
+        return {"prompt_embeds": embeds, "negative_prompt_embeds": negative,
+                "pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
+    embeds, negative = encoded
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
+
+
 def _check_clip_skip(encoders: list[tuple[Any, Any]], clip_skip: int) -> None:
     # The panel offers A1111's 1-12 (SD's CLIP has 12 layers); a smaller text encoder has fewer.
     layers = min(encoder.config.num_hidden_layers for _, encoder in encoders)
@@ -1366,14 +1417,17 @@ def _check_clip_skip(encoders: list[tuple[Any, Any]], clip_skip: int) -> None:
 
 
 @contextlib.contextmanager
-def _conditioning(pipe: Any, request: GenerationRequest) -> Iterator[dict[str, Any]]:
+def _conditioning(
+    pipe: Any, request: GenerationRequest,
+    prompt_arguments: Callable[[Any, GenerationRequest], dict[str, Any]] | None = None,
+) -> Iterator[dict[str, Any]]:
     """The prompt arguments for one pipeline call; while it runs, a prompt that changes between steps
     (A1111's prompt editing and alternation) or has AND parts conditions each UNet call through
     hooks (`_StepConditioning`). A prompt with none of these takes `_prompt_arguments` unchanged."""
     plan = plan_prompts(request.prompt, request.negative_prompt, _steps_run(request))
     encoders = _text_encoders(pipe)
     if not encoders or (plan.is_plain and plan.positive[0].schedule.entries[0][1] == request.prompt):
-        yield _prompt_arguments(pipe, request)
+        yield (prompt_arguments or _prompt_arguments)(pipe, request)
         return
     _check_clip_skip(encoders, request.clip_skip)
     conditioning = _StepConditioning(pipe, request, plan, encoders)

@@ -1,0 +1,40 @@
+"""The window says "compiling" while fast mode compiles (issue 29): the progress bar shows it, busy,
+before the first step, instead of a step counter that stands still."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+from PySide6.QtCore import Qt
+
+if TYPE_CHECKING:
+    from conftest import Studio
+
+pytestmark = [
+    pytest.mark.qt_log_level_fail("WARNING"),
+    pytest.mark.qt_log_ignore("This plugin does not support propagateSizeHints"),
+]
+
+TIMEOUT_MS = 10_000
+
+
+def test_the_progress_bar_says_compiling_before_the_first_step(qtbot, studio: Studio) -> None:
+    studio.backend.compiles = True
+    bar = studio.window.queue_panel.progress_bar
+    seen: list[tuple[str, str, int]] = []
+    studio.controller.model_compiling.connect(lambda _event: seen.append(("compiling", bar.format(), bar.maximum())))
+    studio.controller.step_progressed.connect(lambda _event: seen.append(("step", bar.format(), bar.maximum())))
+    with qtbot.waitSignal(studio.controller.job_finished, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(studio.window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
+    assert seen[0] == ("compiling", "Compiling the model (first fast-mode image)…", 0)  # busy: range 0..0
+    assert [kind for kind, _, _ in seen[1:]] == ["step"] * studio.backend.steps
+    assert bar.value() == bar.maximum() > 0  # the steps took the bar back from busy
+
+
+def test_no_compiling_without_fast_mode(qtbot, studio: Studio) -> None:
+    compiling: list[object] = []
+    studio.controller.model_compiling.connect(compiling.append)
+    with qtbot.waitSignal(studio.controller.job_finished, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(studio.window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
+    assert compiling == []
