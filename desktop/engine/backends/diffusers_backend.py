@@ -673,13 +673,12 @@ class DiffusersBackend:
             if plan.mask is not None or self._inpaint_model:
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-        def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if cancel.cancelled:
-                raise _CancelRequested
-            on_step(StepInfo(i + 1, pipeline.num_timesteps, batch_index, None))
-            return {}
-
+        # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, 16, h, w).
+        device = self._key.device if self._key else "cpu"
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, 0)
+        watcher = _X0Watcher(pipe.scheduler)
+        width, height = (size["width"], size["height"])
+        on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
             with torch.inference_mode():
                 result = pipe(
@@ -694,6 +693,8 @@ class DiffusersBackend:
             oom = True
         else:
             oom = False
+        finally:
+            watcher.detach()  # the DiT's scheduler outlives the job: leave it unwrapped
         if oom:
             _free_memory()
             raise OutOfMemory(
@@ -962,7 +963,11 @@ class _Progress:
         self._offset += self._last_total
         self._extra = max(0, still_to_come)
 
-    def callback(self, watcher: _X0Watcher, control: ControlRun | None = None) -> Callable[..., dict[str, Any]]:
+    def callback(
+        self, watcher: _X0Watcher, control: ControlRun | None = None,
+        unpack: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Callable[..., dict[str, Any]]:
+        """`unpack`: the batch's latents as the pipeline holds them -> (B, C, H, W), for the DiTs' packed ones."""
         copies = PreviewCopies(self._device)
 
         def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -973,7 +978,8 @@ class _Progress:
             step = i + 1
             advance_control(control, step)  # the pass's own step: control ranges are fractions of it
             wanted = bool(self._every) and (step % self._every == 0 or step == total)
-            x0 = watcher.predicted_x0(tensors["latents"])[0] if wanted else None
+            x0 = watcher.predicted_x0(tensors["latents"]) if wanted else None
+            x0 = (unpack(x0) if unpack is not None else x0)[0] if x0 is not None else None
             latents = copies.step(x0, last=step == total)
             preview = latents_to_rgb(latents, self._family) if latents is not None else None
             grand_total = self._offset + total + self._extra
@@ -1071,9 +1077,20 @@ class _X0Watcher:
             return self._x0
         if self._eps is not None:
             estimate = self._from_alphas(*self._eps)
+            if estimate is None:
+                estimate = self._from_flow(self._eps[0], self._eps[2])
             if estimate is not None:
                 return estimate
         return latents
+
+    def _from_flow(self, model_output: Any, sample: Any) -> torch.Tensor | None:
+        """x0 of a flow-matching step (the DiT families): the Euler step taken all the way to sigma 0,
+        x0 = x - sigma * v, with the sigma of the step just taken (step_index moved on by one)."""
+        sigmas, index = getattr(self._scheduler, "sigmas", None), getattr(self._scheduler, "step_index", None)
+        if sigmas is None or index is None or not 0 < index <= len(sigmas):
+            return None
+        sigma = sigmas[index - 1].to(sample.device, torch.float32)
+        return sample.float() - sigma * model_output.float()
 
     def _from_alphas(self, model_output: Any, timestep: Any, sample: Any) -> torch.Tensor | None:
         """x0 from a noise (or v) prediction, for schedulers that do not report it (PLMS)."""
@@ -1198,6 +1215,17 @@ def _edit_plan(request: GenerationRequest) -> EditPlan:
     source = load_source(request.init_image)
     mask = load_mask(request.mask, source.size) if request.mask is not None else None
     return plan_edit(source, mask, request)
+
+
+def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tensor) -> torch.Tensor:
+    """A DiT pipeline's latents -> (B, C, h, w): Flux, Chroma and Qwen-Image pack 2x2 patches into tokens
+    (B, tokens, 4C), undone with the pipeline's own `_unpack_latents` at the job's pixel size; Qwen-Image's
+    are video-shaped (B, C, 1, h, w), one frame; SD3 and Z-Image hold (B, C, h, w) already."""
+    if latents.ndim == 3:
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    if latents.ndim == 5:
+        latents = latents[:, :, 0]
+    return latents
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
