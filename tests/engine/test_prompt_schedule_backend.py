@@ -96,8 +96,8 @@ def test_and_is_the_weighted_sum_of_separate_predictions(backend, tiny_sd15_dir,
     original_make = backend._make_scheduler
     guided: list = []
 
-    def make_scheduler(sampler):
-        scheduler = original_make(sampler)
+    def make_scheduler(sampler, few_step=""):
+        scheduler = original_make(sampler, few_step)
         step = scheduler.step
 
         @functools.wraps(step)

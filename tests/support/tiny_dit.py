@@ -66,12 +66,15 @@ def _jitter(module: torch.nn.Module, seed: int) -> None:
             parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
 
 
-def build_tiny_flux(variant: str = "dev", double: int = 2, single: int = 2, seed: int = 0) -> FluxPipeline:
+def build_tiny_flux(
+    variant: str = "dev", double: int = 2, single: int = 2, seed: int = 0, latent_channels: int = 4
+) -> FluxPipeline:
+    """`latent_channels`: the autoencoder's (16 as in the real Flux.1, for the preview's factor table)."""
     config = _shipped(f"flux-{variant}", "transformer/config.json")
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=double, num_single_layers=single, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        patch_size=1, in_channels=4 * latent_channels, num_layers=double, num_single_layers=single,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
         guidance_embeds=config["guidance_embeds"], axes_dims_rope=(4, 6, 6),
     )  # fmt: skip
     _jitter(transformer, seed)
@@ -80,7 +83,7 @@ def build_tiny_flux(variant: str = "dev", double: int = 2, single: int = 2, seed
     )
     parts = shipped_tokenizers(Resources.default(), CONFIGS / f"flux-{variant}", "flux")
     return FluxPipeline(
-        scheduler=scheduler, vae=_vae(4, 0.1159, 0.3611), text_encoder=_clip(False), text_encoder_2=_t5(),
+        scheduler=scheduler, vae=_vae(latent_channels, 0.1159, 0.3611), text_encoder=_clip(False), text_encoder_2=_t5(),
         transformer=transformer, **parts,
     )  # fmt: skip
 

@@ -64,7 +64,9 @@ from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E40
 from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
+from desktop.engine.backends.dit_memory import DESCRIPTIONS as DIT_DESCRIPTIONS  # noqa: E402
 from desktop.engine.backends.dit_memory import choose_dit_mode, needs_reload  # noqa: E402
+from desktop.engine.backends.dit_memory import fallback_mode as dit_fallback_mode  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
     BUILT_IN_UPSCALERS,
@@ -672,9 +674,41 @@ class DiffusersBackend:
     ) -> GeneratedBatch:
         """Flux / SD3 / Qwen-Image / Z-Image: the pipeline's own flow-matching scheduler and prompt encoding
         (families.py); image-to-image and inpainting through the family's own pipelines (families.edits),
-        sharing the loaded weights."""
+        sharing the loaded weights.
+
+        Out of memory, the job runs again one memory mode down (dit_memory.fallback_mode), the model loaded
+        again where the mode needs it and its LoRAs applied again, and the result says so."""
         _refuse_dit_edit(self._model.name if self._model else "the model", self._dit, request.mode)
         self._dit_memory(request)
+        fallbacks: list[str] = []
+        while True:
+            try:
+                batch = self._generate_dit_once(request, batch_index, on_step, cancel)
+                break
+            except _OutOfMemoryRaised:
+                pass
+            # Recover outside the except block, so the traceback no longer pins the tensors.
+            _free_memory()
+            assert self._key is not None and self._dit_mode is not None
+            failed = self._dit_mode
+            sizes = families.memory_sizes(self._pipe, self._dit)
+            lower = dit_fallback_mode(failed, self._key.device, sizes.fp8_possible)
+            if lower is None:
+                raise OutOfMemory(
+                    f"The {self._key.device} ran out of memory running {self._dit.label} at {request.width}x"
+                    f"{request.height}, even with {DIT_DESCRIPTIONS[failed]}. Try a smaller size or batch, or close "
+                    "other programs using the GPU."
+                )
+            fallbacks.append(
+                f"Out of memory with {DIT_DESCRIPTIONS[failed]}; ran with {DIT_DESCRIPTIONS[lower]} instead."
+            )
+            self._dit_memory(request, lower)
+        return replace(batch, notes=(*fallbacks, *batch.notes)) if fallbacks else batch
+
+    def _generate_dit_once(
+        self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
+    ) -> GeneratedBatch:
+        """One try of a DiT job in the current memory mode; raises _OutOfMemoryRaised on out-of-memory."""
         pipe = self._pipe
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         notes: list[str] = []
@@ -683,6 +717,8 @@ class DiffusersBackend:
             pipe, request, model_shape(pipe, self._family), self._model.name if self._model else "", embeddings=False
         )
         request = lora_plan.request
+        if self._dit_mode == "fp8":
+            _lora_weights_to(pipe.transformer, pipe.vae.dtype)
         self._adapters_used = (lora_plan.loras, lora_plan.embeddings)
         if batch_index == 0:
             notes.extend(lora_plan.notes)
@@ -704,13 +740,12 @@ class DiffusersBackend:
             if plan.mask is not None or self._inpaint_model:
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-
-        def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            if cancel.cancelled:
-                raise _CancelRequested
-            on_step(StepInfo(i + 1, pipeline.num_timesteps, batch_index, None))
-            return {}
-
+        # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, 16, h, w).
+        device = self._key.device if self._key else "cpu"
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, 0)
+        watcher = _X0Watcher(pipe.scheduler)
+        width, height = (size["width"], size["height"])
+        on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
             with torch.inference_mode():
                 result = pipe(
@@ -722,20 +757,16 @@ class DiffusersBackend:
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except torch.cuda.OutOfMemoryError:
-            oom = True
-        else:
-            oom = False
-        if oom:
-            _free_memory()
-            raise OutOfMemory(
-                f"The device ran out of memory running {self._dit.label} at {request.width}x{request.height}."
-            )
+            raise _OutOfMemoryRaised from None
+        finally:
+            watcher.detach()  # the DiT's scheduler outlives the job: leave it unwrapped
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
 
-    def _dit_memory(self, request: GenerationRequest) -> None:
-        """Put the loaded DiT in the job's memory mode (dit_memory.py), loading it again first when it
-        is in a mode that changed its weights or hooks (fp8, group, sequential)."""
+    def _dit_memory(self, request: GenerationRequest, forced: str | None = None) -> None:
+        """Put the loaded DiT in the job's memory mode (dit_memory.py), or in `forced` (the out-of-memory
+        fallback), loading it again first when it is in a mode that changed its weights or hooks (fp8,
+        group, sequential)."""
         assert self._key is not None
         device, pipe = self._key.device, self._pipe
         sizes, free = families.memory_sizes(pipe, self._dit), None
@@ -743,12 +774,18 @@ class DiffusersBackend:
             on_device = sizes.total if self._dit_mode in ("full", "tiled") else 0
             free = torch.cuda.mem_get_info()[0] + on_device
         element = pipe.vae.dtype.itemsize  # the compute dtype's (the VAE is never cast to fp8)
-        mode = choose_dit_mode(request.memory_mode, device, free, sizes, request.width * request.height, element)
+        pixels = request.width * request.height
+        mode = forced or choose_dit_mode(request.memory_mode, device, free, sizes, pixels, element)
         if mode == self._dit_mode:
             return
         if self._dit_mode is not None and needs_reload(self._dit_mode, mode):
             self.unload()
             self.load(request)
+        elif mode == "fp8" and self._loras.loaded_adapters:
+            # LoRA layers made before the casting would be cast with the model's: drop them, so the job loads
+            # them as a job that started in fp8 does (the same pixels either way).
+            self._pipe.unload_lora_weights()
+            self._loras.forget()
         families.apply_memory_mode(self._pipe, mode, self._dit_mode, device, self._pipe.dtype)
         self._dit_mode = self._memory_mode = mode
 
@@ -1011,7 +1048,11 @@ class _Progress:
         self._offset += self._last_total
         self._extra = max(0, still_to_come)
 
-    def callback(self, watcher: _X0Watcher, control: ControlRun | None = None) -> Callable[..., dict[str, Any]]:
+    def callback(
+        self, watcher: _X0Watcher, control: ControlRun | None = None,
+        unpack: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Callable[..., dict[str, Any]]:
+        """`unpack`: the batch's latents as the pipeline holds them -> (B, C, H, W), for the DiTs' packed ones."""
         copies = PreviewCopies(self._device)
 
         def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
@@ -1022,7 +1063,8 @@ class _Progress:
             step = i + 1
             advance_control(control, step)  # the pass's own step: control ranges are fractions of it
             wanted = bool(self._every) and (step % self._every == 0 or step == total)
-            x0 = watcher.predicted_x0(tensors["latents"])[0] if wanted else None
+            x0 = watcher.predicted_x0(tensors["latents"]) if wanted else None
+            x0 = (unpack(x0) if unpack is not None else x0)[0] if x0 is not None else None
             latents = copies.step(x0, last=step == total)
             preview = latents_to_rgb(latents, self._family) if latents is not None else None
             grand_total = self._offset + total + self._extra
@@ -1120,9 +1162,20 @@ class _X0Watcher:
             return self._x0
         if self._eps is not None:
             estimate = self._from_alphas(*self._eps)
+            if estimate is None:
+                estimate = self._from_flow(self._eps[0], self._eps[2])
             if estimate is not None:
                 return estimate
         return latents
+
+    def _from_flow(self, model_output: Any, sample: Any) -> torch.Tensor | None:
+        """x0 of a flow-matching step (the DiT families): the Euler step taken all the way to sigma 0,
+        x0 = x - sigma * v, with the sigma of the step just taken (step_index moved on by one)."""
+        sigmas, index = getattr(self._scheduler, "sigmas", None), getattr(self._scheduler, "step_index", None)
+        if sigmas is None or index is None or not 0 < index <= len(sigmas):
+            return None
+        sigma = sigmas[index - 1].to(sample.device, torch.float32)
+        return sample.float() - sigma * model_output.float()
 
     def _from_alphas(self, model_output: Any, timestep: Any, sample: Any) -> torch.Tensor | None:
         """x0 from a noise (or v) prediction, for schedulers that do not report it (PLMS)."""
@@ -1247,6 +1300,27 @@ def _edit_plan(request: GenerationRequest) -> EditPlan:
     source = load_source(request.init_image)
     mask = load_mask(request.mask, source.size) if request.mask is not None else None
     return plan_edit(source, mask, request)
+
+
+def _lora_weights_to(transformer: Any, dtype: Any) -> None:
+    """PEFT makes a LoRA's layers in its base layer's dtype, float8 under fp8 layer-wise casting, where
+    they cannot compute (layer-wise casting hooks only the layers that were there before): the LoRA's
+    small matrices go to the compute dtype (their values were rounded to float8 on the way, as the
+    model's own weights are in this mode)."""
+    for name, parameter in transformer.named_parameters():
+        if "lora_" in name and parameter.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            parameter.data = parameter.data.to(dtype)
+
+
+def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tensor) -> torch.Tensor:
+    """A DiT pipeline's latents -> (B, C, h, w): Flux, Chroma and Qwen-Image pack 2x2 patches into tokens
+    (B, tokens, 4C), undone with the pipeline's own `_unpack_latents` at the job's pixel size; Qwen-Image's
+    are video-shaped (B, C, 1, h, w), one frame; SD3 and Z-Image hold (B, C, h, w) already."""
+    if latents.ndim == 3:
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    if latents.ndim == 5:
+        latents = latents[:, :, 0]
+    return latents
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:

@@ -101,3 +101,14 @@ def choose_dit_mode(
 def needs_reload(current: str, wanted: str) -> bool:
     """Whether going from `current` to `wanted` takes a fresh copy of the model (see STICKY)."""
     return current != wanted and current in STICKY
+
+
+def fallback_mode(current: str, device: str, fp8_possible: bool = True) -> str | None:
+    """The mode to try after running out of memory in `current`: the next one of AUTO_ORDER the device
+    can run ("tiled" counts as "full"), or None when `current` was the last there is."""
+    order = AUTO_ORDER[AUTO_ORDER.index("full" if current == "tiled" else current) + 1 :]
+    for mode in order:
+        if (mode in CUDA_ONLY and device != "cuda") or (mode == "fp8" and not fp8_possible):
+            continue
+        return mode
+    return None

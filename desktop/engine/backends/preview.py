@@ -1,7 +1,10 @@
 """Predicted clean latents -> a small RGB picture, by a linear map per architecture.
 
-A full VAE decode costs more than a whole denoising step; this costs a 4x3 matrix product, so the
-preview can run at every step. Factors as published by InvokeAI (Apache-2.0).
+A full VAE decode costs more than a whole denoising step; this costs a 4x3 (or 16x3) matrix product, so
+the preview can run at every step. SD factors as published by InvokeAI (Apache-2.0); the 16-channel
+tables (Flux.1's autoencoder, also used by Z-Image and Chroma; SD3's; the Wan 2.1 autoencoder that
+Qwen-Image uses) are the published least-squares fits ComfyUI's previews use, each with its offset. They
+apply to latents in the space the transformer works in (after the VAE's shift/scale or mean/std).
 """
 
 from __future__ import annotations
@@ -27,16 +30,95 @@ _SDXL_FACTORS = np.array(
     dtype=np.float32,
 )
 
-_FACTORS = {"sd1": _SD_FACTORS, "sd2": _SD_FACTORS, "sdxl": _SDXL_FACTORS}
+_FLUX_FACTORS = np.array(
+    [
+        [-0.0346, 0.0244, 0.0681],
+        [0.0034, 0.0210, 0.0687],
+        [0.0275, -0.0668, -0.0433],
+        [-0.0174, 0.0160, 0.0617],
+        [0.0859, 0.0721, 0.0329],
+        [0.0004, 0.0383, 0.0115],
+        [0.0405, 0.0861, 0.0915],
+        [-0.0236, -0.0185, -0.0259],
+        [-0.0245, 0.0250, 0.1180],
+        [0.1008, 0.0755, -0.0421],
+        [-0.0515, 0.0201, 0.0011],
+        [0.0428, -0.0012, -0.0036],
+        [0.0817, 0.0765, 0.0749],
+        [-0.1264, -0.0522, -0.1103],
+        [-0.0280, -0.0881, -0.0499],
+        [-0.1262, -0.0982, -0.0778],
+    ],
+    dtype=np.float32,
+)
+_SD3_FACTORS = np.array(
+    [
+        [-0.0922, -0.0175, 0.0749],
+        [0.0311, 0.0633, 0.0954],
+        [0.1994, 0.0927, 0.0458],
+        [0.0856, 0.0339, 0.0902],
+        [0.0587, 0.0272, -0.0496],
+        [-0.0006, 0.1104, 0.0309],
+        [0.0978, 0.0306, 0.0427],
+        [-0.0042, 0.1038, 0.1358],
+        [-0.0194, 0.0020, 0.0669],
+        [-0.0488, 0.0130, -0.0268],
+        [0.0922, 0.0988, 0.0951],
+        [-0.0278, 0.0524, -0.0542],
+        [0.0332, 0.0456, 0.0895],
+        [-0.0069, -0.0030, -0.0810],
+        [-0.0596, -0.0465, -0.0293],
+        [-0.1448, -0.1463, -0.1189],
+    ],
+    dtype=np.float32,
+)
+_WAN_FACTORS = np.array(
+    [
+        [-0.1299, -0.1692, 0.2932],
+        [0.0671, 0.0406, 0.0442],
+        [0.3568, 0.2548, 0.1747],
+        [0.0372, 0.2344, 0.1420],
+        [0.0313, 0.0189, -0.0328],
+        [0.0296, -0.0956, -0.0665],
+        [-0.3477, -0.4059, -0.2925],
+        [0.0166, 0.1902, 0.1975],
+        [-0.0412, 0.0267, -0.1364],
+        [-0.1293, 0.0740, 0.1636],
+        [0.0680, 0.3019, 0.1128],
+        [0.0032, 0.0581, 0.0639],
+        [-0.1251, 0.0927, 0.1699],
+        [0.0060, -0.0633, 0.0005],
+        [0.3477, 0.2275, 0.2950],
+        [0.1984, 0.0913, 0.1861],
+    ],
+    dtype=np.float32,
+)
+_NO_BIAS = np.zeros(3, dtype=np.float32)
+_FLUX = (_FLUX_FACTORS, np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32))
+_SD3 = (_SD3_FACTORS, np.array([0.2394, 0.2135, 0.1925], dtype=np.float32))
+_WAN = (_WAN_FACTORS, np.array([-0.1835, -0.0868, -0.3360], dtype=np.float32))
+
+_FACTORS = {
+    "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
+    "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX,
+    "sd3": _SD3, "sd3.5": _SD3,
+    "qwen-image": _WAN,
+}  # fmt: skip
+_BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX}
 
 
 def latents_to_rgb(latents: np.ndarray, family: str) -> np.ndarray:
-    """(4, H, W) float latents of one image -> an owned (H, W, 3) uint8 array.
+    """(C, H, W) float latents of one image (C: 4 for SD, 16 for the DiT families) -> an owned (H, W, 3)
+    uint8 array.
 
     The linear map yields roughly [-1, 1]; values outside are clipped, as every tool's preview does.
     """
-    if latents.ndim != 3 or latents.shape[0] != 4:
-        raise ValueError(f"expected latents of shape (4, H, W), got {latents.shape}")
-    factors = _FACTORS.get(family, _SD_FACTORS)
-    rgb = np.einsum("chw,cr->hwr", latents.astype(np.float32, copy=False), factors)
+    factors, bias = _FACTORS.get(family, (_SD_FACTORS, _NO_BIAS))
+    if latents.ndim == 3 and latents.shape[0] != factors.shape[0]:
+        # An autoencoder of another width than the family's usual one (a test model, an odd fine-tune): the
+        # table of that width gives a rough but recognisable picture, better than none.
+        factors, bias = _BY_CHANNELS.get(latents.shape[0], (factors, bias))
+    if latents.ndim != 3 or latents.shape[0] != factors.shape[0]:
+        raise ValueError(f"expected latents of shape ({factors.shape[0]}, H, W), got {latents.shape}")
+    rgb = np.einsum("chw,cr->hwr", latents.astype(np.float32, copy=False), factors) + bias
     return np.ascontiguousarray(((rgb + 1.0) * 127.5).clip(0, 255).astype(np.uint8))

@@ -20,7 +20,10 @@ from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
 # Cross-attention context width of each base family: what the UNet's attn2.to_k/to_v read.
 _FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
-FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5"}
+FAMILY_LABELS = {
+    "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
+    "z-image": "Z-Image",
+}  # fmt: skip
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
 
@@ -119,6 +122,14 @@ def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo
 _FLUX_KOHYA = ("lora_unet_double_blocks_", "lora_unet_single_blocks_")
 _SD3_KOHYA = ("lora_unet_joint_blocks_",)
 _TRANSFORMER_PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.")
+# Qwen-Image and Z-Image LoRAs in the layouts diffusers converts for them (QwenImageLoraLoaderMixin,
+# ZImageLoraLoaderMixin): diffusers/PEFT names, the same under ComfyUI's `diffusion_model.`, and kohya's.
+# Qwen-Image's blocks share SD3's and Flux's name (`transformer_blocks.N.attn...`) but only its own have the
+# separate image/text MLPs and modulations; Z-Image's (`layers.N.attention...`) are its own.
+_QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
+_QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
+_Z_IMAGE_KOHYA = ("lora_unet_layers_", "lora_unet_noise_refiner_", "lora_unet_context_refiner_")
+_Z_IMAGE_BLOCKS = ("layers.", "noise_refiner.", "context_refiner.")
 
 
 def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo | None:
@@ -128,6 +139,14 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     te2 = [n for n in names if n.startswith(("lora_te2_", "text_encoder_2."))]
     if any(n.startswith(_FLUX_KOHYA) for n in names):
         fmt, family = "kohya", "flux"
+    elif any(n.startswith(_QWEN_KOHYA) for n in names):
+        fmt, family = "kohya", "qwen-image"
+    elif any(n.startswith(_Z_IMAGE_KOHYA) for n in names):
+        fmt, family = "kohya", "z-image"
+    elif any(n.startswith("transformer_blocks.") and any(m in n for m in _QWEN_MARKS) for n in bare):
+        fmt, family = "peft", "qwen-image"
+    elif any(n.startswith(_Z_IMAGE_BLOCKS) and (".attention." in n or ".feed_forward." in n) for n in bare):
+        fmt, family = "peft", "z-image"
     elif any(n.startswith(_SD3_KOHYA) for n in names):
         fmt, family = "kohya", "sd3"
     elif any(n.startswith("double_blocks.") and ".processor." in n for n in names):
@@ -161,7 +180,8 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
 
 # The layers whose input is the transformer's width, in each naming (diffusers, BFL/kohya, XLabs).
 _ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
-                     ".proj_lora1.", "_linear1.", ".attn.qkv.")  # fmt: skip
+                     ".proj_lora1.", "_linear1.", ".attn.qkv.", ".attention.to_q.", "_attn_to_q.",
+                     "_attention_to_q.")  # fmt: skip
 
 
 def _strip_transformer_prefix(name: str) -> str:
