@@ -40,7 +40,8 @@ def home(tmp_path: Path) -> Path:
     paths.controls.mkdir(parents=True, exist_ok=True)
     (paths.models / "refiner-xl.safetensors").write_bytes(b"")  # matched by name; never loaded here
     unet = tiny_models.build_tiny_sd15().unet
-    tiny_controls.save_controlnet(tiny_controls.build_tiny_controlnet(unet, seed=3), paths.controls / "edges.safetensors")
+    edges = tiny_controls.build_tiny_controlnet(unet, seed=3)
+    tiny_controls.save_controlnet(edges, paths.controls / "edges.safetensors")
     Library(paths).import_path(
         str(tiny.save_state(tiny.ip_adapter_state(unet, seed=1), tmp_path / "face.safetensors")), "control", "face")
     return home
