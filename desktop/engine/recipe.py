@@ -28,6 +28,7 @@ from desktop.engine.metadata import (
     clean_model_name,
     hires_changes,
     parse_control_units,
+    refiner_changes,
     resolve_sampler,
     vae_library_name,
 )
@@ -47,7 +48,7 @@ RECIPE_FIELDS = (
     "prompt", "negative_prompt", "model", "loras", "sampler", "steps", "cfg_scale", "distilled_cfg_scale", "seed",
     "width", "height", "clip_skip", "emphasis", "vae", "subseed", "subseed_strength", "seed_resize_from_w",
     "seed_resize_from_h",
-    "tiling", "controls", *HIRES_FIELDS,
+    "tiling", "controls", *HIRES_FIELDS, "few_step", "refiner", "refiner_switch_at",
 )  # fmt: skip
 # "Use prompt only" takes these: A1111 writes LoRAs into the prompt, so they travel with it.
 PROMPT_FIELDS = ("prompt", "negative_prompt", "loras")
@@ -62,12 +63,14 @@ _INFORMATIONAL = {
 # Settings turned into fields below.
 _HANDLED = {
     "steps", "sampler", "schedule type", "cfg scale", "distilled cfg scale", "seed", "size", "model", "clip skip",
-    "emphasis", "vae", "variation seed", "variation seed strength", "seed resize from", "tiling",
+    "emphasis", "vae", "variation seed", "variation seed strength", "seed resize from", "tiling", "refiner",
+    "refiner switch at",
 }  # fmt: skip
 # What our own chunk carries beside the prompt, the model and the LoRAs: honoured exactly as saved.
 _MARBLE_FIELDS = (
     "sampler", "steps", "cfg_scale", "seed", "width", "height", "clip_skip", "emphasis", "subseed",
-    "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling", *HIRES_FIELDS,
+    "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "tiling", *HIRES_FIELDS, "few_step", "refiner",
+    "refiner_switch_at",
 )  # fmt: skip
 # Schedules that are every sampler's default, so naming them asks for nothing Marble lacks.
 _PLAIN_SCHEDULES = {"", "automatic", "normal", "default", "simple"}
@@ -174,14 +177,22 @@ def read_recipe(
         if "distilled cfg scale" in settings:
             # Written for Flux dev only: other images leave the current value alone.
             fields["distilled_cfg_scale"] = marble.distilled_cfg_scale
+        if marble.refiner and _by_name(models, marble.refiner) is None:
+            warnings.append(
+                f"The refiner {marble.refiner!r} is not in the library: no refiner is used. Import it (drop the file "
+                "on the window) to reproduce this image."
+            )
+            fields["refiner"] = ""
         if marble.init_image is not None:
             unsupported.append("Source image: the image was made from a source image, which the file does not hold")
     else:
         _read_settings(settings, metadata.settings, fields, unsupported)
         _read_hires(settings, upscalers, fields, unsupported)
-        # Unsaid means off: an image without a variation seed, tiling or hires fix was made without them.
+        _read_refiner(settings, models, fields, warnings, unsupported)
+        # Unsaid means off: an image without a variation seed, tiling, hires fix or refiner was made without
+        # them. Other tools have no few-step setting (its timestep spacing is Marble's), so it is off too.
         for name, off in (("subseed_strength", 0.0), ("seed_resize_from_w", 0), ("seed_resize_from_h", 0),
-                          ("tiling", False), ("hires_fix", False)):
+                          ("tiling", False), ("hires_fix", False), ("refiner", ""), ("few_step", "")):
             fields.setdefault(name, off)
     handled = _HANDLED | (_HIRES_KEYS | {"denoising strength"} if fields.get("hires_fix") else _HIRES_KEYS)
     for key, value in metadata.settings.items():
@@ -315,8 +326,10 @@ def _read_controls(
             continue
         found.append(replace(unit, model=record.name))
         if not unit.image:
+            # An IP-Adapter unit's image is the reference picture it copies, not a control map.
+            kind = "reference" if unit.preprocessor == "ip-adapter" else "control"
             warnings.append(
-                f"Control unit {index} ({record.name}): the PNG does not hold its control image; choose one before "
+                f"Control unit {index} ({record.name}): the PNG does not hold its {kind} image; choose one before "
                 "generating."
             )
     fields["controls"] = tuple(found)
@@ -432,6 +445,38 @@ def _read_hires(
     fields.update(change)
 
 
+def _read_refiner(
+    settings: Mapping[str, str],
+    models: Sequence[LibraryEntry],
+    fields: dict[str, Any],
+    warnings: list[str],
+    unsupported: list[str],
+) -> None:
+    """A1111's `Refiner: NAME [hash]` and `Refiner switch at`: the refiner matched in the model library by
+    its AutoV2 hash, then by name, as the main model is."""
+    change = refiner_changes(settings)
+    if change is None:
+        return
+    written = settings.get("refiner", "").strip()
+    hashed = re.search(r"\[([0-9a-fA-F]{8,64})\]\Z", written)
+    refiner_hash = hashed[1].casefold() if hashed else ""
+    found = _by_hash(models, refiner_hash, "autov2") or _by_name(models, change["refiner"])
+    if found is None:
+        warnings.append(
+            f"The refiner {written!r} is not in the library: no refiner is used. Import it (drop the file on the "
+            "window) to reproduce this image."
+        )
+        return
+    change["refiner"] = found.name
+    # Checked with what the refiner depends on (the steps, the hires fix), not with units still lacking images.
+    related = {name: value for name, value in fields.items() if name == "steps" or name in HIRES_FIELDS}
+    problem = _problem({**related, **change})
+    if problem:
+        unsupported.append(f"Refiner: {written} ({problem})")
+        return
+    fields.update(change)
+
+
 def _read_sampler(
     settings: Mapping[str, str], shown: Mapping[str, str], fields: dict[str, Any], unsupported: list[str]
 ) -> None:
@@ -514,6 +559,7 @@ _LABELS = {
     "hires_scale": "Hires upscale", "hires_resize_w": "Hires resize (width)", "hires_resize_h": "Hires resize (height)",
     "hires_upscaler": "Hires upscaler", "hires_steps": "Hires steps", "hires_denoise": "Hires denoising strength",
     "hires_prompt": "Hires prompt", "hires_negative_prompt": "Hires negative prompt", "hires_sampler": "Hires sampler",
+    "few_step": "Few-step", "refiner": "Refiner", "refiner_switch_at": "Refiner switch at",
 }  # fmt: skip
 
 
@@ -535,6 +581,8 @@ def _short(name: str, value: Any) -> str:
         return ", ".join(f"{unit.model}:{unit.weight:g}" for unit in value or ()) or "none"
     if name == "vae" and value == "":
         return "the model's own"
+    if name in ("refiner", "few_step") and value == "":
+        return "none"
     text = " ".join(str(value).split()) if value is not None else ""
     if not text:
         return "(empty)"

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.engine.control_preprocess import LEARNED, preprocess, to_preview
+from desktop.engine.control_preprocess import LEARNED, Thresholds, preprocess, to_preview
 from desktop.engine.errors import MarbleError
 from desktop.engine.imaging import store_by_hash
 from desktop.engine.request import (
@@ -68,8 +68,9 @@ _MODE_LABELS = {
 CanvasPicture = Callable[[], bytes | None]
 
 
-def preview_image(path: str, preprocessor: str) -> Image.Image:
-    """The preprocessed control image of the file at `path`, at most PREVIEW_SIDE px a side."""
+def preview_image(path: str, preprocessor: str, thresholds: Thresholds | None = None) -> Image.Image:
+    """The preprocessed control image of the file at `path`, at most PREVIEW_SIDE px a side, with the
+    unit's thresholds (Threshold A / B), as the job runs it."""
     with Image.open(path) as image:
         image.draft("RGB", (PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))  # JPEGs decode small; others ignore it
         small = image.convert("RGB")
@@ -77,7 +78,8 @@ def preview_image(path: str, preprocessor: str) -> Image.Image:
     if preprocessor in LEARNED:
         return small  # a network would block the GUI thread: the window shows the image as it is
     # An IP-Adapter's reference image goes to its image encoder as it is.
-    return to_preview(preprocess("none" if preprocessor == IP_ADAPTER_PREPROCESSOR else preprocessor, small))
+    name = "none" if preprocessor == IP_ADAPTER_PREPROCESSOR else preprocessor
+    return to_preview(preprocess(name, small, None, thresholds))
 
 
 class _ControlRow(QFrame):
@@ -174,7 +176,7 @@ class _ControlRow(QFrame):
             self.preview.setText(self.tr("No image"))
             return
         try:
-            image = preview_image(self._image, self.preprocessor_combo.currentData())
+            image = preview_image(self._image, self.preprocessor_combo.currentData(), Thresholds(*self._thresholds))
         except (OSError, UnidentifiedImageError, ValueError, MarbleError):
             self.preview.setPixmap(QPixmap())
             self.preview.setText(self.tr("Cannot read the image"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -57,21 +57,24 @@ class LoraListWidget(QWidget):
 
     Signals:
         loras_changed(): a row was added, removed, or its LoRA or weight changed.
+        few_step_chosen(str): the user picked a LoRA whose header names this few-step kind ("lcm", ...).
     """
 
     loras_changed = Signal()
+    few_step_chosen = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("lora_list")
         self._names: list[str] = []
+        self._few_steps: dict[str, str] = {}
         self._rows: list[_LoraRow] = []
         self._rows_layout = QVBoxLayout()
         self._rows_layout.setContentsMargins(0, 0, 0, 0)
         self._rows_layout.setSpacing(2)
         self.add_button = QPushButton(self.tr("Add LoRA"), objectName="add_lora_button")
         self.add_button.setToolTip(self.tr("Apply a LoRA from the library (or type <lora:name:weight> in the prompt)"))
-        self.add_button.clicked.connect(self.add_row)
+        self.add_button.clicked.connect(self._add_by_user)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -79,8 +82,10 @@ class LoraListWidget(QWidget):
         layout.addWidget(self.add_button, 0, Qt.AlignmentFlag.AlignLeft)
         self._update_add_button()
 
-    def set_names(self, names: Sequence[str]) -> None:
+    def set_names(self, names: Sequence[str], few_steps: Mapping[str, str] | None = None) -> None:
+        """The library's LoRAs; `few_steps` maps the few-step ones to their kind (the library record's)."""
         self._names = list(names)
+        self._few_steps = {name: kind for name, kind in (few_steps or {}).items() if kind}
         for row in self._rows:
             row.set_names(self._names)
         self._update_add_button()
@@ -102,11 +107,22 @@ class LoraListWidget(QWidget):
         row.weight_spin.setValue(weight)
         row.remove_button.clicked.connect(lambda: self.remove_row(row))
         row.name_combo.currentIndexChanged.connect(self.loras_changed)
+        # `activated` is the user's pick only: LoRAs restored from a recipe or history keep its settings.
+        row.name_combo.activated.connect(lambda _index: self._announce(row))
         row.weight_spin.valueChanged.connect(self.loras_changed)
         self._rows.append(row)
         self._rows_layout.addWidget(row)
         self.loras_changed.emit()
         return row
+
+    @Slot()
+    def _add_by_user(self) -> None:
+        self._announce(self.add_row())
+
+    def _announce(self, row: _LoraRow) -> None:
+        kind = self._few_steps.get(row.name())
+        if kind:
+            self.few_step_chosen.emit(kind)
 
     def remove_row(self, row: _LoraRow) -> None:
         if row in self._rows:

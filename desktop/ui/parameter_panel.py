@@ -182,6 +182,8 @@ class ParameterPanel(QWidget):
         self._create_extra_widgets()
         self._create_hires_widgets()
         self.lora_list = LoraListWidget()
+        # A few-step LoRA (LCM-LoRA, Lightning ...) picked in the list brings its preset, as `--lora` does.
+        self.lora_list.few_step_chosen.connect(self.choose_few_step)
         self.control_list = ControlListWidget()
         self._create_vae_widgets()
         self._lay_out()
@@ -664,7 +666,10 @@ class ParameterPanel(QWidget):
 
     def _on_few_step_chosen(self) -> None:
         """A few-step kind chosen by hand brings its preset; "None" brings the usual settings back."""
-        kind = self.few_step_combo.currentData() or ""
+        self.choose_few_step(self.few_step_combo.currentData() or "")
+
+    def choose_few_step(self, kind: str) -> None:
+        """Bring a few-step kind's preset (chosen in the box, or by picking a few-step LoRA)."""
         previous = self.model.value("few_step")
         usual = {name: getattr(Parameters, name) for name in family_defaults(f"-{previous}")} if previous else {}
         self.model.update(**(usual | (family_defaults(f"-{kind}") if kind else {"few_step": ""})))

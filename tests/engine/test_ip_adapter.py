@@ -204,8 +204,8 @@ def test_missing_encoder_and_wrong_kind_are_clear(tmp_path, states, tiny_sd15_di
     as_controlnet = ControlUnit("lonely", str(reference))
     with pytest.raises(InvalidRequest, match="is an IP-Adapter: give its unit the ip-adapter preprocessor"):
         image_of(alone, request_for(tiny_sd15_dir, controls=(as_controlnet,)))
-    with pytest.raises(InvalidRequest, match="hires fix"):
-        image_of(alone, request_for(tiny_sd15_dir, controls=(unit("lonely", reference),), hires_fix=True))
+    with pytest.raises(InvalidRequest, match="with a start or end do not work with the hires fix"):
+        image_of(alone, request_for(tiny_sd15_dir, controls=(unit("lonely", reference, end=0.5),), hires_fix=True))
 
 
 def test_sdxl_ip_adapter_equals_bare_diffusers(tmp_path, tiny_sdxl_dir, encoder, reference):
@@ -281,3 +281,41 @@ def test_cli_ip_adapter_writes_a1111_metadata_and_reads_back(home, tiny_sd15_dir
     assert parse_ip_adapter_args(["m:/c.png:0.3"])[0].weight == 0.3
     code, _, err = run_cli("generate", "--model", "x", "--prompt", "p", "--ip-adapter", "face", "--home", str(tmp_path))
     assert code != 0 and "NAME:IMAGE[:WEIGHT]" in err and "Traceback" not in err
+
+
+def test_hires_fix_gives_both_passes_the_reference_as_bare_diffusers_does(backend, tiny_sd15_dir, states, encoder,
+                                                                         reference):  # fmt: skip
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from transformers import CLIPImageProcessorPil
+
+    request = request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.8),), hires_fix=True, hires_scale=2.0,
+                          hires_steps=4, hires_denoise=0.6)  # fmt: skip
+    ours = image_of(backend, request)
+    assert ours.shape == (128, 128, 3)
+    # By hand: txt2img with the adapter to latents, latents upscaled as the "Latent" upscaler does, then the
+    # image-to-image pipeline made from the same components (encoder included) with the same reference.
+    pipe = _plain(StableDiffusionPipeline, tiny_sd15_dir)
+    pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}))  # fmt: skip
+    pipe.load_ip_adapter([tiny.nested(states[0])], subfolder=[""], weight_name=[""], image_encoder_folder=None)
+    pipe.set_ip_adapter_scale([0.8])
+    images = [Image.open(reference).convert("RGB")]
+    latents = pipe(prompt=request.prompt, num_inference_steps=STEPS, guidance_scale=7.0, width=64, height=64,
+                   ip_adapter_image=images, output_type="latent",
+                   generator=torch.Generator("cpu").manual_seed(7)).images  # fmt: skip
+    second = StableDiffusionImg2ImgPipeline(**pipe.components)
+    second.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    second.set_progress_bar_config(disable=True)
+    upscaled = torch.nn.functional.interpolate(latents, size=(16, 16), mode="bilinear", antialias=False)
+    out = second(prompt=request.prompt, image=upscaled, strength=0.6, num_inference_steps=4, guidance_scale=7.0,
+                 ip_adapter_image=images, generator=torch.Generator("cpu").manual_seed(7)).images[0]  # fmt: skip
+    assert np.array_equal(ours, np.asarray(out.convert("RGB")).astype(np.int16))
+    # Without the reference in the second pass the image differs.
+    pipe.set_ip_adapter_scale([0.0])
+    no_second = second(prompt=request.prompt, image=upscaled, strength=0.6, num_inference_steps=4, guidance_scale=7.0,
+                       ip_adapter_image=images, generator=torch.Generator("cpu").manual_seed(7)).images[0]  # fmt: skip
+    pipe.unload_ip_adapter()
+    assert not np.array_equal(ours, np.asarray(no_second.convert("RGB")).astype(np.int16))
+    # The job left the shared image-to-image pipeline as it was: a plain hires job still runs.
+    plain_hires = image_of(backend, request_for(tiny_sd15_dir, hires_fix=True, hires_steps=4, hires_denoise=0.6))
+    assert plain_hires.shape == (128, 128, 3) and not np.array_equal(plain_hires, ours)

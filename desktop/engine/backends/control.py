@@ -83,6 +83,9 @@ class ControlRun:
     handles: list[Any] = field(default_factory=list)
     # Called with the number of finished steps (IP-Adapter ranges set their scales there).
     steppers: list[Callable[[int], None]] = field(default_factory=list)
+    # The hires fix's second pass: given that pass's pipeline (from_pipe'd, the same UNet), readies it and
+    # returns its extra arguments (IP-Adapter units: their encoder and reference images). None: nothing.
+    second_pass: Callable[[Any], dict[str, Any]] | None = None
 
     def close(self) -> None:
         for handle in self.handles:

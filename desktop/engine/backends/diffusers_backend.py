@@ -844,7 +844,7 @@ class DiffusersBackend:
                     return self._refiners.run(refiner, request, seeds, first.images, progress.callback, _X0Watcher)
                 if not hires:
                     return first
-                return self._hires_pass(request, seeds, first.images, progress)
+                return self._hires_pass(request, seeds, first.images, progress, control)
         except _CancelRequested:
             return None
         except torch.cuda.OutOfMemoryError:
@@ -903,7 +903,10 @@ class DiffusersBackend:
             self._prompts.put(key, found)
         return found
 
-    def _hires_pass(self, request: GenerationRequest, seeds: tuple[int, ...], first: Any, progress: _Progress) -> Any:
+    def _hires_pass(
+        self, request: GenerationRequest, seeds: tuple[int, ...], first: Any, progress: _Progress,
+        control: ControlRun | None = None,
+    ) -> Any:
         """A1111's second pass: the first pass's latents or images upscaled, then image-to-image at the
         hires denoising strength, with the hires prompt and sampler, seeded with the same seeds."""
         pipe = self._pipe_for("img2img", None)
@@ -924,6 +927,9 @@ class DiffusersBackend:
         )
         progress.next_pass()
         arguments = {"image": image, "strength": float(request.hires_denoise)}
+        if control is not None and control.second_pass is not None:
+            # IP-Adapter units act in both passes (ControlNets in the first only).
+            arguments |= control.second_pass(pipe)
         return self._one_pass(pipe, second, seeds, request.hires_sampler or request.sampler, progress, arguments)
 
     def _hires_timesteps(self, request: GenerationRequest) -> int:

@@ -73,6 +73,16 @@ class _Unload:
         pipe.register_modules(feature_extractor=self._feature_extractor, image_encoder=self._image_encoder)
 
 
+class _Restore:
+    """Puts back another pipeline's encoder and feature extractor (the hires fix's second pass)."""
+
+    def __init__(self, pipe: Any, feature_extractor: Any, image_encoder: Any) -> None:
+        self._pipe, self._feature_extractor, self._image_encoder = pipe, feature_extractor, image_encoder
+
+    def remove(self) -> None:
+        self._pipe.register_modules(feature_extractor=self._feature_extractor, image_encoder=self._image_encoder)
+
+
 class IpAdapters:
     """IP-Adapter units of a request: loads adapters and encoders from the control library per job."""
 
@@ -106,8 +116,12 @@ class IpAdapters:
         control: ControlRun | None,
         indexed: list[tuple[int, ControlUnit]],
     ) -> ControlRun:
-        if hires:
-            raise InvalidRequest("IP-Adapter units do not work with the hires fix yet: turn one of them off.")
+        if hires and any(unit.start > 0 or unit.end < 1 for _, unit in indexed):
+            # The second pass would need the range over its own steps; A1111 has no such rule to follow.
+            raise InvalidRequest(
+                "IP-Adapter units with a start or end do not work with the hires fix yet: set start 0 and end 1, "
+                "or turn the hires fix off."
+            )
         adapters = [self._adapter(unit) for _, unit in indexed]
         unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
         for adapter in adapters:
@@ -271,6 +285,17 @@ def _load(
         run.steppers.append(on_step)
     images = [load_source(unit.image) for unit in units]
     run.arguments["ip_adapter_image"] = images
+
+    def second_pass(other: Any) -> dict[str, Any]:
+        """The hires fix's image-to-image pipeline shares the UNet (with the adapters loaded) but was made
+        before the encoder was registered: register it there too (put back on close), and pass the images."""
+        if other is not pipe:
+            run.handles.append(_Restore(other, getattr(other, "feature_extractor", None),
+                                        getattr(other, "image_encoder", None)))  # fmt: skip
+            other.register_modules(image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor)
+        return {"ip_adapter_image": images}
+
+    run.second_pass = second_pass
 
 
 def _short(error: BaseException) -> str:

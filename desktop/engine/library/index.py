@@ -39,6 +39,7 @@ from desktop.engine.library.checkpoint import (
 )
 from desktop.engine.library.control import inspect_control
 from desktop.engine.library.dit import shown_dtype
+from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.upscaler import inspect_upscaler
 from desktop.engine.library.vae import inspect_vae
@@ -89,6 +90,9 @@ class LibraryRecord:
     dtype: str | None = None
     layout: str | None = None
     components: tuple[str, ...] | None = None
+    # A LoRA's few-step kind its header names (library/few_step.py: "lcm", ...): "" none; None not read yet
+    # (imported before Marble recorded it, or not indexed yet: `records` reads the header then).
+    few_step: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -191,6 +195,9 @@ class Library:
             path = folder / file_name
             if record is None or not _same_size(record, path):
                 record = _unindexed(kind, path)
+            if kind == "lora" and record.few_step is None:
+                # A header read (kilobytes), so the window can offer a few-step LoRA's preset.
+                record = replace(record, few_step=few_step_of_file(path) or "")
             found.append(record)
         return sorted(found, key=lambda r: r.name.casefold())
 
@@ -405,7 +412,7 @@ class Library:
                 path.stem, kind, path.name, arch.label, arch.family, "gguf", path.stat().st_size, digest, digest[:10],
                 None, source, now,
             ), arch.dit)  # fmt: skip
-        dit = None
+        dit, few_step = None, None
         header = read_safetensors_header(path, name=display)
         if kind == "model":
             arch = detect_architecture(header, name=display)
@@ -414,6 +421,7 @@ class Library:
             info = inspect_lora(header, display)
             kind_label = _LYCORIS_LABELS.get(info.algorithm, "LoRA")
             label, family, fmt = f"{info.label} {kind_label}", info.family, info.format
+            few_step = few_step_from_metadata(header.metadata) or ""
         elif kind == "vae":
             vae = inspect_vae(header, display)
             label, family, fmt = vae.label, vae.family, vae.layout
@@ -428,7 +436,7 @@ class Library:
         digest = sha256 or sha256_file(path, on_progress, name=display)
         return _with_dit(LibraryRecord(
             path.stem, kind, path.name, label, family, fmt, header.file_size, digest, digest[:10],
-            autov3_hash(path, name=display), source, now,
+            autov3_hash(path, name=display), source, now, few_step=few_step,
         ), dit)  # fmt: skip
 
     def _store(self, record: LibraryRecord) -> None:

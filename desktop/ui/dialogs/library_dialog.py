@@ -382,7 +382,7 @@ class LibraryIntegration(QObject):
     def _on_records_listed(self, kind: str, records: list[LibraryRecord]) -> None:
         panel = getattr(self._window, "parameter_panel", None)
         if kind == "lora" and panel is not None:
-            panel.lora_list.set_names([r.name for r in records])
+            panel.lora_list.set_names([r.name for r in records], {r.name: r.few_step or "" for r in records})
         elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
         elif kind == "control" and panel is not None:

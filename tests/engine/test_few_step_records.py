@@ -1,0 +1,27 @@
+"""The library records a LoRA's few-step kind (library/few_step.py) at import, and reads it for files it has
+not indexed yet, so the window can offer the preset without reading headers on the GUI thread."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from desktop.engine.library.index import Library
+from desktop.engine.paths import AppPaths
+from tests.support import tiny_loras, tiny_models
+
+
+def test_few_step_kind_is_recorded_at_import_and_read_for_unindexed_files(tmp_path: Path):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    tensors = tiny_loras.kohya_state_dict(tiny_models.build_tiny_sd15(), seed=1)
+    lcm = tiny_loras.save_lora(tensors, tmp_path / "a.safetensors", {"modelspec.title": "LCM-LoRA SD1.5"})
+    plain = tiny_loras.save_lora(tensors, tmp_path / "b.safetensors")
+    library = Library(paths)
+    assert library.import_path(str(lcm), "lora", "fast").few_step == "lcm"
+    assert library.import_path(str(plain), "lora", "plain").few_step == ""
+    stored = json.loads(paths.library_index.read_text())["entries"]["lora"]
+    assert stored["fast.safetensors"]["few_step"] == "lcm"
+    shutil.copyfile(lcm, paths.loras / "dropped.safetensors")
+    assert {r.name: (r.few_step, r.indexed) for r in library.records("lora")} == {
+        "dropped": ("lcm", False), "fast": ("lcm", True), "plain": ("", True)}
