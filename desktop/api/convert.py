@@ -88,6 +88,7 @@ class LibraryNames:
     vaes: tuple[str, ...] = ()
     upscalers: tuple[str, ...] = ()
     controls: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,10 @@ _MAPPED_IMG2IMG = frozenset({
 _HARMLESS = frozenset({
     "do_not_save_samples", "do_not_save_grid", "script_args", "force_task_id", "infotext", "comments",
     "disable_extra_networks", "firstphase_width", "firstphase_height", "image_cfg_scale", "user",
-    "hr_additional_modules", "subseed", "sampler_index", "refiner_switch_at",
+    "hr_additional_modules", "subseed", "sampler_index",
 })
+# A1111's SDXL refiner (txt2img): a library model continues the base model's latents (backends/refiner.py).
+_REFINER = frozenset({"refiner_checkpoint", "refiner_switch_at"})
 # The hires fix (txt2img only; img2img's are ignored as A1111's img2img has no hires fix).
 _HIRES = frozenset({
     "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y", "hr_sampler_name",
@@ -156,7 +159,6 @@ _CHANGES_IMAGE: Mapping[str, Callable[[object], bool]] = {
     # ControlNet's units are mapped (desktop.api.controlnet); any other active script is refused.
     "alwayson_scripts": lambda v: v is None or (isinstance(v, dict) and all(
         _empty_script(s) or (isinstance(k, str) and k.casefold() == "controlnet") for k, s in v.items())),
-    "refiner_checkpoint": lambda v: _no_op(v, ""),
     "initial_noise_multiplier": lambda v: _no_op(v, 1),
     "latent_mask": lambda v: _no_op(v, ""),
 }
@@ -180,7 +182,7 @@ def check_fields(payload: Mapping[str, Any], img2img: bool, log: Callable[[str],
                             "leave them at their defaults.", refused[0])
     if img2img and payload.get("enable_hr"):
         raise ApiError(422, "The hires fix is for txt2img (A1111's img2img has none).", "enable_hr")
-    known = _MAPPED | _HARMLESS | _HIRES | set(_CHANGES_IMAGE) | {"eta", "enable_hr"}
+    known = _MAPPED | _HARMLESS | _HIRES | _REFINER | set(_CHANGES_IMAGE) | {"eta", "enable_hr"}
     known |= _MAPPED_IMG2IMG if img2img else set()
     warnings = []
     for name in payload:
@@ -384,6 +386,19 @@ def _hires_values(payload: Mapping[str, Any], upscalers: Sequence[str]) -> dict[
     }
 
 
+def _refiner_values(payload: Mapping[str, Any], models: Sequence[str]) -> dict[str, Any]:
+    """A1111's `refiner_checkpoint` (a model title, "name [hash]" or the name) and `refiner_switch_at`."""
+    value = payload.get("refiner_checkpoint")
+    if value is None or value == "" or value == "None":  # A1111 clients send these for "no refiner"
+        return {}
+    if not isinstance(value, str):
+        raise ApiError(422, "refiner_checkpoint must be a model name.", "refiner_checkpoint")
+    found = None if looks_like_path(value) else find_name(models, strip_title(value))
+    if found is None:
+        raise ApiError(422, f"No model named {value!r} in the library for refiner_checkpoint.", "refiner_checkpoint")
+    return {"refiner": found, "refiner_switch_at": _float(payload, "refiner_switch_at", 0.8)}
+
+
 def request_from_payload(
     payload: Mapping[str, Any],
     options: ApiOptions,
@@ -427,6 +442,7 @@ def request_from_payload(
         more_sources = [_source(data, (width, height), save_image, limits) for data in payload["init_images"][1:]]
     else:
         values.update(_hires_values(payload, names.upscalers))
+        values.update(_refiner_values(payload, names.models))
     controls = units_from(payload.get("alwayson_scripts"), (width, height), names.controls, save_image, limits, log)
     # The inpaint module reads the job's own source and mask; its unit names the source for the record.
     values["controls"] = tuple(replace(unit, image=unit.image or values.get("init_image") or "") for unit in controls)
@@ -510,6 +526,7 @@ _FIELD_WORDS = (
     ("hires steps", "hr_second_pass_steps"), ("hires denoising", "denoising_strength"),
     ("at hires denoising", "hr_second_pass_steps"), ("hires fix", "hr_scale"), ("hires prompt", "hr_prompt"),
     ("hires negative prompt", "hr_negative_prompt"), ("control unit", "alwayson_scripts"),
+    ("refiner switch at", "refiner_switch_at"), ("the refiner", "refiner_checkpoint"),
     ("width", "width"), ("height", "height"), ("steps", "steps"), ("CFG scale", "cfg_scale"), ("seed", "seed"),
     ("batch size", "batch_size"), ("batch count", "n_iter"), ("clip skip", "CLIP_stop_at_last_layers"),
     ("strength", "denoising_strength"), ("mask blur", "mask_blur"), ("padding", "inpaint_full_res_padding"),

@@ -251,7 +251,7 @@ def build_app(service: JobSource, inputs: Path, version: str, config: ServerConf
         def names(kind: str) -> tuple[str, ...]:
             return tuple(record.name for record in service.records(kind))
 
-        return LibraryNames(names("lora"), names("vae"), names("upscaler"), names("control"))
+        return LibraryNames(names("lora"), names("vae"), names("upscaler"), names("control"), names("model"))
 
     def generate(body: Txt2ImgRequest, img2img: bool) -> dict[str, Any]:
         payload = body.model_dump(exclude_unset=True)

@@ -36,7 +36,8 @@ WEBUIAPI_DEFAULTS = {
 OPTIONS = ApiOptions("tiny", 2, "Original")
 
 
-NAMES = LibraryNames(loras=("detail",), vaes=("clear-vae",), upscalers=("4x-tiny",), controls=("tiny-canny",))
+NAMES = LibraryNames(loras=("detail",), vaes=("clear-vae",), upscalers=("4x-tiny",), controls=("tiny-canny",),
+                     models=("tiny", "xl-refiner"))
 
 
 def convert(payload: dict, img2img: bool = False, saved: list | None = None, options: ApiOptions = OPTIONS):
@@ -203,3 +204,26 @@ def test_bad_controlnet_units_are_422_naming_the_unit_field(fields, key, words):
         convert({**WEBUIAPI_DEFAULTS, **unit(**fields)})
     assert caught.value.status == 422 and caught.value.field_name == f"alwayson_scripts.controlnet.args.0.{key}"
     assert words in str(caught.value)
+
+
+def test_the_sdxl_refiner_fields_map_to_the_request():
+    request = convert({**WEBUIAPI_DEFAULTS, "refiner_checkpoint": "xl-refiner [0a1b2c3d]",
+                       "refiner_switch_at": 0.7})[0].request
+    assert (request.refiner, request.refiner_switch_at) == ("xl-refiner", 0.7)
+    assert convert({**WEBUIAPI_DEFAULTS, "refiner_checkpoint": "xl-refiner"})[0].request.refiner_switch_at == 0.8
+    # The forms clients send for "no refiner", and no warning for A1111's own fields.
+    for off in ("", None, "None"):
+        converted, warnings = convert({**WEBUIAPI_DEFAULTS, "refiner_checkpoint": off, "refiner_switch_at": 0.8})
+        assert converted.request.refiner == "" and warnings == []
+
+
+@pytest.mark.parametrize(("fields", "key", "words"), [
+    ({"refiner_checkpoint": "missing"}, "refiner_checkpoint", "'missing'"),
+    ({"refiner_checkpoint": "../xl-refiner"}, "refiner_checkpoint", "No model"),
+    ({"refiner_checkpoint": 3}, "refiner_checkpoint", "model name"),
+    ({"refiner_checkpoint": "xl-refiner", "refiner_switch_at": 1.5}, "refiner_switch_at", "out of range"),
+])
+def test_bad_refiner_fields_are_422_naming_the_field(fields, key, words):
+    with pytest.raises(ApiError) as caught:
+        convert({**WEBUIAPI_DEFAULTS, **fields})
+    assert caught.value.status == 422 and caught.value.field_name == key and words in str(caught.value)
