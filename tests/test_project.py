@@ -44,3 +44,23 @@ def test_heavy_imports_live_in_the_backend_only():
         for node in top_level:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             assert not any(n.split(".")[0] in heavy for n in names), f"{path}: {names}"
+
+
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def broken_markdown_links(root: Path) -> list[str]:
+    """Relative links in README.md and docs/*.md whose file does not exist (anchors and URLs skipped)."""
+    broken = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in MARKDOWN_LINK.findall(page.read_text(encoding="utf-8")):
+            path = target.split("#", 1)[0]
+            if not path or re.match(r"[a-z][a-z0-9+.-]*:", path):
+                continue
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(root)}: {target}")
+    return broken
+
+
+def test_every_relative_markdown_link_resolves():
+    assert broken_markdown_links(ROOT) == []
