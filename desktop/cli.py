@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", choices=DEVICES)
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
     gen.add_argument("--memory-mode", default="auto", choices=MEMORY_MODES,
-                     help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload")
+                     help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload; "
+                          "Flux/SD3 also group (group offload), sequential (layer by layer), fp8 (float8 weights)")
     gen.add_argument("--fast", action="store_true",
                      help="fast mode for GPUs: channels_last and torch.compile on the UNet (the first image compiles)")
     gen.add_argument("--config", help="diffusers config folder for a single-file checkpoint of unusual size")
