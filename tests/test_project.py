@@ -50,16 +50,29 @@ MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def broken_markdown_links(root: Path) -> list[str]:
-    """Relative links in README.md and docs/*.md whose file does not exist (anchors and URLs skipped)."""
+    """Relative links in README.md and docs/*.md whose file or heading does not exist (URLs skipped)."""
     broken = []
     for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
         for target in MARKDOWN_LINK.findall(page.read_text(encoding="utf-8")):
             path = target.split("#", 1)[0]
-            if not path or re.match(r"[a-z][a-z0-9+.-]*:", path):
+            if re.match(r"[a-z][a-z0-9+.-]*:", path):
                 continue
-            if not (page.parent / path).exists():
+            file = page.parent / path if path else page
+            if not file.exists():
                 broken.append(f"{page.relative_to(root)}: {target}")
+            elif "#" in target and file.suffix == ".md" and target.split("#", 1)[1] not in heading_anchors(file):
+                broken.append(f"{page.relative_to(root)}: {target} (no such heading)")
     return broken
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    anchors = set()
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
 
 
 def test_every_relative_markdown_link_resolves():
