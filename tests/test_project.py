@@ -77,3 +77,26 @@ def heading_anchors(page: Path) -> set[str]:
 
 def test_every_relative_markdown_link_resolves():
     assert broken_markdown_links(ROOT) == []
+
+
+def command_line_options() -> set[str]:
+    """Every --option of every `marble` command and subcommand, from the real parser."""
+    import argparse
+
+    from desktop.cli import build_parser
+
+    options: set[str] = set()
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            options.update(o for o in action.option_strings if o.startswith("--") and o != "--help")
+    return options
+
+
+def test_docs_cli_names_every_command_line_option():
+    reference = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    missing = sorted(o for o in command_line_options() if not re.search(re.escape(o) + r"(?![\w-])", reference))
+    assert missing == []
