@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--steps", type=int, default=None, help="default 30; 4 for a Flux schnell model")
-    gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default 7.5; 1 for Flux schnell)")
+    gen.add_argument("--cfg", type=float, default=None,
+                     help="guidance scale (default 7.5; 1 for Flux schnell, 4 for Qwen-Image)")
     gen.add_argument("--distilled-cfg", type=float, default=3.5, metavar="F",
                      help="Flux dev's distilled guidance (Forge's Distilled CFG Scale); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
