@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--steps", type=int, default=None, help="default 30; 4 for a Flux schnell model")
-    gen.add_argument("--cfg", type=float, default=None, help="guidance scale (default 7.5; 1 for Flux schnell)")
+    gen.add_argument("--cfg", type=float, default=None,
+                     help="guidance scale (default 7.5; 1 for Flux schnell, 4 for Qwen-Image)")
     gen.add_argument("--distilled-cfg", type=float, default=3.5, metavar="F",
                      help="Flux dev's distilled guidance (Forge's Distilled CFG Scale); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
@@ -141,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", choices=DEVICES)
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
     gen.add_argument("--memory-mode", default="auto", choices=MEMORY_MODES,
-                     help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload")
+                     help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload; "
+                          "Flux/SD3 also group (group offload), sequential (layer by layer), fp8 (float8 weights)")
     gen.add_argument("--fast", action="store_true",
                      help="fast mode for GPUs: channels_last and torch.compile on the UNet (the first image compiles)")
     gen.add_argument("--config", help="diffusers config folder for a single-file checkpoint of unusual size")
