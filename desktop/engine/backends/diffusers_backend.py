@@ -677,8 +677,9 @@ class DiffusersBackend:
         size = {"width": request.width, "height": request.height}
         if plan is not None:
             pipe = self._dit_pipe_for(request.mode)
-            size = {"image": plan.image, "strength": float(request.strength), "width": plan.size[0],
-                    "height": plan.size[1]}  # fmt: skip
+            # One source per image, so image k is encoded with its own seed's generator (per_image_sources).
+            size = {"image": per_image_sources(plan.image, request.batch_size), "strength": float(request.strength),
+                    "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
             if plan.mask is not None or self._inpaint_model:
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
