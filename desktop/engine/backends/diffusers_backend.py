@@ -735,8 +735,9 @@ class DiffusersBackend:
         size = {"width": request.width, "height": request.height}
         if plan is not None:
             pipe = self._dit_pipe_for(request.mode)
-            size = {"image": plan.image, "strength": float(request.strength), "width": plan.size[0],
-                    "height": plan.size[1]}  # fmt: skip
+            # One source per image, so image k is encoded with its own seed's generator (per_image_sources).
+            size = {"image": per_image_sources(plan.image, request.batch_size), "strength": float(request.strength),
+                    "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
             if plan.mask is not None or self._inpaint_model:
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -1003,6 +1004,8 @@ class DiffusersBackend:
         image = plan.image
         if request.inpaint_fill == "fill" and plan.mask is not None:
             image = fill_masked(image, plan.mask)  # A1111's "fill": the hole starts as the colours around it
+        # One source per image, so image k is encoded with its own seed's generator (per_image_sources).
+        image = per_image_sources(image, request.batch_size)
         arguments: dict[str, Any] = {"image": image, "strength": float(request.strength)}
         if plan.mask is not None or self._inpaint_model:
             mask = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
@@ -1279,6 +1282,14 @@ def _variation_arguments(
     subseeds = [request.subseed_for(seed) for seed in seeds]
     noise = initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
     return {"latents": noise.to(pipe.unet.dtype)}
+
+
+def per_image_sources(image: Image.Image, count: int) -> Image.Image | list[Image.Image]:
+    """The source once per image of a batch: diffusers' inpainting pipelines encode a single source with
+    the first generator only, so generator k would start its noise where a lone job with that seed
+    samples the source's latents; one source per image makes the pipeline encode image k with generator
+    k, as a lone job does (request.seed_for). A lone job gets the image itself, as before."""
+    return image if count == 1 else [image] * count
 
 
 def with_prediction_overrides(scheduler: Any, arch: ArchitectureInfo) -> Any:
