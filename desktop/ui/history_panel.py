@@ -274,27 +274,27 @@ class HistoryPanel(QWidget):
 
     @Slot()
     def send_to_canvas(self) -> None:
-        record = self.current_record()
-        if record is None:
-            return
-        if record.missing or not Path(record.path).exists():
-            self.message.emit(
-                self.tr("{path} is missing: it was moved or deleted outside Marble.").format(path=record.path), "error"
-            )
-            return
-        self.send_to_canvas_requested.emit(record.path)
+        path = self._existing_path()
+        if path is not None:
+            self.send_to_canvas_requested.emit(path)
 
     @Slot()
     def upscale(self) -> None:
+        path = self._existing_path()
+        if path is not None:
+            self.upscale_requested.emit(path)
+
+    def _existing_path(self) -> str | None:
+        """The current image's file, or None (said in the status line when the file is gone)."""
         record = self.current_record()
         if record is None:
-            return
+            return None
         if record.missing or not Path(record.path).exists():
             self.message.emit(
                 self.tr("{path} is missing: it was moved or deleted outside Marble.").format(path=record.path), "error"
             )
-            return
-        self.upscale_requested.emit(record.path)
+            return None
+        return record.path
 
     @Slot()
     def open_file(self) -> None:

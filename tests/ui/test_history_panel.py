@@ -506,3 +506,18 @@ def test_enter_opens_the_detail_view_with_the_image_and_its_recipe(qtbot, hstudi
     assert hstudio.store.get(fox.id).trashed
     assert "a red fox in the snow" not in prompts(panel)
     assert detail.record.prompt == panel.current_record().prompt == "a blue whale, deep sea"
+
+
+def test_a_file_deleted_outside_marble_is_said_not_sent(qtbot, hstudio: HistoryStudio):
+    window, panel = hstudio.window, hstudio.panel
+    select(panel, "a blue whale, deep sea")
+    path = panel.current_record().path
+    Path(path).unlink()
+    sent: list[str] = []
+    panel.send_to_canvas_requested.connect(sent.append)
+    panel.upscale_requested.connect(sent.append)
+    for action in (panel.canvas_action, panel.upscale_action):
+        window.message_bar.clear()
+        action.trigger()
+        assert sent == []
+        assert f"{path} is missing" in window.message_bar.text()
