@@ -28,7 +28,8 @@ MODULES: Mapping[str, str] = {
     # Learned preprocessors: the network the user imported into the control library (annotators.py).
     "depth_anything": "depth", "depth_anything_v2": "depth", "depth_midas": "depth", "depth": "depth",
     "lineart_realistic": "lineart", "lineart": "lineart",
-    "openpose": "openpose",
+    "openpose": "openpose", "openpose_hand": "openpose_hand", "openpose_face": "openpose_face",
+    "openpose_full": "openpose_full",
     # IP-Adapter units: the extension names the module by image encoder; Marble picks the encoder itself.
     "ip-adapter_clip_sd15": "ip-adapter", "ip-adapter_clip_sdxl": "ip-adapter",
     "ip-adapter_clip_sdxl_plus_vith": "ip-adapter", "ip-adapter_clip_h": "ip-adapter", "ip-adapter": "ip-adapter",

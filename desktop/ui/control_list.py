@@ -59,6 +59,9 @@ _PREPROCESSOR_LABELS = {
     "depth": QT_TRANSLATE_NOOP("ControlListWidget", "Depth (imported model)"),
     "lineart": QT_TRANSLATE_NOOP("ControlListWidget", "Lineart (imported model)"),
     "openpose": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose (imported model)"),
+    "openpose_hand": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose with hands (imported models)"),
+    "openpose_face": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose with face (imported models)"),
+    "openpose_full": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose full (imported models)"),
 }
 _MODE_LABELS = {
     "balanced": QT_TRANSLATE_NOOP("ControlListWidget", "Balanced"),
