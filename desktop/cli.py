@@ -168,9 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_argument("--control-mode", action="append", default=[], choices=CONTROL_MODES,
                          help="balanced, prompt (A1111's 'My prompt is more important') or control ('ControlNet "
                               "is more important'); once for every unit, or once per --control")
-    control.add_argument("--ip-adapter", action="append", default=[], metavar="NAME:IMAGE[:WEIGHT]",
-                         help="an image prompt: a library IP-Adapter, its reference image and weight (default 1); "
-                              "the CLIP image encoder is picked from the control library (repeatable)")
+    control.add_argument("--ip-adapter", action="append", default=[], metavar="NAME:IMAGE[|IMAGE...][:WEIGHT]",
+                         help="an image prompt: a library IP-Adapter, its reference image(s) and weight (default 1); "
+                              "several images joined by | (quote it) are averaged as A1111 does; the CLIP image "
+                              "encoder is picked from the control library (repeatable)")
     edit = gen.add_argument_group("image-to-image, inpainting and outpainting")
     edit.add_argument("--init-image", metavar="PATH", help="source image (PNG, JPEG or WebP)")
     edit.add_argument("--strength", type=float, default=0.75, help="0 keeps the source, 1 ignores it")
@@ -554,8 +555,10 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
 
 
 def parse_ip_adapter_args(values: list[str]) -> tuple[ControlUnit, ...]:
-    """`--ip-adapter NAME:IMAGE[:WEIGHT]` values as IP-Adapter units (after the --control units). The image
-    path may hold colons: a last part that is a number is the weight."""
+    """`--ip-adapter NAME:IMAGE[|IMAGE...][:WEIGHT]` values as IP-Adapter units (after the --control units).
+    The image path may hold colons: a last part that is a number is the weight. Several reference images
+    are joined by `|`, which no Windows path can hold (and, unlike `+` or `;`, Windows names cannot); a
+    Linux file whose name holds `|` is still taken whole when it exists."""
     units = []
     for value in values:
         name, _, rest = value.partition(":")
@@ -566,10 +569,12 @@ def parse_ip_adapter_args(values: list[str]) -> tuple[ControlUnit, ...]:
             image, weight = rest, 1.0
         if not sep:
             image = rest
-        if not name.strip() or not image.strip():
-            raise InvalidRequest(f"--ip-adapter {value!r}: use NAME:IMAGE[:WEIGHT].")
-        path = str(Path(image).expanduser().resolve())
-        units.append(ControlUnit(name, path, weight, preprocessor=IP_ADAPTER_PREPROCESSOR))
+        pieces = [image] if "|" not in image or Path(image).expanduser().exists() else image.split("|")
+        if not name.strip() or not all(piece.strip() for piece in pieces):
+            raise InvalidRequest(f"--ip-adapter {value!r}: use NAME:IMAGE[|IMAGE...][:WEIGHT].")
+        paths = [str(Path(piece).expanduser().resolve()) for piece in pieces]
+        units.append(ControlUnit(name, paths[0], weight, preprocessor=IP_ADAPTER_PREPROCESSOR,
+                                 more_images=tuple(paths[1:])))  # fmt: skip
     return tuple(units)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from desktop.api.convert import ApiError, ApiLimits, decode_image, find_name, looks_like_path, strip_title
-from desktop.engine.request import MAX_CONTROL_UNITS, ControlUnit
+from desktop.engine.request import MAX_CONTROL_UNITS, MAX_REFERENCE_IMAGES, ControlUnit
 
 # The extension's module names (and Marble's own) to Marble's preprocessors. Only preprocessors this
 # engine has: another one joins by one line here once it exists in control_preprocess.
@@ -28,7 +28,8 @@ MODULES: Mapping[str, str] = {
     # Learned preprocessors: the network the user imported into the control library (annotators.py).
     "depth_anything": "depth", "depth_anything_v2": "depth", "depth_midas": "depth", "depth": "depth",
     "lineart_realistic": "lineart", "lineart": "lineart",
-    "openpose": "openpose",
+    "openpose": "openpose", "openpose_hand": "openpose_hand", "openpose_face": "openpose_face",
+    "openpose_full": "openpose_full",
     # IP-Adapter units: the extension names the module by image encoder; Marble picks the encoder itself.
     "ip-adapter_clip_sd15": "ip-adapter", "ip-adapter_clip_sdxl": "ip-adapter",
     "ip-adapter_clip_sdxl_plus_vith": "ip-adapter", "ip-adapter_clip_h": "ip-adapter", "ip-adapter": "ip-adapter",
@@ -129,9 +130,9 @@ def _unit(
         # The extension runs the module at processor_res then resizes; Marble runs it at the working size.
         log(f"API request: ControlNet unit {index}: processor_res ignored; Marble preprocesses at the image's "
             "working size (as pixel_perfect does)")
-    image = _image(arg, index, preprocessor, save_image, limits, size, resize_mode in _CROP_AND_RESIZE)
+    images = _images(arg, index, preprocessor, save_image, limits, size, resize_mode in _CROP_AND_RESIZE)
     return ControlUnit(
-        model=model, image=image,
+        model=model, image=images[0], more_images=images[1:],
         weight=_number(arg, "weight", 1.0, index), start=_number(arg, "guidance_start", 0.0, index),
         end=_number(arg, "guidance_end", 1.0, index), mode=mode, preprocessor=preprocessor,
         threshold_a=_number(arg, "threshold_a", -1.0, index), threshold_b=_number(arg, "threshold_b", -1.0, index),
@@ -151,10 +152,28 @@ def _model(value: object, index: int, control_models: Sequence[str]) -> str:
     return found
 
 
-def _image(arg: Mapping[str, Any], index: int, preprocessor: str, save_image: Callable[[Image.Image], str],
-           limits: ApiLimits, size: tuple[int, int], cropped: bool) -> str:
-    """The unit's image saved by the server; the inpaint module reads the job's own source and mask."""
+def _images(arg: Mapping[str, Any], index: int, preprocessor: str, save_image: Callable[[Image.Image], str],
+            limits: ApiLimits, size: tuple[int, int], cropped: bool) -> tuple[str, ...]:
+    """The unit's images saved by the server (one, or an IP-Adapter's several); the inpaint module reads the
+    job's own source and mask. The extension's forms: a base64 string, {"image": b64, "mask": b64},
+    [image, mask], or a list of {"image": ..., "mask": ...} (several inputs, for IP-Adapter modules)."""
     data = arg.get("image") if arg.get("image") not in (None, "") else arg.get("input_image")
+    if isinstance(data, (list, tuple)) and data and all(isinstance(item, dict) for item in data):
+        if len(data) > 1 and preprocessor != "ip-adapter":
+            raise ApiError(422, f"ControlNet unit {index}: only IP-Adapter modules take several images.",
+                           _where(index, "image"))
+        if len(data) > MAX_REFERENCE_IMAGES:
+            raise ApiError(422, f"ControlNet unit {index}: use at most {MAX_REFERENCE_IMAGES} images.",
+                           _where(index, "image"))
+        return tuple(_image(item.get("image"), arg, index, preprocessor, save_image, limits, size, cropped)
+                     for item in data)  # fmt: skip
+    if isinstance(data, (list, tuple)) and len(data) == 2:  # the extension's [image, mask] pair
+        data = data[0]
+    return (_image(data, arg, index, preprocessor, save_image, limits, size, cropped),)
+
+
+def _image(data: object, arg: Mapping[str, Any], index: int, preprocessor: str,
+           save_image: Callable[[Image.Image], str], limits: ApiLimits, size: tuple[int, int], cropped: bool) -> str:
     if isinstance(data, dict):  # the extension's {"image": b64, "mask": b64} form
         data = data.get("image")
     if data in (None, ""):

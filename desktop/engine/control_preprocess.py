@@ -24,12 +24,13 @@ from desktop.engine.errors import InvalidRequest
 
 PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint")
 # Preprocessors that run a network from the control library (an imported annotator of that task).
-LEARNED = ("depth", "lineart", "openpose")
+LEARNED = ("depth", "lineart", "openpose", "openpose_hand", "openpose_face", "openpose_full")
 # A1111's extension names its modules differently; these are the names it writes as "Module:".
 A1111_MODULES = {
     "none": "none", "canny": "canny", "softedge": "softedge_gradient", "scribble": "scribble_thr",
     "tile": "tile_resample", "inpaint": "inpaint_only",
     "depth": "depth_anything", "lineart": "lineart_realistic", "openpose": "openpose",
+    "openpose_hand": "openpose_hand", "openpose_face": "openpose_face", "openpose_full": "openpose_full",
 }  # fmt: skip
 # Other module names A1111 writes that mean the same output (inverse relative depth as grey).
 _READ_AS = {"invert": "scribble", "depth_midas": "depth", "depth_anything_v2": "depth"}
@@ -37,7 +38,8 @@ _READ_AS = {"invert": "scribble", "depth_midas": "depth", "depth_anything_v2": "
 DEFAULT_THRESHOLDS = {
     "none": (-1.0, -1.0), "canny": (100.0, 200.0), "softedge": (-1.0, -1.0), "scribble": (127.0, -1.0),
     "tile": (1.0, -1.0), "inpaint": (-1.0, -1.0), "depth": (-1.0, -1.0), "lineart": (-1.0, -1.0),
-    "openpose": (-1.0, -1.0),
+    "openpose": (-1.0, -1.0), "openpose_hand": (-1.0, -1.0), "openpose_face": (-1.0, -1.0),
+    "openpose_full": (-1.0, -1.0),
 }  # fmt: skip
 
 

@@ -55,10 +55,12 @@ CONTROL_MODES = ("balanced", "prompt", "control")
 IP_ADAPTER_PREPROCESSOR = "ip-adapter"
 CONTROL_PREPROCESSORS = (
     "none", "canny", "softedge", "scribble", "tile", "inpaint", "depth", "lineart", "openpose",
-    IP_ADAPTER_PREPROCESSOR,
+    IP_ADAPTER_PREPROCESSOR, "openpose_hand", "openpose_face", "openpose_full",
 )
 MAX_CONTROL_UNITS = 8
 MAX_CONTROL_WEIGHT = 2.0  # A1111's slider range
+# An IP-Adapter unit's reference images (its image plus `more_images`); A1111 sets no limit, memory does.
+MAX_REFERENCE_IMAGES = 16
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class ControlUnit:
     `start`/`end` are fractions of the steps (diffusers' control_guidance_start/end, A1111's Guidance
     Start/End). `mode`: CONTROL_MODES (docs in desktop/engine/backends/control.py). `threshold_a/b`:
     the preprocessor's two settings as A1111 writes them; -1 = the preprocessor's default.
+    `more_images`: an IP-Adapter unit's further reference images after `image` (A1111's multi-input
+    unit); their embeddings are averaged (desktop/engine/backends/ip_adapter.py). Other units have none.
     """
 
     model: str
@@ -79,6 +83,12 @@ class ControlUnit:
     preprocessor: str = "none"
     threshold_a: float = -1.0
     threshold_b: float = -1.0
+    more_images: tuple[str, ...] = ()
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """Every image of the unit: `image`, then an IP-Adapter's further reference images."""
+        return (self.image, *self.more_images)
 
     def validate(self, index: int) -> None:
         label = f"Control unit {index}"
@@ -106,6 +116,20 @@ class ControlUnit:
             raise InvalidRequest(
                 f"{label}: unknown preprocessor {self.preprocessor!r}: use one of {', '.join(CONTROL_PREPROCESSORS)}."
             )
+        self._validate_more_images(label)
+
+    def _validate_more_images(self, label: str) -> None:
+        if not isinstance(self.more_images, tuple):
+            raise InvalidRequest(f"{label}: the further reference images must be a list of files.")
+        if not self.more_images:
+            return
+        if self.preprocessor != IP_ADAPTER_PREPROCESSOR:
+            raise InvalidRequest(f"{label}: only an IP-Adapter unit takes several images; give this unit one.")
+        if len(self.more_images) + 1 > MAX_REFERENCE_IMAGES:
+            raise InvalidRequest(f"{label}: use at most {MAX_REFERENCE_IMAGES} reference images.")
+        for path in self.more_images:
+            if not isinstance(path, str) or not path.strip() or "\x00" in path:
+                raise InvalidRequest(f"{label}: every reference image must be a file, not {path!r}.")
 
 
 # Library names are at most 120 characters (library.index.MAX_NAME_CHARS); room for a file extension.
@@ -538,7 +562,10 @@ def _controls_from(raw: object) -> tuple[ControlUnit, ...]:
         if isinstance(item, ControlUnit):
             units.append(item)
         elif isinstance(item, dict) and isinstance(item.get("model"), str) and isinstance(item.get("image"), str):
-            units.append(ControlUnit(**{k: v for k, v in item.items() if k in known}))
+            values = {k: v for k, v in item.items() if k in known}
+            if isinstance(values.get("more_images"), list):  # JSON has no tuples
+                values["more_images"] = tuple(values["more_images"])
+            units.append(ControlUnit(**values))
         else:
             raise InvalidRequest(f"The saved request has an unreadable control unit: {item!r}.")
     return tuple(units)

@@ -3,7 +3,8 @@
 Each unit picks a control model from the library, a control image (a file, or the picture on the
 canvas saved into the app's inputs folder so the request holds a path), a preprocessor, weight,
 start/end (fractions of the steps) and control mode, and shows a small preview of its preprocessed
-image. The preview runs the Qt-free preprocessor on a thumbnail, on the GUI thread: at
+image. An IP-Adapter unit takes further reference images (A1111's multi-input unit; "Add image…" / "−"),
+whose embeddings the job averages. The preview runs the Qt-free preprocessor on a thumbnail, on the GUI thread: at
 `PREVIEW_SIDE` px it takes milliseconds. Learned preprocessors (depth, lineart, pose) would run a network
 there, so their preview is the image unprocessed, with the tooltip "Previewed at generation".
 """
@@ -39,6 +40,7 @@ from desktop.engine.request import (
     IP_ADAPTER_PREPROCESSOR,
     MAX_CONTROL_UNITS,
     MAX_CONTROL_WEIGHT,
+    MAX_REFERENCE_IMAGES,
     ControlUnit,
 )
 from desktop.ui.canvas.picture_view import array_to_qimage
@@ -57,6 +59,9 @@ _PREPROCESSOR_LABELS = {
     "depth": QT_TRANSLATE_NOOP("ControlListWidget", "Depth (imported model)"),
     "lineart": QT_TRANSLATE_NOOP("ControlListWidget", "Lineart (imported model)"),
     "openpose": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose (imported model)"),
+    "openpose_hand": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose with hands (imported models)"),
+    "openpose_face": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose with face (imported models)"),
+    "openpose_full": QT_TRANSLATE_NOOP("ControlListWidget", "OpenPose full (imported models)"),
 }
 _MODE_LABELS = {
     "balanced": QT_TRANSLATE_NOOP("ControlListWidget", "Balanced"),
@@ -90,6 +95,7 @@ class _ControlRow(QFrame):
         self.setFrameShape(QFrame.Shape.StyledPanel)
         self._thresholds = (-1.0, -1.0)
         self._image = ""
+        self._more: tuple[str, ...] = ()  # an IP-Adapter unit's further reference images
         # The image comes from the control drawing on the canvas (saved into the inputs folder per job).
         self.drawn = False
         self.model_combo = QComboBox(objectName="control_model_combo")
@@ -122,6 +128,15 @@ class _ControlRow(QFrame):
         self.start_spin.setToolTip(self.tr("Start: the fraction of the steps where control begins"))
         self.end_spin = _spin("control_end_spin", 1.0, 1.0)
         self.end_spin.setToolTip(self.tr("End: the fraction of the steps where control ends"))
+        self.more_label = QLabel(objectName="control_more_images_label")
+        self.more_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.add_reference_button = QPushButton(self.tr("Add image…"), objectName="control_add_reference_button")
+        self.add_reference_button.setToolTip(
+            self.tr("Add further reference images: the IP-Adapter averages what it reads from each"))
+        self.remove_reference_button = QToolButton(objectName="control_remove_reference_button", text="−")
+        self.remove_reference_button.setToolTip(self.tr("Remove the last added reference image"))
+        self.references_line = QWidget(objectName="control_references_line")
+        self.references_line.setLayout(_hbox(self.more_label, self.add_reference_button, self.remove_reference_button))
         self.preview = QLabel(objectName="control_preview")
         self.preview.setFixedSize(PREVIEW_SIDE, PREVIEW_SIDE)
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -129,12 +144,14 @@ class _ControlRow(QFrame):
         self._lay_out()
         self.set_names(names)
         self.set_image("")
+        self.set_more_images(())
 
     def _lay_out(self) -> None:
         settings = QVBoxLayout()
         settings.setSpacing(2)
         settings.addLayout(_hbox(self.model_combo, self.remove_button))
         settings.addLayout(_hbox(self.image_label, self.file_button, self.canvas_button))
+        settings.addWidget(self.references_line)
         settings.addLayout(_hbox(self.draw_button, self.edit_button))
         settings.addLayout(_hbox(self.preprocessor_combo, self.mode_combo))
         settings.addLayout(_hbox(
@@ -170,6 +187,21 @@ class _ControlRow(QFrame):
         self.edit_button.setEnabled(bool(path))
         self.update_preview()
 
+    def more_images(self) -> tuple[str, ...]:
+        return self._more
+
+    def set_more_images(self, paths: Sequence[str]) -> None:
+        self._more = tuple(paths)
+        count = len(self._more)
+        self.more_label.setText(self.tr("Reference images: {count}").format(count=count + 1))
+        self.more_label.setToolTip("\n".join(self._more))
+        self.remove_reference_button.setEnabled(bool(count))
+        self.update_references_line()
+
+    def update_references_line(self) -> None:
+        # Only an IP-Adapter reads several images; the others' line is hidden (their unit drops the list).
+        self.references_line.setVisible(self.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR)
+
     def update_preview(self) -> None:
         if not self._image:
             self.preview.setPixmap(QPixmap())
@@ -192,6 +224,7 @@ class _ControlRow(QFrame):
             start=round(self.start_spin.value(), 2), end=round(self.end_spin.value(), 2),
             mode=self.mode_combo.currentData(), preprocessor=self.preprocessor_combo.currentData(),
             threshold_a=self._thresholds[0], threshold_b=self._thresholds[1],
+            more_images=self._more if self.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR else (),
         )
 
     def show_unit(self, unit: ControlUnit) -> None:
@@ -203,6 +236,7 @@ class _ControlRow(QFrame):
         self.start_spin.setValue(unit.start)
         self.end_spin.setValue(unit.end)
         self.set_image(unit.image)
+        self.set_more_images(unit.more_images)
 
 
 class ControlListWidget(QWidget):
@@ -279,6 +313,8 @@ class ControlListWidget(QWidget):
         row.canvas_button.clicked.connect(lambda: self.use_canvas(row))
         row.draw_button.clicked.connect(lambda: self.drawing_requested.emit(row))
         row.edit_button.clicked.connect(lambda: self.edit_requested.emit(row))
+        row.add_reference_button.clicked.connect(lambda: self._choose_references(row))
+        row.remove_reference_button.clicked.connect(lambda: self.set_references(row, row.more_images()[:-1]))
         row.preprocessor_combo.currentIndexChanged.connect(lambda: self._on_preprocessor_changed(row))
         row.model_combo.currentIndexChanged.connect(lambda: self._on_model_changed(row))
         row.mode_combo.currentIndexChanged.connect(self.controls_changed)
@@ -359,6 +395,23 @@ class ControlListWidget(QWidget):
         if path:
             self._set_image(row, path)
 
+    def _choose_references(self, row: _ControlRow) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, self.tr("Reference images"), str(Path(row.image()).parent) if row.image() else "",
+            self.tr("Images (*.png *.jpg *.jpeg *.webp)"),
+        )
+        room = MAX_REFERENCE_IMAGES - 1 - len(row.more_images())
+        if len(paths) > room:
+            self._say(self.tr("An IP-Adapter unit takes at most {count} reference images.").format(
+                count=MAX_REFERENCE_IMAGES))  # fmt: skip
+        if paths and room > 0:
+            self.set_references(row, (*row.more_images(), *paths[:room]))
+
+    def set_references(self, row: _ControlRow, paths: Sequence[str]) -> None:
+        """`row`'s further reference images (after its image), for an IP-Adapter unit."""
+        row.set_more_images(paths)
+        self.controls_changed.emit()
+
     def _set_image(self, row: _ControlRow, path: str) -> None:
         self._say("")
         row.set_image(path)
@@ -375,6 +428,7 @@ class ControlListWidget(QWidget):
 
     def _on_preprocessor_changed(self, row: _ControlRow) -> None:
         row.update_preview()
+        row.update_references_line()
         self.controls_changed.emit()
 
     def show_problem(self, text: str) -> None:

@@ -192,6 +192,23 @@ def test_controlnet_units_map_to_control_units():
         assert convert({**WEBUIAPI_DEFAULTS, **unit(module=module)})[0].request.controls[0].preprocessor == preprocessor
 
 
+def test_an_ip_adapter_unit_takes_the_extensions_list_of_images():
+    """sd-webui-controlnet's multi-input form: `image` as a list of {"image", "mask"} for IP-Adapter modules."""
+    saved: list[Image.Image] = []
+    images = [{"image": b64_png(Image.new("RGB", (16, 16), colour)), "mask": None} for colour in ("red", "blue")]
+    payload = {**WEBUIAPI_DEFAULTS, **unit(module="ip-adapter_clip_sd15", image=images)}
+    request = convert(payload, saved=saved)[0].request
+    (got,) = request.controls
+    assert got.images == ("/server-made/1.png", "/server-made/2.png") and got.preprocessor == "ip-adapter"
+    assert [image.getpixel((0, 0)) for image in saved] == [(255, 0, 0), (0, 0, 255)]
+    # The [image, mask] pair is one image; several images for a ControlNet module are refused.
+    pair = [b64_png(Image.new("RGB", (16, 16))), b64_png(Image.new("RGB", (16, 16)))]
+    (one,) = convert({**WEBUIAPI_DEFAULTS, **unit(module="ip-adapter", image=pair)}, saved=[])[0].request.controls
+    assert one.images == ("/server-made/1.png",)
+    with pytest.raises(ApiError, match="only IP-Adapter modules take several images"):
+        convert({**WEBUIAPI_DEFAULTS, **unit(module="canny", image=images)})
+
+
 @pytest.mark.parametrize(("fields", "key", "words"), [
     ({"module": "depth_leres"}, "module", "'depth_leres'"), ({"model": "other [12345678]"}, "model", "other"),
     ({"model": "../tiny-canny"}, "model", "not a path"), ({"control_mode": "Loud"}, "control_mode", "Loud"),

@@ -3,6 +3,8 @@ bare diffusers (load_ip_adapter with the same state dict), weight / range, SDXL,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,7 +107,9 @@ def image_of(backend, request) -> np.ndarray:
     return np.asarray(batch.images[0].convert("RGB")).astype(np.int16)
 
 
-def bare(pipe, request, state_dicts, encoder, images, scales) -> np.ndarray:
+def bare(pipe, request, state_dicts, encoder, images, scales, average=False) -> np.ndarray:
+    """Bare diffusers; `average`: each adapter's projected image embeddings averaged over its images (what
+    A1111's extension does with several inputs), by a hook written here, not Marble's."""
     from transformers import CLIPImageProcessorPil
 
     pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessorPil(
@@ -113,6 +117,10 @@ def bare(pipe, request, state_dicts, encoder, images, scales) -> np.ndarray:
     pipe.load_ip_adapter([tiny.nested(s) for s in state_dicts], subfolder=[""] * len(state_dicts),
                          weight_name=[""] * len(state_dicts), image_encoder_folder=None)  # fmt: skip
     pipe.set_ip_adapter_scale(scales)
+    if average:
+        pipe.unet.encoder_hid_proj.register_forward_hook(
+            lambda _m, _i, out: [torch.stack([e[:, i] for i in range(e.shape[1])]).sum(0)[:, None] / e.shape[1]
+                                 for e in out])  # fmt: skip
     try:
         out = pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
                    width=request.width, height=request.height, ip_adapter_image=images,
@@ -147,6 +155,19 @@ def test_plain_plus_and_encoder_are_detected_and_listed(home, tmp_path):
     code, out, err = run_cli("controls", "list", "--home", str(home.models.parent))
     assert code == 0, err
     assert "IP-Adapter" in out and "image encoder" in out
+
+
+def test_plus_face_is_a_plus_adapter_and_faceid_is_refused_naming_what_it_needs(tmp_path):
+    face = tiny.save_state(tiny.plus_face_header_state(), tmp_path / "ip-adapter-plus-face_sd15.safetensors")
+    info = inspect_ip_adapter(read_safetensors_header(face))
+    assert (info.variant, info.family, info.encoder_output, info.encoder_width) == ("plus", "sd1", "hidden", 1280)
+    assert inspect_control(read_safetensors_header(face)).label == "SD 1.x IP-Adapter Plus"
+    for plus, kind in ((False, "FaceID"), (True, "FaceID Plus")):
+        path = tiny.save_state(tiny.faceid_header_state(plus), tmp_path / f"faceid-{plus}.safetensors")
+        with pytest.raises(ModelError, match=f"is an IP-Adapter {kind}: .*insightface"):
+            inspect_control(read_safetensors_header(path))
+        code, _, err = run_cli("controls", "import", str(path), "--home", str(tmp_path / "h"))
+        assert code != 0 and "insightface" in err and "buffalo_l" in err and "Traceback" not in err
 
 
 def test_a_file_that_is_neither_gives_a_clear_error(tmp_path):
@@ -186,6 +207,35 @@ def test_two_units_equal_bare_diffusers_and_weight_zero_is_no_adapter(
     without = image_of(backend, request_for(tiny_sd15_dir))
     zero = request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.0),))
     assert np.array_equal(image_of(backend, zero), without)
+
+
+def test_several_reference_images_average_their_embeddings_as_a1111_does(
+    backend, sd_pipe, tiny_sd15_dir, states, encoder, reference, tmp_path
+):
+    other = tmp_path / "other.png"
+    Image.new("RGB", (40, 40), "yellow").save(other)
+    both = request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.9, more_images=(str(other),)),))
+    ours = image_of(backend, both)
+    images = [[Image.open(path).convert("RGB") for path in (reference, other)]]
+    assert np.array_equal(ours, bare(sd_pipe, both, [states[0]], encoder, images, [0.9], average=True))
+    # Not diffusers' own concatenation of the images' tokens, and neither image alone.
+    assert not np.array_equal(ours, bare(sd_pipe, both, [states[0]], encoder, images, [0.9]))
+    for path in (reference, other):
+        alone = image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", path, 0.9),)))
+        assert np.abs(ours - alone).mean() > 0.5
+    # The hook goes with the job: a one-image unit afterwards is the one-image result of bare diffusers.
+    one = request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.9),))
+    assert np.array_equal(image_of(backend, one), bare(sd_pipe, one, [states[0]], encoder,
+                                                       [Image.open(reference).convert("RGB")], [0.9]))  # fmt: skip
+
+
+def test_more_images_are_only_for_ip_adapter_units(reference):
+    with pytest.raises(InvalidRequest, match="only an IP-Adapter unit takes several images"):
+        ControlUnit("edges", str(reference), more_images=(str(reference),)).validate(0)
+    with pytest.raises(InvalidRequest, match="at most 16 reference images"):
+        unit("face", reference, more_images=(str(reference),) * 16).validate(0)
+    with pytest.raises(InvalidRequest, match="every reference image must be a file"):
+        unit("face", reference, more_images=("",)).validate(0)
 
 
 def test_range_sets_scale_zero_outside_it(backend, tiny_sd15_dir, reference):
@@ -263,24 +313,37 @@ def test_with_a_controlnet_and_in_image_to_image(backend, tiny_sd15_dir, referen
 
 def test_cli_ip_adapter_writes_a1111_metadata_and_reads_back(home, tiny_sd15_dir, reference, tmp_path):
     out = tmp_path / "out.png"
+    other = tmp_path / "other.png"
+    Image.new("RGB", (32, 32), "yellow").save(other)
     code, _, err = run_cli(
         "generate", "--model", str(tiny_sd15_dir), "--prompt", "a cat", "--steps", "2", "--seed", "3", "--width",
         "64", "--height", "64", "--device", "cpu", "--no-preview", "--home", str(home.models.parent),
-        "--ip-adapter", f"face:{reference}:0.5", "--out", str(out),
+        "--ip-adapter", f"face:{reference}|{other}:0.5", "--out", str(out),
     )  # fmt: skip
     assert code == 0, err
     digest = legacy_hash(Library(home).path_of(Library(home).get("control", "face")))
     parameters = read_text_chunks(out)["parameters"]
     assert f'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: face [{digest}], Weight: 0.5,' in parameters
-    assert read_image_metadata(out).request.controls == (unit("face", reference, 0.5),)
+    # Marble's chunk keeps every reference image; the recipe made from it restores them.
+    both = unit("face", reference, 0.5, more_images=(str(other),))
+    assert read_image_metadata(out).request.controls == (both,)
+    assert read_recipe(read_image_metadata(out), controls=[Library(home).get("control", "face")]).fields[
+        "controls"] == (both,)
     # An A1111 PNG (no Marble chunk): the module reads back as an IP-Adapter unit.
     recipe = read_recipe(interpret_chunks({"parameters": parameters}), controls=[Library(home).get("control", "face")])
     (read,) = recipe.fields["controls"]
     assert (read.model, read.preprocessor, read.weight) == ("face", "ip-adapter", 0.5)
     assert parse_ip_adapter_args(["m:/a:b/c.png"]) == (ControlUnit("m", "/a:b/c.png", 1.0, preprocessor="ip-adapter"),)
     assert parse_ip_adapter_args(["m:/c.png:0.3"])[0].weight == 0.3
-    code, _, err = run_cli("generate", "--model", "x", "--prompt", "p", "--ip-adapter", "face", "--home", str(tmp_path))
-    assert code != 0 and "NAME:IMAGE[:WEIGHT]" in err and "Traceback" not in err
+    assert parse_ip_adapter_args(["m:C:/a b/c.png|D:/d.png:0.3"])[0].images == (
+        str(Path("C:/a b/c.png").resolve()), str(Path("D:/d.png").resolve()))  # fmt: skip
+    odd = tmp_path / "a|b.png"  # a Linux name holding the separator is taken whole when it exists
+    Image.new("RGB", (8, 8)).save(odd, format="PNG")
+    assert parse_ip_adapter_args([f"m:{odd}"])[0].images == (str(odd),)
+    for bad in ("face", "face:a.png|", "face:|b.png:0.5"):
+        code, _, err = run_cli("generate", "--model", "x", "--prompt", "p", "--ip-adapter", bad,
+                               "--home", str(tmp_path))  # fmt: skip
+        assert code != 0 and "NAME:IMAGE[|IMAGE...][:WEIGHT]" in err and "Traceback" not in err
 
 
 def test_hires_fix_gives_both_passes_the_reference_as_bare_diffusers_does(backend, tiny_sd15_dir, states, encoder,

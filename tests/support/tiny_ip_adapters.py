@@ -83,3 +83,34 @@ def plus_header_state(cross: int = 768, encoder_hidden: int = 1280) -> dict:
 def save_state(state: dict, path: Path) -> Path:
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
+
+
+def plus_face_header_state() -> dict:
+    """The names and shapes of h94's ip-adapter-plus-face_sd15 (zeros, half precision: detection only); the
+    same perceiver resampler as Plus, 16 tokens of 768 from ViT-H's 1280-wide hidden states."""
+    half = torch.float16
+    return {
+        "image_proj.latents": torch.zeros(1, 16, 768, dtype=half),
+        "image_proj.proj_in.weight": torch.zeros(768, 1280, dtype=half),
+        "image_proj.proj_in.bias": torch.zeros(768, dtype=half),
+        "image_proj.proj_out.weight": torch.zeros(768, 768, dtype=half),
+        "image_proj.norm_out.weight": torch.zeros(768, dtype=half),
+        "image_proj.layers.0.0.norm1.weight": torch.zeros(768, dtype=half),
+        "ip_adapter.1.to_k_ip.weight": torch.zeros(320, 768, dtype=half),
+        "ip_adapter.1.to_v_ip.weight": torch.zeros(320, 768, dtype=half),
+    }
+
+
+def faceid_header_state(plus: bool = False) -> dict:
+    """h94's IP-Adapter FaceID (or FaceID Plus) names: an MLP from a 512-wide face embedding (`proj.0`,
+    `proj.2`, `norm`), Plus adding a `perceiver_resampler` over CLIP hidden states. Zeros, small widths."""
+    state = {
+        "image_proj.proj.0.weight": torch.zeros(64, 512),
+        "image_proj.proj.2.weight": torch.zeros(4 * 32, 64),
+        "image_proj.norm.weight": torch.zeros(32),
+        "ip_adapter.1.to_k_ip.weight": torch.zeros(320, 768),
+        "ip_adapter.1.to_v_ip.weight": torch.zeros(320, 768),
+    }
+    if plus:
+        state["image_proj.perceiver_resampler.proj_in.weight"] = torch.zeros(32, 1280)
+    return state

@@ -22,6 +22,12 @@ What each one returns (float32 (H, W, 3) in [0, 1], as desktop/engine/control_pr
   The maps are resized back to the image; each part's peaks are the local maxima (4-neighbourhood) of the
   map blurred with a Gaussian of sigma 3 above 0.1. People are assembled from the peaks with the part
   affinity fields (`decode_pose`), and drawn with OpenPose's limb colours on black (`draw_pose`).
+- openpose_hand / openpose_face / openpose_full: the body pose as above, then OpenPose's hand and/or face
+  network (`hand` / `face` annotators: one CPM, a VGG front and six stages, each stage after the first
+  reading the previous stage's maps joined before the front's features) on a square box per hand / face
+  found from the body's keypoints (desktop/engine/pose_parts.py). The box is resized to 368 px (one
+  scale), BGR, values /256 - 0.5; the last stage's maps are upsampled 8x and resized back to the box,
+  and each keypoint is its map's maximum. Drawn over the body pose in ControlNet 1.1's colours.
 """
 
 from __future__ import annotations
@@ -36,10 +42,20 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.annotator import CONFIG_KEY, DEPTH, LINEART, OPENPOSE
+from desktop.engine.library.annotator import CONFIG_KEY, DEPTH, FACE, HAND, LINEART, OPENPOSE
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.control import ANNOTATOR, inspect_control
 from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.pose_parts import (
+    FACE_THRESHOLD,
+    HAND_THRESHOLD,
+    Box,
+    draw_faces,
+    draw_hands,
+    face_boxes,
+    hand_boxes,
+    keypoints,
+)
 
 # OpenPose's 18 body parts (COCO order): nose, neck, right shoulder/elbow/wrist, left shoulder/elbow/wrist,
 # right hip/knee/ankle, left hip/knee/ankle, right eye, left eye, right ear, left ear.
@@ -67,6 +83,10 @@ PEAK_THRESHOLD = 0.1
 PAF_THRESHOLD = 0.05
 POSE_BOX = 368 * 0.5
 POSE_STRIDE = 8
+PART_BOX = 368  # the side a hand or face box is resized to for its network
+# The pose preprocessors that add hands and / or a face to the body (A1111's module names), and the
+# networks each needs beyond the body's.
+POSE_EXTRAS = {"openpose_hand": (HAND,), "openpose_face": (FACE,), "openpose_full": (HAND, FACE)}
 
 Point = tuple[float, float]
 
@@ -113,12 +133,22 @@ class Annotators:
                 if identity not in self._loaded:
                     self._loaded[identity] = load_annotator(entry.path, entry.name)
                 return self._loaded[identity]
+        what = {HAND: "OpenPose hand", FACE: "OpenPose face"}.get(task, task)
         raise ModelError(
-            f"The {task} preprocessor needs its network, and the control library has none: import one "
+            f"The {what} preprocessor needs its network, and the control library has none: import one "
             f"(marble controls import FILE_OR_FOLDER; {_WHAT[task]})."
         )
 
     def apply(self, task: str, image: Image.Image) -> np.ndarray:
+        """The control image of preprocessor `task` (a learned one, or a POSE_EXTRAS one) for `image`."""
+        if task in POSE_EXTRAS:
+            body = self.find(OPENPOSE)
+            extras = {part: self.find(part) for part in POSE_EXTRAS[task]}
+            try:
+                return annotate_pose(body, extras.get(HAND), extras.get(FACE), image)
+            except (RuntimeError, ValueError) as error:
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+                raise ModelError(f"The {task} preprocessor failed on this image: {first}.") from None
         annotator = self.find(task)
         try:
             return annotate(annotator, image)
@@ -131,6 +161,8 @@ _WHAT = {
     DEPTH: "a Depth Anything or DPT model folder with config.json and model.safetensors",
     LINEART: "ControlNet 1.1's lineart annotator, sk_model.pth, with --convert-pickle",
     OPENPOSE: "OpenPose's body_pose_model.pth, with --convert-pickle",
+    HAND: "OpenPose's hand_pose_model.pth, with --convert-pickle",
+    FACE: "OpenPose's facenet.pth, with --convert-pickle",
 }
 
 
@@ -152,6 +184,8 @@ def load_annotator(path: Path, name: str) -> Annotator:
             net = _depth_net(state, json.loads(header.metadata[CONFIG_KEY]), architecture)
         elif info.layout == LINEART:
             architecture, net = "lineart-generator", _lineart_net(state)
+        elif info.layout in (HAND, FACE):
+            architecture, net = f"openpose-{info.layout}", _part_net(state)
         else:
             architecture, net = "openpose-body", _openpose_net(state)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as error:
@@ -278,6 +312,49 @@ def _openpose_net(state: dict[str, Any]) -> Any:
     return net
 
 
+def _part_net(state: dict[str, Any]) -> Any:
+    """OpenPose's hand / face CPM, its widths and kernel sizes read from the tensors."""
+    import torch
+    from torch import nn
+
+    stages = max(int(k.split("_stage")[1].split(".")[0]) for k in state if k.startswith("Mconv7_stage"))
+    front = (
+        "conv1_1", "conv1_2", "pool", "conv2_1", "conv2_2", "pool", "conv3_1", "conv3_2", "conv3_3", "conv3_4",
+        "pool", "conv4_1", "conv4_2", "conv4_3", "conv4_4", "conv5_1", "conv5_2", "conv5_3_CPM",
+    )  # fmt: skip
+    first = ("conv6_1_CPM", "conv6_2_CPM")
+    later = {stage: tuple(f"Mconv{i}_stage{stage}" for i in range(1, 8)) for stage in range(2, stages + 1)}
+
+    class Parts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            names = [n for n in front if n != "pool"] + list(first) + [n for ns in later.values() for n in ns]
+            for name in names:  # attributes named as the file names its tensors (conv1_1.weight, ...)
+                out, inputs, k, _ = state[f"{name}.weight"].shape
+                self.add_module(name, nn.Conv2d(inputs, out, k, padding=k // 2))
+
+        def _run(self, names: tuple[str, ...], x: Any, last_plain: bool) -> Any:
+            for index, name in enumerate(names):
+                if name == "pool":
+                    x = torch.nn.functional.max_pool2d(x, 2, 2)
+                    continue
+                x = getattr(self, name)(x)
+                if not (last_plain and index == len(names) - 1):  # each stage's maps come without a ReLU
+                    x = torch.relu(x)
+            return x
+
+        def forward(self, x: Any) -> Any:
+            features = self._run(front, x, last_plain=False)
+            maps = self._run(first, features, True)
+            for stage in range(2, stages + 1):
+                maps = self._run(later[stage], torch.cat([maps, features], 1), True)
+            return maps
+
+    net = Parts()
+    net.load_state_dict(state, strict=True)
+    return net
+
+
 # ------------------------------------------------------------------------------------------ running
 
 
@@ -293,6 +370,36 @@ def annotate(annotator: Annotator, image: Image.Image) -> np.ndarray:
             return _gray3(_lineart(annotator.net, rgb))
         heat, paf = pose_maps(annotator.net, rgb)
         return np.asarray(draw_pose(decode_pose(heat, paf), rgb.size), dtype=np.float32) / 255.0
+
+
+def annotate_pose(body: Annotator, hand: Annotator | None, face: Annotator | None, image: Image.Image) -> np.ndarray:
+    """The body pose of `image` with each person's hands (`hand`'s network) and / or face drawn over it."""
+    rgb = image.convert("RGB")
+    heat, paf = pose_maps(body.net, rgb)
+    people = decode_pose(heat, paf)
+    canvas = draw_pose(people, rgb.size)
+    if hand is not None:
+        found = [keypoints(part_maps(hand.net, rgb, box), box, HAND_THRESHOLD) for box in hand_boxes(people, rgb.size)]
+        draw_hands(canvas, found)
+    if face is not None:
+        found = [keypoints(part_maps(face.net, rgb, box), box, FACE_THRESHOLD) for box in face_boxes(people, rgb.size)]
+        draw_faces(canvas, found)
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def part_maps(net: Any, rgb: Image.Image, box: Box) -> np.ndarray:
+    """A hand / face network's last-stage maps for the square `box` of `rgb`, at the box's size."""
+    import torch
+
+    crop = rgb.crop((box.x, box.y, box.x + box.side, box.y + box.side)).resize((PART_BOX, PART_BOX),
+                                                                               Image.Resampling.BICUBIC)  # fmt: skip
+    bgr = np.asarray(crop, dtype=np.float32)[:, :, ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))[None] / 256.0 - 0.5
+    with torch.inference_mode():
+        maps = net(x)
+        maps = torch.nn.functional.interpolate(maps, scale_factor=POSE_STRIDE, mode="bicubic", align_corners=False)
+        maps = torch.nn.functional.interpolate(maps, (box.side, box.side), mode="bicubic", align_corners=False)
+    return maps[0].numpy().astype(np.float32)
 
 
 def _depth(annotator: Annotator, rgb: Image.Image) -> np.ndarray:

@@ -10,6 +10,11 @@ reads the encoder's projected embedding, plus/full ones its hidden states; the w
 units of a job share one encoder, as diffusers runs one. Files without a config are built from their
 tensors' shapes; every released IP-Adapter encoder (ViT-H/14, ViT-bigG/14) has 16 attention heads.
 
+Several reference images in one unit (A1111's multi-input IP-Adapter): each image is encoded and projected
+on its own, as diffusers does with a list of images per adapter, and the projected embeddings are then
+averaged, as A1111's ControlNet extension does (`ImageEmbed.average_of`; diffusers alone would concatenate
+their tokens). The average is a forward hook on the UNet's image projection; one image averages to itself.
+
 Start/end: the scale of a unit is 0 outside its range, set between steps by the step callback with
 diffusers' ControlNet rule (step i runs unless i/n < start or (i+1)/n > end). After the job the adapters
 are unloaded and the UNet's previous attention processors restored, so the next job is clean.
@@ -283,8 +288,15 @@ def _load(
                 pipe.set_ip_adapter_scale(scales_at(done, total))
 
         run.steppers.append(on_step)
-    images = [load_source(unit.image) for unit in units]
+    # One image per adapter as before; a list for a unit with several (diffusers encodes each).
+    images = [
+        [load_source(path) for path in unit.images] if unit.more_images else load_source(unit.image)
+        for unit in units
+    ]
     run.arguments["ip_adapter_image"] = images
+    if any(unit.more_images for unit in units):
+        unet_module = getattr(unet, "_orig_mod", unet)
+        run.handles.append(unet_module.encoder_hid_proj.register_forward_hook(_average_images))
 
     def second_pass(other: Any) -> dict[str, Any]:
         """The hires fix's image-to-image pipeline shares the UNet (with the adapters loaded) but was made
@@ -296,6 +308,14 @@ def _load(
         return {"ip_adapter_image": images}
 
     run.second_pass = second_pass
+
+
+def _average_images(_module: Any, _inputs: Any, outputs: Any) -> Any:
+    """The projected embeddings of each adapter's images, averaged over the images (A1111's multi-input rule).
+
+    diffusers' MultiIPAdapterImageProjection returns one [batch, images, tokens, width] tensor per adapter;
+    the average keeps the images axis (size 1) so the attention processors read it as one image."""
+    return [embeds.mean(dim=1, keepdim=True) for embeds in outputs]
 
 
 def _short(error: BaseException) -> str:

@@ -12,6 +12,11 @@ the header's tensor names say which task a file does:
   `model4.1.weight`, residual blocks `model2.N.conv_block.*`).
 - openpose: the OpenPose body model (`conv1_1.weight` ... `Mconv7_stage6_L2.weight`: VGG front,
   six stages of part-affinity (L1) and heatmap (L2) branches).
+- hand / face: OpenPose's hand and face models (`hand_pose_model.pth`, `facenet.pth` as ControlNet's
+  annotators ship them): one CPM with a VGG front ending in `conv5_3_CPM`, stage 1 `conv6_1_CPM` /
+  `conv6_2_CPM`, stages 2.. `Mconv1_stageN` ... `Mconv7_stageN`. The same names for both: the number
+  of maps `conv6_2_CPM` makes tells them apart (22 for a hand's 21 keypoints, 71 for a face's 70, each
+  with a background map).
 """
 
 from __future__ import annotations
@@ -28,8 +33,12 @@ from desktop.engine.safe_files import loads_json, open_regular
 DEPTH = "depth"
 LINEART = "lineart"
 OPENPOSE = "openpose"
-TASKS = (DEPTH, LINEART, OPENPOSE)
-_TASK_LABELS = {DEPTH: "Depth", LINEART: "Lineart", OPENPOSE: "OpenPose body"}
+HAND = "hand"  # OpenPose's hand network (the openpose_hand / openpose_full preprocessors use it)
+FACE = "face"  # OpenPose's face network (openpose_face / openpose_full)
+TASKS = (DEPTH, LINEART, OPENPOSE, HAND, FACE)
+_TASK_LABELS = {DEPTH: "Depth", LINEART: "Lineart", OPENPOSE: "OpenPose body", HAND: "OpenPose hand",
+                FACE: "OpenPose face"}  # fmt: skip
+_PART_MAPS = {22: HAND, 71: FACE}  # maps conv6_2_CPM makes -> what the CPM finds
 CONFIG_KEY = "config"  # the safetensors metadata entry holding transformers' config.json
 _MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -38,8 +47,8 @@ _MAX_CONFIG_BYTES = 1024 * 1024
 class AnnotatorInfo:
     """What an annotator file's header says."""
 
-    task: str  # DEPTH | LINEART | OPENPOSE
-    architecture: str  # "depth-anything" | "dpt" | "lineart-generator" | "openpose-body"
+    task: str  # DEPTH | LINEART | OPENPOSE | HAND | FACE
+    architecture: str  # "depth-anything" | "dpt" | "lineart-generator" | "openpose-body" | "openpose-hand" | ...
 
     @property
     def label(self) -> str:
@@ -55,6 +64,16 @@ def inspect_annotator(header: SafetensorsHeader, name: str = "this file") -> Ann
         return AnnotatorInfo(LINEART, "lineart-generator")
     if "conv1_1.weight" in tensors and "conv5_5_CPM_L1.weight" in tensors and "Mconv7_stage6_L2.weight" in tensors:
         return AnnotatorInfo(OPENPOSE, "openpose-body")
+    if all(f"{n}.weight" in tensors for n in ("conv1_1", "conv5_3_CPM", "conv6_1_CPM", "conv6_2_CPM")):
+        maps = header.shape("conv6_2_CPM.weight")
+        task = _PART_MAPS.get(maps[0]) if maps else None
+        if task is None or not header.has_prefix("Mconv7_stage"):
+            made = f"{maps[0]} output maps" if maps and len(maps) == 4 else "no output layer Marble can read"
+            raise ModelError(
+                f"{name} has OpenPose hand/face tensor names but {made}: a hand model (hand_pose_model.pth) makes "
+                "22 maps and a face model (facenet.pth) 71, each with refinement stages (Mconv1_stage2 ...)."
+            )
+        return AnnotatorInfo(task, f"openpose-{task}")
     architecture = _depth_architecture(header)
     if architecture is None:
         return None

@@ -92,9 +92,13 @@ def inspect_ip_adapter(header: SafetensorsHeader, name: str = "this file") -> Ip
     if header.has_prefix("image_proj.perceiver_resampler.") or (
         "image_proj.norm.weight" in header.tensors and "image_proj.proj.0.weight" in header.tensors
     ):
+        # FaceID's projection reads a 512-wide ArcFace identity embedding, not CLIP's: without the face model
+        # (and the package that runs it) there is nothing to give it. h94's Plus Face is a Plus adapter.
+        kind = "FaceID Plus" if header.has_prefix("image_proj.perceiver_resampler.") else "FaceID"
         raise ModelError(
-            f"{name} is an IP-Adapter FaceID, which needs a separate face-recognition model; Marble does not "
-            "support FaceID adapters yet."
+            f"{name} is an IP-Adapter {kind}: it reads a face embedding from insightface's face-recognition "
+            "model (buffalo_l / antelopev2, run by the insightface package), which Marble does not have. Use a "
+            "CLIP IP-Adapter instead (plain, Plus, Plus Face or Full Face)."
         )
     to_k = next((header.shape(n) for n in sorted(header.tensors) if n.endswith(".to_k_ip.weight")), None)
     width = to_k[1] if to_k is not None and len(to_k) == 2 else None
