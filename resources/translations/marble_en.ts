@@ -493,6 +493,18 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>OpenPose with hands (imported models)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>OpenPose with face (imported models)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>OpenPose full (imported models)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Balanced</source>
         <translation type="unfinished"></translation>
     </message>
@@ -522,6 +534,14 @@
     </message>
     <message>
         <source>Images (*.png *.jpg *.jpeg *.webp)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reference images</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>An IP-Adapter unit takes at most {count} reference images.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -2268,6 +2288,18 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Add image…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Add further reference images: the IP-Adapter averages what it reads from each</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove the last added reference image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Weight</source>
         <translation type="unfinished"></translation>
     </message>
@@ -2289,6 +2321,10 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>No image yet</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reference images: {count}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
