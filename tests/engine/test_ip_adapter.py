@@ -267,9 +267,26 @@ def test_sdxl_ip_adapter_equals_bare_diffusers(tmp_path, tiny_sdxl_dir, encoder,
     library.import_path(str(tiny.save_image_encoder(encoder, tmp_path / "enc.safetensors")), "control", "enc")
     backend = DiffusersBackend(paths, Resources.default(), ModelCatalog(paths.models), preview_every=0)
     request = request_for(tiny_sdxl_dir, controls=(unit("xl", reference, 0.9),))
-    ours = image_of(backend, request)
+    backend.load(request)
+    batch = backend.generate(request, 0, lambda _: None, CancelToken())
     expected = bare(pipe, request, [state], encoder, [Image.open(reference).convert("RGB")], [0.9])
-    assert np.array_equal(ours, expected)
+    assert np.array_equal(np.asarray(batch.images[0].convert("RGB")).astype(np.int16), expected)
+    # The tiny encoder is not ViT-bigG wide: A1111 names an SDXL adapter on a ViT-H encoder this way.
+    assert batch.controls[0].module == "ip-adapter_clip_sdxl_plus_vith"
+
+
+@pytest.mark.parametrize(("family", "width", "module"), [
+    ("sd15", 1280, "ip-adapter_clip_sd15"), ("sdxl", 1664, "ip-adapter_clip_sdxl"),
+    ("sdxl", 1280, "ip-adapter_clip_sdxl_plus_vith"), ("sdxl", None, "ip-adapter_clip_sdxl"),
+    ("sd15", None, "ip-adapter_clip_sd15"),
+])  # fmt: skip
+def test_the_a1111_module_names_the_family_and_the_encoder(family, width, module):
+    from types import SimpleNamespace
+
+    from desktop.engine.backends.ip_adapter import a1111_module
+
+    encoder = None if width is None else SimpleNamespace(config=SimpleNamespace(hidden_size=width))
+    assert a1111_module(family, encoder) == module
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from desktop.engine.terminal_text import library_text
 # The module names A1111's ControlNet extension writes for an IP-Adapter unit, by the encoder it ran.
 A1111_MODULE_SD15 = "ip-adapter_clip_sd15"  # OpenCLIP ViT-H/14
 A1111_MODULE_SDXL = "ip-adapter_clip_sdxl"  # OpenCLIP ViT-bigG/14
+A1111_MODULE_SDXL_VIT_H = "ip-adapter_clip_sdxl_plus_vith"  # an SDXL adapter trained on ViT-H/14
 _BIG_G_WIDTH = 1664
 
 
@@ -142,7 +143,8 @@ class IpAdapters:
             if unit.weight > 0 and unit.end > unit.start
         ]
         encoder = self._encoder_for([a for _, a in active], pipe) if active else None
-        hashes = _merged_hashes(request, control, adapters, encoder)
+        family = "sdxl" if "XL" in type(pipe).__name__ else "sd15"  # the model's, as the adapter's width may be odd
+        hashes = _merged_hashes(request, control, adapters, encoder, family)
         run = control if control is not None else ControlRun(pipe, {}, ())
         run.hashes = hashes
         if active:
@@ -191,7 +193,7 @@ class IpAdapters:
 
 
 def _merged_hashes(
-    request: GenerationRequest, control: ControlRun | None, adapters: list[_Adapter], encoder: Any
+    request: GenerationRequest, control: ControlRun | None, adapters: list[_Adapter], encoder: Any, family: str
 ) -> tuple[ControlHash, ...]:
     others = iter(control.hashes if control is not None else ())
     ours = iter(adapters)
@@ -201,12 +203,16 @@ def _merged_hashes(
             merged.append(next(others))
             continue
         adapter = next(ours)
-        if encoder is not None:
-            big = encoder.config.hidden_size == _BIG_G_WIDTH
-        else:
-            big = adapter.info.family == "sdxl"
-        merged.append(ControlHash(adapter.name, adapter.hash, A1111_MODULE_SDXL if big else A1111_MODULE_SD15))
+        merged.append(ControlHash(adapter.name, adapter.hash, a1111_module(family, encoder)))
     return tuple(merged)
+
+
+def a1111_module(family: str, encoder: Any) -> str:
+    """The module A1111's extension writes: named by the model family and the image encoder that ran."""
+    big = encoder.config.hidden_size == _BIG_G_WIDTH if encoder is not None else family == "sdxl"
+    if family != "sdxl":
+        return A1111_MODULE_SD15
+    return A1111_MODULE_SDXL if big else A1111_MODULE_SDXL_VIT_H
 
 
 def _build_encoder(path: Path, info: ImageEncoderInfo, name: str) -> Any:
