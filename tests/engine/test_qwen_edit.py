@@ -10,6 +10,8 @@ tiny model shrinks every other dimension."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -122,15 +124,39 @@ def test_a_transformer_file_is_an_edit_model_by_its_text_encoder_folder_or_metad
     file = save_transformer_file(state, tmp_path / "qwen-image.safetensors", prefix="model.diffusion_model.")
     assert detect_model(file).dit.variant == ""  # the tensors are the base model's
     source, path = _image(tmp_path, "source.png")
-    request = request_for(
-        file, steps=2, cfg_scale=4.0, init_image=str(path), model_config=str(edit["folder"]),
-        text_encoders=str(edit["folder"]),
-    )  # fmt: skip
+    # No --config: the Edit folder's own transformer config serves (not the shipped 60-block one).
+    request = request_for(file, steps=2, cfg_scale=4.0, init_image=str(path), text_encoders=str(edit["folder"]))
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare(QwenImageEditPipeline, edit["folder"], request, image=source))
     tagged = tmp_path / "tagged.safetensors"
     save_file(state, str(tagged), metadata={"modelspec.architecture": "qwen-image-edit-2509"})
     assert (detect_model(tagged).dit.variant, detect_model(tagged).label) == ("edit-plus", "Qwen-Image Edit Plus")
+
+
+def test_edit_models_get_their_model_cards_defaults(edit, tmp_path):
+    from desktop.engine.library.native_size import family_defaults, model_family
+
+    families = (model_family(edit["folder"]), model_family(edit["plus"]))
+    assert families == ("qwen-image-edit", "qwen-image-edit-plus")
+    assert [family_defaults(f) for f in families] == [{"steps": 50, "cfg_scale": 4.0}, {"steps": 40, "cfg_scale": 4.0}]
+
+
+def test_the_command_line_takes_reference_images_and_records_them(edit, tmp_path):
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    _, source = _image(tmp_path, "source.png")
+    _, reference = _image(tmp_path, "reference.png", flip=True)
+    code, out, err = in_process([
+        "--home", str(tmp_path / "home"), "generate", "--model", str(edit["plus"]), "--prompt", "put the cat in it",
+        "--steps", "2", "--seed", "3", "--device", "cpu", "--init-image", str(source), "--reference-image",
+        str(reference), "--out", str(tmp_path / "out.png"),
+    ])  # fmt: skip
+    assert code == 0, err
+    metadata = read_image_metadata(tmp_path / "out.png")
+    assert metadata.request.reference_images == (str(reference),)
+    assert (metadata.request.steps, metadata.request.cfg_scale) == (2, 4.0)  # the card's CFG, the user's steps
+    assert metadata.settings["Reference image hashes"] == hashlib.sha256(reference.read_bytes()).hexdigest()[:10]
 
 
 def test_edit_plus_reads_the_reference_images_too(paths, edit, tmp_path):
@@ -146,7 +172,8 @@ def test_edit_plus_reads_the_reference_images_too(paths, edit, tmp_path):
     alone, _ = run(make_backend(paths), request_for(edit["plus"], steps=2, cfg_scale=4.0, init_image=str(path)))
     assert not np.array_equal(pixels(alone.images[0]), expected)
     # The recipe keeps them.
-    assert GenerationRequest.from_dict(request.to_dict()).reference_images == (str(reference_path),)
+    saved = json.loads(json.dumps(request.to_dict()))
+    assert GenerationRequest.from_dict(saved).reference_images == (str(reference_path),)
 
 
 def test_edit_inpainting_matches_diffusers_inside_the_mask_and_keeps_the_rest(paths, edit, tmp_path):

@@ -221,6 +221,11 @@ def _load_qwen_zimage(
     info = arch.dit
     assert info is not None
     config = config_folder or _config_folder(resources, arch, name)
+    if config_folder is None and qwen_edit.is_edit(info) and text_encoders is not None:
+        # The Edit model's own folder holds its transformer config (Edit-2511's `zero_cond_t` differs from
+        # the base model's, in the config only): it serves a transformer file of that model.
+        if (text_encoders / "transformer" / "config.json").is_file():
+            config = text_encoders
     if path.is_dir():
         return qwen_zimage.assemble(path, info, name=name, dtype=dtype, shipped=config)
     if text_encoders is None:
