@@ -761,9 +761,10 @@ class DiffusersBackend:
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
             with torch.inference_mode():
+                arguments = families.generation_arguments(pipe, request, self._dit) | size
+                arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
                 result = pipe(
-                    **families.generation_arguments(pipe, request, self._dit),
-                    num_inference_steps=request.steps, **size, num_images_per_prompt=request.batch_size,
+                    **arguments, num_inference_steps=request.steps,
                     generator=generators[0] if len(generators) == 1 else generators,
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )  # fmt: skip

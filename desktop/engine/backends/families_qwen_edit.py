@@ -137,3 +137,14 @@ def uses_strength(info: DitInfo | None, mode: str) -> bool:
     """Whether the job's strength reaches its pipeline: always, except in an Edit model's instruction
     edits (Edit's inpainting pipeline takes one; the Edit and Plus edits start from noise)."""
     return not is_edit(info) or (mode == "inpaint" and info is not None and info.variant == EDIT)
+
+
+def per_image_batch(info: DitInfo | None, mode: str, arguments: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """`arguments` with `num_images_per_prompt`; for Edit's inpainting of a batch, one prompt and one source
+    per image instead, so image k's source is encoded with its own seed's generator, as a lone job's is
+    (the pipeline samples the source's latents with the first generator only when it gets one source, and
+    one source cannot go with several prompts: each prompt shows the vision tower its own copy)."""
+    if batch_size == 1 or not (is_edit(info) and info is not None and info.variant == EDIT and mode == "inpaint"):
+        return arguments | {"num_images_per_prompt": batch_size}
+    each = {key: [arguments[key]] * batch_size for key in ("prompt", "negative_prompt", "image")}
+    return arguments | each | {"num_images_per_prompt": 1}
