@@ -223,3 +223,19 @@ def test_image_k_of_an_edit_batch_is_the_lone_job_with_its_seed(paths, edit, tmp
     difference = np.abs(pixels(batch.images[1]).astype(int) - pixels(lone.images[0]).astype(int))
     assert difference.max() <= 1 and difference.mean() < 0.01, (difference.max(), difference.mean())
     assert not np.array_equal(pixels(batch.images[0]), pixels(batch.images[1]))
+
+
+def test_edit_inpainting_of_another_aspect_keeps_its_previews_and_size(paths, edit, tmp_path):
+    # The inpainting pipeline works at its own (~1 MP, here 64x64) size whatever the job's: previews unpack
+    # its latents at that size, and the result comes back at the source's.
+    Image.new("RGB", (96, 64), (40, 120, 200)).save(tmp_path / "wide.png")
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (24, 16, 72, 48))
+    mask.save(tmp_path / "mask.png")
+    request = request_for(
+        edit["folder"], steps=2, cfg_scale=4.0, init_image=str(tmp_path / "wide.png"), mask=str(tmp_path / "mask.png"),
+        width=96, height=64, mask_blur=0, strength=1.0,
+    )  # fmt: skip
+    batch, steps = run(make_backend(paths, preview_every=1), request)
+    assert batch.images[0].size == (96, 64)
+    assert [s.preview is not None for s in steps] == [True, True]

@@ -744,7 +744,7 @@ class DiffusersBackend:
         if plan is not None and qwen_edit.is_edit(self._dit):
             references = [load_source(path) for path in request.reference_images]
             size = qwen_edit.call_arguments(
-                self._dit, request.mode, plan.image, plan.mask, plan.size, request.strength, references
+                pipe, self._dit, request.mode, plan.image, plan.mask, plan.size, request.strength, references
             )
         elif plan is not None:
             # One source per image, so image k is encoded with its own seed's generator (per_image_sources).

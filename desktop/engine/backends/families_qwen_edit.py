@@ -115,11 +115,21 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
 
 
 def call_arguments(
-    info: DitInfo, mode: str, image: Any, mask: Any, size: tuple[int, int], strength: float, references: list[Any]
+    pipe: Any,
+    info: DitInfo,
+    mode: str,
+    image: Any,
+    mask: Any,
+    size: tuple[int, int],
+    strength: float,
+    references: list[Any],
 ) -> dict[str, Any]:
     """The pipeline's image arguments: the source (Plus: then the reference images) at the working size,
-    which is also the output size; for Edit's inpainting the mask and strength."""
+    which is also the output size; for Edit's inpainting the mask and strength, and the size that pipeline
+    really works at (its own ~1 MP one; the job's previews unpack its latents at it)."""
     width, height = size
+    if mode == "inpaint" and info.variant == EDIT:
+        width, height = inpainting_size(pipe, image.size)
     arguments: dict[str, Any] = {"width": width, "height": height}
     if info.variant == EDIT_PLUS:
         return arguments | {"image": [image, *references]}
@@ -148,3 +158,13 @@ def per_image_batch(info: DitInfo | None, mode: str, arguments: dict[str, Any], 
         return arguments | {"num_images_per_prompt": batch_size}
     each = {key: [arguments[key]] * batch_size for key in ("prompt", "negative_prompt", "image")}
     return arguments | each | {"num_images_per_prompt": 1}
+
+
+def inpainting_size(pipe: Any, source: tuple[int, int]) -> tuple[int, int]:
+    """The size QwenImageEditInpaintPipeline works at for a source of `source`'s aspect: it ignores the
+    width and height it is given (diffusers 0.42), taking about 1 MP at the source's aspect instead."""
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_inpaint
+
+    width, height, _ = pipeline_qwenimage_edit_inpaint.calculate_dimensions(1024 * 1024, source[0] / source[1])
+    multiple = pipe.vae_scale_factor * 2
+    return width // multiple * multiple, height // multiple * multiple
