@@ -239,3 +239,12 @@ def test_edit_inpainting_of_another_aspect_keeps_its_previews_and_size(paths, ed
     batch, steps = run(make_backend(paths, preview_every=1), request)
     assert batch.images[0].size == (96, 64)
     assert [s.preview is not None for s in steps] == [True, True]
+
+
+def test_strength_does_not_reach_an_instruction_edit(paths, edit, tmp_path):
+    # The Edit pipeline has no strength: 0 is not "return the source" there, and any value gives one picture.
+    source, path = _image(tmp_path, "source.png")
+    zero, _ = run(make_backend(paths), request_for(edit["folder"], steps=2, init_image=str(path), strength=0.0))
+    assert not np.array_equal(pixels(zero.images[0]), pixels(source))
+    half, _ = run(make_backend(paths), request_for(edit["folder"], steps=2, init_image=str(path), strength=0.5))
+    assert np.array_equal(pixels(zero.images[0]), pixels(half.images[0]))

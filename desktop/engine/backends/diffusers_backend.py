@@ -509,9 +509,7 @@ class DiffusersBackend:
         vae = self._vaes.apply(self._pipe, request.vae, self._model.name if self._model else "the model")
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         plan = _edit_plan(request) if request.mode != "txt2img" else None
-        # A Qwen-Image-Edit instruction edit has no strength (families_qwen_edit.py): 0 is not "keep the source".
-        strength_zero = request.strength <= 0 and qwen_edit.uses_strength(self._dit, request.mode)
-        if plan is not None and (strength_zero or (plan.alpha is not None and mask_is_empty(plan.alpha))):
+        if plan is not None and (request.strength <= 0 or (plan.alpha is not None and mask_is_empty(plan.alpha))):
             # Nothing to denoise: the source itself is the exact answer (no VAE round trip).
             note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
             images = tuple(plan.source.copy() for _ in seeds)

@@ -83,7 +83,8 @@ def load_processor(folder: Path) -> Any:
 
     processor = folder / "processor"
     tokenizer_folder = processor if any((processor / f).is_file() for f in _TOKENIZER_FILES) else folder / "tokenizer"
-    # The PIL image processor: the default one needs torchvision (the numbers are the same algorithm).
+    # The PIL image processor: the default one needs torchvision. Same resizing and normalisation; its
+    # bicubic resampling may round a little differently from torchvision's.
     images = transformers.Qwen2VLImageProcessorPil.from_pretrained(str(processor), local_files_only=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_folder), local_files_only=True)
     return image_only_processor(images, tokenizer)
