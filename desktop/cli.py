@@ -492,6 +492,8 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     if args.style:
         prompt, negative = apply_styles(prompt, negative, StyleStore(paths.styles_file).get_many(args.style))
     width, height = args.width, args.height
+    for reference in args.reference_image:
+        load_source(Path(reference).expanduser(), "The reference image")  # refused before the model loads
     if init_image is not None:
         source_size = load_source(init_image).size
         # Before the model loads: a source the model cannot work on is refused with the reason.

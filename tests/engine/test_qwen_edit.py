@@ -248,3 +248,15 @@ def test_strength_does_not_reach_an_instruction_edit(paths, edit, tmp_path):
     assert not np.array_equal(pixels(zero.images[0]), pixels(source))
     half, _ = run(make_backend(paths), request_for(edit["folder"], steps=2, init_image=str(path), strength=0.5))
     assert np.array_equal(pixels(zero.images[0]), pixels(half.images[0]))
+
+
+def test_a_missing_reference_image_is_refused_before_the_model_loads(edit, tmp_path):
+    from tests.e2e.test_cli import in_process
+
+    _, source = _image(tmp_path, "source.png")
+    code, _, err = in_process([
+        "--home", str(tmp_path / "home"), "generate", "--model", str(edit["plus"]), "--prompt", "x", "--device",
+        "cpu", "--init-image", str(source), "--reference-image", str(tmp_path / "cat.png"),
+    ])  # fmt: skip
+    assert code == 2 and "The reference image cat.png: it does not exist" in err, err
+    assert "Loading" not in err  # refused before the model loads

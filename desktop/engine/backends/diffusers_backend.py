@@ -740,7 +740,7 @@ class DiffusersBackend:
         if plan is not None:
             pipe = self._dit_pipe_for(request.mode)
         if plan is not None and qwen_edit.is_edit(self._dit):
-            references = [load_source(path) for path in request.reference_images]
+            references = [load_source(path, "The reference image") for path in request.reference_images]
             size = qwen_edit.call_arguments(
                 pipe, self._dit, request.mode, plan.image, plan.mask, plan.size, request.strength, references
             )
