@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit = gen.add_argument_group("image-to-image, inpainting and outpainting")
     edit.add_argument("--init-image", metavar="PATH", help="source image (PNG, JPEG or WebP)")
     edit.add_argument("--strength", type=float, default=0.75, help="0 keeps the source, 1 ignores it")
+    edit.add_argument("--reference-image", action="append", default=[], metavar="PATH",
+                      help="Qwen-Image-Edit Plus: a further image the prompt can refer to after the source "
+                           "('Picture 2', ...; repeatable)")
     edit.add_argument("--mask", metavar="PATH", help="inpainting mask image: white = repaint")
     edit.add_argument("--mask-blur", type=int, default=4, metavar="PX", help="feather the mask edge (A1111 Mask blur)")
     edit.add_argument("--inpaint-area", choices=INPAINT_AREAS, default="whole",
@@ -490,6 +493,8 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     if args.style:
         prompt, negative = apply_styles(prompt, negative, StyleStore(paths.styles_file).get_many(args.style))
     width, height = args.width, args.height
+    for reference in args.reference_image:
+        load_source(Path(reference).expanduser(), "The reference image")  # refused before the model loads
     if init_image is not None:
         source_size = load_source(init_image).size
         # Before the model loads: a source the model cannot work on is refused with the reason.
@@ -535,6 +540,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         emphasis=args.emphasis,
         model_config=str(Path(args.config).expanduser().resolve()) if args.config else None,
         init_image=init_image,
+        reference_images=tuple(str(Path(path).expanduser().resolve()) for path in args.reference_image),
         strength=args.strength,
         mask=mask,
         mask_blur=args.mask_blur,

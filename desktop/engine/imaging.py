@@ -59,9 +59,10 @@ def _decode(stream: BinaryIO, label: str) -> Image.Image:
         return image.copy()
 
 
-def load_source(path: str | Path) -> Image.Image:
-    """The source image as RGB; transparency is flattened onto white, as an editor shows it."""
-    image = open_image(path, f"The source image {Path(path).name}")
+def load_source(path: str | Path, label: str = "The source image") -> Image.Image:
+    """The source image as RGB; transparency is flattened onto white, as an editor shows it. `label` names
+    it in errors ("The reference image" for Qwen-Image-Edit Plus's others)."""
+    image = open_image(path, f"{label} {Path(path).name}")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

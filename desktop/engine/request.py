@@ -132,6 +132,9 @@ class ControlUnit:
                 raise InvalidRequest(f"{label}: every reference image must be a file, not {path!r}.")
 
 
+# Qwen-Image-Edit-2509's card: 1 to 3 input images work best; the source is the first.
+MAX_REFERENCE_IMAGES = 2
+
 # Library names are at most 120 characters (library.index.MAX_NAME_CHARS); room for a file extension.
 MAX_VAE_NAME_CHARS = 200
 
@@ -171,6 +174,8 @@ class GenerationRequest:
     padding: int = 32
     resize_mode: str = "resize"
     inpaint_fill: str = "original"
+    # Qwen-Image-Edit Plus (2509): further reference images after the source, in order ("Picture 2", ...).
+    reference_images: tuple[str, ...] = ()
     # A1111's variation seed: the initial noise is the seed's, slerped towards the subseed's by the
     # strength (0 = off). Image k uses subseed + k. docs/samplers.md.
     subseed: int = RANDOM_SEED
@@ -466,6 +471,17 @@ class GenerationRequest:
             raise InvalidRequest(f"strength {self.strength} is out of range: use 0 to 1.")
         if self.mask is not None and self.init_image is None:
             raise InvalidRequest("A mask needs a source image to inpaint (--init-image).")
+        if not isinstance(self.reference_images, tuple) or not all(
+            isinstance(path, str) and path and "\x00" not in path for path in self.reference_images
+        ):
+            raise InvalidRequest(f"Reference images must be image file paths, not {self.reference_images!r}.")
+        if self.reference_images and self.init_image is None:
+            raise InvalidRequest("Reference images go with a source image to edit (--init-image).")
+        if len(self.reference_images) > MAX_REFERENCE_IMAGES:
+            raise InvalidRequest(
+                f"{len(self.reference_images)} reference images: Qwen-Image-Edit Plus takes at most "
+                f"{MAX_REFERENCE_IMAGES} besides the source."
+            )
         # Image to image and inpainting run int(steps * strength) of the steps (diffusers' rule); none
         # at all is an empty job that the pipeline would reject with a bare ValueError.
         if self.init_image is not None and self.strength > 0 and int(self.steps * self.strength) < 1:
@@ -533,6 +549,8 @@ class GenerationRequest:
             values["loras"] = _loras_from(values["loras"])
         if "controls" in values:
             values["controls"] = _controls_from(values["controls"])
+        if isinstance(values.get("reference_images"), list):
+            values["reference_images"] = tuple(values["reference_images"])
         try:
             return cls(**values)
         except TypeError as error:

@@ -199,7 +199,14 @@ class JobRunner:
             source_hash: str | None = file_sha256(request.init_image)
         except OSError:
             source_hash = None  # the backend reports the unreadable source with a clear message
-        return edit_parameters(request, source_hash)
+        pairs = edit_parameters(request, source_hash)
+        if request.reference_images:
+            # Qwen-Image-Edit Plus's further images, traced as the source is (first 10 hex of each sha256).
+            try:
+                pairs["Reference image hashes"] = ", ".join(file_sha256(p)[:10] for p in request.reference_images)
+            except OSError:
+                pass
+        return pairs
 
     # --------------------------------------------------------------------------------- history
 

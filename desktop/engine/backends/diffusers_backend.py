@@ -59,6 +59,7 @@ from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends import families  # noqa: E402
+from desktop.engine.backends import families_qwen_edit as qwen_edit  # noqa: E402
 from desktop.engine.backends.base import AdapterHash, GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
 from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E402
 from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
@@ -341,6 +342,8 @@ class DiffusersBackend:
             else:
                 return None
             model_hash = self._hashes.autov2(entry.path)
+        text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders else None
+        arch = families.with_components_variant(arch, text_encoders)
         _refuse_dit_edit(entry.name, arch.dit, request.mode)
         if arch.inpaint and request.mode == "txt2img":
             raise ModelError(
@@ -348,7 +351,6 @@ class DiffusersBackend:
                 "text-to-image, or give it a source image (and a mask) to work on."
             )
         config = Path(request.model_config).expanduser() if request.model_config else None
-        text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders else None
         name = entry.path.name if not entry.is_folder else entry.name
         pipe = families.load_pipeline(
             entry.path, arch, name=name, dtype=choice.dtype, resources=self._resources, config_folder=config,
@@ -727,7 +729,9 @@ class DiffusersBackend:
                 f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
             )
         plan = _edit_plan(request) if request.mode != "txt2img" else None
-        if plan is not None and (request.strength <= 0 or (plan.alpha is not None and mask_is_empty(plan.alpha))):
+        # A Qwen-Image-Edit instruction edit has no strength (families_qwen_edit.py): 0 is not "keep the source".
+        strength_zero = request.strength <= 0 and qwen_edit.uses_strength(self._dit, request.mode)
+        if plan is not None and (strength_zero or (plan.alpha is not None and mask_is_empty(plan.alpha))):
             # Nothing to denoise: the source itself is the exact answer (no VAE round trip).
             note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
             images = tuple(plan.source.copy() for _ in seeds)
@@ -735,6 +739,12 @@ class DiffusersBackend:
         size = {"width": request.width, "height": request.height}
         if plan is not None:
             pipe = self._dit_pipe_for(request.mode)
+        if plan is not None and qwen_edit.is_edit(self._dit):
+            references = [load_source(path, "The reference image") for path in request.reference_images]
+            size = qwen_edit.call_arguments(
+                pipe, self._dit, request.mode, plan.image, plan.mask, plan.size, request.strength, references
+            )
+        elif plan is not None:
             # One source per image, so image k is encoded with its own seed's generator (per_image_sources).
             size = {"image": per_image_sources(plan.image, request.batch_size), "strength": float(request.strength),
                     "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
@@ -749,9 +759,10 @@ class DiffusersBackend:
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
             with torch.inference_mode():
+                arguments = families.generation_arguments(pipe, request, self._dit) | size
+                arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
                 result = pipe(
-                    **families.generation_arguments(pipe, request, self._dit),
-                    num_inference_steps=request.steps, **size, num_images_per_prompt=request.batch_size,
+                    **arguments, num_inference_steps=request.steps,
                     generator=generators[0] if len(generators) == 1 else generators,
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )  # fmt: skip
@@ -1341,6 +1352,8 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
+    if qwen_edit.is_edit(dit):
+        qwen_edit.refuse_text_to_image(name, dit, mode)
     if mode != "txt2img" and not families.edits(dit.family):
         raise ModelError(
             f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends import families_chroma as chroma
+from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
@@ -30,6 +32,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
+from desktop.engine.library.dit_qwen_zimage import components_variant
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 
@@ -85,6 +88,8 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
 
     if info.fill:
         return pipe
+    if qwen_edit.is_edit(info):
+        return qwen_edit.edit_pipeline(pipe, mode, info)
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
@@ -95,6 +100,16 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted})
     edit.set_progress_bar_config(disable=True)
     return edit
+
+
+def with_components_variant(arch: ArchitectureInfo, text_encoders: Path | None) -> ArchitectureInfo:
+    """A Qwen-Image transformer file whose tensors and metadata cannot tell an Edit model: the user's
+    `--text-encoders` folder decides (a Qwen-Image-Edit folder makes it one; dit_qwen_zimage.py)."""
+    info = arch.dit
+    if info is None or info.family != "qwen-image" or info.variant or text_encoders is None:
+        return arch
+    variant = components_variant(text_encoders)
+    return replace(arch, dit=replace(info, variant=variant)) if variant else arch
 
 
 def transformer_class(family: str) -> Any:
@@ -206,6 +221,11 @@ def _load_qwen_zimage(
     info = arch.dit
     assert info is not None
     config = config_folder or _config_folder(resources, arch, name)
+    if config_folder is None and qwen_edit.is_edit(info) and text_encoders is not None:
+        # The Edit model's own folder holds its transformer config (Edit-2511's `zero_cond_t` differs from
+        # the base model's, in the config only): it serves a transformer file of that model.
+        if (text_encoders / "transformer" / "config.json").is_file():
+            config = text_encoders
     if path.is_dir():
         return qwen_zimage.assemble(path, info, name=name, dtype=dtype, shipped=config)
     if text_encoders is None:

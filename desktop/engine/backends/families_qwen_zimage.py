@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE, Z_IMAGE
@@ -105,6 +106,9 @@ def assemble(
     import transformers
 
     check_components(folder, info.family, name=name)
+    edit = qwen_edit.is_edit(info)
+    if edit:
+        qwen_edit.check_components(folder, info, name=name)
     scheduler_folder = folder if (folder / "scheduler" / "scheduler_config.json").is_file() else shipped
     try:
         if transformer is None:
@@ -123,9 +127,12 @@ def assemble(
                 str(folder / "vae"), dtype=dtype, local_files_only=True, use_safetensors=True
             ),
         }
+        if edit:
+            parts["processor"] = qwen_edit.load_processor(folder)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
-    return pipeline_class(info.family)(transformer=transformer, **parts)
+    cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
+    return cls(transformer=transformer, **parts)
 
 
 def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:

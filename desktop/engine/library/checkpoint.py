@@ -16,11 +16,12 @@ import pickletools
 import re
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library import dit_qwen_zimage
 from desktop.engine.library.dit import (
     DitInfo,
     TensorShape,
@@ -365,9 +366,11 @@ def detect_architecture(
     library/dit.py.
     """
     if looks_like_dit(header.tensors):
-        return dit_architecture(
-            detect_dit({k: TensorShape(v.dtype, v.shape) for k, v in header.tensors.items()}, name=name)
-        )
+        dit = detect_dit({k: TensorShape(v.dtype, v.shape) for k, v in header.tensors.items()}, name=name)
+        if dit.family == dit_qwen_zimage.QWEN_IMAGE and not dit.variant:
+            # An Edit transformer has the base one's tensors: only its metadata can say (dit_qwen_zimage.py).
+            dit = replace(dit, variant=dit_qwen_zimage.metadata_variant(header.metadata))
+        return dit_architecture(dit)
     conv_in = header.shape(_UNET_CONV_IN)
     if conv_in is None or len(conv_in) != 4:
         raise ModelError(f"{name}: {_UNKNOWN}. {_what_it_might_be(header)}")

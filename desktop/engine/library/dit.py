@@ -67,7 +67,7 @@ class DitInfo:
     """What the tensors say about a DiT file or folder."""
 
     family: str  # "flux" | "sd3" | "sd3.5" | "chroma" | "qwen-image" | "z-image"
-    variant: str  # "dev" | "schnell" | "medium" | "large" | ""
+    variant: str  # "dev" | "schnell" | "medium" | "large" | "edit" | "edit-plus" (Qwen-Image-Edit) | ""
     layout: str  # "bfl" | "diffusers" | "original" (Z-Image's own names)
     parameters: int  # transformer parameters (elements), for the library row
     dtype: str  # the most common tensor type: "BF16", "F16", "F8_E4M3", "Q8_0", "Q4_K" ...
@@ -84,7 +84,8 @@ class DitInfo:
     @property
     def label(self) -> str:
         base = DIT_LABELS[self.family]
-        name = f"{base} {self.variant}" if self.variant else base
+        variant = dit_qwen_zimage.VARIANT_LABELS.get((self.family, self.variant), self.variant)
+        name = f"{base} {variant}" if variant else base
         name = f"{name} Fill" if self.fill else name
         return f"{name} ({self.quantization})" if self.quantization else name
 
@@ -344,7 +345,7 @@ def detect_dit_folder(
     """(family, variant) of a diffusers folder from model_index.json and transformer/config.json."""
     family = _PIPELINES[class_name]
     if dit_qwen_zimage.folder_family(class_name) is not None:
-        return family, ""
+        return family, dit_qwen_zimage.folder_variant(class_name)
     if family == dit_flux2.FLUX2:
         return family, dit_flux2.folder_variant(transformer)
     if family == "flux":

@@ -12,24 +12,44 @@ and diffusers' single-file converters):
   Both have `cap_embedder.1` (the caption projection) and `noise_refiner.N` / `context_refiner.N` /
   `layers.N`. Lumina Image 2.0 shares the original names; its caption width is Gemma-2 2B's 2304 where
   Z-Image's is Qwen3-4B's 2560, which is how ComfyUI tells them apart too.
+- Qwen-Image-Edit and Edit-2509/2511 ("Plus") have the base transformer's tensors, names and shapes
+  (checked against diffusers' QwenImageTransformer2DModel: 2511 differs only by the `zero_cond_t` config
+  flag, no tensor). So an Edit model is told by its folder's pipeline class (model_index.json), by a
+  single file's `modelspec.architecture` metadata where its maker wrote one, or by the user's choice:
+  the `--text-encoders` folder, a Qwen-Image-Edit diffusers folder (it must be one: only it has the
+  processor the Edit pipelines need). Variants "edit" and "edit-plus".
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from desktop.engine.errors import ModelError
+from desktop.engine.safe_files import read_json_file
 
 if TYPE_CHECKING:
     from desktop.engine.library.dit import TensorShape
 
 QWEN_IMAGE = "qwen-image"
 Z_IMAGE = "z-image"
-CONFIGS = {(QWEN_IMAGE, ""): "qwen-image", (Z_IMAGE, ""): "z-image"}
+EDIT, EDIT_PLUS = "edit", "edit-plus"
+# The Edit models share Qwen-Image's transformer and scheduler configs.
+CONFIGS = {(QWEN_IMAGE, ""): "qwen-image", (QWEN_IMAGE, EDIT): "qwen-image", (QWEN_IMAGE, EDIT_PLUS): "qwen-image",
+           (Z_IMAGE, ""): "z-image"}  # fmt: skip
 LABELS = {QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image"}
-PIPELINES = {"QwenImagePipeline": QWEN_IMAGE, "ZImagePipeline": Z_IMAGE}
+VARIANT_LABELS = {(QWEN_IMAGE, EDIT): "Edit", (QWEN_IMAGE, EDIT_PLUS): "Edit Plus"}
+# diffusers' pipeline class of a model folder -> (family, variant).
+_FOLDER_CLASSES = {
+    "QwenImagePipeline": (QWEN_IMAGE, ""),
+    "QwenImageEditPipeline": (QWEN_IMAGE, EDIT),
+    "QwenImageEditInpaintPipeline": (QWEN_IMAGE, EDIT),
+    "QwenImageEditPlusPipeline": (QWEN_IMAGE, EDIT_PLUS),
+    "ZImagePipeline": (Z_IMAGE, ""),
+}
+PIPELINES = {name: family for name, (family, _variant) in _FOLDER_CLASSES.items()}
 
 _LUMINA2_CAPTION_WIDTH = 2304  # Gemma-2 2B's hidden size: Lumina Image 2.0, not Z-Image
 _GGUF_BLOCK_TYPES = ("Q", "IQ", "TQ")  # GGUF's block-quantised type names (Q8_0, Q4_K, IQ4_XS ...)
@@ -85,6 +105,29 @@ def detect(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str, 
 
 def folder_family(class_name: str) -> str | None:
     return PIPELINES.get(class_name)
+
+
+def folder_variant(class_name: str) -> str:
+    """ "edit" / "edit-plus" for a Qwen-Image-Edit folder's pipeline class, else ""."""
+    return _FOLDER_CLASSES.get(class_name, ("", ""))[1]
+
+
+def metadata_variant(metadata: Mapping[str, str]) -> str:
+    """The Edit variant a Qwen-Image single file's header metadata names (the ModelSpec
+    `modelspec.architecture`, e.g. "qwen-image-edit-plus", "Qwen-Image-Edit-2509"), else ""."""
+    architecture = str(metadata.get("modelspec.architecture", "")).lower()
+    if "qwen-image-edit" not in architecture and "qwen_image_edit" not in architecture:
+        return ""
+    return EDIT_PLUS if any(mark in architecture for mark in ("plus", "2509", "2511")) else EDIT
+
+
+def components_variant(folder: Path) -> str:
+    """The Edit variant of a components folder (`--text-encoders`): its model_index.json's class, else ""."""
+    try:
+        index = read_json_file(folder / "model_index.json", label=f"model_index.json in {folder}")
+    except (ModelError, OSError, ValueError):
+        return ""
+    return folder_variant(str(index.get("_class_name", ""))) if isinstance(index, dict) else ""
 
 
 def folder_blocks(transformer: Mapping[str, object]) -> tuple[int, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from desktop.engine.errors import MarbleError
-from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.checkpoint import ArchitectureInfo, detect_model
 from desktop.engine.library.few_step import PRESETS, few_step_of_file, split_family
 from desktop.engine.safe_files import read_json_file
 
@@ -82,7 +82,7 @@ def _plain_family(path: Path) -> str | None:
     try:
         if path.is_dir() and not (path / "unet").is_dir():
             # A transformer folder (Flux, SD3): its model_index.json and transformer config tell.
-            return _FAMILY_BY_CONFIG.get(detect_model(path).config_name)
+            return _dit_family(detect_model(path))
         if path.is_dir() and _is_refiner_folder(path):
             return "sdxl-refiner"
         if path.is_dir():
@@ -92,9 +92,16 @@ def _plain_family(path: Path) -> str | None:
             if not isinstance(width, int):
                 return None
             return _FAMILY_BY_CROSS_ATTENTION.get(width, f"unet-{width}")
-        return _FAMILY_BY_CONFIG.get(detect_model(path).config_name)
+        return _dit_family(detect_model(path))
     except (MarbleError, OSError, ValueError):
         return None
+
+
+def _dit_family(arch: ArchitectureInfo) -> str | None:
+    # Qwen-Image-Edit shares Qwen-Image's config but not its defaults: "qwen-image-edit", "-edit-plus".
+    if arch.dit is not None and arch.dit.variant in ("edit", "edit-plus"):
+        return f"{arch.dit.family}-{arch.dit.variant}"
+    return _FAMILY_BY_CONFIG.get(arch.config_name)
 
 
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
@@ -103,6 +110,9 @@ def _plain_family(path: Path) -> str | None:
 _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "flux-schnell": {"steps": 4, "cfg_scale": 1.0},
     "qwen-image": {"cfg_scale": 4.0},
+    # The Edit model cards: true CFG 4 with 50 steps (Edit) and 40 (Edit-2509, "Plus").
+    "qwen-image-edit": {"steps": 50, "cfg_scale": 4.0},
+    "qwen-image-edit-plus": {"steps": 40, "cfg_scale": 4.0},
 }
 
 
