@@ -133,7 +133,7 @@ class ControlUnit:
 
 
 # Qwen-Image-Edit-2509's card: 1 to 3 input images work best; the source is the first.
-MAX_REFERENCE_IMAGES = 2
+MAX_EDIT_REFERENCES = 2
 
 # Library names are at most 120 characters (library.index.MAX_NAME_CHARS); room for a file extension.
 MAX_VAE_NAME_CHARS = 200
@@ -477,10 +477,10 @@ class GenerationRequest:
             raise InvalidRequest(f"Reference images must be image file paths, not {self.reference_images!r}.")
         if self.reference_images and self.init_image is None:
             raise InvalidRequest("Reference images go with a source image to edit (--init-image).")
-        if len(self.reference_images) > MAX_REFERENCE_IMAGES:
+        if len(self.reference_images) > MAX_EDIT_REFERENCES:
             raise InvalidRequest(
                 f"{len(self.reference_images)} reference images: Qwen-Image-Edit Plus takes at most "
-                f"{MAX_REFERENCE_IMAGES} besides the source."
+                f"{MAX_EDIT_REFERENCES} besides the source."
             )
         # Image to image and inpainting run int(steps * strength) of the steps (diffusers' rule); none
         # at all is an empty job that the pipeline would reject with a bare ValueError.

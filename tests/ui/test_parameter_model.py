@@ -62,6 +62,8 @@ CHANGED = Parameters(
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
     "padding", "resize_mode", "inpaint_fill",
+    # Images, like init_image, not panel settings: Qwen-Image-Edit Plus's further pictures.
+    "reference_images",
     # The Upscale dialog's (history and canvas), not the panel's.
     "upscale_by", "upscale_upscaler", "upscale_tile", "sd_upscale", "sd_upscale_tile", "sd_upscale_overlap",
 }
