@@ -1,17 +1,25 @@
 """Flux.2: told from Flux.1 by its tensors (shared modulation), its variant by its text embedding's
-width, in BFL and diffusers names; a job says clearly that Marble does not run it yet."""
+width (or, for other widths, by its guidance embedder), in BFL and diffusers names; tiny random Klein and
+dev models run offline through Marble, pixel-identical to bare diffusers with the same seed."""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
-from diffusers import Flux2Transformer2DModel
+from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
 from safetensors.torch import save_file
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.paths import AppPaths
-from tests.engine.test_diffusers_backend import make_backend, request_for, run
+from desktop.engine.resources import Resources
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.tiny_flux2 import build_tiny_flux2_klein, flux2_to_bfl, save_transformer_file
+
+PREFIX = "model.diffusion_model."
 
 
 def bfl_flux2(text_width: int) -> dict[str, torch.Tensor]:
@@ -34,7 +42,7 @@ def test_flux2_bfl_file_is_flux2_dev_not_flux1(tmp_path):
     assert (arch.family, arch.dit.variant, arch.dit.layout, arch.dit.blocks, arch.label) == (
         "flux2", "dev", "bfl", (2, 2), "Flux.2 dev"
     )  # fmt: skip
-    assert not arch.config_name  # no shipped config: Marble does not run it yet
+    assert arch.config_name == "flux2-dev"
 
 
 def test_flux2_diffusers_transformer_is_detected_with_its_klein_variant(tmp_path):
@@ -58,10 +66,83 @@ def test_a_flux2_file_with_a_missing_block_names_the_file(tmp_path):
         detect_model(path)
 
 
-def test_a_flux2_job_is_refused_clearly(tmp_path):
-    path = tmp_path / "klein.safetensors"
-    save_file(bfl_flux2(12288), str(path))
-    backend = make_backend(AppPaths.for_root(tmp_path / "home").ensure())
-    with pytest.raises(ModelError, match=r"klein\.safetensors is a Flux\.2 klein 9b model: Marble recognises Flux\.2 "
-                       r"but does not run it yet"):  # fmt: skip
-        run(backend, request_for(path))
+@pytest.fixture(scope="module")
+def klein(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("klein")
+    pipe = build_tiny_flux2_klein()
+    folder = tmp / "klein"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    bfl = flux2_to_bfl(pipe.transformer.state_dict())
+    return {
+        "folder": folder,
+        # BFL's names under ComfyUI's prefix, under a name that says nothing true.
+        "bfl": save_transformer_file(bfl, tmp / "flux1-dev.safetensors", prefix=PREFIX),
+        "short": save_transformer_file(bfl, tmp / "klein-short.safetensors", drop="single_blocks.1"),
+        "tmp": tmp,
+    }
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def klein_expected(folder, request, transformer=None, is_distilled=None):
+    parts = {"transformer": transformer} if transformer is not None else {}
+    if is_distilled is not None:
+        parts["is_distilled"] = is_distilled
+    pipe = Flux2KleinPipeline.from_pretrained(str(folder), local_files_only=True, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        prompt=request.prompt, num_inference_steps=request.steps, width=request.width, height=request.height,
+        guidance_scale=request.cfg_scale, generator=torch.Generator("cpu").manual_seed(request.seed),
+    ).images[0]  # fmt: skip
+    return pixels(image)
+
+
+def test_klein_folder_is_detected_and_matches_bare_diffusers(paths, klein):
+    arch = detect_model(klein["folder"])
+    assert (arch.family, arch.dit.variant, arch.dit.layout, arch.label) == (
+        "flux2", "klein", "diffusers", "Flux.2 klein"
+    )  # fmt: skip
+    request = request_for(klein["folder"], steps=2, cfg_scale=1.0)
+    batch, steps = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), klein_expected(klein["folder"], request))
+    assert len(steps) == 2
+
+
+def test_klein_bfl_file_with_text_encoder_from_its_folder_matches_bare_diffusers(paths, klein):
+    arch = detect_model(klein["bfl"])
+    assert (arch.family, arch.dit.variant, arch.dit.layout, arch.dit.components, arch.dit.blocks) == (
+        "flux2", "klein", "bfl", ("transformer",), (2, 2)
+    )  # fmt: skip
+    # A single file cannot say whether it is step-distilled: the CFG scale decides, 4 runs true CFG.
+    request = request_for(
+        klein["bfl"], steps=2, cfg_scale=4.0, model_config=str(klein["folder"]), text_encoders=str(klein["folder"])
+    )
+    batch, _ = run(make_backend(paths), request)
+    expected = klein_expected(klein["folder"], request, is_distilled=False)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, klein_expected(klein["folder"], request))  # CFG really ran
+
+
+def test_a_flux2_file_without_text_encoders_is_refused_naming_what_to_supply(paths, klein):
+    with pytest.raises(ModelError, match=r"flux1-dev\.safetensors holds the Flux\.2 klein transformer only.*Qwen3"):
+        run(make_backend(paths), request_for(klein["bfl"], model_config=str(klein["folder"])))
+
+
+def test_a_flux2_file_missing_its_last_block_names_the_file(paths, klein):
+    request = request_for(klein["short"], model_config=str(klein["folder"]), text_encoders=str(klein["folder"]))
+    with pytest.raises(ModelError, match=r"klein-short\.safetensors has 1 single blocks but the Flux\.2 klein "
+                       r"configuration has 2"):  # fmt: skip
+        run(make_backend(paths), request)
+
+
+@pytest.mark.parametrize(
+    ("name", "billions"), [("flux2-dev", 32.2), ("flux2-klein-4b", 3.9), ("flux2-klein-9b", 9.1)]
+)
+def test_shipped_flux2_configs_have_the_published_sizes(name, billions):
+    config = json.loads((Resources.default().config_folder(name) / "transformer" / "config.json").read_text())
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel.from_config(config)
+    assert round(sum(p.numel() for p in transformer.parameters()) / 1e9, 1) == billions

@@ -743,7 +743,9 @@ class DiffusersBackend:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, 16, h, w).
         device = self._key.device if self._key else "cpu"
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, 0)
+        # Flux.2's 32-channel latents have no preview table yet: its steps are counted without pictures.
+        every = self._preview_every if families.has_preview(self._dit.family) else 0
+        progress = _Progress(batch_index, on_step, cancel, every, self._family, device, 0)
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))

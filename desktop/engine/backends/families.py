@@ -1,5 +1,5 @@
 """Loading and running the diffusion-transformer families: Flux.1 and SD3/SD3.5 (Qwen-Image and Z-Image
-in families_qwen_zimage.py, called from here).
+in families_qwen_zimage.py, Flux.2 in families_flux2.py, called from here).
 
 Called by diffusers_backend on the generation thread; torch, diffusers and transformers are imported
 inside the functions (this module is listed with the backend's helpers in pyproject's import-linter
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends import families_chroma as chroma
+from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
@@ -77,6 +78,11 @@ def edits(family: str) -> bool:
 
 
 
+def has_preview(family: str) -> bool:
+    """Whether the step previews can picture `family`'s latents (backends/preview.py's tables)."""
+    return family != dit_flux2.FLUX2
+
+
 def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     """The loaded pipeline's image-to-image or inpainting sibling (`mode`), sharing its modules (no tensor
     is copied). A Flux Fill model (loaded as FluxFillPipeline) does both itself: image-to-image is
@@ -104,6 +110,8 @@ def transformer_class(family: str) -> Any:
         return qwen_zimage.transformer_class(family)
     if family == "chroma":
         return chroma.transformer_class()
+    if family == dit_flux2.FLUX2:
+        return flux2.transformer_class()
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -147,7 +155,7 @@ def load_pipeline(
     info = arch.dit
     assert info is not None
     if info.family == dit_flux2.FLUX2:
-        raise dit_flux2.not_supported(name, info.label)
+        return _load_flux2(path, arch, name, dtype, resources, config_folder, text_encoders)
     cls = pipeline_class("flux-fill" if info.fill else info.family)
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
@@ -215,6 +223,25 @@ def _load_qwen_zimage(
     return qwen_zimage.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
 
 
+def _load_flux2(
+    path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
+    text_encoders: Path | None,
+) -> Any:
+    """As Qwen-Image: the text encoder, tokenizer and VAE come from a folder (families_flux2.py)."""
+    info = arch.dit
+    assert info is not None
+    if path.is_dir():
+        # Its scheduler is the folder's own; the shipped one serves a folder without one.
+        shipped = config_folder or (_config_folder(resources, arch, name) if arch.config_name else path)
+        return flux2.assemble(path, info, name=name, dtype=dtype, shipped=shipped)
+    config = config_folder or _config_folder(resources, arch, name)
+    if text_encoders is None:
+        raise flux2.needs_folder_error(name, info)
+    flux2.check_components(text_encoders, info, name=name)  # before the slow transformer load
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return flux2.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
+
+
 def _from_pretrained(
     cls: Any, folder: Path, name: str, dtype: Any, resources: Resources, family: str, **components: Any
 ) -> Any:
@@ -248,12 +275,12 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         qwen_zimage.check_blocks(info, expected, name=name)
     elif isinstance(layers, int) and info.blocks[0] != layers:
         raise ModelError(
-            f"{name} has {info.blocks[0]} {'double' if info.family == 'flux' else 'joint'} blocks but the "
+            f"{name} has {info.blocks[0]} {'joint' if info.family.startswith('sd3') else 'double'} blocks but the "
             f"{info.label} configuration has {layers}: the file is incomplete, or a variant with other dimensions "
             "(pass its diffusers config folder)."
         )
     single = expected.get("num_single_layers")
-    if info.family in ("flux", "chroma") and isinstance(single, int) and info.blocks[1] != single:
+    if info.family in ("flux", "chroma", dit_flux2.FLUX2) and isinstance(single, int) and info.blocks[1] != single:
         raise ModelError(
             f"{name} has {info.blocks[1]} single blocks but the {info.label} configuration has {single}: the "
             "file is incomplete, or a variant with other dimensions (pass its diffusers config folder)."
@@ -272,9 +299,10 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
             return cls.from_single_file(state, **kwargs)
-        if info.family in qwen_zimage.FAMILIES:
+        if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2):
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
-            # converts Z-Image's original names and leaves its own (it checks them against the model).
+            # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
+            # model).
             return cls.from_single_file(_read_state(path, gguf), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
@@ -373,6 +401,8 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
     distilled guidance beside true CFG, a negative prompt only where the family uses one."""
     if info.family in qwen_zimage.FAMILIES:
         return qwen_zimage.generation_arguments(request, info)
+    if info.family == dit_flux2.FLUX2:
+        return flux2.generation_arguments(request, info)
     if info.family == "chroma":
         return chroma.generation_arguments(request)
     negative = request.negative_prompt or None

@@ -1,0 +1,135 @@
+"""Tiny random Flux.2 models (Klein: Qwen3 text encoder; dev: Mistral 3) built from the shipped configs
+with small dimensions, and the inverse of diffusers' BFL conversion for their single files.
+
+The text encoders keep the real depths' hidden-state picks (Klein reads layers 9, 18, 27 of Qwen3; dev
+10, 20, 30 of Mistral 3) at width 16, so the pipelines run with their defaults; the transformer's text
+input is three of those stacked (48 wide).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKLFlux2,
+    FlowMatchEulerDiscreteScheduler,
+    Flux2KleinPipeline,
+    Flux2Transformer2DModel,
+)
+from safetensors.torch import save_file
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from tests.support.tiny_dit import CONFIGS, _jitter
+from tests.support.tiny_qwen_zimage import VOCAB, tiny_tokenizer
+
+WIDTH = 16  # the text encoders' hidden size; the transformer reads 3 stacked layers (48)
+
+
+def _shipped(name: str, part: str) -> dict:
+    return json.loads((CONFIGS / name / part).read_text(encoding="utf-8"))
+
+
+def tiny_transformer(variant: str, seed: int = 0, double: int = 2, single: int = 2) -> Flux2Transformer2DModel:
+    """The shipped config's kind (guidance embedder or not) at small dimensions, latents of 4 channels."""
+    config = _shipped(f"flux2-{variant}", "transformer/config.json")
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=4 * 4, num_layers=double, num_single_layers=single, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=3 * WIDTH, axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=config["guidance_embeds"], timestep_guidance_channels=32,
+    )  # fmt: skip
+    _jitter(transformer, seed)
+    return transformer
+
+
+def tiny_vae() -> AutoencoderKLFlux2:
+    vae = AutoencoderKLFlux2(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=4,
+        sample_size=32,
+    )  # fmt: skip
+    # Its batch-norm statistics normalise the latents the transformer sees: not the identity, so a VAE left
+    # at its defaults would show.
+    with torch.no_grad():
+        vae.bn.running_mean.uniform_(-0.2, 0.2)
+        vae.bn.running_var.uniform_(0.5, 1.5)
+    return vae.eval()
+
+
+def _scheduler(variant: str) -> FlowMatchEulerDiscreteScheduler:
+    return FlowMatchEulerDiscreteScheduler.from_config(_shipped(f"flux2-{variant}", "scheduler/scheduler_config.json"))
+
+
+def build_tiny_flux2_klein(seed: int = 0, is_distilled: bool = True) -> Flux2KleinPipeline:
+    transformer = tiny_transformer("klein-4b", seed)
+    config = Qwen3Config(
+        vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=WIDTH, num_hidden_layers=28, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    return Flux2KleinPipeline(
+        scheduler=_scheduler("klein-4b"), vae=tiny_vae(), text_encoder=Qwen3ForCausalLM(config).eval(),
+        tokenizer=tiny_tokenizer(), transformer=transformer, is_distilled=is_distilled,
+    )  # fmt: skip
+
+
+def flux2_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' Flux2Transformer2DModel names -> Black Forest Labs' original names (fused qkv; the final
+    modulation as (shift, scale)), the inverse of diffusers' single-file conversion."""
+    renames = {
+        "x_embedder": "img_in", "context_embedder": "txt_in",
+        "time_guidance_embed.timestep_embedder.linear_1": "time_in.in_layer",
+        "time_guidance_embed.timestep_embedder.linear_2": "time_in.out_layer",
+        "time_guidance_embed.guidance_embedder.linear_1": "guidance_in.in_layer",
+        "time_guidance_embed.guidance_embedder.linear_2": "guidance_in.out_layer",
+        "double_stream_modulation_img.linear": "double_stream_modulation_img.lin",
+        "double_stream_modulation_txt.linear": "double_stream_modulation_txt.lin",
+        "single_stream_modulation.linear": "single_stream_modulation.lin", "proj_out": "final_layer.linear",
+    }  # fmt: skip
+    double = {
+        "attn.norm_q": "img_attn.norm.query_norm", "attn.norm_k": "img_attn.norm.key_norm",
+        "attn.to_out.0": "img_attn.proj", "ff.linear_in": "img_mlp.0", "ff.linear_out": "img_mlp.2",
+        "attn.norm_added_q": "txt_attn.norm.query_norm", "attn.norm_added_k": "txt_attn.norm.key_norm",
+        "attn.to_add_out": "txt_attn.proj", "ff_context.linear_in": "txt_mlp.0", "ff_context.linear_out": "txt_mlp.2",
+    }  # fmt: skip
+    single = {"attn.to_qkv_mlp_proj": "linear1", "attn.to_out": "linear2", "attn.norm_q": "norm.query_norm",
+              "attn.norm_k": "norm.key_norm"}  # fmt: skip
+    state = dict(state)
+    out: dict[str, torch.Tensor] = {}
+    for key in list(state):
+        if key.startswith("transformer_blocks.") and ".attn.to_q." in key:
+            index, param = key.split(".")[1], key.rsplit(".", 1)[1]
+            base = f"transformer_blocks.{index}.attn."
+            out[f"double_blocks.{index}.img_attn.qkv.{param}"] = torch.cat(
+                [state.pop(f"{base}to_{x}.{param}") for x in "qkv"]
+            )
+            out[f"double_blocks.{index}.txt_attn.qkv.{param}"] = torch.cat(
+                [state.pop(f"{base}add_{x}_proj.{param}") for x in "qkv"]
+            )
+    for key, value in state.items():
+        stem, param = key.rsplit(".", 1)
+        if stem.startswith("transformer_blocks."):
+            _, index, inner = stem.split(".", 2)
+            param = "scale" if "norm" in inner else param
+            out[f"double_blocks.{index}.{double[inner]}.{param}"] = value
+        elif stem.startswith("single_transformer_blocks."):
+            _, index, inner = stem.split(".", 2)
+            param = "scale" if "norm" in inner else param
+            out[f"single_blocks.{index}.{single[inner]}.{param}"] = value
+        elif stem == "norm_out.linear":
+            scale, shift = value.chunk(2)
+            out[f"final_layer.adaLN_modulation.1.{param}"] = torch.cat([shift, scale])
+        else:
+            out[f"{renames[stem]}.{param}"] = value
+    return out
+
+
+def save_transformer_file(
+    state: dict[str, torch.Tensor], path: Path, prefix: str = "", drop: str | None = None
+) -> Path:
+    """A transformer-only single file; `drop` leaves out one block's tensors ("single_blocks.1")."""
+    tensors = {prefix + k: v.contiguous() for k, v in state.items() if drop is None or not k.startswith(drop + ".")}
+    save_file(tensors, str(path))
+    return path
