@@ -9,15 +9,20 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import Flux2KleinPipeline, Flux2Transformer2DModel
+from diffusers import Flux2KleinPipeline, Flux2Pipeline, Flux2Transformer2DModel, GGUFQuantizationConfig
+from PIL import Image
 from safetensors.torch import save_file
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.native_size import model_family
+from desktop.engine.metadata import read_image_metadata
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
+from tests.e2e.test_cli import in_process
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
-from tests.support.tiny_flux2 import build_tiny_flux2_klein, flux2_to_bfl, save_transformer_file
+from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein, flux2_to_bfl, save_transformer_file
 
 PREFIX = "model.diffusion_model."
 
@@ -146,3 +151,84 @@ def test_shipped_flux2_configs_have_the_published_sizes(name, billions):
     with torch.device("meta"):
         transformer = Flux2Transformer2DModel.from_config(config)
     assert round(sum(p.numel() for p in transformer.parameters()) / 1e9, 1) == billions
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flux2dev")
+    pipe = build_tiny_flux2_dev()
+    folder = tmp / "dev"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    state = dict(pipe.transformer.state_dict())
+    return {
+        "folder": folder,
+        "diffusers": save_transformer_file(state, tmp / "dev-diffusers.safetensors"),
+        "gguf": save_gguf(state, tmp / "dev-Q8_0.gguf", arch="flux2"),
+    }
+
+
+def dev_expected(folder, request, transformer=None):
+    parts = {"transformer": transformer} if transformer is not None else {}
+    pipe = Flux2Pipeline.from_pretrained(str(folder), local_files_only=True, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        prompt=request.prompt, num_inference_steps=request.steps, width=request.width, height=request.height,
+        guidance_scale=request.distilled_cfg_scale, generator=torch.Generator("cpu").manual_seed(request.seed),
+    ).images[0]  # fmt: skip
+    return pixels(image)
+
+
+def test_dev_folder_runs_its_distilled_guidance_like_bare_diffusers(paths, dev):
+    arch = detect_model(dev["folder"])
+    assert (arch.family, arch.dit.variant, arch.config_name) == ("flux2", "dev", "flux2-dev")
+    request = request_for(dev["folder"], steps=2, distilled_cfg_scale=4.0)
+    batch, _ = run(make_backend(paths), request)
+    expected = dev_expected(dev["folder"], request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    other, _ = run(make_backend(paths), request_for(dev["folder"], steps=2, distilled_cfg_scale=1.5))
+    assert not np.array_equal(pixels(other.images[0]), expected)
+
+
+@pytest.mark.parametrize("layout", ["diffusers", "gguf"])
+def test_dev_transformer_files_match_diffusers_single_file_loading(paths, dev, layout):
+    path = dev[layout]
+    arch = detect_model(path)
+    assert (arch.dit.variant, arch.dit.layout, arch.dit.quantization) == (
+        "dev", "diffusers", "Q8_0" if layout == "gguf" else None
+    )  # fmt: skip
+    request = request_for(
+        path, steps=2, distilled_cfg_scale=4.0, model_config=str(dev["folder"]), text_encoders=str(dev["folder"])
+    )
+    batch, _ = run(make_backend(paths), request)
+    gguf = {"quantization_config": GGUFQuantizationConfig(compute_dtype=torch.float32)} if layout == "gguf" else {}
+    transformer = Flux2Transformer2DModel.from_single_file(
+        str(path), config=str(dev["folder"]), subfolder="transformer", local_files_only=True, dtype=torch.float32,
+        **gguf,
+    )  # fmt: skip
+    expected = dev_expected(dev["folder"], request, transformer)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    if layout == "gguf":
+        assert not np.array_equal(expected, dev_expected(dev["folder"], request))  # Q8_0 really was used
+
+
+def test_a_klein_file_with_a_dev_folder_is_refused_naming_the_encoder(paths, klein, dev):
+    request = request_for(klein["bfl"], model_config=str(klein["folder"]), text_encoders=str(dev["folder"]))
+    with pytest.raises(ModelError, match=r"cannot serve flux1-dev\.safetensors: its text encoder and VAE are mistral3"):
+        run(make_backend(paths), request)
+
+
+def test_cli_gives_klein_its_few_steps_and_dev_its_distilled_guidance(klein, dev, tmp_path):
+    assert (model_family(klein["folder"]), model_family(dev["folder"])) == ("flux2-klein", "flux2-dev")
+    base = ["generate", "--prompt", "a fox", "--seed", "1", "--width", "64", "--height", "64", "--device", "cpu",
+            "--no-preview", "--home", str(tmp_path / "home")]  # fmt: skip
+    code, _, err = in_process([*base, "--model", str(klein["folder"]), "--out", str(tmp_path / "k.png")])
+    assert code == 0, err
+    request = read_image_metadata(tmp_path / "k.png").request
+    assert (request.steps, request.cfg_scale) == (4, 1.0)
+    code, _, err = in_process([*base, "--model", str(dev["folder"]), "--steps", "2", "--out", str(tmp_path / "d.png")])
+    assert code == 0, err
+    metadata = read_image_metadata(tmp_path / "d.png")
+    assert ", Distilled CFG Scale: 4.0, " in metadata.raw["parameters"] and metadata.request.distilled_cfg_scale == 4.0
+    expected = dev_expected(dev["folder"], request_for(dev["folder"], prompt="a fox", seed=1, steps=2,
+                                                       distilled_cfg_scale=4.0))  # fmt: skip
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "d.png").convert("RGB")), expected)

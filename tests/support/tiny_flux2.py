@@ -16,10 +16,19 @@ from diffusers import (
     AutoencoderKLFlux2,
     FlowMatchEulerDiscreteScheduler,
     Flux2KleinPipeline,
+    Flux2Pipeline,
     Flux2Transformer2DModel,
 )
 from safetensors.torch import save_file
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from tests.support.tiny_dit import CONFIGS, _jitter
 from tests.support.tiny_qwen_zimage import VOCAB, tiny_tokenizer
@@ -72,6 +81,48 @@ def build_tiny_flux2_klein(seed: int = 0, is_distilled: bool = True) -> Flux2Kle
     return Flux2KleinPipeline(
         scheduler=_scheduler("klein-4b"), vae=tiny_vae(), text_encoder=Qwen3ForCausalLM(config).eval(),
         tokenizer=tiny_tokenizer(), transformer=transformer, is_distilled=is_distilled,
+    )  # fmt: skip
+
+
+# Mistral's control tokens the dev pipeline's chat template uses, and Pixtral's image tokens.
+_MISTRAL_SPECIALS = ("<pad>", "<s>", "</s>", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[SYSTEM_PROMPT]",
+                     "[/SYSTEM_PROMPT]", "[INST]", "[/INST]")  # fmt: skip
+_MISTRAL_CHAT = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{% elif m['role'] == 'user' %}"
+    "[INST]{% endif %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% if m['role'] == 'system' %}"
+    "[/SYSTEM_PROMPT]{% elif m['role'] == 'user' %}[/INST]{% endif %}{% endfor %}"
+)
+MISTRAL_VOCAB = 256 + len(_MISTRAL_SPECIALS)
+
+
+def tiny_mistral_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte tokens (no merges) and Mistral's control tokens, with a chat template of Mistral's form: the text
+    part of FLUX.2 dev's Pixtral processor (the processor itself needs torchvision)."""
+    backend = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(bytes_to_unicode().values())}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(_MISTRAL_SPECIALS))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = _MISTRAL_CHAT
+    return tokenizer
+
+
+def build_tiny_flux2_dev(seed: int = 0) -> Flux2Pipeline:
+    transformer = tiny_transformer("dev", seed)
+    config = Mistral3Config(
+        text_config={"model_type": "mistral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
+                     "num_hidden_layers": 31, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 8,
+                     "vocab_size": MISTRAL_VOCAB},
+        vision_config={"model_type": "pixtral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 8, "image_size": 32,
+                       "patch_size": 16},
+        image_token_index=_MISTRAL_SPECIALS.index("[IMG]") + 256, spatial_merge_size=1,
+        multimodal_projector_bias=False,
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    return Flux2Pipeline(
+        scheduler=_scheduler("dev"), vae=tiny_vae(), text_encoder=Mistral3ForConditionalGeneration(config).eval(),
+        tokenizer=tiny_mistral_tokenizer(), transformer=transformer,
     )  # fmt: skip
 
 

@@ -117,7 +117,6 @@ def assemble(
                 str(folder / "transformer"), dtype=dtype, local_files_only=True, use_safetensors=True
             )
         encoder_class = transformers.Mistral3ForConditionalGeneration if dev else transformers.Qwen3ForCausalLM
-        tokenizer_class = transformers.AutoProcessor if dev else transformers.AutoTokenizer
         parts = {
             "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
                 str(scheduler_folder / "scheduler"), local_files_only=True
@@ -125,7 +124,9 @@ def assemble(
             "text_encoder": encoder_class.from_pretrained(
                 str(folder / "text_encoder"), dtype=dtype, local_files_only=True, use_safetensors=True
             ),
-            "tokenizer": tokenizer_class.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+            # dev's folder holds a Pixtral processor; the pipeline reads prompts only through its tokenizer's
+            # chat template, and the processor's image half needs torchvision, which Marble does not ship.
+            "tokenizer": transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
             "vae": diffusers.AutoencoderKLFlux2.from_pretrained(
                 str(folder / "vae"), dtype=dtype, local_files_only=True, use_safetensors=True
             ),
