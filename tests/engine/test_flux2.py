@@ -232,3 +232,27 @@ def test_cli_gives_klein_its_few_steps_and_dev_its_distilled_guidance(klein, dev
     expected = dev_expected(dev["folder"], request_for(dev["folder"], prompt="a fox", seed=1, steps=2,
                                                        distilled_cfg_scale=4.0))  # fmt: skip
     assert np.array_equal(np.asarray(Image.open(tmp_path / "d.png").convert("RGB")), expected)
+
+
+def test_klein_runs_in_fp8_layerwise_casting_close_to_full_precision(paths, klein):
+    backend = make_backend(paths)
+    full, _ = run(backend, request_for(klein["folder"], steps=2, cfg_scale=1.0, memory_mode="full"))
+    fp8, _ = run(backend, request_for(klein["folder"], steps=2, cfg_scale=1.0, memory_mode="fp8"))
+    assert backend.memory_mode == "fp8"
+    assert backend._pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    difference = np.abs(pixels(fp8.images[0]).astype(int) - pixels(full.images[0]).astype(int))
+    # The tolerance of Flux.1's fp8 test (tests/engine/test_dit_memory.py).
+    assert 0 < difference.mean() < 1.5, difference.mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")
+@pytest.mark.parametrize("mode", ["offload", "group", "sequential", "fp8"])
+@pytest.mark.parametrize("kind", ["klein", "dev"])
+def test_each_offload_mode_runs_flux2_on_cuda(klein, dev, tmp_path, mode, kind):
+    folder = (klein if kind == "klein" else dev)["folder"]
+    backend = make_backend(AppPaths.for_root(tmp_path / "home").ensure())
+    full, _ = run(backend, request_for(folder, steps=2, cfg_scale=1.0, device="cuda", memory_mode="full"))
+    other, _ = run(backend, request_for(folder, steps=2, cfg_scale=1.0, device="cuda", memory_mode=mode))
+    assert backend.memory_mode == mode
+    difference = np.abs(pixels(other.images[0]).astype(int) - pixels(full.images[0]).astype(int))
+    assert difference.mean() < (1.5 if mode == "fp8" else 0.5)
