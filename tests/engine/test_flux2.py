@@ -9,7 +9,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import Flux2KleinPipeline, Flux2Pipeline, Flux2Transformer2DModel, GGUFQuantizationConfig
+from diffusers import (
+    Flux2KleinInpaintPipeline,
+    Flux2KleinPipeline,
+    Flux2Pipeline,
+    Flux2Transformer2DModel,
+    GGUFQuantizationConfig,
+)
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -256,3 +262,44 @@ def test_each_offload_mode_runs_flux2_on_cuda(klein, dev, tmp_path, mode, kind):
     assert backend.memory_mode == mode
     difference = np.abs(pixels(other.images[0]).astype(int) - pixels(full.images[0]).astype(int))
     assert difference.mean() < (1.5 if mode == "fp8" else 0.5)
+
+
+def klein_edit_expected(folder, request, source, mask):
+    pipe = Flux2KleinInpaintPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        prompt=request.prompt, image=source, mask_image=mask, strength=request.strength, width=64, height=64,
+        num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+        generator=torch.Generator("cpu").manual_seed(request.seed),
+    ).images[0]  # fmt: skip
+    return pixels(image)
+
+
+def test_klein_img2img_and_inpaint_match_diffusers_inpainting_pipeline(paths, klein, tmp_path):
+    rng = np.random.default_rng(3)
+    source = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    source.save(tmp_path / "source.png")
+    box = np.zeros((64, 64), np.uint8)
+    box[16:40, 16:48] = 255
+    Image.fromarray(box, "L").save(tmp_path / "mask.png")
+    backend = make_backend(paths)
+    # CFG 4 on a step-distilled folder: ignored, as the folder says, by the edit pipeline too.
+    values = dict(steps=4, cfg_scale=4.0, init_image=str(tmp_path / "source.png"), strength=0.75, mask_blur=0)
+    # Image-to-image: Klein's inpainting pipeline with everything masked.
+    request = request_for(klein["folder"], **values)
+    batch, steps = run(backend, request)
+    everything = Image.new("L", (64, 64), 255)
+    assert np.array_equal(pixels(batch.images[0]), klein_edit_expected(klein["folder"], request, source, everything))
+    assert len(steps) == 3  # int(4 x 0.75) of the schedule
+    request = request_for(klein["folder"], mask=str(tmp_path / "mask.png"), **values)
+    batch, _ = run(backend, request)
+    out = klein_edit_expected(klein["folder"], request, source, Image.fromarray(box, "L"))
+    # Marble pastes the result back inside the mask only: outside it, the source's own pixels.
+    assert np.array_equal(pixels(batch.images[0]), np.where(box[..., None] == 255, out, pixels(source)))
+
+
+def test_flux2_dev_edits_are_refused_clearly(paths, dev, tmp_path):
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "source.png")
+    request = request_for(dev["folder"], steps=2, init_image=str(tmp_path / "source.png"), strength=0.5)
+    with pytest.raises(ModelError, match=r"is a Flux\.2 dev model; Marble runs it for text-to-image only"):
+        run(make_backend(paths), request)

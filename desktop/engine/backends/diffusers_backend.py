@@ -738,7 +738,7 @@ class DiffusersBackend:
             # One source per image, so image k is encoded with its own seed's generator (per_image_sources).
             size = {"image": per_image_sources(plan.image, request.batch_size), "strength": float(request.strength),
                     "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
-            if plan.mask is not None or self._inpaint_model:
+            if plan.mask is not None or self._inpaint_model or families.img2img_by_inpainting(self._dit, request.mode):
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, 16, h, w).
@@ -1343,7 +1343,7 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
-    if mode != "txt2img" and not families.edits(dit.family):
+    if mode != "txt2img" and not families.edits(dit.family, dit.variant):
         raise ModelError(
             f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."
         )

@@ -69,12 +69,24 @@ _EDIT_PIPELINES = {
     ("qwen-image", "inpaint"): "QwenImageInpaintPipeline",
     ("z-image", "img2img"): "ZImageImg2ImgPipeline",
     ("z-image", "inpaint"): "ZImageInpaintPipeline",
+    # Flux.2 Klein has an inpainting pipeline only: image-to-image is inpainting with everything masked
+    # (img2img_by_inpainting). Flux.2 dev's pipeline takes reference images to edit by instruction, which is
+    # another thing than image-to-image: not offered.
+    (dit_flux2.FLUX2, "img2img"): "Flux2KleinInpaintPipeline",
+    (dit_flux2.FLUX2, "inpaint"): "Flux2KleinInpaintPipeline",
 }
 
 
-def edits(family: str) -> bool:
+def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines)."""
+    if family == dit_flux2.FLUX2:
+        return variant != "dev"
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
+
+
+def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
+    """Whether `mode` runs as inpainting with everything masked (a family with an inpainting pipeline only)."""
+    return mode == "img2img" and info.family == dit_flux2.FLUX2
 
 
 
@@ -98,7 +110,9 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     # Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move
     # them (fighting the offload hooks); a constructor only registers them.
     accepted = inspect.signature(cls.__init__).parameters
-    edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted})
+    # Flux.2 Klein's step-distilled flag is configuration, not a module: the sibling keeps the loaded one's.
+    flags = {"is_distilled": pipe.config.is_distilled} if "is_distilled" in accepted else {}
+    edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted}, **flags)
     edit.set_progress_bar_config(disable=True)
     return edit
 
