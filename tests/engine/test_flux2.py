@@ -89,6 +89,8 @@ def klein(tmp_path_factory):
         # BFL's names under ComfyUI's prefix, under a name that says nothing true.
         "bfl": save_transformer_file(bfl, tmp / "flux1-dev.safetensors", prefix=PREFIX),
         "short": save_transformer_file(bfl, tmp / "klein-short.safetensors", drop="single_blocks.1"),
+        # City96-style GGUF: BFL's names, quantised.
+        "gguf": save_gguf(bfl, tmp / "klein-Q8_0.gguf", arch="flux2"),
         "tmp": tmp,
     }
 
@@ -135,6 +137,22 @@ def test_klein_bfl_file_with_text_encoder_from_its_folder_matches_bare_diffusers
     expected = klein_expected(klein["folder"], request, is_distilled=False)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, klein_expected(klein["folder"], request))  # CFG really ran
+
+
+def test_klein_bfl_gguf_matches_diffusers_gguf_loading(paths, klein):
+    arch = detect_model(klein["gguf"])
+    assert (arch.dit.variant, arch.dit.layout, arch.dit.quantization) == ("klein", "bfl", "Q8_0")
+    request = request_for(
+        klein["gguf"], steps=2, cfg_scale=1.0, model_config=str(klein["folder"]), text_encoders=str(klein["folder"])
+    )
+    batch, _ = run(make_backend(paths), request)
+    transformer = Flux2Transformer2DModel.from_single_file(
+        str(klein["gguf"]), config=str(klein["folder"]), subfolder="transformer", local_files_only=True,
+        dtype=torch.float32, quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32),
+    )  # fmt: skip
+    expected = klein_expected(klein["folder"], request, transformer, is_distilled=False)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, klein_expected(klein["folder"], request))  # Q8_0 really was used
 
 
 def test_a_flux2_file_without_text_encoders_is_refused_naming_what_to_supply(paths, klein):
