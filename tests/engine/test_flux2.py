@@ -5,6 +5,7 @@ dev models run offline through Marble, pixel-identical to bare diffusers with th
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -122,6 +123,9 @@ def test_klein_folder_is_detected_and_matches_bare_diffusers(paths, klein):
     batch, steps = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), klein_expected(klein["folder"], request))
     assert len(steps) == 2
+    # The folder says step-distilled: no CFG, so the negative prompt is ignored, and the result says so.
+    assert batch.notes == ("Flux.2 klein is step-distilled: it runs without CFG, so without a negative prompt; the "
+                           "negative prompt was ignored.",)  # fmt: skip
 
 
 def test_klein_bfl_file_with_text_encoder_from_its_folder_matches_bare_diffusers(paths, klein):
@@ -131,12 +135,24 @@ def test_klein_bfl_file_with_text_encoder_from_its_folder_matches_bare_diffusers
     )  # fmt: skip
     # A single file cannot say whether it is step-distilled: the CFG scale decides, 4 runs true CFG.
     request = request_for(
-        klein["bfl"], steps=2, cfg_scale=4.0, model_config=str(klein["folder"]), text_encoders=str(klein["folder"])
-    )
+        klein["bfl"], steps=2, cfg_scale=4.0, negative_prompt="", model_config=str(klein["folder"]),
+        text_encoders=str(klein["folder"]),
+    )  # fmt: skip
     batch, _ = run(make_backend(paths), request)
     expected = klein_expected(klein["folder"], request, is_distilled=False)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, klein_expected(klein["folder"], request))  # CFG really ran
+    # A negative prompt: true CFG runs against its encoding instead of the empty prompt's.
+    negative, _ = run(make_backend(paths), replace(request, negative_prompt="blurry"))
+    pipe = Flux2KleinPipeline.from_pretrained(str(klein["folder"]), local_files_only=True, is_distilled=False)
+    pipe.set_progress_bar_config(disable=True)
+    embeds = pipe.encode_prompt(prompt="blurry", max_sequence_length=512)[0]
+    wanted = pipe(
+        prompt=request.prompt, num_inference_steps=2, width=64, height=64, guidance_scale=4.0,
+        negative_prompt_embeds=embeds, generator=torch.Generator("cpu").manual_seed(request.seed),
+    ).images[0]  # fmt: skip
+    assert np.array_equal(pixels(negative.images[0]), pixels(wanted))
+    assert not np.array_equal(pixels(wanted), expected)
 
 
 def test_klein_bfl_gguf_matches_diffusers_gguf_loading(paths, klein):

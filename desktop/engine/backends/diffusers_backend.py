@@ -726,6 +726,8 @@ class DiffusersBackend:
             notes.append(
                 f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
             )
+        if (ignored := families.ignored_negative_note(pipe, request, self._dit)) is not None:
+            notes.append(ignored)
         plan = _edit_plan(request) if request.mode != "txt2img" else None
         if plan is not None and (request.strength <= 0 or (plan.alpha is not None and mask_is_empty(plan.alpha))):
             # Nothing to denoise: the source itself is the exact answer (no VAE round trip).

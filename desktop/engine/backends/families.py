@@ -90,6 +90,16 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 
 
+def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
+    """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG)."""
+    if not request.negative_prompt or info.family != dit_flux2.FLUX2 or not flux2.ignores_negative(pipe, request, info):
+        return None
+    why = "takes no negative prompt" if flux2.is_dev(info) else "uses a negative prompt only with CFG above 1"
+    if not flux2.is_dev(info) and pipe.config.is_distilled:
+        why = "is step-distilled: it runs without CFG, so without a negative prompt"
+    return f"{info.label} {why}; the negative prompt was ignored."
+
+
 def has_preview(family: str) -> bool:
     """Whether the step previews can picture `family`'s latents (backends/preview.py's tables)."""
     return family != dit_flux2.FLUX2
@@ -416,7 +426,7 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
     if info.family in qwen_zimage.FAMILIES:
         return qwen_zimage.generation_arguments(request, info)
     if info.family == dit_flux2.FLUX2:
-        return flux2.generation_arguments(request, info)
+        return flux2.generation_arguments(pipe, request, info)
     if info.family == "chroma":
         return chroma.generation_arguments(request)
     negative = request.negative_prompt or None

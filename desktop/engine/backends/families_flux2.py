@@ -155,13 +155,24 @@ def _distilled(folder: Path, own: bool) -> bool:
     return isinstance(index, dict) and index.get("is_distilled") is True
 
 
-def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
+def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
     """dev: the distilled guidance its transformer embeds ("Distilled CFG"); no negative prompt. Klein: the
-    CFG scale (true CFG against an empty prompt above 1, as the pipeline runs it)."""
+    CFG scale (true CFG above 1, as the pipeline runs it) against the negative prompt, empty by default."""
     arguments: dict[str, Any] = {"prompt": request.prompt, "max_sequence_length": MAX_SEQUENCE}
     if is_dev(info):
         return arguments | {"guidance_scale": float(request.distilled_cfg_scale)}
-    return arguments | {"guidance_scale": float(request.cfg_scale)}
+    arguments["guidance_scale"] = float(request.cfg_scale)
+    if request.negative_prompt and not ignores_negative(pipe, request, info):
+        # The pipeline takes no negative text (its CFG runs against ""): the user's goes in as its encoding.
+        embeds, _ids = pipe.encode_prompt(prompt=request.negative_prompt, max_sequence_length=MAX_SEQUENCE)
+        arguments["negative_prompt_embeds"] = embeds
+    return arguments
+
+
+def ignores_negative(pipe: Any, request: GenerationRequest, info: DitInfo) -> bool:
+    """Whether this job runs without a negative prompt: dev never has one; Klein only with true CFG on
+    (CFG above 1 and a pipeline not marked step-distilled)."""
+    return is_dev(info) or request.cfg_scale <= 1 or bool(pipe.config.is_distilled)
 
 
 def _short(error: BaseException) -> str:
