@@ -5,6 +5,7 @@ dev models run offline through Marble, pixel-identical to bare diffusers with th
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -337,3 +338,15 @@ def test_flux2_dev_edits_are_refused_clearly(paths, dev, tmp_path):
     request = request_for(dev["folder"], steps=2, init_image=str(tmp_path / "source.png"), strength=0.5)
     with pytest.raises(ModelError, match=r"is a Flux\.2 dev model; Marble runs it for text-to-image only"):
         run(make_backend(paths), request)
+
+
+def test_a_chat_template_kept_by_an_older_processor_file_is_used(paths, dev, tmp_path):
+    # A Pixtral processor saved in the older form keeps its chat template in chat_template.json.
+    folder = tmp_path / "dev"
+    shutil.copytree(dev["folder"], folder)
+    template = (folder / "tokenizer" / "chat_template.jinja").read_text(encoding="utf-8")
+    (folder / "tokenizer" / "chat_template.jinja").unlink()
+    (folder / "tokenizer" / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    request = request_for(folder, steps=2, distilled_cfg_scale=4.0)
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), dev_expected(dev["folder"], request))

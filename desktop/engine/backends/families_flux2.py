@@ -126,7 +126,10 @@ def assemble(
             ),
             # dev's folder holds a Pixtral processor; the pipeline reads prompts only through its tokenizer's
             # chat template, and the processor's image half needs torchvision, which Marble does not ship.
-            "tokenizer": transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+            "tokenizer": _with_chat_template(
+                transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+                folder / "tokenizer",
+            ),
             "vae": diffusers.AutoencoderKLFlux2.from_pretrained(
                 str(folder / "vae"), dtype=dtype, local_files_only=True, use_safetensors=True
             ),
@@ -136,6 +139,20 @@ def assemble(
     if dev:
         return diffusers.Flux2Pipeline(transformer=transformer, **parts)
     return diffusers.Flux2KleinPipeline(transformer=transformer, is_distilled=_distilled(folder, own), **parts)
+
+
+def _with_chat_template(tokenizer: Any, folder: Path) -> Any:
+    """The tokenizer, given its processor's chat template when it has none of its own: a processor saved
+    in the older form keeps the template in chat_template.json or processor_config.json, which a tokenizer
+    does not read (both pipelines build their prompts with it)."""
+    for file in ("chat_template.json", "processor_config.json"):
+        if tokenizer.chat_template is not None or not (folder / file).is_file():
+            continue
+        data = read_json_file(folder / file, label=f"{file} in {folder}")
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(template, str):
+            tokenizer.chat_template = template
+    return tokenizer
 
 
 def _text_width(folder: Path, transformer: Any | None) -> int | None:
