@@ -22,15 +22,24 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.checkpoint import detect_model, read_safetensors_header
+from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.native_size import model_family
 from desktop.engine.metadata import read_image_metadata
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from tests.e2e.test_cli import in_process
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
-from tests.support.tiny_dit import save_gguf
-from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein, flux2_to_bfl, save_transformer_file
+from tests.support.tiny_dit import build_tiny_flux, flux_to_bfl, save_gguf
+from tests.support.tiny_dit_loras import flux_kohya_lora, peft_lora
+from tests.support.tiny_flux2 import (
+    build_tiny_flux2_dev,
+    build_tiny_flux2_klein,
+    flux2_to_bfl,
+    lora_for,
+    save_transformer_file,
+)
+from tests.support.tiny_loras import save_lora
 
 PREFIX = "model.diffusion_model."
 
@@ -87,6 +96,7 @@ def klein(tmp_path_factory):
     pipe.save_pretrained(str(folder), safe_serialization=True)
     bfl = flux2_to_bfl(pipe.transformer.state_dict())
     return {
+        "transformer": pipe.transformer,
         "folder": folder,
         # BFL's names under ComfyUI's prefix, under a name that says nothing true.
         "bfl": save_transformer_file(bfl, tmp / "flux1-dev.safetensors", prefix=PREFIX),
@@ -350,3 +360,45 @@ def test_a_chat_template_kept_by_an_older_processor_file_is_used(paths, dev, tmp
     request = request_for(folder, steps=2, distilled_cfg_scale=4.0)
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), dev_expected(dev["folder"], request))
+
+
+@pytest.mark.parametrize(("layout", "fmt"), [("peft", "peft"), ("aitoolkit", "peft"), ("kohya", "kohya")])
+def test_flux2_loras_are_told_from_flux1_ones_by_their_tensors(klein, tmp_path, layout, fmt):
+    path = save_lora(lora_for(klein["transformer"], layout), tmp_path / "l.safetensors")
+    info = inspect_lora(read_safetensors_header(path), "l")
+    assert (info.family, info.format, info.label) == ("flux2", fmt, "Flux.2")
+    # Flux.1's LoRAs in the same layouts stay Flux.1 (its fused layers are 7 and 4 widths, not 9 and 6).
+    flux1 = build_tiny_flux().transformer
+    bfl = flux_to_bfl(flux1.state_dict())
+    fused = {k: v for k, v in bfl.items() if k.endswith((".linear1.weight", "mlp.0.weight"))}
+    aitoolkit = {f"diffusion_model.{k.removesuffix('.weight')}.lora_{part}.weight": torch.zeros(shape)
+                 for k, v in fused.items()
+                 for part, shape in (("A", (4, v.shape[1])), ("B", (v.shape[0], 4)))}  # fmt: skip
+    for tensors in (peft_lora(flux1), flux_kohya_lora(flux1), aitoolkit):
+        header = read_safetensors_header(save_lora(tensors, tmp_path / "f.safetensors"))
+        assert inspect_lora(header, "f").family == "flux"
+
+
+@pytest.mark.parametrize("layout", ["aitoolkit", "kohya"])
+def test_a_flux2_lora_tag_matches_bare_diffusers_and_changes_the_image(paths, klein, layout):
+    tensors = lora_for(klein["transformer"], layout)
+    save_lora(tensors, paths.loras / "style.safetensors")
+    request = request_for(klein["folder"], prompt="a red circle <lora:style:0.8>", steps=2, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    pipe = Flux2KleinPipeline.from_pretrained(str(klein["folder"]), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights({k: v.clone() for k, v in tensors.items()}, adapter_name="x")
+    pipe.set_adapters(["x"], [0.8])
+    image = pipe(
+        prompt="a red circle", num_inference_steps=2, width=64, height=64, guidance_scale=1.0,
+        generator=torch.Generator("cpu").manual_seed(request.seed),
+    ).images[0]  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(image))
+    assert not np.array_equal(pixels(image), klein_expected(klein["folder"], replace(request, prompt="a red circle")))
+
+
+def test_a_flux1_lora_is_refused_on_flux2(paths, klein):
+    save_lora(peft_lora(build_tiny_flux().transformer), paths.loras / "f1.safetensors")
+    request = request_for(klein["folder"], prompt="a fox <lora:f1:1>", steps=2, cfg_scale=1.0)
+    with pytest.raises(ModelError, match="it is a LoRA for Flux.1 models, and klein is Flux.2"):
+        run(make_backend(paths), request)

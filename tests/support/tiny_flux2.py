@@ -34,6 +34,7 @@ from tests.support.tiny_dit import CONFIGS, _jitter
 from tests.support.tiny_qwen_zimage import VOCAB, tiny_tokenizer
 
 WIDTH = 16  # the text encoders' hidden size; the transformer reads 3 stacked layers (48)
+RANK = 4  # the tiny LoRAs' rank
 
 
 def _shipped(name: str, part: str) -> dict:
@@ -184,3 +185,33 @@ def save_transformer_file(
     tensors = {prefix + k: v.contiguous() for k, v in state.items() if drop is None or not k.startswith(drop + ".")}
     save_file(tensors, str(path))
     return path
+
+
+def lora_for(transformer: Flux2Transformer2DModel, layout: str, seed: int = 0, scale: float = 0.5) -> dict:
+    """A tiny random LoRA in the layouts diffusers converts for Flux.2 (Flux2LoraLoaderMixin): "peft"
+    (diffusers' names under `transformer.`), "aitoolkit" (BFL names under `diffusion_model.`, lora_A/B) and
+    "kohya" (`lora_unet_single_blocks_0_linear1`, lora_down/up + alpha). Attention and the fused/MLP layers,
+    whose widths tell Flux.2 from Flux.1."""
+    generator = torch.Generator().manual_seed(seed)
+    if layout == "peft":
+        targets = (".attn.to_q", ".attn.to_qkv_mlp_proj", ".ff.linear_in")
+        shapes = {f"transformer.{name}": (module.in_features, module.out_features)
+                  for name, module in transformer.named_modules()
+                  if name.endswith(targets) and isinstance(module, torch.nn.Linear)}  # fmt: skip
+    else:
+        bfl = flux2_to_bfl(transformer.state_dict())
+        shapes = {name.removesuffix(".weight"): (value.shape[1], value.shape[0]) for name, value in bfl.items()
+                  if name.endswith((".img_attn.qkv.weight", ".linear1.weight", ".img_mlp.0.weight"))}  # fmt: skip
+    tensors = {}
+    for name, (inputs, outputs) in shapes.items():
+        down = torch.randn(RANK, inputs, generator=generator) * scale
+        up = torch.randn(outputs, RANK, generator=generator) * scale
+        if layout == "kohya":
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                        f"{key}.alpha": torch.tensor(RANK / 2)}  # fmt: skip
+        else:
+            key = name if layout == "peft" else f"diffusion_model.{name}"
+            tensors |= {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up}
+    return tensors
+
