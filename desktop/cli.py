@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Flux dev's distilled guidance (Forge's Distilled CFG Scale; default 3.5, 4 for Flux.2 "
                           "dev); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
-                     help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image file: a diffusers folder (or "
-                          "library model) of the same family that supplies the text encoders, tokenizers and VAE "
-                          "(Qwen-Image/Z-Image: or a folder holding text_encoder/, tokenizer/ and vae/)")
+                     help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2 file: a diffusers folder "
+                          "(or library model) of the same family that supplies the text encoders, tokenizers and "
+                          "VAE (Qwen-Image/Z-Image/Flux.2: or a folder holding text_encoder/, tokenizer/ and vae/)")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",

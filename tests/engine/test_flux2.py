@@ -402,3 +402,12 @@ def test_a_flux1_lora_is_refused_on_flux2(paths, klein):
     request = request_for(klein["folder"], prompt="a fox <lora:f1:1>", steps=2, cfg_scale=1.0)
     with pytest.raises(ModelError, match="it is a LoRA for Flux.1 models, and klein is Flux.2"):
         run(make_backend(paths), request)
+
+
+def test_a_klein_9b_file_with_a_narrower_text_encoder_is_refused_before_loading(paths, klein, tmp_path):
+    path = tmp_path / "klein9b.safetensors"
+    save_file(bfl_flux2(12288), str(path))  # detected as Klein 9B by its text width; never loaded
+    request = request_for(path, model_config=str(klein["folder"]), text_encoders=str(klein["folder"]))
+    with pytest.raises(ModelError, match=r"cannot serve klein9b\.safetensors: its text encoder is 16 wide, but this "
+                       r"transformer reads 3 x 4096"):  # fmt: skip
+        run(make_backend(paths), request)

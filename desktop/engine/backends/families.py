@@ -261,7 +261,8 @@ def _load_flux2(
     config = config_folder or _config_folder(resources, arch, name)
     if text_encoders is None:
         raise flux2.needs_folder_error(name, info)
-    flux2.check_components(text_encoders, info, name=name)  # before the slow transformer load
+    # Before the slow transformer load: the folder's kind, and its encoder's width where the variant says it.
+    flux2.check_components(text_encoders, info, name=name, text_width=dit_flux2.text_width(info.variant))
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
     return flux2.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
 

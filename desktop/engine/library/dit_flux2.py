@@ -74,6 +74,11 @@ def folder_variant(transformer: Mapping[str, object]) -> str:
     return _variant(width if isinstance(width, int) else None, bool(transformer.get("guidance_embeds")))
 
 
+def text_width(variant: str) -> int | None:
+    """The text-embedding width a known variant's transformer reads (3 stacked encoder layers)."""
+    return next((width for width, known in _VARIANTS.items() if known == variant), None)
+
+
 def _variant(text_width: int | None, guided: bool) -> str:
     known = _VARIANTS.get(text_width) if text_width is not None else None
     return known or ("dev" if guided else "klein")
