@@ -28,20 +28,15 @@ from desktop.engine.safe_files import read_json_file
 
 # Both pipelines read up to 512 prompt tokens (their default and BFL's); no 77-token chunks.
 MAX_SEQUENCE = 512
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tekken.json")
-# Each text encoder's name, its config's model_type and (Klein) the hidden-state layers stacked: 3.
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# Each kind's text encoder: its name and its config's model_type.
 _ENCODERS = {"dev": ("the Mistral Small 3.1 text encoder", "mistral3"), "klein": ("the Qwen3 text encoder", "qwen3")}
+# The transformer reads three of the encoder's hidden layers stacked (the pipelines' text_encoder_out_layers).
 _STACKED_LAYERS = 3
 
 
 def is_dev(info: DitInfo) -> bool:
     return info.variant == "dev"
-
-
-def pipeline_class(info: DitInfo) -> Any:
-    import diffusers
-
-    return diffusers.Flux2Pipeline if is_dev(info) else diffusers.Flux2KleinPipeline
 
 
 def transformer_class() -> Any:
