@@ -75,8 +75,9 @@ def folder_variant(transformer: Mapping[str, object]) -> str:
 
 
 def text_width(variant: str) -> int | None:
-    """The text-embedding width a known variant's transformer reads (3 stacked encoder layers)."""
-    return next((width for width, known in _VARIANTS.items() if known == variant), None)
+    """The text-embedding width a Klein 4B / 9B transformer reads (3 stacked encoder layers); None for dev,
+    whose name may come from its guidance embedder alone (a dev of other dimensions)."""
+    return next((width for width, known in _VARIANTS.items() if known == variant and variant != "dev"), None)
 
 
 def _variant(text_width: int | None, guided: bool) -> str:
