@@ -111,12 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=None, help="default 30; 4 for a Flux schnell model")
     gen.add_argument("--cfg", type=float, default=None,
                      help="guidance scale (default 7.5; 1 for Flux schnell, 4 for Qwen-Image)")
-    gen.add_argument("--distilled-cfg", type=float, default=3.5, metavar="F",
-                     help="Flux dev's distilled guidance (Forge's Distilled CFG Scale); other models ignore it")
+    gen.add_argument("--distilled-cfg", type=float, metavar="F",
+                     help="Flux dev's distilled guidance (Forge's Distilled CFG Scale; default 3.5, 4 for Flux.2 "
+                          "dev); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
-                     help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image file: a diffusers folder (or "
-                          "library model) of the same family that supplies the text encoders, tokenizers and VAE "
-                          "(Qwen-Image/Z-Image: or a folder holding text_encoder/, tokenizer/ and vae/)")
+                     help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2 file: a diffusers folder "
+                          "(or library model) of the same family that supplies the text encoders, tokenizers and "
+                          "VAE (Qwen-Image/Z-Image/Flux.2: or a folder holding text_encoder/, tokenizer/ and vae/)")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",
@@ -512,7 +513,8 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
     family = f"-{args.few_step}" if args.few_step else _model_family(model, paths)
     if not split_family(family)[1]:
         family = next((f"-{kind}" for kind in _lora_few_steps(loras, paths)), family)
-    defaults = {"steps": 30, "cfg_scale": 7.5, "sampler": sampler, "few_step": ""} | family_defaults(family)
+    defaults = {"steps": 30, "cfg_scale": 7.5, "distilled_cfg_scale": 3.5, "sampler": sampler, "few_step": ""}
+    defaults |= family_defaults(family)
     if args.sampler.strip().casefold() != DEFAULT_SAMPLER:
         defaults["sampler"] = sampler
     return GenerationRequest(
@@ -524,7 +526,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         few_step=str(defaults.get("few_step", "")),
         refiner=args.refiner,
         refiner_switch_at=args.refiner_switch_at,
-        distilled_cfg_scale=args.distilled_cfg,
+        distilled_cfg_scale=args.distilled_cfg if args.distilled_cfg is not None else defaults["distilled_cfg_scale"],
         text_encoders=_text_encoders(args.text_encoders, paths),
         seed=args.seed,
         sampler=str(defaults["sampler"]),

@@ -147,7 +147,7 @@ def format_parameters(
 
 def _is_flux_dev(model: ModelInfo | None) -> bool:
     # ModelInfo.architecture holds the shipped config's name the model was detected as.
-    return model is not None and model.architecture == "flux-dev"
+    return model is not None and model.architecture in ("flux-dev", "flux2-dev")
 
 
 def _variation_pairs(request: GenerationRequest, seed: int) -> list[tuple[str, object]]:

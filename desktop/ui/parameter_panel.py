@@ -685,7 +685,7 @@ class ParameterPanel(QWidget):
         self._show_family_rows()
 
     def _show_family_rows(self) -> None:
-        flux_dev = self._families.get(self.selected_model()) == "flux-dev"
+        flux_dev = self._families.get(self.selected_model()) in ("flux-dev", "flux2-dev")
         self.distilled_cfg_label.setVisible(flux_dev)
         self.distilled_cfg_spin.setVisible(flux_dev)
         sdxl = self._families.get(self.selected_model(), "").startswith("sdxl")

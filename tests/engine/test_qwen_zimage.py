@@ -311,7 +311,7 @@ def test_edits_are_refused_clearly_for_a_family_without_edit_pipelines():
     assert [families.edits(f) for f in ("flux", "sd3.5", "qwen-image", "z-image", "chroma")] == [
         True, True, True, True, False,
     ]  # fmt: skip
-    chroma = SimpleNamespace(family="chroma", label="Chroma")
+    chroma = SimpleNamespace(family="chroma", variant="", label="Chroma")
     with pytest.raises(ModelError, match="Chroma model; Marble runs it for text-to-image only"):
         _refuse_dit_edit("c.safetensors", chroma, "img2img")
     _refuse_dit_edit("c.safetensors", chroma, "txt2img")

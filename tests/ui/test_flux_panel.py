@@ -81,3 +81,34 @@ def test_text_encoders_row_shows_for_a_transformer_only_file_and_is_kept(qtbot, 
         assert window.parameter_panel.text_encoders_edit.text() == str(models / "zz-flux-dev")
     finally:
         close_window(window, controller)
+
+
+def flux2_folder(models: Path, name: str, dev: bool) -> None:
+    """A Flux.2 diffusers folder as the scan sees it (configs only; never loaded)."""
+    folder = models / name
+    (folder / "transformer").mkdir(parents=True)
+    pipeline = "Flux2Pipeline" if dev else "Flux2KleinPipeline"
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": pipeline}))
+    (folder / "transformer" / "config.json").write_text(json.dumps({
+        "_class_name": "Flux2Transformer2DModel", "guidance_embeds": dev, "joint_attention_dim": 15360 if dev else 7680,
+    }))  # fmt: skip
+
+
+def test_flux2_dev_shows_distilled_cfg_and_klein_brings_its_few_steps(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    models = AppPaths.for_root(home).ensure().models
+    flux2_folder(models, "zz-flux2-dev", dev=True)
+    flux2_folder(models, "zz-flux2-klein", dev=False)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux2-klein") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux2-dev")
+        qtbot.waitUntil(lambda: panel.distilled_cfg_spin.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: panel.distilled_cfg_spin.value() == 4.0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux2-klein")
+        assert not panel.distilled_cfg_spin.isVisibleTo(panel)
+        qtbot.waitUntil(lambda: panel.steps_spin.value() == 4, timeout=TIMEOUT_MS)
+        assert panel.cfg_spin.value() == 1.0
+    finally:
+        close_window(window, controller)

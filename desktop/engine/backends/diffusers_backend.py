@@ -728,6 +728,8 @@ class DiffusersBackend:
             notes.append(
                 f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
             )
+        if (ignored := families.ignored_negative_note(pipe, request, self._dit)) is not None:
+            notes.append(ignored)
         plan = _edit_plan(request) if request.mode != "txt2img" else None
         # A Qwen-Image-Edit instruction edit has no strength (families_qwen_edit.py): 0 is not "keep the source".
         strength_zero = request.strength <= 0 and qwen_edit.uses_strength(self._dit, request.mode)
@@ -748,12 +750,14 @@ class DiffusersBackend:
             # One source per image, so image k is encoded with its own seed's generator (per_image_sources).
             size = {"image": per_image_sources(plan.image, request.batch_size), "strength": float(request.strength),
                     "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
-            if plan.mask is not None or self._inpaint_model:
+            if plan.mask is not None or self._inpaint_model or families.img2img_by_inpainting(self._dit, request.mode):
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, 16, h, w).
         device = self._key.device if self._key else "cpu"
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, 0)
+        # Flux.2's 32-channel latents have no preview table yet: its steps are counted without pictures.
+        every = self._preview_every if families.has_preview(self._dit.family) else 0
+        progress = _Progress(batch_index, on_step, cancel, every, self._family, device, 0)
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
@@ -1354,7 +1358,7 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
     if qwen_edit.is_edit(dit):
         qwen_edit.refuse_text_to_image(name, dit, mode)
-    if mode != "txt2img" and not families.edits(dit.family):
+    if mode != "txt2img" and not families.edits(dit.family, dit.variant):
         raise ModelError(
             f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."
         )

@@ -1,5 +1,5 @@
 """Loading and running the diffusion-transformer families: Flux.1 and SD3/SD3.5 (Qwen-Image and Z-Image
-in families_qwen_zimage.py, called from here).
+in families_qwen_zimage.py, Flux.2 in families_flux2.py, called from here).
 
 Called by diffusers_backend on the generation thread; torch, diffusers and transformers are imported
 inside the functions (this module is listed with the backend's helpers in pyproject's import-linter
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends import families_chroma as chroma
+from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
@@ -71,13 +72,40 @@ _EDIT_PIPELINES = {
     ("qwen-image", "inpaint"): "QwenImageInpaintPipeline",
     ("z-image", "img2img"): "ZImageImg2ImgPipeline",
     ("z-image", "inpaint"): "ZImageInpaintPipeline",
+    # Flux.2 Klein has an inpainting pipeline only: image-to-image is inpainting with everything masked
+    # (img2img_by_inpainting). Flux.2 dev's pipeline takes reference images to edit by instruction, which is
+    # another thing than image-to-image: not offered.
+    (dit_flux2.FLUX2, "img2img"): "Flux2KleinInpaintPipeline",
+    (dit_flux2.FLUX2, "inpaint"): "Flux2KleinInpaintPipeline",
 }
 
 
-def edits(family: str) -> bool:
+def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines)."""
+    if family == dit_flux2.FLUX2:
+        return variant != "dev"
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
 
+
+def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
+    """Whether `mode` runs as inpainting with everything masked (a family with an inpainting pipeline only)."""
+    return mode == "img2img" and info.family == dit_flux2.FLUX2
+
+
+
+def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
+    """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG)."""
+    if not request.negative_prompt or info.family != dit_flux2.FLUX2 or not flux2.ignores_negative(pipe, request, info):
+        return None
+    why = "takes no negative prompt" if flux2.is_dev(info) else "uses a negative prompt only with CFG above 1"
+    if not flux2.is_dev(info) and pipe.config.is_distilled:
+        why = "is step-distilled: it runs without CFG, so without a negative prompt"
+    return f"{info.label} {why}; the negative prompt was ignored."
+
+
+def has_preview(family: str) -> bool:
+    """Whether the step previews can picture `family`'s latents (backends/preview.py's tables)."""
+    return family != dit_flux2.FLUX2
 
 
 def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
@@ -97,7 +125,9 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     # Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move
     # them (fighting the offload hooks); a constructor only registers them.
     accepted = inspect.signature(cls.__init__).parameters
-    edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted})
+    # Flux.2 Klein's step-distilled flag is configuration, not a module: the sibling keeps the loaded one's.
+    flags = {"is_distilled": pipe.config.is_distilled} if "is_distilled" in accepted else {}
+    edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted}, **flags)
     edit.set_progress_bar_config(disable=True)
     return edit
 
@@ -119,6 +149,8 @@ def transformer_class(family: str) -> Any:
         return qwen_zimage.transformer_class(family)
     if family == "chroma":
         return chroma.transformer_class()
+    if family == dit_flux2.FLUX2:
+        return flux2.transformer_class()
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -162,7 +194,7 @@ def load_pipeline(
     info = arch.dit
     assert info is not None
     if info.family == dit_flux2.FLUX2:
-        raise dit_flux2.not_supported(name, info.label)
+        return _load_flux2(path, arch, name, dtype, resources, config_folder, text_encoders)
     cls = pipeline_class("flux-fill" if info.fill else info.family)
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
@@ -235,6 +267,26 @@ def _load_qwen_zimage(
     return qwen_zimage.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
 
 
+def _load_flux2(
+    path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
+    text_encoders: Path | None,
+) -> Any:
+    """As Qwen-Image: the text encoder, tokenizer and VAE come from a folder (families_flux2.py)."""
+    info = arch.dit
+    assert info is not None
+    if path.is_dir():
+        # Its scheduler is the folder's own; the shipped one serves a folder without one.
+        shipped = config_folder or (_config_folder(resources, arch, name) if arch.config_name else path)
+        return flux2.assemble(path, info, name=name, dtype=dtype, shipped=shipped)
+    config = config_folder or _config_folder(resources, arch, name)
+    if text_encoders is None:
+        raise flux2.needs_folder_error(name, info)
+    # Before the slow transformer load: the folder's kind, and its encoder's width where the variant says it.
+    flux2.check_components(text_encoders, info, name=name, text_width=dit_flux2.text_width(info.variant))
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return flux2.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
+
+
 def _from_pretrained(
     cls: Any, folder: Path, name: str, dtype: Any, resources: Resources, family: str, **components: Any
 ) -> Any:
@@ -268,12 +320,12 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         qwen_zimage.check_blocks(info, expected, name=name)
     elif isinstance(layers, int) and info.blocks[0] != layers:
         raise ModelError(
-            f"{name} has {info.blocks[0]} {'double' if info.family == 'flux' else 'joint'} blocks but the "
+            f"{name} has {info.blocks[0]} {'joint' if info.family.startswith('sd3') else 'double'} blocks but the "
             f"{info.label} configuration has {layers}: the file is incomplete, or a variant with other dimensions "
             "(pass its diffusers config folder)."
         )
     single = expected.get("num_single_layers")
-    if info.family in ("flux", "chroma") and isinstance(single, int) and info.blocks[1] != single:
+    if info.family in ("flux", "chroma", dit_flux2.FLUX2) and isinstance(single, int) and info.blocks[1] != single:
         raise ModelError(
             f"{name} has {info.blocks[1]} single blocks but the {info.label} configuration has {single}: the "
             "file is incomplete, or a variant with other dimensions (pass its diffusers config folder)."
@@ -292,9 +344,10 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
             return cls.from_single_file(state, **kwargs)
-        if info.family in qwen_zimage.FAMILIES:
+        if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2):
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
-            # converts Z-Image's original names and leaves its own (it checks them against the model).
+            # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
+            # model).
             return cls.from_single_file(_read_state(path, gguf), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
@@ -393,6 +446,8 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
     distilled guidance beside true CFG, a negative prompt only where the family uses one."""
     if info.family in qwen_zimage.FAMILIES:
         return qwen_zimage.generation_arguments(request, info)
+    if info.family == dit_flux2.FLUX2:
+        return flux2.generation_arguments(pipe, request, info)
     if info.family == "chroma":
         return chroma.generation_arguments(request)
     negative = request.negative_prompt or None

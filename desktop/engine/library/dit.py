@@ -1,5 +1,5 @@
 """Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma, and
-Qwen-Image and Z-Image (their rules in library/dit_qwen_zimage.py).
+Qwen-Image and Z-Image (their rules in library/dit_qwen_zimage.py) and Flux.2 (library/dit_flux2.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -39,6 +39,7 @@ DIT_CONFIGS = {
     ("sd3.5", "large"): "sd3.5-large",
     ("chroma", ""): "chroma",
     **dit_qwen_zimage.CONFIGS,
+    **dit_flux2.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",

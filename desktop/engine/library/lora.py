@@ -22,7 +22,7 @@ _FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
 FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
-    "z-image": "Z-Image",
+    "z-image": "Z-Image", "flux2": "Flux.2",
 }  # fmt: skip
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
@@ -168,6 +168,8 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
             break
     if fmt == "peft" and family == "sd3" and width == _FLUX_WIDTH:
         family = "flux"
+    if family == "flux" and _is_flux2_lora(header, names, bare):
+        family = "flux2"
     if fmt == "peft" and not any(".lora_A." in n or ".lora_B." in n for n in names):
         fmt = "diffusers"
     return LoraInfo(
@@ -182,6 +184,32 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
 _ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
                      ".proj_lora1.", "_linear1.", ".attn.qkv.", ".attention.to_q.", "_attn_to_q.",
                      "_attention_to_q.")  # fmt: skip
+
+
+# Flux.2 LoRAs share Flux.1's block names in BFL/kohya/ai-toolkit form. diffusers' names give Flux.2 away by
+# its own modules (the single blocks' fused projection, the SwiGLU feed-forward's linear_in/out); BFL names
+# by a fused layer's widths: a single block's linear1 holds q, k, v and the MLP input, 3 + 4 widths in
+# Flux.1, 3 + 2 x 3 in Flux.2 (SwiGLU, MLP ratio 3); a double block's img_mlp.0 4 and 6.
+_FLUX2_MODULES = (".to_qkv_mlp_proj.", ".ff.linear_in.", ".ff.linear_out.", ".ff_context.linear_in.",
+                  "_ff_linear_in.", "_to_qkv_mlp_proj.", "stream_modulation")  # fmt: skip
+_FLUX2_FUSED = {"linear1": 9, "img_mlp.0": 6, "img_mlp_0": 6, "txt_mlp.0": 6, "txt_mlp_0": 6}
+
+
+def _is_flux2_lora(header: SafetensorsHeader, names: list[str], bare: list[str]) -> bool:
+    if any(mark in name for name in bare for mark in _FLUX2_MODULES):
+        return True
+    for name in names:
+        if not name.endswith((".lora_down.weight", ".lora_A.weight")):
+            continue
+        stem = name.rsplit(".", 2)[0]
+        up = next((f"{stem}.{k}.weight" for k in ("lora_up", "lora_B") if f"{stem}.{k}.weight" in header.tensors), None)
+        ratio = next((r for layer, r in _FLUX2_FUSED.items() if stem.endswith(("." + layer, "_" + layer))), None)
+        if up is None or ratio is None:
+            continue
+        down_shape, up_shape = header.tensors[name].shape, header.tensors[up].shape
+        if len(down_shape) == 2 and len(up_shape) == 2 and down_shape[1]:
+            return up_shape[0] == ratio * down_shape[1]
+    return False
 
 
 def _strip_transformer_prefix(name: str) -> str:

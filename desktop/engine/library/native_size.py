@@ -11,6 +11,7 @@ from pathlib import Path
 
 from desktop.engine.errors import MarbleError
 from desktop.engine.library.checkpoint import ArchitectureInfo, detect_model
+from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.few_step import PRESETS, few_step_of_file, split_family
 from desktop.engine.safe_files import read_json_file
 
@@ -67,9 +68,10 @@ _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
 def model_family(path: Path) -> str | None:
-    """"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell", "sd3", or "unet-<width>" for another UNet folder
-    (the demo model); None when unreadable or unknown. A UNet single file whose header names a few-step
-    kind (library/few_step.py) gets it as a suffix, "sdxl-turbo": a family of its own, with its defaults."""
+    """"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell", "sd3", "flux2-dev", "flux2-klein", or "unet-<width>"
+    for another UNet folder (the demo model); None when unreadable or unknown. A UNet single file whose
+    header names a few-step kind (library/few_step.py) gets it as a suffix, "sdxl-turbo": a family of its
+    own, with its defaults."""
     family = _plain_family(path)
     if family in ("sd1", "sd2", "sdxl"):
         kind = few_step_of_file(path)
@@ -101,18 +103,25 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
     # Qwen-Image-Edit shares Qwen-Image's config but not its defaults: "qwen-image-edit", "-edit-plus".
     if arch.dit is not None and arch.dit.variant in ("edit", "edit-plus"):
         return f"{arch.dit.family}-{arch.dit.variant}"
+    if arch.family == FLUX2:
+        # Every Klein size shares its defaults (and a Klein of other dimensions has no shipped config).
+        return "flux2-dev" if arch.dit is not None and arch.dit.variant == "dev" else "flux2-klein"
     return _FAMILY_BY_CONFIG.get(arch.config_name)
 
 
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
 # schnell is distilled to 4 steps without guidance (BFL's reference settings).
-# Qwen-Image's CFG is true CFG at 4 in Qwen's examples; 7.5 burns its images.
+# Qwen-Image's CFG is true CFG at 4 in Qwen's examples; 7.5 burns its images. Flux.2 Klein (4B and 9B) is
+# step-distilled to 4 steps without CFG (its Base models want 50 steps and CFG 4: the user sets those);
+# Flux.2 dev runs BFL's reference distilled guidance 4 (its CFG scale is unused).
 _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "flux-schnell": {"steps": 4, "cfg_scale": 1.0},
     "qwen-image": {"cfg_scale": 4.0},
     # The Edit model cards: true CFG 4 with 50 steps (Edit) and 40 (Edit-2509, "Plus").
     "qwen-image-edit": {"steps": 50, "cfg_scale": 4.0},
     "qwen-image-edit-plus": {"steps": 40, "cfg_scale": 4.0},
+    "flux2-klein": {"steps": 4, "cfg_scale": 1.0},
+    "flux2-dev": {"steps": 50, "cfg_scale": 1.0, "distilled_cfg_scale": 4.0},
 }
 
 

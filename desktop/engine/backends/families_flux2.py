@@ -1,0 +1,192 @@
+"""Loading and running Flux.2 (called from backends/families.py on the generation thread).
+
+Flux.2 dev reads prompts with Mistral Small 3.1 (Mistral3ForConditionalGeneration and its Pixtral
+processor), Klein 4B / 9B with Qwen3 4B / 8B; their weights and tokenizers cannot be shipped. So, as for
+Qwen-Image, a Flux.2 model takes its text encoder, tokenizer and VAE from a folder: its own diffusers
+folder, or, for a single transformer file, the folder the user names (`--text-encoders FOLDER`: a
+diffusers Flux.2 folder of the same kind, or any folder holding `text_encoder/`, `tokenizer/` and `vae/`).
+The scheduler comes from that folder when it has one, else from the shipped config.
+
+Which pipeline: dev (a guidance embedder: distilled guidance, "Distilled CFG") runs in Flux2Pipeline,
+Klein (no guidance embedder) in Flux2KleinPipeline, whose CFG is true CFG against an empty prompt. A
+Klein folder's model_index.json says whether it is step-distilled (the 4-step models ignore CFG, as the
+pipeline does); a single file cannot say, so there the CFG scale decides (1 = no CFG: the distilled
+models' setting and Marble's Klein default; the Base models want about 4).
+
+torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.dit import DitInfo
+from desktop.engine.request import GenerationRequest
+from desktop.engine.safe_files import read_json_file
+
+# Both pipelines read up to 512 prompt tokens (their default and BFL's); no 77-token chunks.
+MAX_SEQUENCE = 512
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# Each kind's text encoder: its name and its config's model_type.
+_ENCODERS = {"dev": ("the Mistral Small 3.1 text encoder", "mistral3"), "klein": ("the Qwen3 text encoder", "qwen3")}
+# The transformer reads three of the encoder's hidden layers stacked (the pipelines' text_encoder_out_layers).
+_STACKED_LAYERS = 3
+
+
+def is_dev(info: DitInfo) -> bool:
+    return info.variant == "dev"
+
+
+def transformer_class() -> Any:
+    import diffusers
+
+    return diffusers.Flux2Transformer2DModel
+
+
+def _kind(info: DitInfo) -> str:
+    return "dev" if is_dev(info) else "klein"
+
+
+def needs_folder_error(name: str, info: DitInfo) -> ModelError:
+    encoder = _ENCODERS[_kind(info)][0]
+    return ModelError(
+        f"{name} holds the {info.label} transformer only. Flux.2 also needs {encoder}, its tokenizer and the "
+        "Flux.2 VAE, which Marble cannot ship: pass --text-encoders FOLDER, a diffusers Flux.2 folder of the same "
+        "kind or a folder holding text_encoder/, tokenizer/ and vae/."
+    )
+
+
+def check_components(folder: Path, info: DitInfo, *, name: str, text_width: int | None = None) -> None:
+    """Refuse, naming what is missing or wrong, a folder that cannot serve `info`'s transformer: no text
+    encoder, tokenizer or VAE; the other kind's text encoder; an encoder of another width than the
+    transformer reads (`text_width`: a Klein 9B file with a Klein 4B folder)."""
+    encoder_name, model_type = _ENCODERS[_kind(info)]
+    missing = []
+    if not (folder / "text_encoder" / "config.json").is_file():
+        missing.append(f"text_encoder/ ({encoder_name})")
+    if not any((folder / "tokenizer" / file).is_file() for file in _TOKENIZER_FILES):
+        missing.append("tokenizer/ (tokenizer.json)")
+    if not (folder / "vae" / "config.json").is_file():
+        missing.append("vae/ (the Flux.2 VAE)")
+    if missing:
+        raise ModelError(
+            f"{folder} cannot serve {name}: it has no {', no '.join(missing)}. Flux.2 needs a diffusers Flux.2 "
+            "folder, or a folder holding text_encoder/, tokenizer/ and vae/."
+        )
+    encoder = read_json_file(folder / "text_encoder" / "config.json", label=f"text_encoder/config.json in {folder}")
+    vae = read_json_file(folder / "vae" / "config.json", label=f"vae/config.json in {folder}")
+    encoder = encoder if isinstance(encoder, dict) else {}
+    found = (encoder.get("model_type"), vae.get("_class_name") if isinstance(vae, dict) else None)
+    if found != (model_type, "AutoencoderKLFlux2"):
+        raise ModelError(
+            f"{folder} cannot serve {name}: its text encoder and VAE are {found[0]} and {found[1]}, but {info.label} "
+            f"needs {encoder_name} ({model_type}) and AutoencoderKLFlux2."
+        )
+    text = encoder.get("text_config", encoder) if model_type == "mistral3" else encoder
+    hidden = text.get("hidden_size") if isinstance(text, dict) else None
+    if isinstance(hidden, int) and text_width is not None and _STACKED_LAYERS * hidden != text_width:
+        raise ModelError(
+            f"{folder} cannot serve {name}: its text encoder is {hidden} wide, but this transformer reads "
+            f"{_STACKED_LAYERS} x {text_width // _STACKED_LAYERS} (a text encoder of another Flux.2 size)."
+        )
+
+
+def assemble(
+    folder: Path, info: DitInfo, *, name: str, dtype: Any, shipped: Path, transformer: Any | None = None
+) -> Any:
+    """The pipeline from `folder`'s text encoder, tokenizer, VAE (and scheduler, else `shipped`'s), with
+    `transformer` or, when None, the folder's own (then the folder's step-distilled flag counts too)."""
+    import diffusers
+    import transformers
+
+    own = transformer is None
+    width = _text_width(folder, transformer)
+    check_components(folder, info, name=name, text_width=width)
+    scheduler_folder = folder if (folder / "scheduler" / "scheduler_config.json").is_file() else shipped
+    dev = is_dev(info)
+    try:
+        if transformer is None:
+            transformer = transformer_class().from_pretrained(
+                str(folder / "transformer"), dtype=dtype, local_files_only=True, use_safetensors=True
+            )
+        encoder_class = transformers.Mistral3ForConditionalGeneration if dev else transformers.Qwen3ForCausalLM
+        parts = {
+            "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
+                str(scheduler_folder / "scheduler"), local_files_only=True
+            ),
+            "text_encoder": encoder_class.from_pretrained(
+                str(folder / "text_encoder"), dtype=dtype, local_files_only=True, use_safetensors=True
+            ),
+            # dev's folder holds a Pixtral processor; the pipeline reads prompts only through its tokenizer's
+            # chat template, and the processor's image half needs torchvision, which Marble does not ship.
+            "tokenizer": _with_chat_template(
+                transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+                folder / "tokenizer",
+            ),
+            "vae": diffusers.AutoencoderKLFlux2.from_pretrained(
+                str(folder / "vae"), dtype=dtype, local_files_only=True, use_safetensors=True
+            ),
+        }
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+        raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
+    if dev:
+        return diffusers.Flux2Pipeline(transformer=transformer, **parts)
+    return diffusers.Flux2KleinPipeline(transformer=transformer, is_distilled=_distilled(folder, own), **parts)
+
+
+def _with_chat_template(tokenizer: Any, folder: Path) -> Any:
+    """The tokenizer, given its processor's chat template when it has none of its own: a processor saved
+    in the older form keeps the template in chat_template.json or processor_config.json, which a tokenizer
+    does not read (both pipelines build their prompts with it)."""
+    for file in ("chat_template.json", "processor_config.json"):
+        if tokenizer.chat_template is not None or not (folder / file).is_file():
+            continue
+        data = read_json_file(folder / file, label=f"{file} in {folder}")
+        template = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(template, str):
+            tokenizer.chat_template = template
+    return tokenizer
+
+
+def _text_width(folder: Path, transformer: Any | None) -> int | None:
+    if transformer is not None:
+        return int(transformer.config.joint_attention_dim)
+    config = read_json_file(folder / "transformer" / "config.json", label=f"transformer/config.json in {folder}")
+    width = config.get("joint_attention_dim") if isinstance(config, dict) else None
+    return width if isinstance(width, int) else None
+
+
+def _distilled(folder: Path, own: bool) -> bool:
+    """A Klein folder's step-distilled flag, for its own transformer only: a single file's kind is unknown,
+    so there the CFG scale decides."""
+    if not own or not (folder / "model_index.json").is_file():
+        return False
+    index = read_json_file(folder / "model_index.json", label=f"model_index.json in {folder}")
+    return isinstance(index, dict) and index.get("is_distilled") is True
+
+
+def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
+    """dev: the distilled guidance its transformer embeds ("Distilled CFG"); no negative prompt. Klein: the
+    CFG scale (true CFG above 1, as the pipeline runs it) against the negative prompt, empty by default."""
+    arguments: dict[str, Any] = {"prompt": request.prompt, "max_sequence_length": MAX_SEQUENCE}
+    if is_dev(info):
+        return arguments | {"guidance_scale": float(request.distilled_cfg_scale)}
+    arguments["guidance_scale"] = float(request.cfg_scale)
+    if request.negative_prompt and not ignores_negative(pipe, request, info):
+        # The pipeline takes no negative text (its CFG runs against ""): the user's goes in as its encoding.
+        embeds, _ids = pipe.encode_prompt(prompt=request.negative_prompt, max_sequence_length=MAX_SEQUENCE)
+        arguments["negative_prompt_embeds"] = embeds
+    return arguments
+
+
+def ignores_negative(pipe: Any, request: GenerationRequest, info: DitInfo) -> bool:
+    """Whether this job runs without a negative prompt: dev never has one; Klein only with true CFG on
+    (CFG above 1 and a pipeline not marked step-distilled)."""
+    return is_dev(info) or request.cfg_scale <= 1 or bool(pipe.config.is_distilled)
+
+
+def _short(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
