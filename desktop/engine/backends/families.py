@@ -26,6 +26,7 @@ from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
+from desktop.engine.backends.quantised_weights import check_bnb_folder, dequantise
 from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
@@ -152,6 +153,7 @@ def load_pipeline(
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
     if path.is_dir():
+        check_bnb_folder(info, name=name)
         return _from_pretrained(cls, path, name, dtype, resources, info.family)
     config = config_folder or _config_folder(resources, arch, name)
     if info.family == "chroma" and text_encoders is not None:
@@ -267,7 +269,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
     try:
         if info.family in ("flux", "chroma"):
             # diffusers' own BFL conversion assumes FLUX.1's 3072 width; convert here from the tensors.
-            state = _read_state(path, gguf)
+            state = dequantise(_read_state(path, gguf), info, dtype, name=name)
             if info.layout == "bfl":
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
@@ -275,7 +277,9 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         if info.family in qwen_zimage.FAMILIES:
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
             # converts Z-Image's original names and leaves its own (it checks them against the model).
-            return cls.from_single_file(_read_state(path, gguf), **kwargs)
+            return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
+        if info.scaled_fp8 or info.bitsandbytes:
+            return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error

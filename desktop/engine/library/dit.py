@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_flux2, dit_qwen_zimage
+from desktop.engine.library import dit_flux2, dit_qwen_zimage, quant_formats
 
 StrPath = str | os.PathLike[str]
 
@@ -92,6 +92,16 @@ class DitInfo:
     def fp8_storage(self) -> str | None:
         """torch's name of the float8 type a fp8 safetensors transformer stays stored in, else None."""
         return FP8_STORAGE[self.dtype][0] if self.quantization is None and self.dtype in FP8_STORAGE else None
+
+    @property
+    def scaled_fp8(self) -> bool:
+        """A ComfyUI scaled-fp8 file: weights times their `scale_weight`, dequantised at load."""
+        return self.quantization is None and self.dtype.endswith(quant_formats.SCALED_SUFFIX)
+
+    @property
+    def bitsandbytes(self) -> str | None:
+        """The bitsandbytes format code (quant_formats.BNB_NF4 ...) of pre-quantised weights, else None."""
+        return self.dtype if self.dtype in quant_formats.BITSANDBYTES else None
 
     @property
     def needs_components(self) -> bool:
@@ -167,10 +177,13 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image)."
         )
-    parameters = sum(math.prod(info.shape) for info in model.values())
+    # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
+    common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
+    code = quant_formats.weight_format(model, common)
+    parameters = quant_formats.parameters(model, code)
     return DitInfo(
         family=family, variant=variant, layout=layout, parameters=parameters,
-        dtype=quantization or _common_dtype(model.values()), quantization=quantization,
+        dtype=quantization or code, quantization=quantization,
         components=tuple(components), blocks=counts, fill=family == "flux" and is_fill_shape(model),
     )  # fmt: skip
 
@@ -189,8 +202,14 @@ def is_fill_channels(in_channels: object, out_channels: object) -> bool:
 
 
 def shown_dtype(dtype: str | None) -> str | None:
-    """A weight type as library rows show it: "fp8 e4m3fn" for safetensors' F8_E4M3, others as stored."""
-    return FP8_STORAGE[dtype][1] if dtype in FP8_STORAGE else dtype
+    """A weight type as library rows show it: "fp8 e4m3fn" for safetensors' F8_E4M3, "fp8 e4m3fn scaled"
+    for ComfyUI's scaled fp8, "nf4 (bitsandbytes)", others as stored."""
+    if dtype is None:
+        return None
+    plain = dtype.removesuffix(quant_formats.SCALED_SUFFIX)
+    if plain in FP8_STORAGE:
+        return FP8_STORAGE[plain][1] + (" scaled" if plain != dtype else "")
+    return quant_formats.shown_format(dtype) or dtype
 
 
 def _block_indices(model: Mapping[str, TensorShape]) -> dict[str, set[int]]:

@@ -1,0 +1,134 @@
+"""Quantised transformer files read into the compute dtype (formats in library/quant_formats.py).
+
+- ComfyUI's scaled fp8: each fp8 weight times its `scale_weight`, computed in float32 and rounded once to
+  the compute dtype, at load. Marble does not keep these in fp8: diffusers' layer-wise casting (which
+  keeps plain fp8 files small, fp8_storage.py) casts a layer up without a scale, and folding the scale
+  into a plain fp8 weight would round the small weights the scale exists to keep. Dequantised, the file
+  runs in every memory mode, the fp8 mode (plain e4m3fn storage) included.
+- bitsandbytes 4-bit files (Forge's `flux1-dev-bnb-nf4`): each weight dequantised by bitsandbytes itself
+  (its CPU backend does it too); the nf4 memory mode (bnb_modes.py) quantises it again where memory needs.
+
+Called from families.py on the generation thread; torch and bitsandbytes are imported inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library import quant_formats
+from desktop.engine.library.dit import DitInfo
+
+BITSANDBYTES_MISSING = (
+    "{name} holds {what} weights, which need the bitsandbytes package: install it into Marble's Python "
+    "(pip install bitsandbytes), or use a GGUF or fp8 file of this model."
+)
+
+
+def bitsandbytes_module(name: str, what: str) -> Any:
+    """bitsandbytes, or a ModelError saying how to get it."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ModelError(BITSANDBYTES_MISSING.format(name=name, what=what)) from None
+    return bitsandbytes
+
+
+def dequantise(state: dict[str, Any], info: DitInfo, dtype: Any, *, name: str) -> dict[str, Any]:
+    """`state` (tensor names as in the file) with quantised weights replaced by `dtype` tensors and the
+    scales and quantisation states removed; `state` itself when the file is not quantised so."""
+    if info.scaled_fp8:
+        return dequantise_scaled_fp8(state, dtype, name=name)
+    if info.bitsandbytes in (quant_formats.BNB_NF4, quant_formats.BNB_FP4):
+        return dequantise_bnb_4bit(state, dtype, name=name, what=quant_formats.SHOWN[info.bitsandbytes])
+    if info.bitsandbytes == quant_formats.BNB_INT8:
+        return dequantise_bnb_int8(state, dtype, name=name)
+    return state
+
+
+def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, tensor in state.items():
+        if key.endswith(quant_formats.SCALE_INPUT) or key.rsplit(".", 1)[-1] == quant_formats.SCALED_FP8_MARKER:
+            continue  # the input scale serves fp8 matrix multiplication only
+        if key.endswith(quant_formats.SCALE_WEIGHT):
+            continue
+        scale_key = key.removesuffix(".weight") + quant_formats.SCALE_WEIGHT
+        if key.endswith(".weight") and scale_key in state:
+            scale = state[scale_key].to(torch.float32)
+            if scale.numel() not in (1, tensor.shape[0]):
+                raise ModelError(
+                    f"{name}: {scale_key} has {scale.numel()} values for a weight of {tensor.shape[0]} rows; "
+                    "the scaled-fp8 file is damaged. Download it again."
+                )
+            scale = scale.reshape(-1, *([1] * (tensor.ndim - 1))) if scale.numel() > 1 else scale.reshape(())
+            out[key] = (tensor.to(torch.float32) * scale).to(dtype)
+        else:
+            out[key] = tensor
+    scaled = (k.removesuffix(quant_formats.SCALE_WEIGHT) for k in state if k.endswith(quant_formats.SCALE_WEIGHT))
+    orphans = [f"{layer}{quant_formats.SCALE_WEIGHT}" for layer in scaled if f"{layer}.weight" not in state]
+    if orphans:
+        raise ModelError(f"{name}: {orphans[0]} scales a weight the file does not hold; the file is damaged.")
+    return out
+
+
+def dequantise_bnb_4bit(state: dict[str, Any], dtype: Any, *, name: str, what: str) -> dict[str, Any]:
+    bnb = bitsandbytes_module(name, what)
+    from bitsandbytes.functional import QuantState
+
+    out: dict[str, Any] = {}
+    states: dict[str, dict[str, Any]] = {}
+    for key, tensor in state.items():
+        if ".weight." in key:
+            base, part = key.rsplit(".weight.", 1)
+            states.setdefault(base + ".weight", {})[part] = tensor
+    for key, tensor in state.items():
+        if ".weight." in key:
+            continue
+        parts = states.get(key)
+        if parts is None:
+            out[key] = tensor
+            continue
+        try:
+            quant_state = QuantState.from_dict(parts, device=tensor.device)
+            out[key] = bnb.functional.dequantize_4bit(tensor, quant_state).to(dtype)
+        except (ValueError, KeyError, RuntimeError, TypeError, AssertionError) as error:
+            raise ModelError(f"{name}: {key} does not dequantise ({error}); the file is damaged.") from None
+    return out
+
+
+def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
+    """LLM.int8 weights: int8 rows, each scaled by its row's absolute maximum over 127 (`SCB`)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, tensor in state.items():
+        if key.endswith((".SCB", ".weight_format")):
+            continue
+        scale_key = key.removesuffix(".weight") + ".SCB"
+        if key.endswith(".weight") and scale_key in state:
+            rows = state[scale_key].to(torch.float32).reshape(-1, 1)
+            if rows.shape[0] != tensor.shape[0]:
+                raise ModelError(f"{name}: {scale_key} does not match its weight; the file is damaged.")
+            out[key] = (tensor.to(torch.float32) * rows / 127.0).to(dtype)
+        else:
+            out[key] = tensor
+    return out
+
+
+def check_bnb_folder(info: DitInfo, *, name: str) -> None:
+    """A diffusers folder saved with bitsandbytes loads through diffusers' quantizer, which needs the
+    package and a GPU (CUDA): say so before diffusers fails deep inside."""
+    if info.bitsandbytes is None:
+        return
+    what = quant_formats.SHOWN[info.bitsandbytes]
+    bitsandbytes_module(name, what)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError(
+            f"{name} is a diffusers folder saved with {what} weights, which diffusers loads on a CUDA GPU only; "
+            "this computer has none. Use a GGUF, fp8 or full-precision copy of this model."
+        )
