@@ -156,3 +156,22 @@ def test_a_scaled_fp8_sdxl_checkpoint_is_refused_clearly_not_loaded_without_its_
     save_file(file, str(path))
     with pytest.raises(ModelError, match=r"sdxl_fp8_scaled\.safetensors is an SD/SDXL checkpoint stored as scaled fp8"):
         detect_model(path)
+
+
+def test_an_all_in_one_file_with_a_scaled_fp8_t5_takes_its_text_encoders_from_a_folder(flux, paths, tmp_path):
+    from tests.support.tiny_dit import save_all_in_one
+
+    whole = tmp_path / "aio.safetensors"
+    save_all_in_one(flux["pipe"], whole)
+    from safetensors.torch import load_file
+
+    state = load_file(str(whole))
+    t5 = {k.removeprefix("text_encoders.t5xxl."): v for k, v in state.items() if k.startswith("text_encoders.t5xxl.")}
+    scaled_t5, _, _ = scaled_fp8(t5, prefix="text_encoders.t5xxl.")
+    rest = {k: v for k, v in state.items() if not k.startswith("text_encoders.t5xxl.")}
+    path = tmp_path / "aio-scaled-t5.safetensors"
+    save_file(rest | scaled_t5, str(path))
+    arch = detect_model(path)
+    assert arch.dit.components == ("transformer", "clip_l", "vae") and arch.dit.needs_components
+    with pytest.raises(ModelError, match="holds the Flux.1 dev transformer only"):
+        run(make_backend(paths), request_for(path, negative_prompt="", model_config=str(flux["config"])))

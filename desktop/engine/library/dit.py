@@ -143,7 +143,10 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         }
     components = ["transformer"]
     for encoder in ("clip_l", "clip_g", "t5xxl"):
-        if any(key.startswith(f"text_encoders.{encoder}.") for key in tensors):
+        held = [key for key in tensors if key.startswith(f"text_encoders.{encoder}.")]
+        # diffusers' single-file loader would read a scaled-fp8 encoder without its scales: such an encoder
+        # counts as absent, so its text encoders come from a folder (--text-encoders) instead.
+        if held and not quant_formats.is_scaled_fp8(held):
             components.append(encoder)
     if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
         components.append("vae")
