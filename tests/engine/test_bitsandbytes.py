@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from desktop.engine.backends.dit_memory import DitSizes, choose_dit_mode, fallback_mode, needs_reload, peak_bytes
 from desktop.engine.backends.families import convert_flux_bfl
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
@@ -27,8 +29,10 @@ from tests.support.tiny_dit import build_tiny_flux, config_folder, flux_to_bfl, 
 
 PREFIX = "model.diffusion_model."
 # The nf4 image against the full-precision one, mean difference per channel in 0-255 levels: NF4 keeps 16 levels
-# a 64-weight block. The tiny random model's nf4 image is about 4 levels away; another seed 43.
+# a 64-weight block. The tiny random model's nf4 image is about 4 levels away (a Forge file and the nf4 mode
+# alike), its int8 image 0.14; another seed 43.
 NF4_MEAN_TOLERANCE = 8.0
+MODE_TOLERANCE = {"nf4": NF4_MEAN_TOLERANCE, "int8": 1.0}
 NF4_NAME = "flux1-dev-bnb-nf4.safetensors"
 
 
@@ -126,3 +130,85 @@ def test_a_forge_nf4_file_matches_diffusers_on_the_dequantised_weights(flux, pat
     full = bare_image(bare_flux(flux["folder"]), request, **extra)
     difference = np.abs(got.astype(float) - full.astype(float)).mean()
     assert 0 < difference < NF4_MEAN_TOLERANCE, difference
+
+
+# A 12B transformer in bf16 beside small text encoders (1 GB): the transformer decides the mode.
+BIG_TRANSFORMER = DitSizes(transformer=24 * 10**9, transformer_blocks=57, encoders=(10**9,), vae=160 * 10**6)
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("card", "bitsandbytes", "mode"),
+    [(16, True, "fp8"), (12, True, "nf4"), (12, False, "group"), (10, True, "nf4"), (8, True, "group")],
+)
+def test_auto_picks_nf4_on_cuda_with_bitsandbytes_when_fp8_does_not_fit(card, bitsandbytes, mode):
+    sizes = replace(BIG_TRANSFORMER, bitsandbytes_possible=bitsandbytes)
+    free = int((card - 0.5) * GIB)
+    assert choose_dit_mode("auto", "cuda", free, sizes, 1024 * 1024) == mode
+    assert choose_dit_mode("auto", "cpu", free, sizes, 1024 * 1024) == "full"  # never off CUDA
+    # Quantised already (GGUF, a folder diffusers loaded in nf4): no second quantisation.
+    assert choose_dit_mode("auto", "cuda", free, replace(sizes, fp8_possible=False), 1024 * 1024) != "nf4"
+
+
+def test_nf4_and_int8_fall_back_and_are_fallen_back_to_on_cuda_only():
+    assert fallback_mode("fp8", "cuda", True, True) == "nf4"
+    assert fallback_mode("fp8", "cuda", True, False) == "group"
+    assert fallback_mode("int8", "cuda", True, True) == "nf4"
+    assert fallback_mode("nf4", "cuda", True, True) == "group"
+    assert fallback_mode("fp8", "cpu", True, True) is None
+    assert peak_bytes("nf4", BIG_TRANSFORMER, 0) < peak_bytes("int8", BIG_TRANSFORMER, 0) / 1.8
+    assert needs_reload("nf4", "full") and needs_reload("int8", "fp8")
+
+
+@pytest.mark.parametrize(("mode", "layer"), [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
+def test_the_nf4_and_int8_modes_quantise_the_transformer_and_stay_close_to_full_precision(flux, paths, mode, layer):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
+    request = request_for(flux["folder"], negative_prompt="", distilled_cfg_scale=3.5, memory_mode=mode)
+    backend = make_backend(paths)
+    got = pixels(run(backend, request)[0].images[0])
+    transformer = backend._pipe.transformer
+    assert type(transformer.transformer_blocks[0].attn.to_q).__name__ == layer
+    assert type(transformer.proj_out).__name__ == layer  # every linear layer, as diffusers' quantizer does
+    assert backend.memory_mode == mode
+    full = bare_image(bare_flux(flux["folder"]), request, guidance_scale=3.5, max_sequence_length=512)
+    difference = np.abs(got.astype(float) - full.astype(float)).mean()
+    assert 0 < difference < MODE_TOLERANCE[mode], difference
+
+
+def test_the_nf4_mode_without_bitsandbytes_says_what_to_install(flux, paths, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    request = request_for(flux["folder"], negative_prompt="", memory_mode="nf4")
+    with pytest.raises(ModelError, match=r"The nf4 memory mode needs the bitsandbytes package: install it .*"
+                                         r"\(pip install bitsandbytes\), or choose another memory mode"):  # fmt: skip
+        run(make_backend(paths), request)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="diffusers' bitsandbytes quantizer needs a CUDA GPU")
+def test_on_cuda_a_diffusers_folder_saved_in_nf4_loads_through_diffusers(flux, paths, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
+    from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
+
+    folder = save_pipeline(flux["pipe"], tmp_path / "flux-nf4")
+    quantised = FluxTransformer2DModel.from_pretrained(
+        str(folder), subfolder="transformer", quantization_config=BitsAndBytesConfig(load_in_4bit=True,
+        bnb_4bit_quant_type="nf4"), torch_dtype=torch.float16,
+    )  # fmt: skip
+    quantised.save_pretrained(str(folder / "transformer"))
+    assert detect_model(folder).dit.bitsandbytes == "BNB_NF4"
+    request = request_for(folder, negative_prompt="", device="cuda", precision="fp16", memory_mode="full")
+    backend = make_backend(paths)
+    got = pixels(run(backend, request)[0].images[0])
+    assert backend._pipe.transformer.hf_quantizer is not None
+    full = bare_image(bare_flux(flux["folder"]), replace(request, device="cpu"), guidance_scale=3.5)
+    assert np.abs(got.astype(float) - full.astype(float)).mean() < NF4_MEAN_TOLERANCE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the nf4 mode's CUDA path needs a CUDA GPU")
+def test_on_cuda_the_nf4_mode_runs_with_model_offload(flux, paths):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
+    request = request_for(flux["folder"], negative_prompt="", device="cuda", precision="fp16", memory_mode="nf4")
+    backend = make_backend(paths)
+    got = pixels(run(backend, request)[0].images[0])
+    assert type(backend._pipe.transformer.proj_out).__name__ == "Linear4bit"
+    full = bare_image(bare_flux(flux["folder"]), replace(request, device="cpu"), guidance_scale=3.5)
+    assert np.abs(got.astype(float) - full.astype(float)).mean() < NF4_MEAN_TOLERANCE

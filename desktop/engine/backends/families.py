@@ -17,6 +17,7 @@ Configs come from resources/configs/ (or the user's --config folder); nothing is
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 from pathlib import Path
@@ -26,7 +27,7 @@ from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
-from desktop.engine.backends.quantised_weights import check_bnb_folder, dequantise
+from desktop.engine.backends.quantised_weights import check_bnb_folder, dequantise, quantise_linear_layers
 from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
@@ -414,11 +415,14 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
     # model, which is what a mode change that reloads it gets. A GGUF transformer stays as stored.
     stored = weight(transformer)
     computed = sum(p.numel() for p in transformer.parameters()) * pipe.vae.dtype.itemsize
+    # A folder diffusers loaded through its bitsandbytes quantizer is quantised already, as a GGUF file is.
+    quantised = info.quantization is not None or getattr(transformer, "hf_quantizer", None) is not None
     return DitSizes(
-        transformer=stored if info.quantization else computed, transformer_blocks=blocks,
+        transformer=stored if quantised else computed, transformer_blocks=blocks,
         encoders=tuple(e for e in encoders if e), vae=weight(pipe.vae),
         # GGUF is quantised already, and an fp8 file keeps its fp8 storage: casting again would stack.
-        fp8_possible=info.quantization is None and info.fp8_storage is None,
+        fp8_possible=not quantised and info.fp8_storage is None,
+        bitsandbytes_possible=importlib.util.find_spec("bitsandbytes") is not None,
     )  # fmt: skip
 
 
@@ -453,6 +457,12 @@ def apply_memory_mode(pipe: Any, mode: str, current: str | None, device: str, dt
         )  # fmt: skip
     elif mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
+    elif mode in ("nf4", "int8"):
+        quantise_linear_layers(pipe.transformer, mode, device, dtype)
+        if device == "cuda":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
 
 
 def _short(error: BaseException) -> str:

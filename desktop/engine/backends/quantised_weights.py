@@ -132,3 +132,49 @@ def check_bnb_folder(info: DitInfo, *, name: str) -> None:
             f"{name} is a diffusers folder saved with {what} weights, which diffusers loads on a CUDA GPU only; "
             "this computer has none. Use a GGUF, fp8 or full-precision copy of this model."
         )
+
+
+def quantise_linear_layers(transformer: Any, kind: str, device: str, compute_dtype: Any) -> int:
+    """The nf4 / int8 memory modes: every linear layer of the loaded `transformer` (but those it keeps in
+    float32) replaced by bitsandbytes' NF4 (double-quantised, as diffusers' BitsAndBytesConfig does) or
+    LLM.int8 layer, quantised on `device` one layer at a time, so the full-precision transformer never has to
+    fit there whole. Returns how many layers were replaced.
+
+    Marble swaps the layers itself rather than reloading through diffusers' quantizer: the mode is chosen
+    after the model is loaded (like fp8's layer-wise casting), and diffusers' quantizer refuses to run
+    without a GPU, where bitsandbytes' CPU backend works."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ModelError(
+            f"The {kind} memory mode needs the bitsandbytes package: install it into Marble's Python "
+            "(pip install bitsandbytes), or choose another memory mode."
+        ) from None
+    import torch
+
+    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    targets = [
+        (name, module)
+        for name, module in transformer.named_modules()
+        if type(module) is torch.nn.Linear and not keep & set(name.split("."))
+    ]
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = transformer.get_submodule(parent_name) if parent_name else transformer
+        shape = (linear.in_features, linear.out_features)
+        has_bias = linear.bias is not None
+        if kind == "nf4":
+            layer = bnb.nn.Linear4bit(
+                *shape, bias=has_bias, compute_dtype=compute_dtype, quant_type="nf4", device="meta"
+            )
+            layer.weight = bnb.nn.Params4bit(
+                linear.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
+            )
+        else:
+            # diffusers' default outlier threshold: activations above 6 are multiplied in full precision.
+            layer = bnb.nn.Linear8bitLt(*shape, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta")
+            layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+        if has_bias:
+            layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        setattr(parent, child, layer.to(device))
+    return len(targets)
