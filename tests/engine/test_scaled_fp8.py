@@ -175,3 +175,25 @@ def test_an_all_in_one_file_with_a_scaled_fp8_t5_takes_its_text_encoders_from_a_
     assert arch.dit.components == ("transformer", "clip_l", "vae") and arch.dit.needs_components
     with pytest.raises(ModelError, match="holds the Flux.1 dev transformer only"):
         run(make_backend(paths), request_for(path, negative_prompt="", model_config=str(flux["config"])))
+
+
+def test_an_sd3_all_in_one_file_with_a_scaled_t5_needs_a_text_encoder_folder():
+    # SD3 needs only CLIP-L and a VAE inside to load by itself; a scaled T5 beside them would load unscaled.
+    from desktop.engine.library.dit import TensorShape, detect_dit
+
+    tensors = {
+        "model.diffusion_model.x_embedder.proj.weight": TensorShape("F16", (64, 16, 2, 2)),
+        "model.diffusion_model.context_embedder.weight": TensorShape("F16", (64, 32)),
+        "model.diffusion_model.final_layer.linear.weight": TensorShape("F16", (64, 64)),
+        "model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": TensorShape("F16", (192, 64)),
+        "text_encoders.clip_l.transformer.text_model.final_layer_norm.weight": TensorShape("F16", (32,)),
+        "vae.decoder.conv_in.weight": TensorShape("F16", (8, 4, 3, 3)),
+    }
+    assert not detect_dit(tensors, name="sd3").needs_components
+    q = "text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q."
+    t5 = {
+        q + "weight": TensorShape("F8_E4M3", (8, 8)), q + "scale_weight": TensorShape("F32", ()),
+        "text_encoders.t5xxl.transformer.scaled_fp8": TensorShape("F8_E4M3", (0,)),
+    }
+    info = detect_dit(tensors | t5, name="sd3")
+    assert info.needs_components and info.scaled_encoders and "t5xxl" not in info.components

@@ -76,6 +76,9 @@ class DitInfo:
     blocks: tuple[int, ...]  # (double/joint, single) block counts
     # Flux Fill: the transformer also reads the masked image's latents and the mask (an inpainting model).
     fill: bool = False
+    # The file holds a text encoder in ComfyUI's scaled fp8, which diffusers' single-file loader would read
+    # without its scales: its encoders must come from a folder.
+    scaled_encoders: bool = False
 
     @property
     def config_name(self) -> str | None:
@@ -106,6 +109,8 @@ class DitInfo:
     @property
     def needs_components(self) -> bool:
         """Whether text encoders and a VAE must come from elsewhere (a transformer-only file)."""
+        if self.scaled_encoders:
+            return True
         return not set(SELF_CONTAINED.get(self.family, ("clip_l", "vae"))) <= set(self.components)
 
 
@@ -142,11 +147,14 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             if not key.startswith(("text_encoders.", "vae.", "first_stage_model."))
         }
     components = ["transformer"]
+    scaled_encoders = False
     for encoder in ("clip_l", "clip_g", "t5xxl"):
         held = [key for key in tensors if key.startswith(f"text_encoders.{encoder}.")]
         # diffusers' single-file loader would read a scaled-fp8 encoder without its scales: such an encoder
-        # counts as absent, so its text encoders come from a folder (--text-encoders) instead.
-        if held and not quant_formats.is_scaled_fp8(held):
+        # counts as absent, and the file's text encoders come from a folder (--text-encoders) instead.
+        if held and quant_formats.is_scaled_fp8(held):
+            scaled_encoders = True
+        elif held:
             components.append(encoder)
     if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
         components.append("vae")
@@ -188,6 +196,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         family=family, variant=variant, layout=layout, parameters=parameters,
         dtype=quantization or code, quantization=quantization,
         components=tuple(components), blocks=counts, fill=family == "flux" and is_fill_shape(model),
+        scaled_encoders=scaled_encoders,
     )  # fmt: skip
 
 
