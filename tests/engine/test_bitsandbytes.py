@@ -212,3 +212,33 @@ def test_on_cuda_the_nf4_mode_runs_with_model_offload(flux, paths):
     assert type(backend._pipe.transformer.proj_out).__name__ == "Linear4bit"
     full = bare_image(bare_flux(flux["folder"]), replace(request, device="cpu"), guidance_scale=3.5)
     assert np.abs(got.astype(float) - full.astype(float)).mean() < NF4_MEAN_TOLERANCE
+
+
+def test_an_llm_int8_file_is_named_and_matches_diffusers_on_its_dequantised_weights(flux, paths, tmp_path):
+    # bitsandbytes' int8 serialisation: int8 rows, each row's absolute maximum (`SCB`), a format byte. Read
+    # without bitsandbytes: weight = int8 x SCB / 127.
+    pipe = flux["pipe"]
+    file, exact = {}, {}
+    for key, value in flux_to_bfl(pipe.transformer.state_dict()).items():
+        if value.ndim == 2 and key.endswith(".weight"):
+            rows = value.float().abs().amax(dim=1).clamp(min=1e-8)
+            stored = torch.round(value.float() * 127 / rows[:, None]).to(torch.int8)
+            layer = PREFIX + key.removesuffix("weight")
+            file |= {PREFIX + key: stored, layer + "SCB": rows}
+            file[layer + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
+            exact[key] = stored.float() * rows[:, None] / 127
+        else:
+            file[PREFIX + key] = exact[key] = value.contiguous()
+    path = tmp_path / "flux1-dev-int8.safetensors"
+    save_file(file, str(path))
+    arch = detect_model(path)
+    assert arch.dit.bitsandbytes == "BNB_INT8"
+    assert arch.dit.parameters == sum(v.numel() for v in pipe.transformer.state_dict().values())
+    record = Library(AppPaths.for_root(tmp_path / "lib").ensure()).import_path(path, "model", name="int8")
+    assert record.shown_architecture.endswith(", int8 (bitsandbytes)"), record.shown_architecture
+    request = request_for(path, negative_prompt="", distilled_cfg_scale=3.5, model_config=str(flux["config"]),
+                          text_encoders=str(flux["folder"]))  # fmt: skip
+    got = pixels(run(make_backend(paths), request)[0].images[0])
+    expected = bare_image(bare_flux(flux["folder"], with_weights(pipe.transformer, convert_flux_bfl(exact))), request,
+                          guidance_scale=3.5, max_sequence_length=512)  # fmt: skip
+    assert np.array_equal(got, expected)
