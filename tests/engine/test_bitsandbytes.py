@@ -242,3 +242,29 @@ def test_an_llm_int8_file_is_named_and_matches_diffusers_on_its_dequantised_weig
     expected = bare_image(bare_flux(flux["folder"], with_weights(pipe.transformer, convert_flux_bfl(exact))), request,
                           guidance_scale=3.5, max_sequence_length=512)  # fmt: skip
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("mode", ["nf4", "int8"])
+def test_a_lora_applies_on_the_quantised_layers(flux, paths, mode):
+    layer_names = {"nf4": "Linear4bit", "int8": "Linear8bitLt"}
+    # PEFT wraps bitsandbytes' layers (they are torch Linear layers) as it wraps full-precision ones: the LoRA
+    # changes the image, and the quantised image with the LoRA stays close to the full-precision one with it.
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
+    from tests.support.tiny_dit_loras import peft_lora
+    from tests.support.tiny_loras import save_lora
+
+    save_lora(peft_lora(flux["pipe"].transformer, seed=1, scale=1.0), paths.loras / "style.safetensors")
+    values = dict(negative_prompt="", distilled_cfg_scale=3.5)
+    backend = make_backend(paths)
+    tagged = request_for(flux["folder"], prompt="a red circle <lora:style:1>", memory_mode=mode, **values)
+    # Full precision with the LoRA first: entering the mode then drops the LoRA's layers and loads them again,
+    # so they are not quantised with the model's.
+    full = pixels(run(backend, replace(tagged, memory_mode="full"))[0].images[0])
+    quantised = pixels(run(backend, tagged)[0].images[0])
+    wrapped = backend._pipe.transformer.transformer_blocks[0].attn.to_q
+    assert type(wrapped.base_layer).__name__ == layer_names[mode]
+    assert all(type(down) is torch.nn.Linear for down in wrapped.lora_A.values())  # the LoRA kept as it is
+    plain = pixels(run(backend, replace(tagged, prompt="a red circle"))[0].images[0])
+    effect = np.abs(quantised.astype(float) - plain.astype(float)).mean()
+    error = np.abs(quantised.astype(float) - full.astype(float)).mean()
+    assert effect > 2 * MODE_TOLERANCE[mode] and error < MODE_TOLERANCE[mode], (effect, error)
