@@ -26,24 +26,32 @@ from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, config_folde
 E4M3 = torch.float8_e4m3fn
 
 
-def scaled_fp8(state, *, prefix="", input_scales=True):
+def scaled_fp8(state, *, prefix="", input_scales=True, mixed=None):
     """(the file's tensors, the dequantised weights, the weights with the scales ignored), as ComfyUI writes
     them: each 2-D weight divided by max|w|/448 and stored in e4m3fn with that scale beside it (a float32
-    scalar), the first layers also with an input scale; the rest as it was; a `scaled_fp8` marker."""
+    scalar), the first layers also with an input scale; the rest as it was; a `scaled_fp8` marker.
+
+    `mixed`: ComfyUI's newer mixed-precision layout instead: only the weights whose names start with `mixed`
+    quantised, their scales named `weight_scale` / `input_scale` beside a `comfy_quant` JSON tensor; no marker."""
     file, exact, unscaled = {}, {}, {}
+    names = ("weight_scale", "input_scale") if mixed else ("scale_weight", "scale_input")
     for key, value in state.items():
-        if value.ndim == 2 and key.endswith(".weight"):
+        if value.ndim == 2 and key.endswith(".weight") and key.startswith(mixed or ""):
             scale = value.abs().max().float() / torch.finfo(E4M3).max
             stored = (value.float() / scale).to(E4M3)
+            layer = prefix + key.removesuffix("weight")
             file[prefix + key] = stored
-            file[prefix + key.removesuffix("weight") + "scale_weight"] = scale.reshape(())
+            file[layer + names[0]] = scale.reshape(())
             if input_scales and len(file) < 12:
-                file[prefix + key.removesuffix("weight") + "scale_input"] = torch.tensor(0.01)
+                file[layer + names[1]] = torch.tensor(0.01)
+            if mixed:
+                file[layer + "comfy_quant"] = torch.tensor(list(b'{"format": "float8_e4m3fn"}'), dtype=torch.uint8)
             exact[key] = stored.float() * scale
             unscaled[key] = stored.float()
         else:
             file[prefix + key] = exact[key] = unscaled[key] = value.contiguous()
-    file[prefix + "scaled_fp8"] = torch.empty(0, dtype=E4M3)
+    if not mixed:
+        file[prefix + "scaled_fp8"] = torch.empty(0, dtype=E4M3)
     return file, exact, unscaled
 
 
@@ -197,3 +205,35 @@ def test_an_sd3_all_in_one_file_with_a_scaled_t5_needs_a_text_encoder_folder():
     }
     info = detect_dit(tensors | t5, name="sd3")
     assert info.needs_components and info.scaled_encoders and "t5xxl" not in info.components
+
+
+def test_comfyui_mixed_precision_fp8_layers_are_dequantised_too(flux, paths, tmp_path):
+    # ComfyUI's newer layout ("fp8mixed"): weight_scale / input_scale / comfy_quant, no marker, fp8 layers in
+    # the minority: still scaled, never loaded as plain fp32 beside unscaled fp8.
+    pipe = flux["pipe"]
+    state = flux_to_bfl(pipe.transformer.state_dict())
+    file, exact, _ = scaled_fp8(state, prefix="model.diffusion_model.", mixed="double_blocks.0.")
+    path = tmp_path / "flux-fp8mixed.safetensors"
+    save_file(file, str(path))
+    arch = detect_model(path)
+    assert (arch.dit.dtype, arch.dit.scaled_fp8) == ("MIXED_SCALED", True)
+    record = Library(AppPaths.for_root(tmp_path / "lib").ensure()).import_path(path, "model", name="mixed")
+    assert record.shown_architecture.endswith(", fp8 scaled (mixed precision)"), record.shown_architecture
+    request = request_for(path, negative_prompt="", distilled_cfg_scale=3.5, model_config=str(flux["config"]),
+                          text_encoders=str(flux["folder"]))  # fmt: skip
+    got = pixels(run(make_backend(paths), request)[0].images[0])
+    expected = bare_image(bare_flux(flux["folder"], with_weights(pipe.transformer, convert_flux_bfl(exact))), request,
+                          guidance_scale=3.5, max_sequence_length=512)  # fmt: skip
+    assert np.array_equal(got, expected)
+
+
+def test_a_block_scaled_nvfp4_file_is_refused_by_name(flux, tmp_path):
+    state = {"model.diffusion_model." + k: v for k, v in flux_to_bfl(flux["pipe"].transformer.state_dict()).items()}
+    layer = "model.diffusion_model.double_blocks.0.img_attn.proj."
+    state[layer + "weight_scale"] = torch.ones((32, 2), dtype=E4M3)
+    state[layer + "weight_scale_2"] = torch.tensor(1.0)
+    path = tmp_path / "flux-nvfp4.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(ModelError, match=r"flux-nvfp4\.safetensors: its weights use a block-scaled quantisation "
+                                         r"\(double_blocks\.0\.img_attn\.proj\.weight_scale"):  # fmt: skip
+        detect_model(path)

@@ -51,12 +51,13 @@ def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> di
 
     out: dict[str, Any] = {}
     for key, tensor in state.items():
-        if key.endswith(quant_formats.SCALE_INPUT) or key.rsplit(".", 1)[-1] == quant_formats.SCALED_FP8_MARKER:
+        if key.endswith(quant_formats.SKIPPED_AT_LOAD) or key.rsplit(".", 1)[-1] == quant_formats.SCALED_FP8_MARKER:
             continue  # the input scale serves fp8 matrix multiplication only
-        if key.endswith(quant_formats.SCALE_WEIGHT):
+        if key.endswith(quant_formats.WEIGHT_SCALES):
             continue
-        scale_key = key.removesuffix(".weight") + quant_formats.SCALE_WEIGHT
-        if key.endswith(".weight") and scale_key in state:
+        layer = key.removesuffix(".weight")
+        scale_key = next((layer + suffix for suffix in quant_formats.WEIGHT_SCALES if layer + suffix in state), "")
+        if key.endswith(".weight") and scale_key:
             scale = state[scale_key].to(torch.float32)
             if scale.numel() not in (1, tensor.shape[0]):
                 raise ModelError(
@@ -67,8 +68,11 @@ def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> di
             out[key] = (tensor.to(torch.float32) * scale).to(dtype)
         else:
             out[key] = tensor
-    scaled = (k.removesuffix(quant_formats.SCALE_WEIGHT) for k in state if k.endswith(quant_formats.SCALE_WEIGHT))
-    orphans = [f"{layer}{quant_formats.SCALE_WEIGHT}" for layer in scaled if f"{layer}.weight" not in state]
+    orphans = [
+        key
+        for key in state
+        if key.endswith(quant_formats.WEIGHT_SCALES) and f"{key.rsplit('.', 1)[0]}.weight" not in state
+    ]
     if orphans:
         raise ModelError(f"{name}: {orphans[0]} scales a weight the file does not hold; the file is damaged.")
     return out

@@ -159,6 +159,12 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
         components.append("vae")
     blocks = _block_indices(model)
+    unsupported = quant_formats.block_scaled(model)
+    if unsupported is not None:
+        raise ModelError(
+            f"{name}: its weights use a block-scaled quantisation ({unsupported}: ComfyUI's nvfp4 or mxfp8) that "
+            "Marble cannot load yet. Use a GGUF, fp8 or bf16 file of this model."
+        )
     other = dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
     if other is not None:
         family, variant, layout, counts = other
@@ -218,6 +224,8 @@ def shown_dtype(dtype: str | None) -> str | None:
     for ComfyUI's scaled fp8, "nf4 (bitsandbytes)", others as stored."""
     if dtype is None:
         return None
+    if dtype == quant_formats.MIXED_SCALED:
+        return "fp8 scaled (mixed precision)"
     plain = dtype.removesuffix(quant_formats.SCALED_SUFFIX)
     if plain in FP8_STORAGE:
         return FP8_STORAGE[plain][1] + (" scaled" if plain != dtype else "")

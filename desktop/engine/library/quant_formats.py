@@ -2,7 +2,11 @@
 
 - ComfyUI's "scaled fp8": a `scaled_fp8` marker tensor and, per linear layer, an fp8 `weight` with a
   float32 `scale_weight` (the true weight is their product) and sometimes a `scale_input` (used only by
-  fp8 matrix multiplication, which Marble does not do: it computes with the dequantised weight).
+  fp8 matrix multiplication, which Marble does not do: it computes with the dequantised weight). ComfyUI's
+  newer mixed-precision files name the same per-tensor scales `weight_scale` / `input_scale` (ComfyUI
+  converts the old names to these), with a `comfy_quant` tensor per layer and no marker; their fp8 layers
+  may be fewer than the bf16 ones. Its block-scaled formats (nvfp4: `weight_scale_2`; block scales that
+  are not one float a tensor or a row) are refused by name.
 - bitsandbytes: Forge's NF4/FP4 files (`*.weight` packed in uint8 beside `*.weight.absmax`,
   `*.weight.quant_map`, `*.weight.quant_state.bitsandbytes__nf4`) and LLM.int8 files (`*.weight` in int8
   beside `*.SCB`).
@@ -20,7 +24,12 @@ from typing import Protocol
 SCALED_FP8_MARKER = "scaled_fp8"
 SCALE_WEIGHT = ".scale_weight"
 SCALE_INPUT = ".scale_input"
+WEIGHT_SCALES = (SCALE_WEIGHT, ".weight_scale")
+SKIPPED_AT_LOAD = (SCALE_INPUT, ".input_scale", ".comfy_quant")
 SCALED_SUFFIX = "_SCALED"
+# Scaled fp8 layers beside more bf16/fp16 weights than fp8 ones ("fp8mixed" files).
+MIXED_SCALED = "MIXED" + SCALED_SUFFIX
+_FLOAT_SCALES = ("F32", "F16", "BF16")
 BNB_NF4, BNB_FP4, BNB_INT8 = "BNB_NF4", "BNB_FP4", "BNB_INT8"
 # bitsandbytes' serialised 4-bit quantisation state: tensors stored after `<layer>.weight.`.
 BNB_4BIT_PARTS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
@@ -35,7 +44,17 @@ class _Shaped(Protocol):
 
 
 def is_scaled_fp8(names: Iterable[str]) -> bool:
-    return any(name.endswith(SCALE_WEIGHT) or name.rsplit(".", 1)[-1] == SCALED_FP8_MARKER for name in names)
+    return any(name.endswith(WEIGHT_SCALES) or name.rsplit(".", 1)[-1] == SCALED_FP8_MARKER for name in names)
+
+
+def block_scaled(tensors: Mapping[str, _Shaped]) -> str | None:
+    """The first tensor of a block-scaled quantisation Marble cannot dequantise (ComfyUI's nvfp4, mxfp8), or None."""
+    for name, info in tensors.items():
+        if name.endswith(".weight_scale_2"):
+            return name
+        if name.endswith(WEIGHT_SCALES) and (info.dtype not in _FLOAT_SCALES or sum(d > 1 for d in info.shape) > 1):
+            return name
+    return None
 
 
 def bitsandbytes_kind(names: Iterable[str]) -> str | None:
@@ -52,7 +71,7 @@ def bitsandbytes_kind(names: Iterable[str]) -> str | None:
 
 def is_bookkeeping(name: str) -> bool:
     """A tensor that describes how another is stored (a scale, a quantisation state), not a weight."""
-    if name.endswith((SCALE_WEIGHT, SCALE_INPUT, ".SCB", ".weight_format")) or name.endswith(SCALED_FP8_MARKER):
+    if name.endswith((*WEIGHT_SCALES, *SKIPPED_AT_LOAD, ".SCB", ".weight_format")) or name.endswith(SCALED_FP8_MARKER):
         return True
     return ".weight." in name and name.rsplit(".weight.", 1)[1].startswith((*BNB_4BIT_PARTS, "quant_state"))
 
@@ -62,8 +81,8 @@ def weight_format(tensors: Mapping[str, _Shaped], common_dtype: str) -> str:
     kind = bitsandbytes_kind(tensors)
     if kind is not None:
         return kind
-    if common_dtype.startswith("F8_") and is_scaled_fp8(tensors):
-        return common_dtype + SCALED_SUFFIX
+    if is_scaled_fp8(tensors):
+        return common_dtype + SCALED_SUFFIX if common_dtype.startswith("F8_") else MIXED_SCALED
     return common_dtype
 
 
