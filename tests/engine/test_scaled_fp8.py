@@ -237,3 +237,22 @@ def test_a_block_scaled_nvfp4_file_is_refused_by_name(flux, tmp_path):
     with pytest.raises(ModelError, match=r"flux-nvfp4\.safetensors: its weights use a block-scaled quantisation "
                                          r"\(double_blocks\.0\.img_attn\.proj\.weight_scale"):  # fmt: skip
         detect_model(path)
+
+
+def test_scaled_fp8_qwen_image_matches_diffusers_on_the_dequantised_weights(paths, tmp_path):
+    # Comfy-Org ships Qwen-Image as `qwen_image_fp8_e4m3fn_scaled`: diffusers' names under ComfyUI's prefix.
+    from tests.engine.test_qwen_zimage import qwen_expected
+    from tests.support.tiny_qwen_zimage import build_tiny_qwen_image
+
+    pipe = build_tiny_qwen_image()
+    folder = tmp_path / "qwen"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    file, exact, _ = scaled_fp8(dict(pipe.transformer.state_dict()), prefix="model.diffusion_model.")
+    path = tmp_path / "qwen_image_fp8_e4m3fn_scaled.safetensors"
+    save_file(file, str(path))
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.dtype) == ("qwen-image", "F8_E4M3_SCALED")
+    request = request_for(path, steps=2, cfg_scale=4.0, negative_prompt="", model_config=str(folder),
+                          text_encoders=str(folder))  # fmt: skip
+    got = pixels(run(make_backend(paths), request)[0].images[0])
+    assert np.array_equal(got, qwen_expected(folder, request, with_weights(pipe.transformer, exact)))
