@@ -1,12 +1,14 @@
 """Quantised transformer files read into the compute dtype (formats in library/quant_formats.py).
 
-- ComfyUI's scaled fp8: each fp8 weight times its `scale_weight`, computed in float32 and rounded once to
-  the compute dtype, at load. Marble does not keep these in fp8: diffusers' layer-wise casting (which
-  keeps plain fp8 files small, fp8_storage.py) casts a layer up without a scale, and folding the scale
-  into a plain fp8 weight would round the small weights the scale exists to keep. Dequantised, the file
-  runs in every memory mode, the fp8 mode (plain e4m3fn storage) included.
+- ComfyUI's scaled fp8: each fp8 weight times its `scale_weight` (`weight_scale` in its newer files),
+  computed in float32 and rounded once to the compute dtype, at load. Marble does not keep these in fp8:
+  diffusers' layer-wise casting (which keeps plain fp8 files small, fp8_storage.py) casts a layer up
+  without a scale, and folding the scale into a plain fp8 weight would round the small weights the scale
+  exists to keep. Dequantised, the file runs in every memory mode, the fp8 mode (plain e4m3fn) included.
 - bitsandbytes 4-bit files (Forge's `flux1-dev-bnb-nf4`): each weight dequantised by bitsandbytes itself
-  (its CPU backend does it too); the nf4 memory mode (bnb_modes.py) quantises it again where memory needs.
+  (its CPU backend does it too); the nf4 memory mode (`quantise_linear_layers`) quantises it again where
+  memory needs; LLM.int8 files need no bitsandbytes to read (int8 rows times their scale).
+- The nf4 / int8 memory modes: `quantise_linear_layers`.
 
 Called from families.py on the generation thread; torch and bitsandbytes are imported inside.
 """
