@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from desktop.engine.backends import families
 from desktop.engine.backends.dit_memory import DitSizes, choose_dit_mode, fallback_mode, needs_reload, peak_bytes
 from desktop.engine.backends.families import convert_flux_bfl
 from desktop.engine.errors import ModelError
@@ -123,7 +124,9 @@ def test_a_forge_nf4_file_matches_diffusers_on_the_dequantised_weights(flux, pat
     save_file(file, str(path))
     request = request_for(path, negative_prompt="", distilled_cfg_scale=3.5, model_config=str(flux["config"]),
                           text_encoders=str(flux["folder"]))  # fmt: skip
-    got = pixels(run(make_backend(paths), request)[0].images[0])
+    backend = make_backend(paths)
+    got = pixels(run(backend, request)[0].images[0])
+    assert families.memory_sizes(backend._pipe, backend._dit).nf4_file  # auto would pick nf4 before fp8
     extra = {"guidance_scale": 3.5, "max_sequence_length": 512}
     dequantised = with_weights(pipe.transformer, convert_flux_bfl(exact))
     assert np.array_equal(got, bare_image(bare_flux(flux["folder"], dequantised), request, **extra))
@@ -148,6 +151,13 @@ def test_auto_picks_nf4_on_cuda_with_bitsandbytes_when_fp8_does_not_fit(card, bi
     assert choose_dit_mode("auto", "cpu", free, sizes, 1024 * 1024) == "full"  # never off CUDA
     # Quantised already (GGUF, a folder diffusers loaded in nf4): no second quantisation.
     assert choose_dit_mode("auto", "cuda", free, replace(sizes, fp8_possible=False), 1024 * 1024) != "nf4"
+
+
+def test_a_forge_nf4_file_prefers_the_nf4_mode_to_fp8():
+    sizes = replace(BIG_TRANSFORMER, bitsandbytes_possible=True)
+    free = int(23.5 * GIB)  # fp8 and nf4 both fit; full and offload do not
+    assert choose_dit_mode("auto", "cuda", free, sizes, 1024 * 1024) == "fp8"
+    assert choose_dit_mode("auto", "cuda", free, replace(sizes, nf4_file=True), 1024 * 1024) == "nf4"
 
 
 def test_nf4_and_int8_fall_back_and_are_fallen_back_to_on_cuda_only():

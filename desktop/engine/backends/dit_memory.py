@@ -63,6 +63,9 @@ class DitSizes:
     fp8_possible: bool = True  # False for GGUF transformers (quantised already) and fp8 storage
     # bitsandbytes is installed and the transformer is not quantised already: the nf4/int8 modes can run.
     bitsandbytes_possible: bool = False
+    # The file was NF4 (Forge's, dequantised at load): the nf4 mode gives its own weights back (each block's
+    # maximum and codes survive a second quantisation), fp8 would round them again, so nf4 comes first.
+    nf4_file: bool = False
 
     @property
     def total(self) -> int:
@@ -105,12 +108,18 @@ def choose_dit_mode(
     if device != "cuda" or free_bytes is None or sizes is None:
         return "full"
     budget = free_bytes - RESERVE_BYTES
-    for mode in AUTO_ORDER:
+    for mode in _auto_order(sizes):
         if not _possible(mode, sizes.fp8_possible, sizes.bitsandbytes_possible):
             continue
         if peak_bytes(mode, sizes, pixels, element_bytes) <= budget:
             return mode
     return "sequential"
+
+
+def _auto_order(sizes: DitSizes) -> tuple[str, ...]:
+    if not sizes.nf4_file:
+        return AUTO_ORDER
+    return tuple("nf4" if mode == "fp8" else "fp8" if mode == "nf4" else mode for mode in AUTO_ORDER)
 
 
 def needs_reload(current: str, wanted: str) -> bool:

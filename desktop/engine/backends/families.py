@@ -32,6 +32,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
+from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 
@@ -423,6 +424,7 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
         # GGUF is quantised already, and an fp8 file keeps its fp8 storage: casting again would stack.
         fp8_possible=not quantised and info.fp8_storage is None,
         bitsandbytes_possible=importlib.util.find_spec("bitsandbytes") is not None,
+        nf4_file=info.bitsandbytes == BNB_NF4 and not quantised,
     )  # fmt: skip
 
 
