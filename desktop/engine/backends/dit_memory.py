@@ -63,8 +63,8 @@ class DitSizes:
     fp8_possible: bool = True  # False for GGUF transformers (quantised already) and fp8 storage
     # bitsandbytes is installed and the transformer is not quantised already: the nf4/int8 modes can run.
     bitsandbytes_possible: bool = False
-    # The file was NF4 (Forge's, dequantised at load): the nf4 mode gives its own weights back (each block's
-    # maximum and codes survive a second quantisation), fp8 would round them again, so nf4 comes first.
+    # The file was NF4 (Forge's, dequantised at load): the nf4 mode gives its own weights back (every code
+    # survives a second quantisation, the block maxima nearly), fp8 would round them again: nf4 comes first.
     nf4_file: bool = False
 
     @property
