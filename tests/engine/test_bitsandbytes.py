@@ -133,6 +133,11 @@ def test_a_forge_nf4_file_matches_diffusers_on_the_dequantised_weights(flux, pat
     full = bare_image(bare_flux(flux["folder"]), request, **extra)
     difference = np.abs(got.astype(float) - full.astype(float)).mean()
     assert 0 < difference < NF4_MEAN_TOLERANCE, difference
+    # The nf4 mode quantises the dequantised weights again: every 4-bit code comes back as the file held it.
+    run(backend, replace(request, memory_mode="nf4"))
+    again = backend._pipe.transformer.transformer_blocks[0].attn.to_out[0].weight
+    held = file[PREFIX + "double_blocks.0.img_attn.proj.weight"]
+    assert torch.equal(again.data.view(torch.uint8).flatten(), held.flatten())
 
 
 # A 12B transformer in bf16 beside small text encoders (1 GB): the transformer decides the mode.
