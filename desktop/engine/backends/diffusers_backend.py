@@ -43,6 +43,10 @@ class _TorchvisionNotice(logging.Filter):
 
 # On transformers' own logger, before transformers is imported: the notices come at diffusers' import.
 logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionNotice())
+# bitsandbytes (optional; PEFT imports it with the first LoRA once it is installed) asks the Hub, offline, for a
+# faster CPU kernel at import and warns twice that it cannot have it; its own kernel runs. Not the user's concern.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
 
 import diffusers  # noqa: E402
 import torch  # noqa: E402
