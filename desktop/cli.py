@@ -59,6 +59,7 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.provenance import signer_for
 from desktop.engine.recipe import read_recipe, recipe_text
 from desktop.engine.request import (
+    BITSANDBYTES_MEMORY_MODES,
     CONTROL_MODES,
     CONTROL_PREPROCESSORS,
     DEVICES,
@@ -142,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="A1111's emphasis: how (word:1.2) weights apply")
     gen.add_argument("--device", default="auto", choices=DEVICES)
     gen.add_argument("--precision", default="auto", choices=PRECISIONS)
-    gen.add_argument("--memory-mode", default="auto", choices=MEMORY_MODES,
+    gen.add_argument("--memory-mode", default="auto", choices=MEMORY_MODES + BITSANDBYTES_MEMORY_MODES,
                      help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload; "
-                          "Flux/SD3 also group (group offload), sequential (layer by layer), fp8 (float8 weights)")
+                          "Flux/SD3 also group (group offload), sequential (layer by layer), fp8 (float8 weights), "
+                          "nf4/int8 (bitsandbytes-quantised weights; needs the bitsandbytes package)")
     gen.add_argument("--fast", action="store_true",
                      help="fast mode for GPUs: channels_last and torch.compile on the UNet (the first image compiles)")
     gen.add_argument("--config", help="diffusers config folder for a single-file checkpoint of unusual size")

@@ -33,6 +33,9 @@ RESIZE_MODES = ("resize", "pad")
 # auto: full on a roomy GPU, VAE tiling for large images, CPU offload when VRAM is short.
 # group, sequential and fp8 are the diffusion transformers' modes (backends/dit_memory.py).
 MEMORY_MODES = ("auto", "full", "tiled", "offload", "group", "sequential", "fp8")
+# nf4 and int8 quantise the transformer with the optional bitsandbytes package: the command line takes them
+# (and auto picks nf4 on CUDA); the window's list does not show them yet.
+BITSANDBYTES_MEMORY_MODES = ("nf4", "int8")
 # A1111's emphasis modes: "Original" scales weighted tokens and restores each chunk's mean, "No norm"
 # only scales, "None" reads brackets and BREAK as plain text.
 EMPHASIS_MODES = ("Original", "No norm", "None")
@@ -284,8 +287,9 @@ class GenerationRequest:
             raise InvalidRequest(f"clip skip {self.clip_skip} is out of range: use 1 to {MAX_CLIP_SKIP}.")
         if self.emphasis not in EMPHASIS_MODES:
             raise InvalidRequest(f"Unknown emphasis {self.emphasis!r}: use one of {', '.join(EMPHASIS_MODES)}.")
-        if self.memory_mode not in MEMORY_MODES:
-            raise InvalidRequest(f"Unknown memory mode {self.memory_mode!r}: use one of {', '.join(MEMORY_MODES)}.")
+        if self.memory_mode not in MEMORY_MODES + BITSANDBYTES_MEMORY_MODES:
+            known = ", ".join(MEMORY_MODES + BITSANDBYTES_MEMORY_MODES)
+            raise InvalidRequest(f"Unknown memory mode {self.memory_mode!r}: use one of {known}.")
         if not isinstance(self.fast_mode, bool):
             raise InvalidRequest(f"fast mode must be true or false, not {self.fast_mode!r}.")
         self._validate_loras()

@@ -72,7 +72,7 @@ def test_out_of_memory_runs_the_job_again_in_fp8_with_its_lora(flux, paths, monk
 def test_a_fallback_that_loads_the_model_again_applies_its_loras_again(flux, paths, monkeypatch):
     # On a CPU, fp8 is the last mode; the CUDA step fp8 -> group (a reload: fp8 changed the weights) is
     # taken here as fp8 -> full, which reloads the same way.
-    monkeypatch.setattr(diffusers_backend, "dit_fallback_mode", lambda mode, device, fp8=True: "full")
+    monkeypatch.setattr(diffusers_backend, "dit_fallback_mode", lambda mode, device, *possible: "full")
     expected, _ = run(make_backend(paths), request_for(flux["folder"], **VALUES))
     plain, _ = run(make_backend(paths), request_for(flux["folder"], **(VALUES | {"prompt": "a red circle"})))
     fail_first_calls(monkeypatch, 1)

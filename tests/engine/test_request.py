@@ -153,7 +153,7 @@ def test_every_whole_number_range_includes_both_ends_and_names_itself(field, low
         ({"sampler": "Euler b"}, f"Unknown sampler 'Euler b'. Known samplers: {', '.join(SAMPLER_NAMES)}."),
         ({"precision": "fp8"}, "Unknown precision 'fp8': use one of auto, fp32, fp16, bf16."),
         ({"memory_mode": "max"}, "Unknown memory mode 'max': use one of auto, full, tiled, offload, group, sequential, "
-         "fp8."),
+         "fp8, nf4, int8."),
         ({"fast_mode": 1}, "fast mode must be true or false, not 1."),
         ({"loras": ("detail",)}, "A LoRA entry must name a LoRA and a weight, not 'detail'."),
         ({"loras": (LoraRef("x", -5.5),)}, "LoRA 'x' weight -5.5 is out of range: use -5 to 5."),

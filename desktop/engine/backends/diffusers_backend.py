@@ -43,6 +43,10 @@ class _TorchvisionNotice(logging.Filter):
 
 # On transformers' own logger, before transformers is imported: the notices come at diffusers' import.
 logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionNotice())
+# bitsandbytes (optional; PEFT imports it with the first LoRA once it is installed) asks the Hub, offline, for a
+# faster CPU kernel at import and warns twice that it cannot have it; its own kernel runs. Not the user's concern.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+logging.getLogger("kernels._internals.hf_hub").setLevel(logging.ERROR)
 
 import diffusers  # noqa: E402
 import torch  # noqa: E402
@@ -694,7 +698,7 @@ class DiffusersBackend:
             assert self._key is not None and self._dit_mode is not None
             failed = self._dit_mode
             sizes = families.memory_sizes(self._pipe, self._dit)
-            lower = dit_fallback_mode(failed, self._key.device, sizes.fp8_possible)
+            lower = dit_fallback_mode(failed, self._key.device, sizes.fp8_possible, sizes.bitsandbytes_possible)
             if lower is None:
                 raise OutOfMemory(
                     f"The {self._key.device} ran out of memory running {self._dit.label} at {request.width}x"
@@ -797,7 +801,7 @@ class DiffusersBackend:
         if self._dit_mode is not None and needs_reload(self._dit_mode, mode):
             self.unload()
             self.load(request)
-        elif mode == "fp8" and self._loras.loaded_adapters:
+        elif mode in ("fp8", "nf4", "int8") and self._loras.loaded_adapters:
             # LoRA layers made before the casting would be cast with the model's: drop them, so the job loads
             # them as a job that started in fp8 does (the same pixels either way).
             self._pipe.unload_lora_weights()

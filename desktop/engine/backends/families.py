@@ -17,6 +17,7 @@ Configs come from resources/configs/ (or the user's --config folder); nothing is
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 from dataclasses import replace
@@ -29,11 +30,13 @@ from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
+from desktop.engine.backends.quantised_weights import check_bnb_folder, dequantise, quantise_linear_layers
 from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
 from desktop.engine.library.dit_qwen_zimage import components_variant
+from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 
@@ -199,6 +202,7 @@ def load_pipeline(
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
     if path.is_dir():
+        check_bnb_folder(info, name=name)
         return _from_pretrained(cls, path, name, dtype, resources, info.family)
     config = config_folder or _config_folder(resources, arch, name)
     if info.family == "chroma" and text_encoders is not None:
@@ -339,7 +343,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
     try:
         if info.family in ("flux", "chroma"):
             # diffusers' own BFL conversion assumes FLUX.1's 3072 width; convert here from the tensors.
-            state = _read_state(path, gguf)
+            state = dequantise(_read_state(path, gguf), info, dtype, name=name)
             if info.layout == "bfl":
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
@@ -348,7 +352,9 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
             # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
             # model).
-            return cls.from_single_file(_read_state(path, gguf), **kwargs)
+            return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
+        if info.scaled_fp8 or info.bitsandbytes:
+            return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error
@@ -485,11 +491,15 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
     # model, which is what a mode change that reloads it gets. A GGUF transformer stays as stored.
     stored = weight(transformer)
     computed = sum(p.numel() for p in transformer.parameters()) * pipe.vae.dtype.itemsize
+    # A folder diffusers loaded through its bitsandbytes quantizer is quantised already, as a GGUF file is.
+    quantised = info.quantization is not None or getattr(transformer, "hf_quantizer", None) is not None
     return DitSizes(
-        transformer=stored if info.quantization else computed, transformer_blocks=blocks,
+        transformer=stored if quantised else computed, transformer_blocks=blocks,
         encoders=tuple(e for e in encoders if e), vae=weight(pipe.vae),
         # GGUF is quantised already, and an fp8 file keeps its fp8 storage: casting again would stack.
-        fp8_possible=info.quantization is None and info.fp8_storage is None,
+        fp8_possible=not quantised and info.fp8_storage is None,
+        bitsandbytes_possible=importlib.util.find_spec("bitsandbytes") is not None,
+        nf4_file=info.bitsandbytes == BNB_NF4 and not quantised,
     )  # fmt: skip
 
 
@@ -524,6 +534,12 @@ def apply_memory_mode(pipe: Any, mode: str, current: str | None, device: str, dt
         )  # fmt: skip
     elif mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
+    elif mode in ("nf4", "int8"):
+        quantise_linear_layers(pipe.transformer, mode, device, dtype)
+        if device == "cuda":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
 
 
 def _short(error: BaseException) -> str:

@@ -17,7 +17,7 @@ TILING_PIXELS = 1024 * 1024
 HEADROOM = 1.5
 
 # The diffusion-transformer modes (dit_memory.py) on a UNet model: the nearest UNet mode.
-UNET_EQUIVALENT = {"group": "offload", "sequential": "offload", "fp8": "full"}
+UNET_EQUIVALENT = {"group": "offload", "sequential": "offload", "fp8": "full", "nf4": "full", "int8": "full"}
 
 DESCRIPTIONS = {
     "full": "everything on the device",

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_qwen_zimage
+from desktop.engine.library import dit_qwen_zimage, quant_formats
 from desktop.engine.library.dit import (
     DitInfo,
     TensorShape,
@@ -335,6 +335,19 @@ def _config_name(family: str, inpaint: bool, v_prediction: bool | None) -> str:
     return "sd2-base" if v_prediction is False else "sd2"
 
 
+def _refuse_quantised_unet(header: SafetensorsHeader, name: str) -> None:
+    """diffusers' single-file loader converts SD/SDXL checkpoints name by name and would drop a scaled-fp8
+    file's scales or a bitsandbytes file's quantisation states without a word: refuse them instead."""
+    kind = quant_formats.bitsandbytes_kind(header.tensors)
+    if kind is None and not quant_formats.is_scaled_fp8(header.tensors):
+        return
+    what = quant_formats.SHOWN[kind] if kind else "scaled fp8 (ComfyUI)"
+    raise ModelError(
+        f"{name} is an SD/SDXL checkpoint stored as {what}, which Marble loads for diffusion transformers only. "
+        "Use the fp16/bf16 (or plain fp8) file of this model."
+    )
+
+
 def _v_prediction_hint(metadata: Mapping[str, str]) -> bool | None:
     """What the file's own metadata says about v-prediction, if anything (SAI ModelSpec, kohya)."""
     arch = metadata.get("modelspec.architecture", "").lower()
@@ -371,6 +384,7 @@ def detect_architecture(
             # An Edit transformer has the base one's tensors: only its metadata can say (dit_qwen_zimage.py).
             dit = replace(dit, variant=dit_qwen_zimage.metadata_variant(header.metadata))
         return dit_architecture(dit)
+    _refuse_quantised_unet(header, name)
     conv_in = header.shape(_UNET_CONV_IN)
     if conv_in is None or len(conv_in) != 4:
         raise ModelError(f"{name}: {_UNKNOWN}. {_what_it_might_be(header)}")
@@ -566,6 +580,7 @@ def _dit_folder(folder: Path, index: Mapping[str, object], class_name: str, name
             counts[info.dtype] = counts.get(info.dtype, 0) + elements
     if counts:
         dtype = max(counts, key=counts.__getitem__)
+    dtype = quant_formats.folder_format(transformer) or dtype
     parts = ("transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
     components = tuple(part for part in parts if part in index)
     depth = transformer.get("num_layers", transformer.get("n_layers"))  # Z-Image says n_layers

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_flux2, dit_qwen_zimage
+from desktop.engine.library import dit_flux2, dit_qwen_zimage, quant_formats
 
 StrPath = str | os.PathLike[str]
 
@@ -77,6 +77,9 @@ class DitInfo:
     blocks: tuple[int, ...]  # (double/joint, single) block counts
     # Flux Fill: the transformer also reads the masked image's latents and the mask (an inpainting model).
     fill: bool = False
+    # The file holds a text encoder in ComfyUI's scaled fp8, which diffusers' single-file loader would read
+    # without its scales: its encoders must come from a folder.
+    scaled_encoders: bool = False
 
     @property
     def config_name(self) -> str | None:
@@ -96,8 +99,20 @@ class DitInfo:
         return FP8_STORAGE[self.dtype][0] if self.quantization is None and self.dtype in FP8_STORAGE else None
 
     @property
+    def scaled_fp8(self) -> bool:
+        """A ComfyUI scaled-fp8 file: weights times their `scale_weight`, dequantised at load."""
+        return self.quantization is None and self.dtype.endswith(quant_formats.SCALED_SUFFIX)
+
+    @property
+    def bitsandbytes(self) -> str | None:
+        """The bitsandbytes format code (quant_formats.BNB_NF4 ...) of pre-quantised weights, else None."""
+        return self.dtype if self.dtype in quant_formats.BITSANDBYTES else None
+
+    @property
     def needs_components(self) -> bool:
         """Whether text encoders and a VAE must come from elsewhere (a transformer-only file)."""
+        if self.scaled_encoders:
+            return True
         return not set(SELF_CONTAINED.get(self.family, ("clip_l", "vae"))) <= set(self.components)
 
 
@@ -134,12 +149,24 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             if not key.startswith(("text_encoders.", "vae.", "first_stage_model."))
         }
     components = ["transformer"]
+    scaled_encoders = False
     for encoder in ("clip_l", "clip_g", "t5xxl"):
-        if any(key.startswith(f"text_encoders.{encoder}.") for key in tensors):
+        held = [key for key in tensors if key.startswith(f"text_encoders.{encoder}.")]
+        # diffusers' single-file loader would read a scaled-fp8 encoder without its scales: such an encoder
+        # counts as absent, and the file's text encoders come from a folder (--text-encoders) instead.
+        if held and quant_formats.is_scaled_fp8(held):
+            scaled_encoders = True
+        elif held:
             components.append(encoder)
     if any(key.startswith(("vae.", "first_stage_model.")) for key in tensors):
         components.append("vae")
     blocks = _block_indices(model)
+    unsupported = quant_formats.block_scaled(model)
+    if unsupported is not None:
+        raise ModelError(
+            f"{name}: its weights use a block-scaled quantisation ({unsupported}: ComfyUI's nvfp4 or mxfp8) that "
+            "Marble cannot load yet. Use a GGUF, fp8 or bf16 file of this model."
+        )
     other = dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
     if other is not None:
         family, variant, layout, counts = other
@@ -169,11 +196,15 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image)."
         )
-    parameters = sum(math.prod(info.shape) for info in model.values())
+    # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
+    common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
+    code = quant_formats.weight_format(model, common)
+    parameters = quant_formats.parameters(model, code)
     return DitInfo(
         family=family, variant=variant, layout=layout, parameters=parameters,
-        dtype=quantization or _common_dtype(model.values()), quantization=quantization,
+        dtype=quantization or code, quantization=quantization,
         components=tuple(components), blocks=counts, fill=family == "flux" and is_fill_shape(model),
+        scaled_encoders=scaled_encoders,
     )  # fmt: skip
 
 
@@ -191,8 +222,16 @@ def is_fill_channels(in_channels: object, out_channels: object) -> bool:
 
 
 def shown_dtype(dtype: str | None) -> str | None:
-    """A weight type as library rows show it: "fp8 e4m3fn" for safetensors' F8_E4M3, others as stored."""
-    return FP8_STORAGE[dtype][1] if dtype in FP8_STORAGE else dtype
+    """A weight type as library rows show it: "fp8 e4m3fn" for safetensors' F8_E4M3, "fp8 e4m3fn scaled"
+    for ComfyUI's scaled fp8, "nf4 (bitsandbytes)", others as stored."""
+    if dtype is None:
+        return None
+    if dtype == quant_formats.MIXED_SCALED:
+        return "fp8 scaled (mixed precision)"
+    plain = dtype.removesuffix(quant_formats.SCALED_SUFFIX)
+    if plain in FP8_STORAGE:
+        return FP8_STORAGE[plain][1] + (" scaled" if plain != dtype else "")
+    return quant_formats.shown_format(dtype) or dtype
 
 
 def _block_indices(model: Mapping[str, TensorShape]) -> dict[str, set[int]]:

@@ -1,0 +1,186 @@
+"""Quantised transformer files read into the compute dtype (formats in library/quant_formats.py).
+
+- ComfyUI's scaled fp8: each fp8 weight times its `scale_weight` (`weight_scale` in its newer files),
+  computed in float32 and rounded once to the compute dtype, at load. Marble does not keep these in fp8:
+  diffusers' layer-wise casting (which keeps plain fp8 files small, fp8_storage.py) casts a layer up
+  without a scale, and folding the scale into a plain fp8 weight would round the small weights the scale
+  exists to keep. Dequantised, the file runs in every memory mode, the fp8 mode (plain e4m3fn) included.
+- bitsandbytes 4-bit files (Forge's `flux1-dev-bnb-nf4`): each weight dequantised by bitsandbytes itself
+  (its CPU backend does it too); the nf4 memory mode (`quantise_linear_layers`) quantises it again where
+  memory needs; LLM.int8 files need no bitsandbytes to read (int8 rows times their scale).
+- The nf4 / int8 memory modes: `quantise_linear_layers`.
+
+Called from families.py on the generation thread; torch and bitsandbytes are imported inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library import quant_formats
+from desktop.engine.library.dit import DitInfo
+
+BITSANDBYTES_MISSING = (
+    "{name} holds {what} weights, which need the bitsandbytes package: install it into Marble's Python "
+    "(pip install bitsandbytes), or use a GGUF or fp8 file of this model."
+)
+
+
+def bitsandbytes_module(name: str, what: str) -> Any:
+    """bitsandbytes, or a ModelError saying how to get it."""
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ModelError(BITSANDBYTES_MISSING.format(name=name, what=what)) from None
+    return bitsandbytes
+
+
+def dequantise(state: dict[str, Any], info: DitInfo, dtype: Any, *, name: str) -> dict[str, Any]:
+    """`state` (tensor names as in the file) with quantised weights replaced by `dtype` tensors and the
+    scales and quantisation states removed; `state` itself when the file is not quantised so."""
+    if info.scaled_fp8:
+        return dequantise_scaled_fp8(state, dtype, name=name)
+    if info.bitsandbytes in (quant_formats.BNB_NF4, quant_formats.BNB_FP4):
+        return dequantise_bnb_4bit(state, dtype, name=name, what=quant_formats.SHOWN[info.bitsandbytes])
+    if info.bitsandbytes == quant_formats.BNB_INT8:
+        return dequantise_bnb_int8(state, dtype, name=name)
+    return state
+
+
+def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, tensor in state.items():
+        if key.endswith(quant_formats.SKIPPED_AT_LOAD) or key.rsplit(".", 1)[-1] == quant_formats.SCALED_FP8_MARKER:
+            continue  # the input scale serves fp8 matrix multiplication only
+        if key.endswith(quant_formats.WEIGHT_SCALES):
+            continue
+        layer = key.removesuffix(".weight")
+        scale_key = next((layer + suffix for suffix in quant_formats.WEIGHT_SCALES if layer + suffix in state), "")
+        if key.endswith(".weight") and scale_key:
+            scale = state[scale_key].to(torch.float32)
+            if scale.numel() not in (1, tensor.shape[0]):
+                raise ModelError(
+                    f"{name}: {scale_key} has {scale.numel()} values for a weight of {tensor.shape[0]} rows; "
+                    "the scaled-fp8 file is damaged. Download it again."
+                )
+            scale = scale.reshape(-1, *([1] * (tensor.ndim - 1))) if scale.numel() > 1 else scale.reshape(())
+            out[key] = (tensor.to(torch.float32) * scale).to(dtype)
+        else:
+            out[key] = tensor
+    orphans = [
+        key
+        for key in state
+        if key.endswith(quant_formats.WEIGHT_SCALES) and f"{key.rsplit('.', 1)[0]}.weight" not in state
+    ]
+    if orphans:
+        raise ModelError(f"{name}: {orphans[0]} scales a weight the file does not hold; the file is damaged.")
+    return out
+
+
+def dequantise_bnb_4bit(state: dict[str, Any], dtype: Any, *, name: str, what: str) -> dict[str, Any]:
+    bnb = bitsandbytes_module(name, what)
+    from bitsandbytes.functional import QuantState
+
+    out: dict[str, Any] = {}
+    states: dict[str, dict[str, Any]] = {}
+    for key, tensor in state.items():
+        if ".weight." in key:
+            base, part = key.rsplit(".weight.", 1)
+            states.setdefault(base + ".weight", {})[part] = tensor
+    for key, tensor in state.items():
+        if ".weight." in key:
+            continue
+        parts = states.get(key)
+        if parts is None:
+            out[key] = tensor
+            continue
+        try:
+            quant_state = QuantState.from_dict(parts, device=tensor.device)
+            out[key] = bnb.functional.dequantize_4bit(tensor, quant_state).to(dtype)
+        except (ValueError, KeyError, RuntimeError, TypeError, AssertionError) as error:
+            raise ModelError(f"{name}: {key} does not dequantise ({error}); the file is damaged.") from None
+    return out
+
+
+def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
+    """LLM.int8 weights: int8 rows, each scaled by its row's absolute maximum over 127 (`SCB`)."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, tensor in state.items():
+        if key.endswith((".SCB", ".weight_format")):
+            continue
+        scale_key = key.removesuffix(".weight") + ".SCB"
+        if key.endswith(".weight") and scale_key in state:
+            rows = state[scale_key].to(torch.float32).reshape(-1, 1)
+            if rows.shape[0] != tensor.shape[0]:
+                raise ModelError(f"{name}: {scale_key} does not match its weight; the file is damaged.")
+            out[key] = (tensor.to(torch.float32) * rows / 127.0).to(dtype)
+        else:
+            out[key] = tensor
+    return out
+
+
+def check_bnb_folder(info: DitInfo, *, name: str) -> None:
+    """A diffusers folder saved with bitsandbytes loads through diffusers' quantizer, which needs the
+    package and a GPU (CUDA): say so before diffusers fails deep inside."""
+    if info.bitsandbytes is None:
+        return
+    what = quant_formats.SHOWN[info.bitsandbytes]
+    bitsandbytes_module(name, what)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError(
+            f"{name} is a diffusers folder saved with {what} weights, which diffusers loads on a CUDA GPU only; "
+            "this computer has none. Use a GGUF, fp8 or full-precision copy of this model."
+        )
+
+
+def quantise_linear_layers(transformer: Any, kind: str, device: str, compute_dtype: Any) -> int:
+    """The nf4 / int8 memory modes: every linear layer of the loaded `transformer` (but those it keeps in
+    float32) replaced by bitsandbytes' NF4 (double-quantised, as diffusers' BitsAndBytesConfig does) or
+    LLM.int8 layer, quantised on `device` one layer at a time, so the full-precision transformer never has to
+    fit there whole. Returns how many layers were replaced.
+
+    Marble swaps the layers itself rather than reloading through diffusers' quantizer: the mode is chosen
+    after the model is loaded (like fp8's layer-wise casting), and diffusers' quantizer refuses to run
+    without a GPU, where bitsandbytes' CPU backend works."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ModelError(
+            f"The {kind} memory mode needs the bitsandbytes package: install it into Marble's Python "
+            "(pip install bitsandbytes), or choose another memory mode."
+        ) from None
+    import torch
+
+    keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    targets = [
+        (name, module)
+        for name, module in transformer.named_modules()
+        if type(module) is torch.nn.Linear and not keep & set(name.split("."))
+    ]
+    for name, linear in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = transformer.get_submodule(parent_name) if parent_name else transformer
+        shape = (linear.in_features, linear.out_features)
+        has_bias = linear.bias is not None
+        if kind == "nf4":
+            layer = bnb.nn.Linear4bit(
+                *shape, bias=has_bias, compute_dtype=compute_dtype, quant_type="nf4", device="meta"
+            )
+            layer.weight = bnb.nn.Params4bit(
+                linear.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
+            )
+        else:
+            # diffusers' default outlier threshold: activations above 6 are multiplied in full precision.
+            layer = bnb.nn.Linear8bitLt(*shape, bias=has_bias, has_fp16_weights=False, threshold=6.0, device="meta")
+            layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+        if has_bias:
+            layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        setattr(parent, child, layer.to(device))
+    return len(targets)
