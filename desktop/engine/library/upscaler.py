@@ -10,8 +10,9 @@ Real-ESRGAN's compact network (SRVGGNetCompact: realesr-general-x4v3, realesr-an
 stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_channels x scale^2, a
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
-Other architectures (SwinIR, DAT, HAT, ...) are refused with their name where it can be recognised: their
-loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
+SwinIR is read by desktop.engine.library.upscaler_transformers (its shape goes into `UpscalerInfo.detail`).
+Other architectures (DAT, HAT, ...) are refused with their name where it can be recognised: their
+maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
 
 from __future__ import annotations
@@ -21,32 +22,38 @@ from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.upscaler_transformers import SwinIRShape, inspect_swinir, looks_like_swinir, swinir_label
 
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
 _OLD_UPCONV = re.compile(r"model\.(\d+)\.weight")
 _OTHER_ARCHITECTURES = {
-    "layers.0.residual_group.blocks.0.attn.relative_position_bias_table": "SwinIR",
     "layers.0.blocks.0.attn.qkv.weight": "DAT",
-    "layers.0.residual_group.blocks.0.attn.relative_position_index": "HAT",
+    # These two share SwinIR's names, so they are told apart before it is tried.
+    "layers.0.residual_group.blocks.0.conv_block.cab.0.weight": "HAT",
+    "layers.0.residual_group.blocks.0.attn.logit_scale": "Swin2SR",
 }
 _COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 
 
 @dataclass(frozen=True)
 class UpscalerInfo:
-    """An RRDB upscaler's shape, from its header."""
+    """An upscaler's shape, from its header."""
 
-    layout: str  # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net)
+    # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir"
+    layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
     features: int
     in_channels: int
     out_channels: int
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
+    detail: SwinIRShape | None = None  # the rest of a transformer's shape
 
     @property
     def label(self) -> str:
+        if self.detail is not None:
+            return swinir_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -78,8 +85,10 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
-                f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family (RRDB) upscalers only."
+                f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family and SwinIR upscalers only."
             )
+    if looks_like_swinir(tensors):
+        return _swinir(tensors, name)
     raise ModelError(f"{name} is not an upscaler model Marble knows (no ESRGAN / Real-ESRGAN tensor names).")
 
 
@@ -98,6 +107,16 @@ def _compact(tensors: dict, name: str) -> UpscalerInfo:
     if scale * scale * in_channels != last[0]:
         raise ModelError(f"{name}'s last convolution ({last[0]} channels) fits no scale of {in_channels} channels.")
     return _checked(UpscalerInfo("srvgg", scale, len(convs) - 2, first[0], in_channels, in_channels, 0), name)
+
+
+def _swinir(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, embed, in_channels, out_channels = inspect_swinir(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        # upscale() feeds RGB; the grey-level denoising and JPEG models would need their own path.
+        raise ModelError(f"{name} is a SwinIR for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    if scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a SwinIR at {scale}x; Marble runs 1x, 2x, 3x, 4x and 8x ones.")
+    return UpscalerInfo("swinir", scale, sum(detail.depths), embed, in_channels, out_channels, 0, detail)
 
 
 def _checked(info: UpscalerInfo, name: str) -> UpscalerInfo:

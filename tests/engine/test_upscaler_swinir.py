@@ -1,0 +1,157 @@
+"""SwinIR upscalers: every reconstruction variant detected from its header and run by Marble's own
+implementation, compared with spandrel 0.4.2 (an independent maintained loader) on the same file and
+input; pickled .pth through the safe child conversion; tiled against whole; broken files refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from desktop.engine.backends.upscale import load_upscaler, upscale
+from desktop.engine.errors import ModelError
+from desktop.engine.library.index import Library
+from desktop.engine.paths import AppPaths
+from tests.support import spandrel_reference
+from tests.support.cli_runner import run_cli
+
+pytestmark = pytest.mark.skipif(
+    not spandrel_reference.available(),
+    reason="spandrel 0.4.2 (the reference) is not installed: pip install --no-deps spandrel==0.4.2 einops",
+)
+
+# Tiny but complete: two residual groups of two blocks (one unshifted, one shifted), 12 dims, heads 2 and
+# 3, trained at 32 px so the shifted windows are on (28 px for the window-7 JPEG model).
+_BASE = {"img_size": 32, "window_size": 8, "embed_dim": 12, "depths": [2, 2], "num_heads": [2, 3],
+         "mlp_ratio": 2.0, "in_chans": 3}  # fmt: skip
+# name: (spandrel keyword arguments, Marble's label for the file, scale). The input, 19 x 23 px, is a
+# multiple of no window, so the padding and the crop are part of every comparison.
+VARIANTS = {
+    "classical-x2": (
+        {"upscale": 2, "upsampler": "pixelshuffle"}, "SwinIR 2x (classical, 12 dims, 2x2 blocks, window 8)", 2,
+    ),
+    "classical-x3": (
+        {"upscale": 3, "upsampler": "pixelshuffle"}, "SwinIR 3x (classical, 12 dims, 2x2 blocks, window 8)", 3,
+    ),
+    "lightweight-x4": (
+        {"upscale": 4, "upsampler": "pixelshuffledirect"}, "SwinIR 4x (lightweight, 12 dims, 2x2 blocks, window 8)", 4,
+    ),
+    "realworld-x4": (
+        {"upscale": 4, "upsampler": "nearest+conv", "resi_connection": "3conv"},
+        "SwinIR 4x (real-world, 12 dims, 2x2 blocks, window 8)", 4,
+    ),
+    "jpeg-x1": (
+        {"upscale": 1, "upsampler": "", "window_size": 7, "img_size": 28, "img_range": 255.0},
+        "SwinIR 1x (restoration, 12 dims, 2x2 blocks, window 7)", 1,
+    ),
+}  # fmt: skip
+# The two implementations do the same float32 operations; they agree to rounding.
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Every variant built, saved and run by spandrel in one child process (a few seconds)."""
+    workdir = tmp_path_factory.mktemp("spandrel")
+    specs = {
+        name: {"class": "SwinIR", "seed": seed, "input": [19, 23], "kwargs": {**_BASE, **kwargs}}
+        for seed, (name, (kwargs, _, _)) in enumerate(VARIANTS.items())
+    }
+    return workdir, spandrel_reference.build_and_run(workdir, specs)
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_variant_is_detected_and_matches_spandrel(reference, paths, name):
+    workdir, report = reference
+    _, label, scale = VARIANTS[name]
+    library = Library(paths)
+    entry = library.import_path(workdir / f"{name}.safetensors", "upscaler")
+    assert entry.architecture == label
+    assert report[name] == {"architecture": "SwinIR", "scale": scale}  # spandrel read the file the same way
+    network, info = load_upscaler(library.path_of(entry))
+    assert (info.layout, info.scale) == ("swinir", scale)
+    source = torch.from_numpy(np.load(workdir / f"{name}.input.npy"))
+    expected = np.load(workdir / f"{name}.output.npy")
+    with torch.inference_mode():
+        got = network(source).numpy()
+    assert got.shape == expected.shape == (1, 3, 19 * scale, 23 * scale)
+    assert np.abs(expected).max() > 0.5  # a real signal, not a network that outputs nothing
+    assert np.abs(got - expected).max() <= TOLERANCE
+
+
+def test_a_pickled_swinir_goes_through_the_safe_conversion(reference, tmp_path):
+    """A .pth in the official release's wrapper (`params`) is refused unless converted, converted in the
+    child process, listed with its shape, and `marble upscale` runs it tiled."""
+    workdir, _ = reference
+    where = str(tmp_path / "home")
+    pth = tmp_path / "SwinIR-M-x2.pth"
+    torch.save({"params": load_file(str(workdir / "classical-x2.safetensors"))}, pth)
+    code, _, err = run_cli("upscalers", "import", str(pth), "--home", where)
+    assert code != 0 and "--convert-pickle" in err
+    code, _, err = run_cli("upscalers", "import", str(pth), "--convert-pickle", "--home", where)
+    assert code == 0, err
+    code, out, _ = run_cli("upscalers", "list", "--home", where)
+    assert "SwinIR-M-x2" in out and "SwinIR 2x (classical" in out
+    source = tmp_path / "in.png"
+    noise_image(40, 24).save(source)
+    code, _, err = run_cli("upscale", str(source), "--upscaler", "SwinIR-M-x2", "--tile", "32", "--out",
+                           str(tmp_path / "big.png"), "--home", where)
+    assert code == 0, err
+    network, _ = load_upscaler(workdir / "classical-x2.safetensors")
+    expected = upscale(network, 2, Image.open(source), tile=32)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "big.png")), np.asarray(expected))
+
+
+def test_tiled_matches_whole_image_and_tiny_tiles_work(reference):
+    """Attention reaches across a whole window and, through the shifted ones, beyond, so the seams of a
+    random SwinIR differ more than an ESRGAN's: within 32 of 255 levels, 1.0 on average, at the default
+    16-pixel overlap (measured 24 and 0.7). Tiles smaller than the 8-pixel window, and an image smaller
+    than the padding that mirroring can add (one pixel: nothing to mirror), still run at the right size."""
+    workdir, _ = reference
+    network, info = load_upscaler(workdir / "classical-x2.safetensors")
+    image = noise_image(64, 48)
+    whole = np.asarray(upscale(network, info.scale, image, tile=0)).astype(int)
+    tiled = np.asarray(upscale(network, info.scale, image, tile=32, overlap=16)).astype(int)
+    assert whole.shape == (96, 128, 3) and whole.std() > 10
+    difference = np.abs(whole - tiled)
+    assert difference.max() <= 32 and difference.mean() < 1.0
+    small = upscale(network, info.scale, noise_image(12, 10), tile=5, overlap=2)
+    assert small.size == (24, 20)
+    assert upscale(network, info.scale, noise_image(3, 2), tile=0).size == (6, 4)  # mirrored thrice
+    assert upscale(network, info.scale, noise_image(3, 1), tile=0).size == (6, 2)  # nothing to mirror
+
+
+def test_broken_swinir_files_are_refused_by_name(reference, paths, tmp_path):
+    workdir, _ = reference
+    state = load_file(str(workdir / "classical-x2.safetensors"))
+    cases = {
+        # A block missing in the middle of a group: the numbering has a gap.
+        "gap": ({k: v for k, v in state.items() if not k.startswith("layers.1.residual_group.blocks.0.")},
+                "group 1 has blocks \\[1\\], with gaps"),
+        # One tensor of a block missing: the header fits SwinIR, the strict load names what is missing.
+        "missing": ({k: v for k, v in state.items() if k != "layers.1.residual_group.blocks.1.norm2.weight"},
+                    "tensors do not fit an SwinIR 2x .*Missing key.*norm2.weight"),
+        "no-first-conv": ({k: v for k, v in state.items() if not k.startswith("conv_first.")},
+                          "looks like a SwinIR upscaler but lacks conv_first.weight"),
+    }  # fmt: skip
+    for case, (tensors, message) in cases.items():
+        path = tmp_path / f"{case}.safetensors"
+        save_file(tensors, str(path))
+        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
+            Library(paths).import_path(path, "upscaler")
+            load_upscaler(path)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes((workdir / "classical-x2.safetensors").read_bytes()[:-1000])
+    with pytest.raises(ModelError, match="truncated.safetensors"):
+        Library(paths).import_path(truncated, "upscaler")
