@@ -68,14 +68,22 @@ def _randomise(model) -> None:  # noqa: ANN001 - torch is the child's only
 
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("relative_position_bias_table") or name.endswith("rpe_biases"):
+            if name.endswith("relative_position_bias_table"):
                 param.normal_(0.0, 1.0)
+            elif name.endswith("temperature"):
+                param.uniform_(0.5, 2.0)
             elif param.dim() >= 2:
                 param.normal_(0.0, 1.0 / param[0].numel() ** 0.5)
-            elif "norm" in name and name.endswith("weight"):
+            elif name.endswith("weight"):  # LayerNorm and BatchNorm scales
                 param.normal_(1.0, 0.2)
             else:
                 param.normal_(0.0, 0.1)
+        for name, buffer in model.named_buffers():
+            # BatchNorm's statistics, so that evaluation mode (running statistics) is what is compared.
+            if name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
 
 
 def _child(workdir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR), run in overlapping tiles so big images
+"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, DAT), run in overlapping tiles so big images
 fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
@@ -43,12 +43,17 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_transformers import build_swinir, loadable_state
 
         state, network = loadable_state(state), build_swinir(info)
+    elif info.layout == "dat":
+        from desktop.engine.backends.upscale_transformers import build_dat, dat_split_from_biases, loadable_state
+
+        info = dat_split_from_biases(state, info)
+        state, network = loadable_state(state), build_dat(info)
     else:
         network = _build(info)
     try:
         network.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
     except RuntimeError as error:
-        raise ModelError(f"{path.name}'s tensors do not fit an {info.label}: {_load_problem(error)}") from None
+        raise ModelError(f"{path.name}'s tensors do not fit the {info.label}: {_load_problem(error)}") from None
     return network.eval().to(device), info
 
 

@@ -159,3 +159,114 @@ def inspect_swinir(tensors: Mapping[str, object], name: str) -> tuple[SwinIRShap
 def swinir_label(info: SwinIRShape, scale: int, embed: int) -> str:
     groups = f"{len(info.depths)}x{info.depths[0]}" if len(set(info.depths)) == 1 else "+".join(map(str, info.depths))
     return f"SwinIR {scale}x ({UPSAMPLERS[info.upsampler]}, {embed} dims, {groups} blocks, window {info.window})"
+
+
+# DAT (Chen et al. 2023, "Dual Aggregation Transformer"): residual groups whose blocks alternate a
+# spatial window attention (even blocks: two half-width branches over H_sp x W_sp and W_sp x H_sp
+# rectangles, with a learned position-bias MLP, a depth-wise conv branch and the two "interaction" maps
+# between them) and a channel attention (odd blocks, with the same conv branch), each followed by the
+# spatial-gate feed-forward network.
+DAT_PROBE = "layers.0.blocks.0.attn.attns.0.rpe_biases"
+_DAT_BLOCK = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class DATShape:
+    """Everything beyond UpscalerInfo's fields that building a DAT needs."""
+
+    upsampler: str  # "pixelshuffle" | "pixelshuffledirect"
+    depths: tuple[int, ...]
+    heads: tuple[int, ...]
+    split: tuple[int, int]  # the spatial window, (H_sp, W_sp) of the first branch
+    expansion: float  # the feed-forward's hidden width over the embed dim
+    features: int  # the reconstruction convs' width; 0 for pixelshuffledirect
+    stages: tuple[int, ...]  # pixel-shuffle factors
+    residual: str  # "1conv" | "3conv"
+    qkv_bias: bool
+
+
+def looks_like_dat(tensors: Mapping[str, object]) -> bool:
+    return DAT_PROBE in tensors
+
+
+def inspect_dat(tensors: Mapping[str, object], name: str) -> tuple[DATShape, int, int, int, int]:
+    """(shape, scale, embed dim, in channels, out channels) of a DAT header; ModelError otherwise."""
+
+    def shape(key: str) -> tuple[int, ...]:
+        info = tensors.get(key)
+        if info is None:
+            raise ModelError(f"{name} looks like a DAT upscaler but lacks {key}: the file is incomplete.")
+        return tuple(info.shape)  # type: ignore[attr-defined]
+
+    embed, in_channels = shape("conv_first.weight")[:2]
+    groups: dict[int, set[int]] = {}
+    for key in tensors:
+        if m := _DAT_BLOCK.match(key):
+            groups.setdefault(int(m[1]), set()).add(int(m[2]))
+    if sorted(groups) != list(range(len(groups))):
+        raise ModelError(f"{name}: its DAT groups are not numbered 0..{len(groups) - 1} "
+                         f"(found {sorted(groups)}): the file is incomplete.")
+    depths, heads = [], []
+    for group in range(len(groups)):
+        blocks = sorted(groups[group])
+        if blocks != list(range(len(blocks))):
+            raise ModelError(f"{name}: DAT group {group} has blocks {blocks}, with gaps: the file is incomplete.")
+        depths.append(len(blocks))
+        prefix = f"layers.{group}.blocks"
+        if len(blocks) > 1:
+            heads.append(shape(f"{prefix}.1.attn.temperature")[0])
+        else:
+            # Each spatial branch has half the heads; its position-bias MLP ends in one output per head.
+            heads.append(2 * shape(f"{prefix}.0.attn.attns.0.pos.pos3.2.weight")[0])
+    if any(embed % h or (embed // 2) % max(1, h // 2) for h in heads):
+        raise ModelError(f"{name} has a DAT layout Marble cannot run (heads {heads} of {embed} dims).")
+    split = _dat_split(shape(DAT_PROBE)[0], shape("layers.0.blocks.0.attn.attns.0.relative_position_index")[0], name)
+    expansion = shape("layers.0.blocks.0.ffn.fc1.weight")[0] / embed
+    residual = "1conv" if "conv_after_body.weight" in tensors else "3conv"
+    if "conv_last.weight" in tensors:
+        upsampler = "pixelshuffle"
+        features = shape("conv_before_upsample.0.weight")[0]
+        found, index = [], 0
+        while f"upsample.{index}.weight" in tensors:
+            produced = shape(f"upsample.{index}.weight")[0]
+            factor = math.isqrt(produced // features)
+            if factor * factor * features != produced or factor not in (2, 3):
+                raise ModelError(f"{name}: a DAT upsampling conv makes {produced} channels from {features}, "
+                                 "which fits no 2x or 3x pixel shuffle.")
+            found.append(factor)
+            index += 2
+        stages, out_channels = tuple(found), shape("conv_last.weight")[0]
+    else:
+        upsampler, features = "pixelshuffledirect", 0
+        produced, out_channels = shape("upsample.0.weight")[0], in_channels
+        factor = math.isqrt(produced // out_channels)
+        if factor < 1 or factor * factor * out_channels != produced:
+            raise ModelError(f"{name}: its DAT upsampling conv ({produced} channels) fits no scale.")
+        stages = (factor,)
+    if not stages:
+        raise ModelError(f"{name}: its DAT reconstruction has no upsampling layers: the file is incomplete.")
+    info = DATShape(
+        upsampler, tuple(depths), tuple(heads), split, expansion, features, stages, residual,
+        "layers.0.blocks.0.attn.qkv.bias" in tensors,
+    )  # fmt: skip
+    return info, math.prod(stages), embed, in_channels, out_channels
+
+
+def _dat_split(rows: int, tokens: int, name: str) -> tuple[int, int]:
+    """The window (a, b) from its token count a*b and its bias-table rows (2a-1)(2b-1): a + b follows,
+    then a and b. Which of the two is the height the table's values say (the backend reads them); the
+    published models have the shorter side first."""
+    total = (4 * tokens + 1 - rows) // 2
+    root = math.isqrt(max(0, total * total - 4 * tokens))
+    a, b = (total - root) // 2, (total + root) // 2
+    if a < 1 or a * b != tokens or (2 * a - 1) * (2 * b - 1) != rows:
+        raise ModelError(f"{name}: a DAT position table of {rows} rows fits no window of {tokens} pixels.")
+    return a, b
+
+
+def dat_label(info: DATShape, scale: int, embed: int) -> str:
+    groups = f"{len(info.depths)}x{info.depths[0]}" if len(set(info.depths)) == 1 else "+".join(map(str, info.depths))
+    kind = "classical" if info.upsampler == "pixelshuffle" else "lightweight"
+    short, long = sorted(info.split)  # the sides; which one is the height only the table's values say
+    return (f"DAT {scale}x ({kind}, {embed} dims, {groups} blocks, window {short}x{long}, "
+            f"expansion {info.expansion:g})")

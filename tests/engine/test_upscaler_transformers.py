@@ -1,6 +1,6 @@
-"""SwinIR upscalers: every reconstruction variant detected from its header and run by Marble's own
-implementation, compared with spandrel 0.4.2 (an independent maintained loader) on the same file and
-input; pickled .pth through the safe child conversion; tiled against whole; broken files refused."""
+"""Transformer upscalers (SwinIR, DAT): every reconstruction variant detected from its header and run by
+Marble's own implementation, compared with spandrel 0.4.2 (an independent maintained loader) on the same
+file and input; pickled .pth through the safe child conversion; tiled against whole; broken files refused."""
 
 from __future__ import annotations
 
@@ -22,29 +22,46 @@ pytestmark = pytest.mark.skipif(
     reason="spandrel 0.4.2 (the reference) is not installed: pip install --no-deps spandrel==0.4.2 einops",
 )
 
-# Tiny but complete: two residual groups of two blocks (one unshifted, one shifted), 12 dims, heads 2 and
-# 3, trained at 32 px so the shifted windows are on (28 px for the window-7 JPEG model).
-_BASE = {"img_size": 32, "window_size": 8, "embed_dim": 12, "depths": [2, 2], "num_heads": [2, 3],
-         "mlp_ratio": 2.0, "in_chans": 3}  # fmt: skip
-# name: (spandrel keyword arguments, Marble's label for the file, scale). The input, 19 x 23 px, is a
-# multiple of no window, so the padding and the crop are part of every comparison.
+# Tiny but complete SwinIRs: two residual groups of two blocks (one unshifted, one shifted), 12 dims, heads 2
+# and 3, trained at 32 px so the shifted windows are on (28 px for the window-7 JPEG model).
+_SWINIR = {"img_size": 32, "window_size": 8, "embed_dim": 12, "depths": [2, 2], "num_heads": [2, 3],
+           "mlp_ratio": 2.0, "in_chans": 3}  # fmt: skip
+# Tiny DATs: 32 dims (the least the position-bias MLP allows); groups of 3 and 2 blocks, so both shifted
+# patterns (block 2 of an even group, block 0 of an odd one) and both attentions run; 2x4 and 8x4 windows
+# (the second one taller than wide: the table's values, not the header, say which side is the height).
+_DAT = {"img_size": 16, "embed_dim": 32, "expansion_factor": 2.0, "in_chans": 3, "num_heads": [2, 4]}
+# name: (spandrel class, its keyword arguments, Marble's label for the file, scale). The input, 19 x 23 px,
+# is a multiple of no window, so the padding and the crop are part of every comparison.
 VARIANTS = {
     "classical-x2": (
-        {"upscale": 2, "upsampler": "pixelshuffle"}, "SwinIR 2x (classical, 12 dims, 2x2 blocks, window 8)", 2,
+        "SwinIR", {**_SWINIR, "upscale": 2, "upsampler": "pixelshuffle"},
+        "SwinIR 2x (classical, 12 dims, 2x2 blocks, window 8)", 2,
     ),
     "classical-x3": (
-        {"upscale": 3, "upsampler": "pixelshuffle"}, "SwinIR 3x (classical, 12 dims, 2x2 blocks, window 8)", 3,
+        "SwinIR", {**_SWINIR, "upscale": 3, "upsampler": "pixelshuffle"},
+        "SwinIR 3x (classical, 12 dims, 2x2 blocks, window 8)", 3,
     ),
     "lightweight-x4": (
-        {"upscale": 4, "upsampler": "pixelshuffledirect"}, "SwinIR 4x (lightweight, 12 dims, 2x2 blocks, window 8)", 4,
+        "SwinIR", {**_SWINIR, "upscale": 4, "upsampler": "pixelshuffledirect"},
+        "SwinIR 4x (lightweight, 12 dims, 2x2 blocks, window 8)", 4,
     ),
     "realworld-x4": (
-        {"upscale": 4, "upsampler": "nearest+conv", "resi_connection": "3conv"},
+        "SwinIR", {**_SWINIR, "upscale": 4, "upsampler": "nearest+conv", "resi_connection": "3conv"},
         "SwinIR 4x (real-world, 12 dims, 2x2 blocks, window 8)", 4,
     ),
     "jpeg-x1": (
-        {"upscale": 1, "upsampler": "", "window_size": 7, "img_size": 28, "img_range": 255.0},
+        "SwinIR", {**_SWINIR, "upscale": 1, "upsampler": "", "window_size": 7, "img_size": 28, "img_range": 255.0},
         "SwinIR 1x (restoration, 12 dims, 2x2 blocks, window 7)", 1,
+    ),
+    "dat-x2": (
+        "DAT", {**_DAT, "split_size": [2, 4], "depth": [3, 2], "upscale": 2, "upsampler": "pixelshuffle"},
+        "DAT 2x (classical, 32 dims, 3+2 blocks, window 2x4, expansion 2)", 2,
+    ),
+    # spandrel reads the training size from group 0's block 2, which this one lacks: its default, 64.
+    "dat-light-x4": (
+        "DAT", {**_DAT, "img_size": 64, "split_size": [8, 4], "depth": [2, 1], "upscale": 4,
+                "upsampler": "pixelshuffledirect", "resi_connection": "3conv", "qkv_bias": False},
+        "DAT 4x (lightweight, 32 dims, 2+1 blocks, window 4x8, expansion 2)", 4,
     ),
 }  # fmt: skip
 # The two implementations do the same float32 operations; they agree to rounding.
@@ -56,8 +73,8 @@ def reference(tmp_path_factory):
     """Every variant built, saved and run by spandrel in one child process (a few seconds)."""
     workdir = tmp_path_factory.mktemp("spandrel")
     specs = {
-        name: {"class": "SwinIR", "seed": seed, "input": [19, 23], "kwargs": {**_BASE, **kwargs}}
-        for seed, (name, (kwargs, _, _)) in enumerate(VARIANTS.items())
+        name: {"class": kind, "seed": seed, "input": [19, 23], "kwargs": kwargs}
+        for seed, (name, (kind, kwargs, _, _)) in enumerate(VARIANTS.items())
     }
     return workdir, spandrel_reference.build_and_run(workdir, specs)
 
@@ -74,13 +91,13 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_variant_is_detected_and_matches_spandrel(reference, paths, name):
     workdir, report = reference
-    _, label, scale = VARIANTS[name]
+    kind, _, label, scale = VARIANTS[name]
     library = Library(paths)
     entry = library.import_path(workdir / f"{name}.safetensors", "upscaler")
     assert entry.architecture == label
-    assert report[name] == {"architecture": "SwinIR", "scale": scale}  # spandrel read the file the same way
+    assert report[name] == {"architecture": kind, "scale": scale}  # spandrel read the file the same way
     network, info = load_upscaler(library.path_of(entry))
-    assert (info.layout, info.scale) == ("swinir", scale)
+    assert (info.layout, info.scale) == (kind.lower(), scale)
     source = torch.from_numpy(np.load(workdir / f"{name}.input.npy"))
     expected = np.load(workdir / f"{name}.output.npy")
     with torch.inference_mode():
@@ -113,13 +130,15 @@ def test_a_pickled_swinir_goes_through_the_safe_conversion(reference, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "big.png")), np.asarray(expected))
 
 
-def test_tiled_matches_whole_image_and_tiny_tiles_work(reference):
-    """Attention reaches across a whole window and, through the shifted ones, beyond, so the seams of a
-    random SwinIR differ more than an ESRGAN's: within 32 of 255 levels, 1.0 on average, at the default
-    16-pixel overlap (measured 24 and 0.7). Tiles smaller than the 8-pixel window, and an image smaller
-    than the padding that mirroring can add (one pixel: nothing to mirror), still run at the right size."""
+@pytest.mark.parametrize("name", ["classical-x2", "dat-x2"])
+def test_tiled_matches_whole_image_and_tiny_tiles_work(reference, name):
+    """Attention reaches across a whole window and, through the shifted ones, beyond (DAT's channel
+    attention over the whole tile), so the seams of a random transformer differ more than an ESRGAN's:
+    within 32 of 255 levels, 1.0 on average, at the default 16-pixel overlap (measured 24 and 0.7 for
+    SwinIR, 26 and 0.6 for DAT). Tiles smaller than a window, and an image smaller than the padding that
+    mirroring can add (one pixel: nothing to mirror), still run at the right size."""
     workdir, _ = reference
-    network, info = load_upscaler(workdir / "classical-x2.safetensors")
+    network, info = load_upscaler(workdir / f"{name}.safetensors")
     image = noise_image(64, 48)
     whole = np.asarray(upscale(network, info.scale, image, tile=0)).astype(int)
     tiled = np.asarray(upscale(network, info.scale, image, tile=32, overlap=16)).astype(int)
@@ -132,18 +151,27 @@ def test_tiled_matches_whole_image_and_tiny_tiles_work(reference):
     assert upscale(network, info.scale, noise_image(3, 1), tile=0).size == (6, 2)  # nothing to mirror
 
 
-def test_broken_swinir_files_are_refused_by_name(reference, paths, tmp_path):
+def _without(state: dict, drop) -> dict:  # noqa: ANN001 - a predicate on names
+    return {k: v for k, v in state.items() if not drop(k)}
+
+
+def test_broken_files_are_refused_by_name(reference, paths, tmp_path):
     workdir, _ = reference
-    state = load_file(str(workdir / "classical-x2.safetensors"))
+    swinir = load_file(str(workdir / "classical-x2.safetensors"))
+    dat = load_file(str(workdir / "dat-x2.safetensors"))
     cases = {
         # A block missing in the middle of a group: the numbering has a gap.
-        "gap": ({k: v for k, v in state.items() if not k.startswith("layers.1.residual_group.blocks.0.")},
+        "gap": (_without(swinir, lambda k: k.startswith("layers.1.residual_group.blocks.0.")),
                 "group 1 has blocks \\[1\\], with gaps"),
         # One tensor of a block missing: the header fits SwinIR, the strict load names what is missing.
-        "missing": ({k: v for k, v in state.items() if k != "layers.1.residual_group.blocks.1.norm2.weight"},
-                    "tensors do not fit an SwinIR 2x .*Missing key.*norm2.weight"),
-        "no-first-conv": ({k: v for k, v in state.items() if not k.startswith("conv_first.")},
+        "missing": (_without(swinir, lambda k: k == "layers.1.residual_group.blocks.1.norm2.weight"),
+                    "tensors do not fit the SwinIR 2x .*Missing key.*norm2.weight"),
+        "no-first-conv": (_without(swinir, lambda k: k.startswith("conv_first.")),
                           "looks like a SwinIR upscaler but lacks conv_first.weight"),
+        "dat-gap": (_without(dat, lambda k: k.startswith("layers.0.blocks.1.")),
+                    "DAT group 0 has blocks \\[0, 2\\], with gaps"),
+        "dat-missing": (_without(dat, lambda k: k == "layers.0.blocks.2.attn.dwconv.1.running_var"),
+                        "tensors do not fit the DAT 2x .*Missing key.*running_var"),
     }  # fmt: skip
     for case, (tensors, message) in cases.items():
         path = tmp_path / f"{case}.safetensors"
