@@ -1,4 +1,4 @@
-"""Transformer upscalers (SwinIR, DAT): every reconstruction variant detected from its header and run by
+"""Transformer upscalers (SwinIR, HAT, DAT): every reconstruction variant detected from its header and run by
 Marble's own implementation, compared with spandrel 0.4.2 (an independent maintained loader) on the same
 file and input; pickled .pth through the safe child conversion; tiled against whole; broken files refused."""
 
@@ -30,6 +30,11 @@ _SWINIR = {"img_size": 32, "window_size": 8, "embed_dim": 12, "depths": [2, 2], 
 # patterns (block 2 of an even group, block 0 of an odd one) and both attentions run; 2x4 and 8x4 windows
 # (the second one taller than wide: the table's values, not the header, say which side is the height).
 _DAT = {"img_size": 16, "embed_dim": 32, "expansion_factor": 2.0, "in_chans": 3, "num_heads": [2, 4]}
+# Tiny HATs: SwinIR's tiny shape plus the conv branch (12 -> 4 channels, channel attention through 2) and
+# the overlapping attention (window 8 -> 12, 4 -> 6); one with qkv biases and the conv after each group,
+# one without either.
+_HAT = {"img_size": 64, "in_chans": 3, "embed_dim": 12, "depths": [2, 2], "num_heads": [2, 3], "mlp_ratio": 2.0,
+        "compress_ratio": 3, "squeeze_factor": 6, "overlap_ratio": 0.5}  # fmt: skip
 # name: (spandrel class, its keyword arguments, Marble's label for the file, scale). The input, 19 x 23 px,
 # is a multiple of no window, so the padding and the crop are part of every comparison.
 VARIANTS = {
@@ -52,6 +57,13 @@ VARIANTS = {
     "jpeg-x1": (
         "SwinIR", {**_SWINIR, "upscale": 1, "upsampler": "", "window_size": 7, "img_size": 28, "img_range": 255.0},
         "SwinIR 1x (restoration, 12 dims, 2x2 blocks, window 7)", 1,
+    ),
+    "hat-x2": (
+        "HAT", {**_HAT, "window_size": 8, "upscale": 2}, "HAT 2x (12 dims, 2x2 blocks, window 8, overlap window 12)", 2,
+    ),
+    "hat-x4": (
+        "HAT", {**_HAT, "window_size": 4, "upscale": 4, "resi_connection": "identity", "qkv_bias": False},
+        "HAT 4x (12 dims, 2x2 blocks, window 4, overlap window 6)", 4,
     ),
     "dat-x2": (
         "DAT", {**_DAT, "split_size": [2, 4], "depth": [3, 2], "upscale": 2, "upsampler": "pixelshuffle"},
@@ -130,7 +142,7 @@ def test_a_pickled_swinir_goes_through_the_safe_conversion(reference, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "big.png")), np.asarray(expected))
 
 
-@pytest.mark.parametrize("name", ["classical-x2", "dat-x2"])
+@pytest.mark.parametrize("name", ["classical-x2", "hat-x2", "dat-x2"])
 def test_tiled_matches_whole_image_and_tiny_tiles_work(reference, name):
     """Attention reaches across a whole window and, through the shifted ones, beyond (DAT's channel
     attention over the whole tile), so the seams of a random transformer differ more than an ESRGAN's:
@@ -159,6 +171,7 @@ def test_broken_files_are_refused_by_name(reference, paths, tmp_path):
     workdir, _ = reference
     swinir = load_file(str(workdir / "classical-x2.safetensors"))
     dat = load_file(str(workdir / "dat-x2.safetensors"))
+    hat = load_file(str(workdir / "hat-x2.safetensors"))
     cases = {
         # A block missing in the middle of a group: the numbering has a gap.
         "gap": (_without(swinir, lambda k: k.startswith("layers.1.residual_group.blocks.0.")),
@@ -168,6 +181,10 @@ def test_broken_files_are_refused_by_name(reference, paths, tmp_path):
                     "tensors do not fit the SwinIR 2x .*Missing key.*norm2.weight"),
         "no-first-conv": (_without(swinir, lambda k: k.startswith("conv_first.")),
                           "looks like a SwinIR upscaler but lacks conv_first.weight"),
+        "hat-no-overlap": (_without(hat, lambda k: k.startswith("layers.1.residual_group.overlap_attn.")),
+                           "looks like a HAT upscaler but lacks layers.1.residual_group.overlap_attn"),
+        "swin2sr": ({**swinir, "layers.0.residual_group.blocks.0.attn.logit_scale": torch.zeros(2, 1, 1)},
+                    "looks like a Swin2SR upscaler; Marble runs"),
         "dat-gap": (_without(dat, lambda k: k.startswith("layers.0.blocks.1.")),
                     "DAT group 0 has blocks \\[0, 2\\], with gaps"),
         "dat-missing": (_without(dat, lambda k: k == "layers.0.blocks.2.attn.dwconv.1.running_var"),

@@ -92,9 +92,9 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, SwinIR
+    from spandrel.architectures import DAT, HAT, SwinIR
 
-    classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT}
+    classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

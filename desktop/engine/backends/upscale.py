@@ -1,4 +1,4 @@
-"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, DAT), run in overlapping tiles so big images
+"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, HAT, DAT), run in overlapping tiles so big images
 fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
@@ -39,7 +39,7 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)
-    if info.layout == "swinir":
+    if info.layout in ("swinir", "hat"):
         from desktop.engine.backends.upscale_transformers import build_swinir, loadable_state
 
         state, network = loadable_state(state), build_swinir(info)

@@ -1,10 +1,10 @@
-"""Transformer upscalers (SwinIR, DAT), Marble's own implementations, built from the shape the header tells
+"""Transformer upscalers (SwinIR, HAT, DAT), Marble's own implementations, built from the shape the header tells
 (desktop.engine.library.upscaler_transformers) so the file's tensors load strictly by their published names.
 
-Both take any input size, so tiles of any size, smaller than one window too, go through
-desktop.engine.backends.upscale's tiling unchanged: SwinIR pads the image up to a multiple of its window by
-mirroring it (as the official test script does) and crops the result back; DAT's spatial attention pads
-its own windows with zeros, as the published network does.
+All take any input size, so tiles of any size, smaller than one window too, go through
+desktop.engine.backends.upscale's tiling unchanged: SwinIR and HAT pad the image up to a multiple of
+their window by mirroring it (as the official test scripts do) and crop the result back; DAT's spatial
+attention pads its own windows with zeros, as the published network does.
 
 torch is imported inside the functions: only desktop.engine.backends.upscale loads this module.
 """
@@ -17,8 +17,13 @@ from desktop.engine.library.upscaler import UpscalerInfo
 
 # SwinIR subtracts the mean colour of its DIV2K training set from RGB input (and adds it back after).
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)
+# HAT's weight on its conv branch: a constructor argument, not in the file; every published model uses it.
+_HAT_CONV_SCALE = 0.01
 # Position buffers the file may carry: recomputed here from the window, so they are not loaded.
-_DERIVED = ("relative_position_index", "attn_mask", "rpe_biases", "attn_mask_0", "attn_mask_1")
+_DERIVED = (
+    "relative_position_index", "attn_mask", "rpe_biases", "attn_mask_0", "attn_mask_1",
+    "relative_position_index_SA", "relative_position_index_OCA",
+)  # fmt: skip
 
 
 def loadable_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -44,13 +49,17 @@ def pad_to_multiple(x: Any, multiple: int) -> Any:
 
 
 def build_swinir(info: UpscalerInfo) -> Any:
-    """A SwinIR network for `info` (layout "swinir"), its modules named as the published weights."""
+    """A SwinIR network for `info` (layout "swinir"), or a HAT (layout "hat": SwinIR's layout with a
+    conv branch in every block and an overlapping cross-attention after each group's blocks), its
+    modules named as the published weights."""
     import torch
     from torch import nn
 
     shape = info.detail
     assert shape is not None
     dim, window = info.features, shape.window
+    hat = info.layout == "hat"
+    qkv_bias = getattr(shape, "qkv_bias", True)
 
     def partition(x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B * windows, window * window, C), windows in row-major order."""
@@ -88,7 +97,7 @@ def build_swinir(info: UpscalerInfo) -> Any:
         def __init__(self, heads: int) -> None:
             super().__init__()
             self.heads = heads
-            self.qkv = nn.Linear(dim, dim * 3)
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
             self.proj = nn.Linear(dim, dim)
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
             self.register_buffer("index", relative_index(), persistent=False)
@@ -116,16 +125,42 @@ def build_swinir(info: UpscalerInfo) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc2(self.act(self.fc1(x)))
 
+    class ChannelAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            inner = shape.squeeze_hidden  # type: ignore[union-attr]
+            self.attention = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, inner, 1), nn.ReLU(), nn.Conv2d(inner, dim, 1), nn.Sigmoid()
+            )
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.attention(x)
+
+    class ConvBranch(nn.Module):
+        """HAT's channel-attention block: two convs, then the channels re-weighted by their means."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            inner = shape.conv_hidden  # type: ignore[union-attr]
+            self.cab = nn.Sequential(
+                nn.Conv2d(dim, inner, 3, 1, 1), nn.GELU(), nn.Conv2d(inner, dim, 3, 1, 1), ChannelAttention()
+            )
+
     class Block(nn.Module):
         def __init__(self, heads: int, shift: int) -> None:
             super().__init__()
             self.shift = shift
             self.norm1, self.attn = nn.LayerNorm(dim), Attention(heads)
             self.norm2, self.mlp = nn.LayerNorm(dim), Mlp()
+            if hat:
+                self.conv_block = ConvBranch()
 
         def forward(self, x: torch.Tensor, h: int, w: int, masks: dict[int, torch.Tensor]) -> torch.Tensor:
             b = x.shape[0]
             y = self.norm1(x).view(b, h, w, dim)
+            if hat:
+                # The conv branch sees the normalised, unshifted features; HAT adds it at a fixed 0.01.
+                x = x + self.conv_block.cab(y.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2) * _HAT_CONV_SCALE
             if self.shift:
                 y = torch.roll(y, (-self.shift, -self.shift), (1, 2))
             if self.shift and self.shift not in masks:
@@ -136,11 +171,52 @@ def build_swinir(info: UpscalerInfo) -> Any:
             x = x + y.reshape(b, h * w, dim)
             return x + self.mlp(self.norm2(x))
 
+    class OverlapAttention(nn.Module):
+        """HAT's overlapping cross-attention: queries from each window, keys and values from a larger
+        window centred on it (zero-padded at the image's edges), then an MLP; both residual."""
+
+        def __init__(self, heads: int) -> None:
+            super().__init__()
+            self.heads, outer = heads, shape.overlap_window  # type: ignore[union-attr]
+            self.outer = outer
+            self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.proj, self.mlp = nn.Linear(dim, dim), Mlp()
+            side = window + outer - 1
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(side * side, heads))
+            qy, qx = (t.flatten() for t in torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij"))
+            ky, kx = (t.flatten() for t in torch.meshgrid(torch.arange(outer), torch.arange(outer), indexing="ij"))
+            offset = window - outer + 1
+            index = (ky[None] - qy[:, None] + offset) * side + (kx[None] - qx[:, None] + offset)
+            # The published index goes negative for some pairs and so counts from the table's end (Python
+            # indexing); the trained tables rely on that, so it is kept.
+            self.register_buffer("index", index % (side * side), persistent=False)
+
+        def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+            b, n, c = x.shape
+            qkv = self.qkv(self.norm1(x)).view(b, h, w, 3, c).permute(3, 0, 4, 1, 2)  # 3, B, C, H, W
+            q = partition(qkv[0].permute(0, 2, 3, 1))
+            kv = nn.functional.unfold(
+                torch.cat((qkv[1], qkv[2]), 1), self.outer, stride=window, padding=(self.outer - window) // 2
+            )  # B, 2C * outer^2, windows
+            kv = kv.view(b, 2, c, self.outer * self.outer, -1).permute(1, 0, 4, 3, 2).reshape(2, -1, self.outer**2, c)
+            heads, d = self.heads, c // self.heads
+            q = q.view(q.shape[0], -1, heads, d).transpose(1, 2)
+            k, v = (t.view(t.shape[0], -1, heads, d).transpose(1, 2) for t in kv)
+            scores = (q * d**-0.5) @ k.transpose(-2, -1)
+            bias = self.relative_position_bias_table[self.index.reshape(-1)].view(window * window, self.outer**2, -1)
+            scores = scores + bias.permute(2, 0, 1)[None]
+            out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, window * window, c)
+            x = self.proj(merge(out, b, h, w).reshape(b, n, c)) + x
+            return x + self.mlp(self.norm2(x))
+
     class Blocks(nn.Module):
         def __init__(self, depth: int, heads: int) -> None:
             super().__init__()
             half = window // 2 if shape.shifted else 0
             self.blocks = nn.ModuleList(Block(heads, half if i % 2 else 0) for i in range(depth))
+            if hat:
+                self.overlap_attn = OverlapAttention(heads)
 
     class Group(nn.Module):
         """A residual Swin Transformer group: blocks, then a conv over the image-shaped features."""
@@ -154,6 +230,8 @@ def build_swinir(info: UpscalerInfo) -> Any:
             y = x
             for block in self.residual_group.blocks:
                 y = block(y, h, w, masks)
+            if hat:
+                y = self.residual_group.overlap_attn(y, h, w)
             y = self.conv(to_image(y, h, w))
             return x + y.flatten(2).transpose(1, 2)
 
@@ -163,7 +241,7 @@ def build_swinir(info: UpscalerInfo) -> Any:
     class PatchNorm(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.norm = nn.LayerNorm(dim)
+            self.norm = nn.LayerNorm(dim) if getattr(shape, "patch_norm", True) else nn.Identity()
 
     class SwinIR(nn.Module):
         def __init__(self) -> None:
@@ -497,6 +575,8 @@ def _closing_conv(nn: Any, width: int, residual: str) -> Any:
     """The conv after each group and after the body: one 3x3, or 3x3 -> 1x1 -> 3x3 at a quarter width."""
     if residual == "1conv":
         return nn.Conv2d(width, width, 3, 1, 1)
+    if residual == "identity":  # HAT's option without the conv
+        return nn.Identity()
     return nn.Sequential(
         nn.Conv2d(width, width // 4, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
         nn.Conv2d(width // 4, width // 4, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),

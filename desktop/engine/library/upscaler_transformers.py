@@ -1,4 +1,4 @@
-"""Transformer upscalers without torch: a SwinIR file's shape, judged from its tensor names and shapes.
+"""Transformer upscalers without torch: a SwinIR, HAT or DAT file's shape, from its tensor names and shapes.
 
 SwinIR (Liang et al. 2021) is a shallow conv, residual Swin Transformer groups ("RSTB": window
 attention blocks, alternately shifted by half a window, closed by a conv), a LayerNorm, a conv, and
@@ -59,24 +59,87 @@ class SwinIRShape:
         return self.train_size > self.window
 
 
-def looks_like_swinir(tensors: Mapping[str, object]) -> bool:
-    return SWINIR_PROBE in tensors
+@dataclass(frozen=True)
+class HATShape(SwinIRShape):
+    """HAT (Chen et al. 2023, "Hybrid Attention Transformer") is SwinIR's layout plus, in every block, a
+    convolution branch with channel attention ("CAB", added at 0.01), and after each group's blocks an
+    overlapping cross-attention block ("OCAB": queries from a window, keys and values from a larger
+    window around it)."""
+
+    conv_hidden: int  # the CAB's inner width (embed dim // compress ratio)
+    squeeze_hidden: int  # its channel attention's inner width (embed dim // squeeze factor)
+    overlap_window: int  # the OCAB's key/value window
+    qkv_bias: bool
+    patch_norm: bool
 
 
-def inspect_swinir(tensors: Mapping[str, object], name: str) -> tuple[SwinIRShape, int, int, int, int]:
-    """(shape, scale, embed dim, in channels, out channels) of a SwinIR header; ModelError naming `name`
-    and what does not fit otherwise."""
+HAT_PROBE = "layers.0.residual_group.blocks.0.conv_block.cab.0.weight"
+
+
+def looks_like_hat(tensors: Mapping[str, object]) -> bool:
+    return HAT_PROBE in tensors
+
+
+def inspect_hat(tensors: Mapping[str, object], name: str) -> tuple[HATShape, int, int, int, int]:
+    """(shape, scale, embed dim, in channels, out channels) of a HAT header; ModelError otherwise."""
 
     def shape(key: str) -> tuple[int, ...]:
         info = tensors.get(key)
         if info is None:
-            raise ModelError(f"{name} looks like a SwinIR upscaler but lacks {key}: the file is incomplete.")
+            raise ModelError(f"{name} looks like a HAT upscaler but lacks {key}: the file is incomplete.")
+        return tuple(info.shape)  # type: ignore[attr-defined]
+
+    if "absolute_pos_embed" in tensors:
+        raise ModelError(f"{name} is a HAT with absolute position embeddings (fixed input size); "
+                         "Marble runs the published layout only.")
+    # The groups, blocks, heads and window are read as for SwinIR (the same names), then the extras.
+    base, scale, embed, in_channels, out_channels = inspect_swinir(tensors, name, "HAT")
+    if base.upsampler != "pixelshuffle":
+        raise ModelError(f"{name} is a HAT without the pixel-shuffle reconstruction HAT has; Marble cannot run it.")
+    overlap_rows = shape("layers.0.residual_group.overlap_attn.relative_position_bias_table")[0]
+    side = math.isqrt(overlap_rows)
+    overlap = side - base.window + 1
+    if side * side != overlap_rows or overlap < base.window:
+        raise ModelError(f"{name}: a HAT overlap position table of {overlap_rows} rows fits no window.")
+    for group, heads in enumerate(base.heads):
+        found = shape(f"layers.{group}.residual_group.overlap_attn.relative_position_bias_table")
+        if found != (overlap_rows, heads):
+            raise ModelError(f"{name}: HAT group {group}'s overlap attention table is {found}, not "
+                             f"({overlap_rows}, {heads}).")
+    info = HATShape(
+        base.upsampler, base.depths, base.heads, base.window, base.mlp_ratio, base.features, base.stages,
+        "1conv" if "conv_after_body.weight" in tensors else "identity", 1.0, _DEFAULT_TRAIN_SIZE,
+        shape(HAT_PROBE)[0], shape("layers.0.residual_group.blocks.0.conv_block.cab.3.attention.1.weight")[0],
+        overlap, "layers.0.residual_group.blocks.0.attn.qkv.bias" in tensors, "patch_embed.norm.weight" in tensors,
+    )  # fmt: skip
+    return info, scale, embed, in_channels, out_channels
+
+
+def hat_label(info: HATShape, scale: int, embed: int) -> str:
+    groups = f"{len(info.depths)}x{info.depths[0]}" if len(set(info.depths)) == 1 else "+".join(map(str, info.depths))
+    return f"HAT {scale}x ({embed} dims, {groups} blocks, window {info.window}, overlap window {info.overlap_window})"
+
+
+def looks_like_swinir(tensors: Mapping[str, object]) -> bool:
+    return SWINIR_PROBE in tensors
+
+
+def inspect_swinir(
+    tensors: Mapping[str, object], name: str, architecture: str = "SwinIR"
+) -> tuple[SwinIRShape, int, int, int, int]:
+    """(shape, scale, embed dim, in channels, out channels) of a SwinIR header; ModelError naming `name`
+    and what does not fit otherwise. `architecture` names what messages call it (HAT shares the layout)."""
+
+    def shape(key: str) -> tuple[int, ...]:
+        info = tensors.get(key)
+        if info is None:
+            raise ModelError(f"{name} looks like a {architecture} upscaler but lacks {key}: the file is incomplete.")
         return tuple(info.shape)  # type: ignore[attr-defined]
 
     if "conv_first.1.weight" in tensors:
-        raise ModelError(f"{name} is a SwinIR variant that pixel-unshuffles its input; Marble does not run it.")
+        raise ModelError(f"{name} is a {architecture} variant that pixel-unshuffles its input; Marble does not run it.")
     if "absolute_pos_embed" in tensors:
-        raise ModelError(f"{name} is a SwinIR with absolute position embeddings (fixed input size); "
+        raise ModelError(f"{name} is a {architecture} with absolute position embeddings (fixed input size); "
                          "Marble runs the published layout only.")
     embed, in_channels = shape("conv_first.weight")[:2]
 
@@ -85,26 +148,27 @@ def inspect_swinir(tensors: Mapping[str, object], name: str) -> tuple[SwinIRShap
         if m := _BLOCK.match(key):
             groups.setdefault(int(m[1]), set()).add(int(m[2]))
     if sorted(groups) != list(range(len(groups))):
-        raise ModelError(f"{name}: its SwinIR groups are not numbered 0..{len(groups) - 1} "
+        raise ModelError(f"{name}: its {architecture} groups are not numbered 0..{len(groups) - 1} "
                          f"(found {sorted(groups)}): the file is incomplete.")
     depths, heads, windows = [], [], set()
     for group in range(len(groups)):
         blocks = sorted(groups[group])
         if blocks != list(range(len(blocks))):
-            raise ModelError(f"{name}: SwinIR group {group} has blocks {blocks}, with gaps: the file is incomplete.")
+            raise ModelError(f"{name}: {architecture} group {group} has blocks {blocks}, with gaps: the file is "
+                             "incomplete.")
         depths.append(len(blocks))
         for block in blocks:
             rows, count = shape(f"layers.{group}.residual_group.blocks.{block}.attn.relative_position_bias_table")
             side = math.isqrt(rows)
             if side * side != rows or side % 2 == 0:
-                raise ModelError(f"{name}: a SwinIR position-bias table of {rows} rows fits no square window.")
+                raise ModelError(f"{name}: a {architecture} position-bias table of {rows} rows fits no square window.")
             windows.add((side + 1) // 2)
             if block == 0:
                 heads.append(count)
             elif count != heads[-1]:
-                raise ModelError(f"{name}: SwinIR group {group} mixes {heads[-1]} and {count} attention heads.")
+                raise ModelError(f"{name}: {architecture} group {group} mixes {heads[-1]} and {count} attention heads.")
     if len(windows) != 1 or any(embed % h for h in heads):
-        raise ModelError(f"{name} has a SwinIR layout Marble cannot run (windows {sorted(windows)}, "
+        raise ModelError(f"{name} has a {architecture} layout Marble cannot run (windows {sorted(windows)}, "
                          f"heads {heads} of {embed} dims).")
     window = windows.pop()
     mlp_ratio = shape("layers.0.residual_group.blocks.0.mlp.fc1.weight")[0] / embed
@@ -130,7 +194,7 @@ def inspect_swinir(tensors: Mapping[str, object], name: str) -> tuple[SwinIRShap
             produced = shape(f"upsample.{index}.weight")[0]
             factor = math.isqrt(produced // features)
             if factor * factor * features != produced or factor not in (2, 3):
-                raise ModelError(f"{name}: a SwinIR upsampling conv makes {produced} channels from {features}, "
+                raise ModelError(f"{name}: a {architecture} upsampling conv makes {produced} channels from {features}, "
                                  "which fits no 2x or 3x pixel shuffle.")
             found.append(factor)
             index += 2
@@ -142,13 +206,13 @@ def inspect_swinir(tensors: Mapping[str, object], name: str) -> tuple[SwinIRShap
         out_channels = in_channels  # the lightweight models' single conv makes in_chans x scale^2
         scale = math.isqrt(produced // out_channels)
         if scale * scale * out_channels != produced:
-            raise ModelError(f"{name}: its SwinIR upsampling conv ({produced} channels) fits no scale.")
+            raise ModelError(f"{name}: its {architecture} upsampling conv ({produced} channels) fits no scale.")
         stages = (scale,)
     else:
         upsampler, scale = "", 1
         out_channels = shape("conv_last.weight")[0]
     if upsampler and (not stages or min(stages) < 1):
-        raise ModelError(f"{name}: its SwinIR {UPSAMPLERS[upsampler]} reconstruction has no upsampling layers.")
+        raise ModelError(f"{name}: its {architecture} {UPSAMPLERS[upsampler]} reconstruction has no upsampling layers.")
     info = SwinIRShape(
         upsampler, tuple(depths), tuple(heads), window, mlp_ratio, features, stages, residual,
         255.0 if window == 7 else 1.0, train_size,
