@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.errors import ModelError
-from desktop.engine.library.index import Library
+from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
 from tests.support.cli_runner import run_cli
@@ -108,6 +108,7 @@ def test_each_variant_is_detected_and_matches_spandrel(reference, paths, name):
     entry = library.import_path(workdir / f"{name}.safetensors", "upscaler")
     assert entry.architecture == label
     assert report[name] == {"architecture": kind, "scale": scale}  # spandrel read the file the same way
+    assert guess_kind(workdir / f"{name}.safetensors") == "upscaler"  # a file dropped on the window
     network, info = load_upscaler(library.path_of(entry))
     assert (info.layout, info.scale) == (kind.lower(), scale)
     source = torch.from_numpy(np.load(workdir / f"{name}.input.npy"))
