@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_command(commands, _add_home)
     add_serve_command(commands, _Parser, _add_home)
     commands.add_parser("samplers", help="list the sampler names")
-    up = commands.add_parser("upscale", help="upscale an image with a library upscaler model (ESRGAN family)")
+    up = commands.add_parser("upscale", help="upscale an image with a library upscaler model (docs/upscalers.md)")
     up.add_argument("image", help="a PNG, JPEG or WebP image")
     up.add_argument("--upscaler", required=True, metavar="NAME", help="a library upscaler (marble upscalers list)")
     up.add_argument("--scale", type=float, default=None, metavar="F",

@@ -1,4 +1,5 @@
-"""ESRGAN-family upscalers (RRDB networks), run in overlapping tiles so big images fit in memory.
+"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, HAT, DAT), run in overlapping tiles so big images
+fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -38,12 +39,29 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)
-    network = _build(info)
+    if info.layout in ("swinir", "hat"):
+        from desktop.engine.backends.upscale_transformers import build_swinir, loadable_state
+
+        state, network = loadable_state(state), build_swinir(info)
+    elif info.layout == "dat":
+        from desktop.engine.backends.upscale_transformers import build_dat, dat_split_from_biases, loadable_state
+
+        info = dat_split_from_biases(state, info)
+        state, network = loadable_state(state), build_dat(info)
+    else:
+        network = _build(info)
     try:
         network.load_state_dict({key: value.float() for key, value in state.items()}, strict=True)
     except RuntimeError as error:
-        raise ModelError(f"{path.name}'s tensors do not fit an {info.label}: {str(error).splitlines()[0]}") from None
+        raise ModelError(f"{path.name}'s tensors do not fit the {info.label}: {_load_problem(error)}") from None
     return network.eval().to(device), info
+
+
+def _load_problem(error: RuntimeError) -> str:
+    """The line of torch's strict-load message that says what is missing or extra, shortened."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = lines[1] if len(lines) > 1 else lines[0] if lines else type(error).__name__
+    return line if len(line) <= 300 else line[:300] + "..."
 
 
 def _build(info: UpscalerInfo) -> Any:

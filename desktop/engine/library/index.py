@@ -500,10 +500,12 @@ def guess_kind(path: Path | str) -> str:
         header = read_safetensors_header(path)
     except ModelError:
         return "model"
-    # Tried in turn: the first reader that accepts the header names the library.
+    # Tried in turn: the first reader that accepts the header names the library. Upscalers first: their
+    # readers want exact tensor names, while the LoRA reader takes HAT's `layers.N...attention.` names
+    # for a Z-Image LoRA's.
     readers = (
-        ("lora", inspect_lora), ("embedding", _embedding_label), ("control", inspect_control), ("vae", inspect_vae),
-        ("upscaler", inspect_upscaler),
+        ("upscaler", inspect_upscaler), ("lora", inspect_lora), ("embedding", _embedding_label),
+        ("control", inspect_control), ("vae", inspect_vae),
     )  # fmt: skip
     for kind, read in readers:
         with contextlib.suppress(ModelError):

@@ -10,43 +10,66 @@ Real-ESRGAN's compact network (SRVGGNetCompact: realesr-general-x4v3, realesr-an
 stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_channels x scale^2, a
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
-Other architectures (SwinIR, DAT, HAT, ...) are refused with their name where it can be recognised: their
-loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
+SwinIR, HAT and DAT are read by desktop.engine.library.upscaler_transformers (their shape goes into
+`UpscalerInfo.detail`). Other architectures (Swin2SR, ...) are refused with their name where it can be
+recognised: their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.upscaler_transformers import (
+    DATShape,
+    HATShape,
+    SwinIRShape,
+    dat_label,
+    hat_label,
+    inspect_dat,
+    inspect_hat,
+    inspect_swinir,
+    looks_like_dat,
+    looks_like_hat,
+    looks_like_swinir,
+    swinir_label,
+)
 
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
 _OLD_UPCONV = re.compile(r"model\.(\d+)\.weight")
 _OTHER_ARCHITECTURES = {
-    "layers.0.residual_group.blocks.0.attn.relative_position_bias_table": "SwinIR",
-    "layers.0.blocks.0.attn.qkv.weight": "DAT",
-    "layers.0.residual_group.blocks.0.attn.relative_position_index": "HAT",
+    # Swin2SR shares SwinIR's names, so it is told apart before SwinIR is tried.
+    "layers.0.residual_group.blocks.0.attn.logit_scale": "Swin2SR",
 }
 _COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 
 
 @dataclass(frozen=True)
 class UpscalerInfo:
-    """An RRDB upscaler's shape, from its header."""
+    """An upscaler's shape, from its header."""
 
-    layout: str  # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net)
+    # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" | "dat"
+    layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
     features: int
     in_channels: int
     out_channels: int
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
+    detail: SwinIRShape | HATShape | DATShape | None = None  # the rest of a transformer's shape
 
     @property
     def label(self) -> str:
+        if isinstance(self.detail, HATShape):  # before SwinIRShape, which it extends
+            return hat_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, SwinIRShape):
+            return swinir_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, DATShape):
+            return dat_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -78,8 +101,15 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
-                f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family (RRDB) upscalers only."
+                f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
+                "HAT and DAT upscalers only."
             )
+    if looks_like_hat(tensors):  # before SwinIR: HAT has SwinIR's names too
+        return _transformer("HAT", "hat", inspect_hat, tensors, name)
+    if looks_like_swinir(tensors):
+        return _transformer("SwinIR", "swinir", inspect_swinir, tensors, name)
+    if looks_like_dat(tensors):
+        return _transformer("DAT", "dat", inspect_dat, tensors, name)
     raise ModelError(f"{name} is not an upscaler model Marble knows (no ESRGAN / Real-ESRGAN tensor names).")
 
 
@@ -98,6 +128,17 @@ def _compact(tensors: dict, name: str) -> UpscalerInfo:
     if scale * scale * in_channels != last[0]:
         raise ModelError(f"{name}'s last convolution ({last[0]} channels) fits no scale of {in_channels} channels.")
     return _checked(UpscalerInfo("srvgg", scale, len(convs) - 2, first[0], in_channels, in_channels, 0), name)
+
+
+def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, embed, in_channels, out_channels = inspect(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        # upscale() feeds RGB; the grey-level denoising and JPEG models would need their own path.
+        raise ModelError(f"{name} is a {architecture} for {in_channels}-channel images; Marble runs colour (RGB) "
+                         "ones only.")
+    if scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a {architecture} at {scale}x; Marble runs 1x, 2x, 3x, 4x and 8x ones.")
+    return UpscalerInfo(layout, scale, sum(detail.depths), embed, in_channels, out_channels, 0, detail)
 
 
 def _checked(info: UpscalerInfo, name: str) -> UpscalerInfo:

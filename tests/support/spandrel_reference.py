@@ -1,0 +1,118 @@
+"""An independent reference for Marble's transformer upscalers: spandrel 0.4.2 (chaiNNer's maintained
+loader), run in a child process.
+
+spandrel imports torchvision at import time (for LaMa and RestoreFormer only), and Marble's venv has no
+torchvision (PyPI's build breaks beside the CPU torch): the child puts a stub `torchvision` with the three
+names those two modules import on sys.path first. The architectures compared here never touch it.
+
+The child builds each tiny model by instantiating spandrel's own architecture class with small
+hyper-parameters and seeded random weights (so the key layout is the real one), saves its state dict as
+safetensors, loads that file back through spandrel's ModelLoader (its detection, not the class it was
+built from), runs a fixed input and saves the output and what spandrel recognised. The parent loads the
+same file through Marble's library and compares.
+
+spandrel is a test-only dependency installed without its dependencies (`pip install --no-deps
+spandrel==0.4.2`, in .ci/run); `available()` says whether it is there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+STUB = '''
+class InterpolationMode:  # stub: spandrel's LaMa imports it, the tests never run LaMa
+    NEAREST = BILINEAR = BICUBIC = None
+
+
+def rotate(*args, **kwargs):
+    raise RuntimeError("torchvision stub")
+
+
+def normalize(*args, **kwargs):
+    raise RuntimeError("torchvision stub")
+'''
+
+
+def available() -> bool:
+    # find_spec does not import spandrel (whose import would need torchvision).
+    return importlib.util.find_spec("spandrel") is not None and importlib.util.find_spec("einops") is not None
+
+
+def build_and_run(workdir: Path, specs: dict[str, dict]) -> dict[str, dict]:
+    """For each spec name: NAME.safetensors, NAME.input.npy, NAME.output.npy in `workdir`; returns what
+    spandrel recognised per name ({"architecture": id, "scale": n})."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    stub = workdir / "stub" / "torchvision" / "transforms"
+    stub.mkdir(parents=True, exist_ok=True)
+    for package in (stub.parent, stub):
+        (package / "__init__.py").write_text("", encoding="utf-8")
+    (stub / "functional.py").write_text(STUB, encoding="utf-8")
+    (workdir / "specs.json").write_text(json.dumps(specs), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-I", str(Path(__file__).resolve()), str(workdir)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the spandrel child failed:\n{done.stderr[-3000:]}")
+    return json.loads((workdir / "report.json").read_text(encoding="utf-8"))
+
+
+def _randomise(model) -> None:  # noqa: ANN001 - torch is the child's only
+    """Seeded random weights large enough that every part matters: attention scores and position
+    biases far from uniform, norms away from identity."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                param.normal_(0.0, 1.0)
+            elif name.endswith("temperature"):
+                param.uniform_(0.5, 2.0)
+            elif param.dim() >= 2:
+                param.normal_(0.0, 1.0 / param[0].numel() ** 0.5)
+            elif name.endswith("weight"):  # LayerNorm and BatchNorm scales
+                param.normal_(1.0, 0.2)
+            else:
+                param.normal_(0.0, 0.1)
+        for name, buffer in model.named_buffers():
+            # BatchNorm's statistics, so that evaluation mode (running statistics) is what is compared.
+            if name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+
+
+def _child(workdir: Path) -> None:
+    sys.path.insert(0, str(workdir / "stub"))
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    from spandrel import ModelLoader
+    from spandrel.architectures import DAT, HAT, SwinIR
+
+    classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT}
+    specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
+    report = {}
+    for name, spec in specs.items():
+        torch.manual_seed(spec["seed"])
+        model = classes[spec["class"]](**spec["kwargs"])
+        _randomise(model)
+        path = workdir / f"{name}.safetensors"
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+        loaded = ModelLoader().load_from_file(str(path))
+        height, width = spec["input"]
+        image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
+        with torch.no_grad():
+            output = loaded.model.eval()(torch.from_numpy(image)).numpy()
+        np.save(workdir / f"{name}.input.npy", image)
+        np.save(workdir / f"{name}.output.npy", output)
+        report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}
+    (workdir / "report.json").write_text(json.dumps(report), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]))
