@@ -174,3 +174,35 @@ def test_wrong_files_are_refused_naming_the_file(home, parts, tiny_sd15_single, 
     (home.text_encoders / "t5xxl_fp16.safetensors").write_bytes(parts["t5"].read_bytes()[:-100])
     with pytest.raises(ModelError, match=r"'t5xxl_fp16' \(t5xxl_fp16\.safetensors\)"):
         run(backend, flux_request(parts["model"], parts))
+
+
+def test_cli_imports_lists_and_names_library_encoders(parts, tmp_path):
+    from PIL import Image
+
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    home = ["--home", str(tmp_path / "home")]
+    for key in ("clip_l", "t5"):
+        code, out, err = in_process(["encoders", "import", str(parts[key]), *home])
+        assert code == 0 and "Imported" in out, err
+    assert in_process(["vaes", "import", str(parts["ae"]), *home])[0] == 0
+    code, out, _ = in_process(["encoders", "list", *home])
+    assert code == 0 and [line.split("\t")[0] for line in out.splitlines()] == ["clip_l", "t5xxl_fp16"]
+    assert "T5 text encoder (width 32)" in out
+    image = tmp_path / "fox.png"
+    code, _, err = in_process([
+        "generate", "--model", str(parts["model"]), "--prompt", "a red circle on a blue background", "--seed", "42",
+        "--width", "64", "--height", "64", "--steps", "2", "--device", "cpu", "--config", str(parts["config"]),
+        "--text-encoders", "CLIP_L, t5xxl_fp16", "--vae", "ae", "--out", str(image), "--no-preview", *home,
+    ])  # fmt: skip
+    assert code == 0, err
+    request = read_image_metadata(image).request
+    assert request.text_encoders == "clip_l,t5xxl_fp16"  # library names, as the library spells them
+    expected = bare_image(bare(parts["pipe"]), flux_request(parts["model"], parts), **PROMPT_ARGS)
+    assert np.array_equal(np.asarray(Image.open(image).convert("RGB")), expected)
+    code, _, err = in_process([
+        "generate", "--model", str(parts["model"]), "--prompt", "x", "--device", "cpu",
+        "--text-encoders", "clip_l,t5_missing", *home,
+    ])  # fmt: skip
+    assert code != 0 and "No text encoder named 't5_missing'" in err and "Traceback" not in err

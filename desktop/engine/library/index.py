@@ -524,7 +524,16 @@ def guess_kind(path: Path | str) -> str:
     Anything unclear goes to "model", whose import then explains what the file is (a pickle, a VAE, ...).
     """
     path = Path(path)
-    if path.is_dir() or sniff_file_type(path) != "safetensors":
+    if path.is_dir():
+        return "model"
+    file_type = sniff_file_type(path)
+    if file_type == "gguf":
+        # A GGUF is a quantised transformer (a model) or a T5 encoder (llama.cpp's enc.blk names).
+        with contextlib.suppress(ModelError):
+            inspect_encoder_gguf(*read_gguf_tensors(path), path.name)
+            return "encoder"
+        return "model"
+    if file_type != "safetensors":
         return "model"
     try:
         header = read_safetensors_header(path)
