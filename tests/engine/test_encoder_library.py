@@ -160,6 +160,7 @@ def test_wrong_files_are_refused_naming_the_file(home, parts, tiny_sd15_single, 
     with pytest.raises(ModelError, match=r"t5xxl_broken\.safetensors"):
         library.import_path(truncated, "encoder")
     assert guess_kind(parts["clip_l"]) == "encoder" and guess_kind(unet) == "model"
+    assert guess_kind(parts["t5_gguf"]) == "encoder"  # a dropped T5 GGUF is no GGUF transformer
     assert [p.name for p in home.text_encoders.iterdir() if p.name.startswith(".")] == []  # no leftovers
     backend = make_backend(home)
     # Two T5s and no CLIP: the missing slot is named.
@@ -169,6 +170,15 @@ def test_wrong_files_are_refused_naming_the_file(home, parts, tiny_sd15_single, 
         run(backend, flux_request(parts["model"], parts, encoders="clip_x,t5xxl_fp16"))
     with pytest.raises(ModelError, match=r"choose its VAE too"):
         run(backend, flux_request(parts["model"], parts, vae=""))
+    # A T5 that lacks one tensor is detected as a T5, but its load names the entry, the file and the tensor.
+    from safetensors.torch import load_file, save_file
+
+    dropped = "encoder.block.1.layer.1.DenseReluDense.wo.weight"
+    short = {k: v for k, v in load_file(str(parts["t5"])).items() if k != dropped}
+    save_file(short, str(tmp_path / "t5_short.safetensors"))
+    library.import_path(tmp_path / "t5_short.safetensors", "encoder")
+    with pytest.raises(ModelError, match=r"'t5_short' \(t5_short\.safetensors\) does not fit .*block\.1\.layer\.1"):
+        run(backend, flux_request(parts["model"], parts, encoders="clip_l,t5_short"))
     # A library file replaced by a damaged one after import is caught at load, named.
     (home.text_encoders / "t5xxl_fp16.safetensors").unlink()
     (home.text_encoders / "t5xxl_fp16.safetensors").write_bytes(parts["t5"].read_bytes()[:-100])
@@ -206,3 +216,22 @@ def test_cli_imports_lists_and_names_library_encoders(parts, tmp_path):
         "--text-encoders", "clip_l,t5_missing", *home,
     ])  # fmt: skip
     assert code != 0 and "No text encoder named 't5_missing'" in err and "Traceback" not in err
+
+
+def test_chroma_takes_its_t5_and_vae_from_the_library(tmp_path):
+    from tests.engine.test_chroma import bare_chroma, chroma_request
+    from tests.engine.test_chroma import bare_image as bare_chroma_image
+    from tests.support.tiny_chroma import build_tiny_chroma, save_chroma_file
+    from tests.support.tiny_dit import save_pipeline
+
+    pipe = build_tiny_chroma()
+    chroma = {"config": config_folder(pipe, tmp_path / "config")}
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(save_t5(pipe.text_encoder, tmp_path / "t5xxl_fp16.safetensors"), "encoder")
+    library.import_path(save_ae(pipe.vae, tmp_path / "ae.safetensors"), "vae")
+    model = save_chroma_file(pipe, tmp_path / "chroma-only.safetensors", prefix="model.diffusion_model.")
+    request = chroma_request(model, chroma, text_encoders="t5xxl_fp16", vae="ae", steps=2)
+    batch, _ = run(make_backend(paths), request)
+    expected = bare_chroma_image(bare_chroma(save_pipeline(pipe, tmp_path / "chroma")), request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
