@@ -16,6 +16,7 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.engine.test_model_families import bare_image
 from tests.support.tiny_components import save_ae, save_clip_l, save_t5, save_t5_gguf
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, config_folder, save_bfl_file
+from tests.support.tiny_models import open_clip_to_ldm
 
 PROMPT_ARGS = {"guidance_scale": 3.5, "max_sequence_length": 512}
 
@@ -134,7 +135,11 @@ def test_sd3_takes_two_clips_and_a_t5_from_the_library(tmp_path):
     model = tmp_path / "sd3-transformer.safetensors"
     save_file({k: v.contiguous() for k, v in pipe.transformer.state_dict().items()}, str(model))
     library.import_path(save_clip_l(pipe.text_encoder, tmp_path / "clip_l.safetensors"), "encoder")
-    library.import_path(save_clip_l(pipe.text_encoder_2, tmp_path / "clip_g.safetensors"), "encoder")
+    # CLIP-G in OpenCLIP's layout, as cut from an SDXL checkpoint (fused in_proj, resblocks, x @ P projection).
+    clip_g = open_clip_to_ldm(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model.")
+    save_file({k: v.contiguous() for k, v in clip_g.items()}, str(tmp_path / "clip_g.safetensors"))
+    record = library.import_path(tmp_path / "clip_g.safetensors", "encoder")
+    assert (record.format, record.family) == ("openclip", "clip")
     library.import_path(save_t5(pipe.text_encoder_3, tmp_path / "t5xxl.safetensors"), "encoder")
     library.import_path(save_ae(pipe.vae, tmp_path / "sd3-vae.safetensors"), "vae")
     request = request_for(model, model_config=str(config_folder(pipe, tmp_path / "config")), steps=2,

@@ -5,6 +5,7 @@ built from the model's config folder (resources/configs/<family>/text_encoder*/c
 user's --config folder) without random initialisation, and its tensors are loaded strictly, so a file
 that does not fit says so instead of running with missing weights. Which slot an encoder fills comes
 from the slot's class (CLIP or T5) and width, so `clip_l,t5xxl` and `t5xxl,clip_l` are the same choice.
+CLIP files come in transformers' names (ComfyUI's, SD3's) or OpenCLIP's (a bigG cut from an SDXL checkpoint).
 
 Storage: an fp8 (e4m3fn / e5m2) encoder stays stored in fp8 and each linear layer is cast up to the
 compute dtype while it runs (diffusers' layer-wise casting, as fp8_storage.py does for transformers);
@@ -146,7 +147,7 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
 
     model_class = getattr(transformers, class_name)
     settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
-    state = _read_state(component, info)
+    state = _read_state(component, info, settings)
     if info.kind == "t5":
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)
@@ -224,7 +225,7 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
     return (model if model.dtype == dtype else model.to(dtype)).eval()
 
 
-def _read_state(component: Component, info: EncoderInfo) -> dict[str, Any]:
+def _read_state(component: Component, info: EncoderInfo, settings: Any) -> dict[str, Any]:
     if info.layout == "gguf":
         return _read_gguf_t5(component.path)
     from safetensors.torch import load_file
@@ -232,10 +233,13 @@ def _read_state(component: Component, info: EncoderInfo) -> dict[str, Any]:
     tensors = load_file(str(component.path))
     state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
     if info.layout == "openclip":
-        raise ModelError(
-            f"The text encoder {component.shown} is in OpenCLIP's layout (transformer.resblocks...), which Marble "
-            "cannot load as a separate encoder yet; use the transformers-layout clip_g.safetensors SD3 ships."
-        )
+        # SDXL's OpenCLIP bigG names (fused in_proj, resblocks, x @ P projection): diffusers' own converter,
+        # which reads only the config's width from the model it is given.
+        from types import SimpleNamespace
+
+        from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+        state = convert_open_clip_checkpoint(SimpleNamespace(config=settings), state, prefix="")
     return state
 
 
