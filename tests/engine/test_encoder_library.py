@@ -240,3 +240,9 @@ def test_chroma_takes_its_t5_and_vae_from_the_library(tmp_path):
     batch, _ = run(make_backend(paths), request)
     expected = bare_chroma_image(bare_chroma(save_pipeline(pipe, tmp_path / "chroma")), request)
     assert np.array_equal(pixels(batch.images[0]), expected)
+
+
+def test_without_config_the_shipped_configs_say_which_encoders_a_model_needs(home, parts):
+    # No --config: the shipped flux-dev folder is read, which wants the published CLIP-L and T5-XXL.
+    with pytest.raises(ModelError, match=r"needs a CLIP-L text encoder for its text_encoder .*chosen: clip_l \(CLIP"):
+        run(make_backend(home), flux_request(parts["model"], parts, model_config=None))
