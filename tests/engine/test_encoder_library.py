@@ -246,3 +246,26 @@ def test_without_config_the_shipped_configs_say_which_encoders_a_model_needs(hom
     # No --config: the shipped flux-dev folder is read, which wants the published CLIP-L and T5-XXL.
     with pytest.raises(ModelError, match=r"needs a CLIP-L text encoder for its text_encoder .*chosen: clip_l \(CLIP"):
         run(make_backend(home), flux_request(parts["model"], parts, model_config=None))
+
+
+def test_forge_module_keys_are_written_and_restored(home, parts):
+    from dataclasses import replace
+
+    from desktop.engine.backends.base import VaeHash
+    from desktop.engine.metadata import format_parameters, parse_parameters, request_from_parameters
+
+    request = flux_request(parts["model"], parts)
+    text = format_parameters(request, 42, None, "0.1", vae=VaeHash("ae", "0123456789"))
+    assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16" in text
+    restored = request_from_parameters(parse_parameters(text), "m")
+    assert (restored.text_encoders, restored.vae) == ("clip_l,t5xxl_fp16", "ae")
+    # Forge's own infotext: no VAE key, the VAE among the modules, a file name with its extension.
+    forge = ("a red circle on a blue background\nSteps: 2, Sampler: Euler, Schedule type: Simple, CFG scale: 1, "
+             "Distilled CFG Scale: 3.5, Seed: 42, Size: 64x64, Model hash: 0123456789, Model: flux-a, "
+             "Module 1: ae, Module 2: clip_l, Module 3: t5xxl_fp16.safetensors, Version: f2.0.1v1.10.1")  # fmt: skip
+    restored = request_from_parameters(parse_parameters(forge), "m")
+    assert (restored.text_encoders, restored.vae) == ("ae,clip_l,t5xxl_fp16", "")
+    # The backend tells the VAE from the encoders by the library: the same image as naming them apart.
+    again = replace(request, text_encoders=restored.text_encoders, vae="")
+    batch, _ = run(make_backend(home), again)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare(parts["pipe"]), request, **PROMPT_ARGS))

@@ -369,8 +369,12 @@ class DiffusersBackend:
         if not names:
             return None
         library = Library(self._paths)
-        encoders = tuple(Component(r.name, library.path_of(r)) for r in (library.get("encoder", n) for n in names))
         vae = library.get("vae", request.vae.strip()) if request.vae.strip() else None
+        if vae is None:
+            # Forge's `Module N` list holds the VAE among the encoders: a name only the VAE library has is it.
+            vae = next((v for n in names if not library.find("encoder", n) and (v := library.find("vae", n))), None)
+            names = tuple(n for n in names if vae is None or n.casefold() != vae.name.casefold())
+        encoders = tuple(Component(r.name, library.path_of(r)) for r in (library.get("encoder", n) for n in names))
         return families.LibraryParts(
             encoders, Component(vae.name, library.path_of(vae)) if vae else None, _convert_ldm_vae
         )

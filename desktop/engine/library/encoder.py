@@ -165,3 +165,32 @@ def encoder_names(value: str) -> tuple[str, ...]:
 
 def is_folder_value(value: str | None) -> bool:
     return bool(value) and not encoder_names(value or "")
+
+
+# Forge's infotext names the separate files a model ran with: `Module 1: ae, Module 2: clip_l, Module 3:
+# t5xxl_fp16` (the VAE among them, in the user's order).
+_MODULE_KEY = re.compile(r"module (\d+)")
+_WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
+
+
+def forge_module_pairs(text_encoders: str | None, vae: str) -> list[tuple[str, str]]:
+    """The `Module N` pairs Forge writes for library text encoders (and the VAE, first); [] for a folder."""
+    names = encoder_names(text_encoders or "")
+    if not names:
+        return []
+    modules = ([vae.strip()] if vae.strip() else []) + list(names)
+    return [(f"Module {index}", name) for index, name in enumerate(modules, 1)]
+
+
+def modules_from_settings(settings: Mapping[str, str], vae: str) -> str | None:
+    """A request's `text_encoders` from Forge's `Module N` values (keys casefolded), leaving out the VAE
+    the `VAE` key names; a VAE among them with no `VAE` key is told apart at load, by the library."""
+    keys = sorted((key for key in settings if _MODULE_KEY.fullmatch(key)), key=lambda k: int(k.split()[1]))
+    names = []
+    for key in keys:
+        name = re.split(r"[/\\]", settings[key].strip())[-1]
+        if name.casefold().endswith(_WEIGHT_SUFFIXES):
+            name = name.rpartition(".")[0]
+        if name and "," not in name and name.casefold() != vae.strip().casefold():
+            names.append(name)
+    return ",".join(names) or None
