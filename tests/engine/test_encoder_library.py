@@ -269,3 +269,21 @@ def test_forge_module_keys_are_written_and_restored(home, parts):
     again = replace(request, text_encoders=restored.text_encoders, vae="")
     batch, _ = run(make_backend(home), again)
     assert np.array_equal(pixels(batch.images[0]), bare_image(bare(parts["pipe"]), request, **PROMPT_ARGS))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_t5_file_keeps_the_modules_transformers_keeps_in_float32(parts, dtype):
+    from transformers import T5EncoderModel
+
+    from desktop.engine.backends.encoder_components import Component, inspect_component, load_encoder
+
+    component = Component("t5xxl_fp16", parts["t5"])
+    loaded = load_encoder(parts["config"] / "text_encoder_2", "T5EncoderModel", component,
+                          inspect_component(component), dtype=dtype)  # fmt: skip
+    folder = parts["tmp"] / "t5-folder"
+    if not folder.exists():
+        parts["pipe"].text_encoder_2.save_pretrained(str(folder))
+    reference = T5EncoderModel.from_pretrained(str(folder), dtype=dtype)
+    assert {k: v.dtype for k, v in loaded.state_dict().items()} == {
+        k: v.dtype for k, v in reference.state_dict().items()
+    }

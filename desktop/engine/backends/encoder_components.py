@@ -152,7 +152,8 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)
         embedded = state.pop("encoder.embed_tokens.weight", None)
-        state["shared.weight"] = shared if shared is not None else embedded
+        if shared is not None or embedded is not None:  # neither: reported as missing below
+            state["shared.weight"] = shared if shared is not None else embedded
     with init_empty_weights(include_buffers=False):  # no random initialisation of billions of weights
         model = model_class(settings)
     own = model.state_dict()
@@ -183,6 +184,7 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
     if info.kind == "t5":
         model.encoder.embed_tokens = model.shared
     model.to(dtype).eval()
+    _keep_fp32(model, dtype)
     if info.fp8_storage is not None:
         from diffusers.hooks import apply_layerwise_casting
 
@@ -268,6 +270,21 @@ def _gguf_t5_name(name: str) -> str:
     if len(parts) == 5 and parts[0] == "enc" and parts[1] == "blk" and parts[3] in _GGUF_T5:
         return f"encoder.block.{parts[2]}.{_GGUF_T5[parts[3]]}.{parts[4]}"
     return name  # left for load_encoder to report as unexpected
+
+
+def _keep_fp32(model: Any, dtype: Any) -> None:
+    """The modules transformers' from_pretrained keeps in float32 at this dtype (T5's `wo` in float16, where
+    its activations overflow), so an encoder from a file computes as one loaded from a folder does."""
+    import torch
+
+    names = set(getattr(model, "_keep_in_fp32_modules", None) or []) if dtype == torch.float16 else set()
+    if dtype in (torch.float16, torch.bfloat16):
+        names |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if not names:
+        return
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] in names:
+            module.to(torch.float32)
 
 
 def _slot_width(config: Path, slot: str) -> int:
