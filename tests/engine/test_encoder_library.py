@@ -287,3 +287,14 @@ def test_a_t5_file_keeps_the_modules_transformers_keeps_in_float32(parts, dtype)
     assert {k: v.dtype for k, v in loaded.state_dict().items()} == {
         k: v.dtype for k, v in reference.state_dict().items()
     }
+
+
+def test_a_diffusers_text_encoder_folder_imports_its_weights(home, parts):
+    folder = parts["tmp"] / "flux-folder" / "text_encoder"
+    if not folder.exists():
+        parts["pipe"].text_encoder.save_pretrained(str(folder))  # transformers' own names and config
+    record = Library(home).import_path(folder, "encoder")
+    assert (record.name, record.format, record.family) == ("flux-folder-text_encoder", "transformers", "clip")
+    request = flux_request(parts["model"], parts, encoders="flux-folder-text_encoder,t5xxl_fp16")
+    batch, _ = run(make_backend(home), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare(parts["pipe"]), request, **PROMPT_ARGS))

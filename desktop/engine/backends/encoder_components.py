@@ -157,9 +157,12 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
     with init_empty_weights(include_buffers=False):  # no random initialisation of billions of weights
         model = model_class(settings)
     own = model.state_dict()
-    if info.kind == "clip" and not any(key.startswith("text_model.") for key in own):
-        # transformers >= 5.6 holds CLIPTextModel's layers without the `text_model.` level the files keep.
+    if info.kind == "clip":
+        # transformers >= 5.6 holds (and saves) CLIPTextModel's layers without the `text_model.` level most
+        # files keep, and CLIPTextModelWithProjection with it: the file's names follow the model's.
         state = {key.removeprefix("text_model."): value for key, value in state.items()}
+        if any(key.startswith("text_model.") for key in own):
+            state = {key if key in _HARMLESS else f"text_model.{key}": value for key, value in state.items()}
     for key in _HARMLESS:
         if key not in own:
             state.pop(key, None)

@@ -31,7 +31,10 @@ _OPENCLIP_PROBE = "token_embedding.weight"
 _OPENCLIP_BLOCK = "transformer.resblocks.0.attn.in_proj_weight"
 _T5_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _T5_GGUF_PROBE = "enc.blk.0.attn_q.weight"
-_LAYER = re.compile(r"(?:text_model\.encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
+# transformers >= 5.6 saves CLIPTextModel without its `text_model.` level (a diffusers folder saved by it).
+_FLAT_CLIP_PROBE = "embeddings.token_embedding.weight"
+_FLAT_CLIP_LAYER = "encoder.layers.0.self_attn.q_proj.weight"
+_LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
 # The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
 _NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL"}
 # Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
@@ -106,6 +109,10 @@ def _inspect(
     for prefix in _PREFIXES:
         if prefix + _CLIP_PROBE in shapes:
             width = shapes[prefix + _CLIP_PROBE][-1]
+            projection = prefix + "text_projection.weight" in shapes
+            return _info("clip", width, shapes, dtypes, "transformers", prefix, projection)
+        if prefix + _FLAT_CLIP_PROBE in shapes and prefix + _FLAT_CLIP_LAYER in shapes:
+            width = shapes[prefix + _FLAT_CLIP_PROBE][-1]
             projection = prefix + "text_projection.weight" in shapes
             return _info("clip", width, shapes, dtypes, "transformers", prefix, projection)
         if prefix + _OPENCLIP_PROBE in shapes and prefix + _OPENCLIP_BLOCK in shapes:

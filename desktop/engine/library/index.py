@@ -60,9 +60,9 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 # Names Windows will not create as files, whatever the extension.
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 _FORBIDDEN_CHARS = set('<>:"/\\|?*')
-# How the LoRA list names LyCORIS files (LoraInfo.algorithm), which apply like LoRAs.
 # Kinds whose one file serves many models: importing the same file twice is refused (stored once).
 _SHARED_KINDS = ("encoder", "vae")
+# How the LoRA list names LyCORIS files (LoraInfo.algorithm), which apply like LoRAs.
 _LYCORIS_LABELS = {"loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full-diff LoRA"}
 
 Progress = Callable[[int, int], None]
