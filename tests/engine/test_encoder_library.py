@@ -298,3 +298,34 @@ def test_a_diffusers_text_encoder_folder_imports_its_weights(home, parts):
     request = flux_request(parts["model"], parts, encoders="flux-folder-text_encoder,t5xxl_fp16")
     batch, _ = run(make_backend(home), request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(bare(parts["pipe"]), request, **PROMPT_ARGS))
+
+
+def _header(shapes: dict[str, tuple[int, ...]], dtype: str = "F16"):
+    from desktop.engine.library.checkpoint import SafetensorsHeader, TensorInfo
+
+    return SafetensorsHeader({name: TensorInfo(dtype, shape, (0, 0)) for name, shape in shapes.items()})
+
+
+def test_published_sizes_are_named_from_their_shapes():
+    from desktop.engine.library.encoder import inspect_encoder
+
+    def clip(width: int, layers: int, prefix: str = "") -> dict[str, tuple[int, ...]]:
+        shapes = {f"{prefix}text_model.embeddings.token_embedding.weight": (49408, width)}
+        layer = prefix + "text_model.encoder.layers.{}.self_attn.q_proj.weight"
+        shapes |= {layer.format(i): (width, width) for i in range(layers)}
+        return shapes | {f"{prefix}text_projection.weight": (width, width)}
+
+    t5 = {"shared.weight": (32128, 4096)} | {
+        f"encoder.block.{i}.layer.0.SelfAttention.q.weight": (4096, 4096) for i in range(24)
+    }
+    assert inspect_encoder(_header(clip(768, 12)), "clip_l").label == "CLIP-L text encoder"
+    big = inspect_encoder(_header(clip(1280, 32, "text_encoders.clip_g.transformer.")), "clip_g")
+    assert (big.label, big.family, big.layers, big.projection) == (
+        "CLIP-G (OpenCLIP bigG) text encoder", "clip-g", 32, True
+    )  # fmt: skip
+    fp8 = inspect_encoder(_header(t5, "F8_E4M3"), "t5xxl_fp8_e4m3fn")
+    assert (fp8.label, fp8.family, fp8.fp8_storage) == ("T5-XXL text encoder", "t5-xxl", "float8_e4m3fn")
+    with pytest.raises(ModelError, match=r"t5-broken .*layer\(s\) \[3\] missing"):
+        inspect_encoder(_header({k: v for k, v in t5.items() if ".block.3." not in k}), "t5-broken")
+    with pytest.raises(ModelError, match=r"t5_scaled .*'scaled fp8'"):
+        inspect_encoder(_header(t5 | {"scaled_fp8": (0,)}, "F8_E4M3"), "t5_scaled")

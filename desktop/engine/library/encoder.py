@@ -105,35 +105,36 @@ def _inspect(
                 "Marble reads T5 encoders from GGUF; a GGUF transformer goes into the models library."
             )
         width = shapes["token_embd.weight"][-1]
-        return _info("t5", width, shapes, dtypes, "gguf", "")
+        return _info("t5", width, shapes, dtypes, "gguf", "", name=name)
     for prefix in _PREFIXES:
         if prefix + _CLIP_PROBE in shapes:
             width = shapes[prefix + _CLIP_PROBE][-1]
             projection = prefix + "text_projection.weight" in shapes
-            return _info("clip", width, shapes, dtypes, "transformers", prefix, projection)
+            return _info("clip", width, shapes, dtypes, "transformers", prefix, projection, name=name)
         if prefix + _FLAT_CLIP_PROBE in shapes and prefix + _FLAT_CLIP_LAYER in shapes:
             width = shapes[prefix + _FLAT_CLIP_PROBE][-1]
             projection = prefix + "text_projection.weight" in shapes
-            return _info("clip", width, shapes, dtypes, "transformers", prefix, projection)
+            return _info("clip", width, shapes, dtypes, "transformers", prefix, projection, name=name)
         if prefix + _OPENCLIP_PROBE in shapes and prefix + _OPENCLIP_BLOCK in shapes:
             width = shapes[prefix + _OPENCLIP_PROBE][-1]
-            return _info("clip", width, shapes, dtypes, "openclip", prefix, prefix + "text_projection" in shapes)
+            projection = prefix + "text_projection" in shapes
+            return _info("clip", width, shapes, dtypes, "openclip", prefix, projection, name=name)
         if prefix + _T5_PROBE in shapes:
             width = shapes[prefix + _T5_PROBE][-1]
-            return _info("t5", width, shapes, dtypes, "transformers", prefix)
+            return _info("t5", width, shapes, dtypes, "transformers", prefix, name=name)
     raise ModelError(f"{name} is not a text encoder: {_what_else(shapes)}")
 
 
 def _info(
     kind: str, width: int, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], layout: str,
-    prefix: str, projection: bool = False,
+    prefix: str, projection: bool = False, *, name: str,
 ) -> EncoderInfo:
     own = [key for key in shapes if key.startswith(prefix)]
     layers = {int(m.group(1)) for key in own if (m := _LAYER.search(key[len(prefix):]))}
     if not layers or sorted(layers) != list(range(max(layers) + 1)):
         missing = sorted(set(range(max(layers, default=0) + 1)) - layers)
         raise ModelError(
-            f"a {kind.upper()} text encoder with layer(s) {missing or [0]} missing: the file is incomplete."
+            f"{name} is a {kind.upper()} text encoder with layer(s) {missing or [0]} missing: the file is incomplete."
         )
     counts: dict[str, int] = {}
     total = 0
