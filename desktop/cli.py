@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
                      help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2 file: a diffusers folder "
                           "(or library model) of the same family that supplies the text encoders, tokenizers and "
-                          "VAE (Qwen-Image/Z-Image/Flux.2: or a folder holding text_encoder/, tokenizer/ and vae/)")
+                          "VAE (Qwen-Image/Z-Image/Flux.2: or a folder holding text_encoder/, tokenizer/ and vae/); "
+                          "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
+                          "(clip_l,t5xxl_fp16), with --vae NAME")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",
@@ -683,9 +685,18 @@ def _lora_few_steps(loras: tuple[LoraRef, ...], paths: AppPaths) -> list[str]:
 
 
 def _text_encoders(value: str | None, paths: AppPaths) -> str | None:
-    """--text-encoders: a library model name or a path, resolved to the diffusers folder it names."""
+    """--text-encoders: text-encoder library names, or a library model name or a path, resolved to the
+    diffusers folder it names."""
     if not value:
         return None
+    # Text-encoder files from the library by name ("clip_l,t5xxl"): passed on as their library names.
+    library = Library(paths)
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    found = [library.find("encoder", part) for part in parts]
+    if parts and all(found):
+        return ",".join(record.name for record in found if record is not None)
+    if len(parts) > 1:
+        library.get("encoder", parts[found.index(None)])  # names the one missing from the library
     entry = ModelCatalog(paths.models).resolve(value)
     if not entry.is_folder:
         raise InvalidRequest(

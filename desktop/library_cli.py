@@ -1,5 +1,5 @@
-"""`marble models|loras|embeddings|vaes|controls|upscalers list|import|remove|info|rename`: the library from the
-command line.
+"""`marble models|loras|embeddings|vaes|controls|upscalers|encoders list|import|remove|info|rename`: the
+library from the command line.
 
 Kept apart from desktop/cli.py, which registers these commands and calls `run_library`. Engine only.
 """
@@ -23,6 +23,7 @@ from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK, exit_cod
 GROUPS = {
     "models": ("model", "models"), "loras": ("lora", "LoRAs"), "embeddings": ("embedding", "embeddings"),
     "vaes": ("vae", "VAEs"), "controls": ("control", "control models"), "upscalers": ("upscaler", "upscalers"),
+    "encoders": ("encoder", "text encoders"),
 }
 
 
@@ -102,7 +103,8 @@ def _list(library: Library, kind: str, plural: str, as_json: bool, out: TextIO) 
         for record in records:
             print(json.dumps(_record_json(library, record)), file=out)
     elif not records:
-        print(f"No {plural} yet. Import one with `marble {kind}s import FILE`.", file=out)
+        word = next(w for w, (k, _) in GROUPS.items() if k == kind)
+        print(f"No {plural} yet. Import one with `marble {word} import FILE`.", file=out)
     else:
         for record in records:
             # A hand-copied file's name is data: escapes in it are shown, not obeyed.

@@ -31,6 +31,7 @@ from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, SCHEDULE_SWITCHES, canonical_sampler
 from desktop.engine.control_preprocess import A1111_MODULES, DEFAULT_THRESHOLDS
 from desktop.engine.errors import InvalidRequest, MarbleError
+from desktop.engine.library.encoder import forge_module_pairs, modules_from_settings
 from desktop.engine.library.lora import prompt_with_lora_tags
 from desktop.engine.request import EMPHASIS_MODES, ControlUnit, GenerationRequest
 from desktop.engine.safe_files import open_regular
@@ -116,6 +117,7 @@ def format_parameters(
         ("Model hash", model.hash if model else None),
         ("Model", _written_model_name(request, model)),
     ]
+    pairs += forge_module_pairs(request.text_encoders, request.vae)  # library text encoders, as Forge names them
     if vae is not None:
         # A1111's order and spelling: the hash, then the VAE's file name with its extension.
         pairs += [("VAE hash", vae.autov2), ("VAE", f"{vae.name}{VAE_EXTENSION}")]
@@ -468,6 +470,8 @@ def request_from_parameters(parsed: ParsedParameters, model_fallback: str) -> Ge
     changes += _variation_changes(settings)
     if vae_name := vae_library_name(settings.get("vae", "")):
         changes.append({"vae": vae_name})
+    if modules := modules_from_settings(settings, vae_name):
+        changes.append({"text_encoders": modules})
     if (hires := hires_changes(settings)) is not None:
         changes.append(hires)
     if (refined := refiner_changes(settings)) is not None:

@@ -54,6 +54,11 @@ class AppPaths:
         return self.models.parent / "vae"
 
     @property
+    def text_encoders(self) -> Path:
+        """Text encoders (CLIP-L, CLIP-G, T5) shared by transformer-only models, each stored once."""
+        return self.models.parent / "text_encoders"
+
+    @property
     def styles_file(self) -> Path:
         """Saved prompt styles (names with prompt and negative pieces), in the data folder."""
         return self.models.parent / "styles.json"

@@ -1,33 +1,76 @@
-"""The parameter panel's "Text encoders" row: the diffusers folder whose text encoders, tokenizers and
-VAE a transformer-only model file (Flux, SD3, Chroma, Qwen-Image, Z-Image) runs with -- the window's
-form of the command line's `--text-encoders FOLDER`. The panel shows it only for models that need it."""
+"""The parameter panel's "Text encoders" row: what a transformer-only model file (Flux, SD3, Chroma,
+Qwen-Image, Z-Image) takes its text encoders from -- the window's form of the command line's
+`--text-encoders`. Either a diffusers folder of the same family (typed, pasted or chosen with the folder
+button) or, for Flux, SD3 and Chroma, text-encoder files from the library (`marble encoders import`),
+ticked in the Library button's menu; the VAE then comes from the VAE row. The panel shows the row only
+for models that need it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from PySide6.QtCore import Slot
-from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QToolButton, QWidget
+from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QMenu, QToolButton, QWidget
+
+from desktop.engine.library.encoder import encoder_names
 
 
 class TextEncoderRow(QWidget):
-    """A folder path to type or paste, and a button that picks one."""
+    """A folder path to type or paste, a button that picks one, and a menu of the library's text encoders."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.edit = QLineEdit(objectName="text_encoders_edit")
         self.edit.setClearButtonEnabled(True)
-        self.edit.setPlaceholderText(self.tr("A diffusers folder of the same family"))
+        self.edit.setPlaceholderText(self.tr("A diffusers folder of the same family, or library encoders"))
         self.edit.setToolTip(self.tr(
             "This model file holds the transformer only: its text encoders and VAE come from a diffusers "
-            "folder of the same family (for Chroma, a Chroma or Flux.1 folder)"
+            "folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the "
+            "library (Flux, SD3, Chroma: pick them with Library, and the VAE in the VAE row)"
         ))  # fmt: skip
         self.browse_button = QToolButton(objectName="text_encoders_button", text="…")
         self.browse_button.setToolTip(self.tr("Choose the folder"))
         self.browse_button.clicked.connect(self.choose_folder)
+        self.library_menu = QMenu(self, objectName="text_encoders_library_menu")
+        self.library_menu.aboutToShow.connect(self._show_chosen)
+        self.library_button = QToolButton(objectName="text_encoders_library_button", text=self.tr("Library"))
+        self.library_button.setToolTip(self.tr("Text encoders from the library (marble encoders import FILE)"))
+        self.library_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.library_button.setMenu(self.library_menu)
+        self.library_button.setEnabled(False)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
         layout.addWidget(self.edit, 1)
+        layout.addWidget(self.library_button)
         layout.addWidget(self.browse_button)
+
+    def set_names(self, names: Sequence[str]) -> None:
+        """The library's text encoders, offered as ticks in the Library menu."""
+        self.library_menu.clear()
+        for name in names:
+            # "&" would be taken for a mnemonic: the name is shown doubled, and kept as the action's data.
+            action = self.library_menu.addAction(name.replace("&", "&&"))
+            action.setData(name)
+            action.setCheckable(True)
+            action.toggled.connect(self._write_chosen)
+        self.library_button.setEnabled(bool(names))
+
+    def chosen_names(self) -> list[str]:
+        return [action.data() for action in self.library_menu.actions() if action.isChecked()]
+
+    @Slot()
+    def _show_chosen(self) -> None:
+        chosen = {name.casefold() for name in encoder_names(self.edit.text())}
+        for action in self.library_menu.actions():
+            action.blockSignals(True)
+            action.setChecked(action.data().casefold() in chosen)
+            action.blockSignals(False)
+
+    @Slot()
+    def _write_chosen(self) -> None:
+        # A folder in the field is replaced: library encoders and a folder are two ways of choosing, not one.
+        self.edit.setText(",".join(self.chosen_names()))
 
     @Slot()
     def choose_folder(self) -> None:

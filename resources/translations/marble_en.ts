@@ -926,6 +926,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Text encoders</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Name</source>
         <translation type="unfinished"></translation>
     </message>
@@ -2096,15 +2100,23 @@ Negative: {negative}</source>
 <context>
     <name>TextEncoderRow</name>
     <message>
-        <source>A diffusers folder of the same family</source>
+        <source>A diffusers folder of the same family, or library encoders</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder)</source>
+        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (Flux, SD3, Chroma: pick them with Library, and the VAE in the VAE row)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
         <source>Choose the folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Text encoders from the library (marble encoders import FILE)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -187,6 +187,22 @@ def test_a_flux2_file_without_text_encoders_is_refused_naming_what_to_supply(pat
         run(make_backend(paths), request_for(klein["bfl"], model_config=str(klein["folder"])))
 
 
+def test_a_flux2_file_with_library_text_encoders_is_refused_naming_the_folder_it_needs(paths, klein):
+    # CLIP and T5 files from the text-encoder library serve Flux.1, SD3 and Chroma; Flux.2's LLM encoder comes
+    # from a folder. Refused before the transformer loads, not as a confusing missing-folder error.
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_components import save_clip_l
+
+    clip = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                        num_hidden_layers=2, vocab_size=1000))  # fmt: skip
+    Library(paths).import_path(save_clip_l(clip, klein["tmp"] / "clip_l.safetensors"), "encoder")
+    request = request_for(klein["bfl"], model_config=str(klein["folder"]), text_encoders="clip_l", vae="")
+    with pytest.raises(ModelError, match=r"flux1-dev\.safetensors is a Flux\.2 .*--text-encoders FOLDER"):
+        run(make_backend(paths), request)
+
+
 def test_a_flux2_file_missing_its_last_block_names_the_file(paths, klein):
     request = request_for(klein["short"], model_config=str(klein["folder"]), text_encoders=str(klein["folder"]))
     with pytest.raises(ModelError, match=r"klein-short\.safetensors has 1 single blocks but the Flux\.2 klein "

@@ -72,6 +72,7 @@ from desktop.engine.backends.cpu_threads import choose_threads, others_busy_core
 from desktop.engine.backends.dit_memory import DESCRIPTIONS as DIT_DESCRIPTIONS  # noqa: E402
 from desktop.engine.backends.dit_memory import choose_dit_mode, needs_reload  # noqa: E402
 from desktop.engine.backends.dit_memory import fallback_mode as dit_fallback_mode  # noqa: E402
+from desktop.engine.backends.encoder_components import Component  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
     BUILT_IN_UPSCALERS,
@@ -117,7 +118,9 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     sniff_file_type,
 )
 from desktop.engine.library.dit import detect_gguf  # noqa: E402
+from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
+from desktop.engine.library.index import Library  # noqa: E402
 from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.prompt_schedule import PromptPlan, plan_prompts  # noqa: E402
@@ -197,6 +200,7 @@ class _LoadKey:
     dtype: str
     fast: bool  # fast mode compiles the loaded UNet in place, so switching it means loading again
     text_encoders: str | None = None  # the folder a transformer-only DiT file takes its other parts from
+    component_vae: str | None = None  # the library VAE built in at load, with text encoders from the library
 
 
 class DiffusersBackend:
@@ -261,7 +265,7 @@ class DiffusersBackend:
         choice = pick_device(request.device, request.precision)
         key = _LoadKey(
             str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode,
-            request.text_encoders,
+            request.text_encoders, request.vae if encoder_names(request.text_encoders or "") else None,
         )  # fmt: skip
         if self._pipe is not None and key == self._key:
             assert self._model is not None
@@ -346,7 +350,8 @@ class DiffusersBackend:
             else:
                 return None
             model_hash = self._hashes.autov2(entry.path)
-        text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders else None
+        parts = self._library_parts(request)
+        text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders and not parts else None
         arch = families.with_components_variant(arch, text_encoders)
         _refuse_dit_edit(entry.name, arch.dit, request.mode)
         if arch.inpaint and request.mode == "txt2img":
@@ -358,11 +363,27 @@ class DiffusersBackend:
         name = entry.path.name if not entry.is_folder else entry.name
         pipe = families.load_pipeline(
             entry.path, arch, name=name, dtype=choice.dtype, resources=self._resources, config_folder=config,
-            text_encoders=text_encoders,
+            text_encoders=text_encoders, library_parts=parts,
         )  # fmt: skip
         # On CUDA the weights stay in RAM until the first job's memory mode puts them where they run: a
         # 12B Flux would not fit a 12-24 GB card whole.
         return (pipe if choice.device == "cuda" else pipe.to(choice.device)), arch, model_hash
+
+    def _library_parts(self, request: GenerationRequest) -> families.LibraryParts | None:
+        """Text encoders (and the VAE) a request names from the library; None when it names a folder or none."""
+        names = encoder_names(request.text_encoders or "")
+        if not names:
+            return None
+        library = Library(self._paths)
+        vae = library.get("vae", request.vae.strip()) if request.vae.strip() else None
+        if vae is None:
+            # Forge's `Module N` list holds the VAE among the encoders: a name only the VAE library has is it.
+            vae = next((v for n in names if not library.find("encoder", n) and (v := library.find("vae", n))), None)
+            names = tuple(n for n in names if vae is None or n.casefold() != vae.name.casefold())
+        encoders = tuple(Component(r.name, library.path_of(r)) for r in (library.get("encoder", n) for n in names))
+        return families.LibraryParts(
+            encoders, Component(vae.name, library.path_of(vae)) if vae else None, _convert_ldm_vae
+        )
 
     def _load_entry(
         self, entry: ModelEntry, config: str | None, choice: DeviceChoice, mode: str = "txt2img"

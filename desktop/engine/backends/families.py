@@ -10,8 +10,9 @@ A model comes as
 - a diffusers folder: loaded as it is;
 - a single file (BFL/SAI names, ComfyUI's prefixed names, or diffusers names; safetensors or GGUF):
   the transformer is read from it and the rest (text encoders, tokenizers, VAE) comes from a diffusers
-  folder of the same family the user names (`text_encoders`), or, for an SD3 file that holds its own
-  text encoders and VAE, from the file itself.
+  folder of the same family the user names (`text_encoders`), from text-encoder files and a VAE the
+  user names from the library (encoder_components.py), or, for an SD3 file that holds its own text
+  encoders and VAE, from the file itself.
 Configs come from resources/configs/ (or the user's --config folder); nothing is fetched.
 """
 
@@ -20,10 +21,11 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import encoder_components
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_qwen_edit as qwen_edit
@@ -192,10 +194,18 @@ def load_pipeline(
     resources: Resources,
     config_folder: Path | None,
     text_encoders: Path | None,
+    library_parts: LibraryParts | None = None,
 ) -> Any:
-    """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline."""
+    """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline.
+
+    `library_parts`: text encoders and a VAE chosen from the library for a transformer-only file."""
     info = arch.dit
     assert info is not None
+    if library_parts is not None and (info.family == dit_flux2.FLUX2 or info.family in qwen_zimage.FAMILIES):
+        raise ModelError(
+            f"{name} is a {info.label} model: its text encoder comes from a folder (--text-encoders FOLDER), "
+            "not from the text-encoder library (CLIP and T5 files serve Flux.1, SD3 and Chroma)."
+        )
     if info.family == dit_flux2.FLUX2:
         return _load_flux2(path, arch, name, dtype, resources, config_folder, text_encoders)
     cls = pipeline_class("flux-fill" if info.fill else info.family)
@@ -205,6 +215,8 @@ def load_pipeline(
         check_bnb_folder(info, name=name)
         return _from_pretrained(cls, path, name, dtype, resources, info.family)
     config = config_folder or _config_folder(resources, arch, name)
+    if library_parts is not None:
+        return _with_library_parts(cls, path, info, config, library_parts, name, dtype, resources)
     if info.family == "chroma" and text_encoders is not None:
         chroma.check_components(text_encoders, name=name)  # before the slow transformer load
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
@@ -245,8 +257,36 @@ def load_pipeline(
         return pipe
     raise ModelError(
         f"{name} holds the {info.label} transformer only ({', '.join(info.components)}): choose the text "
-        "encoders and VAE to use with it, a diffusers folder of the same family (--text-encoders FOLDER)."
+        "encoders and VAE to use with it, a diffusers folder of the same family (--text-encoders FOLDER), or "
+        "text encoders and a VAE from the library (--text-encoders clip_l,t5xxl --vae ae)."
     )
+
+
+@dataclass(frozen=True)
+class LibraryParts:
+    """Text encoders and a VAE by library entry, for a transformer-only file (encoder_components.py)."""
+
+    encoders: tuple[encoder_components.Component, ...]
+    vae: encoder_components.Component | None
+    convert_ldm: encoder_components.ConvertLdm
+
+
+def _with_library_parts(
+    cls: Any, path: Path, info: DitInfo, config: Path, parts: LibraryParts, name: str, dtype: Any,
+    resources: Resources,
+) -> Any:
+    # Which encoder fills which slot, and whether the VAE is there, before the slow transformer load.
+    chosen = encoder_components.match_slots(config, parts.encoders, name)
+    if parts.vae is None:
+        raise ModelError(
+            f"{name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; for "
+            "Flux.1 and Chroma the Flux VAE, ae.safetensors)."
+        )
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return encoder_components.assemble(
+        cls, config, chosen, parts.vae, model_name=name, dtype=dtype, transformer=transformer,
+        tokenizers=shipped_tokenizers(resources, config, info.family), convert_ldm=parts.convert_ldm,
+    )  # fmt: skip
 
 
 def _load_qwen_zimage(

@@ -38,7 +38,8 @@ from desktop.engine.library.checkpoint import (
     sniff_file_type,
 )
 from desktop.engine.library.control import inspect_control
-from desktop.engine.library.dit import shown_dtype
+from desktop.engine.library.dit import read_gguf_tensors, shown_dtype
+from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.upscaler import inspect_upscaler
@@ -48,7 +49,7 @@ from desktop.engine.safe_files import loads_json, open_regular, read_regular_byt
 from desktop.engine.terminal_text import BIDI_AND_SEPARATORS, library_text
 
 SCHEMA_VERSION = 1
-KINDS = ("model", "lora", "embedding", "vae", "control", "upscaler")
+KINDS = ("model", "lora", "embedding", "vae", "control", "upscaler", "encoder")
 MAX_NAME_CHARS = 120
 # File systems count a name in bytes (ext4, APFS: 255 UTF-8 bytes; NTFS: 255 UTF-16 units). The longest
 # name a library entry writes is its hidden copy during import: "." + name + ".safetensors" + ".partial".
@@ -59,6 +60,8 @@ MAX_INDEX_BYTES = 64 * 1024 * 1024
 # Names Windows will not create as files, whatever the extension.
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 _FORBIDDEN_CHARS = set('<>:"/\\|?*')
+# Kinds whose one file serves many models: importing the same file twice is refused (stored once).
+_SHARED_KINDS = ("encoder", "vae")
 # How the LoRA list names LyCORIS files (LoraInfo.algorithm), which apply like LoRAs.
 _LYCORIS_LABELS = {"loha": "LoHa", "lokr": "LoKr", "ia3": "(IA)3", "full": "full-diff LoRA"}
 
@@ -173,7 +176,7 @@ class Library:
         self._folders = {
             "model": paths.models, "lora": paths.loras, "embedding": paths.embeddings, "vae": paths.vaes,
             "control": paths.controls,
-            "upscaler": paths.upscalers,
+            "upscaler": paths.upscalers, "encoder": paths.text_encoders,
         }
         self._file = paths.library_index
         self._lock = threading.RLock()
@@ -274,6 +277,10 @@ class Library:
             # encoder is rebuilt from their shapes, so the config is not needed.
             name = name if name is not None else source.name
             source = source / "model.safetensors"
+        elif kind == "encoder" and source.is_dir() and (source / "model.safetensors").is_file():
+            # A diffusers text_encoder/ folder: its weights are the entry; the config is Marble's own.
+            name = name if name is not None else source.parent.name + "-" + source.name
+            source = source / "model.safetensors"
         folder = self.folder(kind)
         folder.mkdir(parents=True, exist_ok=True)
         is_folder = source.is_dir()
@@ -312,7 +319,7 @@ class Library:
                     except ModelError as error:
                         # The child's reason is torch's text, which styles words with ANSI codes.
                         raise ModelError(library_text(error)) from None
-                elif file_type == "gguf" and kind == "model":
+                elif file_type == "gguf" and kind in ("model", "encoder"):
                     known_sha = _copy_or_link(source, partial, on_progress, should_cancel)
                 elif file_type != "safetensors":
                     raise ModelError(
@@ -331,6 +338,8 @@ class Library:
                 display=source.name,
             )
             record = replace(record, name=base, file=file_name)
+            if kind in _SHARED_KINDS:
+                self._refuse_duplicate(record, source)
             os.replace(partial, target)
         except BaseException:
             _remove(partial)
@@ -386,6 +395,16 @@ class Library:
 
     # ---------------------------------------------------------------------------------- internals
 
+    def _refuse_duplicate(self, record: LibraryRecord, source: Path) -> None:
+        """A text encoder or VAE serves every model that names it: the same file twice is refused, so it is
+        stored once (a T5-XXL is 5-10 GB)."""
+        same = next((r for r in self.records(record.kind) if r.sha256 and r.sha256 == record.sha256), None)
+        if same is not None:
+            raise ModelError(
+                f"{source.name} is already in the library as the {_noun(record.kind)} {same.name!r} (same sha256); "
+                f"every model uses it by that name, so it is not stored twice."
+            )
+
     def _describe(
         self,
         kind: str,
@@ -405,6 +424,14 @@ class Library:
             return _with_dit(LibraryRecord(
                 path.name, kind, path.name, arch.label, arch.family, "diffusers", size, None, None, None, source, now
             ), arch.dit)  # fmt: skip
+        if kind == "encoder" and sniff_file_type(path, label=display) == "gguf":
+            tensors, quantization = read_gguf_tensors(path, name=display)
+            encoder = inspect_encoder_gguf(tensors, quantization, display)
+            digest = sha256 or sha256_file(path, on_progress, name=display)
+            return _with_encoder(LibraryRecord(
+                path.stem, kind, path.name, encoder.label, encoder.family, "gguf", path.stat().st_size, digest,
+                digest[:10], None, source, now,
+            ), encoder)  # fmt: skip
         if kind == "model" and sniff_file_type(path, label=display) == "gguf":
             arch = detect_model(path)
             digest = sha256 or sha256_file(path, on_progress, name=display)
@@ -431,6 +458,9 @@ class Library:
         elif kind == "upscaler":
             upscaler = inspect_upscaler(header, display)
             label, family, fmt = upscaler.label, None, upscaler.layout
+        elif kind == "encoder":
+            encoder = inspect_encoder(header, display)
+            label, family, fmt, dit = encoder.label, encoder.family, encoder.layout, encoder
         else:
             label, family, fmt = _embedding_label(header, display), None, "embedding"
         digest = sha256 or sha256_file(path, on_progress, name=display)
@@ -494,7 +524,16 @@ def guess_kind(path: Path | str) -> str:
     Anything unclear goes to "model", whose import then explains what the file is (a pickle, a VAE, ...).
     """
     path = Path(path)
-    if path.is_dir() or sniff_file_type(path) != "safetensors":
+    if path.is_dir():
+        return "model"
+    file_type = sniff_file_type(path)
+    if file_type == "gguf":
+        # A GGUF is a quantised transformer (a model) or a T5 encoder (llama.cpp's enc.blk names).
+        with contextlib.suppress(ModelError):
+            inspect_encoder_gguf(*read_gguf_tensors(path), path.name)
+            return "encoder"
+        return "model"
+    if file_type != "safetensors":
         return "model"
     try:
         header = read_safetensors_header(path)
@@ -505,7 +544,7 @@ def guess_kind(path: Path | str) -> str:
     # for a Z-Image LoRA's.
     readers = (
         ("upscaler", inspect_upscaler), ("lora", inspect_lora), ("embedding", _embedding_label),
-        ("control", inspect_control), ("vae", inspect_vae),
+        ("control", inspect_control), ("vae", inspect_vae), ("encoder", inspect_encoder),
     )  # fmt: skip
     for kind, read in readers:
         with contextlib.suppress(ModelError):
@@ -534,7 +573,7 @@ def _check_kind(kind: str) -> None:
 def _noun(kind: str) -> str:
     return {
         "model": "model", "lora": "LoRA", "embedding": "embedding", "vae": "VAE", "control": "control model",
-        "upscaler": "upscaler",
+        "upscaler": "upscaler", "encoder": "text encoder",
     }[kind]
 
 
@@ -546,7 +585,7 @@ def _library_files(folder: Path, kind: str) -> list[str]:
         if child.name.startswith("."):
             continue
         suffix = child.suffix.lower()
-        if child.is_file() and (suffix == ".safetensors" or (kind == "model" and suffix == ".gguf")):
+        if child.is_file() and (suffix == ".safetensors" or (kind in ("model", "encoder") and suffix == ".gguf")):
             names.append(child.name)
         elif kind == "model" and child.is_dir() and (child / "model_index.json").is_file():
             names.append(child.name)
@@ -650,15 +689,22 @@ def _remove(path: Path) -> None:
 
 def _model_suffix(source: Path, kind: str) -> str:
     """The library file's extension: a GGUF model keeps ".gguf" (diffusers picks its reader by it)."""
-    if kind == "model" and source.is_file() and sniff_file_type(source) == "gguf":
+    if kind in ("model", "encoder") and source.is_file() and sniff_file_type(source) == "gguf":
         return ".gguf"
     return ".safetensors"
+
+
+def _with_encoder(record: LibraryRecord, encoder: EncoderInfo) -> LibraryRecord:
+    return replace(record, parameters=encoder.parameters, dtype=encoder.dtype, layout=encoder.layout,
+                   components=(encoder.kind,))  # fmt: skip
 
 
 def _with_dit(record: LibraryRecord, dit: object) -> LibraryRecord:
     """`record` with the DiT details (parameters, dtype/quantisation, layout) when there are any."""
     if dit is None:
         return record
+    if isinstance(dit, EncoderInfo):
+        return _with_encoder(record, dit)
     return replace(
         record, parameters=dit.parameters, dtype=dit.dtype, layout=dit.layout,  # type: ignore[attr-defined]
         components=dit.components,  # type: ignore[attr-defined]

@@ -44,6 +44,7 @@ _TAB_TITLES = {
     "vae": QT_TRANSLATE_NOOP("LibraryDialog", "VAEs"),
     "control": QT_TRANSLATE_NOOP("LibraryDialog", "Controls"),
     "upscaler": QT_TRANSLATE_NOOP("LibraryDialog", "Upscalers"),
+    "encoder": QT_TRANSLATE_NOOP("LibraryDialog", "Text encoders"),
 }
 _COLUMNS = (
     QT_TRANSLATE_NOOP("LibraryDialog", "Name"),
@@ -337,6 +338,7 @@ class LibraryIntegration(QObject):
         tasks.list("vae")
         tasks.list("upscaler")
         tasks.list("control")
+        tasks.list("encoder")
         app = QCoreApplication.instance()
         if app is not None:
             # A running import is cancelled (its partial file removed) before the app goes away.
@@ -393,6 +395,8 @@ class LibraryIntegration(QObject):
             panel.control_list.set_names([r.name for r in units], ip_adapters=ips)
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
+        elif kind == "encoder" and panel is not None:
+            panel.text_encoders_row.set_names([r.name for r in records])
         elif kind in ("model", "embedding"):
             name = "refresh_models" if kind == "model" else "refresh_embedding_counts"
             refresh = getattr(self._window, name, None)

@@ -1,0 +1,299 @@
+"""A transformer-only Flux / SD3 / Chroma file assembled with text encoders and a VAE from the library.
+
+The encoders are single files as ComfyUI keeps them (library/encoder.py says what each holds): each is
+built from the model's config folder (resources/configs/<family>/text_encoder*/config.json, or the
+user's --config folder) without random initialisation, and its tensors are loaded strictly, so a file
+that does not fit says so instead of running with missing weights. Which slot an encoder fills comes
+from the slot's class (CLIP or T5) and width, so `clip_l,t5xxl` and `t5xxl,clip_l` are the same choice.
+CLIP files come in transformers' names (ComfyUI's, SD3's) or OpenCLIP's (a bigG cut from an SDXL checkpoint).
+
+Storage: an fp8 (e4m3fn / e5m2) encoder stays stored in fp8 and each linear layer is cast up to the
+compute dtype while it runs (diffusers' layer-wise casting, as fp8_storage.py does for transformers);
+every fp8 value is exactly representable in the compute dtype, so the result is the file's weights at
+full precision. A GGUF T5 is dequantised once at load (transformers runs no quantised T5 kernels).
+
+Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+from desktop.engine.library.dit import read_gguf_tensors
+from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
+from desktop.engine.library.vae import inspect_vae
+
+_ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5"}
+# Tensors component files carry that the model class does not hold (a CLIP-L's projection and logit scale
+# when it serves Flux's un-projected slot; buffers older exports saved).
+_HARMLESS = ("logit_scale", "text_projection.weight")
+# llama.cpp's T5 encoder names -> transformers' (gguf's tensor_mapping, ENC_* entries).
+_GGUF_T5 = {
+    "attn_q": "layer.0.SelfAttention.q", "attn_k": "layer.0.SelfAttention.k", "attn_v": "layer.0.SelfAttention.v",
+    "attn_o": "layer.0.SelfAttention.o", "attn_rel_b": "layer.0.SelfAttention.relative_attention_bias",
+    "attn_norm": "layer.0.layer_norm", "ffn_gate": "layer.1.DenseReluDense.wi_0",
+    "ffn_up": "layer.1.DenseReluDense.wi_1", "ffn_down": "layer.1.DenseReluDense.wo", "ffn_norm": "layer.1.layer_norm",
+}  # fmt: skip
+
+# (LDM VAE state dict, the VAE's diffusers config) -> diffusers state dict; passed in by the backend.
+ConvertLdm = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Component:
+    """A library entry chosen by name: what messages call it and where its file is."""
+
+    name: str
+    path: Path
+
+    @property
+    def shown(self) -> str:
+        return f"{self.name!r} ({self.path.name})"
+
+
+def inspect_component(component: Component) -> EncoderInfo:
+    """What the encoder file holds; ModelError naming the entry and its file when it is no text encoder."""
+    label = f"The text encoder {component.shown}"
+    kind = sniff_file_type(component.path, label=label)
+    if kind == "gguf":
+        tensors, quantization = read_gguf_tensors(component.path, name=label)
+        return inspect_encoder_gguf(tensors, quantization, label)
+    if kind != "safetensors":
+        raise ModelError(f"{label} is not a safetensors or GGUF file ({kind}); Marble loads no pickled weights.")
+    return inspect_encoder(read_safetensors_header(component.path, name=label), label)
+
+
+def match_slots(
+    config: Path, encoders: Sequence[Component], model_name: str
+) -> dict[str, tuple[Component, EncoderInfo]]:
+    """Pipeline slot ("text_encoder", ...) -> the chosen encoder that fills it, by class and width.
+
+    Checked before the slow transformer load, so a wrong or missing encoder is reported at once."""
+    index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
+    slots = [
+        (slot, _ENCODER_CLASSES[entry[1]]) for slot, entry in sorted(index.items())
+        if slot.startswith("text_encoder") and isinstance(entry, list) and entry[1] in _ENCODER_CLASSES
+    ]  # fmt: skip
+    infos = [(component, inspect_component(component)) for component in encoders]
+    free = list(infos)
+    chosen: dict[str, tuple[Component, EncoderInfo]] = {}
+    for slot, kind in slots:
+        width = _slot_width(config, slot)
+        fit = next((pair for pair in free if pair[1].kind == kind and pair[1].width == width), None)
+        if fit is None:
+            given = ", ".join(f"{c.name} ({i.label})" for c, i in infos) or "none"
+            wanted = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL"}.get(
+                (kind, width), f"a {kind.upper()} (width {width})"
+            )
+            raise ModelError(
+                f"{model_name} needs {wanted} text encoder for its {slot} and none of the chosen ones fits "
+                f"(chosen: {given}). Import it with `marble encoders import FILE` and name it in --text-encoders."
+            )
+        free.remove(fit)
+        chosen[slot] = fit
+    if free:
+        extra = ", ".join(f"{c.name} ({i.label})" for c, i in free)
+        raise ModelError(f"{model_name} has no place for the text encoder(s) {extra}: leave them out.")
+    return chosen
+
+
+def assemble(
+    cls: Any,
+    config: Path,
+    chosen: dict[str, tuple[Component, EncoderInfo]],
+    vae: Component | None,
+    *,
+    model_name: str,
+    dtype: Any,
+    tokenizers: dict[str, Any],
+    transformer: Any,
+    convert_ldm: ConvertLdm,
+) -> Any:
+    """The family's pipeline from the transformer, the chosen encoders, the chosen VAE and shipped configs."""
+    import diffusers
+
+    if vae is None:
+        raise ModelError(
+            f"{model_name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; "
+            "for Flux.1 and Chroma the Flux VAE, ae.safetensors)."
+        )
+    index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
+    parts: dict[str, Any] = {"transformer": transformer, **tokenizers}
+    for slot, (component, info) in chosen.items():
+        parts[slot] = load_encoder(config / slot, index[slot][1], component, info, dtype=dtype)
+    parts["vae"] = load_vae(config / "vae", vae, model_name=model_name, dtype=dtype, convert_ldm=convert_ldm)
+    scheduler_class = getattr(diffusers, index["scheduler"][1])
+    parts["scheduler"] = scheduler_class.from_pretrained(str(config), subfolder="scheduler", local_files_only=True)
+    accepted = inspect.signature(cls.__init__).parameters
+    pipe = cls(**{key: value for key, value in parts.items() if key in accepted})
+    for component in pipe.components.values():
+        if hasattr(component, "eval"):
+            component.eval()
+    return pipe
+
+
+def load_encoder(config: Path, class_name: str, component: Component, info: EncoderInfo, *, dtype: Any) -> Any:
+    """One encoder model of `class_name` from its config folder and the component's tensors (strict)."""
+    import torch
+    import transformers
+    from accelerate import init_empty_weights
+
+    model_class = getattr(transformers, class_name)
+    settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
+    state = _read_state(component, info, settings)
+    if info.kind == "t5":
+        # One embedding, saved under either name (or both): T5EncoderModel ties them.
+        shared = state.pop("shared.weight", None)
+        embedded = state.pop("encoder.embed_tokens.weight", None)
+        if shared is not None or embedded is not None:  # neither: reported as missing below
+            state["shared.weight"] = shared if shared is not None else embedded
+    with init_empty_weights(include_buffers=False):  # no random initialisation of billions of weights
+        model = model_class(settings)
+    own = model.state_dict()
+    if info.kind == "clip":
+        # transformers >= 5.6 holds (and saves) CLIPTextModel's layers without the `text_model.` level most
+        # files keep, and CLIPTextModelWithProjection with it: the file's names follow the model's.
+        state = {key.removeprefix("text_model."): value for key, value in state.items()}
+        if any(key.startswith("text_model.") for key in own):
+            state = {key if key in _HARMLESS else f"text_model.{key}": value for key, value in state.items()}
+    for key in _HARMLESS:
+        if key not in own:
+            state.pop(key, None)
+    state = {key: value for key, value in state.items() if key in own or not key.endswith("position_ids")}
+    missing = sorted(set(own) - set(state) - {"encoder.embed_tokens.weight"} - _buffers(model))
+    unexpected = sorted(set(state) - set(own))
+    problem = None
+    if missing or unexpected:
+        problem = f"{len(missing)} tensor(s) missing ({', '.join(missing[:3])}) and {len(unexpected)} unexpected " \
+                  f"({', '.join(unexpected[:3])})"  # fmt: skip
+    else:
+        wrong = next((k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)), None)
+        if wrong is not None:
+            problem = f"its tensor {wrong} has shape {tuple(state[wrong].shape)}, the model's {tuple(own[wrong].shape)}"
+    if problem:
+        raise ModelError(
+            f"The text encoder {component.shown} does not fit this model's {config.name} ({problem}): the file is "
+            "incomplete, or made for another model."
+        )
+    state = {key: value.to(dtype) for key, value in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if info.kind == "t5":
+        model.encoder.embed_tokens = model.shared
+    model.to(dtype).eval()
+    _keep_fp32(model, dtype)
+    if info.fp8_storage is not None:
+        from diffusers.hooks import apply_layerwise_casting
+
+        # Linear layers only (diffusers' supported layer types); T5's norms and embedding stay as computed, and
+        # so does each feed-forward's `wo`: T5 casts its input to wo's weight dtype before calling it.
+        apply_layerwise_casting(
+            model, storage_dtype=getattr(torch, info.fp8_storage), compute_dtype=dtype,
+            skip_modules_pattern=("norm", "embed", "shared", r"\.wo$"),
+        )  # fmt: skip
+    return model
+
+
+def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, convert_ldm: ConvertLdm) -> Any:
+    """The AutoencoderKL of `config` with the chosen library VAE's weights (BFL/LDM or diffusers names)."""
+    import diffusers
+    from safetensors.torch import load_file
+
+    label = f"The VAE {vae.shown}"
+    kind = sniff_file_type(vae.path, label=label)
+    if kind != "safetensors":
+        raise ModelError(f"{label} is not a safetensors file ({kind}).")
+    info = inspect_vae(read_safetensors_header(vae.path, name=label), label)
+    model = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(str(config)))
+    wanted = model.config.latent_channels
+    if info.latent_channels != wanted:
+        raise ModelError(
+            f"{label} is a {info.label} with {info.latent_channels} latent channels; {model_name} works in "
+            f"{wanted}. Pick the VAE made for this model (Flux.1: ae.safetensors)."
+        )
+    tensors = load_file(str(vae.path))
+    state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
+    if info.layout == "ldm":
+        state = convert_ldm(state, dict(model.config))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModelError(f"{label} does not fit {model_name}: {first[1 if len(first) > 1 else 0][:200]}") from None
+    # Cast only when needed: diffusers' to(dtype) warns about modules kept in float32 even when none are.
+    return (model if model.dtype == dtype else model.to(dtype)).eval()
+
+
+def _read_state(component: Component, info: EncoderInfo, settings: Any) -> dict[str, Any]:
+    if info.layout == "gguf":
+        return _read_gguf_t5(component.path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(component.path))
+    state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
+    if info.layout == "openclip":
+        # SDXL's OpenCLIP bigG names (fused in_proj, resblocks, x @ P projection): diffusers' own converter,
+        # which reads only the config's width from the model it is given.
+        from types import SimpleNamespace
+
+        from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
+
+        state = convert_open_clip_checkpoint(SimpleNamespace(config=settings), state, prefix="")
+    return state
+
+
+def _read_gguf_t5(path: Path) -> dict[str, Any]:
+    """A llama.cpp-named T5 encoder GGUF, dequantised to float32 tensors in transformers' names."""
+    import gguf
+    import numpy as np
+    import torch
+
+    reader = gguf.GGUFReader(str(path))
+    state: dict[str, Any] = {}
+    for tensor in reader.tensors:
+        shape = tuple(int(d) for d in reversed(list(tensor.shape)))
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        data = torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))  # a copy: the file is mapped
+        state[_gguf_t5_name(tensor.name)] = data
+    return state
+
+
+def _gguf_t5_name(name: str) -> str:
+    if name == "token_embd.weight":
+        return "shared.weight"
+    if name == "enc.output_norm.weight":
+        return "encoder.final_layer_norm.weight"
+    parts = name.split(".")
+    if len(parts) == 5 and parts[0] == "enc" and parts[1] == "blk" and parts[3] in _GGUF_T5:
+        return f"encoder.block.{parts[2]}.{_GGUF_T5[parts[3]]}.{parts[4]}"
+    return name  # left for load_encoder to report as unexpected
+
+
+def _keep_fp32(model: Any, dtype: Any) -> None:
+    """The modules transformers' from_pretrained keeps in float32 at this dtype (T5's `wo` in float16, where
+    its activations overflow), so an encoder from a file computes as one loaded from a folder does."""
+    import torch
+
+    names = set(getattr(model, "_keep_in_fp32_modules", None) or []) if dtype == torch.float16 else set()
+    if dtype in (torch.float16, torch.bfloat16):
+        names |= set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if not names:
+        return
+    for name, module in model.named_modules():
+        if name.rpartition(".")[2] in names:
+            module.to(torch.float32)
+
+
+def _slot_width(config: Path, slot: str) -> int:
+    settings = json.loads((config / slot / "config.json").read_text(encoding="utf-8"))
+    return int(settings.get("hidden_size") or settings.get("d_model") or 0)
+
+
+def _buffers(model: Any) -> set[str]:
+    return {name for name, _ in model.named_buffers()}

@@ -1,0 +1,204 @@
+"""Text encoders as separate library components, judged from their tensors without torch.
+
+Creators download a transformer-only Flux/SD3/Chroma file and the text encoders apart, as ComfyUI keeps
+them: `clip_l.safetensors` (CLIP ViT-L text model), `clip_g.safetensors` (OpenCLIP bigG text model, in
+the transformers layout SD3 ships or SDXL's OpenCLIP layout), `t5xxl_fp16.safetensors` /
+`t5xxl_fp8_e4m3fn.safetensors` (the T5 v1.1 XXL encoder) and T5 GGUF files (llama.cpp's `enc.blk.N`
+names, as city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`). One file serves every model that uses it: the
+library stores it once, and a request names it (`text_encoders="clip_l,t5xxl_fp16"`).
+
+What a file is comes from its tensor names and shapes, never from its file name. Which pipeline slot
+an encoder fills is decided at load (backends/encoder_components.py) from the slot's config.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import SafetensorsHeader
+
+# Prefixes a text encoder's tensors carry on their own or cut out of a ComfyUI / SDXL checkpoint.
+_PREFIXES = (
+    "", "transformer.", "text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.",
+    "text_encoders.t5xxl.transformer.", "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.",
+    "cond_stage_model.transformer.",
+)  # fmt: skip
+_CLIP_PROBE = "text_model.embeddings.token_embedding.weight"
+_OPENCLIP_PROBE = "token_embedding.weight"
+_OPENCLIP_BLOCK = "transformer.resblocks.0.attn.in_proj_weight"
+_T5_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_T5_GGUF_PROBE = "enc.blk.0.attn_q.weight"
+# transformers >= 5.6 saves CLIPTextModel without its `text_model.` level (a diffusers folder saved by it).
+_FLAT_CLIP_PROBE = "embeddings.token_embedding.weight"
+_FLAT_CLIP_LAYER = "encoder.layers.0.self_attn.q_proj.weight"
+_LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
+# The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
+_NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL"}
+# Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
+FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What a text-encoder file holds: its kind ("clip" | "t5"), width, depth and storage."""
+
+    kind: str
+    width: int
+    layers: int
+    layout: str  # "transformers" | "openclip" | "gguf"
+    prefix: str
+    dtype: str  # the main weight type: "F16", "BF16", "F8_E4M3", ... or a GGUF type ("Q8_0")
+    parameters: int
+    projection: bool = False  # a CLIP with its text projection (SD3's and SDXL's second encoder have one)
+
+    @property
+    def family(self) -> str:
+        """"clip-l", "clip-g", "t5-xxl" for the published sizes; "clip" or "t5" for others (tests, variants)."""
+        named = _NAMED.get((self.kind, self.width))
+        return named.split(" ")[0].lower() if named else self.kind
+
+    @property
+    def label(self) -> str:
+        named = _NAMED.get((self.kind, self.width))
+        if named:
+            return f"{named} text encoder"
+        return f"{'CLIP' if self.kind == 'clip' else 'T5'} text encoder (width {self.width})"
+
+    @property
+    def fp8_storage(self) -> str | None:
+        """torch's name of the file's fp8 type ("float8_e4m3fn"), for layer-wise upcasting; else None."""
+        return FP8_TYPES.get(self.dtype) if self.layout != "gguf" else None
+
+
+def inspect_encoder(header: SafetensorsHeader, name: str = "this file") -> EncoderInfo:
+    """The text encoder a safetensors file holds; ModelError naming the file when it holds none."""
+    shapes = {key: info.shape for key, info in header.tensors.items()}
+    dtypes = {key: info.dtype for key, info in header.tensors.items()}
+    if any(key.startswith(("model.diffusion_model.", "first_stage_model.")) for key in shapes):
+        raise ModelError(f"{name} is not a text encoder on its own: {_what_else(shapes)}")
+    if "scaled_fp8" in shapes:
+        raise ModelError(
+            f"{name} is a 'scaled fp8' text encoder (a per-tensor scale beside each weight), which Marble cannot "
+            "load yet. Use the fp16 or plain fp8 (t5xxl_fp8_e4m3fn) file."
+        )
+    return _inspect(shapes, dtypes, name, gguf=False)
+
+
+def inspect_encoder_gguf(tensors: Mapping[str, object], quantization: str, name: str) -> EncoderInfo:
+    """The T5 encoder of a GGUF file (llama.cpp names); `tensors` as library.dit.read_gguf_tensors gives."""
+    shapes = {key: tuple(value.shape) for key, value in tensors.items()}  # type: ignore[attr-defined]
+    dtypes = {key: str(value.dtype) for key, value in tensors.items()}  # type: ignore[attr-defined]
+    info = _inspect(shapes, dtypes, name, gguf=True)
+    return EncoderInfo(info.kind, info.width, info.layers, "gguf", "", quantization, info.parameters)
+
+
+def _inspect(
+    shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], name: str, *, gguf: bool
+) -> EncoderInfo:
+    if gguf:
+        if _T5_GGUF_PROBE not in shapes or "token_embd.weight" not in shapes:
+            raise ModelError(
+                f"{name} is a GGUF file but no T5 text encoder (no enc.blk.0.attn_q / token_embd tensors): "
+                "Marble reads T5 encoders from GGUF; a GGUF transformer goes into the models library."
+            )
+        width = shapes["token_embd.weight"][-1]
+        return _info("t5", width, shapes, dtypes, "gguf", "", name=name)
+    for prefix in _PREFIXES:
+        if prefix + _CLIP_PROBE in shapes:
+            width = shapes[prefix + _CLIP_PROBE][-1]
+            projection = prefix + "text_projection.weight" in shapes
+            return _info("clip", width, shapes, dtypes, "transformers", prefix, projection, name=name)
+        if prefix + _FLAT_CLIP_PROBE in shapes and prefix + _FLAT_CLIP_LAYER in shapes:
+            width = shapes[prefix + _FLAT_CLIP_PROBE][-1]
+            projection = prefix + "text_projection.weight" in shapes
+            return _info("clip", width, shapes, dtypes, "transformers", prefix, projection, name=name)
+        if prefix + _OPENCLIP_PROBE in shapes and prefix + _OPENCLIP_BLOCK in shapes:
+            width = shapes[prefix + _OPENCLIP_PROBE][-1]
+            projection = prefix + "text_projection" in shapes
+            return _info("clip", width, shapes, dtypes, "openclip", prefix, projection, name=name)
+        if prefix + _T5_PROBE in shapes:
+            width = shapes[prefix + _T5_PROBE][-1]
+            return _info("t5", width, shapes, dtypes, "transformers", prefix, name=name)
+    raise ModelError(f"{name} is not a text encoder: {_what_else(shapes)}")
+
+
+def _info(
+    kind: str, width: int, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], layout: str,
+    prefix: str, projection: bool = False, *, name: str,
+) -> EncoderInfo:
+    own = [key for key in shapes if key.startswith(prefix)]
+    layers = {int(m.group(1)) for key in own if (m := _LAYER.search(key[len(prefix):]))}
+    if not layers or sorted(layers) != list(range(max(layers) + 1)):
+        missing = sorted(set(range(max(layers, default=0) + 1)) - layers)
+        raise ModelError(
+            f"{name} is a {kind.upper()} text encoder with layer(s) {missing or [0]} missing: the file is incomplete."
+        )
+    counts: dict[str, int] = {}
+    total = 0
+    for key in own:
+        size = 1
+        for dim in shapes[key]:
+            size *= dim
+        total += size
+        if len(shapes[key]) >= 2:
+            counts[dtypes[key]] = counts.get(dtypes[key], 0) + size
+    dtype = max(counts, key=counts.__getitem__) if counts else "F32"
+    return EncoderInfo(kind, width, len(layers), layout, prefix, dtype, total, projection)
+
+
+def _what_else(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    keys = list(shapes)
+    if any(k.startswith(("model.diffusion_model.", "down_blocks.", "double_blocks.", "joint_blocks.")) for k in keys):
+        return "it holds a diffusion model (UNet or transformer); import it with `marble models import`."
+    if any(k.startswith(("encoder.down.", "decoder.conv_in", "first_stage_model.")) for k in keys):
+        return "it is a VAE; import it with `marble vaes import`."
+    if any("lora" in k for k in keys[:50]):
+        return "it is a LoRA; import it with `marble loras import`."
+    return (
+        "it has neither CLIP (text_model.embeddings...), OpenCLIP (transformer.resblocks...) nor T5 "
+        "(encoder.block...) text-encoder tensors."
+    )
+
+
+def encoder_names(value: str) -> tuple[str, ...]:
+    """A request's `text_encoders` as library names ("clip_l, t5xxl" -> ("clip_l", "t5xxl")); () when it is a
+    folder path. Library names never hold a path separator (library/index.py check_name), paths always do."""
+    if not value or "/" in value or "\\" in value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def is_folder_value(value: str | None) -> bool:
+    return bool(value) and not encoder_names(value or "")
+
+
+# Forge's infotext names the separate files a model ran with: `Module 1: ae, Module 2: clip_l, Module 3:
+# t5xxl_fp16` (the VAE among them, in the user's order).
+_MODULE_KEY = re.compile(r"module (\d+)")
+_WEIGHT_SUFFIXES = (".safetensors", ".sft", ".gguf")
+
+
+def forge_module_pairs(text_encoders: str | None, vae: str) -> list[tuple[str, str]]:
+    """The `Module N` pairs Forge writes for library text encoders (and the VAE, first); [] for a folder."""
+    names = encoder_names(text_encoders or "")
+    if not names:
+        return []
+    modules = ([vae.strip()] if vae.strip() else []) + list(names)
+    return [(f"Module {index}", name) for index, name in enumerate(modules, 1)]
+
+
+def modules_from_settings(settings: Mapping[str, str], vae: str) -> str | None:
+    """A request's `text_encoders` from Forge's `Module N` values (keys casefolded), leaving out the VAE
+    the `VAE` key names; a VAE among them with no `VAE` key is told apart at load, by the library."""
+    keys = sorted((key for key in settings if _MODULE_KEY.fullmatch(key)), key=lambda k: int(k.split()[1]))
+    names = []
+    for key in keys:
+        name = re.split(r"[/\\]", settings[key].strip())[-1]
+        if name.casefold().endswith(_WEIGHT_SUFFIXES):
+            name = name.rpartition(".")[0]
+        if name and "," not in name and name.casefold() != vae.strip().casefold():
+            names.append(name)
+    return ",".join(names) or None

@@ -1,0 +1,44 @@
+"""The "Text encoders" row offers the library's text encoders beside the folder: ticking them writes their
+names into the request, as `--text-encoders clip_l,t5xxl` does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from desktop.engine.paths import AppPaths
+from tests.support.fake_backend import FakeBackend
+from tests.ui.conftest import TIMEOUT_MS
+from tests.ui.test_flux_panel import transformer_only_file
+from tests.ui.test_session_memory import pick
+from tests.ui.test_settings_and_logs import close_window, open_window
+
+
+def test_library_encoders_are_offered_and_reach_the_request(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    transformer_only_file(paths.models, "zz-flux-transformer")
+    paths.text_encoders.mkdir(parents=True, exist_ok=True)
+    for name in ("clip_l", "t5xxl_fp16", "R&D t5"):
+        (paths.text_encoders / f"{name}.safetensors").write_bytes(b"listed by name; never loaded here")
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    row = panel.text_encoders_row
+    try:
+        qtbot.waitUntil(lambda: len(row.library_menu.actions()) == 3, timeout=TIMEOUT_MS)
+        assert [a.data() for a in row.library_menu.actions()] == ["clip_l", "R&D t5", "t5xxl_fp16"]
+        assert row.library_menu.actions()[1].text() == "R&&D t5"  # shown, not taken as a mnemonic
+        pick(panel.model_combo, "zz-flux-transformer")
+        qtbot.waitUntil(lambda: row.library_button.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert row.library_button.isEnabled()
+        panel.text_encoders_edit.setText("/some/folder")
+        actions = {a.data(): a for a in row.library_menu.actions()}
+        actions["t5xxl_fp16"].setChecked(True)
+        actions["clip_l"].setChecked(True)
+        # Ticks replace a folder; the request carries the names in the menu's order.
+        assert window.parameters.request("a fox").text_encoders == "clip_l,t5xxl_fp16"
+        # Opening the menu shows what the field holds, typed in any case.
+        panel.text_encoders_edit.setText("T5XXL_FP16")
+        row.library_menu.aboutToShow.emit()
+        assert [a.data() for a in row.library_menu.actions() if a.isChecked()] == ["t5xxl_fp16"]
+    finally:
+        close_window(window, controller)
