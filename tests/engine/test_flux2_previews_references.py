@@ -159,3 +159,13 @@ def test_the_command_line_passes_flux2_references_and_records_them(folders, tmp_
     metadata = read_image_metadata(tmp_path / "out.png")
     assert metadata.request.reference_images == (str(reference),)
     assert metadata.settings["Reference image hashes"] == hashlib.sha256(reference.read_bytes()).hexdigest()[:10]
+
+
+def test_klein_image_to_image_previews_each_step_too(paths, folders, tmp_path):
+    # Flux2KleinInpaintPipeline packs its latents as the text-to-image pipeline does.
+    source = tmp_path / "s.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)).save(source)
+    request = request_for(folders["klein32"], steps=4, cfg_scale=1.0, init_image=str(source), strength=0.75,
+                          width=96, height=64)  # fmt: skip
+    _, steps = run(make_backend(paths), request)
+    assert [info.preview.shape for info in steps] == [(32, 48, 3)] * 3  # int(4 x 0.75) steps
