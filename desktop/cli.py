@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--init-image", metavar="PATH", help="source image (PNG, JPEG or WebP)")
     edit.add_argument("--strength", type=float, default=0.75, help="0 keeps the source, 1 ignores it")
     edit.add_argument("--reference-image", action="append", default=[], metavar="PATH",
-                      help="Qwen-Image-Edit Plus: a further image the prompt can refer to after the source "
-                           "('Picture 2', ...; repeatable)")
+                      help="a reference image the prompt can refer to (repeatable): Qwen-Image-Edit Plus, after "
+                           "the source ('Picture 2', ...; at most 2); Flux.2 in text-to-image (dev up to 10, Klein 4)")
     edit.add_argument("--mask", metavar="PATH", help="inpainting mask image: white = repaint")
     edit.add_argument("--mask-blur", type=int, default=4, metavar="PX", help="feather the mask edge (A1111 Mask blur)")
     edit.add_argument("--inpaint-area", choices=INPAINT_AREAS, default="whole",

@@ -9,6 +9,7 @@ from typing import Any
 
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES, canonical_sampler
 from desktop.engine.errors import InvalidRequest
+from desktop.engine.library.dit import MAX_MODEL_REFERENCES
 from desktop.engine.library.few_step import FEW_STEP_KINDS
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -134,9 +135,6 @@ class ControlUnit:
             if not isinstance(path, str) or not path.strip() or "\x00" in path:
                 raise InvalidRequest(f"{label}: every reference image must be a file, not {path!r}.")
 
-
-# Qwen-Image-Edit-2509's card: 1 to 3 input images work best; the source is the first.
-MAX_EDIT_REFERENCES = 2
 
 # Library names are at most 120 characters (library.index.MAX_NAME_CHARS); room for a file extension.
 MAX_VAE_NAME_CHARS = 200
@@ -479,12 +477,12 @@ class GenerationRequest:
             isinstance(path, str) and path and "\x00" not in path for path in self.reference_images
         ):
             raise InvalidRequest(f"Reference images must be image file paths, not {self.reference_images!r}.")
-        if self.reference_images and self.init_image is None:
-            raise InvalidRequest("Reference images go with a source image to edit (--init-image).")
-        if len(self.reference_images) > MAX_EDIT_REFERENCES:
+        # Which model takes how many (and whether beside a source image) is the backend's check, by
+        # library.dit.reference_image_limit once the model is known; here only the most any model takes.
+        if len(self.reference_images) > MAX_MODEL_REFERENCES:
             raise InvalidRequest(
-                f"{len(self.reference_images)} reference images: Qwen-Image-Edit Plus takes at most "
-                f"{MAX_EDIT_REFERENCES} besides the source."
+                f"{len(self.reference_images)} reference images: no model takes more than {MAX_MODEL_REFERENCES} "
+                "(Flux.2 dev)."
             )
         # Image to image and inpainting run int(steps * strength) of the steps (diffusers' rule); none
         # at all is an empty job that the pipeline would reject with a bare ValueError.

@@ -192,16 +192,17 @@ class JobRunner:
 
     @staticmethod
     def _edit_extra(request: GenerationRequest) -> dict[str, str]:
-        """Strength, mask settings and the source's hash, so an edit can be traced to its source."""
-        if request.init_image is None:
-            return {}
-        try:
-            source_hash: str | None = file_sha256(request.init_image)
-        except OSError:
-            source_hash = None  # the backend reports the unreadable source with a clear message
-        pairs = edit_parameters(request, source_hash)
+        """Strength, mask settings and the source's hash, so an edit can be traced to its source; the
+        reference images' hashes (Qwen-Image-Edit Plus beside a source, Flux.2 without one)."""
+        pairs: dict[str, str] = {}
+        if request.init_image is not None:
+            try:
+                source_hash: str | None = file_sha256(request.init_image)
+            except OSError:
+                source_hash = None  # the backend reports the unreadable source with a clear message
+            pairs = edit_parameters(request, source_hash)
         if request.reference_images:
-            # Qwen-Image-Edit Plus's further images, traced as the source is (first 10 hex of each sha256).
+            # Traced as the source is (first 10 hex of each sha256).
             try:
                 pairs["Reference image hashes"] = ", ".join(file_sha256(p)[:10] for p in request.reference_images)
             except OSError:

@@ -197,11 +197,12 @@ def test_edit_inpainting_matches_diffusers_inside_the_mask_and_keeps_the_rest(pa
 
 
 def test_reference_images_need_a_source_and_an_edit_plus_model(paths, edit, tmp_path):
-    from desktop.engine.errors import InvalidRequest
-
     _, path = _image(tmp_path, "source.png")
-    with pytest.raises(InvalidRequest, match="Reference images go with a source image"):
-        request_for(edit["folder"], reference_images=(str(path),))
+    with pytest.raises(ModelError, match="cannot draw from text alone"):
+        run(make_backend(paths), request_for(edit["plus"], steps=2, reference_images=(str(path),)))
+    with pytest.raises(ModelError, match=r"^3 reference images: Qwen-Image Edit Plus takes at most 2 besides the "):
+        run(make_backend(paths), request_for(edit["plus"], steps=2, init_image=str(path),
+                                             reference_images=(str(path),) * 3))  # fmt: skip
     with pytest.raises(ModelError, match=r"Qwen-Image Edit reads one source image; reference images need"):
         run(make_backend(paths), request_for(edit["folder"], steps=2, init_image=str(path),
                                              reference_images=(str(path),)))  # fmt: skip

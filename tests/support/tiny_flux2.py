@@ -41,24 +41,27 @@ def _shipped(name: str, part: str) -> dict:
     return json.loads((CONFIGS / name / part).read_text(encoding="utf-8"))
 
 
-def tiny_transformer(variant: str, seed: int = 0, double: int = 2, single: int = 2) -> Flux2Transformer2DModel:
-    """The shipped config's kind (guidance embedder or not) at small dimensions, latents of 4 channels."""
+def tiny_transformer(
+    variant: str, seed: int = 0, double: int = 2, single: int = 2, latent_channels: int = 4
+) -> Flux2Transformer2DModel:
+    """The shipped config's kind (guidance embedder or not) at small dimensions, latents of 4 channels (32,
+    the real VAE's, where a test needs Flux.2's own preview table), patchified to 4x that."""
     config = _shipped(f"flux2-{variant}", "transformer/config.json")
     torch.manual_seed(seed)
     transformer = Flux2Transformer2DModel(
-        patch_size=1, in_channels=4 * 4, num_layers=double, num_single_layers=single, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=3 * WIDTH, axes_dims_rope=(4, 4, 4, 4),
+        patch_size=1, in_channels=4 * latent_channels, num_layers=double, num_single_layers=single,
+        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=3 * WIDTH, axes_dims_rope=(4, 4, 4, 4),
         guidance_embeds=config["guidance_embeds"], timestep_guidance_channels=32,
     )  # fmt: skip
     _jitter(transformer, seed)
     return transformer
 
 
-def tiny_vae() -> AutoencoderKLFlux2:
+def tiny_vae(latent_channels: int = 4) -> AutoencoderKLFlux2:
     vae = AutoencoderKLFlux2(
         block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=4, norm_num_groups=4,
-        sample_size=32,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=latent_channels,
+        norm_num_groups=4, sample_size=32,
     )  # fmt: skip
     # Its batch-norm statistics normalise the latents the transformer sees: not the identity, so a VAE left
     # at its defaults would show.
@@ -72,15 +75,15 @@ def _scheduler(variant: str) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler.from_config(_shipped(f"flux2-{variant}", "scheduler/scheduler_config.json"))
 
 
-def build_tiny_flux2_klein(seed: int = 0, is_distilled: bool = True) -> Flux2KleinPipeline:
-    transformer = tiny_transformer("klein-4b", seed)
+def build_tiny_flux2_klein(seed: int = 0, is_distilled: bool = True, latent_channels: int = 4) -> Flux2KleinPipeline:
+    transformer = tiny_transformer("klein-4b", seed, latent_channels=latent_channels)
     config = Qwen3Config(
         vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=WIDTH, num_hidden_layers=28, num_attention_heads=2,
         num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
     )  # fmt: skip
     torch.manual_seed(seed + 1)
     return Flux2KleinPipeline(
-        scheduler=_scheduler("klein-4b"), vae=tiny_vae(), text_encoder=Qwen3ForCausalLM(config).eval(),
+        scheduler=_scheduler("klein-4b"), vae=tiny_vae(latent_channels), text_encoder=Qwen3ForCausalLM(config).eval(),
         tokenizer=tiny_tokenizer(), transformer=transformer, is_distilled=is_distilled,
     )  # fmt: skip
 

@@ -117,7 +117,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     read_safetensors_header,
     sniff_file_type,
 )
-from desktop.engine.library.dit import detect_gguf  # noqa: E402
+from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
 from desktop.engine.library.index import Library  # noqa: E402
@@ -354,6 +354,7 @@ class DiffusersBackend:
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders and not parts else None
         arch = families.with_components_variant(arch, text_encoders)
         _refuse_dit_edit(entry.name, arch.dit, request.mode)
+        _refuse_references(entry.name, arch.dit, request)
         if arch.inpaint and request.mode == "txt2img":
             raise ModelError(
                 f"{entry.name} is a {arch.label} model: it edits a source image. Pick a regular model for "
@@ -523,6 +524,7 @@ class DiffusersBackend:
             raise Cancelled("Cancelled before the first step.")
         if batch_index == 0 and (self._key is None or self._key.device == "cpu"):
             self._set_cpu_threads()
+        _refuse_references(self._model.name if self._model else "the model", self._dit, request)
         if self._dit is not None:
             return self._generate_dit(request, batch_index, on_step, cancel)
         # LoRAs from the request and the prompt's <lora:...> tags; the encoder gets the prompt without tags.
@@ -777,11 +779,13 @@ class DiffusersBackend:
                     "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
             if plan.mask is not None or self._inpaint_model or families.img2img_by_inpainting(self._dit, request.mode):
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
+        if plan is None and request.reference_images:
+            # Flux.2's multi-reference editing: the images go with the prompt (no source, no strength).
+            size["image"] = [load_source(path, "The reference image") for path in request.reference_images]
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, 16, h, w).
+        # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, C, h, w).
         device = self._key.device if self._key else "cpu"
-        # Flux.2's 32-channel latents have no preview table yet: its steps are counted without pictures.
-        every = self._preview_every if families.has_preview(self._dit.family) else 0
+        every = self._preview_every
         progress = _Progress(batch_index, on_step, cancel, every, self._family, device, 0)
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
@@ -1372,12 +1376,45 @@ def _lora_weights_to(transformer: Any, dtype: Any) -> None:
 def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tensor) -> torch.Tensor:
     """A DiT pipeline's latents -> (B, C, h, w): Flux, Chroma and Qwen-Image pack 2x2 patches into tokens
     (B, tokens, 4C), undone with the pipeline's own `_unpack_latents` at the job's pixel size; Qwen-Image's
-    are video-shaped (B, C, 1, h, w), one frame; SD3 and Z-Image hold (B, C, h, w) already."""
+    are video-shaped (B, C, 1, h, w), one frame; SD3 and Z-Image hold (B, C, h, w) already.
+
+    Flux.2's tokens are its patch grid in row order, each patch's 4C channels ordered (channel, row, column),
+    normalised by the VAE's batch-norm statistics: made a (B, 4C, h/2, w/2) grid and unpatchified with the
+    pipeline's own `_unpatchify_latents`. The normalisation stays: the published 32-channel preview table
+    (preview.py) was fitted to the normalised latents, which is also what ComfyUI's samplers hold."""
+    if latents.ndim == 3 and hasattr(pipe, "_unpatchify_latents"):
+        rows, cols = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
+        grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], rows, cols)
+        return pipe._unpatchify_latents(grid)
     if latents.ndim == 3:
         latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
     if latents.ndim == 5:
         latents = latents[:, :, 0]
     return latents
+
+
+def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
+    """Reference images only for a model that reads them, no more than it reads (library.dit's
+    reference_image_limit), and for Flux.2 in text-to-image only. Qwen-Image-Edit (not Plus) is left to
+    families_qwen_edit, whose refusal names the model that takes them."""
+    count = len(request.reference_images)
+    if not count or (qwen_edit.is_edit(dit) and reference_image_limit(dit) == 0):
+        return
+    limit = reference_image_limit(dit)
+    if limit == 0:
+        kind = f"a {dit.label} model" if dit is not None else "a Stable Diffusion model"
+        raise ModelError(
+            f"{name} is {kind}: it reads no reference images. Flux.2 (dev up to 10, Klein up to 4) and "
+            "Qwen-Image-Edit Plus (2) do; remove them (--reference-image) or pick such a model."
+        )
+    if count > limit:
+        besides = " besides the source image" if qwen_edit.is_edit(dit) else ""
+        raise ModelError(f"{count} reference images: {dit.label} takes at most {limit}{besides}.")
+    if not qwen_edit.is_edit(dit) and request.mode != "txt2img":
+        raise ModelError(
+            f"{dit.label} reads reference images in text-to-image only (no source image): Marble does not pass "
+            "them to its image-to-image or inpainting yet. Remove the source image or the references."
+        )
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:

@@ -108,11 +108,6 @@ def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) 
     return f"{info.label} {why}; the negative prompt was ignored."
 
 
-def has_preview(family: str) -> bool:
-    """Whether the step previews can picture `family`'s latents (backends/preview.py's tables)."""
-    return family != dit_flux2.FLUX2
-
-
 def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     """The loaded pipeline's image-to-image or inpainting sibling (`mode`), sharing its modules (no tensor
     is copied). A Flux Fill model (loaded as FluxFillPipeline) does both itself: image-to-image is

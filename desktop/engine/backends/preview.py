@@ -3,8 +3,9 @@
 A full VAE decode costs more than a whole denoising step; this costs a 4x3 (or 16x3) matrix product, so
 the preview can run at every step. SD factors as published by InvokeAI (Apache-2.0); the 16-channel
 tables (Flux.1's autoencoder, also used by Z-Image and Chroma; SD3's; the Wan 2.1 autoencoder that
-Qwen-Image uses) are the published least-squares fits ComfyUI's previews use, each with its offset. They
-apply to latents in the space the transformer works in (after the VAE's shift/scale or mean/std).
+Qwen-Image uses) and Flux.2's 32-channel one are the published least-squares fits ComfyUI's previews use,
+each with its offset. They apply to latents in the space the transformer works in (after the VAE's
+shift/scale or mean/std; Flux.2's after its batch-norm statistics, unpatchified to 32 channels).
 """
 
 from __future__ import annotations
@@ -93,22 +94,61 @@ _WAN_FACTORS = np.array(
     ],
     dtype=np.float32,
 )
+_FLUX2_FACTORS = np.array(
+    [
+        [0.0058, 0.0113, 0.0073],
+        [0.0495, 0.0443, 0.0836],
+        [-0.0099, 0.0096, 0.0644],
+        [0.2144, 0.3009, 0.3652],
+        [0.0166, -0.0039, -0.0054],
+        [0.0157, 0.0103, -0.0160],
+        [-0.0398, 0.0902, -0.0235],
+        [-0.0052, 0.0095, 0.0109],
+        [-0.3527, -0.2712, -0.1666],
+        [-0.0301, -0.0356, -0.0180],
+        [-0.0107, 0.0078, 0.0013],
+        [0.0746, 0.0090, -0.0941],
+        [0.0156, 0.0169, 0.0070],
+        [-0.0034, -0.0040, -0.0114],
+        [0.0032, 0.0181, 0.0080],
+        [-0.0939, -0.0008, 0.0186],
+        [0.0018, 0.0043, 0.0104],
+        [0.0284, 0.0056, -0.0127],
+        [-0.0024, -0.0022, -0.0030],
+        [0.1207, -0.0026, 0.0065],
+        [0.0128, 0.0101, 0.0142],
+        [0.0137, -0.0072, -0.0007],
+        [0.0095, 0.0092, -0.0059],
+        [0.0000, -0.0077, -0.0049],
+        [-0.0465, -0.0204, -0.0312],
+        [0.0095, 0.0012, -0.0066],
+        [0.0290, -0.0034, 0.0025],
+        [0.0220, 0.0169, -0.0048],
+        [-0.0332, -0.0457, -0.0468],
+        [-0.0085, 0.0389, 0.0609],
+        [-0.0076, 0.0003, -0.0043],
+        [-0.0111, -0.0460, -0.0614],
+    ],
+    dtype=np.float32,
+)
 _NO_BIAS = np.zeros(3, dtype=np.float32)
 _FLUX = (_FLUX_FACTORS, np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32))
 _SD3 = (_SD3_FACTORS, np.array([0.2394, 0.2135, 0.1925], dtype=np.float32))
 _WAN = (_WAN_FACTORS, np.array([-0.1835, -0.0868, -0.3360], dtype=np.float32))
+# Flux.2's offset is Flux.1's, as ComfyUI publishes it.
+_FLUX2 = (_FLUX2_FACTORS, np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32))
 
 _FACTORS = {
     "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
     "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX,
     "sd3": _SD3, "sd3.5": _SD3,
-    "qwen-image": _WAN,
+    "qwen-image": _WAN, "flux2": _FLUX2,
 }  # fmt: skip
-_BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX}
+_BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX, 32: _FLUX2}
 
 
 def latents_to_rgb(latents: np.ndarray, family: str) -> np.ndarray:
-    """(C, H, W) float latents of one image (C: 4 for SD, 16 for the DiT families) -> an owned (H, W, 3)
+    """(C, H, W) float latents of one image (C: 4 for SD, 16 for the DiT families, 32 for Flux.2) -> an owned (H, W, 3)
     uint8 array.
 
     The linear map yields roughly [-1, 1]; values outside are clipped, as every tool's preview does.

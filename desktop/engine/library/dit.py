@@ -122,6 +122,29 @@ class TensorShape:
     shape: tuple[int, ...]
 
 
+# How many reference images each model reads beside its prompt (reference_image_limit): Flux.2 dev up to
+# 10 (BFL's model card; BFL recommends at most 6), Klein up to 4 (BFL's editing guide); Qwen-Image-Edit
+# Plus 2 after its source image (three pictures in all, as the model was trained).
+_FLUX2_DEV_REFERENCES = 10
+_FLUX2_KLEIN_REFERENCES = 4
+_EDIT_PLUS_REFERENCES = 2
+# The most any model takes: a request holding more is refused before any model is known.
+MAX_MODEL_REFERENCES = max(_FLUX2_DEV_REFERENCES, _FLUX2_KLEIN_REFERENCES, _EDIT_PLUS_REFERENCES)
+
+
+def reference_image_limit(info: DitInfo | None) -> int:
+    """How many reference images (request field `reference_images`) the model `info` reads; 0 = none (every
+    UNet model, `info` None, and every other DiT). The one place this rule lives: request checks, the
+    backend and the window ask it."""
+    if info is None:
+        return 0
+    if info.family == dit_flux2.FLUX2:
+        return _FLUX2_DEV_REFERENCES if info.variant == "dev" else _FLUX2_KLEIN_REFERENCES
+    if info.family == dit_qwen_zimage.QWEN_IMAGE and info.variant == dit_qwen_zimage.EDIT_PLUS:
+        return _EDIT_PLUS_REFERENCES
+    return 0
+
+
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
