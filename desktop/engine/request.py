@@ -35,7 +35,7 @@ RESIZE_MODES = ("resize", "pad")
 # group, sequential and fp8 are the diffusion transformers' modes (backends/dit_memory.py).
 MEMORY_MODES = ("auto", "full", "tiled", "offload", "group", "sequential", "fp8")
 # nf4 and int8 quantise the transformer with the optional bitsandbytes package: the command line takes them
-# (and auto picks nf4 on CUDA); the window's list does not show them yet.
+# (and auto picks nf4 on CUDA); the window's Memory list shows them, greyed out without bitsandbytes.
 BITSANDBYTES_MEMORY_MODES = ("nf4", "int8")
 # A1111's emphasis modes: "Original" scales weighted tokens and restores each chunk's mean, "No norm"
 # only scales, "None" reads brackets and BREAK as plain text.

@@ -23,7 +23,7 @@ from typing import Any
 
 from desktop.engine.errors import MarbleError, StorageError
 from desktop.engine.outputs import write_atomically
-from desktop.engine.request import DEVICES, MEMORY_MODES
+from desktop.engine.request import BITSANDBYTES_MEMORY_MODES, DEVICES, MEMORY_MODES
 from desktop.engine.safe_files import read_json_file
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "memory_mode", "Memory mode", "The memory mode new jobs start with: Auto picks one for your GPU; "
         "Tiled and Offload use less graphics memory and run slower.", CHOICE, "auto",
-        choices=tuple((mode, mode.capitalize()) for mode in MEMORY_MODES),
+        # nf4/int8 too: a job's memory mode chosen in the window is kept as the next start's default.
+        choices=tuple((mode, {"nf4": "NF4", "fp8": "fp8"}.get(mode, mode.capitalize()))
+                      for mode in MEMORY_MODES + BITSANDBYTES_MEMORY_MODES),
     ),
     Setting(
         "device", "Device", "Where new jobs run: Auto uses the GPU when there is one.", CHOICE, "auto",

@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.embedding_vectors import vector_counts
-from desktop.engine.library.native_size import model_family, native_size, needs_components
+from desktop.engine.library.native_size import model_family, native_size, needs_components, reference_limit
 from desktop.engine.token_count import TokenCounter
 from desktop.ui.translation import translate
 
@@ -26,6 +26,7 @@ class _Relay(QObject):
     models_listed = Signal(object, object, str)
     families_listed = Signal(object)
     component_models_listed = Signal(object)
+    reference_models_listed = Signal(object)
     demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
@@ -41,6 +42,8 @@ class BackgroundReads(QObject):
             emitted just before `models_listed` for the same scan.
         component_models_listed(object): the models that hold a transformer only and need a text-encoder
             folder (a frozenset of names), emitted with `families_listed`.
+        reference_models_listed(object): the models that read reference images beside the prompt (a dict
+            of name -> how many at most), emitted with `families_listed`.
         demo_model_found(object): after each `models_listed`, the demo model's name in the library
             (it may have been renamed), or None when the library has none.
         token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
@@ -50,6 +53,7 @@ class BackgroundReads(QObject):
     models_listed = Signal(object, object, str)
     families_listed = Signal(object)
     component_models_listed = Signal(object)
+    reference_models_listed = Signal(object)
     demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
@@ -71,6 +75,7 @@ class BackgroundReads(QObject):
         self._relay.models_listed.connect(self.models_listed)
         self._relay.families_listed.connect(self.families_listed)
         self._relay.component_models_listed.connect(self.component_models_listed)
+        self._relay.reference_models_listed.connect(self.reference_models_listed)
         self._relay.demo_model_found.connect(self.demo_model_found)
         self._relay.token_counter_loaded.connect(self.token_counter_loaded)
         self._relay.embedding_vectors_read.connect(self.embedding_vectors_read)
@@ -82,6 +87,7 @@ class BackgroundReads(QObject):
             names, sizes, families, error = _scan(catalog)
             relay.families_listed.emit(families)
             relay.component_models_listed.emit(_component_models(catalog) if not error else frozenset())
+            relay.reference_models_listed.emit(_reference_models(catalog) if not error else {})
             relay.models_listed.emit(names, sizes, error)
             relay.demo_model_found.emit(demo_model() if demo_model is not None else None)
 
@@ -137,6 +143,14 @@ def _embedding_vectors(folder: Path) -> dict[str, int]:
     except OSError:
         log.warning("Embedding names count as words: cannot read %s", folder, exc_info=True)
         return {}
+
+
+def _reference_models(catalog: ModelCatalog) -> dict[str, int]:
+    try:
+        limits = {entry.name: reference_limit(entry.path) for entry in catalog.entries()}
+    except OSError:
+        return {}
+    return {name: limit for name, limit in limits.items() if limit > 0}
 
 
 def _component_models(catalog: ModelCatalog) -> frozenset[str]:

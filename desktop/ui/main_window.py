@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -152,6 +153,7 @@ class MainWindow(QMainWindow):
         self._reads.families_listed.connect(self.families_listed)
         self._reads.families_listed.connect(self.parameter_panel.set_families)
         self._reads.component_models_listed.connect(self.parameter_panel.set_component_models)
+        self._reads.reference_models_listed.connect(self.parameter_panel.set_reference_models)
         self._reads.models_listed.connect(self._on_models_listed)
         self._reads.demo_model_found.connect(self._on_demo_model_found)
         self.parameters.field_changed.connect(self._on_parameter_changed)
@@ -258,6 +260,8 @@ class MainWindow(QMainWindow):
         cannot be saved."""
         self.control_drawing.commit()  # a unit drawn on the canvas reads the drawing as it is now
         request = self.parameters.request(*self.prompt_editor.styled_prompts())
+        if self.parameter_panel.ignores_references():
+            request = replace(request, reference_images=())
         return self.canvas_toolbar.edit_request(request, self._inputs_folder)
 
     def _canvas_picture(self) -> bytes | None:

@@ -62,6 +62,8 @@ class Parameters:
     few_step: str = ""  # library/few_step.py kind; "" = none
     refiner: str = ""  # an SDXL refiner model's name; "" = none
     refiner_switch_at: float = 0.8
+    # Further pictures for models that read them (Flux.2, Qwen-Image-Edit Plus); shown for those only.
+    reference_images: tuple[str, ...] = ()
 
     @classmethod
     def from_request(cls, request: GenerationRequest) -> Parameters:

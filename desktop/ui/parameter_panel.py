@@ -4,12 +4,13 @@ The values live in a `ParameterModel`; the widgets show it."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import QT_TRANSLATE_NOOP, QSignalBlocker, Qt, Signal, SignalInstance, Slot
-from PySide6.QtGui import QValidator
+from PySide6.QtGui import QStandardItemModel, QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,6 +31,7 @@ from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from desktop.engine.library.few_step import FEW_STEP_KINDS
 from desktop.engine.library.native_size import family_defaults
 from desktop.engine.request import (
+    BITSANDBYTES_MEMORY_MODES,
     DEVICES,
     EMPHASIS_MODES,
     MAX_BATCH_COUNT,
@@ -47,6 +49,7 @@ from desktop.engine.request import (
 from desktop.ui.control_list import ControlListWidget
 from desktop.ui.lora_list import LoraListWidget
 from desktop.ui.parameter_model import ParameterModel, Parameters
+from desktop.ui.reference_images_row import ReferenceImagesRow
 from desktop.ui.text_encoder_row import TextEncoderRow
 from desktop.ui.translation import translate
 
@@ -82,6 +85,8 @@ _MEMORY_LABELS = {
     "group": QT_TRANSLATE_NOOP("ParameterPanel", "Group offload (Flux, SD3)"),
     "sequential": QT_TRANSLATE_NOOP("ParameterPanel", "Sequential offload (Flux, SD3; slowest)"),
     "fp8": QT_TRANSLATE_NOOP("ParameterPanel", "fp8 layer-wise casting (Flux, SD3)"),
+    "nf4": QT_TRANSLATE_NOOP("ParameterPanel", "NF4 4-bit (Flux, SD3, Qwen, Z-Image; CUDA)"),
+    "int8": QT_TRANSLATE_NOOP("ParameterPanel", "int8 8-bit (Flux, SD3, Qwen, Z-Image; CUDA)"),
 }
 # A1111's mode names (the request keeps them as they are; only the list shows them translated).
 _EMPHASIS_LABELS = {
@@ -174,6 +179,8 @@ class ParameterPanel(QWidget):
         self._sized_for = ""  # the model whose native size the size fields were last set for
         self._families: dict[str, str] = {}  # model name -> family ("sd1", "flux-dev", ...)
         self._component_models: frozenset[str] = frozenset()  # transformer-only files: need text encoders
+        # Models that read reference images -> how many; None until the models folder has been scanned.
+        self._reference_limits: dict[str, int] | None = None
         self._create_model_widgets()
         self._create_sampling_widgets()
         self._create_size_widgets()
@@ -254,6 +261,9 @@ class ParameterPanel(QWidget):
         self.text_encoders_edit = self.text_encoders_row.edit
         self.text_encoders_label = QLabel(self.tr("&Text encoders"), objectName="text_encoders_label")
         self.text_encoders_label.setBuddy(self.text_encoders_edit)
+        self.references_row = ReferenceImagesRow()
+        self.references_label = QLabel(self.tr("Re&ferences"), objectName="references_label")
+        self.references_label.setBuddy(self.references_row.add_button)
 
         self.seed_spin = SeedEdit("seed_spin")
         self.random_seed_button = QToolButton(objectName="random_seed_button", text="⚄")
@@ -300,7 +310,11 @@ class ParameterPanel(QWidget):
     def _create_device_widgets(self) -> None:
         self.device_combo = _combo("device_combo", DEVICES, _DEVICE_LABELS)
         self.precision_combo = _combo("precision_combo", PRECISIONS, _PRECISION_LABELS)
-        self.memory_combo = _combo("memory_combo", MEMORY_MODES, _MEMORY_LABELS)
+        self.memory_combo = _combo("memory_combo", MEMORY_MODES + BITSANDBYTES_MEMORY_MODES, _MEMORY_LABELS)
+        if not bitsandbytes_installed():
+            for mode in BITSANDBYTES_MEMORY_MODES:
+                _disable_item(self.memory_combo, mode, self.tr(
+                    "Needs the optional bitsandbytes package, which this installation lacks"))
         self.memory_combo.setToolTip(self.tr(
             "Auto: everything on the GPU when it fits, VAE tiling above 1024×1024, CPU offload when VRAM is short. "
             "After running out of memory Marble retries once a step lower and says so."
@@ -441,6 +455,7 @@ class ParameterPanel(QWidget):
         form.addRow(self.tr("Few-ste&p"), self.few_step_combo)
         form.addRow(self.refiner_label, self.refiner_row)
         form.addRow(self.text_encoders_label, self.text_encoders_row)
+        form.addRow(self.references_label, self.references_row)
         self._show_family_rows()
         form.addRow(self.tr("S&eed"), _row(self.seed_spin, self.random_seed_button, self.reuse_seed_button))
         form.addRow(self.tr("&Width"), _row(self.width_spin, self.swap_size_button))
@@ -510,6 +525,8 @@ class ParameterPanel(QWidget):
             "text_encoders": _Binding(self.text_encoders_edit, self.text_encoders_edit.text,
                                       self.text_encoders_edit.setText, self.text_encoders_edit.textChanged),
             "vae": _Binding(self.vae_combo, self.selected_vae, self._show_vae, self.vae_combo.currentIndexChanged),
+            "reference_images": _Binding(self.references_row, self.references_row.images,
+                                         self.references_row.set_images, self.references_row.images_changed),
             **self._hires_bindings(),
         }
         for name, binding in bindings.items():
@@ -684,6 +701,17 @@ class ParameterPanel(QWidget):
         self._component_models = frozenset(names)
         self._show_family_rows()
 
+    def set_reference_models(self, limits: Mapping[str, int]) -> None:
+        """The models that read reference images, and how many each (`reference_image_limit`): the
+        References row shows for them."""
+        self._reference_limits = dict(limits)
+        self._show_family_rows()
+
+    def ignores_references(self) -> bool:
+        """Whether the chosen model is known to read no reference images: the row is hidden and a job must
+        not carry the pictures picked for another model (they stay listed for when it comes back)."""
+        return self._reference_limits is not None and not self._reference_limits.get(self.selected_model())
+
     def _show_family_rows(self) -> None:
         flux_dev = self._families.get(self.selected_model()) in ("flux-dev", "flux2-dev")
         self.distilled_cfg_label.setVisible(flux_dev)
@@ -694,6 +722,10 @@ class ParameterPanel(QWidget):
         needs = self.selected_model() in self._component_models
         self.text_encoders_label.setVisible(needs)
         self.text_encoders_row.setVisible(needs)
+        references = (self._reference_limits or {}).get(self.selected_model(), 0)
+        self.references_row.set_limit(references)
+        self.references_label.setVisible(references > 0)
+        self.references_row.setVisible(references > 0)
 
     def _show_refiner(self, name: str) -> None:
         if self.refiner_combo.findData(name) < 0:  # a recipe's refiner not in the folder stays visible
@@ -776,6 +808,20 @@ def _combo(name: str, values: Sequence[str], labels: Mapping[str, str]) -> QComb
     for value in values:
         combo.addItem(translate("ParameterPanel", labels[value]) if value in labels else value, value)
     return combo
+
+
+def bitsandbytes_installed() -> bool:
+    """Whether the optional bitsandbytes package is there, found without importing it (it loads torch)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def _disable_item(combo: QComboBox, value: str, why: str) -> None:
+    """Greys out `value`'s entry (shown, so the mode is known to exist) and says why in its tooltip."""
+    index = combo.findData(value)
+    item = combo.model().item(index) if isinstance(combo.model(), QStandardItemModel) else None
+    if item is not None:
+        item.setEnabled(False)
+        item.setToolTip(why)
 
 
 def _select_data(combo: QComboBox, value: object) -> None:

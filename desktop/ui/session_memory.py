@@ -52,6 +52,9 @@ def parameters_from_json(values: Mapping[str, Any], base: Parameters) -> Paramet
             loras = _loras(value)
             if loras is not None:
                 changes[name] = loras
+        elif name == "reference_images":
+            if isinstance(value, list) and all(isinstance(item, str) and item for item in value):
+                changes[name] = tuple(value)
         elif name == "controls":
             controls = _controls(value)
             if controls is not None:

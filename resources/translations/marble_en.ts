@@ -990,7 +990,7 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Weights (*.safetensors *.ckpt *.pt *.pth *.bin);;All files (*)</source>
+        <source>Weights (*.safetensors *.ckpt *.pt *.pth *.bin *.sft *.gguf);;All files (*)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1247,6 +1247,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>NF4 4-bit (Flux, SD3, Qwen, Z-Image; CUDA)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>int8 8-bit (Flux, SD3, Qwen, Z-Image; CUDA)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Original</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1307,6 +1315,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Re&amp;ferences</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Random seed for every job</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1336,6 +1348,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>How (word:1.2) weights apply. Original: as AUTOMATIC1111 (weights, then the mean restored); No norm: weights only; None: brackets, weights and BREAK are plain text.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Needs the optional bitsandbytes package, which this installation lacks</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1872,6 +1888,37 @@ Negative: {negative}</source>
     </message>
 </context>
 <context>
+    <name>ReferenceImagesRow</name>
+    <message>
+        <source>Pictures the prompt can refer to, in order (Picture 2, Picture 3, …)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Add…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Add reference images (or drop image files on this row)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove the selected reference image</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reference images</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Images (*.png *.jpg *.jpeg *.webp *.bmp)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>This model reads at most {count} reference images.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>ResultStrip</name>
     <message>
         <source>Seed {seed}
@@ -1980,7 +2027,15 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Fp8</source>
+        <source>fp8</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>NF4</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Int8</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

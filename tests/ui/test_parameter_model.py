@@ -56,14 +56,13 @@ CHANGED = Parameters(
     few_step="lightning",
     refiner="xl-refiner",
     refiner_switch_at=0.65,
+    reference_images=("/pictures/hat.png", "/pictures/scarf.png"),
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
 # config folder (command line only).
 NOT_PARAMETERS = {
     "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
     "padding", "resize_mode", "inpaint_fill",
-    # Images, like init_image, not panel settings: Qwen-Image-Edit Plus's further pictures.
-    "reference_images",
     # The Upscale dialog's (history and canvas), not the panel's.
     "upscale_by", "upscale_upscaler", "upscale_tile", "sd_upscale", "sd_upscale_tile", "sd_upscale_overlap",
 }
@@ -120,6 +119,7 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "few_step": lambda: _combo_data(panel.few_step_combo),
         "refiner": lambda: _combo_data(panel.refiner_combo),
         "refiner_switch_at": panel.refiner_switch_spin.value,
+        "reference_images": panel.references_row.images,
     }
 
 
@@ -187,6 +187,8 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
         row.weight_spin.setValue(unit.weight)
         row.start_spin.setValue(unit.start)
         row.end_spin.setValue(unit.end)
+    panel.set_reference_models({target.model: 4})  # the scan found a model that reads up to 4
+    panel.references_row.add_images(target.reference_images)
 
 
 @pytest.fixture
@@ -333,3 +335,30 @@ def test_text_encoders_row_shows_for_transformer_only_models_and_empty_means_non
     panel.text_encoders_edit.setText("/models/flux-dev")
     assert panel.model.request("p").text_encoders == "/models/flux-dev"
     assert Parameters.from_request(GenerationRequest(prompt="p", model="m", text_encoders=None)).text_encoders == ""
+
+
+def test_the_memory_list_offers_nf4_and_int8_greyed_out_without_bitsandbytes(qtbot, monkeypatch) -> None:
+    import importlib.util
+
+    from PySide6.QtGui import QStandardItemModel
+
+    def entry(panel: ParameterPanel, mode: str):
+        model = panel.memory_combo.model()
+        assert isinstance(model, QStandardItemModel)
+        return model.item(panel.memory_combo.findData(mode))
+
+    installed = ParameterPanel(ParameterModel())
+    qtbot.addWidget(installed)
+    assert importlib.util.find_spec("bitsandbytes") is not None  # the test extra installs it
+    for mode in ("nf4", "int8"):
+        assert entry(installed, mode).isEnabled()
+    _select(installed.memory_combo, "nf4")
+    assert installed.model.request("p").memory_mode == "nf4"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))  # fmt: skip
+    lacking = ParameterPanel(ParameterModel())
+    qtbot.addWidget(lacking)
+    for mode in ("nf4", "int8"):
+        assert not entry(lacking, mode).isEnabled() and "bitsandbytes" in entry(lacking, mode).toolTip()
+    assert entry(lacking, "fp8").isEnabled()

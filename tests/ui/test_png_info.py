@@ -151,3 +151,19 @@ def test_a_lora_dropped_on_the_canvas_is_imported(qtbot, studio, lora_file):
         assert window.canvas_toolbar.source is None
     finally:
         tasks.shutdown()
+
+
+def test_a_t5_gguf_dropped_on_the_canvas_is_imported_as_a_text_encoder(qtbot, studio, tmp_path):
+    from tests.support.tiny_components import save_t5_gguf
+    from tests.support.tiny_dit import _t5
+
+    t5 = save_t5_gguf(_t5(), tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf")
+    window = studio.window
+    tasks = window.library_integration.tasks
+    try:
+        with qtbot.waitSignal(tasks.import_finished, timeout=TIMEOUT_MS) as finished:
+            assert drop(window.canvas.viewport(), t5)
+        assert finished.args[0].kind == "encoder"
+        assert (studio.paths.text_encoders / t5.name).is_file()
+    finally:
+        tasks.shutdown()

@@ -153,3 +153,12 @@ def test_stored_control_units_round_trip_and_damaged_ones_keep_the_current_value
     damaged = [{**stored["controls"][0], "weight": 7.0}], [{"image": "a.png"}], {"edges": 1}
     for value in damaged:
         assert parameters_from_json({"controls": value}, current).controls == (unit,)
+
+
+def test_stored_reference_images_round_trip_and_damaged_ones_keep_the_current_value() -> None:
+    parameters = Parameters(reference_images=("/pictures/hat.png", "/pictures/scarf.png"))
+    stored = json.loads(json.dumps(parameters_to_json(parameters)))
+    assert parameters_from_json(stored, Parameters()) == parameters
+    current = Parameters(reference_images=("/pictures/kept.png",))
+    for damaged in ("/pictures/hat.png", ["/pictures/hat.png", 3], [""], {"a": 1}):
+        assert parameters_from_json({"reference_images": damaged}, current).reference_images == current.reference_images

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from desktop.engine.errors import MarbleError
 from desktop.engine.library.checkpoint import ArchitectureInfo, detect_model
+from desktop.engine.library.dit import reference_image_limit
 from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.few_step import PRESETS, few_step_of_file, split_family
 from desktop.engine.safe_files import read_json_file
@@ -159,3 +160,12 @@ def needs_components(path: Path) -> bool:
         return dit is not None and dit.needs_components
     except (MarbleError, OSError, ValueError):
         return False
+
+
+def reference_limit(path: Path) -> int:
+    """How many reference images the model at `path` reads beside its prompt (the window's "References"
+    row; `dit.reference_image_limit`); 0 for every other model and for unreadable files."""
+    try:
+        return reference_image_limit(detect_model(path).dit)
+    except (MarbleError, OSError, ValueError):
+        return 0

@@ -53,7 +53,7 @@ _COLUMNS = (
     QT_TRANSLATE_NOOP("LibraryDialog", "AutoV2"),
 )
 # What a drop may carry: weights files of any extension (the import judges the bytes) and folders.
-_DROPPABLE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
+_DROPPABLE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf"}
 
 
 class LibraryDialog(QDialog):
@@ -171,7 +171,7 @@ class LibraryDialog(QDialog):
         path, _ = QFileDialog.getOpenFileName(
             self,
             self.tr("Import into {kind}").format(kind=translate("LibraryDialog", _TAB_TITLES[self.current_kind()])),
-            "", self.tr("Weights (*.safetensors *.ckpt *.pt *.pth *.bin);;All files (*)"),
+            "", self.tr("Weights (*.safetensors *.ckpt *.pt *.pth *.bin *.sft *.gguf);;All files (*)"),
         )  # fmt: skip
         if path:
             self.import_file(path, self.current_kind())

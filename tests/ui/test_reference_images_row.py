@@ -1,0 +1,83 @@
+"""The parameter panel's "References" row: shown for a model that reads reference images (a Flux.2 Klein
+transformer file, which reads up to 4), hidden for others; its pictures reach the job's request, at most
+the model's count, and stay listed (but out of the request) while another model is chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDropEvent
+
+from desktop.engine.library.native_size import reference_limit
+from desktop.engine.paths import AppPaths
+from tests.support.fake_backend import FakeBackend
+from tests.ui.conftest import FAKE_MODEL, TIMEOUT_MS
+from tests.ui.test_session_memory import pick
+from tests.ui.test_settings_and_logs import close_window, open_window
+
+
+def _klein_file(models: Path) -> Path:
+    from tests.support.tiny_flux2 import flux2_to_bfl, save_transformer_file, tiny_transformer
+
+    state = flux2_to_bfl(tiny_transformer("klein-4b").state_dict())
+    return save_transformer_file(state, models / "zz-klein.safetensors")
+
+
+def _pictures(folder: Path, count: int) -> list[str]:
+    paths = []
+    for index in range(count):
+        path = folder / f"ref{index}.png"
+        Image.new("RGB", (24, 16), (40 * index, 90, 200)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _drop(widget, paths: list[str]) -> None:
+    data = QMimeData()
+    data.setUrls([QUrl.fromLocalFile(path) for path in paths])
+    event = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, data, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    widget.dropEvent(event)
+
+
+def test_the_references_row_follows_the_model_and_its_pictures_reach_the_request(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    klein = _klein_file(paths.models)
+    assert reference_limit(klein) == 4 and reference_limit(tmp_path) == 0
+    pictures = _pictures(tmp_path, 6)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    row = panel.references_row
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-klein") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, FAKE_MODEL)
+        assert not row.isVisibleTo(panel)
+        pick(panel.model_combo, "zz-klein")
+        qtbot.waitUntil(lambda: row.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        row.add_images(pictures[:3])
+        _drop(row, [*pictures[3:], str(tmp_path / "notes.txt")])  # 3 more images and a text file
+        assert row.images() == tuple(pictures[:4])  # the model reads 4: the rest refused, said so
+        assert row.problem.isVisibleTo(panel) and "at most 4" in row.problem.text()
+        assert not row.add_button.isEnabled()
+        assert row.list.item(0).icon().isNull() is False  # a thumbnail, decoded small
+        assert window.current_request().reference_images == tuple(pictures[:4])
+        row.list.setCurrentRow(1)
+        row.remove_button.click()
+        assert window.current_request().reference_images == (pictures[0], pictures[2], pictures[3])
+        # Another model reads none: the row hides and the job goes without them, but they are kept.
+        pick(panel.model_combo, FAKE_MODEL)
+        assert not row.isVisibleTo(panel)
+        assert window.current_request().reference_images == ()
+        pick(panel.model_combo, "zz-klein")
+        assert window.current_request().reference_images == (pictures[0], pictures[2], pictures[3])
+        # Reusing a recipe brings its references back.
+        request = window.current_request()
+        panel.model.update(reference_images=())
+        assert row.images() == ()
+        window.parameters.set_from_request(request)
+        assert row.images() == (pictures[0], pictures[2], pictures[3])
+    finally:
+        close_window(window, controller)
