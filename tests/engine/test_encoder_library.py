@@ -125,6 +125,34 @@ def test_an_fp8_t5_stays_stored_in_fp8_and_computes_its_own_weights(home, parts)
     assert np.array_equal(pixels(batch.images[0]), expected)
 
 
+@pytest.mark.parametrize("mixed", [None, "encoder.block.1."], ids=["marker", "comfy_quant"])
+def test_a_scaled_fp8_t5_loads_as_its_dequantised_weights(home, parts, mixed):
+    from safetensors.torch import save_file
+
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    own = {k: v for k, v in parts["pipe"].text_encoder_2.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    file, exact, unscaled = scaled_fp8(own, mixed=mixed)
+    path = parts["tmp"] / f"t5xxl_fp8_e4m3fn_scaled_{'mixed' if mixed else 'marker'}.safetensors"
+    save_file(file, str(path))
+    record = Library(home).import_path(path, "encoder", name="t5_scaled")
+    assert record.dtype.endswith("_SCALED") and "scaled" in record.shown_architecture, record.shown_architecture
+    request = flux_request(parts["model"], parts, encoders="clip_l,t5_scaled")
+    batch, _ = run(make_backend(home), request)
+
+    def t5_with(weights):
+        t5 = type(parts["pipe"].text_encoder_2)(parts["pipe"].text_encoder_2.config).eval()
+        t5.load_state_dict(weights, strict=False)
+        t5.encoder.embed_tokens = t5.shared
+        return t5
+
+    expected = bare_image(bare(parts["pipe"], text_encoder_2=t5_with(exact)), request, **PROMPT_ARGS)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    # The scales mattered: the stored fp8 values alone give another picture.
+    assert not np.array_equal(expected, bare_image(bare(parts["pipe"], text_encoder_2=t5_with(unscaled)), request,
+                                                   **PROMPT_ARGS))  # fmt: skip
+
+
 def test_sd3_takes_two_clips_and_a_t5_from_the_library(tmp_path):
     from safetensors.torch import save_file
 
@@ -327,5 +355,9 @@ def test_published_sizes_are_named_from_their_shapes():
     assert (fp8.label, fp8.family, fp8.fp8_storage) == ("T5-XXL text encoder", "t5-xxl", "float8_e4m3fn")
     with pytest.raises(ModelError, match=r"t5-broken .*layer\(s\) \[3\] missing"):
         inspect_encoder(_header({k: v for k, v in t5.items() if ".block.3." not in k}), "t5-broken")
-    with pytest.raises(ModelError, match=r"t5_scaled .*'scaled fp8'"):
-        inspect_encoder(_header(t5 | {"scaled_fp8": (0,)}, "F8_E4M3"), "t5_scaled")
+    scaled = inspect_encoder(_header(t5 | {"scaled_fp8": (0,)}, "F8_E4M3"), "t5_scaled")
+    assert (scaled.dtype, scaled.scaled, scaled.fp8_storage) == ("F8_E4M3_SCALED", True, None)
+    # ComfyUI's nvfp4 / mxfp8: a scale per block of each row (2-D scales), which Marble does not dequantise.
+    block = {"encoder.block.0.layer.0.SelfAttention.q.weight_scale": (4096, 256)}
+    with pytest.raises(ModelError, match=r"t5_nvfp4 is block-scaled"):
+        inspect_encoder(_header(t5 | block, "F8_E4M3"), "t5_nvfp4")

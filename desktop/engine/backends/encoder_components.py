@@ -147,7 +147,7 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
 
     model_class = getattr(transformers, class_name)
     settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
-    state = _read_state(component, info, settings)
+    state = _read_state(component, info, settings, dtype)
     if info.kind == "t5":
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)
@@ -230,13 +230,19 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
     return (model if model.dtype == dtype else model.to(dtype)).eval()
 
 
-def _read_state(component: Component, info: EncoderInfo, settings: Any) -> dict[str, Any]:
+def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:
     if info.layout == "gguf":
         return _read_gguf_t5(component.path)
     from safetensors.torch import load_file
 
     tensors = load_file(str(component.path))
     state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
+    if info.scaled:
+        from desktop.engine.backends.quantised_weights import dequantise_scaled_fp8
+
+        # Weight times scale, one tensor at a time in float32, kept in the job's dtype: a 4.7B T5 never
+        # sits in memory in float32 whole.
+        state = dequantise_scaled_fp8(state, dtype, name=f"The text encoder {component.shown}")
     if info.layout == "openclip":
         # SDXL's OpenCLIP bigG names (fused in_proj, resblocks, x @ P projection): diffusers' own converter,
         # which reads only the config's width from the model it is given.

@@ -3,7 +3,8 @@
 Creators download a transformer-only Flux/SD3/Chroma file and the text encoders apart, as ComfyUI keeps
 them: `clip_l.safetensors` (CLIP ViT-L text model), `clip_g.safetensors` (OpenCLIP bigG text model, in
 the transformers layout SD3 ships or SDXL's OpenCLIP layout), `t5xxl_fp16.safetensors` /
-`t5xxl_fp8_e4m3fn.safetensors` (the T5 v1.1 XXL encoder) and T5 GGUF files (llama.cpp's `enc.blk.N`
+`t5xxl_fp8_e4m3fn.safetensors`, ComfyUI's scaled `t5xxl_fp8_e4m3fn_scaled.safetensors` (the T5 v1.1 XXL
+encoder) and T5 GGUF files (llama.cpp's `enc.blk.N`
 names, as city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`). One file serves every model that uses it: the
 library stores it once, and a request names it (`text_encoders="clip_l,t5xxl_fp16"`).
 
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import SafetensorsHeader
 
 # Prefixes a text encoder's tensors carry on their own or cut out of a ComfyUI / SDXL checkpoint.
@@ -68,6 +70,11 @@ class EncoderInfo:
         return f"{'CLIP' if self.kind == 'clip' else 'T5'} text encoder (width {self.width})"
 
     @property
+    def scaled(self) -> bool:
+        """ComfyUI's scaled fp8 (`t5xxl_fp8_e4m3fn_scaled`): each weight times its scale, dequantised at load."""
+        return self.dtype.endswith(quant_formats.SCALED_SUFFIX)
+
+    @property
     def fp8_storage(self) -> str | None:
         """torch's name of the file's fp8 type ("float8_e4m3fn"), for layer-wise upcasting; else None."""
         return FP8_TYPES.get(self.dtype) if self.layout != "gguf" else None
@@ -79,11 +86,16 @@ def inspect_encoder(header: SafetensorsHeader, name: str = "this file") -> Encod
     dtypes = {key: info.dtype for key, info in header.tensors.items()}
     if any(key.startswith(("model.diffusion_model.", "first_stage_model.")) for key in shapes):
         raise ModelError(f"{name} is not a text encoder on its own: {_what_else(shapes)}")
-    if "scaled_fp8" in shapes:
-        raise ModelError(
-            f"{name} is a 'scaled fp8' text encoder (a per-tensor scale beside each weight), which Marble cannot "
-            "load yet. Use the fp16 or plain fp8 (t5xxl_fp8_e4m3fn) file."
-        )
+    if quant_formats.is_scaled_fp8(shapes):
+        blocked = quant_formats.block_scaled(header.tensors)
+        if blocked is not None:
+            raise ModelError(
+                f"{name} is block-scaled ({blocked}: nvfp4 or mxfp8), which Marble cannot dequantise. Use the "
+                "fp16, fp8 or scaled fp8 file of this encoder."
+            )
+        info = _inspect(shapes, dtypes, name, gguf=False)
+        # "F8_E4M3_SCALED" (or "MIXED_SCALED"): shown as scaled fp8, never kept in fp8 (the scale is per weight).
+        return replace(info, dtype=quant_formats.weight_format(header.tensors, info.dtype))
     return _inspect(shapes, dtypes, name, gguf=False)
 
 
