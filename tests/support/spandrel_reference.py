@@ -1,4 +1,4 @@
-"""An independent reference for Marble's transformer upscalers: spandrel 0.4.2 (chaiNNer's maintained
+"""An independent reference for Marble's transformer and SPAN upscalers: spandrel 0.4.2 (chaiNNer's maintained
 loader), run in a child process.
 
 spandrel imports torchvision at import time (for LaMa and RestoreFormer only), and Marble's venv has no
@@ -92,9 +92,9 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, HAT, SwinIR
+    from spandrel.architectures import DAT, HAT, SPAN, SwinIR
 
-    classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT}
+    classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

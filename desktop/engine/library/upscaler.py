@@ -10,9 +10,10 @@ Real-ESRGAN's compact network (SRVGGNetCompact: realesr-general-x4v3, realesr-an
 stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_channels x scale^2, a
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
-SwinIR, HAT and DAT are read by desktop.engine.library.upscaler_transformers (their shape goes into
-`UpscalerInfo.detail`). Other architectures (Swin2SR, ...) are refused with their name where it can be
-recognised: their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
+SwinIR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN by
+desktop.engine.library.upscaler_efficient (their shape goes into `UpscalerInfo.detail`). Other
+architectures (Swin2SR, ...) are refused with their name where it can be recognised: their maintained
+loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.upscaler_efficient import SPANShape, inspect_span, looks_like_span, span_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -52,7 +54,8 @@ _COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
-    # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" | "dat"
+    # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
+    # "dat" | "span"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -60,7 +63,7 @@ class UpscalerInfo:
     in_channels: int
     out_channels: int
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
-    detail: SwinIRShape | HATShape | DATShape | None = None  # the rest of a transformer's shape
+    detail: SwinIRShape | HATShape | DATShape | SPANShape | None = None  # the rest of the shape, beyond the fields
 
     @property
     def label(self) -> str:
@@ -70,6 +73,8 @@ class UpscalerInfo:
             return swinir_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, DATShape):
             return dat_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, SPANShape):
+            return span_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -98,11 +103,13 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _checked(info, name)
     if "body.0.weight" in tensors and "body.1.weight" in tensors:
         return _compact(tensors, name)
+    if looks_like_span(tensors):
+        return _span(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "HAT and DAT upscalers only."
+                "HAT, DAT and SPAN upscalers only."
             )
     if looks_like_hat(tensors):  # before SwinIR: HAT has SwinIR's names too
         return _transformer("HAT", "hat", inspect_hat, tensors, name)
@@ -128,6 +135,14 @@ def _compact(tensors: dict, name: str) -> UpscalerInfo:
     if scale * scale * in_channels != last[0]:
         raise ModelError(f"{name}'s last convolution ({last[0]} channels) fits no scale of {in_channels} channels.")
     return _checked(UpscalerInfo("srvgg", scale, len(convs) - 2, first[0], in_channels, in_channels, 0), name)
+
+
+def _span(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_span(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a SPAN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")
+    return UpscalerInfo("span", scale, 6, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:

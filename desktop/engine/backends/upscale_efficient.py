@@ -1,0 +1,103 @@
+"""SPAN, Marble's own implementation, built from the shape desktop.engine.library.upscaler_efficient reads.
+
+Each Conv3XC keeps the file's tensors under the file's names (so a strict load checks every one) and runs
+as the single 3x3 convolution they fuse into: skip (1x1, centred in 3x3) + chain (1x1 -> 3x3 -> 1x1).
+The fusion is exact algebra on the weights, done once on the first call, so a tiled upscale does not
+redo it per tile. The file's stored `eval_conv` is its own earlier fusion; like the reference
+implementation, Marble recomputes the kernel from the branches rather than trust it.
+
+torch is imported inside the functions: only the upscale path loads this module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from desktop.engine.library.upscaler import UpscalerInfo
+from desktop.engine.library.upscaler_efficient import SPANShape
+
+# The training set's mean colour (DIV2K), subtracted before scaling the input to 0..255; not in the file.
+_SPAN_MEAN = (0.4488, 0.4371, 0.4040)
+_SPAN_RANGE = 255.0
+
+
+def build_span(info: UpscalerInfo) -> Any:
+    """The SPAN network for `info` (layout "span"), untrained: load the file's tensors into it strictly."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    assert isinstance(info.detail, SPANShape)
+    normalised = info.detail.normalised
+
+    class Conv3XC(nn.Module):
+        """A 1x1 skip beside a 1x1 -> 3x3 -> 1x1 chain twice as wide inside; runs as their fused 3x3 conv."""
+
+        def __init__(self, c_in: int, c_out: int) -> None:
+            super().__init__()
+            self.sk = nn.Conv2d(c_in, c_out, 1)
+            self.conv = nn.Sequential(nn.Conv2d(c_in, 2 * c_in, 1), nn.Conv2d(2 * c_in, 2 * c_out, 3),
+                                      nn.Conv2d(2 * c_out, c_out, 1))  # fmt: skip
+            self.eval_conv = nn.Conv2d(c_in, c_out, 3, padding=1)  # the file's own fusion; loaded, not used
+            self._fused: tuple[torch.Tensor, torch.Tensor] | None = None
+
+        def fused(self) -> tuple[torch.Tensor, torch.Tensor]:
+            if self._fused is None:
+                first, middle, last = self.conv
+                w1, w2, w3 = first.weight[:, :, 0, 0], middle.weight, last.weight[:, :, 0, 0]
+                # out = w3 . (w2 * (w1 . x + b1) + b2) + b3, with x zero-padded before the first 1x1 (as the
+                # chain is trained): the b1 term then reaches every tap of the 3x3, border included.
+                kernel = torch.einsum("on,nmhw,mi->oihw", w3, w2, w1)
+                kernel[:, :, 1, 1] += self.sk.weight[:, :, 0, 0]
+                inner = middle.bias + torch.einsum("nmhw,m->n", w2, first.bias)
+                bias = last.bias + w3 @ inner + self.sk.bias
+                self._fused = (kernel.detach(), bias.detach())
+            return self._fused
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            kernel, bias = self.fused()
+            return functional.conv2d(x, kernel, bias, padding=1)
+
+    class Block(nn.Module):
+        """SPAN's attention block: three convs with SiLU between, the output gated by sigmoid(out) - 0.5."""
+
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.c1_r, self.c2_r, self.c3_r = Conv3XC(width, width), Conv3XC(width, width), Conv3XC(width, width)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # The first conv's output leaves the block *after* its SiLU: the published code activates it in
+            # place, and the trained merge layer expects it so.
+            first = functional.silu(self.c1_r(x))
+            third = self.c3_r(functional.silu(self.c2_r(first)))
+            return (third + x) * (torch.sigmoid(third) - 0.5), first
+
+    class SPAN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            width = info.features
+            if not normalised:
+                self.register_buffer("no_norm", torch.zeros(1))
+            self.conv_1 = Conv3XC(info.in_channels, width)
+            for index in range(1, 7):
+                setattr(self, f"block_{index}", Block(width))
+            self.conv_cat = nn.Conv2d(4 * width, width, 1)
+            self.conv_2 = Conv3XC(width, width)
+            self.upsampler = nn.Sequential(nn.Conv2d(width, info.out_channels * info.scale**2, 3, padding=1),
+                                           nn.PixelShuffle(info.scale))  # fmt: skip
+            self.register_buffer("mean", torch.tensor(_SPAN_MEAN).view(1, 3, 1, 1), persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if normalised:
+                x = (x - self.mean.to(x.dtype)) * _SPAN_RANGE
+            features = self.conv_1(x)
+            out, _ = self.block_1(features)
+            first_block = out
+            for index in range(2, 6):
+                out, _ = getattr(self, f"block_{index}")(out)
+            out, sixth_first = self.block_6(out)
+            merged = self.conv_cat(torch.cat([features, self.conv_2(out), first_block, sixth_first], 1))
+            # No denormalisation: the published models are trained to output 0..1 directly.
+            return self.upsampler(merged)
+
+    return SPAN()

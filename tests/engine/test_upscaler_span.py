@@ -1,0 +1,115 @@
+"""SPAN upscalers: detected from the header (scale, width, input normalisation) and run by Marble's own
+implementation, compared with spandrel 0.4.2 on the same file and input; a pickled .pth through the safe
+conversion; tiled against whole; damaged files refused by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from desktop.engine.backends.upscale import load_upscaler, upscale
+from desktop.engine.errors import ModelError
+from desktop.engine.library.index import Library, guess_kind
+from desktop.engine.paths import AppPaths
+from tests.support import spandrel_reference
+from tests.support.cli_runner import run_cli
+
+pytestmark = pytest.mark.skipif(
+    not spandrel_reference.available(),
+    reason="spandrel 0.4.2 (the reference) is not installed: pip install --no-deps spandrel==0.4.2 einops",
+)
+
+# name: (spandrel's keyword arguments, Marble's label, scale). Tiny widths; the input 19 x 23 px.
+VARIANTS = {
+    "span-x4": ({"num_in_ch": 3, "num_out_ch": 3, "feature_channels": 12, "upscale": 4}, "SPAN 4x (12 features)", 4),
+    "span-x2": ({"num_in_ch": 3, "num_out_ch": 3, "feature_channels": 8, "upscale": 2}, "SPAN 2x (8 features)", 2),
+    "span-x2-no-norm": (
+        {"num_in_ch": 3, "num_out_ch": 3, "feature_channels": 8, "upscale": 2, "norm": False},
+        "SPAN 2x (8 features, no input normalisation)", 2,
+    ),
+}  # fmt: skip
+# The same float32 operations in another order (one fused kernel against the chain, as spandrel runs it), on
+# random weights that amplify the 0..255 input to outputs in the hundreds: agreement relative to the output.
+TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("spandrel-span")
+    specs = {
+        name: {"class": "SPAN", "seed": 10 + seed, "input": [19, 23], "kwargs": kwargs}
+        for seed, (name, (kwargs, _, _)) in enumerate(VARIANTS.items())
+    }
+    return workdir, spandrel_reference.build_and_run(workdir, specs)
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_each_span_is_detected_and_matches_spandrel(reference, paths, name):
+    workdir, report = reference
+    _, label, scale = VARIANTS[name]
+    library = Library(paths)
+    entry = library.import_path(workdir / f"{name}.safetensors", "upscaler")
+    assert entry.architecture == label
+    assert report[name] == {"architecture": "SPAN", "scale": scale}
+    assert guess_kind(workdir / f"{name}.safetensors") == "upscaler"
+    network, info = load_upscaler(library.path_of(entry))
+    assert (info.layout, info.scale) == ("span", scale)
+    source = torch.from_numpy(np.load(workdir / f"{name}.input.npy"))
+    expected = np.load(workdir / f"{name}.output.npy")
+    with torch.inference_mode():
+        got = network(source).numpy()
+    assert got.shape == expected.shape == (1, 3, 19 * scale, 23 * scale)
+    assert np.abs(expected).max() > 0.5
+    assert np.abs(got - expected).max() <= TOLERANCE * max(1.0, float(np.abs(expected).max()))
+
+
+def test_a_pickled_span_is_converted_and_upscales_tiled_like_whole(reference, tmp_path):
+    workdir, _ = reference
+    where = str(tmp_path / "home")
+    pth = tmp_path / "4x-span-test.pth"
+    torch.save(load_file(str(workdir / "span-x4.safetensors")), pth)
+    code, _, err = run_cli("upscalers", "import", str(pth), "--convert-pickle", "--home", where)
+    assert code == 0, err
+    code, out, _ = run_cli("upscalers", "list", "--home", where)
+    assert "4x-span-test" in out and "SPAN 4x (12 features)" in out
+    network, info = load_upscaler(workdir / "span-x4.safetensors")
+    image = noise_image(72, 56)
+    whole = np.asarray(upscale(network, info.scale, image, tile=0)).astype(int)
+    tiled = np.asarray(upscale(network, info.scale, image, tile=32, overlap=16)).astype(int)
+    assert whole.shape == (224, 288, 3) and whole.std() > 10
+    # A pixel of SPAN's output sees 21 px around it (21 3x3 convs on its longest path); the default 16 px
+    # overlap leaves seams, small on average (measured 1.66 levels; a network of real weights is smoother).
+    difference = np.abs(whole - tiled)
+    assert difference.mean() < 2.0
+
+
+def test_damaged_span_files_are_refused_by_name(reference, paths, tmp_path):
+    workdir, _ = reference
+    span = load_file(str(workdir / "span-x4.safetensors"))
+    cases = {
+        "no-block-6": ({k: v for k, v in span.items() if not k.startswith("block_6.")},
+                       "SPAN blocks \\[1, 2, 3, 4, 5\\]"),
+        "missing": ({k: v for k, v in span.items() if k != "block_3.c2_r.conv.1.bias"},
+                    "tensors do not fit the SPAN 4x .*block_3.c2_r.conv.1.bias"),
+        "odd-upsampler": ({**span, "upsampler.0.weight": torch.zeros(20, 12, 3, 3),
+                           "upsampler.0.bias": torch.zeros(20)},
+                          "upsampler makes 20 channels"),
+    }  # fmt: skip
+    for case, (tensors, message) in cases.items():
+        path = tmp_path / f"{case}.safetensors"
+        save_file(tensors, str(path))
+        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
+            Library(paths).import_path(path, "upscaler")
+            load_upscaler(path)
