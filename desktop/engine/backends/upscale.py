@@ -1,6 +1,6 @@
-"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, HAT, DAT, SPAN), run in overlapping tiles so big
-images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers, SPAN in
-desktop.engine.backends.upscale_efficient.
+"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, HAT, DAT, SPAN, PLKSR), run in overlapping
+tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
+SPAN and PLKSR in desktop.engine.backends.upscale_efficient.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -44,10 +44,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_transformers import build_swinir, loadable_state
 
         state, network = loadable_state(state), build_swinir(info)
-    elif info.layout == "span":
-        from desktop.engine.backends.upscale_efficient import build_span
+    elif info.layout in ("span", "plksr"):
+        from desktop.engine.backends.upscale_efficient import build_plksr, build_span
 
-        network = build_span(info)
+        network = build_span(info) if info.layout == "span" else build_plksr(info)
     elif info.layout == "dat":
         from desktop.engine.backends.upscale_transformers import build_dat, dat_split_from_biases, loadable_state
 

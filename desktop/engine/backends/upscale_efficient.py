@@ -1,4 +1,5 @@
-"""SPAN, Marble's own implementation, built from the shape desktop.engine.library.upscaler_efficient reads.
+"""SPAN and (Real)PLKSR, Marble's own implementations, built from the shape
+desktop.engine.library.upscaler_efficient reads.
 
 Each Conv3XC keeps the file's tensors under the file's names (so a strict load checks every one) and runs
 as the single 3x3 convolution they fuse into: skip (1x1, centred in 3x3) + chain (1x1 -> 3x3 -> 1x1).
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from desktop.engine.library.upscaler import UpscalerInfo
-from desktop.engine.library.upscaler_efficient import SPANShape
+from desktop.engine.library.upscaler_efficient import PLKSR_NORM_GROUPS, PLKSRShape, SPANShape
 
 # The training set's mean colour (DIV2K), subtracted before scaling the input to 0..255; not in the file.
 _SPAN_MEAN = (0.4488, 0.4371, 0.4040)
@@ -101,3 +102,92 @@ def build_span(info: UpscalerInfo) -> Any:
             return self.upsampler(merged)
 
     return SPAN()
+
+
+def build_plksr(info: UpscalerInfo) -> Any:
+    """The PLKSR or RealPLKSR network for `info` (layout "plksr"), untrained: load the file's tensors strictly."""
+    import torch
+    from torch import nn
+
+    shape = info.detail
+    assert isinstance(shape, PLKSRShape)
+    width = info.features
+
+    class ChannelNorm(nn.Module):
+        """RealPLKSR's LayerNorm over the channels of each pixel (eps 1e-6)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(width))
+            self.bias = nn.Parameter(torch.zeros(width))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            centred = x - x.mean(1, keepdim=True)
+            normed = centred / torch.sqrt(centred.pow(2).mean(1, keepdim=True) + 1e-6)
+            return self.weight[:, None, None] * normed + self.bias[:, None, None]
+
+    class LargeKernel(nn.Module):
+        """One large-kernel conv over the first `partial` channels; the others pass through."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(shape.partial, shape.partial, shape.kernel, padding=shape.kernel // 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.conv(x[:, : shape.partial]), x[:, shape.partial :]], 1)
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.Sigmoid())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.f(x)
+
+    def mixer() -> nn.Sequential:
+        first, last = {"CCM": (3, 1), "ICCM": (1, 3), "DCCM": (3, 3)}[shape.mixer]
+        return nn.Sequential(nn.Conv2d(width, 2 * width, first, padding=first // 2),
+                             nn.Mish() if shape.real else nn.GELU(),
+                             nn.Conv2d(2 * width, width, last, padding=last // 2))  # fmt: skip
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            if shape.real and shape.layer_norm:
+                self.layer_norm = ChannelNorm()
+            # The paper's code spells it "channe_mixer"; RealPLKSR's does not: the files follow each.
+            setattr(self, "channel_mixer" if shape.real else "channe_mixer", mixer())
+            self.lk = LargeKernel()
+            if shape.attention:
+                self.attn = Attention()
+            self.refine = nn.Conv2d(width, width, 1)
+            if shape.real and not shape.layer_norm:
+                self.norm = nn.GroupNorm(PLKSR_NORM_GROUPS, width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.layer_norm(x) if hasattr(self, "layer_norm") else x
+            out = getattr(self, "channel_mixer" if shape.real else "channe_mixer")(out)
+            out = self.lk(out)
+            if shape.attention:
+                out = self.attn(out)
+            out = self.refine(out)
+            if hasattr(self, "norm"):
+                out = self.norm(out)
+            return out + x
+
+    class PLKSR(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = [nn.Conv2d(info.in_channels, width, 3, padding=1)]
+            layers += [Block() for _ in range(info.blocks)]
+            if shape.real:
+                layers.append(nn.Identity())  # the training dropout's place: the last conv keeps its index
+            layers.append(nn.Conv2d(width, info.out_channels * info.scale**2, 3, padding=1))
+            self.feats = nn.Sequential(*layers)
+            self.to_img = nn.PixelShuffle(info.scale)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # The network learns the residual over the input repeated into every sub-pixel (nearest upscale).
+            return self.to_img(self.feats(x) + x.repeat_interleave(info.scale**2, dim=1))
+
+    return PLKSR()

@@ -10,7 +10,7 @@ Real-ESRGAN's compact network (SRVGGNetCompact: realesr-general-x4v3, realesr-an
 stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_channels x scale^2, a
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
-SwinIR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN by
+SwinIR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient (their shape goes into `UpscalerInfo.detail`). Other
 architectures (Swin2SR, ...) are refused with their name where it can be recognised: their maintained
 loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -24,7 +24,16 @@ from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
-from desktop.engine.library.upscaler_efficient import SPANShape, inspect_span, looks_like_span, span_label
+from desktop.engine.library.upscaler_efficient import (
+    PLKSRShape,
+    SPANShape,
+    inspect_plksr,
+    inspect_span,
+    looks_like_plksr,
+    looks_like_span,
+    plksr_label,
+    span_label,
+)
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -55,7 +64,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "dat" | "span"
+    # "dat" | "span" | "plksr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -63,7 +72,8 @@ class UpscalerInfo:
     in_channels: int
     out_channels: int
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
-    detail: SwinIRShape | HATShape | DATShape | SPANShape | None = None  # the rest of the shape, beyond the fields
+    # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's).
+    detail: SwinIRShape | HATShape | DATShape | SPANShape | PLKSRShape | None = None
 
     @property
     def label(self) -> str:
@@ -75,6 +85,8 @@ class UpscalerInfo:
             return dat_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, SPANShape):
             return span_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, PLKSRShape):
+            return plksr_label(self.detail, self.scale, self.features, self.blocks)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -105,11 +117,13 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _compact(tensors, name)
     if looks_like_span(tensors):
         return _span(tensors, name)
+    if looks_like_plksr(tensors):
+        return _plksr(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "HAT, DAT and SPAN upscalers only."
+                "HAT, DAT, SPAN and PLKSR upscalers only."
             )
     if looks_like_hat(tensors):  # before SwinIR: HAT has SwinIR's names too
         return _transformer("HAT", "hat", inspect_hat, tensors, name)
@@ -143,6 +157,15 @@ def _span(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a SPAN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")
     return UpscalerInfo("span", scale, 6, width, in_channels, out_channels, 0, detail)
+
+
+def _plksr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_plksr(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a PLKSR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")
+    blocks = sum(1 for key in tensors if key.startswith("feats.") and key.endswith(".refine.weight"))
+    return UpscalerInfo("plksr", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:

@@ -1,4 +1,5 @@
-"""Efficient upscaler networks without torch: what a SPAN file is, judged from its tensor names and shapes.
+"""Efficient upscaler networks without torch: what a SPAN or (Real)PLKSR file is, judged from its tensor
+names and shapes.
 
 SPAN (Swift Parameter-free Attention Network, NTIRE 2024's efficient-SR winner; community models such as
 4xNomos8k_span or ClearRealityV1) is a fixed stack: an input conv, six attention blocks of three convs each,
@@ -7,6 +8,14 @@ beside a 1x1 -> 3x3 -> 1x1 chain (twice as wide inside), trained apart and fused
 Its header tells the width (`conv_1.sk.weight`), the colour channels and the scale (the upsampler conv's
 outputs are channels x scale^2); a `no_norm` tensor marks a model trained without the mean/255 input
 normalisation.
+
+PLKSR (Partial Large Kernel CNNs, 2024) and its community variant RealPLKSR (4xNomos2_realplksr_dysample,
+the "realplksr" models of OpenModelDB) are a plain stack `feats`: an input conv, N blocks, (RealPLKSR: a
+dropout,) a conv to 3 x scale^2 channels added to the input repeated scale^2 times, and a pixel shuffle.
+A block mixes channels (two convs; PLKSR's `channe_mixer` [sic] in three kinds told by kernel sizes,
+RealPLKSR's `channel_mixer`), runs one large-kernel conv over its first channels only, gates by an
+element-wise attention, refines with a 1x1 and (RealPLKSR) normalises (GroupNorm, or a LayerNorm first).
+Its sparse large-kernel ablations and RealPLKSR's DySample upsampler are refused by name.
 """
 
 from __future__ import annotations
@@ -55,6 +64,68 @@ def inspect_span(tensors: Mapping[str, _Shaped], name: str) -> tuple[SPANShape, 
     if scale < 1 or scale * scale * in_channels != outputs:
         raise ModelError(f"{name}'s upsampler makes {outputs} channels, which fits no scale of {in_channels} channels.")
     return SPANShape(normalised="no_norm" not in tensors), scale, width, in_channels, in_channels
+
+
+_PLKSR_MIXERS = {(3, 1): "CCM", (1, 3): "ICCM", (3, 3): "DCCM"}  # (first conv's kernel, last's) -> kind
+PLKSR_NORM_GROUPS = 4  # RealPLKSR's GroupNorm; not in the file (every published model uses 4)
+
+
+@dataclass(frozen=True)
+class PLKSRShape:
+    """What a (Real)PLKSR header says beyond scale and width."""
+
+    real: bool  # RealPLKSR (Mish mixer, normalisation) rather than the paper's PLKSR (GELU, none)
+    kernel: int  # the large kernel's size
+    partial: int  # how many of the channels the large kernel sees
+    mixer: str  # "CCM" | "ICCM" | "DCCM" (RealPLKSR: always "DCCM")
+    attention: bool  # the element-wise attention (every published model has it)
+    layer_norm: bool  # RealPLKSR with a LayerNorm before each block instead of a GroupNorm after it
+
+
+def looks_like_plksr(tensors: Mapping[str, _Shaped]) -> bool:
+    return "feats.0.weight" in tensors and "feats.1.refine.weight" in tensors and (
+        "feats.1.channe_mixer.0.weight" in tensors or "feats.1.channel_mixer.0.weight" in tensors
+    )
+
+
+def inspect_plksr(tensors: Mapping[str, _Shaped], name: str) -> tuple[PLKSRShape, int, int, int, int]:
+    """(shape, scale, width, input channels, output channels) of a (Real)PLKSR header; ModelError otherwise."""
+    real = "feats.1.channel_mixer.0.weight" in tensors
+    if "feats.1.lk.conv.weight" not in tensors:
+        what = "DySample" if "to_img.init_pos" in tensors else "a sparse large-kernel ablation"
+        raise ModelError(f"{name} is a PLKSR variant with {what}; Marble runs PLKSR and RealPLKSR with plain "
+                         "large kernels only.")
+    if "to_img.init_pos" in tensors:
+        raise ModelError(f"{name} is a RealPLKSR with the DySample upsampler, which Marble does not run yet; "
+                         "RealPLKSR with a pixel shuffle runs.")
+    first = tuple(tensors["feats.0.weight"].shape)
+    width, in_channels = first[0], first[1]
+    indices = sorted({int(key.split(".")[1]) for key in tensors if key.startswith("feats.")})
+    # Input conv, blocks 1..N, (RealPLKSR: a dropout, which holds no tensor,) the last conv.
+    blocks = indices[-1] - (2 if real else 1)
+    expected = [*range(blocks + 1), indices[-1]]
+    if blocks < 1 or indices != expected:
+        missing = sorted(set(expected) - set(indices))
+        raise ModelError(f"{name} is a PLKSR with layer(s) {missing} of feats missing: the file is damaged.")
+    last = tensors[f"feats.{indices[-1]}.weight"].shape
+    scale = round((last[0] / in_channels) ** 0.5)
+    if scale < 1 or scale * scale * in_channels != last[0]:
+        raise ModelError(f"{name}'s last convolution makes {last[0]} channels, which fits no scale of "
+                         f"{in_channels} channels.")
+    mixer_key = "feats.1.channel_mixer" if real else "feats.1.channe_mixer"
+    kernels = (tensors[f"{mixer_key}.0.weight"].shape[2], tensors[f"{mixer_key}.2.weight"].shape[2])
+    mixer = _PLKSR_MIXERS.get(kernels)
+    if mixer is None or (real and mixer != "DCCM"):
+        raise ModelError(f"{name} has a PLKSR channel mixer of kernels {kernels}, which Marble does not know.")
+    large = tensors["feats.1.lk.conv.weight"].shape
+    shape = PLKSRShape(real, large[2], large[0], mixer, "feats.1.attn.f.0.weight" in tensors,
+                       "feats.1.layer_norm.weight" in tensors)  # fmt: skip
+    return shape, scale, width, in_channels, in_channels
+
+
+def plksr_label(shape: PLKSRShape, scale: int, width: int, blocks: int) -> str:
+    kind = "RealPLKSR" if shape.real else f"PLKSR ({shape.mixer})"
+    return f"{kind} {scale}x ({width} features, {blocks} blocks, kernel {shape.kernel})"
 
 
 def span_label(shape: SPANShape, scale: int, width: int) -> str:

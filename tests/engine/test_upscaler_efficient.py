@@ -1,6 +1,7 @@
-"""SPAN upscalers: detected from the header (scale, width, input normalisation) and run by Marble's own
-implementation, compared with spandrel 0.4.2 on the same file and input; a pickled .pth through the safe
-conversion; tiled against whole; damaged files refused by name."""
+"""SPAN and (Real)PLKSR upscalers: detected from the header (scale, width, SPAN's input normalisation,
+PLKSR's mixer, kernel and norms) and run by Marble's own implementations, compared with spandrel 0.4.2 on
+the same file and input; a pickled .pth through the safe conversion; tiled against whole; damaged files
+refused by name."""
 
 from __future__ import annotations
 
@@ -31,6 +32,21 @@ VARIANTS = {
         "SPAN 2x (8 features, no input normalisation)", 2,
     ),
 }  # fmt: skip
+_PLKSR = {"dim": 16, "n_blocks": 2, "split_ratio": 0.25}
+PLKSR_VARIANTS = {
+    "plksr-x2-ccm": ("PLKSR", {**_PLKSR, "upscaling_factor": 2, "ccm_type": "CCM", "kernel_size": 7},
+                     "PLKSR (CCM) 2x (16 features, 2 blocks, kernel 7)", 2),
+    "plksr-x3-iccm": ("PLKSR", {**_PLKSR, "upscaling_factor": 3, "ccm_type": "ICCM", "kernel_size": 5},
+                      "PLKSR (ICCM) 3x (16 features, 2 blocks, kernel 5)", 3),
+    "plksr-x4-dccm-no-attention": (
+        "PLKSR", {**_PLKSR, "upscaling_factor": 4, "ccm_type": "DCCM", "kernel_size": 9, "use_ea": False},
+        "PLKSR (DCCM) 4x (16 features, 2 blocks, kernel 9)", 4,
+    ),
+    "realplksr-x4": ("RealPLKSR", {**_PLKSR, "upscaling_factor": 4, "kernel_size": 7},
+                     "RealPLKSR 4x (16 features, 2 blocks, kernel 7)", 4),
+    "realplksr-x2-layer-norm": ("RealPLKSR", {**_PLKSR, "upscaling_factor": 2, "kernel_size": 7, "layer_norm": True},
+                                "RealPLKSR 2x (16 features, 2 blocks, kernel 7)", 2),
+}  # fmt: skip
 # The same float32 operations in another order (one fused kernel against the chain, as spandrel runs it), on
 # random weights that amplify the 0..255 input to outputs in the hundreds: agreement relative to the output.
 TOLERANCE = 1e-3
@@ -42,6 +58,9 @@ def reference(tmp_path_factory):
     specs = {
         name: {"class": "SPAN", "seed": 10 + seed, "input": [19, 23], "kwargs": kwargs}
         for seed, (name, (kwargs, _, _)) in enumerate(VARIANTS.items())
+    } | {
+        name: {"class": kind, "seed": 20 + seed, "input": [19, 23], "kwargs": kwargs}
+        for seed, (name, (kind, kwargs, _, _)) in enumerate(PLKSR_VARIANTS.items())
     }
     return workdir, spandrel_reference.build_and_run(workdir, specs)
 
@@ -75,6 +94,24 @@ def test_each_span_is_detected_and_matches_spandrel(reference, paths, name):
     assert np.abs(got - expected).max() <= TOLERANCE * max(1.0, float(np.abs(expected).max()))
 
 
+@pytest.mark.parametrize("name", list(PLKSR_VARIANTS))
+def test_each_plksr_is_detected_and_matches_spandrel(reference, paths, name):
+    workdir, report = reference
+    _, _, label, scale = PLKSR_VARIANTS[name]
+    entry = Library(paths).import_path(workdir / f"{name}.safetensors", "upscaler")
+    assert entry.architecture == label
+    assert report[name] == {"architecture": "PLKSR", "scale": scale}
+    network, info = load_upscaler(Library(paths).path_of(entry))
+    assert (info.layout, info.scale, info.blocks) == ("plksr", scale, 2)
+    source = torch.from_numpy(np.load(workdir / f"{name}.input.npy"))
+    expected = np.load(workdir / f"{name}.output.npy")
+    with torch.inference_mode():
+        got = network(source).numpy()
+    assert got.shape == expected.shape == (1, 3, 19 * scale, 23 * scale)
+    assert np.abs(expected).max() > 0.5
+    assert np.abs(got - expected).max() <= 1e-4
+
+
 def test_a_pickled_span_is_converted_and_upscales_tiled_like_whole(reference, tmp_path):
     workdir, _ = reference
     where = str(tmp_path / "home")
@@ -106,6 +143,14 @@ def test_damaged_span_files_are_refused_by_name(reference, paths, tmp_path):
         "odd-upsampler": ({**span, "upsampler.0.weight": torch.zeros(20, 12, 3, 3),
                            "upsampler.0.bias": torch.zeros(20)},
                           "upsampler makes 20 channels"),
+    }  # fmt: skip
+    plksr = load_file(str(workdir / "realplksr-x4.safetensors"))
+    cases |= {
+        "plksr-gap": ({k: v for k, v in plksr.items() if not k.startswith("feats.2.")},
+                      "PLKSR with layer\\(s\\) \\[2\\] of feats missing"),
+        "plksr-dysample": ({**plksr, "to_img.init_pos": torch.zeros(1, 8, 1, 1)}, "DySample"),
+        "plksr-missing": ({k: v for k, v in plksr.items() if k != "feats.2.norm.bias"},
+                          "tensors do not fit the RealPLKSR 4x .*feats.2.norm.bias"),
     }  # fmt: skip
     for case, (tensors, message) in cases.items():
         path = tmp_path / f"{case}.safetensors"
