@@ -46,6 +46,10 @@ PLKSR_VARIANTS = {
                      "RealPLKSR 4x (16 features, 2 blocks, kernel 7)", 4),
     "realplksr-x2-layer-norm": ("RealPLKSR", {**_PLKSR, "upscaling_factor": 2, "kernel_size": 7, "layer_norm": True},
                                 "RealPLKSR 2x (16 features, 2 blocks, kernel 7)", 2),
+    "realplksr-x2-dysample": ("RealPLKSR", {**_PLKSR, "upscaling_factor": 2, "kernel_size": 7, "dysample": True},
+                              "RealPLKSR 2x (16 features, 2 blocks, kernel 7, DySample)", 2),
+    "realplksr-x3-dysample": ("RealPLKSR", {**_PLKSR, "upscaling_factor": 3, "kernel_size": 5, "dysample": True},
+                              "RealPLKSR 3x (16 features, 2 blocks, kernel 5, DySample)", 3),
 }  # fmt: skip
 # The same float32 operations in another order (one fused kernel against the chain, as spandrel runs it), on
 # random weights that amplify the 0..255 input to outputs in the hundreds: agreement relative to the output.
@@ -148,7 +152,7 @@ def test_damaged_span_files_are_refused_by_name(reference, paths, tmp_path):
     cases |= {
         "plksr-gap": ({k: v for k, v in plksr.items() if not k.startswith("feats.2.")},
                       "PLKSR with layer\\(s\\) \\[2\\] of feats missing"),
-        "plksr-dysample": ({**plksr, "to_img.init_pos": torch.zeros(1, 8, 1, 1)}, "DySample"),
+        "plksr-dysample": ({**plksr, "to_img.init_pos": torch.zeros(1, 8, 1, 1)}, "DySample upsampler of shapes"),
         "plksr-missing": ({k: v for k, v in plksr.items() if k != "feats.2.norm.bias"},
                           "tensors do not fit the RealPLKSR 4x .*feats.2.norm.bias"),
     }  # fmt: skip

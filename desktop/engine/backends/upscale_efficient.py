@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from desktop.engine.library.upscaler import UpscalerInfo
-from desktop.engine.library.upscaler_efficient import PLKSR_NORM_GROUPS, PLKSRShape, SPANShape
+from desktop.engine.library.upscaler_efficient import PLKSR_NORM_GROUPS, PLKSRShape, SPANShape, dysample_groups
 
 # The training set's mean colour (DIV2K), subtracted before scaling the input to 0..255; not in the file.
 _SPAN_MEAN = (0.4488, 0.4371, 0.4040)
@@ -184,10 +184,57 @@ def build_plksr(info: UpscalerInfo) -> Any:
                 layers.append(nn.Identity())  # the training dropout's place: the last conv keeps its index
             layers.append(nn.Conv2d(width, info.out_channels * info.scale**2, 3, padding=1))
             self.feats = nn.Sequential(*layers)
-            self.to_img = nn.PixelShuffle(info.scale)
+            self.to_img = _dysample(info) if shape.dysample else nn.PixelShuffle(info.scale)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             # The network learns the residual over the input repeated into every sub-pixel (nearest upscale).
             return self.to_img(self.feats(x) + x.repeat_interleave(info.scale**2, dim=1))
 
     return PLKSR()
+
+
+def _dysample(info: UpscalerInfo) -> Any:
+    """DySample ("Learning to Upsample by Learning to Sample", 2023) as RealPLKSR uses it: from C = 3 x scale^2
+    channels, each of `groups` channel groups is sampled at scale x scale points per input pixel, placed
+    at learned offsets around the sub-pixel centres; then a 1x1 conv to the colour channels."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    scale, groups = info.scale, dysample_groups(info.scale)
+    channels = info.out_channels * scale**2
+
+    class DySample(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            points = 2 * groups * scale**2  # an (x, y) offset per group and sub-pixel
+            self.offset = nn.Conv2d(channels, points, 1)
+            self.scope = nn.Conv2d(channels, points, 1, bias=False)
+            if scale != 1:
+                self.end_conv = nn.Conv2d(channels, info.out_channels, 1)
+            # The sub-pixel centres relative to the pixel's, x then y, repeated per group; the file stores the
+            # same values, which the strict load then puts here.
+            centres = (torch.arange(scale) - (scale - 1) / 2) / scale
+            grid = torch.stack(torch.meshgrid(centres, centres, indexing="xy"))  # (2, scale, scale): x, y
+            self.register_buffer("init_pos", grid.reshape(2, 1, -1).repeat(1, groups, 1).reshape(1, -1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            batch, _, height, width = x.shape
+            offset = self.offset(x) * self.scope(x).sigmoid() * 0.5 + self.init_pos
+            # Pixel centres in pixels, x then y, plus the offsets; then to grid_sample's -1..1 units.
+            ys, xs = torch.meshgrid(torch.arange(height, dtype=x.dtype) + 0.5, torch.arange(width, dtype=x.dtype) + 0.5,
+                                    indexing="ij")  # fmt: skip
+            base = torch.stack([xs, ys]).to(x.device)[None, :, None]  # (1, 2, 1, H, W)
+            size = torch.tensor([width, height], dtype=x.dtype, device=x.device).view(1, 2, 1, 1, 1)
+            where = 2 * (base + offset.view(batch, 2, -1, height, width)) / size - 1
+            # Each group's scale x scale points per pixel become its own pixels of the output grid.
+            where = functional.pixel_shuffle(where.reshape(batch, -1, height, width), scale)
+            where = where.view(batch, 2, groups, scale * height, scale * width).permute(0, 2, 3, 4, 1)
+            sampled = functional.grid_sample(
+                x.reshape(batch * groups, -1, height, width), where.reshape(batch * groups, scale * height,
+                                                                            scale * width, 2),
+                mode="bilinear", padding_mode="border", align_corners=False,
+            ).view(batch, -1, scale * height, scale * width)  # fmt: skip
+            return self.end_conv(sampled) if scale != 1 else sampled
+
+    return DySample()

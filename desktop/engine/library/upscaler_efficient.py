@@ -15,7 +15,8 @@ dropout,) a conv to 3 x scale^2 channels added to the input repeated scale^2 tim
 A block mixes channels (two convs; PLKSR's `channe_mixer` [sic] in three kinds told by kernel sizes,
 RealPLKSR's `channel_mixer`), runs one large-kernel conv over its first channels only, gates by an
 element-wise attention, refines with a 1x1 and (RealPLKSR) normalises (GroupNorm, or a LayerNorm first).
-Its sparse large-kernel ablations and RealPLKSR's DySample upsampler are refused by name.
+RealPLKSR may upsample with DySample (learned offsets where each output pixel samples the features)
+instead of the pixel shuffle. PLKSR's sparse large-kernel ablations are refused by name.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class PLKSRShape:
     mixer: str  # "CCM" | "ICCM" | "DCCM" (RealPLKSR: always "DCCM")
     attention: bool  # the element-wise attention (every published model has it)
     layer_norm: bool  # RealPLKSR with a LayerNorm before each block instead of a GroupNorm after it
+    dysample: bool = False  # RealPLKSR upsampling by learned sampling (DySample) instead of a pixel shuffle
 
 
 def looks_like_plksr(tensors: Mapping[str, _Shaped]) -> bool:
@@ -92,12 +94,8 @@ def inspect_plksr(tensors: Mapping[str, _Shaped], name: str) -> tuple[PLKSRShape
     """(shape, scale, width, input channels, output channels) of a (Real)PLKSR header; ModelError otherwise."""
     real = "feats.1.channel_mixer.0.weight" in tensors
     if "feats.1.lk.conv.weight" not in tensors:
-        what = "DySample" if "to_img.init_pos" in tensors else "a sparse large-kernel ablation"
-        raise ModelError(f"{name} is a PLKSR variant with {what}; Marble runs PLKSR and RealPLKSR with plain "
-                         "large kernels only.")
-    if "to_img.init_pos" in tensors:
-        raise ModelError(f"{name} is a RealPLKSR with the DySample upsampler, which Marble does not run yet; "
-                         "RealPLKSR with a pixel shuffle runs.")
+        raise ModelError(f"{name} is a PLKSR variant with a sparse large-kernel ablation; Marble runs PLKSR and "
+                         "RealPLKSR with plain large kernels only.")
     first = tuple(tensors["feats.0.weight"].shape)
     width, in_channels = first[0], first[1]
     indices = sorted({int(key.split(".")[1]) for key in tensors if key.startswith("feats.")})
@@ -119,13 +117,30 @@ def inspect_plksr(tensors: Mapping[str, _Shaped], name: str) -> tuple[PLKSRShape
         raise ModelError(f"{name} has a PLKSR channel mixer of kernels {kernels}, which Marble does not know.")
     large = tensors["feats.1.lk.conv.weight"].shape
     shape = PLKSRShape(real, large[2], large[0], mixer, "feats.1.attn.f.0.weight" in tensors,
-                       "feats.1.layer_norm.weight" in tensors)  # fmt: skip
+                       "feats.1.layer_norm.weight" in tensors, "to_img.init_pos" in tensors)  # fmt: skip
+    if shape.dysample:
+        _check_dysample(tensors, scale, in_channels, name)
     return shape, scale, width, in_channels, in_channels
+
+
+def dysample_groups(scale: int) -> int:
+    """DySample's sampling groups in RealPLKSR: 4, or 3 (one per colour) at odd scales; not in the file."""
+    return 3 if scale % 2 else 4
+
+
+def _check_dysample(tensors: Mapping[str, _Shaped], scale: int, channels: int, name: str) -> None:
+    offsets = 2 * dysample_groups(scale) * scale**2
+    keys = ("to_img.offset.weight", "to_img.scope.weight")
+    shapes = {key: tuple(tensors[key].shape) for key in keys if key in tensors}
+    if len(shapes) != 2 or any(shape[:2] != (offsets, channels * scale**2) for shape in shapes.values()):
+        raise ModelError(f"{name} has a DySample upsampler of shapes {shapes}; a {scale}x one has {offsets} offsets "
+                         f"from {channels * scale**2} channels.")
 
 
 def plksr_label(shape: PLKSRShape, scale: int, width: int, blocks: int) -> str:
     kind = "RealPLKSR" if shape.real else f"PLKSR ({shape.mixer})"
-    return f"{kind} {scale}x ({width} features, {blocks} blocks, kernel {shape.kernel})"
+    upsampler = ", DySample" if shape.dysample else ""
+    return f"{kind} {scale}x ({width} features, {blocks} blocks, kernel {shape.kernel}{upsampler})"
 
 
 def span_label(shape: SPANShape, scale: int, width: int) -> str:
