@@ -151,3 +151,25 @@ def test_reusing_a_history_image_brings_back_its_references_still_there_and_name
         assert gone in window.message_bar.text()
     finally:
         close_studio(window, controller, store)
+
+
+def test_references_are_remembered_across_a_restart_and_deleted_ones_named(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _edit_plus_folder(AppPaths.for_root(home).ensure().models)
+    kept, gone = _pictures(tmp_path, 2)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-qwen-edit-plus") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-qwen-edit-plus")
+        panel.references_row.add_images([kept, gone])
+    finally:
+        close_window(window, controller)
+    Path(gone).unlink()
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2), model="zz-qwen-edit-plus")
+    try:
+        assert window.parameter_panel.references_row.images() == (kept,)
+        assert window.current_request().reference_images == (kept,)
+        assert gone in window.message_bar.text()
+    finally:
+        close_window(window, controller)
