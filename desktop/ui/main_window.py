@@ -47,6 +47,7 @@ from desktop.ui.parameter_model import ParameterModel
 from desktop.ui.parameter_panel import ParameterPanel
 from desktop.ui.prompt_editor import PromptEditor
 from desktop.ui.queue_panel import QueuePanel
+from desktop.ui.reference_images_row import present_files
 from desktop.ui.result_strip import ResultStrip
 from desktop.ui.window_actions import build_window_actions
 
@@ -384,6 +385,12 @@ class MainWindow(QMainWindow):
     @Slot(object)
     def _reuse_request(self, request: GenerationRequest) -> None:
         self.prompt_editor.set_prompts(request.prompt, request.negative_prompt)
+        present, missing = present_files(request.reference_images)
+        if missing:
+            request = replace(request, reference_images=present)
+            self.message_bar.show_message(self.tr(
+                "Reference images no longer there, left out: {files}"
+            ).format(files=", ".join(missing)), "warning")  # fmt: skip
         self.parameters.set_from_request(request)
 
     @Slot(object, object, str)

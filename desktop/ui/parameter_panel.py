@@ -4,7 +4,6 @@ The values live in a `ParameterModel`; the widgets show it."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from desktop.engine.backends.hires import BUILT_IN_UPSCALERS
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from desktop.engine.library.few_step import FEW_STEP_KINDS
 from desktop.engine.library.native_size import family_defaults
+from desktop.engine.quantised_support import QuantisedSupport, detect_quantised_support
 from desktop.engine.request import (
     BITSANDBYTES_MEMORY_MODES,
     DEVICES,
@@ -171,9 +171,13 @@ class ParameterPanel(QWidget):
     open_models_folder_requested = Signal()
     emphasis_changed = Signal(str)
 
-    def __init__(self, model: ParameterModel, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, model: ParameterModel, parent: QWidget | None = None, *, quantised: QuantisedSupport | None = None
+    ) -> None:
+        """`quantised`: whether the NF4/int8 memory modes can run here (found from files when None)."""
         super().__init__(parent)
         self.model = model
+        self._quantised = quantised if quantised is not None else detect_quantised_support()
         self._last_seed: int | None = None
         self._native_sizes: dict[str, int] = {}
         self._sized_for = ""  # the model whose native size the size fields were last set for
@@ -311,10 +315,12 @@ class ParameterPanel(QWidget):
         self.device_combo = _combo("device_combo", DEVICES, _DEVICE_LABELS)
         self.precision_combo = _combo("precision_combo", PRECISIONS, _PRECISION_LABELS)
         self.memory_combo = _combo("memory_combo", MEMORY_MODES + BITSANDBYTES_MEMORY_MODES, _MEMORY_LABELS)
-        if not bitsandbytes_installed():
-            for mode in BITSANDBYTES_MEMORY_MODES:
-                _disable_item(self.memory_combo, mode, self.tr(
-                    "Needs the optional bitsandbytes package, which this installation lacks"))
+        # Shown greyed out rather than left out, so the user learns the modes exist and what they need.
+        lacks = [self.tr("Needs the optional bitsandbytes package, which this installation lacks.")] * (
+            not self._quantised.bitsandbytes
+        ) + [self.tr("Needs an NVIDIA GPU with CUDA, which this computer lacks.")] * (not self._quantised.cuda)
+        for mode in BITSANDBYTES_MEMORY_MODES if lacks else ():
+            _disable_item(self.memory_combo, mode, " ".join(lacks))
         self.memory_combo.setToolTip(self.tr(
             "Auto: everything on the GPU when it fits, VAE tiling above 1024×1024, CPU offload when VRAM is short. "
             "After running out of memory Marble retries once a step lower and says so."
@@ -808,11 +814,6 @@ def _combo(name: str, values: Sequence[str], labels: Mapping[str, str]) -> QComb
     for value in values:
         combo.addItem(translate("ParameterPanel", labels[value]) if value in labels else value, value)
     return combo
-
-
-def bitsandbytes_installed() -> bool:
-    """Whether the optional bitsandbytes package is there, found without importing it (it loads torch)."""
-    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def _disable_item(combo: QComboBox, value: str, why: str) -> None:

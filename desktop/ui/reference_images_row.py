@@ -146,6 +146,13 @@ class ReferenceImagesRow(QWidget):
         event.ignore()
 
 
+def present_files(paths: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the files of `paths` that exist, those that do not), each in order: a reused recipe brings back
+    only pictures still there, so the next job does not fail on one deleted since."""
+    present = tuple(path for path in paths if Path(path).is_file())
+    return present, tuple(path for path in paths if path not in present)
+
+
 def _image_files(urls: Sequence) -> list[str]:
     files = [url.toLocalFile() for url in urls if url.isLocalFile()]
     return [path for path in files if Path(path).suffix.lower() in _IMAGE_SUFFIXES]

@@ -23,6 +23,7 @@ from desktop.engine.request import ControlUnit, GenerationRequest, LoraRef
 from desktop.engine.settings import SettingsStore
 from desktop.ui.main_window import MainWindow
 from desktop.ui.parameter_model import PARAMETER_FIELDS, Parameters
+from desktop.ui.reference_images_row import present_files
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,13 @@ class SessionMemory(QObject):
             restored = parameters_from_json(parameters, current)
             for name in _SETTING_FIELDS:  # the settings decide these
                 restored = dataclasses.replace(restored, **{name: getattr(current, name)})
+            # Reference pictures deleted since the last close are left out and named, as a reused recipe's are.
+            present, missing = present_files(restored.reference_images)
+            if missing:
+                restored = dataclasses.replace(restored, reference_images=present)
+                self._window.message_bar.show_message(self.tr(
+                    "Reference images no longer there, left out: {files}"
+                ).format(files=", ".join(missing)), "warning")  # fmt: skip
             # The model box is empty until the scan lists the models; the model waits for it.
             self._pending_model = restored.model
             self._window.parameters.set_parameters(dataclasses.replace(restored, model=current.model))

@@ -1139,6 +1139,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Reference images no longer there, left out: {files}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Cannot open {path}: the file is missing or not an image.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1351,7 +1355,11 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Needs the optional bitsandbytes package, which this installation lacks</source>
+        <source>Needs the optional bitsandbytes package, which this installation lacks.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Needs an NVIDIA GPU with CUDA, which this computer lacks.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1957,6 +1965,13 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>API stopped.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
+    <name>SessionMemory</name>
+    <message>
+        <source>Reference images no longer there, left out: {files}</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

@@ -126,6 +126,26 @@ def test_dropping_a_lora_on_the_window_imports_it(studio, integration, qtbot, lo
     assert not ignored.isAccepted()
 
 
+@pytest.mark.filterwarnings("ignore:Function.*QDragEnterEvent:DeprecationWarning")
+def test_a_t5_gguf_dropped_on_the_window_is_imported_as_a_text_encoder(studio, integration, qtbot, tmp_path):
+    from tests.support.tiny_components import save_t5_gguf
+    from tests.support.tiny_dit import _t5
+
+    t5 = save_t5_gguf(_t5(), tmp_path / "t5-v1_1-xxl-encoder-Q8_0.gguf")
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(t5))])
+    point = QPoint(10, 10)
+    buttons, mods = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    enter = QDragEnterEvent(point, Qt.DropAction.CopyAction, mime, buttons, mods)
+    QApplication.sendEvent(studio.window, enter)
+    assert enter.isAccepted()  # a .gguf is a weights file the window takes, as the library's Import… does
+    drop = QDropEvent(point, Qt.DropAction.CopyAction, mime, buttons, mods)
+    with qtbot.waitSignal(integration.tasks.import_finished, timeout=TIMEOUT_MS) as finished:
+        QApplication.sendEvent(studio.window, drop)
+    assert finished.args[0].kind == "encoder"
+    assert (studio.paths.text_encoders / t5.name).is_file()
+
+
 def test_library_action_is_in_the_file_menu(studio, integration):
     assert integration.library_action in studio.window.file_menu.actions()
 

@@ -337,28 +337,31 @@ def test_text_encoders_row_shows_for_transformer_only_models_and_empty_means_non
     assert Parameters.from_request(GenerationRequest(prompt="p", model="m", text_encoders=None)).text_encoders == ""
 
 
-def test_the_memory_list_offers_nf4_and_int8_greyed_out_without_bitsandbytes(qtbot, monkeypatch) -> None:
-    import importlib.util
-
+def test_the_memory_list_offers_nf4_and_int8_greyed_out_without_bitsandbytes_or_cuda(qtbot) -> None:
     from PySide6.QtGui import QStandardItemModel
+
+    from desktop.engine.quantised_support import QuantisedSupport
 
     def entry(panel: ParameterPanel, mode: str):
         model = panel.memory_combo.model()
         assert isinstance(model, QStandardItemModel)
         return model.item(panel.memory_combo.findData(mode))
 
-    installed = ParameterPanel(ParameterModel())
-    qtbot.addWidget(installed)
-    assert importlib.util.find_spec("bitsandbytes") is not None  # the test extra installs it
+    def panel_with(bitsandbytes: bool, cuda: bool) -> ParameterPanel:
+        panel = ParameterPanel(ParameterModel(), quantised=QuantisedSupport(bitsandbytes=bitsandbytes, cuda=cuda))
+        qtbot.addWidget(panel)
+        return panel
+
+    installed = panel_with(True, True)
     for mode in ("nf4", "int8"):
-        assert entry(installed, mode).isEnabled()
+        assert entry(installed, mode).isEnabled() and not entry(installed, mode).toolTip()
     _select(installed.memory_combo, "nf4")
     assert installed.model.request("p").memory_mode == "nf4"
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a))  # fmt: skip
-    lacking = ParameterPanel(ParameterModel())
-    qtbot.addWidget(lacking)
-    for mode in ("nf4", "int8"):
-        assert not entry(lacking, mode).isEnabled() and "bitsandbytes" in entry(lacking, mode).toolTip()
-    assert entry(lacking, "fp8").isEnabled()
+    cases = ((False, True, "bitsandbytes", "CUDA"), (True, False, "CUDA", "bitsandbytes"), (False, False, "CUDA", None))
+    for bitsandbytes, cuda, said, unsaid in cases:
+        lacking = panel_with(bitsandbytes, cuda)
+        for mode in ("nf4", "int8"):
+            tip = entry(lacking, mode).toolTip()
+            assert not entry(lacking, mode).isEnabled() and said in tip and (unsaid is None or unsaid not in tip)
+        assert entry(lacking, "fp8").isEnabled() and entry(lacking, "auto").isEnabled()
+    assert "bitsandbytes" in entry(panel_with(False, False), "nf4").toolTip()  # both reasons, when both lack

@@ -81,3 +81,95 @@ def test_the_references_row_follows_the_model_and_its_pictures_reach_the_request
         assert row.images() == (pictures[0], pictures[2], pictures[3])
     finally:
         close_window(window, controller)
+
+
+def _edit_plus_folder(models: Path) -> Path:
+    """A Qwen-Image-Edit Plus diffusers folder as the library scan reads it: the pipeline class in
+    model_index.json names the variant (no weights are read to show the row)."""
+    folder = models / "zz-qwen-edit-plus"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"_class_name": "QwenImageEditPlusPipeline"}')
+    (folder / "transformer" / "config.json").write_text('{"_class_name": "QwenImageTransformer2DModel"}')
+    return folder
+
+
+def test_a_qwen_edit_plus_model_shows_the_row_for_two_references(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    assert reference_limit(_edit_plus_folder(paths.models)) == 2
+    pictures = _pictures(tmp_path, 3)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    row = panel.references_row
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-qwen-edit-plus") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, FAKE_MODEL)
+        assert not row.isVisibleTo(panel) and not panel.references_label.isVisibleTo(panel)
+        pick(panel.model_combo, "zz-qwen-edit-plus")
+        qtbot.waitUntil(lambda: row.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        _drop(row, pictures)
+        assert row.problem.isVisibleTo(panel) and "at most 2" in row.problem.text()
+        request = window.current_request()
+        assert request.reference_images == tuple(pictures[:2]) and request.model == "zz-qwen-edit-plus"
+    finally:
+        close_window(window, controller)
+
+
+def test_reusing_a_history_image_brings_back_its_references_still_there_and_names_the_rest(
+    qtbot, tmp_path: Path
+) -> None:
+    import desktop
+    from desktop.engine.backends.base import ModelInfo
+    from desktop.engine.history import HistoryStore, NewImage
+    from desktop.engine.metadata import png_text_chunks
+    from desktop.engine.outputs import ImageWriter
+    from desktop.engine.request import GenerationRequest
+    from tests.ui.test_history_panel import close_studio, open_studio, select
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    (paths.models / f"{FAKE_MODEL}.safetensors").write_bytes(b"")
+    _edit_plus_folder(paths.models)
+    kept, gone = _pictures(tmp_path, 2)
+    request = GenerationRequest(prompt="the hat from picture 2", model="zz-qwen-edit-plus", steps=2, seed=5,
+                                width=64, height=64, reference_images=(kept, gone))  # fmt: skip
+    store = HistoryStore(paths.history_db, paths.outputs, paths.thumbnails)
+    chunks = png_text_chunks(request, 5, ModelInfo("zz-qwen-edit-plus", "/m", "qwen-image", None), desktop.__version__)
+    image = ImageWriter(paths.outputs, dated=False).save(Image.new("RGB", (64, 64)), chunks, 5)
+    store.record_image(NewImage(str(image), request, 5, "zz-qwen-edit-plus", created=1_000_000))
+    store.close_all()
+    Path(gone).unlink()  # deleted since the picture was made
+    window, controller, store = open_studio(qtbot, paths, FakeBackend(steps=2))
+    try:
+        panel = window.history_panel
+        qtbot.waitUntil(lambda: panel.model.rowCount() == 1, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: window.parameter_panel.model_combo.findText("zz-qwen-edit-plus") >= 0,
+                        timeout=TIMEOUT_MS)  # fmt: skip
+        select(panel, "the hat from picture 2")
+        panel.reuse_action.trigger()
+        assert window.parameter_panel.references_row.images() == (kept,)
+        assert window.current_request().reference_images == (kept,)
+        assert gone in window.message_bar.text()
+    finally:
+        close_studio(window, controller, store)
+
+
+def test_references_are_remembered_across_a_restart_and_deleted_ones_named(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    _edit_plus_folder(AppPaths.for_root(home).ensure().models)
+    kept, gone = _pictures(tmp_path, 2)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-qwen-edit-plus") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-qwen-edit-plus")
+        panel.references_row.add_images([kept, gone])
+    finally:
+        close_window(window, controller)
+    Path(gone).unlink()
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2), model="zz-qwen-edit-plus")
+    try:
+        assert window.parameter_panel.references_row.images() == (kept,)
+        assert window.current_request().reference_images == (kept,)
+        assert gone in window.message_bar.text()
+    finally:
+        close_window(window, controller)

@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.index import KINDS, LibraryRecord
+from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
 from desktop.ui.translation import translate
 
 # Translated where shown (translate("LibraryDialog", ...)).
@@ -52,8 +53,9 @@ _COLUMNS = (
     QT_TRANSLATE_NOOP("LibraryDialog", "Size"),
     QT_TRANSLATE_NOOP("LibraryDialog", "AutoV2"),
 )
-# What a drop may carry: weights files of any extension (the import judges the bytes) and folders.
-_DROPPABLE_SUFFIXES = {".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf"}
+# What a drop may carry: weights files (the import judges the bytes) and folders. One list with the
+# application-wide drop handler's (png_info_dialog), which sees a drop first: two lists drifted apart before.
+_DROPPABLE_SUFFIXES = frozenset(WEIGHT_SUFFIXES)
 
 
 class LibraryDialog(QDialog):
