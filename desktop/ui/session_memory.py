@@ -28,7 +28,9 @@ from desktop.ui.reference_images_row import present_files
 log = logging.getLogger(__name__)
 
 # What a model family brings back when it is chosen: what suits one family ruins another.
-FAMILY_FIELDS: tuple[str, ...] = ("sampler", "steps", "cfg_scale", "width", "height", "clip_skip")
+FAMILY_FIELDS: tuple[str, ...] = (
+    "sampler", "steps", "cfg_scale", "distilled_cfg_scale", "width", "height", "clip_skip",
+)
 # Owned by the settings (Edit > Settings), not by the session.
 _SETTING_FIELDS = {"device": "device", "memory_mode": "memory_mode"}
 # The canvas toolbar's own settings, by widget attribute; the source image and mask are not kept.
@@ -111,6 +113,10 @@ class SessionMemory(QObject):
         self._families: dict[str, str] = {}
         self._pending_model = ""
         self._family = ""
+        # The current family's values as the user left them. A model change sets the new family's defaults in
+        # the same update as the model (parameter_panel), so by the time "model" is announced the parameters
+        # already hold them; the values to remember for the family being left are these.
+        self._family_values = self._values_of(window.parameters.parameters)
         window.families_listed.connect(self._on_families_listed)
         window.models_listed.connect(self._on_models_listed)
         window.parameters.field_changed.connect(self._on_field_changed)
@@ -180,13 +186,18 @@ class SessionMemory(QObject):
 
     @Slot(str, object)
     def _on_field_changed(self, name: str, value: object) -> None:
+        if name in FAMILY_FIELDS:
+            self._family_values[name] = value
+            return
         if name != "model":
             return
         family = self._families.get(str(value), "")
         if family == self._family:
             return
         if self._family:
-            self._remember_family(self._family, self._window.parameters.parameters)
+            self._store.set_last_parameters(self._family, dict(self._family_values))
+        # The rest of this update's announcements (the new family's defaults) then refresh the copy.
+        self._family_values = self._values_of(self._window.parameters.parameters)
         self._family = family
         saved = self._store.last_parameters(family) if family else {}
         if saved:
@@ -201,8 +212,12 @@ class SessionMemory(QObject):
         model.set_parameters(restored)
 
     def _remember_family(self, family: str, parameters: Parameters) -> None:
+        self._store.set_last_parameters(family, self._values_of(parameters))
+
+    @staticmethod
+    def _values_of(parameters: Parameters) -> dict[str, Any]:
         values = parameters_to_json(parameters)
-        self._store.set_last_parameters(family, {name: values[name] for name in FAMILY_FIELDS})
+        return {name: values[name] for name in FAMILY_FIELDS}
 
     # ---------------------------------------------------------------------------------- canvas
 

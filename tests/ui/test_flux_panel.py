@@ -40,6 +40,14 @@ def test_distilled_cfg_row_follows_the_models_family(qtbot, tmp_path: Path) -> N
         assert not panel.distilled_cfg_spin.isVisibleTo(panel)
         qtbot.waitUntil(lambda: panel.steps_spin.value() == 4, timeout=TIMEOUT_MS)
         assert panel.cfg_spin.value() == 1.0
+        # Each family keeps its own values: schnell's steps as changed, dev's distilled CFG as set.
+        panel.steps_spin.setValue(6)
+        pick(panel.model_combo, "zz-flux-dev")
+        qtbot.waitUntil(lambda: panel.distilled_cfg_spin.value() == 2.5, timeout=TIMEOUT_MS)
+        assert panel.steps_spin.value() != 6
+        pick(panel.model_combo, "zz-flux-schnell")
+        qtbot.waitUntil(lambda: panel.steps_spin.value() == 6, timeout=TIMEOUT_MS)
+        assert panel.cfg_spin.value() == 1.0
     finally:
         close_window(window, controller)
 
