@@ -325,13 +325,13 @@ def test_each_offload_mode_runs_flux2_on_cuda(klein, dev, tmp_path, mode, kind):
     assert difference.mean() < (1.5 if mode == "fp8" else 0.5)
 
 
-def klein_edit_expected(folder, request, source, mask):
+def klein_edit_expected(folder, request, source, mask, **extra):
     pipe = Flux2KleinInpaintPipeline.from_pretrained(str(folder), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     image = pipe(
         prompt=request.prompt, image=source, mask_image=mask, strength=request.strength, width=64, height=64,
         num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
+        generator=torch.Generator("cpu").manual_seed(request.seed), **extra,
     ).images[0]  # fmt: skip
     return pixels(image)
 
@@ -357,6 +357,22 @@ def test_klein_img2img_and_inpaint_match_diffusers_inpainting_pipeline(paths, kl
     out = klein_edit_expected(klein["folder"], request, source, Image.fromarray(box, "L"))
     # Marble pastes the result back inside the mask only: outside it, the source's own pixels.
     assert np.array_equal(pixels(batch.images[0]), np.where(box[..., None] == 255, out, pixels(source)))
+
+
+def test_klein_edits_read_one_reference_image_like_diffusers_image_reference(paths, klein, tmp_path):
+    from desktop.engine.imaging import load_source
+
+    source = Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    source.save(tmp_path / "source.png")
+    reference = tmp_path / "hat.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(reference)
+    request = request_for(klein["folder"], steps=4, cfg_scale=1.0, init_image=str(tmp_path / "source.png"),
+                          strength=0.75, reference_images=(str(reference),))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    everything = Image.new("L", (64, 64), 255)
+    expected = klein_edit_expected(klein["folder"], request, source, everything, image_reference=load_source(reference))
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, klein_edit_expected(klein["folder"], request, source, everything))
 
 
 def test_flux2_dev_edits_are_refused_clearly(paths, dev, tmp_path):

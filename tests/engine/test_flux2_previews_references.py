@@ -139,9 +139,9 @@ def test_too_many_or_misplaced_reference_images_are_refused_clearly(paths, folde
         run(make_backend(paths), request_for(folders["klein"], steps=2, reference_images=(reference,) * 5))
     with pytest.raises(InvalidRequest, match="11 reference images: no model takes more than 10"):
         request_for(folders["dev"], reference_images=(reference,) * 11)
-    with pytest.raises(ModelError, match="Flux.2 klein reads reference images in text-to-image only"):
+    with pytest.raises(ModelError, match="2 reference images with a source image: Flux.2 klein reads 1 beside"):
         run(make_backend(paths), request_for(folders["klein"], steps=2, strength=0.5, init_image=reference,
-                                             reference_images=(reference,)))  # fmt: skip
+                                             reference_images=(reference,) * 2))  # fmt: skip
     with pytest.raises(ModelError, match="is a Stable Diffusion model: it reads no reference images"):
         run(make_backend(paths), request_for(tiny_sd15_dir, steps=2, reference_images=(reference,)))
 

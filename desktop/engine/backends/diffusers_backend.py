@@ -779,6 +779,8 @@ class DiffusersBackend:
                     "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
             if plan.mask is not None or self._inpaint_model or families.img2img_by_inpainting(self._dit, request.mode):
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
+            if request.reference_images:  # Flux.2 Klein: one reference beside the source (_refuse_references)
+                size["image_reference"] = load_source(request.reference_images[0], "The reference image")
         if plan is None and request.reference_images:
             # Flux.2's multi-reference editing: the images go with the prompt (no source, no strength).
             size["image"] = [load_source(path, "The reference image") for path in request.reference_images]
@@ -1393,10 +1395,14 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
     return latents
 
 
+# Flux2KleinInpaintPipeline's `image_reference`: one image beside the source (a list would be taken as a batch).
+_EDIT_REFERENCES = 1
+
+
 def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
     """Reference images only for a model that reads them, no more than it reads (library.dit's
-    reference_image_limit), and for Flux.2 in text-to-image only. Qwen-Image-Edit (not Plus) is left to
-    families_qwen_edit, whose refusal names the model that takes them."""
+    reference_image_limit), and for Flux.2 with a source image (Klein's edits) one at most. Qwen-Image-Edit
+    (not Plus) is left to families_qwen_edit, whose refusal names the model that takes them."""
     count = len(request.reference_images)
     if not count or (qwen_edit.is_edit(dit) and reference_image_limit(dit) == 0):
         return
@@ -1410,10 +1416,11 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
     if count > limit:
         besides = " besides the source image" if qwen_edit.is_edit(dit) else ""
         raise ModelError(f"{count} reference images: {dit.label} takes at most {limit}{besides}.")
-    if not qwen_edit.is_edit(dit) and request.mode != "txt2img":
+    if not qwen_edit.is_edit(dit) and request.mode != "txt2img" and count > _EDIT_REFERENCES:
+        # Klein's inpainting pipeline (its image-to-image too) reads one reference beside the source.
         raise ModelError(
-            f"{dit.label} reads reference images in text-to-image only (no source image): Marble does not pass "
-            "them to its image-to-image or inpainting yet. Remove the source image or the references."
+            f"{count} reference images with a source image: {dit.label} reads {_EDIT_REFERENCES} beside a source "
+            f"(up to {limit} in text-to-image). Remove the source image or all but one reference."
         )
 
 
