@@ -90,6 +90,20 @@ def test_a_pickled_omnisr_is_converted_and_upscales_tiled(reference, tmp_path):
         assert network(torch.rand(1, 3, 5, 7)).shape == (1, 3, 20, 28)
 
 
+def test_flop_counters_left_in_a_published_file_are_ignored(reference, tmp_path):
+    workdir, _ = reference
+    omni = load_file(str(workdir / "omnisr-x4.safetensors"))
+    counters = {"total_ops": torch.zeros(1, dtype=torch.float64), "total_params": torch.zeros(1, dtype=torch.float64),
+                "residual_layer.0.esa.conv1.total_ops": torch.zeros(1, dtype=torch.float64)}  # fmt: skip
+    save_file({**omni, **counters}, str(tmp_path / "counted.safetensors"))
+    network, _ = load_upscaler(tmp_path / "counted.safetensors")
+    source = torch.from_numpy(np.load(workdir / "omnisr-x4.input.npy"))
+    with torch.inference_mode():
+        got = network(source).numpy()
+    expected = np.load(workdir / "omnisr-x4.output.npy")
+    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+
 def test_damaged_omnisr_files_are_refused_by_name(reference, paths, tmp_path):
     workdir, _ = reference
     omni = load_file(str(workdir / "omnisr-x4.safetensors"))

@@ -52,6 +52,8 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
     elif info.layout == "omnisr":
         from desktop.engine.backends.upscale_omni import build_omnisr
 
+        # The published OmniSR files were saved after a FLOP count (thop) left its counters in the state.
+        state = {key: value for key, value in state.items() if not key.endswith(("total_ops", "total_params"))}
         network = build_omnisr(info)
     elif info.layout == "dat":
         from desktop.engine.backends.upscale_transformers import build_dat, dat_split_from_biases, loadable_state
