@@ -92,10 +92,10 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, HAT, PLKSR, SPAN, SwinIR
+    from spandrel.architectures import DAT, HAT, PLKSR, SPAN, OmniSR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
-               "RealPLKSR": PLKSR.RealPLKSR}  # fmt: skip
+               "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

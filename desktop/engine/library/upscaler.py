@@ -11,7 +11,8 @@ stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
 SwinIR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
-desktop.engine.library.upscaler_efficient (their shape goes into `UpscalerInfo.detail`). Other
+desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni (their shape goes
+into `UpscalerInfo.detail`). Other
 architectures (Swin2SR, ...) are refused with their name where it can be recognised: their maintained
 loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -34,6 +35,7 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -64,7 +66,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "dat" | "span" | "plksr"
+    # "dat" | "span" | "plksr" | "omnisr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -73,7 +75,7 @@ class UpscalerInfo:
     out_channels: int
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's).
-    detail: SwinIRShape | HATShape | DATShape | SPANShape | PLKSRShape | None = None
+    detail: SwinIRShape | HATShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | None = None
 
     @property
     def label(self) -> str:
@@ -87,6 +89,8 @@ class UpscalerInfo:
             return span_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, PLKSRShape):
             return plksr_label(self.detail, self.scale, self.features, self.blocks)
+        if isinstance(self.detail, OmniSRShape):
+            return omnisr_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -119,11 +123,13 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _span(tensors, name)
     if looks_like_plksr(tensors):
         return _plksr(tensors, name)
+    if looks_like_omnisr(tensors):
+        return _omnisr(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "HAT, DAT, SPAN and PLKSR upscalers only."
+                "HAT, DAT, SPAN, PLKSR and OmniSR upscalers only."
             )
     if looks_like_hat(tensors):  # before SwinIR: HAT has SwinIR's names too
         return _transformer("HAT", "hat", inspect_hat, tensors, name)
@@ -166,6 +172,14 @@ def _plksr(tensors: dict, name: str) -> UpscalerInfo:
                          "ones at 1x, 2x, 3x, 4x and 8x.")
     blocks = sum(1 for key in tensors if key.startswith("feats.") and key.endswith(".refine.weight"))
     return UpscalerInfo("plksr", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _omnisr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_omnisr(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is an OmniSR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")
+    return UpscalerInfo("omnisr", scale, detail.groups * detail.blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
