@@ -229,3 +229,22 @@ def test_broken_files_are_refused_by_name(reference, paths, tmp_path):
         truncated.write_bytes((workdir / f"{source}.safetensors").read_bytes()[:-1000])
         with pytest.raises(ModelError, match=f"truncated-{source}.safetensors"):
             Library(paths).import_path(truncated, "upscaler")
+
+
+def test_a_pickled_swin2sr_is_converted_and_matches(reference, paths, tmp_path):
+    """A Swin2SR .pth (the official `params` wrapper) goes through the safe child conversion into the
+    library with its shape, and the converted file runs as the safetensors one does."""
+    workdir, _ = reference
+    pth = tmp_path / "Swin2SR_ClassicalSR_X2.pth"
+    torch.save({"params": load_file(str(workdir / "swin2sr-x2.safetensors"))}, pth)
+    library = Library(paths)
+    with pytest.raises(ModelError, match="convert"):
+        library.import_path(pth, "upscaler")
+    entry = library.import_path(pth, "upscaler", convert_pickle=True)
+    assert entry.architecture == VARIANTS["swin2sr-x2"][2]
+    network, info = load_upscaler(library.path_of(entry))
+    assert info.layout == "swin2sr"
+    source = torch.from_numpy(np.load(workdir / "swin2sr-x2.input.npy"))
+    with torch.inference_mode():
+        got = network(source).numpy()
+    assert np.abs(got - np.load(workdir / "swin2sr-x2.output.npy")).max() <= TOLERANCE
