@@ -70,6 +70,8 @@ def _randomise(model) -> None:  # noqa: ANN001 - torch is the child's only
         for name, param in model.named_parameters():
             if name.endswith("relative_position_bias_table"):
                 param.normal_(0.0, 1.0)
+            elif name.endswith("logit_scale"):
+                param.uniform_(1.0, 6.0)  # some heads past Swin2SR's cap, log(100) ~ 4.6, so the clamp matters
             elif name.endswith("temperature"):
                 param.uniform_(0.5, 2.0)
             elif param.dim() >= 2:
@@ -92,10 +94,10 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, HAT, PLKSR, SPAN, OmniSR, SwinIR
+    from spandrel.architectures import DAT, HAT, PLKSR, SPAN, OmniSR, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
-               "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR}  # fmt: skip
+               "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

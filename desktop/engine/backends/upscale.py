@@ -41,7 +41,7 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)
-    if info.layout in ("swinir", "hat"):
+    if info.layout in ("swinir", "hat", "swin2sr"):
         from desktop.engine.backends.upscale_transformers import build_swinir, loadable_state
 
         state, network = loadable_state(state), build_swinir(info)

@@ -1,5 +1,6 @@
-"""Transformer upscalers (SwinIR, HAT, DAT), Marble's own implementations, built from the shape the header tells
-(desktop.engine.library.upscaler_transformers) so the file's tensors load strictly by their published names.
+"""Transformer upscalers (SwinIR, Swin2SR, HAT, DAT), Marble's own implementations, built from the shape the
+header tells (desktop.engine.library.upscaler_transformers) so the file's tensors load strictly by their published
+names.
 
 All take any input size, so tiles of any size, smaller than one window too, go through
 desktop.engine.backends.upscale's tiling unchanged: SwinIR and HAT pad the image up to a multiple of
@@ -11,18 +12,23 @@ torch is imported inside the functions: only desktop.engine.backends.upscale loa
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from desktop.engine.library.upscaler import UpscalerInfo
 
 # SwinIR subtracts the mean colour of its DIV2K training set from RGB input (and adds it back after).
 _RGB_MEAN = (0.4488, 0.4371, 0.4040)
+# Swin2SR's cap on the per-head attention temperature exp(logit_scale): SwinV2 clamps the log at log(100).
+_LOGIT_CAP = 100.0
+# Swin2SR's position-bias MLP maps offsets into (0, 16): 16 * sigmoid, as SwinV2 does.
+_CPB_RANGE = 16.0
 # HAT's weight on its conv branch: a constructor argument, not in the file; every published model uses it.
 _HAT_CONV_SCALE = 0.01
 # Position buffers the file may carry: recomputed here from the window, so they are not loaded.
 _DERIVED = (
     "relative_position_index", "attn_mask", "rpe_biases", "attn_mask_0", "attn_mask_1",
-    "relative_position_index_SA", "relative_position_index_OCA",
+    "relative_position_index_SA", "relative_position_index_OCA", "relative_coords_table",
 )  # fmt: skip
 
 
@@ -59,6 +65,8 @@ def build_swinir(info: UpscalerInfo) -> Any:
     assert shape is not None
     dim, window = info.features, shape.window
     hat = info.layout == "hat"
+    # Swin2SR: SwinV2 blocks (cosine attention, a bias MLP, norms after each branch), 1x1 patch convs.
+    v2 = info.layout == "swin2sr"
     qkv_bias = getattr(shape, "qkv_bias", True)
 
     def partition(x: torch.Tensor) -> torch.Tensor:
@@ -93,21 +101,46 @@ def build_swinir(info: UpscalerInfo) -> Any:
         ids = partition(regions).squeeze(-1)
         return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
 
+    def log_offsets() -> torch.Tensor:
+        """SwinV2's MLP input: every (dy, dx) offset in a window, scaled to [-8, 8] and log-spaced, so
+        that near offsets are told apart finely and far ones coarsely; ((2w-1)^2, 2) in table order."""
+        steps = torch.arange(-(window - 1), window, dtype=torch.float32) / max(1, window - 1) * 8
+        grid = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), -1).reshape(-1, 2)
+        return torch.sign(grid) * torch.log2(grid.abs() + 1.0) / math.log2(8)
+
     class Attention(nn.Module):
         def __init__(self, heads: int) -> None:
             super().__init__()
             self.heads = heads
-            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias and not v2)
             self.proj = nn.Linear(dim, dim)
-            self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
+            if v2:
+                self.logit_scale = nn.Parameter(torch.zeros(heads, 1, 1))
+                self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, heads, bias=False))
+                self.register_buffer("offsets", log_offsets(), persistent=False)
+                if qkv_bias:  # k has no bias in SwinV2: the softmax ignores a per-query constant anyway
+                    self.q_bias, self.v_bias = nn.Parameter(torch.zeros(dim)), nn.Parameter(torch.zeros(dim))
+            else:
+                self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
             self.register_buffer("index", relative_index(), persistent=False)
 
         def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
             n_windows, tokens, _ = x.shape
-            qkv = self.qkv(x).view(n_windows, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            if v2 and qkv_bias:
+                bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+                qkv = nn.functional.linear(x, self.qkv.weight, bias)
+            else:
+                qkv = self.qkv(x)
+            qkv = qkv.view(n_windows, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
-            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-            bias = self.relative_position_bias_table[self.index.reshape(-1)].view(tokens, tokens, -1)
+            if v2:
+                cosine = nn.functional.normalize(q, dim=-1) @ nn.functional.normalize(k, dim=-1).transpose(-2, -1)
+                scores = cosine * self.logit_scale.clamp(max=math.log(_LOGIT_CAP)).exp()
+                table = _CPB_RANGE * torch.sigmoid(self.cpb_mlp(self.offsets))
+            else:
+                scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+                table = self.relative_position_bias_table
+            bias = table[self.index.reshape(-1)].view(tokens, tokens, -1)
             scores = scores + bias.permute(2, 0, 1)[None]
             if mask is not None:
                 # The same mask for every image of the batch: windows are grouped per image.
@@ -157,7 +190,7 @@ def build_swinir(info: UpscalerInfo) -> Any:
 
         def forward(self, x: torch.Tensor, h: int, w: int, masks: dict[int, torch.Tensor]) -> torch.Tensor:
             b = x.shape[0]
-            y = self.norm1(x).view(b, h, w, dim)
+            y = (x if v2 else self.norm1(x)).view(b, h, w, dim)
             if hat:
                 # The conv branch sees the normalised, unshifted features; HAT adds it at a fixed 0.01.
                 x = x + self.conv_block.cab(y.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2) * _HAT_CONV_SCALE
@@ -168,6 +201,9 @@ def build_swinir(info: UpscalerInfo) -> Any:
             y = merge(self.attn(partition(y), masks.get(self.shift) if self.shift else None), b, h, w)
             if self.shift:
                 y = torch.roll(y, (self.shift, self.shift), (1, 2))
+            if v2:  # SwinV2's residual post-norm: each branch's output normalised before it is added
+                x = x + self.norm1(y.reshape(b, h * w, dim))
+                return x + self.norm2(self.mlp(x))
             x = x + y.reshape(b, h * w, dim)
             return x + self.mlp(self.norm2(x))
 
@@ -224,6 +260,9 @@ def build_swinir(info: UpscalerInfo) -> Any:
         def __init__(self, depth: int, heads: int) -> None:
             super().__init__()
             self.residual_group, self.conv = Blocks(depth, heads), _closing_conv(nn, dim, shape.residual)
+            if v2:  # the group's own 1x1 patch conv, without a norm
+                self.patch_embed = nn.Module()
+                self.patch_embed.proj = nn.Conv2d(dim, dim, 1)
 
         def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
             masks: dict[int, torch.Tensor] = {}
@@ -233,6 +272,8 @@ def build_swinir(info: UpscalerInfo) -> Any:
             if hat:
                 y = self.residual_group.overlap_attn(y, h, w)
             y = self.conv(to_image(y, h, w))
+            if v2:
+                y = self.patch_embed.proj(y)
             return x + y.flatten(2).transpose(1, 2)
 
     def to_image(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -242,6 +283,8 @@ def build_swinir(info: UpscalerInfo) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.norm = nn.LayerNorm(dim) if getattr(shape, "patch_norm", True) else nn.Identity()
+            if v2:  # Swin2SR's 1x1 "patch" conv (patch size 1, the only one Marble reads)
+                self.proj = nn.Conv2d(dim, dim, 1)
 
     class SwinIR(nn.Module):
         def __init__(self) -> None:
@@ -277,7 +320,8 @@ def build_swinir(info: UpscalerInfo) -> Any:
 
         def body(self, x: torch.Tensor) -> torch.Tensor:
             h, w = x.shape[-2:]
-            tokens = self.patch_embed.norm(x.flatten(2).transpose(1, 2))
+            embedded = self.patch_embed.proj(x) if v2 else x
+            tokens = self.patch_embed.norm(embedded.flatten(2).transpose(1, 2))
             for group in self.layers:
                 tokens = group(tokens, h, w)
             return self.conv_after_body(to_image(self.norm(tokens), h, w)) + x

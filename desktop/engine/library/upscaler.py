@@ -10,11 +10,10 @@ Real-ESRGAN's compact network (SRVGGNetCompact: realesr-general-x4v3, realesr-an
 stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_channels x scale^2, a
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
-SwinIR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
+SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni (their shape goes
-into `UpscalerInfo.detail`). Other
-architectures (Swin2SR, ...) are refused with their name where it can be recognised: their maintained
-loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
+into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
+their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
 
 from __future__ import annotations
@@ -39,25 +38,26 @@ from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, lo
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
+    Swin2SRShape,
     SwinIRShape,
     dat_label,
     hat_label,
     inspect_dat,
     inspect_hat,
+    inspect_swin2sr,
     inspect_swinir,
     looks_like_dat,
     looks_like_hat,
+    looks_like_swin2sr,
     looks_like_swinir,
+    swin2sr_label,
     swinir_label,
 )
 
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
 _OLD_UPCONV = re.compile(r"model\.(\d+)\.weight")
-_OTHER_ARCHITECTURES = {
-    # Swin2SR shares SwinIR's names, so it is told apart before SwinIR is tried.
-    "layers.0.residual_group.blocks.0.attn.logit_scale": "Swin2SR",
-}
+_OTHER_ARCHITECTURES: dict[str, str] = {}  # a probe tensor name -> an architecture refused by name
 _COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 
 
@@ -66,7 +66,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "dat" | "span" | "plksr" | "omnisr"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -74,11 +74,13 @@ class UpscalerInfo:
     in_channels: int
     out_channels: int
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
-    # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's).
-    detail: SwinIRShape | HATShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | None = None
+    # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
+    detail: SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | None = None
 
     @property
     def label(self) -> str:
+        if isinstance(self.detail, Swin2SRShape):  # before SwinIRShape, which it extends
+            return swin2sr_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, HATShape):  # before SwinIRShape, which it extends
             return hat_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, SwinIRShape):
@@ -129,8 +131,10 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "HAT, DAT, SPAN, PLKSR and OmniSR upscalers only."
+                "Swin2SR, HAT, DAT, SPAN, PLKSR and OmniSR upscalers only."
             )
+    if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
+        return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
     if looks_like_hat(tensors):  # before SwinIR: HAT has SwinIR's names too
         return _transformer("HAT", "hat", inspect_hat, tensors, name)
     if looks_like_swinir(tensors):

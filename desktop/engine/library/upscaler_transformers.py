@@ -1,4 +1,4 @@
-"""Transformer upscalers without torch: a SwinIR, HAT or DAT file's shape, from its tensor names and shapes.
+"""Transformer upscalers without torch: a SwinIR, Swin2SR, HAT or DAT file's shape, from its tensor names and shapes.
 
 SwinIR (Liang et al. 2021) is a shallow conv, residual Swin Transformer groups ("RSTB": window
 attention blocks, alternately shifted by half a window, closed by a conv), a LayerNorm, a conv, and
@@ -120,6 +120,45 @@ def hat_label(info: HATShape, scale: int, embed: int) -> str:
     return f"HAT {scale}x ({embed} dims, {groups} blocks, window {info.window}, overlap window {info.overlap_window})"
 
 
+# Swin2SR (Conde et al. 2022): SwinIR's layout with SwinV2 blocks -- cosine attention scaled per head by
+# exp(logit_scale) (clamped at 100), position biases from a small MLP over log-spaced offsets (16 * sigmoid),
+# the norms after attention and MLP instead of before, q and v biases without a k bias -- and a 1x1
+# "patch embedding" conv after conv_first and after each group's closing conv.
+SWIN2SR_PROBE = "layers.0.residual_group.blocks.0.attn.logit_scale"
+
+
+@dataclass(frozen=True)
+class Swin2SRShape(SwinIRShape):
+    qkv_bias: bool
+    patch_norm: bool
+
+
+def looks_like_swin2sr(tensors: Mapping[str, object]) -> bool:
+    return SWIN2SR_PROBE in tensors
+
+
+def inspect_swin2sr(tensors: Mapping[str, object], name: str) -> tuple[Swin2SRShape, int, int, int, int]:
+    """(shape, scale, embed dim, in channels, out channels) of a Swin2SR header; ModelError otherwise."""
+    for key, what in (("conv_bicubic.weight", "auxiliary (compressed-input)"), ("conv_after_body_hf.weight",
+                      "high-frequency")):  # fmt: skip
+        if key in tensors:
+            raise ModelError(f"{name} is a Swin2SR with the {what} reconstruction; Marble runs the classical, "
+                             "lightweight, real-world and restoration ones.")
+    proj = tensors.get("patch_embed.proj.weight")
+    if proj is None or tuple(proj.shape)[2:] != (1, 1):  # type: ignore[attr-defined]
+        raise ModelError(f"{name} is a Swin2SR without 1x1 patches (patch_embed.proj.weight); Marble cannot run it.")
+    base, scale, embed, in_channels, out_channels = inspect_swinir(tensors, name, "Swin2SR")
+    info = Swin2SRShape(
+        *(getattr(base, field) for field in SwinIRShape.__dataclass_fields__),
+        "layers.0.residual_group.blocks.0.attn.q_bias" in tensors, "patch_embed.norm.weight" in tensors,
+    )  # fmt: skip
+    return info, scale, embed, in_channels, out_channels
+
+
+def swin2sr_label(info: Swin2SRShape, scale: int, embed: int) -> str:
+    return "Swin2SR" + swinir_label(info, scale, embed).removeprefix("SwinIR")
+
+
 def looks_like_swinir(tensors: Mapping[str, object]) -> bool:
     return SWINIR_PROBE in tensors
 
@@ -158,7 +197,14 @@ def inspect_swinir(
                              "incomplete.")
         depths.append(len(blocks))
         for block in blocks:
-            rows, count = shape(f"layers.{group}.residual_group.blocks.{block}.attn.relative_position_bias_table")
+            attn = f"layers.{group}.residual_group.blocks.{block}.attn"
+            if architecture == "Swin2SR":
+                # No bias table: heads from the per-head logit scale, the window from the (w^2, w^2) index.
+                count, rows = shape(f"{attn}.logit_scale")[0], shape(f"{attn}.relative_position_index")[0]
+                side = math.isqrt(rows)
+                rows = (2 * side - 1) ** 2  # the table the bias MLP makes, checked as SwinIR's below
+            else:
+                rows, count = shape(f"{attn}.relative_position_bias_table")
             side = math.isqrt(rows)
             if side * side != rows or side % 2 == 0:
                 raise ModelError(f"{name}: a {architecture} position-bias table of {rows} rows fits no square window.")
