@@ -153,6 +153,34 @@ def test_a_scaled_fp8_t5_loads_as_its_dequantised_weights(home, parts, mixed):
                                                    **PROMPT_ARGS))  # fmt: skip
 
 
+def test_a_scaled_fp8_clip_l_loads_as_its_dequantised_weights(home, parts):
+    from safetensors.torch import load_file, save_file
+
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    # ComfyUI's clip_l_fp8_scaled layout: the tiny CLIP-L's own file, each 2-D weight in e4m3fn beside its scale.
+    file, exact, unscaled = scaled_fp8(load_file(str(parts["clip_l"])))
+    path = parts["tmp"] / "clip_l_fp8_e4m3fn_scaled.safetensors"
+    save_file(file, str(path))
+    record = Library(home).import_path(path, "encoder", name="clip_l_scaled")
+    assert record.dtype == "F8_E4M3_SCALED" and record.family == "clip", (record.dtype, record.family)
+    request = flux_request(parts["model"], parts, encoders="clip_l_scaled,t5xxl_fp16")
+    batch, _ = run(make_backend(home), request)
+
+    def clip_with(weights):
+        clip = type(parts["pipe"].text_encoder)(parts["pipe"].text_encoder.config).eval()
+        own = {key.removeprefix("text_model."): value for key, value in weights.items()}
+        missing, _ = clip.load_state_dict(own, strict=False)
+        assert not [key for key in missing if not key.endswith("position_ids")], missing
+        return clip
+
+    expected = bare_image(bare(parts["pipe"], text_encoder=clip_with(exact)), request, **PROMPT_ARGS)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    # The scales mattered: the stored fp8 values alone give another picture.
+    assert not np.array_equal(expected, bare_image(bare(parts["pipe"], text_encoder=clip_with(unscaled)), request,
+                                                   **PROMPT_ARGS))  # fmt: skip
+
+
 def test_sd3_takes_two_clips_and_a_t5_from_the_library(tmp_path):
     from safetensors.torch import save_file
 
