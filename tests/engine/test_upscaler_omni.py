@@ -12,10 +12,11 @@ from safetensors.torch import load_file, save_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.errors import ModelError
-from desktop.engine.library.index import Library, guess_kind
+from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
 from tests.support.cli_runner import run_cli
+from tests.support.upscaler_checks import check_against_spandrel
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -53,22 +54,8 @@ def paths(tmp_path):
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_omnisr_is_detected_and_matches_spandrel(reference, paths, name):
-    workdir, report = reference
     _, label, scale = VARIANTS[name]
-    library = Library(paths)
-    entry = library.import_path(workdir / f"{name}.safetensors", "upscaler")
-    assert entry.architecture == label
-    assert report[name] == {"architecture": "OmniSR", "scale": scale}
-    assert guess_kind(workdir / f"{name}.safetensors") == "upscaler"
-    network, info = load_upscaler(library.path_of(entry))
-    assert (info.layout, info.scale) == ("omnisr", scale)
-    source = torch.from_numpy(np.load(workdir / f"{name}.input.npy"))
-    expected = np.load(workdir / f"{name}.output.npy")
-    with torch.inference_mode():
-        got = network(source).numpy()
-    assert got.shape == expected.shape == (1, 3, 19 * scale, 23 * scale)
-    assert np.abs(expected).max() > 0.5
-    assert np.abs(got - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+    check_against_spandrel(*reference, paths, name, label=label, architecture="OmniSR", layout="omnisr", scale=scale)
 
 
 def test_a_pickled_omnisr_is_converted_and_upscales_tiled(reference, tmp_path):

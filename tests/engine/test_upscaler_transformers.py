@@ -12,10 +12,11 @@ from safetensors.torch import load_file, save_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.errors import ModelError
-from desktop.engine.library.index import Library, guess_kind
+from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
 from tests.support.cli_runner import run_cli
+from tests.support.upscaler_checks import check_against_spandrel, noise_image
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -108,28 +109,11 @@ def paths(tmp_path):
     return AppPaths.for_root(tmp_path / "home").ensure()
 
 
-def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray((np.random.default_rng(seed).random((height, width, 3)) * 255).astype(np.uint8))
-
-
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_variant_is_detected_and_matches_spandrel(reference, paths, name):
-    workdir, report = reference
     kind, _, label, scale = VARIANTS[name]
-    library = Library(paths)
-    entry = library.import_path(workdir / f"{name}.safetensors", "upscaler")
-    assert entry.architecture == label
-    assert report[name] == {"architecture": kind, "scale": scale}  # spandrel read the file the same way
-    assert guess_kind(workdir / f"{name}.safetensors") == "upscaler"  # a file dropped on the window
-    network, info = load_upscaler(library.path_of(entry))
-    assert (info.layout, info.scale) == (kind.lower(), scale)
-    source = torch.from_numpy(np.load(workdir / f"{name}.input.npy"))
-    expected = np.load(workdir / f"{name}.output.npy")
-    with torch.inference_mode():
-        got = network(source).numpy()
-    assert got.shape == expected.shape == (1, 3, 19 * scale, 23 * scale)
-    assert np.abs(expected).max() > 0.5  # a real signal, not a network that outputs nothing
-    assert np.abs(got - expected).max() <= TOLERANCE
+    check_against_spandrel(*reference, paths, name, label=label, architecture=kind, layout=kind.lower(), scale=scale,
+                           tolerance=TOLERANCE)  # fmt: skip
 
 
 def test_a_pickled_swinir_goes_through_the_safe_conversion(reference, tmp_path):
