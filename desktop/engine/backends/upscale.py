@@ -1,7 +1,7 @@
 """Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, HAT, DAT, SPAN, PLKSR, OmniSR), run in overlapping
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
-desktop.engine.backends.upscale_omni.
+desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -55,6 +55,11 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         # The published OmniSR files were saved after a FLOP count (thop) left its counters in the state.
         state = {key: value for key, value in state.items() if not key.endswith(("total_ops", "total_params"))}
         network = build_omnisr(info)
+    elif info.layout == "drct":
+        from desktop.engine.backends.upscale_drct import build_drct
+        from desktop.engine.backends.upscale_transformers import loadable_state
+
+        state, network = loadable_state(state), build_drct(info)
     elif info.layout == "dat":
         from desktop.engine.backends.upscale_transformers import build_dat, dat_split_from_biases, loadable_state
 

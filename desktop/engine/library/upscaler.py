@@ -11,7 +11,8 @@ stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
-desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni (their shape goes
+desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
+desktop.engine.library.upscaler_drct (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
     PLKSRShape,
     SPANShape,
@@ -66,7 +68,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -75,7 +77,9 @@ class UpscalerInfo:
     out_channels: int
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
-    detail: SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | None = None
+    detail: (
+        SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | None
+    ) = None
 
     @property
     def label(self) -> str:
@@ -93,6 +97,8 @@ class UpscalerInfo:
             return plksr_label(self.detail, self.scale, self.features, self.blocks)
         if isinstance(self.detail, OmniSRShape):
             return omnisr_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, DRCTShape):
+            return drct_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -127,11 +133,13 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _plksr(tensors, name)
     if looks_like_omnisr(tensors):
         return _omnisr(tensors, name)
+    if looks_like_drct(tensors):
+        return _drct(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, SPAN, PLKSR and OmniSR upscalers only."
+                "Swin2SR, HAT, DAT, SPAN, PLKSR, OmniSR and DRCT upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -184,6 +192,14 @@ def _omnisr(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is an OmniSR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")
     return UpscalerInfo("omnisr", scale, detail.groups * detail.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _drct(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_drct(tensors, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (2, 3, 4, 8):
+        raise ModelError(f"{name} is a DRCT for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("drct", scale, detail.groups * 5, width, in_channels, out_channels, detail.growth, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
