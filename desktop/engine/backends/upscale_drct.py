@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from desktop.engine.backends.upscale_transformers import _RGB_MEAN, pad_to_multiple
+from desktop.engine.backends.upscale_transformers import (
+    _RGB_MEAN,
+    pad_to_multiple,
+    window_bias_rows,
+    window_merge,
+    window_partition,
+    window_shift_mask,
+)
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_drct import BLOCKS, DRCTShape
 
@@ -36,32 +43,10 @@ def build_drct(info: UpscalerInfo) -> Any:
     window, shift = shape.window, shape.window // 2
 
     def partition(x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B * windows, window * window, C), windows in row-major order."""
-        b, h, w, c = x.shape
-        x = x.view(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(-1, window * window, c)
+        return window_partition(x, window)
 
     def merge(windows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-        c = windows.shape[-1]
-        x = windows.view(b, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(b, h, w, c)
-
-    def table_rows() -> torch.Tensor:
-        """For each (query, key) pair in a window, the bias table's row for their (dy, dx) offset."""
-        ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
-        ys, xs = ys.flatten(), xs.flatten()
-        return (ys[:, None] - ys[None] + window - 1) * (2 * window - 1) + xs[:, None] - xs[None] + window - 1
-
-    def shift_mask(h: int, w: int) -> torch.Tensor:
-        """(windows, N, N): -100 between tokens that the cyclic shift brought together from different
-        bands of the image (the last window's width and the last half window, on each axis)."""
-        bands = torch.zeros(1, h, w, 1)
-        edges = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-        for i, rows in enumerate(edges):
-            for j, cols in enumerate(edges):
-                bands[:, rows, cols, :] = 3 * i + j
-        ids = partition(bands).squeeze(-1)
-        return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+        return window_merge(windows, b, h, w, window)
 
     class Attention(nn.Module):
         def __init__(self, width: int, heads: int) -> None:
@@ -70,7 +55,7 @@ def build_drct(info: UpscalerInfo) -> Any:
             self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, heads))
             self.qkv = nn.Linear(width, 3 * width, bias=shape.qkv_bias)
             self.proj = nn.Linear(width, width)
-            self.register_buffer("rows", table_rows(), persistent=False)
+            self.register_buffer("rows", window_bias_rows(window), persistent=False)
 
         def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
             count, tokens, width = x.shape
@@ -162,7 +147,7 @@ def build_drct(info: UpscalerInfo) -> Any:
             x = self.conv_first(pad_to_multiple(image, window) - self.mean)
             h, w = x.shape[-2:]
             # One mask for every shifted block: it depends only on the padded size.
-            mask = shift_mask(h, w).to(x) if shape.shifted else None
+            mask = window_shift_mask(h, w, window, shift).to(x) if shape.shifted else None
             tokens = self.patch_embed.norm(x.flatten(2).transpose(1, 2))
             for group in self.layers:
                 tokens = group(tokens, h, w, mask)

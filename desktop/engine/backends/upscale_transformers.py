@@ -54,6 +54,48 @@ def pad_to_multiple(x: Any, multiple: int) -> Any:
         x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
 
 
+def window_partition(x: Any, window: int) -> Any:
+    """(B, H, W, C) -> (B * windows, window * window, C), windows in row-major order."""
+    b, h, w, c = x.shape
+    x = x.view(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window * window, c)
+
+
+def window_merge(windows: Any, b: int, h: int, w: int, window: int) -> Any:
+    """window_partition's inverse: (B * windows, window * window, C) -> (B, H, W, C)."""
+    c = windows.shape[-1]
+    x = windows.view(b, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, c)
+
+
+def window_bias_rows(window: int) -> Any:
+    """For each (query, key) pair in a window, the row of the relative-position bias table for their offset."""
+    import torch
+
+    ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[:, None] - ys[None, :] + window - 1
+    dx = xs[:, None] - xs[None, :] + window - 1
+    return dy * (2 * window - 1) + dx
+
+
+def window_shift_mask(h: int, w: int, window: int, shift: int) -> Any:
+    """(windows, N, N): -100 between tokens that the cyclic shift brought together from different regions
+    of the image (the last window's width and the last `shift`, on each axis), so a shifted window attends
+    only within one region."""
+    import torch
+
+    regions = torch.zeros(1, h, w, 1)
+    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    label = 0
+    for rows in bounds:
+        for cols in bounds:
+            regions[:, rows, cols, :] = label
+            label += 1
+    ids = window_partition(regions, window).squeeze(-1)
+    return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+
+
 def build_swinir(info: UpscalerInfo) -> Any:
     """A SwinIR network for `info` (layout "swinir"), or a HAT (layout "hat": SwinIR's layout with a
     conv branch in every block and an overlapping cross-attention after each group's blocks), its
@@ -70,36 +112,16 @@ def build_swinir(info: UpscalerInfo) -> Any:
     qkv_bias = getattr(shape, "qkv_bias", True)
 
     def partition(x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B * windows, window * window, C), windows in row-major order."""
-        b, h, w, c = x.shape
-        x = x.view(b, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(-1, window * window, c)
+        return window_partition(x, window)
 
     def merge(windows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
-        c = windows.shape[-1]
-        x = windows.view(b, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(b, h, w, c)
+        return window_merge(windows, b, h, w, window)
 
     def relative_index() -> torch.Tensor:
-        """For each (query, key) pair in a window, the row of the bias table for their offset."""
-        ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
-        ys, xs = ys.flatten(), xs.flatten()
-        dy = ys[:, None] - ys[None, :] + window - 1
-        dx = xs[:, None] - xs[None, :] + window - 1
-        return dy * (2 * window - 1) + dx
+        return window_bias_rows(window)
 
     def shift_mask(h: int, w: int, shift: int) -> torch.Tensor:
-        """(windows, N, N): -100 between tokens that the cyclic shift brought together from different
-        regions of the image, so a shifted window attends only within one region."""
-        regions = torch.zeros(1, h, w, 1)
-        bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-        label = 0
-        for rows in bounds:
-            for cols in bounds:
-                regions[:, rows, cols, :] = label
-                label += 1
-        ids = partition(regions).squeeze(-1)
-        return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+        return window_shift_mask(h, w, window, shift)
 
     def log_offsets() -> torch.Tensor:
         """SwinV2's MLP input: every (dy, dx) offset in a window, scaled to [-8, 8] and log-spaced, so
