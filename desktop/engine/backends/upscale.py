@@ -1,7 +1,8 @@
 """Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, HAT, DAT, SPAN, PLKSR, OmniSR), run in overlapping
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
-desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct.
+desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
+desktop.engine.backends.upscale_rgt.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -65,6 +66,13 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
 
         info = dat_split_from_biases(state, info)
         state, network = loadable_state(state), build_dat(info)
+    elif info.layout == "rgt":
+        from desktop.engine.backends.upscale_rgt import build_rgt
+        from desktop.engine.backends.upscale_transformers import dat_split_from_biases, loadable_state
+
+        # RGT's window table is DAT's: the same orientation rule, the same derived buffers left out.
+        info = dat_split_from_biases(state, info)
+        state, network = loadable_state(state), build_rgt(info)
     else:
         network = _build(info)
     try:

@@ -12,7 +12,9 @@ torch is imported inside the functions: only desktop.engine.backends.upscale loa
 
 from __future__ import annotations
 
+import functools
 import math
+from types import SimpleNamespace
 from typing import Any
 
 from desktop.engine.library.upscaler import UpscalerInfo
@@ -388,38 +390,71 @@ def dat_split_from_biases(state: dict[str, Any], info: UpscalerInfo) -> Upscaler
     return dataclasses.replace(info, detail=dataclasses.replace(shape, split=(height, width)))
 
 
-def build_dat(info: UpscalerInfo) -> Any:
-    """A DAT network for `info` (layout "dat"), its modules named as the published weights."""
+def dual_window_attention(branches: Any, qkv: Any, h: int, w: int, split: tuple[int, int], shifted: bool) -> Any:
+    """DAT's (and RGT's) spatial window attention: qkv (3, B, h * w, C) -> (B, h * w, C), the first half
+    of the channels attended in split[0] x split[1] windows by branches[0], the second half in the
+    quarter-turned windows by branches[1] (dat_parts().Branch), shifted by half a window when asked."""
     import torch
     from torch import nn
 
-    shape = info.detail
-    assert shape is not None and hasattr(shape, "split")
-    dim = info.features
-    split = shape.split
+    _, b, n, c = qkv.shape
+    # Zero-pad q, k and v (after the projection) to whole windows; the padding takes part in the
+    # attention as zero vectors, as in the published network, and is cropped after.
+    side = max(split)
+    ph, pw = -h % side, -w % side
+    grid = nn.functional.pad(qkv.reshape(3 * b, h, w, c).permute(0, 3, 1, 2), (0, pw, 0, ph))
+    hp, wp = h + ph, w + pw
+    grid = grid.reshape(3, b, c, hp, wp)
+    halves = []
+    for i, branch in enumerate(branches):
+        part = grid[:, :, i * c // 2 : (i + 1) * c // 2]
+        mask = None
+        if shifted:
+            sh, sw = branch.wh // 2, branch.ww // 2
+            part = torch.roll(part, (-sh, -sw), (3, 4))
+            mask = _region_mask(hp, wp, branch.wh, branch.ww, sh, sw).to(qkv.device, qkv.dtype)
+        out = branch(part.flatten(3).transpose(2, 3), hp, wp, mask)
+        if shifted:
+            out = torch.roll(out, (sh, sw), (1, 2))
+        halves.append(out[:, :h, :w].reshape(b, n, c // 2))
+    return torch.cat(halves, 2)
 
-    def windows(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
-        """(B, C, H, W) -> (B * windows, wh * ww, C), windows in row-major order."""
-        b, c, h, w = x.shape
-        x = x.view(b, c, h // wh, wh, w // ww, ww).permute(0, 2, 4, 3, 5, 1)
-        return x.reshape(-1, wh * ww, c)
 
-    def unwindow(x: torch.Tensor, wh: int, ww: int, h: int, w: int) -> torch.Tensor:
-        """(B * windows, wh * ww, C) -> (B, H, W, C)."""
-        b = x.shape[0] // ((h // wh) * (w // ww))
-        x = x.view(b, h // wh, w // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5)
-        return x.reshape(b, h, w, -1)
+def _windows(x: Any, wh: int, ww: int) -> Any:
+    """(B, C, H, W) -> (B * windows, wh * ww, C), windows in row-major order."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // wh, wh, w // ww, ww).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(-1, wh * ww, c)
 
-    def region_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int) -> torch.Tensor:
-        """(windows, N, N): -100 between tokens the cyclic shift brought together from different regions."""
-        regions = torch.zeros(1, 1, h, w)
-        label = 0
-        for rows in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
-            for cols in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
-                regions[:, :, rows, cols] = label
-                label += 1
-        ids = windows(regions, wh, ww).squeeze(-1)
-        return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+
+def _unwindow(x: Any, wh: int, ww: int, h: int, w: int) -> Any:
+    """(B * windows, wh * ww, C) -> (B, H, W, C)."""
+    b = x.shape[0] // ((h // wh) * (w // ww))
+    x = x.view(b, h // wh, w // ww, wh, ww, -1).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h, w, -1)
+
+
+def _region_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int) -> Any:
+    """(windows, N, N): -100 between tokens the cyclic shift brought together from different regions."""
+    import torch
+
+    regions = torch.zeros(1, 1, h, w)
+    label = 0
+    for rows in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
+        for cols in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
+            regions[:, :, rows, cols] = label
+            label += 1
+    ids = _windows(regions, wh, ww).squeeze(-1)
+    return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+
+
+@functools.cache
+def dat_parts() -> Any:
+    """The modules DAT and RGT share, defined once torch is imported: `Branch(width, heads, wh, ww)`, one
+    window attention over `width` channels with its position-bias MLP, and `FeedForward(dim, hidden)`,
+    the spatial-gate feed-forward network (fc1, GELU, gate over half the hidden channels, fc2)."""
+    import torch
+    from torch import nn
 
     def mlp_step(width: int, out: int) -> nn.Sequential:
         return nn.Sequential(nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, out))
@@ -436,12 +471,13 @@ def build_dat(info: UpscalerInfo) -> Any:
             return self.pos3(self.pos2(self.pos1(self.pos_proj(offsets))))
 
     class Branch(nn.Module):
-        """Window attention over half the channels, in wh x ww rectangles."""
+        """Window attention over `width` channels, in wh x ww rectangles."""
 
-        def __init__(self, heads: int, wh: int, ww: int) -> None:
+        def __init__(self, width: int, heads: int, wh: int, ww: int) -> None:
             super().__init__()
             self.heads, self.wh, self.ww = heads, wh, ww
-            self.pos = PositionBias(dim // 2 // 4 // 4, heads)
+            # The bias MLP is a sixteenth of the branch's width wide (the published dim // 4 of dim // 4).
+            self.pos = PositionBias(width // 4 // 4, heads)
             dy, dx = torch.meshgrid(torch.arange(1 - wh, wh), torch.arange(1 - ww, ww), indexing="ij")
             self.register_buffer("offsets", torch.stack([dy.flatten(), dx.flatten()], 1).float(), persistent=False)
             ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
@@ -455,7 +491,7 @@ def build_dat(info: UpscalerInfo) -> Any:
             tokens = self.wh * self.ww
 
             def split_heads(t: torch.Tensor) -> torch.Tensor:
-                t = windows(t.transpose(1, 2).reshape(b, c, h, w), self.wh, self.ww)
+                t = _windows(t.transpose(1, 2).reshape(b, c, h, w), self.wh, self.ww)
                 return t.reshape(-1, tokens, self.heads, c // self.heads).permute(0, 2, 1, 3)
 
             q, k, v = (split_heads(t) for t in qkv)
@@ -467,7 +503,43 @@ def build_dat(info: UpscalerInfo) -> Any:
                 scores = (scores.view(-1, n, self.heads, tokens, tokens) + mask[None, :, None])
                 scores = scores.view(-1, self.heads, tokens, tokens)
             out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(-1, tokens, c)
-            return unwindow(out, self.wh, self.ww, h, w)
+            return _unwindow(out, self.wh, self.ww, h, w)
+
+    class SpatialGate(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.norm, self.conv = nn.LayerNorm(width), nn.Conv2d(width, width, 3, 1, 1, groups=width)
+
+        def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+            kept, gate = x.chunk(2, -1)
+            b, n, c = gate.shape
+            gate = self.conv(self.norm(gate).transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+            return kept * gate
+
+    class FeedForward(nn.Module):
+        def __init__(self, dim: int, hidden: int) -> None:
+            super().__init__()
+            self.fc1, self.act = nn.Linear(dim, hidden), nn.GELU()
+            self.sg, self.fc2 = SpatialGate(hidden // 2), nn.Linear(hidden // 2, dim)
+
+        def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+            return self.fc2(self.sg(self.act(self.fc1(x)), h, w))
+
+    return SimpleNamespace(Branch=Branch, FeedForward=FeedForward)
+
+
+def build_dat(info: UpscalerInfo) -> Any:
+    """A DAT network for `info` (layout "dat"), its modules named as the published weights."""
+    import torch
+    from torch import nn
+
+    shape = info.detail
+    assert shape is not None and hasattr(shape, "split")
+    dim = info.features
+    split = shape.split
+
+    parts = dat_parts()
+    Branch, FeedForward = parts.Branch, parts.FeedForward
 
     def interaction(reduce: int, out: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(dim, dim // reduce, 1), nn.BatchNorm2d(dim // reduce), nn.GELU(),
@@ -490,32 +562,15 @@ def build_dat(info: UpscalerInfo) -> Any:
             self.qkv = nn.Linear(dim, dim * 3, bias=shape.qkv_bias)
             self.proj = nn.Linear(dim, dim)
             # The second branch's window is the first's turned a quarter.
-            self.attns = nn.ModuleList([Branch(heads // 2, split[0], split[1]), Branch(heads // 2, split[1], split[0])])
+            self.attns = nn.ModuleList(
+                [Branch(dim // 2, heads // 2, split[0], split[1]), Branch(dim // 2, heads // 2, split[1], split[0])]
+            )
 
         def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
             b, n, c = x.shape
             qkv = self.qkv(x).view(b, n, 3, c).permute(2, 0, 1, 3)
             v = qkv[2].transpose(1, 2).reshape(b, c, h, w)
-            # Zero-pad q, k and v (after the projection) to whole windows; the padding takes part in the
-            # attention as zero vectors, as in the published network, and is cropped after.
-            side = max(split)
-            ph, pw = -h % side, -w % side
-            grid = nn.functional.pad(qkv.reshape(3 * b, h, w, c).permute(0, 3, 1, 2), (0, pw, 0, ph))
-            hp, wp = h + ph, w + pw
-            grid = grid.reshape(3, b, c, hp, wp)
-            halves = []
-            for i, branch in enumerate(self.attns):
-                part = grid[:, :, i * c // 2 : (i + 1) * c // 2]
-                mask = None
-                if self.shifted:
-                    sh, sw = branch.wh // 2, branch.ww // 2
-                    part = torch.roll(part, (-sh, -sw), (3, 4))
-                    mask = region_mask(hp, wp, branch.wh, branch.ww, sh, sw).to(x.device, x.dtype)
-                out = branch(part.flatten(3).transpose(2, 3), hp, wp, mask)
-                if self.shifted:
-                    out = torch.roll(out, (sh, sw), (1, 2))
-                halves.append(out[:, :h, :w].reshape(b, n, c // 2))
-            attended = torch.cat(halves, 2)
+            attended = dual_window_attention(self.attns, qkv, h, w, split, self.shifted)
             conv = self.dwconv(v)
             channel_map = self.channel_interaction(conv).view(b, 1, c)
             spatial_map = self.spatial_interaction(attended.transpose(1, 2).reshape(b, c, h, w))
@@ -545,31 +600,11 @@ def build_dat(info: UpscalerInfo) -> Any:
             conv = (conv * torch.sigmoid(channel_map)).flatten(2).transpose(1, 2)
             return self.proj(attended * torch.sigmoid(spatial_map) + conv)
 
-    class SpatialGate(nn.Module):
-        def __init__(self, width: int) -> None:
-            super().__init__()
-            self.norm, self.conv = nn.LayerNorm(width), nn.Conv2d(width, width, 3, 1, 1, groups=width)
-
-        def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-            kept, gate = x.chunk(2, -1)
-            b, n, c = gate.shape
-            gate = self.conv(self.norm(gate).transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
-            return kept * gate
-
-    class FeedForward(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            hidden = int(dim * shape.expansion)
-            self.fc1, self.act = nn.Linear(dim, hidden), nn.GELU()
-            self.sg, self.fc2 = SpatialGate(hidden // 2), nn.Linear(hidden // 2, dim)
-
-        def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-            return self.fc2(self.sg(self.act(self.fc1(x)), h, w))
-
     class Block(nn.Module):
         def __init__(self, group: int, index: int, heads: int) -> None:
             super().__init__()
-            self.norm1, self.norm2, self.ffn = nn.LayerNorm(dim), nn.LayerNorm(dim), FeedForward()
+            self.norm1, self.norm2, self.ffn = (nn.LayerNorm(dim), nn.LayerNorm(dim),
+                                              FeedForward(dim, int(dim * shape.expansion)))
             if index % 2:
                 self.attn: nn.Module = ChannelAttention(heads)
             else:

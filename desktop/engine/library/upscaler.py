@@ -12,7 +12,7 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
-desktop.engine.library.upscaler_drct (their shape goes
+desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -37,6 +37,7 @@ from desktop.engine.library.upscaler_efficient import (
     span_label,
 )
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
+from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -68,7 +69,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -78,7 +79,8 @@ class UpscalerInfo:
     growth: int  # each dense block's inner width (32 in the published models); 0 for "srvgg"
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
-        SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | None
+        SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
+        | None
     ) = None
 
     @property
@@ -99,6 +101,8 @@ class UpscalerInfo:
             return omnisr_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, DRCTShape):
             return drct_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, RGTShape):
+            return rgt_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -139,7 +143,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, SPAN, PLKSR, OmniSR and DRCT upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -147,6 +151,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _transformer("HAT", "hat", inspect_hat, tensors, name)
     if looks_like_swinir(tensors):
         return _transformer("SwinIR", "swinir", inspect_swinir, tensors, name)
+    if looks_like_rgt(tensors):  # before DAT: RGT has DAT's position-table names too
+        return _transformer("RGT", "rgt", inspect_rgt, tensors, name)
     if looks_like_dat(tensors):
         return _transformer("DAT", "dat", inspect_dat, tensors, name)
     raise ModelError(f"{name} is not an upscaler model Marble knows (no ESRGAN / Real-ESRGAN tensor names).")

@@ -330,22 +330,15 @@ def inspect_dat(tensors: Mapping[str, object], name: str) -> tuple[DATShape, int
             heads.append(2 * shape(f"{prefix}.0.attn.attns.0.pos.pos3.2.weight")[0])
     if any(embed % h or (embed // 2) % max(1, h // 2) for h in heads):
         raise ModelError(f"{name} has a DAT layout Marble cannot run (heads {heads} of {embed} dims).")
-    split = _dat_split(shape(DAT_PROBE)[0], shape("layers.0.blocks.0.attn.attns.0.relative_position_index")[0], name)
+    split = split_from_table(
+        shape(DAT_PROBE)[0], shape("layers.0.blocks.0.attn.attns.0.relative_position_index")[0], name, "DAT"
+    )
     expansion = shape("layers.0.blocks.0.ffn.fc1.weight")[0] / embed
     residual = "1conv" if "conv_after_body.weight" in tensors else "3conv"
     if "conv_last.weight" in tensors:
         upsampler = "pixelshuffle"
         features = shape("conv_before_upsample.0.weight")[0]
-        found, index = [], 0
-        while f"upsample.{index}.weight" in tensors:
-            produced = shape(f"upsample.{index}.weight")[0]
-            factor = math.isqrt(produced // features)
-            if factor * factor * features != produced or factor not in (2, 3):
-                raise ModelError(f"{name}: a DAT upsampling conv makes {produced} channels from {features}, "
-                                 "which fits no 2x or 3x pixel shuffle.")
-            found.append(factor)
-            index += 2
-        stages, out_channels = tuple(found), shape("conv_last.weight")[0]
+        stages, out_channels = shuffle_stages(tensors, features, name, "DAT"), shape("conv_last.weight")[0]
     else:
         upsampler, features = "pixelshuffledirect", 0
         produced, out_channels = shape("upsample.0.weight")[0], in_channels
@@ -362,7 +355,22 @@ def inspect_dat(tensors: Mapping[str, object], name: str) -> tuple[DATShape, int
     return info, math.prod(stages), embed, in_channels, out_channels
 
 
-def _dat_split(rows: int, tokens: int, name: str) -> tuple[int, int]:
+def shuffle_stages(tensors: Mapping[str, object], features: int, name: str, architecture: str) -> tuple[int, ...]:
+    """The pixel-shuffle factors of a classical reconstruction (DAT's, RGT's): a conv at upsample.0, 2, ...
+    making features x f^2 channels for each 2x or 3x stage."""
+    found, index = [], 0
+    while (conv := tensors.get(f"upsample.{index}.weight")) is not None:
+        produced = conv.shape[0]  # type: ignore[attr-defined]
+        factor = math.isqrt(produced // features)
+        if factor * factor * features != produced or factor not in (2, 3):
+            raise ModelError(f"{name}: a {architecture} upsampling conv makes {produced} channels from {features}, "
+                             "which fits no 2x or 3x pixel shuffle.")
+        found.append(factor)
+        index += 2
+    return tuple(found)
+
+
+def split_from_table(rows: int, tokens: int, name: str, architecture: str) -> tuple[int, int]:
     """The window (a, b) from its token count a*b and its bias-table rows (2a-1)(2b-1): a + b follows,
     then a and b. Which of the two is the height the table's values say (the backend reads them); the
     published models have the shorter side first."""
@@ -370,7 +378,7 @@ def _dat_split(rows: int, tokens: int, name: str) -> tuple[int, int]:
     root = math.isqrt(max(0, total * total - 4 * tokens))
     a, b = (total - root) // 2, (total + root) // 2
     if a < 1 or a * b != tokens or (2 * a - 1) * (2 * b - 1) != rows:
-        raise ModelError(f"{name}: a DAT position table of {rows} rows fits no window of {tokens} pixels.")
+        raise ModelError(f"{name}: a {architecture} position table of {rows} rows fits no window of {tokens} pixels.")
     return a, b
 
 
