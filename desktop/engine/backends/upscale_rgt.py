@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from desktop.engine.backends.upscale_transformers import _RGB_MEAN, _closing_conv, dat_parts, dual_window_attention
+from desktop.engine.backends.upscale_transformers import dat_frame, dat_parts, dual_window_attention
 from desktop.engine.library.upscaler import UpscalerInfo
 
 # RG-SA's summary: each recursion a 4x4 stride-4 depth-wise conv; at least this many, as the published
@@ -130,52 +130,7 @@ def build_rgt(info: UpscalerInfo) -> Any:
             # The block's input re-injected, weighted per channel (the paper's hybrid adaptive integration).
             return y + x * self.gamma
 
-    class Group(nn.Module):
-        def __init__(self, group: int, depth: int, heads: int) -> None:
-            super().__init__()
-            self.blocks = nn.ModuleList(Block(group, i, heads) for i in range(depth))
-            self.conv = _closing_conv(nn, dim, shape.residual)
-
-        def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-            y = x
-            for block in self.blocks:
-                y = block(y, h, w)
-            y = self.conv(y.transpose(1, 2).reshape(x.shape[0], dim, h, w))
-            return x + y.flatten(2).transpose(1, 2)
-
-    class RGT(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            mean = _RGB_MEAN if info.in_channels == 3 else (0.0,) * info.in_channels
-            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-            self.conv_first = nn.Conv2d(info.in_channels, dim, 3, 1, 1)
-            self.before_RG = nn.Sequential(nn.Identity(), nn.LayerNorm(dim))  # [0] flattens (no weights)
-            self.layers = nn.ModuleList(
-                Group(i, d, h) for i, (d, h) in enumerate(zip(shape.depths, shape.heads, strict=True))
-            )
-            self.norm = nn.LayerNorm(dim)
-            self.conv_after_body = _closing_conv(nn, dim, shape.residual)
-            feat = shape.features
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-            stages: list[nn.Module] = []
-            for factor in shape.stages:
-                stages += [nn.Conv2d(feat, feat * factor * factor, 3, 1, 1), nn.PixelShuffle(factor)]
-            self.upsample = nn.Sequential(*stages)
-            self.conv_last = nn.Conv2d(feat, info.out_channels, 3, 1, 1)
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            height, width = image.shape[-2:]
-            x = _pad_to(image, *padded_size(height, width)) - self.mean
-            x = self.conv_first(x)
-            h, w = x.shape[-2:]
-            tokens = self.before_RG[1](x.flatten(2).transpose(1, 2))
-            for group in self.layers:
-                tokens = group(tokens, h, w)
-            features = self.conv_after_body(self.norm(tokens).transpose(1, 2).reshape(x.shape[0], dim, h, w)) + x
-            out = self.conv_last(self.upsample(self.conv_before_upsample(features))) + self.mean
-            return out[:, :, : height * info.scale, : width * info.scale]
-
-    return RGT()
+    return dat_frame(info, Block, pad=lambda image: _pad_to(image, *padded_size(*image.shape[-2:])))
 
 
 def _pad_to(x: Any, height: int, width: int) -> Any:

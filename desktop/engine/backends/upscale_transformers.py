@@ -617,20 +617,35 @@ def build_dat(info: UpscalerInfo) -> Any:
             x = x + self.attn(self.norm1(x), h, w)
             return x + self.ffn(self.norm2(x), h, w)
 
+    return dat_frame(info, Block)
+
+
+def dat_frame(info: UpscalerInfo, block: Any, pad: Any = None) -> Any:
+    """DAT's network around its blocks, shared with RGT: the first conv, groups of `block(group, index, heads)`
+    each closed by a conv, the body conv, the upsampler; mean colour off before, back after. `pad(image)`
+    (RGT: a size its recursion needs) pads the input; the output is cropped back to the input's size."""
+    import torch
+    from torch import nn
+
+    shape = info.detail
+    assert shape is not None
+    dim = info.features
+    direct = getattr(shape, "upsampler", "pixelshuffle") != "pixelshuffle"
+
     class Group(nn.Module):
         def __init__(self, group: int, depth: int, heads: int) -> None:
             super().__init__()
-            self.blocks = nn.ModuleList(Block(group, i, heads) for i in range(depth))
+            self.blocks = nn.ModuleList(block(group, i, heads) for i in range(depth))
             self.conv = _closing_conv(nn, dim, shape.residual)
 
         def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
             y = x
-            for block in self.blocks:
-                y = block(y, h, w)
+            for layer in self.blocks:
+                y = layer(y, h, w)
             y = self.conv(y.transpose(1, 2).reshape(x.shape[0], dim, h, w))
             return x + y.flatten(2).transpose(1, 2)
 
-    class DAT(nn.Module):
+    class Frame(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             mean = _RGB_MEAN if info.in_channels == 3 else (0.0,) * info.in_channels
@@ -642,34 +657,34 @@ def build_dat(info: UpscalerInfo) -> Any:
             )
             self.norm = nn.LayerNorm(dim)
             self.conv_after_body = _closing_conv(nn, dim, shape.residual)
-            if shape.upsampler == "pixelshuffle":
-                feat = shape.features
-                self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-                stages: list[nn.Module] = []
-                for factor in shape.stages:
-                    stages += [nn.Conv2d(feat, feat * factor * factor, 3, 1, 1), nn.PixelShuffle(factor)]
-                self.upsample = nn.Sequential(*stages)
-                self.conv_last = nn.Conv2d(feat, info.out_channels, 3, 1, 1)
-            else:
+            if direct:  # the lightweight models' one conv and pixel shuffle
                 self.upsample = nn.Sequential(
                     nn.Conv2d(dim, info.out_channels * info.scale**2, 3, 1, 1), nn.PixelShuffle(info.scale)
                 )
+                return
+            feat = shape.features
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(dim, feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            stages: list[nn.Module] = []
+            for factor in shape.stages:
+                stages += [nn.Conv2d(feat, feat * factor * factor, 3, 1, 1), nn.PixelShuffle(factor)]
+            self.upsample = nn.Sequential(*stages)
+            self.conv_last = nn.Conv2d(feat, info.out_channels, 3, 1, 1)
 
         def forward(self, image: torch.Tensor) -> torch.Tensor:
-            # No padding here: each spatial attention pads its own windows (see SpatialAttention).
-            x = self.conv_first(image - self.mean)
+            height, width = image.shape[-2:]
+            x = self.conv_first((pad(image) if pad is not None else image) - self.mean)
             h, w = x.shape[-2:]
             tokens = self.before_RG[1](x.flatten(2).transpose(1, 2))
             for group in self.layers:
                 tokens = group(tokens, h, w)
             features = self.conv_after_body(self.norm(tokens).transpose(1, 2).reshape(x.shape[0], dim, h, w)) + x
-            if shape.upsampler == "pixelshuffle":
-                out = self.conv_last(self.upsample(self.conv_before_upsample(features)))
-            else:
+            if direct:
                 out = self.upsample(features)
-            return out + self.mean
+            else:
+                out = self.conv_last(self.upsample(self.conv_before_upsample(features)))
+            return (out + self.mean)[:, :, : height * info.scale, : width * info.scale]
 
-    return DAT()
+    return Frame()
 
 
 def _closing_conv(nn: Any, width: int, residual: str) -> Any:
