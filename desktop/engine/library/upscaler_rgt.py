@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.upscaler_transformers import shuffle_stages, split_from_table
+from desktop.engine.library.upscaler_transformers import blocks_text, shuffle_stages, split_from_table
 
 # DAT has the position table too; `gamma` (the per-block re-injection) is RGT's alone.
 RGT_PROBE = "layers.0.blocks.0.gamma"
@@ -96,5 +96,5 @@ def inspect_rgt(tensors: Mapping[str, object], name: str) -> tuple[RGTShape, int
 
 
 def rgt_label(info: RGTShape, scale: int, width: int) -> str:
-    groups = f"{len(info.depths)}x{info.depths[0]}" if len(set(info.depths)) == 1 else "+".join(map(str, info.depths))
+    groups = blocks_text(info.depths)
     return f"RGT {scale}x ({width} dims, {groups} blocks)"

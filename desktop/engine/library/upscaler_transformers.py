@@ -115,8 +115,13 @@ def inspect_hat(tensors: Mapping[str, object], name: str) -> tuple[HATShape, int
     return info, scale, embed, in_channels, out_channels
 
 
+def blocks_text(depths: tuple[int, ...]) -> str:
+    """Groups and blocks as labels show them: "6x6" when every group is as deep, else "3+2"."""
+    return f"{len(depths)}x{depths[0]}" if len(set(depths)) == 1 else "+".join(map(str, depths))
+
+
 def hat_label(info: HATShape, scale: int, embed: int) -> str:
-    groups = f"{len(info.depths)}x{info.depths[0]}" if len(set(info.depths)) == 1 else "+".join(map(str, info.depths))
+    groups = blocks_text(info.depths)
     return f"HAT {scale}x ({embed} dims, {groups} blocks, window {info.window}, overlap window {info.overlap_window})"
 
 
@@ -267,7 +272,7 @@ def inspect_swinir(
 
 
 def swinir_label(info: SwinIRShape, scale: int, embed: int) -> str:
-    groups = f"{len(info.depths)}x{info.depths[0]}" if len(set(info.depths)) == 1 else "+".join(map(str, info.depths))
+    groups = blocks_text(info.depths)
     return f"SwinIR {scale}x ({UPSAMPLERS[info.upsampler]}, {embed} dims, {groups} blocks, window {info.window})"
 
 
@@ -383,7 +388,7 @@ def split_from_table(rows: int, tokens: int, name: str, architecture: str) -> tu
 
 
 def dat_label(info: DATShape, scale: int, embed: int) -> str:
-    groups = f"{len(info.depths)}x{info.depths[0]}" if len(set(info.depths)) == 1 else "+".join(map(str, info.depths))
+    groups = blocks_text(info.depths)
     kind = "classical" if info.upsampler == "pixelshuffle" else "lightweight"
     short, long = sorted(info.split)  # the sides; which one is the height only the table's values say
     return (f"DAT {scale}x ({kind}, {embed} dims, {groups} blocks, window {short}x{long}, "
