@@ -94,11 +94,11 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, OmniSR, Swin2SR, SwinIR
+    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, OmniSR, SCUNet, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
                "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
-               "DRCT": DRCT.DRCT, "RGT": RGT.RGT}  # fmt: skip
+               "DRCT": DRCT.DRCT, "RGT": RGT.RGT, "SCUNet": SCUNet.SCUNet}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():
@@ -111,7 +111,10 @@ def _child(workdir: Path) -> None:
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
         with torch.no_grad():
-            output = loaded.model.eval()(torch.from_numpy(image)).numpy()
+            # A grey model ("per_channel") sees the colour input's channels one by one, as Marble runs it.
+            source = torch.from_numpy(image).reshape(3, 1, height, width) if spec.get("per_channel") else None
+            output = loaded.model.eval()(torch.from_numpy(image) if source is None else source)
+            output = output.reshape(1, 3, *output.shape[-2:]).numpy()
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}
