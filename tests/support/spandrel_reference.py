@@ -17,6 +17,7 @@ spandrel==0.4.2`, in .ci/run); `available()` says whether it is there.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -94,27 +95,33 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, OmniSR, SCUNet, Swin2SR, SwinIR
+    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, DnCNN, OmniSR, SCUNet, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
                "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
-               "DRCT": DRCT.DRCT, "RGT": RGT.RGT, "SCUNet": SCUNet.SCUNet}  # fmt: skip
+               "DRCT": DRCT.DRCT, "RGT": RGT.RGT, "SCUNet": SCUNet.SCUNet,
+               "DnCNN": DnCNN.DnCNN}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():
         torch.manual_seed(spec["seed"])
         model = classes[spec["class"]](**spec["kwargs"])
         _randomise(model)
+        with torch.no_grad():  # a deep plain ReLU stack (DnCNN) halves its signal's power per layer without a gain
+            for param in model.parameters():
+                param.mul_(spec.get("gain", 1.0) if param.dim() == 4 else 1.0)
         path = workdir / f"{name}.safetensors"
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
         loaded = ModelLoader().load_from_file(str(path))
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
         with torch.no_grad():
-            # A grey model ("per_channel") sees the colour input's channels one by one, as Marble runs it.
-            source = torch.from_numpy(image).reshape(3, 1, height, width) if spec.get("per_channel") else None
-            output = loaded.model.eval()(torch.from_numpy(image) if source is None else source)
-            output = output.reshape(1, 3, *output.shape[-2:]).numpy()
+            # Through spandrel's own call (its default noise-level map for FDnCNN and DRUNet), unclamped; a
+            # grey model ("per_channel") sees the colour input's channels one by one, as Marble runs it.
+            run = functools.partial(loaded._call_fn, loaded.model.eval())
+            source = torch.from_numpy(image)
+            channels = source.split(1, 1) if spec.get("per_channel") else [source]
+            output = torch.cat([run(channel) for channel in channels], 1).numpy()
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}

@@ -1,11 +1,13 @@
-"""1x restoration networks (denoisers: SCUNet), Marble's own implementations, built from the shape the
+"""1x restoration networks (denoisers: SCUNet, DnCNN and FDnCNN), Marble's own implementations, built from the shape the
 header tells (desktop.engine.library.upscaler_restoration) so the file's tensors load strictly by their
 published names.
 
 They take any input size, so tiles of any size go through desktop.engine.backends.upscale's tiling
 unchanged: SCUNet pads its input by mirroring to a multiple of 8 windows (three halvings, then whole
-windows at the bottom), as the published network does, and crops the result back. A grey (1-channel)
-model denoises the red, green and blue channels one by one (as a batch of three): upscale() feeds RGB.
+windows at the bottom), as the published network does, and crops the result back; DnCNN is convolutions
+only. A grey (1-channel) model denoises the red, green and blue channels one by one (as a batch of
+three): upscale() feeds RGB.
+FDnCNN's noise-level channel is filled with FDNCNN_NOISE_LEVEL / 255 (15, the published default).
 
 torch is imported inside the functions: only desktop.engine.backends.upscale loads this module.
 """
@@ -22,9 +24,10 @@ from desktop.engine.backends.upscale_transformers import (
     window_shift_mask,
 )
 from desktop.engine.library.upscaler import UpscalerInfo
-from desktop.engine.library.upscaler_restoration import SCUNET_STAGES, SCUNetShape
+from desktop.engine.library.upscaler_restoration import FDNCNN_NOISE_LEVEL, SCUNET_STAGES, DnCNNShape, SCUNetShape
 
 _LEVELS = 3  # SCUNet's down stages, each halving the image
+_BATCH_NORM_EPS = 1e-4  # DnCNN's BatchNorm epsilon: a constructor argument in the published code, not in the file
 
 
 def per_channel(network: Any, x: Any, channels: int) -> Any:
@@ -34,6 +37,44 @@ def per_channel(network: Any, x: Any, channels: int) -> Any:
     b, c, h, w = x.shape
     out = network(x.reshape(b * c, 1, h, w))
     return out.reshape(b, c, *out.shape[-2:])
+
+
+def with_noise_map(x: Any, level: float) -> Any:
+    """`x` (B, C, H, W) with one more channel, every pixel `level` (a 0..255 sigma, as 0..1)."""
+    import torch
+
+    return torch.cat((x, torch.full_like(x[:, :1], level / 255.0)), 1)
+
+
+def build_dncnn(info: UpscalerInfo) -> Any:
+    import torch
+    from torch import nn
+
+    shape = info.detail
+    assert isinstance(shape, DnCNNShape)
+
+    class DnCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            width, extra = info.features, int(shape.noise_map)
+            layers: list[nn.Module] = [nn.Conv2d(info.in_channels + extra, width, 3, 1, 1), nn.ReLU(True)]
+            for _ in range(shape.convs - 2):
+                layers.append(nn.Conv2d(width, width, 3, 1, 1))
+                if shape.batch_norm:
+                    layers.append(nn.BatchNorm2d(width, eps=_BATCH_NORM_EPS))
+                layers.append(nn.ReLU(True))
+            layers.append(nn.Conv2d(width, info.out_channels, 3, 1, 1))
+            self.model = nn.Sequential(*layers)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return per_channel(self._restore, x, info.out_channels)
+
+        def _restore(self, x: torch.Tensor) -> torch.Tensor:
+            if shape.noise_map:  # FDnCNN: told the noise level, it outputs the clean image
+                return self.model(with_noise_map(x, FDNCNN_NOISE_LEVEL))
+            return x - self.model(x)  # DnCNN outputs the noise it sees
+
+    return DnCNN()
 
 
 def build_scunet(info: UpscalerInfo) -> Any:

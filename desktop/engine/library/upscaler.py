@@ -13,7 +13,7 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, the 1x restoration
-networks (SCUNet) by desktop.engine.library.upscaler_restoration (their shape goes
+networks (SCUNet, DnCNN) by desktop.engine.library.upscaler_restoration (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -38,7 +38,16 @@ from desktop.engine.library.upscaler_efficient import (
     span_label,
 )
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
-from desktop.engine.library.upscaler_restoration import SCUNetShape, inspect_scunet, looks_like_scunet, scunet_label
+from desktop.engine.library.upscaler_restoration import (
+    DnCNNShape,
+    SCUNetShape,
+    dncnn_label,
+    inspect_dncnn,
+    inspect_scunet,
+    looks_like_dncnn,
+    looks_like_scunet,
+    scunet_label,
+)
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
@@ -71,7 +80,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "scunet"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "scunet" | "dncnn"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -83,6 +92,7 @@ class UpscalerInfo:
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | SCUNetShape
+        | DnCNNShape
         | None
     ) = None
 
@@ -108,6 +118,8 @@ class UpscalerInfo:
             return rgt_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, SCUNetShape):
             return scunet_label(self.features, self.in_channels)
+        if isinstance(self.detail, DnCNNShape):
+            return dncnn_label(self.detail, self.features, self.out_channels)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -146,11 +158,13 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _drct(tensors, name)
     if looks_like_scunet(tensors):
         return _scunet(tensors, name)
+    if looks_like_dncnn(tensors):  # after ESRGAN's original names, which start with model.0 too
+        return _dncnn(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers and SCUNet denoisers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers and SCUNet and DnCNN denoisers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -221,6 +235,15 @@ def _scunet(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a SCUNet for {channels}-channel images; Marble runs colour (RGB) and grey ones.")
     # A grey model denoises each of the image's three channels on its own (upscale() feeds RGB).
     return UpscalerInfo("scunet", 1, sum(detail.depths), width, channels, channels, 0, detail)
+
+
+def _dncnn(tensors: dict, name: str) -> UpscalerInfo:
+    detail, width, in_channels, out_channels = inspect_dncnn(tensors, name)
+    if out_channels not in (1, 3):
+        raise ModelError(f"{name} is a DnCNN for {out_channels}-channel images; Marble runs colour (RGB) and grey "
+                         "ones.")
+    # in_channels without FDnCNN's noise map: what the image brings (a grey model sees each channel alone).
+    return UpscalerInfo("dncnn", 1, detail.convs, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:

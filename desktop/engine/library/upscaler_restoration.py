@@ -1,5 +1,5 @@
-"""1x restoration networks (denoisers) without torch: what a SCUNet file is, judged from its tensor names
-and shapes. They load in the upscaler slot like any upscaler, at scale 1: the hires fix then resizes their
+"""1x restoration networks (denoisers) without torch: what a SCUNet or DnCNN file is, judged from its
+tensor names and shapes. They load in the upscaler slot like any upscaler, at scale 1: the hires fix then resizes their
 output with Lanczos (docs/upscalers.md).
 
 SCUNet (Zhang et al. 2022, "Practical Blind Denoising via Swin-Conv-UNet") is a three-level UNet: a 3x3
@@ -11,6 +11,12 @@ other block shifted by half a window; MLP 4x) on the other, joined by 1x1 convs.
 width (`m_head.0`), the colour channels (3, or 1 for the grey models), the blocks per stage (the indices
 under `m_down1` .. `m_up1`) and the window and heads (each block's relative-position table: heads x
 (2w-1) x (2w-1)).
+
+DnCNN (Zhang et al. 2017) is a plain stack of 3x3 convs under `model.N`: conv + ReLU, then conv (+
+BatchNorm) + ReLU repeated, then a conv back to the image's channels; it predicts the noise, which is
+subtracted from the input. Its layer indices tell the depth and whether it has BatchNorm (the "BR"
+layout: a conv every 3 indices) or not ("R": every 2). FDnCNN (the same stack, from FFDNet's paper) takes
+one more input channel than it outputs, a noise-level map, and outputs the clean image directly.
 """
 
 from __future__ import annotations
@@ -37,6 +43,21 @@ _STAGE_WIDTH = {"m_down1": 1, "m_down2": 2, "m_down3": 4, "m_body": 8, "m_up3": 
 # The up stages start with their transposed conv, the down stages end with their strided conv.
 _FIRST_BLOCK = {"m_up3": 1, "m_up2": 1, "m_up1": 1}
 _INDEX = re.compile(r"(m_\w+?)\.(\d+)\.")
+# DnCNN's head conv, its first body conv (index 2 in both layouts) and their biases; ESRGAN's original
+# names start with model.0 too, but it is told first by its RRDB blocks (library/upscaler.py).
+DNCNN_PROBES = ("model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias")
+_DNCNN_LAYER = re.compile(r"model\.(\d+)\.weight")
+# The noise level FDnCNN's map carries, as a 0..255 sigma: the published test scripts' and spandrel's default.
+FDNCNN_NOISE_LEVEL = 15
+
+
+@dataclass(frozen=True)
+class DnCNNShape:
+    """What a DnCNN header says beyond the width and channels."""
+
+    convs: int  # all the 3x3 convs, head and tail included (nb: 17 or 20 in the published models)
+    batch_norm: bool  # the "BR" layout: each body conv followed by BatchNorm
+    noise_map: bool  # FDnCNN: the input carries a noise-level channel; the output is the image itself
 
 
 @dataclass(frozen=True)
@@ -94,3 +115,39 @@ def inspect_scunet(tensors: Mapping[str, _Shaped], name: str) -> tuple[SCUNetSha
 def scunet_label(width: int, channels: int) -> str:
     kind = "grey, " if channels == 1 else ""
     return f"SCUNet 1x denoise ({kind}{width} dims)"
+
+
+def looks_like_dncnn(tensors: Mapping[str, _Shaped]) -> bool:
+    return all(probe in tensors for probe in DNCNN_PROBES)
+
+
+def inspect_dncnn(tensors: Mapping[str, _Shaped], name: str) -> tuple[DnCNNShape, int, int, int]:
+    """(shape, width, input channels (the noise map not counted), output channels) of a DnCNN header."""
+    layers = sorted(int(m[1]) for key in tensors if (m := _DNCNN_LAYER.fullmatch(key)))
+    batch_norm = "model.3.running_mean" in tensors
+    step = 3 if batch_norm else 2  # a body layer is conv (+ BatchNorm) + ReLU
+    convs = [index for index in layers if len(tensors[f"model.{index}.weight"].shape) == 4]
+    expected = [0, *range(2, convs[-1] + 1, step)] if convs else []
+    norms = [index for index in layers if index not in convs]
+    if len(convs) < 3 or convs != expected or norms != [index + 1 for index in expected[1:-1]] * batch_norm:
+        raise ModelError(f"{name} looks like a DnCNN but its layers are {layers}, not a conv every {step} "
+                         "indices: the file is incomplete or another network.")
+    width, in_channels = tensors["model.0.weight"].shape[:2]
+    out_channels = tensors[f"model.{convs[-1]}.weight"].shape[0]
+    for index in convs[1:]:
+        if tuple(tensors[f"model.{index}.weight"].shape[1:]) != (width, 3, 3):
+            raise ModelError(f"{name}: DnCNN's model.{index} is not a 3x3 conv of {width} channels: the file is "
+                             "damaged.")
+    noise_map = in_channels == out_channels + 1
+    if in_channels != out_channels and not noise_map:
+        raise ModelError(f"{name} is a DnCNN from {in_channels} channels to {out_channels}: not a denoiser Marble "
+                         "knows (DnCNN keeps the channels, FDnCNN adds one noise-level channel).")
+    shape = DnCNNShape(len(convs), batch_norm, noise_map)
+    return shape, width, in_channels - noise_map, out_channels
+
+
+def dncnn_label(info: DnCNNShape, width: int, channels: int) -> str:
+    kind = f"FDnCNN 1x denoise (noise level {FDNCNN_NOISE_LEVEL}, " if info.noise_map else "DnCNN 1x denoise ("
+    grey = "grey, " if channels == 1 else ""
+    norm = ", BatchNorm" if info.batch_norm else ""
+    return f"{kind}{grey}{width} features, {info.convs} convs{norm})"
