@@ -95,12 +95,12 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, DnCNN, OmniSR, SCUNet, Swin2SR, SwinIR
+    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, DnCNN, DRUNet, OmniSR, SCUNet, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
                "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
                "DRCT": DRCT.DRCT, "RGT": RGT.RGT, "SCUNet": SCUNet.SCUNet,
-               "DnCNN": DnCNN.DnCNN}  # fmt: skip
+               "DnCNN": DnCNN.DnCNN, "DRUNet": DRUNet.DRUNet}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

@@ -2,7 +2,7 @@
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt, the 1x restoration networks (SCUNet, DnCNN) in
+desktop.engine.backends.upscale_rgt, the 1x restoration networks (SCUNet, DnCNN, DRUNet) in
 desktop.engine.backends.upscale_restoration.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
@@ -82,6 +82,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_restoration import build_dncnn
 
         network = build_dncnn(info)
+    elif info.layout == "drunet":
+        from desktop.engine.backends.upscale_restoration import build_drunet
+
+        network = build_drunet(info)
     else:
         network = _build(info)
     try:

@@ -1,13 +1,14 @@
-"""1x restoration networks (denoisers: SCUNet, DnCNN and FDnCNN), Marble's own implementations, built from the shape the
-header tells (desktop.engine.library.upscaler_restoration) so the file's tensors load strictly by their
-published names.
+"""1x restoration networks (denoisers: SCUNet, DnCNN and FDnCNN, DRUNet), Marble's own implementations,
+built from the shape the header tells (desktop.engine.library.upscaler_restoration) so the file's tensors
+load strictly by their published names.
 
 They take any input size, so tiles of any size go through desktop.engine.backends.upscale's tiling
 unchanged: SCUNet pads its input by mirroring to a multiple of 8 windows (three halvings, then whole
-windows at the bottom), as the published network does, and crops the result back; DnCNN is convolutions
-only. A grey (1-channel) model denoises the red, green and blue channels one by one (as a batch of
-three): upscale() feeds RGB.
-FDnCNN's noise-level channel is filled with FDNCNN_NOISE_LEVEL / 255 (15, the published default).
+windows at the bottom), as the published network does, and crops the result back; DRUNet pads the same
+way to a multiple of 8 (its three halvings); DnCNN is convolutions only. A grey (1-channel) model
+denoises the red, green and blue channels one by one (as a batch of three): upscale() feeds RGB. The
+noise-level channel FDnCNN and DRUNet take is filled with their NOISE_LEVEL / 255 (15: spandrel's
+default and the published test scripts').
 
 torch is imported inside the functions: only desktop.engine.backends.upscale loads this module.
 """
@@ -24,7 +25,14 @@ from desktop.engine.backends.upscale_transformers import (
     window_shift_mask,
 )
 from desktop.engine.library.upscaler import UpscalerInfo
-from desktop.engine.library.upscaler_restoration import FDNCNN_NOISE_LEVEL, SCUNET_STAGES, DnCNNShape, SCUNetShape
+from desktop.engine.library.upscaler_restoration import (
+    DRUNET_NOISE_LEVEL,
+    FDNCNN_NOISE_LEVEL,
+    SCUNET_STAGES,
+    DnCNNShape,
+    DRUNetShape,
+    SCUNetShape,
+)
 
 _LEVELS = 3  # SCUNet's down stages, each halving the image
 _BATCH_NORM_EPS = 1e-4  # DnCNN's BatchNorm epsilon: a constructor argument in the published code, not in the file
@@ -184,3 +192,68 @@ def build_scunet(info: UpscalerInfo) -> Any:
             return self.m_tail(y + x1)[..., :h, :w]
 
     return SCUNet()
+
+
+def build_drunet(info: UpscalerInfo) -> Any:
+    import torch
+    from torch import nn
+
+    shape = info.detail
+    assert isinstance(shape, DRUNetShape)
+
+    def conv(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2 if stride == 1 else 0, bias=False)
+
+    class ResidualBlock(nn.Module):
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.res = nn.Sequential(conv(width, width), nn.ReLU(), conv(width, width))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.res(x)
+
+    def down(cin: int, cout: int) -> list[nn.Module]:
+        if shape.down == "avgpool":
+            return [nn.AvgPool2d(2), conv(cin, cout)]
+        return [conv(cin, cout, 2, 2)]
+
+    def up(cin: int, cout: int) -> list[nn.Module]:
+        if shape.up == "pixelshuffle":
+            return [conv(cin, 4 * cout), nn.PixelShuffle(2)]
+        if shape.up == "upconv":
+            return [nn.Upsample(scale_factor=2, mode="nearest"), conv(cin, cout)]
+        return [nn.ConvTranspose2d(cin, cout, 2, 2, 0, bias=False)]
+
+    class DRUNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            widths, nb = shape.widths, shape.blocks
+
+            def blocks(width: int) -> list[nn.Module]:
+                return [ResidualBlock(width) for _ in range(nb)]
+
+            self.m_head = conv(info.in_channels + 1, widths[0])  # + the noise-level map
+            self.m_down1 = nn.Sequential(*blocks(widths[0]), *down(widths[0], widths[1]))
+            self.m_down2 = nn.Sequential(*blocks(widths[1]), *down(widths[1], widths[2]))
+            self.m_down3 = nn.Sequential(*blocks(widths[2]), *down(widths[2], widths[3]))
+            self.m_body = nn.Sequential(*blocks(widths[3]))
+            self.m_up3 = nn.Sequential(*up(widths[3], widths[2]), *blocks(widths[2]))
+            self.m_up2 = nn.Sequential(*up(widths[2], widths[1]), *blocks(widths[1]))
+            self.m_up1 = nn.Sequential(*up(widths[1], widths[0]), *blocks(widths[0]))
+            self.m_tail = conv(widths[0], info.out_channels)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return per_channel(self._restore, x, info.out_channels)
+
+        def _restore(self, x: torch.Tensor) -> torch.Tensor:
+            h, w = x.shape[-2:]
+            x1 = self.m_head(with_noise_map(pad_to_multiple(x, 2**_LEVELS), DRUNET_NOISE_LEVEL))
+            x2 = self.m_down1(x1)
+            x3 = self.m_down2(x2)
+            x4 = self.m_down3(x3)
+            y = self.m_up3(self.m_body(x4) + x4)
+            y = self.m_up2(y + x3)
+            y = self.m_up1(y + x2)
+            return self.m_tail(y + x1)[..., :h, :w]
+
+    return DRUNet()

@@ -13,7 +13,7 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, the 1x restoration
-networks (SCUNet, DnCNN) by desktop.engine.library.upscaler_restoration (their shape goes
+networks (SCUNet, DnCNN, DRUNet) by desktop.engine.library.upscaler_restoration (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -40,11 +40,15 @@ from desktop.engine.library.upscaler_efficient import (
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_restoration import (
     DnCNNShape,
+    DRUNetShape,
     SCUNetShape,
     dncnn_label,
+    drunet_label,
     inspect_dncnn,
+    inspect_drunet,
     inspect_scunet,
     looks_like_dncnn,
+    looks_like_drunet,
     looks_like_scunet,
     scunet_label,
 )
@@ -80,7 +84,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "scunet" | "dncnn"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "scunet" | "dncnn" | "drunet"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -93,6 +97,7 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | SCUNetShape
         | DnCNNShape
+        | DRUNetShape
         | None
     ) = None
 
@@ -120,6 +125,8 @@ class UpscalerInfo:
             return scunet_label(self.features, self.in_channels)
         if isinstance(self.detail, DnCNNShape):
             return dncnn_label(self.detail, self.features, self.out_channels)
+        if isinstance(self.detail, DRUNetShape):
+            return drunet_label(self.detail, self.out_channels)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -160,11 +167,14 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _scunet(tensors, name)
     if looks_like_dncnn(tensors):  # after ESRGAN's original names, which start with model.0 too
         return _dncnn(tensors, name)
+    if looks_like_drunet(tensors):
+        return _drunet(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers and SCUNet and DnCNN denoisers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers and SCUNet, DnCNN and DRUNet "
+                "denoisers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -244,6 +254,14 @@ def _dncnn(tensors: dict, name: str) -> UpscalerInfo:
                          "ones.")
     # in_channels without FDnCNN's noise map: what the image brings (a grey model sees each channel alone).
     return UpscalerInfo("dncnn", 1, detail.convs, width, in_channels, out_channels, 0, detail)
+
+
+def _drunet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, in_channels, out_channels = inspect_drunet(tensors, name)
+    if out_channels not in (1, 3):
+        raise ModelError(f"{name} is a DRUNet for {out_channels}-channel images; Marble runs colour (RGB) and grey "
+                         "ones.")
+    return UpscalerInfo("drunet", 1, 7 * detail.blocks, detail.widths[0], in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:

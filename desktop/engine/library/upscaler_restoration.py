@@ -1,6 +1,6 @@
-"""1x restoration networks (denoisers) without torch: what a SCUNet or DnCNN file is, judged from its
-tensor names and shapes. They load in the upscaler slot like any upscaler, at scale 1: the hires fix then resizes their
-output with Lanczos (docs/upscalers.md).
+"""1x restoration networks (denoisers) without torch: what a SCUNet, DnCNN or DRUNet file is, judged from
+its tensor names and shapes. They load in the upscaler slot like any upscaler, at scale 1: the hires fix
+then resizes their output with Lanczos (docs/upscalers.md).
 
 SCUNet (Zhang et al. 2022, "Practical Blind Denoising via Swin-Conv-UNet") is a three-level UNet: a 3x3
 head conv, three down stages (swin-conv blocks, then a 2x2 stride-2 conv doubling the width), a body of
@@ -17,6 +17,14 @@ BatchNorm) + ReLU repeated, then a conv back to the image's channels; it predict
 subtracted from the input. Its layer indices tell the depth and whether it has BatchNorm (the "BR"
 layout: a conv every 3 indices) or not ("R": every 2). FDnCNN (the same stack, from FFDNet's paper) takes
 one more input channel than it outputs, a noise-level map, and outputs the clean image directly.
+
+DRUNet (Zhang et al. 2021, "Plug-and-Play Image Restoration", DPIR) is a four-level UNet of residual
+conv blocks (conv, ReLU, conv, no biases): a head conv, three down stages (blocks, then a 2x2 stride-2
+conv, or a 2x2 average pool and a 3x3 conv), a body, three up stages (a 2x2 transposed conv, or a 3x3
+conv and a pixel shuffle, or a nearest 2x upsample and a 3x3 conv, then blocks) fed the matching skip,
+and a tail conv. Like FDnCNN it takes one more input channel than it outputs: the noise-level map.
+The header tells the four widths, the blocks per stage (`m_body`'s count), the down and up kinds (which
+indices hold weights, and the up conv's kernel), the channels.
 """
 
 from __future__ import annotations
@@ -49,6 +57,23 @@ DNCNN_PROBES = ("model.0.weight", "model.0.bias", "model.2.weight", "model.2.bia
 _DNCNN_LAYER = re.compile(r"model\.(\d+)\.weight")
 # The noise level FDnCNN's map carries, as a 0..255 sigma: the published test scripts' and spandrel's default.
 FDNCNN_NOISE_LEVEL = 15
+
+
+# DRUNet: bare head and tail convs and residual blocks (`res`) under the UNet's stage names.
+DRUNET_PROBES = ("m_head.weight", "m_tail.weight", "m_down1.0.res.0.weight", "m_body.0.res.0.weight")
+# The noise level DRUNet's map carries (a 0..255 sigma): spandrel's default and the DPIR denoising demo's.
+DRUNET_NOISE_LEVEL = 15
+_DRUNET_BLOCK = re.compile(r"(m_\w+?)\.(\d+)\.res\.0\.weight")
+
+
+@dataclass(frozen=True)
+class DRUNetShape:
+    """What a DRUNet header says beyond the first width and the channels."""
+
+    widths: tuple[int, int, int, int]  # per level, the image's size first
+    blocks: int  # residual blocks per stage (nb: 4 in the published models)
+    down: str  # "strideconv" | "avgpool" (a max-pooling file has the same tensors; it is read as avgpool)
+    up: str  # "convtranspose" | "pixelshuffle" | "upconv"
 
 
 @dataclass(frozen=True)
@@ -151,3 +176,49 @@ def dncnn_label(info: DnCNNShape, width: int, channels: int) -> str:
     grey = "grey, " if channels == 1 else ""
     norm = ", BatchNorm" if info.batch_norm else ""
     return f"{kind}{grey}{width} features, {info.convs} convs{norm})"
+
+
+def looks_like_drunet(tensors: Mapping[str, _Shaped]) -> bool:
+    return all(probe in tensors for probe in DRUNET_PROBES)
+
+
+def inspect_drunet(tensors: Mapping[str, _Shaped], name: str) -> tuple[DRUNetShape, int, int]:
+    """(shape, image channels (the noise map not counted), output channels) of a DRUNet header."""
+
+    def shape(key: str) -> tuple[int, ...]:
+        found = tensors.get(key)
+        if found is None:
+            raise ModelError(f"{name} looks like a DRUNet but lacks {key}: the file is incomplete.")
+        return tuple(found.shape)
+
+    blocks: dict[str, list[int]] = {}
+    for key in tensors:
+        if m := _DRUNET_BLOCK.fullmatch(key):
+            blocks.setdefault(m[1], []).append(int(m[2]))
+    nb = len(blocks.get("m_body", []))
+    # The up stages' blocks follow a transposed conv (index 0), or an upsample and a conv, or a 3x3 conv and
+    # a pixel shuffle (indices 0 and 1).
+    upconv = "m_up3.1.weight" in tensors
+    up_start = 2 if upconv or shape("m_up3.0.weight")[2] == 3 else 1
+    starts = {"m_down1": 0, "m_down2": 0, "m_down3": 0, "m_body": 0, "m_up3": up_start, "m_up2": up_start,
+              "m_up1": up_start}  # fmt: skip
+    for stage, start in starts.items():
+        if sorted(blocks.get(stage, [])) != list(range(start, start + nb)):
+            raise ModelError(f"{name}: DRUNet's {stage} has blocks {sorted(blocks.get(stage, []))}, not {nb} from "
+                             f"{start}: the file is incomplete.")
+    widths = (shape("m_head.weight")[0], shape("m_down2.0.res.0.weight")[0], shape("m_down3.0.res.0.weight")[0],
+              shape("m_body.0.res.0.weight")[0])  # fmt: skip
+    down = "strideconv" if f"m_down1.{nb}.weight" in tensors else "avgpool"
+    up = "upconv" if upconv else "pixelshuffle" if up_start == 2 else "convtranspose"
+    in_channels, out_channels = shape("m_head.weight")[1], shape("m_tail.weight")[0]
+    if in_channels != out_channels + 1:
+        raise ModelError(f"{name} is a DRUNet from {in_channels} channels to {out_channels}; Marble runs the "
+                         "denoisers, which take one more channel (the noise level) than they output.")
+    return DRUNetShape(widths, nb, down, up), in_channels - 1, out_channels
+
+
+def drunet_label(info: DRUNetShape, channels: int) -> str:
+    grey = "grey, " if channels == 1 else ""
+    kinds = "".join(f", {kind}" for kind in (info.down, info.up) if kind not in ("strideconv", "convtranspose"))
+    return (f"DRUNet 1x denoise (noise level {DRUNET_NOISE_LEVEL}, {grey}{info.widths[0]} features, "
+            f"{info.blocks} blocks{kinds})")
