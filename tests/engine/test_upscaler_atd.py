@@ -48,9 +48,10 @@ VARIANTS = {
     # The one-step upsampler at another width: plain ATD, 256-pixel categories.
     "atd-direct-x2": ({**_SMALL, "upscale": 2, "upsampler": "pixelshuffledirect"}, "ATD 2x (16 dims, 2x2 blocks)",
                       2, [19, 23]),
-    # The real-world tail (nearest 2x twice, 4x only) and groups of different depths.
-    "atd-real-x4": ({**_SMALL, "depths": [2, 3], "upscale": 4, "upsampler": "nearest+conv"},
-                    "ATD 4x (16 dims, 2+3 blocks)", 4, [19, 23]),
+    # The real-world tail (nearest 2x twice, 4x only) and groups of different depths, the second of one
+    # block (its only block is its last: unshifted, no dictionary refinement).
+    "atd-real-x4": ({**_SMALL, "depths": [3, 1], "upscale": 4, "upsampler": "nearest+conv"},
+                    "ATD 4x (16 dims, 3+1 blocks)", 4, [19, 23]),
     # 1x restoration: the residual over the input.
     "atd-x1": ({**_SMALL, "upscale": 1, "upsampler": ""}, "ATD 1x (16 dims, 2x2 blocks)", 1, [19, 23]),
 }  # fmt: skip
@@ -102,6 +103,7 @@ def test_damaged_atd_files_are_refused_by_name(reference, paths, tmp_path):
                      "group 1 has blocks \\[1\\], with gaps"),
         "odd-heads": ({**atd, block + "attn_win.relative_position_bias_table": torch.zeros(49, 3)},
                       "group 1 has a position table 49 x 3"),
+        "fixed-size": ({**atd, "absolute_pos_embed": torch.zeros(1, 4096, 16)}, "absolute position embedding"),
         "odd-upsampler": ({**atd, "upsample.0.weight": torch.zeros(100, 64, 3, 3)}, "upsampling conv makes 100"),
     }  # fmt: skip
     for case, (tensors, message) in cases.items():
