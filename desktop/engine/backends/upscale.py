@@ -2,7 +2,8 @@
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt, SAFMN in desktop.engine.backends.upscale_safmn.
+desktop.engine.backends.upscale_rgt, SAFMN and SAFMN-BCIE in
+desktop.engine.backends.upscale_safmn.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -73,10 +74,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         # RGT's window table is DAT's: the same orientation rule, the same derived buffers left out.
         info = dat_split_from_biases(state, info)
         state, network = loadable_state(state), build_rgt(info)
-    elif info.layout == "safmn":
-        from desktop.engine.backends.upscale_safmn import build_safmn
+    elif info.layout in ("safmn", "safmn-bcie"):
+        from desktop.engine.backends.upscale_safmn import build_safmn, build_safmn_bcie
 
-        network = build_safmn(info)
+        network = build_safmn(info) if info.layout == "safmn" else build_safmn_bcie(info)
     else:
         network = _build(info)
     try:

@@ -1,10 +1,12 @@
-"""SAFMN upscalers, Marble's own implementation, built from the shape desktop.engine.library.upscaler_safmn
+"""SAFMN and SAFMN-BCIE, Marble's own implementation, built from the shape desktop.engine.library.upscaler_safmn
 reads; module and parameter names follow the file's (`feats.N.safm.mfr.I`, `feats.N.ccm.ccm.0`, ...) so a
-strict load checks every tensor.
+strict load checks every tensor. Both networks are made of the same block (`safmn_block`); SAFMN-BCIE
+groups them and runs them on a pixel-unshuffled input.
 
-The network's pyramid max-pools the features down to an eighth, so the input is padded at the bottom and
-right to a multiple of 8 (mirrored, as spandrel's size requirement pads) and the result cropped back:
-any tile size runs, and a size that is already a multiple runs exactly as published.
+The network's pyramid max-pools the features down to an eighth (after SAFMN-BCIE's unshuffle by f, an
+eighth of 1/f), so the input is padded at the bottom and right to a multiple of 8 (8f), mirrored as
+spandrel's size requirement pads, and the result cropped back: any tile size runs, and a size that is
+already a multiple runs exactly as published.
 
 torch is imported inside the functions: only desktop.engine.backends.upscale loads this module.
 """
@@ -106,3 +108,46 @@ def build_safmn(info: UpscalerInfo) -> Any:
             return out[..., : height * scale, : side * scale]
 
     return SAFMN()
+
+
+def build_safmn_bcie(info: UpscalerInfo) -> Any:
+    """The SAFMN-BCIE network for `info` (layout "safmn-bcie"), untrained: SAFMN's blocks in groups, on the
+    input pixel-unshuffled by the shape's factor and shuffled back; the output is the input's size."""
+    import torch
+    from torch import nn
+
+    assert isinstance(info.detail, SAFMNShape)
+    shape, width = info.detail, info.features
+    factor = shape.unshuffle
+
+    class Group(nn.Module):
+        """`layers` SAFMN blocks and a closing 3x3 conv, with the group's own skip."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.Sequential(*(safmn_block(width, shape.hidden) for _ in range(shape.layers)))
+            self.conv = nn.Conv2d(width, width, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.conv(self.layers(x))
+
+    class SAFMNBCIE(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # The parameter-free (un)shuffles keep their Sequential slots, so the convs keep the file's names
+            # (`to_feat.1`, `to_img.0`, `to_img.2`).
+            packed = info.in_channels * factor * factor
+            self.to_feat = nn.Sequential(nn.PixelUnshuffle(factor), nn.Conv2d(packed, width, 3, padding=1))
+            self.feats = nn.Sequential(*(Group() for _ in range(shape.blocks)))
+            self.to_img = nn.Sequential(
+                nn.Conv2d(width, width * factor * factor, 3, padding=1),
+                nn.PixelShuffle(factor),
+                nn.Conv2d(width, info.out_channels, 3, padding=1),
+            )
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            height, side = image.shape[-2:]
+            x = self.to_feat(pad_to_multiple(image, shape.padding_unit))
+            return self.to_img(self.feats(x) + x)[..., :height, :side]
+
+    return SAFMNBCIE()

@@ -12,7 +12,7 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
-desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, SAFMN by
+desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, SAFMN and SAFMN-BCIE by
 desktop.engine.library.upscaler_safmn (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -71,7 +71,8 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "safmn"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "safmn" |
+    # "safmn-bcie"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -149,7 +150,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT and SAFMN upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, SAFMN and SAFMN-BCIE upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -215,11 +216,13 @@ def _drct(tensors: dict, name: str) -> UpscalerInfo:
 
 
 def _safmn(tensors: dict, name: str) -> UpscalerInfo:
+    """SAFMN, or SAFMN-BCIE (its 1x enhancement variant: blocks in groups, layout "safmn-bcie")."""
     detail, scale, width, in_channels, out_channels = inspect_safmn(tensors, name)
     if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
         raise ModelError(f"{name} is a SAFMN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
-    return UpscalerInfo("safmn", scale, detail.blocks, width, in_channels, out_channels, 0, detail)
+    layout, blocks = ("safmn-bcie", detail.blocks * detail.layers) if detail.layers else ("safmn", detail.blocks)
+    return UpscalerInfo(layout, scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:

@@ -57,7 +57,7 @@ class SAFMNShape:
 
 
 def looks_like_safmn(tensors: Mapping[str, _Shaped]) -> bool:
-    return SAFMN_PROBE in tensors
+    return SAFMN_PROBE in tensors or BCIE_PROBE in tensors
 
 
 def inspect_safmn(tensors: Mapping[str, _Shaped], name: str) -> tuple[SAFMNShape, int, int, int, int]:
@@ -78,13 +78,33 @@ def inspect_safmn(tensors: Mapping[str, _Shaped], name: str) -> tuple[SAFMNShape
                              "incomplete.")  # fmt: skip
         return len(found)
 
-    width, in_channels = shape("to_feat.weight")[:2]
-    outputs = shape("to_img.0.weight")[0]
-    scale = math.isqrt(outputs // 3)
-    if 3 * scale * scale != outputs:
-        raise ModelError(f"{name}'s last conv makes {outputs} channels, which fits no scale of RGB.")
-    info = SAFMNShape(numbered(_BLOCK, "blocks"), 0, shape("feats.0.ccm.ccm.0.weight")[0], 1)
-    out_channels = 3
+    if bcie:
+        width, unshuffled = shape("to_feat.1.weight")[:2]
+        unshuffle = math.isqrt(unshuffled // 3)
+        if 3 * unshuffle * unshuffle != unshuffled:
+            raise ModelError(f"{name}'s first conv sees {unshuffled} channels, which fits no unshuffle of RGB.")
+        groups = numbered(_GROUP, "groups")  # each group's closing conv
+        blocks: dict[int, set[int]] = {}
+        for key in tensors:
+            if m := _LAYER.fullmatch(key):
+                blocks.setdefault(int(m[1]), set()).add(int(m[2]))
+        layers = len(blocks.get(0, ()))
+        if any(blocks.get(group) != set(range(layers)) for group in range(groups)) or not layers:
+            found = {group: sorted(blocks.get(group, ())) for group in range(groups)}
+            raise ModelError(f"{name}: its SAFMN-BCIE groups hold blocks {found}, not the same whole count: the "
+                             "file is incomplete.")  # fmt: skip
+        if shape("to_img.0.weight")[0] != width * unshuffle**2 or shape("to_img.2.weight")[:2] != (3, width):
+            raise ModelError(f"{name}'s SAFMN-BCIE output convs do not fit {width} features unshuffled {unshuffle}x.")
+        info = SAFMNShape(groups, layers, shape("feats.0.layers.0.ccm.ccm.0.weight")[0], unshuffle)
+        in_channels, out_channels, scale = 3, 3, 1
+    else:
+        width, in_channels = shape("to_feat.weight")[:2]
+        outputs = shape("to_img.0.weight")[0]
+        scale = math.isqrt(outputs // 3)
+        if 3 * scale * scale != outputs:
+            raise ModelError(f"{name}'s last conv makes {outputs} channels, which fits no scale of RGB.")
+        info = SAFMNShape(numbered(_BLOCK, "blocks"), 0, shape("feats.0.ccm.ccm.0.weight")[0], 1)
+        out_channels = 3
     prefix = "feats.0.layers.0." if bcie else "feats.0."
     if shape(f"{prefix}safm.mfr.0.weight")[0] * LEVELS != width:
         raise ModelError(f"{name} is a {architecture} {width} features wide; its four-level pyramid needs a "
