@@ -95,12 +95,13 @@ def _child(workdir: Path) -> None:
     from safetensors.torch import save_file
     from spandrel import ModelLoader
     from spandrel.__helpers.size_req import pad_tensor
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SAFMN, SAFMNBCIE, SPAN, OmniSR, Swin2SR, SwinIR
+    from spandrel.architectures import DAT, DITN, DRCT, HAT, PLKSR, RGT, SAFMN, SAFMNBCIE, SPAN, OmniSR, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
                "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
                "DRCT": DRCT.DRCT, "RGT": RGT.RGT,
-               "SAFMN": SAFMN.SAFMN, "SAFMNBCIE": SAFMNBCIE.SAFMNBCIE}  # fmt: skip
+               "SAFMN": SAFMN.SAFMN, "SAFMNBCIE": SAFMNBCIE.SAFMNBCIE,
+               "DITN": DITN.DITN}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

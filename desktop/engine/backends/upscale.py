@@ -3,7 +3,7 @@ tiles so big images fit in memory. The transformers are built in desktop.engine.
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
 desktop.engine.backends.upscale_rgt, SAFMN and SAFMN-BCIE in
-desktop.engine.backends.upscale_safmn.
+desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -78,6 +78,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_safmn import build_safmn, build_safmn_bcie
 
         network = build_safmn(info) if info.layout == "safmn" else build_safmn_bcie(info)
+    elif info.layout == "ditn":
+        from desktop.engine.backends.upscale_ditn import build_ditn
+
+        network = build_ditn(info)
     else:
         network = _build(info)
     try:
