@@ -31,7 +31,7 @@ VARIANTS = {
     # A 1.5x feed-forward, 3x, a size off the 8 px unit (the pyramid's pools then fall on spandrel's padding).
     "safmn-x3-ffn": ({"dim": 12, "n_blocks": 3, "ffn_scale": 1.5, "upscaling_factor": 3},
                      "SAFMN 3x (3 blocks, 12 features)", 3, [19, 23], True),
-    "safmn-x2": ({"dim": 8, "n_blocks": 1, "upscaling_factor": 2}, "SAFMN 2x (1 blocks, 8 features)", 2,
+    "safmn-x2": ({"dim": 8, "n_blocks": 1, "upscaling_factor": 2}, "SAFMN 2x (1 block, 8 features)", 2,
                  [13, 16], True),
     # The 1x restoration models.
     "safmn-x1": ({"dim": 8, "n_blocks": 2, "upscaling_factor": 1}, "SAFMN 1x (2 blocks, 8 features)", 1,

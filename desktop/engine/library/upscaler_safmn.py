@@ -115,4 +115,5 @@ def inspect_safmn(tensors: Mapping[str, _Shaped], name: str) -> tuple[SAFMNShape
 def safmn_label(info: SAFMNShape, scale: int, width: int) -> str:
     if info.layers:
         return f"SAFMN-BCIE ({info.blocks}x{info.layers} blocks, {width} features)"
-    return f"SAFMN {scale}x ({info.blocks} blocks, {width} features)"
+    blocks = "1 block" if info.blocks == 1 else f"{info.blocks} blocks"
+    return f"SAFMN {scale}x ({blocks}, {width} features)"
