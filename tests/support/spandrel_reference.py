@@ -94,11 +94,33 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import ATD, DAT, DRCT, HAT, PLKSR, RGT, SPAN, OmniSR, Swin2SR, SwinIR
+    from spandrel.__helpers.size_req import pad_tensor
+    from spandrel.architectures import (
+        ATD,
+        DAT,
+        DITN,
+        DRCT,
+        HAT,
+        PLKSR,
+        RGT,
+        SAFMN,
+        SAFMNBCIE,
+        SPAN,
+        OmniSR,
+        Swin2SR,
+        SwinIR,
+    )
 
-    classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
-               "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
-               "DRCT": DRCT.DRCT, "RGT": RGT.RGT, "ATD": ATD.ATD}  # fmt: skip
+    # One entry per line: several architectures are added at the same time.
+    classes = {
+        "SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
+        "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
+        "DRCT": DRCT.DRCT, "RGT": RGT.RGT,
+        "ATD": ATD.ATD,
+        "SAFMN": SAFMN.SAFMN,
+        "SAFMNBCIE": SAFMNBCIE.SAFMNBCIE,
+        "DITN": DITN.DITN,
+    }  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():
@@ -111,7 +133,11 @@ def _child(workdir: Path) -> None:
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
         with torch.no_grad():
-            output = loaded.model.eval()(torch.from_numpy(image)).numpy()
+            source = torch.from_numpy(image)
+            if spec.get("padded"):
+                # Padded as spandrel's descriptor pads for the model's size requirement, without its clamp.
+                source = pad_tensor(source, loaded.size_requirements)[1]
+            output = loaded.model.eval()(source)[..., : height * loaded.scale, : width * loaded.scale].numpy()
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}

@@ -2,7 +2,8 @@
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd.
+desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
+desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -78,6 +79,14 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_transformers import loadable_state
 
         state, network = loadable_state(state), build_atd(info)
+    elif info.layout in ("safmn", "safmn-bcie"):
+        from desktop.engine.backends.upscale_safmn import build_safmn, build_safmn_bcie
+
+        network = build_safmn(info) if info.layout == "safmn" else build_safmn_bcie(info)
+    elif info.layout == "ditn":
+        from desktop.engine.backends.upscale_ditn import build_ditn
+
+        network = build_ditn(info)
     else:
         network = _build(info)
     try:

@@ -13,7 +13,8 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
-desktop.engine.library.upscaler_atd (their shape goes
+desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
+desktop.engine.library.upscaler_ditn (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_ditn import DITNShape, ditn_label, inspect_ditn, looks_like_ditn
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
     PLKSRShape,
@@ -40,6 +42,7 @@ from desktop.engine.library.upscaler_efficient import (
 )
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
+from desktop.engine.library.upscaler_safmn import SAFMNShape, inspect_safmn, looks_like_safmn, safmn_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -71,7 +74,8 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
+    # "safmn-bcie" | "ditn"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -82,7 +86,7 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
-        | ATDShape | None
+        | ATDShape | SAFMNShape | DITNShape | None
     ) = None
 
     @property
@@ -107,6 +111,10 @@ class UpscalerInfo:
             return rgt_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, ATDShape):
             return atd_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, SAFMNShape):
+            return safmn_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, DITNShape):
+            return ditn_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -145,11 +153,15 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _drct(tensors, name)
     if looks_like_atd(tensors):  # before SwinIR and HAT: ATD has their group names (residual_group) too
         return _transformer("ATD", "atd", inspect_atd, tensors, name)
+    if looks_like_safmn(tensors):
+        return _safmn(tensors, name)
+    if looks_like_ditn(tensors):
+        return _ditn(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT and ATD upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE and DITN upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -212,6 +224,25 @@ def _drct(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a DRCT for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("drct", scale, detail.groups * 5, width, in_channels, out_channels, detail.growth, detail)
+
+
+def _safmn(tensors: dict, name: str) -> UpscalerInfo:
+    """SAFMN, or SAFMN-BCIE (its 1x enhancement variant: blocks in groups, layout "safmn-bcie")."""
+    detail, scale, width, in_channels, out_channels = inspect_safmn(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a SAFMN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    layout, blocks = ("safmn-bcie", detail.blocks * detail.layers) if detail.layers else ("safmn", detail.blocks)
+    return UpscalerInfo(layout, scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _ditn(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_ditn(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a DITN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    blocks = detail.units * (detail.itl + detail.sal)
+    return UpscalerInfo("ditn", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
