@@ -424,8 +424,12 @@ class DiffusersBackend:
             # The job runs from the converted weights in memory while the cache is written behind it; later
             # starts load the folder (the same pixels: tests/engine/test_diffusers_backend.py).
             pipe = self._convert_single_file(entry.path, config_folder, arch, header_dtype(header))
-            if note := self._conversions.start(pipe, converted):
-                self._notes.append(note)
+            note = self._conversions.start(pipe, converted)
+            self._notes.append(
+                note
+                or f"{entry.path.name} is converted on its first use; its converted copy is being saved in "
+                f"{converted.parent} in the background, so later starts load it faster."
+            )
             if pipe.dtype != choice.dtype:
                 pipe = pipe.to(dtype=choice.dtype)
         return pipe.to(choice.device), arch, model_hash
