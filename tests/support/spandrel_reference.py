@@ -36,6 +36,9 @@ def normalize(*args, **kwargs):
     raise RuntimeError("torchvision stub")
 '''
 
+# Real-CUGAN is one spandrel architecture of four classes: a spec's "scale" and "fast" pick the class.
+_CUGAN = {(2, False): "UpCunet2x", (3, False): "UpCunet3x", (4, False): "UpCunet4x", (2, True): "UpCunet2x_fast"}
+
 
 def available() -> bool:
     # find_spec does not import spandrel (whose import would need torchvision).
@@ -94,11 +97,12 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, OmniSR, Swin2SR, SwinIR
+    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, OmniSR, RealCUGAN, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
                "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
                "DRCT": DRCT.DRCT, "RGT": RGT.RGT}  # fmt: skip
+    classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():
