@@ -102,3 +102,13 @@ def test_damaged_cugan_files_are_refused_by_name(reference, paths, tmp_path):
         with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
             Library(paths).import_path(path, "upscaler")
             load_upscaler(path)
+
+
+def test_pickled_cugan_keeps_its_pro_flag(reference, paths, tmp_path):
+    """A pro .pth's `pro` entry survives the conversion to safetensors even when it is no tensor (a
+    tensor one is kept like any tensor)."""
+    workdir, _ = reference
+    tensors = {k: v for k, v in load_file(str(workdir / "cugan-x2-pro.safetensors")).items() if k != "pro"}
+    torch.save({**tensors, "pro": True}, tmp_path / "up2x-pro.pth")
+    entry = Library(paths).import_path(tmp_path / "up2x-pro.pth", "upscaler", convert_pickle=True)
+    assert entry.architecture == "Real-CUGAN 2x (pro)"
