@@ -36,6 +36,9 @@ def normalize(*args, **kwargs):
     raise RuntimeError("torchvision stub")
 '''
 
+# Real-CUGAN is one spandrel architecture of four classes: a spec's "scale" and "fast" pick the class.
+_CUGAN = {(2, False): "UpCunet2x", (3, False): "UpCunet3x", (4, False): "UpCunet4x", (2, True): "UpCunet2x_fast"}
+
 
 def available() -> bool:
     # find_spec does not import spandrel (whose import would need torchvision).
@@ -107,6 +110,7 @@ def _child(workdir: Path) -> None:
         SAFMNBCIE,
         SPAN,
         OmniSR,
+        RealCUGAN,
         Swin2SR,
         SwinIR,
     )
@@ -121,6 +125,7 @@ def _child(workdir: Path) -> None:
         "SAFMNBCIE": SAFMNBCIE.SAFMNBCIE,
         "DITN": DITN.DITN,
     }  # fmt: skip
+    classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

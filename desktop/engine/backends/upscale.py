@@ -3,7 +3,8 @@ tiles so big images fit in memory. The transformers are built in desktop.engine.
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
 desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
-desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn.
+desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
+desktop.engine.backends.upscale_cugan.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -87,6 +88,11 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_ditn import build_ditn
 
         network = build_ditn(info)
+    elif info.layout == "cugan":
+        from desktop.engine.backends.upscale_cugan import build_cugan
+
+        # The pro models' `pro` entry is a flag the header has read, not a weight (its shape varies).
+        state, network = {key: value for key, value in state.items() if key != "pro"}, build_cugan(info)
     else:
         network = _build(info)
     try:

@@ -14,7 +14,7 @@ SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transfo
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
 desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
-desktop.engine.library.upscaler_ditn (their shape goes
+desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_cugan import CUGANShape, cugan_label, inspect_cugan, looks_like_cugan
 from desktop.engine.library.upscaler_ditn import DITNShape, ditn_label, inspect_ditn, looks_like_ditn
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
@@ -75,7 +76,7 @@ class UpscalerInfo:
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
-    # "safmn-bcie" | "ditn"
+    # "safmn-bcie" | "ditn" | "cugan"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -86,7 +87,7 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
-        | ATDShape | SAFMNShape | DITNShape | None
+        | ATDShape | SAFMNShape | DITNShape | CUGANShape | None
     ) = None
 
     @property
@@ -115,6 +116,8 @@ class UpscalerInfo:
             return safmn_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, DITNShape):
             return ditn_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, CUGANShape):
+            return cugan_label(self.detail, self.scale)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -157,11 +160,14 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _safmn(tensors, name)
     if looks_like_ditn(tensors):
         return _ditn(tensors, name)
+    if looks_like_cugan(tensors):
+        return _cugan(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE and DITN upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN and Real-CUGAN "
+                "upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -243,6 +249,14 @@ def _ditn(tensors: dict, name: str) -> UpscalerInfo:
                          "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
     blocks = detail.units * (detail.itl + detail.sal)
     return UpscalerInfo("ditn", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _cugan(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_cugan(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a Real-CUGAN for {in_channels}-channel images; Marble runs colour (RGB) "
+                         "ones only.")  # fmt: skip
+    return UpscalerInfo("cugan", scale, 2, width, in_channels, out_channels, 0, detail)  # blocks: its two U-Nets
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
