@@ -94,11 +94,11 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, OmniSR, Swin2SR, SwinIR
+    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RCAN, RGT, SPAN, OmniSR, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
                "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
-               "DRCT": DRCT.DRCT, "RGT": RGT.RGT}  # fmt: skip
+               "DRCT": DRCT.DRCT, "RGT": RGT.RGT, "RCAN": RCAN.RCAN}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():
@@ -111,7 +111,8 @@ def _child(workdir: Path) -> None:
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
         with torch.no_grad():
-            output = loaded.model.eval()(torch.from_numpy(image)).numpy()
+            # A copy: RCAN scales its input in place, which would change the input saved below.
+            output = loaded.model.eval()(torch.from_numpy(image.copy())).numpy()
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}

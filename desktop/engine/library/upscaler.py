@@ -12,7 +12,8 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
-desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt (their shape goes
+desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, RCAN by
+desktop.engine.library.upscaler_cnn (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.upscaler_cnn import RCANShape, inspect_rcan, looks_like_rcan, rcan_label
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
     PLKSRShape,
@@ -69,7 +71,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "rcan"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -80,6 +82,7 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
+        | RCANShape
         | None
     ) = None
 
@@ -103,6 +106,8 @@ class UpscalerInfo:
             return drct_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, RGTShape):
             return rgt_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, RCANShape):
+            return rcan_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -129,6 +134,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         last = tensors["conv_last.weight"].shape
         info = UpscalerInfo("basicsr", 2**ups // unshuffle, blocks, first[0], first[1] // unshuffle**2, last[0], growth)
         return _checked(info, name)
+    if looks_like_rcan(tensors):  # its gate names are its own; before the compact net, whose body.N names are near
+        return _rcan(tensors, name)
     if "body.0.weight" in tensors and "body.1.weight" in tensors:
         return _compact(tensors, name)
     if looks_like_span(tensors):
@@ -143,7 +150,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT and RCAN upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -206,6 +213,14 @@ def _drct(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a DRCT for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("drct", scale, detail.groups * 5, width, in_channels, out_channels, detail.growth, detail)
+
+
+def _rcan(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_rcan(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is an RCAN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("rcan", scale, detail.groups * detail.blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
