@@ -2,7 +2,8 @@
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt, RCAN in desktop.engine.backends.upscale_cnn.
+desktop.engine.backends.upscale_rgt, RCAN and Swift-SRGAN in
+desktop.engine.backends.upscale_cnn.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -77,6 +78,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_cnn import build_rcan
 
         network = build_rcan(info)
+    elif info.layout == "swiftsrgan":
+        from desktop.engine.backends.upscale_cnn import build_swiftsrgan
+
+        network = build_swiftsrgan(info)
     else:
         network = _build(info)
     try:

@@ -92,3 +92,76 @@ def build_rcan(info: UpscalerInfo) -> Any:
             return x[:, :, : height * info.scale, : breadth * info.scale]
 
     return RCAN()
+
+
+def build_swiftsrgan(info: UpscalerInfo) -> Any:
+    """A Swift-SRGAN generator for `info` (layout "swiftsrgan"), its modules named as the published weights."""
+    import torch
+    from torch import nn
+
+    width = info.features
+
+    class Separable(nn.Module):
+        """A depth-wise k x k conv then a 1x1 across channels: the cheap stand-in for SRGAN's full convs."""
+
+        def __init__(self, cin: int, cout: int, kernel: int, bias: bool = True) -> None:
+            super().__init__()
+            self.depthwise = nn.Conv2d(cin, cin, kernel, padding=kernel // 2, groups=cin, bias=bias)
+            self.pointwise = nn.Conv2d(cin, cout, 1, bias=bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pointwise(self.depthwise(x))
+
+    class Stage(nn.Module):
+        """Separable conv, BatchNorm (or none, then the conv has biases), PReLU. The published layout gives
+        every stage a PReLU, also those it never applies (the residual blocks' second, the closing one):
+        their weights are in the file, so they are built, and `activate` says whether one is used."""
+
+        def __init__(self, cin: int, cout: int, kernel: int, norm: bool, activate: bool) -> None:
+            super().__init__()
+            self.cnn = Separable(cin, cout, kernel, bias=not norm)
+            self.bn = nn.BatchNorm2d(cout) if norm else nn.Identity()
+            self.act = nn.PReLU(cout)
+            self.activate = activate
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.bn(self.cnn(x))
+            return self.act(x) if self.activate else x
+
+    class ResidualBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block1 = Stage(width, width, 3, norm=True, activate=True)
+            self.block2 = Stage(width, width, 3, norm=True, activate=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + self.block2(self.block1(x))
+
+    class Doubling(nn.Module):
+        """One 2x stage: a separable conv to 4x the channels, a pixel shuffle, a PReLU."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = Separable(width, width * 4, 3)
+            self.ps = nn.PixelShuffle(2)
+            self.act = nn.PReLU(width)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.ps(self.conv(x)))
+
+    class SwiftSRGAN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.initial = Stage(info.in_channels, width, 9, norm=False, activate=True)
+            self.residual = nn.Sequential(*(ResidualBlock() for _ in range(info.blocks)))
+            self.convblock = Stage(width, width, 3, norm=True, activate=False)
+            self.upsampler = nn.Sequential(*(Doubling() for _ in range(info.scale.bit_length() - 1)))
+            self.final_conv = Separable(width, info.out_channels, 9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            first = self.initial(x)
+            features = self.convblock(self.residual(first)) + first
+            # tanh's -1..1 mapped to the 0..1 image range.
+            return (torch.tanh(self.final_conv(self.upsampler(features))) + 1) / 2
+
+    return SwiftSRGAN()

@@ -12,7 +12,7 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
-desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, RCAN by
+desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, RCAN and Swift-SRGAN by
 desktop.engine.library.upscaler_cnn (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -26,7 +26,15 @@ from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
-from desktop.engine.library.upscaler_cnn import RCANShape, inspect_rcan, looks_like_rcan, rcan_label
+from desktop.engine.library.upscaler_cnn import (
+    RCANShape,
+    inspect_rcan,
+    inspect_swiftsrgan,
+    looks_like_rcan,
+    looks_like_swiftsrgan,
+    rcan_label,
+    swiftsrgan_label,
+)
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
     PLKSRShape,
@@ -71,7 +79,8 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "rcan"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "rcan" |
+    # "swiftsrgan"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -108,6 +117,8 @@ class UpscalerInfo:
             return rgt_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, RCANShape):
             return rcan_label(self.detail, self.scale, self.features)
+        if self.layout == "swiftsrgan":
+            return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -136,6 +147,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _checked(info, name)
     if looks_like_rcan(tensors):  # its gate names are its own; before the compact net, whose body.N names are near
         return _rcan(tensors, name)
+    if looks_like_swiftsrgan(tensors):
+        return _swiftsrgan(tensors, name)
     if "body.0.weight" in tensors and "body.1.weight" in tensors:
         return _compact(tensors, name)
     if looks_like_span(tensors):
@@ -150,7 +163,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT and RCAN upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, RCAN and Swift-SRGAN upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -221,6 +234,14 @@ def _rcan(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is an RCAN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("rcan", scale, detail.groups * detail.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _swiftsrgan(tensors: dict, name: str) -> UpscalerInfo:
+    blocks, scale, width, in_channels, out_channels = inspect_swiftsrgan(tensors, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 4, 8):
+        raise ModelError(f"{name} is a Swift-SRGAN for {in_channels}-channel images at {scale}x; Marble runs colour "
+                         "(RGB) ones at 1x, 2x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("swiftsrgan", scale, blocks, width, in_channels, out_channels, 0)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:

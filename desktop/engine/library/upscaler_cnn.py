@@ -39,6 +39,9 @@ class _Shaped(Protocol):
 RCAN_PROBE = "body.0.body.0.body.3.conv_du.0.weight"
 _RCAN_GROUP = re.compile(r"body\.(\d+)\.body\.")
 _RCAN_BLOCK = re.compile(r"body\.(\d+)\.body\.(\d+)\.body\.0\.weight")
+SWIFT_PROBES = ("initial.cnn.depthwise.weight", "final_conv.pointwise.weight")
+_SWIFT_BLOCK = re.compile(r"residual\.(\d+)\.")
+_SWIFT_STAGE = re.compile(r"upsampler\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -114,3 +117,26 @@ def inspect_rcan(tensors: Mapping[str, _Shaped], name: str) -> tuple[RCANShape, 
 def rcan_label(info: RCANShape, scale: int, width: int) -> str:
     groups = f"{info.groups} group{'s' if info.groups != 1 else ''}"
     return f"RCAN {scale}x ({groups} of {info.blocks} block{'s' if info.blocks != 1 else ''}, {width} features)"
+
+
+def looks_like_swiftsrgan(tensors: Mapping[str, _Shaped]) -> bool:
+    return all(probe in tensors for probe in SWIFT_PROBES)
+
+
+def inspect_swiftsrgan(tensors: Mapping[str, _Shaped], name: str) -> tuple[int, int, int, int, int]:
+    """(residual blocks, scale, width, colour channels in, out) of a Swift-SRGAN header; ModelError otherwise."""
+    in_channels = tensors["initial.cnn.depthwise.weight"].shape[0]
+    if "initial.cnn.pointwise.weight" not in tensors:
+        raise ModelError(f"{name} looks like a Swift-SRGAN but lacks initial.cnn.pointwise.weight: "
+                         "the file is incomplete.")  # fmt: skip
+    width = tensors["initial.cnn.pointwise.weight"].shape[0]
+    blocks = sorted({int(m[1]) for key in tensors if (m := _SWIFT_BLOCK.match(key))})
+    stages = sorted({int(m[1]) for key in tensors if (m := _SWIFT_STAGE.match(key))})
+    for what, found in (("residual blocks", blocks), ("upsampling stages", stages)):
+        if found != list(range(len(found))):
+            raise ModelError(f"{name}: its Swift-SRGAN {what} are {found}, with gaps: the file is incomplete.")
+    return len(blocks), 2 ** len(stages), width, in_channels, tensors["final_conv.pointwise.weight"].shape[0]
+
+
+def swiftsrgan_label(scale: int, blocks: int, width: int) -> str:
+    return f"Swift-SRGAN {scale}x ({blocks} block{'s' if blocks != 1 else ''}, {width} features)"
