@@ -3,7 +3,7 @@ tiles so big images fit in memory. The transformers are built in desktop.engine.
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
 desktop.engine.backends.upscale_rgt, RCAN and Swift-SRGAN in
-desktop.engine.backends.upscale_cnn.
+desktop.engine.backends.upscale_cnn, CRAFT in desktop.engine.backends.upscale_craft.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -82,6 +82,12 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_cnn import build_swiftsrgan
 
         network = build_swiftsrgan(info)
+    elif info.layout == "craft":
+        from desktop.engine.backends.upscale_craft import DERIVED, build_craft, craft_split_from_biases
+
+        info = craft_split_from_biases(state, info)
+        state = {key: value for key, value in state.items() if key not in DERIVED}
+        network = build_craft(info)
     else:
         network = _build(info)
     try:

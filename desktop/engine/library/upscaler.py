@@ -13,7 +13,7 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, RCAN and Swift-SRGAN by
-desktop.engine.library.upscaler_cnn (their shape goes
+desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -35,6 +35,7 @@ from desktop.engine.library.upscaler_cnn import (
     rcan_label,
     swiftsrgan_label,
 )
+from desktop.engine.library.upscaler_craft import CRAFTShape, craft_label, inspect_craft, looks_like_craft
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
     PLKSRShape,
@@ -80,7 +81,7 @@ class UpscalerInfo:
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "rcan" |
-    # "swiftsrgan"
+    # "swiftsrgan" | "craft"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -92,6 +93,7 @@ class UpscalerInfo:
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | RCANShape
+        | CRAFTShape
         | None
     ) = None
 
@@ -117,6 +119,8 @@ class UpscalerInfo:
             return rgt_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, RCANShape):
             return rcan_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, CRAFTShape):
+            return craft_label(self.detail, self.scale, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
@@ -145,10 +149,14 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         last = tensors["conv_last.weight"].shape
         info = UpscalerInfo("basicsr", 2**ups // unshuffle, blocks, first[0], first[1] // unshuffle**2, last[0], growth)
         return _checked(info, name)
-    if looks_like_rcan(tensors):  # its gate names are its own; before the compact net, whose body.N names are near
+    # RCAN's attention gates, Swift-SRGAN's separable convs and CRAFT's fusion temperatures are names of
+    # their own; RCAN before the compact net, whose test is for body.N names RCAN has too.
+    if looks_like_rcan(tensors):
         return _rcan(tensors, name)
     if looks_like_swiftsrgan(tensors):
         return _swiftsrgan(tensors, name)
+    if looks_like_craft(tensors):
+        return _transformer("CRAFT", "craft", inspect_craft, tensors, name)
     if "body.0.weight" in tensors and "body.1.weight" in tensors:
         return _compact(tensors, name)
     if looks_like_span(tensors):
@@ -163,7 +171,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, RCAN and Swift-SRGAN upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, RCAN, Swift-SRGAN and CRAFT upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
