@@ -100,17 +100,20 @@ def _child(workdir: Path) -> None:
     from spandrel.__helpers.size_req import pad_tensor
     from spandrel.architectures import (
         ATD,
+        CRAFT,
         DAT,
         DITN,
         DRCT,
         HAT,
         PLKSR,
+        RCAN,
         RGT,
         SAFMN,
         SAFMNBCIE,
         SPAN,
         OmniSR,
         RealCUGAN,
+        SwiftSRGAN,
         Swin2SR,
         SwinIR,
     )
@@ -124,6 +127,9 @@ def _child(workdir: Path) -> None:
         "SAFMN": SAFMN.SAFMN,
         "SAFMNBCIE": SAFMNBCIE.SAFMNBCIE,
         "DITN": DITN.DITN,
+        "RCAN": RCAN.RCAN,
+        "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
+        "CRAFT": CRAFT.CRAFT,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -138,7 +144,8 @@ def _child(workdir: Path) -> None:
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
         with torch.no_grad():
-            source = torch.from_numpy(image)
+            # A copy: RCAN scales its input in place, which would change the input saved below.
+            source = torch.from_numpy(image.copy())
             if spec.get("padded"):
                 # Padded as spandrel's descriptor pads for the model's size requirement, without its clamp.
                 source = pad_tensor(source, loaded.size_requirements)[1]

@@ -4,7 +4,8 @@ SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
 desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
 desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
-desktop.engine.backends.upscale_cugan.
+desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
+desktop.engine.backends.upscale_craft.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -93,6 +94,20 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
 
         # The pro models' `pro` entry is a flag the header has read, not a weight (its shape varies).
         state, network = {key: value for key, value in state.items() if key != "pro"}, build_cugan(info)
+    elif info.layout == "rcan":
+        from desktop.engine.backends.upscale_cnn import build_rcan
+
+        network = build_rcan(info)
+    elif info.layout == "swiftsrgan":
+        from desktop.engine.backends.upscale_cnn import build_swiftsrgan
+
+        network = build_swiftsrgan(info)
+    elif info.layout == "craft":
+        from desktop.engine.backends.upscale_craft import DERIVED, build_craft, craft_split_from_biases
+
+        info = craft_split_from_biases(state, info)
+        state = {key: value for key, value in state.items() if key not in DERIVED}
+        network = build_craft(info)
     else:
         network = _build(info)
     try:

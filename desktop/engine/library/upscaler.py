@@ -14,7 +14,8 @@ SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transfo
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
 desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
-desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan (their shape goes
+desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
+by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -28,6 +29,16 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_cnn import (
+    RCANShape,
+    inspect_rcan,
+    inspect_swiftsrgan,
+    looks_like_rcan,
+    looks_like_swiftsrgan,
+    rcan_label,
+    swiftsrgan_label,
+)
+from desktop.engine.library.upscaler_craft import CRAFTShape, craft_label, inspect_craft, looks_like_craft
 from desktop.engine.library.upscaler_cugan import CUGANShape, cugan_label, inspect_cugan, looks_like_cugan
 from desktop.engine.library.upscaler_ditn import DITNShape, ditn_label, inspect_ditn, looks_like_ditn
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
@@ -76,7 +87,7 @@ class UpscalerInfo:
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
-    # "safmn-bcie" | "ditn" | "cugan"
+    # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -87,7 +98,7 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
-        | ATDShape | SAFMNShape | DITNShape | CUGANShape | None
+        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | None
     ) = None
 
     @property
@@ -118,6 +129,12 @@ class UpscalerInfo:
             return ditn_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, CUGANShape):
             return cugan_label(self.detail, self.scale)
+        if isinstance(self.detail, RCANShape):
+            return rcan_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, CRAFTShape):
+            return craft_label(self.detail, self.scale, self.features)
+        if self.layout == "swiftsrgan":
+            return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -144,6 +161,14 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         last = tensors["conv_last.weight"].shape
         info = UpscalerInfo("basicsr", 2**ups // unshuffle, blocks, first[0], first[1] // unshuffle**2, last[0], growth)
         return _checked(info, name)
+    # RCAN's attention gates, Swift-SRGAN's separable convs and CRAFT's fusion temperatures are names of
+    # their own; RCAN before the compact net, whose test is for body.N names RCAN has too.
+    if looks_like_rcan(tensors):
+        return _rcan(tensors, name)
+    if looks_like_swiftsrgan(tensors):
+        return _swiftsrgan(tensors, name)
+    if looks_like_craft(tensors):
+        return _transformer("CRAFT", "craft", inspect_craft, tensors, name)
     if "body.0.weight" in tensors and "body.1.weight" in tensors:
         return _compact(tensors, name)
     if looks_like_span(tensors):
@@ -166,8 +191,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN and Real-CUGAN "
-                "upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
+                "Swift-SRGAN and CRAFT upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -257,6 +282,22 @@ def _cugan(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a Real-CUGAN for {in_channels}-channel images; Marble runs colour (RGB) "
                          "ones only.")  # fmt: skip
     return UpscalerInfo("cugan", scale, 2, width, in_channels, out_channels, 0, detail)  # blocks: its two U-Nets
+
+
+def _rcan(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_rcan(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is an RCAN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("rcan", scale, detail.groups * detail.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _swiftsrgan(tensors: dict, name: str) -> UpscalerInfo:
+    blocks, scale, width, in_channels, out_channels = inspect_swiftsrgan(tensors, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 4, 8):
+        raise ModelError(f"{name} is a Swift-SRGAN for {in_channels}-channel images at {scale}x; Marble runs colour "
+                         "(RGB) ones at 1x, 2x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("swiftsrgan", scale, blocks, width, in_channels, out_channels, 0)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
