@@ -2,7 +2,7 @@
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt.
+desktop.engine.backends.upscale_rgt, MoSR in desktop.engine.backends.upscale_mosr.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -73,6 +73,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         # RGT's window table is DAT's: the same orientation rule, the same derived buffers left out.
         info = dat_split_from_biases(state, info)
         state, network = loadable_state(state), build_rgt(info)
+    elif info.layout == "mosr":
+        from desktop.engine.backends.upscale_mosr import build_mosr
+
+        network = build_mosr(info)
     else:
         network = _build(info)
     try:

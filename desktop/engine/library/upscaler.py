@@ -12,7 +12,8 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
-desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt (their shape goes
+desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, MoSR by
+desktop.engine.library.upscaler_mosr (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -36,6 +37,7 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_mosr import MoSRShape, inspect_mosr, looks_like_mosr, mosr_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_transformers import (
@@ -69,7 +71,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "mosr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -80,6 +82,7 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
+        | MoSRShape
         | None
     ) = None
 
@@ -103,6 +106,8 @@ class UpscalerInfo:
             return drct_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, RGTShape):
             return rgt_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, MoSRShape):
+            return mosr_label(self.detail, self.scale, self.features, self.blocks)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -139,11 +144,13 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _omnisr(tensors, name)
     if looks_like_drct(tensors):
         return _drct(tensors, name)
+    if looks_like_mosr(tensors):
+        return _mosr(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT and MoSR upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -206,6 +213,14 @@ def _drct(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a DRCT for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("drct", scale, detail.groups * 5, width, in_channels, out_channels, detail.growth, detail)
+
+
+def _mosr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, blocks, in_channels, out_channels = inspect_mosr(tensors, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a MoSR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("mosr", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
