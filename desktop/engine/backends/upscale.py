@@ -2,7 +2,8 @@
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt, MoSR in desktop.engine.backends.upscale_mosr.
+desktop.engine.backends.upscale_rgt, MoSR in desktop.engine.backends.upscale_mosr, SeemoRe in
+desktop.engine.backends.upscale_seemore.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -77,6 +78,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_mosr import build_mosr
 
         network = build_mosr(info)
+    elif info.layout == "seemore":
+        from desktop.engine.backends.upscale_seemore import build_seemore
+
+        network = build_seemore(info)
     else:
         network = _build(info)
     try:

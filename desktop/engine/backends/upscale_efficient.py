@@ -20,8 +20,8 @@ from typing import Any
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_efficient import PLKSR_NORM_GROUPS, PLKSRShape, SPANShape, dysample_groups
 
-# The training set's mean colour (DIV2K), subtracted before scaling the input to 0..255; not in the file.
-_SPAN_MEAN = (0.4488, 0.4371, 0.4040)
+# The training set's mean colour (DIV2K), subtracted from the input (SPAN's, SeemoRe's); not in the file.
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 _SPAN_RANGE = 255.0
 
 
@@ -89,7 +89,7 @@ def build_span(info: UpscalerInfo) -> Any:
             self.conv_2 = Conv3XC(width, width)
             self.upsampler = nn.Sequential(nn.Conv2d(width, info.out_channels * info.scale**2, 3, padding=1),
                                            nn.PixelShuffle(info.scale))  # fmt: skip
-            self.register_buffer("mean", torch.tensor(_SPAN_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if normalised:

@@ -13,7 +13,7 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, MoSR by
-desktop.engine.library.upscaler_mosr (their shape goes
+desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -40,6 +40,7 @@ from desktop.engine.library.upscaler_efficient import (
 from desktop.engine.library.upscaler_mosr import MoSRShape, inspect_mosr, looks_like_mosr, mosr_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
+from desktop.engine.library.upscaler_seemore import SeemoReShape, inspect_seemore, looks_like_seemore, seemore_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -71,7 +72,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "mosr"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "mosr" | "seemore"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -83,6 +84,7 @@ class UpscalerInfo:
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | MoSRShape
+        | SeemoReShape
         | None
     ) = None
 
@@ -108,6 +110,8 @@ class UpscalerInfo:
             return rgt_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, MoSRShape):
             return mosr_label(self.detail, self.scale, self.features, self.blocks)
+        if isinstance(self.detail, SeemoReShape):
+            return seemore_label(self.detail, self.scale, self.features, self.blocks)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
@@ -146,11 +150,13 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _drct(tensors, name)
     if looks_like_mosr(tensors):
         return _mosr(tensors, name)
+    if looks_like_seemore(tensors):
+        return _seemore(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT and MoSR upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, MoSR and SeemoRe upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -221,6 +227,15 @@ def _mosr(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a MoSR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("mosr", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _seemore(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, groups, channels = inspect_seemore(tensors, name)
+    if channels != 3 or scale not in (1, 2, 3, 4, 8):
+        # Colour only: the network subtracts a mean RGB colour from its input.
+        raise ModelError(f"{name} is a SeemoRe for {channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("seemore", scale, groups, width, channels, channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library.upscaler_transformers import counted
 
 # The input conv and the first block's gate, depth-wise conv and LayerNorm: names no other upscaler has.
 _PROBES = ("gblocks.0.weight", "gblocks.1.fc1.weight", "gblocks.1.conv.weight", "gblocks.1.norm.weight")
@@ -104,5 +105,4 @@ def _scale(outputs: int, per_pixel: int, name: str) -> int:
 
 
 def mosr_label(shape: MoSRShape, scale: int, width: int, blocks: int) -> str:
-    blocks_text = f"{blocks} block{'s' if blocks != 1 else ''}"
-    return f"MoSR {scale}x ({blocks_text}, {width} features{_UPSAMPLER_NAMES[shape.upsampler]})"
+    return f"MoSR {scale}x ({counted(blocks, 'block')}, {width} features{_UPSAMPLER_NAMES[shape.upsampler]})"
