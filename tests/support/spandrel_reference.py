@@ -94,12 +94,13 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, MoSR, OmniSR, SeemoRe, Swin2SR, SwinIR
+    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, MoESR, MoSR, OmniSR, SeemoRe, Swin2SR, SwinIR
 
     classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
                "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
                "DRCT": DRCT.DRCT, "RGT": RGT.RGT,
-               "MoSR": MoSR.MoSR, "SeemoRe": SeemoRe.SeemoRe}  # fmt: skip
+               "MoSR": MoSR.MoSR, "SeemoRe": SeemoRe.SeemoRe,
+               "MoESR": MoESR.MoESR}  # fmt: skip
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():

@@ -3,7 +3,7 @@ tiles so big images fit in memory. The transformers are built in desktop.engine.
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
 desktop.engine.backends.upscale_rgt, MoSR in desktop.engine.backends.upscale_mosr, SeemoRe in
-desktop.engine.backends.upscale_seemore.
+desktop.engine.backends.upscale_seemore, MoESR in desktop.engine.backends.upscale_moesr.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -39,7 +39,7 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
 
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"{path.name} is not a safetensors file; convert a pickled upscaler on import first.")
-    info = inspect_upscaler(read_safetensors_header(path), path.name)
+    info = inspect_upscaler(read_safetensors_header(path), path.name, path)
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)
@@ -82,6 +82,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_seemore import build_seemore
 
         network = build_seemore(info)
+    elif info.layout == "moesr":
+        from desktop.engine.backends.upscale_moesr import build_moesr
+
+        network = build_moesr(info)
     else:
         network = _build(info)
     try:

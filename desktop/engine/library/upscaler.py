@@ -13,7 +13,8 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, MoSR by
-desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore (their shape goes
+desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore, MoESR by
+desktop.engine.library.upscaler_moesr (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
@@ -36,6 +38,13 @@ from desktop.engine.library.upscaler_efficient import (
     looks_like_span,
     plksr_label,
     span_label,
+)
+from desktop.engine.library.upscaler_moesr import (
+    MoESRShape,
+    inspect_moesr,
+    looks_like_moesr,
+    moesr_label,
+    read_meta_upsample,
 )
 from desktop.engine.library.upscaler_mosr import MoSRShape, inspect_mosr, looks_like_mosr, mosr_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
@@ -72,7 +81,7 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "mosr" | "seemore"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "mosr" | "seemore" | "moesr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -85,6 +94,7 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | MoSRShape
         | SeemoReShape
+        | MoESRShape
         | None
     ) = None
 
@@ -112,13 +122,16 @@ class UpscalerInfo:
             return mosr_label(self.detail, self.scale, self.features, self.blocks)
         if isinstance(self.detail, SeemoReShape):
             return seemore_label(self.detail, self.scale, self.features, self.blocks)
+        if isinstance(self.detail, MoESRShape):
+            return moesr_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
 
 
-def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> UpscalerInfo:
-    """The RRDB network a header describes; raise ModelError naming what the file is otherwise."""
+def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: Path | None = None) -> UpscalerInfo:
+    """The RRDB network a header describes; raise ModelError naming what the file is otherwise. `path`, the
+    header's file, lets the few values a header cannot tell be read (MoESR's upsampler record)."""
     tensors = header.tensors
     if "model.0.weight" in tensors and any(_OLD_BLOCK.fullmatch(key) for key in tensors):
         blocks = 1 + max(int(m[1]) for key in tensors if (m := _OLD_BLOCK.fullmatch(key)))
@@ -152,11 +165,14 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _mosr(tensors, name)
     if looks_like_seemore(tensors):
         return _seemore(tensors, name)
+    if looks_like_moesr(tensors):
+        meta = read_meta_upsample(tensors, header.data_offset, path) if path is not None else None
+        return _moesr(tensors, name, meta)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, MoSR and SeemoRe upscalers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, MoSR, SeemoRe and MoESR upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -236,6 +252,15 @@ def _seemore(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a SeemoRe for {channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("seemore", scale, groups, width, channels, channels, 0, detail)
+
+
+def _moesr(tensors: dict, name: str, meta: tuple[int, ...] | None) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_moesr(tensors, name, meta)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a MoESR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    blocks = detail.groups * detail.blocks
+    return UpscalerInfo("moesr", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
