@@ -166,7 +166,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: P
     if looks_like_seemore(tensors):
         return _seemore(tensors, name)
     if looks_like_moesr(tensors):
-        meta = read_meta_upsample(tensors, header.data_offset, path) if path is not None else None
+        meta = read_meta_upsample(header, path) if path is not None else None
         return _moesr(tensors, name, meta)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_transformers import counted
 
 _PROBES = ("in_to_dim.weight", "blocks.0.blocks.0.gamma", "blocks.0.blocks.0.conv.dwconv_hw.weight",
@@ -130,16 +131,17 @@ def _upsampler(
     return "nearest+conv", scale, 0, last
 
 
-def read_meta_upsample(tensors: Mapping[str, object], data_offset: int, path: Path) -> tuple[int, ...] | None:
-    """MoESR's `upscale.MetaUpsample` values (uint8: version, kind, scale, in, out, middle, groups), read from the
-    file without torch; None when the tensor is absent or not seven bytes."""
-    info = tensors.get("upscale.MetaUpsample")
-    offsets = getattr(info, "offsets", None)
-    if info is None or getattr(info, "dtype", "") != "U8" or offsets is None or offsets[1] - offsets[0] != 7:
+def read_meta_upsample(header: SafetensorsHeader, path: Path) -> tuple[int, ...] | None:
+    """MoESR's `upscale.MetaUpsample` values (uint8: version, kind, scale, in, out, middle, groups), read from
+    `path` (the header's file, whose byte ranges the header has checked) without torch; None when the tensor
+    is absent or not seven bytes."""
+    info = header.tensors.get("upscale.MetaUpsample")
+    if info is None or info.dtype != "U8" or info.nbytes != 7:
         return None
     with path.open("rb") as stream:
-        stream.seek(data_offset + offsets[0])
-        return tuple(stream.read(7))
+        stream.seek(header.data_offset + info.offsets[0])
+        values = stream.read(7)
+    return tuple(values) if len(values) == 7 else None
 
 
 def moesr_label(shape: MoESRShape, scale: int, width: int) -> str:
