@@ -111,8 +111,11 @@ def _child(workdir: Path) -> None:
         SAFMN,
         SAFMNBCIE,
         SPAN,
+        MoESR,
+        MoSR,
         OmniSR,
         RealCUGAN,
+        SeemoRe,
         SwiftSRGAN,
         Swin2SR,
         SwinIR,
@@ -130,6 +133,9 @@ def _child(workdir: Path) -> None:
         "RCAN": RCAN.RCAN,
         "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
         "CRAFT": CRAFT.CRAFT,
+        "MoSR": MoSR.MoSR,
+        "SeemoRe": SeemoRe.SeemoRe,
+        "MoESR": MoESR.MoESR,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

@@ -5,7 +5,8 @@ desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_dr
 desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
 desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
-desktop.engine.backends.upscale_craft.
+desktop.engine.backends.upscale_craft, MoSR in desktop.engine.backends.upscale_mosr, SeemoRe in
+desktop.engine.backends.upscale_seemore, MoESR in desktop.engine.backends.upscale_moesr.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -41,7 +42,7 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
 
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"{path.name} is not a safetensors file; convert a pickled upscaler on import first.")
-    info = inspect_upscaler(read_safetensors_header(path), path.name)
+    info = inspect_upscaler(read_safetensors_header(path), path.name, path)
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)
@@ -108,6 +109,18 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         info = craft_split_from_biases(state, info)
         state = {key: value for key, value in state.items() if key not in DERIVED}
         network = build_craft(info)
+    elif info.layout == "mosr":
+        from desktop.engine.backends.upscale_mosr import build_mosr
+
+        network = build_mosr(info)
+    elif info.layout == "seemore":
+        from desktop.engine.backends.upscale_seemore import build_seemore
+
+        network = build_seemore(info)
+    elif info.layout == "moesr":
+        from desktop.engine.backends.upscale_moesr import build_moesr
+
+        network = build_moesr(info)
     else:
         network = _build(info)
     try:

@@ -15,7 +15,9 @@ desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upsc
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
 desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
-by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft (their shape goes
+by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, MoSR by
+desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore, MoESR by
+desktop.engine.library.upscaler_moesr (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
@@ -52,9 +55,18 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_moesr import (
+    MoESRShape,
+    inspect_moesr,
+    looks_like_moesr,
+    moesr_label,
+    read_meta_upsample,
+)
+from desktop.engine.library.upscaler_mosr import MoSRShape, inspect_mosr, looks_like_mosr, mosr_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_safmn import SAFMNShape, inspect_safmn, looks_like_safmn, safmn_label
+from desktop.engine.library.upscaler_seemore import SeemoReShape, inspect_seemore, looks_like_seemore, seemore_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -87,7 +99,7 @@ class UpscalerInfo:
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
-    # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
+    # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -98,7 +110,8 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
-        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | None
+        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
+        | MoESRShape | None
     ) = None
 
     @property
@@ -135,13 +148,20 @@ class UpscalerInfo:
             return craft_label(self.detail, self.scale, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
+        if isinstance(self.detail, MoSRShape):
+            return mosr_label(self.detail, self.scale, self.features, self.blocks)
+        if isinstance(self.detail, SeemoReShape):
+            return seemore_label(self.detail, self.scale, self.features, self.blocks)
+        if isinstance(self.detail, MoESRShape):
+            return moesr_label(self.detail, self.scale, self.features)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
 
 
-def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> UpscalerInfo:
-    """The RRDB network a header describes; raise ModelError naming what the file is otherwise."""
+def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: Path | None = None) -> UpscalerInfo:
+    """The RRDB network a header describes; raise ModelError naming what the file is otherwise. `path`, the
+    header's file, lets the few values a header cannot tell be read (MoESR's upsampler record)."""
     tensors = header.tensors
     if "model.0.weight" in tensors and any(_OLD_BLOCK.fullmatch(key) for key in tensors):
         blocks = 1 + max(int(m[1]) for key in tensors if (m := _OLD_BLOCK.fullmatch(key)))
@@ -187,12 +207,19 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _ditn(tensors, name)
     if looks_like_cugan(tensors):
         return _cugan(tensors, name)
+    if looks_like_mosr(tensors):
+        return _mosr(tensors, name)
+    if looks_like_seemore(tensors):
+        return _seemore(tensors, name)
+    if looks_like_moesr(tensors):
+        meta = read_meta_upsample(header, path) if path is not None else None
+        return _moesr(tensors, name, meta)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
-                "Swift-SRGAN and CRAFT upscalers only."
+                "Swift-SRGAN, CRAFT, MoSR, SeemoRe and MoESR upscalers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -298,6 +325,32 @@ def _swiftsrgan(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a Swift-SRGAN for {in_channels}-channel images at {scale}x; Marble runs colour "
                          "(RGB) ones at 1x, 2x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("swiftsrgan", scale, blocks, width, in_channels, out_channels, 0)
+
+
+def _mosr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, blocks, in_channels, out_channels = inspect_mosr(tensors, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a MoSR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("mosr", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _seemore(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, groups, channels = inspect_seemore(tensors, name)
+    if channels != 3 or scale not in (1, 2, 3, 4, 8):
+        # Colour only: the network subtracts a mean RGB colour from its input.
+        raise ModelError(f"{name} is a SeemoRe for {channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("seemore", scale, groups, width, channels, channels, 0, detail)
+
+
+def _moesr(tensors: dict, name: str, meta: tuple[int, ...] | None) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_moesr(tensors, name, meta)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a MoESR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    blocks = detail.groups * detail.blocks
+    return UpscalerInfo("moesr", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
