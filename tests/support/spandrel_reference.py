@@ -37,6 +37,9 @@ def normalize(*args, **kwargs):
     raise RuntimeError("torchvision stub")
 '''
 
+# Real-CUGAN is one spandrel architecture of four classes: a spec's "scale" and "fast" pick the class.
+_CUGAN = {(2, False): "UpCunet2x", (3, False): "UpCunet3x", (4, False): "UpCunet4x", (2, True): "UpCunet2x_fast"}
+
 
 def available() -> bool:
     # find_spec does not import spandrel (whose import would need torchvision).
@@ -95,12 +98,53 @@ def _child(workdir: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from spandrel import ModelLoader
-    from spandrel.architectures import DAT, DRCT, HAT, PLKSR, RGT, SPAN, DnCNN, DRUNet, OmniSR, SCUNet, Swin2SR, SwinIR
+    from spandrel.__helpers.size_req import pad_tensor
+    from spandrel.architectures import (
+        ATD,
+        CRAFT,
+        DAT,
+        DITN,
+        DRCT,
+        HAT,
+        PLKSR,
+        RCAN,
+        RGT,
+        SAFMN,
+        SAFMNBCIE,
+        SPAN,
+        DnCNN,
+        DRUNet,
+        MoESR,
+        MoSR,
+        OmniSR,
+        RealCUGAN,
+        SCUNet,
+        SeemoRe,
+        SwiftSRGAN,
+        Swin2SR,
+        SwinIR,
+    )
 
-    classes = {"SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
-               "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
-               "DRCT": DRCT.DRCT, "RGT": RGT.RGT, "SCUNet": SCUNet.SCUNet,
-               "DnCNN": DnCNN.DnCNN, "DRUNet": DRUNet.DRUNet}  # fmt: skip
+    # One entry per line: several architectures are added at the same time.
+    classes = {
+        "SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
+        "RealPLKSR": PLKSR.RealPLKSR, "OmniSR": OmniSR.OmniSR, "Swin2SR": Swin2SR.Swin2SR,
+        "DRCT": DRCT.DRCT, "RGT": RGT.RGT,
+        "ATD": ATD.ATD,
+        "SAFMN": SAFMN.SAFMN,
+        "SAFMNBCIE": SAFMNBCIE.SAFMNBCIE,
+        "DITN": DITN.DITN,
+        "RCAN": RCAN.RCAN,
+        "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
+        "CRAFT": CRAFT.CRAFT,
+        "MoSR": MoSR.MoSR,
+        "SeemoRe": SeemoRe.SeemoRe,
+        "MoESR": MoESR.MoESR,
+        "SCUNet": SCUNet.SCUNet,
+        "DnCNN": DnCNN.DnCNN,
+        "DRUNet": DRUNet.DRUNet,
+    }  # fmt: skip
+    classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():
@@ -116,12 +160,17 @@ def _child(workdir: Path) -> None:
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
         with torch.no_grad():
+            # A copy: RCAN scales its input in place, which would change the input saved below.
+            source = torch.from_numpy(image.copy())
+            if spec.get("padded"):
+                # Padded as spandrel's descriptor pads for the model's size requirement, without its clamp.
+                source = pad_tensor(source, loaded.size_requirements)[1]
             # Through spandrel's own call (its default noise-level map for FDnCNN and DRUNet), unclamped; a
             # grey model ("per_channel") sees the colour input's channels one by one, as Marble runs it.
             run = functools.partial(loaded._call_fn, loaded.model.eval())
-            source = torch.from_numpy(image)
             channels = source.split(1, 1) if spec.get("per_channel") else [source]
-            output = torch.cat([run(channel) for channel in channels], 1).numpy()
+            output = torch.cat([run(channel) for channel in channels], 1)
+            output = output[..., : height * loaded.scale, : width * loaded.scale].numpy()
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}

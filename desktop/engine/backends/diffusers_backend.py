@@ -68,6 +68,7 @@ from desktop.engine.backends.base import AdapterHash, GeneratedBatch, LoadReport
 from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E402
 from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
+from desktop.engine.backends.conversion_cache import ConversionCache  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
 from desktop.engine.backends.dit_memory import DESCRIPTIONS as DIT_DESCRIPTIONS  # noqa: E402
 from desktop.engine.backends.dit_memory import choose_dit_mode, needs_reload  # noqa: E402
@@ -235,6 +236,7 @@ class DiffusersBackend:
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._refiners = Refiners(catalog, self._hashes, resources)
+        self._conversions = ConversionCache()
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
@@ -273,7 +275,7 @@ class DiffusersBackend:
                 _refuse_inpaint_only(self._model.name, request.mode)
             return LoadReport(self._model, time.perf_counter() - started, True, choice.device, choice.precision)
         self.unload()
-        self._notes = []
+        self._notes = self._conversions.take_failures()
         try:
             with collector_paused():
                 dit = self._load_dit(entry, request, choice)
@@ -311,6 +313,10 @@ class DiffusersBackend:
         return LoadReport(
             self._model, time.perf_counter() - started, False, choice.device, choice.precision, tuple(self._notes)
         )
+
+    def wait_for_caches(self) -> None:
+        """Block until the converted-model folders being written in the background are complete."""
+        self._conversions.wait_all()
 
     def unload(self) -> None:
         if self._pipe is None:
@@ -411,16 +417,20 @@ class DiffusersBackend:
         if not (config_folder / "model_index.json").is_file():
             raise ModelError(f"The config folder {config_folder} has no model_index.json.")
         converted = self._converted_folder(entry.path, config_folder, arch)
+        self._conversions.wait(converted)  # a write begun by an earlier load of this file
         if (converted / "model_index.json").is_file():
             pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name)
         else:
+            # The job runs from the converted weights in memory while the cache is written behind it; later
+            # starts load the folder (the same pixels: tests/engine/test_diffusers_backend.py).
             pipe = self._convert_single_file(entry.path, config_folder, arch, header_dtype(header))
-            if self._cache_conversion(pipe, converted):
-                # Load back from the cache: tensors then sit where every later load puts them, and
-                # BLAS rounds by memory alignment, so the first image matches all later ones.
-                del pipe
-                pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name)
-            else:
+            note = self._conversions.start(pipe, converted)
+            self._notes.append(
+                note
+                or f"{entry.path.name} is converted on its first use; its converted copy is being saved in "
+                f"{converted.parent} in the background, so later starts load it faster."
+            )
+            if pipe.dtype != choice.dtype:
                 pipe = pipe.to(dtype=choice.dtype)
         return pipe.to(choice.device), arch, model_hash
 
@@ -488,24 +498,6 @@ class DiffusersBackend:
             yield alias
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-
-    def _cache_conversion(self, pipe: Any, target: Path) -> bool:
-        """Save the conversion once, in the checkpoint's own precision: later loads skip the remapping."""
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            partial.parent.mkdir(parents=True, exist_ok=True)
-            pipe.save_pretrained(str(partial), safe_serialization=True)
-            os.replace(partial, target)
-            return True
-        except OSError as error:
-            # Only a cache: this load goes on from memory, and the next one converts again.
-            shutil.rmtree(partial, ignore_errors=True)
-            self._notes.append(
-                f"Could not cache the converted model in {target.parent} ({error.strerror or error}); "
-                "it will be converted again on the next start."
-            )
-            return False
 
     # -------------------------------------------------------------------------------- generation
 

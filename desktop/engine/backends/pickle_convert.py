@@ -114,6 +114,10 @@ def _main(source: str, target: str) -> int:
         )
         return EXIT_REFUSED
     tensors = {str(k): v for k, v in _tensors_of(loaded).items() if isinstance(v, torch.Tensor)}
+    if "pro" in _tensors_of(loaded) and "pro" not in tensors and "unet1.conv1_down.weight" in tensors:
+        # Real-CUGAN's pro files flag themselves with a `pro` entry that need not be a tensor: keep the
+        # flag as one (desktop.engine.library.upscaler_cugan reads it; the network never loads it).
+        tensors["pro"] = torch.zeros(1)
     if not tensors:
         say(ok=False, message="it holds no tensors.")
         return EXIT_EMPTY

@@ -2,8 +2,12 @@
 tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
 SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
 desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt, the 1x restoration networks (SCUNet, DnCNN, DRUNet) in
-desktop.engine.backends.upscale_restoration.
+desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
+desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
+desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
+desktop.engine.backends.upscale_craft, MoSR in desktop.engine.backends.upscale_mosr, SeemoRe in
+desktop.engine.backends.upscale_seemore, MoESR in desktop.engine.backends.upscale_moesr, the 1x restoration
+networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -39,7 +43,7 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
 
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"{path.name} is not a safetensors file; convert a pickled upscaler on import first.")
-    info = inspect_upscaler(read_safetensors_header(path), path.name)
+    info = inspect_upscaler(read_safetensors_header(path), path.name, path)
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)
@@ -74,6 +78,50 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         # RGT's window table is DAT's: the same orientation rule, the same derived buffers left out.
         info = dat_split_from_biases(state, info)
         state, network = loadable_state(state), build_rgt(info)
+    elif info.layout == "atd":
+        from desktop.engine.backends.upscale_atd import build_atd
+        from desktop.engine.backends.upscale_transformers import loadable_state
+
+        state, network = loadable_state(state), build_atd(info)
+    elif info.layout in ("safmn", "safmn-bcie"):
+        from desktop.engine.backends.upscale_safmn import build_safmn, build_safmn_bcie
+
+        network = build_safmn(info) if info.layout == "safmn" else build_safmn_bcie(info)
+    elif info.layout == "ditn":
+        from desktop.engine.backends.upscale_ditn import build_ditn
+
+        network = build_ditn(info)
+    elif info.layout == "cugan":
+        from desktop.engine.backends.upscale_cugan import build_cugan
+
+        # The pro models' `pro` entry is a flag the header has read, not a weight (its shape varies).
+        state, network = {key: value for key, value in state.items() if key != "pro"}, build_cugan(info)
+    elif info.layout == "rcan":
+        from desktop.engine.backends.upscale_cnn import build_rcan
+
+        network = build_rcan(info)
+    elif info.layout == "swiftsrgan":
+        from desktop.engine.backends.upscale_cnn import build_swiftsrgan
+
+        network = build_swiftsrgan(info)
+    elif info.layout == "craft":
+        from desktop.engine.backends.upscale_craft import DERIVED, build_craft, craft_split_from_biases
+
+        info = craft_split_from_biases(state, info)
+        state = {key: value for key, value in state.items() if key not in DERIVED}
+        network = build_craft(info)
+    elif info.layout == "mosr":
+        from desktop.engine.backends.upscale_mosr import build_mosr
+
+        network = build_mosr(info)
+    elif info.layout == "seemore":
+        from desktop.engine.backends.upscale_seemore import build_seemore
+
+        network = build_seemore(info)
+    elif info.layout == "moesr":
+        from desktop.engine.backends.upscale_moesr import build_moesr
+
+        network = build_moesr(info)
     elif info.layout == "scunet":
         from desktop.engine.backends.upscale_restoration import build_scunet
 

@@ -7,6 +7,9 @@ The fusion is exact algebra on the weights, done once on the first call, so a ti
 redo it per tile. The file's stored `eval_conv` is its own earlier fusion; like the reference
 implementation, Marble recomputes the kernel from the branches rather than trust it.
 
+The channel LayerNorm (`channel_norm`) and DySample (`dysample`) are module-level builders: MoSR
+(desktop.engine.backends.upscale_mosr) uses them too.
+
 torch is imported inside the functions: only the upscale path loads this module.
 """
 
@@ -17,8 +20,8 @@ from typing import Any
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_efficient import PLKSR_NORM_GROUPS, PLKSRShape, SPANShape, dysample_groups
 
-# The training set's mean colour (DIV2K), subtracted before scaling the input to 0..255; not in the file.
-_SPAN_MEAN = (0.4488, 0.4371, 0.4040)
+# The training set's mean colour (DIV2K), subtracted from the input (SPAN's, SeemoRe's); not in the file.
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 _SPAN_RANGE = 255.0
 
 
@@ -86,7 +89,7 @@ def build_span(info: UpscalerInfo) -> Any:
             self.conv_2 = Conv3XC(width, width)
             self.upsampler = nn.Sequential(nn.Conv2d(width, info.out_channels * info.scale**2, 3, padding=1),
                                            nn.PixelShuffle(info.scale))  # fmt: skip
-            self.register_buffer("mean", torch.tensor(_SPAN_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if normalised:
@@ -112,19 +115,6 @@ def build_plksr(info: UpscalerInfo) -> Any:
     shape = info.detail
     assert isinstance(shape, PLKSRShape)
     width = info.features
-
-    class ChannelNorm(nn.Module):
-        """RealPLKSR's LayerNorm over the channels of each pixel (eps 1e-6)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = nn.Parameter(torch.ones(width))
-            self.bias = nn.Parameter(torch.zeros(width))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            centred = x - x.mean(1, keepdim=True)
-            normed = centred / torch.sqrt(centred.pow(2).mean(1, keepdim=True) + 1e-6)
-            return self.weight[:, None, None] * normed + self.bias[:, None, None]
 
     class LargeKernel(nn.Module):
         """One large-kernel conv over the first `partial` channels; the others pass through."""
@@ -154,7 +144,7 @@ def build_plksr(info: UpscalerInfo) -> Any:
         def __init__(self) -> None:
             super().__init__()
             if shape.real and shape.layer_norm:
-                self.layer_norm = ChannelNorm()
+                self.layer_norm = channel_norm(width)
             # The paper's code spells it "channe_mixer"; RealPLKSR's does not: the files follow each.
             setattr(self, "channel_mixer" if shape.real else "channe_mixer", mixer())
             self.lk = LargeKernel()
@@ -184,7 +174,12 @@ def build_plksr(info: UpscalerInfo) -> Any:
                 layers.append(nn.Identity())  # the training dropout's place: the last conv keeps its index
             layers.append(nn.Conv2d(width, info.out_channels * info.scale**2, 3, padding=1))
             self.feats = nn.Sequential(*layers)
-            self.to_img = _dysample(info) if shape.dysample else nn.PixelShuffle(info.scale)
+            channels, scale = info.out_channels * info.scale**2, info.scale
+            # RealPLKSR samples its 3 x scale^2 output channels and has no closing conv at 1x.
+            self.to_img = (
+                dysample(channels, info.out_channels, scale, dysample_groups(scale), end_conv=scale != 1)
+                if shape.dysample else nn.PixelShuffle(scale)
+            )  # fmt: skip
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             # The network learns the residual over the input repeated into every sub-pixel (nearest upscale).
@@ -193,16 +188,34 @@ def build_plksr(info: UpscalerInfo) -> Any:
     return PLKSR()
 
 
-def _dysample(info: UpscalerInfo) -> Any:
-    """DySample ("Learning to Upsample by Learning to Sample", 2023) as RealPLKSR uses it: from C = 3 x scale^2
-    channels, each of `groups` channel groups is sampled at scale x scale points per input pixel, placed
-    at learned offsets around the sub-pixel centres; then a 1x1 conv to the colour channels."""
+def channel_norm(width: int) -> Any:
+    """A LayerNorm over the channels of each pixel of an NCHW map (eps 1e-6), as RealPLKSR and MoSR train it;
+    its tensors are `weight` and `bias`."""
+    import torch
+    from torch import nn
+
+    class ChannelNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(width))
+            self.bias = nn.Parameter(torch.zeros(width))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            centred = x - x.mean(1, keepdim=True)
+            normed = centred / torch.sqrt(centred.pow(2).mean(1, keepdim=True) + 1e-6)
+            return self.weight[:, None, None] * normed + self.bias[:, None, None]
+
+    return ChannelNorm()
+
+
+def dysample(channels: int, out_channels: int, scale: int, groups: int, end_conv: bool = True) -> Any:
+    """DySample ("Learning to Upsample by Learning to Sample", 2023), as RealPLKSR and MoSR use it: each of
+    `groups` groups of the `channels` input channels is sampled at scale x scale points per input pixel,
+    placed at learned offsets around the sub-pixel centres; then (`end_conv`) a 1x1 conv to `out_channels`.
+    Its tensors are named as both architectures' files name them (offset, scope, end_conv, init_pos)."""
     import torch
     from torch import nn
     from torch.nn import functional
-
-    scale, groups = info.scale, dysample_groups(info.scale)
-    channels = info.out_channels * scale**2
 
     class DySample(nn.Module):
         def __init__(self) -> None:
@@ -210,8 +223,8 @@ def _dysample(info: UpscalerInfo) -> Any:
             points = 2 * groups * scale**2  # an (x, y) offset per group and sub-pixel
             self.offset = nn.Conv2d(channels, points, 1)
             self.scope = nn.Conv2d(channels, points, 1, bias=False)
-            if scale != 1:
-                self.end_conv = nn.Conv2d(channels, info.out_channels, 1)
+            if end_conv:
+                self.end_conv = nn.Conv2d(channels, out_channels, 1)
             # The sub-pixel centres relative to the pixel's, x then y, repeated per group; the file stores the
             # same values, which the strict load then puts here.
             centres = (torch.arange(scale) - (scale - 1) / 2) / scale
@@ -235,6 +248,6 @@ def _dysample(info: UpscalerInfo) -> Any:
                                                                             scale * width, 2),
                 mode="bilinear", padding_mode="border", align_corners=False,
             ).view(batch, -1, scale * height, scale * width)  # fmt: skip
-            return self.end_conv(sampled) if scale != 1 else sampled
+            return self.end_conv(sampled) if end_conv else sampled
 
     return DySample()

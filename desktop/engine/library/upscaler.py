@@ -12,8 +12,13 @@ pixel shuffle, plus the nearest-upsampled input; its header tells the width, the
 
 SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
 desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
-desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, the 1x restoration
-networks (SCUNet, DnCNN, DRUNet) by desktop.engine.library.upscaler_restoration (their shape goes
+desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
+desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
+desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
+by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, MoSR by
+desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore, MoESR by
+desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCNN, DRUNet) by
+desktop.engine.library.upscaler_restoration (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -23,9 +28,23 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_cnn import (
+    RCANShape,
+    inspect_rcan,
+    inspect_swiftsrgan,
+    looks_like_rcan,
+    looks_like_swiftsrgan,
+    rcan_label,
+    swiftsrgan_label,
+)
+from desktop.engine.library.upscaler_craft import CRAFTShape, craft_label, inspect_craft, looks_like_craft
+from desktop.engine.library.upscaler_cugan import CUGANShape, cugan_label, inspect_cugan, looks_like_cugan
+from desktop.engine.library.upscaler_ditn import DITNShape, ditn_label, inspect_ditn, looks_like_ditn
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
     PLKSRShape,
@@ -37,6 +56,14 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_moesr import (
+    MoESRShape,
+    inspect_moesr,
+    looks_like_moesr,
+    moesr_label,
+    read_meta_upsample,
+)
+from desktop.engine.library.upscaler_mosr import MoSRShape, inspect_mosr, looks_like_mosr, mosr_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_restoration import (
     DnCNNShape,
@@ -53,6 +80,8 @@ from desktop.engine.library.upscaler_restoration import (
     scunet_label,
 )
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
+from desktop.engine.library.upscaler_safmn import SAFMNShape, inspect_safmn, looks_like_safmn, safmn_label
+from desktop.engine.library.upscaler_seemore import SeemoReShape, inspect_seemore, looks_like_seemore, seemore_label
 from desktop.engine.library.upscaler_transformers import (
     DATShape,
     HATShape,
@@ -84,7 +113,9 @@ class UpscalerInfo:
     """An upscaler's shape, from its header."""
 
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
-    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "scunet" | "dncnn" | "drunet"
+    # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
+    # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
+    # "scunet" | "dncnn" | "drunet"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -95,10 +126,8 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
-        | SCUNetShape
-        | DnCNNShape
-        | DRUNetShape
-        | None
+        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
+        | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | None
     ) = None
 
     @property
@@ -121,6 +150,26 @@ class UpscalerInfo:
             return drct_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, RGTShape):
             return rgt_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, ATDShape):
+            return atd_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, SAFMNShape):
+            return safmn_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, DITNShape):
+            return ditn_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, CUGANShape):
+            return cugan_label(self.detail, self.scale)
+        if isinstance(self.detail, RCANShape):
+            return rcan_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, CRAFTShape):
+            return craft_label(self.detail, self.scale, self.features)
+        if self.layout == "swiftsrgan":
+            return swiftsrgan_label(self.scale, self.blocks, self.features)
+        if isinstance(self.detail, MoSRShape):
+            return mosr_label(self.detail, self.scale, self.features, self.blocks)
+        if isinstance(self.detail, SeemoReShape):
+            return seemore_label(self.detail, self.scale, self.features, self.blocks)
+        if isinstance(self.detail, MoESRShape):
+            return moesr_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, SCUNetShape):
             return scunet_label(self.features, self.in_channels)
         if isinstance(self.detail, DnCNNShape):
@@ -132,8 +181,9 @@ class UpscalerInfo:
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
 
 
-def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> UpscalerInfo:
-    """The RRDB network a header describes; raise ModelError naming what the file is otherwise."""
+def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: Path | None = None) -> UpscalerInfo:
+    """The RRDB network a header describes; raise ModelError naming what the file is otherwise. `path`, the
+    header's file, lets the few values a header cannot tell be read (MoESR's upsampler record)."""
     tensors = header.tensors
     if "model.0.weight" in tensors and any(_OLD_BLOCK.fullmatch(key) for key in tensors):
         blocks = 1 + max(int(m[1]) for key in tensors if (m := _OLD_BLOCK.fullmatch(key)))
@@ -153,6 +203,14 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         last = tensors["conv_last.weight"].shape
         info = UpscalerInfo("basicsr", 2**ups // unshuffle, blocks, first[0], first[1] // unshuffle**2, last[0], growth)
         return _checked(info, name)
+    # RCAN's attention gates, Swift-SRGAN's separable convs and CRAFT's fusion temperatures are names of
+    # their own; RCAN before the compact net, whose test is for body.N names RCAN has too.
+    if looks_like_rcan(tensors):
+        return _rcan(tensors, name)
+    if looks_like_swiftsrgan(tensors):
+        return _swiftsrgan(tensors, name)
+    if looks_like_craft(tensors):
+        return _transformer("CRAFT", "craft", inspect_craft, tensors, name)
     if "body.0.weight" in tensors and "body.1.weight" in tensors:
         return _compact(tensors, name)
     if looks_like_span(tensors):
@@ -163,6 +221,21 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _omnisr(tensors, name)
     if looks_like_drct(tensors):
         return _drct(tensors, name)
+    if looks_like_atd(tensors):  # before SwinIR and HAT: ATD has their group names (residual_group) too
+        return _transformer("ATD", "atd", inspect_atd, tensors, name)
+    if looks_like_safmn(tensors):
+        return _safmn(tensors, name)
+    if looks_like_ditn(tensors):
+        return _ditn(tensors, name)
+    if looks_like_cugan(tensors):
+        return _cugan(tensors, name)
+    if looks_like_mosr(tensors):
+        return _mosr(tensors, name)
+    if looks_like_seemore(tensors):
+        return _seemore(tensors, name)
+    if looks_like_moesr(tensors):
+        meta = read_meta_upsample(header, path) if path is not None else None
+        return _moesr(tensors, name, meta)
     if looks_like_scunet(tensors):
         return _scunet(tensors, name)
     if looks_like_dncnn(tensors):  # after ESRGAN's original names, which start with model.0 too
@@ -173,8 +246,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR and DRCT upscalers and SCUNet, DnCNN and DRUNet "
-                "denoisers only."
+                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
+                "Swift-SRGAN, CRAFT, MoSR, SeemoRe and MoESR upscalers and SCUNet, DnCNN and DRUNet denoisers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -239,6 +312,73 @@ def _drct(tensors: dict, name: str) -> UpscalerInfo:
     return UpscalerInfo("drct", scale, detail.groups * 5, width, in_channels, out_channels, detail.growth, detail)
 
 
+def _safmn(tensors: dict, name: str) -> UpscalerInfo:
+    """SAFMN, or SAFMN-BCIE (its 1x enhancement variant: blocks in groups, layout "safmn-bcie")."""
+    detail, scale, width, in_channels, out_channels = inspect_safmn(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a SAFMN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    layout, blocks = ("safmn-bcie", detail.blocks * detail.layers) if detail.layers else ("safmn", detail.blocks)
+    return UpscalerInfo(layout, scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _ditn(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_ditn(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a DITN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    blocks = detail.units * (detail.itl + detail.sal)
+    return UpscalerInfo("ditn", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _cugan(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_cugan(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a Real-CUGAN for {in_channels}-channel images; Marble runs colour (RGB) "
+                         "ones only.")  # fmt: skip
+    return UpscalerInfo("cugan", scale, 2, width, in_channels, out_channels, 0, detail)  # blocks: its two U-Nets
+
+
+def _rcan(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_rcan(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is an RCAN for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("rcan", scale, detail.groups * detail.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _swiftsrgan(tensors: dict, name: str) -> UpscalerInfo:
+    blocks, scale, width, in_channels, out_channels = inspect_swiftsrgan(tensors, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 4, 8):
+        raise ModelError(f"{name} is a Swift-SRGAN for {in_channels}-channel images at {scale}x; Marble runs colour "
+                         "(RGB) ones at 1x, 2x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("swiftsrgan", scale, blocks, width, in_channels, out_channels, 0)
+
+
+def _mosr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, blocks, in_channels, out_channels = inspect_mosr(tensors, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a MoSR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("mosr", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _seemore(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, groups, channels = inspect_seemore(tensors, name)
+    if channels != 3 or scale not in (1, 2, 3, 4, 8):
+        # Colour only: the network subtracts a mean RGB colour from its input.
+        raise ModelError(f"{name} is a SeemoRe for {channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("seemore", scale, groups, width, channels, channels, 0, detail)
+
+
+def _moesr(tensors: dict, name: str, meta: tuple[int, ...] | None) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_moesr(tensors, name, meta)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a MoESR for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    blocks = detail.groups * detail.blocks
+    return UpscalerInfo("moesr", scale, blocks, width, in_channels, out_channels, 0, detail)
 def _scunet(tensors: dict, name: str) -> UpscalerInfo:
     detail, width, channels = inspect_scunet(tensors, name)
     if channels not in (1, 3):

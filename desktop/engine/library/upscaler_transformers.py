@@ -120,6 +120,11 @@ def blocks_text(depths: tuple[int, ...]) -> str:
     return f"{len(depths)}x{depths[0]}" if len(set(depths)) == 1 else "+".join(map(str, depths))
 
 
+def counted(number: int, noun: str) -> str:
+    """"1 block", "2 blocks": a count as labels show it."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def hat_label(info: HATShape, scale: int, embed: int) -> str:
     groups = blocks_text(info.depths)
     return f"HAT {scale}x ({embed} dims, {groups} blocks, window {info.window}, overlap window {info.overlap_window})"
