@@ -201,6 +201,7 @@ class _LoadKey:
     fast: bool  # fast mode compiles the loaded UNet in place, so switching it means loading again
     text_encoders: str | None = None  # the folder a transformer-only DiT file takes its other parts from
     component_vae: str | None = None  # the library VAE built in at load, with text encoders from the library
+    tokenizer_folder: str | None = None  # a Qwen-Image / Z-Image file's tokenizer, with a library encoder
 
 
 class DiffusersBackend:
@@ -266,6 +267,7 @@ class DiffusersBackend:
         key = _LoadKey(
             str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode,
             request.text_encoders, request.vae if encoder_names(request.text_encoders or "") else None,
+            request.tokenizer_folder,
         )  # fmt: skip
         if self._pipe is not None and key == self._key:
             assert self._model is not None
@@ -365,6 +367,7 @@ class DiffusersBackend:
         pipe = families.load_pipeline(
             entry.path, arch, name=name, dtype=choice.dtype, resources=self._resources, config_folder=config,
             text_encoders=text_encoders, library_parts=parts,
+            tokenizer_folder=Path(request.tokenizer_folder).expanduser() if request.tokenizer_folder else None,
         )  # fmt: skip
         # On CUDA the weights stay in RAM until the first job's memory mode puts them where they run: a
         # 12B Flux would not fit a 12-24 GB card whole.

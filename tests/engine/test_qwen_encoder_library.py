@@ -1,0 +1,152 @@
+"""Qwen-Image's Qwen2.5-VL and Z-Image's Qwen3 text encoders as library components: ComfyUI-style single
+files imported once, named beside a transformer-only file with a library VAE and a tokenizer folder, and
+run pixel-identical to the same tiny model loaded from its diffusers folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ZImagePipeline
+from safetensors.torch import save_file
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.index import Library, guess_kind
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.engine.test_qwen_zimage import PREFIX, bare_image
+from tests.support.tiny_components import save_ae, save_t5
+from tests.support.tiny_dit import config_folder
+from tests.support.tiny_qwen_encoders import comfy_qwen_state, save_comfy_qwen, save_tokenizer_folder
+from tests.support.tiny_qwen_zimage import build_tiny_z_image, save_transformer_file
+
+
+@pytest.fixture(scope="module")
+def zimage(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("zimage-parts")
+    pipe = build_tiny_z_image()
+    folder = tmp / "zimage"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return {
+        "pipe": pipe,
+        "folder": folder,
+        "config": config_folder(pipe, tmp / "config"),  # no tokenizer in it
+        "model": save_transformer_file(dict(pipe.transformer.state_dict()), tmp / "z-only.safetensors", prefix=PREFIX),
+        "encoder": save_comfy_qwen(pipe.text_encoder, tmp / "qwen_3_4b.safetensors"),
+        "ae": save_ae(pipe.vae, tmp / "ae.safetensors"),
+        "tokenizer": save_tokenizer_folder(pipe, tmp / "qwen3-tokenizer"),
+        "tmp": tmp,
+    }
+
+
+@pytest.fixture
+def home(tmp_path, zimage):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(zimage["encoder"], "encoder")
+    library.import_path(zimage["ae"], "vae")
+    return paths
+
+
+def z_request(parts, encoders="qwen_3_4b", **changes):
+    values = dict(steps=2, cfg_scale=4.0, model_config=str(parts["config"]), text_encoders=encoders, vae="ae",
+                  tokenizer_folder=str(parts["tokenizer"]))  # fmt: skip
+    return request_for(parts["model"], **(values | changes))
+
+
+def z_expected(parts, request):
+    return bare_image(ZImagePipeline, parts["folder"], request, negative_prompt=request.negative_prompt,
+                      guidance_scale=request.cfg_scale)  # fmt: skip
+
+
+def test_a_z_image_file_runs_with_its_qwen3_encoder_and_vae_from_the_library(home, zimage):
+    record = Library(home).get("encoder", "qwen_3_4b")
+    assert (record.family, record.format, record.components) == ("qwen3", "transformers", ("qwen3",))
+    assert "Qwen3 text encoder (width 16)" in record.shown_architecture
+    assert guess_kind(zimage["encoder"]) == "encoder"
+    request = z_request(zimage)
+    batch, _ = run(make_backend(home), request)
+    assert np.array_equal(pixels(batch.images[0]), z_expected(zimage, request))
+
+
+def test_wrong_missing_and_damaged_parts_are_refused_by_name(home, zimage, tmp_path):
+    library = Library(home)
+    library.import_path(save_t5(build_tiny_flux_t5(), tmp_path / "t5xxl.safetensors"), "encoder")
+    backend = make_backend(home)
+    # A T5 given to Z-Image: the slot and what fits it are named.
+    with pytest.raises(ModelError, match=r"z-only\.safetensors needs a Qwen3 \(width 16\) text encoder for its "
+                                         r"text_encoder .*chosen: t5xxl \(T5 text encoder"):  # fmt: skip
+        run(backend, z_request(zimage, encoders="t5xxl"))
+    # No tokenizer folder: which files are needed, and where they come from.
+    with pytest.raises(ModelError, match=r"its tokenizer, which Marble cannot ship, is missing: no tokenizer folder "
+                                         r"was given\. Point --tokenizer-folder .*tokenizer\.json .*Z-Image-Turbo"):
+        run(backend, z_request(zimage, tokenizer_folder=None))
+    with pytest.raises(ModelError, match=r"empty holds no tokenizer\.json"):
+        (tmp_path / "empty").mkdir()
+        run(backend, z_request(zimage, tokenizer_folder=str(tmp_path / "empty")))
+    with pytest.raises(ModelError, match=r"choose its VAE too"):
+        run(backend, z_request(zimage, vae=""))
+    # A truncated file is refused at import, naming it; one that lacks a tensor, at load, naming entry and tensor.
+    broken = tmp_path / "qwen3_broken.safetensors"
+    broken.write_bytes(zimage["encoder"].read_bytes()[:-100])
+    with pytest.raises(ModelError, match=r"qwen3_broken\.safetensors"):
+        library.import_path(broken, "encoder")
+    state = comfy_qwen_state(zimage["pipe"].text_encoder)
+    del state["model.layers.1.mlp.down_proj.weight"]
+    save_file(state, str(tmp_path / "qwen3_short.safetensors"))
+    library.import_path(tmp_path / "qwen3_short.safetensors", "encoder")
+    with pytest.raises(ModelError, match=r"'qwen3_short' \(qwen3_short\.safetensors\) does not fit .*layers\.1\.mlp"):
+        run(backend, z_request(zimage, encoders="qwen3_short"))
+    # A file with a layer gone from the middle is refused at import.
+    del state["model.layers.0.self_attn.q_proj.weight"]
+    state = {k: v for k, v in state.items() if ".layers.0." not in k}
+    save_file(state, str(tmp_path / "qwen3_gap.safetensors"))
+    with pytest.raises(ModelError, match=r"qwen3_gap\.safetensors .*layer\(s\) \[0\] missing"):
+        library.import_path(tmp_path / "qwen3_gap.safetensors", "encoder")
+
+
+def build_tiny_flux_t5():
+    from tests.support.tiny_dit import build_tiny_flux
+
+    return build_tiny_flux(latent_channels=16).text_encoder_2
+
+
+def z_with_encoder(parts, request, weights):
+    """The diffusers folder's pipeline with its Qwen3 holding `weights` (ComfyUI names), as bare diffusers runs."""
+    encoder = type(parts["pipe"].text_encoder)(parts["pipe"].text_encoder.config).eval()
+    encoder.load_state_dict({k.removeprefix("model."): v.float() for k, v in weights.items()})
+    pipe = ZImagePipeline.from_pretrained(str(parts["folder"]), text_encoder=encoder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(prompt=request.prompt, negative_prompt=request.negative_prompt, guidance_scale=request.cfg_scale,
+                 num_inference_steps=request.steps, width=request.width, height=request.height,
+                 generator=torch.Generator("cpu").manual_seed(request.seed)).images[0]  # fmt: skip
+    return pixels(image)
+
+
+def test_an_fp8_qwen3_stays_stored_in_fp8_and_computes_its_own_weights(home, zimage):
+    path = save_comfy_qwen(zimage["pipe"].text_encoder, zimage["tmp"] / "qwen_3_4b_fp8_e4m3fn.safetensors",
+                           torch.float8_e4m3fn)  # fmt: skip
+    record = Library(home).import_path(path, "encoder")
+    assert record.dtype == "F8_E4M3" and "fp8 e4m3fn" in record.shown_architecture, record.shown_architecture
+    backend = make_backend(home)
+    request = z_request(zimage, encoders=record.name)
+    batch, _ = run(backend, request)
+    assert backend._pipe.text_encoder.layers[0].self_attn.q_proj.weight.dtype == torch.float8_e4m3fn
+    state = comfy_qwen_state(zimage["pipe"].text_encoder)
+    rounded = {k: v.to(torch.float8_e4m3fn) if v.ndim >= 2 else v for k, v in state.items()}
+    assert np.array_equal(pixels(batch.images[0]), z_with_encoder(zimage, request, rounded))
+
+
+def test_a_scaled_fp8_qwen3_loads_as_its_dequantised_weights(home, zimage):
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    file, exact, unscaled = scaled_fp8(comfy_qwen_state(zimage["pipe"].text_encoder))
+    path = zimage["tmp"] / "qwen_3_4b_fp8_scaled.safetensors"
+    save_file(file, str(path))
+    record = Library(home).import_path(path, "encoder")
+    assert (record.dtype, record.family) == ("F8_E4M3_SCALED", "qwen3"), (record.dtype, record.family)
+    request = z_request(zimage, encoders=record.name)
+    batch, _ = run(make_backend(home), request)
+    expected = z_with_encoder(zimage, request, exact)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, z_with_encoder(zimage, request, unscaled))  # the scales mattered
