@@ -17,8 +17,8 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.engine.test_qwen_zimage import PREFIX, bare_image
 from tests.support.tiny_components import save_ae, save_t5
 from tests.support.tiny_dit import config_folder
-from tests.support.tiny_qwen_encoders import comfy_qwen_state, save_comfy_qwen, save_tokenizer_folder
-from tests.support.tiny_qwen_zimage import build_tiny_z_image, save_transformer_file
+from tests.support.tiny_qwen_encoders import comfy_qwen_state, save_comfy_qwen, save_tokenizer_folder, wan_vae_names
+from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image, save_transformer_file
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,9 @@ def test_wrong_missing_and_damaged_parts_are_refused_by_name(home, zimage, tmp_p
     with pytest.raises(ModelError, match=r"z-only\.safetensors needs a Qwen3 \(width 16\) text encoder for its "
                                          r"text_encoder .*chosen: t5xxl \(T5 text encoder"):  # fmt: skip
         run(backend, z_request(zimage, encoders="t5xxl"))
+    # No --config: the shipped z-image folder wants the published Qwen3 4B.
+    with pytest.raises(ModelError, match=r"needs a Qwen3 4B text encoder for its text_encoder .*chosen: qwen_3_4b"):
+        run(backend, z_request(zimage, model_config=None))
     # No tokenizer folder: which files are needed, and where they come from.
     with pytest.raises(ModelError, match=r"its tokenizer, which Marble cannot ship, is missing: no tokenizer folder "
                                          r"was given\. Point --tokenizer-folder .*tokenizer\.json .*Z-Image-Turbo"):
@@ -150,3 +153,110 @@ def test_a_scaled_fp8_qwen3_loads_as_its_dequantised_weights(home, zimage):
     expected = z_with_encoder(zimage, request, exact)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, z_with_encoder(zimage, request, unscaled))  # the scales mattered
+
+
+def build_tiny_qwen_with_wan_vae():
+    """The tiny Qwen-Image with a VAE of Wan 2.1's block layout (four levels, two residual blocks each): the
+    layout ComfyUI's qwen_image_vae.safetensors names follow."""
+    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline
+
+    pipe = build_tiny_qwen_image()
+    torch.manual_seed(1)
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=4, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
+    )  # fmt: skip
+    return QwenImagePipeline(**(pipe.components | {"vae": vae}))
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("qwen-parts")
+    pipe = build_tiny_qwen_with_wan_vae()
+    folder = tmp / "qwen"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    state = dict(pipe.transformer.state_dict())
+    vae = pipe.vae.state_dict()
+    save_file({k: v.contiguous() for k, v in vae.items()}, str(tmp / "qwen_vae_diffusers.safetensors"))
+    save_file(wan_vae_names(vae), str(tmp / "qwen_image_vae.safetensors"))
+    return {
+        "pipe": pipe,
+        "folder": folder,
+        "config": config_folder(pipe, tmp / "config"),  # no tokenizer in it
+        "model": save_transformer_file(state, tmp / "qwen-only.safetensors", prefix=PREFIX),
+        "encoder": save_comfy_qwen(pipe.text_encoder, tmp / "qwen_2.5_vl_7b.safetensors"),
+        # The text-only file: no vision tower and no lm_head, as some ComfyUI files are.
+        "text_only": save_comfy_qwen(pipe.text_encoder, tmp / "qwen_2.5_vl_text.safetensors", vision=False,
+                                     head=False),  # fmt: skip
+        "vae": tmp / "qwen_image_vae.safetensors",
+        "vae_diffusers": tmp / "qwen_vae_diffusers.safetensors",
+        "tokenizer": save_tokenizer_folder(pipe, tmp / "qwen25-tokenizer"),
+        "tmp": tmp,
+    }
+
+
+def qwen_request(parts, encoders="qwen_2.5_vl_7b", vae="qwen_image_vae", model=None, **changes):
+    values = dict(steps=2, cfg_scale=4.0, model_config=str(parts["config"]), text_encoders=encoders, vae=vae,
+                  tokenizer_folder=str(parts["tokenizer"]))  # fmt: skip
+    return request_for(model or parts["model"], **(values | changes))
+
+
+def test_a_qwen_image_file_runs_with_its_qwen25_vl_encoder_and_vae_from_the_library(qwen, tmp_path):
+    from tests.engine.test_qwen_zimage import qwen_expected
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    full = library.import_path(qwen["encoder"], "encoder")
+    text = library.import_path(qwen["text_only"], "encoder")
+    assert (full.family, text.family) == ("qwen2.5-vl", "qwen2.5-vl")
+    assert "with its vision tower" in full.shown_architecture and "vision" not in text.shown_architecture
+    for file in (qwen["vae"], qwen["vae_diffusers"]):
+        record = library.import_path(file, "vae")
+        assert "Qwen-Image VAE" in record.shown_architecture, record.shown_architecture
+    request = qwen_request(qwen)
+    batch, _ = run(make_backend(paths), request)
+    expected = qwen_expected(qwen["folder"], request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    # The text-only encoder and the VAE in diffusers' names: the same picture (the vision tower and the
+    # logits take no part in a text prompt).
+    other = qwen_request(qwen, encoders="qwen_2.5_vl_text", vae="qwen_vae_diffusers")
+    batch, _ = run(make_backend(paths), other)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    # Z-Image's VAE kind is no Qwen-Image VAE.
+    library.import_path(save_ae(build_tiny_z_image().vae, tmp_path / "ae.safetensors"), "vae")
+    with pytest.raises(ModelError, match=r"'ae' \(ae\.safetensors\) is a SD 1\.x .*decodes with the Qwen-Image VAE"):
+        run(make_backend(paths), qwen_request(qwen, vae="ae"))
+
+
+def test_an_edit_model_refuses_the_text_only_qwen25_vl(qwen, tmp_path):
+    from PIL import Image
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(qwen["text_only"], "encoder")
+    library.import_path(qwen["vae"], "vae")
+    state = {PREFIX + k: v.contiguous() for k, v in qwen["pipe"].transformer.state_dict().items()}
+    edit = tmp_path / "qwen-edit.safetensors"
+    save_file(state, str(edit), metadata={"modelspec.architecture": "qwen-image-edit"})
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(source)
+    request = qwen_request(qwen, encoders="qwen_2.5_vl_text", model=edit, init_image=str(source))
+    with pytest.raises(ModelError, match=r"'qwen_2\.5_vl_text' .* is the text-only Qwen2\.5-VL .*vision tower"):
+        run(make_backend(paths), request)
+
+
+@pytest.mark.parametrize(("folder", "class_name", "parameters"), [
+    ("qwen-image", "Qwen2_5_VLForConditionalGeneration", 8_292_166_656),  # Qwen2.5-VL 7B, vision tower included
+    ("z-image", "Qwen3Model", 4_022_468_096),  # Qwen3 4B (its lm_head is the embedding)
+])  # fmt: skip
+def test_shipped_text_encoder_configs_have_the_published_sizes(folder, class_name, parameters):
+    import transformers
+    from accelerate import init_empty_weights
+
+    from desktop.engine.resources import Resources
+
+    cls = getattr(transformers, class_name)
+    config = cls.config_class.from_pretrained(str(Resources.default().config_folder(folder) / "text_encoder"))
+    with init_empty_weights():
+        model = cls(config)
+    assert sum(p.numel() for p in model.parameters()) == parameters

@@ -40,3 +40,37 @@ def save_tokenizer_folder(pipe, folder: Path) -> Path:
     """The tokenizer alone (tokenizer.json, tokenizer_config.json, chat template), as Qwen's repositories hold."""
     pipe.tokenizer.save_pretrained(str(folder))
     return folder
+
+
+_RESIDUAL = {"norm1.gamma": "residual.0.gamma", "conv1.weight": "residual.2.weight", "conv1.bias": "residual.2.bias",
+             "norm2.gamma": "residual.3.gamma", "conv2.weight": "residual.6.weight", "conv2.bias": "residual.6.bias",
+             "conv_shortcut.weight": "shortcut.weight", "conv_shortcut.bias": "shortcut.bias"}  # fmt: skip
+_FIXED = {"encoder.conv_in": "encoder.conv1", "decoder.conv_in": "decoder.conv1", "quant_conv": "conv1",
+          "post_quant_conv": "conv2", "encoder.norm_out": "encoder.head.0", "encoder.conv_out": "encoder.head.2",
+          "decoder.norm_out": "decoder.head.0", "decoder.conv_out": "decoder.head.2"}  # fmt: skip
+
+
+def wan_vae_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """AutoencoderKLQwenImage's tensors in Wan 2.1's original names, as ComfyUI's qwen_image_vae.safetensors
+    holds them (for a VAE of Wan's block layout: four levels, two residual blocks each)."""
+    out = {}
+    for key, value in state.items():
+        head, _, leaf = key.rpartition(".")
+        parts = key.split(".")
+        if head in _FIXED:
+            new = f"{_FIXED[head]}.{leaf}"
+        elif ".mid_block." in key:
+            side = parts[0]
+            if parts[2] == "attentions":
+                new = f"{side}.middle.1.{'.'.join(parts[4:])}"
+            else:
+                new = f"{side}.middle.{2 * int(parts[3])}.{_RESIDUAL['.'.join(parts[4:])]}"
+        elif key.startswith("encoder.down_blocks."):
+            rest = ".".join(parts[3:])
+            new = f"encoder.downsamples.{parts[2]}.{_RESIDUAL.get(rest, rest)}"
+        elif ".upsamplers.0." in key:
+            new = f"decoder.upsamples.{4 * int(parts[2]) + 3}.{'.'.join(parts[5:])}"
+        else:  # decoder.up_blocks.B.resnets.R.*
+            new = f"decoder.upsamples.{4 * int(parts[2]) + int(parts[4])}.{_RESIDUAL['.'.join(parts[5:])]}"
+        out[new] = value.detach().clone().contiguous()
+    return out

@@ -160,6 +160,11 @@ def assemble(
     from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 
     # Everything that can be refused is checked before the slow loads: encoder kind, vision tower, VAE, tokenizer.
+    if not (config / "text_encoder" / "config.json").is_file():
+        raise ModelError(
+            f"The config folder {config} has no text_encoder/config.json, which says how to build {name}'s library "
+            "text encoder: leave out --config (Marble ships it), or use a diffusers folder of the family."
+        )
     chosen = encoder_components.match_slots(config, parts.encoders, name)
     edit = qwen_edit.is_edit(info)
     if edit:
@@ -201,4 +206,31 @@ def _class_name(config: Path, slot: str) -> str:
 
 
 def load_qwen_vae(config: Path, vae: Any, *, model_name: str, dtype: Any) -> Any:
-    raise ModelError(f"{model_name}: the Qwen-Image VAE from the library is not supported yet.")
+    """Qwen-Image's AutoencoderKLQwenImage with the chosen library VAE's weights (Wan's names or diffusers')."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    from safetensors.torch import load_file
+
+    from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+    from desktop.engine.library.vae import WAN_LAYOUTS, inspect_vae
+
+    label = f"The VAE {vae.shown}"
+    kind = sniff_file_type(vae.path, label=label)
+    if kind != "safetensors":
+        raise ModelError(f"{label} is not a safetensors file ({kind}).")
+    info = inspect_vae(read_safetensors_header(vae.path, name=label), label)
+    if info.layout not in WAN_LAYOUTS:
+        raise ModelError(
+            f"{label} is a {info.label}; {model_name} decodes with the Qwen-Image VAE (qwen_image_vae.safetensors)."
+        )
+    model = diffusers.AutoencoderKLQwenImage.from_config(diffusers.AutoencoderKLQwenImage.load_config(str(config)))
+    tensors = load_file(str(vae.path))
+    state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
+    if info.layout == "wan":
+        state = convert_wan_vae_to_diffusers(state)  # diffusers' own map of Wan 2.1's names
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModelError(f"{label} does not fit {model_name}: {first[1 if len(first) > 1 else 0][:200]}") from None
+    return (model if model.dtype == dtype else model.to(dtype)).eval()
