@@ -260,3 +260,28 @@ def test_shipped_text_encoder_configs_have_the_published_sizes(folder, class_nam
     with init_empty_weights():
         model = cls(config)
     assert sum(p.numel() for p in model.parameters()) == parameters
+
+
+def test_cli_runs_a_z_image_file_with_library_parts_and_a_tokenizer_folder(zimage, tmp_path):
+    from PIL import Image
+
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    home = ["--home", str(tmp_path / "home")]
+    assert in_process(["encoders", "import", str(zimage["encoder"]), *home])[0] == 0
+    assert in_process(["vaes", "import", str(zimage["ae"]), *home])[0] == 0
+    code, out, _ = in_process(["encoders", "list", *home])
+    assert code == 0 and out.startswith("qwen_3_4b\t") and "Qwen3 text encoder (width 16)" in out, out
+    image = tmp_path / "z.png"
+    args = ["generate", "--model", str(zimage["model"]), "--prompt", "a red circle on a blue background", "--seed",
+            "42", "--width", "64", "--height", "64", "--steps", "2", "--cfg", "4", "--negative", "blurry",
+            "--device", "cpu", "--config", str(zimage["config"]), "--text-encoders", "qwen_3_4b", "--vae", "ae",
+            "--no-preview", *home]  # fmt: skip
+    code, _, err = in_process([*args, "--tokenizer-folder", str(zimage["tokenizer"]), "--out", str(image)])
+    assert code == 0, err
+    request = read_image_metadata(image).request
+    assert request.tokenizer_folder == str(zimage["tokenizer"].resolve())
+    assert np.array_equal(np.asarray(Image.open(image).convert("RGB")), z_expected(zimage, z_request(zimage)))
+    code, _, err = in_process([*args, "--out", str(tmp_path / "none.png")])
+    assert code != 0 and "--tokenizer-folder" in err and "Traceback" not in err, err
