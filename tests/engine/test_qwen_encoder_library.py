@@ -285,3 +285,17 @@ def test_cli_runs_a_z_image_file_with_library_parts_and_a_tokenizer_folder(zimag
     assert np.array_equal(np.asarray(Image.open(image).convert("RGB")), z_expected(zimage, z_request(zimage)))
     code, _, err = in_process([*args, "--out", str(tmp_path / "none.png")])
     assert code != 0 and "--tokenizer-folder" in err and "Traceback" not in err, err
+
+
+def test_the_settings_tokenizer_folder_serves_a_request_that_names_none(home, zimage):
+    from desktop.engine.backends.diffusers_backend import DiffusersBackend
+    from desktop.engine.library.catalog import ModelCatalog
+    from desktop.engine.resources import Resources
+    from desktop.engine.settings import SETTINGS
+
+    assert "tokenizer_folder" in {setting.key for setting in SETTINGS}
+    backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models),
+                               tokenizer_folder=str(zimage["tokenizer"]))  # fmt: skip
+    request = z_request(zimage, tokenizer_folder=None)  # as the window sends it
+    batch, _ = run(backend, request)
+    assert np.array_equal(pixels(batch.images[0]), z_expected(zimage, request))

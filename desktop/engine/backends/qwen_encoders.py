@@ -97,7 +97,8 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
         where = f"{folder} holds no {needed}" if folder is not None else "no tokenizer folder was given"
         raise ModelError(
             f"{name} runs with its text encoder from the library, but its tokenizer, which Marble cannot ship, "
-            f"is missing: {where}. Point --tokenizer-folder at a folder holding {needed}, such as {source}."
+            f"is missing: {where}. Point --tokenizer-folder (in the window: "
+            f"Settings, Tokenizer folder) at a folder holding {needed}, such as {source}."
         )
     parts: dict[str, Any] = {}
     try:
