@@ -4,6 +4,8 @@ run pixel-identical to the same tiny model loaded from its diffusers folder."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -299,3 +301,37 @@ def test_the_settings_tokenizer_folder_serves_a_request_that_names_none(home, zi
     request = z_request(zimage, tokenizer_folder=None)  # as the window sends it
     batch, _ = run(backend, request)
     assert np.array_equal(pixels(batch.images[0]), z_expected(zimage, request))
+
+
+def test_an_edit_model_runs_with_the_full_encoder_and_the_processor_from_the_tokenizer_folder(tmp_path,
+                                                                                             monkeypatch):
+    from diffusers import QwenImageEditPipeline
+    from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit
+
+    from tests.engine.test_qwen_edit import _SHRINK, _image, bare
+    from tests.support.tiny_qwen_edit import build_tiny_qwen_edit, save_edit_folder
+
+    # As test_qwen_edit does: the pipeline's ~1 MP conditioning size shrunk to the tiny model's 64 x 64.
+    original = pipeline_qwenimage_edit.calculate_dimensions
+    monkeypatch.setattr(pipeline_qwenimage_edit, "calculate_dimensions",
+                        lambda area, ratio: original(area / _SHRINK, ratio))  # fmt: skip
+    pipe = build_tiny_qwen_edit()
+    folder = save_edit_folder(pipe, tmp_path / "qwen-edit")
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(save_comfy_qwen(pipe.text_encoder, tmp_path / "qwen_2.5_vl_7b.safetensors"), "encoder")
+    save_file({k: v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(tmp_path / "qwen_vae.safetensors"))
+    library.import_path(tmp_path / "qwen_vae.safetensors", "vae")
+    state = {PREFIX + k: v.contiguous() for k, v in pipe.transformer.state_dict().items()}
+    model = tmp_path / "qwen-edit.safetensors"
+    save_file(state, str(model), metadata={"modelspec.architecture": "qwen-image-edit"})
+    source, path = _image(tmp_path, "source.png")
+    request = request_for(model, steps=2, cfg_scale=4.0, init_image=str(path), text_encoders="qwen_2.5_vl_7b",
+                          vae="qwen_vae", tokenizer_folder=str(folder), model_config=str(folder))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare(QwenImageEditPipeline, folder, request, image=source))
+    # A tokenizer folder without the image processor is refused, saying which file it lacks.
+    tokenizer_only = save_tokenizer_folder(pipe, tmp_path / "tokenizer-only")
+    with pytest.raises(ModelError, match=r"needs the Qwen2VL image processor too, and .*tokenizer-only holds no "
+                                         r"preprocessor_config\.json"):  # fmt: skip
+        run(make_backend(paths), replace(request, tokenizer_folder=str(tokenizer_only)))
