@@ -335,3 +335,17 @@ def test_an_edit_model_runs_with_the_full_encoder_and_the_processor_from_the_tok
     with pytest.raises(ModelError, match=r"needs the Qwen2VL image processor too, and .*tokenizer-only holds no "
                                          r"preprocessor_config\.json"):  # fmt: skip
         run(make_backend(paths), replace(request, tokenizer_folder=str(tokenizer_only)))
+
+
+def test_a_qwen3_gguf_loads_as_its_stored_weights(home, zimage):
+    from tests.support.tiny_qwen_encoders import save_qwen_gguf
+
+    path = save_qwen_gguf(zimage["pipe"].text_encoder, zimage["tmp"] / "Qwen3-4B-F16.gguf")
+    assert guess_kind(path) == "encoder"
+    record = Library(home).import_path(path, "encoder")
+    assert (record.family, record.format, record.dtype) == ("qwen3", "gguf", "F16"), record
+    request = z_request(zimage, encoders=record.name)
+    batch, _ = run(make_backend(home), request)
+    state = comfy_qwen_state(zimage["pipe"].text_encoder)
+    stored = {k: v.half().float() if v.ndim == 2 else v for k, v in state.items()}
+    assert np.array_equal(pixels(batch.images[0]), z_with_encoder(zimage, request, stored))

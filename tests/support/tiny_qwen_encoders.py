@@ -74,3 +74,33 @@ def wan_vae_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             new = f"decoder.upsamples.{4 * int(parts[2]) + int(parts[4])}.{_RESIDUAL['.'.join(parts[5:])]}"
         out[new] = value.detach().clone().contiguous()
     return out
+
+
+_LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+          "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+          "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+          "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
+
+
+def save_qwen_gguf(encoder, path: Path, arch: str = "qwen3") -> Path:
+    """The language model in llama.cpp's names (as its converter writes a Qwen2/Qwen3 GGUF): matrices in F16
+    (the tiny widths fit no quantised block), the rest in F32; no vision tower (llama.cpp keeps it apart)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+           "lm_head.weight": "output.weight"}  # fmt: skip
+    for key, tensor in comfy_qwen_state(encoder, vision=False).items():
+        if key in top:
+            name = top[key]
+        else:
+            _, _, index, *rest = key.split(".")
+            name = f"blk.{index}.{_LLAMA['.'.join(rest[:-1])]}.{rest[-1]}"
+        data = tensor.float().numpy()
+        writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float16 if data.ndim == 2 else np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -29,6 +29,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.dit import read_gguf_tensors
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
+from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
 from desktop.engine.library.vae import inspect_vae
 
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
@@ -239,7 +240,8 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
 
 def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:
     if info.layout == "gguf":
-        return _read_gguf_t5(component.path)
+        rename = qwen_gguf_name if info.kind in qwen_encoders.KINDS else _gguf_t5_name
+        return _read_gguf(component.path, rename)
     from safetensors.torch import load_file
 
     tensors = load_file(str(component.path))
@@ -263,8 +265,8 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
     return state
 
 
-def _read_gguf_t5(path: Path) -> dict[str, Any]:
-    """A llama.cpp-named T5 encoder GGUF, dequantised to float32 tensors in transformers' names."""
+def _read_gguf(path: Path, rename: Callable[[str], str]) -> dict[str, Any]:
+    """A llama.cpp-named encoder GGUF (T5, or Qwen in ComfyUI's names), dequantised to float32 tensors."""
     import gguf
     import numpy as np
     import torch
@@ -275,7 +277,7 @@ def _read_gguf_t5(path: Path) -> dict[str, Any]:
         shape = tuple(int(d) for d in reversed(list(tensor.shape)))
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         data = torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))  # a copy: the file is mapped
-        state[_gguf_t5_name(tensor.name)] = data
+        state[rename(tensor.name)] = data
     return state
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import SafetensorsHeader
-from desktop.engine.library.encoder_qwen import QWEN_NAMED, inspect_qwen
+from desktop.engine.library.encoder_qwen import QWEN_NAMED, inspect_qwen, inspect_qwen_gguf
 
 # Prefixes a text encoder's tensors carry on their own or cut out of a ComfyUI / SDXL checkpoint.
 _PREFIXES = (
@@ -130,10 +130,15 @@ def _inspect(
     shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], name: str, *, gguf: bool
 ) -> EncoderInfo:
     if gguf:
+        qwen = inspect_qwen_gguf(shapes, name)
+        if qwen is not None:
+            kind, width, layers, parameters = qwen
+            return EncoderInfo(kind, width, layers, "gguf", "", "GGUF", parameters)
         if _T5_GGUF_PROBE not in shapes or "token_embd.weight" not in shapes:
             raise ModelError(
-                f"{name} is a GGUF file but no T5 text encoder (no enc.blk.0.attn_q / token_embd tensors): "
-                "Marble reads T5 encoders from GGUF; a GGUF transformer goes into the models library."
+                f"{name} is a GGUF file but no T5 or Qwen text encoder (no enc.blk.0.attn_q / blk.0.attn_q / "
+                "token_embd tensors): Marble reads T5 and Qwen encoders from GGUF; a GGUF transformer goes into "
+                "the models library."
             )
         width = shapes["token_embd.weight"][-1]
         return _info("t5", width, shapes, dtypes, "gguf", "", name=name)

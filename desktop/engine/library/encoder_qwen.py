@@ -65,3 +65,38 @@ def inspect_qwen(
     vision = any(key.startswith(VISION_PREFIXES) for key in shapes)
     width = shapes[base + "embed_tokens.weight"][-1]
     return kind, width, len(layers), base, parameters, vision
+
+
+# llama.cpp's names of a Qwen2 / Qwen3 language model (its GGUF converter's tensor map) -> ComfyUI's.
+GGUF_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+_GGUF_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}  # fmt: skip
+_GGUF_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def gguf_name(name: str) -> str:
+    """A llama.cpp Qwen tensor name in ComfyUI's single-file names (unknown names are left as they are, for
+    the strict load to report)."""
+    if name in _GGUF_TOP:
+        return _GGUF_TOP[name]
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+    return name
+
+
+def inspect_qwen_gguf(shapes: Mapping[str, tuple[int, ...]], name: str) -> tuple[str, int, int, int] | None:
+    """(kind, width, layers, parameters) of a Qwen2.5-VL (text) or Qwen3 GGUF in llama.cpp's names; else None."""
+    if "token_embd.weight" not in shapes or not any(_GGUF_BLOCK.match(key) for key in shapes):
+        return None
+    renamed = {gguf_name(key): shape for key, shape in shapes.items()}
+    found = inspect_qwen(renamed, dict.fromkeys(renamed, ""), name)
+    if found is None:
+        return None
+    kind, width, layers, _, parameters, _ = found
+    return kind, width, layers, parameters
