@@ -201,7 +201,7 @@ def load_pipeline(
     if library_parts is not None and info.family == dit_flux2.FLUX2:
         raise ModelError(
             f"{name} is a {info.label} model: its text encoder comes from a folder (--text-encoders FOLDER), "
-            "not from the text-encoder library (CLIP and T5 files serve Flux.1, SD3 and Chroma)."
+            "not from the text-encoder library (which serves Flux.1, SD3, Chroma, Qwen-Image and Z-Image)."
         )
     if library_parts is not None and info.family in qwen_zimage.FAMILIES and not path.is_dir():
         config = config_folder or _config_folder(resources, arch, name)
