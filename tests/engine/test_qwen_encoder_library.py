@@ -349,3 +349,9 @@ def test_a_qwen3_gguf_loads_as_its_stored_weights(home, zimage):
     state = comfy_qwen_state(zimage["pipe"].text_encoder)
     stored = {k: v.half().float() if v.ndim == 2 else v for k, v in state.items()}
     assert np.array_equal(pixels(batch.images[0]), z_with_encoder(zimage, request, stored))
+
+
+def test_a_config_folder_that_is_the_whole_diffusers_folder_serves_its_tokenizer(home, zimage):
+    request = z_request(zimage, tokenizer_folder=None, model_config=str(zimage["folder"]))
+    batch, _ = run(make_backend(home), request)
+    assert np.array_equal(pixels(batch.images[0]), z_expected(zimage, request))

@@ -173,7 +173,7 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
         if key not in own:
             state.pop(key, None)
     state = {key: value for key, value in state.items() if key in own or not key.endswith("position_ids")}
-    made = qwen_encoders.fill_unused(model, state, info, own)
+    made = qwen_encoders.fill_unused(model, state, info, own, dtype)
     missing = sorted(set(own) - set(state) - {"encoder.embed_tokens.weight"} - _buffers(model) - made)
     unexpected = sorted(set(state) - set(own))
     problem = None

@@ -46,7 +46,7 @@ def model_names(state: dict[str, Any], kind: str) -> dict[str, Any]:
     return renamed
 
 
-def fill_unused(model: Any, state: dict[str, Any], info: EncoderInfo, own: dict[str, Any]) -> set[str]:
+def fill_unused(model: Any, state: dict[str, Any], info: EncoderInfo, own: dict[str, Any], dtype: Any) -> set[str]:
     """The model's tensors a file may leave out, made here; returns their names.
 
     Qwen-Image reads the hidden states, never the logits: a missing lm_head shares the embedding (no
@@ -61,6 +61,7 @@ def fill_unused(model: Any, state: dict[str, Any], info: EncoderInfo, own: dict[
         made.add("lm_head.weight")
     if not any(key.startswith("model.visual.") for key in state):
         visual = model.model.visual
+        visual.to(dtype)  # still on the meta device: the zeros are then made at the job's dtype, not float32
         visual.to_empty(device="cpu")
         with torch.no_grad():
             for tensor in (*visual.parameters(), *visual.buffers()):
