@@ -224,6 +224,14 @@ def test_a_qwen_image_file_runs_with_its_qwen25_vl_encoder_and_vae_from_the_libr
     other = qwen_request(qwen, encoders="qwen_2.5_vl_text", vae="qwen_vae_diffusers")
     batch, _ = run(make_backend(paths), other)
     assert np.array_equal(pixels(batch.images[0]), expected)
+    # A Qwen-Image VAE that lacks a tensor is detected, and refused at load naming the entry and its file.
+    from safetensors.torch import load_file
+
+    short = {k: v for k, v in load_file(str(qwen["vae"])).items() if k != "decoder.middle.1.proj.weight"}
+    save_file(short, str(tmp_path / "vae_short.safetensors"))
+    library.import_path(tmp_path / "vae_short.safetensors", "vae")
+    with pytest.raises(ModelError, match=r"The VAE 'vae_short' \(vae_short\.safetensors\) does not fit qwen-only"):
+        run(make_backend(paths), qwen_request(qwen, vae="vae_short"))
     # Z-Image's VAE kind is no Qwen-Image VAE.
     library.import_path(save_ae(build_tiny_z_image().vae, tmp_path / "ae.safetensors"), "vae")
     with pytest.raises(ModelError, match=r"'ae' \(ae\.safetensors\) is a SD 1\.x .*decodes with the Qwen-Image VAE"):

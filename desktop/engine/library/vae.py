@@ -71,7 +71,7 @@ def inspect_vae(header: SafetensorsHeader, name: str = "this file") -> VaeInfo:
                 return VaeInfo(layout, prefix, shape[1] if len(shape) == 5 else None)
     raise ModelError(
         f"{name} is not a VAE: it has neither the original (encoder.down.0...) nor the diffusers "
-        "(encoder.down_blocks.0...) VAE layer names, with a decoder."
+        "(encoder.down_blocks.0...) VAE layer names, with a decoder, nor the Qwen-Image VAE's."
     )
 
 
