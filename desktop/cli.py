@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "VAE (Qwen-Image/Z-Image/Flux.2: or a folder holding text_encoder/, tokenizer/ and vae/); "
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
                           "(clip_l,t5xxl_fp16), with --vae NAME")
+    gen.add_argument("--tokenizer-folder", metavar="DIR",
+                     help="for a Qwen-Image/Z-Image file run with a library text encoder: the folder holding its "
+                          "tokenizer (tokenizer.json or vocab.json + merges.txt, tokenizer_config.json; for "
+                          "Qwen-Image-Edit also preprocessor_config.json), or the model's diffusers folder")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",
@@ -532,6 +536,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         refiner_switch_at=args.refiner_switch_at,
         distilled_cfg_scale=args.distilled_cfg if args.distilled_cfg is not None else defaults["distilled_cfg_scale"],
         text_encoders=_text_encoders(args.text_encoders, paths),
+        tokenizer_folder=str(Path(args.tokenizer_folder).expanduser().resolve()) if args.tokenizer_folder else None,
         seed=args.seed,
         sampler=str(defaults["sampler"]),
         width=width,

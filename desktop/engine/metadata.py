@@ -625,6 +625,8 @@ def from_marble_json(text: str) -> GenerationRequest:
         raise InvalidRequest("The Marble metadata in this image has a malformed request.")
     if data.get("model_config") is not None and not isinstance(data["model_config"], str):
         raise InvalidRequest("The Marble metadata in this image has a malformed model config.")
+    if data.get("tokenizer_folder") is not None and not isinstance(data["tokenizer_folder"], str):
+        raise InvalidRequest("The Marble metadata in this image has a malformed tokenizer folder.")
     return GenerationRequest.from_dict(data).validate()
 
 

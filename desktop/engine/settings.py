@@ -107,6 +107,11 @@ SETTINGS: tuple[Setting, ...] = (
         "models_folder", "Models folder", "A folder of models to use instead of the app's own; empty: "
         "the app's own models folder. Takes effect at the next start.", FOLDER, "",
     ),
+    Setting(
+        "tokenizer_folder", "Tokenizer folder", "For a Qwen-Image or Z-Image file run with a text encoder "
+        "from the library: the folder holding its tokenizer, which Marble cannot ship (tokenizer.json and "
+        "tokenizer_config.json; the model's diffusers folder serves). Takes effect at the next start.", FOLDER, "",
+    ),
     # The window serves on 127.0.0.1 only: listening beyond this machine needs authentication, which
     # `marble serve --listen --api-auth` offers (docs/api.md).
     Setting(

@@ -59,9 +59,10 @@ CHANGED = Parameters(
     reference_images=("/pictures/hat.png", "/pictures/scarf.png"),
 )
 # Request fields that are not settings of the panel: the prompt editor's and the canvas's, and the
-# config folder (command line only).
+# config folder and the tokenizer folder (command line only; the window's tokenizer folder is a Setting).
 NOT_PARAMETERS = {
-    "prompt", "negative_prompt", "model_config", "init_image", "strength", "mask", "mask_blur", "inpaint_area",
+    "prompt", "negative_prompt", "model_config", "tokenizer_folder", "init_image", "strength", "mask", "mask_blur",
+    "inpaint_area",
     "padding", "resize_mode", "inpaint_fill",
     # The Upscale dialog's (history and canvas), not the panel's.
     "upscale_by", "upscale_upscaler", "upscale_tile", "sd_upscale", "sd_upscale_tile", "sd_upscale_overlap",

@@ -202,6 +202,7 @@ class _LoadKey:
     fast: bool  # fast mode compiles the loaded UNet in place, so switching it means loading again
     text_encoders: str | None = None  # the folder a transformer-only DiT file takes its other parts from
     component_vae: str | None = None  # the library VAE built in at load, with text encoders from the library
+    tokenizer_folder: str | None = None  # a Qwen-Image / Z-Image file's tokenizer, with a library encoder
 
 
 class DiffusersBackend:
@@ -216,8 +217,11 @@ class DiffusersBackend:
         loras: AdapterCatalog | None = None,
         cpu_threads: int = 0,
         busy_cores: Callable[[], float | None] = others_busy_cores,
+        tokenizer_folder: str = "",
     ) -> None:
         self._paths = paths
+        # The Settings' tokenizer folder: a request that names none (the window's) uses it.
+        self._tokenizer_folder = tokenizer_folder
         # 0: each CPU job sizes torch's thread pool to the cores other processes leave free.
         self._cpu_threads = max(0, cpu_threads)
         self._busy_cores = busy_cores
@@ -268,6 +272,7 @@ class DiffusersBackend:
         key = _LoadKey(
             str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode,
             request.text_encoders, request.vae if encoder_names(request.text_encoders or "") else None,
+            request.tokenizer_folder,
         )  # fmt: skip
         if self._pipe is not None and key == self._key:
             assert self._model is not None
@@ -368,9 +373,11 @@ class DiffusersBackend:
             )
         config = Path(request.model_config).expanduser() if request.model_config else None
         name = entry.path.name if not entry.is_folder else entry.name
+        tokenizers = request.tokenizer_folder or self._tokenizer_folder
         pipe = families.load_pipeline(
             entry.path, arch, name=name, dtype=choice.dtype, resources=self._resources, config_folder=config,
             text_encoders=text_encoders, library_parts=parts,
+            tokenizer_folder=Path(tokenizers).expanduser() if tokenizers else None,
         )  # fmt: skip
         # On CUDA the weights stay in RAM until the first job's memory mode puts them where they run: a
         # 12B Flux would not fit a 12-24 GB card whole.

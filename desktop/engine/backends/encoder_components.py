@@ -24,13 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import qwen_encoders
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.dit import read_gguf_tensors
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
+from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
 from desktop.engine.library.vae import inspect_vae
 
-_ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5"}
+_ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
+                    "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3"}  # fmt: skip
+_WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
+           ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B"}  # fmt: skip
+_KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3"}
 # Tensors component files carry that the model class does not hold (a CLIP-L's projection and logit scale
 # when it serves Flux's un-projected slot; buffers older exports saved).
 _HARMLESS = ("logit_scale", "text_projection.weight")
@@ -89,9 +95,7 @@ def match_slots(
         fit = next((pair for pair in free if pair[1].kind == kind and pair[1].width == width), None)
         if fit is None:
             given = ", ".join(f"{c.name} ({i.label})" for c, i in infos) or "none"
-            wanted = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL"}.get(
-                (kind, width), f"a {kind.upper()} (width {width})"
-            )
+            wanted = _WANTED.get((kind, width), f"a {_KIND_NAMES[kind]} (width {width})")
             raise ModelError(
                 f"{model_name} needs {wanted} text encoder for its {slot} and none of the chosen ones fits "
                 f"(chosen: {given}). Import it with `marble encoders import FILE` and name it in --text-encoders."
@@ -148,6 +152,8 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
     model_class = getattr(transformers, class_name)
     settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
     state = _read_state(component, info, settings, dtype)
+    if info.kind in qwen_encoders.KINDS:
+        state = qwen_encoders.model_names(state, info.kind)
     if info.kind == "t5":
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)
@@ -167,7 +173,8 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
         if key not in own:
             state.pop(key, None)
     state = {key: value for key, value in state.items() if key in own or not key.endswith("position_ids")}
-    missing = sorted(set(own) - set(state) - {"encoder.embed_tokens.weight"} - _buffers(model))
+    made = qwen_encoders.fill_unused(model, state, info, own, dtype)
+    missing = sorted(set(own) - set(state) - {"encoder.embed_tokens.weight"} - _buffers(model) - made)
     unexpected = sorted(set(state) - set(own))
     problem = None
     if missing or unexpected:
@@ -186,6 +193,7 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
     model.load_state_dict(state, strict=False, assign=True)
     if info.kind == "t5":
         model.encoder.embed_tokens = model.shared
+    qwen_encoders.tie_head(model, made)
     model.to(dtype).eval()
     _keep_fp32(model, dtype)
     if info.fp8_storage is not None:
@@ -195,7 +203,7 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
         # so does each feed-forward's `wo`: T5 casts its input to wo's weight dtype before calling it.
         apply_layerwise_casting(
             model, storage_dtype=getattr(torch, info.fp8_storage), compute_dtype=dtype,
-            skip_modules_pattern=("norm", "embed", "shared", r"\.wo$"),
+            skip_modules_pattern=("norm", "embed", "shared", r"\.wo$", "lm_head"),
         )  # fmt: skip
     return model
 
@@ -232,11 +240,14 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
 
 def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:
     if info.layout == "gguf":
-        return _read_gguf_t5(component.path)
+        rename = qwen_gguf_name if info.kind in qwen_encoders.KINDS else _gguf_t5_name
+        return _read_gguf(component.path, rename)
     from safetensors.torch import load_file
 
     tensors = load_file(str(component.path))
-    state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
+    # A Qwen file's vision tower and lm_head sit beside its `model.` level: kept whole, renamed at load.
+    prefix = "" if info.kind in qwen_encoders.KINDS else info.prefix
+    state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
     if info.scaled:
         from desktop.engine.backends.quantised_weights import dequantise_scaled_fp8
 
@@ -254,8 +265,8 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
     return state
 
 
-def _read_gguf_t5(path: Path) -> dict[str, Any]:
-    """A llama.cpp-named T5 encoder GGUF, dequantised to float32 tensors in transformers' names."""
+def _read_gguf(path: Path, rename: Callable[[str], str]) -> dict[str, Any]:
+    """A llama.cpp-named encoder GGUF (T5, or Qwen in ComfyUI's names), dequantised to float32 tensors."""
     import gguf
     import numpy as np
     import torch
@@ -266,7 +277,7 @@ def _read_gguf_t5(path: Path) -> dict[str, Any]:
         shape = tuple(int(d) for d in reversed(list(tensor.shape)))
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         data = torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))  # a copy: the file is mapped
-        state[_gguf_t5_name(tensor.name)] = data
+        state[rename(tensor.name)] = data
     return state
 
 
@@ -298,7 +309,8 @@ def _keep_fp32(model: Any, dtype: Any) -> None:
 
 def _slot_width(config: Path, slot: str) -> int:
     settings = json.loads((config / slot / "config.json").read_text(encoding="utf-8"))
-    return int(settings.get("hidden_size") or settings.get("d_model") or 0)
+    text = settings.get("text_config") if isinstance(settings.get("text_config"), dict) else {}
+    return int(settings.get("hidden_size") or settings.get("d_model") or text.get("hidden_size") or 0)
 
 
 def _buffers(model: Any) -> set[str]:

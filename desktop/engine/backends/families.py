@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import encoder_components
+from desktop.engine.backends import encoder_components, qwen_encoders
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_qwen_edit as qwen_edit
@@ -190,17 +190,25 @@ def load_pipeline(
     config_folder: Path | None,
     text_encoders: Path | None,
     library_parts: LibraryParts | None = None,
+    tokenizer_folder: Path | None = None,
 ) -> Any:
     """A FluxPipeline / StableDiffusion3Pipeline for `path` (a folder or a single file), offline.
 
-    `library_parts`: text encoders and a VAE chosen from the library for a transformer-only file."""
+    `library_parts`: text encoders and a VAE chosen from the library for a transformer-only file;
+    `tokenizer_folder`: where a Qwen-Image / Z-Image file with a library encoder finds its tokenizer."""
     info = arch.dit
     assert info is not None
-    if library_parts is not None and (info.family == dit_flux2.FLUX2 or info.family in qwen_zimage.FAMILIES):
+    if library_parts is not None and info.family == dit_flux2.FLUX2:
         raise ModelError(
             f"{name} is a {info.label} model: its text encoder comes from a folder (--text-encoders FOLDER), "
-            "not from the text-encoder library (CLIP and T5 files serve Flux.1, SD3 and Chroma)."
+            "not from the text-encoder library (which serves Flux.1, SD3, Chroma, Qwen-Image and Z-Image)."
         )
+    if library_parts is not None and info.family in qwen_zimage.FAMILIES and not path.is_dir():
+        config = config_folder or _config_folder(resources, arch, name)
+        return qwen_encoders.assemble(
+            info, config, library_parts, name=name, dtype=dtype, tokenizer_folder=tokenizer_folder,
+            load_transformer=lambda: load_transformer(path, info, config, name=name, dtype=dtype),
+        )  # fmt: skip
     if info.family == dit_flux2.FLUX2:
         return _load_flux2(path, arch, name, dtype, resources, config_folder, text_encoders)
     cls = pipeline_class("flux-fill" if info.fill else info.family)

@@ -5,8 +5,10 @@ them: `clip_l.safetensors` (CLIP ViT-L text model), `clip_g.safetensors` (OpenCL
 the transformers layout SD3 ships or SDXL's OpenCLIP layout), `t5xxl_fp16.safetensors` /
 `t5xxl_fp8_e4m3fn.safetensors`, ComfyUI's scaled `t5xxl_fp8_e4m3fn_scaled.safetensors` (the T5 v1.1 XXL
 encoder) and T5 GGUF files (llama.cpp's `enc.blk.N`
-names, as city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`). One file serves every model that uses it: the
-library stores it once, and a request names it (`text_encoders="clip_l,t5xxl_fp16"`).
+names, as city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`). The LLM text encoders of Qwen-Image (Qwen2.5-VL 7B:
+`qwen_2.5_vl_7b.safetensors`, `_fp8_scaled`, with or without its `visual.*` vision tower) and Z-Image (Qwen3
+4B: `qwen_3_4b.safetensors`) are components too (library/encoder_qwen.py). One file serves every model that
+uses it: the library stores it once, and a request names it (`text_encoders="clip_l,t5xxl_fp16"`).
 
 What a file is comes from its tensor names and shapes, never from its file name. Which pipeline slot
 an encoder fills is decided at load (backends/encoder_components.py) from the slot's config.
@@ -21,6 +23,7 @@ from dataclasses import dataclass, replace
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.encoder_qwen import QWEN_NAMED, inspect_qwen, inspect_qwen_gguf
 
 # Prefixes a text encoder's tensors carry on their own or cut out of a ComfyUI / SDXL checkpoint.
 _PREFIXES = (
@@ -38,7 +41,8 @@ _FLAT_CLIP_PROBE = "embeddings.token_embedding.weight"
 _FLAT_CLIP_LAYER = "encoder.layers.0.self_attn.q_proj.weight"
 _LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
 # The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
-_NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL"}
+_NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL", **QWEN_NAMED}
+_KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3"}
 # Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
 FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -47,7 +51,7 @@ FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 class EncoderInfo:
     """What a text-encoder file holds: its kind ("clip" | "t5"), width, depth and storage."""
 
-    kind: str
+    kind: str  # "clip" | "t5" | "qwen2.5-vl" | "qwen3"
     width: int
     layers: int
     layout: str  # "transformers" | "openclip" | "gguf"
@@ -55,6 +59,7 @@ class EncoderInfo:
     dtype: str  # the main weight type: "F16", "BF16", "F8_E4M3", ... or a GGUF type ("Q8_0")
     parameters: int
     projection: bool = False  # a CLIP with its text projection (SD3's and SDXL's second encoder have one)
+    vision: bool = False  # a Qwen2.5-VL with its vision tower (Qwen-Image-Edit shows it the source image)
 
     @property
     def family(self) -> str:
@@ -65,9 +70,10 @@ class EncoderInfo:
     @property
     def label(self) -> str:
         named = _NAMED.get((self.kind, self.width))
+        tower = " with its vision tower" if self.vision else ""
         if named:
-            return f"{named} text encoder"
-        return f"{'CLIP' if self.kind == 'clip' else 'T5'} text encoder (width {self.width})"
+            return f"{named} text encoder{tower}"
+        return f"{_KIND_LABELS.get(self.kind, self.kind)} text encoder (width {self.width}){tower}"
 
     @property
     def scaled(self) -> bool:
@@ -86,17 +92,30 @@ def inspect_encoder(header: SafetensorsHeader, name: str = "this file") -> Encod
     dtypes = {key: info.dtype for key, info in header.tensors.items()}
     if any(key.startswith(("model.diffusion_model.", "first_stage_model.")) for key in shapes):
         raise ModelError(f"{name} is not a text encoder on its own: {_what_else(shapes)}")
+    qwen = inspect_qwen(shapes, dtypes, name)
+    if qwen is not None:
+        kind, width, layers, prefix, parameters, vision = qwen
+        info = EncoderInfo(kind, width, layers, "transformers", prefix, _main_dtype(shapes, dtypes), parameters,
+                           vision=vision)  # fmt: skip
+        if quant_formats.is_scaled_fp8(shapes):
+            _refuse_block_scaled(header, name)
+            return replace(info, dtype=quant_formats.weight_format(header.tensors, info.dtype))
+        return info
     if quant_formats.is_scaled_fp8(shapes):
-        blocked = quant_formats.block_scaled(header.tensors)
-        if blocked is not None:
-            raise ModelError(
-                f"{name} is block-scaled ({blocked}: nvfp4 or mxfp8), which Marble cannot dequantise. Use the "
-                "fp16, fp8 or scaled fp8 file of this encoder."
-            )
+        _refuse_block_scaled(header, name)
         info = _inspect(shapes, dtypes, name, gguf=False)
         # "F8_E4M3_SCALED" (or "MIXED_SCALED"): shown as scaled fp8, never kept in fp8 (the scale is per weight).
         return replace(info, dtype=quant_formats.weight_format(header.tensors, info.dtype))
     return _inspect(shapes, dtypes, name, gguf=False)
+
+
+def _refuse_block_scaled(header: SafetensorsHeader, name: str) -> None:
+    blocked = quant_formats.block_scaled(header.tensors)
+    if blocked is not None:
+        raise ModelError(
+            f"{name} is block-scaled ({blocked}: nvfp4 or mxfp8), which Marble cannot dequantise. Use the "
+            "fp16, fp8 or scaled fp8 file of this encoder."
+        )
 
 
 def inspect_encoder_gguf(tensors: Mapping[str, object], quantization: str, name: str) -> EncoderInfo:
@@ -111,10 +130,15 @@ def _inspect(
     shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], name: str, *, gguf: bool
 ) -> EncoderInfo:
     if gguf:
+        qwen = inspect_qwen_gguf(shapes, name)
+        if qwen is not None:
+            kind, width, layers, parameters = qwen
+            return EncoderInfo(kind, width, layers, "gguf", "", "GGUF", parameters)
         if _T5_GGUF_PROBE not in shapes or "token_embd.weight" not in shapes:
             raise ModelError(
-                f"{name} is a GGUF file but no T5 text encoder (no enc.blk.0.attn_q / token_embd tensors): "
-                "Marble reads T5 encoders from GGUF; a GGUF transformer goes into the models library."
+                f"{name} is a GGUF file but no T5 or Qwen text encoder (no enc.blk.0.attn_q / blk.0.attn_q / "
+                "token_embd tensors): Marble reads T5 and Qwen encoders from GGUF; a GGUF transformer goes into "
+                "the models library."
             )
         width = shapes["token_embd.weight"][-1]
         return _info("t5", width, shapes, dtypes, "gguf", "", name=name)
@@ -148,17 +172,26 @@ def _info(
         raise ModelError(
             f"{name} is a {kind.upper()} text encoder with layer(s) {missing or [0]} missing: the file is incomplete."
         )
+    total = sum(_size(shapes[key]) for key in own)
+    return EncoderInfo(kind, width, len(layers), layout, prefix, _main_dtype(shapes, dtypes, own), total, projection)
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    size = 1
+    for dim in shape:
+        size *= dim
+    return size
+
+
+def _main_dtype(
+    shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], keys: list[str] | None = None
+) -> str:
+    """The storage type holding most of the weights (matrices only: norms often stay in float32)."""
     counts: dict[str, int] = {}
-    total = 0
-    for key in own:
-        size = 1
-        for dim in shapes[key]:
-            size *= dim
-        total += size
+    for key in shapes if keys is None else keys:
         if len(shapes[key]) >= 2:
-            counts[dtypes[key]] = counts.get(dtypes[key], 0) + size
-    dtype = max(counts, key=counts.__getitem__) if counts else "F32"
-    return EncoderInfo(kind, width, len(layers), layout, prefix, dtype, total, projection)
+            counts[dtypes[key]] = counts.get(dtypes[key], 0) + _size(shapes[key])
+    return max(counts, key=counts.__getitem__) if counts else "F32"
 
 
 def _what_else(shapes: Mapping[str, tuple[int, ...]]) -> str:
@@ -170,8 +203,8 @@ def _what_else(shapes: Mapping[str, tuple[int, ...]]) -> str:
     if any("lora" in k for k in keys[:50]):
         return "it is a LoRA; import it with `marble loras import`."
     return (
-        "it has neither CLIP (text_model.embeddings...), OpenCLIP (transformer.resblocks...) nor T5 "
-        "(encoder.block...) text-encoder tensors."
+        "it has neither CLIP (text_model.embeddings...), OpenCLIP (transformer.resblocks...), T5 "
+        "(encoder.block...) nor Qwen (model.layers...) text-encoder tensors."
     )
 
 

@@ -19,6 +19,13 @@ _LDM_PREFIXES = ("first_stage_model.", "vae.", "")
 _LDM_PROBE = "encoder.down.0.block.0.conv1.weight"
 _DIFFUSERS_PROBE = "encoder.down_blocks.0.resnets.0.conv1.weight"
 _LATENT_LABELS = {4: "SD 1.x / 2.x / SDXL VAE", 16: "SD3 / Flux VAE"}
+# Qwen-Image's VAE, a causal 3-D VAE of Wan 2.1's design: in Wan's own names (ComfyUI's
+# qwen_image_vae.safetensors) or diffusers' (AutoencoderKLQwenImage; RMS norms with a `gamma`, 5-D convolutions).
+WAN_LAYOUTS = ("wan", "wan-diffusers")
+_WAN_PROBES = {
+    "wan": ("encoder.conv1.weight", "decoder.head.2.weight", "conv2.weight"),
+    "wan-diffusers": ("encoder.conv_in.weight", "decoder.norm_out.gamma", "post_quant_conv.weight"),
+}
 # Latent widths Marble's pipelines (SD 1.x, SD 2.x, SDXL) decode.
 SUPPORTED_LATENT_CHANNELS = 4
 
@@ -27,17 +34,21 @@ SUPPORTED_LATENT_CHANNELS = 4
 class VaeInfo:
     """What a VAE file's header says: its layout, its tensor-name prefix and its latent width."""
 
-    layout: str  # "ldm" (original encoder.down.0... names) | "diffusers" (encoder.down_blocks.0...)
+    layout: str  # "ldm" (original encoder.down.0... names) | "diffusers" (encoder.down_blocks.0...) | WAN_LAYOUTS
     prefix: str  # "first_stage_model." | "vae." | ""
     latent_channels: int | None
 
     @property
     def label(self) -> str:
+        if self.layout in WAN_LAYOUTS:
+            return "Qwen-Image VAE (Wan 2.1 design)"
         return _LATENT_LABELS.get(self.latent_channels or 0, "VAE")
 
     @property
     def family(self) -> str | None:
         # One architecture for SD 1.x, 2.x and SDXL: "sd" names that whole group.
+        if self.layout in WAN_LAYOUTS:
+            return None
         return "sd" if self.latent_channels == SUPPORTED_LATENT_CHANNELS else None
 
 
@@ -53,9 +64,14 @@ def inspect_vae(header: SafetensorsHeader, name: str = "this file") -> VaeInfo:
         for prefix in _LDM_PREFIXES:
             if prefix + probe in names and _has_decoder(names, prefix):
                 return VaeInfo(layout, prefix, _latent_channels(header, prefix))
+    for layout, (encoder, decoder, latent) in _WAN_PROBES.items():
+        for prefix in _LDM_PREFIXES:
+            if prefix + encoder in names and prefix + decoder in names and prefix + latent in names:
+                shape = names[prefix + latent].shape  # the post-quant 1x1x1 conv reads the latent
+                return VaeInfo(layout, prefix, shape[1] if len(shape) == 5 else None)
     raise ModelError(
         f"{name} is not a VAE: it has neither the original (encoder.down.0...) nor the diffusers "
-        "(encoder.down_blocks.0...) VAE layer names, with a decoder."
+        "(encoder.down_blocks.0...) VAE layer names, with a decoder, nor the Qwen-Image VAE's."
     )
 
 

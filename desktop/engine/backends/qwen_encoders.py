@@ -1,0 +1,238 @@
+"""A transformer-only Qwen-Image / Z-Image file run with its LLM text encoder and VAE from the library.
+
+The encoder file (library/encoder_qwen.py says what it holds) is built into transformers' class from the
+model's config folder (resources/configs/<family>/text_encoder, or --config) and loaded strictly, as
+encoder_components.py does for CLIP and T5. What Marble cannot ship is the tokenizer (and for
+Qwen-Image-Edit the image processor): they come from a folder the user points Marble at
+(`--tokenizer-folder`), which may be the model's diffusers folder, its tokenizer/ folder, or the Qwen
+repository the encoder came from.
+
+Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE
+from desktop.engine.library.encoder import EncoderInfo
+from desktop.engine.library.encoder_qwen import QWEN3, QWEN25_VL
+
+KINDS = (QWEN25_VL, QWEN3)
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+_PROCESSOR_CONFIG = "preprocessor_config.json"
+# Where each family's tokenizer can be found, for the message when none is given.
+_TOKENIZER_SOURCES = {
+    QWEN_IMAGE: "the tokenizer/ folder of Qwen/Qwen-Image (or the Qwen/Qwen2.5-VL-7B-Instruct repository)",
+    "z-image": "the tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo (or the Qwen/Qwen3-4B repository)",
+}
+
+
+def model_names(state: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A file's tensors under the names of transformers' class: Qwen3Model holds no `model.` level (and no
+    lm_head); Qwen2_5_VLForConditionalGeneration holds `model.language_model.*` and `model.visual.*`."""
+    if kind == QWEN3:
+        return {key.removeprefix("model."): value for key, value in state.items() if key != "lm_head.weight"}
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("visual."):
+            key = "model." + key
+        elif key.startswith("model.") and not key.startswith(("model.language_model.", "model.visual.")):
+            key = "model.language_model." + key.removeprefix("model.")
+        renamed[key] = value
+    return renamed
+
+
+def fill_unused(model: Any, state: dict[str, Any], info: EncoderInfo, own: dict[str, Any], dtype: Any) -> set[str]:
+    """The model's tensors a file may leave out, made here; returns their names.
+
+    Qwen-Image reads the hidden states, never the logits: a missing lm_head shares the embedding (no
+    memory). A text-only file has no vision tower, which only Qwen-Image-Edit uses (refused there, before
+    this): it is made as zeros so the model is whole."""
+    import torch
+
+    made: set[str] = set()
+    if info.kind != QWEN25_VL:
+        return made
+    if "lm_head.weight" not in state and "lm_head.weight" in own:
+        made.add("lm_head.weight")
+    if not any(key.startswith("model.visual.") for key in state):
+        visual = model.model.visual
+        visual.to(dtype)  # still on the meta device: the zeros are then made at the job's dtype, not float32
+        visual.to_empty(device="cpu")
+        with torch.no_grad():
+            for tensor in (*visual.parameters(), *visual.buffers()):
+                if tensor.is_floating_point():
+                    tensor.zero_()
+        made |= {key for key in own if key.startswith("model.visual.")}
+    return made
+
+
+def tie_head(model: Any, made: set[str]) -> None:
+    if "lm_head.weight" in made:
+        model.lm_head.weight = model.model.language_model.embed_tokens.weight
+
+
+def check_vision(info: DitInfo, encoder: EncoderInfo, shown: str, *, name: str) -> None:
+    """Qwen-Image-Edit shows the source image to the encoder's vision tower: a text-only file cannot serve."""
+    if encoder.kind == QWEN25_VL and not encoder.vision:
+        raise ModelError(
+            f"The text encoder {shown} is the text-only Qwen2.5-VL (no visual.* weights), but {name} is a "
+            f"{info.label} model, which shows the source image to the encoder's vision tower. Import the full "
+            "file (ComfyUI's qwen_2.5_vl_7b.safetensors holds it)."
+        )
+
+
+def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool) -> dict[str, Any]:
+    """The tokenizer (and for an Edit model the processor) from the user's tokenizer folder: the folder
+    itself, or its tokenizer/ and processor/ subfolders (a diffusers folder of the family)."""
+    import transformers
+
+    source = _TOKENIZER_SOURCES.get(info.family, "the model's diffusers folder")
+    needed = "tokenizer.json (or vocab.json and merges.txt) with tokenizer_config.json"
+    tokenizer_dir = _holding(folder, "tokenizer", _TOKENIZER_FILES) if folder is not None else None
+    if tokenizer_dir is None:
+        where = f"{folder} holds no {needed}" if folder is not None else "no tokenizer folder was given"
+        raise ModelError(
+            f"{name} runs with its text encoder from the library, but its tokenizer, which Marble cannot ship, "
+            f"is missing: {where}. Point --tokenizer-folder (in the window: "
+            f"Settings, Tokenizer folder) at a folder holding {needed}, such as {source}."
+        )
+    parts: dict[str, Any] = {}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        if not edit:
+            parts["tokenizer"] = tokenizer
+        else:
+            processor_dir = _holding(folder, "processor", (_PROCESSOR_CONFIG,))
+            if processor_dir is None:
+                raise ModelError(
+                    f"{name} is a {info.label} model: it needs the Qwen2VL image processor too, and {folder} holds "
+                    f"no {_PROCESSOR_CONFIG} (nor processor/{_PROCESSOR_CONFIG}). Point --tokenizer-folder at the "
+                    "model's diffusers folder (Qwen/Qwen-Image-Edit or -2509), which holds processor/."
+                )
+            from desktop.engine.backends.families_qwen_edit import image_only_processor
+
+            images = transformers.Qwen2VLImageProcessorPil.from_pretrained(str(processor_dir), local_files_only=True)
+            parts["tokenizer"] = tokenizer
+            parts["processor"] = image_only_processor(images, tokenizer)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"The tokenizer in {tokenizer_dir} does not load: {_short(error)}") from error
+    if info.family != QWEN_IMAGE and not getattr(tokenizer, "chat_template", None):
+        # Z-Image wraps the prompt in Qwen3's chat template, which tokenizer_config.json (or
+        # chat_template.jinja) carries.
+        raise ModelError(
+            f"The tokenizer in {tokenizer_dir} has no chat template, which {info.label} needs: use the folder with "
+            f"its tokenizer_config.json (or chat_template.jinja), such as {source}."
+        )
+    return parts
+
+
+def _holding(folder: Path, sub: str, files: tuple[str, ...]) -> Path | None:
+    for candidate in (folder / sub, folder):
+        if any((candidate / file).is_file() for file in files):
+            return candidate
+    return None
+
+
+def _short(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def assemble(
+    info: DitInfo,
+    config: Path,
+    parts: Any,
+    *,
+    name: str,
+    dtype: Any,
+    tokenizer_folder: Path | None,
+    load_transformer: Any,
+) -> Any:
+    """The family's pipeline from the chosen library encoder and VAE (`parts`: families.LibraryParts), the
+    tokenizer folder and the config folder; `load_transformer()` reads the transformer file, last (slow)."""
+    import diffusers
+
+    from desktop.engine.backends import encoder_components
+    from desktop.engine.backends import families_qwen_edit as qwen_edit
+    from desktop.engine.backends import families_qwen_zimage as qwen_zimage
+
+    # Everything that can be refused is checked before the slow loads: encoder kind, vision tower, VAE, tokenizer.
+    if not (config / "text_encoder" / "config.json").is_file():
+        raise ModelError(
+            f"The config folder {config} has no text_encoder/config.json, which says how to build {name}'s library "
+            "text encoder: leave out --config (Marble ships it), or use a diffusers folder of the family."
+        )
+    chosen = encoder_components.match_slots(config, parts.encoders, name)
+    edit = qwen_edit.is_edit(info)
+    if edit:
+        for component, encoder in chosen.values():
+            check_vision(info, encoder, component.shown, name=name)
+    if parts.vae is None:
+        which = "qwen_image_vae.safetensors" if info.family == QWEN_IMAGE else "the Flux VAE, ae.safetensors"
+        raise ModelError(
+            f"{name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; for "
+            f"{info.label}: {which})."
+        )
+    pipeline_parts = tokenizer_parts(tokenizer_folder or _config_tokenizer(config), info, name=name, edit=edit)
+    for slot, (component, encoder) in chosen.items():
+        class_name = _class_name(config, slot)
+        pipeline_parts[slot] = encoder_components.load_encoder(config / slot, class_name, component, encoder,
+                                                               dtype=dtype)  # fmt: skip
+    if info.family == QWEN_IMAGE:
+        pipeline_parts["vae"] = load_qwen_vae(config / "vae", parts.vae, model_name=name, dtype=dtype)
+    else:
+        pipeline_parts["vae"] = encoder_components.load_vae(config / "vae", parts.vae, model_name=name, dtype=dtype,
+                                                            convert_ldm=parts.convert_ldm)  # fmt: skip
+    pipeline_parts["scheduler"] = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
+        str(config / "scheduler"), local_files_only=True
+    )
+    cls = qwen_edit.pipeline_class(info) if edit else qwen_zimage.pipeline_class(info.family)
+    return cls(transformer=load_transformer(), **pipeline_parts)
+
+
+def _config_tokenizer(config: Path) -> Path | None:
+    # A --config folder that is a whole diffusers folder (or holds tokenizer/) serves as the tokenizer folder.
+    return config if (config / "tokenizer").is_dir() else None
+
+
+def _class_name(config: Path, slot: str) -> str:
+    import json
+
+    index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
+    return str(index[slot][1])
+
+
+def load_qwen_vae(config: Path, vae: Any, *, model_name: str, dtype: Any) -> Any:
+    """Qwen-Image's AutoencoderKLQwenImage with the chosen library VAE's weights (Wan's names or diffusers')."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+    from safetensors.torch import load_file
+
+    from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+    from desktop.engine.library.vae import WAN_LAYOUTS, inspect_vae
+
+    label = f"The VAE {vae.shown}"
+    kind = sniff_file_type(vae.path, label=label)
+    if kind != "safetensors":
+        raise ModelError(f"{label} is not a safetensors file ({kind}).")
+    info = inspect_vae(read_safetensors_header(vae.path, name=label), label)
+    if info.layout not in WAN_LAYOUTS:
+        raise ModelError(
+            f"{label} is a {info.label}; {model_name} decodes with the Qwen-Image VAE (qwen_image_vae.safetensors)."
+        )
+    model = diffusers.AutoencoderKLQwenImage.from_config(diffusers.AutoencoderKLQwenImage.load_config(str(config)))
+    tensors = load_file(str(vae.path))
+    state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
+    if info.layout == "wan":
+        state = convert_wan_vae_to_diffusers(state)  # diffusers' own map of Wan 2.1's names
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModelError(f"{label} does not fit {model_name}: {first[1 if len(first) > 1 else 0][:200]}") from None
+    return (model if model.dtype == dtype else model.to(dtype)).eval()

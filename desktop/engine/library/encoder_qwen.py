@@ -1,0 +1,102 @@
+"""The LLM text encoders of Qwen-Image (Qwen2.5-VL) and Z-Image (Qwen3), judged from their tensors.
+
+ComfyUI keeps them as single files in transformers' older names: `model.embed_tokens`, `model.layers.N...`,
+`model.norm`, Qwen2.5-VL's vision tower under `visual.*` (left out of the text-only files) and sometimes
+`lm_head`. transformers >= 4.52 saves Qwen2.5-VL under `model.language_model.*` / `model.visual.*`, and a
+diffusers folder's Qwen3Model without any `model.` level. The two kinds differ in their attention: Qwen2.5
+has biases on q/k/v, Qwen3 has none but normalises q and k per head (`q_norm`, `k_norm`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from desktop.engine.errors import ModelError
+
+QWEN25_VL = "qwen2.5-vl"
+QWEN3 = "qwen3"
+# The published widths: Qwen2.5-VL 7B 3584 (Qwen-Image), Qwen3 4B 2560 (Z-Image).
+QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B"}
+# Where the language model's layers sit: ComfyUI / older transformers, transformers >= 4.52, Qwen3Model alone.
+_BASES = ("model.language_model.", "model.", "")
+_ATTENTION = re.compile(r"layers\.(\d+)\.self_attn\.(q_proj\.weight|q_proj\.bias|q_norm\.weight)$")
+VISION_PREFIXES = ("visual.", "model.visual.")
+
+
+def inspect_qwen(
+    shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], name: str
+) -> tuple[str, int, int, str, int, bool] | None:
+    """(kind, width, layers, prefix, parameters, vision) of a Qwen text encoder; None when it is none."""
+    # Any layer's attention tells the kind, so a file with its first layer gone is still named (and refused).
+    base, found = None, set()
+    for candidate in _BASES:
+        if candidate + "embed_tokens.weight" not in shapes:
+            continue
+        own = (key[len(candidate):] for key in shapes if key.startswith(candidate))
+        found = {m.group(2) for key in own if (m := _ATTENTION.match(key))}
+        if "q_proj.weight" in found:
+            base = candidate
+            break
+    if base is None:
+        return None
+    if "q_norm.weight" in found:
+        kind = QWEN3
+    elif "q_proj.bias" in found:
+        kind = QWEN25_VL
+    else:
+        raise ModelError(
+            f"{name} is a language model, but neither a Qwen2.5 (q/k/v biases) nor a Qwen3 (q_norm) one: Marble "
+            "reads Qwen2.5-VL (Qwen-Image) and Qwen3 (Z-Image) text encoders."
+        )
+    pattern = re.compile(re.escape(base) + r"layers\.(\d+)\.")
+    layers = {int(m.group(1)) for key in shapes if (m := pattern.match(key))}
+    if sorted(layers) != list(range(max(layers) + 1)):
+        missing = sorted(set(range(max(layers) + 1)) - layers)
+        raise ModelError(f"{name} is a {kind} text encoder with layer(s) {missing} missing: the file is incomplete.")
+    parameters = 0
+    for key, shape in shapes.items():
+        if key == "scaled_fp8" or key.endswith(("weight_scale", "input_scale", "scale_weight", "scale_input")):
+            continue  # a scaled-fp8 file's scales are no weights
+        size = 1
+        for dim in shape:
+            size *= dim
+        parameters += size
+    vision = any(key.startswith(VISION_PREFIXES) for key in shapes)
+    width = shapes[base + "embed_tokens.weight"][-1]
+    return kind, width, len(layers), base, parameters, vision
+
+
+# llama.cpp's names of a Qwen2 / Qwen3 language model (its GGUF converter's tensor map) -> ComfyUI's.
+GGUF_NAMES = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+_GGUF_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+             "output.weight": "lm_head.weight"}  # fmt: skip
+_GGUF_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def gguf_name(name: str) -> str:
+    """A llama.cpp Qwen tensor name in ComfyUI's single-file names (unknown names are left as they are, for
+    the strict load to report)."""
+    if name in _GGUF_TOP:
+        return _GGUF_TOP[name]
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GGUF_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+    return name
+
+
+def inspect_qwen_gguf(shapes: Mapping[str, tuple[int, ...]], name: str) -> tuple[str, int, int, int] | None:
+    """(kind, width, layers, parameters) of a Qwen2.5-VL (text) or Qwen3 GGUF in llama.cpp's names; else None."""
+    if "token_embd.weight" not in shapes or not any(_GGUF_BLOCK.match(key) for key in shapes):
+        return None
+    renamed = {gguf_name(key): shape for key, shape in shapes.items()}
+    found = inspect_qwen(renamed, dict.fromkeys(renamed, ""), name)
+    if found is None:
+        return None
+    kind, width, layers, _, parameters, _ = found
+    return kind, width, layers, parameters
