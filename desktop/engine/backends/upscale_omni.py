@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from desktop.engine.backends.upscale_efficient import channel_norm
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_omni import OmniSRShape
 
@@ -30,18 +31,6 @@ def build_omnisr(info: UpscalerInfo) -> Any:
     assert isinstance(info.detail, OmniSRShape)
     shape, width, scale = info.detail, info.features, info.scale
     window = shape.window
-
-    class ChannelNorm(nn.Module):
-        """LayerNorm over the channels of an NCHW map (eps 1e-6, as trained)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight, self.bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = x.mean(1, keepdim=True)
-            variance = (x - mean).pow(2).mean(1, keepdim=True)
-            return (x - mean) / (variance + 1e-6).sqrt() * self.weight[:, None, None] + self.bias[:, None, None]
 
     class Residual(nn.Module):
         """x + fn(norm(x)); `norm` a LayerNorm on channels-last windows or a ChannelNorm on maps."""
@@ -173,9 +162,9 @@ def build_omnisr(info: UpscalerInfo) -> Any:
             layer = {"0": Bottleneck()}
             for attention, start in ((False, 2), (True, 8)):
                 layer[str(start)] = Residual(nn.LayerNorm(width), WindowAttention())
-                layer[str(start + 2)] = Residual(ChannelNorm(), GatedFeedForward())
-                layer[str(start + 3)] = Residual(ChannelNorm(), ChannelAttention(grid=attention))
-                layer[str(start + 4)] = Residual(ChannelNorm(), GatedFeedForward())
+                layer[str(start + 2)] = Residual(channel_norm(width), GatedFeedForward())
+                layer[str(start + 3)] = Residual(channel_norm(width), ChannelAttention(grid=attention))
+                layer[str(start + 4)] = Residual(channel_norm(width), GatedFeedForward())
             self.layer = nn.ModuleDict(layer)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from desktop.engine.backends.upscale_efficient import channel_norm
 from desktop.engine.backends.upscale_transformers import pad_to_multiple
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_safmn import LEVELS, SAFMNShape
@@ -26,18 +27,6 @@ def safmn_block(width: int, hidden: int) -> Any:
     import torch
     from torch import nn
     from torch.nn import functional
-
-    class ChannelNorm(nn.Module):
-        """LayerNorm over the channels of an NCHW map (eps 1e-6, as trained)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight, self.bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = x.mean(1, keepdim=True)
-            variance = (x - mean).pow(2).mean(1, keepdim=True)
-            return (x - mean) / (variance + 1e-6).sqrt() * self.weight[:, None, None] + self.bias[:, None, None]
 
     class Pyramid(nn.Module):
         """Spatially-adaptive modulation: the channels in LEVELS groups; group i is max-pooled to 1/2^i of
@@ -75,7 +64,7 @@ def safmn_block(width: int, hidden: int) -> Any:
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.norm1, self.norm2 = ChannelNorm(), ChannelNorm()
+            self.norm1, self.norm2 = channel_norm(width), channel_norm(width)
             self.safm, self.ccm = Pyramid(), FeedForward()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
