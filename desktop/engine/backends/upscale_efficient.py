@@ -194,15 +194,19 @@ def build_plksr(info: UpscalerInfo) -> Any:
 
 
 def _dysample(info: UpscalerInfo) -> Any:
-    """DySample ("Learning to Upsample by Learning to Sample", 2023) as RealPLKSR uses it: from C = 3 x scale^2
-    channels, each of `groups` channel groups is sampled at scale x scale points per input pixel, placed
-    at learned offsets around the sub-pixel centres; then a 1x1 conv to the colour channels."""
+    """DySample as RealPLKSR uses it: over its C = 3 x scale^2 output channels, 4 groups (3 at odd scales), the
+    1x1 end conv only when upsampling."""
+    scale = info.scale
+    return dysample(info.out_channels * scale**2, info.out_channels, scale, dysample_groups(scale), scale != 1)
+
+
+def dysample(channels: int, out_channels: int, scale: int, groups: int, end_conv: bool) -> Any:
+    """DySample ("Learning to Upsample by Learning to Sample", 2023), shared by RealPLKSR and FDAT: each of
+    `groups` channel groups is sampled at scale x scale points per input pixel, placed at learned offsets
+    around the sub-pixel centres; then (`end_conv`) a 1x1 conv to `out_channels`."""
     import torch
     from torch import nn
     from torch.nn import functional
-
-    scale, groups = info.scale, dysample_groups(info.scale)
-    channels = info.out_channels * scale**2
 
     class DySample(nn.Module):
         def __init__(self) -> None:
@@ -210,8 +214,8 @@ def _dysample(info: UpscalerInfo) -> Any:
             points = 2 * groups * scale**2  # an (x, y) offset per group and sub-pixel
             self.offset = nn.Conv2d(channels, points, 1)
             self.scope = nn.Conv2d(channels, points, 1, bias=False)
-            if scale != 1:
-                self.end_conv = nn.Conv2d(channels, info.out_channels, 1)
+            if end_conv:
+                self.end_conv = nn.Conv2d(channels, out_channels, 1)
             # The sub-pixel centres relative to the pixel's, x then y, repeated per group; the file stores the
             # same values, which the strict load then puts here.
             centres = (torch.arange(scale) - (scale - 1) / 2) / scale
@@ -235,6 +239,6 @@ def _dysample(info: UpscalerInfo) -> Any:
                                                                             scale * width, 2),
                 mode="bilinear", padding_mode="border", align_corners=False,
             ).view(batch, -1, scale * height, scale * width)  # fmt: skip
-            return self.end_conv(sampled) if scale != 1 else sampled
+            return self.end_conv(sampled) if end_conv else sampled
 
     return DySample()
