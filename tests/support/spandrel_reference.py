@@ -103,6 +103,7 @@ def _child(workdir: Path) -> None:
         ATD,
         CRAFT,
         DAT,
+        DCTLSA,
         DITN,
         DRCT,
         FDAT,
@@ -137,6 +138,7 @@ def _child(workdir: Path) -> None:
         "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
         "CRAFT": CRAFT.CRAFT,
         "FDAT": FDAT.FDAT,
+        "DCTLSA": DCTLSA.DCTLSA,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

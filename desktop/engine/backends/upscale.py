@@ -5,7 +5,8 @@ desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_dr
 desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
 desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
-desktop.engine.backends.upscale_craft, FDAT in desktop.engine.backends.upscale_fdat.
+desktop.engine.backends.upscale_craft, FDAT in desktop.engine.backends.upscale_fdat, DCTLSA in
+desktop.engine.backends.upscale_dctlsa.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -114,6 +115,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         # The upsampler's settings tensor was read with the header; the network holds no copy of it.
         state = {key: value for key, value in state.items() if key != "upsampler.MetaUpsample"}
         network = build_fdat(info)
+    elif info.layout == "dctlsa":
+        from desktop.engine.backends.upscale_dctlsa import build_dctlsa
+
+        network = build_dctlsa(info)
     else:
         network = _build(info)
     try:
