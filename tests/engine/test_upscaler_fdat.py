@@ -44,6 +44,8 @@ VARIANTS = {
     "fdat-x2-dysample": (_fdat("dysample", 2), "FDAT 2x (16 dims, 1x2 blocks, DySample upsampler)", 2),
     "fdat-x4-transpose": (_fdat("transpose+conv", 4), "FDAT 4x (16 dims, 1x2 blocks, transposed conv upsampler)", 4),
     "fdat-x3-transpose": (_fdat("transpose+conv", 3), "FDAT 3x (16 dims, 1x2 blocks, transposed conv upsampler)", 3),
+    # LDA sampling after a conv to its own (middle) width.
+    "fdat-x2-lda": (_fdat("lda", 2, mid_dim=24), "FDAT 2x (16 dims, 1x2 blocks, LDA sampling upsampler)", 2),
     # The settings record the middle width in the input width's place; spandrel reads these only when equal.
     "fdat-x2-pa": (_fdat("pa_up", 2, mid_dim=16), "FDAT 2x (16 dims, 1x2 blocks, pixel-attention upsampler)", 2),
     # Unshuffled input: 2x models see it in 2x2 cells, 1x ones in 4x4 cells (mirror-padded to whole cells).
@@ -107,7 +109,7 @@ def test_damaged_fdat_files_are_refused_by_name(reference, paths, tmp_path):
                 "group 0 has blocks \\[1\\], with gaps"),
         "no-settings": ({**fdat, "upsampler.MetaUpsample": meta[:5].clone()}, "not the seven settings bytes"),
         "unknown-kind": ({**fdat, "upsampler.MetaUpsample": settings(v1=9)}, "settings Marble does not know"),
-        "lda": ({**fdat, "upsampler.MetaUpsample": settings(v1=6)}, "LDA sampling upsampler"),
+        "lda": ({**fdat, "upsampler.MetaUpsample": settings(v1=6)}, "LDA sampling upsampler is 12 wide"),
         "wrong-width": ({**fdat, "upsampler.MetaUpsample": settings(v3=20)}, "takes 20 channels"),
         "wrong-scale": ({**fdat, "upsampler.MetaUpsample": settings(v2=4)}, "tensors do not fit the FDAT 4x"),
     }  # fmt: skip

@@ -200,8 +200,10 @@ def _upsampler(info: UpscalerInfo) -> Any:
                        conv(mid, mid), nn.LeakyReLU(_SLOPE)]  # fmt: skip
             cin = mid
         layers.append(conv(mid, out))
-    else:  # "lda": refused by the header reader before a build
-        raise AssertionError(kind)
+    else:  # "lda"
+        if mid != width:
+            layers = [conv(width, mid), nn.LeakyReLU(_SLOPE_PIXELSHUFFLE)]
+        layers += [_LDASampling(mid, scale), conv(mid, out)]
     return nn.Sequential(*layers)
 
 
@@ -218,3 +220,81 @@ def _PixelAttention(width: int) -> Any:  # noqa: N802 - reads as the module it m
             return x * self.conv(x)
 
     return PixelAttention()
+
+
+# LDA sampling's fixed settings (constructor defaults every FDAT uses, stored nowhere): the query/key width
+# is a quarter of the channels, split in 2 offset groups; each output pixel attends to 3 x 3 sampled points,
+# their offsets at most 11 output pixels (tanh x 11) from a 3 x 3 grid around it.
+_LDA_REDUCTION, _LDA_GROUPS, _LDA_POINTS, _LDA_RANGE = 4, 2, 3, 11.0
+
+
+def _LDASampling(channels: int, scale: int) -> Any:  # noqa: N802 - reads as the module it makes
+    """LDA sampling ("learnable deformable attention" upsampling): each output pixel's query, bilinearly
+    upsampled from the features, predicts 3 x 3 points around it (per offset group); the keys and values
+    are the features sampled there, and a softmax over the nine points (with a learned bias per point and
+    key channel) weights the values."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    hidden = channels // _LDA_REDUCTION
+    points = _LDA_POINTS * _LDA_POINTS
+
+    class ChannelNorm(nn.Module):
+        """LayerNorm over the channels of an image (eps 1e-6, as published)."""
+
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.weight, self.bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return functional.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, 1e-6).permute(
+                0, 3, 1, 2
+            )
+
+    class LDASampling(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            group = hidden // _LDA_GROUPS
+            self.proj_q = nn.Conv2d(channels, hidden, 1, bias=False)
+            self.proj_k = nn.Conv2d(channels, hidden, 1, bias=False)
+            self.conv_offset = nn.Sequential(
+                nn.Conv2d(group, group, 3, 1, 1, groups=group, bias=False), ChannelNorm(group), nn.SiLU(),
+                nn.Conv2d(group, 2 * points, 3, 1, 1),
+            )  # fmt: skip
+            self.layer_norm = ChannelNorm(channels)
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(1, 1, 1, points, hidden))
+            # The 3 x 3 grid's (dy, dx) per point, row by row: where the offsets start from.
+            steps = torch.arange(_LDA_POINTS, dtype=torch.float32) - (_LDA_POINTS - 1) // 2
+            grid = torch.stack(torch.meshgrid(steps, steps, indexing="ij"), -1).reshape(1, -1, 1, 1)
+            self.register_buffer("base", grid, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, c, h, w = x.shape
+            oh, ow, g = h * scale, w * scale, _LDA_GROUPS
+            normed = self.layer_norm(x)
+            q = functional.interpolate(self.proj_q(normed), (oh, ow), mode="bilinear", align_corners=True)
+            offset = self.conv_offset(q.reshape(b * g, -1, oh, ow)).tanh() * _LDA_RANGE + self.base
+            offset = offset.view(b * g, points, 2, oh, ow)
+            # Output-pixel coordinates of each point, then grid_sample's -1..1 over the output's extent (the
+            # corner pixels' centres at -1 and 1), which maps onto the input's extent the same way.
+            rows = offset[:, :, 0] + torch.arange(oh, dtype=x.dtype, device=x.device).view(oh, 1)
+            cols = offset[:, :, 1] + torch.arange(ow, dtype=x.dtype, device=x.device).view(1, ow)
+            where = torch.stack((2 * cols / (ow - 1) - 1, 2 * rows / (oh - 1) - 1), -1)
+            where = where.reshape(b * g, points * oh, ow, 2)
+
+            def sampled(t: torch.Tensor) -> torch.Tensor:
+                """(B, C', H, W) at every point: (B, oh * ow, points, C'), each group's channels in turn."""
+                part = t.shape[1] // g
+                out = functional.grid_sample(t.reshape(b * g, part, h, w), where, mode="bilinear",
+                                             padding_mode="zeros", align_corners=True)  # fmt: skip
+                out = out.view(b, g, part, points, oh * ow).permute(0, 4, 3, 1, 2)
+                return out.reshape(b, oh * ow, points, g * part)
+
+            keys = sampled(self.proj_k(normed)) + self.relative_position_bias_table[0]
+            query = q.flatten(2).transpose(1, 2)[:, :, None] * hidden**-0.5  # (B, oh * ow, 1, hidden)
+            weights = (query @ keys.transpose(-2, -1)).softmax(-1)
+            out = (weights @ sampled(x)).squeeze(2)  # the values: the features themselves, not normalised
+            return out.transpose(1, 2).reshape(b, c, oh, ow)
+
+    return LDASampling()
