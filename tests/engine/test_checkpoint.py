@@ -200,6 +200,18 @@ def test_header_is_read_without_loading_tensors(tmp_path, monkeypatch):
     assert sum(read) <= header.data_offset + 16
 
 
+def test_header_keeps_the_bytes_of_tiny_uint8_tensors_only(tmp_path):
+    # FDAT stores its upsampler's settings as seven uint8 values; weights and longer tensors are not read.
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "settings.safetensors"
+    save_file({"meta": torch.tensor([3, 2, 4, 16, 3, 12, 4], dtype=torch.uint8),
+               "long": torch.arange(17, dtype=torch.uint8), "weight": torch.ones(2)}, str(path))  # fmt: skip
+    header = read_safetensors_header(path)
+    assert dict(header.small_values) == {"meta": bytes([3, 2, 4, 16, 3, 12, 4])}
+
+
 def test_truncated_download_is_detected(tmp_path, tiny_sd15_single):
     single, _ = tiny_sd15_single
     cut = tmp_path / "cut.safetensors"

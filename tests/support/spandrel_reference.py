@@ -72,11 +72,12 @@ def _randomise(model) -> None:  # noqa: ANN001 - torch is the child's only
 
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("relative_position_bias_table"):
+            # FDAT's window bias is a full (heads, N, N) table, its temperature `temp`.
+            if name.endswith("relative_position_bias_table") or (name.endswith(".bias") and param.dim() == 3):
                 param.normal_(0.0, 1.0)
             elif name.endswith("logit_scale"):
                 param.uniform_(1.0, 6.0)  # some heads past Swin2SR's cap, log(100) ~ 4.6, so the clamp matters
-            elif name.endswith("temperature"):
+            elif name.endswith(("temperature", ".temp")):
                 param.uniform_(0.5, 2.0)
             elif param.dim() >= 2:
                 param.normal_(0.0, 1.0 / param[0].numel() ** 0.5)
@@ -103,8 +104,10 @@ def _child(workdir: Path) -> None:
         ATD,
         CRAFT,
         DAT,
+        DCTLSA,
         DITN,
         DRCT,
+        FDAT,
         HAT,
         PLKSR,
         RCAN,
@@ -125,6 +128,10 @@ def _child(workdir: Path) -> None:
         SwinIR,
     )
 
+    # spandrel's FDAT DySample asks for pinned memory, which a CPU-only torch refuses: the child drops the flag.
+    make_tensor = torch.tensor
+    torch.tensor = lambda *args, pin_memory=False, **kwargs: make_tensor(*args, **kwargs)
+
     # One entry per line: several architectures are added at the same time.
     classes = {
         "SwinIR": SwinIR.SwinIR, "DAT": DAT.DAT, "HAT": HAT.HAT, "SPAN": SPAN.SPAN, "PLKSR": PLKSR.PLKSR,
@@ -143,6 +150,8 @@ def _child(workdir: Path) -> None:
         "SCUNet": SCUNet.SCUNet,
         "DnCNN": DnCNN.DnCNN,
         "DRUNet": DRUNet.DRUNet,
+        "FDAT": FDAT.FDAT,
+        "DCTLSA": DCTLSA.DCTLSA,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

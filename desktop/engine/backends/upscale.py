@@ -7,7 +7,8 @@ desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_d
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
 desktop.engine.backends.upscale_craft, MoSR in desktop.engine.backends.upscale_mosr, SeemoRe in
 desktop.engine.backends.upscale_seemore, MoESR in desktop.engine.backends.upscale_moesr, the 1x restoration
-networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration.
+networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration, FDAT in
+desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -134,6 +135,16 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_restoration import build_drunet
 
         network = build_drunet(info)
+    elif info.layout == "fdat":
+        from desktop.engine.backends.upscale_fdat import build_fdat
+
+        # The upsampler's settings tensor was read with the header; the network holds no copy of it.
+        state = {key: value for key, value in state.items() if key != "upsampler.MetaUpsample"}
+        network = build_fdat(info)
+    elif info.layout == "dctlsa":
+        from desktop.engine.backends.upscale_dctlsa import build_dctlsa
+
+        network = build_dctlsa(info)
     else:
         network = _build(info)
     try:

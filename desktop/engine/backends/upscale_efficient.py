@@ -209,7 +209,7 @@ def channel_norm(width: int) -> Any:
 
 
 def dysample(channels: int, out_channels: int, scale: int, groups: int, end_conv: bool = True) -> Any:
-    """DySample ("Learning to Upsample by Learning to Sample", 2023), as RealPLKSR and MoSR use it: each of
+    """DySample ("Learning to Upsample by Learning to Sample", 2023), as RealPLKSR, MoSR, MoESR and FDAT use it: each of
     `groups` groups of the `channels` input channels is sampled at scale x scale points per input pixel,
     placed at learned offsets around the sub-pixel centres; then (`end_conv`) a 1x1 conv to `out_channels`.
     Its tensors are named as both architectures' files name them (offset, scope, end_conv, init_pos)."""

@@ -135,7 +135,7 @@ def build_rgt(info: UpscalerInfo) -> Any:
 
 def pad_to_size(x: Any, height: int, width: int) -> Any:
     """`x` (N, C, H, W) padded at the bottom and right to (height, width): mirrored as far as the image
-    allows, the rest repeats the edge (spandrel's padding for a size requirement)."""
+    allows, the rest repeats the edge (spandrel's padding for a size requirement; DCTLSA's too)."""
     import torch.nn.functional as F  # noqa: N812 - the usual name
 
     need_h, need_w = height - x.shape[-2], width - x.shape[-1]

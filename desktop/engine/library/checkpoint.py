@@ -45,6 +45,7 @@ MAX_HEADER_DEPTH = 32
 HASH_CHUNK_BYTES = 1024 * 1024
 # How much of a file the pickle sniffer reads: enough for the opening of any torch.save pickle.
 _PICKLE_SNIFF_BYTES = 64 * 1024
+_SMALL_VALUE_BYTES = 16  # SafetensorsHeader.small_values: settings stored as tiny uint8 tensors
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 CONFIG_NAMES = ("sd15", "sd15-inpaint", "sd2", "sd2-base", "sd2-inpaint", "sdxl", "sdxl-inpaint")
@@ -169,6 +170,10 @@ class SafetensorsHeader:
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     data_offset: int = 0  # absolute file position of the first data byte (8 + header length)
     file_size: int = 0
+    # The bytes of the few tiny uint8 tensors a file may carry as settings rather than weights (FDAT's
+    # `upsampler.MetaUpsample`: its upsampler kind and scale), so a header reader can tell what shapes alone
+    # cannot; read with the header, at most _SMALL_VALUE_BYTES each.
+    small_values: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}))
 
     def __contains__(self, name: object) -> bool:
         return name in self.tensors
@@ -249,11 +254,24 @@ def read_safetensors_header(path: StrPath, *, name: str | None = None) -> Safete
                 "download it again."
             )
         tensors[tensor_name] = info
+    small = {key: info for key, info in tensors.items() if info.dtype == "U8" and 0 < info.nbytes <= _SMALL_VALUE_BYTES}
+    values: dict[str, bytes] = {}
+    if small:
+        try:
+            again = open_regular(path, label=name)
+            assert again is not None
+            with again:
+                for key, info in small.items():
+                    again.seek(data_offset + info.offsets[0])
+                    values[key] = again.read(info.nbytes)
+        except OSError as exc:
+            raise ModelError(f"{name} cannot be read ({exc.strerror or exc}).") from exc
     return SafetensorsHeader(
         tensors=MappingProxyType(tensors),
         metadata=MappingProxyType(metadata),
         data_offset=data_offset,
         file_size=file_size,
+        small_values=MappingProxyType(values),
     )
 
 

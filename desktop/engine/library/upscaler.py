@@ -18,7 +18,8 @@ desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upsca
 by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, MoSR by
 desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore, MoESR by
 desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCNN, DRUNet) by
-desktop.engine.library.upscaler_restoration (their shape goes
+desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
+desktop.engine.library.upscaler_dctlsa (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -44,6 +45,7 @@ from desktop.engine.library.upscaler_cnn import (
 )
 from desktop.engine.library.upscaler_craft import CRAFTShape, craft_label, inspect_craft, looks_like_craft
 from desktop.engine.library.upscaler_cugan import CUGANShape, cugan_label, inspect_cugan, looks_like_cugan
+from desktop.engine.library.upscaler_dctlsa import DCTLSAShape, dctlsa_label, inspect_dctlsa, looks_like_dctlsa
 from desktop.engine.library.upscaler_ditn import DITNShape, ditn_label, inspect_ditn, looks_like_ditn
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
@@ -56,6 +58,7 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_fdat import FDATShape, fdat_label, inspect_fdat, looks_like_fdat
 from desktop.engine.library.upscaler_moesr import (
     MoESRShape,
     inspect_moesr,
@@ -115,7 +118,7 @@ class UpscalerInfo:
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
-    # "scunet" | "dncnn" | "drunet"
+    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -127,7 +130,7 @@ class UpscalerInfo:
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
-        | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | None
+        | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | None
     ) = None
 
     @property
@@ -162,6 +165,10 @@ class UpscalerInfo:
             return rcan_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, CRAFTShape):
             return craft_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, FDATShape):
+            return fdat_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, DCTLSAShape):
+            return dctlsa_label(self.detail, self.scale, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -211,6 +218,10 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: P
         return _swiftsrgan(tensors, name)
     if looks_like_craft(tensors):
         return _transformer("CRAFT", "craft", inspect_craft, tensors, name)
+    if looks_like_fdat(tensors):  # its upsampler's settings tensor is FDAT's own name
+        return _fdat(header, name)
+    if looks_like_dctlsa(tensors):  # its modules' names (B1.body..., fea_conv) are its own
+        return _dctlsa(tensors, name)
     if "body.0.weight" in tensors and "body.1.weight" in tensors:
         return _compact(tensors, name)
     if looks_like_span(tensors):
@@ -247,7 +258,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: P
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
-                "Swift-SRGAN, CRAFT, MoSR, SeemoRe and MoESR upscalers and SCUNet, DnCNN and DRUNet denoisers only."
+                "Swift-SRGAN, CRAFT, MoSR, SeemoRe, MoESR, FDAT and DCTLSA upscalers and SCUNet, DnCNN and DRUNet "
+                "denoisers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -413,6 +425,22 @@ def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dic
     if scale not in (1, 2, 3, 4, 8):
         raise ModelError(f"{name} is a {architecture} at {scale}x; Marble runs 1x, 2x, 3x, 4x and 8x ones.")
     return UpscalerInfo(layout, scale, sum(detail.depths), embed, in_channels, out_channels, 0, detail)
+
+
+def _fdat(header: SafetensorsHeader, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_fdat(header.tensors, header.small_values, name)
+    if in_channels != 3 or out_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is an FDAT for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("fdat", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
+
+
+def _dctlsa(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_dctlsa(tensors, name)
+    if in_channels != 3 or scale not in (1, 2, 3, 4, 8):
+        raise ModelError(f"{name} is a DCTLSA for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
+                         "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
+    return UpscalerInfo("dctlsa", scale, 24, width, in_channels, out_channels, 0, detail)  # 6 modules x 2 x 2 blocks
 
 
 def _checked(info: UpscalerInfo, name: str) -> UpscalerInfo:
