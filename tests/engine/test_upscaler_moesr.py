@@ -5,6 +5,8 @@ tiled inputs run; damaged files refused by name."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -71,9 +73,12 @@ def test_each_moesr_is_detected_and_matches_spandrel(reference, paths, name):
 def test_moesr_nearest_stage_scale_comes_from_the_file(reference):
     workdir, _ = reference
     path = workdir / "moesr-nc-x3.safetensors"
-    # The header alone cannot tell a 3x nearest stage from a 2x one; the seven bytes of MetaUpsample can.
-    assert inspect_upscaler(read_safetensors_header(path), path.name).scale == 2
-    assert inspect_upscaler(read_safetensors_header(path), path.name, path).scale == 3
+    # The tensor shapes cannot tell a 3x nearest stage from a 2x one; the seven bytes of MetaUpsample, read
+    # with the header, can.
+    header = read_safetensors_header(path)
+    assert header.small_values["upscale.MetaUpsample"][2] == 3
+    assert inspect_upscaler(header, path.name).scale == 3
+    assert inspect_upscaler(dataclasses.replace(header, small_values={}), path.name).scale == 2
 
 
 def test_moesr_upscales_tiled_inputs(reference):

@@ -44,7 +44,7 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
 
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"{path.name} is not a safetensors file; convert a pickled upscaler on import first.")
-    info = inspect_upscaler(read_safetensors_header(path), path.name, path)
+    info = inspect_upscaler(read_safetensors_header(path), path.name)
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)

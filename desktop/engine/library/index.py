@@ -456,7 +456,7 @@ class Library:
             control = inspect_control(header, display)
             label, family, fmt = control.label, control.family, f"{control.kind} ({control.layout})"
         elif kind == "upscaler":
-            upscaler = inspect_upscaler(header, display, path)
+            upscaler = inspect_upscaler(header, display)
             label, family, fmt = upscaler.label, None, upscaler.layout
         elif kind == "encoder":
             encoder = inspect_encoder(header, display)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
@@ -188,9 +187,9 @@ class UpscalerInfo:
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
 
 
-def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: Path | None = None) -> UpscalerInfo:
-    """The RRDB network a header describes; raise ModelError naming what the file is otherwise. `path`, the
-    header's file, lets the few values a header cannot tell be read (MoESR's upsampler record)."""
+def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> UpscalerInfo:
+    """The upscaler network a header describes; raise ModelError naming what the file is otherwise. Settings
+    stored as tiny tensors (MoESR's and FDAT's upsampler records) come with the header (`small_values`)."""
     tensors = header.tensors
     if "model.0.weight" in tensors and any(_OLD_BLOCK.fullmatch(key) for key in tensors):
         blocks = 1 + max(int(m[1]) for key in tensors if (m := _OLD_BLOCK.fullmatch(key)))
@@ -245,7 +244,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file", path: P
     if looks_like_seemore(tensors):
         return _seemore(tensors, name)
     if looks_like_moesr(tensors):
-        meta = read_meta_upsample(header, path) if path is not None else None
+        meta = read_meta_upsample(header)
         return _moesr(tensors, name, meta)
     if looks_like_scunet(tensors):
         return _scunet(tensors, name)

@@ -22,7 +22,6 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from desktop.engine.errors import ModelError
@@ -131,17 +130,11 @@ def _upsampler(
     return "nearest+conv", scale, 0, last
 
 
-def read_meta_upsample(header: SafetensorsHeader, path: Path) -> tuple[int, ...] | None:
-    """MoESR's `upscale.MetaUpsample` values (uint8: version, kind, scale, in, out, middle, groups), read from
-    `path` (the header's file, whose byte ranges the header has checked) without torch; None when the tensor
-    is absent or not seven bytes."""
-    info = header.tensors.get("upscale.MetaUpsample")
-    if info is None or info.dtype != "U8" or info.nbytes != 7:
-        return None
-    with path.open("rb") as stream:
-        stream.seek(header.data_offset + info.offsets[0])
-        values = stream.read(7)
-    return tuple(values) if len(values) == 7 else None
+def read_meta_upsample(header: SafetensorsHeader) -> tuple[int, ...] | None:
+    """MoESR's `upscale.MetaUpsample` values (uint8: version, kind, scale, in, out, middle, groups), read with
+    the header (`SafetensorsHeader.small_values`); None when the tensor is absent or not seven bytes."""
+    values = header.small_values.get("upscale.MetaUpsample")
+    return tuple(values) if values is not None and len(values) == 7 else None
 
 
 def moesr_label(shape: MoESRShape, scale: int, width: int) -> str:
