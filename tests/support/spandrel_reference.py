@@ -104,6 +104,7 @@ def _child(workdir: Path) -> None:
         DAT,
         DITN,
         DRCT,
+        GRL,
         HAT,
         PLKSR,
         RCAN,
@@ -130,6 +131,7 @@ def _child(workdir: Path) -> None:
         "RCAN": RCAN.RCAN,
         "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
         "CRAFT": CRAFT.CRAFT,
+        "GRL": GRL.GRL,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -139,7 +141,10 @@ def _child(workdir: Path) -> None:
         model = classes[spec["class"]](**spec["kwargs"])
         _randomise(model)
         path = workdir / f"{name}.safetensors"
-        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+        state = model.state_dict()
+        if spec.get("buffers"):  # the derived buffers too, as some published files (GRL's) carry them
+            state = dict(model.named_buffers()) | state
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
         loaded = ModelLoader().load_from_file(str(path))
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
