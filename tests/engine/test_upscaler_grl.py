@@ -38,11 +38,11 @@ VARIANTS = {
     "grl-x4": (_grl(upscale=4, upsampler="pixelshuffle"),
                "GRL-T 4x (32 dims, 1x4 blocks, window 32, stripes 64x64)", 4, [19, 23], {}),
     # One-step pixel shuffle, a one-step conv anchor (factor 2 from its 3x3 kernel), separable qkv without
-    # bias, 3conv closings, two stages; a 40x72 input mirrored up to 64x128.
+    # bias, 3conv closings, two stages; a 40x44 input mirrored up to 64x64.
     "grl-x2-direct": (_grl(upscale=2, upsampler="pixelshuffledirect", depths=[2, 2], num_heads_window=[2, 4],
                            num_heads_stripe=[4, 2], anchor_proj_type="conv2d", anchor_window_down_factor=2,
                            qkv_proj_type="separable_conv", qkv_bias=False, conv_type="3conv"),
-                      "GRL-T 2x (32 dims, 2x2 blocks, window 32, stripes 64x64)", 2, [40, 72], {}),
+                      "GRL-T 2x (32 dims, 2x2 blocks, window 32, stripes 64x64)", 2, [40, 44], {}),
     # 1x restoration (window 8, stripes 8x8), a one-step separable-conv anchor (factor 4 from its kernel),
     # GRL-B's conv branch, 1x1 closings, three window heads.
     "grl-x1": (_grl(upscale=1, upsampler="", embed_dim=36, num_heads_window=[3], window_size=8,
