@@ -119,3 +119,23 @@ def test_damaged_grl_files_are_refused_by_name(reference, paths, tmp_path):
         with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
             Library(paths).import_path(path, "upscaler")
             load_upscaler(path)
+
+
+def test_grl_files_saved_by_the_training_wrapper_load(reference, tmp_path):
+    """`model.`-prefixed names, and the blind-SR file's generator under `model_g.` beside other networks'
+    tensors: the same network, the same output as the plain file."""
+    workdir, _ = reference
+    grl = load_file(str(workdir / "grl-x4.safetensors"))
+    source = torch.from_numpy(np.load(workdir / "grl-x4.input.npy"))
+    expected = np.load(workdir / "grl-x4.output.npy")
+    variants = {
+        "wrapped": {f"model.{k}": v for k, v in grl.items()},
+        "generator": {f"model_g.{k}": v for k, v in grl.items()} | {"model_d.conv0.weight": torch.zeros(8, 3, 3, 3)},
+    }
+    for case, tensors in variants.items():
+        path = tmp_path / f"{case}.safetensors"
+        save_file(tensors, str(path))
+        network, info = load_upscaler(path)
+        assert info.label == "GRL-T 4x (32 dims, 1x4 blocks, window 32, stripes 64x64)"
+        with torch.inference_mode():
+            assert np.abs(network(source).numpy() - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))

@@ -110,10 +110,11 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         network = build_craft(info)
     elif info.layout == "grl":
         from desktop.engine.backends.upscale_grl import build_grl
-        from desktop.engine.library.upscaler_grl import GRL_DERIVED
+        from desktop.engine.library.upscaler_grl import GRL_DERIVED, unprefixed
 
         # Some published files carry the position buffers the header read the sizes from; not weights.
-        state, network = {key: value for key, value in state.items() if key not in GRL_DERIVED}, build_grl(info)
+        state = {key: value for key, value in unprefixed(state).items() if key not in GRL_DERIVED}
+        network = build_grl(info)
     else:
         network = _build(info)
     try:

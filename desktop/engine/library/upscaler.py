@@ -53,7 +53,7 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
-from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl
+from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_safmn import SAFMNShape, inspect_safmn, looks_like_safmn, safmn_label
@@ -195,7 +195,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
     if looks_like_cugan(tensors):
         return _cugan(tensors, name)
     if looks_like_grl(tensors):
-        return _transformer("GRL", "grl", inspect_grl, tensors, name)
+        return _transformer("GRL", "grl", inspect_grl, unprefixed(tensors), name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(

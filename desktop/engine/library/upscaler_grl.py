@@ -24,6 +24,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.upscaler_transformers import blocks_text, shuffle_stages
@@ -38,6 +39,7 @@ GRL_DERIVED = (
 _BLOCK = re.compile(r"layers\.(\d+)\.blocks\.(\d+)\.")
 _ANCHOR = "layers.0.blocks.0.attn.anchor.body"
 _DEFAULT_DOWN = 4  # the published configurations' anchor down factor
+_T = TypeVar("_T")
 _Shape = Callable[[str], tuple[int, ...]]  # a tensor's shape by name, ModelError when it is missing
 
 
@@ -72,7 +74,17 @@ class GRLShape:
 
 
 def looks_like_grl(tensors: Mapping[str, object]) -> bool:
-    return GRL_PROBE in tensors
+    return any(prefix + GRL_PROBE in tensors for prefix in ("", "model.", "model_g."))
+
+
+def unprefixed(tensors: Mapping[str, _T]) -> dict[str, _T]:
+    """The tensors under the names the network has. Some published GRL files (saved by their training
+    wrapper) prefix every name with `model.`; the blind-SR one keeps its generator under `model_g.` beside
+    the discriminator's and the loss's tensors, which are not the upscaler's."""
+    for prefix in ("model_g.", "model."):
+        if prefix + "conv_first.weight" in tensors:
+            return {key[len(prefix) :]: value for key, value in tensors.items() if key.startswith(prefix)}
+    return dict(tensors)
 
 
 def inspect_grl(tensors: Mapping[str, object], name: str) -> tuple[GRLShape, int, int, int, int]:
