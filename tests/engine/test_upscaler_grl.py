@@ -37,10 +37,10 @@ VARIANTS = {
     # assumed; a 19x23 input too small to mirror up to 64: zero padding.
     "grl-x4": (_grl(upscale=4, upsampler="pixelshuffle"),
                "GRL-T 4x (32 dims, 1x4 blocks, window 32, stripes 64x64)", 4, [19, 23], {}),
-    # One-step pixel shuffle, a one-step conv anchor (factor 2 from its 3x3 kernel), separable qkv without
+    # One-step pixel shuffle, a one-step conv anchor (factor 4 from its 5x5 kernel), separable qkv without
     # bias, 3conv closings, two stages; a 40x44 input mirrored up to 64x64.
     "grl-x2-direct": (_grl(upscale=2, upsampler="pixelshuffledirect", depths=[2, 2], num_heads_window=[2, 4],
-                           num_heads_stripe=[4, 2], anchor_proj_type="conv2d", anchor_window_down_factor=2,
+                           num_heads_stripe=[4, 2], anchor_proj_type="conv2d",
                            qkv_proj_type="separable_conv", qkv_bias=False, conv_type="3conv"),
                       "GRL-T 2x (32 dims, 2x2 blocks, window 32, stripes 64x64)", 2, [40, 44], {}),
     # 1x restoration (window 8, stripes 8x8), a one-step separable-conv anchor (factor 4 from its kernel),
@@ -62,6 +62,13 @@ VARIANTS = {
     "grl-x3-steps": (_grl(upscale=3, upsampler="pixelshuffle", window_size=8, stripe_size=[8, 16],
                           anchor_proj_type="separable_conv", anchor_one_stage=False, depths=[2]),
                      "GRL-T 3x (32 dims, 1x2 blocks, window 8, stripes 8x16)", 3, [19, 23], {"buffers": True}),
+    # One patch-merging step (factor 2, from the buffers) and convs in two halving steps (factor 4).
+    "grl-x2-merge": (_grl(upscale=2, upsampler="pixelshuffle", window_size=8, stripe_size=[8, 8], depths=[2],
+                          anchor_proj_type="patchmerging", anchor_window_down_factor=2),
+                     "GRL-T 2x (32 dims, 1x2 blocks, window 8, stripes 8x8)", 2, [19, 23], {"buffers": True}),
+    "grl-x2-conv-steps": (_grl(upscale=2, upsampler="pixelshuffle", window_size=8, stripe_size=[8, 8], depths=[2],
+                               anchor_proj_type="conv2d", anchor_one_stage=False),
+                          "GRL-T 2x (32 dims, 1x2 blocks, window 8, stripes 8x8)", 2, [19, 23], {"buffers": True}),
 }  # fmt: skip
 
 
@@ -125,9 +132,9 @@ def test_grl_files_saved_by_the_training_wrapper_load(reference, tmp_path):
     """`model.`-prefixed names, and the blind-SR file's generator under `model_g.` beside other networks'
     tensors: the same network, the same output as the plain file."""
     workdir, _ = reference
-    grl = load_file(str(workdir / "grl-x4.safetensors"))
-    source = torch.from_numpy(np.load(workdir / "grl-x4.input.npy"))
-    expected = np.load(workdir / "grl-x4.output.npy")
+    grl = load_file(str(workdir / "grl-x1.safetensors"))
+    source = torch.from_numpy(np.load(workdir / "grl-x1.input.npy"))
+    expected = np.load(workdir / "grl-x1.output.npy")
     variants = {
         "wrapped": {f"model.{k}": v for k, v in grl.items()},
         "generator": {f"model_g.{k}": v for k, v in grl.items()} | {"model_d.conv0.weight": torch.zeros(8, 3, 3, 3)},
@@ -136,6 +143,6 @@ def test_grl_files_saved_by_the_training_wrapper_load(reference, tmp_path):
         path = tmp_path / f"{case}.safetensors"
         save_file(tensors, str(path))
         network, info = load_upscaler(path)
-        assert info.label == "GRL-T 4x (32 dims, 1x4 blocks, window 32, stripes 64x64)"
+        assert info.label == "GRL-T 1x restoration (36 dims, 1x4 blocks, window 8, stripes 8x8)"
         with torch.inference_mode():
             assert np.abs(network(source).numpy() - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
