@@ -101,6 +101,8 @@ def test_grl_upscales_tiled_and_tiny_inputs(reference):
     assert tiled.shape == (80, 96, 3) and tiled.std() > 1
     with torch.inference_mode():
         assert network(torch.rand(1, 3, 1, 3)).shape == (1, 3, 2, 6)  # padded with zeros, cropped back
+        # In bfloat16 too: the position tables and masks follow the network's type.
+        assert network.to(torch.bfloat16)(torch.rand(1, 3, 19, 23, dtype=torch.bfloat16)).shape == (1, 3, 38, 46)
 
 
 def test_damaged_grl_files_are_refused_by_name(reference, paths, tmp_path):

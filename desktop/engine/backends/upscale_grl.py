@@ -382,7 +382,11 @@ def build_grl(info: UpscalerInfo) -> Any:
             x = F.pad(image, (0, need_w, 0, need_h), mode="reflect" if fits else "constant") - self.mean
             first = self.conv_first(x)
             h, w = first.shape[-2:]
-            buffers = {key: value.to(x.device) for key, value in position_buffers(h, w).items()}
+            # Tables and masks in the network's float type (a half-precision run adds them to its scores).
+            buffers = {
+                key: value.to(x.device, x.dtype) if value.is_floating_point() else value.to(x.device)
+                for key, value in position_buffers(h, w).items()
+            }
             tokens = self.norm_start(to_tokens(first))
             for stage in self.layers:
                 tokens = stage(tokens, h, w, buffers)
