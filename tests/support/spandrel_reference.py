@@ -108,6 +108,7 @@ def _child(workdir: Path) -> None:
         DITN,
         DRCT,
         FDAT,
+        GRL,
         HAT,
         PLKSR,
         RCAN,
@@ -152,6 +153,7 @@ def _child(workdir: Path) -> None:
         "DRUNet": DRUNet.DRUNet,
         "FDAT": FDAT.FDAT,
         "DCTLSA": DCTLSA.DCTLSA,
+        "GRL": GRL.GRL,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -164,7 +166,10 @@ def _child(workdir: Path) -> None:
             for param in model.parameters():
                 param.mul_(spec.get("gain", 1.0) if param.dim() == 4 else 1.0)
         path = workdir / f"{name}.safetensors"
-        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(path))
+        state = model.state_dict()
+        if spec.get("buffers"):  # the derived buffers too, as some published files (GRL's) carry them
+            state = dict(model.named_buffers()) | state
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
         loaded = ModelLoader().load_from_file(str(path))
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)

@@ -8,7 +8,8 @@ desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.ba
 desktop.engine.backends.upscale_craft, MoSR in desktop.engine.backends.upscale_mosr, SeemoRe in
 desktop.engine.backends.upscale_seemore, MoESR in desktop.engine.backends.upscale_moesr, the 1x restoration
 networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration, FDAT in
-desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa.
+desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
+desktop.engine.backends.upscale_grl.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -145,6 +146,13 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_dctlsa import build_dctlsa
 
         network = build_dctlsa(info)
+    elif info.layout == "grl":
+        from desktop.engine.backends.upscale_grl import build_grl
+        from desktop.engine.library.upscaler_grl import GRL_DERIVED, unprefixed
+
+        # Some published files carry the position buffers the header read the sizes from; not weights.
+        state = {key: value for key, value in unprefixed(state).items() if key not in GRL_DERIVED}
+        network = build_grl(info)
     else:
         network = _build(info)
     try:

@@ -436,6 +436,14 @@ def _unwindow(x: Any, wh: int, ww: int, h: int, w: int) -> Any:
 
 def _region_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int) -> Any:
     """(windows, N, N): -100 between tokens the cyclic shift brought together from different regions."""
+    ids = region_ids(h, w, wh, ww, sh, sw)
+    return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+
+
+def region_ids(h: int, w: int, wh: int, ww: int, sh: int, sw: int) -> Any:
+    """(windows, wh * ww): for each token of each wh x ww window of an h x w image cyclically shifted by
+    (sh, sw), which of the nine regions of the unshifted image it came from (GRL compares the ids of two
+    window grids of different sizes, so it needs them rather than _region_mask)."""
     import torch
 
     regions = torch.zeros(1, 1, h, w)
@@ -444,8 +452,7 @@ def _region_mask(h: int, w: int, wh: int, ww: int, sh: int, sw: int) -> Any:
         for cols in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
             regions[:, :, rows, cols] = label
             label += 1
-    ids = _windows(regions, wh, ww).squeeze(-1)
-    return (ids[:, None, :] != ids[:, :, None]).float() * -100.0
+    return _windows(regions, wh, ww).squeeze(-1)
 
 
 @functools.cache

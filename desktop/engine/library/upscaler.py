@@ -19,7 +19,7 @@ by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler
 desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore, MoESR by
 desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCNN, DRUNet) by
 desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
-desktop.engine.library.upscaler_dctlsa (their shape goes
+desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -58,6 +58,7 @@ from desktop.engine.library.upscaler_efficient import (
     span_label,
 )
 from desktop.engine.library.upscaler_fdat import FDATShape, fdat_label, inspect_fdat, looks_like_fdat
+from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
 from desktop.engine.library.upscaler_moesr import (
     MoESRShape,
     inspect_moesr,
@@ -117,7 +118,7 @@ class UpscalerInfo:
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
-    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa"
+    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -129,7 +130,7 @@ class UpscalerInfo:
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
-        | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | None
+        | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape | None
     ) = None
 
     @property
@@ -168,6 +169,8 @@ class UpscalerInfo:
             return fdat_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, DCTLSAShape):
             return dctlsa_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, GRLShape):
+            return grl_label(self.detail, self.scale, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -252,13 +255,15 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _dncnn(tensors, name)
     if looks_like_drunet(tensors):
         return _drunet(tensors, name)
+    if looks_like_grl(tensors):
+        return _transformer("GRL", "grl", inspect_grl, unprefixed(tensors), name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
-                "Swift-SRGAN, CRAFT, MoSR, SeemoRe, MoESR, FDAT and DCTLSA upscalers and SCUNet, DnCNN and DRUNet "
-                "denoisers only."
+                "Swift-SRGAN, CRAFT, MoSR, SeemoRe, MoESR, FDAT, DCTLSA and GRL upscalers and SCUNet, DnCNN and "
+                "DRUNet denoisers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
