@@ -113,6 +113,7 @@ def _child(workdir: Path) -> None:
         SPAN,
         OmniSR,
         RealCUGAN,
+        RetinexFormer,
         SwiftSRGAN,
         Swin2SR,
         SwinIR,
@@ -130,6 +131,7 @@ def _child(workdir: Path) -> None:
         "RCAN": RCAN.RCAN,
         "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
         "CRAFT": CRAFT.CRAFT,
+        "RetinexFormer": RetinexFormer.RetinexFormer,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

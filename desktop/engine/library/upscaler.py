@@ -15,7 +15,8 @@ desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upsc
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
 desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
-by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft (their shape goes
+by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, RetinexFormer (1x
+low-light) by desktop.engine.library.upscaler_retinexformer (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -53,6 +54,12 @@ from desktop.engine.library.upscaler_efficient import (
     span_label,
 )
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
+from desktop.engine.library.upscaler_retinexformer import (
+    RetinexFormerShape,
+    inspect_retinexformer,
+    looks_like_retinexformer,
+    retinexformer_label,
+)
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_safmn import SAFMNShape, inspect_safmn, looks_like_safmn, safmn_label
 from desktop.engine.library.upscaler_transformers import (
@@ -88,6 +95,7 @@ class UpscalerInfo:
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
+    # | "retinexformer"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -98,7 +106,9 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
-        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | None
+        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape
+        | RetinexFormerShape
+        | None
     ) = None
 
     @property
@@ -133,6 +143,8 @@ class UpscalerInfo:
             return rcan_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, CRAFTShape):
             return craft_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, RetinexFormerShape):
+            return retinexformer_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
@@ -187,12 +199,15 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _ditn(tensors, name)
     if looks_like_cugan(tensors):
         return _cugan(tensors, name)
+    if looks_like_retinexformer(tensors):
+        return _retinexformer(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
-                "Swift-SRGAN and CRAFT upscalers only."
+                "Swift-SRGAN and CRAFT upscalers"
+                " and RetinexFormer enhancers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -298,6 +313,12 @@ def _swiftsrgan(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a Swift-SRGAN for {in_channels}-channel images at {scale}x; Marble runs colour "
                          "(RGB) ones at 1x, 2x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("swiftsrgan", scale, blocks, width, in_channels, out_channels, 0)
+
+
+def _retinexformer(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_retinexformer(tensors, name)
+    blocks = detail.stages * sum(detail.blocks)  # attention blocks per stage's encoder side and bottleneck
+    return UpscalerInfo("retinexformer", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
