@@ -111,6 +111,7 @@ def _child(workdir: Path) -> None:
         SAFMN,
         SAFMNBCIE,
         SPAN,
+        HVICIDNet,
         OmniSR,
         RealCUGAN,
         RetinexFormer,
@@ -132,6 +133,7 @@ def _child(workdir: Path) -> None:
         "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
         "CRAFT": CRAFT.CRAFT,
         "RetinexFormer": RetinexFormer.RetinexFormer,
+        "HVICIDNet": HVICIDNet.HVICIDNet,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

@@ -6,7 +6,8 @@ desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd,
 desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
 desktop.engine.backends.upscale_craft, RetinexFormer (1x low-light) in
-desktop.engine.backends.upscale_retinexformer.
+desktop.engine.backends.upscale_retinexformer, HVI-CIDNet (1x low-light) in
+desktop.engine.backends.upscale_cidnet.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -113,6 +114,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_retinexformer import build_retinexformer
 
         network = build_retinexformer(info)
+    elif info.layout == "cidnet":
+        from desktop.engine.backends.upscale_cidnet import build_cidnet
+
+        network = build_cidnet(info)
     else:
         network = _build(info)
     try:

@@ -16,7 +16,8 @@ desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt
 desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
 by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, RetinexFormer (1x
-low-light) by desktop.engine.library.upscaler_retinexformer (their shape goes
+low-light) by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
+desktop.engine.library.upscaler_cidnet (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_cidnet import CIDNetShape, cidnet_label, inspect_cidnet, looks_like_cidnet
 from desktop.engine.library.upscaler_cnn import (
     RCANShape,
     inspect_rcan,
@@ -96,6 +98,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
     # | "retinexformer"
+    # | "cidnet"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -108,6 +111,7 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape
         | RetinexFormerShape
+        | CIDNetShape
         | None
     ) = None
 
@@ -145,6 +149,8 @@ class UpscalerInfo:
             return craft_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, RetinexFormerShape):
             return retinexformer_label(self.detail, self.features)
+        if isinstance(self.detail, CIDNetShape):
+            return cidnet_label(self.detail)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
@@ -201,13 +207,16 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _cugan(tensors, name)
     if looks_like_retinexformer(tensors):
         return _retinexformer(tensors, name)
+    if looks_like_cidnet(tensors):
+        return _cidnet(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
                 "Swift-SRGAN and CRAFT upscalers"
-                " and RetinexFormer enhancers only."
+                " and RetinexFormer enhancers"
+                " and HVI-CIDNet enhancers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -319,6 +328,12 @@ def _retinexformer(tensors: dict, name: str) -> UpscalerInfo:
     detail, scale, width, in_channels, out_channels = inspect_retinexformer(tensors, name)
     blocks = detail.stages * sum(detail.blocks)  # attention blocks per stage's encoder side and bottleneck
     return UpscalerInfo("retinexformer", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _cidnet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_cidnet(tensors, name)
+    # blocks: the cross-attention pairs (three down, three up)
+    return UpscalerInfo("cidnet", scale, 6, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
