@@ -112,6 +112,7 @@ def _child(workdir: Path) -> None:
         SAFMNBCIE,
         SPAN,
         HVICIDNet,
+        MixDehazeNet,
         OmniSR,
         RealCUGAN,
         RetinexFormer,
@@ -134,6 +135,7 @@ def _child(workdir: Path) -> None:
         "CRAFT": CRAFT.CRAFT,
         "RetinexFormer": RetinexFormer.RetinexFormer,
         "HVICIDNet": HVICIDNet.HVICIDNet,
+        "MixDehazeNet": MixDehazeNet.MixDehazeNet,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -153,7 +155,12 @@ def _child(workdir: Path) -> None:
             if spec.get("padded"):
                 # Padded as spandrel's descriptor pads for the model's size requirement, without its clamp.
                 source = pad_tensor(source, loaded.size_requirements)[1]
+            if spec.get("signed"):
+                # Trained on -1..1 values (MixDehazeNet): the input mapped in, the output back below, as published.
+                source = source * 2 - 1
             output = loaded.model.eval()(source)[..., : height * loaded.scale, : width * loaded.scale].numpy()
+            if spec.get("signed"):
+                output = output * 0.5 + 0.5
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}

@@ -7,7 +7,8 @@ desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_d
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
 desktop.engine.backends.upscale_craft, RetinexFormer (1x low-light) in
 desktop.engine.backends.upscale_retinexformer, HVI-CIDNet (1x low-light) in
-desktop.engine.backends.upscale_cidnet.
+desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
+desktop.engine.backends.upscale_dehaze.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -118,6 +119,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_cidnet import build_cidnet
 
         network = build_cidnet(info)
+    elif info.layout == "mixdehazenet":
+        from desktop.engine.backends.upscale_dehaze import build_mixdehazenet
+
+        network = build_mixdehazenet(info)
     else:
         network = _build(info)
     try:

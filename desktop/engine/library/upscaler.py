@@ -17,7 +17,8 @@ desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.libr
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
 by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, RetinexFormer (1x
 low-light) by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
-desktop.engine.library.upscaler_cidnet (their shape goes
+desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze
+(their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -43,6 +44,12 @@ from desktop.engine.library.upscaler_cnn import (
 )
 from desktop.engine.library.upscaler_craft import CRAFTShape, craft_label, inspect_craft, looks_like_craft
 from desktop.engine.library.upscaler_cugan import CUGANShape, cugan_label, inspect_cugan, looks_like_cugan
+from desktop.engine.library.upscaler_dehaze import (
+    MixDehazeNetShape,
+    inspect_mixdehazenet,
+    looks_like_mixdehazenet,
+    mixdehazenet_label,
+)
 from desktop.engine.library.upscaler_ditn import DITNShape, ditn_label, inspect_ditn, looks_like_ditn
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
@@ -99,6 +106,7 @@ class UpscalerInfo:
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
     # | "retinexformer"
     # | "cidnet"
+    # | "mixdehazenet"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -112,6 +120,7 @@ class UpscalerInfo:
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape
         | RetinexFormerShape
         | CIDNetShape
+        | MixDehazeNetShape
         | None
     ) = None
 
@@ -151,6 +160,8 @@ class UpscalerInfo:
             return retinexformer_label(self.detail, self.features)
         if isinstance(self.detail, CIDNetShape):
             return cidnet_label(self.detail)
+        if isinstance(self.detail, MixDehazeNetShape):
+            return mixdehazenet_label(self.detail)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
@@ -209,6 +220,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _retinexformer(tensors, name)
     if looks_like_cidnet(tensors):
         return _cidnet(tensors, name)
+    if looks_like_mixdehazenet(tensors):
+        return _mixdehazenet(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -216,7 +229,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
                 "Swift-SRGAN and CRAFT upscalers"
                 " and RetinexFormer enhancers"
-                " and HVI-CIDNet enhancers only."
+                " and HVI-CIDNet enhancers"
+                " and MixDehazeNet dehazers only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -334,6 +348,11 @@ def _cidnet(tensors: dict, name: str) -> UpscalerInfo:
     detail, scale, width, in_channels, out_channels = inspect_cidnet(tensors, name)
     # blocks: the cross-attention pairs (three down, three up)
     return UpscalerInfo("cidnet", scale, 6, width, in_channels, out_channels, 0, detail)
+
+
+def _mixdehazenet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_mixdehazenet(tensors, name)
+    return UpscalerInfo("mixdehazenet", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
