@@ -228,9 +228,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
                 "Swift-SRGAN and CRAFT upscalers"
-                " and RetinexFormer enhancers"
-                " and HVI-CIDNet enhancers"
-                " and MixDehazeNet dehazers only."
+                ", the RetinexFormer and HVI-CIDNet low-light enhancers"
+                " and the MixDehazeNet dehazer only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
