@@ -118,10 +118,13 @@ def _child(workdir: Path) -> None:
         SPAN,
         DnCNN,
         DRUNet,
+        HVICIDNet,
+        MixDehazeNet,
         MoESR,
         MoSR,
         OmniSR,
         RealCUGAN,
+        RetinexFormer,
         SCUNet,
         SeemoRe,
         SwiftSRGAN,
@@ -154,6 +157,9 @@ def _child(workdir: Path) -> None:
         "FDAT": FDAT.FDAT,
         "DCTLSA": DCTLSA.DCTLSA,
         "GRL": GRL.GRL,
+        "RetinexFormer": RetinexFormer.RetinexFormer,
+        "HVICIDNet": HVICIDNet.HVICIDNet,
+        "MixDehazeNet": MixDehazeNet.MixDehazeNet,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -179,12 +185,19 @@ def _child(workdir: Path) -> None:
             if spec.get("padded"):
                 # Padded as spandrel's descriptor pads for the model's size requirement, without its clamp.
                 source = pad_tensor(source, loaded.size_requirements)[1]
+            if spec.get("signed"):
+                # Trained on -1..1 values (MixDehazeNet): the input mapped in, the output back below, as published.
+                source = source * 2 - 1
             # Through spandrel's own call (its default noise-level map for FDnCNN and DRUNet), unclamped; a
-            # grey model ("per_channel") sees the colour input's channels one by one, as Marble runs it.
-            run = functools.partial(loaded._call_fn, loaded.model.eval())
+            # grey model ("per_channel") sees the colour input's channels one by one, as Marble runs it. A
+            # signed model runs bare: spandrel's call for it maps only the output, which is mapped below.
+            model = loaded.model.eval()
+            run = model if spec.get("signed") else functools.partial(loaded._call_fn, model)
             channels = source.split(1, 1) if spec.get("per_channel") else [source]
             output = torch.cat([run(channel) for channel in channels], 1)
             output = output[..., : height * loaded.scale, : width * loaded.scale].numpy()
+            if spec.get("signed"):
+                output = output * 0.5 + 0.5
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}

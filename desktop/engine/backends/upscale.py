@@ -9,7 +9,9 @@ desktop.engine.backends.upscale_craft, MoSR in desktop.engine.backends.upscale_m
 desktop.engine.backends.upscale_seemore, MoESR in desktop.engine.backends.upscale_moesr, the 1x restoration
 networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration, FDAT in
 desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
-desktop.engine.backends.upscale_grl.
+desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.engine.backends.upscale_retinexformer,
+HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
+desktop.engine.backends.upscale_dehaze.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -153,6 +155,18 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         # Some published files carry the position buffers the header read the sizes from; not weights.
         state = {key: value for key, value in unprefixed(state).items() if key not in GRL_DERIVED}
         network = build_grl(info)
+    elif info.layout == "retinexformer":
+        from desktop.engine.backends.upscale_retinexformer import build_retinexformer
+
+        network = build_retinexformer(info)
+    elif info.layout == "cidnet":
+        from desktop.engine.backends.upscale_cidnet import build_cidnet
+
+        network = build_cidnet(info)
+    elif info.layout == "mixdehazenet":
+        from desktop.engine.backends.upscale_dehaze import build_mixdehazenet
+
+        network = build_mixdehazenet(info)
     else:
         network = _build(info)
     try:

@@ -39,14 +39,15 @@ def loadable_state(state: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in state.items() if key.rsplit(".", 1)[-1] not in _DERIVED}
 
 
-def pad_to_multiple(x: Any, multiple: int) -> Any:
-    """`x` (N, C, H, W) padded at the bottom and right to multiples of `multiple` by mirroring; an image
-    narrower than the padding is mirrored repeatedly (then repeated at one pixel), never refused."""
+def pad_to_multiple(x: Any, multiple: int, minimum: int = 0) -> Any:
+    """`x` (N, C, H, W) padded at the bottom and right to multiples of `multiple` (and to at least `minimum`)
+    by mirroring; an image narrower than the padding is mirrored repeatedly (then repeated at one pixel),
+    never refused."""
     import torch.nn.functional as F  # noqa: N812 - the usual name
 
     while True:
         height, width = x.shape[-2:]
-        need_h, need_w = -height % multiple, -width % multiple
+        need_h, need_w = max(-height % multiple, minimum - height), max(-width % multiple, minimum - width)
         if not need_h and not need_w:
             return x
         # Reflection can add at most size - 1 pixels per pass.

@@ -19,7 +19,10 @@ by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler
 desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore, MoESR by
 desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCNN, DRUNet) by
 desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
-desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl (their shape goes
+desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
+by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
+desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze (their
+shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_cidnet import CIDNetShape, cidnet_label, inspect_cidnet, looks_like_cidnet
 from desktop.engine.library.upscaler_cnn import (
     RCANShape,
     inspect_rcan,
@@ -45,6 +49,12 @@ from desktop.engine.library.upscaler_cnn import (
 from desktop.engine.library.upscaler_craft import CRAFTShape, craft_label, inspect_craft, looks_like_craft
 from desktop.engine.library.upscaler_cugan import CUGANShape, cugan_label, inspect_cugan, looks_like_cugan
 from desktop.engine.library.upscaler_dctlsa import DCTLSAShape, dctlsa_label, inspect_dctlsa, looks_like_dctlsa
+from desktop.engine.library.upscaler_dehaze import (
+    MixDehazeNetShape,
+    inspect_mixdehazenet,
+    looks_like_mixdehazenet,
+    mixdehazenet_label,
+)
 from desktop.engine.library.upscaler_ditn import DITNShape, ditn_label, inspect_ditn, looks_like_ditn
 from desktop.engine.library.upscaler_drct import DRCTShape, drct_label, inspect_drct, looks_like_drct
 from desktop.engine.library.upscaler_efficient import (
@@ -82,6 +92,12 @@ from desktop.engine.library.upscaler_restoration import (
     looks_like_scunet,
     scunet_label,
 )
+from desktop.engine.library.upscaler_retinexformer import (
+    RetinexFormerShape,
+    inspect_retinexformer,
+    looks_like_retinexformer,
+    retinexformer_label,
+)
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_safmn import SAFMNShape, inspect_safmn, looks_like_safmn, safmn_label
 from desktop.engine.library.upscaler_seemore import SeemoReShape, inspect_seemore, looks_like_seemore, seemore_label
@@ -118,7 +134,7 @@ class UpscalerInfo:
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
-    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl"
+    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -130,7 +146,8 @@ class UpscalerInfo:
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
-        | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape | None
+        | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
+        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | None
     ) = None
 
     @property
@@ -171,6 +188,12 @@ class UpscalerInfo:
             return dctlsa_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, GRLShape):
             return grl_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, RetinexFormerShape):
+            return retinexformer_label(self.detail, self.features)
+        if isinstance(self.detail, CIDNetShape):
+            return cidnet_label(self.detail)
+        if isinstance(self.detail, MixDehazeNetShape):
+            return mixdehazenet_label(self.detail)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -257,13 +280,17 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _drunet(tensors, name)
     if looks_like_grl(tensors):
         return _transformer("GRL", "grl", inspect_grl, unprefixed(tensors), name)
+    if looks_like_retinexformer(tensors):
+        return _retinexformer(tensors, name)
+    if looks_like_cidnet(tensors):
+        return _cidnet(tensors, name)
+    if looks_like_mixdehazenet(tensors):
+        return _mixdehazenet(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
-                f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
-                "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
-                "Swift-SRGAN, CRAFT, MoSR, SeemoRe, MoESR, FDAT, DCTLSA and GRL upscalers and SCUNet, DnCNN and "
-                "DRUNet denoisers only."
+                f"{name} looks like a {architecture} upscaler, which Marble does not run yet; the architectures "
+                "it runs are listed in docs/upscalers.md."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -418,6 +445,21 @@ def _drunet(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a DRUNet for {out_channels}-channel images; Marble runs colour (RGB) and grey "
                          "ones.")
     return UpscalerInfo("drunet", 1, 7 * detail.blocks, detail.widths[0], in_channels, out_channels, 0, detail)
+def _retinexformer(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_retinexformer(tensors, name)
+    blocks = detail.stages * sum(detail.blocks)  # attention blocks per stage's encoder side and bottleneck
+    return UpscalerInfo("retinexformer", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _cidnet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_cidnet(tensors, name)
+    # blocks: the cross-attention pairs (three down, three up)
+    return UpscalerInfo("cidnet", scale, 6, width, in_channels, out_channels, 0, detail)
+
+
+def _mixdehazenet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_mixdehazenet(tensors, name)
+    return UpscalerInfo("mixdehazenet", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
