@@ -175,7 +175,8 @@ class GenerationRequest:
     padding: int = 32
     resize_mode: str = "resize"
     inpaint_fill: str = "original"
-    # Qwen-Image-Edit Plus (2509): further reference images after the source, in order ("Picture 2", ...).
+    # Reference images, in order: Qwen-Image-Edit Plus (2509)'s after the source ("Picture 2", ...); Flux.2's
+    # with the prompt (Klein's beside a source image too).
     reference_images: tuple[str, ...] = ()
     # A1111's variation seed: the initial noise is the seed's, slerped towards the subseed's by the
     # strength (0 = off). Image k uses subseed + k. docs/samplers.md.

@@ -193,7 +193,7 @@ class JobRunner:
     @staticmethod
     def _edit_extra(request: GenerationRequest) -> dict[str, str]:
         """Strength, mask settings and the source's hash, so an edit can be traced to its source; the
-        reference images' hashes (Qwen-Image-Edit Plus beside a source, Flux.2 without one)."""
+        reference images' hashes (Qwen-Image-Edit Plus beside a source, Flux.2 with or without one)."""
         pairs: dict[str, str] = {}
         if request.init_image is not None:
             try:

@@ -63,6 +63,7 @@ from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
 from desktop.engine.backends import families  # noqa: E402
+from desktop.engine.backends import families_flux2 as flux2  # noqa: E402
 from desktop.engine.backends import families_qwen_edit as qwen_edit  # noqa: E402
 from desktop.engine.backends.base import AdapterHash, GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
 from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E402
@@ -765,6 +766,7 @@ class DiffusersBackend:
             images = tuple(plan.source.copy() for _ in seeds)
             return GeneratedBatch(images, seeds, batch_index, None, note, lora_plan.loras, (), None)
         size = {"width": request.width, "height": request.height}
+        beside: list[Image.Image] = []
         if plan is not None:
             pipe = self._dit_pipe_for(request.mode)
         if plan is not None and qwen_edit.is_edit(self._dit):
@@ -778,8 +780,8 @@ class DiffusersBackend:
                     "width": plan.size[0], "height": plan.size[1]}  # fmt: skip
             if plan.mask is not None or self._inpaint_model or families.img2img_by_inpainting(self._dit, request.mode):
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
-            if request.reference_images:  # Flux.2 Klein: one reference beside the source (_refuse_references)
-                size["image_reference"] = load_source(request.reference_images[0], "The reference image")
+            if request.reference_images:  # Flux.2 Klein: the references go beside the source (families_flux2)
+                beside = [load_source(path, "The reference image") for path in request.reference_images]
         if plan is None and request.reference_images:
             # Flux.2's multi-reference editing: the images go with the prompt (no source, no strength).
             size["image"] = [load_source(path, "The reference image") for path in request.reference_images]
@@ -792,7 +794,7 @@ class DiffusersBackend:
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), flux2.references_beside_source(pipe, beside):
                 arguments = families.generation_arguments(pipe, request, self._dit) | size
                 arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
                 result = pipe(
@@ -1394,14 +1396,11 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
     return latents
 
 
-# Flux2KleinInpaintPipeline's `image_reference`: one image beside the source (a list would be taken as a batch).
-_EDIT_REFERENCES = 1
-
-
 def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
     """Reference images only for a model that reads them, no more than it reads (library.dit's
-    reference_image_limit), and for Flux.2 with a source image (Klein's edits) one at most. Qwen-Image-Edit
-    (not Plus) is left to families_qwen_edit, whose refusal names the model that takes them."""
+    reference_image_limit), with or without a source image (Flux.2 Klein reads them beside its source too:
+    families_flux2.references_beside_source). Qwen-Image-Edit (not Plus) is left to families_qwen_edit, whose
+    refusal names the model that takes them."""
     count = len(request.reference_images)
     if not count or (qwen_edit.is_edit(dit) and reference_image_limit(dit) == 0):
         return
@@ -1413,14 +1412,8 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
             "Qwen-Image-Edit Plus (2) do; remove them (--reference-image) or pick such a model."
         )
     if count > limit:
-        besides = " besides the source image" if qwen_edit.is_edit(dit) else ""
+        besides = " besides the source image" if qwen_edit.is_edit(dit) or request.mode != "txt2img" else ""
         raise ModelError(f"{count} reference images: {dit.label} takes at most {limit}{besides}.")
-    if not qwen_edit.is_edit(dit) and request.mode != "txt2img" and count > _EDIT_REFERENCES:
-        # Klein's inpainting pipeline (its image-to-image too) reads one reference beside the source.
-        raise ModelError(
-            f"{count} reference images with a source image: {dit.label} reads {_EDIT_REFERENCES} beside a source "
-            f"(up to {limit} in text-to-image). Remove the source image or all but one reference."
-        )
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:

@@ -18,8 +18,13 @@ torch/diffusers/transformers are imported inside the functions (pyproject's impo
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
@@ -33,6 +38,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 _ENCODERS = {"dev": ("the Mistral Small 3.1 text encoder", "mistral3"), "klein": ("the Qwen3 text encoder", "qwen3")}
 # The transformer reads three of the encoder's hidden layers stacked (the pipelines' text_encoder_out_layers).
 _STACKED_LAYERS = 3
+# Both pipelines shrink a reference image larger than this many pixels to about this area, keeping its aspect.
+_REFERENCE_AREA = 1024 * 1024
 
 
 def is_dev(info: DitInfo) -> bool:
@@ -185,6 +192,51 @@ def ignores_negative(pipe: Any, request: GenerationRequest, info: DitInfo) -> bo
     """Whether this job runs without a negative prompt: dev never has one; Klein only with true CFG on
     (CFG above 1 and a pipeline not marked step-distilled)."""
     return is_dev(info) or request.cfg_scale <= 1 or bool(pipe.config.is_distilled)
+
+
+@contextlib.contextmanager
+def references_beside_source(pipe: Any, references: Sequence[Image.Image]) -> Iterator[None]:
+    """For one call of Flux2KleinInpaintPipeline `pipe`: condition on every one of `references` beside the
+    source, as Flux2KleinPipeline conditions on its `image=` list in text-to-image.
+
+    The inpainting pipeline conditions on a list of images through `prepare_image_latents`, which packs each
+    image's tokens after the noisy latents and gives the i-th image of the list the time coordinate
+    10 (i + 1) (its `_prepare_image_ids`), the text-to-image pipelines' packing; it hands that method the
+    source's latents plus its one `image_reference` (a list there is read as a batch, every image cropped to
+    the first's size). So the references are prepared here as the pipeline prepares its one, each at its own
+    size, and appended to that list for the length of the call: the source is image 1 (t = 10), reference k
+    image k + 1 (t = 10 (k + 1)), in the user's order. With one reference this is the pipeline's own
+    `image_reference`, pixel for pixel (tests/engine/test_flux2.py)."""
+    if not references:
+        yield
+        return
+    prepared = [_reference_tensor(pipe, image) for image in references]
+    own = pipe.prepare_image_latents
+
+    def with_references(images: list[Any], *rest: Any, **named: Any) -> Any:
+        return own([*images, *prepared], *rest, **named)
+
+    # An attribute on the instance, removed after the call: the class's method is never changed.
+    pipe.prepare_image_latents = with_references
+    try:
+        yield
+    finally:
+        del pipe.prepare_image_latents
+
+
+def _reference_tensor(pipe: Any, image: Image.Image) -> Any:
+    """`image` as Flux2KleinInpaintPipeline prepares its `image_reference` (diffusers 0.42): above about a
+    megapixel shrunk to it with the pipeline's own resize, its sides cut down to a multiple of the latent
+    patch, centre-cropped to that (not stretched)."""
+    width, height = image.size
+    if width * height > _REFERENCE_AREA:
+        scale = math.sqrt(_REFERENCE_AREA / (width * height))
+        image = pipe.image_processor.resize(image, int(height * scale), int(width * scale))
+        width, height = image.size
+    multiple = pipe.vae_scale_factor * 2
+    return pipe.image_processor.preprocess(
+        image, height // multiple * multiple, width // multiple * multiple, resize_mode="crop"
+    )
 
 
 def _short(error: BaseException) -> str:
