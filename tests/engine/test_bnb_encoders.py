@@ -179,3 +179,44 @@ def test_an_nf4_qwen25_vl_with_its_vision_tower_loads_as_its_dequantised_copy(tm
     assert all(torch.equal(loaded[0][key], loaded[1][key]) for key in loaded[0])
     # The vision tower's linear layers were quantised too.
     assert any(key.startswith("visual.") and key.endswith(".weight.absmax") for key in file)
+
+
+def test_the_cli_runs_sd3_with_bitsandbytes_encoders_as_with_their_dequantised_copies(tmp_path):
+    from PIL import Image
+
+    from tests.e2e.test_cli import in_process
+    from tests.support.tiny_dit import build_tiny_sd3
+    from tests.support.tiny_models import open_clip_to_ldm
+
+    pipe = build_tiny_sd3()
+    model = save({k: v for k, v in pipe.transformer.state_dict().items()}, tmp_path / "sd3-transformer.safetensors")
+    config = config_folder(pipe, tmp_path / "config")
+    home = ["--home", str(tmp_path / "home")]
+    encoders = {
+        "clip_l_bnb_nf4": (load_file(str(save_clip_l(pipe.text_encoder, tmp_path / "clip_l.safetensors"))), "nf4"),
+        # OpenCLIP's layout (as cut from an SDXL checkpoint): dequantised before diffusers' converter reads it.
+        "clip_g_bnb_int8": (open_clip_to_ldm(pipe.text_encoder_2.state_dict(), ""), "int8"),
+        "t5xxl_bnb_fp4": (load_file(str(save_t5(pipe.text_encoder_3, tmp_path / "t5.safetensors"))), "fp4"),
+    }
+    for name, (state, kind) in encoders.items():
+        file, exact = bitsandbytes_file(state, kind)
+        for path in (save(file, tmp_path / f"{name}.safetensors"), save(exact, tmp_path / f"{name}_plain.safetensors")):
+            code, _, err = in_process(["encoders", "import", str(path), *home])
+            assert code == 0, err
+    code, out, _ = in_process(["encoders", "list", *home])
+    shown = {line.split("\t")[0]: line for line in out.splitlines()}
+    assert "nf4 (bitsandbytes)" in shown["clip_l_bnb_nf4"] and "int8 (bitsandbytes)" in shown["clip_g_bnb_int8"]
+    assert "fp4 (bitsandbytes)" in shown["t5xxl_bnb_fp4"] and "bitsandbytes" not in shown["t5xxl_bnb_fp4_plain"]
+    assert in_process(["vaes", "import", str(save_ae(pipe.vae, tmp_path / "sd3-vae.safetensors")), *home])[0] == 0
+    images = []
+    for suffix in ("", "_plain"):
+        image = tmp_path / f"sd3{suffix}.png"
+        code, _, err = in_process([
+            "generate", "--model", str(model), "--prompt", "a red circle", "--seed", "42", "--width", "64",
+            "--height", "64", "--steps", "2", "--cfg", "5", "--device", "cpu", "--config", str(config),
+            "--text-encoders", ",".join(name + suffix for name in encoders), "--vae", "sd3-vae",
+            "--out", str(image), "--no-preview", *home,
+        ])  # fmt: skip
+        assert code == 0, err
+        images.append(np.asarray(Image.open(image).convert("RGB")))
+    assert np.array_equal(images[0], images[1])
