@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.index import Library
+from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, run
 from tests.engine.test_encoder_library import PROMPT_ARGS, bare, flux_request
@@ -93,7 +93,9 @@ def test_bitsandbytes_encoders_are_named_and_run_as_their_dequantised_copy(home,
     names = []
     for encoder in ("clip_l", "t5"):
         file, exact = bitsandbytes_file(flux[encoder], kind)
-        quantised = library.import_path(save(file, tmp_path / f"{encoder}_{kind}.safetensors"), "encoder")
+        path = save(file, tmp_path / f"{encoder}_{kind}.safetensors")
+        assert guess_kind(path) == "encoder"  # a dropped file goes to the text encoders
+        quantised = library.import_path(path, "encoder")
         assert quantised.dtype == f"BNB_{kind.upper()}", quantised.dtype
         assert quantised.shown_architecture.endswith(SHOWN[kind]), quantised.shown_architecture
         # Counted unpacked, without the quantisation states: the plain file's count.
@@ -114,7 +116,9 @@ def test_a_z_image_runs_with_an_nf4_qwen3_as_with_its_dequantised_copy(zimage, t
     library.import_path(zimage["ae"], "vae")
     state = comfy_qwen_state(zimage["pipe"].text_encoder)
     file, exact = bitsandbytes_file(state, "nf4")
-    record = library.import_path(save(file, tmp_path / "qwen_3_4b_bnb_nf4.safetensors"), "encoder")
+    path = save(file, tmp_path / "qwen_3_4b_bnb_nf4.safetensors")
+    assert guess_kind(path) == "encoder"
+    record = library.import_path(path, "encoder")
     assert (record.family, record.dtype) == ("qwen3", "BNB_NF4"), (record.family, record.dtype)
     assert record.parameters == sum(value.numel() for value in state.values())
     library.import_path(save(exact, tmp_path / "qwen_3_4b_dequantised.safetensors"), "encoder")
