@@ -231,7 +231,7 @@ def test_on_cuda_the_nf4_mode_runs_with_model_offload(flux, paths):
 
 def test_an_llm_int8_file_is_named_and_matches_diffusers_on_its_dequantised_weights(flux, paths, tmp_path):
     # bitsandbytes' int8 serialisation: int8 rows, each row's absolute maximum (`SCB`), a format byte. Read
-    # without bitsandbytes: weight = int8 x SCB / 127.
+    # without bitsandbytes: weight = int8 x SCB x (1/127), in float32 as bitsandbytes computes it.
     pipe = flux["pipe"]
     file, exact = {}, {}
     for key, value in flux_to_bfl(pipe.transformer.state_dict()).items():
@@ -241,7 +241,7 @@ def test_an_llm_int8_file_is_named_and_matches_diffusers_on_its_dequantised_weig
             layer = PREFIX + key.removesuffix("weight")
             file |= {PREFIX + key: stored, layer + "SCB": rows}
             file[layer + "weight_format"] = torch.tensor(0, dtype=torch.uint8)
-            exact[key] = stored.float() * rows[:, None] / 127
+            exact[key] = stored.float() * rows[:, None] * 7.874015718698502e-3
         else:
             file[PREFIX + key] = exact[key] = value.contiguous()
     path = tmp_path / "flux1-dev-int8.safetensors"

@@ -10,7 +10,8 @@ CLIP files come in transformers' names (ComfyUI's, SD3's) or OpenCLIP's (a bigG 
 Storage: an fp8 (e4m3fn / e5m2) encoder stays stored in fp8 and each linear layer is cast up to the
 compute dtype while it runs (diffusers' layer-wise casting, as fp8_storage.py does for transformers);
 every fp8 value is exactly representable in the compute dtype, so the result is the file's weights at
-full precision. A GGUF T5 is dequantised once at load (transformers runs no quantised T5 kernels).
+full precision. A GGUF T5 is dequantised once at load (transformers runs no quantised T5 kernels), and so
+is an encoder saved with bitsandbytes (nf4 / fp4 / int8), by backends/quantised_weights.py as model files are.
 
 Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
 """
@@ -26,6 +27,7 @@ from typing import Any
 
 from desktop.engine.backends import qwen_encoders
 from desktop.engine.errors import ModelError
+from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.dit import read_gguf_tensors
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
@@ -254,6 +256,12 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
         # Weight times scale, one tensor at a time in float32, kept in the job's dtype: a 4.7B T5 never
         # sits in memory in float32 whole.
         state = dequantise_scaled_fp8(state, dtype, name=f"The text encoder {component.shown}")
+    if info.dtype in quant_formats.BITSANDBYTES:
+        from desktop.engine.backends.quantised_weights import dequantise_bitsandbytes
+
+        # transformers saves a load_in_4bit / load_in_8bit encoder layer by layer as Forge saves a transformer:
+        # the model path's reader, dequantised once here (transformers has no loader for bnb single files).
+        state = dequantise_bitsandbytes(state, info.dtype, dtype, name=f"The text encoder {component.shown}")
     if info.layout == "openclip":
         # SDXL's OpenCLIP bigG names (fused in_proj, resblocks, x @ P projection): diffusers' own converter,
         # which reads only the config's width from the model it is given.

@@ -8,6 +8,8 @@
 - bitsandbytes 4-bit files (Forge's `flux1-dev-bnb-nf4`): each weight dequantised by bitsandbytes itself
   (its CPU backend does it too); the nf4 memory mode (`quantise_linear_layers`) quantises it again where
   memory needs; LLM.int8 files need no bitsandbytes to read (int8 rows times their scale).
+- Text encoders saved with bitsandbytes (backends/encoder_components.py) are read by the same functions
+  (`dequantise_bitsandbytes`): transformers serialises each layer as Forge does.
 - The nf4 / int8 memory modes: `quantise_linear_layers`.
 
 Called from families.py on the generation thread; torch and bitsandbytes are imported inside.
@@ -26,6 +28,9 @@ BITSANDBYTES_MISSING = (
     "(pip install bitsandbytes), or use a GGUF or fp8 file of this model."
 )
 
+# 1/127 as bitsandbytes writes it in its int8 dequantisation (rounded to float32 by the multiplication).
+_INT8_STEP = 7.874015718698502e-3
+
 
 def bitsandbytes_module(name: str, what: str) -> Any:
     """bitsandbytes, or a ModelError saying how to get it."""
@@ -41,11 +46,17 @@ def dequantise(state: dict[str, Any], info: DitInfo, dtype: Any, *, name: str) -
     scales and quantisation states removed; `state` itself when the file is not quantised so."""
     if info.scaled_fp8:
         return dequantise_scaled_fp8(state, dtype, name=name)
-    if info.bitsandbytes in (quant_formats.BNB_NF4, quant_formats.BNB_FP4):
-        return dequantise_bnb_4bit(state, dtype, name=name, what=quant_formats.SHOWN[info.bitsandbytes])
-    if info.bitsandbytes == quant_formats.BNB_INT8:
-        return dequantise_bnb_int8(state, dtype, name=name)
+    if info.bitsandbytes is not None:
+        return dequantise_bitsandbytes(state, info.bitsandbytes, dtype, name=name)
     return state
+
+
+def dequantise_bitsandbytes(state: dict[str, Any], kind: str, dtype: Any, *, name: str) -> dict[str, Any]:
+    """A bitsandbytes-serialised `state` (a Forge transformer, or a text encoder transformers saved with
+    load_in_4bit / load_in_8bit: the same per-layer names) in `dtype`; `kind` is a quant_formats BNB_ code."""
+    if kind in (quant_formats.BNB_NF4, quant_formats.BNB_FP4):
+        return dequantise_bnb_4bit(state, dtype, name=name, what=quant_formats.SHOWN[kind])
+    return dequantise_bnb_int8(state, dtype, name=name)
 
 
 def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
@@ -82,6 +93,7 @@ def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> di
 
 def dequantise_bnb_4bit(state: dict[str, Any], dtype: Any, *, name: str, what: str) -> dict[str, Any]:
     bnb = bitsandbytes_module(name, what)
+    import torch
     from bitsandbytes.functional import QuantState
 
     out: dict[str, Any] = {}
@@ -95,6 +107,9 @@ def dequantise_bnb_4bit(state: dict[str, Any], dtype: Any, *, name: str, what: s
             continue
         parts = states.get(key)
         if parts is None:
+            if key.endswith(".weight") and tensor.dtype == torch.uint8:
+                # Packed 4-bit codes without their state cannot be read back: not a weight to pass on.
+                raise ModelError(f"{name}: {key} is packed 4-bit without its quantisation state; the file is damaged.")
             out[key] = tensor
             continue
         try:
@@ -106,7 +121,8 @@ def dequantise_bnb_4bit(state: dict[str, Any], dtype: Any, *, name: str, what: s
 
 
 def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
-    """LLM.int8 weights: int8 rows, each scaled by its row's absolute maximum over 127 (`SCB`)."""
+    """LLM.int8 weights: int8 rows, each scaled by its row's absolute maximum over 127 (`SCB`); read without
+    bitsandbytes, to the float32 values its int8_vectorwise_dequant gives."""
     import torch
 
     out: dict[str, Any] = {}
@@ -118,7 +134,12 @@ def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict
             rows = state[scale_key].to(torch.float32).reshape(-1, 1)
             if rows.shape[0] != tensor.shape[0]:
                 raise ModelError(f"{name}: {scale_key} does not match its weight; the file is damaged.")
-            out[key] = (tensor.to(torch.float32) * rows / 127.0).to(dtype)
+            # Times the reciprocal, as bitsandbytes' own int8_vectorwise_dequant (and transformers' dequantisation)
+            # computes it: dividing by 127 rounds some weights one float32 step away from the values they give.
+            out[key] = (tensor.to(torch.float32) * rows * _INT8_STEP).to(dtype)
+        elif tensor.dtype == torch.int8:
+            # Cast as it is, an int8 row without its scale would run as weights 127 times too large or worse.
+            raise ModelError(f"{name}: {key} is int8 without its scale ({scale_key}); the file is damaged.")
         else:
             out[key] = tensor
     return out

@@ -4,10 +4,12 @@ Creators download a transformer-only Flux/SD3/Chroma file and the text encoders 
 them: `clip_l.safetensors` (CLIP ViT-L text model), `clip_g.safetensors` (OpenCLIP bigG text model, in
 the transformers layout SD3 ships or SDXL's OpenCLIP layout), `t5xxl_fp16.safetensors` /
 `t5xxl_fp8_e4m3fn.safetensors`, ComfyUI's scaled `t5xxl_fp8_e4m3fn_scaled.safetensors` (the T5 v1.1 XXL
-encoder) and T5 GGUF files (llama.cpp's `enc.blk.N`
-names, as city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`). The LLM text encoders of Qwen-Image (Qwen2.5-VL 7B:
-`qwen_2.5_vl_7b.safetensors`, `_fp8_scaled`, with or without its `visual.*` vision tower) and Z-Image (Qwen3
-4B: `qwen_3_4b.safetensors`) are components too (library/encoder_qwen.py). One file serves every model that
+encoder), T5 GGUF files (llama.cpp's `enc.blk.N` names, as city96's `t5-v1_1-xxl-encoder-Q8_0.gguf`)
+and encoders transformers saved with bitsandbytes (load_in_4bit / load_in_8bit: nf4, fp4 or int8 weights
+beside their quantisation states, named in library/quant_formats.py), dequantised at load as bitsandbytes
+model files are. The LLM text encoders of Qwen-Image (Qwen2.5-VL 7B: `qwen_2.5_vl_7b.safetensors`,
+`_fp8_scaled`, with or without its `visual.*` vision tower) and Z-Image (Qwen3 4B: `qwen_3_4b.safetensors`)
+are components too (library/encoder_qwen.py). One file serves every model that
 uses it: the library stores it once, and a request names it (`text_encoders="clip_l,t5xxl_fp16"`).
 
 What a file is comes from its tensor names and shapes, never from its file name. Which pipeline slot
@@ -23,7 +25,7 @@ from dataclasses import dataclass, replace
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import SafetensorsHeader
-from desktop.engine.library.encoder_qwen import QWEN_NAMED, inspect_qwen, inspect_qwen_gguf
+from desktop.engine.library.encoder_qwen import QWEN3, QWEN25_VL, QWEN_NAMED, inspect_qwen, inspect_qwen_gguf
 
 # Prefixes a text encoder's tensors carry on their own or cut out of a ComfyUI / SDXL checkpoint.
 _PREFIXES = (
@@ -35,6 +37,7 @@ _CLIP_PROBE = "text_model.embeddings.token_embedding.weight"
 _OPENCLIP_PROBE = "token_embedding.weight"
 _OPENCLIP_BLOCK = "transformer.resblocks.0.attn.in_proj_weight"
 _T5_PROBE = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_T5_NORM = "encoder.block.0.layer.0.layer_norm.weight"
 _T5_GGUF_PROBE = "enc.blk.0.attn_q.weight"
 # transformers >= 5.6 saves CLIPTextModel without its `text_model.` level (a diffusers folder saved by it).
 _FLAT_CLIP_PROBE = "embeddings.token_embedding.weight"
@@ -92,6 +95,15 @@ def inspect_encoder(header: SafetensorsHeader, name: str = "this file") -> Encod
     dtypes = {key: info.dtype for key, info in header.tensors.items()}
     if any(key.startswith(("model.diffusion_model.", "first_stage_model.")) for key in shapes):
         raise ModelError(f"{name} is not a text encoder on its own: {_what_else(shapes)}")
+    bitsandbytes = quant_formats.bitsandbytes_kind(shapes)
+    if bitsandbytes is not None:
+        return _with_bitsandbytes(_inspect_stored(header, shapes, dtypes, name), header, bitsandbytes)
+    return _inspect_stored(header, shapes, dtypes, name)
+
+
+def _inspect_stored(
+    header: SafetensorsHeader, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], name: str
+) -> EncoderInfo:
     qwen = inspect_qwen(shapes, dtypes, name)
     if qwen is not None:
         kind, width, layers, prefix, parameters, vision = qwen
@@ -107,6 +119,15 @@ def inspect_encoder(header: SafetensorsHeader, name: str = "this file") -> Encod
         # "F8_E4M3_SCALED" (or "MIXED_SCALED"): shown as scaled fp8, never kept in fp8 (the scale is per weight).
         return replace(info, dtype=quant_formats.weight_format(header.tensors, info.dtype))
     return _inspect(shapes, dtypes, name, gguf=False)
+
+
+def _with_bitsandbytes(info: EncoderInfo, header: SafetensorsHeader, kind: str) -> EncoderInfo:
+    """A file transformers saved with load_in_4bit / load_in_8bit: its packed weights and their quantisation
+    states found by the names above, shown as "nf4 (bitsandbytes)", its parameters counted unpacked."""
+    # A Qwen file's lm_head and vision tower sit beside its prefix and count, as in inspect_qwen.
+    prefix = "" if info.kind in (QWEN25_VL, QWEN3) else info.prefix
+    own = {key: value for key, value in header.tensors.items() if key.startswith(prefix)}
+    return replace(info, dtype=kind, parameters=quant_formats.parameters(own, kind))
 
 
 def _refuse_block_scaled(header: SafetensorsHeader, name: str) -> None:
@@ -156,7 +177,8 @@ def _inspect(
             projection = prefix + "text_projection" in shapes
             return _info("clip", width, shapes, dtypes, "openclip", prefix, projection, name=name)
         if prefix + _T5_PROBE in shapes:
-            width = shapes[prefix + _T5_PROBE][-1]
+            # The first norm's length: a 4-bit file's q weight is packed into one column.
+            width = shapes.get(prefix + _T5_NORM, shapes[prefix + _T5_PROBE])[-1]
             return _info("t5", width, shapes, dtypes, "transformers", prefix, name=name)
     raise ModelError(f"{name} is not a text encoder: {_what_else(shapes)}")
 
