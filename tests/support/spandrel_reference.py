@@ -111,6 +111,7 @@ def _child(workdir: Path) -> None:
         SAFMN,
         SAFMNBCIE,
         SPAN,
+        NAFNet,
         OmniSR,
         RealCUGAN,
         SwiftSRGAN,
@@ -130,6 +131,7 @@ def _child(workdir: Path) -> None:
         "RCAN": RCAN.RCAN,
         "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
         "CRAFT": CRAFT.CRAFT,
+        "NAFNet": NAFNet.NAFNet,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

@@ -5,7 +5,7 @@ desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_dr
 desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
 desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
-desktop.engine.backends.upscale_craft.
+desktop.engine.backends.upscale_craft, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -108,6 +108,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         info = craft_split_from_biases(state, info)
         state = {key: value for key, value in state.items() if key not in DERIVED}
         network = build_craft(info)
+    elif info.layout == "nafnet":
+        from desktop.engine.backends.upscale_nafnet import build_nafnet
+
+        network = build_nafnet(info)
     else:
         network = _build(info)
     try:

@@ -15,7 +15,8 @@ desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upsc
 desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
 desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
-by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft (their shape goes
+by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, NAFNet (1x restoration) by
+desktop.engine.library.upscaler_nafnet (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -52,6 +53,7 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_nafnet import NAFNetShape, inspect_nafnet, looks_like_nafnet, nafnet_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
 from desktop.engine.library.upscaler_safmn import SAFMNShape, inspect_safmn, looks_like_safmn, safmn_label
@@ -88,6 +90,7 @@ class UpscalerInfo:
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
+    # | "nafnet"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -98,7 +101,9 @@ class UpscalerInfo:
     # The rest of the shape, beyond the fields above (a transformer's, SPAN's, PLKSR's, OmniSR's).
     detail: (
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
-        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | None
+        | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape
+        | NAFNetShape
+        | None
     ) = None
 
     @property
@@ -133,6 +138,8 @@ class UpscalerInfo:
             return rcan_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, CRAFTShape):
             return craft_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, NAFNetShape):
+            return nafnet_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
@@ -187,12 +194,16 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _ditn(tensors, name)
     if looks_like_cugan(tensors):
         return _cugan(tensors, name)
+    if looks_like_nafnet(tensors):
+        return _nafnet(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
                 f"{name} looks like a {architecture} upscaler; Marble runs ESRGAN-family, SwinIR, "
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
-                "Swift-SRGAN and CRAFT upscalers only."
+                "Swift-SRGAN and CRAFT upscalers"
+                ", and NAFNet restoration models"
+                " only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
@@ -282,6 +293,13 @@ def _cugan(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a Real-CUGAN for {in_channels}-channel images; Marble runs colour (RGB) "
                          "ones only.")  # fmt: skip
     return UpscalerInfo("cugan", scale, 2, width, in_channels, out_channels, 0, detail)  # blocks: its two U-Nets
+
+
+def _nafnet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_nafnet(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a NAFNet for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    return UpscalerInfo("nafnet", scale, detail.blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _rcan(tensors: dict, name: str) -> UpscalerInfo:
