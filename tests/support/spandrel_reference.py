@@ -104,6 +104,7 @@ def _child(workdir: Path) -> None:
         DAT,
         DITN,
         DRCT,
+        FBCNN,
         HAT,
         PLKSR,
         RCAN,
@@ -132,6 +133,7 @@ def _child(workdir: Path) -> None:
         "SwiftSRGAN": SwiftSRGAN.SwiftSRGAN,
         "CRAFT": CRAFT.CRAFT,
         "NAFNet": NAFNet.NAFNet,
+        "FBCNN": FBCNN.FBCNN,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -151,7 +153,9 @@ def _child(workdir: Path) -> None:
             if spec.get("padded"):
                 # Padded as spandrel's descriptor pads for the model's size requirement, without its clamp.
                 source = pad_tensor(source, loaded.size_requirements)[1]
-            output = loaded.model.eval()(source)[..., : height * loaded.scale, : width * loaded.scale].numpy()
+            # Through the descriptor's call function: FBCNN's returns the image of its (image, quality) pair.
+            output = loaded._call_fn(loaded.model.eval(), source)
+            output = output[..., : height * loaded.scale, : width * loaded.scale].numpy()
         np.save(workdir / f"{name}.input.npy", image)
         np.save(workdir / f"{name}.output.npy", output)
         report[name] = {"architecture": loaded.architecture.id, "scale": loaded.scale}

@@ -5,7 +5,8 @@ desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_dr
 desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
 desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
-desktop.engine.backends.upscale_craft, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet.
+desktop.engine.backends.upscale_craft, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet,
+FBCNN (1x JPEG artefact removal) in desktop.engine.backends.upscale_fbcnn.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -112,6 +113,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_nafnet import build_nafnet
 
         network = build_nafnet(info)
+    elif info.layout == "fbcnn":
+        from desktop.engine.backends.upscale_fbcnn import build_fbcnn
+
+        network = build_fbcnn(info)
     else:
         network = _build(info)
     try:

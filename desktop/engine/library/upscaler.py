@@ -16,7 +16,8 @@ desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt
 desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
 by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, NAFNet (1x restoration) by
-desktop.engine.library.upscaler_nafnet (their shape goes
+desktop.engine.library.upscaler_nafnet, FBCNN (1x JPEG artefact removal) by
+desktop.engine.library.upscaler_fbcnn (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -53,6 +54,7 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_fbcnn import FBCNNShape, fbcnn_label, inspect_fbcnn, looks_like_fbcnn
 from desktop.engine.library.upscaler_nafnet import NAFNetShape, inspect_nafnet, looks_like_nafnet, nafnet_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
@@ -91,6 +93,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
     # | "nafnet"
+    # | "fbcnn"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -103,6 +106,7 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape
         | NAFNetShape
+        | FBCNNShape
         | None
     ) = None
 
@@ -140,6 +144,8 @@ class UpscalerInfo:
             return craft_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, NAFNetShape):
             return nafnet_label(self.detail, self.features)
+        if isinstance(self.detail, FBCNNShape):
+            return fbcnn_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
@@ -196,6 +202,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _cugan(tensors, name)
     if looks_like_nafnet(tensors):
         return _nafnet(tensors, name)
+    if looks_like_fbcnn(tensors):
+        return _fbcnn(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -203,6 +211,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
                 "Swin2SR, HAT, DAT, RGT, SPAN, PLKSR, OmniSR, DRCT, ATD, SAFMN, SAFMN-BCIE, DITN, Real-CUGAN, RCAN, "
                 "Swift-SRGAN and CRAFT upscalers"
                 ", and NAFNet restoration models"
+                ", FBCNN JPEG artefact removal models"
                 " only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
@@ -300,6 +309,13 @@ def _nafnet(tensors: dict, name: str) -> UpscalerInfo:
     if in_channels != 3 or out_channels != 3:
         raise ModelError(f"{name} is a NAFNet for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
     return UpscalerInfo("nafnet", scale, detail.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _fbcnn(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_fbcnn(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is an FBCNN for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    return UpscalerInfo("fbcnn", scale, detail.blocks * 9, width, in_channels, out_channels, 0, detail)
 
 
 def _rcan(tensors: dict, name: str) -> UpscalerInfo:
