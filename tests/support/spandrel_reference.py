@@ -112,6 +112,7 @@ def _child(workdir: Path) -> None:
         SAFMN,
         SAFMNBCIE,
         SPAN,
+        KBNet,
         NAFNet,
         OmniSR,
         RealCUGAN,
@@ -134,6 +135,8 @@ def _child(workdir: Path) -> None:
         "CRAFT": CRAFT.CRAFT,
         "NAFNet": NAFNet.NAFNet,
         "FBCNN": FBCNN.FBCNN,
+        "KBNet_s": KBNet.KBNet_s,
+        "KBNet_l": KBNet.KBNet_l,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ torch is imported inside the functions: only desktop.engine.backends.upscale loa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from desktop.engine.library.upscaler import UpscalerInfo
@@ -64,17 +65,23 @@ def nafnet_block(width: int) -> Any:
 
 def build_nafnet(info: UpscalerInfo) -> Any:
     """The NAFNet network for `info` (layout "nafnet"), untrained: load the file's tensors into it strictly."""
+    assert isinstance(info.detail, NAFNetShape)
+    return unet_frame(info, info.detail, nafnet_block)
+
+
+def unet_frame(info: UpscalerInfo, shape: NAFNetShape, make_block: Callable[[int], Any]) -> Any:
+    """NAFNet's U-Net (`intro`, `encoders`/`downs`, `middle_blks`, `ups`/`decoders`, `ending`, the input added
+    back) around blocks made by `make_block(width)`: NAFNet's own, or KBNet-S's."""
     import torch
     from torch import nn
     from torch.nn import functional
 
-    assert isinstance(info.detail, NAFNetShape)
-    shape, width = info.detail, info.features
+    width = info.features
 
     def run(blocks: int, level_width: int) -> nn.Sequential:
-        return nn.Sequential(*(nafnet_block(level_width) for _ in range(blocks)))
+        return nn.Sequential(*(make_block(level_width) for _ in range(blocks)))
 
-    class NAFNet(nn.Module):
+    class UNet(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.intro = nn.Conv2d(info.in_channels, width, 3, padding=1)
@@ -106,4 +113,4 @@ def build_nafnet(info: UpscalerInfo) -> Any:
                 x = decoder(up(x) + skip)
             return (self.ending(x) + padded)[..., :height, :side]
 
-    return NAFNet()
+    return UNet()

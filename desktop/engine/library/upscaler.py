@@ -17,7 +17,8 @@ desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.libr
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
 by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, NAFNet (1x restoration) by
 desktop.engine.library.upscaler_nafnet, FBCNN (1x JPEG artefact removal) by
-desktop.engine.library.upscaler_fbcnn (their shape goes
+desktop.engine.library.upscaler_fbcnn, KBNet-S (1x restoration) by desktop.engine.library.upscaler_kbnet
+(their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -55,6 +56,7 @@ from desktop.engine.library.upscaler_efficient import (
     span_label,
 )
 from desktop.engine.library.upscaler_fbcnn import FBCNNShape, fbcnn_label, inspect_fbcnn, looks_like_fbcnn
+from desktop.engine.library.upscaler_kbnet import LARGE_PROBE, KBNetShape, inspect_kbnet, kbnet_label, looks_like_kbnet
 from desktop.engine.library.upscaler_nafnet import NAFNetShape, inspect_nafnet, looks_like_nafnet, nafnet_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
@@ -81,7 +83,9 @@ from desktop.engine.library.upscaler_transformers import (
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
 _OLD_UPCONV = re.compile(r"model\.(\d+)\.weight")
-_OTHER_ARCHITECTURES: dict[str, str] = {}  # a probe tensor name -> an architecture refused by name
+_OTHER_ARCHITECTURES: dict[str, str] = {  # a probe tensor name -> an architecture refused by name
+    LARGE_PROBE: "KBNet-L",
+}
 _COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 
 
@@ -94,6 +98,7 @@ class UpscalerInfo:
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
     # | "nafnet"
     # | "fbcnn"
+    # | "kbnet"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -107,6 +112,7 @@ class UpscalerInfo:
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape
         | NAFNetShape
         | FBCNNShape
+        | KBNetShape
         | None
     ) = None
 
@@ -146,6 +152,8 @@ class UpscalerInfo:
             return nafnet_label(self.detail, self.features)
         if isinstance(self.detail, FBCNNShape):
             return fbcnn_label(self.detail, self.features)
+        if isinstance(self.detail, KBNetShape):
+            return kbnet_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if self.layout == "srvgg":
@@ -204,6 +212,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _nafnet(tensors, name)
     if looks_like_fbcnn(tensors):
         return _fbcnn(tensors, name)
+    if looks_like_kbnet(tensors):
+        return _kbnet(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -212,6 +222,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
                 "Swift-SRGAN and CRAFT upscalers"
                 ", and NAFNet restoration models"
                 ", FBCNN JPEG artefact removal models"
+                ", KBNet-S restoration models"
                 " only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
@@ -316,6 +327,13 @@ def _fbcnn(tensors: dict, name: str) -> UpscalerInfo:
     if in_channels != 3 or out_channels != 3:
         raise ModelError(f"{name} is an FBCNN for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
     return UpscalerInfo("fbcnn", scale, detail.blocks * 9, width, in_channels, out_channels, 0, detail)
+
+
+def _kbnet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_kbnet(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a KBNet-S for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    return UpscalerInfo("kbnet", scale, detail.unet.blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _rcan(tensors: dict, name: str) -> UpscalerInfo:

@@ -62,17 +62,25 @@ def looks_like_nafnet(tensors: Mapping[str, _Shaped]) -> bool:
 
 def inspect_nafnet(tensors: Mapping[str, _Shaped], name: str) -> tuple[NAFNetShape, int, int, int, int]:
     """(shape, scale 1, width, in channels, out channels) of a NAFNet header; ModelError otherwise."""
+    unet, width, in_channels, out_channels = inspect_unet(tensors, name, "NAFNet")
+    return unet, 1, width, in_channels, out_channels
+
+
+def inspect_unet(tensors: Mapping[str, _Shaped], name: str, architecture: str) -> tuple[NAFNetShape, int, int, int]:
+    """(levels, width, in channels, out channels) of NAFNet's U-Net frame, which KBNet-S shares, whatever its
+    blocks are; ModelError naming `architecture` otherwise."""
 
     def shape(key: str) -> tuple[int, ...]:
         info = tensors.get(key)
         if info is None:
-            raise ModelError(f"{name} looks like a NAFNet restoration model but lacks {key}: the file is incomplete.")
+            raise ModelError(f"{name} looks like a {architecture} restoration model but lacks {key}: the file is "
+                             "incomplete.")  # fmt: skip
         return tuple(info.shape)
 
     def contiguous(found: set[int], what: str) -> int:
         if not found or sorted(found) != list(range(len(found))):
-            raise ModelError(f"{name}: its NAFNet {what} are numbered {sorted(found)}, with gaps: the file is "
-                             "incomplete.")  # fmt: skip
+            raise ModelError(f"{name}: its {architecture} {what} are numbered {sorted(found)}, with gaps: the file "
+                             "is incomplete.")  # fmt: skip
         return len(found)
 
     def levels(pattern: re.Pattern[str], what: str) -> tuple[int, ...]:
@@ -81,7 +89,7 @@ def inspect_nafnet(tensors: Mapping[str, _Shaped], name: str) -> tuple[NAFNetSha
             if m := pattern.fullmatch(key):
                 blocks.setdefault(int(m[1]), set()).add(int(m[2]))
         if not blocks:  # a NAFNet without levels is a plain stack: spandrel's detection wants one, so does Marble
-            raise ModelError(f"{name} looks like a NAFNet restoration model but has no {what} levels.")
+            raise ModelError(f"{name} looks like a {architecture} restoration model but has no {what} levels.")
         contiguous(set(blocks), f"{what} levels")
         return tuple(contiguous(blocks[level], f"{what} level {level} blocks") for level in range(len(blocks)))
 
@@ -91,19 +99,20 @@ def inspect_nafnet(tensors: Mapping[str, _Shaped], name: str) -> tuple[NAFNetSha
     middle = contiguous({int(m[1]) for key in tensors if (m := _MIDDLE.fullmatch(key))}, "middle blocks")
     if len(encoders) != len(decoders) or ending_width != width:
         # Each decoder level adds an encoder level's output: the counts must pair up to come back to `width`.
-        raise ModelError(f"{name} has {len(encoders)} NAFNet encoder levels but {len(decoders)} decoder levels; "
-                         "its U-Net does not close.")  # fmt: skip
+        raise ModelError(f"{name} has {len(encoders)} {architecture} encoder levels but {len(decoders)} decoder "
+                         "levels; its U-Net does not close.")  # fmt: skip
     for level in range(len(encoders)):
         wide = width << level
         if shape(f"downs.{level}.weight") != (2 * wide, wide, 2, 2):
-            raise ModelError(f"{name}'s NAFNet downsampling conv {level} is {shape(f'downs.{level}.weight')}, not "
-                             f"{wide} -> {2 * wide} features.")  # fmt: skip
-    return NAFNetShape(encoders, middle, decoders), 1, width, in_channels, out_channels
+            found = shape(f"downs.{level}.weight")
+            raise ModelError(f"{name}'s {architecture} downsampling conv {level} is {found}, not {wide} -> "
+                             f"{2 * wide} features.")  # fmt: skip
+    return NAFNetShape(encoders, middle, decoders), width, in_channels, out_channels
 
 
-def nafnet_label(info: NAFNetShape, width: int) -> str:
+def nafnet_label(info: NAFNetShape, width: int, architecture: str = "NAFNet") -> str:
     def counts(levels: tuple[int, ...]) -> str:
         return "-".join(str(n) for n in levels)
 
-    return (f"NAFNet 1x restoration ({width} features, {counts(info.encoders)} / {info.middle} / "
+    return (f"{architecture} 1x restoration ({width} features, {counts(info.encoders)} / {info.middle} / "
             f"{counts(info.decoders)} blocks)")  # fmt: skip
