@@ -1,7 +1,8 @@
 """KBNet-S restoration models (1x, in the upscaler slot): detected from the header (NAFNet's frame: width and
 blocks per level; the basis count, feed-forward ratio, lightweight variant) and run by Marble's own
 implementation, compared with spandrel 0.4.2 on the same file and input, on and off the 2^levels padding
-unit; tiled and tiny inputs run; damaged files, and KBNet-L, refused by name."""
+unit; the same for KBNet-L (a Restormer-style U-Net with kernel-basis feed-forwards); tiled and tiny inputs
+run; damaged files refused by name."""
 
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ VARIANTS = {
     "kbnet-s-wide": ({"width": 32, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]},
                      "KBNet-S 1x restoration (32 features, 1 / 1 / 1 blocks)", [9, 13]),
 }  # fmt: skip
+# KBNet-L: spandrel pads its input to 16 px for it (the spec's "padded"), as Marble's network does itself.
+LARGE = {
+    # Two heads from level 2, a 2x feed-forward, no biases, an odd size. (Widths must divide by the basis-weight
+    # branch's min(width, 24) channels at every level, and the feed-forward width be even.)
+    "kbnet-l": ({"dim": 6, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 2, 2, 4],
+                 "ffn_expansion_factor": 2.0, "bias": False},
+                "KBNet-L 1x restoration (6 features, 1-1-1-1 + 1 blocks)", [19, 23]),
+    # Biases, a 1.5x feed-forward, two blocks at the top, widths past the 24-channel basis-weight branch.
+    "kbnet-l-bias": ({"dim": 12, "num_blocks": [2, 1, 1, 1], "num_refinement_blocks": 2, "heads": [1, 1, 2, 4],
+                      "ffn_expansion_factor": 1.5, "bias": True},
+                     "KBNet-L 1x restoration (12 features, 2-1-1-1 + 2 blocks)", [16, 16]),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +57,10 @@ def reference(tmp_path_factory):
     specs = {
         name: {"class": "KBNet_s", "seed": 160 + seed, "input": size, "kwargs": kwargs}
         for seed, (name, (kwargs, _, size)) in enumerate(VARIANTS.items())
+    }
+    specs |= {
+        name: {"class": "KBNet_l", "seed": 170 + seed, "input": size, "kwargs": kwargs, "padded": True}
+        for seed, (name, (kwargs, _, size)) in enumerate(LARGE.items())
     }
     return workdir, spandrel_reference.build_and_run(workdir, specs)
 
@@ -59,6 +76,12 @@ def test_each_kbnet_is_detected_and_matches_spandrel(reference, paths, name):
     check_against_spandrel(*reference, paths, name, label=label, architecture="KBNet", layout="kbnet", scale=1)
 
 
+@pytest.mark.parametrize("name", list(LARGE))
+def test_each_kbnet_l_is_detected_and_matches_spandrel(reference, paths, name):
+    _, label, _ = LARGE[name]
+    check_against_spandrel(*reference, paths, name, label=label, architecture="KBNet", layout="kbnet-l", scale=1)
+
+
 def test_kbnet_restores_tiled_and_tiny_inputs(reference):
     workdir, _ = reference
     network, info = load_upscaler(workdir / "kbnet-s.safetensors")
@@ -68,11 +91,17 @@ def test_kbnet_restores_tiled_and_tiny_inputs(reference):
     with torch.inference_mode():
         assert network(torch.rand(1, 3, 5, 7)).shape == (1, 3, 5, 7)
         assert network(torch.rand(1, 3, 1, 2)).shape == (1, 3, 1, 2)
+    large, _ = load_upscaler(workdir / "kbnet-l.safetensors")
+    with torch.inference_mode():
+        # Under the 16 px unit, and narrower than one mirror step: mirrored repeatedly, cropped back.
+        assert large(torch.rand(1, 3, 5, 7)).shape == (1, 3, 5, 7)
+        assert large(torch.rand(1, 3, 1, 2)).shape == (1, 3, 1, 2)
 
 
 def test_damaged_kbnet_files_are_refused_by_name(reference, paths, tmp_path):
     workdir, _ = reference
     kbnet = load_file(str(workdir / "kbnet-s.safetensors"))
+    large = load_file(str(workdir / "kbnet-l.safetensors"))
     cases = {
         "missing": ({k: v for k, v in kbnet.items() if k != "decoders.1.0.conv2.2.weight"},
                     "tensors do not fit the KBNet-S 1x .*decoders.1.0.conv2.2.weight"),
@@ -84,9 +113,13 @@ def test_damaged_kbnet_files_are_refused_by_name(reference, paths, tmp_path):
         "no-ffn": ({k: v for k, v in kbnet.items() if k != "middle_blks.0.conv4.weight"},
                    "lacks middle_blks.0.conv4.weight"),
         "grey": ({**kbnet, "intro.weight": torch.zeros(8, 1, 3, 3)}, "KBNet-S for 1-channel images"),
-        # KBNet's large network (a Restormer-style transformer) is named, not run.
-        "large": ({"patch_embed.proj.weight": torch.zeros(8, 3, 3, 3),
-                   "refinement.0.attn.dwconv.0.weight": torch.zeros(8, 1, 3, 3)}, "looks like a KBNet-L upscaler"),
+        # KBNet-L's.
+        "large-missing": ({k: v for k, v in large.items() if k != "decoder_level2.0.attn.conv2.2.weight"},
+                          "tensors do not fit the KBNet-L 1x .*decoder_level2.0.attn.conv2.2.weight"),
+        "large-gap": ({k: v for k, v in large.items() if not k.startswith("refinement.0.norm1")},
+                      r"KBNet-L refinement blocks are numbered \[\], with gaps"),
+        "large-no-heads": ({k: v for k, v in large.items() if k != "latent.0.ffn.temperature"},
+                           "lacks latent.0.ffn.temperature"),
     }  # fmt: skip
     for case, (tensors, message) in cases.items():
         path = tmp_path / f"{case}.safetensors"

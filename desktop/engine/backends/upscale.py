@@ -6,7 +6,7 @@ desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd,
 desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
 desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
 desktop.engine.backends.upscale_craft, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet,
-FBCNN (1x JPEG artefact removal) in desktop.engine.backends.upscale_fbcnn, KBNet-S (1x restoration) in
+FBCNN (1x JPEG artefact removal) in desktop.engine.backends.upscale_fbcnn, KBNet-S and KBNet-L (1x restoration) in
 desktop.engine.backends.upscale_kbnet.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
@@ -118,10 +118,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_fbcnn import build_fbcnn
 
         network = build_fbcnn(info)
-    elif info.layout == "kbnet":
-        from desktop.engine.backends.upscale_kbnet import build_kbnet
+    elif info.layout in ("kbnet", "kbnet-l"):
+        from desktop.engine.backends.upscale_kbnet import build_kbnet, build_kbnet_l
 
-        network = build_kbnet(info)
+        network = build_kbnet(info) if info.layout == "kbnet" else build_kbnet_l(info)
     else:
         network = _build(info)
     try:

@@ -17,7 +17,7 @@ desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.libr
 desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
 by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, NAFNet (1x restoration) by
 desktop.engine.library.upscaler_nafnet, FBCNN (1x JPEG artefact removal) by
-desktop.engine.library.upscaler_fbcnn, KBNet-S (1x restoration) by desktop.engine.library.upscaler_kbnet
+desktop.engine.library.upscaler_fbcnn, KBNet-S and KBNet-L (1x restoration) by desktop.engine.library.upscaler_kbnet
 (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -56,7 +56,16 @@ from desktop.engine.library.upscaler_efficient import (
     span_label,
 )
 from desktop.engine.library.upscaler_fbcnn import FBCNNShape, fbcnn_label, inspect_fbcnn, looks_like_fbcnn
-from desktop.engine.library.upscaler_kbnet import LARGE_PROBE, KBNetShape, inspect_kbnet, kbnet_label, looks_like_kbnet
+from desktop.engine.library.upscaler_kbnet import (
+    KBNetLShape,
+    KBNetShape,
+    inspect_kbnet,
+    inspect_kbnet_l,
+    kbnet_l_label,
+    kbnet_label,
+    looks_like_kbnet,
+    looks_like_kbnet_l,
+)
 from desktop.engine.library.upscaler_nafnet import NAFNetShape, inspect_nafnet, looks_like_nafnet, nafnet_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_rgt import RGTShape, inspect_rgt, looks_like_rgt, rgt_label
@@ -83,9 +92,7 @@ from desktop.engine.library.upscaler_transformers import (
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
 _OLD_UPCONV = re.compile(r"model\.(\d+)\.weight")
-_OTHER_ARCHITECTURES: dict[str, str] = {  # a probe tensor name -> an architecture refused by name
-    LARGE_PROBE: "KBNet-L",
-}
+_OTHER_ARCHITECTURES: dict[str, str] = {}  # a probe tensor name -> an architecture refused by name
 _COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 
 
@@ -98,7 +105,7 @@ class UpscalerInfo:
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft"
     # | "nafnet"
     # | "fbcnn"
-    # | "kbnet"
+    # | "kbnet" | "kbnet-l"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -113,6 +120,7 @@ class UpscalerInfo:
         | NAFNetShape
         | FBCNNShape
         | KBNetShape
+        | KBNetLShape
         | None
     ) = None
 
@@ -152,6 +160,8 @@ class UpscalerInfo:
             return nafnet_label(self.detail, self.features)
         if isinstance(self.detail, FBCNNShape):
             return fbcnn_label(self.detail, self.features)
+        if isinstance(self.detail, KBNetLShape):
+            return kbnet_l_label(self.detail, self.features)
         if isinstance(self.detail, KBNetShape):
             return kbnet_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
@@ -214,6 +224,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _fbcnn(tensors, name)
     if looks_like_kbnet(tensors):
         return _kbnet(tensors, name)
+    if looks_like_kbnet_l(tensors):
+        return _kbnet_l(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -222,7 +234,7 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
                 "Swift-SRGAN and CRAFT upscalers"
                 ", and NAFNet restoration models"
                 ", FBCNN JPEG artefact removal models"
-                ", KBNet-S restoration models"
+                ", KBNet-S and KBNet-L restoration models"
                 " only."
             )
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
@@ -334,6 +346,14 @@ def _kbnet(tensors: dict, name: str) -> UpscalerInfo:
     if in_channels != 3 or out_channels != 3:
         raise ModelError(f"{name} is a KBNet-S for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
     return UpscalerInfo("kbnet", scale, detail.unet.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _kbnet_l(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_kbnet_l(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a KBNet-L for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    blocks = 2 * sum(detail.blocks) - detail.blocks[3] + detail.refinement
+    return UpscalerInfo("kbnet-l", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _rcan(tensors: dict, name: str) -> UpscalerInfo:
