@@ -125,13 +125,12 @@ def inspect_kbnet_l(tensors: Mapping[str, _Shaped], name: str) -> tuple[KBNetLSh
         return len(found)
 
     width, in_channels = shape("patch_embed.proj.weight")[:2]
-    blocks = tuple(count(level) for level in LARGE_LEVELS)
-    heads = tuple(shape(f"{level}.0.ffn.temperature")[0] for level in LARGE_LEVELS)
+    b1, b2, b3, b4 = (count(level) for level in LARGE_LEVELS)
+    h1, h2, h3, h4 = (shape(f"{level}.0.ffn.temperature")[0] for level in LARGE_LEVELS)
     hidden = shape("encoder_level1.0.attn.ga1")[1]
-    info = KBNetLShape(
-        blocks, count("refinement"), heads, hidden / width, "encoder_level1.0.ffn.qkv.bias" in tensors,  # type: ignore[arg-type]
-        shape("encoder_level1.0.attn.attgamma")[1],
-    )  # fmt: skip
+    bias = "encoder_level1.0.ffn.qkv.bias" in tensors
+    bases = shape("encoder_level1.0.attn.attgamma")[1]
+    info = KBNetLShape((b1, b2, b3, b4), count("refinement"), (h1, h2, h3, h4), hidden / width, bias, bases)
     return info, 1, width, in_channels, shape("output.weight")[0]
 
 
