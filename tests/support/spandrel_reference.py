@@ -107,6 +107,7 @@ def _child(workdir: Path) -> None:
         DCTLSA,
         DITN,
         DRCT,
+        FBCNN,
         FDAT,
         GRL,
         HAT,
@@ -119,9 +120,11 @@ def _child(workdir: Path) -> None:
         DnCNN,
         DRUNet,
         HVICIDNet,
+        KBNet,
         MixDehazeNet,
         MoESR,
         MoSR,
+        NAFNet,
         OmniSR,
         RealCUGAN,
         RetinexFormer,
@@ -160,6 +163,10 @@ def _child(workdir: Path) -> None:
         "RetinexFormer": RetinexFormer.RetinexFormer,
         "HVICIDNet": HVICIDNet.HVICIDNet,
         "MixDehazeNet": MixDehazeNet.MixDehazeNet,
+        "NAFNet": NAFNet.NAFNet,
+        "FBCNN": FBCNN.FBCNN,
+        "KBNet_s": KBNet.KBNet_s,
+        "KBNet_l": KBNet.KBNet_l,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

@@ -11,7 +11,9 @@ networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration,
 desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
 desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.engine.backends.upscale_retinexformer,
 HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
-desktop.engine.backends.upscale_dehaze.
+desktop.engine.backends.upscale_dehaze, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet,
+FBCNN (1x JPEG artefact removal) in desktop.engine.backends.upscale_fbcnn, KBNet-S and KBNet-L (1x restoration) in
+desktop.engine.backends.upscale_kbnet.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -167,6 +169,18 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_dehaze import build_mixdehazenet
 
         network = build_mixdehazenet(info)
+    elif info.layout == "nafnet":
+        from desktop.engine.backends.upscale_nafnet import build_nafnet
+
+        network = build_nafnet(info)
+    elif info.layout == "fbcnn":
+        from desktop.engine.backends.upscale_fbcnn import build_fbcnn
+
+        network = build_fbcnn(info)
+    elif info.layout in ("kbnet", "kbnet-l"):
+        from desktop.engine.backends.upscale_kbnet import build_kbnet, build_kbnet_l
+
+        network = build_kbnet(info) if info.layout == "kbnet" else build_kbnet_l(info)
     else:
         network = _build(info)
     try:

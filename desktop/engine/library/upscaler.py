@@ -21,8 +21,10 @@ desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCN
 desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
 desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
 by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
-desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze (their
-shape goes
+desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze, NAFNet
+(1x restoration) by desktop.engine.library.upscaler_nafnet, FBCNN (1x JPEG artefact removal) by
+desktop.engine.library.upscaler_fbcnn, KBNet-S and KBNet-L (1x restoration) by desktop.engine.library.upscaler_kbnet
+(their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -67,8 +69,19 @@ from desktop.engine.library.upscaler_efficient import (
     plksr_label,
     span_label,
 )
+from desktop.engine.library.upscaler_fbcnn import FBCNNShape, fbcnn_label, inspect_fbcnn, looks_like_fbcnn
 from desktop.engine.library.upscaler_fdat import FDATShape, fdat_label, inspect_fdat, looks_like_fdat
 from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
+from desktop.engine.library.upscaler_kbnet import (
+    KBNetLShape,
+    KBNetShape,
+    inspect_kbnet,
+    inspect_kbnet_l,
+    kbnet_l_label,
+    kbnet_label,
+    looks_like_kbnet,
+    looks_like_kbnet_l,
+)
 from desktop.engine.library.upscaler_moesr import (
     MoESRShape,
     inspect_moesr,
@@ -77,6 +90,7 @@ from desktop.engine.library.upscaler_moesr import (
     read_meta_upsample,
 )
 from desktop.engine.library.upscaler_mosr import MoSRShape, inspect_mosr, looks_like_mosr, mosr_label
+from desktop.engine.library.upscaler_nafnet import NAFNetShape, inspect_nafnet, looks_like_nafnet, nafnet_label
 from desktop.engine.library.upscaler_omni import OmniSRShape, inspect_omnisr, looks_like_omnisr, omnisr_label
 from desktop.engine.library.upscaler_restoration import (
     DnCNNShape,
@@ -134,7 +148,8 @@ class UpscalerInfo:
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
-    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet"
+    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet" |
+    # "nafnet" | "fbcnn" | "kbnet" | "kbnet-l"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -147,7 +162,8 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
-        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | None
+        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | NAFNetShape | FBCNNShape | KBNetShape | KBNetLShape
+        | None
     ) = None
 
     @property
@@ -194,6 +210,14 @@ class UpscalerInfo:
             return cidnet_label(self.detail)
         if isinstance(self.detail, MixDehazeNetShape):
             return mixdehazenet_label(self.detail)
+        if isinstance(self.detail, NAFNetShape):
+            return nafnet_label(self.detail, self.features)
+        if isinstance(self.detail, FBCNNShape):
+            return fbcnn_label(self.detail, self.features)
+        if isinstance(self.detail, KBNetLShape):
+            return kbnet_l_label(self.detail, self.features)
+        if isinstance(self.detail, KBNetShape):
+            return kbnet_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -286,6 +310,14 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _cidnet(tensors, name)
     if looks_like_mixdehazenet(tensors):
         return _mixdehazenet(tensors, name)
+    if looks_like_nafnet(tensors):
+        return _nafnet(tensors, name)
+    if looks_like_fbcnn(tensors):
+        return _fbcnn(tensors, name)
+    if looks_like_kbnet(tensors):
+        return _kbnet(tensors, name)
+    if looks_like_kbnet_l(tensors):
+        return _kbnet_l(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -380,6 +412,35 @@ def _cugan(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a Real-CUGAN for {in_channels}-channel images; Marble runs colour (RGB) "
                          "ones only.")  # fmt: skip
     return UpscalerInfo("cugan", scale, 2, width, in_channels, out_channels, 0, detail)  # blocks: its two U-Nets
+
+
+def _nafnet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_nafnet(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a NAFNet for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    return UpscalerInfo("nafnet", scale, detail.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _fbcnn(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_fbcnn(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is an FBCNN for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    return UpscalerInfo("fbcnn", scale, detail.blocks * 9, width, in_channels, out_channels, 0, detail)
+
+
+def _kbnet(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_kbnet(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a KBNet-S for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    return UpscalerInfo("kbnet", scale, detail.unet.blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _kbnet_l(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_kbnet_l(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is a KBNet-L for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    blocks = 2 * sum(detail.blocks) - detail.blocks[3] + detail.refinement
+    return UpscalerInfo("kbnet-l", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _rcan(tensors: dict, name: str) -> UpscalerInfo:
