@@ -169,3 +169,26 @@ def test_hires_fix_with_an_upscaler_model_matches_by_hand(paths, tiny_sd15_dir, 
 
 def test_a_dropped_upscaler_goes_to_the_upscaler_library(tiny_esrgan):
     assert guess_kind(tiny_esrgan) == "upscaler"
+
+
+@pytest.mark.parametrize(
+    ("probes", "message"),
+    [
+        (["toRGB.0.weight", "stylegan_decoder.style_mlp.1.weight"],
+         "looks like a GFPGAN face restorer, not an upscaler"),
+        (["quantize.embedding.weight", "quant_conv.weight", "encoder.conv_in.weight", "encoder.conv_out.weight",
+          "decoder.conv_out.weight", "encoder.down.0.block.0.norm1.weight"],
+         "looks like a RestoreFormer face restorer"),
+        (["generator.model.1.bn_l.running_mean", "generator.model.1.ffc.convl2l.weight"],
+         "looks like a LaMa inpainting model, not an upscaler: it fills a masked area"),
+    ],
+)  # fmt: skip
+def test_face_restorers_and_inpainters_are_refused_with_the_reason(paths, tmp_path, probes, message):
+    """Networks the maintained loader reads that are no upscalers: a dropped file goes to the upscaler import,
+    which says what the file is and why Marble does not run it."""
+    path = tmp_path / "restorer.safetensors"
+    save_file({name: torch.zeros(2, 2) for name in probes}, str(path))
+    assert guess_kind(path) == "upscaler"
+    with pytest.raises(ModelError, match=f"restorer.safetensors {message}"):
+        Library(paths).import_path(path, "upscaler")
+    assert list(paths.upscalers.iterdir()) == []

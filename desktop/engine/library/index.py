@@ -42,7 +42,7 @@ from desktop.engine.library.dit import read_gguf_tensors, shown_dtype
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
 from desktop.engine.library.lora import inspect_lora
-from desktop.engine.library.upscaler import inspect_upscaler
+from desktop.engine.library.upscaler import inspect_upscaler, not_an_upscaler
 from desktop.engine.library.vae import inspect_vae
 from desktop.engine.paths import AppPaths
 from desktop.engine.safe_files import loads_json, open_regular, read_regular_bytes
@@ -539,6 +539,8 @@ def guess_kind(path: Path | str) -> str:
         header = read_safetensors_header(path)
     except ModelError:
         return "model"
+    if not_an_upscaler(header.tensors):
+        return "upscaler"  # a face restorer or an inpainter: the upscaler import says why it is refused
     # Tried in turn: the first reader that accepts the header names the library. Upscalers first: their
     # readers want exact tensor names, while the LoRA reader takes HAT's `layers.N...attention.` names
     # for a Z-Image LoRA's.

@@ -32,7 +32,7 @@ their maintained loader (spandrel) needs torchvision, which Marble does not ship
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
@@ -137,7 +137,19 @@ from desktop.engine.library.upscaler_transformers import (
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
 _OLD_UPCONV = re.compile(r"model\.(\d+)\.weight")
-_OTHER_ARCHITECTURES: dict[str, str] = {}  # a probe tensor name -> an architecture refused by name
+# Networks that chaiNNer's loader (spandrel) also reads but that do not fit the upscaler slot: the tensor names
+# that tell them (all present), what they are and why Marble does not run them as an upscaler.
+_NOT_UPSCALERS = (
+    (("toRGB.0.weight", "stylegan_decoder.style_mlp.1.weight"), "a GFPGAN face restorer",
+     "it restores 512 px crops of aligned faces, which needs a face detector Marble does not have"),
+    (("quantize.embedding.weight", "quant_conv.weight", "encoder.conv_in.weight", "encoder.conv_out.weight",
+      "decoder.conv_out.weight", "encoder.down.0.block.0.norm1.weight"), "a RestoreFormer face restorer",
+     "it restores 512 px crops of aligned faces, which needs a face detector Marble does not have"),
+    (("model.model.1.bn_l.running_mean",), "a LaMa inpainting model",
+     "it fills a masked area of an image rather than enlarging or cleaning the whole image"),
+    (("generator.model.1.bn_l.running_mean",), "a LaMa inpainting model",
+     "it fills a masked area of an image rather than enlarging or cleaning the whole image"),
+)  # fmt: skip
 _COMPACT_CONV = re.compile(r"body\.(\d+)\.weight")
 
 
@@ -237,6 +249,14 @@ class UpscalerInfo:
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
 
 
+def not_an_upscaler(tensors: Mapping[str, object]) -> str | None:
+    """Why a file of a network spandrel reads but that is no upscaler is refused ("looks like ..."), or None."""
+    for probes, what, why in _NOT_UPSCALERS:
+        if all(probe in tensors for probe in probes):
+            return f"looks like {what}, not an upscaler: {why}."
+    return None
+
+
 def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> UpscalerInfo:
     """The upscaler network a header describes; raise ModelError naming what the file is otherwise. Settings
     stored as tiny tensors (MoESR's and FDAT's upsampler records) come with the header (`small_values`)."""
@@ -318,12 +338,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _kbnet(tensors, name)
     if looks_like_kbnet_l(tensors):
         return _kbnet_l(tensors, name)
-    for probe, architecture in _OTHER_ARCHITECTURES.items():
-        if probe in tensors:
-            raise ModelError(
-                f"{name} looks like a {architecture} upscaler, which Marble does not run yet; the architectures "
-                "it runs are listed in docs/upscalers.md."
-            )
+    if refusal := not_an_upscaler(tensors):
+        raise ModelError(f"{name} {refusal}")
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
         return _transformer("Swin2SR", "swin2sr", inspect_swin2sr, tensors, name)
     if looks_like_hat(tensors):  # before SwinIR: HAT has SwinIR's names too
