@@ -116,6 +116,7 @@ def _child(workdir: Path) -> None:
         SAFMN,
         SAFMNBCIE,
         SPAN,
+        AuraSR,
         DnCNN,
         DRUNet,
         HVICIDNet,
@@ -160,6 +161,7 @@ def _child(workdir: Path) -> None:
         "RetinexFormer": RetinexFormer.RetinexFormer,
         "HVICIDNet": HVICIDNet.HVICIDNet,
         "MixDehazeNet": MixDehazeNet.MixDehazeNet,
+        "AuraSR": AuraSR.AuraSR,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -179,6 +181,8 @@ def _child(workdir: Path) -> None:
         loaded = ModelLoader().load_from_file(str(path))
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
+        if "call_seed" in spec:  # a network that draws random numbers as it runs (AuraSR): the draws fixed
+            torch.manual_seed(spec["call_seed"])
         with torch.no_grad():
             # A copy: RCAN scales its input in place, which would change the input saved below.
             source = torch.from_numpy(image.copy())

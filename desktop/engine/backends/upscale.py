@@ -11,7 +11,8 @@ networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration,
 desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
 desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.engine.backends.upscale_retinexformer,
 HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
-desktop.engine.backends.upscale_dehaze.
+desktop.engine.backends.upscale_dehaze, AuraSR in desktop.engine.backends.upscale_aurasr (which upscale() feeds
+tiles of at most 64 px, its `largest_tile`).
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -167,6 +168,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_dehaze import build_mixdehazenet
 
         network = build_mixdehazenet(info)
+    elif info.layout == "aurasr":
+        from desktop.engine.backends.upscale_aurasr import build_aurasr
+
+        network = build_aurasr(info)
     else:
         network = _build(info)
     try:
@@ -316,6 +321,10 @@ def upscale(
     """`image` upscaled by the network's `scale`, in tiles of `tile` input pixels (0 = whole image)."""
     import torch
 
+    largest = getattr(network, "largest_tile", 0)
+    if largest:  # a network sized for fixed tiles (AuraSR's 64 px): no tile, overlap included, is larger
+        overlap = min(overlap, largest // 8)
+        tile = largest - 2 * overlap if tile <= 0 else min(tile, largest - 2 * overlap)
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     height, width = rgb.shape[:2]
     source = torch.from_numpy(rgb).permute(2, 0, 1)[None]

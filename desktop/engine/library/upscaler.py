@@ -21,7 +21,8 @@ desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCN
 desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
 desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
 by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
-desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze (their
+desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze, AuraSR
+by desktop.engine.library.upscaler_aurasr (their
 shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -36,6 +37,7 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_aurasr import AuraSRShape, aurasr_label, inspect_aurasr, looks_like_aurasr
 from desktop.engine.library.upscaler_cidnet import CIDNetShape, cidnet_label, inspect_cidnet, looks_like_cidnet
 from desktop.engine.library.upscaler_cnn import (
     RCANShape,
@@ -135,6 +137,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
     # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet"
+    # | "aurasr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -147,7 +150,9 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
-        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | None
+        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape
+        | AuraSRShape
+        | None
     ) = None
 
     @property
@@ -194,6 +199,8 @@ class UpscalerInfo:
             return cidnet_label(self.detail)
         if isinstance(self.detail, MixDehazeNetShape):
             return mixdehazenet_label(self.detail)
+        if isinstance(self.detail, AuraSRShape):
+            return aurasr_label(self.detail, self.scale, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -286,6 +293,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _cidnet(tensors, name)
     if looks_like_mixdehazenet(tensors):
         return _mixdehazenet(tensors, name)
+    if looks_like_aurasr(tensors):  # modulated kernel banks (`proj.weights`): AuraSR's own names
+        return _aurasr(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -460,6 +469,14 @@ def _cidnet(tensors: dict, name: str) -> UpscalerInfo:
 def _mixdehazenet(tensors: dict, name: str) -> UpscalerInfo:
     detail, scale, width, in_channels, out_channels = inspect_mixdehazenet(tensors, name)
     return UpscalerInfo("mixdehazenet", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
+
+
+def _aurasr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_aurasr(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is an AuraSR for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    blocks = detail.blocks * (detail.downs + 5) + 3  # the residual blocks: each level's, the two middle ones, the last
+    return UpscalerInfo("aurasr", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
