@@ -75,19 +75,25 @@ def test_each_aurasr_is_detected_and_matches_spandrel(reference, paths, name):
 def test_aurasr_is_fed_64px_tiles_and_runs_tiny_inputs(reference):
     workdir, _ = reference
     network, info = load_upscaler(workdir / "aurasr-x4.safetensors")
-    seen = []
+    seen, inner = [], []  # what upscale() feeds it; what its layers then see
     network.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    network.init_conv.register_forward_pre_hook(lambda module, args: inner.append(tuple(args[0].shape[-2:])))
     image = Image.fromarray((np.random.default_rng(0).random((120, 112, 3)) * 255).astype(np.uint8))
     # The default tile (256) and overlap (16) too big for it: upscale() cuts 64 px tiles, overlaps included.
     tiled = np.asarray(upscale(network, info.scale, image))
     assert tiled.shape == (480, 448, 3) and tiled.std() > 1
     assert len(seen) == 9 and max(max(size) for size in seen) == 64 and (64, 64) in seen
+    assert set(inner) == {(64, 64)}  # the smaller edge tiles mirrored up to the trained size
     with torch.inference_mode():
         # Mirrored up to the 64 px tile, then cropped back; the same draws each run.
         small = network(torch.rand(1, 3, 5, 7))
         assert small.shape == (1, 3, 20, 28)
+        assert set(inner) == {(64, 64)}
         source = torch.rand(1, 3, 16, 16)
         assert torch.equal(network(source), network(source))
+        # Larger than the tile it runs whole, padded to its levels' unit: 16 px for the four-down 2x model.
+        two, _ = load_upscaler(workdir / "aurasr-x2-attn.safetensors")
+        assert two(torch.rand(1, 3, 72, 66)).shape == (1, 3, 144, 132)
 
 
 def test_damaged_aurasr_files_are_refused_by_name(reference, paths, tmp_path):
