@@ -117,6 +117,7 @@ def _child(workdir: Path) -> None:
         SAFMN,
         SAFMNBCIE,
         SPAN,
+        AuraSR,
         DnCNN,
         DRUNet,
         HVICIDNet,
@@ -167,6 +168,7 @@ def _child(workdir: Path) -> None:
         "FBCNN": FBCNN.FBCNN,
         "KBNet_s": KBNet.KBNet_s,
         "KBNet_l": KBNet.KBNet_l,
+        "AuraSR": AuraSR.AuraSR,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -186,6 +188,8 @@ def _child(workdir: Path) -> None:
         loaded = ModelLoader().load_from_file(str(path))
         height, width = spec["input"]
         image = np.random.default_rng(spec["seed"]).random((1, 3, height, width), dtype=np.float32)
+        if "call_seed" in spec:  # a network that draws random numbers as it runs (AuraSR): the draws fixed
+            torch.manual_seed(spec["call_seed"])
         with torch.no_grad():
             # A copy: RCAN scales its input in place, which would change the input saved below.
             source = torch.from_numpy(image.copy())

@@ -13,7 +13,8 @@ desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.eng
 HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
 desktop.engine.backends.upscale_dehaze, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet,
 FBCNN (1x JPEG artefact removal) in desktop.engine.backends.upscale_fbcnn, KBNet-S and KBNet-L (1x restoration) in
-desktop.engine.backends.upscale_kbnet.
+desktop.engine.backends.upscale_kbnet, AuraSR in desktop.engine.backends.upscale_aurasr (which upscale() feeds
+tiles of at most 64 px, its `largest_tile`).
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -181,6 +182,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_kbnet import build_kbnet, build_kbnet_l
 
         network = build_kbnet(info) if info.layout == "kbnet" else build_kbnet_l(info)
+    elif info.layout == "aurasr":
+        from desktop.engine.backends.upscale_aurasr import build_aurasr
+
+        network = build_aurasr(info)
     else:
         network = _build(info)
     try:
@@ -330,6 +335,10 @@ def upscale(
     """`image` upscaled by the network's `scale`, in tiles of `tile` input pixels (0 = whole image)."""
     import torch
 
+    largest = getattr(network, "largest_tile", 0)
+    if largest:  # a network sized for fixed tiles (AuraSR's 64 px): no tile, overlap included, is larger
+        overlap = min(overlap, largest // 8)
+        tile = largest - 2 * overlap if tile <= 0 else min(tile, largest - 2 * overlap)
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     height, width = rgb.shape[:2]
     source = torch.from_numpy(rgb).permute(2, 0, 1)[None]

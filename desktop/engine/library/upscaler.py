@@ -23,8 +23,8 @@ desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_g
 by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
 desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze, NAFNet
 (1x restoration) by desktop.engine.library.upscaler_nafnet, FBCNN (1x JPEG artefact removal) by
-desktop.engine.library.upscaler_fbcnn, KBNet-S and KBNet-L (1x restoration) by desktop.engine.library.upscaler_kbnet
-(their shape goes
+desktop.engine.library.upscaler_fbcnn, KBNet-S and KBNet-L (1x restoration) by desktop.engine.library.upscaler_kbnet,
+AuraSR by desktop.engine.library.upscaler_aurasr (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.upscaler_atd import ATDShape, atd_label, inspect_atd, looks_like_atd
+from desktop.engine.library.upscaler_aurasr import AuraSRShape, aurasr_label, inspect_aurasr, looks_like_aurasr
 from desktop.engine.library.upscaler_cidnet import CIDNetShape, cidnet_label, inspect_cidnet, looks_like_cidnet
 from desktop.engine.library.upscaler_cnn import (
     RCANShape,
@@ -161,7 +162,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
     # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet" |
-    # "nafnet" | "fbcnn" | "kbnet" | "kbnet-l"
+    # "nafnet" | "fbcnn" | "kbnet" | "kbnet-l" | "aurasr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -175,6 +176,7 @@ class UpscalerInfo:
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
         | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | NAFNetShape | FBCNNShape | KBNetShape | KBNetLShape
+        | AuraSRShape
         | None
     ) = None
 
@@ -230,6 +232,8 @@ class UpscalerInfo:
             return kbnet_l_label(self.detail, self.features)
         if isinstance(self.detail, KBNetShape):
             return kbnet_label(self.detail, self.features)
+        if isinstance(self.detail, AuraSRShape):
+            return aurasr_label(self.detail, self.scale, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -338,6 +342,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _kbnet(tensors, name)
     if looks_like_kbnet_l(tensors):
         return _kbnet_l(tensors, name)
+    if looks_like_aurasr(tensors):  # modulated kernel banks (`proj.weights`): AuraSR's own names
+        return _aurasr(tensors, name)
     if refusal := not_an_upscaler(tensors):
         raise ModelError(f"{name} {refusal}")
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
@@ -537,6 +543,14 @@ def _cidnet(tensors: dict, name: str) -> UpscalerInfo:
 def _mixdehazenet(tensors: dict, name: str) -> UpscalerInfo:
     detail, scale, width, in_channels, out_channels = inspect_mixdehazenet(tensors, name)
     return UpscalerInfo("mixdehazenet", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
+
+
+def _aurasr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_aurasr(tensors, name)
+    if in_channels != 3 or out_channels != 3:
+        raise ModelError(f"{name} is an AuraSR for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
+    blocks = detail.blocks * (detail.downs + 5) + 3  # the residual blocks: each level's, the two middle ones, the last
+    return UpscalerInfo("aurasr", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
