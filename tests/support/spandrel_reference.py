@@ -118,6 +118,7 @@ def _child(workdir: Path) -> None:
         SPAN,
         DnCNN,
         DRUNet,
+        FFTformer,
         HVICIDNet,
         MixDehazeNet,
         MoESR,
@@ -160,6 +161,7 @@ def _child(workdir: Path) -> None:
         "RetinexFormer": RetinexFormer.RetinexFormer,
         "HVICIDNet": HVICIDNet.HVICIDNet,
         "MixDehazeNet": MixDehazeNet.MixDehazeNet,
+        "FFTformer": FFTformer.FFTformer,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))

@@ -21,7 +21,8 @@ desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCN
 desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
 desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
 by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
-desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze (their
+desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze,
+FFTformer (1x deblur) by desktop.engine.library.upscaler_fftformer (their
 shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -68,6 +69,12 @@ from desktop.engine.library.upscaler_efficient import (
     span_label,
 )
 from desktop.engine.library.upscaler_fdat import FDATShape, fdat_label, inspect_fdat, looks_like_fdat
+from desktop.engine.library.upscaler_fftformer import (
+    FFTformerShape,
+    fftformer_label,
+    inspect_fftformer,
+    looks_like_fftformer,
+)
 from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
 from desktop.engine.library.upscaler_moesr import (
     MoESRShape,
@@ -135,6 +142,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
     # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet"
+    # | "fftformer"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -147,7 +155,9 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
-        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | None
+        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape
+        | FFTformerShape
+        | None
     ) = None
 
     @property
@@ -194,6 +204,8 @@ class UpscalerInfo:
             return cidnet_label(self.detail)
         if isinstance(self.detail, MixDehazeNetShape):
             return mixdehazenet_label(self.detail)
+        if isinstance(self.detail, FFTformerShape):
+            return fftformer_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -286,6 +298,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _cidnet(tensors, name)
     if looks_like_mixdehazenet(tensors):
         return _mixdehazenet(tensors, name)
+    if looks_like_fftformer(tensors):  # its spectral filters (`ffn.fft`) are its own
+        return _fftformer(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -460,6 +474,12 @@ def _cidnet(tensors: dict, name: str) -> UpscalerInfo:
 def _mixdehazenet(tensors: dict, name: str) -> UpscalerInfo:
     detail, scale, width, in_channels, out_channels = inspect_mixdehazenet(tensors, name)
     return UpscalerInfo("mixdehazenet", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
+
+
+def _fftformer(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_fftformer(tensors, name)
+    blocks = 2 * sum(detail.blocks) + detail.refinement  # encoder and decoder levels, refinement
+    return UpscalerInfo("fftformer", scale, blocks, width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
