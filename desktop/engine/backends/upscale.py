@@ -11,7 +11,8 @@ networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration,
 desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
 desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.engine.backends.upscale_retinexformer,
 HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
-desktop.engine.backends.upscale_dehaze, FFTformer (1x deblur) in desktop.engine.backends.upscale_fftformer.
+desktop.engine.backends.upscale_dehaze, FFTformer (1x deblur) in desktop.engine.backends.upscale_fftformer,
+Uformer (1x restoration) in desktop.engine.backends.upscale_uformer.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -171,6 +172,11 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_fftformer import build_fftformer
 
         network = build_fftformer(info)
+    elif info.layout == "uformer":
+        from desktop.engine.backends.upscale_transformers import loadable_state
+        from desktop.engine.backends.upscale_uformer import build_uformer
+
+        state, network = loadable_state(state), build_uformer(info)  # position indices recomputed
     else:
         network = _build(info)
     try:

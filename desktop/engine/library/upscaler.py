@@ -22,7 +22,8 @@ desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upsc
 desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
 by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
 desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze,
-FFTformer (1x deblur) by desktop.engine.library.upscaler_fftformer (their
+FFTformer (1x deblur) by desktop.engine.library.upscaler_fftformer, Uformer (1x restoration) by
+desktop.engine.library.upscaler_uformer (their
 shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -126,6 +127,7 @@ from desktop.engine.library.upscaler_transformers import (
     swin2sr_label,
     swinir_label,
 )
+from desktop.engine.library.upscaler_uformer import UformerShape, inspect_uformer, looks_like_uformer, uformer_label
 
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
@@ -142,7 +144,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
     # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet"
-    # | "fftformer"
+    # | "fftformer" | "uformer"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -157,6 +159,7 @@ class UpscalerInfo:
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
         | RetinexFormerShape | CIDNetShape | MixDehazeNetShape
         | FFTformerShape
+        | UformerShape
         | None
     ) = None
 
@@ -206,6 +209,8 @@ class UpscalerInfo:
             return mixdehazenet_label(self.detail)
         if isinstance(self.detail, FFTformerShape):
             return fftformer_label(self.detail, self.features)
+        if isinstance(self.detail, UformerShape):
+            return uformer_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -300,6 +305,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _mixdehazenet(tensors, name)
     if looks_like_fftformer(tensors):  # its spectral filters (`ffn.fft`) are its own
         return _fftformer(tensors, name)
+    if looks_like_uformer(tensors):  # its layer names (encoderlayer_N, input_proj.proj.0) are its own
+        return _uformer(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -480,6 +487,11 @@ def _fftformer(tensors: dict, name: str) -> UpscalerInfo:
     detail, scale, width, in_channels, out_channels = inspect_fftformer(tensors, name)
     blocks = 2 * sum(detail.blocks) + detail.refinement  # encoder and decoder levels, refinement
     return UpscalerInfo("fftformer", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _uformer(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_uformer(tensors, name)
+    return UpscalerInfo("uformer", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
