@@ -120,6 +120,7 @@ def _child(workdir: Path) -> None:
         AuraSR,
         DnCNN,
         DRUNet,
+        FFTformer,
         HVICIDNet,
         KBNet,
         MixDehazeNet,
@@ -134,6 +135,7 @@ def _child(workdir: Path) -> None:
         SwiftSRGAN,
         Swin2SR,
         SwinIR,
+        Uformer,
     )
 
     # spandrel's FDAT DySample asks for pinned memory, which a CPU-only torch refuses: the child drops the flag.
@@ -169,6 +171,8 @@ def _child(workdir: Path) -> None:
         "KBNet_s": KBNet.KBNet_s,
         "KBNet_l": KBNet.KBNet_l,
         "AuraSR": AuraSR.AuraSR,
+        "FFTformer": FFTformer.FFTformer,
+        "Uformer": Uformer.Uformer,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -203,6 +207,11 @@ def _child(workdir: Path) -> None:
             # grey model ("per_channel") sees the colour input's channels one by one, as Marble runs it. A
             # signed model runs bare: spandrel's call for it maps only the output, which is mapped below.
             model = loaded.model.eval()
+            for module in model.modules():
+                # Uformer's conv projection passes its bias flag as the dilation (True, meaning 1), which this
+                # torch's conv2d refuses: the value it stands for.
+                if isinstance(module, torch.nn.Conv2d):
+                    module.dilation = tuple(int(d) for d in module.dilation)
             run = model if spec.get("signed") else functools.partial(loaded._call_fn, model)
             channels = source.split(1, 1) if spec.get("per_channel") else [source]
             output = torch.cat([run(channel) for channel in channels], 1)

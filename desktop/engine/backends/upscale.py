@@ -14,7 +14,8 @@ HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNe
 desktop.engine.backends.upscale_dehaze, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet,
 FBCNN (1x JPEG artefact removal) in desktop.engine.backends.upscale_fbcnn, KBNet-S and KBNet-L (1x restoration) in
 desktop.engine.backends.upscale_kbnet, AuraSR in desktop.engine.backends.upscale_aurasr (which upscale() feeds
-tiles of at most 64 px, its `largest_tile`).
+tiles of at most 64 px, its `largest_tile`), FFTformer (1x deblur) in desktop.engine.backends.upscale_fftformer,
+Uformer (1x restoration) in desktop.engine.backends.upscale_uformer.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -186,6 +187,15 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_aurasr import build_aurasr
 
         network = build_aurasr(info)
+    elif info.layout == "fftformer":
+        from desktop.engine.backends.upscale_fftformer import build_fftformer
+
+        network = build_fftformer(info)
+    elif info.layout == "uformer":
+        from desktop.engine.backends.upscale_transformers import loadable_state
+        from desktop.engine.backends.upscale_uformer import build_uformer
+
+        state, network = loadable_state(state), build_uformer(info)  # position indices recomputed
     else:
         network = _build(info)
     try:

@@ -24,7 +24,8 @@ by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
 desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze, NAFNet
 (1x restoration) by desktop.engine.library.upscaler_nafnet, FBCNN (1x JPEG artefact removal) by
 desktop.engine.library.upscaler_fbcnn, KBNet-S and KBNet-L (1x restoration) by desktop.engine.library.upscaler_kbnet,
-AuraSR by desktop.engine.library.upscaler_aurasr (their shape goes
+AuraSR by desktop.engine.library.upscaler_aurasr, FFTformer (1x deblur) by desktop.engine.library.upscaler_fftformer,
+Uformer (1x restoration) by desktop.engine.library.upscaler_uformer (their shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
 """
@@ -72,6 +73,12 @@ from desktop.engine.library.upscaler_efficient import (
 )
 from desktop.engine.library.upscaler_fbcnn import FBCNNShape, fbcnn_label, inspect_fbcnn, looks_like_fbcnn
 from desktop.engine.library.upscaler_fdat import FDATShape, fdat_label, inspect_fdat, looks_like_fdat
+from desktop.engine.library.upscaler_fftformer import (
+    FFTformerShape,
+    fftformer_label,
+    inspect_fftformer,
+    looks_like_fftformer,
+)
 from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
 from desktop.engine.library.upscaler_kbnet import (
     KBNetLShape,
@@ -134,6 +141,7 @@ from desktop.engine.library.upscaler_transformers import (
     swin2sr_label,
     swinir_label,
 )
+from desktop.engine.library.upscaler_uformer import UformerShape, inspect_uformer, looks_like_uformer, uformer_label
 
 _OLD_BLOCK = re.compile(r"model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight")
 _NEW_BLOCK = re.compile(r"body\.(\d+)\.rdb1\.conv1\.weight")
@@ -162,7 +170,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
     # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet" |
-    # "nafnet" | "fbcnn" | "kbnet" | "kbnet-l" | "aurasr"
+    # "nafnet" | "fbcnn" | "kbnet" | "kbnet-l" | "aurasr" | "fftformer" | "uformer"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -176,7 +184,7 @@ class UpscalerInfo:
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
         | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | NAFNetShape | FBCNNShape | KBNetShape | KBNetLShape
-        | AuraSRShape
+        | AuraSRShape | FFTformerShape | UformerShape
         | None
     ) = None
 
@@ -234,6 +242,10 @@ class UpscalerInfo:
             return kbnet_label(self.detail, self.features)
         if isinstance(self.detail, AuraSRShape):
             return aurasr_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, FFTformerShape):
+            return fftformer_label(self.detail, self.features)
+        if isinstance(self.detail, UformerShape):
+            return uformer_label(self.detail, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -344,6 +356,10 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _kbnet_l(tensors, name)
     if looks_like_aurasr(tensors):  # modulated kernel banks (`proj.weights`): AuraSR's own names
         return _aurasr(tensors, name)
+    if looks_like_fftformer(tensors):  # its spectral filters (`ffn.fft`) are its own
+        return _fftformer(tensors, name)
+    if looks_like_uformer(tensors):  # its layer names (encoderlayer_N, input_proj.proj.0) are its own
+        return _uformer(tensors, name)
     if refusal := not_an_upscaler(tensors):
         raise ModelError(f"{name} {refusal}")
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
@@ -551,6 +567,17 @@ def _aurasr(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is an AuraSR for {in_channels}-channel images; Marble runs colour (RGB) ones only.")
     blocks = detail.blocks * (detail.downs + 5) + 3  # the residual blocks: each level's, the two middle ones, the last
     return UpscalerInfo("aurasr", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _fftformer(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_fftformer(tensors, name)
+    blocks = 2 * sum(detail.blocks) + detail.refinement  # encoder and decoder levels, refinement
+    return UpscalerInfo("fftformer", scale, blocks, width, in_channels, out_channels, 0, detail)
+
+
+def _uformer(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width, in_channels, out_channels = inspect_uformer(tensors, name)
+    return UpscalerInfo("uformer", scale, sum(detail.depths), width, in_channels, out_channels, 0, detail)
 
 
 def _transformer(architecture: str, layout: str, inspect: Callable, tensors: dict, name: str) -> UpscalerInfo:
