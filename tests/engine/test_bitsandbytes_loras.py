@@ -177,3 +177,16 @@ def test_on_cuda_loras_switch_on_quantised_layers_as_on_the_dequantised_model(fl
         expected = bare_image(pipe.to("cuda", torch.float16), request, guidance_scale=3.5, max_sequence_length=512)
         error = np.abs(got.astype(float) - expected.astype(float)).mean()
         assert error < CUDA_TOLERANCE[kind], (lora, error)
+
+
+def test_leaving_the_nf4_mode_brings_the_lora_back_on_the_full_precision_model(flux, paths):
+    # nf4 is sticky (dit_memory.STICKY): the model is loaded again, and the job's LoRA with it, not the
+    # adapters of the quantised model (which went with it).
+    values = dict(prompt="a red circle <lora:style:1>", negative_prompt="", distilled_cfg_scale=3.5, steps=2)
+    backend = make_backend(paths)
+    run(backend, request_for(flux["folder"], memory_mode="nf4", **values))
+    got = pixels(run(backend, request_for(flux["folder"], memory_mode="full", **values))[0].images[0])
+    assert type(backend._pipe.transformer.transformer_blocks[0].attn.to_q.base_layer) is torch.nn.Linear
+    request = request_for(flux["folder"], prompt="a red circle", steps=2)
+    pipe = with_lora(bare_flux(flux["folder"]), flux["loras"]["style"])
+    assert np.array_equal(got, bare_image(pipe, request, guidance_scale=3.5, max_sequence_length=512))
