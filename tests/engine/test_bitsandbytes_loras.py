@@ -70,7 +70,8 @@ def dequantised(original: torch.nn.Module, quantised: torch.nn.Module, kind: str
         else:
             # The row scales move from the weight to the layer's matmul state at its first call.
             rows = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
-            weight = layer.weight.data.float() * rows.float()[:, None] * INT8_STEP
+            # On the CPU: after model offload the weight and its scales need not share a device.
+            weight = layer.weight.data.cpu().float() * rows.cpu().float()[:, None] * INT8_STEP
         linear.weight.data = weight.to("cpu", linear.weight.dtype)
     return copied
 
