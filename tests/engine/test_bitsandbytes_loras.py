@@ -4,9 +4,10 @@ PEFT wraps each bitsandbytes layer in its generic LoRA layer (the model is not m
 the quantised base layer's output plus the LoRA computed in full precision. Checked on the tiny Flux (64x64,
 2 steps) through the backend, job after job as a user switches LoRAs: a LoRA changes the quantised image,
 weight 0 is the image without it, a second LoRA does not carry the first one along, and each image is the
-same LoRA's on the dequantised model (bare diffusers). On a CPU bitsandbytes 0.50 multiplies by the
-dequantised weights in float32, so the tolerance there is none: pixel-identical. On CUDA (skipped here) the
-kernels differ: see the tolerances of the CUDA test.
+same LoRA's on the dequantised model (bare diffusers); kohya and XLabs Flux LoRAs, which diffusers converts
+and shape-checks, land on the quantised layers as on full-precision ones. On a CPU bitsandbytes 0.50
+multiplies by the dequantised weights in float32, so the tolerance there is none: pixel-identical. On CUDA
+(skipped here) the kernels differ: see the tolerances of the CUDA test.
 
 bitsandbytes is optional (pyproject's `quant` extra; in `test`): the tests skip without it."""
 
@@ -24,13 +25,13 @@ from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.engine.test_model_families import bare_flux, bare_image
 from tests.support.tiny_dit import build_tiny_flux, save_pipeline
-from tests.support.tiny_dit_loras import peft_lora
+from tests.support.tiny_dit_loras import flux_kohya_lora, flux_xlabs_lora, peft_lora
 from tests.support.tiny_loras import save_lora
 
 pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
 
 LAYER = {"nf4": "Linear4bit", "int8": "Linear8bitLt"}
-# 1/127 as bitsandbytes multiplies an int8 row by it (quantised_weights._INT8_STEP).
+# 1/127 as bitsandbytes multiplies an int8 row's scale by it (quantised_weights._INT8_STEP).
 INT8_STEP = 7.874015718698502e-3
 
 
@@ -70,8 +71,9 @@ def dequantised(original: torch.nn.Module, quantised: torch.nn.Module, kind: str
         else:
             # The row scales move from the weight to the layer's matmul state at its first call.
             rows = layer.weight.SCB if layer.weight.SCB is not None else layer.state.SCB
-            # On the CPU: after model offload the weight and its scales need not share a device.
-            weight = layer.weight.data.cpu().float() * rows.cpu().float()[:, None] * INT8_STEP
+            # On the CPU (after model offload the weight and its scales need not share a device), in the order
+            # the layer's CPU matmul computes it: each row's scale over 127 first, then times the int8 codes.
+            weight = layer.weight.data.cpu().float() * (rows.cpu().float() * INT8_STEP)[:, None]
         linear.weight.data = weight.to("cpu", linear.weight.dtype)
     return copied
 
@@ -111,6 +113,27 @@ def test_a_lora_loaded_before_the_swap_is_kept_in_full_precision(flux, kind):
     wrapped = before.transformer.transformer_blocks[0].attn.to_q
     assert type(wrapped.base_layer).__name__ == LAYER[kind]
     assert type(wrapped.lora_A["lora"]) is torch.nn.Linear and type(wrapped.lora_B["lora"]) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("layout", [flux_kohya_lora, flux_xlabs_lora])
+@pytest.mark.parametrize("kind", ["nf4", "int8"])
+def test_kohya_and_xlabs_flux_loras_load_on_quantised_layers(flux, tmp_path, kind, layout):
+    # diffusers converts these (kohya's fused qkv split three ways) and checks each layer's shape, which a
+    # packed NF4 weight hides (it reads the quantisation state's): the converted LoRA lands on every layer
+    # it names and computes as on the dequantised model.
+    path = save_lora(layout(flux["pipe"].transformer, seed=3), tmp_path / "lora.safetensors")
+    quantised = copy.deepcopy(flux["pipe"])
+    quantise_linear_layers(quantised.transformer, kind, "cpu", torch.float32)
+    model = dequantised(flux["pipe"].transformer, quantised.transformer, kind)
+    with_lora(quantised, path)
+    # The pipeline's other components are shared, unchanged: these LoRAs hold transformer layers only.
+    reference = with_lora(type(flux["pipe"])(**(flux["pipe"].components | {"transformer": model})), path)
+    wrapped = {name for name, module in quantised.transformer.named_modules() if hasattr(module, "base_layer")}
+    assert wrapped == {name for name, module in reference.transformer.named_modules() if hasattr(module, "base_layer")}
+    assert wrapped
+    inputs = flux_inputs(flux["pipe"].transformer)
+    with torch.inference_mode():
+        assert torch.equal(quantised.transformer(**inputs).sample, model(**inputs).sample)
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
