@@ -169,7 +169,13 @@ def quantise_linear_layers(transformer: Any, kind: str, device: str, compute_dty
 
     Marble swaps the layers itself rather than reloading through diffusers' quantizer: the mode is chosen
     after the model is loaded (like fp8's layer-wise casting), and diffusers' quantizer refuses to run
-    without a GPU, where bitsandbytes' CPU backend works."""
+    without a GPU, where bitsandbytes' CPU backend works.
+
+    LoRAs: PEFT wraps a bitsandbytes layer as it wraps a torch Linear (the model is not marked as loaded in
+    4/8 bits, so its generic LoRA layer, which calls the quantised base layer and adds the LoRA in full
+    precision). A LoRA already loaded keeps its layers unquantised here (only the wrapped base layers
+    change): the same numbers as loading it after the swap. The backend still drops and reloads LoRAs when
+    the mode is entered, as for fp8."""
     try:
         import bitsandbytes as bnb
     except ImportError:
@@ -180,10 +186,11 @@ def quantise_linear_layers(transformer: Any, kind: str, device: str, compute_dty
     import torch
 
     keep = set(getattr(transformer, "_keep_in_fp32_modules", None) or ())
+    adapters = _adapter_layers(transformer)
     targets = [
         (name, module)
         for name, module in transformer.named_modules()
-        if type(module) is torch.nn.Linear and not keep & set(name.split("."))
+        if type(module) is torch.nn.Linear and not keep & set(name.split(".")) and id(module) not in adapters
     ]
     for name, linear in targets:
         parent_name, _, child = name.rpartition(".")
@@ -203,5 +210,24 @@ def quantise_linear_layers(transformer: Any, kind: str, device: str, compute_dty
             layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
         if has_bias:
             layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)
+        # Left in training mode (as made; nothing here trains: no dropout, no gradients), on purpose: on a CPU,
+        # bitsandbytes 0.50 then multiplies by the dequantised weights (exactly the dequantised model's numbers),
+        # while in eval mode it repacks NF4 weights for its AVX512 kernel (failing for layers under 64 inputs)
+        # and runs int8 through its slow int8 path (9x slower on the tiny Flux). CUDA ignores the flag.
+        layer.train(True)
         setattr(parent, child, layer.to(device))
     return len(targets)
+
+
+def _adapter_layers(model: Any) -> set[int]:
+    """id() of every module inside a PEFT adapter of `model` (a LoRA's lora_A / lora_B ...): PEFT's layers
+    name their adapter containers in `adapter_layer_names`. Quantised with the model, a LoRA's small
+    matrices would be rounded to 4 bits (an int8 one stops running); wrapped layers' `base_layer`s are the
+    model's own and are quantised."""
+    found: set[int] = set()
+    for module in model.modules():
+        for attribute in getattr(module, "adapter_layer_names", ()):
+            container = getattr(module, attribute, None)
+            if container is not None and hasattr(container, "modules"):
+                found.update(id(inner) for inner in container.modules())
+    return found
