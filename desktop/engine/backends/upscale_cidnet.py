@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from desktop.engine.backends.upscale_efficient import channel_norm
 from desktop.engine.backends.upscale_transformers import pad_to_multiple
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_cidnet import CIDNetShape
@@ -41,18 +42,6 @@ def build_cidnet(info: UpscalerInfo) -> Any:
     shape = info.detail
     widths, heads = shape.channels, (0, *shape.heads)  # heads indexed by level; level 0 has no attention
 
-    class ChannelNorm(nn.Module):
-        """LayerNorm over the channels of an NCHW map (eps 1e-6, as trained)."""
-
-        def __init__(self, dim: int) -> None:
-            super().__init__()
-            self.weight, self.bias = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.zeros(dim))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = x.mean(1, keepdim=True)
-            variance = (x - mean).pow(2).mean(1, keepdim=True)
-            return self.weight[:, None, None] * ((x - mean) / torch.sqrt(variance + 1e-6)) + self.bias[:, None, None]
-
     def resized(x: torch.Tensor, factor: float) -> torch.Tensor:
         # Bilinear with the corners aligned: what the published network's resampling layers do.
         return functional.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=True)
@@ -65,7 +54,7 @@ def build_cidnet(info: UpscalerInfo) -> Any:
             self.down = nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False))
             self.prelu = nn.PReLU()
             if shape.norm:
-                self.norm = ChannelNorm(cout)
+                self.norm = channel_norm(cout)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = self.prelu(resized(self.down(x), 0.5))
@@ -81,7 +70,7 @@ def build_cidnet(info: UpscalerInfo) -> Any:
             self.up = nn.Conv2d(cout * 2, cout, 1, bias=False)
             self.prelu = nn.PReLU()
             if shape.norm:
-                self.norm = ChannelNorm(cout)
+                self.norm = channel_norm(cout)
 
         def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
             x = self.prelu(self.up(torch.cat((resized(self.up_scale(x), 2.0), skip), 1)))
@@ -144,7 +133,7 @@ def build_cidnet(info: UpscalerInfo) -> Any:
             super().__init__()
             dim = widths[level]
             self.keep = keep
-            self.norm, self.gdfn, self.ffn = ChannelNorm(dim), Enhance(dim), CrossAttention(dim, heads[level])
+            self.norm, self.gdfn, self.ffn = channel_norm(dim), Enhance(dim), CrossAttention(dim, heads[level])
 
         def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             x = x + self.ffn(self.norm(x), self.norm(y))

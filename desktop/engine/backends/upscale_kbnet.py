@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from desktop.engine.backends.upscale_efficient import channel_norm
 from desktop.engine.backends.upscale_nafnet import unet_frame
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_kbnet import GROUP, KERNEL, LARGE_GROUP, KBNetLShape, KBNetShape
@@ -44,18 +45,6 @@ def kbnet_block(width: int, shape: KBNetShape) -> Any:
     bases, inner = shape.bases, min(width, 32)
     hidden = int(width * shape.ffn_ratio)
 
-    class ChannelNorm(nn.Module):
-        """LayerNorm over the channels of an NCHW map (eps 1e-6, as trained)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight, self.bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = x.mean(1, keepdim=True)
-            variance = (x - mean).pow(2).mean(1, keepdim=True)
-            return (x - mean) / (variance + 1e-6).sqrt() * self.weight[:, None, None] + self.bias[:, None, None]
-
     class Gate(nn.Module):
         """One half of the channels times the other (a parameter-free slot in `conv2`)."""
 
@@ -66,7 +55,7 @@ def kbnet_block(width: int, shape: KBNetShape) -> Any:
     class Block(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.norm1, self.norm2 = ChannelNorm(), ChannelNorm()
+            self.norm1, self.norm2 = channel_norm(width), channel_norm(width)
             self.sca = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(width, width, 1))
             if shape.lightweight:
                 large = nn.Conv2d(width, width, 3, padding=1, groups=width)
@@ -121,18 +110,6 @@ def build_kbnet_l(info: UpscalerInfo) -> Any:
 
     assert isinstance(info.detail, KBNetLShape)
     shape, dim, bias = info.detail, info.features, info.detail.bias
-
-    class ChannelNorm(nn.Module):
-        """LayerNorm over the channels of an NCHW map (eps 1e-6, as trained)."""
-
-        def __init__(self, width: int) -> None:
-            super().__init__()
-            self.weight, self.bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = x.mean(1, keepdim=True)
-            variance = (x - mean).pow(2).mean(1, keepdim=True)
-            return (x - mean) / (variance + 1e-6).sqrt() * self.weight[:, None, None] + self.bias[:, None, None]
 
     class Gate(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +170,7 @@ def build_kbnet_l(info: UpscalerInfo) -> Any:
     class Block(nn.Module):
         def __init__(self, width: int, heads: int) -> None:
             super().__init__()
-            self.norm1, self.norm2 = ChannelNorm(width), ChannelNorm(width)
+            self.norm1, self.norm2 = channel_norm(width), channel_norm(width)
             self.attn, self.ffn = BasisFeedForward(width), ChannelAttention(width, heads)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from desktop.engine.backends.upscale_efficient import channel_norm
 from desktop.engine.library.upscaler import UpscalerInfo
 from desktop.engine.library.upscaler_nafnet import NAFNetShape
 
@@ -24,18 +25,6 @@ def nafnet_block(width: int) -> Any:
     import torch
     from torch import nn
 
-    class ChannelNorm(nn.Module):
-        """LayerNorm over the channels of an NCHW map (eps 1e-6, as trained)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight, self.bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            mean = x.mean(1, keepdim=True)
-            variance = (x - mean).pow(2).mean(1, keepdim=True)
-            return (x - mean) / (variance + 1e-6).sqrt() * self.weight[:, None, None] + self.bias[:, None, None]
-
     def gate(x: torch.Tensor) -> torch.Tensor:
         first, second = x.chunk(2, dim=1)
         return first * second
@@ -44,7 +33,7 @@ def nafnet_block(width: int) -> Any:
         def __init__(self) -> None:
             super().__init__()
             wide = 2 * width  # both branches widen by 2 before the gate halves them again
-            self.norm1, self.norm2 = ChannelNorm(), ChannelNorm()
+            self.norm1, self.norm2 = channel_norm(width), channel_norm(width)
             self.conv1 = nn.Conv2d(width, wide, 1)
             self.conv2 = nn.Conv2d(wide, wide, 3, padding=1, groups=wide)
             # The channel attention: a 1x1 over the global mean; slot 0 (the pooling) has no weights.
