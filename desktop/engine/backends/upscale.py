@@ -1,21 +1,6 @@
-"""Upscaler networks (ESRGAN family, Real-ESRGAN compact, SwinIR, HAT, DAT, SPAN, PLKSR, OmniSR), run in overlapping
-tiles so big images fit in memory. The transformers are built in desktop.engine.backends.upscale_transformers,
-SPAN and PLKSR in desktop.engine.backends.upscale_efficient, OmniSR in
-desktop.engine.backends.upscale_omni, DRCT in desktop.engine.backends.upscale_drct, RGT in
-desktop.engine.backends.upscale_rgt, ATD in desktop.engine.backends.upscale_atd, SAFMN and SAFMN-BCIE in
-desktop.engine.backends.upscale_safmn, DITN in desktop.engine.backends.upscale_ditn, Real-CUGAN in
-desktop.engine.backends.upscale_cugan, RCAN and Swift-SRGAN in desktop.engine.backends.upscale_cnn, CRAFT in
-desktop.engine.backends.upscale_craft, MoSR in desktop.engine.backends.upscale_mosr, SeemoRe in
-desktop.engine.backends.upscale_seemore, MoESR in desktop.engine.backends.upscale_moesr, the 1x restoration
-networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration, FDAT in
-desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
-desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.engine.backends.upscale_retinexformer,
-HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
-desktop.engine.backends.upscale_dehaze, NAFNet (1x restoration) in desktop.engine.backends.upscale_nafnet,
-FBCNN (1x JPEG artefact removal) in desktop.engine.backends.upscale_fbcnn, KBNet-S and KBNet-L (1x restoration) in
-desktop.engine.backends.upscale_kbnet, AuraSR in desktop.engine.backends.upscale_aurasr (which upscale() feeds
-tiles of at most 64 px, its `largest_tile`), FFTformer (1x deblur) in desktop.engine.backends.upscale_fftformer,
-Uformer (1x restoration) in desktop.engine.backends.upscale_uformer.
+"""Upscaler networks, run in overlapping tiles so big images fit in memory. The ESRGAN family and Real-ESRGAN's
+compact network are built here; every other architecture has its own backend module (`upscale_<name>.py`, named
+by `_BUILDERS` and the branches of `load_upscaler`; docs/architecture.md lists them).
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -30,6 +15,7 @@ torch is imported inside the functions: only the backend and `marble upscale` lo
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +26,34 @@ from PIL import Image
 from desktop.engine.errors import Cancelled, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.upscaler import UpscalerInfo, inspect_upscaler
+
+# Layouts whose network is built from the header alone: the backend module (imported only when used) and its
+# builder. The others below also adjust the loaded tensors or the shape first.
+_BUILDERS: dict[str, tuple[str, str]] = {
+    "ditn": ("upscale_ditn", "build_ditn"),
+    "rcan": ("upscale_cnn", "build_rcan"),
+    "swiftsrgan": ("upscale_cnn", "build_swiftsrgan"),
+    "mosr": ("upscale_mosr", "build_mosr"),
+    "seemore": ("upscale_seemore", "build_seemore"),
+    "moesr": ("upscale_moesr", "build_moesr"),
+    "scunet": ("upscale_restoration", "build_scunet"),
+    "dncnn": ("upscale_restoration", "build_dncnn"),
+    "drunet": ("upscale_restoration", "build_drunet"),
+    "dctlsa": ("upscale_dctlsa", "build_dctlsa"),
+    "retinexformer": ("upscale_retinexformer", "build_retinexformer"),
+    "cidnet": ("upscale_cidnet", "build_cidnet"),
+    "mixdehazenet": ("upscale_dehaze", "build_mixdehazenet"),
+    "nafnet": ("upscale_nafnet", "build_nafnet"),
+    "fbcnn": ("upscale_fbcnn", "build_fbcnn"),
+    "aurasr": ("upscale_aurasr", "build_aurasr"),
+    "fftformer": ("upscale_fftformer", "build_fftformer"),
+    "span": ("upscale_efficient", "build_span"),
+    "plksr": ("upscale_efficient", "build_plksr"),
+    "safmn": ("upscale_safmn", "build_safmn"),
+    "safmn-bcie": ("upscale_safmn", "build_safmn_bcie"),
+    "kbnet": ("upscale_kbnet", "build_kbnet"),
+    "kbnet-l": ("upscale_kbnet", "build_kbnet_l"),
+}
 
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 16
@@ -55,14 +69,13 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
     state = load_file(str(path))
     if info.layout == "basicsr":
         state = _esrgan_names(state, info)
-    if info.layout in ("swinir", "hat", "swin2sr"):
+    if info.layout in _BUILDERS:
+        module, builder = _BUILDERS[info.layout]
+        network = getattr(importlib.import_module(f"desktop.engine.backends.{module}"), builder)(info)
+    elif info.layout in ("swinir", "hat", "swin2sr"):
         from desktop.engine.backends.upscale_transformers import build_swinir, loadable_state
 
         state, network = loadable_state(state), build_swinir(info)
-    elif info.layout in ("span", "plksr"):
-        from desktop.engine.backends.upscale_efficient import build_plksr, build_span
-
-        network = build_span(info) if info.layout == "span" else build_plksr(info)
     elif info.layout == "omnisr":
         from desktop.engine.backends.upscale_omni import build_omnisr
 
@@ -91,67 +104,23 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_transformers import loadable_state
 
         state, network = loadable_state(state), build_atd(info)
-    elif info.layout in ("safmn", "safmn-bcie"):
-        from desktop.engine.backends.upscale_safmn import build_safmn, build_safmn_bcie
-
-        network = build_safmn(info) if info.layout == "safmn" else build_safmn_bcie(info)
-    elif info.layout == "ditn":
-        from desktop.engine.backends.upscale_ditn import build_ditn
-
-        network = build_ditn(info)
     elif info.layout == "cugan":
         from desktop.engine.backends.upscale_cugan import build_cugan
 
         # The pro models' `pro` entry is a flag the header has read, not a weight (its shape varies).
         state, network = {key: value for key, value in state.items() if key != "pro"}, build_cugan(info)
-    elif info.layout == "rcan":
-        from desktop.engine.backends.upscale_cnn import build_rcan
-
-        network = build_rcan(info)
-    elif info.layout == "swiftsrgan":
-        from desktop.engine.backends.upscale_cnn import build_swiftsrgan
-
-        network = build_swiftsrgan(info)
     elif info.layout == "craft":
         from desktop.engine.backends.upscale_craft import DERIVED, build_craft, craft_split_from_biases
 
         info = craft_split_from_biases(state, info)
         state = {key: value for key, value in state.items() if key not in DERIVED}
         network = build_craft(info)
-    elif info.layout == "mosr":
-        from desktop.engine.backends.upscale_mosr import build_mosr
-
-        network = build_mosr(info)
-    elif info.layout == "seemore":
-        from desktop.engine.backends.upscale_seemore import build_seemore
-
-        network = build_seemore(info)
-    elif info.layout == "moesr":
-        from desktop.engine.backends.upscale_moesr import build_moesr
-
-        network = build_moesr(info)
-    elif info.layout == "scunet":
-        from desktop.engine.backends.upscale_restoration import build_scunet
-
-        network = build_scunet(info)
-    elif info.layout == "dncnn":
-        from desktop.engine.backends.upscale_restoration import build_dncnn
-
-        network = build_dncnn(info)
-    elif info.layout == "drunet":
-        from desktop.engine.backends.upscale_restoration import build_drunet
-
-        network = build_drunet(info)
     elif info.layout == "fdat":
         from desktop.engine.backends.upscale_fdat import build_fdat
 
         # The upsampler's settings tensor was read with the header; the network holds no copy of it.
         state = {key: value for key, value in state.items() if key != "upsampler.MetaUpsample"}
         network = build_fdat(info)
-    elif info.layout == "dctlsa":
-        from desktop.engine.backends.upscale_dctlsa import build_dctlsa
-
-        network = build_dctlsa(info)
     elif info.layout == "grl":
         from desktop.engine.backends.upscale_grl import build_grl
         from desktop.engine.library.upscaler_grl import GRL_DERIVED, unprefixed
@@ -159,38 +128,6 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         # Some published files carry the position buffers the header read the sizes from; not weights.
         state = {key: value for key, value in unprefixed(state).items() if key not in GRL_DERIVED}
         network = build_grl(info)
-    elif info.layout == "retinexformer":
-        from desktop.engine.backends.upscale_retinexformer import build_retinexformer
-
-        network = build_retinexformer(info)
-    elif info.layout == "cidnet":
-        from desktop.engine.backends.upscale_cidnet import build_cidnet
-
-        network = build_cidnet(info)
-    elif info.layout == "mixdehazenet":
-        from desktop.engine.backends.upscale_dehaze import build_mixdehazenet
-
-        network = build_mixdehazenet(info)
-    elif info.layout == "nafnet":
-        from desktop.engine.backends.upscale_nafnet import build_nafnet
-
-        network = build_nafnet(info)
-    elif info.layout == "fbcnn":
-        from desktop.engine.backends.upscale_fbcnn import build_fbcnn
-
-        network = build_fbcnn(info)
-    elif info.layout in ("kbnet", "kbnet-l"):
-        from desktop.engine.backends.upscale_kbnet import build_kbnet, build_kbnet_l
-
-        network = build_kbnet(info) if info.layout == "kbnet" else build_kbnet_l(info)
-    elif info.layout == "aurasr":
-        from desktop.engine.backends.upscale_aurasr import build_aurasr
-
-        network = build_aurasr(info)
-    elif info.layout == "fftformer":
-        from desktop.engine.backends.upscale_fftformer import build_fftformer
-
-        network = build_fftformer(info)
     elif info.layout == "uformer":
         from desktop.engine.backends.upscale_transformers import loadable_state
         from desktop.engine.backends.upscale_uformer import build_uformer
