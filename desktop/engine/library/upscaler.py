@@ -10,24 +10,10 @@ Real-ESRGAN's compact network (SRVGGNetCompact: realesr-general-x4v3, realesr-an
 stack `body.0` conv, PReLU, then `num_conv` x (conv, PReLU), a last conv to out_channels x scale^2, a
 pixel shuffle, plus the nearest-upsampled input; its header tells the width, the conv count and the scale.
 
-SwinIR, Swin2SR, HAT and DAT are read by desktop.engine.library.upscaler_transformers, SPAN and PLKSR by
-desktop.engine.library.upscaler_efficient, OmniSR by desktop.engine.library.upscaler_omni, DRCT by
-desktop.engine.library.upscaler_drct, RGT by desktop.engine.library.upscaler_rgt, ATD by
-desktop.engine.library.upscaler_atd, SAFMN and SAFMN-BCIE by desktop.engine.library.upscaler_safmn, DITN by
-desktop.engine.library.upscaler_ditn, Real-CUGAN by desktop.engine.library.upscaler_cugan, RCAN and Swift-SRGAN
-by desktop.engine.library.upscaler_cnn, CRAFT by desktop.engine.library.upscaler_craft, MoSR by
-desktop.engine.library.upscaler_mosr, SeemoRe by desktop.engine.library.upscaler_seemore, MoESR by
-desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCNN, DRUNet) by
-desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
-desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
-by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
-desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze, NAFNet
-(1x restoration) by desktop.engine.library.upscaler_nafnet, FBCNN (1x JPEG artefact removal) by
-desktop.engine.library.upscaler_fbcnn, KBNet-S and KBNet-L (1x restoration) by desktop.engine.library.upscaler_kbnet,
-AuraSR by desktop.engine.library.upscaler_aurasr, FFTformer (1x deblur) by desktop.engine.library.upscaler_fftformer,
-Uformer (1x restoration) by desktop.engine.library.upscaler_uformer (their shape goes
-into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
-their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
+Every other architecture is read by its own torch-free module (`upscaler_<name>.py`, imported below; its shape
+goes into `UpscalerInfo.detail`). Networks that are no upscalers (face restorers, inpainters) are refused with the
+reason (`not_an_upscaler`). The maintained loader, spandrel, needs torchvision, which Marble does not ship
+(docs/upscalers.md).
 """
 
 from __future__ import annotations
