@@ -120,6 +120,7 @@ def _child(workdir: Path) -> None:
         DRUNet,
         HVICIDNet,
         MixDehazeNet,
+        MMRealSR,
         MoESR,
         MoSR,
         OmniSR,
@@ -160,6 +161,7 @@ def _child(workdir: Path) -> None:
         "RetinexFormer": RetinexFormer.RetinexFormer,
         "HVICIDNet": HVICIDNet.HVICIDNet,
         "MixDehazeNet": MixDehazeNet.MixDehazeNet,
+        "MMRealSR": MMRealSR.MMRealSR,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -193,6 +195,10 @@ def _child(workdir: Path) -> None:
             # signed model runs bare: spandrel's call for it maps only the output, which is mapped below.
             model = loaded.model.eval()
             run = model if spec.get("signed") else functools.partial(loaded._call_fn, model)
+            if "forward" in spec:
+                # Keyword arguments spandrel's call leaves at a default that does not fit the file (MMRealSR's
+                # per-strength overrides: two by default, whatever the file's count): the network's own forward.
+                run = lambda image, model=model, kwargs=spec["forward"]: model(image, **kwargs)[0]  # noqa: E731
             channels = source.split(1, 1) if spec.get("per_channel") else [source]
             output = torch.cat([run(channel) for channel in channels], 1)
             output = output[..., : height * loaded.scale, : width * loaded.scale].numpy()

@@ -11,7 +11,7 @@ networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration,
 desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
 desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.engine.backends.upscale_retinexformer,
 HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
-desktop.engine.backends.upscale_dehaze.
+desktop.engine.backends.upscale_dehaze, MMRealSR in desktop.engine.backends.upscale_mmrealsr.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -26,6 +26,7 @@ torch is imported inside the functions: only the backend and `marble upscale` lo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,10 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_dehaze import build_mixdehazenet
 
         network = build_mixdehazenet(info)
+    elif info.layout == "mmrealsr":
+        from desktop.engine.backends.upscale_mmrealsr import build_mmrealsr, mmrealsr_names
+
+        state, network = mmrealsr_names(state), build_mmrealsr(info)
     else:
         network = _build(info)
     try:
@@ -183,9 +188,10 @@ def _load_problem(error: RuntimeError) -> str:
     return line if len(line) <= 300 else line[:300] + "..."
 
 
-def _build(info: UpscalerInfo) -> Any:
-    if info.layout == "srvgg":
-        return _build_compact(info)
+@functools.cache
+def rrdb_class() -> Any:
+    """ESRGAN's residual-in-residual dense block class, `Rrdb(features, growth)`, in the original ESRGAN names
+    (RDB1..RDB3, convK.0): shared by the ESRGAN family and MMRealSR's trunk. Built once, torch imported late."""
     import torch
     from torch import nn
 
@@ -214,6 +220,20 @@ def _build(info: UpscalerInfo) -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+    return Rrdb
+
+
+def _build(info: UpscalerInfo) -> Any:
+    if info.layout == "srvgg":
+        return _build_compact(info)
+    import torch
+    from torch import nn
+
+    def conv(cin: int, cout: int) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 3, 1, 1)
+
+    Rrdb = rrdb_class()
 
     class Shortcut(nn.Module):
         def __init__(self, sub: nn.Module) -> None:

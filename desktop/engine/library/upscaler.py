@@ -21,7 +21,8 @@ desktop.engine.library.upscaler_moesr, the 1x restoration networks (SCUNet, DnCN
 desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upscaler_fdat, DCTLSA by
 desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
 by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
-desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze (their
+desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze,
+MMRealSR by desktop.engine.library.upscaler_mmrealsr (their
 shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -69,6 +70,12 @@ from desktop.engine.library.upscaler_efficient import (
 )
 from desktop.engine.library.upscaler_fdat import FDATShape, fdat_label, inspect_fdat, looks_like_fdat
 from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
+from desktop.engine.library.upscaler_mmrealsr import (
+    MMRealSRShape,
+    inspect_mmrealsr,
+    looks_like_mmrealsr,
+    mmrealsr_label,
+)
 from desktop.engine.library.upscaler_moesr import (
     MoESRShape,
     inspect_moesr,
@@ -134,7 +141,8 @@ class UpscalerInfo:
     # "esrgan" (original names) | "basicsr" (Real-ESRGAN's names) | "srvgg" (the compact net) | "swinir" | "hat" |
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
-    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet"
+    # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet" |
+    # "mmrealsr"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -147,7 +155,9 @@ class UpscalerInfo:
         SwinIRShape | HATShape | Swin2SRShape | DATShape | SPANShape | PLKSRShape | OmniSRShape | DRCTShape | RGTShape
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
-        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | None
+        | RetinexFormerShape | CIDNetShape | MixDehazeNetShape
+        | MMRealSRShape
+        | None
     ) = None
 
     @property
@@ -194,6 +204,8 @@ class UpscalerInfo:
             return cidnet_label(self.detail)
         if isinstance(self.detail, MixDehazeNetShape):
             return mixdehazenet_label(self.detail)
+        if isinstance(self.detail, MMRealSRShape):
+            return mmrealsr_label(self.detail, self.scale, self.blocks, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -226,6 +238,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         last = tensors[f"model.{indices[-1]}.weight"].shape
         scale = 2 ** max(0, len([i for i in indices if i >= 3]) - 2)
         return _checked(UpscalerInfo("esrgan", scale, blocks, first[0], first[1], last[0], growth), name)
+    if looks_like_mmrealsr(tensors):  # before Real-ESRGAN's names: its trunk has them too
+        return _mmrealsr(tensors, name)
     if "conv_first.weight" in tensors and any(_NEW_BLOCK.fullmatch(key) for key in tensors):
         blocks = 1 + max(int(m[1]) for key in tensors if (m := _NEW_BLOCK.fullmatch(key)))
         first, growth = tensors["conv_first.weight"].shape, tensors["body.0.rdb1.conv1.weight"].shape[0]
@@ -487,6 +501,11 @@ def _dctlsa(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a DCTLSA for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("dctlsa", scale, 24, width, in_channels, out_channels, 0, detail)  # 6 modules x 2 x 2 blocks
+
+
+def _mmrealsr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, blocks, width, growth, scale = inspect_mmrealsr(tensors, name)
+    return UpscalerInfo("mmrealsr", scale, blocks, width, 3, 3, growth, detail)
 
 
 def _checked(info: UpscalerInfo, name: str) -> UpscalerInfo:
