@@ -110,6 +110,7 @@ def _child(workdir: Path) -> None:
         FDAT,
         GRL,
         HAT,
+        IPT,
         PLKSR,
         RCAN,
         RGT,
@@ -162,6 +163,7 @@ def _child(workdir: Path) -> None:
         "HVICIDNet": HVICIDNet.HVICIDNet,
         "MixDehazeNet": MixDehazeNet.MixDehazeNet,
         "MMRealSR": MMRealSR.MMRealSR,
+        "IPT": IPT.IPT,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -169,7 +171,10 @@ def _child(workdir: Path) -> None:
     for name, spec in specs.items():
         torch.manual_seed(spec["seed"])
         model = classes[spec["class"]](**spec["kwargs"])
+        # Parameters a spec keeps as the class made them (IPT's mean shifts, from which spandrel reads its range).
+        kept = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(tuple(spec.get("keep", ())))}
         _randomise(model)
+        model.load_state_dict(kept, strict=False)
         with torch.no_grad():  # a deep plain ReLU stack (DnCNN) halves its signal's power per layer without a gain
             for param in model.parameters():
                 param.mul_(spec.get("gain", 1.0) if param.dim() == 4 else 1.0)

@@ -11,7 +11,8 @@ networks (SCUNet, DnCNN, DRUNet) in desktop.engine.backends.upscale_restoration,
 desktop.engine.backends.upscale_fdat, DCTLSA in desktop.engine.backends.upscale_dctlsa, GRL in
 desktop.engine.backends.upscale_grl, RetinexFormer (1x low-light) in desktop.engine.backends.upscale_retinexformer,
 HVI-CIDNet (1x low-light) in desktop.engine.backends.upscale_cidnet, MixDehazeNet (1x dehaze) in
-desktop.engine.backends.upscale_dehaze, MMRealSR in desktop.engine.backends.upscale_mmrealsr.
+desktop.engine.backends.upscale_dehaze, MMRealSR in desktop.engine.backends.upscale_mmrealsr, IPT in
+desktop.engine.backends.upscale_ipt.
 
 The network is built from what the header says (desktop.engine.library.upscaler) and its tensors are
 loaded strictly from safetensors: a pickled `.pth` is converted first, in a child process, by
@@ -168,6 +169,11 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_dehaze import build_mixdehazenet
 
         network = build_mixdehazenet(info)
+    elif info.layout == "ipt":
+        from desktop.engine.backends.upscale_ipt import IPT_DERIVED, build_ipt, ipt_colour_range
+
+        state = {key: value for key, value in state.items() if key not in IPT_DERIVED}
+        network = build_ipt(info, ipt_colour_range(state))
     elif info.layout == "mmrealsr":
         from desktop.engine.backends.upscale_mmrealsr import build_mmrealsr, mmrealsr_names
 

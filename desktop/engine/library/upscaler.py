@@ -22,7 +22,7 @@ desktop.engine.library.upscaler_restoration, FDAT by desktop.engine.library.upsc
 desktop.engine.library.upscaler_dctlsa, GRL by desktop.engine.library.upscaler_grl, RetinexFormer (1x low-light)
 by desktop.engine.library.upscaler_retinexformer, HVI-CIDNet (1x low-light) by
 desktop.engine.library.upscaler_cidnet, MixDehazeNet (1x dehaze) by desktop.engine.library.upscaler_dehaze,
-MMRealSR by desktop.engine.library.upscaler_mmrealsr (their
+MMRealSR by desktop.engine.library.upscaler_mmrealsr, IPT by desktop.engine.library.upscaler_ipt (their
 shape goes
 into `UpscalerInfo.detail`). Other architectures are refused with their name where it can be recognised:
 their maintained loader (spandrel) needs torchvision, which Marble does not ship (docs/upscalers.md).
@@ -70,6 +70,7 @@ from desktop.engine.library.upscaler_efficient import (
 )
 from desktop.engine.library.upscaler_fdat import FDATShape, fdat_label, inspect_fdat, looks_like_fdat
 from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
+from desktop.engine.library.upscaler_ipt import IPTShape, inspect_ipt, ipt_label, looks_like_ipt
 from desktop.engine.library.upscaler_mmrealsr import (
     MMRealSRShape,
     inspect_mmrealsr,
@@ -142,7 +143,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
     # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet" |
-    # "mmrealsr"
+    # "mmrealsr" | "ipt"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -157,6 +158,7 @@ class UpscalerInfo:
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
         | RetinexFormerShape | CIDNetShape | MixDehazeNetShape
         | MMRealSRShape
+        | IPTShape
         | None
     ) = None
 
@@ -204,6 +206,8 @@ class UpscalerInfo:
             return cidnet_label(self.detail)
         if isinstance(self.detail, MixDehazeNetShape):
             return mixdehazenet_label(self.detail)
+        if isinstance(self.detail, IPTShape):
+            return ipt_label(self.detail, self.scale, self.features)
         if isinstance(self.detail, MMRealSRShape):
             return mmrealsr_label(self.detail, self.scale, self.blocks, self.features)
         if self.layout == "swiftsrgan":
@@ -300,6 +304,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _cidnet(tensors, name)
     if looks_like_mixdehazenet(tensors):
         return _mixdehazenet(tensors, name)
+    if looks_like_ipt(tensors):  # its decoder's cross-attention is its own name
+        return _ipt(tensors, name)
     for probe, architecture in _OTHER_ARCHITECTURES.items():
         if probe in tensors:
             raise ModelError(
@@ -506,6 +512,11 @@ def _dctlsa(tensors: dict, name: str) -> UpscalerInfo:
 def _mmrealsr(tensors: dict, name: str) -> UpscalerInfo:
     detail, blocks, width, growth, scale = inspect_mmrealsr(tensors, name)
     return UpscalerInfo("mmrealsr", scale, blocks, width, 3, 3, growth, detail)
+
+
+def _ipt(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width = inspect_ipt(tensors, name)
+    return UpscalerInfo("ipt", scale, detail.layers, width, 3, 3, 0, detail)
 
 
 def _checked(info: UpscalerInfo, name: str) -> UpscalerInfo:
