@@ -111,6 +111,7 @@ def _child(workdir: Path) -> None:
         FDAT,
         GRL,
         HAT,
+        IPT,
         PLKSR,
         RCAN,
         RGT,
@@ -124,6 +125,7 @@ def _child(workdir: Path) -> None:
         HVICIDNet,
         KBNet,
         MixDehazeNet,
+        MMRealSR,
         MoESR,
         MoSR,
         NAFNet,
@@ -173,6 +175,8 @@ def _child(workdir: Path) -> None:
         "AuraSR": AuraSR.AuraSR,
         "FFTformer": FFTformer.FFTformer,
         "Uformer": Uformer.Uformer,
+        "MMRealSR": MMRealSR.MMRealSR,
+        "IPT": IPT.IPT,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
@@ -180,7 +184,10 @@ def _child(workdir: Path) -> None:
     for name, spec in specs.items():
         torch.manual_seed(spec["seed"])
         model = classes[spec["class"]](**spec["kwargs"])
+        # Parameters a spec keeps as the class made them (IPT's mean shifts, from which spandrel reads its range).
+        kept = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(tuple(spec.get("keep", ())))}
         _randomise(model)
+        model.load_state_dict(kept, strict=False)
         with torch.no_grad():  # a deep plain ReLU stack (DnCNN) halves its signal's power per layer without a gain
             for param in model.parameters():
                 param.mul_(spec.get("gain", 1.0) if param.dim() == 4 else 1.0)
@@ -213,6 +220,10 @@ def _child(workdir: Path) -> None:
                 if isinstance(module, torch.nn.Conv2d):
                     module.dilation = tuple(int(d) for d in module.dilation)
             run = model if spec.get("signed") else functools.partial(loaded._call_fn, model)
+            if "forward" in spec:
+                # Keyword arguments spandrel's call leaves at a default that does not fit the file (MMRealSR's
+                # per-strength overrides: two by default, whatever the file's count): the network's own forward.
+                run = lambda image, model=model, kwargs=spec["forward"]: model(image, **kwargs)[0]  # noqa: E731
             channels = source.split(1, 1) if spec.get("per_channel") else [source]
             output = torch.cat([run(channel) for channel in channels], 1)
             output = output[..., : height * loaded.scale, : width * loaded.scale].numpy()

@@ -15,6 +15,7 @@ torch is imported inside the functions: only the backend and `marble upscale` lo
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -133,6 +134,15 @@ def load_upscaler(path: Path, device: str = "cpu") -> tuple[Any, UpscalerInfo]:
         from desktop.engine.backends.upscale_uformer import build_uformer
 
         state, network = loadable_state(state), build_uformer(info)  # position indices recomputed
+    elif info.layout == "ipt":
+        from desktop.engine.backends.upscale_ipt import IPT_DERIVED, build_ipt, ipt_colour_range
+
+        state = {key: value for key, value in state.items() if key not in IPT_DERIVED}
+        network = build_ipt(info, ipt_colour_range(state))
+    elif info.layout == "mmrealsr":
+        from desktop.engine.backends.upscale_mmrealsr import build_mmrealsr, mmrealsr_names
+
+        state, network = mmrealsr_names(state), build_mmrealsr(info)
     else:
         network = _build(info)
     try:
@@ -149,9 +159,10 @@ def _load_problem(error: RuntimeError) -> str:
     return line if len(line) <= 300 else line[:300] + "..."
 
 
-def _build(info: UpscalerInfo) -> Any:
-    if info.layout == "srvgg":
-        return _build_compact(info)
+@functools.cache
+def rrdb_class() -> Any:
+    """ESRGAN's residual-in-residual dense block class, `Rrdb(features, growth)`, in the original ESRGAN names
+    (RDB1..RDB3, convK.0): shared by the ESRGAN family and MMRealSR's trunk. Built once, torch imported late."""
     import torch
     from torch import nn
 
@@ -180,6 +191,20 @@ def _build(info: UpscalerInfo) -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.RDB3(self.RDB2(self.RDB1(x))) * 0.2 + x
+
+    return Rrdb
+
+
+def _build(info: UpscalerInfo) -> Any:
+    if info.layout == "srvgg":
+        return _build_compact(info)
+    import torch
+    from torch import nn
+
+    def conv(cin: int, cout: int) -> nn.Conv2d:
+        return nn.Conv2d(cin, cout, 3, 1, 1)
+
+    Rrdb = rrdb_class()
 
     class Shortcut(nn.Module):
         def __init__(self, sub: nn.Module) -> None:

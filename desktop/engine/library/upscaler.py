@@ -66,6 +66,7 @@ from desktop.engine.library.upscaler_fftformer import (
     looks_like_fftformer,
 )
 from desktop.engine.library.upscaler_grl import GRLShape, grl_label, inspect_grl, looks_like_grl, unprefixed
+from desktop.engine.library.upscaler_ipt import IPTShape, inspect_ipt, ipt_label, looks_like_ipt
 from desktop.engine.library.upscaler_kbnet import (
     KBNetLShape,
     KBNetShape,
@@ -75,6 +76,12 @@ from desktop.engine.library.upscaler_kbnet import (
     kbnet_label,
     looks_like_kbnet,
     looks_like_kbnet_l,
+)
+from desktop.engine.library.upscaler_mmrealsr import (
+    MMRealSRShape,
+    inspect_mmrealsr,
+    looks_like_mmrealsr,
+    mmrealsr_label,
 )
 from desktop.engine.library.upscaler_moesr import (
     MoESRShape,
@@ -156,7 +163,7 @@ class UpscalerInfo:
     # "swin2sr" | "dat" | "span" | "plksr" | "omnisr" | "drct" | "rgt" | "atd" | "safmn" |
     # "safmn-bcie" | "ditn" | "cugan" | "rcan" | "swiftsrgan" | "craft" | "mosr" | "seemore" | "moesr" |
     # "scunet" | "dncnn" | "drunet" | "fdat" | "dctlsa" | "grl" | "retinexformer" | "cidnet" | "mixdehazenet" |
-    # "nafnet" | "fbcnn" | "kbnet" | "kbnet-l" | "aurasr" | "fftformer" | "uformer"
+    # "nafnet" | "fbcnn" | "kbnet" | "kbnet-l" | "aurasr" | "fftformer" | "uformer" | "mmrealsr" | "ipt"
     layout: str
     scale: int  # 1, 2, 4 or 8
     blocks: int  # RRDB blocks; for "srvgg", the body's conv count (num_conv)
@@ -170,7 +177,7 @@ class UpscalerInfo:
         | ATDShape | SAFMNShape | DITNShape | CUGANShape | RCANShape | CRAFTShape | MoSRShape | SeemoReShape
         | MoESRShape | SCUNetShape | DnCNNShape | DRUNetShape | FDATShape | DCTLSAShape | GRLShape
         | RetinexFormerShape | CIDNetShape | MixDehazeNetShape | NAFNetShape | FBCNNShape | KBNetShape | KBNetLShape
-        | AuraSRShape | FFTformerShape | UformerShape
+        | AuraSRShape | FFTformerShape | UformerShape | MMRealSRShape | IPTShape
         | None
     ) = None
 
@@ -232,6 +239,10 @@ class UpscalerInfo:
             return fftformer_label(self.detail, self.features)
         if isinstance(self.detail, UformerShape):
             return uformer_label(self.detail, self.features)
+        if isinstance(self.detail, IPTShape):
+            return ipt_label(self.detail, self.scale, self.features)
+        if isinstance(self.detail, MMRealSRShape):
+            return mmrealsr_label(self.detail, self.scale, self.blocks, self.features)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
         if isinstance(self.detail, MoSRShape):
@@ -272,6 +283,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         last = tensors[f"model.{indices[-1]}.weight"].shape
         scale = 2 ** max(0, len([i for i in indices if i >= 3]) - 2)
         return _checked(UpscalerInfo("esrgan", scale, blocks, first[0], first[1], last[0], growth), name)
+    if looks_like_mmrealsr(tensors):  # before Real-ESRGAN's names: its trunk has them too
+        return _mmrealsr(tensors, name)
     if "conv_first.weight" in tensors and any(_NEW_BLOCK.fullmatch(key) for key in tensors):
         blocks = 1 + max(int(m[1]) for key in tensors if (m := _NEW_BLOCK.fullmatch(key)))
         first, growth = tensors["conv_first.weight"].shape, tensors["body.0.rdb1.conv1.weight"].shape[0]
@@ -346,6 +359,8 @@ def inspect_upscaler(header: SafetensorsHeader, name: str = "this file") -> Upsc
         return _fftformer(tensors, name)
     if looks_like_uformer(tensors):  # its layer names (encoderlayer_N, input_proj.proj.0) are its own
         return _uformer(tensors, name)
+    if looks_like_ipt(tensors):  # its decoder's cross-attention is its own name
+        return _ipt(tensors, name)
     if refusal := not_an_upscaler(tensors):
         raise ModelError(f"{name} {refusal}")
     if looks_like_swin2sr(tensors):  # SwinIR's names too, but no bias table
@@ -591,6 +606,16 @@ def _dctlsa(tensors: dict, name: str) -> UpscalerInfo:
         raise ModelError(f"{name} is a DCTLSA for {in_channels}-channel images at {scale}x; Marble runs colour (RGB) "
                          "ones at 1x, 2x, 3x, 4x and 8x.")  # fmt: skip
     return UpscalerInfo("dctlsa", scale, 24, width, in_channels, out_channels, 0, detail)  # 6 modules x 2 x 2 blocks
+
+
+def _mmrealsr(tensors: dict, name: str) -> UpscalerInfo:
+    detail, blocks, width, growth, scale = inspect_mmrealsr(tensors, name)
+    return UpscalerInfo("mmrealsr", scale, blocks, width, 3, 3, growth, detail)
+
+
+def _ipt(tensors: dict, name: str) -> UpscalerInfo:
+    detail, scale, width = inspect_ipt(tensors, name)
+    return UpscalerInfo("ipt", scale, detail.layers, width, 3, 3, 0, detail)
 
 
 def _checked(info: UpscalerInfo, name: str) -> UpscalerInfo:
