@@ -26,6 +26,7 @@ from desktop.engine.backends.upscale_transformers import (
     _unwindow,
     _windows,
     region_ids,
+    squeeze_attention,
     window_bias_rows,
     window_merge,
     window_partition,
@@ -251,24 +252,14 @@ def build_grl(info: UpscalerInfo) -> Any:
             stripes = self.stripe_attn(for_stripe, self.anchor(x, h, w), h, w, buffers)
             return self.proj(torch.cat((self.window_attn(for_window, h, w, buffers), stripes), -1))
 
-    class ChannelAttention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            inner = dim // 18  # the published reduction
-            self.attention = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, inner, 1), nn.ReLU(), nn.Conv2d(inner, dim, 1), nn.Sigmoid()
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.attention(x)
-
     class Local(nn.Module):
         """GRL-B's conv branch: two 3x3 convs (a quarter width between), then channel attention."""
 
         def __init__(self) -> None:
             super().__init__()
             self.cab = nn.Sequential(
-                nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.GELU(), nn.Conv2d(dim // 4, dim, 3, 1, 1), ChannelAttention()
+                nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.GELU(), nn.Conv2d(dim // 4, dim, 3, 1, 1),
+                squeeze_attention(dim, dim // 18),  # the published reduction
             )
 
         def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:

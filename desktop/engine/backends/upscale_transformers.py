@@ -57,6 +57,24 @@ def pad_to_multiple(x: Any, multiple: int, minimum: int = 0) -> Any:
         x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
 
 
+def squeeze_attention(dim: int, inner: int) -> Any:
+    """Channel attention as HAT's and GRL-B's conv branches close it: the channels re-weighted by a sigmoid of
+    their means through a 1x1 bottleneck of `inner` channels; its tensors are `attention.1` and `attention.3`."""
+    from torch import nn
+
+    class SqueezeAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attention = nn.Sequential(
+                nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, inner, 1), nn.ReLU(), nn.Conv2d(inner, dim, 1), nn.Sigmoid()
+            )
+
+        def forward(self, x: Any) -> Any:
+            return x * self.attention(x)
+
+    return SqueezeAttention()
+
+
 def window_partition(x: Any, window: int) -> Any:
     """(B, H, W, C) -> (B * windows, window * window, C), windows in row-major order."""
     b, h, w, c = x.shape
@@ -183,17 +201,6 @@ def build_swinir(info: UpscalerInfo) -> Any:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc2(self.act(self.fc1(x)))
 
-    class ChannelAttention(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            inner = shape.squeeze_hidden  # type: ignore[union-attr]
-            self.attention = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, inner, 1), nn.ReLU(), nn.Conv2d(inner, dim, 1), nn.Sigmoid()
-            )
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.attention(x)
-
     class ConvBranch(nn.Module):
         """HAT's channel-attention block: two convs, then the channels re-weighted by their means."""
 
@@ -201,7 +208,8 @@ def build_swinir(info: UpscalerInfo) -> Any:
             super().__init__()
             inner = shape.conv_hidden  # type: ignore[union-attr]
             self.cab = nn.Sequential(
-                nn.Conv2d(dim, inner, 3, 1, 1), nn.GELU(), nn.Conv2d(inner, dim, 3, 1, 1), ChannelAttention()
+                nn.Conv2d(dim, inner, 3, 1, 1), nn.GELU(), nn.Conv2d(inner, dim, 3, 1, 1),
+                squeeze_attention(dim, shape.squeeze_hidden),  # type: ignore[union-attr]
             )
 
     class Block(nn.Module):
