@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from desktop.engine.backends.conversion_cache import ConversionCache
+from desktop.engine.backends import conversion_cache
+from desktop.engine.backends.conversion_cache import ConversionCache, write_safetensors
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import ModelCatalog
@@ -97,18 +100,11 @@ def test_a_second_load_waits_for_the_write_then_uses_it(paths, tiny_sd15_single,
 def test_a_failed_write_keeps_the_image_and_tells_the_next_load(paths, tiny_sd15_single, monkeypatch):
     single, config = tiny_sd15_single
 
-    real_write = ConversionCache._write
+    def full_disk(state, path: Path) -> None:
+        path.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    class FullDisk:
-        def save_pretrained(self, folder: str) -> None:
-            (Path(folder)).mkdir()
-            (Path(folder) / "diffusion_pytorch_model.safetensors").write_bytes(b"half")
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    def failing_write(self, modules, partial, target):
-        real_write(self, {**modules, "unet": FullDisk()}, partial, target)
-
-    monkeypatch.setattr(ConversionCache, "_write", failing_write)
+    monkeypatch.setattr(conversion_cache, "write_safetensors", full_disk)
     backend = make_backend(paths)
     image = image_of(backend, single, config)
     assert image.std() > 0
@@ -121,3 +117,20 @@ def test_a_failed_write_keeps_the_image_and_tells_the_next_load(paths, tiny_sd15
     assert any("Could not cache the converted model" in note and "No space left" in note for note in report.notes)
     backend.wait_for_caches()
     assert [(p / "model_index.json").is_file() for p in paths.converted_models.iterdir()] == [True]
+
+
+def test_the_cache_writer_writes_what_safetensors_reads(tmp_path):
+    """Marble's own writer (it frees the interpreter lock while copying) against the safetensors reader: every
+    dtype a checkpoint holds, a scalar, an empty and a transposed (non-contiguous) tensor."""
+    state = {"w": torch.randn(3, 4), "bf": torch.randn(5).to(torch.bfloat16), "half": torch.randn(2, 3).half(),
+             "step": torch.tensor(3), "empty": torch.zeros(0, 2), "mask": torch.ones(2, 2, dtype=torch.bool),
+             "t": torch.randn(4, 6).t(), "fp8": torch.randn(3).to(torch.float8_e4m3fn),
+             "ids": torch.arange(5)}  # fmt: skip
+    path = tmp_path / "weights.safetensors"
+    write_safetensors(state, path)
+    back = load_file(str(path))
+    assert set(back) == set(state)
+    for name, tensor in state.items():
+        assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape, name
+        as_bytes = [t.contiguous().reshape(-1).view(torch.uint8) for t in (back[name], tensor)]
+        assert torch.equal(*as_bytes), name

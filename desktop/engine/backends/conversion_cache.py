@@ -6,11 +6,14 @@ folder takes 10-20 s on a disk that writes a few hundred MB/s. The first image n
 later start then loads the folder in a fraction of a second). The first image is the same whether its
 weights came from the conversion or, later, from the cached folder (checked by the backend's tests).
 
-Why a detached copy: the job goes on with the pipeline while the writer reads it, and a job moves modules
-to CUDA, casts them to fp16 or fp8 and wraps layers for LoRAs. The writer therefore saves copies of the
-modules made at load time: new module objects whose tensors share storage with the loaded ones (nothing is
-duplicated). Those operations replace a module's tensors rather than writing into them, so the copies keep
-the weights exactly as loaded.
+Why a snapshot of the state dicts: the job goes on with the pipeline while the writer reads it, and a job
+moves modules to CUDA, casts them to fp16 or fp8 and wraps layers for LoRAs. Those operations replace a
+module's tensors rather than writing into them, so the tensors taken at load time keep the weights exactly
+as loaded (and share their storage: nothing is duplicated). The configs are written at once.
+
+Why its own safetensors writer: the safetensors package copies each tensor into a Python bytes object while
+holding the interpreter lock, which starves the generating thread (a 3-step job took 2.3x as long beside it).
+Writing each tensor's memory straight to the file releases the lock for the copy into the page cache.
 
 Torch is imported inside the functions: the module runs on the generation thread only (the writer is its own
 thread).
@@ -18,11 +21,11 @@ thread).
 
 from __future__ import annotations
 
-import copy
-import itertools
+import json
 import logging
 import os
 import shutil
+import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -51,7 +54,7 @@ class ConversionCache:
             partial.mkdir(parents=True)
             for name, component in pipe.components.items():
                 if isinstance(component, torch.nn.Module):
-                    modules[name] = _detached(component)
+                    modules[name] = _weights_and_config(component, partial / name)
                 elif component is not None:
                     # Schedulers, tokenizers, feature extractors: small files, saved now, before a job can
                     # add a textual-inversion token to a tokenizer.
@@ -90,8 +93,8 @@ class ConversionCache:
 
     def _write(self, modules: dict[str, Any], partial: Path, target: Path) -> None:
         try:
-            for name, module in modules.items():
-                module.save_pretrained(str(partial / name))
+            for name, (weights, state) in modules.items():
+                write_safetensors(state, partial / name / weights)
             os.replace(partial, target)
         except (OSError, RuntimeError) as error:
             # Only a cache: the loaded model is unaffected, and the next start converts again.
@@ -106,11 +109,51 @@ class ConversionCache:
                     del self._writers[target]
 
 
-def _detached(module: Any) -> Any:
-    """A copy of `module` whose tensors are new tensor objects over the same storage: a later `.to()`, cast or
-    layer wrap on the original does not reach it, and no weight is duplicated."""
-    shared = {id(t): t.detach() for t in itertools.chain(module.parameters(), module.buffers())}
-    return copy.deepcopy(module, shared)
+def _weights_and_config(module: Any, folder: Path) -> tuple[str, dict[str, Any]]:
+    """Write `module`'s config into `folder` now; return the weights file name its loader looks for and the
+    state dict to write there (tensors over the loaded storage)."""
+    from diffusers import ModelMixin
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(module, ModelMixin):
+        module.save_config(str(folder))
+        weights = "diffusion_pytorch_model.safetensors"
+    else:  # a transformers model (the text encoders)
+        module.config.save_pretrained(str(folder))
+        weights = "model.safetensors"
+    return weights, dict(module.state_dict())
+
+
+_DTYPE_CODES = {
+    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64", "int32": "I32",
+    "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL", "float8_e4m3fn": "F8_E4M3",
+    "float8_e5m2": "F8_E5M2",
+}  # fmt: skip
+
+
+def write_safetensors(state: dict[str, Any], path: Path) -> None:
+    """`state` as a safetensors file (the format's header, then each tensor's bytes in header order), each
+    tensor's memory handed straight to the file so the interpreter lock is free while it is copied."""
+    import torch
+
+    names = sorted(state)
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in names:
+        tensor = state[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPE_CODES[str(tensor.dtype).removeprefix("torch.")],
+                        "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}  # fmt: skip
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    with path.open("wb") as stream:
+        stream.write(struct.pack("<Q", len(encoded)))
+        stream.write(encoded)
+        for name in names:
+            tensor = state[name].detach().cpu().contiguous().reshape(-1)
+            if tensor.numel():
+                stream.write(tensor.view(torch.uint8).numpy())
 
 
 def _failure_note(target: Path, error: BaseException) -> str:
