@@ -21,6 +21,7 @@ thread).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -92,6 +93,7 @@ class ConversionCache:
         return failures
 
     def _write(self, modules: dict[str, Any], partial: Path, target: Path) -> None:
+        _lowest_priority()
         try:
             for name, (weights, state) in modules.items():
                 write_safetensors(state, partial / name / weights)
@@ -107,6 +109,13 @@ class ConversionCache:
             with self._lock:
                 if self._writers.get(target) is threading.current_thread():
                     del self._writers[target]
+
+
+def _lowest_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: a thread has its own nice value), so the write
+    takes the cores only when the job leaves them idle; elsewhere it runs at normal priority."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def _weights_and_config(module: Any, folder: Path) -> tuple[str, dict[str, Any]]:
