@@ -2098,6 +2098,14 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Tokenizer folder</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>For a Qwen-Image or Z-Image file run with a text encoder from the library: the folder holding its tokenizer, which Marble cannot ship (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves). Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>API port</source>
         <translation type="unfinished"></translation>
     </message>

@@ -71,6 +71,10 @@ SETTING_TEXTS = (
     QT_TRANSLATE_NOOP("Settings", "Threads a job on the CPU uses. Auto: the cores other programs leave free when the "
                       "job starts (a busy machine slows a job several-fold when both compete for every core). "
                       "Takes effect at the next start."),
+    QT_TRANSLATE_NOOP("Settings", "Tokenizer folder"),
+    QT_TRANSLATE_NOOP("Settings", "For a Qwen-Image or Z-Image file run with a text encoder from the library: the "
+                      "folder holding its tokenizer, which Marble cannot ship (tokenizer.json and "
+                      "tokenizer_config.json; the model's diffusers folder serves). Takes effect at the next start."),
     QT_TRANSLATE_NOOP("Settings", "API port"),
     QT_TRANSLATE_NOOP("Settings", "The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any "
                       "free port: one is picked each time."),
