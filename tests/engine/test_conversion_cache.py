@@ -4,7 +4,9 @@ does to the loaded modules (LoRA layers) never reaches the file, and a failed wr
 from __future__ import annotations
 
 import errno
+import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +67,7 @@ def test_first_job_runs_while_the_cache_is_written_and_lora_layers_stay_out_of_i
     first = make_backend(paths)
     plain = image_of(first, single, config)
     # The write is still held: the image came without it, and only the half-written folder exists.
-    assert [p.name.endswith(".partial") for p in paths.converted_models.iterdir()] == [True]
+    assert [".partial-" in p.name for p in paths.converted_models.iterdir()] == [True]
     # The same loaded model with a LoRA: its layers get wrapped while the writer is still reading.
     styled = image_of(first, single, config, loras=(LoraRef("detail", 1.0),))
     assert not np.array_equal(plain, styled)
@@ -73,7 +75,7 @@ def test_first_job_runs_while_the_cache_is_written_and_lora_layers_stay_out_of_i
     first.wait_for_caches()
     folders = [p for p in paths.converted_models.iterdir()]
     assert len(folders) == 1 and (folders[0] / "model_index.json").is_file()
-    assert not folders[0].name.endswith(".partial")
+    assert ".partial" not in folders[0].name
     # A new start loads the cache: the same pixels as the first job and as the diffusers folder.
     again = image_of(make_backend(paths), single, config)
     folder = image_of(make_backend(paths), tiny_sd15_dir, config)
@@ -93,7 +95,7 @@ def test_a_second_load_waits_for_the_write_then_uses_it(paths, tiny_sd15_single,
     # The reload waits for the running write rather than converting again beside it.
     second = image_of(backend, single, config)
     folders = list(paths.converted_models.iterdir())
-    assert [p.name.endswith(".partial") for p in folders] == [False]
+    assert [".partial" in p.name for p in folders] == [False]
     assert np.array_equal(first, second) and len(conversions) == 1
 
 
@@ -134,3 +136,25 @@ def test_the_cache_writer_writes_what_safetensors_reads(tmp_path):
         assert back[name].dtype == tensor.dtype and back[name].shape == tensor.shape, name
         as_bytes = [t.contiguous().reshape(-1).view(torch.uint8) for t in (back[name], tensor)]
         assert torch.equal(*as_bytes), name
+
+
+def test_half_written_copies_of_dead_processes_go_and_a_finished_copy_is_kept(tmp_path):
+    """Two Marble processes may convert the same file at once: each writes its own copy and the first complete
+    one stays. A copy left half-written by a killed process (hours old) is removed by the next write."""
+    target = tmp_path / "converted" / "model-0123"
+    abandoned, running = (target.with_name(f"model-0123.partial-{pid}") for pid in (11, 22))
+    for folder in (abandoned, running):
+        folder.mkdir(parents=True)
+    hours_ago = time.time() - 3 * 3600
+    os.utime(abandoned, (hours_ago, hours_ago))
+    conversion_cache._remove_abandoned(target)
+    assert not abandoned.exists() and running.exists()
+
+    target.mkdir()
+    (target / "model_index.json").write_text("{}")
+    ours = target.with_name("model-0123.partial-33")
+    (ours / "unet").mkdir(parents=True)
+    cache = ConversionCache()
+    cache._write({"unet": ("weights.safetensors", {"w": torch.ones(2)})}, ours, target)
+    assert not ours.exists() and (target / "model_index.json").read_text() == "{}"
+    assert cache.take_failures() == []  # not a failure: the cache is there

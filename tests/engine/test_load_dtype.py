@@ -43,6 +43,7 @@ def test_a_bf16_model_loads_as_bf16_without_a_float32_copy(tmp_path):
 
     first = make_backend(paths)
     first.load(request)  # converts the file once, into the cache
+    first.wait_for_caches()  # written in the background; the first app's process waits for it before exiting
     assert {first._pipe.unet.dtype, first._pipe.text_encoder.dtype, first._pipe.vae.dtype} == {torch.bfloat16}
 
     again = make_backend(paths)  # the app after a restart

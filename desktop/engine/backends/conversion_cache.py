@@ -28,6 +28,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,10 @@ class ConversionCache:
         import torch
 
         self.wait(target)
-        partial = target.with_name(target.name + ".partial")
+        _remove_abandoned(target)
+        # Named for this process: another Marble process converting the same file writes its own copy, and the
+        # first complete one is kept.
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         modules: dict[str, Any] = {}
         try:
@@ -97,7 +101,10 @@ class ConversionCache:
         try:
             for name, (weights, state) in modules.items():
                 write_safetensors(state, partial / name / weights)
-            os.replace(partial, target)
+            if (target / "model_index.json").is_file():
+                shutil.rmtree(partial, ignore_errors=True)  # another process finished first: its copy serves
+            else:
+                os.replace(partial, target)
         except (OSError, RuntimeError) as error:
             # Only a cache: the loaded model is unaffected, and the next start converts again.
             shutil.rmtree(partial, ignore_errors=True)
@@ -109,6 +116,18 @@ class ConversionCache:
             with self._lock:
                 if self._writers.get(target) is threading.current_thread():
                     del self._writers[target]
+
+
+_ABANDONED_AFTER_S = 3600  # a write takes seconds to minutes: an older half-written folder's process died
+
+
+def _remove_abandoned(target: Path) -> None:
+    """Delete half-written copies of `target` left by processes killed while writing (hours old)."""
+    with contextlib.suppress(OSError):
+        for partial in target.parent.glob(f"{target.name}.partial*"):
+            with contextlib.suppress(OSError):
+                if time.time() - partial.stat().st_mtime > _ABANDONED_AFTER_S:
+                    shutil.rmtree(partial, ignore_errors=True)
 
 
 def _lowest_priority() -> None:
