@@ -1,5 +1,5 @@
-"""An independent reference for Marble's transformer and SPAN upscalers: spandrel 0.4.2 (chaiNNer's maintained
-loader), run in a child process.
+"""An independent reference for Marble's upscalers: spandrel 0.4.2 (chaiNNer's maintained loader), run in one
+child process for the whole test session.
 
 spandrel imports torchvision at import time (for LaMa and RestoreFormer only), and Marble's venv has no
 torchvision (PyPI's build breaks beside the CPU torch): the child puts a stub `torchvision` with the three
@@ -17,11 +17,16 @@ spandrel==0.4.2`, in .ci/run); `available()` says whether it is there.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
 import json
+import os
+import select
 import subprocess
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
 STUB = '''
@@ -50,19 +55,52 @@ def build_and_run(workdir: Path, specs: dict[str, dict]) -> dict[str, dict]:
     """For each spec name: NAME.safetensors, NAME.input.npy, NAME.output.npy in `workdir`; returns what
     spandrel recognised per name ({"architecture": id, "scale": n})."""
     workdir.mkdir(parents=True, exist_ok=True)
-    stub = workdir / "stub" / "torchvision" / "transforms"
-    stub.mkdir(parents=True, exist_ok=True)
-    for package in (stub.parent, stub):
-        (package / "__init__.py").write_text("", encoding="utf-8")
-    (stub / "functional.py").write_text(STUB, encoding="utf-8")
     (workdir / "specs.json").write_text(json.dumps(specs), encoding="utf-8")
-    done = subprocess.run(
-        [sys.executable, "-I", str(Path(__file__).resolve()), str(workdir)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"the spandrel child failed:\n{done.stderr[-3000:]}")
+    reply = _Child.get().ask(str(workdir))
+    if reply != "ok":
+        raise RuntimeError(f"the spandrel child failed:\n{reply[-3000:]}")
     return json.loads((workdir / "report.json").read_text(encoding="utf-8"))
+
+
+class _Child:
+    """One child process for the whole test session: it imports torch and spandrel once (a few seconds each
+    time on this machine, and about 40 test modules ask), then builds and runs each module's specs in turn.
+    Every spec seeds its own random numbers, so the order of requests changes nothing."""
+
+    _running: _Child | None = None
+
+    def __init__(self) -> None:
+        folder = Path(tempfile.mkdtemp(prefix="spandrel-child-"))
+        stub = folder / "stub" / "torchvision" / "transforms"
+        stub.mkdir(parents=True)
+        for package in (stub.parent, stub):
+            (package / "__init__.py").write_text("", encoding="utf-8")
+        (stub / "functional.py").write_text(STUB, encoding="utf-8")
+        self._log = (folder / "stderr.log").open("w+", encoding="utf-8")
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", str(Path(__file__).resolve()), str(folder / "stub")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+        )  # fmt: skip
+        atexit.register(self._process.kill)
+
+    @classmethod
+    def get(cls) -> _Child:
+        if cls._running is None or cls._running._process.poll() is not None:
+            cls._running = cls()
+        return cls._running
+
+    def ask(self, workdir: str) -> str:
+        """Send a work folder; the child's one-line answer ("ok" or what went wrong), within ten minutes."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(workdir + "\n")
+        self._process.stdin.flush()
+        ready, _, _ = select.select([self._process.stdout], [], [], 600)
+        line = self._process.stdout.readline() if ready else ""
+        if not line:
+            self._process.kill()
+            self._log.seek(0)
+            return "no answer from the child; its stderr:\n" + self._log.read()[-3000:]
+        return json.loads(line)
 
 
 def _randomise(model) -> None:  # noqa: ANN001 - torch is the child's only
@@ -93,8 +131,24 @@ def _randomise(model) -> None:  # noqa: ANN001 - torch is the child's only
                 buffer.uniform_(0.5, 1.5)
 
 
-def _child(workdir: Path) -> None:
-    sys.path.insert(0, str(workdir / "stub"))
+def _serve(stub: Path) -> None:
+    """The child: set up once, then for each work folder read from stdin build and run its specs and answer
+    with one JSON line. Library output goes to stderr: stdout carries the answers only."""
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr
+    sys.path.insert(0, str(stub))
+    run = _setup()
+    for line in sys.stdin:
+        try:
+            run(Path(line.strip()))
+            answer = "ok"
+        except Exception:  # noqa: BLE001 - told to the parent, which fails the test with it
+            answer = traceback.format_exc()
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
+
+
+def _setup():  # noqa: ANN202 - torch is the child's only
     import numpy as np
     import torch
     from safetensors.torch import save_file
@@ -179,6 +233,10 @@ def _child(workdir: Path) -> None:
         "IPT": IPT.IPT,
     }  # fmt: skip
     classes |= {"RealCUGAN": lambda scale, fast=False, **kwargs: getattr(RealCUGAN, _CUGAN[scale, fast])(**kwargs)}
+    return functools.partial(_run, classes, np, torch, save_file, ModelLoader, pad_tensor)
+
+
+def _run(classes, np, torch, save_file, ModelLoader, pad_tensor, workdir: Path) -> None:  # noqa: ANN001, N803
     specs = json.loads((workdir / "specs.json").read_text(encoding="utf-8"))
     report = {}
     for name, spec in specs.items():
@@ -236,4 +294,4 @@ def _child(workdir: Path) -> None:
 
 
 if __name__ == "__main__":
-    _child(Path(sys.argv[1]))
+    _serve(Path(sys.argv[1]))
