@@ -11,11 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
-from desktop.engine.errors import ModelError
 from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
-from tests.support.upscaler_checks import check_against_spandrel, noise_image
+from tests.support.upscaler_checks import check_against_spandrel, check_refused, noise_image
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -96,12 +95,7 @@ def test_damaged_cugan_files_are_refused_by_name(reference, paths, tmp_path):
         "fast-pro": ({**fast, "pro": torch.zeros(1)}, "fast Real-CUGAN with a pro flag"),
         "grey": ({**x2, "unet1.conv1.conv.0.weight": torch.zeros(32, 1, 3, 3)}, "for 1-channel images"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)
 
 
 def test_pickled_cugan_keeps_its_pro_flag(reference, paths, tmp_path):

@@ -16,7 +16,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
-from tests.support.upscaler_checks import check_against_spandrel
+from tests.support.upscaler_checks import check_against_spandrel, check_refused
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -86,12 +86,7 @@ def test_damaged_and_grey_ditn_files_are_refused_by_name(reference, paths, tmp_p
         "odd-ffn": ({**ditn, "UFONE.0.ITLs.0.ffn.project_in.weight": torch.zeros(35, 12, 1, 1)},
                     "feed-forward makes 35 channels"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)
     # A grey-level model (spandrel reads sft's inputs as the colour channels): upscale() feeds RGB.
     grey = tmp_path / "ditn-grey.safetensors"
     save_file({**ditn, "sft.weight": torch.zeros(12, 1, 3, 3)}, str(grey))

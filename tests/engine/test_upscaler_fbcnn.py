@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
-from desktop.engine.errors import ModelError
-from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
-from tests.support.upscaler_checks import check_against_spandrel
+from tests.support.upscaler_checks import check_against_spandrel, check_refused
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -89,9 +87,4 @@ def test_damaged_fbcnn_files_are_refused_by_name(reference, paths, tmp_path):
         "odd-predictor": ({**fbcnn, "qf_pred.4.weight": torch.zeros(512, 256)}, "quality predictor reads 256"),
         "grey": ({**fbcnn, "m_head.weight": torch.zeros(8, 1, 3, 3)}, "FBCNN for 1-channel images"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)

@@ -10,16 +10,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
-from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
-from desktop.engine.library.index import Library
 from desktop.engine.library.upscaler import inspect_upscaler
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
-from tests.support.upscaler_checks import check_against_spandrel, noise_image
+from tests.support.upscaler_checks import check_against_spandrel, check_refused, noise_image
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -102,9 +100,4 @@ def test_damaged_moesr_files_are_refused_by_name(reference, paths, tmp_path):
         "shuffle-stage": ({k: v for k, v in shuffle.items() if not k.startswith("upscale.4.")},
                           r"convs \[0, 2, 6\]"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)

@@ -11,12 +11,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
-from desktop.engine.errors import ModelError
-from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
 from tests.support.cli_runner import run_cli
-from tests.support.upscaler_checks import check_against_spandrel
+from tests.support.upscaler_checks import check_against_spandrel, check_refused
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -103,9 +101,4 @@ def test_damaged_omnisr_files_are_refused_by_name(reference, paths, tmp_path):
         "truncated": ({k: v for k, v in omni.items() if not k.startswith("residual_layer.0.residual_layer.1.")},
                       "blocks \\[0\\] in its first group"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)

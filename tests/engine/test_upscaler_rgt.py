@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
-from desktop.engine.errors import ModelError
-from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
-from tests.support.upscaler_checks import check_against_spandrel
+from tests.support.upscaler_checks import check_against_spandrel, check_refused
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -84,10 +82,8 @@ def test_damaged_rgt_files_are_refused_by_name(reference, paths, tmp_path):
                  "layers.0.blocks.0.gamma": rgt["layers.0.blocks.0.gamma"]},
                 "lacks layers.0.blocks.0.attn.attns.0.pos.pos3.2.weight"),
         "odd-upsampler": ({**rgt, "upsample.0.weight": torch.zeros(100, 64, 3, 3)}, "upsampling conv makes 100"),
+        # Group 1 renamed 2: a group missing between them, told from the header before any load.
+        "group-gap": ({"layers.2." + k[9:] if k.startswith("layers.1.") else k: v for k, v in rgt.items()},
+                      r"RGT groups are not numbered 0..1 \(found \[0, 2\]\)"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)

@@ -10,16 +10,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from desktop.engine.backends.hires import upscale_images
 from desktop.engine.backends.upscale import load_upscaler, upscale
-from desktop.engine.errors import ModelError
 from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
 from tests.support.cli_runner import run_cli
-from tests.support.upscaler_checks import check_against_spandrel, noise_image
+from tests.support.upscaler_checks import check_against_spandrel, check_refused, noise_image
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -109,12 +108,7 @@ def test_damaged_scunet_files_are_refused_by_name(reference, paths, tmp_path):
         "table": ({**scunet, table: torch.zeros(8, 13, 13)}, "disagree on the window or the head width"),
         "no-table": ({k: v for k, v in scunet.items() if k != table}, f"lacks {table}"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)
 
 
 def test_the_windows_upscale_job_runs_a_1x_denoiser_once_then_lanczos(reference, paths, tmp_path):

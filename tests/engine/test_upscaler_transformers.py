@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.errors import ModelError
@@ -16,7 +16,7 @@ from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
 from tests.support.cli_runner import run_cli
-from tests.support.upscaler_checks import check_against_spandrel, noise_image
+from tests.support.upscaler_checks import check_against_spandrel, check_refused, noise_image
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -202,12 +202,7 @@ def test_broken_files_are_refused_by_name(reference, paths, tmp_path):
         "dat-missing": (_without(dat, lambda k: k == "layers.0.blocks.2.attn.dwconv.1.running_var"),
                         "tensors do not fit the DAT 2x .*Missing key.*running_var"),
     }  # fmt: skip
-    for case, (tensors, message) in cases.items():
-        path = tmp_path / f"{case}.safetensors"
-        save_file(tensors, str(path))
-        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
-            Library(paths).import_path(path, "upscaler")
-            load_upscaler(path)
+    check_refused(paths, tmp_path, cases)
     for source in ("classical-x2", "swin2sr-x2"):
         truncated = tmp_path / f"truncated-{source}.safetensors"
         truncated.write_bytes((workdir / f"{source}.safetensors").read_bytes()[:-1000])

@@ -41,3 +41,21 @@ def check_against_spandrel(
     assert got.shape == expected.shape == (1, 3, height * scale, width * scale)
     assert np.abs(expected).max() > 0.5  # a real signal, not a network that outputs nothing
     assert np.abs(got - expected).max() <= tolerance * max(1.0, float(np.abs(expected).max()))
+
+
+def check_refused(paths: AppPaths, folder: Path, cases: dict[str, tuple[dict, str]]) -> None:
+    """Each damaged file (case name -> (its tensors, the expected message)) is refused with its file name and
+    the message, by the library's import (what the header tells) or at the latest by the strict load."""
+    import pytest
+    from safetensors.torch import save_file
+
+    from desktop.engine.backends.upscale import load_upscaler
+    from desktop.engine.errors import ModelError
+    from desktop.engine.library.index import Library
+
+    for case, (tensors, message) in cases.items():
+        path = folder / f"{case}.safetensors"
+        save_file(tensors, str(path))
+        with pytest.raises(ModelError, match=f"{case}.safetensors.*{message}"):
+            Library(paths).import_path(path, "upscaler")
+            load_upscaler(path)
