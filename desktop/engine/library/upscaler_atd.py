@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.upscaler_transformers import blocks_text, shuffle_stages
+from desktop.engine.library.upscaler_transformers import blocks_text, numbered_groups, shuffle_stages
 
 # The group's token dictionary and the dictionary attention's per-token scale: ATD's alone.
 _PROBES = ("layers.0.residual_group.td", "layers.0.residual_group.layers.0.attn_atd.scale")
@@ -71,23 +71,13 @@ def inspect_atd(tensors: Mapping[str, object], name: str) -> tuple[ATDShape, int
         return tuple(info.shape)  # type: ignore[attr-defined]
 
     width, in_channels = shape("conv_first.weight")[:2]
-    groups: dict[int, set[int]] = {}
-    for key in tensors:
-        if m := _BLOCK.match(key):
-            groups.setdefault(int(m[1]), set()).add(int(m[2]))
-    if sorted(groups) != list(range(len(groups))):
-        raise ModelError(f"{name}: its ATD groups are not numbered 0..{len(groups) - 1} "
-                         f"(found {sorted(groups)}): the file is incomplete.")  # fmt: skip
     first = "layers.0.residual_group.layers.0."
     rows = shape(first + "attn_win.relative_position_bias_table")[0]
     window = (math.isqrt(rows) + 1) // 2
     if (2 * window - 1) ** 2 != rows:
         raise ModelError(f"{name}'s ATD position table has {rows} rows, which fits no attention window.")
     depths, heads = [], []
-    for group in range(len(groups)):
-        blocks = sorted(groups[group])
-        if blocks != list(range(len(blocks))):
-            raise ModelError(f"{name}: ATD group {group} has blocks {blocks}, with gaps: the file is incomplete.")
+    for group, blocks in enumerate(numbered_groups(tensors, _BLOCK, name, "ATD")):
         depths.append(len(blocks))
         table = shape(f"layers.{group}.residual_group.layers.0.attn_win.relative_position_bias_table")
         if table[0] != rows or table[1] < 1 or width % table[1]:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.upscaler_transformers import blocks_text
+from desktop.engine.library.upscaler_transformers import blocks_text, numbered_groups
 
 META = "upsampler.MetaUpsample"
 # The upsampler kinds in the order their index is stored in the settings tensor.
@@ -94,19 +94,7 @@ def inspect_fdat(
     if up_in != (mid if UPSAMPLERS[kind] == "pa_up" else width):
         raise ModelError(f"{name}'s FDAT upsampler takes {up_in} channels but the body is {width} wide: the file "
                          "is damaged.")  # fmt: skip
-    groups: dict[int, set[int]] = {}
-    for key in tensors:
-        if m := _BLOCK.fullmatch(key):
-            groups.setdefault(int(m[1]), set()).add(int(m[2]))
-    if not groups or sorted(groups) != list(range(len(groups))):
-        raise ModelError(f"{name}: its FDAT groups are not numbered 0..{len(groups) - 1} "
-                         f"(found {sorted(groups)}): the file is incomplete.")  # fmt: skip
-    depths = []
-    for group in range(len(groups)):
-        blocks = sorted(groups[group])
-        if blocks != list(range(len(blocks))):
-            raise ModelError(f"{name}: FDAT group {group} has blocks {blocks}, with gaps: the file is incomplete.")
-        depths.append(len(blocks))
+    depths = [len(blocks) for blocks in numbered_groups(tensors, _BLOCK, name, "FDAT")]
     heads, tokens, _ = shape("groups.0.blocks.0.attn.bias")
     window = math.isqrt(tokens)
     if window * window != tokens or width % heads:

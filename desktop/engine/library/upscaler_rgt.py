@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library.upscaler_transformers import blocks_text, shuffle_stages, split_from_table
+from desktop.engine.library.upscaler_transformers import blocks_text, numbered_groups, shuffle_stages, split_from_table
 
 # DAT has the position table too; `gamma` (the per-block re-injection) is RGT's alone.
 RGT_PROBE = "layers.0.blocks.0.gamma"
@@ -59,19 +59,9 @@ def inspect_rgt(tensors: Mapping[str, object], name: str) -> tuple[RGTShape, int
         return tuple(info.shape)  # type: ignore[attr-defined]
 
     width, in_channels = shape("conv_first.weight")[:2]
-    groups: dict[int, set[int]] = {}
-    for key in tensors:
-        if m := _BLOCK.match(key):
-            groups.setdefault(int(m[1]), set()).add(int(m[2]))
-    if sorted(groups) != list(range(len(groups))):
-        raise ModelError(f"{name}: its RGT groups are not numbered 0..{len(groups) - 1} "
-                         f"(found {sorted(groups)}): the file is incomplete.")
     depths, heads = [], []
     reduced = width // 2  # unused when no group has an odd (RG-SA) block
-    for group in range(len(groups)):
-        blocks = sorted(groups[group])
-        if blocks != list(range(len(blocks))):
-            raise ModelError(f"{name}: RGT group {group} has blocks {blocks}, with gaps: the file is incomplete.")
+    for group, blocks in enumerate(numbered_groups(tensors, _BLOCK, name, "RGT")):
         depths.append(len(blocks))
         # Each branch has half the block's heads; an odd count (which the halves round down) is the one
         # that divides the width.

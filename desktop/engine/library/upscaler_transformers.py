@@ -76,6 +76,26 @@ class HATShape(SwinIRShape):
 HAT_PROBE = "layers.0.residual_group.blocks.0.conv_block.cab.0.weight"
 
 
+def numbered_groups(
+    tensors: Mapping[str, object], block: re.Pattern, name: str, architecture: str
+) -> list[list[int]]:
+    """The block numbers of each group, from the tensor names `block` matches (group, block): groups numbered
+    0..n-1 and each group's blocks 0..m-1, or ModelError naming the file as incomplete."""
+    groups: dict[int, set[int]] = {}
+    for key in tensors:
+        if m := block.match(key):
+            groups.setdefault(int(m[1]), set()).add(int(m[2]))
+    if not groups or sorted(groups) != list(range(len(groups))):
+        raise ModelError(f"{name}: its {architecture} groups are not numbered 0..{len(groups) - 1} "
+                         f"(found {sorted(groups)}): the file is incomplete.")  # fmt: skip
+    numbered = [sorted(groups[group]) for group in range(len(groups))]
+    for group, blocks in enumerate(numbered):
+        if blocks != list(range(len(blocks))):
+            raise ModelError(f"{name}: {architecture} group {group} has blocks {blocks}, with gaps: the file is "
+                             "incomplete.")  # fmt: skip
+    return numbered
+
+
 def looks_like_hat(tensors: Mapping[str, object]) -> bool:
     return HAT_PROBE in tensors
 
@@ -192,19 +212,8 @@ def inspect_swinir(
                          "Marble runs the published layout only.")
     embed, in_channels = shape("conv_first.weight")[:2]
 
-    groups: dict[int, set[int]] = {}
-    for key in tensors:
-        if m := _BLOCK.match(key):
-            groups.setdefault(int(m[1]), set()).add(int(m[2]))
-    if sorted(groups) != list(range(len(groups))):
-        raise ModelError(f"{name}: its {architecture} groups are not numbered 0..{len(groups) - 1} "
-                         f"(found {sorted(groups)}): the file is incomplete.")
     depths, heads, windows = [], [], set()
-    for group in range(len(groups)):
-        blocks = sorted(groups[group])
-        if blocks != list(range(len(blocks))):
-            raise ModelError(f"{name}: {architecture} group {group} has blocks {blocks}, with gaps: the file is "
-                             "incomplete.")
+    for group, blocks in enumerate(numbered_groups(tensors, _BLOCK, name, architecture)):
         depths.append(len(blocks))
         for block in blocks:
             attn = f"layers.{group}.residual_group.blocks.{block}.attn"
@@ -319,18 +328,8 @@ def inspect_dat(tensors: Mapping[str, object], name: str) -> tuple[DATShape, int
         return tuple(info.shape)  # type: ignore[attr-defined]
 
     embed, in_channels = shape("conv_first.weight")[:2]
-    groups: dict[int, set[int]] = {}
-    for key in tensors:
-        if m := _DAT_BLOCK.match(key):
-            groups.setdefault(int(m[1]), set()).add(int(m[2]))
-    if sorted(groups) != list(range(len(groups))):
-        raise ModelError(f"{name}: its DAT groups are not numbered 0..{len(groups) - 1} "
-                         f"(found {sorted(groups)}): the file is incomplete.")
     depths, heads = [], []
-    for group in range(len(groups)):
-        blocks = sorted(groups[group])
-        if blocks != list(range(len(blocks))):
-            raise ModelError(f"{name}: DAT group {group} has blocks {blocks}, with gaps: the file is incomplete.")
+    for group, blocks in enumerate(numbered_groups(tensors, _DAT_BLOCK, name, "DAT")):
         depths.append(len(blocks))
         prefix = f"layers.{group}.blocks"
         if len(blocks) > 1:
