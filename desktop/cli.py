@@ -75,7 +75,7 @@ from desktop.engine.request import (
 )
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
-from desktop.engine.settings import SettingsStore
+from desktop.engine.settings import SettingsStore, saved_tokenizer_folder
 from desktop.engine.styles import StyleStore, apply_styles
 from desktop.engine.terminal_text import printable
 from desktop.engine.wildcards import Wildcards
@@ -410,7 +410,8 @@ def _run_request(
         return exit_code(error.kind)
     catalog = ModelCatalog(paths.models)
     backend = create_diffusers_backend(
-        paths, Resources.default(), catalog, 0 if args.no_preview else 1, getattr(args, "threads", 0)
+        paths, Resources.default(), catalog, 0 if args.no_preview else 1, getattr(args, "threads", 0),
+        saved_tokenizer_folder(paths.settings_file),
     )
     writer = ImageWriter(Path(args.out).expanduser(), dated=False) if args.out else ImageWriter(paths.outputs)
     writer.signer = signer

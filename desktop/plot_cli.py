@@ -30,6 +30,7 @@ from desktop.engine.plot import PARAM_NAMES, Axis, assemble_grid, parse_axis, pl
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
+from desktop.engine.settings import saved_tokenizer_folder
 from desktop.engine.terminal_text import printable
 from desktop.engine.wildcards import Wildcards
 from desktop.exit_codes import EXIT_CANCELLED, EXIT_OK, exit_code
@@ -75,7 +76,8 @@ def run_plot(
     from desktop.engine.backends import create_diffusers_backend
 
     backend = create_diffusers_backend(paths, Resources.default(), ModelCatalog(paths.models),
-                                       0 if generate_args.no_preview else 1)
+                                       0 if generate_args.no_preview else 1,
+                                       tokenizer_folder=saved_tokenizer_folder(paths.settings_file))
     target = Path(generate_args.out).expanduser() if generate_args.out else None
     writer = ImageWriter(target, dated=False) if target else ImageWriter(paths.outputs)
     try:

@@ -277,3 +277,10 @@ class SettingsStore:
             write_atomically(self._path, lambda stream: stream.write(text))  # type: ignore[attr-defined]
         except StorageError as error:
             raise StorageError(f"Could not save the settings: {error}") from error
+
+
+def saved_tokenizer_folder(settings_file: Path) -> str:
+    """The window's Tokenizer folder setting, read by the command line and `marble serve` too, so they run
+    the library-encoder models the window runs without --tokenizer-folder (the flag, kept in the request,
+    still wins over it)."""
+    return str(SettingsStore.open(settings_file).get("tokenizer_folder") or "")

@@ -295,6 +295,18 @@ def test_cli_runs_a_z_image_file_with_library_parts_and_a_tokenizer_folder(zimag
     assert np.array_equal(np.asarray(Image.open(image).convert("RGB")), z_expected(zimage, z_request(zimage)))
     code, _, err = in_process([*args, "--out", str(tmp_path / "none.png")])
     assert code != 0 and "--tokenizer-folder" in err and "Traceback" not in err, err
+    # The window's Tokenizer folder setting serves the command line too, when the flag is absent.
+    from desktop.engine.paths import AppPaths
+    from desktop.engine.settings import SettingsStore
+
+    settings = SettingsStore.open(AppPaths.for_root(tmp_path / "home").settings_file)
+    settings.set("tokenizer_folder", str(zimage["tokenizer"]))
+    settings.save()
+    from_setting = tmp_path / "setting.png"
+    code, _, err = in_process([*args, "--out", str(from_setting)])
+    assert code == 0, err
+    pictures = [np.asarray(Image.open(path).convert("RGB")) for path in (from_setting, image)]
+    assert np.array_equal(*pictures)
 
 
 def test_the_settings_tokenizer_folder_serves_a_request_that_names_none(home, zimage):
