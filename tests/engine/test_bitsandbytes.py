@@ -101,19 +101,45 @@ def test_a_forge_nf4_file_without_bitsandbytes_says_what_to_install(flux, paths,
         run(make_backend(paths), request)
 
 
-def test_a_diffusers_folder_saved_with_bitsandbytes_is_named_and_refused_without_cuda(flux, paths, tmp_path):
-    folder = save_pipeline(flux["pipe"], tmp_path / "flux-nf4")
+def diffusers_nf4_folder(flux, folder):
+    """A diffusers folder whose transformer is saved as diffusers saves a bitsandbytes nf4 model: the
+    packed weights with their quantisation states under diffusers' names, and a quantization_config."""
+    folder = save_pipeline(flux["pipe"], folder)
+    file, exact = forge_nf4(flux["pipe"].transformer.state_dict())
+    for weights in (folder / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    save_file({key.removeprefix(PREFIX): value for key, value in file.items()},
+              str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))  # fmt: skip
     config_file = folder / "transformer" / "config.json"
     config = json.loads(config_file.read_text())
-    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                     "bnb_4bit_use_double_quant": True}  # fmt: skip
     config_file.write_text(json.dumps(config))
+    return folder, {key.removeprefix(PREFIX): value for key, value in exact.items()}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA diffusers keeps the folder quantised (below)")
+def test_without_cuda_a_diffusers_folder_saved_in_nf4_runs_on_its_dequantised_weights(flux, paths, tmp_path):
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
+    folder, exact = diffusers_nf4_folder(flux, tmp_path / "flux-nf4")
     arch = detect_model(folder)
     assert arch.dit.bitsandbytes == "BNB_NF4"
-    if torch.cuda.is_available():
-        pytest.skip("with CUDA the folder loads: test_bitsandbytes_cuda covers it")
-    with pytest.raises(ModelError, match=r"flux-nf4 is a diffusers folder saved with nf4 \(bitsandbytes\) weights, "
-                                         r"which diffusers loads on a CUDA GPU only"):  # fmt: skip
-        run(make_backend(paths), request_for(folder, negative_prompt=""))
+    request = request_for(folder, negative_prompt="", distilled_cfg_scale=3.5)
+    got = pixels(run(make_backend(paths), request)[0].images[0])
+    extra = {"guidance_scale": 3.5, "max_sequence_length": 512}
+    expected = bare_image(bare_flux(flux["folder"], with_weights(flux["pipe"].transformer, exact)), request, **extra)
+    assert np.array_equal(got, expected)
+    full = bare_image(bare_flux(flux["folder"]), request, **extra)
+    assert 0 < np.abs(got.astype(float) - full.astype(float)).mean() < NF4_MEAN_TOLERANCE
+    # A damaged folder (a layer's quantisation state gone) is refused by name, not run on garbage.
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    state = load_file(str(weights))
+    del state[next(key for key in state if key.endswith(".absmax"))]
+    save_file(state, str(weights))
+    with pytest.raises(ModelError, match=r"flux-nf4: context_embedder\.weight does not dequantise .*damaged"):
+        run(make_backend(paths), request)
 
 
 def test_a_forge_nf4_file_matches_diffusers_on_the_dequantised_weights(flux, paths, tmp_path):

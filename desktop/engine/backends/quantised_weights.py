@@ -10,6 +10,8 @@
   memory needs; LLM.int8 files need no bitsandbytes to read (int8 rows times their scale).
 - Text encoders saved with bitsandbytes (backends/encoder_components.py) are read by the same functions
   (`dequantise_bitsandbytes`): transformers serialises each layer as Forge does.
+- Diffusers folders saved with bitsandbytes: kept quantised by diffusers on CUDA; on a computer without
+  CUDA their transformer is dequantised the same way (`bnb_folder_transformer`).
 - The nf4 / int8 memory modes: `quantise_linear_layers`.
 
 Called from families.py on the generation thread; torch and bitsandbytes are imported inside.
@@ -17,6 +19,8 @@ Called from families.py on the generation thread; torch and bitsandbytes are imp
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from desktop.engine.errors import ModelError
@@ -145,20 +149,43 @@ def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict
     return out
 
 
-def check_bnb_folder(info: DitInfo, *, name: str) -> None:
-    """A diffusers folder saved with bitsandbytes loads through diffusers' quantizer, which needs the
-    package and a GPU (CUDA): say so before diffusers fails deep inside."""
+def bnb_folder_transformer(folder: Path, info: DitInfo, cls: Any, dtype: Any, *, name: str) -> Any | None:
+    """The transformer of a diffusers folder saved with bitsandbytes (`quantization_config` in its
+    transformer/config.json), or None when the folder is not so saved or CUDA is present.
+
+    With CUDA, diffusers' quantizer loads the folder as it is, kept quantised. Without it that quantizer
+    refuses, so the weights are dequantised here, as a Forge nf4 file's are (the same per-layer names),
+    into a model built from the config without its quantization_config."""
     if info.bitsandbytes is None:
-        return
+        return None
     what = quant_formats.SHOWN[info.bitsandbytes]
     bitsandbytes_module(name, what)
     import torch
 
-    if not torch.cuda.is_available():
-        raise ModelError(
-            f"{name} is a diffusers folder saved with {what} weights, which diffusers loads on a CUDA GPU only; "
-            "this computer has none. Use a GGUF, fp8 or full-precision copy of this model."
-        )
+    if torch.cuda.is_available():
+        return None
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+
+    subfolder = folder / "transformer"
+    config = json.loads((subfolder / "config.json").read_text(encoding="utf-8"))
+    config.pop("quantization_config", None)
+    shards = sorted(subfolder.glob("*.safetensors"))
+    if not shards:
+        raise ModelError(f"{name}: its transformer folder holds no .safetensors weights.")
+    state: dict[str, Any] = {}
+    for shard in shards:
+        state.update(load_file(str(shard)))
+    weights = dequantise_bitsandbytes(state, info.bitsandbytes, dtype, name=name)
+    with init_empty_weights():
+        model = cls.from_config(config)
+    try:
+        model.load_state_dict(weights, strict=True, assign=True)
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or ["mismatch"])[0][:300]
+        raise ModelError(f"{name}: its {what} transformer does not fit its own config ({first}).") from None
+    # Assigned tensors keep their stored dtype; non-quantised ones (norms, biases) may be stored in another.
+    return model.to(dtype=dtype).eval()
 
 
 def quantise_linear_layers(transformer: Any, kind: str, device: str, compute_dtype: Any) -> int:
