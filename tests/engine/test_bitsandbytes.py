@@ -142,6 +142,35 @@ def test_without_cuda_a_diffusers_folder_saved_in_nf4_runs_on_its_dequantised_we
         run(make_backend(paths), request)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA diffusers keeps the folder quantised (below)")
+def test_without_cuda_a_folder_with_an_nf4_t5_too_runs_on_its_dequantised_weights(flux, paths, tmp_path):
+    # diffusers' own bnb-4bit Flux folders quantise T5 as well (saved by transformers, as here). On a CPU,
+    # transformers' 4-bit path fails on layers narrower than a block, so Marble dequantises T5 too.
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
+    import bitsandbytes.functional as F
+    from transformers import BitsAndBytesConfig, T5EncoderModel
+
+    folder, exact = diffusers_nf4_folder(flux, tmp_path / "flux-nf4-t5")
+    t5 = T5EncoderModel.from_pretrained(str(folder / "text_encoder_2"), quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4"))  # fmt: skip
+    t5.save_pretrained(str(folder / "text_encoder_2"))
+    request = request_for(folder, negative_prompt="", distilled_cfg_scale=3.5)
+    got = pixels(run(make_backend(paths), request)[0].images[0])
+    quantised = {name: module for name, module in t5.named_modules() if type(module).__name__ == "Linear4bit"}
+    assert quantised
+    plain_t5 = T5EncoderModel.from_pretrained(str(flux["folder"] / "text_encoder_2")).eval()
+    with torch.no_grad():
+        for name, module in quantised.items():
+            plain_t5.get_submodule(name).weight.copy_(F.dequantize_4bit(module.weight.data, module.weight.quant_state))
+    transformer = with_weights(flux["pipe"].transformer, exact)
+    extra = {"guidance_scale": 3.5, "max_sequence_length": 512}
+    bare = bare_flux(flux["folder"], transformer)
+    bare.text_encoder_2 = plain_t5
+    assert np.array_equal(got, bare_image(bare, request, **extra))
+    # The T5 weights matter: with the original (unquantised) T5 the picture is another.
+    assert not np.array_equal(got, bare_image(bare_flux(flux["folder"], transformer), request, **extra))
+
+
 def test_a_forge_nf4_file_matches_diffusers_on_the_dequantised_weights(flux, paths, tmp_path):
     pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
     pipe = flux["pipe"]

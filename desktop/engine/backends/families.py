@@ -32,7 +32,7 @@ from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
-from desktop.engine.backends.quantised_weights import bnb_folder_transformer, dequantise, quantise_linear_layers
+from desktop.engine.backends.quantised_weights import bnb_folder_components, dequantise, quantise_linear_layers
 from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
@@ -215,8 +215,7 @@ def load_pipeline(
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
     if path.is_dir():
-        transformer = bnb_folder_transformer(path, info, transformer_class(info.family), dtype, name=name)
-        parts = {} if transformer is None else {"transformer": transformer}
+        parts = bnb_folder_components(path, dtype, name=name)
         return _from_pretrained(cls, path, name, dtype, resources, info.family, **parts)
     config = config_folder or _config_folder(resources, arch, name)
     if library_parts is not None:

@@ -11,7 +11,7 @@
 - Text encoders saved with bitsandbytes (backends/encoder_components.py) are read by the same functions
   (`dequantise_bitsandbytes`): transformers serialises each layer as Forge does.
 - Diffusers folders saved with bitsandbytes: kept quantised by diffusers on CUDA; on a computer without
-  CUDA their transformer is dequantised the same way (`bnb_folder_transformer`).
+  CUDA their quantised components (transformer, T5) are dequantised the same way (`bnb_folder_components`).
 - The nf4 / int8 memory modes: `quantise_linear_layers`.
 
 Called from families.py on the generation thread; torch and bitsandbytes are imported inside.
@@ -149,43 +149,82 @@ def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict
     return out
 
 
-def bnb_folder_transformer(folder: Path, info: DitInfo, cls: Any, dtype: Any, *, name: str) -> Any | None:
-    """The transformer of a diffusers folder saved with bitsandbytes (`quantization_config` in its
-    transformer/config.json), or None when the folder is not so saved or CUDA is present.
+def bnb_folder_components(folder: Path, dtype: Any, *, name: str) -> dict[str, Any]:
+    """The components of a diffusers folder saved with bitsandbytes (a `quantization_config` in their
+    config.json: the transformer, and in diffusers' own bnb folders T5 too), loaded dequantised, by
+    component name; empty when CUDA is present or no component is so saved.
 
-    With CUDA, diffusers' quantizer loads the folder as it is, kept quantised. Without it that quantizer
-    refuses, so the weights are dequantised here, as a Forge nf4 file's are (the same per-layer names),
-    into a model built from the config without its quantization_config."""
-    if info.bitsandbytes is None:
-        return None
-    what = quant_formats.SHOWN[info.bitsandbytes]
-    bitsandbytes_module(name, what)
+    With CUDA, diffusers' and transformers' quantizers load the folder as it is, kept quantised. Without
+    it diffusers' quantizer refuses, and transformers' CPU path fails on layers narrower than a block. So
+    each such component's weights are dequantised here, as a Forge nf4 file's are (the same per-layer
+    names), into a model built from its config without the quantization_config."""
+    index_file = folder / "model_index.json"
+    index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.is_file() else {}
+    saved: dict[str, tuple[str, str, dict[str, Any], str]] = {}
+    for component, entry in index.items():
+        config_file = folder / component / "config.json"
+        if not (isinstance(entry, list) and len(entry) == 2 and config_file.is_file()):
+            continue
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        kind = quant_formats.folder_format(config)
+        if kind is not None:
+            saved[component] = (str(entry[0]), str(entry[1]), config, kind)
+    if not saved:
+        return {}
+    bitsandbytes_module(name, quant_formats.SHOWN[next(iter(saved.values()))[3]])
     import torch
 
     if torch.cuda.is_available():
-        return None
+        return {}
+    return {
+        component: _dequantised_component(folder / component, library, class_name, config, kind, dtype, name=name)
+        for component, (library, class_name, config, kind) in saved.items()
+    }
+
+
+def _dequantised_component(
+    subfolder: Path, library: str, class_name: str, config: dict[str, Any], kind: str, dtype: Any, *, name: str
+) -> Any:
+    import importlib
+
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
 
-    subfolder = folder / "transformer"
-    config = json.loads((subfolder / "config.json").read_text(encoding="utf-8"))
-    config.pop("quantization_config", None)
+    what = f"{quant_formats.SHOWN[kind]} {subfolder.name}"
+    cls = getattr(importlib.import_module(library), class_name, None) if library in _LIBRARIES else None
+    if cls is None:
+        raise ModelError(f"{name}: its {what} is a {library}.{class_name}, which Marble cannot build.")
     shards = sorted(subfolder.glob("*.safetensors"))
     if not shards:
-        raise ModelError(f"{name}: its transformer folder holds no .safetensors weights.")
+        raise ModelError(f"{name}: its {subfolder.name} folder holds no .safetensors weights.")
     state: dict[str, Any] = {}
     for shard in shards:
         state.update(load_file(str(shard)))
-    weights = dequantise_bitsandbytes(state, info.bitsandbytes, dtype, name=name)
+    weights = dequantise_bitsandbytes(state, kind, dtype, name=name)
+    config = {key: value for key, value in config.items() if key != "quantization_config"}
     with init_empty_weights():
-        model = cls.from_config(config)
+        if library == "diffusers":
+            model = cls.from_config(config)
+        else:
+            model = cls(cls.config_class.from_dict(config))
     try:
-        model.load_state_dict(weights, strict=True, assign=True)
-    except RuntimeError as error:
-        first = (str(error).strip().splitlines() or ["mismatch"])[0][:300]
-        raise ModelError(f"{name}: its {what} transformer does not fit its own config ({first}).") from None
+        missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+    except RuntimeError as error:  # a tensor of another shape than its config says
+        first = (str(error).strip().splitlines() or ["mismatch"])[-1].strip()[:300]
+        raise ModelError(f"{name}: its {what} does not fit its own config ({first}).") from None
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # T5's encoder embedding is its shared one, which the file holds once
+    empty = [key for key, tensor in model.state_dict().items() if tensor.is_meta]
+    if unexpected or empty:
+        first = (unexpected or empty)[0]
+        problem = "holds a tensor it has no place for" if unexpected else "lacks a tensor"
+        raise ModelError(f"{name}: its {what} {problem} ({first}); the folder is damaged or of another model.")
+    del missing  # a tied weight is missing from the file by design; what stays empty was checked above
     # Assigned tensors keep their stored dtype; non-quantised ones (norms, biases) may be stored in another.
     return model.to(dtype=dtype).eval()
+
+
+_LIBRARIES = ("diffusers", "transformers")
 
 
 def quantise_linear_layers(transformer: Any, kind: str, device: str, compute_dtype: Any) -> int:
