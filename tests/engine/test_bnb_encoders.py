@@ -224,3 +224,26 @@ def test_the_cli_runs_sd3_with_bitsandbytes_encoders_as_with_their_dequantised_c
         assert code == 0, err
         images.append(np.asarray(Image.open(image).convert("RGB")))
     assert np.array_equal(images[0], images[1])
+
+
+def test_chroma_runs_with_an_nf4_t5_from_the_library_as_with_its_dequantised_copy(tmp_path):
+    # Chroma's own path (one T5, true CFG, no pooled CLIP) reads library encoders through its own assembly.
+    from tests.engine.test_chroma import bare_chroma, chroma_request
+    from tests.engine.test_chroma import bare_image as bare_chroma_image
+    from tests.support.tiny_chroma import build_tiny_chroma, save_chroma_file
+    from tests.support.tiny_dit import save_pipeline
+
+    pipe = build_tiny_chroma()
+    chroma = {"config": config_folder(pipe, tmp_path / "config")}
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    file, exact = bitsandbytes_file(load_file(str(save_t5(pipe.text_encoder, tmp_path / "t5.safetensors"))), "nf4")
+    assert library.import_path(save(file, tmp_path / "t5xxl_nf4.safetensors"), "encoder").dtype == "BNB_NF4"
+    library.import_path(save(exact, tmp_path / "t5xxl_dequantised.safetensors"), "encoder")
+    library.import_path(save_ae(pipe.vae, tmp_path / "ae.safetensors"), "vae")
+    model = save_chroma_file(pipe, tmp_path / "chroma-only.safetensors", prefix="model.diffusion_model.")
+    request = chroma_request(model, chroma, text_encoders="t5xxl_nf4", vae="ae", steps=2)
+    got = pixels(run(make_backend(paths), request)[0].images[0])
+    plain = chroma_request(model, chroma, text_encoders="t5xxl_dequantised", vae="ae", steps=2)
+    assert np.array_equal(got, pixels(run(make_backend(paths), plain)[0].images[0]))
+    assert not np.array_equal(got, bare_chroma_image(bare_chroma(save_pipeline(pipe, tmp_path / "chroma")), request))
