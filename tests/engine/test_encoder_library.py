@@ -92,24 +92,48 @@ def test_library_encoders_and_vae_match_bare_diffusers_and_are_stored_once(home,
     assert len(Library(home).records("encoder")) == 4 and len(list(home.text_encoders.iterdir())) == 4
 
 
-def test_a_t5_gguf_loads_as_its_dequantised_weights(home, parts):
+def gguf_rounded(t5, quant):
+    """The reference: `t5` with every weight a GGUF file quantises (save_t5_gguf's rule) rounded through
+    `quant` by gguf itself."""
     import gguf
 
-    request = flux_request(parts["model"], parts, encoders="clip_l,t5-v1_1-xxl-encoder-Q8_0")
-    batch, _ = run(make_backend(home), request)
-    # The reference: the original T5 with every weight the file quantised rounded through Q8_0 by gguf itself.
-    t5 = type(parts["pipe"].text_encoder_2)(parts["pipe"].text_encoder_2.config).eval()
+    kind = gguf.GGMLQuantizationType[quant]
+    reference = type(t5)(t5.config).eval()
     state = {}
-    for key, value in parts["pipe"].text_encoder_2.state_dict().items():
+    for key, value in t5.state_dict().items():
         data = value.float().numpy()
-        if data.ndim == 2 and data.shape[-1] % 32 == 0:
-            data = gguf.quants.dequantize(gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                                          gguf.GGMLQuantizationType.Q8_0)  # fmt: skip
+        if data.ndim == 2 and data.shape[-1] % gguf.GGML_QUANT_SIZES[kind][0] == 0:
+            data = gguf.quants.dequantize(gguf.quants.quantize(data, kind), kind)
         state[key] = torch.from_numpy(np.array(data, dtype=np.float32))
-    t5.load_state_dict(state)
-    expected = bare_image(bare(parts["pipe"], text_encoder_2=t5), request, **PROMPT_ARGS)
+    reference.load_state_dict(state)
+    return reference
+
+
+@pytest.mark.parametrize("quant", ["Q8_0", "Q4_0", "Q5_1"])
+def test_a_t5_gguf_stays_packed_and_computes_its_dequantised_weights(home, parts, quant, tmp_path):
+    path = parts["t5_gguf"]
+    if quant != "Q8_0":
+        path = save_t5_gguf(parts["pipe"].text_encoder_2, tmp_path / f"t5-v1_1-xxl-encoder-{quant}.gguf", quant)
+        Library(home).import_path(path, "encoder")
+    request = flux_request(parts["model"], parts, encoders=f"clip_l,{path.stem}")
+    backend = make_backend(home)
+    batch, _ = run(backend, request)
+    # Kept packed in memory: the linear layers hold the file's blocks (uint8), dequantised as they run; only
+    # T5's `wo` (whose dtype T5 casts its input to) and the non-linear tensors are dequantised at load.
+    t5 = backend._pipe.text_encoder_2
+    attention = t5.encoder.block[0].layer[0].SelfAttention
+    assert attention.q.blocks.dtype == torch.uint8 and not any(True for _ in attention.q.parameters())
+    assert t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    packed = {name: module.blocks for name, module in t5.named_modules() if hasattr(module, "blocks")}
+    assert len(packed) == 6 * t5.config.num_layers  # q, k, v, o, wi_0, wi_1 per block
+    plain = dict(parts["pipe"].text_encoder_2.named_modules())
+    stored = sum(blocks.numel() for blocks in packed.values())
+    full = sum(plain[name].weight.numel() * 4 for name in packed)  # float32
+    assert stored <= full * {"Q8_0": 34 / 32, "Q4_0": 18 / 32, "Q5_1": 24 / 32}[quant] / 4, (stored, full)
+    reference = gguf_rounded(parts["pipe"].text_encoder_2, quant)
+    expected = bare_image(bare(parts["pipe"], text_encoder_2=reference), request, **PROMPT_ARGS)
     assert np.array_equal(pixels(batch.images[0]), expected)
-    assert not np.array_equal(expected, bare_image(bare(parts["pipe"]), request, **PROMPT_ARGS))  # Q8_0 was used
+    assert not np.array_equal(expected, bare_image(bare(parts["pipe"]), request, **PROMPT_ARGS))  # the quant was used
 
 
 def test_an_fp8_t5_stays_stored_in_fp8_and_computes_its_own_weights(home, parts):
@@ -389,3 +413,32 @@ def test_published_sizes_are_named_from_their_shapes():
     block = {"encoder.block.0.layer.0.SelfAttention.q.weight_scale": (4096, 256)}
     with pytest.raises(ModelError, match=r"t5_nvfp4 is block-scaled"):
         inspect_encoder(_header(t5 | block, "F8_E4M3"), "t5_nvfp4")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_a_t5_gguf_keeps_its_feed_forward_output_plain_as_transformers_needs(tmp_path, dtype):
+    # T5 casts the feed-forward's activations to `wo`'s weight dtype (and keeps `wo` in float32 at float16):
+    # with a width whose rows fit Q8_0's blocks, `wo` is quantised in the file, yet it must load as a plain layer.
+    from transformers import T5Config, T5EncoderModel
+
+    from desktop.engine.backends.encoder_components import Component, inspect_component, load_encoder
+
+    config = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4,
+                      feed_forward_proj="gated-gelu")  # fmt: skip
+    torch.manual_seed(0)
+    original = T5EncoderModel(config).eval()
+    original.config.save_pretrained(tmp_path / "text_encoder_2")
+    component = Component("t5", save_t5_gguf(original, tmp_path / "t5-Q8_0.gguf"))
+    model = load_encoder(tmp_path / "text_encoder_2", "T5EncoderModel", component, inspect_component(component),
+                         dtype=dtype)  # fmt: skip
+    wo = model.encoder.block[0].layer[1].DenseReluDense.wo
+    assert wo.weight.dtype == torch.float32  # kept in float32 at float16, as transformers keeps it
+    assert model.encoder.block[0].layer[1].DenseReluDense.wi_0.blocks.dtype == torch.uint8
+    ids = torch.tensor([[3, 9, 27, 1]])
+    with torch.no_grad():
+        got = model(ids).last_hidden_state.float()
+        want = gguf_rounded(original, "Q8_0")(ids).last_hidden_state
+    if dtype == torch.float32:
+        assert torch.equal(got, want)
+    else:
+        assert torch.allclose(got, want, atol=0.02), (got - want).abs().max()

@@ -10,8 +10,9 @@ CLIP files come in transformers' names (ComfyUI's, SD3's) or OpenCLIP's (a bigG 
 Storage: an fp8 (e4m3fn / e5m2) encoder stays stored in fp8 and each linear layer is cast up to the
 compute dtype while it runs (diffusers' layer-wise casting, as fp8_storage.py does for transformers);
 every fp8 value is exactly representable in the compute dtype, so the result is the file's weights at
-full precision. A GGUF T5 is dequantised once at load (transformers runs no quantised T5 kernels), and so
-is an encoder saved with bitsandbytes (nf4 / fp4 / int8), by backends/quantised_weights.py as model files are.
+full precision. A GGUF encoder's linear layers keep their GGUF blocks and dequantise them as they run
+(backends/gguf_layers.py: transformers runs no quantised T5 or Qwen kernels); an encoder saved with
+bitsandbytes (nf4 / fp4 / int8) is dequantised once at load, by backends/quantised_weights.py as model files are.
 
 Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
 """
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import qwen_encoders
+from desktop.engine.backends import gguf_layers, qwen_encoders
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
@@ -191,6 +192,9 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
             f"The text encoder {component.shown} does not fit this model's {config.name} ({problem}): the file is "
             "incomplete, or made for another model."
         )
+    if info.layout == "gguf":
+        # Linear layers keep their GGUF blocks (gguf_layers.py); T5's `wo` cannot: T5 casts its input to it.
+        state = gguf_layers.keep_packed(model, state, skip=(".wo",))
     state = {key: value.to(dtype) for key, value in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
     if info.kind == "t5":
@@ -243,7 +247,7 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
 def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:
     if info.layout == "gguf":
         rename = qwen_gguf_name if info.kind in qwen_encoders.KINDS else _gguf_t5_name
-        return _read_gguf(component.path, rename)
+        return gguf_layers.read_gguf(component.path, rename)
     from safetensors.torch import load_file
 
     tensors = load_file(str(component.path))
@@ -270,22 +274,6 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
         from diffusers.loaders.single_file_utils import convert_open_clip_checkpoint
 
         state = convert_open_clip_checkpoint(SimpleNamespace(config=settings), state, prefix="")
-    return state
-
-
-def _read_gguf(path: Path, rename: Callable[[str], str]) -> dict[str, Any]:
-    """A llama.cpp-named encoder GGUF (T5, or Qwen in ComfyUI's names), dequantised to float32 tensors."""
-    import gguf
-    import numpy as np
-    import torch
-
-    reader = gguf.GGUFReader(str(path))
-    state: dict[str, Any] = {}
-    for tensor in reader.tensors:
-        shape = tuple(int(d) for d in reversed(list(tensor.shape)))
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        data = torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))  # a copy: the file is mapped
-        state[rename(tensor.name)] = data
     return state
 
 
