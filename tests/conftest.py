@@ -13,6 +13,10 @@ os.environ.pop("MARBLE_HOME", None)
 # Tiny models are all overhead: on a 2-core machine, a second torch thread only adds contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from tests.support.aligned_loads import align_safetensors_loads  # noqa: E402
+
+align_safetensors_loads()  # before diffusers and transformers import safe_open by name
+
 from tests.support.fixtures import (  # noqa: E402,F401 - pytest finds fixtures by name
     tiny_sd15_dir,
     tiny_sd15_inpaint_dir,
