@@ -17,8 +17,12 @@ from PIL import Image
 from desktop.engine.backends import face_analysis as fa
 from desktop.engine.errors import InvalidRequest, ModelError
 
-# insightface keeps ArcFace's template in float32: the targets below are those float32 values.
-TEMPLATE = np.array(fa.ARCFACE_TEMPLATE, dtype=np.float32).astype(np.float64)
+# ArcFace's published 112 px template (insightface's arcface_dst), written out here rather than read from
+# the module under test; insightface keeps it in float32, so the targets are those float32 values.
+TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float32,
+).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -38,10 +42,17 @@ class OutputsDetector(torch.nn.Module):
         return list(self.outputs)
 
 
+class ListOutputs(torch.nn.Sequential):
+    """A network that returns its one output in a list, as the ONNX runner returns a graph's outputs."""
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        return [super().forward(image)]
+
+
 def conv_recognizer(seed: int = 0, width: int = 512) -> torch.nn.Module:
-    """A random ArcFace-shaped recognizer: (1, 3, 112, 112) -> (1, width)."""
+    """A random ArcFace-shaped recognizer: (1, 3, 112, 112) -> [(1, width)]."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
+    return ListOutputs(
         torch.nn.Conv2d(3, 4, 5, stride=4), torch.nn.PReLU(4), torch.nn.Conv2d(4, 8, 3, stride=3),
         torch.nn.Flatten(), torch.nn.Linear(8 * 9 * 9, width),
     ).eval()  # fmt: skip
@@ -400,8 +411,13 @@ def test_the_embedding_is_the_recognizers_output_on_the_aligned_face_normalised(
     aligned = cv2.warpAffine(pixels, least_squares_similarity(landmarks, TEMPLATE), (112, 112), borderValue=0.0)
     blob = torch.from_numpy(((aligned.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None].copy())
     with torch.no_grad():
-        raw = recognizer(blob)[0]
+        raw = recognizer(blob)[0][0]
     torch.testing.assert_close(embedding, raw / raw.norm(), atol=1e-4, rtol=1e-4)
+    # A network returning its one tensor (here unbatched, (512,)) rather than a list gives the same embedding.
+    bare = fa.FaceAnalyser(
+        no_recognizer, lambda image: recognizer(image)[0][0], recognizer_mean=mean, recognizer_std=std
+    )
+    assert torch.equal(bare.identity(Image.fromarray(pixels), face_at(landmarks)), embedding)
 
 
 def test_the_embedding_follows_the_face_not_the_frame():
@@ -463,6 +479,8 @@ def test_images_without_room_for_a_face_are_refused():
         analyser.detect(Image.new("RGB", (2000, 1)))
     with pytest.raises(InvalidRequest, match="empty"):
         analyser.detect(Image.new("RGB", (0, 0)))
+    with pytest.raises(InvalidRequest, match=r"cannot be read as an RGB picture \(La\)"):
+        analyser.detect(Image.new("La", (64, 64)))
 
 
 def test_bad_crop_sizes_and_landmarks_are_refused():

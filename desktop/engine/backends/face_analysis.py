@@ -167,7 +167,12 @@ def rgb_pixels(image: Image.Image) -> np.ndarray:
     """(H, W, 3) uint8 RGB; grey, palette and RGBA images converted (alpha dropped, as cv2.imread does)."""
     if image.width < 1 or image.height < 1:
         raise InvalidRequest(f"{_image_name(image)} is empty ({image.width} x {image.height} pixels)")
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    try:
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    except (ValueError, OSError) as error:  # a mode Pillow cannot turn into RGB, or unreadable pixel data
+        raise InvalidRequest(
+            f"{_image_name(image)} cannot be read as an RGB picture ({image.mode}): {error}"
+        ) from error
 
 
 def detector_input(pixels: np.ndarray, size: int) -> tuple[np.ndarray, float]:
@@ -389,6 +394,8 @@ def _run(network: Network, pixels: np.ndarray, norm: tuple[float, float]) -> lis
     blob = ((pixels.astype(np.float32) - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)[None]
     with torch.inference_mode():
         outputs = network(torch.from_numpy(np.ascontiguousarray(blob)))
+    if isinstance(outputs, torch.Tensor):  # a module with one output, not a list: not its rows
+        outputs = [outputs]
     return [output.detach().to("cpu", torch.float32).numpy() for output in outputs]
 
 
