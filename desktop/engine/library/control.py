@@ -11,6 +11,9 @@ which kind it is and which base family it was trained for:
 - T2I-Adapter: `adapter.conv_in` / `adapter.body.*` (diffusers) or `conv_in` / `body.*` (original).
 - IP-Adapter (`image_proj.*` + `ip_adapter.*`) and the CLIP image encoders IP-Adapters read with
   (`vision_model.*` + `visual_projection.weight`): desktop/engine/library/ip_adapter.py.
+- insightface's ONNX face detector (SCRFD) and recognizer (ArcFace), which FaceID IP-Adapters need: stored
+  as the .onnx files they ship as, annotators of the tasks "face_detector" / "face_recognizer"
+  (desktop/engine/library/onnx_file.py).
 
 Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
 2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.annotator import inspect_annotator
@@ -32,6 +36,7 @@ from desktop.engine.library.ip_adapter import (
     is_image_encoder,
     is_ip_adapter,
 )
+from desktop.engine.library.onnx_file import inspect_face_model, read_onnx
 
 CONTROLNET = "controlnet"
 CONTROL_LORA = "control-lora"
@@ -111,6 +116,13 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         "(image_proj + ip_adapter) or CLIP image encoder (vision_model + visual_projection) tensors, nor a depth, "
         "lineart or OpenPose preprocessor's."
     )
+
+
+def inspect_onnx_control(path: Path, name: str = "this file") -> ControlInfo:
+    """An ONNX file in the control library: insightface's face detector or recognizer, as an annotator whose
+    layout is its task; ModelError for any other ONNX graph."""
+    face = inspect_face_model(read_onnx(path, name), name)
+    return ControlInfo(ANNOTATOR, face.task, "", None, None, face.label)
 
 
 def _controlnet_family(header: SafetensorsHeader) -> str | None:

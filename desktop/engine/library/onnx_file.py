@@ -516,20 +516,15 @@ def inspect_face_model(model: OnnxModel, name: str) -> FaceModelInfo:
 
 def _detector_problem(outputs: tuple[OnnxValue, ...]) -> str:
     """Why outputs are not SCRFD's (scores, boxes[, landmarks]) x strides 8/16/32; "" when they are."""
-    groups = len(outputs) // len(_STRIDES)
-    for group in range(groups):
-        counts = []
-        for stride_index in range(len(_STRIDES)):
-            dims = outputs[group * len(_STRIDES) + stride_index].dims
-            if dims is None:
-                continue  # no recorded shape: the order is insightface's by convention
-            if len(dims) not in (2, 3) or dims[-1] != _DETECTOR_WIDTHS[group]:
-                return (
-                    f"its output {group * len(_STRIDES) + stride_index + 1} is {_shown(dims)}, where SCRFD's "
-                    f"outputs end in {_DETECTOR_WIDTHS[group]} values per anchor"
-                )
-            counts.append(dims[-2])
-        if all(isinstance(c, int) for c in counts) and len(counts) == 3 and not (counts[0] > counts[1] > counts[2]):
+    strides = len(_STRIDES)
+    for index, output in enumerate(outputs):
+        dims, width = output.dims, _DETECTOR_WIDTHS[index // strides]
+        # No recorded shape: the order is insightface's by convention, as its runner assumes.
+        if dims is not None and (len(dims) not in (2, 3) or dims[-1] != width):
+            return f"its output {index + 1} is {_shown(dims)}, where SCRFD's output {index + 1} has {width} per anchor"
+    for group in range(len(outputs) // strides):
+        counts = [(v.dims or (None, None))[-2] for v in outputs[group * strides : (group + 1) * strides]]
+        if all(isinstance(c, int) for c in counts) and not counts[0] > counts[1] > counts[2]:
             return f"its per-stride outputs have {counts} anchors, not fewer at each coarser stride"
     return ""
 
