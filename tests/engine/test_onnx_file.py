@@ -216,6 +216,14 @@ def test_an_arcface_recognizer_is_told_with_its_normalisation(tmp_path):
     assert plain.label == "ArcFace face recognizer (512-d)"
     own = read_onnx(write_tiny_face_recognizer(tmp_path / "b.onnx", 2, normalise=True), "b")
     assert (inspect_face_model(own, "b").input_mean, inspect_face_model(own, "b").input_std) == (0.0, 1.0)
+    # A subtraction alone is not insightface's sign that the graph normalises itself: both are needed.
+    model = tiny_face_recognizer(2)
+    first = model.graph.node[0]
+    model.graph.initializer.append(numpy_helper.from_array(np.array(127.5, np.float32), "mean"))
+    model.graph.node.insert(0, helper.make_node("Sub", ["input.1", "mean"], ["centred"], name="Sub_0"))
+    first.input[0] = "centred"
+    half = inspect_face_model(parse_onnx(model.SerializeToString(), "c"), "c")
+    assert (half.input_mean, half.input_std) == (127.5, 127.5)
 
 
 def _graph(inputs, outputs) -> bytes:

@@ -158,7 +158,8 @@ def tiny_face_recognizer(seed: int, normalise: bool = False, embedding: int = 51
         x = g.op("Add", [y, shortcut])
     x = g.batch_norm(x, width)
     x = g.op("Flatten", [x], axis=1)
-    x = g.op("Gemm", [x, g.weight(embedding, width * 49, scale=(width * 49) ** -0.5), g.weight(embedding, scale=0.1)], transB=1)
+    fc = g.weight(embedding, width * 49, scale=(width * 49) ** -0.5)
+    x = g.op("Gemm", [x, fc, g.weight(embedding, scale=0.1)], transB=1)
     x = g.batch_norm(x, embedding)
     inputs = [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, ["None", 3, 112, 112])]
     outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, embedding])]

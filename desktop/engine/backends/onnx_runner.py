@@ -78,10 +78,7 @@ def _network_class() -> type:
             self._constants: dict[str, str] = {}  # ONNX value name -> buffer name
             for index, tensor in enumerate(graph.initializers):
                 self._add_constant(f"init{index}", tensor.name, _as_torch(tensor))
-            inputs = graph.data_inputs
-            if not inputs:
-                raise ModelError(f"{name} has no input to feed.")
-            self.input_names = tuple(v.name for v in inputs)
+            self.input_names = tuple(v.name for v in graph.data_inputs)
             self.output_names = tuple(v.name for v in graph.outputs)
             self._steps: list[tuple[OnnxNode, Callable]] = []
             missing = sorted({n.op_type for n in graph.nodes if n.op_type not in _OPS})
