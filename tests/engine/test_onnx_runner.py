@@ -76,6 +76,19 @@ def test_the_network_is_a_module_whose_weights_move_with_it(tmp_path):
     assert out.dtype == torch.float64
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_network_runs_on_a_gpu_as_on_the_cpu(tmp_path):
+    path = write_tiny_face_detector(tmp_path / "det.onnx", seed=14)
+    network = load_onnx_network(path, "det.onnx")
+    image = torch.from_numpy(_image(1, 3, 96, 96))
+    with torch.no_grad():
+        expected = network(image)
+        got = network.to("cuda")(image.to("cuda"))
+    for ours, theirs in zip(got, expected, strict=True):
+        assert ours.device.type == "cuda"
+        torch.testing.assert_close(ours.cpu(), theirs, **TOLERANCE)
+
+
 def test_an_unknown_op_is_refused_at_load_naming_the_op_and_file(tmp_path):
     path = _single_op(tmp_path, "Einsum", {"equation": "ij->ji"}, [np.ones((2, 3), np.float32)], opset=13)
     with pytest.raises(ModelError, match="weird.onnx uses the ONNX operator Einsum, which Marble's ONNX runner"):
@@ -147,6 +160,8 @@ OP_CASES = [
     ("conv-depthwise-no-bias", "Conv", {"group": 3, "pads": [1, 1, 1, 1]}, [_w(3, 1, 3, 3)], 11, 1, (2, 3, 6, 6)),
     ("batch-norm-4d", "BatchNormalization", {"epsilon": 1e-3},
      [_w(3), _w(3), _w(3), np.abs(_w(3)) + 0.5], 11, 1, (2, 3, 4, 4)),
+    ("batch-norm-7-not-spatial", "BatchNormalization", {"spatial": 0},
+     [_w(3, 5, 4), _w(3, 5, 4), _w(3, 5, 4), np.abs(_w(3, 5, 4)) + 0.5], 7, 1, (2, 3, 5, 4)),
     ("batch-norm-2d", "BatchNormalization", {}, [_w(7), _w(7), _w(7), np.abs(_w(7)) + 0.5], 9, 1, (3, 7)),
     ("prelu-per-channel", "PRelu", {}, [_w(3, 1, 1)], 9, 1, (1, 3, 5, 4)),
     ("prelu-last-axis", "PRelu", {}, [_w(4)], 9, 1, (1, 3, 5, 4)),  # ONNX broadcasts a 1-d slope on W

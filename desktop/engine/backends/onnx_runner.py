@@ -120,7 +120,7 @@ def _network_class() -> type:
                     results = op(_Context(node, self.opset, self.name), *args)
                 except ModelError:
                     raise
-                except (RuntimeError, ValueError, IndexError, TypeError) as error:
+                except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as error:
                     raise ModelError(
                         f"{self.name}: the {node.op_type} node {node.name or node.outputs[0]!r} failed ({error})."
                     ) from None
@@ -261,7 +261,11 @@ def _conv(ctx, x, weight, bias=None):
 
 def _batch_norm(ctx, x, scale, bias, mean, var, *_):
     torch = _torch()
-    return torch.nn.functional.batch_norm(x, mean, var, scale, bias, False, 0.0, float(ctx.get("epsilon", 1e-5)))
+    epsilon = float(ctx.get("epsilon", 1e-5))
+    if scale.dim() == 1:
+        return torch.nn.functional.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
+    # mxnet's exporter writes spatial=0 (opset < 9): statistics per element of C x H x W, not per channel.
+    return (x - mean) / torch.sqrt(var + epsilon) * scale + bias
 
 
 def _prelu(ctx, x, slope):
