@@ -160,7 +160,7 @@ OP_CASES = [
     ("conv-depthwise-no-bias", "Conv", {"group": 3, "pads": [1, 1, 1, 1]}, [_w(3, 1, 3, 3)], 11, 1, (2, 3, 6, 6)),
     ("batch-norm-4d", "BatchNormalization", {"epsilon": 1e-3},
      [_w(3), _w(3), _w(3), np.abs(_w(3)) + 0.5], 11, 1, (2, 3, 4, 4)),
-    ("batch-norm-7-not-spatial", "BatchNormalization", {"spatial": 0},
+    ("batch-norm-7-not-spatial", "BatchNormalization", {"spatial": 0, "epsilon": 0.5},
      [_w(3, 5, 4), _w(3, 5, 4), _w(3, 5, 4), np.abs(_w(3, 5, 4)) + 0.5], 7, 1, (2, 3, 5, 4)),
     ("batch-norm-2d", "BatchNormalization", {}, [_w(7), _w(7), _w(7), np.abs(_w(7)) + 0.5], 9, 1, (3, 7)),
     ("prelu-per-channel", "PRelu", {}, [_w(3, 1, 1)], 9, 1, (1, 3, 5, 4)),
@@ -248,6 +248,42 @@ OP_CASES = [
     ("pad-2-attributes", "Pad", {"pads": [0, 0, 1, 1, 0, 0, 1, 1], "value": -2.0}, [], 2, 1, (1, 3, 5, 4)),
     ("pad-negative-crops", "Pad", {}, [_i(0, 0, -1, 1, 0, 0, 0, -2)], 13, 1, (1, 3, 5, 4)),
     ("identity", "Identity", {}, [], 13, 1, (1, 3, 5, 4)),
+    ("tanh", "Tanh", {}, [], 13, 1, (1, 3, 5, 4)),
+    ("log", "Log", {}, [], 13, 1, (1, 3, 5, 4)),  # x fed as |x| + 0.1 below
+    ("abs", "Abs", {}, [], 13, 1, (1, 3, 5, 4)),
+    ("neg", "Neg", {}, [], 13, 1, (1, 3, 5, 4)),
+    ("floor", "Floor", {}, [], 13, 1, (1, 3, 5, 4)),
+    ("ceil", "Ceil", {}, [], 13, 1, (1, 3, 5, 4)),
+    ("reciprocal", "Reciprocal", {}, [], 13, 1, (1, 3, 5, 4)),
+    ("elu", "Elu", {"alpha": 0.7}, [], 13, 1, (1, 3, 5, 4)),
+    ("hard-sigmoid", "HardSigmoid", {"alpha": 0.3, "beta": 0.4}, [], 13, 1, (1, 3, 5, 4)),
+    ("sum-three", "Sum", {}, [_w(1, 3, 1, 1), _w(4)], 13, 1, (1, 3, 5, 4)),
+    ("max-broadcast", "Max", {}, [_w(5, 1)], 13, 1, (1, 3, 5, 4)),
+    ("min-broadcast", "Min", {}, [_w(4)], 13, 1, (1, 3, 5, 4)),
+    ("less", "Less", {}, [_w(4)], 13, 1, (1, 3, 5, 4)),
+    ("greater", "Greater", {}, [_w(1)], 13, 1, (1, 3, 5, 4)),
+    ("equal-ints", "Equal", {}, [_i(1, 2, 3), _i(1, 0, 3)], 13, 1, None),
+    ("where", "Where", {}, [np.array([[True, False, True]]), _w(2, 3), _w(3)], 13, 1, None),
+    ("not", "Not", {}, [np.array([True, False])], 13, 1, None),
+    ("global-max-pool", "GlobalMaxPool", {}, [], 13, 1, (2, 3, 5, 4)),
+    ("reduce-sum-13-input", "ReduceSum", {"keepdims": 0}, [_i(-1, 1)], 13, 1, (2, 3, 5, 4)),
+    ("reduce-max", "ReduceMax", {"axes": [2]}, [], 13, 1, (2, 3, 5, 4)),
+    ("reduce-min-all", "ReduceMin", {}, [], 13, 1, (2, 3, 5, 4)),
+    ("log-softmax", "LogSoftmax", {"axis": 1}, [], 13, 1, (2, 3, 5, 4)),
+    ("argmax", "ArgMax", {"axis": 1, "keepdims": 0}, [], 13, 1, (2, 3, 5, 4)),
+    ("argmin", "ArgMin", {"axis": -1}, [], 13, 1, (2, 3, 5, 4)),
+    ("instance-norm", "InstanceNormalization", {"epsilon": 1e-4}, [_w(3), _w(3)], 13, 1, (2, 3, 5, 4)),
+    ("tile", "Tile", {}, [_i(1, 2, 1, 3)], 13, 1, (1, 3, 5, 4)),
+    ("expand", "Expand", {}, [_i(2, 1, 1, 1)], 13, 1, (1, 3, 5, 4)),
+    ("expand-lower-rank-shape", "Expand", {}, [_i(5, 1)], 13, 1, (3, 1, 4)),
+    ("expand-higher-rank-shape", "Expand", {}, [_i(2, 1, 1)], 13, 1, (3, 4)),
+    ("constant-of-shape", "ConstantOfShape", {"value": numpy_helper.from_array(np.array([2.5], _F32))},
+     [_i(2, 3)], 13, 1, None),
+    ("range", "Range", {}, [np.array(1, np.int64), np.array(10, np.int64), np.array(3, np.int64)], 13, 1, None),
+    ("shape-15-start-end", "Shape", {"start": 1, "end": -1}, [], 15, 1, (2, 3, 5, 4)),
+    ("cast-int64", "Cast", {"to": TensorProto.INT64}, [], 13, 1, (1, 3, 5, 4)),
+    ("constant-value-ints", "Constant", {"value_ints": [3, -1, 4]}, [], 13, 1, None),
+    ("constant-value-float", "Constant", {"value_float": 0.5}, [], 13, 1, None),
     ("dropout-12", "Dropout", {}, [], 12, 1, (1, 3, 5, 4)),
     ("dropout-7-ratio", "Dropout", {"ratio": 0.3}, [], 7, 1, (1, 3, 5, 4)),
 ]  # fmt: skip
@@ -257,9 +293,12 @@ OP_CASES = [
                          [case[1:] for case in OP_CASES], ids=[case[0] for case in OP_CASES])  # fmt: skip
 def test_each_op_matches_onnxruntime(tmp_path, op, attributes, constants, opset, outputs, shape):
     path = _single_op(tmp_path, op, attributes, constants, opset, outputs, x_shape=shape)
-    x = _image(*shape, seed=3)
-    if op == "Sqrt":
-        x = np.abs(x)
+    if shape is None:  # every input a constant
+        _compare(path)
+        return
+    x = _image(*shape, seed=3) * (4.0 if op == "Cast" else 1.0)
+    if op in ("Sqrt", "Log"):
+        x = np.abs(x) + 0.1
     elif op == "MaxPool":
         x = x - 3.0  # all negative: a pad that took part in the max would show
     _compare(path, x=x)
