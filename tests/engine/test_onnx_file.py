@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
-from desktop.engine.library.control import ANNOTATOR, inspect_onnx_control
+from desktop.engine.library.control import ANNOTATOR, find_face_model, inspect_onnx_control
 from desktop.engine.library.index import guess_kind
 from desktop.engine.library.onnx_file import (
     DETECTOR,
@@ -314,3 +314,21 @@ def test_other_onnx_files_are_refused_with_the_reason(tmp_path):
     damaged.write_bytes(face.read_bytes()[:5000])
     code, _, err = run_cli("controls", "import", str(damaged), "--home", where)
     assert code != 0 and "cut.onnx is not a complete ONNX file" in err
+
+
+def test_the_first_face_model_of_each_task_is_found_by_name(tmp_path):
+    folder = tmp_path / "controlnet"
+    folder.mkdir()
+    with pytest.raises(ModelError, match="FaceID needs a face detector, and the control library has none"):
+        find_face_model(folder, DETECTOR)
+    (folder / "a-classifier.onnx").write_bytes(_graph([_value("x", [1, 3, 224, 224])], [_value("y", [1, 1000])]))
+    (folder / "b-damaged.onnx").write_bytes(b"\x08\x07\x12garbage")
+    write_tiny_face_recognizer(folder / "glintr100.onnx", seed=1, normalise=True)
+    write_tiny_face_recognizer(folder / "w600k_r50.onnx", seed=1)
+    write_tiny_face_detector(folder / "det_10g.onnx", seed=1, size=640)
+    path, face = find_face_model(folder, DETECTOR)
+    assert path.name == "det_10g.onnx" and face.input_size == (640, 640) and face.landmarks == 5
+    path, face = find_face_model(folder, RECOGNIZER)
+    assert path.name == "glintr100.onnx" and (face.input_mean, face.input_std) == (0.0, 1.0)
+    (folder / "glintr100.onnx").unlink()
+    assert find_face_model(folder, RECOGNIZER)[0].name == "w600k_r50.onnx"

@@ -36,7 +36,7 @@ from desktop.engine.library.ip_adapter import (
     is_image_encoder,
     is_ip_adapter,
 )
-from desktop.engine.library.onnx_file import inspect_face_model, read_onnx
+from desktop.engine.library.onnx_file import DETECTOR, RECOGNIZER, FaceModelInfo, inspect_face_model, read_onnx
 
 CONTROLNET = "controlnet"
 CONTROL_LORA = "control-lora"
@@ -123,6 +123,31 @@ def inspect_onnx_control(path: Path, name: str = "this file") -> ControlInfo:
     layout is its task; ModelError for any other ONNX graph."""
     face = inspect_face_model(read_onnx(path, name), name)
     return ControlInfo(ANNOTATOR, face.task, "", None, None, face.label)
+
+
+def find_face_model(folder: Path, task: str) -> tuple[Path, FaceModelInfo]:
+    """The control library's first face model (by name) doing `task` (DETECTOR | RECOGNIZER), with what its
+    graph says (input size, normalisation); ModelError saying what to import when there is none.
+
+    Each .onnx file is read whole (its inputs and outputs follow the weights): callers keep the result."""
+    candidates = sorted(folder.glob("*.onnx"), key=lambda p: p.name.casefold()) if folder.is_dir() else []
+    for path in candidates:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            face = inspect_face_model(read_onnx(path, path.name), path.name)
+        except ModelError:
+            continue  # a damaged or foreign file is reported when it is imported or looked at
+        if face.task == task:
+            return path, face
+    what, files = {
+        DETECTOR: ("face detector", "SCRFD: det_10g.onnx from buffalo_l, or scrfd_10g_bnkps.onnx from antelopev2"),
+        RECOGNIZER: ("face recognizer", "ArcFace: w600k_r50.onnx from buffalo_l, or glintr100.onnx from antelopev2"),
+    }[task]  # fmt: skip
+    raise ModelError(
+        f"FaceID needs a {what}, and the control library has none: import insightface's ({files}) with "
+        "marble controls import FILE."
+    )
 
 
 def _controlnet_family(header: SafetensorsHeader) -> str | None:
