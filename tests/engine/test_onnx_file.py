@@ -332,3 +332,21 @@ def test_the_first_face_model_of_each_task_is_found_by_name(tmp_path):
     assert path.name == "glintr100.onnx" and (face.input_mean, face.input_std) == (0.0, 1.0)
     (folder / "glintr100.onnx").unlink()
     assert find_face_model(folder, RECOGNIZER)[0].name == "w600k_r50.onnx"
+
+
+def test_damaged_bytes_give_a_model_error_or_a_model_never_another_exception():
+    data = bytearray(tiny_face_recognizer(seed=7, embedding=16).SerializeToString())
+    rng = np.random.default_rng(8)
+    outcomes = {"read": 0, "refused": 0}
+    for _ in range(400):
+        damaged = bytearray(data)
+        for position in rng.integers(0, len(damaged), size=int(rng.integers(1, 6))):
+            damaged[position] = int(rng.integers(0, 256))
+        damaged = damaged[: int(rng.integers(3, len(damaged) + 1))] if rng.random() < 0.3 else damaged
+        try:
+            inspect_face_model(parse_onnx(bytes(damaged), "fuzz.onnx"), "fuzz.onnx")
+            outcomes["read"] += 1
+        except ModelError as error:
+            assert "fuzz.onnx" in str(error)
+            outcomes["refused"] += 1
+    assert outcomes["read"] and outcomes["refused"]  # both paths were exercised

@@ -349,3 +349,26 @@ def test_every_op_the_face_models_use_is_supported():
         "Pad", "Cast",
     }  # fmt: skip
     assert needed <= SUPPORTED_OPS
+
+
+def test_damaged_graphs_fail_with_a_model_error_never_another_exception(tmp_path):
+    from tests.support.onnx_faces import tiny_face_recognizer
+
+    data = tiny_face_recognizer(seed=9, embedding=16).SerializeToString()
+    rng = np.random.default_rng(10)
+    image = torch.from_numpy(_image(1, 3, 112, 112))
+    ran = refused = 0
+    path = tmp_path / "fuzz.onnx"
+    for _ in range(150):
+        damaged = bytearray(data)
+        for position in rng.integers(0, len(damaged), size=int(rng.integers(1, 4))):
+            damaged[position] = int(rng.integers(0, 256))
+        path.write_bytes(bytes(damaged))
+        try:
+            with torch.no_grad():
+                load_onnx_network(path, "fuzz.onnx")(image)
+            ran += 1
+        except ModelError as error:
+            assert "fuzz.onnx" in str(error)
+            refused += 1
+    assert ran and refused
