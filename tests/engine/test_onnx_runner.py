@@ -67,7 +67,9 @@ def test_an_arcface_shaped_recognizer_matches_onnxruntime(tmp_path, normalise):
 def test_the_network_is_a_module_whose_weights_move_with_it(tmp_path):
     path = write_tiny_face_recognizer(tmp_path / "rec.onnx", seed=13)
     network = load_onnx_network(path, "rec.onnx")
-    assert isinstance(network, torch.nn.Module)
+    from desktop.engine.backends import onnx_runner
+
+    assert isinstance(network, torch.nn.Module) and isinstance(network, onnx_runner.OnnxNetwork)
     assert len(list(network.buffers())) == len(read_onnx(path, "rec").graph.initializers)
     assert all(b.dtype == torch.float32 for b in network.buffers())
     doubled = network.to(torch.float64)

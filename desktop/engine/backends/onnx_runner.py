@@ -67,7 +67,7 @@ def _network_class() -> type:
         return _CLASS[0]
     torch = _torch()
 
-    class _OnnxNetwork(torch.nn.Module):
+    class OnnxNetwork(torch.nn.Module):
         """An ONNX graph as a torch module: forward(image) -> the graph's outputs, in graph order."""
 
         def __init__(self, model: OnnxModel, name: str) -> None:
@@ -131,8 +131,8 @@ def _network_class() -> type:
                         values[out] = result
             return [values[o] for o in self.output_names]
 
-    _CLASS.append(_OnnxNetwork)
-    return _OnnxNetwork
+    _CLASS.append(OnnxNetwork)
+    return OnnxNetwork
 
 
 class _Context:
