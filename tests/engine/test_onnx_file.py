@@ -216,6 +216,10 @@ def test_an_arcface_recognizer_is_told_with_its_normalisation(tmp_path):
     assert plain.label == "ArcFace face recognizer (512-d)"
     own = read_onnx(write_tiny_face_recognizer(tmp_path / "b.onnx", 2, normalise=True), "b")
     assert (inspect_face_model(own, "b").input_mean, inspect_face_model(own, "b").input_std) == (0.0, 1.0)
+    # An output without a recorded shape: the width comes from the final BatchNormalization's weights.
+    shapeless = tiny_face_recognizer(2, embedding=128)
+    shapeless.graph.output[0].ClearField("type")
+    assert inspect_face_model(parse_onnx(shapeless.SerializeToString(), "d"), "d").embedding_size == 128
     # A subtraction alone is not insightface's sign that the graph normalises itself: both are needed.
     model = tiny_face_recognizer(2)
     first = model.graph.node[0]

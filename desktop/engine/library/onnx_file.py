@@ -503,6 +503,8 @@ def inspect_face_model(model: OnnxModel, name: str) -> FaceModelInfo:
     if len(outputs) == 1 and fixed == (112, 112):
         out_dims = outputs[0].dims
         width_out = out_dims[-1] if out_dims and len(out_dims) == 2 else None
+        if out_dims is None or not isinstance(width_out, int):
+            width_out = _embedding_width(graph, outputs[0].name)  # no recorded shape: the last layer's weights
         if not isinstance(width_out, int) or width_out <= 0:
             return _not_a_face_model(name, "its one output is not an embedding (N x width)")
         mean, std = (0.0, 1.0) if _normalises_itself(graph) else (127.5, 127.5)
@@ -527,6 +529,20 @@ def _detector_problem(outputs: tuple[OnnxValue, ...]) -> str:
         if all(isinstance(c, int) for c in counts) and not counts[0] > counts[1] > counts[2]:
             return f"its per-stride outputs have {counts} anchors, not fewer at each coarser stride"
     return ""
+
+
+def _embedding_width(graph: OnnxGraph, output: str) -> int | None:
+    """The width of `output` from the weights of the node making it: ArcFace ends in Gemm + BatchNormalization."""
+    node = next((n for n in graph.nodes if output in n.outputs), None)
+    weights = {t.name: t.dims for t in graph.initializers}
+    if node is None or len(node.inputs) < 2:
+        return None
+    dims = weights.get(node.inputs[1])
+    if node.op_type == "BatchNormalization" and dims is not None and len(dims) == 1:
+        return dims[0]
+    if node.op_type == "Gemm" and dims is not None and len(dims) == 2:
+        return dims[0] if node.attribute("transB", 0) else dims[1]
+    return None
 
 
 def _normalises_itself(graph: OnnxGraph) -> bool:
