@@ -33,6 +33,7 @@ from desktop.engine.library.dit import (
     is_gguf,
     looks_like_dit,
 )
+from desktop.engine.library.onnx_file import looks_like_onnx
 from desktop.engine.safe_files import json_depth_exceeds, open_regular, read_json_file
 
 StrPath = str | os.PathLike[str]
@@ -77,7 +78,7 @@ _UNKNOWN = "unknown architecture (not SD 1.x, SD 2.x or SDXL)"
 
 
 def sniff_file_type(path: StrPath, *, label: str | None = None) -> str:
-    """Return "safetensors", "pickle", "zip" or "unknown", judged from the first bytes of the file.
+    """Return "safetensors", "gguf", "onnx", "pickle", "zip" or "unknown", judged from the first bytes of a file.
 
     Raises ModelError for anything that is not a regular file (a FIFO, a device) or cannot be read.
     """
@@ -100,6 +101,8 @@ def sniff_bytes(head: bytes) -> str:
             return "safetensors"
     if is_gguf(head):
         return "gguf"  # llama.cpp's format: quantised DiT transformers (Flux, SD3) ship in it
+    if looks_like_onnx(head):
+        return "onnx"  # insightface's face models (desktop/engine/library/onnx_file.py): protobuf, not a pickle
     if head.startswith(b"PK\x03\x04"):
         return "zip"  # torch.save's default format since 1.6 (.ckpt, .pt, .bin): pickles inside
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -141,6 +144,11 @@ def _not_safetensors(name: str, kind: str, detail: str) -> ModelError:
         why = (
             "it looks like a PyTorch .ckpt/.pt archive, whose pickled contents can run code when loaded; "
             "Marble refuses it"
+        )
+    elif kind == "onnx":
+        why = (
+            "it is an ONNX model; Marble reads ONNX files only as face detectors and recognizers in the control "
+            "library (marble controls import)"
         )
     else:
         why = detail

@@ -11,6 +11,9 @@ which kind it is and which base family it was trained for:
 - T2I-Adapter: `adapter.conv_in` / `adapter.body.*` (diffusers) or `conv_in` / `body.*` (original).
 - IP-Adapter (`image_proj.*` + `ip_adapter.*`) and the CLIP image encoders IP-Adapters read with
   (`vision_model.*` + `visual_projection.weight`): desktop/engine/library/ip_adapter.py.
+- insightface's ONNX face detector (SCRFD) and recognizer (ArcFace), which FaceID IP-Adapters need: stored
+  as the .onnx files they ship as, annotators of the tasks "face_detector" / "face_recognizer"
+  (desktop/engine/library/onnx_file.py).
 
 Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
 2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.annotator import inspect_annotator
@@ -32,6 +36,7 @@ from desktop.engine.library.ip_adapter import (
     is_image_encoder,
     is_ip_adapter,
 )
+from desktop.engine.library.onnx_file import DETECTOR, RECOGNIZER, FaceModelInfo, inspect_face_model, read_onnx
 
 CONTROLNET = "controlnet"
 CONTROL_LORA = "control-lora"
@@ -110,6 +115,38 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         "controlnet_cond_embedding), Control-LoRA (lora_controlnet), T2I-Adapter (conv_in + body), IP-Adapter "
         "(image_proj + ip_adapter) or CLIP image encoder (vision_model + visual_projection) tensors, nor a depth, "
         "lineart or OpenPose preprocessor's."
+    )
+
+
+def inspect_onnx_control(path: Path, name: str = "this file") -> ControlInfo:
+    """An ONNX file in the control library: insightface's face detector or recognizer, as an annotator whose
+    layout is its task; ModelError for any other ONNX graph."""
+    face = inspect_face_model(read_onnx(path, name), name)
+    return ControlInfo(ANNOTATOR, face.task, "", None, None, face.label)
+
+
+def find_face_model(folder: Path, task: str) -> tuple[Path, FaceModelInfo]:
+    """The control library's first face model (by name) doing `task` (DETECTOR | RECOGNIZER), with what its
+    graph says (input size, normalisation); ModelError saying what to import when there is none.
+
+    Each .onnx file is read whole (its inputs and outputs follow the weights): callers keep the result."""
+    candidates = sorted(folder.glob("*.onnx"), key=lambda p: p.name.casefold()) if folder.is_dir() else []
+    for path in candidates:
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            face = inspect_face_model(read_onnx(path, path.name), path.name)
+        except ModelError:
+            continue  # a damaged or foreign file is reported when it is imported or looked at
+        if face.task == task:
+            return path, face
+    what, files = {
+        DETECTOR: ("face detector", "SCRFD: det_10g.onnx from buffalo_l, or scrfd_10g_bnkps.onnx from antelopev2"),
+        RECOGNIZER: ("face recognizer", "ArcFace: w600k_r50.onnx from buffalo_l, or glintr100.onnx from antelopev2"),
+    }[task]  # fmt: skip
+    raise ModelError(
+        f"FaceID needs a {what}, and the control library has none: import insightface's ({files}) with "
+        "marble controls import FILE."
     )
 
 

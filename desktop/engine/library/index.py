@@ -37,7 +37,7 @@ from desktop.engine.library.checkpoint import (
     sha256_file,
     sniff_file_type,
 )
-from desktop.engine.library.control import inspect_control
+from desktop.engine.library.control import inspect_control, inspect_onnx_control
 from desktop.engine.library.dit import read_gguf_tensors, shown_dtype
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
@@ -240,7 +240,7 @@ class Library:
     def header_metadata(self, record: LibraryRecord) -> dict[str, str]:
         """The `__metadata__` of a safetensors file (training notes, trigger words); {} for folders."""
         path = self.path_of(record)
-        if path.is_dir() or record.format == "gguf":
+        if path.is_dir() or record.format == "gguf" or path.suffix.lower() == ".onnx":
             return {}
         return dict(read_safetensors_header(path).metadata)
 
@@ -321,6 +321,14 @@ class Library:
                         raise ModelError(library_text(error)) from None
                 elif file_type == "gguf" and kind in ("model", "encoder"):
                     known_sha = _copy_or_link(source, partial, on_progress, should_cancel)
+                elif file_type == "onnx":
+                    if kind != "control":
+                        raise ModelError(
+                            f"{source.name} is an ONNX model: Marble takes ONNX files only as face detectors and "
+                            f"recognizers, into the control library (marble controls import {source.name})."
+                        )
+                    inspect_onnx_control(source, source.name)  # a non-face graph is refused before copying
+                    known_sha = _copy_or_link(source, partial, on_progress, should_cancel)
                 elif file_type != "safetensors":
                     raise ModelError(
                         f"{source.name} is not a safetensors file or a diffusers folder (its bytes match no known "
@@ -374,7 +382,7 @@ class Library:
         record = self.get(kind, name)
         base = check_name(new_name)
         path = self.path_of(record)
-        suffix = ".gguf" if path.suffix.lower() == ".gguf" else ".safetensors"
+        suffix = path.suffix.lower() if path.suffix.lower() in (".gguf", ".onnx") else ".safetensors"
         new_file = base if path.is_dir() else f"{base}{suffix}"
         with self._lock:
             clash = self.find(kind, base)
@@ -432,6 +440,14 @@ class Library:
                 path.stem, kind, path.name, encoder.label, encoder.family, "gguf", path.stat().st_size, digest,
                 digest[:10], None, source, now,
             ), encoder)  # fmt: skip
+        if kind == "control" and sniff_file_type(path, label=display) == "onnx":
+            # insightface's face models: stored as they ship (protobuf, no code runs when read).
+            control = inspect_onnx_control(path, display)
+            digest = sha256 or sha256_file(path, on_progress, name=display)
+            return LibraryRecord(
+                path.stem, kind, path.name, control.label, None, f"{control.kind} ({control.layout})",
+                path.stat().st_size, digest, digest[:10], None, source, now,
+            )  # fmt: skip
         if kind == "model" and sniff_file_type(path, label=display) == "gguf":
             arch = detect_model(path)
             digest = sha256 or sha256_file(path, on_progress, name=display)
@@ -527,6 +543,8 @@ def guess_kind(path: Path | str) -> str:
     if path.is_dir():
         return "model"
     file_type = sniff_file_type(path)
+    if file_type == "onnx":
+        return "control"  # insightface's face models; the control import says why another graph is refused
     if file_type == "gguf":
         # A GGUF is a quantised transformer (a model) or a T5 encoder (llama.cpp's enc.blk names).
         with contextlib.suppress(ModelError):
@@ -587,7 +605,11 @@ def _library_files(folder: Path, kind: str) -> list[str]:
         if child.name.startswith("."):
             continue
         suffix = child.suffix.lower()
-        if child.is_file() and (suffix == ".safetensors" or (kind in ("model", "encoder") and suffix == ".gguf")):
+        if child.is_file() and (
+            suffix == ".safetensors"
+            or (kind in ("model", "encoder") and suffix == ".gguf")
+            or (kind == "control" and suffix == ".onnx")
+        ):
             names.append(child.name)
         elif kind == "model" and child.is_dir() and (child / "model_index.json").is_file():
             names.append(child.name)
@@ -603,7 +625,8 @@ def _unindexed(kind: str, path: Path) -> LibraryRecord:
     is_dir = path.is_dir()
     size = 0 if is_dir else path.stat().st_size
     name = path.name if is_dir else path.stem
-    fmt = "diffusers" if is_dir else "gguf" if path.suffix.lower() == ".gguf" else "safetensors"
+    suffix = path.suffix.lower()
+    fmt = "diffusers" if is_dir else suffix[1:] if suffix in (".gguf", ".onnx") else "safetensors"
     return LibraryRecord(name, kind, path.name, "not indexed yet", None, fmt,
                          size, None, None, None, None, None, indexed=False)  # fmt: skip
 
@@ -690,9 +713,12 @@ def _remove(path: Path) -> None:
 
 
 def _model_suffix(source: Path, kind: str) -> str:
-    """The library file's extension: a GGUF model keeps ".gguf" (diffusers picks its reader by it)."""
+    """The library file's extension: a GGUF model keeps ".gguf" (diffusers picks its reader by it), an ONNX
+    face model ".onnx"."""
     if kind in ("model", "encoder") and source.is_file() and sniff_file_type(source) == "gguf":
         return ".gguf"
+    if kind == "control" and source.is_file() and sniff_file_type(source) == "onnx":
+        return ".onnx"
     return ".safetensors"
 
 
