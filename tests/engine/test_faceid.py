@@ -85,16 +85,16 @@ def sd_pipe(tiny_sd15_dir):
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    return tiny.build_tiny_image_encoder(seed=11)
-
-
-@pytest.fixture(scope="module")
 def states(sd_pipe):
     return {
         "faceid": tiny.faceid_state(sd_pipe.unet, seed=41),
         "faceid-plus": tiny.faceid_state(sd_pipe.unet, seed=42, plus=True),
     }
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return tiny.build_tiny_image_encoder(seed=12)  # Plus reads its hidden states (32 wide)
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,7 @@ def bare_faceid(pipe, request, state, paths, scale, encoder=None, v2=None, avera
     from transformers import CLIPImageProcessorPil
 
     analyser = StandInAnalyser()
+    guided = request.cfg_scale > 1  # the pipeline's rule for these UNets
     images = [Image.open(path).convert("RGB") for path in paths]
     found = [analyser.detect(image)[0] for image in images]
     identity = torch.stack([analyser.identity(i, f).unsqueeze(0) for i, f in zip(images, found, strict=True)])[None]
@@ -155,12 +156,12 @@ def bare_faceid(pipe, request, state, paths, scale, encoder=None, v2=None, avera
             size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}))  # fmt: skip
         crops = [analyser.crop(i, f, 224) for i, f in zip(images, found, strict=True)]
         layer = pipe.unet.encoder_hid_proj.image_projection_layers[0]
-        layer.clip_embeds = pipe.prepare_ip_adapter_image_embeds([crops], None, "cpu", batch, True)[0]
+        layer.clip_embeds = pipe.prepare_ip_adapter_image_embeds([crops], None, "cpu", batch, guided)[0]
         layer.shortcut = v2
     try:
         out = pipe(prompt=request.prompt, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
                    width=request.width, height=request.height, num_images_per_prompt=batch,
-                   ip_adapter_image_embeds=[torch.cat([torch.zeros_like(identity), identity])],
+                   ip_adapter_image_embeds=[torch.cat([torch.zeros_like(identity), identity]) if guided else identity],
                    generator=[torch.Generator("cpu").manual_seed(request.seed + k) for k in range(batch)]).images
     finally:
         pipe.unload_ip_adapter()
@@ -245,6 +246,10 @@ def test_faceid_plus_equals_bare_diffusers_with_the_crop_and_shortcut(
     assert analyser.crop_sizes == [224]  # h94's and diffusers' aligned crop
     expected = bare_faceid(sd_pipe, request, states["faceid-plus"], [faces["alice"]], 0.9, encoder, v2, batch=2)
     assert all(np.array_equal(a, b) for a, b in zip(ours, expected, strict=True))
+    # Without guidance (CFG scale 1) the embeddings have no negative half, as the pipeline then expects.
+    unguided = request_for(tiny_sd15_dir, controls=(unit(name, faces["alice"], 0.9),), cfg_scale=1.0)
+    (expected,) = bare_faceid(sd_pipe, unguided, states["faceid-plus"], [faces["alice"]], 0.9, encoder, v2)
+    assert np.array_equal(image_of(backend, unguided), expected)
     # The other version differs: the shortcut counts.
     (other,) = bare_faceid(sd_pipe, request, states["faceid-plus"], [faces["alice"]], 0.9, encoder, not v2)
     assert np.abs(ours[0] - other).mean() > 0.5
