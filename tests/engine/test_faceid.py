@@ -341,3 +341,33 @@ def test_cli_faceid_writes_a1111_metadata_and_reads_back(home, tiny_sd15_dir, fa
     (read,) = recipe.fields["controls"]
     assert (read.model, read.preprocessor, read.weight) == ("ip-adapter-faceid_sd15", "ip-adapter", 0.6)
     assert not [w for w in recipe.unsupported if "face_id" in w]
+
+
+def test_the_companion_lora_imports_and_applies_with_the_unit(backend, home, sd_pipe, tiny_sd15_dir, faces, tmp_path):
+    """h94's ip-adapter-faceid_sd15_lora naming (kohya keys over diffusers' block names, to_q/k/v/out_0 of every
+    attention): the LoRA library takes it, and each of its layers adds weight x up @ down x alpha / rank."""
+    from safetensors.torch import load_file
+
+    from desktop.engine.request import LoraRef
+
+    name = "ip-adapter-faceid_sd15_lora.safetensors"
+    source = tiny.save_state(tiny.faceid_lora(sd_pipe.unet, seed=8), tmp_path / name)
+    record = Library(home).import_path(str(source), "lora")
+    assert record.name == "ip-adapter-faceid_sd15_lora"
+    tensors = load_file(str(Library(home).path_of(record)))
+    face = unit("ip-adapter-faceid_sd15", faces["alice"], 0.8)
+    alone = image_of(backend, request_for(tiny_sd15_dir, controls=(face,)))
+    request = request_for(tiny_sd15_dir, controls=(face,), loras=(LoraRef(record.name, 0.6),))
+    with_lora = image_of(backend, request)
+    assert np.abs(with_lora - alone).mean() > 0.5
+    layers = {name: module for name, module in backend._pipe.unet.named_modules() if hasattr(module, "base_layer")}
+    stems = {key.rsplit(".", 2)[0] for key in tensors if key.endswith(".alpha")}
+    assert {"lora_unet_" + name.replace(".", "_") for name in layers} == stems  # every key applied, none left
+    generator = torch.Generator().manual_seed(0)
+    for name, module in layers.items():
+        key = "lora_unet_" + name.replace(".", "_")
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        inputs = torch.randn(3, down.shape[1], generator=generator)
+        expected = 0.6 * float(tensors[f"{key}.alpha"]) / down.shape[0] * inputs @ (up @ down).T
+        with torch.no_grad():
+            torch.testing.assert_close(module(inputs) - module.base_layer(inputs), expected, rtol=1e-4, atol=1e-5)
