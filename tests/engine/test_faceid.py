@@ -8,7 +8,7 @@ pixels): the real detector and recognizer are another part of the plan, built an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -371,3 +371,34 @@ def test_the_companion_lora_imports_and_applies_with_the_unit(backend, home, sd_
         expected = 0.6 * float(tensors[f"{key}.alpha"]) / down.shape[0] * inputs @ (up @ down).T
         with torch.no_grad():
             torch.testing.assert_close(module(inputs) - module.base_layer(inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sdxl_faceid_plus_equals_bare_diffusers(tmp_path, tiny_sdxl_dir, encoder, faces, analyser):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = _plain(StableDiffusionXLPipeline, tiny_sdxl_dir)
+    source = tiny.save_state(tiny.faceid_state(pipe.unet, seed=51, plus=True), tmp_path / "xl.safetensors")
+    from safetensors.torch import load_file
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(str(source), "control", "ip-adapter-faceid-plusv2_sdxl")
+    library.import_path(str(tiny.save_image_encoder(encoder, tmp_path / "enc.safetensors")), "control", "enc")
+    backend = DiffusersBackend(paths, Resources.default(), ModelCatalog(paths.models), preview_every=0,
+                               face_analyser=lambda: analyser)  # fmt: skip
+    request = request_for(tiny_sdxl_dir, controls=(unit("ip-adapter-faceid-plusv2_sdxl", faces["bob"], 0.9),))
+    (expected,) = bare_faceid(pipe, request, load_file(str(source)), [faces["bob"]], 0.9, encoder, True)
+    assert np.array_equal(image_of(backend, request), expected)
+
+
+def test_range_and_hires_fix_act_on_faceid_units(backend, tiny_sd15_dir, faces):
+    face = unit("ip-adapter-faceid-plus_sd15", faces["alice"])
+    full = image_of(backend, request_for(tiny_sd15_dir, controls=(face,)))
+    late = image_of(backend, request_for(tiny_sd15_dir, controls=(replace(face, start=0.5),)))
+    without = image_of(backend, request_for(tiny_sd15_dir))
+    assert not np.array_equal(late, full) and not np.array_equal(late, without)
+    # Both passes of the hires fix read the face (the second gets the same embeddings).
+    hires = dict(hires_fix=True, hires_scale=2.0, hires_steps=2, hires_denoise=0.6)
+    plain_hires = image_of(backend, request_for(tiny_sd15_dir, **hires))
+    face_hires = image_of(backend, request_for(tiny_sd15_dir, controls=(face,), **hires))
+    assert face_hires.shape == (128, 128, 3) and np.abs(face_hires - plain_hires).mean() > 1.0

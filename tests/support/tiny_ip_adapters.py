@@ -67,10 +67,11 @@ FACE_WIDTH = 512  # insightface's ArcFace identity embedding
 LORA_RANK = 4
 
 
-def faceid_state(unet: UNet2DConditionModel, seed: int = 0, plus: bool = False, clip_width: int = ENCODER_HIDDEN,
-                 embed: int = 32) -> dict:  # fmt: skip
+def faceid_state(
+    unet: UNet2DConditionModel, seed: int = 0, plus: bool = False, clip_width: int = ENCODER_HIDDEN
+) -> dict:
     """A FaceID (or FaceID Plus) adapter's flat state dict in h94's layout for `unet`: `image_proj.proj.0/2` +
-    `norm` (the identity MLP: 512 -> 1024 -> tokens x width), Plus adding `perceiver_resampler.*` (4 layers of
+    `norm` (the identity MLP: 512 -> 1024 -> 4 tokens x width), Plus adding `perceiver_resampler.*` (4 layers of
     norm1/norm2/to_q/to_kv/to_out + a LayerNorm/Linear/Linear feed-forward, 64-wide heads) over `clip_width`-
     wide CLIP hidden states; `ip_adapter.N.*` numbered over every attention processor, with the LoRA every
     processor carries (`to_q_lora` ... `to_out_lora`) and `to_k_ip`/`to_v_ip` on the cross-attentions."""
@@ -80,7 +81,9 @@ def faceid_state(unet: UNet2DConditionModel, seed: int = 0, plus: bool = False, 
         return torch.randn(*shape, generator=g) * scale
 
     cross = unet.config.cross_attention_dim
-    width = embed if plus else cross  # the identity tokens' width (the resampler's, or the UNet's)
+    # The identity tokens are as wide as the cross-attention in h94's files, the resampler too (Plus v2 adds
+    # the identity tokens to the resampler's output).
+    width = embed = cross
     state = {
         "image_proj.proj.0.weight": rand(2 * FACE_WIDTH, FACE_WIDTH, scale=0.05),
         "image_proj.proj.0.bias": rand(2 * FACE_WIDTH, scale=0.05),
