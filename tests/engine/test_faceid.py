@@ -285,6 +285,10 @@ def test_several_faces_average_as_other_ip_adapters_and_mix_with_clip_units(
     alone = image_of(backend, request_for(tiny_sd15_dir, controls=(face,)))
     style_alone = image_of(backend, request_for(tiny_sd15_dir, controls=(style,)))
     assert np.abs(mixed - alone).mean() > 0.5 and np.abs(mixed - style_alone).mean() > 0.5
+    # The CLIP unit's embeddings, made by Marble in such a job, are the pipeline's own: with the FaceID unit
+    # loaded but at scale 0 on every step (its range), the image is the CLIP unit's alone (made from images).
+    idle = replace(face, start=0.99, end=1.0)
+    assert np.array_equal(image_of(backend, request_for(tiny_sd15_dir, controls=(idle, style))), style_alone)
     assert np.array_equal(image_of(backend, request_for(tiny_sd15_dir, controls=(face,))), alone)
 
 
