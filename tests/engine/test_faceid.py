@@ -305,7 +305,7 @@ def test_image_to_image_and_inpainting_read_the_face(backend, tiny_sd15_dir, fac
         assert np.abs(image_of(backend, request_for(tiny_sd15_dir, controls=(face,), **edit)) - plain).mean() > 1.0
 
 
-def test_no_face_and_missing_face_models_are_clear(backend, home, tiny_sd15_dir, faces):
+def test_no_face_and_missing_face_models_are_clear(backend, home, tiny_sd15_dir, faces, tmp_path):
     blank = request_for(tiny_sd15_dir, controls=(unit("ip-adapter-faceid_sd15", faces["blank"]),))
     with pytest.raises(InvalidRequest, match="No face found in blank.png"):
         image_of(backend, blank)
@@ -313,6 +313,20 @@ def test_no_face_and_missing_face_models_are_clear(backend, home, tiny_sd15_dir,
     bare_backend = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), preview_every=0)
     with pytest.raises(ModelError, match="face detector and a face recognizer.*det_10g.onnx.*w600k_r50.onnx"):
         image_of(bare_backend, request_for(tiny_sd15_dir, controls=(unit("ip-adapter-faceid_sd15", faces["alice"]),)))
+    # A recognizer of another width, and FaceID Plus without the CLIP encoder it reads the crop with.
+    narrow = StandInAnalyser()
+    narrow.identity = lambda image, face: torch.ones(256) / 16
+    odd = DiffusersBackend(home, Resources.default(), ModelCatalog(home.models), preview_every=0,
+                           face_analyser=lambda: narrow)  # fmt: skip
+    with pytest.raises(ModelError, match="gives 256-wide identity embeddings; .* reads 512-wide ones"):
+        image_of(odd, request_for(tiny_sd15_dir, controls=(unit("ip-adapter-faceid_sd15", faces["alice"]),)))
+    no_encoder = AppPaths.for_root(tmp_path / "home").ensure()
+    plus = Library(home).get("control", "ip-adapter-faceid-plus_sd15")
+    Library(no_encoder).import_path(str(Library(home).path_of(plus)), "control", "plus")
+    alone = DiffusersBackend(no_encoder, Resources.default(), ModelCatalog(no_encoder.models), preview_every=0,
+                             face_analyser=StandInAnalyser)  # fmt: skip
+    with pytest.raises(ModelError, match="No CLIP image encoder.*32-wide hidden size"):
+        image_of(alone, request_for(tiny_sd15_dir, controls=(unit("plus", faces["alice"]),)))
     # Not asked for when the FaceID unit does not run.
     zero = request_for(tiny_sd15_dir, controls=(unit("ip-adapter-faceid_sd15", faces["alice"], 0.0),))
     assert image_of(bare_backend, zero).shape == (64, 64, 3)

@@ -376,7 +376,8 @@ def _embeds(
         pictures = given if isinstance(given, list) else [given]
         names = [Path(path).name for path in unit.images]
         plus = adapter.info.variant == FACEID_PLUS
-        identity, crops = face_unit_embeds(pipe, faces, pictures, names, plus, guided)
+        reads = (adapter.name, adapter.info.face_width, plus)
+        identity, crops = face_unit_embeds(pipe, faces, pictures, names, reads, guided)
         embeds.append(identity)
         if plus:
             set_face_crops(layer, crops, request.batch_size, guided, faceid_v2(adapter.name), pipe._execution_device)

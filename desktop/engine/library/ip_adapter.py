@@ -65,6 +65,7 @@ class IpAdapterInfo:
     encoder_output: str
     encoder_width: int
     attention_width: int | None  # the base model's cross-attention width `to_k_ip` reads
+    face_width: int = 0  # FaceID: the identity embedding's width `proj.0` reads (512 for insightface's ArcFace)
 
     @property
     def variant_label(self) -> str:
@@ -146,8 +147,8 @@ def inspect_ip_adapter(header: SafetensorsHeader, name: str = "this file") -> Ip
         if header.has_prefix("image_proj.perceiver_resampler."):
             if resampler is None or len(resampler) != 2:
                 raise ModelError(f"{name} is an IP-Adapter FaceID Plus without its resampler's proj_in tensor.")
-            return IpAdapterInfo(FACEID_PLUS, family, "hidden", resampler[1], width)
-        return IpAdapterInfo(FACEID, family, NO_ENCODER, 0, width)
+            return IpAdapterInfo(FACEID_PLUS, family, "hidden", resampler[1], width, mlp[1])
+        return IpAdapterInfo(FACEID, family, NO_ENCODER, 0, width, mlp[1])
     raise ModelError(
         f"{name} has IP-Adapter tensors but no image projection Marble knows (plain proj, plus latents/proj_in, "
         "or full proj.0/proj.3)."
