@@ -81,19 +81,26 @@ def face_unit_embeds(
     analyser: FaceAnalyser,
     images: Sequence[Image.Image],
     names: Sequence[str],
-    plus: bool,
+    adapter: tuple[str, int, bool],
     guided: bool,
 ) -> tuple[Any, Any]:
     """A FaceID unit's `ip_adapter_image_embeds` entry, shaped [halves, images, 1, 512], and for Plus the
-    CLIP hidden states of the face crops, [halves, images, tokens, width] (None otherwise); `guided`: with
-    classifier-free guidance (the negative half first)."""
+    CLIP hidden states of the face crops, [halves, images, tokens, width] (None otherwise). `adapter`: its
+    name, the identity width it reads and whether it is Plus; `guided`: with classifier-free guidance (the
+    negative half first)."""
     import torch
 
+    name, width, plus = adapter
     faces = largest_faces(analyser, images, names)
     identity = torch.stack([
         torch.as_tensor(analyser.identity(image, face), dtype=torch.float32).reshape(1, -1)
         for image, face in zip(images, faces, strict=True)
     ])[None]  # fmt: skip
+    if identity.shape[-1] != width:
+        raise ModelError(
+            f"The face recognizer gives {identity.shape[-1]}-wide identity embeddings; the FaceID adapter {name!r} "
+            f"reads {width}-wide ones (insightface's w600k_r50 and glintr100 give 512)."
+        )
     identity = identity.to(dtype=pipe.unet.dtype)
     embeds = torch.cat([torch.zeros_like(identity), identity]) if guided else identity
     if not plus:
