@@ -15,6 +15,7 @@ from typing import TextIO
 
 from desktop.engine.errors import Cancelled, MarbleError
 from desktop.engine.library.index import Library, LibraryRecord
+from desktop.engine.library.ip_adapter import runs_as
 from desktop.engine.paths import AppPaths
 from desktop.engine.terminal_text import printable
 from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_OK, exit_code
@@ -160,6 +161,8 @@ def _info(library: Library, kind: str, name: str, as_json: bool, out: TextIO, er
         ("AutoV3", record.autov3), ("path", str(library.path_of(record))), ("source", record.source),
         ("imported", record.imported_at), *record.dit_details,
     ]  # fmt: skip
+    if (runs := runs_as(record.format, record.name)) is not None:
+        rows.append(("runs as", runs))
     # Header metadata is whatever the file's author wrote: escape sequences in it are shown, not obeyed.
     for label, value in rows:
         print(f"{label:>12}: {printable(value) if value is not None else '-'}", file=out)

@@ -30,9 +30,11 @@ MODULES: Mapping[str, str] = {
     "lineart_realistic": "lineart", "lineart": "lineart",
     "openpose": "openpose", "openpose_hand": "openpose_hand", "openpose_face": "openpose_face",
     "openpose_full": "openpose_full",
-    # IP-Adapter units: the extension names the module by image encoder; Marble picks the encoder itself.
+    # IP-Adapter units: the extension names the module by image encoder (or face model); Marble tells what an
+    # adapter reads from the adapter file.
     "ip-adapter_clip_sd15": "ip-adapter", "ip-adapter_clip_sdxl": "ip-adapter",
     "ip-adapter_clip_sdxl_plus_vith": "ip-adapter", "ip-adapter_clip_h": "ip-adapter", "ip-adapter": "ip-adapter",
+    "ip-adapter_face_id": "ip-adapter", "ip-adapter_face_id_plus": "ip-adapter",
 }  # fmt: skip
 # The version the extension reports; clients check it is at least 2 for the `args` dictionaries.
 EXTENSION_VERSION = 2

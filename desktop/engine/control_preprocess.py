@@ -55,8 +55,9 @@ def preprocessor_from_module(module: str) -> str | None:
         if module in (name, a1111):
             return name
     # The extension names IP-Adapter modules by encoder (ip-adapter_clip_sd15, ip-adapter_clip_sdxl,
-    # ip-adapter_clip_h, ...); Marble picks the encoder from the library, so all read back as one.
-    if module.startswith("ip-adapter") and "face_id" not in module:
+    # ip-adapter_clip_h, ...) or face model (ip-adapter_face_id, ip-adapter_face_id_plus); Marble tells what
+    # an adapter reads from the adapter file itself, so all read back as one.
+    if module.startswith("ip-adapter"):
         return "ip-adapter"
     return _READ_AS.get(module)
 

@@ -188,7 +188,8 @@ def test_controlnet_units_map_to_control_units():
     # The learned preprocessors and IP-Adapter units, by the extension's module names.
     for module, preprocessor in (("depth_midas", "depth"), ("depth_anything_v2", "depth"),
                                  ("lineart_realistic", "lineart"), ("openpose", "openpose"),
-                                 ("ip-adapter_clip_sd15", "ip-adapter"), ("ip-adapter_clip_sdxl", "ip-adapter")):
+                                 ("ip-adapter_clip_sd15", "ip-adapter"), ("ip-adapter_clip_sdxl", "ip-adapter"),
+                                 ("ip-adapter_face_id", "ip-adapter"), ("ip-adapter_face_id_plus", "ip-adapter")):
         assert convert({**WEBUIAPI_DEFAULTS, **unit(module=module)})[0].request.controls[0].preprocessor == preprocessor
 
 

@@ -75,6 +75,7 @@ from desktop.engine.backends.dit_memory import DESCRIPTIONS as DIT_DESCRIPTIONS 
 from desktop.engine.backends.dit_memory import choose_dit_mode, needs_reload  # noqa: E402
 from desktop.engine.backends.dit_memory import fallback_mode as dit_fallback_mode  # noqa: E402
 from desktop.engine.backends.encoder_components import Component  # noqa: E402
+from desktop.engine.backends.faceid import FaceAnalyser, library_face_analyser  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
     BUILT_IN_UPSCALERS,
@@ -219,6 +220,7 @@ class DiffusersBackend:
         cpu_threads: int = 0,
         busy_cores: Callable[[], float | None] = others_busy_cores,
         tokenizer_folder: str = "",
+        face_analyser: Callable[[], FaceAnalyser] | None = None,
     ) -> None:
         self._paths = paths
         # The Settings' tokenizer folder: a request that names none (the window's) uses it.
@@ -237,7 +239,9 @@ class DiffusersBackend:
         self._controls = ControlModels(
             AdapterCatalog(paths.controls, "control model", "controls"), own_weights=self._loras.own_weights
         )
-        self._ip_adapters = IpAdapters(AdapterCatalog(paths.controls, "control model", "controls"))
+        controls = AdapterCatalog(paths.controls, "control model", "controls")
+        # FaceID units' face analyser; by default the seam that will build it from the library's face models.
+        self._ip_adapters = IpAdapters(controls, face_analyser or library_face_analyser(controls))
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._refiners = Refiners(catalog, self._hashes, resources)

@@ -21,8 +21,10 @@ from desktop.engine.backends.face_analysis import FaceAnalyser
 from desktop.engine.backends.onnx_runner import load_onnx_network
 from desktop.engine.errors import ModelError
 from desktop.engine.library.control import find_face_model
+from desktop.engine.library.ip_adapter import FACE_MODELS
 from desktop.engine.library.onnx_file import DETECTOR, RECOGNIZER
 
+_NOUNS = {DETECTOR: "face detector", RECOGNIZER: "face recognizer"}
 # insightface's FaceAnalysis default (det_size=(640, 640)), which h94's FaceID recipe uses.
 _DETECTOR_SIZE = 640
 
@@ -41,8 +43,19 @@ class LibraryFaceModels:
         listing = self._onnx_listing()
         if self._analyser is not None and listing == self._listing:
             return self._analyser
-        detector_path, detector = find_face_model(self._folder, DETECTOR)
-        recognizer_path, recognizer = find_face_model(self._folder, RECOGNIZER)
+        found = {}
+        for task in (DETECTOR, RECOGNIZER):
+            try:
+                found[task] = find_face_model(self._folder, task)
+            except ModelError:
+                continue
+        if len(found) < 2:
+            missing = " and ".join(_NOUNS[task] for task in (DETECTOR, RECOGNIZER) if task not in found)
+            raise ModelError(
+                f"FaceID IP-Adapters need a face detector and a face recognizer in the control library, which has "
+                f"no {missing}: import {FACE_MODELS} with `marble controls import PATH`."
+            )
+        (detector_path, detector), (recognizer_path, recognizer) = found[DETECTOR], found[RECOGNIZER]
         if detector.landmarks != 5:
             raise ModelError(
                 f"The face detector {detector_path.name} finds faces without their five landmarks, which FaceID "

@@ -15,6 +15,12 @@ on its own, as diffusers does with a list of images per adapter, and the project
 averaged, as A1111's ControlNet extension does (`ImageEmbed.average_of`; diffusers alone would concatenate
 their tokens). The average is a forward hook on the UNet's image projection; one image averages to itself.
 
+FaceID and FaceID Plus adapters read the reference face's identity embedding (and Plus its aligned crop
+through the encoder) from a face analyser the backend's factory makes (desktop/engine/backends/faceid.py);
+a job with such a unit hands every unit to diffusers as embeddings. Their embedded LoRA (`N.to_q_lora.*`,
+which diffusers would load as a PEFT adapter that outlives the job) is left out: as in A1111, users apply
+h94's companion LoRA file from the LoRA library.
+
 Start/end: the scale of a unit is 0 outside its range, set between steps by the step callback with
 diffusers' ControlNet rule (step i runs unless i/n < start or (i+1)/n > end). After the job the adapters
 are unloaded and the UNet's previous attention processors restored, so the next job is clean.
@@ -25,18 +31,30 @@ functions (the import-linter contract lists this module).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends.base import ControlHash
 from desktop.engine.backends.control import ControlRun, legacy_hash
+from desktop.engine.backends.faceid import (
+    FaceAnalyser,
+    clip_unit_embeds,
+    face_unit_embeds,
+    library_face_analyser,
+    set_face_crops,
+)
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import load_source
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.ip_adapter import (
+    FACEID,
+    FACEID_PLUS,
+    NO_ENCODER,
     ImageEncoderInfo,
     IpAdapterInfo,
+    faceid_v2,
     inspect_image_encoder,
     inspect_ip_adapter,
     is_image_encoder,
@@ -49,6 +67,8 @@ from desktop.engine.terminal_text import library_text
 A1111_MODULE_SD15 = "ip-adapter_clip_sd15"  # OpenCLIP ViT-H/14
 A1111_MODULE_SDXL = "ip-adapter_clip_sdxl"  # OpenCLIP ViT-bigG/14
 A1111_MODULE_SDXL_VIT_H = "ip-adapter_clip_sdxl_plus_vith"  # an SDXL adapter trained on ViT-H/14
+# FaceID units, by variant; the extension writes the Plus module for v1 and v2 alike (the model name tells).
+A1111_FACE_MODULES = {FACEID: "ip-adapter_face_id", FACEID_PLUS: "ip-adapter_face_id_plus"}
 _BIG_G_WIDTH = 1664
 
 
@@ -92,8 +112,10 @@ class _Restore:
 class IpAdapters:
     """IP-Adapter units of a request: loads adapters and encoders from the control library per job."""
 
-    def __init__(self, catalog: AdapterCatalog) -> None:
+    def __init__(self, catalog: AdapterCatalog, face_analyser: Callable[[], FaceAnalyser] | None = None) -> None:
         self._catalog = catalog
+        # Called once per job with an active FaceID unit; raises ModelError when the face models are missing.
+        self._face_analyser = face_analyser or library_face_analyser(catalog)
         self._encoders: dict[tuple[str, int, int], Any] = {}
 
     def forget(self) -> None:
@@ -142,14 +164,16 @@ class IpAdapters:
             for (_, unit), adapter in zip(indexed, adapters, strict=True)
             if unit.weight > 0 and unit.end > unit.start
         ]
-        encoder = self._encoder_for([a for _, a in active], pipe) if active else None
+        clip = [a for _, a in active if a.info.encoder_output != NO_ENCODER]
+        encoder = self._encoder_for(clip, pipe) if clip else None
         family = "sdxl" if "XL" in type(pipe).__name__ else "sd15"  # the model's, as the adapter's width may be odd
         hashes = _merged_hashes(request, control, adapters, encoder, family)
         run = control if control is not None else ControlRun(pipe, {}, ())
         run.hashes = hashes
         if active:
             try:
-                _load(run, [u for u, _ in active], [a for _, a in active], encoder, request)
+                faces = self._face_analyser() if any(a.info.reads_faces for _, a in active) else None
+                _load(run, [u for u, _ in active], [a for _, a in active], encoder, request, faces)
             except BaseException:
                 run.close()
                 raise
@@ -203,12 +227,15 @@ def _merged_hashes(
             merged.append(next(others))
             continue
         adapter = next(ours)
-        merged.append(ControlHash(adapter.name, adapter.hash, a1111_module(family, encoder)))
+        merged.append(ControlHash(adapter.name, adapter.hash, a1111_module(family, encoder, adapter.info.variant)))
     return tuple(merged)
 
 
-def a1111_module(family: str, encoder: Any) -> str:
-    """The module A1111's extension writes: named by the model family and the image encoder that ran."""
+def a1111_module(family: str, encoder: Any, variant: str = "") -> str:
+    """The module A1111's extension writes: named by the model family and the image encoder that ran, or
+    for FaceID adapters by the variant."""
+    if variant in A1111_FACE_MODULES:
+        return A1111_FACE_MODULES[variant]
     big = encoder.config.hidden_size == _BIG_G_WIDTH if encoder is not None else family == "sdxl"
     if family != "sdxl":
         return A1111_MODULE_SD15
@@ -251,7 +278,12 @@ def _feature_extractor(image_size: int) -> Any:
 
 
 def _load(
-    run: ControlRun, units: list[ControlUnit], adapters: list[_Adapter], encoder: Any, request: GenerationRequest
+    run: ControlRun,
+    units: list[ControlUnit],
+    adapters: list[_Adapter],
+    encoder: Any,
+    request: GenerationRequest,
+    faces: FaceAnalyser | None = None,
 ) -> None:
     from safetensors.torch import load_file
 
@@ -260,13 +292,16 @@ def _load(
     for adapter in adapters:
         flat = load_file(str(adapter.path))
         states.append({
-            part: {k.removeprefix(f"{part}."): v for k, v in flat.items() if k.startswith(f"{part}.")}
+            part: {k.removeprefix(f"{part}."): v for k, v in flat.items()
+                   if k.startswith(f"{part}.") and "_lora." not in k}
             for part in ("image_proj", "ip_adapter")
         })  # fmt: skip
     unet = pipe.unet
     handle = _Unload(pipe, dict(unet.attn_processors), getattr(pipe, "feature_extractor", None),
                      getattr(pipe, "image_encoder", None))  # fmt: skip
-    pipe.register_modules(image_encoder=encoder, feature_extractor=_feature_extractor(encoder.config.image_size))
+    if encoder is not None:  # FaceID alone reads no CLIP encoder
+        pipe.register_modules(image_encoder=encoder,
+                              feature_extractor=_feature_extractor(encoder.config.image_size))  # fmt: skip
     run.handles.append(handle)  # from here on, close() undoes the loading
     try:
         pipe.load_ip_adapter(states, subfolder=[""] * len(states), weight_name=[""] * len(states),
@@ -299,7 +334,10 @@ def _load(
         [load_source(path) for path in unit.images] if unit.more_images else load_source(unit.image)
         for unit in units
     ]
-    run.arguments["ip_adapter_image"] = images
+    given: dict[str, Any] = {"ip_adapter_image": images}
+    if faces is not None:
+        given = {"ip_adapter_image_embeds": _embeds(pipe, units, adapters, images, faces, request)}
+    run.arguments |= given
     if any(unit.more_images for unit in units):
         unet_module = getattr(unet, "_orig_mod", unet)
         run.handles.append(unet_module.encoder_hid_proj.register_forward_hook(_average_images))
@@ -311,9 +349,39 @@ def _load(
             run.handles.append(_Restore(other, getattr(other, "feature_extractor", None),
                                         getattr(other, "image_encoder", None)))  # fmt: skip
             other.register_modules(image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor)
-        return {"ip_adapter_image": images}
+        return given
 
     run.second_pass = second_pass
+
+
+def _embeds(
+    pipe: Any,
+    units: list[ControlUnit],
+    adapters: list[_Adapter],
+    images: list[Any],
+    faces: FaceAnalyser,
+    request: GenerationRequest,
+) -> list[Any]:
+    """Every unit's `ip_adapter_image_embeds` entry (a job with a FaceID unit); FaceID Plus projections get
+    their face crops' hidden states. Guidance as the pipeline decides it (scale above 1, no guidance-distilled
+    UNet), since the embeddings must carry the negative half exactly when it does."""
+    unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+    guided = request.cfg_scale > 1 and getattr(unet.config, "time_cond_proj_dim", None) is None
+    layers = unet.encoder_hid_proj.image_projection_layers
+    embeds = []
+    for unit, adapter, given, layer in zip(units, adapters, images, layers, strict=True):
+        if not adapter.info.reads_faces:
+            embeds.append(clip_unit_embeds(pipe, given, adapter.info.encoder_output == "hidden", guided))
+            continue
+        pictures = given if isinstance(given, list) else [given]
+        names = [Path(path).name for path in unit.images]
+        plus = adapter.info.variant == FACEID_PLUS
+        reads = (adapter.name, adapter.info.face_width, plus)
+        identity, crops = face_unit_embeds(pipe, faces, pictures, names, reads, guided)
+        embeds.append(identity)
+        if plus:
+            set_face_crops(layer, crops, request.batch_size, guided, faceid_v2(adapter.name), pipe._execution_device)
+    return embeds
 
 
 def _average_images(_module: Any, _inputs: Any, outputs: Any) -> Any:

@@ -79,6 +79,9 @@ def convert_in_child(source: Path, target: Path, timeout: float | None = None) -
     raise ModelError(f"{source.name} was not converted: {why}")
 
 
+_NESTED_PARTS = ("image_proj", "ip_adapter")
+
+
 def _tensors_of(loaded: object) -> Mapping[str, object]:
     """The state dict inside what torch.load returned: top level, or under the usual wrapper keys."""
     if isinstance(loaded, Mapping):
@@ -87,6 +90,12 @@ def _tensors_of(loaded: object) -> Mapping[str, object]:
             inner = loaded.get(key)
             if isinstance(inner, Mapping) and inner:
                 return inner
+        parts = [loaded.get(part) for part in _NESTED_PARTS]
+        if all(isinstance(part, Mapping) and part for part in parts):
+            # h94's IP-Adapter .bin files (FaceID ships only as .bin) nest their two halves; the safetensors
+            # releases name them `image_proj.*` / `ip_adapter.*`, which the control library reads.
+            return {f"{name}.{key}": value for name, part in zip(_NESTED_PARTS, parts, strict=True)
+                    for key, value in part.items()}  # fmt: skip
         return loaded
     return {}
 

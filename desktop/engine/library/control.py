@@ -30,18 +30,18 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.annotator import inspect_annotator
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.ip_adapter import (
-    PLAIN,
     inspect_image_encoder,
     inspect_ip_adapter,
     is_image_encoder,
     is_ip_adapter,
+    variant_label,
 )
 from desktop.engine.library.onnx_file import DETECTOR, RECOGNIZER, FaceModelInfo, inspect_face_model, read_onnx
 
 CONTROLNET = "controlnet"
 CONTROL_LORA = "control-lora"
 T2I_ADAPTER = "t2i-adapter"
-IP_ADAPTER = "ip-adapter"  # layout: its variant (plain / plus / full); desktop/engine/library/ip_adapter.py
+IP_ADAPTER = "ip-adapter"  # layout: its variant (plain / plus / full / faceid / faceid-plus): library/ip_adapter.py
 IMAGE_ENCODER = "image-encoder"  # the CLIP vision model IP-Adapters read reference images with
 # A learned preprocessor's weights (depth, lineart, pose: desktop/engine/library/annotator.py), kept in the
 # control library; its layout is the task ("depth", "lineart", "openpose").
@@ -74,8 +74,8 @@ class ControlInfo:
             return self.detail
         base = _FAMILY_LABELS.get(self.family or "", "")
         kind = _KIND_LABELS[self.kind]
-        if self.kind == IP_ADAPTER and self.layout != PLAIN:
-            kind = f"{kind} {self.layout.capitalize()}"
+        if self.kind == IP_ADAPTER:
+            kind = variant_label(self.layout)
         elif self.kind == IMAGE_ENCODER:
             kind = f"{self.layout} {kind}"
         return f"{base} {kind}".strip()

@@ -10,7 +10,15 @@ Variants, as diffusers tells them apart:
 - plus: a perceiver resampler (`image_proj.latents`, `proj_in`, `proj_out`); reads the encoder's
   penultimate hidden states, so it needs an encoder of `proj_in`'s input width;
 - full (full-face): an MLP (`image_proj.proj.0` ... `proj.3`); hidden states like plus.
-FaceID adapters read face embeddings from a separate face model (insightface) and are refused.
+- FaceID: an MLP (`image_proj.proj.0`, `proj.2`, `norm`) from a 512-wide ArcFace identity embedding of the
+  reference face (insightface's recognizer, e.g. buffalo_l's w600k_r50): no CLIP encoder at all;
+- FaceID Plus: that MLP's tokens as the queries of a perceiver resampler (`image_proj.perceiver_resampler.*`)
+  over the CLIP hidden states of the aligned face crop, so it also needs an encoder of `proj_in`'s width
+  (ViT-H, 1280). Plus v2 adds the identity tokens back after the resampler (diffusers' `shortcut`); v1 and
+  v2 have the same tensors. A1111's extension and ComfyUI IPAdapter plus tell them by the file name ("v2" /
+  "plusv2" in it), and so does Marble (`faceid_v2`): the user chooses by the library name (`rename`).
+FaceID files also carry a LoRA for the UNet's own attention (`N.to_q_lora.*`); h94 ships it separately too
+(ip-adapter-faceid_sd15_lora.safetensors), and as in A1111 it is applied from the LoRA library, not here.
 
 Family: `to_k_ip` maps the image tokens from the base model's cross-attention width (768 SD 1.x,
 1024 SD 2.x, 2048 SDXL).
@@ -28,8 +36,18 @@ from dataclasses import dataclass
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 
-PLAIN, PLUS, FULL = "plain", "plus", "full"
-_VARIANT_LABELS = {PLAIN: "IP-Adapter", PLUS: "IP-Adapter Plus", FULL: "IP-Adapter Full"}
+PLAIN, PLUS, FULL, FACEID, FACEID_PLUS = "plain", "plus", "full", "faceid", "faceid-plus"
+_VARIANT_LABELS = {
+    PLAIN: "IP-Adapter", PLUS: "IP-Adapter Plus", FULL: "IP-Adapter Full", FACEID: "IP-Adapter FaceID",
+    FACEID_PLUS: "IP-Adapter FaceID Plus",
+}  # fmt: skip
+FACE_VARIANTS = (FACEID, FACEID_PLUS)
+# What a FaceID adapter reads instead of (or besides) CLIP: insightface's face models, as users have them.
+FACE_MODELS = (
+    "insightface's buffalo_l det_10g.onnx (detector) and w600k_r50.onnx (recognizer), or antelopev2's "
+    "scrfd_10g_bnkps.onnx and glintr100.onnx"
+)
+NO_ENCODER = ""  # IpAdapterInfo.encoder_output of a FaceID adapter: it reads no CLIP encoder
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 # The released encoders by width: OpenAI's ViT-L/14, OpenCLIP's ViT-H/14 and ViT-bigG/14.
 _ENCODER_NAMES = {1024: "ViT-L", 1280: "ViT-H", 1664: "ViT-bigG"}
@@ -42,15 +60,39 @@ class IpAdapterInfo:
 
     variant: str  # PLAIN | PLUS | FULL
     family: str | None  # "sd1" | "sd2" | "sdxl"; None for widths no released family has
-    # Which encoder output it reads ("image_embeds" = the projection, "hidden" = the hidden states) and
-    # how wide that output must be: the encoder is picked from the library by these.
+    # Which encoder output it reads ("image_embeds" = the projection, "hidden" = the hidden states, NO_ENCODER
+    # = none) and how wide that output must be: the encoder is picked from the library by these.
     encoder_output: str
     encoder_width: int
     attention_width: int | None  # the base model's cross-attention width `to_k_ip` reads
+    face_width: int = 0  # FaceID: the identity embedding's width `proj.0` reads (512 for insightface's ArcFace)
 
     @property
     def variant_label(self) -> str:
         return _VARIANT_LABELS[self.variant]
+
+    @property
+    def reads_faces(self) -> bool:
+        return self.variant in FACE_VARIANTS
+
+
+def variant_label(variant: str) -> str:
+    return _VARIANT_LABELS.get(variant, f"IP-Adapter {variant}")
+
+
+def runs_as(fmt: str, name: str) -> str | None:
+    """How a control library entry of format `fmt` named `name` runs, where its name decides (FaceID Plus)."""
+    if fmt != f"ip-adapter ({FACEID_PLUS})":
+        return None
+    if faceid_v2(name):
+        return "FaceID Plus v2 (the name says v2; rename it without v2 for v1)"
+    return "FaceID Plus v1 (rename it with v2 in the name for Plus v2)"
+
+
+def faceid_v2(name: str) -> bool:
+    """Whether a FaceID Plus adapter runs as Plus v2 (the identity shortcut): by its name, as A1111's
+    extension decides ("v2" in the model name) — the tensors of v1 and v2 are the same."""
+    return "v2" in name.casefold()
 
 
 @dataclass(frozen=True)
@@ -89,17 +131,6 @@ def inspect_ip_adapter(header: SafetensorsHeader, name: str = "this file") -> Ip
     """Variant, family and needed encoder of an IP-Adapter; raise ModelError naming what is wrong."""
     if not is_ip_adapter(header):
         raise ModelError(f"{name} is not an IP-Adapter: it has no image_proj.* and ip_adapter.* tensors.")
-    if header.has_prefix("image_proj.perceiver_resampler.") or (
-        "image_proj.norm.weight" in header.tensors and "image_proj.proj.0.weight" in header.tensors
-    ):
-        # FaceID's projection reads a 512-wide ArcFace identity embedding, not CLIP's: without the face model
-        # (and the package that runs it) there is nothing to give it. h94's Plus Face is a Plus adapter.
-        kind = "FaceID Plus" if header.has_prefix("image_proj.perceiver_resampler.") else "FaceID"
-        raise ModelError(
-            f"{name} is an IP-Adapter {kind}: it reads a face embedding from insightface's face-recognition "
-            "model (buffalo_l / antelopev2, run by the insightface package), which Marble does not have. Use a "
-            "CLIP IP-Adapter instead (plain, Plus, Plus Face or Full Face)."
-        )
     to_k = next((header.shape(n) for n in sorted(header.tensors) if n.endswith(".to_k_ip.weight")), None)
     width = to_k[1] if to_k is not None and len(to_k) == 2 else None
     family = _WIDTH_FAMILIES.get(width or 0)
@@ -110,6 +141,14 @@ def inspect_ip_adapter(header: SafetensorsHeader, name: str = "this file") -> Ip
         return IpAdapterInfo(PLUS, family, "hidden", proj_in[1], width)
     if mlp is not None and len(mlp) == 2 and "image_proj.proj.3.weight" in header.tensors:
         return IpAdapterInfo(FULL, family, "hidden", mlp[1], width)
+    if mlp is not None and len(mlp) == 2 and "image_proj.norm.weight" in header.tensors:
+        # FaceID: proj.0 reads the identity embedding; Plus resamples the CLIP hidden states of the face crop.
+        resampler = header.shape("image_proj.perceiver_resampler.proj_in.weight")
+        if header.has_prefix("image_proj.perceiver_resampler."):
+            if resampler is None or len(resampler) != 2:
+                raise ModelError(f"{name} is an IP-Adapter FaceID Plus without its resampler's proj_in tensor.")
+            return IpAdapterInfo(FACEID_PLUS, family, "hidden", resampler[1], width, mlp[1])
+        return IpAdapterInfo(FACEID, family, NO_ENCODER, 0, width, mlp[1])
     raise ModelError(
         f"{name} has IP-Adapter tensors but no image projection Marble knows (plain proj, plus latents/proj_in, "
         "or full proj.0/proj.3)."
