@@ -990,7 +990,7 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Weights (*.safetensors *.ckpt *.pt *.pth *.bin *.sft *.gguf);;All files (*)</source>
+        <source>Weights (*.safetensors *.ckpt *.pt *.pth *.bin *.sft *.gguf *.onnx);;All files (*)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -173,7 +173,7 @@ class LibraryDialog(QDialog):
         path, _ = QFileDialog.getOpenFileName(
             self,
             self.tr("Import into {kind}").format(kind=translate("LibraryDialog", _TAB_TITLES[self.current_kind()])),
-            "", self.tr("Weights (*.safetensors *.ckpt *.pt *.pth *.bin *.sft *.gguf);;All files (*)"),
+            "", self.tr("Weights (*.safetensors *.ckpt *.pt *.pth *.bin *.sft *.gguf *.onnx);;All files (*)"),
         )  # fmt: skip
         if path:
             self.import_file(path, self.current_kind())
