@@ -280,7 +280,11 @@ def test_t2i_adapter_equals_the_diffusers_adapter_pipeline(backend, tiny_sd15_di
     pipe = plain(StableDiffusionAdapterPipeline, tiny_sd15_dir, adapter=adapter)
     expected = bare(pipe, request, image=Image.open(control_image).convert("RGB"), adapter_conditioning_scale=0.9,
                     width=64, height=64)  # fmt: skip
-    assert np.array_equal(ours, expected)
+    # Equal on most CPUs; on an AMD EPYC (AVX-512) two of 12,288 values came out one level apart, from float
+    # rounding in the adapter's path that neither the weights' memory nor the control tensor's layout explains.
+    # A wrong weight, scale or image moves more than that (the scale 0.9 -> 1.0 moves values by 3 levels).
+    assert np.abs(ours.astype(int) - expected.astype(int)).max() <= 1
+    assert (ours != expected).sum() <= 12, (ours != expected).sum()
     without = image_of(backend, request_for(tiny_sd15_dir))
     assert np.abs(ours - without).mean() > 0.5
     empty = request_for(tiny_sd15_dir, controls=(ControlUnit("adapter", str(control_image), end=0.0),))
