@@ -338,3 +338,30 @@ def test_a_lora_applies_on_the_quantised_layers(flux, paths, mode):
     effect = np.abs(quantised.astype(float) - plain.astype(float)).mean()
     error = np.abs(quantised.astype(float) - full.astype(float)).mean()
     assert effect > 2 * MODE_TOLERANCE[mode] and error < MODE_TOLERANCE[mode], (effect, error)
+
+
+def test_forges_all_in_one_nf4_file_runs_with_its_own_fp8_t5_clip_and_vae(flux, paths, tmp_path):
+    # lllyasviel's flux1-dev-bnb-nf4 files: the nf4 transformer beside CLIP-L, an fp8 (e4m3fn) T5 and the VAE.
+    pytest.importorskip("bitsandbytes", reason="bitsandbytes is optional (the `quant` extra)")
+    from safetensors.torch import load_file
+
+    from tests.support.tiny_dit import save_all_in_one
+
+    pipe = flux["pipe"]
+    whole = load_file(str(save_all_in_one(pipe, tmp_path / "aio.safetensors")))
+    file, exact = forge_nf4(flux_to_bfl(pipe.transformer.state_dict()))
+    t5 = {k: v.to(torch.float8_e4m3fn) for k, v in whole.items() if k.startswith("text_encoders.t5xxl.")}
+    rest = {k: v for k, v in whole.items() if k.startswith(("text_encoders.clip_l.", "vae."))}
+    path = tmp_path / "flux1-dev-bnb-nf4-v2.safetensors"
+    save_file(file | t5 | rest, str(path))
+    arch = detect_model(path)
+    assert arch.dit.bitsandbytes == "BNB_NF4" and not arch.dit.needs_components
+    request = request_for(path, negative_prompt="", distilled_cfg_scale=3.5, model_config=str(flux["config"]))
+    got = pixels(run(make_backend(paths), request)[0].images[0])
+    bare = bare_flux(flux["folder"], with_weights(pipe.transformer, convert_flux_bfl(exact)))
+    rounded = {k: v.to(torch.float8_e4m3fn).float() for k, v in pipe.text_encoder_2.state_dict().items()}
+    bare.text_encoder_2 = with_weights(pipe.text_encoder_2, rounded).eval()  # the built T5 is in training mode
+    extra = {"guidance_scale": 3.5, "max_sequence_length": 512}
+    assert np.array_equal(got, bare_image(bare, request, **extra))
+    # The T5 was read from the file in fp8: its full-precision weights give another picture.
+    assert not np.array_equal(got, bare_image(bare_flux(flux["folder"], bare.transformer), request, **extra))
