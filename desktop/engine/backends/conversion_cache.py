@@ -221,12 +221,14 @@ class _Mapped:
 
     def view(self, offset: int, dtype: str, shape: list[int], stride: list[int], copy: bool = False) -> Any:
         """The tensor at `offset` of the file, as a view of the mapping (`copy`: its contiguous copy)."""
+        import torch
+
         torch_dtype = _torch_dtype(dtype)
         extent = _extent(shape, stride) * torch_dtype.itemsize
         if offset < self._header.data_offset or offset + extent > self._header.file_size:
             raise ValueError(f"the key map points outside {self._path.name}")
         view = self.whole[offset : offset + extent].view(torch_dtype).as_strided(shape, stride)
-        return view.contiguous() if copy else view
+        return view.clone(memory_format=torch.contiguous_format) if copy else view
 
     def address_shift(self, tensors: Any) -> int | None:
         """The address of file byte 0 in the mapping the converted tensors still view, if they view one: the
@@ -294,7 +296,7 @@ class _Mapped:
         if code is None:
             return None
         place = [candidate.offset, code, list(candidate.shape), list(candidate.stride), candidate.copy]
-        view = self.view(*place)
+        view = self.view(*place[:4])  # compared where it lies; copied only at load
         last = tuple(n - 1 for n in candidate.shape)
         for index in (tuple(0 for _ in last), tuple(n // 2 for n in candidate.shape), last):
             if not _same_bits(view[index], tensor[index]):
