@@ -22,6 +22,7 @@ from desktop.engine.backends.conversion_cache import COMPUTED, KEYMAP, Conversio
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import ModelCatalog
+from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import GenerationRequest, LoraRef
 from desktop.engine.resources import Resources
@@ -158,6 +159,19 @@ def test_every_converted_tensor_is_found_in_the_file_bit_for_bit(tmp_path, build
     assert np.array_equal(image(cached), image(plain))
 
 
+def test_a_wrong_guess_of_the_mapping_is_caught_by_the_bytes(tmp_path, monkeypatch):
+    """The file's address in safetensors' mapping is inferred; were it wrong, every tensor placed by address is
+    checked against the file's bytes and refused, and the byte search still finds each tensor (as a copy)."""
+    real_shift = conversion_cache._Mapped.address_shift
+    monkeypatch.setattr(conversion_cache._Mapped, "address_shift", lambda self, state: real_shift(self, state) + 256)
+    plain, cached, target = _plain_and_cached(tmp_path, tiny_models.build_tiny_sd15, StableDiffusionPipeline)
+    places = [place for spec in keymap_of(target)["components"].values() for place in spec["tensors"].values()]
+    assert None not in places and all(place[-1] is True for place in places)
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(cached, name).state_dict(), getattr(plain, name).state_dict()
+        assert all(torch.equal(ours[key], tensor) for key, tensor in theirs.items()), name
+
+
 def test_sdxl_restart_matches_the_first_run(paths, tiny_sdxl_single, conversions):
     single, config = tiny_sdxl_single
     first = image_of(make_backend(paths), single, config, sampler="Euler")
@@ -269,6 +283,25 @@ def test_a_moved_or_vanished_file_leaves_nothing_behind(paths, conversions, tmp_
     other = tiny_models.save_single_file(pipe, paths.models / "other.safetensors")
     image_of(make_backend(paths), other, config)
     assert [keymap_of(e)["source"]["path"] for e in entries(paths)] == [str(other.resolve())]
+
+
+def test_a_pickled_checkpoint_and_a_misnamed_file_are_mapped_where_the_backend_reads_them(
+    paths, tiny_sd15_single, conversions, tmp_path
+):
+    """A pickled checkpoint becomes a .safetensors file in the library when it is imported (a child process
+    converts it); a safetensors file named .ckpt is read through a .safetensors alias. Either way the key map
+    points into the file the model entry names, and a restart gets the first run's pixels."""
+    single, config = tiny_sd15_single
+    pickled = tmp_path / "old-style.ckpt"
+    torch.save({"state_dict": load_file(str(single))}, pickled)
+    record = Library(paths).import_path(pickled, "model", convert_pickle=True)
+    misnamed = shutil.copy(single, paths.models / "misnamed.ckpt")
+    for model in (paths.models / record.file, Path(misnamed)):
+        first = image_of(make_backend(paths), model, config)
+        assert np.array_equal(image_of(make_backend(paths), model, config), first)
+    assert [path.name for path in conversions] == [record.file, "misnamed.ckpt"]
+    sources = {keymap_of(entry)["source"]["path"] for entry in entries(paths)}
+    assert sources == {str((paths.models / record.file).resolve()), str(Path(misnamed).resolve())}
 
 
 def test_a_damaged_entry_is_converted_again(paths, tiny_sd15_single, conversions):

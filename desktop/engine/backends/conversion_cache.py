@@ -48,6 +48,7 @@ import hashlib
 import importlib
 import json
 import logging
+import math
 import mmap
 import os
 import shutil
@@ -255,7 +256,7 @@ class _Mapped:
         return self._matching(tensor, candidate, whole=False)
 
     def place_by_bytes(self, tensor: Any) -> list[Any] | None:
-        """A file tensor, a dim-0 slice of one or a transposed one with exactly `tensor`'s bits."""
+        """A file tensor, a dim-0 slice of one, a reshaped or a transposed one with exactly `tensor`'s bits."""
         if tensor.device.type != "cpu" or not tensor.numel() or not tensor.is_contiguous():
             return None
         code = _DTYPE_CODES.get(str(tensor.dtype).removeprefix("torch."))
@@ -270,6 +271,9 @@ class _Mapped:
                                for j in range(source_shape[0] // shape[0])]  # fmt: skip
             elif not shape and not source_shape:
                 candidates.append(_Candidate(start, shape, contiguous, copy=True))
+        seen = {candidate.offset for candidate in candidates}
+        candidates += [_Candidate(start, shape, contiguous, copy=True)  # reshaped (the VAE's 1x1 attention convs)
+                       for start, _ in index.get((code, "N", tensor.numel()), ()) if start not in seen]  # fmt: skip
         if len(shape) == 2:
             candidates += [_Candidate(start, shape, (1, shape[0]), copy=True)
                            for start, _ in index.get((code, "T", (shape[1], shape[0])), ())]  # fmt: skip
@@ -294,6 +298,7 @@ class _Mapped:
             for info in self._header.tensors.values():
                 start = self._header.data_offset + info.offsets[0]
                 self._index.setdefault((info.dtype, info.shape[1:]), []).append((start, info.shape))
+                self._index.setdefault((info.dtype, "N", math.prod(info.shape)), []).append((start, info.shape))
                 if len(info.shape) == 2:
                     self._index.setdefault((info.dtype, "T", info.shape), []).append((start, info.shape))
         return self._index
