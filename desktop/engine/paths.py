@@ -80,7 +80,8 @@ class AppPaths:
 
     @property
     def converted_models(self) -> Path:
-        """Diffusers folders converted from single-file checkpoints, reused on later loads."""
+        """Key maps of converted single-file checkpoints (configs, and where each converted tensor lies in the
+        file), reused on later loads."""
         return self.cache / "converted"
 
     @property

@@ -13,8 +13,9 @@ $MARBLE_BENCH_CACHE by `common.sd15_single_file`):
   same prompt, sampler (the config's own, PNDM), seed, size and steps, and `image.save(png)`; it
   prints its own time stamps.
 
-The app converts a single file into a diffusers folder in its cache once and loads that folder on every
-later start, so its first run (conversion included) and its later runs are reported apart, each
+The app converts a single file once and caches a key map over it (`backends/conversion_cache.py`: configs
+and where each converted tensor lies in the file, no weights); every later start builds the pipeline over
+views of the mapped file. Its first run (conversion included) and its later runs are reported apart, each
 against the plain script, which converts on every run. Pairs alternate which arm goes first. Phases,
 from the moment the child is started (wall clock, `time.time()` on both sides):
 import (Python, the app or diffusers, torch), load, steps (prompt encoding and the denoising, to the

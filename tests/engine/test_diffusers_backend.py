@@ -213,7 +213,6 @@ def test_single_file_converts_once_and_matches_the_folder(paths, tiny_sd15_dir, 
     request = request_for(single, model_config=str(config))
     first = make_backend(paths)
     first_result, _ = run(first, request)
-    first.wait_for_caches()  # written in the background (tests/engine/test_conversion_cache.py)
     converted = list(paths.converted_models.iterdir())
     assert len(converted) == 1 and (converted[0] / "model_index.json").is_file()
     stamp = (converted[0] / "model_index.json").stat().st_mtime_ns

@@ -1,9 +1,9 @@
 """Weights load in the precision asked for, without a float32 copy on the way (issue 29).
 
 A bf16 single-file checkpoint (the CPU's half precision; fp16 needs a GPU) is loaded by the real
-backend. Its first load converts it once to a diffusers folder in the cache (diffusers' from_single_file
+backend. Its first load converts it once and caches a key map over the file (diffusers' from_single_file
 builds the modules in float32 first: a one-off cost, documented in docs/benchmarks.md); every later load
-comes from that folder and must never make a float32 tensor the size of a weight. Watched at torch's
+builds the model from that key map and must never make a float32 tensor the size of a weight. Watched at torch's
 dispatcher, so any upcast -- a load in float32 followed by `.to(bf16)` -- is seen.
 """
 
@@ -43,7 +43,6 @@ def test_a_bf16_model_loads_as_bf16_without_a_float32_copy(tmp_path):
 
     first = make_backend(paths)
     first.load(request)  # converts the file once, into the cache
-    first.wait_for_caches()  # written in the background; the first app's process waits for it before exiting
     assert {first._pipe.unet.dtype, first._pipe.text_encoder.dtype, first._pipe.vae.dtype} == {torch.bfloat16}
 
     again = make_backend(paths)  # the app after a restart

@@ -7,11 +7,15 @@ aligned to 64 bytes: a bare-diffusers reference loaded from a folder then differ
 single file by 3e-7, one level in two of 12,288 pixel values, while both computed the same weights. The
 pixel-identity tests compare weights and pipelines, not where a file happens to place a tensor, so the
 tests give both sides aligned tensors. (Marble itself keeps the mapped tensors: copying them would cost
-a model's size in memory and load time for a difference far below one level.)
+a model's size in memory and load time for a difference far below one level; its conversion cache rebuilds
+a restart's tensors at the very places a plain load puts them, which tests/engine/test_conversion_cache.py
+checks with this switched off: `file_alignment`.)
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 _ALIGNMENT = 64
@@ -19,7 +23,9 @@ _ALIGNMENT = 64
 
 def aligned(tensor: Any) -> Any:
     """`tensor`, or a copy of it on a 64-byte boundary when it is not on one (a torch tensor on the CPU)."""
-    if getattr(tensor, "device", None) is None or tensor.device.type != "cpu" or tensor.numel() == 0:
+    if not _state["on"] or getattr(tensor, "device", None) is None:
+        return tensor
+    if tensor.device.type != "cpu" or tensor.numel() == 0:
         return tensor
     return tensor if tensor.data_ptr() % _ALIGNMENT == 0 else tensor.clone()
 
@@ -62,6 +68,18 @@ class _AlignedOpen:
 
 
 _original_safe_open: Any = None
+_state = {"on": True}
+
+
+@contextlib.contextmanager
+def file_alignment() -> Iterator[None]:
+    """Within: tensors start where their file puts them, as outside the tests (the conversion cache's tests
+    check that a restart reproduces exactly the memory a plain load gives)."""
+    _state["on"] = False
+    try:
+        yield
+    finally:
+        _state["on"] = True
 
 
 def align_safetensors_loads() -> None:

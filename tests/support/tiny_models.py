@@ -189,17 +189,20 @@ def _tokenizer(pad_zero: bool = False) -> CLIPTokenizer:
     return clip_tokenizer(Resources(REPO_ROOT / "resources"), pad_zero)
 
 
-def _build_sd15(seed: int, in_channels: int, pipeline_cls: type) -> StableDiffusionPipeline:
+def _build_sd15(
+    seed: int, in_channels: int, pipeline_cls: type, open_clip: bool = False
+) -> StableDiffusionPipeline:
     with _seeded(seed) as generator:
         unet = _tiny_sd15_unet(in_channels)
         vae = _tiny_vae(scaling_factor=0.18215)
-        text_encoder = CLIPTextModel(_clip_config())
+        # SD 2.x: an OpenCLIP-H-style encoder (GELU, pad id 0), stored fused as OpenCLIP does.
+        text_encoder = CLIPTextModel(_clip_config(hidden_act="gelu", pad_token_id=0) if open_clip else _clip_config())
         for module in (unet, vae, text_encoder):
             _jitter(module, generator)
     pipe = pipeline_cls(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
-        tokenizer=_tokenizer(),
+        tokenizer=_tokenizer(pad_zero=open_clip),
         unet=unet.eval(),
         scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
         safety_checker=None,
@@ -212,6 +215,12 @@ def _build_sd15(seed: int, in_channels: int, pipeline_cls: type) -> StableDiffus
 
 def build_tiny_sd15(seed: int = 0) -> StableDiffusionPipeline:
     return _build_sd15(seed, in_channels=4, pipeline_cls=StableDiffusionPipeline)
+
+
+def build_tiny_sd2(seed: int = 0) -> StableDiffusionPipeline:
+    """SD 2.x in miniature: SD 1.5's UNet and VAE with an OpenCLIP-style text encoder (save with open_clip=True,
+    which writes its q/k/v fused into `in_proj` under `cond_stage_model.model.`)."""
+    return _build_sd15(seed, in_channels=4, pipeline_cls=StableDiffusionPipeline, open_clip=True)
 
 
 def build_tiny_sd15_inpaint(seed: int = 0) -> StableDiffusionInpaintPipeline:
@@ -511,12 +520,17 @@ def open_clip_to_ldm(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dic
     return out
 
 
-def ldm_state_dict(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline) -> dict[str, torch.Tensor]:
-    """The whole pipeline as one original-layout state dict (UNet, VAE, text encoder(s))."""
+def ldm_state_dict(
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, open_clip: bool = False
+) -> dict[str, torch.Tensor]:
+    """The whole pipeline as one original-layout state dict (UNet, VAE, text encoder(s)); `open_clip`: an SD 2.x
+    text encoder in OpenCLIP's layout."""
     sd = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config)
     sd.update(vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
     text_encoder_2 = getattr(pipe, "text_encoder_2", None)
-    if text_encoder_2 is None:
+    if open_clip:
+        sd.update(open_clip_to_ldm(pipe.text_encoder.state_dict(), "cond_stage_model.model."))
+    elif text_encoder_2 is None:
         sd.update(clip_to_ldm(pipe.text_encoder.state_dict(), "cond_stage_model.transformer."))
     elif pipe.text_encoder is None:  # the SDXL refiner: OpenCLIP-G alone, as the first embedder
         sd.update(open_clip_to_ldm(text_encoder_2.state_dict(), "conditioner.embedders.0.model."))
@@ -531,12 +545,13 @@ def save_single_file(
     path: Path | str,
     dtype: torch.dtype | None = None,
     metadata: Mapping[str, str] | None = None,
+    open_clip: bool = False,
 ) -> Path:
     """Write the pipeline as ONE original-layout `.safetensors` file, like the checkpoints users download."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {}
-    for key, value in ldm_state_dict(pipe).items():
+    for key, value in ldm_state_dict(pipe, open_clip).items():
         value = value.detach()
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)

@@ -143,7 +143,7 @@ log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_CONVERTED_SCHEMA = 1
+_CONVERTED_SCHEMA = 2  # 1: converted weights as a diffusers folder; 2: a key map over the file
 # What loading a user's files can raise from inside diffusers, transformers and safetensors: a model error.
 _LOAD_ERRORS = (
     OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, SafetensorError, SingleFileComponentError
@@ -285,7 +285,7 @@ class DiffusersBackend:
                 _refuse_inpaint_only(self._model.name, request.mode)
             return LoadReport(self._model, time.perf_counter() - started, True, choice.device, choice.precision)
         self.unload()
-        self._notes = self._conversions.take_failures()
+        self._notes = []
         try:
             with collector_paused():
                 dit = self._load_dit(entry, request, choice)
@@ -325,8 +325,8 @@ class DiffusersBackend:
         )
 
     def wait_for_caches(self) -> None:
-        """Block until the converted-model folders being written in the background are complete."""
-        self._conversions.wait_all()
+        """Nothing to wait for: a converted file's key map is written during its load (conversion_cache.py).
+        Kept for callers that wait before exiting."""
 
     def unload(self) -> None:
         if self._pipe is None:
@@ -429,30 +429,34 @@ class DiffusersBackend:
         if not (config_folder / "model_index.json").is_file():
             raise ModelError(f"The config folder {config_folder} has no model_index.json.")
         converted = self._converted_folder(entry.path, config_folder, arch)
-        self._conversions.wait(converted)  # a write begun by an earlier load of this file
-        if (converted / "model_index.json").is_file():
-            pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name)
+        modules = self._conversions.load(converted, entry.path, choice.dtype)
+        if modules is not None:
+            pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name, modules)
         else:
-            # The job runs from the converted weights in memory while the cache is written behind it; later
-            # starts load the folder (the same pixels: tests/engine/test_diffusers_backend.py).
+            # Later starts build the pipeline over the file's own bytes from the key map written here (the
+            # same pixels: tests/engine/test_conversion_cache.py).
             pipe = self._convert_single_file(entry.path, config_folder, arch, header_dtype(header))
-            note = self._conversions.start(pipe, converted)
+            note = self._conversions.save(pipe, converted, entry.path)
             self._notes.append(
                 note
-                or f"{entry.path.name} is converted on its first use; its converted copy is being saved in "
-                f"{converted.parent} in the background, so later starts load it faster."
+                or f"{entry.path.name} is converted on its first use; a map of its converted weights is saved "
+                f"in {converted.parent}, so later starts load it faster."
             )
             if pipe.dtype != choice.dtype:
                 pipe = pipe.to(dtype=choice.dtype)
         return pipe.to(choice.device), arch, model_hash
 
-    def _from_pretrained(self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str) -> Any:
+    def _from_pretrained(
+        self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str, modules: dict[str, Any] | None = None
+    ) -> Any:
+        """The pipeline in `folder`; `modules` are components built already (a converted file's, from its key
+        map), which the folder then has no weights for."""
         cls = _pipeline_class(arch)
         try:
             # use_safetensors=True: a component without .safetensors weights is an error, never a pickle load.
             return cls.from_pretrained(
                 str(folder), dtype=dtype, local_files_only=True, use_safetensors=True, **_extra_kwargs(cls),
-                **self._shared_tokenizers(folder, arch),
+                **self._shared_tokenizers(folder, arch), **(modules or {}),
             )
         except _LOAD_ERRORS as error:
             raise ModelError(f"Could not load the model {name!r} from {folder}: {_short(error)}") from error
