@@ -26,6 +26,7 @@ from PIL import Image
 
 from desktop.engine.history.store import HistoryStore
 from tests.e2e.test_cli import in_process
+from tests.support.aligned_loads import file_alignment
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a red fox in a spacesuit"
@@ -91,8 +92,10 @@ def decode(b64: str) -> Image.Image:
 
 
 def generate(home: Path, out: Path, model: str, *extra: str) -> Image.Image:
-    code, _out, err = in_process(["generate", "--home", str(home), "--model", model, "--prompt", PROMPT,
-                                  "--negative", "blurry", "--seed", "42", "--out", str(out), *extra])
+    # As the server's process loads them (tests/support/aligned_loads.py moves only this process's tensors).
+    with file_alignment():
+        code, _out, err = in_process(["generate", "--home", str(home), "--model", model, "--prompt", PROMPT,
+                                      "--negative", "blurry", "--seed", "42", "--out", str(out), *extra])
     assert code == 0, err
     return Image.open(out)
 
