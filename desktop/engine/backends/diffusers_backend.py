@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
+import concurrent.futures  # noqa: E402
 import contextlib  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
@@ -23,6 +24,7 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
@@ -415,7 +417,7 @@ class DiffusersBackend:
             if arch.inpaint:
                 _refuse_inpaint_only(entry.name, mode)
             pipe = self._from_pretrained(arch, entry.path, choice.dtype, entry.name)
-            return pipe.to(choice.device), arch, None
+            return pipe.to(choice.device), arch, hashing.result()
         kind = sniff_file_type(entry.path)
         if kind != "safetensors":
             raise ModelError(_not_safetensors_message(entry.path, kind))
@@ -424,7 +426,9 @@ class DiffusersBackend:
         _refuse_refiner(entry.name, arch)
         if arch.inpaint:
             _refuse_inpaint_only(entry.name, mode)
-        model_hash = self._hashes.autov2(entry.path)
+        # The AutoV2 hash reads the whole file (2.7 s for a 4.3 GB one the first time, then remembered): on its
+        # own thread it overlaps the conversion, which reads the same pages (hashlib releases the GIL).
+        hashing = _in_background(self._hashes.autov2, entry.path)
         config_folder = Path(config).expanduser() if config else self._resources.config_folder(arch.config_name)
         if not (config_folder / "model_index.json").is_file():
             raise ModelError(f"The config folder {config_folder} has no model_index.json.")
@@ -444,7 +448,7 @@ class DiffusersBackend:
             )
             if pipe.dtype != choice.dtype:
                 pipe = pipe.to(dtype=choice.dtype)
-        return pipe.to(choice.device), arch, model_hash
+        return pipe.to(choice.device), arch, hashing.result()
 
     def _from_pretrained(
         self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str, modules: dict[str, Any] | None = None
@@ -1822,3 +1826,18 @@ def _pad_to_same_length(
 
     length = max(first.shape[1], second.shape[1])
     return padded(first, length), padded(second, length)
+
+
+def _in_background(work: Callable[[Path], str], path: Path) -> concurrent.futures.Future[str]:
+    """`work(path)` on a thread of its own (a daemon: a hash is worth nothing once the process ends); its
+    result, or its exception, comes from `.result()`."""
+    future: concurrent.futures.Future[str] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work(path))
+        except BaseException as error:  # handed to whoever waits for the result
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="marble-model-hash", daemon=True).start()
+    return future
