@@ -417,7 +417,7 @@ class DiffusersBackend:
             if arch.inpaint:
                 _refuse_inpaint_only(entry.name, mode)
             pipe = self._from_pretrained(arch, entry.path, choice.dtype, entry.name)
-            return pipe.to(choice.device), arch, hashing.result()
+            return pipe.to(choice.device), arch, None
         kind = sniff_file_type(entry.path)
         if kind != "safetensors":
             raise ModelError(_not_safetensors_message(entry.path, kind))
