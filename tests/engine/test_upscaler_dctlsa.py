@@ -48,7 +48,10 @@ def paths(tmp_path):
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_each_dctlsa_is_detected_and_matches_spandrel(reference, paths, name):
     _, label, scale, _, _ = VARIANTS[name]
-    check_against_spandrel(*reference, paths, name, label=label, architecture="DCTLSA", layout="dctlsa", scale=scale)
+    # 3e-4 of the output's range: DCTLSA's random tiny models amplify float rounding, and on an AMD EPYC the
+    # 10-feature model came out 1.1e-4 from spandrel's run in its own process (1e-6 for the others).
+    check_against_spandrel(*reference, paths, name, label=label, architecture="DCTLSA", layout="dctlsa", scale=scale,
+                           tolerance=3e-4)  # fmt: skip
 
 
 def test_dctlsa_upscales_tiled_and_tiny_inputs(reference):
