@@ -208,7 +208,9 @@ def _dequantised_component(
         else:
             model = cls(cls.config_class.from_dict(config))
     try:
-        missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+        # strict=False: a tied weight (T5's encoder embedding) is absent from the file by design; what stays
+        # empty is checked below instead.
+        unexpected = model.load_state_dict(weights, strict=False, assign=True).unexpected_keys
     except RuntimeError as error:  # a tensor of another shape than its config says
         first = (str(error).strip().splitlines() or ["mismatch"])[-1].strip()[:300]
         raise ModelError(f"{name}: its {what} does not fit its own config ({first}).") from None
@@ -219,7 +221,6 @@ def _dequantised_component(
         first = (unexpected or empty)[0]
         problem = "holds a tensor it has no place for" if unexpected else "lacks a tensor"
         raise ModelError(f"{name}: its {what} {problem} ({first}); the folder is damaged or of another model.")
-    del missing  # a tied weight is missing from the file by design; what stays empty was checked above
     # Assigned tensors keep their stored dtype; non-quantised ones (norms, biases) may be stored in another.
     return model.to(dtype=dtype).eval()
 
