@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
-from tests.support.upscaler_checks import check_against_spandrel, check_refused
+from tests.support.upscaler_checks import check_against_spandrel, check_refused, noise_image
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -59,7 +58,7 @@ def test_each_fftformer_is_detected_and_matches_spandrel(reference, paths, name)
 def test_fftformer_deblurs_tiled_and_tiny_inputs(reference):
     workdir, _ = reference
     network, info = load_upscaler(workdir / "fftformer.safetensors")
-    image = Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8))
+    image = noise_image(48, 40)
     tiled = np.asarray(upscale(network, info.scale, image, tile=24, overlap=6))
     assert tiled.shape == (40, 48, 3) and tiled.std() > 1
     with torch.inference_mode():

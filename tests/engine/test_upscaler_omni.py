@@ -7,14 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from desktop.engine.backends.upscale import load_upscaler, upscale
 from desktop.engine.paths import AppPaths
 from tests.support import spandrel_reference
 from tests.support.cli_runner import run_cli
-from tests.support.upscaler_checks import check_against_spandrel, check_refused
+from tests.support.upscaler_checks import check_against_spandrel, check_refused, noise_image
 
 pytestmark = pytest.mark.skipif(
     not spandrel_reference.available(),
@@ -66,7 +65,7 @@ def test_a_pickled_omnisr_is_converted_and_upscales_tiled(reference, tmp_path):
     code, out, _ = run_cli("upscalers", "list", "--home", where)
     assert "4x-omnisr-test" in out and "OmniSR 4x (16 features, 1x1 blocks, window 8)" in out
     network, info = load_upscaler(workdir / "omnisr-x4.safetensors")
-    image = Image.fromarray((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8))
+    image = noise_image(48, 40)
     tiled = np.asarray(upscale(network, info.scale, image, tile=32, overlap=8))
     # The tiles (edge ones smaller than a window, padded) run and join into the whole picture's size.
     assert tiled.shape == (160, 192, 3) and tiled.std() > 1
