@@ -195,8 +195,9 @@ class GenerationRequest:
     # A diffusers folder of the same family supplying what a transformer-only file (Flux, SD3, GGUF)
     # lacks: text encoders, tokenizers and VAE. None: the model file or folder must hold them itself.
     text_encoders: str | None = None
-    # Where a Qwen-Image / Z-Image file run with a library text encoder finds the tokenizer (and Edit's
-    # processor) Marble cannot ship: a folder holding them, or the model's diffusers folder. None: --config's.
+    # Where a Qwen-Image / Z-Image file run with a library text encoder finds its tokenizer (and Edit's
+    # processor), in place of Marble's own: a folder holding them, or the model's diffusers folder. None:
+    # --config's when it is a whole diffusers folder, else the shipped resources/tokenizers/qwen.
     tokenizer_folder: str | None = None
     # ControlNet / T2I-Adapter units, applied together (A1111's ControlNet 0, 1, ...).
     controls: tuple[ControlUnit, ...] = ()

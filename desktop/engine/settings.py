@@ -109,8 +109,9 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "tokenizer_folder", "Tokenizer folder", "For a Qwen-Image or Z-Image file run with a text encoder "
-        "from the library: the folder holding its tokenizer, which Marble cannot ship (tokenizer.json and "
-        "tokenizer_config.json; the model's diffusers folder serves). Takes effect at the next start.", FOLDER, "",
+        "from the library: a folder holding the tokenizer to use instead of Marble's own Qwen tokenizer "
+        "(tokenizer.json and tokenizer_config.json; the model's diffusers folder serves); empty: Marble's own. "
+        "Takes effect at the next start.", FOLDER, "",
     ),
     # The window serves on 127.0.0.1 only: listening beyond this machine needs authentication, which
     # `marble serve --listen --api-auth` offers (docs/api.md).

@@ -2102,7 +2102,7 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>For a Qwen-Image or Z-Image file run with a text encoder from the library: the folder holding its tokenizer, which Marble cannot ship (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves). Takes effect at the next start.</source>
+        <source>For a Qwen-Image or Z-Image file run with a text encoder from the library: a folder holding the tokenizer to use instead of Marble&apos;s own Qwen tokenizer (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves); empty: Marble&apos;s own. Takes effect at the next start.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

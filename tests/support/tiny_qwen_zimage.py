@@ -51,8 +51,24 @@ def _scheduler(family: str) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler.from_pretrained(str(CONFIGS / family / "scheduler"))
 
 
-def build_tiny_qwen_image(seed: int = 0) -> QwenImagePipeline:
+def shipped_tokenizer() -> Qwen2Tokenizer:
+    """Marble's own Qwen tokenizer (resources/tokenizers/qwen): a model built with it needs SHIPPED_VOCAB rows."""
+    from transformers import AutoTokenizer
+
+    from desktop.engine.resources import Resources
+
+    return AutoTokenizer.from_pretrained(str(Resources.default().tokenizers / "qwen"), local_files_only=True)
+
+
+# Qwen3's embedding rows (Qwen2.5-VL's are 152,064): the shipped tokenizer's ids run to 151,668.
+SHIPPED_VOCAB = 151_936
+
+
+def build_tiny_qwen_image(seed: int = 0, *, shipped: bool = False) -> QwenImagePipeline:
+    """`shipped`: with Marble's Qwen tokenizer and an encoder of its vocabulary (ids as Qwen2.5-VL's)."""
     torch.manual_seed(seed)
+    vocab = SHIPPED_VOCAB if shipped else VOCAB
+    bos, eos, vision = (151643, 151645, 151655) if shipped else (256, 258, VOCAB - 1)
     z_dim = 4
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=z_dim * 4, out_channels=z_dim, num_layers=2, attention_head_dim=16,
@@ -66,23 +82,25 @@ def build_tiny_qwen_image(seed: int = 0) -> QwenImagePipeline:
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "vocab_size": VOCAB, "rope_theta": 1000000.0, "bos_token_id": 256,
-            "eos_token_id": 258,
+            "num_key_value_heads": 2, "vocab_size": vocab, "rope_theta": 1000000.0, "bos_token_id": bos,
+            "eos_token_id": eos,
             "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
         },
         vision_config={"depth": 2, "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_heads": 2,
                        "out_hidden_size": WIDTH},
-        vocab_size=VOCAB, vision_start_token_id=VOCAB - 1, vision_end_token_id=VOCAB - 1, image_token_id=VOCAB - 1,
-        video_token_id=VOCAB - 1, bos_token_id=256, eos_token_id=258,
+        vocab_size=vocab, vision_start_token_id=vision, vision_end_token_id=vision, image_token_id=vision,
+        video_token_id=vision, bos_token_id=bos, eos_token_id=eos,
     )  # fmt: skip
     text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
     return QwenImagePipeline(
-        scheduler=_scheduler("qwen-image"), vae=vae, text_encoder=text_encoder, tokenizer=tiny_tokenizer(),
+        scheduler=_scheduler("qwen-image"), vae=vae, text_encoder=text_encoder,
+        tokenizer=shipped_tokenizer() if shipped else tiny_tokenizer(),
         transformer=transformer,
     )  # fmt: skip
 
 
-def build_tiny_z_image(seed: int = 0) -> ZImagePipeline:
+def build_tiny_z_image(seed: int = 0, *, shipped: bool = False) -> ZImagePipeline:
+    """`shipped`: with Marble's Qwen tokenizer and an encoder of its vocabulary."""
     torch.manual_seed(seed)
     transformer = ZImageTransformer2DModel(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
@@ -96,12 +114,13 @@ def build_tiny_z_image(seed: int = 0) -> ZImagePipeline:
         use_quant_conv=False, use_post_quant_conv=False,
     )  # fmt: skip
     config = Qwen3Config(
-        vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+        vocab_size=SHIPPED_VOCAB if shipped else VOCAB, hidden_size=WIDTH, intermediate_size=WIDTH, num_hidden_layers=2,
+        num_attention_heads=2,
         num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
     )  # fmt: skip
     return ZImagePipeline(
-        scheduler=_scheduler("z-image"), vae=vae, text_encoder=Qwen3Model(config).eval(), tokenizer=tiny_tokenizer(),
-        transformer=transformer,
+        scheduler=_scheduler("z-image"), vae=vae, text_encoder=Qwen3Model(config).eval(),
+        tokenizer=shipped_tokenizer() if shipped else tiny_tokenizer(), transformer=transformer,
     )  # fmt: skip
 
 

@@ -207,6 +207,7 @@ def load_pipeline(
         config = config_folder or _config_folder(resources, arch, name)
         return qwen_encoders.assemble(
             info, config, library_parts, name=name, dtype=dtype, tokenizer_folder=tokenizer_folder,
+            shipped_tokenizer=resources.tokenizers / qwen_encoders.SHIPPED_FOLDER,
             load_transformer=lambda: load_transformer(path, info, config, name=name, dtype=dtype),
         )  # fmt: skip
     if info.family == dit_flux2.FLUX2:

@@ -1,11 +1,12 @@
 """Loading and running Qwen-Image and Z-Image (called from backends/families.py on the generation thread).
 
-Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image) whose weights and
-tokenizers Marble cannot ship. So every model of these families takes its text encoder, tokenizer and
-VAE from a folder: the model's own diffusers folder, or, for a single transformer file, the folder the
-user names (`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding
-`text_encoder/`, `tokenizer/` and `vae/` in diffusers' form. The scheduler comes from that folder when it
-has one, else from the shipped config (resources/configs/qwen-image, z-image).
+Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image) whose weights Marble
+cannot ship. So a model of these families takes its text encoder, tokenizer and VAE from a folder: the
+model's own diffusers folder, or, for a single transformer file, the folder the user names
+(`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding `text_encoder/`,
+`tokenizer/` and `vae/` in diffusers' form. The scheduler comes from that folder when it
+has one, else from the shipped config (resources/configs/qwen-image, z-image). (A transformer file with
+its encoder and VAE from the library instead needs no folder: qwen_encoders.py, with the shipped tokenizer.)
 
 torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
 """

@@ -2,10 +2,11 @@
 
 The encoder file (library/encoder_qwen.py says what it holds) is built into transformers' class from the
 model's config folder (resources/configs/<family>/text_encoder, or --config) and loaded strictly, as
-encoder_components.py does for CLIP and T5. What Marble cannot ship is the tokenizer (and for
-Qwen-Image-Edit the image processor): they come from a folder the user points Marble at
-(`--tokenizer-folder`), which may be the model's diffusers folder, its tokenizer/ folder, or the Qwen
-repository the encoder came from.
+encoder_components.py does for CLIP and T5. The tokenizer (and Qwen-Image-Edit's image processor) is
+Marble's shipped copy, resources/tokenizers/qwen (Qwen's byte-level BPE, the same vocabulary and merges in
+Qwen2.5-VL and Qwen3, with Qwen3's chat template, which Z-Image reads). A folder the user points Marble
+at (`--tokenizer-folder`: the model's diffusers folder, its tokenizer/ folder, or the Qwen repository the
+encoder came from) takes its place.
 
 Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
 """
@@ -24,11 +25,13 @@ from desktop.engine.library.encoder_qwen import QWEN3, QWEN25_VL
 KINDS = (QWEN25_VL, QWEN3)
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 _PROCESSOR_CONFIG = "preprocessor_config.json"
-# Where each family's tokenizer can be found, for the message when none is given.
+# Where each family's tokenizer can be found, for the message when a given folder holds none.
 _TOKENIZER_SOURCES = {
     QWEN_IMAGE: "the tokenizer/ folder of Qwen/Qwen-Image (or the Qwen/Qwen2.5-VL-7B-Instruct repository)",
     "z-image": "the tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo (or the Qwen/Qwen3-4B repository)",
 }
+# Marble's own copy under resources/tokenizers/ (its LICENSE-NOTE says what it is and where it comes from).
+SHIPPED_FOLDER = "qwen"
 
 
 def model_names(state: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -86,20 +89,25 @@ def check_vision(info: DitInfo, encoder: EncoderInfo, shown: str, *, name: str) 
         )
 
 
-def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool) -> dict[str, Any]:
+def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool, shipped: Path) -> dict[str, Any]:
     """The tokenizer (and for an Edit model the processor) from the user's tokenizer folder: the folder
-    itself, or its tokenizer/ and processor/ subfolders (a diffusers folder of the family)."""
+    itself, or its tokenizer/ and processor/ subfolders (a diffusers folder of the family); with no folder,
+    from `shipped` (resources/tokenizers/qwen), which holds both."""
     import transformers
 
     source = _TOKENIZER_SOURCES.get(info.family, "the model's diffusers folder")
     needed = "tokenizer.json (or vocab.json and merges.txt) with tokenizer_config.json"
-    tokenizer_dir = _holding(folder, "tokenizer", _TOKENIZER_FILES) if folder is not None else None
+    chosen = folder if folder is not None else shipped
+    tokenizer_dir = _holding(chosen, "tokenizer", _TOKENIZER_FILES)
     if tokenizer_dir is None:
-        where = f"{folder} holds no {needed}" if folder is not None else "no tokenizer folder was given"
+        if folder is None:
+            raise ModelError(
+                f"Marble's Qwen tokenizer is missing from {shipped}. Reinstall Marble Studio to restore it."
+            )
         raise ModelError(
-            f"{name} runs with its text encoder from the library, but its tokenizer, which Marble cannot ship, "
-            f"is missing: {where}. Point --tokenizer-folder (in the window: "
-            f"Settings, Tokenizer folder) at a folder holding {needed}, such as {source}."
+            f"{name} runs with its text encoder from the library, and the tokenizer folder {folder} holds no "
+            f"{needed}. Point --tokenizer-folder (in the window: Settings, Tokenizer folder) at a folder holding "
+            f"them, such as {source}, or leave it empty for Marble's own Qwen tokenizer."
         )
     parts: dict[str, Any] = {}
     try:
@@ -107,12 +115,13 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
         if not edit:
             parts["tokenizer"] = tokenizer
         else:
-            processor_dir = _holding(folder, "processor", (_PROCESSOR_CONFIG,))
+            processor_dir = _holding(chosen, "processor", (_PROCESSOR_CONFIG,))
             if processor_dir is None:
                 raise ModelError(
                     f"{name} is a {info.label} model: it needs the Qwen2VL image processor too, and {folder} holds "
                     f"no {_PROCESSOR_CONFIG} (nor processor/{_PROCESSOR_CONFIG}). Point --tokenizer-folder at the "
-                    "model's diffusers folder (Qwen/Qwen-Image-Edit or -2509), which holds processor/."
+                    "model's diffusers folder (Qwen/Qwen-Image-Edit or -2509), which holds processor/, or leave it "
+                    "empty for Marble's own."
                 )
             from desktop.engine.backends.families_qwen_edit import image_only_processor
 
@@ -129,6 +138,22 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
             f"its tokenizer_config.json (or chat_template.jinja), such as {source}."
         )
     return parts
+
+
+def check_vocabulary(tokenizer: Any, encoder_config: Path, shown: str, *, name: str) -> None:
+    """Refuse, before the slow load, a tokenizer whose ids run past the encoder's embedding rows (a
+    tokenizer of another model): the first prompt would fail inside the embedding lookup."""
+    from desktop.engine.safe_files import read_json_file
+
+    config = read_json_file(encoder_config / "config.json", label=f"config.json in {encoder_config}")
+    text = config.get("text_config") if isinstance(config, dict) else None
+    rows = (text if isinstance(text, dict) and "vocab_size" in text else config).get("vocab_size")
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise ModelError(
+            f"The tokenizer for {name} has {len(tokenizer):,} tokens, but its text encoder {shown} has only "
+            f"{rows:,} embedding rows: they belong to different models. Point --tokenizer-folder (in the window: "
+            "Settings, Tokenizer folder) at the tokenizer that came with this encoder."
+        )
 
 
 def _holding(folder: Path, sub: str, files: tuple[str, ...]) -> Path | None:
@@ -151,10 +176,12 @@ def assemble(
     name: str,
     dtype: Any,
     tokenizer_folder: Path | None,
+    shipped_tokenizer: Path,
     load_transformer: Any,
 ) -> Any:
     """The family's pipeline from the chosen library encoder and VAE (`parts`: families.LibraryParts), the
-    tokenizer folder and the config folder; `load_transformer()` reads the transformer file, last (slow)."""
+    tokenizer folder (else a whole diffusers --config folder's, else `shipped_tokenizer`) and the config
+    folder; `load_transformer()` reads the transformer file, last (slow)."""
     import diffusers
 
     from desktop.engine.backends import encoder_components
@@ -178,8 +205,10 @@ def assemble(
             f"{name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; for "
             f"{info.label}: {which})."
         )
-    pipeline_parts = tokenizer_parts(tokenizer_folder or _config_tokenizer(config), info, name=name, edit=edit)
+    pipeline_parts = tokenizer_parts(tokenizer_folder or _config_tokenizer(config), info, name=name, edit=edit,
+                                     shipped=shipped_tokenizer)  # fmt: skip
     for slot, (component, encoder) in chosen.items():
+        check_vocabulary(pipeline_parts["tokenizer"], config / slot, component.shown, name=name)
         class_name = _class_name(config, slot)
         pipeline_parts[slot] = encoder_components.load_encoder(config / slot, class_name, component, encoder,
                                                                dtype=dtype)  # fmt: skip

@@ -72,9 +72,10 @@ SETTING_TEXTS = (
                       "job starts (a busy machine slows a job several-fold when both compete for every core). "
                       "Takes effect at the next start."),
     QT_TRANSLATE_NOOP("Settings", "Tokenizer folder"),
-    QT_TRANSLATE_NOOP("Settings", "For a Qwen-Image or Z-Image file run with a text encoder from the library: the "
-                      "folder holding its tokenizer, which Marble cannot ship (tokenizer.json and "
-                      "tokenizer_config.json; the model's diffusers folder serves). Takes effect at the next start."),
+    QT_TRANSLATE_NOOP("Settings", "For a Qwen-Image or Z-Image file run with a text encoder from the library: a "
+                      "folder holding the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json "
+                      "and tokenizer_config.json; the model's diffusers folder serves); empty: Marble's own. Takes "
+                      "effect at the next start."),
     QT_TRANSLATE_NOOP("Settings", "API port"),
     QT_TRANSLATE_NOOP("Settings", "The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any "
                       "free port: one is picked each time."),
