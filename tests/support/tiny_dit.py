@@ -32,10 +32,10 @@ def _shipped(name: str, part: str) -> dict:
     return json.loads((CONFIGS / name / part).read_text(encoding="utf-8"))
 
 
-def _clip(projection: bool) -> CLIPTextModel:
+def _clip(projection: bool, width: int = 32) -> CLIPTextModel:
     config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=77, projection_dim=32, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        vocab_size=49408, hidden_size=width, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=77, projection_dim=width, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     )  # fmt: skip
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
@@ -88,18 +88,26 @@ def build_tiny_flux(
     )  # fmt: skip
 
 
-def build_tiny_sd3(seed: int = 0, qk_norm: str | None = "rms_norm") -> StableDiffusion3Pipeline:
+def build_tiny_sd3(
+    seed: int = 0,
+    qk_norm: str | None = "rms_norm",
+    dual_attention_layers: tuple[int, ...] = (),
+    clip_g_width: int = 32,
+) -> StableDiffusion3Pipeline:
+    """`dual_attention_layers`: SD3.5 medium's MMDiT-X second attention in those blocks. `clip_g_width` other
+    than CLIP-L's 32: the two CLIPs told apart by width, as real files are (768 and 1280)."""
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
-        joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=64, out_channels=4,
-        pos_embed_max_size=32, qk_norm=qk_norm,
+        joint_attention_dim=32, caption_projection_dim=32, pooled_projection_dim=32 + clip_g_width, out_channels=4,
+        pos_embed_max_size=32, qk_norm=qk_norm, dual_attention_layers=dual_attention_layers,
     )  # fmt: skip
     _jitter(transformer, seed)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(_shipped("sd3-medium", "scheduler/scheduler_config.json"))
     parts = shipped_tokenizers(Resources.default(), CONFIGS / "sd3-medium", "sd3")
     return StableDiffusion3Pipeline(
-        scheduler=scheduler, vae=_vae(4, 0.0609, 1.5305), text_encoder=_clip(True), text_encoder_2=_clip(True),
+        scheduler=scheduler, vae=_vae(4, 0.0609, 1.5305), text_encoder=_clip(True),
+        text_encoder_2=_clip(True, clip_g_width),
         text_encoder_3=_t5(), transformer=transformer, **parts,
     )  # fmt: skip
 
@@ -179,6 +187,80 @@ def flux_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# diffusers' SD3 names -> Stability's MMDiT names, for the tensors that are only renamed.
+_SD3_FIXED = {"pos_embed.proj": "x_embedder.proj", "context_embedder": "context_embedder",
+              "time_text_embed.timestep_embedder.linear_1": "t_embedder.mlp.0",
+              "time_text_embed.timestep_embedder.linear_2": "t_embedder.mlp.2",
+              "time_text_embed.text_embedder.linear_1": "y_embedder.mlp.0",
+              "time_text_embed.text_embedder.linear_2": "y_embedder.mlp.2", "proj_out": "final_layer.linear"}
+# Within transformer block N -> joint_blocks.N: diffusers' module -> Stability's.
+_SD3_BLOCK = {"attn.to_out.0": "x_block.attn.proj", "attn.to_add_out": "context_block.attn.proj",
+              "attn.norm_q": "x_block.attn.ln_q", "attn.norm_k": "x_block.attn.ln_k",
+              "attn.norm_added_q": "context_block.attn.ln_q", "attn.norm_added_k": "context_block.attn.ln_k",
+              "attn2.to_out.0": "x_block.attn2.proj", "attn2.norm_q": "x_block.attn2.ln_q",
+              "attn2.norm_k": "x_block.attn2.ln_k", "norm1.linear": "x_block.adaLN_modulation.1",
+              "norm1_context.linear": "context_block.adaLN_modulation.1", "ff.net.0.proj": "x_block.mlp.fc1",
+              "ff.net.2": "x_block.mlp.fc2", "ff_context.net.0.proj": "context_block.mlp.fc1",
+              "ff_context.net.2": "context_block.mlp.fc2"}  # fmt: skip
+# The fused projections: Stability's qkv rows are q, k, v in that order.
+_SD3_QKV = {"x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
+            "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+            "x_block.attn2.qkv": ("attn2.to_q", "attn2.to_k", "attn2.to_v")}  # fmt: skip
+
+
+def _swap_halves(tensor: torch.Tensor) -> torch.Tensor:
+    # diffusers' AdaLayerNormContinuous reads (scale, shift) where Stability's final modulations hold
+    # (shift, scale): the converter swaps the halves, and so does its inverse.
+    first, second = tensor.chunk(2, dim=0)
+    return torch.cat([second, first])
+
+
+def sd3_to_sai(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' SD3Transformer2DModel names -> Stability's original MMDiT names (`joint_blocks.N`, fused
+    qkv, `final_layer`), as sd3_medium.safetensors and sd3.5_*.safetensors hold them (the inverse of
+    diffusers' converter). Every tensor is used once: a leftover raises."""
+    left = dict(state)
+    out: dict[str, torch.Tensor] = {"pos_embed": left.pop("pos_embed.pos_embed")}
+    last = max(int(key.split(".")[1]) for key in left if key.startswith("transformer_blocks."))
+    for kind in ("weight", "bias"):
+        for src, dst in _SD3_FIXED.items():
+            out[f"{dst}.{kind}"] = left.pop(f"{src}.{kind}")
+        out[f"final_layer.adaLN_modulation.1.{kind}"] = _swap_halves(left.pop(f"norm_out.linear.{kind}"))
+        for n in range(last + 1):
+            block = f"transformer_blocks.{n}."
+            for dst, sources in _SD3_QKV.items():
+                if f"{block}{sources[0]}.{kind}" in left:
+                    out[f"joint_blocks.{n}.{dst}.{kind}"] = torch.cat([left.pop(f"{block}{s}.{kind}") for s in sources])
+            for src, dst in _SD3_BLOCK.items():
+                if f"{block}{src}.{kind}" in left:
+                    value = left.pop(f"{block}{src}.{kind}")
+                    # The last block's context modulation is a final-layer-style (shift, scale) pair.
+                    swap = n == last and src == "norm1_context.linear"
+                    out[f"joint_blocks.{n}.{dst}.{kind}"] = _swap_halves(value) if swap else value
+    if left:
+        raise AssertionError(f"sd3_to_sai left tensors unnamed: {sorted(left)}")
+    return out
+
+
+def save_sai_sd3(pipe: StableDiffusion3Pipeline, path: Path, *, all_in_one: bool = False) -> Path:
+    """An SD3 single file in Stability's layout: the MMDiT under `model.diffusion_model.`; `all_in_one` adds
+    the text encoders under `text_encoders.{clip_l,clip_g,t5xxl}.transformer.` (transformers' names) and the
+    VAE under `first_stage_model.` (LDM names), as sd3_medium_incl_clips_t5xxlfp16.safetensors holds them.
+    CLIP-L goes without its text projection: SD3 reads CLIP-L's pooled output unprojected (diffusers' loader
+    puts an identity there), so a pipe written this way should hold an identity projection itself."""
+    from tests.support.tiny_models import clip_to_ldm, vae_to_ldm
+
+    state = {"model.diffusion_model." + k: v for k, v in sd3_to_sai(pipe.transformer.state_dict()).items()}
+    if all_in_one:
+        clip_l = {k: v for k, v in pipe.text_encoder.state_dict().items() if k != "text_projection.weight"}
+        state |= clip_to_ldm(clip_l, "text_encoders.clip_l.transformer.")
+        state |= clip_to_ldm(pipe.text_encoder_2.state_dict(), "text_encoders.clip_g.transformer.")
+        state |= {"text_encoders.t5xxl.transformer." + k: v for k, v in pipe.text_encoder_3.state_dict().items()}
+        state |= vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
+    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
 def save_bfl_file(pipe: FluxPipeline, path: Path, prefix: str = "", drop: str | None = None) -> Path:
     state = {prefix + k: v.contiguous() for k, v in flux_to_bfl(pipe.transformer.state_dict()).items()}
     if drop is not None:
@@ -220,7 +302,8 @@ def save_all_in_one(pipe: FluxPipeline, path: Path, encoders: tuple[str, ...] = 
 
     state = {"model.diffusion_model." + k: v for k, v in flux_to_bfl(pipe.transformer.state_dict()).items()}
     if "clip_l" in encoders:
-        state |= clip_to_ldm(pipe.text_encoder.state_dict(), "text_encoders.clip_l.transformer.")
+        clip_l = {k: v for k, v in pipe.text_encoder.state_dict().items() if k != "text_projection.weight"}
+        state |= clip_to_ldm(clip_l, "text_encoders.clip_l.transformer.")
     if "t5xxl" in encoders:
         state |= {"text_encoders.t5xxl.transformer." + k: v for k, v in pipe.text_encoder_2.state_dict().items()}
     vae = vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
