@@ -228,9 +228,18 @@ def test_sd3_takes_two_clips_and_a_t5_from_the_library(tmp_path):
     for module in pipe.components.values():
         if hasattr(module, "eval"):
             module.eval()
+    # SD3 reads CLIP-L's pooled output unprojected (Stability's reference, ComfyUI, diffusers' single-file
+    # loader): the projection clip_l.safetensors holds (random here) takes no part.
+    projection = pipe.text_encoder.text_projection.weight
+    assert not torch.equal(projection, torch.eye(32))
+    with_file_projection = bare_image(StableDiffusion3Pipeline(**pipe.components), request,
+                                      negative_prompt=request.negative_prompt, guidance_scale=5.0)  # fmt: skip
+    with torch.no_grad():
+        projection.copy_(torch.eye(32))
     expected = bare_image(StableDiffusion3Pipeline(**pipe.components), request,
                           negative_prompt=request.negative_prompt, guidance_scale=5.0)  # fmt: skip
     assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, with_file_projection)
 
 
 def test_wrong_files_are_refused_naming_the_file(home, parts, tiny_sd15_single, tmp_path):

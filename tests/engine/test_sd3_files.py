@@ -21,6 +21,7 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.engine.test_model_families import bare_image
 from tests.support.tiny_components import save_ae, save_clip_l, save_t5
 from tests.support.tiny_dit import build_tiny_sd3, config_folder, save_pipeline, save_sai_sd3, sd3_to_sai
+from tests.support.tiny_models import clip_to_ldm
 
 # SD3 medium: no qk-norm, one attention per block. SD3.5 medium: qk-norm (RMS) and MMDiT-X's second
 # attention in block 0. CLIP-G wider than CLIP-L, as in the real models: diffusers tells them apart by width.
@@ -62,7 +63,10 @@ def test_a_stability_transformer_file_runs_with_library_encoders_and_vae(sd3, tm
     pipe = sd3["pipe"]
     paths = AppPaths.for_root(tmp_path / "home").ensure()
     library = Library(paths)
-    library.import_path(save_clip_l(pipe.text_encoder, tmp_path / "clip_l.safetensors"), "encoder")
+    # CLIP-L as Stability's repository holds it: no projection (SD3 reads it unprojected).
+    clip_l = {k: v for k, v in pipe.text_encoder.state_dict().items() if k != "text_projection.weight"}
+    save_file(clip_to_ldm(clip_l, ""), str(tmp_path / "clip_l.safetensors"))
+    library.import_path(tmp_path / "clip_l.safetensors", "encoder")
     library.import_path(save_clip_l(pipe.text_encoder_2, tmp_path / "clip_g.safetensors"), "encoder")
     library.import_path(save_t5(pipe.text_encoder_3, tmp_path / "t5xxl.safetensors"), "encoder")
     library.import_path(save_ae(pipe.vae, tmp_path / "sd3-vae.safetensors"), "vae")

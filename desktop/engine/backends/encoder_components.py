@@ -134,7 +134,11 @@ def assemble(
     index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
     parts: dict[str, Any] = {"transformer": transformer, **tokenizers}
     for slot, (component, info) in chosen.items():
-        parts[slot] = load_encoder(config / slot, index[slot][1], component, info, dtype=dtype)
+        # SD3 reads CLIP-L's pooled output unprojected (Stability's reference and ComfyUI; diffusers' single-file
+        # loader puts an identity there): a CLIP-L file's own projection, when it has one, is not SD3's.
+        unprojected = index.get("_class_name") == "StableDiffusion3Pipeline" and slot == "text_encoder"
+        parts[slot] = load_encoder(config / slot, index[slot][1], component, info, dtype=dtype,
+                                   unprojected=unprojected)  # fmt: skip
     parts["vae"] = load_vae(config / "vae", vae, model_name=model_name, dtype=dtype, convert_ldm=convert_ldm)
     scheduler_class = getattr(diffusers, index["scheduler"][1])
     parts["scheduler"] = scheduler_class.from_pretrained(str(config), subfolder="scheduler", local_files_only=True)
@@ -146,8 +150,11 @@ def assemble(
     return pipe
 
 
-def load_encoder(config: Path, class_name: str, component: Component, info: EncoderInfo, *, dtype: Any) -> Any:
-    """One encoder model of `class_name` from its config folder and the component's tensors (strict)."""
+def load_encoder(
+    config: Path, class_name: str, component: Component, info: EncoderInfo, *, dtype: Any, unprojected: bool = False
+) -> Any:
+    """One encoder model of `class_name` from its config folder and the component's tensors (strict);
+    `unprojected`: a CLIPTextModelWithProjection whose projection is the identity, whatever the file holds."""
     import torch
     import transformers
     from accelerate import init_empty_weights
@@ -175,6 +182,8 @@ def load_encoder(config: Path, class_name: str, component: Component, info: Enco
     for key in _HARMLESS:
         if key not in own:
             state.pop(key, None)
+    if unprojected and "text_projection.weight" in own:
+        state["text_projection.weight"] = torch.eye(own["text_projection.weight"].shape[0])
     state = {key: value for key, value in state.items() if key in own or not key.endswith("position_ids")}
     made = qwen_encoders.fill_unused(model, state, info, own, dtype)
     missing = sorted(set(own) - set(state) - {"encoder.embed_tokens.weight"} - _buffers(model) - made)
