@@ -96,6 +96,7 @@ def klein(tmp_path_factory):
     pipe.save_pretrained(str(folder), safe_serialization=True)
     bfl = flux2_to_bfl(pipe.transformer.state_dict())
     return {
+        "pipe": pipe,
         "transformer": pipe.transformer,
         "folder": folder,
         # BFL's names under ComfyUI's prefix, under a name that says nothing true.
@@ -187,9 +188,9 @@ def test_a_flux2_file_without_text_encoders_is_refused_naming_what_to_supply(pat
         run(make_backend(paths), request_for(klein["bfl"], model_config=str(klein["folder"])))
 
 
-def test_a_flux2_file_with_library_text_encoders_is_refused_naming_the_folder_it_needs(paths, klein):
-    # CLIP and T5 files from the text-encoder library serve Flux.1, SD3 and Chroma; Flux.2's LLM encoder comes
-    # from a folder. Refused before the transformer loads, not as a confusing missing-folder error.
+def test_a_klein_file_with_a_clip_from_the_library_is_refused_naming_the_qwen3_it_needs(paths, klein):
+    # Klein takes its Qwen3 from the text-encoder library; a CLIP there is refused before the transformer
+    # loads, naming the slot and what fits it.
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from desktop.engine.library.index import Library
@@ -199,8 +200,46 @@ def test_a_flux2_file_with_library_text_encoders_is_refused_naming_the_folder_it
                                         num_hidden_layers=2, vocab_size=1000))  # fmt: skip
     Library(paths).import_path(save_clip_l(clip, klein["tmp"] / "clip_l.safetensors"), "encoder")
     request = request_for(klein["bfl"], model_config=str(klein["folder"]), text_encoders="clip_l", vae="")
-    with pytest.raises(ModelError, match=r"flux1-dev\.safetensors is a Flux\.2 .*--text-encoders FOLDER"):
+    with pytest.raises(ModelError, match=r"flux1-dev\.safetensors needs a Qwen3 \(width 16\) text encoder for its "
+                                         r"text_encoder .*chosen: clip_l \(CLIP"):  # fmt: skip
         run(make_backend(paths), request)
+
+
+def test_a_klein_file_runs_with_its_qwen3_and_flux2_vae_from_the_library(paths, klein):
+    """ComfyUI's Klein files: the transformer, qwen_3_4b.safetensors (`model.*` names, its lm_head tied to the
+    embedding and left out) and flux2-vae.safetensors (BFL's names), or a VAE in diffusers' names."""
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_flux2 import flux2_vae_to_bfl
+
+    pipe, tmp = klein["pipe"], klein["tmp"]
+    library = Library(paths)
+    encoder = {k: v.contiguous() for k, v in pipe.text_encoder.state_dict().items() if k != "lm_head.weight"}
+    save_file(encoder, str(tmp / "qwen_3_4b.safetensors"))
+    assert library.import_path(tmp / "qwen_3_4b.safetensors", "encoder").family == "qwen3"
+    save_file(flux2_vae_to_bfl(pipe.vae), str(tmp / "flux2-vae.safetensors"))
+    diffusers_names = {k: v.contiguous() for k, v in pipe.vae.state_dict().items() if "num_batches" not in k}
+    save_file(diffusers_names, str(tmp / "flux2-vae-diffusers.safetensors"))
+    for file in ("flux2-vae.safetensors", "flux2-vae-diffusers.safetensors"):
+        record = library.import_path(tmp / file, "vae")
+        assert record.shown_architecture.startswith("Flux.2 VAE"), record.shown_architecture
+    # The whole diffusers folder as --config: its configs, and its tokenizer (the tiny one).
+    request = request_for(klein["bfl"], steps=2, cfg_scale=4.0, negative_prompt="", model_config=str(klein["folder"]),
+                          text_encoders="qwen_3_4b", vae="flux2-vae")  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    expected = klein_expected(klein["folder"], request, is_distilled=False)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    other, _ = run(make_backend(paths), replace(request, vae="flux2-vae-diffusers"))
+    assert np.array_equal(pixels(other.images[0]), expected)
+    # An SD3 / Flux.1 VAE is refused by name: Flux.2 works in 32 latent channels (4 in the tiny model).
+    from tests.support.tiny_components import save_ae
+    from tests.support.tiny_dit import _vae
+
+    library.import_path(save_ae(_vae(16, 0.0, 1.0), tmp / "ae.safetensors"), "vae")
+    with pytest.raises(ModelError, match=r"'ae' \(ae\.safetensors\) is a SD3 / Flux VAE with 16 latent channels; "
+                                         r".*flux2-vae\.safetensors"):  # fmt: skip
+        run(make_backend(paths), replace(request, vae="ae"))
 
 
 def test_a_flux2_file_missing_its_last_block_names_the_file(paths, klein):

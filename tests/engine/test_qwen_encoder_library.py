@@ -257,6 +257,8 @@ def test_an_edit_model_refuses_the_text_only_qwen25_vl(qwen, tmp_path):
 @pytest.mark.parametrize(("folder", "class_name", "parameters"), [
     ("qwen-image", "Qwen2_5_VLForConditionalGeneration", 8_292_166_656),  # Qwen2.5-VL 7B, vision tower included
     ("z-image", "Qwen3Model", 4_022_468_096),  # Qwen3 4B (its lm_head is the embedding)
+    ("flux2-klein-4b", "Qwen3ForCausalLM", 4_022_468_096),  # the same Qwen3 4B, lm_head tied
+    ("flux2-klein-9b", "Qwen3ForCausalLM", 8_190_735_360),  # Qwen3 8B, its own lm_head
 ])  # fmt: skip
 def test_shipped_text_encoder_configs_have_the_published_sizes(folder, class_name, parameters):
     import transformers
@@ -268,6 +270,7 @@ def test_shipped_text_encoder_configs_have_the_published_sizes(folder, class_nam
     config = cls.config_class.from_pretrained(str(Resources.default().config_folder(folder) / "text_encoder"))
     with init_empty_weights():
         model = cls(config)
+    model.tie_weights()  # a tied head counts once, as in the published figures
     assert sum(p.numel() for p in model.parameters()) == parameters
 
 

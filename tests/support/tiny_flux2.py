@@ -181,6 +181,20 @@ def flux2_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def flux2_vae_to_bfl(vae: AutoencoderKLFlux2) -> dict[str, torch.Tensor]:
+    """AutoencoderKLFlux2's tensors in Black Forest Labs' names (flux2-vae.safetensors): the LDM names, with
+    the quant convs inside the encoder and decoder and the latents' batch norm `bn` (its statistics only)."""
+    from tests.support.tiny_models import vae_to_ldm
+
+    state = {k: v for k, v in vae.state_dict().items() if not k.startswith("bn.")}
+    out = {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(state, vae.config).items()}
+    for outer, inner in (("quant_conv.", "encoder.quant_conv."), ("post_quant_conv.", "decoder.post_quant_conv.")):
+        for key in [key for key in out if key.startswith(outer)]:
+            out[inner + key[len(outer):]] = out.pop(key)
+    out |= {"bn.running_mean": vae.bn.running_mean, "bn.running_var": vae.bn.running_var}
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
 def save_transformer_file(
     state: dict[str, torch.Tensor], path: Path, prefix: str = "", drop: str | None = None
 ) -> Path:

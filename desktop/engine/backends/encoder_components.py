@@ -36,9 +36,11 @@ from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
 from desktop.engine.library.vae import inspect_vae
 
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
-                    "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3"}  # fmt: skip
+                    "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3",
+                    "Qwen3ForCausalLM": "qwen3"}  # fmt: skip
 _WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
-           ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B"}  # fmt: skip
+           ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B",
+           ("qwen3", 4096): "a Qwen3 8B"}  # fmt: skip
 _KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3"}
 # Tensors component files carry that the model class does not hold (a CLIP-L's projection and logit scale
 # when it serves Flux's un-projected slot; buffers older exports saved).
@@ -163,7 +165,7 @@ def load_encoder(
     settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
     state = _read_state(component, info, settings, dtype)
     if info.kind in qwen_encoders.KINDS:
-        state = qwen_encoders.model_names(state, info.kind)
+        state = qwen_encoders.model_names(state, info.kind, class_name)
     if info.kind == "t5":
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)
@@ -224,7 +226,8 @@ def load_encoder(
 
 
 def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, convert_ldm: ConvertLdm) -> Any:
-    """The AutoencoderKL of `config` with the chosen library VAE's weights (BFL/LDM or diffusers names)."""
+    """The VAE of `config` (AutoencoderKL, or Flux.2's AutoencoderKLFlux2 as its config names) with the chosen
+    library VAE's weights (BFL/LDM or diffusers names)."""
     import diffusers
     from safetensors.torch import load_file
 
@@ -233,17 +236,24 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
     if kind != "safetensors":
         raise ModelError(f"{label} is not a safetensors file ({kind}).")
     info = inspect_vae(read_safetensors_header(vae.path, name=label), label)
-    model = diffusers.AutoencoderKL.from_config(diffusers.AutoencoderKL.load_config(str(config)))
+    settings = diffusers.AutoencoderKL.load_config(str(config))
+    flux2 = settings.get("_class_name") == "AutoencoderKLFlux2"
+    model = (diffusers.AutoencoderKLFlux2 if flux2 else diffusers.AutoencoderKL).from_config(settings)
     wanted = model.config.latent_channels
     if info.latent_channels != wanted:
+        which = "Flux.2: flux2-vae.safetensors" if flux2 else "Flux.1: ae.safetensors"
         raise ModelError(
             f"{label} is a {info.label} with {info.latent_channels} latent channels; {model_name} works in "
-            f"{wanted}. Pick the VAE made for this model (Flux.1: ae.safetensors)."
+            f"{wanted}. Pick the VAE made for this model ({which})."
         )
     tensors = load_file(str(vae.path))
     state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
     if info.layout == "ldm":
-        state = convert_ldm(state, dict(model.config))
+        extra = _flux2_ldm_parts(state) if flux2 else {}
+        state = convert_ldm(state, dict(model.config)) | extra
+    if flux2 and "bn.num_batches_tracked" not in state:
+        # A counter BatchNorm keeps for training only; files leave it out.
+        state["bn.num_batches_tracked"] = model.bn.num_batches_tracked
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -251,6 +261,17 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
         raise ModelError(f"{label} does not fit {model_name}: {first[1 if len(first) > 1 else 0][:200]}") from None
     # Cast only when needed: diffusers' to(dtype) warns about modules kept in float32 even when none are.
     return (model if model.dtype == dtype else model.to(dtype)).eval()
+
+
+def _flux2_ldm_parts(state: dict[str, Any]) -> dict[str, Any]:
+    """Black Forest Labs' Flux.2 VAE (flux2-vae.safetensors) in LDM names keeps its quant convs inside the
+    encoder and decoder and adds the latents' batch norm `bn`: the quant convs are moved (in `state`) to the
+    top-level names the LDM converter reads; `bn`'s statistics are taken out and returned, as diffusers
+    names them too."""
+    for inner, outer in (("encoder.quant_conv.", "quant_conv."), ("decoder.post_quant_conv.", "post_quant_conv.")):
+        for key in [key for key in state if key.startswith(inner)]:
+            state[outer + key[len(inner):]] = state.pop(key)
+    return {key: state.pop(key) for key in [key for key in state if key.startswith("bn.")]}
 
 
 def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:

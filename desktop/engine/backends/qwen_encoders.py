@@ -1,4 +1,5 @@
-"""A transformer-only Qwen-Image / Z-Image file run with its LLM text encoder and VAE from the library.
+"""A transformer-only Qwen-Image / Z-Image / Flux.2 Klein file run with its LLM text encoder and VAE from the
+library.
 
 The encoder file (library/encoder_qwen.py says what it holds) is built into transformers' class from the
 model's config folder (resources/configs/<family>/text_encoder, or --config) and loaded strictly, as
@@ -18,25 +19,33 @@ from typing import Any
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE
 from desktop.engine.library.encoder import EncoderInfo
 from desktop.engine.library.encoder_qwen import QWEN3, QWEN25_VL
 
 KINDS = (QWEN25_VL, QWEN3)
+# Flux.2 Klein's text-encoder class (Z-Image's is Qwen3Model): the same Qwen3 files serve both.
+CAUSAL_QWEN3 = "Qwen3ForCausalLM"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 _PROCESSOR_CONFIG = "preprocessor_config.json"
 # Where each family's tokenizer can be found, for the message when a given folder holds none.
 _TOKENIZER_SOURCES = {
     QWEN_IMAGE: "the tokenizer/ folder of Qwen/Qwen-Image (or the Qwen/Qwen2.5-VL-7B-Instruct repository)",
     "z-image": "the tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo (or the Qwen/Qwen3-4B repository)",
+    FLUX2: "the tokenizer/ folder of black-forest-labs/FLUX.2-klein-4B (or the Qwen/Qwen3-4B repository)",
 }
 # Marble's own copy under resources/tokenizers/ (its LICENSE-NOTE says what it is and where it comes from).
 SHIPPED_FOLDER = "qwen"
 
 
-def model_names(state: dict[str, Any], kind: str) -> dict[str, Any]:
-    """A file's tensors under the names of transformers' class: Qwen3Model holds no `model.` level (and no
-    lm_head); Qwen2_5_VLForConditionalGeneration holds `model.language_model.*` and `model.visual.*`."""
+def model_names(state: dict[str, Any], kind: str, class_name: str = "") -> dict[str, Any]:
+    """A file's tensors under the names of transformers' class `class_name`: Qwen3Model (Z-Image) holds no
+    `model.` level (and no lm_head), Qwen3ForCausalLM (Flux.2 Klein) both; Qwen2_5_VLForConditionalGeneration
+    holds `model.language_model.*` and `model.visual.*`."""
+    if kind == QWEN3 and class_name == CAUSAL_QWEN3:
+        return {key if key == "lm_head.weight" or key.startswith("model.") else f"model.{key}": value
+                for key, value in state.items()}  # fmt: skip
     if kind == QWEN3:
         return {key.removeprefix("model."): value for key, value in state.items() if key != "lm_head.weight"}
     renamed = {}
@@ -52,16 +61,16 @@ def model_names(state: dict[str, Any], kind: str) -> dict[str, Any]:
 def fill_unused(model: Any, state: dict[str, Any], info: EncoderInfo, own: dict[str, Any], dtype: Any) -> set[str]:
     """The model's tensors a file may leave out, made here; returns their names.
 
-    Qwen-Image reads the hidden states, never the logits: a missing lm_head shares the embedding (no
-    memory). A text-only file has no vision tower, which only Qwen-Image-Edit uses (refused there, before
-    this): it is made as zeros so the model is whole."""
+    Qwen-Image and Flux.2 Klein read the hidden states, never the logits: a missing lm_head shares the
+    embedding (no memory). A text-only file has no vision tower, which only Qwen-Image-Edit uses (refused
+    there, before this): it is made as zeros so the model is whole."""
     import torch
 
     made: set[str] = set()
-    if info.kind != QWEN25_VL:
-        return made
     if "lm_head.weight" not in state and "lm_head.weight" in own:
         made.add("lm_head.weight")
+    if info.kind != QWEN25_VL:
+        return made
     if not any(key.startswith("model.visual.") for key in state):
         visual = model.model.visual
         visual.to(dtype)  # still on the meta device: the zeros are then made at the job's dtype, not float32
@@ -76,7 +85,7 @@ def fill_unused(model: Any, state: dict[str, Any], info: EncoderInfo, own: dict[
 
 def tie_head(model: Any, made: set[str]) -> None:
     if "lm_head.weight" in made:
-        model.lm_head.weight = model.model.language_model.embed_tokens.weight
+        model.lm_head.weight = model.get_input_embeddings().weight
 
 
 def check_vision(info: DitInfo, encoder: EncoderInfo, shown: str, *, name: str) -> None:
@@ -200,7 +209,9 @@ def assemble(
         for component, encoder in chosen.values():
             check_vision(info, encoder, component.shown, name=name)
     if parts.vae is None:
-        which = "qwen_image_vae.safetensors" if info.family == QWEN_IMAGE else "the Flux VAE, ae.safetensors"
+        which = {QWEN_IMAGE: "qwen_image_vae.safetensors", FLUX2: "the Flux.2 VAE, flux2-vae.safetensors"}.get(
+            info.family, "the Flux VAE, ae.safetensors"
+        )
         raise ModelError(
             f"{name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; for "
             f"{info.label}: {which})."
@@ -220,6 +231,9 @@ def assemble(
     pipeline_parts["scheduler"] = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
         str(config / "scheduler"), local_files_only=True
     )
+    if info.family == FLUX2:
+        # A single file cannot say whether it is step-distilled: the CFG scale decides (families_flux2.py).
+        return diffusers.Flux2KleinPipeline(transformer=load_transformer(), is_distilled=False, **pipeline_parts)
     cls = qwen_edit.pipeline_class(info) if edit else qwen_zimage.pipeline_class(info.family)
     return cls(transformer=load_transformer(), **pipeline_parts)
 

@@ -16,8 +16,9 @@ from desktop.engine.errors import ModelError
 
 QWEN25_VL = "qwen2.5-vl"
 QWEN3 = "qwen3"
-# The published widths: Qwen2.5-VL 7B 3584 (Qwen-Image), Qwen3 4B 2560 (Z-Image).
-QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B"}
+# The published widths: Qwen2.5-VL 7B 3584 (Qwen-Image), Qwen3 4B 2560 (Z-Image, Flux.2 Klein 4B), Qwen3 8B
+# 4096 (Flux.2 Klein 9B).
+QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B", (QWEN3, 4096): "Qwen3 8B"}
 # Where the language model's layers sit: ComfyUI / older transformers, transformers >= 4.52, Qwen3Model alone.
 _BASES = ("model.language_model.", "model.", "")
 _ATTENTION = re.compile(r"layers\.(\d+)\.self_attn\.(q_proj\.weight|q_proj\.bias|q_norm\.weight)$")

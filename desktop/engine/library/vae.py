@@ -37,17 +37,21 @@ class VaeInfo:
     layout: str  # "ldm" (original encoder.down.0... names) | "diffusers" (encoder.down_blocks.0...) | WAN_LAYOUTS
     prefix: str  # "first_stage_model." | "vae." | ""
     latent_channels: int | None
+    # Flux.2's VAE: the same blocks plus a batch norm (`bn`) over its patchified latents.
+    flux2: bool = False
 
     @property
     def label(self) -> str:
         if self.layout in WAN_LAYOUTS:
             return "Qwen-Image VAE (Wan 2.1 design)"
+        if self.flux2:
+            return "Flux.2 VAE"
         return _LATENT_LABELS.get(self.latent_channels or 0, "VAE")
 
     @property
     def family(self) -> str | None:
         # One architecture for SD 1.x, 2.x and SDXL: "sd" names that whole group.
-        if self.layout in WAN_LAYOUTS:
+        if self.layout in WAN_LAYOUTS or self.flux2:
             return None
         return "sd" if self.latent_channels == SUPPORTED_LATENT_CHANNELS else None
 
@@ -63,7 +67,7 @@ def inspect_vae(header: SafetensorsHeader, name: str = "this file") -> VaeInfo:
     for layout, probe in (("ldm", _LDM_PROBE), ("diffusers", _DIFFUSERS_PROBE)):
         for prefix in _LDM_PREFIXES:
             if prefix + probe in names and _has_decoder(names, prefix):
-                return VaeInfo(layout, prefix, _latent_channels(header, prefix))
+                return VaeInfo(layout, prefix, _latent_channels(header, prefix), f"{prefix}bn.running_mean" in names)
     for layout, (encoder, decoder, latent) in _WAN_PROBES.items():
         for prefix in _LDM_PREFIXES:
             if prefix + encoder in names and prefix + decoder in names and prefix + latent in names:
