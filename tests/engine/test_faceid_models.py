@@ -16,10 +16,11 @@ from PIL import Image
 
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.backends.face_analysis import FaceAnalyser
-from desktop.engine.errors import ModelError
+from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
+from desktop.engine.request import ControlUnit
 from desktop.engine.resources import Resources
 from tests.engine.test_faceid import StandInAnalyser, _face
 from tests.engine.test_ip_adapter import image_of, request_for, unit
@@ -98,6 +99,14 @@ def test_missing_or_unusable_face_models_are_named(home, models, tiny_sd15_dir):
         image_of(_backend(home), request)
     library.import_path(str(models["no_landmarks"]), "control")
     with pytest.raises(ModelError, match=r"det_500m_nokps\.onnx finds faces without their five landmarks"):
+        image_of(_backend(home), request)
+
+
+def test_a_face_model_named_as_a_units_control_model_is_refused_saying_what_it_is(home, models, tiny_sd15_dir):
+    Library(home).import_path(str(models["detector"]), "control")
+    request = request_for(tiny_sd15_dir, controls=(ControlUnit(model="det_10g", image=str(models["face"])),))
+    with pytest.raises(InvalidRequest, match=r"'det_10g' is a face model for FaceID IP-Adapters, not a control "
+                                             r"model: a FaceID unit .*Pick a ControlNet or T2I-Adapter"):  # fmt: skip
         image_of(_backend(home), request)
 
 

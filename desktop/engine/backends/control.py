@@ -147,7 +147,15 @@ class ControlModels:
         return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
 
     def _load(self, unit: ControlUnit, base: Any) -> tuple[Any, ControlInfo, tuple[str, str]]:
-        entry = self._catalog.get(unit.model.strip())
+        name = unit.model.strip()
+        if self._catalog.find(name) is None and (self._catalog.folder / f"{name}.onnx").is_file():
+            # insightface's face detector or recognizer, imported for FaceID, named where a ControlNet belongs.
+            raise InvalidRequest(
+                f"{name!r} is a face model for FaceID IP-Adapters, not a control model: a FaceID unit (its adapter "
+                "with the ip-adapter preprocessor) finds the library's face models by itself. Pick a ControlNet or "
+                "T2I-Adapter for this unit."
+            )
+        entry = self._catalog.get(name)
         stat = entry.path.stat()
         identity = _Identity(str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
         cached = self._loaded.get(identity)
