@@ -498,3 +498,40 @@ def test_a_recognizer_giving_a_zero_vector_is_refused():
     analyser = fa.FaceAnalyser(no_recognizer, lambda image: [torch.zeros(1, 512)])
     with pytest.raises(ModelError, match="zero or non-finite"):
         analyser.identity(Image.new("RGB", (112, 112)), face_at(TEMPLATE))
+
+
+class CloseUpDetector(torch.nn.Module):
+    """Finds its one planted face only at input sizes up to `finds_at` (as SCRFD misses a face that fills a
+    close-up at 640 px and finds it smaller); records every size it was shown."""
+
+    def __init__(self, finds_at: int, box: np.ndarray, landmarks: np.ndarray, picture_side: int) -> None:
+        super().__init__()
+        self.finds_at, self.box, self.landmarks, self.side = finds_at, box, landmarks, picture_side
+        self.sizes: list[int] = []
+
+    def forward(self, image: torch.Tensor) -> list[torch.Tensor]:
+        size = int(image.shape[-1])
+        self.sizes.append(size)
+        scale = size / self.side
+        plants = [(32, 4, 4, 0, self.box * scale, self.landmarks * scale, 0.9)] if size <= self.finds_at else []
+        return [torch.from_numpy(o.astype(np.float32)) for o in planted_outputs(size, plants)]
+
+
+def test_no_face_at_640_retries_64_px_smaller_down_to_320_as_comfyui_does():
+    box, points = np.array([100.0, 80.0, 700.0, 760.0]), apply(similarity(0, 5.0, 150, 120), TEMPLATE)
+    picture = Image.new("RGB", (800, 800))
+    detector = CloseUpDetector(512, box, points, 800)
+    faces = fa.FaceAnalyser(detector, no_recognizer, retry_smaller=True).detect(picture)
+    assert detector.sizes == [640, 576, 512]
+    np.testing.assert_allclose(faces[0].box, box, atol=1e-2)  # in the picture's pixels, whatever the size
+    np.testing.assert_allclose(faces[0].landmarks, points, atol=1e-2)
+    # Nowhere: every size down to 320 is tried, then the error.
+    nowhere = CloseUpDetector(0, box, points, 800)
+    with pytest.raises(InvalidRequest, match="no face found"):
+        fa.FaceAnalyser(nowhere, no_recognizer, retry_smaller=True).detect(picture)
+    assert nowhere.sizes == [640, 576, 512, 448, 384, 320]
+    # A detector whose graph fixes its size is shown that size only.
+    fixed = CloseUpDetector(512, box, points, 800)
+    with pytest.raises(InvalidRequest, match="no face found"):
+        fa.FaceAnalyser(fixed, no_recognizer).detect(picture)
+    assert fixed.sizes == [640]

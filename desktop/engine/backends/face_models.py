@@ -72,6 +72,7 @@ class LibraryFaceModels:
             load_onnx_network(recognizer_path, recognizer_path.name),
             detector_mean=detector.input_mean, detector_std=detector.input_std,
             recognizer_mean=recognizer.input_mean, recognizer_std=recognizer.input_std, detector_size=width,
+            retry_smaller=detector.input_size is None,
         )  # fmt: skip
         self._analyser = _NamedAnalyser(analyser, detector_path.name, recognizer_path.name)
         self._listing = listing
