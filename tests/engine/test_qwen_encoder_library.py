@@ -359,6 +359,21 @@ def test_an_edit_model_runs_with_the_full_encoder_and_the_processor_from_the_tok
                           vae="qwen_vae", tokenizer_folder=str(folder), model_config=str(folder))  # fmt: skip
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare(QwenImageEditPipeline, folder, request, image=source))
+    # Its scaled-fp8 file, the vision tower's layers kept in fp8 too: the dequantised encoder's edit.
+    import shutil
+
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    file, exact, _ = scaled_fp8(comfy_qwen_state(pipe.text_encoder))
+    save_file(file, str(tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"))
+    library.import_path(tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors", "encoder")
+    backend = make_backend(paths)
+    batch, _ = run(backend, replace(request, text_encoders="qwen_2.5_vl_7b_fp8_scaled"))
+    assert hasattr(backend._pipe.text_encoder.model.visual.blocks[0].mlp.up_proj, "fp8_bits")
+    dequantised = shutil.copytree(folder, tmp_path / "qwen-edit-dequantised")
+    shutil.rmtree(dequantised / "text_encoder")
+    qwen25_with(pipe.text_encoder, exact).save_pretrained(str(dequantised / "text_encoder"))
+    assert np.array_equal(pixels(batch.images[0]), bare(QwenImageEditPipeline, dequantised, request, image=source))
     # A tokenizer folder without the image processor is refused, saying which file it lacks.
     tokenizer_only = save_tokenizer_folder(pipe, tmp_path / "tokenizer-only")
     with pytest.raises(ModelError, match=r"needs the Qwen2VL image processor too, and .*tokenizer-only holds no "
@@ -411,10 +426,7 @@ def test_a_scaled_fp8_qwen25_vl_stays_in_fp8_and_draws_its_dequantised_weights(q
         assert torch.equal(stored_fp8(layer).view(torch.uint8), file[key].view(torch.uint8))
 
     def expected(weights):
-        reference = type(qwen["pipe"].text_encoder)(qwen["pipe"].text_encoder.config).eval()
-        names = {("model.language_model." + k.removeprefix("model.") if k.startswith("model.") else
-                  "model." + k if k.startswith("visual.") else k): v for k, v in weights.items()}  # fmt: skip
-        reference.load_state_dict(names)
+        reference = qwen25_with(qwen["pipe"].text_encoder, weights)
         pipe = QwenImagePipeline.from_pretrained(str(qwen["folder"]), text_encoder=reference, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
         image = pipe(prompt=request.prompt, negative_prompt=request.negative_prompt or " ",
@@ -425,3 +437,12 @@ def test_a_scaled_fp8_qwen25_vl_stays_in_fp8_and_draws_its_dequantised_weights(q
     want = expected(exact)
     assert np.array_equal(pixels(batch.images[0]), want)
     assert not np.array_equal(want, expected(unscaled))  # the scales mattered
+
+
+def qwen25_with(encoder, weights):
+    """A Qwen2_5_VLForConditionalGeneration like `encoder` holding `weights` (ComfyUI's names)."""
+    reference = type(encoder)(encoder.config).eval()
+    names = {("model.language_model." + k.removeprefix("model.") if k.startswith("model.") else
+              "model." + k if k.startswith("visual.") else k): v for k, v in weights.items()}  # fmt: skip
+    reference.load_state_dict(names)
+    return reference
