@@ -43,7 +43,20 @@ def tiny_qwen25_vl():
     return encoder, "Qwen2_5_VLForConditionalGeneration", comfy_qwen_state(encoder)
 
 
-BUILDERS = {"t5": tiny_t5, "qwen3": tiny_qwen3, "qwen2.5-vl": tiny_qwen25_vl}
+BUILDERS = {"t5": tiny_t5, "t5-rows": tiny_t5, "qwen3": tiny_qwen3, "qwen2.5-vl": tiny_qwen25_vl}
+
+
+def row_scaled_fp8(state):
+    """As scaled_fp8, with one scale per output row (a 1-D `scale_weight`), which ComfyUI's loader also reads."""
+    file = {}
+    for key, value in state.items():
+        if value.ndim == 2 and key.endswith(".weight"):
+            scale = value.abs().amax(dim=1).float() / torch.finfo(torch.float8_e4m3fn).max
+            file[key] = (value.float() / scale[:, None]).to(torch.float8_e4m3fn)
+            file[key.removesuffix("weight") + "scale_weight"] = scale
+        else:
+            file[key] = value.contiguous()
+    return file | {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
 
 
 @pytest.fixture(scope="module", params=list(BUILDERS))
@@ -52,7 +65,7 @@ def scaled_file(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"scaled-{request.param}")
     model, class_name, state = BUILDERS[request.param]()
     model.config.save_pretrained(tmp / "config")
-    file, _, _ = scaled_fp8(state)
+    file = row_scaled_fp8(state) if request.param == "t5-rows" else scaled_fp8(state)[0]
     save_file(file, str(tmp / "encoder_fp8_scaled.safetensors"))
     return request.param, class_name, tmp / "config", Component("enc", tmp / "encoder_fp8_scaled.safetensors"), file
 
@@ -105,16 +118,19 @@ def test_scaled_fp8_encoders_stay_in_fp8_and_compute_the_dequantised_numbers(sca
         assert stored.dtype == torch.float8_e4m3fn
         assert torch.equal(stored.view(torch.uint8), file[_file_key(kind, name)].view(torch.uint8))
         scale = file[_file_key(kind, name).removesuffix("weight") + "scale_weight"]
-        assert torch.equal(layer.scale_bits.view(torch.float32), scale.float())
-    if kind == "t5":
+        assert torch.equal(layer.scale_bits.view(torch.float32).flatten(), scale.float().flatten())
+    if kind.startswith("t5"):
         wo = model.encoder.block[0].layer[1].DenseReluDense.wo
         assert type(wo) is torch.nn.Linear
         assert wo.weight.dtype == (torch.float32 if dtype == torch.float16 else dtype)  # as transformers keeps it
 
-    # Memory: one byte a packed weight and four for its scale, in place of the dtype's bytes a weight.
+    # Memory: one byte a packed weight and four a scale (one a layer, or one a row), in place of the dtype's
+    # bytes a weight.
     weights = sum(plain[name].weight.numel() for name in layers)
+    scales = sum(layer.scale_bits.numel() for layer in layers.values())
+    assert scales == (weights // 32 if kind == "t5-rows" else len(layers))  # the tiny T5's rows are 32 wide
     size = torch.finfo(dtype).bits // 8
-    assert parameter_bytes(model) == parameter_bytes(reference) - weights * (size - 1) + 4 * len(layers)
+    assert parameter_bytes(model) == parameter_bytes(reference) - weights * (size - 1) + 4 * scales
 
 
 def test_the_fp8_weights_and_scales_survive_the_pipelines_to_calls(scaled_file):
@@ -133,7 +149,7 @@ def test_the_fp8_weights_and_scales_survive_the_pipelines_to_calls(scaled_file):
 
 def _file_key(kind, name):
     """The file's name of a loaded layer's weight (comfy_qwen_state's names)."""
-    if kind == "t5":
+    if kind.startswith("t5"):
         return f"{name}.weight"
     if name.startswith("model.language_model."):
         return "model." + name.removeprefix("model.language_model.") + ".weight"
