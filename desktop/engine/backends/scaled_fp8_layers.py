@@ -1,10 +1,12 @@
 """ComfyUI's scaled-fp8 text encoders kept in fp8 in memory: each linear layer holds the file's fp8 weight and
 its float32 scale and computes `(weight.float() * scale).to(dtype)` when it runs.
 
-Why: `t5xxl_fp8_e4m3fn_scaled` is 4.9 GB, dequantised at load 9.5 GB in bf16 and 19 GB in float32; Qwen's
-`qwen_2.5_vl_7b_fp8_scaled` about 9 GB against 16.6 GB in bf16. Plain fp8 encoders stay small through diffusers'
-layer-wise casting, which casts a layer up without a scale; GGUF encoders keep their blocks (gguf_layers.py).
-This does the same for the scaled files, with the packed-layer swap gguf_layers.keep_packed makes.
+Why: `t5xxl_fp8_e4m3fn_scaled` is 4.9 GB, dequantised at load 9.5 GB in bf16 and 19 GB in float32 (kept so,
+about 5.9 and 8.2 GB: its `wo` layers, 1.0B of its 4.8B weights, and the embedding stay at the dtype, below);
+Qwen2.5-VL 7B's 8.3B weights are 16.6 GB in bf16, about half that in fp8. Plain fp8 encoders stay small through
+diffusers' layer-wise casting, which casts a layer up without a scale; GGUF encoders keep their blocks
+(gguf_layers.py). This does the same for the scaled files, with the packed-layer swap gguf_layers.keep_packed
+makes.
 
 Same numbers as dequantising at load (quantised_weights.dequantise_scaled_fp8): the product is taken in
 float32 and rounded once to the activations' dtype, which is the job's dtype every layer here runs in, so the
@@ -18,7 +20,8 @@ layers only; LyCORIS files add to `weight`), never on T5 or Qwen, and a CLIP-L g
 Storage: the fp8 bytes (as uint8) and the scale's bits (as int32) are frozen parameters, not buffers and not
 float tensors. Integer tensors are left alone by `.to(dtype)` (a float8 or float32 tensor would be cast: the
 scale rounded to bf16 changes the numbers), and as parameters the offload hooks move them as weights
-(accelerate's sequential offload leaves a model's buffers on the GPU). `stored_fp8(layer)` views them back.
+(diffusers' sequential offload leaves the buffers of a text encoder, which holds no parameter of its own at
+its top level, on the GPU; GGUF blocks are buffers). `stored_fp8(layer)` views the fp8 weight back.
 
 Runs on the generation thread; torch is imported inside the functions.
 """
