@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 
+from desktop.engine.backends.scaled_fp8_layers import stored_fp8
 from desktop.engine.errors import ModelError
 from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.paths import AppPaths
@@ -162,7 +163,16 @@ def test_a_scaled_fp8_t5_loads_as_its_dequantised_weights(home, parts, mixed):
     record = Library(home).import_path(path, "encoder", name="t5_scaled")
     assert record.dtype.endswith("_SCALED") and "scaled" in record.shown_architecture, record.shown_architecture
     request = flux_request(parts["model"], parts, encoders="clip_l,t5_scaled")
-    batch, _ = run(make_backend(home), request)
+    backend = make_backend(home)
+    batch, _ = run(backend, request)
+    # Kept in fp8 (scaled_fp8_layers.py): every scaled linear layer but T5's `wo` holds the file's fp8 bytes.
+    t5 = backend._pipe.text_encoder_2
+    kept = {name: stored_fp8(module) for name, module in t5.named_modules() if stored_fp8(module) is not None}
+    scaled = {key.removesuffix(".weight") for key in exact if key.removesuffix("weight") + "scale_weight" in file
+              or key.removesuffix("weight") + "weight_scale" in file}  # fmt: skip
+    plain = ("shared", "relative_attention_bias", ".wo")  # embeddings and `wo`: dequantised at load
+    assert set(kept) == {name for name in scaled if not name.endswith(plain)} and kept
+    assert all(torch.equal(v.view(torch.uint8), file[f"{k}.weight"].view(torch.uint8)) for k, v in kept.items())
 
     def t5_with(weights):
         t5 = type(parts["pipe"].text_encoder_2)(parts["pipe"].text_encoder_2.config).eval()
@@ -189,7 +199,10 @@ def test_a_scaled_fp8_clip_l_loads_as_its_dequantised_weights(home, parts):
     record = Library(home).import_path(path, "encoder", name="clip_l_scaled")
     assert record.dtype == "F8_E4M3_SCALED" and record.family == "clip", (record.dtype, record.family)
     request = flux_request(parts["model"], parts, encoders="clip_l_scaled,t5xxl_fp16")
-    batch, _ = run(make_backend(home), request)
+    backend = make_backend(home)
+    batch, _ = run(backend, request)
+    # CLIP stays dequantised at load: Marble's LoRAs patch its nn.Linear layers.
+    assert not any(stored_fp8(module) is not None for module in backend._pipe.text_encoder.modules())
 
     def clip_with(weights):
         clip = type(parts["pipe"].text_encoder)(parts["pipe"].text_encoder.config).eval()

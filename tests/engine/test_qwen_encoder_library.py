@@ -150,7 +150,14 @@ def test_a_scaled_fp8_qwen3_loads_as_its_dequantised_weights(home, zimage):
     record = Library(home).import_path(path, "encoder")
     assert (record.dtype, record.family) == ("F8_E4M3_SCALED", "qwen3"), (record.dtype, record.family)
     request = z_request(zimage, encoders=record.name)
-    batch, _ = run(make_backend(home), request)
+    backend = make_backend(home)
+    batch, _ = run(backend, request)
+    # Kept in fp8 (scaled_fp8_layers.py): each layer's projections hold the file's fp8 bytes.
+    from desktop.engine.backends.scaled_fp8_layers import stored_fp8
+
+    q = stored_fp8(backend._pipe.text_encoder.layers[0].self_attn.q_proj)
+    assert q.dtype == torch.float8_e4m3fn
+    assert torch.equal(q.view(torch.uint8), file["model.layers.0.self_attn.q_proj.weight"].view(torch.uint8))
     expected = z_with_encoder(zimage, request, exact)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, z_with_encoder(zimage, request, unscaled))  # the scales mattered
@@ -355,6 +362,21 @@ def test_an_edit_model_runs_with_the_full_encoder_and_the_processor_from_the_tok
                           vae="qwen_vae", tokenizer_folder=str(folder), model_config=str(folder))  # fmt: skip
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare(QwenImageEditPipeline, folder, request, image=source))
+    # Its scaled-fp8 file, the vision tower's layers kept in fp8 too: the dequantised encoder's edit.
+    import shutil
+
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    file, exact, _ = scaled_fp8(comfy_qwen_state(pipe.text_encoder))
+    save_file(file, str(tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"))
+    library.import_path(tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors", "encoder")
+    backend = make_backend(paths)
+    batch, _ = run(backend, replace(request, text_encoders="qwen_2.5_vl_7b_fp8_scaled"))
+    assert hasattr(backend._pipe.text_encoder.model.visual.blocks[0].mlp.up_proj, "fp8_bits")
+    dequantised = shutil.copytree(folder, tmp_path / "qwen-edit-dequantised")
+    shutil.rmtree(dequantised / "text_encoder")
+    qwen25_with(pipe.text_encoder, exact).save_pretrained(str(dequantised / "text_encoder"))
+    assert np.array_equal(pixels(batch.images[0]), bare(QwenImageEditPipeline, dequantised, request, image=source))
     # A tokenizer folder without the image processor is refused, saying which file it lacks.
     tokenizer_only = save_tokenizer_folder(pipe, tmp_path / "tokenizer-only")
     with pytest.raises(ModelError, match=r"needs the Qwen2VL image processor too, and .*tokenizer-only holds no "
@@ -380,3 +402,50 @@ def test_a_config_folder_that_is_the_whole_diffusers_folder_serves_its_tokenizer
     request = z_request(zimage, tokenizer_folder=None, model_config=str(zimage["folder"]))
     batch, _ = run(make_backend(home), request)
     assert np.array_equal(pixels(batch.images[0]), z_expected(zimage, request))
+
+
+def test_a_scaled_fp8_qwen25_vl_stays_in_fp8_and_draws_its_dequantised_weights(qwen, tmp_path):
+    from diffusers import QwenImagePipeline
+
+    from desktop.engine.backends.scaled_fp8_layers import stored_fp8
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    file, exact, unscaled = scaled_fp8(comfy_qwen_state(qwen["pipe"].text_encoder))
+    path = tmp_path / "qwen_2.5_vl_7b_fp8_scaled.safetensors"
+    save_file(file, str(path))
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    record = library.import_path(path, "encoder")
+    assert (record.dtype, record.family) == ("F8_E4M3_SCALED", "qwen2.5-vl"), (record.dtype, record.family)
+    library.import_path(qwen["vae"], "vae")
+    request = qwen_request(qwen, encoders=record.name)
+    backend = make_backend(paths)
+    batch, _ = run(backend, request)
+    encoder = backend._pipe.text_encoder
+    # The language model's, the vision tower's and lm_head's linear layers hold the file's fp8 bytes.
+    for layer, key in ((encoder.model.language_model.layers[0].mlp.down_proj, "model.layers.0.mlp.down_proj.weight"),
+                       (encoder.model.visual.blocks[0].attn.qkv, "visual.blocks.0.attn.qkv.weight"),
+                       (encoder.lm_head, "lm_head.weight")):  # fmt: skip
+        assert torch.equal(stored_fp8(layer).view(torch.uint8), file[key].view(torch.uint8))
+
+    def expected(weights):
+        reference = qwen25_with(qwen["pipe"].text_encoder, weights)
+        pipe = QwenImagePipeline.from_pretrained(str(qwen["folder"]), text_encoder=reference, local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        image = pipe(prompt=request.prompt, negative_prompt=request.negative_prompt or " ",
+                     true_cfg_scale=request.cfg_scale, num_inference_steps=request.steps, width=request.width,
+                     height=request.height, generator=torch.Generator("cpu").manual_seed(request.seed))  # fmt: skip
+        return pixels(image.images[0])
+
+    want = expected(exact)
+    assert np.array_equal(pixels(batch.images[0]), want)
+    assert not np.array_equal(want, expected(unscaled))  # the scales mattered
+
+
+def qwen25_with(encoder, weights):
+    """A Qwen2_5_VLForConditionalGeneration like `encoder` holding `weights` (ComfyUI's names)."""
+    reference = type(encoder)(encoder.config).eval()
+    names = {("model.language_model." + k.removeprefix("model.") if k.startswith("model.") else
+              "model." + k if k.startswith("visual.") else k): v for k, v in weights.items()}  # fmt: skip
+    reference.load_state_dict(names)
+    return reference

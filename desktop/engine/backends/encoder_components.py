@@ -11,7 +11,8 @@ Storage: an fp8 (e4m3fn / e5m2) encoder stays stored in fp8 and each linear laye
 compute dtype while it runs (diffusers' layer-wise casting, as fp8_storage.py does for transformers);
 every fp8 value is exactly representable in the compute dtype, so the result is the file's weights at
 full precision. A GGUF encoder's linear layers keep their GGUF blocks and dequantise them as they run
-(backends/gguf_layers.py: transformers runs no quantised T5 or Qwen kernels); an encoder saved with
+(backends/gguf_layers.py: transformers runs no quantised T5 or Qwen kernels), and so do a scaled-fp8 T5's
+or Qwen's with their fp8 weights and scales (backends/scaled_fp8_layers.py); an encoder saved with
 bitsandbytes (nf4 / fp4 / int8) is dequantised once at load, by backends/quantised_weights.py as model files are.
 
 Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import gguf_layers, qwen_encoders
+from desktop.engine.backends import gguf_layers, qwen_encoders, scaled_fp8_layers
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
@@ -203,8 +204,9 @@ def load_encoder(
             f"The text encoder {component.shown} does not fit this model's {config.name} ({problem}): the file is "
             "incomplete, or made for another model."
         )
-    if info.layout == "gguf":
-        # Linear layers keep their GGUF blocks (gguf_layers.py); T5's `wo` cannot: T5 casts its input to it.
+    if info.layout == "gguf" or info.scaled:
+        # Linear layers keep their GGUF blocks or scaled fp8 weights (gguf_layers.py, scaled_fp8_layers.py);
+        # T5's `wo` cannot: T5 casts its input to its weight's dtype.
         state = gguf_layers.keep_packed(model, state, skip=(".wo",))
     state = {key: value.to(dtype) for key, value in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
@@ -288,8 +290,10 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
         from desktop.engine.backends.quantised_weights import dequantise_scaled_fp8
 
         # Weight times scale, one tensor at a time in float32, kept in the job's dtype: a 4.7B T5 never
-        # sits in memory in float32 whole.
-        state = dequantise_scaled_fp8(state, dtype, name=f"The text encoder {component.shown}")
+        # sits in memory in float32 whole. T5's and Qwen's linear weights stay in fp8 instead, multiplied as
+        # their layers run (scaled_fp8_layers.py); CLIP's stay plain for the LoRAs Marble puts on them.
+        keep = None if info.kind == "clip" else scaled_fp8_layers.keeper(dtype)
+        state = dequantise_scaled_fp8(state, dtype, name=f"The text encoder {component.shown}", keep=keep)
     if info.dtype in quant_formats.BITSANDBYTES:
         from desktop.engine.backends.quantised_weights import dequantise_bitsandbytes
 

@@ -28,13 +28,41 @@ from pathlib import Path
 from typing import Any
 
 
+class Packed:
+    """A weight kept as its file stores it, standing in a state dict until `keep_packed` places it: as a
+    linear layer that unpacks it on each call, or (any other tensor) unpacked once."""
+
+    shape: tuple[int, ...]
+
+    def linear(self, plain: Any) -> Any:
+        """The module that runs as `plain` (an nn.Linear still on the meta device) with this weight."""
+        raise NotImplementedError
+
+    def unpacked(self) -> Any:
+        """The weight as a plain tensor (float32 or the compute dtype), for a tensor that stays plain."""
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class PackedWeight:
+class PackedWeight(Packed):
     """A GGUF tensor as stored: its bytes (uint8, one row per output row), its GGML type and logical shape."""
 
     blocks: Any  # torch.Tensor, uint8
     quant_type: int
     shape: tuple[int, ...]
+
+    def linear(self, plain: Any) -> Any:
+        kind, shape = self.quant_type, self.shape
+
+        def unpack(layer: Any) -> Any:
+            return dequantise(PackedWeight(layer.blocks, kind, shape))
+
+        # A buffer, not a parameter: moved with the model by .to() and offload hooks, never cast by .to(dtype)
+        # (integer tensors are left alone), never trained.
+        return packed_linear(plain, {"blocks": self.blocks}, unpack, f"gguf type {kind}", parameters=False)
+
+    def unpacked(self) -> Any:
+        return dequantise(self)
 
 
 def read_gguf(path: Path, rename: Callable[[str], str]) -> dict[str, Any]:
@@ -61,23 +89,23 @@ def read_gguf(path: Path, rename: Callable[[str], str]) -> dict[str, Any]:
 
 
 def keep_packed(model: Any, state: dict[str, Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Swap each linear layer of `model` whose weight `state` holds packed for a layer that keeps it so;
-    returns `state` without those weights and with every other packed tensor dequantised (float32).
+    """Swap each linear layer of `model` whose weight `state` holds Packed for a layer that keeps it so;
+    returns `state` without those weights and with every other Packed tensor unpacked.
     `skip`: layer-name endings that stay plain (T5's `wo`)."""
     import torch
 
     rest: dict[str, Any] = {}
     for key, value in state.items():
-        if not isinstance(value, PackedWeight):
+        if not isinstance(value, Packed):
             rest[key] = value
             continue
         layer_name = key.removesuffix(".weight")
         layer = model.get_submodule(layer_name) if key.endswith(".weight") else None
         if isinstance(layer, torch.nn.Linear) and not layer_name.endswith(skip):
             parent, _, child = layer_name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, _packed_linear(value, layer))
+            setattr(model.get_submodule(parent) if parent else model, child, value.linear(layer))
         else:
-            rest[key] = dequantise(value)
+            rest[key] = value.unpacked()
     return rest
 
 
@@ -98,29 +126,34 @@ def _packable_types() -> set[int]:
     return {int(kind) for kind in SUPPORTED_GGUF_QUANT_TYPES if kind not in UNQUANTIZED_TYPES}
 
 
-def _packed_linear(weight: PackedWeight, plain: Any) -> Any:
-    """A module that runs as `plain` (an nn.Linear still on the meta device) with `weight`'s blocks."""
+def packed_linear(
+    plain: Any, stored: dict[str, Any], unpack: Callable[[Any], Any], shown: str, *, parameters: bool
+) -> Any:
+    """A module that runs as `plain` (an nn.Linear still on the meta device) from the `stored` tensors (integer
+    typed, so .to(dtype) leaves them as they are), held as buffers or as frozen parameters; `unpack(module)`
+    gives the weight from them on their device, cast to the activations' dtype on each call."""
     import torch
 
     class PackedLinear(torch.nn.Module):
-        """y = x W^T + b with W dequantised from its GGUF blocks on each call, on their device."""
+        """y = x W^T + b with W unpacked from the stored tensors on each call."""
 
         def __init__(self) -> None:
             super().__init__()
             self.in_features, self.out_features = plain.in_features, plain.out_features
-            self.quant_type, self.shape = weight.quant_type, weight.shape
-            # A buffer, not a parameter: moved with the model by .to() and offload hooks, never cast by
-            # .to(dtype) (integer tensors are left alone), never trained.
-            self.register_buffer("blocks", weight.blocks)
+            for name, tensor in stored.items():
+                if parameters:
+                    self.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))
+                else:
+                    self.register_buffer(name, tensor)
             # Filled by load_state_dict with the file's bias, if the layer has one (T5's and Qwen's
             # projections have none; Qwen's q/k/v do).
             self.bias = None if plain.bias is None else torch.nn.Parameter(torch.empty_like(plain.bias, device="meta"))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            full = dequantise(PackedWeight(self.blocks, self.quant_type, self.shape)).to(x.dtype)
+            full = unpack(self).to(x.dtype)
             return torch.nn.functional.linear(x, full, None if self.bias is None else self.bias.to(x.dtype))
 
         def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, gguf type {self.quant_type}"
+            return f"in_features={self.in_features}, out_features={self.out_features}, {shown}"
 
     return PackedLinear()

@@ -1,10 +1,12 @@
 """Quantised transformer files read into the compute dtype (formats in library/quant_formats.py).
 
 - ComfyUI's scaled fp8: each fp8 weight times its `scale_weight` (`weight_scale` in its newer files),
-  computed in float32 and rounded once to the compute dtype, at load. Marble does not keep these in fp8:
-  diffusers' layer-wise casting (which keeps plain fp8 files small, fp8_storage.py) casts a layer up
-  without a scale, and folding the scale into a plain fp8 weight would round the small weights the scale
-  exists to keep. Dequantised, the file runs in every memory mode, the fp8 mode (plain e4m3fn) included.
+  computed in float32 and rounded once to the compute dtype, at load. Marble does not keep a scaled
+  *transformer* in fp8: diffusers' layer-wise casting (which keeps plain fp8 files small, fp8_storage.py)
+  casts a layer up without a scale, and folding the scale into a plain fp8 weight would round the small
+  weights the scale exists to keep. Dequantised, the file runs in every memory mode, the fp8 mode (plain
+  e4m3fn) included. Scaled T5 and Qwen *text encoders* do stay in fp8 (`keep`: backends/scaled_fp8_layers.py
+  computes the same product as each layer runs).
 - bitsandbytes 4-bit files (Forge's `flux1-dev-bnb-nf4`): each weight dequantised by bitsandbytes itself
   (its CPU backend does it too); the nf4 memory mode (`quantise_linear_layers`) quantises it again where
   memory needs; LLM.int8 files need no bitsandbytes to read (int8 rows times their scale).
@@ -20,6 +22,7 @@ Called from families.py on the generation thread; torch and bitsandbytes are imp
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,12 @@ def dequantise_bitsandbytes(state: dict[str, Any], kind: str, dtype: Any, *, nam
     return dequantise_bnb_int8(state, dtype, name=name)
 
 
-def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
+def dequantise_scaled_fp8(
+    state: dict[str, Any], dtype: Any, *, name: str, keep: Callable[[Any, Any], Any] | None = None
+) -> dict[str, Any]:
+    """`state` with each scaled fp8 weight times its scale (float32, rounded once to `dtype`) and the scales,
+    input scales and markers removed; `keep(weight, float32 scale shaped to broadcast over it)`, when given,
+    makes what stands for each scaled weight instead (a weight kept in fp8)."""
     import torch
 
     out: dict[str, Any] = {}
@@ -82,7 +90,7 @@ def dequantise_scaled_fp8(state: dict[str, Any], dtype: Any, *, name: str) -> di
                     "the scaled-fp8 file is damaged. Download it again."
                 )
             scale = scale.reshape(-1, *([1] * (tensor.ndim - 1))) if scale.numel() > 1 else scale.reshape(())
-            out[key] = (tensor.to(torch.float32) * scale).to(dtype)
+            out[key] = (tensor.to(torch.float32) * scale).to(dtype) if keep is None else keep(tensor, scale)
         else:
             out[key] = tensor
     orphans = [

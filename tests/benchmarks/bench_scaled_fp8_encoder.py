@@ -1,0 +1,60 @@
+"""Parameter bytes of a scaled-fp8 T5 kept in fp8 (backends/scaled_fp8_layers.py) against the same file
+dequantised at load, as Marble loaded it before. A mid-size T5 (T5-XXL's shape does not fit a quick run):
+
+    PYTHONPATH=. .venv/bin/python tests/benchmarks/bench_scaled_fp8_encoder.py [--d-model 1024] [--layers 4]
+
+Prints the file's size, both loads' parameter and buffer bytes in bf16 and float32, and whether their hidden
+states are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--d-model", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=4)
+    args = parser.parse_args()
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import T5Config, T5EncoderModel
+
+    from desktop.engine.backends import scaled_fp8_layers
+    from desktop.engine.backends.encoder_components import Component, inspect_component, load_encoder
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    config = T5Config(vocab_size=32128, d_model=args.d_model, d_kv=64, d_ff=args.d_model * 11 // 4,
+                      num_layers=args.layers, num_heads=args.d_model // 64, feed_forward_proj="gated-gelu")  # fmt: skip
+    torch.manual_seed(0)
+    state = {k: v for k, v in T5EncoderModel(config).state_dict().items() if k != "encoder.embed_tokens.weight"}
+    tmp = Path(tempfile.mkdtemp())
+    config.save_pretrained(tmp / "config")
+    save_file(scaled_fp8(state)[0], str(tmp / "t5_scaled.safetensors"))
+    print(f"file: {(tmp / 't5_scaled.safetensors').stat().st_size} bytes")
+    component = Component("t5", tmp / "t5_scaled.safetensors")
+    info = inspect_component(component)
+    keeper = scaled_fp8_layers.keeper
+    ids = torch.randint(0, config.vocab_size, (1, 64))
+    for dtype in (torch.bfloat16, torch.float32):
+        scaled_fp8_layers.keeper = lambda dtype: None  # type: ignore[assignment] # the load-time dequantisation
+        before = load_encoder(tmp / "config", "T5EncoderModel", component, info, dtype=dtype)
+        scaled_fp8_layers.keeper = keeper
+        after = load_encoder(tmp / "config", "T5EncoderModel", component, info, dtype=dtype)
+        with torch.no_grad():
+            same = torch.equal(before(ids).last_hidden_state, after(ids).last_hidden_state)
+        print(f"{dtype}: dequantised at load {_bytes(before)} bytes, kept in fp8 {_bytes(after)} bytes, "
+              f"identical hidden states: {same}")  # fmt: skip
+
+
+def _bytes(model) -> int:  # type: ignore[no-untyped-def]
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+if __name__ == "__main__":
+    main()
