@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from desktop.engine.backends.bnb_layers import stored_tensors
 from desktop.engine.errors import ModelError
 from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.paths import AppPaths
@@ -34,15 +35,15 @@ KEPT = ("embed", "shared", "relative_attention_bias", ".wo.", "lm_head", "text_p
 SHOWN = {"nf4": "nf4 (bitsandbytes)", "fp4": "fp4 (bitsandbytes)", "int8": "int8 (bitsandbytes)"}
 
 
-def bitsandbytes_file(state, kind):
+def bitsandbytes_file(state, kind, kept=KEPT):
     """(the file's tensors as transformers saves a bitsandbytes-quantised encoder, the weights bitsandbytes
     dequantises them to): each linear weight quantised by bitsandbytes' functional API (4-bit with
-    double-quantised absmax, as load_in_4bit's default), the rest as it was."""
+    double-quantised absmax, as load_in_4bit's default), the rest as it was; `kept`: name parts left as they are."""
     import bitsandbytes.functional as F
 
     file, exact = {}, {}
     for key, value in state.items():
-        if value.ndim != 2 or not key.endswith(".weight") or any(part in key for part in KEPT):
+        if value.ndim != 2 or not key.endswith(".weight") or any(part in key for part in kept):
             file[key] = exact[key] = value.contiguous()
             continue
         weight = value.float().contiguous()
@@ -57,6 +58,13 @@ def bitsandbytes_file(state, kind):
             file |= {f"{key}.{part}": tensor for part, tensor in quant_state.as_dict(packed=True).items()}
             exact[key] = F.dequantize_4bit(packed, quant_state)
     return file, exact
+
+
+def assert_packed(layer, kind):
+    """`layer` holds its file's codes (uint8 for 4-bit, int8 rows for LLM.int8), not a plain weight."""
+    stored = stored_tensors(layer)
+    assert stored is not None and not hasattr(layer, "weight"), layer
+    assert stored["weight"].dtype == (torch.int8 if kind == "int8" else torch.uint8)
 
 
 def save(state, path):
@@ -103,7 +111,11 @@ def test_bitsandbytes_encoders_are_named_and_run_as_their_dequantised_copy(home,
         library.import_path(save(exact, tmp_path / f"{encoder}_{kind}_dequantised.safetensors"), "encoder")
         names.append(quantised.name)
     request = flux_request(flux["model"], flux, encoders=",".join(names))
-    got = pixels(run(make_backend(home), request)[0].images[0])
+    backend = make_backend(home)
+    got = pixels(run(backend, request)[0].images[0])
+    # T5 ran packed (bnb_layers.py); CLIP-L was dequantised at load, plain for LoRAs.
+    assert_packed(backend._pipe.text_encoder_2.encoder.block[0].layer[0].SelfAttention.q, kind)
+    assert not any(stored_tensors(module) is not None for module in backend._pipe.text_encoder.modules())
     plain = flux_request(flux["model"], flux, encoders=",".join(f"{name}_dequantised" for name in names))
     assert np.array_equal(got, pixels(run(make_backend(home), plain)[0].images[0]))
     # The quantisation was used: the original weights give another picture.
@@ -123,7 +135,9 @@ def test_a_z_image_runs_with_an_nf4_qwen3_as_with_its_dequantised_copy(zimage, t
     assert record.parameters == sum(value.numel() for value in state.values())
     library.import_path(save(exact, tmp_path / "qwen_3_4b_dequantised.safetensors"), "encoder")
     request = z_request(zimage, encoders=record.name)
-    got = pixels(run(make_backend(paths), request)[0].images[0])
+    backend = make_backend(paths)
+    got = pixels(run(backend, request)[0].images[0])
+    assert_packed(backend._pipe.text_encoder.layers[0].self_attn.q_proj, "nf4")
     plain = z_request(zimage, encoders="qwen_3_4b_dequantised")
     assert np.array_equal(got, pixels(run(make_backend(paths), plain)[0].images[0]))
     assert not np.array_equal(got, z_expected(zimage, request))  # the nf4 weights were used
@@ -176,11 +190,22 @@ def test_an_nf4_qwen25_vl_with_its_vision_tower_loads_as_its_dequantised_copy(tm
     loaded = []
     for path in (tmp_path / "qwen_2.5_vl_7b_bnb_nf4.safetensors", save(exact, tmp_path / "plain.safetensors")):
         component = Component(path.stem, path)
-        model = load_encoder(config, "Qwen2_5_VLForConditionalGeneration", component, inspect_component(component),
-                             dtype=torch.float32)  # fmt: skip
-        loaded.append(model.state_dict())
-    assert loaded[0].keys() == loaded[1].keys()
-    assert all(torch.equal(loaded[0][key], loaded[1][key]) for key in loaded[0])
+        loaded.append(load_encoder(config, "Qwen2_5_VLForConditionalGeneration", component,
+                                   inspect_component(component), dtype=torch.float32))  # fmt: skip
+    packed, plain = loaded
+    # The linear layers the file quantised run packed, the vision tower's too, and compute as the dequantised
+    # copy's; every other tensor is the copy's.
+    kept = {name: module for name, module in packed.named_modules() if stored_tensors(module) is not None}
+    assert any(name.startswith("model.visual.") for name in kept)
+    layers = dict(plain.named_modules())
+    torch.manual_seed(0)
+    for name, layer in kept.items():
+        x = torch.randn(3, layers[name].in_features)
+        assert torch.equal(layer(x), layers[name](x)), name
+    rest = {key: value for key, value in packed.state_dict().items() if ".bnb_" not in key}
+    want = plain.state_dict()
+    assert rest.keys() == want.keys() - {f"{name}.weight" for name in kept}
+    assert all(torch.equal(rest[key], want[key]) for key in rest)
     # The vision tower's linear layers were quantised too.
     assert any(key.startswith("visual.") and key.endswith(".weight.absmax") for key in file)
 
@@ -243,7 +268,9 @@ def test_chroma_runs_with_an_nf4_t5_from_the_library_as_with_its_dequantised_cop
     library.import_path(save_ae(pipe.vae, tmp_path / "ae.safetensors"), "vae")
     model = save_chroma_file(pipe, tmp_path / "chroma-only.safetensors", prefix="model.diffusion_model.")
     request = chroma_request(model, chroma, text_encoders="t5xxl_nf4", vae="ae", steps=2)
-    got = pixels(run(make_backend(paths), request)[0].images[0])
+    backend = make_backend(paths)
+    got = pixels(run(backend, request)[0].images[0])
+    assert_packed(backend._pipe.text_encoder.encoder.block[0].layer[1].DenseReluDense.wi_0, "nf4")
     plain = chroma_request(model, chroma, text_encoders="t5xxl_dequantised", vae="ae", steps=2)
     assert np.array_equal(got, pixels(run(make_backend(paths), plain)[0].images[0]))
     assert not np.array_equal(got, bare_chroma_image(bare_chroma(save_pipeline(pipe, tmp_path / "chroma")), request))

@@ -12,8 +12,9 @@ compute dtype while it runs (diffusers' layer-wise casting, as fp8_storage.py do
 every fp8 value is exactly representable in the compute dtype, so the result is the file's weights at
 full precision. A GGUF encoder's linear layers keep their GGUF blocks and dequantise them as they run
 (backends/gguf_layers.py: transformers runs no quantised T5 or Qwen kernels), and so do a scaled-fp8 T5's
-or Qwen's with their fp8 weights and scales (backends/scaled_fp8_layers.py); an encoder saved with
-bitsandbytes (nf4 / fp4 / int8) is dequantised once at load, by backends/quantised_weights.py as model files are.
+or Qwen's with their fp8 weights and scales (backends/scaled_fp8_layers.py) and a bitsandbytes-saved (nf4 /
+fp4 / int8) T5's or Qwen's with its codes and statistics (backends/bnb_layers.py, dequantising by the readers
+of backends/quantised_weights.py, as model files are). CLIP encoders of those formats are dequantised at load.
 
 Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import gguf_layers, qwen_encoders, scaled_fp8_layers
+from desktop.engine.backends import bnb_layers, gguf_layers, qwen_encoders, scaled_fp8_layers
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
@@ -204,9 +205,9 @@ def load_encoder(
             f"The text encoder {component.shown} does not fit this model's {config.name} ({problem}): the file is "
             "incomplete, or made for another model."
         )
-    if info.layout == "gguf" or info.scaled:
-        # Linear layers keep their GGUF blocks or scaled fp8 weights (gguf_layers.py, scaled_fp8_layers.py);
-        # T5's `wo` cannot: T5 casts its input to its weight's dtype.
+    if info.layout == "gguf" or info.scaled or info.dtype in quant_formats.BITSANDBYTES:
+        # Linear layers keep their GGUF blocks, scaled fp8 weights or bitsandbytes codes (gguf_layers.py,
+        # scaled_fp8_layers.py, bnb_layers.py); T5's `wo` cannot: T5 casts its input to its weight's dtype.
         state = gguf_layers.keep_packed(model, state, skip=(".wo",))
     state = {key: value.to(dtype) for key, value in state.items()}
     model.load_state_dict(state, strict=False, assign=True)
@@ -298,8 +299,12 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
         from desktop.engine.backends.quantised_weights import dequantise_bitsandbytes
 
         # transformers saves a load_in_4bit / load_in_8bit encoder layer by layer as Forge saves a transformer:
-        # the model path's reader, dequantised once here (transformers has no loader for bnb single files).
-        state = dequantise_bitsandbytes(state, info.dtype, dtype, name=f"The text encoder {component.shown}")
+        # the model path's reader (transformers has no loader for bnb single files). T5's and Qwen's linear
+        # weights stay packed, dequantised by the same functions as their layers run (bnb_layers.py); CLIP's
+        # are dequantised here, plain for the LoRAs Marble puts on them.
+        keep = None if info.kind == "clip" else bnb_layers.keeper(dtype, quant_formats.SHOWN[info.dtype])
+        state = dequantise_bitsandbytes(state, info.dtype, dtype, name=f"The text encoder {component.shown}",
+                                        keep=keep)  # fmt: skip
     if info.layout == "openclip":
         # SDXL's OpenCLIP bigG names (fused in_proj, resblocks, x @ P projection): diffusers' own converter,
         # which reads only the config's width from the model it is given.

@@ -38,6 +38,11 @@ BITSANDBYTES_MISSING = (
 # 1/127 as bitsandbytes writes it in its int8 dequantisation (rounded to float32 by the multiplication).
 _INT8_STEP = 7.874015718698502e-3
 
+# What stands for a bitsandbytes weight kept packed (backends/bnb_layers.py): made from the file's tensors of
+# the weight by part name (`weight` its codes), the function that dequantises such tensors on their device (the
+# load-time one, to float32 or the file's dtype) and the weight's shape.
+KeepBits = Callable[[dict[str, Any], Callable[[dict[str, Any]], Any], tuple[int, ...]], Any]
+
 
 def bitsandbytes_module(name: str, what: str) -> Any:
     """bitsandbytes, or a ModelError saying how to get it."""
@@ -58,12 +63,15 @@ def dequantise(state: dict[str, Any], info: DitInfo, dtype: Any, *, name: str) -
     return state
 
 
-def dequantise_bitsandbytes(state: dict[str, Any], kind: str, dtype: Any, *, name: str) -> dict[str, Any]:
+def dequantise_bitsandbytes(
+    state: dict[str, Any], kind: str, dtype: Any, *, name: str, keep: KeepBits | None = None
+) -> dict[str, Any]:
     """A bitsandbytes-serialised `state` (a Forge transformer, or a text encoder transformers saved with
-    load_in_4bit / load_in_8bit: the same per-layer names) in `dtype`; `kind` is a quant_formats BNB_ code."""
+    load_in_4bit / load_in_8bit: the same per-layer names) in `dtype`; `kind` is a quant_formats BNB_ code.
+    `keep`, when given, makes what stands for each quantised weight instead (a weight kept packed)."""
     if kind in (quant_formats.BNB_NF4, quant_formats.BNB_FP4):
-        return dequantise_bnb_4bit(state, dtype, name=name, what=quant_formats.SHOWN[kind])
-    return dequantise_bnb_int8(state, dtype, name=name)
+        return dequantise_bnb_4bit(state, dtype, name=name, what=quant_formats.SHOWN[kind], keep=keep)
+    return dequantise_bnb_int8(state, dtype, name=name, keep=keep)
 
 
 def dequantise_scaled_fp8(
@@ -103,10 +111,15 @@ def dequantise_scaled_fp8(
     return out
 
 
-def dequantise_bnb_4bit(state: dict[str, Any], dtype: Any, *, name: str, what: str) -> dict[str, Any]:
+def dequantise_bnb_4bit(
+    state: dict[str, Any], dtype: Any, *, name: str, what: str, keep: KeepBits | None = None
+) -> dict[str, Any]:
+    """bitsandbytes 4-bit weights (`weight` packed, its quantisation state beside it as `weight.absmax`,
+    `weight.quant_map`, ...) dequantised by bitsandbytes, one at a time, and cast to `dtype`; `keep`, when
+    given, makes what stands for each weight instead (each is still dequantised once here, in the file's
+    dtype, and dropped: a damaged one is refused now, by name, not while the model runs)."""
     bnb = bitsandbytes_module(name, what)
     import torch
-    from bitsandbytes.functional import QuantState
 
     out: dict[str, Any] = {}
     states: dict[str, dict[str, Any]] = {}
@@ -124,17 +137,38 @@ def dequantise_bnb_4bit(state: dict[str, Any], dtype: Any, *, name: str, what: s
                 raise ModelError(f"{name}: {key} is packed 4-bit without its quantisation state; the file is damaged.")
             out[key] = tensor
             continue
+        # The state's description (its JSON as a small uint8 tensor) stays with the function, on the CPU; the
+        # codes and statistics are what a kept layer holds.
+        described = {part: value for part, value in parts.items() if part.startswith("quant_state.")}
+        tensors = {"weight": tensor} | {part: value for part, value in parts.items() if part not in described}
+        values = _bnb_4bit_values(bnb, described)
         try:
-            quant_state = QuantState.from_dict(parts, device=tensor.device)
-            out[key] = bnb.functional.dequantize_4bit(tensor, quant_state).to(dtype)
+            weight = values(tensors)
         except (ValueError, KeyError, RuntimeError, TypeError, AssertionError) as error:
             raise ModelError(f"{name}: {key} does not dequantise ({error}); the file is damaged.") from None
+        out[key] = weight.to(dtype) if keep is None else keep(tensors, values, tuple(weight.shape))
     return out
 
 
-def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict[str, Any]:
+def _bnb_4bit_values(bnb: Any, described: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
+    """The function that gives a 4-bit weight from its codes (`weight`) and statistics, on their device, as
+    bitsandbytes dequantises it (in the dtype its state names)."""
+    from bitsandbytes.functional import QuantState
+
+    def values(tensors: dict[str, Any]) -> Any:
+        codes = tensors["weight"]
+        parts = {part: value for part, value in tensors.items() if part != "weight"} | described
+        return bnb.functional.dequantize_4bit(codes, QuantState.from_dict(parts, device=codes.device))
+
+    return values
+
+
+def dequantise_bnb_int8(
+    state: dict[str, Any], dtype: Any, *, name: str, keep: KeepBits | None = None
+) -> dict[str, Any]:
     """LLM.int8 weights: int8 rows, each scaled by its row's absolute maximum over 127 (`SCB`); read without
-    bitsandbytes, to the float32 values its int8_vectorwise_dequant gives."""
+    bitsandbytes, to the float32 values its int8_vectorwise_dequant gives, cast to `dtype`; `keep`, when
+    given, makes what stands for each weight instead (the rows and their float32 scales as a column)."""
     import torch
 
     out: dict[str, Any] = {}
@@ -146,15 +180,26 @@ def dequantise_bnb_int8(state: dict[str, Any], dtype: Any, *, name: str) -> dict
             rows = state[scale_key].to(torch.float32).reshape(-1, 1)
             if rows.shape[0] != tensor.shape[0]:
                 raise ModelError(f"{name}: {scale_key} does not match its weight; the file is damaged.")
-            # Times the reciprocal, as bitsandbytes' own int8_vectorwise_dequant (and transformers' dequantisation)
-            # computes it: dividing by 127 rounds some weights one float32 step away from the values they give.
-            out[key] = (tensor.to(torch.float32) * rows * _INT8_STEP).to(dtype)
+            tensors = {"weight": tensor, "scale": rows}
+            if keep is None:
+                out[key] = _int8_values(tensors).to(dtype)
+            else:
+                out[key] = keep(tensors, _int8_values, tuple(tensor.shape))
         elif tensor.dtype == torch.int8:
             # Cast as it is, an int8 row without its scale would run as weights 127 times too large or worse.
             raise ModelError(f"{name}: {key} is int8 without its scale ({scale_key}); the file is damaged.")
         else:
             out[key] = tensor
     return out
+
+
+def _int8_values(tensors: dict[str, Any]) -> Any:
+    """An LLM.int8 weight in float32 from its rows (`weight`) and their scales (`scale`, a float32 column)."""
+    import torch
+
+    # Times the reciprocal, as bitsandbytes' own int8_vectorwise_dequant (and transformers' dequantisation)
+    # computes it: dividing by 127 rounds some weights one float32 step away from the values they give.
+    return tensors["weight"].to(torch.float32) * tensors["scale"] * _INT8_STEP
 
 
 def bnb_folder_components(folder: Path, dtype: Any, *, name: str) -> dict[str, Any]:
