@@ -13,11 +13,13 @@ import torch
 from safetensors.torch import save_file
 
 from desktop.engine.backends import bnb_layers
-from desktop.engine.backends.encoder_components import Component, inspect_component, load_encoder
+from desktop.engine.backends.encoder_components import Component
 from tests.engine.test_bnb_encoders import KEPT, bitsandbytes_file
 from tests.engine.test_scaled_fp8_encoders import (
     _file_key,
+    load,
     outputs,
+    packed_and_reference,
     parameter_bytes,
     tiny_qwen3,
     tiny_qwen25_vl,
@@ -48,18 +50,6 @@ def bnb_file(request, tmp_path_factory):
     return request.param, class_name, tmp / "config", Component("enc", tmp / f"encoder_{kind}.safetensors"), file
 
 
-def load(bnb_file, dtype, *, packed=True, monkeypatch=None):
-    _, class_name, config, component, _ = bnb_file
-    if not packed:
-        # The load-time dequantisation Marble did before (and still does for CLIP): no keeper.
-        monkeypatch.setattr(bnb_layers, "keeper", lambda dtype, shown: None)
-    try:
-        return load_encoder(config, class_name, component, inspect_component(component), dtype=dtype)
-    finally:
-        if monkeypatch is not None:
-            monkeypatch.undo()
-
-
 def packed_layers(model):
     return {name: module for name, module in model.named_modules() if bnb_layers.stored_tensors(module) is not None}
 
@@ -78,10 +68,7 @@ def stored_bytes(kind, n, rows):
 def test_bitsandbytes_encoders_stay_packed_and_compute_the_dequantised_numbers(bnb_file, dtype, monkeypatch):
     case, _, _, _, file = bnb_file
     kind = case.split("-")[-2] if case.endswith("-wo") else case.split("-")[-1]
-    model = load(bnb_file, dtype)
-    reference = load(bnb_file, dtype, packed=False, monkeypatch=monkeypatch)
-    for got, want in zip(outputs(model), outputs(reference), strict=True):
-        assert (got is None and want is None) or torch.equal(got, want)
+    model, reference = packed_and_reference(bnb_file, dtype, monkeypatch, layers=bnb_layers)
 
     # Every linear layer the file quantised holds the file's tensors, but T5's `wo`.
     layers = packed_layers(model)
@@ -114,7 +101,7 @@ def test_bitsandbytes_encoders_stay_packed_and_compute_the_dequantised_numbers(b
 
 
 def test_the_packed_tensors_survive_the_pipelines_to_calls(bnb_file):
-    model = load(bnb_file, torch.bfloat16)
+    model = load(bnb_file, torch.bfloat16, layers=bnb_layers)
     layers = packed_layers(model)
     before = {name: {part: t.clone() for part, t in bnb_layers.stored_tensors(layer).items()}
               for name, layer in layers.items()}  # fmt: skip

@@ -70,16 +70,26 @@ def scaled_file(request, tmp_path_factory):
     return request.param, class_name, tmp / "config", Component("enc", tmp / "encoder_fp8_scaled.safetensors"), file
 
 
-def load(scaled_file, dtype, *, packed=True, monkeypatch=None):
+def load(scaled_file, dtype, *, packed=True, monkeypatch=None, layers=scaled_fp8_layers):
+    """The encoder load_encoder makes of the file; `packed=False`: with `layers.keeper` switched off."""
     _, class_name, config, component, _ = scaled_file
     if not packed:
         # The load-time dequantisation Marble did before (and still does for CLIP): no keeper.
-        monkeypatch.setattr(scaled_fp8_layers, "keeper", lambda dtype: None)
+        monkeypatch.setattr(layers, "keeper", lambda *args: None)
     try:
         return load_encoder(config, class_name, component, inspect_component(component), dtype=dtype)
     finally:
         if monkeypatch is not None:
             monkeypatch.undo()
+
+
+def packed_and_reference(encoder_file, dtype, monkeypatch, layers=scaled_fp8_layers):
+    """(the encoder kept packed, the same file dequantised at load), checked to compute the same outputs."""
+    model = load(encoder_file, dtype, layers=layers)
+    reference = load(encoder_file, dtype, packed=False, monkeypatch=monkeypatch, layers=layers)
+    for got, want in zip(outputs(model), outputs(reference), strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)
+    return model, reference
 
 
 def outputs(model):
@@ -100,10 +110,7 @@ def parameter_bytes(model):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_scaled_fp8_encoders_stay_in_fp8_and_compute_the_dequantised_numbers(scaled_file, dtype, monkeypatch):
     kind, _, _, _, file = scaled_file
-    model = load(scaled_file, dtype)
-    reference = load(scaled_file, dtype, packed=False, monkeypatch=monkeypatch)
-    for got, want in zip(outputs(model), outputs(reference), strict=True):
-        assert (got is None and want is None) or torch.equal(got, want)
+    model, reference = packed_and_reference(scaled_file, dtype, monkeypatch)
 
     # Every linear layer the file scales holds the file's fp8 bytes and its scale, but T5's `wo`.
     layers = packed_layers(model)
