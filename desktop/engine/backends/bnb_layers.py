@@ -40,12 +40,11 @@ _PREFIX = "bnb_"  # a layer's stored tensors: bnb_weight (the codes or rows), bn
 @dataclass(frozen=True)
 class BitsandbytesWeight(Packed):
     """A bitsandbytes weight as its file stores it: its tensors by part name (`weight` the codes), the
-    load-time function that dequantises them, its shape, and the dtype the model computes in."""
+    load-time function that dequantises them (to float32 or the file's dtype) and its shape."""
 
     tensors: dict[str, Any]  # part -> torch.Tensor
     values: Callable[[dict[str, Any]], Any]
     shape: tuple[int, ...]
-    dtype: Any  # torch.dtype
     shown: str  # "nf4 (bitsandbytes)", ...
 
     def linear(self, plain: Any) -> Any:
@@ -62,14 +61,15 @@ class BitsandbytesWeight(Packed):
         return layer
 
     def unpacked(self) -> Any:
-        return self.values(self.tensors).to(self.dtype)
+        return self.values(self.tensors)  # cast to the job's dtype by load_encoder, as the load-time weights are
 
 
-def keeper(dtype: Any, shown: str) -> Any:
-    """The `keep` argument of quantised_weights.dequantise_bitsandbytes that keeps each weight packed."""
+def keeper(shown: str) -> Any:
+    """The `keep` argument of quantised_weights.dequantise_bitsandbytes that keeps each weight packed; `shown`:
+    its format as layers print it."""
 
     def keep(tensors: dict[str, Any], values: Callable[[dict[str, Any]], Any], shape: tuple[int, ...]) -> Packed:
-        return BitsandbytesWeight(tensors, values, shape, dtype, shown)
+        return BitsandbytesWeight(tensors, values, shape, shown)
 
     return keep
 

@@ -302,7 +302,7 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
         # the model path's reader (transformers has no loader for bnb single files). T5's and Qwen's linear
         # weights stay packed, dequantised by the same functions as their layers run (bnb_layers.py); CLIP's
         # are dequantised here, plain for the LoRAs Marble puts on them.
-        keep = None if info.kind == "clip" else bnb_layers.keeper(dtype, quant_formats.SHOWN[info.dtype])
+        keep = None if info.kind == "clip" else bnb_layers.keeper(quant_formats.SHOWN[info.dtype])
         state = dequantise_bitsandbytes(state, info.dtype, dtype, name=f"The text encoder {component.shown}",
                                         keep=keep)  # fmt: skip
     if info.layout == "openclip":
