@@ -11,7 +11,9 @@
   (its CPU backend does it too); the nf4 memory mode (`quantise_linear_layers`) quantises it again where
   memory needs; LLM.int8 files need no bitsandbytes to read (int8 rows times their scale).
 - Text encoders saved with bitsandbytes (backends/encoder_components.py) are read by the same functions
-  (`dequantise_bitsandbytes`): transformers serialises each layer as Forge does.
+  (`dequantise_bitsandbytes`): transformers serialises each layer as Forge does. T5 and Qwen encoders keep
+  their linear weights packed (`keep`: backends/bnb_layers.py calls the same per-weight functions as each
+  layer runs, so the numbers are these); CLIP's are dequantised here.
 - Diffusers folders saved with bitsandbytes: kept quantised by diffusers on CUDA; on a computer without
   CUDA their quantised components (transformer, T5) are dequantised the same way (`bnb_folder_components`).
 - The nf4 / int8 memory modes: `quantise_linear_layers`.
