@@ -23,6 +23,7 @@ from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE
 from desktop.engine.library.encoder import EncoderInfo
 from desktop.engine.library.encoder_qwen import QWEN3, QWEN25_VL
+from desktop.engine.safe_files import read_json_file
 
 KINDS = (QWEN25_VL, QWEN3)
 # Flux.2 Klein's text-encoder class (Z-Image's is Qwen3Model): the same Qwen3 files serve both.
@@ -152,8 +153,6 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
 def check_vocabulary(tokenizer: Any, encoder_config: Path, shown: str, *, name: str) -> None:
     """Refuse, before the slow load, a tokenizer whose ids run past the encoder's embedding rows (a
     tokenizer of another model): the first prompt would fail inside the embedding lookup."""
-    from desktop.engine.safe_files import read_json_file
-
     config = read_json_file(encoder_config / "config.json", label=f"config.json in {encoder_config}")
     text = config.get("text_config") if isinstance(config, dict) else None
     rows = (text if isinstance(text, dict) and "vocab_size" in text else config).get("vocab_size")
