@@ -122,10 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
                           "(clip_l,t5xxl_fp16), with --vae NAME")
     gen.add_argument("--tokenizer-folder", metavar="DIR",
-                     help="for a Qwen-Image/Z-Image file run with a library text encoder: a folder holding the "
-                          "tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json + "
-                          "merges.txt, tokenizer_config.json; for Qwen-Image-Edit also preprocessor_config.json), "
-                          "or the model's diffusers folder")
+                     help="for a Qwen-Image/Z-Image/Flux.2 file run with a library text encoder: a folder holding "
+                          "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "
+                          "+ merges.txt, tokenizer_config.json; for Qwen-Image-Edit also preprocessor_config.json), "
+                          "or the model's diffusers folder; for Flux.2 dev, whose Mistral file from ComfyUI carries "
+                          "its tokenizer, FLUX.2-dev's tokenizer/ folder or a Mistral tekken.json's folder")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",

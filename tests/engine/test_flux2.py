@@ -275,7 +275,11 @@ def dev(tmp_path_factory):
 
 def dev_expected(folder, request, transformer=None):
     parts = {"transformer": transformer} if transformer is not None else {}
-    pipe = Flux2Pipeline.from_pretrained(str(folder), local_files_only=True, **parts)
+    return dev_image(Flux2Pipeline.from_pretrained(str(folder), local_files_only=True, **parts), request)
+
+
+def dev_image(pipe, request):
+    """Bare diffusers' dev picture for `request`: its distilled guidance, the request's seed on the CPU."""
     pipe.set_progress_bar_config(disable=True)
     image = pipe(
         prompt=request.prompt, num_inference_steps=request.steps, width=request.width, height=request.height,

@@ -232,3 +232,87 @@ def lora_for(transformer: Flux2Transformer2DModel, layout: str, seed: int = 0, s
             tensors |= {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up}
     return tensors
 
+
+
+# A tiny Mistral tekken.json: the 256 byte tokens (ranks 0-255, as in Mistral's files) and a few merges, after
+# the 20 named special tokens; a real file has 1000 (the rest "<SPECIAL_n>") and 130,072 ranks.
+_TEKKEN_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+    r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
+_TEKKEN_MERGED = ("th", "he", "the", " a", " c", "at", "cat", " cat", "re", "red", " red", "ir", "ci", "cir")
+TEKKEN_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                   "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                   "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+                   "[TOOL_CONTENT]")  # fmt: skip
+TEKKEN_VOCAB = len(TEKKEN_SPECIALS) + 256 + len(_TEKKEN_MERGED)
+
+
+def tiny_tekken(with_specials: bool) -> dict:
+    """The tekken.json; `with_specials`: in the newer form that lists its special tokens (the older form,
+    Mistral Small 3's, leaves their names to mistral-common's defaults)."""
+    import base64
+
+    tokens = [bytes([i]) for i in range(256)] + [text.encode() for text in _TEKKEN_MERGED]
+    vocab = [{"rank": rank, "token_bytes": base64.b64encode(token).decode(), "token_str": token.decode("latin-1")}
+             for rank, token in enumerate(tokens)]  # fmt: skip
+    config = {"pattern": _TEKKEN_PATTERN, "num_vocab_tokens": len(tokens), "default_vocab_size": TEKKEN_VOCAB,
+              "default_num_special_tokens": len(TEKKEN_SPECIALS), "version": "v7"}  # fmt: skip
+    tekken: dict = {"config": config, "vocab": vocab}
+    if with_specials:
+        tekken["special_tokens"] = [{"rank": rank, "token_str": name, "is_control": True}
+                                    for rank, name in enumerate(TEKKEN_SPECIALS)]  # fmt: skip
+    return tekken
+
+
+def tekken_reference_tokenizer(folder: Path):
+    """transformers' own conversion of the tiny tekken.json, with Mistral's chat form, padded on the left as
+    Mistral's processor and ComfyUI pad: the tokenizer bare diffusers runs with in the tests."""
+    from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tekken.json").write_text(json.dumps(tiny_tekken(with_specials=True)), encoding="utf-8")
+    tokenizer = convert_tekken_tokenizer(str(folder / "tekken.json"), chat_template=_MISTRAL_CHAT)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_flux2_dev_tekken(folder: Path, seed: int = 0) -> Flux2Pipeline:
+    """dev with a Mistral 3 of the tiny tekken vocabulary and 31 layers (the pipeline reads hidden states 10,
+    20 and 30; the 31st layer stands for the 10 a whole Mistral Small has after those)."""
+    transformer = tiny_transformer("dev", seed)
+    config = Mistral3Config(
+        text_config={"model_type": "mistral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
+                     "num_hidden_layers": 31, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+                     "vocab_size": TEKKEN_VOCAB, "rope_theta": 1e9, "sliding_window": None},
+        vision_config={"model_type": "pixtral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 8, "image_size": 32,
+                       "patch_size": 16},
+        image_token_index=TEKKEN_SPECIALS.index("[IMG]"), spatial_merge_size=1, multimodal_projector_bias=False,
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    encoder = Mistral3ForConditionalGeneration(config).eval()
+    _jitter(encoder, seed + 2)  # norms away from 1, so a final norm left in would show
+    return Flux2Pipeline(
+        scheduler=_scheduler("dev"), vae=tiny_vae(), text_encoder=encoder,
+        tokenizer=tekken_reference_tokenizer(folder), transformer=transformer,
+    )  # fmt: skip
+
+
+def comfyui_mistral_file(encoder: Mistral3ForConditionalGeneration, path: Path, *, layers: int | None = None,
+                         tekken: dict | None = None) -> Path:  # fmt: skip
+    """ComfyUI's mistral_3_small_flux2 layout: the language model under `model.`, its tekken.json as the uint8
+    tensor `tekken_model`; `layers`: cut to that many (the "pruned" files keep 30 and their final norm)."""
+    state = {}
+    for key, value in encoder.state_dict().items():
+        if not key.startswith("model.language_model."):
+            continue  # the vision tower, its projector and lm_head: not in the text encoder files
+        inner = key.removeprefix("model.language_model.")
+        if layers is not None and inner.startswith("layers.") and int(inner.split(".")[1]) >= layers:
+            continue
+        state["model." + inner] = value.detach().clone().contiguous()
+    if tekken is not None:
+        state["tekken_model"] = torch.frombuffer(bytearray(json.dumps(tekken).encode()), dtype=torch.uint8)
+    save_file(state, str(path))
+    return path

@@ -28,22 +28,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import bnb_layers, gguf_layers, qwen_encoders, scaled_fp8_layers
+from desktop.engine.backends import bnb_layers, gguf_layers, mistral_encoder, qwen_encoders, scaled_fp8_layers
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.dit import read_gguf_tensors
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
+from desktop.engine.library.encoder_qwen import MISTRAL3
 from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
 from desktop.engine.library.vae import inspect_vae
 
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
                     "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3",
-                    "Qwen3ForCausalLM": "qwen3"}  # fmt: skip
+                    "Qwen3ForCausalLM": "qwen3", "Mistral3ForConditionalGeneration": MISTRAL3,
+                    "MistralModel": MISTRAL3}  # fmt: skip
 _WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
            ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B",
-           ("qwen3", 4096): "a Qwen3 8B"}  # fmt: skip
-_KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3"}
+           ("qwen3", 4096): "a Qwen3 8B", (MISTRAL3, 5120): "a Mistral Small 24B"}  # fmt: skip
+_KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", MISTRAL3: "Mistral"}
 # Tensors component files carry that the model class does not hold (a CLIP-L's projection and logit scale
 # when it serves Flux's un-projected slot; buffers older exports saved).
 _HARMLESS = ("logit_scale", "text_projection.weight")
@@ -163,11 +165,18 @@ def load_encoder(
     import transformers
     from accelerate import init_empty_weights
 
-    model_class = getattr(transformers, class_name)
-    settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
+    if info.kind == MISTRAL3:
+        # Flux.2 dev's Mistral: the language model alone, cut to the layers Flux.2 reads (mistral_encoder.py).
+        model_class = transformers.MistralModel
+        settings = mistral_encoder.settings(config)
+    else:
+        model_class = getattr(transformers, class_name)
+        settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
     state = _read_state(component, info, settings, dtype)
     if info.kind in qwen_encoders.KINDS:
         state = qwen_encoders.model_names(state, info.kind, class_name)
+    elif info.kind == MISTRAL3:
+        state = mistral_encoder.model_names(state, settings.num_hidden_layers)
     if info.kind == "t5":
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)
@@ -176,6 +185,8 @@ def load_encoder(
             state["shared.weight"] = shared if shared is not None else embedded
     with init_empty_weights(include_buffers=False):  # no random initialisation of billions of weights
         model = model_class(settings)
+    if info.kind == MISTRAL3:
+        mistral_encoder.without_final_norm(model)
     own = model.state_dict()
     if info.kind == "clip":
         # transformers >= 5.6 holds (and saves) CLIPTextModel's layers without the `text_model.` level most

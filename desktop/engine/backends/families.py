@@ -198,12 +198,6 @@ def load_pipeline(
     `tokenizer_folder`: where a Qwen-Image / Z-Image file with a library encoder finds its tokenizer."""
     info = arch.dit
     assert info is not None
-    if library_parts is not None and info.family == dit_flux2.FLUX2 and flux2.is_dev(info):
-        raise ModelError(
-            f"{name} is a {info.label} model: its Mistral text encoder comes from a folder (--text-encoders "
-            "FOLDER), not from the text-encoder library (which serves Flux.1, SD3, Chroma, Qwen-Image, Z-Image "
-            "and Flux.2 Klein)."
-        )
     if library_parts is not None and info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2) and not path.is_dir():
         config = config_folder or _config_folder(resources, arch, name)
         return qwen_encoders.assemble(

@@ -5,7 +5,9 @@ processor), Klein 4B / 9B with Qwen3 4B / 8B; their weights and tokenizers canno
 Qwen-Image, a Flux.2 model takes its text encoder, tokenizer and VAE from a folder: its own diffusers
 folder, or, for a single transformer file, the folder the user names (`--text-encoders FOLDER`: a
 diffusers Flux.2 folder of the same kind, or any folder holding `text_encoder/`, `tokenizer/` and `vae/`).
-The scheduler comes from that folder when it has one, else from the shipped config.
+The scheduler comes from that folder when it has one, else from the shipped config. A single file can take
+them from the libraries instead (backends/qwen_encoders.py: ComfyUI's Qwen3 or Mistral file, whose Mistral
+carries its own tokenizer, and flux2-vae).
 
 Which pipeline: dev (a guidance embedder: distilled guidance, "Distilled CFG") runs in Flux2Pipeline,
 Klein (no guidance embedder) in Flux2KleinPipeline, whose CFG is true CFG against an empty prompt. A
@@ -56,12 +58,18 @@ def _kind(info: DitInfo) -> str:
     return "dev" if is_dev(info) else "klein"
 
 
+# ComfyUI's file of each kind's text encoder, for messages.
+_COMFY_ENCODERS = {"dev": "mistral_3_small_flux2_bf16", "klein": "qwen_3_4b"}
+
+
 def needs_folder_error(name: str, info: DitInfo) -> ModelError:
     encoder = _ENCODERS[_kind(info)][0]
     return ModelError(
         f"{name} holds the {info.label} transformer only. Flux.2 also needs {encoder}, its tokenizer and the "
-        "Flux.2 VAE, which Marble cannot ship: pass --text-encoders FOLDER, a diffusers Flux.2 folder of the same "
-        "kind or a folder holding text_encoder/, tokenizer/ and vae/."
+        "Flux.2 VAE, which Marble cannot ship: choose them from the libraries (--text-encoders "
+        f"{_COMFY_ENCODERS[_kind(info)]} --vae flux2-vae, ComfyUI's files imported with `marble encoders import` "
+        "and `marble vaes import`), or pass --text-encoders FOLDER, a diffusers Flux.2 folder of the same kind or "
+        "a folder holding text_encoder/, tokenizer/ and vae/."
     )
 
 
@@ -155,6 +163,48 @@ def _with_chat_template(tokenizer: Any, folder: Path) -> Any:
         if isinstance(template, str):
             tokenizer.chat_template = template
     return tokenizer
+
+
+def library_tokenizer(folder: Path | None, encoder: Path, shown: str, *, name: str) -> Any:
+    """dev's tokenizer for a Mistral encoder from the library: from `folder` when the user names one
+    (FLUX.2-dev's diffusers folder, its tokenizer/ folder, or a Mistral repository's tekken.json), else the
+    tekken.json ComfyUI's encoder file carries (backends/tekken_tokenizer.py)."""
+    import transformers
+
+    from desktop.engine.backends import tekken_tokenizer
+
+    if folder is None:
+        data = tekken_tokenizer.embedded_tekken(encoder)
+        if data is None:
+            raise ModelError(
+                f"The text encoder {shown} carries no tokenizer (ComfyUI's Mistral files for Flux.2 hold theirs), "
+                f"and {name} needs Mistral's. Point --tokenizer-folder (in the window: Settings, Tokenizer folder) "
+                "at the tokenizer/ folder of black-forest-labs/FLUX.2-dev, or use ComfyUI's "
+                "mistral_3_small_flux2 file."
+            )
+        return tekken_tokenizer.tokenizer_from_tekken(data, source=f"The text encoder {shown}")
+    for candidate in (folder / "tokenizer", folder):
+        if any((candidate / file).is_file() for file in _TOKENIZER_FILES):
+            try:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(candidate), local_files_only=True)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ModelError(f"The tokenizer in {candidate} does not load: {_short(error)}") from error
+            tokenizer = _with_chat_template(tokenizer, candidate)
+            if tokenizer.chat_template is None:
+                raise ModelError(
+                    f"The tokenizer in {candidate} has no chat template, which {name} needs: use FLUX.2-dev's "
+                    "tokenizer/ folder (its tokenizer_config.json or chat_template.json holds it)."
+                )
+            return tokenizer
+        if (candidate / "tekken.json").is_file():
+            return tekken_tokenizer.tokenizer_from_tekken(
+                (candidate / "tekken.json").read_bytes(), source=str(candidate / "tekken.json")
+            )
+    raise ModelError(
+        f"The tokenizer folder {folder} holds no tokenizer.json nor tekken.json (nor tokenizer/ with one), which "
+        f"{name} needs: point it at the tokenizer/ folder of black-forest-labs/FLUX.2-dev, or leave it empty to "
+        "use the tokenizer ComfyUI's Mistral file carries."
+    )
 
 
 def _text_width(folder: Path, transformer: Any | None) -> int | None:

@@ -1,4 +1,4 @@
-"""A transformer-only Qwen-Image / Z-Image / Flux.2 Klein file run with its LLM text encoder and VAE from the
+"""A transformer-only Qwen-Image / Z-Image / Flux.2 file run with its LLM text encoder and VAE from the
 library.
 
 The encoder file (library/encoder_qwen.py says what it holds) is built into transformers' class from the
@@ -7,7 +7,8 @@ encoder_components.py does for CLIP and T5. The tokenizer (and Qwen-Image-Edit's
 Marble's shipped copy, resources/tokenizers/qwen (Qwen's byte-level BPE, the same vocabulary and merges in
 Qwen2.5-VL and Qwen3, with Qwen3's chat template, which Z-Image reads). A folder the user points Marble
 at (`--tokenizer-folder`: the model's diffusers folder, its tokenizer/ folder, or the Qwen repository the
-encoder came from) takes its place.
+encoder came from) takes its place. Flux.2 dev's Mistral encoder (backends/mistral_encoder.py) brings its
+own tokenizer inside ComfyUI's file (backends/tekken_tokenizer.py), or takes FLUX.2-dev's from that folder.
 
 Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
 """
@@ -192,7 +193,8 @@ def assemble(
     folder; `load_transformer()` reads the transformer file, last (slow)."""
     import diffusers
 
-    from desktop.engine.backends import encoder_components
+    from desktop.engine.backends import encoder_components, mistral_encoder
+    from desktop.engine.backends import families_flux2 as flux2
     from desktop.engine.backends import families_qwen_edit as qwen_edit
     from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 
@@ -203,6 +205,10 @@ def assemble(
             "text encoder: leave out --config (Marble ships it), or use a diffusers folder of the family."
         )
     chosen = encoder_components.match_slots(config, parts.encoders, name)
+    dev = info.family == FLUX2 and flux2.is_dev(info)
+    if dev:
+        for component, encoder in chosen.values():
+            mistral_encoder.check_depth(encoder.layers, component.shown, name=name)
     edit = qwen_edit.is_edit(info)
     if edit:
         for component, encoder in chosen.values():
@@ -215,8 +221,12 @@ def assemble(
             f"{name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; for "
             f"{info.label}: {which})."
         )
-    pipeline_parts = tokenizer_parts(tokenizer_folder or _config_tokenizer(config), info, name=name, edit=edit,
-                                     shipped=shipped_tokenizer)  # fmt: skip
+    folder = tokenizer_folder or _config_tokenizer(config)
+    if dev:
+        component, _encoder = chosen["text_encoder"]
+        pipeline_parts = {"tokenizer": flux2.library_tokenizer(folder, component.path, component.shown, name=name)}
+    else:
+        pipeline_parts = tokenizer_parts(folder, info, name=name, edit=edit, shipped=shipped_tokenizer)
     for slot, (component, encoder) in chosen.items():
         check_vocabulary(pipeline_parts["tokenizer"], config / slot, component.shown, name=name)
         class_name = _class_name(config, slot)
@@ -230,6 +240,8 @@ def assemble(
     pipeline_parts["scheduler"] = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
         str(config / "scheduler"), local_files_only=True
     )
+    if dev:
+        return diffusers.Flux2Pipeline(transformer=load_transformer(), **pipeline_parts)
     if info.family == FLUX2:
         # A single file cannot say whether it is step-distilled: the CFG scale decides (families_flux2.py).
         return diffusers.Flux2KleinPipeline(transformer=load_transformer(), is_distilled=False, **pipeline_parts)

@@ -25,7 +25,15 @@ from dataclasses import dataclass, replace
 from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import SafetensorsHeader
-from desktop.engine.library.encoder_qwen import QWEN3, QWEN25_VL, QWEN_NAMED, inspect_qwen, inspect_qwen_gguf
+from desktop.engine.library.encoder_qwen import (
+    MISTRAL3,
+    QWEN3,
+    QWEN25_VL,
+    QWEN_NAMED,
+    TEKKEN_TENSOR,
+    inspect_qwen,
+    inspect_qwen_gguf,
+)
 
 # Prefixes a text encoder's tensors carry on their own or cut out of a ComfyUI / SDXL checkpoint.
 _PREFIXES = (
@@ -45,7 +53,7 @@ _FLAT_CLIP_LAYER = "encoder.layers.0.self_attn.q_proj.weight"
 _LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
 # The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
 _NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL", **QWEN_NAMED}
-_KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3"}
+_KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral"}
 # Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
 FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -54,7 +62,7 @@ FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 class EncoderInfo:
     """What a text-encoder file holds: its kind ("clip" | "t5"), width, depth and storage."""
 
-    kind: str  # "clip" | "t5" | "qwen2.5-vl" | "qwen3"
+    kind: str  # "clip" | "t5" | "qwen2.5-vl" | "qwen3" | "mistral3"
     width: int
     layers: int
     layout: str  # "transformers" | "openclip" | "gguf"
@@ -63,17 +71,19 @@ class EncoderInfo:
     parameters: int
     projection: bool = False  # a CLIP with its text projection (SD3's and SDXL's second encoder have one)
     vision: bool = False  # a Qwen2.5-VL with its vision tower (Qwen-Image-Edit shows it the source image)
+    tokenizer: bool = False  # a ComfyUI Mistral file carrying its tekken tokenizer (`tekken_model`)
 
     @property
     def family(self) -> str:
-        """"clip-l", "clip-g", "t5-xxl" for the published sizes; "clip" or "t5" for others (tests, variants)."""
+        """"clip-l", "clip-g", "t5-xxl" for the published sizes; "clip" or "t5" for others (tests, variants);
+        the kind for the LLMs ("qwen3", "mistral3")."""
         named = _NAMED.get((self.kind, self.width))
-        return named.split(" ")[0].lower() if named else self.kind
+        return named.split(" ")[0].lower() if named and self.kind != MISTRAL3 else self.kind
 
     @property
     def label(self) -> str:
         named = _NAMED.get((self.kind, self.width))
-        tower = " with its vision tower" if self.vision else ""
+        tower = " with its vision tower" if self.vision else " with its tokenizer" if self.tokenizer else ""
         if named:
             return f"{named} text encoder{tower}"
         return f"{_KIND_LABELS.get(self.kind, self.kind)} text encoder (width {self.width}){tower}"
@@ -108,7 +118,7 @@ def _inspect_stored(
     if qwen is not None:
         kind, width, layers, prefix, parameters, vision = qwen
         info = EncoderInfo(kind, width, layers, "transformers", prefix, _main_dtype(shapes, dtypes), parameters,
-                           vision=vision)  # fmt: skip
+                           vision=vision, tokenizer=TEKKEN_TENSOR in shapes)  # fmt: skip
         if quant_formats.is_scaled_fp8(shapes):
             _refuse_block_scaled(header, name)
             return replace(info, dtype=quant_formats.weight_format(header.tensors, info.dtype))
@@ -125,7 +135,7 @@ def _with_bitsandbytes(info: EncoderInfo, header: SafetensorsHeader, kind: str) 
     """A file transformers saved with load_in_4bit / load_in_8bit: its packed weights and their quantisation
     states found by the names above, shown as "nf4 (bitsandbytes)", its parameters counted unpacked."""
     # A Qwen file's lm_head and vision tower sit beside its prefix and count, as in inspect_qwen.
-    prefix = "" if info.kind in (QWEN25_VL, QWEN3) else info.prefix
+    prefix = "" if info.kind in (QWEN25_VL, QWEN3, MISTRAL3) else info.prefix
     own = {key: value for key, value in header.tensors.items() if key.startswith(prefix)}
     return replace(info, dtype=kind, parameters=quant_formats.parameters(own, kind))
 
@@ -154,6 +164,11 @@ def _inspect(
         qwen = inspect_qwen_gguf(shapes, name)
         if qwen is not None:
             kind, width, layers, parameters = qwen
+            if kind == MISTRAL3:
+                raise ModelError(
+                    f"{name} is a Mistral (or Llama) GGUF text encoder, which Marble does not read: for Flux.2 dev, "
+                    "import ComfyUI's safetensors file (mistral_3_small_flux2_bf16 or _fp8)."
+                )
             return EncoderInfo(kind, width, layers, "gguf", "", "GGUF", parameters)
         if _T5_GGUF_PROBE not in shapes or "token_embd.weight" not in shapes:
             raise ModelError(

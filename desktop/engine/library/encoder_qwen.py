@@ -1,10 +1,14 @@
-"""The LLM text encoders of Qwen-Image (Qwen2.5-VL) and Z-Image (Qwen3), judged from their tensors.
+"""The LLM text encoders of Qwen-Image (Qwen2.5-VL), Z-Image and Flux.2 Klein (Qwen3) and Flux.2 dev
+(Mistral Small 3.x 24B), judged from their tensors.
 
 ComfyUI keeps them as single files in transformers' older names: `model.embed_tokens`, `model.layers.N...`,
 `model.norm`, Qwen2.5-VL's vision tower under `visual.*` (left out of the text-only files) and sometimes
 `lm_head`. transformers >= 4.52 saves Qwen2.5-VL under `model.language_model.*` / `model.visual.*`, and a
 diffusers folder's Qwen3Model without any `model.` level. The two kinds differ in their attention: Qwen2.5
-has biases on q/k/v, Qwen3 has none but normalises q and k per head (`q_norm`, `k_norm`).
+has biases on q/k/v, Qwen3 has none but normalises q and k per head (`q_norm`, `k_norm`), Mistral has
+neither. ComfyUI's Mistral files for Flux.2 dev (`mistral_3_small_flux2_bf16.safetensors`, `_fp8`) hold the
+language model in the same names, sometimes cut to the 30 layers Flux.2 reads, and carry Mistral's own
+tokenizer (its tekken.json) as a uint8 tensor `tekken_model` (backends/tekken_tokenizer.py reads it).
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from desktop.engine.errors import ModelError
 
 QWEN25_VL = "qwen2.5-vl"
 QWEN3 = "qwen3"
+MISTRAL3 = "mistral3"
+# The tokenizer a ComfyUI Mistral file carries: tekken.json's bytes, no weight.
+TEKKEN_TENSOR = "tekken_model"
 # The published widths: Qwen2.5-VL 7B 3584 (Qwen-Image), Qwen3 4B 2560 (Z-Image, Flux.2 Klein 4B), Qwen3 8B
 # 4096 (Flux.2 Klein 9B).
-QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B", (QWEN3, 4096): "Qwen3 8B"}
+QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B", (QWEN3, 4096): "Qwen3 8B",
+              (MISTRAL3, 5120): "Mistral Small 24B"}  # fmt: skip
 # Where the language model's layers sit: ComfyUI / older transformers, transformers >= 4.52, Qwen3Model alone.
 _BASES = ("model.language_model.", "model.", "")
 _ATTENTION = re.compile(r"layers\.(\d+)\.self_attn\.(q_proj\.weight|q_proj\.bias|q_norm\.weight)$")
@@ -28,7 +36,8 @@ VISION_PREFIXES = ("visual.", "model.visual.")
 def inspect_qwen(
     shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], name: str
 ) -> tuple[str, int, int, str, int, bool] | None:
-    """(kind, width, layers, prefix, parameters, vision) of a Qwen text encoder; None when it is none."""
+    """(kind, width, layers, prefix, parameters, vision) of a Qwen or Mistral text encoder; None when it is
+    none."""
     # Any layer's attention tells the kind, so a file with its first layer gone is still named (and refused).
     base, found = None, set()
     for candidate in _BASES:
@@ -46,10 +55,7 @@ def inspect_qwen(
     elif "q_proj.bias" in found:
         kind = QWEN25_VL
     else:
-        raise ModelError(
-            f"{name} is a language model, but neither a Qwen2.5 (q/k/v biases) nor a Qwen3 (q_norm) one: Marble "
-            "reads Qwen2.5-VL (Qwen-Image) and Qwen3 (Z-Image) text encoders."
-        )
+        kind = MISTRAL3  # plain attention: the Mistral Small language model (Flux.2 dev's encoder)
     pattern = re.compile(re.escape(base) + r"layers\.(\d+)\.")
     layers = {int(m.group(1)) for key in shapes if (m := pattern.match(key))}
     if sorted(layers) != list(range(max(layers) + 1)):
@@ -57,8 +63,10 @@ def inspect_qwen(
         raise ModelError(f"{name} is a {kind} text encoder with layer(s) {missing} missing: the file is incomplete.")
     parameters = 0
     for key, shape in shapes.items():
-        if key == "scaled_fp8" or key.endswith(("weight_scale", "input_scale", "scale_weight", "scale_input")):
-            continue  # a scaled-fp8 file's scales are no weights
+        if key in ("scaled_fp8", TEKKEN_TENSOR) or key.endswith(
+            ("weight_scale", "input_scale", "scale_weight", "scale_input", "comfy_quant")
+        ):
+            continue  # a scaled-fp8 file's scales and a Mistral file's tokenizer are no weights
         size = 1
         for dim in shape:
             size *= dim

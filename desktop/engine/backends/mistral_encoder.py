@@ -1,0 +1,71 @@
+"""Flux.2 dev's Mistral text encoder from a library file: only the part Flux.2 reads.
+
+Flux2Pipeline reads hidden states 10, 20 and 30 of Mistral Small 3.x's language model (the outputs of
+layers 9, 19 and 29) and never its logits, its last ten layers or its final norm (hidden state 30 of 40
+comes before it). So Marble builds transformers' MistralModel (the language model Mistral3's pipeline
+class wraps) with the first 30 layers and no final norm, from the text half of the config folder's
+Mistral3 config, and loads only those layers: the same numbers as the whole 24B model for those hidden
+states (tests/engine/test_flux2_dev_library.py compares with diffusers' pipeline around the whole model),
+in three quarters of its memory. ComfyUI's files hold either all 40 layers or exactly these 30.
+
+Runs on the generation thread; transformers and torch are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+
+# The deepest hidden state Flux.2 dev reads (Flux2Pipeline's text_encoder_out_layers, (10, 20, 30)).
+READ_LAYERS = 30
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
+def settings(config: Path) -> Any:
+    """The MistralConfig of `config`'s text encoder (a Mistral3 config's text half, or a Mistral config),
+    cut to the layers Flux.2 reads."""
+    import transformers
+
+    loaded = transformers.AutoConfig.from_pretrained(str(config), local_files_only=True)
+    text = getattr(loaded, "text_config", loaded)
+    if getattr(text, "model_type", None) != "mistral":
+        raise ModelError(
+            f"The text-encoder config in {config} is a {getattr(text, 'model_type', 'unknown')!r} model, not "
+            "Mistral: it cannot build Flux.2 dev's text encoder."
+        )
+    text = transformers.MistralConfig.from_dict(text.to_dict())
+    text.num_hidden_layers = min(text.num_hidden_layers, READ_LAYERS)
+    return text
+
+
+def check_depth(layers: int, shown: str, *, name: str) -> None:
+    """Refuse, before any load, a Mistral file with fewer layers than Flux.2 dev reads."""
+    if layers < READ_LAYERS:
+        raise ModelError(
+            f"The text encoder {shown} holds {layers} layers, but {name} reads the first {READ_LAYERS} of Mistral "
+            "Small's 40: the file is incomplete or another Mistral model."
+        )
+
+
+def model_names(state: dict[str, Any], layers: int) -> dict[str, Any]:
+    """The file's language-model tensors (its `model.` level already cut) that MistralModel of `layers`
+    layers holds: the embedding and those layers; the later layers and the final norm are left out."""
+    kept = {}
+    for key, value in state.items():
+        match = _LAYER.match(key)
+        if key == "norm.weight" or (match is not None and int(match.group(1)) >= layers):
+            continue
+        kept[key] = value
+    return kept
+
+
+def without_final_norm(model: Any) -> Any:
+    """`model` (MistralModel) with its final norm made the identity: hidden state 30 is then layer 29's
+    output as the whole model's is, whichever way transformers collects the last hidden state."""
+    import torch
+
+    model.norm = torch.nn.Identity()
+    return model

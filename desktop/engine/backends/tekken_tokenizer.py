@@ -1,0 +1,83 @@
+"""Flux.2 dev's tokenizer from the tekken.json a ComfyUI Mistral text-encoder file carries.
+
+Mistral's tokenizer ("tekken") is a byte-level BPE kept as tekken.json: byte strings by rank, a pre-split
+pattern, and a number of special tokens placed before the vocabulary (ids 0..N-1; the token of rank r
+gets id N + r). ComfyUI stores that file's bytes in its Mistral files as the uint8 tensor `tekken_model`.
+transformers converts a tekken.json into a fast tokenizer (`convert_tekken_tokenizer`); older files
+(Mistral Small 3's and Pixtral's among them) list no special tokens and leave their names to
+mistral-common's defaults, written in here (a fact of the format) so the conversion needs no mistral-common.
+tests/engine/test_flux2_dev_library.py checks the ids against mistral-common's own tokenizer.
+
+A prompt goes in as FLUX.2 dev's pipeline formats it (its system message, then the prompt) in Mistral's
+v7 chat form, `<s>[SYSTEM_PROMPT]system[/SYSTEM_PROMPT][INST]prompt[/INST]`, padded on the left with
+<pad> to the pipeline's 512 tokens, as ComfyUI's Flux.2 tokenizer pads.
+
+Runs on the generation thread; transformers and safetensors are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.encoder_qwen import TEKKEN_TENSOR
+
+# mistral-common's names for the first special tokens of a tekken.json that lists none (its
+# DEPRECATED_SPECIAL_TOKENS); the rest up to the file's count are "<SPECIAL_{rank}>".
+_DEFAULT_SPECIALS = (
+    "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
+    "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]",
+)  # fmt: skip
+# Mistral's v7 chat form for the messages Flux2Pipeline builds ({"type": "text"} parts; images never reach
+# this tokenizer: Marble passes Flux.2 dev no image to the text encoder).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set text = message['content'] if message['content'] is string else "
+    "message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{% if message['role'] == 'system' %}[SYSTEM_PROMPT]{{ text }}[/SYSTEM_PROMPT]"
+    "{% elif message['role'] == 'user' %}[INST]{{ text }}[/INST]"
+    "{% elif message['role'] == 'assistant' %}{{ text }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def embedded_tekken(path: Path) -> bytes | None:
+    """The tekken.json bytes a safetensors encoder file carries as `tekken_model`; None when it has none."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        if TEKKEN_TENSOR not in handle.keys():
+            return None
+        return handle.get_tensor(TEKKEN_TENSOR).numpy().tobytes()
+
+
+def tokenizer_from_tekken(data: bytes, *, source: str) -> Any:
+    """A fast tokenizer for `data` (a tekken.json's bytes), with Mistral's chat form and left padding;
+    ModelError naming `source` when the bytes are no tekken.json."""
+    from transformers.integrations.mistral.tokenizer import convert_tekken_tokenizer
+
+    try:
+        tekken = json.loads(data.decode("utf-8"))
+        config = tekken["config"]
+        if not isinstance(tekken.get("vocab"), list) or not isinstance(config.get("pattern"), str):
+            raise KeyError("vocab")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ModelError(f"{source} carries a tokenizer that is no Mistral tekken.json ({error}).") from None
+    if "special_tokens" not in tekken:
+        count = int(config.get("default_num_special_tokens") or len(_DEFAULT_SPECIALS))
+        names = [*_DEFAULT_SPECIALS, *(f"<SPECIAL_{rank}>" for rank in range(len(_DEFAULT_SPECIALS), count))]
+        tekken["special_tokens"] = [{"rank": rank, "token_str": name, "is_control": True}
+                                    for rank, name in enumerate(names[:count])]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="marble-tekken-") as folder:
+        # The converter reads a file; a folder of its own keeps it from reading a neighbour's chat template.
+        file = Path(folder) / "tekken.json"
+        file.write_text(json.dumps(tekken), encoding="utf-8")
+        try:
+            tokenizer = convert_tekken_tokenizer(str(file), chat_template=CHAT_TEMPLATE)
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelError(f"{source} carries a tekken.json that does not convert: {error}") from None
+    tokenizer.padding_side = "left"
+    return tokenizer

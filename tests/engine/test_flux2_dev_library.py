@@ -1,0 +1,207 @@
+"""Flux.2 dev from ComfyUI's files: the transformer alone, mistral_3_small_flux2 (the Mistral language model,
+whole or cut to 30 layers, carrying its tekken.json) and flux2-vae from the library, pixel-identical to bare
+diffusers around the whole Mistral 3 model; the tokenizer Marble builds from a tekken.json gives the ids of
+mistral-common, Mistral's own tokenizer, on a real tekken.json."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from dataclasses import replace
+from importlib import resources as package_data
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+from desktop.engine.backends.tekken_tokenizer import tokenizer_from_tekken
+from desktop.engine.errors import ModelError
+from desktop.engine.library.encoder import inspect_encoder_gguf
+from desktop.engine.library.index import Library
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.engine.test_flux2 import dev_image
+from tests.support.tiny_flux2 import (
+    build_tiny_flux2_dev_tekken,
+    comfyui_mistral_file,
+    flux2_to_bfl,
+    flux2_vae_to_bfl,
+    save_transformer_file,
+    tiny_tekken,
+)
+
+SYSTEM = "You are an AI that reasons about image descriptions."
+TEXTS = (
+    "a red fox in the snow, 35mm photo",
+    "  leading spaces\n\nnew lines\ttabs",
+    "Ünïcödé — 東京の夜景 🌃 1234567 3.14159",
+    "CamelCaseWords and snake_case_words, https://example.com/a?b=c",
+)
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flux2dev_library")
+    pipe = build_tiny_flux2_dev_tekken(tmp / "reference-tokenizer")
+    # The tiny configs as --config: a diffusers folder without its tokenizer/ (else that would be used).
+    folder = tmp / "configs"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    shutil.rmtree(folder / "tokenizer")
+    old_form = tiny_tekken(with_specials=False)
+    return {
+        "pipe": pipe,
+        "config": folder,
+        "tmp": tmp,
+        "transformer": save_transformer_file(flux2_to_bfl(pipe.transformer.state_dict()), tmp / "flux2-dev.safetensors",
+                                             prefix="model.diffusion_model."),  # fmt: skip
+        "full": comfyui_mistral_file(pipe.text_encoder, tmp / "mistral_3_small_flux2_bf16.safetensors",
+                                     tekken=old_form),  # fmt: skip
+        "pruned": comfyui_mistral_file(pipe.text_encoder, tmp / "mistral_pruned.safetensors", layers=30,
+                                       tekken=tiny_tekken(with_specials=True)),  # fmt: skip
+        "bare": comfyui_mistral_file(pipe.text_encoder, tmp / "mistral_no_tokenizer.safetensors"),
+        "short": comfyui_mistral_file(pipe.text_encoder, tmp / "mistral_20.safetensors", layers=20, tekken=old_form),
+    }
+
+
+@pytest.fixture
+def library(dev, tmp_path):
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    save_file(flux2_vae_to_bfl(dev["pipe"].vae), str(dev["tmp"] / "flux2-vae.safetensors"))
+    library.import_path(dev["tmp"] / "flux2-vae.safetensors", "vae")
+    return SimpleNamespace(paths=paths, library=library)
+
+
+def test_a_dev_file_runs_with_comfyuis_mistral_and_its_tokenizer_like_bare_diffusers(dev, library):
+    """The whole Mistral (31 layers standing for 40, its tekken.json in the older form) and one cut to the 30
+    layers Flux.2 reads (the newer form) give bare diffusers' picture with the whole model and the tokenizer
+    transformers converts from the same tekken.json."""
+    records = {key: library.library.import_path(dev[key], "encoder") for key in ("full", "pruned")}
+    assert {record.family for record in records.values()} == {"mistral3"}
+    assert "Mistral text encoder (width 16) with its tokenizer" in records["full"].shown_architecture
+    request = request_for(dev["transformer"], steps=2, distilled_cfg_scale=4.0, prompt="the red cat in a circle",
+                          model_config=str(dev["config"]), vae="flux2-vae",
+                          text_encoders="mistral_3_small_flux2_bf16")  # fmt: skip
+    want = dev_image(dev["pipe"], request)
+    batch, _ = run(make_backend(library.paths), request)
+    assert np.array_equal(pixels(batch.images[0]), want)
+    pruned, _ = run(make_backend(library.paths), replace(request, text_encoders="mistral_pruned"))
+    assert np.array_equal(pixels(pruned.images[0]), want)
+    other, _ = run(make_backend(library.paths), replace(request, prompt="a cat"))
+    assert not np.array_equal(pixels(other.images[0]), want)
+
+
+def test_a_tokenizer_folder_serves_a_mistral_file_without_one(dev, library):
+    """A file without `tekken_model` takes the tokenizer from the folder the user names (a Mistral repository's
+    tekken.json here); with none named, the message says what to supply."""
+    library.library.import_path(dev["bare"], "encoder")
+    request = request_for(dev["transformer"], steps=2, distilled_cfg_scale=4.0, model_config=str(dev["config"]),
+                          vae="flux2-vae", text_encoders="mistral_no_tokenizer")  # fmt: skip
+    with pytest.raises(ModelError, match=r"'mistral_no_tokenizer' \(mistral_no_tokenizer\.safetensors\) carries no "
+                                         r"tokenizer.*--tokenizer-folder.*FLUX\.2-dev"):  # fmt: skip
+        run(make_backend(library.paths), request)
+    folder = dev["tmp"] / "reference-tokenizer"  # holds tekken.json
+    batch, _ = run(make_backend(library.paths), replace(request, tokenizer_folder=str(folder)))
+    assert np.array_equal(pixels(batch.images[0]), dev_image(dev["pipe"], request))
+
+
+def test_a_mistral_file_with_too_few_layers_is_refused_before_loading(dev, library):
+    library.library.import_path(dev["short"], "encoder")
+    request = request_for(dev["transformer"], steps=2, model_config=str(dev["config"]), vae="flux2-vae",
+                          text_encoders="mistral_20")  # fmt: skip
+    with pytest.raises(ModelError, match=r"'mistral_20' \(mistral_20\.safetensors\) holds 20 layers, but .* reads "
+                                         r"the first 30"):  # fmt: skip
+        run(make_backend(library.paths), request)
+
+
+def test_a_damaged_tekken_and_a_mistral_gguf_are_refused_by_name():
+    with pytest.raises(ModelError, match=r"The text encoder 'x' carries a tokenizer that is no Mistral tekken\.json"):
+        tokenizer_from_tekken(b"\x00\x01not json", source="The text encoder 'x'")
+    shapes = {"token_embd.weight": (64, 16), "blk.0.attn_q.weight": (16, 16), "blk.0.attn_k.weight": (8, 16)}
+    tensors = {key: SimpleNamespace(shape=shape, dtype="float16") for key, shape in shapes.items()}
+    with pytest.raises(ModelError, match=r"mistral\.gguf is a Mistral \(or Llama\) GGUF text encoder.*safetensors"):
+        inspect_encoder_gguf(tensors, "Q8_0", "mistral.gguf")
+
+
+def _mistral_common_tekken(tmp_path, version: str):
+    """mistral-common's own copy of a real tekken.json (Pixtral's, 131,072 ids; the older form), as `version`."""
+    data = json.loads(package_data.files("mistral_common").joinpath("data/tekken_240911.json").read_text("utf-8"))
+    data["config"]["version"] = version
+    path = tmp_path / f"tekken-{version}.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def test_the_tokenizer_built_from_a_real_tekken_gives_mistral_commons_ids(tmp_path):
+    from mistral_common.protocol.instruct.messages import SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    path = _mistral_common_tekken(tmp_path, "v7")
+    ours = tokenizer_from_tekken(path.read_bytes(), source="test")
+    theirs = Tekkenizer.from_file(str(path))
+    assert len(ours) == theirs.n_words == 131072
+    for text in TEXTS:
+        assert ours(text, add_special_tokens=False)["input_ids"] == theirs.encode(text, bos=False, eos=False), text
+    # The chat form: Mistral's v7 instruct encoding of a system message and a prompt, padded on the left.
+    chat = MistralTokenizer.from_file(str(path)).encode_chat_completion(
+        ChatCompletionRequest(messages=[SystemMessage(content=SYSTEM), UserMessage(content=TEXTS[0])])
+    )
+    messages = [{"role": "system", "content": [{"type": "text", "text": SYSTEM}]},
+                {"role": "user", "content": [{"type": "text", "text": TEXTS[0]}]}]  # fmt: skip
+    padded = ours.apply_chat_template([messages], tokenize=True, return_dict=True, padding="max_length",
+                                      max_length=len(chat.tokens) + 3, truncation=True)  # fmt: skip
+    assert padded["input_ids"][0] == [11, 11, 11, *chat.tokens]
+    assert padded["attention_mask"][0] == [0, 0, 0] + [1] * len(chat.tokens)
+
+
+def test_a_tekken_listing_its_special_tokens_reads_the_same(tmp_path):
+    """The newer tekken.json form names its special tokens itself: the same ids as the older form's defaults."""
+    older = json.loads(_mistral_common_tekken(tmp_path, "v7").read_text("utf-8"))
+    newer = dict(older)
+    names = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]"] + [f"<SPECIAL_{i}>" for i in range(5, 1000)]
+    names[11], names[17], names[18] = "<pad>", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"
+    newer["special_tokens"] = [{"rank": i, "token_str": name, "is_control": True} for i, name in enumerate(names)]
+    a = tokenizer_from_tekken(json.dumps(older).encode(), source="older")
+    b = tokenizer_from_tekken(json.dumps(newer).encode(), source="newer")
+    text = "[SYSTEM_PROMPT]x[/SYSTEM_PROMPT][INST]" + TEXTS[2]
+    assert a(text)["input_ids"] == b(text)["input_ids"]
+    assert a.convert_tokens_to_ids(["<pad>", "[SYSTEM_PROMPT]"]) == [11, 17]
+    # Rank r of the vocabulary is id 1000 + r: the byte "A" is rank 65.
+    assert base64.b64decode(older["vocab"][65]["token_bytes"]) == b"A"
+    assert a("A", add_special_tokens=False)["input_ids"] == b("A", add_special_tokens=False)["input_ids"] == [1065]
+
+
+def test_comfyuis_mistral_files_are_named_from_their_shapes():
+    """mistral_3_small_flux2_bf16 at its real shapes: the whole 40 layers or the 30-layer cut, the tokenizer
+    tensor neither a weight nor a layer; a Qwen3 (q_norm) stays a Qwen3."""
+    from desktop.engine.library.checkpoint import SafetensorsHeader, TensorInfo
+    from desktop.engine.library.encoder import inspect_encoder
+
+    def header(layers: int, extra: dict) -> SafetensorsHeader:
+        shapes = {"model.embed_tokens.weight": (131072, 5120), "model.norm.weight": (5120,)}
+        for i in range(layers):
+            base = f"model.layers.{i}."
+            shapes |= {base + "self_attn.q_proj.weight": (4096, 5120), base + "self_attn.k_proj.weight": (1024, 5120),
+                       base + "self_attn.v_proj.weight": (1024, 5120), base + "self_attn.o_proj.weight": (5120, 4096),
+                       base + "mlp.gate_proj.weight": (32768, 5120), base + "mlp.up_proj.weight": (32768, 5120),
+                       base + "mlp.down_proj.weight": (5120, 32768), base + "input_layernorm.weight": (5120,),
+                       base + "post_attention_layernorm.weight": (5120,)}  # fmt: skip
+        shapes |= extra
+        return SafetensorsHeader({k: TensorInfo("U8" if k == "tekken_model" else "BF16", v, (0, 0))
+                                  for k, v in shapes.items()})  # fmt: skip
+
+    whole = inspect_encoder(header(40, {"tekken_model": (19_280_963,)}), "mistral_3_small_flux2_bf16")
+    assert (whole.kind, whole.family, whole.width, whole.layers, whole.dtype, whole.tokenizer) == (
+        "mistral3", "mistral3", 5120, 40, "BF16", True
+    )  # fmt: skip
+    assert whole.label == "Mistral Small 24B text encoder with its tokenizer"
+    assert round(whole.parameters / 1e9, 2) == 22.90  # the language model without lm_head, as published
+    cut = inspect_encoder(header(30, {}), "pruned")
+    assert (cut.layers, cut.tokenizer, cut.label) == (30, False, "Mistral Small 24B text encoder")
+    with pytest.raises(ModelError, match=r"broken is a mistral3 text encoder with layer\(s\) \[7\] missing"):
+        inspect_encoder(SafetensorsHeader({k: v for k, v in header(30, {}).tensors.items()
+                                           if not k.startswith("model.layers.7.")}), "broken")  # fmt: skip
