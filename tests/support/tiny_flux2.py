@@ -183,7 +183,7 @@ def flux2_to_bfl(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def flux2_vae_to_bfl(vae: AutoencoderKLFlux2) -> dict[str, torch.Tensor]:
     """AutoencoderKLFlux2's tensors in Black Forest Labs' names (flux2-vae.safetensors): the LDM names, with
-    the quant convs inside the encoder and decoder and the latents' batch norm `bn` (its statistics only)."""
+    the quant convs inside the encoder and decoder and the latents' batch norm `bn` (its buffers: no affine)."""
     from tests.support.tiny_models import vae_to_ldm
 
     state = {k: v for k, v in vae.state_dict().items() if not k.startswith("bn.")}
@@ -191,7 +191,9 @@ def flux2_vae_to_bfl(vae: AutoencoderKLFlux2) -> dict[str, torch.Tensor]:
     for outer, inner in (("quant_conv.", "encoder.quant_conv."), ("post_quant_conv.", "decoder.post_quant_conv.")):
         for key in [key for key in out if key.startswith(outer)]:
             out[inner + key[len(outer):]] = out.pop(key)
-    out |= {"bn.running_mean": vae.bn.running_mean, "bn.running_var": vae.bn.running_var}
+    # BFL's AutoEncoder loads its file strictly, so the file holds the batch norm's counter too.
+    out |= {"bn.running_mean": vae.bn.running_mean, "bn.running_var": vae.bn.running_var,
+            "bn.num_batches_tracked": vae.bn.num_batches_tracked}  # fmt: skip
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 

@@ -9,8 +9,10 @@ mistral-common's defaults, written in here (a fact of the format) so the convers
 tests/engine/test_flux2_dev_library.py checks the ids against mistral-common's own tokenizer.
 
 A prompt goes in as FLUX.2 dev's pipeline formats it (its system message, then the prompt) in Mistral's
-v7 chat form, `<s>[SYSTEM_PROMPT]system[/SYSTEM_PROMPT][INST]prompt[/INST]`, padded on the left with
-<pad> to the pipeline's 512 tokens, as ComfyUI's Flux.2 tokenizer pads.
+v7 chat form, `<s>[SYSTEM_PROMPT]system[/SYSTEM_PROMPT][INST]prompt[/INST]` (mistral-common's v7 instruct
+encoding, and ComfyUI's Flux.2 template), padded on the left with <pad> to the pipeline's 512 tokens: the
+side of the LlamaTokenizerFast that transformers' tekken conversion made for Mistral's Hugging Face
+repositories (its class default).
 
 Runs on the generation thread; transformers and safetensors are imported inside the functions.
 """
