@@ -1,4 +1,4 @@
-"""bitsandbytes-saved T5 / Qwen3 / Qwen2.5-VL text encoders stay packed in memory (backends/bnb_layers.py) and
+"""bitsandbytes-saved T5 / Qwen3 / Qwen2.5-VL / Mistral text encoders stay packed in memory (backends/bnb_layers.py) and
 compute exactly what dequantising them at load computed: the load-time path is the reference, reached through
 the same load_encoder with the packing switched off, at float32, bfloat16 and float16. The files are written
 with bitsandbytes' functional API on the CPU (test_bnb_encoders.bitsandbytes_file), whose pixel tests check the
@@ -21,6 +21,7 @@ from tests.engine.test_scaled_fp8_encoders import (
     outputs,
     packed_and_reference,
     parameter_bytes,
+    tiny_mistral3,
     tiny_qwen3,
     tiny_qwen25_vl,
     tiny_t5,
@@ -32,6 +33,7 @@ CASES = {
     "t5-nf4": (tiny_t5, "nf4", False), "t5-fp4": (tiny_t5, "fp4", False), "t5-int8": (tiny_t5, "int8", False),
     "t5-nf4-wo": (tiny_t5, "nf4", True), "t5-int8-wo": (tiny_t5, "int8", True),
     "qwen3-nf4": (tiny_qwen3, "nf4", False), "qwen2.5-vl-nf4": (tiny_qwen25_vl, "nf4", False),
+    "mistral3-nf4": (tiny_mistral3, "nf4", False),
 }  # fmt: skip
 # load_in_4bit's defaults, which bitsandbytes_file quantises with: 64 weights a block, their absmax as uint8
 # codes of 256-value blocks (double quantisation).

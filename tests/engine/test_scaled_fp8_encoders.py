@@ -1,4 +1,4 @@
-"""Scaled-fp8 T5 / Qwen3 / Qwen2.5-VL text encoders stay stored in fp8 (backends/scaled_fp8_layers.py) and
+"""Scaled-fp8 T5 / Qwen3 / Qwen2.5-VL / Mistral text encoders stay stored in fp8 (backends/scaled_fp8_layers.py) and
 compute exactly what dequantising them at load computed: the load-time path is the reference, reached through
 the same load_encoder with the packing switched off, at float32, bfloat16 and float16. CLIP stays dequantised
 (LoRAs patch its layers). The pipelines' pictures are checked in test_encoder_library.py and
@@ -43,7 +43,17 @@ def tiny_qwen25_vl():
     return encoder, "Qwen2_5_VLForConditionalGeneration", comfy_qwen_state(encoder)
 
 
-BUILDERS = {"t5": tiny_t5, "t5-rows": tiny_t5, "qwen3": tiny_qwen3, "qwen2.5-vl": tiny_qwen25_vl}
+def tiny_mistral3():
+    """Flux.2 dev's Mistral in ComfyUI's names (mistral_3_small_flux2_fp8): 31 layers, of which Marble loads
+    the 30 Flux.2 reads."""
+    from tests.support.tiny_flux2 import comfyui_mistral_state, tiny_mistral3
+
+    encoder = tiny_mistral3()
+    return encoder, "Mistral3ForConditionalGeneration", comfyui_mistral_state(encoder)
+
+
+BUILDERS = {"t5": tiny_t5, "t5-rows": tiny_t5, "qwen3": tiny_qwen3, "qwen2.5-vl": tiny_qwen25_vl,
+            "mistral3": tiny_mistral3}  # fmt: skip
 
 
 def row_scaled_fp8(state):

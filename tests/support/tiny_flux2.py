@@ -284,6 +284,15 @@ def build_tiny_flux2_dev_tekken(folder: Path, seed: int = 0) -> Flux2Pipeline:
     """dev with a Mistral 3 of the tiny tekken vocabulary and 31 layers (the pipeline reads hidden states 10,
     20 and 30; the 31st layer stands for the 10 a whole Mistral Small has after those)."""
     transformer = tiny_transformer("dev", seed)
+    return Flux2Pipeline(
+        scheduler=_scheduler("dev"), vae=tiny_vae(), text_encoder=tiny_mistral3(seed),
+        tokenizer=tekken_reference_tokenizer(folder), transformer=transformer,
+    )  # fmt: skip
+
+
+def tiny_mistral3(seed: int = 0) -> Mistral3ForConditionalGeneration:
+    """Mistral 3 of the tiny tekken vocabulary, 31 layers, norms jittered away from 1 (a final norm left in
+    would show)."""
     config = Mistral3Config(
         text_config={"model_type": "mistral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
                      "num_hidden_layers": 31, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
@@ -295,26 +304,30 @@ def build_tiny_flux2_dev_tekken(folder: Path, seed: int = 0) -> Flux2Pipeline:
     )  # fmt: skip
     torch.manual_seed(seed + 1)
     encoder = Mistral3ForConditionalGeneration(config).eval()
-    _jitter(encoder, seed + 2)  # norms away from 1, so a final norm left in would show
-    return Flux2Pipeline(
-        scheduler=_scheduler("dev"), vae=tiny_vae(), text_encoder=encoder,
-        tokenizer=tekken_reference_tokenizer(folder), transformer=transformer,
-    )  # fmt: skip
+    _jitter(encoder, seed + 2)
+    return encoder
 
 
 def comfyui_mistral_file(encoder: Mistral3ForConditionalGeneration, path: Path, *, layers: int | None = None,
                          tekken: dict | None = None) -> Path:  # fmt: skip
-    """ComfyUI's mistral_3_small_flux2 layout: the language model under `model.`, its tekken.json as the uint8
-    tensor `tekken_model`; `layers`: cut to that many (the "pruned" files keep 30 and their final norm)."""
-    state = {}
-    for key, value in encoder.state_dict().items():
-        if not key.startswith("model.language_model."):
-            continue  # the vision tower, its projector and lm_head: not in the text encoder files
-        inner = key.removeprefix("model.language_model.")
-        if layers is not None and inner.startswith("layers.") and int(inner.split(".")[1]) >= layers:
-            continue
-        state["model." + inner] = value.detach().clone().contiguous()
+    """ComfyUI's mistral_3_small_flux2 layout (comfyui_mistral_state), its tekken.json as the uint8 tensor
+    `tekken_model`."""
+    state = comfyui_mistral_state(encoder, layers=layers)
     if tekken is not None:
         state["tekken_model"] = torch.frombuffer(bytearray(json.dumps(tekken).encode()), dtype=torch.uint8)
     save_file(state, str(path))
     return path
+
+
+def comfyui_mistral_state(encoder: Mistral3ForConditionalGeneration, *, layers: int | None = None) -> dict:
+    """The language model under `model.` (no vision tower, projector or lm_head); `layers`: cut to that many
+    (the "pruned" files keep 30 and their final norm)."""
+    state = {}
+    for key, value in encoder.state_dict().items():
+        if not key.startswith("model.language_model."):
+            continue
+        inner = key.removeprefix("model.language_model.")
+        if layers is not None and inner.startswith("layers.") and int(inner.split(".")[1]) >= layers:
+            continue
+        state["model." + inner] = value.detach().clone().contiguous()
+    return state
