@@ -398,6 +398,50 @@ def test_a_qwen3_gguf_loads_as_its_stored_weights(home, zimage):
     assert np.array_equal(pixels(batch.images[0]), z_with_encoder(zimage, request, stored))
 
 
+def test_a_q8_0_qwen3_gguf_keeps_its_blocks_and_computes_their_dequantised_weights(tmp_path):
+    """A Qwen3 wide enough for Q8_0's 32-weight blocks: its quantised linear layers stay blocks in memory and
+    the encoder computes what a Qwen3Model holding gguf's own dequantisation of the same file computes."""
+    import gguf
+    from transformers import Qwen3Config, Qwen3Model
+
+    from desktop.engine.backends.encoder_components import Component, inspect_component, load_encoder
+    from desktop.engine.backends.gguf_layers import read_gguf
+    from desktop.engine.library.encoder_qwen import gguf_name
+    from tests.support.tiny_qwen_encoders import save_qwen_gguf
+
+    config = Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16)  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3Model(config).eval()
+    path = save_qwen_gguf(model, tmp_path / "Qwen3-Q8_0.gguf", quant="Q8_0")
+    config.save_pretrained(tmp_path / "config")
+    component = Component("qwen-q8", path)
+    info = inspect_component(component)
+    assert (info.kind, info.width, info.layers, info.layout) == ("qwen3", 32, 2, "gguf")
+    loaded = load_encoder(tmp_path / "config", "Qwen3Model", component, info, dtype=torch.float32)
+    blocks = {name: module for name, module in loaded.named_modules() if hasattr(module, "blocks")}
+    assert len(blocks) == 2 * 7  # q, k, v, o, gate, up, down in each layer: all rows 32 or 64 wide
+    reader = gguf.GGUFReader(str(path))
+    quantised = {gguf_name(t.name) for t in reader.tensors if t.tensor_type == gguf.GGMLQuantizationType.Q8_0}
+    # The embedding is Q8_0 in the file too, dequantised at load (no linear layer).
+    assert {f"model.{name}.weight" for name in blocks} | {"model.embed_tokens.weight"} == quantised
+    # The reference: every tensor dequantised by gguf's numpy code, in a plain Qwen3Model.
+    reference = Qwen3Model(config).eval()
+    dequantised = {}
+    for tensor in reader.tensors:
+        shape = tuple(int(d) for d in reversed(list(tensor.shape)))
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        dequantised[gguf_name(tensor.name).removeprefix("model.")] = torch.from_numpy(np.array(values, np.float32))
+    reference.load_state_dict(dequantised, strict=True)
+    assert not torch.equal(dequantised["layers.0.self_attn.q_proj.weight"], model.layers[0].self_attn.q_proj.weight)
+    ids = torch.tensor([[3, 9, 27, 1, 14, 5]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).last_hidden_state, reference(ids).last_hidden_state)
+    assert read_gguf(path, gguf_name)["model.layers.0.mlp.down_proj.weight"].quant_type == int(
+        gguf.GGMLQuantizationType.Q8_0
+    )
+
+
 def test_a_config_folder_that_is_the_whole_diffusers_folder_serves_its_tokenizer(home, zimage):
     request = z_request(zimage, tokenizer_folder=None, model_config=str(zimage["folder"]))
     batch, _ = run(make_backend(home), request)

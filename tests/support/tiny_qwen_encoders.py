@@ -82,9 +82,10 @@ _LLAMA = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn
           "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}  # fmt: skip
 
 
-def save_qwen_gguf(encoder, path: Path, arch: str = "qwen3") -> Path:
-    """The language model in llama.cpp's names (as its converter writes a Qwen2/Qwen3 GGUF): matrices in F16
-    (the tiny widths fit no quantised block), the rest in F32; no vision tower (llama.cpp keeps it apart)."""
+def save_qwen_gguf(encoder, path: Path, arch: str = "qwen3", quant: str = "F16") -> Path:
+    """The language model in llama.cpp's names (as its converter writes a Qwen2/Qwen3 GGUF): matrices in F16,
+    or with `quant` ("Q8_0") those whose rows fill its 32-weight blocks; the rest in F32; no vision tower
+    (llama.cpp keeps it apart)."""
     import gguf
     import numpy as np
 
@@ -98,6 +99,11 @@ def save_qwen_gguf(encoder, path: Path, arch: str = "qwen3") -> Path:
             _, _, index, *rest = key.split(".")
             name = f"blk.{index}.{_LLAMA['.'.join(rest[:-1])]}.{rest[-1]}"
         data = tensor.float().numpy()
+        if quant != "F16" and data.ndim == 2 and data.shape[1] % 32 == 0:
+            kind = gguf.GGMLQuantizationType[quant]
+            quantised = gguf.quants.quantize(data, kind)
+            writer.add_tensor(name, quantised, raw_shape=quantised.shape, raw_dtype=kind)
+            continue
         writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float16 if data.ndim == 2 else np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
