@@ -108,10 +108,11 @@ SETTINGS: tuple[Setting, ...] = (
         "the app's own models folder. Takes effect at the next start.", FOLDER, "",
     ),
     Setting(
-        "tokenizer_folder", "Tokenizer folder", "For a Qwen-Image or Z-Image file run with a text encoder "
-        "from the library: a folder holding the tokenizer to use instead of Marble's own Qwen tokenizer "
-        "(tokenizer.json and tokenizer_config.json; the model's diffusers folder serves); empty: Marble's own. "
-        "Takes effect at the next start.", FOLDER, "",
+        "tokenizer_folder", "Tokenizer folder", "For a Qwen-Image, Z-Image or Flux.2 file run with a text "
+        "encoder from the library: a folder holding the tokenizer to use instead of Marble's own Qwen tokenizer "
+        "(tokenizer.json and tokenizer_config.json; the model's diffusers folder serves), and for a Flux.2 dev "
+        "Mistral file that carries none, Mistral's; empty: Marble's own. Takes effect at the next start.",
+        FOLDER, "",
     ),
     # The window serves on 127.0.0.1 only: listening beyond this machine needs authentication, which
     # `marble serve --listen --api-auth` offers (docs/api.md).

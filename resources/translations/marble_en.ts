@@ -2102,7 +2102,7 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>For a Qwen-Image or Z-Image file run with a text encoder from the library: a folder holding the tokenizer to use instead of Marble&apos;s own Qwen tokenizer (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves); empty: Marble&apos;s own. Takes effect at the next start.</source>
+        <source>For a Qwen-Image, Z-Image or Flux.2 file run with a text encoder from the library: a folder holding the tokenizer to use instead of Marble&apos;s own Qwen tokenizer (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves), and for a Flux.2 dev Mistral file that carries none, Mistral&apos;s; empty: Marble&apos;s own. Takes effect at the next start.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -2182,7 +2182,7 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (Flux, SD3, Chroma: pick them with Library, and the VAE in the VAE row)</source>
+        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, Z-Image and Flux.2 Klein; ComfyUI&apos;s Mistral file for Flux.2 dev: pick them with Library, and the VAE in the VAE row)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

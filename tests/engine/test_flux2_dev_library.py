@@ -31,6 +31,7 @@ from tests.support.tiny_flux2 import (
     save_transformer_file,
     tiny_tekken,
 )
+from tests.support.tiny_qwen_zimage import tiny_tokenizer
 
 SYSTEM = "You are an AI that reasons about image descriptions."
 TEXTS = (
@@ -95,7 +96,7 @@ def test_a_dev_file_runs_with_comfyuis_mistral_and_its_tokenizer_like_bare_diffu
 
 def test_a_tokenizer_folder_serves_a_mistral_file_without_one(dev, library):
     """A file without `tekken_model` takes the tokenizer from the folder the user names (a Mistral repository's
-    tekken.json here); with none named, the message says what to supply."""
+    tekken.json here); with none named, the message says what to supply. A file with one keeps its own."""
     library.library.import_path(dev["bare"], "encoder")
     request = request_for(dev["transformer"], steps=2, distilled_cfg_scale=4.0, model_config=str(dev["config"]),
                           vae="flux2-vae", text_encoders="mistral_no_tokenizer")  # fmt: skip
@@ -104,7 +105,17 @@ def test_a_tokenizer_folder_serves_a_mistral_file_without_one(dev, library):
         run(make_backend(library.paths), request)
     folder = dev["tmp"] / "reference-tokenizer"  # holds tekken.json
     batch, _ = run(make_backend(library.paths), replace(request, tokenizer_folder=str(folder)))
-    assert np.array_equal(pixels(batch.images[0]), dev_image(dev["pipe"], request))
+    want = dev_image(dev["pipe"], request)
+    assert np.array_equal(pixels(batch.images[0]), want)
+    # A file that carries its tokenizer keeps it whatever folder is set (Settings' may hold Qwen's, for
+    # Qwen-Image): a folder with a tokenizer of another vocabulary leaves its picture as it is.
+    library.library.import_path(dev["full"], "encoder")
+    qwen = dev["tmp"] / "qwen-tokenizer"
+    if not qwen.exists():
+        tiny_tokenizer().save_pretrained(str(qwen))
+    carried, _ = run(make_backend(library.paths), replace(request, tokenizer_folder=str(qwen),
+                                                          text_encoders="mistral_3_small_flux2_bf16"))  # fmt: skip
+    assert np.array_equal(pixels(carried.images[0]), want)
 
 
 def test_a_mistral_file_with_too_few_layers_is_refused_before_loading(dev, library):

@@ -166,23 +166,23 @@ def _with_chat_template(tokenizer: Any, folder: Path) -> Any:
 
 
 def library_tokenizer(folder: Path | None, encoder: Path, shown: str, *, name: str) -> Any:
-    """dev's tokenizer for a Mistral encoder from the library: from `folder` when the user names one
-    (FLUX.2-dev's diffusers folder, its tokenizer/ folder, or a Mistral repository's tekken.json), else the
-    tekken.json ComfyUI's encoder file carries (backends/tekken_tokenizer.py)."""
+    """dev's tokenizer for a Mistral encoder from the library: the tekken.json ComfyUI's encoder file carries
+    (backends/tekken_tokenizer.py), the one made for its weights; for a file without one, from `folder`
+    (FLUX.2-dev's diffusers folder, its tokenizer/ folder, or a Mistral repository's tekken.json), which may
+    also be the Qwen tokenizer folder set for Qwen-Image: it is only read when the file carries none."""
     import transformers
 
     from desktop.engine.backends import tekken_tokenizer
 
-    if folder is None:
-        data = tekken_tokenizer.embedded_tekken(encoder)
-        if data is None:
-            raise ModelError(
-                f"The text encoder {shown} carries no tokenizer (ComfyUI's Mistral files for Flux.2 hold theirs), "
-                f"and {name} needs Mistral's. Point --tokenizer-folder (in the window: Settings, Tokenizer folder) "
-                "at the tokenizer/ folder of black-forest-labs/FLUX.2-dev, or use ComfyUI's "
-                "mistral_3_small_flux2 file."
-            )
+    data = tekken_tokenizer.embedded_tekken(encoder)
+    if data is not None:
         return tekken_tokenizer.tokenizer_from_tekken(data, source=f"The text encoder {shown}")
+    if folder is None:
+        raise ModelError(
+            f"The text encoder {shown} carries no tokenizer (ComfyUI's Mistral files for Flux.2 hold theirs), "
+            f"and {name} needs Mistral's. Point --tokenizer-folder (in the window: Settings, Tokenizer folder) "
+            "at the tokenizer/ folder of black-forest-labs/FLUX.2-dev, or use ComfyUI's mistral_3_small_flux2 file."
+        )
     for candidate in (folder / "tokenizer", folder):
         if any((candidate / file).is_file() for file in _TOKENIZER_FILES):
             try:

@@ -72,10 +72,11 @@ SETTING_TEXTS = (
                       "job starts (a busy machine slows a job several-fold when both compete for every core). "
                       "Takes effect at the next start."),
     QT_TRANSLATE_NOOP("Settings", "Tokenizer folder"),
-    QT_TRANSLATE_NOOP("Settings", "For a Qwen-Image or Z-Image file run with a text encoder from the library: a "
-                      "folder holding the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json "
-                      "and tokenizer_config.json; the model's diffusers folder serves); empty: Marble's own. Takes "
-                      "effect at the next start."),
+    QT_TRANSLATE_NOOP("Settings", "For a Qwen-Image, Z-Image or Flux.2 file run with a text encoder from the "
+                      "library: a folder holding the tokenizer to use instead of Marble's own Qwen tokenizer "
+                      "(tokenizer.json and tokenizer_config.json; the model's diffusers folder serves), and for a "
+                      "Flux.2 dev Mistral file that carries none, Mistral's; empty: Marble's own. Takes effect at "
+                      "the next start."),
     QT_TRANSLATE_NOOP("Settings", "API port"),
     QT_TRANSLATE_NOOP("Settings", "The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any "
                       "free port: one is picked each time."),
