@@ -216,3 +216,15 @@ def test_comfyuis_mistral_files_are_named_from_their_shapes():
     with pytest.raises(ModelError, match=r"broken is a mistral3 text encoder with layer\(s\) \[7\] missing"):
         inspect_encoder(SafetensorsHeader({k: v for k, v in header(30, {}).tensors.items()
                                            if not k.startswith("model.layers.7.")}), "broken")  # fmt: skip
+
+
+def test_only_the_layers_flux2_reads_are_read_from_the_file(dev):
+    """The 31st layer (standing for a whole file's last ten), the final norm and the tokenizer bytes stay on
+    disk: a whole Mistral Small file is 48 GB in bf16."""
+    from desktop.engine.backends.mistral_encoder import read_used
+
+    read = read_used(dev["full"], "model.", 30)
+    layers = {int(key.split(".")[2]) for key in read if key.startswith("model.layers.")}
+    assert layers == set(range(30))
+    assert "model.embed_tokens.weight" in read
+    assert not {"model.norm.weight", "tekken_model"} & set(read)

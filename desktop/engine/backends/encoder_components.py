@@ -294,7 +294,11 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
         return gguf_layers.read_gguf(component.path, rename)
     from safetensors.torch import load_file
 
-    tensors = load_file(str(component.path))
+    if info.kind == MISTRAL3:
+        # Only the layers Flux.2 reads: a whole 24B Mistral file is 48 GB in bf16, a quarter of it never used.
+        tensors = mistral_encoder.read_used(component.path, info.prefix, settings.num_hidden_layers)
+    else:
+        tensors = load_file(str(component.path))
     # A Qwen file's vision tower and lm_head sit beside its `model.` level: kept whole, renamed at load.
     prefix = "" if info.kind in qwen_encoders.KINDS else info.prefix
     state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}

@@ -53,13 +53,28 @@ def check_depth(layers: int, shown: str, *, name: str) -> None:
 def model_names(state: dict[str, Any], layers: int) -> dict[str, Any]:
     """The file's language-model tensors (its `model.` level already cut) that MistralModel of `layers`
     layers holds: the embedding and those layers; the later layers and the final norm are left out."""
-    kept = {}
-    for key, value in state.items():
-        match = _LAYER.match(key)
-        if key == "norm.weight" or (match is not None and int(match.group(1)) >= layers):
-            continue
-        kept[key] = value
-    return kept
+    return {key: value for key, value in state.items() if _used(key, layers)}
+
+
+def _used(key: str, layers: int) -> bool:
+    match = _LAYER.match(key)
+    return key != "norm.weight" and (match is None or int(match.group(1)) < layers)
+
+
+def read_used(path: Path, prefix: str, layers: int) -> dict[str, Any]:
+    """The tensors of the safetensors file `path` under `prefix` that MistralModel of `layers` layers uses
+    (with their scales and quantisation states), read one by one: the later layers, the final norm, a
+    vision tower and the tokenizer bytes are never read into memory."""
+    from safetensors import safe_open
+
+    used = {}
+    with safe_open(str(path), framework="pt") as handle:
+        for key in handle.keys():
+            if not key.startswith(prefix):
+                continue
+            if _used(key[len(prefix):], layers):
+                used[key] = handle.get_tensor(key)
+    return used
 
 
 def without_final_norm(model: Any) -> Any:
