@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from desktop.engine.backends.tekken_tokenizer import tokenizer_from_tekken
@@ -228,3 +229,33 @@ def test_only_the_layers_flux2_reads_are_read_from_the_file(dev):
     assert layers == set(range(30))
     assert "model.embed_tokens.weight" in read
     assert not {"model.norm.weight", "tekken_model"} & set(read)
+
+
+def test_a_dev_folders_text_encoder_loads_only_what_flux2_reads(dev, tmp_path):
+    """A diffusers folder's whole Mistral3ForConditionalGeneration (transformers' names since 4.52, or the older
+    `language_model.model.*`) becomes the 30-layer MistralModel, hidden states 10, 20, 30 unchanged; a
+    quantised folder is left to transformers."""
+    from safetensors.torch import load_file
+
+    from desktop.engine.backends.mistral_encoder import from_folder
+
+    encoder = dev["pipe"].text_encoder
+    folder = tmp_path / "text_encoder"
+    encoder.save_pretrained(str(folder))
+    ids = torch.tensor([[1, 17, 100, 101, 18, 3, 150, 4]])
+    with torch.no_grad():
+        want = encoder(input_ids=ids, output_hidden_states=True).hidden_states
+    for names in ("new", "old"):
+        if names == "old":
+            state = load_file(str(folder / "model.safetensors"))
+            save_file({k.replace("model.language_model.", "language_model.model."): v for k, v in state.items()},
+                      str(folder / "model.safetensors"))  # fmt: skip
+        model = from_folder(folder, torch.float32)
+        assert (type(model).__name__, len(model.layers), type(model.norm).__name__) == ("MistralModel", 30, "Identity")
+        with torch.no_grad():
+            got = model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in (10, 20, 30):
+            assert torch.equal(got[layer], want[layer]), (names, layer)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"quantization_config": {"load_in_4bit": True}}))
+    assert from_folder(folder, torch.float32) is None

@@ -116,6 +116,8 @@ def assemble(
     import diffusers
     import transformers
 
+    from desktop.engine.backends import mistral_encoder
+
     own = transformer is None
     width = _text_width(folder, transformer)
     check_components(folder, info, name=name, text_width=width)
@@ -127,11 +129,14 @@ def assemble(
                 str(folder / "transformer"), dtype=dtype, local_files_only=True, use_safetensors=True
             )
         encoder_class = transformers.Mistral3ForConditionalGeneration if dev else transformers.Qwen3ForCausalLM
+        # dev: only the part of Mistral Small that Flux.2 reads (backends/mistral_encoder.py), when the folder
+        # holds it plainly; transformers loads the rest (quantised folders) whole.
+        encoder = mistral_encoder.from_folder(folder / "text_encoder", dtype) if dev else None
         parts = {
             "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
                 str(scheduler_folder / "scheduler"), local_files_only=True
             ),
-            "text_encoder": encoder_class.from_pretrained(
+            "text_encoder": encoder if encoder is not None else encoder_class.from_pretrained(
                 str(folder / "text_encoder"), dtype=dtype, local_files_only=True, use_safetensors=True
             ),
             # dev's folder holds a Pixtral processor; the pipeline reads prompts only through its tokenizer's

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.errors import ModelError
+from desktop.engine.safe_files import read_json_file
 
 # The deepest hidden state Flux.2 dev reads (Flux2Pipeline's text_encoder_out_layers, (10, 20, 30)).
 READ_LAYERS = 30
@@ -75,6 +76,50 @@ def read_used(path: Path, prefix: str, layers: int) -> dict[str, Any]:
             if _used(key[len(prefix):], layers):
                 used[key] = handle.get_tensor(key)
     return used
+
+
+# Where transformers saves Mistral3ForConditionalGeneration's language model: since 4.52, and before.
+_FOLDER_PREFIXES = ("model.language_model.", "language_model.model.")
+
+
+def from_folder(folder: Path, dtype: Any) -> Any | None:
+    """MistralModel of the layers Flux.2 reads, from a diffusers text_encoder/ folder that holds a whole
+    Mistral3ForConditionalGeneration in safetensors (13 GB less than the whole 24B model in bf16, and no
+    vision tower); None when transformers should load the folder itself (quantised weights, other names)."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+    from transformers import MistralModel
+
+    config = read_json_file(folder / "config.json", label=f"config.json in {folder}")
+    index = folder / "model.safetensors.index.json"
+    if not isinstance(config, dict) or "quantization_config" in config:
+        return None
+    if index.is_file():
+        weight_map = read_json_file(index, label=f"model.safetensors.index.json in {folder}").get("weight_map", {})
+        files = sorted({folder / name for name in weight_map.values()})
+    else:
+        files = [folder / "model.safetensors"]
+    if not all(file.is_file() for file in files):
+        return None
+    text = settings(folder)
+    state: dict[str, Any] = {}
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                prefix = next((p for p in _FOLDER_PREFIXES if key.startswith(p)), None)
+                if prefix is not None and _used(key[len(prefix):], text.num_hidden_layers):
+                    state[key[len(prefix):]] = handle.get_tensor(key).to(dtype)
+    if not state:
+        return None
+    with init_empty_weights(include_buffers=False):
+        model = without_final_norm(MistralModel(text))
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines()
+        raise ModelError(f"The text encoder in {folder} does not fit its config: {lines[-1][:200]}") from None
+    return model.to(torch.device("cpu")).eval()
 
 
 def without_final_norm(model: Any) -> Any:
