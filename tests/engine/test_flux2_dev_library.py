@@ -259,3 +259,18 @@ def test_a_dev_folders_text_encoder_loads_only_what_flux2_reads(dev, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"quantization_config": {"load_in_4bit": True}}))
     assert from_folder(folder, torch.float32) is None
+
+
+def test_a_qwen3_file_chosen_for_dev_is_refused_naming_the_mistral_it_needs(dev, library):
+    """Klein's Qwen3 and dev's Mistral share the library: the wrong one is refused before any load."""
+    from tests.support.tiny_qwen_encoders import comfy_qwen_state
+    from tests.support.tiny_qwen_zimage import build_tiny_z_image
+
+    path = dev["tmp"] / "qwen_3_4b.safetensors"
+    save_file(comfy_qwen_state(build_tiny_z_image().text_encoder), str(path))
+    library.library.import_path(path, "encoder")
+    request = request_for(dev["transformer"], steps=2, model_config=str(dev["config"]), vae="flux2-vae",
+                          text_encoders="qwen_3_4b")  # fmt: skip
+    wanted = r"needs a Mistral \(width 16\) text encoder for its text_encoder and none of the chosen ones fits"
+    with pytest.raises(ModelError, match=wanted + r" \(chosen: qwen_3_4b \(Qwen3 text encoder"):
+        run(make_backend(library.paths), request)
