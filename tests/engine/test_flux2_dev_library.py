@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 
 from desktop.engine.backends.tekken_tokenizer import tokenizer_from_tekken
 from desktop.engine.errors import ModelError
-from desktop.engine.library.encoder import inspect_encoder_gguf
 from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
@@ -128,13 +127,82 @@ def test_a_mistral_file_with_too_few_layers_is_refused_before_loading(dev, libra
         run(make_backend(library.paths), request)
 
 
-def test_a_damaged_tekken_and_a_mistral_gguf_are_refused_by_name():
+def test_a_damaged_tekken_is_refused_by_name():
     with pytest.raises(ModelError, match=r"The text encoder 'x' carries a tokenizer that is no Mistral tekken\.json"):
         tokenizer_from_tekken(b"\x00\x01not json", source="The text encoder 'x'")
-    shapes = {"token_embd.weight": (64, 16), "blk.0.attn_q.weight": (16, 16), "blk.0.attn_k.weight": (8, 16)}
-    tensors = {key: SimpleNamespace(shape=shape, dtype="float16") for key, shape in shapes.items()}
-    with pytest.raises(ModelError, match=r"mistral\.gguf is a Mistral \(or Llama\) GGUF text encoder.*safetensors"):
-        inspect_encoder_gguf(tensors, "Q8_0", "mistral.gguf")
+
+
+def test_a_mistral_gguf_in_llama_cpps_names_runs_with_a_tokenizer_folder(dev, library):
+    """llama.cpp's Mistral GGUF: its names, q and k rows permuted by its converter, F16 storage; the tokenizer
+    from the folder. The picture is bare diffusers' with the encoder's weights rounded to float16."""
+    import copy
+
+    from diffusers import Flux2Pipeline
+
+    from tests.support.tiny_flux2 import comfyui_mistral_state
+    from tests.support.tiny_qwen_encoders import save_llama_gguf
+
+    pipe = dev["pipe"]
+    path = save_llama_gguf(comfyui_mistral_state(pipe.text_encoder), dev["tmp"] / "mistral-small-F16.gguf", "llama",
+                           heads=(2, 1))  # fmt: skip
+    record = library.library.import_path(path, "encoder")
+    assert (record.family, record.format) == ("mistral3", "gguf"), record
+    request = request_for(dev["transformer"], steps=2, distilled_cfg_scale=4.0, model_config=str(dev["config"]),
+                          vae="flux2-vae", text_encoders=record.name)  # fmt: skip
+    with pytest.raises(ModelError, match=r"mistral-small-F16\.gguf\) carries no tokenizer"):
+        run(make_backend(library.paths), request)
+    folder = dev["tmp"] / "reference-tokenizer"
+    batch, _ = run(make_backend(library.paths), replace(request, tokenizer_folder=str(folder)))
+    rounded = copy.deepcopy(pipe.text_encoder)
+    with torch.no_grad():
+        for name, parameter in rounded.named_parameters():
+            if parameter.ndim == 2 and name.startswith("model.language_model."):
+                parameter.copy_(parameter.half().float())
+    reference = Flux2Pipeline(**(pipe.components | {"text_encoder": rounded}))
+    assert np.array_equal(pixels(batch.images[0]), dev_image(reference, request))
+
+
+def test_a_q8_0_mistral_gguf_keeps_its_blocks_with_their_rows_put_back(tmp_path):
+    """A Mistral wide enough for Q8_0's blocks: the q and k weights stay packed, their rows moved back to Hugging
+    Face's order, and the encoder computes what a MistralModel of gguf's own dequantisation, unpermuted, does."""
+    import gguf
+    from transformers import MistralConfig, MistralModel
+
+    from desktop.engine.backends.encoder_components import Component, inspect_component, load_encoder
+    from desktop.engine.library.encoder_qwen import gguf_name
+    from tests.support.tiny_qwen_encoders import save_llama_gguf
+
+    config = MistralConfig(vocab_size=64, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=None)  # fmt: skip
+    torch.manual_seed(0)
+    model = MistralModel(config).eval()
+    state = {"model." + key: value for key, value in model.state_dict().items()}
+    path = save_llama_gguf(state, tmp_path / "mistral-Q8_0.gguf", "llama", quant="Q8_0", heads=(4, 2))
+    config.save_pretrained(tmp_path / "config")
+    component = Component("mistral-q8", path)
+    info = inspect_component(component)
+    assert (info.kind, info.layout, info.layers) == ("mistral3", "gguf", 2)
+    loaded = load_encoder(tmp_path / "config", "MistralModel", component, info, dtype=torch.float32)
+    assert {name for name, module in loaded.named_modules() if hasattr(module, "blocks")} >= {
+        "layers.0.self_attn.q_proj", "layers.0.self_attn.k_proj", "layers.1.mlp.down_proj"
+    }  # fmt: skip
+    reference = MistralModel(config).eval()
+    reference.norm = torch.nn.Identity()
+    plain = {}
+    for tensor in gguf.GGUFReader(str(path)).tensors:
+        shape = tuple(int(d) for d in reversed(list(tensor.shape)))
+        values = torch.from_numpy(np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type), np.float32))
+        plain[gguf_name(tensor.name).removeprefix("model.")] = values.reshape(shape)
+    for key, heads in (("self_attn.q_proj", 4), ("self_attn.k_proj", 2)):
+        for layer in range(2):
+            rows = plain[f"layers.{layer}.{key}.weight"]
+            unpermuted = rows.reshape(heads, rows.shape[0] // heads // 2, 2, -1).swapaxes(1, 2).reshape(rows.shape)
+            plain[f"layers.{layer}.{key}.weight"] = unpermuted
+    plain.pop("norm.weight")
+    reference.load_state_dict(plain, strict=True)
+    ids = torch.tensor([[3, 9, 27, 1, 14, 5]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).last_hidden_state, reference(ids).last_hidden_state)
 
 
 def _mistral_common_tekken(tmp_path, version: str):

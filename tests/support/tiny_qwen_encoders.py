@@ -86,19 +86,33 @@ def save_qwen_gguf(encoder, path: Path, arch: str = "qwen3", quant: str = "F16")
     """The language model in llama.cpp's names (as its converter writes a Qwen2/Qwen3 GGUF): matrices in F16,
     or with `quant` ("Q8_0") those whose rows fill its 32-weight blocks; the rest in F32; no vision tower
     (llama.cpp keeps it apart)."""
+    return save_llama_gguf(comfy_qwen_state(encoder, vision=False), path, arch, quant)
+
+
+def save_llama_gguf(
+    state: dict[str, torch.Tensor], path: Path, arch: str, quant: str = "F16", heads: tuple[int, int] | None = None
+) -> Path:
+    """A language model in ComfyUI's names (`model.layers.N...`) written in llama.cpp's, as save_qwen_gguf
+    says; `heads` (query heads, key/value heads): q and k rows permuted as llama.cpp's converter does for
+    Llama-family models (Mistral), each head's two rotary halves interleaved."""
     import gguf
     import numpy as np
+
+    def permuted(rows: np.ndarray, count: int) -> np.ndarray:
+        return rows.reshape(count, 2, rows.shape[0] // count // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
     writer = gguf.GGUFWriter(str(path), arch)
     top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": "output.weight"}  # fmt: skip
-    for key, tensor in comfy_qwen_state(encoder, vision=False).items():
+    for key, tensor in state.items():
         if key in top:
             name = top[key]
         else:
             _, _, index, *rest = key.split(".")
             name = f"blk.{index}.{_LLAMA['.'.join(rest[:-1])]}.{rest[-1]}"
         data = tensor.float().numpy()
+        if heads is not None and name.endswith(("attn_q.weight", "attn_k.weight")):
+            data = permuted(data, heads[0] if name.endswith("attn_q.weight") else heads[1])
         if quant != "F16" and data.ndim == 2 and data.shape[1] % 32 == 0:
             kind = gguf.GGMLQuantizationType[quant]
             quantised = gguf.quants.quantize(data, kind)

@@ -290,6 +290,8 @@ def _flux2_ldm_parts(state: dict[str, Any]) -> dict[str, Any]:
 
 def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:
     if info.layout == "gguf":
+        if info.kind == MISTRAL3:
+            return mistral_encoder.read_gguf(component.path, settings)
         rename = qwen_gguf_name if info.kind in qwen_encoders.KINDS else _gguf_t5_name
         return gguf_layers.read_gguf(component.path, rename)
     from safetensors.torch import load_file

@@ -65,9 +65,12 @@ class PackedWeight(Packed):
         return dequantise(self)
 
 
-def read_gguf(path: Path, rename: Callable[[str], str]) -> dict[str, Any]:
+def read_gguf(
+    path: Path, rename: Callable[[str], str], keep: Callable[[str], bool] | None = None
+) -> dict[str, Any]:
     """A llama.cpp-named encoder GGUF by transformers' names: 2-D tensors in a type a layer can run packed
-    stay PackedWeight, the rest dequantised to float32 tensors (by gguf itself)."""
+    stay PackedWeight, the rest dequantised to float32 tensors (by gguf itself). `keep(name)`: only the
+    tensors it accepts (by their new names) are read."""
     import gguf
     import numpy as np
     import torch
@@ -78,6 +81,8 @@ def read_gguf(path: Path, rename: Callable[[str], str]) -> dict[str, Any]:
     for tensor in reader.tensors:
         shape = tuple(int(d) for d in reversed(list(tensor.shape)))
         name = rename(tensor.name)
+        if keep is not None and not keep(name):
+            continue
         if len(shape) == 2 and int(tensor.tensor_type) in packable:
             # A copy: the reader maps the file, and its arrays are read-only views of it.
             blocks = torch.from_numpy(np.array(tensor.data, dtype=np.uint8).reshape(shape[0], -1))

@@ -78,6 +78,42 @@ def read_used(path: Path, prefix: str, layers: int) -> dict[str, Any]:
     return used
 
 
+def read_gguf(path: Path, text: Any) -> dict[str, Any]:
+    """The used tensors of a Mistral GGUF in llama.cpp's names (blk.N.attn_q, ...), by MistralModel's names
+    (`text`: its MistralConfig), q and k rows put back in Hugging Face's order.
+
+    llama.cpp's converter permutes the rows of every Llama-family model's q and k projections (Mistral's
+    among them) so that each head's two rotary halves interleave, the order its own rope reads; ComfyUI-GGUF
+    undoes it at load, as this does. A quantised weight's rows are whole blocks, so its bytes move by row
+    and stay packed."""
+    from desktop.engine.backends import gguf_layers
+    from desktop.engine.library.encoder_qwen import gguf_name
+
+    def keep(name: str) -> bool:
+        return name.startswith("model.") and _used(name.removeprefix("model."), text.num_hidden_layers)
+
+    state = {key.removeprefix("model."): value for key, value in gguf_layers.read_gguf(path, gguf_name, keep).items()}
+    for key, value in state.items():
+        if key.endswith("self_attn.q_proj.weight"):
+            state[key] = _rows_unpermuted(value, text.num_attention_heads)
+        elif key.endswith("self_attn.k_proj.weight"):
+            state[key] = _rows_unpermuted(value, text.num_key_value_heads)
+    return state
+
+
+def _rows_unpermuted(weight: Any, heads: int) -> Any:
+    """llama.cpp's q/k row order (each head's rotary halves interleaved) back to Hugging Face's (halves one
+    after the other), for a plain tensor or a GGUF weight kept packed."""
+    from desktop.engine.backends.gguf_layers import PackedWeight
+
+    def unpermuted(rows: Any) -> Any:
+        return rows.reshape(heads, rows.shape[0] // heads // 2, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+    if isinstance(weight, PackedWeight):
+        return PackedWeight(unpermuted(weight.blocks).contiguous(), weight.quant_type, weight.shape)
+    return unpermuted(weight).contiguous()
+
+
 # Where transformers saves Mistral3ForConditionalGeneration's language model: since 4.52, and before.
 _FOLDER_PREFIXES = ("model.language_model.", "language_model.model.")
 

@@ -47,8 +47,14 @@ CHAT_TEMPLATE = (
 
 
 def embedded_tekken(path: Path) -> bytes | None:
-    """The tekken.json bytes a safetensors encoder file carries as `tekken_model`; None when it has none."""
+    """The tekken.json bytes a safetensors encoder file carries as `tekken_model`; None when it has none (a
+    GGUF file's tokenizer is not read: the tokenizer folder serves it)."""
     from safetensors import safe_open
+
+    from desktop.engine.library.checkpoint import sniff_file_type
+
+    if sniff_file_type(path, label=str(path)) != "safetensors":
+        return None
 
     with safe_open(str(path), framework="pt") as handle:
         if TEKKEN_TENSOR not in handle.keys():

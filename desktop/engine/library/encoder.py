@@ -164,11 +164,6 @@ def _inspect(
         qwen = inspect_qwen_gguf(shapes, name)
         if qwen is not None:
             kind, width, layers, parameters = qwen
-            if kind == MISTRAL3:
-                raise ModelError(
-                    f"{name} is a Mistral (or Llama) GGUF text encoder, which Marble does not read: for Flux.2 dev, "
-                    "import ComfyUI's safetensors file (mistral_3_small_flux2_bf16 or _fp8)."
-                )
             return EncoderInfo(kind, width, layers, "gguf", "", "GGUF", parameters)
         if _T5_GGUF_PROBE not in shapes or "token_embd.weight" not in shapes:
             raise ModelError(
