@@ -159,7 +159,35 @@ def test_a_mistral_gguf_in_llama_cpps_names_runs_with_a_tokenizer_folder(dev, li
             if parameter.ndim == 2 and name.startswith("model.language_model."):
                 parameter.copy_(parameter.half().float())
     reference = Flux2Pipeline(**(pipe.components | {"text_encoder": rounded}))
-    assert np.array_equal(pixels(batch.images[0]), dev_image(reference, request))
+    want = dev_image(reference, request)
+    assert np.array_equal(pixels(batch.images[0]), want)
+    # A GGUF that keeps the tokenizer in its metadata, as llama.cpp writes Mistral's: no folder needed.
+    path = save_llama_gguf(comfyui_mistral_state(pipe.text_encoder), dev["tmp"] / "mistral-small-tok-F16.gguf",
+                           "llama", heads=(2, 1), tokenizer=pipe.tokenizer)  # fmt: skip
+    record = library.library.import_path(path, "encoder")
+    carried, _ = run(make_backend(library.paths), replace(request, text_encoders=record.name))
+    assert np.array_equal(pixels(carried.images[0]), want)
+
+
+def test_a_gguf_tokenizer_in_llama_cpps_form_reads_back_as_the_real_tekken(tmp_path):
+    """Pixtral's real tekken.json written into a GGUF's metadata as llama.cpp writes a "gpt2" vocabulary, and
+    read back: the same 131,072 ids for every text, the control tokens where tekken puts them."""
+    from desktop.engine.backends.tekken_tokenizer import gguf_tekken
+    from tests.support.tiny_qwen_encoders import save_llama_gguf
+
+    original = tokenizer_from_tekken(_mistral_common_tekken(tmp_path, "v7").read_bytes(), source="test")
+    state = {"model.embed_tokens.weight": torch.zeros(4, 32)}
+    path = save_llama_gguf(state, tmp_path / "tok.gguf", "llama", tokenizer=original)
+    data = gguf_tekken(path)
+    assert data is not None
+    read = tokenizer_from_tekken(data, source="test")
+    assert len(read) == len(original) == 131072
+    for text in (*TEXTS, "[SYSTEM_PROMPT]x[/SYSTEM_PROMPT][INST]y[/INST]"):
+        assert read(text)["input_ids"] == original(text)["input_ids"], text
+    assert read.convert_tokens_to_ids(["<s>", "<pad>", "[SYSTEM_PROMPT]"]) == [1, 11, 17]
+    # Not a tekken layout (no control tokens first): None, and the tokenizer folder serves.
+    plain = save_llama_gguf(state, tmp_path / "plain.gguf", "llama")
+    assert gguf_tekken(plain) is None
 
 
 def test_a_q8_0_mistral_gguf_keeps_its_blocks_with_their_rows_put_back(tmp_path):

@@ -90,11 +90,13 @@ def save_qwen_gguf(encoder, path: Path, arch: str = "qwen3", quant: str = "F16")
 
 
 def save_llama_gguf(
-    state: dict[str, torch.Tensor], path: Path, arch: str, quant: str = "F16", heads: tuple[int, int] | None = None
-) -> Path:
+    state: dict[str, torch.Tensor], path: Path, arch: str, quant: str = "F16", heads: tuple[int, int] | None = None,
+    tokenizer=None,
+) -> Path:  # fmt: skip
     """A language model in ComfyUI's names (`model.layers.N...`) written in llama.cpp's, as save_qwen_gguf
     says; `heads` (query heads, key/value heads): q and k rows permuted as llama.cpp's converter does for
-    Llama-family models (Mistral), each head's two rotary halves interleaved."""
+    Llama-family models (Mistral), each head's two rotary halves interleaved; `tokenizer` (a byte-level BPE
+    tokenizer): its vocabulary as llama.cpp writes a "gpt2" one, every id's token, special ones typed control."""
     import gguf
     import numpy as np
 
@@ -102,6 +104,13 @@ def save_llama_gguf(
         return rows.reshape(count, 2, rows.shape[0] // count // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
     writer = gguf.GGUFWriter(str(path), arch)
+    if tokenizer is not None:
+        special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("tekken")
+        writer.add_token_list(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+        writer.add_token_types([gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL
+                                for i in range(len(tokenizer))])  # fmt: skip
     top = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
            "lm_head.weight": "output.weight"}  # fmt: skip
     for key, tensor in state.items():

@@ -85,7 +85,7 @@ def read_gguf(path: Path, text: Any) -> dict[str, Any]:
     llama.cpp's converter permutes the rows of every Llama-family model's q and k projections (Mistral's
     among them) so that each head's two rotary halves interleave, the order its own rope reads; ComfyUI-GGUF
     undoes it at load, as this does. A quantised weight's rows are whole blocks, so its bytes move by row
-    and stay packed."""
+    and stay packed. (The tokenizer in its metadata: tekken_tokenizer.gguf_tekken.)"""
     from desktop.engine.backends import gguf_layers
     from desktop.engine.library.encoder_qwen import gguf_name
 

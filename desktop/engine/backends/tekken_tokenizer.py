@@ -34,6 +34,12 @@ _DEFAULT_SPECIALS = (
     "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
     "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]",
 )  # fmt: skip
+# Tekken's pre-split pattern (the same in every tekken.json; GGUF files do not keep it).
+TEKKEN_PATTERN = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+    r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
 # Mistral's v7 chat form for the messages Flux2Pipeline builds ({"type": "text"} parts; images never reach
 # this tokenizer: Marble passes Flux.2 dev no image to the text encoder).
 CHAT_TEMPLATE = (
@@ -47,19 +53,59 @@ CHAT_TEMPLATE = (
 
 
 def embedded_tekken(path: Path) -> bytes | None:
-    """The tekken.json bytes a safetensors encoder file carries as `tekken_model`; None when it has none (a
-    GGUF file's tokenizer is not read: the tokenizer folder serves it)."""
+    """The tekken.json bytes an encoder file carries: a safetensors file's `tekken_model`, or what a GGUF's
+    tokenizer metadata amounts to (gguf_tekken); None when it has none."""
     from safetensors import safe_open
 
     from desktop.engine.library.checkpoint import sniff_file_type
 
-    if sniff_file_type(path, label=str(path)) != "safetensors":
+    kind = sniff_file_type(path, label=str(path))
+    if kind == "gguf":
+        return gguf_tekken(path)
+    if kind != "safetensors":
         return None
 
     with safe_open(str(path), framework="pt") as handle:
         if TEKKEN_TENSOR not in handle.keys():
             return None
         return handle.get_tensor(TEKKEN_TENSOR).numpy().tobytes()
+
+
+def gguf_tekken(path: Path) -> bytes | None:
+    """The tekken.json a Mistral GGUF's tokenizer metadata amounts to; None when it holds no tekken vocabulary.
+
+    llama.cpp writes Mistral's tokenizer as a "gpt2" vocabulary: every id's token in GPT-2's byte-to-unicode
+    spelling, the special tokens (ids 0..N-1, as tekken places them) typed control. Read back in id order,
+    the other tokens are tekken's byte strings by rank; the pre-split pattern, which GGUF does not keep, is
+    tekken's (the same in every tekken.json). ComfyUI-GGUF rebuilds it the same way."""
+    import base64
+
+    import gguf
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    reader = gguf.GGUFReader(str(path))
+    model, tokens, types = (reader.get_field(f"tokenizer.ggml.{key}") for key in ("model", "tokens", "token_type"))
+    if model is None or tokens is None or types is None or model.contents() != "gpt2":
+        return None
+    names, kinds = tokens.contents(), types.contents()
+    special = next((i for i, kind in enumerate(kinds) if kind == gguf.TokenType.NORMAL), len(kinds))
+    if special == 0 or len(names) != len(kinds) or any(kind != gguf.TokenType.NORMAL for kind in kinds[special:]):
+        return None  # not tekken's layout (specials first, then the ranked vocabulary)
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    vocab = []
+    for rank, name in enumerate(names[special:]):
+        if any(char not in byte_of for char in name):
+            return None
+        token = bytes(byte_of[char] for char in name)
+        vocab.append({"rank": rank, "token_bytes": base64.b64encode(token).decode("ascii"), "token_str": None})
+    tekken = {
+        "config": {"pattern": TEKKEN_PATTERN, "default_vocab_size": len(names), "default_num_special_tokens": special,
+                   "num_vocab_tokens": len(vocab)},
+        "vocab": vocab,
+        "special_tokens": [{"rank": i, "token_str": name, "is_control": True}
+                           for i, name in enumerate(names[:special])],
+    }  # fmt: skip
+    return json.dumps(tekken).encode("utf-8")
 
 
 def tokenizer_from_tekken(data: bytes, *, source: str) -> Any:
