@@ -1,4 +1,5 @@
-"""Flux.2 dev's Mistral text encoder from a library file: only the part Flux.2 reads.
+"""Flux.2 dev's Mistral text encoder, from a library file (safetensors or GGUF) or a diffusers folder: only
+the part Flux.2 reads.
 
 Flux2Pipeline reads hidden states 10, 20 and 30 of Mistral Small 3.x's language model (the outputs of
 layers 9, 19 and 29) and never its logits, its last ten layers or its final norm (hidden state 30 of 40
@@ -122,7 +123,6 @@ def from_folder(folder: Path, dtype: Any) -> Any | None:
     """MistralModel of the layers Flux.2 reads, from a diffusers text_encoder/ folder that holds a whole
     Mistral3ForConditionalGeneration in safetensors (13 GB less than the whole 24B model in bf16, and no
     vision tower); None when transformers should load the folder itself (quantised weights, other names)."""
-    import torch
     from accelerate import init_empty_weights
     from safetensors import safe_open
     from transformers import MistralModel
@@ -132,11 +132,14 @@ def from_folder(folder: Path, dtype: Any) -> Any | None:
     if not isinstance(config, dict) or "quantization_config" in config:
         return None
     if index.is_file():
-        weight_map = read_json_file(index, label=f"model.safetensors.index.json in {folder}").get("weight_map", {})
-        files = sorted({folder / name for name in weight_map.values()})
+        listed = read_json_file(index, label=f"model.safetensors.index.json in {folder}")
+        weight_map = listed.get("weight_map") if isinstance(listed, dict) else None
+        if not isinstance(weight_map, dict):
+            return None  # transformers' own loader says what is wrong with the folder
+        files = sorted({folder / str(name) for name in weight_map.values()})
     else:
         files = [folder / "model.safetensors"]
-    if not all(file.is_file() for file in files):
+    if not files or not all(file.is_file() for file in files):
         return None
     text = settings(folder)
     state: dict[str, Any] = {}
@@ -155,7 +158,7 @@ def from_folder(folder: Path, dtype: Any) -> Any | None:
     except RuntimeError as error:
         lines = str(error).strip().splitlines()
         raise ModelError(f"The text encoder in {folder} does not fit its config: {lines[-1][:200]}") from None
-    return model.to(torch.device("cpu")).eval()
+    return model.eval()
 
 
 def without_final_norm(model: Any) -> Any:
