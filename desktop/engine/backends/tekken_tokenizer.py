@@ -1,4 +1,5 @@
-"""Flux.2 dev's tokenizer from the tekken.json a ComfyUI Mistral text-encoder file carries.
+"""Flux.2 dev's tokenizer from the tekken.json a ComfyUI Mistral text-encoder file carries (or a Mistral
+GGUF's tokenizer metadata amounts to).
 
 Mistral's tokenizer ("tekken") is a byte-level BPE kept as tekken.json: byte strings by rank, a pre-split
 pattern, and a number of special tokens placed before the vocabulary (ids 0..N-1; the token of rank r
@@ -14,7 +15,7 @@ encoding, and ComfyUI's Flux.2 template), padded on the left with <pad> to the p
 side of the LlamaTokenizerFast that transformers' tekken conversion made for Mistral's Hugging Face
 repositories (its class default).
 
-Runs on the generation thread; transformers and safetensors are imported inside the functions.
+Runs on the generation thread; transformers, safetensors and gguf are imported inside the functions.
 """
 
 from __future__ import annotations
