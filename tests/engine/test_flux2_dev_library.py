@@ -97,7 +97,9 @@ def test_a_dev_file_runs_with_comfyuis_mistral_and_its_tokenizer_like_bare_diffu
 def test_a_tokenizer_folder_serves_a_mistral_file_without_one(dev, library):
     """A file without `tekken_model` takes the tokenizer from the folder the user names (a Mistral repository's
     tekken.json here); with none named, the message says what to supply. A file with one keeps its own."""
-    library.library.import_path(dev["bare"], "encoder")
+    record = library.library.import_path(dev["bare"], "encoder")
+    # Plain attention at an unpublished width, no tekken: a Mistral or a Llama, as far as the file says.
+    assert "Mistral / Llama text encoder (width 16)" in record.shown_architecture, record.shown_architecture
     request = request_for(dev["transformer"], steps=2, distilled_cfg_scale=4.0, model_config=str(dev["config"]),
                           vae="flux2-vae", text_encoders="mistral_no_tokenizer")  # fmt: skip
     with pytest.raises(ModelError, match=r"'mistral_no_tokenizer' \(mistral_no_tokenizer\.safetensors\) carries no "

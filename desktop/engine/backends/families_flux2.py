@@ -173,9 +173,9 @@ def _with_chat_template(tokenizer: Any, folder: Path) -> Any:
 def library_tokenizer(folder: Path | None, encoder: Path, shown: str, *, name: str) -> Any:
     """dev's tokenizer for a Mistral encoder from the library: the tekken.json ComfyUI's encoder file carries,
     or a GGUF's metadata holds (backends/tekken_tokenizer.py), the one made for its weights; for a file
-    without one, from `folder`
-    (FLUX.2-dev's diffusers folder, its tokenizer/ folder, or a Mistral repository's tekken.json), which may
-    also be the Qwen tokenizer folder set for Qwen-Image: it is only read when the file carries none."""
+    without one, from `folder` (FLUX.2-dev's diffusers folder, its tokenizer/ folder, or a Mistral
+    repository's tekken.json), which may also be the Qwen tokenizer folder set for Qwen-Image: it is only
+    read when the file carries none."""
     import transformers
 
     from desktop.engine.backends import tekken_tokenizer

@@ -53,7 +53,8 @@ _FLAT_CLIP_LAYER = "encoder.layers.0.self_attn.q_proj.weight"
 _LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
 # The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
 _NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL", **QWEN_NAMED}
-_KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral"}
+# Plain attention at an unpublished width may be a Mistral or a Llama: only a carried tekken tokenizer says.
+_KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral / Llama"}
 # Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
 FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -86,7 +87,8 @@ class EncoderInfo:
         tower = " with its vision tower" if self.vision else " with its tokenizer" if self.tokenizer else ""
         if named:
             return f"{named} text encoder{tower}"
-        return f"{_KIND_LABELS.get(self.kind, self.kind)} text encoder (width {self.width}){tower}"
+        kind = "Mistral" if self.kind == MISTRAL3 and self.tokenizer else _KIND_LABELS.get(self.kind, self.kind)
+        return f"{kind} text encoder (width {self.width}){tower}"
 
     @property
     def scaled(self) -> bool:
