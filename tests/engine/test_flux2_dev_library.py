@@ -372,3 +372,38 @@ def test_a_qwen3_file_chosen_for_dev_is_refused_naming_the_mistral_it_needs(dev,
     wanted = r"needs a Mistral \(width 16\) text encoder for its text_encoder and none of the chosen ones fits"
     with pytest.raises(ModelError, match=wanted + r" \(chosen: qwen_3_4b \(Qwen3 text encoder"):
         run(make_backend(library.paths), request)
+
+
+def test_comfyuis_fp8_mistral_draws_its_dequantised_weights_picture(dev, library):
+    """ComfyUI's `_fp8` Mistral in its mixed layout (fp8 layers beside `weight_scale` and `comfy_quant`, the
+    tokenizer carried): kept in fp8, the picture of bare diffusers with the file's weights dequantised."""
+    import copy
+
+    from diffusers import Flux2Pipeline
+
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+    from tests.support.tiny_flux2 import comfyui_mistral_state
+
+    pipe = dev["pipe"]
+    file, exact, _ = scaled_fp8(comfyui_mistral_state(pipe.text_encoder), mixed="model.layers.")
+    file["tekken_model"] = torch.frombuffer(bytearray(json.dumps(tiny_tekken(with_specials=False)).encode()),
+                                            dtype=torch.uint8)  # fmt: skip
+    path = dev["tmp"] / "mistral_3_small_flux2_fp8.safetensors"
+    save_file(file, str(path))
+    record = library.library.import_path(path, "encoder")
+    assert record.dtype.endswith("_SCALED") and record.family == "mistral3", (record.dtype, record.family)
+    request = request_for(dev["transformer"], steps=2, distilled_cfg_scale=4.0, model_config=str(dev["config"]),
+                          vae="flux2-vae", text_encoders=record.name)  # fmt: skip
+    backend = make_backend(library.paths)
+    batch, _ = run(backend, request)
+    from desktop.engine.backends.scaled_fp8_layers import stored_fp8
+
+    kept = [name for name, module in backend._pipe.text_encoder.named_modules() if stored_fp8(module) is not None]
+    assert len(kept) == 30 * 7, len(kept)  # every linear layer of the 30 read, in fp8
+    dequantised = copy.deepcopy(pipe.text_encoder)
+    with torch.no_grad():
+        for key, value in exact.items():
+            if key.startswith("model.layers."):
+                dequantised.get_parameter("model.language_model." + key.removeprefix("model.")).copy_(value)
+    reference = Flux2Pipeline(**(pipe.components | {"text_encoder": dequantised}))
+    assert np.array_equal(pixels(batch.images[0]), dev_image(reference, request))
