@@ -728,6 +728,7 @@ class ParameterPanel(QWidget):
         needs = self.selected_model() in self._component_models
         self.text_encoders_label.setVisible(needs)
         self.text_encoders_row.setVisible(needs)
+        self.text_encoders_row.show_for(self._families.get(self.selected_model()))
         references = (self._reference_limits or {}).get(self.selected_model(), 0)
         self.references_row.set_limit(references)
         self.references_label.setVisible(references > 0)

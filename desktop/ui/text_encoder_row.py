@@ -2,17 +2,17 @@
 Qwen-Image, Z-Image) takes its text encoders from -- the window's form of the command line's
 `--text-encoders`. Either a diffusers folder of the same family (typed, pasted or chosen with the folder
 button) or text-encoder files from the library (`marble encoders import`: CLIP and T5, Qwen, Flux.2 dev's
-Mistral), ticked in the Library button's menu; the VAE then comes from the VAE row. The panel shows the
-row only for models that need it."""
+Mistral), ticked in the Library button's menu, which offers only the encoders the chosen model's family
+reads; the VAE then comes from the VAE row. The panel shows the row only for models that need it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from PySide6.QtCore import Slot
 from PySide6.QtWidgets import QFileDialog, QHBoxLayout, QLineEdit, QMenu, QToolButton, QWidget
 
-from desktop.engine.library.encoder import encoder_names
+from desktop.engine.library.encoder import encoder_names, fits_model
 
 
 class TextEncoderRow(QWidget):
@@ -39,6 +39,8 @@ class TextEncoderRow(QWidget):
         self.library_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
         self.library_button.setMenu(self.library_menu)
         self.library_button.setEnabled(False)
+        self._families: dict[str, str | None] = {}
+        self._model_family: str | None = None
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
@@ -46,19 +48,30 @@ class TextEncoderRow(QWidget):
         layout.addWidget(self.library_button)
         layout.addWidget(self.browse_button)
 
-    def set_names(self, names: Sequence[str]) -> None:
-        """The library's text encoders, offered as ticks in the Library menu."""
+    def set_names(self, names: Sequence[str], families: Mapping[str, str | None] | None = None) -> None:
+        """The library's text encoders, offered as ticks in the Library menu; `families`: each one's encoder
+        family ("clip-l", "qwen3", "mistral3", ...; None when unread), which show_for filters by."""
         self.library_menu.clear()
+        self._families = dict(families or {})
         for name in names:
             # "&" would be taken for a mnemonic: the name is shown doubled, and kept as the action's data.
             action = self.library_menu.addAction(name.replace("&", "&&"))
             action.setData(name)
             action.setCheckable(True)
             action.toggled.connect(self._write_chosen)
-        self.library_button.setEnabled(bool(names))
+        self.show_for(self._model_family)
+
+    def show_for(self, model_family: str | None) -> None:
+        """Offer only the encoders a model of `model_family` reads (CLIP and T5 for Flux and SD3, a Qwen3 for
+        Z-Image and Flux.2 Klein, a Mistral for Flux.2 dev, ...); every one when the family is unknown."""
+        self._model_family = model_family
+        for action in self.library_menu.actions():
+            action.setVisible(fits_model(self._families.get(action.data()), model_family))
+        self.library_button.setEnabled(any(action.isVisible() for action in self.library_menu.actions()))
 
     def chosen_names(self) -> list[str]:
-        return [action.data() for action in self.library_menu.actions() if action.isChecked()]
+        # A hidden tick (another family's encoder, chosen for the model before) does not travel.
+        return [action.data() for action in self.library_menu.actions() if action.isChecked() and action.isVisible()]
 
     @Slot()
     def _show_chosen(self) -> None:

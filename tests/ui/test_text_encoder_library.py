@@ -42,3 +42,43 @@ def test_library_encoders_are_offered_and_reach_the_request(qtbot, tmp_path: Pat
         assert [a.data() for a in row.library_menu.actions() if a.isChecked()] == ["t5xxl_fp16"]
     finally:
         close_window(window, controller)
+
+
+def test_the_library_menu_offers_the_encoders_the_models_family_reads(qtbot) -> None:
+    """CLIP and T5 for Flux and SD3, Qwen2.5-VL for Qwen-Image, Qwen3 for Z-Image and Flux.2 Klein, Mistral for
+    Flux.2 dev; an encoder not read yet, or a family without a rule, hides nothing. A tick left on an encoder
+    the model cannot read does not reach the field."""
+    from desktop.ui.text_encoder_row import TextEncoderRow
+
+    row = TextEncoderRow()
+    qtbot.addWidget(row)
+    families = {"clip_l": "clip-l", "t5xxl": "t5-xxl", "qwen_2.5_vl_7b": "qwen2.5-vl", "qwen_3_4b": "qwen3",
+                "mistral_3_small_flux2_bf16": "mistral3", "unread": None}  # fmt: skip
+    row.set_names(sorted(families), families)
+
+    def offered() -> set[str]:
+        return {action.data() for action in row.library_menu.actions() if action.isVisible()}
+
+    expected = {
+        "flux-dev": {"clip_l", "t5xxl"}, "sd3": {"clip_l", "t5xxl"}, "qwen-image": {"qwen_2.5_vl_7b"},
+        "qwen-image-edit-plus": {"qwen_2.5_vl_7b"}, "z-image": {"qwen_3_4b"}, "flux2-klein": {"qwen_3_4b"},
+        "flux2-dev": {"mistral_3_small_flux2_bf16"},
+    }  # fmt: skip
+    for family, names in expected.items():
+        row.show_for(family)
+        assert offered() == names | {"unread"}, family
+    row.show_for(None)
+    assert offered() == set(families)
+    # A tick on Klein's Qwen3, then Flux.2 dev chosen: only what dev can read is written.
+    row.show_for("flux2-klein")
+    actions = {action.data(): action for action in row.library_menu.actions()}
+    actions["qwen_3_4b"].setChecked(True)
+    assert row.edit.text() == "qwen_3_4b"
+    row.show_for("flux2-dev")
+    actions["mistral_3_small_flux2_bf16"].setChecked(True)
+    assert row.edit.text() == "mistral_3_small_flux2_bf16"
+    # Nothing the model reads: the Library button is off.
+    row.set_names(["clip_l"], {"clip_l": "clip-l"})
+    assert not row.library_button.isEnabled()
+    row.show_for("flux-dev")
+    assert row.library_button.isEnabled()

@@ -250,6 +250,24 @@ def encoder_names(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+# The text encoders each transformer family reads (native_size.model_family's names): the library's kinds
+# by their families' first part ("clip-l" -> "clip"). A family not listed shows every encoder.
+_FAMILY_ENCODERS = {
+    "flux-dev": ("clip", "t5"), "flux-schnell": ("clip", "t5"), "sd3": ("clip", "t5"),
+    "qwen-image": ("qwen2.5-vl",), "qwen-image-edit": ("qwen2.5-vl",), "qwen-image-edit-plus": ("qwen2.5-vl",),
+    "z-image": ("qwen3",), "flux2-klein": ("qwen3",), "flux2-dev": ("mistral3",),
+}  # fmt: skip
+
+
+def fits_model(encoder_family: str | None, model_family: str | None) -> bool:
+    """Whether a library text encoder of `encoder_family` (EncoderInfo.family; None: not read) can serve a
+    model of `model_family`; True whenever either is unknown, so nothing is hidden on a guess."""
+    wanted = _FAMILY_ENCODERS.get(model_family or "")
+    if wanted is None or not encoder_family:
+        return True
+    return encoder_family.split("-")[0] in wanted or encoder_family in wanted
+
+
 def is_folder_value(value: str | None) -> bool:
     return bool(value) and not encoder_names(value or "")
 

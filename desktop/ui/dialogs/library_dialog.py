@@ -398,7 +398,7 @@ class LibraryIntegration(QObject):
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
         elif kind == "encoder" and panel is not None:
-            panel.text_encoders_row.set_names([r.name for r in records])
+            panel.text_encoders_row.set_names([r.name for r in records], {r.name: r.family for r in records})
         elif kind in ("model", "embedding"):
             name = "refresh_models" if kind == "model" else "refresh_embedding_counts"
             refresh = getattr(self._window, name, None)
