@@ -292,9 +292,15 @@ def test_dev_folder_runs_its_distilled_guidance_like_bare_diffusers(paths, dev):
     arch = detect_model(dev["folder"])
     assert (arch.family, arch.dit.variant, arch.config_name) == ("flux2", "dev", "flux2-dev")
     request = request_for(dev["folder"], steps=2, distilled_cfg_scale=4.0)
-    batch, _ = run(make_backend(paths), request)
+    backend = make_backend(paths)
+    batch, _ = run(backend, request)
     expected = dev_expected(dev["folder"], request)
     assert np.array_equal(pixels(batch.images[0]), expected)
+    # The folder's whole Mistral 3 (31 layers here) runs as the 30-layer language model Flux.2 reads.
+    encoder = backend._pipe.text_encoder
+    assert (type(encoder).__name__, len(encoder.layers), type(encoder.norm).__name__) == (
+        "MistralModel", 30, "Identity"
+    )  # fmt: skip
     other, _ = run(make_backend(paths), request_for(dev["folder"], steps=2, distilled_cfg_scale=1.5))
     assert not np.array_equal(pixels(other.images[0]), expected)
 

@@ -175,8 +175,6 @@ def load_encoder(
     state = _read_state(component, info, settings, dtype)
     if info.kind in qwen_encoders.KINDS:
         state = qwen_encoders.model_names(state, info.kind, class_name)
-    elif info.kind == MISTRAL3:
-        state = mistral_encoder.model_names(state, settings.num_hidden_layers)
     if info.kind == "t5":
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)
@@ -297,13 +295,13 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
     from safetensors.torch import load_file
 
     if info.kind == MISTRAL3:
-        # Only the layers Flux.2 reads: a whole 24B Mistral file is 48 GB in bf16, a quarter of it never used.
-        tensors = mistral_encoder.read_used(component.path, info.prefix, settings.num_hidden_layers)
+        # Only the tensors of the layers Flux.2 reads, by MistralModel's names (mistral_encoder.py).
+        state = mistral_encoder.read_used([component.path], (info.prefix,), settings.num_hidden_layers)
     else:
         tensors = load_file(str(component.path))
-    # A Qwen file's vision tower and lm_head sit beside its `model.` level: kept whole, renamed at load.
-    prefix = "" if info.kind in qwen_encoders.KINDS else info.prefix
-    state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        # A Qwen file's vision tower and lm_head sit beside its `model.` level: kept whole, renamed at load.
+        prefix = "" if info.kind in qwen_encoders.KINDS else info.prefix
+        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
     if info.scaled:
         from desktop.engine.backends.quantised_weights import dequantise_scaled_fp8
 

@@ -52,30 +52,27 @@ def check_depth(layers: int, shown: str, *, name: str) -> None:
         )
 
 
-def model_names(state: dict[str, Any], layers: int) -> dict[str, Any]:
-    """The file's language-model tensors (its `model.` level already cut) that MistralModel of `layers`
-    layers holds: the embedding and those layers; the later layers and the final norm are left out."""
-    return {key: value for key, value in state.items() if _used(key, layers)}
-
-
 def _used(key: str, layers: int) -> bool:
+    """Whether MistralModel of `layers` layers holds the tensor `key` (a file's name, its `model.` level cut):
+    the embedding and those layers (with their scales and quantisation states); not the later layers nor the
+    final norm."""
     match = _LAYER.match(key)
     return key != "norm.weight" and (match is None or int(match.group(1)) < layers)
 
 
-def read_used(path: Path, prefix: str, layers: int) -> dict[str, Any]:
-    """The tensors of the safetensors file `path` under `prefix` that MistralModel of `layers` layers uses
-    (with their scales and quantisation states), read one by one: the later layers, the final norm, a
-    vision tower and the tokenizer bytes are never read into memory."""
+def read_used(files: list[Path], prefixes: tuple[str, ...], layers: int) -> dict[str, Any]:
+    """The tensors of the safetensors `files` under one of `prefixes` that MistralModel of `layers` layers
+    uses, by their names without the prefix, read one by one: the later layers, the final norm, a vision
+    tower and the tokenizer bytes are never read into memory (a whole bf16 file is 48 GB, a quarter unused)."""
     from safetensors import safe_open
 
     used = {}
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            if not key.startswith(prefix):
-                continue
-            if _used(key[len(prefix):], layers):
-                used[key] = handle.get_tensor(key)
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                prefix = next((p for p in prefixes if key.startswith(p)), None)
+                if prefix is not None and _used(key[len(prefix):], layers):
+                    used[key[len(prefix):]] = handle.get_tensor(key)
     return used
 
 
@@ -124,7 +121,6 @@ def from_folder(folder: Path, dtype: Any) -> Any | None:
     Mistral3ForConditionalGeneration in safetensors (13 GB less than the whole 24B model in bf16, and no
     vision tower); None when transformers should load the folder itself (quantised weights, other names)."""
     from accelerate import init_empty_weights
-    from safetensors import safe_open
     from transformers import MistralModel
 
     config = read_json_file(folder / "config.json", label=f"config.json in {folder}")
@@ -142,13 +138,7 @@ def from_folder(folder: Path, dtype: Any) -> Any | None:
     if not files or not all(file.is_file() for file in files):
         return None
     text = settings(folder)
-    state: dict[str, Any] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            for key in handle.keys():
-                prefix = next((p for p in _FOLDER_PREFIXES if key.startswith(p)), None)
-                if prefix is not None and _used(key[len(prefix):], text.num_hidden_layers):
-                    state[key[len(prefix):]] = handle.get_tensor(key).to(dtype)
+    state = {key: value.to(dtype) for key, value in read_used(files, _FOLDER_PREFIXES, text.num_hidden_layers).items()}
     if not state:
         return None
     with init_empty_weights(include_buffers=False):
