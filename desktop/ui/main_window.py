@@ -118,7 +118,7 @@ class MainWindow(QMainWindow):
 
         self.prompt_editor = PromptEditor()
         self.parameters = ParameterModel(parent=self)
-        self.parameter_panel = ParameterPanel(self.parameters)
+        self.parameter_panel = ParameterPanel(self.parameters, pool=self._pool)
         self.canvas = MaskCanvas()
         self.canvas_toolbar = CanvasToolbar(self.canvas)
         self.control_bar = ControlDrawBar(self.canvas)

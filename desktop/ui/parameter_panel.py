@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QT_TRANSLATE_NOOP, QSignalBlocker, Qt, Signal, SignalInstance, Slot
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QSignalBlocker, Qt, QThreadPool, Signal, SignalInstance, Slot
 from PySide6.QtGui import QStandardItemModel, QValidator
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -172,12 +172,19 @@ class ParameterPanel(QWidget):
     emphasis_changed = Signal(str)
 
     def __init__(
-        self, model: ParameterModel, parent: QWidget | None = None, *, quantised: QuantisedSupport | None = None
+        self,
+        model: ParameterModel,
+        parent: QWidget | None = None,
+        *,
+        quantised: QuantisedSupport | None = None,
+        pool: QThreadPool | None = None,
     ) -> None:
-        """`quantised`: whether the NF4/int8 memory modes can run here (found from files when None)."""
+        """`quantised`: whether the NF4/int8 memory modes can run here (found from files when None); `pool`:
+        where the References row decodes its thumbnails (the window's)."""
         super().__init__(parent)
         self.model = model
         self._quantised = quantised if quantised is not None else detect_quantised_support()
+        self._pool = pool
         self._last_seed: int | None = None
         self._native_sizes: dict[str, int] = {}
         self._sized_for = ""  # the model whose native size the size fields were last set for
@@ -265,7 +272,7 @@ class ParameterPanel(QWidget):
         self.text_encoders_edit = self.text_encoders_row.edit
         self.text_encoders_label = QLabel(self.tr("&Text encoders"), objectName="text_encoders_label")
         self.text_encoders_label.setBuddy(self.text_encoders_edit)
-        self.references_row = ReferenceImagesRow()
+        self.references_row = ReferenceImagesRow(self._pool)
         self.references_label = QLabel(self.tr("Re&ferences"), objectName="references_label")
         self.references_label.setBuddy(self.references_row.add_button)
 

@@ -1,7 +1,8 @@
 """The parameter panel's "References" row: further pictures a model reads beside its prompt (Flux.2's
 multi-reference editing; Qwen-Image-Edit Plus's "Picture 2", "Picture 3" after its source) -- the window's
 form of the command line's `--reference-image`. Files are added with the button or dropped on the row,
-shown as small thumbnails in order, and removed one by one. The panel shows the row only for models that
+shown as small thumbnails in order (decoded on the window's thread pool: ui/thumbnails.py), and removed one
+by one. The panel shows the row only for models that
 read references (`library.dit.reference_image_limit`) and tells it how many they take."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, Signal, Slot
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QIcon, QImageReader, QPixmap
+from PySide6.QtCore import QSize, Qt, QThreadPool, Signal, Slot
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -22,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.ui.thumbnails import ThumbnailLoader
 from desktop.ui.translation import translate
 
 _THUMB = 40  # px: enough to tell pictures apart without making the panel taller than two rows
@@ -37,9 +39,12 @@ class ReferenceImagesRow(QWidget):
 
     images_changed = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, pool: QThreadPool | None = None, parent: QWidget | None = None) -> None:
+        """`pool`: where thumbnails are decoded (the window's); a pool of the row's own when None."""
         super().__init__(parent)
         self._limit = 0
+        self._thumbnails = ThumbnailLoader(pool or QThreadPool(self), _THUMB, self)
+        self._thumbnails.loaded.connect(self._on_thumbnail_loaded)
         self.list = QListWidget(objectName="reference_images_list")
         self.list.setViewMode(QListWidget.ViewMode.IconMode)
         self.list.setFlow(QListWidget.Flow.LeftToRight)
@@ -83,7 +88,7 @@ class ReferenceImagesRow(QWidget):
             return
         self.list.clear()
         for path in paths:
-            self.list.addItem(_item(path))
+            self._add_item(path)
         self._update_buttons()
 
     def set_limit(self, limit: int) -> None:
@@ -109,7 +114,7 @@ class ReferenceImagesRow(QWidget):
         ).format(count=self._limit) if over else "")  # fmt: skip
         self.problem.setVisible(over)
         for path in list(paths)[: max(room, 0)]:
-            self.list.addItem(_item(path))
+            self._add_item(path)
         self._changed()
 
     @Slot()
@@ -120,6 +125,23 @@ class ReferenceImagesRow(QWidget):
         if row >= 0:
             self.list.takeItem(row)
             self._changed()
+
+    def _add_item(self, path: str) -> None:
+        item = QListWidgetItem(Path(path).name)
+        item.setData(Qt.ItemDataRole.UserRole, path)
+        item.setToolTip(path)
+        self.list.addItem(item)
+        self._thumbnails.request(path)
+
+    @Slot(str, QImage)
+    def _on_thumbnail_loaded(self, path: str, image: QImage) -> None:
+        if image.isNull():
+            return
+        icon = QIcon(QPixmap.fromImage(image))
+        for row in range(self.list.count()):
+            item = self.list.item(row)
+            if item.data(Qt.ItemDataRole.UserRole) == path:
+                item.setIcon(icon)
 
     def _changed(self) -> None:
         self._update_buttons()
@@ -156,18 +178,3 @@ def present_files(paths: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...
 def _image_files(urls: Sequence) -> list[str]:
     files = [url.toLocalFile() for url in urls if url.isLocalFile()]
     return [path for path in files if Path(path).suffix.lower() in _IMAGE_SUFFIXES]
-
-
-def _item(path: str) -> QListWidgetItem:
-    item = QListWidgetItem(Path(path).name)
-    item.setData(Qt.ItemDataRole.UserRole, path)
-    item.setToolTip(path)
-    reader = QImageReader(path)
-    # A thumbnail decoded at its small size: a 40-megapixel photo is never decoded whole on the GUI thread.
-    size = reader.size()
-    if size.isValid() and size.width() > 0 and size.height() > 0:
-        reader.setScaledSize(size.scaled(_THUMB, _THUMB, Qt.AspectRatioMode.KeepAspectRatio))
-    image = reader.read()
-    if not image.isNull():
-        item.setIcon(QIcon(QPixmap.fromImage(image)))
-    return item

@@ -1,30 +1,21 @@
 """The strip of the last job's images under the canvas: one thumbnail per image, labelled with its seed.
 
-Thumbnails are decoded on the thread pool the window shares; the strip shows each as it arrives.
+Thumbnails are decoded on the thread pool the window shares (ui/thumbnails.py); the strip shows each as it
+arrives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from PySide6.QtCore import QObject, QSize, Qt, QThreadPool, Signal, Slot
-from PySide6.QtGui import QIcon, QImage, QImageReader, QPixmap
+from PySide6.QtCore import QSize, Qt, QThreadPool, Signal, Slot
+from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import QListWidget, QListWidgetItem, QWidget
 
-from desktop.ui.canvas.picture_view import MAX_IMAGE_PIXELS
+from desktop.ui.thumbnails import ThumbnailLoader
 
 THUMBNAIL_SIZE = 96
 PATH_ROLE = Qt.ItemDataRole.UserRole
-
-
-class _ThumbnailRelay(QObject):
-    """Carries decoded thumbnails from the pool's threads to the GUI thread.
-
-    Signals:
-        thumbnail_loaded(str, QImage): a scaled image for a result path (null when unreadable).
-    """
-
-    thumbnail_loaded = Signal(str, QImage)
 
 
 class ResultStrip(QListWidget):
@@ -39,9 +30,8 @@ class ResultStrip(QListWidget):
     def __init__(self, pool: QThreadPool, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("result_strip")
-        self._pool = pool
-        self._relay = _ThumbnailRelay(self)
-        self._relay.thumbnail_loaded.connect(self._on_thumbnail_loaded)
+        self._thumbnails = ThumbnailLoader(pool, THUMBNAIL_SIZE, self)
+        self._thumbnails.loaded.connect(self._on_thumbnail_loaded)
         self.setViewMode(QListWidget.ViewMode.IconMode)
         self.setFlow(QListWidget.Flow.LeftToRight)
         self.setWrapping(False)
@@ -69,21 +59,13 @@ class ResultStrip(QListWidget):
             item.setToolTip(self.tr("Seed {seed}\n{path}").format(seed=seed, path=path))
             item.setSizeHint(QSize(THUMBNAIL_SIZE + 12, THUMBNAIL_SIZE + 28))
             self.addItem(item)
-            self._load_thumbnail(path)
+            self._thumbnails.request(path)
         if paths:
             self.setCurrentRow(len(paths) - 1)
         self.setVisible(len(paths) > 1)
         self.blockSignals(False)
         if paths:
             self.result_chosen.emit(paths[-1])
-
-    def _load_thumbnail(self, path: str) -> None:
-        relay = self._relay
-
-        def load() -> None:
-            relay.thumbnail_loaded.emit(path, scaled_thumbnail(path))
-
-        self._pool.start(load)
 
     @Slot(str, QImage)
     def _on_thumbnail_loaded(self, path: str, image: QImage) -> None:
@@ -99,19 +81,3 @@ class ResultStrip(QListWidget):
     def _on_item_chosen(self, item: QListWidgetItem | None) -> None:
         if item is not None:
             self.result_chosen.emit(item.data(PATH_ROLE))
-
-
-def scaled_thumbnail(path: str) -> QImage:
-    """The image at `path` scaled to fit a thumbnail; null when unreadable or larger than the canvas
-    would open (the size is read from the header before any pixels are decoded)."""
-    reader = QImageReader(path)
-    reader.setAutoTransform(True)
-    size = reader.size()
-    image = QImage()
-    if not size.isValid() or size.width() * size.height() <= MAX_IMAGE_PIXELS:
-        image = reader.read()
-    if image.isNull():
-        return image
-    return image.scaled(
-        THUMBNAIL_SIZE, THUMBNAIL_SIZE, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
-    )

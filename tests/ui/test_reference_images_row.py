@@ -62,7 +62,7 @@ def test_the_references_row_follows_the_model_and_its_pictures_reach_the_request
         assert row.images() == tuple(pictures[:4])  # the model reads 4: the rest refused, said so
         assert row.problem.isVisibleTo(panel) and "at most 4" in row.problem.text()
         assert not row.add_button.isEnabled()
-        assert row.list.item(0).icon().isNull() is False  # a thumbnail, decoded small
+        qtbot.waitUntil(lambda: not row.list.item(0).icon().isNull(), timeout=TIMEOUT_MS)  # decoded small
         assert window.current_request().reference_images == tuple(pictures[:4])
         row.list.setCurrentRow(1)
         row.remove_button.click()
@@ -173,3 +173,40 @@ def test_references_are_remembered_across_a_restart_and_deleted_ones_named(qtbot
         assert gone in window.message_bar.text()
     finally:
         close_window(window, controller)
+
+
+def test_thumbnails_are_decoded_on_the_pool_not_on_the_gui_thread(qtbot, tmp_path: Path) -> None:
+    """A big picture added to the row must not freeze the window while it decodes: the row lists it at
+    once and its thumbnail comes from the pool when the pool gets to it. A huge one (past the canvas's
+    pixel cap, refused from its header) stays listed without a thumbnail."""
+    import threading
+
+    from PySide6.QtCore import QThreadPool
+
+    from desktop.ui.reference_images_row import ReferenceImagesRow
+
+    pool = QThreadPool()
+    pool.setMaxThreadCount(1)
+    gate = threading.Event()
+    pool.start(lambda: gate.wait(30))  # the pool's only thread is busy until the gate opens
+    row = ReferenceImagesRow(pool)
+    qtbot.addWidget(row)
+    row.set_limit(3)
+    picture = tmp_path / "photo.jpg"
+    Image.new("RGB", (3000, 2000), (200, 30, 30)).save(picture)
+    huge = tmp_path / "huge.png"
+    Image.new("1", (20_000, 5_000)).save(huge)  # 100 megapixels, a few kB on disk
+    try:
+        row.add_images([str(picture), str(huge)])
+        assert row.images() == (str(picture), str(huge))
+        qtbot.wait(50)
+        assert row.list.item(0).icon().isNull()  # not decoded here: the pool has not run yet
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: not row.list.item(0).icon().isNull(), timeout=TIMEOUT_MS)
+    pixmap = row.list.item(0).icon().pixmap(40, 40)
+    assert pixmap.width() == 40 and pixmap.height() in (26, 27)  # the photo's shape, 40 wide
+    assert pixmap.toImage().pixelColor(20, 13).red() > 150  # its colour
+    pool.waitForDone(30_000)
+    qtbot.wait(50)
+    assert row.list.item(1).icon().isNull()
