@@ -151,6 +151,13 @@ def test_damaged_bitsandbytes_encoders_are_refused_by_name(home, flux, tmp_path,
     damaged = {
         # A state that lost a part: bitsandbytes cannot read it back.
         "t5_no_absmax": ({k: v for k, v in nf4.items() if k != t5 + ".absmax"}, rf"{t5} does not dequantise"),
+        # Statistics cut short (bitsandbytes would read past their end and run on noise), and compressed
+        # statistics without their second level: refused from their sizes, before anything runs.
+        "t5_short_absmax": ({**nf4, t5 + ".absmax": nf4[t5 + ".absmax"][:-1]},
+                            rf"{t5} does not dequantise \(absmax holds \d+ statistics where shape"),  # fmt: skip
+        "t5_no_second_level": ({k: v for k, v in nf4.items() if k != t5 + ".nested_absmax"},
+                               rf"{t5} does not dequantise \(its statistics are compressed but"),  # fmt: skip
+        "t5_short_codes": ({**nf4, t5: nf4[t5][:-1]}, rf"{t5} does not dequantise \(weight holds"),
         # Packed codes with no state at all: not weights to cast.
         "t5_no_state": ({k: v for k, v in nf4.items() if not k.startswith(t5 + ".")},
                         rf"{t5} is packed 4-bit without its quantisation state"),  # fmt: skip

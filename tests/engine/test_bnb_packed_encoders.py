@@ -120,3 +120,24 @@ def test_the_packed_tensors_survive_the_pipelines_to_calls(bnb_file):
         assert (got is None and expected is None) or torch.equal(got, expected)
     # transformers reads a model's dtype from its first floating parameter: never the packed bytes.
     assert model.dtype == torch.bfloat16
+
+
+def test_a_packed_4bit_encoder_is_not_dequantised_at_load(bnb_file, monkeypatch):
+    """Its parts are checked by size at load (a damaged one refused: test_bnb_encoders), not dequantised:
+    bitsandbytes' dequantiser runs first when the encoder does (at load only for what stays plain: T5's `wo`
+    where the file quantised it)."""
+    import bitsandbytes.functional as F
+
+    case, file = bnb_file[0], bnb_file[4]
+    if "int8" in case:
+        pytest.skip("LLM.int8 rows are read without bitsandbytes' dequantiser")
+    calls = []
+    real = F.dequantize_4bit
+    monkeypatch.setattr(F, "dequantize_4bit", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    model = load(bnb_file, torch.float32, layers=bnb_layers)
+    quantised_wo = sum(1 for key in file if key.endswith(".wo.weight.absmax"))
+    assert packed_layers(model) and len(calls) == quantised_wo and case.endswith("-wo") == bool(calls)
+    calls.clear()
+    outputs(model)
+    text_layers = [name for name in packed_layers(model) if ".visual." not in name]  # no picture goes in
+    assert len(calls) >= len(text_layers)  # each packed layer dequantises as it runs

@@ -13,8 +13,9 @@ Same numbers as dequantising at load: each layer calls the very function the loa
 times their scales in float32) and casts the result to the activations' dtype, which is the job's dtype
 every layer here runs in: the weight each layer multiplies by is the one the load gave, bit for bit.
 
-A damaged file is still refused at load, by name: quantised_weights dequantises each 4-bit weight once there
-(one at a time, then dropped; the load takes as long as before), as bitsandbytes would fail on it later.
+A damaged file is still refused at load, by name: quantised_weights checks each 4-bit weight's parts by their
+sizes there (codes, statistics per block, levels) without dequantising it, so a packed encoder loads sooner
+than a dequantised one, and a statistic cut short is refused rather than read past its end.
 
 What stays dequantised at load, as before: tensors that are no linear weight (embeddings, norms, biases),
 T5's feed-forward output `wo` (T5 casts its input to `wo.weight.dtype`; the files transformers saves leave
