@@ -6,14 +6,15 @@ does not fit a quick run):
     PYTHONPATH=. .venv/bin/python tests/benchmarks/bench_scaled_fp8_encoder.py [--d-model 1024] [--layers 4]
         [--format scaled-fp8]
 
-Prints the file's size, both loads' parameter and buffer bytes in bf16 and float32, and whether their hidden
-states are identical.
+Prints the file's size, both loads' parameter and buffer bytes and seconds in bf16 and float32, and whether
+their hidden states are identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -53,13 +54,16 @@ def main() -> None:
     ids = torch.randint(0, config.vocab_size, (1, 64))
     for dtype in (torch.bfloat16, torch.float32):
         layers.keeper = lambda *args: None  # type: ignore[assignment] # the load-time dequantisation
+        start = time.perf_counter()
         before = load_encoder(tmp / "config", "T5EncoderModel", component, info, dtype=dtype)
+        middle = time.perf_counter()
         layers.keeper = keeper  # type: ignore[assignment]
         after = load_encoder(tmp / "config", "T5EncoderModel", component, info, dtype=dtype)
+        end = time.perf_counter()
         with torch.no_grad():
             same = torch.equal(before(ids).last_hidden_state, after(ids).last_hidden_state)
-        print(f"{dtype}: dequantised at load {_bytes(before)} bytes, kept packed {_bytes(after)} bytes, "
-              f"identical hidden states: {same}")  # fmt: skip
+        print(f"{dtype}: dequantised at load {_bytes(before)} bytes in {middle - start:.2f} s, kept packed "
+              f"{_bytes(after)} bytes in {end - middle:.2f} s, identical hidden states: {same}")  # fmt: skip
 
 
 def _bytes(model) -> int:  # type: ignore[no-untyped-def]
