@@ -35,9 +35,10 @@ def paths(tmp_path, flux):
     return paths
 
 
-def fail_first_calls(monkeypatch, count: int) -> list[int]:
+def fail_first_calls(monkeypatch, count: int, pipeline: type = FluxPipeline) -> list[int]:
+    """`pipeline`'s call raises CUDA's out-of-memory error the first `count` times; the list counts the calls."""
     calls = []
-    original = FluxPipeline.__call__
+    original = pipeline.__call__
 
     def call(self, *args, **kwargs):
         calls.append(1)
@@ -45,7 +46,7 @@ def fail_first_calls(monkeypatch, count: int) -> list[int]:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(FluxPipeline, "__call__", call)
+    monkeypatch.setattr(pipeline, "__call__", call)
     return calls
 
 

@@ -214,3 +214,35 @@ def test_cancel_during_the_second_tile_stops_the_job(paths, tiny_sd15_dir, tmp_p
         backend.generate(request, 0, on_step, cancel)
     # One total from the first step on: 4 tiles x 3 steps (int(4 x 0.5), plus PLMS's warm-up step).
     assert [(s.step, s.total) for s in seen] == [(1, 12), (2, 12), (3, 12), (4, 12)]
+
+
+def test_sd_upscale_tiles_run_in_the_jobs_memory_mode_and_fall_back_on_out_of_memory(
+    paths, tiny_sd15_dir, tmp_path, monkeypatch
+):
+    from dataclasses import replace
+
+    from desktop.engine.errors import OutOfMemory
+    from tests.engine.test_dit_oom import fail_first_calls
+
+    source = tmp_path / "source.png"
+    smooth_image(64, 64).save(source)
+    request = sd_request(tiny_sd15_dir, source)
+    expected, _ = run(make_backend(paths), request)
+    # A mode the user forces reaches the tiles (VAE tiling on for "tiled"), as it reaches a generation.
+    backend = make_backend(paths)
+    tiled, _ = run(backend, replace(request, memory_mode="tiled"))
+    assert backend.memory_mode == "tiled" and backend._pipe.vae.use_tiling
+    # The tiny VAE's own tile is smaller than 96 px: its tiling shows in the picture.
+    assert not np.array_equal(pixels(tiled.images[0]), pixels(expected.images[0]))
+    # Out of memory on the first tile: the tiles run again one mode down, saying so, with the same picture.
+    calls = fail_first_calls(monkeypatch, 1, StableDiffusionImg2ImgPipeline)
+    backend = make_backend(paths)
+    batch, _ = run(backend, replace(request, memory_mode="full"))
+    assert len(calls) == 2 and backend.memory_mode == "tiled"
+    assert any(note.startswith("Ran out of memory with everything on the device; retried with VAE tiling")
+               for note in batch.notes), batch.notes  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(tiled.images[0]))  # the tiled mode's picture
+    # Out of memory in the last mode there is: a clear error naming the tile size, no traceback.
+    calls = fail_first_calls(monkeypatch, 99, StableDiffusionImg2ImgPipeline)
+    with pytest.raises(OutOfMemory, match=r"ran out of memory on SD upscale's 96x96 tiles, even with"):
+        run(make_backend(paths), request)

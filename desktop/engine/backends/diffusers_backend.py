@@ -139,7 +139,7 @@ from desktop.engine.prompt_syntax import (  # noqa: E402
 from desktop.engine.request import MAX_SIDE, GenerationRequest, hires_target, upscale_target  # noqa: E402
 from desktop.engine.resources import PAD_ZERO_TOKEN, TOKENIZER_COMPONENTS, Resources, pads_with_zero  # noqa: E402
 from desktop.engine.terminal_text import library_text  # noqa: E402
-from desktop.engine.upscale_tiles import blend_tiles, tile_boxes  # noqa: E402
+from desktop.engine.upscale_tiles import Box, blend_tiles, tile_boxes  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -649,6 +649,39 @@ class DiffusersBackend:
         vae = self._vaes.apply(self._pipe, request.vae, self._model.name if self._model else "the model")
         pipe = self._pipe_for("img2img", None)
         boxes = tile_boxes(target, request.sd_upscale_tile, request.sd_upscale_overlap)
+        # The job's memory mode and out-of-memory fallback, as for a generation, sized by one tile: each pass
+        # denoises and decodes one tile. A retry runs every tile again, the progress from the start.
+        device = self._key.device if self._key else "cpu"
+        tile_w, tile_h = boxes[0][2] - boxes[0][0], boxes[0][3] - boxes[0][1]
+        mode = choose_mode(request.memory_mode, device, tile_w, tile_h, *_memory_budget(pipe, device))
+        notes: list[str] = []
+        for attempt in attempts(mode, device):
+            if attempt.reason:
+                notes.append(attempt.reason)
+            self._apply_memory_mode(pipe, attempt.mode)
+            try:
+                tiles = self._denoise_tiles(pipe, request, upscaled, boxes, seed, batch_index, on_step, cancel)
+                break
+            except _OutOfMemoryRaised:
+                pass
+            _free_memory()  # outside the except block, so the traceback no longer pins the tensors
+        else:
+            raise OutOfMemory(
+                f"The {device} ran out of memory on SD upscale's {tile_w}x{tile_h} tiles, even with "
+                f"{DESCRIPTIONS[attempt.mode]}. Try a smaller SD upscale tile, or close other programs using the GPU."
+            )
+        blended = blend_tiles(target, boxes, tiles)
+        return GeneratedBatch(
+            (blended,), (seed,), batch_index, self._sampler_name(request), (*notes, *lora_plan.notes),
+            lora_plan.loras, lora_plan.embeddings, vae,
+        )
+
+    def _denoise_tiles(
+        self, pipe: Any, request: GenerationRequest, upscaled: Image.Image, boxes: list[Box],
+        seed: int, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken,
+    ) -> list[Image.Image]:
+        """SD upscale's image-to-image pass over each tile of `upscaled`, in the current memory mode; raises
+        _OutOfMemoryRaised on out-of-memory, Cancelled when cancelled."""
         # Exact, as for the hires fix's second pass: the first step already shows the total of all tiles.
         per_tile = self._img2img_timesteps(request.sampler, request.steps, request.strength, request.few_step)
         progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family,
@@ -666,11 +699,13 @@ class DiffusersBackend:
                     progress.next_pass(per_tile * (len(boxes) - index - 2))
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
-        blended = blend_tiles(target, boxes, tiles)
-        return GeneratedBatch(
-            (blended,), (seed,), batch_index, self._sampler_name(request), lora_plan.notes, lora_plan.loras,
-            lora_plan.embeddings, vae,
-        )
+        except torch.cuda.OutOfMemoryError:
+            raise _OutOfMemoryRaised from None
+        except RuntimeError as error:
+            if "out of memory" not in str(error).lower():
+                raise
+            raise _OutOfMemoryRaised from None
+        return tiles
 
     def _upscale_pixels(
         self, source: Image.Image, target: tuple[int, int], request: GenerationRequest, cancel: CancelToken,
