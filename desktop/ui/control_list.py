@@ -4,9 +4,10 @@ Each unit picks a control model from the library, a control image (a file, or th
 canvas saved into the app's inputs folder so the request holds a path), a preprocessor, weight,
 start/end (fractions of the steps) and control mode, and shows a small preview of its preprocessed
 image. An IP-Adapter unit takes further reference images (A1111's multi-input unit; "Add image…" / "−"),
-whose embeddings the job averages. The preview runs the Qt-free preprocessor on a thumbnail, on the GUI thread: at
-`PREVIEW_SIDE` px it takes milliseconds. Learned preprocessors (depth, lineart, pose) would run a network
-there, so their preview is the image unprocessed, with the tooltip "Previewed at generation".
+whose embeddings the job averages. The preview runs the Qt-free preprocessor on a thumbnail, on the GUI thread:
+at `PREVIEW_SIDE` px it takes milliseconds (the file is decoded once, not again for each preprocessor tried).
+Learned preprocessors (depth, lineart, pose) would run a network there, so their preview is the image
+unprocessed, with the tooltip "Previewed at generation".
 """
 
 from __future__ import annotations
@@ -76,10 +77,20 @@ CanvasPicture = Callable[[], bytes | None]
 def preview_image(path: str, preprocessor: str, thresholds: Thresholds | None = None) -> Image.Image:
     """The preprocessed control image of the file at `path`, at most PREVIEW_SIDE px a side, with the
     unit's thresholds (Threshold A / B), as the job runs it."""
+    return preprocessed_preview(preview_source(path), preprocessor, thresholds)
+
+
+def preview_source(path: str) -> Image.Image:
+    """The file at `path` decoded at most PREVIEW_SIDE px a side: what every preprocessor's preview starts from."""
     with Image.open(path) as image:
         image.draft("RGB", (PREVIEW_SIDE * 2, PREVIEW_SIDE * 2))  # JPEGs decode small; others ignore it
         small = image.convert("RGB")
     small.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
+    return small
+
+
+def preprocessed_preview(small: Image.Image, preprocessor: str, thresholds: Thresholds | None = None) -> Image.Image:
+    """`small` (preview_source's) as `preprocessor` makes it."""
     if preprocessor in LEARNED:
         return small  # a network would block the GUI thread: the window shows the image as it is
     # An IP-Adapter's reference image goes to its image encoder as it is.
@@ -96,6 +107,10 @@ class _ControlRow(QFrame):
         self._thresholds = (-1.0, -1.0)
         self._image = ""
         self._more: tuple[str, ...] = ()  # an IP-Adapter unit's further reference images
+        # The control image decoded small, with the file's (path, mtime, size) it came from: another
+        # preprocessor previews without decoding the file again (a big PNG takes a while on the GUI thread),
+        # and a file written anew (the canvas drawing, saved per job) is decoded again.
+        self._source: tuple[tuple[str, int, int], Image.Image] | None = None
         # The image comes from the control drawing on the canvas (saved into the inputs folder per job).
         self.drawn = False
         self.model_combo = QComboBox(objectName="control_model_combo")
@@ -208,7 +223,9 @@ class _ControlRow(QFrame):
             self.preview.setText(self.tr("No image"))
             return
         try:
-            image = preview_image(self._image, self.preprocessor_combo.currentData(), Thresholds(*self._thresholds))
+            image = preprocessed_preview(
+                self._preview_source(), self.preprocessor_combo.currentData(), Thresholds(*self._thresholds)
+            )
         except (OSError, UnidentifiedImageError, ValueError, MarbleError):
             self.preview.setPixmap(QPixmap())
             self.preview.setText(self.tr("Cannot read the image"))
@@ -217,6 +234,13 @@ class _ControlRow(QFrame):
         self.preview.setPixmap(QPixmap.fromImage(array_to_qimage(np.asarray(image))))
         learned = self.preprocessor_combo.currentData() in LEARNED
         self.preview.setToolTip(self.tr("Previewed at generation: shown unprocessed") if learned else "")
+
+    def _preview_source(self) -> Image.Image:
+        stat = Path(self._image).stat()
+        key = (self._image, stat.st_mtime_ns, stat.st_size)
+        if self._source is None or self._source[0] != key:
+            self._source = (key, preview_source(self._image))
+        return self._source[1]
 
     def unit(self) -> ControlUnit:
         return ControlUnit(

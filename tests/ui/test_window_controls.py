@@ -82,6 +82,35 @@ def test_a_unit_added_in_the_panel_reaches_the_request(qtbot, window, tmp_path, 
     assert window.current_request().controls == ()
 
 
+def test_the_preview_decodes_the_file_once_and_again_only_when_it_changes(window, tmp_path, monkeypatch):
+    """Trying preprocessors on a big control image does not decode it again each time on the GUI thread; a
+    file written anew under the same name (the canvas drawing is saved per job) is decoded again."""
+    from desktop.ui import control_list
+
+    opened: list[str] = []
+    real_open = control_list.Image.open
+
+    def counted_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(control_list.Image, "open", counted_open)
+    controls = window.parameter_panel.control_list
+    controls.add_button.click()
+    row = controls.row(0)
+    image = square_image(tmp_path / "square.png")
+    row.set_image(str(image))
+    assert opened == [str(image)]
+    for name in ("canny", "invert", "none", "canny"):
+        row.preprocessor_combo.setCurrentIndex(row.preprocessor_combo.findData(name))
+    assert opened == [str(image)]
+    before = row.preview.pixmap().toImage()
+    Image.new("RGB", (80, 64), "white").save(image)  # another picture, same name
+    row.update_preview()
+    assert opened == [str(image)] * 2
+    assert row.preview.pixmap().toImage() != before
+
+
 def test_the_canvas_picture_becomes_a_control_image_in_the_inputs_folder(qtbot, window, home, tmp_path):
     image = square_image(tmp_path / "canvas.png")
     assert window.canvas_toolbar.load_source_file(str(image))
