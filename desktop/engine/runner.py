@@ -135,13 +135,16 @@ class JobRunner:
             batch_seconds = time.perf_counter() - batch_started
             for note in batch.notes:
                 emit(JobWarning(job.id, note))
+            model = replace(report.model, hash=batch.model_hash) if batch.model_hash else report.model
+
             def chunks_for(
-                position: int, seed: int, batch: GeneratedBatch = batch, made: GenerationRequest = batch_request
+                position: int, seed: int, batch: GeneratedBatch = batch, made: GenerationRequest = batch_request,
+                model: ModelInfo = model,
             ) -> dict[str, str]:
                 chunks = png_text_chunks(
                     made,
                     seed,
-                    report.model,
+                    model,
                     self._version,
                     sampler_used=batch.sampler_used,
                     batch_pos=position if request.batch_size > 1 else None,
@@ -157,7 +160,7 @@ class JobRunner:
                 # full disk) still counts for that job when the next start indexes it.
                 return {**chunks, JOB_CHUNK: job.id}
 
-            origin = ImageOrigin(self._version, report.model.name, report.model.hash or "")
+            origin = ImageOrigin(self._version, model.name, model.hash or "")
             for position, (image, seed) in enumerate(zip(batch.images, batch.seeds, strict=True)):
                 chunks = chunks_for(position, seed)
                 try:
@@ -174,7 +177,7 @@ class JobRunner:
                     emit(JobWarning(job.id, problem))
                 self._writer.problems.clear()
                 timings = {"load_s": report.seconds, "generate_s": batch_seconds / max(1, len(batch.images))}
-                self._record_image(job, path, seed, report, batch, timings, emit, batch_request)
+                self._record_image(job, path, seed, report, model, batch, timings, emit, batch_request)
                 paths.append(str(path))
                 seeds.append(seed)
                 emit(ImageSaved(job.id, str(path), seed, len(paths) - 1))
@@ -234,6 +237,7 @@ class JobRunner:
         path: Path,
         seed: int,
         report: LoadReport,
+        model: ModelInfo,
         batch: GeneratedBatch,
         timings: dict[str, float],
         emit: Emit,
@@ -249,8 +253,8 @@ class JobRunner:
             path=str(path),
             request=made_from or job.request,
             seed=seed,
-            model_name=report.model.name,
-            model_hash=report.model.hash,
+            model_name=model.name,
+            model_hash=model.hash,
             lora_hashes=adapter_hashes_text(batch.loras),
             sampler=written_sampler(job.request.sampler, batch.sampler_used),
             timings=timings,

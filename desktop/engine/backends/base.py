@@ -90,6 +90,9 @@ class GeneratedBatch:
     vae: VaeHash | None = None  # None: the model's own VAE
     controls: tuple[ControlHash, ...] = ()  # one per request.controls unit, in order
     refiner: RefinerHash | None = None  # None: no refiner pass
+    # The model's AutoV2 hash when the load left it to be read beside the steps (a file's first load: its
+    # sha256 reads the whole file); None: the load report's stands.
+    model_hash: str | None = None
 
 
 @dataclass(frozen=True)

@@ -251,6 +251,9 @@ class DiffusersBackend:
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
+        # The loaded file's AutoV2 hash while it is still being read (a file's first load): the steps run
+        # meanwhile, and the first batch after it is done carries it (GeneratedBatch.model_hash).
+        self._hash_pending: concurrent.futures.Future[str] | None = None
         self._family = "sd1"
         self._dit: Any = None  # DitInfo of a loaded Flux/SD3 model (backends/families.py), else None
         self._dit_mode: str | None = None  # its memory mode (dit_memory.py); None: as loaded
@@ -292,9 +295,9 @@ class DiffusersBackend:
             with collector_paused():
                 dit = self._load_dit(entry, request, choice)
                 if dit is not None:
-                    pipe, arch, model_hash = dit
+                    pipe, arch, hashing = dit
                 else:
-                    pipe, arch, model_hash = self._load_entry(entry, request.model_config, choice, request.mode)
+                    pipe, arch, hashing = self._load_entry(entry, request.model_config, choice, request.mode)
         except torch.cuda.OutOfMemoryError:
             oom = True
         else:
@@ -321,7 +324,8 @@ class DiffusersBackend:
         self._family = arch.family
         self._inpaint_model = arch.inpaint
         self._default_scheduler = with_prediction_overrides(pipe.scheduler, arch)
-        self._model = ModelInfo(entry.name, str(entry.path), arch.config_name, model_hash)
+        self._hash_pending = hashing
+        self._model = ModelInfo(entry.name, str(entry.path), arch.config_name, self._model_hash())
         return LoadReport(
             self._model, time.perf_counter() - started, False, choice.device, choice.precision, tuple(self._notes)
         )
@@ -336,6 +340,7 @@ class DiffusersBackend:
         self._pipe = None
         self._key = None
         self._model = None
+        self._hash_pending = None
         self._loras.forget()
         self._vaes.forget()
         self._controls.forget()
@@ -349,14 +354,15 @@ class DiffusersBackend:
 
     def _load_dit(
         self, entry: ModelEntry, request: GenerationRequest, choice: DeviceChoice
-    ) -> tuple[Any, ArchitectureInfo, str | None] | None:
-        """A Flux / SD3 model, detected from its tensors; None for the UNet families."""
+    ) -> tuple[Any, ArchitectureInfo, concurrent.futures.Future[str] | None] | None:
+        """A Flux / SD3 model, detected from its tensors, and its file's hash being read (`_in_background`);
+        None for the UNet families."""
         if entry.is_folder:
             arch = detect_diffusers_folder(entry.path, name=entry.name)
             if arch.dit is None:
                 return None
             check_model_folder(entry.path, name=entry.name)
-            model_hash = None
+            hashing = None
         else:
             kind = sniff_file_type(entry.path)
             if kind == "gguf":
@@ -367,7 +373,8 @@ class DiffusersBackend:
                     return None
             else:
                 return None
-            model_hash = self._hashes.autov2(entry.path)
+            # A 12B Flux file is 24 GB: its hash would hold the first step back some 15 s; read beside the load.
+            hashing = _in_background(self._hashes.autov2, entry.path)
         parts = self._library_parts(request)
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders and not parts else None
         arch = families.with_components_variant(arch, text_encoders)
@@ -388,7 +395,7 @@ class DiffusersBackend:
         )  # fmt: skip
         # On CUDA the weights stay in RAM until the first job's memory mode puts them where they run: a
         # 12B Flux would not fit a 12-24 GB card whole.
-        return (pipe if choice.device == "cuda" else pipe.to(choice.device)), arch, model_hash
+        return (pipe if choice.device == "cuda" else pipe.to(choice.device)), arch, hashing
 
     def _library_parts(self, request: GenerationRequest) -> families.LibraryParts | None:
         """Text encoders (and the VAE) a request names from the library; None when it names a folder or none."""
@@ -408,7 +415,7 @@ class DiffusersBackend:
 
     def _load_entry(
         self, entry: ModelEntry, config: str | None, choice: DeviceChoice, mode: str = "txt2img"
-    ) -> tuple[Any, ArchitectureInfo, str | None]:
+    ) -> tuple[Any, ArchitectureInfo, concurrent.futures.Future[str] | None]:
         if entry.is_folder:
             arch = detect_diffusers_folder(entry.path, name=entry.name)
             _refuse_refiner(entry.name, arch)
@@ -427,7 +434,8 @@ class DiffusersBackend:
         if arch.inpaint:
             _refuse_inpaint_only(entry.name, mode)
         # The AutoV2 hash reads the whole file (2.7 s for a 4.3 GB one the first time, then remembered): on its
-        # own thread it overlaps the conversion, which reads the same pages (hashlib releases the GIL).
+        # own thread it overlaps the conversion, which reads the same pages (hashlib releases the GIL), and
+        # the first steps; the first batch finished after it carries it (`_model_hash`).
         hashing = _in_background(self._hashes.autov2, entry.path)
         config_folder = Path(config).expanduser() if config else self._resources.config_folder(arch.config_name)
         if not (config_folder / "model_index.json").is_file():
@@ -448,7 +456,7 @@ class DiffusersBackend:
             )
             if pipe.dtype != choice.dtype:
                 pipe = pipe.to(dtype=choice.dtype)
-        return pipe.to(choice.device), arch, hashing.result()
+        return pipe.to(choice.device), arch, hashing
 
     def _from_pretrained(
         self, arch: ArchitectureInfo, folder: Path, dtype: torch.dtype, name: str, modules: dict[str, Any] | None = None
@@ -528,8 +536,38 @@ class DiffusersBackend:
         on_step: Callable[[StepInfo], None],
         cancel: CancelToken,
     ) -> GeneratedBatch:
-        if request.upscale_job:
-            return self._upscale_job(request, batch_index, on_step, cancel)
+        if request.upscale_job and not request.sd_upscale:
+            return self._upscale_job(request, batch_index, on_step, cancel)  # no model: none of its hash
+        batch = self._upscale_job(request, batch_index, on_step, cancel) if request.upscale_job else \
+            self._generate_batch(request, batch_index, on_step, cancel)
+        model_hash = self._model_hash(wait=True)
+        return replace(batch, model_hash=model_hash) if model_hash else batch
+
+    def _model_hash(self, wait: bool = False) -> str | None:
+        """The loaded file's AutoV2 hash: None for a folder, or while it is still being read unless `wait`;
+        None too when the file could not be read through (the job does not fail for its metadata)."""
+        pending = self._hash_pending
+        if pending is None:
+            return self._model.hash if self._model is not None else None
+        if not wait and not pending.done():
+            return None
+        self._hash_pending = None
+        try:
+            value = pending.result()
+        except Exception as error:  # noqa: BLE001 - only the metadata's hash is lost: the images are made
+            log.warning("The model's hash could not be read: %s", error)
+            return None
+        if self._model is not None:
+            self._model = replace(self._model, hash=value)
+        return value
+
+    def _generate_batch(
+        self,
+        request: GenerationRequest,
+        batch_index: int,
+        on_step: Callable[[StepInfo], None],
+        cancel: CancelToken,
+    ) -> GeneratedBatch:
         if self._pipe is None:
             self.load(request)
         if cancel.cancelled:

@@ -1,0 +1,76 @@
+"""A model file's AutoV2 hash (a sha256 of the whole file: some 15 s for a 24 GB Flux file the first time) is
+read beside the load and the steps, not before the first step: the load returns while it is still being read,
+and the first batch finished after it carries it into the PNG's metadata and the history (the real loading code,
+the real pipeline, a hash held back until the steps start)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from desktop.engine.history import HistoryStore
+from desktop.engine.jobs import CancelToken, Job, JobState
+from desktop.engine.library.catalog import HashCache
+from desktop.engine.metadata import parse_parameters, read_text_chunks
+from desktop.engine.outputs import ImageWriter
+from desktop.engine.paths import AppPaths
+from desktop.engine.runner import JobRunner
+from tests.engine.test_diffusers_backend import make_backend, request_for
+from tests.engine.test_encoder_library import flux_request, home, parts  # noqa: F401 - fixtures, by name
+
+
+def _held_hash(monkeypatch, backend):
+    """The backend's hash held back until its first batch starts; returns whether the hash waited for that
+    (False: something waited for the hash before any step could run)."""
+    steps_started = threading.Event()
+    waited: list[bool] = []
+    real_hash = HashCache.autov2
+
+    def held(self, path):
+        waited.append(steps_started.wait(15))
+        return real_hash(self, path)
+
+    monkeypatch.setattr(HashCache, "autov2", held)
+    real_batch = backend._generate_batch
+
+    def batch(*args, **kwargs):
+        steps_started.set()
+        return real_batch(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "_generate_batch", batch)
+    return waited
+
+
+def test_a_first_load_does_not_wait_for_the_hash_and_the_image_still_carries_it(
+    tiny_sd15_single, tmp_path, monkeypatch
+):
+    model_file, config = tiny_sd15_single
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    backend = make_backend(paths)
+    waited = _held_hash(monkeypatch, backend)
+    request = request_for(model_file, model_config=str(config), steps=2)
+    report = backend.load(request)
+    assert report.model.hash is None  # still being read
+    history = HistoryStore(paths.history_db, tmp_path / "out", paths.thumbnails)
+    try:
+        runner = JobRunner(backend, ImageWriter(tmp_path / "out", dated=False), "test", history)
+        assert runner.run(Job(request), lambda _: None) is JobState.FINISHED
+        (row,) = history.query()
+    finally:
+        history.close_all()
+    assert waited == [True]
+    expected = hashlib.sha256(model_file.read_bytes()).hexdigest()[:10]
+    assert row.model_hash == expected
+    assert parse_parameters(read_text_chunks(row.path)["parameters"]).settings["Model hash"] == expected
+    # Reused, the loaded model now knows its hash at once.
+    assert backend.load(request).model.hash == expected
+
+
+def test_a_flux_file_hash_is_read_beside_its_load_too(home, parts, monkeypatch):  # noqa: F811 - fixtures
+    backend = make_backend(home)
+    waited = _held_hash(monkeypatch, backend)
+    request = flux_request(parts["model"], parts)
+    assert backend.load(request).model.hash is None
+    batch = backend.generate(request, 0, lambda _: None, CancelToken())
+    assert waited == [True]
+    assert batch.model_hash == hashlib.sha256(parts["model"].read_bytes()).hexdigest()[:10]
