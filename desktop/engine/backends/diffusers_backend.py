@@ -881,6 +881,8 @@ class DiffusersBackend:
         try:
             with torch.inference_mode(), flux2.references_beside_source(pipe, beside):
                 arguments = families.generation_arguments(pipe, request, self._dit) | size
+                if batch_index == 0:
+                    notes.extend(families.long_prompt_notes(pipe, arguments, self._dit))
                 arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
                 result = pipe(
                     **arguments, num_inference_steps=request.steps,

@@ -108,6 +108,36 @@ def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) 
     return f"{info.label} {why}; the negative prompt was ignored."
 
 
+# Where each family's long-prompt encoder's tokenizer sits (CLIP's 77 tokens are cut in every tool: not said).
+_LONG_TOKENIZER = {"flux": "tokenizer_2", "sd3": "tokenizer_3", "sd3.5": "tokenizer_3"}
+
+
+def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> list[str]:
+    """A note for each prompt (and negative prompt) longer than the family's encoder reads
+    (`max_sequence_length` of `arguments`): the pipeline cuts the rest silently. Counted by the encoder's
+    own tokenizer: T5's count is exact (its end token included); an LLM encoder's (Qwen, Mistral) counts the
+    prompt alone, without the chat template around it, so a prompt just under the limit may still lose its
+    last few tokens unsaid."""
+    limit = arguments.get("max_sequence_length")
+    tokenizer = getattr(pipe, _LONG_TOKENIZER.get(info.family, "tokenizer"), None)
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor (Flux.2 dev's folder) holds one
+    if not isinstance(limit, int) or tokenizer is None:
+        return []
+    t5 = info.family in ("flux", "sd3", "sd3.5", "chroma")
+    notes = []
+    for key, what in (("prompt", "prompt"), ("negative_prompt", "negative prompt")):
+        text = arguments.get(key)
+        if not isinstance(text, str) or not text:
+            continue
+        count = len(tokenizer(text, add_special_tokens=t5, truncation=False, verbose=False).input_ids)
+        if count > limit:
+            notes.append(
+                f"The {what} is {count:,} tokens long for {info.label}'s {'T5' if t5 else 'text'} encoder, which "
+                f"reads the first {limit}: the rest had no effect. Shorten it, or put what matters first."
+            )
+    return notes
+
+
 def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     """The loaded pipeline's image-to-image or inpainting sibling (`mode`), sharing its modules (no tensor
     is copied). A Flux Fill model (loaded as FluxFillPipeline) does both itself: image-to-image is
