@@ -129,7 +129,10 @@ def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> li
         text = arguments.get(key)
         if not isinstance(text, str) or not text:
             continue
-        count = len(tokenizer(text, add_special_tokens=t5, truncation=False, verbose=False).input_ids)
+        try:
+            count = len(tokenizer(text, add_special_tokens=t5, truncation=False, verbose=False).input_ids)
+        except (TypeError, ValueError, AttributeError):
+            return notes  # a tokenizer that cannot count this way: the job runs without the note
         if count > limit:
             notes.append(
                 f"The {what} is {count:,} tokens long for {info.label}'s {'T5' if t5 else 'text'} encoder, which "
