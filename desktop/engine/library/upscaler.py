@@ -183,84 +183,56 @@ class UpscalerInfo:
 
     @property
     def label(self) -> str:
-        if isinstance(self.detail, Swin2SRShape):  # before SwinIRShape, which it extends
-            return swin2sr_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, HATShape):  # before SwinIRShape, which it extends
-            return hat_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, SwinIRShape):
-            return swinir_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, DATShape):
-            return dat_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, SPANShape):
-            return span_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, PLKSRShape):
-            return plksr_label(self.detail, self.scale, self.features, self.blocks)
-        if isinstance(self.detail, OmniSRShape):
-            return omnisr_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, DRCTShape):
-            return drct_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, RGTShape):
-            return rgt_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, ATDShape):
-            return atd_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, SAFMNShape):
-            return safmn_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, DITNShape):
-            return ditn_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, CUGANShape):
-            return cugan_label(self.detail, self.scale)
-        if isinstance(self.detail, RCANShape):
-            return rcan_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, CRAFTShape):
-            return craft_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, FDATShape):
-            return fdat_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, DCTLSAShape):
-            return dctlsa_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, GRLShape):
-            return grl_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, RetinexFormerShape):
-            return retinexformer_label(self.detail, self.features)
-        if isinstance(self.detail, CIDNetShape):
-            return cidnet_label(self.detail)
-        if isinstance(self.detail, MixDehazeNetShape):
-            return mixdehazenet_label(self.detail)
-        if isinstance(self.detail, NAFNetShape):
-            return nafnet_label(self.detail, self.features)
-        if isinstance(self.detail, FBCNNShape):
-            return fbcnn_label(self.detail, self.features)
-        if isinstance(self.detail, KBNetLShape):
-            return kbnet_l_label(self.detail, self.features)
-        if isinstance(self.detail, KBNetShape):
-            return kbnet_label(self.detail, self.features)
-        if isinstance(self.detail, AuraSRShape):
-            return aurasr_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, FFTformerShape):
-            return fftformer_label(self.detail, self.features)
-        if isinstance(self.detail, UformerShape):
-            return uformer_label(self.detail, self.features)
-        if isinstance(self.detail, IPTShape):
-            return ipt_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, MMRealSRShape):
-            return mmrealsr_label(self.detail, self.scale, self.blocks, self.features)
+        shape_label = _SHAPE_LABELS.get(type(self.detail))
+        if shape_label is not None:
+            return shape_label(self)
         if self.layout == "swiftsrgan":
             return swiftsrgan_label(self.scale, self.blocks, self.features)
-        if isinstance(self.detail, MoSRShape):
-            return mosr_label(self.detail, self.scale, self.features, self.blocks)
-        if isinstance(self.detail, SeemoReShape):
-            return seemore_label(self.detail, self.scale, self.features, self.blocks)
-        if isinstance(self.detail, MoESRShape):
-            return moesr_label(self.detail, self.scale, self.features)
-        if isinstance(self.detail, SCUNetShape):
-            return scunet_label(self.features, self.in_channels)
-        if isinstance(self.detail, DnCNNShape):
-            return dncnn_label(self.detail, self.features, self.out_channels)
-        if isinstance(self.detail, DRUNetShape):
-            return drunet_label(self.detail, self.out_channels)
         if self.layout == "srvgg":
             return f"Real-ESRGAN compact {self.scale}x ({self.blocks} convs, {self.features} features)"
         return f"ESRGAN {self.scale}x ({self.blocks} blocks, {self.features} features)"
 
+
+# Each shape's label from the info it details, looked up by the shape's exact type (so HAT's and Swin2SR's,
+# which extend SwinIR's, find their own).
+_SHAPE_LABELS: dict[type, Callable[[UpscalerInfo], str]] = {
+    Swin2SRShape: lambda info: swin2sr_label(info.detail, info.scale, info.features),
+    HATShape: lambda info: hat_label(info.detail, info.scale, info.features),
+    SwinIRShape: lambda info: swinir_label(info.detail, info.scale, info.features),
+    DATShape: lambda info: dat_label(info.detail, info.scale, info.features),
+    SPANShape: lambda info: span_label(info.detail, info.scale, info.features),
+    PLKSRShape: lambda info: plksr_label(info.detail, info.scale, info.features, info.blocks),
+    OmniSRShape: lambda info: omnisr_label(info.detail, info.scale, info.features),
+    DRCTShape: lambda info: drct_label(info.detail, info.scale, info.features),
+    RGTShape: lambda info: rgt_label(info.detail, info.scale, info.features),
+    ATDShape: lambda info: atd_label(info.detail, info.scale, info.features),
+    SAFMNShape: lambda info: safmn_label(info.detail, info.scale, info.features),
+    DITNShape: lambda info: ditn_label(info.detail, info.scale, info.features),
+    CUGANShape: lambda info: cugan_label(info.detail, info.scale),
+    RCANShape: lambda info: rcan_label(info.detail, info.scale, info.features),
+    CRAFTShape: lambda info: craft_label(info.detail, info.scale, info.features),
+    FDATShape: lambda info: fdat_label(info.detail, info.scale, info.features),
+    DCTLSAShape: lambda info: dctlsa_label(info.detail, info.scale, info.features),
+    GRLShape: lambda info: grl_label(info.detail, info.scale, info.features),
+    RetinexFormerShape: lambda info: retinexformer_label(info.detail, info.features),
+    CIDNetShape: lambda info: cidnet_label(info.detail),
+    MixDehazeNetShape: lambda info: mixdehazenet_label(info.detail),
+    NAFNetShape: lambda info: nafnet_label(info.detail, info.features),
+    FBCNNShape: lambda info: fbcnn_label(info.detail, info.features),
+    KBNetLShape: lambda info: kbnet_l_label(info.detail, info.features),
+    KBNetShape: lambda info: kbnet_label(info.detail, info.features),
+    AuraSRShape: lambda info: aurasr_label(info.detail, info.scale, info.features),
+    FFTformerShape: lambda info: fftformer_label(info.detail, info.features),
+    UformerShape: lambda info: uformer_label(info.detail, info.features),
+    IPTShape: lambda info: ipt_label(info.detail, info.scale, info.features),
+    MMRealSRShape: lambda info: mmrealsr_label(info.detail, info.scale, info.blocks, info.features),
+    MoSRShape: lambda info: mosr_label(info.detail, info.scale, info.features, info.blocks),
+    SeemoReShape: lambda info: seemore_label(info.detail, info.scale, info.features, info.blocks),
+    MoESRShape: lambda info: moesr_label(info.detail, info.scale, info.features),
+    SCUNetShape: lambda info: scunet_label(info.features, info.in_channels),
+    DnCNNShape: lambda info: dncnn_label(info.detail, info.features, info.out_channels),
+    DRUNetShape: lambda info: drunet_label(info.detail, info.out_channels),
+}  # fmt: skip
 
 def not_an_upscaler(tensors: Mapping[str, object]) -> str | None:
     """Why a file of a network spandrel reads but that is no upscaler is refused ("looks like ..."), or None."""
