@@ -122,20 +122,25 @@ def test_the_packed_tensors_survive_the_pipelines_to_calls(bnb_file):
     assert model.dtype == torch.bfloat16
 
 
-def test_a_packed_4bit_encoder_is_not_dequantised_at_load(bnb_file, monkeypatch):
-    """Its parts are checked by size at load (a damaged one refused: test_bnb_encoders), not dequantised:
-    bitsandbytes' dequantiser runs first when the encoder does (at load only for what stays plain: T5's `wo`
-    where the file quantised it)."""
+def test_a_packed_encoder_is_not_dequantised_at_load(bnb_file, monkeypatch):
+    """A 4-bit weight's parts are checked by size at load (a damaged one refused: test_bnb_encoders), not
+    dequantised; an int8 one's rows are kept as they are: each format's dequantiser (bitsandbytes' for 4-bit,
+    Marble's rows-times-scales for LLM.int8) runs first when the encoder does (at load only for what stays
+    plain: T5's `wo` where the file quantised it)."""
     import bitsandbytes.functional as F
 
+    from desktop.engine.backends import quantised_weights
+
     case, file = bnb_file[0], bnb_file[4]
-    if "int8" in case:
-        pytest.skip("LLM.int8 rows are read without bitsandbytes' dequantiser")
     calls = []
-    real = F.dequantize_4bit
-    monkeypatch.setattr(F, "dequantize_4bit", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+
+    def counted(real):
+        return lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "dequantize_4bit", counted(F.dequantize_4bit))
+    monkeypatch.setattr(quantised_weights, "_int8_values", counted(quantised_weights._int8_values))
     model = load(bnb_file, torch.float32, layers=bnb_layers)
-    quantised_wo = sum(1 for key in file if key.endswith(".wo.weight.absmax"))
+    quantised_wo = sum(1 for key in file if key.endswith((".wo.weight.absmax", ".wo.SCB")))
     assert packed_layers(model) and len(calls) == quantised_wo and case.endswith("-wo") == bool(calls)
     calls.clear()
     outputs(model)
