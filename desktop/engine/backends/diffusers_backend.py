@@ -76,6 +76,7 @@ from desktop.engine.backends.cpu_threads import choose_threads, others_busy_core
 from desktop.engine.backends.dit_memory import DESCRIPTIONS as DIT_DESCRIPTIONS  # noqa: E402
 from desktop.engine.backends.dit_memory import choose_dit_mode, needs_reload  # noqa: E402
 from desktop.engine.backends.dit_memory import fallback_mode as dit_fallback_mode  # noqa: E402
+from desktop.engine.backends.dit_prompt_cache import cached_encoding  # noqa: E402
 from desktop.engine.backends.encoder_components import Component  # noqa: E402
 from desktop.engine.backends.faceid import FaceAnalyser, library_face_analyser  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
@@ -879,7 +880,12 @@ class DiffusersBackend:
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
-            with torch.inference_mode(), flux2.references_beside_source(pipe, beside):
+            # The same prompt again (another seed, the next batch) is not encoded again (dit_prompt_cache.py).
+            encoders = tuple(id(module) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                             if (module := getattr(pipe, name, None)) is not None)  # fmt: skip
+            context = (self._loads, encoders, request.loras, lora_plan.loras, self._dit_mode)
+            with torch.inference_mode(), flux2.references_beside_source(pipe, beside), \
+                    cached_encoding(pipe, self._prompts, context):
                 arguments = families.generation_arguments(pipe, request, self._dit) | size
                 if batch_index == 0:
                     notes.extend(families.long_prompt_notes(pipe, arguments, self._dit))

@@ -13,6 +13,7 @@ Pure Python: the values are whatever the backend stores (its tensors), never loo
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,14 +38,15 @@ class PromptKey:
 
 
 class PromptCache:
-    """A least-recently-used map from PromptKey to the encodings a pipeline call takes."""
+    """A least-recently-used map from PromptKey (or, for the DiT families, dit_prompt_cache's call keys) to the
+    encodings a pipeline call takes."""
 
     def __init__(self, entries: int = DEFAULT_ENTRIES) -> None:
         self._entries = max(0, entries)
-        self._items: OrderedDict[PromptKey, dict[str, Any]] = OrderedDict()
+        self._items: OrderedDict[Hashable, dict[str, Any]] = OrderedDict()
         self.hits = 0  # for the log and the tests
 
-    def get(self, key: PromptKey) -> dict[str, Any] | None:
+    def get(self, key: Hashable) -> dict[str, Any] | None:
         found = self._items.get(key)
         if found is not None:
             self._items.move_to_end(key)
@@ -52,7 +54,7 @@ class PromptCache:
             return dict(found)  # a copy: callers add their own arguments
         return None
 
-    def put(self, key: PromptKey, arguments: dict[str, Any]) -> None:
+    def put(self, key: Hashable, arguments: dict[str, Any]) -> None:
         if not self._entries:
             return
         self._items[key] = dict(arguments)
