@@ -74,3 +74,28 @@ def test_a_flux_file_hash_is_read_beside_its_load_too(home, parts, monkeypatch):
     batch = backend.generate(request, 0, lambda _: None, CancelToken())
     assert waited == [True]
     assert batch.model_hash == hashlib.sha256(parts["model"].read_bytes()).hexdigest()[:10]
+
+
+def test_a_library_model_takes_the_hash_the_import_took(tiny_sd15_single, tmp_path, monkeypatch):
+    """Importing a model reads its sha256 while copying it in; its first load does not read the file again for it."""
+    from desktop.engine.library.index import Library
+
+    model_file, config = tiny_sd15_single
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    record = Library(paths).import_path(model_file, "model")
+    expected = hashlib.sha256(model_file.read_bytes()).hexdigest()[:10]
+    assert record.autov2 == expected
+    read: list[object] = []
+    real_hash = HashCache.autov2
+    monkeypatch.setattr(HashCache, "autov2", lambda self, path: read.append(path) or real_hash(self, path))
+    backend = make_backend(paths)
+    request = request_for(record.name, model_config=str(config), steps=2)
+    assert backend.load(request).model.hash == expected
+    batch = backend.generate(request, 0, lambda _: None, CancelToken())
+    assert read == [] and batch.model_hash == expected
+    # The same file given by its path outside the library is read for its hash, as before.
+    outside = make_backend(paths)
+    outside.load(request_for(model_file, model_config=str(config), steps=2))
+    assert outside.generate(request_for(model_file, model_config=str(config), steps=2), 0, lambda _: None,
+                            CancelToken()).model_hash == expected  # fmt: skip
+    assert read == [model_file]

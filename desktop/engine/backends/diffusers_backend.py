@@ -101,7 +101,7 @@ from desktop.engine.backends.tiling import circular_padding  # noqa: E402
 from desktop.engine.backends.upscale import load_upscaler, upscale  # noqa: E402
 from desktop.engine.backends.vae_swap import VaeSwitcher  # noqa: E402
 from desktop.engine.backends.variation import initial_noise  # noqa: E402
-from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, ModelError, OutOfMemory  # noqa: E402
+from desktop.engine.errors import Cancelled, DeviceError, InvalidRequest, MarbleError, ModelError, OutOfMemory  # noqa: E402
 from desktop.engine.imaging import (  # noqa: E402
     EditPlan,
     fill_masked,
@@ -375,7 +375,7 @@ class DiffusersBackend:
             else:
                 return None
             # A 12B Flux file is 24 GB: its hash would hold the first step back some 15 s; read beside the load.
-            hashing = _in_background(self._hashes.autov2, entry.path)
+            hashing = self._hash_of(entry.path)
         parts = self._library_parts(request)
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders and not parts else None
         arch = families.with_components_variant(arch, text_encoders)
@@ -397,6 +397,25 @@ class DiffusersBackend:
         # On CUDA the weights stay in RAM until the first job's memory mode puts them where they run: a
         # 12B Flux would not fit a 12-24 GB card whole.
         return (pipe if choice.device == "cuda" else pipe.to(choice.device)), arch, hashing
+
+    def _hash_of(self, path: Path) -> concurrent.futures.Future[str]:
+        """The file's AutoV2 hash: the one the library took while copying it in, when it holds the file; else
+        read on a thread of its own (remembered in the hash cache for later loads)."""
+        known = self._library_autov2(path)
+        if known is None:
+            return _in_background(self._hashes.autov2, path)
+        done: concurrent.futures.Future[str] = concurrent.futures.Future()
+        done.set_result(known)
+        return done
+
+    def _library_autov2(self, path: Path) -> str | None:
+        try:
+            records = Library(self._paths).records("model")
+            wanted = path.resolve()
+            return next((record.autov2 for record in records if record.indexed and record.autov2
+                         and (self._paths.models / record.file).resolve() == wanted), None)  # fmt: skip
+        except (MarbleError, OSError):
+            return None  # an unreadable index only costs reading the file once more
 
     def _library_parts(self, request: GenerationRequest) -> families.LibraryParts | None:
         """Text encoders (and the VAE) a request names from the library; None when it names a folder or none."""
@@ -437,7 +456,7 @@ class DiffusersBackend:
         # The AutoV2 hash reads the whole file (2.7 s for a 4.3 GB one the first time, then remembered): on its
         # own thread it overlaps the conversion, which reads the same pages (hashlib releases the GIL), and
         # the first steps; the first batch finished after it carries it (`_model_hash`).
-        hashing = _in_background(self._hashes.autov2, entry.path)
+        hashing = self._hash_of(entry.path)
         config_folder = Path(config).expanduser() if config else self._resources.config_folder(arch.config_name)
         if not (config_folder / "model_index.json").is_file():
             raise ModelError(f"The config folder {config_folder} has no model_index.json.")
