@@ -1,7 +1,9 @@
 """The detail view of one history image: the full-size picture, its recipe as text, and the panel's actions.
 
 A separate, non-modal window so the picture can be large while the grid stays where it was. It shows
-whatever the panel's current image is; Left and Right step through the grid. The recipe is the PNG's
+whatever the panel's current image is; Left and Right step through the grid. The picture is decoded on a
+thread pool (a 40-megapixel PNG takes a while): the recipe shows at once, the picture when it is read, and
+only the last of several quick steps is decoded. The recipe is the PNG's
 own `parameters` text when the file has one (exactly what other tools read), followed by what only the
 history knows (file, date, timings); for other images, the history row's columns.
 """
@@ -11,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from PySide6.QtCore import QT_TRANSLATE_NOOP, QSize, Qt, Signal
-from PySide6.QtGui import QAction, QImageReader, QKeyEvent, QPixmap, QResizeEvent
+from PySide6.QtCore import QT_TRANSLATE_NOOP, QObject, QSize, Qt, QThreadPool, Signal, Slot
+from PySide6.QtGui import QAction, QImage, QImageReader, QKeyEvent, QPixmap, QResizeEvent
 from PySide6.QtWidgets import (
     QDialog,
     QHBoxLayout,
@@ -71,6 +73,16 @@ class _ImageLabel(QLabel):
                                              Qt.TransformationMode.SmoothTransformation))
 
 
+class _DecodedRelay(QObject):
+    """Carries a decoded picture from the pool's thread to the GUI thread.
+
+    Signals:
+        decoded(int, QImage, str): the request's number, the image (null when unreadable), the reader's error.
+    """
+
+    decoded = Signal(int, QImage, str)
+
+
 class HistoryDetailView(QDialog):
     """One image at full size with its recipe and the history actions.
 
@@ -81,7 +93,8 @@ class HistoryDetailView(QDialog):
     step_requested = Signal(int)
 
     def __init__(self, actions: Iterable[QAction], describe: Callable[[ImageRecord], str],
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, pool: QThreadPool | None = None) -> None:
+        """`pool`: where pictures are decoded; one thread of the view's own when None."""
         super().__init__(parent)
         self.setObjectName("history_detail")
         self.setWindowTitle(self.tr("Image details"))
@@ -91,6 +104,16 @@ class HistoryDetailView(QDialog):
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self._describe = describe
         self._record: ImageRecord | None = None
+        if pool is None:
+            pool = QThreadPool(self)
+            pool.setMaxThreadCount(1)
+        self._pool = pool
+        # The number of the latest picture asked for, read by the pool's thread too: a decode still queued
+        # when another picture is asked for is skipped, and a late result is dropped.
+        self._latest = [0]
+        self._source = ""
+        self._relay = _DecodedRelay(self)
+        self._relay.decoded.connect(self._on_decoded)
         self.image_label = _ImageLabel()
         self.recipe = QPlainTextEdit(objectName="history_detail_recipe")
         self.recipe.setReadOnly(True)
@@ -127,19 +150,35 @@ class HistoryDetailView(QDialog):
         return self._record
 
     def show_record(self, record: ImageRecord) -> None:
-        """Show one image (read from disk now: this is one file the user asked for, not a grid page)."""
+        """Show one image: its recipe now, its picture once the pool has read it (the previous picture stays
+        until then, so stepping through the grid does not flash an empty view)."""
         self._record = record
         source = record.trash_path if record.trashed and record.trash_path else record.path
-        pixmap = QPixmap()
-        fallback = self.tr("{file} is missing: it was moved or deleted outside Marble.").format(file=source)
-        if not record.missing and Path(source).is_file():
-            reader = QImageReader(source)
-            image = reader.read()
-            pixmap = QPixmap.fromImage(image) if not image.isNull() else pixmap
-            fallback = self.tr("Cannot read {file}: {reason}").format(file=source, reason=reader.errorString())
-        self.image_label.set_full(pixmap, fallback)
+        self._source = source
+        self._latest[0] += 1
         self.recipe.setPlainText(recipe_text(record, source, self._describe))
         self.setWindowTitle(self.tr("{name} — image details").format(name=Path(source).name))
+        if record.missing or not Path(source).is_file():
+            fallback = self.tr("{file} is missing: it was moved or deleted outside Marble.").format(file=source)
+            self.image_label.set_full(QPixmap(), fallback)
+            return
+        number, latest, relay = self._latest[0], self._latest, self._relay
+
+        def decode() -> None:
+            if latest[0] != number:
+                return  # another picture was asked for before this one's turn
+            reader = QImageReader(source)
+            image = reader.read()
+            relay.decoded.emit(number, image, reader.errorString())
+
+        self._pool.start(decode)
+
+    @Slot(int, QImage, str)
+    def _on_decoded(self, number: int, image: QImage, reason: str) -> None:
+        if number != self._latest[0]:
+            return
+        fallback = self.tr("Cannot read {file}: {reason}").format(file=self._source, reason=reason)
+        self.image_label.set_full(QPixmap.fromImage(image) if not image.isNull() else QPixmap(), fallback)
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
         step = {Qt.Key.Key_Left: -1, Qt.Key.Key_Right: 1}.get(Qt.Key(event.key()))

@@ -654,15 +654,15 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>{name} — image details</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>{file} is missing: it was moved or deleted outside Marble.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
         <source>Cannot read {file}: {reason}</source>
-        <translation type="unfinished"></translation>
-    </message>
-    <message>
-        <source>{name} — image details</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

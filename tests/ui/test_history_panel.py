@@ -484,6 +484,7 @@ def test_enter_opens_the_detail_view_with_the_image_and_its_recipe(qtbot, hstudi
     qtbot.keyClick(panel.view, Qt.Key.Key_Return)
     detail = panel.detail_view
     assert detail is not None and detail.isVisible()
+    qtbot.waitUntil(lambda: not detail.image_label.full_pixmap.isNull(), timeout=TIMEOUT_MS)  # decoded on its pool
     full = detail.image_label.full_pixmap
     assert (full.width(), full.height()) == (64, 64)
     assert full.toImage().pixelColor(5, 5).getRgb()[:3] == colour_for(501)
@@ -506,6 +507,48 @@ def test_enter_opens_the_detail_view_with_the_image_and_its_recipe(qtbot, hstudi
     assert hstudio.store.get(fox.id).trashed
     assert "a red fox in the snow" not in prompts(panel)
     assert detail.record.prompt == panel.current_record().prompt == "a blue whale, deep sea"
+
+
+def test_the_detail_view_decodes_off_the_gui_thread_and_only_the_last_of_quick_steps(
+    qtbot, hstudio: HistoryStudio, monkeypatch
+):
+    import threading
+
+    from desktop.ui import history_detail
+
+    panel = hstudio.panel
+    select(panel, "a red fox in the snow")
+    panel.open_details()
+    detail = panel.detail_view
+    assert detail is not None
+
+    def colour() -> tuple[int, int, int] | None:
+        full = detail.image_label.full_pixmap
+        return None if full.isNull() else full.toImage().pixelColor(5, 5).getRgb()[:3]
+
+    qtbot.waitUntil(lambda: colour() == colour_for(500), timeout=TIMEOUT_MS)
+    records = {panel.model.record_at(row).prompt: panel.model.record_at(row) for row in range(3)}
+    read: list[str] = []
+
+    class CountingReader(history_detail.QImageReader):
+        def __init__(self, path: str) -> None:
+            read.append(path)
+            super().__init__(path)
+
+    monkeypatch.setattr(history_detail, "QImageReader", CountingReader)
+    gate = threading.Event()
+    detail._pool.start(lambda: gate.wait(30))  # the view's decoding thread is busy until the gate opens
+    try:
+        detail.show_record(records["portrait of a fox, oil"])
+        detail.show_record(records["a blue whale, deep sea"])  # a second step before the first is decoded
+        assert detail.recipe.toPlainText().startswith("a blue whale, deep sea")  # the recipe at once
+        qtbot.wait(50)
+        assert colour() == colour_for(500) and read == []  # the fox stays until the whale is read
+    finally:
+        gate.set()
+    qtbot.waitUntil(lambda: colour() == colour_for(501), timeout=TIMEOUT_MS)
+    detail._pool.waitForDone(10_000)
+    assert read == [records["a blue whale, deep sea"].path]  # the skipped step was never decoded
 
 
 def test_a_file_deleted_outside_marble_is_said_not_sent(qtbot, hstudio: HistoryStudio):
