@@ -148,6 +148,7 @@ class MainWindow(QMainWindow):
         self.parameter_panel.models_refresh_requested.connect(self.refresh_models)
         self.parameter_panel.open_models_folder_requested.connect(self.open_models_folder)
         self.parameter_panel.emphasis_changed.connect(self.prompt_editor.set_emphasis)
+        self.parameter_panel.family_shown.connect(self.prompt_editor.set_family)
         self.queue_panel.generate_requested.connect(self.generate)
         self.queue_panel.cancel_requested.connect(self.cancel)
         self.result_strip.result_chosen.connect(self._show_result)

@@ -165,11 +165,14 @@ class ParameterPanel(QWidget):
         open_models_folder_requested(): the user wants to see the models folder in the file manager.
         emphasis_changed(str): the emphasis mode changed (by the user or a request shown), so the
             prompt editor can count brackets as the job will read them.
+        family_shown(object): the selected model's family (`model_family`, or None when unknown), each time
+            the model or the families change, so the prompt editor counts as that family reads a prompt.
     """
 
     models_refresh_requested = Signal()
     open_models_folder_requested = Signal()
     emphasis_changed = Signal(str)
+    family_shown = Signal(object)
 
     def __init__(
         self,
@@ -740,6 +743,7 @@ class ParameterPanel(QWidget):
         self.references_row.set_limit(references)
         self.references_label.setVisible(references > 0)
         self.references_row.setVisible(references > 0)
+        self.family_shown.emit(self._families.get(self.selected_model()))
 
     def _show_refiner(self, name: str) -> None:
         if self.refiner_combo.findData(name) < 0:  # a recipe's refiner not in the folder stays visible

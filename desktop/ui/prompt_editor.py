@@ -22,6 +22,15 @@ COUNT_TOOLTIP = QT_TRANSLATE_NOOP(
     " time; a longer prompt (or BREAK) starts another chunk of {chunk}, encoded on its own and"
     " joined, as in AUTOMATIC1111.",
 )
+CLIP_ONCE_TOOLTIP = QT_TRANSLATE_NOOP(
+    "PromptEditor",
+    "CLIP tokens / the {chunk} this model's CLIP encoder reads: it takes no further chunks. Its T5 encoder"
+    " reads the whole prompt, up to {limit} of its own tokens; the job says if the prompt is longer.",
+)
+# Families that read the prompt with CLIP once (its first 75 tokens) beside T5 (up to this many tokens), and
+# families with no CLIP encoder, whose counts in CLIP tokens would mean nothing (no counter is shown).
+CLIP_ONCE_FAMILIES = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
+NO_CLIP_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2")
 
 
 class PromptEditor(QWidget):
@@ -80,6 +89,15 @@ class PromptEditor(QWidget):
             counter.set_embeddings(vectors)
             self.prompt_count.recount()
             self.negative_count.recount()
+
+    def set_family(self, family: str | None) -> None:
+        """Count as the selected model's family reads the prompt (`model_family`; None when unknown): A1111's
+        chunks for the UNet families, CLIP's one window beside T5 for Flux.1 and SD3, no counter where no CLIP
+        encoder reads it (Chroma, Qwen-Image, Z-Image, Flux.2)."""
+        limit = CLIP_ONCE_FAMILIES.get(family or "")
+        hidden = (family or "").startswith(NO_CLIP_FAMILIES)
+        for count in (self.prompt_count, self.negative_count):
+            count.set_window(limit, hidden)
 
     def set_emphasis(self, emphasis: str) -> None:
         """Count as the next job will read the prompts: with emphasis "None" brackets are words."""
@@ -149,6 +167,8 @@ class _TokenCount(QLabel):
         self._negative = negative  # a negative prompt has no AND parts
         self._counter: TokenCounter | None = None
         self.emphasis = "Original"  # request.EMPHASIS_MODES; PromptEditor.set_emphasis keeps it
+        self._once: int | None = None  # CLIP read once beside a long encoder of this many tokens (Flux.1, SD3)
+        self._hidden = False  # no CLIP encoder reads the prompt: no count to show
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(COUNT_DELAY_MS)
@@ -162,12 +182,21 @@ class _TokenCount(QLabel):
     def start(self, counter: TokenCounter) -> None:
         self._counter = counter
         self.recount()
-        self.show()
+        self.setVisible(not self._hidden)
+
+    def set_window(self, once: int | None, hidden: bool) -> None:
+        """`once`: the long encoder's tokens when CLIP reads the prompt once (its count is then over 75, never
+        over chunks); `hidden`: no CLIP reads the prompt."""
+        self._once, self._hidden = once, hidden
+        tooltip = COUNT_TOOLTIP if once is None else CLIP_ONCE_TOOLTIP
+        self.setToolTip(translate("PromptEditor", tooltip).format(chunk=CHUNK_TOKENS, limit=once))
+        self.setVisible(self._counter is not None and not hidden)
+        self.recount()
 
     def recount(self) -> None:
         if self._counter is not None:
             length = self._counter.measure(self._editor.toPlainText(), self.emphasis, self._negative)
-            self.setText(f"{length.tokens}/{length.capacity}")
+            self.setText(f"{length.tokens}/{CHUNK_TOKENS if self._once else length.capacity}")
 
 
 def _header(label: QLabel, count: QLabel) -> QHBoxLayout:

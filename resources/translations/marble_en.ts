@@ -1781,6 +1781,10 @@ then press ⟳.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>CLIP tokens / the {chunk} this model&apos;s CLIP encoder reads: it takes no further chunks. Its T5 encoder reads the whole prompt, up to {limit} of its own tokens; the job says if the prompt is longer.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>What to avoid: blurry, low quality</source>
         <translation type="unfinished"></translation>
     </message>

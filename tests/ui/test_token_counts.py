@@ -91,3 +91,23 @@ def test_with_emphasis_none_brackets_and_break_count_as_words(studio, qtbot) -> 
     panel.model.set_from_request(GenerationRequest(prompt="a cat", model=studio.model_name, emphasis="Original"))
     assert panel.emphasis_combo.currentData() == "Original"
     assert editor.negative_count.text() == "3/150"
+
+
+def test_the_counter_follows_how_the_chosen_family_reads_a_prompt(studio, qtbot) -> None:
+    """A1111's chunks for the UNet families; for Flux.1 and SD3 the CLIP window read once (no second chunk)
+    with T5's limit in the tooltip; no CLIP count for a family no CLIP encoder reads (Qwen-Image)."""
+    window = studio.window
+    panel, editor = window.parameter_panel, window.prompt_editor
+    window.load_token_counter(MERGES)
+    qtbot.waitUntil(lambda: not editor.prompt_count.isHidden(), timeout=TIMEOUT_MS)
+    editor.set_prompts("cat " * 80, "blurry")
+    panel.set_families({"sd": "sd1", "dev": "flux-dev", "qwen": "qwen-image"})
+    panel.set_models(["sd", "dev", "qwen"], "/models")
+    for name, prompt_text, tooltip in (("sd", "80/150", "another chunk"), ("dev", "80/75", "up to 512"),
+                                       ("sd", "80/150", "another chunk")):  # fmt: skip
+        panel.model_combo.setCurrentIndex(panel.model_combo.findText(name))
+        qtbot.waitUntil(lambda text=prompt_text: editor.prompt_count.text() == text, timeout=TIMEOUT_MS)
+        assert tooltip in editor.prompt_count.toolTip() and not editor.prompt_count.isHidden()
+        assert editor.negative_count.text() == "1/75"
+    panel.model_combo.setCurrentIndex(panel.model_combo.findText("qwen"))
+    assert editor.prompt_count.isHidden() and editor.negative_count.isHidden()
