@@ -1,9 +1,11 @@
 """Weights load in the precision asked for, without a float32 copy on the way (issue 29).
 
 A bf16 single-file checkpoint (the CPU's half precision; fp16 needs a GPU) is loaded by the real
-backend. Its first load converts it once and caches a key map over the file (diffusers' from_single_file
-builds the modules in float32 first: a one-off cost, documented in docs/benchmarks.md); every later load
-builds the model from that key map and must never make a float32 tensor the size of a weight. Watched at torch's
+backend. Its first load converts it once and caches a key map over the file: diffusers' from_single_file
+builds each layer under accelerate's init_empty_weights, which lets torch allocate the layer's float32
+parameters (uninitialised, never written) before moving them to the meta device, so the first load may show
+float32 allocations the size of a weight but no float32 values: no copy, cast or fill. Every later load builds
+the model from that key map and must not make a float32 tensor the size of a weight at all. Watched at torch's
 dispatcher, so any upcast -- a load in float32 followed by `.to(bf16)` -- is seen.
 """
 
@@ -42,8 +44,11 @@ def test_a_bf16_model_loads_as_bf16_without_a_float32_copy(tmp_path):
     largest_unet_weight = max(parameter.numel() for parameter in pipe.unet.parameters())
 
     first = make_backend(paths)
-    first.load(request)  # converts the file once, into the cache
+    with Float32Tensors(largest_unet_weight) as watched:
+        first.load(request)  # converts the file once, into the cache
     assert {first._pipe.unet.dtype, first._pipe.text_encoder.dtype, first._pipe.vae.dtype} == {torch.bfloat16}
+    # Only allocations the meta device takes over at once: no float32 value is computed, copied or cast.
+    assert {op for op, _ in watched.seen} <= {"aten.empty.memory_format"}, watched.seen[:5]
 
     again = make_backend(paths)  # the app after a restart
     with Float32Tensors(largest_unet_weight) as watched:
