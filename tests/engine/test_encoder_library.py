@@ -123,7 +123,8 @@ def test_a_t5_gguf_stays_packed_and_computes_its_dequantised_weights(home, parts
     # T5's `wo` (whose dtype T5 casts its input to) and the non-linear tensors are dequantised at load.
     t5 = backend._pipe.text_encoder_2
     attention = t5.encoder.block[0].layer[0].SelfAttention
-    assert attention.q.blocks.dtype == torch.uint8 and not any(True for _ in attention.q.parameters())
+    assert attention.q.blocks.dtype == torch.uint8 and not attention.q.blocks.requires_grad
+    assert [name for name, _ in attention.q.named_parameters()] == ["blocks"]  # no plain weight beside them
     assert t5.encoder.block[0].layer[1].DenseReluDense.wo.weight.dtype == torch.float32
     packed = {name: module.blocks for name, module in t5.named_modules() if hasattr(module, "blocks")}
     assert len(packed) == 6 * t5.config.num_layers  # q, k, v, o, wi_0, wi_1 per block
@@ -135,6 +136,26 @@ def test_a_t5_gguf_stays_packed_and_computes_its_dequantised_weights(home, parts
     expected = bare_image(bare(parts["pipe"], text_encoder_2=reference), request, **PROMPT_ARGS)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, bare_image(bare(parts["pipe"]), request, **PROMPT_ARGS))  # the quant was used
+
+
+def test_sequential_offload_moves_a_gguf_t5s_blocks_off_the_device(home, parts):
+    """Sequential offload (accelerate's cpu_offload, called as diffusers calls it: buffers offloaded only for a
+    module with parameters of its own, which an encoder lacks) moves the packed blocks out between calls, as
+    it moves plain weights; they came back for the call, so the encoding is unchanged. (On a CPU the
+    execution device is the CPU; offloaded means on the meta device, the weights kept aside.)"""
+    from accelerate import cpu_offload
+
+    backend = make_backend(home)
+    run(backend, flux_request(parts["model"], parts, encoders="clip_l,t5-v1_1-xxl-encoder-Q8_0"))
+    t5 = backend._pipe.text_encoder_2
+    ids = torch.tensor([[37, 1, 0, 5, 9]])
+    with torch.no_grad():
+        before = t5(ids).last_hidden_state
+    cpu_offload(t5, torch.device("cpu"), offload_buffers=len(t5._parameters) > 0)
+    layer = t5.encoder.block[0].layer[0].SelfAttention.q
+    assert layer.blocks.device.type == "meta"
+    with torch.no_grad():
+        assert torch.equal(t5(ids).last_hidden_state, before)
 
 
 def test_an_fp8_t5_stays_stored_in_fp8_and_computes_its_own_weights(home, parts):

@@ -60,7 +60,7 @@ class BitsandbytesWeight(Packed):
         def unpack(layer: Any) -> Any:
             return values(stored_tensors(layer))
 
-        layer = packed_linear(plain, stored, unpack, self.shown, parameters=True)
+        layer = packed_linear(plain, stored, unpack, self.shown)
         layer.bnb_dtypes = {part: tensor.dtype for part, tensor in self.tensors.items()}
         return layer
 

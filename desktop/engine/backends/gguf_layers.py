@@ -57,9 +57,11 @@ class PackedWeight(Packed):
         def unpack(layer: Any) -> Any:
             return dequantise(PackedWeight(layer.blocks, kind, shape))
 
-        # A buffer, not a parameter: moved with the model by .to() and offload hooks, never cast by .to(dtype)
-        # (integer tensors are left alone), never trained.
-        return packed_linear(plain, {"blocks": self.blocks}, unpack, f"gguf type {kind}", parameters=False)
+        # A frozen parameter, as the scaled-fp8 and bitsandbytes layers keep theirs: never cast by .to(dtype)
+        # (integer tensors are left alone), never trained, counted in the model's size for the auto memory mode,
+        # and moved off the GPU by sequential offload, which leaves a text encoder's buffers where they are
+        # (diffusers offloads buffers only for a module with parameters of its own; an encoder has none).
+        return packed_linear(plain, {"blocks": self.blocks}, unpack, f"gguf type {kind}")
 
     def unpacked(self) -> Any:
         return dequantise(self)
@@ -131,12 +133,11 @@ def _packable_types() -> set[int]:
     return {int(kind) for kind in SUPPORTED_GGUF_QUANT_TYPES if kind not in UNQUANTIZED_TYPES}
 
 
-def packed_linear(
-    plain: Any, stored: dict[str, Any], unpack: Callable[[Any], Any], shown: str, *, parameters: bool
-) -> Any:
+def packed_linear(plain: Any, stored: dict[str, Any], unpack: Callable[[Any], Any], shown: str) -> Any:
     """A module that runs as `plain` (an nn.Linear still on the meta device) from the `stored` tensors (integer
-    typed, so .to(dtype) leaves them as they are), held as buffers or as frozen parameters; `unpack(module)`
-    gives the weight from them on their device, cast to the activations' dtype on each call."""
+    typed, so .to(dtype) leaves them as they are), held as frozen parameters (so every offload mode moves
+    them); `unpack(module)` gives the weight from them on their device, cast to the activations' dtype on each
+    call."""
     import torch
 
     class PackedLinear(torch.nn.Module):
@@ -146,10 +147,7 @@ def packed_linear(
             super().__init__()
             self.in_features, self.out_features = plain.in_features, plain.out_features
             for name, tensor in stored.items():
-                if parameters:
-                    self.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))
-                else:
-                    self.register_buffer(name, tensor)
+                self.register_parameter(name, torch.nn.Parameter(tensor, requires_grad=False))
             # Filled by load_state_dict with the file's bias, if the layer has one (T5's and Qwen's
             # projections have none; Qwen's q/k/v do).
             self.bias = None if plain.bias is None else torch.nn.Parameter(torch.empty_like(plain.bias, device="meta"))

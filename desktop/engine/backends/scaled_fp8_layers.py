@@ -56,7 +56,7 @@ class ScaledWeight(Packed):
         def unpack(layer: Any) -> Any:
             return layer.fp8_bits.view(storage).to(torch.float32) * layer.scale_bits.view(torch.float32)
 
-        layer = packed_linear(plain, stored, unpack, f"scaled {str(storage).removeprefix('torch.')}", parameters=True)
+        layer = packed_linear(plain, stored, unpack, f"scaled {str(storage).removeprefix('torch.')}")
         layer.storage = storage
         return layer
 
