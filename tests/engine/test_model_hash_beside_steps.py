@@ -99,3 +99,20 @@ def test_a_library_model_takes_the_hash_the_import_took(tiny_sd15_single, tmp_pa
     assert outside.generate(request_for(model_file, model_config=str(config), steps=2), 0, lambda _: None,
                             CancelToken()).model_hash == expected  # fmt: skip
     assert read == [model_file]
+
+
+def test_a_library_file_changed_since_its_import_is_hashed_again(tiny_sd15_single, tmp_path):
+    import os
+
+    from desktop.engine.library.index import Library
+
+    model_file, _ = tiny_sd15_single
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    record = library.import_path(model_file, "model")
+    stored = library.path_of(record)
+    assert library.known_autov2(stored) == record.autov2
+    later = stored.stat().st_mtime + 60
+    os.utime(stored, (later, later))  # rewritten after the import, same size
+    assert library.known_autov2(stored) is None
+    assert library.known_autov2(model_file) is None  # not the library's file

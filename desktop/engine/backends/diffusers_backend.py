@@ -410,10 +410,7 @@ class DiffusersBackend:
 
     def _library_autov2(self, path: Path) -> str | None:
         try:
-            records = Library(self._paths).records("model")
-            wanted = path.resolve()
-            return next((record.autov2 for record in records if record.indexed and record.autov2
-                         and (self._paths.models / record.file).resolve() == wanted), None)  # fmt: skip
+            return Library(self._paths).known_autov2(path)
         except (MarbleError, OSError):
             return None  # an unreadable index only costs reading the file once more
 

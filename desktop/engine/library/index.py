@@ -226,6 +226,24 @@ class Library:
     def path_of(self, record: LibraryRecord) -> Path:
         return self.folder(record.kind) / record.file
 
+    def known_autov2(self, path: Path) -> str | None:
+        """The AutoV2 hash the library took while importing the model file at `path`, when the file has not
+        changed since (same size, not modified after the import); None otherwise (hash it then)."""
+        wanted = path.resolve()
+        for record in self.records("model"):
+            if not (record.indexed and record.autov2 and record.imported_at):
+                continue
+            file = self.path_of(record)
+            if file.resolve() != wanted:
+                continue
+            try:
+                imported = datetime.fromisoformat(record.imported_at).timestamp()
+            except ValueError:
+                return None
+            # A second of slack: the recorded time is cut to whole seconds.
+            return record.autov2 if file.stat().st_mtime <= imported + 1 else None
+        return None
+
     def info(self, kind: str, name: str, on_progress: Progress | None = None) -> LibraryRecord:
         """The full record, hashing and recording a hand-copied file on first look."""
         record = self.get(kind, name)
