@@ -2,7 +2,8 @@
 same prompt as one before (another seed, the next batch) does not run the text encoders again, and its picture
 is the one a fresh backend makes; another prompt, LoRA or memory mode encodes again. Tiny real pipelines of each
 kind of encoder output: Flux (CLIP + T5 tuples, true CFG's negative too), SD3 (three encoders), Z-Image (lists),
-Flux.2 dev (its negative encoded by Marble outside the pipeline call)."""
+Flux.2 dev (its negative encoded by Marble outside the pipeline call), Flux.2 Klein, Qwen-Image (embeddings and
+masks), Chroma (T5 with its attention mask)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from desktop.engine.jobs import CancelToken
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.engine.test_dit_oom import flux, paths  # noqa: F401 - fixtures (a Flux folder, a home with a LoRA)
+from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
-from tests.support.tiny_flux2 import build_tiny_flux2_dev
-from tests.support.tiny_qwen_zimage import build_tiny_z_image
+from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
+from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
 
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 # Per family: the folder's pipeline and the request fields its jobs take (negative prompts where CFG reads one).
@@ -25,6 +27,9 @@ CASES = {
     "sd3": (build_tiny_sd3, dict(negative_prompt="blurry", cfg_scale=5.0)),
     "zimage": (build_tiny_z_image, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "flux2-dev": (build_tiny_flux2_dev, dict(negative_prompt="", distilled_cfg_scale=4.0)),
+    "flux2-klein": (lambda: build_tiny_flux2_klein(is_distilled=False), dict(negative_prompt="blurry", cfg_scale=4.0)),
+    "qwen-image": (build_tiny_qwen_image, dict(negative_prompt="blurry", cfg_scale=4.0)),
+    "chroma": (build_tiny_chroma, dict(negative_prompt="blurry", cfg_scale=4.0)),
 }
 
 
