@@ -22,7 +22,8 @@ from pathlib import Path
 import common  # noqa: F401 - sets sys.path and the offline environment first
 
 
-def build(folder: Path) -> Path:
+def build(folder: Path, t5_width: int = 256, t5_layers: int = 4) -> Path:
+    """The scaled-down Flux as a diffusers folder, its T5 `t5_width` wide and `t5_layers` deep."""
     import json
 
     import torch
@@ -40,13 +41,13 @@ def build(folder: Path) -> Path:
     torch.manual_seed(0)
     transformer_config = shipped("transformer/config.json") | {
         "num_layers": 4, "num_single_layers": 8, "num_attention_heads": 6, "attention_head_dim": 64,
-        "joint_attention_dim": 256, "pooled_projection_dim": 128, "axes_dims_rope": [8, 28, 28],
+        "joint_attention_dim": t5_width, "pooled_projection_dim": 128, "axes_dims_rope": [8, 28, 28],
     }  # fmt: skip
     transformer = FluxTransformer2DModel.from_config(transformer_config)
     vae_config = shipped("vae/config.json") | {"block_out_channels": [32, 64, 64, 64], "norm_num_groups": 32}
     vae = AutoencoderKL.from_config(vae_config)
     t5 = T5EncoderModel(T5Config(**(shipped("text_encoder_2/config.json") | {
-        "d_model": 256, "d_kv": 32, "d_ff": 512, "num_layers": 4, "num_heads": 8,
+        "d_model": t5_width, "d_kv": 32, "d_ff": 2 * t5_width, "num_layers": t5_layers, "num_heads": t5_width // 32,
     })))  # fmt: skip
     clip = CLIPTextModel(CLIPTextConfig(**(shipped("text_encoder/config.json") | {
         "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
