@@ -26,7 +26,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -891,7 +891,9 @@ class DiffusersBackend:
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, C, h, w).
         device = self._key.device if self._key else "cpu"
         every = self._preview_every
-        progress = _Progress(batch_index, on_step, cancel, every, self._family, device, 0)
+        hires = self._dit_hires_pipe(request, plan, notes)
+        extra = _flow_img2img_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
+        progress = _Progress(batch_index, on_step, cancel, every, self._family, device, extra)
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
@@ -911,6 +913,10 @@ class DiffusersBackend:
                     generator=generators[0] if len(generators) == 1 else generators,
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )  # fmt: skip
+                if hires is not None:
+                    watcher.detach()
+                    progress.next_pass()
+                    result = self._dit_hires_pass(hires, request, seeds, result.images, progress)
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except torch.cuda.OutOfMemoryError:
@@ -919,6 +925,55 @@ class DiffusersBackend:
             watcher.detach()  # the DiT's scheduler outlives the job: leave it unwrapped
         images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
+
+    def _dit_hires_pipe(self, request: GenerationRequest, plan: EditPlan | None, notes: list[str]) -> Any | None:
+        """The image-to-image pipeline of the hires fix's second pass for a DiT text-to-image job, or None (no
+        hires fix asked for, or the family has no image-to-image: then said in `notes`)."""
+        if not request.hires_active or plan is not None:
+            return None
+        if request.reference_images:
+            notes.append("The hires fix does not run with reference images; it was ignored.")
+            return None
+        info = self._dit
+        # A plain image-to-image pipeline only: Flux Fill, Flux.2 (image-to-image by inpainting) and the
+        # Qwen-Image-Edit models (instruction edits) would answer another question.
+        if not (info.fill or qwen_edit.is_edit(info) or families.img2img_by_inpainting(info, "img2img")):
+            with contextlib.suppress(ModelError):
+                return self._dit_pipe_for("img2img")
+        notes.append(f"The hires fix needs a plain image-to-image pass, which {info.label} models do not have in "
+                     "Marble yet; it was ignored.")  # fmt: skip
+        return None
+
+    def _dit_hires_pass(
+        self, pipe: Any, request: GenerationRequest, seeds: tuple[int, ...], first: Sequence[Image.Image],
+        progress: _Progress,
+    ) -> Any:
+        """A1111's second pass for a DiT: the first pass's pictures upscaled in pixels (a latent upscaler's
+        name means Lanczos here: the DiTs' latents are packed, not SD's), then image-to-image at the hires
+        denoising strength with the hires prompt and steps, seeded with the same seeds."""
+        up_w, up_h, width, height = hires_target(
+            request.width, request.height, request.hires_scale, request.hires_resize_w, request.hires_resize_h
+        )
+        upscaler = "Lanczos" if is_latent(request.hires_upscaler) else request.hires_upscaler
+        model = None if upscaler in PIXEL_RESAMPLERS else self._upscaler(upscaler)
+        images = upscale_images(first, (up_w, up_h), (width, height), upscaler, model)
+        second = replace(request, prompt=request.hires_prompt or request.prompt,
+                         negative_prompt=request.hires_negative_prompt or request.negative_prompt)  # fmt: skip
+        arguments = families.generation_arguments(pipe, second, self._dit) | {
+            "image": images if len(images) > 1 else images[0],
+            "strength": float(request.hires_denoise), "width": width, "height": height,
+        }  # fmt: skip
+        watcher = _X0Watcher(pipe.scheduler)
+        unpack = functools.partial(dit_preview_latents, pipe, width, height)
+        try:
+            return pipe(
+                **arguments, num_inference_steps=request.hires_steps or request.steps,
+                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+                callback_on_step_end=progress.callback(watcher, unpack=unpack),
+                callback_on_step_end_tensor_inputs=["latents"],
+            )  # fmt: skip
+        finally:
+            watcher.detach()
 
     def _dit_memory(self, request: GenerationRequest, forced: str | None = None) -> None:
         """Put the loaded DiT in the job's memory mode (dit_memory.py), or in `forced` (the out-of-memory
@@ -1438,6 +1493,12 @@ def _variation_arguments(
     subseeds = [request.subseed_for(seed) for seed in seeds]
     noise = initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
     return {"latents": noise.to(pipe.unet.dtype)}
+
+
+def _flow_img2img_steps(steps: int, strength: float) -> int:
+    """How many of `steps` a flow-matching image-to-image pass runs at `strength` (diffusers' get_timesteps:
+    the last min(steps x strength, steps) of them, rounded as it rounds)."""
+    return steps - int(max(steps - min(steps * strength, steps), 0))
 
 
 def per_image_sources(image: Image.Image, count: int) -> Image.Image | list[Image.Image]:
