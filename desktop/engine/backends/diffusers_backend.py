@@ -555,8 +555,8 @@ class DiffusersBackend:
     ) -> GeneratedBatch:
         if request.upscale_job and not request.sd_upscale:
             return self._upscale_job(request, batch_index, on_step, cancel)  # no model: none of its hash
-        batch = self._upscale_job(request, batch_index, on_step, cancel) if request.upscale_job else \
-            self._generate_batch(request, batch_index, on_step, cancel)
+        make = self._upscale_job if request.upscale_job else self._generate_batch
+        batch = make(request, batch_index, on_step, cancel)
         model_hash = self._model_hash(wait=True)
         return replace(batch, model_hash=model_hash) if model_hash else batch
 
@@ -754,10 +754,8 @@ class DiffusersBackend:
                     progress.next_pass(per_tile * (len(boxes) - index - 2))
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
-        except torch.cuda.OutOfMemoryError:
-            raise _OutOfMemoryRaised from None
         except RuntimeError as error:
-            if "out of memory" not in str(error).lower():
+            if not _is_out_of_memory(error):
                 raise
             raise _OutOfMemoryRaised from None
         return tiles
@@ -919,7 +917,9 @@ class DiffusersBackend:
                     result = self._dit_hires_pass(hires, request, seeds, result.images, progress)
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as error:
+            if not _is_out_of_memory(error):
+                raise
             raise _OutOfMemoryRaised from None
         finally:
             watcher.detach()  # the DiT's scheduler outlives the job: leave it unwrapped
@@ -1059,15 +1059,12 @@ class DiffusersBackend:
                 return self._hires_pass(request, seeds, first.images, progress, control)
         except _CancelRequested:
             return None
-        except torch.cuda.OutOfMemoryError:
-            raise _OutOfMemoryRaised from None
-        except torch._dynamo.exc.TorchDynamoException as error:
+        except torch._dynamo.exc.TorchDynamoException as error:  # a RuntimeError too: before the next clause
             if not _is_compiled(pipe.unet):
                 raise
             raise _CompileFailed(_short(error)) from None
         except RuntimeError as error:
-            # Some backends (MPS, older CUDA paths) report OOM as a plain RuntimeError.
-            if "out of memory" not in str(error).lower():
+            if not _is_out_of_memory(error):
                 raise
             raise _OutOfMemoryRaised from None
 
@@ -1493,6 +1490,11 @@ def _variation_arguments(
     subseeds = [request.subseed_for(seed) for seed in seeds]
     noise = initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
     return {"latents": noise.to(pipe.unet.dtype)}
+
+
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    """CUDA's OutOfMemoryError, or a plain RuntimeError saying so (MPS and older CUDA paths report it that way)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
 
 def _flow_img2img_steps(steps: int, strength: float) -> int:
