@@ -14,6 +14,7 @@ from PIL import Image
 from desktop.engine.backends.base import StepInfo
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.engine.test_dit_prompt_cache import encoder_calls
 from tests.engine.test_model_families import bare_flux
 from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
@@ -53,6 +54,12 @@ def test_flux_hires_fix_is_the_two_passes_by_hand(folders, tmp_path):
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
     # One job's progress through both passes: 4 steps, then the last 3 of 6.
     assert [(s.step, s.total) for s in steps] == [(1, 7), (2, 7), (3, 7), (4, 7), (5, 7), (6, 7), (7, 7)]
+    # The same job again: neither pass runs the text encoders (dit_prompt_cache.py), the same picture.
+    backend = make_backend(paths)
+    run(backend, request)
+    calls = encoder_calls(backend)
+    again, _ = run(backend, request)
+    assert calls == [] and np.array_equal(pixels(again.images[0]), pixels(expected))
     # Without the hires fix, the first pass alone.
     plain, _ = run(make_backend(paths), request_for(folders["flux"], **(VALUES | {"hires_fix": False})))
     assert plain.images[0].size == (64, 64) and np.array_equal(pixels(plain.images[0]), pixels(first))

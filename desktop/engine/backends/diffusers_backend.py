@@ -914,7 +914,8 @@ class DiffusersBackend:
                 if hires is not None:
                     watcher.detach()
                     progress.next_pass()
-                    result = self._dit_hires_pass(hires, request, seeds, result.images, progress)
+                    with cached_encoding(hires, self._prompts, context):  # its own pipeline's encode_prompt
+                        result = self._dit_hires_pass(hires, request, seeds, result.images, progress)
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except RuntimeError as error:
