@@ -8,6 +8,7 @@ from PySide6.QtCore import QT_TRANSLATE_NOOP, Qt, QTimer
 from PySide6.QtGui import QKeyEvent, QTextCursor
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QMenu, QPlainTextEdit, QToolButton, QVBoxLayout, QWidget
 
+from desktop.engine.library.native_size import CLIP_FREE_FAMILIES, T5_TOKENS
 from desktop.engine.styles import Style, apply_styles
 from desktop.engine.token_count import CHUNK_TOKENS, TokenCounter
 from desktop.ui.prompt_weights import STEP, adjust_weight
@@ -27,10 +28,6 @@ CLIP_ONCE_TOOLTIP = QT_TRANSLATE_NOOP(
     "CLIP tokens / the {chunk} this model's CLIP encoder reads: it takes no further chunks. Its T5 encoder"
     " reads the whole prompt, up to {limit} of its own tokens; the job says if the prompt is longer.",
 )
-# Families that read the prompt with CLIP once (its first 75 tokens) beside T5 (up to this many tokens), and
-# families with no CLIP encoder, whose counts in CLIP tokens would mean nothing (no counter is shown).
-CLIP_ONCE_FAMILIES = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
-NO_CLIP_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2")
 
 
 class PromptEditor(QWidget):
@@ -94,8 +91,8 @@ class PromptEditor(QWidget):
         """Count as the selected model's family reads the prompt (`model_family`; None when unknown): A1111's
         chunks for the UNet families, CLIP's one window beside T5 for Flux.1 and SD3, no counter where no CLIP
         encoder reads it (Chroma, Qwen-Image, Z-Image, Flux.2)."""
-        limit = CLIP_ONCE_FAMILIES.get(family or "")
-        hidden = (family or "").startswith(NO_CLIP_FAMILIES)
+        limit = T5_TOKENS.get(family or "")  # CLIP read once beside T5 (`native_size`)
+        hidden = (family or "").startswith(CLIP_FREE_FAMILIES)  # no CLIP count would mean anything
         for count in (self.prompt_count, self.negative_count):
             count.set_window(limit, hidden)
 

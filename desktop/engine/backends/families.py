@@ -38,6 +38,7 @@ from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
 from desktop.engine.library.dit_qwen_zimage import components_variant
+from desktop.engine.library.native_size import T5_TOKENS
 from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
@@ -45,8 +46,6 @@ from desktop.engine.resources import Resources
 # The T5 tokenizer shipped once under resources/tokenizers/ (LICENSE-NOTE there).
 T5_TOKENIZER_FOLDER = "t5"
 # Flux.1's T5 prompt length: dev was trained with 512 tokens, schnell with 256 (BFL's reference code).
-_MAX_SEQUENCE = {("flux", "dev"): 512, ("flux", "schnell"): 256}
-_SD3_MAX_SEQUENCE = 256
 
 
 def pipeline_class(family: str) -> Any:
@@ -532,7 +531,7 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
     if info.family == "flux":
         arguments: dict[str, Any] = {
             "prompt": request.prompt,
-            "max_sequence_length": _MAX_SEQUENCE.get((info.family, info.variant), 512),
+            "max_sequence_length": T5_TOKENS.get(f"flux-{info.variant}", T5_TOKENS["flux-dev"]),
             # dev: the distilled guidance the transformer embeds; schnell has no guidance embedder.
             "guidance_scale": float(request.distilled_cfg_scale) if info.variant == "dev" else 0.0,
         }
@@ -544,7 +543,7 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
         "prompt": request.prompt,
         "negative_prompt": negative,
         "guidance_scale": float(request.cfg_scale),
-        "max_sequence_length": _SD3_MAX_SEQUENCE,
+        "max_sequence_length": T5_TOKENS["sd3"],
     }
 
 

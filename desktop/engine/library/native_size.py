@@ -110,6 +110,14 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
     return _FAMILY_BY_CONFIG.get(arch.config_name)
 
 
+# The families that read a prompt with CLIP's 75-token window once, beside T5, and how many T5 tokens they read
+# (the pipelines' max_sequence_length: BFL's 512 for dev, 256 for schnell; SAI's 256 for SD3), and the families
+# no CLIP encoder reads a prompt for (T5 alone, or a Qwen / Mistral LLM). The backend passes the lengths to
+# the pipelines; the prompt editor counts by them.
+T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
+CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2")
+
+
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
 # schnell is distilled to 4 steps without guidance (BFL's reference settings).
 # Qwen-Image's CFG is true CFG at 4 in Qwen's examples; 7.5 burns its images. Flux.2 Klein (4B and 9B) is
