@@ -14,7 +14,6 @@ from PIL import Image
 from desktop.engine.backends.base import AdapterHash, StepInfo
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.errors import InvalidRequest, ModelError
-from desktop.engine.history import HistoryStore
 from desktop.engine.jobs import CancelToken, Job, JobState
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
@@ -34,6 +33,7 @@ from desktop.engine.request import GenerationRequest, LoraRef
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
 from tests.support import tiny_loras, tiny_models
+from tests.support.history_runs import run_into_history
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures: one home with tiny LoRAs of every format, built once for the module
@@ -359,13 +359,7 @@ def test_history_row_gets_the_backends_hashes_not_text_parsed_back(home, backend
     model_file, config = tiny_sd15_single
     request = request_for(model_file, model_config=str(config), prompt="a cat <lora:detail:0.5>",
                           loras=(LoraRef("unet-only", 0.3),), sampler="DPM++ 2M Karras")
-    history = HistoryStore(home.history_db, tmp_path / "out", home.thumbnails)
-    try:
-        runner = JobRunner(backend, ImageWriter(tmp_path / "out", dated=False), "test", history)
-        assert runner.run(Job(request), lambda _: None) is JobState.FINISHED
-        (row,) = history.query()
-    finally:
-        history.close_all()
+    row = run_into_history(backend, request, home, tmp_path / "out")
     detail = _sha256_after_header(home.loras / "detail.safetensors")[:12]
     unet_only = _sha256_after_header(home.loras / "unet-only.safetensors")[:12]
     assert row.lora_hashes == f"unet-only: {unet_only}, detail: {detail}"

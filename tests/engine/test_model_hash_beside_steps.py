@@ -8,15 +8,13 @@ from __future__ import annotations
 import hashlib
 import threading
 
-from desktop.engine.history import HistoryStore
-from desktop.engine.jobs import CancelToken, Job, JobState
+from desktop.engine.jobs import CancelToken
 from desktop.engine.library.catalog import HashCache
 from desktop.engine.metadata import parse_parameters, read_text_chunks
-from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
-from desktop.engine.runner import JobRunner
 from tests.engine.test_diffusers_backend import make_backend, request_for
 from tests.engine.test_encoder_library import flux_request, home, parts  # noqa: F401 - fixtures, by name
+from tests.support.history_runs import run_into_history
 
 
 def _held_hash(monkeypatch, backend):
@@ -51,13 +49,7 @@ def test_a_first_load_does_not_wait_for_the_hash_and_the_image_still_carries_it(
     request = request_for(model_file, model_config=str(config), steps=2)
     report = backend.load(request)
     assert report.model.hash is None  # still being read
-    history = HistoryStore(paths.history_db, tmp_path / "out", paths.thumbnails)
-    try:
-        runner = JobRunner(backend, ImageWriter(tmp_path / "out", dated=False), "test", history)
-        assert runner.run(Job(request), lambda _: None) is JobState.FINISHED
-        (row,) = history.query()
-    finally:
-        history.close_all()
+    row = run_into_history(backend, request, paths, tmp_path / "out")
     assert waited == [True]
     expected = hashlib.sha256(model_file.read_bytes()).hexdigest()[:10]
     assert row.model_hash == expected
