@@ -166,6 +166,7 @@ def _checked_4bit_shape(tensors: dict[str, Any], described: dict[str, Any]) -> t
 
     import torch
     from bitsandbytes.functional import QuantState
+    from bitsandbytes.utils import unpack_tensor_to_dict
 
     codes = tensors["weight"]
     parts = {part: value for part, value in tensors.items() if part != "weight"} | described
@@ -175,33 +176,22 @@ def _checked_4bit_shape(tensors: dict[str, Any], described: dict[str, Any]) -> t
     count = math.prod(state.shape)
     blocks = -(-count // state.blocksize)
     wanted = {"weight": (codes.numel() * codes.element_size(), (count + 1) // 2, "bytes of codes"),
-              "quant_map": (state.code.numel(), 16, "levels")}  # fmt: skip
-    nested = any(part.startswith("nested_") for part in parts) or any(
-        "nested_blocksize" in _described_keys(value) for value in described.values()
-    )
-    if nested:
-        if state.state2 is None:
-            raise ValueError("its statistics are compressed but the second level's are missing")
+              "quant_map": (state.code.numel(), 16, "levels"),
+              "absmax": (state.absmax.numel(), blocks, "statistics")}  # fmt: skip
+    # Compressed statistics, as the state's description or its parts say: the second level must be there.
+    description = {key for value in described.values() for key in unpack_tensor_to_dict(value)}
+    if "nested_blocksize" in description or any(part.startswith("nested_") for part in parts):
         second = state.state2
-        wanted |= {"absmax": (state.absmax.numel(), blocks, "statistics"),
-                   "nested_absmax": (second.absmax.numel(), -(-blocks // max(second.blocksize, 1)), "statistics"),
+        if second is None:
+            raise ValueError("its statistics are compressed but the second level's are missing")
+        wanted |= {"nested_absmax": (second.absmax.numel(), -(-blocks // max(second.blocksize, 1)), "statistics"),
                    "nested_quant_map": (second.code.numel(), 256, "levels")}  # fmt: skip
-    else:
-        if state.absmax.dtype != torch.float32:
-            raise ValueError(f"its absmax is {state.absmax.dtype}, not float32, and no second level unpacks it")
-        wanted["absmax"] = (state.absmax.numel(), blocks, "statistics")
+    elif state.absmax.dtype != torch.float32:
+        raise ValueError(f"its absmax is {state.absmax.dtype}, not float32, and no second level unpacks it")
     for part, (found, expected, what) in wanted.items():
         if found != expected:
             raise ValueError(f"{part} holds {found} {what} where shape {tuple(state.shape)} needs {expected}")
     return tuple(state.shape)
-
-
-def _described_keys(value: Any) -> set[str]:
-    """The keys of a packed quantisation state (its JSON as a uint8 tensor); none when it is no such tensor."""
-    try:
-        return set(json.loads(bytes(value.cpu().numpy().tobytes()).decode("utf-8")))
-    except (AttributeError, ValueError, TypeError):
-        return set()
 
 
 def _bnb_4bit_values(bnb: Any, described: dict[str, Any]) -> Callable[[dict[str, Any]], Any]:
