@@ -15,9 +15,13 @@ def scaled_thumbnail(path: str, side: int) -> QImage:
     reader = QImageReader(path)
     reader.setAutoTransform(True)
     size = reader.size()
-    image = QImage()
-    if not size.isValid() or size.width() * size.height() <= MAX_IMAGE_PIXELS:
-        image = reader.read()
+    if size.isValid() and size.width() * size.height() > MAX_IMAGE_PIXELS:
+        return QImage()
+    if size.isValid() and (size.width() > side or size.height() > side):
+        # Decoded at the small size where the format allows (a JPEG's DCT scaling): a 40-megapixel photo
+        # never takes its full size in memory for a thumbnail.
+        reader.setScaledSize(size.scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio))
+    image = reader.read()
     if image.isNull():
         return image
     return image.scaled(side, side, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation)
