@@ -204,14 +204,21 @@ def _grow(start: int, end: int, want: int, limit: int) -> tuple[int, int]:
     return start, end
 
 
-def working_size(size: tuple[int, int], resize_mode: str) -> tuple[int, int]:
-    """The source size made a multiple of 8: rounded for "resize", rounded up for "pad"."""
+def working_size(size: tuple[int, int], resize_mode: str, multiple: int = 8) -> tuple[int, int]:
+    """The source size made a multiple of `multiple` (8 for SD's latents, 16 for a DiT's 2x2 patches of them):
+    rounded for "resize", rounded up for "pad"."""
 
     def side(value: int) -> int:
-        rounded = -(-value // 8) * 8 if resize_mode == "pad" else max(round(value / 8) * 8, 8)
+        rounded = padded_side(value, multiple) if resize_mode == "pad" else max(round(value / multiple) * multiple,
+                                                                               multiple)  # fmt: skip
         return max(rounded, MIN_SIDE)
 
     return side(size[0]), side(size[1])
+
+
+def padded_side(value: int, multiple: int) -> int:
+    """`value` rounded up to a multiple of `multiple`."""
+    return -(-value // multiple) * multiple
 
 
 def to_working(image: Image.Image, size: tuple[int, int], resize_mode: str) -> Image.Image:
@@ -291,8 +298,11 @@ def check_source_size(size: tuple[int, int], resize_mode: str, whole: bool) -> N
         )
 
 
-def plan_edit(source: Image.Image, mask: Image.Image | None, request: GenerationRequest) -> EditPlan:
-    """How to run `request` on `source` (RGB) and `mask` (L, the source's size, white = repaint)."""
+def plan_edit(
+    source: Image.Image, mask: Image.Image | None, request: GenerationRequest, multiple: int = 8
+) -> EditPlan:
+    """How to run `request` on `source` (RGB) and `mask` (L, the source's size, white = repaint), at a size the
+    model takes: a multiple of `multiple` pixels on each side."""
     check_source_size(source.size, request.resize_mode, whole=False)
     full: Box = (0, 0, source.width, source.height)
     alpha = blur_mask(mask, request.mask_blur) if mask is not None else None
@@ -300,12 +310,12 @@ def plan_edit(source: Image.Image, mask: Image.Image | None, request: Generation
         bbox = mask_bbox(alpha)
         if bbox is not None:
             box = crop_box(bbox, request.padding, source.size, (request.width, request.height))
-            size = (request.width, request.height)
+            size = (padded_side(request.width, multiple), padded_side(request.height, multiple))
             region = source.crop(box).resize(size, Image.Resampling.LANCZOS)
             region_mask = alpha.crop(box).resize(size, Image.Resampling.LANCZOS)
             return EditPlan(source, region, region_mask, alpha, box, size, "resize", True)
     check_source_size(source.size, request.resize_mode, whole=True)
-    size = working_size(source.size, request.resize_mode)
+    size = working_size(source.size, request.resize_mode, multiple)
     image = to_working(source, size, request.resize_mode)
     work_mask = to_working(alpha, size, request.resize_mode) if alpha is not None else None
     return EditPlan(source, image, work_mask, alpha, full, size, request.resize_mode, False)

@@ -99,18 +99,21 @@ def build_tiny_qwen_image(seed: int = 0, *, shipped: bool = False) -> QwenImageP
     )  # fmt: skip
 
 
-def build_tiny_z_image(seed: int = 0, *, shipped: bool = False) -> ZImagePipeline:
-    """`shipped`: with Marble's Qwen tokenizer and an encoder of its vocabulary."""
+def build_tiny_z_image(
+    seed: int = 0, *, shipped: bool = False, latent_channels: int = 4, vae_blocks: int = 3
+) -> ZImagePipeline:
+    """`shipped`: with Marble's Qwen tokenizer and an encoder of its vocabulary. `latent_channels` 16 and
+    `vae_blocks` 4: the real model's latents (16 channels, 8 pixels a latent)."""
     torch.manual_seed(seed)
     transformer = ZImageTransformer2DModel(
-        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, dim=32, n_layers=2, n_refiner_layers=1,
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=latent_channels, dim=32, n_layers=2, n_refiner_layers=1,
         n_heads=2, n_kv_heads=2, cap_feat_dim=WIDTH, axes_dims=[4, 6, 6], axes_lens=[1536, 512, 512],
     )  # fmt: skip
     _jitter(transformer, seed)
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 8, 8), layers_per_block=1,
-        latent_channels=4, norm_num_groups=4, sample_size=32, shift_factor=0.1159, scaling_factor=0.3611,
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * vae_blocks,
+        up_block_types=("UpDecoderBlock2D",) * vae_blocks, block_out_channels=(8,) * vae_blocks, layers_per_block=1,
+        latent_channels=latent_channels, norm_num_groups=4, sample_size=32, shift_factor=0.1159, scaling_factor=0.3611,
         use_quant_conv=False, use_post_quant_conv=False,
     )  # fmt: skip
     config = Qwen3Config(

@@ -26,7 +26,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -109,7 +109,9 @@ from desktop.engine.imaging import (  # noqa: E402
     load_mask,
     load_source,
     mask_is_empty,
+    padded_side,
     plan_edit,
+    to_working,
 )
 from desktop.engine.jobs import CancelToken  # noqa: E402
 from desktop.engine.library.catalog import HashCache, ModelCatalog, ModelEntry  # noqa: E402
@@ -857,7 +859,9 @@ class DiffusersBackend:
             )
         if (ignored := families.ignored_negative_note(pipe, request, self._dit)) is not None:
             notes.append(ignored)
-        plan = _edit_plan(request) if request.mode != "txt2img" else None
+        # The DiTs read 2x2 patches of latents: sides a multiple of 16 pixels (SD's 8 would fail or be cut short).
+        multiple = pipe.vae_scale_factor * 2
+        plan = _edit_plan(request, multiple) if request.mode != "txt2img" else None
         # A Qwen-Image-Edit instruction edit has no strength (families_qwen_edit.py): 0 is not "keep the source".
         strength_zero = request.strength <= 0 and qwen_edit.uses_strength(self._dit, request.mode)
         if plan is not None and (strength_zero or (plan.alpha is not None and mask_is_empty(plan.alpha))):
@@ -865,7 +869,9 @@ class DiffusersBackend:
             note = ("The mask is empty, so nothing was repainted.",) if request.strength > 0 else ()
             images = tuple(plan.source.copy() for _ in seeds)
             return GeneratedBatch(images, seeds, batch_index, None, note, lora_plan.loras, (), None)
-        size = {"width": request.width, "height": request.height}
+        # Any other size runs at the next multiple up and is cropped to the size asked for, as Forge and ComfyUI
+        # pad a DiT's latents to whole patches and crop the picture.
+        size = {"width": padded_side(request.width, multiple), "height": padded_side(request.height, multiple)}
         beside: list[Image.Image] = []
         if plan is not None:
             pipe = self._dit_pipe_for(request.mode)
@@ -906,16 +912,19 @@ class DiffusersBackend:
                 if batch_index == 0:
                     notes.extend(families.long_prompt_notes(pipe, arguments, self._dit))
                 arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
+                if hires is not None and is_latent(request.hires_upscaler):
+                    arguments["output_type"] = "latent"  # no VAE decode: the second pass upscales the latents
                 result = pipe(
                     **arguments, num_inference_steps=request.steps,
                     generator=generators[0] if len(generators) == 1 else generators,
                     callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"],
                 )  # fmt: skip
+                pictures = result.images
                 if hires is not None:
                     watcher.detach()
                     progress.next_pass()
                     with cached_encoding(hires, self._prompts, context):  # its own pipeline's encode_prompt
-                        result = self._dit_hires_pass(hires, request, seeds, result.images, progress)
+                        pictures = self._dit_hires_pass(hires, request, seeds, pictures, (width, height), progress)
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except RuntimeError as error:
@@ -924,7 +933,11 @@ class DiffusersBackend:
             raise _OutOfMemoryRaised from None
         finally:
             watcher.detach()  # the DiT's scheduler outlives the job: leave it unwrapped
-        images = tuple(result.images if plan is None else (finish_edit(plan, image) for image in result.images))
+        if plan is None:
+            asked = request.hires_size if hires is not None else (request.width, request.height)
+            images = tuple(_cropped(picture, asked) for picture in pictures)
+        else:
+            images = tuple(finish_edit(plan, picture) for picture in pictures)
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
 
     def _dit_hires_pipe(self, request: GenerationRequest, plan: EditPlan | None, notes: list[str]) -> Any | None:
@@ -946,33 +959,50 @@ class DiffusersBackend:
         return None
 
     def _dit_hires_pass(
-        self, pipe: Any, request: GenerationRequest, seeds: tuple[int, ...], first: Sequence[Image.Image],
+        self, pipe: Any, request: GenerationRequest, seeds: tuple[int, ...], first: Any, first_size: tuple[int, int],
         progress: _Progress,
-    ) -> Any:
-        """A1111's second pass for a DiT: the first pass's pictures upscaled in pixels (a latent upscaler's
-        name means Lanczos here: the DiTs' latents are packed, not SD's), then image-to-image at the hires
-        denoising strength with the hires prompt and steps, seeded with the same seeds."""
+    ) -> list[Image.Image]:
+        """A1111's second pass for a DiT: the first pass's latents (a latent upscaler) or pictures (a pixel one)
+        upscaled, then image-to-image at the hires denoising strength with the hires prompt and steps, seeded
+        with the same seeds, one image per seed. `first_size`: the first pass's size, padded to whole patches;
+        the pictures returned are the second pass's, padded likewise (the caller crops them)."""
         up_w, up_h, width, height = hires_target(
             request.width, request.height, request.hires_scale, request.hires_resize_w, request.hires_resize_h
         )
-        upscaler = "Lanczos" if is_latent(request.hires_upscaler) else request.hires_upscaler
-        model = None if upscaler in PIXEL_RESAMPLERS else self._upscaler(upscaler)
-        images = upscale_images(first, (up_w, up_h), (width, height), upscaler, model)
+        factor, multiple = pipe.vae_scale_factor, pipe.vae_scale_factor * 2
+        padded = (padded_side(width, multiple), padded_side(height, multiple))
+        if is_latent(request.hires_upscaler):
+            # Unpacked to (B, C, h, w), the first pass's padding cut off, interpolated as SD's are, and padded
+            # to whole patches by repeating the last row and column.
+            grid = dit_preview_latents(pipe, *first_size, first)
+            grid = grid[:, :, : request.height // factor, : request.width // factor]
+            scaled = upscale_latents(grid, (up_w, up_h), (width, height), request.hires_upscaler, factor)
+            extra = ((padded[0] - width) // factor, (padded[1] - height) // factor)
+            image: Any = torch.nn.functional.pad(scaled.float(), (0, extra[0], 0, extra[1]), mode="replicate")
+            image = image.to(scaled.dtype)
+            _take_latents(pipe, grid.shape[1])
+        else:
+            model = None if request.hires_upscaler in PIXEL_RESAMPLERS else self._upscaler(request.hires_upscaler)
+            asked = (request.width, request.height)
+            pictures = [_cropped(picture, asked) for picture in first]
+            images = upscale_images(pictures, (up_w, up_h), (width, height), request.hires_upscaler, model)
+            images = [to_working(picture, padded, "pad") for picture in images]
+            image = images if len(images) > 1 else images[0]
         second = replace(request, prompt=request.hires_prompt or request.prompt,
                          negative_prompt=request.hires_negative_prompt or request.negative_prompt)  # fmt: skip
         arguments = families.generation_arguments(pipe, second, self._dit) | {
-            "image": images if len(images) > 1 else images[0],
-            "strength": float(request.hires_denoise), "width": width, "height": height,
+            "image": image, "strength": float(request.hires_denoise), "width": padded[0], "height": padded[1],
+            "num_images_per_prompt": len(seeds),  # one prompt, one picture per seed
         }  # fmt: skip
         watcher = _X0Watcher(pipe.scheduler)
-        unpack = functools.partial(dit_preview_latents, pipe, width, height)
+        unpack = functools.partial(dit_preview_latents, pipe, *padded)
         try:
             return pipe(
                 **arguments, num_inference_steps=request.hires_steps or request.steps,
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
                 callback_on_step_end=progress.callback(watcher, unpack=unpack),
                 callback_on_step_end_tensor_inputs=["latents"],
-            )  # fmt: skip
+            ).images  # fmt: skip
         finally:
             watcher.detach()
 
@@ -1531,12 +1561,12 @@ def _extra_kwargs(cls: Any) -> dict[str, Any]:
     return {}
 
 
-def _edit_plan(request: GenerationRequest) -> EditPlan:
+def _edit_plan(request: GenerationRequest, multiple: int = 8) -> EditPlan:
     if request.init_image is None:
         raise InvalidRequest("Image-to-image needs a source image.")
     source = load_source(request.init_image)
     mask = load_mask(request.mask, source.size) if request.mask is not None else None
-    return plan_edit(source, mask, request)
+    return plan_edit(source, mask, request, multiple)
 
 
 def _lora_weights_to(transformer: Any, dtype: Any) -> None:
@@ -1547,6 +1577,19 @@ def _lora_weights_to(transformer: Any, dtype: Any) -> None:
     for name, parameter in transformer.named_parameters():
         if "lora_" in name and parameter.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             parameter.data = parameter.data.to(dtype)
+
+
+def _cropped(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`picture` cut to `size` from its top left (a pass run padded to whole patches)."""
+    return picture if picture.size == size else picture.crop((0, 0, *size))
+
+
+def _take_latents(pipe: Any, channels: int) -> None:
+    """Lets an image-to-image pipeline take latents of `channels` as they are: Z-Image's builds its image
+    processor for SD's 4 channels, so its own 16 would be read as a picture (resized, normalised)."""
+    processor = pipe.image_processor
+    if processor.config.vae_latent_channels != channels:
+        pipe.image_processor = type(processor).from_config(processor.config, vae_latent_channels=channels)
 
 
 def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """A1111's hires fix: the first pass's result upscaled, then denoised again as image-to-image.
 
 Latent upscalers ("Latent", "Latent (bicubic)", ...) interpolate the first pass's latents, which the
-image-to-image pipeline takes as they are (a 4-channel tensor skips its VAE encode). Pixel upscalers
+image-to-image pipeline takes as they are (a tensor of the VAE's latent channels skips its encode; a DiT's
+are unpacked to (B, C, h, w) first, in the diffusers backend). Pixel upscalers
 ("Lanczos", "Nearest", or an upscaler model) decode the first pass, upscale the pixels, and the
 second pass encodes them again. A1111's modes and names, so a PNG's `Hires upscaler` means the same.
 
