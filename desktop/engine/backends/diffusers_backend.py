@@ -862,6 +862,8 @@ class DiffusersBackend:
         # The DiTs read 2x2 patches of latents: sides a multiple of 16 pixels (SD's 8 would fail or be cut short).
         multiple = pipe.vae_scale_factor * 2
         plan = _edit_plan(request, multiple) if request.mode != "txt2img" else None
+        if request.varies_noise and plan is not None and batch_index == 0:
+            notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
         # A Qwen-Image-Edit instruction edit has no strength (families_qwen_edit.py): 0 is not "keep the source".
         strength_zero = request.strength <= 0 and qwen_edit.uses_strength(self._dit, request.mode)
         if plan is not None and (strength_zero or (plan.alpha is not None and mask_is_empty(plan.alpha))):
@@ -912,6 +914,9 @@ class DiffusersBackend:
                 if batch_index == 0:
                     notes.extend(families.long_prompt_notes(pipe, arguments, self._dit))
                 arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
+                if plan is None and request.varies_noise:
+                    shape, cell, pack = families.noise_layout(pipe, self._dit, width, height)
+                    arguments["latents"] = pack(_variation_noise(request, seeds, shape, cell)).to(pipe.vae.dtype)
                 if hires is not None and is_latent(request.hires_upscaler):
                     arguments["output_type"] = "latent"  # no VAE decode: the second pass upscales the latents
                 result = pipe(
@@ -1515,12 +1520,16 @@ def _variation_arguments(
         return {}
     factor = pipe.vae_scale_factor
     shape = (pipe.unet.config.in_channels, request.height // factor, request.width // factor)
+    return {"latents": _variation_noise(request, seeds, shape, factor).to(pipe.unet.dtype)}
+
+
+def _variation_noise(request: GenerationRequest, seeds: tuple[int, ...], shape: tuple[int, int, int], cell: int) -> Any:
+    """A1111's variation / resized starting noise for `seeds`, (B, *shape); a cell of `shape` spans `cell` pixels."""
     resize = None
     if request.seed_resize_from_w > 0:
-        resize = (request.seed_resize_from_h // factor, request.seed_resize_from_w // factor)
+        resize = (request.seed_resize_from_h // cell, request.seed_resize_from_w // cell)
     subseeds = [request.subseed_for(seed) for seed in seeds]
-    noise = initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
-    return {"latents": noise.to(pipe.unet.dtype)}
+    return initial_noise(seeds, subseeds, request.subseed_strength, shape, resize)
 
 
 def _is_out_of_memory(error: RuntimeError) -> bool:

@@ -547,6 +547,32 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
     }
 
 
+def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tuple[int, int, int], int, Any]:
+    """How the family's text-to-image pipeline draws one picture's starting noise: its shape (C, h, w), the
+    pixels one cell of it spans, and what makes a batch of it (B, C, h, w) the pipeline's `latents=`. Variation
+    seeds mix noise of this very shape (variation.py), so a strength of 1 gives the variation seed's picture."""
+    channels, factor = pipe.transformer.config.in_channels, pipe.vae_scale_factor
+    if info.family in ("sd3", "sd3.5"):  # SD3 patchifies inside its transformer
+        return (channels, height // factor, width // factor), factor, _unchanged
+    rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
+    if info.family == qwen_zimage.Z_IMAGE:
+        return (channels, rows, cols), factor, _unchanged
+    if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
+        return (channels, rows // 2, cols // 2), factor * 2, _unchanged
+    # Flux.1, Chroma and Qwen-Image draw (C, h, w) (Qwen-Image as one video frame, the same values) and take
+    # them packed into tokens of 2x2 patches.
+    latent = channels // 4
+
+    def packed(noise: Any) -> Any:
+        return pipe._pack_latents(noise, noise.shape[0], latent, rows, cols)
+
+    return (latent, rows, cols), factor, packed
+
+
+def _unchanged(noise: Any) -> Any:
+    return noise
+
+
 def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
     """What the loaded pipeline weighs, component by component, for the auto memory mode."""
 
