@@ -264,6 +264,8 @@ class MainWindow(QMainWindow):
         request = self.parameters.request(*self.prompt_editor.styled_prompts())
         if self.parameter_panel.ignores_references():
             request = replace(request, reference_images=())
+        if self.parameter_panel.ignores_unet_settings():
+            request = replace(request, tiling=False, fast_mode=False)
         return self.canvas_toolbar.edit_request(request, self._inputs_folder)
 
     def _canvas_picture(self) -> bytes | None:

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.backends.hires import BUILT_IN_UPSCALERS
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from desktop.engine.library.few_step import FEW_STEP_KINDS
-from desktop.engine.library.native_size import family_defaults
+from desktop.engine.library.native_size import family_defaults, is_dit_family
 from desktop.engine.quantised_support import QuantisedSupport, detect_quantised_support
 from desktop.engine.request import (
     BITSANDBYTES_MEMORY_MODES,
@@ -192,6 +192,7 @@ class ParameterPanel(QWidget):
         self._native_sizes: dict[str, int] = {}
         self._sized_for = ""  # the model whose native size the size fields were last set for
         self._families: dict[str, str] = {}  # model name -> family ("sd1", "flux-dev", ...)
+        self._unet_settings = True  # the chosen model takes seamless tiling and fast mode (not a DiT)
         self._component_models: frozenset[str] = frozenset()  # transformer-only files: need text encoders
         # Models that read reference images -> how many; None until the models folder has been scanned.
         self._reference_limits: dict[str, int] | None = None
@@ -336,10 +337,11 @@ class ParameterPanel(QWidget):
             "After running out of memory Marble retries once a step lower and says so."
         ))
         self.fast_check = QCheckBox(self.tr("Compile the UNet (GPU)"), objectName="fast_check")
-        self.fast_check.setToolTip(self.tr(
+        self._fast_tip = self.tr(
             "Fast mode: channels_last and torch.compile. The first image after loading takes a minute or more "
             "to compile; later ones run faster. Switching it reloads the model."
-        ))
+        )
+        self.fast_check.setToolTip(self._fast_tip)
 
     def _create_extra_widgets(self) -> None:
         """A1111's variation seed, seed resize and tiling, folded away under "Extra" as in A1111."""
@@ -360,7 +362,8 @@ class ParameterPanel(QWidget):
         self.resize_w_spin = _resize_spin("seed_resize_w_spin")
         self.resize_h_spin = _resize_spin("seed_resize_h_spin")
         self.tiling_check = QCheckBox(self.tr("Seamless tiling"), objectName="tiling_check")
-        self.tiling_check.setToolTip(self.tr("The image wraps: its left edge continues its right, its top its bottom"))
+        self._tiling_tip = self.tr("The image wraps: its left edge continues its right, its top its bottom")
+        self.tiling_check.setToolTip(self._tiling_tip)
         self.extra = QWidget(objectName="extra")
         form = QFormLayout(self.extra)
         form.setContentsMargins(0, 0, 0, 0)
@@ -728,7 +731,19 @@ class ParameterPanel(QWidget):
         not carry the pictures picked for another model (they stay listed for when it comes back)."""
         return self._reference_limits is not None and not self._reference_limits.get(self.selected_model())
 
+    def ignores_unet_settings(self) -> bool:
+        """Whether the chosen model is a diffusion transformer: seamless tiling and fast mode are greyed out and
+        a job must not ask for them (the ticks stay, for when an SD model is chosen again)."""
+        return not self._unet_settings
+
     def _show_family_rows(self) -> None:
+        family = self._families.get(self.selected_model())
+        self._unet_settings = not is_dit_family(family)
+        for check, own in ((self.tiling_check, self._tiling_tip), (self.fast_check, self._fast_tip)):
+            check.setEnabled(self._unet_settings)
+            check.setToolTip(own if self._unet_settings else self.tr(
+                "Stable Diffusion 1.x, 2.x and SDXL models only: the chosen model is a diffusion transformer"
+            ))  # fmt: skip
         flux_dev = self._families.get(self.selected_model()) in ("flux-dev", "flux2-dev")
         self.distilled_cfg_label.setVisible(flux_dev)
         self.distilled_cfg_spin.setVisible(flux_dev)

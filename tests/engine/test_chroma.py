@@ -13,6 +13,7 @@ from diffusers import ChromaPipeline
 from desktop.engine.backends.families import shipped_tokenizers
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.native_size import is_dit_family, model_family
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
@@ -64,6 +65,8 @@ def bare_image(pipe, request):
 def test_chroma_folder_is_detected_and_matches_bare_diffusers(paths, chroma):
     arch = detect_model(chroma["folder"])
     assert (arch.family, arch.dit.layout, arch.config_name, arch.label) == ("chroma", "diffusers", "chroma", "Chroma")
+    # The window's family (it was None, so the prompt counter counted CLIP chunks Chroma has no CLIP for).
+    assert model_family(chroma["folder"]) == "chroma" and is_dit_family("chroma")
     request = chroma_request(chroma["folder"], chroma)
     batch, steps = run(make_backend(paths), request)
     expected = bare_image(bare_chroma(chroma["folder"]), request)

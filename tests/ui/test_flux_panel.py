@@ -9,7 +9,7 @@ from pathlib import Path
 from desktop.engine.paths import AppPaths
 from tests.support.fake_backend import FakeBackend
 from tests.ui.conftest import TIMEOUT_MS
-from tests.ui.test_session_memory import pick
+from tests.ui.test_session_memory import pick, unet_folder
 from tests.ui.test_settings_and_logs import close_window, open_window
 
 
@@ -118,5 +118,34 @@ def test_flux2_dev_shows_distilled_cfg_and_klein_brings_its_few_steps(qtbot, tmp
         assert not panel.distilled_cfg_spin.isVisibleTo(panel)
         qtbot.waitUntil(lambda: panel.steps_spin.value() == 4, timeout=TIMEOUT_MS)
         assert panel.cfg_spin.value() == 1.0
+    finally:
+        close_window(window, controller)
+
+
+def test_seamless_tiling_and_fast_mode_are_off_for_a_dit_and_come_back_for_a_unet(qtbot, tmp_path: Path) -> None:
+    # A DiT has neither (the backend would only say it ignored them): the boxes are greyed with the reason,
+    # the job does not ask for them, and the user's ticks, kept, count again with an SD model.
+    home = tmp_path / "home"
+    models = AppPaths.for_root(home).ensure().models
+    flux_folder(models, "zz-flux-dev", dev=True)
+    unet_folder(models, "zz-sd1-model", 768)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux-dev") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-sd1-model")
+        panel.tiling_check.setChecked(True)
+        panel.fast_check.setChecked(True)
+        request = window.current_request()
+        assert request.tiling and request.fast_mode
+        pick(panel.model_combo, "zz-flux-dev")
+        qtbot.waitUntil(lambda: not panel.tiling_check.isEnabled(), timeout=TIMEOUT_MS)
+        assert not panel.fast_check.isEnabled() and "diffusion transformer" in panel.tiling_check.toolTip()
+        request = window.current_request()
+        assert not request.tiling and not request.fast_mode
+        pick(panel.model_combo, "zz-sd1-model")
+        qtbot.waitUntil(lambda: panel.tiling_check.isEnabled(), timeout=TIMEOUT_MS)
+        request = window.current_request()
+        assert request.tiling and request.fast_mode and "wraps" in panel.tiling_check.toolTip()
     finally:
         close_window(window, controller)

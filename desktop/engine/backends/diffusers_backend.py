@@ -862,8 +862,8 @@ class DiffusersBackend:
         # The DiTs read 2x2 patches of latents: sides a multiple of 16 pixels (SD's 8 would fail or be cut short).
         multiple = pipe.vae_scale_factor * 2
         plan = _edit_plan(request, multiple) if request.mode != "txt2img" else None
-        if request.varies_noise and plan is not None and batch_index == 0:
-            notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
+        if batch_index == 0:
+            notes.extend(_dit_ignored_notes(request, self._dit.label, plan is not None))
         # A Qwen-Image-Edit instruction edit has no strength (families_qwen_edit.py): 0 is not "keep the source".
         strength_zero = request.strength <= 0 and qwen_edit.uses_strength(self._dit, request.mode)
         if plan is not None and (strength_zero or (plan.alpha is not None and mask_is_empty(plan.alpha))):
@@ -1586,6 +1586,21 @@ def _lora_weights_to(transformer: Any, dtype: Any) -> None:
     for name, parameter in transformer.named_parameters():
         if "lora_" in name and parameter.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             parameter.data = parameter.data.to(dtype)
+
+
+def _dit_ignored_notes(request: GenerationRequest, label: str, edit: bool) -> list[str]:
+    """What a DiT job leaves out of the request, said once rather than silently."""
+    notes = []
+    if request.varies_noise and edit:
+        notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
+    if request.tiling:
+        # Seamless tiling wraps the UNet's convolutions around the edges; a DiT's attention has no edges to wrap.
+        notes.append(f"Seamless tiling works with the Stable Diffusion 1.x, 2.x and SDXL models only; {label} "
+                     "ignored it.")  # fmt: skip
+    if request.fast_mode:
+        notes.append(f"Fast mode compiles the UNet of Stable Diffusion 1.x, 2.x and SDXL models; {label} ran "
+                     "without it.")  # fmt: skip
+    return notes
 
 
 def _cropped(picture: Image.Image, size: tuple[int, int]) -> Image.Image:

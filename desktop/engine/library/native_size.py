@@ -63,6 +63,7 @@ _FAMILY_BY_CONFIG = {
     "sd3.5-large": "sd3",
     "qwen-image": "qwen-image",
     "z-image": "z-image",
+    "chroma": "chroma",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -116,6 +117,12 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
 # the pipelines; the prompt editor counts by them.
 T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
 CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2")
+
+
+def is_dit_family(family: str | None) -> bool:
+    """A diffusion transformer's family (Flux.1 and .2, SD3, Chroma, Qwen-Image, Z-Image): none of the UNet
+    families' seamless tiling or compiled fast mode. False for a UNet family and for an unknown model."""
+    return bool(family) and family.startswith(("flux", "sd3", "chroma", "qwen-image", "z-image"))
 
 
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux

@@ -1,7 +1,8 @@
-"""Variation seeds and seed resize for the DiT families (they were silently ignored while the PNG said they
-were used): each pipeline's starting noise is drawn in the shape it draws it itself and mixed as A1111 mixes
-it (variation.py), so strength 1 makes exactly the variation seed's picture, and "seed resize from" the job's
-own size the plain seed's."""
+"""A1111's "Extra" settings with the DiT families. Variation seeds and seed resize (they were silently ignored
+while the PNG said they were used): each pipeline's starting noise is drawn in the shape it draws it itself
+and mixed as A1111 mixes it (variation.py), so strength 1 makes exactly the variation seed's picture, and
+"seed resize from" the job's own size the plain seed's. Seamless tiling and fast mode, which the DiTs do not
+have, are said to be ignored."""
 
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def test_an_edit_says_the_variation_seed_was_ignored(flux, paths, tmp_path):  # 
     assert any("Variation seed" in note and "ignored" in note for note in varied.notes), varied.notes
     plain, _ = run(make_backend(paths), request_for(flux["folder"], **values))
     assert np.array_equal(pixels(varied.images[0]), pixels(plain.images[0]))
+
+
+def test_seamless_tiling_and_fast_mode_say_a_dit_ignored_them(flux, paths):  # noqa: F811 - fixtures
+    values = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=2, seed=5)
+    backend = make_backend(paths)
+    asked, _ = run(backend, request_for(flux["folder"], tiling=True, fast_mode=True, **values))
+    assert any("Seamless tiling" in note and "Flux.1 dev ignored it" in note for note in asked.notes), asked.notes
+    assert any("Fast mode" in note and "without it" in note for note in asked.notes), asked.notes
+    plain, _ = run(backend, request_for(flux["folder"], **values))
+    assert not plain.notes and np.array_equal(pixels(asked.images[0]), pixels(plain.images[0]))
