@@ -2,14 +2,19 @@
 while the PNG said they were used): each pipeline's starting noise is drawn in the shape it draws it itself
 and mixed as A1111 mixes it (variation.py), so strength 1 makes exactly the variation seed's picture, and
 "seed resize from" the job's own size the plain seed's. Seamless tiling and fast mode, which the DiTs do not
-have, are said to be ignored."""
+have, a library VAE and a hires sampler they do not use, are said to be ignored; control units are refused."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 from PIL import Image
 
+from desktop.engine.errors import InvalidRequest
 from desktop.engine.paths import AppPaths
+from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.engine.test_dit_oom import flux, paths  # noqa: F401 - fixtures (a Flux folder, a home)
 from tests.engine.test_dit_prompt_cache import case  # noqa: F401 - the fixture: each family's tiny folder
@@ -67,3 +72,24 @@ def test_seamless_tiling_and_fast_mode_say_a_dit_ignored_them(flux, paths):  # n
     assert any("Fast mode" in note and "without it" in note for note in asked.notes), asked.notes
     plain, _ = run(backend, request_for(flux["folder"], **values))
     assert not plain.notes and np.array_equal(pixels(asked.images[0]), pixels(plain.images[0]))
+
+
+def test_a_vae_and_a_hires_sampler_the_dit_does_not_use_are_named(flux, paths):  # noqa: F811 - fixtures
+    values = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=2, seed=5)
+    asked, _ = run(make_backend(paths), request_for(flux["folder"], vae="crisp-vae", sampler="Euler a", hires_fix=True,
+                                                    hires_sampler="DDIM", hires_scale=1.5, **values))  # fmt: skip
+    assert any("'crisp-vae' was not used" in note for note in asked.notes), asked.notes
+    assert any("Euler a and DDIM were ignored" in note for note in asked.notes), asked.notes
+
+
+def test_control_units_are_refused_for_a_dit_before_it_loads(flux, paths):  # noqa: F811 - fixtures
+    # Silently left out before: a canny unit with Flux made a picture without the edges.
+    unit = ControlUnit("edges-cn", "/no/such/edges.png", 0.8, 0.0, 1.0, "balanced", "none")
+    backend = make_backend(paths)
+    request = request_for(flux["folder"], negative_prompt="", steps=2, controls=(unit,))
+    with pytest.raises(InvalidRequest, match=r"Control units .* Flux.1 dev has none yet. Remove the 1 control"):
+        backend.load(request)
+    assert backend._pipe is None  # refused before the load
+    run(backend, replace(request, controls=()))  # loaded now: the loaded model refuses too
+    with pytest.raises(InvalidRequest, match="Flux.1 dev has none yet"):
+        run(backend, request)

@@ -383,6 +383,7 @@ class DiffusersBackend:
         arch = families.with_components_variant(arch, text_encoders)
         _refuse_dit_edit(entry.name, arch.dit, request.mode)
         _refuse_references(entry.name, arch.dit, request)
+        _refuse_dit_controls(arch.dit, request)  # before a load of minutes, not after it
         if arch.inpaint and request.mode == "txt2img":
             raise ModelError(
                 f"{entry.name} is a {arch.label} model: it edits a source image. Pick a regular model for "
@@ -810,6 +811,7 @@ class DiffusersBackend:
         Out of memory, the job runs again one memory mode down (dit_memory.fallback_mode), the model loaded
         again where the mode needs it and its LoRAs applied again, and the result says so."""
         _refuse_dit_edit(self._model.name if self._model else "the model", self._dit, request.mode)
+        _refuse_dit_controls(self._dit, request)
         self._dit_memory(request)
         fallbacks: list[str] = []
         while True:
@@ -853,10 +855,13 @@ class DiffusersBackend:
         self._adapters_used = (lora_plan.loras, lora_plan.embeddings)
         if batch_index == 0:
             notes.extend(lora_plan.notes)
-        if request.sampler != DEFAULT_SAMPLER:
-            notes.append(
-                f"{self._dit.label} models use their own flow-matching sampler; {request.sampler} was ignored."
-            )
+        ignored_samplers = [request.sampler] if request.sampler != DEFAULT_SAMPLER else []
+        if request.hires_active and request.hires_sampler not in ("", DEFAULT_SAMPLER, request.sampler):
+            ignored_samplers.append(request.hires_sampler)
+        if ignored_samplers:
+            notes.append(f"{self._dit.label} models use their own flow-matching sampler; "
+                         f"{' and '.join(ignored_samplers)} {'was' if len(ignored_samplers) == 1 else 'were'} "
+                         "ignored.")  # fmt: skip
         if (ignored := families.ignored_negative_note(pipe, request, self._dit)) is not None:
             notes.append(ignored)
         # The DiTs read 2x2 patches of latents: sides a multiple of 16 pixels (SD's 8 would fail or be cut short).
@@ -1591,6 +1596,12 @@ def _lora_weights_to(transformer: Any, dtype: Any) -> None:
 def _dit_ignored_notes(request: GenerationRequest, label: str, edit: bool) -> list[str]:
     """What a DiT job leaves out of the request, said once rather than silently."""
     notes = []
+    if request.vae.strip() and not encoder_names(request.text_encoders or ""):
+        # A library VAE goes with library text encoders, for a transformer-only file (_library_parts).
+        notes.append(
+            f"The VAE {request.vae.strip()!r} was not used: {label} decodes with its own VAE. A VAE from the "
+            "library goes with text encoders from it, for a file holding the transformer only."
+        )
     if request.varies_noise and edit:
         notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
     if request.tiling:
@@ -1654,6 +1665,15 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
     if count > limit:
         besides = " besides the source image" if qwen_edit.is_edit(dit) or request.mode != "txt2img" else ""
         raise ModelError(f"{count} reference images: {dit.label} takes at most {limit}{besides}.")
+
+
+def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
+    if dit is not None and request.controls:
+        raise InvalidRequest(
+            f"Control units (ControlNet, T2I-Adapter, IP-Adapter) work with Stable Diffusion 1.x, 2.x and SDXL "
+            f"models in Marble; {dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or "
+            "choose an SD model."
+        )  # fmt: skip
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
