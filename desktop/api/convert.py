@@ -115,8 +115,10 @@ class Converted:
 _MAPPED = frozenset({
     "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name",
     "sampler_index", "scheduler", "batch_size", "n_iter", "override_settings",
-    "override_settings_restore_afterwards", "send_images", "save_images",
+    "override_settings_restore_afterwards", "send_images", "save_images", "tiling",
 })
+# A1111's variation seed and seed resize: txt2img only here (Marble's edits start from the source, not noise).
+_VARIATION = frozenset({"subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w"})
 _MAPPED_IMG2IMG = frozenset({
     "init_images", "mask", "mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res",
     "inpaint_full_res_padding", "inpainting_mask_invert", "resize_mode", "denoising_strength",
@@ -126,7 +128,7 @@ _MAPPED_IMG2IMG = frozenset({
 _HARMLESS = frozenset({
     "do_not_save_samples", "do_not_save_grid", "script_args", "force_task_id", "infotext", "comments",
     "disable_extra_networks", "firstphase_width", "firstphase_height", "image_cfg_scale", "user",
-    "hr_additional_modules", "subseed", "sampler_index",
+    "hr_additional_modules", "sampler_index",
 })
 # A1111's SDXL refiner (txt2img): a library model continues the base model's latents (backends/refiner.py).
 _REFINER = frozenset({"refiner_checkpoint", "refiner_switch_at"})
@@ -145,11 +147,7 @@ def _no_op(value: object, *allowed: object) -> bool:
 _CHANGES_IMAGE: Mapping[str, Callable[[object], bool]] = {
     "hr_checkpoint_name": lambda v: _no_op(v, "", "Use same checkpoint"),
     "styles": lambda v: _no_op(v, []),
-    "subseed_strength": lambda v: _no_op(v, 0),
-    "seed_resize_from_h": lambda v: _no_op(v, -1, 0),
-    "seed_resize_from_w": lambda v: _no_op(v, -1, 0),
     "restore_faces": lambda v: _no_op(v, False),
-    "tiling": lambda v: _no_op(v, False),
     "s_churn": lambda v: _no_op(v, 0),
     "s_tmax": lambda v: _no_op(v, 0),
     "s_tmin": lambda v: _no_op(v, 0),
@@ -175,6 +173,9 @@ def _empty_script(script: object) -> bool:
 def check_fields(payload: Mapping[str, Any], img2img: bool, log: Callable[[str], None]) -> list[str]:
     """Refuse image-changing fields Marble cannot honour; return warnings for unknown ones."""
     refused = [name for name, is_no_op in _CHANGES_IMAGE.items() if name in payload and not is_no_op(payload[name])]
+    if img2img:
+        refused += [name for name in ("subseed_strength", "seed_resize_from_h", "seed_resize_from_w")
+                    if name in payload and not _no_op(payload[name], -1, 0)]  # fmt: skip
     if payload.get("eta") is not None and not _eta_is_no_op(payload):
         refused.append("eta")
     if refused:
@@ -182,7 +183,7 @@ def check_fields(payload: Mapping[str, Any], img2img: bool, log: Callable[[str],
                             "leave them at their defaults.", refused[0])
     if img2img and payload.get("enable_hr"):
         raise ApiError(422, "The hires fix is for txt2img (A1111's img2img has none).", "enable_hr")
-    known = _MAPPED | _HARMLESS | _HIRES | _REFINER | set(_CHANGES_IMAGE) | {"eta", "enable_hr"}
+    known = _MAPPED | _HARMLESS | _HIRES | _REFINER | _VARIATION | set(_CHANGES_IMAGE) | {"eta", "enable_hr"}
     known |= _MAPPED_IMG2IMG if img2img else set()
     warnings = []
     for name in payload:
@@ -243,6 +244,25 @@ def _float(payload: Mapping[str, Any], name: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ApiError(422, f"{name} must be a number, not {value!r}.", name)
     return float(value)
+
+
+def _bool(payload: Mapping[str, Any], name: str) -> bool:
+    value = payload.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ApiError(422, f"{name} must be true or false, not {value!r}.", name)
+    return value
+
+
+def _variation_values(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A1111's variation seed (-1: drawn when the strength is above 0) and seed resize (-1 or 0: off)."""
+    return {
+        "subseed": _int(payload, "subseed", -1),
+        "subseed_strength": _float(payload, "subseed_strength", 0.0),
+        "seed_resize_from_w": max(_int(payload, "seed_resize_from_w", -1), 0),
+        "seed_resize_from_h": max(_int(payload, "seed_resize_from_h", -1), 0),
+    }
 
 
 def _text(payload: Mapping[str, Any], name: str) -> str:
@@ -435,6 +455,7 @@ def request_from_payload(
         "clip_skip": options.CLIP_stop_at_last_layers,
         "emphasis": options.emphasis,
         "vae": vae_name(options.sd_vae, names.vaes, "override_settings.sd_vae"),
+        "tiling": _bool(payload, "tiling"),
     }
     more_sources: list[str] = []
     if img2img:
@@ -443,6 +464,7 @@ def request_from_payload(
     else:
         values.update(_hires_values(payload, names.upscalers))
         values.update(_refiner_values(payload, names.models))
+        values.update(_variation_values(payload))
     controls = units_from(payload.get("alwayson_scripts"), (width, height), names.controls, save_image, limits, log)
     # The inpaint module reads the job's own source and mask; its unit names the source for the record.
     values["controls"] = tuple(replace(unit, image=unit.image or values.get("init_image") or "") for unit in controls)
@@ -522,6 +544,9 @@ def _img2img_values(
 
 
 _FIELD_WORDS = (
+    ("variation strength", "subseed_strength"), ("variation seed", "subseed"),
+    ("seed resize width", "seed_resize_from_w"), ("seed resize height", "seed_resize_from_h"),
+    ("seed resize from", "seed_resize_from_w"),
     ("hires upscale", "hr_scale"), ("hires resize width", "hr_resize_x"), ("hires resize height", "hr_resize_y"),
     ("hires steps", "hr_second_pass_steps"), ("hires denoising", "denoising_strength"),
     ("at hires denoising", "hr_second_pass_steps"), ("hires fix", "hr_scale"), ("hires prompt", "hr_prompt"),
@@ -555,6 +580,8 @@ def png_base64(path: str) -> str:
 def info_json(request: GenerationRequest, seeds: Sequence[int], infotexts: Sequence[str], model_hash: str) -> str:
     """A1111's `info`: a JSON string (not an object) with these keys."""
     first = seeds[0] if seeds else request.seed
+    varied = request.subseed_strength > 0 and request.subseed >= 0
+    subseeds = [request.subseed_for(seed) for seed in seeds] if varied else []
     return json.dumps({
         "prompt": request.prompt,
         "all_prompts": [request.prompt] * len(seeds),
@@ -562,9 +589,10 @@ def info_json(request: GenerationRequest, seeds: Sequence[int], infotexts: Seque
         "all_negative_prompts": [request.negative_prompt] * len(seeds),
         "seed": first,
         "all_seeds": list(seeds),
-        "subseed": first,
-        "all_subseeds": list(seeds),
-        "subseed_strength": 0,
+        # A1111's subseeds step with the seeds; without a variation strength it reports the seeds themselves.
+        "subseed": subseeds[0] if subseeds else first,
+        "all_subseeds": subseeds or list(seeds),
+        "subseed_strength": request.subseed_strength,
         "width": request.width,
         "height": request.height,
         "sampler_name": request.sampler,
@@ -577,8 +605,8 @@ def info_json(request: GenerationRequest, seeds: Sequence[int], infotexts: Seque
         "sd_model_hash": model_hash,
         "sd_vae_name": f"{request.vae}.safetensors" if request.vae else None,
         "sd_vae_hash": None,
-        "seed_resize_from_w": -1,
-        "seed_resize_from_h": -1,
+        "seed_resize_from_w": request.seed_resize_from_w or -1,
+        "seed_resize_from_h": request.seed_resize_from_h or -1,
         "denoising_strength": _denoising(request),
         # A1111 lists the hires fix's keys here (its infotext has them too: Marble's metadata writer).
         "extra_generation_params": {key: _as_number(value) if key in ("Hires upscale", "Hires steps") else value

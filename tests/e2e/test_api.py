@@ -417,6 +417,21 @@ def test_hires_fix_over_http_is_the_image_marble_generate_makes(server, tmp_path
     assert decode(resized["images"][0]).size == (128, 128)
 
 
+def test_a_variation_seed_over_http_is_the_image_marble_generate_makes(server, tmp_path):
+    # Refused with 422 before, though Marble makes variations: strength 1 is the variation seed's picture.
+    varied = {"subseed": 7, "subseed_strength": 0.4, "seed_resize_from_w": 96, "seed_resize_from_h": 96}
+    body = server.post("txt2img", {**TXT2IMG, **varied}).json()
+    image, info = decode(body["images"][0]), json.loads(body["info"])
+    assert (info["subseed"], info["subseed_strength"], info["seed_resize_from_w"]) == (7, 0.4, 96)
+    assert "Variation seed: 7, Variation seed strength: 0.4" in info["infotexts"][0]
+    cli = generate(server.home, tmp_path / "v.png", "tiny-sd15", *CLI_TXT2IMG, "--subseed", "7",
+                   "--subseed-strength", "0.4", "--seed-resize-from", "96x96")
+    assert same_pixels(image, cli)
+    whole = server.post("txt2img", {**TXT2IMG, "subseed": 7, "subseed_strength": 1.0}).json()
+    assert same_pixels(decode(whole["images"][0]), generate(server.home, tmp_path / "s7.png", "tiny-sd15",
+                                                            *CLI_TXT2IMG, "--seed", "7"))  # fmt: skip
+
+
 def square_image(path: Path) -> Path:
     image = Image.new("RGB", (64, 64), "black")
     image.paste((255, 255, 255), (16, 16, 48, 48))

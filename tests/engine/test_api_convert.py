@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from desktop.api.convert import (
     ApiLimits,
     ApiOptions,
     LibraryNames,
+    info_json,
     looks_like_path,
     request_from_payload,
     sampler_from,
@@ -60,7 +62,7 @@ def test_webuiapi_defaults_are_accepted_and_mapped():
 
 @pytest.mark.parametrize(("change", "field"), [
     ({"hr_checkpoint_name": "other"}, "hr_checkpoint_name"), ({"styles": ["cinematic"]}, "styles"),
-    ({"subseed_strength": 0.3}, "subseed_strength"), ({"tiling": True}, "tiling"), ({"s_noise": 1.01}, "s_noise"),
+    ({"restore_faces": True}, "restore_faces"), ({"s_noise": 1.01}, "s_noise"),
     ({"eta": 0.5}, "eta"), ({"sampler_name": "DDIM", "eta": 1.0}, "eta"),
     ({"script_name": "x/y/z plot"}, "script_name"),
     ({"alwayson_scripts": {"ADetailer": {"args": [{"ad_model": "face"}]}}}, "alwayson_scripts"),
@@ -245,3 +247,51 @@ def test_bad_refiner_fields_are_422_naming_the_field(fields, key, words):
     with pytest.raises(ApiError) as caught:
         convert({**WEBUIAPI_DEFAULTS, **fields})
     assert caught.value.status == 422 and caught.value.field_name == key and words in str(caught.value)
+
+
+def test_variation_seed_seed_resize_and_tiling_map_to_the_request():
+    # Refused before (422) though the engine has them: A1111 clients asking for variations got nothing.
+    converted, warnings = convert({**WEBUIAPI_DEFAULTS, "subseed": 77, "subseed_strength": 0.25,
+                                   "seed_resize_from_w": 640, "seed_resize_from_h": 448, "tiling": True})  # fmt: skip
+    request = converted.request
+    assert (request.subseed, request.subseed_strength) == (77, 0.25)
+    assert (request.seed_resize_from_w, request.seed_resize_from_h, request.tiling) == (640, 448, True)
+    assert warnings == []
+    # webuiapi's defaults mean off: -1 (drawn only when a strength asks for it), 0 and -1 for no resize.
+    plain = convert(WEBUIAPI_DEFAULTS)[0].request
+    assert (plain.subseed, plain.subseed_strength, plain.seed_resize_from_w, plain.tiling) == (-1, 0.0, 0, False)
+    unset = convert({**WEBUIAPI_DEFAULTS, "seed_resize_from_w": -1, "seed_resize_from_h": -1})[0].request
+    assert (unset.seed_resize_from_w, unset.seed_resize_from_h) == (0, 0)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"subseed_strength": 1.5}, "subseed_strength"), ({"subseed": "x"}, "subseed"),
+    ({"seed_resize_from_w": 100, "seed_resize_from_h": 96}, "seed_resize_from_w"),
+    ({"seed_resize_from_w": 640}, "seed_resize_from_w"), ({"tiling": "yes"}, "tiling"),
+])  # fmt: skip
+def test_bad_variation_fields_are_422_naming_the_field(change, field):
+    with pytest.raises(ApiError) as caught:
+        convert({**WEBUIAPI_DEFAULTS, **change})
+    assert caught.value.status == 422 and caught.value.field_name == field, str(caught.value)
+
+
+def test_img2img_refuses_a_variation_it_would_not_make():
+    # A1111 varies an img2img's noise too; Marble's edits do not, so the field is refused, not dropped.
+    source = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(source, "PNG")
+    payload = {"prompt": "a fox", "init_images": [base64.b64encode(source.getvalue()).decode()], "width": 64,
+               "height": 64, "subseed_strength": 0.3}  # fmt: skip
+    with pytest.raises(ApiError) as caught:
+        convert(payload, img2img=True)
+    assert caught.value.field_name == "subseed_strength"
+    assert convert({**payload, "subseed_strength": 0}, img2img=True)[0].request.subseed_strength == 0
+
+
+def test_info_reports_the_variation_as_a1111_does():
+    request = convert({**WEBUIAPI_DEFAULTS, "seed": 10, "subseed": 77, "subseed_strength": 0.25, "batch_size": 2,
+                       "seed_resize_from_w": 640, "seed_resize_from_h": 448})[0].request  # fmt: skip
+    info = json.loads(info_json(request, [10, 11], ["a", "b"], "abc"))
+    assert (info["subseed"], info["all_subseeds"], info["subseed_strength"]) == (77, [77, 78], 0.25)
+    assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (640, 448)
+    plain = json.loads(info_json(convert({**WEBUIAPI_DEFAULTS, "seed": 10})[0].request, [10], ["a"], "abc"))
+    assert (plain["subseed"], plain["subseed_strength"], plain["seed_resize_from_w"]) == (10, 0.0, -1)
