@@ -33,6 +33,7 @@ from desktop.engine.untrusted_image import open_untrusted
 A1111_STEPS = 50
 A1111_CFG = 7.0
 A1111_SIZE = 512
+FORGE_DISTILLED_CFG = 3.5  # Forge's default Distilled CFG Scale
 
 
 class ApiError(Exception):
@@ -116,6 +117,7 @@ _MAPPED = frozenset({
     "prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "sampler_name",
     "sampler_index", "scheduler", "batch_size", "n_iter", "override_settings",
     "override_settings_restore_afterwards", "send_images", "save_images", "tiling",
+    "distilled_cfg_scale",  # Forge's, for Flux dev (and Flux.2 dev) models
 })
 # A1111's variation seed and seed resize: txt2img only here (Marble's edits start from the source, not noise).
 _VARIATION = frozenset({"subseed", "subseed_strength", "seed_resize_from_h", "seed_resize_from_w"})
@@ -456,6 +458,7 @@ def request_from_payload(
         "emphasis": options.emphasis,
         "vae": vae_name(options.sd_vae, names.vaes, "override_settings.sd_vae"),
         "tiling": _bool(payload, "tiling"),
+        "distilled_cfg_scale": _float(payload, "distilled_cfg_scale", FORGE_DISTILLED_CFG),
     }
     more_sources: list[str] = []
     if img2img:
@@ -552,6 +555,7 @@ _FIELD_WORDS = (
     ("at hires denoising", "hr_second_pass_steps"), ("hires fix", "hr_scale"), ("hires prompt", "hr_prompt"),
     ("hires negative prompt", "hr_negative_prompt"), ("control unit", "alwayson_scripts"),
     ("refiner switch at", "refiner_switch_at"), ("the refiner", "refiner_checkpoint"),
+    ("distilled cfg", "distilled_cfg_scale"),
     ("width", "width"), ("height", "height"), ("steps", "steps"), ("CFG scale", "cfg_scale"), ("seed", "seed"),
     ("batch size", "batch_size"), ("batch count", "n_iter"), ("clip skip", "CLIP_stop_at_last_layers"),
     ("strength", "denoising_strength"), ("mask blur", "mask_blur"), ("padding", "inpaint_full_res_padding"),

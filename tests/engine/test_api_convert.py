@@ -295,3 +295,12 @@ def test_info_reports_the_variation_as_a1111_does():
     assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (640, 448)
     plain = json.loads(info_json(convert({**WEBUIAPI_DEFAULTS, "seed": 10})[0].request, [10], ["a"], "abc"))
     assert (plain["subseed"], plain["subseed_strength"], plain["seed_resize_from_w"]) == (10, 0.0, -1)
+
+
+def test_forges_distilled_cfg_scale_maps_for_flux_dev():
+    # Forge's API field for Flux dev's distilled guidance (it was an unknown field, ignored: always 3.5).
+    assert convert({**WEBUIAPI_DEFAULTS, "distilled_cfg_scale": 2.5})[0].request.distilled_cfg_scale == 2.5
+    assert convert(WEBUIAPI_DEFAULTS)[0].request.distilled_cfg_scale == 3.5
+    with pytest.raises(ApiError) as caught:
+        convert({**WEBUIAPI_DEFAULTS, "distilled_cfg_scale": 500})
+    assert caught.value.field_name == "distilled_cfg_scale"
