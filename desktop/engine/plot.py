@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from desktop.engine.backends.schedulers import SAMPLER_NAMES, canonical_sampler
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.request import GenerationRequest, LoraRef
+from desktop.engine.request import MAX_DRAWN_SEED, RANDOM_SEED, GenerationRequest, LoraRef
 
 MAX_CELLS = 1000
 LABEL_BAND = 32  # height of the row of X labels, and of each Z title
@@ -66,9 +67,15 @@ _PARAMS: dict[str, _Param] = {
     "size": _Param("Size", str, _size),
     "clip_skip": _Param("Clip skip", int, lambda r, v: replace(r, clip_skip=v)),
     "strength": _Param("Denoising", float, lambda r, v: replace(r, strength=v)),
+    # Forge's name for Flux dev's distilled guidance, and A1111's for the variation seed and its strength.
+    "distilled_cfg": _Param("Distilled CFG Scale", float, lambda r, v: replace(r, distilled_cfg_scale=v)),
+    "subseed": _Param("Var. seed", int, lambda r, v: replace(r, subseed=v)),
+    "subseed_strength": _Param("Var. strength", float, lambda r, v: replace(r, subseed_strength=v)),
 }
 _ALIASES = {"cfg_scale": "cfg", "guidance": "cfg", "clipskip": "clip_skip", "denoising": "strength",
-            "prompt_sr": "prompt", "sr": "prompt", "checkpoint": "model"}
+            "prompt_sr": "prompt", "sr": "prompt", "checkpoint": "model", "distilled_cfg_scale": "distilled_cfg",
+            "distilled_guidance": "distilled_cfg", "var._seed": "subseed", "variation_seed": "subseed",
+            "var._strength": "subseed_strength", "variation_strength": "subseed_strength"}
 PARAM_NAMES = (*_PARAMS, "prompt", "lora:NAME")
 
 
@@ -186,6 +193,9 @@ def plan_plot(base: GenerationRequest, x: Axis, y: Axis | None = None, z: Axis |
 
     `base` should carry a concrete seed: every cell then shares it unless an axis is the seed."""
     axes = [x, y, z]
+    if base.subseed == RANDOM_SEED and any(axis is not None and axis.param == "subseed_strength" for axis in axes):
+        # One variation seed for the whole grid (A1111 fixes it before plotting), not one drawn per cell.
+        base = replace(base, subseed=random.SystemRandom().randint(0, MAX_DRAWN_SEED))
     counts = [len(axis.values) if axis else 1 for axis in axes]
     total = counts[0] * counts[1] * counts[2]
     if total > MAX_CELLS:

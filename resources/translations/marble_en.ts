@@ -1680,6 +1680,18 @@ then press ⟳.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Distilled CFG scale</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Variation seed</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Variation strength</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>LoRA weight: {name}</source>
         <translation type="unfinished"></translation>
     </message>

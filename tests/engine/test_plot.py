@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from PIL import Image
 
@@ -99,3 +101,15 @@ def test_a_one_axis_grid_has_no_label_column():
     x = parse_axis("steps=1,2,3")
     grid = assemble_grid({(i, 0, 0): Image.new("RGB", (32, 32), (9, 9, 9)) for i in range(3)}, x)
     assert grid.size == (3 * 32, LABEL_BAND + 32)
+
+
+def test_distilled_cfg_and_the_variation_seed_are_axes_by_forges_and_a1111s_names():
+    cells = plan_plot(BASE, parse_axis("Distilled CFG Scale=2-4 (+1)"), parse_axis("Var. strength=0, 0.5"))
+    assert [(c.request.distilled_cfg_scale, c.request.subseed_strength) for c in cells] == [
+        (2.0, 0.0), (3.0, 0.0), (4.0, 0.0), (2.0, 0.5), (3.0, 0.5), (4.0, 0.5)]
+    # One variation seed drawn for the whole grid (the base's is -1): each cell drawing its own would vary
+    # the variation itself from cell to cell.
+    assert len({c.request.subseed for c in cells}) == 1 and cells[0].request.subseed >= 0
+    fixed = plan_plot(replace(BASE, subseed=9), parse_axis("variation strength=0.2,0.4"))
+    assert [c.request.subseed for c in fixed] == [9, 9]
+    assert [c.request.subseed for c in plan_plot(BASE, parse_axis("var. seed=1,2"))] == [1, 2]

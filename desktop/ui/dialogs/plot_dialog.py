@@ -107,6 +107,8 @@ class PlotDialog(QDialog):
             "sampler": self.tr("Sampler"), "model": self.tr("Model"), "width": self.tr("Width"),
             "height": self.tr("Height"), "size": self.tr("Size (WxH)"), "clip_skip": self.tr("Clip skip"),
             "strength": self.tr("Denoising strength"), "prompt": self.tr("Prompt S/R"),
+            "distilled_cfg": self.tr("Distilled CFG scale"), "subseed": self.tr("Variation seed"),
+            "subseed_strength": self.tr("Variation strength"),
         }
 
     def reload_parameters(self) -> None:
