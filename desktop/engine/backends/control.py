@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from desktop.engine.backends import control_flux
 from desktop.engine.backends.annotators import Annotators
 from desktop.engine.backends.base import ControlHash
 from desktop.engine.backends.control_lora import build_control_lora
@@ -51,6 +52,7 @@ from desktop.engine.library.control import (
     ANNOTATOR,
     CONTROL_LORA,
     CONTROLNET,
+    FLUX,
     IMAGE_ENCODER,
     IP_ADAPTER,
     T2I_ADAPTER,
@@ -125,7 +127,10 @@ class ControlModels:
         units = tuple(unit for unit in request.controls if unit.preprocessor != IP_ADAPTER_PREPROCESSOR)
         if not units:
             return None
-        loaded = [self._load(unit, base) for unit in units]
+        def read(name: str, path: Path) -> tuple[Any, ControlInfo]:
+            return _read(name, path, base, self._own_weights())
+
+        loaded = [self._load(unit, read) for unit in units]
         # A Control-LoRA is a ControlNet once loaded: the two mix freely.
         kinds = {T2I_ADAPTER if info.kind == T2I_ADAPTER else CONTROLNET for _, info, _ in loaded}
         if len(kinds) > 1:
@@ -146,7 +151,40 @@ class ControlModels:
             return _adapter_run(pipe, units, [m for m, _, _ in loaded], images, request, hashes)
         return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
 
-    def _load(self, unit: ControlUnit, base: Any) -> tuple[Any, ControlInfo, tuple[str, str]]:
+    def prepare_dit(
+        self, base: Any, request: GenerationRequest, size: tuple[int, int], label: str, device: str, dtype: Any
+    ) -> ControlRun:
+        """Flux.1 ControlNet units for the loaded Flux pipeline `base` (text-to-image at `size`): a
+        FluxControlNetPipeline on its modules and the call's arguments (backends/control_flux.py). The models
+        sit on the compute `device` whole, whatever the memory mode: the offload hooks are the base's."""
+        units = request.controls
+        if any(unit.preprocessor == IP_ADAPTER_PREPROCESSOR for unit in units):
+            raise InvalidRequest(f"IP-Adapter units work with Stable Diffusion 1.x and SDXL models; {label} has none.")
+        if any(unit.mode != "balanced" for unit in units):
+            raise InvalidRequest(
+                "A control mode other than Balanced (A1111's prompt / ControlNet importance) works with Stable "
+                "Diffusion ControlNets only: set the Flux.1 units to Balanced."
+            )
+        config = base.transformer.config
+
+        def read(name: str, path: Path) -> tuple[Any, ControlInfo]:
+            return _read_flux(name, path, config, label, device, dtype)
+
+        loaded = [self._load(unit, read) for unit in units]
+        hashes = tuple(ControlHash(*names) for _, _, names in loaded)
+        active = [(unit, model, names[0]) for unit, (model, _, names) in zip(units, loaded, strict=True)
+                  if unit.weight > 0 and unit.end > unit.start]  # fmt: skip
+        if not active:
+            return ControlRun(base, {}, hashes)
+        units = tuple(unit for unit, _, _ in active)
+        models = [model for _, model, _ in active]
+        modes = control_flux.union_modes(units, models, [name for _, _, name in active])
+        images = [_control_image(unit, None, size, self.annotators) for unit in units]
+        return ControlRun(control_flux.pipeline(base, models), control_flux.arguments(units, images, modes), hashes)
+
+    def _load(
+        self, unit: ControlUnit, read: Callable[[str, Path], tuple[Any, ControlInfo]]
+    ) -> tuple[Any, ControlInfo, tuple[str, str]]:
         name = unit.model.strip()
         if self._catalog.find(name) is None and (self._catalog.folder / f"{name}.onnx").is_file():
             # insightface's face detector or recognizer, imported for FaceID, named where a ControlNet belongs.
@@ -160,7 +198,7 @@ class ControlModels:
         identity = _Identity(str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
         cached = self._loaded.get(identity)
         if cached is None:
-            model, info = _read(entry.name, entry.path, base, self._own_weights())
+            model, info = read(entry.name, entry.path)
             cached = (model, info, legacy_hash(entry.path))
             self._loaded[identity] = cached
         return cached[0], cached[1], (entry.name, cached[2])
@@ -186,6 +224,8 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
             f"{name!r} is a {info.label}, not a control model: pick a ControlNet or T2I-Adapter as the "
             f"unit's model and the {info.layout} preprocessor, which finds this network by itself."
         )
+    if info.family == FLUX:
+        raise ModelError(f"{name!r} is a {info.label}: it works with Flux.1 models, not this one.")
     from safetensors.torch import load_file
 
     state = load_file(str(path))  # the header was checked above: a truncated or damaged file stopped there
@@ -203,6 +243,30 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
     if model.dtype != base.dtype:
         model = model.to(dtype=base.dtype)
     return model.to(base.device).eval(), info
+
+
+def _read_flux(
+    name: str, path: Path, transformer_config: Any, label: str, device: str, dtype: Any
+) -> tuple[Any, ControlInfo]:
+    if sniff_file_type(path) != "safetensors":
+        raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
+    info = inspect_control(read_safetensors_header(path, name=name), name)
+    if info.kind != CONTROLNET or info.family != FLUX:
+        raise InvalidRequest(
+            f"{name!r} is a {info.label or 'control model'} for Stable Diffusion: {label} takes Flux.1 ControlNets "
+            "(InstantX's, Shakker-Labs' Union)."
+        )
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    try:
+        model = control_flux.build(state, transformer_config)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise ModelError(
+            f"The control model {name!r} ({info.label}) does not fit {label}: {_short(error)}. Pick a Flux.1 "
+            "ControlNet made for this model."
+        ) from None
+    return model.to(device=device, dtype=dtype).eval(), info
 
 
 def _controlnet(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:

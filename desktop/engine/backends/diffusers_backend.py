@@ -901,6 +901,11 @@ class DiffusersBackend:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, C, h, w).
         device = self._key.device if self._key else "cpu"
+        control = None
+        if request.controls:  # Flux.1 text-to-image (_refuse_dit_controls): its ControlNet pipeline
+            control = self._controls.prepare_dit(pipe, request, (size["width"], size["height"]), self._dit.label,
+                                                 device, pipe.vae.dtype)  # fmt: skip
+            pipe = control.pipe
         every = self._preview_every
         hires = self._dit_hires_pipe(request, plan, notes)
         extra = _flow_img2img_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
@@ -919,6 +924,8 @@ class DiffusersBackend:
                 if batch_index == 0:
                     notes.extend(families.long_prompt_notes(pipe, arguments, self._dit))
                 arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
+                if control is not None:
+                    arguments |= control.arguments
                 if plan is None and request.varies_noise:
                     shape, cell, pack = families.noise_layout(pipe, self._dit, width, height)
                     arguments["latents"] = pack(_variation_noise(request, seeds, shape, cell)).to(pipe.vae.dtype)
@@ -948,7 +955,8 @@ class DiffusersBackend:
             images = tuple(_cropped(picture, asked) for picture in pictures)
         else:
             images = tuple(finish_edit(plan, picture) for picture in pictures)
-        return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None)
+        hashes = control.hashes if control is not None else ()
+        return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None, hashes)
 
     def _dit_hires_pipe(self, request: GenerationRequest, plan: EditPlan | None, notes: list[str]) -> Any | None:
         """The image-to-image pipeline of the hires fix's second pass for a DiT text-to-image job, or None (no
@@ -1668,12 +1676,19 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
 
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
-    if dit is not None and request.controls:
+    """Control units only where they run: Flux.1 ControlNets with a Flux.1 text-to-image job (control_flux.py)."""
+    if dit is None or not request.controls:
+        return
+    if dit.family != "flux" or dit.fill:
         raise InvalidRequest(
-            f"Control units (ControlNet, T2I-Adapter, IP-Adapter) work with Stable Diffusion 1.x, 2.x and SDXL "
-            f"models in Marble; {dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or "
-            "choose an SD model."
+            f"Control units work with Stable Diffusion 1.x, 2.x, SDXL and Flux.1 models in Marble; {dit.label} has "
+            f"none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
         )  # fmt: skip
+    if request.mode != "txt2img":
+        raise InvalidRequest(
+            "Flux.1 ControlNets run with text-to-image in Marble so far: remove the control units for an image "
+            "to image or inpainting job."
+        )
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:

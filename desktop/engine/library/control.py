@@ -15,6 +15,11 @@ which kind it is and which base family it was trained for:
   as the .onnx files they ship as, annotators of the tasks "face_detector" / "face_recognizer"
   (desktop/engine/library/onnx_file.py).
 
+- Flux.1 ControlNet, diffusers layout (InstantX, Shakker-Labs, the Union models): `controlnet_x_embedder`,
+  `transformer_blocks.*` / `single_transformer_blocks.*` and `controlnet_blocks.*`; a union model adds
+  `controlnet_mode_embedder` (which kind of control image it reads). XLabs' own layout (`double_blocks.*`
+  with `input_hint_block.*`) is named and refused: diffusers has no converter for it.
+
 Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
 2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
 T2I-Adapters have no attention: SDXL's unshuffles the image by 16 (in-channels 3*256), SD 1.x's by 8 (3*64).
@@ -50,7 +55,8 @@ _KIND_LABELS = {
     CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter", IP_ADAPTER: "IP-Adapter",
     IMAGE_ENCODER: "image encoder",
 }  # fmt: skip
-_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FLUX = "flux"
+_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1"}
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _ATTN2_TO_K = re.compile(r".*attn2\.to_k\.(weight|down)$")
 # The LDM prefix diffusers' converter strips (desktop/engine/backends/control.py feeds it the rest).
@@ -64,9 +70,9 @@ class ControlInfo:
     kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | IP_ADAPTER | IMAGE_ENCODER | ANNOTATOR
     layout: str  # "ldm" (original names) | "diffusers"
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
-    family: str | None  # "sd1" | "sd2" | "sdxl"; None when the shapes match no released family
+    family: str | None  # "sd1" | "sd2" | "sdxl" | "flux"; None when the shapes match no released family
     conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
-    detail: str = ""  # an annotator's own label
+    detail: str = ""  # an annotator's own label; "union" for a Flux ControlNet reading several kinds
 
     @property
     def label(self) -> str:
@@ -78,6 +84,8 @@ class ControlInfo:
             kind = variant_label(self.layout)
         elif self.kind == IMAGE_ENCODER:
             kind = f"{self.layout} {kind}"
+        elif self.detail:
+            kind = f"{kind} ({self.detail})"
         return f"{base} {kind}".strip()
 
 
@@ -92,6 +100,14 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     if is_image_encoder(header):
         encoder = inspect_image_encoder(header, name)
         return ControlInfo(IMAGE_ENCODER, encoder.short_name, "", None, None)
+    if "controlnet_x_embedder.weight" in names and header.has_prefix("controlnet_blocks."):
+        union = "union" if "controlnet_mode_embedder.weight" in names else ""
+        return ControlInfo(CONTROLNET, "diffusers", "", FLUX, 3, union)
+    if "pos_embed_input.weight" in names and header.has_prefix("double_blocks."):
+        raise ModelError(
+            f"{name} is a Flux ControlNet in XLabs' own layout, which Marble cannot read yet: use one in diffusers' "
+            "layout (InstantX's, Shakker-Labs' Union), as their model pages offer it."
+        )
     if "lora_controlnet" in names:
         return ControlInfo(CONTROL_LORA, "ldm", "", _controlnet_family(header), _hint_channels(header, "", "ldm"))
     for prefix in (LDM_PREFIX, ""):

@@ -1,0 +1,153 @@
+"""Flux.1 ControlNets in diffusers' layout (InstantX's, Shakker-Labs' Union), from the control library, with a
+Flux.1 text-to-image job: detected from their tensors, shaped from them and the loaded transformer, run in
+diffusers' FluxControlNetPipeline on the loaded modules -- pixel-identical to bare diffusers with the same
+control image, weight, range and (for a union model) mode. Control models of the other family are refused
+both ways, by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxControlNetModel, FluxControlNetPipeline, FluxMultiControlNetModel
+from PIL import Image
+from safetensors.torch import save_file
+
+from desktop.engine.control_preprocess import preprocess
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.checkpoint import read_safetensors_header
+from desktop.engine.library.control import inspect_control
+from desktop.engine.paths import AppPaths
+from desktop.engine.request import ControlUnit
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.engine.test_model_families import bare_flux
+from tests.support import tiny_controls
+from tests.support.tiny_dit import _jitter, build_tiny_flux, save_pipeline
+
+FLUX = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=3, seed=11)
+
+
+def tiny_flux_controlnet(transformer, seed: int, union: bool = False) -> FluxControlNetModel:
+    """A Flux.1 ControlNet for the tiny Flux: one double and one single block, its zero layers given noise
+    (a fresh ControlNet changes nothing, and every with/without comparison would pass for the wrong reason)."""
+    torch.manual_seed(seed)
+    config = dict(FluxControlNetModel.from_transformer(transformer, num_layers=1, num_single_layers=1,
+                                                       attention_head_dim=16, num_attention_heads=2,
+                                                       load_weights_from_transformer=False).config)  # fmt: skip
+    model = FluxControlNetModel.from_config(config, num_mode=10 if union else None)
+    _jitter(model, seed)
+    with torch.no_grad():
+        for layer in (*model.controlnet_blocks, *model.controlnet_single_blocks, model.controlnet_x_embedder):
+            layer.weight.add_(torch.randn(layer.weight.shape) * 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flux-controlnet")
+    pipe = build_tiny_flux()
+    home = AppPaths.for_root(tmp / "home").ensure()
+    home.controls.mkdir(parents=True, exist_ok=True)
+    models = {"edges": tiny_flux_controlnet(pipe.transformer, 1),
+              "union": tiny_flux_controlnet(pipe.transformer, 2, union=True)}  # fmt: skip
+    for name, model in models.items():
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, home.controls / f"{name}.safetensors")
+    picture = tmp / "shapes.png"
+    canvas = np.zeros((64, 64, 3), dtype=np.uint8)
+    canvas[12:40, 20:52] = (240, 200, 40)
+    canvas[44:60, 6:30] = (30, 90, 220)
+    Image.fromarray(canvas).save(picture)
+    return {"folder": save_pipeline(pipe, tmp / "flux"), "home": home, "models": models, "picture": picture}
+
+
+def bare_control(flux, controlnet, control_image, **control):
+    pipe = bare_flux(flux["folder"])
+    pipe = FluxControlNetPipeline(**pipe.components, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt="a red circle on a blue background", num_inference_steps=3, width=64, height=64,
+                guidance_scale=3.5, control_image=control_image, generator=torch.Generator("cpu").manual_seed(11),
+                **control).images[0]  # fmt: skip
+
+
+def test_a_flux_controlnet_is_detected_from_its_tensors(flux):
+    edges = inspect_control(read_safetensors_header(flux["home"].controls / "edges.safetensors"))
+    union = inspect_control(read_safetensors_header(flux["home"].controls / "union.safetensors"))
+    assert (edges.family, edges.label, union.label) == ("flux", "Flux.1 ControlNet", "Flux.1 ControlNet (union)")
+
+
+def test_a_flux_controlnet_unit_is_bare_diffusers_with_its_control_image(flux):
+    unit = ControlUnit("edges", str(flux["picture"]), weight=0.8, start=0.0, end=0.7)
+    backend = make_backend(flux["home"])
+    batch, steps = run(backend, request_for(flux["folder"], controls=(unit,), **FLUX))
+    picture = Image.open(flux["picture"]).convert("RGB")
+    expected = bare_control(flux, flux["models"]["edges"], picture, controlnet_conditioning_scale=0.8,
+                            control_guidance_start=0.0, control_guidance_end=0.7)  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+    assert [c.name for c in batch.controls] == ["edges"] and len(steps) == 3
+    # The unit counts: without it, another picture; at weight 0, the picture without it.
+    plain, _ = run(backend, request_for(flux["folder"], **FLUX))
+    assert not np.array_equal(pixels(plain.images[0]), pixels(batch.images[0]))
+    off, _ = run(backend, request_for(flux["folder"], controls=(ControlUnit("edges", str(flux["picture"]), 0.0),),
+                                      **FLUX))  # fmt: skip
+    assert np.array_equal(pixels(off.images[0]), pixels(plain.images[0]))
+
+
+def test_a_union_model_reads_its_mode_from_the_preprocessor_and_two_units_run_together(flux):
+    canny = ControlUnit("union", str(flux["picture"]), weight=0.9, preprocessor="canny")
+    backend = make_backend(flux["home"])
+    batch, _ = run(backend, request_for(flux["folder"], controls=(canny,), **FLUX))
+    # The canny picture as a diffusers user hands it over (a PIL image, which the pipeline normalises).
+    edges = preprocess("canny", Image.open(flux["picture"]).convert("RGB"))
+    control = Image.fromarray((edges * 255).round().astype(np.uint8))
+    expected = bare_control(flux, flux["models"]["union"], control, controlnet_conditioning_scale=0.9, control_mode=0)
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+    # Canny read as tile (mode 1) is another picture: the mode reaches the model.
+    as_tile = bare_control(flux, flux["models"]["union"], control, controlnet_conditioning_scale=0.9, control_mode=1)
+    assert not np.array_equal(pixels(batch.images[0]), pixels(as_tile))
+    # Two units: FluxMultiControlNetModel, each with its own weight and mode.
+    plain_unit = ControlUnit("edges", str(flux["picture"]), weight=0.5)
+    both, _ = run(backend, request_for(flux["folder"], controls=(canny, plain_unit), **FLUX))
+    picture = Image.open(flux["picture"]).convert("RGB")
+    multi = FluxMultiControlNetModel([flux["models"]["union"], flux["models"]["edges"]])
+    expected = bare_control(flux, multi, [control, picture], controlnet_conditioning_scale=[0.9, 0.5],
+                            control_mode=[0, None], control_guidance_start=[0.0, 0.0],
+                            control_guidance_end=[1.0, 1.0])  # fmt: skip
+    assert np.array_equal(pixels(both.images[0]), pixels(expected))
+
+
+def test_a_union_unit_without_a_kind_of_image_is_refused(flux):
+    unit = ControlUnit("union", str(flux["picture"]), preprocessor="none")
+    with pytest.raises(InvalidRequest, match="'union' is a union ControlNet: it needs to know what its control"):
+        run(make_backend(flux["home"]), request_for(flux["folder"], controls=(unit,), **FLUX))
+
+
+def test_control_models_of_the_other_family_are_refused_both_ways(flux, tmp_path, tiny_sd15_dir):
+    from diffusers import UNet2DConditionModel
+
+    home = flux["home"]
+    unet = UNet2DConditionModel.from_pretrained(str(tiny_sd15_dir / "unet"))
+    tiny_controls.save_controlnet(tiny_controls.build_tiny_controlnet(unet), home.controls / "sd-edges.safetensors")
+    sd_unit = ControlUnit("sd-edges", str(flux["picture"]))
+    with pytest.raises(InvalidRequest, match="'sd-edges' is a ControlNet for Stable Diffusion: Flux.1 dev takes"):
+        run(make_backend(home), request_for(flux["folder"], controls=(sd_unit,), **FLUX))
+    flux_unit = ControlUnit("edges", str(flux["picture"]))
+    with pytest.raises(ModelError, match="'edges' is a Flux.1 ControlNet: it works with Flux.1 models"):
+        run(make_backend(home), request_for(tiny_sd15_dir, controls=(flux_unit,), steps=2))
+
+
+def test_an_edit_with_a_flux_controlnet_is_refused_before_the_load(flux):
+    unit = ControlUnit("edges", str(flux["picture"]))
+    request = request_for(flux["folder"], controls=(unit,), init_image=str(flux["picture"]), strength=0.5, **FLUX)
+    backend = make_backend(flux["home"])
+    with pytest.raises(InvalidRequest, match="Flux.1 ControlNets run with text-to-image"):
+        backend.load(request)
+    assert backend._pipe is None
+
+
+def test_xlabs_layout_is_named_and_refused(tmp_path):
+    path = tmp_path / "flux-canny-controlnet-v3.safetensors"
+    save_file({"pos_embed_input.weight": torch.zeros(8, 4), "double_blocks.0.img_attn.qkv.weight": torch.zeros(24, 8),
+               "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3), "controlnet_blocks.0.weight": torch.zeros(8, 8)},
+              str(path))  # fmt: skip
+    with pytest.raises(ModelError, match="XLabs' own layout"):
+        inspect_control(read_safetensors_header(path), path.name)
