@@ -32,6 +32,7 @@ from desktop.engine.library.dit import (
     is_fill_channels,
     is_gguf,
     looks_like_dit,
+    refuse_structural,
 )
 from desktop.engine.library.onnx_file import looks_like_onnx
 from desktop.engine.safe_files import json_depth_exceeds, open_regular, read_json_file
@@ -611,6 +612,7 @@ def _dit_folder(folder: Path, index: Mapping[str, object], class_name: str, name
     components = tuple(part for part in parts if part in index)
     depth = transformer.get("num_layers", transformer.get("n_layers"))  # Z-Image says n_layers
     channels = transformer.get("in_channels")
+    refuse_structural(family, channels, transformer.get("out_channels") or channels, name)
     info = DitInfo(
         family=family, variant=variant, layout="diffusers", parameters=parameters, dtype=dtype, quantization=None,
         components=components, blocks=(depth if isinstance(depth, int) else 0, 0),

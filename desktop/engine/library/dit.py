@@ -219,6 +219,8 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image)."
         )
+    if (channels := _io_channels(model)) is not None:
+        refuse_structural(family, *channels, name)
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
     code = quant_formats.weight_format(model, common)
@@ -234,14 +236,32 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
 def is_fill_shape(model: Mapping[str, TensorShape]) -> bool:
     """Flux Fill's input layer takes the noise, the masked image's latents and the mask (384 channels
     for 64 out); a plain Flux reads as many as it writes, a Depth/Canny model twice as many."""
-    for inputs, outputs in (("img_in.weight", "final_layer.linear.weight"), ("x_embedder.weight", "proj_out.weight")):
-        if inputs in model and outputs in model:
-            return is_fill_channels(model[inputs].shape[-1], model[outputs].shape[0])
-    return False
+    channels = _io_channels(model)
+    return channels is not None and is_fill_channels(*channels)
 
 
 def is_fill_channels(in_channels: object, out_channels: object) -> bool:
     return isinstance(in_channels, int) and isinstance(out_channels, int) and in_channels > 2 * out_channels
+
+
+def refuse_structural(family: str, in_channels: object, out_channels: object, name: str) -> None:
+    """BFL's Flux.1 Canny and Depth dev read a control picture's latents beside the noise (twice the channels
+    they write): diffusers' FluxControlPipeline, which Marble does not run. Said at import, not as a shape error
+    in the first step."""
+    if family == "flux" and isinstance(in_channels, int) and in_channels == 2 * out_channels:
+        raise ModelError(
+            f"{name} is a Flux.1 Canny or Depth dev model (its transformer reads a control picture beside the "
+            "noise), which Marble cannot run yet. Flux.1 dev with a Flux.1 ControlNet does the same work "
+            "(docs/control.md)."
+        )
+
+
+def _io_channels(model: Mapping[str, TensorShape]) -> tuple[int, int] | None:
+    """The channels a Flux transformer reads and writes, in BFL's or diffusers' names."""
+    for inputs, outputs in (("img_in.weight", "final_layer.linear.weight"), ("x_embedder.weight", "proj_out.weight")):
+        if inputs in model and outputs in model:
+            return model[inputs].shape[-1], model[outputs].shape[0]
+    return None
 
 
 def shown_dtype(dtype: str | None) -> str | None:
