@@ -1,7 +1,7 @@
 """The hires fix for the DiT families (it was silently ignored): the first pass at the job's size, its picture
 (a pixel upscaler) or its latents (a latent one, unpacked) upscaled, then the family's image-to-image pipeline
 at the hires denoising strength, seeded with the job's seeds -- pixel-identical to doing the same by hand with
-bare diffusers, for a batch too. A family without a plain image-to-image pipeline (Chroma) says the hires fix
+bare diffusers, for a batch too. A model without a plain image-to-image pipeline (Flux.2 dev) says the hires fix
 was ignored instead of leaving it unsaid."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    ChromaImg2ImgPipeline,
+    ChromaPipeline,
     FluxImg2ImgPipeline,
     QwenImageImg2ImgPipeline,
     QwenImagePipeline,
@@ -30,6 +32,7 @@ from tests.engine.test_dit_prompt_cache import encoder_calls
 from tests.engine.test_model_families import bare_flux
 from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
+from tests.support.tiny_flux2 import build_tiny_flux2_dev
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
 
 VALUES = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=4, seed=7, hires_fix=True, hires_scale=2.0,
@@ -42,7 +45,7 @@ def folders(tmp_path_factory):
     folders = {"flux": save_pipeline(build_tiny_flux(), tmp / "flux"),
                "sd3": save_pipeline(build_tiny_sd3(), tmp / "sd3")}  # fmt: skip
     for name, build in (("chroma", build_tiny_chroma), ("qwen-image", build_tiny_qwen_image),
-                        ("z-image", build_tiny_z_image)):  # fmt: skip
+                        ("z-image", build_tiny_z_image), ("flux2-dev", build_tiny_flux2_dev)):  # fmt: skip
         build().save_pretrained(str(tmp / name), safe_serialization=True)
         folders[name] = tmp / name
     return folders
@@ -79,9 +82,10 @@ def test_flux_hires_fix_is_the_two_passes_by_hand(folders, tmp_path):
 
 def test_a_family_without_image_to_image_says_the_hires_fix_was_ignored(folders, tmp_path):
     paths = AppPaths.for_root(tmp_path / "home").ensure()
-    batch, steps = run(make_backend(paths), request_for(folders["chroma"], **(VALUES | {"cfg_scale": 4.0})))
+    request = request_for(folders["flux2-dev"], **(VALUES | {"distilled_cfg_scale": 4.0}))
+    batch, steps = run(make_backend(paths), request)
     assert batch.images[0].size == (64, 64)
-    assert any("hires fix" in note and "Chroma" in note and "ignored" in note for note in batch.notes), batch.notes
+    assert any("hires fix" in note and "Flux.2 dev" in note and "ignored" in note for note in batch.notes), batch.notes
     assert all(isinstance(s, StepInfo) and s.total == 4 for s in steps)
 
 
@@ -102,9 +106,10 @@ def bare_pipelines(family, folder):
         first = bare_flux(folder)
         return first, FluxImg2ImgPipeline(**first.components)
     first_class, second_class = {"sd3": (StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline),
+                                 "chroma": (ChromaPipeline, ChromaImg2ImgPipeline),
                                  "qwen-image": (QwenImagePipeline, QwenImageImg2ImgPipeline),
                                  "z-image": (ZImagePipeline, ZImageImg2ImgPipeline)}[family]  # fmt: skip
-    extra = shipped_tokenizers(Resources.default(), folder, "sd3") if family == "sd3" else {}
+    extra = shipped_tokenizers(Resources.default(), folder, family) if family in ("sd3", "chroma") else {}
     first = first_class.from_pretrained(str(folder), local_files_only=True, **extra)
     return first, second_class(**first.components)
 
@@ -118,6 +123,7 @@ def by_hand(family, folder, request, size, upscaled, padded=None):
         pipe.set_progress_bar_config(disable=True)
     guidance = {"flux": {"guidance_scale": 3.5},
                 "sd3": {"negative_prompt": "blurry", "guidance_scale": 4.0},
+                "chroma": {"negative_prompt": "blurry", "guidance_scale": 4.0},
                 "qwen-image": {"negative_prompt": "blurry", "true_cfg_scale": 4.0},
                 "z-image": {"negative_prompt": "blurry", "guidance_scale": 4.0}}[family]  # fmt: skip
     seeds = [request.seed_for(0, k) for k in range(request.batch_size)]
@@ -127,7 +133,7 @@ def by_hand(family, folder, request, size, upscaled, padded=None):
                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds]).images  # fmt: skip
     if latent:
         factor = first.vae_scale_factor
-        if family == "flux":  # packed 2x2 patches (B, tokens, 4C)
+        if family in ("flux", "chroma"):  # packed 2x2 patches (B, tokens, 4C)
             result = first._unpack_latents(result, size, size, factor)
         elif family == "qwen-image":  # packed, and one video frame (B, C, 1, h, w)
             result = first._unpack_latents(result, size, size, factor)[:, :, 0]
@@ -151,7 +157,7 @@ def by_hand(family, folder, request, size, upscaled, padded=None):
 
 @pytest.mark.parametrize(
     ("family", "upscaler", "scale"),
-    [("flux", "Latent", 2.0), ("sd3", "Latent", 2.0), ("qwen-image", "Latent", 2.0),
+    [("flux", "Latent", 2.0), ("sd3", "Latent", 2.0), ("qwen-image", "Latent", 2.0), ("chroma", "Latent", 2.0),
      ("z-image", "Latent (bicubic antialiased)", 1.5), ("flux", "Lanczos", 2.0), ("z-image", "Lanczos", 1.5)],
 )  # fmt: skip
 def test_a_batch_of_two_with_each_upscaler_is_the_two_passes_by_hand(folders, tmp_path, family, upscaler, scale):

@@ -301,20 +301,19 @@ def test_z_image_inpainting_keeps_the_pixels_outside_the_mask(paths, zimage, tmp
 
 
 def test_edits_are_refused_clearly_for_a_family_without_edit_pipelines():
-    # Flux, SD3, Qwen-Image and Z-Image edit through their own pipelines (test_dit_edit.py, above); a family
-    # without them (Chroma, for now) is refused by name before anything loads.
+    # Flux, SD3, Qwen-Image, Z-Image and Chroma edit through their own pipelines (test_dit_edit.py, above,
+    # test_chroma.py); a model without them (Flux.2 dev) is refused by name before anything loads.
     from types import SimpleNamespace
 
     from desktop.engine.backends import families
     from desktop.engine.backends.diffusers_backend import _refuse_dit_edit
 
-    assert [families.edits(f) for f in ("flux", "sd3.5", "qwen-image", "z-image", "chroma")] == [
-        True, True, True, True, False,
-    ]  # fmt: skip
-    chroma = SimpleNamespace(family="chroma", variant="", label="Chroma")
-    with pytest.raises(ModelError, match="Chroma model; Marble runs it for text-to-image only"):
-        _refuse_dit_edit("c.safetensors", chroma, "img2img")
-    _refuse_dit_edit("c.safetensors", chroma, "txt2img")
+    assert [families.edits(f) for f in ("flux", "sd3.5", "qwen-image", "z-image", "chroma")] == [True] * 5
+    assert not families.edits("flux2", "dev")
+    dev = SimpleNamespace(family="flux2", variant="dev", label="Flux.2 dev")
+    with pytest.raises(ModelError, match="Flux.2 dev model; Marble runs it for text-to-image only"):
+        _refuse_dit_edit("f.safetensors", dev, "img2img")
+    _refuse_dit_edit("f.safetensors", dev, "txt2img")
 
 
 def test_library_rows_and_family_defaults(qwen, zimage, tmp_path):

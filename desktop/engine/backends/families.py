@@ -76,6 +76,8 @@ _EDIT_PIPELINES = {
     ("qwen-image", "inpaint"): "QwenImageInpaintPipeline",
     ("z-image", "img2img"): "ZImageImg2ImgPipeline",
     ("z-image", "inpaint"): "ZImageInpaintPipeline",
+    ("chroma", "img2img"): "ChromaImg2ImgPipeline",
+    ("chroma", "inpaint"): "ChromaInpaintPipeline",
     # Flux.2 Klein has an inpainting pipeline only: image-to-image is inpainting with everything masked
     # (img2img_by_inpainting). Flux.2 dev's pipeline takes reference images to edit by instruction, which is
     # another thing than image-to-image: not offered.
@@ -154,6 +156,10 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
     cls = getattr(diffusers, name)
+    if info.family == "chroma" and "guidance_embeds" not in pipe.transformer.config:
+        # diffusers 0.42's ChromaInpaintPipeline asks the transformer's config whether it embeds guidance, which
+        # Chroma's never does and whose config has no such field (an AttributeError in the first step).
+        pipe.transformer.register_to_config(guidance_embeds=False)
     # Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move
     # them (fighting the offload hooks); a constructor only registers them.
     accepted = inspect.signature(cls.__init__).parameters
