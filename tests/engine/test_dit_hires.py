@@ -12,6 +12,8 @@ import torch
 from diffusers import (
     ChromaImg2ImgPipeline,
     ChromaPipeline,
+    Flux2KleinInpaintPipeline,
+    Flux2KleinPipeline,
     FluxImg2ImgPipeline,
     QwenImageImg2ImgPipeline,
     QwenImagePipeline,
@@ -32,7 +34,7 @@ from tests.engine.test_dit_prompt_cache import encoder_calls
 from tests.engine.test_model_families import bare_flux
 from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
-from tests.support.tiny_flux2 import build_tiny_flux2_dev
+from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
 
 VALUES = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=4, seed=7, hires_fix=True, hires_scale=2.0,
@@ -45,7 +47,8 @@ def folders(tmp_path_factory):
     folders = {"flux": save_pipeline(build_tiny_flux(), tmp / "flux"),
                "sd3": save_pipeline(build_tiny_sd3(), tmp / "sd3")}  # fmt: skip
     for name, build in (("chroma", build_tiny_chroma), ("qwen-image", build_tiny_qwen_image),
-                        ("z-image", build_tiny_z_image), ("flux2-dev", build_tiny_flux2_dev)):  # fmt: skip
+                        ("z-image", build_tiny_z_image), ("flux2-dev", build_tiny_flux2_dev),
+                        ("flux2-klein", build_tiny_flux2_klein)):  # fmt: skip
         build().save_pretrained(str(tmp / name), safe_serialization=True)
         folders[name] = tmp / name
     return folders
@@ -107,6 +110,8 @@ def bare_pipelines(family, folder):
         return first, FluxImg2ImgPipeline(**first.components)
     first_class, second_class = {"sd3": (StableDiffusion3Pipeline, StableDiffusion3Img2ImgPipeline),
                                  "chroma": (ChromaPipeline, ChromaImg2ImgPipeline),
+                                 # Klein's image-to-image is its inpainting pipeline with everything masked.
+                                 "flux2-klein": (Flux2KleinPipeline, Flux2KleinInpaintPipeline),
                                  "qwen-image": (QwenImagePipeline, QwenImageImg2ImgPipeline),
                                  "z-image": (ZImagePipeline, ZImageImg2ImgPipeline)}[family]  # fmt: skip
     extra = shipped_tokenizers(Resources.default(), folder, family) if family in ("sd3", "chroma") else {}
@@ -124,11 +129,12 @@ def by_hand(family, folder, request, size, upscaled, padded=None):
     guidance = {"flux": {"guidance_scale": 3.5},
                 "sd3": {"negative_prompt": "blurry", "guidance_scale": 4.0},
                 "chroma": {"negative_prompt": "blurry", "guidance_scale": 4.0},
+                "flux2-klein": {"guidance_scale": 1.0},
                 "qwen-image": {"negative_prompt": "blurry", "true_cfg_scale": 4.0},
                 "z-image": {"negative_prompt": "blurry", "guidance_scale": 4.0}}[family]  # fmt: skip
     seeds = [request.seed_for(0, k) for k in range(request.batch_size)]
     common = dict(prompt=request.prompt, num_images_per_prompt=len(seeds), **guidance)
-    latent = request.hires_upscaler.startswith("Latent")
+    latent = request.hires_upscaler.startswith("Latent") and family != "flux2-klein"  # Klein upscales pixels
     result = first(**common, num_inference_steps=4, width=size, height=size, output_type="latent" if latent else "pil",
                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds]).images  # fmt: skip
     if latent:
@@ -150,22 +156,26 @@ def by_hand(family, folder, request, size, upscaled, padded=None):
         extra = ((0, padded - upscaled), (0, padded - upscaled), (0, 0))
         image = [Image.fromarray(np.pad(np.asarray(picture.resize((upscaled, upscaled), Image.Resampling.LANCZOS)),
                                         extra, mode="edge")) for picture in result]  # fmt: skip
+    mask = {"mask_image": Image.new("L", (padded, padded), 255)} if family == "flux2-klein" else {}
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
     pictures = second(**common, image=image, strength=0.5, num_inference_steps=6, width=padded, height=padded,
-                      generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds]).images  # fmt: skip
+                      generator=generators, **mask).images  # fmt: skip
     return [picture.crop((0, 0, upscaled, upscaled)) for picture in pictures]
 
 
 @pytest.mark.parametrize(
     ("family", "upscaler", "scale"),
     [("flux", "Latent", 2.0), ("sd3", "Latent", 2.0), ("qwen-image", "Latent", 2.0), ("chroma", "Latent", 2.0),
-     ("z-image", "Latent (bicubic antialiased)", 1.5), ("flux", "Lanczos", 2.0), ("z-image", "Lanczos", 1.5)],
+     ("z-image", "Latent (bicubic antialiased)", 1.5), ("flux", "Lanczos", 2.0), ("z-image", "Lanczos", 1.5),
+     ("flux2-klein", "Lanczos", 2.0), ("flux2-klein", "Latent", 2.0)],
 )  # fmt: skip
 def test_a_batch_of_two_with_each_upscaler_is_the_two_passes_by_hand(folders, tmp_path, family, upscaler, scale):
     # A latent upscaler interpolates the first pass's latents, unpacked (no VAE decode and encode between the
     # passes; it was Lanczos under the latent name); a batch has one picture per seed in both passes (the
     # second pass asked for one picture with two generators and failed).
     paths = AppPaths.for_root(tmp_path / "home").ensure()
-    guidance = {"negative_prompt": "blurry", "cfg_scale": 4.0} if family != "flux" else {}
+    guidance = {"negative_prompt": "blurry", "cfg_scale": 4.0} if family not in ("flux", "flux2-klein") else {}
+    guidance |= {"cfg_scale": 1.0} if family == "flux2-klein" else {}
     request = request_for(folders[family], **(VALUES | guidance | {"hires_upscaler": upscaler, "hires_scale": scale,
                                                                    "batch_size": 2}))  # fmt: skip
     batch, steps = run(make_backend(paths), request)
@@ -175,6 +185,9 @@ def test_a_batch_of_two_with_each_upscaler_is_the_two_passes_by_hand(folders, tm
     for image, reference in zip(batch.images, expected, strict=True):
         assert np.array_equal(pixels(image), pixels(reference))
     assert steps[-1].step == steps[-1].total == 4 + 3
+    said = [note for note in batch.notes if "hires fix" in note]
+    assert said == (["Flux.2 klein models upscale the hires fix's first pass in pixels: Latent ran as Lanczos."]
+                    if family == "flux2-klein" and upscaler == "Latent" else [])  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -929,7 +929,9 @@ class DiffusersBackend:
                 if plan is None and request.varies_noise:
                     shape, cell, pack = families.noise_layout(pipe, self._dit, width, height)
                     arguments["latents"] = pack(_variation_noise(request, seeds, shape, cell)).to(pipe.vae.dtype)
-                if hires is not None and is_latent(request.hires_upscaler):
+                if hires is not None and is_latent(request.hires_upscaler) and not families.img2img_by_inpainting(
+                    self._dit, "img2img"
+                ):
                     arguments["output_type"] = "latent"  # no VAE decode: the second pass upscales the latents
                 result = pipe(
                     **arguments, num_inference_steps=request.steps,
@@ -941,7 +943,8 @@ class DiffusersBackend:
                     watcher.detach()
                     progress.next_pass()
                     with cached_encoding(hires, self._prompts, context):  # its own pipeline's encode_prompt
-                        pictures = self._dit_hires_pass(hires, request, seeds, pictures, (width, height), progress)
+                        pictures = self._dit_hires_pass(hires, request, seeds, pictures, (width, height), progress,
+                                                        notes if batch_index == 0 else None)  # fmt: skip
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except RuntimeError as error:
@@ -967,9 +970,9 @@ class DiffusersBackend:
             notes.append("The hires fix does not run with reference images; it was ignored.")
             return None
         info = self._dit
-        # A plain image-to-image pipeline only: Flux Fill, Flux.2 (image-to-image by inpainting) and the
-        # Qwen-Image-Edit models (instruction edits) would answer another question.
-        if not (info.fill or qwen_edit.is_edit(info) or families.img2img_by_inpainting(info, "img2img")):
+        # An image-to-image pass (Flux.2 Klein's is its inpainting pipeline with everything masked): not Flux
+        # Fill's or the Qwen-Image-Edit models' (instruction edits), which would answer another question.
+        if not (info.fill or qwen_edit.is_edit(info)) and families.edits(info.family, info.variant):
             with contextlib.suppress(ModelError):
                 return self._dit_pipe_for("img2img")
         notes.append(f"The hires fix needs a plain image-to-image pass, which {info.label} models do not have in "
@@ -978,7 +981,7 @@ class DiffusersBackend:
 
     def _dit_hires_pass(
         self, pipe: Any, request: GenerationRequest, seeds: tuple[int, ...], first: Any, first_size: tuple[int, int],
-        progress: _Progress,
+        progress: _Progress, notes: list[str] | None,
     ) -> list[Image.Image]:
         """A1111's second pass for a DiT: the first pass's latents (a latent upscaler) or pictures (a pixel one)
         upscaled, then image-to-image at the hires denoising strength with the hires prompt and steps, seeded
@@ -989,7 +992,15 @@ class DiffusersBackend:
         )
         factor, multiple = pipe.vae_scale_factor, pipe.vae_scale_factor * 2
         padded = (padded_side(width, multiple), padded_side(height, multiple))
-        if is_latent(request.hires_upscaler):
+        by_inpainting = families.img2img_by_inpainting(self._dit, "img2img")
+        upscaler = request.hires_upscaler
+        if is_latent(upscaler) and by_inpainting:
+            # Flux.2's latents are normalised 2x2 patches its inpainting pipeline does not take back: pixels.
+            upscaler = "Lanczos"
+            if notes is not None:  # the job's first batch: said once
+                notes.append(f"{self._dit.label} models upscale the hires fix's first pass in pixels: "
+                             f"{request.hires_upscaler} ran as Lanczos.")  # fmt: skip
+        if is_latent(upscaler):
             # Unpacked to (B, C, h, w), the first pass's padding cut off, interpolated as SD's are, and padded
             # to whole patches by repeating the last row and column.
             grid = dit_preview_latents(pipe, *first_size, first)
@@ -1000,10 +1011,10 @@ class DiffusersBackend:
             image = image.to(scaled.dtype)
             _take_latents(pipe, grid.shape[1])
         else:
-            model = None if request.hires_upscaler in PIXEL_RESAMPLERS else self._upscaler(request.hires_upscaler)
+            model = None if upscaler in PIXEL_RESAMPLERS else self._upscaler(upscaler)
             asked = (request.width, request.height)
             pictures = [_cropped(picture, asked) for picture in first]
-            images = upscale_images(pictures, (up_w, up_h), (width, height), request.hires_upscaler, model)
+            images = upscale_images(pictures, (up_w, up_h), (width, height), upscaler, model)
             images = [to_working(picture, padded, "pad") for picture in images]
             image = images if len(images) > 1 else images[0]
         second = replace(request, prompt=request.hires_prompt or request.prompt,
@@ -1012,6 +1023,8 @@ class DiffusersBackend:
             "image": image, "strength": float(request.hires_denoise), "width": padded[0], "height": padded[1],
             "num_images_per_prompt": len(seeds),  # one prompt, one picture per seed
         }  # fmt: skip
+        if by_inpainting:
+            arguments["mask_image"] = Image.new("L", padded, 255)
         watcher = _X0Watcher(pipe.scheduler)
         unpack = functools.partial(dit_preview_latents, pipe, *padded)
         try:
