@@ -17,11 +17,13 @@ from desktop.engine.control_preprocess import preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import inspect_control
+from desktop.engine.library.index import guess_kind
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.engine.test_model_families import bare_flux
 from tests.support import tiny_controls
+from tests.support.cli_runner import run_cli
 from tests.support.tiny_dit import _jitter, build_tiny_flux, save_pipeline
 
 FLUX = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=3, seed=11)
@@ -69,10 +71,15 @@ def bare_control(flux, controlnet, control_image, **control):
                 **control).images[0]  # fmt: skip
 
 
-def test_a_flux_controlnet_is_detected_from_its_tensors(flux):
+def test_a_flux_controlnet_is_detected_from_its_tensors_and_imported_as_one(flux, tmp_path):
     edges = inspect_control(read_safetensors_header(flux["home"].controls / "edges.safetensors"))
     union = inspect_control(read_safetensors_header(flux["home"].controls / "union.safetensors"))
     assert (edges.family, edges.label, union.label) == ("flux", "Flux.1 ControlNet", "Flux.1 ControlNet (union)")
+    # A dropped file goes to the control library (its transformer blocks' names also pass for a LoRA's).
+    assert guess_kind(flux["home"].controls / "union.safetensors") == "control"
+    home = str(tmp_path / "home")
+    code, out, err = run_cli("controls", "import", str(flux["home"].controls / "union.safetensors"), "--home", home)
+    assert code == 0 and "Flux.1 ControlNet (union)" in out, err
 
 
 def test_a_flux_controlnet_unit_is_bare_diffusers_with_its_control_image(flux):

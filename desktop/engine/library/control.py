@@ -100,7 +100,7 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     if is_image_encoder(header):
         encoder = inspect_image_encoder(header, name)
         return ControlInfo(IMAGE_ENCODER, encoder.short_name, "", None, None)
-    if "controlnet_x_embedder.weight" in names and header.has_prefix("controlnet_blocks."):
+    if is_flux_controlnet(header):
         union = "union" if "controlnet_mode_embedder.weight" in names else ""
         return ControlInfo(CONTROLNET, "diffusers", "", FLUX, 3, union)
     if "pos_embed_input.weight" in names and header.has_prefix("double_blocks."):
@@ -132,6 +132,11 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         "(image_proj + ip_adapter) or CLIP image encoder (vision_model + visual_projection) tensors, nor a depth, "
         "lineart or OpenPose preprocessor's."
     )
+
+
+def is_flux_controlnet(header: SafetensorsHeader) -> bool:
+    """A Flux.1 ControlNet in diffusers' layout: its transformer blocks would also pass for a LoRA's names."""
+    return "controlnet_x_embedder.weight" in header.tensors and header.has_prefix("controlnet_blocks.")
 
 
 def inspect_onnx_control(path: Path, name: str = "this file") -> ControlInfo:
