@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from desktop.engine.backends import control_flux
+from desktop.engine.backends import control_dit
 from desktop.engine.backends.annotators import Annotators
 from desktop.engine.backends.base import ControlHash
 from desktop.engine.backends.control_lora import build_control_lora
@@ -55,6 +55,7 @@ from desktop.engine.library.control import (
     FLUX,
     IMAGE_ENCODER,
     IP_ADAPTER,
+    QWEN_IMAGE,
     T2I_ADAPTER,
     ControlInfo,
     inspect_control,
@@ -152,23 +153,25 @@ class ControlModels:
         return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
 
     def prepare_dit(
-        self, base: Any, request: GenerationRequest, size: tuple[int, int], label: str, device: str, dtype: Any
+        self, family: str, base: Any, request: GenerationRequest, size: tuple[int, int], label: str, device: str,
+        dtype: Any,
     ) -> ControlRun:
-        """Flux.1 ControlNet units for the loaded Flux pipeline `base` (text-to-image at `size`): a
-        FluxControlNetPipeline on its modules and the call's arguments (backends/control_flux.py). The models
-        sit on the compute `device` whole, whatever the memory mode: the offload hooks are the base's."""
+        """ControlNet units for the loaded DiT pipeline `base` of `family` ("flux", "qwen-image"; text-to-image
+        at `size`): the family's ControlNet pipeline on its modules and the call's arguments
+        (backends/control_dit.py). The models sit on the compute `device` whole, whatever the memory mode: the
+        offload hooks are the base's."""
         units = request.controls
         if any(unit.preprocessor == IP_ADAPTER_PREPROCESSOR for unit in units):
             raise InvalidRequest(f"IP-Adapter units work with Stable Diffusion 1.x and SDXL models; {label} has none.")
         if any(unit.mode != "balanced" for unit in units):
             raise InvalidRequest(
                 "A control mode other than Balanced (A1111's prompt / ControlNet importance) works with Stable "
-                "Diffusion ControlNets only: set the Flux.1 units to Balanced."
+                f"Diffusion ControlNets only: set the {label} units to Balanced."
             )
         config = base.transformer.config
 
         def read(name: str, path: Path) -> tuple[Any, ControlInfo]:
-            return _read_flux(name, path, config, label, device, dtype)
+            return _read_dit(family, name, path, config, label, device, dtype)
 
         loaded = [self._load(unit, read) for unit in units]
         hashes = tuple(ControlHash(*names) for _, _, names in loaded)
@@ -178,9 +181,10 @@ class ControlModels:
             return ControlRun(base, {}, hashes)
         units = tuple(unit for unit, _, _ in active)
         models = [model for _, model, _ in active]
-        modes = control_flux.union_modes(units, models, [name for _, _, name in active])
+        modes = control_dit.union_modes(family, units, models, [name for _, _, name in active])
         images = [_control_image(unit, None, size, self.annotators) for unit in units]
-        return ControlRun(control_flux.pipeline(base, models), control_flux.arguments(units, images, modes), hashes)
+        pipe = control_dit.pipeline(family, base, models)
+        return ControlRun(pipe, control_dit.arguments(units, images, modes), hashes)
 
     def _load(
         self, unit: ControlUnit, read: Callable[[str, Path], tuple[Any, ControlInfo]]
@@ -207,6 +211,13 @@ class ControlModels:
 # ---------------------------------------------------------------------------------------- loading
 
 
+# The DiT families with ControlNets (control_dit.py), and what to pick for each.
+_DIT_BASES = {FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image"}
+_DIT_CONTROLNETS = {
+    FLUX: "Flux.1 ControlNets (InstantX's, Shakker-Labs' Union)", QWEN_IMAGE: "Qwen-Image ControlNets (InstantX's)",
+}  # fmt: skip
+
+
 def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tuple[Any, ControlInfo]:
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
@@ -224,8 +235,8 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
             f"{name!r} is a {info.label}, not a control model: pick a ControlNet or T2I-Adapter as the "
             f"unit's model and the {info.layout} preprocessor, which finds this network by itself."
         )
-    if info.family == FLUX:
-        raise ModelError(f"{name!r} is a {info.label}: it works with Flux.1 models, not this one.")
+    if info.family in _DIT_BASES:
+        raise ModelError(f"{name!r} is a {info.label}: it works with {_DIT_BASES[info.family]} models, not this one.")
     from safetensors.torch import load_file
 
     state = load_file(str(path))  # the header was checked above: a truncated or damaged file stopped there
@@ -245,28 +256,30 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
     return model.to(base.device).eval(), info
 
 
-def _read_flux(
-    name: str, path: Path, transformer_config: Any, label: str, device: str, dtype: Any
+def _read_dit(
+    family: str, name: str, path: Path, transformer_config: Any, label: str, device: str, dtype: Any
 ) -> tuple[Any, ControlInfo]:
     if sniff_file_type(path) != "safetensors":
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
-    if info.kind != CONTROLNET or info.family != FLUX:
+    if info.kind != CONTROLNET or info.family != family:
+        made_for = _DIT_BASES.get(info.family or "", "Stable Diffusion")
         raise InvalidRequest(
-            f"{name!r} is a {info.label or 'control model'} for Stable Diffusion: {label} takes Flux.1 ControlNets "
-            "(InstantX's, Shakker-Labs' Union)."
+            f"{name!r} is a {info.label or 'control model'} for {made_for}: {label} takes "
+            f"{_DIT_CONTROLNETS[family]}."
         )
     from safetensors.torch import load_file
 
     state = load_file(str(path))
     try:
-        model = control_flux.build(state, transformer_config)
-    except (RuntimeError, KeyError, ValueError) as error:
+        model = control_dit.build(family, state, transformer_config)
+    except (RuntimeError, KeyError, ValueError, ModelError) as error:
         raise ModelError(
-            f"The control model {name!r} ({info.label}) does not fit {label}: {_short(error)}. Pick a Flux.1 "
-            "ControlNet made for this model."
+            f"The control model {name!r} ({info.label}) does not fit {label}: {_short(error)}. Pick one of the "
+            f"{_DIT_CONTROLNETS[family]} made for this model."
         ) from None
     return model.to(device=device, dtype=dtype).eval(), info
+
 
 
 def _controlnet(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:

@@ -64,7 +64,7 @@ from diffusers.utils.torch_utils import get_module_execution_device  # noqa: E40
 from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
-from desktop.engine.backends import families  # noqa: E402
+from desktop.engine.backends import control_dit, families  # noqa: E402
 from desktop.engine.backends import families_flux2 as flux2  # noqa: E402
 from desktop.engine.backends import families_qwen_edit as qwen_edit  # noqa: E402
 from desktop.engine.backends.base import AdapterHash, GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
@@ -902,9 +902,9 @@ class DiffusersBackend:
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, C, h, w).
         device = self._key.device if self._key else "cpu"
         control = None
-        if request.controls:  # Flux.1 text-to-image (_refuse_dit_controls): its ControlNet pipeline
-            control = self._controls.prepare_dit(pipe, request, (size["width"], size["height"]), self._dit.label,
-                                                 device, pipe.vae.dtype)  # fmt: skip
+        if request.controls:  # Flux.1 or Qwen-Image text-to-image (_refuse_dit_controls): its ControlNet pipeline
+            control = self._controls.prepare_dit(self._dit.family, pipe, request, (size["width"], size["height"]),
+                                                 self._dit.label, device, pipe.vae.dtype)  # fmt: skip
             pipe = control.pipe
         every = self._preview_every
         hires = self._dit_hires_pipe(request, plan, notes)
@@ -1689,17 +1689,18 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
 
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
-    """Control units only where they run: Flux.1 ControlNets with a Flux.1 text-to-image job (control_flux.py)."""
+    """Control units only where they run: a Flux.1 or Qwen-Image text-to-image job with ControlNets of its
+    family (control_dit.py)."""
     if dit is None or not request.controls:
         return
-    if dit.family != "flux" or dit.fill:
+    if dit.family not in control_dit.CLASSES or dit.fill or qwen_edit.is_edit(dit):
         raise InvalidRequest(
-            f"Control units work with Stable Diffusion 1.x, 2.x, SDXL and Flux.1 models in Marble; {dit.label} has "
-            f"none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
+            f"Control units work with Stable Diffusion 1.x, 2.x, SDXL, Flux.1 and Qwen-Image models in Marble; "
+            f"{dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
         )  # fmt: skip
     if request.mode != "txt2img":
         raise InvalidRequest(
-            "Flux.1 ControlNets run with text-to-image in Marble so far: remove the control units for an image "
+            f"Control units run with {dit.label} for text-to-image only in Marble so far: remove them for an image "
             "to image or inpainting job."
         )
 

@@ -15,10 +15,11 @@ which kind it is and which base family it was trained for:
   as the .onnx files they ship as, annotators of the tasks "face_detector" / "face_recognizer"
   (desktop/engine/library/onnx_file.py).
 
-- Flux.1 ControlNet, diffusers layout (InstantX, Shakker-Labs, the Union models): `controlnet_x_embedder`,
-  `transformer_blocks.*` / `single_transformer_blocks.*` and `controlnet_blocks.*`; a union model adds
-  `controlnet_mode_embedder` (which kind of control image it reads). XLabs' own layout (`double_blocks.*`
-  with `input_hint_block.*`) is named and refused: diffusers has no converter for it.
+- DiT ControlNets, diffusers layout: `controlnet_x_embedder` and `controlnet_blocks.*` beside their base's
+  input layers: Flux.1's (InstantX, Shakker-Labs, the Union models) `x_embedder` + `context_embedder`, a
+  union model adding `controlnet_mode_embedder` (which kind of control image it reads); Qwen-Image's
+  (InstantX's Union) `img_in` + `txt_in`. XLabs' own Flux layout (`double_blocks.*` with
+  `input_hint_block.*`) is named and refused: diffusers has no converter for it.
 
 Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
 2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
@@ -55,8 +56,8 @@ _KIND_LABELS = {
     CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter", IP_ADAPTER: "IP-Adapter",
     IMAGE_ENCODER: "image encoder",
 }  # fmt: skip
-FLUX = "flux"
-_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1"}
+FLUX, QWEN_IMAGE = "flux", "qwen-image"
+_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image"}
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _ATTN2_TO_K = re.compile(r".*attn2\.to_k\.(weight|down)$")
 # The LDM prefix diffusers' converter strips (desktop/engine/backends/control.py feeds it the rest).
@@ -70,7 +71,7 @@ class ControlInfo:
     kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | IP_ADAPTER | IMAGE_ENCODER | ANNOTATOR
     layout: str  # "ldm" (original names) | "diffusers"
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
-    family: str | None  # "sd1" | "sd2" | "sdxl" | "flux"; None when the shapes match no released family
+    family: str | None  # "sd1" | "sd2" | "sdxl" | "flux" | "qwen-image"; None: no released family's shapes
     conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
     detail: str = ""  # an annotator's own label; "union" for a Flux ControlNet reading several kinds
 
@@ -100,9 +101,9 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     if is_image_encoder(header):
         encoder = inspect_image_encoder(header, name)
         return ControlInfo(IMAGE_ENCODER, encoder.short_name, "", None, None)
-    if is_flux_controlnet(header):
+    if (family := dit_controlnet_family(header)) is not None:
         union = "union" if "controlnet_mode_embedder.weight" in names else ""
-        return ControlInfo(CONTROLNET, "diffusers", "", FLUX, 3, union)
+        return ControlInfo(CONTROLNET, "diffusers", "", family, 3, union)
     if "pos_embed_input.weight" in names and header.has_prefix("double_blocks."):
         raise ModelError(
             f"{name} is a Flux ControlNet in XLabs' own layout, which Marble cannot read yet: use one in diffusers' "
@@ -134,9 +135,17 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     )
 
 
-def is_flux_controlnet(header: SafetensorsHeader) -> bool:
-    """A Flux.1 ControlNet in diffusers' layout: its transformer blocks would also pass for a LoRA's names."""
-    return "controlnet_x_embedder.weight" in header.tensors and header.has_prefix("controlnet_blocks.")
+def dit_controlnet_family(header: SafetensorsHeader) -> str | None:
+    """"flux" or "qwen-image" for a DiT ControlNet in diffusers' layout (whose transformer blocks would also
+    pass for a LoRA's names), else None."""
+    names = header.tensors
+    if "controlnet_x_embedder.weight" not in names or not header.has_prefix("controlnet_blocks."):
+        return None
+    if "x_embedder.weight" in names and "context_embedder.weight" in names:
+        return FLUX
+    if "img_in.weight" in names and "txt_in.weight" in names:
+        return QWEN_IMAGE
+    return None
 
 
 def inspect_onnx_control(path: Path, name: str = "this file") -> ControlInfo:

@@ -1,15 +1,22 @@
-"""Flux.1 ControlNets in diffusers' layout (InstantX's, Shakker-Labs' Union), from the control library, with a
-Flux.1 text-to-image job: detected from their tensors, shaped from them and the loaded transformer, run in
-diffusers' FluxControlNetPipeline on the loaded modules -- pixel-identical to bare diffusers with the same
-control image, weight, range and (for a union model) mode. Control models of the other family are refused
-both ways, by name."""
+"""DiT ControlNets in diffusers' layout, from the control library: Flux.1's (InstantX's, Shakker-Labs' Union)
+and Qwen-Image's (InstantX's), with a text-to-image job of their family: detected from their tensors, shaped
+from them and the loaded transformer, run in diffusers' ControlNet pipeline of the family on the loaded
+modules -- pixel-identical to bare diffusers with the same control picture, weight, range and (for a Flux
+union model) mode. Control models of another family are refused both ways, by name."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from diffusers import FluxControlNetModel, FluxControlNetPipeline, FluxMultiControlNetModel
+from diffusers import (
+    FluxControlNetModel,
+    FluxControlNetPipeline,
+    FluxMultiControlNetModel,
+    QwenImageControlNetModel,
+    QwenImageControlNetPipeline,
+    QwenImagePipeline,
+)
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -25,6 +32,7 @@ from tests.engine.test_model_families import bare_flux
 from tests.support import tiny_controls
 from tests.support.cli_runner import run_cli
 from tests.support.tiny_dit import _jitter, build_tiny_flux, save_pipeline
+from tests.support.tiny_qwen_zimage import build_tiny_qwen_image
 
 FLUX = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=3, seed=11)
 
@@ -146,7 +154,7 @@ def test_an_edit_with_a_flux_controlnet_is_refused_before_the_load(flux):
     unit = ControlUnit("edges", str(flux["picture"]))
     request = request_for(flux["folder"], controls=(unit,), init_image=str(flux["picture"]), strength=0.5, **FLUX)
     backend = make_backend(flux["home"])
-    with pytest.raises(InvalidRequest, match="Flux.1 ControlNets run with text-to-image"):
+    with pytest.raises(InvalidRequest, match="Control units run with Flux.1 dev for text-to-image only"):
         backend.load(request)
     assert backend._pipe is None
 
@@ -158,3 +166,47 @@ def test_xlabs_layout_is_named_and_refused(tmp_path):
               str(path))  # fmt: skip
     with pytest.raises(ModelError, match="XLabs' own layout"):
         inspect_control(read_safetensors_header(path), path.name)
+
+
+def tiny_qwen_controlnet(transformer, seed: int) -> QwenImageControlNetModel:
+    torch.manual_seed(seed)
+    model = QwenImageControlNetModel.from_transformer(
+        transformer, num_layers=1, attention_head_dim=16, num_attention_heads=2, load_weights_from_transformer=False
+    )
+    _jitter(model, seed)
+    with torch.no_grad():
+        for layer in (*model.controlnet_blocks, model.controlnet_x_embedder):
+            layer.weight.add_(torch.randn(layer.weight.shape) * 0.3)
+    return model.eval()
+
+
+def test_a_qwen_image_controlnet_unit_is_bare_diffusers_with_its_control_image(flux, tmp_path):
+    pipe = build_tiny_qwen_image()
+    folder = tmp_path / "qwen"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    home = flux["home"]
+    controlnet = tiny_qwen_controlnet(pipe.transformer, 3)
+    path = home.controls / "qwen-union.safetensors"
+    save_file({k: v.contiguous() for k, v in controlnet.state_dict().items()}, str(path))
+    info = inspect_control(read_safetensors_header(path))
+    assert (info.family, info.label, guess_kind(path)) == ("qwen-image", "Qwen-Image ControlNet", "control")
+    unit = ControlUnit("qwen-union", str(flux["picture"]), weight=0.7, start=0.0, end=0.8)
+    values = dict(negative_prompt="blurry", cfg_scale=4.0, steps=3, seed=11)
+    backend = make_backend(home)
+    batch, _ = run(backend, request_for(folder, controls=(unit,), **values))
+    bare = QwenImagePipeline.from_pretrained(str(folder), local_files_only=True)
+    bare = QwenImageControlNetPipeline(**bare.components, controlnet=controlnet)
+    bare.set_progress_bar_config(disable=True)
+    expected = bare(prompt="a red circle on a blue background", negative_prompt="blurry", true_cfg_scale=4.0,
+                    num_inference_steps=3, width=64, height=64, max_sequence_length=512,
+                    control_image=Image.open(flux["picture"]).convert("RGB"), controlnet_conditioning_scale=0.7,
+                    control_guidance_start=0.0, control_guidance_end=0.8,
+                    generator=torch.Generator("cpu").manual_seed(11)).images[0]  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+    plain, _ = run(backend, request_for(folder, **values))
+    assert not np.array_equal(pixels(plain.images[0]), pixels(batch.images[0]))
+    # A Flux ControlNet with Qwen-Image, and this one with Flux: refused by name.
+    with pytest.raises(InvalidRequest, match="'edges' is a Flux.1 ControlNet for Flux.1: Qwen-Image takes Qwen-Image"):
+        run(backend, request_for(folder, controls=(ControlUnit("edges", str(flux["picture"])),), **values))
+    with pytest.raises(InvalidRequest, match="'qwen-union' is a Qwen-Image ControlNet for Qwen-Image: Flux.1 dev"):
+        run(make_backend(home), request_for(flux["folder"], controls=(unit,), **FLUX))
