@@ -210,3 +210,18 @@ def test_a_qwen_image_controlnet_unit_is_bare_diffusers_with_its_control_image(f
         run(backend, request_for(folder, controls=(ControlUnit("edges", str(flux["picture"])),), **values))
     with pytest.raises(InvalidRequest, match="'qwen-union' is a Qwen-Image ControlNet for Qwen-Image: Flux.1 dev"):
         run(make_backend(home), request_for(flux["folder"], controls=(unit,), **FLUX))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")
+@pytest.mark.parametrize("mode", ["offload", "group", "sequential", "fp8"])
+def test_a_flux_controlnet_runs_in_each_offload_mode_on_cuda(flux, mode):
+    # The ControlNet stays on the GPU whole while the base's offload hooks move the rest: the same picture
+    # as with everything on the GPU, within the modes' own noise.
+    unit = ControlUnit("edges", str(flux["picture"]), weight=0.8)
+    backend = make_backend(flux["home"])
+    values = dict(controls=(unit,), device="cuda", **FLUX)
+    full, _ = run(backend, request_for(flux["folder"], memory_mode="full", **values))
+    other, _ = run(backend, request_for(flux["folder"], memory_mode=mode, **values))
+    assert backend.memory_mode == mode
+    difference = np.abs(pixels(other.images[0]).astype(int) - pixels(full.images[0]).astype(int))
+    assert difference.mean() < (1.5 if mode == "fp8" else 0.5)
