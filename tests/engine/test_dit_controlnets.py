@@ -6,10 +6,14 @@ union model) mode. Control models of another family are refused both ways, by na
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 from diffusers import (
+    FluxControlNetImg2ImgPipeline,
+    FluxControlNetInpaintPipeline,
     FluxControlNetModel,
     FluxControlNetPipeline,
     FluxMultiControlNetModel,
@@ -150,11 +154,47 @@ def test_control_models_of_the_other_family_are_refused_both_ways(flux, tmp_path
         run(make_backend(home), request_for(tiny_sd15_dir, controls=(flux_unit,), steps=2))
 
 
-def test_an_edit_with_a_flux_controlnet_is_refused_before_the_load(flux):
-    unit = ControlUnit("edges", str(flux["picture"]))
-    request = request_for(flux["folder"], controls=(unit,), init_image=str(flux["picture"]), strength=0.5, **FLUX)
+def test_flux_img2img_and_inpaint_with_a_controlnet_are_bare_diffusers(flux, tmp_path):
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "source.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 16:56] = 255
+    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
+    source = Image.open(tmp_path / "source.png").convert("RGB")
+    unit = ControlUnit("edges", str(flux["picture"]), weight=0.8)
     backend = make_backend(flux["home"])
-    with pytest.raises(InvalidRequest, match="Control units run with Flux.1 dev for text-to-image only"):
+    base = bare_flux(flux["folder"])
+    for cls, extra in ((FluxControlNetImg2ImgPipeline, {}), (FluxControlNetInpaintPipeline,
+                                                          {"mask": str(tmp_path / "mask.png")})):  # fmt: skip
+        request = request_for(flux["folder"], controls=(unit,), init_image=str(tmp_path / "source.png"),
+                              strength=0.75, mask_blur=0, **FLUX, **extra)  # fmt: skip
+        batch, steps = run(backend, request)
+        parts = {k: v for k, v in base.components.items() if k in inspect.signature(cls.__init__).parameters}
+        pipe = cls(**parts, controlnet=flux["models"]["edges"])
+        pipe.set_progress_bar_config(disable=True)
+        masks = {"mask_image": Image.open(tmp_path / "mask.png").convert("L")} if extra else {}
+        out = pixels(pipe(prompt="a red circle on a blue background", image=source, strength=0.75,
+                          num_inference_steps=3, width=64, height=64, guidance_scale=3.5,
+                          control_image=Image.open(flux["picture"]).convert("RGB"), controlnet_conditioning_scale=0.8,
+                          generator=torch.Generator("cpu").manual_seed(11), **masks).images[0])  # fmt: skip
+        if extra:  # Marble keeps the source's own pixels outside the mask
+            out = np.where(mask[..., None] == 255, out, pixels(source))
+        assert np.array_equal(pixels(batch.images[0]), out), cls.__name__
+    # These pipelines have no true CFG: a negative prompt is said to be ignored, not passed to fail.
+    negative = request_for(flux["folder"], controls=(unit,), init_image=str(tmp_path / "source.png"), strength=0.75,
+                           **(FLUX | {"negative_prompt": "blurry"}))  # fmt: skip
+    batch, _ = run(backend, negative)
+    assert any("negative prompt was ignored" in note for note in batch.notes), batch.notes
+
+
+def test_a_qwen_image_edit_with_a_controlnet_is_refused_before_the_load(flux, tmp_path):
+    pipe = build_tiny_qwen_image()
+    folder = tmp_path / "qwen"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    unit = ControlUnit("edges", str(flux["picture"]))
+    request = request_for(folder, controls=(unit,), init_image=str(flux["picture"]), strength=0.5, cfg_scale=4.0)
+    backend = make_backend(flux["home"])
+    with pytest.raises(InvalidRequest, match="Control units run with Qwen-Image for text-to-image only"):
         backend.load(request)
     assert backend._pipe is None
 

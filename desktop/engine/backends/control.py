@@ -153,13 +153,13 @@ class ControlModels:
         return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
 
     def prepare_dit(
-        self, family: str, base: Any, request: GenerationRequest, size: tuple[int, int], label: str, device: str,
-        dtype: Any,
+        self, family: str, base: Any, request: GenerationRequest, plan: EditPlan | None, size: tuple[int, int],
+        label: str, device: str, dtype: Any,
     ) -> ControlRun:
-        """ControlNet units for the loaded DiT pipeline `base` of `family` ("flux", "qwen-image"; text-to-image
-        at `size`): the family's ControlNet pipeline on its modules and the call's arguments
-        (backends/control_dit.py). The models sit on the compute `device` whole, whatever the memory mode: the
-        offload hooks are the base's."""
+        """ControlNet units for the loaded DiT pipeline `base` of `family` ("flux", "qwen-image"), for a job at
+        `size` (an edit's `plan` when it is one): the family's ControlNet pipeline for the job's mode on its
+        modules and the call's arguments (backends/control_dit.py). The models sit on the compute `device`
+        whole, whatever the memory mode: the offload hooks are the base's."""
         units = request.controls
         if any(unit.preprocessor == IP_ADAPTER_PREPROCESSOR for unit in units):
             raise InvalidRequest(f"IP-Adapter units work with Stable Diffusion 1.x and SDXL models; {label} has none.")
@@ -182,8 +182,8 @@ class ControlModels:
         units = tuple(unit for unit, _, _ in active)
         models = [model for _, model, _ in active]
         modes = control_dit.union_modes(family, units, models, [name for _, _, name in active])
-        images = [_control_image(unit, None, size, self.annotators) for unit in units]
-        pipe = control_dit.pipeline(family, base, models)
+        images = [_control_image(unit, plan, size, self.annotators) for unit in units]
+        pipe = control_dit.pipeline(family, request.mode, base, models)
         return ControlRun(pipe, control_dit.arguments(units, images, modes), hashes)
 
     def _load(

@@ -1,5 +1,6 @@
-"""ControlNets for the diffusion transformers, in diffusers' layout: Flux.1's (InstantX's, Shakker-Labs' Union)
-and Qwen-Image's (InstantX's Union), for a loaded pipeline of their family.
+"""ControlNets for the diffusion transformers, in diffusers' layout: Flux.1's (InstantX's, Shakker-Labs' Union;
+text-to-image, image-to-image and inpainting) and Qwen-Image's (InstantX's Union; text-to-image), for a
+loaded pipeline of their family.
 
 A model is shaped from its own tensors (how many blocks, whether it embeds the guidance, which kinds of control
 image a union model tells apart) and from the loaded transformer's config (the width, the heads, the rotary
@@ -33,13 +34,24 @@ UNION_MODES = {"canny": 0, "tile": 1, "depth_anything": 2, "depth_midas": 2, "op
 class _Classes:
     model: str  # diffusers' ControlNet model class
     several: str  # the class that runs several of them together
-    pipeline: str  # the text-to-image pipeline with ControlNets
+    pipelines: dict[str, str]  # the pipeline with ControlNets for each mode ("txt2img", "img2img", "inpaint")
 
 
 CLASSES = {
-    FLUX: _Classes("FluxControlNetModel", "FluxMultiControlNetModel", "FluxControlNetPipeline"),
-    QWEN_IMAGE: _Classes("QwenImageControlNetModel", "QwenImageMultiControlNetModel", "QwenImageControlNetPipeline"),
-}
+    FLUX: _Classes("FluxControlNetModel", "FluxMultiControlNetModel", {
+        "txt2img": "FluxControlNetPipeline", "img2img": "FluxControlNetImg2ImgPipeline",
+        "inpaint": "FluxControlNetInpaintPipeline",
+    }),
+    # Qwen-Image's ControlNet inpainting pipeline wants InstantX's inpainting ControlNet (a mask input), which
+    # is another model: text-to-image only.
+    QWEN_IMAGE: _Classes("QwenImageControlNetModel", "QwenImageMultiControlNetModel",
+                         {"txt2img": "QwenImageControlNetPipeline"}),
+}  # fmt: skip
+
+
+def runs(family: str, mode: str) -> bool:
+    """Whether Marble runs `family`'s ControlNets for a job of `mode`."""
+    return family in CLASSES and mode in CLASSES[family].pipelines
 
 
 def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
@@ -105,13 +117,13 @@ def union_modes(
     return modes
 
 
-def pipeline(family: str, base: Any, models: Sequence[Any]) -> Any:
-    """The family's ControlNet pipeline on the loaded pipeline's modules, with one model or several."""
+def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
+    """The family's ControlNet pipeline for `mode` on the loaded pipeline's modules, with one model or several."""
     import diffusers
 
     classes = CLASSES[family]
     controlnet = models[0] if len(models) == 1 else getattr(diffusers, classes.several)(list(models))
-    cls = getattr(diffusers, classes.pipeline)
+    cls = getattr(diffusers, classes.pipelines[mode])
     accepted = inspect.signature(cls.__init__).parameters
     pipe = cls(**{key: module for key, module in base.components.items() if key in accepted}, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)

@@ -19,6 +19,7 @@ import contextlib  # noqa: E402
 import functools  # noqa: E402
 import gc  # noqa: E402
 import hashlib  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -26,7 +27,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable, Iterator, Sequence  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -902,9 +903,10 @@ class DiffusersBackend:
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, C, h, w).
         device = self._key.device if self._key else "cpu"
         control = None
-        if request.controls:  # Flux.1 or Qwen-Image text-to-image (_refuse_dit_controls): its ControlNet pipeline
-            control = self._controls.prepare_dit(self._dit.family, pipe, request, (size["width"], size["height"]),
-                                                 self._dit.label, device, pipe.vae.dtype)  # fmt: skip
+        if request.controls:  # Flux.1 or Qwen-Image (_refuse_dit_controls): the family's ControlNet pipeline
+            control = self._controls.prepare_dit(self._dit.family, self._pipe, request, plan,
+                                                 (size["width"], size["height"]), self._dit.label, device,
+                                                 pipe.vae.dtype)  # fmt: skip
             pipe = control.pipe
         every = self._preview_every
         hires = self._dit_hires_pipe(request, plan, notes)
@@ -926,6 +928,9 @@ class DiffusersBackend:
                 arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
                 if control is not None:
                     arguments |= control.arguments
+                    dropped = _unaccepted(pipe, arguments, ("negative_prompt", "true_cfg_scale"))
+                    if dropped and batch_index == 0:
+                        notes.append(f"{type(pipe).__name__} has no true CFG: the negative prompt was ignored.")
                 if plan is None and request.varies_noise:
                     shape, cell, pack = families.noise_layout(pipe, self._dit, width, height)
                     arguments["latents"] = pack(_variation_noise(request, seeds, shape, cell)).to(pipe.vae.dtype)
@@ -1614,6 +1619,15 @@ def _lora_weights_to(transformer: Any, dtype: Any) -> None:
             parameter.data = parameter.data.to(dtype)
 
 
+def _unaccepted(pipe: Any, arguments: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """Removes from `arguments` those of `names` the pipeline's call does not take; returns them."""
+    accepted = inspect.signature(pipe.__call__).parameters
+    dropped = [name for name in names if name in arguments and name not in accepted]
+    for name in dropped:
+        del arguments[name]
+    return dropped
+
+
 def _dit_ignored_notes(request: GenerationRequest, label: str, edit: bool) -> list[str]:
     """What a DiT job leaves out of the request, said once rather than silently."""
     notes = []
@@ -1698,7 +1712,7 @@ def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
             f"Control units work with Stable Diffusion 1.x, 2.x, SDXL, Flux.1 and Qwen-Image models in Marble; "
             f"{dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
         )  # fmt: skip
-    if request.mode != "txt2img":
+    if not control_dit.runs(dit.family, request.mode):
         raise InvalidRequest(
             f"Control units run with {dit.label} for text-to-image only in Marble so far: remove them for an image "
             "to image or inpainting job."
