@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.backends.hires import BUILT_IN_UPSCALERS
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from desktop.engine.library.few_step import FEW_STEP_KINDS
-from desktop.engine.library.native_size import family_defaults, is_dit_family
+from desktop.engine.library.native_size import family_defaults, is_dit_family, takes_controls
 from desktop.engine.quantised_support import QuantisedSupport, detect_quantised_support
 from desktop.engine.request import (
     BITSANDBYTES_MEMORY_MODES,
@@ -193,6 +193,7 @@ class ParameterPanel(QWidget):
         self._sized_for = ""  # the model whose native size the size fields were last set for
         self._families: dict[str, str] = {}  # model name -> family ("sd1", "flux-dev", ...)
         self._unet_settings = True  # the chosen model takes seamless tiling and fast mode (not a DiT)
+        self._controls_taken = True  # the chosen model takes control units (not a DiT without ControlNets)
         self._component_models: frozenset[str] = frozenset()  # transformer-only files: need text encoders
         # Models that read reference images -> how many; None until the models folder has been scanned.
         self._reference_limits: dict[str, int] | None = None
@@ -731,6 +732,11 @@ class ParameterPanel(QWidget):
         not carry the pictures picked for another model (they stay listed for when it comes back)."""
         return self._reference_limits is not None and not self._reference_limits.get(self.selected_model())
 
+    def ignores_controls(self) -> bool:
+        """Whether the chosen model takes no control units (a DiT without ControlNets in Marble): the list is
+        greyed out and a job must not carry its units (they stay, for the next model that takes them)."""
+        return not self._controls_taken
+
     def ignores_unet_settings(self) -> bool:
         """Whether the chosen model is a diffusion transformer: seamless tiling and fast mode are greyed out and
         a job must not ask for them (the ticks stay, for when an SD model is chosen again)."""
@@ -739,6 +745,11 @@ class ParameterPanel(QWidget):
     def _show_family_rows(self) -> None:
         family = self._families.get(self.selected_model())
         self._unet_settings = not is_dit_family(family)
+        self._controls_taken = takes_controls(family)
+        self.control_list.setEnabled(self._controls_taken)
+        self.control_list.setToolTip("" if self._controls_taken else self.tr(
+            "Control units work with Stable Diffusion, Flux.1 and Qwen-Image models; the chosen model has none"
+        ))  # fmt: skip
         for check, own in ((self.tiling_check, self._tiling_tip), (self.fast_check, self._fast_tip)):
             check.setEnabled(self._unet_settings)
             check.setToolTip(own if self._unet_settings else self.tr(

@@ -1569,6 +1569,10 @@ then press ⟳.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Control units work with Stable Diffusion, Flux.1 and Qwen-Image models; the chosen model has none</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Stable Diffusion 1.x, 2.x and SDXL models only: the chosen model is a diffusion transformer</source>
         <translation type="unfinished"></translation>
     </message>

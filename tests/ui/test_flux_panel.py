@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from desktop.engine.paths import AppPaths
+from desktop.engine.request import ControlUnit
 from tests.support.fake_backend import FakeBackend
 from tests.ui.conftest import TIMEOUT_MS
 from tests.ui.test_session_memory import pick, unet_folder
@@ -147,5 +148,29 @@ def test_seamless_tiling_and_fast_mode_are_off_for_a_dit_and_come_back_for_a_une
         qtbot.waitUntil(lambda: panel.tiling_check.isEnabled(), timeout=TIMEOUT_MS)
         request = window.current_request()
         assert request.tiling and request.fast_mode and "wraps" in panel.tiling_check.toolTip()
+    finally:
+        close_window(window, controller)
+
+
+def test_control_units_are_greyed_for_a_dit_without_controlnets_and_kept(qtbot, tmp_path: Path) -> None:
+    # Flux.2 has no ControlNets in Marble (the backend refuses its units); Flux.1 and SD models take them.
+    home = tmp_path / "home"
+    models = AppPaths.for_root(home).ensure().models
+    flux_folder(models, "zz-flux-dev", dev=True)
+    flux2_folder(models, "zz-flux2-dev", dev=True)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    unit = ControlUnit("edges", str(tmp_path / "edges.png"))
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux2-dev") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux-dev")
+        panel.control_list.set_controls((unit,))
+        assert panel.control_list.isEnabled() and window.current_request().controls == (unit,)
+        pick(panel.model_combo, "zz-flux2-dev")
+        qtbot.waitUntil(lambda: not panel.control_list.isEnabled(), timeout=TIMEOUT_MS)
+        assert "has none" in panel.control_list.toolTip() and window.current_request().controls == ()
+        pick(panel.model_combo, "zz-flux-dev")
+        qtbot.waitUntil(panel.control_list.isEnabled, timeout=TIMEOUT_MS)
+        assert window.current_request().controls == (unit,)
     finally:
         close_window(window, controller)

@@ -125,6 +125,12 @@ def is_dit_family(family: str | None) -> bool:
     return bool(family) and family.startswith(("flux", "sd3", "chroma", "qwen-image", "z-image"))
 
 
+def takes_controls(family: str | None) -> bool:
+    """Whether Marble runs control units with the family: the UNet families, and the DiTs with ControlNets
+    (Flux.1, Qwen-Image: backends/control_dit.py). True for an unknown model."""
+    return not is_dit_family(family) or family in ("flux-dev", "flux-schnell", "qwen-image")
+
+
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
 # schnell is distilled to 4 steps without guidance (BFL's reference settings).
 # Qwen-Image's CFG is true CFG at 4 in Qwen's examples; 7.5 burns its images. Flux.2 Klein (4B and 9B) is
