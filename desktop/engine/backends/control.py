@@ -27,6 +27,8 @@ How a request's units run:
   by a forward hook on that unit's ControlNet. T2I-Adapters run balanced only.
 - Control-LoRAs (Stability's "control-lora": LoRA pairs over the base UNet's encoder plus the ControlNet's
   own tensors) become a plain ControlNetModel on the loaded UNet (backends/control_lora.py) and run like one.
+- Flux.1 and Qwen-Image ControlNets (`prepare_dit`): shaped and run by backends/control_dit.py, on the loaded
+  DiT's modules; balanced only. Each family's ControlNets are refused for any other family, by name.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class ControlModels:
         units = tuple(unit for unit in request.controls if unit.preprocessor != IP_ADAPTER_PREPROCESSOR)
         if not units:
             return None
+
         def read(name: str, path: Path) -> tuple[Any, ControlInfo]:
             return _read(name, path, base, self._own_weights())
 
@@ -279,7 +282,6 @@ def _read_dit(
             f"{_DIT_CONTROLNETS[family]} made for this model."
         ) from None
     return model.to(device=device, dtype=dtype).eval(), info
-
 
 
 def _controlnet(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:

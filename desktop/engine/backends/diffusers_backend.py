@@ -1703,8 +1703,8 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
 
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
-    """Control units only where they run: a Flux.1 or Qwen-Image text-to-image job with ControlNets of its
-    family (control_dit.py)."""
+    """Control units only where they run: ControlNets of the model's family, for a Flux.1 job of any mode or a
+    Qwen-Image text-to-image job (control_dit.py)."""
     if dit is None or not request.controls:
         return
     if dit.family not in control_dit.CLASSES or dit.fill or qwen_edit.is_edit(dit):
