@@ -18,6 +18,7 @@ from desktop.engine.library.native_size import is_dit_family, model_family
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.edit_inputs import source_and_mask
 from tests.support.tiny_chroma import build_tiny_chroma, save_chroma_file
 from tests.support.tiny_dit import config_folder, save_pipeline
 
@@ -127,12 +128,7 @@ def test_chroma_all_in_one_file_uses_its_own_t5_and_vae(paths, chroma):
 
 def test_chroma_img2img_and_inpaint_match_bare_diffusers(paths, chroma, tmp_path):
     # Refused before ("text-to-image only so far") though diffusers has both pipelines.
-    rng = np.random.default_rng(4)
-    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "source.png")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[16:40, 12:48] = 255
-    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
-    source = Image.open(tmp_path / "source.png").convert("RGB")
+    _, _, source, mask = source_and_mask(tmp_path, (12, 16, 48, 40), seed=4)
     backend = make_backend(paths)
     base = bare_chroma(chroma["folder"])
     # diffusers 0.42's ChromaInpaintPipeline reads `guidance_embeds` from the transformer's config, which

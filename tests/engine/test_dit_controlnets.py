@@ -35,6 +35,7 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.engine.test_model_families import bare_flux
 from tests.support import tiny_controls
 from tests.support.cli_runner import run_cli
+from tests.support.edit_inputs import source_and_mask
 from tests.support.tiny_dit import _jitter, build_tiny_flux, save_pipeline
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image
 
@@ -155,12 +156,7 @@ def test_control_models_of_the_other_family_are_refused_both_ways(flux, tmp_path
 
 
 def test_flux_img2img_and_inpaint_with_a_controlnet_are_bare_diffusers(flux, tmp_path):
-    rng = np.random.default_rng(5)
-    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "source.png")
-    mask = np.zeros((64, 64), np.uint8)
-    mask[8:40, 16:56] = 255
-    Image.fromarray(mask, "L").save(tmp_path / "mask.png")
-    source = Image.open(tmp_path / "source.png").convert("RGB")
+    _, _, source, mask = source_and_mask(tmp_path, (16, 8, 56, 40), seed=5)
     unit = ControlUnit("edges", str(flux["picture"]), weight=0.8)
     backend = make_backend(flux["home"])
     base = bare_flux(flux["folder"])

@@ -54,12 +54,14 @@ from desktop.engine.library.control import (
     ANNOTATOR,
     CONTROL_LORA,
     CONTROLNET,
+    DIT_CONTROLNET_FAMILIES,
     FLUX,
     IMAGE_ENCODER,
     IP_ADAPTER,
     QWEN_IMAGE,
     T2I_ADAPTER,
     ControlInfo,
+    family_label,
     inspect_control,
 )
 from desktop.engine.library.lora import AdapterCatalog
@@ -214,8 +216,7 @@ class ControlModels:
 # ---------------------------------------------------------------------------------------- loading
 
 
-# The DiT families with ControlNets (control_dit.py), and what to pick for each.
-_DIT_BASES = {FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image"}
+# What to pick for each DiT family with ControlNets (control_dit.py).
 _DIT_CONTROLNETS = {
     FLUX: "Flux.1 ControlNets (InstantX's, Shakker-Labs' Union)", QWEN_IMAGE: "Qwen-Image ControlNets (InstantX's)",
 }  # fmt: skip
@@ -238,8 +239,8 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
             f"{name!r} is a {info.label}, not a control model: pick a ControlNet or T2I-Adapter as the "
             f"unit's model and the {info.layout} preprocessor, which finds this network by itself."
         )
-    if info.family in _DIT_BASES:
-        raise ModelError(f"{name!r} is a {info.label}: it works with {_DIT_BASES[info.family]} models, not this one.")
+    if info.family in DIT_CONTROLNET_FAMILIES:
+        raise ModelError(f"{name!r} is a {info.label}: it works with {family_label(info.family)} models, not this one.")
     from safetensors.torch import load_file
 
     state = load_file(str(path))  # the header was checked above: a truncated or damaged file stopped there
@@ -266,7 +267,7 @@ def _read_dit(
         raise ModelError(f"The control model {name!r} is not a safetensors file; import it again.")
     info = inspect_control(read_safetensors_header(path, name=name), name)
     if info.kind != CONTROLNET or info.family != family:
-        made_for = _DIT_BASES.get(info.family or "", "Stable Diffusion")
+        made_for = family_label(info.family) if info.family in DIT_CONTROLNET_FAMILIES else "Stable Diffusion"
         raise InvalidRequest(
             f"{name!r} is a {info.label or 'control model'} for {made_for}: {label} takes "
             f"{_DIT_CONTROLNETS[family]}."

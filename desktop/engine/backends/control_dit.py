@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.control import FLUX, QWEN_IMAGE
 from desktop.engine.request import ControlUnit
 
-FLUX, QWEN_IMAGE = "flux", "qwen-image"
 # InstantX's Flux union modes, keyed by the Marble preprocessor that makes each kind of control image.
 UNION_MODES = {"canny": 0, "tile": 1, "depth_anything": 2, "depth_midas": 2, "openpose": 4}
 

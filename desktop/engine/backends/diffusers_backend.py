@@ -625,7 +625,7 @@ class DiffusersBackend:
         mode = choose_mode(request.memory_mode, device, width, height, *_memory_budget(pipe, device))
         run_notes: list[str] = []
         if request.varies_noise and plan is not None:
-            run_notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
+            run_notes.append(_VARIATION_IGNORED)
         if request.hires_fix and plan is not None:
             run_notes.append("The hires fix applies to text-to-image only (as in A1111); it was ignored.")
         if request.refiner and (self._family != "sdxl" or plan is not None):
@@ -1628,6 +1628,10 @@ def _unaccepted(pipe: Any, arguments: dict[str, Any], names: Sequence[str]) -> l
     return dropped
 
 
+# Said for an edit asking for A1111's variation seed or seed resize, by the UNet and the DiT paths alike.
+_VARIATION_IGNORED = "Variation seed and seed resize apply to text-to-image only; they were ignored."
+
+
 def _dit_ignored_notes(request: GenerationRequest, label: str, edit: bool) -> list[str]:
     """What a DiT job leaves out of the request, said once rather than silently."""
     notes = []
@@ -1638,7 +1642,7 @@ def _dit_ignored_notes(request: GenerationRequest, label: str, edit: bool) -> li
             "library goes with text encoders from it, for a file holding the transformer only."
         )
     if request.varies_noise and edit:
-        notes.append("Variation seed and seed resize apply to text-to-image only; they were ignored.")
+        notes.append(_VARIATION_IGNORED)
     if request.tiling:
         # Seamless tiling wraps the UNet's convolutions around the edges; a DiT's attention has no edges to wrap.
         notes.append(f"Seamless tiling works with the Stable Diffusion 1.x, 2.x and SDXL models only; {label} "

@@ -57,7 +57,13 @@ _KIND_LABELS = {
     IMAGE_ENCODER: "image encoder",
 }  # fmt: skip
 FLUX, QWEN_IMAGE = "flux", "qwen-image"
+DIT_CONTROLNET_FAMILIES = (FLUX, QWEN_IMAGE)  # the DiTs whose ControlNets Marble runs (backends/control_dit.py)
 _FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image"}
+
+
+def family_label(family: str | None) -> str:
+    """How a control model's base family is shown ("SD 1.x", "Flux.1" ...); "" when unknown."""
+    return _FAMILY_LABELS.get(family or "", "")
 _WIDTH_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _ATTN2_TO_K = re.compile(r".*attn2\.to_k\.(weight|down)$")
 # The LDM prefix diffusers' converter strips (desktop/engine/backends/control.py feeds it the rest).
@@ -79,7 +85,7 @@ class ControlInfo:
     def label(self) -> str:
         if self.kind == ANNOTATOR:
             return self.detail
-        base = _FAMILY_LABELS.get(self.family or "", "")
+        base = family_label(self.family)
         kind = _KIND_LABELS[self.kind]
         if self.kind == IP_ADAPTER:
             kind = variant_label(self.layout)
