@@ -25,6 +25,7 @@ MODULES: Mapping[str, str] = {
     "scribble_thr": "scribble", "scribble": "scribble", "invert": "scribble",
     "tile_resample": "tile", "tile": "tile",
     "inpaint_only": "inpaint", "inpaint": "inpaint",
+    "blur_gaussian": "blur", "blur": "blur", "recolor_luminance": "gray", "gray": "gray",
     # Learned preprocessors: the network the user imported into the control library (annotators.py).
     "depth_anything": "depth", "depth_anything_v2": "depth", "depth_midas": "depth", "depth": "depth",
     "lineart_realistic": "lineart", "lineart": "lineart",

@@ -22,13 +22,13 @@ from PIL import Image, ImageFilter
 
 from desktop.engine.errors import InvalidRequest
 
-PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint")
+PREPROCESSORS = ("none", "canny", "softedge", "scribble", "tile", "inpaint", "blur", "gray")
 # Preprocessors that run a network from the control library (an imported annotator of that task).
 LEARNED = ("depth", "lineart", "openpose", "openpose_hand", "openpose_face", "openpose_full")
 # A1111's extension names its modules differently; these are the names it writes as "Module:".
 A1111_MODULES = {
     "none": "none", "canny": "canny", "softedge": "softedge_gradient", "scribble": "scribble_thr",
-    "tile": "tile_resample", "inpaint": "inpaint_only",
+    "tile": "tile_resample", "inpaint": "inpaint_only", "blur": "blur_gaussian", "gray": "recolor_luminance",
     "depth": "depth_anything", "lineart": "lineart_realistic", "openpose": "openpose",
     "openpose_hand": "openpose_hand", "openpose_face": "openpose_face", "openpose_full": "openpose_full",
 }  # fmt: skip
@@ -39,7 +39,7 @@ DEFAULT_THRESHOLDS = {
     "none": (-1.0, -1.0), "canny": (100.0, 200.0), "softedge": (-1.0, -1.0), "scribble": (127.0, -1.0),
     "tile": (1.0, -1.0), "inpaint": (-1.0, -1.0), "depth": (-1.0, -1.0), "lineart": (-1.0, -1.0),
     "openpose": (-1.0, -1.0), "openpose_hand": (-1.0, -1.0), "openpose_face": (-1.0, -1.0),
-    "openpose_full": (-1.0, -1.0),
+    "openpose_full": (-1.0, -1.0), "blur": (9.0, -1.0), "gray": (1.0, -1.0),
 }  # fmt: skip
 
 
@@ -82,6 +82,8 @@ def preprocess(
         "scribble": lambda: _gray3((_gray(rgb) < a).astype(np.float32)),
         "tile": lambda: _tile(rgb, a),
         "inpaint": lambda: _inpaint(rgb, mask),
+        "blur": lambda: gaussian_blur(np.asarray(rgb, dtype=np.float32), a).round() / 255.0,
+        "gray": lambda: _gray3(_luminance(rgb, a)),
     }
     return steps[name]()
 
@@ -169,6 +171,41 @@ def _tile(rgb: Image.Image, rate: float) -> np.ndarray:
     small = rgb.resize((max(1, round(rgb.width / rate)), max(1, round(rgb.height / rate))), Image.Resampling.BICUBIC)
     back = small.resize(rgb.size, Image.Resampling.BICUBIC) if small.size != rgb.size else small
     return np.asarray(back, dtype=np.float32) / 255.0
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """A1111's blur_gaussian (`cv2.GaussianBlur(image, (0, 0), sigma)` on 8-bit pixels): a separable Gaussian of
+    OpenCV's size for 8-bit images (2 * round(3 * sigma) + 1 taps), the border mirrored without repeating its
+    edge pixel (OpenCV's BORDER_REFLECT_101). `image`: (H, W, C) float32 in 0-255."""
+    sigma = max(float(sigma), 0.01)
+    radius = max(1, round(sigma * 3.0))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-(offsets**2) / (2.0 * sigma * sigma))
+    kernel = (kernel / kernel.sum()).astype(np.float32)
+    out = image
+    for axis in (0, 1):
+        side = out.shape[axis]
+        # Mirrored without the edge pixel, folding again where the kernel is wider than the image.
+        period = max(2 * (side - 1), 1)
+        index = np.abs(np.arange(-radius, side + radius)) % period
+        padded = np.take(out, np.where(index >= side, period - index, index), axis=axis)
+        total = np.zeros_like(out)
+        for tap, weight in enumerate(kernel):
+            window = np.take(padded, np.arange(tap, tap + side), axis=axis)
+            total += weight * window
+        out = total
+    return out
+
+
+def _luminance(rgb: Image.Image, gamma: float) -> np.ndarray:
+    """A1111's recolor_luminance: the L of OpenCV's 8-bit Lab (L* of the sRGB pixel, scaled to 0-255 and
+    rounded), raised to `gamma` and truncated to 8 bits as the extension does; float 0-1."""
+    srgb = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    y = linear @ np.array([0.212671, 0.715160, 0.072169])  # OpenCV's D65 sRGB -> Y row
+    lightness = np.where(y > 0.008856, 116.0 * np.cbrt(y) - 16.0, 903.3 * y)
+    l8 = np.clip(np.round(lightness * 255.0 / 100.0), 0, 255).astype(np.float32) / np.float32(255.0)
+    return np.clip(l8 ** np.float32(max(gamma, 0.01)) * np.float32(255.0), 0, 255).astype(np.uint8) / 255.0
 
 
 def _inpaint(rgb: Image.Image, mask: Image.Image | None) -> np.ndarray:

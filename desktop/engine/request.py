@@ -59,7 +59,7 @@ CONTROL_MODES = ("balanced", "prompt", "control")
 IP_ADAPTER_PREPROCESSOR = "ip-adapter"
 CONTROL_PREPROCESSORS = (
     "none", "canny", "softedge", "scribble", "tile", "inpaint", "depth", "lineart", "openpose",
-    IP_ADAPTER_PREPROCESSOR, "openpose_hand", "openpose_face", "openpose_full",
+    IP_ADAPTER_PREPROCESSOR, "openpose_hand", "openpose_face", "openpose_full", "blur", "gray",
 )
 MAX_CONTROL_UNITS = 8
 MAX_CONTROL_WEIGHT = 2.0  # A1111's slider range

@@ -12,7 +12,7 @@ unprocessed, with the tooltip "Previewed at generation".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.control_preprocess import LEARNED, Thresholds, preprocess, to_preview
 from desktop.engine.errors import MarbleError
 from desktop.engine.imaging import store_by_hash
+from desktop.engine.library.control import fits_model
 from desktop.engine.request import (
     CONTROL_MODES,
     CONTROL_PREPROCESSORS,
@@ -56,6 +57,8 @@ _PREPROCESSOR_LABELS = {
     "scribble": QT_TRANSLATE_NOOP("ControlListWidget", "Scribble"),
     "tile": QT_TRANSLATE_NOOP("ControlListWidget", "Tile (blur)"),
     "inpaint": QT_TRANSLATE_NOOP("ControlListWidget", "Inpaint"),
+    "blur": QT_TRANSLATE_NOOP("ControlListWidget", "Blur (Gaussian)"),
+    "gray": QT_TRANSLATE_NOOP("ControlListWidget", "Grayscale (luminance)"),
     IP_ADAPTER_PREPROCESSOR: QT_TRANSLATE_NOOP("ControlListWidget", "IP-Adapter (reference image)"),
     "depth": QT_TRANSLATE_NOOP("ControlListWidget", "Depth (imported model)"),
     "lineart": QT_TRANSLATE_NOOP("ControlListWidget", "Lineart (imported model)"),
@@ -281,6 +284,10 @@ class ControlListWidget(QWidget):
         self.setObjectName("control_list")
         self._names: list[str] = []
         self._ip_adapters: frozenset[str] = frozenset()
+        # Each library model's family ("sd1", "flux", "sd3" ...; None: unknown) and the chosen model's: a row
+        # offers the control models that fit it (fits_model).
+        self._families: dict[str, str | None] = {}
+        self._model_family: str | None = None
         self._rows: list[_ControlRow] = []
         self._inputs_folder: Path | None = None
         self._canvas_picture: CanvasPicture | None = None
@@ -305,16 +312,42 @@ class ControlListWidget(QWidget):
         self._inputs_folder = inputs_folder
         self._canvas_picture = canvas_picture
 
-    def set_names(self, names: Sequence[str], ip_adapters: Collection[str] = ()) -> None:
-        """The library's control models; choosing one of `ip_adapters` makes the unit an IP-Adapter unit."""
+    def set_names(
+        self, names: Sequence[str], ip_adapters: Collection[str] = (), families: Mapping[str, str | None] | None = None
+    ) -> None:
+        """The library's control models; choosing one of `ip_adapters` makes the unit an IP-Adapter unit.
+        `families`: each one's base family, so the rows offer those that fit the chosen model."""
         self._names = list(names)
         self._ip_adapters = frozenset(ip_adapters)
-        for row in self._rows:
-            row.set_names(self._names)
-        self._update_add_button()
+        self._families = dict(families or {})
+        self._refill()
+
+    def set_model_family(self, family: str | None) -> None:
+        """The chosen model's family (library/native_size.py): the rows offer the control models made for it
+        (and those of no known family). A unit keeps a model made for another family, marked as such."""
+        self._model_family = family
+        self._refill()
 
     def names(self) -> list[str]:
         return list(self._names)
+
+    def offered(self) -> list[str]:
+        """The library's control models that fit the chosen model, in the library's order."""
+        return [name for name in self._names if fits_model(self._families.get(name), self._model_family)]
+
+    def _refill(self) -> None:
+        offered = self.offered()
+        for row in self._rows:
+            row.set_names(offered)
+            self._mark_other_family(row)
+        self._update_add_button()
+
+    def _mark_other_family(self, row: _ControlRow) -> None:
+        name = row.name()
+        if name in self._names and not fits_model(self._families.get(name), self._model_family):
+            row.model_combo.setItemData(row.model_combo.currentIndex(), self.tr(
+                "Made for another kind of model than the chosen one: a job with it is refused"
+            ), Qt.ItemDataRole.ToolTipRole)  # fmt: skip
 
     def rows(self) -> int:
         return len(self._rows)
@@ -326,12 +359,14 @@ class ControlListWidget(QWidget):
         """A new unit: `unit`'s settings, or the first library model not in use yet and no image."""
         if len(self._rows) >= MAX_CONTROL_UNITS:
             return None
-        row = _ControlRow(self._names, self)
+        offered = self.offered()
+        row = _ControlRow(offered, self)
         if unit is not None:
             row.show_unit(unit)
-        elif self._names:
+            self._mark_other_family(row)
+        elif offered:
             used = {r.name() for r in self._rows}
-            row.select(next((n for n in self._names if n not in used), self._names[0]))
+            row.select(next((n for n in offered if n not in used), offered[0]))
         row.remove_button.clicked.connect(lambda: self.remove_row(row))
         row.file_button.clicked.connect(lambda: self._choose_file(row))
         row.canvas_button.clicked.connect(lambda: self.use_canvas(row))
@@ -354,8 +389,8 @@ class ControlListWidget(QWidget):
 
     def add_unit_with_image(self, path: str) -> _ControlRow | None:
         """A new unit with this control image (PNG info's "Use as control image"); None when the library
-        has no control model or all units are in use."""
-        if not self._names:
+        has no control model for the chosen model or all units are in use."""
+        if not self.offered():
             return None
         row = self.add_row()
         if row is not None:
@@ -464,10 +499,14 @@ class ControlListWidget(QWidget):
         self.problem.setVisible(bool(text))
 
     def _update_add_button(self) -> None:
-        self.add_button.setEnabled(bool(self._names) and len(self._rows) < MAX_CONTROL_UNITS)
+        self.add_button.setEnabled(bool(self.offered()) and len(self._rows) < MAX_CONTROL_UNITS)
         if not self._names:
             self.add_button.setToolTip(
                 self.tr("No control models in the library yet: import some with File ▸ Library…"))
+        elif not self.offered():
+            self.add_button.setToolTip(self.tr(
+                "No control models in the library are made for the chosen model: import some with File ▸ Library…"
+            ))
         else:
             self.add_button.setToolTip(self.tr("Guide the composition with a control image (ControlNet, T2I-Adapter)"))
 

@@ -746,9 +746,10 @@ class ParameterPanel(QWidget):
         family = self._families.get(self.selected_model())
         self._unet_settings = not is_dit_family(family)
         self._controls_taken = takes_controls(family)
+        self.control_list.set_model_family(family)  # its rows offer the control models made for it
         self.control_list.setEnabled(self._controls_taken)
         self.control_list.setToolTip("" if self._controls_taken else self.tr(
-            "Control units work with Stable Diffusion, Flux.1 and Qwen-Image models; the chosen model has none"
+            "Control units work with Stable Diffusion, SD3, Flux.1, Qwen-Image and Z-Image models, not the chosen one"
         ))  # fmt: skip
         for check, own in ((self.tiling_check, self._tiling_tip), (self.fast_check, self._fast_tip)):
             check.setEnabled(self._unet_settings)

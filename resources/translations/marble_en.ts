@@ -477,6 +477,14 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Blur (Gaussian)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Grayscale (luminance)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>IP-Adapter (reference image)</source>
         <translation type="unfinished"></translation>
     </message>
@@ -521,6 +529,10 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Made for another kind of model than the chosen one: a job with it is refused</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Show a finished image on the canvas first, or choose a file.</source>
         <translation type="unfinished"></translation>
     </message>
@@ -546,6 +558,10 @@
     </message>
     <message>
         <source>No control models in the library yet: import some with File ▸ Library…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>No control models in the library are made for the chosen model: import some with File ▸ Library…</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -1569,7 +1585,7 @@ then press ⟳.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Control units work with Stable Diffusion, Flux.1 and Qwen-Image models; the chosen model has none</source>
+        <source>Control units work with Stable Diffusion, SD3, Flux.1, Qwen-Image and Z-Image models, not the chosen one</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

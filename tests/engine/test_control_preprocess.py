@@ -88,4 +88,42 @@ def test_unknown_names_are_refused_and_a1111_modules_map_back():
     assert [preprocessor_from_module(n) for n in ("canny", "softedge_gradient", "tile_resample", "scribble_hed")] == [
         "canny", "softedge", "tile", None
     ]
-    assert set(PREPROCESSORS) == {"none", "canny", "softedge", "scribble", "tile", "inpaint"}
+    assert set(PREPROCESSORS) == {"none", "canny", "softedge", "scribble", "tile", "inpaint", "blur", "gray"}
+    assert [preprocessor_from_module(n) for n in ("blur_gaussian", "recolor_luminance")] == ["blur", "gray"]
+
+
+def photo(seed: int = 1) -> np.ndarray:
+    """Seeded noise with a flat red block and a few pure colours: every branch of the colour maths."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    pixels[5:20, 10:30] = (250, 30, 60)
+    pixels[0, :6] = [(0, 0, 0), (255, 255, 255), (255, 0, 0), (0, 255, 0), (0, 0, 255), (3, 3, 3)]
+    return pixels
+
+
+@pytest.mark.parametrize("sigma", [0.5, 2.0, 9.0, 30.0])  # 30: the kernel is wider than the picture's height
+def test_blur_is_opencvs_gaussian_blur_as_a1111_runs_it(sigma):
+    import cv2  # the reference A1111's blur_gaussian calls; a test-only dependency
+
+    pixels = photo()
+    ours = preprocess("blur", Image.fromarray(pixels), None, Thresholds(sigma, -1.0)) * 255.0
+    expected = cv2.GaussianBlur(pixels, (0, 0), sigma).astype(np.float32)
+    difference = np.abs(ours - expected)  # OpenCV's 8-bit path is fixed point: a level here and there
+    assert difference.max() <= 2.0 and difference.mean() < 0.4, (difference.max(), difference.mean())
+    # The default is A1111's sigma 9.
+    assert np.array_equal(preprocess("blur", Image.fromarray(pixels)), preprocess(
+        "blur", Image.fromarray(pixels), None, Thresholds(9.0, -1.0)))
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.6, 2.2])
+def test_gray_is_the_l_of_opencvs_lab_raised_to_the_gamma_as_a1111_runs_it(gamma):
+    import cv2
+
+    pixels = photo()
+    ours = preprocess("gray", Image.fromarray(pixels), None, Thresholds(gamma, -1.0))
+    assert np.array_equal(ours[..., 0], ours[..., 2])  # grey: three equal channels
+    lightness = cv2.cvtColor(pixels, cv2.COLOR_RGB2LAB)[:, :, 0].astype(np.float32) / 255.0
+    expected = (lightness**gamma * 255.0).clip(0, 255).astype(np.uint8)
+    difference = np.abs(ours[..., 0] * 255.0 - expected)  # OpenCV's Lab is tabulated: a level here and there
+    assert difference.max() <= 3.0 and difference.mean() < 0.2, (difference.max(), difference.mean())
+    # Black, white and pure red, worked by hand: L* 0, 100 and 53.24 (-> 136 of 255).
+    assert [round(ours[0, i, 0] * 255) for i in range(3)] == [0, 255, round((136 / 255) ** gamma * 255 - 0.5)]

@@ -353,3 +353,30 @@ def test_an_inpainting_model_takes_a_controlnet_in_image_to_image(home, tiny_sd1
     controlled = request_for(tiny_sd15_inpaint_dir, init_image=str(source), strength=0.8,
                              controls=(ControlUnit("edges", str(control_image)),))  # fmt: skip
     assert np.abs(image_of(backend, controlled) - image_of(backend, plain_edit)).mean() > 0.5
+
+
+def test_controlnet_units_act_in_both_passes_of_the_hires_fix(backend, tiny_sd15_dir, controlnets, control_image):
+    # A1111 runs ControlNet in the hires pass too, its control image at the hires size; T2I-Adapters have no
+    # image-to-image pipeline in diffusers and act in the first pass only.
+    unit = ControlUnit("edges", str(control_image), weight=0.8, end=0.8)
+    hires = dict(hires_fix=True, hires_scale=2.0, hires_steps=4, hires_denoise=0.6)
+    request = request_for(tiny_sd15_dir, controls=(unit,), **hires)
+    ours = image_of(backend, request)
+    assert ours.shape == (128, 128, 3)
+    control = dict(controlnet_conditioning_scale=0.8, control_guidance_end=0.8)
+    first = plain(StableDiffusionControlNetPipeline, tiny_sd15_dir, controlnet=controlnets[0])
+    latents = first(prompt=request.prompt, num_inference_steps=STEPS, guidance_scale=7.0, width=64, height=64,
+                    image=Image.open(control_image).convert("RGB"), generator=torch.Generator("cpu").manual_seed(7),
+                    output_type="latent", **control).images  # fmt: skip
+    upscaled = torch.nn.functional.interpolate(latents, size=(16, 16), mode="bilinear", antialias=False)
+    second = StableDiffusionControlNetImg2ImgPipeline(**first.components)
+    second.scheduler = type(first.scheduler).from_config(first.scheduler.config)
+    second.set_progress_bar_config(disable=True)
+    big = Image.open(control_image).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)
+    expected = second(prompt=request.prompt, num_inference_steps=4, guidance_scale=7.0, image=upscaled,
+                      strength=0.6, control_image=big, generator=torch.Generator("cpu").manual_seed(7),
+                      **control).images[0]  # fmt: skip
+    assert np.array_equal(ours, np.asarray(expected.convert("RGB")).astype(np.int16))
+    # Without the unit, another picture.
+    without = image_of(backend, request_for(tiny_sd15_dir, **hires))
+    assert np.abs(ours - without).mean() > 1.0

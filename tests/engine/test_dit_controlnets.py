@@ -7,6 +7,7 @@ union model) mode. Control models of another family are refused both ways, by na
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import save_file
 
+from desktop.engine.backends import control_dit
 from desktop.engine.control_preprocess import preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
@@ -36,6 +38,7 @@ from tests.engine.test_model_families import bare_flux
 from tests.support import tiny_controls
 from tests.support.cli_runner import run_cli
 from tests.support.edit_inputs import source_and_mask
+from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import _jitter, build_tiny_flux, save_pipeline
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image
 
@@ -135,6 +138,17 @@ def test_a_union_model_reads_its_mode_from_the_preprocessor_and_two_units_run_to
     assert np.array_equal(pixels(both.images[0]), pixels(expected))
 
 
+def test_each_preprocessor_gives_instantxs_union_mode():
+    # Keyed by Marble's preprocessor names (the table was keyed by A1111's module names, so a depth unit was
+    # refused); Shakker-Labs' Union Pro 2.0 (no mode embedder) takes any preprocessor and no mode.
+    kinds = ("canny", "tile", "depth", "blur", "openpose_full", "gray")
+    units = [ControlUnit("union", "x.png", preprocessor=kind) for kind in kinds]
+    union, single = SimpleNamespace(union=True), SimpleNamespace(union=False)
+    assert control_dit.union_modes("flux", units, [union] * 6, ["union"] * 6) == [0, 1, 2, 3, 4, 5]
+    assert control_dit.union_modes("flux", units[:1], [single], ["pro"]) == [None]
+    assert control_dit.union_modes("qwen-image", units, [union] * 6, ["union"] * 6) is None
+
+
 def test_a_union_unit_without_a_kind_of_image_is_refused(flux):
     unit = ControlUnit("union", str(flux["picture"]), preprocessor="none")
     with pytest.raises(InvalidRequest, match="'union' is a union ControlNet: it needs to know what its control"):
@@ -181,6 +195,28 @@ def test_flux_img2img_and_inpaint_with_a_controlnet_are_bare_diffusers(flux, tmp
                            **(FLUX | {"negative_prompt": "blurry"}))  # fmt: skip
     batch, _ = run(backend, negative)
     assert any("negative prompt was ignored" in note for note in batch.notes), batch.notes
+
+
+def test_a_flux_controlnet_acts_in_both_passes_of_the_hires_fix(flux):
+    # As A1111 runs ControlNet: the first pass with the control picture at the job's size, the second (Flux's
+    # image-to-image ControlNet pipeline) with it made again at the hires size.
+    unit = ControlUnit("edges", str(flux["picture"]), weight=0.8)
+    hires = dict(hires_fix=True, hires_scale=2.0, hires_denoise=0.5, hires_steps=6, hires_upscaler="Lanczos")
+    batch, _ = run(make_backend(flux["home"]), request_for(flux["folder"], controls=(unit,), **FLUX, **hires))
+    assert batch.images[0].size == (128, 128) and not [n for n in batch.notes if "hires" in n]
+    picture = Image.open(flux["picture"]).convert("RGB")
+    first = bare_control(flux, flux["models"]["edges"], picture, controlnet_conditioning_scale=0.8)
+    base = bare_flux(flux["folder"])
+    parts = {k: v for k, v in base.components.items()
+             if k in inspect.signature(FluxControlNetImg2ImgPipeline.__init__).parameters}  # fmt: skip
+    second = FluxControlNetImg2ImgPipeline(**parts, controlnet=flux["models"]["edges"])
+    second.set_progress_bar_config(disable=True)
+    expected = second(prompt="a red circle on a blue background", strength=0.5, num_inference_steps=6, width=128,
+                      height=128, guidance_scale=3.5, controlnet_conditioning_scale=0.8,
+                      image=first.resize((128, 128), Image.Resampling.LANCZOS),
+                      control_image=picture.resize((128, 128), Image.Resampling.LANCZOS),
+                      generator=[torch.Generator("cpu").manual_seed(11)]).images[0]  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
 
 
 def test_a_qwen_image_edit_with_a_controlnet_is_refused_before_the_load(flux, tmp_path):
@@ -254,10 +290,4 @@ def test_a_flux_controlnet_runs_in_each_offload_mode_on_cuda(flux, mode):
     # The ControlNet stays on the GPU whole while the base's offload hooks move the rest: the same picture
     # as with everything on the GPU, within the modes' own noise.
     unit = ControlUnit("edges", str(flux["picture"]), weight=0.8)
-    backend = make_backend(flux["home"])
-    values = dict(controls=(unit,), device="cuda", **FLUX)
-    full, _ = run(backend, request_for(flux["folder"], memory_mode="full", **values))
-    other, _ = run(backend, request_for(flux["folder"], memory_mode=mode, **values))
-    assert backend.memory_mode == mode
-    difference = np.abs(pixels(other.images[0]).astype(int) - pixels(full.images[0]).astype(int))
-    assert difference.mean() < (1.5 if mode == "fp8" else 0.5)
+    assert_mode_matches_full(make_backend(flux["home"]), flux["folder"], mode, controls=(unit,), **FLUX)

@@ -13,7 +13,6 @@ from diffusers import (
     FluxFillPipeline,
     FluxImg2ImgPipeline,
     FluxInpaintPipeline,
-    FluxTransformer2DModel,
     SD3Transformer2DModel,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3InpaintPipeline,
@@ -26,7 +25,7 @@ from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
-from tests.support.tiny_dit import _vae, build_tiny_flux, build_tiny_sd3, save_pipeline
+from tests.support.tiny_dit import _vae, build_tiny_flux, build_tiny_sd3, save_pipeline, tiny_fill_transformer
 
 MASK_BOX = (16, 16, 48, 40)
 
@@ -40,14 +39,7 @@ def models(tmp_path_factory):
     mask[MASK_BOX[1] : MASK_BOX[3], MASK_BOX[0] : MASK_BOX[2]] = 255
     Image.fromarray(mask, "L").save(tmp / "mask.png")
     flux = build_tiny_flux()
-    # Flux Fill: the input layer also takes the masked image's latents (16 packed channels here) and the
-    # mask (2x2 VAE pixels per latent, packed 2x2: 16), beside the noise (16).
-    torch.manual_seed(5)
-    fill_transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=48, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
-    )  # fmt: skip
+    fill_transformer = tiny_fill_transformer()
     accepted = inspect.signature(FluxFillPipeline.__init__).parameters
     parts = {k: v for k, v in flux.components.items() if k in accepted and k != "transformer"}
     fill = FluxFillPipeline(transformer=fill_transformer, **parts)

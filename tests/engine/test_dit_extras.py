@@ -18,7 +18,8 @@ from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.engine.test_dit_oom import flux, paths  # noqa: F401 - fixtures (a Flux folder, a home)
 from tests.engine.test_dit_prompt_cache import case  # noqa: F401 - the fixture: each family's tiny folder
-from tests.support.tiny_dit import build_tiny_sd3, save_pipeline
+from tests.support.tiny_chroma import build_tiny_chroma
+from tests.support.tiny_dit import save_pipeline
 
 
 def close(a, b) -> bool:
@@ -84,15 +85,15 @@ def test_a_vae_and_a_hires_sampler_the_dit_does_not_use_are_named(flux, paths): 
 
 
 def test_control_units_are_refused_for_a_dit_without_controlnets_before_it_loads(paths, tmp_path):  # noqa: F811
-    # Silently left out before: a canny unit with SD3 made a picture without the edges. (Flux.1 takes its own
-    # ControlNets: tests/engine/test_flux_controlnet.py.)
-    folder = save_pipeline(build_tiny_sd3(), tmp_path / "sd3")
+    # Silently left out before: a canny unit with Chroma made a picture without the edges. (Flux.1, Qwen-Image,
+    # Z-Image and SD3 take their own ControlNets: tests/engine/test_dit_controlnets.py and its siblings.)
+    folder = save_pipeline(build_tiny_chroma(), tmp_path / "chroma")
     unit = ControlUnit("edges-cn", "/no/such/edges.png", 0.8, 0.0, 1.0, "balanced", "none")
     backend = make_backend(paths)
     request = request_for(folder, steps=2, cfg_scale=4.0, controls=(unit,))
-    with pytest.raises(InvalidRequest, match=r"Control units .* SD3.5 medium has none yet. Remove the 1 control"):
+    with pytest.raises(InvalidRequest, match=r"Control units .* Chroma has none yet. Remove the 1 control"):
         backend.load(request)
     assert backend._pipe is None  # refused before the load
     run(backend, replace(request, controls=()))  # loaded now: the loaded model refuses too
-    with pytest.raises(InvalidRequest, match="SD3.5 medium has none yet"):
+    with pytest.raises(InvalidRequest, match="Chroma has none yet"):
         run(backend, request)

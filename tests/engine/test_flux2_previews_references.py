@@ -129,8 +129,9 @@ def test_reference_limits_come_from_one_rule():
 
     assert [reference_image_limit(i) for i in (info("flux2", "dev"), info("flux2", "klein 4b"),
                                                info("flux2", "klein"), info("qwen-image", "edit-plus"),
-                                               info("qwen-image", "edit"), info("flux", "dev"), None)] == [
-        10, 4, 4, 2, 0, 0, 0]  # fmt: skip
+                                               info("qwen-image", "edit"), info("flux", "dev"),
+                                               info("flux", "schnell"), None)] == [
+        10, 4, 4, 2, 0, 1, 0, 0]  # fmt: skip (Flux.1 dev: Kontext's one reference, tests/engine/test_flux_kontext.py)
 
 
 def test_too_many_or_misplaced_reference_images_are_refused_clearly(paths, folders, tmp_path, tiny_sd15_dir):

@@ -394,3 +394,14 @@ def test_hires_fix_gives_both_passes_the_reference_as_bare_diffusers_does(backen
     # The job left the shared image-to-image pipeline as it was: a plain hires job still runs.
     plain_hires = image_of(backend, request_for(tiny_sd15_dir, hires_fix=True, hires_steps=4, hires_denoise=0.6))
     assert plain_hires.shape == (128, 128, 3) and not np.array_equal(plain_hires, ours)
+
+
+def test_an_ip_adapter_and_a_controlnet_with_the_hires_fix(backend, tiny_sd15_dir, reference):
+    # The second pass is the ControlNet's image-to-image pipeline, readied for the IP-Adapter too (its encoder
+    # and reference): the job runs to the hires size and the ControlNet counts. (Each alone is checked pixel
+    # for pixel: test_hires_fix_gives_both_passes_the_reference..., test_controls.py's hires test.)
+    hires = dict(hires_fix=True, hires_scale=2.0, hires_steps=4, hires_denoise=0.6)
+    both = image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.8),
+                                                                  ControlUnit("edges", str(reference), 0.9)), **hires))
+    alone = image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.8),), **hires))
+    assert both.shape == (128, 128, 3) and np.abs(both - alone).mean() > 0.5

@@ -112,6 +112,17 @@ def build_tiny_sd3(
     )  # fmt: skip
 
 
+def tiny_fill_transformer(seed: int = 5) -> FluxTransformer2DModel:
+    """A Flux Fill transformer for the tiny Flux: its input layer also takes the masked image's latents (16
+    packed channels here) and the mask (2x2 VAE pixels per latent, packed 2x2: 16), beside the noise (16)."""
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=48, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+
+
 def save_pipeline(pipe, folder: Path) -> Path:
     """A diffusers folder without tokenizer files, as Marble's configs are: the shipped ones serve."""
     pipe.save_pretrained(str(folder), safe_serialization=True)

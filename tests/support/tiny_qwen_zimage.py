@@ -100,13 +100,15 @@ def build_tiny_qwen_image(seed: int = 0, *, shipped: bool = False) -> QwenImageP
 
 
 def build_tiny_z_image(
-    seed: int = 0, *, shipped: bool = False, latent_channels: int = 4, vae_blocks: int = 3
+    seed: int = 0, *, shipped: bool = False, latent_channels: int = 4, vae_blocks: int = 3, n_layers: int = 2,
+    n_refiner_layers: int = 1,
 ) -> ZImagePipeline:
     """`shipped`: with Marble's Qwen tokenizer and an encoder of its vocabulary. `latent_channels` 16 and
     `vae_blocks` 4: the real model's latents (16 channels, 8 pixels a latent)."""
     torch.manual_seed(seed)
     transformer = ZImageTransformer2DModel(
-        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=latent_channels, dim=32, n_layers=2, n_refiner_layers=1,
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=latent_channels, dim=32, n_layers=n_layers,
+        n_refiner_layers=n_refiner_layers,
         n_heads=2, n_kv_heads=2, cap_feat_dim=WIDTH, axes_dims=[4, 6, 6], axes_lens=[1536, 512, 512],
     )  # fmt: skip
     _jitter(transformer, seed)

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+from PySide6.QtCore import Qt
+from safetensors.torch import save_file
+
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from tests.support.fake_backend import FakeBackend
@@ -168,9 +172,57 @@ def test_control_units_are_greyed_for_a_dit_without_controlnets_and_kept(qtbot, 
         assert panel.control_list.isEnabled() and window.current_request().controls == (unit,)
         pick(panel.model_combo, "zz-flux2-dev")
         qtbot.waitUntil(lambda: not panel.control_list.isEnabled(), timeout=TIMEOUT_MS)
-        assert "has none" in panel.control_list.toolTip() and window.current_request().controls == ()
+        assert "not the chosen one" in panel.control_list.toolTip() and window.current_request().controls == ()
         pick(panel.model_combo, "zz-flux-dev")
         qtbot.waitUntil(panel.control_list.isEnabled, timeout=TIMEOUT_MS)
         assert window.current_request().controls == (unit,)
+    finally:
+        close_window(window, controller)
+
+
+def fake_control(path: Path, names: dict[str, tuple[int, ...]]) -> None:
+    """A control model's header as the library reads it (zeros: never run)."""
+    save_file({name: torch.zeros(shape) for name, shape in names.items()}, str(path))
+
+
+def test_the_control_units_offer_the_control_models_made_for_the_chosen_model(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    flux_folder(paths.models, "zz-flux-dev", dev=True)
+    unet_folder(paths.models, "zz-sd15", 768)
+    unet_folder(paths.models, "zz-sdxl", 2048)
+    paths.controls.mkdir(parents=True, exist_ok=True)
+    sd = {"controlnet_cond_embedding.conv_in.weight": (16, 3, 3, 3), "controlnet_down_blocks.0.weight": (8, 8, 1, 1),
+          "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": (8, 768)}  # fmt: skip
+    fake_control(paths.controls / "a-sd15-edges.safetensors", sd)
+    sdxl = sd | {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": (8, 2048),
+                 "add_embedding.linear_1.weight": (8, 8)}  # fmt: skip
+    fake_control(paths.controls / "b-sdxl-depth.safetensors", sdxl)
+    fake_control(paths.controls / "c-flux-union.safetensors", {
+        "controlnet_x_embedder.weight": (8, 4), "controlnet_blocks.0.weight": (8, 8), "x_embedder.weight": (8, 4),
+        "context_embedder.weight": (8, 16),
+    })  # fmt: skip
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    controls = panel.control_list
+
+    def listed(row) -> list[str]:
+        return [row.model_combo.itemData(i) for i in range(row.model_combo.count())]
+
+    try:
+        qtbot.waitUntil(lambda: len(controls.names()) == 3, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-sdxl") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-sd15")
+        assert controls.offered() == ["a-sd15-edges"], (controls._families, controls._model_family)
+        row = controls.add_row()
+        assert row.name() == "a-sd15-edges" and listed(row) == ["a-sd15-edges"]
+        pick(panel.model_combo, "zz-flux-dev")
+        # The unit keeps its model (a job would refuse it by name), marked; a new unit gets the Flux one.
+        assert row.name() == "a-sd15-edges" and listed(row) == ["c-flux-union", "a-sd15-edges"]
+        tip = row.model_combo.itemData(1, Qt.ItemDataRole.ToolTipRole)
+        assert "another kind of model" in tip
+        assert controls.add_row().name() == "c-flux-union"
+        pick(panel.model_combo, "zz-sdxl")
+        assert controls.offered() == ["b-sdxl-depth"] and "b-sdxl-depth" in listed(row)
     finally:
         close_window(window, controller)

@@ -27,8 +27,8 @@ How a request's units run:
   by a forward hook on that unit's ControlNet. T2I-Adapters run balanced only.
 - Control-LoRAs (Stability's "control-lora": LoRA pairs over the base UNet's encoder plus the ControlNet's
   own tensors) become a plain ControlNetModel on the loaded UNet (backends/control_lora.py) and run like one.
-- Flux.1 and Qwen-Image ControlNets (`prepare_dit`): shaped and run by backends/control_dit.py, on the loaded
-  DiT's modules; balanced only. Each family's ControlNets are refused for any other family, by name.
+- Flux.1, Qwen-Image, Z-Image and SD3 ControlNets (`prepare_dit`): shaped and run by backends/control_dit.py, on the
+  loaded DiT's modules; balanced only. Each family's ControlNets are refused for any other family, by name.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ from desktop.engine.library.control import (
     IMAGE_ENCODER,
     IP_ADAPTER,
     QWEN_IMAGE,
+    SD3,
     T2I_ADAPTER,
+    Z_IMAGE,
     ControlInfo,
     family_label,
     inspect_control,
@@ -93,6 +95,14 @@ class ControlRun:
     # The hires fix's second pass: given that pass's pipeline (from_pipe'd, the same UNet), readies it and
     # returns its extra arguments (IP-Adapter units: their encoder and reference images). None: nothing.
     second_pass: Callable[[Any], dict[str, Any]] | None = None
+    # The hires fix's second pass for ControlNet units (A1111 runs them in both passes): given that pass's
+    # size, the image-to-image ControlNet pipeline and its control arguments, the control images made again
+    # at that size. None: no ControlNet units (T2I-Adapters act in the first pass only: diffusers has no
+    # image-to-image adapter pipeline).
+    hires: Callable[[tuple[int, int]], tuple[Any, dict[str, Any]]] | None = None
+    # The pipeline draws from torch's global generator (SD3's encodes the control picture with a sample of
+    # the VAE's distribution, no generator): the call runs with it seeded by the job's seed, then restored.
+    global_draws: bool = False
 
     def close(self) -> None:
         for handle in self.handles:
@@ -153,9 +163,20 @@ class ControlModels:
         loaded = [item for _, item in active]
         size = plan.size if plan is not None else (request.width, request.height)
         images = [_control_image(unit, plan, size, self.annotators) for unit in units]
+        models = [m for m, _, _ in loaded]
         if kinds == {T2I_ADAPTER}:
-            return _adapter_run(pipe, units, [m for m, _, _ in loaded], images, request, hashes)
-        return _controlnet_run(base, request, plan, units, [m for m, _, _ in loaded], images, hashes)
+            return _adapter_run(pipe, units, models, images, request, hashes)
+        run = _controlnet_run(base, request.mode, plan is not None, units, models, images, hashes)
+        if plan is None:  # text-to-image (an inpainting UNet never runs it): the hires fix's second pass too
+
+            def hires(second: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
+                again = [_control_image(unit, None, second, self.annotators) for unit in units]
+                # The models' soft-injection hooks, if any, are the first run's: not added twice.
+                other = _controlnet_run(base, "img2img", True, units, models, again, hashes, hooks=False)
+                return other.pipe, other.arguments
+
+            run.hires = hires
+        return run
 
     def prepare_dit(
         self, family: str, base: Any, request: GenerationRequest, plan: EditPlan | None, size: tuple[int, int],
@@ -173,6 +194,7 @@ class ControlModels:
                 "A control mode other than Balanced (A1111's prompt / ControlNet importance) works with Stable "
                 f"Diffusion ControlNets only: set the {label} units to Balanced."
             )
+        control_dit.refuse_several(family, len(units), label)
         config = base.transformer.config
 
         def read(name: str, path: Path) -> tuple[Any, ControlInfo]:
@@ -189,7 +211,19 @@ class ControlModels:
         modes = control_dit.union_modes(family, units, models, [name for _, _, name in active])
         images = [_control_image(unit, plan, size, self.annotators) for unit in units]
         pipe = control_dit.pipeline(family, request.mode, base, models)
-        return ControlRun(pipe, control_dit.arguments(units, images, modes), hashes)
+        run = ControlRun(pipe, control_dit.arguments(family, units, images, modes), hashes, global_draws=family == SD3)
+        if plan is None and control_dit.runs(family, "img2img"):
+
+            def hires(second: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
+                # Flux.1's image-to-image ControlNet pipeline: the units act in the hires pass too, as in A1111.
+                again = [_control_image(unit, None, second, self.annotators) for unit in units]
+                pipe = control_dit.pipeline(family, "img2img", base, models)
+                return pipe, control_dit.arguments(family, units, again, modes)
+
+            run.hires = hires
+        if family == Z_IMAGE:  # lent the transformer's modules for this call only (close() takes them back)
+            run.handles.extend(control_dit.z_image_hooks(models[0], base.transformer, units[0], request.steps))
+        return run
 
     def _load(
         self, unit: ControlUnit, read: Callable[[str, Path], tuple[Any, ControlInfo]]
@@ -219,6 +253,8 @@ class ControlModels:
 # What to pick for each DiT family with ControlNets (control_dit.py).
 _DIT_CONTROLNETS = {
     FLUX: "Flux.1 ControlNets (InstantX's, Shakker-Labs' Union)", QWEN_IMAGE: "Qwen-Image ControlNets (InstantX's)",
+    Z_IMAGE: "Z-Image ControlNets (alibaba-pai's Fun ControlNet Union)",
+    SD3: "SD3 ControlNets (InstantX's for SD3 Medium, Stability's for SD3.5 Large)",
 }  # fmt: skip
 
 
@@ -392,13 +428,17 @@ def crop_and_resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 def _controlnet_run(
     base: Any,
-    request: GenerationRequest,
-    plan: EditPlan | None,
+    mode: str,
+    edit: bool,
     units: tuple[ControlUnit, ...],
     models: list[Any],
     images: list[Any],
     hashes: tuple[ControlHash, ...],
+    hooks: bool = True,
 ) -> ControlRun:
+    """The ControlNet pipeline for a job of `mode` on `base`'s modules and its control arguments. `edit`: the
+    pipeline's `image` is the source (the control images go as `control_image`). `hooks`: register the
+    "prompt is more important" units' soft injection (once per job: the hires pass reuses them)."""
     from diffusers import MultiControlNetModel
 
     modes = {unit.mode for unit in units}
@@ -411,7 +451,6 @@ def _controlnet_run(
     if len({id(m) for m in models}) < len(models) and len({s for s, m in zip(soft, models, strict=True)}) > 1:
         raise InvalidRequest("Two units using the same control model need the same control mode.")
     controlnet = models[0] if len(models) == 1 else MultiControlNetModel(models)
-    mode = request.mode
     if mode == "img2img" and base.unet.config.in_channels == 9:
         mode = "inpaint"  # an inpainting model edits through its inpainting pipeline (everything masked)
     cls = _controlnet_pipeline(mode, getattr(base, "text_encoder_2", None) is not None)
@@ -425,10 +464,10 @@ def _controlnet_run(
         "control_guidance_end": [float(u.end) for u in units],
         "guess_mode": modes == {"control"},
     }
-    arguments["image" if plan is None else "control_image"] = control
+    arguments["control_image" if edit else "image"] = control
     run = ControlRun(pipe, arguments, hashes)
     for model, is_soft in zip(models, soft, strict=True):
-        if is_soft:
+        if is_soft and hooks:
             run.handles.append(model.register_forward_hook(_soft_injection))
     return run
 

@@ -1,6 +1,6 @@
 """ControlNets for the diffusion transformers, in diffusers' layout: Flux.1's (InstantX's, Shakker-Labs' Union;
-text-to-image, image-to-image and inpainting) and Qwen-Image's (InstantX's Union; text-to-image), for a
-loaded pipeline of their family.
+text-to-image, image-to-image and inpainting), Qwen-Image's (InstantX's Union; text-to-image) and Z-Image's
+(alibaba-pai's Fun ControlNet Union 1.0, 2.0, 2.1; text-to-image), for a loaded pipeline of their family.
 
 A model is shaped from its own tensors (how many blocks, whether it embeds the guidance, which kinds of control
 image a union model tells apart) and from the loaded transformer's config (the width, the heads, the rotary
@@ -9,8 +9,15 @@ the loaded pipeline's own modules, as the image-to-image siblings are (families.
 copied, cast or moved.
 
 A Flux union model reads which kind of control image it is given (InstantX's table: canny 0, tile 1, depth 2,
-blur 3, pose 4, gray 5, low quality 6): Marble takes it from the unit's preprocessor. Qwen-Image's union model
-tells the kinds apart by itself.
+blur 3, pose 4, gray 5, low quality 6): Marble takes it from the unit's preprocessor. Qwen-Image's and
+Z-Image's union models tell the kinds apart by themselves.
+
+A Z-Image ControlNet borrows the base transformer's embedders and refiner blocks (diffusers' `from_transformer`):
+they are lent for one call (`z_image_hooks`) and taken back after it, so a cached ControlNet never keeps a model that
+was unloaded. Its pipeline takes one ControlNet and no step range: the range is applied by a hook that sets the
+ControlNet's scale at each step (diffusers' rule for the other families: a step counts when it lies inside).
+Which transformer layers its blocks feed is configuration, not weights: the published configs spread them
+evenly from layer 0 (6 blocks -> every 5th of 30 layers, 15 -> every 2nd, 3 -> every 10th), the rule used here.
 
 torch and diffusers are imported inside the functions: only the diffusers backend loads this module.
 """
@@ -23,17 +30,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop.engine.errors import InvalidRequest, ModelError
-from desktop.engine.library.control import FLUX, QWEN_IMAGE
+from desktop.engine.library.control import FLUX, QWEN_IMAGE, SD3, Z_IMAGE
 from desktop.engine.request import ControlUnit
 
-# InstantX's Flux union modes, keyed by the Marble preprocessor that makes each kind of control image.
-UNION_MODES = {"canny": 0, "tile": 1, "depth_anything": 2, "depth_midas": 2, "openpose": 4}
+# InstantX's Flux union modes, keyed by the Marble preprocessor that makes each kind of control image (its
+# "low quality" mode 6 has none).
+UNION_MODES = {
+    "canny": 0, "tile": 1, "depth": 2, "blur": 3, "openpose": 4, "openpose_hand": 4, "openpose_face": 4,
+    "openpose_full": 4, "gray": 5,
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class _Classes:
     model: str  # diffusers' ControlNet model class
-    several: str  # the class that runs several of them together
+    several: str  # the class that runs several of them together ("": the pipeline takes one)
     pipelines: dict[str, str]  # the pipeline with ControlNets for each mode ("txt2img", "img2img", "inpaint")
 
 
@@ -46,12 +57,56 @@ CLASSES = {
     # is another model: text-to-image only.
     QWEN_IMAGE: _Classes("QwenImageControlNetModel", "QwenImageMultiControlNetModel",
                          {"txt2img": "QwenImageControlNetPipeline"}),
+    # Z-Image's ControlNet inpainting pipeline paints from pure noise (no strength) with the masked picture as
+    # the 2.x models' extra condition: Marble's inpainting at strength 1 (refuse_strength).
+    Z_IMAGE: _Classes("ZImageControlNetModel", "", {"txt2img": "ZImageControlNetPipeline",
+                                                     "inpaint": "ZImageControlNetInpaintPipeline"}),
+    # SD3's ControlNet inpainting pipeline wants InstantX's inpainting ControlNet (a mask input): not run here.
+    SD3: _Classes("SD3ControlNetModel", "SD3MultiControlNetModel", {"txt2img": "StableDiffusion3ControlNetPipeline"}),
 }  # fmt: skip
+# Stability's own names in its SD3.5 ControlNet files -> diffusers' (the rest are the same in both).
+_SAI_NAMES = {".attn.proj.": ".attn.to_out.0.", ".mlp.fc1.": ".ff.net.0.proj.", ".mlp.fc2.": ".ff.net.2.",
+              ".adaLN_modulation.1.": ".norm1.linear."}  # fmt: skip
+# The transformer's modules a Z-Image ControlNet runs with (diffusers' ZImageControlNetModel.from_transformer).
+_Z_IMAGE_BORROWED = ("t_embedder", "all_x_embedder", "cap_embedder", "rope_embedder", "noise_refiner",
+                     "context_refiner", "x_pad_token", "cap_pad_token")  # fmt: skip
 
 
 def runs(family: str, mode: str) -> bool:
     """Whether Marble runs `family`'s ControlNets for a job of `mode`."""
     return family in CLASSES and mode in CLASSES[family].pipelines
+
+
+def refuse_memory_mode(family: str, mode: str, asked: str, label: str) -> None:
+    """InvalidRequest for a Z-Image ControlNet under group or sequential offload: it runs the transformer's
+    embedders and refiners outside the transformer's call, where those modes' hooks would not have brought
+    them to the GPU. (Model offload brings the whole transformer first: z_image_hooks.)"""
+    if family != Z_IMAGE or mode not in ("group", "sequential"):
+        return
+    chosen = f"the auto mode chose {mode} offload for this card" if asked == "auto" else f"memory mode {mode}"
+    raise InvalidRequest(
+        f"A Z-Image ControlNet runs with the memory modes full, offload, fp8, nf4 and int8, not {mode} offload "
+        f"({chosen}): set Memory to offload or fp8, or remove the control unit. ({label})"
+    )
+
+
+def refuse_strength(family: str, mode: str, strength: float, label: str) -> None:
+    """InvalidRequest for a Z-Image ControlNet inpainting job below strength 1: its pipeline paints the masked
+    area from pure noise, with no strength to give."""
+    if family == Z_IMAGE and mode == "inpaint" and strength < 1:
+        raise InvalidRequest(
+            f"{label} inpaints with a ControlNet from pure noise (the masked picture goes to the ControlNet), so its "
+            f"denoising strength is 1, not {strength:g}: set it to 1, or remove the control unit."
+        )
+
+
+def refuse_several(family: str, count: int, label: str) -> None:
+    """InvalidRequest for more units than the family's pipeline takes (Z-Image's takes one)."""
+    if count > 1 and not CLASSES[family].several:
+        raise InvalidRequest(
+            f"{label} runs one ControlNet unit at a time ({count} are on): its ControlNet pipeline takes one. Its "
+            "union ControlNet reads canny, depth, pose and other pictures by itself: keep the unit you need."
+        )
 
 
 def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
@@ -77,6 +132,13 @@ def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
             axes_dims_rope=list(config.axes_dims_rope), num_mode=mode.shape[0] if mode is not None else None,
             conditioning_embedding_channels=hint.shape[1] if hint is not None else None,
         )  # fmt: skip
+    elif family == SD3:
+        state = _sd3_diffusers_names(state)
+        shape = _sd3_shape(state, config)
+    elif family == Z_IMAGE:
+        shape = _z_image_shape(state, config)
+        if shape.pop("drop_refiner"):
+            state = {key: value for key, value in state.items() if not key.startswith("control_noise_refiner.")}
     else:
         in_channels = state["img_in.weight"].shape[1]
         if state["controlnet_x_embedder.weight"].shape[1] != in_channels:
@@ -92,6 +154,88 @@ def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
         model = cls(**shape)
     model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+def _sd3_diffusers_names(state: dict[str, Any]) -> dict[str, Any]:
+    """A Stability-layout SD3.5 ControlNet in diffusers' names: the fused `attn.qkv` split in three, the output,
+    feed-forward and modulation layers renamed. A file in diffusers' names comes back as it is."""
+    if "transformer_blocks.0.attn.qkv.weight" not in state:
+        return state
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if ".attn.qkv." in key:
+            for letter, part in zip("qkv", value.chunk(3, dim=0), strict=True):
+                out[key.replace(".attn.qkv.", f".attn.to_{letter}.")] = part
+            continue
+        for old, new in _SAI_NAMES.items():
+            key = key.replace(old, new)
+        out[key] = value
+    return out
+
+
+def _sd3_shape(state: dict[str, Any], config: Any) -> dict[str, Any]:
+    """SD3ControlNetModel's arguments from its tensors: InstantX's (SD3 medium) embed the latents and read the
+    prompt themselves (joint blocks, zero pooled projections, as they were trained); Stability's SD3.5 Large
+    ones take the transformer's position embedding and read no prompt (single blocks)."""
+    width = state["controlnet_blocks.0.weight"].shape[0]
+    if width != config.num_attention_heads * config.attention_head_dim:
+        made_for = {1536: "SD3 / SD3.5 Medium", 2432: "SD3.5 Large"}.get(width, f"a model {width} wide")
+        raise ModelError(f"it is made for {made_for}")
+    hint = state["pos_embed_input.proj.weight"]  # (width, latent channels + extra, patch, patch)
+    if hint.shape[1] != config.in_channels:
+        raise ModelError("an inpainting ControlNet (it reads a mask beside the control picture)")
+    context = state.get("context_embedder.weight")
+    positions = state.get("pos_embed.pos_embed")  # (1, side * side, width), kept where a maximum size is set
+    own_positions = "pos_embed.proj.weight" in state
+    blocks = len({key.split(".")[1] for key in state if key.startswith("transformer_blocks.")})
+    return dict(
+        sample_size=config.sample_size, patch_size=hint.shape[2], in_channels=config.in_channels, num_layers=blocks,
+        attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
+        joint_attention_dim=context.shape[1] if context is not None else None,
+        caption_projection_dim=context.shape[0] if context is not None else config.caption_projection_dim,
+        pooled_projection_dim=state["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+        out_channels=config.out_channels,
+        pos_embed_max_size=round(positions.shape[1] ** 0.5) if positions is not None else None,
+        dual_attention_layers=tuple(i for i in range(blocks) if f"transformer_blocks.{i}.attn2.to_q.weight" in state),
+        qk_norm="rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in state else None,
+        pos_embed_type="sincos" if own_positions else None, use_pos_embed=own_positions,
+        force_zeros_for_pooled_projection=own_positions,
+    )  # fmt: skip
+
+
+def _z_image_shape(state: dict[str, Any], config: Any) -> dict[str, Any]:
+    """ZImageControlNetModel's arguments for alibaba-pai's files, by version, told apart as diffusers' single-file
+    loader does: 1.0 refines the control picture with plain transformer blocks (no `after_proj`); 2.1 with
+    control blocks whose `before_proj` was trained (not zero); 2.0's refiner blocks were never used in training
+    (zero or missing) and are left out, its control blocks refining instead ("control_layers")."""
+    blocks = {int(key.split(".")[1]) for key in state if key.startswith("control_layers.")}
+    refiner = {int(key.split(".")[1]) for key in state if key.startswith("control_noise_refiner.")}
+    before = state.get("control_noise_refiner.0.before_proj.weight")
+    if refiner and "control_noise_refiner.0.after_proj.weight" not in state:
+        variant = None  # 1.0
+    elif before is not None and bool(before.any()):
+        variant = "control_noise_refiner"  # 2.1
+    else:
+        variant = "control_layers"  # 2.0
+    embedders = sorted({key.split(".")[1] for key in state if key.startswith("control_all_x_embedder.")})
+    patches = [tuple(int(n) for n in name.split("-")) for name in embedders]  # "2-1": patch 2, frame patch 1
+    patch, frames = patches[0]
+    in_dim = state[f"control_all_x_embedder.{embedders[0]}.weight"].shape[1] // (patch * patch * frames)
+    layers = config.n_layers
+    if not blocks or len(blocks) > layers:
+        raise ModelError(f"{len(blocks)} control blocks for a transformer of {layers} layers")
+    places = list(range(0, layers, layers // len(blocks)))[: len(blocks)]
+    # Which base refiner blocks the refining blocks' outputs feed: one each, in order (the configs' [0, 1]).
+    refining = len(refiner) if variant == "control_noise_refiner" else len(blocks)
+    feeds_refiner = list(range(min(config.n_refiner_layers, refining))) if variant else []
+    return dict(
+        control_layers_places=places, control_refiner_layers_places=feeds_refiner, control_in_dim=in_dim,
+        add_control_noise_refiner=variant, all_patch_size=tuple(p for p, _ in patches),
+        all_f_patch_size=tuple(f for _, f in patches), dim=config.dim,
+        n_refiner_layers=len(refiner) if refiner else config.n_refiner_layers, n_heads=config.n_heads,
+        n_kv_heads=config.n_kv_heads, norm_eps=config.norm_eps, qk_norm=config.qk_norm,
+        drop_refiner=variant == "control_layers",
+    )  # fmt: skip
 
 
 def union_modes(
@@ -122,6 +266,25 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
     import diffusers
 
     classes = CLASSES[family]
+    if family == SD3 and len({model.config.use_pos_embed for model in models}) > 1:
+        # diffusers' pipeline reads the first model's config for all: the prompt goes to all or none.
+        raise InvalidRequest(
+            "InstantX's SD3 ControlNets (which read the prompt) and Stability's SD3.5 ones (which do not) cannot "
+            "run in one job: keep units of one kind."
+        )
+    if family == Z_IMAGE and mode == "inpaint" and models[0].config.control_in_dim == base.transformer.in_channels:
+        raise InvalidRequest(
+            "This Z-Image ControlNet (the Fun Union 1.0) reads no masked picture: inpainting with a ControlNet takes "
+            "the 2.0 or 2.1 Union."
+        )
+    borrows_positions = family == SD3 and any(not model.config.use_pos_embed for model in models)
+    if borrows_positions and base.transformer.pos_embed.proj.weight.is_meta:
+        # The pipeline copies the transformer's position embedding into Stability's SD3.5 ControlNets when it is
+        # built; sequential offload keeps it nowhere but in its hooks' store.
+        raise InvalidRequest(
+            "Stability's SD3.5 ControlNets take the transformer's position embedding, which sequential offload "
+            "keeps off the GPU: set Memory to another mode, or remove the control unit."
+        )
     controlnet = models[0] if len(models) == 1 else getattr(diffusers, classes.several)(list(models))
     cls = getattr(diffusers, classes.pipelines[mode])
     accepted = inspect.signature(cls.__init__).parameters
@@ -131,9 +294,10 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
 
 
 def arguments(
-    units: Sequence[ControlUnit], images: Sequence[Any], modes: Sequence[int | None] | None
+    family: str, units: Sequence[ControlUnit], images: Sequence[Any], modes: Sequence[int | None] | None
 ) -> dict[str, Any]:
     """The pipeline call's control arguments: one value for one unit, lists for several (diffusers' forms).
+    Z-Image's pipeline takes no step range (`step_window` applies it).
 
     `images`: (1, 3, H, W) in [0, 1], as the preprocessors make them. The pipelines take a tensor as it is and
     hand it to the VAE (or a hint block), which read [-1, 1]: they normalise only pictures they convert."""
@@ -142,9 +306,50 @@ def arguments(
     values: dict[str, Any] = {
         "control_image": images[0] if one else list(images),
         "controlnet_conditioning_scale": float(units[0].weight) if one else [float(u.weight) for u in units],
-        "control_guidance_start": float(units[0].start) if one else [float(u.start) for u in units],
-        "control_guidance_end": float(units[0].end) if one else [float(u.end) for u in units],
     }
+    if family != Z_IMAGE:
+        values |= {
+            "control_guidance_start": float(units[0].start) if one else [float(u.start) for u in units],
+            "control_guidance_end": float(units[0].end) if one else [float(u.end) for u in units],
+        }
     if modes is not None:
         values["control_mode"] = modes[0] if one else list(modes)
     return values
+
+
+def step_scales(unit: ControlUnit, steps: int) -> list[float]:
+    """The unit's weight at each of `steps` steps: 0 outside its range (diffusers' rule for the pipelines that
+    take one: step i counts unless i/steps < start or (i+1)/steps > end)."""
+    return [0.0 if i / steps < unit.start or (i + 1) / steps > unit.end else float(unit.weight) for i in range(steps)]
+
+
+class _Loan:
+    """The transformer's modules lent to a Z-Image ControlNet; `remove` takes them back."""
+
+    def __init__(self, model: Any, transformer: Any) -> None:
+        self._model = model
+        type(model).from_transformer(model, transformer)
+
+    def remove(self) -> None:
+        for name in _Z_IMAGE_BORROWED:
+            setattr(self._model, name, None)
+
+
+def z_image_hooks(model: Any, transformer: Any, unit: ControlUnit, steps: int) -> list[Any]:
+    """Readies a Z-Image ControlNet for one call of `steps` steps: the transformer's modules lent, and a hook that
+    gives the ControlNet the unit's scale for each step (its pipeline calls it once a step) and, where the
+    transformer is offloaded between its calls (model offload), brings it to the GPU first, since the ControlNet
+    runs its embedders and refiners. Returns what to `remove()` after the call."""
+    loan = _Loan(model, transformer)
+    scales = step_scales(unit, steps)
+    calls = [0]
+
+    def before(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        onload = getattr(getattr(transformer, "_hf_hook", None), "pre_forward", None)
+        if onload is not None:  # accelerate's model offload: the whole transformer to the GPU, the rest away
+            onload(transformer)
+        kwargs["conditioning_scale"] = scales[min(calls[0], len(scales) - 1)]
+        calls[0] += 1
+        return args, kwargs
+
+    return [loan, model.register_forward_pre_hook(before, with_kwargs=True)]

@@ -68,9 +68,16 @@ from safetensors import SafetensorError  # noqa: E402
 from desktop.engine.backends import control_dit, families  # noqa: E402
 from desktop.engine.backends import families_flux2 as flux2  # noqa: E402
 from desktop.engine.backends import families_qwen_edit as qwen_edit  # noqa: E402
-from desktop.engine.backends.base import AdapterHash, GeneratedBatch, LoadReport, ModelInfo, StepInfo  # noqa: E402
+from desktop.engine.backends.base import (  # noqa: E402
+    AdapterHash,
+    ControlHash,
+    GeneratedBatch,
+    LoadReport,
+    ModelInfo,
+    StepInfo,
+)
 from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E402
-from desktop.engine.backends.control import ControlModels, ControlRun  # noqa: E402
+from desktop.engine.backends.control import ControlModels, ControlRun, crop_and_resize  # noqa: E402
 from desktop.engine.backends.control import advance as advance_control  # noqa: E402
 from desktop.engine.backends.conversion_cache import ConversionCache  # noqa: E402
 from desktop.engine.backends.cpu_threads import choose_threads, others_busy_cores, usable_cores  # noqa: E402
@@ -80,6 +87,7 @@ from desktop.engine.backends.dit_memory import fallback_mode as dit_fallback_mod
 from desktop.engine.backends.dit_prompt_cache import cached_encoding  # noqa: E402
 from desktop.engine.backends.encoder_components import Component  # noqa: E402
 from desktop.engine.backends.faceid import FaceAnalyser, library_face_analyser  # noqa: E402
+from desktop.engine.backends.flux_redux import ReduxModels, ReduxPrompt, image_units  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
     BUILT_IN_UPSCALERS,
@@ -126,6 +134,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     read_safetensors_header,
     sniff_file_type,
 )
+from desktop.engine.library.control import controlnet_family  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
@@ -248,6 +257,7 @@ class DiffusersBackend:
         controls = AdapterCatalog(paths.controls, "control model", "controls")
         # FaceID units' face analyser; by default the seam that will build it from the library's face models.
         self._ip_adapters = IpAdapters(controls, face_analyser or library_face_analyser(controls))
+        self._redux = ReduxModels(controls)  # Flux.1's image prompt (flux_redux.py)
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._refiners = Refiners(catalog, self._hashes, resources)
@@ -349,6 +359,7 @@ class DiffusersBackend:
         self._vaes.forget()
         self._controls.forget()
         self._ip_adapters.forget()
+        self._redux.forget()
         self._refiners.forget()
         self._pipes.clear()
         self._memory_mode = "full"
@@ -899,12 +910,26 @@ class DiffusersBackend:
         if plan is None and request.reference_images:
             # Flux.2's multi-reference editing: the images go with the prompt (no source, no strength).
             size["image"] = [load_source(path, "The reference image") for path in request.reference_images]
+            if self._dit.family == "flux":  # FLUX.1 Kontext: one picture, read beside the noise
+                # Fitted to the job's size (A1111's crop and resize), not to Kontext's trained ~1 MP sizes as
+                # diffusers' default does: the output follows the picture it edits, and costs what the job costs.
+                size["image"] = crop_and_resize(size["image"][0], (size["width"], size["height"]))
+                # The pipeline rescales the output to `max_area` (1 MP by default) whatever size it is given.
+                size |= {"_auto_resize": False, "max_area": size["width"] * size["height"]}
+                pipe = families.kontext_pipeline(pipe)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         # Previews at the UNet path's cadence: x0 of the flow-matching step, unpacked to (B, C, h, w).
         device = self._key.device if self._key else "cpu"
         control = None
-        if request.controls:  # Flux.1 or Qwen-Image (_refuse_dit_controls): the family's ControlNet pipeline
-            control = self._controls.prepare_dit(self._dit.family, self._pipe, request, plan,
+        family = controlnet_family(self._dit.family)
+        redux: ReduxPrompt | None = None
+        images = image_units(request)
+        if images and family == "flux":  # Flux.1 Redux: the reference picture as prompt tokens (flux_redux.py)
+            redux = self._redux.prompt(self._pipe, request, images, self._dit.label, device)
+        controlnets = replace(request, controls=tuple(u for u in request.controls if u not in images))
+        if controlnets.controls:  # Flux.1, Qwen-Image, Z-Image or SD3 (_refuse_dit_controls): its ControlNets
+            control_dit.refuse_memory_mode(family, self._dit_mode or "full", request.memory_mode, self._dit.label)
+            control = self._controls.prepare_dit(family, self._pipe, controlnets, plan,
                                                  (size["width"], size["height"]), self._dit.label, device,
                                                  pipe.vae.dtype)  # fmt: skip
             pipe = control.pipe
@@ -920,14 +945,24 @@ class DiffusersBackend:
             encoders = tuple(id(module) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
                              if (module := getattr(pipe, name, None)) is not None)  # fmt: skip
             context = (self._loads, encoders, request.loras, lora_plan.loras, self._dit_mode)
+            drawn = seeds[0] if control is not None and control.global_draws else None
             with torch.inference_mode(), flux2.references_beside_source(pipe, beside), \
-                    cached_encoding(pipe, self._prompts, context):
+                    cached_encoding(pipe, self._prompts, context), _seeded_global_rng(drawn, device):
                 arguments = families.generation_arguments(pipe, request, self._dit) | size
                 if batch_index == 0:
                     notes.extend(families.long_prompt_notes(pipe, arguments, self._dit))
                 arguments = qwen_edit.per_image_batch(self._dit, request.mode, arguments, request.batch_size)
+                if redux is not None:
+                    del arguments["prompt"]
+                    arguments |= {"prompt_embeds": redux.prompt_embeds,
+                                  "pooled_prompt_embeds": redux.pooled_prompt_embeds}  # fmt: skip
                 if control is not None:
                     arguments |= control.arguments
+                    # Z-Image's ControlNet inpainting takes no strength (1: refused else), one source for the batch
+                    # (encoded without sampling) and, in diffusers 0.42, a mask per image (it tiles none).
+                    if _unaccepted(pipe, arguments, ("strength",)) and isinstance(arguments["image"], list):
+                        arguments["image"] = arguments["image"][0]
+                        arguments["mask_image"] = [arguments["mask_image"]] * request.batch_size
                     dropped = _unaccepted(pipe, arguments, ("negative_prompt", "true_cfg_scale"))
                     if dropped and batch_index == 0:
                         notes.append(f"{type(pipe).__name__} has no true CFG: the negative prompt was ignored.")
@@ -947,9 +982,13 @@ class DiffusersBackend:
                 if hires is not None:
                     watcher.detach()
                     progress.next_pass()
+                    if control is not None and control.hires is None and batch_index == 0:
+                        notes.append(f"Control units act in the hires fix's first pass only with {self._dit.label}: "
+                                     "diffusers has no image-to-image ControlNet pipeline for it.")  # fmt: skip
                     with cached_encoding(hires, self._prompts, context):  # its own pipeline's encode_prompt
                         pictures = self._dit_hires_pass(hires, request, seeds, pictures, (width, height), progress,
-                                                        notes if batch_index == 0 else None)  # fmt: skip
+                                                        notes if batch_index == 0 else None, control,
+                                                        redux)  # fmt: skip
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except RuntimeError as error:
@@ -958,12 +997,14 @@ class DiffusersBackend:
             raise _OutOfMemoryRaised from None
         finally:
             watcher.detach()  # the DiT's scheduler outlives the job: leave it unwrapped
+            if control is not None:
+                control.close()  # a Z-Image ControlNet gives the transformer's modules back (control_dit.py)
         if plan is None:
             asked = request.hires_size if hires is not None else (request.width, request.height)
             images = tuple(_cropped(picture, asked) for picture in pictures)
         else:
             images = tuple(finish_edit(plan, picture) for picture in pictures)
-        hashes = control.hashes if control is not None else ()
+        hashes = _in_unit_order(request, control.hashes if control is not None else (), redux)
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None, hashes)
 
     def _dit_hires_pipe(self, request: GenerationRequest, plan: EditPlan | None, notes: list[str]) -> Any | None:
@@ -986,7 +1027,8 @@ class DiffusersBackend:
 
     def _dit_hires_pass(
         self, pipe: Any, request: GenerationRequest, seeds: tuple[int, ...], first: Any, first_size: tuple[int, int],
-        progress: _Progress, notes: list[str] | None,
+        progress: _Progress, notes: list[str] | None, control: ControlRun | None = None,
+        redux: ReduxPrompt | None = None,
     ) -> list[Image.Image]:
         """A1111's second pass for a DiT: the first pass's latents (a latent upscaler) or pictures (a pixel one)
         upscaled, then image-to-image at the hires denoising strength with the hires prompt and steps, seeded
@@ -997,6 +1039,10 @@ class DiffusersBackend:
         )
         factor, multiple = pipe.vae_scale_factor, pipe.vae_scale_factor * 2
         padded = (padded_side(width, multiple), padded_side(height, multiple))
+        control_arguments: dict[str, Any] = {}
+        if control is not None and control.hires is not None:
+            # The ControlNet units again (Flux.1), their images made at this pass's size.
+            pipe, control_arguments = control.hires(padded)
         by_inpainting = families.img2img_by_inpainting(self._dit, "img2img")
         upscaler = request.hires_upscaler
         if is_latent(upscaler) and by_inpainting:
@@ -1030,6 +1076,12 @@ class DiffusersBackend:
         }  # fmt: skip
         if by_inpainting:
             arguments["mask_image"] = Image.new("L", padded, 255)
+        if redux is not None and not request.hires_prompt:  # the Redux picture in this pass too
+            del arguments["prompt"]
+            arguments |= {"prompt_embeds": redux.prompt_embeds, "pooled_prompt_embeds": redux.pooled_prompt_embeds}
+        if control_arguments:
+            arguments |= control_arguments
+            _unaccepted(pipe, arguments, ("negative_prompt", "true_cfg_scale"))  # said for the first pass
         watcher = _X0Watcher(pipe.scheduler)
         unpack = functools.partial(dit_preview_latents, pipe, *padded)
         try:
@@ -1203,8 +1255,12 @@ class DiffusersBackend:
         )
         progress.next_pass()
         arguments = {"image": image, "strength": float(request.hires_denoise)}
+        if control is not None and control.hires is not None:
+            # ControlNet units act in both passes, as A1111 runs them: their images made again at this size.
+            pipe, extra = control.hires((width, height))
+            arguments |= extra
         if control is not None and control.second_pass is not None:
-            # IP-Adapter units act in both passes (ControlNets in the first only).
+            # IP-Adapter units act in both passes.
             arguments |= control.second_pass(pipe)
         return self._one_pass(pipe, second, seeds, request.hires_sampler or request.sampler, progress, arguments)
 
@@ -1698,29 +1754,70 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
     if limit == 0:
         kind = f"a {dit.label} model" if dit is not None else "a Stable Diffusion model"
         raise ModelError(
-            f"{name} is {kind}: it reads no reference images. Flux.2 (dev up to 10, Klein up to 4) and "
-            "Qwen-Image-Edit Plus (2) do; remove them (--reference-image) or pick such a model."
+            f"{name} is {kind}: it reads no reference images. Flux.2 (dev up to 10, Klein up to 4), FLUX.1 Kontext "
+            "(1) and Qwen-Image-Edit Plus (2) do; remove them (--reference-image) or pick such a model."
         )
     if count > limit:
         besides = " besides the source image" if qwen_edit.is_edit(dit) or request.mode != "txt2img" else ""
         raise ModelError(f"{count} reference images: {dit.label} takes at most {limit}{besides}.")
+    controlnets = len(request.controls) > len(image_units(request))  # a Redux unit goes with Kontext
+    if dit.family == "flux" and (request.mode != "txt2img" or controlnets):
+        # FluxKontextPipeline is text-to-image with the picture to edit as its reference, without ControlNets.
+        what = "a source image" if request.mode != "txt2img" else "ControlNet units"
+        raise ModelError(
+            f"{name} reads its reference image (FLUX.1 Kontext's picture to edit) in a text-to-image job without "
+            f"{what}: the reference is the picture the prompt edits. Remove the {what} or the reference image."
+        )
+
+
+def _in_unit_order(
+    request: GenerationRequest, controlnets: Sequence[ControlHash], redux: ReduxPrompt | None
+) -> tuple[ControlHash, ...]:
+    """The job's control hashes in its units' order: the ControlNet units' and the Redux unit's."""
+    if redux is None:
+        return tuple(controlnets)
+    images, others = image_units(request), iter(controlnets)
+    return tuple(redux.hash if u in images else next(others) for u in request.controls)
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int | None, device: str) -> Iterator[None]:
+    """torch's global generators seeded with `seed` inside, as they were after (None: left alone), so a pipeline
+    that draws from them gives the same picture for the same seed."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
     """Control units only where they run: ControlNets of the model's family, for a Flux.1 job of any mode or a
-    Qwen-Image text-to-image job (control_dit.py)."""
+    Qwen-Image, Z-Image or SD3 / SD3.5 text-to-image job (control_dit.py)."""
     if dit is None or not request.controls:
         return
-    if dit.family not in control_dit.CLASSES or dit.fill or qwen_edit.is_edit(dit):
+    family = controlnet_family(dit.family)
+    images = image_units(request)
+    if images and family != "flux":
         raise InvalidRequest(
-            f"Control units work with Stable Diffusion 1.x, 2.x, SDXL, Flux.1 and Qwen-Image models in Marble; "
+            f"Image-prompt (IP-Adapter) units work with Stable Diffusion 1.x and SDXL models, and Flux.1 with a "
+            f"Flux.1 Redux model; {dit.label} has none."
+        )
+    if len(images) == len(request.controls):
+        return  # Redux units only: any Flux.1 model (Fill too), in every mode (flux_redux.py)
+    if family not in control_dit.CLASSES or dit.fill or qwen_edit.is_edit(dit):
+        raise InvalidRequest(
+            f"Control units work with Stable Diffusion 1.x, 2.x, SDXL, SD3 / SD3.5, Flux.1, Qwen-Image and Z-Image "
+            f"models in Marble; "
             f"{dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
         )  # fmt: skip
-    if not control_dit.runs(dit.family, request.mode):
+    if not control_dit.runs(family, request.mode):
+        modes = "text-to-image and inpainting" if control_dit.runs(family, "inpaint") else "text-to-image"
         raise InvalidRequest(
-            f"Control units run with {dit.label} for text-to-image only in Marble so far: remove them for an image "
-            "to image or inpainting job."
+            f"Control units run with {dit.label} for {modes} only in Marble so far: remove them for this job."
         )
+    control_dit.refuse_strength(family, request.mode, request.strength, dit.label)
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:

@@ -155,11 +155,22 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
-    cls = getattr(diffusers, name)
     if info.family == "chroma" and "guidance_embeds" not in pipe.transformer.config:
         # diffusers 0.42's ChromaInpaintPipeline asks the transformer's config whether it embeds guidance, which
         # Chroma's never does and whose config has no such field (an AttributeError in the first step).
         pipe.transformer.register_to_config(guidance_embeds=False)
+    return _sibling(pipe, getattr(diffusers, name))
+
+
+def kontext_pipeline(pipe: Any) -> Any:
+    """A Flux.1 pipeline's FluxKontextPipeline sibling: the reference picture's latents read beside the noise
+    (FLUX.1 Kontext's instruction edits; other Flux.1 dev models run it too, as ComfyUI lets them)."""
+    import diffusers
+
+    return _sibling(pipe, diffusers.FluxKontextPipeline)
+
+
+def _sibling(pipe: Any, cls: Any) -> Any:
     # Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move
     # them (fighting the offload hooks); a constructor only registers them.
     accepted = inspect.signature(cls.__init__).parameters

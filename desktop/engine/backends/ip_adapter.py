@@ -60,6 +60,7 @@ from desktop.engine.library.ip_adapter import (
     is_image_encoder,
 )
 from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.library.redux import is_redux
 from desktop.engine.request import IP_ADAPTER_PREPROCESSOR, ControlUnit, GenerationRequest
 from desktop.engine.terminal_text import library_text
 
@@ -183,18 +184,15 @@ class IpAdapters:
         entry = self._catalog.get(unit.model.strip())
         if sniff_file_type(entry.path) != "safetensors":
             raise ModelError(f"The IP-Adapter {entry.name!r} is not a safetensors file; import it again.")
-        info = inspect_ip_adapter(read_safetensors_header(entry.path, name=entry.name), repr(entry.name))
+        header = read_safetensors_header(entry.path, name=entry.name)
+        if is_redux(header):
+            raise InvalidRequest(f"{entry.name!r} is a Flux.1 Redux model: it works with Flux.1 models, not this one.")
+        info = inspect_ip_adapter(header, repr(entry.name))
         return _Adapter(entry.name, entry.path, info, legacy_hash(entry.path))
 
     def _encoder_for(self, adapters: list[_Adapter], pipe: Any) -> Any:
         """The library's first image encoder (by name) whose widths fit every adapter, loaded."""
-        for entry in sorted(self._catalog.entries(), key=lambda e: e.name.casefold()):
-            if sniff_file_type(entry.path) != "safetensors":
-                continue
-            try:
-                header = read_safetensors_header(entry.path, name=entry.name)
-            except ModelError:
-                continue
+        for entry, header in self._catalog.headers():
             if not is_image_encoder(header):
                 continue
             info = inspect_image_encoder(header, entry.name)

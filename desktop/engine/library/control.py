@@ -19,7 +19,10 @@ which kind it is and which base family it was trained for:
   input layers: Flux.1's (InstantX, Shakker-Labs, the Union models) `x_embedder` + `context_embedder`, a
   union model adding `controlnet_mode_embedder` (which kind of control image it reads); Qwen-Image's
   (InstantX's Union) `img_in` + `txt_in`. XLabs' own Flux layout (`double_blocks.*` with
-  `input_hint_block.*`) is named and refused: diffusers has no converter for it.
+  `input_hint_block.*`) is named and refused: diffusers has no converter for it. Z-Image's (alibaba-pai's
+  Fun ControlNet Union): `control_all_x_embedder.*` + `control_layers.N.after_proj`. SD3's (InstantX's for
+  SD3 medium; Stability's SD3.5 Large blur / canny / depth, in diffusers' names or Stability's own, layout
+  "sai"): `pos_embed_input.proj` + `controlnet_blocks.*` + `transformer_blocks.*`.
 
 Family: SDXL ControlNets carry the added (size/crop) embedding (`label_emb` / `add_embedding`) and a
 2048-wide cross-attention; SD 1.x reads 768-wide CLIP-L states, SD 2.x 1024-wide OpenCLIP states.
@@ -43,11 +46,13 @@ from desktop.engine.library.ip_adapter import (
     variant_label,
 )
 from desktop.engine.library.onnx_file import DETECTOR, RECOGNIZER, FaceModelInfo, inspect_face_model, read_onnx
+from desktop.engine.library.redux import inspect_redux, inspect_siglip, is_redux, is_siglip_encoder
 
 CONTROLNET = "controlnet"
 CONTROL_LORA = "control-lora"
 T2I_ADAPTER = "t2i-adapter"
 IP_ADAPTER = "ip-adapter"  # layout: its variant (plain / plus / full / faceid / faceid-plus): library/ip_adapter.py
+REDUX = "redux"  # an IP_ADAPTER's layout for Flux.1 Redux (library/redux.py)
 IMAGE_ENCODER = "image-encoder"  # the CLIP vision model IP-Adapters read reference images with
 # A learned preprocessor's weights (depth, lineart, pose: desktop/engine/library/annotator.py), kept in the
 # control library; its layout is the task ("depth", "lineart", "openpose").
@@ -56,9 +61,36 @@ _KIND_LABELS = {
     CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter", IP_ADAPTER: "IP-Adapter",
     IMAGE_ENCODER: "image encoder",
 }  # fmt: skip
-FLUX, QWEN_IMAGE = "flux", "qwen-image"
-DIT_CONTROLNET_FAMILIES = (FLUX, QWEN_IMAGE)  # the DiTs whose ControlNets Marble runs (backends/control_dit.py)
-_FAMILY_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image"}
+FLUX, QWEN_IMAGE, Z_IMAGE, SD3 = "flux", "qwen-image", "z-image", "sd3"
+# The DiTs whose ControlNets Marble runs (backends/control_dit.py). "sd3": SD3 and SD3.5 alike (which model a
+# ControlNet fits is its width: checked when it is shaped).
+DIT_CONTROLNET_FAMILIES = (FLUX, QWEN_IMAGE, Z_IMAGE, SD3)
+_FAMILY_LABELS = {
+    "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image",
+    SD3: "SD3",
+}  # fmt: skip
+
+
+# The window's model families (library/native_size.py) whose control models are of one family here.
+_CONTROL_FAMILY_OF_MODEL = {"flux-dev": FLUX, "flux-schnell": FLUX, "sd3": SD3, QWEN_IMAGE: QWEN_IMAGE,
+                            Z_IMAGE: Z_IMAGE}  # fmt: skip
+
+
+def fits_model(control_family: str | None, model_family: str | None) -> bool:
+    """Whether a control model of `control_family` can serve a model of the window's `model_family`
+    ("sd1", "sdxl-turbo", "flux-dev", "sd3" ...: library/native_size.py). True when either is unknown (a
+    model of no released family, the demo model), so nothing usable is hidden."""
+    if not control_family or not model_family:
+        return True
+    if model_family in _CONTROL_FAMILY_OF_MODEL:
+        return _CONTROL_FAMILY_OF_MODEL[model_family] == control_family
+    unet = model_family.split("-")[0]  # a few-step kind rides on its family: "sdxl-turbo"
+    return unet == control_family if unet in ("sd1", "sd2", "sdxl") else True
+
+
+def controlnet_family(dit_family: str) -> str:
+    """The control library's family for a loaded DiT's family ("sd3.5" models take "sd3" ControlNets)."""
+    return SD3 if dit_family == "sd3.5" else dit_family
 
 
 def family_label(family: str | None) -> str:
@@ -75,7 +107,7 @@ class ControlInfo:
     """What a control model's header says."""
 
     kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | IP_ADAPTER | IMAGE_ENCODER | ANNOTATOR
-    layout: str  # "ldm" (original names) | "diffusers"
+    layout: str  # "ldm" (original names) | "diffusers" | "sai" (an SD3.5 ControlNet in Stability's names)
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
     family: str | None  # "sd1" | "sd2" | "sdxl" | "flux" | "qwen-image"; None: no released family's shapes
     conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
@@ -107,9 +139,16 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     if is_image_encoder(header):
         encoder = inspect_image_encoder(header, name)
         return ControlInfo(IMAGE_ENCODER, encoder.short_name, "", None, None)
+    if is_redux(header):  # Flux.1 Redux: an image prompt for Flux, run as an IP-Adapter-like unit
+        inspect_redux(header, name)
+        return ControlInfo(IP_ADAPTER, REDUX, "", FLUX, None)
+    if is_siglip_encoder(header):
+        siglip = inspect_siglip(header, name)
+        return ControlInfo(IMAGE_ENCODER, siglip.short_name, "", None, None)
     if (family := dit_controlnet_family(header)) is not None:
         union = "union" if "controlnet_mode_embedder.weight" in names else ""
-        return ControlInfo(CONTROLNET, "diffusers", "", family, 3, union)
+        layout = "sai" if "transformer_blocks.0.attn.qkv.weight" in names else "diffusers"
+        return ControlInfo(CONTROLNET, layout, "", family, 3, union)
     if "pos_embed_input.weight" in names and header.has_prefix("double_blocks."):
         raise ModelError(
             f"{name} is a Flux ControlNet in XLabs' own layout, which Marble cannot read yet: use one in diffusers' "
@@ -142,9 +181,20 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
 
 
 def dit_controlnet_family(header: SafetensorsHeader) -> str | None:
-    """"flux" or "qwen-image" for a DiT ControlNet in diffusers' layout (whose transformer blocks would also
-    pass for a LoRA's names), else None."""
+    """"flux", "qwen-image", "z-image" or "sd3" for a DiT ControlNet in diffusers' layout (whose transformer blocks
+    would also pass for a LoRA's names), else None.
+
+    Z-Image's (alibaba-pai's Fun ControlNet Union, 1.0 to 2.1) are published in diffusers' names: control
+    blocks (`control_layers.N`, each with its `after_proj`) over the control picture's own patch embedder."""
     names = header.tensors
+    if header.has_prefix("control_all_x_embedder.") and "control_layers.0.after_proj.weight" in names:
+        return Z_IMAGE
+    if "pos_embed_input.proj.weight" in names and header.has_prefix("controlnet_blocks.") and header.has_prefix(
+        "transformer_blocks."
+    ):
+        # SD3's: InstantX's (SD3 medium) and Stability's SD3.5 Large ones, in diffusers' names or Stability's own
+        # (`attn.qkv`, `mlp.fc1`, `adaLN_modulation`).
+        return SD3
     if "controlnet_x_embedder.weight" not in names or not header.has_prefix("controlnet_blocks."):
         return None
     if "x_embedder.weight" in names and "context_embedder.weight" in names:

@@ -142,6 +142,9 @@ def reference_image_limit(info: DitInfo | None) -> int:
         return _FLUX2_DEV_REFERENCES if info.variant == "dev" else _FLUX2_KLEIN_REFERENCES
     if info.family == dit_qwen_zimage.QWEN_IMAGE and info.variant == dit_qwen_zimage.EDIT_PLUS:
         return _EDIT_PLUS_REFERENCES
+    if info.family == "flux" and info.variant == "dev" and not info.fill:
+        # FLUX.1 Kontext dev (the same tensors as Flux.1 dev: any dev model runs Kontext's pipeline) reads one.
+        return 1
     return 0
 
 

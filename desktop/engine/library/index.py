@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, StorageError
+from desktop.engine.errors import Cancelled, InvalidRequest, MarbleError, ModelError, StorageError
 from desktop.engine.library.annotator import is_depth_folder, pack_depth_folder
 from desktop.engine.library.checkpoint import (
     HASH_CHUNK_BYTES,
@@ -201,6 +201,10 @@ class Library:
             if kind == "lora" and record.few_step is None:
                 # A header read (kilobytes), so the window can offer a few-step LoRA's preset.
                 record = replace(record, few_step=few_step_of_file(path) or "")
+            if kind == "control" and not record.indexed:
+                # A file put in the folder by hand: its header says its kind and family (kilobytes), so the
+                # window offers it for the models it fits and knows an IP-Adapter as one.
+                record = _control_header(record, path)
             found.append(record)
         return sorted(found, key=lambda r: r.name.casefold())
 
@@ -639,6 +643,16 @@ def _library_files(folder: Path, kind: str) -> list[str]:
 def _same_size(record: LibraryRecord, path: Path) -> bool:
     # A file replaced by hand under the same name must not keep the old file's hashes.
     return path.is_dir() or (path.is_file() and path.stat().st_size == record.size)
+
+
+def _control_header(record: LibraryRecord, path: Path) -> LibraryRecord:
+    if path.suffix.lower() != ".safetensors":
+        return record
+    try:
+        control = inspect_control(read_safetensors_header(path, name=path.name), path.name)
+    except (MarbleError, OSError, ValueError):
+        return record  # damaged or foreign: said when it is imported or used
+    return replace(record, family=control.family, format=f"{control.kind} ({control.layout})")
 
 
 def _unindexed(kind: str, path: Path) -> LibraryRecord:

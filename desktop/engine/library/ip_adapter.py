@@ -39,7 +39,7 @@ from desktop.engine.library.checkpoint import SafetensorsHeader
 PLAIN, PLUS, FULL, FACEID, FACEID_PLUS = "plain", "plus", "full", "faceid", "faceid-plus"
 _VARIANT_LABELS = {
     PLAIN: "IP-Adapter", PLUS: "IP-Adapter Plus", FULL: "IP-Adapter Full", FACEID: "IP-Adapter FaceID",
-    FACEID_PLUS: "IP-Adapter FaceID Plus",
+    FACEID_PLUS: "IP-Adapter FaceID Plus", "redux": "Redux",
 }  # fmt: skip
 FACE_VARIANTS = (FACEID, FACEID_PLUS)
 # What a FaceID adapter reads instead of (or besides) CLIP: insightface's face models, as users have them.

@@ -8,7 +8,7 @@ listing, never joined into a path.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -436,6 +436,17 @@ class AdapterCatalog:
 
     def names(self) -> list[str]:
         return [entry.name for entry in self.entries()]
+
+    def headers(self) -> Iterator[tuple[AdapterFile, SafetensorsHeader]]:
+        """Each entry (sorted by name) with its header; a file that is not safetensors or cannot be read is
+        passed over (it is reported when it is imported or used by name)."""
+        for entry in self.entries():
+            if sniff_file_type(entry.path) != "safetensors":
+                continue
+            try:
+                yield entry, read_safetensors_header(entry.path, name=entry.name)
+            except ModelError:
+                continue
 
     def find(self, name: str) -> AdapterFile | None:
         return find_by_name(self.entries(), name)

@@ -394,7 +394,8 @@ class LibraryIntegration(QObject):
             # Preprocessors' networks (format "annotator (...)") are found by task, never picked as a unit's model.
             units = [r for r in records if not (r.format or "").startswith(("image-encoder", "annotator"))]
             ips = [r.name for r in units if (r.format or "").startswith("ip-adapter")]
-            panel.control_list.set_names([r.name for r in units], ip_adapters=ips)
+            panel.control_list.set_names([r.name for r in units], ip_adapters=ips,
+                                         families={r.name: r.family for r in units})  # fmt: skip
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
         elif kind == "encoder" and panel is not None:
