@@ -25,7 +25,15 @@ from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
-from tests.support.tiny_dit import _vae, build_tiny_flux, build_tiny_sd3, save_pipeline, tiny_fill_transformer
+from tests.support.tiny_dit import (
+    _vae,
+    build_tiny_flux,
+    build_tiny_sd3,
+    config_folder,
+    save_bfl_file,
+    save_pipeline,
+    tiny_fill_transformer,
+)
 
 MASK_BOX = (16, 16, 48, 40)
 
@@ -140,6 +148,24 @@ def test_flux_fill_is_detected_and_inpaints_like_bare_diffusers(models, paths):
     assert np.array_equal(pixels(batch.images[0]), expected)
     with pytest.raises(ModelError, match="Fill model: it edits a source image"):
         run(make_backend(paths), request_for(models["fill"], negative_prompt=""))
+
+
+def test_a_bfl_fill_file_loads_with_flux_dev_config_and_matches_its_folder(models, paths, tmp_path):
+    # BFL's flux1-fill-dev.safetensors holds the transformer only, and shares Flux.1 dev's config (64 channels in,
+    # none said out): its 384 input channels come from its tensors.
+    flux = build_tiny_flux()
+    accepted = inspect.signature(FluxFillPipeline.__init__).parameters
+    parts = {k: v for k, v in flux.components.items() if k in accepted and k != "transformer"}
+    fill = FluxFillPipeline(transformer=tiny_fill_transformer(blocks=2), **parts)
+    folder = save_pipeline(fill, tmp_path / "fill")
+    file = save_bfl_file(fill, tmp_path / "flux1-fill-dev.safetensors")
+    assert detect_model(file).label == "Flux.1 dev Fill"
+    request = edit_request(models, "fill", mask=True, strength=1.0)
+    request = replace(request, model=str(file), model_config=str(config_folder(flux, tmp_path / "config")),
+                      text_encoders=str(folder))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    expected = bare(FluxFillPipeline, models | {"fill": folder}, "fill", "flux", request, mask=True, **FLUX)
+    assert np.array_equal(pixels(batch.images[0]), expected)
 
 
 @pytest.mark.parametrize(("model", "mask"), [("flux", False), ("flux", True), ("sd3", True), ("fill", True)])

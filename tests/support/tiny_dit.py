@@ -112,12 +112,15 @@ def build_tiny_sd3(
     )  # fmt: skip
 
 
-def tiny_fill_transformer(seed: int = 5) -> FluxTransformer2DModel:
+def tiny_fill_transformer(seed: int = 5, blocks: int = 1, in_channels: int = 48) -> FluxTransformer2DModel:
     """A Flux Fill transformer for the tiny Flux: its input layer also takes the masked image's latents (16
-    packed channels here) and the mask (2x2 VAE pixels per latent, packed 2x2: 16), beside the noise (16)."""
+    packed channels here) and the mask (2x2 VAE pixels per latent, packed 2x2: 16), beside the noise (16).
+    `in_channels` 32: a Canny/Depth dev transformer instead (the control picture's latents beside the noise).
+    `blocks` of each kind: 2 as the tiny Flux's config says, for a file loaded with that config."""
     torch.manual_seed(seed)
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=48, out_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        patch_size=1, in_channels=in_channels, out_channels=16, num_layers=blocks, num_single_layers=blocks,
+        attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
         axes_dims_rope=(4, 6, 6),
     )  # fmt: skip

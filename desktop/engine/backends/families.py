@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -435,7 +436,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             if info.layout == "bfl":
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
-            return cls.from_single_file(state, **kwargs)
+            return cls.from_single_file(state, **kwargs, **_flux_channels(state))
         if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2):
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
             # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
@@ -446,6 +447,17 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error
+
+
+def _flux_channels(state: Mapping[str, Any]) -> dict[str, int]:
+    """The channels a Flux transformer reads and writes, from its tensors: Fill (384 in) and Canny/Depth dev (128
+    in) files share Flux.1 dev's config, which says 64 (and no out_channels: as many as it reads)."""
+    found = {}
+    for key, name, axis in (("x_embedder.weight", "in_channels", -1), ("proj_out.weight", "out_channels", 0)):
+        if key in state:
+            tensor = state[key]
+            found[name] = tuple(getattr(tensor, "quant_shape", tensor.shape))[axis]  # a GGUF tensor's true shape
+    return found
 
 
 def _read_state(path: Path, gguf: bool) -> dict[str, Any]:
