@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="apply a saved style to the prompt and negative (repeatable; `marble styles list`)")
     control = gen.add_argument_group("ControlNet / T2I-Adapter units")
     control.add_argument("--control", action="append", default=[], metavar="NAME:IMAGE[:WEIGHT[:START:END]]",
-                         help="a control unit: a library control model (marble controls import FILE), its image, "
+                         help="a control unit: a library control model (marble controls import FILE; built-in: "
+                              "a Flux.1 Canny / Depth dev model's own control input), its image, "
                               "weight (default 1) and guidance range as fractions of the steps (repeatable)")
     control.add_argument("--control-preprocessor", action="append", default=[], choices=CONTROL_PREPROCESSORS,
                          help="preprocess the control image (once for every unit, or once per --control in order)")

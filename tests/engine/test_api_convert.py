@@ -195,6 +195,12 @@ def test_controlnet_units_map_to_control_units():
         assert convert({**WEBUIAPI_DEFAULTS, **unit(module=module)})[0].request.controls[0].preprocessor == preprocessor
 
 
+def test_a_built_in_unit_names_the_models_own_control_input():
+    # A Flux.1 Canny / Depth dev model reads its picture itself: "built-in" is no library name, and is taken.
+    (got,) = convert({**WEBUIAPI_DEFAULTS, **unit(model="Built-in", module="canny")}, saved=[])[0].request.controls
+    assert (got.model, got.preprocessor) == ("built-in", "canny")
+
+
 def test_an_ip_adapter_unit_takes_the_extensions_list_of_images():
     """sd-webui-controlnet's multi-input form: `image` as a list of {"image", "mask"} for IP-Adapter modules."""
     saved: list[Image.Image] = []

@@ -125,23 +125,6 @@ def test_schnell_is_told_from_dev_by_its_tensors_not_its_name(flux, tmp_path):
     assert (arch.config_name, arch.label) == ("flux-schnell", "Flux.1 schnell")
 
 
-def test_flux_canny_and_depth_dev_are_named_and_refused_at_import(flux, tmp_path):
-    # BFL's structural-conditioning models read twice the channels they write; they failed in the first step
-    # with "The size of tensor a (32) must match the size of tensor b (16)", an internal error.
-    from safetensors.torch import save_file
-
-    config = dict(flux["pipe"].transformer.config)
-    wide = FluxTransformer2DModel.from_config(config, in_channels=2 * config["in_channels"],
-                                              out_channels=config["in_channels"])  # fmt: skip
-    save_file(flux_to_bfl(wide.state_dict()), str(tmp_path / "flux1-canny-dev.safetensors"))
-    with pytest.raises(ModelError, match=r"flux1-canny-dev\.safetensors is a Flux.1 Canny or Depth dev model"):
-        detect_model(tmp_path / "flux1-canny-dev.safetensors")
-    pipe = FluxPipeline(**(flux["pipe"].components | {"transformer": wide}))
-    folder = save_pipeline(pipe, tmp_path / "flux-depth-dev")
-    with pytest.raises(ModelError, match="is a Flux.1 Canny or Depth dev model"):
-        detect_model(folder)
-
-
 def test_a_flux_file_with_a_missing_block_names_the_file(flux, tmp_path):
     broken = save_bfl_file(flux["pipe"], tmp_path / "my-flux.safetensors", drop="double_blocks.0")
     with pytest.raises(ModelError, match=r"my-flux\.safetensors .*double_blocks\.0 is missing"):

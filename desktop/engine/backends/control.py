@@ -52,6 +52,7 @@ from desktop.engine.imaging import EditPlan, load_source, to_working
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.control import (
     ANNOTATOR,
+    BUILT_IN,
     CONTROL_LORA,
     CONTROLNET,
     DIT_CONTROLNET_FAMILIES,
@@ -223,6 +224,26 @@ class ControlModels:
             run.hires = hires
         if family == Z_IMAGE:  # lent the transformer's modules for this call only (close() takes them back)
             run.handles.extend(control_dit.z_image_hooks(models[0], base.transformer, units[0], request.steps))
+        return run
+
+    def prepare_built_in(
+        self, pipe: Any, unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int],
+        hires_pipe: Callable[[], Any],
+    ) -> ControlRun:
+        """The unit naming a Flux.1 Canny / Depth dev model's own input (BUILT_IN): its picture, preprocessed at
+        the job's `size`, as the control image `pipe` (FluxControlPipeline or its image-to-image / inpainting
+        sibling) reads beside the noise. Text-to-image: the hires fix's second pass (`hires_pipe`, the
+        image-to-image sibling) reads it again at that pass's size."""
+        # These pipelines take a tensor as the VAE reads it, in [-1, 1] (a picture they would normalise).
+        image = _control_image(unit, plan, size, self.annotators) * 2.0 - 1.0
+        run = ControlRun(pipe, {"control_image": image}, (ControlHash(BUILT_IN, ""),))
+        if plan is None:
+
+            def hires(second: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
+                again = _control_image(unit, None, second, self.annotators) * 2.0 - 1.0
+                return hires_pipe(), {"control_image": again}
+
+            run.hires = hires
         return run
 
     def _load(

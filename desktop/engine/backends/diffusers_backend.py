@@ -134,7 +134,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     read_safetensors_header,
     sniff_file_type,
 )
-from desktop.engine.library.control import controlnet_family  # noqa: E402
+from desktop.engine.library.control import BUILT_IN, controlnet_family  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
@@ -607,6 +607,7 @@ class DiffusersBackend:
         if batch_index == 0 and (self._key is None or self._key.device == "cpu"):
             self._set_cpu_threads()
         _refuse_references(self._model.name if self._model else "the model", self._dit, request)
+        _refuse_built_in(self._dit, request)
         if self._dit is not None:
             return self._generate_dit(request, batch_index, on_step, cancel)
         # LoRAs from the request and the prompt's <lora:...> tags; the encoder gets the prompt without tags.
@@ -927,7 +928,11 @@ class DiffusersBackend:
         if images and family == "flux":  # Flux.1 Redux: the reference picture as prompt tokens (flux_redux.py)
             redux = self._redux.prompt(self._pipe, request, images, self._dit.label, device)
         controlnets = replace(request, controls=tuple(u for u in request.controls if u not in images))
-        if controlnets.controls:  # Flux.1, Qwen-Image, Z-Image or SD3 (_refuse_dit_controls): its ControlNets
+        if self._dit.control_input:  # Canny / Depth dev: the BUILT_IN unit's picture (_refuse_built_in)
+            control = self._controls.prepare_built_in(pipe, controlnets.controls[0], plan,
+                                                      (size["width"], size["height"]),
+                                                      functools.partial(self._dit_pipe_for, "img2img"))  # fmt: skip
+        elif controlnets.controls:  # Flux.1, Qwen-Image, Z-Image or SD3 (_refuse_dit_controls): its ControlNets
             control_dit.refuse_memory_mode(family, self._dit_mode or "full", request.memory_mode, self._dit.label)
             control = self._controls.prepare_dit(family, self._pipe, controlnets, plan,
                                                  (size["width"], size["height"]), self._dit.label, device,
@@ -1792,10 +1797,46 @@ def _seeded_global_rng(seed: int | None, device: str) -> Iterator[None]:
         yield
 
 
+def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
+    """A unit naming the model's own control input (BUILT_IN) only for a Flux.1 Canny / Depth dev model, which
+    needs exactly one (its pipeline reads a control picture at every step), at full weight over every step (it
+    has no weight or range), and no ControlNet beside it; Redux units may join it."""
+    own = [unit for unit in request.controls if unit.model.strip() == BUILT_IN]
+    if dit is None or not dit.control_input:
+        if own:
+            label = dit.label if dit is not None else "a Stable Diffusion model"
+            raise InvalidRequest(
+                f"The control model {BUILT_IN!r} is the control input of Flux.1 Canny / Depth dev models; the chosen "
+                f"model ({label}) has none: pick a ControlNet for the unit, or such a model."
+            )
+        return
+    others = [unit for unit in request.controls if unit.model.strip() != BUILT_IN and unit not in image_units(request)]
+    if others:
+        raise InvalidRequest(
+            f"{dit.label} models read their control picture through their own input: ControlNets do not run with "
+            f"them. Remove the {len(others)} ControlNet unit(s), and give the picture to a unit whose model is "
+            f"{BUILT_IN!r}."
+        )
+    if len(own) != 1:
+        raise InvalidRequest(
+            f"{dit.label} models read one control picture (a canny edge map for Canny dev, a depth map for Depth "
+            f"dev): add one control unit whose model is {BUILT_IN!r}, with the picture or the preprocessor that "
+            f"makes it from yours."
+            if not own else f"{dit.label} models read one control picture: remove all but one {BUILT_IN!r} unit."
+        )
+    unit = own[0]
+    if unit.weight != 1.0 or unit.start != 0.0 or unit.end != 1.0 or unit.mode != "balanced":
+        raise InvalidRequest(
+            f"{dit.label} models read their control picture at every step, as trained: set the {BUILT_IN!r} unit's "
+            "weight to 1, its range to 0-1 and its control mode to Balanced."
+        )
+
+
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
     """Control units only where they run: ControlNets of the model's family, for a Flux.1 job of any mode or a
     Qwen-Image, Z-Image or SD3 / SD3.5 text-to-image job (control_dit.py)."""
-    if dit is None or not request.controls:
+    _refuse_built_in(dit, request)
+    if dit is None or not request.controls or dit.control_input:
         return
     family = controlnet_family(dit.family)
     images = image_units(request)

@@ -56,6 +56,8 @@ def pipeline_class(family: str) -> Any:
         return qwen_zimage.pipeline_class(family)
     if family == "flux-fill":
         return diffusers.FluxFillPipeline
+    if family == "flux-control":
+        return diffusers.FluxControlPipeline
     if family == "flux":
         return diffusers.FluxPipeline
     if family in ("sd3", "sd3.5"):
@@ -101,7 +103,10 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
-    """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG)."""
+    """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
+    Fill and Canny/Depth dev, whose pipelines have no true CFG)."""
+    if request.negative_prompt and (info.fill or info.control_input):
+        return f"{info.label} models run without true CFG in diffusers, so without a negative prompt; it was ignored."
     if not request.negative_prompt or info.family != dit_flux2.FLUX2 or not flux2.ignores_negative(pipe, request, info):
         return None
     why = "takes no negative prompt" if flux2.is_dev(info) else "uses a negative prompt only with CFG above 1"
@@ -153,6 +158,9 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return pipe
     if qwen_edit.is_edit(info):
         return qwen_edit.edit_pipeline(pipe, mode, info)
+    if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
+        name = "FluxControlInpaintPipeline" if mode == "inpaint" else "FluxControlImg2ImgPipeline"
+        return _sibling(pipe, getattr(diffusers, name))
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
@@ -257,7 +265,7 @@ def load_pipeline(
         )  # fmt: skip
     if info.family == dit_flux2.FLUX2:
         return _load_flux2(path, arch, name, dtype, resources, config_folder, text_encoders)
-    cls = pipeline_class("flux-fill" if info.fill else info.family)
+    cls = pipeline_class("flux-fill" if info.fill else "flux-control" if info.control_input else info.family)
     if info.family in qwen_zimage.FAMILIES:
         return _load_qwen_zimage(path, arch, name, dtype, resources, config_folder, text_encoders)
     if path.is_dir():
@@ -564,7 +572,7 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
             # dev: the distilled guidance the transformer embeds; schnell has no guidance embedder.
             "guidance_scale": float(request.distilled_cfg_scale) if info.variant == "dev" else 0.0,
         }
-        if negative and not info.fill:
+        if negative and not (info.fill or info.control_input):  # their pipelines have no true CFG
             # True CFG (two passes a step) only with a negative prompt, as diffusers and Forge do.
             arguments |= {"negative_prompt": negative, "true_cfg_scale": float(request.cfg_scale)}
         return arguments
@@ -590,7 +598,8 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
     # Flux.1, Chroma and Qwen-Image draw (C, h, w) (Qwen-Image as one video frame, the same values) and take
     # them packed into tokens of 2x2 patches.
-    latent = channels // 4
+    # A Canny / Depth dev transformer reads the control picture's tokens beside the noise's: half are noise.
+    latent = channels // (8 if info.control_input else 4)
 
     def packed(noise: Any) -> Any:
         return pipe._pack_latents(noise, noise.shape[0], latent, rows, cols)

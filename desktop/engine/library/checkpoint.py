@@ -29,10 +29,10 @@ from desktop.engine.library.dit import (
     detect_dit_folder,
     detect_gguf,
     dit_pipeline_family,
+    is_control_input_channels,
     is_fill_channels,
     is_gguf,
     looks_like_dit,
-    refuse_structural,
 )
 from desktop.engine.library.onnx_file import looks_like_onnx
 from desktop.engine.safe_files import json_depth_exceeds, open_regular, read_json_file
@@ -612,11 +612,12 @@ def _dit_folder(folder: Path, index: Mapping[str, object], class_name: str, name
     components = tuple(part for part in parts if part in index)
     depth = transformer.get("num_layers", transformer.get("n_layers"))  # Z-Image says n_layers
     channels = transformer.get("in_channels")
-    refuse_structural(family, channels, transformer.get("out_channels") or channels, name)
     info = DitInfo(
         family=family, variant=variant, layout="diffusers", parameters=parameters, dtype=dtype, quantization=None,
         components=components, blocks=(depth if isinstance(depth, int) else 0, 0),
         fill=family == "flux" and is_fill_channels(channels, transformer.get("out_channels") or channels),
+        control_input=family == "flux"
+        and is_control_input_channels(channels, transformer.get("out_channels") or channels),
     )  # fmt: skip
     return dit_architecture(info)
 

@@ -65,6 +65,9 @@ FLUX, QWEN_IMAGE, Z_IMAGE, SD3 = "flux", "qwen-image", "z-image", "sd3"
 # The DiTs whose ControlNets Marble runs (backends/control_dit.py). "sd3": SD3 and SD3.5 alike (which model a
 # ControlNet fits is its width: checked when it is shaped).
 DIT_CONTROLNET_FAMILIES = (FLUX, QWEN_IMAGE, Z_IMAGE, SD3)
+# A control unit's model naming the loaded model's own control input, not a library file: BFL's Flux.1 Canny /
+# Depth dev read the unit's (preprocessed) picture beside the noise (backends/control.py's prepare_built_in).
+BUILT_IN = "built-in"
 _FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image",
     SD3: "SD3",

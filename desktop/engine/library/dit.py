@@ -77,6 +77,9 @@ class DitInfo:
     blocks: tuple[int, ...]  # (double/joint, single) block counts
     # Flux Fill: the transformer also reads the masked image's latents and the mask (an inpainting model).
     fill: bool = False
+    # BFL's Flux.1 Canny / Depth dev: the transformer also reads a control picture's latents (FluxControlPipeline);
+    # the picture comes from a control unit naming the model's own input (library/control.py's BUILT_IN).
+    control_input: bool = False
     # The file holds a text encoder in ComfyUI's scaled fp8, which diffusers' single-file loader would read
     # without its scales: its encoders must come from a folder.
     scaled_encoders: bool = False
@@ -91,6 +94,7 @@ class DitInfo:
         variant = dit_qwen_zimage.VARIANT_LABELS.get((self.family, self.variant), self.variant)
         name = f"{base} {variant}" if variant else base
         name = f"{name} Fill" if self.fill else name
+        name = f"{name} Canny/Depth" if self.control_input else name
         return f"{name} ({self.quantization})" if self.quantization else name
 
     @property
@@ -142,7 +146,7 @@ def reference_image_limit(info: DitInfo | None) -> int:
         return _FLUX2_DEV_REFERENCES if info.variant == "dev" else _FLUX2_KLEIN_REFERENCES
     if info.family == dit_qwen_zimage.QWEN_IMAGE and info.variant == dit_qwen_zimage.EDIT_PLUS:
         return _EDIT_PLUS_REFERENCES
-    if info.family == "flux" and info.variant == "dev" and not info.fill:
+    if info.family == "flux" and info.variant == "dev" and not (info.fill or info.control_input):
         # FLUX.1 Kontext dev (the same tensors as Flux.1 dev: any dev model runs Kontext's pipeline) reads one.
         return 1
     return 0
@@ -222,8 +226,6 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image)."
         )
-    if (channels := _io_channels(model)) is not None:
-        refuse_structural(family, *channels, name)
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
     code = quant_formats.weight_format(model, common)
@@ -232,7 +234,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         family=family, variant=variant, layout=layout, parameters=parameters,
         dtype=quantization or code, quantization=quantization,
         components=tuple(components), blocks=counts, fill=family == "flux" and is_fill_shape(model),
-        scaled_encoders=scaled_encoders,
+        control_input=family == "flux" and is_control_input_shape(model), scaled_encoders=scaled_encoders,
     )  # fmt: skip
 
 
@@ -247,16 +249,15 @@ def is_fill_channels(in_channels: object, out_channels: object) -> bool:
     return isinstance(in_channels, int) and isinstance(out_channels, int) and in_channels > 2 * out_channels
 
 
-def refuse_structural(family: str, in_channels: object, out_channels: object, name: str) -> None:
-    """BFL's Flux.1 Canny and Depth dev read a control picture's latents beside the noise (twice the channels
-    they write): diffusers' FluxControlPipeline, which Marble does not run. Said at import, not as a shape error
-    in the first step."""
-    if family == "flux" and isinstance(in_channels, int) and in_channels == 2 * out_channels:
-        raise ModelError(
-            f"{name} is a Flux.1 Canny or Depth dev model (its transformer reads a control picture beside the "
-            "noise), which Marble cannot run yet. Flux.1 dev with a Flux.1 ControlNet does the same work "
-            "(docs/control.md)."
-        )
+def is_control_input_shape(model: Mapping[str, TensorShape]) -> bool:
+    """BFL's Flux.1 Canny and Depth dev read a control picture's latents beside the noise: twice the channels
+    they write."""
+    channels = _io_channels(model)
+    return channels is not None and is_control_input_channels(*channels)
+
+
+def is_control_input_channels(in_channels: object, out_channels: object) -> bool:
+    return isinstance(in_channels, int) and isinstance(out_channels, int) and in_channels == 2 * out_channels
 
 
 def _io_channels(model: Mapping[str, TensorShape]) -> tuple[int, int] | None:
@@ -414,6 +415,8 @@ def detect_gguf(path: StrPath, *, name: str | None = None) -> DitInfo:
 _PIPELINES = {
     "FluxPipeline": "flux",
     "FluxFillPipeline": "flux",
+    "FluxControlPipeline": "flux",  # BFL's Canny / Depth dev folders
+    "FluxKontextPipeline": "flux",  # BFL's Kontext dev folder: Flux.1 dev's tensors
     "StableDiffusion3Pipeline": "sd3",
     "ChromaPipeline": "chroma",
     **dit_qwen_zimage.PIPELINES,

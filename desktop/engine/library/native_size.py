@@ -183,6 +183,16 @@ def needs_components(path: Path) -> bool:
         return False
 
 
+def reads_control_picture(path: Path) -> bool:
+    """Whether the model at `path` reads a control picture through its own input (Flux.1 Canny / Depth dev: the
+    window's control units offer library/control.py's BUILT_IN for it); False for unreadable files."""
+    try:
+        dit = detect_model(path).dit
+    except (MarbleError, OSError, ValueError):
+        return False
+    return dit is not None and dit.control_input
+
+
 def reference_limit(path: Path) -> int:
     """How many reference images the model at `path` reads beside its prompt (the window's "References"
     row; `dit.reference_image_limit`); 0 for every other model and for unreadable files."""
