@@ -12,7 +12,13 @@ from PySide6.QtCore import QObject, QThreadPool, Signal
 
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.embedding_vectors import vector_counts
-from desktop.engine.library.native_size import model_family, native_size, needs_components, reference_limit
+from desktop.engine.library.native_size import (
+    model_family,
+    native_size,
+    needs_components,
+    reads_control_picture,
+    reference_limit,
+)
 from desktop.engine.token_count import TokenCounter
 from desktop.ui.translation import translate
 
@@ -27,6 +33,7 @@ class _Relay(QObject):
     families_listed = Signal(object)
     component_models_listed = Signal(object)
     reference_models_listed = Signal(object)
+    control_input_models_listed = Signal(object)
     demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
@@ -44,6 +51,8 @@ class BackgroundReads(QObject):
             folder (a frozenset of names), emitted with `families_listed`.
         reference_models_listed(object): the models that read reference images beside the prompt (a dict
             of name -> how many at most), emitted with `families_listed`.
+        control_input_models_listed(object): the models that read a control picture through their own input
+            (Flux.1 Canny / Depth dev; a frozenset of names), emitted with `families_listed`.
         demo_model_found(object): after each `models_listed`, the demo model's name in the library
             (it may have been renamed), or None when the library has none.
         token_counter_loaded(object): a `TokenCounter`, or None when its merges file is unreadable.
@@ -54,6 +63,7 @@ class BackgroundReads(QObject):
     families_listed = Signal(object)
     component_models_listed = Signal(object)
     reference_models_listed = Signal(object)
+    control_input_models_listed = Signal(object)
     demo_model_found = Signal(object)
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
@@ -76,6 +86,7 @@ class BackgroundReads(QObject):
         self._relay.families_listed.connect(self.families_listed)
         self._relay.component_models_listed.connect(self.component_models_listed)
         self._relay.reference_models_listed.connect(self.reference_models_listed)
+        self._relay.control_input_models_listed.connect(self.control_input_models_listed)
         self._relay.demo_model_found.connect(self.demo_model_found)
         self._relay.token_counter_loaded.connect(self.token_counter_loaded)
         self._relay.embedding_vectors_read.connect(self.embedding_vectors_read)
@@ -88,6 +99,7 @@ class BackgroundReads(QObject):
             relay.families_listed.emit(families)
             relay.component_models_listed.emit(_component_models(catalog) if not error else frozenset())
             relay.reference_models_listed.emit(_reference_models(catalog) if not error else {})
+            relay.control_input_models_listed.emit(_control_input_models(catalog) if not error else frozenset())
             relay.models_listed.emit(names, sizes, error)
             relay.demo_model_found.emit(demo_model() if demo_model is not None else None)
 
@@ -151,6 +163,13 @@ def _reference_models(catalog: ModelCatalog) -> dict[str, int]:
     except OSError:
         return {}
     return {name: limit for name, limit in limits.items() if limit > 0}
+
+
+def _control_input_models(catalog: ModelCatalog) -> frozenset[str]:
+    try:
+        return frozenset(entry.name for entry in catalog.entries() if reads_control_picture(entry.path))
+    except OSError:
+        return frozenset()
 
 
 def _component_models(catalog: ModelCatalog) -> frozenset[str]:

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.control_preprocess import LEARNED, Thresholds, preprocess, to_preview
 from desktop.engine.errors import MarbleError
 from desktop.engine.imaging import store_by_hash
-from desktop.engine.library.control import fits_model
+from desktop.engine.library.control import BUILT_IN, fits_model
 from desktop.engine.request import (
     CONTROL_MODES,
     CONTROL_PREPROCESSORS,
@@ -183,10 +183,27 @@ class _ControlRow(QFrame):
 
     def set_names(self, names: Sequence[str]) -> None:
         fill_names(self.model_combo, names, self.tr("Not in the control library"))
+        self._name_built_in()
 
     def select(self, name: str) -> None:
         # Kept when the library lacks it (a recipe, history): the job then says clearly it is missing.
         select_name(self.model_combo, name, self.tr("Not in the control library"))
+        self._name_built_in()
+
+    def _name_built_in(self) -> None:
+        index = self.model_combo.findData(BUILT_IN)
+        if index >= 0:
+            self.model_combo.setItemText(index, self.tr("Built-in (the model's control input)"))
+
+    def fix_settings(self, fixed: bool) -> None:
+        """A built-in unit runs at weight 1 over every step in Balanced mode, as the model was trained: its
+        settings show so and cannot be changed; other units' can."""
+        if fixed:
+            for spin, value in ((self.weight_spin, 1.0), (self.start_spin, 0.0), (self.end_spin, 1.0)):
+                spin.setValue(value)
+            _select_data(self.mode_combo, "balanced")
+        for widget in (self.weight_spin, self.start_spin, self.end_spin, self.mode_combo):
+            widget.setEnabled(not fixed)
 
     def name(self) -> str:
         return chosen_name(self.model_combo)
@@ -288,6 +305,8 @@ class ControlListWidget(QWidget):
         # offers the control models that fit it (fits_model).
         self._families: dict[str, str | None] = {}
         self._model_family: str | None = None
+        # The chosen model reads a control picture through its own input (Flux.1 Canny / Depth dev).
+        self._built_in = False
         self._rows: list[_ControlRow] = []
         self._inputs_folder: Path | None = None
         self._canvas_picture: CanvasPicture | None = None
@@ -322,18 +341,25 @@ class ControlListWidget(QWidget):
         self._families = dict(families or {})
         self._refill()
 
-    def set_model_family(self, family: str | None) -> None:
+    def set_model_family(self, family: str | None, built_in: bool = False) -> None:
         """The chosen model's family (library/native_size.py): the rows offer the control models made for it
-        (and those of no known family). A unit keeps a model made for another family, marked as such."""
+        (and those of no known family). A unit keeps a model made for another family, marked as such.
+        `built_in`: the model reads its control picture itself (Flux.1 Canny / Depth dev): the rows offer that
+        input (BUILT_IN) and image-prompt models, not ControlNets, which do not run with it."""
         self._model_family = family
+        self._built_in = built_in
         self._refill()
 
     def names(self) -> list[str]:
         return list(self._names)
 
     def offered(self) -> list[str]:
-        """The library's control models that fit the chosen model, in the library's order."""
-        return [name for name in self._names if fits_model(self._families.get(name), self._model_family)]
+        """The library's control models that fit the chosen model, in the library's order (after the model's
+        own control input, when it has one)."""
+        fitting = [name for name in self._names if fits_model(self._families.get(name), self._model_family)]
+        if self._built_in:
+            return [BUILT_IN, *(name for name in fitting if name in self._ip_adapters)]
+        return fitting
 
     def _refill(self) -> None:
         offered = self.offered()
@@ -363,6 +389,7 @@ class ControlListWidget(QWidget):
         row = _ControlRow(offered, self)
         if unit is not None:
             row.show_unit(unit)
+            row.fix_settings(unit.model == BUILT_IN)
             self._mark_other_family(row)
         elif offered:
             used = {r.name() for r in self._rows}
@@ -480,6 +507,7 @@ class ControlListWidget(QWidget):
         # An IP-Adapter reads its image as a reference (A1111's "ip-adapter" module); other models do not.
         # A name the library lacks (a recipe's, or the box refilling) keeps the unit's preprocessor.
         name = row.name()
+        row.fix_settings(name == BUILT_IN)
         is_ip = name in self._ip_adapters
         if name in self._names and is_ip != (row.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR):
             _select_data(row.preprocessor_combo, IP_ADAPTER_PREPROCESSOR if is_ip else "none")
@@ -500,7 +528,10 @@ class ControlListWidget(QWidget):
 
     def _update_add_button(self) -> None:
         self.add_button.setEnabled(bool(self.offered()) and len(self._rows) < MAX_CONTROL_UNITS)
-        if not self._names:
+        if self._built_in:
+            self.add_button.setToolTip(self.tr("Give the model its control picture (a canny or depth map, or the "
+                                               "preprocessor that makes one)"))  # fmt: skip
+        elif not self._names:
             self.add_button.setToolTip(
                 self.tr("No control models in the library yet: import some with File ▸ Library…"))
         elif not self.offered():

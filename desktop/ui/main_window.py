@@ -156,6 +156,7 @@ class MainWindow(QMainWindow):
         self._reads.families_listed.connect(self.parameter_panel.set_families)
         self._reads.component_models_listed.connect(self.parameter_panel.set_component_models)
         self._reads.reference_models_listed.connect(self.parameter_panel.set_reference_models)
+        self._reads.control_input_models_listed.connect(self.parameter_panel.set_control_input_models)
         self._reads.models_listed.connect(self._on_models_listed)
         self._reads.demo_model_found.connect(self._on_demo_model_found)
         self.parameters.field_changed.connect(self._on_parameter_changed)

@@ -195,6 +195,7 @@ class ParameterPanel(QWidget):
         self._unet_settings = True  # the chosen model takes seamless tiling and fast mode (not a DiT)
         self._controls_taken = True  # the chosen model takes control units (not a DiT without ControlNets)
         self._component_models: frozenset[str] = frozenset()  # transformer-only files: need text encoders
+        self._control_input_models: frozenset[str] = frozenset()  # Flux.1 Canny / Depth dev: a "built-in" unit
         # Models that read reference images -> how many; None until the models folder has been scanned.
         self._reference_limits: dict[str, int] | None = None
         self._create_model_widgets()
@@ -727,6 +728,12 @@ class ParameterPanel(QWidget):
         self._reference_limits = dict(limits)
         self._show_family_rows()
 
+    def set_control_input_models(self, names: frozenset[str]) -> None:
+        """The models that read a control picture through their own input (Flux.1 Canny / Depth dev): their
+        control units offer that input ("built-in") instead of ControlNets."""
+        self._control_input_models = frozenset(names)
+        self._show_family_rows()
+
     def ignores_references(self) -> bool:
         """Whether the chosen model is known to read no reference images: the row is hidden and a job must
         not carry the pictures picked for another model (they stay listed for when it comes back)."""
@@ -746,7 +753,8 @@ class ParameterPanel(QWidget):
         family = self._families.get(self.selected_model())
         self._unet_settings = not is_dit_family(family)
         self._controls_taken = takes_controls(family)
-        self.control_list.set_model_family(family)  # its rows offer the control models made for it
+        # Its rows offer the control models made for it, or its own control input.
+        self.control_list.set_model_family(family, self.selected_model() in self._control_input_models)
         self.control_list.setEnabled(self._controls_taken)
         self.control_list.setToolTip("" if self._controls_taken else self.tr(
             "Control units work with Stable Diffusion, SD3, Flux.1, Qwen-Image and Z-Image models, not the chosen one"

@@ -557,6 +557,10 @@
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Give the model its control picture (a canny or depth map, or the preprocessor that makes one)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>No control models in the library yet: import some with File ▸ Library…</source>
         <translation type="unfinished"></translation>
     </message>
@@ -2443,6 +2447,10 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>Not in the control library</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Built-in (the model&apos;s control input)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -180,6 +180,11 @@ def test_control_units_are_greyed_for_a_dit_without_controlnets_and_kept(qtbot, 
         close_window(window, controller)
 
 
+# A Flux.1 ControlNet's header as the library tells it (diffusers' names).
+FLUX_CONTROLNET = {"controlnet_x_embedder.weight": (8, 4), "controlnet_blocks.0.weight": (8, 8),
+                   "x_embedder.weight": (8, 4), "context_embedder.weight": (8, 16)}  # fmt: skip
+
+
 def fake_control(path: Path, names: dict[str, tuple[int, ...]]) -> None:
     """A control model's header as the library reads it (zeros: never run)."""
     save_file({name: torch.zeros(shape) for name, shape in names.items()}, str(path))
@@ -198,10 +203,7 @@ def test_the_control_units_offer_the_control_models_made_for_the_chosen_model(qt
     sdxl = sd | {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight": (8, 2048),
                  "add_embedding.linear_1.weight": (8, 8)}  # fmt: skip
     fake_control(paths.controls / "b-sdxl-depth.safetensors", sdxl)
-    fake_control(paths.controls / "c-flux-union.safetensors", {
-        "controlnet_x_embedder.weight": (8, 4), "controlnet_blocks.0.weight": (8, 8), "x_embedder.weight": (8, 4),
-        "context_embedder.weight": (8, 16),
-    })  # fmt: skip
+    fake_control(paths.controls / "c-flux-union.safetensors", FLUX_CONTROLNET)
     window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
     panel = window.parameter_panel
     controls = panel.control_list
@@ -224,5 +226,40 @@ def test_the_control_units_offer_the_control_models_made_for_the_chosen_model(qt
         assert controls.add_row().name() == "c-flux-union"
         pick(panel.model_combo, "zz-sdxl")
         assert controls.offered() == ["b-sdxl-depth"] and "b-sdxl-depth" in listed(row)
+    finally:
+        close_window(window, controller)
+
+
+def test_a_canny_or_depth_dev_model_offers_its_own_control_input(qtbot, tmp_path: Path) -> None:
+    # BFL's Flux.1 Canny / Depth dev read the control picture themselves: their units offer that input, with the
+    # settings it runs at, and no ControlNet (the backend refuses ControlNets beside it).
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    flux_folder(paths.models, "zz-flux-dev", dev=True)
+    flux_folder(paths.models, "zz-flux-canny", dev=True)
+    canny = paths.models / "zz-flux-canny"
+    (canny / "model_index.json").write_text(json.dumps({"_class_name": "FluxControlPipeline"}))
+    (canny / "transformer" / "config.json").write_text(json.dumps(
+        {"_class_name": "FluxTransformer2DModel", "guidance_embeds": True, "in_channels": 128, "out_channels": 64}
+    ))  # fmt: skip
+    paths.controls.mkdir(parents=True, exist_ok=True)
+    fake_control(paths.controls / "c-flux-union.safetensors", FLUX_CONTROLNET)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    controls = panel.control_list
+    try:
+        qtbot.waitUntil(lambda: len(controls.names()) == 1, timeout=TIMEOUT_MS)
+        qtbot.waitUntil(lambda: "zz-flux-canny" in panel._control_input_models, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux-canny")
+        assert controls.offered() == ["built-in"] and controls.add_button.isEnabled()
+        row = controls.add_row()
+        assert row.name() == "built-in" and row.model_combo.currentText() == "Built-in (the model's control input)"
+        assert row.weight_spin.value() == 1.0 and not row.weight_spin.isEnabled() and not row.end_spin.isEnabled()
+        row.set_image(str(tmp_path / "edges.png"))
+        assert window.current_request().controls[0].model == "built-in"
+        pick(panel.model_combo, "zz-flux-dev")
+        assert controls.offered() == ["c-flux-union"]
+        other = controls.add_row()
+        assert other.name() == "c-flux-union" and other.weight_spin.isEnabled()
     finally:
         close_window(window, controller)
