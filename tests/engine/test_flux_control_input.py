@@ -25,6 +25,7 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import build_tiny_flux, config_folder, save_bfl_file, save_pipeline, tiny_fill_transformer
 
 FLUX = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=3, seed=21, prompt="a house by a lake")
@@ -178,3 +179,10 @@ def test_a_negative_prompt_is_said_to_be_ignored(models, paths):
     batch, _ = run(make_backend(paths), job(models, negative_prompt="blurry"))
     assert any("without a negative prompt; it was ignored" in note for note in batch.notes)
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")
+@pytest.mark.parametrize("mode", ["offload", "group", "sequential", "fp8"])
+def test_the_built_in_input_runs_in_each_offload_mode_on_cuda(models, paths, mode):
+    # The sibling pipelines share the loaded modules, so the base's offload hooks serve them.
+    assert_mode_matches_full(make_backend(paths), models["folder"], mode, **(FLUX | {"controls": (unit(models),)}))

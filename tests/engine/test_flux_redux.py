@@ -209,3 +209,25 @@ def test_a_redux_unit_and_a_controlnet_unit_run_together(redux, tmp_path):
                         controlnet_conditioning_scale=0.7, generator=torch.Generator("cpu").manual_seed(13),
                         **prior_embeds(redux, base, 0.9)).images[0]  # fmt: skip
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+
+
+def test_a_redux_unit_joins_a_canny_dev_models_built_in_unit(redux, tmp_path):
+    # FluxControlPipeline takes Redux's embeddings too; the metadata lists the units in the job's order.
+    from diffusers import FluxControlPipeline
+
+    from desktop.engine.library.control import BUILT_IN
+
+    base = bare_flux(redux["folder"])
+    accepted = inspect.signature(FluxControlPipeline.__init__).parameters
+    pipe = FluxControlPipeline(transformer=tiny_fill_transformer(seed=9, in_channels=32),
+                               **{k: v for k, v in base.components.items() if k in accepted and k != "transformer"})
+    folder = save_pipeline(pipe, tmp_path / "flux-canny-dev")
+    edges = ControlUnit(BUILT_IN, str(redux["reference"]))
+    batch, _ = run(make_backend(redux["home"]), request_for(folder, controls=(unit(redux), edges), **FLUX))
+    assert [c.name for c in batch.controls] == ["flux1-redux-dev", BUILT_IN]
+    pipe.set_progress_bar_config(disable=True)
+    control = crop_and_resize(Image.open(redux["reference"]).convert("RGB"), (64, 64))
+    with torch.inference_mode():
+        expected = pipe(num_inference_steps=3, width=64, height=64, guidance_scale=3.5, control_image=control,
+                        generator=torch.Generator("cpu").manual_seed(13), **prior_embeds(redux, base, 0.9)).images[0]
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
