@@ -159,6 +159,7 @@ class _ControlRow(QFrame):
         self.preview.setFixedSize(PREVIEW_SIDE, PREVIEW_SIDE)
         self.preview.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.preview.setWordWrap(True)
+        self._one_picture = False  # a Redux unit: one picture, so no further reference images
         self._lay_out()
         self.set_names(names)
         self.set_image("")
@@ -195,15 +196,24 @@ class _ControlRow(QFrame):
         if index >= 0:
             self.model_combo.setItemText(index, self.tr("Built-in (the model's control input)"))
 
-    def fix_settings(self, fixed: bool) -> None:
-        """A built-in unit runs at weight 1 over every step in Balanced mode, as the model was trained: its
-        settings show so and cannot be changed; other units' can."""
-        if fixed:
-            for spin, value in ((self.weight_spin, 1.0), (self.start_spin, 0.0), (self.end_spin, 1.0)):
-                spin.setValue(value)
+    def fix_settings(self, built_in: bool, redux: bool = False) -> None:
+        """What the unit's model runs with, shown so and not changeable: a built-in unit runs at weight 1 over
+        every step in Balanced mode, as the model was trained; a Redux unit reads one picture at every step (its
+        picture is part of the prompt), at the weight chosen. Other units' settings are all free."""
+        fixed_range = built_in or redux
+        if fixed_range:
+            self.start_spin.setValue(0.0)
+            self.end_spin.setValue(1.0)
             _select_data(self.mode_combo, "balanced")
-        for widget in (self.weight_spin, self.start_spin, self.end_spin, self.mode_combo):
-            widget.setEnabled(not fixed)
+        if built_in:
+            self.weight_spin.setValue(1.0)
+        self.weight_spin.setEnabled(not built_in)
+        for widget in (self.start_spin, self.end_spin, self.mode_combo):
+            widget.setEnabled(not fixed_range)
+        self._one_picture = redux
+        if redux:
+            self.set_more_images(())
+        self.update_references_line()
 
     def name(self) -> str:
         return chosen_name(self.model_combo)
@@ -234,8 +244,9 @@ class _ControlRow(QFrame):
         self.update_references_line()
 
     def update_references_line(self) -> None:
-        # Only an IP-Adapter reads several images; the others' line is hidden (their unit drops the list).
-        self.references_line.setVisible(self.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR)
+        # Only an IP-Adapter reads several images (not Redux); the others' line is hidden (their unit drops the list).
+        ip_adapter = self.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR
+        self.references_line.setVisible(ip_adapter and not self._one_picture)
 
     def update_preview(self) -> None:
         if not self._image:
@@ -301,6 +312,7 @@ class ControlListWidget(QWidget):
         self.setObjectName("control_list")
         self._names: list[str] = []
         self._ip_adapters: frozenset[str] = frozenset()
+        self._redux: frozenset[str] = frozenset()
         # Each library model's family ("sd1", "flux", "sd3" ...; None: unknown) and the chosen model's: a row
         # offers the control models that fit it (fits_model).
         self._families: dict[str, str | None] = {}
@@ -332,12 +344,15 @@ class ControlListWidget(QWidget):
         self._canvas_picture = canvas_picture
 
     def set_names(
-        self, names: Sequence[str], ip_adapters: Collection[str] = (), families: Mapping[str, str | None] | None = None
+        self, names: Sequence[str], ip_adapters: Collection[str] = (), families: Mapping[str, str | None] | None = None,
+        redux: Collection[str] = (),
     ) -> None:
-        """The library's control models; choosing one of `ip_adapters` makes the unit an IP-Adapter unit.
-        `families`: each one's base family, so the rows offer those that fit the chosen model."""
+        """The library's control models; choosing one of `ip_adapters` makes the unit an IP-Adapter unit (of them,
+        `redux` are Flux.1 Redux models: one picture, every step). `families`: each one's base family, so the rows
+        offer those that fit the chosen model."""
         self._names = list(names)
         self._ip_adapters = frozenset(ip_adapters)
+        self._redux = frozenset(redux)
         self._families = dict(families or {})
         self._refill()
 
@@ -365,6 +380,7 @@ class ControlListWidget(QWidget):
         offered = self.offered()
         for row in self._rows:
             row.set_names(offered)
+            row.fix_settings(row.name() == BUILT_IN, row.name() in self._redux)
             self._mark_other_family(row)
         self._update_add_button()
 
@@ -389,7 +405,7 @@ class ControlListWidget(QWidget):
         row = _ControlRow(offered, self)
         if unit is not None:
             row.show_unit(unit)
-            row.fix_settings(unit.model == BUILT_IN)
+            row.fix_settings(unit.model == BUILT_IN, unit.model in self._redux)
             self._mark_other_family(row)
         elif offered:
             used = {r.name() for r in self._rows}
@@ -507,7 +523,7 @@ class ControlListWidget(QWidget):
         # An IP-Adapter reads its image as a reference (A1111's "ip-adapter" module); other models do not.
         # A name the library lacks (a recipe's, or the box refilling) keeps the unit's preprocessor.
         name = row.name()
-        row.fix_settings(name == BUILT_IN)
+        row.fix_settings(name == BUILT_IN, name in self._redux)
         is_ip = name in self._ip_adapters
         if name in self._names and is_ip != (row.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR):
             _select_data(row.preprocessor_combo, IP_ADAPTER_PREPROCESSOR if is_ip else "none")

@@ -53,3 +53,21 @@ def test_an_ip_adapter_unit_takes_several_reference_images(qtbot, tmp_path, monk
     row.model_combo.setCurrentIndex(row.model_combo.findText("edges"))
     assert row.preprocessor_combo.currentData() == "none" and row.references_line.isHidden()
     assert controls.controls()[0].more_images == ()
+
+
+def test_a_redux_unit_reads_one_picture_at_every_step(qtbot, tmp_path):
+    # Flux.1 Redux: its picture is part of the prompt, so one picture, every step; its weight stays free.
+    controls = ControlListWidget()
+    qtbot.addWidget(controls)
+    controls.set_names(["face", "redux"], ip_adapters=["face", "redux"], redux=["redux"])
+    first, second = _images(tmp_path, 2)
+    # A saved unit with a range and a further picture (made before, or by hand) is shown as it can run.
+    row = controls.add_row(ControlUnit("redux", first, 0.8, 0.2, 0.6, preprocessor="ip-adapter",
+                                       more_images=(second,)))  # fmt: skip
+    assert row.references_line.isHidden() and not row.start_spin.isEnabled() and not row.end_spin.isEnabled()
+    assert row.weight_spin.isEnabled()
+    (unit,) = controls.controls()
+    assert (unit.weight, unit.start, unit.end, unit.more_images) == (0.8, 0.0, 1.0, ())
+    # Another IP-Adapter takes several pictures and a range again.
+    row.model_combo.setCurrentIndex(row.model_combo.findData("face"))
+    assert not row.references_line.isHidden() and row.start_spin.isEnabled()

@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.bridge.library_tasks import LibraryTasks
+from desktop.engine.library.control import IP_ADAPTER, REDUX
 from desktop.engine.library.index import KINDS, LibraryRecord
 from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
 from desktop.ui.translation import translate
@@ -394,8 +395,9 @@ class LibraryIntegration(QObject):
             # Preprocessors' networks (format "annotator (...)") are found by task, never picked as a unit's model.
             units = [r for r in records if not (r.format or "").startswith(("image-encoder", "annotator"))]
             ips = [r.name for r in units if (r.format or "").startswith("ip-adapter")]
+            redux = [r.name for r in units if r.format == f"{IP_ADAPTER} ({REDUX})"]
             panel.control_list.set_names([r.name for r in units], ip_adapters=ips,
-                                         families={r.name: r.family for r in units})  # fmt: skip
+                                         families={r.name: r.family for r in units}, redux=redux)  # fmt: skip
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
         elif kind == "encoder" and panel is not None:
