@@ -18,6 +18,7 @@ from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionM
 
 from desktop.engine.backends.control import crop_and_resize
 from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.jobs import CancelToken
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import inspect_control
 from desktop.engine.library.index import guess_kind
@@ -79,8 +80,8 @@ def prior_embeds(redux, base, scale: float):
 
 
 def unit(redux, **changes) -> ControlUnit:
-    values = dict(weight=0.9, preprocessor="ip-adapter") | changes
-    return ControlUnit("flux1-redux-dev", str(redux["reference"]), **values)
+    values = dict(image=str(redux["reference"]), weight=0.9, preprocessor="ip-adapter") | changes
+    return ControlUnit("flux1-redux-dev", **values)
 
 
 def test_redux_and_its_siglip_encoder_are_detected(redux):
@@ -231,3 +232,38 @@ def test_a_redux_unit_joins_a_canny_dev_models_built_in_unit(redux, tmp_path):
         expected = pipe(num_inference_steps=3, width=64, height=64, guidance_scale=3.5, control_image=control,
                         generator=torch.Generator("cpu").manual_seed(13), **prior_embeds(redux, base, 0.9)).images[0]
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+
+
+def test_the_redux_prompt_is_made_once_for_the_same_prompt_and_picture(redux, monkeypatch, tmp_path):
+    # SigLIP and the text encoders run once for a job's batches and for the next job with the same prompt,
+    # picture and weight; anything that changes the embeddings makes them again.
+    import os
+    from dataclasses import replace
+    from shutil import copyfile
+
+    calls = []
+    real = FluxPriorReduxPipeline.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs["prompt"])
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxPriorReduxPipeline, "__call__", counting)
+    picture = copyfile(redux["reference"], tmp_path / "picture.png")
+    backend = make_backend(redux["home"])
+    request = request_for(redux["folder"], controls=(unit(redux, image=str(picture)),), **FLUX)
+    first, _ = run(backend, request)
+    second_batch = backend.generate(request, 1, lambda step: None, CancelToken())
+    again, _ = run(backend, request)
+    assert len(calls) == 1 and np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
+    assert second_batch.seeds != first.seeds
+    run(backend, replace(request, controls=(unit(redux, image=str(picture), weight=0.5),)))
+    run(backend, replace(request, prompt="a green square"))
+    run(backend, request)
+    assert len(calls) == 4
+    # Another picture saved over the same file.
+    Image.new("RGB", (40, 52), (0, 200, 0)).save(picture)
+    stat = os.stat(picture)
+    os.utime(picture, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    changed, _ = run(backend, request)
+    assert len(calls) == 5 and not np.array_equal(pixels(changed.images[0]), pixels(first.images[0]))

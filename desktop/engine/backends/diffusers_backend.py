@@ -925,8 +925,13 @@ class DiffusersBackend:
         family = controlnet_family(self._dit.family)
         redux: ReduxPrompt | None = None
         images = image_units(request)
+        # What the text encoders' outputs depend on besides the prompt: the same prompt again (another seed, the
+        # next batch) is not encoded again (dit_prompt_cache.py; Redux's, flux_redux.py).
+        encoders = tuple(id(module) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+                         if (module := getattr(pipe, name, None)) is not None)  # fmt: skip
+        context = (self._loads, encoders, request.loras, lora_plan.loras, self._dit_mode)
         if images and family == "flux":  # Flux.1 Redux: the reference picture as prompt tokens (flux_redux.py)
-            redux = self._redux.prompt(self._pipe, request, images, self._dit.label, device)
+            redux = self._redux.prompt(self._pipe, request, images, self._dit.label, device, context)
         controlnets = replace(request, controls=tuple(u for u in request.controls if u not in images))
         if self._dit.control_input:  # Canny / Depth dev: the BUILT_IN unit's picture (_refuse_built_in)
             control = self._controls.prepare_built_in(pipe, controlnets.controls[0], plan,
@@ -946,10 +951,6 @@ class DiffusersBackend:
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
-            # The same prompt again (another seed, the next batch) is not encoded again (dit_prompt_cache.py).
-            encoders = tuple(id(module) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
-                             if (module := getattr(pipe, name, None)) is not None)  # fmt: skip
-            context = (self._loads, encoders, request.loras, lora_plan.loras, self._dit_mode)
             drawn = seeds[0] if control is not None and control.global_draws else None
             with torch.inference_mode(), flux2.references_beside_source(pipe, beside), \
                     cached_encoding(pipe, self._prompts, context), _seeded_global_rng(drawn, device):

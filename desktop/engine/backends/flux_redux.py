@@ -15,7 +15,7 @@ torch, diffusers and transformers are imported inside the functions: only the di
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,12 @@ class ReduxPrompt:
     hash: ControlHash
 
 
+def _identity(path: Path) -> tuple[str, int, int]:
+    """A file as it is now: a file changed in place (another picture saved over it) is another key."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def image_units(request: GenerationRequest) -> tuple[ControlUnit, ...]:
     """The job's image-prompt units (the ip-adapter preprocessor): Redux units for a Flux.1 job."""
     return tuple(unit for unit in request.controls if unit.preprocessor == IP_ADAPTER_PREPROCESSOR)
@@ -58,17 +64,24 @@ class ReduxModels:
     def __init__(self, catalog: AdapterCatalog) -> None:
         self._catalog = catalog
         self._loaded: dict[tuple[str, int, int], Any] = {}
+        # The last prompt made, by what made it: the next batch of the job, or the next job with the same
+        # prompt and picture, is answered without running SigLIP and the text encoders again.
+        self._last: tuple[Hashable, ReduxPrompt] | None = None
 
     def forget(self) -> None:
         self._loaded.clear()
+        self._last = None
 
     def prompt(
-        self, pipe: Any, request: GenerationRequest, units: Sequence[ControlUnit], label: str, device: str
+        self, pipe: Any, request: GenerationRequest, units: Sequence[ControlUnit], label: str, device: str,
+        context: Hashable = None,
     ) -> ReduxPrompt:
         """The prompt embeddings of `request.prompt` with the one Redux unit's picture appended, made on
         `pipe`'s (a loaded Flux.1 pipeline's) text encoders. The encoder and Redux sit on the compute `device`
         whole, in the VAE's dtype (the compute dtype: the transformer's may be fp8 storage), whatever the memory
-        mode: the offload hooks are the text encoders'."""
+        mode: the offload hooks are the text encoders'. `context` says what else the text encoders' outputs
+        depend on (the backend's load, its encoders, the LoRAs, the memory mode: as for its prompt cache); the
+        same call under the same context is answered from the last one made."""
         import torch
         from diffusers import FluxPriorReduxPipeline
         from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
@@ -101,8 +114,14 @@ class ReduxModels:
                 f"reads {width}-wide ones. Pick the Redux made for Flux.1."
             )
         dtype = pipe.vae.dtype
-        embedder = self._module(entry.path, lambda path: _embedder(ReduxImageEncoder, path, info))
         encoder_path, siglip = self._encoder(info, entry.name)
+        picture = load_source(unit.image, "The Redux unit's image")
+        key = (context, _identity(entry.path), _identity(encoder_path), _identity(Path(unit.image)), request.prompt,
+               float(unit.weight), device, str(dtype))  # fmt: skip
+        if self._last is not None and self._last[0] == key:
+            last = self._last[1]  # cloned: a pipeline may change what it was given in place
+            return ReduxPrompt(last.prompt_embeds.clone(), last.pooled_prompt_embeds.clone(), last.hash)
+        embedder = self._module(entry.path, lambda path: _embedder(ReduxImageEncoder, path, info))
         encoder = self._module(encoder_path, lambda path: _siglip(path, siglip))
         prior = FluxPriorReduxPipeline(
             image_encoder=encoder.to(device=device, dtype=dtype), feature_extractor=_processor(siglip),
@@ -110,15 +129,15 @@ class ReduxModels:
             tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2,
         )  # fmt: skip
         prior.set_progress_bar_config(disable=True)
-        picture = load_source(unit.image, "The Redux unit's image")
         with torch.inference_mode():
             out = prior(image=picture, prompt=request.prompt, prompt_embeds_scale=float(unit.weight))
-        return ReduxPrompt(out.prompt_embeds, out.pooled_prompt_embeds,
+        made = ReduxPrompt(out.prompt_embeds, out.pooled_prompt_embeds,
                            ControlHash(entry.name, legacy_hash(entry.path), "ip-adapter"))  # fmt: skip
+        self._last = (key, ReduxPrompt(made.prompt_embeds.clone(), made.pooled_prompt_embeds.clone(), made.hash))
+        return made
 
     def _module(self, path: Path, build: Any) -> Any:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        key = _identity(path)
         if key not in self._loaded:
             self._loaded[key] = build(path)
         return self._loaded[key]
