@@ -396,12 +396,26 @@ def test_hires_fix_gives_both_passes_the_reference_as_bare_diffusers_does(backen
     assert plain_hires.shape == (128, 128, 3) and not np.array_equal(plain_hires, ours)
 
 
-def test_an_ip_adapter_and_a_controlnet_with_the_hires_fix(backend, tiny_sd15_dir, reference):
+def test_an_ip_adapter_and_a_controlnet_with_the_hires_fix(backend, tiny_sd15_dir, reference, monkeypatch):
     # The second pass is the ControlNet's image-to-image pipeline, readied for the IP-Adapter too (its encoder
-    # and reference): the job runs to the hires size and the ControlNet counts. (Each alone is checked pixel
-    # for pixel: test_hires_fix_gives_both_passes_the_reference..., test_controls.py's hires test.)
+    # and reference) and given the control image at its size: the job runs to the hires size and the ControlNet
+    # counts. (Each alone is checked pixel for pixel: test_hires_fix_gives_both_passes_the_reference...,
+    # test_controls.py's hires test.)
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    seen = []
+    call = StableDiffusionControlNetImg2ImgPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        seen.append((tuple(kwargs["control_image"].shape), kwargs.get("ip_adapter_image"), self.image_encoder))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionControlNetImg2ImgPipeline, "__call__", recording)
     hires = dict(hires_fix=True, hires_scale=2.0, hires_steps=4, hires_denoise=0.6)
     both = image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.8),
                                                                   ControlUnit("edges", str(reference), 0.9)), **hires))
     alone = image_of(backend, request_for(tiny_sd15_dir, controls=(unit("face", reference, 0.8),), **hires))
     assert both.shape == (128, 128, 3) and np.abs(both - alone).mean() > 0.5
+    ((shape, pictures, image_encoder),) = seen  # the ControlNet job's second pass, with the adapter too
+    assert shape == (1, 3, 128, 128) and image_encoder is not None
+    assert len(pictures) == 1 and pictures[0].size == Image.open(reference).size
