@@ -226,7 +226,7 @@ def test_a_qwen_image_edit_with_a_controlnet_is_refused_before_the_load(flux, tm
     unit = ControlUnit("edges", str(flux["picture"]))
     request = request_for(folder, controls=(unit,), init_image=str(flux["picture"]), strength=0.5, cfg_scale=4.0)
     backend = make_backend(flux["home"])
-    with pytest.raises(InvalidRequest, match="Control units run with Qwen-Image for text-to-image only"):
+    with pytest.raises(InvalidRequest, match="Control units run with Qwen-Image for text-to-image and inpainting only"):
         backend.load(request)
     assert backend._pipe is None
 
@@ -291,3 +291,64 @@ def test_a_flux_controlnet_runs_in_each_offload_mode_on_cuda(flux, mode):
     # as with everything on the GPU, within the modes' own noise.
     unit = ControlUnit("edges", str(flux["picture"]), weight=0.8)
     assert_mode_matches_full(make_backend(flux["home"]), flux["folder"], mode, controls=(unit,), **FLUX)
+
+
+def test_qwen_image_inpaints_with_instantx_inpainting_controlnet_as_by_hand(flux, tmp_path):
+    # InstantX's inpainting ControlNet reads the masked source and the mask (4 more input channels: the mask
+    # packed 2x2) and paints from pure noise: QwenImageControlNetInpaintPipeline at strength 1, the source kept
+    # outside the mask as in every Marble inpainting job.
+    from diffusers import QwenImageControlNetInpaintPipeline
+
+    pipe = build_tiny_qwen_image()
+    folder = tmp_path / "qwen"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    home = AppPaths.for_root(tmp_path / "home").ensure()
+    home.controls.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(4)
+    inpainting = QwenImageControlNetModel.from_transformer(
+        pipe.transformer, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        load_weights_from_transformer=False, extra_condition_channels=4,
+    )  # fmt: skip
+    _jitter(inpainting, 4)
+    with torch.no_grad():
+        for layer in (*inpainting.controlnet_blocks, inpainting.controlnet_x_embedder):
+            layer.weight.add_(torch.randn(layer.weight.shape) * 0.3)
+    save_file({k: v.contiguous() for k, v in inpainting.eval().state_dict().items()},
+              str(home.controls / "qwen-inpainting.safetensors"))  # fmt: skip
+    save_file({k: v.contiguous() for k, v in tiny_qwen_controlnet(pipe.transformer, 3).state_dict().items()},
+              str(home.controls / "qwen-union.safetensors"))  # fmt: skip
+    labels = {name: inspect_control(read_safetensors_header(home.controls / f"{name}.safetensors")).label
+              for name in ("qwen-inpainting", "qwen-union")}  # fmt: skip
+    assert labels == {"qwen-inpainting": "Qwen-Image ControlNet (inpainting)", "qwen-union": "Qwen-Image ControlNet"}
+    source_path, mask_path, source, mask = source_and_mask(tmp_path, (16, 12, 48, 44), seed=5)
+    # The unit's own picture is not what it reads: the job's source and mask are.
+    unit = ControlUnit("qwen-inpainting", str(flux["picture"]), weight=0.8)
+    values = dict(negative_prompt="blurry", cfg_scale=4.0, steps=3, seed=11, init_image=str(source_path),
+                  mask=str(mask_path), strength=1.0, mask_blur=0)  # fmt: skip
+    backend = make_backend(home)
+    batch, _ = run(backend, request_for(folder, controls=(unit,), **values))
+    bare = QwenImageControlNetInpaintPipeline(**QwenImagePipeline.from_pretrained(str(folder)).components,
+                                              controlnet=inpainting)  # fmt: skip
+    bare.set_progress_bar_config(disable=True)
+    torch.manual_seed(11)  # the pipeline samples the masked source's latents from torch's global generator
+    out = bare(prompt="a red circle on a blue background", negative_prompt="blurry", true_cfg_scale=4.0,
+               num_inference_steps=3, width=64, height=64, max_sequence_length=512, control_image=source,
+               control_mask=Image.open(mask_path).convert("L"), controlnet_conditioning_scale=0.8,
+               generator=torch.Generator("cpu").manual_seed(11)).images[0]  # fmt: skip
+    expected = np.where(mask[..., None] == 255, pixels(out), pixels(source))
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert [c.name for c in batch.controls] == ["qwen-inpainting"]
+    # Its pipeline paints from noise; it needs a mask; the other ControlNets do not inpaint.
+    with pytest.raises(InvalidRequest, match="its denoising strength is 1, not 0.6"):
+        run(backend, request_for(folder, controls=(unit,), **(values | {"strength": 0.6})))
+    with pytest.raises(InvalidRequest, match="it runs in an inpainting job"):
+        run(backend, request_for(folder, controls=(replace_model(unit, "qwen-inpainting", "none"),),
+                                 **{k: v for k, v in values.items() if k not in ("init_image", "mask", "strength")}))
+    with pytest.raises(InvalidRequest, match="through InstantX's inpainting ControlNet alone"):
+        run(backend, request_for(folder, controls=(replace_model(unit, "qwen-union", "canny"),), **values))
+
+
+def replace_model(unit: ControlUnit, model: str, preprocessor: str) -> ControlUnit:
+    from dataclasses import replace
+
+    return replace(unit, model=model, preprocessor=preprocessor)

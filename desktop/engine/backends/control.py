@@ -210,9 +210,21 @@ class ControlModels:
         units = tuple(unit for unit, _, _ in active)
         models = [model for _, model, _ in active]
         modes = control_dit.union_modes(family, units, models, [name for _, _, name in active])
-        images = [_control_image(unit, plan, size, self.annotators) for unit in units]
         pipe = control_dit.pipeline(family, request.mode, base, models)
-        run = ControlRun(pipe, control_dit.arguments(family, units, images, modes), hashes, global_draws=family == SD3)
+        inpainting = control_dit.is_inpainting(family, models[0])
+        if inpainting:
+            # InstantX's Qwen-Image inpainting ControlNet reads the job's own source and mask (A1111's inpaint
+            # module), not the unit's picture; its pipeline masks the source and encodes it itself.
+            assert plan is not None and plan.mask is not None  # pipeline() refused it elsewhere
+            images = [_as_tensor(preprocess("none", plan.image))]
+        else:
+            images = [_control_image(unit, plan, size, self.annotators) for unit in units]
+        values = control_dit.arguments(family, units, images, modes)
+        if inpainting:
+            values["control_mask"] = plan.mask
+        # SD3's and Qwen-Image's inpainting pipelines encode a picture with a sample of the VAE's distribution
+        # drawn from torch's global generator.
+        run = ControlRun(pipe, values, hashes, global_draws=family == SD3 or inpainting)
         if plan is None and control_dit.runs(family, "img2img"):
 
             def hires(second: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
@@ -406,8 +418,6 @@ def _adapter(state: dict[str, Any], info: ControlInfo, unet: Any) -> Any:
 
 def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int], annotators: Annotators) -> Any:
     """The unit's control image at the working size, preprocessed, as a (1, 3, H, W) float tensor."""
-    import torch
-
     thresholds = Thresholds(unit.threshold_a, unit.threshold_b)
     if unit.preprocessor == "inpaint":
         assert plan is not None and plan.mask is not None  # validate() asks for a mask
@@ -428,6 +438,13 @@ def _control_image(unit: ControlUnit, plan: EditPlan | None, size: tuple[int, in
             array = annotators.apply(unit.preprocessor, fitted)
         else:
             array = preprocess(unit.preprocessor, fitted, None, thresholds)
+    return _as_tensor(array)
+
+
+def _as_tensor(array: np.ndarray) -> Any:
+    """A preprocessor's (H, W, 3) float array as a (1, 3, H, W) tensor."""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 
 

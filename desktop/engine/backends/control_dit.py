@@ -53,10 +53,10 @@ CLASSES = {
         "txt2img": "FluxControlNetPipeline", "img2img": "FluxControlNetImg2ImgPipeline",
         "inpaint": "FluxControlNetInpaintPipeline",
     }),
-    # Qwen-Image's ControlNet inpainting pipeline wants InstantX's inpainting ControlNet (a mask input), which
-    # is another model: text-to-image only.
+    # Qwen-Image's ControlNet inpainting pipeline runs InstantX's inpainting ControlNet (the masked source and the
+    # mask as its picture, painted from pure noise: strength 1); the other ControlNets run text-to-image.
     QWEN_IMAGE: _Classes("QwenImageControlNetModel", "QwenImageMultiControlNetModel",
-                         {"txt2img": "QwenImageControlNetPipeline"}),
+                         {"txt2img": "QwenImageControlNetPipeline", "inpaint": "QwenImageControlNetInpaintPipeline"}),
     # Z-Image's ControlNet inpainting pipeline paints from pure noise (no strength) with the masked picture as
     # the 2.x models' extra condition: Marble's inpainting at strength 1 (refuse_strength).
     Z_IMAGE: _Classes("ZImageControlNetModel", "", {"txt2img": "ZImageControlNetPipeline",
@@ -91,9 +91,9 @@ def refuse_memory_mode(family: str, mode: str, asked: str, label: str) -> None:
 
 
 def refuse_strength(family: str, mode: str, strength: float, label: str) -> None:
-    """InvalidRequest for a Z-Image ControlNet inpainting job below strength 1: its pipeline paints the masked
-    area from pure noise, with no strength to give."""
-    if family == Z_IMAGE and mode == "inpaint" and strength < 1:
+    """InvalidRequest for a Z-Image or Qwen-Image ControlNet inpainting job below strength 1: its pipeline paints
+    the masked area from pure noise, with no strength to give."""
+    if family in (Z_IMAGE, QWEN_IMAGE) and mode == "inpaint" and strength < 1:
         raise InvalidRequest(
             f"{label} inpaints with a ControlNet from pure noise (the masked picture goes to the ControlNet), so its "
             f"denoising strength is 1, not {strength:g}: set it to 1, or remove the control unit."
@@ -141,10 +141,12 @@ def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
             state = {key: value for key, value in state.items() if not key.startswith("control_noise_refiner.")}
     else:
         in_channels = state["img_in.weight"].shape[1]
-        if state["controlnet_x_embedder.weight"].shape[1] != in_channels:
-            # InstantX's inpainting ControlNet reads the masked picture too: its own pipeline, not run here.
-            raise ModelError("an inpainting ControlNet (it reads a mask beside the control picture)")
+        # InstantX's inpainting ControlNet also reads the mask (one channel, packed 2x2: 4 more).
+        extra = state["controlnet_x_embedder.weight"].shape[1] - in_channels
+        if extra < 0:
+            raise ModelError(f"its input layer reads {extra + in_channels} channels, fewer than the model's")
         shape = dict(
+            extra_condition_channels=extra,
             patch_size=config.patch_size, in_channels=in_channels, out_channels=config.out_channels,
             num_layers=count("transformer_blocks."), attention_head_dim=config.attention_head_dim,
             num_attention_heads=config.num_attention_heads, joint_attention_dim=state["txt_in.weight"].shape[1],
@@ -277,6 +279,8 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
             "This Z-Image ControlNet (the Fun Union 1.0) reads no masked picture: inpainting with a ControlNet takes "
             "the 2.0 or 2.1 Union."
         )
+    if family == QWEN_IMAGE:
+        _refuse_qwen_kind(mode, models)
     borrows_positions = family == SD3 and any(not model.config.use_pos_embed for model in models)
     if borrows_positions and base.transformer.pos_embed.proj.weight.is_meta:
         # The pipeline copies the transformer's position embedding into Stability's SD3.5 ControlNets when it is
@@ -291,6 +295,26 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
     pipe = cls(**{key: module for key, module in base.components.items() if key in accepted}, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def is_inpainting(family: str, model: Any) -> bool:
+    """Whether `model` is InstantX's Qwen-Image inpainting ControlNet (it reads the masked source and the mask)."""
+    return family == QWEN_IMAGE and model.config.extra_condition_channels > 0
+
+
+def _refuse_qwen_kind(mode: str, models: Sequence[Any]) -> None:
+    """Qwen-Image's inpainting ControlNet runs alone in an inpainting job, and only it runs there."""
+    inpainting = [is_inpainting(QWEN_IMAGE, model) for model in models]
+    if mode == "inpaint" and (not all(inpainting) or len(models) > 1):
+        raise InvalidRequest(
+            "Qwen-Image inpaints with a ControlNet through InstantX's inpainting ControlNet alone (it reads the "
+            "masked source and the mask): remove the other control units, or inpaint without them."
+        )
+    if mode != "inpaint" and any(inpainting):
+        raise InvalidRequest(
+            "InstantX's Qwen-Image inpainting ControlNet repaints a masked source: it runs in an inpainting job (a "
+            "source image and a mask), not this one. Remove its unit, or paint a mask."
+        )
 
 
 def arguments(

@@ -966,9 +966,11 @@ class DiffusersBackend:
                     arguments |= control.arguments
                     # Z-Image's ControlNet inpainting takes no strength (1: refused else), one source for the batch
                     # (encoded without sampling) and, in diffusers 0.42, a mask per image (it tiles none).
-                    if _unaccepted(pipe, arguments, ("strength",)) and isinstance(arguments["image"], list):
+                    if _unaccepted(pipe, arguments, ("strength",)) and isinstance(arguments.get("image"), list):
                         arguments["image"] = arguments["image"][0]
                         arguments["mask_image"] = [arguments["mask_image"]] * request.batch_size
+                    # Qwen-Image's takes the source and the mask as its control picture only (control_dit.py).
+                    _unaccepted(pipe, arguments, ("image", "mask_image"))
                     dropped = _unaccepted(pipe, arguments, ("negative_prompt", "true_cfg_scale"))
                     if dropped and batch_index == 0:
                         notes.append(f"{type(pipe).__name__} has no true CFG: the negative prompt was ignored.")

@@ -114,7 +114,9 @@ class ControlInfo:
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
     family: str | None  # "sd1" | "sd2" | "sdxl" | "flux" | "qwen-image"; None: no released family's shapes
     conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
-    detail: str = ""  # an annotator's own label; "union" for a Flux ControlNet reading several kinds
+    # An annotator's own label; "union" for a Flux ControlNet reading several kinds, "inpainting" for InstantX's
+    # Qwen-Image inpainting ControlNet.
+    detail: str = ""
 
     @property
     def label(self) -> str:
@@ -149,9 +151,11 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         siglip = inspect_siglip(header, name)
         return ControlInfo(IMAGE_ENCODER, siglip.short_name, "", None, None)
     if (family := dit_controlnet_family(header)) is not None:
-        union = "union" if "controlnet_mode_embedder.weight" in names else ""
+        detail = "union" if "controlnet_mode_embedder.weight" in names else ""
+        if family == QWEN_IMAGE and _reads_more(header, "controlnet_x_embedder.weight", "img_in.weight"):
+            detail = "inpainting"  # InstantX's: the mask beside the masked source's latents
         layout = "sai" if "transformer_blocks.0.attn.qkv.weight" in names else "diffusers"
-        return ControlInfo(CONTROLNET, layout, "", family, 3, union)
+        return ControlInfo(CONTROLNET, layout, "", family, 3, detail)
     if "pos_embed_input.weight" in names and header.has_prefix("double_blocks."):
         raise ModelError(
             f"{name} is a Flux ControlNet in XLabs' own layout, which Marble cannot read yet: use one in diffusers' "
@@ -205,6 +209,12 @@ def dit_controlnet_family(header: SafetensorsHeader) -> str | None:
     if "img_in.weight" in names and "txt_in.weight" in names:
         return QWEN_IMAGE
     return None
+
+
+def _reads_more(header: SafetensorsHeader, layer: str, than: str) -> bool:
+    """Whether the linear layer `layer` reads more inputs than the linear layer `than`."""
+    ours, theirs = header.tensors.get(layer), header.tensors.get(than)
+    return ours is not None and theirs is not None and ours.shape[-1] > theirs.shape[-1]
 
 
 def inspect_onnx_control(path: Path, name: str = "this file") -> ControlInfo:
