@@ -344,7 +344,7 @@ def test_qwen_image_inpaints_with_instantx_inpainting_controlnet_as_by_hand(flux
     with pytest.raises(InvalidRequest, match="it runs in an inpainting job"):
         run(backend, request_for(folder, controls=(replace_model(unit, "qwen-inpainting", "none"),),
                                  **{k: v for k, v in values.items() if k not in ("init_image", "mask", "strength")}))
-    with pytest.raises(InvalidRequest, match="through InstantX's inpainting ControlNet alone"):
+    with pytest.raises(InvalidRequest, match="through InstantX's Qwen-Image inpainting ControlNet alone"):
         run(backend, request_for(folder, controls=(replace_model(unit, "qwen-union", "canny"),), **values))
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from desktop.engine.backends.families import shipped_tokenizers
-from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.errors import InvalidRequest
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import fits_model, inspect_control
 from desktop.engine.library.index import guess_kind
@@ -29,6 +29,7 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.edit_inputs import source_and_mask
 from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import _jitter, build_tiny_sd3, save_pipeline
 
@@ -100,14 +101,15 @@ def sd3(tmp_path_factory):
     canvas[8:36, 22:54] = (240, 200, 40)
     canvas[40:60, 6:32] = (30, 90, 220)
     Image.fromarray(canvas).save(picture)
-    return {"folder": folder, "home": home, "picture": picture, "instantx": instantx, "large": large}
+    return {"folder": folder, "home": home, "picture": picture, "instantx": instantx, "large": large,
+            "inpaint": inpaint}  # fmt: skip
 
 
-def bare(sd3, controlnet, **control):
+def bare(sd3, controlnet, cls=StableDiffusion3ControlNetPipeline, **control):
     base = StableDiffusion3Pipeline.from_pretrained(
         str(sd3["folder"]), local_files_only=True, **shipped_tokenizers(Resources.default(), sd3["folder"], "sd3")
     )
-    pipe = StableDiffusion3ControlNetPipeline(**base.components, controlnet=controlnet)
+    pipe = cls(**base.components, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
     torch.manual_seed(7)  # the pipeline samples the control picture's latents from torch's global generator
     image = pipe(
@@ -166,14 +168,33 @@ def test_two_sd3_units_of_one_kind_run_together_and_of_both_kinds_are_refused(sd
         run(backend, request_for(sd3["folder"], controls=mixed, **VALUES))
 
 
-def test_an_inpainting_controlnet_and_an_edit_are_refused(sd3, tmp_path):
-    unit = ControlUnit("sd3-inpaint", str(sd3["picture"]))
-    with pytest.raises(ModelError, match="an inpainting ControlNet"):
-        run(make_backend(sd3["home"]), request_for(sd3["folder"], controls=(unit,), **VALUES))
+def test_an_inpainting_controlnet_inpaints_as_by_hand(sd3, tmp_path):
+    # The mask beside the masked source's latents (one more channel): StableDiffusion3ControlNetInpaintingPipeline
+    # at strength 1, reading the job's source and mask (not the unit's picture); the source kept outside the mask.
+    from diffusers import StableDiffusion3ControlNetInpaintingPipeline
+
+    path = sd3["home"].controls / "sd3-inpaint.safetensors"
+    assert inspect_control(read_safetensors_header(path)).label == "SD3 ControlNet (inpainting)"
+    source_path, mask_path, source, mask = source_and_mask(tmp_path, (16, 12, 48, 44), seed=6)
+    unit = ControlUnit("sd3-inpaint", str(sd3["picture"]), weight=0.9)
+    edit = dict(init_image=str(source_path), mask=str(mask_path), strength=1.0, mask_blur=0)
+    backend = make_backend(sd3["home"])
+    batch, _ = run(backend, request_for(sd3["folder"], controls=(unit,), **VALUES, **edit))
+    out = bare(sd3, sd3["inpaint"], StableDiffusion3ControlNetInpaintingPipeline, control_image=source,
+               control_mask=Image.open(mask_path).convert("L"), controlnet_conditioning_scale=0.9)  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), np.where(mask[..., None] == 255, out, pixels(source)))
+    with pytest.raises(InvalidRequest, match="it runs in an inpainting job"):
+        run(backend, request_for(sd3["folder"], controls=(unit,), **VALUES))
+    with pytest.raises(InvalidRequest, match="through an SD3 inpainting ControlNet .alimama's. alone"):
+        run(backend, request_for(sd3["folder"], controls=(ControlUnit("sd3-canny", str(sd3["picture"])),),
+                                 **VALUES, **edit))  # fmt: skip
+
+
+def test_an_edit_with_a_controlnet_is_refused(sd3, tmp_path):
     backend = make_backend(sd3["home"])
     request = request_for(sd3["folder"], controls=(ControlUnit("sd3-canny", str(sd3["picture"])),),
                           init_image=str(sd3["picture"]), strength=0.5, **VALUES)  # fmt: skip
-    with pytest.raises(InvalidRequest, match="for text-to-image only"):
+    with pytest.raises(InvalidRequest, match="for text-to-image and inpainting only"):
         backend.load(request)
     assert backend._pipe is None
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop.engine.errors import InvalidRequest, ModelError
-from desktop.engine.library.control import FLUX, QWEN_IMAGE, SD3, Z_IMAGE
+from desktop.engine.library.control import FLUX, QWEN_IMAGE, SD3, Z_IMAGE, family_label
 from desktop.engine.request import ControlUnit
 
 # InstantX's Flux union modes, keyed by the Marble preprocessor that makes each kind of control image (its
@@ -61,8 +61,11 @@ CLASSES = {
     # the 2.x models' extra condition: Marble's inpainting at strength 1 (refuse_strength).
     Z_IMAGE: _Classes("ZImageControlNetModel", "", {"txt2img": "ZImageControlNetPipeline",
                                                      "inpaint": "ZImageControlNetInpaintPipeline"}),
-    # SD3's ControlNet inpainting pipeline wants InstantX's inpainting ControlNet (a mask input): not run here.
-    SD3: _Classes("SD3ControlNetModel", "SD3MultiControlNetModel", {"txt2img": "StableDiffusion3ControlNetPipeline"}),
+    # SD3's ControlNet inpainting pipeline runs an inpainting ControlNet (alimama's, in InstantX's shape: the mask
+    # beside the masked source's latents), as Qwen-Image's does.
+    SD3: _Classes("SD3ControlNetModel", "SD3MultiControlNetModel", {
+        "txt2img": "StableDiffusion3ControlNetPipeline", "inpaint": "StableDiffusion3ControlNetInpaintingPipeline",
+    }),
 }  # fmt: skip
 # Stability's own names in its SD3.5 ControlNet files -> diffusers' (the rest are the same in both).
 _SAI_NAMES = {".attn.proj.": ".attn.to_out.0.", ".mlp.fc1.": ".ff.net.0.proj.", ".mlp.fc2.": ".ff.net.2.",
@@ -91,9 +94,9 @@ def refuse_memory_mode(family: str, mode: str, asked: str, label: str) -> None:
 
 
 def refuse_strength(family: str, mode: str, strength: float, label: str) -> None:
-    """InvalidRequest for a Z-Image or Qwen-Image ControlNet inpainting job below strength 1: its pipeline paints
-    the masked area from pure noise, with no strength to give."""
-    if family in (Z_IMAGE, QWEN_IMAGE) and mode == "inpaint" and strength < 1:
+    """InvalidRequest for a Z-Image, Qwen-Image or SD3 ControlNet inpainting job below strength 1: its pipeline
+    paints the masked area from pure noise, with no strength to give."""
+    if family in (Z_IMAGE, QWEN_IMAGE, SD3) and mode == "inpaint" and strength < 1:
         raise InvalidRequest(
             f"{label} inpaints with a ControlNet from pure noise (the masked picture goes to the ControlNet), so its "
             f"denoising strength is 1, not {strength:g}: set it to 1, or remove the control unit."
@@ -184,14 +187,16 @@ def _sd3_shape(state: dict[str, Any], config: Any) -> dict[str, Any]:
         made_for = {1536: "SD3 / SD3.5 Medium", 2432: "SD3.5 Large"}.get(width, f"a model {width} wide")
         raise ModelError(f"it is made for {made_for}")
     hint = state["pos_embed_input.proj.weight"]  # (width, latent channels + extra, patch, patch)
-    if hint.shape[1] != config.in_channels:
-        raise ModelError("an inpainting ControlNet (it reads a mask beside the control picture)")
+    extra = hint.shape[1] - config.in_channels  # an inpainting ControlNet's mask channel
+    if extra < 0:
+        raise ModelError(f"its input reads {hint.shape[1]} latent channels, fewer than the model's")
     context = state.get("context_embedder.weight")
     positions = state.get("pos_embed.pos_embed")  # (1, side * side, width), kept where a maximum size is set
     own_positions = "pos_embed.proj.weight" in state
     blocks = len({key.split(".")[1] for key in state if key.startswith("transformer_blocks.")})
     return dict(
         sample_size=config.sample_size, patch_size=hint.shape[2], in_channels=config.in_channels, num_layers=blocks,
+        extra_conditioning_channels=extra,
         attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
         joint_attention_dim=context.shape[1] if context is not None else None,
         caption_projection_dim=context.shape[0] if context is not None else config.caption_projection_dim,
@@ -279,8 +284,8 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
             "This Z-Image ControlNet (the Fun Union 1.0) reads no masked picture: inpainting with a ControlNet takes "
             "the 2.0 or 2.1 Union."
         )
-    if family == QWEN_IMAGE:
-        _refuse_qwen_kind(mode, models)
+    if family in (QWEN_IMAGE, SD3):
+        _refuse_inpainting_kind(family, mode, models)
     borrows_positions = family == SD3 and any(not model.config.use_pos_embed for model in models)
     if borrows_positions and base.transformer.pos_embed.proj.weight.is_meta:
         # The pipeline copies the transformer's position embedding into Stability's SD3.5 ControlNets when it is
@@ -298,22 +303,31 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
 
 
 def is_inpainting(family: str, model: Any) -> bool:
-    """Whether `model` is InstantX's Qwen-Image inpainting ControlNet (it reads the masked source and the mask)."""
-    return family == QWEN_IMAGE and model.config.extra_condition_channels > 0
+    """Whether `model` is an inpainting ControlNet (InstantX's for Qwen-Image, alimama's for SD3): it reads the
+    masked source and the mask."""
+    if family == QWEN_IMAGE:
+        return model.config.extra_condition_channels > 0
+    return family == SD3 and model.config.extra_conditioning_channels > 0
 
 
-def _refuse_qwen_kind(mode: str, models: Sequence[Any]) -> None:
-    """Qwen-Image's inpainting ControlNet runs alone in an inpainting job, and only it runs there."""
-    inpainting = [is_inpainting(QWEN_IMAGE, model) for model in models]
+_INPAINTING_CONTROLNETS = {QWEN_IMAGE: "InstantX's Qwen-Image inpainting ControlNet",
+                           SD3: "an SD3 inpainting ControlNet (alimama's)"}  # fmt: skip
+
+
+def _refuse_inpainting_kind(family: str, mode: str, models: Sequence[Any]) -> None:
+    """An inpainting ControlNet runs alone in an inpainting job, and only it runs there (the family's ControlNet
+    inpainting pipeline feeds every model the masked source)."""
+    inpainting = [is_inpainting(family, model) for model in models]
+    which = _INPAINTING_CONTROLNETS[family]
     if mode == "inpaint" and (not all(inpainting) or len(models) > 1):
         raise InvalidRequest(
-            "Qwen-Image inpaints with a ControlNet through InstantX's inpainting ControlNet alone (it reads the "
-            "masked source and the mask): remove the other control units, or inpaint without them."
+            f"{family_label(family)} inpaints with a ControlNet through {which} alone (it reads the masked source "
+            "and the mask): remove the other control units, or inpaint without them."
         )
     if mode != "inpaint" and any(inpainting):
         raise InvalidRequest(
-            "InstantX's Qwen-Image inpainting ControlNet repaints a masked source: it runs in an inpainting job (a "
-            "source image and a mask), not this one. Remove its unit, or paint a mask."
+            f"{which[0].upper()}{which[1:]} repaints a masked source: it runs in an inpainting job (a source image "
+            "and a mask), not this one. Remove its unit, or paint a mask."
         )
 
 

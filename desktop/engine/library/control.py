@@ -152,8 +152,12 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         return ControlInfo(IMAGE_ENCODER, siglip.short_name, "", None, None)
     if (family := dit_controlnet_family(header)) is not None:
         detail = "union" if "controlnet_mode_embedder.weight" in names else ""
-        if family == QWEN_IMAGE and _reads_more(header, "controlnet_x_embedder.weight", "img_in.weight"):
-            detail = "inpainting"  # InstantX's: the mask beside the masked source's latents
+        # An inpainting ControlNet (InstantX's for Qwen-Image, alimama's for SD3): the mask beside the masked
+        # source's latents, so its input reads more than its base's.
+        if (family == QWEN_IMAGE and _reads_more(header, "controlnet_x_embedder.weight", "img_in.weight", -1)) or (
+            family == SD3 and _reads_more(header, "pos_embed_input.proj.weight", "pos_embed.proj.weight", 1)
+        ):
+            detail = "inpainting"
         layout = "sai" if "transformer_blocks.0.attn.qkv.weight" in names else "diffusers"
         return ControlInfo(CONTROLNET, layout, "", family, 3, detail)
     if "pos_embed_input.weight" in names and header.has_prefix("double_blocks."):
@@ -211,10 +215,11 @@ def dit_controlnet_family(header: SafetensorsHeader) -> str | None:
     return None
 
 
-def _reads_more(header: SafetensorsHeader, layer: str, than: str) -> bool:
-    """Whether the linear layer `layer` reads more inputs than the linear layer `than`."""
+def _reads_more(header: SafetensorsHeader, layer: str, than: str, axis: int) -> bool:
+    """Whether the layer `layer` reads more inputs than the layer `than` (their weights' `axis`: -1 for a linear
+    layer, 1 for a convolution)."""
     ours, theirs = header.tensors.get(layer), header.tensors.get(than)
-    return ours is not None and theirs is not None and ours.shape[-1] > theirs.shape[-1]
+    return ours is not None and theirs is not None and ours.shape[axis] > theirs.shape[axis]
 
 
 def inspect_onnx_control(path: Path, name: str = "this file") -> ControlInfo:
