@@ -87,3 +87,19 @@ def test_a_kontext_job_keeps_its_own_size(kontext, paths):
                           **FLUX)  # fmt: skip
     batch, _ = run(make_backend(paths), request)
     assert batch.images[0].size == (96, 64)
+
+
+def test_bfls_kontext_folder_is_a_flux_dev_model_that_reads_a_reference(kontext, paths, tmp_path):
+    # BFL's FLUX.1-Kontext-dev folder says FluxKontextPipeline in its model_index.json: the same Flux.1 dev
+    # tensors, so the same model for Marble (it was refused as an unknown folder).
+    base = bare_flux(kontext["folder"])
+    accepted = inspect.signature(FluxKontextPipeline.__init__).parameters
+    folder = save_pipeline(FluxKontextPipeline(**{k: v for k, v in base.components.items() if k in accepted}),
+                           tmp_path / "FLUX.1-Kontext-dev")  # fmt: skip
+    arch = detect_model(folder)
+    assert (arch.label, reference_image_limit(arch.dit)) == ("Flux.1 dev", 1)
+    request = request_for(folder, reference_images=(str(kontext["reference"]),), **FLUX)
+    batch, _ = run(make_backend(paths), request)
+    same, _ = run(make_backend(paths), request_for(kontext["folder"], reference_images=request.reference_images,
+                                                   **FLUX))  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(same.images[0]))
