@@ -175,9 +175,14 @@ def test_what_a_canny_or_depth_dev_model_cannot_run_is_refused_before_a_step(mod
         run(make_backend(paths), request_for(models["flux"], controls=(unit(models),), **FLUX))
 
 
-def test_a_negative_prompt_is_said_to_be_ignored(models, paths):
-    batch, _ = run(make_backend(paths), job(models, negative_prompt="blurry"))
+def test_a_negative_prompt_and_a_low_distilled_cfg_are_said(models, paths):
+    backend = make_backend(paths)
+    batch, _ = run(backend, job(models, negative_prompt="blurry"))
     assert any("without a negative prompt; it was ignored" in note for note in batch.notes)
+    # BFL's cards: 30 for Canny dev, 10 for Depth dev; 3.5 (the other dev models') is said to be low.
+    assert any("made for a distilled CFG of 30 (Canny dev) or 10 (Depth dev), not 3.5" in n for n in batch.notes)
+    strong, _ = run(backend, job(models, distilled_cfg_scale=30.0))
+    assert not any("distilled CFG" in note for note in strong.notes)
 
 
 

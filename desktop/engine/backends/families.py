@@ -115,6 +115,21 @@ def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) 
     return f"{info.label} {why}; the negative prompt was ignored."
 
 
+# The distilled guidance BFL's model cards give Flux.1 Depth dev (10) and Canny dev (30): far above the 3.5 that
+# suits the other dev models, below which their control picture barely steers the image.
+CONTROL_INPUT_GUIDANCE = 10.0
+
+
+def low_guidance_note(request: GenerationRequest, info: DitInfo) -> str | None:
+    """A note for a Canny / Depth dev job run at a distilled CFG below what those models were made for."""
+    if not info.control_input or request.distilled_cfg_scale >= CONTROL_INPUT_GUIDANCE:
+        return None
+    return (
+        f"{info.label} models were made for a distilled CFG of 30 (Canny dev) or 10 (Depth dev), not "
+        f"{request.distilled_cfg_scale:g}: the control picture may barely steer the image."
+    )
+
+
 # Where each family's long-prompt encoder's tokenizer sits (CLIP's 77 tokens are cut in every tool: not said).
 _LONG_TOKENIZER = {"flux": "tokenizer_2", "sd3": "tokenizer_3", "sd3.5": "tokenizer_3"}
 
