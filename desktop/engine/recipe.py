@@ -22,6 +22,7 @@ from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from desktop.engine.control_preprocess import preprocessor_from_module
 from desktop.engine.errors import InvalidRequest
+from desktop.engine.library.control import BUILT_IN
 from desktop.engine.library.lora import split_lora_tags
 from desktop.engine.metadata import (
     ImageMetadata,
@@ -316,21 +317,23 @@ def _read_controls(
             wanted.append((replace(parsed.unit, preprocessor=preprocessor or "none"), parsed.model_hash))
     found: list[ControlUnit] = []
     for index, (unit, model_hash) in enumerate(wanted):
-        record = _by_name(controls, unit.model)
-        if record is None:
+        if unit.model.strip().casefold() == BUILT_IN:
+            name = BUILT_IN  # a Canny / Depth dev model's own input: no library file
+        elif (record := _by_name(controls, unit.model)) is not None:
+            name = record.name
+        else:
             hashed = f" (hash {model_hash})" if model_hash else ""
             warnings.append(
                 f"The control model {unit.model!r}{hashed} is not in the library: control unit {index} is left out. "
                 "Import it (marble controls import FILE) to use it."
             )
             continue
-        found.append(replace(unit, model=record.name))
+        found.append(replace(unit, model=name))
         if not unit.image:
             # An IP-Adapter unit's image is the reference picture it copies, not a control map.
             kind = "reference" if unit.preprocessor == "ip-adapter" else "control"
             warnings.append(
-                f"Control unit {index} ({record.name}): the PNG does not hold its {kind} image; choose one before "
-                "generating."
+                f"Control unit {index} ({name}): the PNG does not hold its {kind} image; choose one before generating."
             )
     fields["controls"] = tuple(found)
 

@@ -79,6 +79,19 @@ def test_an_a1111_png_gives_control_units_matched_by_name_and_warns_about_the_re
     assert plain.fields["controls"] == ()
 
 
+def test_a_built_in_unit_comes_back_from_its_png_without_a_library_file():
+    # A Flux.1 Canny / Depth dev image: its unit's model is the model's own input, which no library holds.
+    unit = ControlUnit("built-in", "/edges.png", preprocessor="canny")
+    request = GenerationRequest(prompt="p", model="flux1-canny-dev", width=512, height=512, controls=(unit,))
+    text = format_parameters(request, 1, None, "1", controls=(ControlHash("built-in", ""),))
+    assert 'ControlNet 0: "Module: canny, Model: built-in, Weight: 1.0,' in text
+    recipe = read_recipe(interpret_chunks({"parameters": text}), controls=[Entry("edges")])
+    assert recipe.fields["controls"] == (ControlUnit("built-in", "", preprocessor="canny", threshold_a=100.0,
+                                                     threshold_b=200.0),)  # fmt: skip
+    assert not any("The control model" in w for w in recipe.warnings)  # (the model itself is not in it)
+    assert any("Control unit 0 (built-in): the PNG does not hold its control image" in w for w in recipe.warnings)
+
+
 def test_generate_with_control_units_on_the_command_line(tmp_path, tiny_sd15_dir):
     home = tmp_path / "home"
     pipe = tiny_models.build_tiny_sd15()
