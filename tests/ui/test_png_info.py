@@ -167,3 +167,21 @@ def test_a_t5_gguf_dropped_on_the_canvas_is_imported_as_a_text_encoder(qtbot, st
         assert (studio.paths.text_encoders / t5.name).is_file()
     finally:
         tasks.shutdown()
+
+
+def test_reading_a_recipe_reads_no_file_headers_on_the_gui_thread(qtbot, studio, tmp_path, monkeypatch):
+    # A recipe matches names and hashes; a LoRA or control file put in the library by hand is not opened for it.
+    from desktop.engine.library import index
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a header was read on the GUI thread")
+
+    monkeypatch.setattr(index, "few_step_of_file", no_reading)
+    monkeypatch.setattr(index, "_control_header", no_reading)
+    window = studio.window
+    library = window.recipes._library
+    for kind in ("lora", "control"):
+        library.folder(kind).mkdir(parents=True, exist_ok=True)
+        (library.folder(kind) / "by-hand.safetensors").write_bytes(b"x" * 16)
+    assert window.recipes.open_image(str(CASES[0].write(tmp_path)))
+    assert window.recipes.dialog.recipe.prompt == "a red fox, snow"

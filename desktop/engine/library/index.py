@@ -187,8 +187,12 @@ class Library:
 
     # ------------------------------------------------------------------------------------ listing
 
-    def records(self, kind: str) -> list[LibraryRecord]:
-        """Everything in the kind's folder: indexed entries, plus unindexed ones found on disk."""
+    def records(self, kind: str, read_headers: bool = True) -> list[LibraryRecord]:
+        """Everything in the kind's folder: indexed entries, plus unindexed ones found on disk.
+
+        `read_headers` False: what the index and the folder say, without reading the headers of files put there
+        by hand (a LoRA's few-step kind, a control model's family): for a caller that matches names and hashes
+        only, on the GUI thread (reading a recipe), where a slow disk would freeze the window."""
         folder = self.folder(kind)
         with self._lock:
             stored = self._load().get(kind, {})
@@ -198,10 +202,10 @@ class Library:
             path = folder / file_name
             if record is None or not _same_size(record, path):
                 record = _unindexed(kind, path)
-            if kind == "lora" and record.few_step is None:
+            if read_headers and kind == "lora" and record.few_step is None:
                 # A header read (kilobytes), so the window can offer a few-step LoRA's preset.
                 record = replace(record, few_step=few_step_of_file(path) or "")
-            if kind == "control" and not record.indexed:
+            if read_headers and kind == "control" and not record.indexed:
                 # A file put in the folder by hand: its header says its kind and family (kilobytes), so the
                 # window offers it for the models it fits and knows an IP-Adapter as one.
                 record = _control_header(record, path)

@@ -249,11 +249,12 @@ class RecipeIntegration(QObject):
     def _recipe_of(self, source: str | bytes, quiet: bool = False) -> Recipe | None:
         try:
             metadata = read_image_metadata(source)
-            library = self._library
-            return read_recipe(
-                metadata, library.records("model"), library.records("lora"), library.records("vae"),
-                library.records("control"), library.records("upscaler"),
+            # Names and hashes are all a recipe matches: no file headers read here, on the GUI thread.
+            model, lora, vae, control, upscaler = (
+                self._library.records(kind, read_headers=False)
+                for kind in ("model", "lora", "vae", "control", "upscaler")
             )
+            return read_recipe(metadata, model, lora, vae, control, upscaler)
         except (MarbleError, OSError) as error:
             if not quiet:
                 self._window.message_bar.show_message(str(error), "error")

@@ -161,7 +161,7 @@ class UpscaleIntegration(QObject):
 
     def _records(self, kind: str) -> list[Any]:
         try:
-            return list(self._library.records(kind))
+            return list(self._library.records(kind, read_headers=False))  # names and hashes: no header reads
         except (MarbleError, OSError):
             return []
 
