@@ -213,9 +213,9 @@ class ControlModels:
         pipe = control_dit.pipeline(family, request.mode, base, models)
         inpainting = control_dit.is_inpainting(family, models[0])
         if inpainting:
-            # InstantX's Qwen-Image inpainting ControlNet reads the job's own source and mask (A1111's inpaint
+            # An inpainting ControlNet (Qwen-Image's, SD3's) reads the job's own source and mask (A1111's inpaint
             # module), not the unit's picture; its pipeline masks the source and encodes it itself.
-            assert plan is not None and plan.mask is not None  # pipeline() refused it elsewhere
+            assert plan is not None and plan.mask is not None  # pipeline() runs it in inpainting jobs only
             images = [_as_tensor(preprocess("none", plan.image))]
         else:
             images = [_control_image(unit, plan, size, self.annotators) for unit in units]
