@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from desktop.api.convert import ApiError, ApiLimits, decode_image, find_name, looks_like_path, strip_title
-from desktop.engine.library.control import BUILT_IN
+from desktop.engine.library.control import BUILT_IN, is_built_in
 from desktop.engine.request import MAX_CONTROL_UNITS, MAX_REFERENCE_IMAGES, ControlUnit
 
 # The extension's module names (and Marble's own) to Marble's preprocessors. Only preprocessors this
@@ -149,7 +149,7 @@ def _model(value: object, index: int, control_models: Sequence[str]) -> str:
         raise ApiError(422, f"ControlNet unit {index} needs a control model (see /controlnet/model_list).", where)
     if looks_like_path(value):
         raise ApiError(422, f"ControlNet unit {index}: model must be a library name, not a path: {value!r}.", where)
-    if strip_title(value).strip().casefold() == BUILT_IN:  # a Flux.1 Canny / Depth dev model's own input
+    if is_built_in(strip_title(value)):  # a Flux.1 Canny / Depth dev model's own input
         return BUILT_IN
     found = find_name(control_models, strip_title(value))
     if found is None:

@@ -22,7 +22,7 @@ from desktop.engine.backends.hires import canonical_upscaler
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from desktop.engine.control_preprocess import preprocessor_from_module
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.library.control import BUILT_IN
+from desktop.engine.library.control import BUILT_IN, is_built_in
 from desktop.engine.library.lora import split_lora_tags
 from desktop.engine.metadata import (
     ImageMetadata,
@@ -317,7 +317,7 @@ def _read_controls(
             wanted.append((replace(parsed.unit, preprocessor=preprocessor or "none"), parsed.model_hash))
     found: list[ControlUnit] = []
     for index, (unit, model_hash) in enumerate(wanted):
-        if unit.model.strip().casefold() == BUILT_IN:
+        if is_built_in(unit.model):
             name = BUILT_IN  # a Canny / Depth dev model's own input: no library file
         elif (record := _by_name(controls, unit.model)) is not None:
             name = record.name

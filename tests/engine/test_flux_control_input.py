@@ -191,3 +191,20 @@ def test_a_negative_prompt_and_a_low_distilled_cfg_are_said(models, paths):
 def test_the_built_in_input_runs_in_each_offload_mode_on_cuda(models, paths, mode):
     # The sibling pipelines share the loaded modules, so the base's offload hooks serve them.
     assert_mode_matches_full(make_backend(paths), models["folder"], mode, **(FLUX | {"controls": (unit(models),)}))
+
+
+def test_the_command_line_takes_the_built_in_unit_and_its_png_says_so(models, tmp_path):
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    out = tmp_path / "house.png"
+    code, _, err = in_process(
+        ["generate", "--model", str(models["folder"]), "--prompt", "a house by a lake", "--seed", "21", "--steps", "3",
+         "--width", "64", "--height", "64", "--device", "cpu", "--distilled-cfg", "10", "--no-preview",
+         "--control", f"Built-In:{models['tmp'] / 'edges.png'}", "--out", str(out), "--home", str(tmp_path / "home")]
+    )  # fmt: skip
+    assert code == 0, err
+    metadata = read_image_metadata(out)
+    assert 'Model: Built-In, Weight: 1.0' in metadata.raw["parameters"]
+    (unit,) = metadata.request.controls
+    assert unit.model == "Built-In" and unit.image.endswith("edges.png")

@@ -134,7 +134,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     read_safetensors_header,
     sniff_file_type,
 )
-from desktop.engine.library.control import BUILT_IN, controlnet_family  # noqa: E402
+from desktop.engine.library.control import BUILT_IN, controlnet_family, is_built_in  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
@@ -971,7 +971,8 @@ class DiffusersBackend:
                     if _unaccepted(pipe, arguments, ("strength",)) and isinstance(arguments.get("image"), list):
                         arguments["image"] = arguments["image"][0]
                         arguments["mask_image"] = [arguments["mask_image"]] * request.batch_size
-                    # Qwen-Image's takes the source and the mask as its control picture only (control_dit.py).
+                    # An inpainting ControlNet's pipeline (Qwen-Image's, SD3's) takes the source and the mask as its
+                    # control picture only (control_dit.py).
                     _unaccepted(pipe, arguments, ("image", "mask_image"))
                     dropped = _unaccepted(pipe, arguments, ("negative_prompt", "true_cfg_scale"))
                     if dropped and batch_index == 0:
@@ -1806,7 +1807,7 @@ def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
     """A unit naming the model's own control input (BUILT_IN) only for a Flux.1 Canny / Depth dev model, which
     needs exactly one (its pipeline reads a control picture at every step), at full weight over every step (it
     has no weight or range), and no ControlNet beside it; Redux units may join it."""
-    own = [unit for unit in request.controls if unit.model.strip() == BUILT_IN]
+    own = [unit for unit in request.controls if is_built_in(unit.model)]
     if dit is None or not dit.control_input:
         if own:
             label = dit.label if dit is not None else "a Stable Diffusion model"
@@ -1815,7 +1816,7 @@ def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
                 f"model ({label}) has none: pick a ControlNet for the unit, or such a model."
             )
         return
-    others = [unit for unit in request.controls if unit.model.strip() != BUILT_IN and unit not in image_units(request)]
+    others = [unit for unit in request.controls if not is_built_in(unit.model) and unit not in image_units(request)]
     if others:
         raise InvalidRequest(
             f"{dit.label} models read their control picture through their own input: ControlNets do not run with "
@@ -1839,7 +1840,8 @@ def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
     """Control units only where they run: ControlNets of the model's family, for a Flux.1 job of any mode or a
-    Qwen-Image, Z-Image or SD3 / SD3.5 text-to-image job (control_dit.py)."""
+    Qwen-Image, Z-Image or SD3 / SD3.5 text-to-image or inpainting job (control_dit.py); a Canny / Depth dev
+    model's own input (_refuse_built_in)."""
     _refuse_built_in(dit, request)
     if dit is None or not request.controls or dit.control_input:
         return

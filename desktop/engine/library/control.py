@@ -68,6 +68,13 @@ DIT_CONTROLNET_FAMILIES = (FLUX, QWEN_IMAGE, Z_IMAGE, SD3)
 # A control unit's model naming the loaded model's own control input, not a library file: BFL's Flux.1 Canny /
 # Depth dev read the unit's (preprocessed) picture beside the noise (backends/control.py's prepare_built_in).
 BUILT_IN = "built-in"
+
+
+def is_built_in(model: str) -> bool:
+    """Whether a control unit's model names BUILT_IN (in any case, as a CLI user or an API client may write it)."""
+    return model.strip().casefold() == BUILT_IN
+
+
 _FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image",
     SD3: "SD3",
