@@ -208,3 +208,31 @@ def test_the_command_line_takes_the_built_in_unit_and_its_png_says_so(models, tm
     assert 'Model: Built-In, Weight: 1.0' in metadata.raw["parameters"]
     (unit,) = metadata.request.controls
     assert unit.model == "Built-In" and unit.image.endswith("edges.png")
+
+
+def test_a_gguf_canny_dev_file_loads_with_its_channels_from_its_tensors(models, paths, tmp_path):
+    # A GGUF tensor's stored shape is its bytes': the channels are read from its logical shape (Q4_0 packs the
+    # 32-wide input layer's rows into 18 bytes here).
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    from tests.support.tiny_dit import flux_to_bfl, save_gguf
+
+    state = bare_pipe(FluxControlPipeline, models).transformer.state_dict()
+    gguf = save_gguf(flux_to_bfl(state), tmp_path / "flux1-canny-dev-Q4_0.gguf", quant="Q4_0")
+    diffusers_names = save_gguf(dict(state), tmp_path / "diffusers-names.gguf", quant="Q4_0")
+    arch = detect_model(gguf)
+    assert (arch.label, arch.dit.control_input) == ("Flux.1 dev Canny/Depth (Q4_0)", True)
+    request = job(models, model_config=str(models["config"]), text_encoders=str(models["flux"]))
+    batch, _ = run(make_backend(paths), replace(request, model=str(gguf)))
+    transformer = FluxTransformer2DModel.from_single_file(
+        str(diffusers_names), config=str(models["config"]), subfolder="transformer", local_files_only=True,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32,
+        in_channels=32, out_channels=16,
+    )  # fmt: skip
+    pipe = bare_pipe(FluxControlPipeline, models)
+    pipe.transformer = transformer
+    control = Image.open(request.controls[0].image).convert("RGB")
+    expected = pipe(prompt=request.prompt, control_image=control, width=64, height=64, guidance_scale=3.5,
+                    num_inference_steps=3, max_sequence_length=512,
+                    generator=torch.Generator("cpu").manual_seed(21)).images[0]  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
