@@ -209,3 +209,14 @@ def test_a_stability_sd3_controlnet_runs_in_the_offload_modes_on_cuda(sd3, mode)
     with pytest.raises(InvalidRequest, match="sequential offload keeps off the GPU"):
         run(make_backend(sd3["home"]), request_for(sd3["folder"], controls=(unit,), memory_mode="sequential",
                                                    device="cuda", **VALUES))  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")
+@pytest.mark.parametrize("mode", ["offload", "group", "fp8"])
+def test_an_inpainting_controlnet_runs_in_the_offload_modes_on_cuda(sd3, tmp_path, mode):
+    # Its pipeline encodes the masked source with the base's VAE under the base's hooks.
+    source_path, mask_path, _, _ = source_and_mask(tmp_path, (16, 12, 48, 44), seed=6)
+    unit = ControlUnit("sd3-inpaint", str(sd3["picture"]), weight=0.9)
+    assert_mode_matches_full(make_backend(sd3["home"]), sd3["folder"], mode, controls=(unit,),
+                             init_image=str(source_path), mask=str(mask_path), strength=1.0, mask_blur=0,
+                             **VALUES)  # fmt: skip
