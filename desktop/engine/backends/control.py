@@ -111,6 +111,10 @@ class ControlRun:
         self.handles.clear()
 
 
+# The metadata's model of a unit naming a model's own control input: no file, so no hash.
+_BUILT_IN_HASH = ControlHash(BUILT_IN, "")
+
+
 @dataclass(frozen=True)
 class _Identity:
     path: str
@@ -240,15 +244,16 @@ class ControlModels:
 
     def prepare_built_in(
         self, pipe: Any, unit: ControlUnit, plan: EditPlan | None, size: tuple[int, int],
-        hires_pipe: Callable[[], Any],
+        hires_pipe: Callable[[], Any], hashed: ControlHash = _BUILT_IN_HASH,
     ) -> ControlRun:
-        """The unit naming a Flux.1 Canny / Depth dev model's own input (BUILT_IN): its picture, preprocessed at
-        the job's `size`, as the control image `pipe` (FluxControlPipeline or its image-to-image / inpainting
-        sibling) reads beside the noise. Text-to-image: the hires fix's second pass (`hires_pipe`, the
-        image-to-image sibling) reads it again at that pass's size."""
+        """The unit naming a Flux.1 Canny / Depth dev model's own input (BUILT_IN), or a Flux.1 Control-LoRA
+        loaded for the job (`hashed` names it): its picture, preprocessed at the job's `size`, as the control
+        image `pipe` (FluxControlPipeline or its image-to-image / inpainting sibling) reads beside the noise.
+        Text-to-image: the hires fix's second pass (`hires_pipe`, the image-to-image sibling) reads it again at
+        that pass's size."""
         # These pipelines take a tensor as the VAE reads it, in [-1, 1] (a picture they would normalise).
         image = _control_image(unit, plan, size, self.annotators) * 2.0 - 1.0
-        run = ControlRun(pipe, {"control_image": image}, (ControlHash(BUILT_IN, ""),))
+        run = ControlRun(pipe, {"control_image": image}, (hashed,))
         if plan is None:
 
             def hires(second: tuple[int, int]) -> tuple[Any, dict[str, Any]]:

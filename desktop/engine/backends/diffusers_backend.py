@@ -65,7 +65,7 @@ from diffusers.utils.torch_utils import get_module_execution_device  # noqa: E40
 from PIL import Image  # noqa: E402
 from safetensors import SafetensorError  # noqa: E402
 
-from desktop.engine.backends import control_dit, families  # noqa: E402
+from desktop.engine.backends import control_dit, families, flux_control_lora  # noqa: E402
 from desktop.engine.backends import families_flux2 as flux2  # noqa: E402
 from desktop.engine.backends import families_qwen_edit as qwen_edit  # noqa: E402
 from desktop.engine.backends.base import (  # noqa: E402
@@ -87,6 +87,7 @@ from desktop.engine.backends.dit_memory import fallback_mode as dit_fallback_mod
 from desktop.engine.backends.dit_prompt_cache import cached_encoding  # noqa: E402
 from desktop.engine.backends.encoder_components import Component  # noqa: E402
 from desktop.engine.backends.faceid import FaceAnalyser, library_face_analyser  # noqa: E402
+from desktop.engine.backends.flux_control_lora import FluxControlLoras  # noqa: E402
 from desktop.engine.backends.flux_redux import ReduxModels, ReduxPrompt, image_units  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
@@ -149,7 +150,7 @@ from desktop.engine.prompt_syntax import (  # noqa: E402
     pack_prompt,
     prompt_pieces,
 )
-from desktop.engine.request import MAX_SIDE, GenerationRequest, hires_target, upscale_target  # noqa: E402
+from desktop.engine.request import MAX_SIDE, ControlUnit, GenerationRequest, hires_target, upscale_target  # noqa: E402
 from desktop.engine.resources import PAD_ZERO_TOKEN, TOKENIZER_COMPONENTS, Resources, pads_with_zero  # noqa: E402
 from desktop.engine.terminal_text import library_text  # noqa: E402
 from desktop.engine.upscale_tiles import Box, blend_tiles, tile_boxes  # noqa: E402
@@ -258,6 +259,7 @@ class DiffusersBackend:
         # FaceID units' face analyser; by default the seam that will build it from the library's face models.
         self._ip_adapters = IpAdapters(controls, face_analyser or library_face_analyser(controls))
         self._redux = ReduxModels(controls)  # Flux.1's image prompt (flux_redux.py)
+        self._control_loras = FluxControlLoras(controls)  # BFL's Canny / Depth LoRAs (flux_control_lora.py)
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
         self._refiners = Refiners(catalog, self._hashes, resources)
@@ -935,10 +937,14 @@ class DiffusersBackend:
         if images and family == "flux":  # Flux.1 Redux: the reference picture as prompt tokens (flux_redux.py)
             redux = self._redux.prompt(self._pipe, request, images, self._dit.label, device, context)
         controlnets = replace(request, controls=tuple(u for u in request.controls if u not in images))
+        control_loras = self._control_loras.find(controlnets.controls) if family == "flux" else []
         if self._dit.control_input:  # Canny / Depth dev: the BUILT_IN unit's picture (_refuse_built_in)
             control = self._controls.prepare_built_in(pipe, controlnets.controls[0], plan,
                                                       (size["width"], size["height"]),
                                                       functools.partial(self._dit_pipe_for, "img2img"))  # fmt: skip
+        elif control_loras:  # Flux.1 dev with BFL's Canny / Depth LoRA, for this job (flux_control_lora.py)
+            control = self._control_lora_run(request, controlnets, control_loras, plan, size, lora_plan.loras)
+            pipe = control.pipe
         elif controlnets.controls:  # Flux.1, Qwen-Image, Z-Image or SD3 (_refuse_dit_controls): its ControlNets
             control_dit.refuse_memory_mode(family, self._dit_mode or "full", request.memory_mode, self._dit.label)
             control = self._controls.prepare_dit(family, self._pipe, controlnets, plan,
@@ -1017,6 +1023,29 @@ class DiffusersBackend:
             images = tuple(finish_edit(plan, picture) for picture in pictures)
         hashes = _in_unit_order(request, control.hashes if control is not None else (), redux)
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None, hashes)
+
+    def _control_lora_run(
+        self, request: GenerationRequest, controlnets: GenerationRequest, units: list[ControlUnit],
+        plan: EditPlan | None, size: dict[str, Any], loras: tuple[AdapterHash, ...],
+    ) -> ControlRun:
+        """A Flux.1 Control-LoRA loaded on the model's plain layers for this job, its pipeline for the job's mode
+        reading the unit's picture; closing the run puts the model back."""
+        info = self._dit
+        others = len(controlnets.controls) - len(units)
+        flux_control_lora.refuse(info, units, others, len(loras), self._dit_mode or "full", info.label)
+        self._loras.unload_all(self._pipe)
+        unload, hashed = self._control_loras.load(self._pipe, units[0])
+        try:
+            pipe = families.control_input_pipeline(self._pipe, request.mode)
+            control = self._controls.prepare_built_in(
+                pipe, units[0], plan, (size["width"], size["height"]),
+                functools.partial(families.control_input_pipeline, self._pipe, "img2img"), hashed,
+            )  # fmt: skip
+        except BaseException:
+            unload.remove()
+            raise
+        control.handles.append(unload)
+        return control
 
     def _dit_hires_pipe(self, request: GenerationRequest, plan: EditPlan | None, notes: list[str]) -> Any | None:
         """The image-to-image pipeline of the hires fix's second pass for a DiT text-to-image job, or None (no

@@ -174,8 +174,7 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     if qwen_edit.is_edit(info):
         return qwen_edit.edit_pipeline(pipe, mode, info)
     if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
-        name = "FluxControlInpaintPipeline" if mode == "inpaint" else "FluxControlImg2ImgPipeline"
-        return _sibling(pipe, getattr(diffusers, name))
+        return control_input_pipeline(pipe, mode)
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
@@ -184,6 +183,19 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         # Chroma's never does and whose config has no such field (an AttributeError in the first step).
         pipe.transformer.register_to_config(guidance_embeds=False)
     return _sibling(pipe, getattr(diffusers, name))
+
+
+# The pipelines of a Flux.1 transformer that reads a control picture beside the noise, for each mode.
+_CONTROL_INPUT_PIPELINES = {"txt2img": "FluxControlPipeline", "img2img": "FluxControlImg2ImgPipeline",
+                            "inpaint": "FluxControlInpaintPipeline"}  # fmt: skip
+
+
+def control_input_pipeline(pipe: Any, mode: str) -> Any:
+    """A Flux.1 pipeline's sibling for a transformer that reads a control picture's latents beside the noise (Canny
+    / Depth dev, or Flux.1 dev with their Control-LoRA loaded) in `mode`."""
+    import diffusers
+
+    return _sibling(pipe, getattr(diffusers, _CONTROL_INPUT_PIPELINES[mode]))
 
 
 def kontext_pipeline(pipe: Any) -> Any:
@@ -613,8 +625,9 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
     # Flux.1, Chroma and Qwen-Image draw (C, h, w) (Qwen-Image as one video frame, the same values) and take
     # them packed into tokens of 2x2 patches.
-    # A Canny / Depth dev transformer reads the control picture's tokens beside the noise's: half are noise.
-    latent = channels // (8 if info.control_input else 4)
+    # A transformer that reads the control picture's tokens beside the noise's (FluxControlPipeline's: Canny /
+    # Depth dev, or a Control-LoRA loaded): half of its input is noise.
+    latent = channels // (8 if type(pipe).__name__ == _CONTROL_INPUT_PIPELINES["txt2img"] else 4)
 
     def packed(noise: Any) -> Any:
         return pipe._pack_latents(noise, noise.shape[0], latent, rows, cols)

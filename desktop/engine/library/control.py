@@ -7,7 +7,8 @@ which kind it is and which base family it was trained for:
   `zero_convs.*`, `input_hint_block.*`, often under `control_model.`;
 - ControlNet, diffusers layout (`diffusion_pytorch_model.safetensors`): `controlnet_cond_embedding.*`,
   `controlnet_down_blocks.*`;
-- Control-LoRA (Stability's "control-lora"): a `lora_controlnet` marker tensor and LoRA halves;
+- Control-LoRA (Stability's "control-lora"): a `lora_controlnet` marker tensor and LoRA halves; Flux.1's
+  (BFL's Canny / Depth dev LoRAs: library/flux_control_lora.py), layout "bfl" or "diffusers";
 - T2I-Adapter: `adapter.conv_in` / `adapter.body.*` (diffusers) or `conv_in` / `body.*` (original).
 - IP-Adapter (`image_proj.*` + `ip_adapter.*`) and the CLIP image encoders IP-Adapters read with
   (`vision_model.*` + `visual_projection.weight`): desktop/engine/library/ip_adapter.py.
@@ -38,6 +39,7 @@ from pathlib import Path
 from desktop.engine.errors import ModelError
 from desktop.engine.library.annotator import inspect_annotator
 from desktop.engine.library.checkpoint import SafetensorsHeader
+from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.library.ip_adapter import (
     inspect_image_encoder,
     inspect_ip_adapter,
@@ -174,6 +176,8 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         )
     if "lora_controlnet" in names:
         return ControlInfo(CONTROL_LORA, "ldm", "", _controlnet_family(header), _hint_channels(header, "", "ldm"))
+    if (layout := control_lora_layout(header)) is not None:  # BFL's Canny / Depth LoRAs for Flux.1 dev
+        return ControlInfo(CONTROL_LORA, layout, "", FLUX, 3)
     for prefix in (LDM_PREFIX, ""):
         if f"{prefix}input_hint_block.0.weight" in names and f"{prefix}zero_convs.0.0.weight" in names:
             return ControlInfo(

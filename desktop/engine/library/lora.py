@@ -15,6 +15,7 @@ from pathlib import Path
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.catalog import find_by_name
 from desktop.engine.library.checkpoint import SafetensorsHeader, read_safetensors_header, sniff_file_type
+from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
 
 # Cross-attention context width of each base family: what the UNet's attn2.to_k/to_v read.
@@ -69,6 +70,12 @@ class LoraInfo:
 def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo:
     """Format and base architecture of a LoRA from tensor names and shapes; raise if it is no LoRA."""
     names = list(header.tensors)
+    if control_lora_layout(header) is not None:
+        # Loaded as a plain LoRA it would widen the model's input layer for good: it goes in a control unit.
+        raise ModelError(
+            f"{name} is a Flux.1 Control-LoRA (BFL's Canny / Depth dev LoRA): import it as a control model "
+            "(marble controls import FILE) and use it in a control unit with its picture."
+        )
     algorithm = _lycoris_algorithm(names)
     dit = _inspect_dit_lora(header, names)
     if dit is not None:

@@ -1,0 +1,126 @@
+"""Flux.1 Control-LoRAs in control units: BFL's Canny / Depth dev LoRAs on a loaded Flux.1 dev model, for one job.
+
+The unit's file (library/flux_control_lora.py) is loaded with diffusers' `load_lora_weights`, which widens the
+transformer's input layer to read the control picture's latents beside the noise and swaps its query/key norms
+in; the job then runs FluxControlPipeline (or its image-to-image / inpainting sibling) with the unit's picture,
+at the unit's weight as the LoRA's scale. Afterwards `unload_lora_weights(reset_to_overwritten_params=True)`
+puts the model back as it was, so the next job runs the plain model.
+
+Loaded for each job that asks (a 1.2 GB file: seconds), on the model's plain layers only: the LoRA manager's
+adapters are unloaded first (diffusers restores a widened layer only when no other adapter wraps it), so a job
+with a Control-LoRA takes no other LoRA. The memory modes that replace or hook single layers (group and
+sequential offload, fp8, nf4, int8) and quantised model files (GGUF, fp8, bitsandbytes) are refused: the widened
+layer would miss their hooks or their storage.
+
+torch and diffusers are used through the pipeline's own methods: only the diffusers backend loads this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.backends.base import ControlHash
+from desktop.engine.backends.control import legacy_hash
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.flux_control_lora import control_lora_layout
+from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.request import ControlUnit
+from desktop.engine.terminal_text import library_text
+
+ADAPTER = "marble-flux-control-lora"
+# The memory modes whose hooks hold the whole transformer (or none): a widened layer inside it moves with it.
+_MODES = ("full", "offload")
+
+
+class FluxControlLoras:
+    """Which control units name a Flux.1 Control-LoRA (headers read once per file), and loading one for a job."""
+
+    def __init__(self, catalog: AdapterCatalog) -> None:
+        self._catalog = catalog
+        self._layouts: dict[tuple[str, int, int], str | None] = {}
+
+    def find(self, units: tuple[ControlUnit, ...]) -> list[ControlUnit]:
+        """The units whose model is a Flux.1 Control-LoRA in the control library."""
+        return [unit for unit in units if self._layout(unit.model.strip()) is not None]
+
+    def _layout(self, name: str) -> str | None:
+        entry = self._catalog.find(name)
+        if entry is None:
+            return None
+        stat = entry.path.stat()
+        key = (str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in self._layouts:
+            safetensors = sniff_file_type(entry.path) == "safetensors"
+            header = read_safetensors_header(entry.path, name=entry.name) if safetensors else None
+            self._layouts[key] = control_lora_layout(header) if header is not None else None
+        return self._layouts[key]
+
+    def load(self, pipe: Any, unit: ControlUnit) -> tuple[_Unload, ControlHash]:
+        """The unit's Control-LoRA loaded on `pipe` (its LoRA adapters already unloaded) at the unit's weight;
+        the handle whose `remove()` puts the model back, and the unit's hash for the metadata."""
+        entry = self._catalog.get(unit.model.strip())
+        unload = _Unload(pipe)
+        try:
+            pipe.load_lora_weights(str(entry.path), adapter_name=ADAPTER, use_safetensors=True)
+            pipe.set_adapters([ADAPTER], [float(unit.weight)])
+        except (ValueError, KeyError, RuntimeError, TypeError, OSError, AssertionError) as error:
+            unload.remove()
+            raise ModelError(
+                f"The Control-LoRA {library_text(entry.name)!r} does not fit this model: {_short(error)}. BFL's "
+                "Canny / Depth LoRAs are made for Flux.1 dev."
+            ) from error
+        return unload, ControlHash(entry.name, legacy_hash(Path(entry.path)))
+
+
+def refuse(info: DitInfo, units: list[ControlUnit], others: int, loras: int, mode: str, label: str) -> None:
+    """InvalidRequest for what a Control-LoRA job cannot run: more than one, ControlNets beside it (`others`),
+    LoRAs (`loras`), a step range or control mode, a model other than a plain unquantised Flux.1 dev, a memory mode
+    that hooks single layers."""
+    name = repr(units[0].model.strip())
+    if len(units) > 1 or others:
+        raise InvalidRequest(
+            f"A Flux.1 Control-LoRA ({name}) runs alone: it turns the model into its Canny / Depth form for the job. "
+            "Remove the other control units (a Redux unit may stay)."
+        )
+    if loras:
+        raise InvalidRequest(
+            f"A Flux.1 Control-LoRA ({name}) runs without other LoRAs in Marble so far: remove the job's "
+            f"{loras} LoRA(s), or use the Canny / Depth dev model itself (its control unit is 'built-in')."
+        )
+    unit = units[0]
+    if unit.start != 0.0 or unit.end != 1.0 or unit.mode != "balanced":
+        raise InvalidRequest(
+            f"A Flux.1 Control-LoRA ({name}) acts at every step, as its model was trained: set its range to 0-1 and "
+            "its control mode to Balanced (its weight scales it)."
+        )
+    plain = info.family == "flux" and info.variant == "dev" and not (info.fill or info.control_input)
+    if not plain:
+        raise InvalidRequest(f"{name} is a Flux.1 Control-LoRA, made for Flux.1 dev; {label} is not one.")
+    if info.quantization or info.fp8_storage or info.scaled_fp8 or info.bitsandbytes:
+        raise InvalidRequest(
+            f"A Flux.1 Control-LoRA ({name}) widens the model's input layer, which {label}'s quantised file cannot "
+            "hold: use a bf16 / fp16 Flux.1 dev file (its memory mode may still be offload)."
+        )
+    if mode not in _MODES:
+        raise InvalidRequest(
+            f"A Flux.1 Control-LoRA ({name}) runs with the memory modes full and offload, not {mode}: set Memory to "
+            "one of them, or use the Canny / Depth dev model itself."
+        )
+
+
+class _Unload:
+    """Puts the model back: the Control-LoRA's layers unloaded, the input layer and norms as they were."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def remove(self) -> None:
+        self._pipe.unload_lora_weights(reset_to_overwritten_params=True)
+
+
+def _short(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

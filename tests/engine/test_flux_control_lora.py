@@ -1,0 +1,186 @@
+"""Flux.1 Control-LoRAs (BFL's Canny / Depth dev LoRAs) in control units: detected from their headers, kept in the
+control library (refused as plain LoRAs), loaded on a Flux.1 dev model for one job -- FluxControlPipeline with
+the unit's picture, pixel-identical to diffusers' load_lora_weights by hand -- and taken off afterwards, so the
+next job is the plain model's picture again. What it cannot run is refused before any step."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxControlImg2ImgPipeline, FluxControlPipeline
+from PIL import Image
+from safetensors.torch import save_file
+
+from desktop.engine.backends.families import shipped_tokenizers
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.checkpoint import read_safetensors_header
+from desktop.engine.library.control import inspect_control
+from desktop.engine.library.index import guess_kind
+from desktop.engine.library.lora import inspect_lora
+from desktop.engine.paths import AppPaths
+from desktop.engine.request import ControlUnit, LoraRef
+from desktop.engine.resources import Resources
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support import tiny_dit_loras
+from tests.support.tiny_dit import build_tiny_flux, save_pipeline
+
+FLUX = dict(negative_prompt="", distilled_cfg_scale=3.5, steps=3, seed=5, prompt="a house by a lake")
+RANK = 4
+
+
+def control_lora(transformer, seed: int) -> dict[str, torch.Tensor]:
+    """A Control-LoRA for the tiny Flux in diffusers' names: the input layer read twice as wide (the control
+    picture's latents), LoRA halves for it and one attention layer, whole query / key norm weights."""
+    generator = torch.Generator().manual_seed(seed)
+    config = transformer.config
+    width = config.num_attention_heads * config.attention_head_dim
+
+    def noise(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.3
+
+    return {
+        "transformer.x_embedder.lora_A.weight": noise(RANK, 2 * config.in_channels),
+        "transformer.x_embedder.lora_B.weight": noise(width, RANK),
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": noise(RANK, width),
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": noise(width, RANK),
+        "transformer.transformer_blocks.0.attn.norm_q.weight": 1.0 + noise(config.attention_head_dim),
+        "transformer.transformer_blocks.0.attn.norm_k.weight": 1.0 + noise(config.attention_head_dim),
+    }
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flux-control-lora")
+    pipe = build_tiny_flux()
+    home = AppPaths.for_root(tmp / "home").ensure()
+    home.controls.mkdir(parents=True, exist_ok=True)
+    save_file(control_lora(pipe.transformer, 3), str(home.controls / "flux1-canny-dev-lora.safetensors"))
+    edges = np.zeros((64, 64, 3), np.uint8)
+    edges[20:22, 8:56] = edges[8:56, 30:32] = 255
+    Image.fromarray(edges).save(tmp / "edges.png")
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp / "source.png")
+    return {"folder": save_pipeline(pipe, tmp / "flux"), "home": home, "tmp": tmp, "pipe": pipe}
+
+
+def unit(flux, **changes) -> ControlUnit:
+    return ControlUnit(**({"model": "flux1-canny-dev-lora", "image": str(flux["tmp"] / "edges.png"),
+                           "weight": 0.8} | changes))  # fmt: skip
+
+
+def bare(flux, cls, request, **extra):
+    folder = flux["folder"]
+    pipe = cls.from_pretrained(str(folder), local_files_only=True,
+                               **shipped_tokenizers(Resources.default(), folder, "flux"))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(flux["home"].controls / "flux1-canny-dev-lora.safetensors"), adapter_name="c")
+    pipe.set_adapters(["c"], [0.8])
+    control = Image.open(flux["tmp"] / "edges.png").convert("RGB")
+    return pixels(
+        pipe(prompt=request.prompt, control_image=control, width=64, height=64, guidance_scale=3.5,
+             num_inference_steps=request.steps, max_sequence_length=512,
+             generator=torch.Generator("cpu").manual_seed(request.seed), **extra).images[0]
+    )  # fmt: skip
+
+
+def test_a_control_lora_is_detected_and_kept_out_of_the_lora_library(flux):
+    path = flux["home"].controls / "flux1-canny-dev-lora.safetensors"
+    header = read_safetensors_header(path)
+    info = inspect_control(header)
+    assert (info.kind, info.layout, info.family, info.label) == ("control-lora", "diffusers", "flux",
+                                                                 "Flux.1 Control-LoRA")  # fmt: skip
+    assert guess_kind(path) == "control"
+    with pytest.raises(ModelError, match="is a Flux.1 Control-LoRA .* import it as a control model"):
+        inspect_lora(header, path.name)
+
+
+def test_a_job_with_a_control_lora_is_load_lora_weights_by_hand_and_the_model_comes_back(flux):
+    backend = make_backend(flux["home"])
+    plain_request = request_for(flux["folder"], **FLUX)
+    before, _ = run(backend, plain_request)
+    request = request_for(flux["folder"], controls=(unit(flux),), **FLUX)
+    batch, steps = run(backend, request)
+    assert len(steps) == 3 and [c.name for c in batch.controls] == ["flux1-canny-dev-lora"]
+    assert np.array_equal(pixels(batch.images[0]), bare(flux, FluxControlPipeline, request))
+    # The model is put back: its input layer and norms as they were, the plain picture again.
+    transformer = backend._pipe.transformer
+    assert (transformer.config.in_channels, transformer.x_embedder.in_features) == (16, 16)
+    after, _ = run(backend, plain_request)
+    assert np.array_equal(pixels(after.images[0]), pixels(before.images[0]))
+    # Image to image: its sibling pipeline, the same LoRA.
+    edit = replace(request, init_image=str(flux["tmp"] / "source.png"), strength=0.5)
+    batch, _ = run(backend, edit)
+    source = Image.open(flux["tmp"] / "source.png").convert("RGB")
+    assert np.array_equal(pixels(batch.images[0]), bare(flux, FluxControlImg2ImgPipeline, edit, image=source,
+                                                       strength=0.5))  # fmt: skip
+
+
+def test_a_plain_lora_still_works_after_a_control_lora_job(flux, tmp_path):
+    # The LoRA manager's adapters are unloaded for a Control-LoRA job and load again when asked.
+    home = flux["home"]
+    state = tiny_dit_loras.peft_lora(flux["pipe"].transformer, seed=6)
+    save_file(state, str(home.loras / "detail.safetensors"))
+    backend = make_backend(home)
+    with_lora = request_for(flux["folder"], loras=(LoraRef("detail", 1.0),), **FLUX)
+    first, _ = run(backend, with_lora)
+    run(backend, request_for(flux["folder"], controls=(unit(flux),), **FLUX))
+    again, _ = run(backend, with_lora)
+    assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
+    with pytest.raises(InvalidRequest, match="runs without other LoRAs"):
+        run(backend, replace(with_lora, controls=(unit(flux),)))
+
+
+def test_what_a_control_lora_cannot_run_is_refused(flux):
+    backend = make_backend(flux["home"])
+    with pytest.raises(InvalidRequest, match="set its range to 0-1"):
+        run(backend, request_for(flux["folder"], controls=(unit(flux, end=0.5),), **FLUX))
+    with pytest.raises(InvalidRequest, match="runs alone"):
+        run(backend, request_for(flux["folder"], controls=(unit(flux), unit(flux)), **FLUX))
+    schnell = save_pipeline(build_tiny_flux("schnell"), flux["tmp"] / "schnell")
+    with pytest.raises(InvalidRequest, match="made for Flux.1 dev; Flux.1 schnell is not one"):
+        run(backend, request_for(schnell, controls=(unit(flux),), **(FLUX | {"steps": 2})))
+
+
+def test_the_hires_pass_and_a_variation_seed_run_with_the_control_lora(flux, monkeypatch):
+    seen = []
+    call = FluxControlImg2ImgPipeline.__call__
+
+    def recording(self, *args, **kwargs):
+        seen.append((tuple(kwargs["control_image"].shape), self.transformer.x_embedder.in_features))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(FluxControlImg2ImgPipeline, "__call__", recording)
+    backend = make_backend(flux["home"])
+    hires = dict(hires_fix=True, hires_scale=2.0, hires_upscaler="Lanczos", hires_denoise=0.5, hires_steps=2)
+    batch, _ = run(backend, request_for(flux["folder"], controls=(unit(flux),), **FLUX, **hires))
+    # The second pass reads the picture at its size, the LoRA still on (the input layer twice as wide).
+    assert batch.images[0].size == (128, 128) and seen == [((1, 3, 128, 128), 32)]
+    # A variation seed's noise has the noise's channels (half of what the widened input layer reads).
+    request = request_for(flux["folder"], controls=(unit(flux),), subseed=77, subseed_strength=1.0, **FLUX)
+    varied, _ = run(backend, request)
+    pipe = FluxControlPipeline.from_pretrained(str(flux["folder"]), local_files_only=True,
+                                               **shipped_tokenizers(Resources.default(), flux["folder"], "flux"))
+    noise, _ = pipe.prepare_latents(1, 4, 64, 64, torch.float32, "cpu", torch.Generator("cpu").manual_seed(77))
+    assert np.array_equal(pixels(varied.images[0]), bare(flux, FluxControlPipeline, request, latents=noise))
+
+
+def test_bfls_own_layout_is_detected(tmp_path):
+    # BFL's file names its layers as the original Flux code does; diffusers converts them when it loads it.
+    path = tmp_path / "flux1-depth-dev-lora.safetensors"
+    save_file({"img_in.lora_A.weight": torch.zeros(RANK, 128), "img_in.lora_B.weight": torch.zeros(3072, RANK),
+               "double_blocks.0.img_attn.norm.query_norm.scale": torch.ones(128)}, str(path))  # fmt: skip
+    info = inspect_control(read_safetensors_header(path))
+    assert (info.kind, info.layout, info.family) == ("control-lora", "bfl", "flux")
+    assert guess_kind(path) == "control"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")
+def test_a_control_lora_runs_under_model_offload_and_refuses_group_offload_on_cuda(flux):
+    from tests.support.offload_check import assert_mode_matches_full
+
+    backend = make_backend(flux["home"])
+    assert_mode_matches_full(backend, flux["folder"], "offload", controls=(unit(flux),), **FLUX)
+    with pytest.raises(InvalidRequest, match="memory modes full and offload, not group"):
+        run(backend, request_for(flux["folder"], controls=(unit(flux),), memory_mode="group", device="cuda", **FLUX))
