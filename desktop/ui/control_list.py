@@ -196,11 +196,12 @@ class _ControlRow(QFrame):
         if index >= 0:
             self.model_combo.setItemText(index, self.tr("Built-in (the model's control input)"))
 
-    def fix_settings(self, built_in: bool, redux: bool = False) -> None:
+    def fix_settings(self, built_in: bool, redux: bool = False, every_step: bool = False) -> None:
         """What the unit's model runs with, shown so and not changeable: a built-in unit runs at weight 1 over
         every step in Balanced mode, as the model was trained; a Redux unit reads one picture at every step (its
-        picture is part of the prompt), at the weight chosen. Other units' settings are all free."""
-        fixed_range = built_in or redux
+        picture is part of the prompt), and a Flux.1 Control-LoRA acts at every step, at the weight chosen. Other
+        units' settings are all free."""
+        fixed_range = built_in or redux or every_step
         if fixed_range:
             self.start_spin.setValue(0.0)
             self.end_spin.setValue(1.0)
@@ -313,6 +314,7 @@ class ControlListWidget(QWidget):
         self._names: list[str] = []
         self._ip_adapters: frozenset[str] = frozenset()
         self._redux: frozenset[str] = frozenset()
+        self._every_step: frozenset[str] = frozenset()
         # Each library model's family ("sd1", "flux", "sd3" ...; None: unknown) and the chosen model's: a row
         # offers the control models that fit it (fits_model).
         self._families: dict[str, str | None] = {}
@@ -345,14 +347,16 @@ class ControlListWidget(QWidget):
 
     def set_names(
         self, names: Sequence[str], ip_adapters: Collection[str] = (), families: Mapping[str, str | None] | None = None,
-        redux: Collection[str] = (),
+        redux: Collection[str] = (), every_step: Collection[str] = (),
     ) -> None:
         """The library's control models; choosing one of `ip_adapters` makes the unit an IP-Adapter unit (of them,
-        `redux` are Flux.1 Redux models: one picture, every step). `families`: each one's base family, so the rows
-        offer those that fit the chosen model."""
+        `redux` are Flux.1 Redux models: one picture, every step). `every_step`: models that act at every step
+        (Flux.1 Control-LoRAs). `families`: each one's base family, so the rows offer those that fit the chosen
+        model."""
         self._names = list(names)
         self._ip_adapters = frozenset(ip_adapters)
         self._redux = frozenset(redux)
+        self._every_step = frozenset(every_step)
         self._families = dict(families or {})
         self._refill()
 
@@ -380,7 +384,7 @@ class ControlListWidget(QWidget):
         offered = self.offered()
         for row in self._rows:
             row.set_names(offered)
-            row.fix_settings(row.name() == BUILT_IN, row.name() in self._redux)
+            self._fix(row, row.name())
             self._mark_other_family(row)
         self._update_add_button()
 
@@ -405,7 +409,7 @@ class ControlListWidget(QWidget):
         row = _ControlRow(offered, self)
         if unit is not None:
             row.show_unit(unit)
-            row.fix_settings(unit.model == BUILT_IN, unit.model in self._redux)
+            self._fix(row, unit.model)
             self._mark_other_family(row)
         elif offered:
             used = {r.name() for r in self._rows}
@@ -523,11 +527,14 @@ class ControlListWidget(QWidget):
         # An IP-Adapter reads its image as a reference (A1111's "ip-adapter" module); other models do not.
         # A name the library lacks (a recipe's, or the box refilling) keeps the unit's preprocessor.
         name = row.name()
-        row.fix_settings(name == BUILT_IN, name in self._redux)
+        self._fix(row, name)
         is_ip = name in self._ip_adapters
         if name in self._names and is_ip != (row.preprocessor_combo.currentData() == IP_ADAPTER_PREPROCESSOR):
             _select_data(row.preprocessor_combo, IP_ADAPTER_PREPROCESSOR if is_ip else "none")
         self.controls_changed.emit()
+
+    def _fix(self, row: _ControlRow, name: str) -> None:
+        row.fix_settings(name == BUILT_IN, name in self._redux, name in self._every_step)
 
     def _on_preprocessor_changed(self, row: _ControlRow) -> None:
         row.update_preview()

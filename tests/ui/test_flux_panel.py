@@ -263,3 +263,29 @@ def test_a_canny_or_depth_dev_model_offers_its_own_control_input(qtbot, tmp_path
         assert other.name() == "c-flux-union" and other.weight_spin.isEnabled()
     finally:
         close_window(window, controller)
+
+
+def test_a_flux_control_lora_unit_acts_at_every_step(qtbot, tmp_path: Path) -> None:
+    # BFL's Canny / Depth LoRAs turn Flux.1 dev into its control form for the whole job: the range is fixed,
+    # the weight (the LoRA's scale) is free.
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    flux_folder(paths.models, "zz-flux-dev", dev=True)
+    paths.controls.mkdir(parents=True, exist_ok=True)
+    fake_control(paths.controls / "flux1-canny-dev-lora.safetensors", {
+        "transformer.x_embedder.lora_A.weight": (4, 128), "transformer.x_embedder.lora_B.weight": (3072, 4),
+        "transformer.transformer_blocks.0.attn.norm_q.weight": (128,),
+    })  # fmt: skip
+    fake_control(paths.controls / "c-flux-union.safetensors", FLUX_CONTROLNET)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    controls = window.parameter_panel.control_list
+    try:
+        qtbot.waitUntil(lambda: len(controls.names()) == 2, timeout=TIMEOUT_MS)
+        pick(window.parameter_panel.model_combo, "zz-flux-dev")
+        row = controls.add_row(ControlUnit("flux1-canny-dev-lora", str(tmp_path / "edges.png"), 0.8, 0.2, 0.7))
+        assert not row.start_spin.isEnabled() and not row.end_spin.isEnabled() and row.weight_spin.isEnabled()
+        assert (row.unit().weight, row.unit().start, row.unit().end) == (0.8, 0.0, 1.0)
+        row.model_combo.setCurrentIndex(row.model_combo.findData("c-flux-union"))
+        assert row.start_spin.isEnabled() and row.end_spin.isEnabled()
+    finally:
+        close_window(window, controller)

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.bridge.library_tasks import LibraryTasks
-from desktop.engine.library.control import IP_ADAPTER, REDUX
+from desktop.engine.library.control import CONTROL_LORA, FLUX, IP_ADAPTER, REDUX
 from desktop.engine.library.index import KINDS, LibraryRecord
 from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
 from desktop.ui.translation import translate
@@ -396,8 +396,11 @@ class LibraryIntegration(QObject):
             units = [r for r in records if not (r.format or "").startswith(("image-encoder", "annotator"))]
             ips = [r.name for r in units if (r.format or "").startswith("ip-adapter")]
             redux = [r.name for r in units if r.format == f"{IP_ADAPTER} ({REDUX})"]
+            # Flux.1 Control-LoRAs act at every step (Stability's SDXL ones take a range like any ControlNet).
+            flux_loras = [r.name for r in units if (r.format or "").startswith(CONTROL_LORA) and r.family == FLUX]
             panel.control_list.set_names([r.name for r in units], ip_adapters=ips,
-                                         families={r.name: r.family for r in units}, redux=redux)  # fmt: skip
+                                         families={r.name: r.family for r in units}, redux=redux,
+                                         every_step=flux_loras)  # fmt: skip
         elif kind == "upscaler" and panel is not None:
             panel.set_upscalers([r.name for r in records])
         elif kind == "encoder" and panel is not None:
