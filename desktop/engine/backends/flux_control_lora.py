@@ -6,7 +6,7 @@ in; the job then runs FluxControlPipeline (or its image-to-image / inpainting si
 at the unit's weight as the LoRA's scale. Afterwards `unload_lora_weights(reset_to_overwritten_params=True)`
 puts the model back as it was, so the next job runs the plain model.
 
-Loaded for each job that asks (a 1.2 GB file: seconds), on the model's plain layers only: the LoRA manager's
+Loaded for each batch of a job that asks (a 1.2 GB file: seconds), on the model's plain layers only: the LoRA manager's
 adapters are unloaded first (diffusers restores a widened layer only when no other adapter wraps it), so a job
 with a Control-LoRA takes no other LoRA. The memory modes that replace or hook single layers (group and
 sequential offload, fp8, nf4, int8) and quantised model files (GGUF, fp8, bitsandbytes) are refused: the widened
