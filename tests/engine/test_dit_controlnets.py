@@ -338,6 +338,10 @@ def test_qwen_image_inpaints_with_instantx_inpainting_controlnet_as_by_hand(flux
     expected = np.where(mask[..., None] == 255, pixels(out), pixels(source))
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert [c.name for c in batch.controls] == ["qwen-inpainting"]
+    # A batch: the source and mask go to the ControlNet once; image 0 is the lone job's (its seed's draws first).
+    pair, _ = run(backend, request_for(folder, controls=(unit,), batch_size=2, **values))
+    difference = np.abs(pixels(pair.images[0]).astype(int) - pixels(batch.images[0]).astype(int))
+    assert len(pair.images) == 2 and difference.max() <= 1 and difference.mean() < 0.01
     # Its pipeline paints from noise; it needs a mask; the other ControlNets do not inpaint.
     with pytest.raises(InvalidRequest, match="its denoising strength is 1, not 0.6"):
         run(backend, request_for(folder, controls=(unit,), **(values | {"strength": 0.6})))
