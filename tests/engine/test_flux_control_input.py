@@ -236,3 +236,8 @@ def test_a_gguf_canny_dev_file_loads_with_its_channels_from_its_tensors(models, 
                     num_inference_steps=3, max_sequence_length=512,
                     generator=torch.Generator("cpu").manual_seed(21)).images[0]  # fmt: skip
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+
+
+def test_a_built_in_unit_with_a_stable_diffusion_model_is_refused(models, paths, tiny_sd15_dir):
+    with pytest.raises(InvalidRequest, match=r"\(a Stable Diffusion model\) has none: pick a ControlNet"):
+        run(make_backend(paths), request_for(tiny_sd15_dir, controls=(unit(models),)))

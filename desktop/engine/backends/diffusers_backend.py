@@ -609,9 +609,9 @@ class DiffusersBackend:
         if batch_index == 0 and (self._key is None or self._key.device == "cpu"):
             self._set_cpu_threads()
         _refuse_references(self._model.name if self._model else "the model", self._dit, request)
-        _refuse_built_in(self._dit, request)
         if self._dit is not None:
-            return self._generate_dit(request, batch_index, on_step, cancel)
+            return self._generate_dit(request, batch_index, on_step, cancel)  # its refusals: _refuse_dit_controls
+        _refuse_built_in(None, request)
         # LoRAs from the request and the prompt's <lora:...> tags; the encoder gets the prompt without tags.
         lora_plan = self._loras.apply(
             self._pipe, request, model_shape(self._pipe, self._family), self._model.name if self._model else ""
@@ -1845,7 +1845,8 @@ def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
                 f"model ({label}) has none: pick a ControlNet for the unit, or such a model."
             )
         return
-    others = [unit for unit in request.controls if not is_built_in(unit.model) and unit not in image_units(request)]
+    images = image_units(request)
+    others = [unit for unit in request.controls if not is_built_in(unit.model) and unit not in images]
     if others:
         raise InvalidRequest(
             f"{dit.label} models read their control picture through their own input: ControlNets do not run with "

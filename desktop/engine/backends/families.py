@@ -624,10 +624,9 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
     # Flux.1, Chroma and Qwen-Image draw (C, h, w) (Qwen-Image as one video frame, the same values) and take
-    # them packed into tokens of 2x2 patches.
-    # A transformer that reads the control picture's tokens beside the noise's (FluxControlPipeline's: Canny /
-    # Depth dev, or a Control-LoRA loaded): half of its input is noise.
-    latent = channels // (8 if type(pipe).__name__ == _CONTROL_INPUT_PIPELINES["txt2img"] else 4)
+    # them packed into tokens of 2x2 patches. The noise has the channels the transformer writes: it may read more
+    # (Fill's masked picture and mask, Canny / Depth dev's or a Control-LoRA's control picture beside the noise).
+    latent = pipe.transformer.proj_out.out_features // 4
 
     def packed(noise: Any) -> Any:
         return pipe._pack_latents(noise, noise.shape[0], latent, rows, cols)
