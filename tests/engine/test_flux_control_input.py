@@ -71,8 +71,7 @@ def job(models, model="folder", **changes):
     return request_for(models[model], **(FLUX | {"controls": (unit(models),)} | changes))
 
 
-def bare_pipe(cls, models):
-    folder = models["folder"]
+def bare_pipe(cls, folder):
     pipe = cls.from_pretrained(str(folder), local_files_only=True,
                                **shipped_tokenizers(Resources.default(), folder, "flux"))  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
@@ -80,7 +79,12 @@ def bare_pipe(cls, models):
 
 
 def bare(cls, models, request, **extra):
-    pipe = bare_pipe(cls, models)
+    return control_call(bare_pipe(cls, models["folder"]), request, **extra)
+
+
+def control_call(pipe, request, **extra):
+    """`pipe` (a FluxControlPipeline or sibling) run by hand as the job `request` asks, its first unit's picture
+    as the control image."""
     control = Image.open(request.controls[0].image).convert("RGB")
     return pixels(
         pipe(prompt=request.prompt, control_image=control, width=64, height=64, guidance_scale=3.5,
@@ -152,7 +156,7 @@ def test_a_variation_seed_at_full_strength_starts_from_that_seeds_noise(models, 
     # job's generator, before the noise.)
     request = job(models, subseed=77, subseed_strength=1.0)
     varied, _ = run(make_backend(paths), request)
-    pipe = bare_pipe(FluxControlPipeline, models)
+    pipe = bare_pipe(FluxControlPipeline, models["folder"])
     noise, _ = pipe.prepare_latents(1, pipe.transformer.config.in_channels // 8, 64, 64, torch.float32, "cpu",
                                     torch.Generator("cpu").manual_seed(77))  # fmt: skip
     assert np.array_equal(pixels(varied.images[0]), bare(FluxControlPipeline, models, request, latents=noise))
@@ -217,7 +221,7 @@ def test_a_gguf_canny_dev_file_loads_with_its_channels_from_its_tensors(models, 
 
     from tests.support.tiny_dit import flux_to_bfl, save_gguf
 
-    state = bare_pipe(FluxControlPipeline, models).transformer.state_dict()
+    state = bare_pipe(FluxControlPipeline, models["folder"]).transformer.state_dict()
     gguf = save_gguf(flux_to_bfl(state), tmp_path / "flux1-canny-dev-Q4_0.gguf", quant="Q4_0")
     diffusers_names = save_gguf(dict(state), tmp_path / "diffusers-names.gguf", quant="Q4_0")
     arch = detect_model(gguf)
@@ -229,7 +233,7 @@ def test_a_gguf_canny_dev_file_loads_with_its_channels_from_its_tensors(models, 
         quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32,
         in_channels=32, out_channels=16,
     )  # fmt: skip
-    pipe = bare_pipe(FluxControlPipeline, models)
+    pipe = bare_pipe(FluxControlPipeline, models["folder"])
     pipe.transformer = transformer
     control = Image.open(request.controls[0].image).convert("RGB")
     expected = pipe(prompt=request.prompt, control_image=control, width=64, height=64, guidance_scale=3.5,

@@ -14,7 +14,6 @@ from diffusers import FluxControlImg2ImgPipeline, FluxControlPipeline
 from PIL import Image
 from safetensors.torch import save_file
 
-from desktop.engine.backends.families import shipped_tokenizers
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import inspect_control
@@ -22,8 +21,8 @@ from desktop.engine.library.index import guess_kind
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit, LoraRef
-from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.engine.test_flux_control_input import bare_pipe, control_call
 from tests.support import tiny_dit_loras
 from tests.support.tiny_dit import build_tiny_flux, save_pipeline
 
@@ -71,18 +70,10 @@ def unit(flux, **changes) -> ControlUnit:
 
 
 def bare(flux, cls, request, **extra):
-    folder = flux["folder"]
-    pipe = cls.from_pretrained(str(folder), local_files_only=True,
-                               **shipped_tokenizers(Resources.default(), folder, "flux"))  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
+    pipe = bare_pipe(cls, flux["folder"])
     pipe.load_lora_weights(str(flux["home"].controls / "flux1-canny-dev-lora.safetensors"), adapter_name="c")
     pipe.set_adapters(["c"], [0.8])
-    control = Image.open(flux["tmp"] / "edges.png").convert("RGB")
-    return pixels(
-        pipe(prompt=request.prompt, control_image=control, width=64, height=64, guidance_scale=3.5,
-             num_inference_steps=request.steps, max_sequence_length=512,
-             generator=torch.Generator("cpu").manual_seed(request.seed), **extra).images[0]
-    )  # fmt: skip
+    return control_call(pipe, request, **extra)
 
 
 def test_a_control_lora_is_detected_and_kept_out_of_the_lora_library(flux):
@@ -160,8 +151,7 @@ def test_the_hires_pass_and_a_variation_seed_run_with_the_control_lora(flux, mon
     # A variation seed's noise has the noise's channels (half of what the widened input layer reads).
     request = request_for(flux["folder"], controls=(unit(flux),), subseed=77, subseed_strength=1.0, **FLUX)
     varied, _ = run(backend, request)
-    pipe = FluxControlPipeline.from_pretrained(str(flux["folder"]), local_files_only=True,
-                                               **shipped_tokenizers(Resources.default(), flux["folder"], "flux"))
+    pipe = bare_pipe(FluxControlPipeline, flux["folder"])
     noise, _ = pipe.prepare_latents(1, 4, 64, 64, torch.float32, "cpu", torch.Generator("cpu").manual_seed(77))
     assert np.array_equal(pixels(varied.images[0]), bare(flux, FluxControlPipeline, request, latents=noise))
 

@@ -230,20 +230,26 @@ def test_the_control_units_offer_the_control_models_made_for_the_chosen_model(qt
         close_window(window, controller)
 
 
-def test_a_canny_or_depth_dev_model_offers_its_own_control_input(qtbot, tmp_path: Path) -> None:
-    # BFL's Flux.1 Canny / Depth dev read the control picture themselves: their units offer that input, with the
-    # settings it runs at, and no ControlNet (the backend refuses ControlNets beside it).
+def flux_dev_home(tmp_path: Path) -> tuple[Path, AppPaths]:
+    """A home with a Flux.1 dev folder "zz-flux-dev" and a Flux.1 ControlNet "c-flux-union" in its libraries."""
     home = tmp_path / "home"
     paths = AppPaths.for_root(home).ensure()
     flux_folder(paths.models, "zz-flux-dev", dev=True)
+    paths.controls.mkdir(parents=True, exist_ok=True)
+    fake_control(paths.controls / "c-flux-union.safetensors", FLUX_CONTROLNET)
+    return home, paths
+
+
+def test_a_canny_or_depth_dev_model_offers_its_own_control_input(qtbot, tmp_path: Path) -> None:
+    # BFL's Flux.1 Canny / Depth dev read the control picture themselves: their units offer that input, with the
+    # settings it runs at, and no ControlNet (the backend refuses ControlNets beside it).
+    home, paths = flux_dev_home(tmp_path)
     flux_folder(paths.models, "zz-flux-canny", dev=True)
     canny = paths.models / "zz-flux-canny"
     (canny / "model_index.json").write_text(json.dumps({"_class_name": "FluxControlPipeline"}))
     (canny / "transformer" / "config.json").write_text(json.dumps(
         {"_class_name": "FluxTransformer2DModel", "guidance_embeds": True, "in_channels": 128, "out_channels": 64}
     ))  # fmt: skip
-    paths.controls.mkdir(parents=True, exist_ok=True)
-    fake_control(paths.controls / "c-flux-union.safetensors", FLUX_CONTROLNET)
     window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
     panel = window.parameter_panel
     controls = panel.control_list
@@ -268,15 +274,11 @@ def test_a_canny_or_depth_dev_model_offers_its_own_control_input(qtbot, tmp_path
 def test_a_flux_control_lora_unit_acts_at_every_step(qtbot, tmp_path: Path) -> None:
     # BFL's Canny / Depth LoRAs turn Flux.1 dev into its control form for the whole job: the range is fixed,
     # the weight (the LoRA's scale) is free.
-    home = tmp_path / "home"
-    paths = AppPaths.for_root(home).ensure()
-    flux_folder(paths.models, "zz-flux-dev", dev=True)
-    paths.controls.mkdir(parents=True, exist_ok=True)
+    home, paths = flux_dev_home(tmp_path)
     fake_control(paths.controls / "flux1-canny-dev-lora.safetensors", {
         "transformer.x_embedder.lora_A.weight": (4, 128), "transformer.x_embedder.lora_B.weight": (3072, 4),
         "transformer.transformer_blocks.0.attn.norm_q.weight": (128,),
     })  # fmt: skip
-    fake_control(paths.controls / "c-flux-union.safetensors", FLUX_CONTROLNET)
     window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
     controls = window.parameter_panel.control_list
     try:
