@@ -64,18 +64,25 @@ def tiny_flux_controlnet(transformer, seed: int, union: bool = False) -> FluxCon
 def flux(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flux-controlnet")
     pipe = build_tiny_flux()
-    home = AppPaths.for_root(tmp / "home").ensure()
-    home.controls.mkdir(parents=True, exist_ok=True)
     models = {"edges": tiny_flux_controlnet(pipe.transformer, 1),
               "union": tiny_flux_controlnet(pipe.transformer, 2, union=True)}  # fmt: skip
-    for name, model in models.items():
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, home.controls / f"{name}.safetensors")
+    files = {name: model.state_dict() for name, model in models.items()}
+    return flux_control_home(tmp, pipe, files) | {"models": models}
+
+
+def flux_control_home(tmp, pipe, files) -> dict:
+    """A Marble home whose control library holds `files` (library name -> tensors), `pipe` saved as a diffusers
+    folder, and a control picture of two shapes: the fixture's "home", "folder" and "picture"."""
+    home = AppPaths.for_root(tmp / "home").ensure()
+    home.controls.mkdir(parents=True, exist_ok=True)
+    for name, state in files.items():
+        save_file({k: v.contiguous() for k, v in state.items()}, home.controls / f"{name}.safetensors")
     picture = tmp / "shapes.png"
     canvas = np.zeros((64, 64, 3), dtype=np.uint8)
     canvas[12:40, 20:52] = (240, 200, 40)
     canvas[44:60, 6:30] = (30, 90, 220)
     Image.fromarray(canvas).save(picture)
-    return {"folder": save_pipeline(pipe, tmp / "flux"), "home": home, "models": models, "picture": picture}
+    return {"folder": save_pipeline(pipe, tmp / "flux"), "home": home, "picture": picture}
 
 
 def bare_control(flux, controlnet, control_image, **control):
@@ -229,15 +236,6 @@ def test_a_qwen_image_edit_with_a_controlnet_is_refused_before_the_load(flux, tm
     with pytest.raises(InvalidRequest, match="Control units run with Qwen-Image for text-to-image and inpainting only"):
         backend.load(request)
     assert backend._pipe is None
-
-
-def test_xlabs_layout_is_named_and_refused(tmp_path):
-    path = tmp_path / "flux-canny-controlnet-v3.safetensors"
-    save_file({"pos_embed_input.weight": torch.zeros(8, 4), "double_blocks.0.img_attn.qkv.weight": torch.zeros(24, 8),
-               "input_hint_block.0.weight": torch.zeros(16, 3, 3, 3), "controlnet_blocks.0.weight": torch.zeros(8, 8)},
-              str(path))  # fmt: skip
-    with pytest.raises(ModelError, match="XLabs' own layout"):
-        inspect_control(read_safetensors_header(path), path.name)
 
 
 def tiny_qwen_controlnet(transformer, seed: int) -> QwenImageControlNetModel:

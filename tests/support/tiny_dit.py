@@ -49,10 +49,11 @@ def _t5() -> T5EncoderModel:
     return T5EncoderModel(config)
 
 
-def _vae(latent_channels: int, shift: float, scale: float) -> AutoencoderKL:
+def _vae(latent_channels: int, shift: float, scale: float, blocks: int = 2) -> AutoencoderKL:
+    """`blocks` down blocks: 2 halve the picture's side once; 4, as the real autoencoders, shrink it by 8."""
     return AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=(8,) * blocks, layers_per_block=1,
         latent_channels=latent_channels, norm_num_groups=4, sample_size=32, shift_factor=shift, scaling_factor=scale,
         use_quant_conv=False, use_post_quant_conv=False,
     )  # fmt: skip
@@ -67,9 +68,11 @@ def _jitter(module: torch.nn.Module, seed: int) -> None:
 
 
 def build_tiny_flux(
-    variant: str = "dev", double: int = 2, single: int = 2, seed: int = 0, latent_channels: int = 4
+    variant: str = "dev", double: int = 2, single: int = 2, seed: int = 0, latent_channels: int = 4,
+    vae_blocks: int = 2,
 ) -> FluxPipeline:
-    """`latent_channels`: the autoencoder's (16 as in the real Flux.1, for the preview's factor table)."""
+    """`latent_channels`: the autoencoder's (16 as in the real Flux.1, for the preview's factor table);
+    `vae_blocks` 4 for latents an eighth of the picture's side, as the real one's (XLabs' ControlNets need it)."""
     config = _shipped(f"flux-{variant}", "transformer/config.json")
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -83,8 +86,8 @@ def build_tiny_flux(
     )
     parts = shipped_tokenizers(Resources.default(), CONFIGS / f"flux-{variant}", "flux")
     return FluxPipeline(
-        scheduler=scheduler, vae=_vae(latent_channels, 0.1159, 0.3611), text_encoder=_clip(False), text_encoder_2=_t5(),
-        transformer=transformer, **parts,
+        scheduler=scheduler, vae=_vae(latent_channels, 0.1159, 0.3611, vae_blocks), text_encoder=_clip(False),
+        text_encoder_2=_t5(), transformer=transformer, **parts,
     )  # fmt: skip
 
 

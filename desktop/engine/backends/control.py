@@ -290,7 +290,8 @@ class ControlModels:
 
 # What to pick for each DiT family with ControlNets (control_dit.py).
 _DIT_CONTROLNETS = {
-    FLUX: "Flux.1 ControlNets (InstantX's, Shakker-Labs' Union)", QWEN_IMAGE: "Qwen-Image ControlNets (InstantX's)",
+    FLUX: "Flux.1 ControlNets (InstantX's, Shakker-Labs' Union, XLabs')",
+    QWEN_IMAGE: "Qwen-Image ControlNets (InstantX's)",
     Z_IMAGE: "Z-Image ControlNets (alibaba-pai's Fun ControlNet Union)",
     SD3: "SD3 ControlNets (InstantX's for SD3 Medium, Stability's for SD3.5 Large)",
 }  # fmt: skip

@@ -1,6 +1,7 @@
-"""ControlNets for the diffusion transformers, in diffusers' layout: Flux.1's (InstantX's, Shakker-Labs' Union;
-text-to-image, image-to-image and inpainting), Qwen-Image's (InstantX's Union; text-to-image) and Z-Image's
-(alibaba-pai's Fun ControlNet Union 1.0, 2.0, 2.1; text-to-image), for a loaded pipeline of their family.
+"""ControlNets for the diffusion transformers, in diffusers' layout: Flux.1's (InstantX's, Shakker-Labs' Union,
+XLabs' -- theirs converted from their own names; text-to-image, image-to-image and inpainting), Qwen-Image's
+(InstantX's Union; text-to-image) and Z-Image's (alibaba-pai's Fun ControlNet Union 1.0, 2.0, 2.1;
+text-to-image), for a loaded pipeline of their family.
 
 A model is shaped from its own tensors (how many blocks, whether it embeds the guidance, which kinds of control
 image a union model tells apart) and from the loaded transformer's config (the width, the heads, the rotary
@@ -11,6 +12,11 @@ copied, cast or moved.
 A Flux union model reads which kind of control image it is given (InstantX's table: canny 0, tile 1, depth 2,
 blur 3, pose 4, gray 5, low quality 6): Marble takes it from the unit's preprocessor. Qwen-Image's and
 Z-Image's union models tell the kinds apart by themselves.
+
+XLabs' Flux.1 ControlNets encode the control picture themselves (eight convolutions; the pipeline hands it over
+in pixels, not VAE latents) and their few double blocks feed the transformer's double blocks in turn (diffusers'
+`controlnet_blocks_repeat`, which the pipeline sets from the first model): they run together, never beside the
+other kind.
 
 A Z-Image ControlNet borrows the base transformer's embedders and refiner blocks (diffusers' `from_transformer`):
 they are lent for one call (`z_image_hooks`) and taken back after it, so a cached ControlNet never keeps a model that
@@ -70,6 +76,26 @@ CLASSES = {
 # Stability's own names in its SD3.5 ControlNet files -> diffusers' (the rest are the same in both).
 _SAI_NAMES = {".attn.proj.": ".attn.to_out.0.", ".mlp.fc1.": ".ff.net.0.proj.", ".mlp.fc2.": ".ff.net.2.",
               ".adaLN_modulation.1.": ".norm1.linear."}  # fmt: skip
+# XLabs' Flux.1 ControlNets in Black Forest Labs' names -> diffusers': the modules outside the blocks (the
+# ControlNet's own layers, `controlnet_blocks.N`, have the same names in both) ...
+_XLABS_NAMES = {
+    "img_in": "x_embedder", "txt_in": "context_embedder", "pos_embed_input": "controlnet_x_embedder",
+    "time_in.in_layer": "time_text_embed.timestep_embedder.linear_1",
+    "time_in.out_layer": "time_text_embed.timestep_embedder.linear_2",
+    "vector_in.in_layer": "time_text_embed.text_embedder.linear_1",
+    "vector_in.out_layer": "time_text_embed.text_embedder.linear_2",
+    "guidance_in.in_layer": "time_text_embed.guidance_embedder.linear_1",
+    "guidance_in.out_layer": "time_text_embed.guidance_embedder.linear_2",
+}  # fmt: skip
+# ... and within double block N -> transformer_blocks.N (the fused qkv is split apart).
+_XLABS_BLOCK = {
+    "img_mod.lin": "norm1.linear", "txt_mod.lin": "norm1_context.linear",
+    "img_attn.norm.query_norm": "attn.norm_q", "img_attn.norm.key_norm": "attn.norm_k",
+    "txt_attn.norm.query_norm": "attn.norm_added_q", "txt_attn.norm.key_norm": "attn.norm_added_k",
+    "img_attn.proj": "attn.to_out.0", "txt_attn.proj": "attn.to_add_out",
+    "img_mlp.0": "ff.net.0.proj", "img_mlp.2": "ff.net.2", "txt_mlp.0": "ff_context.net.0.proj",
+    "txt_mlp.2": "ff_context.net.2",
+}  # fmt: skip
 # The transformer's modules a Z-Image ControlNet runs with (diffusers' ZImageControlNetModel.from_transformer).
 _Z_IMAGE_BORROWED = ("t_embedder", "all_x_embedder", "cap_embedder", "rope_embedder", "noise_refiner",
                      "context_refiner", "x_pad_token", "cap_pad_token")  # fmt: skip
@@ -123,11 +149,15 @@ def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
     cls = getattr(diffusers, CLASSES[family].model)
     config = transformer_config
     if family == FLUX:
+        state = _xlabs_diffusers_names(state)
         mode = state.get("controlnet_mode_embedder.weight")
-        hint = state.get("input_hint_block.0.weight")  # XLabs-style conditioning in diffusers' names
+        hint = state.get("input_hint_block.conv_out.weight")  # XLabs' own encoder of the control picture
         context = state["context_embedder.weight"].shape[1]
+        # XLabs' encoder writes a quarter of the input layer's channels, packed 2x2 into it (diffusers' patch size;
+        # it is used for nothing else).
+        patch = 1 if hint is None else round((state["controlnet_x_embedder.weight"].shape[1] / hint.shape[0]) ** 0.5)
         shape = dict(
-            patch_size=1, in_channels=state["x_embedder.weight"].shape[1], num_layers=count("transformer_blocks."),
+            patch_size=patch, in_channels=state["x_embedder.weight"].shape[1], num_layers=count("transformer_blocks."),
             num_single_layers=count("single_transformer_blocks."), attention_head_dim=config.attention_head_dim,
             num_attention_heads=config.num_attention_heads, joint_attention_dim=context,
             pooled_projection_dim=config.pooled_projection_dim,
@@ -159,6 +189,39 @@ def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
         model = cls(**shape)
     model.load_state_dict(state, strict=True, assign=True)
     return model
+
+
+def _xlabs_diffusers_names(state: dict[str, Any]) -> dict[str, Any]:
+    """An XLabs Flux.1 ControlNet in its own (Black Forest Labs') names in diffusers' FluxControlNetModel names:
+    the double blocks' fused `qkv` split in three and their layers renamed, the embedders renamed, the control
+    picture's encoder (a Sequential of eight convolutions, SiLU between) as diffusers' conv_in, blocks, conv_out.
+    A file in diffusers' names comes back as it is."""
+    if "double_blocks.0.img_attn.qkv.weight" not in state:
+        return state
+    out: dict[str, Any] = {}
+    convolutions = sorted({int(key.split(".")[1]) for key in state if key.startswith("input_hint_block.")})
+    hint_names = {index: f"blocks.{n - 1}" for n, index in enumerate(convolutions)}
+    hint_names[convolutions[0]], hint_names[convolutions[-1]] = "conv_in", "conv_out"
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head == "double_blocks":
+            index, _, inner = rest.partition(".")
+            module, _, param = inner.rpartition(".")  # "img_attn.qkv", "weight"
+            param = "weight" if param == "scale" else param  # the RMS norms' scales
+            if module.endswith("_attn.qkv"):
+                names = ("to_q", "to_k", "to_v") if module == "img_attn.qkv" else ("add_q_proj", "add_k_proj",
+                                                                                   "add_v_proj")  # fmt: skip
+                for name, part in zip(names, value.chunk(3, dim=0), strict=True):
+                    out[f"transformer_blocks.{index}.attn.{name}.{param}"] = part
+                continue
+            out[f"transformer_blocks.{index}.{_XLABS_BLOCK[module]}.{param}"] = value
+        elif head == "input_hint_block":
+            index, _, param = rest.partition(".")
+            out[f"input_hint_block.{hint_names[int(index)]}.{param}"] = value
+        else:
+            module, _, param = key.rpartition(".")
+            out[f"{_XLABS_NAMES.get(module, module)}.{param}"] = value
+    return out
 
 
 def _sd3_diffusers_names(state: dict[str, Any]) -> dict[str, Any]:
@@ -278,6 +341,13 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
         raise InvalidRequest(
             "InstantX's SD3 ControlNets (which read the prompt) and Stability's SD3.5 ones (which do not) cannot "
             "run in one job: keep units of one kind."
+        )
+    if family == FLUX and len({model.input_hint_block is None for model in models}) > 1:
+        # diffusers' pipeline asks the first model whether the control pictures go through the VAE (InstantX's,
+        # Shakker-Labs') or as pixels (XLabs' encode them themselves) and how its blocks feed the transformer.
+        raise InvalidRequest(
+            "XLabs' Flux.1 ControlNets (which encode the control picture themselves) and the others (InstantX's, "
+            "Shakker-Labs') cannot run in one job: keep units of one kind."
         )
     if family == Z_IMAGE and mode == "inpaint" and models[0].config.control_in_dim == base.transformer.in_channels:
         raise InvalidRequest(

@@ -19,8 +19,9 @@ which kind it is and which base family it was trained for:
 - DiT ControlNets, diffusers layout: `controlnet_x_embedder` and `controlnet_blocks.*` beside their base's
   input layers: Flux.1's (InstantX, Shakker-Labs, the Union models) `x_embedder` + `context_embedder`, a
   union model adding `controlnet_mode_embedder` (which kind of control image it reads); Qwen-Image's
-  (InstantX's Union) `img_in` + `txt_in`. XLabs' own Flux layout (`double_blocks.*` with
-  `input_hint_block.*`) is named and refused: diffusers has no converter for it. Z-Image's (alibaba-pai's
+  (InstantX's Union) `img_in` + `txt_in`. XLabs' Flux.1 ControlNets, in their own (BFL's) names
+  (`double_blocks.*`, `pos_embed_input`, `input_hint_block.N`: layout "xlabs", converted when loaded) or in
+  diffusers' (`input_hint_block.conv_in`), encode the control picture themselves. Z-Image's (alibaba-pai's
   Fun ControlNet Union): `control_all_x_embedder.*` + `control_layers.N.after_proj`. SD3's (InstantX's for
   SD3 medium; Stability's SD3.5 Large blur / canny / depth, in diffusers' names or Stability's own, layout
   "sai"): `pos_embed_input.proj` + `controlnet_blocks.*` + `transformer_blocks.*`.
@@ -119,12 +120,14 @@ class ControlInfo:
     """What a control model's header says."""
 
     kind: str  # CONTROLNET | CONTROL_LORA | T2I_ADAPTER | IP_ADAPTER | IMAGE_ENCODER | ANNOTATOR
-    layout: str  # "ldm" (original names) | "diffusers" | "sai" (an SD3.5 ControlNet in Stability's names)
+    # "ldm" (original names) | "diffusers" | "sai" (an SD3.5 ControlNet in Stability's names) | "xlabs" (a Flux.1
+    # ControlNet in XLabs' own names)
+    layout: str
     prefix: str  # the prefix before the layout's names ("control_model.", "adapter." or "")
     family: str | None  # "sd1" | "sd2" | "sdxl" | "flux" | "qwen-image"; None: no released family's shapes
     conditioning_channels: int | None  # channels of the control image the model reads (3 = RGB)
-    # An annotator's own label; "union" for a Flux ControlNet reading several kinds, "inpainting" for InstantX's
-    # Qwen-Image inpainting ControlNet.
+    # An annotator's own label; "union" for a Flux ControlNet reading several kinds, "XLabs" for one encoding its
+    # control picture itself, "inpainting" for an inpainting ControlNet (Qwen-Image's, SD3's).
     detail: str = ""
 
     @property
@@ -159,8 +162,12 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     if is_siglip_encoder(header):
         siglip = inspect_siglip(header, name)
         return ControlInfo(IMAGE_ENCODER, siglip.short_name, "", None, None)
+    if is_xlabs_controlnet(header):
+        return ControlInfo(CONTROLNET, "xlabs", "", FLUX, 3, "XLabs")
     if (family := dit_controlnet_family(header)) is not None:
         detail = "union" if "controlnet_mode_embedder.weight" in names else ""
+        if family == FLUX and "input_hint_block.conv_in.weight" in names:
+            detail = "XLabs"  # XLabs' kind in diffusers' names
         # An inpainting ControlNet (InstantX's for Qwen-Image, alimama's for SD3): the mask beside the masked
         # source's latents, so its input reads more than its base's.
         if (family == QWEN_IMAGE and _reads_more(header, "controlnet_x_embedder.weight", "img_in.weight", -1)) or (
@@ -169,11 +176,6 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
             detail = "inpainting"
         layout = "sai" if "transformer_blocks.0.attn.qkv.weight" in names else "diffusers"
         return ControlInfo(CONTROLNET, layout, "", family, 3, detail)
-    if "pos_embed_input.weight" in names and header.has_prefix("double_blocks."):
-        raise ModelError(
-            f"{name} is a Flux ControlNet in XLabs' own layout, which Marble cannot read yet: use one in diffusers' "
-            "layout (InstantX's, Shakker-Labs' Union), as their model pages offer it."
-        )
     if "lora_controlnet" in names:
         return ControlInfo(CONTROL_LORA, "ldm", "", _controlnet_family(header), _hint_channels(header, "", "ldm"))
     if (layout := control_lora_layout(header)) is not None:  # BFL's Canny / Depth LoRAs for Flux.1 dev
@@ -224,6 +226,13 @@ def dit_controlnet_family(header: SafetensorsHeader) -> str | None:
     if "img_in.weight" in names and "txt_in.weight" in names:
         return QWEN_IMAGE
     return None
+
+
+def is_xlabs_controlnet(header: SafetensorsHeader) -> bool:
+    """XLabs' Flux.1 ControlNets (canny, depth, hed ... v3) in their own names: Black Forest Labs' double blocks
+    (which would also pass for a LoRA's or a Flux model's names) over a small convolutional encoder of the
+    control picture (`input_hint_block`) and its input layer (`pos_embed_input`)."""
+    return "pos_embed_input.weight" in header.tensors and header.has_prefix("double_blocks.")
 
 
 def _reads_more(header: SafetensorsHeader, layer: str, than: str, axis: int) -> bool:

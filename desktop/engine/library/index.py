@@ -37,7 +37,12 @@ from desktop.engine.library.checkpoint import (
     sha256_file,
     sniff_file_type,
 )
-from desktop.engine.library.control import dit_controlnet_family, inspect_control, inspect_onnx_control
+from desktop.engine.library.control import (
+    dit_controlnet_family,
+    inspect_control,
+    inspect_onnx_control,
+    is_xlabs_controlnet,
+)
 from desktop.engine.library.dit import read_gguf_tensors, shown_dtype
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
@@ -586,7 +591,7 @@ def guess_kind(path: Path | str) -> str:
         return "model"
     if not_an_upscaler(header.tensors):
         return "upscaler"  # a face restorer or an inpainter: the upscaler import says why it is refused
-    if dit_controlnet_family(header) is not None or control_lora_layout(header) is not None:
+    if dit_controlnet_family(header) or is_xlabs_controlnet(header) or control_lora_layout(header) is not None:
         return "control"  # before the LoRA reader, which takes their transformer blocks' names
     # Tried in turn: the first reader that accepts the header names the library. Upscalers first: their
     # readers want exact tensor names, while the LoRA reader takes HAT's `layers.N...attention.` names

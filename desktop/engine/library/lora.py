@@ -15,6 +15,7 @@ from pathlib import Path
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.catalog import find_by_name
 from desktop.engine.library.checkpoint import SafetensorsHeader, read_safetensors_header, sniff_file_type
+from desktop.engine.library.control import dit_controlnet_family, inspect_control, is_xlabs_controlnet
 from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
 
@@ -75,6 +76,13 @@ def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo
         raise ModelError(
             f"{name} is a Flux.1 Control-LoRA (BFL's Canny / Depth dev LoRA): import it as a control model "
             "(marble controls import FILE) and use it in a control unit with its picture."
+        )
+    if dit_controlnet_family(header) is not None or is_xlabs_controlnet(header):
+        # A DiT ControlNet's transformer blocks have the names a LoRA's layers sit on, and its full weights would
+        # pass for a LoRA's.
+        raise ModelError(
+            f"{name} is a {inspect_control(header, name).label}, not a LoRA: import it as a control model (marble "
+            "controls import FILE) and use it in a control unit with its picture."
         )
     algorithm = _lycoris_algorithm(names)
     dit = _inspect_dit_lora(header, names)
