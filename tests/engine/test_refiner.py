@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from desktop.engine.resources import Resources
 from tests.e2e.test_cli import in_process
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support import tiny_models
+from tests.support.offload_check import assert_mode_matches_full
 
 
 @pytest.fixture(scope="module")
@@ -121,5 +124,27 @@ def test_single_file_refiner_loads_through_the_shipped_layout(paths, tmp_path, t
     backend = DiffusersBackend(paths, Resources(root), ModelCatalog(paths.models))
     request = request_for(tiny_sdxl_dir, sampler="Euler", steps=5, refiner=str(file), refiner_switch_at=0.6)
     batch, _ = run(backend, request)
-    assert np.array_equal(pixels(batch.images[0]), pixels(by_hand(tiny_sdxl_dir, refiner_dir, request)))
+    expected = pixels(by_hand(tiny_sdxl_dir, refiner_dir, request))
+    assert np.array_equal(pixels(batch.images[0]), expected)
     assert batch.refiner.name == "xl-refiner" and len(batch.refiner.autov2) == 10
+    # Converted once: its key map is in the converted-model cache, and the next start (a fresh backend) builds
+    # the refiner from it over the file's bytes, without converting again, to the same pixels.
+    entries = [keymap.parent.name for keymap in paths.converted_models.glob("*/keymap.json")]
+    assert any(name.startswith("xl-refiner-") for name in entries), entries
+    again = DiffusersBackend(paths, Resources(root), ModelCatalog(paths.models))
+    with mock.patch.object(StableDiffusionXLImg2ImgPipeline, "from_single_file", side_effect=AssertionError):
+        second, _ = run(again, request)
+    assert np.array_equal(pixels(second.images[0]), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")
+def test_the_refiner_follows_the_base_into_model_offload_on_cuda(paths, tiny_sdxl_dir, refiner_dir):
+    # A card that holds neither model whole beside the other: the refiner is offloaded module by module too, and
+    # comes back whole when the base does.
+    backend = make_backend(paths)
+    values = dict(sampler="Euler", steps=5, refiner=str(refiner_dir), refiner_switch_at=0.6)
+    assert_mode_matches_full(backend, tiny_sdxl_dir, "offload", **values)
+    refiner = backend._refiners._pipe  # the one the jobs ran
+    assert getattr(refiner.unet, "_hf_hook", None) is not None
+    run(backend, request_for(tiny_sdxl_dir, memory_mode="full", device="cuda", **values))
+    assert getattr(refiner.unet, "_hf_hook", None) is None and refiner.unet.device.type == "cuda"

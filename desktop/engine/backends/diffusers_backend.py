@@ -262,8 +262,8 @@ class DiffusersBackend:
         self._control_loras = FluxControlLoras(controls)  # BFL's Canny / Depth LoRAs (flux_control_lora.py)
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
-        self._refiners = Refiners(catalog, self._hashes, resources)
         self._conversions = ConversionCache()
+        self._refiners = Refiners(catalog, self._hashes, resources, self._conversions, self._converted_folder)
         self._pipe: Any = None
         self._key: _LoadKey | None = None
         self._model: ModelInfo | None = None
@@ -474,7 +474,7 @@ class DiffusersBackend:
         config_folder = Path(config).expanduser() if config else self._resources.config_folder(arch.config_name)
         if not (config_folder / "model_index.json").is_file():
             raise ModelError(f"The config folder {config_folder} has no model_index.json.")
-        converted = self._converted_folder(entry.path, config_folder, arch)
+        converted = self._converted_folder(entry.path, config_folder, arch.config_name)
         modules = self._conversions.load(converted, entry.path, choice.dtype)
         if modules is not None:
             pipe = self._from_pretrained(arch, converted, choice.dtype, entry.name, modules)
@@ -507,11 +507,12 @@ class DiffusersBackend:
         except _LOAD_ERRORS as error:
             raise ModelError(f"Could not load the model {name!r} from {folder}: {_short(error)}") from error
 
-    def _converted_folder(self, path: Path, config_folder: Path, arch: ArchitectureInfo) -> Path:
+    def _converted_folder(self, path: Path, config_folder: Path, config_name: str) -> Path:
+        """The converted-model cache entry of the single file `path` converted with `config_folder`."""
         stat = path.stat()
         identity = json.dumps(
             [str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(config_folder.resolve()),
-             arch.config_name, diffusers.__version__, _CONVERTED_SCHEMA]
+             config_name, diffusers.__version__, _CONVERTED_SCHEMA]
         )
         digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         return self._paths.converted_models / f"{path.stem}-{digest}"
@@ -635,16 +636,18 @@ class DiffusersBackend:
             pipe = control.pipe
         control = self._ip_adapters.prepare(pipe, request, request.hires_active and plan is None, control)
         device = self._key.device if self._key else "cpu"
+        if request.refiner and (self._family != "sdxl" or plan is not None):
+            raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
+        refiner_used = self._refiners.used(request)
+        # The refiner is loaded (on the CPU) before the mode is chosen: the card must hold both models.
+        refiner = self._refiners.pipe(request.refiner, pipe.dtype) if request.refiner else None
         width, height = request.hires_size if request.hires_active else (request.width, request.height)
-        mode = choose_mode(request.memory_mode, device, width, height, *_memory_budget(pipe, device))
+        mode = choose_mode(request.memory_mode, device, width, height, *_memory_budget(pipe, device, refiner))
         run_notes: list[str] = []
         if request.varies_noise and plan is not None:
             run_notes.append(_VARIATION_IGNORED)
         if request.hires_fix and plan is not None:
             run_notes.append("The hires fix applies to text-to-image only (as in A1111); it was ignored.")
-        if request.refiner and (self._family != "sdxl" or plan is not None):
-            raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
-        refiner_used = self._refiners.used(request)
         shape = (request.mode, request.width, request.height, request.batch_size, request.cfg_scale > 1)
         if _is_compiled(self._pipe.unet) and shape not in self._compiled_shapes:
             # The first step waits for the compile: say so, rather than leave the step counter standing.
@@ -1196,7 +1199,10 @@ class DiffusersBackend:
             # Latent upscalers take the first pass's latents as they are; pixel ones need its image.
             arguments["output_type"] = "latent" if is_latent(request.hires_upscaler) else "pil"
         device = self._key.device if self._key else "cpu"
-        refiner = self._refiners.pipe(request.refiner, pipe.dtype, device) if request.refiner and not plan else None
+        refiner = None
+        if request.refiner and not plan:  # placed as the base is: whole, or offloaded module by module
+            refiner = self._refiners.pipe(request.refiner, pipe.dtype)
+            refiner = self._refiners.place(device, offload=self._memory_mode == "offload")
         extra = self._hires_timesteps(request) if hires else 0
         if refiner is not None:
             # The base stops at the switch and hands its (still noisy) latents on, undecoded.
@@ -1938,17 +1944,22 @@ def _short(error: BaseException) -> str:
     return library_text(text[0] if text else type(error).__name__)[:300]
 
 
-def _memory_budget(pipe: Any, device: str) -> tuple[int | None, int | None]:
-    """(device memory, model bytes) for the auto memory mode; unknown off CUDA."""
+def _memory_budget(pipe: Any, device: str, refiner: Any = None) -> tuple[int | None, int | None]:
+    """(device memory, model bytes) for the auto memory mode; unknown off CUDA. A job's refiner counts too:
+    both models sit on the card in the full modes."""
     if device != "cuda":
         return None, None
-    model_bytes = sum(
+    return torch.cuda.mem_get_info()[1], weight_bytes(pipe) + (weight_bytes(refiner) if refiner is not None else 0)
+
+
+def weight_bytes(pipe: Any) -> int:
+    """The bytes of a pipeline's weights (its modules' parameters)."""
+    return sum(
         p.numel() * p.element_size()
         for component in pipe.components.values()
         if isinstance(component, torch.nn.Module)
         for p in component.parameters()
     )
-    return torch.cuda.mem_get_info()[1], model_bytes
 
 
 def _make_fast(pipe: Any) -> None:
