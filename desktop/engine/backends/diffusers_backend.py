@@ -630,17 +630,18 @@ class DiffusersBackend:
                 images, seeds, batch_index, self._sampler_name(request), note, lora_plan.loras, lora_plan.embeddings,
                 vae,
             )
+        if request.refiner and (self._family != "sdxl" or plan is not None):
+            raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
+        refiner_used = self._refiners.used(request)
+        # The refiner is loaded (on the CPU) before the mode is chosen, as the card must hold both models, and
+        # before the control units are prepared, which only the attempts below close again.
+        refiner = self._refiners.pipe(request.refiner, self._pipe.dtype) if request.refiner else None
         pipe = self._pipe_for(request.mode, plan)
         control = self._controls.prepare(self._pipe, pipe, request, plan)
         if control is not None:
             pipe = control.pipe
         control = self._ip_adapters.prepare(pipe, request, request.hires_active and plan is None, control)
         device = self._key.device if self._key else "cpu"
-        if request.refiner and (self._family != "sdxl" or plan is not None):
-            raise InvalidRequest("The refiner finishes SDXL text-to-image jobs only: choose an SDXL model.")
-        refiner_used = self._refiners.used(request)
-        # The refiner is loaded (on the CPU) before the mode is chosen: the card must hold both models.
-        refiner = self._refiners.pipe(request.refiner, pipe.dtype) if request.refiner else None
         width, height = request.hires_size if request.hires_active else (request.width, request.height)
         mode = choose_mode(request.memory_mode, device, width, height, *_memory_budget(pipe, device, refiner))
         run_notes: list[str] = []
