@@ -116,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Flux dev's distilled guidance (Forge's Distilled CFG Scale; default 3.5, 4 for Flux.2 "
                           "dev); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
-                     help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2 file: a diffusers folder "
-                          "(or library model) of the same family that supplies the text encoders, tokenizers and "
-                          "VAE (Qwen-Image/Z-Image/Flux.2: or a folder holding text_encoder/, tokenizer/ and vae/); "
+                     help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2/Lumina file: a diffusers "
+                          "folder (or library model) of the same family that supplies the text encoders, tokenizers "
+                          "and VAE (Qwen-Image/Z-Image/Flux.2/Lumina: or a folder holding text_encoder/, tokenizer/ "
+                          "and vae/); "
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
                           "(clip_l,t5xxl_fp16), with --vae NAME")
     gen.add_argument("--tokenizer-folder", metavar="DIR",

@@ -18,6 +18,7 @@ from tests.engine.test_dit_oom import flux, paths  # noqa: F401 - fixtures (a Fl
 from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
 from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
+from tests.support.tiny_lumina2 import build_tiny_lumina2
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
 
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -30,6 +31,7 @@ CASES = {
     "flux2-klein": (lambda: build_tiny_flux2_klein(is_distilled=False), dict(negative_prompt="blurry", cfg_scale=4.0)),
     "qwen-image": (build_tiny_qwen_image, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "chroma": (build_tiny_chroma, dict(negative_prompt="blurry", cfg_scale=4.0)),
+    "lumina2": (build_tiny_lumina2, dict(negative_prompt="blurry", cfg_scale=4.0)),
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from desktop.engine.backends import encoder_components, qwen_encoders
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_flux2 as flux2
+from desktop.engine.backends import families_lumina2 as lumina2
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
@@ -38,7 +39,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
-from desktop.engine.library.dit_qwen_zimage import components_variant
+from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_variant
 from desktop.engine.library.native_size import T5_TOKENS
 from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
@@ -346,6 +347,18 @@ def load_pipeline(
     )
 
 
+def refuse_library_encoders(info: DitInfo, name: str) -> None:
+    """ModelError for a transformer file whose family takes no text encoder from the library (Lumina Image 2.0:
+    Gemma's tokenizer cannot ship, and its encoder files are not read yet), before the library is searched."""
+    if info.family == LUMINA2:
+        raise ModelError(
+            f"{name} holds the Lumina Image 2.0 transformer only, and Marble does not read a Gemma text encoder from "
+            "the library yet: pass --text-encoders FOLDER (in the window: Text encoders), a diffusers Lumina Image "
+            "2.0 folder (such as Alpha-VLLM/Lumina-Image-2.0 or a Neta Lumina one) or a folder holding "
+            "text_encoder/, tokenizer/ and vae/."
+        )
+
+
 @dataclass(frozen=True)
 class LibraryParts:
     """Text encoders and a VAE by library entry, for a transformer-only file (encoder_components.py)."""
@@ -475,8 +488,11 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2):
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
             # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
-            # model).
-            return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
+            # model); Lumina's are converted here, cut by the config (diffusers' cut assumes the real sizes).
+            state = dequantise(_read_state(path, gguf), info, dtype, name=name)
+            if info.family == LUMINA2 and info.layout == "original":
+                state = lumina2.diffusers_names(state, expected)
+            return cls.from_single_file(state, **kwargs)
         if info.scaled_fp8 or info.bitsandbytes:
             return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
@@ -619,7 +635,7 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     if info.family in ("sd3", "sd3.5"):  # SD3 patchifies inside its transformer
         return (channels, height // factor, width // factor), factor, _unchanged
     rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
-    if info.family == qwen_zimage.Z_IMAGE:
+    if info.family in (qwen_zimage.Z_IMAGE, LUMINA2):  # (C, h, w); their transformers patchify
         return (channels, rows, cols), factor, _unchanged
     if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged

@@ -1,12 +1,15 @@
-"""Loading and running Qwen-Image and Z-Image (called from backends/families.py on the generation thread).
+"""Loading and running Qwen-Image, Z-Image and Lumina Image 2.0 (called from backends/families.py on the
+generation thread).
 
-Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image) whose weights Marble
-cannot ship. So a model of these families takes its text encoder, tokenizer and VAE from a folder: the
+Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image, Gemma-2 2B for Lumina Image
+2.0) whose weights Marble cannot ship. So a model of these families takes its text encoder, tokenizer and VAE
+from a folder: the
 model's own diffusers folder, or, for a single transformer file, the folder the user names
 (`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding `text_encoder/`,
 `tokenizer/` and `vae/` in diffusers' form. The scheduler comes from that folder when it
-has one, else from the shipped config (resources/configs/qwen-image, z-image). (A transformer file with
-its encoder and VAE from the library instead needs no folder: qwen_encoders.py, with the shipped tokenizer.)
+has one, else from the shipped config (resources/configs/qwen-image, z-image, lumina2). (A Qwen-Image or Z-Image
+transformer file with its encoder and VAE from the library instead needs no folder: qwen_encoders.py, with the
+shipped tokenizer. Gemma's tokenizer cannot ship, so Lumina always takes a folder.)
 
 torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
 """
@@ -19,47 +22,58 @@ from typing import Any
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
-from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE, Z_IMAGE
+from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, Z_IMAGE
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
-FAMILIES = (QWEN_IMAGE, Z_IMAGE)
-# Both pipelines read up to 512 prompt tokens (their default); nothing is cut into 77-token chunks.
+FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2)
+# Qwen-Image's and Z-Image's pipelines read up to 512 prompt tokens (their default); nothing is cut into
+# 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
+LUMINA2_SEQUENCE = 256
 # Qwen's own examples pass a blank negative prompt so that true CFG runs without a user negative.
 _QWEN_BLANK_NEGATIVE = " "
-_TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder"}
+_TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder",
+                       LUMINA2: "the Gemma-2 2B text encoder"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
-_EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL")}
+_EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL"),
+                   LUMINA2: ("gemma2", "AutoencoderKL")}  # fmt: skip
+# diffusers' and transformers' classes of each family: pipeline, transformer, text encoder, VAE.
+_CLASSES = {
+    QWEN_IMAGE: ("QwenImagePipeline", "QwenImageTransformer2DModel", "Qwen2_5_VLForConditionalGeneration",
+                 "AutoencoderKLQwenImage"),
+    Z_IMAGE: ("ZImagePipeline", "ZImageTransformer2DModel", "Qwen3Model", "AutoencoderKL"),
+    LUMINA2: ("Lumina2Pipeline", "Lumina2Transformer2DModel", "Gemma2Model", "AutoencoderKL"),
+}  # fmt: skip
 
 
 def pipeline_class(family: str) -> Any:
     import diffusers
 
-    return diffusers.QwenImagePipeline if family == QWEN_IMAGE else diffusers.ZImagePipeline
+    return getattr(diffusers, _CLASSES[family][0])
 
 
 def transformer_class(family: str) -> Any:
     import diffusers
 
-    return diffusers.QwenImageTransformer2DModel if family == QWEN_IMAGE else diffusers.ZImageTransformer2DModel
+    return getattr(diffusers, _CLASSES[family][1])
 
 
 def _text_encoder_class(family: str) -> Any:
     import transformers
 
-    return transformers.Qwen2_5_VLForConditionalGeneration if family == QWEN_IMAGE else transformers.Qwen3Model
+    return getattr(transformers, _CLASSES[family][2])
 
 
 def _vae_class(family: str) -> Any:
     import diffusers
 
-    return diffusers.AutoencoderKLQwenImage if family == QWEN_IMAGE else diffusers.AutoencoderKL
+    return getattr(diffusers, _CLASSES[family][3])
 
 
 def _label(family: str) -> str:
-    return "Qwen-Image" if family == QWEN_IMAGE else "Z-Image"
+    return LABELS[family]
 
 
 def needs_folder_error(name: str, info: DitInfo) -> ModelError:
@@ -139,7 +153,8 @@ def assemble(
 def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:
     """A file whose last block(s) are missing passes detection (the indices stay contiguous): compare the
     counts with the configuration's before loading."""
-    wanted = (expected.get("num_layers", expected.get("n_layers")), expected.get("n_refiner_layers", 0))
+    wanted = (expected.get("num_layers", expected.get("n_layers")),
+              expected.get("n_refiner_layers", expected.get("num_refiner_layers", 0)))  # fmt: skip
     for found, want, kind in zip(info.blocks, wanted, ("main", "refiner"), strict=True):
         if isinstance(want, int) and found != want:
             raise ModelError(
@@ -150,8 +165,10 @@ def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:
 
 def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str, Any]:
     """Qwen-Image: true CFG (`true_cfg_scale`) against the negative prompt (a blank one by default, as
-    Qwen's examples do). Z-Image: its own CFG (`guidance_scale`; 0 or 1 for Turbo turns it off)."""
-    arguments: dict[str, Any] = {"prompt": request.prompt, "max_sequence_length": MAX_SEQUENCE}
+    Qwen's examples do). Z-Image and Lumina Image 2.0: their own CFG (`guidance_scale`; 0 or 1 for Z-Image
+    Turbo turns it off). Lumina's pipeline puts its makers' system prompt before the prompt itself."""
+    length = LUMINA2_SEQUENCE if info.family == LUMINA2 else MAX_SEQUENCE
+    arguments: dict[str, Any] = {"prompt": request.prompt, "max_sequence_length": length}
     if info.family == QWEN_IMAGE:
         return arguments | {
             "negative_prompt": request.negative_prompt or _QWEN_BLANK_NEGATIVE,

@@ -345,8 +345,9 @@ def model_shape(pipe: Any, family: str) -> ModelShape:
     heads = getattr(transformer_config, "num_attention_heads", None)
     head_dim = getattr(transformer_config, "attention_head_dim", None)
     width = heads * head_dim if isinstance(heads, int) and isinstance(head_dim, int) else None
-    if width is None and isinstance(getattr(transformer_config, "dim", None), int):
-        width = transformer_config.dim  # Z-Image names its block width `dim`
+    for field in ("dim", "hidden_size"):  # Z-Image names its block width `dim`, Lumina Image 2.0 `hidden_size`
+        if width is None and isinstance(getattr(transformer_config, field, None), int):
+            width = getattr(transformer_config, field)
     return ModelShape(
         family="sd3" if family == "sd3.5" else family,  # one LoRA family covers SD3 and SD3.5
         context_dim=context if isinstance(context, int) else None,

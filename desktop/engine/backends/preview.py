@@ -140,7 +140,7 @@ _FLUX2 = (_FLUX2_FACTORS, np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32
 
 _FACTORS = {
     "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
-    "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX,
+    "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX, "lumina2": _FLUX,
     "sd3": _SD3, "sd3.5": _SD3,
     "qwen-image": _WAN, "flux2": _FLUX2,
 }  # fmt: skip

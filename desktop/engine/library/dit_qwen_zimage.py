@@ -10,8 +10,13 @@ and diffusers' single-file converters):
   and call the patch embedder `x_embedder` and the head `final_layer`: layout "original". diffusers
   splits q/k/v and keys the embedder and head by patch size (`all_x_embedder.2-1`): layout "diffusers".
   Both have `cap_embedder.1` (the caption projection) and `noise_refiner.N` / `context_refiner.N` /
-  `layers.N`. Lumina Image 2.0 shares the original names; its caption width is Gemma-2 2B's 2304 where
-  Z-Image's is Qwen3-4B's 2560, which is how ComfyUI tells them apart too.
+  `layers.N`.
+- Lumina Image 2.0 (Alpha-VLLM's, and its fine-tunes such as Neta Lumina) shares Z-Image's original names
+  (`layers.N.attention.qkv`, `cap_embedder.1`: layout "original") but has no padding tokens (Z-Image's
+  `x_pad_token` / `cap_pad_token`, which its model cannot do without); its caption width is Gemma-2 2B's 2304
+  where Z-Image's is Qwen3-4B's 2560, which is how ComfyUI tells them apart. diffusers' own names
+  (Lumina2Transformer2DModel: `time_caption_embed.caption_embedder.1`, `layers.N.attn.to_q`): layout
+  "diffusers".
 - Qwen-Image-Edit and Edit-2509/2511 ("Plus") have the base transformer's tensors, names and shapes
   (checked against diffusers' QwenImageTransformer2DModel: 2511 differs only by the `zero_cond_t` config
   flag, no tensor). So an Edit model is told by its folder's pipeline class (model_index.json), by a
@@ -35,11 +40,12 @@ if TYPE_CHECKING:
 
 QWEN_IMAGE = "qwen-image"
 Z_IMAGE = "z-image"
+LUMINA2 = "lumina2"
 EDIT, EDIT_PLUS = "edit", "edit-plus"
 # The Edit models share Qwen-Image's transformer and scheduler configs.
 CONFIGS = {(QWEN_IMAGE, ""): "qwen-image", (QWEN_IMAGE, EDIT): "qwen-image", (QWEN_IMAGE, EDIT_PLUS): "qwen-image",
-           (Z_IMAGE, ""): "z-image"}  # fmt: skip
-LABELS = {QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image"}
+           (Z_IMAGE, ""): "z-image", (LUMINA2, ""): "lumina2"}  # fmt: skip
+LABELS = {QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image", LUMINA2: "Lumina Image 2.0"}
 VARIANT_LABELS = {(QWEN_IMAGE, EDIT): "Edit", (QWEN_IMAGE, EDIT_PLUS): "Edit Plus"}
 # diffusers' pipeline class of a model folder -> (family, variant).
 _FOLDER_CLASSES = {
@@ -48,6 +54,8 @@ _FOLDER_CLASSES = {
     "QwenImageEditInpaintPipeline": (QWEN_IMAGE, EDIT),
     "QwenImageEditPlusPipeline": (QWEN_IMAGE, EDIT_PLUS),
     "ZImagePipeline": (Z_IMAGE, ""),
+    "Lumina2Pipeline": (LUMINA2, ""),
+    "Lumina2Text2ImgPipeline": (LUMINA2, ""),  # diffusers' older name of the same pipeline
 }
 PIPELINES = {name: family for name, (family, _variant) in _FOLDER_CLASSES.items()}
 
@@ -56,6 +64,12 @@ _GGUF_BLOCK_TYPES = ("Q", "IQ", "TQ")  # GGUF's block-quantised type names (Q8_0
 _BLOCK = re.compile(r"^(transformer_blocks|layers|noise_refiner|context_refiner)\.(\d+)\.")
 _QWEN_NEEDED = ("img_in.weight", "txt_in.weight", "txt_norm.weight", "proj_out.weight", "norm_out.linear.weight",
                 "time_text_embed.timestep_embedder.linear_1.weight")  # fmt: skip
+_LUMINA2_CAPTION = {"original": "cap_embedder.1.weight", "diffusers": "time_caption_embed.caption_embedder.1.weight"}
+_LUMINA2_NEEDED = {
+    "original": ("x_embedder.weight", "final_layer.linear.weight", "t_embedder.mlp.0.weight"),
+    "diffusers": ("x_embedder.weight", "norm_out.linear_2.weight",
+                  "time_caption_embed.timestep_embedder.linear_1.weight"),
+}  # fmt: skip
 _ZIMAGE_NEEDED = {
     "original": ("x_embedder.weight", "final_layer.linear.weight", "t_embedder.mlp.0.weight", "cap_embedder.1.weight"),
     "diffusers": ("all_x_embedder.2-1.weight", "all_final_layer.2-1.linear.weight", "t_embedder.mlp.0.weight",
@@ -65,7 +79,9 @@ _ZIMAGE_NEEDED = {
 
 def is_marker(bare_name: str) -> bool:
     """Whether one tensor name (ComfyUI prefix removed) belongs only to these families."""
-    return bare_name in ("txt_norm.weight", "cap_embedder.1.weight") or bare_name.startswith("txt_in.text_norm.")
+    return bare_name in ("txt_norm.weight", "cap_embedder.1.weight", _LUMINA2_CAPTION["diffusers"]) or (
+        bare_name.startswith("txt_in.text_norm.")
+    )
 
 
 def detect(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str, tuple[int, int]] | None:
@@ -78,11 +94,14 @@ def detect(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str, 
         _require(model, _QWEN_NEEDED, name, QWEN_IMAGE)
         blocks = _blocks(model)
         return QWEN_IMAGE, "", "diffusers", (_contiguous(blocks, "transformer_blocks", name, QWEN_IMAGE), 0)
+    if _LUMINA2_CAPTION["diffusers"] in model:
+        return _lumina2(model, name, "diffusers")
     caption = model.get("cap_embedder.1.weight")
     if caption is None:
         return None
-    if len(caption.shape) == 2 and caption.shape[1] == _LUMINA2_CAPTION_WIDTH:
-        raise ModelError(f"{name} is a Lumina Image 2.0 transformer, which Marble does not run yet.")
+    wide = len(caption.shape) == 2 and caption.shape[1] == _LUMINA2_CAPTION_WIDTH
+    if wide or not any(pad in model for pad in ("x_pad_token", "cap_pad_token")):
+        return _lumina2(model, name, "original")
     layout = "diffusers" if any(key.startswith("all_x_embedder.") for key in model) else "original"
     _require(model, _ZIMAGE_NEEDED[layout], name, Z_IMAGE)
     for pad in ("x_pad_token", "cap_pad_token"):
@@ -92,15 +111,26 @@ def detect(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str, 
                 f"{name}: its {pad} is stored as {model[pad].dtype}, which diffusers cannot use (it must stay a "
                 "float type). Get a GGUF conversion of this Z-Image model that keeps it in F16/F32."
             )
+    return Z_IMAGE, "", layout, _refined_blocks(model, name, Z_IMAGE)
+
+
+def _lumina2(model: Mapping[str, TensorShape], name: str, layout: str) -> tuple[str, str, str, tuple[int, int]]:
+    _require(model, _LUMINA2_NEEDED[layout], name, LUMINA2)
+    return LUMINA2, "", layout, _refined_blocks(model, name, LUMINA2)
+
+
+def _refined_blocks(model: Mapping[str, TensorShape], name: str, family: str) -> tuple[int, int]:
+    """(main, refiner) block counts of Z-Image's or Lumina's layout: `layers.N` and as many noise-refiner as
+    context-refiner blocks, none missing (ModelError naming `name` otherwise)."""
     blocks = _blocks(model)
-    main = _contiguous(blocks, "layers", name, Z_IMAGE)
-    refiners = _contiguous(blocks, "noise_refiner", name, Z_IMAGE)
-    if _contiguous(blocks, "context_refiner", name, Z_IMAGE) != refiners:
+    main = _contiguous(blocks, "layers", name, family)
+    refiners = _contiguous(blocks, "noise_refiner", name, family)
+    if _contiguous(blocks, "context_refiner", name, family) != refiners:
         raise ModelError(
-            f"{name} looks like Z-Image but has {refiners} noise-refiner and "
+            f"{name} looks like {LABELS[family]} but has {refiners} noise-refiner and "
             f"{len(blocks['context_refiner'])} context-refiner blocks: the file is damaged or incomplete."
         )
-    return Z_IMAGE, "", layout, (main, refiners)
+    return main, refiners
 
 
 def folder_family(class_name: str) -> str | None:
@@ -133,7 +163,7 @@ def components_variant(folder: Path) -> str:
 def folder_blocks(transformer: Mapping[str, object]) -> tuple[int, int]:
     """(main, refiner) block counts from a transformer/config.json of these families."""
     main = transformer.get("num_layers", transformer.get("n_layers"))
-    refiners = transformer.get("n_refiner_layers", 0)
+    refiners = transformer.get("n_refiner_layers", transformer.get("num_refiner_layers", 0))
     return (main if isinstance(main, int) else 0, refiners if isinstance(refiners, int) else 0)
 
 

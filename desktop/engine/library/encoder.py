@@ -256,6 +256,7 @@ _FAMILY_ENCODERS = {
     "flux-dev": ("clip", "t5"), "flux-schnell": ("clip", "t5"), "sd3": ("clip", "t5"),
     "qwen-image": ("qwen2.5-vl",), "qwen-image-edit": ("qwen2.5-vl",), "qwen-image-edit-plus": ("qwen2.5-vl",),
     "z-image": ("qwen3",), "flux2-klein": ("qwen3",), "flux2-dev": ("mistral3",),
+    "lumina2": (),  # Gemma-2 2B comes from a folder (--text-encoders): none of the library's serves
 }  # fmt: skip
 
 

@@ -24,7 +24,7 @@ _FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
 FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
-    "z-image": "Z-Image", "flux2": "Flux.2",
+    "z-image": "Z-Image", "flux2": "Flux.2", "lumina2": "Lumina Image 2.0",
 }  # fmt: skip
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
@@ -145,6 +145,7 @@ _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 _Z_IMAGE_KOHYA = ("lora_unet_layers_", "lora_unet_noise_refiner_", "lora_unet_context_refiner_")
 _Z_IMAGE_BLOCKS = ("layers.", "noise_refiner.", "context_refiner.")
+_LUMINA2_WIDTH = 2304  # Lumina Image 2.0's block width (Z-Image's is 3840)
 
 
 def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo | None:
@@ -160,6 +161,8 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
         fmt, family = "kohya", "z-image"
     elif any(n.startswith("transformer_blocks.") and any(m in n for m in _QWEN_MARKS) for n in bare):
         fmt, family = "peft", "qwen-image"
+    elif any(n.startswith(_Z_IMAGE_BLOCKS) and ".attn." in n for n in bare):
+        fmt, family = "peft", "lumina2"  # diffusers' Lumina2Transformer2DModel names (Z-Image's say `attention`)
     elif any(n.startswith(_Z_IMAGE_BLOCKS) and (".attention." in n or ".feed_forward." in n) for n in bare):
         fmt, family = "peft", "z-image"
     elif any(n.startswith(_SD3_KOHYA) for n in names):
@@ -183,6 +186,8 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
             break
     if fmt == "peft" and family == "sd3" and width == _FLUX_WIDTH:
         family = "flux"
+    if family == "z-image" and width == _LUMINA2_WIDTH:
+        family = "lumina2"  # Lumina Image 2.0 shares Z-Image's original names; its blocks are 2304 wide
     if family == "flux" and _is_flux2_lora(header, names, bare):
         family = "flux2"
     if fmt == "peft" and not any(".lora_A." in n or ".lora_B." in n for n in names):
@@ -198,7 +203,7 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
 # The layers whose input is the transformer's width, in each naming (diffusers, BFL/kohya, XLabs).
 _ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
                      ".proj_lora1.", "_linear1.", ".attn.qkv.", ".attention.to_q.", "_attn_to_q.",
-                     "_attention_to_q.")  # fmt: skip
+                     "_attention_to_q.", ".attention.qkv.", "_attention_qkv.")  # fmt: skip
 
 
 # Flux.2 LoRAs share Flux.1's block names in BFL/kohya/ai-toolkit form. diffusers' names give Flux.2 away by

@@ -64,6 +64,7 @@ _FAMILY_BY_CONFIG = {
     "qwen-image": "qwen-image",
     "z-image": "z-image",
     "chroma": "chroma",
+    "lumina2": "lumina2",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -116,13 +117,13 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
 # no CLIP encoder reads a prompt for (T5 alone, or a Qwen / Mistral LLM). The backend passes the lengths to
 # the pipelines; the prompt editor counts by them.
 T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
-CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2")
+CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2")
 
 
 def is_dit_family(family: str | None) -> bool:
     """A diffusion transformer's family (Flux.1 and .2, SD3, Chroma, Qwen-Image, Z-Image): none of the UNet
     families' seamless tiling or compiled fast mode. False for a UNet family and for an unknown model."""
-    return bool(family) and family.startswith(("flux", "sd3", "chroma", "qwen-image", "z-image"))
+    return bool(family) and family.startswith(("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2"))
 
 
 def takes_controls(family: str | None) -> bool:
@@ -144,6 +145,8 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "qwen-image-edit-plus": {"steps": 40, "cfg_scale": 4.0},
     "flux2-klein": {"steps": 4, "cfg_scale": 1.0},
     "flux2-dev": {"steps": 50, "cfg_scale": 1.0, "distilled_cfg_scale": 4.0},
+    # Lumina Image 2.0's pipeline defaults (its makers' inference settings): 30 steps, CFG 4.
+    "lumina2": {"cfg_scale": 4.0},
 }
 
 
