@@ -253,3 +253,21 @@ def test_the_command_line_runs_it_and_says_when_a_prompt_is_cut(lumina, tmp_path
     assert "Lumina Image 2.0's text encoder, which reads the first 256" in stdout + err
     metadata = read_image_metadata(out)
     assert "CFG scale: 4" in metadata.raw["parameters"] and "Steps: 2" in metadata.raw["parameters"]
+
+
+def test_a_prompt_with_its_own_system_prompt_replaces_the_pipelines(paths, lumina):
+    # As ComfyUI's Lumina workflows write it (Neta Lumina asks for its own system prompt): the part before
+    # "<Prompt Start>" is the system prompt, which diffusers would otherwise put before it a second time.
+    system = "You are an assistant designed to generate anime images based on textual prompts."
+    text = f"{system} <Prompt Start> a red circle"
+    batch, _ = run(make_backend(paths), request_for(lumina["folder"], prompt=text, steps=3, cfg_scale=4.0))
+    pipe = Lumina2Pipeline.from_pretrained(str(lumina["folder"]), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def by_hand(**prompt):
+        return pixels(pipe(negative_prompt="blurry", num_inference_steps=3, width=64, height=64, guidance_scale=4.0,
+                           generator=torch.Generator("cpu").manual_seed(42), **prompt).images[0])  # fmt: skip
+
+    expected = by_hand(prompt="a red circle", system_prompt=system)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, by_hand(prompt="a red circle"))  # the pipeline's own system prompt

@@ -152,6 +152,10 @@ def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> li
         text = arguments.get(key)
         if not isinstance(text, str) or not text:
             continue
+        if info.family == LUMINA2 and key == "prompt":  # read after its system prompt, within the same limit
+            system = arguments.get("system_prompt") or getattr(pipe, "system_prompt", "")
+            text = f"{system} {qwen_zimage.PROMPT_START} {text}"
+            what = "prompt with its system prompt"
         try:
             count = len(tokenizer(text, add_special_tokens=t5, truncation=False, verbose=False).input_ids)
         except (TypeError, ValueError, AttributeError):

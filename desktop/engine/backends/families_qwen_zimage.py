@@ -31,6 +31,8 @@ FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2)
 # 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
 LUMINA2_SEQUENCE = 256
+# Where Lumina's text joins its system prompt and the prompt (diffusers' pipeline and ComfyUI's workflows alike).
+PROMPT_START = "<Prompt Start>"
 # Qwen's own examples pass a blank negative prompt so that true CFG runs without a user negative.
 _QWEN_BLANK_NEGATIVE = " "
 _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder",
@@ -169,6 +171,12 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
     Turbo turns it off). Lumina's pipeline puts its makers' system prompt before the prompt itself."""
     length = LUMINA2_SEQUENCE if info.family == LUMINA2 else MAX_SEQUENCE
     arguments: dict[str, Any] = {"prompt": request.prompt, "max_sequence_length": length}
+    if info.family == LUMINA2 and PROMPT_START in request.prompt:
+        # ComfyUI's Lumina prompts carry their system prompt themselves ("You are an assistant ... <Prompt Start>
+        # 1girl, ..."; Neta Lumina's model card asks for its own): it replaces the pipeline's, which would
+        # otherwise be put before it a second time.
+        system, _, prompt = request.prompt.partition(PROMPT_START)
+        arguments |= {"prompt": prompt.strip(), "system_prompt": system.strip()}
     if info.family == QWEN_IMAGE:
         return arguments | {
             "negative_prompt": request.negative_prompt or _QWEN_BLANK_NEGATIVE,
