@@ -1,5 +1,5 @@
 """The parameter panel's "Text encoders" row: what a transformer-only model file (Flux, Flux.2, SD3, Chroma,
-Qwen-Image, Z-Image) takes its text encoders from -- the window's form of the command line's
+Qwen-Image, Z-Image, Lumina Image 2.0) takes its text encoders from -- the window's form of the command line's
 `--text-encoders`. Either a diffusers folder of the same family (typed, pasted or chosen with the folder
 button) or text-encoder files from the library (`marble encoders import`: CLIP and T5, Qwen, Flux.2 dev's
 Mistral), ticked in the Library button's menu, which offers only the encoders the chosen model's family
@@ -27,7 +27,8 @@ class TextEncoderRow(QWidget):
             "This model file holds the transformer only: its text encoders and VAE come from a diffusers "
             "folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the "
             "library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, Z-Image and Flux.2 "
-            "Klein; ComfyUI's Mistral file for Flux.2 dev: pick them with Library, and the VAE in the VAE row)"
+            "Klein; ComfyUI's Mistral file for Flux.2 dev: pick them with Library, and the VAE in the VAE row). "
+            "Lumina Image 2.0 takes a folder only: a diffusers Lumina folder, for its Gemma encoder and tokenizer"
         ))  # fmt: skip
         self.browse_button = QToolButton(objectName="text_encoders_button", text="…")
         self.browse_button.setToolTip(self.tr("Choose the folder"))

@@ -2226,7 +2226,7 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, Z-Image and Flux.2 Klein; ComfyUI&apos;s Mistral file for Flux.2 dev: pick them with Library, and the VAE in the VAE row)</source>
+        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, Z-Image and Flux.2 Klein; ComfyUI&apos;s Mistral file for Flux.2 dev: pick them with Library, and the VAE in the VAE row). Lumina Image 2.0 takes a folder only: a diffusers Lumina folder, for its Gemma encoder and tokenizer</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
