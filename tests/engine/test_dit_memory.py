@@ -127,3 +127,22 @@ def test_an_edit_job_in_fp8_keeps_the_transformer_in_fp8(flux_folder, tmp_path):
     assert backend._pipes["img2img"].transformer is backend._pipe.transformer
     assert to_q.weight.dtype == torch.float8_e4m3fn and seen
     assert batch.images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("build", "blocks"),
+    [("flux", 2 + 2), ("z-image", 2 + 1 + 1), ("lumina2", 2 + 1 + 1), ("qwen-image", 2)],
+)
+def test_each_familys_blocks_count_for_group_offloads_estimate(build, blocks, tmp_path):
+    # Group offload holds about two blocks at once: Z-Image's and Lumina's `layers` and refiners count, or their
+    # estimate would be two whole transformers (and auto would pass group offload over on a small card).
+    from desktop.engine.backends.families import memory_sizes
+    from desktop.engine.library.checkpoint import detect_model
+    from tests.support.tiny_lumina2 import build_tiny_lumina2
+    from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
+
+    builders = {"flux": build_tiny_flux, "z-image": build_tiny_z_image, "lumina2": build_tiny_lumina2,
+                "qwen-image": build_tiny_qwen_image}  # fmt: skip
+    pipe = builders[build]()
+    pipe.save_pretrained(str(tmp_path / "m"), safe_serialization=True)
+    assert memory_sizes(pipe, detect_model(tmp_path / "m").dit).transformer_blocks == blocks

@@ -665,9 +665,10 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
         return sum(p.numel() * p.element_size() for p in module.parameters()) if module is not None else 0
 
     transformer = pipe.transformer
-    blocks = len(getattr(transformer, "transformer_blocks", ())) + len(
-        getattr(transformer, "single_transformer_blocks", ())
-    )
+    # Flux's double and single blocks, SD3's and Qwen-Image's joint ones, Z-Image's and Lumina's layers and
+    # refiners: what group offload moves one at a time (a family counted as one block would be estimated whole).
+    kinds = ("transformer_blocks", "single_transformer_blocks", "layers", "noise_refiner", "context_refiner")
+    blocks = sum(len(getattr(transformer, kind, ())) for kind in kinds)
     encoders = tuple(weight(getattr(pipe, name, None)) for name in ("text_encoder", "text_encoder_2", "text_encoder_3"))
     # At the compute dtype, whatever fp8 casting did to the storage: the sizes are those of the loaded
     # model, which is what a mode change that reloads it gets. A GGUF transformer stays as stored.
