@@ -148,3 +148,15 @@ def test_the_refiner_follows_the_base_into_model_offload_on_cuda(paths, tiny_sdx
     assert getattr(refiner.unet, "_hf_hook", None) is not None
     run(backend, request_for(tiny_sdxl_dir, memory_mode="full", device="cuda", **values))
     assert getattr(refiner.unet, "_hf_hook", None) is None and refiner.unet.device.type == "cuda"
+
+
+def test_the_refiner_is_tiled_as_the_base_is(paths, tiny_sdxl_dir, refiner_dir):
+    # The memory ladder's "tiled" step (chosen for large pictures, or after running out of memory) tiles the
+    # refiner's VAE decode too: the refiner decodes the picture, not the base.
+    backend = make_backend(paths)
+    values = dict(sampler="Euler", steps=5, refiner=str(refiner_dir), refiner_switch_at=0.6)
+    run(backend, request_for(tiny_sdxl_dir, memory_mode="tiled", **values))
+    refiner = backend._refiners._pipe  # the one the job ran
+    assert backend.memory_mode == "tiled" and refiner.vae.use_tiling
+    run(backend, request_for(tiny_sdxl_dir, memory_mode="full", **values))
+    assert not refiner.vae.use_tiling

@@ -1205,7 +1205,7 @@ class DiffusersBackend:
         refiner = None
         if request.refiner and not plan:  # placed as the base is: whole, or offloaded module by module
             refiner = self._refiners.pipe(request.refiner, pipe.dtype)
-            refiner = self._refiners.place(device, offload=self._memory_mode == "offload")
+            refiner = self._refiners.place(device, self._memory_mode)
         extra = self._hires_timesteps(request) if hires else 0
         if refiner is not None:
             # The base stops at the switch and hands its (still noisy) latents on, undecoded.

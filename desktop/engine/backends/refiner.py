@@ -8,8 +8,8 @@ from its own config, as the base model's is.
 
 A single file is converted once: its key map goes in the converted-model cache beside the main models'
 (conversion_cache.py), and later starts build the refiner over the file's own bytes. Where it sits follows
-the base model's memory mode: on the device whole, or with model offload when the base is offloaded (the
-auto mode counts both models' weights against the card's memory).
+the base model's memory mode: on the device whole, tiled and sliced as the base is, or with model offload when
+the base is offloaded (the auto mode counts both models' weights against the card's memory).
 
 torch and diffusers are imported inside the functions: this module is loaded only by the diffusers backend
 during a job.
@@ -81,10 +81,12 @@ class Refiners:
         self._key = key
         return self._pipe
 
-    def place(self, device: str, offload: bool) -> Any:
-        """The loaded refiner on `device`: whole, or with model offload (each module on the device only while it
-        runs) when the base model is offloaded, so the two fit a card that holds neither whole beside the other."""
+    def place(self, device: str, mode: str) -> Any:
+        """The loaded refiner on `device` in the base model's memory `mode` (memory.py's ladder): whole, with its
+        VAE tiled and attention sliced from "tiled" down, and with model offload (each module on the device only
+        while it runs) in "offload", so the two fit a card that holds neither whole beside the other."""
         pipe = self._pipe
+        offload = mode == "offload"
         if offload and not self._offloaded:
             pipe.enable_model_cpu_offload(device=device)
         elif not offload:
@@ -92,6 +94,12 @@ class Refiners:
                 pipe.remove_all_hooks()
             pipe.to(device)
         self._offloaded = offload
+        if mode in ("tiled", "offload"):
+            pipe.vae.enable_tiling()
+            pipe.enable_attention_slicing()
+        else:
+            pipe.vae.disable_tiling()
+            pipe.disable_attention_slicing()
         return pipe
 
     def _load_file(self, path: Path, name: str, dtype: Any) -> Any:
