@@ -3,13 +3,12 @@ generation thread).
 
 Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image, Gemma-2 2B for Lumina Image
 2.0) whose weights Marble cannot ship. So a model of these families takes its text encoder, tokenizer and VAE
-from a folder: the
-model's own diffusers folder, or, for a single transformer file, the folder the user names
+from a folder: the model's own diffusers folder, or, for a single transformer file, the folder the user names
 (`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding `text_encoder/`,
-`tokenizer/` and `vae/` in diffusers' form. The scheduler comes from that folder when it
-has one, else from the shipped config (resources/configs/qwen-image, z-image, lumina2). (A Qwen-Image or Z-Image
-transformer file with its encoder and VAE from the library instead needs no folder: qwen_encoders.py, with the
-shipped tokenizer. Gemma's tokenizer cannot ship, so Lumina always takes a folder.)
+`tokenizer/` and `vae/` in diffusers' form. The scheduler comes from that folder when it has one, else from
+the shipped config (resources/configs/qwen-image, z-image, lumina2). (A Qwen-Image or Z-Image transformer file
+with its encoder and VAE from the library instead needs no folder: qwen_encoders.py, with the shipped
+tokenizer. Gemma's tokenizer cannot ship, so Lumina always takes a folder.)
 
 torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
 """
