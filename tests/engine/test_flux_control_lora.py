@@ -1,11 +1,13 @@
 """Flux.1 Control-LoRAs (BFL's Canny / Depth dev LoRAs) in control units: detected from their headers, kept in the
-control library (refused as plain LoRAs), loaded on a Flux.1 dev model for one job -- FluxControlPipeline with
-the unit's picture, pixel-identical to diffusers' load_lora_weights by hand -- and taken off afterwards, so the
-next job is the plain model's picture again. What it cannot run is refused before any step."""
+control library (refused as plain LoRAs), loaded on a Flux.1 dev model for the jobs that ask -- FluxControlPipeline
+with the unit's picture, pixel-identical to diffusers' load_lora_weights by hand; kept while the next jobs ask for
+it -- and taken off by the first job that does not, which is the plain model's picture again. What it cannot run
+is refused before any step."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -72,7 +74,7 @@ def unit(flux, **changes) -> ControlUnit:
 def bare(flux, cls, request, **extra):
     pipe = bare_pipe(cls, flux["folder"])
     pipe.load_lora_weights(str(flux["home"].controls / "flux1-canny-dev-lora.safetensors"), adapter_name="c")
-    pipe.set_adapters(["c"], [0.8])
+    pipe.set_adapters(["c"], [request.controls[0].weight])  # the unit's weight is the LoRA's scale
     return control_call(pipe, request, **extra)
 
 
@@ -95,10 +97,16 @@ def test_a_job_with_a_control_lora_is_load_lora_weights_by_hand_and_the_model_co
     batch, steps = run(backend, request)
     assert len(steps) == 3 and [c.name for c in batch.controls] == ["flux1-canny-dev-lora"]
     assert np.array_equal(pixels(batch.images[0]), bare(flux, FluxControlPipeline, request))
-    # The model is put back: its input layer and norms as they were, the plain picture again.
+    # Kept for the next job that asks for it (loaded once), at that job's weight.
     transformer = backend._pipe.transformer
-    assert (transformer.config.in_channels, transformer.x_embedder.in_features) == (16, 16)
+    assert transformer.x_embedder.in_features == 32
+    weaker = request_for(flux["folder"], controls=(unit(flux, weight=0.6),), **FLUX)
+    with mock.patch.object(type(backend._pipe), "load_lora_weights", side_effect=AssertionError("loaded again")):
+        kept, _ = run(backend, weaker)
+    assert np.array_equal(pixels(kept.images[0]), bare(flux, FluxControlPipeline, weaker))
+    # The first job without it puts the model back: its input layer and norms as they were, the plain picture.
     after, _ = run(backend, plain_request)
+    assert (transformer.config.in_channels, transformer.x_embedder.in_features) == (16, 16)
     assert np.array_equal(pixels(after.images[0]), pixels(before.images[0]))
     # Image to image: its sibling pipeline, the same LoRA.
     edit = replace(request, init_image=str(flux["tmp"] / "source.png"), strength=0.5)
@@ -174,3 +182,15 @@ def test_a_control_lora_runs_under_model_offload_and_refuses_group_offload_on_cu
     assert_mode_matches_full(backend, flux["folder"], "offload", controls=(unit(flux),), **FLUX)
     with pytest.raises(InvalidRequest, match="memory modes full and offload, not group"):
         run(backend, request_for(flux["folder"], controls=(unit(flux),), memory_mode="group", device="cuda", **FLUX))
+
+
+def test_a_memory_mode_change_takes_a_kept_control_lora_off_first(flux):
+    # fp8 casts the model's layers (it runs on a CPU too): the kept Control-LoRA comes off before, the job that
+    # wants it there is refused, and the next plain fp8 job is a fresh fp8 model's picture.
+    backend = make_backend(flux["home"])
+    run(backend, request_for(flux["folder"], controls=(unit(flux),), **FLUX))
+    with pytest.raises(InvalidRequest, match="memory modes full and offload, not fp8"):
+        run(backend, request_for(flux["folder"], controls=(unit(flux),), memory_mode="fp8", **FLUX))
+    after, _ = run(backend, request_for(flux["folder"], memory_mode="fp8", **FLUX))
+    fresh, _ = run(make_backend(flux["home"]), request_for(flux["folder"], memory_mode="fp8", **FLUX))
+    assert np.array_equal(pixels(after.images[0]), pixels(fresh.images[0]))

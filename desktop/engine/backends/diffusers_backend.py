@@ -362,6 +362,7 @@ class DiffusersBackend:
         self._controls.forget()
         self._ip_adapters.forget()
         self._redux.forget()
+        self._control_loras.forget()
         self._refiners.forget()
         self._pipes.clear()
         self._memory_mode = "full"
@@ -833,6 +834,9 @@ class DiffusersBackend:
         again where the mode needs it and its LoRAs applied again, and the result says so."""
         _refuse_dit_edit(self._model.name if self._model else "the model", self._dit, request.mode)
         _refuse_dit_controls(self._dit, request)
+        if not self._control_loras.find(request.controls):
+            # A Flux.1 Control-LoRA kept from the last job comes off before the memory mode and LoRAs touch the model.
+            self._control_loras.release(self._pipe)
         self._dit_memory(request)
         fallbacks: list[str] = []
         while True:
@@ -1034,24 +1038,18 @@ class DiffusersBackend:
         self, request: GenerationRequest, controlnets: GenerationRequest, units: list[ControlUnit],
         plan: EditPlan | None, size: dict[str, Any], loras: tuple[AdapterHash, ...],
     ) -> ControlRun:
-        """A Flux.1 Control-LoRA loaded on the model's plain layers for this job, its pipeline for the job's mode
-        reading the unit's picture; closing the run puts the model back."""
+        """A Flux.1 Control-LoRA on the model's plain layers for this job, its pipeline for the job's mode reading
+        the unit's picture. The Control-LoRA stays loaded until a job asks for another or none (_generate_dit)."""
         info = self._dit
         others = len(controlnets.controls) - len(units)
         flux_control_lora.refuse(info, units, others, len(loras), self._dit_mode or "full", info.label)
         self._loras.unload_all(self._pipe)
-        unload, hashed = self._control_loras.load(self._pipe, units[0])
-        try:
-            pipe = families.control_input_pipeline(self._pipe, request.mode)
-            control = self._controls.prepare_built_in(
-                pipe, units[0], plan, (size["width"], size["height"]),
-                functools.partial(families.control_input_pipeline, self._pipe, "img2img"), hashed,
-            )  # fmt: skip
-        except BaseException:
-            unload.remove()
-            raise
-        control.handles.append(unload)
-        return control
+        hashed = self._control_loras.load(self._pipe, units[0])  # kept for the next batches (release)
+        pipe = families.control_input_pipeline(self._pipe, request.mode)
+        return self._controls.prepare_built_in(
+            pipe, units[0], plan, (size["width"], size["height"]),
+            functools.partial(families.control_input_pipeline, self._pipe, "img2img"), hashed,
+        )  # fmt: skip
 
     def _dit_hires_pipe(self, request: GenerationRequest, plan: EditPlan | None, notes: list[str]) -> Any | None:
         """The image-to-image pipeline of the hires fix's second pass for a DiT text-to-image job, or None (no
@@ -1155,6 +1153,9 @@ class DiffusersBackend:
         mode = forced or choose_dit_mode(request.memory_mode, device, free, sizes, pixels, element)
         if mode == self._dit_mode:
             return
+        # A mode changes the plain model (hooks, casts, quantised layers): a kept Flux.1 Control-LoRA comes off
+        # first, and the job that wants it loads it again in the new mode (or is refused there).
+        self._control_loras.release(self._pipe)
         if self._dit_mode is not None and needs_reload(self._dit_mode, mode):
             self.unload()
             self.load(request)

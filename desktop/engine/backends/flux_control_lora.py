@@ -1,16 +1,18 @@
-"""Flux.1 Control-LoRAs in control units: BFL's Canny / Depth dev LoRAs on a loaded Flux.1 dev model, for one job.
+"""Flux.1 Control-LoRAs in control units: BFL's Canny / Depth dev LoRAs on a loaded Flux.1 dev model, for the jobs
+that ask.
 
 The unit's file (library/flux_control_lora.py) is loaded with diffusers' `load_lora_weights`, which widens the
 transformer's input layer to read the control picture's latents beside the noise and swaps its query/key norms
 in; the job then runs FluxControlPipeline (or its image-to-image / inpainting sibling) with the unit's picture,
-at the unit's weight as the LoRA's scale. Afterwards `unload_lora_weights(reset_to_overwritten_params=True)`
-puts the model back as it was, so the next job runs the plain model.
+at the unit's weight as the LoRA's scale.
 
-Loaded for each batch of a job that asks (a 1.2 GB file: seconds), on the model's plain layers only: the LoRA manager's
-adapters are unloaded first (diffusers restores a widened layer only when no other adapter wraps it), so a job
-with a Control-LoRA takes no other LoRA. The memory modes that replace or hook single layers (group and
-sequential offload, fp8, nf4, int8) and quantised model files (GGUF, fp8, bitsandbytes) are refused: the widened
-layer would miss their hooks or their storage.
+It stays loaded while the next batches and jobs ask for the same file (a 1.2 GB file takes seconds to load), and
+is taken off (`unload_lora_weights(reset_to_overwritten_params=True)`, the model put back as it was) at the start
+of the first job that does not, before anything else touches the model: `release`. It goes on the model's plain
+layers only: the LoRA manager's adapters are unloaded first (diffusers restores a widened layer only when no
+other adapter wraps it), so a job with a Control-LoRA takes no other LoRA. The memory modes that replace or hook
+single layers (group and sequential offload, fp8, nf4, int8) and quantised model files (GGUF, fp8, bitsandbytes)
+are refused: the widened layer would miss their hooks or their storage.
 
 torch and diffusers are used through the pipeline's own methods: only the diffusers backend loads this module.
 """
@@ -41,6 +43,18 @@ class FluxControlLoras:
     def __init__(self, catalog: AdapterCatalog) -> None:
         self._catalog = catalog
         self._layouts: dict[tuple[str, int, int], str | None] = {}
+        # The file loaded on the model now (path, size, mtime) and that pipeline's id; None when none is.
+        self._kept: tuple[tuple[str, int, int], int] | None = None
+
+    def forget(self) -> None:
+        """The pipeline is gone (unloaded or replaced): the Control-LoRA went with it."""
+        self._kept = None
+
+    def release(self, pipe: Any) -> None:
+        """The model put back as it was, if a Control-LoRA is loaded on it (a job that asks for none)."""
+        if self._kept is not None and self._kept[1] == id(pipe):
+            pipe.unload_lora_weights(reset_to_overwritten_params=True)
+        self._kept = None
 
     def find(self, units: tuple[ControlUnit, ...]) -> list[ControlUnit]:
         """The units whose model is a Flux.1 Control-LoRA in the control library."""
@@ -58,21 +72,26 @@ class FluxControlLoras:
             self._layouts[key] = control_lora_layout(header) if header is not None else None
         return self._layouts[key]
 
-    def load(self, pipe: Any, unit: ControlUnit) -> tuple[_Unload, ControlHash]:
-        """The unit's Control-LoRA loaded on `pipe` (its LoRA adapters already unloaded) at the unit's weight;
-        the handle whose `remove()` puts the model back, and the unit's hash for the metadata."""
+    def load(self, pipe: Any, unit: ControlUnit) -> ControlHash:
+        """The unit's Control-LoRA on `pipe` (its LoRA adapters already unloaded) at the unit's weight: loaded, or
+        kept from the last batch; the unit's hash for the metadata."""
         entry = self._catalog.get(unit.model.strip())
-        unload = _Unload(pipe)
+        stat = entry.path.stat()
+        wanted = ((str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns), id(pipe))
         try:
-            pipe.load_lora_weights(str(entry.path), adapter_name=ADAPTER, use_safetensors=True)
+            if self._kept != wanted:
+                self.release(pipe)
+                pipe.load_lora_weights(str(entry.path), adapter_name=ADAPTER, use_safetensors=True)
+                self._kept = wanted
             pipe.set_adapters([ADAPTER], [float(unit.weight)])
         except (ValueError, KeyError, RuntimeError, TypeError, OSError, AssertionError) as error:
-            unload.remove()
+            self._kept = wanted  # whatever part of it was loaded goes
+            self.release(pipe)
             raise ModelError(
                 f"The Control-LoRA {library_text(entry.name)!r} does not fit this model: {_short(error)}. BFL's "
                 "Canny / Depth LoRAs are made for Flux.1 dev."
             ) from error
-        return unload, ControlHash(entry.name, legacy_hash(Path(entry.path)))
+        return ControlHash(entry.name, legacy_hash(Path(entry.path)))
 
 
 def refuse(info: DitInfo, units: list[ControlUnit], others: int, loras: int, mode: str, label: str) -> None:
@@ -109,16 +128,6 @@ def refuse(info: DitInfo, units: list[ControlUnit], others: int, loras: int, mod
             f"A Flux.1 Control-LoRA ({name}) runs with the memory modes full and offload, not {mode}: set Memory to "
             "one of them, or use the Canny / Depth dev model itself."
         )
-
-
-class _Unload:
-    """Puts the model back: the Control-LoRA's layers unloaded, the input layer and norms as they were."""
-
-    def __init__(self, pipe: Any) -> None:
-        self._pipe = pipe
-
-    def remove(self) -> None:
-        self._pipe.unload_lora_weights(reset_to_overwritten_params=True)
 
 
 def _short(error: BaseException) -> str:
