@@ -271,3 +271,20 @@ def test_a_prompt_with_its_own_system_prompt_replaces_the_pipelines(paths, lumin
     expected = by_hand(prompt="a red circle", system_prompt=system)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, by_hand(prompt="a red circle"))  # the pipeline's own system prompt
+
+
+def test_the_conversion_agrees_with_diffusers_own_at_the_real_models_sizes(lumina):
+    # diffusers' converter cuts q/k/v at the real model's sizes only (2304 + 768 + 768 rows): at those sizes the
+    # two must give the same tensors under the same names. The tiny model's names, with a fused qkv of the real
+    # row count (a few columns), and every other tensor as it is.
+    from diffusers.loaders.single_file_utils import convert_lumina2_to_diffusers
+
+    state = lumina2_to_original(dict(lumina["pipe"].transformer.state_dict()))
+    generator = torch.Generator().manual_seed(0)
+    state = {key: torch.randn(3840, 3, generator=generator) if key.endswith("attention.qkv.weight") else value
+             for key, value in state.items()}  # fmt: skip
+    real = {"hidden_size": 2304, "num_attention_heads": 24, "num_kv_heads": 8}
+    ours = diffusers_names(dict(state), real)
+    theirs = convert_lumina2_to_diffusers(dict(state))
+    assert sorted(ours) == sorted(theirs)
+    assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
