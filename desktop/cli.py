@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "
                           "+ merges.txt, tokenizer_config.json; for Qwen-Image-Edit also preprocessor_config.json), "
                           "or the model's diffusers folder; for Flux.2 dev, whose Mistral file from ComfyUI carries "
-                          "its tokenizer, FLUX.2-dev's tokenizer/ folder or a Mistral tekken.json's folder")
+                          "its tokenizer, FLUX.2-dev's tokenizer/ folder or a Mistral tekken.json's folder; for "
+                          "Lumina Image 2.0 with a Gemma-2 file (needed: Gemma's tokenizer cannot ship), "
+                          "Lumina-Image-2.0's tokenizer/ folder")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",

@@ -2146,7 +2146,7 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>For a Qwen-Image, Z-Image or Flux.2 file run with a text encoder from the library: a folder holding the tokenizer to use instead of Marble&apos;s own Qwen tokenizer (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves), and for a Flux.2 dev Mistral file that carries none, Mistral&apos;s; empty: Marble&apos;s own. Takes effect at the next start.</source>
+        <source>For a Qwen-Image, Z-Image or Flux.2 file run with a text encoder from the library: a folder holding the tokenizer to use instead of Marble&apos;s own Qwen tokenizer (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves), and for a Flux.2 dev Mistral file that carries none, Mistral&apos;s; for a Lumina Image 2.0 file run with a Gemma-2 file, Gemma&apos;s (it cannot ship: needed); empty: Marble&apos;s own. Takes effect at the next start.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -2226,7 +2226,7 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, Z-Image and Flux.2 Klein; ComfyUI&apos;s Mistral file for Flux.2 dev: pick them with Library, and the VAE in the VAE row). Lumina Image 2.0 takes a folder only: a diffusers Lumina folder, for its Gemma encoder and tokenizer</source>
+        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, Z-Image and Flux.2 Klein; ComfyUI&apos;s Mistral file for Flux.2 dev; a Gemma-2 file for Lumina Image 2.0, whose tokenizer comes from the Tokenizer folder setting: pick them with Library, and the VAE in the VAE row)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -5,6 +5,8 @@ Gemma-2 caption width) and run offline through Marble, pixel-identical to bare d
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -133,11 +135,9 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, lumina,
     with pytest.raises(ModelError, match=r"short\.safetensors has 1 main blocks but the Lumina Image 2\.0 config"):
         run(make_backend(paths), request_for(last, model_config=str(lumina["folder"]),
                                              text_encoders=str(lumina["folder"])))  # fmt: skip
-    # Without its text encoder folder, or with a library encoder, it says what to supply.
+    # Without its text encoder folder or library files, it says what to supply.
     with pytest.raises(ModelError, match=r"Gemma-2 2B text encoder, its tokenizer and its VAE"):
         run(make_backend(paths), request_for(lumina["bare"], model_config=str(lumina["folder"])))
-    with pytest.raises(ModelError, match=r"does not read a Gemma text encoder from the library"):
-        run(make_backend(paths), request_for(lumina["bare"], text_encoders="gemma_2_2b", vae="ae"))
     # A Z-Image folder's Qwen3 would load with half its weights random: refused by its config.
     z_folder = tmp_path / "z"
     build_tiny_z_image().save_pretrained(str(z_folder), safe_serialization=True)
@@ -288,3 +288,58 @@ def test_the_conversion_agrees_with_diffusers_own_at_the_real_models_sizes(lumin
     theirs = convert_lumina2_to_diffusers(dict(state))
     assert sorted(ours) == sorted(theirs)
     assert all(torch.equal(ours[key], theirs[key]) for key in theirs)
+
+
+@pytest.fixture
+def library_home(tmp_path, lumina):
+    """A home with ComfyUI's kind of Gemma-2 file (its `model.` names and the SentencePiece tokenizer it carries,
+    which Marble does not read) and the Flux VAE in the libraries."""
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_components import save_ae
+    from tests.support.tiny_qwen_encoders import comfy_qwen_state
+
+    state = comfy_qwen_state(lumina["pipe"].text_encoder, head=False)
+    state["spiece_model"] = torch.frombuffer(bytearray(b"\x0a\x05hello"), dtype=torch.uint8)
+    save_file(state, str(tmp_path / "gemma_2_2b_fp16.safetensors"))
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(tmp_path / "gemma_2_2b_fp16.safetensors", "encoder")
+    library.import_path(save_ae(lumina["pipe"].vae, tmp_path / "ae.safetensors"), "vae")
+    lumina["pipe"].tokenizer.save_pretrained(str(tmp_path / "gemma-tokenizer"))
+    return paths
+
+
+def test_a_lumina2_file_runs_with_a_gemma_file_and_vae_from_the_library(library_home, lumina, tmp_path):
+    from desktop.engine.library.index import Library
+
+    record = Library(library_home).get("encoder", "gemma_2_2b_fp16")
+    assert (record.family, record.components) == ("gemma2", ("gemma2",))
+    assert "Gemma 2 text encoder (width 32)" in record.shown_architecture
+    request = request_for(lumina["bare"], steps=3, cfg_scale=4.0, model_config=str(lumina["folder"]),
+                          text_encoders="gemma_2_2b_fp16", vae="ae",
+                          tokenizer_folder=str(tmp_path / "gemma-tokenizer"))  # fmt: skip
+    batch, _ = run(make_backend(library_home), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(lumina["folder"], request))
+    # Gemma's tokenizer cannot ship: without a tokenizer folder (and a config folder without one), it says where
+    # to find one.
+    from tests.support.tiny_dit import config_folder
+
+    bare_config = config_folder(lumina["pipe"], tmp_path / "config")
+    with pytest.raises(ModelError, match=r"whose tokenizer Marble cannot ship: point --tokenizer-folder .*Lumina"):
+        run(make_backend(library_home), replace(request, tokenizer_folder="", model_config=str(bare_config)))
+
+
+def test_gemma_files_are_told_from_the_other_llm_encoders():
+    from desktop.engine.library.encoder_qwen import inspect_qwen
+
+    def kind(names):
+        shapes = {name: (8, 8) for name in names} | {"model.embed_tokens.weight": (10, 8)}
+        return inspect_qwen(shapes, dict.fromkeys(shapes, "F16"), "x")[0]
+
+    layer = "model.layers.0."
+    # Plain attention: Gemma 2 by its feed-forward norms, Mistral without them; Qwen3 by its q/k norms.
+    assert kind([layer + "self_attn.q_proj.weight", layer + "pre_feedforward_layernorm.weight"]) == "gemma2"
+    assert kind([layer + "self_attn.q_proj.weight"]) == "mistral3"
+    assert kind([layer + "self_attn.q_proj.weight", layer + "self_attn.q_norm.weight"]) == "qwen3"

@@ -391,8 +391,6 @@ class DiffusersBackend:
                     return None
             else:
                 return None
-            if encoder_names(request.text_encoders or "") and arch.dit is not None:
-                families.refuse_library_encoders(arch.dit, entry.path.name)
             # A 12B Flux file is 24 GB: its hash would hold the first step back some 15 s; read beside the load.
             hashing = self._hash_of(entry.path)
         parts = self._library_parts(request)

@@ -41,11 +41,13 @@ from desktop.engine.library.vae import inspect_vae
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
                     "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3",
                     "Qwen3ForCausalLM": "qwen3", "Mistral3ForConditionalGeneration": MISTRAL3,
-                    "MistralModel": MISTRAL3}  # fmt: skip
+                    "MistralModel": MISTRAL3, "Gemma2Model": "gemma2"}  # fmt: skip
 _WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
            ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B",
-           ("qwen3", 4096): "a Qwen3 8B", (MISTRAL3, 5120): "a Mistral Small 24B"}  # fmt: skip
-_KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", MISTRAL3: "Mistral"}
+           ("qwen3", 4096): "a Qwen3 8B", (MISTRAL3, 5120): "a Mistral Small 24B",
+           ("gemma2", 2304): "a Gemma-2 2B"}  # fmt: skip
+_KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", MISTRAL3: "Mistral",
+               "gemma2": "Gemma 2"}  # fmt: skip
 # Tensors component files carry that the model class does not hold (a CLIP-L's projection and logit scale
 # when it serves Flux's un-projected slot; buffers older exports saved).
 _HARMLESS = ("logit_scale", "text_projection.weight")

@@ -351,18 +351,6 @@ def load_pipeline(
     )
 
 
-def refuse_library_encoders(info: DitInfo, name: str) -> None:
-    """ModelError for a transformer file whose family takes no text encoder from the library (Lumina Image 2.0:
-    Gemma's tokenizer cannot ship, and its encoder files are not read yet), before the library is searched."""
-    if info.family == LUMINA2:
-        raise ModelError(
-            f"{name} holds the Lumina Image 2.0 transformer only, and Marble does not read a Gemma text encoder from "
-            "the library yet: pass --text-encoders FOLDER (in the window: Text encoders), a diffusers Lumina Image "
-            "2.0 folder (such as Alpha-VLLM/Lumina-Image-2.0 or a Neta Lumina one) or a folder holding "
-            "text_encoder/, tokenizer/ and vae/."
-        )
-
-
 @dataclass(frozen=True)
 class LibraryParts:
     """Text encoders and a VAE by library entry, for a transformer-only file (encoder_components.py)."""

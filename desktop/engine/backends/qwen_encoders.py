@@ -1,5 +1,5 @@
-"""A transformer-only Qwen-Image / Z-Image / Flux.2 file run with its LLM text encoder and VAE from the
-library.
+"""A transformer-only Qwen-Image / Z-Image / Flux.2 / Lumina Image 2.0 file run with its LLM text encoder and VAE
+from the library.
 
 The encoder file (library/encoder_qwen.py says what it holds) is built into transformers' class from the
 model's config folder (resources/configs/<family>/text_encoder, or --config) and loaded strictly, as
@@ -9,6 +9,8 @@ Qwen2.5-VL and Qwen3, with Qwen3's chat template, which Z-Image reads). A folder
 at (`--tokenizer-folder`: the model's diffusers folder, its tokenizer/ folder, or the Qwen repository the
 encoder came from) takes its place. Flux.2 dev's Mistral encoder (backends/mistral_encoder.py) brings its
 own tokenizer inside ComfyUI's file (backends/tekken_tokenizer.py), or takes FLUX.2-dev's from that folder.
+Lumina's Gemma-2 (Gemma2Model, the file's `model.` level dropped) takes its tokenizer from that folder only:
+Gemma's cannot ship, and the SentencePiece model inside ComfyUI's file is not read.
 
 Runs on the generation thread; torch, diffusers and transformers are imported inside the functions.
 """
@@ -21,12 +23,12 @@ from typing import Any
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_flux2 import FLUX2
-from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE
+from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE
 from desktop.engine.library.encoder import EncoderInfo
-from desktop.engine.library.encoder_qwen import QWEN3, QWEN25_VL
+from desktop.engine.library.encoder_qwen import GEMMA2, QWEN3, QWEN25_VL, SPIECE_TENSOR
 from desktop.engine.safe_files import read_json_file
 
-KINDS = (QWEN25_VL, QWEN3)
+KINDS = (QWEN25_VL, QWEN3, GEMMA2)
 # Flux.2 Klein's text-encoder class (Z-Image's is Qwen3Model): the same Qwen3 files serve both.
 CAUSAL_QWEN3 = "Qwen3ForCausalLM"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
@@ -36,6 +38,7 @@ _TOKENIZER_SOURCES = {
     QWEN_IMAGE: "the tokenizer/ folder of Qwen/Qwen-Image (or the Qwen/Qwen2.5-VL-7B-Instruct repository)",
     "z-image": "the tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo (or the Qwen/Qwen3-4B repository)",
     FLUX2: "the tokenizer/ folder of black-forest-labs/FLUX.2-klein-4B (or the Qwen/Qwen3-4B repository)",
+    LUMINA2: "the tokenizer/ folder of Alpha-VLLM/Lumina-Image-2.0 (or the google/gemma-2-2b repository)",
 }
 # Marble's own copy under resources/tokenizers/ (its LICENSE-NOTE says what it is and where it comes from).
 SHIPPED_FOLDER = "qwen"
@@ -48,8 +51,9 @@ def model_names(state: dict[str, Any], kind: str, class_name: str = "") -> dict[
     if kind == QWEN3 and class_name == CAUSAL_QWEN3:
         return {key if key == "lm_head.weight" or key.startswith("model.") else f"model.{key}": value
                 for key, value in state.items()}  # fmt: skip
-    if kind == QWEN3:
-        return {key.removeprefix("model."): value for key, value in state.items() if key != "lm_head.weight"}
+    if kind in (QWEN3, GEMMA2):  # Qwen3Model, Gemma2Model: no `model.` level, no head, no carried tokenizer
+        return {key.removeprefix("model."): value for key, value in state.items()
+                if key not in ("lm_head.weight", SPIECE_TENSOR)}  # fmt: skip
     renamed = {}
     for key, value in state.items():
         if key.startswith("visual."):
@@ -108,6 +112,11 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
 
     source = _TOKENIZER_SOURCES.get(info.family, "the model's diffusers folder")
     needed = "tokenizer.json (or vocab.json and merges.txt) with tokenizer_config.json"
+    if folder is None and info.family == LUMINA2:
+        raise ModelError(
+            f"{name} runs with its Gemma-2 text encoder from the library, whose tokenizer Marble cannot ship: point "
+            f"--tokenizer-folder (in the window: Settings, Tokenizer folder) at {source}."
+        )
     chosen = folder if folder is not None else shipped
     tokenizer_dir = _holding(chosen, "tokenizer", _TOKENIZER_FILES)
     if tokenizer_dir is None:
@@ -118,7 +127,8 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
         raise ModelError(
             f"{name} runs with its text encoder from the library, and the tokenizer folder {folder} holds no "
             f"{needed}. Point --tokenizer-folder (in the window: Settings, Tokenizer folder) at a folder holding "
-            f"them, such as {source}, or leave it empty for Marble's own Qwen tokenizer."
+            f"them, such as {source}"
+            + ("." if info.family == LUMINA2 else ", or leave it empty for Marble's own Qwen tokenizer.")
         )
     parts: dict[str, Any] = {}
     try:
@@ -141,7 +151,7 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
             parts["processor"] = image_only_processor(images, tokenizer)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"The tokenizer in {tokenizer_dir} does not load: {_short(error)}") from error
-    if info.family != QWEN_IMAGE and not getattr(tokenizer, "chat_template", None):
+    if info.family not in (QWEN_IMAGE, LUMINA2) and not getattr(tokenizer, "chat_template", None):
         # Z-Image wraps the prompt in Qwen3's chat template, which tokenizer_config.json (or
         # chat_template.jinja) carries.
         raise ModelError(

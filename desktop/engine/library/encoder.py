@@ -26,6 +26,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.encoder_qwen import (
+    GEMMA2,
     MISTRAL3,
     QWEN3,
     QWEN25_VL,
@@ -54,7 +55,8 @@ _LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|e
 # The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
 _NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL", **QWEN_NAMED}
 # Plain attention at an unpublished width may be a Mistral or a Llama: only a carried tekken tokenizer says.
-_KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral / Llama"}
+_KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral / Llama",
+                "gemma2": "Gemma 2"}  # fmt: skip
 # Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
 FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -63,7 +65,7 @@ FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 class EncoderInfo:
     """What a text-encoder file holds: its kind ("clip" | "t5"), width, depth and storage."""
 
-    kind: str  # "clip" | "t5" | "qwen2.5-vl" | "qwen3" | "mistral3"
+    kind: str  # "clip" | "t5" | "qwen2.5-vl" | "qwen3" | "mistral3" | "gemma2"
     width: int
     layers: int
     layout: str  # "transformers" | "openclip" | "gguf"
@@ -137,7 +139,7 @@ def _with_bitsandbytes(info: EncoderInfo, header: SafetensorsHeader, kind: str) 
     """A file transformers saved with load_in_4bit / load_in_8bit: its packed weights and their quantisation
     states found by the names above, shown as "nf4 (bitsandbytes)", its parameters counted unpacked."""
     # A Qwen file's lm_head and vision tower sit beside its prefix and count, as in inspect_qwen.
-    prefix = "" if info.kind in (QWEN25_VL, QWEN3, MISTRAL3) else info.prefix
+    prefix = "" if info.kind in (QWEN25_VL, QWEN3, MISTRAL3, GEMMA2) else info.prefix
     own = {key: value for key, value in header.tensors.items() if key.startswith(prefix)}
     return replace(info, dtype=kind, parameters=quant_formats.parameters(own, kind))
 
@@ -256,7 +258,7 @@ _FAMILY_ENCODERS = {
     "flux-dev": ("clip", "t5"), "flux-schnell": ("clip", "t5"), "sd3": ("clip", "t5"),
     "qwen-image": ("qwen2.5-vl",), "qwen-image-edit": ("qwen2.5-vl",), "qwen-image-edit-plus": ("qwen2.5-vl",),
     "z-image": ("qwen3",), "flux2-klein": ("qwen3",), "flux2-dev": ("mistral3",),
-    "lumina2": (),  # Gemma-2 2B comes from a folder (--text-encoders): none of the library's serves
+    "lumina2": ("gemma2", "gemma-2"),
 }  # fmt: skip
 
 

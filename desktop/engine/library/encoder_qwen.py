@@ -1,12 +1,15 @@
-"""The LLM text encoders of Qwen-Image (Qwen2.5-VL), Z-Image and Flux.2 Klein (Qwen3) and Flux.2 dev
-(Mistral Small 3.x 24B), judged from their tensors.
+"""The LLM text encoders of Qwen-Image (Qwen2.5-VL), Z-Image and Flux.2 Klein (Qwen3), Flux.2 dev
+(Mistral Small 3.x 24B) and Lumina Image 2.0 (Gemma-2 2B), judged from their tensors.
 
 ComfyUI keeps them as single files in transformers' older names: `model.embed_tokens`, `model.layers.N...`,
 `model.norm`, Qwen2.5-VL's vision tower under `visual.*` (left out of the text-only files) and sometimes
 `lm_head`. transformers >= 4.52 saves Qwen2.5-VL under `model.language_model.*` / `model.visual.*`, and a
 diffusers folder's Qwen3Model without any `model.` level. The two kinds differ in their attention: Qwen2.5
 has biases on q/k/v, Qwen3 has none but normalises q and k per head (`q_norm`, `k_norm`), Mistral has
-neither. ComfyUI's Mistral files for Flux.2 dev (`mistral_3_small_flux2_bf16.safetensors`, `_fp8`) hold the
+neither, and Gemma 2 has neither but normalises before and after each feed-forward (`pre_feedforward_layernorm`,
+`post_feedforward_layernorm`, Gemma's own). ComfyUI's Gemma-2 2B file for Lumina (`gemma_2_2b_fp16.safetensors`)
+carries its SentencePiece tokenizer as a uint8 tensor `spiece_model`, which Marble does not read (a tokenizer
+folder serves). ComfyUI's Mistral files for Flux.2 dev (`mistral_3_small_flux2_bf16.safetensors`, `_fp8`) hold the
 language model in the same names, sometimes cut to the 30 layers Flux.2 reads, and carry Mistral's own
 tokenizer (its tekken.json) as a uint8 tensor `tekken_model` (backends/tekken_tokenizer.py reads it).
 """
@@ -21,15 +24,20 @@ from desktop.engine.errors import ModelError
 QWEN25_VL = "qwen2.5-vl"
 QWEN3 = "qwen3"
 MISTRAL3 = "mistral3"
-# The tokenizer a ComfyUI Mistral file carries: tekken.json's bytes, no weight.
+GEMMA2 = "gemma2"
+# The tokenizer a ComfyUI Mistral file carries: tekken.json's bytes, no weight; a ComfyUI Gemma file's, its
+# SentencePiece model.
 TEKKEN_TENSOR = "tekken_model"
+SPIECE_TENSOR = "spiece_model"
 # The published widths: Qwen2.5-VL 7B 3584 (Qwen-Image), Qwen3 4B 2560 (Z-Image, Flux.2 Klein 4B), Qwen3 8B
 # 4096 (Flux.2 Klein 9B).
 QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B", (QWEN3, 4096): "Qwen3 8B",
-              (MISTRAL3, 5120): "Mistral Small 24B"}  # fmt: skip
+              (MISTRAL3, 5120): "Mistral Small 24B", (GEMMA2, 2304): "Gemma-2 2B"}  # fmt: skip
 # Where the language model's layers sit: ComfyUI / older transformers, transformers >= 4.52, Qwen3Model alone.
 _BASES = ("model.language_model.", "model.", "")
-_ATTENTION = re.compile(r"layers\.(\d+)\.self_attn\.(q_proj\.weight|q_proj\.bias|q_norm\.weight)$")
+_ATTENTION = re.compile(
+    r"layers\.(\d+)\.(?:self_attn\.(q_proj\.weight|q_proj\.bias|q_norm\.weight)|(pre_feedforward_layernorm)\.weight)$"
+)
 VISION_PREFIXES = ("visual.", "model.visual.")
 
 
@@ -44,13 +52,15 @@ def inspect_qwen(
         if candidate + "embed_tokens.weight" not in shapes:
             continue
         own = (key[len(candidate):] for key in shapes if key.startswith(candidate))
-        found = {m.group(2) for key in own if (m := _ATTENTION.match(key))}
+        found = {m.group(2) or m.group(3) for key in own if (m := _ATTENTION.match(key))}
         if "q_proj.weight" in found:
             base = candidate
             break
     if base is None:
         return None
-    if "q_norm.weight" in found:
+    if "pre_feedforward_layernorm" in found and "q_norm.weight" not in found:
+        kind = GEMMA2
+    elif "q_norm.weight" in found:
         kind = QWEN3
     elif "q_proj.bias" in found:
         kind = QWEN25_VL
@@ -63,10 +73,10 @@ def inspect_qwen(
         raise ModelError(f"{name} is a {kind} text encoder with layer(s) {missing} missing: the file is incomplete.")
     parameters = 0
     for key, shape in shapes.items():
-        if key in ("scaled_fp8", TEKKEN_TENSOR) or key.endswith(
+        if key in ("scaled_fp8", TEKKEN_TENSOR, SPIECE_TENSOR) or key.endswith(
             ("weight_scale", "input_scale", "scale_weight", "scale_input", "comfy_quant")
         ):
-            continue  # a scaled-fp8 file's scales and a Mistral file's tokenizer are no weights
+            continue  # a scaled-fp8 file's scales and a Mistral or Gemma file's tokenizer are no weights
         size = 1
         for dim in shape:
             size *= dim

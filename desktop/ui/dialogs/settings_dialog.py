@@ -75,8 +75,9 @@ SETTING_TEXTS = (
     QT_TRANSLATE_NOOP("Settings", "For a Qwen-Image, Z-Image or Flux.2 file run with a text encoder from the "
                       "library: a folder holding the tokenizer to use instead of Marble's own Qwen tokenizer "
                       "(tokenizer.json and tokenizer_config.json; the model's diffusers folder serves), and for a "
-                      "Flux.2 dev Mistral file that carries none, Mistral's; empty: Marble's own. Takes effect at "
-                      "the next start."),
+                      "Flux.2 dev Mistral file that carries none, Mistral's; for a Lumina Image 2.0 file run with a "
+                      "Gemma-2 file, Gemma's (it cannot ship: needed); empty: Marble's own. Takes effect at the next "
+                      "start."),
     QT_TRANSLATE_NOOP("Settings", "API port"),
     QT_TRANSLATE_NOOP("Settings", "The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any "
                       "free port: one is picked each time."),
