@@ -317,6 +317,9 @@ def test_a_lumina2_file_runs_with_a_gemma_file_and_vae_from_the_library(library_
     record = Library(library_home).get("encoder", "gemma_2_2b_fp16")
     assert (record.family, record.components) == ("gemma2", ("gemma2",))
     assert "Gemma 2 text encoder (width 32)" in record.shown_architecture
+    from desktop.engine.library.index import guess_kind
+
+    assert guess_kind(tmp_path / "gemma_2_2b_fp16.safetensors") == "encoder"  # a dropped file goes to its library
     request = request_for(lumina["bare"], steps=3, cfg_scale=4.0, model_config=str(lumina["folder"]),
                           text_encoders="gemma_2_2b_fp16", vae="ae",
                           tokenizer_folder=str(tmp_path / "gemma-tokenizer"))  # fmt: skip
