@@ -350,9 +350,9 @@ class ControlListWidget(QWidget):
         redux: Collection[str] = (), every_step: Collection[str] = (),
     ) -> None:
         """The library's control models; choosing one of `ip_adapters` makes the unit an IP-Adapter unit (of them,
-        `redux` are Flux.1 Redux models: one picture, every step). `every_step`: models that act at every step
-        (Flux.1 Control-LoRAs). `families`: each one's base family, so the rows offer those that fit the chosen
-        model."""
+        `redux` are Flux.1's image prompts, Redux and XLabs' IP-Adapter: one picture, every step). `every_step`:
+        models that act at every step (Flux.1 Control-LoRAs). `families`: each one's base family, so the rows offer
+        those that fit the chosen model."""
         self._names = list(names)
         self._ip_adapters = frozenset(ip_adapters)
         self._redux = frozenset(redux)

@@ -27,7 +27,7 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator, Sequence  # noqa: E402
+from collections.abc import Callable, Iterator, Mapping, Sequence  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -88,6 +88,7 @@ from desktop.engine.backends.dit_prompt_cache import cached_encoding  # noqa: E4
 from desktop.engine.backends.encoder_components import Component  # noqa: E402
 from desktop.engine.backends.faceid import FaceAnalyser, library_face_analyser  # noqa: E402
 from desktop.engine.backends.flux_control_lora import FluxControlLoras  # noqa: E402
+from desktop.engine.backends.flux_ip_adapter import FluxIpAdapters, FluxIpRun  # noqa: E402
 from desktop.engine.backends.flux_redux import ReduxModels, ReduxPrompt, image_units  # noqa: E402
 from desktop.engine.backends.gentle_import import collector_paused  # noqa: E402
 from desktop.engine.backends.hires import (  # noqa: E402
@@ -259,6 +260,7 @@ class DiffusersBackend:
         # FaceID units' face analyser; by default the seam that will build it from the library's face models.
         self._ip_adapters = IpAdapters(controls, face_analyser or library_face_analyser(controls))
         self._redux = ReduxModels(controls)  # Flux.1's image prompt (flux_redux.py)
+        self._flux_ip = FluxIpAdapters(controls)  # XLabs' Flux.1 IP-Adapter (flux_ip_adapter.py)
         self._control_loras = FluxControlLoras(controls)  # BFL's Canny / Depth LoRAs (flux_control_lora.py)
         self._upscalers = AdapterCatalog(paths.upscalers, "upscaler", "upscalers")
         self._vaes = VaeSwitcher(AdapterCatalog(paths.vaes, "VAE", "vaes"), _convert_ldm_vae, self._hashes.autov2)
@@ -362,6 +364,7 @@ class DiffusersBackend:
         self._controls.forget()
         self._ip_adapters.forget()
         self._redux.forget()
+        self._flux_ip.forget()
         self._control_loras.forget()
         self._refiners.forget()
         self._pipes.clear()
@@ -942,8 +945,12 @@ class DiffusersBackend:
         encoders = tuple(id(module) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
                          if (module := getattr(pipe, name, None)) is not None)  # fmt: skip
         context = (self._loads, encoders, request.loras, lora_plan.loras, self._dit_mode)
-        if images and family == "flux":  # Flux.1 Redux: the reference picture as prompt tokens (flux_redux.py)
-            redux = self._redux.prompt(self._pipe, request, images, self._dit.label, device, context)
+        # XLabs' IP-Adapter units (flux_ip_adapter.py) and Redux units: the reference picture as prompt tokens
+        # (flux_redux.py).
+        ip_units = self._flux_ip.find(images) if images and family == "flux" else []
+        redux_units = tuple(unit for unit in images if unit not in ip_units)
+        if redux_units and family == "flux":
+            redux = self._redux.prompt(self._pipe, request, redux_units, self._dit.label, device, context)
         controlnets = replace(request, controls=tuple(u for u in request.controls if u not in images))
         control_loras = self._control_loras.find(controlnets.controls) if family == "flux" else []
         if self._dit.control_input:  # Canny / Depth dev: the BUILT_IN unit's picture (_refuse_built_in)
@@ -959,6 +966,7 @@ class DiffusersBackend:
                                                  (size["width"], size["height"]), self._dit.label, device,
                                                  pipe.vae.dtype)  # fmt: skip
             pipe = control.pipe
+        image_prompt: FluxIpRun | None = None
         every = self._preview_every
         hires = self._dit_hires_pipe(request, plan, notes)
         extra = _flow_img2img_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
@@ -967,6 +975,9 @@ class DiffusersBackend:
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
         try:
+            if ip_units:  # loaded on the model for this call (closed below)
+                image_prompt = self._flux_ip.prepare(self._pipe, pipe, ip_units, (width, height),
+                                                     self._dit_mode or "full", self._dit.label)  # fmt: skip
             drawn = seeds[0] if control is not None and control.global_draws else None
             with torch.inference_mode(), flux2.references_beside_source(pipe, beside), \
                     cached_encoding(pipe, self._prompts, context), _seeded_global_rng(drawn, device):
@@ -978,6 +989,8 @@ class DiffusersBackend:
                     del arguments["prompt"]
                     arguments |= {"prompt_embeds": redux.prompt_embeds,
                                   "pooled_prompt_embeds": redux.pooled_prompt_embeds}  # fmt: skip
+                if image_prompt is not None:
+                    arguments |= image_prompt.arguments
                 if control is not None:
                     arguments |= control.arguments
                     # Z-Image's ControlNet inpainting takes no strength (1: refused else), one source for the batch
@@ -1012,8 +1025,8 @@ class DiffusersBackend:
                                      "diffusers has no image-to-image ControlNet pipeline for it.")  # fmt: skip
                     with cached_encoding(hires, self._prompts, context):  # its own pipeline's encode_prompt
                         pictures = self._dit_hires_pass(hires, request, seeds, pictures, (width, height), progress,
-                                                        notes if batch_index == 0 else None, control,
-                                                        redux)  # fmt: skip
+                                                        notes if batch_index == 0 else None, control, redux,
+                                                        image_prompt)  # fmt: skip
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except RuntimeError as error:
@@ -1024,12 +1037,17 @@ class DiffusersBackend:
             watcher.detach()  # the DiT's scheduler outlives the job: leave it unwrapped
             if control is not None:
                 control.close()  # a Z-Image ControlNet gives the transformer's modules back (control_dit.py)
+            if image_prompt is not None:
+                image_prompt.close()  # the transformer's own attention again
         if plan is None:
             asked = request.hires_size if hires is not None else (request.width, request.height)
             images = tuple(_cropped(picture, asked) for picture in pictures)
         else:
             images = tuple(finish_edit(plan, picture) for picture in pictures)
-        hashes = _in_unit_order(request, control.hashes if control is not None else (), redux)
+        by_unit = dict(image_prompt.hashes) if image_prompt is not None else {}
+        if redux is not None:
+            by_unit |= dict.fromkeys(redux_units, redux.hash)
+        hashes = _in_unit_order(request, control.hashes if control is not None else (), by_unit)
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None, hashes)
 
     def _control_lora_run(
@@ -1070,7 +1088,7 @@ class DiffusersBackend:
     def _dit_hires_pass(
         self, pipe: Any, request: GenerationRequest, seeds: tuple[int, ...], first: Any, first_size: tuple[int, int],
         progress: _Progress, notes: list[str] | None, control: ControlRun | None = None,
-        redux: ReduxPrompt | None = None,
+        redux: ReduxPrompt | None = None, image_prompt: FluxIpRun | None = None,
     ) -> list[Image.Image]:
         """A1111's second pass for a DiT: the first pass's latents (a latent upscaler) or pictures (a pixel one)
         upscaled, then image-to-image at the hires denoising strength with the hires prompt and steps, seeded
@@ -1121,6 +1139,8 @@ class DiffusersBackend:
         if redux is not None and not request.hires_prompt:  # the Redux picture in this pass too
             del arguments["prompt"]
             arguments |= {"prompt_embeds": redux.prompt_embeds, "pooled_prompt_embeds": redux.pooled_prompt_embeds}
+        if image_prompt is not None:  # the IP-Adapter's picture in this pass too
+            arguments |= image_prompt.arguments
         if control_arguments:
             arguments |= control_arguments
             _unaccepted(pipe, arguments, ("negative_prompt", "true_cfg_scale"))  # said for the first pass
@@ -1819,13 +1839,14 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
 
 
 def _in_unit_order(
-    request: GenerationRequest, controlnets: Sequence[ControlHash], redux: ReduxPrompt | None
+    request: GenerationRequest, controlnets: Sequence[ControlHash], images: Mapping[ControlUnit, ControlHash]
 ) -> tuple[ControlHash, ...]:
-    """The job's control hashes in its units' order: the ControlNet units' and the Redux unit's."""
-    if redux is None:
+    """The job's control hashes in its units' order: the ControlNet units' and the image-prompt units' (Redux,
+    XLabs' IP-Adapter), which `images` maps."""
+    if not images:
         return tuple(controlnets)
-    images, others = image_units(request), iter(controlnets)
-    return tuple(redux.hash if u in images else next(others) for u in request.controls)
+    others = iter(controlnets)
+    return tuple(images[u] if u in images else next(others) for u in request.controls)
 
 
 @contextlib.contextmanager

@@ -103,8 +103,8 @@ class ReduxModels:
         header = read_safetensors_header(entry.path, name=entry.name) if safetensors else None
         if header is None or not is_redux(header):
             raise InvalidRequest(
-                f"{library_text(entry.name)!r} is not a Flux.1 Redux model: {label} takes Redux as its image prompt "
-                "(h94's IP-Adapters are made for Stable Diffusion's UNet)."
+                f"{library_text(entry.name)!r} is not a Flux.1 Redux model: {label} takes Redux or XLabs' IP-Adapter "
+                "as its image prompt (h94's IP-Adapters are made for Stable Diffusion's UNet)."
             )
         info = inspect_redux(header, repr(entry.name))
         width = pipe.transformer.config.joint_attention_dim

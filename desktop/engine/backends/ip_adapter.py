@@ -200,7 +200,7 @@ class IpAdapters:
                 stat = entry.path.stat()
                 key = (str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
                 if key not in self._encoders:
-                    self._encoders[key] = _build_encoder(entry.path, info, entry.name)
+                    self._encoders[key] = build_encoder(entry.path, info, entry.name)
                 encoder = self._encoders[key]
                 return encoder.to(device=pipe.device, dtype=pipe.dtype)
         needs = "; ".join(
@@ -240,7 +240,7 @@ def a1111_module(family: str, encoder: Any, variant: str = "") -> str:
     return A1111_MODULE_SDXL if big else A1111_MODULE_SDXL_VIT_H
 
 
-def _build_encoder(path: Path, info: ImageEncoderInfo, name: str) -> Any:
+def build_encoder(path: Path, info: ImageEncoderInfo, name: str) -> Any:
     from accelerate import init_empty_weights
     from safetensors.torch import load_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -267,7 +267,7 @@ def _build_encoder(path: Path, info: ImageEncoderInfo, name: str) -> Any:
     return model.eval()
 
 
-def _feature_extractor(image_size: int) -> Any:
+def feature_extractor(image_size: int) -> Any:
     import transformers
 
     # The Pillow-backed processor works without torchvision (which Marble does not ship).
@@ -299,7 +299,7 @@ def _load(
                      getattr(pipe, "image_encoder", None))  # fmt: skip
     if encoder is not None:  # FaceID alone reads no CLIP encoder
         pipe.register_modules(image_encoder=encoder,
-                              feature_extractor=_feature_extractor(encoder.config.image_size))  # fmt: skip
+                              feature_extractor=feature_extractor(encoder.config.image_size))  # fmt: skip
     run.handles.append(handle)  # from here on, close() undoes the loading
     try:
         pipe.load_ip_adapter(states, subfolder=[""] * len(states), weight_name=[""] * len(states),

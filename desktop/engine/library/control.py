@@ -44,8 +44,10 @@ from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.library.ip_adapter import (
     inspect_image_encoder,
     inspect_ip_adapter,
+    inspect_xlabs_flux_ip_adapter,
     is_image_encoder,
     is_ip_adapter,
+    is_xlabs_flux_ip_adapter,
     variant_label,
 )
 from desktop.engine.library.onnx_file import DETECTOR, RECOGNIZER, FaceModelInfo, inspect_face_model, read_onnx
@@ -153,6 +155,9 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
     if is_ip_adapter(header):
         ip = inspect_ip_adapter(header, name)
         return ControlInfo(IP_ADAPTER, ip.variant, "", ip.family, None)
+    if is_xlabs_flux_ip_adapter(header):
+        ip = inspect_xlabs_flux_ip_adapter(header, name)
+        return ControlInfo(IP_ADAPTER, ip.variant, "", FLUX, None)
     if is_image_encoder(header):
         encoder = inspect_image_encoder(header, name)
         return ControlInfo(IMAGE_ENCODER, encoder.short_name, "", None, None)

@@ -47,6 +47,7 @@ from desktop.engine.library.dit import read_gguf_tensors, shown_dtype
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
 from desktop.engine.library.flux_control_lora import control_lora_layout
+from desktop.engine.library.ip_adapter import is_xlabs_flux_ip_adapter
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.upscaler import inspect_upscaler, not_an_upscaler
 from desktop.engine.library.vae import inspect_vae
@@ -591,7 +592,12 @@ def guess_kind(path: Path | str) -> str:
         return "model"
     if not_an_upscaler(header.tensors):
         return "upscaler"  # a face restorer or an inpainter: the upscaler import says why it is refused
-    if dit_controlnet_family(header) or is_xlabs_controlnet(header) or control_lora_layout(header) is not None:
+    if (
+        dit_controlnet_family(header)
+        or is_xlabs_controlnet(header)
+        or is_xlabs_flux_ip_adapter(header)
+        or control_lora_layout(header) is not None
+    ):
         return "control"  # before the LoRA reader, which takes their transformer blocks' names
     # Tried in turn: the first reader that accepts the header names the library. Upscalers first: their
     # readers want exact tensor names, while the LoRA reader takes HAT's `layers.N...attention.` names

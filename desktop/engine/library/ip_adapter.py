@@ -37,10 +37,14 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import SafetensorsHeader
 
 PLAIN, PLUS, FULL, FACEID, FACEID_PLUS = "plain", "plus", "full", "faceid", "faceid-plus"
+XLABS = "xlabs"  # XLabs' Flux.1 IP-Adapter (flux-ip-adapter, -v2)
 _VARIANT_LABELS = {
     PLAIN: "IP-Adapter", PLUS: "IP-Adapter Plus", FULL: "IP-Adapter Full", FACEID: "IP-Adapter FaceID",
-    FACEID_PLUS: "IP-Adapter FaceID Plus", "redux": "Redux",
+    FACEID_PLUS: "IP-Adapter FaceID Plus", "redux": "Redux", XLABS: "IP-Adapter (XLabs)",
 }  # fmt: skip
+# XLabs' Flux.1 IP-Adapter files: the image projection and, in each double block, the image tokens' keys and values.
+XLABS_PROJECTION = "ip_adapter_proj_model.proj.weight"
+XLABS_KEYS = ".processor.ip_adapter_double_stream_k_proj.weight"
 FACE_VARIANTS = (FACEID, FACEID_PLUS)
 # What a FaceID adapter reads instead of (or besides) CLIP: insightface's face models, as users have them.
 FACE_MODELS = (
@@ -58,8 +62,8 @@ _LAYER = re.compile(r"vision_model\.encoder\.layers\.(\d+)\.")
 class IpAdapterInfo:
     """What an IP-Adapter's header says: variant, family and the encoder it needs."""
 
-    variant: str  # PLAIN | PLUS | FULL
-    family: str | None  # "sd1" | "sd2" | "sdxl"; None for widths no released family has
+    variant: str  # PLAIN | PLUS | FULL | FACEID | FACEID_PLUS | XLABS
+    family: str | None  # "sd1" | "sd2" | "sdxl" | "flux" (XLABS); None for widths no released family has
     # Which encoder output it reads ("image_embeds" = the projection, "hidden" = the hidden states, NO_ENCODER
     # = none) and how wide that output must be: the encoder is picked from the library by these.
     encoder_output: str
@@ -121,6 +125,22 @@ class ImageEncoderInfo:
 
 def is_ip_adapter(header: SafetensorsHeader) -> bool:
     return header.has_prefix("image_proj.") and header.has_prefix("ip_adapter.")
+
+
+def is_xlabs_flux_ip_adapter(header: SafetensorsHeader) -> bool:
+    """XLabs' Flux.1 IP-Adapter (`ip_adapter_proj_model.*` + `double_blocks.N.processor.ip_adapter_double_stream_*`),
+    whose block names would also pass for an XLabs LoRA's."""
+    return XLABS_PROJECTION in header.tensors and any(name.endswith(XLABS_KEYS) for name in header.tensors)
+
+
+def inspect_xlabs_flux_ip_adapter(header: SafetensorsHeader, name: str = "this file") -> IpAdapterInfo:
+    """XLabs' Flux.1 IP-Adapter: it reads a CLIP encoder's projected embedding (OpenAI's ViT-L/14: 768 wide) and
+    feeds its tokens to the double blocks' attention at the text width (`attention_width`: 4096 for Flux.1)."""
+    projection = header.shape(XLABS_PROJECTION)
+    keys = header.shape(next(n for n in sorted(header.tensors) if n.endswith(XLABS_KEYS)))
+    if projection is None or len(projection) != 2 or keys is None or len(keys) != 2:
+        raise ModelError(f"{name} looks like XLabs' Flux.1 IP-Adapter but its projection or key tensors are not 2-D.")
+    return IpAdapterInfo(XLABS, "flux", "image_embeds", projection[1], keys[1])
 
 
 def is_image_encoder(header: SafetensorsHeader) -> bool:

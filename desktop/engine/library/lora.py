@@ -17,6 +17,7 @@ from desktop.engine.library.catalog import find_by_name
 from desktop.engine.library.checkpoint import SafetensorsHeader, read_safetensors_header, sniff_file_type
 from desktop.engine.library.control import dit_controlnet_family, inspect_control, is_xlabs_controlnet
 from desktop.engine.library.flux_control_lora import control_lora_layout
+from desktop.engine.library.ip_adapter import is_xlabs_flux_ip_adapter
 from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
 
 # Cross-attention context width of each base family: what the UNet's attn2.to_k/to_v read.
@@ -77,9 +78,9 @@ def inspect_lora(header: SafetensorsHeader, name: str = "this file") -> LoraInfo
             f"{name} is a Flux.1 Control-LoRA (BFL's Canny / Depth dev LoRA): import it as a control model "
             "(marble controls import FILE) and use it in a control unit with its picture."
         )
-    if dit_controlnet_family(header) is not None or is_xlabs_controlnet(header):
-        # A DiT ControlNet's transformer blocks have the names a LoRA's layers sit on, and its full weights would
-        # pass for a LoRA's.
+    if dit_controlnet_family(header) is not None or is_xlabs_controlnet(header) or is_xlabs_flux_ip_adapter(header):
+        # A DiT ControlNet's transformer blocks (or XLabs' IP-Adapter's block processors) have the names a LoRA's
+        # layers sit on, and its weights would pass for a LoRA's.
         raise ModelError(
             f"{name} is a {inspect_control(header, name).label}, not a LoRA: import it as a control model (marble "
             "controls import FILE) and use it in a control unit with its picture."

@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.control import CONTROL_LORA, FLUX, IP_ADAPTER, REDUX
 from desktop.engine.library.index import KINDS, LibraryRecord
+from desktop.engine.library.ip_adapter import XLABS
 from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
 from desktop.ui.translation import translate
 
@@ -395,7 +396,8 @@ class LibraryIntegration(QObject):
             # Preprocessors' networks (format "annotator (...)") are found by task, never picked as a unit's model.
             units = [r for r in records if not (r.format or "").startswith(("image-encoder", "annotator"))]
             ips = [r.name for r in units if (r.format or "").startswith("ip-adapter")]
-            redux = [r.name for r in units if r.format == f"{IP_ADAPTER} ({REDUX})"]
+            # Flux.1's image prompts (Redux, XLabs' IP-Adapter) read one picture at every step.
+            redux = [r.name for r in units if r.format in (f"{IP_ADAPTER} ({REDUX})", f"{IP_ADAPTER} ({XLABS})")]
             # Flux.1 Control-LoRAs act at every step (Stability's SDXL ones take a range like any ControlNet).
             flux_loras = [r.name for r in units if (r.format or "").startswith(CONTROL_LORA) and r.family == FLUX]
             panel.control_list.set_names([r.name for r in units], ip_adapters=ips,
