@@ -22,6 +22,7 @@ from desktop.engine.library.lora import inspect_lora
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.engine.test_flux_redux import prior_embeds, redux  # noqa: F401 - the fixture
 from tests.engine.test_model_families import bare_flux
 from tests.support.tiny_dit import build_tiny_flux, save_pipeline
 from tests.support.tiny_ip_adapters import build_tiny_image_encoder, save_image_encoder
@@ -163,3 +164,21 @@ def test_the_command_line_runs_it_and_the_png_says_it_as_the_extension_does(flux
     assert f'ControlNet 0: "Module: ip-adapter, Model: {ADAPTER} [{digest}], Weight: 0.6' in metadata.raw["parameters"]
     (read,) = metadata.request.controls
     assert (read.model, read.preprocessor, read.weight) == (ADAPTER, "ip-adapter", 0.6)
+
+
+def test_a_redux_unit_joins_it(redux, flux):  # noqa: F811 - the Redux test module's fixture
+    # Redux's picture as prompt tokens, the IP-Adapter's as attention keys and values: both in one job.
+    home = redux["home"]
+    for name in (f"{ADAPTER}.safetensors", "clip-vit-large-patch14.safetensors"):
+        (home.controls / name).write_bytes((flux["home"].controls / name).read_bytes())
+    units = (ControlUnit("flux1-redux-dev", str(redux["reference"]), 0.8, preprocessor="ip-adapter"), unit(flux))
+    values = FLUX | {"seed": 13}
+    batch, _ = run(make_backend(home), request_for(redux["folder"], controls=units, **values))
+    assert [c.name for c in batch.controls] == ["flux1-redux-dev", ADAPTER]  # in the units' order
+    base = bare_flux(redux["folder"])
+    embeds = prior_embeds(redux, base, 0.8)
+    pipe = with_adapter(flux, base, 0.7)
+    expected = pipe(num_inference_steps=3, width=64, height=64, guidance_scale=3.5,
+                    ip_adapter_image=Image.open(flux["picture"]).convert("RGB"),
+                    generator=torch.Generator("cpu").manual_seed(13), **embeds).images[0]  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
