@@ -182,3 +182,18 @@ def test_a_redux_unit_joins_it(redux, flux):  # noqa: F811 - the Redux test modu
                     ip_adapter_image=Image.open(flux["picture"]).convert("RGB"),
                     generator=torch.Generator("cpu").manual_seed(13), **embeds).images[0]  # fmt: skip
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+
+
+def test_an_adapter_for_another_depth_is_refused_by_name_and_leaves_the_model_plain(flux, tmp_path):
+    # One double block fewer than the model has (a file for another Flux): a clear error, the processors put back.
+    from safetensors.torch import load_file
+
+    state = load_file(str(flux["home"].controls / f"{ADAPTER}.safetensors"))
+    short = {k: v for k, v in state.items() if not k.startswith("double_blocks.1.")}
+    save_file(short, str(flux["home"].controls / "short-ip.safetensors"))
+    backend = make_backend(flux["home"])
+    plain, _ = run(backend, request_for(flux["folder"], **FLUX))
+    with pytest.raises(ModelError, match="'short-ip' does not fit Flux.1 dev"):
+        run(backend, request_for(flux["folder"], controls=(unit(flux, model="short-ip"),), **FLUX))
+    after, _ = run(backend, request_for(flux["folder"], **FLUX))
+    assert np.array_equal(pixels(after.images[0]), pixels(plain.images[0]))

@@ -105,9 +105,15 @@ class FluxIpAdapters:
         encoder, extractor = self._encoder(info.encoder_width, entry.name)
         encoder = encoder.to(device=device, dtype=dtype)
         state = _diffusers_state(Path(entry.path))
-        base.load_ip_adapter(state, weight_name="", image_encoder_pretrained_model_name_or_path=None)
         run = FluxIpRun({}, {unit: ControlHash(entry.name, legacy_hash(Path(entry.path)), "ip-adapter")}, base)
         try:
+            try:
+                base.load_ip_adapter(state, weight_name="", image_encoder_pretrained_model_name_or_path=None)
+            except (ValueError, KeyError, RuntimeError, TypeError) as error:
+                raise ModelError(
+                    f"{library_text(entry.name)!r} does not fit {label}: {str(error).splitlines()[0][:200]}. Pick "
+                    "XLabs' IP-Adapter made for Flux.1."
+                ) from None
             base.set_ip_adapter_scale(float(unit.weight))
             picture = load_source(unit.image, "The IP-Adapter unit's image")
             black = _black(size)  # what diffusers' true CFG reads the negative prompt against
@@ -116,6 +122,8 @@ class FluxIpAdapters:
         except BaseException:
             run.close()
             raise
+        finally:
+            encoder.to("cpu")  # only the embeddings stay on the device for the job
         run.arguments = {"ip_adapter_image_embeds": [embeds], "negative_ip_adapter_image_embeds": [negative]}
         return run
 
