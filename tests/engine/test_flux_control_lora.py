@@ -194,3 +194,18 @@ def test_a_memory_mode_change_takes_a_kept_control_lora_off_first(flux):
     after, _ = run(backend, request_for(flux["folder"], memory_mode="fp8", **FLUX))
     fresh, _ = run(make_backend(flux["home"]), request_for(flux["folder"], memory_mode="fp8", **FLUX))
     assert np.array_equal(pixels(after.images[0]), pixels(fresh.images[0]))
+
+
+def test_a_refused_lora_job_between_control_jobs_leaves_the_loras_working(flux):
+    # The LoRA manager loads a job's LoRAs before the Control-LoRA job is refused for them; the next job puts the
+    # model back (every adapter off), and a LoRA job after that loads its LoRA again: the same picture as fresh.
+    home = flux["home"]
+    save_file(tiny_dit_loras.peft_lora(flux["pipe"].transformer, seed=7), str(home.loras / "style.safetensors"))
+    with_lora = request_for(flux["folder"], loras=(LoraRef("style", 1.0),), **FLUX)
+    backend = make_backend(home)
+    run(backend, request_for(flux["folder"], controls=(unit(flux),), **FLUX))
+    with pytest.raises(InvalidRequest, match="runs without other LoRAs"):
+        run(backend, replace(with_lora, controls=(unit(flux),)))
+    after, _ = run(backend, with_lora)
+    fresh, _ = run(make_backend(home), with_lora)
+    assert np.array_equal(pixels(after.images[0]), pixels(fresh.images[0]))

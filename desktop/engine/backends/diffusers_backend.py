@@ -837,7 +837,7 @@ class DiffusersBackend:
         _refuse_dit_controls(self._dit, request)
         if not self._control_loras.find(request.controls):
             # A Flux.1 Control-LoRA kept from the last job comes off before the memory mode and LoRAs touch the model.
-            self._control_loras.release(self._pipe)
+            self._release_control_lora()
         self._dit_memory(request)
         fallbacks: list[str] = []
         while True:
@@ -1050,6 +1050,11 @@ class DiffusersBackend:
         hashes = _in_unit_order(request, control.hashes if control is not None else (), by_unit)
         return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None, hashes)
 
+    def _release_control_lora(self) -> None:
+        """A kept Flux.1 Control-LoRA off the model; the LoRA adapters taken off with it load again when asked."""
+        if self._control_loras.release(self._pipe):
+            self._loras.adapters_gone()
+
     def _control_lora_run(
         self, request: GenerationRequest, controlnets: GenerationRequest, units: list[ControlUnit],
         plan: EditPlan | None, size: dict[str, Any], loras: tuple[AdapterHash, ...],
@@ -1173,7 +1178,7 @@ class DiffusersBackend:
             return
         # A mode changes the plain model (hooks, casts, quantised layers): a kept Flux.1 Control-LoRA comes off
         # first, and the job that wants it loads it again in the new mode (or is refused there).
-        self._control_loras.release(self._pipe)
+        self._release_control_lora()
         if self._dit_mode is not None and needs_reload(self._dit_mode, mode):
             self.unload()
             self.load(request)

@@ -50,11 +50,14 @@ class FluxControlLoras:
         """The pipeline is gone (unloaded or replaced): the Control-LoRA went with it."""
         self._kept = None
 
-    def release(self, pipe: Any) -> None:
-        """The model put back as it was, if a Control-LoRA is loaded on it (a job that asks for none)."""
-        if self._kept is not None and self._kept[1] == id(pipe):
+    def release(self, pipe: Any) -> bool:
+        """The model put back as it was, if a Control-LoRA is loaded on it (a job that asks for none); whether it
+        was (every LoRA adapter on the model went with it: the LoRA manager's load again when asked)."""
+        released = self._kept is not None and self._kept[1] == id(pipe)
+        if released:
             pipe.unload_lora_weights(reset_to_overwritten_params=True)
         self._kept = None
+        return released
 
     def find(self, units: tuple[ControlUnit, ...]) -> list[ControlUnit]:
         """The units whose model is a Flux.1 Control-LoRA in the control library."""

@@ -104,13 +104,18 @@ class LoraAdapters:
         self._enabled = True
         self._lycoris.forget()
 
+    def adapters_gone(self) -> None:
+        """Every adapter was taken off the pipeline by someone else (a Flux.1 Control-LoRA's reset): they load again
+        when asked."""
+        self._loaded.clear()
+        self._enabled = True
+
     def unload_all(self, pipe: Any) -> None:
         """Every LoRA adapter taken off the pipeline, its layers plain again (a Flux.1 Control-LoRA widens the input
         layer, which diffusers puts back only when no other adapter wraps it); they load again when asked."""
         if self._loaded:
             pipe.unload_lora_weights()
-        self._loaded.clear()
-        self._enabled = True
+        self.adapters_gone()
 
     def apply(
         self, pipe: Any, request: GenerationRequest, shape: ModelShape, model_name: str, *, embeddings: bool = True
