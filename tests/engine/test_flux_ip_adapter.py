@@ -135,6 +135,13 @@ def test_what_it_cannot_run_is_refused_and_leaves_the_model_plain(flux, tmp_path
         run(backend, request_for(flux["folder"], controls=(unit(flux), unit(flux, weight=0.3)), **FLUX))
     with pytest.raises(InvalidRequest, match="memory modes full, tiled and offload, not fp8"):
         run(backend, request_for(flux["folder"], controls=(unit(flux),), memory_mode="fp8", **FLUX))
+    # A GGUF transformer keeps its quantised storage, in which diffusers would make the adapter's layers.
+    from tests.support.tiny_dit import flux_to_bfl, save_gguf
+
+    gguf = save_gguf(flux_to_bfl(dict(bare_flux(flux["folder"]).transformer.state_dict())), tmp_path / "f-Q8_0.gguf")
+    with pytest.raises(InvalidRequest, match=r"runs with a Flux.1 file in bf16 / fp16, not Flux.1 dev \(Q8_0\)'s"):
+        run(backend, request_for(gguf, controls=(unit(flux),), text_encoders=str(flux["folder"]),
+                                 model_config=str(flux["folder"]), **FLUX))
     # Without a CLIP encoder of its projection's width in the library: what to import.
     home = AppPaths.for_root(tmp_path / "home").ensure()
     home.controls.mkdir(parents=True, exist_ok=True)

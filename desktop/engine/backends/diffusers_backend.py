@@ -977,7 +977,8 @@ class DiffusersBackend:
         try:
             if ip_units:  # loaded on the model for this call (closed below)
                 image_prompt = self._flux_ip.prepare(self._pipe, pipe, ip_units, (width, height),
-                                                     self._dit_mode or "full", self._dit.label)  # fmt: skip
+                                                     self._dit_mode or "full", self._dit.label,
+                                                     bool(self._dit.quantization or self._dit.fp8_storage))  # fmt: skip
             drawn = seeds[0] if control is not None and control.global_draws else None
             with torch.inference_mode(), flux2.references_beside_source(pipe, beside), \
                     cached_encoding(pipe, self._prompts, context), _seeded_global_rng(drawn, device):

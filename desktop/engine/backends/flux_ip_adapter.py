@@ -10,7 +10,8 @@ the pipelines' `encode_image` does; the embeddings (and a black picture's, which
 go to whichever Flux pipeline runs, the hires pass's too. After the job `unload_ip_adapter` puts the processors back.
 
 One unit, one picture, at every step; with the memory modes that keep the transformer's layers whole (full, tiled,
-model offload): the adapter's layers are made on the transformer's device and dtype when it loads.
+model offload) and a transformer whose weights are not kept quantised (GGUF, fp8 files): the adapter's layers are
+made on the transformer's device and in its dtype when it loads.
 
 torch and diffusers are used inside the functions: only the diffusers backend loads this module.
 """
@@ -86,12 +87,19 @@ class FluxIpAdapters:
 
     def prepare(
         self, base: Any, pipe: Any, units: Sequence[ControlUnit], size: tuple[int, int], mode: str, label: str,
+        quantised: bool = False,
     ) -> FluxIpRun:
         """The one unit's adapter loaded on `base` (the loaded Flux.1 pipeline; `pipe` the one this job calls) and
-        its picture's embeddings for a job at `size` in memory `mode`."""
+        its picture's embeddings for a job at `size` in memory `mode`. `quantised`: the model keeps its transformer's
+        weights quantised (a GGUF or fp8 file), in whose storage type diffusers would make the adapter's layers."""
         import torch
 
         unit = _refuse(units, pipe, mode, label)
+        if quantised:
+            raise InvalidRequest(
+                f"The IP-Adapter {unit.model.strip()!r} runs with a Flux.1 file in bf16 / fp16, not {label}'s "
+                "quantised one: diffusers would make its layers in the file's storage type."
+            )
         entry = self._catalog.get(unit.model.strip())
         header = read_safetensors_header(entry.path, name=entry.name)
         info = inspect_xlabs_flux_ip_adapter(header, repr(entry.name))
