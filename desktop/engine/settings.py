@@ -111,7 +111,8 @@ SETTINGS: tuple[Setting, ...] = (
         "tokenizer_folder", "Tokenizer folder", "For a Qwen-Image, Z-Image or Flux.2 file run with a text "
         "encoder from the library: a folder holding the tokenizer to use instead of Marble's own Qwen tokenizer "
         "(tokenizer.json and tokenizer_config.json; the model's diffusers folder serves), and for a Flux.2 dev "
-        "Mistral file that carries none, Mistral's; empty: Marble's own. Takes effect at the next start.",
+        "Mistral file that carries none, Mistral's; for a Lumina Image 2.0 file run with a Gemma-2 file, Gemma's (it "
+        "cannot ship: needed); empty: Marble's own. Takes effect at the next start.",
         FOLDER, "",
     ),
     # The window serves on 127.0.0.1 only: listening beyond this machine needs authentication, which
