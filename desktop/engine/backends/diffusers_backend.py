@@ -102,7 +102,7 @@ from desktop.engine.backends.hires import (  # noqa: E402
 from desktop.engine.backends.ip_adapter import IpAdapters  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.masked_content import masked_latents  # noqa: E402
-from desktop.engine.backends.memory import DESCRIPTIONS, attempts, choose_mode  # noqa: E402
+from desktop.engine.backends.memory import DESCRIPTIONS, apply_mode, attempts, choose_mode  # noqa: E402
 from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
 from desktop.engine.backends.prompt_cache import PromptCache, PromptKey  # noqa: E402
 from desktop.engine.backends.refiner import Refiners  # noqa: E402
@@ -1366,18 +1366,7 @@ class DiffusersBackend:
         """Switch tiling, slicing and offload on the modules `pipe` shares with its siblings."""
         if mode == self._memory_mode:
             return
-        device = self._key.device if self._key else "cpu"
-        if self._memory_mode == "offload":
-            pipe.remove_all_hooks()
-            pipe.to(device)
-        if mode in ("tiled", "offload"):
-            pipe.vae.enable_tiling()
-            pipe.enable_attention_slicing()
-        else:
-            pipe.vae.disable_tiling()
-            pipe.disable_attention_slicing()
-        if mode == "offload":
-            pipe.enable_model_cpu_offload(device=device)
+        apply_mode(pipe, self._memory_mode, mode, self._key.device if self._key else "cpu")
         self._memory_mode = mode
 
     @property

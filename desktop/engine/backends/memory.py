@@ -1,6 +1,7 @@
 """Memory modes: which one to start with, which one to fall back to after an out-of-memory error.
 
-Pure policy, no torch: the diffusers backend measures the device and applies the mode.
+Pure policy, no torch: the diffusers backend measures the device and applies the mode (`apply_mode`, through
+the pipeline's own methods).
   full     everything on the device, nothing sliced: fastest.
   tiled    VAE tiling and attention slicing: large images in less memory, same weights on the device.
   offload  model CPU offload (GPU only): each component visits the GPU only while it runs.
@@ -9,6 +10,7 @@ Pure policy, no torch: the diffusers backend measures the device and applies the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 LADDER = ("full", "tiled", "offload")
 # Above this many pixels the VAE decode alone can need more memory than the UNet steps.
@@ -76,3 +78,21 @@ def attempts(mode: str, device: str) -> tuple[Attempt, ...]:
         f"(memory mode {lower!r}). Choose it in the settings to skip the first try.",
     )
     return (first, retry)
+
+
+def apply_mode(pipe: Any, current: str | None, mode: str, device: str) -> None:
+    """Put an SD pipeline that is in mode `current` (None: as loaded) in `mode`: on the device whole, with VAE
+    tiling and attention slicing from "tiled" down, and with model offload in "offload". The base model and the
+    SDXL refiner share it, so the refiner follows the base's mode."""
+    if current == "offload" and mode != "offload":
+        pipe.remove_all_hooks()
+    if mode != "offload":
+        pipe.to(device)
+    if mode in ("tiled", "offload"):
+        pipe.vae.enable_tiling()
+        pipe.enable_attention_slicing()
+    else:
+        pipe.vae.disable_tiling()
+        pipe.disable_attention_slicing()
+    if mode == "offload" and current != "offload":
+        pipe.enable_model_cpu_offload(device=device)

@@ -23,6 +23,7 @@ from typing import Any
 
 from desktop.engine.backends.base import RefinerHash
 from desktop.engine.backends.conversion_cache import ConversionCache
+from desktop.engine.backends.memory import apply_mode
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS
 from desktop.engine.errors import ModelError
 from desktop.engine.library.catalog import HashCache, ModelCatalog
@@ -50,12 +51,12 @@ class Refiners:
         self._converted_folder = converted_folder  # (file, config folder, config name) -> its cache entry
         self._key: tuple[str, str] | None = None
         self._pipe: Any = None
-        self._offloaded = False
+        self._mode: str | None = None  # the memory mode it was placed in (memory.py); None: on the CPU as loaded
 
     def forget(self) -> None:
-        if self._offloaded:
+        if self._mode == "offload":
             self._pipe.remove_all_hooks()  # the offload hooks hold the modules too
-        self._key, self._pipe, self._offloaded = None, None, False
+        self._key, self._pipe, self._mode = None, None, None
 
     def used(self, request: GenerationRequest) -> RefinerHash | None:
         """What metadata records: the refiner's name and, for a single file, its AutoV2 hash."""
@@ -82,25 +83,13 @@ class Refiners:
         return self._pipe
 
     def place(self, device: str, mode: str) -> Any:
-        """The loaded refiner on `device` in the base model's memory `mode` (memory.py's ladder): whole, with its
-        VAE tiled and attention sliced from "tiled" down, and with model offload (each module on the device only
-        while it runs) in "offload", so the two fit a card that holds neither whole beside the other."""
-        pipe = self._pipe
-        offload = mode == "offload"
-        if offload and not self._offloaded:
-            pipe.enable_model_cpu_offload(device=device)
-        elif not offload:
-            if self._offloaded:
-                pipe.remove_all_hooks()
-            pipe.to(device)
-        self._offloaded = offload
-        if mode in ("tiled", "offload"):
-            pipe.vae.enable_tiling()
-            pipe.enable_attention_slicing()
-        else:
-            pipe.vae.disable_tiling()
-            pipe.disable_attention_slicing()
-        return pipe
+        """The loaded refiner on `device` in the base model's memory `mode` (memory.apply_mode, as the base): whole,
+        tiled and sliced, or with model offload (each module on the device only while it runs), so the two fit a
+        card that holds neither whole beside the other."""
+        if mode != self._mode:
+            apply_mode(self._pipe, self._mode, mode, device)
+            self._mode = mode
+        return self._pipe
 
     def _load_file(self, path: Path, name: str, dtype: Any) -> Any:
         """An original-layout refiner file (sd_xl_refiner_1.0.safetensors) through the shipped config; from its
