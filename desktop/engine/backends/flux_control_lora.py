@@ -25,10 +25,9 @@ from typing import Any
 from desktop.engine.backends.base import ControlHash
 from desktop.engine.backends.control import legacy_hash
 from desktop.engine.errors import InvalidRequest, ModelError
-from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.flux_control_lora import control_lora_layout
-from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.library.lora import AdapterCatalog, HeaderFacts, file_identity
 from desktop.engine.request import ControlUnit
 from desktop.engine.terminal_text import library_text
 
@@ -42,7 +41,7 @@ class FluxControlLoras:
 
     def __init__(self, catalog: AdapterCatalog) -> None:
         self._catalog = catalog
-        self._layouts: dict[tuple[str, int, int], str | None] = {}
+        self._layout = HeaderFacts(catalog, control_lora_layout)
         # The file loaded on the model now (path, size, mtime) and that pipeline's id; None when none is.
         self._kept: tuple[tuple[str, int, int], int] | None = None
 
@@ -63,24 +62,11 @@ class FluxControlLoras:
         """The units whose model is a Flux.1 Control-LoRA in the control library."""
         return [unit for unit in units if self._layout(unit.model.strip()) is not None]
 
-    def _layout(self, name: str) -> str | None:
-        entry = self._catalog.find(name)
-        if entry is None:
-            return None
-        stat = entry.path.stat()
-        key = (str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in self._layouts:
-            safetensors = sniff_file_type(entry.path) == "safetensors"
-            header = read_safetensors_header(entry.path, name=entry.name) if safetensors else None
-            self._layouts[key] = control_lora_layout(header) if header is not None else None
-        return self._layouts[key]
-
     def load(self, pipe: Any, unit: ControlUnit) -> ControlHash:
         """The unit's Control-LoRA on `pipe` (its LoRA adapters already unloaded) at the unit's weight: loaded, or
         kept from the last batch; the unit's hash for the metadata."""
         entry = self._catalog.get(unit.model.strip())
-        stat = entry.path.stat()
-        wanted = ((str(entry.path.resolve()), stat.st_size, stat.st_mtime_ns), id(pipe))
+        wanted = (file_identity(entry.path), id(pipe))
         try:
             if self._kept != wanted:
                 self.release(pipe)

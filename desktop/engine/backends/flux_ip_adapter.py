@@ -30,20 +30,19 @@ from desktop.engine.backends.control import legacy_hash
 from desktop.engine.backends.ip_adapter import build_encoder, feature_extractor
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import load_source
-from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
+from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.ip_adapter import (
     inspect_image_encoder,
     inspect_xlabs_flux_ip_adapter,
     is_image_encoder,
     is_xlabs_flux_ip_adapter,
 )
-from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.library.lora import AdapterCatalog, HeaderFacts, file_identity
 from desktop.engine.request import ControlUnit
 from desktop.engine.terminal_text import library_text
 
 # The memory modes whose hooks move the transformer whole (or none): the adapter's layers move with it.
 _MODES = ("full", "tiled", "offload")
-_Identity = tuple[str, int, int]
 _BLOCK_KEY = re.compile(r"^double_blocks\.(\d+)\.processor\.ip_adapter_double_stream_([kv])_proj\.(weight|bias)$")
 
 
@@ -64,26 +63,15 @@ class FluxIpAdapters:
 
     def __init__(self, catalog: AdapterCatalog) -> None:
         self._catalog = catalog
-        self._kinds: dict[_Identity, bool] = {}
-        self._encoders: dict[_Identity, Any] = {}
+        self._is_adapter = HeaderFacts(catalog, is_xlabs_flux_ip_adapter)
+        self._encoders: dict[tuple[str, int, int], Any] = {}
 
     def forget(self) -> None:
         self._encoders.clear()
 
     def find(self, units: Sequence[ControlUnit]) -> list[ControlUnit]:
         """The units whose model is XLabs' Flux.1 IP-Adapter in the control library."""
-        return [unit for unit in units if self._is_adapter(unit.model.strip())]
-
-    def _is_adapter(self, name: str) -> bool:
-        entry = self._catalog.find(name)
-        if entry is None:
-            return False
-        key = _identity(Path(entry.path))
-        if key not in self._kinds:
-            safetensors = sniff_file_type(entry.path) == "safetensors"
-            header = read_safetensors_header(entry.path, name=entry.name) if safetensors else None
-            self._kinds[key] = header is not None and is_xlabs_flux_ip_adapter(header)
-        return self._kinds[key]
+        return [unit for unit in units if self._is_adapter(unit.model)]
 
     def prepare(
         self, base: Any, pipe: Any, units: Sequence[ControlUnit], size: tuple[int, int], mode: str, label: str,
@@ -143,7 +131,7 @@ class FluxIpAdapters:
                 continue
             info = inspect_image_encoder(header, entry.name)
             if info.projection_dim == projection:
-                key = _identity(Path(entry.path))
+                key = file_identity(entry.path)
                 if key not in self._encoders:
                     self._encoders[key] = build_encoder(Path(entry.path), info, entry.name)
                 return self._encoders[key], feature_extractor(info.image_size)
@@ -206,8 +194,3 @@ def _embed(encoder: Any, extractor: Any, image: Any, device: Any, dtype: Any) ->
     """The picture's projected CLIP embedding, (1, 1, width), as the pipelines' `encode_image` makes it."""
     pixels = extractor(image, return_tensors="pt").pixel_values.to(device=device, dtype=dtype)
     return encoder(pixels).image_embeds[None, :]
-
-
-def _identity(path: Path) -> _Identity:
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns

@@ -25,7 +25,7 @@ from desktop.engine.backends.control import legacy_hash
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import load_source
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
-from desktop.engine.library.lora import AdapterCatalog
+from desktop.engine.library.lora import AdapterCatalog, file_identity
 from desktop.engine.library.redux import (
     ReduxInfo,
     SiglipInfo,
@@ -45,12 +45,6 @@ class ReduxPrompt:
     prompt_embeds: Any
     pooled_prompt_embeds: Any
     hash: ControlHash
-
-
-def _identity(path: Path) -> tuple[str, int, int]:
-    """A file as it is now: a file changed in place (another picture saved over it) is another key."""
-    stat = path.stat()
-    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def image_units(request: GenerationRequest) -> tuple[ControlUnit, ...]:
@@ -116,8 +110,8 @@ class ReduxModels:
         dtype = pipe.vae.dtype
         encoder_path, siglip = self._encoder(info, entry.name)
         picture = load_source(unit.image, "The Redux unit's image")
-        key = (context, _identity(entry.path), _identity(encoder_path), _identity(Path(unit.image)), request.prompt,
-               float(unit.weight), device, str(dtype))  # fmt: skip
+        key = (context, file_identity(entry.path), file_identity(encoder_path), file_identity(Path(unit.image)),
+               request.prompt, float(unit.weight), device, str(dtype))  # fmt: skip
         if self._last is not None and self._last[0] == key:
             last = self._last[1]  # cloned: a pipeline may change what it was given in place
             return ReduxPrompt(last.prompt_embeds.clone(), last.pooled_prompt_embeds.clone(), last.hash)
@@ -137,7 +131,7 @@ class ReduxModels:
         return made
 
     def _module(self, path: Path, build: Any) -> Any:
-        key = _identity(path)
+        key = file_identity(path)
         if key not in self._loaded:
             self._loaded[key] = build(path)
         return self._loaded[key]

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.catalog import find_by_name
@@ -19,6 +20,8 @@ from desktop.engine.library.control import dit_controlnet_family, inspect_contro
 from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.library.ip_adapter import is_xlabs_flux_ip_adapter
 from desktop.engine.request import MAX_LORA_WEIGHT, LoraRef
+
+T = TypeVar("T")
 
 # Cross-attention context width of each base family: what the UNet's attn2.to_k/to_v read.
 _FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -424,6 +427,33 @@ def parse_lora_arg(value: str) -> LoraRef:
 class AdapterFile:
     name: str
     path: Path
+
+
+def file_identity(path: Path) -> tuple[str, int, int]:
+    """A file as it is now (resolved path, size, modification time): a file changed in place is another key."""
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+class HeaderFacts(Generic[T]):
+    """What `read` makes of a catalog entry's safetensors header, read once per file as it is (None for a name the
+    catalog lacks or a file that is no safetensors): which control units name a Flux.1 Control-LoRA, say."""
+
+    def __init__(self, catalog: AdapterCatalog, read: Callable[[SafetensorsHeader], T]) -> None:
+        self._catalog = catalog
+        self._read = read
+        self._known: dict[tuple[str, int, int], T | None] = {}
+
+    def __call__(self, name: str) -> T | None:
+        entry = self._catalog.find(name.strip())
+        if entry is None:
+            return None
+        key = file_identity(entry.path)
+        if key not in self._known:
+            safetensors = sniff_file_type(entry.path) == "safetensors"
+            header = read_safetensors_header(entry.path, name=entry.name) if safetensors else None
+            self._known[key] = self._read(header) if header is not None else None
+        return self._known[key]
 
 
 class AdapterCatalog:
