@@ -346,3 +346,11 @@ def test_gemma_files_are_told_from_the_other_llm_encoders():
     assert kind([layer + "self_attn.q_proj.weight", layer + "pre_feedforward_layernorm.weight"]) == "gemma2"
     assert kind([layer + "self_attn.q_proj.weight"]) == "mistral3"
     assert kind([layer + "self_attn.q_proj.weight", layer + "self_attn.q_norm.weight"]) == "qwen3"
+
+
+def test_the_long_prompt_note_counts_the_system_prompt(paths, lumina):
+    # 120 characters read alone fit the 256 tokens (one a character with the tiny tokenizer); after the
+    # pipeline's system prompt (about 160) they do not, and the end of the prompt is cut: said.
+    prompt = "a red circle " * 9 + "and more"  # 125 characters
+    batch, _ = run(make_backend(paths), request_for(lumina["folder"], prompt=prompt, steps=2, cfg_scale=4.0))
+    assert any("prompt with its system prompt is" in note and "reads the first 256" in note for note in batch.notes)
