@@ -19,6 +19,7 @@ from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
 from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
 from tests.support.tiny_lumina2 import build_tiny_lumina2
+from tests.support.tiny_qwen21 import build_tiny_qwen21, save_folder
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
 
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -32,6 +33,7 @@ CASES = {
     "qwen-image": (build_tiny_qwen_image, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "chroma": (build_tiny_chroma, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "lumina2": (build_tiny_lumina2, dict(negative_prompt="blurry", cfg_scale=4.0)),
+    "qwen21": (build_tiny_qwen21, dict(negative_prompt="blurry", cfg_scale=4.0)),
 }
 
 
@@ -42,6 +44,8 @@ def case(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"dit-prompts-{request.param}") / request.param
     if request.param in ("flux", "sd3"):
         save_pipeline(pipe, folder)  # CLIP and T5 tokenizers: Marble's shipped ones
+    elif request.param == "qwen21":
+        save_folder(pipe, folder)  # processor/ as Qwen's folder has it
     else:
         pipe.save_pretrained(str(folder), safe_serialization=True)
     return request.param, folder, values | {"steps": 2}

@@ -351,6 +351,17 @@ def load_pipeline(
     )
 
 
+def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
+    """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
+    (Qwen-Image 2.1's Qwen3-VL)."""
+    if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
+        raise ModelError(
+            f"{name} is a Qwen-Image 2.1 model, and Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 "
+            "VAE from the library yet: pass --text-encoders FOLDER (in the window: Text encoders), the diffusers "
+            "Qwen-Image 2.1 folder (Qwen/Qwen-Image-2.1) or a folder holding text_encoder/, processor/ and vae/."
+        )
+
+
 @dataclass(frozen=True)
 class LibraryParts:
     """Text encoders and a VAE by library entry, for a transformer-only file (encoder_components.py)."""
@@ -631,6 +642,12 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
         return (channels, rows, cols), factor, _unchanged
     if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
+    if info.family == qwen_zimage.QWEN_IMAGE_21:  # (C, h, w) as tokens of one latent each: no patches
+
+        def flattened(noise: Any) -> Any:
+            return pipe._pack_latents(noise, noise.shape[0], channels, rows, cols)
+
+        return (channels, rows, cols), factor, flattened
     # Flux.1, Chroma and Qwen-Image draw (C, h, w) (Qwen-Image as one video frame, the same values) and take
     # them packed into tokens of 2x2 patches. The noise has the channels the transformer writes: it may read more
     # (Fill's masked picture and mask, Canny / Depth dev's or a Control-LoRA's control picture beside the noise).

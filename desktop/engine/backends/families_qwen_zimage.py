@@ -15,17 +15,19 @@ torch/diffusers/transformers are imported inside the functions (pyproject's impo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
-from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, Z_IMAGE
+from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, QWEN_IMAGE_21, Z_IMAGE
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
-FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2)
+FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21)
 # Qwen-Image's and Z-Image's pipelines read up to 512 prompt tokens (their default); nothing is cut into
 # 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
@@ -35,17 +37,24 @@ PROMPT_START = "<Prompt Start>"
 # Qwen's own examples pass a blank negative prompt so that true CFG runs without a user negative.
 _QWEN_BLANK_NEGATIVE = " "
 _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder",
-                       LUMINA2: "the Gemma-2 2B text encoder"}  # fmt: skip
+                       LUMINA2: "the Gemma-2 2B text encoder",
+                       QWEN_IMAGE_21: "the Qwen3-VL 8B text encoder"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
 _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL"),
-                   LUMINA2: ("gemma2", "AutoencoderKL")}  # fmt: skip
+                   LUMINA2: ("gemma2", "AutoencoderKL"),
+                   QWEN_IMAGE_21: ("qwen3_vl", "AutoencoderKLQwenImage21")}  # fmt: skip
+# Qwen-Image 2.1's pipeline reads its prompt through Qwen3-VL's processor (tokenizer, image and video
+# processors and chat template in one folder, `processor/`), not through a bare tokenizer.
+_PROCESSOR = {QWEN_IMAGE_21: qwen21.PROCESSOR}
 # diffusers' and transformers' classes of each family: pipeline, transformer, text encoder, VAE.
 _CLASSES = {
     QWEN_IMAGE: ("QwenImagePipeline", "QwenImageTransformer2DModel", "Qwen2_5_VLForConditionalGeneration",
                  "AutoencoderKLQwenImage"),
     Z_IMAGE: ("ZImagePipeline", "ZImageTransformer2DModel", "Qwen3Model", "AutoencoderKL"),
     LUMINA2: ("Lumina2Pipeline", "Lumina2Transformer2DModel", "Gemma2Model", "AutoencoderKL"),
+    QWEN_IMAGE_21: ("QwenImage21Pipeline", "QwenImage21Transformer2DModel", "Qwen3VLForConditionalGeneration",
+                    "AutoencoderKLQwenImage21"),
 }  # fmt: skip
 
 
@@ -82,7 +91,7 @@ def needs_folder_error(name: str, info: DitInfo) -> ModelError:
     return ModelError(
         f"{name} holds the {info.label} transformer only. {label} also needs {_TEXT_ENCODER_NAMES[info.family]}, "
         f"its tokenizer and its VAE, which Marble cannot ship: pass --text-encoders FOLDER, a diffusers {label} "
-        "folder or a folder holding text_encoder/, tokenizer/ and vae/."
+        f"folder or a folder holding text_encoder/, {_tokenizer_folder(info.family)}/ and vae/."
     )
 
 
@@ -92,14 +101,15 @@ def check_components(folder: Path, family: str, *, name: str) -> None:
     missing = []
     if not (folder / "text_encoder" / "config.json").is_file():
         missing.append(f"text_encoder/ ({_TEXT_ENCODER_NAMES[family]})")
-    if not any((folder / "tokenizer" / file).is_file() for file in _TOKENIZER_FILES):
-        missing.append("tokenizer/ (tokenizer.json, or vocab.json and merges.txt)")
+    tokenizer = _tokenizer_folder(family)
+    if not any((folder / tokenizer / file).is_file() for file in _TOKENIZER_FILES):
+        missing.append(f"{tokenizer}/ (tokenizer.json, or vocab.json and merges.txt)")
     if not (folder / "vae" / "config.json").is_file():
         missing.append(f"vae/ (the {label} VAE)")
     if missing:
         raise ModelError(
             f"{folder} cannot serve {name}: it has no {', no '.join(missing)}. {label} needs a diffusers "
-            f"{label} folder, or a folder holding text_encoder/, tokenizer/ and vae/."
+            f"{label} folder, or a folder holding text_encoder/, {tokenizer}/ and vae/."
         )
     # A folder of the other family would load with the wrong classes, half its weights left random.
     encoder = read_json_file(folder / "text_encoder" / "config.json", label=f"text_encoder/config.json in {folder}")
@@ -119,7 +129,6 @@ def assemble(
     """The pipeline from `folder`'s text encoder, tokenizer, VAE (and scheduler, else `shipped`'s), with
     `transformer` or, when None, the folder's own."""
     import diffusers
-    import transformers
 
     check_components(folder, info.family, name=name)
     edit = qwen_edit.is_edit(info)
@@ -138,7 +147,7 @@ def assemble(
             "text_encoder": _text_encoder_class(info.family).from_pretrained(
                 str(folder / "text_encoder"), dtype=dtype, local_files_only=True, use_safetensors=True
             ),
-            "tokenizer": transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True),
+            **_reader(folder, info.family),
             "vae": _vae_class(info.family).from_pretrained(
                 str(folder / "vae"), dtype=dtype, local_files_only=True, use_safetensors=True
             ),
@@ -149,6 +158,19 @@ def assemble(
         raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
     cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
     return cls(transformer=transformer, **parts)
+
+
+def _tokenizer_folder(family: str) -> str:
+    return _PROCESSOR.get(family, "tokenizer")
+
+
+def _reader(folder: Path, family: str) -> dict[str, Any]:
+    """The pipeline's prompt reader from `folder`: a processor (Qwen-Image 2.1) or a tokenizer."""
+    import transformers
+
+    if family in _PROCESSOR:
+        return {qwen21.PROCESSOR: qwen21.load_processor(folder / qwen21.PROCESSOR)}
+    return {"tokenizer": transformers.AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)}
 
 
 def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:
@@ -176,6 +198,15 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
         # otherwise be put before it a second time.
         system, _, prompt = request.prompt.partition(PROMPT_START)
         arguments |= {"prompt": prompt.strip(), "system_prompt": system.strip()}
+    if info.family == QWEN_IMAGE_21:
+        # No sequence limit (the processor reads the prompt whole). Qwen recommends no guidance (CFG 1); above 1
+        # true CFG runs against the negative prompt, blank when none is given, as for Qwen-Image.
+        # Condition images are shown at the job's pixel count (the pipeline's `output_resolution`, a side).
+        arguments = {"prompt": request.prompt, "output_resolution": round(math.sqrt(request.width * request.height))}
+        if request.cfg_scale <= 1:
+            return arguments
+        return arguments | {"negative_prompt": request.negative_prompt or _QWEN_BLANK_NEGATIVE,
+                            "true_cfg_scale": float(request.cfg_scale)}  # fmt: skip
     if info.family == QWEN_IMAGE:
         return arguments | {
             "negative_prompt": request.negative_prompt or _QWEN_BLANK_NEGATIVE,

@@ -3,9 +3,10 @@
 A full VAE decode costs more than a whole denoising step; this costs a 4x3 (or 16x3) matrix product, so
 the preview can run at every step. SD factors as published by InvokeAI (Apache-2.0); the 16-channel
 tables (Flux.1's autoencoder, also used by Z-Image and Chroma; SD3's; the Wan 2.1 autoencoder that
-Qwen-Image uses) and Flux.2's 32-channel one are the published least-squares fits ComfyUI's previews use,
-each with its offset. They apply to latents in the space the transformer works in (after the VAE's
-shift/scale or mean/std; Flux.2's after its batch-norm statistics, unpatchified to 32 channels).
+Qwen-Image uses), Flux.2's 32-channel one and Qwen-Image 2.1's 64-channel one are the published
+least-squares fits ComfyUI's previews use, each with its offset. They apply to latents in the space the
+transformer works in (after the VAE's shift/scale or mean/std; Flux.2's after its batch-norm statistics,
+unpatchified to 32 channels; Qwen-Image 2.1's after its mean/std, unpatched).
 """
 
 from __future__ import annotations
@@ -131,20 +132,90 @@ _FLUX2_FACTORS = np.array(
     ],
     dtype=np.float32,
 )
+_QWEN21_FACTORS = np.array(
+    [
+        [-0.0158, -0.0115, -0.0174],
+        [0.003, 0.012, 0.0027],
+        [0.0637, 0.047, -0.0127],
+        [0.036, 0.0661, -0.003],
+        [0.0159, 0.0181, 0.0082],
+        [0.0132, 0.0326, 0.0169],
+        [0.0191, 0.0261, 0.0136],
+        [-0.0146, -0.0276, -0.0361],
+        [0.0187, -0.0024, -0.0072],
+        [-0.1059, -0.009, 0.035],
+        [-0.0195, -0.0226, -0.0138],
+        [-0.0295, 0.0024, -0.0215],
+        [0.0191, -0.0393, -0.0001],
+        [-0.0144, -0.0166, -0.0272],
+        [0.0389, 0.043, 0.0445],
+        [-0.0153, -0.0336, 0.0031],
+        [0.0339, 0.0122, 0.022],
+        [-0.0136, -0.0078, -0.012],
+        [-0.034, -0.0282, -0.0245],
+        [-0.0133, -0.0176, -0.0133],
+        [0.0109, -0.0087, 0.0096],
+        [-0.001, 0.0044, 0.0016],
+        [0.0301, 0.0053, 0.0361],
+        [-0.0281, -0.0205, -0.0032],
+        [-0.0725, 0.0002, 0.016],
+        [-0.0036, 0.0158, 0.0807],
+        [0.0087, 0.004, -0.0053],
+        [-0.026, 0.0183, -0.0077],
+        [-0.0039, -0.0035, -0.0107],
+        [-0.0026, 0.0172, 0.0237],
+        [0.0088, 0.0078, 0.0078],
+        [-0.0087, -0.031, -0.0122],
+        [-0.0027, 0.0018, 0.0094],
+        [-0.0064, 0.0292, -0.0256],
+        [0.0594, 0.1049, 0.118],
+        [0.0103, -0.0103, -0.0026],
+        [-0.0091, 0.0025, -0.0015],
+        [0.0178, 0.0243, 0.0292],
+        [-0.0063, -0.0012, 0.0202],
+        [0.0452, 0.0246, 0.0143],
+        [0.0149, 0.027, 0.0052],
+        [0.1484, 0.0801, 0.0804],
+        [-0.012, 0.004, 0.001],
+        [0.0181, 0.0051, -0.0021],
+        [0.0132, 0.005, 0.0019],
+        [0.0291, 0.002, 0.0092],
+        [0.0066, -0.041, -0.1314],
+        [-0.1153, -0.0629, -0.0802],
+        [0.0258, 0.0378, 0.0298],
+        [0.0375, 0.1139, 0.0468],
+        [-0.0142, -0.0126, -0.0276],
+        [0.0339, 0.0153, 0.0138],
+        [0.0346, 0.0211, 0.0267],
+        [0.0369, -0.0431, -0.0993],
+        [-0.0052, -0.0092, 0.0056],
+        [-0.0279, 0.041, -0.0357],
+        [0.0036, 0.0017, -0.0083],
+        [-0.0441, -0.0367, -0.0454],
+        [-0.0001, -0.0092, -0.0001],
+        [-0.0222, -0.0183, -0.0051],
+        [0.0039, 0.0053, -0.0184],
+        [-0.0094, -0.0075, -0.0143],
+        [-0.0066, -0.0088, -0.0063],
+        [0.022, 0.0074, 0.01],
+    ],
+    dtype=np.float32,
+)
 _NO_BIAS = np.zeros(3, dtype=np.float32)
 _FLUX = (_FLUX_FACTORS, np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32))
 _SD3 = (_SD3_FACTORS, np.array([0.2394, 0.2135, 0.1925], dtype=np.float32))
 _WAN = (_WAN_FACTORS, np.array([-0.1835, -0.0868, -0.3360], dtype=np.float32))
 # Flux.2's offset is Flux.1's, as ComfyUI publishes it.
 _FLUX2 = (_FLUX2_FACTORS, np.array([-0.0329, -0.0718, -0.0851], dtype=np.float32))
+_QWEN21 = (_QWEN21_FACTORS, np.array([-0.1228, -0.1869, -0.3083], dtype=np.float32))
 
 _FACTORS = {
     "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
     "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX, "lumina2": _FLUX,
     "sd3": _SD3, "sd3.5": _SD3,
-    "qwen-image": _WAN, "flux2": _FLUX2,
+    "qwen-image": _WAN, "flux2": _FLUX2, "qwen-image-2.1": _QWEN21,
 }  # fmt: skip
-_BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX, 32: _FLUX2}
+_BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX, 32: _FLUX2, 64: _QWEN21}
 
 
 def latents_to_rgb(latents: np.ndarray, family: str) -> np.ndarray:

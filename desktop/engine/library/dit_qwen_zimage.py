@@ -23,6 +23,11 @@ and diffusers' single-file converters):
   single file's `modelspec.architecture` metadata where its maker wrote one, or by the user's choice:
   the `--text-encoders` folder, a Qwen-Image-Edit diffusers folder (it must be one: only it has the
   processor the Edit pipelines need). Variants "edit" and "edit-plus".
+- Qwen-Image 2.1 (a 7B single-stream transformer reading Qwen3-VL 8B; it generates and edits) keeps the name
+  `txt_in`, but as a module with `txt_in.text_norm` (Qwen-Image's `txt_norm` sits beside a plain `txt_in`
+  linear), a shared `modulation.1` and per-block `img_mlp.gate_layer` / `img_mlp.proj`. Its release and
+  diffusers name them alike (layout "diffusers"); ComfyUI's files fuse each SwiGLU's gate and up projections
+  into `img_mlp.gate_up` (gate rows first: diffusers' single-file converter): layout "original".
 """
 
 from __future__ import annotations
@@ -41,11 +46,12 @@ if TYPE_CHECKING:
 QWEN_IMAGE = "qwen-image"
 Z_IMAGE = "z-image"
 LUMINA2 = "lumina2"
+QWEN_IMAGE_21 = "qwen-image-2.1"
 EDIT, EDIT_PLUS = "edit", "edit-plus"
 # The Edit models share Qwen-Image's transformer and scheduler configs.
 CONFIGS = {(QWEN_IMAGE, ""): "qwen-image", (QWEN_IMAGE, EDIT): "qwen-image", (QWEN_IMAGE, EDIT_PLUS): "qwen-image",
-           (Z_IMAGE, ""): "z-image", (LUMINA2, ""): "lumina2"}  # fmt: skip
-LABELS = {QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image", LUMINA2: "Lumina Image 2.0"}
+           (Z_IMAGE, ""): "z-image", (LUMINA2, ""): "lumina2", (QWEN_IMAGE_21, ""): "qwen-image-2.1"}  # fmt: skip
+LABELS = {QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image", LUMINA2: "Lumina Image 2.0", QWEN_IMAGE_21: "Qwen-Image 2.1"}
 VARIANT_LABELS = {(QWEN_IMAGE, EDIT): "Edit", (QWEN_IMAGE, EDIT_PLUS): "Edit Plus"}
 # diffusers' pipeline class of a model folder -> (family, variant).
 _FOLDER_CLASSES = {
@@ -56,6 +62,7 @@ _FOLDER_CLASSES = {
     "ZImagePipeline": (Z_IMAGE, ""),
     "Lumina2Pipeline": (LUMINA2, ""),
     "Lumina2Text2ImgPipeline": (LUMINA2, ""),  # diffusers' older name of the same pipeline
+    "QwenImage21Pipeline": (QWEN_IMAGE_21, ""),
 }
 PIPELINES = {name: family for name, (family, _variant) in _FOLDER_CLASSES.items()}
 
@@ -64,6 +71,9 @@ _GGUF_BLOCK_TYPES = ("Q", "IQ", "TQ")  # GGUF's block-quantised type names (Q8_0
 _BLOCK = re.compile(r"^(transformer_blocks|layers|noise_refiner|context_refiner)\.(\d+)\.")
 _QWEN_NEEDED = ("img_in.weight", "txt_in.weight", "txt_norm.weight", "proj_out.weight", "norm_out.linear.weight",
                 "time_text_embed.timestep_embedder.linear_1.weight")  # fmt: skip
+_QWEN21_NEEDED = ("img_in.weight", "txt_in.in_layer.weight", "txt_in.out_layer.weight", "modulation.1.weight",
+                  "norm_out.linear.weight", "proj_out.weight", "time_text_embed.timestep_embedder.linear_1.weight")
+_QWEN21_FUSED = ".img_mlp.gate_up.weight"  # ComfyUI's fused SwiGLU input (layout "original")
 _LUMINA2_CAPTION = {"original": "cap_embedder.1.weight", "diffusers": "time_caption_embed.caption_embedder.1.weight"}
 _LUMINA2_NEEDED = {
     "original": ("x_embedder.weight", "final_layer.linear.weight", "t_embedder.mlp.0.weight"),
@@ -89,7 +99,10 @@ def detect(model: Mapping[str, TensorShape], name: str) -> tuple[str, str, str, 
     tensors (prefix removed) are `model`; None when it is neither. ModelError naming `name` when it is one
     of them but damaged, or a relative Marble cannot run."""
     if "txt_in.text_norm.weight" in model:
-        raise ModelError(f"{name} is a Qwen-Image 2.1 transformer, which Marble does not run yet.")
+        _require(model, _QWEN21_NEEDED, name, QWEN_IMAGE_21)
+        layout = "original" if any(key.endswith(_QWEN21_FUSED) for key in model) else "diffusers"
+        main = _contiguous(_blocks(model), "transformer_blocks", name, QWEN_IMAGE_21)
+        return QWEN_IMAGE_21, "", layout, (main, 0)
     if "txt_norm.weight" in model:
         _require(model, _QWEN_NEEDED, name, QWEN_IMAGE)
         blocks = _blocks(model)

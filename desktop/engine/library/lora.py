@@ -28,7 +28,7 @@ _FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
 FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
-    "z-image": "Z-Image", "flux2": "Flux.2", "lumina2": "Lumina Image 2.0",
+    "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "flux2": "Flux.2", "lumina2": "Lumina Image 2.0",
 }  # fmt: skip
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
@@ -147,6 +147,14 @@ _TRANSFORMER_PREFIXES = ("transformer.", "base_model.model.", "diffusion_model."
 # separate image/text MLPs and modulations; Z-Image's (`layers.N.attention...`) are its own.
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
+# Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
+# `.proj` / `.out`, Qwen-Image's is `img_mlp.net.N`) and no text MLP, modulation or added projections; its
+# blocks are 4096 wide (Qwen-Image's 3072), which is what tells an attention-only LoRA.
+_QWEN21_MARKS = (".img_mlp.gate_layer.", ".img_mlp.proj.", ".img_mlp.out.", "_img_mlp_gate_layer.", "_img_mlp_proj.",
+                 "_img_mlp_out.")  # fmt: skip
+_QWEN_ONLY = (".txt_mlp.", ".img_mod.", ".txt_mod.", ".add_q_proj.", ".img_mlp.net.", "_txt_mlp_", "_img_mod_",
+              "_txt_mod_", "_add_q_proj.", "_img_mlp_net_")  # fmt: skip
+_QWEN21_WIDTH = 4096
 _Z_IMAGE_KOHYA = ("lora_unet_layers_", "lora_unet_noise_refiner_", "lora_unet_context_refiner_")
 _Z_IMAGE_BLOCKS = ("layers.", "noise_refiner.", "context_refiner.")
 _LUMINA2_WIDTH = 2304  # Lumina Image 2.0's block width (Z-Image's is 3840)
@@ -190,6 +198,9 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
             break
     if fmt == "peft" and family == "sd3" and width == _FLUX_WIDTH:
         family = "flux"
+    if family in ("qwen-image", "sd3") and not any(m in n for n in names for m in _QWEN_ONLY):
+        if any(m in n for n in names for m in _QWEN21_MARKS) or width == _QWEN21_WIDTH:
+            family = "qwen-image-2.1"
     if family == "z-image" and width == _LUMINA2_WIDTH:
         family = "lumina2"  # Lumina Image 2.0 shares Z-Image's original names; its blocks are 2304 wide
     if family == "flux" and _is_flux2_lora(header, names, bare):

@@ -65,6 +65,7 @@ _FAMILY_BY_CONFIG = {
     "z-image": "z-image",
     "chroma": "chroma",
     "lumina2": "lumina2",
+    "qwen-image-2.1": "qwen-image-2.1",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -117,7 +118,7 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
 # no CLIP encoder reads a prompt for (T5 alone, or a Qwen / Mistral LLM). The backend passes the lengths to
 # the pipelines; the prompt editor counts by them.
 T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
-CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2")
+CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2")  # "qwen-image" covers 2.1
 
 
 def is_dit_family(family: str | None) -> bool:
@@ -147,6 +148,8 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "flux2-dev": {"steps": 50, "cfg_scale": 1.0, "distilled_cfg_scale": 4.0},
     # Lumina Image 2.0's pipeline defaults (its makers' inference settings): 30 steps, CFG 4.
     "lumina2": {"cfg_scale": 4.0},
+    # Qwen-Image 2.1: 40 steps without guidance, as Qwen recommends (diffusers' pipeline defaults).
+    "qwen-image-2.1": {"steps": 40, "cfg_scale": 1.0},
 }
 
 

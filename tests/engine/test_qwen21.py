@@ -1,0 +1,312 @@
+"""Qwen-Image 2.1 (Qwen's 7B single-stream model that generates and edits, reading Qwen3-VL 8B): a tiny random
+model as a diffusers folder laid out as Qwen/Qwen-Image-2.1's, as a transformer-only file in diffusers' names and in
+ComfyUI's (the SwiGLU's gate and up projections fused, under its prefix), and as a GGUF; detected from its tensors
+and run offline through Marble, pixel-identical to bare diffusers with the same seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import GGUFQuantizationConfig, QwenImage21Pipeline, QwenImage21Transformer2DModel
+from PIL import Image
+from safetensors.torch import save_file
+
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.checkpoint import detect_model, read_safetensors_header
+from desktop.engine.library.dit import reference_image_limit
+from desktop.engine.library.lora import inspect_lora
+from desktop.engine.library.native_size import family_defaults, model_family
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_qwen21 import build_tiny_qwen21, save_folder, tiny_processor, to_comfy
+from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, save_transformer_file
+
+
+@pytest.fixture(scope="module")
+def qwen21(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("qwen21")
+    pipe = build_tiny_qwen21()
+    state = dict(pipe.transformer.state_dict())
+    return {
+        "pipe": pipe,
+        "folder": save_folder(pipe, tmp / "Qwen-Image-2.1"),
+        # ComfyUI's file, under a name that says nothing true.
+        "comfy": save_transformer_file(to_comfy(state), tmp / "qwen_image_bf16.safetensors"),
+        "diffusers": save_transformer_file(state, tmp / "q21-diffusers.safetensors"),
+    }
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def bare_pipe(folder, transformer=None) -> QwenImage21Pipeline:
+    # diffusers' own loading, with the processor built as the tiny model's: transformers' Qwen3VLProcessor wants a
+    # video processor, which needs torchvision (not installed).
+    parts = {"transformer": transformer} if transformer is not None else {}
+    pipe = QwenImage21Pipeline.from_pretrained(str(folder), local_files_only=True, processor=tiny_processor(), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bare_image(pipe, request, **extra) -> np.ndarray:
+    guidance = {"negative_prompt": request.negative_prompt or " ", "true_cfg_scale": request.cfg_scale}
+    return pixels(pipe(
+        prompt=request.prompt, num_inference_steps=request.steps, width=request.width, height=request.height,
+        generator=torch.Generator("cpu").manual_seed(request.seed), **(guidance if request.cfg_scale > 1 else {}),
+        **extra,
+    ).images[0])  # fmt: skip
+
+
+def test_a_qwen21_folder_is_detected_and_matches_bare_diffusers(paths, qwen21):
+    arch = detect_model(qwen21["folder"])
+    assert (arch.family, arch.dit.layout, arch.config_name, arch.label) == (
+        "qwen-image-2.1", "diffusers", "qwen-image-2.1", "Qwen-Image 2.1"
+    )  # fmt: skip
+    request = request_for(qwen21["folder"], steps=3, cfg_scale=4.0)
+    batch, steps = run(make_backend(paths), request)
+    # The model paints RGBA: its alpha is kept.
+    assert batch.images[0].mode == "RGBA"
+    expected = bare_pipe(qwen21["folder"])(
+        prompt=request.prompt, negative_prompt=request.negative_prompt, true_cfg_scale=4.0, num_inference_steps=3,
+        width=64, height=64, generator=torch.Generator("cpu").manual_seed(request.seed),
+    ).images[0]  # fmt: skip
+    assert np.array_equal(np.asarray(batch.images[0]), np.asarray(expected))
+    assert len(steps) == 3 and all(step.preview is not None for step in steps)
+    # CFG 1 (Qwen's recommendation) runs without guidance: one pass a step, the negative prompt unused.
+    plain, _ = run(make_backend(paths), request_for(qwen21["folder"], steps=3, cfg_scale=1.0))
+    assert np.array_equal(pixels(plain.images[0]), bare_image(bare_pipe(qwen21["folder"]), request_for(
+        qwen21["folder"], steps=3, cfg_scale=1.0)))  # fmt: skip
+    assert not np.array_equal(pixels(plain.images[0]), pixels(expected))
+    # Above CFG 1 without a negative prompt, guidance runs against a blank one (as for Qwen-Image).
+    blank = request_for(qwen21["folder"], steps=3, cfg_scale=4.0, negative_prompt="")
+    guided, _ = run(make_backend(paths), blank)
+    assert np.array_equal(pixels(guided.images[0]), bare_image(bare_pipe(qwen21["folder"]), blank))
+    assert not np.array_equal(pixels(guided.images[0]), pixels(plain.images[0]))
+
+
+@pytest.mark.parametrize("layout", ["comfy", "diffusers"])
+def test_transformer_files_in_each_layout_match_with_the_folders_components(paths, qwen21, layout):
+    arch = detect_model(qwen21[layout])
+    assert (arch.family, arch.dit.layout, arch.dit.blocks) == (
+        "qwen-image-2.1", "original" if layout == "comfy" else "diffusers", (2, 0)
+    )  # fmt: skip
+    assert arch.dit.needs_components
+    request = request_for(qwen21[layout], steps=3, cfg_scale=4.0, model_config=str(qwen21["folder"]),
+                          text_encoders=str(qwen21["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(qwen21["folder"]), request))
+
+
+def test_the_shipped_config_serves_a_file_without_model_config(paths, qwen21, tmp_path):
+    # The shipped transformer config is the published 7B one: a tiny file given no --config is refused by its
+    # block count, which says the config was read.
+    request = request_for(qwen21["comfy"], steps=2, text_encoders=str(qwen21["folder"]))
+    with pytest.raises(ModelError, match=r"has 2 main blocks but the Qwen-Image 2\.1 configuration has 32"):
+        run(make_backend(paths), request)
+
+
+def test_a_comfy_gguf_matches_diffusers_gguf_loading(paths, qwen21, tmp_path):
+    state = {k.removeprefix("model.diffusion_model."): v for k, v in to_comfy(dict(
+        qwen21["pipe"].transformer.state_dict())).items()}  # fmt: skip
+    path = save_gguf(state, tmp_path / "q21-Q8_0.gguf", arch="qwen_image21")
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.layout, arch.dit.quantization) == ("qwen-image-2.1", "original", "Q8_0")
+    request = request_for(path, steps=3, cfg_scale=4.0, model_config=str(qwen21["folder"]),
+                          text_encoders=str(qwen21["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    transformer = QwenImage21Transformer2DModel.from_single_file(
+        str(path), config=str(qwen21["folder"]), subfolder="transformer", local_files_only=True,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32,
+    )  # fmt: skip
+    expected = bare_image(bare_pipe(qwen21["folder"], transformer), request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(bare_pipe(qwen21["folder"]), request))  # the quantisation shows
+
+
+def test_comfys_fused_mlp_is_split_gate_first(qwen21, tmp_path):
+    # Gate and up swapped would still load (the same shapes): the picture must come out different.
+    state = dict(qwen21["pipe"].transformer.state_dict())
+    swapped = {k.replace("gate_layer", "@").replace("img_mlp.proj", "img_mlp.gate_layer").replace("@", "proj"): v
+               for k, v in state.items()}  # fmt: skip
+    fused = to_comfy(swapped)
+    path = save_transformer_file(fused, tmp_path / "swapped.safetensors")
+    good = QwenImage21Transformer2DModel.from_single_file(str(qwen21["comfy"]), config=str(qwen21["folder"]),
+                                                          subfolder="transformer", local_files_only=True)  # fmt: skip
+    bad = QwenImage21Transformer2DModel.from_single_file(str(path), config=str(qwen21["folder"]),
+                                                         subfolder="transformer", local_files_only=True)  # fmt: skip
+    key = "transformer_blocks.0.img_mlp.gate_layer.weight"
+    assert torch.equal(good.state_dict()[key], state[key]) and not torch.equal(bad.state_dict()[key], state[key])
+
+
+def test_damaged_files_and_wrong_components_are_refused_by_name(paths, qwen21, tmp_path):
+    state = dict(qwen21["pipe"].transformer.state_dict())
+    middle = save_transformer_file(to_comfy(state), tmp_path / "my-q21.safetensors",
+                                   drop="model.diffusion_model.transformer_blocks.0")  # fmt: skip
+    with pytest.raises(ModelError, match=r"my-q21\.safetensors looks like Qwen-Image 2\.1 but transformer_blocks\.0"):
+        detect_model(middle)
+    headless = save_transformer_file({k: v for k, v in state.items() if not k.startswith("modulation.")},
+                                     tmp_path / "headless.safetensors")  # fmt: skip
+    with pytest.raises(ModelError, match=r"headless\.safetensors looks like Qwen-Image 2\.1 but modulation\.1\.weight"):
+        detect_model(headless)
+    last = save_transformer_file(state, tmp_path / "short.safetensors", drop="transformer_blocks.1")
+    with pytest.raises(ModelError, match=r"short\.safetensors has 1 main blocks but the Qwen-Image 2\.1 config"):
+        run(make_backend(paths), request_for(last, model_config=str(qwen21["folder"]),
+                                             text_encoders=str(qwen21["folder"])))  # fmt: skip
+    # Without its components it says what to supply.
+    with pytest.raises(ModelError, match=r"Qwen3-VL 8B text encoder, its tokenizer and its VAE"):
+        run(make_backend(paths), request_for(qwen21["diffusers"], model_config=str(qwen21["folder"])))
+    # A Qwen-Image folder's Qwen2.5-VL and VAE would load into the wrong classes: refused by their configs.
+    old = tmp_path / "qwen-image"
+    build_tiny_qwen_image().save_pretrained(str(old), safe_serialization=True)
+    with pytest.raises(ModelError, match=r"has no processor/"):
+        run(make_backend(paths), request_for(qwen21["diffusers"], model_config=str(qwen21["folder"]),
+                                             text_encoders=str(old)))  # fmt: skip
+    (old / "processor").mkdir()
+    (old / "tokenizer" / "tokenizer.json").rename(old / "processor" / "tokenizer.json")
+    with pytest.raises(ModelError, match=r"are qwen2_5_vl and AutoencoderKLQwenImage, but Qwen-Image 2\.1 needs"):
+        run(make_backend(paths), request_for(qwen21["diffusers"], model_config=str(qwen21["folder"]),
+                                             text_encoders=str(old)))  # fmt: skip
+
+
+def test_reference_images_are_read_as_diffusers_reads_them(paths, qwen21, tmp_path):
+    # Qwen-Image 2.1 edits by instruction from up to 10 pictures: they go with the prompt, shown to the encoder's
+    # vision tower and as latents beside the noise, sized to the job's pixel count.
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
+    Image.new("RGB", (48, 64), (20, 30, 220)).save(tmp_path / "blue.png")
+    refs = (str(tmp_path / "red.png"), str(tmp_path / "blue.png"))
+    request = request_for(qwen21["folder"], steps=2, cfg_scale=1.0, reference_images=refs)
+    batch, _ = run(make_backend(paths), request)
+    pictures = [Image.open(path).convert("RGB") for path in refs]
+    expected = bare_image(bare_pipe(qwen21["folder"]), request, image=pictures, output_resolution=64)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    plain = bare_image(bare_pipe(qwen21["folder"]), request)
+    assert not np.array_equal(expected, plain)
+    assert reference_image_limit(detect_model(qwen21["folder"]).dit) == 10
+
+
+def test_image_to_image_inpainting_and_controls_are_refused(paths, qwen21, tmp_path):
+    from desktop.engine.request import ControlUnit
+
+    Image.new("RGB", (64, 64), (90, 30, 200)).save(tmp_path / "source.png")
+    backend = make_backend(paths)
+    with pytest.raises((InvalidRequest, ModelError), match="Qwen-Image 2.1"):
+        run(backend, request_for(qwen21["folder"], init_image=str(tmp_path / "source.png"), strength=0.5))
+    with pytest.raises((InvalidRequest, ModelError), match="Qwen-Image 2.1"):
+        run(backend, request_for(qwen21["folder"], controls=(ControlUnit("edges", str(tmp_path / "source.png")),)))
+
+
+def test_library_family_defaults_and_the_shipped_config(qwen21):
+    from accelerate import init_empty_weights
+
+    from desktop.engine.backends.families import transformer_class
+    from desktop.engine.resources import Resources
+
+    assert model_family(qwen21["folder"]) == "qwen-image-2.1" and model_family(qwen21["comfy"]) == "qwen-image-2.1"
+    assert family_defaults("qwen-image-2.1") == {"steps": 40, "cfg_scale": 1.0}
+    # The published 7B transformer (32 single-stream blocks), counted from the shipped config on the meta device.
+    cls = transformer_class("qwen-image-2.1")
+    config = cls.load_config(str(Resources.default().config_folder("qwen-image-2.1")), subfolder="transformer")
+    with init_empty_weights():
+        model = cls.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 7_115_124_736
+
+
+def qwen21_lora(transformer, seed: int = 3) -> dict[str, torch.Tensor]:
+    """A LoRA on every attention projection and the SwiGLU's three layers, in diffusers' names."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in transformer.named_modules():
+        if name.endswith(("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "img_mlp.gate_layer",
+                          "img_mlp.proj", "img_mlp.out")):  # fmt: skip
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=generator) / 2
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) / 2
+    return tensors
+
+
+def test_a_qwen21_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths, qwen21):
+    save_file(qwen21_lora(qwen21["pipe"].transformer), str(paths.loras / "style.safetensors"))
+    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
+    assert (info.family, info.label, info.transformer_width) == ("qwen-image-2.1", "Qwen-Image 2.1", 32)
+    request = request_for(qwen21["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    assert [lora.name for lora in batch.loras] == ["style"]
+    pipe = bare_pipe(qwen21["folder"])
+    pipe.load_lora_weights(str(paths.loras / "style.safetensors"), adapter_name="style")
+    pipe.set_adapters(["style"], [0.8])
+    expected = bare_image(pipe, request_for(qwen21["folder"], prompt="a red circle", steps=3, cfg_scale=1.0))
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    plain = bare_image(bare_pipe(qwen21["folder"]), request_for(qwen21["folder"], prompt="a red circle", steps=3,
+                                                                cfg_scale=1.0))  # fmt: skip
+    assert not np.array_equal(expected, plain)
+
+
+def test_qwen21_loras_are_told_from_qwen_images(tmp_path):
+    def family(tensors):
+        save_file(tensors, str(tmp_path / "l.safetensors"))
+        return inspect_lora(read_safetensors_header(tmp_path / "l.safetensors"), "l").family
+
+    def pair(key, width):
+        return {f"{key}.lora_A.weight": torch.zeros(4, width), f"{key}.lora_B.weight": torch.zeros(width, 4)}
+
+    # The same block names: 2.1's single-stream SwiGLU, or its 4096 width for attention alone.
+    assert family(pair("transformer.transformer_blocks.0.img_mlp.gate_layer", 32)) == "qwen-image-2.1"
+    assert family(pair("transformer.transformer_blocks.0.attn.to_q", 4096)) == "qwen-image-2.1"
+    assert family(pair("transformer.transformer_blocks.0.img_mlp.net.2", 3072)) == "qwen-image"
+    # Attention 4096 wide beside a second stream's projections is not 2.1 (which has none).
+    joint = pair("transformer.transformer_blocks.0.attn.to_q", 4096) | pair(
+        "transformer.transformer_blocks.0.attn.add_q_proj", 4096)  # fmt: skip
+    assert family(joint) != "qwen-image-2.1"
+    assert family(pair("lora_unet_transformer_blocks_0_attn_to_q", 4096)) == "qwen-image-2.1"
+
+
+def test_a_library_text_encoder_is_refused_with_what_to_pass(paths, qwen21):
+    with pytest.raises((InvalidRequest, ModelError), match=r"Qwen3-VL text encoder .* --text-encoders FOLDER"):
+        run(make_backend(paths), request_for(qwen21["diffusers"], model_config=str(qwen21["folder"]),
+                                             text_encoders="qwen3vl_8b_bf16", vae="qwen_image_2.1_vae"))  # fmt: skip
+
+
+def test_the_command_line_runs_it(qwen21, tmp_path):
+    from desktop.engine.metadata import read_image_metadata
+    from tests.support.cli_runner import run_cli
+
+    out = tmp_path / "q.png"
+    code, stdout, err = run_cli(
+        "generate", "--model", str(qwen21["folder"]), "--prompt", "a red circle " * 400, "--steps", "2", "--seed",
+        "4", "--width", "64", "--height", "64", "--device", "cpu", "--out", str(out), "--no-preview",
+        "--home", str(tmp_path / "home"),
+    )  # fmt: skip
+    assert code == 0, err
+    metadata = read_image_metadata(out)
+    assert "CFG scale: 1" in metadata.raw["parameters"] and "Steps: 2" in metadata.raw["parameters"]
+    assert Image.open(out).mode == "RGBA"
+
+
+def test_previews_use_qwen21s_own_64_channel_table():
+    from desktop.engine.backends.preview import latents_to_rgb
+
+    # Zero latents give the table's offset; one channel lit gives its row (ComfyUI's published fit: row 41 is
+    # [0.1484, 0.0801, 0.0804]).
+    assert latents_to_rgb(np.zeros((64, 2, 2), dtype=np.float32), "qwen-image-2.1")[0, 0].tolist() == [111, 103, 88]
+    lit = np.zeros((64, 1, 1), dtype=np.float32)
+    lit[41] = 1.0
+    assert latents_to_rgb(lit, "qwen-image-2.1")[0, 0].tolist() == [130, 113, 98]
+
+
+def test_a_processor_folder_with_its_chat_template_in_json_reads_it(paths, qwen21, tmp_path):
+    # Older processor folders keep the template in chat_template.json, which the tokenizer does not read; the
+    # pipeline counts the system tokens it drops with it, so without it the picture would differ (or fail).
+    import json
+    import shutil
+
+    folder = tmp_path / "json-template"
+    shutil.copytree(qwen21["folder"], folder)
+    jinja = folder / "processor" / "chat_template.jinja"
+    (folder / "processor" / "chat_template.json").write_text(json.dumps({"chat_template": jinja.read_text()}))
+    jinja.unlink()
+    request = request_for(folder, steps=2, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(qwen21["folder"]), request))
