@@ -188,15 +188,105 @@ def test_reference_images_are_read_as_diffusers_reads_them(paths, qwen21, tmp_pa
     assert reference_image_limit(detect_model(qwen21["folder"]).dit) == 10
 
 
-def test_image_to_image_inpainting_and_controls_are_refused(paths, qwen21, tmp_path):
+def test_control_units_are_refused(paths, qwen21, tmp_path):
     from desktop.engine.request import ControlUnit
 
     Image.new("RGB", (64, 64), (90, 30, 200)).save(tmp_path / "source.png")
-    backend = make_backend(paths)
+    unit = ControlUnit("edges", str(tmp_path / "source.png"))
     with pytest.raises((InvalidRequest, ModelError), match="Qwen-Image 2.1"):
-        run(backend, request_for(qwen21["folder"], init_image=str(tmp_path / "source.png"), strength=0.5))
-    with pytest.raises((InvalidRequest, ModelError), match="Qwen-Image 2.1"):
-        run(backend, request_for(qwen21["folder"], controls=(ControlUnit("edges", str(tmp_path / "source.png")),)))
+        run(make_backend(paths), request_for(qwen21["folder"], controls=(unit,)))
+
+
+def recorded_sigmas(pipe):
+    """A step-end callback that notes the sigma each step started from."""
+    seen = []
+
+    def step_end(pipeline, i, t, tensors):
+        seen.append(float(pipeline.scheduler.sigmas[i]))
+        return {}
+
+    return seen, step_end
+
+
+def test_image_to_image_runs_the_tail_of_the_text_to_image_schedule(qwen21):
+    from desktop.engine.backends.families_qwen21 import edit_pipeline
+
+    pipe = bare_pipe(qwen21["folder"])
+    edit = edit_pipeline(pipe)
+    source = Image.new("RGB", (64, 64), (200, 40, 40))
+    full, on_full = recorded_sigmas(pipe)
+    plain = pipe(prompt="a cat", num_inference_steps=4, width=64, height=64, output_type="np",
+                 generator=torch.Generator().manual_seed(7), callback_on_step_end=on_full).images  # fmt: skip
+    # Strength 1 starts from pure noise, drawn as text to image draws it: the same picture.
+    whole = edit(prompt="a cat", image=source, strength=1.0, num_inference_steps=4, width=64, height=64,
+                 output_type="np", generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    assert np.array_equal(whole, plain)
+    # Strength 0.5 runs the last two of the four steps, at the very sigmas text to image reaches them.
+    half, on_half = recorded_sigmas(pipe)
+    edit(prompt="a cat", image=source, strength=0.5, num_inference_steps=4, width=64, height=64, output_type="np",
+         generator=torch.Generator().manual_seed(7), callback_on_step_end=on_half)  # fmt: skip
+    assert half == pytest.approx(full[2:], abs=1e-6) and len(full) == 4
+    # The hires fix's latent upscalers hand over latents (B, C, h, w): the source's own latents give its picture.
+    pixels_ = edit.image_processor.preprocess(source.convert("RGBA"), height=64, width=64).unsqueeze(2)
+    grid = edit._encode_vae_image(pixels_, None)[:, :, 0]
+    by_picture, by_latents = (
+        edit(prompt="a cat", image=given, strength=0.5, num_inference_steps=4, width=64, height=64, output_type="np",
+             generator=torch.Generator().manual_seed(7)).images
+        for given in (source, grid)
+    )  # fmt: skip
+    assert np.array_equal(by_picture, by_latents) and not np.array_equal(by_picture, plain)
+
+
+def test_inpainting_leaves_the_sources_latents_outside_the_mask(qwen21):
+    from desktop.engine.backends.families_qwen21 import edit_pipeline
+
+    edit = edit_pipeline(bare_pipe(qwen21["folder"]))
+    source = Image.new("RGB", (64, 64), (200, 40, 40))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 20, 64))  # the left 20 columns: latent columns 0 and 1 (16 pixels each)
+    latents = edit(prompt="a cat", image=source, mask_image=mask, strength=1.0, num_inference_steps=3, width=64,
+                   height=64, output_type="latent", generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    pixels_ = edit.image_processor.preprocess(source.convert("RGBA"), height=64, width=64).unsqueeze(2)
+    clean = edit._pack_latents(edit._encode_vae_image(pixels_, None)[:, :, 0], 1, 64, 4, 4)
+    grid = latents.reshape(4, 4, 64)
+    kept = clean.reshape(4, 4, 64)
+    assert torch.allclose(grid[:, 2:], kept[:, 2:], atol=1e-6)
+    assert not torch.allclose(grid[:, :2], kept[:, :2], atol=1e-2)
+
+
+def test_edits_and_the_hires_fix_run_through_marble(paths, qwen21, tmp_path):
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    source = str(tmp_path / "source.png")
+    # A batch of image to image: picture k is the lone job's with seed k.
+    batch, _ = run(make_backend(paths), request_for(qwen21["folder"], init_image=source, strength=0.6, steps=3,
+                                                    cfg_scale=1.0, batch_size=2))  # fmt: skip
+    second, _ = run(make_backend(paths), request_for(qwen21["folder"], init_image=source, strength=0.6, steps=3,
+                                                     cfg_scale=1.0, seed=43))  # fmt: skip
+    difference = np.abs(pixels(batch.images[1]).astype(int) - pixels(second.images[0]).astype(int))
+    assert difference.max() <= 1 and difference.mean() < 0.01  # batched float maths rounds a few values apart
+    expected = bare_image(edit_of(qwen21), request_for(qwen21["folder"], steps=3, cfg_scale=1.0, seed=43),
+                          image=Image.open(source), strength=0.6, output_resolution=64)  # fmt: skip
+    assert np.array_equal(pixels(second.images[0]), expected)
+    # A reference picture beside the source is the pipeline's condition image, as in text to image.
+    Image.new("RGB", (48, 64), (20, 30, 220)).save(tmp_path / "blue.png")
+    guided, _ = run(make_backend(paths), request_for(qwen21["folder"], init_image=source, strength=0.6, steps=3,
+                                                     cfg_scale=1.0, seed=43,
+                                                     reference_images=(str(tmp_path / "blue.png"),)))  # fmt: skip
+    expected = bare_image(edit_of(qwen21), request_for(qwen21["folder"], steps=3, cfg_scale=1.0, seed=43),
+                          image=Image.open(source), strength=0.6, output_resolution=64,
+                          references=[Image.open(tmp_path / "blue.png").convert("RGB")])  # fmt: skip
+    assert np.array_equal(pixels(guided.images[0]), expected)
+    assert not np.array_equal(expected, pixels(second.images[0]))
+    for upscaler in ("Latent", "Lanczos"):
+        hires, steps = run(make_backend(paths), request_for(qwen21["folder"], steps=2, cfg_scale=1.0, hires_fix=True,
+                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler))
+        assert hires.images[0].size == (96, 96) and len(steps) > 2 and not hires.notes
+
+
+def edit_of(qwen21):
+    from desktop.engine.backends.families_qwen21 import edit_pipeline
+
+    return edit_pipeline(bare_pipe(qwen21["folder"]))
 
 
 def test_library_family_defaults_and_the_shipped_config(qwen21):
@@ -310,3 +400,19 @@ def test_a_processor_folder_with_its_chat_template_in_json_reads_it(paths, qwen2
     request = request_for(folder, steps=2, cfg_scale=1.0)
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(qwen21["folder"]), request))
+
+
+def test_a_turbo_models_own_sigmas_serve_its_edits_too(qwen21):
+    from desktop.engine.backends.families_qwen21 import edit_pipeline
+
+    # Qwen-Image-2.1-Turbo's folder names its schedule (`sample_sigmas` in model_index.json): steps follow it.
+    pipe = bare_pipe(qwen21["folder"])
+    pipe.register_to_config(sample_sigmas=[1.0, 0.9, 0.6, 0.3])
+    full, on_full = recorded_sigmas(pipe)
+    pipe(prompt="a cat", num_inference_steps=40, width=64, height=64, output_type="latent",
+         generator=torch.Generator().manual_seed(7), callback_on_step_end=on_full)  # fmt: skip
+    half, on_half = recorded_sigmas(pipe)
+    edit_pipeline(pipe)(prompt="a cat", image=Image.new("RGB", (64, 64)), strength=0.5, num_inference_steps=40,
+                        width=64, height=64, output_type="latent", generator=torch.Generator().manual_seed(7),
+                        callback_on_step_end=on_half)  # fmt: skip
+    assert len(full) == 4 and half == pytest.approx(full[2:], abs=1e-6)

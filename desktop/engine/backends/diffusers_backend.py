@@ -138,6 +138,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 )
 from desktop.engine.library.control import BUILT_IN, controlnet_family, is_built_in  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
+from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
 from desktop.engine.library.index import Library  # noqa: E402
@@ -925,6 +926,8 @@ class DiffusersBackend:
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
             if request.reference_images:  # Flux.2 Klein: the references go beside the source (families_flux2)
                 beside = [load_source(path, "The reference image") for path in request.reference_images]
+            if beside and self._dit.family == QWEN_IMAGE_21:  # its pipeline's own condition images
+                size["references"], beside = beside, []
         if plan is None and request.reference_images:
             # Flux.2's multi-reference editing: the images go with the prompt (no source, no strength).
             size["image"] = [load_source(path, "The reference image") for path in request.reference_images]

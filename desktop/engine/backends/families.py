@@ -30,6 +30,7 @@ from desktop.engine.backends import encoder_components, qwen_encoders
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_lumina2 as lumina2
+from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 from desktop.engine.backends.dit_memory import DitSizes
@@ -91,9 +92,12 @@ _EDIT_PIPELINES = {
 
 
 def edits(family: str, variant: str = "") -> bool:
-    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines)."""
+    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; Qwen-Image 2.1's
+    Marble's own over its text-to-image pipeline)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
+    if family == qwen_zimage.QWEN_IMAGE_21:
+        return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
 
 
@@ -180,6 +184,8 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return qwen_edit.edit_pipeline(pipe, mode, info)
     if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
         return control_input_pipeline(pipe, mode)
+    if info.family == qwen_zimage.QWEN_IMAGE_21:  # one pipeline does both (families_qwen21.py)
+        return qwen21.edit_pipeline(pipe)
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
