@@ -416,3 +416,27 @@ def test_a_turbo_models_own_sigmas_serve_its_edits_too(qwen21):
                         width=64, height=64, output_type="latent", generator=torch.Generator().manual_seed(7),
                         callback_on_step_end=on_half)  # fmt: skip
     assert len(full) == 4 and half == pytest.approx(full[2:], abs=1e-6)
+
+
+def test_a_turbo_folder_runs_its_own_schedule(paths, qwen21, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "Qwen-Image-2.1-Turbo"
+    shutil.copytree(qwen21["folder"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"sample_sigmas": [1.0, 0.8, 0.4]}))
+    request = request_for(folder, steps=40, cfg_scale=1.0)
+    batch, steps = run(make_backend(paths), request)
+    assert len(steps) == 3
+    assert batch.notes == (
+        "Qwen-Image 2.1 runs its own 3-step schedule (its model_index.json): 40 steps were not used.",
+    )
+    expected = QwenImage21Pipeline.from_pretrained(str(folder), local_files_only=True, processor=tiny_processor())
+    expected.set_progress_bar_config(disable=True)
+    assert expected.config.sample_sigmas == [1.0, 0.8, 0.4]  # diffusers' own loading reads it too
+    assert np.array_equal(pixels(batch.images[0]), bare_image(expected, request))
+    # A transformer file with the Turbo folder's components runs the folder's schedule too.
+    single, steps = run(make_backend(paths), request_for(qwen21["comfy"], steps=40, cfg_scale=1.0,
+                                                         model_config=str(folder), text_encoders=str(folder)))
+    assert len(steps) == 3 and np.array_equal(pixels(single.images[0]), pixels(batch.images[0]))

@@ -895,6 +895,8 @@ class DiffusersBackend:
             notes.append(ignored)
         if (low := families.low_guidance_note(request, self._dit)) is not None:
             notes.append(low)
+        if (fixed := families.fixed_schedule_note(pipe, request, self._dit)) is not None:
+            notes.append(fixed)
         # The DiTs read 2x2 patches of latents: sides a multiple of 16 pixels (SD's 8 would fail or be cut short).
         multiple = pipe.vae_scale_factor * 2
         plan = _edit_plan(request, multiple) if request.mode != "txt2img" else None

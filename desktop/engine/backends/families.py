@@ -135,6 +135,15 @@ def low_guidance_note(request: GenerationRequest, info: DitInfo) -> str | None:
     )
 
 
+def fixed_schedule_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
+    """A note for a job whose step count the model's own fixed schedule overrides (Qwen-Image-2.1-Turbo)."""
+    sigmas = getattr(pipe.config, "sample_sigmas", None) if info.family == qwen_zimage.QWEN_IMAGE_21 else None
+    if not sigmas or len(sigmas) == request.steps:
+        return None
+    return (f"{info.label} runs its own {len(sigmas)}-step schedule (its model_index.json): {request.steps} steps "
+            "were not used.")  # fmt: skip
+
+
 # Where each family's long-prompt encoder's tokenizer sits (CLIP's 77 tokens are cut in every tool: not said).
 _LONG_TOKENIZER = {"flux": "tokenizer_2", "sd3": "tokenizer_3", "sd3.5": "tokenizer_3"}
 

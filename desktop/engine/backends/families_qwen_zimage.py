@@ -157,6 +157,8 @@ def assemble(
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
     cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
+    if info.family == QWEN_IMAGE_21:  # a Turbo folder's own schedule (model_index.json), None for the base model
+        parts["sample_sigmas"] = qwen21.sample_sigmas(folder)
     return cls(transformer=transformer, **parts)
 
 
