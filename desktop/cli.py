@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2/Lumina file: a diffusers "
                           "folder (or library model) of the same family that supplies the text encoders, tokenizers "
                           "and VAE (Qwen-Image/Z-Image/Flux.2/Lumina: or a folder holding text_encoder/, tokenizer/ "
-                          "and vae/); "
+                          "and vae/; Qwen-Image 2.1: processor/ in place of tokenizer/); "
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
                           "(clip_l,t5xxl_fp16), with --vae NAME")
     gen.add_argument("--tokenizer-folder", metavar="DIR",
