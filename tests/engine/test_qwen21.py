@@ -217,10 +217,11 @@ def test_image_to_image_runs_the_tail_of_the_text_to_image_schedule(qwen21):
     full, on_full = recorded_sigmas(pipe)
     plain = pipe(prompt="a cat", num_inference_steps=4, width=64, height=64, output_type="np",
                  generator=torch.Generator().manual_seed(7), callback_on_step_end=on_full).images  # fmt: skip
-    # Strength 1 starts from pure noise, drawn as text to image draws it: the same picture.
-    whole = edit(prompt="a cat", image=source, strength=1.0, num_inference_steps=4, width=64, height=64,
-                 output_type="np", generator=torch.Generator().manual_seed(7)).images  # fmt: skip
-    assert np.array_equal(whole, plain)
+    # Strength 1 starts from pure noise, drawn as text to image draws it: the same picture (not square, so rows
+    # and columns cannot be swapped unseen).
+    wide = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np")
+    whole = edit(**wide, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
+    assert np.array_equal(whole, pipe(**wide, generator=torch.Generator().manual_seed(7)).images)
     # Strength 0.5 runs the last two of the four steps, at the very sigmas text to image reaches them.
     half, on_half = recorded_sigmas(pipe)
     edit(prompt="a cat", image=source, strength=0.5, num_inference_steps=4, width=64, height=64, output_type="np",
@@ -241,15 +242,15 @@ def test_inpainting_leaves_the_sources_latents_outside_the_mask(qwen21):
     from desktop.engine.backends.families_qwen21 import edit_pipeline
 
     edit = edit_pipeline(bare_pipe(qwen21["folder"]))
-    source = Image.new("RGB", (64, 64), (200, 40, 40))
-    mask = Image.new("L", (64, 64), 0)
+    source = Image.new("RGB", (96, 64), (200, 40, 40))
+    mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (0, 0, 20, 64))  # the left 20 columns: latent columns 0 and 1 (16 pixels each)
-    latents = edit(prompt="a cat", image=source, mask_image=mask, strength=1.0, num_inference_steps=3, width=64,
+    latents = edit(prompt="a cat", image=source, mask_image=mask, strength=1.0, num_inference_steps=3, width=96,
                    height=64, output_type="latent", generator=torch.Generator().manual_seed(7)).images  # fmt: skip
-    pixels_ = edit.image_processor.preprocess(source.convert("RGBA"), height=64, width=64).unsqueeze(2)
-    clean = edit._pack_latents(edit._encode_vae_image(pixels_, None)[:, :, 0], 1, 64, 4, 4)
-    grid = latents.reshape(4, 4, 64)
-    kept = clean.reshape(4, 4, 64)
+    pixels_ = edit.image_processor.preprocess(source.convert("RGBA"), height=64, width=96).unsqueeze(2)
+    clean = edit._pack_latents(edit._encode_vae_image(pixels_, None)[:, :, 0], 1, 64, 4, 6)
+    grid = latents.reshape(4, 6, 64)  # 4 rows of 6 cells
+    kept = clean.reshape(4, 6, 64)
     assert torch.allclose(grid[:, 2:], kept[:, 2:], atol=1e-6)
     assert not torch.allclose(grid[:, :2], kept[:, :2], atol=1e-2)
 
@@ -279,8 +280,9 @@ def test_edits_and_the_hires_fix_run_through_marble(paths, qwen21, tmp_path):
     assert not np.array_equal(expected, pixels(second.images[0]))
     for upscaler in ("Latent", "Lanczos"):
         hires, steps = run(make_backend(paths), request_for(qwen21["folder"], steps=2, cfg_scale=1.0, hires_fix=True,
-                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler))
-        assert hires.images[0].size == (96, 96) and len(steps) > 2 and not hires.notes
+                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
+                                                            width=96))  # not square: rows and columns apart
+        assert hires.images[0].size == (144, 96) and len(steps) > 2 and not hires.notes
 
 
 def edit_of(qwen21):

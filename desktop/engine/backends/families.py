@@ -92,11 +92,11 @@ _EDIT_PIPELINES = {
 
 
 def edits(family: str, variant: str = "") -> bool:
-    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; Qwen-Image 2.1's
-    Marble's own over its text-to-image pipeline)."""
+    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1
+    and Lumina Image 2.0 Marble's own over their text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
-    if family == qwen_zimage.QWEN_IMAGE_21:
+    if family in (qwen_zimage.QWEN_IMAGE_21, LUMINA2):  # Marble's own (flow_edit.py)
         return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
 
@@ -193,8 +193,10 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return qwen_edit.edit_pipeline(pipe, mode, info)
     if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
         return control_input_pipeline(pipe, mode)
-    if info.family == qwen_zimage.QWEN_IMAGE_21:  # one pipeline does both (families_qwen21.py)
+    if info.family == qwen_zimage.QWEN_IMAGE_21:  # one pipeline does both (flow_edit.py)
         return qwen21.edit_pipeline(pipe)
+    if info.family == LUMINA2:
+        return lumina2.edit_pipeline(pipe)
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")

@@ -1,5 +1,6 @@
 """Lumina Image 2.0's original transformer names (Alpha-VLLM's release, ComfyUI's files, Neta Lumina) in
-diffusers' Lumina2Transformer2DModel names.
+diffusers' Lumina2Transformer2DModel names, and its image-to-image and inpainting pipeline (`edit_pipeline`:
+diffusers has none; flow_edit.py).
 
 diffusers' own single-file converter does the same renaming but cuts the fused `attention.qkv` at the real
 model's sizes (2304 query rows, 768 key and value rows); here they come from the transformer's config (heads,
@@ -15,13 +16,16 @@ layouts (diffusers' converter and the two model classes agree on it):
 - `final_layer.adaLN_modulation.1` -> `norm_out.linear_1`, `final_layer.linear` -> `norm_out.linear_2`; the
   original's unused `norm_final` is dropped.
 
-No torch import: the tensors are split with their own methods.
+No torch import: the tensors are split with their own methods (diffusers is imported inside `_edit_class`).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
+
+from desktop.engine.backends.flow_edit import FlowEdit
 
 _OUTSIDE = {
     "t_embedder.mlp.0": "time_caption_embed.timestep_embedder.linear_1",
@@ -67,3 +71,47 @@ def diffusers_names(state: dict[str, Any], config: Mapping[str, Any]) -> dict[st
             raise KeyError(f"unexpected tensor {key!r}")
         out[f"{block}.{renamed}.{param}"] = value
     return out
+
+
+def edit_pipeline(pipe: Any) -> Any:
+    """The loaded Lumina2Pipeline's image-to-image and inpainting sibling (flow_edit.py), sharing its modules."""
+    edit = _edit_class()(**pipe.components)
+    edit.set_progress_bar_config(disable=True)
+    return edit
+
+
+@functools.cache
+def _edit_class() -> Any:
+    """Lumina2Pipeline with image to image and inpainting (flow_edit.FlowEdit): its latents are the Flux VAE's
+    (mode, shifted and scaled), (C, h, w) as they are; its pipeline computes the shift's argument from the latents'
+    second dimension (their channels), which its static shift ignores."""
+    import diffusers
+    import numpy as np
+    from diffusers.pipelines.lumina2.pipeline_lumina2 import calculate_shift
+
+    class Lumina2EditPipeline(FlowEdit, diffusers.Lumina2Pipeline):
+        def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
+            cell = self.vae_scale_factor * 2
+            return 2 * (height // cell), 2 * (width // cell)
+
+        def _edit_raw_sigmas(self, steps: int) -> Any:
+            return np.linspace(1.0, 1 / steps, steps)
+
+        def _edit_mu(self, rows: int, cols: int) -> float:
+            config = self.scheduler.config
+            return calculate_shift(self.transformer.config.in_channels, config.get("base_image_seq_len", 256),
+                                   config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                                   config.get("max_shift", 1.15))  # fmt: skip
+
+        def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
+            pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
+            latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
+            return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+        def _edit_pack(self, grid: Any) -> Any:
+            return grid
+
+        def _edit_conditions(self, references: Any) -> dict[str, Any]:
+            return {}
+
+    return Lumina2EditPipeline

@@ -1,0 +1,94 @@
+"""Image to image and inpainting over a flow-matching text-to-image pipeline, for the DiT families diffusers has no
+such pipelines for (Qwen-Image 2.1, Lumina Image 2.0): `FlowEdit`, mixed into the family's pipeline class.
+
+Done as diffusers' flow-matching image-to-image pipelines do it (Flux's, Qwen-Image's), over the text-to-image
+pipeline's own loop: the source's latents (in the transformer's space) are noised to the sigma where the last
+`strength` of the schedule starts, `(1 - s) x0 + s noise` (the scheduler's `scale_noise`), and the pipeline runs
+that tail of its schedule (its `sigmas=`: the scheduler shifts a schedule element by element, so the tail of the
+unshifted one shifts to the tail of the shifted one). Strength 1 starts from the noise text to image draws for
+the same seed, so it makes that picture. Inpainting puts the source, noised to the next sigma, back outside the
+mask after every step (diffusers' inpainting pipelines' blend), so the last step leaves the source's latents
+there; a latent cell with any masked pixel in it is repainted. `image` may be latents already, (B, C, h, w) in the
+transformer's space (the hires fix's latent upscalers hand theirs over as they are).
+
+A family's class supplies, beside its pipeline: `_edit_grid(width, height)` (latent rows, columns),
+`_edit_raw_sigmas(steps)` (the schedule before shifting), `_edit_mu(rows, cols)` (the shift's argument, as its
+pipeline computes it), `_edit_encode(picture, width, height, generator)` (one source's latents, (1, C, h, w)),
+`_edit_pack(grid)` ((B, C, h, w) -> the pipeline's `latents=` layout) and `_edit_conditions(references)` (the
+pipeline's arguments for reference pictures).
+
+torch/diffusers are imported inside the functions (pyproject's import-linter list).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FlowEdit:
+    """Image to image (a source, `strength`) and inpainting (`mask_image`: white is repainted) for the
+    text-to-image pipeline class it is mixed into (listed before it)."""
+
+    def __call__(
+        self, *, image: Any, strength: float, width: int, height: int, mask_image: Any = None,
+        references: Any = None, num_inference_steps: int = 30, num_images_per_prompt: int = 1, generator: Any = None,
+        callback_on_step_end: Any = None, **rest: Any,
+    ) -> Any:  # fmt: skip
+        import numpy as np
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        generators = generator if isinstance(generator, list) else [generator]
+        count = max(len(generators), num_images_per_prompt)
+        device, dtype = self._execution_device, self.vae.dtype
+        rows, cols = self._edit_grid(width, height)
+        raw = np.asarray(self._edit_raw_sigmas(num_inference_steps), dtype=np.float64)
+        # diffusers' image-to-image step count: the last `strength` of the schedule, at least one step.
+        start = min(int(max(len(raw) - min(len(raw) * strength, len(raw)), 0)), len(raw) - 1)
+        tail = raw[start:].tolist()
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        scheduler.set_timesteps(sigmas=tail, mu=self._edit_mu(rows, cols), device=device)
+        sigma = float(scheduler.sigmas[0])
+        if torch.is_tensor(image):
+            clean = image.to(device, dtype)
+        else:
+            sources = image if isinstance(image, list) else [image]
+            with torch.no_grad():
+                encoded = [self._edit_encode(picture, width, height, generators[min(k, len(generators) - 1)])
+                           for k, picture in enumerate(sources)]  # fmt: skip
+            clean = torch.cat(encoded).to(device, dtype)
+        clean = clean.repeat(count, 1, 1, 1) if clean.shape[0] == 1 else clean
+        # Drawn as text to image draws its noise for the same generators (the same values in the same order).
+        noise = randn_tensor((count, clean.shape[1], rows, cols), generator=generator, device=device, dtype=dtype)
+        clean, noise = self._edit_pack(clean), self._edit_pack(noise)
+        step_end = callback_on_step_end
+        if mask_image is not None:
+            repaint = self._edit_pack(_latent_mask(mask_image, rows, cols)).to(device, dtype)
+            step_end = _blended(clean, noise, repaint, callback_on_step_end)
+        return super().__call__(  # type: ignore[misc]
+            width=width, height=height, sigmas=tail, latents=(1 - sigma) * clean + sigma * noise,
+            num_images_per_prompt=count, generator=generator, callback_on_step_end=step_end,
+            **self._edit_conditions(references), **rest,
+        )  # fmt: skip
+
+
+def _latent_mask(mask: Any, rows: int, cols: int) -> Any:
+    """(1, 1, rows, cols): 1 where a latent cell holds any masked (white) pixel."""
+    import numpy as np
+    import torch
+
+    pixels = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+    return (torch.nn.functional.adaptive_max_pool2d(pixels, (rows, cols)) >= 0.5).float()
+
+
+def _blended(clean: Any, noise: Any, repaint: Any, then: Any) -> Any:
+    """A step-end callback that puts the source back outside the mask, then calls `then` (Marble's own)."""
+
+    def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        sigma = pipeline.scheduler.sigmas[i + 1].to(clean.dtype)  # where the step landed
+        known = (1 - sigma) * clean + sigma * noise
+        tensors = {**tensors, "latents": repaint * tensors["latents"] + (1 - repaint) * known}
+        outputs = then(pipeline, i, t, tensors) if then is not None else {}
+        return {"latents": tensors["latents"], **(outputs or {})}
+
+    return step_end
