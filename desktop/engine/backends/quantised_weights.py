@@ -7,6 +7,12 @@
   weights the scale exists to keep. Dequantised, the file runs in every memory mode, the fp8 mode (plain
   e4m3fn) included. Scaled T5 and Qwen *text encoders* do stay in fp8 (`keep`: backends/scaled_fp8_layers.py
   computes the same product as each layer runs).
+- ComfyUI's int8 layers (`comfy_quant` format "int8_tensorwise"): each int8 weight times its row scale, in
+  float32; a ConvRot layer (`"convrot": true`) was rotated before it was quantised, W_rot = W H^T group by group
+  along its inputs with H the normalised regular Hadamard matrix of the group size (the Kronecker powers of
+  the 4x4 one with row sums 2: symmetric and its own inverse), so its weight is W_rot H^T again. Always
+  dequantised, text encoders too: the rotation makes a kept weight more than a product. Other `comfy_quant`
+  formats (int4, w4a8, svdquant ...) are refused by name.
 - bitsandbytes 4-bit files (Forge's `flux1-dev-bnb-nf4`): each weight dequantised by bitsandbytes itself
   (its CPU backend does it too); the nf4 memory mode (`quantise_linear_layers`) quantises it again where
   memory needs; LLM.int8 files need no bitsandbytes to read (int8 rows times their scale).
@@ -100,7 +106,12 @@ def dequantise_scaled_fp8(
                     "the scaled-fp8 file is damaged. Download it again."
                 )
             scale = scale.reshape(-1, *([1] * (tensor.ndim - 1))) if scale.numel() > 1 else scale.reshape(())
-            out[key] = (tensor.to(torch.float32) * scale).to(dtype) if keep is None else keep(tensor, scale)
+            group = _convrot_group(state, layer, name)
+            if group is not None or tensor.dtype == torch.int8 or keep is None:
+                product = tensor.to(torch.float32) * scale
+                out[key] = (product if group is None else _unrotated(product, group, layer, name)).to(dtype)
+            else:
+                out[key] = keep(tensor, scale)
         else:
             out[key] = tensor
     orphans = [
@@ -111,6 +122,58 @@ def dequantise_scaled_fp8(
     if orphans:
         raise ModelError(f"{name}: {orphans[0]} scales a weight the file does not hold; the file is damaged.")
     return out
+
+
+# ComfyUI's per-layer quantisation formats Marble reads (the `comfy_quant` tensor's "format"): its fp8 ones
+# ("float8_e4m3fn" ...) and int8.
+_COMFY_INT8 = "int8_tensorwise"
+
+
+def _convrot_group(state: dict[str, Any], layer: str, name: str) -> int | None:
+    """The ConvRot group size `layer`'s `comfy_quant` names, None for a layer not rotated; a ModelError for a
+    format Marble cannot read or a damaged record."""
+    record = state.get(layer + ".comfy_quant")
+    if record is None:
+        return None
+    try:
+        config = json.loads(bytes(record.flatten().tolist()).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(
+            f"{name}: {layer}.comfy_quant is not ComfyUI's quantisation record; the file is damaged."
+        ) from None
+    kind = config.get("format") if isinstance(config, dict) else None
+    if not isinstance(kind, str) or not (kind == _COMFY_INT8 or kind.startswith("float8_")):
+        raise ModelError(
+            f"{name}: its layer {layer} is stored in ComfyUI's {kind!r} quantisation, which Marble cannot read yet "
+            "(it reads fp8 and int8 layers, ConvRot included). Use a GGUF, fp8, int8 or bf16 file of this model."
+        )
+    if kind != _COMFY_INT8 or not config.get("convrot"):
+        return None
+    group = config.get("convrot_groupsize", 256)
+    if not isinstance(group, int) or group < 4 or group & (group - 1) or (group.bit_length() - 1) % 2:
+        raise ModelError(f"{name}: {layer} names a ConvRot group of {group!r}, not a power of 4; the file is damaged.")
+    return group
+
+
+def regular_hadamard(size: int) -> Any:
+    """The normalised regular Hadamard matrix of `size` (a power of 4), float32: Kronecker powers of the 4x4 one
+    whose rows each sum to 2 ([[1, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]]), over sqrt(size)."""
+    import torch
+
+    base = torch.tensor([[1, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]], dtype=torch.float32)
+    matrix = base
+    while matrix.shape[0] < size:
+        matrix = torch.kron(matrix, base)
+    return matrix / size**0.5
+
+
+def _unrotated(weight: Any, group: int, layer: str, name: str) -> Any:
+    """A ConvRot weight (out, in) back in its own basis: each group of `group` inputs times H^T (float32)."""
+    rows, inputs = weight.shape[0], weight.shape[-1]
+    if weight.ndim != 2 or inputs % group:
+        raise ModelError(f"{name}: {layer} has {inputs} inputs, not a multiple of its ConvRot group of {group}.")
+    grouped = weight.reshape(rows, inputs // group, group)
+    return (grouped @ regular_hadamard(group).T).reshape(rows, inputs)
 
 
 def dequantise_bnb_4bit(

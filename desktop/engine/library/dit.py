@@ -278,6 +278,8 @@ def shown_dtype(dtype: str | None) -> str | None:
         return None
     if dtype == quant_formats.MIXED_SCALED:
         return "fp8 scaled (mixed precision)"
+    if dtype == quant_formats.INT8_SCALED:
+        return quant_formats.shown_format(dtype)
     plain = dtype.removesuffix(quant_formats.SCALED_SUFFIX)
     if plain in FP8_STORAGE:
         return FP8_STORAGE[plain][1] + (" scaled" if plain != dtype else "")

@@ -7,6 +7,11 @@
   converts the old names to these), with a `comfy_quant` tensor per layer and no marker; their fp8 layers
   may be fewer than the bf16 ones. Its block-scaled formats (nvfp4: `weight_scale_2`; block scales that
   are not one float a tensor or a row) are refused by name.
+- ComfyUI's int8 files (its "int8_tensorwise" format, the form Comfy-Org ships Qwen-Image 2.1, Krea 2 and
+  others in): per linear layer an int8 `weight` with a float `weight_scale` per row (or one for the tensor)
+  beside the `comfy_quant` JSON tensor, which may say `"convrot": true` and a `convrot_groupsize`: the weight
+  was rotated group-wise by a regular Hadamard matrix before it was quantised (ConvRot), which Marble undoes
+  at load (backends/quantised_weights.py). Code "I8_SCALED".
 - bitsandbytes: Forge's NF4/FP4 files (`*.weight` packed in uint8 beside `*.weight.absmax`,
   `*.weight.quant_map`, `*.weight.quant_state.bitsandbytes__nf4`) and LLM.int8 files (`*.weight` in int8
   beside `*.SCB`).
@@ -34,7 +39,9 @@ BNB_NF4, BNB_FP4, BNB_INT8 = "BNB_NF4", "BNB_FP4", "BNB_INT8"
 # bitsandbytes' serialised 4-bit quantisation state: tensors stored after `<layer>.weight.`.
 BNB_4BIT_PARTS = ("absmax", "quant_map", "nested_absmax", "nested_quant_map")
 _BNB_STATE = ".quant_state.bitsandbytes__"
-SHOWN = {BNB_NF4: "nf4 (bitsandbytes)", BNB_FP4: "fp4 (bitsandbytes)", BNB_INT8: "int8 (bitsandbytes)"}
+INT8_SCALED = "I8" + SCALED_SUFFIX
+SHOWN = {BNB_NF4: "nf4 (bitsandbytes)", BNB_FP4: "fp4 (bitsandbytes)", BNB_INT8: "int8 (bitsandbytes)",
+         INT8_SCALED: "int8 scaled (ComfyUI)"}  # fmt: skip
 BITSANDBYTES = (BNB_NF4, BNB_FP4, BNB_INT8)
 
 
@@ -82,8 +89,17 @@ def weight_format(tensors: Mapping[str, _Shaped], common_dtype: str) -> str:
     if kind is not None:
         return kind
     if is_scaled_fp8(tensors):
+        if any(_int8_weight(tensors, name) for name in tensors):
+            return INT8_SCALED
         return common_dtype + SCALED_SUFFIX if common_dtype.startswith("F8_") else MIXED_SCALED
     return common_dtype
+
+
+def _int8_weight(tensors: Mapping[str, _Shaped], name: str) -> bool:
+    """An int8 weight beside its scale (ComfyUI's int8 layers)."""
+    if not name.endswith(".weight") or tensors[name].dtype != "I8":
+        return False
+    return any(name.removesuffix(".weight") + suffix in tensors for suffix in WEIGHT_SCALES)
 
 
 def parameters(tensors: Mapping[str, _Shaped], kind: str | None) -> int:
