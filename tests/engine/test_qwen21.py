@@ -442,3 +442,39 @@ def test_a_turbo_folder_runs_its_own_schedule(paths, qwen21, tmp_path):
     single, steps = run(make_backend(paths), request_for(qwen21["comfy"], steps=40, cfg_scale=1.0,
                                                          model_config=str(folder), text_encoders=str(folder)))
     assert len(steps) == 3 and np.array_equal(pixels(single.images[0]), pixels(batch.images[0]))
+
+
+@pytest.mark.parametrize("naming", ["comfy", "kohya"])
+def test_a_lora_on_comfys_fused_mlp_is_split_as_diffusers_layers(paths, qwen21, naming):
+    # Made on ComfyUI's model (ai-toolkit / ComfyUI's trainer): one LoRA on `img_mlp.gate_up`, whose first half of
+    # rows is the gate. Marble splits it; the reference is bare diffusers loading the two halves itself.
+    generator = torch.Generator().manual_seed(5)
+    fused, halves = {}, {}
+    for index, block in enumerate(qwen21["pipe"].transformer.transformer_blocks):
+        width, hidden = block.img_mlp.gate_layer.in_features, block.img_mlp.gate_layer.out_features
+        down = torch.randn(4, width, generator=generator) / 2
+        up = torch.randn(2 * hidden, 4, generator=generator) / 2
+        if naming == "comfy":  # with an alpha of 2 over rank 4: the update at half strength
+            fused[f"diffusion_model.transformer_blocks.{index}.img_mlp.gate_up.lora_down.weight"] = down
+            fused[f"diffusion_model.transformer_blocks.{index}.img_mlp.gate_up.lora_up.weight"] = up
+            fused[f"diffusion_model.transformer_blocks.{index}.img_mlp.gate_up.alpha"] = torch.tensor(2.0)
+            up = up / 2
+        else:
+            fused[f"lora_unet_transformer_blocks_{index}_img_mlp_gate_up.lora_down.weight"] = down
+            fused[f"lora_unet_transformer_blocks_{index}_img_mlp_gate_up.lora_up.weight"] = up
+        for half, rows in (("gate_layer", up[:hidden]), ("proj", up[hidden:])):
+            halves[f"transformer.transformer_blocks.{index}.img_mlp.{half}.lora_A.weight"] = down.clone()
+            halves[f"transformer.transformer_blocks.{index}.img_mlp.{half}.lora_B.weight"] = rows.contiguous()
+    save_file(fused, str(paths.loras / "fused.safetensors"))
+    save_file(halves, str(paths.loras.parent / "halves.safetensors"))
+    info = inspect_lora(read_safetensors_header(paths.loras / "fused.safetensors"), "fused")
+    assert info.family == "qwen-image-2.1"
+    batch, _ = run(make_backend(paths), request_for(qwen21["folder"], prompt="a red circle <lora:fused:1>", steps=3,
+                                                    cfg_scale=1.0))  # fmt: skip
+    assert [lora.name for lora in batch.loras] == ["fused"]
+    pipe = bare_pipe(qwen21["folder"])
+    pipe.load_lora_weights(str(paths.loras.parent / "halves.safetensors"), adapter_name="halves")
+    expected = bare_image(pipe, request_for(qwen21["folder"], prompt="a red circle", steps=3, cfg_scale=1.0))
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(bare_pipe(qwen21["folder"]), request_for(
+        qwen21["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)))  # fmt: skip

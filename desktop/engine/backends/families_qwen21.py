@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,45 @@ def sample_sigmas(folder: Path) -> list[float] | None:
     if isinstance(sigmas, list) and sigmas and all(isinstance(s, int | float) for s in sigmas):
         return [float(s) for s in sigmas]
     return None
+
+
+# Where ComfyUI's fused SwiGLU input sits in a LoRA's names, the two layers diffusers' model has for it (gate rows
+# first), and kohya's prefix (module names with their dots made underscores).
+_FUSED_MLP = "img_mlp.gate_up"
+_MLP_HALVES = ("gate_layer", "proj")
+_KOHYA = "lora_unet_"
+_COMFY = "diffusion_model."
+
+
+def lora_needs_conversion(names: Iterable[str]) -> bool:
+    """Whether a LoRA is in kohya's names or trains ComfyUI's fused `img_mlp.gate_up` (a LoRA made on ComfyUI's
+    model), which diffusers' Qwen-Image LoRA loader cannot place on Qwen-Image 2.1: kohya's underscores are made
+    dots by rules that break `gate_layer`, and the fused layer does not exist in diffusers' model."""
+    return any(name.startswith(_KOHYA) or _FUSED_MLP in name or "img_mlp_gate_up" in name for name in names)
+
+
+def convert_lora(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any]:
+    """A Qwen-Image 2.1 LoRA in ComfyUI's dotted names (`diffusion_model.<module>.lora_down.weight`, which
+    diffusers' loader reads, alphas included) with the fused MLP split: kohya's `lora_unet_<module>` names are
+    matched to the transformer's own `modules` (and the fused layer's); on the fused layer, the down (A) matrix
+    and alpha serve both halves and the up (B) matrix and a DoRA magnitude are cut in two by rows (the same
+    update: the fused layer's first half of rows is the gate)."""
+    dotted = {name.replace(".", "_"): name for name in modules}
+    dotted |= {key.replace("gate_layer", "gate_up"): name.replace("gate_layer", "gate_up")
+               for key, name in dotted.items() if name.endswith("img_mlp.gate_layer")}  # fmt: skip
+    out: dict[str, Any] = {}
+    for key, tensor in state.items():
+        if key.startswith(_KOHYA):
+            module, _, part = key[len(_KOHYA):].partition(".")
+            key = f"{_COMFY}{dotted.get(module, module)}.{part}"
+        if _FUSED_MLP not in key:
+            out[key] = tensor
+            continue
+        shared = key.endswith(("lora_A.weight", "lora_down.weight", ".alpha")) or tensor.ndim == 0
+        halves = (tensor, tensor) if shared else tensor.chunk(2, dim=0)
+        for half, value in zip(_MLP_HALVES, halves, strict=True):
+            out[key.replace(_FUSED_MLP, f"img_mlp.{half}")] = value.contiguous()
+    return out
 
 
 def _chat_template(folder: Path) -> str | None:

@@ -15,10 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends.base import AdapterHash
 from desktop.engine.backends.lycoris import LycorisFile, LycorisMerger, RenameSgm, read_lycoris
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
+from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21
 from desktop.engine.library.lora import (
     AdapterCatalog,
     LoraInfo,
@@ -142,9 +144,9 @@ class LoraAdapters:
         merged = [item for item in chosen if item[2].algorithm != "lora"]
         chosen = [item for item in chosen if item[2].algorithm == "lora"]
         notes += self._merge_lycoris(pipe, merged)
-        for name, identity, _info, path, weight in chosen:
+        for name, identity, info, path, weight in chosen:
             if weight != 0 and identity not in self._loaded:
-                self._load(pipe, name, identity, path)
+                self._load(pipe, name, identity, path, info)
         active = [(self._loaded[identity], weight) for _, identity, _, _, weight in chosen if weight != 0]
         for _, identity, *_ in chosen:
             if identity in self._loaded:
@@ -237,7 +239,7 @@ class LoraAdapters:
             self._facts[identity] = facts
         return facts
 
-    def _load(self, pipe: Any, name: str, identity: _Identity, path: Path) -> None:
+    def _load(self, pipe: Any, name: str, identity: _Identity, path: Path, info: LoraInfo) -> None:
         adapter = identity.adapter_name
         before = _adapter_count(pipe, adapter)
         try:
@@ -245,7 +247,7 @@ class LoraAdapters:
                 # PEFT warns whenever a second adapter joins a model; several adapters is the point here.
                 warnings.filterwarnings("ignore", message=".*peft_config.*multiple adapters")
                 # use_safetensors: read as safetensors whatever the file is called, never through torch.load.
-                pipe.load_lora_weights(str(path), adapter_name=adapter, use_safetensors=True)
+                pipe.load_lora_weights(_lora_source(pipe, path, info), adapter_name=adapter, use_safetensors=True)
         except (ValueError, KeyError, RuntimeError, TypeError, OSError, AssertionError) as error:
             # AssertionError: diffusers' kohya Flux conversion asserts the fused layers' widths.
             self._drop(pipe, adapter)
@@ -334,6 +336,17 @@ def _embedding_vectors(tensors: dict[str, Any]) -> tuple[Any, Any]:
     if len(tensors) == 1:
         return next(iter(tensors.values())), None  # diffusers: {token: vectors}
     return None, None
+
+
+def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
+    """What diffusers loads a LoRA from: the file, or, for a Qwen-Image 2.1 LoRA in kohya's names or made on
+    ComfyUI's fused MLP, its tensors renamed for diffusers' loader (families_qwen21.py)."""
+    if info.family == QWEN_IMAGE_21 and qwen21.lora_needs_conversion(read_safetensors_header(path).tensors):
+        from safetensors.torch import load_file
+
+        modules = (name for name, _ in pipe.transformer.named_modules())
+        return qwen21.convert_lora(load_file(str(path)), modules)
+    return str(path)
 
 
 def _adapter_count(pipe: Any, adapter: str) -> int:

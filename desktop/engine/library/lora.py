@@ -148,10 +148,11 @@ _TRANSFORMER_PREFIXES = ("transformer.", "base_model.model.", "diffusion_model."
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
-# `.proj` / `.out`, Qwen-Image's is `img_mlp.net.N`) and no text MLP, modulation or added projections; its
-# blocks are 4096 wide (Qwen-Image's 3072), which is what tells an attention-only LoRA.
-_QWEN21_MARKS = (".img_mlp.gate_layer.", ".img_mlp.proj.", ".img_mlp.out.", "_img_mlp_gate_layer.", "_img_mlp_proj.",
-                 "_img_mlp_out.")  # fmt: skip
+# `.proj` / `.out`, fused as `img_mlp.gate_up` in LoRAs made on ComfyUI's model; Qwen-Image's is `img_mlp.net.N`)
+# and no text MLP, modulation or added projections; its blocks are 4096 wide (Qwen-Image's 3072), which is what
+# tells an attention-only LoRA.
+_QWEN21_MARKS = (".img_mlp.gate_layer.", ".img_mlp.proj.", ".img_mlp.out.", ".img_mlp.gate_up.", "_img_mlp_gate_layer.",
+                 "_img_mlp_proj.", "_img_mlp_out.", "_img_mlp_gate_up.")  # fmt: skip
 _QWEN_ONLY = (".txt_mlp.", ".img_mod.", ".txt_mod.", ".add_q_proj.", ".img_mlp.net.", "_txt_mlp_", "_img_mod_",
               "_txt_mod_", "_add_q_proj.", "_img_mlp_net_")  # fmt: skip
 _QWEN21_WIDTH = 4096
