@@ -18,6 +18,7 @@ from tests.engine.test_dit_oom import flux, paths  # noqa: F401 - fixtures (a Fl
 from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
 from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
+from tests.support.tiny_krea2 import build_tiny_krea2
 from tests.support.tiny_lumina2 import build_tiny_lumina2
 from tests.support.tiny_qwen21 import build_tiny_qwen21, save_folder
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
@@ -34,6 +35,7 @@ CASES = {
     "chroma": (build_tiny_chroma, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "lumina2": (build_tiny_lumina2, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "qwen21": (build_tiny_qwen21, dict(negative_prompt="blurry", cfg_scale=4.0)),
+    "krea2": (build_tiny_krea2, dict(negative_prompt="blurry", cfg_scale=4.5)),
 }
 
 

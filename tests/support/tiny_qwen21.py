@@ -46,22 +46,27 @@ def tiny_processor():
     return qwen3_vl_processor(images, tokenizer, _CHAT)
 
 
-def tiny_encoder(seed: int = 0) -> Qwen3VLForConditionalGeneration:
-    torch.manual_seed(seed)
-    config = Qwen3VLConfig(
+def qwen3_vl_config(vocab: int, ids: dict[str, int], *, layers: int = 2, depth: int = 2) -> Qwen3VLConfig:
+    """A tiny Qwen3-VL: `WIDTH` wide, `layers` text layers, a vision tower of `depth` blocks; `ids`: the special
+    tokens' ids (bos, eos and the vision tokens) in the tokenizer it goes with."""
+    return Qwen3VLConfig(
         text_config={
-            "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 1, "head_dim": 8, "vocab_size": VOCAB, "rope_theta": 5000000.0,
+            "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_hidden_layers": layers, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 8, "vocab_size": vocab, "rope_theta": 5000000.0,
             "rope_scaling": {"mrope_section": [2, 1, 1], "rope_type": "default", "mrope_interleaved": True},
-            "bos_token_id": 256, "eos_token_id": 258,
+            "bos_token_id": ids["bos"], "eos_token_id": ids["eos"],
         },
-        vision_config={"depth": 2, "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_heads": 2,
+        vision_config={"depth": depth, "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_heads": 2,
                        "out_hidden_size": WIDTH, "patch_size": _PATCH, "deepstack_visual_indexes": [0],
                        "num_position_embeddings": 16},
-        image_token_id=_IDS["<|image_pad|>"], video_token_id=_IDS["<|video_pad|>"],
-        vision_start_token_id=_IDS["<|vision_start|>"], vision_end_token_id=_IDS["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
     )  # fmt: skip
-    encoder = Qwen3VLForConditionalGeneration(config).eval()
+
+
+def tiny_encoder(seed: int = 0) -> Qwen3VLForConditionalGeneration:
+    torch.manual_seed(seed)
+    encoder = Qwen3VLForConditionalGeneration(qwen3_vl_config(VOCAB, _IDS | {"bos": 256, "eos": 258})).eval()
     _jitter(encoder, seed + 1)
     return encoder
 

@@ -1805,7 +1805,9 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
         rows, cols = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
         grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], rows, cols)
         return pipe._unpatchify_latents(grid)
-    if latents.ndim == 3:
+    if latents.ndim == 3 and len(inspect.signature(pipe._unpack_latents).parameters) == 3:
+        latents = pipe._unpack_latents(latents, height, width)  # Krea 2's knows its own scale factor
+    elif latents.ndim == 3:
         latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
     if latents.ndim == 5:
         latents = latents[:, :, 0]

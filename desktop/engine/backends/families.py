@@ -29,6 +29,7 @@ from typing import Any
 from desktop.engine.backends import encoder_components, qwen_encoders
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_flux2 as flux2
+from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_lumina2 as lumina2
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
@@ -92,11 +93,11 @@ _EDIT_PIPELINES = {
 
 
 def edits(family: str, variant: str = "") -> bool:
-    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1
-    and Lumina Image 2.0 Marble's own over their text-to-image pipelines)."""
+    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
+    Lumina Image 2.0 and Krea 2 Marble's own over their text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
-    if family in (qwen_zimage.QWEN_IMAGE_21, LUMINA2):  # Marble's own (flow_edit.py)
+    if family in (qwen_zimage.QWEN_IMAGE_21, LUMINA2, qwen_zimage.KREA2):  # Marble's own (flow_edit.py)
         return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
 
@@ -197,6 +198,8 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return qwen21.edit_pipeline(pipe)
     if info.family == LUMINA2:
         return lumina2.edit_pipeline(pipe)
+    if info.family == qwen_zimage.KREA2:
+        return krea2.edit_pipeline(pipe)
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
@@ -370,12 +373,18 @@ def load_pipeline(
 
 def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
     """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
-    (Qwen-Image 2.1's Qwen3-VL)."""
+    (Qwen-Image 2.1's and Krea 2's Qwen3-VL)."""
     if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
         raise ModelError(
             f"{name} is a Qwen-Image 2.1 model, and Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 "
             "VAE from the library yet: pass --text-encoders FOLDER (in the window: Text encoders), the diffusers "
             "Qwen-Image 2.1 folder (Qwen/Qwen-Image-2.1) or a folder holding text_encoder/, processor/ and vae/."
+        )
+    if info is not None and info.family == qwen_zimage.KREA2:
+        raise ModelError(
+            f"{name} is a Krea 2 model, and Marble does not read a Qwen3-VL text encoder from the library yet: pass "
+            "--text-encoders FOLDER (in the window: Text encoders), a diffusers Krea 2 folder (krea/Krea-2-Raw or "
+            "-Turbo) or a folder holding text_encoder/, tokenizer/ and vae/."
         )
 
 
@@ -659,6 +668,13 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
         return (channels, rows, cols), factor, _unchanged
     if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
+    if info.family == qwen_zimage.KREA2:  # (C, h, w) packed into tokens of 2x2 patches, as Flux's
+        latent_channels = channels // pipe.patch_size**2
+
+        def patched(noise: Any) -> Any:
+            return pipe._pack_latents(noise, noise.shape[0], latent_channels, rows, cols)
+
+        return (latent_channels, rows, cols), factor, patched
     if info.family == qwen_zimage.QWEN_IMAGE_21:  # (C, h, w) as tokens of one latent each: no patches
 
         def flattened(noise: Any) -> Any:

@@ -19,7 +19,6 @@ from typing import Any
 
 from desktop.engine.backends.flow_edit import FlowEdit
 from desktop.engine.errors import ModelError
-from desktop.engine.safe_files import read_json_file
 
 PROCESSOR = "processor"  # the pipeline's component and its folder
 _PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -50,19 +49,6 @@ def load_processor(folder: Path) -> Any:
     images = transformers.Qwen2VLImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return qwen3_vl_processor(images, tokenizer, _chat_template(folder) or tokenizer.chat_template)
-
-
-def sample_sigmas(folder: Path) -> list[float] | None:
-    """The fixed schedule a Qwen-Image 2.1 folder's model_index.json names (Qwen-Image-2.1-Turbo's eight sigmas;
-    its steps follow it), else None (the base model: as many steps as asked)."""
-    try:
-        index = read_json_file(folder / "model_index.json", label=f"model_index.json in {folder}")
-    except (ModelError, OSError, ValueError):
-        return None
-    sigmas = index.get("sample_sigmas") if isinstance(index, dict) else None
-    if isinstance(sigmas, list) and sigmas and all(isinstance(s, int | float) for s in sigmas):
-        return [float(s) for s in sigmas]
-    return None
 
 
 # Where ComfyUI's fused SwiGLU input sits in a LoRA's names, the two layers diffusers' model has for it (gate rows

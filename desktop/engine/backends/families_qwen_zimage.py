@@ -1,14 +1,14 @@
-"""Loading and running Qwen-Image, Z-Image and Lumina Image 2.0 (called from backends/families.py on the
-generation thread).
+"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1 and Krea 2 (called from
+backends/families.py on the generation thread).
 
 Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image, Gemma-2 2B for Lumina Image
-2.0) whose weights Marble cannot ship. So a model of these families takes its text encoder, tokenizer and VAE
-from a folder: the model's own diffusers folder, or, for a single transformer file, the folder the user names
-(`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding `text_encoder/`,
-`tokenizer/` and `vae/` in diffusers' form. The scheduler comes from that folder when it has one, else from
-the shipped config (resources/configs/qwen-image, z-image, lumina2). (A Qwen-Image or Z-Image transformer file
-with its encoder and VAE from the library instead needs no folder: qwen_encoders.py, with the shipped
-tokenizer. Gemma's tokenizer cannot ship, so Lumina always takes a folder.)
+2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2) whose weights Marble cannot ship. So a model of these
+families takes its text encoder, tokenizer and VAE from a folder: the model's own diffusers folder, or, for a
+single transformer file, the folder the user names (`--text-encoders FOLDER`): a diffusers folder of the family,
+or any folder holding `text_encoder/`, `tokenizer/` (Qwen-Image 2.1: `processor/`) and `vae/` in diffusers'
+form. The scheduler comes from that folder when it has one, else from the shipped config (resources/configs/).
+(A Qwen-Image or Z-Image transformer file with its encoder and VAE from the library instead needs no folder:
+qwen_encoders.py, with the shipped tokenizer. Gemma's tokenizer cannot ship, so Lumina always takes a folder.)
 
 torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
 """
@@ -22,12 +22,15 @@ from typing import Any
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
+from desktop.engine.library import dit_krea2
 from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, QWEN_IMAGE_21, Z_IMAGE
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
-FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21)
+FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2)
+_LABELS = {**LABELS, **dit_krea2.LABELS}
 # Qwen-Image's and Z-Image's pipelines read up to 512 prompt tokens (their default); nothing is cut into
 # 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
@@ -37,13 +40,14 @@ PROMPT_START = "<Prompt Start>"
 # Qwen's own examples pass a blank negative prompt so that true CFG runs without a user negative.
 _QWEN_BLANK_NEGATIVE = " "
 _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder",
-                       LUMINA2: "the Gemma-2 2B text encoder",
-                       QWEN_IMAGE_21: "the Qwen3-VL 8B text encoder"}  # fmt: skip
+                       LUMINA2: "the Gemma-2 2B text encoder", QWEN_IMAGE_21: "the Qwen3-VL 8B text encoder",
+                       KREA2: "the Qwen3-VL 4B text encoder"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
 _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL"),
                    LUMINA2: ("gemma2", "AutoencoderKL"),
-                   QWEN_IMAGE_21: ("qwen3_vl", "AutoencoderKLQwenImage21")}  # fmt: skip
+                   QWEN_IMAGE_21: ("qwen3_vl", "AutoencoderKLQwenImage21"),
+                   KREA2: ("qwen3_vl", "AutoencoderKLQwenImage")}  # fmt: skip
 # Qwen-Image 2.1's pipeline reads its prompt through Qwen3-VL's processor (tokenizer, image and video
 # processors and chat template in one folder, `processor/`), not through a bare tokenizer.
 _PROCESSOR = {QWEN_IMAGE_21: qwen21.PROCESSOR}
@@ -55,6 +59,7 @@ _CLASSES = {
     LUMINA2: ("Lumina2Pipeline", "Lumina2Transformer2DModel", "Gemma2Model", "AutoencoderKL"),
     QWEN_IMAGE_21: ("QwenImage21Pipeline", "QwenImage21Transformer2DModel", "Qwen3VLForConditionalGeneration",
                     "AutoencoderKLQwenImage21"),
+    KREA2: ("Krea2Pipeline", "Krea2Transformer2DModel", "Qwen3VLModel", "AutoencoderKLQwenImage"),
 }  # fmt: skip
 
 
@@ -83,7 +88,7 @@ def _vae_class(family: str) -> Any:
 
 
 def _label(family: str) -> str:
-    return LABELS[family]
+    return _LABELS[family]
 
 
 def needs_folder_error(name: str, info: DitInfo) -> ModelError:
@@ -157,9 +162,28 @@ def assemble(
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
     cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
-    if info.family == QWEN_IMAGE_21:  # a Turbo folder's own schedule (model_index.json), None for the base model
-        parts["sample_sigmas"] = qwen21.sample_sigmas(folder)
-    return cls(transformer=transformer, **parts)
+    # The pipeline's settings the folder's model_index.json holds (a Turbo folder's fixed schedule or distilled
+    # flag, Krea 2's encoder layers): from_pretrained would pass them, so the constructor gets them too.
+    return cls(transformer=transformer, **parts, **_pipeline_settings(folder, cls))
+
+
+def _pipeline_settings(folder: Path, cls: Any) -> dict[str, Any]:
+    """The entries of `folder`'s model_index.json that are `cls`'s settings rather than its components (whose
+    entries are [library, class] pairs) or diffusers' own bookkeeping (`_class_name` ...)."""
+    import inspect
+
+    try:
+        index = read_json_file(folder / "model_index.json", label=f"model_index.json in {folder}")
+    except (ModelError, OSError, ValueError):
+        return {}
+    accepted = inspect.signature(cls.__init__).parameters
+    if not isinstance(index, dict):
+        return {}
+    return {
+        key: value for key, value in index.items()
+        if key in accepted and not key.startswith("_") and not (isinstance(value, list) and len(value) == 2
+                                                                and all(isinstance(v, str | None) for v in value))
+    }  # fmt: skip
 
 
 def _tokenizer_folder(family: str) -> str:
@@ -200,6 +224,12 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
         # otherwise be put before it a second time.
         system, _, prompt = request.prompt.partition(PROMPT_START)
         arguments |= {"prompt": prompt.strip(), "system_prompt": system.strip()}
+    if info.family == KREA2:
+        # Its pipeline's guidance is the step beyond the conditional prediction (cond + g (cond - uncond)): A1111's
+        # CFG scale less one. 1 and below run without CFG (Turbo), the negative prompt then unused.
+        guidance = max(float(request.cfg_scale) - 1.0, 0.0)
+        return {"prompt": request.prompt, "max_sequence_length": MAX_SEQUENCE, "guidance_scale": guidance,
+                "negative_prompt": (request.negative_prompt or None) if guidance > 0 else None}  # fmt: skip
     if info.family == QWEN_IMAGE_21:
         # No sequence limit (the processor reads the prompt whole). Qwen recommends no guidance (CFG 1); above 1
         # true CFG runs against the negative prompt, blank when none is given, as for Qwen-Image.

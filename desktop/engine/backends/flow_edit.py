@@ -59,11 +59,13 @@ class FlowEdit:
             clean = torch.cat(encoded).to(device, dtype)
         clean = clean.repeat(count, 1, 1, 1) if clean.shape[0] == 1 else clean
         # Drawn as text to image draws its noise for the same generators (the same values in the same order).
-        noise = randn_tensor((count, clean.shape[1], rows, cols), generator=generator, device=device, dtype=dtype)
+        channels = clean.shape[1]
+        noise = randn_tensor((count, channels, rows, cols), generator=generator, device=device, dtype=dtype)
         clean, noise = self._edit_pack(clean), self._edit_pack(noise)
         step_end = callback_on_step_end
         if mask_image is not None:
-            repaint = self._edit_pack(_latent_mask(mask_image, rows, cols)).to(device, dtype)
+            # On every latent channel, packed as the latents are (a 2x2-patch token holds four cells).
+            repaint = self._edit_pack(_latent_mask(mask_image, rows, cols).repeat(1, channels, 1, 1)).to(device, dtype)
             step_end = _blended(clean, noise, repaint, callback_on_step_end)
         return super().__call__(  # type: ignore[misc]
             width=width, height=height, sigmas=tail, latents=(1 - sigma) * clean + sigma * noise,

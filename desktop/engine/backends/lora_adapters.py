@@ -15,11 +15,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends.base import AdapterHash
 from desktop.engine.backends.lycoris import LycorisFile, LycorisMerger, RenameSgm, read_lycoris
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
+from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21
 from desktop.engine.library.lora import (
     AdapterCatalog,
@@ -340,12 +342,17 @@ def _embedding_vectors(tensors: dict[str, Any]) -> tuple[Any, Any]:
 
 def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
     """What diffusers loads a LoRA from: the file, or, for a Qwen-Image 2.1 LoRA in kohya's names or made on
-    ComfyUI's fused MLP, its tensors renamed for diffusers' loader (families_qwen21.py)."""
+    ComfyUI's fused MLP (families_qwen21.py), or a Krea 2 one in kohya's names or with alphas (families_krea2.py),
+    its tensors renamed for diffusers' loader."""
     if info.family == QWEN_IMAGE_21 and qwen21.lora_needs_conversion(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 
         modules = (name for name, _ in pipe.transformer.named_modules())
         return qwen21.convert_lora(load_file(str(path)), modules)
+    if info.family == KREA2 and krea2.lora_needs_conversion(read_safetensors_header(path).tensors):
+        from safetensors.torch import load_file
+
+        return krea2.convert_lora(load_file(str(path)))
     return str(path)
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_flux2, dit_qwen_zimage, quant_formats
+from desktop.engine.library import dit_flux2, dit_krea2, dit_qwen_zimage, quant_formats
 
 StrPath = str | os.PathLike[str]
 
@@ -40,6 +40,7 @@ DIT_CONFIGS = {
     ("chroma", ""): "chroma",
     **dit_qwen_zimage.CONFIGS,
     **dit_flux2.CONFIGS,
+    **dit_krea2.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
@@ -48,6 +49,7 @@ DIT_LABELS = {
     "chroma": "Chroma",
     **dit_qwen_zimage.LABELS,
     **dit_flux2.LABELS,
+    **dit_krea2.LABELS,
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
@@ -158,7 +160,7 @@ def reference_image_limit(info: DitInfo | None) -> int:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        if dit_qwen_zimage.is_marker(bare) or dit_flux2.is_marker(bare):
+        if dit_qwen_zimage.is_marker(bare) or dit_flux2.is_marker(bare) or dit_krea2.is_marker(bare):
             return True
         if bare.startswith(
             ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
@@ -200,7 +202,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             f"{name}: its weights use a block-scaled quantisation ({unsupported}: ComfyUI's nvfp4 or mxfp8) that "
             "Marble cannot load yet. Use a GGUF, fp8 or bf16 file of this model."
         )
-    other = dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
+    other = dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name) or dit_krea2.detect(model, name)
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -426,6 +428,7 @@ _PIPELINES = {
     "ChromaPipeline": "chroma",
     **dit_qwen_zimage.PIPELINES,
     **dit_flux2.PIPELINES,
+    **dit_krea2.PIPELINES,
 }
 
 

@@ -198,13 +198,18 @@ def _require(model: Mapping[str, TensorShape], needed: Iterable[str], name: str,
 
 
 def _contiguous(blocks: Mapping[str, set[int]], kind: str, name: str, family: str) -> int:
-    present = blocks.get(kind, set())
+    return contiguous(blocks.get(kind, set()), kind, name, LABELS[family])
+
+
+def contiguous(present: set[int], kind: str, name: str, label: str) -> int:
+    """How many `kind` blocks a file of `label` holds (their indices `present`); a ModelError naming `name` when
+    there are none or one is missing between them."""
     if not present:
-        raise ModelError(f"{name} looks like {LABELS[family]} but has no {kind}; the file is incomplete.")
+        raise ModelError(f"{name} looks like {label} but has no {kind}; the file is incomplete.")
     missing = sorted(set(range(max(present) + 1)) - present)
     if missing:
         raise ModelError(
-            f"{name} looks like {LABELS[family]} but {kind}.{missing[0]} is missing "
+            f"{name} looks like {label} but {kind}.{missing[0]} is missing "
             f"({len(missing)} of {max(present) + 1} blocks absent): the file is damaged or incomplete. "
             "Download it again."
         )

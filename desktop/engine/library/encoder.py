@@ -260,6 +260,7 @@ _FAMILY_ENCODERS = {
     "z-image": ("qwen3",), "flux2-klein": ("qwen3",), "flux2-dev": ("mistral3",),
     "lumina2": ("gemma2", "gemma-2"),
     "qwen-image-2.1": (),  # Qwen3-VL 8B comes from a folder (--text-encoders): the library reads none yet
+    "krea2": (),  # Qwen3-VL 4B likewise
 }  # fmt: skip
 
 

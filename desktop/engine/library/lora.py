@@ -28,7 +28,8 @@ _FAMILY_BY_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
 FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
-    "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "flux2": "Flux.2", "lumina2": "Lumina Image 2.0",
+    "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
+    "lumina2": "Lumina Image 2.0",
 }  # fmt: skip
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
@@ -145,6 +146,10 @@ _TRANSFORMER_PREFIXES = ("transformer.", "base_model.model.", "diffusion_model."
 # ZImageLoraLoaderMixin): diffusers/PEFT names, the same under ComfyUI's `diffusion_model.`, and kohya's.
 # Qwen-Image's blocks share SD3's and Flux's name (`transformer_blocks.N.attn...`) but only its own have the
 # separate image/text MLPs and modulations; Z-Image's (`layers.N.attention...`) are its own.
+# Krea 2's blocks: a gated attention (`attn.to_gate`, its makers' `attn.gate` beside `attn.wq`) and a SwiGLU
+# feed-forward (`ff.gate`, theirs `mlp.gate`), no other family's.
+_KREA2_MARKS = (".attn.to_gate.", ".ff.gate.", ".attn.wq.", ".mlp.gate.")
+_KREA2_KOHYA = ("lora_unet_blocks_", "lora_unet_txtfusion_")
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
@@ -166,7 +171,11 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     bare = [_strip_transformer_prefix(n) for n in names]
     te1 = [n for n in names if n.startswith(("lora_te_", "lora_te1_", "text_encoder."))]
     te2 = [n for n in names if n.startswith(("lora_te2_", "text_encoder_2."))]
-    if any(n.startswith(_FLUX_KOHYA) for n in names):
+    if any(any(mark in n for mark in _KREA2_MARKS) or n.startswith(("txtfusion.", "text_fusion.")) for n in bare):
+        fmt, family = "peft", "krea2"  # diffusers' Krea 2 loader reads its makers' names and its own
+    elif any(n.startswith(_KREA2_KOHYA) for n in names):
+        fmt, family = "kohya", "krea2"  # musubi-tuner's (backends/families_krea2.py renames them)
+    elif any(n.startswith(_FLUX_KOHYA) for n in names):
         fmt, family = "kohya", "flux"
     elif any(n.startswith(_QWEN_KOHYA) for n in names):
         fmt, family = "kohya", "qwen-image"

@@ -1,0 +1,279 @@
+"""Krea 2 (Krea AI's 12.8B model, Raw and its 8-step Turbo): a tiny random model as a diffusers folder, as a
+transformer-only file in its makers' names (ComfyUI's, with and without its prefix) and in diffusers' names, and as
+a GGUF; detected from its tensors and run offline through Marble, pixel-identical to bare diffusers with the same
+seed; image to image, inpainting and the hires fix through flow_edit.py; LoRAs in both namings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import GGUFQuantizationConfig, Krea2Pipeline, Krea2Transformer2DModel
+from PIL import Image
+from safetensors.torch import save_file
+
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.checkpoint import detect_model, read_safetensors_header
+from desktop.engine.library.lora import inspect_lora
+from desktop.engine.library.native_size import family_defaults, model_family
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_krea2 import build_tiny_krea2, to_original
+from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, save_transformer_file
+
+PREFIX = "model.diffusion_model."
+
+
+@pytest.fixture(scope="module")
+def krea(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("krea2")
+    pipe = build_tiny_krea2()
+    folder = tmp / "Krea-2-Raw"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    state = dict(pipe.transformer.state_dict())
+    return {
+        "pipe": pipe,
+        "folder": folder,
+        "comfy": save_transformer_file(to_original(state), tmp / "krea2_raw_bf16.safetensors", prefix=PREFIX),
+        "original": save_transformer_file(to_original(state), tmp / "krea2.safetensors"),
+        "diffusers": save_transformer_file(state, tmp / "krea2-diffusers.safetensors"),
+    }
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def bare_pipe(folder, transformer=None) -> Krea2Pipeline:
+    parts = {"transformer": transformer} if transformer is not None else {}
+    pipe = Krea2Pipeline.from_pretrained(str(folder), local_files_only=True, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bare_image(pipe, request, **extra) -> np.ndarray:
+    # Marble's CFG scale is A1111's; Krea's pipeline takes the step beyond the conditional prediction (CFG - 1).
+    guidance = max(request.cfg_scale - 1, 0)
+    negative = {"negative_prompt": request.negative_prompt} if guidance > 0 and request.negative_prompt else {}
+    return pixels(pipe(
+        prompt=request.prompt, num_inference_steps=request.steps, width=request.width, height=request.height,
+        guidance_scale=guidance, generator=torch.Generator("cpu").manual_seed(request.seed), **negative, **extra,
+    ).images[0])  # fmt: skip
+
+
+def test_a_krea2_folder_is_detected_and_matches_bare_diffusers(paths, krea):
+    arch = detect_model(krea["folder"])
+    assert (arch.family, arch.dit.layout, arch.config_name, arch.label) == ("krea2", "diffusers", "krea2", "Krea 2")
+    request = request_for(krea["folder"], steps=3, cfg_scale=5.5)
+    batch, steps = run(make_backend(paths), request)
+    expected = bare_image(bare_pipe(krea["folder"]), request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert len(steps) == 3 and all(step.preview is not None for step in steps)
+    # CFG 1 (Turbo's) runs without guidance: the negative prompt unused.
+    plain_request = request_for(krea["folder"], steps=3, cfg_scale=1.0)
+    plain, _ = run(make_backend(paths), plain_request)
+    assert np.array_equal(pixels(plain.images[0]), bare_image(bare_pipe(krea["folder"]), plain_request))
+    assert not np.array_equal(pixels(plain.images[0]), expected)
+
+
+@pytest.mark.parametrize("layout", ["comfy", "original", "diffusers"])
+def test_transformer_files_in_each_layout_match_with_the_folders_components(paths, krea, layout):
+    arch = detect_model(krea[layout])
+    assert (arch.family, arch.dit.layout, arch.dit.blocks) == ("krea2", "diffusers" if layout == "diffusers" else
+                                                               "original", (2, 0))  # fmt: skip
+    assert arch.dit.needs_components
+    request = request_for(krea[layout], steps=3, cfg_scale=5.5, model_config=str(krea["folder"]),
+                          text_encoders=str(krea["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(krea["folder"]), request))
+
+
+def test_a_turbo_folder_keeps_its_distilled_schedule(paths, krea, tmp_path):
+    # Turbo's folder says `is_distilled` (a fixed shift of 1.15); Marble builds the pipeline with it, as diffusers'
+    # own loading does. The tiny Raw's pictures differ from it at the same seed.
+    folder = tmp_path / "Krea-2-Turbo"
+    shutil.copytree(krea["folder"], folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"is_distilled": True}))
+    request = request_for(folder, steps=3, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    turbo = bare_pipe(folder)
+    assert turbo.config.is_distilled
+    assert np.array_equal(pixels(batch.images[0]), bare_image(turbo, request))
+    assert not np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(krea["folder"]), request))
+
+
+def test_a_krea2_gguf_matches_diffusers_gguf_loading(paths, krea, tmp_path):
+    # The final modulation table stays F32, as the GGUF converters keep it (diffusers uses it as a parameter).
+    path = save_gguf(to_original(dict(krea["pipe"].transformer.state_dict())), tmp_path / "krea2-Q8_0.gguf",
+                     arch="krea2", keep=("last.modulation.lin",))  # fmt: skip
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.layout, arch.dit.quantization) == ("krea2", "original", "Q8_0")
+    request = request_for(path, steps=3, cfg_scale=5.5, model_config=str(krea["folder"]),
+                          text_encoders=str(krea["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    transformer = Krea2Transformer2DModel.from_single_file(
+        str(path), config=str(krea["folder"]), subfolder="transformer", local_files_only=True,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32,
+    )  # fmt: skip
+    expected = bare_image(bare_pipe(krea["folder"], transformer), request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(bare_pipe(krea["folder"]), request))  # the quantisation shows
+
+
+def test_damaged_files_and_wrong_components_are_refused_by_name(paths, krea, tmp_path):
+    state = to_original(dict(krea["pipe"].transformer.state_dict()))
+    middle = save_transformer_file(state, tmp_path / "my-krea.safetensors", prefix=PREFIX, drop="blocks.0")
+    with pytest.raises(ModelError, match=r"my-krea\.safetensors looks like Krea 2 but blocks\.0 is missing"):
+        detect_model(middle)
+    headless = save_transformer_file({k: v for k, v in state.items() if not k.startswith("first.")},
+                                     tmp_path / "headless.safetensors")  # fmt: skip
+    with pytest.raises(ModelError, match=r"headless\.safetensors looks like Krea 2 but first\.weight is missing"):
+        detect_model(headless)
+    last = save_transformer_file(state, tmp_path / "short.safetensors", drop="blocks.1")
+    with pytest.raises(ModelError, match=r"short\.safetensors has 1 main blocks but the Krea 2 config"):
+        run(make_backend(paths), request_for(last, model_config=str(krea["folder"]),
+                                             text_encoders=str(krea["folder"])))  # fmt: skip
+    with pytest.raises(ModelError, match=r"Qwen3-VL 4B text encoder, its tokenizer and its VAE"):
+        run(make_backend(paths), request_for(krea["original"], model_config=str(krea["folder"])))
+    old = tmp_path / "qwen-image"
+    build_tiny_qwen_image().save_pretrained(str(old), safe_serialization=True)
+    with pytest.raises(ModelError, match=r"are qwen2_5_vl and AutoencoderKLQwenImage, but Krea 2 needs"):
+        run(make_backend(paths), request_for(krea["original"], model_config=str(krea["folder"]),
+                                             text_encoders=str(old)))  # fmt: skip
+    with pytest.raises((InvalidRequest, ModelError), match=r"Krea 2 model, .*Qwen3-VL text encoder from the library"):
+        run(make_backend(paths), request_for(krea["original"], model_config=str(krea["folder"]),
+                                             text_encoders="qwen3vl_4b_fp8_scaled", vae="qwen_image_vae"))
+
+
+def test_library_family_defaults_and_the_shipped_config(krea):
+    from accelerate import init_empty_weights
+
+    from desktop.engine.backends.families import transformer_class
+    from desktop.engine.resources import Resources
+
+    assert model_family(krea["folder"]) == "krea2" and model_family(krea["comfy"]) == "krea2"
+    assert family_defaults("krea2") == {"steps": 52, "cfg_scale": 4.5}
+    cls = transformer_class("krea2")
+    config = cls.load_config(str(Resources.default().config_folder("krea2")), subfolder="transformer")
+    with init_empty_weights():
+        model = cls.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 12_820_073_036  # 28 blocks 6144 wide
+
+
+def test_image_to_image_and_inpainting(paths, krea, tmp_path):
+    from desktop.engine.backends.families_krea2 import edit_pipeline
+
+    pipe = bare_pipe(krea["folder"])
+    edit = edit_pipeline(pipe)
+    source = Image.new("RGB", (96, 64), (200, 40, 40))
+    call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=0.0)
+    # Strength 1 starts from the noise text to image draws for the seed: the same picture.
+    whole = edit(**call, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
+    assert np.array_equal(whole, pipe(**call, generator=torch.Generator().manual_seed(7)).images)
+    # A Turbo checkpoint's fixed shift serves its edits too: strength 0.5 runs the last half of its steps at the
+    # very sigmas its text to image reaches them.
+    pipe.register_to_config(is_distilled=True)
+    seen, half = [], []
+    record = lambda into: lambda p, i, t, tensors: into.append(float(p.scheduler.sigmas[i])) or {}  # noqa: E731
+    pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=record(seen))
+    edit_pipeline(pipe)(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
+                        callback_on_step_end=record(half))  # fmt: skip
+    assert half == pytest.approx(seen[2:], abs=1e-6)
+    # ... and it starts from the source noised to exactly that first sigma: (1 - s) x0 + s noise, then that tail.
+    from diffusers.utils.torch_utils import randn_tensor
+
+    turbo = edit_pipeline(pipe)
+    clean = turbo._edit_pack(turbo._edit_encode(source, 96, 64, None))
+    noise = turbo._edit_pack(randn_tensor((1, 4, 8, 12), generator=torch.Generator().manual_seed(7)))
+    by_hand = pipe(**call, latents=(1 - seen[2]) * clean + seen[2] * noise, sigmas=list(np.linspace(1, 0.25, 4)[2:]),
+                   generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    edited = turbo(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7)).images
+    assert np.allclose(edited, by_hand, atol=1e-6)
+    pipe.register_to_config(is_distilled=False)
+    # Inpainting leaves the source's latents outside the mask: the left 20 columns repaint latent columns 0-2.
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 20, 64))
+    latents = edit(**(call | {"output_type": "latent"}), image=source, mask_image=mask, strength=1.0,
+                   generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    clean = edit._edit_pack(edit._edit_encode(source, 96, 64, None))
+    grid, kept = latents.reshape(4, 6, -1), clean.reshape(4, 6, -1)  # tokens of 2x2 latents: 4 rows of 6
+    assert torch.allclose(grid[:, 2:], kept[:, 2:], atol=1e-6) and not torch.allclose(grid[:, :2], kept[:, :2])
+    # Through Marble: image to image, and the hires fix with a latent and a pixel upscaler.
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    request = request_for(krea["folder"], init_image=str(tmp_path / "source.png"), strength=0.6, steps=3,
+                          cfg_scale=5.5, seed=43)  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    expected = pixels(edit(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=3,
+                           width=64, height=64, guidance_scale=4.5, image=Image.open(tmp_path / "source.png"),
+                           strength=0.6, generator=torch.Generator().manual_seed(43)).images[0])  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    for upscaler in ("Latent", "Lanczos"):
+        hires, steps = run(make_backend(paths), request_for(krea["folder"], steps=2, cfg_scale=1.0, hires_fix=True,
+                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
+                                                            width=96))  # fmt: skip
+        assert hires.images[0].size == (144, 96) and len(steps) > 2 and not hires.notes
+
+
+def krea_lora(transformer, seed: int = 3) -> dict[str, torch.Tensor]:
+    """A LoRA on every block's attention projections and feed-forward, in diffusers' names."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in transformer.named_modules():
+        if name.startswith("transformer_blocks.") and name.endswith(
+            ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.to_gate", "ff.gate", "ff.up", "ff.down")
+        ):
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=generator) / 2
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) / 2
+    return tensors
+
+
+_LORA_ORIGINAL = {".attn.to_q.": ".attn.wq.", ".attn.to_k.": ".attn.wk.", ".attn.to_v.": ".attn.wv.",
+                  ".attn.to_out.0.": ".attn.wo.", ".attn.to_gate.": ".attn.gate.", ".ff.": ".mlp."}  # fmt: skip
+
+
+def to_original_lora(tensors: dict[str, torch.Tensor], naming: str) -> dict[str, torch.Tensor]:
+    """The same LoRA in its makers' module names: "native" as ai-toolkit writes it (`diffusion_model.` + lora_A /
+    lora_B); "musubi" with lora_down / lora_up and an alpha of 2 (over rank 4: the up matrices doubled to keep the
+    update); "kohya" the same under kohya's flattened `lora_unet_` names."""
+    out = {}
+    for key, value in tensors.items():
+        name = key.replace("transformer.transformer_blocks.", "diffusion_model.blocks.")
+        for new, old in _LORA_ORIGINAL.items():
+            name = name.replace(new, old)
+        if naming == "native":
+            out[name] = value
+            continue
+        module, _, part = name.rpartition(".lora_")
+        if naming == "kohya":
+            module = "lora_unet_" + module.removeprefix("diffusion_model.").replace(".", "_")
+        up = part == "B.weight"
+        out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value * 2 if up else value
+        out[f"{module}.alpha"] = torch.tensor(2.0)
+    return out
+
+
+@pytest.mark.parametrize("naming", ["diffusers", "native", "musubi", "kohya"])
+def test_a_krea2_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths, krea, naming, tmp_path):
+    tensors = krea_lora(krea["pipe"].transformer)
+    written = tensors if naming == "diffusers" else to_original_lora(tensors, naming)
+    save_file(written, str(paths.loras / "style.safetensors"))
+    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
+    assert (info.family, info.label) == ("krea2", "Krea 2")
+    request = request_for(krea["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    assert [lora.name for lora in batch.loras] == ["style"]
+    # The reference: bare diffusers loading the LoRA in its own names.
+    save_file(tensors, str(tmp_path / "reference.safetensors"))
+    pipe = bare_pipe(krea["folder"])
+    pipe.load_lora_weights(str(tmp_path / "reference.safetensors"), adapter_name="style")
+    pipe.set_adapters(["style"], [0.8])
+    plain_request = request_for(krea["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)
+    expected = bare_image(pipe, plain_request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(bare_pipe(krea["folder"]), plain_request))
