@@ -15,7 +15,7 @@ from diffusers import GGUFQuantizationConfig, Krea2Pipeline, Krea2Transformer2DM
 from PIL import Image
 from safetensors.torch import save_file
 
-from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model, read_safetensors_header
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.native_size import family_defaults, model_family
@@ -146,9 +146,6 @@ def test_damaged_files_and_wrong_components_are_refused_by_name(paths, krea, tmp
     with pytest.raises(ModelError, match=r"are qwen2_5_vl and AutoencoderKLQwenImage, but Krea 2 needs"):
         run(make_backend(paths), request_for(krea["original"], model_config=str(krea["folder"]),
                                              text_encoders=str(old)))  # fmt: skip
-    with pytest.raises((InvalidRequest, ModelError), match=r"Krea 2 model, .*Qwen3-VL text encoder from the library"):
-        run(make_backend(paths), request_for(krea["original"], model_config=str(krea["folder"]),
-                                             text_encoders="qwen3vl_4b_fp8_scaled", vae="qwen_image_vae"))
 
 
 def test_library_family_defaults_and_the_shipped_config(krea):
@@ -164,6 +161,14 @@ def test_library_family_defaults_and_the_shipped_config(krea):
     with init_empty_weights():
         model = cls.from_config(config)
     assert sum(p.numel() for p in model.parameters()) == 12_820_073_036  # 28 blocks 6144 wide
+    # The shipped Qwen3-VL 4B config's language model (what a library file is loaded as): Qwen3 4B's published
+    # 4.02B parameters (its head tied to the embedding).
+    import transformers
+
+    encoder = transformers.AutoConfig.from_pretrained(str(Resources.default().config_folder("krea2") / "text_encoder"))
+    with init_empty_weights():
+        language = transformers.Qwen3VLTextModel(encoder.text_config)
+    assert sum(p.numel() for p in language.parameters()) == 4_022_468_096
 
 
 def test_image_to_image_and_inpainting(paths, krea, tmp_path):
@@ -277,3 +282,51 @@ def test_a_krea2_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths
     expected = bare_image(pipe, plain_request)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, bare_image(bare_pipe(krea["folder"]), plain_request))
+
+
+@pytest.fixture
+def library_home(tmp_path, krea):
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_krea2 import comfy_qwen3_vl
+    from tests.support.tiny_qwen_encoders import wan_vae_names
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    save_file(comfy_qwen3_vl(krea["pipe"].text_encoder), str(tmp_path / "qwen3vl_4b.safetensors"))
+    save_file(wan_vae_names(krea["pipe"].vae.state_dict()), str(tmp_path / "qwen_image_vae.safetensors"))
+    library = Library(paths)
+    record = library.import_path(tmp_path / "qwen3vl_4b.safetensors", "encoder")
+    library.import_path(tmp_path / "qwen_image_vae.safetensors", "vae")
+    return paths, record
+
+
+def test_a_krea2_file_runs_with_comfys_qwen3_vl_and_qwen_image_vae_from_the_library(library_home, krea):
+    paths, record = library_home
+    assert record.family == "qwen3vl" and "Qwen3-VL text encoder (width 16)" in record.shown_architecture
+    # The config folder says the model's settings (the tiny model's tapped layers); the tokenizer is Marble's own.
+    request = request_for(krea["comfy"], steps=3, cfg_scale=4.5, model_config=str(krea["folder"]),
+                          text_encoders="qwen3vl_4b", vae="qwen_image_vae")  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(krea["folder"]), request))
+
+
+def test_comfys_scaled_fp8_qwen3_vl_computes_its_dequantised_weights(library_home, krea, tmp_path):
+    import copy
+
+    from desktop.engine.library.index import Library
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+    from tests.support.tiny_krea2 import comfy_qwen3_vl
+
+    paths, _ = library_home
+    file, exact, _ = scaled_fp8(comfy_qwen3_vl(krea["pipe"].text_encoder))
+    save_file(file, str(tmp_path / "qwen3vl_4b_fp8_scaled.safetensors"))
+    Library(paths).import_path(tmp_path / "qwen3vl_4b_fp8_scaled.safetensors", "encoder")
+    request = request_for(krea["comfy"], steps=3, cfg_scale=4.5, model_config=str(krea["folder"]),
+                          text_encoders="qwen3vl_4b_fp8_scaled", vae="qwen_image_vae")  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    encoder = copy.deepcopy(krea["pipe"].text_encoder)
+    encoder.load_state_dict({k.removeprefix("model."): v for k, v in exact.items()})
+    reference = Krea2Pipeline.from_pretrained(str(krea["folder"]), local_files_only=True, text_encoder=encoder)
+    reference.set_progress_bar_config(disable=True)
+    expected = bare_image(reference, request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(bare_pipe(krea["folder"]), request))  # the fp8 shows

@@ -37,9 +37,10 @@ def build_tiny_krea2(seed: int = 0, *, layers: int = 2, distilled: bool = False)
         axes_dims_rope=(4, 6, 6),
     )  # fmt: skip
     _jitter(transformer, seed)
+    # Wan 2.1's block layout (four levels, two residual blocks each), which ComfyUI's qwen_image_vae names follow.
     vae = AutoencoderKLQwenImage(
-        base_dim=z_dim * 6, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-        temperal_downsample=[False, True, True], latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0],
+        base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True],
+        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0],
     )  # fmt: skip
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(CONFIGS / "krea2" / "scheduler"))
     return Krea2Pipeline(
@@ -78,3 +79,9 @@ def to_original(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, t
                 value = value.reshape(-1)
         out[prefix + name] = value.contiguous()
     return out
+
+
+def comfy_qwen3_vl(encoder: Qwen3VLModel) -> dict[str, torch.Tensor]:
+    """The encoder as ComfyUI's Qwen3-VL files hold it (qwen3vl_4b_fp8_scaled): transformers' names under
+    `model.` (`model.language_model.layers.N...`, `model.visual.*`)."""
+    return {f"model.{key}": value.contiguous() for key, value in encoder.state_dict().items()}

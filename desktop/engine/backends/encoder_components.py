@@ -34,20 +34,22 @@ from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.dit import read_gguf_tensors
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
-from desktop.engine.library.encoder_qwen import MISTRAL3
+from desktop.engine.library.encoder_qwen import MISTRAL3, QWEN3VL
 from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
 from desktop.engine.library.vae import inspect_vae
 
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
                     "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3",
                     "Qwen3ForCausalLM": "qwen3", "Mistral3ForConditionalGeneration": MISTRAL3,
-                    "MistralModel": MISTRAL3, "Gemma2Model": "gemma2"}  # fmt: skip
+                    "MistralModel": MISTRAL3, "Gemma2Model": "gemma2", "Qwen3VLModel": QWEN3VL,
+                    "Qwen3VLForConditionalGeneration": QWEN3VL}  # fmt: skip
 _WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
            ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B",
            ("qwen3", 4096): "a Qwen3 8B", (MISTRAL3, 5120): "a Mistral Small 24B",
-           ("gemma2", 2304): "a Gemma-2 2B"}  # fmt: skip
+           ("gemma2", 2304): "a Gemma-2 2B", (QWEN3VL, 2560): "a Qwen3-VL 4B",
+           (QWEN3VL, 4096): "a Qwen3-VL 8B"}  # fmt: skip
 _KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", MISTRAL3: "Mistral",
-               "gemma2": "Gemma 2"}  # fmt: skip
+               "gemma2": "Gemma 2", QWEN3VL: "Qwen3-VL"}  # fmt: skip
 # Tensors component files carry that the model class does not hold (a CLIP-L's projection and logit scale
 # when it serves Flux's un-projected slot; buffers older exports saved).
 _HARMLESS = ("logit_scale", "text_projection.weight")
@@ -171,6 +173,12 @@ def load_encoder(
         # Flux.2 dev's Mistral: the language model alone, cut to the layers Flux.2 reads (mistral_encoder.py).
         model_class = transformers.MistralModel
         settings = mistral_encoder.settings(config)
+    elif info.kind == QWEN3VL:
+        # Qwen3-VL's language model alone: what Krea 2 reads (its vision tower is never run); the file's
+        # hidden states are the whole model's for a prompt without pictures.
+        model_class = transformers.Qwen3VLTextModel
+        settings = transformers.AutoConfig.from_pretrained(str(config), local_files_only=True)
+        settings = getattr(settings, "text_config", settings)
     else:
         model_class = getattr(transformers, class_name)
         settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)

@@ -164,10 +164,10 @@ def assemble(
     cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
     # The pipeline's settings the folder's model_index.json holds (a Turbo folder's fixed schedule or distilled
     # flag, Krea 2's encoder layers): from_pretrained would pass them, so the constructor gets them too.
-    return cls(transformer=transformer, **parts, **_pipeline_settings(folder, cls))
+    return cls(transformer=transformer, **parts, **pipeline_settings(folder, cls))
 
 
-def _pipeline_settings(folder: Path, cls: Any) -> dict[str, Any]:
+def pipeline_settings(folder: Path, cls: Any) -> dict[str, Any]:
     """The entries of `folder`'s model_index.json that are `cls`'s settings rather than its components (whose
     entries are [library, class] pairs) or diffusers' own bookkeeping (`_class_name` ...)."""
     import inspect

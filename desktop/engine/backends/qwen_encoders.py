@@ -23,12 +23,13 @@ from typing import Any
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_flux2 import FLUX2
+from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE
 from desktop.engine.library.encoder import EncoderInfo
-from desktop.engine.library.encoder_qwen import GEMMA2, QWEN3, QWEN25_VL, SPIECE_TENSOR
+from desktop.engine.library.encoder_qwen import GEMMA2, QWEN3, QWEN3VL, QWEN25_VL, SPIECE_TENSOR
 from desktop.engine.safe_files import read_json_file
 
-KINDS = (QWEN25_VL, QWEN3, GEMMA2)
+KINDS = (QWEN25_VL, QWEN3, GEMMA2, QWEN3VL)
 # Flux.2 Klein's text-encoder class (Z-Image's is Qwen3Model): the same Qwen3 files serve both.
 CAUSAL_QWEN3 = "Qwen3ForCausalLM"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
@@ -51,6 +52,11 @@ def model_names(state: dict[str, Any], kind: str, class_name: str = "") -> dict[
     if kind == QWEN3 and class_name == CAUSAL_QWEN3:
         return {key if key == "lm_head.weight" or key.startswith("model.") else f"model.{key}": value
                 for key, value in state.items()}  # fmt: skip
+    if kind == QWEN3VL:
+        # Its language model alone (Qwen3VLTextModel: what Krea 2 reads, the vision tower never run), under
+        # transformers' names (`model.language_model.*`) or ComfyUI's older ones (`model.*` beside `visual.*`).
+        return {key.removeprefix("model.").removeprefix("language_model."): value for key, value in state.items()
+                if not key.startswith(("visual.", "model.visual.", "lm_head."))}  # fmt: skip
     if kind in (QWEN3, GEMMA2):  # Qwen3Model, Gemma2Model: no `model.` level, no head, no carried tokenizer
         return {key.removeprefix("model."): value for key, value in state.items()
                 if key not in ("lm_head.weight", SPIECE_TENSOR)}  # fmt: skip
@@ -224,7 +230,8 @@ def assemble(
         for component, encoder in chosen.values():
             check_vision(info, encoder, component.shown, name=name)
     if parts.vae is None:
-        which = {QWEN_IMAGE: "qwen_image_vae.safetensors", FLUX2: "the Flux.2 VAE, flux2-vae.safetensors"}.get(
+        which = {QWEN_IMAGE: "qwen_image_vae.safetensors", KREA2: "Qwen-Image's qwen_image_vae.safetensors",
+                 FLUX2: "the Flux.2 VAE, flux2-vae.safetensors"}.get(  # fmt: skip
             info.family, "the Flux VAE, ae.safetensors"
         )
         raise ModelError(
@@ -242,7 +249,7 @@ def assemble(
         class_name = _class_name(config, slot)
         pipeline_parts[slot] = encoder_components.load_encoder(config / slot, class_name, component, encoder,
                                                                dtype=dtype)  # fmt: skip
-    if info.family == QWEN_IMAGE:
+    if info.family in (QWEN_IMAGE, KREA2):  # Qwen-Image's VAE
         pipeline_parts["vae"] = load_qwen_vae(config / "vae", parts.vae, model_name=name, dtype=dtype)
     else:
         pipeline_parts["vae"] = encoder_components.load_vae(config / "vae", parts.vae, model_name=name, dtype=dtype,
@@ -256,7 +263,9 @@ def assemble(
         # A single file cannot say whether it is step-distilled: the CFG scale decides (families_flux2.py).
         return diffusers.Flux2KleinPipeline(transformer=load_transformer(), is_distilled=False, **pipeline_parts)
     cls = qwen_edit.pipeline_class(info) if edit else qwen_zimage.pipeline_class(info.family)
-    return cls(transformer=load_transformer(), **pipeline_parts)
+    # The settings the config folder's model_index.json holds (Krea 2's tapped layers, Turbo's distilled shift).
+    settings = qwen_zimage.pipeline_settings(config, cls)
+    return cls(transformer=load_transformer(), **pipeline_parts, **settings)
 
 
 def _config_tokenizer(config: Path) -> Path | None:

@@ -29,6 +29,7 @@ from desktop.engine.library.encoder_qwen import (
     GEMMA2,
     MISTRAL3,
     QWEN3,
+    QWEN3VL,
     QWEN25_VL,
     QWEN_NAMED,
     TEKKEN_TENSOR,
@@ -56,7 +57,7 @@ _LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|e
 _NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL", **QWEN_NAMED}
 # Plain attention at an unpublished width may be a Mistral or a Llama: only a carried tekken tokenizer says.
 _KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral / Llama",
-                "gemma2": "Gemma 2"}  # fmt: skip
+                "gemma2": "Gemma 2", "qwen3vl": "Qwen3-VL"}  # fmt: skip
 # Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
 FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -139,7 +140,7 @@ def _with_bitsandbytes(info: EncoderInfo, header: SafetensorsHeader, kind: str) 
     """A file transformers saved with load_in_4bit / load_in_8bit: its packed weights and their quantisation
     states found by the names above, shown as "nf4 (bitsandbytes)", its parameters counted unpacked."""
     # A Qwen file's lm_head and vision tower sit beside its prefix and count, as in inspect_qwen.
-    prefix = "" if info.kind in (QWEN25_VL, QWEN3, MISTRAL3, GEMMA2) else info.prefix
+    prefix = "" if info.kind in (QWEN25_VL, QWEN3, QWEN3VL, MISTRAL3, GEMMA2) else info.prefix
     own = {key: value for key, value in header.tensors.items() if key.startswith(prefix)}
     return replace(info, dtype=kind, parameters=quant_formats.parameters(own, kind))
 
@@ -260,7 +261,7 @@ _FAMILY_ENCODERS = {
     "z-image": ("qwen3",), "flux2-klein": ("qwen3",), "flux2-dev": ("mistral3",),
     "lumina2": ("gemma2", "gemma-2"),
     "qwen-image-2.1": (),  # Qwen3-VL 8B comes from a folder (--text-encoders): the library reads none yet
-    "krea2": (),  # Qwen3-VL 4B likewise
+    "krea2": ("qwen3vl",),
 }  # fmt: skip
 
 

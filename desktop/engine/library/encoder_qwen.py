@@ -23,6 +23,10 @@ from desktop.engine.errors import ModelError
 
 QWEN25_VL = "qwen2.5-vl"
 QWEN3 = "qwen3"
+# Qwen3-VL (Krea 2's 4B, Qwen-Image 2.1's 8B): Qwen3's language model beside a vision tower with DeepStack
+# mergers; ComfyUI keeps it in transformers' own names (`model.language_model.*`, `model.visual.*`).
+QWEN3VL = "qwen3vl"
+_QWEN3VL_MARK = "visual.deepstack_merger_list."
 MISTRAL3 = "mistral3"
 GEMMA2 = "gemma2"
 # The tokenizer a ComfyUI Mistral file carries: tekken.json's bytes, no weight; a ComfyUI Gemma file's, its
@@ -32,6 +36,7 @@ SPIECE_TENSOR = "spiece_model"
 # The published widths: Qwen2.5-VL 7B 3584 (Qwen-Image), Qwen3 4B 2560 (Z-Image, Flux.2 Klein 4B), Qwen3 8B
 # 4096 (Flux.2 Klein 9B).
 QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B", (QWEN3, 4096): "Qwen3 8B",
+              (QWEN3VL, 2560): "Qwen3-VL 4B", (QWEN3VL, 4096): "Qwen3-VL 8B",
               (MISTRAL3, 5120): "Mistral Small 24B", (GEMMA2, 2304): "Gemma-2 2B"}  # fmt: skip
 # Where the language model's layers sit: ComfyUI / older transformers, transformers >= 4.52, Qwen3Model alone.
 _BASES = ("model.language_model.", "model.", "")
@@ -61,7 +66,7 @@ def inspect_qwen(
     if "pre_feedforward_layernorm" in found and "q_norm.weight" not in found:
         kind = GEMMA2
     elif "q_norm.weight" in found:
-        kind = QWEN3
+        kind = QWEN3VL if any(_QWEN3VL_MARK in key for key in shapes) else QWEN3
     elif "q_proj.bias" in found:
         kind = QWEN25_VL
     else:
