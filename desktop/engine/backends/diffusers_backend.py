@@ -1827,7 +1827,8 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
         kind = f"a {dit.label} model" if dit is not None else "a Stable Diffusion model"
         raise ModelError(
             f"{name} is {kind}: it reads no reference images. Flux.2 (dev up to 10, Klein up to 4), FLUX.1 Kontext "
-            "(1) and Qwen-Image-Edit Plus (2) do; remove them (--reference-image) or pick such a model."
+            "(1), Qwen-Image-Edit Plus (2) and Qwen-Image 2.1 (10) do; remove them (--reference-image) or pick such "
+            "a model."
         )
     if count > limit:
         besides = " besides the source image" if qwen_edit.is_edit(dit) or request.mode != "txt2img" else ""

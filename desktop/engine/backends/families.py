@@ -92,12 +92,18 @@ _EDIT_PIPELINES = {
 }
 
 
+# The families diffusers has no image-to-image or inpainting pipelines for: Marble's own over their text-to-image
+# pipelines (flow_edit.py), made from the loaded one by each family's module.
+_OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_pipeline, LUMINA2: lumina2.edit_pipeline,
+              qwen_zimage.KREA2: krea2.edit_pipeline}  # fmt: skip
+
+
 def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
     Lumina Image 2.0 and Krea 2 Marble's own over their text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
-    if family in (qwen_zimage.QWEN_IMAGE_21, LUMINA2, qwen_zimage.KREA2):  # Marble's own (flow_edit.py)
+    if family in _OWN_EDITS:
         return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
 
@@ -194,12 +200,8 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return qwen_edit.edit_pipeline(pipe, mode, info)
     if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
         return control_input_pipeline(pipe, mode)
-    if info.family == qwen_zimage.QWEN_IMAGE_21:  # one pipeline does both (flow_edit.py)
-        return qwen21.edit_pipeline(pipe)
-    if info.family == LUMINA2:
-        return lumina2.edit_pipeline(pipe)
-    if info.family == qwen_zimage.KREA2:
-        return krea2.edit_pipeline(pipe)
+    if info.family in _OWN_EDITS:  # one pipeline does both (flow_edit.py)
+        return _OWN_EDITS[info.family](pipe)
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
@@ -380,7 +382,6 @@ def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
             "VAE from the library yet: pass --text-encoders FOLDER (in the window: Text encoders), the diffusers "
             "Qwen-Image 2.1 folder (Qwen/Qwen-Image-2.1) or a folder holding text_encoder/, processor/ and vae/."
         )
-
 
 
 @dataclass(frozen=True)
