@@ -79,6 +79,8 @@ def test_a_krea2_folder_is_detected_and_matches_bare_diffusers(paths, krea):
     plain, _ = run(make_backend(paths), plain_request)
     assert np.array_equal(pixels(plain.images[0]), bare_image(bare_pipe(krea["folder"]), plain_request))
     assert not np.array_equal(pixels(plain.images[0]), expected)
+    assert plain.notes == ("Krea 2 uses a negative prompt only with CFG above 1; the negative prompt was ignored.",)
+    assert batch.notes == ()
 
 
 @pytest.mark.parametrize("layout", ["comfy", "original", "diffusers"])
@@ -219,9 +221,10 @@ def test_image_to_image_and_inpainting(paths, krea, tmp_path):
                            strength=0.6, generator=torch.Generator().manual_seed(43)).images[0])  # fmt: skip
     assert np.array_equal(pixels(batch.images[0]), expected)
     for upscaler in ("Latent", "Lanczos"):
-        hires, steps = run(make_backend(paths), request_for(krea["folder"], steps=2, cfg_scale=1.0, hires_fix=True,
-                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
-                                                            width=96))  # fmt: skip
+        hires_request = request_for(krea["folder"], steps=2, cfg_scale=1.0, negative_prompt="", hires_fix=True,
+                                    hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
+                                    width=96)  # not square: rows and columns apart
+        hires, steps = run(make_backend(paths), hires_request)
         assert hires.images[0].size == (144, 96) and len(steps) > 2 and not hires.notes
 
 

@@ -81,6 +81,9 @@ def test_a_qwen21_folder_is_detected_and_matches_bare_diffusers(paths, qwen21):
     assert np.array_equal(pixels(plain.images[0]), bare_image(bare_pipe(qwen21["folder"]), request_for(
         qwen21["folder"], steps=3, cfg_scale=1.0)))  # fmt: skip
     assert not np.array_equal(pixels(plain.images[0]), pixels(expected))
+    assert plain.notes == (
+        "Qwen-Image 2.1 uses a negative prompt only with CFG above 1; the negative prompt was ignored.",
+    )
     # Above CFG 1 without a negative prompt, guidance runs against a blank one (as for Qwen-Image).
     blank = request_for(qwen21["folder"], steps=3, cfg_scale=4.0, negative_prompt="")
     guided, _ = run(make_backend(paths), blank)
@@ -279,9 +282,10 @@ def test_edits_and_the_hires_fix_run_through_marble(paths, qwen21, tmp_path):
     assert np.array_equal(pixels(guided.images[0]), expected)
     assert not np.array_equal(expected, pixels(second.images[0]))
     for upscaler in ("Latent", "Lanczos"):
-        hires, steps = run(make_backend(paths), request_for(qwen21["folder"], steps=2, cfg_scale=1.0, hires_fix=True,
-                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
-                                                            width=96))  # not square: rows and columns apart
+        hires_request = request_for(qwen21["folder"], steps=2, cfg_scale=1.0, negative_prompt="", hires_fix=True,
+                                    hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
+                                    width=96)  # not square: rows and columns apart
+        hires, steps = run(make_backend(paths), hires_request)
         assert hires.images[0].size == (144, 96) and len(steps) > 2 and not hires.notes
 
 
@@ -428,7 +432,7 @@ def test_a_turbo_folder_runs_its_own_schedule(paths, qwen21, tmp_path):
     shutil.copytree(qwen21["folder"], folder)
     index = json.loads((folder / "model_index.json").read_text())
     (folder / "model_index.json").write_text(json.dumps(index | {"sample_sigmas": [1.0, 0.8, 0.4]}))
-    request = request_for(folder, steps=40, cfg_scale=1.0)
+    request = request_for(folder, steps=40, cfg_scale=1.0, negative_prompt="")
     batch, steps = run(make_backend(paths), request)
     assert len(steps) == 3
     assert batch.notes == (

@@ -114,11 +114,17 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 
 
+# The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
+_GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2)
+
+
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
     """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
-    Fill and Canny/Depth dev, whose pipelines have no true CFG)."""
+    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1 and Krea 2 at CFG 1 and below)."""
     if request.negative_prompt and (info.fill or info.control_input):
         return f"{info.label} models run without true CFG in diffusers, so without a negative prompt; it was ignored."
+    if request.negative_prompt and info.family in _GUIDED_ABOVE_ONE and request.cfg_scale <= 1:
+        return f"{info.label} uses a negative prompt only with CFG above 1; the negative prompt was ignored."
     if not request.negative_prompt or info.family != dit_flux2.FLUX2 or not flux2.ignores_negative(pipe, request, info):
         return None
     why = "takes no negative prompt" if flux2.is_dev(info) else "uses a negative prompt only with CFG above 1"
