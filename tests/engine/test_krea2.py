@@ -126,6 +126,11 @@ def test_a_krea2_gguf_matches_diffusers_gguf_loading(paths, krea, tmp_path):
     expected = bare_image(bare_pipe(krea["folder"], transformer), request)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, bare_image(bare_pipe(krea["folder"]), request))  # the quantisation shows
+    # A GGUF whose final modulation table is block-quantised would fail inside diffusers: refused by name.
+    blocky = save_gguf(to_original(dict(krea["pipe"].transformer.state_dict())), tmp_path / "odd-Q8_0.gguf",
+                       arch="krea2")  # fmt: skip
+    with pytest.raises(ModelError, match=r"odd-Q8_0\.gguf: its last\.modulation\.lin is stored as Q8_0"):
+        detect_model(blocky)
 
 
 def test_damaged_files_and_wrong_components_are_refused_by_name(paths, krea, tmp_path):
@@ -174,10 +179,10 @@ def test_library_family_defaults_and_the_shipped_config(krea):
 
 
 def test_image_to_image_and_inpainting(paths, krea, tmp_path):
-    from desktop.engine.backends.families_krea2 import edit_pipeline
+    from desktop.engine.backends.families import own_edit_pipeline
 
     pipe = bare_pipe(krea["folder"])
-    edit = edit_pipeline(pipe)
+    edit = own_edit_pipeline(pipe, "krea2")
     source = Image.new("RGB", (96, 64), (200, 40, 40))
     call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=0.0)
     # Strength 1 starts from the noise text to image draws for the seed: the same picture.
@@ -189,13 +194,13 @@ def test_image_to_image_and_inpainting(paths, krea, tmp_path):
     seen, half = [], []
     record = lambda into: lambda p, i, t, tensors: into.append(float(p.scheduler.sigmas[i])) or {}  # noqa: E731
     pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=record(seen))
-    edit_pipeline(pipe)(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
-                        callback_on_step_end=record(half))  # fmt: skip
+    turbo = own_edit_pipeline(pipe, "krea2")
+    turbo(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
+          callback_on_step_end=record(half))  # fmt: skip
     assert half == pytest.approx(seen[2:], abs=1e-6)
     # ... and it starts from the source noised to exactly that first sigma: (1 - s) x0 + s noise, then that tail.
     from diffusers.utils.torch_utils import randn_tensor
 
-    turbo = edit_pipeline(pipe)
     clean = turbo._edit_pack(turbo._edit_encode(source, 96, 64, None))
     noise = turbo._edit_pack(randn_tensor((1, 4, 8, 12), generator=torch.Generator().manual_seed(7)))
     by_hand = pipe(**call, latents=(1 - seen[2]) * clean + seen[2] * noise, sigmas=list(np.linspace(1, 0.25, 4)[2:]),

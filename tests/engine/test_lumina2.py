@@ -158,11 +158,11 @@ def test_control_units_are_refused_before_the_model_loads(paths, lumina, tmp_pat
 
 
 def lumina_edit(folder):
-    from desktop.engine.backends.families_lumina2 import edit_pipeline
+    from desktop.engine.backends.families import own_edit_pipeline
 
     pipe = Lumina2Pipeline.from_pretrained(str(folder), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    return pipe, edit_pipeline(pipe)
+    return pipe, own_edit_pipeline(pipe, "lumina2")
 
 
 def source_latents(edit, picture):

@@ -212,10 +212,10 @@ def recorded_sigmas(pipe):
 
 
 def test_image_to_image_runs_the_tail_of_the_text_to_image_schedule(qwen21):
-    from desktop.engine.backends.families_qwen21 import edit_pipeline
+    from desktop.engine.backends.families import own_edit_pipeline
 
     pipe = bare_pipe(qwen21["folder"])
-    edit = edit_pipeline(pipe)
+    edit = own_edit_pipeline(pipe, "qwen-image-2.1")
     source = Image.new("RGB", (64, 64), (200, 40, 40))
     full, on_full = recorded_sigmas(pipe)
     plain = pipe(prompt="a cat", num_inference_steps=4, width=64, height=64, output_type="np",
@@ -242,9 +242,9 @@ def test_image_to_image_runs_the_tail_of_the_text_to_image_schedule(qwen21):
 
 
 def test_inpainting_leaves_the_sources_latents_outside_the_mask(qwen21):
-    from desktop.engine.backends.families_qwen21 import edit_pipeline
+    from desktop.engine.backends.families import own_edit_pipeline
 
-    edit = edit_pipeline(bare_pipe(qwen21["folder"]))
+    edit = own_edit_pipeline(bare_pipe(qwen21["folder"]), "qwen-image-2.1")
     source = Image.new("RGB", (96, 64), (200, 40, 40))
     mask = Image.new("L", (96, 64), 0)
     mask.paste(255, (0, 0, 20, 64))  # the left 20 columns: latent columns 0 and 1 (16 pixels each)
@@ -290,9 +290,9 @@ def test_edits_and_the_hires_fix_run_through_marble(paths, qwen21, tmp_path):
 
 
 def edit_of(qwen21):
-    from desktop.engine.backends.families_qwen21 import edit_pipeline
+    from desktop.engine.backends.families import own_edit_pipeline
 
-    return edit_pipeline(bare_pipe(qwen21["folder"]))
+    return own_edit_pipeline(bare_pipe(qwen21["folder"]), "qwen-image-2.1")
 
 
 def test_library_family_defaults_and_the_shipped_config(qwen21):
@@ -409,7 +409,7 @@ def test_a_processor_folder_with_its_chat_template_in_json_reads_it(paths, qwen2
 
 
 def test_a_turbo_models_own_sigmas_serve_its_edits_too(qwen21):
-    from desktop.engine.backends.families_qwen21 import edit_pipeline
+    from desktop.engine.backends.families import own_edit_pipeline
 
     # Qwen-Image-2.1-Turbo's folder names its schedule (`sample_sigmas` in model_index.json): steps follow it.
     pipe = bare_pipe(qwen21["folder"])
@@ -418,9 +418,9 @@ def test_a_turbo_models_own_sigmas_serve_its_edits_too(qwen21):
     pipe(prompt="a cat", num_inference_steps=40, width=64, height=64, output_type="latent",
          generator=torch.Generator().manual_seed(7), callback_on_step_end=on_full)  # fmt: skip
     half, on_half = recorded_sigmas(pipe)
-    edit_pipeline(pipe)(prompt="a cat", image=Image.new("RGB", (64, 64)), strength=0.5, num_inference_steps=40,
-                        width=64, height=64, output_type="latent", generator=torch.Generator().manual_seed(7),
-                        callback_on_step_end=on_half)  # fmt: skip
+    edit = own_edit_pipeline(pipe, "qwen-image-2.1")
+    edit(prompt="a cat", image=Image.new("RGB", (64, 64)), strength=0.5, num_inference_steps=40, width=64, height=64,
+         output_type="latent", generator=torch.Generator().manual_seed(7), callback_on_step_end=on_half)  # fmt: skip
     assert len(full) == 4 and half == pytest.approx(full[2:], abs=1e-6)
 
 

@@ -1792,6 +1792,13 @@ def _take_latents(pipe: Any, channels: int) -> None:
         pipe.image_processor = type(processor).from_config(processor.config, vae_latent_channels=channels)
 
 
+@functools.cache
+def _unpack_takes_factor(cls: type) -> bool:
+    """Whether a pipeline class's `_unpack_latents` is told the VAE's scale factor (Krea 2's knows its own); asked
+    once per class, not at every previewed step."""
+    return "vae_scale_factor" in inspect.signature(cls._unpack_latents).parameters
+
+
 def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tensor) -> torch.Tensor:
     """A DiT pipeline's latents -> (B, C, h, w): Flux, Chroma and Qwen-Image pack 2x2 patches into tokens
     (B, tokens, 4C), undone with the pipeline's own `_unpack_latents` at the job's pixel size; Qwen-Image's
@@ -1805,7 +1812,7 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
         rows, cols = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
         grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], rows, cols)
         return pipe._unpatchify_latents(grid)
-    if latents.ndim == 3 and len(inspect.signature(pipe._unpack_latents).parameters) == 3:
+    if latents.ndim == 3 and not _unpack_takes_factor(type(pipe)):
         latents = pipe._unpack_latents(latents, height, width)  # Krea 2's knows its own scale factor
     elif latents.ndim == 3:
         latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)

@@ -94,8 +94,8 @@ _EDIT_PIPELINES = {
 
 # The families diffusers has no image-to-image or inpainting pipelines for: Marble's own over their text-to-image
 # pipelines (flow_edit.py), made from the loaded one by each family's module.
-_OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_pipeline, LUMINA2: lumina2.edit_pipeline,
-              qwen_zimage.KREA2: krea2.edit_pipeline}  # fmt: skip
+_OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
+              qwen_zimage.KREA2: krea2.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "") -> bool:
@@ -207,7 +207,7 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
         return control_input_pipeline(pipe, mode)
     if info.family in _OWN_EDITS:  # one pipeline does both (flow_edit.py)
-        return _OWN_EDITS[info.family](pipe)
+        return own_edit_pipeline(pipe, info.family)
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")
@@ -215,7 +215,7 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         # diffusers 0.42's ChromaInpaintPipeline asks the transformer's config whether it embeds guidance, which
         # Chroma's never does and whose config has no such field (an AttributeError in the first step).
         pipe.transformer.register_to_config(guidance_embeds=False)
-    return _sibling(pipe, getattr(diffusers, name))
+    return sibling(pipe, getattr(diffusers, name))
 
 
 # The pipelines of a Flux.1 transformer that reads a control picture beside the noise, for each mode.
@@ -228,7 +228,7 @@ def control_input_pipeline(pipe: Any, mode: str) -> Any:
     / Depth dev, or Flux.1 dev with their Control-LoRA loaded) in `mode`."""
     import diffusers
 
-    return _sibling(pipe, getattr(diffusers, _CONTROL_INPUT_PIPELINES[mode]))
+    return sibling(pipe, getattr(diffusers, _CONTROL_INPUT_PIPELINES[mode]))
 
 
 def kontext_pipeline(pipe: Any) -> Any:
@@ -236,16 +236,26 @@ def kontext_pipeline(pipe: Any) -> Any:
     (FLUX.1 Kontext's instruction edits; other Flux.1 dev models run it too, as ComfyUI lets them)."""
     import diffusers
 
-    return _sibling(pipe, diffusers.FluxKontextPipeline)
+    return sibling(pipe, diffusers.FluxKontextPipeline)
 
 
-def _sibling(pipe: Any, cls: Any) -> Any:
-    # Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move
-    # them (fighting the offload hooks); a constructor only registers them.
+def own_edit_pipeline(pipe: Any, family: str) -> Any:
+    """The image-to-image and inpainting pipeline Marble makes for a family diffusers has none for (flow_edit.py)."""
+    return sibling(pipe, _OWN_EDITS[family]())
+
+
+def sibling(pipe: Any, cls: Any) -> Any:
+    """A pipeline of `cls` over the loaded `pipe`'s modules and settings.
+
+    Built from the loaded modules as they are: from_pipe would cast them (undoing fp8 storage) and move them
+    (fighting the offload hooks); a constructor only registers them. The settings the loaded pipeline registered
+    beside its modules (Flux.2 Klein's and Krea 2's `is_distilled`, a Qwen-Image 2.1 Turbo's `sample_sigmas`,
+    Krea 2's tapped layers) go with them where `cls` takes them."""
     accepted = inspect.signature(cls.__init__).parameters
-    # Flux.2 Klein's step-distilled flag is configuration, not a module: the sibling keeps the loaded one's.
-    flags = {"is_distilled": pipe.config.is_distilled} if "is_distilled" in accepted else {}
-    edit = cls(**{key: module for key, module in pipe.components.items() if key in accepted}, **flags)
+    modules = {key: module for key, module in pipe.components.items() if key in accepted}
+    settings = {key: value for key, value in pipe.config.items()
+                if key in accepted and key not in pipe.components and not key.startswith("_")}  # fmt: skip
+    edit = cls(**modules, **settings)
     edit.set_progress_bar_config(disable=True)
     return edit
 

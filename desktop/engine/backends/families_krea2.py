@@ -60,18 +60,8 @@ def convert_lora(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def edit_pipeline(pipe: Any) -> Any:
-    """The loaded Krea2Pipeline's image-to-image and inpainting sibling, sharing its modules and settings."""
-    edit = _edit_class()(
-        **pipe.components, text_encoder_select_layers=pipe.config.text_encoder_select_layers,
-        is_distilled=pipe.config.is_distilled, patch_size=pipe.config.patch_size,
-    )  # fmt: skip
-    edit.set_progress_bar_config(disable=True)
-    return edit
-
-
 @functools.cache
-def _edit_class() -> Any:
+def edit_class() -> Any:
     import diffusers
     import numpy as np
     import torch

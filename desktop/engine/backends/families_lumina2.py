@@ -1,5 +1,5 @@
 """Lumina Image 2.0's original transformer names (Alpha-VLLM's release, ComfyUI's files, Neta Lumina) in
-diffusers' Lumina2Transformer2DModel names, and its image-to-image and inpainting pipeline (`edit_pipeline`:
+diffusers' Lumina2Transformer2DModel names, and its image-to-image and inpainting pipeline class (`edit_class`:
 diffusers has none; flow_edit.py).
 
 diffusers' own single-file converter does the same renaming but cuts the fused `attention.qkv` at the real
@@ -16,7 +16,7 @@ layouts (diffusers' converter and the two model classes agree on it):
 - `final_layer.adaLN_modulation.1` -> `norm_out.linear_1`, `final_layer.linear` -> `norm_out.linear_2`; the
   original's unused `norm_final` is dropped.
 
-No torch import: the tensors are split with their own methods (diffusers is imported inside `_edit_class`).
+No torch import: the tensors are split with their own methods (diffusers is imported inside `edit_class`).
 """
 
 from __future__ import annotations
@@ -73,15 +73,8 @@ def diffusers_names(state: dict[str, Any], config: Mapping[str, Any]) -> dict[st
     return out
 
 
-def edit_pipeline(pipe: Any) -> Any:
-    """The loaded Lumina2Pipeline's image-to-image and inpainting sibling (flow_edit.py), sharing its modules."""
-    edit = _edit_class()(**pipe.components)
-    edit.set_progress_bar_config(disable=True)
-    return edit
-
-
 @functools.cache
-def _edit_class() -> Any:
+def edit_class() -> Any:
     """Lumina2Pipeline with image to image and inpainting (flow_edit.FlowEdit): its latents are the Flux VAE's
     (mode, shifted and scaled), (C, h, w) as they are; its pipeline computes the shift's argument from the latents'
     second dimension (their channels), which its static shift ignores."""

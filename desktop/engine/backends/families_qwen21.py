@@ -102,16 +102,8 @@ def _chat_template(folder: Path) -> str | None:
     return None
 
 
-def edit_pipeline(pipe: Any) -> Any:
-    """The loaded pipeline's image-to-image and inpainting sibling (flow_edit.py), sharing its modules (no tensor
-    is copied) and a Turbo folder's schedule."""
-    edit = _edit_class()(**pipe.components, sample_sigmas=pipe.config.sample_sigmas)
-    edit.set_progress_bar_config(disable=True)
-    return edit
-
-
 @functools.cache
-def _edit_class() -> Any:
+def edit_class() -> Any:
     """QwenImage21Pipeline with image to image and inpainting (flow_edit.FlowEdit): latents normalised by the VAE's
     mean and std from its mode, one token per latent cell; reference pictures are its condition images."""
     import diffusers
