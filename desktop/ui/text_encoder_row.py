@@ -30,8 +30,8 @@ class TextEncoderRow(QWidget):
             "Klein; a Qwen3-VL 4B file for Krea 2; ComfyUI's Mistral file for Flux.2 dev; a Gemma-2 file for "
             "Lumina Image 2.0, whose tokenizer comes from the Tokenizer folder setting: pick them with Library, "
             "and the VAE in the VAE row). "
-            "Qwen-Image 2.1 takes a folder only: its diffusers folder, or one holding text_encoder/, processor/ "
-            "and vae/"
+            "Qwen-Image 2.1 and ERNIE-Image take a folder only: their diffusers folder, or one holding text_encoder/, "
+            "processor/ (ERNIE-Image: tokenizer/) and vae/"
         ))  # fmt: skip
         self.browse_button = QToolButton(objectName="text_encoders_button", text="…")
         self.browse_button.setToolTip(self.tr("Choose the folder"))

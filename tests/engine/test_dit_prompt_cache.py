@@ -17,6 +17,7 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.engine.test_dit_oom import flux, paths  # noqa: F401 - fixtures (a Flux folder, a home with a LoRA)
 from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
+from tests.support.tiny_ernie import build_tiny_ernie
 from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
 from tests.support.tiny_krea2 import build_tiny_krea2
 from tests.support.tiny_lumina2 import build_tiny_lumina2
@@ -36,6 +37,7 @@ CASES = {
     "lumina2": (build_tiny_lumina2, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "qwen21": (build_tiny_qwen21, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "krea2": (build_tiny_krea2, dict(negative_prompt="blurry", cfg_scale=4.5)),
+    "ernie": (build_tiny_ernie, dict(negative_prompt="blurry", cfg_scale=4.0)),
 }
 
 

@@ -57,10 +57,10 @@ def tiny_transformer(
     return transformer
 
 
-def tiny_vae(latent_channels: int = 4) -> AutoencoderKLFlux2:
+def tiny_vae(latent_channels: int = 4, levels: int = 2) -> AutoencoderKLFlux2:
     vae = AutoencoderKLFlux2(
-        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=latent_channels,
+        block_out_channels=(8,) * levels, down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels, layers_per_block=1, latent_channels=latent_channels,
         norm_num_groups=4, sample_size=32,
     )  # fmt: skip
     # Its batch-norm statistics normalise the latents the transformer sees: not the identity, so a VAE left

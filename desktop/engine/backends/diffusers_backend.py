@@ -898,7 +898,7 @@ class DiffusersBackend:
         if (fixed := families.fixed_schedule_note(pipe, request, self._dit)) is not None:
             notes.append(fixed)
         # The DiTs read 2x2 patches of latents: sides a multiple of 16 pixels (SD's 8 would fail or be cut short).
-        multiple = pipe.vae_scale_factor * 2
+        multiple = families.side_multiple(pipe, self._dit)
         plan = _edit_plan(request, multiple) if request.mode != "txt2img" else None
         if batch_index == 0:
             notes.extend(_dit_ignored_notes(request, self._dit.label, plan is not None))
@@ -1015,9 +1015,8 @@ class DiffusersBackend:
                 if plan is None and request.varies_noise:
                     shape, cell, pack = families.noise_layout(pipe, self._dit, width, height)
                     arguments["latents"] = pack(_variation_noise(request, seeds, shape, cell)).to(pipe.vae.dtype)
-                if hires is not None and is_latent(request.hires_upscaler) and not families.img2img_by_inpainting(
-                    self._dit, "img2img"
-                ):
+                latent_hires = hires is not None and is_latent(request.hires_upscaler)
+                if latent_hires and families.takes_upscaled_latents(self._dit):
                     arguments["output_type"] = "latent"  # no VAE decode: the second pass upscales the latents
                 result = pipe(
                     **arguments, num_inference_steps=request.steps,
@@ -1110,7 +1109,7 @@ class DiffusersBackend:
         up_w, up_h, width, height = hires_target(
             request.width, request.height, request.hires_scale, request.hires_resize_w, request.hires_resize_h
         )
-        factor, multiple = pipe.vae_scale_factor, pipe.vae_scale_factor * 2
+        factor, multiple = pipe.vae_scale_factor, families.side_multiple(pipe, self._dit)
         padded = (padded_side(width, multiple), padded_side(height, multiple))
         control_arguments: dict[str, Any] = {}
         if control is not None and control.hires is not None:
@@ -1118,8 +1117,9 @@ class DiffusersBackend:
             pipe, control_arguments = control.hires(padded)
         by_inpainting = families.img2img_by_inpainting(self._dit, "img2img")
         upscaler = request.hires_upscaler
-        if is_latent(upscaler) and by_inpainting:
-            # Flux.2's latents are normalised 2x2 patches its inpainting pipeline does not take back: pixels.
+        if is_latent(upscaler) and not families.takes_upscaled_latents(self._dit):
+            # Flux.2's and ERNIE-Image's latents are normalised 2x2 patches, which do not interpolate as a picture's
+            # latents do: pixels.
             upscaler = "Lanczos"
             if notes is not None:  # the job's first batch: said once
                 notes.append(f"{self._dit.label} models upscale the hires fix's first pass in pixels: "
@@ -1468,7 +1468,8 @@ class _Progress:
         def on_step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if self._cancel.cancelled:
                 raise _CancelRequested
-            total = pipeline.num_timesteps
+            # ERNIE-Image's pipeline keeps no count of its own: its scheduler's steps are the pass's.
+            total = getattr(pipeline, "_num_timesteps", None) or len(pipeline.scheduler.timesteps)
             self._last_total = total
             step = i + 1
             advance_control(control, step)  # the pass's own step: control ranges are fractions of it
@@ -1807,7 +1808,10 @@ def dit_preview_latents(pipe: Any, width: int, height: int, latents: torch.Tenso
     Flux.2's tokens are its patch grid in row order, each patch's 4C channels ordered (channel, row, column),
     normalised by the VAE's batch-norm statistics: made a (B, 4C, h/2, w/2) grid and unpatchified with the
     pipeline's own `_unpatchify_latents`. The normalisation stays: the published 32-channel preview table
-    (preview.py) was fitted to the normalised latents, which is also what ComfyUI's samplers hold."""
+    (preview.py) was fitted to the normalised latents, which is also what ComfyUI's samplers hold. ERNIE-Image
+    holds the same VAE's normalised patches as a (B, 4C, h/2, w/2) grid already."""
+    if latents.ndim == 4 and hasattr(pipe, "_unpatchify_latents"):
+        return pipe._unpatchify_latents(latents)
     if latents.ndim == 3 and hasattr(pipe, "_unpatchify_latents"):
         rows, cols = height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2)
         grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], rows, cols)

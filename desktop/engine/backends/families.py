@@ -28,6 +28,7 @@ from typing import Any
 
 from desktop.engine.backends import encoder_components, qwen_encoders
 from desktop.engine.backends import families_chroma as chroma
+from desktop.engine.backends import families_ernie as ernie
 from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_lumina2 as lumina2
@@ -95,17 +96,30 @@ _EDIT_PIPELINES = {
 # The families diffusers has no image-to-image or inpainting pipelines for: Marble's own over their text-to-image
 # pipelines (flow_edit.py), made from the loaded one by each family's module.
 _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
-              qwen_zimage.KREA2: krea2.edit_class}  # fmt: skip
+              qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
-    Lumina Image 2.0 and Krea 2 Marble's own over their text-to-image pipelines)."""
+    Lumina Image 2.0, Krea 2 and ERNIE-Image Marble's own over their text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
     if family in _OWN_EDITS:
         return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
+
+
+def side_multiple(pipe: Any, info: DitInfo) -> int:
+    """The pixels a side is a multiple of: the VAE's factor times the 2x2 patches the transformer reads (ERNIE-Image's
+    pipeline counts its VAE's patches in its factor already)."""
+    return pipe.vae_scale_factor if info.family == qwen_zimage.ERNIE_IMAGE else pipe.vae_scale_factor * 2
+
+
+def takes_upscaled_latents(info: DitInfo) -> bool:
+    """Whether the hires fix may hand the family's image-to-image pipeline its first pass's latents interpolated
+    (a latent upscaler): not Flux.2's and ERNIE-Image's, normalised 2x2 patches, which do not interpolate as a
+    picture's latents do (and Klein's inpainting pipeline does not take latents back)."""
+    return info.family not in (dit_flux2.FLUX2, qwen_zimage.ERNIE_IMAGE)
 
 
 def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
@@ -115,12 +129,13 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
-_GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2)
+_GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE)
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
     """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
-    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1 and Krea 2 at CFG 1 and below)."""
+    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2 and ERNIE-Image at CFG 1 and
+    below)."""
     if request.negative_prompt and (info.fill or info.control_input):
         return f"{info.label} models run without true CFG in diffusers, so without a negative prompt; it was ignored."
     if request.negative_prompt and info.family in _GUIDED_ABOVE_ONE and request.cfg_scale <= 1:
@@ -389,15 +404,26 @@ def load_pipeline(
     )
 
 
+# The families whose text encoder the libraries cannot serve yet: what is not read, the makers' diffusers folder,
+# and what a folder serving instead holds.
+_FOLDER_ONLY = {
+    qwen_zimage.QWEN_IMAGE_21: ("a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE", "Qwen/Qwen-Image-2.1",
+                                "text_encoder/, processor/ and vae/"),
+    qwen_zimage.ERNIE_IMAGE: ("a Ministral 3 text encoder", "baidu/ERNIE-Image", "text_encoder/, tokenizer/ and vae/"),
+}  # fmt: skip
+
+
 def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
     """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
-    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet)."""
-    if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
-        raise ModelError(
-            f"{name} is a Qwen-Image 2.1 model, and Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 "
-            "VAE from the library yet: pass --text-encoders FOLDER (in the window: Text encoders), the diffusers "
-            "Qwen-Image 2.1 folder (Qwen/Qwen-Image-2.1) or a folder holding text_encoder/, processor/ and vae/."
-        )
+    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet; ERNIE-Image's Ministral 3 3B: the
+    layout of ComfyUI's file is unverified)."""
+    if info is None or info.family not in _FOLDER_ONLY:
+        return
+    what, folder, parts = _FOLDER_ONLY[info.family]
+    raise ModelError(
+        f"{name} ({info.label}): Marble does not read {what} from the library yet: pass --text-encoders FOLDER (in "
+        f"the window: Text encoders), the diffusers {info.label} folder ({folder}) or a folder holding {parts}."
+    )
 
 
 @dataclass(frozen=True)
@@ -674,6 +700,8 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     seeds mix noise of this very shape (variation.py), so a strength of 1 gives the variation seed's picture."""
     channels, factor = pipe.transformer.config.in_channels, pipe.vae_scale_factor
     if info.family in ("sd3", "sd3.5"):  # SD3 patchifies inside its transformer
+        return (channels, height // factor, width // factor), factor, _unchanged
+    if info.family == qwen_zimage.ERNIE_IMAGE:  # its VAE's 2x2 patches (4C, h, w) as they are, no tokens
         return (channels, height // factor, width // factor), factor, _unchanged
     rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
     if info.family in (qwen_zimage.Z_IMAGE, LUMINA2):  # (C, h, w); their transformers patchify

@@ -1,8 +1,9 @@
-"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1 and Krea 2 (called from
-backends/families.py on the generation thread).
+"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1, Krea 2 and ERNIE-Image (called
+from backends/families.py on the generation thread).
 
 Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image, Gemma-2 2B for Lumina Image
-2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2) whose weights Marble cannot ship. So a model of these
+2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2, Ministral 3 3B for ERNIE-Image) whose weights Marble
+cannot ship. So a model of these
 families takes its text encoder, tokenizer and VAE from a folder: the model's own diffusers folder, or, for a
 single transformer file, the folder the user names (`--text-encoders FOLDER`): a diffusers folder of the family,
 or any folder holding `text_encoder/`, `tokenizer/` (Qwen-Image 2.1: `processor/`) and `vae/` in diffusers'
@@ -22,15 +23,16 @@ from typing import Any
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_krea2
+from desktop.engine.library import dit_ernie, dit_krea2
 from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.dit_ernie import ERNIE_IMAGE
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, QWEN_IMAGE_21, Z_IMAGE
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
-FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2)
-_LABELS = {**LABELS, **dit_krea2.LABELS}
+FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE)
+_LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS}
 # Qwen-Image's and Z-Image's pipelines read up to 512 prompt tokens (their default); nothing is cut into
 # 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
@@ -41,13 +43,15 @@ PROMPT_START = "<Prompt Start>"
 _QWEN_BLANK_NEGATIVE = " "
 _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder",
                        LUMINA2: "the Gemma-2 2B text encoder", QWEN_IMAGE_21: "the Qwen3-VL 8B text encoder",
-                       KREA2: "the Qwen3-VL 4B text encoder"}  # fmt: skip
+                       KREA2: "the Qwen3-VL 4B text encoder",
+                       ERNIE_IMAGE: "the Ministral 3 3B text encoder"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
 _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL"),
                    LUMINA2: ("gemma2", "AutoencoderKL"),
                    QWEN_IMAGE_21: ("qwen3_vl", "AutoencoderKLQwenImage21"),
-                   KREA2: ("qwen3_vl", "AutoencoderKLQwenImage")}  # fmt: skip
+                   KREA2: ("qwen3_vl", "AutoencoderKLQwenImage"),
+                   ERNIE_IMAGE: ("mistral3", "AutoencoderKLFlux2")}  # fmt: skip
 # Qwen-Image 2.1's pipeline reads its prompt through Qwen3-VL's processor (tokenizer, image and video
 # processors and chat template in one folder, `processor/`), not through a bare tokenizer.
 _PROCESSOR = {QWEN_IMAGE_21: qwen21.PROCESSOR}
@@ -60,6 +64,7 @@ _CLASSES = {
     QWEN_IMAGE_21: ("QwenImage21Pipeline", "QwenImage21Transformer2DModel", "Qwen3VLForConditionalGeneration",
                     "AutoencoderKLQwenImage21"),
     KREA2: ("Krea2Pipeline", "Krea2Transformer2DModel", "Qwen3VLModel", "AutoencoderKLQwenImage"),
+    ERNIE_IMAGE: ("ErnieImagePipeline", "ErnieImageTransformer2DModel", "Mistral3Model", "AutoencoderKLFlux2"),
 }  # fmt: skip
 
 
@@ -230,6 +235,12 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
         guidance = max(float(request.cfg_scale) - 1.0, 0.0)
         return {"prompt": request.prompt, "max_sequence_length": MAX_SEQUENCE, "guidance_scale": guidance,
                 "negative_prompt": (request.negative_prompt or None) if guidance > 0 else None}  # fmt: skip
+    if info.family == ERNIE_IMAGE:
+        # The prompt whole (no sequence limit); CFG above 1 against the negative prompt, blank when none is given (its
+        # pipeline's default). Its prompt enhancer (a 3B LLM that rewrites the prompt by sampling) is never loaded:
+        # a picture follows from its prompt and seed.
+        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
+                "guidance_scale": float(request.cfg_scale), "use_pe": False}  # fmt: skip
     if info.family == QWEN_IMAGE_21:
         # No sequence limit (the processor reads the prompt whole). Qwen recommends no guidance (CFG 1); above 1
         # true CFG runs against the negative prompt, blank when none is given, as for Qwen-Image.

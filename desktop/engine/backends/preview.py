@@ -213,7 +213,7 @@ _FACTORS = {
     "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
     "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX, "lumina2": _FLUX,
     "sd3": _SD3, "sd3.5": _SD3,
-    "qwen-image": _WAN, "krea2": _WAN, "flux2": _FLUX2, "qwen-image-2.1": _QWEN21,
+    "qwen-image": _WAN, "krea2": _WAN, "flux2": _FLUX2, "ernie-image": _FLUX2, "qwen-image-2.1": _QWEN21,
 }  # fmt: skip
 _BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX, 32: _FLUX2, 64: _QWEN21}
 

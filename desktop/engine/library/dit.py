@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_flux2, dit_krea2, dit_qwen_zimage, quant_formats
+from desktop.engine.library import dit_ernie, dit_flux2, dit_krea2, dit_qwen_zimage, quant_formats
 
 StrPath = str | os.PathLike[str]
 
@@ -41,6 +41,7 @@ DIT_CONFIGS = {
     **dit_qwen_zimage.CONFIGS,
     **dit_flux2.CONFIGS,
     **dit_krea2.CONFIGS,
+    **dit_ernie.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
@@ -50,6 +51,7 @@ DIT_LABELS = {
     **dit_qwen_zimage.LABELS,
     **dit_flux2.LABELS,
     **dit_krea2.LABELS,
+    **dit_ernie.LABELS,
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
@@ -160,7 +162,7 @@ def reference_image_limit(info: DitInfo | None) -> int:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        if dit_qwen_zimage.is_marker(bare) or dit_flux2.is_marker(bare) or dit_krea2.is_marker(bare):
+        if any(module.is_marker(bare) for module in (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie)):
             return True
         if bare.startswith(
             ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
@@ -202,7 +204,8 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             f"{name}: its weights use a block-scaled quantisation ({unsupported}: ComfyUI's nvfp4 or mxfp8) that "
             "Marble cannot load yet. Use a GGUF, fp8 or bf16 file of this model."
         )
-    other = dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name) or dit_krea2.detect(model, name)
+    other = (dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name) or dit_krea2.detect(model, name)
+             or dit_ernie.detect(model, name))  # fmt: skip
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -229,7 +232,8 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
         counts = (_check_contiguous(blocks, "transformer_blocks", name, "SD3"), 0)
     else:
         raise ModelError(
-            f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image)."
+            f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image, Z-Image, Lumina, "
+            "Flux.2, Krea 2 or ERNIE-Image)."
         )
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
@@ -429,6 +433,7 @@ _PIPELINES = {
     **dit_qwen_zimage.PIPELINES,
     **dit_flux2.PIPELINES,
     **dit_krea2.PIPELINES,
+    **dit_ernie.PIPELINES,
 }
 
 

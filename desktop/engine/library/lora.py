@@ -29,7 +29,7 @@ _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
 FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
-    "lumina2": "Lumina Image 2.0",
+    "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image",
 }  # fmt: skip
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
@@ -150,6 +150,10 @@ _TRANSFORMER_PREFIXES = ("transformer.", "base_model.model.", "diffusion_model."
 # feed-forward (`ff.gate`, theirs `mlp.gate`), no other family's.
 _KREA2_MARKS = (".attn.to_gate.", ".ff.gate.", ".attn.wq.", ".mlp.gate.")
 _KREA2_KOHYA = ("lora_unet_blocks_", "lora_unet_txtfusion_")
+# ERNIE-Image's blocks (`layers.N`, as Z-Image's) name their attention `self_attention` and their feed-forward's
+# output `mlp.linear_fc2`, no other family's; in kohya's names too (`lora_unet_layers_0_self_attention_to_q`).
+_ERNIE_MARKS = (".self_attention.", ".mlp.linear_fc2.", ".mlp.gate_proj.", "_self_attention_", "_mlp_linear_fc2",
+                "_mlp_gate_proj")  # fmt: skip
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
@@ -175,6 +179,9 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
         fmt, family = "peft", "krea2"  # diffusers' Krea 2 loader reads its makers' names and its own
     elif any(n.startswith(_KREA2_KOHYA) for n in names):
         fmt, family = "kohya", "krea2"  # musubi-tuner's (backends/families_krea2.py renames them)
+    elif any(n.startswith(("layers.", "lora_unet_layers_")) and any(m in n for m in _ERNIE_MARKS) for n in bare):
+        # Before Z-Image's, whose blocks share the `layers.N` name (backends/families_ernie.py renames kohya's).
+        fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "ernie-image"
     elif any(n.startswith(_FLUX_KOHYA) for n in names):
         fmt, family = "kohya", "flux"
     elif any(n.startswith(_QWEN_KOHYA) for n in names):
@@ -228,7 +235,8 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
 # The layers whose input is the transformer's width, in each naming (diffusers, BFL/kohya, XLabs).
 _ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
                      ".proj_lora1.", "_linear1.", ".attn.qkv.", ".attention.to_q.", "_attn_to_q.",
-                     "_attention_to_q.", ".attention.qkv.", "_attention_qkv.")  # fmt: skip
+                     "_attention_to_q.", ".attention.qkv.", "_attention_qkv.", ".self_attention.to_q.",
+                     "_self_attention_to_q.")  # fmt: skip
 
 
 # Flux.2 LoRAs share Flux.1's block names in BFL/kohya/ai-toolkit form. diffusers' names give Flux.2 away by

@@ -67,6 +67,7 @@ _FAMILY_BY_CONFIG = {
     "lumina2": "lumina2",
     "qwen-image-2.1": "qwen-image-2.1",
     "krea2": "krea2",
+    "ernie-image": "ernie-image",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -119,13 +120,17 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
 # no CLIP encoder reads a prompt for (T5 alone, or a Qwen / Mistral LLM). The backend passes the lengths to
 # the pipelines; the prompt editor counts by them.
 T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
-CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2")  # "qwen-image" covers 2.1
+# "qwen-image" covers 2.1.
+CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2", "ernie-image")
+
+
+_DIT_FAMILIES = ("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2", "ernie-image")
 
 
 def is_dit_family(family: str | None) -> bool:
     """A diffusion transformer's family (Flux.1 and .2, SD3, Chroma, Qwen-Image, Z-Image): none of the UNet
     families' seamless tiling or compiled fast mode. False for a UNet family and for an unknown model."""
-    return bool(family) and family.startswith(("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2"))
+    return bool(family) and family.startswith(_DIT_FAMILIES)
 
 
 def takes_controls(family: str | None) -> bool:
@@ -154,6 +159,9 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     # Krea 2 Raw: Krea's own settings, 52 steps and guidance 3.5 in its pipeline's terms, which is CFG 4.5 in
     # A1111's (families_qwen_zimage.generation_arguments). Turbo wants 8 steps at CFG 1: the user sets those.
     "krea2": {"steps": 52, "cfg_scale": 4.5},
+    # ERNIE-Image: Baidu's settings, 50 steps and CFG 4 (its pipeline's defaults). Turbo (the same tensors) wants
+    # 8 steps at CFG 1: the user sets those.
+    "ernie-image": {"steps": 50, "cfg_scale": 4.0},
 }
 
 

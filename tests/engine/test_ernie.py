@@ -1,0 +1,291 @@
+"""ERNIE-Image (Baidu's 8B model and its 8-step Turbo): a tiny random model as a diffusers folder, as a
+transformer-only file (ComfyUI's, with and without its prefix) and as a GGUF; detected from its tensors and run
+offline through Marble, pixel-identical to bare diffusers with the same seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ErnieImagePipeline, ErnieImageTransformer2DModel, GGUFQuantizationConfig
+from PIL import Image
+
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.native_size import family_defaults, model_family
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_ernie import build_tiny_ernie
+from tests.support.tiny_krea2 import build_tiny_krea2
+from tests.support.tiny_qwen_zimage import save_transformer_file
+
+PREFIX = "model.diffusion_model."
+
+
+@pytest.fixture(scope="module")
+def ernie(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ernie")
+    pipe = build_tiny_ernie()
+    folder = tmp / "ERNIE-Image"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    state = dict(pipe.transformer.state_dict())
+    return {
+        "pipe": pipe,
+        "folder": folder,
+        "comfy": save_transformer_file(state, tmp / "ernie-image.safetensors", prefix=PREFIX),
+        "bare": save_transformer_file(state, tmp / "ernie-image-bare.safetensors"),
+    }
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def bare_pipe(folder, transformer=None) -> ErnieImagePipeline:
+    parts = {"transformer": transformer} if transformer is not None else {}
+    pipe = ErnieImagePipeline.from_pretrained(str(folder), local_files_only=True, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def bare_image(pipe, request, **extra) -> np.ndarray:
+    return pixels(pipe(
+        prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
+        width=request.width, height=request.height, guidance_scale=request.cfg_scale,
+        generator=torch.Generator("cpu").manual_seed(request.seed), **extra,
+    ).images[0])  # fmt: skip
+
+
+def test_an_ernie_folder_is_detected_and_matches_bare_diffusers(paths, ernie):
+    arch = detect_model(ernie["folder"])
+    assert (arch.family, arch.dit.layout, arch.config_name, arch.label) == ("ernie-image", "diffusers", "ernie-image",
+                                                                            "ERNIE-Image")  # fmt: skip
+    # Not square (rows and columns apart), 104 wide: a multiple of the pipeline's factor (8 for the tiny model, 16 for
+    # the real one) but not of twice it, which the other DiTs' sides are multiples of.
+    request = request_for(ernie["folder"], steps=3, cfg_scale=4.0, width=104)
+    batch, steps = run(make_backend(paths), request)
+    expected = bare_image(bare_pipe(ernie["folder"]), request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert len(steps) == 3 and all(step.preview is not None for step in steps)
+    assert [(step.step, step.total) for step in steps] == [(1, 3), (2, 3), (3, 3)]  # its pipeline keeps no count
+    # The VAE's own latent grid, unpatchified (the tiny VAE's is a quarter of the picture's sides, the real one's an
+    # eighth).
+    assert steps[-1].preview.shape[:2] == (64 // 4, 104 // 4)
+    assert batch.notes == ()
+    # CFG 1 (Turbo's) runs without guidance: the negative prompt unused, and the job says so.
+    plain_request = request_for(ernie["folder"], steps=3, cfg_scale=1.0, width=104)
+    plain, _ = run(make_backend(paths), plain_request)
+    assert np.array_equal(pixels(plain.images[0]), bare_image(bare_pipe(ernie["folder"]), plain_request))
+    assert not np.array_equal(pixels(plain.images[0]), expected)
+    assert plain.notes == ("ERNIE-Image uses a negative prompt only with CFG above 1; the negative prompt was "
+                           "ignored.",)  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["comfy", "bare"])
+def test_transformer_files_match_with_the_folders_components(paths, ernie, layout):
+    arch = detect_model(ernie[layout])
+    assert (arch.family, arch.dit.layout, arch.dit.blocks, arch.config_name) == ("ernie-image", "diffusers", (2, 0),
+                                                                                 "ernie-image")  # fmt: skip
+    assert arch.dit.needs_components
+    request = request_for(ernie[layout], steps=3, cfg_scale=4.0, model_config=str(ernie["folder"]),
+                          text_encoders=str(ernie["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(ernie["folder"]), request))
+
+
+def test_an_ernie_gguf_matches_diffusers_gguf_loading(paths, ernie, tmp_path):
+    path = save_gguf(dict(ernie["pipe"].transformer.state_dict()), tmp_path / "ernie-image-Q8_0.gguf",
+                     arch="ernie_image")  # fmt: skip
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.quantization) == ("ernie-image", "Q8_0")
+    request = request_for(path, steps=3, cfg_scale=4.0, model_config=str(ernie["folder"]),
+                          text_encoders=str(ernie["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    transformer = ErnieImageTransformer2DModel.from_single_file(
+        str(path), config=str(ernie["folder"]), subfolder="transformer", local_files_only=True,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32,
+    )  # fmt: skip
+    expected = bare_image(bare_pipe(ernie["folder"], transformer), request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(bare_pipe(ernie["folder"]), request))  # the quantisation shows
+
+
+def test_damaged_files_and_wrong_components_are_refused_by_name(paths, ernie, tmp_path):
+    state = dict(ernie["pipe"].transformer.state_dict())
+    middle = save_transformer_file(state, tmp_path / "my-ernie.safetensors", prefix=PREFIX, drop="layers.0")
+    with pytest.raises(ModelError, match=r"my-ernie\.safetensors looks like ERNIE-Image but layers\.0 is missing"):
+        detect_model(middle)
+    headless = save_transformer_file({k: v for k, v in state.items() if not k.startswith("x_embedder.")},
+                                     tmp_path / "headless.safetensors")  # fmt: skip
+    with pytest.raises(ModelError, match=r"headless\.safetensors looks like ERNIE-Image but x_embedder\.proj\.weight"):
+        detect_model(headless)
+    last = save_transformer_file(state, tmp_path / "short.safetensors", drop="layers.1")
+    with pytest.raises(ModelError, match=r"short\.safetensors has 1 main blocks but the ERNIE-Image config"):
+        run(make_backend(paths), request_for(last, model_config=str(ernie["folder"]),
+                                             text_encoders=str(ernie["folder"])))  # fmt: skip
+    with pytest.raises(ModelError, match=r"Ministral 3 3B text encoder, its tokenizer and its VAE"):
+        run(make_backend(paths), request_for(ernie["bare"], model_config=str(ernie["folder"])))
+    krea = tmp_path / "krea2"
+    build_tiny_krea2().save_pretrained(str(krea), safe_serialization=True)
+    with pytest.raises(ModelError, match=r"are qwen3_vl and AutoencoderKLQwenImage, but ERNIE-Image needs"):
+        run(make_backend(paths), request_for(ernie["bare"], model_config=str(ernie["folder"]),
+                                             text_encoders=str(krea)))  # fmt: skip
+
+
+def test_library_family_defaults_and_the_shipped_config(ernie):
+    from accelerate import init_empty_weights
+
+    from desktop.engine.backends.families import transformer_class
+    from desktop.engine.resources import Resources
+
+    assert model_family(ernie["folder"]) == "ernie-image" and model_family(ernie["comfy"]) == "ernie-image"
+    assert family_defaults("ernie-image") == {"steps": 50, "cfg_scale": 4.0}
+    cls = transformer_class("ernie-image")
+    config = cls.load_config(str(Resources.default().config_folder("ernie-image")), subfolder="transformer")
+    with init_empty_weights():
+        model = cls.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) == 8_033_490_048  # 36 layers 4096 wide: Baidu's "8B"
+
+
+def test_image_to_image_and_inpainting(paths, ernie, tmp_path):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from desktop.engine.backends.families import own_edit_pipeline
+
+    pipe = bare_pipe(ernie["folder"])
+    edit = own_edit_pipeline(pipe, "ernie-image")
+    source = Image.new("RGB", (96, 64), (200, 40, 40))
+    call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=1.0)
+    # Strength 1 starts from the noise text to image draws for the seed: the same picture.
+    whole = edit(**call, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
+    assert np.array_equal(whole, pipe(**call, generator=torch.Generator().manual_seed(7)).images)
+    # Strength 0.5 runs the last half of the steps at the very sigmas text to image reaches them ...
+    seen, half = [], []
+    record = lambda into: lambda p, i, t, tensors: into.append(float(p.scheduler.sigmas[i])) or {}  # noqa: E731
+    pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=record(seen))
+    edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
+         callback_on_step_end=record(half))  # fmt: skip
+    assert half == pytest.approx(seen[2:], abs=1e-6) and seen[2] < 0.9
+    # ... from the source noised to exactly the first of them, (1 - s) x0 + s noise: the bare pipeline run by hand
+    # over that tail (its scheduler told the two unshifted sigmas) from those latents gives the same picture.
+    clean = edit._edit_encode(source, 96, 64, None)
+    noise = randn_tensor((1, 16, 8, 12), generator=torch.Generator().manual_seed(7))
+    own = pipe.scheduler.set_timesteps
+    pipe.scheduler.set_timesteps = lambda *a, device=None, **k: own(sigmas=[0.5, 0.25], device=device)
+    by_hand = pipe(**call, latents=(1 - seen[2]) * clean + seen[2] * noise,
+                   generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    del pipe.scheduler.set_timesteps
+    edited = edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7)).images
+    assert np.allclose(edited, by_hand, atol=1e-6)
+    # The source's latents by hand: the VAE's mode, in 2x2 patches, normalised by its batch-norm statistics.
+    with torch.no_grad():
+        pixels_in = edit.image_processor.preprocess(source, height=64, width=96)
+        patches = edit._patchify_latents(pipe.vae.encode(pixels_in).latent_dist.mode())
+        normalised = (patches - pipe.vae.bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
+            pipe.vae.bn.running_var.view(1, -1, 1, 1) + 1e-5)
+    assert torch.allclose(clean, normalised, atol=1e-6)
+    # Inpainting leaves the source's latents outside the mask: the left 20 columns repaint latent columns 0-2
+    # (the transformer's grid is an eighth of the picture).
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 20, 64))
+    latents = edit(**(call | {"output_type": "latent"}), image=source, mask_image=mask, strength=1.0,
+                   generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    assert latents.shape == clean.shape == (1, 16, 8, 12)
+    assert torch.allclose(latents[..., 3:], clean[..., 3:], atol=1e-6)
+    assert not torch.allclose(latents[..., :3], clean[..., :3], atol=1e-3)
+    # Through Marble: image to image, and the hires fix with a pixel upscaler and a latent one (run as Lanczos:
+    # normalised patches do not interpolate as a picture's latents do).
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    request = request_for(ernie["folder"], init_image=str(tmp_path / "source.png"), strength=0.6, steps=3,
+                          cfg_scale=4.0, seed=43)  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    expected = pixels(edit(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=3,
+                           width=64, height=64, guidance_scale=4.0, image=Image.open(tmp_path / "source.png"),
+                           strength=0.6, generator=torch.Generator().manual_seed(43)).images[0])  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    for upscaler, notes in (("Lanczos", ()), ("Latent", ("ERNIE-Image models upscale the hires fix's first pass in "
+                                                         "pixels: Latent ran as Lanczos.",))):  # fmt: skip
+        hires_request = request_for(ernie["folder"], steps=2, cfg_scale=1.0, negative_prompt="", hires_fix=True,
+                                    hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
+                                    width=96)  # not square: rows and columns apart
+        hires, steps = run(make_backend(paths), hires_request)
+        assert hires.images[0].size == (144, 96) and hires.notes == notes
+        assert [(step.step, step.total) for step in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # both passes
+
+
+def ernie_lora(transformer, seed: int = 3) -> dict[str, torch.Tensor]:
+    """A LoRA on every layer's attention projections and feed-forward, in diffusers' names."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in transformer.named_modules():
+        if name.startswith("layers.") and name.endswith(
+            ("self_attention.to_q", "self_attention.to_k", "self_attention.to_v", "self_attention.to_out.0",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.linear_fc2")
+        ):  # fmt: skip
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=generator) / 2
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) / 2
+    return tensors
+
+
+def renamed_lora(tensors: dict[str, torch.Tensor], naming: str) -> dict[str, torch.Tensor]:
+    """The same LoRA as other trainers write it: "ai-toolkit" (`diffusion_model.` + lora_A / lora_B); "musubi"
+    with lora_down / lora_up and an alpha of 2 (over rank 4: the up matrices doubled to keep the update); "kohya" the
+    same under kohya's flattened `lora_unet_` names (`lora_unet_layers_0_self_attention_to_out_0`)."""
+    out = {}
+    for key, value in tensors.items():
+        name = key.replace("transformer.", "diffusion_model.", 1)
+        if naming == "ai-toolkit":
+            out[name] = value
+            continue
+        module, _, part = name.rpartition(".lora_")
+        if naming == "kohya":
+            module = "lora_unet_" + module.removeprefix("diffusion_model.").replace(".", "_")
+        up = part == "B.weight"
+        out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value * 2 if up else value
+        out[f"{module}.alpha"] = torch.tensor(2.0)
+    return out
+
+
+@pytest.mark.parametrize("naming", ["diffusers", "ai-toolkit", "musubi", "kohya"])
+def test_an_ernie_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths, ernie, naming, tmp_path):
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.checkpoint import read_safetensors_header
+    from desktop.engine.library.lora import inspect_lora
+
+    tensors = ernie_lora(ernie["pipe"].transformer)
+    written = tensors if naming == "diffusers" else renamed_lora(tensors, naming)
+    save_file(written, str(paths.loras / "style.safetensors"))
+    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
+    assert (info.family, info.label, info.transformer_width) == ("ernie-image", "ERNIE-Image", 32)
+    request = request_for(ernie["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    assert [lora.name for lora in batch.loras] == ["style"]
+    # The reference: bare diffusers loading the LoRA in its own names.
+    save_file(tensors, str(tmp_path / "reference.safetensors"))
+    pipe = bare_pipe(ernie["folder"])
+    pipe.load_lora_weights(str(tmp_path / "reference.safetensors"), adapter_name="style")
+    pipe.set_adapters(["style"], [0.8])
+    plain_request = request_for(ernie["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)
+    expected = bare_image(pipe, plain_request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(bare_pipe(ernie["folder"]), plain_request))
+
+
+@pytest.mark.parametrize("family", ["ernie", "qwen21"])
+def test_library_encoders_are_refused_before_the_library_is_searched(paths, ernie, family, tmp_path):
+    # ERNIE-Image's Ministral 3 3B (ComfyUI's file's layout unverified) and Qwen-Image 2.1's Qwen3-VL 8B come from a
+    # folder: naming library encoders says so, whatever the library holds.
+    from tests.support.tiny_qwen21 import build_tiny_qwen21
+
+    if family == "ernie":
+        model, label, folder = ernie["bare"], "ERNIE-Image", r"baidu/ERNIE-Image"
+    else:
+        state = dict(build_tiny_qwen21().transformer.state_dict())
+        model = save_transformer_file(state, tmp_path / "qwen21.safetensors")
+        label, folder = "Qwen-Image 2.1", r"Qwen/Qwen-Image-2\.1"
+    request = request_for(model, text_encoders="some_encoder", vae="flux2-vae")
+    with pytest.raises(ModelError, match=rf"\({label}\): Marble does not read .* from the library yet: .*\({folder}\)"):
+        run(make_backend(paths), request)

@@ -1,0 +1,55 @@
+"""A tiny random ERNIE-Image: diffusers' ErnieImageTransformer2DModel with small dimensions (its text input narrower
+than its width, so `text_proj` is there as in the real model's 3072 -> 4096), Flux.2's VAE (tiny, its batch-norm
+statistics away from the identity; three levels, so that its factor, 8, is the real one's halved), a tiny Mistral 3
+(Mistral3Model, the class the pipeline loads; three text layers, of which the pipeline reads the second-to-last hidden
+state) and the byte-level Mistral tokenizer of the Flux.2 tests.
+The transformer's names are its release's (and ComfyUI's, under `model.diffusion_model.`)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import ErnieImagePipeline, ErnieImageTransformer2DModel, FlowMatchEulerDiscreteScheduler
+from transformers import Mistral3Config, Mistral3Model
+
+from tests.support.tiny_dit import CONFIGS, _jitter
+from tests.support.tiny_flux2 import MISTRAL_VOCAB, WIDTH, tiny_mistral_tokenizer, tiny_vae
+
+LATENT_CHANNELS = 4  # the tiny VAE's; the transformer reads them in 2x2 patches (16)
+
+
+def tiny_encoder(seed: int = 0) -> Mistral3Model:
+    config = Mistral3Config(
+        text_config={"model_type": "mistral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
+                     "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+                     "vocab_size": MISTRAL_VOCAB, "sliding_window": None},
+        vision_config={"model_type": "pixtral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
+                       "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 8, "image_size": 32,
+                       "patch_size": 16},
+        image_token_index=MISTRAL_VOCAB - 7, spatial_merge_size=1, multimodal_projector_bias=False,
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    encoder = Mistral3Model(config).eval()
+    _jitter(encoder, seed + 2)
+    return encoder
+
+
+def tiny_transformer(seed: int = 0, layers: int = 2) -> ErnieImageTransformer2DModel:
+    torch.manual_seed(seed)
+    transformer = ErnieImageTransformer2DModel(
+        hidden_size=32, num_attention_heads=2, num_layers=layers, ffn_hidden_size=48,
+        in_channels=4 * LATENT_CHANNELS, out_channels=4 * LATENT_CHANNELS, text_in_dim=WIDTH, rope_axes_dim=(4, 6, 6),
+    )  # fmt: skip
+    _jitter(transformer, seed)  # its modulation and output layer start at zero
+    return transformer
+
+
+def build_tiny_ernie(seed: int = 0, layers: int = 2) -> ErnieImagePipeline:
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(CONFIGS / "ernie-image" / "scheduler"))
+    torch.manual_seed(seed + 3)
+    return ErnieImagePipeline(
+        # Three levels: latents a quarter of the picture's side, in 2x2 patches an eighth (the pipeline's factor, 8:
+        # sides a multiple of 8, not 16, where the real model's are a multiple of 16, not 32).
+        transformer=tiny_transformer(seed, layers), vae=tiny_vae(LATENT_CHANNELS, levels=3),
+        text_encoder=tiny_encoder(seed),
+        tokenizer=tiny_mistral_tokenizer(), scheduler=scheduler,
+    )  # fmt: skip
