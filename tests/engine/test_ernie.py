@@ -17,6 +17,7 @@ from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support.tiny_dit import save_gguf
 from tests.support.tiny_ernie import build_tiny_ernie
+from tests.support.tiny_flux2 import build_tiny_flux2_dev
 from tests.support.tiny_krea2 import build_tiny_krea2
 from tests.support.tiny_qwen_zimage import save_transformer_file
 
@@ -132,6 +133,12 @@ def test_damaged_files_and_wrong_components_are_refused_by_name(paths, ernie, tm
     with pytest.raises(ModelError, match=r"are qwen3_vl and AutoencoderKLQwenImage, but ERNIE-Image needs"):
         run(make_backend(paths), request_for(ernie["bare"], model_config=str(ernie["folder"]),
                                              text_encoders=str(krea)))  # fmt: skip
+    # Flux.2 dev's folder holds a Mistral 3 and Flux.2's VAE too, but its encoder is another width (Mistral Small).
+    dev = tmp_path / "flux2-dev"
+    build_tiny_flux2_dev().save_pretrained(str(dev), safe_serialization=True)
+    with pytest.raises(ModelError, match=r"its text encoder is 16 wide, but the ERNIE-Image transformer reads 24"):
+        run(make_backend(paths), request_for(ernie["bare"], model_config=str(ernie["folder"]),
+                                             text_encoders=str(dev)))  # fmt: skip
 
 
 def test_library_family_defaults_and_the_shipped_config(ernie):

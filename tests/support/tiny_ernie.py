@@ -12,17 +12,19 @@ from diffusers import ErnieImagePipeline, ErnieImageTransformer2DModel, FlowMatc
 from transformers import Mistral3Config, Mistral3Model
 
 from tests.support.tiny_dit import CONFIGS, _jitter
-from tests.support.tiny_flux2 import MISTRAL_VOCAB, WIDTH, tiny_mistral_tokenizer, tiny_vae
+from tests.support.tiny_flux2 import MISTRAL_VOCAB, tiny_mistral_tokenizer, tiny_vae
 
 LATENT_CHANNELS = 4  # the tiny VAE's; the transformer reads them in 2x2 patches (16)
+# The text encoder's width: not the tiny Flux.2 dev's Mistral's (16), whose folder must not pass for an ERNIE-Image one.
+TEXT_WIDTH = 24
 
 
 def tiny_encoder(seed: int = 0) -> Mistral3Model:
     config = Mistral3Config(
-        text_config={"model_type": "mistral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
-                     "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+        text_config={"model_type": "mistral", "hidden_size": TEXT_WIDTH, "intermediate_size": TEXT_WIDTH,
+                     "num_hidden_layers": 3, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 8,
                      "vocab_size": MISTRAL_VOCAB, "sliding_window": None},
-        vision_config={"model_type": "pixtral", "hidden_size": WIDTH, "intermediate_size": WIDTH,
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 16,
                        "num_hidden_layers": 1, "num_attention_heads": 2, "head_dim": 8, "image_size": 32,
                        "patch_size": 16},
         image_token_index=MISTRAL_VOCAB - 7, spatial_merge_size=1, multimodal_projector_bias=False,
@@ -37,7 +39,8 @@ def tiny_transformer(seed: int = 0, layers: int = 2) -> ErnieImageTransformer2DM
     torch.manual_seed(seed)
     transformer = ErnieImageTransformer2DModel(
         hidden_size=32, num_attention_heads=2, num_layers=layers, ffn_hidden_size=48,
-        in_channels=4 * LATENT_CHANNELS, out_channels=4 * LATENT_CHANNELS, text_in_dim=WIDTH, rope_axes_dim=(4, 6, 6),
+        in_channels=4 * LATENT_CHANNELS, out_channels=4 * LATENT_CHANNELS, text_in_dim=TEXT_WIDTH,
+        rope_axes_dim=(4, 6, 6),
     )  # fmt: skip
     _jitter(transformer, seed)  # its modulation and output layer start at zero
     return transformer

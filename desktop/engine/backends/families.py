@@ -470,7 +470,9 @@ def _load_qwen_zimage(
         return qwen_zimage.assemble(path, info, name=name, dtype=dtype, shipped=config)
     if text_encoders is None:
         raise qwen_zimage.needs_folder_error(name, info)
-    qwen_zimage.check_components(text_encoders, info.family, name=name)  # before the slow transformer load
+    # Before the slow transformer load.
+    qwen_zimage.check_components(text_encoders, info.family, name=name,
+                                 text_width=qwen_zimage.text_width(config, info.family))  # fmt: skip
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
     return qwen_zimage.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
 

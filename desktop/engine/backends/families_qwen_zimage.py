@@ -105,8 +105,10 @@ def needs_folder_error(name: str, info: DitInfo) -> ModelError:
     )
 
 
-def check_components(folder: Path, family: str, *, name: str) -> None:
-    """Refuse, naming what is missing, a folder that lacks the text encoder, tokenizer or VAE."""
+def check_components(folder: Path, family: str, *, name: str, text_width: int | None = None) -> None:
+    """Refuse, naming what is missing, a folder that lacks the text encoder, tokenizer or VAE, or holds another
+    family's; `text_width`: the width the transformer reads the encoder's hidden states at, where a folder of another
+    model can pass the kind check (ERNIE-Image's Ministral 3 3B, 3072 wide; Flux.2 dev's Mistral Small, 5120)."""
     label = _label(family)
     missing = []
     if not (folder / "text_encoder" / "config.json").is_file():
@@ -131,6 +133,23 @@ def check_components(folder: Path, family: str, *, name: str) -> None:
             f"{folder} cannot serve {name}: its text encoder and VAE are {found[0]} and {found[1]}, but {label} "
             f"needs {_TEXT_ENCODER_NAMES[family]} ({_EXPECTED_PARTS[family][0]}) and {_EXPECTED_PARTS[family][1]}."
         )
+    text = encoder.get("text_config", encoder) if isinstance(encoder, dict) else {}
+    width = text.get("hidden_size") if isinstance(text, dict) else None
+    if text_width is not None and isinstance(width, int) and width != text_width:
+        raise ModelError(
+            f"{folder} cannot serve {name}: its text encoder is {width} wide, but the {label} transformer reads "
+            f"{text_width} ({_TEXT_ENCODER_NAMES[family]}): it is another model's folder."
+        )
+
+
+def text_width(config: Path, family: str) -> int | None:
+    """The width at which the transformer of `config` (a config folder) reads its text encoder, where a folder of
+    another model could otherwise pass for one of `family`'s (ERNIE-Image's `text_in_dim`); None elsewhere."""
+    if family != ERNIE_IMAGE:
+        return None
+    expected = read_json_file(config / "transformer" / "config.json", label=f"transformer/config.json in {config}")
+    width = expected.get("text_in_dim") if isinstance(expected, dict) else None
+    return width if isinstance(width, int) else None
 
 
 def assemble(
