@@ -3,10 +3,11 @@ from backends/families.py on the generation thread).
 
 Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image, Gemma-2 2B for Lumina Image
 2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2, Ministral 3 3B for ERNIE-Image) whose weights Marble
-cannot ship. So a model of these families takes its text encoder, tokenizer and VAE from a folder: the model's own diffusers folder, or, for a
-single transformer file, the folder the user names (`--text-encoders FOLDER`): a diffusers folder of the family,
-or any folder holding `text_encoder/`, `tokenizer/` (Qwen-Image 2.1: `processor/`) and `vae/` in diffusers'
-form. The scheduler comes from that folder when it has one, else from the shipped config (resources/configs/).
+cannot ship. So a model of these families takes its text encoder, tokenizer and VAE from a folder: the model's
+own diffusers folder, or, for a single transformer file, the folder the user names (`--text-encoders FOLDER`): a
+diffusers folder of the family, or any folder holding `text_encoder/`, `tokenizer/` (Qwen-Image 2.1: `processor/`)
+and `vae/` in diffusers' form. The scheduler comes from that folder when it has one, else from the shipped config
+(resources/configs/).
 (A Qwen-Image or Z-Image transformer file with its encoder and VAE from the library instead needs no folder:
 qwen_encoders.py, with the shipped tokenizer. Gemma's tokenizer cannot ship, so Lumina always takes a folder.)
 
