@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "tokenizers and VAE (Qwen-Image/Z-Image/Flux.2/Lumina/ERNIE-Image: or a folder holding "
                           "text_encoder/, tokenizer/ and vae/; Qwen-Image 2.1: processor/ in place of tokenizer/); "
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
-                          "(clip_l,t5xxl_fp16), with --vae NAME (Krea 2: qwen3vl_4b_fp8_scaled with qwen_image_vae)")
+                          "(clip_l,t5xxl_fp16), with --vae NAME (Krea 2: qwen3vl_4b_fp8_scaled with qwen_image_vae; "
+                          "ERNIE-Image: ministral-3-3b with flux2-vae)")
     gen.add_argument("--tokenizer-folder", metavar="DIR",
                      help="for a Qwen-Image/Z-Image/Flux.2 file run with a library text encoder: a folder holding "
                           "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "

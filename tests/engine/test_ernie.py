@@ -4,11 +4,16 @@ offline through Marble, pixel-identical to bare diffusers with the same seed."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from diffusers import ErnieImagePipeline, ErnieImageTransformer2DModel, GGUFQuantizationConfig
 from PIL import Image
+from safetensors.torch import save_file
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
@@ -154,6 +159,14 @@ def test_library_family_defaults_and_the_shipped_config(ernie):
     with init_empty_weights():
         model = cls.from_config(config)
     assert sum(p.numel() for p in model.parameters()) == 8_033_490_048  # 36 layers 4096 wide: Baidu's "8B"
+    # The shipped Ministral 3 3B config's language model (what a library file is loaded as): its published 3.4B.
+    from desktop.engine.backends import mistral_encoder
+
+    text = mistral_encoder.settings(Resources.default().config_folder("ernie-image") / "text_encoder")
+    with init_empty_weights():
+        language = mistral_encoder.model_class(text)(text)
+    assert type(language).__name__ == "Ministral3Model"
+    assert sum(p.numel() for p in language.parameters()) == 3_429_006_336
 
 
 def test_image_to_image_and_inpainting(paths, ernie, tmp_path):
@@ -257,7 +270,6 @@ def renamed_lora(tensors: dict[str, torch.Tensor], naming: str) -> dict[str, tor
 
 @pytest.mark.parametrize("naming", ["diffusers", "ai-toolkit", "musubi", "kohya"])
 def test_an_ernie_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths, ernie, naming, tmp_path):
-    from safetensors.torch import save_file
 
     from desktop.engine.library.checkpoint import read_safetensors_header
     from desktop.engine.library.lora import inspect_lora
@@ -281,18 +293,86 @@ def test_an_ernie_lora_is_detected_and_applied_as_bare_diffusers_applies_it(path
     assert not np.array_equal(expected, bare_image(bare_pipe(ernie["folder"]), plain_request))
 
 
-@pytest.mark.parametrize("family", ["ernie", "qwen21"])
-def test_library_encoders_are_refused_before_the_library_is_searched(paths, ernie, family, tmp_path):
-    # ERNIE-Image's Ministral 3 3B (ComfyUI's file's layout unverified) and Qwen-Image 2.1's Qwen3-VL 8B come from a
-    # folder: naming library encoders says so, whatever the library holds.
+def test_qwen21_library_encoders_are_refused_before_the_library_is_searched(paths, tmp_path):
+    # Qwen-Image 2.1's Qwen3-VL 8B, processor and VAE come from a folder: naming library encoders says so, whatever
+    # the library holds.
     from tests.support.tiny_qwen21 import build_tiny_qwen21
 
-    if family == "ernie":
-        model, label, folder = ernie["bare"], "ERNIE-Image", r"baidu/ERNIE-Image"
-    else:
-        state = dict(build_tiny_qwen21().transformer.state_dict())
-        model = save_transformer_file(state, tmp_path / "qwen21.safetensors")
-        label, folder = "Qwen-Image 2.1", r"Qwen/Qwen-Image-2\.1"
+    model = save_transformer_file(dict(build_tiny_qwen21().transformer.state_dict()), tmp_path / "qwen21.safetensors")
     request = request_for(model, text_encoders="some_encoder", vae="flux2-vae")
-    with pytest.raises(ModelError, match=rf"\({label}\): Marble does not read .* from the library yet: .*\({folder}\)"):
+    with pytest.raises(ModelError, match=r"\(Qwen-Image 2\.1\): Marble does not read .* from the library yet: .*"
+                                         r"\(Qwen/Qwen-Image-2\.1\)"):  # fmt: skip
         run(make_backend(paths), request)
+
+
+@pytest.fixture(scope="module")
+def tekken(tmp_path_factory):
+    """A tiny ERNIE-Image whose encoder is a Ministral 3 of the tiny tekken vocabulary, its configs as --config (a
+    diffusers folder without its tokenizer/), and the encoder as the library's files: ComfyUI's form (the language
+    model under `model.`, its tekken.json carried as `tekken_model`) and a Mistral3Model saved whole (its language
+    model, vision tower and projector; no tokenizer)."""
+    from tests.support.tiny_ernie import build_tiny_ernie_tekken, comfyui_ministral_state
+    from tests.support.tiny_flux2 import flux2_vae_to_bfl, tiny_tekken
+
+    tmp = tmp_path_factory.mktemp("ernie_library")
+    pipe = build_tiny_ernie_tekken(tmp / "reference-tokenizer")
+    folder = tmp / "configs"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    shutil.rmtree(folder / "tokenizer")
+    comfy = comfyui_ministral_state(pipe.text_encoder)
+    comfy["tekken_model"] = torch.frombuffer(bytearray(json.dumps(tiny_tekken(with_specials=True)).encode()),
+                                             dtype=torch.uint8)  # fmt: skip
+    # Beside it, the vision tower and projector at the top level, where ComfyUI's Mistral 3 files keep them.
+    extra = {key: value.contiguous() for key, value in pipe.text_encoder.state_dict().items()
+             if not key.startswith("language_model.")}  # fmt: skip
+    save_file(comfy | extra, str(tmp / "ministral-3-3b.safetensors"))
+    whole = {key: value.contiguous() for key, value in pipe.text_encoder.state_dict().items()}
+    save_file(whole, str(tmp / "ministral-whole.safetensors"))
+    # The language model and the vision tower under one `model.` level (the vision parts never read).
+    nested = {**comfyui_ministral_state(pipe.text_encoder), **{f"model.{key}": value for key, value in extra.items()}}
+    save_file(nested, str(tmp / "ministral-nested.safetensors"))
+    # A tokenizer folder in Hugging Face's form (tokenizer.json), without a chat template: ERNIE-Image needs none.
+    pipe.tokenizer.save_pretrained(str(tmp / "hf-tokenizer"))
+    config = json.loads((tmp / "hf-tokenizer" / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (tmp / "hf-tokenizer" / "tokenizer_config.json").write_text(json.dumps(config))
+    for template in (tmp / "hf-tokenizer").glob("chat_template.*"):
+        template.unlink()
+    save_file(flux2_vae_to_bfl(pipe.vae), str(tmp / "flux2-vae.safetensors"))
+    return {"pipe": pipe, "config": folder, "tmp": tmp,
+            "transformer": save_transformer_file(dict(pipe.transformer.state_dict()), tmp / "ernie.safetensors",
+                                                 prefix=PREFIX)}  # fmt: skip
+
+
+def test_an_ernie_file_runs_with_library_ministral_and_flux2_vae_like_bare_diffusers(tekken, tmp_path):
+    """ComfyUI's Ministral 3 file (its tekken.json carried) and a Mistral3Model saved whole (its tokenizer from the
+    folder the user names) with the Flux.2 VAE give bare diffusers' picture around the whole Mistral3Model."""
+    from desktop.engine.library.encoder import fits_model
+    from desktop.engine.library.index import Library
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(tekken["tmp"] / "flux2-vae.safetensors", "vae")
+    records = [library.import_path(tekken["tmp"] / f"ministral-{form}.safetensors", "encoder")
+               for form in ("3-3b", "whole", "nested")]  # fmt: skip
+    assert {record.family for record in records} == {"mistral3"}
+    assert fits_model("mistral3", "ernie-image") and not fits_model("qwen3", "ernie-image")
+    request = request_for(tekken["transformer"], steps=2, cfg_scale=4.0, prompt="the red cat in a circle, the cat",
+                          model_config=str(tekken["config"]), vae="flux2-vae", text_encoders="ministral-3-3b")
+    want = bare_image(tekken["pipe"], request)
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), want)
+    whole = replace(request, text_encoders="ministral-whole")
+    with pytest.raises(ModelError, match=r"carries no tokenizer.*--tokenizer-folder.*baidu/ERNIE-Image"):
+        run(make_backend(paths), whole)
+    for folder in ("reference-tokenizer", "hf-tokenizer"):  # tekken.json; tokenizer.json without a chat template
+        batch, _ = run(make_backend(paths), replace(whole, tokenizer_folder=str(tekken["tmp"] / folder)))
+        assert np.array_equal(pixels(batch.images[0]), want)
+    nested = replace(request, text_encoders="ministral-nested", tokenizer_folder=str(tekken["tmp"] / "hf-tokenizer"))
+    batch, _ = run(make_backend(paths), nested)
+    assert np.array_equal(pixels(batch.images[0]), want)
+    other, _ = run(make_backend(paths), replace(request, prompt="a cat"))
+    assert not np.array_equal(pixels(other.images[0]), want)
+    # Without a VAE, the message names Flux.2's.
+    with pytest.raises(ModelError, match=r"choose its VAE too .*ERNIE-Image: the Flux\.2 VAE"):
+        run(make_backend(paths), replace(request, vae=""))

@@ -7,6 +7,8 @@ The transformer's names are its release's (and ComfyUI's, under `model.diffusion
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import ErnieImagePipeline, ErnieImageTransformer2DModel, FlowMatchEulerDiscreteScheduler
 from transformers import Mistral3Config, Mistral3Model
@@ -56,3 +58,42 @@ def build_tiny_ernie(seed: int = 0, layers: int = 2) -> ErnieImagePipeline:
         text_encoder=tiny_encoder(seed),
         tokenizer=tiny_mistral_tokenizer(), scheduler=scheduler,
     )  # fmt: skip
+
+
+def tiny_ministral3(seed: int = 0) -> Mistral3Model:
+    """Ministral 3 (its own language model: YaRN positions, Llama 4's attention scaling past the original context,
+    here 4 tokens so that a prompt reaches it) of the tiny tekken vocabulary, norms jittered away from 1."""
+    from tests.support.tiny_flux2 import TEKKEN_SPECIALS, TEKKEN_VOCAB
+
+    rope = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 16.0, "original_max_position_embeddings": 4,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}
+    config = Mistral3Config(
+        text_config={"model_type": "ministral3", "hidden_size": TEXT_WIDTH, "intermediate_size": TEXT_WIDTH,
+                     "num_hidden_layers": 3, "num_attention_heads": 3, "num_key_value_heads": 1, "head_dim": 8,
+                     "vocab_size": TEKKEN_VOCAB, "max_position_embeddings": 64, "rope_parameters": rope},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1,
+                       "num_attention_heads": 2, "head_dim": 8, "image_size": 32, "patch_size": 16},
+        image_token_index=TEKKEN_SPECIALS.index("[IMG]"), spatial_merge_size=1, multimodal_projector_bias=False,
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    encoder = Mistral3Model(config).eval()
+    _jitter(encoder, seed + 2)
+    return encoder
+
+
+def build_tiny_ernie_tekken(folder: Path, seed: int = 0) -> ErnieImagePipeline:
+    """ERNIE-Image with a tiny Ministral 3 and the tokenizer transformers converts from the tiny tekken.json (written
+    into `folder`): what a library encoder file and its carried tokenizer must reproduce."""
+    from tests.support.tiny_flux2 import tekken_reference_tokenizer
+
+    pipe = build_tiny_ernie(seed)
+    return ErnieImagePipeline(
+        transformer=pipe.transformer, vae=pipe.vae, text_encoder=tiny_ministral3(seed),
+        tokenizer=tekken_reference_tokenizer(folder), scheduler=pipe.scheduler,
+    )  # fmt: skip
+
+
+def comfyui_ministral_state(encoder: Mistral3Model) -> dict[str, torch.Tensor]:
+    """The language model under `model.` (no vision tower or projector), as ComfyUI keeps its Mistral files."""
+    return {"model." + key.removeprefix("language_model."): value.detach().clone().contiguous()
+            for key, value in encoder.state_dict().items() if key.startswith("language_model.")}  # fmt: skip

@@ -41,11 +41,12 @@ from desktop.engine.library.vae import inspect_vae
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
                     "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3",
                     "Qwen3ForCausalLM": "qwen3", "Mistral3ForConditionalGeneration": MISTRAL3,
-                    "MistralModel": MISTRAL3, "Gemma2Model": "gemma2", "Qwen3VLModel": QWEN3VL,
-                    "Qwen3VLForConditionalGeneration": QWEN3VL}  # fmt: skip
+                    "MistralModel": MISTRAL3, "Mistral3Model": MISTRAL3, "Gemma2Model": "gemma2",
+                    "Qwen3VLModel": QWEN3VL, "Qwen3VLForConditionalGeneration": QWEN3VL}  # fmt: skip
 _WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
            ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B",
            ("qwen3", 4096): "a Qwen3 8B", (MISTRAL3, 5120): "a Mistral Small 24B",
+           (MISTRAL3, 3072): "a Ministral 3 3B",
            ("gemma2", 2304): "a Gemma-2 2B", (QWEN3VL, 2560): "a Qwen3-VL 4B",
            (QWEN3VL, 4096): "a Qwen3-VL 8B"}  # fmt: skip
 _KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", MISTRAL3: "Mistral",
@@ -170,9 +171,10 @@ def load_encoder(
     from accelerate import init_empty_weights
 
     if info.kind == MISTRAL3:
-        # Flux.2 dev's Mistral: the language model alone, cut to the layers Flux.2 reads (mistral_encoder.py).
-        model_class = transformers.MistralModel
+        # Flux.2 dev's Mistral: the language model alone, cut to the layers Flux.2 reads; ERNIE-Image's Ministral 3:
+        # its language model alone (mistral_encoder.py).
         settings = mistral_encoder.settings(config)
+        model_class = mistral_encoder.model_class(settings)
     elif info.kind == QWEN3VL:
         # Qwen3-VL's language model alone: what Krea 2 reads (its vision tower is never run); the file's
         # hidden states are the whole model's for a prompt without pictures.

@@ -404,26 +404,15 @@ def load_pipeline(
     )
 
 
-# The families whose text encoder the libraries cannot serve yet: what is not read, the makers' diffusers folder,
-# and what a folder serving instead holds.
-_FOLDER_ONLY = {
-    qwen_zimage.QWEN_IMAGE_21: ("a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE", "Qwen/Qwen-Image-2.1",
-                                "text_encoder/, processor/ and vae/"),
-    qwen_zimage.ERNIE_IMAGE: ("a Ministral 3 text encoder", "baidu/ERNIE-Image", "text_encoder/, tokenizer/ and vae/"),
-}  # fmt: skip
-
-
 def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
     """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
-    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet; ERNIE-Image's Ministral 3 3B: the
-    layout of ComfyUI's file is unverified)."""
-    if info is None or info.family not in _FOLDER_ONLY:
-        return
-    what, folder, parts = _FOLDER_ONLY[info.family]
-    raise ModelError(
-        f"{name} ({info.label}): Marble does not read {what} from the library yet: pass --text-encoders FOLDER (in "
-        f"the window: Text encoders), the diffusers {info.label} folder ({folder}) or a folder holding {parts}."
-    )
+    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet)."""
+    if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
+        raise ModelError(
+            f"{name} ({info.label}): Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE from the "
+            "library yet: pass --text-encoders FOLDER (in the window: Text encoders), the diffusers Qwen-Image 2.1 "
+            "folder (Qwen/Qwen-Image-2.1) or a folder holding text_encoder/, processor/ and vae/."
+        )
 
 
 @dataclass(frozen=True)

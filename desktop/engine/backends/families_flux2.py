@@ -36,6 +36,9 @@ from desktop.engine.safe_files import read_json_file
 # Both pipelines read up to 512 prompt tokens (their default and BFL's); no 77-token chunks.
 MAX_SEQUENCE = 512
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+# Where dev's Mistral tokenizer is found, for a library encoder file that carries none.
+_DEV_TOKENIZER = ("the tokenizer/ folder of black-forest-labs/FLUX.2-dev (or use ComfyUI's mistral_3_small_flux2 "
+                  "file, which carries its own)")  # fmt: skip
 # Each kind's text encoder: its name and its config's model_type.
 _ENCODERS = {"dev": ("the Mistral Small 3.1 text encoder", "mistral3"), "klein": ("the Qwen3 text encoder", "qwen3")}
 # The transformer reads three of the encoder's hidden layers stacked (the pipelines' text_encoder_out_layers).
@@ -170,12 +173,15 @@ def _with_chat_template(tokenizer: Any, folder: Path) -> Any:
     return tokenizer
 
 
-def library_tokenizer(folder: Path | None, encoder: Path, shown: str, *, name: str) -> Any:
+def library_tokenizer(
+    folder: Path | None, encoder: Path, shown: str, *, name: str, source: str = _DEV_TOKENIZER, chat: bool = True
+) -> Any:
     """dev's tokenizer for a Mistral encoder from the library: the tekken.json ComfyUI's encoder file carries,
     or a GGUF's metadata holds (backends/tekken_tokenizer.py), the one made for its weights; for a file
     without one, from `folder` (FLUX.2-dev's diffusers folder, its tokenizer/ folder, or a Mistral
     repository's tekken.json), which may also be the Qwen tokenizer folder set for Qwen-Image: it is only
-    read when the file carries none."""
+    read when the file carries none. ERNIE-Image's Ministral 3 the same way, with its own `source` named in
+    messages and no chat template needed (`chat`: its pipeline tokenizes the prompt as it is)."""
     import transformers
 
     from desktop.engine.backends import tekken_tokenizer
@@ -187,7 +193,7 @@ def library_tokenizer(folder: Path | None, encoder: Path, shown: str, *, name: s
         raise ModelError(
             f"The text encoder {shown} carries no tokenizer (ComfyUI's Mistral files for Flux.2 hold theirs), "
             f"and {name} needs Mistral's. Point --tokenizer-folder (in the window: Settings, Tokenizer folder) "
-            "at the tokenizer/ folder of black-forest-labs/FLUX.2-dev, or use ComfyUI's mistral_3_small_flux2 file."
+            f"at {source}."
         )
     for candidate in (folder / "tokenizer", folder):
         if any((candidate / file).is_file() for file in _TOKENIZER_FILES):
@@ -196,7 +202,7 @@ def library_tokenizer(folder: Path | None, encoder: Path, shown: str, *, name: s
             except (OSError, ValueError, KeyError, TypeError) as error:
                 raise ModelError(f"The tokenizer in {candidate} does not load: {_short(error)}") from error
             tokenizer = _with_chat_template(tokenizer, candidate)
-            if tokenizer.chat_template is None:
+            if chat and tokenizer.chat_template is None:
                 raise ModelError(
                     f"The tokenizer in {candidate} has no chat template, which {name} needs: use FLUX.2-dev's "
                     "tokenizer/ folder (its tokenizer_config.json or chat_template.json holds it)."
@@ -208,8 +214,7 @@ def library_tokenizer(folder: Path | None, encoder: Path, shown: str, *, name: s
             )
     raise ModelError(
         f"The tokenizer folder {folder} holds no tokenizer.json nor tekken.json (nor tokenizer/ with one), which "
-        f"{name} needs: point it at the tokenizer/ folder of black-forest-labs/FLUX.2-dev, or leave it empty to "
-        "use the tokenizer ComfyUI's Mistral file carries."
+        f"{name} needs: point it at {source}."
     )
 
 

@@ -1,5 +1,5 @@
 """Flux.2 dev's Mistral text encoder, from a library file (safetensors or GGUF) or a diffusers folder: only
-the part Flux.2 reads.
+the part Flux.2 reads; and ERNIE-Image's Ministral 3 3B from a library file, its language model alone.
 
 Flux2Pipeline reads hidden states 10, 20 and 30 of Mistral Small 3.x's language model (the outputs of
 layers 9, 19 and 29) and never its logits, its last ten layers or its final norm (hidden state 30 of 40
@@ -8,6 +8,11 @@ class wraps) with the first 30 layers and no final norm, from the text half of t
 Mistral3 config, and loads only those layers: the same numbers as the whole 24B model for those hidden
 states (tests/engine/test_flux2_dev_library.py compares with diffusers' pipeline around the whole model),
 in three quarters of its memory. ComfyUI's files hold either all 40 layers or exactly these 30.
+
+ErnieImagePipeline reads the second-to-last hidden state of Ministral 3 3B's language model (Ministral3Model:
+Mistral's layers with YaRN positions and Llama 4's attention scaling), never its logits or final norm: built whole
+from the text half of the config folder's Mistral3 config, without the final norm, the file's vision tower and
+projector never read.
 
 Runs on the generation thread; transformers and torch are imported inside the functions.
 """
@@ -23,24 +28,37 @@ from desktop.engine.safe_files import read_json_file
 
 # The deepest hidden state Flux.2 dev reads (Flux2Pipeline's text_encoder_out_layers, (10, 20, 30)).
 READ_LAYERS = 30
+MINISTRAL3 = "ministral3"  # ERNIE-Image's Ministral 3 3B language model (transformers' model type)
 _LAYER = re.compile(r"layers\.(\d+)\.")
 
 
 def settings(config: Path) -> Any:
-    """The MistralConfig of `config`'s text encoder (a Mistral3 config's text half, or a Mistral config),
-    cut to the layers Flux.2 reads."""
+    """The language model's config of `config`'s text encoder (a Mistral3 config's text half, or a Mistral
+    config): Flux.2 dev's Mistral Small cut to the layers Flux.2 reads; ERNIE-Image's Ministral 3 whole (it reads
+    the second-to-last hidden state, which the last layer and the final norm come after)."""
     import transformers
 
     loaded = transformers.AutoConfig.from_pretrained(str(config), local_files_only=True)
     text = getattr(loaded, "text_config", loaded)
-    if getattr(text, "model_type", None) != "mistral":
+    kind = getattr(text, "model_type", None)
+    if kind == MINISTRAL3:
+        return transformers.Ministral3Config.from_dict(text.to_dict())
+    if kind != "mistral":
         raise ModelError(
-            f"The text-encoder config in {config} is a {getattr(text, 'model_type', 'unknown')!r} model, not "
-            "Mistral: it cannot build Flux.2 dev's text encoder."
+            f"The text-encoder config in {config} is a {kind or 'unknown'!r} model, not Mistral: it cannot build "
+            "Flux.2 dev's or ERNIE-Image's text encoder."
         )
     text = transformers.MistralConfig.from_dict(text.to_dict())
     text.num_hidden_layers = min(text.num_hidden_layers, READ_LAYERS)
     return text
+
+
+def model_class(text: Any) -> Any:
+    """transformers' class of the language model `text` (settings()) describes: Ministral 3's own (its YaRN
+    positions and attention scaling) or Mistral's."""
+    import transformers
+
+    return transformers.Ministral3Model if text.model_type == MINISTRAL3 else transformers.MistralModel
 
 
 def check_depth(layers: int, shown: str, *, name: str) -> None:
@@ -54,10 +72,10 @@ def check_depth(layers: int, shown: str, *, name: str) -> None:
 
 def _used(key: str, layers: int) -> bool:
     """Whether MistralModel of `layers` layers holds the tensor `key` (a file's name, its `model.` level cut):
-    the embedding and those layers (with their scales and quantisation states); not the later layers nor the
-    final norm."""
+    the embedding and those layers (with their scales and quantisation states); not the later layers, the final
+    norm, nor a vision tower or projector kept under the same level."""
     match = _LAYER.match(key)
-    return key != "norm.weight" and (match is None or int(match.group(1)) < layers)
+    return key.startswith("embed_tokens.") or (match is not None and int(match.group(1)) < layers)
 
 
 def read_used(files: list[Path], prefixes: tuple[str, ...], layers: int) -> dict[str, Any]:

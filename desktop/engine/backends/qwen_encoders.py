@@ -1,5 +1,5 @@
-"""A transformer-only Qwen-Image / Z-Image / Flux.2 / Lumina Image 2.0 file run with its LLM text encoder and VAE
-from the library.
+"""A transformer-only Qwen-Image / Z-Image / Flux.2 / Lumina Image 2.0 / Krea 2 / ERNIE-Image file run with its LLM
+text encoder and VAE from the library.
 
 The encoder file (library/encoder_qwen.py says what it holds) is built into transformers' class from the
 model's config folder (resources/configs/<family>/text_encoder, or --config) and loaded strictly, as
@@ -8,7 +8,8 @@ Marble's shipped copy, resources/tokenizers/qwen (Qwen's byte-level BPE, the sam
 Qwen2.5-VL and Qwen3, with Qwen3's chat template, which Z-Image reads). A folder the user points Marble
 at (`--tokenizer-folder`: the model's diffusers folder, its tokenizer/ folder, or the Qwen repository the
 encoder came from) takes its place. Flux.2 dev's Mistral encoder (backends/mistral_encoder.py) brings its
-own tokenizer inside ComfyUI's file (backends/tekken_tokenizer.py), or takes FLUX.2-dev's from that folder.
+own tokenizer inside ComfyUI's file (backends/tekken_tokenizer.py), or takes FLUX.2-dev's from that folder;
+ERNIE-Image's Ministral 3 likewise (the file's, else ERNIE-Image's tokenizer/ folder).
 Lumina's Gemma-2 (Gemma2Model, the file's `model.` level dropped) takes its tokenizer from that folder only:
 Gemma's cannot ship, and the SentencePiece model inside ComfyUI's file is not read.
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.dit_ernie import ERNIE_IMAGE
 from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE
@@ -40,6 +42,8 @@ _TOKENIZER_SOURCES = {
     "z-image": "the tokenizer/ folder of Tongyi-MAI/Z-Image-Turbo (or the Qwen/Qwen3-4B repository)",
     FLUX2: "the tokenizer/ folder of black-forest-labs/FLUX.2-klein-4B (or the Qwen/Qwen3-4B repository)",
     LUMINA2: "the tokenizer/ folder of Alpha-VLLM/Lumina-Image-2.0 (or the google/gemma-2-2b repository)",
+    ERNIE_IMAGE: "the tokenizer/ folder of baidu/ERNIE-Image (or the mistralai/Ministral-3-3B-Instruct-2512 "
+    "repository)",
 }
 # Marble's own copy under resources/tokenizers/ (its LICENSE-NOTE says what it is and where it comes from).
 SHIPPED_FOLDER = "qwen"
@@ -231,7 +235,8 @@ def assemble(
             check_vision(info, encoder, component.shown, name=name)
     if parts.vae is None:
         which = {QWEN_IMAGE: "qwen_image_vae.safetensors", KREA2: "Qwen-Image's qwen_image_vae.safetensors",
-                 FLUX2: "the Flux.2 VAE, flux2-vae.safetensors"}.get(  # fmt: skip
+                 FLUX2: "the Flux.2 VAE, flux2-vae.safetensors",
+                 ERNIE_IMAGE: "the Flux.2 VAE, flux2-vae.safetensors"}.get(  # fmt: skip
             info.family, "the Flux VAE, ae.safetensors"
         )
         raise ModelError(
@@ -242,6 +247,11 @@ def assemble(
     if dev:
         component, _encoder = chosen["text_encoder"]
         pipeline_parts = {"tokenizer": flux2.library_tokenizer(folder, component.path, component.shown, name=name)}
+    elif info.family == ERNIE_IMAGE:  # Ministral 3's tekken tokenizer, carried by the file or from the folder
+        component, _encoder = chosen["text_encoder"]
+        tokenizer = flux2.library_tokenizer(folder, component.path, component.shown, name=name, chat=False,
+                                            source=_TOKENIZER_SOURCES[ERNIE_IMAGE])  # fmt: skip
+        pipeline_parts = {"tokenizer": tokenizer}
     else:
         pipeline_parts = tokenizer_parts(folder, info, name=name, edit=edit, shipped=shipped_tokenizer)
     for slot, (component, encoder) in chosen.items():

@@ -262,7 +262,7 @@ _FAMILY_ENCODERS = {
     "lumina2": ("gemma2", "gemma-2"),
     "qwen-image-2.1": (),  # Qwen3-VL 8B comes from a folder (--text-encoders): the library reads none yet
     "krea2": ("qwen3vl",),
-    "ernie-image": (),  # Ministral 3 3B comes from a folder (--text-encoders): the library reads none yet
+    "ernie-image": ("mistral3",),
 }  # fmt: skip
 
 

@@ -1,5 +1,5 @@
 """The LLM text encoders of Qwen-Image (Qwen2.5-VL), Z-Image and Flux.2 Klein (Qwen3), Flux.2 dev
-(Mistral Small 3.x 24B) and Lumina Image 2.0 (Gemma-2 2B), judged from their tensors.
+(Mistral Small 3.x 24B), ERNIE-Image (Ministral 3 3B) and Lumina Image 2.0 (Gemma-2 2B), judged from their tensors.
 
 ComfyUI keeps them as single files in transformers' older names: `model.embed_tokens`, `model.layers.N...`,
 `model.norm`, Qwen2.5-VL's vision tower under `visual.*` (left out of the text-only files) and sometimes
@@ -37,9 +37,11 @@ SPIECE_TENSOR = "spiece_model"
 # 4096 (Flux.2 Klein 9B).
 QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B", (QWEN3, 4096): "Qwen3 8B",
               (QWEN3VL, 2560): "Qwen3-VL 4B", (QWEN3VL, 4096): "Qwen3-VL 8B",
-              (MISTRAL3, 5120): "Mistral Small 24B", (GEMMA2, 2304): "Gemma-2 2B"}  # fmt: skip
-# Where the language model's layers sit: ComfyUI / older transformers, transformers >= 4.52, Qwen3Model alone.
-_BASES = ("model.language_model.", "model.", "")
+              (MISTRAL3, 5120): "Mistral Small 24B", (MISTRAL3, 3072): "Ministral 3 3B",
+              (GEMMA2, 2304): "Gemma-2 2B"}  # fmt: skip
+# Where the language model's layers sit: transformers >= 4.52, ComfyUI / older transformers, Qwen3Model alone, and
+# a Mistral3Model saved whole (ERNIE-Image's encoder: `language_model.*` beside `vision_tower.*`) or in older names.
+_BASES = ("model.language_model.", "model.", "", "language_model.model.", "language_model.")
 _ATTENTION = re.compile(
     r"layers\.(\d+)\.(?:self_attn\.(q_proj\.weight|q_proj\.bias|q_norm\.weight)|(pre_feedforward_layernorm)\.weight)$"
 )
@@ -70,7 +72,7 @@ def inspect_qwen(
     elif "q_proj.bias" in found:
         kind = QWEN25_VL
     else:
-        kind = MISTRAL3  # plain attention: the Mistral Small language model (Flux.2 dev's encoder)
+        kind = MISTRAL3  # plain attention: Mistral Small (Flux.2 dev's encoder) or Ministral 3 (ERNIE-Image's)
     pattern = re.compile(re.escape(base) + r"layers\.(\d+)\.")
     layers = {int(m.group(1)) for key in shapes if (m := pattern.match(key))}
     if sorted(layers) != list(range(max(layers) + 1)):
