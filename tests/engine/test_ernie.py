@@ -376,3 +376,33 @@ def test_an_ernie_file_runs_with_library_ministral_and_flux2_vae_like_bare_diffu
     # Without a VAE, the message names Flux.2's.
     with pytest.raises(ModelError, match=r"choose its VAE too .*ERNIE-Image: the Flux\.2 VAE"):
         run(make_backend(paths), replace(request, vae=""))
+
+
+def test_a_ministral_gguf_in_llama_cpps_names_runs_like_bare_diffusers(tekken, tmp_path):
+    """A Ministral 3 GGUF (llama.cpp's names, q and k rows permuted by its converter, F16 storage, its tokenizer in
+    the metadata) with the Flux.2 VAE: bare diffusers' picture with the encoder's weights rounded to float16."""
+    import copy
+
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_ernie import comfyui_ministral_state
+    from tests.support.tiny_qwen_encoders import save_llama_gguf
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(tekken["tmp"] / "flux2-vae.safetensors", "vae")
+    pipe = tekken["pipe"]
+    path = save_llama_gguf(comfyui_ministral_state(pipe.text_encoder), tmp_path / "Ministral-3-3B-F16.gguf", "llama",
+                           heads=(3, 1), tokenizer=pipe.tokenizer)  # fmt: skip
+    record = library.import_path(path, "encoder")
+    assert (record.family, record.format) == ("mistral3", "gguf"), record
+    request = request_for(tekken["transformer"], steps=2, cfg_scale=4.0, prompt="the red cat in a circle, the cat",
+                          model_config=str(tekken["config"]), vae="flux2-vae", text_encoders=record.name)
+    batch, _ = run(make_backend(paths), request)
+    rounded = copy.deepcopy(pipe.text_encoder)
+    with torch.no_grad():
+        for name, parameter in rounded.named_parameters():
+            if parameter.ndim == 2 and name.startswith("language_model."):
+                parameter.copy_(parameter.half().float())
+    want = bare_image(ErnieImagePipeline(**(pipe.components | {"text_encoder": rounded})), request)
+    assert np.array_equal(pixels(batch.images[0]), want)
+    assert not np.array_equal(want, bare_image(pipe, request))  # the rounding shows
