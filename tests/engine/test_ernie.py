@@ -293,18 +293,6 @@ def test_an_ernie_lora_is_detected_and_applied_as_bare_diffusers_applies_it(path
     assert not np.array_equal(expected, bare_image(bare_pipe(ernie["folder"]), plain_request))
 
 
-def test_qwen21_library_encoders_are_refused_before_the_library_is_searched(paths, tmp_path):
-    # Qwen-Image 2.1's Qwen3-VL 8B, processor and VAE come from a folder: naming library encoders says so, whatever
-    # the library holds.
-    from tests.support.tiny_qwen21 import build_tiny_qwen21
-
-    model = save_transformer_file(dict(build_tiny_qwen21().transformer.state_dict()), tmp_path / "qwen21.safetensors")
-    request = request_for(model, text_encoders="some_encoder", vae="flux2-vae")
-    with pytest.raises(ModelError, match=r"\(Qwen-Image 2\.1\): Marble does not read .* from the library yet: .*"
-                                         r"\(Qwen/Qwen-Image-2\.1\)"):  # fmt: skip
-        run(make_backend(paths), request)
-
-
 @pytest.fixture(scope="module")
 def tekken(tmp_path_factory):
     """A tiny ERNIE-Image whose encoder is a Ministral 3 of the tiny tekken vocabulary, its configs as --config (a

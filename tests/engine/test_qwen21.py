@@ -482,3 +482,13 @@ def test_a_lora_on_comfys_fused_mlp_is_split_as_diffusers_layers(paths, qwen21, 
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, bare_image(bare_pipe(qwen21["folder"]), request_for(
         qwen21["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)))  # fmt: skip
+
+
+def test_qwen21_library_encoders_are_refused_before_the_library_is_searched(paths, tmp_path):
+    # Qwen-Image 2.1's Qwen3-VL 8B, processor and VAE come from a folder: naming library encoders says so, whatever
+    # the library holds.
+    model = save_transformer_file(dict(build_tiny_qwen21().transformer.state_dict()), tmp_path / "qwen21.safetensors")
+    request = request_for(model, text_encoders="some_encoder", vae="flux2-vae")
+    with pytest.raises(ModelError, match=r"\(Qwen-Image 2\.1\): Marble does not read .* from the library yet: .*"
+                                         r"\(Qwen/Qwen-Image-2\.1\)"):  # fmt: skip
+        run(make_backend(paths), request)
