@@ -167,6 +167,15 @@ def test_library_family_defaults_and_the_shipped_config(ernie):
         language = mistral_encoder.model_class(text)(text)
     assert type(language).__name__ == "Ministral3Model"
     assert sum(p.numel() for p in language.parameters()) == 3_429_006_336
+    # Ministral 3 3B and Mistral Small are both Mistrals by their tensors: the window offers each to its own model.
+    from desktop.engine.library.encoder import EncoderInfo, fits_model
+
+    def family(width: int) -> str:
+        return EncoderInfo("mistral3", width, 26, "transformers", "model.", "BF16", 0).family
+
+    assert (family(3072), family(5120)) == ("ministral3", "mistral3")
+    assert fits_model("ministral3", "ernie-image") and not fits_model("mistral3", "ernie-image")
+    assert fits_model("mistral3", "flux2-dev") and not fits_model("ministral3", "flux2-dev")
 
 
 def test_image_to_image_and_inpainting(paths, ernie, tmp_path):
@@ -335,7 +344,6 @@ def tekken(tmp_path_factory):
 def test_an_ernie_file_runs_with_library_ministral_and_flux2_vae_like_bare_diffusers(tekken, tmp_path):
     """ComfyUI's Ministral 3 file (its tekken.json carried) and a Mistral3Model saved whole (its tokenizer from the
     folder the user names) with the Flux.2 VAE give bare diffusers' picture around the whole Mistral3Model."""
-    from desktop.engine.library.encoder import fits_model
     from desktop.engine.library.index import Library
 
     paths = AppPaths.for_root(tmp_path / "home").ensure()
@@ -344,7 +352,6 @@ def test_an_ernie_file_runs_with_library_ministral_and_flux2_vae_like_bare_diffu
     records = [library.import_path(tekken["tmp"] / f"ministral-{form}.safetensors", "encoder")
                for form in ("3-3b", "whole", "nested")]  # fmt: skip
     assert {record.family for record in records} == {"mistral3"}
-    assert fits_model("mistral3", "ernie-image") and not fits_model("qwen3", "ernie-image")
     request = request_for(tekken["transformer"], steps=2, cfg_scale=4.0, prompt="the red cat in a circle, the cat",
                           model_config=str(tekken["config"]), vae="flux2-vae", text_encoders="ministral-3-3b")
     want = bare_image(tekken["pipe"], request)

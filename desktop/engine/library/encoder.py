@@ -55,6 +55,9 @@ _FLAT_CLIP_LAYER = "encoder.layers.0.self_attn.q_proj.weight"
 _LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
 # The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
 _NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL", **QWEN_NAMED}
+# Ministral 3 3B (ERNIE-Image's encoder) is a Mistral by its tensors, told from Mistral Small by its width.
+MINISTRAL3 = "ministral3"
+_MINISTRAL3_3B = (MISTRAL3, 3072)
 # Plain attention at an unpublished width may be a Mistral or a Llama: only a carried tekken tokenizer says.
 _KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral / Llama",
                 "gemma2": "Gemma 2", "qwen3vl": "Qwen3-VL"}  # fmt: skip
@@ -80,9 +83,12 @@ class EncoderInfo:
     @property
     def family(self) -> str:
         """"clip-l", "clip-g", "t5-xxl" for the published sizes; "clip" or "t5" for others (tests, variants);
-        the kind for the LLMs ("qwen3", "mistral3")."""
+        the kind for the LLMs ("qwen3", "mistral3"), but "ministral3" for Ministral 3 3B (ERNIE-Image's), so that
+        the window offers Flux.2 dev's Mistral Small and it each to its own model."""
         named = _NAMED.get((self.kind, self.width))
-        return named.split(" ")[0].lower() if named and self.kind != MISTRAL3 else self.kind
+        if self.kind == MISTRAL3:
+            return MINISTRAL3 if (self.kind, self.width) == _MINISTRAL3_3B else self.kind
+        return named.split(" ")[0].lower() if named else self.kind
 
     @property
     def label(self) -> str:
@@ -262,7 +268,7 @@ _FAMILY_ENCODERS = {
     "lumina2": ("gemma2", "gemma-2"),
     "qwen-image-2.1": (),  # Qwen3-VL 8B comes from a folder (--text-encoders): the library reads none yet
     "krea2": ("qwen3vl",),
-    "ernie-image": ("mistral3",),
+    "ernie-image": ("ministral3",),
 }  # fmt: skip
 
 
