@@ -1,5 +1,6 @@
 """Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma, and
-Qwen-Image and Z-Image (their rules in library/dit_qwen_zimage.py) and Flux.2 (library/dit_flux2.py).
+Qwen-Image, Qwen-Image 2.1, Z-Image and Lumina (their rules in library/dit_qwen_zimage.py), Flux.2
+(library/dit_flux2.py), Krea 2 (library/dit_krea2.py) and ERNIE-Image (library/dit_ernie.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -71,7 +72,7 @@ _BLOCK = re.compile(
 class DitInfo:
     """What the tensors say about a DiT file or folder."""
 
-    family: str  # "flux" | "sd3" | "sd3.5" | "chroma" | "qwen-image" | "z-image"
+    family: str  # "flux" | "sd3" | "sd3.5" | "chroma" | "qwen-image" | "z-image" | ... (DIT_LABELS' keys)
     variant: str  # "dev" | "schnell" | "medium" | "large" | "edit" | "edit-plus" (Qwen-Image-Edit) | ""
     layout: str  # "bfl" | "diffusers" | "original" (Z-Image's own names)
     parameters: int  # transformer parameters (elements), for the library row
