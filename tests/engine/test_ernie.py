@@ -21,6 +21,7 @@ from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_dit_loras import lora_on, trainer_form
 from tests.support.tiny_ernie import build_tiny_ernie
 from tests.support.tiny_flux2 import build_tiny_flux2_dev
 from tests.support.tiny_krea2 import build_tiny_krea2
@@ -244,37 +245,16 @@ def test_image_to_image_and_inpainting(paths, ernie, tmp_path):
         assert [(step.step, step.total) for step in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # both passes
 
 
-def ernie_lora(transformer, seed: int = 3) -> dict[str, torch.Tensor]:
-    """A LoRA on every layer's attention projections and feed-forward, in diffusers' names."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, module in transformer.named_modules():
-        if name.startswith("layers.") and name.endswith(
-            ("self_attention.to_q", "self_attention.to_k", "self_attention.to_v", "self_attention.to_out.0",
-             "mlp.gate_proj", "mlp.up_proj", "mlp.linear_fc2")
-        ):  # fmt: skip
-            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=generator) / 2
-            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) / 2
-    return tensors
+# Every layer's attention projections and feed-forward.
+_LORA_LAYERS = ("self_attention.to_q", "self_attention.to_k", "self_attention.to_v", "self_attention.to_out.0",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.linear_fc2")
 
 
 def renamed_lora(tensors: dict[str, torch.Tensor], naming: str) -> dict[str, torch.Tensor]:
-    """The same LoRA as other trainers write it: "ai-toolkit" (`diffusion_model.` + lora_A / lora_B); "musubi"
-    with lora_down / lora_up and an alpha of 2 (over rank 4: the up matrices doubled to keep the update); "kohya" the
-    same under kohya's flattened `lora_unet_` names (`lora_unet_layers_0_self_attention_to_out_0`)."""
-    out = {}
-    for key, value in tensors.items():
-        name = key.replace("transformer.", "diffusion_model.", 1)
-        if naming == "ai-toolkit":
-            out[name] = value
-            continue
-        module, _, part = name.rpartition(".lora_")
-        if naming == "kohya":
-            module = "lora_unet_" + module.removeprefix("diffusion_model.").replace(".", "_")
-        up = part == "B.weight"
-        out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value * 2 if up else value
-        out[f"{module}.alpha"] = torch.tensor(2.0)
-    return out
+    """The same LoRA as other trainers write it: "ai-toolkit" (`diffusion_model.` + lora_A / lora_B); "musubi" and
+    "kohya" (`lora_unet_layers_0_self_attention_to_out_0`) as tiny_dit_loras.trainer_form writes them."""
+    native = {key.replace("transformer.", "diffusion_model.", 1): value for key, value in tensors.items()}
+    return native if naming == "ai-toolkit" else trainer_form(native, kohya=naming == "kohya")
 
 
 @pytest.mark.parametrize("naming", ["diffusers", "ai-toolkit", "musubi", "kohya"])
@@ -283,7 +263,7 @@ def test_an_ernie_lora_is_detected_and_applied_as_bare_diffusers_applies_it(path
     from desktop.engine.library.checkpoint import read_safetensors_header
     from desktop.engine.library.lora import inspect_lora
 
-    tensors = ernie_lora(ernie["pipe"].transformer)
+    tensors = lora_on(ernie["pipe"].transformer, "layers.", _LORA_LAYERS)
     written = tensors if naming == "diffusers" else renamed_lora(tensors, naming)
     save_file(written, str(paths.loras / "style.safetensors"))
     info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")

@@ -22,6 +22,7 @@ from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_dit_loras import lora_on, trainer_form
 from tests.support.tiny_krea2 import build_tiny_krea2, to_original
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, save_transformer_file
 
@@ -233,17 +234,8 @@ def test_image_to_image_and_inpainting(paths, krea, tmp_path):
         assert hires.images[0].size == (144, 96) and len(steps) > 2 and not hires.notes
 
 
-def krea_lora(transformer, seed: int = 3) -> dict[str, torch.Tensor]:
-    """A LoRA on every block's attention projections and feed-forward, in diffusers' names."""
-    generator = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for name, module in transformer.named_modules():
-        if name.startswith("transformer_blocks.") and name.endswith(
-            ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.to_gate", "ff.gate", "ff.up", "ff.down")
-        ):
-            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=generator) / 2
-            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) / 2
-    return tensors
+# Every block's attention projections and feed-forward.
+_LORA_LAYERS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.to_gate", "ff.gate", "ff.up", "ff.down")
 
 
 _LORA_ORIGINAL = {".attn.to_q.": ".attn.wq.", ".attn.to_k.": ".attn.wk.", ".attn.to_v.": ".attn.wv.",
@@ -252,28 +244,19 @@ _LORA_ORIGINAL = {".attn.to_q.": ".attn.wq.", ".attn.to_k.": ".attn.wk.", ".attn
 
 def to_original_lora(tensors: dict[str, torch.Tensor], naming: str) -> dict[str, torch.Tensor]:
     """The same LoRA in its makers' module names: "native" as ai-toolkit writes it (`diffusion_model.` + lora_A /
-    lora_B); "musubi" with lora_down / lora_up and an alpha of 2 (over rank 4: the up matrices doubled to keep the
-    update); "kohya" the same under kohya's flattened `lora_unet_` names."""
-    out = {}
+    lora_B); "musubi" and "kohya" as tiny_dit_loras.trainer_form writes them."""
+    native = {}
     for key, value in tensors.items():
         name = key.replace("transformer.transformer_blocks.", "diffusion_model.blocks.")
         for new, old in _LORA_ORIGINAL.items():
             name = name.replace(new, old)
-        if naming == "native":
-            out[name] = value
-            continue
-        module, _, part = name.rpartition(".lora_")
-        if naming == "kohya":
-            module = "lora_unet_" + module.removeprefix("diffusion_model.").replace(".", "_")
-        up = part == "B.weight"
-        out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value * 2 if up else value
-        out[f"{module}.alpha"] = torch.tensor(2.0)
-    return out
+        native[name] = value
+    return native if naming == "native" else trainer_form(native, kohya=naming == "kohya")
 
 
 @pytest.mark.parametrize("naming", ["diffusers", "native", "musubi", "kohya"])
 def test_a_krea2_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths, krea, naming, tmp_path):
-    tensors = krea_lora(krea["pipe"].transformer)
+    tensors = lora_on(krea["pipe"].transformer, "transformer_blocks.", _LORA_LAYERS)
     written = tensors if naming == "diffusers" else to_original_lora(tensors, naming)
     save_file(written, str(paths.loras / "style.safetensors"))
     info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")

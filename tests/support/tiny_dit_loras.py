@@ -72,3 +72,32 @@ def flux_xlabs_lora(transformer: torch.nn.Module, seed: int = 0, scale: float = 
             tensors[f"double_blocks.{i}.processor.{part}.down.weight"] = down
             tensors[f"double_blocks.{i}.processor.{part}.up.weight"] = up
     return tensors
+
+
+def lora_on(
+    transformer: torch.nn.Module, blocks: str, layers: tuple[str, ...], seed: int = 3
+) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA in diffusers' names (`transformer.<module>.lora_A/B.weight`) on every module under `blocks`
+    whose name ends with one of `layers` (the newer DiTs' tests: Krea 2, ERNIE-Image)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in transformer.named_modules():
+        if name.startswith(blocks) and name.endswith(layers):
+            tensors[f"transformer.{name}.lora_A.weight"] = torch.randn(4, module.in_features, generator=generator) / 2
+            tensors[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, 4, generator=generator) / 2
+    return tensors
+
+
+def trainer_form(tensors: dict[str, torch.Tensor], kohya: bool) -> dict[str, torch.Tensor]:
+    """A LoRA in `diffusion_model.<module>.lora_A/B.weight` names as musubi-tuner writes it (lora_down / lora_up and
+    an alpha of 2: over rank 4, the up matrices doubled to keep the update), or (`kohya`) the same under kohya's
+    flattened `lora_unet_` names."""
+    out = {}
+    for key, value in tensors.items():
+        module, _, part = key.rpartition(".lora_")
+        if kohya:
+            module = "lora_unet_" + module.removeprefix("diffusion_model.").replace(".", "_")
+        up = part == "B.weight"
+        out[f"{module}.lora_{'up' if up else 'down'}.weight"] = value * 2 if up else value
+        out[f"{module}.alpha"] = torch.tensor(2.0)
+    return out

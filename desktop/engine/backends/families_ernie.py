@@ -13,44 +13,25 @@ import functools
 from collections.abc import Iterable
 from typing import Any
 
+from desktop.engine.backends import lora_forms
 from desktop.engine.backends.flow_edit import FlowEdit
 
 # The epsilon ErnieImagePipeline normalises latents with (hard-coded there: the trained value, not the VAE config's).
 _BATCH_NORM_EPS = 1e-5
 
 
-_KOHYA = "lora_unet_"
-_DOWN_UP = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
-
-
 def lora_needs_conversion(names: Iterable[str]) -> bool:
     """Whether an ERNIE-Image LoRA is in a form diffusers' ERNIE-Image loader does not read (it reads `lora_A` /
     `lora_B` under `transformer.`, `diffusion_model.` or PEFT's prefix): kohya's flattened names, or lora_down /
     lora_up with alphas (musubi-tuner's and kohya's trainers)."""
-    return any(name.startswith(_KOHYA) or name.endswith((".lora_down.weight", ".alpha")) for name in names)
+    return lora_forms.needs_renaming(names)
 
 
 def convert_lora(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any]:
-    """The LoRA as `diffusion_model.<module>.lora_A/B.weight`: kohya's `lora_unet_<module>` names matched to the
-    transformer's own `modules` (its dots made underscores), lora_down / lora_up renamed, and each alpha folded into
-    its up matrix (alpha / rank, the scale the trainer meant; diffusers would apply 1)."""
+    """The LoRA as `diffusion_model.<module>.lora_A/B.weight` (lora_forms.py), kohya's names matched to the
+    transformer's own `modules` (its dots made underscores: its names are its release's)."""
     dotted = {name.replace(".", "_"): name for name in modules}
-    out: dict[str, Any] = {}
-    for key, tensor in state.items():
-        if key.endswith(".alpha"):
-            continue
-        module, _, part = key.rpartition(".lora_")
-        if module.startswith(_KOHYA):
-            flat = module.removeprefix(_KOHYA)
-            module = "diffusion_model." + dotted.get(flat, flat)
-        elif not module.startswith(("diffusion_model.", "transformer.", "base_model.model.")):
-            module = "diffusion_model." + module
-        part = "lora_" + part
-        alpha = key.removesuffix(part) + "alpha"
-        if part == "lora_up.weight" and alpha in state:
-            tensor = tensor * (float(state[alpha]) / tensor.shape[1])
-        out[f"{module}.{_DOWN_UP.get(part, part)}"] = tensor
-    return out
+    return lora_forms.renamed(state, lambda flat: dotted.get(flat, flat))
 
 
 class _GivenSchedule:

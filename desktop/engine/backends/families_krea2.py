@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from desktop.engine.backends import lora_forms
 from desktop.engine.backends.flow_edit import FlowEdit
 
 _DISTILLED_MU = 1.15  # Krea2Pipeline's fixed shift for a distilled (Turbo) checkpoint
@@ -23,41 +24,26 @@ _KOHYA_BLOCK = re.compile(r"^(blocks|txtfusion_layerwise_blocks|txtfusion_refine
 _KOHYA_SINGLE = {"first": "first", "last_linear": "last.linear", "tmlp_0": "tmlp.0", "tmlp_2": "tmlp.2",
                  "tproj_1": "tproj.1", "txtmlp_1": "txtmlp.1", "txtmlp_3": "txtmlp.3",
                  "txtfusion_projector": "txtfusion.projector"}  # fmt: skip
-_DOWN_UP = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight"}
 
 
 def lora_needs_conversion(names: Iterable[str]) -> bool:
     """Whether a Krea 2 LoRA is in a form diffusers' Krea 2 converter does not read: kohya's flattened names or
     lora_down / lora_up with alphas (musubi-tuner's exports); it reads `lora_A` / `lora_B` in either naming."""
-    return any(name.startswith("lora_unet_") or name.endswith((".lora_down.weight", ".alpha")) for name in names)
+    return lora_forms.needs_renaming(names)
 
 
 def convert_lora(state: dict[str, Any]) -> dict[str, Any]:
-    """The LoRA as `diffusion_model.<Krea's module>.lora_A/B.weight`, which diffusers' converter reads: kohya's names
-    dotted, lora_down / lora_up renamed, and each alpha folded into its up matrix (alpha / rank, the scale the
-    trainer meant; diffusers would apply 1)."""
-    out: dict[str, Any] = {}
-    for key, tensor in state.items():
-        if key.endswith(".alpha"):
-            continue
-        module, _, part = key.rpartition(".lora_")
-        part = "lora_" + part
-        if module.startswith("lora_unet_"):
-            flat = module.removeprefix("lora_unet_")
-            match = _KOHYA_BLOCK.match(flat)
-            if match:
-                block, index, kind, sub = match.groups()
-                module = f"{block.replace('txtfusion_', 'txtfusion.')}.{index}.{kind}.{sub}"
-            else:
-                module = _KOHYA_SINGLE.get(flat, flat)
-            module = "diffusion_model." + module
-        elif not module.startswith(("diffusion_model.", "transformer.", "base_model.model.")):
-            module = "diffusion_model." + module
-        if part == "lora_up.weight" and key.replace(".lora_up.weight", ".alpha") in state:
-            rank = tensor.shape[1]
-            tensor = tensor * (float(state[key.replace(".lora_up.weight", ".alpha")]) / rank)
-        out[f"{module}.{_DOWN_UP.get(part, part)}"] = tensor
-    return out
+    """The LoRA as `diffusion_model.<Krea's module>.lora_A/B.weight`, which diffusers' converter reads
+    (lora_forms.py), kohya's names dotted by Krea's own module names."""
+    return lora_forms.renamed(state, _kohya_module)
+
+
+def _kohya_module(flat: str) -> str:
+    match = _KOHYA_BLOCK.match(flat)
+    if match is None:
+        return _KOHYA_SINGLE.get(flat, flat)
+    block, index, kind, sub = match.groups()
+    return f"{block.replace('txtfusion_', 'txtfusion.')}.{index}.{kind}.{sub}"
 
 
 @functools.cache
