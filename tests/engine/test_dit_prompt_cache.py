@@ -20,6 +20,7 @@ from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipelin
 from tests.support.tiny_ernie import build_tiny_ernie
 from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
 from tests.support.tiny_krea2 import build_tiny_krea2
+from tests.support.tiny_longcat import build_tiny_longcat
 from tests.support.tiny_lumina2 import build_tiny_lumina2
 from tests.support.tiny_qwen21 import build_tiny_qwen21, save_folder
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
@@ -38,6 +39,7 @@ CASES = {
     "qwen21": (build_tiny_qwen21, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "krea2": (build_tiny_krea2, dict(negative_prompt="blurry", cfg_scale=4.5)),
     "ernie": (build_tiny_ernie, dict(negative_prompt="blurry", cfg_scale=4.0)),
+    "longcat": (build_tiny_longcat, dict(negative_prompt="blurry", cfg_scale=4.5)),
 }
 
 

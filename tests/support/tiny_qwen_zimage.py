@@ -67,8 +67,6 @@ SHIPPED_VOCAB = 151_936
 def build_tiny_qwen_image(seed: int = 0, *, shipped: bool = False) -> QwenImagePipeline:
     """`shipped`: with Marble's Qwen tokenizer and an encoder of its vocabulary (ids as Qwen2.5-VL's)."""
     torch.manual_seed(seed)
-    vocab = SHIPPED_VOCAB if shipped else VOCAB
-    bos, eos, vision = (151643, 151645, 151655) if shipped else (256, 258, VOCAB - 1)
     z_dim = 4
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=z_dim * 4, out_channels=z_dim, num_layers=2, attention_head_dim=16,
@@ -79,6 +77,18 @@ def build_tiny_qwen_image(seed: int = 0, *, shipped: bool = False) -> QwenImageP
         base_dim=z_dim * 6, z_dim=z_dim, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
     )  # fmt: skip
+    return QwenImagePipeline(
+        scheduler=_scheduler("qwen-image"), vae=vae, text_encoder=tiny_qwen25_vl(shipped=shipped),
+        tokenizer=shipped_tokenizer() if shipped else tiny_tokenizer(),
+        transformer=transformer,
+    )  # fmt: skip
+
+
+def tiny_qwen25_vl(*, shipped: bool = False) -> Qwen2_5_VLForConditionalGeneration:
+    """A Qwen2.5-VL (language model and vision tower) WIDTH wide; `shipped`: of Marble's Qwen tokenizer's vocabulary
+    and special-token ids, else of tiny_tokenizer()'s. Seeded by the caller."""
+    vocab = SHIPPED_VOCAB if shipped else VOCAB
+    bos, eos, vision = (151643, 151645, 151655) if shipped else (256, 258, VOCAB - 1)
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -91,12 +101,7 @@ def build_tiny_qwen_image(seed: int = 0, *, shipped: bool = False) -> QwenImageP
         vocab_size=vocab, vision_start_token_id=vision, vision_end_token_id=vision, image_token_id=vision,
         video_token_id=vision, bos_token_id=bos, eos_token_id=eos,
     )  # fmt: skip
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config).eval()
-    return QwenImagePipeline(
-        scheduler=_scheduler("qwen-image"), vae=vae, text_encoder=text_encoder,
-        tokenizer=shipped_tokenizer() if shipped else tiny_tokenizer(),
-        transformer=transformer,
-    )  # fmt: skip
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 
 def build_tiny_z_image(

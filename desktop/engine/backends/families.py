@@ -31,6 +31,7 @@ from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_ernie as ernie
 from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_krea2 as krea2
+from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.backends import families_lumina2 as lumina2
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
@@ -96,12 +97,13 @@ _EDIT_PIPELINES = {
 # The families diffusers has no image-to-image or inpainting pipelines for: Marble's own over their text-to-image
 # pipelines (flow_edit.py), made from the loaded one by each family's module.
 _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
-              qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class}  # fmt: skip
+              qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class,
+              qwen_zimage.LONGCAT: longcat.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
-    Lumina Image 2.0, Krea 2 and ERNIE-Image Marble's own over their text-to-image pipelines)."""
+    Lumina Image 2.0, Krea 2, ERNIE-Image and LongCat-Image Marble's own over their text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
     if family in _OWN_EDITS:
@@ -129,13 +131,13 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
-_GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE)
+_GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT)
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
     """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
-    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2 and ERNIE-Image at CFG 1 and
-    below)."""
+    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2, ERNIE-Image and LongCat-Image
+    at CFG 1 and below)."""
     if request.negative_prompt and (info.fill or info.control_input):
         return f"{info.label} models run without true CFG in diffusers, so without a negative prompt; it was ignored."
     if request.negative_prompt and info.family in _GUIDED_ABOVE_ONE and request.cfg_scale <= 1:
@@ -182,7 +184,7 @@ def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> li
     own tokenizer: T5's count is exact (its end token included); an LLM encoder's (Qwen, Mistral) counts the
     prompt alone, without the chat template around it, so a prompt just under the limit may still lose its
     last few tokens unsaid."""
-    limit = arguments.get("max_sequence_length")
+    limit = arguments.get("max_sequence_length", qwen_zimage.SEQUENCE_LIMITS.get(info.family))
     tokenizer = getattr(pipe, _LONG_TOKENIZER.get(info.family, "tokenizer"), None)
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor (Flux.2 dev's folder) holds one
     if not isinstance(limit, int) or tokenizer is None:
@@ -550,6 +552,8 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             state = dequantise(_read_state(path, gguf), info, dtype, name=name)
             if info.family == LUMINA2 and info.layout == "original":
                 state = lumina2.diffusers_names(state, expected)
+            if info.family == qwen_zimage.LONGCAT and info.layout == "bfl":
+                state = longcat.from_bfl(state, convert_flux_bfl)
             return cls.from_single_file(state, **kwargs)
         if info.scaled_fp8 or info.bitsandbytes:
             return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)

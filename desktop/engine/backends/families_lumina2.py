@@ -25,7 +25,7 @@ import functools
 from collections.abc import Mapping
 from typing import Any
 
-from desktop.engine.backends.flow_edit import FlowEdit
+from desktop.engine.backends.flow_edit import FluxLatentEdit
 
 _OUTSIDE = {
     "t_embedder.mlp.0": "time_caption_embed.timestep_embedder.linear_1",
@@ -75,36 +75,16 @@ def diffusers_names(state: dict[str, Any], config: Mapping[str, Any]) -> dict[st
 
 @functools.cache
 def edit_class() -> Any:
-    """Lumina2Pipeline with image to image and inpainting (flow_edit.FlowEdit): its latents are the Flux VAE's
-    (mode, shifted and scaled), (C, h, w) as they are; its pipeline computes the shift's argument from the latents'
-    second dimension (their channels), which its static shift ignores."""
+    """Lumina2Pipeline with image to image and inpainting (flow_edit.FluxLatentEdit): its latents are the Flux VAE's,
+    (C, h, w) as they are; its pipeline computes the shift's argument from the latents' second dimension (their
+    channels), which its static shift ignores."""
     import diffusers
-    import numpy as np
-    from diffusers.pipelines.lumina2.pipeline_lumina2 import calculate_shift
 
-    class Lumina2EditPipeline(FlowEdit, diffusers.Lumina2Pipeline):
-        def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
-            cell = self.vae_scale_factor * 2
-            return 2 * (height // cell), 2 * (width // cell)
-
-        def _edit_raw_sigmas(self, steps: int) -> Any:
-            return np.linspace(1.0, 1 / steps, steps)
-
+    class Lumina2EditPipeline(FluxLatentEdit, diffusers.Lumina2Pipeline):
         def _edit_mu(self, rows: int, cols: int) -> float:
-            config = self.scheduler.config
-            return calculate_shift(self.transformer.config.in_channels, config.get("base_image_seq_len", 256),
-                                   config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
-                                   config.get("max_shift", 1.15))  # fmt: skip
-
-        def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
-            pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
-            latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
-            return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+            return self._edit_shift(self.transformer.config.in_channels)
 
         def _edit_pack(self, grid: Any) -> Any:
             return grid
-
-        def _edit_conditions(self, references: Any) -> dict[str, Any]:
-            return {}
 
     return Lumina2EditPipeline

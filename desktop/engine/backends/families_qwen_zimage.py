@@ -1,8 +1,8 @@
-"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1, Krea 2 and ERNIE-Image (called
-from backends/families.py on the generation thread).
+"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1, Krea 2, ERNIE-Image and LongCat-Image
+(called from backends/families.py on the generation thread).
 
-Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image, Qwen3 4B for Z-Image, Gemma-2 2B for Lumina Image
-2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2, Ministral 3 3B for ERNIE-Image) whose weights Marble
+Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image and LongCat-Image, Qwen3 4B for Z-Image, Gemma-2 2B for
+Lumina Image 2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2, Ministral 3 3B for ERNIE-Image) whose weights Marble
 cannot ship. So a model of these families takes its text encoder, tokenizer and VAE from a folder: the model's
 own diffusers folder, or, for a single transformer file, the folder the user names (`--text-encoders FOLDER`): a
 diffusers folder of the family, or any folder holding `text_encoder/`, `tokenizer/` (Qwen-Image 2.1: `processor/`)
@@ -20,23 +20,27 @@ import math
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_ernie, dit_krea2
+from desktop.engine.library import dit_ernie, dit_krea2, dit_longcat
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_ernie import ERNIE_IMAGE
 from desktop.engine.library.dit_krea2 import KREA2
+from desktop.engine.library.dit_longcat import LONGCAT
 from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, QWEN_IMAGE_21, Z_IMAGE
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
-FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE)
-_LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS}
+FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE, LONGCAT)
+_LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS, **dit_longcat.LABELS}
 # Qwen-Image's and Z-Image's pipelines read up to 512 prompt tokens (their default); nothing is cut into
 # 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
 LUMINA2_SEQUENCE = 256
+# The prompt length a family's pipeline reads without taking it as an argument (for the long-prompt note).
+SEQUENCE_LIMITS = {LONGCAT: 512}
 # Where Lumina's text joins its system prompt and the prompt (diffusers' pipeline and ComfyUI's workflows alike).
 PROMPT_START = "<Prompt Start>"
 # Qwen's own examples pass a blank negative prompt so that true CFG runs without a user negative.
@@ -44,14 +48,16 @@ _QWEN_BLANK_NEGATIVE = " "
 _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "the Qwen3 4B text encoder",
                        LUMINA2: "the Gemma-2 2B text encoder", QWEN_IMAGE_21: "the Qwen3-VL 8B text encoder",
                        KREA2: "the Qwen3-VL 4B text encoder",
-                       ERNIE_IMAGE: "the Ministral 3 3B text encoder"}  # fmt: skip
+                       ERNIE_IMAGE: "the Ministral 3 3B text encoder",
+                       LONGCAT: "the Qwen2.5-VL 7B text encoder"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
 _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL"),
                    LUMINA2: ("gemma2", "AutoencoderKL"),
                    QWEN_IMAGE_21: ("qwen3_vl", "AutoencoderKLQwenImage21"),
                    KREA2: ("qwen3_vl", "AutoencoderKLQwenImage"),
-                   ERNIE_IMAGE: ("mistral3", "AutoencoderKLFlux2")}  # fmt: skip
+                   ERNIE_IMAGE: ("mistral3", "AutoencoderKLFlux2"),
+                   LONGCAT: ("qwen2_5_vl", "AutoencoderKL")}  # fmt: skip
 # Qwen-Image 2.1's pipeline reads its prompt through Qwen3-VL's processor (tokenizer, image and video
 # processors and chat template in one folder, `processor/`), not through a bare tokenizer.
 _PROCESSOR = {QWEN_IMAGE_21: qwen21.PROCESSOR}
@@ -65,18 +71,24 @@ _CLASSES = {
                     "AutoencoderKLQwenImage21"),
     KREA2: ("Krea2Pipeline", "Krea2Transformer2DModel", "Qwen3VLModel", "AutoencoderKLQwenImage"),
     ERNIE_IMAGE: ("ErnieImagePipeline", "ErnieImageTransformer2DModel", "Mistral3Model", "AutoencoderKLFlux2"),
+    LONGCAT: ("LongCatImagePipeline", "LongCatImageTransformer2DModel", "Qwen2_5_VLForConditionalGeneration",
+              "AutoencoderKL"),
 }  # fmt: skip
 
 
 def pipeline_class(family: str) -> Any:
     import diffusers
 
+    if family == LONGCAT:  # diffusers' with a step callback (families_longcat.py)
+        return longcat.pipeline_class()
     return getattr(diffusers, _CLASSES[family][0])
 
 
 def transformer_class(family: str) -> Any:
     import diffusers
 
+    if family == LONGCAT:  # loadable from a state dict in its own names (families_longcat.py)
+        return longcat.transformer_class()
     return getattr(diffusers, _CLASSES[family][1])
 
 
@@ -142,13 +154,20 @@ def check_components(folder: Path, family: str, *, name: str, text_width: int | 
         )
 
 
+# Where a transformer config says the width it reads its text encoder at, for the families whose encoder folder
+# another model's could pass for (text_width).
+_TEXT_WIDTH_FIELDS = {ERNIE_IMAGE: "text_in_dim", LONGCAT: "joint_attention_dim"}
+
+
 def text_width(config: Path, family: str) -> int | None:
     """The width at which the transformer of `config` (a config folder) reads its text encoder, where a folder of
-    another model could otherwise pass for one of `family`'s (ERNIE-Image's `text_in_dim`); None elsewhere."""
-    if family != ERNIE_IMAGE:
+    another model could otherwise pass for one of `family`'s (ERNIE-Image's `text_in_dim`: Flux.2 dev's Mistral;
+    LongCat-Image's `joint_attention_dim`: a Qwen2.5-VL 3B beside Flux's VAE); None elsewhere."""
+    field = _TEXT_WIDTH_FIELDS.get(family)
+    if field is None:
         return None
     expected = read_json_file(config / "transformer" / "config.json", label=f"transformer/config.json in {config}")
-    width = expected.get("text_in_dim") if isinstance(expected, dict) else None
+    width = expected.get(field) if isinstance(expected, dict) else None
     return width if isinstance(width, int) else None
 
 
@@ -226,9 +245,13 @@ def _reader(folder: Path, family: str) -> dict[str, Any]:
 def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:
     """A file whose last block(s) are missing passes detection (the indices stay contiguous): compare the
     counts with the configuration's before loading."""
-    wanted = (expected.get("num_layers", expected.get("n_layers")),
-              expected.get("n_refiner_layers", expected.get("num_refiner_layers", 0)))  # fmt: skip
-    for found, want, kind in zip(info.blocks, wanted, ("main", "refiner"), strict=True):
+    if "num_single_layers" in expected:  # LongCat-Image: Flux's double- and single-stream blocks
+        wanted, kinds = (expected.get("num_layers"), expected["num_single_layers"]), ("double", "single")
+    else:
+        wanted = (expected.get("num_layers", expected.get("n_layers")),
+                  expected.get("n_refiner_layers", expected.get("num_refiner_layers", 0)))  # fmt: skip
+        kinds = ("main", "refiner")
+    for found, want, kind in zip(info.blocks, wanted, kinds, strict=True):
         if isinstance(want, int) and found != want:
             raise ModelError(
                 f"{name} has {found} {kind} blocks but the {info.label} configuration has {want}: the file is "
@@ -260,6 +283,13 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
         # a picture follows from its prompt and seed.
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
                 "guidance_scale": float(request.cfg_scale), "use_pe": False}  # fmt: skip
+    if info.family == LONGCAT:
+        # Its pipeline reads the prompt's first 512 tokens (SEQUENCE_LIMITS), quoted text letter by letter; CFG above 1
+        # against the negative prompt, blank when none is given (its pipeline's default), renormalised as Meituan's
+        # settings do (the pipeline's default). Its prompt rewriter (the text encoder writing a new prompt by
+        # sampling) never runs: a picture follows from its prompt and seed.
+        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
+                "guidance_scale": float(request.cfg_scale), "enable_prompt_rewrite": False}  # fmt: skip
     if info.family == QWEN_IMAGE_21:
         # No sequence limit (the processor reads the prompt whole). Qwen recommends no guidance (CFG 1); above 1
         # true CFG runs against the negative prompt, blank when none is given, as for Qwen-Image.

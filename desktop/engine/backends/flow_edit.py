@@ -1,5 +1,6 @@
 """Image to image and inpainting over a flow-matching text-to-image pipeline, for the DiT families diffusers has no
-such pipelines for (Qwen-Image 2.1, Lumina Image 2.0): `FlowEdit`, mixed into the family's pipeline class.
+such pipelines for (Qwen-Image 2.1, Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image): `FlowEdit`, mixed into the
+family's pipeline class (`FluxLatentEdit` for those over Flux.1's kind of VAE).
 
 Done as diffusers' flow-matching image-to-image pipelines do it (Flux's, Qwen-Image's), over the text-to-image
 pipeline's own loop: the source's latents (in the transformer's space) are noised to the sigma where the last
@@ -73,6 +74,38 @@ class FlowEdit:
             **self._edit_conditions(references), **rest,
         )  # fmt: skip
 
+
+
+class FluxLatentEdit(FlowEdit):
+    """FlowEdit's parts for a pipeline over Flux.1's kind of VAE (AutoencoderKL: a source's latents are its mode,
+    shifted and scaled) on a grid of 2x2 patches, with a linear schedule before shifting and no reference pictures
+    (Lumina Image 2.0, LongCat-Image). The family's class gives `_edit_mu` (through `_edit_shift`) and `_edit_pack`."""
+
+    def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
+        cell = self.vae_scale_factor * 2
+        return 2 * (height // cell), 2 * (width // cell)
+
+    def _edit_raw_sigmas(self, steps: int) -> Any:
+        import numpy as np
+
+        return np.linspace(1.0, 1 / steps, steps)
+
+    def _edit_shift(self, tokens: int) -> float:
+        """The shift's argument for `tokens` under the scheduler's settings (Flux's rule, which these pipelines
+        copy)."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        config = self.scheduler.config
+        return calculate_shift(tokens, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+                               config.get("base_shift", 0.5), config.get("max_shift", 1.15))  # fmt: skip
+
+    def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
+        pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
+        latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
+        return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+
+    def _edit_conditions(self, references: Any) -> dict[str, Any]:
+        return {}
 
 def _latent_mask(mask: Any, rows: int, cols: int) -> Any:
     """(1, 1, rows, cols): 1 where a latent cell holds any masked (white) pixel."""

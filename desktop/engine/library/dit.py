@@ -1,6 +1,7 @@
 """Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma, and
 Qwen-Image, Qwen-Image 2.1, Z-Image and Lumina (their rules in library/dit_qwen_zimage.py), Flux.2
-(library/dit_flux2.py), Krea 2 (library/dit_krea2.py) and ERNIE-Image (library/dit_ernie.py).
+(library/dit_flux2.py), Krea 2 (library/dit_krea2.py), ERNIE-Image (library/dit_ernie.py) and LongCat-Image
+(library/dit_longcat.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_ernie, dit_flux2, dit_krea2, dit_qwen_zimage, quant_formats
+from desktop.engine.library import dit_ernie, dit_flux2, dit_krea2, dit_longcat, dit_qwen_zimage, quant_formats
 
 StrPath = str | os.PathLike[str]
 
@@ -43,6 +44,7 @@ DIT_CONFIGS = {
     **dit_flux2.CONFIGS,
     **dit_krea2.CONFIGS,
     **dit_ernie.CONFIGS,
+    **dit_longcat.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
@@ -53,6 +55,7 @@ DIT_LABELS = {
     **dit_flux2.LABELS,
     **dit_krea2.LABELS,
     **dit_ernie.LABELS,
+    **dit_longcat.LABELS,
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
@@ -163,7 +166,7 @@ def reference_image_limit(info: DitInfo | None) -> int:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        if any(module.is_marker(bare) for module in (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie)):
+        if any(module.is_marker(bare) for module in (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_longcat)):
             return True
         if bare.startswith(
             ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
@@ -206,7 +209,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             "Marble cannot load yet. Use a GGUF, fp8 or bf16 file of this model."
         )
     other = (dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name) or dit_krea2.detect(model, name)
-             or dit_ernie.detect(model, name))  # fmt: skip
+             or dit_ernie.detect(model, name) or dit_longcat.detect(model, name))  # fmt: skip
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -234,7 +237,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     else:
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image, Z-Image, Lumina, "
-            "Flux.2, Krea 2 or ERNIE-Image)."
+            "Flux.2, Krea 2, ERNIE-Image or LongCat-Image)."
         )
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
@@ -415,7 +418,7 @@ def detect_gguf(path: StrPath, *, name: str | None = None) -> DitInfo:
     tensors, quantization = read_gguf_tensors(path, name=name)
     if not looks_like_dit(tensors):
         raise ModelError(
-            f"{name}: a GGUF file, but not a Flux.1, SD3/SD3.5, Chroma, Qwen-Image or Z-Image transformer."
+            f"{name}: a GGUF file, but not a diffusion transformer Marble knows ({', '.join(DIT_LABELS.values())})."
         )
     return detect_dit(tensors, name=name, quantization=quantization)
 
@@ -435,6 +438,7 @@ _PIPELINES = {
     **dit_flux2.PIPELINES,
     **dit_krea2.PIPELINES,
     **dit_ernie.PIPELINES,
+    **dit_longcat.PIPELINES,
 }
 
 

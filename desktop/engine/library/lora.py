@@ -29,8 +29,13 @@ _FAMILY_BY_TEXT_WIDTH = {768: "sd1", 1024: "sd2"}
 FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
-    "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image",
+    "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image", "longcat-image": "LongCat-Image",
 }  # fmt: skip
+# Base models Marble loads no LoRAs for yet, and why (said instead of another family's mismatch).
+_NO_LORAS = {
+    "longcat-image": "its LoRAs carry Flux.1's layer names, which cannot tell them from Flux.1's, and diffusers has no "
+    "LoRA loader for it",
+}
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
 
@@ -337,6 +342,11 @@ class ModelShape:
 def check_lora_fits(info: LoraInfo, model: ModelShape, lora_name: str, model_name: str) -> None:
     """Refuse a LoRA made for another base model: diffusers would otherwise skip its layers silently."""
     model_label = FAMILY_LABELS.get(model.family, model.family)
+    if model.family in _NO_LORAS:
+        raise ModelError(
+            f"The LoRA {lora_name!r} cannot be used: Marble does not load LoRAs for {model_label} models yet "
+            f"({_NO_LORAS[model.family]}). Generate without it."
+        )
     problem = None
     if info.family is not None and info.family != model.family:
         problem = f"it is a LoRA for {info.label} models, and {model_name} is {model_label}"

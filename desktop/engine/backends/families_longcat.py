@@ -1,0 +1,126 @@
+"""LongCat-Image's pipeline, transformer file and image-to-image / inpainting class (called from families.py and
+families_qwen_zimage.py on the generation thread).
+
+diffusers' LongCatImagePipeline (0.42) takes no step callback, which Marble's previews, progress and cancel run on:
+`pipeline_class()` is that pipeline with one, called from the scheduler's step for the length of a call (each step
+steps the scheduler once, then the callback sees the new latents and may replace them, as diffusers' callbacks do).
+diffusers has no single-file entry for its transformer either: Marble converts a file's names itself (Comfy-Org's in
+Flux's BFL names through families.convert_flux_bfl; the release's are diffusers' already), and `transformer_class()`
+registers the identity as its single-file mapping, so the file loads through the same path as the other families
+(GGUF and fp8 included). torch/diffusers are imported inside the functions (pyproject's import-linter list).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from desktop.engine.backends.flow_edit import FluxLatentEdit
+
+# Comfy-Org's file saves the q/k RMSNorm weights under `.weight` where BFL's Flux names say `.scale`.
+_NORM_SUFFIXES = ("query_norm.weight", "key_norm.weight")
+_FLUX_TIME = "time_text_embed.timestep_embedder."
+_LONGCAT_TIME = "time_embed.timestep_embedder."
+
+
+def from_bfl(state: dict[str, Any], convert_flux: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """A LongCat-Image transformer in BFL's Flux names (prefix removed) -> LongCatImageTransformer2DModel's names:
+    Flux's conversion (`convert_flux`: families.convert_flux_bfl), its timestep embedder under LongCat's name."""
+    flux_names = {
+        (key.removesuffix("weight") + "scale" if key.endswith(_NORM_SUFFIXES) else key): value
+        for key, value in state.items()
+    }
+    converted = convert_flux(flux_names)
+    return {(_LONGCAT_TIME + key.removeprefix(_FLUX_TIME) if key.startswith(_FLUX_TIME) else key): value
+            for key, value in converted.items()}  # fmt: skip
+
+
+def _as_converted(checkpoint: dict[str, Any], **_: Any) -> dict[str, Any]:
+    return checkpoint
+
+
+def transformer_class() -> Any:
+    """LongCatImageTransformer2DModel, loadable by diffusers' from_single_file from a state dict in its own names."""
+    import diffusers
+    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
+
+    # A later diffusers that converts LongCat files itself keeps its own entry.
+    SINGLE_FILE_LOADABLE_CLASSES.setdefault("LongCatImageTransformer2DModel", {"checkpoint_mapping_fn": _as_converted})
+    return diffusers.LongCatImageTransformer2DModel
+
+
+@functools.cache
+def pipeline_class() -> Any:
+    """LongCatImagePipeline taking diffusers' `callback_on_step_end` (and `callback_on_step_end_tensor_inputs`,
+    latents only)."""
+    import diffusers
+
+    class LongCatImageStepsPipeline(diffusers.LongCatImagePipeline):
+        # Its processor serves the prompt rewriter only (a sampling LLM call Marble never makes): optional here.
+        def __init__(self, scheduler: Any, vae: Any, text_encoder: Any, tokenizer: Any, transformer: Any,
+                     text_processor: Any = None) -> None:  # fmt: skip
+            super().__init__(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                             text_processor=text_processor, transformer=transformer)  # fmt: skip
+
+        def __call__(
+            self, *args: Any, callback_on_step_end: Callable[..., Any] | None = None,
+            callback_on_step_end_tensor_inputs: Any = None, **kwargs: Any,
+        ) -> Any:  # fmt: skip
+            if callback_on_step_end is None:
+                return super().__call__(*args, **kwargs)
+            with _step_callback(self, callback_on_step_end):
+                return super().__call__(*args, **kwargs)
+
+    return LongCatImageStepsPipeline
+
+
+class _step_callback:  # noqa: N801 - used as a context manager, named for what it does
+    """For one call: the pipeline's scheduler steps, then `callback(pipeline, i, t, {"latents": ...})` runs on the
+    new latents; what it returns under "latents" replaces them. The scheduler's own step (or a wrapper already on
+    it: the preview's x0 watcher) is put back after."""
+
+    def __init__(self, pipeline: Any, callback: Callable[..., Any]) -> None:
+        self._pipeline, self._callback = pipeline, callback
+        self._scheduler = pipeline.scheduler
+        self._wrapped = vars(self._scheduler).get("step")  # an instance wrapper to restore, else None
+
+    def __enter__(self) -> None:
+        inner, counter = self._scheduler.step, itertools.count()
+
+        @functools.wraps(inner)
+        def step(*args: Any, **kwargs: Any) -> Any:
+            output = inner(*args, **kwargs)
+            timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+            latents = output[0] if isinstance(output, tuple) else output.prev_sample
+            changed = self._callback(self._pipeline, next(counter), timestep, {"latents": latents}) or {}
+            if "latents" not in changed:
+                return output
+            if isinstance(output, tuple):
+                return (changed["latents"], *output[1:])
+            output.prev_sample = changed["latents"]
+            return output
+
+        self._scheduler.step = step
+
+    def __exit__(self, *_: Any) -> None:
+        if self._wrapped is not None:
+            self._scheduler.step = self._wrapped
+        else:
+            del self._scheduler.step
+
+
+@functools.cache
+def edit_class() -> Any:
+    """LongCat-Image with image to image and inpainting (flow_edit.FluxLatentEdit): its latents are the Flux VAE's in
+    2x2 patches as tokens, its schedule shifted by the image's token count (Flux's rule, the pipeline's own)."""
+
+    class LongCatImageEditPipeline(FluxLatentEdit, pipeline_class()):
+        def _edit_mu(self, rows: int, cols: int) -> float:
+            return self._edit_shift((rows // 2) * (cols // 2))
+
+        def _edit_pack(self, grid: Any) -> Any:
+            return self._pack_latents(grid, *grid.shape)
+
+    return LongCatImageEditPipeline
