@@ -31,11 +31,10 @@ FAMILY_LABELS = {
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
     "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image", "longcat-image": "LongCat-Image",
 }  # fmt: skip
-# Base models Marble loads no LoRAs for yet, and why (said instead of another family's mismatch).
-_NO_LORAS = {
-    "longcat-image": "its LoRAs carry Flux.1's layer names, which cannot tell them from Flux.1's, and diffusers has no "
-    "LoRA loader for it",
-}
+# Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
+# come in: LongCat-Image's blocks are Flux.1's, named as diffusers names them (its loader refuses a LoRA that reaches
+# past its blocks: a Flux.1 one; backends/families_longcat.py).
+_NAMED_AS = {"longcat-image": ("flux", ("peft", "diffusers"))}
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
 
@@ -342,13 +341,11 @@ class ModelShape:
 def check_lora_fits(info: LoraInfo, model: ModelShape, lora_name: str, model_name: str) -> None:
     """Refuse a LoRA made for another base model: diffusers would otherwise skip its layers silently."""
     model_label = FAMILY_LABELS.get(model.family, model.family)
-    if model.family in _NO_LORAS:
-        raise ModelError(
-            f"The LoRA {lora_name!r} cannot be used: Marble does not load LoRAs for {model_label} models yet "
-            f"({_NO_LORAS[model.family]}). Generate without it."
-        )
     problem = None
-    if info.family is not None and info.family != model.family:
+    named_as, formats = _NAMED_AS.get(model.family, (None, ()))
+    if named_as is not None and info.family == named_as and info.format not in formats:
+        problem = f"it is in {info.format}'s {info.label} names, and {model_label} LoRAs come in diffusers' names only"
+    elif info.family is not None and info.family not in (model.family, named_as):
         problem = f"it is a LoRA for {info.label} models, and {model_name} is {model_label}"
     elif info.context_dim is not None and model.context_dim is not None and info.context_dim != model.context_dim:
         problem = (
