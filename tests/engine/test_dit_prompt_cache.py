@@ -22,6 +22,7 @@ from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klei
 from tests.support.tiny_krea2 import build_tiny_krea2
 from tests.support.tiny_longcat import build_tiny_longcat
 from tests.support.tiny_lumina2 import build_tiny_lumina2
+from tests.support.tiny_ovis import build_tiny_ovis
 from tests.support.tiny_qwen21 import build_tiny_qwen21, save_folder
 from tests.support.tiny_qwen_zimage import build_tiny_qwen_image, build_tiny_z_image
 
@@ -40,6 +41,7 @@ CASES = {
     "krea2": (build_tiny_krea2, dict(negative_prompt="blurry", cfg_scale=4.5)),
     "ernie": (build_tiny_ernie, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "longcat": (build_tiny_longcat, dict(negative_prompt="blurry", cfg_scale=4.5)),
+    "ovis": (build_tiny_ovis, dict(negative_prompt="blurry", cfg_scale=5.0)),
 }
 
 

@@ -1,8 +1,9 @@
 """LongCat-Image (Meituan's 6B model: Flux.1's blocks reading Qwen2.5-VL 7B, Flux's VAE): a tiny random model as a
-diffusers folder, as a transformer-only file in its release's names and in Comfy-Org's (Flux's BFL names), and as a
-GGUF; detected from its tensors and run offline through Marble, pixel-identical to bare diffusers with the same seed.
-diffusers' pipeline takes no step callback: Marble's previews, progress and cancel come through the scheduler's step
-(backends/families_longcat.py)."""
+diffusers folder, detected from its tensors and run offline through Marble, pixel-identical to bare diffusers with the
+same seed; its damaged files, components, library encoder and LoRAs. diffusers' pipeline takes no step callback:
+Marble's previews, progress and cancel come through the scheduler's step (backends/families_longcat.py). Its
+transformer files (its release's names and Comfy-Org's Flux BFL names), GGUF and image to image:
+test_flux_like_families.py, with Ovis-Image's."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from diffusers import LongCatImagePipeline, LongCatImageTransformer2DModel
-from PIL import Image
+from diffusers import LongCatImagePipeline
 from safetensors.torch import save_file
 
 from desktop.engine.errors import Cancelled, ModelError
@@ -21,8 +21,7 @@ from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
-from tests.support.tiny_dit import save_gguf
-from tests.support.tiny_longcat import build_tiny_longcat, comfy_names, save_transformer
+from tests.support.tiny_longcat import build_tiny_longcat, save_transformer
 
 PREFIX = "model.diffusion_model."
 
@@ -135,51 +134,6 @@ def test_a_job_is_cancelled_at_a_step(paths, longcat):
     # The pipeline's scheduler is left unwrapped: the next job runs as diffusers does.
     batch, _ = run(backend, request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(longcat["folder"]), request))
-
-
-@pytest.mark.parametrize("layout", ["diffusers", "comfy", "bfl-scale"])
-def test_transformer_files_match_with_the_folders_components(paths, longcat, layout, tmp_path):
-    if layout == "bfl-scale":  # BFL's own spelling of the q/k norms (`.scale`), bare
-        state = comfy_names(longcat["pipe"].transformer.state_dict())
-        path = tmp_path / "longcat-bfl.safetensors"
-        save_file({(k.removesuffix("weight") + "scale" if k.endswith("_norm.weight") else k): v.contiguous()
-                   for k, v in state.items()}, str(path))  # fmt: skip
-    else:
-        path = longcat[layout]
-    arch = detect_model(path)
-    expected_layout = "diffusers" if layout == "diffusers" else "bfl"
-    assert (arch.family, arch.dit.layout, arch.dit.blocks, arch.config_name) == ("longcat-image", expected_layout,
-                                                                                 (1, 2), "longcat-image")  # fmt: skip
-    assert arch.dit.needs_components
-    request = request_for(path, steps=3, cfg_scale=4.5, model_config=str(longcat["folder"]),
-                          text_encoders=str(longcat["folder"]))  # fmt: skip
-    batch, _ = run(make_backend(paths), request)
-    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(longcat["folder"]), request))
-
-
-def test_a_longcat_gguf_runs_its_dequantised_weights(paths, longcat, tmp_path):
-    """Comfy-Org's names in Q8_0 (as the GGUFs in circulation are converted from its file): the picture of bare
-    diffusers' model holding the weights diffusers' GGUF reader dequantises (what its GGUF layers compute with)."""
-    from diffusers.models.model_loading_utils import load_gguf_checkpoint
-    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
-
-    from desktop.engine.backends.families import convert_flux_bfl
-    from desktop.engine.backends.families_longcat import from_bfl
-
-    state = comfy_names(longcat["pipe"].transformer.state_dict())
-    path = save_gguf(state, tmp_path / "LongCat-Image-Q8_0.gguf", arch="longcat")
-    arch = detect_model(path)
-    assert (arch.family, arch.dit.layout, arch.dit.quantization) == ("longcat-image", "bfl", "Q8_0")
-    request = request_for(path, steps=3, cfg_scale=4.5, model_config=str(longcat["folder"]),
-                          text_encoders=str(longcat["folder"]))  # fmt: skip
-    batch, _ = run(make_backend(paths), request)
-    stored = {name: (dequantize_gguf_tensor(tensor) if hasattr(tensor, "quant_type") else tensor).float()
-              for name, tensor in load_gguf_checkpoint(str(path)).items()}  # fmt: skip
-    transformer = LongCatImageTransformer2DModel.from_config(longcat["pipe"].transformer.config)
-    transformer.load_state_dict(from_bfl(stored, convert_flux_bfl), strict=True)
-    expected = bare_image(bare_pipe(longcat["folder"], transformer.eval()), request)
-    assert np.array_equal(pixels(batch.images[0]), expected)
-    assert not np.array_equal(expected, bare_image(bare_pipe(longcat["folder"]), request))  # the quantisation shows
 
 
 def test_damaged_files_and_wrong_components_are_refused_by_name(paths, longcat, tmp_path):
@@ -353,65 +307,3 @@ def test_flux_loras_are_refused_by_name(paths, longcat):
         run(make_backend(paths), replace(request, prompt="a red circle <lora:z:0.8>"))
 
 
-def test_image_to_image_and_inpainting(paths, longcat, tmp_path):
-    from diffusers.utils.torch_utils import randn_tensor
-
-    from desktop.engine.backends import families_longcat
-    from desktop.engine.backends.families import own_edit_pipeline
-
-    pipe = bare_pipe(longcat["folder"])
-    edit = own_edit_pipeline(pipe, "longcat-image")
-    source = Image.new("RGB", (96, 64), (200, 40, 40))
-    call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=1.0,
-                enable_prompt_rewrite=False)  # fmt: skip
-    # Strength 1 starts from the noise text to image draws for the seed: the same picture.
-    whole = edit(**call, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
-    assert np.array_equal(whole, pipe(**call, generator=torch.Generator().manual_seed(7)).images)
-    # Strength 0.5 runs the last half of the steps at the very sigmas text to image reaches them ...
-    seen, half = [], []
-    record = lambda into: lambda p, i, t, tensors: into.append(float(p.scheduler.sigmas[i])) or {}  # noqa: E731
-    steps_pipe = families_longcat.pipeline_class()(**pipe.components)  # text to image with a step callback
-    steps_pipe.set_progress_bar_config(disable=True)
-    steps_pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=record(seen))
-    edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
-         callback_on_step_end=record(half))  # fmt: skip
-    assert half == pytest.approx(seen[2:], abs=1e-6) and seen[2] < 0.9
-    # ... from the source noised to exactly the first of them, (1 - s) x0 + s noise: the bare pipeline told the two
-    # unshifted sigmas, from those latents, gives the same picture.
-    clean = edit._edit_encode(source, 96, 64, None)
-    noise = randn_tensor((1, 16, 16, 24), generator=torch.Generator().manual_seed(7))
-    start = pipe._pack_latents((1 - seen[2]) * clean + seen[2] * noise, 1, 16, 16, 24)
-    by_hand = pipe(**call, latents=start, sigmas=[0.5, 0.25], generator=torch.Generator().manual_seed(7)).images
-    edited = edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7)).images
-    assert np.allclose(edited, by_hand, atol=1e-6)
-    # The source's latents by hand: the VAE's mode, shifted and scaled.
-    with torch.no_grad():
-        pixels_in = edit.image_processor.preprocess(source, height=64, width=96)
-        encoded = (pipe.vae.encode(pixels_in).latent_dist.mode() - pipe.vae.config.shift_factor) * \
-            pipe.vae.config.scaling_factor  # fmt: skip
-    assert torch.allclose(clean, encoded, atol=1e-6) and clean.shape == (1, 16, 16, 24)
-    # Inpainting leaves the source's latents outside the mask: the left 20 columns repaint latent columns 0-5
-    # (2x2 patches of a quarter-size grid: whole tokens of 8 pixels).
-    mask = Image.new("L", (96, 64), 0)
-    mask.paste(255, (0, 0, 20, 64))
-    packed = edit(**(call | {"output_type": "latent"}), image=source, mask_image=mask, strength=1.0,
-                  generator=torch.Generator().manual_seed(7)).images  # fmt: skip
-    latents = pipe._unpack_latents(packed, 64, 96, pipe.vae_scale_factor)
-    assert latents.shape == clean.shape
-    assert torch.allclose(latents[..., 6:], clean[..., 6:], atol=1e-6)
-    assert not torch.allclose(latents[..., :5], clean[..., :5], atol=1e-3)
-    # Through Marble: image to image, and the hires fix with a latent upscaler (Flux's latents interpolate).
-    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
-    request = request_for(longcat["folder"], init_image=str(tmp_path / "source.png"), strength=0.6, steps=3,
-                          cfg_scale=4.5, seed=43)  # fmt: skip
-    batch, _ = run(make_backend(paths), request)
-    expected = pixels(edit(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=3,
-                           width=64, height=64, guidance_scale=4.5, image=Image.open(tmp_path / "source.png"),
-                           strength=0.6, generator=torch.Generator().manual_seed(43),
-                           enable_prompt_rewrite=False).images[0])  # fmt: skip
-    assert np.array_equal(pixels(batch.images[0]), expected)
-    hires_request = request_for(longcat["folder"], steps=2, cfg_scale=1.0, negative_prompt="", hires_fix=True,
-                                hires_scale=1.5, hires_steps=2, hires_upscaler="Latent", width=96)  # fmt: skip
-    hires, steps = run(make_backend(paths), hires_request)
-    assert hires.images[0].size == (144, 96) and hires.notes == ()
-    assert [(step.step, step.total) for step in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # both passes

@@ -84,6 +84,16 @@ def build_tiny_qwen_image(seed: int = 0, *, shipped: bool = False) -> QwenImageP
     )  # fmt: skip
 
 
+
+def tiny_qwen3(*, shipped: bool = False) -> Qwen3Model:
+    """A Qwen3 WIDTH wide; `shipped`: of Marble's Qwen tokenizer's vocabulary, else of tiny_tokenizer()'s. Seeded by
+    the caller."""
+    config = Qwen3Config(
+        vocab_size=SHIPPED_VOCAB if shipped else VOCAB, hidden_size=WIDTH, intermediate_size=WIDTH, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
+    )  # fmt: skip
+    return Qwen3Model(config).eval()
+
 def tiny_qwen25_vl(*, shipped: bool = False) -> Qwen2_5_VLForConditionalGeneration:
     """A Qwen2.5-VL (language model and vision tower) WIDTH wide; `shipped`: of Marble's Qwen tokenizer's vocabulary
     and special-token ids, else of tiny_tokenizer()'s. Seeded by the caller."""
@@ -123,13 +133,8 @@ def build_tiny_z_image(
         latent_channels=latent_channels, norm_num_groups=4, sample_size=32, shift_factor=0.1159, scaling_factor=0.3611,
         use_quant_conv=False, use_post_quant_conv=False,
     )  # fmt: skip
-    config = Qwen3Config(
-        vocab_size=SHIPPED_VOCAB if shipped else VOCAB, hidden_size=WIDTH, intermediate_size=WIDTH, num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024,
-    )  # fmt: skip
     return ZImagePipeline(
-        scheduler=_scheduler("z-image"), vae=vae, text_encoder=Qwen3Model(config).eval(),
+        scheduler=_scheduler("z-image"), vae=vae, text_encoder=tiny_qwen3(shipped=shipped),
         tokenizer=shipped_tokenizer() if shipped else tiny_tokenizer(), transformer=transformer,
     )  # fmt: skip
 

@@ -33,6 +33,7 @@ from desktop.engine.backends import families_flux2 as flux2
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.backends import families_lumina2 as lumina2
+from desktop.engine.backends import families_ovis as ovis
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
@@ -98,12 +99,13 @@ _EDIT_PIPELINES = {
 # pipelines (flow_edit.py), made from the loaded one by each family's module.
 _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
               qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class,
-              qwen_zimage.LONGCAT: longcat.edit_class}  # fmt: skip
+              qwen_zimage.LONGCAT: longcat.edit_class, qwen_zimage.OVIS: ovis.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
-    Lumina Image 2.0, Krea 2, ERNIE-Image and LongCat-Image Marble's own over their text-to-image pipelines)."""
+    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image and Ovis-Image Marble's own over their text-to-image
+    pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
     if family in _OWN_EDITS:
@@ -131,13 +133,14 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
-_GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT)
+_GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT,
+                     qwen_zimage.OVIS)  # fmt: skip
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
     """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
-    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2, ERNIE-Image and LongCat-Image
-    at CFG 1 and below)."""
+    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image and
+    Ovis-Image at CFG 1 and below)."""
     if request.negative_prompt and (info.fill or info.control_input):
         return f"{info.label} models run without true CFG in diffusers, so without a negative prompt; it was ignored."
     if request.negative_prompt and info.family in _GUIDED_ABOVE_ONE and request.cfg_scale <= 1:
@@ -554,6 +557,8 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 state = lumina2.diffusers_names(state, expected)
             if info.family == qwen_zimage.LONGCAT and info.layout == "bfl":
                 state = longcat.from_bfl(state, convert_flux_bfl)
+            if info.family == qwen_zimage.OVIS and info.layout == "bfl":
+                state = ovis.from_bfl(state, convert_flux_bfl)
             return cls.from_single_file(state, **kwargs)
         if info.scaled_fp8 or info.bitsandbytes:
             return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
@@ -593,12 +598,16 @@ def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
     """Flux.1 tensors in Black Forest Labs' names -> FluxTransformer2DModel's names, any width.
 
     The fused projections split by the widths read from the tensors themselves (img_in's output is the
-    model width; linear1 of a single block holds q, k, v and the MLP input)."""
+    model width; linear1 of a single block holds q, k, v and the MLP input). The q/k norms are BFL's `.scale`, or
+    `.weight` as some repackaged files save them (Comfy-Org's LongCat-Image)."""
     import torch
 
     out: dict[str, Any] = {}
     take = state.pop
     width = state["img_in.weight"].shape[0]
+
+    def norm(module: str) -> Any:
+        return take(f"{module}.scale") if f"{module}.scale" in state else take(f"{module}.weight")
 
     def pair(src: str, dst: str) -> None:
         for suffix in ("weight", "bias"):
@@ -626,10 +635,10 @@ def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
             for suffix in ("weight", "bias"):
                 for part, target in zip(torch.chunk(take(f"{src}{stream}.qkv.{suffix}"), 3, dim=0), names, strict=True):
                     out[f"{dst}attn.{target}.{suffix}"] = part
-        out[dst + "attn.norm_q.weight"] = take(src + "img_attn.norm.query_norm.scale")
-        out[dst + "attn.norm_k.weight"] = take(src + "img_attn.norm.key_norm.scale")
-        out[dst + "attn.norm_added_q.weight"] = take(src + "txt_attn.norm.query_norm.scale")
-        out[dst + "attn.norm_added_k.weight"] = take(src + "txt_attn.norm.key_norm.scale")
+        out[dst + "attn.norm_q.weight"] = norm(src + "img_attn.norm.query_norm")
+        out[dst + "attn.norm_k.weight"] = norm(src + "img_attn.norm.key_norm")
+        out[dst + "attn.norm_added_q.weight"] = norm(src + "txt_attn.norm.query_norm")
+        out[dst + "attn.norm_added_k.weight"] = norm(src + "txt_attn.norm.key_norm")
         pair(src + "img_mlp.0", dst + "ff.net.0.proj")
         pair(src + "img_mlp.2", dst + "ff.net.2")
         pair(src + "txt_mlp.0", dst + "ff_context.net.0.proj")
@@ -645,8 +654,8 @@ def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
             q, k, v, mlp = torch.split(fused, (width, width, width, fused.shape[0] - 3 * width), dim=0)
             out[f"{dst}attn.to_q.{suffix}"], out[f"{dst}attn.to_k.{suffix}"] = q, k
             out[f"{dst}attn.to_v.{suffix}"], out[f"{dst}proj_mlp.{suffix}"] = v, mlp
-        out[dst + "attn.norm_q.weight"] = take(src + "norm.query_norm.scale")
-        out[dst + "attn.norm_k.weight"] = take(src + "norm.key_norm.scale")
+        out[dst + "attn.norm_q.weight"] = norm(src + "norm.query_norm")
+        out[dst + "attn.norm_k.weight"] = norm(src + "norm.key_norm")
         pair(src + "linear2", dst + "proj_out")
     pair("final_layer.linear", "proj_out")
     for suffix in ("weight", "bias"):

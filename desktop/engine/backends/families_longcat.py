@@ -6,9 +6,9 @@ and loads no LoRAs: `pipeline_class()` is that pipeline with a callback, called 
 length of a call (each step steps the scheduler once, then the callback sees the new latents and may replace them, as
 diffusers' callbacks do), and with LoRAs in diffusers' or PEFT's names loaded onto its transformer (`lora_for`).
 diffusers has no single-file entry for its transformer either: Marble converts a file's names itself (Comfy-Org's in
-Flux's BFL names through families.convert_flux_bfl; the release's are diffusers' already), and `transformer_class()`
-registers the identity as its single-file mapping, so the file loads through the same path as the other families
-(GGUF and fp8 included). torch/diffusers are imported inside the functions (pyproject's import-linter list).
+Flux's BFL names through families.convert_flux_bfl; the release's are diffusers' already) and loads it through
+single_file_entry.py, the same path as the other families (GGUF and fp8 included). torch/diffusers are imported
+inside the functions (pyproject's import-linter list).
 """
 
 from __future__ import annotations
@@ -19,23 +19,18 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from desktop.engine.backends import lora_forms
+from desktop.engine.backends import lora_forms, single_file_entry
 from desktop.engine.backends.flow_edit import FluxLatentEdit
 
-# Comfy-Org's file saves the q/k RMSNorm weights under `.weight` where BFL's Flux names say `.scale`.
-_NORM_SUFFIXES = ("query_norm.weight", "key_norm.weight")
 _FLUX_TIME = "time_text_embed.timestep_embedder."
 _LONGCAT_TIME = "time_embed.timestep_embedder."
 
 
 def from_bfl(state: dict[str, Any], convert_flux: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
     """A LongCat-Image transformer in BFL's Flux names (prefix removed) -> LongCatImageTransformer2DModel's names:
-    Flux's conversion (`convert_flux`: families.convert_flux_bfl), its timestep embedder under LongCat's name."""
-    flux_names = {
-        (key.removesuffix("weight") + "scale" if key.endswith(_NORM_SUFFIXES) else key): value
-        for key, value in state.items()
-    }
-    converted = convert_flux(flux_names)
+    Flux's conversion (`convert_flux`: families.convert_flux_bfl, which reads Comfy-Org's q/k norms saved as `.weight`
+    too), its timestep embedder under LongCat's name."""
+    converted = convert_flux(state)
     return {(_LONGCAT_TIME + key.removeprefix(_FLUX_TIME) if key.startswith(_FLUX_TIME) else key): value
             for key, value in converted.items()}  # fmt: skip
 
@@ -67,18 +62,9 @@ def lora_for(transformer: Any, state: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def _as_converted(checkpoint: dict[str, Any], **_: Any) -> dict[str, Any]:
-    return checkpoint
-
-
 def transformer_class() -> Any:
     """LongCatImageTransformer2DModel, loadable by diffusers' from_single_file from a state dict in its own names."""
-    import diffusers
-    from diffusers.loaders.single_file_model import SINGLE_FILE_LOADABLE_CLASSES
-
-    # A later diffusers that converts LongCat files itself keeps its own entry.
-    SINGLE_FILE_LOADABLE_CLASSES.setdefault("LongCatImageTransformer2DModel", {"checkpoint_mapping_fn": _as_converted})
-    return diffusers.LongCatImageTransformer2DModel
+    return single_file_entry.loadable("LongCatImageTransformer2DModel")
 
 
 @functools.cache

@@ -21,26 +21,30 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends import families_longcat as longcat
+from desktop.engine.backends import families_ovis as ovis
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_ernie, dit_krea2, dit_longcat
+from desktop.engine.library import dit_ernie, dit_krea2, dit_longcat, dit_ovis
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_ernie import ERNIE_IMAGE
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_longcat import LONGCAT
+from desktop.engine.library.dit_ovis import OVIS
 from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, QWEN_IMAGE_21, Z_IMAGE
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
-FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE, LONGCAT)
-_LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS, **dit_longcat.LABELS}
+FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE, LONGCAT, OVIS)
+_LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS, **dit_longcat.LABELS, **dit_ovis.LABELS}
 # Qwen-Image's and Z-Image's pipelines read up to 512 prompt tokens (their default); nothing is cut into
 # 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
 LUMINA2_SEQUENCE = 256
 # The prompt length a family's pipeline reads without taking it as an argument (for the long-prompt note).
 SEQUENCE_LIMITS = {LONGCAT: 512}
+# Ovis-Image's pipeline reads 256 prompt tokens (its default and its makers').
+OVIS_SEQUENCE = 256
 # Where Lumina's text joins its system prompt and the prompt (diffusers' pipeline and ComfyUI's workflows alike).
 PROMPT_START = "<Prompt Start>"
 # Qwen's own examples pass a blank negative prompt so that true CFG runs without a user negative.
@@ -49,7 +53,8 @@ _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "t
                        LUMINA2: "the Gemma-2 2B text encoder", QWEN_IMAGE_21: "the Qwen3-VL 8B text encoder",
                        KREA2: "the Qwen3-VL 4B text encoder",
                        ERNIE_IMAGE: "the Ministral 3 3B text encoder",
-                       LONGCAT: "the Qwen2.5-VL 7B text encoder"}  # fmt: skip
+                       LONGCAT: "the Qwen2.5-VL 7B text encoder",
+                       OVIS: "the Ovis 2.5 text encoder (a Qwen3 1.7B)"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
 _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL"),
@@ -57,7 +62,7 @@ _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE
                    QWEN_IMAGE_21: ("qwen3_vl", "AutoencoderKLQwenImage21"),
                    KREA2: ("qwen3_vl", "AutoencoderKLQwenImage"),
                    ERNIE_IMAGE: ("mistral3", "AutoencoderKLFlux2"),
-                   LONGCAT: ("qwen2_5_vl", "AutoencoderKL")}  # fmt: skip
+                   LONGCAT: ("qwen2_5_vl", "AutoencoderKL"), OVIS: ("qwen3", "AutoencoderKL")}  # fmt: skip
 # Qwen-Image 2.1's pipeline reads its prompt through Qwen3-VL's processor (tokenizer, image and video
 # processors and chat template in one folder, `processor/`), not through a bare tokenizer.
 _PROCESSOR = {QWEN_IMAGE_21: qwen21.PROCESSOR}
@@ -73,6 +78,7 @@ _CLASSES = {
     ERNIE_IMAGE: ("ErnieImagePipeline", "ErnieImageTransformer2DModel", "Mistral3Model", "AutoencoderKLFlux2"),
     LONGCAT: ("LongCatImagePipeline", "LongCatImageTransformer2DModel", "Qwen2_5_VLForConditionalGeneration",
               "AutoencoderKL"),
+    OVIS: ("OvisImagePipeline", "OvisImageTransformer2DModel", "Qwen3Model", "AutoencoderKL"),
 }  # fmt: skip
 
 
@@ -87,8 +93,10 @@ def pipeline_class(family: str) -> Any:
 def transformer_class(family: str) -> Any:
     import diffusers
 
-    if family == LONGCAT:  # loadable from a state dict in its own names (families_longcat.py)
+    if family == LONGCAT:  # loadable from a state dict in its own names (single_file_entry.py)
         return longcat.transformer_class()
+    if family == OVIS:
+        return ovis.transformer_class()
     return getattr(diffusers, _CLASSES[family][1])
 
 
@@ -156,13 +164,15 @@ def check_components(folder: Path, family: str, *, name: str, text_width: int | 
 
 # Where a transformer config says the width it reads its text encoder at, for the families whose encoder folder
 # another model's could pass for (text_width).
-_TEXT_WIDTH_FIELDS = {ERNIE_IMAGE: "text_in_dim", LONGCAT: "joint_attention_dim"}
+_TEXT_WIDTH_FIELDS = {ERNIE_IMAGE: "text_in_dim", LONGCAT: "joint_attention_dim", OVIS: "joint_attention_dim",
+                      Z_IMAGE: "cap_feat_dim"}  # fmt: skip
 
 
 def text_width(config: Path, family: str) -> int | None:
     """The width at which the transformer of `config` (a config folder) reads its text encoder, where a folder of
     another model could otherwise pass for one of `family`'s (ERNIE-Image's `text_in_dim`: Flux.2 dev's Mistral;
-    LongCat-Image's `joint_attention_dim`: a Qwen2.5-VL 3B beside Flux's VAE); None elsewhere."""
+    LongCat-Image's `joint_attention_dim`: a Qwen2.5-VL 3B beside Flux's VAE; Ovis-Image's and Z-Image's: each other's
+    Qwen3 beside Flux's VAE); None elsewhere."""
     field = _TEXT_WIDTH_FIELDS.get(family)
     if field is None:
         return None
@@ -290,6 +300,11 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
         # sampling) never runs: a picture follows from its prompt and seed.
         return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
                 "guidance_scale": float(request.cfg_scale), "enable_prompt_rewrite": False}  # fmt: skip
+    if info.family == OVIS:
+        # Its makers' system prompt before the prompt (the pipeline's own), 256 tokens of it read; CFG above 1 against
+        # the negative prompt, blank when none is given (the pipeline's default).
+        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
+                "guidance_scale": float(request.cfg_scale), "max_sequence_length": OVIS_SEQUENCE}  # fmt: skip
     if info.family == QWEN_IMAGE_21:
         # No sequence limit (the processor reads the prompt whole). Qwen recommends no guidance (CFG 1); above 1
         # true CFG runs against the negative prompt, blank when none is given, as for Qwen-Image.

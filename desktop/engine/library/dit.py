@@ -1,7 +1,7 @@
 """Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma, and
 Qwen-Image, Qwen-Image 2.1, Z-Image and Lumina (their rules in library/dit_qwen_zimage.py), Flux.2
-(library/dit_flux2.py), Krea 2 (library/dit_krea2.py), ERNIE-Image (library/dit_ernie.py) and LongCat-Image
-(library/dit_longcat.py).
+(library/dit_flux2.py), Krea 2 (library/dit_krea2.py), ERNIE-Image (library/dit_ernie.py), Ovis-Image
+(library/dit_ovis.py) and LongCat-Image (library/dit_longcat.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_ernie, dit_flux2, dit_krea2, dit_longcat, dit_qwen_zimage, quant_formats
+from desktop.engine.library import (
+    dit_ernie,
+    dit_flux2,
+    dit_krea2,
+    dit_longcat,
+    dit_ovis,
+    dit_qwen_zimage,
+    quant_formats,
+)
 
 StrPath = str | os.PathLike[str]
 
@@ -45,6 +53,7 @@ DIT_CONFIGS = {
     **dit_krea2.CONFIGS,
     **dit_ernie.CONFIGS,
     **dit_longcat.CONFIGS,
+    **dit_ovis.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
@@ -56,6 +65,7 @@ DIT_LABELS = {
     **dit_krea2.LABELS,
     **dit_ernie.LABELS,
     **dit_longcat.LABELS,
+    **dit_ovis.LABELS,
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
@@ -166,7 +176,8 @@ def reference_image_limit(info: DitInfo | None) -> int:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        if any(module.is_marker(bare) for module in (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_longcat)):
+        families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat)
+        if any(module.is_marker(bare) for module in families):
             return True
         if bare.startswith(
             ("double_blocks.", "joint_blocks.", "single_transformer_blocks.", "distilled_guidance_layer.")
@@ -208,8 +219,10 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             f"{name}: its weights use a block-scaled quantisation ({unsupported}: ComfyUI's nvfp4 or mxfp8) that "
             "Marble cannot load yet. Use a GGUF, fp8 or bf16 file of this model."
         )
-    other = (dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name) or dit_krea2.detect(model, name)
-             or dit_ernie.detect(model, name) or dit_longcat.detect(model, name))  # fmt: skip
+    # Ovis-Image first: its BFL names carry Qwen-Image's `txt_norm` and lack Flux.1's vector_in as LongCat-Image's do.
+    other = (dit_ovis.detect(model, name) or dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
+             or dit_krea2.detect(model, name) or dit_ernie.detect(model, name)
+             or dit_longcat.detect(model, name))  # fmt: skip
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -237,7 +250,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     else:
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image, Z-Image, Lumina, "
-            "Flux.2, Krea 2, ERNIE-Image or LongCat-Image)."
+            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image or LongCat-Image)."
         )
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
@@ -439,6 +452,7 @@ _PIPELINES = {
     **dit_krea2.PIPELINES,
     **dit_ernie.PIPELINES,
     **dit_longcat.PIPELINES,
+    **dit_ovis.PIPELINES,
 }
 
 

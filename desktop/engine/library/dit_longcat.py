@@ -14,12 +14,10 @@ guidance. Its latents are Flux.1's VAE's. Two namings are in circulation:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from desktop.engine.errors import ModelError
-from desktop.engine.library.dit_qwen_zimage import contiguous
+from desktop.engine.library.dit_qwen_zimage import checked_blocks
 
 LONGCAT = "longcat-image"
 LABELS = {LONGCAT: "LongCat-Image"}
@@ -32,7 +30,6 @@ _NEEDED = {
             "final_layer.adaLN_modulation.1.weight"),
 }  # fmt: skip
 _BLOCKS = {"diffusers": ("transformer_blocks", "single_transformer_blocks"), "bfl": ("double_blocks", "single_blocks")}
-_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks|double_blocks|single_blocks)\.(\d+)\.")
 
 
 def is_marker(bare_name: str) -> bool:
@@ -60,13 +57,4 @@ def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[in
         layout = "bfl"
     else:
         return None
-    for tensor in _NEEDED[layout]:
-        if tensor not in model:
-            raise ModelError(
-                f"{name} looks like LongCat-Image but {tensor} is missing: the file is damaged or incomplete."
-            )
-    counts = []
-    for kind in _BLOCKS[layout]:
-        present = {int(match.group(2)) for key in model if (match := _BLOCK.match(key)) and match.group(1) == kind}
-        counts.append(contiguous(present, kind, name, LABELS[LONGCAT]))
-    return LONGCAT, "", layout, (counts[0], counts[1])
+    return LONGCAT, "", layout, checked_blocks(model, _NEEDED[layout], _BLOCKS[layout], name, LABELS[LONGCAT])

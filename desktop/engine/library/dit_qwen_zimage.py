@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from desktop.engine.errors import ModelError
 from desktop.engine.safe_files import read_json_file
@@ -214,3 +214,18 @@ def contiguous(present: set[int], kind: str, name: str, label: str) -> int:
             "Download it again."
         )
     return len(present)
+
+
+def checked_blocks(model: Mapping[str, Any], needed: Iterable[str], kinds: tuple[str, str], name: str,
+                   label: str) -> tuple[int, int]:  # fmt: skip
+    """The `needed` tensors present (else a ModelError naming `name` and the first one missing) and how many blocks of
+    each of the two `kinds` (`double_blocks` and `single_blocks` ...) a Flux-like file of `label` holds, contiguous."""
+    for tensor in needed:
+        if tensor not in model:
+            raise ModelError(f"{name} looks like {label} but {tensor} is missing: the file is damaged or incomplete.")
+    counts = []
+    for kind in kinds:
+        present = {int(parts[1]) for key in model if (parts := key.split(".", 2))[0] == kind and parts[1:2]
+                   and parts[1].isdigit()}  # fmt: skip
+        counts.append(contiguous(present, kind, name, label))
+    return counts[0], counts[1]

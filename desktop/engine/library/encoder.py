@@ -270,6 +270,7 @@ _FAMILY_ENCODERS = {
     "krea2": ("qwen3vl",),
     "ernie-image": ("ministral3",),
     "longcat-image": ("qwen2.5-vl",),  # Qwen-Image's Qwen2.5-VL 7B file serves it too
+    "ovis-image": ("qwen3",),  # Ovis 2.5's language model, a Qwen3 1.7B
 }  # fmt: skip
 
 

@@ -69,6 +69,7 @@ _FAMILY_BY_CONFIG = {
     "krea2": "krea2",
     "ernie-image": "ernie-image",
     "longcat-image": "longcat-image",
+    "ovis-image": "ovis-image",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -123,11 +124,11 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
 T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
 # "qwen-image" covers 2.1.
 CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2", "ernie-image",
-                      "longcat-image")
+                      "longcat-image", "ovis-image")
 
 
 _DIT_FAMILIES = ("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2", "ernie-image",
-                 "longcat-image")
+                 "longcat-image", "ovis-image")
 
 
 def is_dit_family(family: str | None) -> bool:
@@ -167,6 +168,8 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "ernie-image": {"steps": 50, "cfg_scale": 4.0},
     # LongCat-Image: Meituan's settings, 50 steps and CFG 4.5 (its pipeline's defaults and model card).
     "longcat-image": {"steps": 50, "cfg_scale": 4.5},
+    # Ovis-Image: AIDC-AI's settings, 50 steps and CFG 5 (its pipeline's defaults and model card).
+    "ovis-image": {"steps": 50, "cfg_scale": 5.0},
 }
 
 
