@@ -151,6 +151,23 @@ def test_a_gguf_file_with_a_wrong_tensor_type_names_the_file(flux, tmp_path):
         detect_model(path)
 
 
+def test_a_gguf_that_is_no_diffusion_transformer_names_the_families_marble_knows(tmp_path):
+    """A language model's GGUF (llama.cpp's names) chosen as the model: said so, with every family listed."""
+    import gguf
+
+    path = tmp_path / "Qwen3-4B-Q8_0.gguf"
+    writer = gguf.GGUFWriter(str(path), "qwen3")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    said = r"Qwen3-4B-Q8_0\.gguf: a GGUF file, but not a diffusion transformer Marble knows \(Flux\.1, SD3, "
+    with pytest.raises(ModelError, match=said + r".*ERNIE-Image, LongCat-Image, Ovis-Image\)"):
+        detect_model(path)
+
+
 def test_library_rows_show_family_parameters_and_quantisation(flux, tmp_path):
     library = Library(AppPaths.for_root(tmp_path / "lib").ensure())
     gguf_record = library.import_path(flux["gguf"], "model")
