@@ -1,11 +1,12 @@
 """What LongCat-Image and Ovis-Image share (Flux.1's blocks in diffusers' names for their releases, Flux's BFL names
 in Comfy-Org's files, Flux's VAE): each tiny model's transformer file in either naming and as a GGUF, run with its
-folder's components, pixel-identical to bare diffusers; and image to image, inpainting and the hires fix, Marble's
-own over their text-to-image pipelines (flow_edit.FluxLatentEdit). Their own traits: test_longcat.py, test_ovis.py."""
+folder's components, pixel-identical to bare diffusers; image to image, inpainting and the hires fix, Marble's own over
+their text-to-image pipelines (flow_edit.FluxLatentEdit); and LoRAs in Flux.1's diffusers names, which diffusers has no
+loader for (flux_like_loras.py). Their own traits: test_longcat.py, test_ovis.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
@@ -26,6 +28,7 @@ PREFIX = "model.diffusion_model."
 @dataclass(frozen=True)
 class Family:
     name: str
+    label: str
     support: Any  # the tests' module: build_..., comfy_names, save_transformer
     build: Any
     cfg: float
@@ -37,11 +40,12 @@ class Family:
 
 FAMILIES = {
     "longcat-image": Family(
-        "longcat-image", tiny_longcat, tiny_longcat.build_tiny_longcat, 4.5, load={"text_processor": None},
-        call={"enable_prompt_rewrite": False}, norms=("_norm.weight", "_norm.scale"), converter="families_longcat",
+        "longcat-image", "LongCat-Image", tiny_longcat, tiny_longcat.build_tiny_longcat, 4.5,
+        load={"text_processor": None}, call={"enable_prompt_rewrite": False}, norms=("_norm.weight", "_norm.scale"),
+        converter="families_longcat",
     ),
     "ovis-image": Family(
-        "ovis-image", tiny_ovis, tiny_ovis.build_tiny_ovis, 5.0, load={}, call={},
+        "ovis-image", "Ovis-Image", tiny_ovis, tiny_ovis.build_tiny_ovis, 5.0, load={}, call={},
         norms=("_norm.scale", "_norm.weight"), converter="families_ovis",
     ),
 }
@@ -190,3 +194,66 @@ def test_image_to_image_and_inpainting(paths, family, tmp_path):
     hires, steps = run(make_backend(paths), hires_request)
     assert hires.images[0].size == (144, 96) and hires.notes == ()
     assert [(step.step, step.total) for step in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # both passes
+
+
+# Every block's attention projections and feed-forward, both streams.
+_LORA_LAYERS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.to_add_out",
+                "ff.net.2", "proj_mlp", "proj_out")  # fmt: skip
+
+
+@pytest.mark.parametrize("naming", ["diffusers", "peft", "musubi"])
+def test_a_lora_is_applied_as_diffusers_peft_applies_it(paths, family, naming, tmp_path):
+    """LoRAs in diffusers' names (`transformer.` + lora_A / lora_B), PEFT's bare ones, and lora_down / lora_up with
+    alphas under `diffusion_model.`: the picture of bare diffusers' transformer with the LoRA loaded by PEFT."""
+    from desktop.engine.library.checkpoint import read_safetensors_header
+    from desktop.engine.library.lora import inspect_lora
+    from tests.support.tiny_dit_loras import lora_on, trainer_form
+
+    tensors = lora_on(family["pipe"].transformer, "", _LORA_LAYERS)
+    written = {"diffusers": tensors, "peft": {k.removeprefix("transformer."): v for k, v in tensors.items()},
+               "musubi": trainer_form({k.replace("transformer.", "diffusion_model.", 1): v for k, v in tensors.items()},
+                                      kohya=False)}[naming]  # fmt: skip
+    save_file(written, str(paths.loras / "style.safetensors"))
+    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
+    assert (info.family, info.transformer_width) == ("flux", 32)  # Flux.1's names: only the model tells them apart
+    request = request_for(family["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    assert [lora.name for lora in batch.loras] == ["style"]
+    pipe = bare_pipe(family)
+    pipe.transformer.load_lora_adapter(tensors, prefix="transformer", adapter_name="style")
+    pipe.transformer.set_adapters(["style"], [0.8])
+    plain_request = request_for(family["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)
+    expected = bare_image(family, pipe, plain_request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(family, bare_pipe(family), plain_request))
+    # Off again for the next job: the picture without it.
+    plain, _ = run(make_backend(paths), plain_request)
+    assert np.array_equal(pixels(plain.images[0]), bare_image(family, bare_pipe(family), plain_request))
+
+
+def test_flux_loras_are_refused_by_name(paths, family):
+    """A Flux.1 LoRA reaches past the model's blocks (Flux.1 has 19 + 38); kohya's and XLabs' Flux names are never
+    these models'."""
+    from tests.support.tiny_dit import build_tiny_flux
+    from tests.support.tiny_dit_loras import flux_kohya_lora, lora_on
+
+    label = family["kind"].label
+    flux = build_tiny_flux("schnell", double=2, single=3).transformer  # more blocks than the tiny models'
+
+    save_file(lora_on(flux, "", ("attn.to_q", "attn.to_k")), str(paths.loras / "flux-style.safetensors"))
+    request = request_for(family["folder"], prompt="a red circle <lora:flux-style:0.8>", steps=1, cfg_scale=1.0)
+    with pytest.raises(ModelError, match=r"'flux-style' could not be applied .*reach (transformer_blocks\.1|single_"
+                                         rf"transformer_blocks\.2), past this {label} model's [12]: it is a "
+                                         r"LoRA for Flux\.1"):  # fmt: skip
+        run(make_backend(paths), request)
+    save_file(flux_kohya_lora(flux), str(paths.loras / "kohya-style.safetensors"))
+    with pytest.raises(ModelError, match=rf"'kohya-style' does not fit .*kohya's Flux\.1 names, and {label} "
+                                         r"LoRAs come in diffusers' names only"):  # fmt: skip
+        run(make_backend(paths), replace(request, prompt="a red circle <lora:kohya-style:0.8>"))
+    # Another family's LoRA is still another family's.
+    from tests.support.tiny_qwen_zimage import build_tiny_z_image
+
+    z_image = build_tiny_z_image().transformer
+    save_file(lora_on(z_image, "layers.", ("attention.to_q",)), str(paths.loras / "z.safetensors"))
+    with pytest.raises(ModelError, match=r"'z' does not fit .*a LoRA for Z-Image models"):
+        run(make_backend(paths), replace(request, prompt="a red circle <lora:z:0.8>"))

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import LongCatImagePipeline
-from safetensors.torch import save_file
 
 from desktop.engine.errors import Cancelled, ModelError
 from desktop.engine.jobs import CancelToken
@@ -244,66 +243,3 @@ def test_a_long_prompt_is_said_to_be_cut(paths, longcat):
     batch, _ = run(make_backend(paths), request)
     assert batch.notes == ("The prompt is 600 tokens long for LongCat-Image's text encoder, which reads the first 512: "
                            "the rest had no effect. Shorten it, or put what matters first.",)  # fmt: skip
-
-
-# Every block's attention projections and feed-forward, both streams.
-_LORA_LAYERS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.to_add_out",
-                "ff.net.2", "proj_mlp", "proj_out")  # fmt: skip
-
-
-@pytest.mark.parametrize("naming", ["diffusers", "peft", "musubi"])
-def test_a_longcat_lora_is_applied_as_diffusers_peft_applies_it(paths, longcat, naming, tmp_path):
-    """diffusers' names (`transformer.` + lora_A / lora_B), PEFT's bare ones, and lora_down / lora_up with alphas
-    under `diffusion_model.`: the picture of bare diffusers' transformer with the LoRA loaded by PEFT."""
-    from desktop.engine.library.checkpoint import read_safetensors_header
-    from desktop.engine.library.lora import inspect_lora
-    from tests.support.tiny_dit_loras import lora_on, trainer_form
-
-    tensors = lora_on(longcat["pipe"].transformer, "", _LORA_LAYERS)
-    written = {"diffusers": tensors, "peft": {k.removeprefix("transformer."): v for k, v in tensors.items()},
-               "musubi": trainer_form({k.replace("transformer.", "diffusion_model.", 1): v for k, v in tensors.items()},
-                                      kohya=False)}[naming]  # fmt: skip
-    save_file(written, str(paths.loras / "style.safetensors"))
-    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
-    assert (info.family, info.transformer_width) == ("flux", 32)  # Flux.1's names: only the model tells them apart
-    request = request_for(longcat["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=1.0)
-    batch, _ = run(make_backend(paths), request)
-    assert [lora.name for lora in batch.loras] == ["style"]
-    pipe = bare_pipe(longcat["folder"])
-    pipe.transformer.load_lora_adapter(tensors, prefix="transformer", adapter_name="style")
-    pipe.transformer.set_adapters(["style"], [0.8])
-    plain_request = request_for(longcat["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)
-    expected = bare_image(pipe, plain_request)
-    assert np.array_equal(pixels(batch.images[0]), expected)
-    assert not np.array_equal(expected, bare_image(bare_pipe(longcat["folder"]), plain_request))
-    # Off again for the next job: the picture without it.
-    plain, _ = run(make_backend(paths), plain_request)
-    assert np.array_equal(pixels(plain.images[0]), bare_image(bare_pipe(longcat["folder"]), plain_request))
-
-
-def test_flux_loras_are_refused_by_name(paths, longcat):
-    """A Flux.1 LoRA reaches past LongCat-Image's blocks (Flux.1 has 19 + 38); kohya's and XLabs' Flux names are never
-    LongCat-Image's."""
-    from tests.support.tiny_dit import build_tiny_flux
-    from tests.support.tiny_dit_loras import flux_kohya_lora, lora_on
-
-    flux = build_tiny_flux("schnell", double=2, single=3).transformer  # more blocks than the tiny LongCat-Image's
-    save_file(lora_on(flux, "", ("attn.to_q", "attn.to_k")), str(paths.loras / "flux-style.safetensors"))
-    request = request_for(longcat["folder"], prompt="a red circle <lora:flux-style:0.8>", steps=1, cfg_scale=1.0)
-    with pytest.raises(ModelError, match=r"'flux-style' could not be applied .*reach (transformer_blocks\.1|single_"
-                                         r"transformer_blocks\.2), past this LongCat-Image model's [12]: it is a "
-                                         r"LoRA for Flux\.1"):  # fmt: skip
-        run(make_backend(paths), request)
-    save_file(flux_kohya_lora(flux), str(paths.loras / "kohya-style.safetensors"))
-    with pytest.raises(ModelError, match=r"'kohya-style' does not fit .*kohya's Flux\.1 names, and LongCat-Image "
-                                         r"LoRAs come in diffusers' names only"):  # fmt: skip
-        run(make_backend(paths), replace(request, prompt="a red circle <lora:kohya-style:0.8>"))
-    # Another family's LoRA is still another family's.
-    from tests.support.tiny_dit_loras import lora_on as on
-    from tests.support.tiny_qwen_zimage import build_tiny_z_image
-
-    save_file(on(build_tiny_z_image().transformer, "layers.", ("attention.to_q",)), str(paths.loras / "z.safetensors"))
-    with pytest.raises(ModelError, match=r"'z' does not fit .*a LoRA for Z-Image models"):
-        run(make_backend(paths), replace(request, prompt="a red circle <lora:z:0.8>"))
-
-

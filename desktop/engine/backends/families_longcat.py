@@ -4,7 +4,8 @@ families_qwen_zimage.py on the generation thread).
 diffusers' LongCatImagePipeline (0.42) takes no step callback, which Marble's previews, progress and cancel run on,
 and loads no LoRAs: `pipeline_class()` is that pipeline with a callback, called from the scheduler's step for the
 length of a call (each step steps the scheduler once, then the callback sees the new latents and may replace them, as
-diffusers' callbacks do), and with LoRAs in diffusers' or PEFT's names loaded onto its transformer (`lora_for`).
+diffusers' callbacks do), and with LoRAs in diffusers' or PEFT's names loaded onto its transformer
+(flux_like_loras.py).
 diffusers has no single-file entry for its transformer either: Marble converts a file's names itself (Comfy-Org's in
 Flux's BFL names through families.convert_flux_bfl; the release's are diffusers' already) and loads it through
 single_file_entry.py, the same path as the other families (GGUF and fp8 included). torch/diffusers are imported
@@ -15,11 +16,10 @@ from __future__ import annotations
 
 import functools
 import itertools
-import re
 from collections.abc import Callable
 from typing import Any
 
-from desktop.engine.backends import lora_forms, single_file_entry
+from desktop.engine.backends import flux_like_loras, single_file_entry
 from desktop.engine.backends.flow_edit import FluxLatentEdit
 
 _FLUX_TIME = "time_text_embed.timestep_embedder."
@@ -35,33 +35,6 @@ def from_bfl(state: dict[str, Any], convert_flux: Callable[[dict[str, Any]], dic
             for key, value in converted.items()}  # fmt: skip
 
 
-# A LoRA's block names, after its prefix: `transformer_blocks.N.` (double-stream) or `single_transformer_blocks.N.`.
-_LORA_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.")
-_LORA_PREFIXES = ("diffusion_model.", "transformer.", "base_model.model.")
-
-
-def lora_for(transformer: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """A LoRA's tensors (diffusers' or PEFT's names, lora_A / lora_B or lora_down / lora_up with alphas, bare or under
-    `transformer.` / `diffusion_model.`) as the transformer's own module names with lora_A / lora_B, alphas folded.
-    LongCat-Image's LoRAs carry Flux.1's names: one reaching past the model's blocks is Flux.1's, refused (ValueError,
-    which the LoRA loader reports with the LoRA's name)."""
-    plain = {}
-    for key, tensor in lora_forms.renamed(state, lambda flat: flat).items():
-        for prefix in _LORA_PREFIXES:
-            key = key.removeprefix(prefix)
-        plain[key] = tensor
-    depth = {"transformer_blocks": len(transformer.transformer_blocks),
-             "single_transformer_blocks": len(transformer.single_transformer_blocks)}  # fmt: skip
-    for key in plain:
-        match = _LORA_BLOCK.match(key)
-        if match and int(match.group(2)) >= depth[match.group(1)]:
-            raise ValueError(
-                f"its layers reach {match.group(1)}.{match.group(2)}, past this LongCat-Image model's "
-                f"{depth[match.group(1)]}: it is a LoRA for Flux.1, whose layers share the names"
-            )
-    return plain
-
-
 def transformer_class() -> Any:
     """LongCatImageTransformer2DModel, loadable by diffusers' from_single_file from a state dict in its own names."""
     return single_file_entry.loadable("LongCatImageTransformer2DModel")
@@ -72,26 +45,16 @@ def pipeline_class() -> Any:
     """LongCatImagePipeline taking diffusers' `callback_on_step_end` (and `callback_on_step_end_tensor_inputs`,
     latents only)."""
     import diffusers
-    from diffusers.loaders.lora_base import LoraBaseMixin
-    from safetensors.torch import load_file
 
-    # LoraBaseMixin gives the adapter methods (set, list, delete, enable, unload) over `_lora_loadable_modules`;
-    # diffusers' pipeline has no LoRA loader of its own, so the loading is this class's.
-    class LongCatImageStepsPipeline(LoraBaseMixin, diffusers.LongCatImagePipeline):
-        _lora_loadable_modules = ["transformer"]
-        transformer_name = "transformer"
+    # diffusers' pipeline has no LoRA loader of its own (flux_like_loras.py).
+    class LongCatImageStepsPipeline(flux_like_loras.loader(), diffusers.LongCatImagePipeline):
+        _lora_label = "LongCat-Image"
 
         # Its processor serves the prompt rewriter only (a sampling LLM call Marble never makes): optional here.
         def __init__(self, scheduler: Any, vae: Any, text_encoder: Any, tokenizer: Any, transformer: Any,
                      text_processor: Any = None) -> None:  # fmt: skip
             super().__init__(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                              text_processor=text_processor, transformer=transformer)  # fmt: skip
-
-        def load_lora_weights(self, source: Any, adapter_name: str | None = None, **_: Any) -> None:
-            """A LoRA file (or its tensors) onto the transformer, as `adapter_name` (lora_for's forms)."""
-            state = load_file(source) if isinstance(source, str) else dict(source)
-            self.transformer.load_lora_adapter(lora_for(self.transformer, state), prefix=None,
-                                               adapter_name=adapter_name, _pipeline=self)  # fmt: skip
 
         def __call__(
             self, *args: Any, callback_on_step_end: Callable[..., Any] | None = None,

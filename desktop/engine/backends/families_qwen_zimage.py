@@ -85,8 +85,10 @@ _CLASSES = {
 def pipeline_class(family: str) -> Any:
     import diffusers
 
-    if family == LONGCAT:  # diffusers' with a step callback (families_longcat.py)
+    if family == LONGCAT:  # diffusers' with a step callback and LoRAs (families_longcat.py)
         return longcat.pipeline_class()
+    if family == OVIS:  # diffusers' with LoRAs (families_ovis.py)
+        return ovis.pipeline_class()
     return getattr(diffusers, _CLASSES[family][0])
 
 

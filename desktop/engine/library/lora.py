@@ -33,9 +33,9 @@ FAMILY_LABELS = {
     "ovis-image": "Ovis-Image",
 }  # fmt: skip
 # Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
-# come in: LongCat-Image's blocks are Flux.1's, named as diffusers names them (its loader refuses a LoRA that reaches
-# past its blocks: a Flux.1 one; backends/families_longcat.py).
-_NAMED_AS = {"longcat-image": ("flux", ("peft", "diffusers"))}
+# come in: LongCat-Image's and Ovis-Image's blocks are Flux.1's, named as diffusers names them (their loader refuses a
+# LoRA that reaches past their blocks: a Flux.1 one; backends/flux_like_loras.py).
+_NAMED_AS = {"longcat-image": ("flux", ("peft", "diffusers")), "ovis-image": ("flux", ("peft", "diffusers"))}
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
 
