@@ -62,13 +62,13 @@ def pipeline_class() -> Any:
         ) -> Any:  # fmt: skip
             if callback_on_step_end is None:
                 return super().__call__(*args, **kwargs)
-            with _step_callback(self, callback_on_step_end):
+            with _StepCallback(self, callback_on_step_end):
                 return super().__call__(*args, **kwargs)
 
     return LongCatImageStepsPipeline
 
 
-class _step_callback:  # noqa: N801 - used as a context manager, named for what it does
+class _StepCallback:
     """For one call: the pipeline's scheduler steps, then `callback(pipeline, i, t, {"latents": ...})` runs on the
     new latents; what it returns under "latents" replaces them. The scheduler's own step (or a wrapper already on
     it: the preview's x0 watcher) is put back after."""

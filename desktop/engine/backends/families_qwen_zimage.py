@@ -1,14 +1,14 @@
-"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1, Krea 2, ERNIE-Image and LongCat-Image
-(called from backends/families.py on the generation thread).
+"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image and
+Ovis-Image (called from backends/families.py on the generation thread).
 
-Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image and LongCat-Image, Qwen3 4B for Z-Image, Gemma-2 2B for
-Lumina Image 2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2, Ministral 3 3B for ERNIE-Image) whose weights Marble
-cannot ship. So a model of these families takes its text encoder, tokenizer and VAE from a folder: the model's
-own diffusers folder, or, for a single transformer file, the folder the user names (`--text-encoders FOLDER`): a
-diffusers folder of the family, or any folder holding `text_encoder/`, `tokenizer/` (Qwen-Image 2.1: `processor/`)
-and `vae/` in diffusers' form. The scheduler comes from that folder when it has one, else from the shipped config
-(resources/configs/).
-(A Qwen-Image or Z-Image transformer file with its encoder and VAE from the library instead needs no folder:
+Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image and LongCat-Image, Qwen3 4B for Z-Image and 1.7B for
+Ovis-Image, Gemma-2 2B for Lumina Image 2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2, Ministral 3 3B for
+ERNIE-Image) whose weights Marble cannot ship. So a model of these families takes its text encoder, tokenizer and
+VAE from a folder: the model's own diffusers folder, or, for a single transformer file, the folder the user names
+(`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding `text_encoder/`, `tokenizer/`
+(Qwen-Image 2.1: `processor/`) and `vae/` in diffusers' form. The scheduler comes from that folder when it has one,
+else from the shipped config (resources/configs/).
+(A transformer file of most of them with its encoder and VAE from the library instead needs no folder:
 qwen_encoders.py, with the shipped tokenizer. Gemma's tokenizer cannot ship, so Lumina always takes a folder.)
 
 torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
@@ -257,7 +257,7 @@ def _reader(folder: Path, family: str) -> dict[str, Any]:
 def check_blocks(info: DitInfo, expected: dict[str, Any], *, name: str) -> None:
     """A file whose last block(s) are missing passes detection (the indices stay contiguous): compare the
     counts with the configuration's before loading."""
-    if "num_single_layers" in expected:  # LongCat-Image: Flux's double- and single-stream blocks
+    if "num_single_layers" in expected:  # LongCat-Image, Ovis-Image: Flux's double- and single-stream blocks
         wanted, kinds = (expected.get("num_layers"), expected["num_single_layers"]), ("double", "single")
     else:
         wanted = (expected.get("num_layers", expected.get("n_layers")),
