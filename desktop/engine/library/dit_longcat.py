@@ -39,10 +39,12 @@ def is_marker(bare_name: str) -> bool:
 
 
 def is_bfl_longcat(model: Mapping[str, Any]) -> bool:
-    """Flux.1's BFL names without the pooled text vector every Flux.1 file has, and without Chroma's distilled
-    guidance network: LongCat-Image (Flux.2, which lacks both too, is told by its shared modulation before)."""
+    """Flux.1's BFL names, whole (every tensor LongCat-Image's layout needs, so that a damaged Flux.1 file is not taken
+    for it), without the pooled text vector every Flux.1 file has and without Chroma's distilled guidance network:
+    LongCat-Image (Flux.2, which lacks both too, is told by its shared modulation before)."""
     return (
         any(key.startswith("double_blocks.") for key in model)
+        and all(tensor in model for tensor in _NEEDED["bfl"])
         and "vector_in.in_layer.weight" not in model
         and not any(key.startswith("distilled_guidance_layer.") for key in model)
     )
