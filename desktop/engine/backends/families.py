@@ -594,12 +594,13 @@ def _read_state(path: Path, gguf: bool) -> dict[str, Any]:
     }
 
 
-def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
+def convert_flux_bfl(state: dict[str, Any], time: str = "time_text_embed.timestep_embedder") -> dict[str, Any]:
     """Flux.1 tensors in Black Forest Labs' names -> FluxTransformer2DModel's names, any width.
 
     The fused projections split by the widths read from the tensors themselves (img_in's output is the
     model width; linear1 of a single block holds q, k, v and the MLP input). The q/k norms are BFL's `.scale`, or
-    `.weight` as some repackaged files save them (Comfy-Org's LongCat-Image)."""
+    `.weight` as some repackaged files save them (Comfy-Org's LongCat-Image). `time`: where the model keeps its
+    timestep embedder (Flux.1's name by default; LongCat-Image and Ovis-Image name it otherwise)."""
     import torch
 
     out: dict[str, Any] = {}
@@ -615,8 +616,8 @@ def convert_flux_bfl(state: dict[str, Any]) -> dict[str, Any]:
             if key in state:
                 out[f"{dst}.{suffix}"] = take(key)
 
-    pair("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1")
-    pair("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2")
+    pair("time_in.in_layer", f"{time}.linear_1")
+    pair("time_in.out_layer", f"{time}.linear_2")
     pair("vector_in.in_layer", "time_text_embed.text_embedder.linear_1")
     pair("vector_in.out_layer", "time_text_embed.text_embedder.linear_2")
     pair("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1")

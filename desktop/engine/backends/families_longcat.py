@@ -22,17 +22,12 @@ from typing import Any
 from desktop.engine.backends import flux_like_loras, single_file_entry
 from desktop.engine.backends.flow_edit import FluxLatentEdit
 
-_FLUX_TIME = "time_text_embed.timestep_embedder."
-_LONGCAT_TIME = "time_embed.timestep_embedder."
 
-
-def from_bfl(state: dict[str, Any], convert_flux: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def from_bfl(state: dict[str, Any], convert_flux: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """A LongCat-Image transformer in BFL's Flux names (prefix removed) -> LongCatImageTransformer2DModel's names:
     Flux's conversion (`convert_flux`: families.convert_flux_bfl, which reads Comfy-Org's q/k norms saved as `.weight`
     too), its timestep embedder under LongCat's name."""
-    converted = convert_flux(state)
-    return {(_LONGCAT_TIME + key.removeprefix(_FLUX_TIME) if key.startswith(_FLUX_TIME) else key): value
-            for key, value in converted.items()}  # fmt: skip
+    return convert_flux(state, time="time_embed.timestep_embedder")
 
 
 def transformer_class() -> Any:

@@ -22,10 +22,9 @@ from desktop.engine.backends import flux_like_loras, single_file_entry
 from desktop.engine.backends.flow_edit import FluxLatentEdit
 
 _SWIGLU = re.compile(r"^double_blocks\.(\d+)\.(img|txt)_mlp\.(gate|up|down)_proj\.(weight|bias)$")
-_FLUX_TIME = "time_text_embed.timestep_embedder."
 
 
-def from_bfl(state: dict[str, Any], convert_flux: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def from_bfl(state: dict[str, Any], convert_flux: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     """An Ovis-Image transformer in BFL's names (prefix removed) -> OvisImageTransformer2DModel's names, through Flux's
     conversion (`convert_flux`: families.convert_flux_bfl)."""
     import torch
@@ -45,9 +44,7 @@ def from_bfl(state: dict[str, Any], convert_flux: Callable[[dict[str, Any]], dic
     for (block, stream, kind), found in parts.items():
         flux[f"double_blocks.{block}.{stream}_mlp.0.{kind}"] = torch.cat([found["up"], found["gate"]], dim=0)
         flux[f"double_blocks.{block}.{stream}_mlp.2.{kind}"] = found["down"]
-    converted = convert_flux(flux)
-    return {(key.removeprefix("time_text_embed.") if key.startswith(_FLUX_TIME) else key): value
-            for key, value in converted.items()} | norm  # fmt: skip
+    return convert_flux(flux, time="timestep_embedder") | norm
 
 
 def transformer_class() -> Any:
