@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tokenizer-folder", metavar="DIR",
                      help="for a Qwen-Image/Z-Image/Flux.2 file run with a library text encoder: a folder holding "
                           "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "
-                          "+ merges.txt, tokenizer_config.json; for Qwen-Image-Edit also preprocessor_config.json), "
+                          "+ merges.txt, tokenizer_config.json; for Qwen-Image-Edit and LongCat-Image-Edit also "
+                          "preprocessor_config.json), "
                           "or the model's diffusers folder; for Flux.2 dev, whose Mistral file from ComfyUI carries "
                           "its tokenizer, FLUX.2-dev's tokenizer/ folder or a Mistral tekken.json's folder; for "
                           "Lumina Image 2.0 with a Gemma-2 file (needed: Gemma's tokenizer cannot ship), "

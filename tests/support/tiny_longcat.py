@@ -2,7 +2,9 @@
 block, two single-stream ones), Flux.1's kind of VAE (AutoencoderKL, shifted and scaled latents; three levels, so
 that its factor, 4, is the real one's halved), a tiny Qwen2.5-VL and the byte-level Qwen tokenizer of the Qwen-Image
 tests (or Marble's shipped one). Saved as its release's folder, as a transformer file in its release's (diffusers')
-names, and in Comfy-Org's: Flux's BFL names, the q/k norms under `.weight`."""
+names, and in Comfy-Org's: Flux's BFL names, the q/k norms under `.weight`. LongCat-Image-Edit: the same transformer
+with the Qwen-Image-Edit tests' Qwen2.5-VL, whose tiny vision tower reads the source, and their Qwen2VL processor
+(tiny_qwen_edit.py; its save_edit_folder lays out the folder, the processor in `text_processor/`)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ import torch
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
+    LongCatImageEditPipeline,
     LongCatImagePipeline,
     LongCatImageTransformer2DModel,
 )
 from safetensors.torch import save_file
 
 from tests.support.tiny_dit import CONFIGS, _jitter, flux_to_bfl
+from tests.support.tiny_qwen_edit import tiny_edit_tokenizer, tiny_processor, tiny_vl_encoder
 from tests.support.tiny_qwen_zimage import WIDTH, shipped_tokenizer, tiny_qwen25_vl, tiny_tokenizer
 
 LATENT_CHANNELS = 16  # its pipeline draws 16 channels, whatever the VAE says
@@ -54,6 +58,14 @@ def build_tiny_longcat(
     return LongCatImagePipeline(
         scheduler=scheduler, vae=tiny_vae(), text_encoder=tiny_qwen25_vl(shipped=shipped),
         tokenizer=shipped_tokenizer() if shipped else tiny_tokenizer(), transformer=transformer, text_processor=None,
+    )  # fmt: skip
+
+
+def build_tiny_longcat_edit(seed: int = 0) -> LongCatImageEditPipeline:
+    base = build_tiny_longcat(seed)
+    return LongCatImageEditPipeline(
+        scheduler=base.scheduler, vae=base.vae, text_encoder=tiny_vl_encoder(seed), tokenizer=tiny_edit_tokenizer(),
+        text_processor=tiny_processor(), transformer=base.transformer,
     )  # fmt: skip
 
 

@@ -22,13 +22,15 @@ from transformers import (
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from desktop.engine.backends.families_qwen_edit import image_only_processor
-from tests.support.tiny_qwen_zimage import _CHAT, WIDTH, build_tiny_qwen_image
+from tests.support.tiny_qwen_zimage import _CHAT, SHIPPED_VOCAB, WIDTH, build_tiny_qwen_image
 
 _SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
              "<|video_pad|>")  # fmt: skip
 VOCAB = 256 + len(_SPECIALS)
 # Token ids of the vision tokens: the text encoder's config must name the tokenizer's.
 _IDS = {token: 256 + index for index, token in enumerate(_SPECIALS)}
+# Qwen2.5's own ids of them (Marble's shipped tokenizer).
+_SHIPPED_IDS = {"<|vision_start|>": 151652, "<|vision_end|>": 151653, "<|image_pad|>": 151655, "<|video_pad|>": 151656}
 # The vision tower sees at most 4 merged patches of the source (the pipeline resizes it to ~1 MP first).
 _PATCH = 14
 _MAX_PIXELS = (_PATCH * 2) ** 2 * 4
@@ -50,21 +52,23 @@ def tiny_processor():
     return image_only_processor(images, tiny_edit_tokenizer())
 
 
-def tiny_vl_encoder(seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:
+def tiny_vl_encoder(seed: int = 0, *, shipped: bool = False) -> Qwen2_5_VLForConditionalGeneration:
+    """`shipped`: of Marble's Qwen tokenizer's vocabulary and vision-token ids (resources/tokenizers/qwen), else of
+    tiny_edit_tokenizer()'s."""
     torch.manual_seed(seed)
+    vocab, ids, bos, eos = (SHIPPED_VOCAB, _SHIPPED_IDS, 151643, 151645) if shipped else (VOCAB, _IDS, 256, 258)
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_hidden_layers": 2, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "vocab_size": VOCAB, "rope_theta": 1000000.0, "bos_token_id": 256,
-            "eos_token_id": 258,
+            "num_key_value_heads": 2, "vocab_size": vocab, "rope_theta": 1000000.0, "bos_token_id": bos,
+            "eos_token_id": eos,
             "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
         },
         vision_config={"depth": 2, "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_heads": 2,
                        "out_hidden_size": WIDTH, "patch_size": _PATCH, "fullatt_block_indexes": [1],
                        "window_size": 56},
-        vocab_size=VOCAB, vision_start_token_id=_IDS["<|vision_start|>"], vision_end_token_id=_IDS["<|vision_end|>"],
-        image_token_id=_IDS["<|image_pad|>"], video_token_id=_IDS["<|video_pad|>"], bos_token_id=256,
-        eos_token_id=258,
+        vocab_size=vocab, vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], bos_token_id=bos, eos_token_id=eos,
     )  # fmt: skip
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
@@ -78,13 +82,15 @@ def build_tiny_qwen_edit(seed: int = 0, *, plus: bool = False) -> QwenImageEditP
     )  # fmt: skip
 
 
-def save_edit_folder(pipe: QwenImageEditPipeline, folder: Path) -> Path:
-    """The pipeline as a diffusers folder laid out as Qwen/Qwen-Image-Edit's: processor/ holds the image
-    processor's config and the tokenizer, model_index.json names transformers' Qwen2VLProcessor."""
+def save_edit_folder(pipe, folder: Path, *, slot: str = "processor") -> Path:
+    """The pipeline as a diffusers folder laid out as Qwen/Qwen-Image-Edit's (LongCat-Image-Edit's with `slot`
+    "text_processor"): `slot`/ holds the image processor's config and the tokenizer, model_index.json names
+    transformers' Qwen2VLProcessor."""
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    pipe.processor.image_processor.save_pretrained(str(folder / "processor"))
-    pipe.processor.tokenizer.save_pretrained(str(folder / "processor"))
+    processor = getattr(pipe, slot)
+    processor.image_processor.save_pretrained(str(folder / slot))
+    processor.tokenizer.save_pretrained(str(folder / slot))
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    index["processor"] = ["transformers", "Qwen2VLProcessor"]
+    index[slot] = ["transformers", "Qwen2VLProcessor"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
     return folder

@@ -45,9 +45,9 @@ def test_library_encoders_are_offered_and_reach_the_request(qtbot, tmp_path: Pat
 
 
 def test_the_library_menu_offers_the_encoders_the_models_family_reads(qtbot) -> None:
-    """CLIP and T5 for Flux and SD3, Qwen2.5-VL for Qwen-Image and LongCat-Image, Qwen3 for Z-Image, Ovis-Image and
-    Flux.2 Klein, Mistral for Flux.2 dev; an encoder not read yet, or a family without a rule, hides nothing. A tick
-    left on an encoder the model cannot read does not reach the field."""
+    """CLIP and T5 for Flux and SD3, Qwen2.5-VL for Qwen-Image and LongCat-Image (and their Edit models), Qwen3 for
+    Z-Image, Ovis-Image and Flux.2 Klein, Mistral for Flux.2 dev; an encoder not read yet, or a family without a rule,
+    hides nothing. A tick left on an encoder the model cannot read does not reach the field."""
     from desktop.ui.text_encoder_row import TextEncoderRow
 
     row = TextEncoderRow()
@@ -63,6 +63,7 @@ def test_the_library_menu_offers_the_encoders_the_models_family_reads(qtbot) -> 
         "flux-dev": {"clip_l", "t5xxl"}, "sd3": {"clip_l", "t5xxl"}, "qwen-image": {"qwen_2.5_vl_7b"},
         "qwen-image-edit-plus": {"qwen_2.5_vl_7b"}, "z-image": {"qwen_3_4b"}, "flux2-klein": {"qwen_3_4b"},
         "flux2-dev": {"mistral_3_small_flux2_bf16"}, "longcat-image": {"qwen_2.5_vl_7b"}, "ovis-image": {"qwen_3_4b"},
+        "longcat-image-edit": {"qwen_2.5_vl_7b"},
     }  # fmt: skip
     for family, names in expected.items():
         row.show_for(family)

@@ -43,8 +43,8 @@ from desktop.engine.backends.quantised_weights import bnb_folder_components, deq
 from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
-from desktop.engine.library.dit import COMFY_PREFIX, DitInfo
-from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_variant
+from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
+from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_class
 from desktop.engine.library.native_size import T5_TOKENS
 from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
@@ -281,12 +281,13 @@ def sibling(pipe: Any, cls: Any) -> Any:
 
 
 def with_components_variant(arch: ArchitectureInfo, text_encoders: Path | None) -> ArchitectureInfo:
-    """A Qwen-Image transformer file whose tensors and metadata cannot tell an Edit model: the user's
-    `--text-encoders` folder decides (a Qwen-Image-Edit folder makes it one; dit_qwen_zimage.py)."""
+    """A Qwen-Image or LongCat-Image transformer file whose tensors and metadata cannot tell an Edit model: the
+    user's `--text-encoders` folder decides (a Qwen-Image-Edit or LongCat-Image-Edit folder makes it one;
+    dit_qwen_zimage.py, dit_longcat.py)."""
     info = arch.dit
-    if info is None or info.family != "qwen-image" or info.variant or text_encoders is None:
+    if info is None or info.variant or text_encoders is None:
         return arch
-    variant = components_variant(text_encoders)
+    variant = edit_variant(info.family, components_class(text_encoders))
     return replace(arch, dit=replace(info, variant=variant)) if variant else arch
 
 

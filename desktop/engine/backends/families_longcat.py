@@ -8,19 +8,22 @@ diffusers' callbacks do), and with LoRAs in diffusers' or PEFT's names loaded on
 (flux_like_loras.py).
 diffusers has no single-file entry for its transformer either: Marble converts a file's names itself (Comfy-Org's in
 Flux's BFL names through families.convert_flux_bfl; the release's are diffusers' already) and loads it through
-single_file_entry.py, the same path as the other families (GGUF and fp8 included). torch/diffusers are imported
-inside the functions (pyproject's import-linter list).
+single_file_entry.py, the same path as the other families (GGUF and fp8 included). LongCat-Image-Edit's instruction
+edits run through `instruction_class()` (families_qwen_edit.py routes them). torch/diffusers are imported inside the
+functions (pyproject's import-linter list).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from desktop.engine.backends import flux_like_loras, single_file_entry
 from desktop.engine.backends.flow_edit import FluxLatentEdit
+from desktop.engine.errors import ModelError
 
 
 def from_bfl(state: dict[str, Any], convert_flux: Callable[..., dict[str, Any]]) -> dict[str, Any]:
@@ -55,12 +58,59 @@ def pipeline_class() -> Any:
             self, *args: Any, callback_on_step_end: Callable[..., Any] | None = None,
             callback_on_step_end_tensor_inputs: Any = None, **kwargs: Any,
         ) -> Any:  # fmt: skip
-            if callback_on_step_end is None:
-                return super().__call__(*args, **kwargs)
-            with _StepCallback(self, callback_on_step_end):
+            with _step_callback(self, callback_on_step_end):
                 return super().__call__(*args, **kwargs)
 
     return LongCatImageStepsPipeline
+
+
+@functools.cache
+def instruction_class() -> Any:
+    """LongCatImageEditPipeline (LongCat-Image-Edit's instruction edits) taking diffusers' `callback_on_step_end`,
+    LoRAs (as pipeline_class's), and the `width` and `height` to work at: diffusers' pipeline (0.42) takes none and
+    works at about 1 MP at the source's aspect, where Marble's jobs (as Qwen-Image-Edit's pipelines and ComfyUI's
+    LongCat workflows) work at the size the user asks for."""
+    import diffusers
+    from diffusers.pipelines.longcat_image import pipeline_longcat_image_edit
+
+    class LongCatImageInstructionPipeline(flux_like_loras.loader(), diffusers.LongCatImageEditPipeline):
+        _lora_label = "LongCat-Image-Edit"
+
+        def __call__(
+            self, *args: Any, width: int, height: int, callback_on_step_end: Callable[..., Any] | None = None,
+            callback_on_step_end_tensor_inputs: Any = None, **kwargs: Any,
+        ) -> Any:  # fmt: skip
+            with _working_size(pipeline_longcat_image_edit, width, height), _step_callback(self, callback_on_step_end):
+                return super().__call__(*args, **kwargs)
+
+    return LongCatImageInstructionPipeline
+
+
+@contextlib.contextmanager
+def _working_size(module: Any, width: int, height: int) -> Iterator[None]:
+    """For one call, the pipeline module's `calculate_dimensions` (the size its __call__ works at, from a target area
+    and the source's aspect) answers `width` x `height`. A diffusers whose module has no such function is refused
+    rather than left to work at another size than the job's."""
+    original = getattr(module, "calculate_dimensions", None)
+    if original is None:
+        raise ModelError(
+            "This diffusers' LongCat-Image-Edit pipeline works out its size in another way than Marble knows: install "
+            "the diffusers version Marble ships with."
+        )
+    module.calculate_dimensions = lambda _area, _ratio: (int(width), int(height))
+    try:
+        yield
+    finally:
+        module.calculate_dimensions = original
+
+
+@contextlib.contextmanager
+def _step_callback(pipeline: Any, callback: Callable[..., Any] | None) -> Iterator[None]:
+    if callback is None:
+        yield
+        return
+    with _StepCallback(pipeline, callback):
+        yield
 
 
 class _StepCallback:

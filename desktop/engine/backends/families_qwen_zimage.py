@@ -213,7 +213,7 @@ def assemble(
             ),
         }
         if edit:
-            parts["processor"] = qwen_edit.load_processor(folder)
+            parts[qwen_edit.processor_slot(info)] = qwen_edit.load_processor(folder, info)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
     cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
@@ -300,8 +300,10 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
         # against the negative prompt, blank when none is given (its pipeline's default), renormalised as Meituan's
         # settings do (the pipeline's default). Its prompt rewriter (the text encoder writing a new prompt by
         # sampling) never runs: a picture follows from its prompt and seed.
-        return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
-                "guidance_scale": float(request.cfg_scale), "enable_prompt_rewrite": False}  # fmt: skip
+        # (LongCat-Image-Edit's pipeline has no rewriter.)
+        arguments = {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
+                     "guidance_scale": float(request.cfg_scale)}  # fmt: skip
+        return arguments if qwen_edit.is_edit(info) else arguments | {"enable_prompt_rewrite": False}
     if info.family == OVIS:
         # Its makers' system prompt before the prompt (the pipeline's own), 256 tokens of it read; CFG above 1 against
         # the negative prompt, blank when none is given (the pipeline's default).

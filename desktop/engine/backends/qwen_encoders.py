@@ -146,19 +146,18 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
         if not edit:
             parts["tokenizer"] = tokenizer
         else:
-            processor_dir = _holding(chosen, "processor", (_PROCESSOR_CONFIG,))
+            from desktop.engine.backends import families_qwen_edit as qwen_edit
+
+            processor_dir = qwen_edit.processor_folder(chosen, info)
             if processor_dir is None:
                 raise ModelError(
                     f"{name} is a {info.label} model: it needs the Qwen2VL image processor too, and {folder} holds "
-                    f"no {_PROCESSOR_CONFIG} (nor processor/{_PROCESSOR_CONFIG}). Point --tokenizer-folder at the "
-                    "model's diffusers folder (Qwen/Qwen-Image-Edit or -2509), which holds processor/, or leave it "
-                    "empty for Marble's own."
+                    f"no {_PROCESSOR_CONFIG} (nor its processor folder). Point --tokenizer-folder at the model's "
+                    f"diffusers folder ({qwen_edit.edit_source(info)}), or leave it empty for Marble's own."
                 )
-            from desktop.engine.backends.families_qwen_edit import image_only_processor
-
             images = transformers.Qwen2VLImageProcessorPil.from_pretrained(str(processor_dir), local_files_only=True)
             parts["tokenizer"] = tokenizer
-            parts["processor"] = image_only_processor(images, tokenizer)
+            parts[qwen_edit.processor_slot(info)] = qwen_edit.image_only_processor(images, tokenizer)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"The tokenizer in {tokenizer_dir} does not load: {_short(error)}") from error
     if info.family not in (QWEN_IMAGE, LUMINA2) and not getattr(tokenizer, "chat_template", None):

@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_qwen_zimage, quant_formats
+from desktop.engine.library import dit_longcat, dit_qwen_zimage, quant_formats
 from desktop.engine.library.dit import (
     DitInfo,
     TensorShape,
@@ -410,6 +410,8 @@ def detect_architecture(
         if dit.family == dit_qwen_zimage.QWEN_IMAGE and not dit.variant:
             # An Edit transformer has the base one's tensors: only its metadata can say (dit_qwen_zimage.py).
             dit = replace(dit, variant=dit_qwen_zimage.metadata_variant(header.metadata))
+        elif dit.family == dit_longcat.LONGCAT and not dit.variant:
+            dit = replace(dit, variant=dit_longcat.metadata_variant(header.metadata))
         return dit_architecture(dit)
     _refuse_quantised_unet(header, name)
     conv_in = header.shape(_UNET_CONV_IN)

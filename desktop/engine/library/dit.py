@@ -67,6 +67,7 @@ DIT_LABELS = {
     **dit_longcat.LABELS,
     **dit_ovis.LABELS,
 }
+_VARIANT_LABELS = {**dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS}
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
 SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae")}
@@ -109,7 +110,7 @@ class DitInfo:
     @property
     def label(self) -> str:
         base = DIT_LABELS[self.family]
-        variant = dit_qwen_zimage.VARIANT_LABELS.get((self.family, self.variant), self.variant)
+        variant = _VARIANT_LABELS.get((self.family, self.variant), self.variant)
         name = f"{base} {variant}" if variant else base
         name = f"{name} Fill" if self.fill else name
         name = f"{name} Canny/Depth" if self.control_input else name
@@ -460,13 +461,24 @@ def dit_pipeline_family(class_name: str) -> str | None:
     return _PIPELINES.get(class_name)
 
 
+def edit_variant(family: str, class_name: str) -> str:
+    """The instruction-edit variant ("edit", "edit-plus") a diffusers folder of pipeline `class_name` makes a model of
+    `family`, else "": Qwen-Image-Edit's and LongCat-Image-Edit's transformers are their base models' (a Qwen-Image
+    Edit folder makes nothing of a LongCat-Image file, nor the other way round)."""
+    if family == dit_qwen_zimage.QWEN_IMAGE:
+        return dit_qwen_zimage.folder_variant(class_name)
+    if family == dit_longcat.LONGCAT:
+        return dit_longcat.folder_variant(class_name)
+    return ""
+
+
 def detect_dit_folder(
     index: Mapping[str, object], transformer: Mapping[str, object], class_name: str
 ) -> tuple[str, str]:
     """(family, variant) of a diffusers folder from model_index.json and transformer/config.json."""
     family = _PIPELINES[class_name]
-    if dit_qwen_zimage.folder_family(class_name) is not None:
-        return family, dit_qwen_zimage.folder_variant(class_name)
+    if dit_qwen_zimage.folder_family(class_name) is not None or family == dit_longcat.LONGCAT:
+        return family, edit_variant(family, class_name)
     if family == dit_flux2.FLUX2:
         return family, dit_flux2.folder_variant(transformer)
     if family == "flux":

@@ -10,6 +10,10 @@ guidance. Its latents are Flux.1's VAE's. Two namings are in circulation:
   `double_blocks.N`, `single_blocks.N`, `img_in`, `txt_in`, `time_in`, `final_layer`, without the `vector_in` every
   Flux.1 file has (nor `guidance_in`); its q/k norms may be saved as `.weight` rather than Flux's
   `.scale`: layout "bfl".
+
+LongCat-Image-Edit (instruction edits of a source image) has the same tensors: as for Qwen-Image-Edit
+(dit_qwen_zimage.py), it is told by its folder's pipeline class, a single file's `modelspec.architecture` metadata,
+or the user's `--text-encoders` folder (a LongCat-Image-Edit diffusers folder). Variant "edit".
 """
 
 from __future__ import annotations
@@ -17,12 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from desktop.engine.library.dit_qwen_zimage import checked_blocks
+from desktop.engine.library.dit_qwen_zimage import EDIT, checked_blocks
 
 LONGCAT = "longcat-image"
 LABELS = {LONGCAT: "LongCat-Image"}
-CONFIGS = {(LONGCAT, ""): "longcat-image"}
-PIPELINES = {"LongCatImagePipeline": LONGCAT}
+VARIANT_LABELS = {(LONGCAT, EDIT): "Edit"}
+# The Edit model shares the base model's transformer, VAE and scheduler configs.
+CONFIGS = {(LONGCAT, ""): "longcat-image", (LONGCAT, EDIT): "longcat-image"}
+_EDIT_PIPELINE = "LongCatImageEditPipeline"
+PIPELINES = {"LongCatImagePipeline": LONGCAT, _EDIT_PIPELINE: LONGCAT}
 _MARKER = "time_embed.timestep_embedder.linear_1.weight"  # diffusers' name; Flux.1's sits under time_text_embed
 _NEEDED = {
     "diffusers": ("x_embedder.weight", "context_embedder.weight", "norm_out.linear.weight", "proj_out.weight"),
@@ -60,3 +67,15 @@ def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[in
     else:
         return None
     return LONGCAT, "", layout, checked_blocks(model, _NEEDED[layout], _BLOCKS[layout], name, LABELS[LONGCAT])
+
+
+def folder_variant(class_name: str) -> str:
+    """ "edit" for a LongCat-Image-Edit folder's pipeline class, else ""."""
+    return EDIT if class_name == _EDIT_PIPELINE else ""
+
+
+def metadata_variant(metadata: Mapping[str, str]) -> str:
+    """ "edit" when a LongCat-Image single file's header metadata names the Edit model (the ModelSpec
+    `modelspec.architecture`, e.g. "longcat-image-edit"), else ""."""
+    architecture = str(metadata.get("modelspec.architecture", "")).lower().replace("_", "-")
+    return EDIT if "longcat-image-edit" in architecture else ""

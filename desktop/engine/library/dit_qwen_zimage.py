@@ -164,13 +164,13 @@ def metadata_variant(metadata: Mapping[str, str]) -> str:
     return EDIT_PLUS if any(mark in architecture for mark in ("plus", "2509", "2511")) else EDIT
 
 
-def components_variant(folder: Path) -> str:
-    """The Edit variant of a components folder (`--text-encoders`): its model_index.json's class, else ""."""
+def components_class(folder: Path) -> str:
+    """The pipeline class a components folder (`--text-encoders`) names in its model_index.json, else ""."""
     try:
         index = read_json_file(folder / "model_index.json", label=f"model_index.json in {folder}")
     except (ModelError, OSError, ValueError):
         return ""
-    return folder_variant(str(index.get("_class_name", ""))) if isinstance(index, dict) else ""
+    return str(index.get("_class_name", "")) if isinstance(index, dict) else ""
 
 
 def folder_blocks(transformer: Mapping[str, object]) -> tuple[int, int]:

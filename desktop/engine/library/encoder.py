@@ -269,7 +269,7 @@ _FAMILY_ENCODERS = {
     "qwen-image-2.1": (),  # Qwen3-VL 8B comes from a folder (--text-encoders): the library reads none yet
     "krea2": ("qwen3vl",),
     "ernie-image": ("ministral3",),
-    "longcat-image": ("qwen2.5-vl",),  # Qwen-Image's Qwen2.5-VL 7B file serves it too
+    "longcat-image": ("qwen2.5-vl",), "longcat-image-edit": ("qwen2.5-vl",),  # Qwen-Image's 7B file serves them too
     "ovis-image": ("qwen3",),  # Ovis 2.5's language model, a Qwen3 1.7B
 }  # fmt: skip
 

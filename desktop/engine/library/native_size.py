@@ -108,7 +108,8 @@ def _plain_family(path: Path) -> str | None:
 
 
 def _dit_family(arch: ArchitectureInfo) -> str | None:
-    # Qwen-Image-Edit shares Qwen-Image's config but not its defaults: "qwen-image-edit", "-edit-plus".
+    # Qwen-Image-Edit shares Qwen-Image's config but not its defaults: "qwen-image-edit", "-edit-plus";
+    # LongCat-Image-Edit likewise ("longcat-image-edit").
     if arch.dit is not None and arch.dit.variant in ("edit", "edit-plus"):
         return f"{arch.dit.family}-{arch.dit.variant}"
     if arch.family == FLUX2:
@@ -168,6 +169,8 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "ernie-image": {"steps": 50, "cfg_scale": 4.0},
     # LongCat-Image: Meituan's settings, 50 steps and CFG 4.5 (its pipeline's defaults and model card).
     "longcat-image": {"steps": 50, "cfg_scale": 4.5},
+    # LongCat-Image-Edit: the same (its pipeline's defaults and model card).
+    "longcat-image-edit": {"steps": 50, "cfg_scale": 4.5},
     # Ovis-Image: AIDC-AI's settings, 50 steps and CFG 5 (its pipeline's defaults and model card).
     "ovis-image": {"steps": 50, "cfg_scale": 5.0},
 }
