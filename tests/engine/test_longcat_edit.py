@@ -272,3 +272,20 @@ def test_a_lora_applies_to_the_edit_as_peft_applies_it_to_the_transformer(paths,
     expected = bare_with(pipe, plain, monkeypatch, image=source)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, bare(edit["folder"], plain, monkeypatch, image=source))
+
+
+def test_a_gguf_is_the_edit_model_by_its_components_folder(paths, edit, tmp_path, monkeypatch):
+    """The GGUFs in circulation are converted from Comfy-Org's files and carry no ModelSpec metadata: the Edit folder
+    given as `--text-encoders` makes one the Edit model (stored in F32 here, so the folder's own transformer is the
+    expected one)."""
+    from tests.support.tiny_dit import save_gguf
+    from tests.support.tiny_longcat import comfy_names
+
+    path = save_gguf(comfy_names(edit["pipe"].transformer.state_dict()), tmp_path / "LongCat-Image-Edit-F32.gguf",
+                     quant="F32", arch="longcat")  # fmt: skip
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.variant, arch.dit.quantization) == ("longcat-image", "", "F32")
+    source, image = _source(tmp_path)
+    request = _request(path, image, text_encoders=str(edit["folder"]))
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare(edit["folder"], request, monkeypatch, image=source))
