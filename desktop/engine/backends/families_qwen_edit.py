@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.dit import DitInfo
@@ -49,9 +50,7 @@ def pipeline_class(info: DitInfo) -> Any:
     import diffusers
 
     if info.family == LONGCAT:
-        from desktop.engine.backends.families_longcat import instruction_class
-
-        return instruction_class()
+        return longcat.instruction_class()
     return diffusers.QwenImageEditPlusPipeline if info.variant == EDIT_PLUS else diffusers.QwenImageEditPipeline
 
 
