@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from desktop.engine.errors import Cancelled, MarbleError
+from desktop.engine.library.dit import variant_choices
 from desktop.engine.library.index import Library, LibraryRecord
 from desktop.engine.library.ip_adapter import runs_as
 from desktop.engine.paths import AppPaths
@@ -66,6 +67,15 @@ def add_library_commands(
         rename.add_argument("new_name")
         add_home(rename)
 
+        if _kind == "model":
+            variant = sub.add_parser(
+                "variant", help="say which model a file is where its tensors cannot (a Qwen-Image or LongCat-Image "
+                "file that is their Edit model); without VARIANT, list the choices",
+            )  # fmt: skip
+            variant.add_argument("name")
+            variant.add_argument("variant", nargs="?", help="edit, edit-plus, or base (as the file says)")
+            add_home(variant)
+
 
 def run_library(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
     kind, plural = GROUPS[args.command]
@@ -86,10 +96,30 @@ def run_library(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: Tex
                 record = library.rename(kind, args.name, args.new_name)
                 print(printable(f"Renamed {args.name} to {record.name}."), file=err)
                 return EXIT_OK
+            case "variant":
+                return _variant(library, args.name, args.variant, out, err)
     except MarbleError as error:
         print(printable(f"marble: error: {error}"), file=err)
         return exit_code(error.kind)
     return EXIT_BAD_INPUT
+
+
+def _variant(library: Library, name: str, variant: str | None, out: TextIO, err: TextIO) -> int:
+    """Lists the variants the model file `name` may be marked as (the current one starred), or marks it."""
+    if variant is not None:
+        record = library.choose_variant(name, "" if variant == "base" else variant)
+        print(printable(f"{record.name} is now run as {record.architecture}."), file=err)
+        return EXIT_OK
+    record = library.get("model", name)
+    choices = variant_choices(record.family)
+    if not choices:
+        print(printable(f"{record.name} is a {record.architecture} model, which its tensors tell: it has no "
+                        "variants to choose."), file=err)  # fmt: skip
+        return EXIT_OK
+    for key, label in choices.items():
+        mark = "*" if key == record.chosen_variant else " "
+        print(printable(f"{mark} {key or 'base':10} {label}"), file=out)
+    return EXIT_OK
 
 
 def _record_json(library: Library, record: LibraryRecord) -> dict[str, object]:

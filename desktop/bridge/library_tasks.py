@@ -127,6 +127,13 @@ class LibraryTasks(QObject):
 
         self._run(work)
 
+    def choose_variant(self, name: str, variant: str) -> None:
+        def work() -> None:
+            self._library.choose_variant(name, variant)  # may hash a hand-copied file first: off the GUI thread
+            self._changed("model")
+
+        self._run(work)
+
     # -------------------------------------------------------------------------------- internals
 
     def _changed(self, kind: str) -> None:

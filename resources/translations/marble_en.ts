@@ -1002,6 +1002,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>&amp;Variant…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their Edit model (ComfyUI&apos;s repackaged files do not say).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Close</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1035,6 +1043,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>New name:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Model variant</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Run {name} as:</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

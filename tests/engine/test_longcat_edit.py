@@ -289,3 +289,71 @@ def test_a_gguf_is_the_edit_model_by_its_components_folder(paths, edit, tmp_path
     request = _request(path, image, text_encoders=str(edit["folder"]))
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare(edit["folder"], request, monkeypatch, image=source))
+
+
+def test_a_library_file_without_metadata_runs_as_the_edit_model_the_user_chose(edit, tmp_path, monkeypatch):
+    """ComfyUI's repackaged Edit files carry no metadata saying what they are, and the route of library files names no
+    Edit folder: the user marks the library's file (Library.choose_variant; `marble models variant`, the Library
+    window). The job then runs the Edit model, and back as the file says once the choice is taken back."""
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_components import save_ae
+    from tests.support.tiny_qwen_encoders import save_comfy_qwen
+
+    pipe = edit["pipe"]
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(save_comfy_qwen(pipe.text_encoder, tmp_path / "qwen_2.5_vl_7b.safetensors"), "encoder")
+    library.import_path(save_ae(pipe.vae, tmp_path / "ae.safetensors"), "vae")
+    file = save_transformer(pipe, tmp_path / "longcat_image_edit_bf16.safetensors", comfy=True, prefix=PREFIX)
+    record = library.import_path(file, "model")
+    assert (record.architecture, record.chosen_variant) == ("LongCat-Image", "")
+    source, path = _source(tmp_path)
+    request = _request(record.name, path, text_encoders="qwen_2.5_vl_7b", vae="ae",
+                       tokenizer_folder=str(edit["folder"]), model_config=str(edit["folder"]))  # fmt: skip
+    backend = make_backend(paths)
+    base, _ = run(backend, request)
+    expected = bare(edit["folder"], request, monkeypatch, image=source)
+    assert not np.array_equal(pixels(base.images[0]), expected)  # LongCat-Image's image to image
+    chosen = library.choose_variant(record.name, "edit")
+    assert (chosen.architecture, chosen.chosen_variant) == ("LongCat-Image Edit", "edit")
+    assert library.get("model", record.name).chosen_variant == "edit"  # kept in the index
+    batch, _ = run(backend, request)  # the same backend loads again: the choice is part of what it loaded
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    # The choice is the library file's: the same file named by a path elsewhere runs as the file says.
+    (tmp_path / "elsewhere").mkdir()
+    elsewhere = shutil.copy(file, tmp_path / "elsewhere" / file.name)
+    copy, _ = run(backend, replace(request, model=str(elsewhere)))
+    assert np.array_equal(pixels(copy.images[0]), pixels(base.images[0]))
+    library.choose_variant(record.name, "")
+    again, _ = run(backend, request)
+    assert np.array_equal(pixels(again.images[0]), pixels(base.images[0]))
+
+
+def test_only_files_whose_tensors_cannot_tell_take_a_chosen_variant(edit, tmp_path):
+    from desktop.engine.library.index import Library
+    from tests.e2e.test_cli import in_process
+    from tests.support.tiny_dit import build_tiny_flux, save_bfl_file
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    longcat = library.import_path(save_transformer(edit["pipe"], tmp_path / "longcat.safetensors"), "model")
+    with pytest.raises(ModelError, match=r"'edit-plus' is not a variant of longcat: choose '' \(as the file says\), "
+                                         r"'edit'"):  # fmt: skip
+        library.choose_variant(longcat.name, "edit-plus")
+    flux = library.import_path(save_bfl_file(build_tiny_flux(), tmp_path / "flux.safetensors"), "model")
+    with pytest.raises(ModelError, match=r"flux is a Flux\.1 .*model, which its tensors tell"):
+        library.choose_variant(flux.name, "edit")
+    folder = library.import_path(edit["folder"], "model")
+    with pytest.raises(ModelError, match=r"is a diffusers folder: its model_index\.json says"):
+        library.choose_variant(folder.name, "")
+    home = ["--home", str(tmp_path / "home")]
+    code, out, err = in_process(["models", "variant", "longcat", *home])
+    assert code == 0 and [line.split()[:2] for line in out.splitlines()] == [["*", "base"], ["edit", "LongCat-Image"]]
+    code, _, err = in_process(["models", "variant", "longcat", "edit", *home])
+    assert code == 0 and "longcat is now run as LongCat-Image Edit" in err, err
+    code, out, _ = in_process(["models", "variant", "longcat", *home])
+    assert [line.split()[0] for line in out.splitlines()] == ["base", "*"]
+    code, _, err = in_process(["models", "variant", "longcat", "base", *home])
+    assert code == 0 and "longcat is now run as LongCat-Image." in err, err
+    code, _, err = in_process(["models", "variant", "flux", "edit", *home])
+    assert code != 0 and "which its tensors tell" in err

@@ -261,3 +261,17 @@ def test_a_missing_reference_image_is_refused_before_the_model_loads(edit, tmp_p
     ])  # fmt: skip
     assert code == 2 and "The reference image cat.png: it does not exist" in err, err
     assert "Loading" not in err  # refused before the model loads
+
+
+def test_a_library_file_is_marked_as_edit_or_edit_plus(edit, tmp_path):
+    """ComfyUI's Qwen-Image-Edit files carry no metadata: the user's choice (Library.choose_variant) says which."""
+    from desktop.engine.library.index import Library
+
+    library = Library(AppPaths.for_root(tmp_path / "home").ensure())
+    state = dict(edit["pipe"].transformer.state_dict())
+    file = save_transformer_file(state, tmp_path / "qwen_image_edit_2509.safetensors", prefix="model.diffusion_model.")
+    record = library.import_path(file, "model")
+    assert record.architecture.startswith("Qwen-Image") and "Edit" not in record.architecture
+    assert library.choose_variant(record.name, "edit-plus").architecture.startswith("Qwen-Image Edit Plus")
+    assert library.choose_variant(record.name, "edit").architecture.startswith("Qwen-Image Edit")
+    assert "Edit" not in library.choose_variant(record.name, "").architecture

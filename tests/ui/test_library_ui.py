@@ -191,3 +191,38 @@ def test_a_vae_imported_in_the_dialog_is_listed_and_offered_in_the_panel(studio,
     panel.vae_combo.setCurrentIndex(panel.vae_combo.findData("crisp"))
     assert panel.model.request("a cat").vae == "crisp"
     dialog.close()
+
+
+def test_a_model_file_is_marked_as_its_edit_model_in_the_dialog(studio, integration, qtbot, tmp_path, monkeypatch):
+    """A LongCat-Image file whose tensors cannot say it is LongCat-Image-Edit: the Variant button offers its family's
+    variants by their labels, and the library lists it as the one chosen (Library.choose_variant)."""
+    from desktop.ui.dialogs import library_dialog
+    from tests.support.tiny_longcat import build_tiny_longcat, save_transformer
+
+    source = save_transformer(build_tiny_longcat(), tmp_path / "longcat_image_edit.safetensors")
+    dialog = integration.show_dialog()
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(integration.tasks.import_finished, timeout=TIMEOUT_MS):
+        assert dialog.import_file(str(source), "model")
+    qtbot.waitUntil(lambda: dialog.select("model", "longcat_image_edit"), timeout=TIMEOUT_MS)
+    assert dialog.variant_button.isVisible() and dialog.variant_button.isEnabled()
+    offered = []
+
+    def pick(parent, title, label, items, current, editable):
+        offered.append((list(items), current))
+        return "LongCat-Image Edit", True
+
+    monkeypatch.setattr(library_dialog.QInputDialog, "getItem", pick)
+    with qtbot.waitSignal(integration.tasks.library_changed, timeout=TIMEOUT_MS):
+        dialog.variant_button.click()
+    assert offered == [(["LongCat-Image (as the file says)", "LongCat-Image Edit"], 0)]
+    table = dialog.tables["model"]
+
+    def shown() -> dict[str, str]:
+        return {table.item(row, 0).text(): table.item(row, 1).text() for row in range(table.rowCount())}
+
+    qtbot.waitUntil(lambda: shown()["longcat_image_edit"].startswith("LongCat-Image Edit"), timeout=TIMEOUT_MS)
+    assert integration.tasks.library.get("model", "longcat_image_edit").chosen_variant == "edit"
+    dialog.tabs.setCurrentIndex(dialog.tabs.indexOf(dialog.tables["lora"]))
+    assert not dialog.variant_button.isVisible()
+    dialog.close()

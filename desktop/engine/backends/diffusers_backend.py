@@ -135,6 +135,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
     prediction_scheduler_overrides,
     read_safetensors_header,
     sniff_file_type,
+    with_variant,
 )
 from desktop.engine.library.control import BUILT_IN, controlnet_family, is_built_in  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
@@ -223,6 +224,7 @@ class _LoadKey:
     text_encoders: str | None = None  # the folder a transformer-only DiT file takes its other parts from
     component_vae: str | None = None  # the library VAE built in at load, with text encoders from the library
     tokenizer_folder: str | None = None  # a Qwen-Image / Z-Image file's tokenizer, with a library encoder
+    variant: str = ""  # the variant the user chose for the library's file (LibraryRecord.chosen_variant)
 
 
 class DiffusersBackend:
@@ -301,7 +303,7 @@ class DiffusersBackend:
         key = _LoadKey(
             str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode,
             request.text_encoders, request.vae if encoder_names(request.text_encoders or "") else None,
-            request.tokenizer_folder,
+            request.tokenizer_folder, self._chosen_variant(entry),
         )  # fmt: skip
         if self._pipe is not None and key == self._key:
             assert self._model is not None
@@ -312,7 +314,7 @@ class DiffusersBackend:
         self._notes = []
         try:
             with collector_paused():
-                dit = self._load_dit(entry, request, choice)
+                dit = self._load_dit(entry, request, choice, key.variant)
                 if dit is not None:
                     pipe, arch, hashing = dit
                 else:
@@ -374,11 +376,19 @@ class DiffusersBackend:
         self._default_scheduler = None
         _free_memory()
 
+    def _chosen_variant(self, entry: ModelEntry) -> str:
+        """The variant the user chose for a library model file (Library.choose_variant); "" for any other."""
+        if entry.is_folder:
+            return ""
+        library = Library(self._paths)
+        record = library.find("model", entry.name)
+        return record.chosen_variant if record is not None and library.path_of(record) == entry.path else ""
+
     def _load_dit(
-        self, entry: ModelEntry, request: GenerationRequest, choice: DeviceChoice
+        self, entry: ModelEntry, request: GenerationRequest, choice: DeviceChoice, variant: str = ""
     ) -> tuple[Any, ArchitectureInfo, concurrent.futures.Future[str] | None] | None:
-        """A Flux / SD3 model, detected from its tensors, and its file's hash being read (`_in_background`);
-        None for the UNet families."""
+        """A Flux / SD3 model, detected from its tensors (as `variant` when the user chose one for its file), and its
+        file's hash being read (`_in_background`); None for the UNet families."""
         if entry.is_folder:
             arch = detect_diffusers_folder(entry.path, name=entry.name)
             if arch.dit is None:
@@ -401,7 +411,7 @@ class DiffusersBackend:
             families.refuse_library_encoders(arch.dit, entry.name)
         parts = self._library_parts(request)
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders and not parts else None
-        arch = families.with_components_variant(arch, text_encoders)
+        arch = families.with_components_variant(with_variant(arch, variant), text_encoders)
         _refuse_dit_edit(entry.name, arch.dit, request.mode)
         _refuse_references(entry.name, arch.dit, request)
         _refuse_dit_controls(arch.dit, request)  # before a load of minutes, not after it

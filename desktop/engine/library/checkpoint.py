@@ -555,6 +555,13 @@ def dit_architecture(info: DitInfo) -> ArchitectureInfo:
     return ArchitectureInfo(family=info.family, inpaint=info.fill, config_name=info.config_name or "", dit=info)
 
 
+def with_variant(arch: ArchitectureInfo, variant: str) -> ArchitectureInfo:
+    """`arch` as the model variant the user chose for its file (library/dit.py variant_choices); unchanged for ""."""
+    if not variant or arch.dit is None:
+        return arch
+    return dit_architecture(replace(arch.dit, variant=variant))
+
+
 def detect_diffusers_folder(
     folder: StrPath, *, v_prediction: bool | None = None, name: str | None = None
 ) -> ArchitectureInfo:

@@ -461,6 +461,15 @@ def dit_pipeline_family(class_name: str) -> str | None:
     return _PIPELINES.get(class_name)
 
 
+def variant_choices(family: str | None) -> dict[str, str]:
+    """The variants a user may choose for a model file of `family` whose tensors cannot say which it is (Qwen-Image's
+    and LongCat-Image's Edit models have their base models' tensors), each with its label; "" is the file as its own
+    metadata says. {} for every other family (its tensors tell)."""
+    base = DIT_LABELS.get(family or "")
+    variants = {variant: f"{base} {label}" for (owner, variant), label in _VARIANT_LABELS.items() if owner == family}
+    return {"": f"{base} (as the file says)", **variants} if variants else {}
+
+
 def edit_variant(family: str, class_name: str) -> str:
     """The instruction-edit variant ("edit", "edit-plus") a diffusers folder of pipeline `class_name` makes a model of
     `family`, else "": Qwen-Image-Edit's and LongCat-Image-Edit's transformers are their base models' (a Qwen-Image

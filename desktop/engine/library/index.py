@@ -36,6 +36,7 @@ from desktop.engine.library.checkpoint import (
     read_safetensors_header,
     sha256_file,
     sniff_file_type,
+    with_variant,
 )
 from desktop.engine.library.control import (
     dit_controlnet_family,
@@ -43,7 +44,7 @@ from desktop.engine.library.control import (
     inspect_onnx_control,
     is_xlabs_controlnet,
 )
-from desktop.engine.library.dit import read_gguf_tensors, shown_dtype
+from desktop.engine.library.dit import read_gguf_tensors, shown_dtype, variant_choices
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
 from desktop.engine.library.flux_control_lora import control_lora_layout
@@ -103,6 +104,9 @@ class LibraryRecord:
     # A LoRA's few-step kind its header names (library/few_step.py: "lcm", ...): "" none; None not read yet
     # (imported before Marble recorded it, or not indexed yet: `records` reads the header then).
     few_step: str | None = None
+    # The model variant the user chose for a file whose tensors cannot say it (library/dit.py variant_choices: a
+    # Qwen-Image or LongCat-Image file that is their Edit model); "" as the file says.
+    chosen_variant: str = ""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -433,6 +437,27 @@ class Library:
                 entries[new_file] = renamed
             self._save(table)
         return renamed
+
+    def choose_variant(self, name: str, variant: str) -> LibraryRecord:
+        """Mark the model file `name` as `variant` of its family ("" : as its file says), for a file whose tensors
+        cannot tell (Qwen-Image-Edit's and LongCat-Image-Edit's are their base models'; ComfyUI's repackaged files
+        carry no metadata saying so). A hand-copied file is hashed and recorded first."""
+        record = self.info("model", name)
+        choices = variant_choices(record.family)
+        if record.format == "diffusers":
+            raise ModelError(f"{record.name} is a diffusers folder: its model_index.json says which model it is.")
+        if not choices:
+            raise ModelError(
+                f"{record.name} is a {record.architecture} model, which its tensors tell: only Qwen-Image and "
+                "LongCat-Image files can be marked as their Edit models."
+            )
+        if variant not in choices:
+            known = ", ".join(repr(v) if v else "'' (as the file says)" for v in choices)
+            raise ModelError(f"{variant!r} is not a variant of {record.name}: choose {known}.")
+        arch = with_variant(detect_model(self.path_of(record)), variant)
+        chosen = replace(record, chosen_variant=variant, architecture=arch.label)
+        self._store(chosen)
+        return chosen
 
     # ---------------------------------------------------------------------------------- internals
 

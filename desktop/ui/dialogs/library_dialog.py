@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.control import CONTROL_LORA, FLUX, IP_ADAPTER, REDUX
+from desktop.engine.library.dit import variant_choices
 from desktop.engine.library.index import KINDS, LibraryRecord
 from desktop.engine.library.ip_adapter import XLABS
 from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
@@ -111,6 +112,11 @@ class LibraryDialog(QDialog):
         self.remove_button = QPushButton(self.tr("&Remove"), objectName="library_remove_button")
         self.rename_button = QPushButton(self.tr("Re&name…"), objectName="library_rename_button")
         self.reveal_button = QPushButton(self.tr("Show in &folder"), objectName="library_reveal_button")
+        self.variant_button = QPushButton(self.tr("&Variant…"), objectName="library_variant_button")
+        self.variant_button.setToolTip(self.tr(
+            "Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their "
+            "Edit model (ComfyUI's repackaged files do not say)."
+        ))
         close_button = QPushButton(self.tr("Close"))
         self.import_button.clicked.connect(self.choose_and_import)
         self.convert_button.clicked.connect(self.convert_last)
@@ -118,6 +124,7 @@ class LibraryDialog(QDialog):
         self.remove_button.clicked.connect(lambda: self.remove_selected())
         self.rename_button.clicked.connect(lambda: self.rename_selected())
         self.reveal_button.clicked.connect(self.reveal_selected)
+        self.variant_button.clicked.connect(lambda: self.choose_variant_selected())
         close_button.clicked.connect(self.accept)
 
         buttons = QHBoxLayout()
@@ -127,6 +134,7 @@ class LibraryDialog(QDialog):
             self.cancel_button,
             self.remove_button,
             self.rename_button,
+            self.variant_button,
             self.reveal_button,
         ):
             buttons.addWidget(button)
@@ -222,6 +230,24 @@ class LibraryDialog(QDialog):
                 return
         self._tasks.rename(record.kind, record.name, new_name)
 
+    def choose_variant_selected(self, variant: str | None = None) -> None:
+        """Mark the selected model file as one of its family's variants (Library.choose_variant); asks which when
+        `variant` is None."""
+        record = self.selected_record()
+        choices = _variant_choices(record)
+        if record is None or not choices:
+            return
+        if variant is None:
+            keys, labels = list(choices), list(choices.values())
+            current = keys.index(record.chosen_variant) if record.chosen_variant in keys else 0
+            label, ok = QInputDialog.getItem(self, self.tr("Model variant"),
+                                             self.tr("Run {name} as:").format(name=record.name), labels, current,
+                                             False)  # fmt: skip
+            if not ok:
+                return
+            variant = keys[labels.index(label)]
+        self._tasks.choose_variant(record.name, variant)
+
     @Slot()
     def reveal_selected(self) -> None:
         folder = self._tasks.library.folder(self.current_kind())
@@ -303,9 +329,11 @@ class LibraryDialog(QDialog):
             self._tasks.info(record.kind, record.name)
 
     def _update_buttons(self) -> None:
-        has = self.selected_record() is not None
+        record = self.selected_record()
         for button in (self.remove_button, self.rename_button):
-            button.setEnabled(has)
+            button.setEnabled(record is not None)
+        self.variant_button.setVisible(self.current_kind() == "model")
+        self.variant_button.setEnabled(bool(_variant_choices(record)))
 
     def _say(self, text: str) -> None:
         self.message.setText(text)
@@ -428,6 +456,13 @@ class LibraryIntegration(QObject):
         bar = getattr(self._window, "message_bar", None)
         if bar is not None:
             bar.show_message(text, level)
+
+
+def _variant_choices(record: LibraryRecord | None) -> dict[str, str]:
+    """The variants a selected model file may be marked as; {} for anything else (a folder says itself)."""
+    if record is None or record.kind != "model" or record.format == "diffusers":
+        return {}
+    return variant_choices(record.family)
 
 
 def _droppable_paths(event: QDragEnterEvent | QDropEvent) -> list[str]:
