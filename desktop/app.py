@@ -105,6 +105,7 @@ def build_main_window(
             paths.outputs,
             inputs_folder=inputs_folder(paths),
             demo_model=lambda: demo_model_name(Library(paths)),
+            chosen_variants=lambda: Library(paths).chosen_variants(),
         )
         _offer_styles(window, paths)
         # Parented to the window, which keeps it alive; tests reach the dialog through this attribute.

@@ -688,7 +688,9 @@ def _model_native_size(model: str, paths: AppPaths) -> int | None:
 
 def _model_family(model: str, paths: AppPaths) -> str | None:
     try:
-        return model_family(ModelCatalog(paths.models).resolve(model).path)
+        entry = ModelCatalog(paths.models).resolve(model)
+        # The variant chosen for a library file (`marble models variant`) has its own defaults (an Edit model's).
+        return model_family(entry.path, Library(paths).chosen_variant_of(entry.path))
     except MarbleError:
         return None  # the job will say clearly what is wrong with the model
 

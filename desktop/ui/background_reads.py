@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QThreadPool, Signal
@@ -29,14 +30,23 @@ class _Relay(QObject):
     """Emitted from the pool's threads; the connections to `BackgroundReads` queue to the GUI thread.
     A separate object, so no signal is emitted on an object that is being destroyed."""
 
-    models_listed = Signal(object, object, str)
-    families_listed = Signal(object)
-    component_models_listed = Signal(object)
-    reference_models_listed = Signal(object)
-    control_input_models_listed = Signal(object)
-    demo_model_found = Signal(object)
+    scanned = Signal(int, object)  # a models scan's number and its _Scan
     token_counter_loaded = Signal(object)
     embedding_vectors_read = Signal(object)
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one models scan found, handed to the GUI thread whole."""
+
+    names: list[str]
+    sizes: dict[str, int]
+    families: dict[str, str]
+    error: str
+    components: frozenset[str]
+    references: dict[str, int]
+    control_inputs: frozenset[str]
+    demo_model: str | None
 
 
 class BackgroundReads(QObject):
@@ -74,36 +84,55 @@ class BackgroundReads(QObject):
         catalog: ModelCatalog,
         parent: QObject | None = None,
         demo_model: Callable[[], str | None] | None = None,
+        chosen_variants: Callable[[], dict[str, str]] | None = None,
     ) -> None:
-        """`demo_model` names the library's demo model (it reads the library index: off the GUI thread)."""
+        """`demo_model` names the library's demo model, `chosen_variants` the variants the user chose for its model
+        files (Library.chosen_variants); both read the library index: off the GUI thread."""
         super().__init__(parent)
         self._pool = pool
         self._catalog = catalog
         self._demo_model = demo_model
+        self._chosen_variants = chosen_variants
         self._embeddings_folder: Path | None = None
+        # Scans may overlap (the library changes twice in a row): the latest started one's answer stands, and an
+        # older one finishing after it is dropped, so a stale answer never replaces a newer one.
+        self._scans_started = 0
+        self._scan_shown = 0
         self._relay = _Relay(self)
-        self._relay.models_listed.connect(self.models_listed)
-        self._relay.families_listed.connect(self.families_listed)
-        self._relay.component_models_listed.connect(self.component_models_listed)
-        self._relay.reference_models_listed.connect(self.reference_models_listed)
-        self._relay.control_input_models_listed.connect(self.control_input_models_listed)
-        self._relay.demo_model_found.connect(self.demo_model_found)
+        self._relay.scanned.connect(self._on_scanned)
         self._relay.token_counter_loaded.connect(self.token_counter_loaded)
         self._relay.embedding_vectors_read.connect(self.embedding_vectors_read)
 
     def scan_models(self) -> None:
         catalog, relay, demo_model = self._catalog, self._relay, self._demo_model
+        chosen_variants = self._chosen_variants
+        self._scans_started += 1
+        number = self._scans_started
 
         def scan() -> None:
-            names, sizes, families, error = _scan(catalog)
-            relay.families_listed.emit(families)
-            relay.component_models_listed.emit(_component_models(catalog) if not error else frozenset())
-            relay.reference_models_listed.emit(_reference_models(catalog) if not error else {})
-            relay.control_input_models_listed.emit(_control_input_models(catalog) if not error else frozenset())
-            relay.models_listed.emit(names, sizes, error)
-            relay.demo_model_found.emit(demo_model() if demo_model is not None else None)
+            variants = chosen_variants() if chosen_variants is not None else {}
+            names, sizes, families, error = _scan(catalog, variants)
+            found = _Scan(
+                names, sizes, families, error,
+                components=_component_models(catalog) if not error else frozenset(),
+                references=_reference_models(catalog, variants) if not error else {},
+                control_inputs=_control_input_models(catalog) if not error else frozenset(),
+                demo_model=demo_model() if demo_model is not None else None,
+            )  # fmt: skip
+            relay.scanned.emit(number, found)
 
         self._pool.start(scan)
+
+    def _on_scanned(self, number: int, found: _Scan) -> None:
+        if number < self._scan_shown:
+            return  # a later scan has answered already
+        self._scan_shown = number
+        self.families_listed.emit(found.families)
+        self.component_models_listed.emit(found.components)
+        self.reference_models_listed.emit(found.references)
+        self.control_input_models_listed.emit(found.control_inputs)
+        self.models_listed.emit(found.names, found.sizes, found.error)
+        self.demo_model_found.emit(found.demo_model)
 
     def load_token_counter(self, merges_file: Path, embeddings_folder: Path | None = None) -> None:
         """Read the tokenizer's merges (~60 ms of Python). With the library's embeddings folder, an
@@ -119,7 +148,7 @@ class BackgroundReads(QObject):
             self._pool.start(lambda: relay.embedding_vectors_read.emit(_embedding_vectors(folder)))
 
 
-def _scan(catalog: ModelCatalog) -> tuple[list[str], dict[str, int], dict[str, str], str]:
+def _scan(catalog: ModelCatalog, variants: dict[str, str]) -> tuple[list[str], dict[str, int], dict[str, str], str]:
     sizes: dict[str, int] = {}
     families: dict[str, str] = {}
     try:
@@ -128,7 +157,7 @@ def _scan(catalog: ModelCatalog) -> tuple[list[str], dict[str, int], dict[str, s
             side = native_size(entry.path)
             if side is not None:
                 sizes[entry.name] = side
-            family = model_family(entry.path)
+            family = model_family(entry.path, variants.get(entry.name, ""))
             if family is not None:
                 families[entry.name] = family
     except OSError as exc:
@@ -157,9 +186,9 @@ def _embedding_vectors(folder: Path) -> dict[str, int]:
         return {}
 
 
-def _reference_models(catalog: ModelCatalog) -> dict[str, int]:
+def _reference_models(catalog: ModelCatalog, variants: dict[str, str]) -> dict[str, int]:
     try:
-        limits = {entry.name: reference_limit(entry.path) for entry in catalog.entries()}
+        limits = {entry.name: reference_limit(entry.path, variants.get(entry.name, "")) for entry in catalog.entries()}
     except OSError:
         return {}
     return {name: limit for name, limit in limits.items() if limit > 0}

@@ -97,6 +97,7 @@ class MainWindow(QMainWindow):
         parent: QWidget | None = None,
         inputs_folder: Path | None = None,
         demo_model: Callable[[], str | None] | None = None,
+        chosen_variants: Callable[[], dict[str, str]] | None = None,
     ) -> None:
         """`demo_model` names the library's demo model, read after each models scan, so the prompt
         field can say what it draws when it is selected."""
@@ -114,7 +115,7 @@ class MainWindow(QMainWindow):
         # which may still emit on their relays.
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(2)
-        self._reads = BackgroundReads(self._pool, catalog, self, demo_model)
+        self._reads = BackgroundReads(self._pool, catalog, self, demo_model, chosen_variants)
 
         self.prompt_editor = PromptEditor()
         self.parameters = ParameterModel(parent=self)

@@ -275,3 +275,21 @@ def test_a_library_file_is_marked_as_edit_or_edit_plus(edit, tmp_path):
     assert library.choose_variant(record.name, "edit-plus").architecture.startswith("Qwen-Image Edit Plus")
     assert library.choose_variant(record.name, "edit").architecture.startswith("Qwen-Image Edit")
     assert "Edit" not in library.choose_variant(record.name, "").architecture
+
+
+def test_the_chosen_variant_gives_the_edit_models_family_and_reference_images(edit, tmp_path):
+    from desktop.engine.library.index import Library
+    from desktop.engine.library.native_size import model_family, reference_limit
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    state = dict(edit["pipe"].transformer.state_dict())
+    file = save_transformer_file(state, tmp_path / "qwen_image_edit.safetensors", prefix="model.diffusion_model.")
+    record = library.import_path(file, "model")
+    stored = library.path_of(record)
+    assert (model_family(stored), reference_limit(stored), library.chosen_variant_of(stored)) == ("qwen-image", 0, "")
+    library.choose_variant(record.name, "edit-plus")
+    chosen = library.chosen_variant_of(stored)
+    assert (model_family(stored, chosen), reference_limit(stored, chosen)) == ("qwen-image-edit-plus", 2)
+    assert library.chosen_variants() == {record.name: "edit-plus"}
+    assert library.chosen_variant_of(file) == ""  # the same file outside the library says what it says

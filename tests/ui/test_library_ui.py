@@ -226,3 +226,29 @@ def test_a_model_file_is_marked_as_its_edit_model_in_the_dialog(studio, integrat
     dialog.tabs.setCurrentIndex(dialog.tabs.indexOf(dialog.tables["lora"]))
     assert not dialog.variant_button.isVisible()
     dialog.close()
+
+
+def test_a_variant_chosen_in_the_library_reaches_the_windows_family_and_reference_rows(studio, integration, qtbot,
+                                                                                      tmp_path):  # fmt: skip
+    """A Qwen-Image file marked as Edit Plus: the window's models scan gives it Edit Plus's family (its defaults and
+    text encoders) and its two reference images beside the source, as the job will run it."""
+    from tests.support.tiny_qwen_edit import build_tiny_qwen_edit
+    from tests.support.tiny_qwen_zimage import save_transformer_file
+
+    state = dict(build_tiny_qwen_edit().transformer.state_dict())
+    file = save_transformer_file(state, studio.paths.models / "qwen_edit_2509.safetensors",
+                                 prefix="model.diffusion_model.")  # fmt: skip
+    window = studio.window
+    with qtbot.waitSignal(window.families_listed, timeout=TIMEOUT_MS) as listed:
+        window.refresh_models()
+    assert listed.args[0]["qwen_edit_2509"] == "qwen-image"
+    with qtbot.waitSignal(window.families_listed, timeout=TIMEOUT_MS) as listed:
+        integration.tasks.choose_variant("qwen_edit_2509", "edit-plus")  # hashes the hand-put file, then rescans
+    assert listed.args[0]["qwen_edit_2509"] == "qwen-image-edit-plus"
+    assert integration.tasks.library.chosen_variant_of(file) == "edit-plus"
+    panel = window.parameter_panel
+    qtbot.waitUntil(lambda: panel.model_combo.findText("qwen_edit_2509") >= 0, timeout=TIMEOUT_MS)
+    panel.model_combo.setCurrentIndex(panel.model_combo.findText("qwen_edit_2509"))
+    qtbot.waitUntil(lambda: panel.references_row.isVisibleTo(panel), timeout=TIMEOUT_MS)
+    panel.references_row.add_images([str(file)] * 3)  # not pictures, but the limit is checked first
+    assert "at most 2" in panel.references_row.problem.text()

@@ -303,7 +303,7 @@ class DiffusersBackend:
         key = _LoadKey(
             str(entry.path), request.model_config, choice.device, str(choice.dtype), request.fast_mode,
             request.text_encoders, request.vae if encoder_names(request.text_encoders or "") else None,
-            request.tokenizer_folder, self._chosen_variant(entry),
+            request.tokenizer_folder, Library(self._paths).chosen_variant_of(entry.path),
         )  # fmt: skip
         if self._pipe is not None and key == self._key:
             assert self._model is not None
@@ -375,14 +375,6 @@ class DiffusersBackend:
         self._dit_mode = None
         self._default_scheduler = None
         _free_memory()
-
-    def _chosen_variant(self, entry: ModelEntry) -> str:
-        """The variant the user chose for a library model file (Library.choose_variant); "" for any other."""
-        if entry.is_folder:
-            return ""
-        library = Library(self._paths)
-        record = library.find("model", entry.name)
-        return record.chosen_variant if record is not None and library.path_of(record) == entry.path else ""
 
     def _load_dit(
         self, entry: ModelEntry, request: GenerationRequest, choice: DeviceChoice, variant: str = ""

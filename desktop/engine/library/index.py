@@ -438,6 +438,19 @@ class Library:
             self._save(table)
         return renamed
 
+    def chosen_variants(self) -> dict[str, str]:
+        """Model name -> the variant the user chose for its file (choose_variant), for those that have one."""
+        return {record.name: record.chosen_variant for record in self.records("model") if record.chosen_variant}
+
+    def chosen_variant_of(self, path: Path) -> str:
+        """The variant the user chose for the library's model file at `path` (choose_variant); "" for any other path
+        (the same file elsewhere runs as it says)."""
+        if path.parent != self.folder("model") or path.is_dir():
+            return ""
+        with self._lock:
+            record = self._load().get("model", {}).get(path.name)
+        return record.chosen_variant if record is not None and _same_size(record, path) else ""
+
     def choose_variant(self, name: str, variant: str) -> LibraryRecord:
         """Mark the model file `name` as `variant` of its family ("" : as its file says), for a file whose tensors
         cannot tell (Qwen-Image-Edit's and LongCat-Image-Edit's are their base models'; ComfyUI's repackaged files

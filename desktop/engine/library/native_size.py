@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from desktop.engine.errors import MarbleError
-from desktop.engine.library.checkpoint import ArchitectureInfo, detect_model
+from desktop.engine.library.checkpoint import ArchitectureInfo, detect_model, with_variant
 from desktop.engine.library.dit import reference_image_limit
 from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.few_step import PRESETS, few_step_of_file, split_family
@@ -75,12 +75,12 @@ _FAMILY_BY_CONFIG = {
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
-def model_family(path: Path) -> str | None:
+def model_family(path: Path, variant: str = "") -> str | None:
     """"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell", "sd3", "flux2-dev", "flux2-klein", or "unet-<width>"
     for another UNet folder (the demo model); None when unreadable or unknown. A UNet single file whose
     header names a few-step kind (library/few_step.py) gets it as a suffix, "sdxl-turbo": a family of its
-    own, with its defaults."""
-    family = _plain_family(path)
+    own, with its defaults. `variant`: the one the user chose for the file (LibraryRecord.chosen_variant)."""
+    family = _plain_family(path, variant)
     if family in ("sd1", "sd2", "sdxl"):
         kind = few_step_of_file(path)
         if kind is not None:
@@ -88,7 +88,7 @@ def model_family(path: Path) -> str | None:
     return family
 
 
-def _plain_family(path: Path) -> str | None:
+def _plain_family(path: Path, variant: str = "") -> str | None:
     try:
         if path.is_dir() and not (path / "unet").is_dir():
             # A transformer folder (Flux, SD3): its model_index.json and transformer config tell.
@@ -102,7 +102,7 @@ def _plain_family(path: Path) -> str | None:
             if not isinstance(width, int):
                 return None
             return _FAMILY_BY_CROSS_ATTENTION.get(width, f"unet-{width}")
-        return _dit_family(detect_model(path))
+        return _dit_family(with_variant(detect_model(path), variant))
     except (MarbleError, OSError, ValueError):
         return None
 
@@ -222,10 +222,11 @@ def reads_control_picture(path: Path) -> bool:
     return dit is not None and dit.control_input
 
 
-def reference_limit(path: Path) -> int:
-    """How many reference images the model at `path` reads beside its prompt (the window's "References"
-    row; `dit.reference_image_limit`); 0 for every other model and for unreadable files."""
+def reference_limit(path: Path, variant: str = "") -> int:
+    """How many reference images the model at `path` (as the `variant` the user chose for it) reads beside its
+    prompt (the window's "References" row; `dit.reference_image_limit`); 0 for every other model and for
+    unreadable files."""
     try:
-        return reference_image_limit(detect_model(path).dit)
+        return reference_image_limit(with_variant(detect_model(path), variant).dit)
     except (MarbleError, OSError, ValueError):
         return 0
