@@ -293,3 +293,21 @@ def test_the_chosen_variant_gives_the_edit_models_family_and_reference_images(ed
     assert (model_family(stored, chosen), reference_limit(stored, chosen)) == ("qwen-image-edit-plus", 2)
     assert library.chosen_variants() == {record.name: "edit-plus"}
     assert library.chosen_variant_of(file) == ""  # the same file outside the library says what it says
+
+
+def test_a_damaged_or_hand_edited_index_chooses_no_variant(edit, tmp_path):
+    """The choice is optional: a damaged library index, or one edited by hand to hold a variant the family lacks,
+    leaves every file running as it says rather than failing every job."""
+    from desktop.engine.library.index import Library
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    state = dict(edit["pipe"].transformer.state_dict())
+    file = save_transformer_file(state, tmp_path / "qwen_image_edit.safetensors", prefix="model.diffusion_model.")
+    stored = library.path_of(library.choose_variant(library.import_path(file, "model").name, "edit"))
+    index = next((tmp_path / "home").rglob("library.json"))
+    text = index.read_text(encoding="utf-8")
+    index.write_text(text.replace('"chosen_variant": "edit"', '"chosen_variant": "edit-pro"'), encoding="utf-8")
+    assert (library.chosen_variant_of(stored), library.chosen_variants()) == ("", {})
+    index.write_text("{ damaged", encoding="utf-8")
+    assert (library.chosen_variant_of(stored), library.chosen_variants()) == ("", {})

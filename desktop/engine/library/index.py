@@ -439,17 +439,25 @@ class Library:
         return renamed
 
     def chosen_variants(self) -> dict[str, str]:
-        """Model name -> the variant the user chose for its file (choose_variant), for those that have one."""
-        return {record.name: record.chosen_variant for record in self.records("model") if record.chosen_variant}
+        """Model name -> the variant the user chose for its file (choose_variant), for those that have one. A damaged
+        index (said where the library is shown) chooses none: the files run as they say."""
+        try:
+            records = self.records("model")
+        except ModelError:
+            return {}
+        return {record.name: variant for record in records if (variant := _chosen(record))}
 
     def chosen_variant_of(self, path: Path) -> str:
         """The variant the user chose for the library's model file at `path` (choose_variant); "" for any other path
-        (the same file elsewhere runs as it says)."""
+        (the same file elsewhere runs as it says) and with a damaged index."""
         if path.parent != self.folder("model") or path.is_dir():
             return ""
-        with self._lock:
-            record = self._load().get("model", {}).get(path.name)
-        return record.chosen_variant if record is not None and _same_size(record, path) else ""
+        try:
+            with self._lock:
+                record = self._load().get("model", {}).get(path.name)
+        except ModelError:
+            return ""
+        return _chosen(record) if record is not None and _same_size(record, path) else ""
 
     def choose_variant(self, name: str, variant: str) -> LibraryRecord:
         """Mark the model file `name` as `variant` of its family ("" : as its file says), for a file whose tensors
@@ -808,6 +816,12 @@ def _model_suffix(source: Path, kind: str) -> str:
     if kind == "control" and source.is_file() and sniff_file_type(source) == "onnx":
         return ".onnx"
     return ".safetensors"
+
+
+def _chosen(record: LibraryRecord) -> str:
+    """The record's chosen variant when it is one its family has (an index edited by hand may hold anything)."""
+    variant = record.chosen_variant
+    return variant if isinstance(variant, str) and variant and variant in variant_choices(record.family) else ""
 
 
 def _with_encoder(record: LibraryRecord, encoder: EncoderInfo) -> LibraryRecord:
