@@ -311,3 +311,25 @@ def test_a_damaged_or_hand_edited_index_chooses_no_variant(edit, tmp_path):
     assert (library.chosen_variant_of(stored), library.chosen_variants()) == ("", {})
     index.write_text("{ damaged", encoding="utf-8")
     assert (library.chosen_variant_of(stored), library.chosen_variants()) == ("", {})
+
+
+def test_the_command_line_takes_the_chosen_variants_defaults(edit, tmp_path):
+    """A library Qwen-Image file marked Edit Plus: `marble generate` without --steps runs Plus's model-card 40 steps
+    (plain Qwen-Image's default is the UNet's 30)."""
+    from desktop.engine.library.index import Library
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    state = dict(edit["pipe"].transformer.state_dict())
+    file = save_transformer_file(state, tmp_path / "qwen_image_edit_2509.safetensors", prefix="model.diffusion_model.")
+    record = library.choose_variant(library.import_path(file, "model").name, "edit-plus")
+    _, source = _image(tmp_path, "source.png")
+    code, _, err = in_process([
+        "--home", str(tmp_path / "home"), "generate", "--model", record.name, "--prompt", "make it blue", "--seed", "3",
+        "--device", "cpu", "--init-image", str(source), "--text-encoders", str(edit["plus"]),
+        "--out", str(tmp_path / "out.png"),
+    ])  # fmt: skip
+    assert code == 0, err
+    assert read_image_metadata(tmp_path / "out.png").request.steps == 40
