@@ -70,10 +70,10 @@ def add_library_commands(
         if _kind == "model":
             variant = sub.add_parser(
                 "variant", help="say which model a file is where its tensors cannot (a Qwen-Image or LongCat-Image "
-                "file that is their Edit model); without VARIANT, list the choices",
+                "file that is their Edit model, a Krea 2 file that is Turbo); without VARIANT, list the choices",
             )  # fmt: skip
             variant.add_argument("name")
-            variant.add_argument("variant", nargs="?", help="edit, edit-plus, or base (as the file says)")
+            variant.add_argument("variant", nargs="?", help="edit, edit-plus, turbo, or base (as the file says)")
             add_home(variant)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,6 +110,32 @@ def test_a_turbo_folder_keeps_its_distilled_schedule(paths, krea, tmp_path):
     assert turbo.config.is_distilled
     assert np.array_equal(pixels(batch.images[0]), bare_image(turbo, request))
     assert not np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(krea["folder"]), request))
+    # The folder says Turbo: so do its label and defaults (8 steps without guidance).
+    arch = detect_model(folder)
+    assert (arch.dit.variant, arch.label, model_family(folder)) == ("turbo", "Krea 2 Turbo", "krea2-distilled")
+    assert family_defaults("krea2-distilled") == {"steps": 8, "cfg_scale": 1.0}
+
+
+def test_a_library_file_marked_turbo_runs_distilled_with_a_raw_folder(krea, tmp_path):
+    """Turbo's file has Raw's tensors and ComfyUI's carries no metadata: the user marks the library's file
+    (Library.choose_variant), and it runs with its pipeline's distilled schedule whatever folder serves it."""
+    from desktop.engine.library.index import Library
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    record = library.import_path(krea["comfy"], "model")
+    request = request_for(record.name, steps=3, cfg_scale=1.0, text_encoders=str(krea["folder"]),
+                          model_config=str(krea["folder"]))  # fmt: skip
+    raw, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(raw.images[0]), bare_image(bare_pipe(krea["folder"]), request))
+    chosen = library.choose_variant(record.name, "turbo")
+    assert chosen.architecture.startswith("Krea 2 Turbo")
+    assert model_family(library.path_of(chosen), chosen.chosen_variant) == "krea2-distilled"
+    turbo, _ = run(make_backend(paths), request)
+    distilled = bare_pipe(krea["folder"])
+    distilled.register_to_config(is_distilled=True)
+    assert np.array_equal(pixels(turbo.images[0]), bare_image(distilled, request))
+    assert not np.array_equal(pixels(turbo.images[0]), pixels(raw.images[0]))
 
 
 def test_a_krea2_gguf_matches_diffusers_gguf_loading(paths, krea, tmp_path):
@@ -298,6 +325,16 @@ def test_a_krea2_file_runs_with_comfys_qwen3_vl_and_qwen_image_vae_from_the_libr
                           text_encoders="qwen3vl_4b", vae="qwen_image_vae")  # fmt: skip
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(krea["folder"]), request))
+    # The same file in the library, marked Turbo: Krea's distilled schedule with the library's parts too (the
+    # config folder is Raw's).
+    from desktop.engine.library.index import Library
+
+    library = Library(paths)
+    model = library.choose_variant(library.import_path(krea["comfy"], "model").name, "turbo")
+    turbo, _ = run(make_backend(paths), replace(request, model=model.name, cfg_scale=1.0))
+    distilled = bare_pipe(krea["folder"])
+    distilled.register_to_config(is_distilled=True)
+    assert np.array_equal(pixels(turbo.images[0]), bare_image(distilled, replace(request, cfg_scale=1.0)))
 
 
 def test_comfys_scaled_fp8_qwen3_vl_computes_its_dequantised_weights(library_home, krea, tmp_path):

@@ -53,7 +53,7 @@ def test_the_library_menu_offers_the_encoders_the_models_family_reads(qtbot) -> 
     row = TextEncoderRow()
     qtbot.addWidget(row)
     families = {"clip_l": "clip-l", "t5xxl": "t5-xxl", "qwen_2.5_vl_7b": "qwen2.5-vl", "qwen_3_4b": "qwen3",
-                "mistral_3_small_flux2_bf16": "mistral3", "unread": None}  # fmt: skip
+                "mistral_3_small_flux2_bf16": "mistral3", "qwen3vl_4b": "qwen3vl", "unread": None}  # fmt: skip
     row.set_names(sorted(families), families)
 
     def offered() -> set[str]:
@@ -63,7 +63,7 @@ def test_the_library_menu_offers_the_encoders_the_models_family_reads(qtbot) -> 
         "flux-dev": {"clip_l", "t5xxl"}, "sd3": {"clip_l", "t5xxl"}, "qwen-image": {"qwen_2.5_vl_7b"},
         "qwen-image-edit-plus": {"qwen_2.5_vl_7b"}, "z-image": {"qwen_3_4b"}, "flux2-klein": {"qwen_3_4b"},
         "flux2-dev": {"mistral_3_small_flux2_bf16"}, "longcat-image": {"qwen_2.5_vl_7b"}, "ovis-image": {"qwen_3_4b"},
-        "longcat-image-edit": {"qwen_2.5_vl_7b"},
+        "longcat-image-edit": {"qwen_2.5_vl_7b"}, "krea2": {"qwen3vl_4b"}, "krea2-distilled": {"qwen3vl_4b"},
     }  # fmt: skip
     for family, names in expected.items():
         row.show_for(family)

@@ -15,8 +15,16 @@ from typing import Any
 
 from desktop.engine.backends import lora_forms
 from desktop.engine.backends.flow_edit import FlowEdit
+from desktop.engine.library.dit import DitInfo
+from desktop.engine.library.dit_krea2 import KREA2, TURBO
 
 _DISTILLED_MU = 1.15  # Krea2Pipeline's fixed shift for a distilled (Turbo) checkpoint
+
+
+def variant_settings(info: DitInfo) -> dict[str, Any]:
+    """The pipeline settings a Krea 2 file the user marked Turbo needs whatever folder or config serves it: its
+    pipeline's distilled schedule (`is_distilled`); {} for any other model."""
+    return {"is_distilled": True} if (info.family, info.variant) == (KREA2, TURBO) else {}
 
 
 # Krea's own module names as kohya's trainers flatten them (`lora_unet_blocks_0_attn_wq`), dotted again.

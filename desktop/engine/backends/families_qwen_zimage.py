@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.backends import families_ovis as ovis
 from desktop.engine.backends import families_qwen21 as qwen21
@@ -219,7 +220,9 @@ def assemble(
     cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
     # The pipeline's settings the folder's model_index.json holds (a Turbo folder's fixed schedule or distilled
     # flag, Krea 2's encoder layers): from_pretrained would pass them, so the constructor gets them too.
-    return cls(transformer=transformer, **parts, **pipeline_settings(folder, cls))
+    # A Krea 2 file the user marked Turbo runs distilled with any folder (families_krea2.variant_settings).
+    settings = pipeline_settings(folder, cls) | krea2.variant_settings(info)
+    return cls(transformer=transformer, **parts, **settings)
 
 
 def pipeline_settings(folder: Path, cls: Any) -> dict[str, Any]:

@@ -214,6 +214,7 @@ def assemble(
 
     from desktop.engine.backends import encoder_components, mistral_encoder
     from desktop.engine.backends import families_flux2 as flux2
+    from desktop.engine.backends import families_krea2 as krea2
     from desktop.engine.backends import families_qwen_edit as qwen_edit
     from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 
@@ -273,7 +274,7 @@ def assemble(
         return diffusers.Flux2KleinPipeline(transformer=load_transformer(), is_distilled=False, **pipeline_parts)
     cls = qwen_edit.pipeline_class(info) if edit else qwen_zimage.pipeline_class(info.family)
     # The settings the config folder's model_index.json holds (Krea 2's tapped layers, Turbo's distilled shift).
-    settings = qwen_zimage.pipeline_settings(config, cls)
+    settings = qwen_zimage.pipeline_settings(config, cls) | krea2.variant_settings(info)
     return cls(transformer=load_transformer(), **pipeline_parts, **settings)
 
 

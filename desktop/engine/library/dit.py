@@ -67,7 +67,7 @@ DIT_LABELS = {
     **dit_longcat.LABELS,
     **dit_ovis.LABELS,
 }
-_VARIANT_LABELS = {**dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS}
+_VARIANT_LABELS = {**dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS}
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
 SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae")}
@@ -463,8 +463,8 @@ def dit_pipeline_family(class_name: str) -> str | None:
 
 def variant_choices(family: str | None) -> dict[str, str]:
     """The variants a user may choose for a model file of `family` whose tensors cannot say which it is (Qwen-Image's
-    and LongCat-Image's Edit models have their base models' tensors), each with its label; "" is the file as its own
-    metadata says. {} for every other family (its tensors tell)."""
+    and LongCat-Image's Edit models and Krea 2 Turbo have their base models' tensors), each with its label; "" is the
+    file as its own metadata says. {} for every other family (its tensors tell)."""
     base = DIT_LABELS.get(family or "")
     variants = {variant: f"{base} {label}" for (owner, variant), label in _VARIANT_LABELS.items() if owner == family}
     return {"": f"{base} (as the file says)", **variants} if variants else {}
@@ -490,6 +490,8 @@ def detect_dit_folder(
         return family, edit_variant(family, class_name)
     if family == dit_flux2.FLUX2:
         return family, dit_flux2.folder_variant(transformer)
+    if family == dit_krea2.KREA2:
+        return family, dit_krea2.folder_variant(index)
     if family == "flux":
         if transformer.get("_class_name") == "ChromaTransformer2DModel":
             return "chroma", ""

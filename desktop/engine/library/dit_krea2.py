@@ -21,8 +21,12 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_qwen_zimage import contiguous
 
 KREA2 = "krea2"
+TURBO = "turbo"
 LABELS = {KREA2: "Krea 2"}
-CONFIGS = {(KREA2, ""): "krea2"}
+# Turbo has Raw's tensors: a folder's model_index.json says (`is_distilled`), a file's user chooses
+# (library/index.py choose_variant). Both run the shipped config, Turbo with its pipeline's distilled shift.
+VARIANT_LABELS = {(KREA2, TURBO): "Turbo"}
+CONFIGS = {(KREA2, ""): "krea2", (KREA2, TURBO): "krea2"}
 PIPELINES = {"Krea2Pipeline": KREA2}
 _MARKERS = {"original": "txtfusion.projector.weight", "diffusers": "text_fusion.projector.weight"}
 _NEEDED = {
@@ -61,3 +65,8 @@ def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[in
     kind = _BLOCKS[layout]
     present = {int(match.group(2)) for key in model if (match := _BLOCK.match(key)) and match.group(1) == kind}
     return KREA2, "", layout, (contiguous(present, kind, name, LABELS[KREA2]), 0)
+
+
+def folder_variant(index: Mapping[str, object]) -> str:
+    """ "turbo" for a Krea 2 folder whose model_index.json says its model is step-distilled, else ""."""
+    return TURBO if index.get("is_distilled") is True else ""

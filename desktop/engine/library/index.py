@@ -105,7 +105,7 @@ class LibraryRecord:
     # (imported before Marble recorded it, or not indexed yet: `records` reads the header then).
     few_step: str | None = None
     # The model variant the user chose for a file whose tensors cannot say it (library/dit.py variant_choices: a
-    # Qwen-Image or LongCat-Image file that is their Edit model); "" as the file says.
+    # Qwen-Image or LongCat-Image file that is their Edit model, a Krea 2 file that is Turbo); "" as the file says.
     chosen_variant: str = ""
 
     def to_json(self) -> dict[str, object]:
@@ -461,8 +461,8 @@ class Library:
 
     def choose_variant(self, name: str, variant: str) -> LibraryRecord:
         """Mark the model file `name` as `variant` of its family ("" : as its file says), for a file whose tensors
-        cannot tell (Qwen-Image-Edit's and LongCat-Image-Edit's are their base models'; ComfyUI's repackaged files
-        carry no metadata saying so). A hand-copied file is hashed and recorded first."""
+        cannot tell (Qwen-Image-Edit's, LongCat-Image-Edit's and Krea 2 Turbo's are their base models'; ComfyUI's
+        repackaged files carry no metadata saying so). A hand-copied file is hashed and recorded first."""
         record = self.info("model", name)
         choices = variant_choices(record.family)
         if record.format == "diffusers":
@@ -470,7 +470,7 @@ class Library:
         if not choices:
             raise ModelError(
                 f"{record.name} is a {record.architecture} model, which its tensors tell: only Qwen-Image and "
-                "LongCat-Image files can be marked as their Edit models."
+                "LongCat-Image files can be marked as their Edit models, and Krea 2 files as Turbo."
             )
         if variant not in choices:
             known = ", ".join(repr(v) if v else "'' (as the file says)" for v in choices)

@@ -109,9 +109,12 @@ def _plain_family(path: Path, variant: str = "") -> str | None:
 
 def _dit_family(arch: ArchitectureInfo) -> str | None:
     # Qwen-Image-Edit shares Qwen-Image's config but not its defaults: "qwen-image-edit", "-edit-plus";
-    # LongCat-Image-Edit likewise ("longcat-image-edit").
+    # LongCat-Image-Edit ("longcat-image-edit") likewise, and Krea 2 Turbo, as "krea2-distilled": a "-turbo" ending
+    # is the few-step kinds' mark (library/few_step.py split_family: SDXL Turbo's 1-step preset).
     if arch.dit is not None and arch.dit.variant in ("edit", "edit-plus"):
         return f"{arch.dit.family}-{arch.dit.variant}"
+    if arch.dit is not None and (arch.dit.family, arch.dit.variant) == ("krea2", "turbo"):
+        return "krea2-distilled"
     if arch.family == FLUX2:
         # Every Klein size shares its defaults (and a Klein of other dimensions has no shipped config).
         return "flux2-dev" if arch.dit is not None and arch.dit.variant == "dev" else "flux2-klein"
@@ -162,8 +165,10 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     # Qwen-Image 2.1: 40 steps without guidance, as Qwen recommends (diffusers' pipeline defaults).
     "qwen-image-2.1": {"steps": 40, "cfg_scale": 1.0},
     # Krea 2 Raw: Krea's own settings, 52 steps and guidance 3.5 in its pipeline's terms, which is CFG 4.5 in
-    # A1111's (families_qwen_zimage.generation_arguments). Turbo wants 8 steps at CFG 1: the user sets those.
+    # A1111's (families_qwen_zimage.generation_arguments). Turbo: below.
     "krea2": {"steps": 52, "cfg_scale": 4.5},
+    # Krea 2 Turbo (a folder saying so, or a file the user marked): 8 steps without guidance, Krea's settings.
+    "krea2-distilled": {"steps": 8, "cfg_scale": 1.0},
     # ERNIE-Image: Baidu's settings, 50 steps and CFG 4 (its pipeline's defaults). Turbo (the same tensors) wants
     # 8 steps at CFG 1: the user sets those.
     "ernie-image": {"steps": 50, "cfg_scale": 4.0},

@@ -115,7 +115,7 @@ class LibraryDialog(QDialog):
         self.variant_button = QPushButton(self.tr("&Variant…"), objectName="library_variant_button")
         self.variant_button.setToolTip(self.tr(
             "Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their "
-            "Edit model (ComfyUI's repackaged files do not say)."
+            "Edit model, a Krea 2 file that is Turbo (ComfyUI's repackaged files do not say)."
         ))
         close_button = QPushButton(self.tr("Close"))
         self.import_button.clicked.connect(self.choose_and_import)
