@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_longcat, dit_qwen_zimage, quant_formats
+from desktop.engine.library import quant_formats
 from desktop.engine.library.dit import (
     DitInfo,
     TensorShape,
@@ -33,6 +33,7 @@ from desktop.engine.library.dit import (
     is_fill_channels,
     is_gguf,
     looks_like_dit,
+    metadata_variant,
 )
 from desktop.engine.library.onnx_file import looks_like_onnx
 from desktop.engine.safe_files import json_depth_exceeds, open_regular, read_json_file
@@ -407,11 +408,9 @@ def detect_architecture(
     """
     if looks_like_dit(header.tensors):
         dit = detect_dit({k: TensorShape(v.dtype, v.shape) for k, v in header.tensors.items()}, name=name)
-        if dit.family == dit_qwen_zimage.QWEN_IMAGE and not dit.variant:
-            # An Edit transformer has the base one's tensors: only its metadata can say (dit_qwen_zimage.py).
-            dit = replace(dit, variant=dit_qwen_zimage.metadata_variant(header.metadata))
-        elif dit.family == dit_longcat.LONGCAT and not dit.variant:
-            dit = replace(dit, variant=dit_longcat.metadata_variant(header.metadata))
+        if not dit.variant:
+            # An Edit transformer has the base one's tensors: only its metadata can say (library/dit.py).
+            dit = replace(dit, variant=metadata_variant(dit.family, header.metadata))
         return dit_architecture(dit)
     _refuse_quantised_unet(header, name)
     conv_in = header.shape(_UNET_CONV_IN)

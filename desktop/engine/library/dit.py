@@ -481,6 +481,16 @@ def edit_variant(family: str, class_name: str) -> str:
     return ""
 
 
+def metadata_variant(family: str, metadata: Mapping[str, str]) -> str:
+    """The instruction-edit variant a single file's header metadata names for a model of `family` (its ModelSpec
+    `modelspec.architecture`), else "": the only way a file of Qwen-Image-Edit or LongCat-Image-Edit says itself."""
+    if family == dit_qwen_zimage.QWEN_IMAGE:
+        return dit_qwen_zimage.metadata_variant(metadata)
+    if family == dit_longcat.LONGCAT:
+        return dit_longcat.metadata_variant(metadata)
+    return ""
+
+
 def detect_dit_folder(
     index: Mapping[str, object], transformer: Mapping[str, object], class_name: str
 ) -> tuple[str, str]:
