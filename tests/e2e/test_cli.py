@@ -17,6 +17,7 @@ from PIL import Image
 
 from desktop.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_MODEL, main
 from desktop.engine.metadata import read_image_metadata
+from tests.support.fixtures import share_compile_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,11 +77,12 @@ def test_out_file_and_home_flag(tmp_path, tiny_sd15_dir):
     assert "Done: 1 image(s)" in err
 
 
-def test_fast_flag_compiles_and_is_recorded(tmp_path, tiny_sd15_dir):
+def test_fast_flag_compiles_and_is_recorded(tmp_path, tiny_sd15_dir, shared_compile_cache):
     import torch
 
     torch._dynamo.reset()
-    code, out, err = in_process(generate_args(tiny_sd15_dir, "--fast", "--json", "--home", str(tmp_path / "h")))
+    home = share_compile_cache(tmp_path / "h", shared_compile_cache)
+    code, out, err = in_process(generate_args(tiny_sd15_dir, "--fast", "--json", "--home", str(home)))
     torch._dynamo.reset()
     assert code == 0, err
     events = [json.loads(line) for line in out.splitlines()]

@@ -13,11 +13,12 @@ import torch
 from desktop.engine.jobs import CancelToken
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.fixtures import share_compile_cache
 
 
 @pytest.fixture
-def paths(tmp_path):
-    return AppPaths.for_root(tmp_path / "home").ensure()
+def paths(tmp_path, shared_compile_cache):
+    return AppPaths.for_root(share_compile_cache(tmp_path / "home", shared_compile_cache)).ensure()
 
 
 def is_compiled(module: torch.nn.Module) -> bool:

@@ -61,3 +61,25 @@ def tiny_sdxl_single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
         tiny_models.save_single_file(pipe, root / "tiny-sdxl.safetensors"),
         tiny_models.save_config_folder(pipe, root / "config"),
     )
+
+
+@pytest.fixture(scope="session")
+def shared_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One compile cache for every fast-mode test of the run, as the app keeps one across starts.
+
+    Each test still traces and compiles for itself (dynamo is reset between them); inductor takes the
+    kernels an earlier test built from here instead of generating and building them again, which is
+    what fast mode does after a restart. tests/engine/test_compile_cache.py checks that reuse itself,
+    with a cache of its own.
+    """
+    return tmp_path_factory.mktemp("compile-cache")
+
+
+def share_compile_cache(home: Path, shared: Path) -> Path:
+    """Make the app home `home` use `shared` as its compile cache (a link where the app looks); returns home."""
+    from desktop.engine.paths import AppPaths  # noqa: PLC0415 - only the fast-mode tests need it
+
+    folder = AppPaths.for_root(home).compile_cache
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.symlink_to(shared, target_is_directory=True)
+    return home
