@@ -381,3 +381,46 @@ def test_a_ministral_gguf_in_llama_cpps_names_runs_like_bare_diffusers(tekken, t
     want = bare_image(ErnieImagePipeline(**(pipe.components | {"text_encoder": rounded})), request)
     assert np.array_equal(pixels(batch.images[0]), want)
     assert not np.array_equal(want, bare_image(pipe, request))  # the rounding shows
+
+
+def test_a_file_or_folder_marked_turbo_takes_turbos_label_and_defaults(ernie, tmp_path):
+    """ERNIE-Image-Turbo's transformer has the base's tensors and its folder the base's pipeline and configs: nothing
+    in the files says which it is. The user marks the library's file or folder as Turbo (`marble models variant`, the
+    Library window); it then shows as Turbo and a job that sets no steps or CFG runs Turbo's 8 steps without guidance,
+    with the same pipeline and schedule as the base (no other setting differs)."""
+    from desktop.engine.library.index import Library, record_variant_choices
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    library = Library(paths)
+    file = library.import_path(ernie["comfy"], "model", name="ernie-image-turbo")
+    folder = library.import_path(ernie["folder"], "model", name="ERNIE-Image-Turbo-folder")
+    for record in (file, folder):
+        assert record_variant_choices(record) == {"": "ERNIE-Image (as the file says)", "turbo": "ERNIE-Image Turbo"}
+        assert model_family(library.path_of(record)) == "ernie-image"
+        chosen = library.choose_variant(record.name, "turbo")
+        assert (chosen.architecture.split(",")[0], chosen.chosen_variant) == ("ERNIE-Image Turbo", "turbo")
+        path = library.path_of(chosen)
+        assert model_family(path, library.chosen_variant_of(path)) == "ernie-image-distilled"
+    assert family_defaults("ernie-image-distilled") == {"steps": 8, "cfg_scale": 1.0}
+    assert library.chosen_variants() == {file.name: "turbo", folder.name: "turbo"}
+
+    # `marble generate` without --steps or --cfg takes Turbo's, and the picture is the base pipeline's at those.
+    out_file = tmp_path / "turbo.png"
+    code, _, err = in_process(["generate", "--home", str(home), "--model", folder.name, "--prompt", "a red fox",
+                               "--width", "64", "--height", "64", "--seed", "5", "--device", "cpu",
+                               "--out", str(out_file)])  # fmt: skip
+    assert code == 0, err
+    recorded = read_image_metadata(out_file).request
+    assert (recorded.steps, recorded.cfg_scale) == (8, 1.0)
+    with Image.open(out_file) as image:
+        assert np.array_equal(pixels(image), bare_image(bare_pipe(ernie["folder"]), recorded))
+    # The file the user marked back runs as it says: the base's defaults again.
+    library.choose_variant(folder.name, "")
+    code, _, err = in_process(["generate", "--home", str(home), "--model", folder.name, "--prompt", "a red fox",
+                               "--width", "64", "--height", "64", "--seed", "5", "--device", "cpu", "--steps", "2",
+                               "--out", str(tmp_path / "base.png")])  # fmt: skip
+    assert code == 0, err
+    assert read_image_metadata(tmp_path / "base.png").request.cfg_scale == 4.0

@@ -228,6 +228,25 @@ def test_a_model_file_is_marked_as_its_edit_model_in_the_dialog(studio, integrat
     dialog.close()
 
 
+def test_the_variant_button_is_offered_for_an_ernie_folder_and_not_for_folders_that_say(studio, integration, qtbot,
+                                                                                        tmp_path):  # fmt: skip
+    """ERNIE-Image-Turbo's folder has the base's pipeline and configs, so the user says which it is; a LongCat-Image
+    folder's pipeline class says whether it is the Edit model, so it offers no choice."""
+    from tests.support.tiny_ernie import build_tiny_ernie
+    from tests.support.tiny_longcat import build_tiny_longcat
+
+    for name, build in (("ernie-folder", build_tiny_ernie), ("longcat-folder", build_tiny_longcat)):
+        build().save_pretrained(str(tmp_path / name), safe_serialization=True)
+        integration.tasks.library.import_path(tmp_path / name, "model")
+    dialog = integration.show_dialog()
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: dialog.select("model", "ernie-folder"), timeout=TIMEOUT_MS)
+    assert dialog.variant_button.isVisible() and dialog.variant_button.isEnabled()
+    assert dialog.select("model", "longcat-folder")
+    assert dialog.variant_button.isVisible() and not dialog.variant_button.isEnabled()
+    dialog.close()
+
+
 def test_a_variant_chosen_in_the_library_reaches_the_windows_family_and_reference_rows(studio, integration, qtbot,
                                                                                       tmp_path):  # fmt: skip
     """A Qwen-Image file marked as Edit Plus: the window's models scan gives it Edit Plus's family (its defaults and

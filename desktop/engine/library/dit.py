@@ -67,7 +67,10 @@ DIT_LABELS = {
     **dit_longcat.LABELS,
     **dit_ovis.LABELS,
 }
-_VARIANT_LABELS = {**dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS}
+_VARIANT_LABELS = {
+    **dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS,
+    **dit_ernie.VARIANT_LABELS,
+}
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
 SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae")}
@@ -463,11 +466,19 @@ def dit_pipeline_family(class_name: str) -> str | None:
 
 def variant_choices(family: str | None) -> dict[str, str]:
     """The variants a user may choose for a model file of `family` whose tensors cannot say which it is (Qwen-Image's
-    and LongCat-Image's Edit models and Krea 2 Turbo have their base models' tensors), each with its label; "" is the
+    and LongCat-Image's Edit models, Krea 2 Turbo and ERNIE-Image Turbo have their base models' tensors), each with its
+    label; "" is the
     file as its own metadata says. {} for every other family (its tensors tell)."""
     base = DIT_LABELS.get(family or "")
     variants = {variant: f"{base} {label}" for (owner, variant), label in _VARIANT_LABELS.items() if owner == family}
     return {"": f"{base} (as the file says)", **variants} if variants else {}
+
+
+def folder_says_variant(family: str | None) -> bool:
+    """Whether a diffusers folder of `family` says which of its variants it holds (Qwen-Image's and LongCat-Image's
+    Edit folders by their pipeline class, Krea 2 Turbo's by `is_distilled`); False for ERNIE-Image, whose Turbo folder
+    has the base's pipeline and configs, so the user marks it as a file is marked."""
+    return family in (dit_qwen_zimage.QWEN_IMAGE, dit_longcat.LONGCAT, dit_krea2.KREA2)
 
 
 def edit_variant(family: str, class_name: str) -> str:

@@ -18,8 +18,12 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_qwen_zimage import contiguous
 
 ERNIE_IMAGE = "ernie-image"
+TURBO = "turbo"
 LABELS = {ERNIE_IMAGE: "ERNIE-Image"}
-CONFIGS = {(ERNIE_IMAGE, ""): "ernie-image"}
+# Turbo has the base's tensors, and its folder the base's pipeline and configs: only the user can say which a file
+# is (library/index.py choose_variant). Both run the shipped config; Turbo differs in its defaults (8 steps, CFG 1).
+VARIANT_LABELS = {(ERNIE_IMAGE, TURBO): "Turbo"}
+CONFIGS = {(ERNIE_IMAGE, ""): "ernie-image", (ERNIE_IMAGE, TURBO): "ernie-image"}
 PIPELINES = {"ErnieImagePipeline": ERNIE_IMAGE}
 _MARKER = "final_norm.linear.weight"  # its final layer's modulation; no other family names one so
 _NEEDED = ("x_embedder.proj.weight", "time_embedding.linear_1.weight", "adaLN_modulation.1.weight",

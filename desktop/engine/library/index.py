@@ -44,7 +44,7 @@ from desktop.engine.library.control import (
     inspect_onnx_control,
     is_xlabs_controlnet,
 )
-from desktop.engine.library.dit import read_gguf_tensors, shown_dtype, variant_choices
+from desktop.engine.library.dit import folder_says_variant, read_gguf_tensors, shown_dtype, variant_choices
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
 from desktop.engine.library.flux_control_lora import control_lora_layout
@@ -105,7 +105,8 @@ class LibraryRecord:
     # (imported before Marble recorded it, or not indexed yet: `records` reads the header then).
     few_step: str | None = None
     # The model variant the user chose for a file whose tensors cannot say it (library/dit.py variant_choices: a
-    # Qwen-Image or LongCat-Image file that is their Edit model, a Krea 2 file that is Turbo); "" as the file says.
+    # Qwen-Image or LongCat-Image file that is their Edit model, a Krea 2 file or an ERNIE-Image file or folder that
+    # is Turbo); "" as the file says.
     chosen_variant: str = ""
 
     def to_json(self) -> dict[str, object]:
@@ -450,7 +451,7 @@ class Library:
     def chosen_variant_of(self, path: Path) -> str:
         """The variant the user chose for the library's model file at `path` (choose_variant); "" for any other path
         (the same file elsewhere runs as it says) and with a damaged index."""
-        if path.parent != self.folder("model") or path.is_dir():
+        if path.parent != self.folder("model"):
             return ""
         try:
             with self._lock:
@@ -461,16 +462,17 @@ class Library:
 
     def choose_variant(self, name: str, variant: str) -> LibraryRecord:
         """Mark the model file `name` as `variant` of its family ("" : as its file says), for a file whose tensors
-        cannot tell (Qwen-Image-Edit's, LongCat-Image-Edit's and Krea 2 Turbo's are their base models'; ComfyUI's
-        repackaged files carry no metadata saying so). A hand-copied file is hashed and recorded first."""
+        cannot tell (Qwen-Image-Edit's, LongCat-Image-Edit's, Krea 2 Turbo's and ERNIE-Image Turbo's are their base
+        models'; ComfyUI's repackaged files carry no metadata saying so), or an ERNIE-Image folder (Turbo's has the
+        base's pipeline and configs). A hand-copied file is hashed and recorded first."""
         record = self.info("model", name)
-        choices = variant_choices(record.family)
-        if record.format == "diffusers":
+        choices = record_variant_choices(record)
+        if record.format == "diffusers" and not choices:
             raise ModelError(f"{record.name} is a diffusers folder: its model_index.json says which model it is.")
         if not choices:
             raise ModelError(
                 f"{record.name} is a {record.architecture} model, which its tensors tell: only Qwen-Image and "
-                "LongCat-Image files can be marked as their Edit models, and Krea 2 files as Turbo."
+                "LongCat-Image files can be marked as their Edit models, and Krea 2 and ERNIE-Image files as Turbo."
             )
         if variant not in choices:
             known = ", ".join(repr(v) if v else "'' (as the file says)" for v in choices)
@@ -816,6 +818,14 @@ def _model_suffix(source: Path, kind: str) -> str:
     if kind == "control" and source.is_file() and sniff_file_type(source) == "onnx":
         return ".onnx"
     return ".safetensors"
+
+
+def record_variant_choices(record: LibraryRecord) -> dict[str, str]:
+    """The variants the library's model `record` may be marked as (library/dit.py variant_choices), each with its label;
+    {} for other kinds, for families whose tensors tell, and for folders that say which model they hold."""
+    if record.kind != "model" or (record.format == "diffusers" and folder_says_variant(record.family)):
+        return {}
+    return variant_choices(record.family)
 
 
 def _chosen(record: LibraryRecord) -> str:

@@ -91,8 +91,9 @@ def model_family(path: Path, variant: str = "") -> str | None:
 def _plain_family(path: Path, variant: str = "") -> str | None:
     try:
         if path.is_dir() and not (path / "unet").is_dir():
-            # A transformer folder (Flux, SD3): its model_index.json and transformer config tell.
-            return _dit_family(detect_model(path))
+            # A transformer folder (Flux, SD3): its model_index.json and transformer config tell (an ERNIE-Image
+            # folder's variant the user says).
+            return _dit_family(with_variant(detect_model(path), variant))
         if path.is_dir() and _is_refiner_folder(path):
             return "sdxl-refiner"
         if path.is_dir():
@@ -109,12 +110,13 @@ def _plain_family(path: Path, variant: str = "") -> str | None:
 
 def _dit_family(arch: ArchitectureInfo) -> str | None:
     # Qwen-Image-Edit shares Qwen-Image's config but not its defaults: "qwen-image-edit", "-edit-plus";
-    # LongCat-Image-Edit ("longcat-image-edit") likewise, and Krea 2 Turbo, as "krea2-distilled": a "-turbo" ending
-    # is the few-step kinds' mark (library/few_step.py split_family: SDXL Turbo's 1-step preset).
+    # LongCat-Image-Edit ("longcat-image-edit") likewise, and Krea 2's and ERNIE-Image's Turbo, as "krea2-distilled"
+    # and "ernie-image-distilled": a "-turbo" ending is the few-step kinds' mark (library/few_step.py split_family:
+    # SDXL Turbo's 1-step preset).
     if arch.dit is not None and arch.dit.variant in ("edit", "edit-plus"):
         return f"{arch.dit.family}-{arch.dit.variant}"
-    if arch.dit is not None and (arch.dit.family, arch.dit.variant) == ("krea2", "turbo"):
-        return "krea2-distilled"
+    if arch.dit is not None and arch.dit.variant == "turbo":
+        return f"{arch.dit.family}-distilled"
     if arch.family == FLUX2:
         # Every Klein size shares its defaults (and a Klein of other dimensions has no shipped config).
         return "flux2-dev" if arch.dit is not None and arch.dit.variant == "dev" else "flux2-klein"
@@ -169,9 +171,10 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "krea2": {"steps": 52, "cfg_scale": 4.5},
     # Krea 2 Turbo (a folder saying so, or a file the user marked): 8 steps without guidance, Krea's settings.
     "krea2-distilled": {"steps": 8, "cfg_scale": 1.0},
-    # ERNIE-Image: Baidu's settings, 50 steps and CFG 4 (its pipeline's defaults). Turbo (the same tensors) wants
-    # 8 steps at CFG 1: the user sets those.
+    # ERNIE-Image: Baidu's settings, 50 steps and CFG 4 (its pipeline's defaults). Turbo (a file the user marked):
+    # 8 steps without guidance, Baidu's settings for it.
     "ernie-image": {"steps": 50, "cfg_scale": 4.0},
+    "ernie-image-distilled": {"steps": 8, "cfg_scale": 1.0},
     # LongCat-Image: Meituan's settings, 50 steps and CFG 4.5 (its pipeline's defaults and model card).
     "longcat-image": {"steps": 50, "cfg_scale": 4.5},
     # LongCat-Image-Edit: the same (its pipeline's defaults and model card).

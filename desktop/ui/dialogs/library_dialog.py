@@ -34,8 +34,7 @@ from PySide6.QtWidgets import (
 
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.control import CONTROL_LORA, FLUX, IP_ADAPTER, REDUX
-from desktop.engine.library.dit import variant_choices
-from desktop.engine.library.index import KINDS, LibraryRecord
+from desktop.engine.library.index import KINDS, LibraryRecord, record_variant_choices
 from desktop.engine.library.ip_adapter import XLABS
 from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
 from desktop.ui.translation import translate
@@ -115,7 +114,8 @@ class LibraryDialog(QDialog):
         self.variant_button = QPushButton(self.tr("&Variant…"), objectName="library_variant_button")
         self.variant_button.setToolTip(self.tr(
             "Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their "
-            "Edit model, a Krea 2 file that is Turbo (ComfyUI's repackaged files do not say)."
+            "Edit model, a Krea 2 or ERNIE-Image file that is Turbo (ComfyUI's repackaged files do not say), or an "
+            "ERNIE-Image Turbo folder."
         ))
         close_button = QPushButton(self.tr("Close"))
         self.import_button.clicked.connect(self.choose_and_import)
@@ -459,10 +459,8 @@ class LibraryIntegration(QObject):
 
 
 def _variant_choices(record: LibraryRecord | None) -> dict[str, str]:
-    """The variants a selected model file may be marked as; {} for anything else (a folder says itself)."""
-    if record is None or record.kind != "model" or record.format == "diffusers":
-        return {}
-    return variant_choices(record.family)
+    """The variants a selected model may be marked as; {} for anything else (and with nothing selected)."""
+    return {} if record is None else record_variant_choices(record)
 
 
 def _droppable_paths(event: QDragEnterEvent | QDropEvent) -> list[str]:
