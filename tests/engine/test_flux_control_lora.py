@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers import FluxControlImg2ImgPipeline, FluxControlPipeline
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
@@ -74,8 +74,22 @@ def unit(flux, **changes) -> ControlUnit:
 def bare(flux, cls, request, **extra):
     pipe = bare_pipe(cls, flux["folder"])
     pipe.load_lora_weights(str(flux["home"].controls / "flux1-canny-dev-lora.safetensors"), adapter_name="c")
-    pipe.set_adapters(["c"], [request.controls[0].weight])  # the unit's weight is the LoRA's scale
+    # The job's LoRAs on top of it, each at its weight; the unit's weight is the Control-LoRA's scale.
+    for lora in request.loras:
+        pipe.load_lora_weights(str(flux["home"].loras / f"{lora.name}.safetensors"), adapter_name=lora.name)
+    pipe.set_adapters(["c", *(lora.name for lora in request.loras)],
+                      [request.controls[0].weight, *(lora.weight for lora in request.loras)])  # fmt: skip
     return control_call(pipe, request, **extra)
+
+
+def assert_image_to_image_as_by_hand(flux, backend, request) -> None:
+    """`request` as image to image of the fixture's source at strength 0.5: the picture of diffusers' image-to-image
+    control pipeline with the same adapters loaded by hand."""
+    edit = replace(request, init_image=str(flux["tmp"] / "source.png"), strength=0.5)
+    batch, _ = run(backend, edit)
+    source = Image.open(flux["tmp"] / "source.png").convert("RGB")
+    expected = bare(flux, FluxControlImg2ImgPipeline, edit, image=source, strength=0.5)
+    assert np.array_equal(pixels(batch.images[0]), expected)
 
 
 def test_a_control_lora_is_detected_and_kept_out_of_the_lora_library(flux):
@@ -109,15 +123,11 @@ def test_a_job_with_a_control_lora_is_load_lora_weights_by_hand_and_the_model_co
     assert (transformer.config.in_channels, transformer.x_embedder.in_features) == (16, 16)
     assert np.array_equal(pixels(after.images[0]), pixels(before.images[0]))
     # Image to image: its sibling pipeline, the same LoRA.
-    edit = replace(request, init_image=str(flux["tmp"] / "source.png"), strength=0.5)
-    batch, _ = run(backend, edit)
-    source = Image.open(flux["tmp"] / "source.png").convert("RGB")
-    assert np.array_equal(pixels(batch.images[0]), bare(flux, FluxControlImg2ImgPipeline, edit, image=source,
-                                                       strength=0.5))  # fmt: skip
+    assert_image_to_image_as_by_hand(flux, backend, request)
 
 
 def test_a_plain_lora_still_works_after_a_control_lora_job(flux, tmp_path):
-    # The LoRA manager's adapters are unloaded for a Control-LoRA job and load again when asked.
+    # The LoRA manager's adapters are unloaded for a Control-LoRA to load and load again when asked.
     home = flux["home"]
     state = tiny_dit_loras.peft_lora(flux["pipe"].transformer, seed=6)
     save_file(state, str(home.loras / "detail.safetensors"))
@@ -127,8 +137,46 @@ def test_a_plain_lora_still_works_after_a_control_lora_job(flux, tmp_path):
     run(backend, request_for(flux["folder"], controls=(unit(flux),), **FLUX))
     again, _ = run(backend, with_lora)
     assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
-    with pytest.raises(InvalidRequest, match="runs without other LoRAs"):
-        run(backend, replace(with_lora, controls=(unit(flux),)))
+
+
+def test_loras_run_beside_a_control_lora_as_diffusers_runs_them(flux):
+    """A Control-LoRA with the job's LoRAs (a style LoRA with BFL's Canny LoRA, as creators run them): the
+    Control-LoRA on the plain layers first, the LoRAs on top, all switched on at their weights: the picture of
+    diffusers' load_lora_weights and set_adapters by hand. Kept for the next job, whose LoRA weights may change."""
+    home = flux["home"]
+    transformer = flux["pipe"].transformer
+    for name, seed in (("ink", 8), ("glow", 9)):
+        state = tiny_dit_loras.peft_lora(transformer, seed=seed)
+        save_file(state, str(home.loras / f"{name}.safetensors"))
+    # One LoRA also on the input layer (ai-toolkit's LoRAs may train it), at its plain width: diffusers pads it to
+    # the widened layer when it loads on top of the Control-LoRA, and cannot widen a layer a LoRA already wraps.
+    generator = torch.Generator().manual_seed(10)
+    ink = load_file(str(home.loras / "ink.safetensors"))
+    ink["transformer.x_embedder.lora_A.weight"] = torch.randn(RANK, transformer.config.in_channels, generator=generator)
+    ink["transformer.x_embedder.lora_B.weight"] = torch.randn(transformer.x_embedder.out_features, RANK,
+                                                              generator=generator) * 0.3  # fmt: skip
+    save_file(ink, str(home.loras / "ink.safetensors"))
+    backend = make_backend(home)
+    run(backend, request_for(flux["folder"], loras=(LoraRef("ink", 1.0),), **FLUX))  # its adapter wraps the layer
+    alone, _ = run(backend, request_for(flux["folder"], controls=(unit(flux),), **FLUX))
+    request = request_for(flux["folder"], controls=(unit(flux),), loras=(LoraRef("ink", 0.9),), **FLUX)
+    batch, _ = run(backend, request)
+    assert [lora.name for lora in batch.loras] == ["ink"]
+    assert [control.name for control in batch.controls] == ["flux1-canny-dev-lora"]
+    expected = bare(flux, FluxControlPipeline, request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, pixels(alone.images[0]))  # the LoRA shows
+    # The next job: the Control-LoRA kept (not loaded again), another LoRA beside the first, other weights.
+    two = replace(request, loras=(LoraRef("ink", 0.5), LoraRef("glow", 1.0)), controls=(unit(flux, weight=0.6),))
+    with mock.patch("desktop.engine.backends.flux_control_lora.FluxControlLoras.release",
+                    side_effect=AssertionError("taken off")):  # fmt: skip
+        batch, _ = run(backend, two)
+    assert np.array_equal(pixels(batch.images[0]), bare(flux, FluxControlPipeline, two))
+    # A LoRA at weight 0 leaves the Control-LoRA on: the Control-LoRA's picture alone.
+    zero, _ = run(backend, replace(request, loras=(LoraRef("ink", 0.0),)))
+    assert np.array_equal(pixels(zero.images[0]), pixels(alone.images[0]))
+    # Image to image: the same adapters on its sibling pipeline.
+    assert_image_to_image_as_by_hand(flux, backend, request)
 
 
 def test_what_a_control_lora_cannot_run_is_refused(flux):
@@ -196,16 +244,16 @@ def test_a_memory_mode_change_takes_a_kept_control_lora_off_first(flux):
     assert np.array_equal(pixels(after.images[0]), pixels(fresh.images[0]))
 
 
-def test_a_refused_lora_job_between_control_jobs_leaves_the_loras_working(flux):
-    # The LoRA manager loads a job's LoRAs before the Control-LoRA job is refused for them; the next job puts the
-    # model back (every adapter off), and a LoRA job after that loads its LoRA again: the same picture as fresh.
+def test_a_lora_job_after_control_jobs_with_loras_is_a_fresh_models_picture(flux):
+    # A Control-LoRA job with a LoRA leaves both on the model; the next job without the Control-LoRA puts the model
+    # back (every adapter off, the input layer narrow again) and loads its LoRA again: the same picture as fresh.
     home = flux["home"]
     save_file(tiny_dit_loras.peft_lora(flux["pipe"].transformer, seed=7), str(home.loras / "style.safetensors"))
     with_lora = request_for(flux["folder"], loras=(LoraRef("style", 1.0),), **FLUX)
     backend = make_backend(home)
     run(backend, request_for(flux["folder"], controls=(unit(flux),), **FLUX))
-    with pytest.raises(InvalidRequest, match="runs without other LoRAs"):
-        run(backend, replace(with_lora, controls=(unit(flux),)))
+    run(backend, replace(with_lora, controls=(unit(flux),)))
     after, _ = run(backend, with_lora)
+    assert backend._pipe.transformer.x_embedder.in_features == 16
     fresh, _ = run(make_backend(home), with_lora)
     assert np.array_equal(pixels(after.images[0]), pixels(fresh.images[0]))

@@ -876,9 +876,13 @@ class DiffusersBackend:
         pipe = self._pipe
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         notes: list[str] = []
+        # A Flux.1 Control-LoRA goes on the model's plain layers before the job's LoRAs (flux_control_lora.py).
+        control_lora = self._control_lora_on(request)
+        also_active = ((flux_control_lora.ADAPTER, control_lora[0]),) if control_lora is not None else ()
         # LoRAs from the panel and `<lora:...>` tags, in the layouts diffusers converts (kohya, XLabs, PEFT).
         lora_plan = self._loras.apply(
-            pipe, request, model_shape(pipe, self._family), self._model.name if self._model else "", embeddings=False
+            pipe, request, model_shape(pipe, self._family), self._model.name if self._model else "", embeddings=False,
+            also_active=also_active,
         )
         request = lora_plan.request
         if self._dit_mode == "fp8":
@@ -961,13 +965,12 @@ class DiffusersBackend:
         if redux_units and family == "flux":
             redux = self._redux.prompt(self._pipe, request, redux_units, self._dit.label, device, context)
         controlnets = replace(request, controls=tuple(u for u in request.controls if u not in images))
-        control_loras = self._control_loras.find(controlnets.controls) if family == "flux" else []
         if self._dit.control_input:  # Canny / Depth dev: the BUILT_IN unit's picture (_refuse_built_in)
             control = self._controls.prepare_built_in(pipe, controlnets.controls[0], plan,
                                                       (size["width"], size["height"]),
                                                       functools.partial(self._dit_pipe_for, "img2img"))  # fmt: skip
-        elif control_loras:  # Flux.1 dev with BFL's Canny / Depth LoRA, for this job (flux_control_lora.py)
-            control = self._control_lora_run(request, controlnets, control_loras, plan, size, lora_plan.loras)
+        elif control_lora is not None:  # Flux.1 dev with BFL's Canny / Depth LoRA (flux_control_lora.py)
+            control = self._control_lora_run(request, control_lora[1], plan, size)
             pipe = control.pipe
         elif controlnets.controls:  # Flux.1, Qwen-Image, Z-Image or SD3 (_refuse_dit_controls): its ControlNets
             control_dit.refuse_memory_mode(family, self._dit_mode or "full", request.memory_mode, self._dit.label)
@@ -1064,20 +1067,29 @@ class DiffusersBackend:
         if self._control_loras.release(self._pipe):
             self._loras.adapters_gone()
 
+    def _control_lora_on(self, request: GenerationRequest) -> tuple[float, tuple[ControlUnit, ControlHash]] | None:
+        """The job's Flux.1 Control-LoRA on the model, after its refusals: (its weight, (its unit, its hash)); None
+        for a job without one. It stays loaded until a job asks for another or none (_generate_dit)."""
+        if controlnet_family(self._dit.family) != "flux":
+            return None
+        units = self._control_loras.find(request.controls)
+        if not units:
+            return None
+        others = len([unit for unit in request.controls if unit not in image_units(request)]) - len(units)
+        flux_control_lora.refuse(self._dit, units, others, self._dit_mode or "full", self._dit.label)
+        hashed = self._control_loras.load(self._pipe, units[0], functools.partial(self._loras.unload_all, self._pipe))
+        return float(units[0].weight), (units[0], hashed)
+
     def _control_lora_run(
-        self, request: GenerationRequest, controlnets: GenerationRequest, units: list[ControlUnit],
-        plan: EditPlan | None, size: dict[str, Any], loras: tuple[AdapterHash, ...],
+        self, request: GenerationRequest, loaded: tuple[ControlUnit, ControlHash], plan: EditPlan | None,
+        size: dict[str, Any],
     ) -> ControlRun:
-        """A Flux.1 Control-LoRA on the model's plain layers for this job, its pipeline for the job's mode reading
-        the unit's picture. The Control-LoRA stays loaded until a job asks for another or none (_generate_dit)."""
-        info = self._dit
-        others = len(controlnets.controls) - len(units)
-        flux_control_lora.refuse(info, units, others, len(loras), self._dit_mode or "full", info.label)
-        self._loras.unload_all(self._pipe)
-        hashed = self._control_loras.load(self._pipe, units[0])  # kept for the next batches (release)
+        """The job's pipeline for a Flux.1 Control-LoRA loaded on the model (_control_lora_on), for the job's mode,
+        reading the unit's picture."""
+        unit, hashed = loaded
         pipe = families.control_input_pipeline(self._pipe, request.mode)
         return self._controls.prepare_built_in(
-            pipe, units[0], plan, (size["width"], size["height"]),
+            pipe, unit, plan, (size["width"], size["height"]),
             functools.partial(families.control_input_pipeline, self._pipe, "img2img"), hashed,
         )  # fmt: skip
 

@@ -9,8 +9,9 @@ at the unit's weight as the LoRA's scale.
 It stays loaded while the next batches and jobs ask for the same file (a 1.2 GB file takes seconds to load), and
 is taken off (`unload_lora_weights(reset_to_overwritten_params=True)`, the model put back as it was) at the start
 of the first job that does not, before anything else touches the model: `release`. It goes on the model's plain
-layers only: the LoRA manager's adapters are unloaded first (diffusers restores a widened layer only when no
-other adapter wraps it), so a job with a Control-LoRA takes no other LoRA. The memory modes that replace or hook
+layers: the LoRA manager's adapters are unloaded before it loads (diffusers widens a layer only when no other
+adapter wraps it) and load again on top of it, so the job's LoRAs run beside it (the manager switches the job's
+adapters and this one together: lora_adapters.py `also_active`). The memory modes that replace or hook
 single layers (group and sequential offload, fp8, nf4, int8) and quantised model files (GGUF, fp8, bitsandbytes)
 are refused: the widened layer would miss their hooks or their storage.
 
@@ -19,6 +20,7 @@ torch and diffusers are used through the pipeline's own methods: only the diffus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +64,15 @@ class FluxControlLoras:
         """The units whose model is a Flux.1 Control-LoRA in the control library."""
         return [unit for unit in units if self._layout(unit.model.strip()) is not None]
 
-    def load(self, pipe: Any, unit: ControlUnit) -> ControlHash:
-        """The unit's Control-LoRA on `pipe` (its LoRA adapters already unloaded) at the unit's weight: loaded, or
-        kept from the last batch; the unit's hash for the metadata."""
+    def load(self, pipe: Any, unit: ControlUnit, clear: Callable[[], None]) -> ControlHash:
+        """The unit's Control-LoRA on `pipe` at the unit's weight: kept from the last batch, or loaded on the model's
+        plain layers (`clear` takes the LoRA manager's adapters off first); the unit's hash for the metadata."""
         entry = self._catalog.get(unit.model.strip())
         wanted = (file_identity(entry.path), id(pipe))
         try:
             if self._kept != wanted:
                 self.release(pipe)
+                clear()
                 pipe.load_lora_weights(str(entry.path), adapter_name=ADAPTER, use_safetensors=True)
                 self._kept = wanted
             pipe.set_adapters([ADAPTER], [float(unit.weight)])
@@ -83,20 +86,15 @@ class FluxControlLoras:
         return ControlHash(entry.name, legacy_hash(Path(entry.path)))
 
 
-def refuse(info: DitInfo, units: list[ControlUnit], others: int, loras: int, mode: str, label: str) -> None:
-    """InvalidRequest for what a Control-LoRA job cannot run: more than one, ControlNets beside it (`others`),
-    LoRAs (`loras`), a step range or control mode, a model other than a plain unquantised Flux.1 dev, a memory mode
-    that hooks single layers."""
+def refuse(info: DitInfo, units: list[ControlUnit], others: int, mode: str, label: str) -> None:
+    """InvalidRequest for what a Control-LoRA job cannot run: more than one, ControlNets beside it (`others`), a step
+    range or control mode, a model other than a plain unquantised Flux.1 dev, a memory mode that hooks single
+    layers."""
     name = repr(units[0].model.strip())
     if len(units) > 1 or others:
         raise InvalidRequest(
             f"A Flux.1 Control-LoRA ({name}) runs alone: it turns the model into its Canny / Depth form for the job. "
             "Remove the other control units (a Redux unit may stay)."
-        )
-    if loras:
-        raise InvalidRequest(
-            f"A Flux.1 Control-LoRA ({name}) runs without other LoRAs in Marble so far: remove the job's "
-            f"{loras} LoRA(s), or use the Canny / Depth dev model itself (its control unit is 'built-in')."
         )
     unit = units[0]
     if unit.start != 0.0 or unit.end != 1.0 or unit.mode != "balanced":

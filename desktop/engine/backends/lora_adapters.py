@@ -124,10 +124,13 @@ class LoraAdapters:
         self.adapters_gone()
 
     def apply(
-        self, pipe: Any, request: GenerationRequest, shape: ModelShape, model_name: str, *, embeddings: bool = True
+        self, pipe: Any, request: GenerationRequest, shape: ModelShape, model_name: str, *, embeddings: bool = True,
+        also_active: tuple[tuple[str, float], ...] = (),
     ) -> LoraPlan:
         """Load, weight and switch the job's LoRAs on `pipe`; `embeddings` False for pipelines (Flux, SD3)
-        whose prompts take no textual-inversion embeddings."""
+        whose prompts take no textual-inversion embeddings. `also_active`: (adapter, weight) of adapters someone
+        else loaded on the model for this job (a Flux.1 Control-LoRA), switched on with the job's: diffusers'
+        set_adapters switches off every adapter it is not given."""
         prompt, tagged = split_lora_tags(request.prompt)
         negative, negative_tags = split_lora_tags(request.negative_prompt)
         notes = []
@@ -155,7 +158,7 @@ class LoraAdapters:
         for _, identity, *_ in chosen:
             if identity in self._loaded:
                 self._loaded.move_to_end(identity)
-        self._activate(pipe, active)
+        self._activate(pipe, active, also_active)
         self._evict(pipe, {identity for _, identity, *_ in chosen})
         cleaned = replace(request, prompt=prompt, negative_prompt=negative, loras=refs)
         embedding_hashes = (
@@ -265,9 +268,12 @@ class LoraAdapters:
             )
         self._loaded[identity] = adapter
 
-    def _activate(self, pipe: Any, active: list[tuple[str, float]]) -> None:
+    def _activate(
+        self, pipe: Any, active: list[tuple[str, float]], also_active: tuple[tuple[str, float], ...] = ()
+    ) -> None:
         if not self._loaded:
-            return
+            return  # `also_active`'s owner switched its adapters on as it loaded them
+        active = [*active, *also_active]
         if not active:
             # Disabled adapter layers call the base layer alone: exactly the image without any LoRA.
             if self._enabled:
