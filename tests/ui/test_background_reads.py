@@ -26,12 +26,29 @@ def test_an_older_scan_finishing_last_is_dropped(qtbot, tmp_path) -> None:
     assert names == [["m"], ["m"]]
 
 
-def test_a_scan_lists_the_models_folder(qtbot, tmp_path) -> None:
+def _scan_families(qtbot, models, chosen: dict[str, str]) -> dict[str, str]:
     pool = QThreadPool()
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "broken.safetensors").write_bytes(b"not a model")
-    reads = BackgroundReads(pool, ModelCatalog(tmp_path / "models"), chosen_variants=lambda: {"broken": "edit"})
-    with qtbot.waitSignal(reads.models_listed, timeout=10_000) as listed:
+    reads = BackgroundReads(pool, ModelCatalog(models), chosen_variants=lambda: chosen)
+    with qtbot.waitSignal(reads.families_listed, timeout=10_000) as listed:
         reads.scan_models()
-    assert listed.args[0] == ["broken"] and listed.args[2] == ""
     pool.waitForDone(5_000)
+    return listed.args[0]
+
+
+def test_a_scan_gives_each_model_the_family_of_the_variant_chosen_for_it(qtbot, tmp_path) -> None:
+    # An ERNIE-Image file and folder (Turbo's have the base's tensors and configs): marked Turbo, they have Turbo's
+    # family (its defaults, in the window); unmarked, the base's. A broken file is listed without one.
+    from tests.support.tiny_ernie import build_tiny_ernie
+    from tests.support.tiny_qwen_zimage import save_transformer_file
+
+    models = tmp_path / "models"
+    models.mkdir()
+    pipe = build_tiny_ernie()
+    save_transformer_file(dict(pipe.transformer.state_dict()), models / "ernie.safetensors")
+    pipe.save_pretrained(str(models / "ernie-folder"), safe_serialization=True)
+    (models / "broken.safetensors").write_bytes(b"not a model")
+    marked = _scan_families(qtbot, models, {"ernie": "turbo", "ernie-folder": "turbo", "broken": "edit"})
+    assert {name: marked.get(name) for name in ("ernie", "ernie-folder", "broken")} == {
+        "ernie": "ernie-image-distilled", "ernie-folder": "ernie-image-distilled", "broken": None}
+    plain = _scan_families(qtbot, models, {})
+    assert (plain["ernie"], plain["ernie-folder"]) == ("ernie-image", "ernie-image")
