@@ -14,8 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from desktop.engine.errors import Cancelled, MarbleError
-from desktop.engine.library.dit import variant_choices
-from desktop.engine.library.index import Library, LibraryRecord
+from desktop.engine.library.index import Library, LibraryRecord, record_variant_choices
 from desktop.engine.library.ip_adapter import runs_as
 from desktop.engine.paths import AppPaths
 from desktop.engine.terminal_text import printable
@@ -70,7 +69,8 @@ def add_library_commands(
         if _kind == "model":
             variant = sub.add_parser(
                 "variant", help="say which model a file is where its tensors cannot (a Qwen-Image or LongCat-Image "
-                "file that is their Edit model, a Krea 2 file that is Turbo); without VARIANT, list the choices",
+                "file that is their Edit model, a Krea 2 or ERNIE-Image file or an ERNIE-Image folder that is Turbo); "
+                "without VARIANT, list the choices",
             )  # fmt: skip
             variant.add_argument("name")
             variant.add_argument("variant", nargs="?", help="edit, edit-plus, turbo, or base (as the file says)")
@@ -111,9 +111,10 @@ def _variant(library: Library, name: str, variant: str | None, out: TextIO, err:
         print(printable(f"{record.name} is now run as {record.architecture}."), file=err)
         return EXIT_OK
     record = library.get("model", name)
-    choices = variant_choices(record.family)
+    choices = record_variant_choices(record)
     if not choices:
-        print(printable(f"{record.name} is a {record.architecture} model, which its tensors tell: it has no "
+        says = "its folder says" if record.format == "diffusers" else "its tensors tell"
+        print(printable(f"{record.name} is a {record.architecture} model, which {says}: it has no "
                         "variants to choose."), file=err)  # fmt: skip
         return EXIT_OK
     for key, label in choices.items():

@@ -25,6 +25,7 @@ from tests.support.tiny_dit_loras import lora_on, trainer_form
 from tests.support.tiny_ernie import build_tiny_ernie
 from tests.support.tiny_flux2 import build_tiny_flux2_dev
 from tests.support.tiny_krea2 import build_tiny_krea2
+from tests.support.tiny_longcat import build_tiny_longcat
 from tests.support.tiny_qwen_zimage import save_transformer_file
 
 PREFIX = "model.diffusion_model."
@@ -406,6 +407,13 @@ def test_a_file_or_folder_marked_turbo_takes_turbos_label_and_defaults(ernie, tm
         assert model_family(path, library.chosen_variant_of(path)) == "ernie-image-distilled"
     assert family_defaults("ernie-image-distilled") == {"steps": 8, "cfg_scale": 1.0}
     assert library.chosen_variants() == {file.name: "turbo", folder.name: "turbo"}
+    code, listed, _ = in_process(["models", "variant", folder.name, "--home", str(home)])
+    assert code == 0 and [line.split()[:2] for line in listed.splitlines()] == [["base", "ERNIE-Image"], ["*", "turbo"]]
+    longcat = tmp_path / "longcat"
+    build_tiny_longcat().save_pretrained(str(longcat), safe_serialization=True)
+    library.import_path(longcat, "model")
+    code, listed, err = in_process(["models", "variant", "longcat", "--home", str(home)])
+    assert code == 0 and not listed and "which its folder says: it has no variants to choose" in err, err
 
     # `marble generate` without --steps or --cfg takes Turbo's, and the picture is the base pipeline's at those.
     out_file = tmp_path / "turbo.png"
