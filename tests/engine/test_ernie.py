@@ -414,6 +414,13 @@ def test_a_file_or_folder_marked_turbo_takes_turbos_label_and_defaults(ernie, tm
     library.import_path(longcat, "model")
     code, listed, err = in_process(["models", "variant", "longcat", "--home", str(home)])
     assert code == 0 and not listed and "which its folder says: it has no variants to choose" in err, err
+    # A choice written into library.json by hand for a folder that says which model it is chooses nothing.
+    index = next(home.rglob("library.json"))
+    stored = json.loads(index.read_text(encoding="utf-8"))
+    stored["entries"]["model"]["longcat"]["chosen_variant"] = "edit"
+    index.write_text(json.dumps(stored), encoding="utf-8")
+    assert library.chosen_variant_of(library.folder("model") / "longcat") == ""
+    assert "longcat" not in library.chosen_variants()
 
     # `marble generate` without --steps or --cfg takes Turbo's, and the picture is the base pipeline's at those.
     out_file = tmp_path / "turbo.png"

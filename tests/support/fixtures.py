@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from desktop.engine.paths import AppPaths
 from tests.support import tiny_models
 
 
@@ -77,8 +78,6 @@ def shared_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def share_compile_cache(home: Path, shared: Path) -> Path:
     """Make the app home `home` use `shared` as its compile cache (a link where the app looks); returns home."""
-    from desktop.engine.paths import AppPaths  # noqa: PLC0415 - only the fast-mode tests need it
-
     folder = AppPaths.for_root(home).compile_cache
     folder.parent.mkdir(parents=True, exist_ok=True)
     folder.symlink_to(shared, target_is_directory=True)

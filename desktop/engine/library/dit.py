@@ -467,8 +467,7 @@ def dit_pipeline_family(class_name: str) -> str | None:
 def variant_choices(family: str | None) -> dict[str, str]:
     """The variants a user may choose for a model file of `family` whose tensors cannot say which it is (Qwen-Image's
     and LongCat-Image's Edit models, Krea 2 Turbo and ERNIE-Image Turbo have their base models' tensors), each with its
-    label; "" is the
-    file as its own metadata says. {} for every other family (its tensors tell)."""
+    label; "" is the file as its own metadata says. {} for every other family (its tensors tell)."""
     base = DIT_LABELS.get(family or "")
     variants = {variant: f"{base} {label}" for (owner, variant), label in _VARIANT_LABELS.items() if owner == family}
     return {"": f"{base} (as the file says)", **variants} if variants else {}

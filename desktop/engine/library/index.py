@@ -449,8 +449,8 @@ class Library:
         return {record.name: variant for record in records if (variant := _chosen(record))}
 
     def chosen_variant_of(self, path: Path) -> str:
-        """The variant the user chose for the library's model file at `path` (choose_variant); "" for any other path
-        (the same file elsewhere runs as it says) and with a damaged index."""
+        """The variant the user chose for the library's model file or folder at `path` (choose_variant); "" for any
+        other path (the same file elsewhere runs as it says) and with a damaged index."""
         if path.parent != self.folder("model"):
             return ""
         try:
@@ -829,9 +829,9 @@ def record_variant_choices(record: LibraryRecord) -> dict[str, str]:
 
 
 def _chosen(record: LibraryRecord) -> str:
-    """The record's chosen variant when it is one its family has (an index edited by hand may hold anything)."""
+    """The record's chosen variant when it is one it may be marked as (an index edited by hand may hold anything)."""
     variant = record.chosen_variant
-    return variant if isinstance(variant, str) and variant and variant in variant_choices(record.family) else ""
+    return variant if isinstance(variant, str) and variant and variant in record_variant_choices(record) else ""
 
 
 def _with_encoder(record: LibraryRecord, encoder: EncoderInfo) -> LibraryRecord:
