@@ -21,7 +21,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
-from desktop.engine.library import quant_formats
+from desktop.engine.library import dit_unsupported, quant_formats
 from desktop.engine.library.dit import (
     DitInfo,
     TensorShape,
@@ -575,6 +575,7 @@ def detect_diffusers_folder(
     class_name = str(index.get("_class_name", ""))
     if dit_pipeline_family(class_name) is not None:
         return _dit_folder(folder, index, class_name, name)
+    dit_unsupported.refuse_folder(class_name, name)
     unet = _read_json(folder, "unet/config.json", name, "has no unet/config.json")
 
     in_channels = unet.get("in_channels")

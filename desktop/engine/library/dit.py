@@ -32,6 +32,7 @@ from desktop.engine.library import (
     dit_longcat,
     dit_ovis,
     dit_qwen_zimage,
+    dit_unsupported,
     quant_formats,
 )
 
@@ -180,7 +181,7 @@ def reference_image_limit(info: DitInfo | None) -> int:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat)
+        families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat, dit_unsupported)
         if any(module.is_marker(bare) for module in families):
             return True
         if bare.startswith(
@@ -204,6 +205,8 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             for key, value in tensors.items()
             if not key.startswith(("text_encoders.", "vae.", "first_stage_model."))
         }
+    # A family Marble cannot run yet, by its name: not taken for a damaged model of a family it runs.
+    dit_unsupported.refuse(model, name)
     components = ["transformer"]
     scaled_encoders = False
     for encoder in ("clip_l", "clip_g", "t5xxl"):

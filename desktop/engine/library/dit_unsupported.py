@@ -1,0 +1,78 @@
+"""Diffusion-transformer families Marble cannot run yet, told apart by their tensors or their folder's pipeline
+class, so such a model is refused by its name (headers only, no torch; registered in library/dit.py).
+
+Without this a FLUX.3 file, whose diffusers names share Flux.1's `single_transformer_blocks`, was refused as "a
+Flux.1 file that is incomplete", and a HiDream-I1 file as "not SD 1.x, SD 2.x or SDXL": both read as a damaged
+download. The markers are top-level module names no family Marble runs has (checked against diffusers' classes of
+those families and diffusers' single-file key table); the pipelines are diffusers' class names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from desktop.engine.errors import ModelError
+
+
+@dataclass(frozen=True)
+class _Family:
+    label: str
+    markers: re.Pattern[str] | None  # matches a tensor name (ComfyUI prefix removed) only this family has
+    pipelines: tuple[str, ...] = ()  # diffusers' pipeline classes of its folders
+
+
+# In order: GLM-Image carries CogView4's `time_condition_embed` too, so it is asked first.
+_FAMILIES = (
+    # BFL's names (`early_stream_modulations.image.lin`) and diffusers' (`...linear`); diffusers runs it only
+    # through its modular pipelines so far.
+    _Family("FLUX.3", re.compile(r"^early_stream_modulations\.")),
+    _Family("HiDream-I1", re.compile(r"^double_stream_blocks\."), ("HiDreamImagePipeline",)),
+    _Family("AuraFlow", re.compile(r"^(double_layers|joint_transformer_blocks)\.|^register_tokens$"),
+            ("AuraFlowPipeline",)),  # fmt: skip
+    # Its release's names (`blocks.N.cross_attn.q_linear`) and diffusers' (`caption_norm`).
+    _Family("Sana", re.compile(r"^blocks\.\d+\.cross_attn\.q_linear\.|^caption_norm\."),
+            ("SanaPipeline", "SanaSprintPipeline")),  # fmt: skip
+    _Family("PixArt", re.compile(r"^adaln_single\."), ("PixArtAlphaPipeline", "PixArtSigmaPipeline")),
+    _Family("Ideogram 4", re.compile(r"^llm_cond_proj\."), ("Ideogram4Pipeline",)),
+    _Family("HunyuanImage", re.compile(r"^time_guidance_embed\."), ("HunyuanImagePipeline",)),
+    _Family("GLM-Image", re.compile(r"^glyph_projector\."), ("GlmImagePipeline",)),
+    _Family("CogView4", re.compile(r"^time_condition_embed\."), ("CogView4Pipeline",)),
+    _Family("Bria FIBO", None, ("BriaFiboPipeline",)),  # its tensors are too like Flux.1's to tell by a name
+)
+
+
+def family_of(bare_names: Iterable[str]) -> str | None:
+    """The label of the family Marble cannot run whose tensors these are (ComfyUI prefix removed); None if none."""
+    names = list(bare_names)
+    for family in _FAMILIES:
+        if family.markers is not None and any(family.markers.match(name) for name in names):
+            return family.label
+    return None
+
+
+def is_marker(bare_name: str) -> bool:
+    """Whether one tensor name (ComfyUI prefix removed) belongs only to a family Marble cannot run yet."""
+    return family_of([bare_name]) is not None
+
+
+def refuse(bare_names: Iterable[str], name: str) -> None:
+    """ModelError naming the family when the tensors are one Marble cannot run yet; nothing otherwise."""
+    label = family_of(bare_names)
+    if label is not None:
+        raise ModelError(_message(name, label))
+
+
+def refuse_folder(class_name: str, name: str) -> None:
+    """ModelError naming the family when a diffusers folder's pipeline class is one Marble cannot run yet."""
+    label = next((family.label for family in _FAMILIES if class_name in family.pipelines), None)
+    if label is not None:
+        raise ModelError(_message(name, f"{label} ({class_name})"))
+
+
+def _message(name: str, label: str) -> str:
+    return (
+        f"{name} is a {label} model, a family Marble cannot run yet. The families it runs are listed in "
+        "docs/model-families.md."
+    )

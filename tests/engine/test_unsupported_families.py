@@ -1,0 +1,115 @@
+"""Families Marble cannot run yet (library/dit_unsupported.py) are refused by their names, as files (diffusers' names,
+their makers' where diffusers' single-file table gives one, ComfyUI's prefix) and as folders, instead of being taken
+for a damaged model of a family Marble runs (a FLUX.3 file was "a Flux.1 file that is incomplete")."""
+
+from __future__ import annotations
+
+import json
+
+import diffusers
+import pytest
+import torch
+from accelerate import init_empty_weights
+from safetensors.torch import save_file
+
+from desktop.cli import EXIT_MODEL
+from desktop.engine.errors import ModelError
+from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.index import Library
+from desktop.engine.paths import AppPaths
+from tests.e2e.test_cli import in_process
+
+# Each family's transformer class and the arguments its defaults lack, for its tensor names (meta device: no memory).
+TRANSFORMERS = {
+    "HiDream-I1": ("HiDreamImageTransformer2DModel", dict(patch_size=2, in_channels=16, num_layers=1,
+                   num_single_layers=1, caption_channels=[4096, 4096], llama_layers=list(range(48)),
+                   axes_dims_rope=(64, 32, 32))),  # fmt: skip
+    "AuraFlow": ("AuraFlowTransformer2DModel", {}),
+    "Sana": ("SanaTransformer2DModel", {}),
+    "PixArt": ("PixArtTransformer2DModel", {}),
+    "Ideogram 4": ("Ideogram4Transformer2DModel", {}),
+    "HunyuanImage": ("HunyuanImageTransformer2DModel", {}),
+    "GLM-Image": ("GlmImageTransformer2DModel", {}),
+    "CogView4": ("CogView4Transformer2DModel", {}),
+}
+# Names in the makers' own layouts (diffusers' single-file key table), beside Flux.1-like ones a file also holds.
+ORIGINAL = {
+    "FLUX.3": "early_stream_modulations.image.lin.weight",
+    "AuraFlow": "double_layers.0.attn.w2q.weight",
+    "Sana": "blocks.0.cross_attn.q_linear.weight",
+    "HiDream-I1": "double_stream_blocks.0.block.adaLN_modulation.1.bias",
+}
+FOLDERS = {
+    "HiDreamImagePipeline": "HiDream-I1", "AuraFlowPipeline": "AuraFlow", "SanaPipeline": "Sana",
+    "SanaSprintPipeline": "Sana", "PixArtSigmaPipeline": "PixArt", "Ideogram4Pipeline": "Ideogram 4",
+    "HunyuanImagePipeline": "HunyuanImage", "GlmImagePipeline": "GLM-Image", "CogView4Pipeline": "CogView4",
+    "BriaFiboPipeline": "Bria FIBO",
+}  # fmt: skip
+
+
+def tiny_flux3() -> dict[str, torch.Tensor]:
+    """A real FLUX.3 transformer (diffusers' class, tiny sizes): its names share Flux.1's single_transformer_blocks."""
+    from diffusers.models.transformers.transformer_flux3 import Flux3Transformer2DModel
+
+    torch.manual_seed(0)
+    model = Flux3Transformer2DModel(in_channels=8, cond_in_channels=8, num_layers=1, num_single_layers=1,
+                                    attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                    timestep_channels=16, axes_dims_rope=(2, 2, 2, 2))  # fmt: skip
+    return {key: value.contiguous() for key, value in model.state_dict().items()}
+
+
+def names_only(class_name: str, arguments: dict) -> dict[str, torch.Tensor]:
+    """The class's tensor names, each holding one value: detection reads names, never values."""
+    with init_empty_weights():
+        model = getattr(diffusers, class_name)(**arguments)
+    return {key: torch.zeros(1) for key in model.state_dict()}
+
+
+@pytest.mark.parametrize("prefix", ["", "model.diffusion_model."])
+def test_a_flux3_file_is_named_not_taken_for_a_damaged_flux1(tmp_path, prefix):
+    path = tmp_path / "flux3-dev.safetensors"
+    save_file({prefix + key: value for key, value in tiny_flux3().items()}, str(path))
+    with pytest.raises(ModelError, match=r"flux3-dev\.safetensors is a FLUX\.3 model, a family Marble cannot run yet"):
+        detect_model(path)
+
+
+@pytest.mark.parametrize("label", sorted(TRANSFORMERS))
+def test_each_familys_diffusers_names_are_named(tmp_path, label):
+    class_name, arguments = TRANSFORMERS[label]
+    path = tmp_path / "model.safetensors"
+    save_file(names_only(class_name, arguments), str(path))
+    with pytest.raises(ModelError, match=rf"model\.safetensors is a {label} model, a family Marble cannot run yet"):
+        detect_model(path)
+
+
+@pytest.mark.parametrize("label", sorted(ORIGINAL))
+def test_the_makers_names_are_named_with_comfys_prefix_too(tmp_path, label):
+    path = tmp_path / "model.safetensors"
+    # Beside Flux.1-like names a real file also holds: the family's own name decides.
+    tensors = {ORIGINAL[label]: torch.zeros(1), "single_transformer_blocks.0.attn.to_q.weight": torch.zeros(1),
+               "double_blocks.0.img_attn.qkv.weight": torch.zeros(1)}  # fmt: skip
+    save_file({f"model.diffusion_model.{key}": value for key, value in tensors.items()}, str(path))
+    with pytest.raises(ModelError, match=rf"is a {label} model, a family Marble cannot run yet"):
+        detect_model(path)
+
+
+@pytest.mark.parametrize("class_name", sorted(FOLDERS))
+def test_a_folder_is_named_by_its_pipeline(tmp_path, class_name):
+    assert hasattr(diffusers, class_name)  # diffusers' own class name, not a guess
+    folder = tmp_path / "Some-Model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}), encoding="utf-8")
+    with pytest.raises(ModelError, match=rf"Some-Model is a {FOLDERS[class_name]} \({class_name}\) model, a family"):
+        detect_model(folder)
+
+
+def test_the_library_and_the_command_line_say_it(tmp_path):
+    path = tmp_path / "flux3-dev.safetensors"
+    save_file(tiny_flux3(), str(path))
+    home = tmp_path / "home"
+    with pytest.raises(ModelError, match="is a FLUX.3 model, a family Marble cannot run yet"):
+        Library(AppPaths.for_root(home).ensure()).import_path(path, "model")
+    code, _, err = in_process(["generate", "--home", str(home), "--model", str(path), "--prompt", "a fox",
+                               "--width", "64", "--height", "64", "--device", "cpu"])  # fmt: skip
+    assert code == EXIT_MODEL and "is a FLUX.3 model, a family Marble cannot run yet" in err, err
+    assert "Traceback" not in err
