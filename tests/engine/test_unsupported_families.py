@@ -45,6 +45,8 @@ FOLDERS = {
     "HunyuanImagePipeline": "HunyuanImage", "GlmImagePipeline": "GLM-Image", "CogView4Pipeline": "CogView4",
     "BriaFiboPipeline": "Bria FIBO",
 }  # fmt: skip
+VIDEO_FOLDERS = {"WanPipeline": "Wan", "HunyuanVideoPipeline": "HunyuanVideo", "MochiPipeline": "Mochi",
+                 "LTXPipeline": "LTX-Video"}  # fmt: skip
 
 
 def tiny_flux3() -> dict[str, torch.Tensor]:
@@ -93,6 +95,28 @@ def test_the_makers_names_are_named_with_comfys_prefix_too(tmp_path, label):
         detect_model(path)
 
 
+VIDEO = {
+    "Wan": ("WanTransformer3DModel", "head.modulation"),
+    "HunyuanVideo": ("HunyuanVideoTransformer3DModel", "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
+    "Mochi": ("MochiTransformer3DModel", "blocks.0.attn.qkv_x.weight"),
+    "LTX-Video": (None, "patchify_proj.weight"),
+}
+
+
+@pytest.mark.parametrize("label", sorted(VIDEO))
+def test_video_models_are_named_as_such(tmp_path, label):
+    # HunyuanVideo's diffusers names are Flux.1's but for its token refiner: it was taken for a Flux.1 file.
+    class_name, original = VIDEO[label]
+    layouts = [{f"model.diffusion_model.{original}": torch.zeros(1)}]
+    if class_name is not None:
+        layouts.append(names_only(class_name, {}))
+    for tensors in layouts:
+        path = tmp_path / "clip.safetensors"
+        save_file(tensors, str(path))
+        with pytest.raises(ModelError, match=rf"clip\.safetensors is a {label} video model: Marble makes still"):
+            detect_model(path)
+
+
 @pytest.mark.parametrize("class_name", sorted(FOLDERS))
 def test_a_folder_is_named_by_its_pipeline(tmp_path, class_name):
     assert hasattr(diffusers, class_name)  # diffusers' own class name, not a guess
@@ -100,6 +124,16 @@ def test_a_folder_is_named_by_its_pipeline(tmp_path, class_name):
     folder.mkdir()
     (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}), encoding="utf-8")
     with pytest.raises(ModelError, match=rf"Some-Model is a {FOLDERS[class_name]} \({class_name}\) model, a family"):
+        detect_model(folder)
+
+
+@pytest.mark.parametrize("class_name", sorted(VIDEO_FOLDERS))
+def test_a_video_folder_is_named_by_its_pipeline(tmp_path, class_name):
+    assert hasattr(diffusers, class_name)
+    folder = tmp_path / "Some-Video"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": class_name}), encoding="utf-8")
+    with pytest.raises(ModelError, match=rf"is a {VIDEO_FOLDERS[class_name]} \({class_name}\) video model"):
         detect_model(folder)
 
 

@@ -21,6 +21,7 @@ class _Family:
     label: str
     markers: re.Pattern[str] | None  # matches a tensor name (ComfyUI prefix removed) only this family has
     pipelines: tuple[str, ...] = ()  # diffusers' pipeline classes of its folders
+    video: bool = False  # a video model: Marble makes still pictures
 
 
 # In order: GLM-Image carries CogView4's `time_condition_embed` too, so it is asked first.
@@ -40,38 +41,52 @@ _FAMILIES = (
     _Family("GLM-Image", re.compile(r"^glyph_projector\."), ("GlmImagePipeline",)),
     _Family("CogView4", re.compile(r"^time_condition_embed\."), ("CogView4Pipeline",)),
     _Family("Bria FIBO", None, ("BriaFiboPipeline",)),  # its tensors are too like Flux.1's to tell by a name
+    # Video models creators keep beside their picture models (ComfyUI runs both). HunyuanVideo's diffusers names are
+    # Flux.1's but for its token refiner; LTX-Video's diffusers names are too like others' to tell by one.
+    _Family("Wan", re.compile(r"^condition_embedder\.|^head\.modulation$"), ("WanPipeline",), video=True),
+    _Family("HunyuanVideo", re.compile(r"^context_embedder\.token_refiner\.|^txt_in\.individual_token_refiner\."),
+            ("HunyuanVideoPipeline",), video=True),  # fmt: skip
+    _Family("Mochi", re.compile(r"^pos_frequencies$|^blocks\.\d+\.attn\.qkv_x\."), ("MochiPipeline",), video=True),
+    _Family("LTX-Video", re.compile(r"^patchify_proj\."), ("LTXPipeline",), video=True),
 )
+
+
+def _family_of(bare_names: Iterable[str]) -> _Family | None:
+    names = list(bare_names)
+    for family in _FAMILIES:
+        if family.markers is not None and any(family.markers.match(name) for name in names):
+            return family
+    return None
 
 
 def family_of(bare_names: Iterable[str]) -> str | None:
     """The label of the family Marble cannot run whose tensors these are (ComfyUI prefix removed); None if none."""
-    names = list(bare_names)
-    for family in _FAMILIES:
-        if family.markers is not None and any(family.markers.match(name) for name in names):
-            return family.label
-    return None
+    family = _family_of(bare_names)
+    return None if family is None else family.label
 
 
 def is_marker(bare_name: str) -> bool:
     """Whether one tensor name (ComfyUI prefix removed) belongs only to a family Marble cannot run yet."""
-    return family_of([bare_name]) is not None
+    return _family_of([bare_name]) is not None
 
 
 def refuse(bare_names: Iterable[str], name: str) -> None:
     """ModelError naming the family when the tensors are one Marble cannot run yet; nothing otherwise."""
-    label = family_of(bare_names)
-    if label is not None:
-        raise ModelError(_message(name, label))
+    family = _family_of(bare_names)
+    if family is not None:
+        raise ModelError(_message(name, family, family.label))
 
 
 def refuse_folder(class_name: str, name: str) -> None:
     """ModelError naming the family when a diffusers folder's pipeline class is one Marble cannot run yet."""
-    label = next((family.label for family in _FAMILIES if class_name in family.pipelines), None)
-    if label is not None:
-        raise ModelError(_message(name, f"{label} ({class_name})"))
+    family = next((family for family in _FAMILIES if class_name in family.pipelines), None)
+    if family is not None:
+        raise ModelError(_message(name, family, f"{family.label} ({class_name})"))
 
 
-def _message(name: str, label: str) -> str:
+def _message(name: str, family: _Family, label: str) -> str:
+    if family.video:
+        return f"{name} is a {label} video model: Marble makes still pictures and cannot run it."
     return (
         f"{name} is a {label} model, a family Marble cannot run yet. The families it runs are listed in "
         "docs/model-families.md."
