@@ -5,6 +5,7 @@ for a damaged model of a family Marble runs (a FLUX.3 file was "a Flux.1 file th
 from __future__ import annotations
 
 import json
+import re
 
 import diffusers
 import pytest
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from desktop.cli import EXIT_MODEL
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.dit_unsupported import family_of
 from desktop.engine.library.index import Library
 from desktop.engine.paths import AppPaths
 from tests.e2e.test_cli import in_process
@@ -28,7 +30,8 @@ TRANSFORMERS = {
     "Sana": ("SanaTransformer2DModel", {}),
     "PixArt": ("PixArtTransformer2DModel", {}),
     "Ideogram 4": ("Ideogram4Transformer2DModel", {}),
-    "HunyuanImage": ("HunyuanImageTransformer2DModel", {}),
+    # Its names are HunyuanVideo's but for one Flux.2 has too: either, by the token refiner they share.
+    "HunyuanImage or HunyuanVideo": ("HunyuanImageTransformer2DModel", {}),
     "GLM-Image": ("GlmImageTransformer2DModel", {}),
     "CogView4": ("CogView4Transformer2DModel", {}),
 }
@@ -80,8 +83,24 @@ def test_each_familys_diffusers_names_are_named(tmp_path, label):
     class_name, arguments = TRANSFORMERS[label]
     path = tmp_path / "model.safetensors"
     save_file(names_only(class_name, arguments), str(path))
-    with pytest.raises(ModelError, match=rf"model\.safetensors is a {label} model, a family Marble cannot run yet"):
+    with pytest.raises(ModelError, match=rf"model\.safetensors is a {re.escape(label)} model, a family Marble cannot"):
         detect_model(path)
+
+
+def test_hunyuan_video_files_are_named_and_flux2_is_not_taken_for_either(tmp_path):
+    # HunyuanVideo's diffusers names are Flux.1's but for its token refiner (it was taken for a Flux.1 file); Flux.2
+    # shares HunyuanImage's time_guidance_embed and must still be Flux.2.
+    path = tmp_path / "model.safetensors"
+    save_file(names_only("HunyuanVideoTransformer3DModel", {}), str(path))
+    with pytest.raises(ModelError, match=r"is a HunyuanImage or HunyuanVideo model, a family Marble cannot run yet"):
+        detect_model(path)
+    save_file({"model.diffusion_model.txt_in.individual_token_refiner.blocks.0.norm1.weight": torch.zeros(1)},
+              str(path))  # fmt: skip
+    with pytest.raises(ModelError, match=r"is a HunyuanImage or HunyuanVideo model"):
+        detect_model(path)
+    with init_empty_weights():
+        flux2 = diffusers.Flux2Transformer2DModel()
+    assert family_of(flux2.state_dict().keys()) is None
 
 
 @pytest.mark.parametrize("label", sorted(ORIGINAL))
@@ -97,7 +116,6 @@ def test_the_makers_names_are_named_with_comfys_prefix_too(tmp_path, label):
 
 VIDEO = {
     "Wan": ("WanTransformer3DModel", "head.modulation"),
-    "HunyuanVideo": ("HunyuanVideoTransformer3DModel", "txt_in.individual_token_refiner.blocks.0.norm1.weight"),
     "Mochi": ("MochiTransformer3DModel", "blocks.0.attn.qkv_x.weight"),
     "LTX-Video": (None, "patchify_proj.weight"),
 }
@@ -105,7 +123,6 @@ VIDEO = {
 
 @pytest.mark.parametrize("label", sorted(VIDEO))
 def test_video_models_are_named_as_such(tmp_path, label):
-    # HunyuanVideo's diffusers names are Flux.1's but for its token refiner: it was taken for a Flux.1 file.
     class_name, original = VIDEO[label]
     layouts = [{f"model.diffusion_model.{original}": torch.zeros(1)}]
     if class_name is not None:
@@ -147,3 +164,18 @@ def test_the_library_and_the_command_line_say_it(tmp_path):
                                "--width", "64", "--height", "64", "--device", "cpu"])  # fmt: skip
     assert code == EXIT_MODEL and "is a FLUX.3 model, a family Marble cannot run yet" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("class_name", [
+    "FluxTransformer2DModel", "Flux2Transformer2DModel", "SD3Transformer2DModel", "ChromaTransformer2DModel",
+    "QwenImageTransformer2DModel", "QwenImage21Transformer2DModel", "ZImageTransformer2DModel",
+    "Lumina2Transformer2DModel", "Krea2Transformer2DModel", "ErnieImageTransformer2DModel",
+    "LongCatImageTransformer2DModel", "OvisImageTransformer2DModel", "FluxControlNetModel", "SD3ControlNetModel",
+    "QwenImageControlNetModel",
+])  # fmt: skip
+def test_no_family_marble_runs_carries_a_marker(class_name):
+    # diffusers' names of every transformer and ControlNet class Marble runs, at their published sizes (Flux.2's
+    # time_guidance_embed once made a Flux.2 file "a HunyuanImage model").
+    with init_empty_weights():
+        model = getattr(diffusers, class_name)()
+    assert family_of(model.state_dict().keys()) is None

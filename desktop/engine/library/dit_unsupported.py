@@ -37,15 +37,19 @@ _FAMILIES = (
             ("SanaPipeline", "SanaSprintPipeline")),  # fmt: skip
     _Family("PixArt", re.compile(r"^adaln_single\."), ("PixArtAlphaPipeline", "PixArtSigmaPipeline")),
     _Family("Ideogram 4", re.compile(r"^llm_cond_proj\."), ("Ideogram4Pipeline",)),
-    _Family("HunyuanImage", re.compile(r"^time_guidance_embed\."), ("HunyuanImagePipeline",)),
+    # HunyuanImage's and HunyuanVideo's tensors share their token refiner (their makers' `txt_in.individual_...`,
+    # diffusers' `context_embedder.token_refiner`) and differ only in names other families share (Flux.2's
+    # `time_guidance_embed`): a file is named as either; their folders by pipeline.
+    _Family("HunyuanImage or HunyuanVideo",
+            re.compile(r"^context_embedder\.token_refiner\.|^txt_in\.individual_token_refiner\."),),  # fmt: skip
+    _Family("HunyuanImage", None, ("HunyuanImagePipeline",)),
     _Family("GLM-Image", re.compile(r"^glyph_projector\."), ("GlmImagePipeline",)),
     _Family("CogView4", re.compile(r"^time_condition_embed\."), ("CogView4Pipeline",)),
     _Family("Bria FIBO", None, ("BriaFiboPipeline",)),  # its tensors are too like Flux.1's to tell by a name
-    # Video models creators keep beside their picture models (ComfyUI runs both). HunyuanVideo's diffusers names are
-    # Flux.1's but for its token refiner; LTX-Video's diffusers names are too like others' to tell by one.
+    # Video models creators keep beside their picture models (ComfyUI runs both). LTX-Video's diffusers names are too
+    # like others' to tell by one.
     _Family("Wan", re.compile(r"^condition_embedder\.|^head\.modulation$"), ("WanPipeline",), video=True),
-    _Family("HunyuanVideo", re.compile(r"^context_embedder\.token_refiner\.|^txt_in\.individual_token_refiner\."),
-            ("HunyuanVideoPipeline",), video=True),  # fmt: skip
+    _Family("HunyuanVideo", None, ("HunyuanVideoPipeline",), video=True),
     _Family("Mochi", re.compile(r"^pos_frequencies$|^blocks\.\d+\.attn\.qkv_x\."), ("MochiPipeline",), video=True),
     _Family("LTX-Video", re.compile(r"^patchify_proj\."), ("LTXPipeline",), video=True),
 )
