@@ -3,8 +3,9 @@ class, so such a model is refused by its name (headers only, no torch; registere
 
 Without this a FLUX.3 file, whose diffusers names share Flux.1's `single_transformer_blocks`, was refused as "a
 Flux.1 file that is incomplete", and a HiDream-I1 file as "not SD 1.x, SD 2.x or SDXL": both read as a damaged
-download. The markers are top-level module names no family Marble runs has (checked against diffusers' classes of
-those families and diffusers' single-file key table); the pipelines are diffusers' class names.
+download. The markers are module names no family Marble runs has (diffusers' names and, where diffusers' single-file
+key table gives them, the makers'; tests/engine/test_unsupported_families.py runs every marker over each transformer
+and ControlNet class Marble runs); the pipelines are diffusers' class names.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _FAMILIES = (
     # diffusers' `context_embedder.token_refiner`) and differ only in names other families share (Flux.2's
     # `time_guidance_embed`): a file is named as either; their folders by pipeline.
     _Family("HunyuanImage or HunyuanVideo",
-            re.compile(r"^context_embedder\.token_refiner\.|^txt_in\.individual_token_refiner\."),),  # fmt: skip
+            re.compile(r"^context_embedder\.token_refiner\.|^txt_in\.individual_token_refiner\.")),  # fmt: skip
     _Family("HunyuanImage", None, ("HunyuanImagePipeline",)),
     _Family("GLM-Image", re.compile(r"^glyph_projector\."), ("GlmImagePipeline",)),
     _Family("CogView4", re.compile(r"^time_condition_embed\."), ("CogView4Pipeline",)),
