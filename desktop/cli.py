@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "dev); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
                      help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2/Lumina/Krea 2/ERNIE-Image/"
-                          "LongCat-Image/Ovis-Image file: "
+                          "LongCat-Image/Ovis-Image/HiDream-I1 file: "
                           "a diffusers folder (or library model) of the same family that supplies the text encoders, "
                           "tokenizers and VAE (Qwen-Image/Z-Image/Flux.2/Lumina/ERNIE-Image/LongCat-Image/Ovis-Image: "
                           "or a folder holding "
@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
                           "(clip_l,t5xxl_fp16), with --vae NAME (Krea 2: qwen3vl_4b_fp8_scaled with qwen_image_vae; "
                           "ERNIE-Image: ministral-3-3b with flux2-vae; LongCat-Image: qwen_2.5_vl_7b with ae; "
-                          "Ovis-Image: ovis_2.5 with ae)")
+                          "Ovis-Image: ovis_2.5 with ae; HiDream-I1: its diffusers folder only, holding Llama 3.1 8B "
+                          "Instruct as text_encoder_4/)")
     gen.add_argument("--tokenizer-folder", metavar="DIR",
                      help="for a Qwen-Image/Z-Image/Flux.2 file run with a library text encoder: a folder holding "
                           "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "

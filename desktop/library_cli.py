@@ -69,11 +69,13 @@ def add_library_commands(
         if _kind == "model":
             variant = sub.add_parser(
                 "variant", help="say which model a file is where its tensors cannot (a Qwen-Image or LongCat-Image "
-                "file that is their Edit model, a Krea 2 or ERNIE-Image file or an ERNIE-Image folder that is Turbo); "
+                "file that is their Edit model, a Krea 2 or ERNIE-Image file or an ERNIE-Image folder that is Turbo, a "
+                "HiDream-I1 file that is Dev or Fast); "
                 "without VARIANT, list the choices",
             )  # fmt: skip
             variant.add_argument("name")
-            variant.add_argument("variant", nargs="?", help="edit, edit-plus, turbo, or base (as the file says)")
+            variant.add_argument("variant", nargs="?",
+                                 help="edit, edit-plus, turbo, dev, fast, or base (as the file says)")
             add_home(variant)
 
 

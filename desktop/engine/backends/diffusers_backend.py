@@ -955,7 +955,7 @@ class DiffusersBackend:
         images = image_units(request)
         # What the text encoders' outputs depend on besides the prompt: the same prompt again (another seed, the
         # next batch) is not encoded again (dit_prompt_cache.py; Redux's, flux_redux.py).
-        encoders = tuple(id(module) for name in ("text_encoder", "text_encoder_2", "text_encoder_3")
+        encoders = tuple(id(module) for name in families.ENCODER_SLOTS
                          if (module := getattr(pipe, name, None)) is not None)  # fmt: skip
         context = (self._loads, encoders, request.loras, lora_plan.loras, self._dit_mode)
         # XLabs' IP-Adapter units (flux_ip_adapter.py) and Redux units: the reference picture as prompt tokens

@@ -30,6 +30,7 @@ from desktop.engine.backends import encoder_components, qwen_encoders
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_ernie as ernie
 from desktop.engine.backends import families_flux2 as flux2
+from desktop.engine.backends import families_hidream as hidream
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.backends import families_lumina2 as lumina2
@@ -44,12 +45,15 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
+from desktop.engine.library.dit_hidream import HIDREAM
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_class
 from desktop.engine.library.native_size import T5_TOKENS
 from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 
+# Where a pipeline holds its text encoders (HiDream-I1's Llama is the fourth).
+ENCODER_SLOTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4")
 # The T5 tokenizer shipped once under resources/tokenizers/ (LICENSE-NOTE there).
 T5_TOKENIZER_FOLDER = "t5"
 # Flux.1's T5 prompt length: dev was trained with 512 tokens, schnell with 256 (BFL's reference code).
@@ -70,6 +74,8 @@ def pipeline_class(family: str) -> Any:
         return diffusers.StableDiffusion3Pipeline
     if family == "chroma":
         return chroma.pipeline_class()
+    if family == HIDREAM:
+        return hidream.pipeline_class()
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
@@ -134,7 +140,7 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
 _GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT,
-                     qwen_zimage.OVIS)  # fmt: skip
+                     qwen_zimage.OVIS, HIDREAM)  # fmt: skip
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
@@ -178,7 +184,9 @@ def fixed_schedule_note(pipe: Any, request: GenerationRequest, info: DitInfo) ->
 
 
 # Where each family's long-prompt encoder's tokenizer sits (CLIP's 77 tokens are cut in every tool: not said).
-_LONG_TOKENIZER = {"flux": "tokenizer_2", "sd3": "tokenizer_3", "sd3.5": "tokenizer_3"}
+_LONG_TOKENIZER = {"flux": "tokenizer_2", "sd3": "tokenizer_3", "sd3.5": "tokenizer_3", HIDREAM: "tokenizer_3"}
+# The families whose prompt note counts with T5 (HiDream-I1's Llama reads as many tokens of its own beside it).
+_T5_COUNTED = ("flux", "sd3", "sd3.5", "chroma", HIDREAM)
 
 
 def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> list[str]:
@@ -192,7 +200,7 @@ def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> li
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor (Flux.2 dev's folder) holds one
     if not isinstance(limit, int) or tokenizer is None:
         return []
-    t5 = info.family in ("flux", "sd3", "sd3.5", "chroma")
+    t5 = info.family in _T5_COUNTED
     notes = []
     for key, what in (("prompt", "prompt"), ("negative_prompt", "negative prompt")):
         text = arguments.get(key)
@@ -300,6 +308,8 @@ def transformer_class(family: str) -> Any:
         return chroma.transformer_class()
     if family == dit_flux2.FLUX2:
         return flux2.transformer_class()
+    if family == HIDREAM:
+        return diffusers.HiDreamImageTransformer2DModel
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -347,6 +357,8 @@ def load_pipeline(
     `tokenizer_folder`: where a Qwen-Image / Z-Image file with a library encoder finds its tokenizer."""
     info = arch.dit
     assert info is not None
+    if info.family == HIDREAM:
+        return _load_hidream(path, arch, name, dtype, resources, config_folder, text_encoders)
     if library_parts is not None and info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2) and not path.is_dir():
         config = config_folder or _config_folder(resources, arch, name)
         return qwen_encoders.assemble(
@@ -413,6 +425,12 @@ def load_pipeline(
 def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
     """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
     (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet)."""
+    if info is not None and info.family == HIDREAM:
+        raise ModelError(
+            f"{name} ({info.label}): Marble does not read HiDream-I1's text encoders (Llama 3.1 among them) from the "
+            "library yet: pass --text-encoders FOLDER (in the window: Text encoders), a diffusers HiDream-I1 folder "
+            "holding Llama 3.1 as text_encoder_4/."
+        )
     if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
         raise ModelError(
             f"{name} ({info.label}): Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE from the "
@@ -470,6 +488,26 @@ def _load_qwen_zimage(
                                  text_width=qwen_zimage.text_width(config, info.family))  # fmt: skip
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
     return qwen_zimage.assemble(text_encoders, info, name=name, dtype=dtype, shipped=config, transformer=transformer)
+
+
+def _load_hidream(
+    path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
+    text_encoders: Path | None,
+) -> Any:
+    """Its text encoders, tokenizers and VAE always come from a folder (the model's own, or --text-encoders);
+    families_hidream.py."""
+    info = arch.dit
+    assert info is not None
+    config = config_folder or _config_folder(resources, arch, name)
+    if path.is_dir():
+        scheduler = hidream.folder_scheduler(path, info, config)
+        return hidream.assemble(path, info, name=name, dtype=dtype, scheduler=scheduler)
+    if text_encoders is None:
+        raise hidream.needs_folder_error(name)
+    hidream.check_components(text_encoders, name=name)  # before the slow transformer load
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return hidream.assemble(text_encoders, info, name=name, dtype=dtype, scheduler=hidream.scheduler_for(info, config),
+                            transformer=transformer)  # fmt: skip
 
 
 def _load_flux2(
@@ -530,7 +568,9 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             "(pass its diffusers config folder)."
         )
     single = expected.get("num_single_layers")
-    if info.family in ("flux", "chroma", dit_flux2.FLUX2) and isinstance(single, int) and info.blocks[1] != single:
+    if info.family in ("flux", "chroma", dit_flux2.FLUX2, HIDREAM) and isinstance(single, int) and (
+        info.blocks[1] != single
+    ):
         raise ModelError(
             f"{name} has {info.blocks[1]} single blocks but the {info.label} configuration has {single}: the "
             "file is incomplete, or a variant with other dimensions (pass its diffusers config folder)."
@@ -549,7 +589,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
             return cls.from_single_file(state, **kwargs, **_flux_channels(state))
-        if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2):
+        if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2, HIDREAM):
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
             # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
             # model); Lumina's are converted here, cut by the config (diffusers' cut assumes the real sizes).
@@ -560,7 +600,8 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 state = longcat.from_bfl(state, convert_flux_bfl)
             if info.family == qwen_zimage.OVIS and info.layout == "bfl":
                 state = ovis.from_bfl(state, convert_flux_bfl)
-            return cls.from_single_file(state, **kwargs)
+            model = cls.from_single_file(state, **kwargs)
+            return hidream.dequantised_gates(model, dtype) if info.family == HIDREAM and gguf else model
         if info.scaled_fp8 or info.bitsandbytes:
             return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
@@ -680,6 +721,8 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
         return flux2.generation_arguments(pipe, request, info)
     if info.family == "chroma":
         return chroma.generation_arguments(request)
+    if info.family == HIDREAM:
+        return hidream.generation_arguments(request)
     negative = request.negative_prompt or None
     if info.family == "flux":
         arguments: dict[str, Any] = {
@@ -710,7 +753,7 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     if info.family == qwen_zimage.ERNIE_IMAGE:  # its VAE's 2x2 patches (4C, h, w) as they are, no tokens
         return (channels, height // factor, width // factor), factor, _unchanged
     rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
-    if info.family in (qwen_zimage.Z_IMAGE, LUMINA2):  # (C, h, w); their transformers patchify
+    if info.family in (qwen_zimage.Z_IMAGE, LUMINA2, HIDREAM):  # (C, h, w); their transformers patchify
         return (channels, rows, cols), factor, _unchanged
     if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
@@ -751,9 +794,10 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
     transformer = pipe.transformer
     # Flux's double and single blocks, SD3's and Qwen-Image's joint ones, Z-Image's and Lumina's layers and
     # refiners: what group offload moves one at a time (a family counted as one block would be estimated whole).
-    kinds = ("transformer_blocks", "single_transformer_blocks", "layers", "noise_refiner", "context_refiner")
+    kinds = ("transformer_blocks", "single_transformer_blocks", "layers", "noise_refiner", "context_refiner",
+             "double_stream_blocks", "single_stream_blocks")  # fmt: skip
     blocks = sum(len(getattr(transformer, kind, ())) for kind in kinds)
-    encoders = tuple(weight(getattr(pipe, name, None)) for name in ("text_encoder", "text_encoder_2", "text_encoder_3"))
+    encoders = tuple(weight(getattr(pipe, name, None)) for name in ENCODER_SLOTS)
     # At the compute dtype, whatever fp8 casting did to the storage: the sizes are those of the loaded
     # model, which is what a mode change that reloads it gets. A GGUF transformer stays as stored.
     stored = weight(transformer)

@@ -604,7 +604,8 @@ def detect_diffusers_folder(
 
 def _dit_folder(folder: Path, index: Mapping[str, object], class_name: str, name: str) -> ArchitectureInfo:
     transformer = _read_json(folder, "transformer/config.json", name, "has no transformer/config.json")
-    family, variant = detect_dit_folder(index, transformer, class_name)
+    scheduler = _read_optional_json(folder, "scheduler/scheduler_config.json", name)
+    family, variant = detect_dit_folder(index, transformer, class_name, scheduler)
     weights = [f for f in (folder / "transformer").glob("*.safetensors") if f.is_file()]
     parameters, dtype = 0, "?"
     counts: dict[str, int] = {}

@@ -28,6 +28,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library import (
     dit_ernie,
     dit_flux2,
+    dit_hidream,
     dit_krea2,
     dit_longcat,
     dit_ovis,
@@ -55,6 +56,7 @@ DIT_CONFIGS = {
     **dit_ernie.CONFIGS,
     **dit_longcat.CONFIGS,
     **dit_ovis.CONFIGS,
+    **dit_hidream.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
@@ -67,10 +69,11 @@ DIT_LABELS = {
     **dit_ernie.LABELS,
     **dit_longcat.LABELS,
     **dit_ovis.LABELS,
+    **dit_hidream.LABELS,
 }
 _VARIANT_LABELS = {
     **dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS,
-    **dit_ernie.VARIANT_LABELS,
+    **dit_ernie.VARIANT_LABELS, **dit_hidream.VARIANT_LABELS,
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
@@ -181,7 +184,8 @@ def reference_image_limit(info: DitInfo | None) -> int:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat, dit_unsupported)
+        families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat, dit_hidream,
+                    dit_unsupported)  # fmt: skip
         if any(module.is_marker(bare) for module in families):
             return True
         if bare.startswith(
@@ -229,7 +233,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     # Ovis-Image first: its BFL names carry Qwen-Image's `txt_norm` and lack Flux.1's vector_in as LongCat-Image's do.
     other = (dit_ovis.detect(model, name) or dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
              or dit_krea2.detect(model, name) or dit_ernie.detect(model, name)
-             or dit_longcat.detect(model, name))  # fmt: skip
+             or dit_longcat.detect(model, name) or dit_hidream.detect(model, name))  # fmt: skip
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -257,7 +261,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     else:
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image, Z-Image, Lumina, "
-            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image or LongCat-Image)."
+            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image, LongCat-Image or HiDream-I1)."
         )
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
@@ -460,6 +464,7 @@ _PIPELINES = {
     **dit_ernie.PIPELINES,
     **dit_longcat.PIPELINES,
     **dit_ovis.PIPELINES,
+    **dit_hidream.PIPELINES,
 }
 
 
@@ -478,9 +483,10 @@ def variant_choices(family: str | None) -> dict[str, str]:
 
 def folder_says_variant(family: str | None) -> bool:
     """Whether a diffusers folder of `family` says which of its variants it holds (Qwen-Image's and LongCat-Image's
-    Edit folders by their pipeline class, Krea 2 Turbo's by `is_distilled`); False for ERNIE-Image, whose Turbo folder
-    has the base's pipeline and configs, so the user marks it as a file is marked."""
-    return family in (dit_qwen_zimage.QWEN_IMAGE, dit_longcat.LONGCAT, dit_krea2.KREA2)
+    Edit folders by their pipeline class, Krea 2 Turbo's by `is_distilled`, HiDream-I1's releases by their scheduler);
+    False for ERNIE-Image, whose Turbo folder has the base's pipeline and configs, so the user marks it as a file is
+    marked."""
+    return family in (dit_qwen_zimage.QWEN_IMAGE, dit_longcat.LONGCAT, dit_krea2.KREA2, dit_hidream.HIDREAM)
 
 
 def edit_variant(family: str, class_name: str) -> str:
@@ -505,10 +511,14 @@ def metadata_variant(family: str, metadata: Mapping[str, str]) -> str:
 
 
 def detect_dit_folder(
-    index: Mapping[str, object], transformer: Mapping[str, object], class_name: str
+    index: Mapping[str, object], transformer: Mapping[str, object], class_name: str,
+    scheduler: Mapping[str, object] | None = None,
 ) -> tuple[str, str]:
-    """(family, variant) of a diffusers folder from model_index.json and transformer/config.json."""
+    """(family, variant) of a diffusers folder from model_index.json, transformer/config.json and (HiDream-I1's
+    releases differ by it alone) scheduler/scheduler_config.json."""
     family = _PIPELINES[class_name]
+    if family == dit_hidream.HIDREAM:
+        return family, dit_hidream.folder_variant(scheduler)
     if dit_qwen_zimage.folder_family(class_name) is not None or family == dit_longcat.LONGCAT:
         return family, edit_variant(family, class_name)
     if family == dit_flux2.FLUX2:

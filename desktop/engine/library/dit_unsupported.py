@@ -2,10 +2,10 @@
 class, so such a model is refused by its name (headers only, no torch; registered in library/dit.py).
 
 Without this a FLUX.3 file, whose diffusers names share Flux.1's `single_transformer_blocks`, was refused as "a
-Flux.1 file that is incomplete", and a HiDream-I1 file as "not SD 1.x, SD 2.x or SDXL": both read as a damaged
-download. The markers are module names no family Marble runs has (diffusers' names and, where diffusers' single-file
-key table gives them, the makers'; tests/engine/test_unsupported_families.py runs every marker over each transformer
-and ControlNet class Marble runs); the pipelines are diffusers' class names.
+Flux.1 file that is incomplete": it read as a damaged download. The markers are module names no family Marble runs
+has (diffusers' names and, where diffusers' single-file key table gives them, the makers';
+tests/engine/test_unsupported_families.py runs every marker over each transformer and ControlNet class Marble runs);
+the pipelines are diffusers' class names.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ _FAMILIES = (
     # BFL's names (`early_stream_modulations.image.lin`) and diffusers' (`...linear`); diffusers runs it only
     # through its modular pipelines so far.
     _Family("FLUX.3", re.compile(r"^early_stream_modulations\.")),
-    _Family("HiDream-I1", re.compile(r"^double_stream_blocks\."), ("HiDreamImagePipeline",)),
     _Family("AuraFlow", re.compile(r"^(double_layers|joint_transformer_blocks)\.|^register_tokens$"),
             ("AuraFlowPipeline",)),  # fmt: skip
     # Its release's names (`blocks.N.cross_attn.q_linear`) and diffusers' (`caption_norm`).

@@ -13,6 +13,7 @@ from desktop.engine.errors import MarbleError
 from desktop.engine.library.checkpoint import ArchitectureInfo, detect_model, with_variant
 from desktop.engine.library.dit import reference_image_limit
 from desktop.engine.library.dit_flux2 import FLUX2
+from desktop.engine.library.dit_hidream import HIDREAM
 from desktop.engine.library.few_step import PRESETS, few_step_of_file, split_family
 from desktop.engine.safe_files import read_json_file
 
@@ -70,6 +71,7 @@ _FAMILY_BY_CONFIG = {
     "ernie-image": "ernie-image",
     "longcat-image": "longcat-image",
     "ovis-image": "ovis-image",
+    "hidream-i1": "hidream-i1",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -117,6 +119,8 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
         return f"{arch.dit.family}-{arch.dit.variant}"
     if arch.dit is not None and arch.dit.variant == "turbo":
         return f"{arch.dit.family}-distilled"
+    if arch.dit is not None and arch.dit.family == HIDREAM and arch.dit.variant:
+        return f"{HIDREAM}-{arch.dit.variant}"  # Dev's and Fast's defaults; Full's is the plain family
     if arch.family == FLUX2:
         # Every Klein size shares its defaults (and a Klein of other dimensions has no shipped config).
         return "flux2-dev" if arch.dit is not None and arch.dit.variant == "dev" else "flux2-klein"
@@ -129,12 +133,13 @@ def _dit_family(arch: ArchitectureInfo) -> str | None:
 # the pipelines; the prompt editor counts by them.
 T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
 # "qwen-image" covers 2.1.
+# HiDream-I1 reads its CLIP encoders' 128 tokens in one window (not CLIP's 75), beside T5's and Llama's 128.
 CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2", "ernie-image",
-                      "longcat-image", "ovis-image")
+                      "longcat-image", "ovis-image", "hidream-i1")
 
 
 _DIT_FAMILIES = ("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2", "ernie-image",
-                 "longcat-image", "ovis-image")
+                 "longcat-image", "ovis-image", "hidream-i1")
 
 
 def is_dit_family(family: str | None) -> bool:
@@ -181,6 +186,11 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "longcat-image-edit": {"steps": 50, "cfg_scale": 4.5},
     # Ovis-Image: AIDC-AI's settings, 50 steps and CFG 5 (its pipeline's defaults and model card).
     "ovis-image": {"steps": 50, "cfg_scale": 5.0},
+    # HiDream-I1: HiDream.ai's settings for each release. Full 50 steps at CFG 5; Dev and Fast are guidance-distilled,
+    # 28 and 16 steps without CFG.
+    "hidream-i1": {"steps": 50, "cfg_scale": 5.0},
+    "hidream-i1-dev": {"steps": 28, "cfg_scale": 1.0},
+    "hidream-i1-fast": {"steps": 16, "cfg_scale": 1.0},
 }
 
 

@@ -1,0 +1,235 @@
+"""HiDream-I1 (HiDream.ai's 17B model: Full, Dev and Fast): a tiny random model as a diffusers folder (its four text
+encoders, Llama among them, inside), as a transformer-only file in its release's names (bare and under ComfyUI's
+prefix) and as a GGUF; detected from its tensors, its release told by a folder's scheduler or marked by the user for a
+file, and run offline through Marble, pixel-identical to bare diffusers with the same seed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    GGUFQuantizationConfig,
+    HiDreamImagePipeline,
+    HiDreamImageTransformer2DModel,
+)
+from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library.checkpoint import detect_model, with_variant
+from desktop.engine.library.dit import variant_choices
+from desktop.engine.library.native_size import family_defaults, model_family
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_hidream import build_tiny_hidream
+from tests.support.tiny_qwen_zimage import save_transformer_file
+
+PREFIX = "model.diffusion_model."
+
+
+@pytest.fixture(scope="module")
+def hidream(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hidream")
+    pipe = build_tiny_hidream()
+    folder = tmp / "hidream-full"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    dev = tmp / "hidream-dev"
+    build_tiny_hidream(variant="dev").save_pretrained(str(dev), safe_serialization=True)
+    state = dict(pipe.transformer.state_dict())
+    return {
+        "pipe": pipe,
+        "folder": folder,
+        "dev": dev,
+        # ComfyUI's file, under a name that says nothing true.
+        "comfy": save_transformer_file(state, tmp / "flux-dev.safetensors", prefix=PREFIX),
+        "bare": save_transformer_file(state, tmp / "hidream_i1.safetensors"),
+    }
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def bare_pipeline(folder, transformer=None, scheduler=None):
+    parts = {"transformer": transformer} if transformer is not None else {}
+    parts |= {"scheduler": scheduler} if scheduler is not None else {}
+    pipe = HiDreamImagePipeline.from_pretrained(str(folder), local_files_only=True, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    # diffusers scales every job to this reference area: the tests' 64x64 pixels.
+    pipe.default_sample_size = 64 // pipe.vae_scale_factor
+    return pipe
+
+
+def bare_image(folder, request, transformer=None, scheduler=None):
+    pipe = bare_pipeline(folder, transformer, scheduler)
+    guided = request.cfg_scale > 1
+    return pixels(pipe(
+        prompt=request.prompt, negative_prompt=request.negative_prompt if guided else None,
+        num_inference_steps=request.steps, width=request.width, height=request.height,
+        guidance_scale=request.cfg_scale, generator=torch.Generator("cpu").manual_seed(request.seed),
+    ).images[0])  # fmt: skip
+
+
+def test_a_hidream_folder_is_detected_and_matches_bare_diffusers(paths, hidream):
+    arch = detect_model(hidream["folder"])
+    assert (arch.family, arch.dit.variant, arch.dit.layout, arch.config_name, arch.label) == (
+        "hidream-i1", "", "diffusers", "hidream-i1", "HiDream-I1"
+    )  # fmt: skip
+    request = request_for(hidream["folder"], steps=3, cfg_scale=5.0)
+    batch, steps = run(make_backend(paths), request)
+    expected = bare_image(hidream["folder"], request)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert len(steps) == 3 and all(step.preview is not None for step in steps)
+    assert not batch.notes
+    # Its CFG runs against the negative prompt: another negative, another image.
+    other, _ = run(make_backend(paths), replace(request, negative_prompt="dark"))
+    assert not np.array_equal(pixels(other.images[0]), expected)
+
+
+def test_a_dev_folder_is_told_by_its_scheduler_and_runs_without_cfg(paths, hidream):
+    arch = detect_model(hidream["dev"])
+    assert (arch.dit.variant, arch.label) == ("dev", "HiDream-I1 Dev")
+    assert model_family(hidream["dev"]) == "hidream-i1-dev" and model_family(hidream["folder"]) == "hidream-i1"
+    request = request_for(hidream["dev"], steps=3, cfg_scale=1.0)
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["dev"], request))
+    assert batch.notes == ("HiDream-I1 Dev uses a negative prompt only with CFG above 1; the negative prompt was "
+                           "ignored.",)  # fmt: skip
+
+
+def test_each_release_has_its_makers_defaults():
+    assert family_defaults("hidream-i1") == {"steps": 50, "cfg_scale": 5.0}
+    assert family_defaults("hidream-i1-dev") == {"steps": 28, "cfg_scale": 1.0}
+    assert family_defaults("hidream-i1-fast") == {"steps": 16, "cfg_scale": 1.0}
+    assert variant_choices("hidream-i1") == {"": "HiDream-I1 (as the file says)", "dev": "HiDream-I1 Dev",
+                                             "fast": "HiDream-I1 Fast"}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["comfy", "bare"])
+def test_transformer_files_match_with_the_folders_encoders(paths, hidream, layout):
+    arch = detect_model(hidream[layout])
+    assert (arch.family, arch.dit.layout, arch.dit.blocks, arch.label) == ("hidream-i1", "diffusers", (2, 2),
+                                                                           "HiDream-I1")  # fmt: skip
+    assert arch.dit.needs_components
+    request = request_for(hidream[layout], steps=3, cfg_scale=5.0, model_config=str(hidream["folder"]),
+                          text_encoders=str(hidream["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request))
+
+
+def test_a_file_marked_dev_runs_devs_schedule_whatever_the_folders(paths, hidream):
+    from desktop.engine.library.index import Library, record_variant_choices
+
+    marked = with_variant(detect_model(hidream["bare"]), "dev")
+    assert (marked.label, marked.config_name) == ("HiDream-I1 Dev", "hidream-i1")
+    library = Library(paths)
+    record = library.import_path(hidream["bare"], "model", name="hidream-i1-dev")
+    assert record_variant_choices(record) == variant_choices("hidream-i1")
+    chosen = library.choose_variant(record.name, "dev")
+    assert model_family(library.path_of(chosen), "dev") == "hidream-i1-dev"
+    # A folder says which release it is by its scheduler: nothing to choose.
+    assert record_variant_choices(library.import_path(hidream["dev"], "model")) == {}
+    request = request_for(record.name, steps=3, cfg_scale=1.0, model_config=str(hidream["folder"]),
+                          text_encoders=str(hidream["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    # The Full folder's UniPC is not used: Euler at Dev's shift 6 is.
+    euler = FlowMatchEulerDiscreteScheduler(shift=6.0)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request, scheduler=euler))
+    assert not np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request))
+
+
+def test_a_hidream_gguf_matches_diffusers_gguf_loading(paths, hidream, tmp_path):
+    state = dict(hidream["pipe"].transformer.state_dict())
+    path = save_gguf(state, tmp_path / "hidream-Q8_0.gguf", arch="hidream")
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.quantization) == ("hidream-i1", "Q8_0")
+    request = request_for(path, steps=3, cfg_scale=5.0, model_config=str(hidream["folder"]),
+                          text_encoders=str(hidream["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    transformer = HiDreamImageTransformer2DModel.from_single_file(
+        str(path), config=str(hidream["folder"]), subfolder="transformer", local_files_only=True,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), dtype=torch.float32,
+    )  # fmt: skip
+    # The experts' gates are bare weights diffusers' GGUF layers leave quantised (they fail in the first step
+    # otherwise): dequantised, as Marble does at load.
+    for block in (*transformer.double_stream_blocks, *transformer.single_stream_blocks):
+        gate = block.block.ff_i.gate
+        assert gate.weight.quant_type.name == "Q8_0"
+        gate.weight = torch.nn.Parameter(dequantize_gguf_tensor(gate.weight).float(), requires_grad=False)
+    expected = bare_image(hidream["folder"], request, transformer)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(hidream["folder"], request))  # the quantisation shows
+
+
+def test_the_size_asked_is_drawn_not_diffusers_reference_area(paths, hidream):
+    # diffusers' pipeline would scale 96x64 to its 64x64 reference area (and 1024x1024 for the real model).
+    batch, steps = run(make_backend(paths), request_for(hidream["folder"], steps=2, cfg_scale=5.0, width=96,
+                                                        height=64))  # fmt: skip
+    assert batch.images[0].size == (96, 64) and len(steps) == 2
+    # Not square, more patches than the transformer pads to (its max_seq: 64 for the tiny one): refused by name.
+    with pytest.raises(InvalidRequest, match=r"HiDream-I1 draws a picture that is not square at up to 16,384 pixels"):
+        run(make_backend(paths), request_for(hidream["folder"], steps=2, width=160, height=128))
+    square, _ = run(make_backend(paths), request_for(hidream["folder"], steps=2, width=144, height=144))
+    assert square.images[0].size == (144, 144)
+
+
+def test_damaged_files_and_missing_components_are_refused_by_name(paths, hidream, tmp_path):
+    state = dict(hidream["pipe"].transformer.state_dict())
+    middle = save_transformer_file(state, tmp_path / "my-hidream.safetensors", prefix=PREFIX,
+                                   drop="double_stream_blocks.0")  # fmt: skip
+    with pytest.raises(ModelError, match=r"my-hidream\.safetensors looks like HiDream-I1 but double_stream_blocks\.0"):
+        detect_model(middle)
+    cut = {key: value for key, value in state.items() if not key.startswith("caption_projection.4.")}
+    with pytest.raises(ModelError, match=r"cut\.safetensors looks like HiDream-I1 but caption_projection\.4\."):
+        detect_model(save_transformer_file(cut, tmp_path / "cut.safetensors"))
+    last = save_transformer_file(state, tmp_path / "short.safetensors", drop="single_stream_blocks.1")
+    with pytest.raises(ModelError, match=r"short\.safetensors has 1 single blocks but the HiDream-I1 config"):
+        run(make_backend(paths), request_for(last, model_config=str(hidream["folder"]),
+                                             text_encoders=str(hidream["folder"])))  # fmt: skip
+    with pytest.raises(ModelError, match=r"four text encoders \(CLIP-L, CLIP-G, T5-XXL and Llama 3\.1 8B Instruct\)"):
+        run(make_backend(paths), request_for(hidream["bare"], model_config=str(hidream["folder"])))
+
+
+def test_a_folder_without_llama_says_where_it_goes(paths, hidream, tmp_path):
+    import shutil
+
+    folder = tmp_path / "HiDream-I1-Full"
+    shutil.copytree(hidream["folder"], folder)
+    shutil.rmtree(folder / "text_encoder_4")
+    shutil.rmtree(folder / "tokenizer_4")
+    with pytest.raises(ModelError, match=r"no text_encoder_4/ \(Llama 3\.1 8B Instruct\).*as text_encoder_4/"):
+        run(make_backend(paths), request_for(folder, steps=2))
+    # Meta's Llama folder holds its tokenizer beside its weights: linked in as text_encoder_4/, it serves both.
+    llama = tmp_path / "Meta-Llama-3.1-8B-Instruct"
+    shutil.copytree(hidream["folder"] / "text_encoder_4", llama)
+    for file in (hidream["folder"] / "tokenizer_4").iterdir():
+        shutil.copy(file, llama / file.name)
+    (folder / "text_encoder_4").symlink_to(llama, target_is_directory=True)
+    request = request_for(folder, steps=2, cfg_scale=5.0)
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request))
+    # Another model's language model in its place is refused before anything loads.
+    config = (llama / "config.json").read_text(encoding="utf-8").replace('"llama"', '"qwen3"')
+    (llama / "config.json").write_text(config, encoding="utf-8")
+    with pytest.raises(ModelError, match=r"its text_encoder_4/ is qwen3 .* needs Llama 3\.1 8B Instruct"):
+        run(make_backend(paths), request_for(folder, steps=2))
+
+
+def test_the_shipped_config_is_the_published_model():
+    from accelerate import init_empty_weights
+
+    from desktop.engine.backends.families import transformer_class
+    from desktop.engine.resources import Resources
+
+    cls = transformer_class("hidream-i1")
+    config = cls.load_config(str(Resources.default().config_folder("hidream-i1")), subfolder="transformer")
+    with init_empty_weights():
+        model = cls.from_config(config)
+    # 17B parameters (HiDream.ai's model card), 48 blocks each reading one of Llama 3.1's 32 layers.
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 17.1
+    assert len(config["llama_layers"]) == config["num_layers"] + config["num_single_layers"] == 48
