@@ -105,13 +105,14 @@ _EDIT_PIPELINES = {
 # pipelines (flow_edit.py), made from the loaded one by each family's module.
 _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
               qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class,
-              qwen_zimage.LONGCAT: longcat.edit_class, qwen_zimage.OVIS: ovis.edit_class}  # fmt: skip
+              qwen_zimage.LONGCAT: longcat.edit_class, qwen_zimage.OVIS: ovis.edit_class,
+              HIDREAM: hidream.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
-    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image and Ovis-Image Marble's own over their text-to-image
-    pipelines)."""
+    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image and HiDream-I1 Marble's own over their
+    text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
     if family in _OWN_EDITS:

@@ -66,8 +66,8 @@ class FlowEdit:
         step_end = callback_on_step_end
         if mask_image is not None:
             # On every latent channel, packed as the latents are (a 2x2-patch token holds four cells).
-            repaint = self._edit_pack(_latent_mask(mask_image, rows, cols).repeat(1, channels, 1, 1)).to(device, dtype)
-            step_end = _blended(clean, noise, repaint, callback_on_step_end)
+            repaint = self._edit_pack(latent_mask(mask_image, rows, cols).repeat(1, channels, 1, 1)).to(device, dtype)
+            step_end = blended(clean, noise, repaint, callback_on_step_end)
         return super().__call__(  # type: ignore[misc]
             width=width, height=height, sigmas=tail, latents=(1 - sigma) * clean + sigma * noise,
             num_images_per_prompt=count, generator=generator, callback_on_step_end=step_end,
@@ -107,7 +107,7 @@ class FluxLatentEdit(FlowEdit):
     def _edit_conditions(self, references: Any) -> dict[str, Any]:
         return {}
 
-def _latent_mask(mask: Any, rows: int, cols: int) -> Any:
+def latent_mask(mask: Any, rows: int, cols: int) -> Any:
     """(1, 1, rows, cols): 1 where a latent cell holds any masked (white) pixel."""
     import numpy as np
     import torch
@@ -116,7 +116,7 @@ def _latent_mask(mask: Any, rows: int, cols: int) -> Any:
     return (torch.nn.functional.adaptive_max_pool2d(pixels, (rows, cols)) >= 0.5).float()
 
 
-def _blended(clean: Any, noise: Any, repaint: Any, then: Any) -> Any:
+def blended(clean: Any, noise: Any, repaint: Any, then: Any) -> Any:
     """A step-end callback that puts the source back outside the mask, then calls `then` (Marble's own)."""
 
     def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
