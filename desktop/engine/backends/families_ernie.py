@@ -30,8 +30,7 @@ def lora_needs_conversion(names: Iterable[str]) -> bool:
 def convert_lora(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any]:
     """The LoRA as `diffusion_model.<module>.lora_A/B.weight` (lora_forms.py), kohya's names matched to the
     transformer's own `modules` (its dots made underscores: its names are its release's)."""
-    dotted = {name.replace(".", "_"): name for name in modules}
-    return lora_forms.renamed(state, lambda flat: dotted.get(flat, flat))
+    return lora_forms.renamed_for(state, modules)
 
 
 class _GivenSchedule:

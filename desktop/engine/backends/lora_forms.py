@@ -21,6 +21,13 @@ def needs_renaming(names: Iterable[str]) -> bool:
     return any(name.startswith(KOHYA) or name.endswith((".lora_down.weight", ".alpha")) for name in names)
 
 
+def renamed_for(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any]:
+    """`state` in diffusers' form, kohya's names matched to the transformer's own `modules` (their dots made
+    underscores: the families whose module names are their release's)."""
+    dotted = {name.replace(".", "_"): name for name in modules}
+    return renamed(state, lambda flat: dotted.get(flat, flat))
+
+
 def renamed(state: dict[str, Any], dotted: Callable[[str], str]) -> dict[str, Any]:
     """`state` in diffusers' form; `dotted(flat)`: the module a kohya name (its `lora_unet_` cut) stands for."""
     out: dict[str, Any] = {}

@@ -30,7 +30,7 @@ FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
     "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image", "longcat-image": "LongCat-Image",
-    "ovis-image": "Ovis-Image",
+    "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1",
 }  # fmt: skip
 # Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
 # come in: LongCat-Image's and Ovis-Image's blocks are Flux.1's, named as diffusers names them (their loader refuses a
@@ -159,6 +159,10 @@ _KREA2_KOHYA = ("lora_unet_blocks_", "lora_unet_txtfusion_")
 # output `mlp.linear_fc2`, no other family's; in kohya's names too (`lora_unet_layers_0_self_attention_to_q`).
 _ERNIE_MARKS = (".self_attention.", ".mlp.linear_fc2.", ".mlp.gate_proj.", "_self_attention_", "_mlp_linear_fc2",
                 "_mlp_gate_proj")  # fmt: skip
+# HiDream-I1's blocks (`double_stream_blocks.N.block`, `single_stream_blocks.N.block`), no other family's; kohya's
+# flattened names of them too (backends/lora_forms.py renames those).
+_HIDREAM_BLOCKS = ("double_stream_blocks.", "single_stream_blocks.")
+_HIDREAM_KOHYA = ("lora_unet_double_stream_blocks_", "lora_unet_single_stream_blocks_")
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
@@ -187,6 +191,8 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     elif any(n.startswith(("layers.", "lora_unet_layers_")) and any(m in n for m in _ERNIE_MARKS) for n in bare):
         # Before Z-Image's, whose blocks share the `layers.N` name (backends/families_ernie.py renames kohya's).
         fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "ernie-image"
+    elif any(n.startswith(_HIDREAM_BLOCKS) for n in bare) or any(n.startswith(_HIDREAM_KOHYA) for n in names):
+        fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "hidream-i1"
     elif any(n.startswith(_FLUX_KOHYA) for n in names):
         fmt, family = "kohya", "flux"
     elif any(n.startswith(_QWEN_KOHYA) for n in names):
@@ -241,7 +247,7 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
 _ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
                      ".proj_lora1.", "_linear1.", ".attn.qkv.", ".attention.to_q.", "_attn_to_q.",
                      "_attention_to_q.", ".attention.qkv.", "_attention_qkv.", ".self_attention.to_q.",
-                     "_self_attention_to_q.")  # fmt: skip
+                     "_self_attention_to_q.", ".attn1.to_q.", "_attn1_to_q.")  # fmt: skip
 
 
 # Flux.2 LoRAs share Flux.1's block names in BFL/kohya/ai-toolkit form. diffusers' names give Flux.2 away by
