@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
                           "(clip_l,t5xxl_fp16), with --vae NAME (Krea 2: qwen3vl_4b_fp8_scaled with qwen_image_vae; "
                           "ERNIE-Image: ministral-3-3b with flux2-vae; LongCat-Image: qwen_2.5_vl_7b with ae; "
-                          "Ovis-Image: ovis_2.5 with ae; HiDream-I1: its diffusers folder only, holding Llama 3.1 8B "
-                          "Instruct as text_encoder_4/)")
+                          "Ovis-Image: ovis_2.5 with ae; HiDream-I1: clip_l_hidream,clip_g_hidream,t5xxl,"
+                          "llama_3.1_8b_instruct with ae and --tokenizer-folder, or its diffusers folder holding "
+                          "Llama 3.1 as text_encoder_4/)")
     gen.add_argument("--tokenizer-folder", metavar="DIR",
                      help="for a Qwen-Image/Z-Image/Flux.2 file run with a library text encoder: a folder holding "
                           "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "or the model's diffusers folder; for Flux.2 dev, whose Mistral file from ComfyUI carries "
                           "its tokenizer, FLUX.2-dev's tokenizer/ folder or a Mistral tekken.json's folder; for "
                           "Lumina Image 2.0 with a Gemma-2 file (needed: Gemma's tokenizer cannot ship), "
-                          "Lumina-Image-2.0's tokenizer/ folder")
+                          "Lumina-Image-2.0's tokenizer/ folder; for HiDream-I1 with library encoders (needed: Llama "
+                          "3.1's cannot ship), Meta-Llama-3.1-8B-Instruct's folder or HiDream's tokenizer_4/")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",

@@ -2242,7 +2242,7 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, LongCat-Image, Z-Image, Ovis-Image and Flux.2 Klein; a Qwen3-VL 4B file for Krea 2; ComfyUI&apos;s Mistral file for Flux.2 dev and its Ministral 3 3B file for ERNIE-Image; a Gemma-2 file for Lumina Image 2.0, whose tokenizer comes from the Tokenizer folder setting: pick them with Library, and the VAE in the VAE row). Qwen-Image 2.1 takes a folder only: its diffusers folder, or one holding text_encoder/, processor/ and vae/</source>
+        <source>This model file holds the transformer only: its text encoders and VAE come from a diffusers folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, LongCat-Image, Z-Image, Ovis-Image and Flux.2 Klein; a Qwen3-VL 4B file for Krea 2; ComfyUI&apos;s Mistral file for Flux.2 dev and its Ministral 3 3B file for ERNIE-Image; a Gemma-2 file for Lumina Image 2.0 and the Long-CLIP L and G, T5 and Llama 3.1 files for HiDream-I1, whose tokenizers come from the Tokenizer folder setting: pick them with Library, and the VAE in the VAE row). Qwen-Image 2.1 takes a folder only: its diffusers folder, or one holding text_encoder/, processor/ and vae/</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -5,6 +5,7 @@ file, and run offline through Marble, pixel-identical to bare diffusers with the
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -196,8 +197,6 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, hidream
 
 
 def test_a_folder_without_llama_says_where_it_goes(paths, hidream, tmp_path):
-    import shutil
-
     folder = tmp_path / "HiDream-I1-Full"
     shutil.copytree(hidream["folder"], folder)
     shutil.rmtree(folder / "text_encoder_4")
@@ -371,3 +370,72 @@ def test_a_lora_for_another_family_is_refused_by_name(paths, hidream):
     save_file(lumina, str(paths.loras / "lumina.safetensors"))
     with pytest.raises(ModelError, match=r"it is a LoRA for Lumina Image 2\.0 models, and hidream-dev is HiDream-I1"):
         run(make_backend(paths), request_for(hidream["dev"], prompt="a fox <lora:lumina:1>", steps=2, cfg_scale=1.0))
+
+
+@pytest.fixture(scope="module")
+def comfy_files(tmp_path_factory):
+    """A tiny HiDream-I1 whose Llama has Llama 3's vocabulary, its configs as --config (its diffusers folder), and
+    its encoders and VAE as ComfyUI's split files for the libraries."""
+    from tests.support.tiny_hidream import library_files
+
+    tmp = tmp_path_factory.mktemp("hidream_library")
+    pipe = build_tiny_hidream(seed=1, llama_vocabulary=128256)
+    folder = tmp / "hidream"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    # Marble's shipped configs hold no tokenizers: the CLIP and T5 ones ship apart, Llama's comes from the user.
+    configs = tmp / "configs"
+    shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("tokenizer*"))
+    files = library_files(pipe, tmp / "split")
+    transformer = save_transformer_file(dict(pipe.transformer.state_dict()), tmp / "hidream_i1_full.safetensors",
+                                        prefix=PREFIX)  # fmt: skip
+    return {"folder": folder, "configs": configs, "files": files, "transformer": transformer}
+
+
+def test_comfyuis_split_files_run_from_the_libraries(paths, comfy_files):
+    from desktop.engine.library.index import Library
+
+    library = Library(paths)
+    kinds = {}
+    for name, path in comfy_files["files"].items():
+        record = library.import_path(path, "vae" if name == "ae" else "encoder")
+        kinds[name] = record.architecture
+    assert "Llama 3 text encoder (width 32)" in kinds["llama_3.1_8b_instruct"]
+    encoders = "llama_3.1_8b_instruct,t5xxl,clip_g_hidream,clip_l_hidream"  # any order: each finds its slot
+    request = request_for(comfy_files["transformer"], steps=3, cfg_scale=5.0, model_config=str(comfy_files["configs"]),
+                          text_encoders=encoders, vae="ae",
+                          tokenizer_folder=str(comfy_files["folder"] / "tokenizer_4"))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(comfy_files["folder"], request))
+    # Llama's tokenizer cannot ship: without a folder holding it, the job says where to point.
+    with pytest.raises(ModelError, match=r"whose tokenizer Marble cannot ship \(none was given\): point "):
+        run(make_backend(paths), replace(request, tokenizer_folder=None))
+    # Three encoders are not four: the missing slot is named.
+    with pytest.raises(ModelError, match=r"needs a Llama \(width 32\) text encoder for its text_encoder_4"):
+        run(make_backend(paths), replace(request, text_encoders="t5xxl,clip_g_hidream,clip_l_hidream"))
+
+
+def test_a_file_marked_fast_runs_fasts_schedule_with_library_encoders(paths, comfy_files):
+    from desktop.engine.library.index import Library
+
+    library = Library(paths)
+    for name, path in comfy_files["files"].items():
+        library.import_path(path, "vae" if name == "ae" else "encoder")
+    record = library.import_path(comfy_files["transformer"], "model", name="hidream-fast")
+    library.choose_variant(record.name, "fast")
+    request = request_for(record.name, steps=3, cfg_scale=1.0, model_config=str(comfy_files["configs"]),
+                          text_encoders="clip_l_hidream,clip_g_hidream,t5xxl,llama_3.1_8b_instruct", vae="ae",
+                          tokenizer_folder=str(comfy_files["folder"] / "tokenizer_4"))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    euler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(comfy_files["folder"], request, scheduler=euler))
+
+
+def test_a_llama_gguf_encoder_is_refused_by_name(tmp_path):
+    # llama.cpp permutes a Llama's q and k rows for its rotary layout: read as they are, the encoder would run wrong.
+    from desktop.engine.backends.encoder_components import Component, _read_state
+    from desktop.engine.library.encoder import EncoderInfo
+
+    info = EncoderInfo("llama3", 4096, 32, "gguf", "", "Q8_0", 8_000_000_000)
+    component = Component("llama-3.1-8b-instruct-q8", tmp_path / "Llama-3.1-8B-Instruct-Q8_0.gguf")
+    with pytest.raises(ModelError, match=r"'llama-3.1-8b-instruct-q8' .* is a Llama GGUF, which Marble does not"):
+        _read_state(component, info, None, torch.float32)

@@ -34,7 +34,7 @@ from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.dit import read_gguf_tensors
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
-from desktop.engine.library.encoder_qwen import MISTRAL3, QWEN3VL
+from desktop.engine.library.encoder_qwen import LLAMA3, MISTRAL3, QWEN3VL
 from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
 from desktop.engine.library.vae import inspect_vae
 
@@ -42,15 +42,16 @@ _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "cli
                     "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3",
                     "Qwen3ForCausalLM": "qwen3", "Mistral3ForConditionalGeneration": MISTRAL3,
                     "MistralModel": MISTRAL3, "Mistral3Model": MISTRAL3, "Gemma2Model": "gemma2",
-                    "Qwen3VLModel": QWEN3VL, "Qwen3VLForConditionalGeneration": QWEN3VL}  # fmt: skip
+                    "Qwen3VLModel": QWEN3VL, "Qwen3VLForConditionalGeneration": QWEN3VL,
+                    "LlamaForCausalLM": LLAMA3}  # fmt: skip
 _WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
            ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B",
            ("qwen3", 4096): "a Qwen3 8B", (MISTRAL3, 5120): "a Mistral Small 24B",
            (MISTRAL3, 3072): "a Ministral 3 3B",
            ("gemma2", 2304): "a Gemma-2 2B", (QWEN3VL, 2560): "a Qwen3-VL 4B",
-           (QWEN3VL, 4096): "a Qwen3-VL 8B"}  # fmt: skip
+           (QWEN3VL, 4096): "a Qwen3-VL 8B", (LLAMA3, 4096): "a Llama 3.1 8B Instruct"}  # fmt: skip
 _KIND_NAMES = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", MISTRAL3: "Mistral",
-               "gemma2": "Gemma 2", QWEN3VL: "Qwen3-VL"}  # fmt: skip
+               "gemma2": "Gemma 2", QWEN3VL: "Qwen3-VL", LLAMA3: "Llama"}  # fmt: skip
 # Tensors component files carry that the model class does not hold (a CLIP-L's projection and logit scale
 # when it serves Flux's un-projected slot; buffers older exports saved).
 _HARMLESS = ("logit_scale", "text_projection.weight")
@@ -300,6 +301,12 @@ def _flux2_ldm_parts(state: dict[str, Any]) -> dict[str, Any]:
 
 def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:
     if info.layout == "gguf":
+        if info.kind == LLAMA3:
+            # llama.cpp permutes a Llama's q and k rows for its rotary layout; not undone here yet.
+            raise ModelError(
+                f"The text encoder {component.shown} is a Llama GGUF, which Marble does not read yet: use a "
+                "safetensors file of it (ComfyUI's llama_3.1_8b_instruct_fp8_scaled.safetensors, or bf16)."
+            )
         if info.kind == MISTRAL3:
             return mistral_encoder.read_gguf(component.path, settings)
         rename = qwen_gguf_name if info.kind in qwen_encoders.KINDS else _gguf_t5_name

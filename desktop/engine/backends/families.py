@@ -359,7 +359,8 @@ def load_pipeline(
     info = arch.dit
     assert info is not None
     if info.family == HIDREAM:
-        return _load_hidream(path, arch, name, dtype, resources, config_folder, text_encoders)
+        return _load_hidream(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
+                             tokenizer_folder)  # fmt: skip
     if library_parts is not None and info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2) and not path.is_dir():
         config = config_folder or _config_folder(resources, arch, name)
         return qwen_encoders.assemble(
@@ -426,12 +427,6 @@ def load_pipeline(
 def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
     """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
     (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet)."""
-    if info is not None and info.family == HIDREAM:
-        raise ModelError(
-            f"{name} ({info.label}): Marble does not read HiDream-I1's text encoders (Llama 3.1 among them) from the "
-            "library yet: pass --text-encoders FOLDER (in the window: Text encoders), a diffusers HiDream-I1 folder "
-            "holding Llama 3.1 as text_encoder_4/."
-        )
     if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
         raise ModelError(
             f"{name} ({info.label}): Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE from the "
@@ -451,8 +446,9 @@ class LibraryParts:
 
 def _with_library_parts(
     cls: Any, path: Path, info: DitInfo, config: Path, parts: LibraryParts, name: str, dtype: Any,
-    resources: Resources,
+    resources: Resources, tokenizers: dict[str, Any] | None = None,
 ) -> Any:
+    """`tokenizers`: the family's own beside the shipped CLIP and T5 ones (HiDream-I1's Llama tokenizer)."""
     # Which encoder fills which slot, and whether the VAE is there, before the slow transformer load.
     chosen = encoder_components.match_slots(config, parts.encoders, name)
     if parts.vae is None:
@@ -463,7 +459,8 @@ def _with_library_parts(
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
     return encoder_components.assemble(
         cls, config, chosen, parts.vae, model_name=name, dtype=dtype, transformer=transformer,
-        tokenizers=shipped_tokenizers(resources, config, info.family), convert_ldm=parts.convert_ldm,
+        tokenizers=shipped_tokenizers(resources, config, info.family) | (tokenizers or {}),
+        convert_ldm=parts.convert_ldm,
     )  # fmt: skip
 
 
@@ -493,16 +490,22 @@ def _load_qwen_zimage(
 
 def _load_hidream(
     path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
-    text_encoders: Path | None,
+    text_encoders: Path | None, library_parts: LibraryParts | None, tokenizer_folder: Path | None,
 ) -> Any:
-    """Its text encoders, tokenizers and VAE always come from a folder (the model's own, or --text-encoders);
-    families_hidream.py."""
+    """Its text encoders, tokenizers and VAE from a folder (the model's own, or --text-encoders), or from the
+    libraries with Llama's tokenizer from --tokenizer-folder; families_hidream.py."""
     info = arch.dit
     assert info is not None
     config = config_folder or _config_folder(resources, arch, name)
     if path.is_dir():
         scheduler = hidream.folder_scheduler(path, info, config)
         return hidream.assemble(path, info, name=name, dtype=dtype, scheduler=scheduler)
+    if library_parts is not None:
+        llama = {"tokenizer_4": hidream.llama_tokenizer(tokenizer_folder, name=name)}
+        pipe = _with_library_parts(hidream.pipeline_class(), path, info, config, library_parts, name, dtype, resources,
+                                   tokenizers=llama)  # fmt: skip
+        pipe.scheduler = hidream.scheduler_for(info, config)  # the release the file is marked as
+        return pipe
     if text_encoders is None:
         raise hidream.needs_folder_error(name)
     hidream.check_components(text_encoders, name=name)  # before the slow transformer load

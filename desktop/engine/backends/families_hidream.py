@@ -97,7 +97,9 @@ def needs_folder_error(name: str) -> ModelError:
         f"{name} holds the HiDream-I1 transformer only. HiDream-I1 also needs its four text encoders (CLIP-L, CLIP-G, "
         "T5-XXL and Llama 3.1 8B Instruct), their tokenizers and its VAE, which Marble cannot ship: pass "
         "--text-encoders FOLDER, a diffusers HiDream-I1 folder (such as HiDream-ai/HiDream-I1-Full) holding "
-        "Llama 3.1 as text_encoder_4/."
+        "Llama 3.1 as text_encoder_4/, or the four encoder files from the library with Flux's VAE "
+        "(--text-encoders clip_l_hidream,clip_g_hidream,t5xxl,llama_3.1_8b_instruct --vae ae) and Llama's tokenizer "
+        "(--tokenizer-folder)."
     )
 
 
@@ -107,6 +109,30 @@ def _llama_tokenizer(folder: Path) -> Path | None:
         if any((place / file).is_file() for file in _TOKENIZER_FILES):
             return place
     return None
+
+
+def llama_tokenizer(folder: Path | None, *, name: str) -> Any:
+    """Llama 3.1's tokenizer for a file run with library encoders, from the user's tokenizer folder: Meta's
+    Meta-Llama-3.1-8B-Instruct folder (tokenizer.json), or a HiDream-I1 folder holding tokenizer_4/ (or Llama as
+    text_encoder_4/). Meta's licence keeps it out of Marble."""
+    import transformers
+
+    place = None
+    if folder is not None:
+        own = folder if any((folder / file).is_file() for file in _TOKENIZER_FILES) else None
+        place = own or _llama_tokenizer(folder)
+    if place is None:
+        where = f"{folder} holds none" if folder is not None else "none was given"
+        raise ModelError(
+            f"{name} runs with its Llama 3.1 text encoder from the library, whose tokenizer Marble cannot ship "
+            f"({where}): point --tokenizer-folder (in the window: Settings, Tokenizer folder) at the "
+            "meta-llama/Meta-Llama-3.1-8B-Instruct folder (its tokenizer.json), or a HiDream-I1 folder holding "
+            "tokenizer_4/."
+        )
+    try:
+        return transformers.PreTrainedTokenizerFast.from_pretrained(str(place), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"The tokenizer in {place} does not load for {name}: {_short(error)}") from error
 
 
 def check_components(folder: Path, *, name: str) -> None:

@@ -28,10 +28,10 @@ from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE
 from desktop.engine.library.encoder import EncoderInfo
-from desktop.engine.library.encoder_qwen import GEMMA2, QWEN3, QWEN3VL, QWEN25_VL, SPIECE_TENSOR
+from desktop.engine.library.encoder_qwen import GEMMA2, LLAMA3, QWEN3, QWEN3VL, QWEN25_VL, SPIECE_TENSOR
 from desktop.engine.safe_files import read_json_file
 
-KINDS = (QWEN25_VL, QWEN3, GEMMA2, QWEN3VL)
+KINDS = (QWEN25_VL, QWEN3, GEMMA2, QWEN3VL, LLAMA3)
 # Flux.2 Klein's text-encoder class (Z-Image's is Qwen3Model): the same Qwen3 files serve both.
 CAUSAL_QWEN3 = "Qwen3ForCausalLM"
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
@@ -53,7 +53,7 @@ def model_names(state: dict[str, Any], kind: str, class_name: str = "") -> dict[
     """A file's tensors under the names of transformers' class `class_name`: Qwen3Model (Z-Image) holds no
     `model.` level (and no lm_head), Qwen3ForCausalLM (Flux.2 Klein) both; Qwen2_5_VLForConditionalGeneration
     holds `model.language_model.*` and `model.visual.*`."""
-    if kind == QWEN3 and class_name == CAUSAL_QWEN3:
+    if (kind == QWEN3 and class_name == CAUSAL_QWEN3) or kind == LLAMA3:  # LlamaForCausalLM's names are these too
         return {key if key == "lm_head.weight" or key.startswith("model.") else f"model.{key}": value
                 for key, value in state.items()}  # fmt: skip
     if kind == QWEN3VL:

@@ -27,6 +27,7 @@ from desktop.engine.library import quant_formats
 from desktop.engine.library.checkpoint import SafetensorsHeader
 from desktop.engine.library.encoder_qwen import (
     GEMMA2,
+    LLAMA3,
     MISTRAL3,
     QWEN3,
     QWEN3VL,
@@ -60,7 +61,7 @@ MINISTRAL3 = "ministral3"
 _MINISTRAL3_3B = (MISTRAL3, 3072)
 # Plain attention at an unpublished width may be a Mistral or a Llama: only a carried tekken tokenizer says.
 _KIND_LABELS = {"clip": "CLIP", "t5": "T5", "qwen2.5-vl": "Qwen2.5-VL", "qwen3": "Qwen3", "mistral3": "Mistral / Llama",
-                "gemma2": "Gemma 2", "qwen3vl": "Qwen3-VL"}  # fmt: skip
+                "gemma2": "Gemma 2", "qwen3vl": "Qwen3-VL", LLAMA3: "Llama 3"}  # fmt: skip
 # Marble loads these storage types (GGUF: the ones gguf's numpy dequantiser reads).
 FP8_TYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
@@ -146,7 +147,7 @@ def _with_bitsandbytes(info: EncoderInfo, header: SafetensorsHeader, kind: str) 
     """A file transformers saved with load_in_4bit / load_in_8bit: its packed weights and their quantisation
     states found by the names above, shown as "nf4 (bitsandbytes)", its parameters counted unpacked."""
     # A Qwen file's lm_head and vision tower sit beside its prefix and count, as in inspect_qwen.
-    prefix = "" if info.kind in (QWEN25_VL, QWEN3, QWEN3VL, MISTRAL3, GEMMA2) else info.prefix
+    prefix = "" if info.kind in (QWEN25_VL, QWEN3, QWEN3VL, MISTRAL3, GEMMA2, LLAMA3) else info.prefix
     own = {key: value for key, value in header.tensors.items() if key.startswith(prefix)}
     return replace(info, dtype=kind, parameters=quant_formats.parameters(own, kind))
 
@@ -271,6 +272,9 @@ _FAMILY_ENCODERS = {
     "ernie-image": ("ministral3",),
     "longcat-image": ("qwen2.5-vl",), "longcat-image-edit": ("qwen2.5-vl",),  # Qwen-Image's 7B file serves them too
     "ovis-image": ("qwen3",),  # Ovis 2.5's language model, a Qwen3 1.7B
+    # HiDream-I1's Long-CLIP L and G, T5-XXL and Llama 3.1 8B ("llama" from its label, as "clip" from "clip-l").
+    "hidream-i1": ("clip", "t5", "llama"), "hidream-i1-dev": ("clip", "t5", "llama"),
+    "hidream-i1-fast": ("clip", "t5", "llama"),
 }  # fmt: skip
 
 

@@ -29,6 +29,9 @@ QWEN3VL = "qwen3vl"
 _QWEN3VL_MARK = "visual.deepstack_merger_list."
 MISTRAL3 = "mistral3"
 GEMMA2 = "gemma2"
+# Llama 3.x (HiDream-I1's Llama 3.1 8B Instruct): Mistral's plain attention, told by Llama 3's vocabulary.
+LLAMA3 = "llama3"
+_LLAMA3_VOCABULARY = 128256
 # The tokenizer a ComfyUI Mistral file carries: tekken.json's bytes, no weight; a ComfyUI Gemma file's, its
 # SentencePiece model.
 TEKKEN_TENSOR = "tekken_model"
@@ -38,7 +41,7 @@ SPIECE_TENSOR = "spiece_model"
 QWEN_NAMED = {(QWEN25_VL, 3584): "Qwen2.5-VL 7B", (QWEN3, 2560): "Qwen3 4B", (QWEN3, 4096): "Qwen3 8B",
               (QWEN3VL, 2560): "Qwen3-VL 4B", (QWEN3VL, 4096): "Qwen3-VL 8B",
               (MISTRAL3, 5120): "Mistral Small 24B", (MISTRAL3, 3072): "Ministral 3 3B",
-              (GEMMA2, 2304): "Gemma-2 2B"}  # fmt: skip
+              (GEMMA2, 2304): "Gemma-2 2B", (LLAMA3, 4096): "Llama 3.1 8B"}  # fmt: skip
 # Where the language model's layers sit: transformers >= 4.52, ComfyUI / older transformers, Qwen3Model alone, and
 # a Mistral3Model saved whole (ERNIE-Image's encoder: `language_model.*` beside `vision_tower.*`) or in older names.
 _BASES = ("model.language_model.", "model.", "", "language_model.model.", "language_model.")
@@ -71,6 +74,8 @@ def inspect_qwen(
         kind = QWEN3VL if any(_QWEN3VL_MARK in key for key in shapes) else QWEN3
     elif "q_proj.bias" in found:
         kind = QWEN25_VL
+    elif shapes[base + "embed_tokens.weight"][0] == _LLAMA3_VOCABULARY:
+        kind = LLAMA3  # plain attention and Llama 3's 128,256 tokens (Mistral's tekken has 131,072)
     else:
         kind = MISTRAL3  # plain attention: Mistral Small (Flux.2 dev's encoder) or Ministral 3 (ERNIE-Image's)
     pattern = re.compile(re.escape(base) + r"layers\.(\d+)\.")
