@@ -433,9 +433,50 @@ def test_a_file_marked_fast_runs_fasts_schedule_with_library_encoders(paths, com
 def test_a_llama_gguf_encoder_is_refused_by_name(tmp_path):
     # llama.cpp permutes a Llama's q and k rows for its rotary layout: read as they are, the encoder would run wrong.
     from desktop.engine.backends.encoder_components import Component, _read_state
-    from desktop.engine.library.encoder import EncoderInfo
+    from desktop.engine.library.encoder import EncoderInfo, fits_model
 
     info = EncoderInfo("llama3", 4096, 32, "gguf", "", "Q8_0", 8_000_000_000)
+    # The published width names it, and the window offers it to HiDream-I1 only.
+    assert (info.label, info.family) == ("Llama 3.1 8B text encoder", "llama")
+    assert all(fits_model(info.family, family) for family in ("hidream-i1", "hidream-i1-dev", "hidream-i1-fast"))
+    assert not fits_model(info.family, "flux2-dev")
     component = Component("llama-3.1-8b-instruct-q8", tmp_path / "Llama-3.1-8B-Instruct-Q8_0.gguf")
     with pytest.raises(ModelError, match=r"'llama-3.1-8b-instruct-q8' .* is a Llama GGUF, which Marble does not"):
         _read_state(component, info, None, torch.float32)
+
+
+def test_comfyuis_scaled_fp8_llama_stays_in_fp8_and_draws_its_dequantised_weights(paths, comfy_files, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from desktop.engine.backends.scaled_fp8_layers import stored_fp8
+    from desktop.engine.library.encoder import fits_model
+    from desktop.engine.library.index import Library
+    from tests.engine.test_scaled_fp8 import scaled_fp8
+
+    file, exact, unscaled = scaled_fp8(load_file(str(comfy_files["files"]["llama_3.1_8b_instruct"])))
+    save_file(file, str(tmp_path / "llama_3.1_8b_instruct_fp8_scaled.safetensors"))
+    library = Library(paths)
+    for name, path in comfy_files["files"].items():
+        if name != "llama_3.1_8b_instruct":
+            library.import_path(path, "vae" if name == "ae" else "encoder")
+    record = library.import_path(tmp_path / "llama_3.1_8b_instruct_fp8_scaled.safetensors", "encoder")
+    assert (record.dtype, record.family) == ("F8_E4M3_SCALED", "llama3"), (record.dtype, record.family)
+    assert fits_model(record.family, "hidream-i1-dev") and not fits_model(record.family, "flux2-dev")
+    request = request_for(comfy_files["transformer"], steps=2, cfg_scale=5.0, model_config=str(comfy_files["configs"]),
+                          text_encoders=f"clip_l_hidream,clip_g_hidream,t5xxl,{record.name}", vae="ae",
+                          tokenizer_folder=str(comfy_files["folder"] / "tokenizer_4"))  # fmt: skip
+    backend = make_backend(paths)
+    batch, _ = run(backend, request)
+    q = stored_fp8(backend._pipe.text_encoder_4.model.layers[0].self_attn.q_proj)
+    assert torch.equal(q.view(torch.uint8), file["model.layers.0.self_attn.q_proj.weight"].view(torch.uint8))
+
+    def with_llama(weights):
+        pipe = bare_pipeline(comfy_files["folder"])
+        pipe.text_encoder_4.load_state_dict(weights, strict=False)
+        return pixels(pipe(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=2,
+                           width=64, height=64, guidance_scale=5.0,
+                           generator=torch.Generator("cpu").manual_seed(request.seed)).images[0])  # fmt: skip
+
+    expected = with_llama(exact)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, with_llama(unscaled))  # the scales mattered

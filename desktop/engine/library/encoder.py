@@ -272,9 +272,10 @@ _FAMILY_ENCODERS = {
     "ernie-image": ("ministral3",),
     "longcat-image": ("qwen2.5-vl",), "longcat-image-edit": ("qwen2.5-vl",),  # Qwen-Image's 7B file serves them too
     "ovis-image": ("qwen3",),  # Ovis 2.5's language model, a Qwen3 1.7B
-    # HiDream-I1's Long-CLIP L and G, T5-XXL and Llama 3.1 8B ("llama" from its label, as "clip" from "clip-l").
-    "hidream-i1": ("clip", "t5", "llama"), "hidream-i1-dev": ("clip", "t5", "llama"),
-    "hidream-i1-fast": ("clip", "t5", "llama"),
+    # HiDream-I1's Long-CLIP L and G, T5-XXL and Llama 3.1 8B ("llama" from its label, as "clip" from "clip-l";
+    # "llama3", the kind, for another width).
+    "hidream-i1": ("clip", "t5", "llama", "llama3"), "hidream-i1-dev": ("clip", "t5", "llama", "llama3"),
+    "hidream-i1-fast": ("clip", "t5", "llama", "llama3"),
 }  # fmt: skip
 
 
