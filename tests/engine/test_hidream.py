@@ -480,3 +480,31 @@ def test_comfyuis_scaled_fp8_llama_stays_in_fp8_and_draws_its_dequantised_weight
     expected = with_llama(exact)
     assert np.array_equal(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, with_llama(unscaled))  # the scales mattered
+
+
+def test_marble_generate_takes_the_releases_defaults_and_records_them(hidream, tmp_path):
+    from PIL import Image
+
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    out_file = tmp_path / "dev.png"
+    code, _, err = in_process(["generate", "--home", str(tmp_path / "home"), "--model", str(hidream["dev"]),
+                               "--prompt", "a red fox", "--width", "64", "--height", "64", "--seed", "5",
+                               "--device", "cpu", "--out", str(out_file)])  # fmt: skip
+    assert code == 0, err
+    recorded = read_image_metadata(out_file).request
+    assert (recorded.steps, recorded.cfg_scale) == (28, 1.0)  # Dev's: 28 steps without CFG
+    with Image.open(out_file) as image:
+        assert np.array_equal(pixels(image), bare_image(hidream["dev"], recorded))
+
+
+def test_the_memory_estimate_counts_its_blocks_and_four_encoders(paths, hidream):
+    from desktop.engine.backends.families import memory_sizes
+
+    backend = make_backend(paths)
+    backend.load(request_for(hidream["folder"]))
+    sizes = memory_sizes(backend._pipe, backend._dit)
+    # Group offload moves one block at a time: its 2 double- and 2 single-stream blocks, not the whole transformer.
+    assert sizes.transformer_blocks == 4
+    assert len(sizes.encoders) == 4 and all(size > 0 for size in sizes.encoders)
