@@ -508,3 +508,19 @@ def test_the_memory_estimate_counts_its_blocks_and_four_encoders(paths, hidream)
     # Group offload moves one block at a time: its 2 double- and 2 single-stream blocks, not the whole transformer.
     assert sizes.transformer_blocks == 4
     assert len(sizes.encoders) == 4 and all(size > 0 for size in sizes.encoders)
+
+
+def test_transformers_notice_about_llamas_attention_maps_is_dropped():
+    # The pipeline asks its Llama for attention maps it never reads; the notice would send users to a slower attention.
+    import logging
+
+    import desktop.engine.backends.diffusers_backend  # noqa: F401 - installs the filter
+
+    logger = logging.getLogger("transformers.integrations.sdpa_attention")
+
+    def passes(message: str) -> bool:
+        return bool(logger.filter(logging.LogRecord(logger.name, logging.WARNING, __file__, 1, message, None, None)))
+
+    assert not passes("`sdpa` attention does not support `output_attentions=True`. Please set your attention to "
+                      "`eager` if you want any of these features.")  # fmt: skip
+    assert passes("`sdpa` attention does not support something else")

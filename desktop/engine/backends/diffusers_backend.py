@@ -44,8 +44,18 @@ class _TorchvisionNotice(logging.Filter):
         return "requires torchvision (not installed)" not in record.getMessage()
 
 
-# On transformers' own logger, before transformers is imported: the notices come at diffusers' import.
+class _AttentionsNotice(logging.Filter):
+    """Drops transformers' "`sdpa` attention does not support `output_attentions=True`" notice: HiDream-I1's pipeline
+    asks its Llama for attention maps it never reads, and the notice would tell the user to switch to a slower
+    attention for nothing. Nothing else is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not support `output_attentions=True`" not in record.getMessage()
+
+
+# On transformers' own loggers, before transformers is imported: the notices come at diffusers' import.
 logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionNotice())
+logging.getLogger("transformers.integrations.sdpa_attention").addFilter(_AttentionsNotice())
 # bitsandbytes (optional; PEFT imports it with the first LoRA once it is installed) asks the Hub, offline, for a
 # faster CPU kernel at import and warns twice that it cannot have it; its own kernel runs. Not the user's concern.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
