@@ -20,6 +20,7 @@ from diffusers import (
 from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
 from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.jobs import CancelToken
 from desktop.engine.library.checkpoint import detect_model, with_variant
 from desktop.engine.library.dit import variant_choices
 from desktop.engine.library.native_size import family_defaults, model_family
@@ -177,6 +178,14 @@ def test_the_size_asked_is_drawn_not_diffusers_reference_area(paths, hidream):
         run(make_backend(paths), request_for(hidream["folder"], steps=2, width=160, height=128))
     square, _ = run(make_backend(paths), request_for(hidream["folder"], steps=2, width=144, height=144))
     assert square.images[0].size == (144, 144)
+    # The hires fix's second pass over the limit is refused before the first pass runs.
+    seen = []
+    backend = make_backend(paths)
+    hires = request_for(hidream["folder"], steps=2, width=96, height=64, hires_fix=True, hires_scale=2.0, hires_steps=2)
+    backend.load(hires)
+    with pytest.raises(InvalidRequest, match=r"up to 16,384 pixels .*: 192x128 is 24,576"):
+        backend.generate(hires, 0, seen.append, CancelToken())
+    assert seen == []
 
 
 def test_damaged_files_and_missing_components_are_refused_by_name(paths, hidream, tmp_path):

@@ -991,6 +991,9 @@ class DiffusersBackend:
         image_prompt: FluxIpRun | None = None
         every = self._preview_every
         hires = self._dit_hires_pipe(request, plan, notes)
+        # A size the model cannot draw is refused before the first pass, the hires fix's second pass's too.
+        second = tuple(padded_side(side, multiple) for side in request.hires_size) if hires is not None else None
+        families.check_size(pipe, self._dit, (size["width"], size["height"]), *(second,) if second else ())
         extra = _flow_img2img_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
         progress = _Progress(batch_index, on_step, cancel, every, self._family, device, extra)
         watcher = _X0Watcher(pipe.scheduler)

@@ -126,6 +126,14 @@ def side_multiple(pipe: Any, info: DitInfo) -> int:
     return pipe.vae_scale_factor if info.family == qwen_zimage.ERNIE_IMAGE else pipe.vae_scale_factor * 2
 
 
+def check_size(pipe: Any, info: DitInfo, *sizes: tuple[int, int]) -> None:
+    """InvalidRequest for a (width, height) the family cannot draw (HiDream-I1: a picture that is not square over its
+    transformer's patch count), before any work is done."""
+    if info.family == HIDREAM:
+        for width, height in sizes:
+            hidream.check_size(pipe, width, height)
+
+
 def takes_upscaled_latents(info: DitInfo) -> bool:
     """Whether the hires fix may hand the family's image-to-image pipeline its first pass's latents interpolated
     (a latent upscaler): not Flux.2's and ERNIE-Image's, normalised 2x2 patches, which do not interpolate as a
