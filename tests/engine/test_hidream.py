@@ -124,6 +124,14 @@ def test_transformer_files_match_with_the_folders_encoders(paths, hidream, layou
     assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request))
 
 
+def test_a_file_run_as_full_with_a_dev_folders_configs_runs_fulls_unipc(paths, hidream):
+    # The Dev folder as --config holds an Euler scheduler: the file, unmarked, is Full and runs Full's UniPC.
+    request = request_for(hidream["bare"], steps=3, cfg_scale=5.0, model_config=str(hidream["dev"]),
+                          text_encoders=str(hidream["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request))
+
+
 def test_a_file_marked_dev_runs_devs_schedule_whatever_the_folders(paths, hidream):
     from desktop.engine.library.index import Library, record_variant_choices
 

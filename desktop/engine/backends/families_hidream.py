@@ -26,7 +26,7 @@ from typing import Any
 
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.dit import DitInfo
-from desktop.engine.library.dit_hidream import DISTILLED_SHIFTS
+from desktop.engine.library.dit_hidream import DISTILLED_SHIFTS, FULL_SHIFT
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
@@ -80,16 +80,22 @@ def check_size(pipe: Any, width: int, height: int) -> None:
         )
 
 
-def scheduler_for(info: DitInfo, shipped: Path) -> Any:
-    """The scheduler of the release `info` is marked as: Dev's and Fast's Euler at their shifts, Full's UniPC from
-    the shipped config folder `shipped`."""
+def scheduler_for(info: DitInfo, config: Path) -> Any:
+    """The scheduler of the release `info` is marked as: Dev's and Fast's Euler at their shifts, Full's UniPC over
+    flow sigmas at shift 3 from the config folder `config` (the shipped one, or the user's --config) when it holds a
+    UniPC, else from those facts (a Dev folder given as --config holds an Euler)."""
     import diffusers
 
     shift = DISTILLED_SHIFTS.get(info.variant)
     if shift is not None:
         return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift,
                                                          use_dynamic_shifting=False)  # fmt: skip
-    return diffusers.UniPCMultistepScheduler.from_pretrained(str(shipped / "scheduler"), local_files_only=True)
+    settings = read_json_file(config / "scheduler" / "scheduler_config.json", label=f"scheduler in {config}",
+                              missing_ok=True)  # fmt: skip
+    if isinstance(settings, dict) and settings.get("_class_name") == "UniPCMultistepScheduler":
+        return diffusers.UniPCMultistepScheduler.from_pretrained(str(config / "scheduler"), local_files_only=True)
+    return diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                             flow_shift=FULL_SHIFT)  # fmt: skip
 
 
 def needs_folder_error(name: str) -> ModelError:

@@ -30,6 +30,7 @@ CONFIGS = {(HIDREAM, ""): "hidream-i1", (HIDREAM, DEV): "hidream-i1", (HIDREAM, 
 PIPELINES = {"HiDreamImagePipeline": HIDREAM}
 # The shift of each distilled release's Euler schedule (HiDream.ai's inference settings, diffusers' folders).
 DISTILLED_SHIFTS = {DEV: 6.0, FAST: 3.0}
+FULL_SHIFT = 3.0  # Full's UniPC over flow sigmas
 _MARKER = re.compile(r"^double_stream_blocks\.\d+\.block\.")
 _NEEDED = ("x_embedder.proj.weight", "t_embedder.timestep_embedder.linear_1.weight",
            "p_embedder.pooled_embedder.linear_1.weight", "final_layer.linear.weight",
