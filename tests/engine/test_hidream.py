@@ -541,3 +541,14 @@ def test_transformers_notice_about_llamas_attention_maps_is_dropped():
     assert not passes("`sdpa` attention does not support `output_attentions=True`. Please set your attention to "
                       "`eager` if you want any of these features.")  # fmt: skip
     assert passes("`sdpa` attention does not support something else")
+
+
+def test_control_units_are_refused_before_the_model_loads(paths, hidream, tmp_path):
+    from PIL import Image
+
+    from desktop.engine.request import ControlUnit
+
+    Image.new("RGB", (64, 64), (90, 30, 200)).save(tmp_path / "source.png")
+    with pytest.raises((InvalidRequest, ModelError), match="HiDream-I1"):
+        run(make_backend(paths), request_for(hidream["folder"],
+                                             controls=(ControlUnit("edges", str(tmp_path / "source.png")),)))

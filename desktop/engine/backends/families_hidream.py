@@ -5,7 +5,9 @@ Marble cannot ship, so a HiDream-I1 model takes its text encoders, tokenizers an
 diffusers folder, or, for a transformer file, the folder the user names (`--text-encoders FOLDER`), a diffusers
 HiDream-I1 folder. HiDream.ai's folders leave Llama out (Meta's licence gates it; each user fetches it): the folder
 must hold it as `text_encoder_4/` (Meta-Llama-3.1-8B-Instruct's folder, copied or linked there), whose tokenizer files
-serve as `tokenizer_4/` when there is none.
+serve as `tokenizer_4/` when there is none. A transformer file may instead take ComfyUI's four encoder files and the
+VAE from the libraries (families.py with encoder_components.py), Llama's tokenizer from the user's tokenizer folder
+(llama_tokenizer).
 
 Where Marble differs from diffusers' pipeline as it is:
 - diffusers' HiDreamImagePipeline scales every job to its reference area (1024x1024 pixels) whatever size is asked;
@@ -75,7 +77,7 @@ def check_size(pipe: Any, width: int, height: int) -> None:
         pixels = limit * side * side
         raise InvalidRequest(
             f"HiDream-I1 draws a picture that is not square at up to {pixels:,} pixels ({limit:,} patches of "
-            f"{side}x{side}; {math.isqrt(pixels)}x{math.isqrt(pixels)}, 1344x768 ...): {width}x{height} is "
+            f"{side}x{side}, {math.isqrt(pixels)}x{math.isqrt(pixels)}'s worth): {width}x{height} is "
             f"{width * height:,}. Choose a smaller size, or a square one."
         )
 
