@@ -447,19 +447,55 @@ def test_a_file_marked_fast_runs_fasts_schedule_with_library_encoders(paths, com
     assert np.array_equal(pixels(batch.images[0]), bare_image(comfy_files["folder"], request, scheduler=euler))
 
 
-def test_a_llama_gguf_encoder_is_refused_by_name(tmp_path):
-    # llama.cpp permutes a Llama's q and k rows for its rotary layout: read as they are, the encoder would run wrong.
-    from desktop.engine.backends.encoder_components import Component, _read_state
+def test_a_published_size_llama_is_named_and_offered_to_hidream_only():
     from desktop.engine.library.encoder import EncoderInfo, fits_model
 
-    info = EncoderInfo("llama3", 4096, 32, "gguf", "", "Q8_0", 8_000_000_000)
-    # The published width names it, and the window offers it to HiDream-I1 only.
+    info = EncoderInfo("llama3", 4096, 32, "transformers", "model.", "BF16", 8_030_261_248)
     assert (info.label, info.family) == ("Llama 3.1 8B text encoder", "llama")
     assert all(fits_model(info.family, family) for family in ("hidream-i1", "hidream-i1-dev", "hidream-i1-fast"))
     assert not fits_model(info.family, "flux2-dev")
-    component = Component("llama-3.1-8b-instruct-q8", tmp_path / "Llama-3.1-8B-Instruct-Q8_0.gguf")
-    with pytest.raises(ModelError, match=r"'llama-3.1-8b-instruct-q8' .* is a Llama GGUF, which Marble does not"):
-        _read_state(component, info, None, torch.float32)
+
+
+@pytest.mark.parametrize("quant", ["F16", "Q8_0"])
+def test_a_llama_gguf_has_its_rows_put_back_and_matches(paths, comfy_files, tmp_path, quant):
+    # llama.cpp's converter permutes a Llama's q and k rows (each head's rotary halves interleaved): read as they are,
+    # the encoder would run wrong.
+    from safetensors.torch import load_file
+
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_qwen_encoders import save_llama_gguf
+
+    state = load_file(str(comfy_files["files"]["llama_3.1_8b_instruct"]))
+    # With Llama 3.1's rope factors beside the weights, as llama.cpp writes them (transformers makes its own).
+    path = save_llama_gguf(state, tmp_path / f"Llama-3.1-8B-Instruct-{quant}.gguf", "llama", quant, heads=(2, 1),
+                           extra={"rope_freqs.weight": torch.ones(8)})  # fmt: skip
+    library = Library(paths)
+    for name, file in comfy_files["files"].items():
+        if name != "llama_3.1_8b_instruct":
+            library.import_path(file, "vae" if name == "ae" else "encoder")
+    record = library.import_path(path, "encoder")
+    assert (record.family, record.dtype) == ("llama3", quant), (record.family, record.dtype)
+    request = request_for(comfy_files["transformer"], steps=2, cfg_scale=5.0, model_config=str(comfy_files["configs"]),
+                          text_encoders=f"clip_l_hidream,clip_g_hidream,t5xxl,{record.name}", vae="ae",
+                          tokenizer_folder=str(comfy_files["folder"] / "tokenizer_4"))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    # The reference: bare diffusers with the Llama's weights as the GGUF holds them (rounded to float16; Q8_0 blocks).
+    pipe = bare_pipeline(comfy_files["folder"])
+    rounded = {}
+    for key, value in state.items():
+        if quant == "Q8_0" and value.ndim == 2 and value.shape[1] % 32 == 0:
+            import gguf
+
+            kind = gguf.GGMLQuantizationType.Q8_0
+            blocks = gguf.quants.quantize(value.float().numpy(), kind)
+            rounded[key] = torch.from_numpy(gguf.quants.dequantize(blocks, kind).copy()).reshape(value.shape)
+        else:
+            rounded[key] = value.half().float() if value.ndim == 2 else value
+    pipe.text_encoder_4.load_state_dict(rounded, strict=False)
+    expected = pixels(pipe(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=2,
+                           width=64, height=64, guidance_scale=5.0,
+                           generator=torch.Generator("cpu").manual_seed(request.seed)).images[0])  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), expected)
 
 
 def test_comfyuis_scaled_fp8_llama_stays_in_fp8_and_draws_its_dequantised_weights(paths, comfy_files, tmp_path):

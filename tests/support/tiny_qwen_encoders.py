@@ -91,12 +91,13 @@ def save_qwen_gguf(encoder, path: Path, arch: str = "qwen3", quant: str = "F16")
 
 def save_llama_gguf(
     state: dict[str, torch.Tensor], path: Path, arch: str, quant: str = "F16", heads: tuple[int, int] | None = None,
-    tokenizer=None,
+    tokenizer=None, extra: dict[str, torch.Tensor] | None = None,
 ) -> Path:  # fmt: skip
     """A language model in ComfyUI's names (`model.layers.N...`) written in llama.cpp's, as save_qwen_gguf
     says; `heads` (query heads, key/value heads): q and k rows permuted as llama.cpp's converter does for
     Llama-family models (Mistral), each head's two rotary halves interleaved; `tokenizer` (a byte-level BPE
-    tokenizer): its vocabulary as llama.cpp writes a "gpt2" one, every id's token, special ones typed control."""
+    tokenizer): its vocabulary as llama.cpp writes a "gpt2" one, every id's token, special ones typed control;
+    `extra`: tensors written under their own (llama.cpp) names in float32, such as Llama 3.1's `rope_freqs.weight`."""
     import gguf
     import numpy as np
 
@@ -128,6 +129,8 @@ def save_llama_gguf(
             writer.add_tensor(name, quantised, raw_shape=quantised.shape, raw_dtype=kind)
             continue
         writer.add_tensor(name, np.ascontiguousarray(data, dtype=np.float16 if data.ndim == 2 else np.float32))
+    for name, tensor in (extra or {}).items():
+        writer.add_tensor(name, np.ascontiguousarray(tensor.float().numpy(), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -63,6 +63,8 @@ _GGUF_T5 = {
     "ffn_up": "layer.1.DenseReluDense.wi_1", "ffn_down": "layer.1.DenseReluDense.wo", "ffn_norm": "layer.1.layer_norm",
 }  # fmt: skip
 
+# llama.cpp's tensor of Llama 3.1's rope scaling factors (transformers computes them from the config).
+_LLAMA_ROPE_FACTORS = "rope_freqs.weight"
 # (LDM VAE state dict, the VAE's diffusers config) -> diffusers state dict; passed in by the backend.
 ConvertLdm = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
@@ -302,11 +304,11 @@ def _flux2_ldm_parts(state: dict[str, Any]) -> dict[str, Any]:
 def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: Any) -> dict[str, Any]:
     if info.layout == "gguf":
         if info.kind == LLAMA3:
-            # llama.cpp permutes a Llama's q and k rows for its rotary layout; not undone here yet.
-            raise ModelError(
-                f"The text encoder {component.shown} is a Llama GGUF, which Marble does not read yet: use a "
-                "safetensors file of it (ComfyUI's llama_3.1_8b_instruct_fp8_scaled.safetensors, or bf16)."
-            )
+            # HiDream-I1's Llama 3.1 in llama.cpp's names, its q and k rows permuted by llama.cpp's converter for its
+            # rotary layout: put back, as for Mistral (mistral_encoder.py); LlamaForCausalLM keeps `model.`.
+            # Its rope factors (`rope_freqs`, Llama 3.1's scaling as llama.cpp stores it) are the config's to make.
+            state = gguf_layers.read_gguf(component.path, qwen_gguf_name, lambda name: name != _LLAMA_ROPE_FACTORS)
+            return mistral_encoder.rows_unpermuted(state, settings)
         if info.kind == MISTRAL3:
             return mistral_encoder.read_gguf(component.path, settings)
         rename = qwen_gguf_name if info.kind in qwen_encoders.KINDS else _gguf_t5_name

@@ -109,6 +109,12 @@ def read_gguf(path: Path, text: Any) -> dict[str, Any]:
         return name.startswith("model.") and _used(name.removeprefix("model."), text.num_hidden_layers)
 
     state = {key.removeprefix("model."): value for key, value in gguf_layers.read_gguf(path, gguf_name, keep).items()}
+    return rows_unpermuted(state, text)
+
+
+def rows_unpermuted(state: dict[str, Any], text: Any) -> dict[str, Any]:
+    """`state` (a Llama-family GGUF's tensors in Hugging Face's names, any prefix) with its q and k projections' rows
+    in Hugging Face's order again (`text`: the model's config, for its query and key/value head counts)."""
     for key, value in state.items():
         if key.endswith("self_attn.q_proj.weight"):
             state[key] = _rows_unpermuted(value, text.num_attention_heads)
