@@ -844,9 +844,35 @@ def _read_comfyui(raw: Mapping[str, str]) -> _Found | None:
         size=size,
         model=(checkpoint or {}).get("ckpt_name") or (checkpoint or {}).get("unet_name"),
     )
+    if checkpoint is not None and "unet_name" in checkpoint and "ckpt_name" not in checkpoint:
+        settings |= _comfy_components(graph, inputs.get("positive"))
     positive = _comfy_text(graph, inputs.get("positive"), set())
     negative = _comfy_text(graph, inputs.get("negative"), set())
     return _Found("comfyui", _parsed(positive, negative, settings))
+
+
+# The inputs ComfyUI's text-encoder loaders name their files by (CLIPLoader's clip_name; Dual-, Triple- and
+# QuadrupleCLIPLoader's clip_name1 ... 4; their GGUF nodes alike).
+_COMFY_CLIP_NAMES = ("clip_name", "clip_name1", "clip_name2", "clip_name3", "clip_name4")
+
+
+def _comfy_components(graph: dict[str, Any], positive: object) -> dict[str, str]:
+    """A transformer-only model's text encoders and VAE (UNETLoader's separate files) as Forge writes them: `VAE` and
+    `Module N` (the VAE first, then the encoders in the loader's order), so a recipe restores them as library names."""
+    clip = _comfy_node(graph, positive, _COMFY_CLIP_NAMES, set()) or {}
+    encoders = [clean_model_name(clip[key]) for key in _COMFY_CLIP_NAMES if isinstance(clip.get(key), str)]
+    names = ",".join(name for name in encoders if name and "," not in name)
+    vae = ""
+    for node_id in sorted(graph, key=_numeric_id):  # the first VAELoader by id, as the first sampler
+        node = graph[node_id]
+        if not isinstance(node, dict) or node.get("class_type") != "VAELoader":
+            continue
+        inputs = node.get("inputs")
+        if isinstance(inputs, dict) and isinstance(inputs.get("vae_name"), str):
+            vae = clean_model_name(inputs["vae_name"])
+            break
+    found = {"VAE": vae} if vae else {}
+    return found | dict(forge_module_pairs(names, vae)) if names else found
 
 
 _COMFY_SAMPLERS = ("KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced")

@@ -535,6 +535,47 @@ def test_comfyui_graph(tmp_path: Path) -> None:
     )
 
 
+def hidream_graph() -> dict:
+    """ComfyUI's HiDream-I1 template as its prompt graph: the transformer, four text encoders and the VAE apart."""
+    return {
+        "54": {"class_type": "QuadrupleCLIPLoader",
+               "inputs": {"clip_name1": "hidream/clip_l_hidream.safetensors",
+                          "clip_name2": "clip_g_hidream.safetensors",
+                          "clip_name3": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+                          "clip_name4": "llama_3.1_8b_instruct_fp8_scaled.safetensors"}},
+        "55": {"class_type": "VAELoader", "inputs": {"vae_name": "FLUX1/ae.safetensors"}},  # a subfolder of ComfyUI's
+        "69": {"class_type": "UNETLoader", "inputs": {"unet_name": "hidream_i1_dev_fp8.safetensors",
+                                                      "weight_dtype": "default"}},
+        "70": {"class_type": "ModelSamplingSD3", "inputs": {"shift": 6.0, "model": ["69", 0]}},
+        "16": {"class_type": "CLIPTextEncode", "inputs": {"text": "a fox in the snow", "clip": ["54", 0]}},
+        "40": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["54", 0]}},
+        "53": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 1024, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 28, "cfg": 1.0, "sampler_name": "lcm",
+                                                   "scheduler": "normal", "denoise": 1.0, "model": ["70", 0],
+                                                   "positive": ["16", 0], "negative": ["40", 0],
+                                                   "latent_image": ["53", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["55", 0]}},
+    }  # fmt: skip
+
+
+def test_comfyuis_separate_text_encoders_and_vae_come_back_as_library_names(tmp_path: Path) -> None:
+    found = read_image_metadata(save_png(tmp_path / "hidream.png", {"prompt": json.dumps(hidream_graph())}))
+    assert (found.request.model, found.request.vae) == ("hidream_i1_dev_fp8", "ae")
+    assert found.request.text_encoders == ("clip_l_hidream,clip_g_hidream,t5xxl_fp8_e4m3fn_scaled,"
+                                           "llama_3.1_8b_instruct_fp8_scaled")  # fmt: skip
+    assert (found.request.steps, found.request.cfg_scale, found.request.seed) == (28, 1.0, 7)
+    # Flux's DualCLIPLoader, from the prompt's encoder upstream.
+    graph = hidream_graph()
+    graph["54"] = {"class_type": "DualCLIPLoader",
+                   "inputs": {"clip_name1": "t5xxl_fp16.safetensors", "clip_name2": "clip_l.safetensors"}}
+    flux = read_image_metadata(save_png(tmp_path / "flux.png", {"prompt": json.dumps(graph)}))
+    assert flux.request.text_encoders == "t5xxl_fp16,clip_l"
+    # A checkpoint holds its own encoders and VAE: none are named.
+    graph["69"] = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sdxl_base.safetensors"}}
+    whole = read_image_metadata(save_png(tmp_path / "sdxl.png", {"prompt": json.dumps(graph)}))
+    assert (whole.request.model, whole.request.text_encoders, whole.request.vae) == ("sdxl_base", None, "")
+
+
 def test_comfyui_graph_with_a_cycle_does_not_hang() -> None:
     graph = {
         "1": {"class_type": "Loop", "inputs": {"conditioning": ["2", 0]}},
