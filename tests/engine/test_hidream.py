@@ -132,6 +132,18 @@ def test_a_file_run_as_full_with_a_dev_folders_configs_runs_fulls_unipc(paths, h
     assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request))
 
 
+def test_a_folders_scheduler_of_another_class_is_not_built(paths, hidream, tmp_path):
+    # Only the releases' own scheduler classes are built from a folder's JSON; anything else runs Full's UniPC.
+    folder = tmp_path / "odd"
+    shutil.copytree(hidream["folder"], folder)
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text(encoding="utf-8").replace('"UniPCMultistepScheduler"', '"DDIMScheduler"'),
+                      encoding="utf-8")  # fmt: skip
+    request = request_for(folder, steps=3, cfg_scale=5.0)
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(hidream["folder"], request))
+
+
 def test_a_file_marked_dev_runs_devs_schedule_whatever_the_folders(paths, hidream):
     from desktop.engine.library.index import Library, record_variant_choices
 

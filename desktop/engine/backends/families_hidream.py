@@ -43,6 +43,8 @@ _ENCODERS = (
 _TOKENIZERS = {"tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer", "tokenizer_3": "T5Tokenizer",
                "tokenizer_4": "PreTrainedTokenizerFast"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model")
+# The schedulers of HiDream.ai's releases (Full's; Dev's and Fast's).
+_SCHEDULERS = ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
 # The prompt tokens its pipeline reads with each encoder (its default, as HiDream.ai's inference code).
 MAX_SEQUENCE = 128
 # What the message for a folder without Llama says to do.
@@ -211,10 +213,13 @@ def folder_scheduler(folder: Path, info: DitInfo, shipped: Path) -> Any:
 
     config = read_json_file(folder / "scheduler" / "scheduler_config.json", label=f"scheduler in {folder}",
                             missing_ok=True)  # fmt: skip
-    cls = getattr(diffusers, str(config.get("_class_name")), None) if isinstance(config, dict) else None
-    if cls is None or not hasattr(cls, "from_pretrained"):
+    named = config.get("_class_name") if isinstance(config, dict) else None
+    if named not in _SCHEDULERS:  # only the releases' own: a folder's JSON names no other class to build
         return scheduler_for(info, shipped)
-    return cls.from_pretrained(str(folder / "scheduler"), local_files_only=True)
+    try:
+        return getattr(diffusers, named).from_pretrained(str(folder / "scheduler"), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"The scheduler in {folder} does not load: {_short(error)}") from error
 
 
 def dequantised_gates(transformer: Any, dtype: Any) -> Any:
