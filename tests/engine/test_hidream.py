@@ -26,6 +26,11 @@ from desktop.engine.library.dit import variant_choices
 from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.flow_edit_checks import (
+    check_edits_through_marble,
+    check_inpainting_keeps_the_source,
+    check_schedule_tail,
+)
 from tests.support.tiny_dit import save_gguf
 from tests.support.tiny_hidream import build_tiny_hidream
 from tests.support.tiny_qwen_zimage import save_transformer_file
@@ -246,6 +251,13 @@ def test_a_folder_without_llama_says_where_it_goes(paths, hidream, tmp_path):
     (llama / "config.json").write_text(config, encoding="utf-8")
     with pytest.raises(ModelError, match=r"its text_encoder_4/ is qwen3 .* needs Llama 3\.1 8B Instruct"):
         run(make_backend(paths), request_for(folder, steps=2))
+    # And another model's VAE (SD's 4 latent channels, not Flux.1's 16).
+    (llama / "config.json").write_text(config.replace('"qwen3"', '"llama"'), encoding="utf-8")
+    vae_config = (folder / "vae" / "config.json").read_text(encoding="utf-8")
+    (folder / "vae" / "config.json").write_text(vae_config.replace('"latent_channels": 16', '"latent_channels": 4'),
+                                                encoding="utf-8")  # fmt: skip
+    with pytest.raises(ModelError, match=r"its VAE has 4 latent channels, but HiDream-I1 needs .* Flux\.1's VAE"):
+        run(make_backend(paths), request_for(folder, steps=2))
 
 
 def test_the_shipped_config_is_the_published_model():
@@ -272,85 +284,17 @@ def hidream_edit(folder):
     return pipe, own_edit_pipeline(pipe, "hidream-i1")
 
 
-def source_latents(edit, picture):
-    """A picture's latents in the transformer's space: the Flux VAE's mode, shifted and scaled."""
-    config = edit.vae.config
-    pixels_ = edit.image_processor.preprocess(picture, height=64, width=64)
-    return (edit.vae.encode(pixels_).latent_dist.mode() - config.shift_factor) * config.scaling_factor
-
-
 @pytest.mark.parametrize("release", ["folder", "dev"])  # Full's UniPC, Dev's Euler
 def test_image_to_image_runs_the_tail_of_the_text_to_image_schedule(hidream, release):
-    from PIL import Image
-
-    pipe, edit = hidream_edit(hidream[release])
-    source = Image.new("RGB", (64, 64), (200, 40, 40))
-    seen = []
-
-    def noted(into):
-        def step_end(pipeline, i, t, tensors):
-            into.append(float(pipeline.scheduler.sigmas[i]))
-            return {}
-
-        return step_end
-
-    call = dict(prompt="a cat", num_inference_steps=4, width=64, height=64, output_type="np", guidance_scale=5.0)
-    plain = pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=noted(seen)).images
-    # Strength 1 starts from the noise text to image draws for the seed: the same picture (not square).
-    wide = call | {"width": 96}
-    whole = edit(**wide, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
-    assert np.array_equal(whole, pipe(**wide, generator=torch.Generator().manual_seed(7)).images)
-    half: list[float] = []
-    by_picture = edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
-                      callback_on_step_end=noted(half)).images  # fmt: skip
-    assert half == pytest.approx(seen[2:], abs=1e-6) and len(seen) == 4
-    # The hires fix's latent upscalers hand over latents: the source's own give its picture.
-    grid = source_latents(edit, source)
-    by_latents = edit(**call, image=grid, strength=0.5, generator=torch.Generator().manual_seed(7)).images
-    assert np.array_equal(by_picture, by_latents) and not np.array_equal(by_picture, plain)
-    # The pipeline's scheduler is its own again: text to image runs its whole schedule after an edit.
-    again: list[float] = []
-    pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=noted(again))
-    assert again == seen
+    check_schedule_tail(*hidream_edit(hidream[release]), guidance=5.0)
 
 
 def test_inpainting_leaves_the_sources_latents_outside_the_mask(hidream):
-    from PIL import Image
-
-    _, edit = hidream_edit(hidream["dev"])
-    source = Image.new("RGB", (64, 64), (200, 40, 40))
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (0, 0, 20, 64))  # the left 20 columns: latent columns 0 to 2 (8 pixels each)
-    latents = edit(prompt="a cat", image=source, mask_image=mask, strength=1.0, num_inference_steps=3, width=64,
-                   height=64, output_type="latent", guidance_scale=1.0,
-                   generator=torch.Generator().manual_seed(7)).images  # fmt: skip
-    clean = source_latents(edit, source)
-    assert torch.allclose(latents[..., 3:], clean[..., 3:], atol=1e-6)
-    assert not torch.allclose(latents[..., :3], clean[..., :3], atol=1e-2)
+    check_inpainting_keeps_the_source(hidream_edit(hidream["dev"])[1], guidance_scale=1.0)
 
 
 def test_edits_and_the_hires_fix_run_through_marble(paths, hidream, tmp_path):
-    from PIL import Image
-
-    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
-    source = str(tmp_path / "source.png")
-    request = request_for(hidream["folder"], init_image=source, strength=0.6, steps=3, cfg_scale=5.0, seed=43)
-    batch, _ = run(make_backend(paths), request)
-    _, edit = hidream_edit(hidream["folder"])
-    expected = pixels(edit(prompt=request.prompt, negative_prompt=request.negative_prompt, image=Image.open(source),
-                           strength=0.6, num_inference_steps=3, width=64, height=64, guidance_scale=5.0,
-                           generator=torch.Generator().manual_seed(43)).images[0])  # fmt: skip
-    assert np.array_equal(pixels(batch.images[0]), expected)
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    mask.save(tmp_path / "mask.png")
-    inpainted, _ = run(make_backend(paths), replace(request, mask=str(tmp_path / "mask.png"), strength=1.0))
-    assert inpainted.images[0].size == (64, 64)
-    for upscaler in ("Latent", "Lanczos"):
-        hires, steps = run(make_backend(paths), request_for(hidream["folder"], steps=2, cfg_scale=5.0, hires_fix=True,
-                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
-                                                            width=96))  # not square: rows and columns apart
-        assert hires.images[0].size == (144, 96) and len(steps) > 2 and not hires.notes
+    check_edits_through_marble(paths, hidream["folder"], hidream_edit(hidream["folder"])[1], 5.0, tmp_path)
 
 
 _LORA_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out", "attn1.to_q_t", "ff_i.shared_experts.w1",

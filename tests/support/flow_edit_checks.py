@@ -1,0 +1,92 @@
+"""The checks every image-to-image and inpainting pipeline Marble makes over a text-to-image pipeline whose latents are
+Flux.1's VAE's as (C, h, w) must pass (Lumina Image 2.0's, HiDream-I1's): the schedule's tail, the source kept outside
+the mask, and the same through Marble with the hires fix. Each family's test hands in its pipelines and guidance."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+
+SOURCE_COLOUR = (200, 40, 40)
+
+
+def source_latents(edit: Any, picture: Image.Image) -> torch.Tensor:
+    """A picture's latents in the transformer's space: the Flux VAE's mode, shifted and scaled."""
+    config = edit.vae.config
+    pixels_ = edit.image_processor.preprocess(picture, height=64, width=64)
+    return (edit.vae.encode(pixels_).latent_dist.mode() - config.shift_factor) * config.scaling_factor
+
+
+def _sigmas_into(into: list[float]) -> Any:
+    def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        into.append(float(pipeline.scheduler.sigmas[i]))
+        return {}
+
+    return step_end
+
+
+def check_schedule_tail(pipe: Any, edit: Any, guidance: float) -> None:
+    """Strength 1 is text to image's picture for the seed (not square); strength 0.5 of 4 steps runs the schedule's
+    last 2 sigmas; the source's own latents handed in give its picture; text to image after the edit runs its whole
+    schedule again (the pipeline's scheduler is its own)."""
+    source = Image.new("RGB", (64, 64), SOURCE_COLOUR)
+    seen: list[float] = []
+    call = dict(prompt="a cat", num_inference_steps=4, width=64, height=64, output_type="np", guidance_scale=guidance)
+    plain = pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=_sigmas_into(seen)).images
+    wide = call | {"width": 96}
+    whole = edit(**wide, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
+    assert np.array_equal(whole, pipe(**wide, generator=torch.Generator().manual_seed(7)).images)
+    half: list[float] = []
+    by_picture = edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
+                      callback_on_step_end=_sigmas_into(half)).images  # fmt: skip
+    assert half == pytest.approx(seen[2:], abs=1e-6) and len(seen) == 4
+    grid = source_latents(edit, source)
+    by_latents = edit(**call, image=grid, strength=0.5, generator=torch.Generator().manual_seed(7)).images
+    assert np.array_equal(by_picture, by_latents) and not np.array_equal(by_picture, plain)
+    again: list[float] = []
+    pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=_sigmas_into(again))
+    assert again == seen
+
+
+def check_inpainting_keeps_the_source(edit: Any, **call: Any) -> None:
+    """Masked to its left 20 columns (latent columns 0 to 2, 8 pixels each), the result's latents are the source's
+    elsewhere and not there."""
+    source = Image.new("RGB", (64, 64), SOURCE_COLOUR)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 20, 64))
+    latents = edit(prompt="a cat", image=source, mask_image=mask, strength=1.0, num_inference_steps=3, width=64,
+                   height=64, output_type="latent", generator=torch.Generator().manual_seed(7),
+                   **call).images  # fmt: skip
+    clean = source_latents(edit, source)
+    assert torch.allclose(latents[..., 3:], clean[..., 3:], atol=1e-6)
+    assert not torch.allclose(latents[..., :3], clean[..., :3], atol=1e-2)
+
+
+def check_edits_through_marble(paths: Any, folder: Any, edit: Any, cfg: float, tmp_path: Any) -> None:
+    """Image to image through Marble is the edit pipeline's picture called directly; inpainting runs; the hires fix
+    with a latent and a pixel upscaler makes the second pass's size (not square), with nothing said."""
+    Image.new("RGB", (64, 64), SOURCE_COLOUR).save(tmp_path / "source.png")
+    source = str(tmp_path / "source.png")
+    request = request_for(folder, init_image=source, strength=0.6, steps=3, cfg_scale=cfg, seed=43)
+    batch, _ = run(make_backend(paths), request)
+    expected = pixels(edit(prompt=request.prompt, negative_prompt=request.negative_prompt, image=Image.open(source),
+                           strength=0.6, num_inference_steps=3, width=64, height=64, guidance_scale=cfg,
+                           generator=torch.Generator().manual_seed(43)).images[0])  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    inpainted, _ = run(make_backend(paths), replace(request, mask=str(tmp_path / "mask.png"), strength=1.0))
+    assert inpainted.images[0].size == (64, 64)
+    for upscaler in ("Latent", "Lanczos"):
+        hires, steps = run(make_backend(paths), request_for(folder, steps=2, cfg_scale=cfg, hires_fix=True,
+                                                            hires_scale=1.5, hires_steps=2, hires_upscaler=upscaler,
+                                                            width=96))  # fmt: skip
+        assert hires.images[0].size == (144, 96) and len(steps) > 2 and not hires.notes
