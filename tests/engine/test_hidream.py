@@ -26,6 +26,7 @@ from desktop.engine.library.dit import variant_choices
 from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.dit_lora_checks import NAMINGS, check_lora_as_bare_diffusers
 from tests.support.flow_edit_checks import (
     check_edits_through_marble,
     check_inpainting_keeps_the_source,
@@ -301,36 +302,13 @@ _LORA_LAYERS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out", "attn1
                 "ff_i.experts.0.w2", "ff_t.w3")  # fmt: skip
 
 
-@pytest.mark.parametrize("naming", ["diffusers", "ai-toolkit", "kohya"])
+@pytest.mark.parametrize("naming", NAMINGS)
 def test_a_hidream_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths, hidream, naming, tmp_path):
-    from safetensors.torch import save_file
-
-    from desktop.engine.library.checkpoint import read_safetensors_header
-    from desktop.engine.library.lora import inspect_lora
-    from tests.support.tiny_dit_loras import lora_on, trainer_form
-
-    transformer = hidream["pipe"].transformer
-    tensors = lora_on(transformer, "double_stream_blocks.", _LORA_LAYERS) | lora_on(
-        transformer, "single_stream_blocks.", _LORA_LAYERS, seed=4
-    )
-    native = {key.replace("transformer.", "diffusion_model.", 1): value for key, value in tensors.items()}
-    written = {"diffusers": tensors, "ai-toolkit": native, "kohya": trainer_form(native, kohya=True)}[naming]
-    save_file(written, str(paths.loras / "style.safetensors"))
-    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
-    assert (info.family, info.label, info.transformer_width) == ("hidream-i1", "HiDream-I1", 32)
-    request = request_for(hidream["dev"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=1.0)
-    batch, _ = run(make_backend(paths), request)
-    assert [lora.name for lora in batch.loras] == ["style"]
-    # The reference: bare diffusers loading the LoRA in its own names.
-    save_file(tensors, str(tmp_path / "reference.safetensors"))
-    pipe = bare_pipeline(hidream["dev"])
-    pipe.load_lora_weights(str(tmp_path / "reference.safetensors"), adapter_name="style")
-    pipe.set_adapters(["style"], [0.8])
-    plain_request = request_for(hidream["dev"], prompt="a red circle", steps=3, cfg_scale=1.0)
-    guided = dict(prompt=plain_request.prompt, num_inference_steps=3, width=64, height=64, guidance_scale=1.0)
-    expected = pixels(pipe(**guided, generator=torch.Generator("cpu").manual_seed(42)).images[0])
-    assert np.array_equal(pixels(batch.images[0]), expected)
-    assert not np.array_equal(expected, bare_image(hidream["dev"], plain_request))
+    info = check_lora_as_bare_diffusers(paths, tmp_path, hidream["dev"], bare_pipeline,
+                                        transformer=hidream["pipe"].transformer,
+                                        blocks=("double_stream_blocks.", "single_stream_blocks."), layers=_LORA_LAYERS,
+                                        naming=naming, cfg=1.0, family="hidream-i1", label="HiDream-I1")  # fmt: skip
+    assert info.transformer_width == 32
 
 
 def test_a_lora_for_another_family_is_refused_by_name(paths, hidream):

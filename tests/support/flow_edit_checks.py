@@ -1,6 +1,7 @@
 """The checks every image-to-image and inpainting pipeline Marble makes over a text-to-image pipeline whose latents are
-Flux.1's VAE's as (C, h, w) must pass (Lumina Image 2.0's, HiDream-I1's): the schedule's tail, the source kept outside
-the mask, and the same through Marble with the hires fix. Each family's test hands in its pipelines and guidance."""
+a VAE's as (C, h, w) must pass (Lumina Image 2.0's and HiDream-I1's over Flux.1's VAE, AuraFlow's over SDXL's): the
+schedule's tail, the source kept outside the mask, and the same through Marble with the hires fix. Each family's test
+hands in its pipelines and guidance."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ SOURCE_COLOUR = (200, 40, 40)
 
 
 def source_latents(edit: Any, picture: Image.Image) -> torch.Tensor:
-    """A picture's latents in the transformer's space: the Flux VAE's mode, shifted and scaled."""
+    """A picture's latents in the transformer's space: the VAE's mode, shifted (Flux.1's VAE; SDXL's has no shift) and
+    scaled."""
     config = edit.vae.config
     pixels_ = edit.image_processor.preprocess(picture, height=64, width=64)
-    return (edit.vae.encode(pixels_).latent_dist.mode() - config.shift_factor) * config.scaling_factor
+    return (edit.vae.encode(pixels_).latent_dist.mode() - (config.shift_factor or 0)) * config.scaling_factor
 
 
 def _sigmas_into(into: list[float]) -> Any:

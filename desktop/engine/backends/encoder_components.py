@@ -39,12 +39,14 @@ from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
 from desktop.engine.library.vae import inspect_vae
 
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
+                    "UMT5EncoderModel": "t5",  # AuraFlow's Pile-T5-XL: T5's names, a position bias in every layer
                     "Qwen2_5_VLForConditionalGeneration": "qwen2.5-vl", "Qwen3Model": "qwen3",
                     "Qwen3ForCausalLM": "qwen3", "Mistral3ForConditionalGeneration": MISTRAL3,
                     "MistralModel": MISTRAL3, "Mistral3Model": MISTRAL3, "Gemma2Model": "gemma2",
                     "Qwen3VLModel": QWEN3VL, "Qwen3VLForConditionalGeneration": QWEN3VL,
                     "LlamaForCausalLM": LLAMA3}  # fmt: skip
 _WANTED = {("clip", 768): "a CLIP-L", ("clip", 1280): "a CLIP-G", ("t5", 4096): "a T5-XXL",
+           ("t5", 2048): "a Pile-T5-XL",
            ("qwen2.5-vl", 3584): "a Qwen2.5-VL 7B", ("qwen3", 2560): "a Qwen3 4B",
            ("qwen3", 4096): "a Qwen3 8B", (MISTRAL3, 5120): "a Mistral Small 24B",
            (MISTRAL3, 3072): "a Ministral 3 3B",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends import encoder_components, qwen_encoders
+from desktop.engine.backends import families_auraflow as auraflow
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_ernie as ernie
 from desktop.engine.backends import families_flux2 as flux2
@@ -45,6 +46,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_flux2
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
+from desktop.engine.library.dit_auraflow import AURAFLOW
 from desktop.engine.library.dit_hidream import HIDREAM
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_class
 from desktop.engine.library.native_size import T5_TOKENS
@@ -76,6 +78,8 @@ def pipeline_class(family: str) -> Any:
         return chroma.pipeline_class()
     if family == HIDREAM:
         return hidream.pipeline_class()
+    if family == AURAFLOW:
+        return auraflow.pipeline_class()
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
@@ -106,13 +110,13 @@ _EDIT_PIPELINES = {
 _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
               qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class,
               qwen_zimage.LONGCAT: longcat.edit_class, qwen_zimage.OVIS: ovis.edit_class,
-              HIDREAM: hidream.edit_class}  # fmt: skip
+              HIDREAM: hidream.edit_class, AURAFLOW: auraflow.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
-    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image and HiDream-I1 Marble's own over their
-    text-to-image pipelines)."""
+    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1 and AuraFlow Marble's own over
+    their text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
     if family in _OWN_EDITS:
@@ -149,7 +153,7 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
 _GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT,
-                     qwen_zimage.OVIS, HIDREAM)  # fmt: skip
+                     qwen_zimage.OVIS, HIDREAM, AURAFLOW)  # fmt: skip
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
@@ -195,7 +199,7 @@ def fixed_schedule_note(pipe: Any, request: GenerationRequest, info: DitInfo) ->
 # Where each family's long-prompt encoder's tokenizer sits (CLIP's 77 tokens are cut in every tool: not said).
 _LONG_TOKENIZER = {"flux": "tokenizer_2", "sd3": "tokenizer_3", "sd3.5": "tokenizer_3", HIDREAM: "tokenizer_3"}
 # The families whose prompt note counts with T5 (HiDream-I1's Llama reads as many tokens of its own beside it).
-_T5_COUNTED = ("flux", "sd3", "sd3.5", "chroma", HIDREAM)
+_T5_COUNTED = ("flux", "sd3", "sd3.5", "chroma", HIDREAM, AURAFLOW)
 
 
 def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> list[str]:
@@ -319,6 +323,8 @@ def transformer_class(family: str) -> Any:
         return flux2.transformer_class()
     if family == HIDREAM:
         return diffusers.HiDreamImageTransformer2DModel
+    if family == AURAFLOW:
+        return auraflow.transformer_class()
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -339,7 +345,7 @@ def shipped_tokenizers(resources: Resources, folder: Path, family: str) -> dict[
             found[component] = transformers.T5TokenizerFast.from_pretrained(
                 str(resources.tokenizers / T5_TOKENIZER_FOLDER), local_files_only=True
             )
-        else:
+        elif entry[1].startswith("CLIP"):  # another family's own (AuraFlow's Pile-T5) is not shipped
             pad_zero = family in ("sd3", "sd3.5") and component == "tokenizer_2"
             overrides = {"pad_token": "!"} if pad_zero else {}
             found[component] = transformers.CLIPTokenizer.from_pretrained(
@@ -369,6 +375,9 @@ def load_pipeline(
     if info.family == HIDREAM:
         return _load_hidream(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
                              tokenizer_folder)  # fmt: skip
+    if info.family == AURAFLOW and not path.is_dir():
+        return _load_auraflow_file(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
+                                   tokenizer_folder)  # fmt: skip
     if library_parts is not None and info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2) and not path.is_dir():
         config = config_folder or _config_folder(resources, arch, name)
         return qwen_encoders.assemble(
@@ -522,6 +531,26 @@ def _load_hidream(
                             transformer=transformer)  # fmt: skip
 
 
+def _load_auraflow_file(
+    path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
+    text_encoders: Path | None, library_parts: LibraryParts | None, tokenizer_folder: Path | None,
+) -> Any:
+    """A transformer file with Pile-T5-XL, its tokenizer and SDXL's VAE from a folder (--text-encoders), or the encoder
+    and VAE from the libraries with the tokenizer from --tokenizer-folder; families_auraflow.py."""
+    info = arch.dit
+    assert info is not None
+    config = config_folder or _config_folder(resources, arch, name)
+    cls = auraflow.pipeline_class()
+    if library_parts is not None:
+        tokenizer = {"tokenizer": auraflow.tokenizer(tokenizer_folder, name=name)}
+        return _with_library_parts(cls, path, info, config, library_parts, name, dtype, resources, tokenizers=tokenizer)
+    if text_encoders is None:
+        raise auraflow.needs_folder_error(name)
+    auraflow.check_components(text_encoders, name=name)  # before the slow transformer load
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return _from_pretrained(cls, text_encoders, name, dtype, resources, info.family, transformer=transformer)
+
+
 def _load_flux2(
     path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
     text_encoders: Path | None,
@@ -570,7 +599,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
     import diffusers
 
     expected = json.loads((config / "transformer" / "config.json").read_text(encoding="utf-8"))
-    layers = expected.get("num_layers")
+    layers = expected.get("num_mmdit_layers" if info.family == AURAFLOW else "num_layers")
     if info.family in qwen_zimage.FAMILIES:
         qwen_zimage.check_blocks(info, expected, name=name)
     elif isinstance(layers, int) and info.blocks[0] != layers:
@@ -579,8 +608,8 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             f"{info.label} configuration has {layers}: the file is incomplete, or a variant with other dimensions "
             "(pass its diffusers config folder)."
         )
-    single = expected.get("num_single_layers")
-    if info.family in ("flux", "chroma", dit_flux2.FLUX2, HIDREAM) and isinstance(single, int) and (
+    single = expected.get("num_single_dit_layers" if info.family == AURAFLOW else "num_single_layers")
+    if info.family in ("flux", "chroma", dit_flux2.FLUX2, HIDREAM, AURAFLOW) and isinstance(single, int) and (
         info.blocks[1] != single
     ):
         raise ModelError(
@@ -601,6 +630,11 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
             return cls.from_single_file(state, **kwargs, **_flux_channels(state))
+        if info.family == AURAFLOW:
+            # Read here to drop ComfyUI's prefix (diffusers' AuraFlow converter expects bare names); the position
+            # table's size is the file's.
+            state = dequantise(_read_state(path, gguf), info, dtype, name=name)
+            return cls.from_single_file(state, **kwargs, **auraflow.position_settings(state, info.layout))
         if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2, HIDREAM):
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
             # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
@@ -735,6 +769,8 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
         return chroma.generation_arguments(request)
     if info.family == HIDREAM:
         return hidream.generation_arguments(request)
+    if info.family == AURAFLOW:
+        return auraflow.generation_arguments(request)
     negative = request.negative_prompt or None
     if info.family == "flux":
         arguments: dict[str, Any] = {
@@ -765,7 +801,7 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     if info.family == qwen_zimage.ERNIE_IMAGE:  # its VAE's 2x2 patches (4C, h, w) as they are, no tokens
         return (channels, height // factor, width // factor), factor, _unchanged
     rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
-    if info.family in (qwen_zimage.Z_IMAGE, LUMINA2, HIDREAM):  # (C, h, w); their transformers patchify
+    if info.family in (qwen_zimage.Z_IMAGE, LUMINA2, HIDREAM, AURAFLOW):  # (C, h, w); their transformers patchify
         return (channels, rows, cols), factor, _unchanged
     if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
@@ -807,7 +843,7 @@ def memory_sizes(pipe: Any, info: DitInfo) -> DitSizes:
     # Flux's double and single blocks, SD3's and Qwen-Image's joint ones, Z-Image's and Lumina's layers and
     # refiners: what group offload moves one at a time (a family counted as one block would be estimated whole).
     kinds = ("transformer_blocks", "single_transformer_blocks", "layers", "noise_refiner", "context_refiner",
-             "double_stream_blocks", "single_stream_blocks")  # fmt: skip
+             "double_stream_blocks", "single_stream_blocks", "joint_transformer_blocks")  # fmt: skip
     blocks = sum(len(getattr(transformer, kind, ())) for kind in kinds)
     encoders = tuple(weight(getattr(pipe, name, None)) for name in ENCODER_SLOTS)
     # At the compute dtype, whatever fp8 casting did to the storage: the sizes are those of the loaded

@@ -261,76 +261,33 @@ def edit_class() -> Any:
     image-to-image pipelines do it: the schedule of the job's step count is made, the source's latents (Flux's VAE's
     mode, shifted and scaled) are noised to the sigma where its last `strength` starts, `(1 - s) x0 + s noise`, and
     only that tail runs. Full's UniPC, to which the pipeline hands no schedule, gets the tail by its `set_timesteps`
-    being wrapped for the call (Dev's and Fast's Euler the same way). Strength 1 runs the whole schedule from the noise
-    text to image draws for the seed: the same picture. Inpainting puts the source, noised to where each step landed,
-    back outside the mask after every step (flow_edit.blended); `image` may be latents already, (B, C, h, w) in the
-    transformer's space (the hires fix's latent upscalers)."""
-    import torch
+    being wrapped for the call (Dev's and Fast's Euler the same way: flow_edit.ScheduleTailEdit). Strength 1 runs the
+    whole schedule from the noise text to image draws for the seed: the same picture. Inpainting puts the source,
+    noised to where each step landed, back outside the mask after every step (flow_edit.blended); `image` may be
+    latents already, (B, C, h, w) in the transformer's space (the hires fix's latent upscalers)."""
     from diffusers import UniPCMultistepScheduler
     from diffusers.pipelines.hidream_image.pipeline_hidream_image import calculate_shift
-    from diffusers.utils.torch_utils import randn_tensor
 
-    from desktop.engine.backends.flow_edit import blended, latent_mask
+    from desktop.engine.backends.flow_edit import ScheduleTailEdit
 
-    class HiDreamEditPipeline(pipeline_class()):  # type: ignore[misc, valid-type]
-        def _make_schedule(self, scheduler: Any, steps: int, device: Any) -> None:
+    class HiDreamEditPipeline(ScheduleTailEdit, pipeline_class()):  # type: ignore[misc, valid-type]
+        def _edit_schedule(self, scheduler: Any, steps: int, device: Any) -> None:
             # As the pipeline sets its scheduler's (the shift argument only counts for a dynamic shift).
             if isinstance(scheduler, UniPCMultistepScheduler):
                 scheduler.set_timesteps(steps, device=device)
             else:
                 scheduler.set_timesteps(steps, device=device, mu=calculate_shift(self.transformer.max_seq))
 
-        def _encode_source(self, picture: Any, width: int, height: int) -> Any:
+        def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
+            side = self.vae_scale_factor * 2
+            return 2 * (height // side), 2 * (width // side)
+
+        def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
             pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
             latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
             return (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
 
-        def __call__(  # type: ignore[override]
-            self, *, image: Any, strength: float, width: int, height: int, mask_image: Any = None,
-            num_inference_steps: int = 50, num_images_per_prompt: int = 1, generator: Any = None,
-            callback_on_step_end: Any = None, **rest: Any,
-        ) -> Any:  # fmt: skip
-            generators = generator if isinstance(generator, list) else [generator]
-            count = max(len(generators), num_images_per_prompt)
-            device, dtype = self._execution_device, self.vae.dtype
-            side = self.vae_scale_factor * 2
-            rows, cols = 2 * (height // side), 2 * (width // side)
-            probe = type(self.scheduler).from_config(self.scheduler.config)
-            self._make_schedule(probe, num_inference_steps, device)
-            # diffusers' image-to-image start: the last `strength` of the schedule, at least one step.
-            start = min(int(max(num_inference_steps - num_inference_steps * strength, 0)), num_inference_steps - 1)
-            # The whole schedule starts from the noise alone, as text to image does (UniPC's first sigma is a hair
-            # under 1: the source would show through by a rounding).
-            sigma = float(probe.sigmas[start])
-            if torch.is_tensor(image):
-                clean = image.to(device, dtype)
-            else:
-                sources = image if isinstance(image, list) else [image]
-                with torch.no_grad():
-                    clean = torch.cat([self._encode_source(picture, width, height) for picture in sources])
-                clean = clean.to(device, dtype)
-            clean = clean.repeat(count, 1, 1, 1) if clean.shape[0] == 1 else clean
-            # Drawn as text to image draws its noise for the same generators (the same values in the same order).
-            noise = randn_tensor((count, clean.shape[1], rows, cols), generator=generator, device=device, dtype=dtype)
-            step_end = callback_on_step_end
-            if mask_image is not None:
-                repaint = latent_mask(mask_image, rows, cols).repeat(1, clean.shape[1], 1, 1).to(device, dtype)
-                step_end = blended(clean, noise, repaint, callback_on_step_end)
-            scheduler = self.scheduler
-            made = scheduler.set_timesteps
-
-            def tail(*args: Any, **kwargs: Any) -> None:
-                made(*args, **kwargs)
-                scheduler.timesteps, scheduler.sigmas = scheduler.timesteps[start:], scheduler.sigmas[start:]
-
-            scheduler.set_timesteps = tail
-            try:
-                return super().__call__(
-                    width=width, height=height, latents=noise if start == 0 else (1 - sigma) * clean + sigma * noise,
-                    num_inference_steps=num_inference_steps, num_images_per_prompt=count, generator=generator,
-                    callback_on_step_end=step_end, **rest,
-                )  # fmt: skip
-            finally:
-                del scheduler.set_timesteps  # the class's method again
+        def _edit_pack(self, grid: Any) -> Any:
+            return grid
 
     return HiDreamEditPipeline

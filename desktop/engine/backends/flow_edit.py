@@ -36,43 +36,94 @@ class FlowEdit:
         callback_on_step_end: Any = None, **rest: Any,
     ) -> Any:  # fmt: skip
         import numpy as np
-        import torch
-        from diffusers.utils.torch_utils import randn_tensor
 
-        generators = generator if isinstance(generator, list) else [generator]
-        count = max(len(generators), num_images_per_prompt)
-        device, dtype = self._execution_device, self.vae.dtype
         rows, cols = self._edit_grid(width, height)
         raw = np.asarray(self._edit_raw_sigmas(num_inference_steps), dtype=np.float64)
         # diffusers' image-to-image step count: the last `strength` of the schedule, at least one step.
         start = min(int(max(len(raw) - min(len(raw) * strength, len(raw)), 0)), len(raw) - 1)
         tail = raw[start:].tolist()
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
-        scheduler.set_timesteps(sigmas=tail, mu=self._edit_mu(rows, cols), device=device)
-        sigma = float(scheduler.sigmas[0])
-        if torch.is_tensor(image):
-            clean = image.to(device, dtype)
-        else:
-            sources = image if isinstance(image, list) else [image]
-            with torch.no_grad():
-                encoded = [self._edit_encode(picture, width, height, generators[min(k, len(generators) - 1)])
-                           for k, picture in enumerate(sources)]  # fmt: skip
-            clean = torch.cat(encoded).to(device, dtype)
-        clean = clean.repeat(count, 1, 1, 1) if clean.shape[0] == 1 else clean
-        # Drawn as text to image draws its noise for the same generators (the same values in the same order).
-        channels = clean.shape[1]
-        noise = randn_tensor((count, channels, rows, cols), generator=generator, device=device, dtype=dtype)
-        clean, noise = self._edit_pack(clean), self._edit_pack(noise)
-        step_end = callback_on_step_end
-        if mask_image is not None:
-            # On every latent channel, packed as the latents are (a 2x2-patch token holds four cells).
-            repaint = self._edit_pack(latent_mask(mask_image, rows, cols).repeat(1, channels, 1, 1)).to(device, dtype)
-            step_end = blended(clean, noise, repaint, callback_on_step_end)
+        scheduler.set_timesteps(sigmas=tail, mu=self._edit_mu(rows, cols), device=self._execution_device)
+        latents, count, step_end = _noised_sources(self, image, float(scheduler.sigmas[0]), width, height, mask_image,
+                                                   num_images_per_prompt, generator, callback_on_step_end)  # fmt: skip
         return super().__call__(  # type: ignore[misc]
-            width=width, height=height, sigmas=tail, latents=(1 - sigma) * clean + sigma * noise,
-            num_images_per_prompt=count, generator=generator, callback_on_step_end=step_end,
-            **self._edit_conditions(references), **rest,
+            width=width, height=height, sigmas=tail, latents=latents, num_images_per_prompt=count,
+            generator=generator, callback_on_step_end=step_end, **self._edit_conditions(references), **rest,
         )  # fmt: skip
+
+
+class ScheduleTailEdit:
+    """Image to image and inpainting as FlowEdit, for a text-to-image pipeline that makes its schedule itself from the
+    step count and takes none (HiDream-I1's, AuraFlow's): the scheduler's `set_timesteps` is wrapped for the call to
+    keep the tail of the very schedule text to image runs. A family's class supplies FlowEdit's `_edit_grid`,
+    `_edit_encode` and `_edit_pack`, and `_edit_schedule(scheduler, steps, device)`: the schedule as its pipeline sets
+    it."""
+
+    def __call__(
+        self, *, image: Any, strength: float, width: int, height: int, mask_image: Any = None,
+        num_inference_steps: int = 50, num_images_per_prompt: int = 1, generator: Any = None,
+        callback_on_step_end: Any = None, **rest: Any,
+    ) -> Any:  # fmt: skip
+        probe = type(self.scheduler).from_config(self.scheduler.config)
+        self._edit_schedule(probe, num_inference_steps, self._execution_device)
+        steps = len(probe.timesteps)
+        # diffusers' image-to-image start: the last `strength` of the schedule, at least one step.
+        start = min(int(max(steps - steps * strength, 0)), steps - 1)
+        # The whole schedule starts from the noise alone, as text to image does (UniPC's first sigma is a hair under
+        # 1: the source would show through by a rounding).
+        sigma = None if start == 0 else float(probe.sigmas[start])
+        latents, count, step_end = _noised_sources(self, image, sigma, width, height, mask_image,
+                                                   num_images_per_prompt, generator, callback_on_step_end)  # fmt: skip
+        scheduler = self.scheduler
+        made = scheduler.set_timesteps
+
+        def tail(*args: Any, **kwargs: Any) -> None:
+            made(*args, **kwargs)
+            scheduler.timesteps, scheduler.sigmas = scheduler.timesteps[start:], scheduler.sigmas[start:]
+
+        scheduler.set_timesteps = tail
+        try:
+            return super().__call__(  # type: ignore[misc]
+                width=width, height=height, latents=latents, num_inference_steps=num_inference_steps,
+                num_images_per_prompt=count, generator=generator, callback_on_step_end=step_end, **rest,
+            )  # fmt: skip
+        finally:
+            del scheduler.set_timesteps  # the class's method again
+
+
+def _noised_sources(
+    pipe: Any, image: Any, sigma: float | None, width: int, height: int, mask_image: Any, images: int, generator: Any,
+    then: Any,
+) -> tuple[Any, int, Any]:
+    """(the latents the edit starts from, the batch size, the step-end callback): the sources' latents (`image`:
+    pictures encoded by the pipeline's `_edit_encode`, or latents already) noised to `sigma` (None: the noise alone),
+    packed as the pipeline's latents; with a mask, the callback puts the source back outside it after every step."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    generators = generator if isinstance(generator, list) else [generator]
+    count = max(len(generators), images)
+    device, dtype = pipe._execution_device, pipe.vae.dtype
+    rows, cols = pipe._edit_grid(width, height)
+    if torch.is_tensor(image):
+        clean = image.to(device, dtype)
+    else:
+        sources = image if isinstance(image, list) else [image]
+        with torch.no_grad():
+            encoded = [pipe._edit_encode(picture, width, height, generators[min(k, len(generators) - 1)])
+                       for k, picture in enumerate(sources)]  # fmt: skip
+        clean = torch.cat(encoded).to(device, dtype)
+    clean = clean.repeat(count, 1, 1, 1) if clean.shape[0] == 1 else clean
+    # Drawn as text to image draws its noise for the same generators (the same values in the same order).
+    channels = clean.shape[1]
+    noise = randn_tensor((count, channels, rows, cols), generator=generator, device=device, dtype=dtype)
+    clean, noise = pipe._edit_pack(clean), pipe._edit_pack(noise)
+    step_end = then
+    if mask_image is not None:
+        # On every latent channel, packed as the latents are (a 2x2-patch token holds four cells).
+        repaint = pipe._edit_pack(latent_mask(mask_image, rows, cols).repeat(1, channels, 1, 1)).to(device, dtype)
+        step_end = blended(clean, noise, repaint, then)
+    return (noise if sigma is None else (1 - sigma) * clean + sigma * noise), count, step_end
 
 
 

@@ -212,7 +212,7 @@ _QWEN21 = (_QWEN21_FACTORS, np.array([-0.1228, -0.1869, -0.3083], dtype=np.float
 _FACTORS = {
     "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
     "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX, "lumina2": _FLUX, "longcat-image": _FLUX,
-    "ovis-image": _FLUX,
+    "ovis-image": _FLUX, "auraflow": (_SDXL_FACTORS, _NO_BIAS),  # AuraFlow draws SDXL VAE latents
     "sd3": _SD3, "sd3.5": _SD3,
     "qwen-image": _WAN, "krea2": _WAN, "flux2": _FLUX2, "ernie-image": _FLUX2, "qwen-image-2.1": _QWEN21,
 }  # fmt: skip

@@ -30,8 +30,6 @@ _FAMILIES = (
     # BFL's names (`early_stream_modulations.image.lin`) and diffusers' (`...linear`); diffusers runs it only
     # through its modular pipelines so far.
     _Family("FLUX.3", re.compile(r"^early_stream_modulations\.")),
-    _Family("AuraFlow", re.compile(r"^(double_layers|joint_transformer_blocks)\.|^register_tokens$"),
-            ("AuraFlowPipeline",)),  # fmt: skip
     # Its release's names (`blocks.N.cross_attn.q_linear`) and diffusers' (`caption_norm`).
     _Family("Sana", re.compile(r"^blocks\.\d+\.cross_attn\.q_linear\.|^caption_norm\."),
             ("SanaPipeline", "SanaSprintPipeline")),  # fmt: skip

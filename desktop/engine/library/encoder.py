@@ -55,7 +55,9 @@ _FLAT_CLIP_PROBE = "embeddings.token_embedding.weight"
 _FLAT_CLIP_LAYER = "encoder.layers.0.self_attn.q_proj.weight"
 _LAYER = re.compile(r"(?:encoder\.layers|transformer\.resblocks|encoder\.block|enc\.blk)\.(\d+)\.")
 # The published widths: CLIP ViT-L 768, OpenCLIP bigG 1280, T5 v1.1 XXL 4096.
-_NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL", **QWEN_NAMED}
+# Pile-T5-XL (EleutherAI's UMT5, AuraFlow's and Pony V7's encoder) is the one T5 of width 2048 a model here reads.
+_NAMED = {("clip", 768): "CLIP-L", ("clip", 1280): "CLIP-G (OpenCLIP bigG)", ("t5", 4096): "T5-XXL",
+          ("t5", 2048): "Pile-T5-XL", **QWEN_NAMED}
 # Ministral 3 3B (ERNIE-Image's encoder) is a Mistral by its tensors, told from Mistral Small by its width.
 MINISTRAL3 = "ministral3"
 _MINISTRAL3_3B = (MISTRAL3, 3072)
@@ -276,6 +278,7 @@ _FAMILY_ENCODERS = {
     # "llama3", the kind, for another width).
     "hidream-i1": ("clip", "t5", "llama", "llama3"), "hidream-i1-dev": ("clip", "t5", "llama", "llama3"),
     "hidream-i1-fast": ("clip", "t5", "llama", "llama3"),
+    "auraflow": ("pile",),  # Pile-T5-XL ("pile-t5-xl")
 }  # fmt: skip
 
 

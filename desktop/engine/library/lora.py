@@ -30,7 +30,7 @@ FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
     "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image", "longcat-image": "LongCat-Image",
-    "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1",
+    "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1", "auraflow": "AuraFlow",
 }  # fmt: skip
 # Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
 # come in: LongCat-Image's and Ovis-Image's blocks are Flux.1's, named as diffusers names them (their loader refuses a
@@ -163,6 +163,12 @@ _ERNIE_MARKS = (".self_attention.", ".mlp.linear_fc2.", ".mlp.gate_proj.", "_sel
 # flattened names of them too (backends/lora_forms.py renames those).
 _HIDREAM_BLOCKS = ("double_stream_blocks.", "single_stream_blocks.")
 _HIDREAM_KOHYA = ("lora_unet_double_stream_blocks_", "lora_unet_single_stream_blocks_")
+# AuraFlow's (Pony V7's) joint blocks (`joint_transformer_blocks.N`) and feed-forwards (`ff.linear_1`, `ff.linear_2`,
+# `ff.out_projection`: Flux.1's single blocks share its single blocks' name but have none), in diffusers' names and
+# kohya's flattened ones (backends/lora_forms.py renames those).
+_AURAFLOW_MARKS = (".ff.out_projection.", ".ff.linear_1.", ".ff.linear_2.", ".ff_context.out_projection.")
+_AURAFLOW_KOHYA = ("lora_unet_joint_transformer_blocks_",)
+_AURAFLOW_KOHYA_MARKS = ("_ff_out_projection.", "_ff_linear_1.", "_ff_linear_2.")
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
@@ -193,6 +199,11 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
         fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "ernie-image"
     elif any(n.startswith(_HIDREAM_BLOCKS) for n in bare) or any(n.startswith(_HIDREAM_KOHYA) for n in names):
         fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "hidream-i1"
+    elif any(n.startswith("joint_transformer_blocks.") or any(m in n for m in _AURAFLOW_MARKS) for n in bare):
+        fmt, family = "peft", "auraflow"
+    elif any(n.startswith(_AURAFLOW_KOHYA) or (n.startswith("lora_unet_single_transformer_blocks_") and any(
+            m in n for m in _AURAFLOW_KOHYA_MARKS)) for n in names):
+        fmt, family = "kohya", "auraflow"
     elif any(n.startswith(_FLUX_KOHYA) for n in names):
         fmt, family = "kohya", "flux"
     elif any(n.startswith(_QWEN_KOHYA) for n in names):
