@@ -266,6 +266,37 @@ def test_the_encoder_and_vae_files_run_from_the_libraries(paths, aura, split_fil
         run(make_backend(paths), replace(request, tokenizer_folder=None))
 
 
+def test_an_all_in_one_file_runs_its_own_encoder_and_vae(paths, aura, split_files, tmp_path):
+    # fal's aura_flow_0.3.safetensors and Pony V7's single file as ComfyUI's checkpoints keep them: the transformer in
+    # its makers' names under ComfyUI's prefix, Pile-T5-XL under `text_encoders.pile_t5xl.transformer.`, the VAE in
+    # LDM names under `vae.`. Only the tokenizer comes from elsewhere.
+    from safetensors.torch import save_file
+
+    from tests.support.tiny_models import vae_to_ldm
+
+    pipe = aura["pipe"]
+    tensors = {PREFIX + key: value for key, value in original_names(dict(aura["state"])).items()}
+    tensors |= {f"text_encoders.pile_t5xl.transformer.{key}": value for key, value in
+                pipe.text_encoder.state_dict().items() if key != "encoder.embed_tokens.weight"}  # fmt: skip
+    ldm = vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config)
+    tensors |= {"vae." + key.removeprefix("first_stage_model."): value for key, value in ldm.items()}
+    path = tmp_path / "aura_flow_0.3.safetensors"
+    save_file({key: value.contiguous() for key, value in tensors.items()}, str(path))
+    arch = detect_model(path)
+    assert arch.dit.components == ("transformer", "pile_t5xl", "vae") and not arch.dit.needs_components
+    request = request_for(path, steps=3, cfg_scale=3.5, model_config=str(split_files["configs"]),
+                          tokenizer_folder=str(aura["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(aura["folder"], request))
+    with pytest.raises(ModelError, match=r"aura_flow_0\.3\.safetensors runs with its Pile-T5-XL .* cannot ship"):
+        run(make_backend(paths), replace(request, tokenizer_folder=None))
+    # Its encoder cut short: said by name, not run with missing weights.
+    cut = {key: value for key, value in tensors.items() if ".block.1." not in key or not key.startswith("text_")}
+    save_file({key: value.contiguous() for key, value in cut.items()}, str(tmp_path / "cut.safetensors"))
+    with pytest.raises(ModelError, match=r"text encoder 'cut\.safetensors' .* does not fit .*\(10 tensor\(s\) missing"):
+        run(make_backend(paths), replace(request, model=str(tmp_path / "cut.safetensors")))
+
+
 def test_a_published_size_pile_t5_is_named_and_offered_to_auraflow_only():
     from desktop.engine.library.encoder import EncoderInfo, fits_model
 

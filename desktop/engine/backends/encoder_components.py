@@ -24,7 +24,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,9 @@ _GGUF_T5 = {
     "ffn_up": "layer.1.DenseReluDense.wi_1", "ffn_down": "layer.1.DenseReluDense.wo", "ffn_norm": "layer.1.layer_norm",
 }  # fmt: skip
 
+# An all-in-one file's model and VAE (ComfyUI's names; SD's `first_stage_model.`).
+_BUNDLED_MODEL = "model.diffusion_model."
+_BUNDLED_VAE = ("vae.", "first_stage_model.")
 # llama.cpp's tensor of Llama 3.1's rope scaling factors (transformers computes them from the config).
 _LLAMA_ROPE_FACTORS = "rope_freqs.weight"
 # (LDM VAE state dict, the VAE's diffusers config) -> diffusers state dict; passed in by the backend.
@@ -258,13 +261,18 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
     """The VAE of `config` (AutoencoderKL, or Flux.2's AutoencoderKLFlux2 as its config names) with the chosen
     library VAE's weights (BFL/LDM or diffusers names)."""
     import diffusers
-    from safetensors.torch import load_file
 
     label = f"The VAE {vae.shown}"
     kind = sniff_file_type(vae.path, label=label)
     if kind != "safetensors":
         raise ModelError(f"{label} is not a safetensors file ({kind}).")
-    info = inspect_vae(read_safetensors_header(vae.path, name=label), label)
+    header = read_safetensors_header(vae.path, name=label)
+    if any(key.startswith(_BUNDLED_MODEL) for key in header.tensors):
+        # An all-in-one file's own VAE (ComfyUI's `vae.` beside its model): read from it alone.
+        label = f"The VAE inside {vae.shown}"
+        header = replace(header, tensors={key: value for key, value in header.tensors.items()
+                                          if key.startswith(_BUNDLED_VAE)})  # fmt: skip
+    info = inspect_vae(header, label)
     settings = diffusers.AutoencoderKL.load_config(str(config))
     flux2 = settings.get("_class_name") == "AutoencoderKLFlux2"
     model = (diffusers.AutoencoderKLFlux2 if flux2 else diffusers.AutoencoderKL).from_config(settings)
@@ -275,8 +283,7 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
             f"{label} is a {info.label} with {info.latent_channels} latent channels; {model_name} works in "
             f"{wanted}. Pick the VAE made for this model ({which})."
         )
-    tensors = load_file(str(vae.path))
-    state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
+    state = tensors_under(vae.path, info.prefix)
     if info.layout == "ldm":
         extra = _flux2_ldm_parts(state) if flux2 else {}
         state = convert_ldm(state, dict(model.config)) | extra
@@ -315,16 +322,12 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
             return mistral_encoder.read_gguf(component.path, settings)
         rename = qwen_gguf_name if info.kind in qwen_encoders.KINDS else _gguf_t5_name
         return gguf_layers.read_gguf(component.path, rename)
-    from safetensors.torch import load_file
-
     if info.kind == MISTRAL3:
         # Only the tensors of the layers Flux.2 reads, by MistralModel's names (mistral_encoder.py).
         state = mistral_encoder.read_used([component.path], (info.prefix,), settings.num_hidden_layers)
     else:
-        tensors = load_file(str(component.path))
         # A Qwen file's vision tower and lm_head sit beside its `model.` level: kept whole, renamed at load.
-        prefix = "" if info.kind in qwen_encoders.KINDS else info.prefix
-        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        state = tensors_under(component.path, "" if info.kind in qwen_encoders.KINDS else info.prefix)
     if info.scaled:
         from desktop.engine.backends.quantised_weights import dequantise_scaled_fp8
 
@@ -352,6 +355,24 @@ def _read_state(component: Component, info: EncoderInfo, settings: Any, dtype: A
 
         state = convert_open_clip_checkpoint(SimpleNamespace(config=settings), state, prefix="")
     return state
+
+
+def tensors_under(path: Path, prefix: str) -> dict[str, Any]:
+    """The tensors of a safetensors file whose names start with `prefix`, the prefix cut; only those are read (an
+    encoder or VAE inside an all-in-one file leaves the model's gigabytes on disk)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as file:
+        return {key[len(prefix):]: file.get_tensor(key) for key in file.keys() if key.startswith(prefix)}
+
+
+def bundled_encoder(path: Path, prefix: str, name: str) -> tuple[Component, EncoderInfo]:
+    """The text encoder an all-in-one file holds under `prefix` (ComfyUI's `text_encoders.<name>.transformer.`), as a
+    chosen component: what it is, read from its tensors alone."""
+    label = f"The text encoder inside {name}"
+    header = read_safetensors_header(path, name=label)
+    own = replace(header, tensors={key: value for key, value in header.tensors.items() if key.startswith(prefix)})
+    return Component(name, path), inspect_encoder(own, label)
 
 
 def _gguf_t5_name(name: str) -> str:

@@ -464,10 +464,12 @@ class LibraryParts:
 def _with_library_parts(
     cls: Any, path: Path, info: DitInfo, config: Path, parts: LibraryParts, name: str, dtype: Any,
     resources: Resources, tokenizers: dict[str, Any] | None = None,
+    chosen: dict[str, tuple[encoder_components.Component, Any]] | None = None,
 ) -> Any:
-    """`tokenizers`: the family's own beside the shipped CLIP and T5 ones (HiDream-I1's Llama tokenizer)."""
+    """`tokenizers`: the family's own beside the shipped CLIP and T5 ones (HiDream-I1's Llama tokenizer); `chosen`:
+    the encoders by slot, when not the library's (an all-in-one file's own)."""
     # Which encoder fills which slot, and whether the VAE is there, before the slow transformer load.
-    chosen = encoder_components.match_slots(config, parts.encoders, name)
+    chosen = chosen or encoder_components.match_slots(config, parts.encoders, name)
     if parts.vae is None:
         raise ModelError(
             f"{name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; for "
@@ -544,6 +546,13 @@ def _load_auraflow_file(
     if library_parts is not None:
         tokenizer = {"tokenizer": auraflow.tokenizer(tokenizer_folder, name=name)}
         return _with_library_parts(cls, path, info, config, library_parts, name, dtype, resources, tokenizers=tokenizer)
+    if text_encoders is None and not info.needs_components:
+        # An all-in-one file (fal's and ComfyUI's checkpoints, Pony V7's): its own encoder and VAE.
+        tokenizer = {"tokenizer": auraflow.tokenizer(tokenizer_folder, name=name)}
+        bundled = encoder_components.bundled_encoder(path, auraflow.ENCODER_PREFIX, name)
+        parts = LibraryParts((), encoder_components.Component(name, path), _convert_ldm_vae)
+        return _with_library_parts(cls, path, info, config, parts, name, dtype, resources, tokenizers=tokenizer,
+                                   chosen={"text_encoder": bundled})  # fmt: skip
     if text_encoders is None:
         raise auraflow.needs_folder_error(name)
     auraflow.check_components(text_encoders, name=name)  # before the slow transformer load
@@ -899,6 +908,13 @@ def apply_memory_mode(pipe: Any, mode: str, current: str | None, device: str, dt
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.to(device)
+
+
+def _convert_ldm_vae(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """An LDM-named VAE state dict in diffusers' names (diffusers' converter; an all-in-one file's own VAE)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    return convert_ldm_vae_checkpoint(state, config)
 
 
 def _short(error: BaseException) -> str:

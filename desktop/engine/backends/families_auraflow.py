@@ -24,7 +24,7 @@ from typing import Any
 from desktop.engine.backends import lora_forms
 from desktop.engine.backends.flow_edit import ScheduleTailEdit
 from desktop.engine.errors import ModelError
-from desktop.engine.library.dit_auraflow import POSITIONS
+from desktop.engine.library.dit_auraflow import ENCODER, POSITIONS
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
@@ -32,6 +32,8 @@ from desktop.engine.safe_files import read_json_file
 MAX_SEQUENCE = 256
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model")
 _ENCODER_CLASS = "UMT5EncoderModel"
+# Where an all-in-one file keeps Pile-T5-XL (ComfyUI's names).
+ENCODER_PREFIX = f"text_encoders.{ENCODER}.transformer."
 _LATENT_CHANNELS = 4  # SDXL's VAE
 _WHERE = ("fal/AuraFlow-v0.3 or purplesmartai/pony-v7-base (a diffusers AuraFlow folder: text_encoder/, tokenizer/ "
           "and vae/)")  # fmt: skip

@@ -81,7 +81,8 @@ _VARIANT_LABELS = {
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
-SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae")}
+SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae"),
+                  dit_auraflow.AURAFLOW: (dit_auraflow.ENCODER, "vae")}
 # fp8 safetensors transformers (safetensors' dtype names): the torch storage dtype they keep while
 # loaded (layer-wise casting computes each layer in bf16/fp32) and how library rows name them.
 FP8_STORAGE = {"F8_E4M3": ("float8_e4m3fn", "fp8 e4m3fn"), "F8_E5M2": ("float8_e5m2", "fp8 e5m2")}
@@ -103,7 +104,7 @@ class DitInfo:
     parameters: int  # transformer parameters (elements), for the library row
     dtype: str  # the most common tensor type: "BF16", "F16", "F8_E4M3", "Q8_0", "Q4_K" ...
     quantization: str | None  # GGUF type name for GGUF files, else None
-    components: tuple[str, ...]  # what the file holds: "transformer", "clip_l", "clip_g", "t5xxl", "vae"
+    components: tuple[str, ...]  # what the file holds: "transformer", "clip_l", "clip_g", "t5xxl", "pile_t5xl", "vae"
     blocks: tuple[int, ...]  # (double/joint, single) block counts
     # Flux Fill: the transformer also reads the masked image's latents and the mask (an inpainting model).
     fill: bool = False
@@ -217,7 +218,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     dit_unsupported.refuse(model, name)
     components = ["transformer"]
     scaled_encoders = False
-    for encoder in ("clip_l", "clip_g", "t5xxl"):
+    for encoder in ("clip_l", "clip_g", "t5xxl", dit_auraflow.ENCODER):
         held = [key for key in tensors if key.startswith(f"text_encoders.{encoder}.")]
         # diffusers' single-file loader would read a scaled-fp8 encoder without its scales: such an encoder
         # counts as absent, and the file's text encoders come from a folder (--text-encoders) instead.

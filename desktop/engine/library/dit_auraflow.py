@@ -26,6 +26,8 @@ AURAFLOW = "auraflow"
 LABELS = {AURAFLOW: "AuraFlow"}
 CONFIGS = {(AURAFLOW, ""): "auraflow"}
 PIPELINES = {"AuraFlowPipeline": AURAFLOW}
+# ComfyUI's name for Pile-T5-XL in an all-in-one file (`text_encoders.pile_t5xl.transformer.`, beside `vae.`).
+ENCODER = "pile_t5xl"
 _REGISTERS = "register_tokens"  # both namings; no other family has them
 _MARKER = re.compile(r"^(double_layers|single_layers|joint_transformer_blocks)\.\d+\.|^register_tokens$")
 # (joint blocks, single blocks, the tensors besides them a complete file holds) of each naming.

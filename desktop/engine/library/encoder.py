@@ -41,7 +41,8 @@ from desktop.engine.library.encoder_qwen import (
 # Prefixes a text encoder's tensors carry on their own or cut out of a ComfyUI / SDXL checkpoint.
 _PREFIXES = (
     "", "transformer.", "text_encoders.clip_l.transformer.", "text_encoders.clip_g.transformer.",
-    "text_encoders.t5xxl.transformer.", "conditioner.embedders.0.transformer.", "conditioner.embedders.1.model.",
+    "text_encoders.t5xxl.transformer.", "text_encoders.pile_t5xl.transformer.", "conditioner.embedders.0.transformer.",
+    "conditioner.embedders.1.model.",
     "cond_stage_model.transformer.",
 )  # fmt: skip
 _CLIP_PROBE = "text_model.embeddings.token_embedding.weight"
