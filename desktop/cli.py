@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "dev); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
                      help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2/Lumina/Krea 2/ERNIE-Image/"
-                          "LongCat-Image/Ovis-Image/HiDream-I1 file: "
+                          "LongCat-Image/Ovis-Image/HiDream-I1/AuraFlow file: "
                           "a diffusers folder (or library model) of the same family that supplies the text encoders, "
                           "tokenizers and VAE (Qwen-Image/Z-Image/Flux.2/Lumina/ERNIE-Image/LongCat-Image/Ovis-Image: "
                           "or a folder holding "
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "ERNIE-Image: ministral-3-3b with flux2-vae; LongCat-Image: qwen_2.5_vl_7b with ae; "
                           "Ovis-Image: ovis_2.5 with ae; HiDream-I1: clip_l_hidream,clip_g_hidream,t5xxl,"
                           "llama_3.1_8b_instruct with ae and --tokenizer-folder, or its diffusers folder holding "
-                          "Llama 3.1 as text_encoder_4/)")
+                          "Llama 3.1 as text_encoder_4/; AuraFlow and Pony V7: pile_t5xl with sdxl_vae and "
+                          "--tokenizer-folder)")
     gen.add_argument("--tokenizer-folder", metavar="DIR",
                      help="for a Qwen-Image/Z-Image/Flux.2 file run with a library text encoder: a folder holding "
                           "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "
@@ -137,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "its tokenizer, FLUX.2-dev's tokenizer/ folder or a Mistral tekken.json's folder; for "
                           "Lumina Image 2.0 with a Gemma-2 file (needed: Gemma's tokenizer cannot ship), "
                           "Lumina-Image-2.0's tokenizer/ folder; for HiDream-I1 with library encoders (needed: Llama "
-                          "3.1's cannot ship), Meta-Llama-3.1-8B-Instruct's folder or HiDream's tokenizer_4/")
+                          "3.1's cannot ship), Meta-Llama-3.1-8B-Instruct's folder or HiDream's tokenizer_4/; for "
+                          "AuraFlow and Pony V7 with a library or all-in-one Pile-T5-XL (needed: its LLaMA tokenizer "
+                          "cannot ship), an AuraFlow or Pony V7 diffusers folder or its tokenizer/")
     gen.add_argument("--seed", type=int, default=-1, help="-1 draws a random seed")
     gen.add_argument("--sampler", default="default", help="an A1111 sampler name, or 'default' (the model's own)")
     gen.add_argument("--few-step", choices=FEW_STEP_KINDS, default=None, metavar="KIND",
