@@ -313,3 +313,19 @@ def test_the_memory_estimate_counts_its_blocks(paths, aura):
     backend.load(request_for(aura["folder"]))
     # Group offload moves one block at a time: its 2 joint and 2 single blocks, not the whole transformer.
     assert memory_sizes(backend._pipe, backend._dit).transformer_blocks == 4
+
+
+def test_control_units_and_reference_images_are_refused_before_the_model_loads(paths, aura, tmp_path):
+    from PIL import Image
+
+    from desktop.engine.errors import InvalidRequest
+    from desktop.engine.library.native_size import takes_controls
+    from desktop.engine.request import ControlUnit
+
+    assert not takes_controls("auraflow")  # the window offers none
+    Image.new("RGB", (64, 64), (90, 30, 200)).save(tmp_path / "source.png")
+    with pytest.raises((InvalidRequest, ModelError), match="AuraFlow"):
+        run(make_backend(paths), request_for(aura["folder"],
+                                             controls=(ControlUnit("edges", str(tmp_path / "source.png")),)))
+    with pytest.raises(ModelError, match=r"is an AuraFlow model: it reads no reference images"):
+        run(make_backend(paths), request_for(aura["folder"], reference_images=(str(tmp_path / "source.png"),)))

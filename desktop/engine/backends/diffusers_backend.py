@@ -1862,7 +1862,8 @@ def _refuse_references(name: str, dit: Any, request: GenerationRequest) -> None:
         return
     limit = reference_image_limit(dit)
     if limit == 0:
-        kind = f"a {dit.label} model" if dit is not None else "a Stable Diffusion model"
+        article = "an" if dit is not None and dit.label[:1] in "AEIOU" else "a"  # an AuraFlow, an ERNIE-Image
+        kind = f"{article} {dit.label} model" if dit is not None else "a Stable Diffusion model"
         raise ModelError(
             f"{name} is {kind}: it reads no reference images. Flux.2 (dev up to 10, Klein up to 4), FLUX.1 Kontext "
             "(1), Qwen-Image-Edit Plus (2) and Qwen-Image 2.1 (10) do; remove them (--reference-image) or pick such "
