@@ -1,6 +1,6 @@
-"""The check every DiT family's LoRA support must pass whose loader diffusers has (HiDream-I1's, AuraFlow's): a rank-4
-LoRA on both kinds of its blocks, written in a trainer's naming, is told to be the family's by the library and changes
-the picture through Marble exactly as bare diffusers loading it in diffusers' own names does."""
+"""The check every DiT family's LoRA support must pass whose loader diffusers has (HiDream-I1's, AuraFlow's, Sana's):
+a rank-4 LoRA on both kinds of its blocks, written in a trainer's naming, is told to be the family's by the library and
+changes the picture through Marble exactly as bare diffusers loading it in diffusers' own names does."""
 
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ NAMINGS = ("diffusers", "ai-toolkit", "kohya")
 def check_lora_as_bare_diffusers(
     paths: Any, tmp_path: Path, folder: Path, bare_pipeline: Callable[[Path], Any], *, transformer: Any,
     blocks: tuple[str, str], layers: tuple[str, ...], naming: str, cfg: float, family: str, label: str,
+    unbinned: bool = False,
 ) -> LoraInfo:
     """`naming`: diffusers' (`transformer.` and PEFT's names), ai-toolkit's (`diffusion_model.`) or kohya's (flattened,
-    lora_down / lora_up with alphas). Returns what the library read of the file."""
+    lora_down / lora_up with alphas); `unbinned`: the pipeline called at the size asked, as Marble calls Sana's.
+    Returns what the library read of the file."""
     tensors = lora_on(transformer, blocks[0], layers) | lora_on(transformer, blocks[1], layers, seed=4)
     native = {key.replace("transformer.", "diffusion_model.", 1): value for key, value in tensors.items()}
     written = {"diffusers": tensors, "ai-toolkit": native, "kohya": trainer_form(native, kohya=True)}[naming]
@@ -37,6 +39,7 @@ def check_lora_as_bare_diffusers(
     assert [lora.name for lora in batch.loras] == ["style"]
     call = dict(prompt="a red circle", negative_prompt=request.negative_prompt if cfg > 1 else None,
                 num_inference_steps=3, width=64, height=64, guidance_scale=cfg)  # fmt: skip
+    call |= {"use_resolution_binning": False} if unbinned else {}
 
     def picture(pipe: Any) -> np.ndarray:
         return pixels(pipe(**call, generator=torch.Generator("cpu").manual_seed(request.seed)).images[0])

@@ -19,11 +19,13 @@ SOURCE_COLOUR = (200, 40, 40)
 
 
 def source_latents(edit: Any, picture: Image.Image) -> torch.Tensor:
-    """A picture's latents in the transformer's space: the VAE's mode, shifted (Flux.1's VAE; SDXL's has no shift) and
-    scaled."""
+    """A picture's latents in the transformer's space: the VAE's mode (DC-AE's latents), shifted (Flux.1's VAE; SDXL's
+    and DC-AE have no shift) and scaled."""
     config = edit.vae.config
     pixels_ = edit.image_processor.preprocess(picture, height=64, width=64)
-    return (edit.vae.encode(pixels_).latent_dist.mode() - (config.shift_factor or 0)) * config.scaling_factor
+    encoded = edit.vae.encode(pixels_)
+    latents = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent  # DC-AE: no sampling
+    return (latents - (getattr(config, "shift_factor", None) or 0)) * config.scaling_factor
 
 
 def _sigmas_into(into: list[float]) -> Any:

@@ -39,6 +39,7 @@ from desktop.engine.backends import families_ovis as ovis
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
+from desktop.engine.backends import families_sana as sana
 from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
 from desktop.engine.backends.quantised_weights import bnb_folder_components, dequantise, quantise_linear_layers
@@ -49,6 +50,7 @@ from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
 from desktop.engine.library.dit_auraflow import AURAFLOW
 from desktop.engine.library.dit_hidream import HIDREAM
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_class
+from desktop.engine.library.dit_sana import SANA
 from desktop.engine.library.native_size import T5_TOKENS
 from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
@@ -80,6 +82,8 @@ def pipeline_class(family: str) -> Any:
         return hidream.pipeline_class()
     if family == AURAFLOW:
         return auraflow.pipeline_class()
+    if family == SANA:
+        return sana.pipeline_class()
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
@@ -110,13 +114,13 @@ _EDIT_PIPELINES = {
 _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
               qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class,
               qwen_zimage.LONGCAT: longcat.edit_class, qwen_zimage.OVIS: ovis.edit_class,
-              HIDREAM: hidream.edit_class, AURAFLOW: auraflow.edit_class}  # fmt: skip
+              HIDREAM: hidream.edit_class, AURAFLOW: auraflow.edit_class, SANA: sana.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "") -> bool:
     """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
-    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1 and AuraFlow Marble's own over
-    their text-to-image pipelines)."""
+    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow and Sana Marble's own
+    over their text-to-image pipelines)."""
     if family == dit_flux2.FLUX2:
         return variant != "dev"
     if family in _OWN_EDITS:
@@ -126,7 +130,10 @@ def edits(family: str, variant: str = "") -> bool:
 
 def side_multiple(pipe: Any, info: DitInfo) -> int:
     """The pixels a side is a multiple of: the VAE's factor times the 2x2 patches the transformer reads (ERNIE-Image's
-    pipeline counts its VAE's patches in its factor already)."""
+    pipeline counts its VAE's patches in its factor already; Sana reads one latent a token, and its pipeline takes
+    sides of whole 32 pixels, its DC-AE's factor)."""
+    if info.family == SANA:
+        return max(pipe.vae_scale_factor, sana.SIDE_MULTIPLE)
     return pipe.vae_scale_factor if info.family == qwen_zimage.ERNIE_IMAGE else pipe.vae_scale_factor * 2
 
 
@@ -153,7 +160,7 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
 _GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT,
-                     qwen_zimage.OVIS, HIDREAM, AURAFLOW)  # fmt: skip
+                     qwen_zimage.OVIS, HIDREAM, AURAFLOW, SANA)  # fmt: skip
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
@@ -325,6 +332,8 @@ def transformer_class(family: str) -> Any:
         return diffusers.HiDreamImageTransformer2DModel
     if family == AURAFLOW:
         return auraflow.transformer_class()
+    if family == SANA:
+        return sana.transformer_class()
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -375,6 +384,8 @@ def load_pipeline(
     if info.family == HIDREAM:
         return _load_hidream(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
                              tokenizer_folder)  # fmt: skip
+    if info.family == SANA and not path.is_dir():
+        return _load_sana_file(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts)
     if info.family == AURAFLOW and not path.is_dir():
         return _load_auraflow_file(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
                                    tokenizer_folder)  # fmt: skip
@@ -443,7 +454,9 @@ def load_pipeline(
 
 def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
     """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
-    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet)."""
+    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet; Sana's DC-AE)."""
+    if info is not None and info.family == SANA:
+        raise sana.needs_folder_error(name)
     if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
         raise ModelError(
             f"{name} ({info.label}): Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE from the "
@@ -560,6 +573,22 @@ def _load_auraflow_file(
     return _from_pretrained(cls, text_encoders, name, dtype, resources, info.family, transformer=transformer)
 
 
+def _load_sana_file(
+    path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
+    text_encoders: Path | None, library_parts: LibraryParts | None,
+) -> Any:
+    """A transformer file with Gemma-2, its tokenizer and DC-AE from a folder (--text-encoders); families_sana.py."""
+    info = arch.dit
+    assert info is not None
+    if text_encoders is None or library_parts is not None:
+        raise sana.needs_folder_error(name)
+    config = config_folder or _config_folder(resources, arch, name)
+    sana.check_components(text_encoders, name=name)  # before the slow transformer load
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return _from_pretrained(sana.pipeline_class(), text_encoders, name, dtype, resources, info.family,
+                            transformer=transformer)  # fmt: skip
+
+
 def _load_flux2(
     path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
     text_encoders: Path | None,
@@ -639,11 +668,18 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
             return cls.from_single_file(state, **kwargs, **_flux_channels(state))
+        if info.family == SANA:
+            # Its makers' names converted here (diffusers' converter misses Sana 1.5's norms); its query-key norm as
+            # the file holds it.
+            state = dequantise(_read_state(path, gguf), info, dtype, name=name)
+            state = sana.from_original(state) if info.layout == "original" else state
+            return _dequantised_bare(cls.from_single_file(state, **kwargs, **sana.settings(state)), dtype)
         if info.family == AURAFLOW:
             # Read here to drop ComfyUI's prefix (diffusers' AuraFlow converter expects bare names); the position
             # table's size is the file's.
             state = dequantise(_read_state(path, gguf), info, dtype, name=name)
-            return cls.from_single_file(state, **kwargs, **auraflow.position_settings(state, info.layout))
+            model = cls.from_single_file(state, **kwargs, **auraflow.position_settings(state, info.layout))
+            return _dequantised_bare(model, dtype)
         if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2, HIDREAM):
             # Read here to drop ComfyUI's prefix: Qwen-Image's loader keeps names as they are. diffusers
             # converts Z-Image's and Flux.2's original names and leaves their own (it checks them against the
@@ -656,12 +692,30 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             if info.family == qwen_zimage.OVIS and info.layout == "bfl":
                 state = ovis.from_bfl(state, convert_flux_bfl)
             model = cls.from_single_file(state, **kwargs)
-            return hidream.dequantised_gates(model, dtype) if info.family == HIDREAM and gguf else model
+            return _dequantised_bare(model, dtype) if info.family == HIDREAM else model
         if info.scaled_fp8 or info.bitsandbytes:
             return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error
+
+
+def _dequantised_bare(model: Any, dtype: Any) -> Any:
+    """`model` (loaded from a GGUF file) with its bare parameters dequantised: tables and matrices the model uses by
+    themselves (HiDream-I1's expert gates, Sana's modulation tables, AuraFlow's register tokens and position table),
+    not linear layers, which diffusers' GGUF layers dequantise as they run: quantised, they fail in the first step.
+    A few thousand values a block; nothing for a file that keeps them in float, as most GGUF writers do."""
+    import torch
+    from diffusers.quantizers.gguf.utils import GGUFLinear, dequantize_gguf_tensor
+
+    for module in model.modules():
+        if isinstance(module, GGUFLinear):
+            continue
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            if hasattr(parameter, "quant_type"):
+                setattr(module, name, torch.nn.Parameter(dequantize_gguf_tensor(parameter).to(dtype),
+                                                         requires_grad=False))  # fmt: skip
+    return model
 
 
 def _flux_channels(state: Mapping[str, Any]) -> dict[str, int]:
@@ -780,6 +834,8 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
         return hidream.generation_arguments(request)
     if info.family == AURAFLOW:
         return auraflow.generation_arguments(request)
+    if info.family == SANA:
+        return sana.generation_arguments(request)
     negative = request.negative_prompt or None
     if info.family == "flux":
         arguments: dict[str, Any] = {
@@ -807,7 +863,7 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     channels, factor = pipe.transformer.config.in_channels, pipe.vae_scale_factor
     if info.family in ("sd3", "sd3.5"):  # SD3 patchifies inside its transformer
         return (channels, height // factor, width // factor), factor, _unchanged
-    if info.family == qwen_zimage.ERNIE_IMAGE:  # its VAE's 2x2 patches (4C, h, w) as they are, no tokens
+    if info.family in (qwen_zimage.ERNIE_IMAGE, SANA):  # as they are, (4C, h, w) 2x2 patches or DC-AE's (C, h, w)
         return (channels, height // factor, width // factor), factor, _unchanged
     rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
     if info.family in (qwen_zimage.Z_IMAGE, LUMINA2, HIDREAM, AURAFLOW):  # (C, h, w); their transformers patchify

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import lora_forms
 from desktop.engine.backends.flow_edit import ScheduleTailEdit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_auraflow import ENCODER, POSITIONS
@@ -124,23 +123,6 @@ def generation_arguments(request: GenerationRequest) -> dict[str, Any]:
     guided = request.cfg_scale > 1
     return {"prompt": request.prompt, "negative_prompt": (request.negative_prompt or None) if guided else None,
             "guidance_scale": float(request.cfg_scale), "max_sequence_length": MAX_SEQUENCE}  # fmt: skip
-
-
-def lora_needs_conversion(names: Iterable[str]) -> bool:
-    """Whether an AuraFlow LoRA is in a form diffusers' AuraFlow loader (diffusers' and PEFT's names under
-    `transformer.`) does not read: kohya's names, lora_down / lora_up with alphas, or ComfyUI's `diffusion_model.`
-    prefix (ai-toolkit's and SimpleTuner's ComfyUI exports)."""
-    names = list(names)
-    return lora_forms.needs_renaming(names) or any(name.startswith("diffusion_model.") for name in names)
-
-
-def convert_lora(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any]:
-    """The LoRA under `transformer.` in diffusers' form, kohya's names matched to the transformer's own `modules`
-    (lora_forms.py)."""
-    prefix = "diffusion_model."
-    renamed = lora_forms.renamed_for(state, modules)
-    return {("transformer." + key.removeprefix(prefix)) if key.startswith(prefix) else key: value
-            for key, value in renamed.items()}  # fmt: skip
 
 
 def _short(error: BaseException) -> str:

@@ -222,20 +222,6 @@ def folder_scheduler(folder: Path, info: DitInfo, shipped: Path) -> Any:
         raise ModelError(f"The scheduler in {folder} does not load: {_short(error)}") from error
 
 
-def dequantised_gates(transformer: Any, dtype: Any) -> Any:
-    """`transformer` (loaded from a GGUF file) with its experts' gates dequantised: each is a bare weight matrix the
-    model multiplies by itself, not a linear layer that diffusers' GGUF layers dequantise as they run (a quantised
-    one fails in the first step). A few thousand values a block."""
-    import torch
-    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
-
-    for module in transformer.modules():
-        weight = getattr(module, "weight", None)
-        if type(module).__name__ == "MoEGate" and hasattr(weight, "quant_type"):
-            module.weight = torch.nn.Parameter(dequantize_gguf_tensor(weight).to(dtype), requires_grad=False)
-    return transformer
-
-
 def _class_named(index: dict[str, Any], slot: str, default: str) -> str:
     entry = index.get(slot)
     named = entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None

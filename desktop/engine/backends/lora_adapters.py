@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import families_auraflow as auraflow
 from desktop.engine.backends import families_ernie as ernie
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_qwen21 as qwen21
@@ -29,6 +28,7 @@ from desktop.engine.library.dit_ernie import ERNIE_IMAGE
 from desktop.engine.library.dit_hidream import HIDREAM
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21
+from desktop.engine.library.dit_sana import SANA
 from desktop.engine.library.lora import (
     AdapterCatalog,
     LoraInfo,
@@ -354,8 +354,8 @@ def _embedding_vectors(tensors: dict[str, Any]) -> tuple[Any, Any]:
 
 def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
     """What diffusers loads a LoRA from: the file, or, for a Qwen-Image 2.1 LoRA in kohya's names or made on
-    ComfyUI's fused MLP (families_qwen21.py), or a Krea 2, ERNIE-Image, HiDream-I1 or AuraFlow one in kohya's names
-    or with alphas (families_krea2.py, lora_forms.py), its tensors renamed for diffusers' loader."""
+    ComfyUI's fused MLP (families_qwen21.py), or a Krea 2, ERNIE-Image, HiDream-I1, AuraFlow or Sana one in kohya's
+    names or with alphas (families_krea2.py, lora_forms.py), its tensors renamed for diffusers' loader."""
     if info.family == QWEN_IMAGE_21 and qwen21.lora_needs_conversion(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 
@@ -365,10 +365,11 @@ def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
         from safetensors.torch import load_file
 
         return krea2.convert_lora(load_file(str(path)))
-    if info.family == AURAFLOW and auraflow.lora_needs_conversion(read_safetensors_header(path).tensors):
+    if info.family in (AURAFLOW, SANA) and lora_forms.needs_transformer_prefix(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 
-        return auraflow.convert_lora(load_file(str(path)), (name for name, _ in pipe.transformer.named_modules()))
+        modules = (name for name, _ in pipe.transformer.named_modules())
+        return lora_forms.under_transformer(load_file(str(path)), modules)
     if info.family == HIDREAM and lora_forms.needs_renaming(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 

@@ -28,6 +28,21 @@ def renamed_for(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any]
     return renamed(state, lambda flat: dotted.get(flat, flat))
 
 
+def needs_transformer_prefix(names: Iterable[str]) -> bool:
+    """Whether a LoRA is in a form the loaders that read diffusers' and PEFT's names under `transformer.` only
+    (AuraFlow's, Sana's) do not read: kohya's names, lora_down / lora_up with alphas, or ComfyUI's `diffusion_model.`
+    prefix (ai-toolkit's and SimpleTuner's ComfyUI exports)."""
+    names = list(names)
+    return needs_renaming(names) or any(name.startswith("diffusion_model.") for name in names)
+
+
+def under_transformer(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any]:
+    """`state` in diffusers' form under `transformer.`, kohya's names matched to the transformer's own `modules`."""
+    prefix = "diffusion_model."
+    return {("transformer." + key.removeprefix(prefix)) if key.startswith(prefix) else key: value
+            for key, value in renamed_for(state, modules).items()}  # fmt: skip
+
+
 def renamed(state: dict[str, Any], dotted: Callable[[str], str]) -> dict[str, Any]:
     """`state` in diffusers' form; `dotted(flat)`: the module a kohya name (its `lora_unet_` cut) stands for."""
     out: dict[str, Any] = {}

@@ -1,8 +1,8 @@
 """Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma, and
 Qwen-Image, Qwen-Image 2.1, Z-Image and Lumina (their rules in library/dit_qwen_zimage.py), Flux.2
 (library/dit_flux2.py), Krea 2 (library/dit_krea2.py), ERNIE-Image (library/dit_ernie.py), Ovis-Image
-(library/dit_ovis.py), LongCat-Image (library/dit_longcat.py), HiDream-I1 (library/dit_hidream.py) and AuraFlow
-(library/dit_auraflow.py).
+(library/dit_ovis.py), LongCat-Image (library/dit_longcat.py), HiDream-I1 (library/dit_hidream.py), AuraFlow
+(library/dit_auraflow.py) and Sana (library/dit_sana.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -35,6 +35,7 @@ from desktop.engine.library import (
     dit_longcat,
     dit_ovis,
     dit_qwen_zimage,
+    dit_sana,
     dit_unsupported,
     quant_formats,
 )
@@ -60,6 +61,7 @@ DIT_CONFIGS = {
     **dit_ovis.CONFIGS,
     **dit_hidream.CONFIGS,
     **dit_auraflow.CONFIGS,
+    **dit_sana.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
@@ -74,6 +76,7 @@ DIT_LABELS = {
     **dit_ovis.LABELS,
     **dit_hidream.LABELS,
     **dit_auraflow.LABELS,
+    **dit_sana.LABELS,
 }
 _VARIANT_LABELS = {
     **dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS,
@@ -190,7 +193,7 @@ def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
         families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat, dit_hidream,
-                    dit_auraflow, dit_unsupported)  # fmt: skip
+                    dit_auraflow, dit_sana, dit_unsupported)  # fmt: skip
         if any(module.is_marker(bare) for module in families):
             return True
         if bare.startswith(
@@ -239,7 +242,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     other = (dit_ovis.detect(model, name) or dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
              or dit_krea2.detect(model, name) or dit_ernie.detect(model, name)
              or dit_longcat.detect(model, name) or dit_hidream.detect(model, name)
-             or dit_auraflow.detect(model, name))  # fmt: skip
+             or dit_auraflow.detect(model, name) or dit_sana.detect(model, name))  # fmt: skip
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -267,7 +270,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     else:
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image, Z-Image, Lumina, "
-            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image, LongCat-Image, HiDream-I1 or AuraFlow)."
+            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image, LongCat-Image, HiDream-I1, AuraFlow or Sana)."
         )
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
@@ -472,6 +475,7 @@ _PIPELINES = {
     **dit_ovis.PIPELINES,
     **dit_hidream.PIPELINES,
     **dit_auraflow.PIPELINES,
+    **dit_sana.PIPELINES,
 }
 
 

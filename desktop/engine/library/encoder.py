@@ -280,6 +280,7 @@ _FAMILY_ENCODERS = {
     "hidream-i1": ("clip", "t5", "llama", "llama3"), "hidream-i1-dev": ("clip", "t5", "llama", "llama3"),
     "hidream-i1-fast": ("clip", "t5", "llama", "llama3"),
     "auraflow": ("pile",),  # Pile-T5-XL ("pile-t5-xl")
+    "sana": (),  # Gemma-2 and DC-AE come from a folder (--text-encoders): the libraries read no DC-AE yet
 }  # fmt: skip
 
 

@@ -30,7 +30,7 @@ FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux": "Flux.1", "sd3": "SD3/SD3.5", "qwen-image": "Qwen-Image",
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
     "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image", "longcat-image": "LongCat-Image",
-    "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1", "auraflow": "AuraFlow",
+    "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1", "auraflow": "AuraFlow", "sana": "Sana",
 }  # fmt: skip
 # Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
 # come in: LongCat-Image's and Ovis-Image's blocks are Flux.1's, named as diffusers names them (their loader refuses a
@@ -169,6 +169,10 @@ _HIDREAM_KOHYA = ("lora_unet_double_stream_blocks_", "lora_unet_single_stream_bl
 _AURAFLOW_MARKS = (".ff.out_projection.", ".ff.linear_1.", ".ff.linear_2.", ".ff_context.out_projection.")
 _AURAFLOW_KOHYA = ("lora_unet_joint_transformer_blocks_",)
 _AURAFLOW_KOHYA_MARKS = ("_ff_out_projection.", "_ff_linear_1.", "_ff_linear_2.")
+# Sana's blocks name their attentions `attn1` / `attn2` (SD3.5's `attn` / `attn2`) and their feed-forward's convolutions
+# `ff.conv_inverted` / `conv_depth` / `conv_point`, no other family's; kohya's flattened names of them too.
+_SANA_MARKS = (".attn1.", ".ff.conv_inverted.", ".ff.conv_depth.", ".ff.conv_point.")
+_SANA_KOHYA_MARKS = ("_attn1_", "_ff_conv_inverted", "_ff_conv_depth", "_ff_conv_point")
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
@@ -204,6 +208,10 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     elif any(n.startswith(_AURAFLOW_KOHYA) or (n.startswith("lora_unet_single_transformer_blocks_") and any(
             m in n for m in _AURAFLOW_KOHYA_MARKS)) for n in names):
         fmt, family = "kohya", "auraflow"
+    elif any(n.startswith("transformer_blocks.") and any(m in n for m in _SANA_MARKS) for n in bare):
+        fmt, family = "peft", "sana"
+    elif any(n.startswith(_QWEN_KOHYA) and any(m in n for m in _SANA_KOHYA_MARKS) for n in names):
+        fmt, family = "kohya", "sana"
     elif any(n.startswith(_FLUX_KOHYA) for n in names):
         fmt, family = "kohya", "flux"
     elif any(n.startswith(_QWEN_KOHYA) for n in names):

@@ -73,6 +73,7 @@ _FAMILY_BY_CONFIG = {
     "ovis-image": "ovis-image",
     "hidream-i1": "hidream-i1",
     "auraflow": "auraflow",
+    "sana": "sana",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -136,11 +137,11 @@ T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
 # "qwen-image" covers 2.1.
 # HiDream-I1 reads its CLIP encoders' 128 tokens in one window (not CLIP's 75), beside T5's and Llama's 128.
 CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2", "ernie-image",
-                      "longcat-image", "ovis-image", "hidream-i1", "auraflow")
+                      "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana")
 
 
 _DIT_FAMILIES = ("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2", "ernie-image",
-                 "longcat-image", "ovis-image", "hidream-i1", "auraflow")
+                 "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana")
 
 
 def is_dit_family(family: str | None) -> bool:
@@ -194,6 +195,8 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "hidream-i1-fast": {"steps": 16, "cfg_scale": 1.0},
     # AuraFlow and Pony V7: fal's settings, 50 steps at CFG 3.5 (diffusers' AuraFlowPipeline defaults).
     "auraflow": {"steps": 50, "cfg_scale": 3.5},
+    # Sana: NVIDIA's settings, 20 steps at CFG 4.5 (diffusers' SanaPipeline defaults and its model cards).
+    "sana": {"steps": 20, "cfg_scale": 4.5},
 }
 
 

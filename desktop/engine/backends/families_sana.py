@@ -1,0 +1,134 @@
+"""Loading and running Sana (called from backends/families.py on the generation thread; detection is
+library/dit_sana.py's).
+
+Its text encoder (Gemma-2 2B), Gemma's tokenizer and its autoencoder (DC-AE, 32 channels at 32x) are not shipped, and
+the libraries read no DC-AE yet, so a Sana transformer file takes them from a folder the user names
+(`--text-encoders FOLDER`: a diffusers Sana folder, such as Efficient-Large-Model/Sana_1600M_1024px_diffusers).
+
+Where Marble differs from diffusers' pipeline as it is: the size asked is drawn (diffusers' pipeline snaps every job to
+its nearest trained aspect ratio and resizes the picture back; `use_resolution_binning=False`, as ComfyUI draws it).
+A file in its makers' names is converted here (`from_original`): diffusers' converter knows Sana 1.0's tensors, not
+Sana 1.5's normalised queries and keys, which are renamed beside it; whether the model normalises them is read from
+the file (`settings`).
+
+torch/diffusers are imported inside the functions (pyproject's import-linter list).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.backends.flow_edit import ScheduleTailEdit
+from desktop.engine.errors import ModelError
+from desktop.engine.library.dit_sana import normalises_queries
+from desktop.engine.request import GenerationRequest
+from desktop.engine.safe_files import read_json_file
+
+# The prompt tokens its pipeline reads (after the instruction it puts before every prompt, as Sana's makers do).
+MAX_SEQUENCE = 300
+SIDE_MULTIPLE = 32  # its pipeline refuses other sides (the real DC-AE's factor)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+_WHERE = ("a diffusers Sana folder (such as Efficient-Large-Model/Sana_1600M_1024px_diffusers: text_encoder/, "
+          "tokenizer/ and vae/)")  # fmt: skip
+# Sana 1.5's query and key norms in its makers' names -> diffusers' (self-attention attn1, cross-attention attn2).
+_NORM = re.compile(r"^blocks\.(\d+)\.(attn|cross_attn)\.(q|k)_norm\.weight$")
+
+
+def pipeline_class() -> Any:
+    import diffusers
+
+    return diffusers.SanaPipeline
+
+
+def transformer_class() -> Any:
+    import diffusers
+
+    return diffusers.SanaTransformer2DModel
+
+
+def settings(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The transformer config's `qk_norm` as the file holds it (diffusers' names): Sana 1.5 normalises its queries and
+    keys, 1.0 does not, at the same sizes."""
+    return {"qk_norm": "rms_norm_across_heads" if normalises_queries(state) else None}
+
+
+def from_original(state: dict[str, Any]) -> dict[str, Any]:
+    """A Sana transformer's tensors in its makers' names (prefix removed) -> diffusers' names: diffusers' converter, and
+    Sana 1.5's query and key norms beside it. A tensor neither knows is reported (KeyError), not dropped."""
+    from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
+
+    norms = {}
+    for key in [key for key in state if _NORM.match(key)]:
+        block, attention, which = _NORM.match(key).groups()  # type: ignore[union-attr]
+        norms[f"transformer_blocks.{block}.{'attn1' if attention == 'attn' else 'attn2'}.norm_{which}.weight"] = (
+            state.pop(key)
+        )
+    # Tables the converter drops (Sana places no positions; the caption's learned blank), which some files leave out.
+    state.setdefault("pos_embed", None)
+    state.setdefault("y_embedder.y_embedding", None)
+    converted = convert_sana_transformer_to_diffusers(state)
+    if state:
+        raise KeyError(f"unexpected tensor {next(iter(state))!r}")
+    return converted | norms
+
+
+def needs_folder_error(name: str) -> ModelError:
+    return ModelError(
+        f"{name} holds the Sana transformer only. It also needs its text encoder (Gemma-2 2B), Gemma's tokenizer and "
+        "its DC-AE autoencoder, which Marble cannot ship and its libraries do not read yet: pass --text-encoders "
+        f"FOLDER, {_WHERE}."
+    )
+
+
+def check_components(folder: Path, *, name: str) -> None:
+    """Refuse, naming what is wrong, a folder without Gemma-2, its tokenizer or a 32-channel DC-AE (before the slow
+    transformer load)."""
+    encoder = read_json_file(folder / "text_encoder" / "config.json", label=f"text_encoder/config.json in {folder}",
+                             missing_ok=True)  # fmt: skip
+    vae = read_json_file(folder / "vae" / "config.json", label=f"vae/config.json in {folder}", missing_ok=True)
+    problems = []
+    if not (isinstance(encoder, dict) and encoder.get("model_type") == "gemma2"):
+        problems.append("no Gemma-2 text encoder (text_encoder/)")
+    if not any((folder / "tokenizer" / file).is_file() for file in _TOKENIZER_FILES):
+        problems.append("no tokenizer/")
+    if not (isinstance(vae, dict) and vae.get("_class_name") == "AutoencoderDC" and vae.get("latent_channels") == 32):
+        problems.append("no DC-AE autoencoder of 32 channels (vae/)")
+    if problems:
+        raise ModelError(f"{folder} cannot serve {name}: it has {'; '.join(problems)}. Sana needs {_WHERE}.")
+
+
+def generation_arguments(request: GenerationRequest) -> dict[str, Any]:
+    """The prompt (300 Gemma tokens after the makers' instruction, the pipeline's own); CFG above 1 against the negative
+    prompt; the size asked drawn, not snapped to a trained aspect ratio."""
+    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
+            "guidance_scale": float(request.cfg_scale), "max_sequence_length": MAX_SEQUENCE,
+            "use_resolution_binning": False}  # fmt: skip
+
+
+@functools.cache
+def edit_class() -> Any:
+    """Sana's image to image and inpainting (diffusers has none for it), over its text-to-image pipeline
+    (flow_edit.ScheduleTailEdit: its DPM-Solver flow schedule for the step count, cut to its tail): the source's latents
+    are DC-AE's scaled (the pipeline decodes by the scale alone), one latent per token as they are."""
+    import diffusers
+
+    class SanaEditPipeline(ScheduleTailEdit, diffusers.SanaPipeline):
+        def _edit_schedule(self, scheduler: Any, steps: int, device: Any) -> None:
+            scheduler.set_timesteps(steps, device=device)  # as its pipeline does
+
+        def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
+            return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+        def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
+            pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
+            latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent
+            return latents * self.vae.config.scaling_factor
+
+        def _edit_pack(self, grid: Any) -> Any:
+            return grid
+
+    return SanaEditPipeline
