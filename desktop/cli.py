@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "dev); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
                      help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2/Lumina/Krea 2/ERNIE-Image/"
-                          "LongCat-Image/Ovis-Image/HiDream-I1/AuraFlow file: "
+                          "LongCat-Image/Ovis-Image/HiDream-I1/AuraFlow/Sana file: "
                           "a diffusers folder (or library model) of the same family that supplies the text encoders, "
                           "tokenizers and VAE (Qwen-Image/Z-Image/Flux.2/Lumina/ERNIE-Image/LongCat-Image/Ovis-Image: "
                           "or a folder holding "
