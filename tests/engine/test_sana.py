@@ -176,21 +176,89 @@ def test_a_folder_that_cannot_serve_it_is_refused_before_the_load(paths, sana, t
                                              text_encoders=str(folder)))  # fmt: skip
 
 
-def test_sana_sprint_and_pixart_are_named_not_taken_for_sana(tmp_path):
+def test_pixarts_makers_names_are_not_taken_for_sanas(tmp_path):
     from safetensors.torch import save_file
 
-    sprint = {"time_embed.guidance_embedder.linear_1.weight": torch.zeros(1)} | {
-        key: torch.zeros(1) for key in ("transformer_blocks.0.ff.conv_inverted.weight", "caption_norm.weight")
-    }
-    save_file(sprint, str(tmp_path / "sana_sprint.safetensors"))
-    with pytest.raises(ModelError, match=r"is a Sana Sprint model, a family Marble cannot run yet"):
-        detect_model(tmp_path / "sana_sprint.safetensors")
     # PixArt's blocks in its makers' names share Sana's but for its MLP (`fc1`, Sana's a GLUMBConv).
     pixart = {f"model.diffusion_model.blocks.0.{name}.weight": torch.zeros(1) for name in
               ("cross_attn.q_linear", "mlp.fc1", "attn.qkv")}  # fmt: skip
     save_file(pixart, str(tmp_path / "pixart.safetensors"))
     with pytest.raises(ModelError, match=r"is a PixArt model, a family Marble cannot run yet"):
         detect_model(tmp_path / "pixart.safetensors")
+
+
+@pytest.fixture(scope="module")
+def sprint(sana, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sana_sprint")
+    pipe = build_tiny_sana(seed=2, sprint=True)
+    folder = tmp / "Sana_Sprint_1.6B_1024px_diffusers"
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    state = dict(pipe.transformer.state_dict())
+    return {"folder": folder, "file": save_transformer_file(state, tmp / "sana_sprint.safetensors", prefix=PREFIX)}
+
+
+def bare_sprint(folder, request, **extra):
+    from diffusers import SanaSprintImg2ImgPipeline, SanaSprintPipeline
+
+    cls = SanaSprintImg2ImgPipeline if "image" in extra else SanaSprintPipeline
+    pipe = cls.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pixels(pipe(prompt=request.prompt, num_inference_steps=request.steps, width=request.width,
+                       height=request.height, guidance_scale=request.cfg_scale, use_resolution_binning=False,
+                       generator=torch.Generator("cpu").manual_seed(request.seed), **extra).images[0])  # fmt: skip
+
+
+def test_a_sana_sprint_folder_runs_its_own_pipeline_and_defaults(paths, sprint):
+    arch = detect_model(sprint["folder"])
+    assert (arch.family, arch.dit.variant, arch.config_name, arch.label) == ("sana", "sprint", "sana-sprint",
+                                                                             "Sana Sprint")  # fmt: skip
+    assert model_family(sprint["folder"]) == "sana-sprint"
+    assert family_defaults("sana-sprint") == {"steps": 2, "cfg_scale": 4.5}
+    request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, negative_prompt="blurry")
+    batch, steps = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_sprint(sprint["folder"], request))
+    assert len(steps) == 2
+    assert batch.notes == ("Sana Sprint takes no negative prompt (its guidance is embedded, as Flux.1 dev's); it was "
+                           "ignored.",)  # fmt: skip
+    # Its guidance is embedded: another value, another picture.
+    other, _ = run(make_backend(paths), replace(request, cfg_scale=2.0))
+    assert not np.array_equal(pixels(other.images[0]), pixels(batch.images[0]))
+
+
+def test_a_sprint_file_runs_sprints_scheduler_whatever_folder_lends_the_encoders(paths, sana, sprint, tmp_path):
+    arch = detect_model(sprint["file"])
+    assert (arch.dit.variant, arch.dit.layout, arch.label) == ("sprint", "diffusers", "Sana Sprint")
+    # The encoders from a folder whose scheduler is Sana's DPM-Solver: Sprint's SCM runs.
+    lender = tmp_path / "lender"
+    shutil.copytree(sprint["folder"], lender)
+    shutil.rmtree(lender / "scheduler")
+    shutil.copytree(sana["folder"] / "scheduler", lender / "scheduler")
+    index = lender / "model_index.json"
+    index.write_text(index.read_text(encoding="utf-8").replace('"SCMScheduler"', '"DPMSolverMultistepScheduler"'),
+                     encoding="utf-8")  # fmt: skip
+    request = request_for(sprint["file"], steps=2, cfg_scale=4.5, model_config=str(sprint["folder"]),
+                          text_encoders=str(lender))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_sprint(sprint["folder"], request))
+
+
+def test_sprint_runs_image_to_image_and_refuses_inpainting(paths, sprint, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    source = str(tmp_path / "source.png")
+    request = request_for(sprint["folder"], init_image=source, strength=0.6, steps=2, cfg_scale=4.5, seed=43)
+    batch, _ = run(make_backend(paths), request)
+    expected = bare_sprint(sprint["folder"], request, image=Image.open(source), strength=0.6)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
+    with pytest.raises(ModelError, match=r"Sana Sprint model; Marble runs it for text-to-image only"):
+        run(make_backend(paths), replace(request, mask=str(tmp_path / "mask.png")))
+    # The hires fix's second pass is its image-to-image pipeline, from pixels (a latent upscaler too).
+    hires_request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, hires_fix=True, hires_scale=1.5,
+                                hires_steps=2, hires_upscaler="Latent")  # fmt: skip
+    hires, _ = run(make_backend(paths), hires_request)
+    assert hires.images[0].size == (96, 96)
 
 
 def sana_edit(folder):

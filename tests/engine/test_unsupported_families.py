@@ -23,7 +23,6 @@ from tests.e2e.test_cli import in_process
 
 # Each family's transformer class and the arguments its defaults lack, for its tensor names (meta device: no memory).
 TRANSFORMERS = {
-    "Sana Sprint": ("SanaTransformer2DModel", {"guidance_embeds": True}),
     "PixArt": ("PixArtTransformer2DModel", {}),
     "Ideogram 4": ("Ideogram4Transformer2DModel", {}),
     # Its names are HunyuanVideo's but for one Flux.2 has too: either, by the token refiner they share.
@@ -37,7 +36,7 @@ ORIGINAL = {
     "PixArt": "blocks.0.mlp.fc1.weight",
 }
 FOLDERS = {
-    "SanaSprintPipeline": "Sana Sprint", "PixArtSigmaPipeline": "PixArt", "Ideogram4Pipeline": "Ideogram 4",
+    "PixArtSigmaPipeline": "PixArt", "Ideogram4Pipeline": "Ideogram 4",
     "HunyuanImagePipeline": "HunyuanImage", "GlmImagePipeline": "GLM-Image", "CogView4Pipeline": "CogView4",
     "BriaFiboPipeline": "Bria FIBO",
 }  # fmt: skip

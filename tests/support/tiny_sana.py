@@ -7,7 +7,14 @@ inverse of diffusers' converter, Sana 1.5's norms beside it), as NVlabs' and Com
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+from diffusers import (
+    AutoencoderDC,
+    DPMSolverMultistepScheduler,
+    SanaPipeline,
+    SanaSprintPipeline,
+    SanaTransformer2DModel,
+    SCMScheduler,
+)
 from transformers import Gemma2Config, Gemma2Model
 
 from tests.support.tiny_dit import CONFIGS, _jitter
@@ -16,12 +23,14 @@ from tests.support.tiny_lumina2 import tiny_gemma_tokenizer
 WIDTH = 32  # the Gemma encoder's hidden size = the transformer's caption input
 
 
-def build_tiny_sana(seed: int = 0, *, layers: int = 2, qk_norm: bool = False) -> SanaPipeline:
+def build_tiny_sana(seed: int = 0, *, layers: int = 2, qk_norm: bool = False, sprint: bool = False) -> SanaPipeline:
+    """`sprint`: Sana Sprint (normalised queries and keys, an embedded guidance value, its SCM scheduler)."""
     torch.manual_seed(seed)
+    qk_norm = qk_norm or sprint
     transformer = SanaTransformer2DModel(
         in_channels=32, out_channels=32, num_attention_heads=4, attention_head_dim=8, num_layers=layers,
         num_cross_attention_heads=4, cross_attention_head_dim=8, cross_attention_dim=32, caption_channels=WIDTH,
-        sample_size=8, patch_size=1, qk_norm="rms_norm_across_heads" if qk_norm else None,
+        sample_size=8, patch_size=1, qk_norm="rms_norm_across_heads" if qk_norm else None, guidance_embeds=sprint,
     )  # fmt: skip
     _jitter(transformer.eval(), seed)
     vae = AutoencoderDC(
@@ -39,9 +48,10 @@ def build_tiny_sana(seed: int = 0, *, layers: int = 2, qk_norm: bool = False) ->
         query_pre_attn_scalar=16, sliding_window=4096, pad_token_id=0, bos_token_id=2, eos_token_id=1,
     )).eval()  # fmt: skip
     _jitter(encoder, seed + 1)
-    scheduler = DPMSolverMultistepScheduler.from_pretrained(str(CONFIGS / "sana" / "scheduler"))
-    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=encoder, vae=vae, transformer=transformer,
-                        scheduler=scheduler)  # fmt: skip
+    scheduler = (SCMScheduler.from_pretrained(str(CONFIGS / "sana-sprint" / "scheduler")) if sprint else
+                 DPMSolverMultistepScheduler.from_pretrained(str(CONFIGS / "sana" / "scheduler")))  # fmt: skip
+    pipe = (SanaSprintPipeline if sprint else SanaPipeline)(tokenizer=tokenizer, text_encoder=encoder, vae=vae,
+                                                             transformer=transformer, scheduler=scheduler)  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1974,7 +1974,7 @@ def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
     if qwen_edit.is_edit(dit):
         qwen_edit.refuse_text_to_image(name, dit, mode)
-    if mode != "txt2img" and not families.edits(dit.family, dit.variant):
+    if mode != "txt2img" and not families.edits(dit.family, dit.variant, mode):
         raise ModelError(
             f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."
         )

@@ -50,7 +50,7 @@ from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
 from desktop.engine.library.dit_auraflow import AURAFLOW
 from desktop.engine.library.dit_hidream import HIDREAM
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_class
-from desktop.engine.library.dit_sana import SANA
+from desktop.engine.library.dit_sana import SANA, SPRINT
 from desktop.engine.library.native_size import T5_TOKENS
 from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
@@ -83,7 +83,7 @@ def pipeline_class(family: str) -> Any:
     if family == AURAFLOW:
         return auraflow.pipeline_class()
     if family == SANA:
-        return sana.pipeline_class()
+        return sana.pipeline_class()  # Sana Sprint's: load_pipeline picks it by the variant
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
@@ -117,10 +117,12 @@ _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edi
               HIDREAM: hidream.edit_class, AURAFLOW: auraflow.edit_class, SANA: sana.edit_class}  # fmt: skip
 
 
-def edits(family: str, variant: str = "") -> bool:
-    """Whether Marble runs image-to-image and inpainting for `family` (diffusers' own pipelines; for Qwen-Image 2.1,
-    Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow and Sana Marble's own
-    over their text-to-image pipelines)."""
+def edits(family: str, variant: str = "", mode: str = "img2img") -> bool:
+    """Whether Marble runs image-to-image and inpainting (`mode`) for `family` (diffusers' own pipelines; for Qwen-Image
+    2.1, Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow and Sana Marble's own
+    over their text-to-image pipelines; Sana Sprint image to image only, diffusers' pipeline)."""
+    if family == SANA and variant == SPRINT:
+        return mode == "img2img"
     if family == dit_flux2.FLUX2:
         return variant != "dev"
     if family in _OWN_EDITS:
@@ -148,7 +150,10 @@ def check_size(pipe: Any, info: DitInfo, *sizes: tuple[int, int]) -> None:
 def takes_upscaled_latents(info: DitInfo) -> bool:
     """Whether the hires fix may hand the family's image-to-image pipeline its first pass's latents interpolated
     (a latent upscaler): not Flux.2's and ERNIE-Image's, normalised 2x2 patches, which do not interpolate as a
-    picture's latents do (and Klein's inpainting pipeline does not take latents back)."""
+    picture's latents do (and Klein's inpainting pipeline does not take latents back); nor Sana Sprint's, whose
+    image-to-image pipeline encodes pictures only."""
+    if info.family == SANA and info.variant == SPRINT:
+        return False
     return info.family not in (dit_flux2.FLUX2, qwen_zimage.ERNIE_IMAGE)
 
 
@@ -167,6 +172,8 @@ def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) 
     """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
     Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image and
     Ovis-Image at CFG 1 and below)."""
+    if request.negative_prompt and info.family == SANA and info.variant == SPRINT:
+        return f"{info.label} takes no negative prompt (its guidance is embedded, as Flux.1 dev's); it was ignored."
     if request.negative_prompt and (info.fill or info.control_input):
         return f"{info.label} models run without true CFG in diffusers, so without a negative prompt; it was ignored."
     if request.negative_prompt and info.family in _GUIDED_ABOVE_ONE and request.cfg_scale <= 1:
@@ -254,6 +261,8 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return qwen_edit.edit_pipeline(pipe, mode, info)
     if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
         return control_input_pipeline(pipe, mode)
+    if info.family == SANA and info.variant == SPRINT:
+        return sibling(pipe, sana.img2img_class())  # image to image only (edits)
     if info.family in _OWN_EDITS:  # one pipeline does both (flow_edit.py)
         return own_edit_pipeline(pipe, info.family)
     name = _EDIT_PIPELINES.get((info.family, mode))
@@ -384,8 +393,8 @@ def load_pipeline(
     if info.family == HIDREAM:
         return _load_hidream(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
                              tokenizer_folder)  # fmt: skip
-    if info.family == SANA and not path.is_dir():
-        return _load_sana_file(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts)
+    if info.family == SANA:
+        return _load_sana(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts)
     if info.family == AURAFLOW and not path.is_dir():
         return _load_auraflow_file(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
                                    tokenizer_folder)  # fmt: skip
@@ -573,20 +582,25 @@ def _load_auraflow_file(
     return _from_pretrained(cls, text_encoders, name, dtype, resources, info.family, transformer=transformer)
 
 
-def _load_sana_file(
+def _load_sana(
     path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
     text_encoders: Path | None, library_parts: LibraryParts | None,
 ) -> Any:
-    """A transformer file with Gemma-2, its tokenizer and DC-AE from a folder (--text-encoders); families_sana.py."""
+    """A folder as it is, or a transformer file with Gemma-2, its tokenizer and DC-AE from a folder (--text-encoders),
+    in Sana's pipeline or Sana Sprint's; families_sana.py."""
     info = arch.dit
     assert info is not None
+    cls = sana.pipeline_class(info.variant)
+    if path.is_dir():
+        return _from_pretrained(cls, path, name, dtype, resources, info.family)
     if text_encoders is None or library_parts is not None:
         raise sana.needs_folder_error(name)
     config = config_folder or _config_folder(resources, arch, name)
     sana.check_components(text_encoders, name=name)  # before the slow transformer load
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
-    return _from_pretrained(sana.pipeline_class(), text_encoders, name, dtype, resources, info.family,
-                            transformer=transformer)  # fmt: skip
+    # The variant's own scheduler (Sprint's SCM, Sana's DPM-Solver) whatever folder lends the encoders.
+    return _from_pretrained(cls, text_encoders, name, dtype, resources, info.family, transformer=transformer,
+                            scheduler=_scheduler_of(config))  # fmt: skip
 
 
 def _load_flux2(
@@ -619,6 +633,15 @@ def _from_pretrained(
         )  # fmt: skip
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         raise ModelError(f"Could not load {name!r} from {folder}: {_short(error)}") from error
+
+
+def _scheduler_of(config: Path) -> Any:
+    """The scheduler a config folder names (model_index.json), built from its scheduler/ config."""
+    import diffusers
+
+    index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
+    return getattr(diffusers, index["scheduler"][1]).from_pretrained(str(config), subfolder="scheduler",
+                                                                     local_files_only=True)  # fmt: skip
 
 
 def _config_folder(resources: Resources, arch: ArchitectureInfo, name: str) -> Path:
@@ -835,7 +858,7 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
     if info.family == AURAFLOW:
         return auraflow.generation_arguments(request)
     if info.family == SANA:
-        return sana.generation_arguments(request)
+        return sana.generation_arguments(request, info.variant)
     negative = request.negative_prompt or None
     if info.family == "flux":
         arguments: dict[str, Any] = {

@@ -24,7 +24,7 @@ from typing import Any
 
 from desktop.engine.backends.flow_edit import ScheduleTailEdit
 from desktop.engine.errors import ModelError
-from desktop.engine.library.dit_sana import normalises_queries
+from desktop.engine.library.dit_sana import SPRINT, normalises_queries
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 
@@ -38,10 +38,18 @@ _WHERE = ("a diffusers Sana folder (such as Efficient-Large-Model/Sana_1600M_102
 _NORM = re.compile(r"^blocks\.(\d+)\.(attn|cross_attn)\.(q|k)_norm\.weight$")
 
 
-def pipeline_class() -> Any:
+def pipeline_class(variant: str = "") -> Any:
+    """SanaPipeline, or Sana Sprint's own (its SCM sampling and embedded guidance)."""
     import diffusers
 
-    return diffusers.SanaPipeline
+    return diffusers.SanaSprintPipeline if variant == SPRINT else diffusers.SanaPipeline
+
+
+def img2img_class() -> Any:
+    """Sana Sprint's image-to-image pipeline (diffusers' own; it has no inpainting)."""
+    import diffusers
+
+    return diffusers.SanaSprintImg2ImgPipeline
 
 
 def transformer_class() -> Any:
@@ -101,12 +109,13 @@ def check_components(folder: Path, *, name: str) -> None:
         raise ModelError(f"{folder} cannot serve {name}: it has {'; '.join(problems)}. Sana needs {_WHERE}.")
 
 
-def generation_arguments(request: GenerationRequest) -> dict[str, Any]:
+def generation_arguments(request: GenerationRequest, variant: str) -> dict[str, Any]:
     """The prompt (300 Gemma tokens after the makers' instruction, the pipeline's own); CFG above 1 against the negative
-    prompt; the size asked drawn, not snapped to a trained aspect ratio."""
-    return {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
-            "guidance_scale": float(request.cfg_scale), "max_sequence_length": MAX_SEQUENCE,
-            "use_resolution_binning": False}  # fmt: skip
+    prompt (Sprint: the CFG field is its embedded guidance, and it takes no negative prompt); the size asked drawn, not
+    snapped to a trained aspect ratio."""
+    arguments = {"prompt": request.prompt, "guidance_scale": float(request.cfg_scale),
+                 "max_sequence_length": MAX_SEQUENCE, "use_resolution_binning": False}  # fmt: skip
+    return arguments if variant == SPRINT else arguments | {"negative_prompt": request.negative_prompt or ""}
 
 
 @functools.cache

@@ -80,7 +80,7 @@ DIT_LABELS = {
 }
 _VARIANT_LABELS = {
     **dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS,
-    **dit_ernie.VARIANT_LABELS, **dit_hidream.VARIANT_LABELS,
+    **dit_ernie.VARIANT_LABELS, **dit_hidream.VARIANT_LABELS, **dit_sana.VARIANT_LABELS,
 }
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
@@ -238,11 +238,14 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
             f"{name}: its weights use a block-scaled quantisation ({unsupported}: ComfyUI's nvfp4 or mxfp8) that "
             "Marble cannot load yet. Use a GGUF, fp8 or bf16 file of this model."
         )
-    # Ovis-Image first: its BFL names carry Qwen-Image's `txt_norm` and lack Flux.1's vector_in as LongCat-Image's do.
-    other = (dit_ovis.detect(model, name) or dit_qwen_zimage.detect(model, name) or dit_flux2.detect(model, name)
+    # Sana and Ovis-Image before LongCat-Image: Sana Sprint's time embedding has LongCat-Image's name
+    # (`time_embed.timestep_embedder`), and Ovis-Image's BFL names carry Qwen-Image's `txt_norm` and lack Flux.1's
+    # vector_in as LongCat-Image's do.
+    other = (dit_sana.detect(model, name) or dit_ovis.detect(model, name) or dit_qwen_zimage.detect(model, name)
+             or dit_flux2.detect(model, name)
              or dit_krea2.detect(model, name) or dit_ernie.detect(model, name)
              or dit_longcat.detect(model, name) or dit_hidream.detect(model, name)
-             or dit_auraflow.detect(model, name) or dit_sana.detect(model, name))  # fmt: skip
+             or dit_auraflow.detect(model, name))  # fmt: skip
     if other is not None:
         family, variant, layout, counts = other
     elif "double_blocks" in blocks:
@@ -530,6 +533,8 @@ def detect_dit_folder(
     family = _PIPELINES[class_name]
     if family == dit_hidream.HIDREAM:
         return family, dit_hidream.folder_variant(scheduler)
+    if family == dit_sana.SANA:
+        return family, dit_sana.folder_variant(class_name)
     if dit_qwen_zimage.folder_family(class_name) is not None or family == dit_longcat.LONGCAT:
         return family, edit_variant(family, class_name)
     if family == dit_flux2.FLUX2:

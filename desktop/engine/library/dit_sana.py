@@ -9,8 +9,8 @@ circulation, bare or under ComfyUI's `model.diffusion_model.`:
   `t_block`, `y_embedder`, `attention_y_norm`, `final_layer`;
 - diffusers' (SanaTransformer2DModel): `transformer_blocks.N.attn1` / `attn2` / `ff.conv_inverted`, `patch_embed`,
   `time_embed`, `caption_projection`, `caption_norm`, `proj_out`.
-Sana Sprint (its few-step distillation, which embeds a guidance value and runs its own SCM scheduler) is not run yet:
-its guidance embedder names it (library/dit_unsupported.py).
+Sana Sprint (its one- to four-step distillation, which embeds a guidance value and runs its own SCM scheduler) has
+the same names and a guidance embedder (`time_embed.guidance_embedder`, diffusers' names): the variant "sprint".
 """
 
 from __future__ import annotations
@@ -23,9 +23,13 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_qwen_zimage import contiguous
 
 SANA = "sana"
+SPRINT = "sprint"
 LABELS = {SANA: "Sana"}
-CONFIGS = {(SANA, ""): "sana"}
-PIPELINES = {"SanaPipeline": SANA}
+VARIANT_LABELS = {(SANA, SPRINT): "Sprint"}
+CONFIGS = {(SANA, ""): "sana", (SANA, SPRINT): "sana-sprint"}
+PIPELINES = {"SanaPipeline": SANA, "SanaSprintPipeline": SANA}
+_SPRINT_PIPELINE = "SanaSprintPipeline"
+_GUIDANCE = "time_embed.guidance_embedder.linear_1.weight"
 _MARKER = re.compile(r"^(blocks\.\d+\.mlp\.inverted_conv|transformer_blocks\.\d+\.ff\.conv_inverted)\.")
 # (blocks, the tensors besides them a complete file holds) of each naming.
 _LAYOUTS = {
@@ -54,7 +58,13 @@ def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[in
         if tensor not in model:
             raise ModelError(f"{name} looks like Sana but {tensor} is missing: the file is damaged or incomplete.")
     present = {int(match.group(2)) for key in model if (match := _BLOCK.match(key)) and match.group(1) == kind}
-    return SANA, "", layout, (contiguous(present, kind, name, LABELS[SANA]), 0)
+    variant = SPRINT if _GUIDANCE in model else ""
+    return SANA, variant, layout, (contiguous(present, kind, name, LABELS[SANA]), 0)
+
+
+def folder_variant(class_name: str) -> str:
+    """"sprint" for a SanaSprintPipeline folder, else ""."""
+    return SPRINT if class_name == _SPRINT_PIPELINE else ""
 
 
 def normalises_queries(model: Mapping[str, Any]) -> bool:

@@ -30,8 +30,6 @@ _FAMILIES = (
     # BFL's names (`early_stream_modulations.image.lin`) and diffusers' (`...linear`); diffusers runs it only
     # through its modular pipelines so far.
     _Family("FLUX.3", re.compile(r"^early_stream_modulations\.")),
-    # Sana's few-step distillation embeds a guidance value (diffusers' names); Sana itself runs (library/dit_sana.py).
-    _Family("Sana Sprint", re.compile(r"^time_embed\.guidance_embedder\."), ("SanaSprintPipeline",)),
     # Its makers' names (its MLP's `fc1`: Sana's, whose blocks share PixArt's names, has a GLUMBConv) and diffusers'.
     _Family("PixArt", re.compile(r"^adaln_single\.|^blocks\.\d+\.mlp\.fc1\."),
             ("PixArtAlphaPipeline", "PixArtSigmaPipeline")),  # fmt: skip

@@ -74,6 +74,7 @@ _FAMILY_BY_CONFIG = {
     "hidream-i1": "hidream-i1",
     "auraflow": "auraflow",
     "sana": "sana",
+    "sana-sprint": "sana-sprint",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -197,6 +198,8 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "auraflow": {"steps": 50, "cfg_scale": 3.5},
     # Sana: NVIDIA's settings, 20 steps at CFG 4.5 (diffusers' SanaPipeline defaults and its model cards).
     "sana": {"steps": 20, "cfg_scale": 4.5},
+    # Sana Sprint: 2 steps, its embedded guidance 4.5 in the CFG field (its pipeline's defaults and model card).
+    "sana-sprint": {"steps": 2, "cfg_scale": 4.5},
 }
 
 
