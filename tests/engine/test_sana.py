@@ -16,6 +16,7 @@ from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.dit import variant_choices
 from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
@@ -214,6 +215,8 @@ def test_a_sana_sprint_folder_runs_its_own_pipeline_and_defaults(paths, sprint):
                                                                              "Sana Sprint")  # fmt: skip
     assert model_family(sprint["folder"]) == "sana-sprint"
     assert family_defaults("sana-sprint") == {"steps": 2, "cfg_scale": 4.5}
+    # Its tensors say Sprint (its guidance embedder): nothing for the user to mark, on a Sana file either.
+    assert variant_choices("sana") == {}
     request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, negative_prompt="blurry")
     batch, steps = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare_sprint(sprint["folder"], request))

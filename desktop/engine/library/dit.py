@@ -80,8 +80,10 @@ DIT_LABELS = {
 }
 _VARIANT_LABELS = {
     **dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS,
-    **dit_ernie.VARIANT_LABELS, **dit_hidream.VARIANT_LABELS, **dit_sana.VARIANT_LABELS,
+    **dit_ernie.VARIANT_LABELS, **dit_hidream.VARIANT_LABELS,
 }
+# Variants a file's tensors tell (never the user's to choose): their labels only.
+_TOLD_VARIANT_LABELS = dit_sana.VARIANT_LABELS
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
 SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae"),
@@ -125,7 +127,7 @@ class DitInfo:
     @property
     def label(self) -> str:
         base = DIT_LABELS[self.family]
-        variant = _VARIANT_LABELS.get((self.family, self.variant), self.variant)
+        variant = {**_VARIANT_LABELS, **_TOLD_VARIANT_LABELS}.get((self.family, self.variant), self.variant)
         name = f"{base} {variant}" if variant else base
         name = f"{name} Fill" if self.fill else name
         name = f"{name} Canny/Depth" if self.control_input else name
