@@ -33,7 +33,7 @@ class TextEncoderRow(QWidget):
             "V7, whose tokenizers come from the Tokenizer folder setting: pick them with Library, "
             "and the VAE in the VAE row). "
             "Qwen-Image 2.1 takes a folder only: its diffusers folder, or one holding text_encoder/, processor/ "
-            "and vae/"
+            "and vae/; Sana too: a diffusers Sana folder (its Gemma-2, tokenizer and DC-AE)"
         ))  # fmt: skip
         self.browse_button = QToolButton(objectName="text_encoders_button", text="…")
         self.browse_button.setToolTip(self.tr("Choose the folder"))
