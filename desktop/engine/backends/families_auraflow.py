@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import user_tokenizer
 from desktop.engine.backends.flow_edit import ScheduleTailEdit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_auraflow import ENCODER, POSITIONS
@@ -85,17 +86,10 @@ def tokenizer(folder: Path | None, *, name: str) -> Any:
     import transformers
 
     place = _tokenizer_place(folder) if folder is not None else None
-    if place is None:
-        where = f"{folder} holds none" if folder is not None else "none was given"
-        raise ModelError(
-            f"{name} runs with its Pile-T5-XL text encoder from the library, whose tokenizer Marble cannot ship "
-            f"({where}): point --tokenizer-folder (in the window: Settings, Tokenizer folder) at {_WHERE}, or its "
-            "tokenizer/ folder."
-        )
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(place), local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"The tokenizer in {place} does not load for {name}: {_short(error)}") from error
+    return user_tokenizer.load(
+        place, folder, name=name, encoder="Pile-T5-XL text encoder", where=f"{_WHERE}, or its tokenizer/ folder",
+        loader=lambda found: transformers.AutoTokenizer.from_pretrained(found, local_files_only=True),
+    )  # fmt: skip
 
 
 def check_components(folder: Path, *, name: str) -> None:
@@ -123,11 +117,6 @@ def generation_arguments(request: GenerationRequest) -> dict[str, Any]:
     guided = request.cfg_scale > 1
     return {"prompt": request.prompt, "negative_prompt": (request.negative_prompt or None) if guided else None,
             "guidance_scale": float(request.cfg_scale), "max_sequence_length": MAX_SEQUENCE}  # fmt: skip
-
-
-def _short(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 @functools.cache

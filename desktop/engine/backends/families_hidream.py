@@ -26,6 +26,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import user_tokenizer
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_hidream import DISTILLED_SHIFTS, FULL_SHIFT
@@ -131,18 +132,12 @@ def llama_tokenizer(folder: Path | None, *, name: str) -> Any:
     if folder is not None:
         own = folder if any((folder / file).is_file() for file in _TOKENIZER_FILES) else None
         place = own or _llama_tokenizer(folder)
-    if place is None:
-        where = f"{folder} holds none" if folder is not None else "none was given"
-        raise ModelError(
-            f"{name} runs with its Llama 3.1 text encoder from the library, whose tokenizer Marble cannot ship "
-            f"({where}): point --tokenizer-folder (in the window: Settings, Tokenizer folder) at the "
-            "meta-llama/Meta-Llama-3.1-8B-Instruct folder (its tokenizer.json), or a HiDream-I1 folder holding "
-            "tokenizer_4/."
-        )
-    try:
-        return transformers.PreTrainedTokenizerFast.from_pretrained(str(place), local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"The tokenizer in {place} does not load for {name}: {_short(error)}") from error
+    return user_tokenizer.load(
+        place, folder, name=name, encoder="Llama 3.1 text encoder",
+        where="the meta-llama/Meta-Llama-3.1-8B-Instruct folder (its tokenizer.json), or a HiDream-I1 folder holding "
+              "tokenizer_4/",
+        loader=lambda found: transformers.PreTrainedTokenizerFast.from_pretrained(found, local_files_only=True),
+    )  # fmt: skip
 
 
 def check_components(folder: Path, *, name: str) -> None:
