@@ -160,6 +160,10 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, aura, t
     with pytest.raises(ModelError, match=r"short\.safetensors has 1 single blocks but the AuraFlow configuration"):
         run(make_backend(paths), request_for(last, model_config=str(aura["folder"]),
                                              text_encoders=str(aura["folder"])))  # fmt: skip
+    joint = save_transformer_file(original, tmp_path / "joint.safetensors", drop="double_layers.1")
+    with pytest.raises(ModelError, match=r"joint\.safetensors has 1 joint blocks but the AuraFlow configuration has 2"):
+        run(make_backend(paths), request_for(joint, model_config=str(aura["folder"]),
+                                             text_encoders=str(aura["folder"])))  # fmt: skip
     with pytest.raises(ModelError, match=r"needs its text encoder \(Pile-T5-XL\), its tokenizer and SDXL's VAE"):
         run(make_backend(paths), request_for(aura["original"], model_config=str(aura["folder"])))
 

@@ -139,6 +139,14 @@ def test_a_plain_lora_still_works_after_a_control_lora_job(flux, tmp_path):
     assert np.array_equal(pixels(again.images[0]), pixels(first.images[0]))
 
 
+def assert_within_a_level(picture: np.ndarray, expected: np.ndarray) -> None:
+    """The same picture but for float rounding: three adapters on one layer add up in another order than diffusers'
+    by-hand set (one value of 12,288 was a level off with this session's packages); a LoRA missing or at another
+    weight moves most of them by tens of levels."""
+    differ = np.abs(picture.astype(int) - expected.astype(int))
+    assert differ.max() <= 1 and (differ > 0).mean() < 0.001, (differ.max(), int((differ > 0).sum()))
+
+
 def test_loras_run_beside_a_control_lora_as_diffusers_runs_them(flux):
     """A Control-LoRA with the job's LoRAs (a style LoRA with BFL's Canny LoRA, as creators run them): the
     Control-LoRA on the plain layers first, the LoRAs on top, all switched on at their weights: the picture of
@@ -164,14 +172,14 @@ def test_loras_run_beside_a_control_lora_as_diffusers_runs_them(flux):
     assert [lora.name for lora in batch.loras] == ["ink"]
     assert [control.name for control in batch.controls] == ["flux1-canny-dev-lora"]
     expected = bare(flux, FluxControlPipeline, request)
-    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert_within_a_level(pixels(batch.images[0]), expected)
     assert not np.array_equal(expected, pixels(alone.images[0]))  # the LoRA shows
     # The next job: the Control-LoRA kept (not loaded again), another LoRA beside the first, other weights.
     two = replace(request, loras=(LoraRef("ink", 0.5), LoraRef("glow", 1.0)), controls=(unit(flux, weight=0.6),))
     with mock.patch("desktop.engine.backends.flux_control_lora.FluxControlLoras.release",
                     side_effect=AssertionError("taken off")):  # fmt: skip
         batch, _ = run(backend, two)
-    assert np.array_equal(pixels(batch.images[0]), bare(flux, FluxControlPipeline, two))
+    assert_within_a_level(pixels(batch.images[0]), bare(flux, FluxControlPipeline, two))
     # A LoRA at weight 0 leaves the Control-LoRA on: the Control-LoRA's picture alone.
     zero, _ = run(backend, replace(request, loras=(LoraRef("ink", 0.0),)))
     assert np.array_equal(pixels(zero.images[0]), pixels(alone.images[0]))

@@ -154,7 +154,7 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, sana, t
     with pytest.raises(ModelError, match=r"cut\.safetensors looks like Sana but attention_y_norm\.weight is missing"):
         detect_model(save_transformer_file(cut, tmp_path / "cut.safetensors"))
     last = save_transformer_file(original, tmp_path / "short.safetensors", drop="blocks.1")
-    with pytest.raises(ModelError, match=r"short\.safetensors has 1 double blocks but the Sana configuration has 2"):
+    with pytest.raises(ModelError, match=r"short\.safetensors has 1 blocks but the Sana configuration has 2"):
         run(make_backend(paths), request_for(last, model_config=str(sana["folder"]),
                                              text_encoders=str(sana["folder"])))  # fmt: skip
     odd = save_transformer_file(original | {"blocks.0.attn.extra.weight": torch.zeros(2)}, tmp_path / "odd.safetensors")
@@ -303,3 +303,18 @@ def test_a_sana_lora_is_detected_and_applied_as_bare_diffusers_applies_it(paths,
     check_lora_as_bare_diffusers(paths, tmp_path, sana["folder"], bare_pipeline, transformer=sana["pipe"].transformer,
                                  blocks=("transformer_blocks.0.", "transformer_blocks.1."), layers=_LORA_LAYERS,
                                  naming=naming, cfg=4.5, family="sana", label="Sana", unbinned=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(("config", "guided"), [("sana", False), ("sana-sprint", True)])
+def test_the_shipped_configs_are_the_published_models(config, guided):
+    from accelerate import init_empty_weights
+
+    from desktop.engine.resources import Resources
+
+    folder = Resources.default().config_folder(config)
+    settings = SanaTransformer2DModel.load_config(str(folder), subfolder="transformer")
+    with init_empty_weights():
+        model = SanaTransformer2DModel.from_config(settings)
+    # Sana 1600M: 20 blocks 2240 wide ("1.6B" in NVIDIA's model card); Sprint the same with its guidance embedder.
+    assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 1.6
+    assert (settings["num_layers"], settings.get("guidance_embeds", False)) == (20, guided)

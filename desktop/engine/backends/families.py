@@ -656,6 +656,10 @@ def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtyp
     return keep_fp8(_load_transformer(path, info, config, name=name, dtype=dtype), info, dtype)
 
 
+# What a family calls its first kind of blocks, in the message for a file with fewer than its config.
+_BLOCK_KINDS = {"sd3": "joint ", "sd3.5": "joint ", AURAFLOW: "joint ", SANA: ""}
+
+
 def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtype: Any) -> Any:
     import diffusers
 
@@ -665,7 +669,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         qwen_zimage.check_blocks(info, expected, name=name)
     elif isinstance(layers, int) and info.blocks[0] != layers:
         raise ModelError(
-            f"{name} has {info.blocks[0]} {'joint' if info.family.startswith('sd3') else 'double'} blocks but the "
+            f"{name} has {info.blocks[0]} {_BLOCK_KINDS.get(info.family, 'double ')}blocks but the "
             f"{info.label} configuration has {layers}: the file is incomplete, or a variant with other dimensions "
             "(pass its diffusers config folder)."
         )
