@@ -156,6 +156,9 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, aura, t
     cut = {key: value for key, value in original.items() if key != "positional_encoding"}
     with pytest.raises(ModelError, match=r"cut\.safetensors looks like AuraFlow but positional_encoding is missing"):
         detect_model(save_transformer_file(cut, tmp_path / "cut.safetensors"))
+    bare = {key: value for key, value in original.items() if key != "register_tokens"}
+    with pytest.raises(ModelError, match=r"bare\.safetensors looks like AuraFlow but register_tokens is missing"):
+        detect_model(save_transformer_file(bare, tmp_path / "bare.safetensors"))
     last = save_transformer_file(original, tmp_path / "short.safetensors", drop="single_layers.1")
     with pytest.raises(ModelError, match=r"short\.safetensors has 1 single blocks but the AuraFlow configuration"):
         run(make_backend(paths), request_for(last, model_config=str(aura["folder"]),

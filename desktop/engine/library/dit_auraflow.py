@@ -19,8 +19,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from desktop.engine.errors import ModelError
-from desktop.engine.library.dit_qwen_zimage import contiguous
+from desktop.engine.library.dit_qwen_zimage import checked_blocks
 
 AURAFLOW = "auraflow"
 LABELS = {AURAFLOW: "AuraFlow"}
@@ -41,7 +40,6 @@ _LAYOUTS = {
 }  # fmt: skip
 # Where each naming keeps its position table, (1, positions, width): how many patches the model places.
 POSITIONS = {"original": "positional_encoding", "diffusers": "pos_embed.pos_embed"}
-_BLOCK = re.compile(r"^(double_layers|single_layers|joint_transformer_blocks|single_transformer_blocks)\.(\d+)\.")
 
 
 def is_marker(bare_name: str) -> bool:
@@ -57,13 +55,5 @@ def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[in
     layout = "original" if any(key.startswith(("double_layers.", "single_layers.", "cond_seq_linear.")) for key in
                                model) else "diffusers"  # fmt: skip
     joint, single, needed = _LAYOUTS[layout]
-    for tensor in (_REGISTERS, *needed):
-        if tensor not in model:
-            raise ModelError(f"{name} looks like AuraFlow but {tensor} is missing: the file is damaged or incomplete.")
-    found: dict[str, set[int]] = {joint: set(), single: set()}
-    for key in model:
-        if (match := _BLOCK.match(key)) and match.group(1) in found:
-            found[match.group(1)].add(int(match.group(2)))
-    label = LABELS[AURAFLOW]
-    return AURAFLOW, "", layout, (contiguous(found[joint], joint, name, label),
-                                  contiguous(found[single], single, name, label))  # fmt: skip
+    counts = checked_blocks(model, (_REGISTERS, *needed), (joint, single), name, LABELS[AURAFLOW])
+    return AURAFLOW, "", layout, counts
