@@ -69,9 +69,12 @@ def test_image_to_image_shares_the_compiled_unet(paths, tiny_sd15_dir, tmp_path,
     source = tmp_path / "source.png"
     first.images[0].save(source)
     edit = request_for(tiny_sd15_dir, fast_mode=True, init_image=str(source), strength=0.5)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     batch = backend.generate(edit, 0, lambda step: None, CancelToken())
     assert batch.images[0].size == (64, 64)
     assert backend._pipes["img2img"].unet is backend._pipe.unet and is_compiled(backend._pipe.unet)
+    # Not compiled again: the VAE's channels_last latents reach the UNet in the layout text to image's had.
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 def test_a_failed_compile_falls_back_to_eager_with_a_note(paths, tiny_sd15_dir, monkeypatch, fresh_dynamo):

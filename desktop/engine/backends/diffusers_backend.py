@@ -2043,7 +2043,20 @@ def _make_fast(pipe: Any) -> None:
     inductor_config.conv_1x1_as_mm = True
     pipe.unet.to(memory_format=torch.channels_last)
     pipe.vae.to(memory_format=torch.channels_last)
+    # torch.compile guards on the input's strides: text to image's latents come from randn in the default
+    # layout, image to image's and inpainting's from the channels_last VAE, and the first edit after a
+    # picture compiled the whole UNet a second time. Outside the compiled call, one layout for every mode.
+    pipe.unet.register_forward_pre_hook(torch.compiler.disable(_channels_last_sample), with_kwargs=True)
     pipe.unet.compile()
+
+
+def _channels_last_sample(
+    module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The UNet's call with its `sample` (first argument or keyword) in the UNet's own channels_last layout."""
+    if args:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:]), kwargs
+    return args, {**kwargs, "sample": kwargs["sample"].contiguous(memory_format=torch.channels_last)}
 
 
 def _is_compiled(module: Any) -> bool:
