@@ -6,6 +6,7 @@ Tests must treat these folders and files as read-only: copy them first to modify
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -71,9 +72,15 @@ def shared_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Each test still traces and compiles for itself (dynamo is reset between them); inductor takes the
     kernels an earlier test built from here instead of generating and building them again, which is
     what fast mode does after a restart. tests/engine/test_compile_cache.py checks that reuse itself,
-    with a cache of its own.
+    with a cache of its own. Under pytest-xdist the workers share it too (inductor writes its entries
+    atomically, for processes that compile at once), so the kernels are built once per run, not per worker.
     """
-    return tmp_path_factory.mktemp("compile-cache")
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' own base folders (popen-gw0, ...) sit side by side in the run's
+    folder = root / "compile-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def share_compile_cache(home: Path, shared: Path) -> Path:
