@@ -699,12 +699,17 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             # Its makers' names converted here (diffusers' converter misses Sana 1.5's norms); its query-key norm as
             # the file holds it.
             state = dequantise(_read_state(path, gguf), info, dtype, name=name)
-            state = sana.from_original(state) if info.layout == "original" else state
+            if info.layout == "original":
+                state = sana.from_original(state)
+            else:
+                _check_names(state, cls, expected, info, name=name)
             return _dequantised_bare(cls.from_single_file(state, **kwargs, **sana.settings(state)), dtype)
         if info.family == AURAFLOW:
             # Read here to drop ComfyUI's prefix (diffusers' AuraFlow converter expects bare names); the position
             # table's size is the file's.
             state = dequantise(_read_state(path, gguf), info, dtype, name=name)
+            if info.layout == "diffusers":
+                _check_names(state, cls, expected, info, name=name)
             model = cls.from_single_file(state, **kwargs, **auraflow.position_settings(state, info.layout))
             return _dequantised_bare(model, dtype)
         if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2, HIDREAM):
@@ -725,6 +730,22 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
         raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error
+
+
+def _check_names(state: Mapping[str, Any], cls: Any, config: Mapping[str, Any], info: DitInfo, *, name: str) -> None:
+    """Refuse, naming it, a tensor a file in diffusers' names holds and the model has not: diffusers then takes the
+    file for its makers' names and its converter fails on a name it expects there (Sana's: KeyError 'pos_embed')."""
+    import torch
+
+    with torch.device("meta"):  # the model's names from its config, no weights made
+        known = set(cls.from_config(config).state_dict())
+    unknown = sorted(key for key in state if key not in known)
+    if unknown:
+        raise ModelError(
+            f"{name}: its {info.label} transformer holds {unknown[0]!r}"
+            f"{f' and {len(unknown) - 1} more tensors' if len(unknown) > 1 else ''}, which {info.label}'s has not: "
+            "the file is damaged, or another model's."
+        )
 
 
 def _dequantised_bare(model: Any, dtype: Any) -> Any:
