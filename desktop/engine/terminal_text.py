@@ -58,3 +58,11 @@ def library_text(text: object) -> str:
     value = _ANSI.sub("", str(text))
     cleaned = "".join(" " if is_unsafe_char(c) else c for c in value)
     return re.sub(r" {2,}", " ", cleaned).strip()
+
+
+def library_error(error: BaseException, limit: int = 300) -> str:
+    """The first line of another library's exception, made fit for ours (`library_text`) and cut to `limit`
+    characters: what Marble's own message quotes after "does not load (...)" and the like. An exception without
+    text is named by its class."""
+    lines = str(error).strip().splitlines()
+    return library_text(lines[0] if lines else type(error).__name__)[:limit]

@@ -17,7 +17,7 @@ from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_bytes
 from desktop.engine.prompt_syntax import MAX_WEIGHT, parse_prompt
 from desktop.engine.safe_files import json_depth_exceeds, loads_json, open_regular, read_json_file
-from desktop.engine.terminal_text import library_text, printable
+from desktop.engine.terminal_text import library_error, library_text, printable
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are a POSIX thing")
@@ -88,6 +88,15 @@ def test_library_text_drops_styling_and_controls():
         "Weights only load failed. Do it only if you trust the source. WeightsUnpickler"
     )
     assert library_text("\x1b]0;pwned\x07ok\x9b31m") == "ok"
+
+
+def test_library_error_quotes_the_first_line_cleaned_and_cut():
+    # What a loader's message quotes of another library's exception: its first line only, styling gone.
+    error = RuntimeError("  \x1b[1mError(s) in loading\x1b[0m state_dict:\n\tsize mismatch for conv.weight  ")
+    assert library_error(error) == "Error(s) in loading state_dict:"
+    assert library_error(KeyError("pos_embed")) == "'pos_embed'"
+    assert library_error(ValueError("x" * 500)) == "x" * 300 and library_error(ValueError("x" * 500), 20) == "x" * 20
+    assert library_error(OSError()) == "OSError"  # no text: named by its class
 
 
 def test_deep_or_huge_prompt_weights_stay_finite_and_fast():

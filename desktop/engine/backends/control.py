@@ -69,7 +69,7 @@ from desktop.engine.library.control import (
 )
 from desktop.engine.library.lora import AdapterCatalog
 from desktop.engine.request import IP_ADAPTER_PREPROCESSOR, ControlUnit, GenerationRequest
-from desktop.engine.terminal_text import library_text
+from desktop.engine.terminal_text import library_error
 
 SOFT_INJECTION_BASE = 0.825  # A1111's "My prompt is more important": 0.825 ** (12 - i) over SD's 13 residuals
 
@@ -327,7 +327,7 @@ def _read(name: str, path: Path, base: Any, originals: Mapping[int, Any]) -> tup
             model = _controlnet(state, info, unet) if info.kind == CONTROLNET else _adapter(state, info, unet)
     except (RuntimeError, KeyError, ValueError) as error:
         raise ModelError(
-            f"The control model {name!r} ({info.label}) does not fit the loaded model: {_short(error)}. Pick a "
+            f"The control model {name!r} ({info.label}) does not fit the loaded model: {library_error(error)}. Pick a "
             "control model made for this kind of model."
         ) from None
     if model.dtype != base.dtype:
@@ -354,7 +354,7 @@ def _read_dit(
         model = control_dit.build(family, state, transformer_config)
     except (RuntimeError, KeyError, ValueError, ModelError) as error:
         raise ModelError(
-            f"The control model {name!r} ({info.label}) does not fit {label}: {_short(error)}. Pick one of the "
+            f"The control model {name!r} ({info.label}) does not fit {label}: {library_error(error)}. Pick one of the "
             f"{_DIT_CONTROLNETS[family]} made for this model."
         ) from None
     return model.to(device=device, dtype=dtype).eval(), info
@@ -606,6 +606,3 @@ def advance(run: ControlRun | None, step: int) -> None:
         stepper(step)
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return library_text(text[0] if text else type(error).__name__)[:300]

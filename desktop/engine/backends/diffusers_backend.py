@@ -165,7 +165,7 @@ from desktop.engine.prompt_syntax import (  # noqa: E402
 )
 from desktop.engine.request import MAX_SIDE, ControlUnit, GenerationRequest, hires_target, upscale_target  # noqa: E402
 from desktop.engine.resources import PAD_ZERO_TOKEN, TOKENIZER_COMPONENTS, Resources, pads_with_zero  # noqa: E402
-from desktop.engine.terminal_text import library_text  # noqa: E402
+from desktop.engine.terminal_text import library_error  # noqa: E402
 from desktop.engine.upscale_tiles import Box, blend_tiles, tile_boxes  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -524,7 +524,7 @@ class DiffusersBackend:
                 **self._shared_tokenizers(folder, arch), **(modules or {}),
             )
         except _LOAD_ERRORS as error:
-            raise ModelError(f"Could not load the model {name!r} from {folder}: {_short(error)}") from error
+            raise ModelError(f"Could not load the model {name!r} from {folder}: {library_error(error)}") from error
 
     def _converted_folder(self, path: Path, config_folder: Path, config_name: str) -> Path:
         """The converted-model cache entry of the single file `path` converted with `config_folder`."""
@@ -546,13 +546,13 @@ class DiffusersBackend:
                 )
         except SingleFileComponentError as error:
             raise ModelError(
-                f"{path.name} looks like {arch.label} but lacks some of its parts ({_short(error)}). Get the "
+                f"{path.name} looks like {arch.label} but lacks some of its parts ({library_error(error)}). Get the "
                 "complete checkpoint."
             ) from error
         except _LOAD_ERRORS as error:
             raise ModelError(
                 f"{path.name} looks like {arch.family.upper()} but its tensors do not fit the "
-                f"{arch.config_name} layout: {_short(error)}. If it has unusual dimensions, pass a "
+                f"{arch.config_name} layout: {library_error(error)}. If it has unusual dimensions, pass a "
                 "matching diffusers config folder (--config)."
             ) from error
 
@@ -1289,7 +1289,7 @@ class DiffusersBackend:
         except torch._dynamo.exc.TorchDynamoException as error:  # a RuntimeError too: before the next clause
             if not _is_compiled(pipe.unet):
                 raise
-            raise _CompileFailed(_short(error)) from None
+            raise _CompileFailed(library_error(error)) from None
         except RuntimeError as error:
             if not _is_out_of_memory(error):
                 raise
@@ -2003,12 +2003,6 @@ def _not_safetensors_message(path: Path, kind: str) -> str:
             "Loading a pickle can run arbitrary code, so Marble refuses it. Convert it to .safetensors first."
         )
     return f"{path.name} is not a safetensors file (its bytes match no known model format)."
-
-
-def _short(error: BaseException) -> str:
-    # Library text may carry terminal styling (torch bolds its refusals) and control characters.
-    text = str(error).strip().splitlines()
-    return library_text(text[0] if text else type(error).__name__)[:300]
 
 
 def _memory_budget(pipe: Any, device: str, refiner: Any = None) -> tuple[int | None, int | None]:

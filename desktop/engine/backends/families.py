@@ -55,6 +55,7 @@ from desktop.engine.library.native_size import T5_TOKENS
 from desktop.engine.library.quant_formats import BNB_NF4
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
+from desktop.engine.terminal_text import library_error
 
 # Where a pipeline holds its text encoders (HiDream-I1's Llama is the fourth).
 ENCODER_SLOTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4")
@@ -160,7 +161,6 @@ def takes_upscaled_latents(info: DitInfo) -> bool:
 def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
     """Whether `mode` runs as inpainting with everything masked (a family with an inpainting pipeline only)."""
     return mode == "img2img" and info.family == dit_flux2.FLUX2
-
 
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
@@ -447,7 +447,7 @@ def load_pipeline(
             RuntimeError,
             diffusers.loaders.single_file_utils.SingleFileComponentError,
         ) as error:
-            raise ModelError(f"{name}: could not load its text encoders and VAE ({_short(error)}).") from error
+            raise ModelError(f"{name}: could not load its text encoders and VAE ({library_error(error)}).") from error
         # diffusers builds a T5 found in a single file in training mode: its dropout would make every
         # prompt encode differently. Inference mode for every component, as from_pretrained leaves them.
         for component in pipe.components.values():
@@ -632,7 +632,7 @@ def _from_pretrained(
             **shipped_tokenizers(resources, folder, family), **components,
         )  # fmt: skip
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise ModelError(f"Could not load {name!r} from {folder}: {_short(error)}") from error
+        raise ModelError(f"Could not load {name!r} from {folder}: {library_error(error)}") from error
 
 
 def _scheduler_of(config: Path) -> Any:
@@ -729,7 +729,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             return cls.from_single_file(dequantise(_read_state(path, gguf), info, dtype, name=name), **kwargs)
         return cls.from_single_file(str(path), **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
-        raise ModelError(f"{name}: its {info.label} transformer does not load ({_short(error)}).") from error
+        raise ModelError(f"{name}: its {info.label} transformer does not load ({library_error(error)}).") from error
 
 
 def _check_names(state: Mapping[str, Any], cls: Any, config: Mapping[str, Any], info: DitInfo, *, name: str) -> None:
@@ -1021,6 +1021,3 @@ def _convert_ldm_vae(state: dict[str, Any], config: dict[str, Any]) -> dict[str,
     return convert_ldm_vae_checkpoint(state, config)
 
 
-def _short(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]

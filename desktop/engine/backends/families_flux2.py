@@ -32,6 +32,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
+from desktop.engine.terminal_text import library_error
 
 # Both pipelines read up to 512 prompt tokens (their default and BFL's); no 77-token chunks.
 MAX_SEQUENCE = 512
@@ -153,7 +154,7 @@ def assemble(
             ),
         }
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
+        raise ModelError(f"Could not load {name!r} with the components in {folder}: {library_error(error)}") from error
     if dev:
         return diffusers.Flux2Pipeline(transformer=transformer, **parts)
     return diffusers.Flux2KleinPipeline(transformer=transformer, is_distilled=_distilled(folder, own), **parts)
@@ -200,7 +201,7 @@ def library_tokenizer(
             try:
                 tokenizer = transformers.AutoTokenizer.from_pretrained(str(candidate), local_files_only=True)
             except (OSError, ValueError, KeyError, TypeError) as error:
-                raise ModelError(f"The tokenizer in {candidate} does not load: {_short(error)}") from error
+                raise ModelError(f"The tokenizer in {candidate} does not load: {library_error(error)}") from error
             tokenizer = _with_chat_template(tokenizer, candidate)
             if chat and tokenizer.chat_template is None:
                 raise ModelError(
@@ -300,6 +301,3 @@ def _reference_tensor(pipe: Any, image: Image.Image) -> Any:
     )
 
 
-def _short(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]

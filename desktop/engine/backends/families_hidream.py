@@ -32,6 +32,7 @@ from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_hidream import DISTILLED_SHIFTS, FULL_SHIFT
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
+from desktop.engine.terminal_text import library_error
 
 # Each encoder slot of the pipeline: its transformers class and what the user knows it as.
 _ENCODERS = (
@@ -197,7 +198,7 @@ def assemble(folder: Path, info: DitInfo, *, name: str, dtype: Any, scheduler: A
             str(folder / "vae"), dtype=dtype, local_files_only=True, use_safetensors=True
         )
     except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as error:
-        raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
+        raise ModelError(f"Could not load {name!r} with the components in {folder}: {library_error(error)}") from error
     return pipeline_class()(transformer=transformer, scheduler=scheduler, **parts)
 
 
@@ -214,7 +215,7 @@ def folder_scheduler(folder: Path, info: DitInfo, shipped: Path) -> Any:
     try:
         return getattr(diffusers, named).from_pretrained(str(folder / "scheduler"), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"The scheduler in {folder} does not load: {_short(error)}") from error
+        raise ModelError(f"The scheduler in {folder} does not load: {library_error(error)}") from error
 
 
 def _class_named(index: dict[str, Any], slot: str, default: str) -> str:
@@ -229,11 +230,6 @@ def generation_arguments(request: GenerationRequest) -> dict[str, Any]:
     guided = request.cfg_scale > 1
     return {"prompt": request.prompt, "negative_prompt": (request.negative_prompt or None) if guided else None,
             "guidance_scale": float(request.cfg_scale), "max_sequence_length": MAX_SEQUENCE}  # fmt: skip
-
-
-def _short(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 @functools.cache

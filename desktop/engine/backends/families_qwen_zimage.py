@@ -35,6 +35,7 @@ from desktop.engine.library.dit_ovis import OVIS
 from desktop.engine.library.dit_qwen_zimage import LABELS, LUMINA2, QWEN_IMAGE, QWEN_IMAGE_21, Z_IMAGE
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
+from desktop.engine.terminal_text import library_error
 
 FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE, LONGCAT, OVIS)
 _LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS, **dit_longcat.LABELS, **dit_ovis.LABELS}
@@ -216,7 +217,7 @@ def assemble(
         if edit:
             parts[qwen_edit.processor_slot(info)] = qwen_edit.load_processor(folder, info)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
-        raise ModelError(f"Could not load {name!r} with the components in {folder}: {_short(error)}") from error
+        raise ModelError(f"Could not load {name!r} with the components in {folder}: {library_error(error)}") from error
     cls = qwen_edit.pipeline_class(info) if edit else pipeline_class(info.family)
     # The pipeline's settings the folder's model_index.json holds (a Turbo folder's fixed schedule or distilled
     # flag, Krea 2's encoder layers): from_pretrained would pass them, so the constructor gets them too.
@@ -329,6 +330,3 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
     return arguments | {"negative_prompt": request.negative_prompt or None, "guidance_scale": float(request.cfg_scale)}
 
 
-def _short(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]

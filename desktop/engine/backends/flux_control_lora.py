@@ -31,7 +31,7 @@ from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.library.lora import AdapterCatalog, HeaderFacts, file_identity
 from desktop.engine.request import ControlUnit
-from desktop.engine.terminal_text import library_text
+from desktop.engine.terminal_text import library_error, library_text
 
 ADAPTER = "marble-flux-control-lora"
 # The memory modes whose hooks hold the whole transformer (or none): a widened layer inside it moves with it.
@@ -80,7 +80,7 @@ class FluxControlLoras:
             self._kept = wanted  # whatever part of it was loaded goes
             self.release(pipe)
             raise ModelError(
-                f"The Control-LoRA {library_text(entry.name)!r} does not fit this model: {_short(error)}. BFL's "
+                f"The Control-LoRA {library_text(entry.name)!r} does not fit this model: {library_error(error)}. BFL's "
                 "Canny / Depth LoRAs are made for Flux.1 dev."
             ) from error
         return ControlHash(entry.name, legacy_hash(Path(entry.path)))
@@ -117,6 +117,3 @@ def refuse(info: DitInfo, units: list[ControlUnit], others: int, mode: str, labe
         )
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

@@ -62,7 +62,7 @@ from desktop.engine.library.ip_adapter import (
 from desktop.engine.library.lora import AdapterCatalog
 from desktop.engine.library.redux import is_redux
 from desktop.engine.request import IP_ADAPTER_PREPROCESSOR, ControlUnit, GenerationRequest
-from desktop.engine.terminal_text import library_text
+from desktop.engine.terminal_text import library_error
 
 # The module names A1111's ControlNet extension writes for an IP-Adapter unit, by the encoder it ran.
 A1111_MODULE_SD15 = "ip-adapter_clip_sd15"  # OpenCLIP ViT-H/14
@@ -259,7 +259,7 @@ def build_encoder(path: Path, info: ImageEncoderInfo, name: str) -> Any:
     try:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as error:
-        raise ModelError(f"The image encoder {name!r} could not be read: {_short(error)}.") from None
+        raise ModelError(f"The image encoder {name!r} could not be read: {library_error(error)}.") from None
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected:
         first = (missing + unexpected)[0]
@@ -306,7 +306,7 @@ def _load(
                              image_encoder_folder=None)  # fmt: skip
     except (RuntimeError, KeyError, ValueError) as error:
         names = ", ".join(repr(a.name) for a in adapters)
-        raise ModelError(f"The IP-Adapter {names} does not fit the loaded model: {_short(error)}.") from None
+        raise ModelError(f"The IP-Adapter {names} does not fit the loaded model: {library_error(error)}.") from None
     weights = [float(unit.weight) for unit in units]
     ranged = any(unit.start > 0 or unit.end < 1 for unit in units)
 
@@ -390,6 +390,3 @@ def _average_images(_module: Any, _inputs: Any, outputs: Any) -> Any:
     return [embeds.mean(dim=1, keepdim=True) for embeds in outputs]
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return library_text(text[0] if text else type(error).__name__)[:300]

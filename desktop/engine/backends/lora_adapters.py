@@ -39,7 +39,7 @@ from desktop.engine.library.lora import (
 )
 from desktop.engine.prompt_syntax import embedding_words
 from desktop.engine.request import GenerationRequest
-from desktop.engine.terminal_text import library_text
+from desktop.engine.terminal_text import library_error
 
 # Loaded adapters stay in memory between jobs (a switch back is then free); beyond this many, the
 # least recently used ones not needed by the current job are dropped.
@@ -214,7 +214,7 @@ class LoraAdapters:
         try:
             tensors = load_file(str(path))
         except Exception as error:  # noqa: BLE001 - safetensors' own error type is not an OSError
-            raise ModelError(f"The embedding {name!r} cannot be read: {_short(error)}") from error
+            raise ModelError(f"The embedding {name!r} cannot be read: {library_error(error)}") from error
         first, second = _embedding_vectors(tensors)
         if first is None:
             raise ModelError(f"{path.name} is not a textual-inversion embedding (no emb_params / clip_l tensors).")
@@ -235,7 +235,7 @@ class LoraAdapters:
                 )  # fmt: skip
         except ValueError as error:
             raise ModelError(
-                f"The embedding {name!r} could not be added: {_short(error)} Rename it in the library."
+                f"The embedding {name!r} could not be added: {library_error(error)} Rename it in the library."
             ) from error
         vectors = first.reshape(-1, width).shape[0]
         for tokenizer in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None) if second is not None else None):
@@ -262,7 +262,7 @@ class LoraAdapters:
         except (ValueError, KeyError, RuntimeError, TypeError, OSError, AssertionError) as error:
             # AssertionError: diffusers' kohya Flux conversion asserts the fused layers' widths.
             self._drop(pipe, adapter)
-            raise ModelError(f"The LoRA {name!r} could not be applied to this model: {_short(error)}") from error
+            raise ModelError(f"The LoRA {name!r} could not be applied to this model: {library_error(error)}") from error
         if _adapter_count(pipe, adapter) == before:
             # diffusers skips layers it cannot place with a log line only; say so instead of doing nothing.
             self._drop(pipe, adapter)
@@ -412,6 +412,3 @@ def _hidden_size(encoder: Any) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def _short(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return library_text(text[0] if text else type(error).__name__)[:300]

@@ -30,6 +30,7 @@ from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE
 from desktop.engine.library.encoder import EncoderInfo
 from desktop.engine.library.encoder_qwen import GEMMA2, LLAMA3, QWEN3, QWEN3VL, QWEN25_VL, SPIECE_TENSOR
 from desktop.engine.safe_files import read_json_file
+from desktop.engine.terminal_text import library_error
 
 KINDS = (QWEN25_VL, QWEN3, GEMMA2, QWEN3VL, LLAMA3)
 # Flux.2 Klein's text-encoder class (Z-Image's is Qwen3Model): the same Qwen3 files serve both.
@@ -159,7 +160,7 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
             parts["tokenizer"] = tokenizer
             parts[qwen_edit.processor_slot(info)] = qwen_edit.image_only_processor(images, tokenizer)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"The tokenizer in {tokenizer_dir} does not load: {_short(error)}") from error
+        raise ModelError(f"The tokenizer in {tokenizer_dir} does not load: {library_error(error)}") from error
     if info.family not in (QWEN_IMAGE, LUMINA2) and not getattr(tokenizer, "chat_template", None):
         # Z-Image wraps the prompt in Qwen3's chat template, which tokenizer_config.json (or
         # chat_template.jinja) carries.
@@ -189,11 +190,6 @@ def _holding(folder: Path, sub: str, files: tuple[str, ...]) -> Path | None:
         if any((candidate / file).is_file() for file in files):
             return candidate
     return None
-
-
-def _short(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:300]
 
 
 def assemble(
