@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from desktop.engine.backends import vae_swap
 from desktop.engine.backends.base import VaeHash
 from desktop.engine.backends.diffusers_backend import DiffusersBackend
 from desktop.engine.errors import InvalidRequest, ModelError
@@ -231,3 +232,9 @@ def test_generate_with_vae_on_the_command_line(tmp_path, home, tiny_sd15_dir):
 def test_a_bad_vae_name_is_refused_by_validation(name):
     with pytest.raises(InvalidRequest, match="VAE name"):
         GenerationRequest(prompt="p", model="m", vae=name).validate()
+
+
+def test_a_vae_error_quotes_a_missing_tensors_name_without_its_quotes():
+    # A VAE file without a tensor fails with a KeyError, whose text is the name in quotes.
+    assert vae_swap._short(KeyError("decoder.conv_in.weight")) == "decoder.conv_in.weight"
+    assert vae_swap._short(RuntimeError("\x1b[1msize mismatch\x1b[0m for x\nmore")) == "size mismatch for x"

@@ -22,7 +22,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header, sniff_file_type
 from desktop.engine.library.lora import AdapterCatalog
 from desktop.engine.library.vae import inspect_vae
-from desktop.engine.terminal_text import library_text
+from desktop.engine.terminal_text import library_error
 
 # (LDM state dict without prefix, the VAE's diffusers config) -> diffusers state dict
 ConvertLdm = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
@@ -138,5 +138,5 @@ def _copy_into(module: Any, state: Mapping[str, Any]) -> None:
 
 
 def _short(error: BaseException) -> str:
-    text = str(error).strip().strip("'\"").splitlines()
-    return library_text(text[0] if text else type(error).__name__)[:300]
+    # A missing tensor comes as a KeyError, whose text is the name in quotes: the name alone reads better.
+    return library_error(error).strip("'\"")
