@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "dev); other models ignore it")
     gen.add_argument("--text-encoders", metavar="DIR_OR_NAME",
                      help="for a transformer-only Flux/SD3/Qwen-Image/Z-Image/Flux.2/Lumina/Krea 2/ERNIE-Image/"
-                          "LongCat-Image/Ovis-Image/HiDream-I1/AuraFlow/Sana file: "
+                          "LongCat-Image/Ovis-Image/HiDream-I1/AuraFlow/Sana/PixArt file: "
                           "a diffusers folder (or library model) of the same family that supplies the text encoders, "
                           "tokenizers and VAE (Qwen-Image/Z-Image/Flux.2/Lumina/ERNIE-Image/LongCat-Image/Ovis-Image: "
                           "or a folder holding "
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "Ovis-Image: ovis_2.5 with ae; HiDream-I1: clip_l_hidream,clip_g_hidream,t5xxl,"
                           "llama_3.1_8b_instruct with ae and --tokenizer-folder, or its diffusers folder holding "
                           "Llama 3.1 as text_encoder_4/; AuraFlow and Pony V7: pile_t5xl with sdxl_vae and "
-                          "--tokenizer-folder)")
+                          "--tokenizer-folder; PixArt: t5xxl with sdxl_vae, Alpha with SD 1.5's VAE)")
     gen.add_argument("--tokenizer-folder", metavar="DIR",
                      help="for a Qwen-Image/Z-Image/Flux.2 file run with a library text encoder: a folder holding "
                           "the tokenizer to use instead of Marble's own Qwen tokenizer (tokenizer.json or vocab.json "

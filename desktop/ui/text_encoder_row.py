@@ -26,7 +26,8 @@ class TextEncoderRow(QWidget):
         self.edit.setToolTip(self.tr(
             "This model file holds the transformer only: its text encoders and VAE come from a diffusers "
             "folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the "
-            "library (CLIP and T5 files for Flux, SD3 and Chroma; a Qwen file for Qwen-Image, LongCat-Image, "
+            "library (CLIP and T5 files for Flux, SD3 and Chroma, the T5 file alone for PixArt; a Qwen file for "
+            "Qwen-Image, LongCat-Image, "
             "Z-Image, Ovis-Image and Flux.2 Klein; a Qwen3-VL 4B file for Krea 2; ComfyUI's Mistral file for "
             "Flux.2 dev and its Ministral 3 3B file for ERNIE-Image; a Gemma-2 file for Lumina Image 2.0 and the "
             "Long-CLIP L and G, T5 and Llama 3.1 files for HiDream-I1 and a Pile-T5-XL file for AuraFlow and Pony "

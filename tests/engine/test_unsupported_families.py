@@ -23,7 +23,6 @@ from tests.e2e.test_cli import in_process
 
 # Each family's transformer class and the arguments its defaults lack, for its tensor names (meta device: no memory).
 TRANSFORMERS = {
-    "PixArt": ("PixArtTransformer2DModel", {}),
     "Ideogram 4": ("Ideogram4Transformer2DModel", {}),
     # Its names are HunyuanVideo's but for one Flux.2 has too: either, by the token refiner they share.
     "HunyuanImage or HunyuanVideo": ("HunyuanImageTransformer2DModel", {}),
@@ -33,10 +32,9 @@ TRANSFORMERS = {
 # Names in the makers' own layouts (diffusers' single-file key table), beside Flux.1-like ones a file also holds.
 ORIGINAL = {
     "FLUX.3": "early_stream_modulations.image.lin.weight",
-    "PixArt": "blocks.0.mlp.fc1.weight",
 }
 FOLDERS = {
-    "PixArtSigmaPipeline": "PixArt", "Ideogram4Pipeline": "Ideogram 4",
+    "Ideogram4Pipeline": "Ideogram 4",
     "HunyuanImagePipeline": "HunyuanImage", "GlmImagePipeline": "GLM-Image", "CogView4Pipeline": "CogView4",
     "BriaFiboPipeline": "Bria FIBO",
 }  # fmt: skip
@@ -170,7 +168,7 @@ _RUN_ARGUMENTS = {"HiDreamImageTransformer2DModel": dict(patch_size=2, in_channe
     "Lumina2Transformer2DModel", "Krea2Transformer2DModel", "ErnieImageTransformer2DModel",
     "LongCatImageTransformer2DModel", "OvisImageTransformer2DModel", "FluxControlNetModel", "SD3ControlNetModel",
     "QwenImageControlNetModel", "HiDreamImageTransformer2DModel", "AuraFlowTransformer2DModel",
-    "SanaTransformer2DModel",
+    "SanaTransformer2DModel", "PixArtTransformer2DModel",
 ])  # fmt: skip
 def test_no_family_marble_runs_carries_a_marker(class_name):
     # diffusers' names of every transformer and ControlNet class Marble runs, at their published sizes (Flux.2's

@@ -904,7 +904,7 @@ class DiffusersBackend:
         if request.hires_active and request.hires_sampler not in ("", DEFAULT_SAMPLER, request.sampler):
             ignored_samplers.append(request.hires_sampler)
         if ignored_samplers:
-            notes.append(f"{self._dit.label} models use their own flow-matching sampler; "
+            notes.append(f"{self._dit.label} models use their own {families.own_sampler(self._dit)}; "
                          f"{' and '.join(ignored_samplers)} {'was' if len(ignored_samplers) == 1 else 'were'} "
                          "ignored.")  # fmt: skip
         if (ignored := families.ignored_negative_note(pipe, request, self._dit)) is not None:

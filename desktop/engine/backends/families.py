@@ -36,6 +36,7 @@ from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.backends import families_lumina2 as lumina2
 from desktop.engine.backends import families_ovis as ovis
+from desktop.engine.backends import families_pixart as pixart
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.backends import families_qwen_zimage as qwen_zimage
@@ -49,6 +50,7 @@ from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
 from desktop.engine.library.dit_auraflow import AURAFLOW
 from desktop.engine.library.dit_hidream import HIDREAM
+from desktop.engine.library.dit_pixart import PIXART
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, components_class
 from desktop.engine.library.dit_sana import SANA, SPRINT
 from desktop.engine.library.native_size import T5_TOKENS
@@ -60,6 +62,8 @@ from desktop.engine.terminal_text import library_error
 # Where a pipeline holds its text encoders (HiDream-I1's Llama is the fourth).
 ENCODER_SLOTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4")
 # The T5 tokenizer shipped once under resources/tokenizers/ (LICENSE-NOTE there).
+# A tokenizer folder holds one of these (CLIP's vocabulary, a fast tokenizer's file, T5's SentencePiece model).
+_TOKENIZER_FILES = ("vocab.json", "tokenizer.json", "spiece.model")
 T5_TOKENIZER_FOLDER = "t5"
 # Flux.1's T5 prompt length: dev was trained with 512 tokens, schnell with 256 (BFL's reference code).
 
@@ -85,6 +89,8 @@ def pipeline_class(family: str) -> Any:
         return auraflow.pipeline_class()
     if family == SANA:
         return sana.pipeline_class()  # Sana Sprint's: load_pipeline picks it by the variant
+    if family == PIXART:
+        return pixart.pipeline_class("")  # Alpha's: load_pipeline picks it by the variant
     raise ModelError(f"Marble cannot run {family} models yet (docs/model-families.md).")
 
 
@@ -126,7 +132,7 @@ def edits(family: str, variant: str = "", mode: str = "img2img") -> bool:
         return mode == "img2img"
     if family == dit_flux2.FLUX2:
         return variant != "dev"
-    if family in _OWN_EDITS:
+    if family in _OWN_EDITS or family == PIXART:
         return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
 
@@ -165,7 +171,7 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
 _GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT,
-                     qwen_zimage.OVIS, HIDREAM, AURAFLOW, SANA)  # fmt: skip
+                     qwen_zimage.OVIS, HIDREAM, AURAFLOW, SANA, PIXART)  # fmt: skip
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
@@ -184,6 +190,12 @@ def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) 
     if not flux2.is_dev(info) and pipe.config.is_distilled:
         why = "is step-distilled: it runs without CFG, so without a negative prompt"
     return f"{info.label} {why}; the negative prompt was ignored."
+
+
+def own_sampler(info: DitInfo) -> str:
+    """The sampler a DiT's pipeline runs whatever sampler a job names: a flow-matching one, but PixArt's DPM-Solver++
+    (a noise-prediction model's; Marble does not swap it yet)."""
+    return "DPM-Solver++ sampler" if info.family == PIXART else "flow-matching sampler"
 
 
 # The distilled guidance BFL's model cards give Flux.1 Depth dev (10) and Canny dev (30): far above the 3.5 that
@@ -213,7 +225,7 @@ def fixed_schedule_note(pipe: Any, request: GenerationRequest, info: DitInfo) ->
 # Where each family's long-prompt encoder's tokenizer sits (CLIP's 77 tokens are cut in every tool: not said).
 _LONG_TOKENIZER = {"flux": "tokenizer_2", "sd3": "tokenizer_3", "sd3.5": "tokenizer_3", HIDREAM: "tokenizer_3"}
 # The families whose prompt note counts with T5 (HiDream-I1's Llama reads as many tokens of its own beside it).
-_T5_COUNTED = ("flux", "sd3", "sd3.5", "chroma", HIDREAM, AURAFLOW)
+_T5_COUNTED = ("flux", "sd3", "sd3.5", "chroma", HIDREAM, AURAFLOW, PIXART)
 
 
 def long_prompt_notes(pipe: Any, arguments: dict[str, Any], info: DitInfo) -> list[str]:
@@ -263,6 +275,8 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return control_input_pipeline(pipe, mode)
     if info.family == SANA and info.variant == SPRINT:
         return sibling(pipe, sana.img2img_class())  # image to image only (edits)
+    if info.family == PIXART:  # its release's pipeline under Marble's edits (flow_edit.py)
+        return sibling(pipe, pixart.edit_class(info.variant))
     if info.family in _OWN_EDITS:  # one pipeline does both (flow_edit.py)
         return own_edit_pipeline(pipe, info.family)
     name = _EDIT_PIPELINES.get((info.family, mode))
@@ -343,6 +357,8 @@ def transformer_class(family: str) -> Any:
         return auraflow.transformer_class()
     if family == SANA:
         return sana.transformer_class()
+    if family == PIXART:
+        return pixart.transformer_class()
     return diffusers.FluxTransformer2DModel if family == "flux" else diffusers.SD3Transformer2DModel
 
 
@@ -357,7 +373,7 @@ def shipped_tokenizers(resources: Resources, folder: Path, family: str) -> dict[
     for component, entry in index.items():
         if not component.startswith("tokenizer") or not isinstance(entry, list) or entry[0] is None:
             continue
-        if any((folder / component / file).is_file() for file in ("vocab.json", "tokenizer.json", "spiece.model")):
+        if any((folder / component / file).is_file() for file in _TOKENIZER_FILES):
             continue
         if entry[1].startswith("T5"):
             found[component] = transformers.T5TokenizerFast.from_pretrained(
@@ -369,6 +385,28 @@ def shipped_tokenizers(resources: Resources, folder: Path, family: str) -> dict[
             found[component] = transformers.CLIPTokenizer.from_pretrained(
                 str(resources.tokenizer_folder()), local_files_only=True, **overrides
             )
+    return found
+
+
+def folder_tokenizers(folder: Path, *, name: str) -> dict[str, Any]:
+    """The tokenizers a config folder holds itself, each by the class its model_index.json names: a whole model's
+    folder given as --config beside library encoders serves them (nothing loaded them before, and the pipeline lacked
+    its tokenizer)."""
+    import transformers
+
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    found: dict[str, Any] = {}
+    for component, entry in index.items():
+        if not component.startswith("tokenizer") or not isinstance(entry, list) or entry[0] is None:
+            continue
+        if not any((folder / component / file).is_file() for file in _TOKENIZER_FILES):
+            continue
+        cls = getattr(transformers, str(entry[1]), None) or transformers.AutoTokenizer
+        try:
+            found[component] = cls.from_pretrained(str(folder / component), local_files_only=True)
+        except (OSError, ValueError, TypeError) as error:
+            raise ModelError(f"{name}: the tokenizer in {folder / component} does not load "
+                             f"({library_error(error)}).") from error  # fmt: skip
     return found
 
 
@@ -395,6 +433,8 @@ def load_pipeline(
                              tokenizer_folder)  # fmt: skip
     if info.family == SANA:
         return _load_sana(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts)
+    if info.family == PIXART:
+        return _load_pixart(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts)
     if info.family == AURAFLOW and not path.is_dir():
         return _load_auraflow_file(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
                                    tokenizer_folder)  # fmt: skip
@@ -497,10 +537,12 @@ def _with_library_parts(
             f"{name} holds the transformer only: choose its VAE too (--vae NAME from `marble vaes list`; for "
             "Flux.1 and Chroma the Flux VAE, ae.safetensors)."
         )
+    # A --config folder that is a whole model's holds its tokenizers (which shipped_tokenizers leaves to it).
+    found = folder_tokenizers(config, name=name) | shipped_tokenizers(resources, config, info.family)
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
     return encoder_components.assemble(
         cls, config, chosen, parts.vae, model_name=name, dtype=dtype, transformer=transformer,
-        tokenizers=shipped_tokenizers(resources, config, info.family) | (tokenizers or {}),
+        tokenizers=found | (tokenizers or {}),
         convert_ldm=parts.convert_ldm,
     )  # fmt: skip
 
@@ -603,6 +645,28 @@ def _load_sana(
                             scheduler=_scheduler_of(config))  # fmt: skip
 
 
+def _load_pixart(
+    path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
+    text_encoders: Path | None, library_parts: LibraryParts | None,
+) -> Any:
+    """A folder as it is, or a transformer file with T5-XXL and the VAE from a folder (--text-encoders) or the
+    libraries (the T5 tokenizer ships), in its release's pipeline; families_pixart.py."""
+    info = arch.dit
+    assert info is not None
+    cls = pixart.pipeline_class(info.variant)
+    if path.is_dir():
+        return _from_pretrained(cls, path, name, dtype, resources, info.family)
+    config = config_folder or _config_folder(resources, arch, name)
+    if library_parts is not None:
+        return _with_library_parts(cls, path, info, config, library_parts, name, dtype, resources)
+    if text_encoders is None:
+        raise pixart.needs_folder_error(name, info.variant)
+    pixart.check_components(text_encoders, info.variant, name=name)  # before the transformer load
+    transformer = load_transformer(path, info, config, name=name, dtype=dtype)
+    return _from_pretrained(cls, text_encoders, name, dtype, resources, info.family, transformer=transformer,
+                            scheduler=_scheduler_of(config))  # fmt: skip
+
+
 def _load_flux2(
     path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
     text_encoders: Path | None,
@@ -657,7 +721,7 @@ def load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtyp
 
 
 # What a family calls its first kind of blocks, in the message for a file with fewer than its config.
-_BLOCK_KINDS = {"sd3": "joint ", "sd3.5": "joint ", AURAFLOW: "joint ", SANA: ""}
+_BLOCK_KINDS = {"sd3": "joint ", "sd3.5": "joint ", AURAFLOW: "joint ", SANA: "", PIXART: ""}
 
 
 def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dtype: Any) -> Any:
@@ -704,6 +768,12 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             else:
                 _check_names(state, cls, expected, info, name=name)
             return _dequantised_bare(cls.from_single_file(state, **kwargs, **sana.settings(state)), dtype)
+        if info.family == PIXART:
+            # diffusers has no single-file loader for it: the tensors go into the model built from the config.
+            state = dequantise(_read_state(path, gguf), info, dtype, name=name)
+            state = pixart.plain_state(state, dtype) if gguf else state
+            state = pixart.from_original(state) if info.layout == "original" else state
+            return pixart.transformer_from_state(state, expected, dtype)
         if info.family == AURAFLOW:
             # Read here to drop ComfyUI's prefix (diffusers' AuraFlow converter expects bare names); the position
             # table's size is the file's.
@@ -884,6 +954,8 @@ def generation_arguments(pipe: Any, request: GenerationRequest, info: DitInfo) -
         return auraflow.generation_arguments(request)
     if info.family == SANA:
         return sana.generation_arguments(request, info.variant)
+    if info.family == PIXART:
+        return pixart.generation_arguments(request, info.variant)
     negative = request.negative_prompt or None
     if info.family == "flux":
         arguments: dict[str, Any] = {
@@ -914,7 +986,7 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     if info.family in (qwen_zimage.ERNIE_IMAGE, SANA):  # as they are, (4C, h, w) 2x2 patches or DC-AE's (C, h, w)
         return (channels, height // factor, width // factor), factor, _unchanged
     rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
-    if info.family in (qwen_zimage.Z_IMAGE, LUMINA2, HIDREAM, AURAFLOW):  # (C, h, w); their transformers patchify
+    if info.family in (qwen_zimage.Z_IMAGE, LUMINA2, HIDREAM, AURAFLOW, PIXART):  # (C, h, w); they patchify
         return (channels, rows, cols), factor, _unchanged
     if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from desktop.engine.backends import user_tokenizer
-from desktop.engine.backends.flow_edit import ScheduleTailEdit
+from desktop.engine.backends.flow_edit import KlVaeTailEdit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_auraflow import ENCODER, POSITIONS
 from desktop.engine.request import GenerationRequest
@@ -122,24 +122,11 @@ def generation_arguments(request: GenerationRequest) -> dict[str, Any]:
 @functools.cache
 def edit_class() -> Any:
     """AuraFlow's image to image and inpainting (diffusers has none), over its text-to-image pipeline
-    (flow_edit.ScheduleTailEdit: its pipeline makes its schedule from the step count, which is kept and cut to its
-    tail): the source's latents are SDXL's VAE's mode scaled (the pipeline decodes by the scale alone), (C, h, w) as
-    they are (its transformer patchifies them)."""
+    (flow_edit.KlVaeTailEdit: its pipeline makes its schedule from the step count, which is kept and cut to its tail;
+    the source's latents are SDXL's VAE's mode scaled, as the pipeline decodes by the scale alone)."""
     import diffusers
 
-    class AuraFlowEditPipeline(ScheduleTailEdit, diffusers.AuraFlowPipeline):
-        def _edit_schedule(self, scheduler: Any, steps: int, device: Any) -> None:
-            scheduler.set_timesteps(steps, device=device)  # as its pipeline does: a fixed shift
-
-        def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
-            return height // self.vae_scale_factor, width // self.vae_scale_factor
-
-        def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
-            pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
-            latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
-            return latents * self.vae.config.scaling_factor
-
-        def _edit_pack(self, grid: Any) -> Any:
-            return grid
+    class AuraFlowEditPipeline(KlVaeTailEdit, diffusers.AuraFlowPipeline):  # its schedule: a fixed shift
+        pass
 
     return AuraFlowEditPipeline

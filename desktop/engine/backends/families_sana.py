@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends.flow_edit import ScheduleTailEdit
+from desktop.engine.backends.flow_edit import KlVaeTailEdit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_sana import SPRINT, normalises_queries
 from desktop.engine.request import GenerationRequest
@@ -121,23 +121,14 @@ def generation_arguments(request: GenerationRequest, variant: str) -> dict[str, 
 @functools.cache
 def edit_class() -> Any:
     """Sana's image to image and inpainting (diffusers has none for it), over its text-to-image pipeline
-    (flow_edit.ScheduleTailEdit: its DPM-Solver flow schedule for the step count, cut to its tail): the source's latents
+    (flow_edit.KlVaeTailEdit: its DPM-Solver flow schedule for the step count, cut to its tail): the source's latents
     are DC-AE's scaled (the pipeline decodes by the scale alone), one latent per token as they are."""
     import diffusers
 
-    class SanaEditPipeline(ScheduleTailEdit, diffusers.SanaPipeline):
-        def _edit_schedule(self, scheduler: Any, steps: int, device: Any) -> None:
-            scheduler.set_timesteps(steps, device=device)  # as its pipeline does
-
-        def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
-            return height // self.vae_scale_factor, width // self.vae_scale_factor
-
+    class SanaEditPipeline(KlVaeTailEdit, diffusers.SanaPipeline):
         def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
             pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
-            latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent
+            latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent  # DC-AE: no sampling
             return latents * self.vae.config.scaling_factor
-
-        def _edit_pack(self, grid: Any) -> Any:
-            return grid
 
     return SanaEditPipeline

@@ -26,7 +26,25 @@ from __future__ import annotations
 from typing import Any
 
 
-class FlowEdit:
+class FlowMix:
+    """A flow-matching model's noised latents at `sigma`: `(1 - sigma) x0 + sigma noise`."""
+
+    @staticmethod
+    def _edit_mix(clean: Any, noise: Any, sigma: Any) -> Any:
+        return (1 - sigma) * clean + sigma * noise
+
+
+class VarianceEdit:
+    """The noised latents of a noise-prediction model (PixArt's DDPM training, a scheduler of VE-style sigmas such as
+    DPM-Solver's): `(x0 + sigma noise) / sqrt(sigma^2 + 1)`, the scheduler's own `add_noise` at that sigma. Listed
+    before ScheduleTailEdit in a family's class."""
+
+    @staticmethod
+    def _edit_mix(clean: Any, noise: Any, sigma: Any) -> Any:
+        return (clean + sigma * noise) / (sigma**2 + 1) ** 0.5
+
+
+class FlowEdit(FlowMix):
     """Image to image (a source, `strength`) and inpainting (`mask_image`: white is repainted) for the
     text-to-image pipeline class it is mixed into (listed before it)."""
 
@@ -52,7 +70,7 @@ class FlowEdit:
         )  # fmt: skip
 
 
-class ScheduleTailEdit:
+class ScheduleTailEdit(FlowMix):
     """Image to image and inpainting as FlowEdit, for a text-to-image pipeline that makes its schedule itself from the
     step count and takes none (HiDream-I1's, AuraFlow's): the scheduler's `set_timesteps` is wrapped for the call to
     keep the tail of the very schedule text to image runs. A family's class supplies FlowEdit's `_edit_grid`,
@@ -91,6 +109,26 @@ class ScheduleTailEdit:
             del scheduler.set_timesteps  # the class's method again
 
 
+class KlVaeTailEdit(ScheduleTailEdit):
+    """ScheduleTailEdit's parts for a pipeline that sets its schedule from the step count alone, over an AutoencoderKL
+    whose latents are its mode scaled (no shift: SDXL's, SD 1.5's) and which reads them (C, h, w) as they are (its
+    transformer patchifies them): AuraFlow's, PixArt's; Sana's with its DC-AE's encoding."""
+
+    def _edit_schedule(self, scheduler: Any, steps: int, device: Any) -> None:
+        scheduler.set_timesteps(steps, device=device)  # as its pipeline does
+
+    def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
+        return height // self.vae_scale_factor, width // self.vae_scale_factor
+
+    def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
+        pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
+        latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    def _edit_pack(self, grid: Any) -> Any:
+        return grid
+
+
 def _noised_sources(
     pipe: Any, image: Any, sigma: float | None, width: int, height: int, mask_image: Any, images: int, generator: Any,
     then: Any,
@@ -123,7 +161,7 @@ def _noised_sources(
         # On every latent channel, packed as the latents are (a 2x2-patch token holds four cells).
         repaint = pipe._edit_pack(latent_mask(mask_image, rows, cols).repeat(1, channels, 1, 1)).to(device, dtype)
         step_end = blended(clean, noise, repaint, then)
-    return (noise if sigma is None else (1 - sigma) * clean + sigma * noise), count, step_end
+    return (noise if sigma is None else pipe._edit_mix(clean, noise, sigma)), count, step_end
 
 
 
@@ -172,7 +210,7 @@ def blended(clean: Any, noise: Any, repaint: Any, then: Any) -> Any:
 
     def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         sigma = pipeline.scheduler.sigmas[i + 1].to(clean.dtype)  # where the step landed
-        known = (1 - sigma) * clean + sigma * noise
+        known = pipeline._edit_mix(clean, noise, sigma)
         tensors = {**tensors, "latents": repaint * tensors["latents"] + (1 - repaint) * known}
         outputs = then(pipeline, i, t, tensors) if then is not None else {}
         return {"latents": tensors["latents"], **(outputs or {})}

@@ -213,6 +213,7 @@ _FACTORS = {
     "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
     "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX, "lumina2": _FLUX, "longcat-image": _FLUX,
     "ovis-image": _FLUX, "auraflow": (_SDXL_FACTORS, _NO_BIAS),  # AuraFlow draws SDXL VAE latents
+    "pixart": (_SDXL_FACTORS, _NO_BIAS),  # Sigma draws SDXL VAE latents (Alpha SD 1.5's: near enough for a preview)
     "sd3": _SD3, "sd3.5": _SD3,
     "qwen-image": _WAN, "krea2": _WAN, "flux2": _FLUX2, "ernie-image": _FLUX2, "qwen-image-2.1": _QWEN21,
 }  # fmt: skip

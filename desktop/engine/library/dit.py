@@ -2,7 +2,7 @@
 Qwen-Image, Qwen-Image 2.1, Z-Image and Lumina (their rules in library/dit_qwen_zimage.py), Flux.2
 (library/dit_flux2.py), Krea 2 (library/dit_krea2.py), ERNIE-Image (library/dit_ernie.py), Ovis-Image
 (library/dit_ovis.py), LongCat-Image (library/dit_longcat.py), HiDream-I1 (library/dit_hidream.py), AuraFlow
-(library/dit_auraflow.py) and Sana (library/dit_sana.py).
+(library/dit_auraflow.py), Sana (library/dit_sana.py) and PixArt (library/dit_pixart.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -34,6 +34,7 @@ from desktop.engine.library import (
     dit_krea2,
     dit_longcat,
     dit_ovis,
+    dit_pixart,
     dit_qwen_zimage,
     dit_sana,
     dit_unsupported,
@@ -62,6 +63,7 @@ DIT_CONFIGS = {
     **dit_hidream.CONFIGS,
     **dit_auraflow.CONFIGS,
     **dit_sana.CONFIGS,
+    **dit_pixart.CONFIGS,
 }
 DIT_LABELS = {
     "flux": "Flux.1",
@@ -77,13 +79,14 @@ DIT_LABELS = {
     **dit_hidream.LABELS,
     **dit_auraflow.LABELS,
     **dit_sana.LABELS,
+    **dit_pixart.LABELS,
 }
 _VARIANT_LABELS = {
     **dit_qwen_zimage.VARIANT_LABELS, **dit_longcat.VARIANT_LABELS, **dit_krea2.VARIANT_LABELS,
     **dit_ernie.VARIANT_LABELS, **dit_hidream.VARIANT_LABELS,
 }
 # Variants a file's tensors tell (never the user's to choose): their labels only.
-_TOLD_VARIANT_LABELS = dit_sana.VARIANT_LABELS
+_TOLD_VARIANT_LABELS = {**dit_sana.VARIANT_LABELS, **dit_pixart.VARIANT_LABELS}
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
 SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae"),
@@ -195,7 +198,7 @@ def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
         families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat, dit_hidream,
-                    dit_auraflow, dit_sana, dit_unsupported)  # fmt: skip
+                    dit_auraflow, dit_sana, dit_pixart, dit_unsupported)  # fmt: skip
         if any(module.is_marker(bare) for module in families):
             return True
         if bare.startswith(
@@ -243,7 +246,9 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     # Sana and Ovis-Image before LongCat-Image: Sana Sprint's time embedding has LongCat-Image's name
     # (`time_embed.timestep_embedder`), and Ovis-Image's BFL names carry Qwen-Image's `txt_norm` and lack Flux.1's
     # vector_in as LongCat-Image's do.
-    other = (dit_sana.detect(model, name) or dit_ovis.detect(model, name) or dit_qwen_zimage.detect(model, name)
+    # PixArt before SD3's diffusers names, which its own (`transformer_blocks`, `pos_embed.proj`) share.
+    other = (dit_sana.detect(model, name) or dit_pixart.detect(model, name) or dit_ovis.detect(model, name)
+             or dit_qwen_zimage.detect(model, name)
              or dit_flux2.detect(model, name)
              or dit_krea2.detect(model, name) or dit_ernie.detect(model, name)
              or dit_longcat.detect(model, name) or dit_hidream.detect(model, name)
@@ -275,7 +280,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     else:
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image, Z-Image, Lumina, "
-            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image, LongCat-Image, HiDream-I1, AuraFlow or Sana)."
+            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image, LongCat-Image, HiDream-I1, AuraFlow, Sana or PixArt)."
         )
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
@@ -481,6 +486,7 @@ _PIPELINES = {
     **dit_hidream.PIPELINES,
     **dit_auraflow.PIPELINES,
     **dit_sana.PIPELINES,
+    **dit_pixart.PIPELINES,
 }
 
 
@@ -537,6 +543,8 @@ def detect_dit_folder(
         return family, dit_hidream.folder_variant(scheduler)
     if family == dit_sana.SANA:
         return family, dit_sana.folder_variant(class_name)
+    if family == dit_pixart.PIXART:
+        return family, dit_pixart.folder_variant(class_name)
     if dit_qwen_zimage.folder_family(class_name) is not None or family == dit_longcat.LONGCAT:
         return family, edit_variant(family, class_name)
     if family == dit_flux2.FLUX2:

@@ -30,9 +30,6 @@ _FAMILIES = (
     # BFL's names (`early_stream_modulations.image.lin`) and diffusers' (`...linear`); diffusers runs it only
     # through its modular pipelines so far.
     _Family("FLUX.3", re.compile(r"^early_stream_modulations\.")),
-    # Its makers' names (its MLP's `fc1`: Sana's, whose blocks share PixArt's names, has a GLUMBConv) and diffusers'.
-    _Family("PixArt", re.compile(r"^adaln_single\.|^blocks\.\d+\.mlp\.fc1\."),
-            ("PixArtAlphaPipeline", "PixArtSigmaPipeline")),  # fmt: skip
     _Family("Ideogram 4", re.compile(r"^llm_cond_proj\."), ("Ideogram4Pipeline",)),
     # HunyuanImage's and HunyuanVideo's tensors share their token refiner (their makers' `txt_in.individual_...`,
     # diffusers' `context_embedder.token_refiner`) and differ only in names other families share (Flux.2's

@@ -281,6 +281,7 @@ _FAMILY_ENCODERS = {
     "hidream-i1-fast": ("clip", "t5", "llama", "llama3"),
     "auraflow": ("pile",),  # Pile-T5-XL ("pile-t5-xl")
     "sana": (),  # Gemma-2 and DC-AE come from a folder (--text-encoders): the libraries read no DC-AE yet
+    "pixart-sigma": ("t5",), "pixart-alpha": ("t5",),  # T5-XXL, Flux.1's and SD3's file
 }  # fmt: skip
 
 

@@ -31,7 +31,10 @@ FAMILY_LABELS = {
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
     "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image", "longcat-image": "LongCat-Image",
     "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1", "auraflow": "AuraFlow", "sana": "Sana",
+    "pixart": "PixArt",
 }  # fmt: skip
+# The families no LoRA is applied to yet, and why.
+_NO_LORAS = {"pixart": "diffusers has no LoRA loader for them"}
 # Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
 # come in: LongCat-Image's and Ovis-Image's blocks are Flux.1's, named as diffusers names them (their loader refuses a
 # LoRA that reaches past their blocks: a Flux.1 one; backends/flux_like_loras.py).
@@ -365,8 +368,14 @@ class ModelShape:
 
 
 def check_lora_fits(info: LoraInfo, model: ModelShape, lora_name: str, model_name: str) -> None:
-    """Refuse a LoRA made for another base model: diffusers would otherwise skip its layers silently."""
+    """Refuse a LoRA made for another base model: diffusers would otherwise skip its layers silently; and any LoRA for
+    a family Marble applies none to yet (PixArt: diffusers has no LoRA loader for it)."""
     model_label = FAMILY_LABELS.get(model.family, model.family)
+    if model.family in _NO_LORAS:
+        raise ModelError(
+            f"Marble cannot apply LoRAs to {model_label} models yet ({_NO_LORAS[model.family]}): the LoRA "
+            f"{lora_name!r} was not applied. Remove it from the job to run {model_name}."
+        )
     problem = None
     named_as, formats = _NAMED_AS.get(model.family, (None, ()))
     if named_as is not None and info.family == named_as and info.format not in formats:

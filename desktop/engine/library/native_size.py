@@ -75,6 +75,8 @@ _FAMILY_BY_CONFIG = {
     "auraflow": "auraflow",
     "sana": "sana",
     "sana-sprint": "sana-sprint",
+    "pixart-sigma": "pixart-sigma",
+    "pixart-alpha": "pixart-alpha",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -138,11 +140,11 @@ T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
 # "qwen-image" covers 2.1.
 # HiDream-I1 reads its CLIP encoders' 128 tokens in one window (not CLIP's 75), beside T5's and Llama's 128.
 CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2", "ernie-image",
-                      "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana")
+                      "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana", "pixart")
 
 
 _DIT_FAMILIES = ("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2", "ernie-image",
-                 "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana")
+                 "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana", "pixart")
 
 
 def is_dit_family(family: str | None) -> bool:
@@ -200,6 +202,9 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     "sana": {"steps": 20, "cfg_scale": 4.5},
     # Sana Sprint: 2 steps, its embedded guidance 4.5 in the CFG field (its pipeline's defaults and model card).
     "sana-sprint": {"steps": 2, "cfg_scale": 4.5},
+    # PixArt-Σ and PixArt-α: their makers' settings, 20 steps at CFG 4.5 (diffusers' PixArt pipelines' defaults).
+    "pixart-sigma": {"steps": 20, "cfg_scale": 4.5},
+    "pixart-alpha": {"steps": 20, "cfg_scale": 4.5},
 }
 
 
