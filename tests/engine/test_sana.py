@@ -123,6 +123,19 @@ def test_a_sana_15_file_in_its_makers_names_keeps_its_norms(paths, sana):
     assert np.array_equal(pixels(batch.images[0]), bare_image(sana["sana15"], request))
 
 
+def test_a_sana_15_file_in_diffusers_names_runs_with_the_10_config(paths, sana, tmp_path):
+    # Sana 1.5's transformer as diffusers saves it, with the shipped config's kind (1.0's: no query-key norms): the file
+    # says it normalises them. It was refused as holding tensors "Sana's has not" until 2026-12-06.
+    from safetensors.torch import load_file
+
+    state = load_file(str(sana["sana15"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    path = save_transformer_file(state, tmp_path / "sana15-diffusers.safetensors")
+    request = request_for(path, steps=3, cfg_scale=4.5, model_config=str(sana["folder"]),
+                          text_encoders=str(sana["sana15"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(sana["sana15"], request))
+
+
 def test_a_sana_gguf_matches_diffusers_gguf_loading(paths, sana, tmp_path):
     path = save_gguf(dict(sana["state"]), tmp_path / "sana-Q8_0.gguf", arch="sana")
     arch = detect_model(path)

@@ -45,7 +45,7 @@ from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
 from desktop.engine.backends.quantised_weights import bnb_folder_components, dequantise, quantise_linear_layers
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_flux2
+from desktop.engine.library import dit_flux2, quant_formats
 from desktop.engine.library.checkpoint import ArchitectureInfo
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
 from desktop.engine.library.dit_auraflow import AURAFLOW
@@ -746,6 +746,8 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             "file is incomplete, or a variant with other dimensions (pass its diffusers config folder)."
         )
     gguf = info.quantization is not None
+    if info.layout == "diffusers" and info.family != PIXART:  # PixArt's own load checks every tensor
+        _check_names(_transformer_names(path, gguf, name), transformer_class(info.family), expected, info, name=name)
     kwargs: dict[str, Any] = {"config": str(config), "subfolder": "transformer", "local_files_only": True,
                               "dtype": dtype}  # fmt: skip
     if gguf:
@@ -765,8 +767,6 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             state = dequantise(_read_state(path, gguf), info, dtype, name=name)
             if info.layout == "original":
                 state = sana.from_original(state)
-            else:
-                _check_names(state, cls, expected, info, name=name)
             return _dequantised_bare(cls.from_single_file(state, **kwargs, **sana.settings(state)), dtype)
         if info.family == PIXART:
             # diffusers has no single-file loader for it: the tensors go into the model built from the config.
@@ -778,8 +778,6 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             # Read here to drop ComfyUI's prefix (diffusers' AuraFlow converter expects bare names); the position
             # table's size is the file's.
             state = dequantise(_read_state(path, gguf), info, dtype, name=name)
-            if info.layout == "diffusers":
-                _check_names(state, cls, expected, info, name=name)
             model = cls.from_single_file(state, **kwargs, **auraflow.position_settings(state, info.layout))
             return _dequantised_bare(model, dtype)
         if info.family in (*qwen_zimage.FAMILIES, dit_flux2.FLUX2, HIDREAM):
@@ -802,20 +800,42 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
         raise ModelError(f"{name}: its {info.label} transformer does not load ({library_error(error)}).") from error
 
 
-def _check_names(state: Mapping[str, Any], cls: Any, config: Mapping[str, Any], info: DitInfo, *, name: str) -> None:
-    """Refuse, naming it, a tensor a file in diffusers' names holds and the model has not: diffusers then takes the
-    file for its makers' names and its converter fails on a name it expects there (Sana's: KeyError 'pos_embed')."""
+def _check_names(names: set[str], cls: Any, config: Mapping[str, Any], info: DitInfo, *, name: str) -> None:
+    """Refuse, naming it, a tensor a transformer file in diffusers' names lacks or holds beyond the model's (from its
+    config on the meta device, with the settings the file's own tensors decide: Sana 1.5's query-key norms). diffusers
+    took such a file for its makers' names and failed in its converter (an IndexError traceback for Flux.1, SD3 and
+    Chroma, KeyError 'pos_embed' for Sana), or failed to move a weight it never got ("Cannot copy out of meta tensor"),
+    or loaded it leaving the unknown tensor out unsaid."""
     import torch
 
+    settings = sana.settings(dict.fromkeys(names)) if info.family == SANA else {}
     with torch.device("meta"):  # the model's names from its config, no weights made
-        known = set(cls.from_config(config).state_dict())
-    unknown = sorted(key for key in state if key not in known)
+        known = set(cls.from_config({**config, **settings}).state_dict())
+    unknown, missing = sorted(names - known), sorted(known - names)
     if unknown:
         raise ModelError(
             f"{name}: its {info.label} transformer holds {unknown[0]!r}"
             f"{f' and {len(unknown) - 1} more tensors' if len(unknown) > 1 else ''}, which {info.label}'s has not: "
-            "the file is damaged, or another model's."
+            "the file is damaged, or another model's (or a variant of other dimensions: pass its diffusers config "
+            "folder)."
         )
+    if missing:
+        raise ModelError(
+            f"{name}: its {info.label} transformer lacks {missing[0]!r}"
+            f"{f' and {len(missing) - 1} more tensors' if len(missing) > 1 else ''}: the file is damaged or "
+            "incomplete (or a variant of other dimensions: pass its diffusers config folder)."
+        )
+
+
+def _transformer_names(path: Path, gguf: bool, name: str) -> set[str]:
+    """The transformer's tensor names in a single file, from its header (no tensor read): ComfyUI's prefix removed,
+    text encoders, VAE and the quantisation's bookkeeping (scales, states) left out."""
+    from desktop.engine.library.checkpoint import read_safetensors_header
+    from desktop.engine.library.dit import read_gguf_tensors
+
+    tensors = read_gguf_tensors(path, name=name)[0] if gguf else read_safetensors_header(path, name=name).tensors
+    return {key.removeprefix(COMFY_PREFIX) for key in tensors
+            if not key.startswith(_NOT_TRANSFORMER) and not quant_formats.is_bookkeeping(key)}  # fmt: skip
 
 
 def _dequantised_bare(model: Any, dtype: Any) -> Any:
@@ -847,6 +867,10 @@ def _flux_channels(state: Mapping[str, Any]) -> dict[str, int]:
     return found
 
 
+# What an all-in-one file holds beside its transformer.
+_NOT_TRANSFORMER = ("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.", "conditioner.")
+
+
 def _read_state(path: Path, gguf: bool) -> dict[str, Any]:
     if gguf:
         from diffusers.models.model_loading_utils import load_gguf_checkpoint
@@ -859,7 +883,7 @@ def _read_state(path: Path, gguf: bool) -> dict[str, Any]:
     return {
         key.removeprefix(COMFY_PREFIX): value
         for key, value in state.items()
-        if not key.startswith(("text_encoders.", "vae.", "first_stage_model.", "cond_stage_model.", "conditioner."))
+        if not key.startswith(_NOT_TRANSFORMER)
     }
 
 
