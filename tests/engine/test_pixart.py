@@ -315,15 +315,16 @@ def test_alphas_512_pixel_model_loads_without_size_embedders(paths, pixart, tmp_
     assert np.array_equal(pixels(batch.images[0]), bare_image(pixart["alpha"], request, transformer, alpha=True))
 
 
-def test_each_release_reads_its_own_prompt_length_and_says_what_it_ignores(paths, pixart):
+def test_each_release_reads_its_own_prompt_length(paths, pixart):
     long = " ".join(["a red fox in the snow"] * 30)  # 241 T5 tokens: over Alpha's 120, under Sigma's 300
     alpha, _ = run(make_backend(paths), request_for(pixart["alpha"], prompt=long, steps=2, cfg_scale=4.5))
     assert [note for note in alpha.notes if "tokens long" in note] == [
         "The prompt is 241 tokens long for PixArt Alpha's T5 encoder, which reads the first 120: the rest had no "
         "effect. Shorten it, or put what matters first."]  # fmt: skip
-    sigma, _ = run(make_backend(paths), request_for(pixart["folder"], prompt=long, steps=2, cfg_scale=4.5,
-                                                    sampler="Euler a"))  # fmt: skip
-    assert sigma.notes == ("PixArt Sigma models use their own DPM-Solver++ sampler; Euler a was ignored.",)
+    sigma, _ = run(make_backend(paths), request_for(pixart["folder"], prompt=long, steps=2, cfg_scale=4.5))
+    assert not sigma.notes
+    # Its PNG names the sampler a "default" job ran: its own DPM-Solver++ (second order) is A1111's DPM++ 2M.
+    assert sigma.sampler_used == "DPM++ 2M"
 
 
 def test_its_previews_read_sdxls_latent_colours():
@@ -355,3 +356,121 @@ def test_a_lora_and_control_units_are_refused_by_name(paths, pixart, tmp_path):
     unit = ControlUnit(model="canny", image=str(tmp_path / "edges.png"))
     with pytest.raises(InvalidRequest, match=r"PixArt Sigma has none yet\. Remove the 1 control unit"):
         run(make_backend(paths), request_for(pixart["folder"], steps=2, controls=(unit,)))
+
+
+def _scheduler_for(sampler, folder):
+    """The scheduler of an A1111 sampler over the folder's schedule, as the sampler table says (schedulers.py)."""
+    import diffusers
+
+    from desktop.engine.backends.schedulers import SAMPLERS
+
+    spec = SAMPLERS[sampler]
+    base = diffusers.DPMSolverMultistepScheduler.from_pretrained(str(folder), subfolder="scheduler")
+    return getattr(diffusers, spec.scheduler_class).from_config(base.config, **dict(spec.overrides))
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"])
+def test_a1111_samplers_run_it_as_bare_diffusers_does(paths, pixart, sampler):
+    # A noise-prediction model over SD's kind of schedule: A1111's samplers serve it (the flow-matching DiTs ignore
+    # them), nothing said; the default is its own DPM-Solver++.
+    request = request_for(pixart["folder"], steps=3, cfg_scale=4.5, sampler=sampler, seed=5)
+    batch, _ = run(make_backend(paths), request)
+    assert not batch.notes
+    pipe = bare_pipeline(pixart["folder"])
+    pipe.scheduler = _scheduler_for(sampler, pixart["folder"])
+    expected = pixels(pipe(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=3,
+                           width=64, height=64, guidance_scale=4.5, use_resolution_binning=False, clean_caption=False,
+                           generator=torch.Generator("cpu").manual_seed(5)).images[0])  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, bare_image(pixart["folder"], request))  # not the default sampler's picture
+
+
+def test_an_edit_under_euler_is_noised_and_scaled_as_diffusers_does(pixart):
+    # Euler holds its latents as x0 + sigma noise and the pipeline multiplies what it is handed by its first sigma:
+    # the source noised by the scheduler's add_noise over the same tail, handed over divided by that.
+    from diffusers.utils.torch_utils import randn_tensor
+    from PIL import Image
+
+    from tests.support.flow_edit_checks import SOURCE_COLOUR, source_latents
+
+    edit = _edit_with("Euler", pixart)
+    source = Image.new("RGB", (64, 64), SOURCE_COLOUR)
+    call = dict(prompt="a cat", negative_prompt="", width=64, height=64, output_type="np", guidance_scale=4.5)
+    got = edit(**call, num_inference_steps=4, image=source, strength=0.5,
+               generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    bare = bare_pipeline(pixart["folder"])
+    bare.scheduler = _scheduler_for("Euler", pixart["folder"])
+    bare.scheduler.set_timesteps(4)
+    tail = bare.scheduler.timesteps[2:]
+    bare.scheduler.set_timesteps(timesteps=tail.tolist())
+    clean = source_latents(edit, source)
+    noise = randn_tensor(clean.shape, generator=torch.Generator().manual_seed(7))
+    noised = bare.scheduler.add_noise(clean, noise, tail[:1]) / bare.scheduler.init_noise_sigma
+    expected = bare(**call, timesteps=tail.tolist(), latents=noised, use_resolution_binning=False,
+                    clean_caption=False).images  # fmt: skip
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _edit_with(sampler, pixart):
+    from desktop.engine.backends.families_pixart import edit_class
+
+    parts = dict(pixart["pipe"].components) | {"scheduler": _scheduler_for(sampler, pixart["folder"])}
+    edit = edit_class("sigma")(**parts)
+    edit.set_progress_bar_config(disable=True)
+    return edit
+
+
+def test_a_second_order_sampler_starts_between_its_pairs(pixart):
+    # Heun's timesteps come in pairs after the first: an edit starts at diffusers' image-to-image rule's step,
+    # t_start times the scheduler's order, never inside a pair.
+    from PIL import Image
+
+    edit = _edit_with("Heun", pixart)
+    ran: list[list[float]] = []
+    indices: list[int] = []
+
+    def step_end(pipe, i, t, tensors):
+        ran.append(pipe.scheduler.timesteps.tolist())
+        indices.append(i)
+        return {}
+
+    edit(prompt="a cat", image=Image.new("RGB", (64, 64), (200, 40, 40)), strength=0.6, num_inference_steps=4, width=64,
+         height=64, guidance_scale=4.5, generator=torch.Generator().manual_seed(7), output_type="np",
+         callback_on_step_end=step_end)  # fmt: skip
+    probe = _scheduler_for("Heun", pixart["folder"])
+    probe.set_timesteps(4)
+    # The last 60% of 4 steps: from step int(4 - 2.4) = 1 (the flow pipelines' rule), i.e. pass 2 of Heun's 7.
+    assert probe.order == 2 and ran[0] == probe.timesteps[1 * probe.order :].tolist()
+    # Called after whole steps, with the loop's index (a pair's first pass is Heun's first evaluation).
+    assert indices == [1, 3, 4]
+
+
+def test_the_hires_fix_runs_its_own_sampler(paths, pixart):
+    first = request_for(pixart["folder"], steps=2, cfg_scale=4.5, hires_fix=True, hires_scale=1.5, hires_steps=2,
+                        hires_upscaler="Lanczos", seed=3)  # fmt: skip
+    plain, _ = run(make_backend(paths), first)
+    euler, _ = run(make_backend(paths), replace(first, hires_sampler="Euler"))
+    assert not plain.notes and not euler.notes
+    assert euler.images[0].size == plain.images[0].size == (96, 96)
+    assert not np.array_equal(pixels(euler.images[0]), pixels(plain.images[0]))
+
+
+def test_every_sampler_edits_and_inpaints(paths, pixart, tmp_path):
+    from PIL import Image
+
+    from desktop.engine.backends.schedulers import SAMPLERS
+
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    mask.save(tmp_path / "mask.png")
+    backend = make_backend(paths)
+    for sampler in SAMPLERS:
+        request = request_for(pixart["folder"], steps=4, cfg_scale=4.5, sampler=sampler, init_image=str(tmp_path /
+                              "source.png"), mask=str(tmp_path / "mask.png"), strength=0.6)  # fmt: skip
+        batch, steps = run(backend, request)
+        picture = pixels(batch.images[0])
+        # Kept outside the mask (the right half, away from the seam), repainted inside it.
+        kept = np.abs(picture[:, 40:].astype(int) - (200, 40, 40)).mean()
+        assert kept < 12, (sampler, kept)
+        assert steps, sampler

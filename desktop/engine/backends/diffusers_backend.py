@@ -900,11 +900,13 @@ class DiffusersBackend:
         self._adapters_used = (lora_plan.loras, lora_plan.embeddings)
         if batch_index == 0:
             notes.extend(lora_plan.notes)
-        ignored_samplers = [request.sampler] if request.sampler != DEFAULT_SAMPLER else []
-        if request.hires_active and request.hires_sampler not in ("", DEFAULT_SAMPLER, request.sampler):
+        samplers = families.takes_samplers(self._dit)  # else the pipeline's own flow-matching one runs
+        ignored_samplers = [request.sampler] if request.sampler != DEFAULT_SAMPLER and not samplers else []
+        hires_sampler = request.hires_sampler not in ("", DEFAULT_SAMPLER, request.sampler)
+        if request.hires_active and hires_sampler and not samplers:
             ignored_samplers.append(request.hires_sampler)
         if ignored_samplers:
-            notes.append(f"{self._dit.label} models use their own {families.own_sampler(self._dit)}; "
+            notes.append(f"{self._dit.label} models use their own flow-matching sampler; "
                          f"{' and '.join(ignored_samplers)} {'was' if len(ignored_samplers) == 1 else 'were'} "
                          "ignored.")  # fmt: skip
         if (ignored := families.ignored_negative_note(pipe, request, self._dit)) is not None:
@@ -991,6 +993,10 @@ class DiffusersBackend:
         image_prompt: FluxIpRun | None = None
         every = self._preview_every
         hires = self._dit_hires_pipe(request, plan, notes)
+        if samplers:  # A1111's samplers over the model's schedule, a fresh scheduler each pass (they keep state)
+            pipe.scheduler = self._make_scheduler(request.sampler, request.few_step)
+            if hires is not None:
+                hires.scheduler = self._make_scheduler(request.hires_sampler or request.sampler, request.few_step)
         # A size the model cannot draw is refused before the first pass, the hires fix's second pass's too.
         second = tuple(padded_side(side, multiple) for side in request.hires_size) if hires is not None else None
         families.check_size(pipe, self._dit, (size["width"], size["height"]), *(second,) if second else ())
@@ -1073,7 +1079,9 @@ class DiffusersBackend:
         if redux is not None:
             by_unit |= dict.fromkeys(redux_units, redux.hash)
         hashes = _in_unit_order(request, control.hashes if control is not None else (), by_unit)
-        return GeneratedBatch(images, seeds, batch_index, None, tuple(notes), lora_plan.loras, (), None, hashes)
+        # The sampler a "default" job ran, for its PNG: PixArt's own (DPM++ 2M); the flow-matching DiTs' has no name.
+        used = self._sampler_name(request) if samplers else None
+        return GeneratedBatch(images, seeds, batch_index, used, tuple(notes), lora_plan.loras, (), None, hashes)
 
     def _release_control_lora(self) -> None:
         """A kept Flux.1 Control-LoRA off the model; the LoRA adapters taken off with it load again when asked."""

@@ -192,10 +192,10 @@ def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) 
     return f"{info.label} {why}; the negative prompt was ignored."
 
 
-def own_sampler(info: DitInfo) -> str:
-    """The sampler a DiT's pipeline runs whatever sampler a job names: a flow-matching one, but PixArt's DPM-Solver++
-    (a noise-prediction model's; Marble does not swap it yet)."""
-    return "DPM-Solver++ sampler" if info.family == PIXART else "flow-matching sampler"
+def takes_samplers(info: DitInfo) -> bool:
+    """Whether A1111's samplers run a DiT: PixArt's, a noise-prediction model over SD's kind of schedule (the others
+    are flow-matching models, run by their pipelines' own sampler)."""
+    return info.family == PIXART
 
 
 # The distilled guidance BFL's model cards give Flux.1 Depth dev (10) and Canny dev (30): far above the 3.5 that

@@ -23,25 +23,46 @@ torch/diffusers are imported inside the functions (pyproject's import-linter lis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+# noised(clean, noise, index): the source's latents noised to where the schedule's tail stands before its step `index`
+# (its length: the end, the source itself), as the denoising loop holds its latents there.
+Noised = Callable[[Any, Any, int], Any]
 
 
 class FlowMix:
-    """A flow-matching model's noised latents at `sigma`: `(1 - sigma) x0 + sigma noise`."""
+    """A flow-matching model's noising, `(1 - sigma) x0 + sigma noise` at the tail's sigmas."""
 
     @staticmethod
-    def _edit_mix(clean: Any, noise: Any, sigma: Any) -> Any:
-        return (1 - sigma) * clean + sigma * noise
+    def _edit_noiser(tail: Any) -> tuple[Noised, float]:
+        """(noised, what the pipeline multiplies latents handed to it by: 1 for the flow-matching schedulers)."""
+
+        def noised(clean: Any, noise: Any, index: int) -> Any:
+            sigma = tail.sigmas[index]
+            sigma = float(sigma) if index == 0 else sigma.to(clean.dtype)
+            return (1 - sigma) * clean + sigma * noise
+
+        return noised, 1.0
 
 
 class VarianceEdit:
-    """The noised latents of a noise-prediction model (PixArt's DDPM training, a scheduler of VE-style sigmas such as
-    DPM-Solver's): `(x0 + sigma noise) / sqrt(sigma^2 + 1)`, the scheduler's own `add_noise` at that sigma. Listed
-    before ScheduleTailEdit in a family's class."""
+    """A noise-prediction model's noising (PixArt's DDPM training), whatever scheduler runs it: the scheduler's own
+    `add_noise` at the tail's timesteps, which holds its latents as that scheduler does (DPM-Solver's
+    `(x0 + sigma noise) / sqrt(sigma^2 + 1)`, Euler's `x0 + sigma noise`, DDIM's from its alphas). Listed before
+    ScheduleTailEdit in a family's class."""
 
     @staticmethod
-    def _edit_mix(clean: Any, noise: Any, sigma: Any) -> Any:
-        return (clean + sigma * noise) / (sigma**2 + 1) ** 0.5
+    def _edit_noiser(tail: Any) -> tuple[Noised, float]:
+        """(noised, the tail's `init_noise_sigma`: the pipeline multiplies latents handed to it by that)."""
+        import torch
+
+        def noised(clean: Any, noise: Any, index: int) -> Any:
+            if index >= len(tail.timesteps):
+                return clean
+            return tail.add_noise(clean, noise, torch.as_tensor(tail.timesteps[index : index + 1]))
+
+        return noised, float(tail.init_noise_sigma)
 
 
 class FlowEdit(FlowMix):
@@ -62,8 +83,9 @@ class FlowEdit(FlowMix):
         tail = raw[start:].tolist()
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         scheduler.set_timesteps(sigmas=tail, mu=self._edit_mu(rows, cols), device=self._execution_device)
-        latents, count, step_end = _noised_sources(self, image, float(scheduler.sigmas[0]), width, height, mask_image,
-                                                   num_images_per_prompt, generator, callback_on_step_end)  # fmt: skip
+        latents, count, step_end = _noised_sources(self, image, self._edit_noiser(scheduler), False, width, height,
+                                                   mask_image, num_images_per_prompt, generator,
+                                                   callback_on_step_end)  # fmt: skip
         return super().__call__(  # type: ignore[misc]
             width=width, height=height, sigmas=tail, latents=latents, num_images_per_prompt=count,
             generator=generator, callback_on_step_end=step_end, **self._edit_conditions(references), **rest,
@@ -84,20 +106,23 @@ class ScheduleTailEdit(FlowMix):
     ) -> Any:  # fmt: skip
         probe = type(self.scheduler).from_config(self.scheduler.config)
         self._edit_schedule(probe, num_inference_steps, self._execution_device)
-        steps = len(probe.timesteps)
-        # diffusers' image-to-image start: the last `strength` of the schedule, at least one step.
-        start = min(int(max(steps - steps * strength, 0)), steps - 1)
+        # diffusers' image-to-image start: the last `strength` of the schedule, at least one step (a second-order
+        # scheduler's timesteps come in pairs: cut between them).
+        order = getattr(probe, "order", 1)
+        steps = -(-len(probe.timesteps) // order)
+        start = min(int(max(steps - steps * strength, 0)), steps - 1) * order
+        _cut(probe, start)
         # The whole schedule starts from the noise alone, as text to image does (UniPC's first sigma is a hair under
         # 1: the source would show through by a rounding).
-        sigma = None if start == 0 else float(probe.sigmas[start])
-        latents, count, step_end = _noised_sources(self, image, sigma, width, height, mask_image,
-                                                   num_images_per_prompt, generator, callback_on_step_end)  # fmt: skip
+        latents, count, step_end = _noised_sources(self, image, self._edit_noiser(probe), start == 0, width, height,
+                                                   mask_image, num_images_per_prompt, generator,
+                                                   callback_on_step_end)  # fmt: skip
         scheduler = self.scheduler
         made = scheduler.set_timesteps
 
         def tail(*args: Any, **kwargs: Any) -> None:
             made(*args, **kwargs)
-            scheduler.timesteps, scheduler.sigmas = scheduler.timesteps[start:], scheduler.sigmas[start:]
+            _cut(scheduler, start)
 
         scheduler.set_timesteps = tail
         try:
@@ -129,16 +154,25 @@ class KlVaeTailEdit(ScheduleTailEdit):
         return grid
 
 
+def _cut(scheduler: Any, start: int) -> None:
+    """A scheduler's schedule from its step `start` on (DDIM keeps timesteps only)."""
+    scheduler.timesteps = scheduler.timesteps[start:]
+    if getattr(scheduler, "sigmas", None) is not None:
+        scheduler.sigmas = scheduler.sigmas[start:]
+
+
 def _noised_sources(
-    pipe: Any, image: Any, sigma: float | None, width: int, height: int, mask_image: Any, images: int, generator: Any,
-    then: Any,
+    pipe: Any, image: Any, noiser: tuple[Noised, float], from_noise: bool, width: int, height: int, mask_image: Any,
+    images: int, generator: Any, then: Any,
 ) -> tuple[Any, int, Any]:
     """(the latents the edit starts from, the batch size, the step-end callback): the sources' latents (`image`:
-    pictures encoded by the pipeline's `_edit_encode`, or latents already) noised to `sigma` (None: the noise alone),
-    packed as the pipeline's latents; with a mask, the callback puts the source back outside it after every step."""
+    pictures encoded by the pipeline's `_edit_encode`, or latents already) noised to the tail's start by `noiser`
+    (`from_noise`: the noise alone), packed as the pipeline's latents; with a mask, the callback puts the source back
+    outside it after every step."""
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
+    noised, scale = noiser
     generators = generator if isinstance(generator, list) else [generator]
     count = max(len(generators), images)
     device, dtype = pipe._execution_device, pipe.vae.dtype
@@ -160,8 +194,9 @@ def _noised_sources(
     if mask_image is not None:
         # On every latent channel, packed as the latents are (a 2x2-patch token holds four cells).
         repaint = pipe._edit_pack(latent_mask(mask_image, rows, cols).repeat(1, channels, 1, 1)).to(device, dtype)
-        step_end = blended(clean, noise, repaint, then)
-    return (noise if sigma is None else pipe._edit_mix(clean, noise, sigma)), count, step_end
+        step_end = blended(clean, noise, repaint, then, noised)
+    # Handed over divided by what the pipeline multiplies them by (Euler's first sigma; 1 for most).
+    return (noise if from_noise else noised(clean, noise, 0) / scale), count, step_end
 
 
 
@@ -205,12 +240,11 @@ def latent_mask(mask: Any, rows: int, cols: int) -> Any:
     return (torch.nn.functional.adaptive_max_pool2d(pixels, (rows, cols)) >= 0.5).float()
 
 
-def blended(clean: Any, noise: Any, repaint: Any, then: Any) -> Any:
+def blended(clean: Any, noise: Any, repaint: Any, then: Any, noised: Noised) -> Any:
     """A step-end callback that puts the source back outside the mask, then calls `then` (Marble's own)."""
 
     def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        sigma = pipeline.scheduler.sigmas[i + 1].to(clean.dtype)  # where the step landed
-        known = pipeline._edit_mix(clean, noise, sigma)
+        known = noised(clean, noise, i + 1)  # where the step landed
         tensors = {**tensors, "latents": repaint * tensors["latents"] + (1 - repaint) * known}
         outputs = then(pipeline, i, t, tensors) if then is not None else {}
         return {"latents": tensors["latents"], **(outputs or {})}
