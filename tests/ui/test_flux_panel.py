@@ -291,3 +291,32 @@ def test_a_flux_control_lora_unit_acts_at_every_step(qtbot, tmp_path: Path) -> N
         assert row.start_spin.isEnabled() and row.end_spin.isEnabled()
     finally:
         close_window(window, controller)
+
+
+def test_a_pixart_file_brings_its_defaults_its_encoder_row_and_its_samplers(qtbot, tmp_path: Path) -> None:
+    # A PixArt-Σ transformer file in its makers' names (headers only; never loaded): 20 steps at CFG 4.5, the text
+    # encoders row (T5 and the VAE come from elsewhere), no tiling or fast mode, and the sampler still the user's
+    # (A1111's samplers run PixArt).
+    home = tmp_path / "home"
+    models = AppPaths.for_root(home).ensure().models
+    names = ("blocks.0.mlp.fc1.weight", "blocks.0.attn.qkv.weight", "x_embedder.proj.weight", "t_embedder.mlp.0.weight",
+             "t_block.1.weight", "y_embedder.y_proj.fc1.weight", "final_layer.linear.weight",
+             "final_layer.scale_shift_table")  # fmt: skip
+    tensors = {key: torch.zeros(2, 2) for key in names} | {"y_embedder.y_embedding": torch.zeros(300, 4)}
+    save_file(tensors, str(models / "zz-pixart-sigma.safetensors"))
+    unet_folder(models, "zz-sd1-model", 768)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-pixart-sigma") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-sd1-model")
+        pick(panel.model_combo, "zz-pixart-sigma")
+        qtbot.waitUntil(lambda: panel.steps_spin.value() == 20, timeout=TIMEOUT_MS)
+        assert panel.cfg_spin.value() == 4.5
+        qtbot.waitUntil(lambda: panel.text_encoders_edit.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert not panel.tiling_check.isEnabled() and not panel.distilled_cfg_spin.isVisibleTo(panel)
+        assert panel.sampler_combo.isEnabled()
+        # T5 alone reads its prompt: no CLIP token counter, which would count against a window it does not have.
+        assert window.prompt_editor.prompt_count._hidden
+    finally:
+        close_window(window, controller)
