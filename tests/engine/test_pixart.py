@@ -474,3 +474,23 @@ def test_every_sampler_edits_and_inpaints(paths, pixart, tmp_path):
         kept = np.abs(picture[:, 40:].astype(int) - (200, 40, 40)).mean()
         assert kept < 12, (sampler, kept)
         assert steps, sampler
+
+
+def test_a_job_is_cancelled_at_the_step_asked(paths, pixart):
+    # Through the old callback its pipelines report steps by: cancelling stops the job after the step it came in.
+    from desktop.engine.backends.base import CancelToken
+    from desktop.engine.errors import Cancelled
+
+    backend = make_backend(paths)
+    request = request_for(pixart["folder"], steps=5, cfg_scale=4.5)
+    backend.load(request)
+    token, seen = CancelToken(), []
+
+    def on_step(step):
+        seen.append(step.step)
+        if step.step == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        backend.generate(request, 0, on_step, token)
+    assert seen == [1, 2]
