@@ -164,7 +164,7 @@ def test_a_gguf_that_is_no_diffusion_transformer_names_the_families_marble_knows
     writer.write_tensors_to_file()
     writer.close()
     said = r"Qwen3-4B-Q8_0\.gguf: a GGUF file, but not a diffusion transformer Marble knows \(Flux\.1, SD3, "
-    families = r".*ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow, Sana\)"
+    families = r".*ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow, Sana, PixArt\)"
     with pytest.raises(ModelError, match=said + families):
         detect_model(path)
 

@@ -335,27 +335,89 @@ def test_its_previews_read_sdxls_latent_colours():
     assert not np.array_equal(latents_to_rgb(latents, "pixart"), latents_to_rgb(latents, "sd1"))
 
 
-def test_a_lora_and_control_units_are_refused_by_name(paths, pixart, tmp_path):
+def test_control_units_are_refused_by_name(paths, pixart, tmp_path):
     from PIL import Image
-    from safetensors.torch import save_file
 
     from desktop.engine.errors import InvalidRequest
     from desktop.engine.library.native_size import takes_controls
     from desktop.engine.request import ControlUnit
-    from tests.support.tiny_dit_loras import lora_on
 
-    # A LoRA on its blocks (its names are Sana's but for the feed-forward): refused, not run without it.
-    save_file(lora_on(build_tiny_pixart().transformer, "transformer_blocks.", ("attn1.to_q", "attn2.to_k")),
-              str(paths.loras / "style.safetensors"))  # fmt: skip
-    request = request_for(pixart["folder"], prompt="a red circle <lora:style:0.8>", steps=2, cfg_scale=4.5)
-    with pytest.raises(ModelError, match=r"Marble cannot apply LoRAs to PixArt models yet \(diffusers has no LoRA "
-                                         r"loader for them\): the LoRA 'style' was not applied"):  # fmt: skip
-        run(make_backend(paths), request)
     assert not takes_controls("pixart-sigma")  # the window offers none
     Image.new("RGB", (64, 64), (90, 30, 200)).save(tmp_path / "edges.png")
     unit = ControlUnit(model="canny", image=str(tmp_path / "edges.png"))
     with pytest.raises(InvalidRequest, match=r"PixArt Sigma has none yet\. Remove the 1 control unit"):
         run(make_backend(paths), request_for(pixart["folder"], steps=2, controls=(unit,)))
+
+
+def _pixart_lora(naming):
+    """A rank-4 LoRA on the tiny model's attentions and feed-forwards, in diffusers' names under `transformer.`, and
+    the same as the other namings PixArt LoRAs come in."""
+    from tests.support.tiny_dit_loras import lora_on, trainer_form
+
+    layers = ("attn1.to_q", "attn1.to_v", "attn2.to_k", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2")
+    tensors = lora_on(build_tiny_pixart().transformer, "transformer_blocks.", layers)
+    if naming == "trainer":  # diffusers' PixArt trainer: PEFT's names under the UNet's prefix
+        return tensors, {key.replace("transformer.", "unet.", 1): value for key, value in tensors.items()}
+    native = {key.replace("transformer.", "diffusion_model.", 1): value for key, value in tensors.items()}
+    written = {"diffusers": tensors, "ai-toolkit": native, "musubi": trainer_form(native, kohya=False),
+               "kohya": trainer_form(native, kohya=True)}[naming]  # fmt: skip
+    return tensors, written
+
+
+@pytest.mark.parametrize("naming", ["diffusers", "trainer", "ai-toolkit", "musubi", "kohya"])
+def test_a_pixart_lora_changes_the_picture_as_its_merged_weights_do(paths, pixart, naming):
+    # diffusers has no LoRA loader for PixArt: Marble loads it through PEFT onto the transformer. The reference is
+    # independent of both: the LoRA's products added into a bare copy of the weights (within float rounding).
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.checkpoint import read_safetensors_header
+    from desktop.engine.library.lora import inspect_lora
+
+    reference, written = _pixart_lora(naming)
+    save_file(written, str(paths.loras / "style.safetensors"))
+    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
+    if naming in ("diffusers", "trainer", "ai-toolkit", "musubi"):
+        assert (info.family, info.label) == ("pixart", "PixArt")
+    request = request_for(pixart["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=4.5)
+    batch, _ = run(make_backend(paths), request)
+    assert [lora.name for lora in batch.loras] == ["style"]
+    merged = PixArtTransformer2DModel.from_pretrained(str(pixart["folder"]), subfolder="transformer")
+    modules = dict(merged.named_modules())
+    with torch.no_grad():
+        for key, down in reference.items():
+            if key.endswith(".lora_A.weight"):
+                module = modules[key.removeprefix("transformer.").removesuffix(".lora_A.weight")]
+                module.weight += 0.8 * reference[key.replace(".lora_A.", ".lora_B.")] @ down
+    expected = bare_image(pixart["folder"], replace(request, prompt="a red circle"), merged)
+    got = pixels(batch.images[0]).astype(int)
+    assert np.abs(got - expected).max() <= 2, np.abs(got - expected).max()
+    plain = bare_image(pixart["folder"], replace(request, prompt="a red circle"))
+    assert np.abs(plain.astype(int) - expected).mean() > 2  # the LoRA shows
+    # Without the tag the same backend gives the plain picture again.
+    again, _ = run(make_backend(paths), replace(request, prompt="a red circle"))
+    assert np.array_equal(pixels(again.images[0]), plain)
+
+
+def test_an_attention_lora_reads_as_sanas_and_runs_but_a_sana_feed_forward_is_refused(paths, pixart):
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.checkpoint import read_safetensors_header
+    from desktop.engine.library.lora import inspect_lora
+    from tests.support.tiny_dit_loras import lora_on
+
+    transformer = build_tiny_pixart().transformer
+    attention = lora_on(transformer, "transformer_blocks.", ("attn1.to_q", "attn2.to_k"))
+    save_file(attention, str(paths.loras / "eyes.safetensors"))
+    assert inspect_lora(read_safetensors_header(paths.loras / "eyes.safetensors"), "eyes").family == "sana"
+    request = request_for(pixart["folder"], prompt="a red circle <lora:eyes:1>", steps=2, cfg_scale=4.5)
+    batch, _ = run(make_backend(paths), request)
+    assert [lora.name for lora in batch.loras] == ["eyes"]
+    sana = attention | {"transformer.transformer_blocks.0.ff.conv_inverted.lora_A.weight": torch.zeros(4, 96, 1, 1),
+                        "transformer.transformer_blocks.0.ff.conv_inverted.lora_B.weight": torch.zeros(8, 4, 1, 1)}
+    save_file(sana, str(paths.loras / "sana.safetensors"))
+    with pytest.raises(ModelError, match=r"The LoRA 'sana' could not be applied to this model: its layer "
+                                         r"'transformer_blocks\.0\.ff\.conv_inverted' is Sana's"):  # fmt: skip
+        run(make_backend(paths), replace(request, prompt="a red circle <lora:sana:1>"))
 
 
 def _scheduler_for(sampler, folder):

@@ -655,7 +655,14 @@ def _load_pixart(
     assert info is not None
     cls = pixart.pipeline_class(info.variant)
     if path.is_dir():
-        return _from_pretrained(cls, path, name, dtype, resources, info.family)
+        # Its transformer as the class that takes LoRAs (diffusers' own has no adapter methods).
+        try:
+            transformer = pixart.transformer_class().from_pretrained(
+                str(path), subfolder="transformer", dtype=dtype, local_files_only=True, use_safetensors=True
+            )
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise ModelError(f"Could not load {name!r} from {path}: {library_error(error)}") from error
+        return _from_pretrained(cls, path, name, dtype, resources, info.family, transformer=transformer)
     config = config_folder or _config_folder(resources, arch, name)
     if library_parts is not None:
         return _with_library_parts(cls, path, info, config, library_parts, name, dtype, resources)

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import flux_like_loras, lora_forms
 from desktop.engine.backends.flow_edit import KlVaeTailEdit, VarianceEdit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_pixart import ALPHA, ALPHA_TOKENS, SIGMA_TOKENS, embeds_size
@@ -62,7 +63,12 @@ def step_end(base: Any) -> Any:
     step's latents): the callback sees {"latents": ...} and what it gives back replaces them, in place. The size asked
     is drawn and the prompt read as written unless the caller says otherwise."""
 
-    class StepEndPipeline(base):  # type: ignore[misc, valid-type]
+    class StepEndPipeline(flux_like_loras.loader(), base):  # type: ignore[misc, valid-type]
+        _lora_label = "PixArt"
+
+        def _lora_tensors(self, state: dict[str, Any]) -> dict[str, Any]:
+            return lora_tensors(self.transformer, state)
+
         def __call__(self, *args: Any, callback_on_step_end: Any = None, callback_on_step_end_tensor_inputs: Any = None,
                      **rest: Any) -> Any:  # fmt: skip
             # Marble's defaults whoever calls (the edits' checks call it bare): the size asked, the prompt as written.
@@ -89,10 +95,40 @@ def step_end(base: Any) -> Any:
     return StepEndPipeline
 
 
+@functools.cache
 def transformer_class() -> Any:
+    """PixArtTransformer2DModel with diffusers' PEFT adapter methods, which its own class lacks (diffusers has no PixArt
+    LoRA loader): LoRAs load onto it as onto the other families' transformers (flux_like_loras.py)."""
     import diffusers
+    from diffusers.loaders.peft import PeftAdapterMixin
 
-    return diffusers.PixArtTransformer2DModel
+    class PixArtTransformer(PeftAdapterMixin, diffusers.PixArtTransformer2DModel):
+        pass
+
+    # Its config and messages say the class it is.
+    PixArtTransformer.__name__ = PixArtTransformer.__qualname__ = diffusers.PixArtTransformer2DModel.__name__
+    return PixArtTransformer
+
+
+# Where PixArt LoRAs keep their layers: diffusers' PixArt trainer saves PEFT's names under the UNet's prefix
+# (`unet.transformer_blocks.N.attn1.to_q.lora_A.weight`), others under `transformer.` or ComfyUI's `diffusion_model.`.
+_LORA_PREFIXES = ("unet.", "transformer.", "diffusion_model.", "base_model.model.")
+
+
+def lora_tensors(transformer: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """A PixArt LoRA's tensors (PEFT's or diffusers' names under any of its prefixes, lora_A / lora_B or lora_down /
+    lora_up with alphas folded, kohya's flattened names) as the transformer's own module names. A layer of Sana's
+    (whose attention names PixArt's share) is refused: ValueError, which the LoRA loader reports with its name."""
+    modules = [name for name, _ in transformer.named_modules()]
+    out = {}
+    for key, tensor in lora_forms.renamed_for(state, modules).items():
+        while key.startswith(_LORA_PREFIXES):
+            key = key.removeprefix(next(prefix for prefix in _LORA_PREFIXES if key.startswith(prefix)))
+        if ".ff.conv_" in key:
+            raise ValueError(f"its layer {key.partition('.lora_')[0]!r} is Sana's convolutional feed-forward, which "
+                             "PixArt's blocks have not: it is a LoRA for Sana")  # fmt: skip
+        out[key] = tensor
+    return out
 
 
 def from_original(state: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""LoRAs for the Flux-like families diffusers has no LoRA loader for (LongCat-Image, Ovis-Image): loaded onto the
+"""LoRAs for the families diffusers has no LoRA loader for (LongCat-Image, Ovis-Image, PixArt): loaded onto the
 transformer through PEFT (its `load_lora_adapter`), by a mixin their pipeline classes take (families_longcat.py,
-families_ovis.py).
+families_ovis.py, families_pixart.py, which gives its transformer PEFT's adapter methods and its own `_lora_tensors`).
 
 Their LoRAs carry Flux.1's layer names (their blocks are Flux.1's, in diffusers' names), so the library labels them
 Flux.1 (library/lora.py lets them onto these models in diffusers' forms only). A Flux.1 LoRA reaches past their blocks
@@ -46,7 +46,8 @@ def lora_for(transformer: Any, state: dict[str, Any], label: str) -> dict[str, A
 @functools.cache
 def loader() -> type:
     """The mixin: LoraBaseMixin's adapter methods (set, list, delete, enable, unload) over the transformer, and
-    `load_lora_weights` through `lora_for`. A class taking it names its model in `_lora_label`."""
+    `load_lora_weights` through `_lora_tensors` (`lora_for` unless the class says otherwise). A class taking it names
+    its model in `_lora_label`."""
     from diffusers.loaders.lora_base import LoraBaseMixin
 
     class FluxLikeLoras(LoraBaseMixin):
@@ -59,7 +60,11 @@ def loader() -> type:
             from safetensors.torch import load_file
 
             state = load_file(source) if isinstance(source, str) else dict(source)
-            self.transformer.load_lora_adapter(lora_for(self.transformer, state, self._lora_label), prefix=None,
-                                               adapter_name=adapter_name, _pipeline=self)  # fmt: skip
+            self.transformer.load_lora_adapter(self._lora_tensors(state), prefix=None, adapter_name=adapter_name,
+                                               _pipeline=self)  # fmt: skip
+
+        def _lora_tensors(self, state: dict[str, Any]) -> dict[str, Any]:
+            """A LoRA's tensors as the transformer's own module names with lora_A / lora_B."""
+            return lora_for(self.transformer, state, self._lora_label)
 
     return FluxLikeLoras

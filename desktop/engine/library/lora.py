@@ -33,12 +33,12 @@ FAMILY_LABELS = {
     "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1", "auraflow": "AuraFlow", "sana": "Sana",
     "pixart": "PixArt",
 }  # fmt: skip
-# The families no LoRA is applied to yet, and why.
-_NO_LORAS = {"pixart": "diffusers has no LoRA loader for them"}
 # Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
 # come in: LongCat-Image's and Ovis-Image's blocks are Flux.1's, named as diffusers names them (their loader refuses a
 # LoRA that reaches past their blocks: a Flux.1 one; backends/flux_like_loras.py).
-_NAMED_AS = {"longcat-image": ("flux", ("peft", "diffusers")), "ovis-image": ("flux", ("peft", "diffusers"))}
+_NAMED_AS = {"longcat-image": ("flux", ("peft", "diffusers")), "ovis-image": ("flux", ("peft", "diffusers")),
+             # PixArt's attention layers have Sana's names (`attn1`, `attn2`): a LoRA of those alone reads as Sana's.
+             "pixart": ("sana", ("peft", "diffusers", "kohya"))}
 # Released transformer widths: Flux.1 3072; SD3/SD3.5 medium 1536, SD3.5 large 2432.
 _FLUX_WIDTH = 3072
 
@@ -176,6 +176,10 @@ _AURAFLOW_KOHYA_MARKS = ("_ff_out_projection.", "_ff_linear_1.", "_ff_linear_2."
 # `ff.conv_inverted` / `conv_depth` / `conv_point`, no other family's; kohya's flattened names of them too.
 _SANA_MARKS = (".attn1.", ".ff.conv_inverted.", ".ff.conv_depth.", ".ff.conv_point.")
 _SANA_KOHYA_MARKS = ("_attn1_", "_ff_conv_inverted", "_ff_conv_depth", "_ff_conv_point")
+# PixArt's blocks share Sana's attention names but have a plain feed-forward (`ff.net.0.proj`, `ff.net.2`: SD3's and
+# Flux.1's blocks have it too, with `attn`, not `attn1`); diffusers' PixArt trainer saves its LoRAs under the UNet's
+# prefix, where no UNet keeps `transformer_blocks` at the top.
+_PIXART_TRAINER = "unet.transformer_blocks."
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
@@ -211,6 +215,10 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     elif any(n.startswith(_AURAFLOW_KOHYA) or (n.startswith("lora_unet_single_transformer_blocks_") and any(
             m in n for m in _AURAFLOW_KOHYA_MARKS)) for n in names):
         fmt, family = "kohya", "auraflow"
+    elif any(n.startswith(_PIXART_TRAINER) for n in names) or (
+            any(n.startswith("transformer_blocks.") and ".attn1." in n for n in bare)
+            and any(n.startswith("transformer_blocks.") and ".ff.net." in n for n in bare)):  # fmt: skip
+        fmt, family = "peft", "pixart"
     elif any(n.startswith("transformer_blocks.") and any(m in n for m in _SANA_MARKS) for n in bare):
         fmt, family = "peft", "sana"
     elif any(n.startswith(_QWEN_KOHYA) and any(m in n for m in _SANA_KOHYA_MARKS) for n in names):
@@ -368,14 +376,8 @@ class ModelShape:
 
 
 def check_lora_fits(info: LoraInfo, model: ModelShape, lora_name: str, model_name: str) -> None:
-    """Refuse a LoRA made for another base model: diffusers would otherwise skip its layers silently; and any LoRA for
-    a family Marble applies none to yet (PixArt: diffusers has no LoRA loader for it)."""
+    """Refuse a LoRA made for another base model: diffusers would otherwise skip its layers silently."""
     model_label = FAMILY_LABELS.get(model.family, model.family)
-    if model.family in _NO_LORAS:
-        raise ModelError(
-            f"Marble cannot apply LoRAs to {model_label} models yet ({_NO_LORAS[model.family]}): the LoRA "
-            f"{lora_name!r} was not applied. Remove it from the job to run {model_name}."
-        )
     problem = None
     named_as, formats = _NAMED_AS.get(model.family, (None, ()))
     if named_as is not None and info.family == named_as and info.format not in formats:
