@@ -169,8 +169,8 @@ def from_original(state: dict[str, Any]) -> dict[str, Any]:
 
 def transformer_from_state(state: dict[str, Any], config: Mapping[str, Any], dtype: Any) -> Any:
     """The transformer built from `config` (a file's own settings over it: whether it embeds the picture's size) with
-    the file's tensors in diffusers' names; every tensor of the model must be there and nothing else (RuntimeError
-    naming the first one otherwise)."""
+    the file's tensors in diffusers' names; every tensor of the model must be there, at the model's size, and nothing
+    else (ValueError naming the first one otherwise)."""
     from accelerate import init_empty_weights
 
     settings = {key: value for key, value in config.items() if not key.startswith("_")}
