@@ -167,12 +167,6 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, aura, t
     with pytest.raises(ModelError, match=r"joint\.safetensors has 1 joint blocks but the AuraFlow configuration has 2"):
         run(make_backend(paths), request_for(joint, model_config=str(aura["folder"]),
                                              text_encoders=str(aura["folder"])))  # fmt: skip
-    extra = save_transformer_file(aura["state"] | {"joint_transformer_blocks.0.attn.extra.weight": torch.zeros(2)},
-                                  tmp_path / "extra.safetensors")  # fmt: skip
-    with pytest.raises(ModelError, match=r"extra\.safetensors: its AuraFlow transformer holds "
-                                         r"'joint_transformer_blocks\.0\.attn\.extra\.weight', which AuraFlow's"):
-        run(make_backend(paths), request_for(extra, model_config=str(aura["folder"]),
-                                             text_encoders=str(aura["folder"])))  # fmt: skip
     with pytest.raises(ModelError, match=r"needs its text encoder \(Pile-T5-XL\), its tokenizer and SDXL's VAE"):
         run(make_backend(paths), request_for(aura["original"], model_config=str(aura["folder"])))
 

@@ -173,13 +173,7 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, sana, t
     odd = save_transformer_file(original | {"blocks.0.attn.extra.weight": torch.zeros(2)}, tmp_path / "odd.safetensors")
     with pytest.raises(ModelError, match=r"odd\.safetensors: its Sana transformer does not load .*0\.attn\.extra"):
         run(make_backend(paths), request_for(odd, model_config=str(sana["folder"]), text_encoders=str(sana["folder"])))
-    # In diffusers' names too: named, not diffusers' converter's KeyError for a makers' name it expected.
-    extra = save_transformer_file(sana["state"] | {"transformer_blocks.1.attn1.extra.weight": torch.zeros(2)},
-                                  tmp_path / "extra.safetensors")  # fmt: skip
-    with pytest.raises(ModelError, match=r"extra\.safetensors: its Sana transformer holds "
-                                         r"'transformer_blocks\.1\.attn1\.extra\.weight', which Sana's has not"):
-        run(make_backend(paths), request_for(extra, model_config=str(sana["folder"]),
-                                             text_encoders=str(sana["folder"])))  # fmt: skip
+    # In diffusers' names: tests/engine/test_dit_file_names.py, every family's.
     with pytest.raises(ModelError, match=r"needs its text encoder \(Gemma-2 2B\), Gemma's tokenizer and its DC-AE"):
         run(make_backend(paths), request_for(sana["original"], model_config=str(sana["folder"])))
     with pytest.raises(ModelError, match=r"libraries do not read yet"):
