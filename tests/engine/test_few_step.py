@@ -3,10 +3,14 @@ settings by the command line, and their timestep spacing honoured by the backend
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
-from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+from diffusers import EulerAncestralDiscreteScheduler, LCMScheduler, StableDiffusionPipeline
 
 from desktop.engine.library.few_step import PRESETS, few_step_from_metadata
 from desktop.engine.library.native_size import family_defaults, model_family
@@ -93,6 +97,44 @@ def test_backend_runs_the_kinds_sampler_with_trailing_timesteps(paths, tiny_sd15
     assert PRESETS["turbo"].timestep_spacing == "trailing"
     assert np.array_equal(pixels(batch.images[0]), bare_image(timestep_spacing="trailing"))
     assert not np.array_equal(pixels(batch.images[0]), bare_image())
+
+
+def test_dmd2_runs_lcm_at_the_timesteps_its_card_passes(paths, tiny_sd15_dir):
+    # DMD2's card: LCMScheduler, guidance 0, timesteps=[999, 749, 499, 249]; LCM's own 4 steps are 999, 759, 499, 259.
+    request = request_for(tiny_sd15_dir, steps=4, cfg_scale=1.0, sampler="LCM", few_step="dmd2")
+    batch, steps = run(make_backend(paths), request)
+    assert len(steps) == 4 and batch.sampler_used == "LCM"
+
+    bare = StableDiffusionPipeline.from_pretrained(str(tiny_sd15_dir), local_files_only=True)
+    bare.set_progress_bar_config(disable=True)
+    bare.scheduler = LCMScheduler.from_config(bare.scheduler.config)
+
+    def bare_image(**schedule):
+        return pixels(bare(
+            prompt=request.prompt, negative_prompt=request.negative_prompt, guidance_scale=1.0, height=64, width=64,
+            generator=torch.Generator("cpu").manual_seed(request.seed), **schedule,
+        ).images[0])  # fmt: skip
+
+    assert np.array_equal(pixels(batch.images[0]), bare_image(timesteps=[999, 749, 499, 249]))
+    assert not np.array_equal(pixels(batch.images[0]), bare_image(num_inference_steps=4))
+    # Plain LCM keeps its own schedule.
+    lcm, _ = run(make_backend(paths), request_for(tiny_sd15_dir, steps=4, cfg_scale=1.0, sampler="LCM", few_step="lcm"))
+    assert np.array_equal(pixels(lcm.images[0]), bare_image(num_inference_steps=4))
+
+
+def test_dmd2_spaces_a_models_own_lcm_scheduler_too(paths, tiny_sd15_dir, tmp_path):
+    # A checkpoint merged with DMD2 or LCM can ship LCM as its scheduler: "default" runs it, spaced as DMD2's card.
+    folder = shutil.copytree(tiny_sd15_dir, tmp_path / "lcm-merged")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps(json.loads(config.read_text()) | {"_class_name": "LCMScheduler"}))
+    index = folder / "model_index.json"
+    index.write_text(json.dumps(json.loads(index.read_text()) | {"scheduler": ["diffusers", "LCMScheduler"]}))
+    request = request_for(folder, steps=4, cfg_scale=1.0, few_step="dmd2")
+    dmd2, _ = run(make_backend(paths), request)
+    explicit, _ = run(make_backend(paths), replace(request, sampler="LCM"))
+    plain, _ = run(make_backend(paths), replace(request, few_step=""))
+    assert np.array_equal(pixels(dmd2.images[0]), pixels(explicit.images[0]))
+    assert not np.array_equal(pixels(dmd2.images[0]), pixels(plain.images[0]))
 
 
 @pytest.fixture

@@ -102,13 +102,23 @@ def test_a_sigma_folder_is_detected_and_matches_bare_diffusers(paths, pixart):
     assert np.array_equal(pixels(drawn.images[0]), bare_image(pixart["folder"], wide))
 
 
-def test_an_alpha_folder_runs_alphas_pipeline(paths, pixart):
+def test_an_alpha_folder_runs_alphas_pipeline(paths, pixart, monkeypatch):
+    from desktop.engine.backends import diffusers_backend
+
     arch = detect_model(pixart["alpha"])
     assert (arch.dit.variant, arch.config_name, arch.label) == ("alpha", "pixart-alpha", "PixArt Alpha")
     assert model_family(pixart["alpha"]) == "pixart-alpha"
     request = request_for(pixart["alpha"], steps=3, cfg_scale=4.5)
-    batch, _ = run(make_backend(paths), request)
+    tables = []  # the colour table each preview was drawn with
+    drawn = diffusers_backend.latents_to_rgb
+    monkeypatch.setattr(diffusers_backend, "latents_to_rgb", lambda x, key: tables.append(key) or drawn(x, key))
+    batch, steps = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(pixart["alpha"], request, alpha=True))
+    # Alpha draws SD 1.5's latents: its previews read SD 1.5's colours, Sigma's SDXL's.
+    assert len(steps) == 3 and tables == ["pixart-alpha"] * 3
+    tables.clear()
+    run(make_backend(paths), replace(request, model=str(pixart["folder"])))
+    assert tables == ["pixart"] * 3
 
 
 @pytest.mark.parametrize(("layout", "naming"), [("comfy", "original"), ("original", "original"),
@@ -327,12 +337,15 @@ def test_each_release_reads_its_own_prompt_length(paths, pixart):
     assert sigma.sampler_used == "DPM++ 2M"
 
 
-def test_its_previews_read_sdxls_latent_colours():
-    from desktop.engine.backends.preview import latents_to_rgb
+def test_its_previews_read_its_autoencoders_latent_colours():
+    from desktop.engine.backends.preview import colour_family, latents_to_rgb
 
     latents = np.random.default_rng(0).standard_normal((4, 8, 8)).astype(np.float32)
-    assert np.array_equal(latents_to_rgb(latents, "pixart"), latents_to_rgb(latents, "sdxl"))
-    assert not np.array_equal(latents_to_rgb(latents, "pixart"), latents_to_rgb(latents, "sd1"))
+    sigma, alpha = colour_family("pixart", "sigma"), colour_family("pixart", "alpha")
+    assert np.array_equal(latents_to_rgb(latents, sigma), latents_to_rgb(latents, "sdxl"))
+    assert not np.array_equal(latents_to_rgb(latents, sigma), latents_to_rgb(latents, "sd1"))
+    assert np.array_equal(latents_to_rgb(latents, alpha), latents_to_rgb(latents, "sd1"))
+    assert colour_family("flux", "dev") == "flux"
 
 
 def test_control_units_are_refused_by_name(paths, pixart, tmp_path):

@@ -97,6 +97,7 @@ from desktop.engine.backends.dit_memory import fallback_mode as dit_fallback_mod
 from desktop.engine.backends.dit_prompt_cache import cached_encoding  # noqa: E402
 from desktop.engine.backends.encoder_components import Component  # noqa: E402
 from desktop.engine.backends.faceid import FaceAnalyser, library_face_analyser  # noqa: E402
+from desktop.engine.backends.few_step_schedulers import spaced  # noqa: E402
 from desktop.engine.backends.flux_control_lora import FluxControlLoras  # noqa: E402
 from desktop.engine.backends.flux_ip_adapter import FluxIpAdapters, FluxIpRun  # noqa: E402
 from desktop.engine.backends.flux_redux import ReduxModels, ReduxPrompt, image_units  # noqa: E402
@@ -113,7 +114,7 @@ from desktop.engine.backends.ip_adapter import IpAdapters  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.masked_content import masked_latents  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, apply_mode, attempts, choose_mode  # noqa: E402
-from desktop.engine.backends.preview import latents_to_rgb  # noqa: E402
+from desktop.engine.backends.preview import colour_family, latents_to_rgb  # noqa: E402
 from desktop.engine.backends.prompt_cache import PromptCache, PromptKey  # noqa: E402
 from desktop.engine.backends.refiner import Refiners  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
@@ -597,6 +598,11 @@ class DiffusersBackend:
         model_hash = self._model_hash(wait=True)
         return replace(batch, model_hash=model_hash) if model_hash else batch
 
+    @property
+    def _colours(self) -> str:
+        """The preview's colour table for the loaded model (preview.py)."""
+        return colour_family(self._family, self._dit.variant if self._dit is not None else "")
+
     def _model_hash(self, wait: bool = False) -> str | None:
         """The loaded file's AutoV2 hash: None for a folder, or while it is still being read unless `wait`;
         None too when the file could not be read through (the job does not fail for its metadata)."""
@@ -780,7 +786,7 @@ class DiffusersBackend:
         _OutOfMemoryRaised on out-of-memory, Cancelled when cancelled."""
         # Exact, as for the hires fix's second pass: the first step already shows the total of all tiles.
         per_tile = self._img2img_timesteps(request.sampler, request.steps, request.strength, request.few_step)
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family,
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._colours,
                              self._key.device if self._key else "cpu", per_tile * (len(boxes) - 1))
         tiles = []
         try:
@@ -1001,7 +1007,7 @@ class DiffusersBackend:
         second = tuple(padded_side(side, multiple) for side in request.hires_size) if hires is not None else None
         families.check_size(pipe, self._dit, (size["width"], size["height"]), *(second,) if second else ())
         extra = _flow_img2img_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
-        progress = _Progress(batch_index, on_step, cancel, every, self._family, device, extra)
+        progress = _Progress(batch_index, on_step, cancel, every, self._colours, device, extra)
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
@@ -1278,7 +1284,7 @@ class DiffusersBackend:
             # The base stops at the switch and hands its (still noisy) latents on, undecoded.
             arguments |= {"denoising_end": float(request.refiner_switch_at), "output_type": "latent"}
             extra = self._refiners.extra_steps(refiner, request)
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._family, device, extra)
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._colours, device, extra)
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()
             # A1111's latent masked content (below 1 the source's latents start the sampling; at 1 noise does).
@@ -1460,14 +1466,14 @@ class DiffusersBackend:
 
     def _make_scheduler(self, sampler: str, few_step: str = "") -> Any:
         """A fresh scheduler every job: schedulers keep state between steps. A few-step kind adds its
-        timestep spacing (Turbo, Lightning, Hyper: trailing) to whichever sampler runs."""
+        timestep spacing (Turbo, Lightning, Hyper, DMD2: trailing) to whichever sampler runs."""
         base = self._default_scheduler
         preset = FEW_STEP_PRESETS.get(few_step)
         spacing = {"timestep_spacing": preset.timestep_spacing} if preset and preset.timestep_spacing else {}
         if sampler == DEFAULT_SAMPLER:
-            return type(base).from_config(base.config, **spacing)
+            return spaced(type(base), spacing.get("timestep_spacing", "")).from_config(base.config, **spacing)
         spec = SAMPLERS[sampler]
-        cls = getattr(diffusers, spec.scheduler_class)
+        cls = spaced(getattr(diffusers, spec.scheduler_class), spacing.get("timestep_spacing", ""))
         return cls.from_config(base.config, **dict(spec.overrides), **spacing)
 
 

@@ -213,11 +213,17 @@ _FACTORS = {
     "sd1": (_SD_FACTORS, _NO_BIAS), "sd2": (_SD_FACTORS, _NO_BIAS), "sdxl": (_SDXL_FACTORS, _NO_BIAS),
     "flux": _FLUX, "flux-fill": _FLUX, "chroma": _FLUX, "z-image": _FLUX, "lumina2": _FLUX, "longcat-image": _FLUX,
     "ovis-image": _FLUX, "auraflow": (_SDXL_FACTORS, _NO_BIAS),  # AuraFlow draws SDXL VAE latents
-    "pixart": (_SDXL_FACTORS, _NO_BIAS),  # Sigma draws SDXL VAE latents (Alpha SD 1.5's: near enough for a preview)
+    "pixart": (_SDXL_FACTORS, _NO_BIAS), "pixart-alpha": (_SD_FACTORS, _NO_BIAS),  # Sigma: SDXL's VAE; Alpha: SD 1.5's
     "sd3": _SD3, "sd3.5": _SD3,
     "qwen-image": _WAN, "krea2": _WAN, "flux2": _FLUX2, "ernie-image": _FLUX2, "qwen-image-2.1": _QWEN21,
 }  # fmt: skip
 _BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX, 32: _FLUX2, 64: _QWEN21}
+
+
+def colour_family(family: str, variant: str) -> str:
+    """The colour table's key for a model: its family's, or its release's where the releases draw through different
+    autoencoders (PixArt-α SD 1.5's, PixArt-Σ SDXL's)."""
+    return f"{family}-{variant}" if f"{family}-{variant}" in _FACTORS else family
 
 
 def latents_to_rgb(latents: np.ndarray, family: str) -> np.ndarray:

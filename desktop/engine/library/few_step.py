@@ -10,7 +10,8 @@ the model's own scheduler) burn or blur their images. Each kind gets the setting
   step count of the checkpoint (2, 4 or 8; 4 is the common one).
 - Hyper-SD (ByteDance/Hyper-SD card): DDIM with trailing timesteps, no guidance, 8 steps for the 8-step
   LoRA (the most used one).
-- DMD2 (tianweiy/DMD2 card): the LCM scheduler, 4 steps, no guidance.
+- DMD2 (tianweiy/DMD2 card): the LCM scheduler, 4 steps, no guidance, at the timesteps the card passes
+  (999, 749, 499, 249: trailing spacing, where LCM's own 4 steps are 999, 759, 499, 259).
 
 A kind is detected from what the file itself says (header metadata written by the trainers: SAI's
 `modelspec.*`, kohya's `ss_*`), never from the file name; the user can always choose one instead.
@@ -48,7 +49,7 @@ PRESETS: Mapping[str, FewStepPreset] = {
     "turbo": FewStepPreset("turbo", 1, 1.0, "Euler a", "trailing"),
     "lightning": FewStepPreset("lightning", 4, 1.0, "Euler", "trailing"),
     "hyper": FewStepPreset("hyper", 8, 1.0, "DDIM", "trailing"),
-    "dmd2": FewStepPreset("dmd2", 4, 1.0, "LCM"),
+    "dmd2": FewStepPreset("dmd2", 4, 1.0, "LCM", "trailing"),
 }
 
 # Header fields where trainers and converters name what a file is. kohya writes ss_output_name (the run's
