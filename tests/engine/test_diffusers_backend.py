@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import PNDMScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from desktop.engine.backends import diffusers_backend
@@ -177,6 +180,29 @@ def test_every_sampler_runs_with_a_preview_per_step(paths, tiny_sd15_dir, sample
     assert steps and steps[-1].step == steps[-1].total >= 3
     assert all(s.preview is not None for s in steps)
     assert batch.sampler_used == sampler
+
+
+def test_plms_is_compvis_plms_on_a_model_whose_scheduler_is_not_pndm(paths, tiny_sd15_dir, tmp_path):
+    # A1111's PLMS steps Adams-Bashforth from the first step (diffusers' skip_prk_steps, which SD 1.x's PNDM config
+    # sets). Made from a DDIM config that lacks it (the demo model's), PNDM warmed up with Runge-Kutta steps: another
+    # sampler, 10 calls for 3 steps instead of 4, and a crash below 4 steps with linspace spacing (PixArt's).
+    folder = shutil.copytree(tiny_sd15_dir, tmp_path / "ddim")
+    demo = json.loads((Resources.default().demo_model / "scheduler" / "scheduler_config.json").read_text())
+    assert "skip_prk_steps" not in demo
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(demo | {"prediction_type": "epsilon"}))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"scheduler": ["diffusers", "DDIMScheduler"]}))
+    request = request_for(folder, sampler="PLMS", steps=3)
+    batch, steps = run(make_backend(paths), request)
+    assert [s.step for s in steps] == [1, 2, 3, 4]  # PLMS's warm-up step, then one call a step
+    bare = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    bare.set_progress_bar_config(disable=True)
+    bare.scheduler = PNDMScheduler.from_config(bare.scheduler.config, skip_prk_steps=True)
+    expected = bare(
+        prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=3, guidance_scale=7.0,
+        height=64, width=64, generator=torch.Generator("cpu").manual_seed(42),
+    ).images[0]  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
 
 
 def test_cancel_stops_within_one_step(paths, tiny_sd15_dir):

@@ -444,7 +444,7 @@ def _scheduler_for(sampler, folder):
     return getattr(diffusers, spec.scheduler_class).from_config(base.config, **dict(spec.overrides))
 
 
-@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M Karras", "DDIM"])
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M Karras", "DDIM", "PLMS"])
 def test_a1111_samplers_run_it_as_bare_diffusers_does(paths, pixart, sampler):
     # A noise-prediction model over SD's kind of schedule: A1111's samplers serve it (the flow-matching DiTs ignore
     # them), nothing said; the default is its own DPM-Solver++.
@@ -535,8 +535,7 @@ def test_every_sampler_inpaints_keeping_the_source_outside_the_mask(pixart):
     # skips passes): after the last step the latents outside the mask are the source's own, inside they are not.
     from desktop.engine.backends.schedulers import SAMPLERS
 
-    # Not PLMS: diffusers' PNDM cannot lay out the check's 3 linspace steps (its Runge-Kutta warm-up needs 4).
-    for sampler in (name for name in SAMPLERS if name != "PLMS"):
+    for sampler in SAMPLERS:
         check_inpainting_keeps_the_source(_edit_with(sampler, pixart), guidance_scale=4.5)
 
 

@@ -79,7 +79,8 @@ def test_both_a1111_karras_spellings():
 
 
 def test_default_scheduler_maps_back_to_its_a1111_name():
-    assert sampler_for_scheduler("PNDMScheduler", {}) == "PLMS"
+    assert sampler_for_scheduler("PNDMScheduler", {"skip_prk_steps": True}) == "PLMS"  # SD 1.x's config
+    assert sampler_for_scheduler("PNDMScheduler", {}) is None  # Runge-Kutta warm-up steps: not A1111's PLMS
     assert sampler_for_scheduler("EulerDiscreteScheduler", {"use_karras_sigmas": False}) == "Euler"
     dpm = {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}
     assert sampler_for_scheduler("DPMSolverMultistepScheduler", dpm) == "DPM++ 2M Karras"

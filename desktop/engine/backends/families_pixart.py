@@ -20,7 +20,6 @@ torch/diffusers are imported inside the functions (pyproject's import-linter lis
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,15 +75,13 @@ def step_end(base: Any) -> Any:
             if callback_on_step_end is None:
                 return super().__call__(*args, **rest)
 
-            calls = itertools.count()
-
-            def callback(_step: int, t: Any, latents: Any) -> None:
+            def callback(step: int, t: Any, latents: Any) -> None:
                 # callback_on_step_end gets the loop's index (the blend reads the schedule by it). The old callback's
                 # step is that divided by the scheduler's order, and it is called after whole steps only (Heun's
-                # second evaluation): the scheduler's own count after its step says the index; DDIM keeps none
-                # (first order: called every pass, counted here).
+                # second evaluation) and not for a warm-up step (PLMS's first): the scheduler's own count after its
+                # step says the index; DDIM and PNDM keep none, and are first order (the step is the index).
                 done = getattr(self.scheduler, "step_index", None)
-                index = done - 1 if done is not None else next(calls)
+                index = done - 1 if done is not None else step
                 given = callback_on_step_end(self, index, t, {"latents": latents}) or {}
                 if given.get("latents") is not None and given["latents"] is not latents:
                     latents.copy_(given["latents"])

@@ -70,7 +70,10 @@ _SPECS = (
     *_sde("DPM++ 3M SDE", "DPMSolverMultistepScheduler", solver_order=3, **_MULTISTEP_SDE),
     *_sde("DPM++ SDE", "DPMSolverSDEScheduler"),
     _spec("DDIM", "DDIMScheduler"),
-    _spec("PLMS", "PNDMScheduler"),
+    # A1111's PLMS is CompVis' (Adams-Bashforth from the first step): diffusers' PNDM does that with skip_prk_steps,
+    # which SD 1.x's config sets and SDXL's, SD 2's and the DiTs' (other schedulers') do not. Without it, PNDM warms up
+    # with Runge-Kutta steps, another sampler, and fails below 4 steps with linspace spacing.
+    _spec("PLMS", "PNDMScheduler", skip_prk_steps=True),
     _spec("UniPC", "UniPCMultistepScheduler"),
     _spec("LCM", "LCMScheduler"),
 )
