@@ -234,6 +234,57 @@ def test_an_auraflow_lora_is_detected_and_applied_as_bare_diffusers_applies_it(p
                                  layers=_LORA_LAYERS, naming=naming, cfg=3.5, family="auraflow", label="AuraFlow")
 
 
+@pytest.mark.parametrize("kohya", [False, True])
+def test_a_lora_in_its_makers_names_applies_as_in_diffusers_names(paths, aura, kohya, tmp_path):
+    # Made on ComfyUI's model: `diffusion_model.double_layers.0.attn.w2q.lora_A.weight`, or kohya's flattened names of
+    # them with alphas. Its final modulation (`modF.1`) holds (shift, scale), diffusers' norm_out (scale, shift).
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.checkpoint import read_safetensors_header
+    from desktop.engine.library.lora import inspect_lora
+    from tests.support.tiny_auraflow import makers_lora
+    from tests.support.tiny_dit_loras import lora_on, trainer_form
+
+    transformer = aura["pipe"].transformer
+    norms = ("norm1.linear", "norm1_context.linear")
+    tensors = (lora_on(transformer, "joint_transformer_blocks.", (*_LORA_LAYERS, *norms))
+               | lora_on(transformer, "single_transformer_blocks.", (*_LORA_LAYERS, *norms), seed=4)
+               | lora_on(transformer, "norm_out.", ("linear",), seed=5))  # fmt: skip
+    makers = makers_lora(tensors)
+    save_file(trainer_form(makers, kohya=True) if kohya else makers, str(paths.loras / "style.safetensors"))
+    info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
+    width = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert (info.family, info.format, info.transformer_width) == ("auraflow", "kohya" if kohya else "peft", width)
+    request = request_for(aura["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=3.5)
+    batch, _ = run(make_backend(paths), request)
+    save_file(tensors, str(tmp_path / "reference.safetensors"))
+    pipe = bare_pipeline(aura["folder"])
+    pipe.load_lora_weights(str(tmp_path / "reference.safetensors"), adapter_name="style")
+    pipe.set_adapters(["style"], [0.8])
+    call = dict(prompt="a red circle", negative_prompt=request.negative_prompt, num_inference_steps=3, width=64,
+                height=64, guidance_scale=3.5)  # fmt: skip
+    def picture(pipe):
+        return pixels(pipe(**call, generator=torch.Generator("cpu").manual_seed(request.seed)).images[0])
+
+    expected = picture(pipe)
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    assert not np.array_equal(expected, picture(bare_pipeline(aura["folder"])))
+
+
+def test_a_makers_name_lora_naming_a_layer_it_lacks_is_refused_by_name(paths, aura):
+    from safetensors.torch import save_file
+
+    from tests.support.tiny_auraflow import makers_lora
+    from tests.support.tiny_dit_loras import lora_on
+
+    tensors = makers_lora(lora_on(aura["pipe"].transformer, "joint_transformer_blocks.", ("attn.to_q",)))
+    tensors["diffusion_model.double_layers.0.attn.w3q.lora_A.weight"] = torch.zeros(4, 8)
+    save_file(tensors, str(paths.loras / "odd.safetensors"))
+    request = request_for(aura["folder"], prompt="a red circle <lora:odd:0.8>", steps=2, cfg_scale=3.5)
+    with pytest.raises(ModelError, match=r"'odd' names a layer AuraFlow does not have \(.*double_layers\.0\.attn\.w3q"):
+        run(make_backend(paths), request)
+
+
 def test_a_flux_lora_is_not_taken_for_an_auraflow_one(tmp_path):
     from safetensors.torch import save_file
 

@@ -98,3 +98,23 @@ def library_files(pipe: AuraFlowPipeline, folder: Path) -> dict[str, Path]:
         written[name] = folder / f"{name}.safetensors"
         save_file({key: value.contiguous() for key, value in state.items()}, str(written[name]))
     return written
+
+
+def makers_lora(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA in diffusers' names (`transformer.<module>.lora_A/B.weight`) in AuraFlow's own module names under
+    `diffusion_model.` (a LoRA made on ComfyUI's model); the final modulation's up rows back in (shift, scale)."""
+    out = {}
+    for key, tensor in tensors.items():
+        module, _, part = key.removeprefix("transformer.").rpartition(".lora_")
+        if module == "norm_out.linear":
+            makers = "modF.1"
+            if part == "B.weight":
+                scale, shift = tensor.chunk(2, dim=0)
+                tensor = torch.cat([shift, scale], dim=0)
+        else:
+            kind, index, rest = module.split(".", 2)
+            joint = kind == "joint_transformer_blocks"
+            table, prefix = (_JOINT, "double_layers") if joint else (_SINGLE, "single_layers")
+            makers = f"{prefix}.{index}.{table[rest]}"
+        out[f"diffusion_model.{makers}.lora_{part}"] = tensor
+    return out

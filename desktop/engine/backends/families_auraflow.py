@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,78 @@ def edit_class() -> Any:
         pass
 
     return AuraFlowEditPipeline
+
+
+# Its makers' module names -> diffusers' (the facts of diffusers' single-file converter), per joint block, single block
+# and outside the blocks: LoRAs made on ComfyUI's model (or fal's code) name these.
+_JOINT_MODULES = {
+    "mlpX.c_fc1": "ff.linear_1", "mlpX.c_fc2": "ff.linear_2", "mlpX.c_proj": "ff.out_projection",
+    "mlpC.c_fc1": "ff_context.linear_1", "mlpC.c_fc2": "ff_context.linear_2",
+    "mlpC.c_proj": "ff_context.out_projection", "modX.1": "norm1.linear", "modC.1": "norm1_context.linear",
+    "attn.w2q": "attn.to_q", "attn.w2k": "attn.to_k", "attn.w2v": "attn.to_v", "attn.w2o": "attn.to_out.0",
+    "attn.w1q": "attn.add_q_proj", "attn.w1k": "attn.add_k_proj", "attn.w1v": "attn.add_v_proj",
+    "attn.w1o": "attn.to_add_out",
+}  # fmt: skip
+_SINGLE_MODULES = {
+    "mlp.c_fc1": "ff.linear_1", "mlp.c_fc2": "ff.linear_2", "mlp.c_proj": "ff.out_projection",
+    "modCX.1": "norm1.linear", "attn.w1q": "attn.to_q", "attn.w1k": "attn.to_k", "attn.w1v": "attn.to_v",
+    "attn.w1o": "attn.to_out.0",
+}  # fmt: skip
+_OTHER_MODULES = {
+    "t_embedder.mlp.0": "time_step_proj.linear_1", "t_embedder.mlp.2": "time_step_proj.linear_2",
+    "cond_seq_linear": "context_embedder", "final_linear": "proj_out", "init_x_linear": "pos_embed.proj",
+    "modF.1": "norm_out.linear",
+}  # fmt: skip
+_BLOCKS = {"double_layers": ("joint_transformer_blocks", _JOINT_MODULES),
+           "single_layers": ("single_transformer_blocks", _SINGLE_MODULES)}  # fmt: skip
+# Its final modulation holds (shift, scale); diffusers' norm_out (scale, shift): the rows a LoRA adds to are swapped.
+_SWAPPED = "norm_out.linear"
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_")
+
+
+def lora_in_makers_names(names: Any) -> bool:
+    """Whether a LoRA names AuraFlow's own modules (`double_layers.N`, `single_layers.N`), dotted or kohya's way."""
+    return any(_bare(name).startswith(tuple(_BLOCKS)) for name in names)
+
+
+def _bare(name: str) -> str:
+    return next((name.removeprefix(prefix) for prefix in _PREFIXES if name.startswith(prefix)), name)
+
+
+def _either(table: Mapping[str, str]) -> dict[str, str]:
+    """`table` with each makers' name also flattened, as kohya writes it (`attn.w2q` -> `attn_w2q`)."""
+    return table | {makers.replace(".", "_"): ours for makers, ours in table.items()}
+
+
+_IN_BLOCK = re.compile(r"^(double_layers|single_layers)[._](\d+)[._](.+)$")
+
+
+def _diffusers_module(module: str) -> str | None:
+    """diffusers' name for a makers' module name (dotted or flattened), or None."""
+    match = _IN_BLOCK.match(module)
+    if match is None:
+        return _either(_OTHER_MODULES).get(module)
+    block, index, rest = match.groups()
+    diffusers_block, modules = _BLOCKS[block]
+    ours = _either(modules).get(rest)
+    return f"{diffusers_block}.{index}.{ours}" if ours is not None else None
+
+
+def convert_lora(state: dict[str, Any], *, name: str) -> dict[str, Any]:
+    """A LoRA in AuraFlow's own module names (`diffusion_model.double_layers.0.attn.w2q.lora_A.weight`, kohya's
+    `lora_unet_double_layers_0_attn_w2q.lora_down.weight` with alphas ...) in diffusers' module names under
+    `diffusion_model.`, its form kept (lora_forms.under_transformer then reads it). A module it cannot place is
+    refused by name: diffusers would skip it without a word."""
+    out: dict[str, Any] = {}
+    for key, tensor in state.items():
+        module, part = (key.removesuffix(".alpha"), "alpha") if key.endswith(".alpha") else key.rsplit(".lora_", 1)
+        part = part if part == "alpha" else "lora_" + part
+        ours = _diffusers_module(_bare(module))
+        if ours is None:
+            raise ModelError(
+                f"The LoRA {name!r} names a layer AuraFlow does not have ({module}): it may be made for another model."
+            )
+        if ours == _SWAPPED and part in ("lora_B.weight", "lora_up.weight", "lora_B.bias", "lora_up.bias"):
+            tensor = tensor.roll(tensor.shape[0] // 2, dims=0)  # (shift, scale) -> (scale, shift)
+        out[f"diffusion_model.{ours}.{part}"] = tensor
+    return out

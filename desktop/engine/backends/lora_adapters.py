@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_auraflow as auraflow
 from desktop.engine.backends import families_ernie as ernie
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_qwen21 as qwen21
@@ -355,7 +356,8 @@ def _embedding_vectors(tensors: dict[str, Any]) -> tuple[Any, Any]:
 def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
     """What diffusers loads a LoRA from: the file, or, for a Qwen-Image 2.1 LoRA in kohya's names or made on
     ComfyUI's fused MLP (families_qwen21.py), or a Krea 2, ERNIE-Image, HiDream-I1, AuraFlow or Sana one in kohya's
-    names or with alphas (families_krea2.py, lora_forms.py), its tensors renamed for diffusers' loader."""
+    names or with alphas (families_krea2.py, lora_forms.py), or an AuraFlow one in its makers' module names
+    (families_auraflow.convert_lora), its tensors renamed for diffusers' loader."""
     if info.family == QWEN_IMAGE_21 and qwen21.lora_needs_conversion(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 
@@ -365,6 +367,11 @@ def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
         from safetensors.torch import load_file
 
         return krea2.convert_lora(load_file(str(path)))
+    if info.family == AURAFLOW and auraflow.lora_in_makers_names(read_safetensors_header(path).tensors):
+        from safetensors.torch import load_file
+
+        modules = (name for name, _ in pipe.transformer.named_modules())
+        return lora_forms.under_transformer(auraflow.convert_lora(load_file(str(path)), name=path.stem), modules)
     if info.family in (AURAFLOW, SANA) and lora_forms.needs_transformer_prefix(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 

@@ -171,6 +171,8 @@ _HIDREAM_KOHYA = ("lora_unet_double_stream_blocks_", "lora_unet_single_stream_bl
 # kohya's flattened ones (backends/lora_forms.py renames those).
 _AURAFLOW_MARKS = (".ff.out_projection.", ".ff.linear_1.", ".ff.linear_2.", ".ff_context.out_projection.")
 _AURAFLOW_KOHYA = ("lora_unet_joint_transformer_blocks_",)
+# Its makers' names (`double_layers.N`, `single_layers.N`: LoRAs made on ComfyUI's model), dotted or kohya's.
+_AURAFLOW_MAKERS = ("double_layers.", "single_layers.", "lora_unet_double_layers_", "lora_unet_single_layers_")
 _AURAFLOW_KOHYA_MARKS = ("_ff_out_projection.", "_ff_linear_1.", "_ff_linear_2.")
 # Sana's blocks name their attentions `attn1` / `attn2` (SD3.5's `attn` / `attn2`) and their feed-forward's convolutions
 # `ff.conv_inverted` / `conv_depth` / `conv_point`, no other family's; kohya's flattened names of them too.
@@ -210,6 +212,8 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
         fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "ernie-image"
     elif any(n.startswith(_HIDREAM_BLOCKS) for n in bare) or any(n.startswith(_HIDREAM_KOHYA) for n in names):
         fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "hidream-i1"
+    elif any(n.startswith(_AURAFLOW_MAKERS) for n in bare):
+        fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "auraflow"
     elif any(n.startswith("joint_transformer_blocks.") or any(m in n for m in _AURAFLOW_MARKS) for n in bare):
         fmt, family = "peft", "auraflow"
     elif any(n.startswith(_AURAFLOW_KOHYA) or (n.startswith("lora_unet_single_transformer_blocks_") and any(
@@ -273,11 +277,12 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     )  # fmt: skip
 
 
-# The layers whose input is the transformer's width, in each naming (diffusers, BFL/kohya, XLabs).
+# The layers whose input is the transformer's width, in each naming (diffusers, BFL/kohya, XLabs, AuraFlow's makers').
 _ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
                      ".proj_lora1.", "_linear1.", ".attn.qkv.", ".attention.to_q.", "_attn_to_q.",
                      "_attention_to_q.", ".attention.qkv.", "_attention_qkv.", ".self_attention.to_q.",
-                     "_self_attention_to_q.", ".attn1.to_q.", "_attn1_to_q.")  # fmt: skip
+                     "_self_attention_to_q.", ".attn1.to_q.", "_attn1_to_q.", ".attn.w2q.", "_attn_w2q.",
+                     ".attn.w1q.", "_attn_w1q.")  # fmt: skip
 
 
 # Flux.2 LoRAs share Flux.1's block names in BFL/kohya/ai-toolkit form. diffusers' names give Flux.2 away by
