@@ -29,12 +29,13 @@ class TextEncoderRow(QWidget):
             "library (CLIP and T5 files for Flux, SD3 and Chroma, the T5 file alone for PixArt; a Qwen file for "
             "Qwen-Image, LongCat-Image, "
             "Z-Image, Ovis-Image and Flux.2 Klein; a Qwen3-VL 4B file for Krea 2; ComfyUI's Mistral file for "
-            "Flux.2 dev and its Ministral 3 3B file for ERNIE-Image; a Gemma-2 file for Lumina Image 2.0 and the "
+            "Flux.2 dev and its Ministral 3 3B file for ERNIE-Image; a Gemma-2 file for Lumina Image 2.0 and Sana "
+            "(with Sana's DC-AE in the VAE row), the "
             "Long-CLIP L and G, T5 and Llama 3.1 files for HiDream-I1 and a Pile-T5-XL file for AuraFlow and Pony "
             "V7, whose tokenizers come from the Tokenizer folder setting: pick them with Library, "
             "and the VAE in the VAE row). "
             "Qwen-Image 2.1 takes a folder only: its diffusers folder, or one holding text_encoder/, processor/ "
-            "and vae/; Sana too: a diffusers Sana folder (its Gemma-2, tokenizer and DC-AE)"
+            "and vae/"
         ))  # fmt: skip
         self.browse_button = QToolButton(objectName="text_encoders_button", text="…")
         self.browse_button.setToolTip(self.tr("Choose the folder"))

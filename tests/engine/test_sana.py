@@ -26,7 +26,7 @@ from tests.support.flow_edit_checks import (
     check_inpainting_keeps_the_source,
     check_schedule_tail,
 )
-from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_dit import config_folder, save_gguf
 from tests.support.tiny_qwen_zimage import save_transformer_file
 from tests.support.tiny_sana import build_tiny_sana, original_names
 
@@ -176,9 +176,96 @@ def test_damaged_files_and_missing_components_are_refused_by_name(paths, sana, t
     # In diffusers' names: tests/engine/test_dit_file_names.py, every family's.
     with pytest.raises(ModelError, match=r"needs its text encoder \(Gemma-2 2B\), Gemma's tokenizer and its DC-AE"):
         run(make_backend(paths), request_for(sana["original"], model_config=str(sana["folder"])))
-    with pytest.raises(ModelError, match=r"libraries do not read yet"):
-        run(make_backend(paths), request_for(sana["original"], model_config=str(sana["folder"]),
-                                             text_encoders="gemma_2_2b", vae="dc-ae"))  # fmt: skip
+
+
+def _original_dc_ae(state):
+    """A tiny DC-AE's tensors (ResBlocks only) in MIT HAN Lab's names, which diffusers' converter reads."""
+    ends = {"conv1.": "conv1.conv.", "conv2.": "conv2.conv.", "norm.": "conv2.norm.", "conv.": "conv.conv."}
+    outer = {"encoder.conv_in.": "encoder.project_in.conv.", "encoder.conv_out.": "encoder.project_out.0.conv.",
+             "decoder.conv_in.": "decoder.project_in.conv.", "decoder.norm_out.": "decoder.project_out.0.",
+             "decoder.conv_out.": "decoder.project_out.2.conv."}  # fmt: skip
+    out = {}
+    for key, value in state.items():
+        head = next((h for h in outer if key.startswith(h)), None)
+        if head is not None:
+            out[outer[head] + key.removeprefix(head)] = value
+            continue
+        part, blocks, stage, index, rest = key.split(".", 4)
+        end = next(e for e in ends if rest.startswith(e))
+        out[f"{part}.stages.{stage}.op_list.{index}.main.{ends[end]}{rest.removeprefix(end)}"] = value
+    return out
+
+
+@pytest.fixture
+def library_home(tmp_path, sana):
+    """A home with a Gemma-2 file in ComfyUI's names and Sana's DC-AE in diffusers' names and in its makers' in the
+    libraries, Gemma's tokenizer in a folder of its own."""
+    from diffusers.loaders.single_file_utils import convert_autoencoder_dc_checkpoint_to_diffusers
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_qwen_encoders import comfy_qwen_state
+
+    pipe = sana["pipe"]
+    save_file(comfy_qwen_state(pipe.text_encoder, head=False), str(tmp_path / "gemma_2_2b_it.safetensors"))
+    state = {key: value.contiguous() for key, value in pipe.vae.state_dict().items()}
+    save_file(state, str(tmp_path / "dc-ae-diffusers.safetensors"))
+    original = _original_dc_ae(state)
+    roundtrip = convert_autoencoder_dc_checkpoint_to_diffusers(dict(original))  # the helper is right
+    assert sorted(roundtrip) == sorted(state) and all(torch.equal(roundtrip[k], state[k]) for k in state)
+    save_file(original, str(tmp_path / "dc-ae-f32c32-sana-1.0.safetensors"))
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    library = Library(paths)
+    library.import_path(tmp_path / "gemma_2_2b_it.safetensors", "encoder")
+    library.import_path(tmp_path / "dc-ae-diffusers.safetensors", "vae")
+    library.import_path(tmp_path / "dc-ae-f32c32-sana-1.0.safetensors", "vae")
+    pipe.tokenizer.save_pretrained(str(tmp_path / "gemma-tokenizer"))
+    return paths
+
+
+def test_a_sana_file_runs_with_gemma_and_its_dc_ae_from_the_libraries(library_home, sana, tmp_path):
+    from desktop.engine.library.index import Library
+
+    library = Library(library_home)
+    for name, layout in (("dc-ae-diffusers", "dc-ae"), ("dc-ae-f32c32-sana-1.0", "dc-ae-original")):
+        record = library.get("vae", name)
+        assert (record.format, record.shown_architecture.startswith("Sana DC-AE")) == (layout, True), record
+    config = config_folder(sana["pipe"], tmp_path / "config")
+    shutil.rmtree(config / "tokenizer", ignore_errors=True)
+    request = request_for(sana["original"], model_config=str(config), text_encoders="gemma_2_2b_it",
+                          vae="dc-ae-diffusers", tokenizer_folder=str(tmp_path / "gemma-tokenizer"))  # fmt: skip
+    expected = bare_image(sana["folder"], request)
+    for vae in ("dc-ae-diffusers", "dc-ae-f32c32-sana-1.0"):
+        batch, _ = run(make_backend(library_home), replace(request, vae=vae))
+        assert np.array_equal(pixels(batch.images[0]), expected), vae
+    # A whole Sana folder as --config lends its own tokenizer.
+    batch, _ = run(make_backend(library_home), replace(request, tokenizer_folder="", model_config=str(sana["folder"])))
+    assert np.array_equal(pixels(batch.images[0]), expected)
+    # Gemma's tokenizer cannot ship: without one, it says where to find it.
+    with pytest.raises(ModelError, match=r"whose tokenizer Marble cannot ship: point --tokenizer-folder .*Sana"):
+        run(make_backend(library_home), replace(request, tokenizer_folder=""))
+
+
+def test_an_sd_vae_is_refused_for_sana_and_a_dc_ae_for_the_others(library_home, sana, tmp_path):
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_components import save_ae
+    from tests.support.tiny_dit import _vae
+
+    Library(library_home).import_path(save_ae(_vae(4, None, 0.13025), tmp_path / "sdxl_vae.safetensors"), "vae")
+    config = config_folder(sana["pipe"], tmp_path / "config")
+    request = request_for(sana["original"], model_config=str(config), text_encoders="gemma_2_2b_it", vae="sdxl_vae",
+                          tokenizer_folder=str(tmp_path / "gemma-tokenizer"))  # fmt: skip
+    with pytest.raises(ModelError, match=r"'sdxl_vae' .* is a SD 1\.x / 2\.x / SDXL VAE; .*Sana's deep-compression"):
+        run(make_backend(library_home), request)
+    # Flux.2's VAE has the DC-AE's 32 latent channels: the DC-AE is refused by what it is, not loaded half-fitting.
+    from desktop.engine.backends.encoder_components import Component, load_vae
+    from desktop.engine.resources import Resources
+
+    dc_ae = Library(library_home).get("vae", "dc-ae-diffusers")
+    klein = Resources.default().config_folder("flux2-klein-4b") / "vae"
+    with pytest.raises(ModelError, match=r"is a Sana DC-AE; klein works in 32 channels of its own VAE's.*flux2-vae"):
+        load_vae(klein, Component(dc_ae.name, Library(library_home).path_of(dc_ae)), model_name="klein",
+                 dtype=torch.float32, convert_ldm=None)  # fmt: skip
 
 
 def test_a_folder_that_cannot_serve_it_is_refused_before_the_load(paths, sana, tmp_path):
@@ -332,3 +419,14 @@ def test_the_shipped_configs_are_the_published_models(config, guided):
     # Sana 1600M: 20 blocks 2240 wide ("1.6B" in NVIDIA's model card); Sprint the same with its guidance embedder.
     assert round(sum(p.numel() for p in model.parameters()) / 1e9, 1) == 1.6
     assert (settings["num_layers"], settings.get("guidance_embeds", False)) == (20, guided)
+    # Its DC-AE (dc-ae-f32c32-sana-1.0 as diffusers' conversion script builds it: 32 channels, 32x) and Gemma-2 2B,
+    # for library encoders and VAEs.
+    from diffusers import AutoencoderDC
+    from transformers import AutoConfig, Gemma2Model
+
+    with init_empty_weights():
+        vae = AutoencoderDC.from_config(AutoencoderDC.load_config(str(folder), subfolder="vae"))
+        gemma = Gemma2Model(AutoConfig.from_pretrained(str(folder / "text_encoder")))
+    assert (sum(p.numel() for p in vae.parameters()), vae.config.latent_channels) == (312_250_275, 32)
+    assert vae.spatial_compression_ratio == 32 and vae.config.scaling_factor == 0.41407
+    assert (gemma.config.hidden_size, settings["caption_channels"]) == (2304, 2304)

@@ -36,7 +36,7 @@ from desktop.engine.library.dit import read_gguf_tensors
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.encoder_qwen import LLAMA3, MISTRAL3, QWEN3VL
 from desktop.engine.library.encoder_qwen import gguf_name as qwen_gguf_name
-from desktop.engine.library.vae import inspect_vae
+from desktop.engine.library.vae import DC_AE_LAYOUTS, inspect_vae
 
 _ENCODER_CLASSES = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "T5EncoderModel": "t5",
                     "UMT5EncoderModel": "t5",  # AuraFlow's Pile-T5-XL: T5's names, a position bias in every layer
@@ -274,14 +274,17 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
                                           if key.startswith(_BUNDLED_VAE)})  # fmt: skip
     info = inspect_vae(header, label)
     settings = diffusers.AutoencoderKL.load_config(str(config))
+    if settings.get("_class_name") == "AutoencoderDC":
+        return _load_dc_ae(settings, vae, info, label, model_name=model_name, dtype=dtype)
     flux2 = settings.get("_class_name") == "AutoencoderKLFlux2"
     model = (diffusers.AutoencoderKLFlux2 if flux2 else diffusers.AutoencoderKL).from_config(settings)
     wanted = model.config.latent_channels
-    if info.latent_channels != wanted:
+    if info.latent_channels != wanted or info.layout in DC_AE_LAYOUTS:  # Flux.2's VAE has DC-AE's 32 channels
         which = "Flux.2: flux2-vae.safetensors" if flux2 else "Flux.1: ae.safetensors"
+        kind = "" if info.layout in DC_AE_LAYOUTS else f" with {info.latent_channels} latent channels"
         raise ModelError(
-            f"{label} is a {info.label} with {info.latent_channels} latent channels; {model_name} works in "
-            f"{wanted}. Pick the VAE made for this model ({which})."
+            f"{label} is a {info.label}{kind}; {model_name} works in {wanted} channels of its own VAE's. Pick the VAE "
+            f"made for this model ({which})."
         )
     state = tensors_under(vae.path, info.prefix)
     if info.layout == "ldm":
@@ -290,6 +293,11 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
     if flux2 and "bn.num_batches_tracked" not in state:
         # A counter BatchNorm keeps for training only; files leave it out.
         state["bn.num_batches_tracked"] = model.bn.num_batches_tracked
+    return _loaded(model, state, label, model_name=model_name, dtype=dtype)
+
+
+def _loaded(model: Any, state: dict[str, Any], label: str, *, model_name: str, dtype: Any) -> Any:
+    """`model` with `state` (strict: a tensor missing or left over is refused, naming the first), in `dtype`."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -297,6 +305,24 @@ def load_vae(config: Path, vae: Component, *, model_name: str, dtype: Any, conve
         raise ModelError(f"{label} does not fit {model_name}: {first[1 if len(first) > 1 else 0][:200]}") from None
     # Cast only when needed: diffusers' to(dtype) warns about modules kept in float32 even when none are.
     return (model if model.dtype == dtype else model.to(dtype)).eval()
+
+
+def _load_dc_ae(settings: dict[str, Any], vae: Component, info: Any, label: str, *, model_name: str, dtype: Any) -> Any:
+    """Sana's DC-AE (AutoencoderDC from the shipped config) with the chosen file's weights, in diffusers' names or its
+    makers' (converted by diffusers' single-file converter)."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import convert_autoencoder_dc_checkpoint_to_diffusers
+
+    if info.layout not in DC_AE_LAYOUTS:
+        raise ModelError(
+            f"{label} is a {info.label}; {model_name} draws through Sana's deep-compression autoencoder (DC-AE). Pick "
+            "that VAE (mit-han-lab/dc-ae-f32c32-sana-1.0's weights), or pass a Sana folder as --text-encoders."
+        )
+    model = diffusers.AutoencoderDC.from_config(settings)
+    state = tensors_under(vae.path, info.prefix)
+    if info.layout == "dc-ae-original":
+        state = convert_autoencoder_dc_checkpoint_to_diffusers(state)
+    return _loaded(model, state, label, model_name=model_name, dtype=dtype)
 
 
 def _flux2_ldm_parts(state: dict[str, Any]) -> dict[str, Any]:

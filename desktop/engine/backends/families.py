@@ -432,7 +432,8 @@ def load_pipeline(
         return _load_hidream(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
                              tokenizer_folder)  # fmt: skip
     if info.family == SANA:
-        return _load_sana(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts)
+        return _load_sana(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts,
+                          tokenizer_folder)  # fmt: skip
     if info.family == PIXART:
         return _load_pixart(path, arch, name, dtype, resources, config_folder, text_encoders, library_parts)
     if info.family == AURAFLOW and not path.is_dir():
@@ -503,9 +504,7 @@ def load_pipeline(
 
 def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
     """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
-    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet; Sana's DC-AE)."""
-    if info is not None and info.family == SANA:
-        raise sana.needs_folder_error(name)
+    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet)."""
     if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
         raise ModelError(
             f"{name} ({info.label}): Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE from the "
@@ -626,18 +625,25 @@ def _load_auraflow_file(
 
 def _load_sana(
     path: Path, arch: ArchitectureInfo, name: str, dtype: Any, resources: Resources, config_folder: Path | None,
-    text_encoders: Path | None, library_parts: LibraryParts | None,
+    text_encoders: Path | None, library_parts: LibraryParts | None, tokenizer_folder: Path | None,
 ) -> Any:
-    """A folder as it is, or a transformer file with Gemma-2, its tokenizer and DC-AE from a folder (--text-encoders),
-    in Sana's pipeline or Sana Sprint's; families_sana.py."""
+    """A folder as it is, or a transformer file with Gemma-2, its tokenizer and DC-AE from a folder (--text-encoders)
+    or Gemma-2 and DC-AE from the libraries with the tokenizer from --tokenizer-folder, in Sana's pipeline or Sana
+    Sprint's; families_sana.py."""
     info = arch.dit
     assert info is not None
     cls = sana.pipeline_class(info.variant)
     if path.is_dir():
         return _from_pretrained(cls, path, name, dtype, resources, info.family)
-    if text_encoders is None or library_parts is not None:
-        raise sana.needs_folder_error(name)
     config = config_folder or _config_folder(resources, arch, name)
+    if library_parts is not None:
+        # A whole Sana folder as --config holds the tokenizer itself (folder_tokenizers).
+        own = (config / "tokenizer").is_dir()
+        tokenizers = {} if own else {"tokenizer": sana.library_tokenizer(tokenizer_folder, name=name)}
+        return _with_library_parts(cls, path, info, config, library_parts, name, dtype, resources,
+                                   tokenizers=tokenizers)  # fmt: skip
+    if text_encoders is None:
+        raise sana.needs_folder_error(name)
     sana.check_components(text_encoders, name=name)  # before the slow transformer load
     transformer = load_transformer(path, info, config, name=name, dtype=dtype)
     # The variant's own scheduler (Sprint's SCM, Sana's DPM-Solver) whatever folder lends the encoders.

@@ -87,9 +87,29 @@ def from_original(state: dict[str, Any]) -> dict[str, Any]:
 def needs_folder_error(name: str) -> ModelError:
     return ModelError(
         f"{name} holds the Sana transformer only. It also needs its text encoder (Gemma-2 2B), Gemma's tokenizer and "
-        "its DC-AE autoencoder, which Marble cannot ship and its libraries do not read yet: pass --text-encoders "
-        f"FOLDER, {_WHERE}."
+        f"its DC-AE autoencoder, which Marble cannot ship: pass --text-encoders FOLDER, {_WHERE}; or choose them "
+        "from the libraries (--text-encoders GEMMA --vae DCAE) with --tokenizer-folder for Gemma's tokenizer."
     )
+
+
+def library_tokenizer(folder: Path | None, *, name: str) -> Any:
+    """Gemma's tokenizer for a Sana file whose Gemma-2 comes from the library (the tokenizer cannot ship): the user's
+    tokenizer folder, or its tokenizer/ (a Sana or Gemma folder)."""
+    import transformers
+
+    if folder is None:
+        raise ModelError(
+            f"{name} runs with its Gemma-2 text encoder from the library, whose tokenizer Marble cannot ship: point "
+            f"--tokenizer-folder (in the window: Settings, Tokenizer folder) at {_WHERE}, or its tokenizer/ folder."
+        )
+    place = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(place), local_files_only=True)
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelError(
+            f"{name}: the tokenizer folder {folder} holds no tokenizer that loads ({str(error)[:200]}). Point "
+            f"--tokenizer-folder at {_WHERE}, or its tokenizer/ folder."
+        ) from None
 
 
 def check_components(folder: Path, *, name: str) -> None:

@@ -26,6 +26,14 @@ _WAN_PROBES = {
     "wan": ("encoder.conv1.weight", "decoder.head.2.weight", "conv2.weight"),
     "wan-diffusers": ("encoder.conv_in.weight", "decoder.norm_out.gamma", "post_quant_conv.weight"),
 }
+# Sana's deep-compression autoencoder (DC-AE, 32x, 32 latent channels): in diffusers' names (AutoencoderDC:
+# `encoder.down_blocks.N.M`, a block list per stage) or its makers' (MIT HAN Lab's `encoder.project_in.conv`,
+# `encoder.stages.N.op_list`). The decoder's first convolution reads the latents in both.
+DC_AE_LAYOUTS = ("dc-ae", "dc-ae-original")
+_DC_AE_PROBES = {
+    "dc-ae": ("encoder.conv_in.weight", "encoder.down_blocks.0.0.", "decoder.conv_in.weight"),
+    "dc-ae-original": ("encoder.project_in.conv.weight", "encoder.stages.0.", "decoder.project_in.conv.weight"),
+}
 # Latent widths Marble's pipelines (SD 1.x, SD 2.x, SDXL) decode.
 SUPPORTED_LATENT_CHANNELS = 4
 
@@ -35,6 +43,7 @@ class VaeInfo:
     """What a VAE file's header says: its layout, its tensor-name prefix and its latent width."""
 
     layout: str  # "ldm" (original encoder.down.0... names) | "diffusers" (encoder.down_blocks.0...) | WAN_LAYOUTS
+    # | DC_AE_LAYOUTS
     prefix: str  # "first_stage_model." | "vae." | ""
     latent_channels: int | None
     # Flux.2's VAE: the same blocks plus a batch norm (`bn`) over its patchified latents.
@@ -44,6 +53,8 @@ class VaeInfo:
     def label(self) -> str:
         if self.layout in WAN_LAYOUTS:
             return "Qwen-Image VAE (Wan 2.1 design)"
+        if self.layout in DC_AE_LAYOUTS:
+            return "Sana DC-AE"
         if self.flux2:
             return "Flux.2 VAE"
         return _LATENT_LABELS.get(self.latent_channels or 0, "VAE")
@@ -51,7 +62,7 @@ class VaeInfo:
     @property
     def family(self) -> str | None:
         # One architecture for SD 1.x, 2.x and SDXL: "sd" names that whole group.
-        if self.layout in WAN_LAYOUTS or self.flux2:
+        if self.layout in WAN_LAYOUTS or self.layout in DC_AE_LAYOUTS or self.flux2:
             return None
         return "sd" if self.latent_channels == SUPPORTED_LATENT_CHANNELS else None
 
@@ -73,9 +84,15 @@ def inspect_vae(header: SafetensorsHeader, name: str = "this file") -> VaeInfo:
             if prefix + encoder in names and prefix + decoder in names and prefix + latent in names:
                 shape = names[prefix + latent].shape  # the post-quant 1x1x1 conv reads the latent
                 return VaeInfo(layout, prefix, shape[1] if len(shape) == 5 else None)
+    for layout, (encoder, stage, decoder) in _DC_AE_PROBES.items():
+        for prefix in _LDM_PREFIXES:
+            if prefix + encoder in names and prefix + decoder in names and any(
+                    n.startswith(prefix + stage) for n in names):  # fmt: skip
+                shape = names[prefix + decoder].shape
+                return VaeInfo(layout, prefix, shape[1] if len(shape) == 4 else None)
     raise ModelError(
         f"{name} is not a VAE: it has neither the original (encoder.down.0...) nor the diffusers "
-        "(encoder.down_blocks.0...) VAE layer names, with a decoder, nor the Qwen-Image VAE's."
+        "(encoder.down_blocks.0...) VAE layer names, with a decoder, nor the Qwen-Image VAE's or Sana's DC-AE's."
     )
 
 
