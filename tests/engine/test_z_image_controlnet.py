@@ -6,8 +6,6 @@ modules -- pixel-identical to bare diffusers configured by hand from the publish
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -17,7 +15,6 @@ from safetensors.torch import save_file
 
 from desktop.engine.backends import control_dit
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.jobs import CancelToken
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import inspect_control
 from desktop.engine.library.index import guess_kind
@@ -25,6 +22,7 @@ from desktop.engine.library.native_size import takes_controls
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.control_range_checks import check_step_range
 from tests.support.edit_inputs import source_and_mask
 from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import _jitter
@@ -129,25 +127,7 @@ def test_a_z_image_controlnet_unit_is_bare_diffusers_for_each_version(zimage, ve
 def test_the_step_range_sets_the_scale_at_each_step(zimage):
     # Z-Image's pipeline takes no range: Marble's hook gives the ControlNet the unit's weight inside it, 0 outside.
     unit = ControlUnit("zi-union", str(zimage["picture"]), weight=0.8, start=0.0, end=0.5)
-    backend = make_backend(zimage["home"])
-    request = request_for(zimage["folder"], controls=(unit,), **(VALUES | {"steps": 4}))
-    backend.load(request)
-    seen: list[float] = []
-    original = ZImageControlNetModel.forward
-
-    def watched(self, *args, **kwargs):
-        seen.append(kwargs["conditioning_scale"])
-        return original(self, *args, **kwargs)
-
-    ZImageControlNetModel.forward = watched
-    try:
-        ranged = backend.generate(request, 0, lambda _: None, CancelToken())
-    finally:
-        ZImageControlNetModel.forward = original
-    assert seen == [0.8, 0.8, 0.0, 0.0]
-    whole, _ = run(backend, request_for(zimage["folder"], controls=(replace(unit, end=1.0),),
-                                        **(VALUES | {"steps": 4})))  # fmt: skip
-    assert not np.array_equal(pixels(whole.images[0]), pixels(ranged.images[0]))
+    check_step_range(zimage["home"], zimage["folder"], unit, ZImageControlNetModel, **VALUES)
 
 
 def test_two_units_and_the_offload_modes_it_cannot_follow_are_refused(zimage):

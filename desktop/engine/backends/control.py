@@ -60,6 +60,7 @@ from desktop.engine.library.control import (
     IMAGE_ENCODER,
     IP_ADAPTER,
     QWEN_IMAGE,
+    SANA,
     SD3,
     T2I_ADAPTER,
     Z_IMAGE,
@@ -240,6 +241,8 @@ class ControlModels:
             run.hires = hires
         if family == Z_IMAGE:  # lent the transformer's modules for this call only (close() takes them back)
             run.handles.extend(control_dit.z_image_hooks(models[0], base.transformer, units[0], request.steps))
+        elif family == SANA:  # its pipeline takes no step range either
+            run.handles.append(control_dit.scale_hook(models[0], units[0], request.steps))
         return run
 
     def prepare_built_in(
@@ -294,6 +297,7 @@ _DIT_CONTROLNETS = {
     QWEN_IMAGE: "Qwen-Image ControlNets (InstantX's)",
     Z_IMAGE: "Z-Image ControlNets (alibaba-pai's Fun ControlNet Union)",
     SD3: "SD3 ControlNets (InstantX's for SD3 Medium, Stability's for SD3.5 Large)",
+    SANA: "Sana ControlNets (NVIDIA's, in diffusers' names)",
 }  # fmt: skip
 
 

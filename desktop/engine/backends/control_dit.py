@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from desktop.engine.errors import InvalidRequest, ModelError
-from desktop.engine.library.control import FLUX, QWEN_IMAGE, SD3, Z_IMAGE, family_label
+from desktop.engine.library.control import FLUX, QWEN_IMAGE, SANA, SD3, Z_IMAGE, family_label
 from desktop.engine.request import ControlUnit
 
 # InstantX's Flux union modes, keyed by the Marble preprocessor that makes each kind of control image (its
@@ -72,6 +72,8 @@ CLASSES = {
     SD3: _Classes("SD3ControlNetModel", "SD3MultiControlNetModel", {
         "txt2img": "StableDiffusion3ControlNetPipeline", "inpaint": "StableDiffusion3ControlNetInpaintingPipeline",
     }),
+    # Sana's pipeline takes one ControlNet, text to image, and no step range (scale_hook applies it).
+    SANA: _Classes("SanaControlNetModel", "", {"txt2img": "SanaControlNetPipeline"}),
 }  # fmt: skip
 # Stability's own names in its SD3.5 ControlNet files -> diffusers' (the rest are the same in both).
 _SAI_NAMES = {".attn.proj.": ".attn.to_out.0.", ".mlp.fc1.": ".ff.net.0.proj.", ".mlp.fc2.": ".ff.net.2.",
@@ -168,6 +170,8 @@ def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
     elif family == SD3:
         state = _sd3_diffusers_names(state)
         shape = _sd3_shape(state, config)
+    elif family == SANA:
+        shape = _sana_shape(state, config)
     elif family == Z_IMAGE:
         shape = _z_image_shape(state, config)
         if shape.pop("drop_refiner"):
@@ -271,6 +275,20 @@ def _sd3_shape(state: dict[str, Any], config: Any) -> dict[str, Any]:
         pos_embed_type="sincos" if own_positions else None, use_pos_embed=own_positions,
         force_zeros_for_pooled_projection=own_positions,
     )  # fmt: skip
+
+
+def _sana_shape(state: dict[str, Any], config: Any) -> dict[str, Any]:
+    """A Sana ControlNet's constructor arguments: its block count from its tensors, the rest from the loaded
+    transformer's config (a ControlNet copies its base's first blocks); one of another width is refused."""
+    width = config.num_attention_heads * config.attention_head_dim
+    made = state["input_block.weight"].shape[0]
+    if made != width:
+        raise ModelError(f"its blocks are {made} wide and the model's {width}: it was made for another Sana size")
+    blocks = len({key.split(".")[1] for key in state if key.startswith("transformer_blocks.")})
+    kept = ("in_channels", "out_channels", "num_attention_heads", "attention_head_dim", "num_cross_attention_heads",
+            "cross_attention_head_dim", "cross_attention_dim", "caption_channels", "mlp_ratio", "sample_size",
+            "patch_size", "norm_elementwise_affine", "norm_eps", "interpolation_scale")  # fmt: skip
+    return {key: config[key] for key in kept} | {"num_layers": blocks}
 
 
 def _z_image_shape(state: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -405,7 +423,7 @@ def arguments(
     family: str, units: Sequence[ControlUnit], images: Sequence[Any], modes: Sequence[int | None] | None
 ) -> dict[str, Any]:
     """The pipeline call's control arguments: one value for one unit, lists for several (diffusers' forms).
-    Z-Image's pipeline takes no step range (`step_window` applies it).
+    Z-Image's and Sana's pipelines take no step range (`scale_hook` applies it).
 
     `images`: (1, 3, H, W) in [0, 1], as the preprocessors make them. The pipelines take a tensor as it is and
     hand it to the VAE (or a hint block), which read [-1, 1]: they normalise only pictures they convert."""
@@ -415,7 +433,7 @@ def arguments(
         "control_image": images[0] if one else list(images),
         "controlnet_conditioning_scale": float(units[0].weight) if one else [float(u.weight) for u in units],
     }
-    if family != Z_IMAGE:
+    if family not in (Z_IMAGE, SANA):
         values |= {
             "control_guidance_start": float(units[0].start) if one else [float(u.start) for u in units],
             "control_guidance_end": float(units[0].end) if one else [float(u.end) for u in units],
@@ -444,20 +462,29 @@ class _Loan:
 
 
 def z_image_hooks(model: Any, transformer: Any, unit: ControlUnit, steps: int) -> list[Any]:
-    """Readies a Z-Image ControlNet for one call of `steps` steps: the transformer's modules lent, and a hook that
-    gives the ControlNet the unit's scale for each step (its pipeline calls it once a step) and, where the
-    transformer is offloaded between its calls (model offload), brings it to the GPU first, since the ControlNet
-    runs its embedders and refiners. Returns what to `remove()` after the call."""
+    """Readies a Z-Image ControlNet for one call of `steps` steps: the transformer's modules lent, a hook that, where
+    the transformer is offloaded between its calls (model offload), brings it to the GPU first, since the ControlNet
+    runs its embedders and refiners, and the unit's scale for each step (`scale_hook`). Returns what to `remove()`
+    after the call."""
     loan = _Loan(model, transformer)
+
+    def onload(module: Any, args: tuple[Any, ...]) -> None:
+        pre_forward = getattr(getattr(transformer, "_hf_hook", None), "pre_forward", None)
+        if pre_forward is not None:  # accelerate's model offload: the whole transformer to the GPU, the rest away
+            pre_forward(transformer)
+
+    return [loan, model.register_forward_pre_hook(onload), scale_hook(model, unit, steps)]
+
+
+def scale_hook(model: Any, unit: ControlUnit, steps: int) -> Any:
+    """A hook that gives a ControlNet whose pipeline takes no step range (Z-Image's, Sana's; they call it once a step)
+    the unit's scale for each of `steps` steps: its weight inside the range, 0 outside. Returns its handle."""
     scales = step_scales(unit, steps)
     calls = [0]
 
     def before(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        onload = getattr(getattr(transformer, "_hf_hook", None), "pre_forward", None)
-        if onload is not None:  # accelerate's model offload: the whole transformer to the GPU, the rest away
-            onload(transformer)
         kwargs["conditioning_scale"] = scales[min(calls[0], len(scales) - 1)]
         calls[0] += 1
         return args, kwargs
 
-    return [loan, model.register_forward_pre_hook(before, with_kwargs=True)]
+    return model.register_forward_pre_hook(before, with_kwargs=True)

@@ -151,6 +151,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 from desktop.engine.library.control import BUILT_IN, controlnet_family, is_built_in  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21  # noqa: E402
+from desktop.engine.library.dit_sana import SPRINT as SANA_SPRINT  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
 from desktop.engine.library.index import Library  # noqa: E402
@@ -1956,9 +1957,9 @@ def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
 
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
-    """Control units only where they run: ControlNets of the model's family, for a Flux.1 job of any mode or a
-    Qwen-Image, Z-Image or SD3 / SD3.5 text-to-image or inpainting job (control_dit.py); a Canny / Depth dev
-    model's own input (_refuse_built_in)."""
+    """Control units only where they run: ControlNets of the model's family, for a Flux.1 job of any mode, a
+    Qwen-Image, Z-Image or SD3 / SD3.5 text-to-image or inpainting job or a Sana text-to-image job (control_dit.py);
+    a Canny / Depth dev model's own input (_refuse_built_in)."""
     _refuse_built_in(dit, request)
     if dit is None or not request.controls or dit.control_input:
         return
@@ -1971,10 +1972,11 @@ def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
         )
     if len(images) == len(request.controls):
         return  # Redux units only: any Flux.1 model (Fill too), in every mode (flux_redux.py)
-    if family not in control_dit.CLASSES or dit.fill or qwen_edit.is_edit(dit):
+    sprint = family == "sana" and dit.variant == SANA_SPRINT  # Sana Sprint's pipeline has no ControlNet sibling
+    if family not in control_dit.CLASSES or dit.fill or qwen_edit.is_edit(dit) or sprint:
         raise InvalidRequest(
-            f"Control units work with Stable Diffusion 1.x, 2.x, SDXL, SD3 / SD3.5, Flux.1, Qwen-Image and Z-Image "
-            f"models in Marble; "
+            f"Control units work with Stable Diffusion 1.x, 2.x, SDXL, SD3 / SD3.5, Flux.1, Qwen-Image, Z-Image and "
+            f"Sana models in Marble; "
             f"{dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
         )  # fmt: skip
     if not control_dit.runs(family, request.mode):

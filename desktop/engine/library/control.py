@@ -66,10 +66,10 @@ _KIND_LABELS = {
     CONTROLNET: "ControlNet", CONTROL_LORA: "Control-LoRA", T2I_ADAPTER: "T2I-Adapter", IP_ADAPTER: "IP-Adapter",
     IMAGE_ENCODER: "image encoder",
 }  # fmt: skip
-FLUX, QWEN_IMAGE, Z_IMAGE, SD3 = "flux", "qwen-image", "z-image", "sd3"
+FLUX, QWEN_IMAGE, Z_IMAGE, SD3, SANA = "flux", "qwen-image", "z-image", "sd3", "sana"
 # The DiTs whose ControlNets Marble runs (backends/control_dit.py). "sd3": SD3 and SD3.5 alike (which model a
 # ControlNet fits is its width: checked when it is shaped).
-DIT_CONTROLNET_FAMILIES = (FLUX, QWEN_IMAGE, Z_IMAGE, SD3)
+DIT_CONTROLNET_FAMILIES = (FLUX, QWEN_IMAGE, Z_IMAGE, SD3, SANA)
 # A control unit's model naming the loaded model's own control input, not a library file: BFL's Flux.1 Canny /
 # Depth dev read the unit's (preprocessed) picture beside the noise (backends/control.py's prepare_built_in).
 BUILT_IN = "built-in"
@@ -82,13 +82,14 @@ def is_built_in(model: str) -> bool:
 
 _FAMILY_LABELS = {
     "sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", FLUX: "Flux.1", QWEN_IMAGE: "Qwen-Image", Z_IMAGE: "Z-Image",
-    SD3: "SD3",
+    SD3: "SD3", SANA: "Sana",
 }  # fmt: skip
 
 
 # The window's model families (library/native_size.py) whose control models are of one family here.
+# Sana Sprint takes none (its pipeline has no ControlNet sibling).
 _CONTROL_FAMILY_OF_MODEL = {"flux-dev": FLUX, "flux-schnell": FLUX, "sd3": SD3, QWEN_IMAGE: QWEN_IMAGE,
-                            Z_IMAGE: Z_IMAGE}  # fmt: skip
+                            Z_IMAGE: Z_IMAGE, SANA: SANA, "sana-sprint": None}  # fmt: skip
 
 
 def fits_model(control_family: str | None, model_family: str | None) -> bool:
@@ -210,14 +211,18 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
 
 
 def dit_controlnet_family(header: SafetensorsHeader) -> str | None:
-    """"flux", "qwen-image", "z-image" or "sd3" for a DiT ControlNet in diffusers' layout (whose transformer blocks
-    would also pass for a LoRA's names), else None.
+    """"flux", "qwen-image", "z-image", "sd3" or "sana" for a DiT ControlNet in diffusers' layout (whose transformer
+    blocks would also pass for a LoRA's names), else None.
 
     Z-Image's (alibaba-pai's Fun ControlNet Union, 1.0 to 2.1) are published in diffusers' names: control
     blocks (`control_layers.N`, each with its `after_proj`) over the control picture's own patch embedder."""
     names = header.tensors
     if header.has_prefix("control_all_x_embedder.") and "control_layers.0.after_proj.weight" in names:
         return Z_IMAGE
+    if "input_block.weight" in names and header.has_prefix("controlnet_blocks.") and "caption_norm.weight" in names:
+        # Sana's (NVIDIA's, in diffusers' names: a copy of its first blocks over the control picture's latents,
+        # added to the noise's through `input_block`).
+        return SANA
     if "pos_embed_input.proj.weight" in names and header.has_prefix("controlnet_blocks.") and header.has_prefix(
         "transformer_blocks."
     ):

@@ -155,8 +155,8 @@ def is_dit_family(family: str | None) -> bool:
 
 def takes_controls(family: str | None) -> bool:
     """Whether Marble runs control units with the family: the UNet families, and the DiTs with ControlNets
-    (Flux.1, Qwen-Image, Z-Image, SD3 / SD3.5: backends/control_dit.py). True for an unknown model."""
-    return not is_dit_family(family) or family in ("flux-dev", "flux-schnell", "qwen-image", "z-image", "sd3")
+    (Flux.1, Qwen-Image, Z-Image, SD3 / SD3.5, Sana: backends/control_dit.py). True for an unknown model."""
+    return not is_dit_family(family) or family in ("flux-dev", "flux-schnell", "qwen-image", "z-image", "sd3", "sana")
 
 
 # Generation defaults a family needs where the UNet ones (30 steps, CFG 7.5) ruin its images: Flux
