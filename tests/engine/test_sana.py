@@ -346,6 +346,28 @@ def test_a_sprint_file_runs_sprints_scheduler_whatever_folder_lends_the_encoders
     assert np.array_equal(pixels(batch.images[0]), bare_sprint(sprint["folder"], request))
 
 
+def test_a_sprint_file_in_its_makers_names_is_converted(paths, sprint, tmp_path):
+    # NVlabs' Sprint checkpoint: `cfg_embedder` for the guidance, `t_embedder` alone for the time, and the
+    # log-variance head of its training, which the model does not use.
+    from diffusers import SanaSprintPipeline
+
+    pipe = SanaSprintPipeline.from_pretrained(str(sprint["folder"]), local_files_only=True)
+    state = dict(pipe.transformer.state_dict())
+    makers = original_names(state) | {"logvar_linear.weight": torch.ones(1, 4), "logvar_linear.bias": torch.ones(1)}
+    assert "cfg_embedder.mlp.0.weight" in makers and "t_embedder.mlp.2.bias" in makers
+    path = save_transformer_file(makers, tmp_path / "Sana_Sprint_1.6B_1024px.safetensors", prefix=PREFIX)
+    arch = detect_model(path)
+    assert (arch.dit.variant, arch.dit.layout, arch.label) == ("sprint", "original", "Sana Sprint")
+    request = request_for(path, steps=2, cfg_scale=4.5, text_encoders=str(sprint["folder"]),
+                          model_config=str(sprint["folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_sprint(sprint["folder"], request))
+    # A tensor of its training that is not the log-variance head is still refused by name.
+    odd = save_transformer_file(makers | {"cfg_embedder.mlp.4.weight": torch.ones(2)}, tmp_path / "odd.safetensors")
+    with pytest.raises(ModelError, match=r"odd\.safetensors.*cfg_embedder\.mlp\.4"):
+        run(make_backend(paths), replace(request, model=str(odd)))
+
+
 def test_sprint_runs_image_to_image_and_refuses_inpainting(paths, sprint, tmp_path):
     from PIL import Image
 

@@ -79,6 +79,10 @@ _REST = {"patch_embed.proj.weight": "x_embedder.proj.weight", "patch_embed.proj.
          "caption_norm.weight": "attention_y_norm.weight",
          "proj_out.weight": "final_layer.linear.weight", "proj_out.bias": "final_layer.linear.bias",
          "scale_shift_table": "final_layer.scale_shift_table"}  # fmt: skip
+# Sana Sprint's time and guidance embedders (diffusers' conversion script's names).
+_SPRINT = {f"time_embed.{ours}.linear_{n}.{kind}": f"{theirs}.mlp.{2 * n - 2}.{kind}"
+           for ours, theirs in (("timestep_embedder", "t_embedder"), ("guidance_embedder", "cfg_embedder"))
+           for n in (1, 2) for kind in ("weight", "bias")}  # fmt: skip
 
 
 def original_names(state: dict[str, torch.Tensor], extras: bool = True) -> dict[str, torch.Tensor]:
@@ -87,8 +91,8 @@ def original_names(state: dict[str, torch.Tensor], extras: bool = True) -> dict[
     out = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():
-        if key in _REST:
-            out[_REST[key]] = tensor
+        if key in _REST or key in _SPRINT:
+            out[_REST.get(key) or _SPRINT[key]] = tensor
             continue
         _, index, rest = key.split(".", 2)
         if rest in ("attn1.to_q.weight", "attn1.to_k.weight", "attn1.to_v.weight"):

@@ -36,6 +36,11 @@ _WHERE = ("a diffusers Sana folder (such as Efficient-Large-Model/Sana_1600M_102
           "tokenizer/ and vae/)")  # fmt: skip
 # Sana 1.5's query and key norms in its makers' names -> diffusers' (self-attention attn1, cross-attention attn2).
 _NORM = re.compile(r"^blocks\.(\d+)\.(attn|cross_attn)\.(q|k)_norm\.weight$")
+# Sana Sprint's guidance embedder in its makers' names (an MLP: layers 0 and 2) -> diffusers', and the tensors of its
+# training the model does not use.
+_SPRINT_GUIDANCE = re.compile(r"^cfg_embedder\.mlp\.(0|2)\.(weight|bias)$")
+_SPRINT_LAYERS = {"0": "linear_1", "2": "linear_2"}
+_SPRINT_UNUSED = ("logvar_linear.weight", "logvar_linear.bias")
 
 
 def pipeline_class(variant: str = "") -> Any:
@@ -66,9 +71,17 @@ def settings(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def from_original(state: dict[str, Any]) -> dict[str, Any]:
     """A Sana transformer's tensors in its makers' names (prefix removed) -> diffusers' names: diffusers' converter, and
-    Sana 1.5's query and key norms beside it. A tensor neither knows is reported (KeyError), not dropped."""
+    Sana 1.5's query and key norms beside it; Sana Sprint's guidance embedder (`cfg_embedder`), whose time embedder then
+    stands alone (diffusers' `time_embed.timestep_embedder`, not 1.0's `time_embed.emb.`), as diffusers' conversion
+    script names them. A tensor none of them knows is reported (KeyError), not dropped."""
     from diffusers.loaders.single_file_utils import convert_sana_transformer_to_diffusers
 
+    sprint = {}
+    for key in [key for key in state if _SPRINT_GUIDANCE.match(key)]:
+        layer, kind = _SPRINT_GUIDANCE.match(key).groups()  # type: ignore[union-attr]
+        sprint[f"time_embed.guidance_embedder.{_SPRINT_LAYERS[layer]}.{kind}"] = state.pop(key)
+    for unused in _SPRINT_UNUSED:  # the log-variance head of its distillation's loss
+        state.pop(unused, None)
     norms = {}
     for key in [key for key in state if _NORM.match(key)]:
         block, attention, which = _NORM.match(key).groups()  # type: ignore[union-attr]
@@ -81,7 +94,10 @@ def from_original(state: dict[str, Any]) -> dict[str, Any]:
     converted = convert_sana_transformer_to_diffusers(state)
     if state:
         raise KeyError(f"unexpected tensor {next(iter(state))!r}")
-    return converted | norms
+    if sprint:
+        converted = {key.replace("time_embed.emb.timestep_embedder.", "time_embed.timestep_embedder."): value
+                     for key, value in converted.items()}  # fmt: skip
+    return converted | norms | sprint
 
 
 def needs_folder_error(name: str) -> ModelError:

@@ -10,7 +10,8 @@ circulation, bare or under ComfyUI's `model.diffusion_model.`:
 - diffusers' (SanaTransformer2DModel): `transformer_blocks.N.attn1` / `attn2` / `ff.conv_inverted`, `patch_embed`,
   `time_embed`, `caption_projection`, `caption_norm`, `proj_out`.
 Sana Sprint (its one- to four-step distillation, which embeds a guidance value and runs its own SCM scheduler) has
-the same names and a guidance embedder (`time_embed.guidance_embedder`, diffusers' names): the variant "sprint".
+the same names and a guidance embedder (`time_embed.guidance_embedder` in diffusers' names, `cfg_embedder` in its
+makers'): the variant "sprint".
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ CONFIGS = {(SANA, ""): "sana", (SANA, SPRINT): "sana-sprint"}
 PIPELINES = {"SanaPipeline": SANA, "SanaSprintPipeline": SANA}
 _SPRINT_PIPELINE = "SanaSprintPipeline"
 _GUIDANCE = "time_embed.guidance_embedder.linear_1.weight"
+_MAKERS_GUIDANCE = "cfg_embedder.mlp.0.weight"  # the same in NVlabs' names
 _MARKER = re.compile(r"^(blocks\.\d+\.mlp\.inverted_conv|transformer_blocks\.\d+\.ff\.conv_inverted)\.")
 # (blocks, the tensors besides them a complete file holds) of each naming.
 _LAYOUTS = {
@@ -58,7 +60,7 @@ def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[in
         if tensor not in model:
             raise ModelError(f"{name} looks like Sana but {tensor} is missing: the file is damaged or incomplete.")
     present = {int(match.group(2)) for key in model if (match := _BLOCK.match(key)) and match.group(1) == kind}
-    variant = SPRINT if _GUIDANCE in model else ""
+    variant = SPRINT if _GUIDANCE in model or _MAKERS_GUIDANCE in model else ""
     return SANA, variant, layout, (contiguous(present, kind, name, LABELS[SANA]), 0)
 
 
