@@ -372,12 +372,40 @@ def _pixart_lora(naming):
     if naming == "trainer":  # diffusers' PixArt trainer: PEFT's names under the UNet's prefix
         return tensors, {key.replace("transformer.", "unet.", 1): value for key, value in tensors.items()}
     native = {key.replace("transformer.", "diffusion_model.", 1): value for key, value in tensors.items()}
+    if naming.startswith("onetrainer"):
+        return tensors, _onetrainer_form(native, naming)
     written = {"diffusers": tensors, "ai-toolkit": native, "musubi": trainer_form(native, kohya=False),
                "kohya": trainer_form(native, kohya=True)}[naming]  # fmt: skip
     return tensors, written
 
 
-@pytest.mark.parametrize("naming", ["diffusers", "trainer", "ai-toolkit", "musubi", "kohya"])
+# The tiny LoRA's layers in PixArt's makers' names, as OneTrainer's OMI files split the fused ones.
+_OMI = {"attn1.to_q": "attn.qkv.0", "attn1.to_v": "attn.qkv.2", "attn2.to_k": "cross_attn.kv_linear.0",
+        "attn2.to_out.0": "cross_attn.proj", "ff.net.0.proj": "mlp.fc1", "ff.net.2": "mlp.fc2"}  # fmt: skip
+
+
+def _onetrainer_form(native, naming):
+    """OneTrainer's three forms of a LoRA (lora_down / lora_up with alphas): diffusers' modules under
+    `lora_transformer.`, the same flattened (its legacy files), or the makers' modules under `transformer.` (OMI)."""
+    from tests.support.tiny_dit_loras import trainer_form
+
+    if naming == "onetrainer-legacy":
+        flat = trainer_form(native, kohya=True)
+        return {"lora_transformer_" + key.removeprefix("lora_unet_"): value for key, value in flat.items()}
+    dotted = trainer_form(native, kohya=False)
+    if naming == "onetrainer":
+        return {"lora_transformer." + key.removeprefix("diffusion_model."): value for key, value in dotted.items()}
+    out = {}
+    for key, value in dotted.items():
+        module, _, part = key.removeprefix("diffusion_model.").partition(".lora_")
+        module, part = (module, "lora_" + part) if part else key.removeprefix("diffusion_model.").rsplit(".", 1)
+        _, index, layer = module.split(".", 2)
+        out[f"transformer.blocks.{index}.{_OMI[layer]}.{part}"] = value
+    return out
+
+
+@pytest.mark.parametrize("naming", ["diffusers", "trainer", "ai-toolkit", "musubi", "kohya", "onetrainer",
+                                    "onetrainer-legacy", "onetrainer-omi"])  # fmt: skip
 def test_a_pixart_lora_changes_the_picture_as_its_merged_weights_do(paths, pixart, naming):
     # diffusers has no LoRA loader for PixArt: Marble loads it through PEFT onto the transformer. The reference is
     # independent of both: the LoRA's products added into a bare copy of the weights (within float rounding).
@@ -389,8 +417,10 @@ def test_a_pixart_lora_changes_the_picture_as_its_merged_weights_do(paths, pixar
     reference, written = _pixart_lora(naming)
     save_file(written, str(paths.loras / "style.safetensors"))
     info = inspect_lora(read_safetensors_header(paths.loras / "style.safetensors"), "style")
-    if naming in ("diffusers", "trainer", "ai-toolkit", "musubi"):
+    if naming != "kohya":
         assert (info.family, info.label) == ("pixart", "PixArt")
+    if naming.startswith("onetrainer"):
+        assert info.transformer_width == 96 and info.format == ("kohya" if naming.endswith("legacy") else "diffusers")
     request = request_for(pixart["folder"], prompt="a red circle <lora:style:0.8>", steps=3, cfg_scale=4.5)
     batch, _ = run(make_backend(paths), request)
     assert [lora.name for lora in batch.loras] == ["style"]
@@ -409,6 +439,20 @@ def test_a_pixart_lora_changes_the_picture_as_its_merged_weights_do(paths, pixar
     # Without the tag the same backend gives the plain picture again.
     again, _ = run(make_backend(paths), replace(request, prompt="a red circle"))
     assert np.array_equal(pixels(again.images[0]), plain)
+
+
+def test_a_onetrainer_lora_with_t5_layers_is_refused_by_name(paths, pixart):
+    # OneTrainer may train T5 too: Marble applies PixArt LoRAs to the transformer, and says so rather than drop them.
+    from safetensors.torch import save_file
+
+    _, written = _pixart_lora("onetrainer-legacy")
+    written |= {"lora_te_encoder_block_0_layer_0_SelfAttention_q.lora_down.weight": torch.zeros(4, 32),
+                "lora_te_encoder_block_0_layer_0_SelfAttention_q.lora_up.weight": torch.zeros(32, 4)}  # fmt: skip
+    save_file(written, str(paths.loras / "both.safetensors"))
+    request = request_for(pixart["folder"], prompt="a red circle <lora:both:1>", steps=2, cfg_scale=4.5)
+    with pytest.raises(ModelError, match=r"'both'.*its layer 'lora_te_encoder_block_0_layer_0_SelfAttention_q' is not "
+                                         r"the transformer's"):  # fmt: skip
+        run(make_backend(paths), request)
 
 
 def test_an_attention_lora_reads_as_sanas_and_runs_but_a_sana_feed_forward_is_refused(paths, pixart):

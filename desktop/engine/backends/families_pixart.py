@@ -44,6 +44,13 @@ _EMBEDDERS = {"t_embedder": "timestep_embedder", "csize_embedder": "resolution_e
               "ar_embedder": "aspect_ratio_embedder"}  # fmt: skip
 _BLOCK = {"attn.proj": "attn1.to_out.0", "cross_attn.q_linear": "attn2.to_q", "cross_attn.proj": "attn2.to_out.0",
           "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}  # fmt: skip
+# The fused layers' parts as OneTrainer's OMI LoRAs name them (q, k, v of the self-attention; k, v of the cross one).
+_SPLIT = {"attn.qkv.0": "attn1.to_q", "attn.qkv.1": "attn1.to_k", "attn.qkv.2": "attn1.to_v",
+          "cross_attn.kv_linear.0": "attn2.to_k", "cross_attn.kv_linear.1": "attn2.to_v"}  # fmt: skip
+# OneTrainer's OMI names: the makers' modules under `transformer.`; its other parts (T5's, bundled embeddings).
+_OMI_HEADS = tuple(f"transformer.{head}." for head in ("blocks", "x_embedder", "y_embedder", "t_block", "final_layer",
+                                                        "t_embedder", "csize_embedder", "ar_embedder"))  # fmt: skip
+_ONETRAINER_OTHERS = ("t5.", "lora_te", "bundle_emb")
 # Tables its checkpoints carry that the model does not use: the learned blank caption (the pipelines encode an empty
 # negative prompt instead) and the fixed-size models' position table (diffusers computes the positions).
 _UNUSED = ("y_embedder.y_embedding", "pos_embed")
@@ -114,11 +121,12 @@ _LORA_PREFIXES = ("unet.", "transformer.", "diffusion_model.", "base_model.model
 
 def lora_tensors(transformer: Any, state: dict[str, Any]) -> dict[str, Any]:
     """A PixArt LoRA's tensors (PEFT's or diffusers' names under any of its prefixes, lora_A / lora_B or lora_down /
-    lora_up with alphas folded, kohya's flattened names) as the transformer's own module names. A layer of Sana's
-    (whose attention names PixArt's share) is refused: ValueError, which the LoRA loader reports with its name."""
+    lora_up with alphas folded, kohya's flattened names, OneTrainer's forms) as the transformer's own module names. A
+    layer of Sana's (whose attention names PixArt's share) is refused: ValueError, which the LoRA loader reports with
+    its name."""
     modules = [name for name, _ in transformer.named_modules()]
     out = {}
-    for key, tensor in lora_forms.renamed_for(state, modules).items():
+    for key, tensor in lora_forms.renamed_for(onetrainer_names(state), modules).items():
         while key.startswith(_LORA_PREFIXES):
             key = key.removeprefix(next(prefix for prefix in _LORA_PREFIXES if key.startswith(prefix)))
         if ".ff.conv_" in key:
@@ -126,6 +134,44 @@ def lora_tensors(transformer: Any, state: dict[str, Any]) -> dict[str, Any]:
                              "PixArt's blocks have not: it is a LoRA for Sana")  # fmt: skip
         out[key] = tensor
     return out
+
+
+def onetrainer_names(state: dict[str, Any]) -> dict[str, Any]:
+    """A LoRA in OneTrainer's forms in the forms `lora_tensors` reads; any other comes back as it is. OneTrainer names
+    diffusers' modules under `lora_transformer` (dotted, or flattened in its legacy files) or the makers' modules under
+    `transformer.` (its OMI files: `transformer.blocks.N.attn.qkv.0` for q, `.1` k, `.2` v). Its text-encoder (T5) and
+    embedding layers are refused by name (ValueError): Marble applies PixArt LoRAs to the transformer."""
+    out: dict[str, Any] = {}
+    for key, tensor in state.items():
+        if key.startswith(_ONETRAINER_OTHERS):
+            layer = key.rpartition(".lora_")[0] or key
+            raise ValueError(f"its layer {layer!r} is not the transformer's (OneTrainer's T5 or embedding layers): "
+                             "Marble applies PixArt LoRAs to the transformer only")  # fmt: skip
+        if key.startswith("lora_transformer."):
+            key = "transformer." + key.removeprefix("lora_transformer.")
+        elif key.startswith("lora_transformer_"):
+            key = lora_forms.KOHYA + key.removeprefix("lora_transformer_")
+        elif key.startswith(_OMI_HEADS):
+            module, part = (key.removesuffix(".alpha"), "alpha") if key.endswith(".alpha") else key.rsplit(".lora_", 1)
+            ours = _omi_module(module.removeprefix("transformer."))
+            if ours is None:
+                raise ValueError(f"its layer {module!r} is no PixArt transformer's")
+            key = f"transformer.{ours}.{part if part == 'alpha' else 'lora_' + part}"
+        out[key] = tensor
+    return out
+
+
+def _omi_module(module: str) -> str | None:
+    """diffusers' module for one of the makers' module names OneTrainer's OMI files use, or None."""
+    if module in _REST:
+        return _REST[module]
+    head, _, rest = module.partition(".")
+    if head in _EMBEDDERS and rest in ("mlp.0", "mlp.2"):
+        return f"adaln_single.emb.{_EMBEDDERS[head]}.{'linear_1' if rest == 'mlp.0' else 'linear_2'}"
+    index, _, inner = rest.partition(".")
+    if head == "blocks" and index.isdigit() and (inner in _BLOCK or inner in _SPLIT):
+        return f"transformer_blocks.{index}.{_BLOCK.get(inner) or _SPLIT[inner]}"
+    return None
 
 
 def from_original(state: dict[str, Any]) -> dict[str, Any]:

@@ -182,6 +182,12 @@ _SANA_KOHYA_MARKS = ("_attn1_", "_ff_conv_inverted", "_ff_conv_depth", "_ff_conv
 # Flux.1's blocks have it too, with `attn`, not `attn1`); diffusers' PixArt trainer saves its LoRAs under the UNet's
 # prefix, where no UNet keeps `transformer_blocks` at the top.
 _PIXART_TRAINER = "unet.transformer_blocks."
+# OneTrainer's PixArt LoRAs: diffusers' modules under `lora_transformer` (dotted, or flattened in its legacy files),
+# or its makers' under `transformer.` (OMI files: fused layers split as `attn.qkv.0`; Sana's makers' blocks have
+# convolutions in their feed-forward, PixArt's `mlp.fc1`).
+_PIXART_ONETRAINER = ("lora_transformer.transformer_blocks.", "lora_transformer_transformer_blocks_")
+_PIXART_OMI_MARKS = (".attn.qkv.0.", ".cross_attn.kv_linear.0.", ".cross_attn.q_linear.", ".mlp.fc1.")
+_SANA_CONVS = ("conv_inverted", "conv_depth", "conv_point", "inverted_conv", "depth_conv", "point_conv")
 _QWEN_KOHYA = ("lora_unet_transformer_blocks_",)
 _QWEN_MARKS = (".img_mlp.", ".txt_mlp.", ".img_mod.", ".txt_mod.")
 # Qwen-Image 2.1's blocks share those names but have a single stream: a SwiGLU MLP (`img_mlp.gate_layer` /
@@ -219,6 +225,11 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     elif any(n.startswith(_AURAFLOW_KOHYA) or (n.startswith("lora_unet_single_transformer_blocks_") and any(
             m in n for m in _AURAFLOW_KOHYA_MARKS)) for n in names):
         fmt, family = "kohya", "auraflow"
+    elif (any(n.startswith(_PIXART_ONETRAINER) for n in names) or any(
+            n.startswith("transformer.blocks.") and any(m in n for m in _PIXART_OMI_MARKS) for n in names)) and not any(
+            c in n for n in names for c in _SANA_CONVS):  # fmt: skip
+        fmt = "kohya" if any(n.startswith(_PIXART_ONETRAINER[1]) for n in names) else "peft"
+        family = "pixart"
     elif any(n.startswith(_PIXART_TRAINER) for n in names) or (
             any(n.startswith("transformer_blocks.") and ".attn1." in n for n in bare)
             and any(n.startswith("transformer_blocks.") and ".ff.net." in n for n in bare)):  # fmt: skip
