@@ -325,6 +325,33 @@ def test_alphas_512_pixel_model_loads_without_size_embedders(paths, pixart, tmp_
     assert np.array_equal(pixels(batch.images[0]), bare_image(pixart["alpha"], request, transformer, alpha=True))
 
 
+def test_alphas_512_pixel_model_in_diffusers_names_follows_the_alpha_folder_lending_its_parts(paths, pixart, tmp_path):
+    # diffusers' names carry no caption table and Alpha 512 no size embedders: the file reads as Sigma, and an Alpha
+    # folder as --text-encoders says it is Alpha (its pipeline, its 120 tokens, its config).
+    path = save_transformer_file(dict(pixart["state"]), tmp_path / "pixart-512-diffusers.safetensors")
+    assert (detect_model(path).dit.variant, detect_model(path).dit.layout) == ("sigma", "diffusers")
+    request = request_for(path, steps=3, cfg_scale=4.5, text_encoders=str(pixart["alpha"]),
+                          model_config=str(pixart["alpha"]))  # the tiny model's sizes  # fmt: skip
+    tables = []
+    from desktop.engine.backends import diffusers_backend
+
+    drawn = diffusers_backend.latents_to_rgb
+    diffusers_backend.latents_to_rgb = lambda x, key: tables.append(key) or drawn(x, key)
+    try:
+        batch, _ = run(make_backend(paths), request)
+    finally:
+        diffusers_backend.latents_to_rgb = drawn
+    config = dict(PixArtTransformer2DModel.load_config(str(pixart["alpha"]), subfolder="transformer"))
+    transformer = PixArtTransformer2DModel.from_config(config | {"use_additional_conditions": False})
+    transformer.load_state_dict(pixart["state"])
+    assert np.array_equal(pixels(batch.images[0]), bare_image(pixart["alpha"], request, transformer, alpha=True))
+    assert set(tables) == {"pixart-alpha"}
+    # With Sigma's folder it stays Sigma.
+    sigma, _ = run(make_backend(paths), replace(request, text_encoders=str(pixart["folder"]),
+                                                model_config=str(pixart["folder"])))  # fmt: skip
+    assert np.array_equal(pixels(sigma.images[0]), bare_image(pixart["folder"], request))
+
+
 def test_each_release_reads_its_own_prompt_length(paths, pixart):
     long = " ".join(["a red fox in the snow"] * 30)  # 241 T5 tokens: over Alpha's 120, under Sigma's 300
     alpha, _ = run(make_backend(paths), request_for(pixart["alpha"], prompt=long, steps=2, cfg_scale=4.5))

@@ -45,8 +45,8 @@ from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
 from desktop.engine.backends.quantised_weights import bnb_folder_components, dequantise, quantise_linear_layers
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_flux2, quant_formats
-from desktop.engine.library.checkpoint import ArchitectureInfo
+from desktop.engine.library import dit_flux2, dit_pixart, quant_formats
+from desktop.engine.library.checkpoint import ArchitectureInfo, with_variant
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
 from desktop.engine.library.dit_auraflow import AURAFLOW
 from desktop.engine.library.dit_hidream import HIDREAM
@@ -332,11 +332,19 @@ def sibling(pipe: Any, cls: Any) -> Any:
 
 
 def with_components_variant(arch: ArchitectureInfo, text_encoders: Path | None) -> ArchitectureInfo:
-    """A Qwen-Image or LongCat-Image transformer file whose tensors and metadata cannot tell an Edit model: the
-    user's `--text-encoders` folder decides (a Qwen-Image-Edit or LongCat-Image-Edit folder makes it one;
-    dit_qwen_zimage.py, dit_longcat.py)."""
+    """A Qwen-Image or LongCat-Image transformer file whose tensors and metadata cannot tell an Edit model, or a PixArt
+    file in diffusers' names that cannot tell Alpha's 512-pixel model from Sigma: the user's `--text-encoders` folder
+    decides (a Qwen-Image-Edit or LongCat-Image-Edit folder makes it one, a PixArt-α folder makes it Alpha;
+    dit_qwen_zimage.py, dit_longcat.py, dit_pixart.py)."""
     info = arch.dit
-    if info is None or info.variant or text_encoders is None:
+    if info is None or text_encoders is None:
+        return arch
+    if info.family == PIXART and info.layout == "diffusers":
+        # diffusers' names carry no caption table, so Alpha's 512-pixel model reads as Sigma (dit_pixart.py): an Alpha
+        # folder lending its parts says which it is (Sigma's transformer would draw nothing with Alpha's VAE anyway).
+        told = dit_pixart.folder_variant(components_class(text_encoders))
+        return with_variant(arch, told) if told == dit_pixart.ALPHA else arch
+    if info.variant:
         return arch
     variant = edit_variant(info.family, components_class(text_encoders))
     return replace(arch, dit=replace(info, variant=variant)) if variant else arch
