@@ -44,7 +44,9 @@ _EMBEDDERS = {"t_embedder": "timestep_embedder", "csize_embedder": "resolution_e
               "ar_embedder": "aspect_ratio_embedder"}  # fmt: skip
 _BLOCK = {"attn.proj": "attn1.to_out.0", "cross_attn.q_linear": "attn2.to_q", "cross_attn.proj": "attn2.to_out.0",
           "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}  # fmt: skip
-# The fused layers' parts as OneTrainer's OMI LoRAs name them (q, k, v of the self-attention; k, v of the cross one).
+# The fused layers' parts, numbered as OneTrainer's OMI LoRAs name them (q, k, v of the self-attention; k, v of the
+# cross one), and how many parts each holds.
+_FUSED = {"attn.qkv": 3, "cross_attn.kv_linear": 2}
 _SPLIT = {"attn.qkv.0": "attn1.to_q", "attn.qkv.1": "attn1.to_k", "attn.qkv.2": "attn1.to_v",
           "cross_attn.kv_linear.0": "attn2.to_k", "cross_attn.kv_linear.1": "attn2.to_v"}  # fmt: skip
 # OneTrainer's OMI names: the makers' modules under `transformer.`; its other parts (T5's, bundled embeddings).
@@ -153,7 +155,7 @@ def onetrainer_names(state: dict[str, Any]) -> dict[str, Any]:
             key = lora_forms.KOHYA + key.removeprefix("lora_transformer_")
         elif key.startswith(_OMI_HEADS):
             module, part = (key.removesuffix(".alpha"), "alpha") if key.endswith(".alpha") else key.rsplit(".lora_", 1)
-            ours = _omi_module(module.removeprefix("transformer."))
+            ours = _diffusers_module(module.removeprefix("transformer."))
             if ours is None:
                 raise ValueError(f"its layer {module!r} is no PixArt transformer's")
             key = f"transformer.{ours}.{part if part == 'alpha' else 'lora_' + part}"
@@ -161,8 +163,9 @@ def onetrainer_names(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _omi_module(module: str) -> str | None:
-    """diffusers' module for one of the makers' module names OneTrainer's OMI files use, or None."""
+def _diffusers_module(module: str) -> str | None:
+    """diffusers' module for one of PixArt's makers' module names, the fused layers' parts as OneTrainer's OMI LoRAs
+    name them (`blocks.N.attn.qkv.0` for q), or None (a fused layer whole, a table, another model's)."""
     if module in _REST:
         return _REST[module]
     head, _, rest = module.partition(".")
@@ -185,26 +188,17 @@ def from_original(state: dict[str, Any]) -> dict[str, Any]:
     for key in list(state):
         module, _, suffix = key.rpartition(".")
         head, _, rest = module.partition(".")
-        if module in _REST:
-            out[f"{_REST[module]}.{suffix}"] = state.pop(key)
-        elif head in _EMBEDDERS and rest in ("mlp.0", "mlp.2"):
-            linear = "linear_1" if rest == "mlp.0" else "linear_2"
-            out[f"adaln_single.emb.{_EMBEDDERS[head]}.{linear}.{suffix}"] = state.pop(key)
+        index, _, inner = rest.partition(".")
+        ours = _diffusers_module(module)
+        if ours is not None:
+            out[f"{ours}.{suffix}"] = state.pop(key)
+        elif head == "blocks" and inner in _FUSED:  # its parts named as OneTrainer's LoRAs name them (`attn.qkv.0`)
+            for number, part in enumerate(torch.chunk(state.pop(key), _FUSED[inner])):
+                out[f"{_diffusers_module(f'{module}.{number}')}.{suffix}"] = part
         elif key == "final_layer.scale_shift_table":
             out["scale_shift_table"] = state.pop(key)
-        elif head == "blocks":
-            index, _, inner = rest.partition(".")
-            target = f"transformer_blocks.{index}."
-            if inner == "attn.qkv":
-                for name, part in zip(("to_q", "to_k", "to_v"), torch.chunk(state.pop(key), 3), strict=True):
-                    out[f"{target}attn1.{name}.{suffix}"] = part
-            elif inner == "cross_attn.kv_linear":
-                for name, part in zip(("to_k", "to_v"), torch.chunk(state.pop(key), 2), strict=True):
-                    out[f"{target}attn2.{name}.{suffix}"] = part
-            elif key.endswith(".scale_shift_table") and inner == "":
-                out[f"{target}scale_shift_table"] = state.pop(key)
-            elif inner in _BLOCK:
-                out[f"{target}{_BLOCK[inner]}.{suffix}"] = state.pop(key)
+        elif head == "blocks" and index.isdigit() and not inner and suffix == "scale_shift_table":
+            out[f"transformer_blocks.{index}.scale_shift_table"] = state.pop(key)
     if state:
         raise KeyError(f"unexpected tensor {next(iter(state))!r}")
     return out
