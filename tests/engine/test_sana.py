@@ -242,8 +242,11 @@ def test_a_sana_file_runs_with_gemma_and_its_dc_ae_from_the_libraries(library_ho
     batch, _ = run(make_backend(library_home), replace(request, tokenizer_folder="", model_config=str(sana["folder"])))
     assert np.array_equal(pixels(batch.images[0]), expected)
     # Gemma's tokenizer cannot ship: without one, it says where to find it.
-    with pytest.raises(ModelError, match=r"whose tokenizer Marble cannot ship: point --tokenizer-folder .*Sana"):
+    with pytest.raises(ModelError, match=r"Gemma-2 text encoder from a file, whose tokenizer Marble cannot ship \(none "
+                                         r"was given\): point --tokenizer-folder .*Sana"):  # fmt: skip
         run(make_backend(library_home), replace(request, tokenizer_folder=""))
+    with pytest.raises(ModelError, match=r"cannot ship \(.*config holds none\)"):
+        run(make_backend(library_home), replace(request, tokenizer_folder=str(config)))
 
 
 def test_an_sd_vae_is_refused_for_sana_and_a_dc_ae_for_the_others(library_home, sana, tmp_path):

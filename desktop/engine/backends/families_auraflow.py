@@ -73,20 +73,11 @@ def needs_folder_error(name: str) -> ModelError:
     )
 
 
-def _tokenizer_place(folder: Path) -> Path | None:
-    """Where a folder keeps Pile-T5's tokenizer: its tokenizer/ (a diffusers folder), or the folder itself
-    (EleutherAI's pile-t5-xl folder, or a tokenizer/ folder named directly)."""
-    for place in (folder / "tokenizer", folder):
-        if any((place / file).is_file() for file in _TOKENIZER_FILES):
-            return place
-    return None
-
-
 def tokenizer(folder: Path | None, *, name: str) -> Any:
     """Pile-T5's tokenizer for a file run with its encoder from the library, from the user's tokenizer folder."""
     import transformers
 
-    place = _tokenizer_place(folder) if folder is not None else None
+    place = user_tokenizer.place_in(folder, _TOKENIZER_FILES)
     return user_tokenizer.load(
         place, folder, name=name, encoder="Pile-T5-XL text encoder", where=f"{_WHERE}, or its tokenizer/ folder",
         loader=lambda found: transformers.AutoTokenizer.from_pretrained(found, local_files_only=True),
@@ -103,7 +94,7 @@ def check_components(folder: Path, *, name: str) -> None:
     problems = []
     if not (isinstance(encoder, list) and len(encoder) == 2 and encoder[1] == _ENCODER_CLASS):
         problems.append("no Pile-T5-XL text encoder (text_encoder/ of UMT5EncoderModel)")
-    if _tokenizer_place(folder) is None:
+    if user_tokenizer.place_in(folder, _TOKENIZER_FILES) is None:
         problems.append("no tokenizer/")
     if channels != _LATENT_CHANNELS:
         problems.append("no SDXL VAE (vae/ of 4 latent channels)" if channels is None else

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import user_tokenizer
 from desktop.engine.backends.flow_edit import KlVaeTailEdit
 from desktop.engine.errors import ModelError
 from desktop.engine.library.dit_sana import SPRINT, normalises_queries
@@ -41,6 +42,7 @@ _NORM = re.compile(r"^blocks\.(\d+)\.(attn|cross_attn)\.(q|k)_norm\.weight$")
 _SPRINT_GUIDANCE = re.compile(r"^cfg_embedder\.mlp\.(0|2)\.(weight|bias)$")
 _SPRINT_LAYERS = {"0": "linear_1", "2": "linear_2"}
 _SPRINT_UNUSED = ("logvar_linear.weight", "logvar_linear.bias")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # Gemma's (fast, SentencePiece)
 
 
 def pipeline_class(variant: str = "") -> Any:
@@ -109,23 +111,15 @@ def needs_folder_error(name: str) -> ModelError:
 
 
 def library_tokenizer(folder: Path | None, *, name: str) -> Any:
-    """Gemma's tokenizer for a Sana file whose Gemma-2 comes from the library (the tokenizer cannot ship): the user's
-    tokenizer folder, or its tokenizer/ (a Sana or Gemma folder)."""
+    """Gemma's tokenizer for a Sana file whose Gemma-2 comes from the library (the tokenizer cannot ship), from the
+    user's tokenizer folder (a Sana folder, Gemma's own, or a tokenizer/ folder)."""
     import transformers
 
-    if folder is None:
-        raise ModelError(
-            f"{name} runs with its Gemma-2 text encoder from the library, whose tokenizer Marble cannot ship: point "
-            f"--tokenizer-folder (in the window: Settings, Tokenizer folder) at {_WHERE}, or its tokenizer/ folder."
-        )
-    place = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(place), local_files_only=True)
-    except (OSError, ValueError, TypeError) as error:
-        raise ModelError(
-            f"{name}: the tokenizer folder {folder} holds no tokenizer that loads ({str(error)[:200]}). Point "
-            f"--tokenizer-folder at {_WHERE}, or its tokenizer/ folder."
-        ) from None
+    return user_tokenizer.load(
+        user_tokenizer.place_in(folder, _TOKENIZER_FILES), folder, name=name, encoder="Gemma-2 text encoder",
+        where=f"{_WHERE}, or its tokenizer/ folder",
+        loader=lambda found: transformers.AutoTokenizer.from_pretrained(found, local_files_only=True),
+    )  # fmt: skip
 
 
 def check_components(folder: Path, *, name: str) -> None:

@@ -11,6 +11,14 @@ from typing import Any
 from desktop.engine.errors import ModelError
 
 
+def place_in(folder: Path | None, files: tuple[str, ...]) -> Path | None:
+    """Where the user's `folder` keeps a tokenizer (one of `files`): its tokenizer/ (a diffusers folder of the
+    family), or the folder itself (the tokenizer's own repository, or a tokenizer/ folder named directly); None."""
+    if folder is None:
+        return None
+    return next((place for place in (folder / "tokenizer", folder) if any((place / f).is_file() for f in files)), None)
+
+
 def load(place: Path | None, folder: Path | None, *, name: str, encoder: str, where: str,
          loader: Callable[[str], Any]) -> Any:  # fmt: skip
     """`loader(place)`'s tokenizer; a ModelError naming the model `name`, its `encoder` and `where` to point when
