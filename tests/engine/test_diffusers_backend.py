@@ -54,6 +54,23 @@ def run(backend: DiffusersBackend, request: GenerationRequest, cancel: CancelTok
     return batch, steps
 
 
+def cancel_at_step_two(backend: DiffusersBackend, request: GenerationRequest) -> None:
+    """Loads `request`'s model, cancels its job when step 2 is reported, and checks it stopped there: Cancelled, and
+    no step after the second."""
+    backend.load(request)
+    token = CancelToken()
+    seen: list[int] = []
+
+    def on_step(info: StepInfo) -> None:
+        seen.append(info.step)
+        if info.step == 2:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        backend.generate(request, 0, on_step, token)
+    assert seen == [1, 2]
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
@@ -206,20 +223,8 @@ def test_plms_is_compvis_plms_on_a_model_whose_scheduler_is_not_pndm(paths, tiny
 
 
 def test_cancel_stops_within_one_step(paths, tiny_sd15_dir):
-    token = CancelToken()
-    seen: list[int] = []
-
-    def on_step(info: StepInfo) -> None:
-        seen.append(info.step)
-        if info.step == 2:
-            token.cancel()
-
     backend = make_backend(paths)
-    request = request_for(tiny_sd15_dir, steps=10)
-    backend.load(request)
-    with pytest.raises(Cancelled):
-        backend.generate(request, 0, on_step, token)
-    assert seen == [1, 2]
+    cancel_at_step_two(backend, request_for(tiny_sd15_dir, steps=10))
     # The backend is ready for the next job after a cancel.
     batch, _ = run(backend, request_for(tiny_sd15_dir, steps=2))
     assert len(batch.images) == 1

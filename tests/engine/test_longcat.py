@@ -14,12 +14,11 @@ import pytest
 import torch
 from diffusers import LongCatImagePipeline
 
-from desktop.engine.errors import Cancelled, ModelError
-from desktop.engine.jobs import CancelToken
+from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
-from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.engine.test_diffusers_backend import cancel_at_step_two, make_backend, pixels, request_for, run
 from tests.support.tiny_longcat import build_tiny_longcat, save_transformer
 
 PREFIX = "model.diffusion_model."
@@ -118,18 +117,7 @@ def test_the_step_callback_sees_each_step_replaces_latents_and_leaves_the_schedu
 def test_a_job_is_cancelled_at_a_step(paths, longcat):
     backend = make_backend(paths)
     request = request_for(longcat["folder"], steps=4, cfg_scale=4.5)
-    backend.load(request)
-    token = CancelToken()
-    seen = []
-
-    def on_step(step):
-        seen.append(step.step)
-        if step.step == 2:
-            token.cancel()
-
-    with pytest.raises(Cancelled):
-        backend.generate(request, 0, on_step, token)
-    assert seen == [1, 2]
+    cancel_at_step_two(backend, request)
     # The pipeline's scheduler is left unwrapped: the next job runs as diffusers does.
     batch, _ = run(backend, request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(longcat["folder"]), request))
