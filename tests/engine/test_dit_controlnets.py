@@ -37,6 +37,7 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.engine.test_model_families import bare_flux
 from tests.support import tiny_controls
 from tests.support.cli_runner import run_cli
+from tests.support.control_edit_checks import check_controlnet_image_to_image
 from tests.support.edit_inputs import source_and_mask
 from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import _jitter, build_tiny_flux, save_pipeline
@@ -226,16 +227,21 @@ def test_a_flux_controlnet_acts_in_both_passes_of_the_hires_fix(flux):
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
 
 
-def test_a_qwen_image_edit_with_a_controlnet_is_refused_before_the_load(flux, tmp_path):
+def test_a_qwen_image_controlnet_works_in_image_to_image_and_the_hires_fix(flux, tmp_path):
+    # diffusers' Qwen-Image ControlNet pipeline is text-to-image only: Marble runs it over a source as
+    # QwenImageImg2ImgPipeline does (control_dit_edits.py). A VAE whose latents are normalised (the tiny one's are
+    # not), as the real one's are.
     pipe = build_tiny_qwen_image()
+    pipe.vae.register_to_config(latents_mean=[0.1, -0.2, 0.05, 0.3], latents_std=[0.8, 1.2, 0.9, 1.1])
     folder = tmp_path / "qwen"
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    unit = ControlUnit("edges", str(flux["picture"]))
-    request = request_for(folder, controls=(unit,), init_image=str(flux["picture"]), strength=0.5, cfg_scale=4.0)
-    backend = make_backend(flux["home"])
-    with pytest.raises(InvalidRequest, match="Control units run with Qwen-Image for text-to-image and inpainting only"):
-        backend.load(request)
-    assert backend._pipe is None
+    home = AppPaths.for_root(tmp_path / "home").ensure()
+    home.controls.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tiny_qwen_controlnet(pipe.transformer, 3).state_dict().items()},
+              str(home.controls / "qwen-union.safetensors"))  # fmt: skip
+    check_controlnet_image_to_image(home, folder, ControlUnit("qwen-union", str(flux["picture"])),
+                                    ("controlnet_blocks.",), QwenImageControlNetModel, tmp_path,
+                                    negative_prompt="blurry", cfg_scale=4.0, seed=11)  # fmt: skip
 
 
 def tiny_qwen_controlnet(transformer, seed: int) -> QwenImageControlNetModel:

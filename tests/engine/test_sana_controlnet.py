@@ -21,6 +21,7 @@ from desktop.engine.library.native_size import takes_controls
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.control_edit_checks import check_controlnet_image_to_image
 from tests.support.control_range_checks import check_step_range
 from tests.support.tiny_dit import _jitter
 from tests.support.tiny_sana import build_tiny_sana
@@ -115,6 +116,13 @@ def test_the_step_range_sets_the_scale_at_each_step(sana):
     check_step_range(sana["home"], sana["folder"], unit, SanaControlNetModel, **VALUES)
 
 
+def test_it_works_in_image_to_image_and_the_hires_fix(sana, tmp_path):
+    # diffusers' Sana ControlNet pipeline is text-to-image only: Marble runs it over a source as its own Sana image to
+    # image does (control_dit_edits.py); its step range is Marble's hook, counted over each pass.
+    check_controlnet_image_to_image(sana["home"], sana["folder"], ControlUnit("sana-hed", str(sana["picture"])),
+                                    ("controlnet_blocks.",), SanaControlNetModel, tmp_path, **VALUES)  # fmt: skip
+
+
 def test_what_it_cannot_run_is_refused_by_name(sana, tmp_path):
     unit = ControlUnit("sana-hed", str(sana["picture"]))
     with pytest.raises(InvalidRequest, match="runs one ControlNet unit at a time \\(2 are on\\)"):
@@ -124,9 +132,11 @@ def test_what_it_cannot_run_is_refused_by_name(sana, tmp_path):
                                                     **VALUES))  # fmt: skip
     Image.new("RGB", (64, 64), (90, 90, 90)).save(tmp_path / "source.png")
     source = str(tmp_path / "source.png")
-    edit = request_for(sana["folder"], controls=(unit,), init_image=source, strength=0.5, **VALUES)
-    with pytest.raises(InvalidRequest, match="for text-to-image only"):
-        run(make_backend(sana["home"]), edit)
+    Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
+    inpaint = request_for(sana["folder"], controls=(unit,), init_image=source, mask=str(tmp_path / "mask.png"),
+                          strength=1.0, **VALUES)  # fmt: skip
+    with pytest.raises(InvalidRequest, match="for text-to-image and image-to-image only"):
+        run(make_backend(sana["home"]), inpaint)
     # Sana Sprint's pipeline has no ControlNet sibling.
     sprint = tmp_path / "sprint"
     build_tiny_sana(sprint=True).save_pretrained(str(sprint), safe_serialization=True)

@@ -29,6 +29,7 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.control_edit_checks import check_controlnet_image_to_image
 from tests.support.edit_inputs import source_and_mask
 from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import _jitter, build_tiny_sd3, save_pipeline
@@ -190,13 +191,12 @@ def test_an_inpainting_controlnet_inpaints_as_by_hand(sd3, tmp_path):
                                  **VALUES, **edit))  # fmt: skip
 
 
-def test_an_edit_with_a_controlnet_is_refused(sd3, tmp_path):
-    backend = make_backend(sd3["home"])
-    request = request_for(sd3["folder"], controls=(ControlUnit("sd3-canny", str(sd3["picture"])),),
-                          init_image=str(sd3["picture"]), strength=0.5, **VALUES)  # fmt: skip
-    with pytest.raises(InvalidRequest, match="for text-to-image and inpainting only"):
-        backend.load(request)
-    assert backend._pipe is None
+def test_an_sd3_controlnet_works_in_image_to_image_and_the_hires_fix(sd3, tmp_path):
+    # diffusers' SD3 ControlNet pipeline is text-to-image only: Marble runs it over a source as
+    # StableDiffusion3Img2ImgPipeline does (control_dit_edits.py).
+    check_controlnet_image_to_image(sd3["home"], sd3["folder"], ControlUnit("sd3-canny", str(sd3["picture"])),
+                                    ("controlnet_blocks.",), SD3ControlNetModel, tmp_path,
+                                    **(VALUES | {"steps": 4}))  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")

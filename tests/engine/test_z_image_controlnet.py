@@ -22,6 +22,7 @@ from desktop.engine.library.native_size import takes_controls
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.control_edit_checks import check_controlnet_image_to_image
 from tests.support.control_range_checks import check_step_range
 from tests.support.edit_inputs import source_and_mask
 from tests.support.offload_check import assert_mode_matches_full
@@ -177,16 +178,12 @@ def test_a_2x_controlnet_inpaints_at_strength_one_as_bare_diffusers(zimage, tmp_
         run(backend, request_for(zimage["folder"], controls=(old,), strength=1.0, **edit, **VALUES))
 
 
-def test_an_image_to_image_job_with_a_z_image_controlnet_is_refused_before_the_load(zimage, tmp_path):
-    source = tmp_path / "source.png"
-    Image.new("RGB", (64, 64), (90, 120, 30)).save(source)
-    unit = ControlUnit("zi-union", str(zimage["picture"]))
-    request = request_for(zimage["folder"], controls=(unit,), init_image=str(source), strength=0.5, **VALUES)
-    backend = make_backend(zimage["home"])
-    with pytest.raises(InvalidRequest, match="Control units run with Z-Image for text-to-image and inpainting only"):
-        backend.load(request)
-    assert backend._pipe is None
-
+@pytest.mark.parametrize("name", ["zi-union", "zi-union-21"])
+def test_a_z_image_controlnet_works_in_image_to_image_and_the_hires_fix(zimage, name, tmp_path):
+    # diffusers' Z-Image ControlNet pipeline is text-to-image only: Marble runs it over a source as
+    # ZImageImg2ImgPipeline does (control_dit_edits.py); its step range is Marble's hook, counted over each pass.
+    check_controlnet_image_to_image(zimage["home"], zimage["folder"], ControlUnit(name, str(zimage["picture"])),
+                                    ("after_proj",), ZImageControlNetModel, tmp_path, **VALUES)  # fmt: skip
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the offload modes move weights to a CUDA GPU")
@@ -196,12 +193,3 @@ def test_a_z_image_controlnet_runs_with_model_offload_and_fp8_on_cuda(zimage, mo
     # and refiners. The same picture as with everything on the GPU, within the modes' own noise.
     unit = ControlUnit("zi-union-21", str(zimage["picture"]), weight=0.8)
     assert_mode_matches_full(make_backend(zimage["home"]), zimage["folder"], mode, controls=(unit,), **VALUES)
-
-
-def test_the_hires_fix_runs_its_second_pass_without_the_unit_and_says_so(zimage):
-    # Z-Image has no image-to-image ControlNet pipeline in diffusers: the unit acts in the first pass only.
-    unit = ControlUnit("zi-union", str(zimage["picture"]), weight=0.8)
-    hires = dict(hires_fix=True, hires_scale=2.0, hires_denoise=0.5, hires_steps=2, hires_upscaler="Lanczos")
-    batch, _ = run(make_backend(zimage["home"]), request_for(zimage["folder"], controls=(unit,), **VALUES, **hires))
-    assert batch.images[0].size == (128, 128)
-    assert any("first pass only with Z-Image" in note for note in batch.notes), batch.notes

@@ -46,6 +46,7 @@ from desktop.engine.backends import control_dit
 from desktop.engine.backends.annotators import Annotators
 from desktop.engine.backends.base import ControlHash
 from desktop.engine.backends.control_lora import build_control_lora
+from desktop.engine.backends.flow_edit import tail_start
 from desktop.engine.control_preprocess import LEARNED, Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
@@ -230,19 +231,25 @@ class ControlModels:
         # SD3's and Qwen-Image's inpainting pipelines encode a picture with a sample of the VAE's distribution
         # drawn from torch's global generator.
         run = ControlRun(pipe, values, hashes, global_draws=family == SD3 or inpainting)
+        scales = None
+        if family in (Z_IMAGE, SANA):  # their pipelines take no step range: counted over the steps this pass runs
+            first = request.steps - tail_start(request.steps, request.strength) if plan is not None else request.steps
+            scales = control_dit.StepScales(models[0], units[0], first)
+            run.handles.append(scales)
+        if family == Z_IMAGE:  # lent the transformer's modules for this job only (close() takes them back)
+            run.handles.extend(control_dit.z_image_hooks(models[0], base.transformer))
         if plan is None and control_dit.runs(family, "img2img"):
 
             def hires(second: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
-                # Flux.1's image-to-image ControlNet pipeline: the units act in the hires pass too, as in A1111.
+                # The family's image-to-image ControlNet pipeline: the units act in the hires pass too, as in A1111.
                 again = [_control_image(unit, None, second, self.annotators) for unit in units]
                 pipe = control_dit.pipeline(family, "img2img", base, models)
+                if scales is not None:
+                    steps = request.hires_steps or request.steps
+                    scales.arm(steps - tail_start(steps, request.hires_denoise))
                 return pipe, control_dit.arguments(family, units, again, modes)
 
             run.hires = hires
-        if family == Z_IMAGE:  # lent the transformer's modules for this call only (close() takes them back)
-            run.handles.extend(control_dit.z_image_hooks(models[0], base.transformer, units[0], request.steps))
-        elif family == SANA:  # its pipeline takes no step range either
-            run.handles.append(control_dit.scale_hook(models[0], units[0], request.steps))
         return run
 
     def prepare_built_in(

@@ -1,7 +1,8 @@
 """ControlNets for the diffusion transformers, in diffusers' layout: Flux.1's (InstantX's, Shakker-Labs' Union,
 XLabs' -- theirs converted from their own names; text-to-image, image-to-image and inpainting), Qwen-Image's
-(InstantX's Union; text-to-image) and Z-Image's (alibaba-pai's Fun ControlNet Union 1.0, 2.0, 2.1;
-text-to-image), for a loaded pipeline of their family.
+(InstantX's Union), Z-Image's (alibaba-pai's Fun ControlNet Union 1.0, 2.0, 2.1), SD3's and Sana's (text-to-image,
+image-to-image through control_dit_edits.py, and inpainting where the family has a ControlNet inpainting pipeline),
+for a loaded pipeline of their family.
 
 A model is shaped from its own tensors (how many blocks, whether it embeds the guidance, which kinds of control
 image a union model tells apart) and from the loaded transformer's config (the width, the heads, the rotary
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from desktop.engine.backends import control_dit_edits
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.control import FLUX, QWEN_IMAGE, SANA, SD3, Z_IMAGE, family_label
 from desktop.engine.request import ControlUnit
@@ -53,6 +55,12 @@ class _Classes:
     several: str  # the class that runs several of them together ("": the pipeline takes one)
     pipelines: dict[str, str]  # the pipeline with ControlNets for each mode ("txt2img", "img2img", "inpaint")
 
+    def modes(self, family: str) -> tuple[str, ...]:
+        """The modes its ControlNets run in: its pipelines', and image to image over the text-to-image one where
+        Marble makes it (control_dit_edits.py)."""
+        own = ("img2img",) if family in control_dit_edits.FAMILIES else ()
+        return tuple(mode for mode in ("txt2img", "img2img", "inpaint") if mode in self.pipelines or mode in own)
+
 
 CLASSES = {
     FLUX: _Classes("FluxControlNetModel", "FluxMultiControlNetModel", {
@@ -60,7 +68,8 @@ CLASSES = {
         "inpaint": "FluxControlNetInpaintPipeline",
     }),
     # Qwen-Image's ControlNet inpainting pipeline runs InstantX's inpainting ControlNet (the masked source and the
-    # mask as its picture, painted from pure noise: strength 1); the other ControlNets run text-to-image.
+    # mask as its picture, painted from pure noise: strength 1); the other ControlNets run text-to-image and image to
+    # image (Marble's own over the text-to-image pipeline, as for Z-Image, SD3 and Sana: control_dit_edits.py).
     QWEN_IMAGE: _Classes("QwenImageControlNetModel", "QwenImageMultiControlNetModel",
                          {"txt2img": "QwenImageControlNetPipeline", "inpaint": "QwenImageControlNetInpaintPipeline"}),
     # Z-Image's ControlNet inpainting pipeline paints from pure noise (no strength) with the masked picture as
@@ -72,7 +81,7 @@ CLASSES = {
     SD3: _Classes("SD3ControlNetModel", "SD3MultiControlNetModel", {
         "txt2img": "StableDiffusion3ControlNetPipeline", "inpaint": "StableDiffusion3ControlNetInpaintingPipeline",
     }),
-    # Sana's pipeline takes one ControlNet, text to image, and no step range (scale_hook applies it).
+    # Sana's pipeline takes one ControlNet and no step range (StepScales applies it).
     SANA: _Classes("SanaControlNetModel", "", {"txt2img": "SanaControlNetPipeline"}),
 }  # fmt: skip
 # Stability's own names in its SD3.5 ControlNet files -> diffusers' (the rest are the same in both).
@@ -105,7 +114,16 @@ _Z_IMAGE_BORROWED = ("t_embedder", "all_x_embedder", "cap_embedder", "rope_embed
 
 def runs(family: str, mode: str) -> bool:
     """Whether Marble runs `family`'s ControlNets for a job of `mode`."""
-    return family in CLASSES and mode in CLASSES[family].pipelines
+    return family in CLASSES and mode in CLASSES[family].modes(family)
+
+
+_MODE_WORDS = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting"}
+
+
+def modes_label(family: str) -> str:
+    """The modes `family`'s ControlNets run in, in words ("text-to-image and image-to-image")."""
+    words = [_MODE_WORDS[mode] for mode in CLASSES[family].modes(family)]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def refuse_memory_mode(family: str, mode: str, asked: str, label: str) -> None:
@@ -383,7 +401,10 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
             "keeps off the GPU: set Memory to another mode, or remove the control unit."
         )
     controlnet = models[0] if len(models) == 1 else getattr(diffusers, classes.several)(list(models))
-    cls = getattr(diffusers, classes.pipelines[mode])
+    if mode == "img2img" and mode not in classes.pipelines:  # Marble's own over the text-to-image pipeline
+        cls = control_dit_edits.edit_class(family, classes.pipelines["txt2img"])
+    else:
+        cls = getattr(diffusers, classes.pipelines[mode])
     accepted = inspect.signature(cls.__init__).parameters
     pipe = cls(**{key: module for key, module in base.components.items() if key in accepted}, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
@@ -423,7 +444,7 @@ def arguments(
     family: str, units: Sequence[ControlUnit], images: Sequence[Any], modes: Sequence[int | None] | None
 ) -> dict[str, Any]:
     """The pipeline call's control arguments: one value for one unit, lists for several (diffusers' forms).
-    Z-Image's and Sana's pipelines take no step range (`scale_hook` applies it).
+    Z-Image's and Sana's pipelines take no step range (`StepScales` applies it).
 
     `images`: (1, 3, H, W) in [0, 1], as the preprocessors make them. The pipelines take a tensor as it is and
     hand it to the VAE (or a hint block), which read [-1, 1]: they normalise only pictures they convert."""
@@ -461,11 +482,10 @@ class _Loan:
             setattr(self._model, name, None)
 
 
-def z_image_hooks(model: Any, transformer: Any, unit: ControlUnit, steps: int) -> list[Any]:
-    """Readies a Z-Image ControlNet for one call of `steps` steps: the transformer's modules lent, a hook that, where
-    the transformer is offloaded between its calls (model offload), brings it to the GPU first, since the ControlNet
-    runs its embedders and refiners, and the unit's scale for each step (`scale_hook`). Returns what to `remove()`
-    after the call."""
+def z_image_hooks(model: Any, transformer: Any) -> list[Any]:
+    """Readies a Z-Image ControlNet for one job: the transformer's modules lent, and a hook that, where the
+    transformer is offloaded between its calls (model offload), brings it to the GPU first, since the ControlNet runs
+    its embedders and refiners. Returns what to `remove()` after the job. (Its step range: StepScales.)"""
     loan = _Loan(model, transformer)
 
     def onload(module: Any, args: tuple[Any, ...]) -> None:
@@ -473,18 +493,28 @@ def z_image_hooks(model: Any, transformer: Any, unit: ControlUnit, steps: int) -
         if pre_forward is not None:  # accelerate's model offload: the whole transformer to the GPU, the rest away
             pre_forward(transformer)
 
-    return [loan, model.register_forward_pre_hook(onload), scale_hook(model, unit, steps)]
+    return [loan, model.register_forward_pre_hook(onload)]
 
 
-def scale_hook(model: Any, unit: ControlUnit, steps: int) -> Any:
+class StepScales:
     """A hook that gives a ControlNet whose pipeline takes no step range (Z-Image's, Sana's; they call it once a step)
-    the unit's scale for each of `steps` steps: its weight inside the range, 0 outside. Returns its handle."""
-    scales = step_scales(unit, steps)
-    calls = [0]
+    the unit's scale at each step of the pass it is armed for: its weight inside the range, 0 outside. `arm` again
+    before each pass (the hires fix's second pass counts its own steps); `remove` takes the hook off."""
 
-    def before(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        kwargs["conditioning_scale"] = scales[min(calls[0], len(scales) - 1)]
-        calls[0] += 1
+    def __init__(self, model: Any, unit: ControlUnit, steps: int) -> None:
+        self._unit = unit
+        self.arm(steps)
+        self._handle = model.register_forward_pre_hook(self._before, with_kwargs=True)
+
+    def arm(self, steps: int) -> None:
+        """The scales of a pass of `steps` steps, counted from its first."""
+        self._scales = step_scales(self._unit, steps)
+        self._calls = 0
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def _before(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], Any]:
+        kwargs["conditioning_scale"] = self._scales[min(self._calls, len(self._scales) - 1)]
+        self._calls += 1
         return args, kwargs
-
-    return model.register_forward_pre_hook(before, with_kwargs=True)

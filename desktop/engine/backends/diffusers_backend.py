@@ -1058,9 +1058,6 @@ class DiffusersBackend:
                 if hires is not None:
                     watcher.detach()
                     progress.next_pass()
-                    if control is not None and control.hires is None and batch_index == 0:
-                        notes.append(f"Control units act in the hires fix's first pass only with {self._dit.label}: "
-                                     "diffusers has no image-to-image ControlNet pipeline for it.")  # fmt: skip
                     with cached_encoding(hires, self._prompts, context):  # its own pipeline's encode_prompt
                         pictures = self._dit_hires_pass(hires, request, seeds, pictures, (width, height), progress,
                                                         notes if batch_index == 0 else None, control, redux,
@@ -1789,8 +1786,10 @@ def _lora_weights_to(transformer: Any, dtype: Any) -> None:
 
 
 def _unaccepted(pipe: Any, arguments: dict[str, Any], names: Sequence[str]) -> list[str]:
-    """Removes from `arguments` those of `names` the pipeline's call does not take; returns them."""
-    accepted = inspect.signature(pipe.__call__).parameters
+    """Removes from `arguments` those of `names` the pipeline's call does not take; returns them. A call Marble mixes in
+    (flow_edit.py, control_dit_edits.py) hands what it does not name to the pipeline's own: every class's counts."""
+    calls = [cls.__dict__["__call__"] for cls in type(pipe).__mro__ if "__call__" in cls.__dict__]
+    accepted = {name for call in calls for name in inspect.signature(call).parameters}
     dropped = [name for name in names if name in arguments and name not in accepted]
     for name in dropped:
         del arguments[name]
@@ -1957,8 +1956,8 @@ def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
 
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
-    """Control units only where they run: ControlNets of the model's family, for a Flux.1 job of any mode, a
-    Qwen-Image, Z-Image or SD3 / SD3.5 text-to-image or inpainting job or a Sana text-to-image job (control_dit.py);
+    """Control units only where they run: ControlNets of the model's family, for a Flux.1, Qwen-Image, Z-Image or
+    SD3 / SD3.5 job of any mode or a Sana text-to-image or image-to-image job (control_dit.py);
     a Canny / Depth dev model's own input (_refuse_built_in)."""
     _refuse_built_in(dit, request)
     if dit is None or not request.controls or dit.control_input:
@@ -1980,9 +1979,9 @@ def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
             f"{dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
         )  # fmt: skip
     if not control_dit.runs(family, request.mode):
-        modes = "text-to-image and inpainting" if control_dit.runs(family, "inpaint") else "text-to-image"
         raise InvalidRequest(
-            f"Control units run with {dit.label} for {modes} only in Marble so far: remove them for this job."
+            f"Control units run with {dit.label} for {control_dit.modes_label(family)} only in Marble so far: remove "
+            "them for this job."
         )
     control_dit.refuse_strength(family, request.mode, request.strength, dit.label)
 

@@ -148,17 +148,23 @@ def generation_arguments(request: GenerationRequest, variant: str) -> dict[str, 
     return arguments if variant == SPRINT else arguments | {"negative_prompt": request.negative_prompt or ""}
 
 
+class DcAeTailEdit(KlVaeTailEdit):
+    """flow_edit.KlVaeTailEdit for Sana's pipelines (its DPM-Solver flow schedule for the step count, cut to its tail):
+    the source's latents are DC-AE's scaled (the pipeline decodes by the scale alone), one latent per token as they
+    are."""
+
+    def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
+        pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
+        latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent  # DC-AE: no sampling
+        return latents * self.vae.config.scaling_factor
+
+
 @functools.cache
 def edit_class() -> Any:
-    """Sana's image to image and inpainting (diffusers has none for it), over its text-to-image pipeline
-    (flow_edit.KlVaeTailEdit: its DPM-Solver flow schedule for the step count, cut to its tail): the source's latents
-    are DC-AE's scaled (the pipeline decodes by the scale alone), one latent per token as they are."""
+    """Sana's image to image and inpainting (diffusers has none for it), over its text-to-image pipeline."""
     import diffusers
 
-    class SanaEditPipeline(KlVaeTailEdit, diffusers.SanaPipeline):
-        def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
-            pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
-            latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent  # DC-AE: no sampling
-            return latents * self.vae.config.scaling_factor
+    class SanaEditPipeline(DcAeTailEdit, diffusers.SanaPipeline):
+        pass
 
     return SanaEditPipeline

@@ -78,9 +78,7 @@ class FlowEdit(FlowMix):
 
         rows, cols = self._edit_grid(width, height)
         raw = np.asarray(self._edit_raw_sigmas(num_inference_steps), dtype=np.float64)
-        # diffusers' image-to-image step count: the last `strength` of the schedule, at least one step.
-        start = min(int(max(len(raw) - min(len(raw) * strength, len(raw)), 0)), len(raw) - 1)
-        tail = raw[start:].tolist()
+        tail = raw[tail_start(len(raw), strength) :].tolist()
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
         scheduler.set_timesteps(sigmas=tail, mu=self._edit_mu(rows, cols), device=self._execution_device)
         latents, count, step_end = _noised_sources(self, image, self._edit_noiser(scheduler), False, width, height,
@@ -106,11 +104,9 @@ class ScheduleTailEdit(FlowMix):
     ) -> Any:  # fmt: skip
         probe = type(self.scheduler).from_config(self.scheduler.config)
         self._edit_schedule(probe, num_inference_steps, self._execution_device)
-        # diffusers' image-to-image start: the last `strength` of the schedule, at least one step (a second-order
-        # scheduler's timesteps come in pairs: cut between them).
+        # A second-order scheduler's timesteps come in pairs: cut between them.
         order = getattr(probe, "order", 1)
-        steps = -(-len(probe.timesteps) // order)
-        start = min(int(max(steps - steps * strength, 0)), steps - 1) * order
+        start = tail_start(-(-len(probe.timesteps) // order), strength) * order
         _cut(probe, start)
         # The whole schedule starts from the noise alone, as text to image does (UniPC's first sigma is a hair under
         # 1: the source would show through by a rounding).
@@ -152,6 +148,12 @@ class KlVaeTailEdit(ScheduleTailEdit):
 
     def _edit_pack(self, grid: Any) -> Any:
         return grid
+
+
+def tail_start(steps: int, strength: float) -> int:
+    """The step of `steps` where an edit at `strength` starts: diffusers' image-to-image rule (the last
+    min(steps x strength, steps) of the schedule, rounded as it rounds), at least one step run."""
+    return min(int(max(steps - min(steps * strength, steps), 0)), steps - 1)
 
 
 def _cut(scheduler: Any, start: int) -> None:

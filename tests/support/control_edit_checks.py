@@ -1,0 +1,87 @@
+"""The check for a DiT family whose ControlNets Marble runs in image to image over their text-to-image pipeline
+(backends/control_dit_edits.py: Qwen-Image's, Z-Image's, SD3's, Sana's): the mechanics are the family's own
+image-to-image pipeline's, the unit acts, its step range counts the steps the edit runs, and it acts again in the
+hires fix's second pass, counted over that pass's steps."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from desktop.engine.jobs import CancelToken
+from desktop.engine.paths import AppPaths
+from desktop.engine.request import ControlUnit
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+
+
+def _silent(home: AppPaths, name: str, outputs: tuple[str, ...]) -> str:
+    """A copy of the library's ControlNet `name` whose output layers (tensor names holding one of `outputs`) are
+    zero: it adds nothing to the transformer. Returns its library name."""
+    state = load_file(str(home.controls / f"{name}.safetensors"))
+    zeroed = {key: torch.zeros_like(value) if any(part in key for part in outputs) else value
+              for key, value in state.items()}  # fmt: skip
+    assert any(not torch.equal(zeroed[key], state[key]) for key in state), "no output layer was zeroed"
+    save_file(zeroed, str(home.controls / f"{name}-silent.safetensors"))
+    return f"{name}-silent"
+
+
+def _scales_seen(backend: Any, request: Any, model_class: Any) -> tuple[Any, list[float]]:
+    """(the batch, the conditioning scale `model_class`'s forward saw at each call)."""
+    seen: list[float] = []
+    original = model_class.forward
+
+    def watched(self: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(float(kwargs["conditioning_scale"]))
+        return original(self, *args, **kwargs)
+
+    backend.load(request)
+    model_class.forward = watched
+    try:
+        batch = backend.generate(request, 0, lambda _: None, CancelToken())
+    finally:
+        model_class.forward = original
+    return batch, seen
+
+
+def check_controlnet_image_to_image(
+    home: AppPaths, folder: Path, unit: ControlUnit, outputs: tuple[str, ...], model_class: Any, tmp_path: Path,
+    **values: Any,
+) -> None:
+    """`unit` (weight 0.8) in an image-to-image job at strength 0.75 of 4 steps (3 run) and in the hires fix:
+
+    - with its output layers zeroed (`outputs`), the picture is the family's image to image without control units;
+    - as it is, another picture;
+    - over the range 0 to 0.5, the ControlNet sees its weight at the first of the 3 steps only (diffusers' rule over
+      the steps run);
+    - in a text-to-image job with the hires fix (4 steps, then 4 at denoising 0.5: 2 run; a latent and a pixel
+      upscaler), it sees its weight at the first two steps of the first pass and the first of the second, and nothing
+      is said about it."""
+    canvas = np.zeros((64, 64, 3), dtype=np.uint8)
+    canvas[:, :32] = (200, 60, 40)
+    canvas[20:50, 30:60] = (40, 160, 220)
+    source = tmp_path / "control-edit-source.png"
+    Image.fromarray(canvas).save(source)
+    edit = values | {"init_image": str(source), "strength": 0.75, "steps": 4}
+    backend = make_backend(home)
+    plain, _ = run(backend, request_for(folder, **edit))
+    silent = replace(unit, model=_silent(home, unit.model, outputs), weight=0.8)
+    quiet, steps = run(backend, request_for(folder, controls=(silent,), **edit))
+    assert np.array_equal(pixels(quiet.images[0]), pixels(plain.images[0]))
+    assert len(steps) == 3
+    acting, _ = run(backend, request_for(folder, controls=(replace(unit, weight=0.8),), **edit))
+    assert not np.array_equal(pixels(acting.images[0]), pixels(plain.images[0]))
+    ranged = replace(unit, weight=0.8, start=0.0, end=0.5)
+    _, seen = _scales_seen(backend, request_for(folder, controls=(ranged,), **edit), model_class)
+    assert seen == [0.8, 0.0, 0.0]
+    for upscaler in ("Latent", "Lanczos"):
+        hires = values | {"steps": 4, "hires_fix": True, "hires_scale": 1.5, "hires_steps": 4, "hires_denoise": 0.5,
+                          "hires_upscaler": upscaler}  # fmt: skip
+        batch, seen = _scales_seen(backend, request_for(folder, controls=(ranged,), **hires), model_class)
+        assert seen == [0.8, 0.8, 0.0, 0.0, 0.8, 0.0], upscaler
+        assert batch.images[0].size == (96, 96) and not batch.notes, upscaler
