@@ -37,7 +37,7 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.engine.test_model_families import bare_flux
 from tests.support import tiny_controls
 from tests.support.cli_runner import run_cli
-from tests.support.control_edit_checks import check_controlnet_image_to_image
+from tests.support.control_edit_checks import check_controlnet_image_to_image, check_controlnet_inpainting
 from tests.support.edit_inputs import source_and_mask
 from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import _jitter, build_tiny_flux, save_pipeline
@@ -227,21 +227,38 @@ def test_a_flux_controlnet_acts_in_both_passes_of_the_hires_fix(flux):
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
 
 
-def test_a_qwen_image_controlnet_works_in_image_to_image_and_the_hires_fix(flux, tmp_path):
-    # diffusers' Qwen-Image ControlNet pipeline is text-to-image only: Marble runs it over a source as
-    # QwenImageImg2ImgPipeline does (control_dit_edits.py). A VAE whose latents are normalised (the tiny one's are
-    # not), as the real one's are.
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """A Qwen-Image folder whose VAE normalises its latents (the tiny one's do not), as the real one's does, and a
+    home whose control library holds a Qwen-Image ControlNet, "qwen-union"."""
+    tmp = tmp_path_factory.mktemp("qwen-controlnet-edits")
     pipe = build_tiny_qwen_image()
     pipe.vae.register_to_config(latents_mean=[0.1, -0.2, 0.05, 0.3], latents_std=[0.8, 1.2, 0.9, 1.1])
-    folder = tmp_path / "qwen"
+    folder = tmp / "qwen"
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    home = AppPaths.for_root(tmp_path / "home").ensure()
+    home = AppPaths.for_root(tmp / "home").ensure()
     home.controls.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in tiny_qwen_controlnet(pipe.transformer, 3).state_dict().items()},
               str(home.controls / "qwen-union.safetensors"))  # fmt: skip
-    check_controlnet_image_to_image(home, folder, ControlUnit("qwen-union", str(flux["picture"])),
+    return {"folder": folder, "home": home}
+
+
+QWEN_VALUES = dict(negative_prompt="blurry", cfg_scale=4.0, seed=11)
+
+
+def test_a_qwen_image_controlnet_works_in_image_to_image_and_the_hires_fix(qwen, flux, tmp_path):
+    # diffusers' Qwen-Image ControlNet pipeline is text-to-image only: Marble runs it over a source as
+    # QwenImageImg2ImgPipeline does (control_dit_edits.py).
+    check_controlnet_image_to_image(qwen["home"], qwen["folder"], ControlUnit("qwen-union", str(flux["picture"])),
                                     ("controlnet_blocks.",), QwenImageControlNetModel, tmp_path,
-                                    negative_prompt="blurry", cfg_scale=4.0, seed=11)  # fmt: skip
+                                    **QWEN_VALUES)  # fmt: skip
+
+
+def test_a_qwen_image_controlnet_inpaints_under_the_mask(qwen, flux, tmp_path):
+    # The same under a mask, as A1111 inpaints with a ControlNet (diffusers' Qwen-Image ControlNet inpainting
+    # pipeline runs InstantX's inpainting ControlNet only).
+    check_controlnet_inpainting(qwen["home"], qwen["folder"], ControlUnit("qwen-union", str(flux["picture"])),
+                                ("controlnet_blocks.",), tmp_path, own_inpainting=False, **QWEN_VALUES)  # fmt: skip
 
 
 def tiny_qwen_controlnet(transformer, seed: int) -> QwenImageControlNetModel:
@@ -352,8 +369,8 @@ def test_qwen_image_inpaints_with_instantx_inpainting_controlnet_as_by_hand(flux
     with pytest.raises(InvalidRequest, match="it runs in an inpainting job"):
         run(backend, request_for(folder, controls=(replace_model(unit, "qwen-inpainting", "none"),),
                                  **{k: v for k, v in values.items() if k not in ("init_image", "mask", "strength")}))
-    with pytest.raises(InvalidRequest, match="through InstantX's Qwen-Image inpainting ControlNet alone"):
-        run(backend, request_for(folder, controls=(replace_model(unit, "qwen-union", "canny"),), **values))
+    with pytest.raises(InvalidRequest, match="inpaints with InstantX's Qwen-Image inpainting ControlNet alone"):
+        run(backend, request_for(folder, controls=(unit, replace_model(unit, "qwen-union", "canny")), **values))
 
 
 def replace_model(unit: ControlUnit, model: str, preprocessor: str) -> ControlUnit:

@@ -29,7 +29,7 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from desktop.engine.resources import Resources
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
-from tests.support.control_edit_checks import check_controlnet_image_to_image
+from tests.support.control_edit_checks import check_controlnet_image_to_image, check_controlnet_inpainting
 from tests.support.edit_inputs import source_and_mask
 from tests.support.offload_check import assert_mode_matches_full
 from tests.support.tiny_dit import _jitter, build_tiny_sd3, save_pipeline
@@ -186,9 +186,18 @@ def test_an_inpainting_controlnet_inpaints_as_by_hand(sd3, tmp_path):
     assert np.array_equal(pixels(batch.images[0]), np.where(mask[..., None] == 255, out, pixels(source)))
     with pytest.raises(InvalidRequest, match="it runs in an inpainting job"):
         run(backend, request_for(sd3["folder"], controls=(unit,), **VALUES))
-    with pytest.raises(InvalidRequest, match="through an SD3 inpainting ControlNet .alimama's. alone"):
-        run(backend, request_for(sd3["folder"], controls=(ControlUnit("sd3-canny", str(sd3["picture"])),),
+    with pytest.raises(InvalidRequest, match="inpaints with an SD3 inpainting ControlNet .alimama's. alone"):
+        run(backend, request_for(sd3["folder"], controls=(unit, ControlUnit("sd3-canny", str(sd3["picture"]))),
                                  **VALUES, **edit))  # fmt: skip
+    with pytest.raises(InvalidRequest, match="its denoising strength is 1, not 0.5"):
+        run(backend, request_for(sd3["folder"], controls=(unit,), **VALUES, **(edit | {"strength": 0.5})))
+
+
+def test_an_sd3_controlnet_inpaints_under_the_mask(sd3, tmp_path):
+    # As A1111 inpaints with a ControlNet (diffusers' SD3 ControlNet inpainting pipeline runs inpainting ControlNets
+    # only).
+    check_controlnet_inpainting(sd3["home"], sd3["folder"], ControlUnit("sd3-canny", str(sd3["picture"])),
+                                ("controlnet_blocks.",), tmp_path, own_inpainting=False, **VALUES)  # fmt: skip
 
 
 def test_an_sd3_controlnet_works_in_image_to_image_and_the_hires_fix(sd3, tmp_path):

@@ -216,7 +216,7 @@ class ControlModels:
         units = tuple(unit for unit, _, _ in active)
         models = [model for _, model, _ in active]
         modes = control_dit.union_modes(family, units, models, [name for _, _, name in active])
-        pipe = control_dit.pipeline(family, request.mode, base, models)
+        pipe = control_dit.pipeline(family, request.mode, base, models, request.strength)
         inpainting = control_dit.is_inpainting(family, models[0])
         if inpainting:
             # An inpainting ControlNet (Qwen-Image's, SD3's) reads the job's own source and mask (A1111's inpaint
@@ -238,7 +238,7 @@ class ControlModels:
             run.handles.append(scales)
         if family == Z_IMAGE:  # lent the transformer's modules for this job only (close() takes them back)
             run.handles.extend(control_dit.z_image_hooks(models[0], base.transformer))
-        if plan is None and control_dit.runs(family, "img2img"):
+        if plan is None:
 
             def hires(second: tuple[int, int]) -> tuple[Any, dict[str, Any]]:
                 # The family's image-to-image ControlNet pipeline: the units act in the hires pass too, as in A1111.

@@ -1,8 +1,8 @@
 """ControlNets for the diffusion transformers, in diffusers' layout: Flux.1's (InstantX's, Shakker-Labs' Union,
 XLabs' -- theirs converted from their own names; text-to-image, image-to-image and inpainting), Qwen-Image's
-(InstantX's Union), Z-Image's (alibaba-pai's Fun ControlNet Union 1.0, 2.0, 2.1), SD3's and Sana's (text-to-image,
-image-to-image through control_dit_edits.py, and inpainting where the family has a ControlNet inpainting pipeline),
-for a loaded pipeline of their family.
+(InstantX's Union), Z-Image's (alibaba-pai's Fun ControlNet Union 1.0, 2.0, 2.1), SD3's and Sana's (text-to-image;
+image-to-image and inpainting through control_dit_edits.py, and the family's ControlNet inpainting pipeline for the
+ControlNets that read the masked source), for a loaded pipeline of their family.
 
 A model is shaped from its own tensors (how many blocks, whether it embeds the guidance, which kinds of control
 image a union model tells apart) and from the loaded transformer's config (the width, the heads, the rotary
@@ -53,13 +53,9 @@ UNION_MODES = {
 class _Classes:
     model: str  # diffusers' ControlNet model class
     several: str  # the class that runs several of them together ("": the pipeline takes one)
-    pipelines: dict[str, str]  # the pipeline with ControlNets for each mode ("txt2img", "img2img", "inpaint")
-
-    def modes(self, family: str) -> tuple[str, ...]:
-        """The modes its ControlNets run in: its pipelines', and image to image over the text-to-image one where
-        Marble makes it (control_dit_edits.py)."""
-        own = ("img2img",) if family in control_dit_edits.FAMILIES else ()
-        return tuple(mode for mode in ("txt2img", "img2img", "inpaint") if mode in self.pipelines or mode in own)
+    # The pipeline with ControlNets for each mode ("txt2img", "img2img", "inpaint"); a mode a family's lacks runs
+    # Marble's own over its text-to-image one (control_dit_edits.py).
+    pipelines: dict[str, str]
 
 
 CLASSES = {
@@ -68,12 +64,12 @@ CLASSES = {
         "inpaint": "FluxControlNetInpaintPipeline",
     }),
     # Qwen-Image's ControlNet inpainting pipeline runs InstantX's inpainting ControlNet (the masked source and the
-    # mask as its picture, painted from pure noise: strength 1); the other ControlNets run text-to-image and image to
-    # image (Marble's own over the text-to-image pipeline, as for Z-Image, SD3 and Sana: control_dit_edits.py).
+    # mask as its picture, painted from pure noise: strength 1); the other ControlNets' image to image and inpainting
+    # are Marble's own over the text-to-image pipeline, as for Z-Image, SD3 and Sana (control_dit_edits.py).
     QWEN_IMAGE: _Classes("QwenImageControlNetModel", "QwenImageMultiControlNetModel",
                          {"txt2img": "QwenImageControlNetPipeline", "inpaint": "QwenImageControlNetInpaintPipeline"}),
     # Z-Image's ControlNet inpainting pipeline paints from pure noise (no strength) with the masked picture as
-    # the 2.x models' extra condition: Marble's inpainting at strength 1 (refuse_strength).
+    # the 2.x models' extra condition: Marble's inpainting at strength 1 with them (_reads_the_mask).
     Z_IMAGE: _Classes("ZImageControlNetModel", "", {"txt2img": "ZImageControlNetPipeline",
                                                      "inpaint": "ZImageControlNetInpaintPipeline"}),
     # SD3's ControlNet inpainting pipeline runs an inpainting ControlNet (alimama's, in InstantX's shape: the mask
@@ -112,20 +108,6 @@ _Z_IMAGE_BORROWED = ("t_embedder", "all_x_embedder", "cap_embedder", "rope_embed
                      "context_refiner", "x_pad_token", "cap_pad_token")  # fmt: skip
 
 
-def runs(family: str, mode: str) -> bool:
-    """Whether Marble runs `family`'s ControlNets for a job of `mode`."""
-    return family in CLASSES and mode in CLASSES[family].modes(family)
-
-
-_MODE_WORDS = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting"}
-
-
-def modes_label(family: str) -> str:
-    """The modes `family`'s ControlNets run in, in words ("text-to-image and image-to-image")."""
-    words = [_MODE_WORDS[mode] for mode in CLASSES[family].modes(family)]
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
-
-
 def refuse_memory_mode(family: str, mode: str, asked: str, label: str) -> None:
     """InvalidRequest for a Z-Image ControlNet under group or sequential offload: it runs the transformer's
     embedders and refiners outside the transformer's call, where those modes' hooks would not have brought
@@ -137,16 +119,6 @@ def refuse_memory_mode(family: str, mode: str, asked: str, label: str) -> None:
         f"A Z-Image ControlNet runs with the memory modes full, offload, fp8, nf4 and int8, not {mode} offload "
         f"({chosen}): set Memory to offload or fp8, or remove the control unit. ({label})"
     )
-
-
-def refuse_strength(family: str, mode: str, strength: float, label: str) -> None:
-    """InvalidRequest for a Z-Image, Qwen-Image or SD3 ControlNet inpainting job below strength 1: its pipeline
-    paints the masked area from pure noise, with no strength to give."""
-    if family in (Z_IMAGE, QWEN_IMAGE, SD3) and mode == "inpaint" and strength < 1:
-        raise InvalidRequest(
-            f"{label} inpaints with a ControlNet from pure noise (the masked picture goes to the ControlNet), so its "
-            f"denoising strength is 1, not {strength:g}: set it to 1, or remove the control unit."
-        )
 
 
 def refuse_several(family: str, count: int, label: str) -> None:
@@ -367,8 +339,9 @@ def union_modes(
     return modes
 
 
-def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
-    """The family's ControlNet pipeline for `mode` on the loaded pipeline's modules, with one model or several."""
+def pipeline(family: str, mode: str, base: Any, models: Sequence[Any], strength: float = 1.0) -> Any:
+    """The family's ControlNet pipeline for `mode` (an edit at `strength`) on the loaded pipeline's modules, with one
+    model or several."""
     import diffusers
 
     classes = CLASSES[family]
@@ -385,13 +358,8 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
             "XLabs' Flux.1 ControlNets (which encode the control picture themselves) and the others (InstantX's, "
             "Shakker-Labs') cannot run in one job: keep units of one kind."
         )
-    if family == Z_IMAGE and mode == "inpaint" and models[0].config.control_in_dim == base.transformer.in_channels:
-        raise InvalidRequest(
-            "This Z-Image ControlNet (the Fun Union 1.0) reads no masked picture: inpainting with a ControlNet takes "
-            "the 2.0 or 2.1 Union."
-        )
     if family in (QWEN_IMAGE, SD3):
-        _refuse_inpainting_kind(family, mode, models)
+        _refuse_inpainting_kind(family, mode, models, strength)
     borrows_positions = family == SD3 and any(not model.config.use_pos_embed for model in models)
     if borrows_positions and base.transformer.pos_embed.proj.weight.is_meta:
         # The pipeline copies the transformer's position embedding into Stability's SD3.5 ControlNets when it is
@@ -401,7 +369,8 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any]) -> Any:
             "keeps off the GPU: set Memory to another mode, or remove the control unit."
         )
     controlnet = models[0] if len(models) == 1 else getattr(diffusers, classes.several)(list(models))
-    if mode == "img2img" and mode not in classes.pipelines:  # Marble's own over the text-to-image pipeline
+    own = mode == "img2img" or (mode == "inpaint" and not _reads_the_mask(family, base, models, strength))
+    if own and family in control_dit_edits.FAMILIES:  # Marble's own over the text-to-image pipeline
         cls = control_dit_edits.edit_class(family, classes.pipelines["txt2img"])
     else:
         cls = getattr(diffusers, classes.pipelines[mode])
@@ -419,24 +388,43 @@ def is_inpainting(family: str, model: Any) -> bool:
     return family == SD3 and model.config.extra_conditioning_channels > 0
 
 
+def _reads_the_mask(family: str, base: Any, models: Sequence[Any], strength: float) -> bool:
+    """Whether an inpainting job's ControlNets run in the family's ControlNet inpainting pipeline, which hands them the
+    masked source and paints from pure noise (strength 1): Qwen-Image's and SD3's inpainting ControlNets
+    (_refuse_inpainting_kind: alone, at strength 1), Z-Image's 2.x Unions at strength 1. The others inpaint through
+    Marble's own over the text-to-image pipeline (control_dit_edits.py), the unit's picture as their control, as A1111
+    inpaints with a ControlNet; a 2.x Union below strength 1 so too, its masked-picture channels empty as in text to
+    image."""
+    if family in (QWEN_IMAGE, SD3):
+        return is_inpainting(family, models[0])
+    return family == Z_IMAGE and strength >= 1 and models[0].config.control_in_dim != base.transformer.in_channels
+
+
 _INPAINTING_CONTROLNETS = {QWEN_IMAGE: "InstantX's Qwen-Image inpainting ControlNet",
                            SD3: "an SD3 inpainting ControlNet (alimama's)"}  # fmt: skip
 
 
-def _refuse_inpainting_kind(family: str, mode: str, models: Sequence[Any]) -> None:
-    """An inpainting ControlNet runs alone in an inpainting job, and only it runs there (the family's ControlNet
-    inpainting pipeline feeds every model the masked source)."""
+def _refuse_inpainting_kind(family: str, mode: str, models: Sequence[Any], strength: float) -> None:
+    """An inpainting ControlNet runs alone, in an inpainting job at strength 1 (the family's ControlNet inpainting
+    pipeline feeds it the masked source and paints from pure noise)."""
     inpainting = [is_inpainting(family, model) for model in models]
     which = _INPAINTING_CONTROLNETS[family]
-    if mode == "inpaint" and (not all(inpainting) or len(models) > 1):
-        raise InvalidRequest(
-            f"{family_label(family)} inpaints with a ControlNet through {which} alone (it reads the masked source "
-            "and the mask): remove the other control units, or inpaint without them."
-        )
-    if mode != "inpaint" and any(inpainting):
+    if not any(inpainting):
+        return
+    if mode != "inpaint":
         raise InvalidRequest(
             f"{which[0].upper()}{which[1:]} repaints a masked source: it runs in an inpainting job (a source image "
             "and a mask), not this one. Remove its unit, or paint a mask."
+        )
+    if len(models) > 1:
+        raise InvalidRequest(
+            f"{family_label(family)} inpaints with {which} alone (it reads the masked source and the mask): remove "
+            "the other control units, or inpaint with those alone."
+        )
+    if strength < 1:
+        raise InvalidRequest(
+            f"{which[0].upper()}{which[1:]} inpaints from pure noise (the masked picture goes to the ControlNet), so "
+            f"its denoising strength is 1, not {strength:g}: set it to 1, or use another ControlNet."
         )
 
 

@@ -1,7 +1,8 @@
-"""Image to image with ControlNets for the DiT families whose ControlNet pipelines diffusers has for text to image only
-(Qwen-Image's, Z-Image's, SD3's, Sana's): the family's text-to-image ControlNet pipeline with flow_edit's image to
-image mixed in, so a ControlNet unit also works on a source picture and in the hires fix's second pass, as A1111 runs
-it (Flux.1's has diffusers' own `FluxControlNetImg2ImgPipeline`).
+"""Image to image and inpainting with ControlNets for the DiT families whose ControlNet pipelines diffusers has for text
+to image only (Qwen-Image's, Z-Image's, SD3's, Sana's; their inpainting pipelines take only ControlNets that read the
+masked source): the family's text-to-image ControlNet pipeline with flow_edit's image to image and inpainting mixed
+in, so a ControlNet unit also works on a source picture, under a mask and in the hires fix's second pass, as A1111
+runs it (Flux.1's has diffusers' own `FluxControlNetImg2ImgPipeline` and `FluxControlNetInpaintPipeline`).
 
 Each class reproduces the family's own image-to-image pipeline, which Marble runs without control units: the same
 schedule tail, the source encoded the same way (a sample of the VAE's distribution drawn with the image's generator,

@@ -1956,8 +1956,7 @@ def _refuse_built_in(dit: Any, request: GenerationRequest) -> None:
 
 
 def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
-    """Control units only where they run: ControlNets of the model's family, for a Flux.1, Qwen-Image, Z-Image or
-    SD3 / SD3.5 job of any mode or a Sana text-to-image or image-to-image job (control_dit.py);
+    """Control units only where they run: ControlNets of the model's family, for a job of any mode (control_dit.py);
     a Canny / Depth dev model's own input (_refuse_built_in)."""
     _refuse_built_in(dit, request)
     if dit is None or not request.controls or dit.control_input:
@@ -1978,12 +1977,6 @@ def _refuse_dit_controls(dit: Any, request: GenerationRequest) -> None:
             f"Sana models in Marble; "
             f"{dit.label} has none yet. Remove the {len(request.controls)} control unit(s), or choose such a model."
         )  # fmt: skip
-    if not control_dit.runs(family, request.mode):
-        raise InvalidRequest(
-            f"Control units run with {dit.label} for {control_dit.modes_label(family)} only in Marble so far: remove "
-            "them for this job."
-        )
-    control_dit.refuse_strength(family, request.mode, request.strength, dit.label)
 
 
 def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
