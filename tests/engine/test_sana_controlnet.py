@@ -11,12 +11,12 @@ import pytest
 import torch
 from diffusers import SanaControlNetModel, SanaControlNetPipeline, SanaPipeline
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import fits_model, inspect_control
-from desktop.engine.library.index import guess_kind
+from desktop.engine.library.index import Library, guess_kind
 from desktop.engine.library.native_size import takes_controls
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
@@ -24,7 +24,7 @@ from tests.engine.test_diffusers_backend import make_backend, pixels, request_fo
 from tests.support.control_edit_checks import check_controlnet_image_to_image, check_controlnet_inpainting
 from tests.support.control_range_checks import check_step_range
 from tests.support.tiny_dit import _jitter
-from tests.support.tiny_sana import build_tiny_sana
+from tests.support.tiny_sana import build_tiny_sana, original_names
 
 VALUES = dict(negative_prompt="blurry", cfg_scale=4.5, steps=3, seed=5)
 
@@ -127,6 +127,57 @@ def test_it_inpaints_under_the_mask(sana, tmp_path):
     # Sana's inpainting is Marble's own with or without the unit: with its output layers zeroed, the same picture.
     check_controlnet_inpainting(sana["home"], sana["folder"], ControlUnit("sana-hed", str(sana["picture"])),
                                 ("controlnet_blocks.",), tmp_path, own_inpainting=True, **VALUES)  # fmt: skip
+
+
+def nvlabs_checkpoint(controlnet: SanaControlNetModel, base) -> dict[str, torch.Tensor]:
+    """`controlnet` as NVlabs' .pth checkpoints hold it (diffusers' conversion script read backwards): its blocks as
+    `controlnet.N.copied_block`, its input and output layers as `controlnet.0.before_proj` / `controlnet.N.after_proj`,
+    its embedders at the top, beside the rest of the Sana model `base` (blocks, final layer) in its makers' names."""
+    state = controlnet.state_dict()
+    layers = {key: value for key, value in state.items() if key.startswith(("input_block.", "controlnet_blocks."))}
+    out = {}
+    for key, value in original_names({k: v for k, v in state.items() if k not in layers}, extras=False).items():
+        if key.startswith("blocks."):
+            _, index, rest = key.split(".", 2)
+            key = f"controlnet.{index}.copied_block.{rest}"
+        out[key] = value
+    for key, value in layers.items():
+        if key.startswith("input_block."):
+            out[f"controlnet.0.before_proj.{key.split('.')[-1]}"] = value
+        else:
+            _, index, kind = key.split(".")
+            out[f"controlnet.{index}.after_proj.{kind}"] = value
+    model = original_names(base.state_dict())
+    return out | {k: v for k, v in model.items() if k.startswith(("blocks.", "final_layer.", "pos_embed"))}
+
+
+def test_nvlabs_pth_checkpoint_converted_on_import_runs_as_the_diffusers_one(sana, tmp_path):
+    # NVlabs' own files (the Sana model beside its ControlNet, pickled): imported with --convert-pickle, told from
+    # the model by their `controlnet.N` tensors, converted with the facts of diffusers' conversion script.
+    base = SanaPipeline.from_pretrained(str(sana["folder"]), local_files_only=True).transformer
+    two = tiny_controlnet(base, 7, blocks=2)
+    torch.save({"state_dict": nvlabs_checkpoint(two, base)}, tmp_path / "Sana_600M_ControlNet_HED.pth")
+    library = Library(sana["home"])
+    with pytest.raises(ModelError, match="--convert-pickle"):
+        library.import_path(tmp_path / "Sana_600M_ControlNet_HED.pth", "control")
+    library.import_path(tmp_path / "Sana_600M_ControlNet_HED.pth", "control", convert_pickle=True)
+    path = sana["home"].controls / "Sana_600M_ControlNet_HED.safetensors"
+    info = inspect_control(read_safetensors_header(path))
+    assert (info.family, info.label, info.layout, guess_kind(path)) == ("sana", "Sana ControlNet", "nvlabs", "control")
+    save(two, sana["home"].controls / "sana-two.safetensors")
+    unit = ControlUnit("Sana_600M_ControlNet_HED", str(sana["picture"]), weight=0.8)
+    backend = make_backend(sana["home"])
+    theirs, _ = run(backend, request_for(sana["folder"], controls=(unit,), **VALUES))
+    ours, _ = run(backend, request_for(sana["folder"], controls=(replace(unit, model="sana-two"),), **VALUES))
+    assert np.array_equal(pixels(theirs.images[0]), pixels(ours.images[0]))
+    # Imported as a model, it is sent to the control library; a ControlNet tensor the script does not name is
+    # refused by name.
+    with pytest.raises(ModelError, match="is a Sana ControlNet .* import it into the control library"):
+        library.import_path(path, "model")
+    odd = load_file(str(path)) | {"controlnet.1.before_proj.weight": torch.zeros(32, 32)}
+    save_file(odd, str(sana["home"].controls / "sana-odd.safetensors"))
+    with pytest.raises(ModelError, match="unexpected tensor 'controlnet.1.before_proj.weight'"):
+        run(backend, request_for(sana["folder"], controls=(replace(unit, model="sana-odd"),), **VALUES))
 
 
 def test_what_it_cannot_run_is_refused_by_name(sana, tmp_path):

@@ -304,7 +304,7 @@ _DIT_CONTROLNETS = {
     QWEN_IMAGE: "Qwen-Image ControlNets (InstantX's)",
     Z_IMAGE: "Z-Image ControlNets (alibaba-pai's Fun ControlNet Union)",
     SD3: "SD3 ControlNets (InstantX's for SD3 Medium, Stability's for SD3.5 Large)",
-    SANA: "Sana ControlNets (NVIDIA's, in diffusers' names)",
+    SANA: "Sana ControlNets (NVIDIA's: the diffusers releases, or NVlabs' .pth converted on import)",
 }  # fmt: skip
 
 

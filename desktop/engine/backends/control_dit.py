@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from desktop.engine.backends import control_dit_edits
+from desktop.engine.backends import control_dit_edits, families_sana
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.control import FLUX, QWEN_IMAGE, SANA, SD3, Z_IMAGE, family_label
 from desktop.engine.request import ControlUnit
@@ -161,6 +161,8 @@ def build(family: str, state: dict[str, Any], transformer_config: Any) -> Any:
         state = _sd3_diffusers_names(state)
         shape = _sd3_shape(state, config)
     elif family == SANA:
+        if "controlnet.0.before_proj.weight" in state:  # NVlabs' checkpoint, converted from its pickle
+            state = families_sana.controlnet_from_original(state)
         shape = _sana_shape(state, config)
     elif family == Z_IMAGE:
         shape = _z_image_shape(state, config)

@@ -102,6 +102,44 @@ def from_original(state: dict[str, Any]) -> dict[str, Any]:
     return converted | norms | sprint
 
 
+# What NVlabs' ControlNet checkpoints hold beside their ControlNet (`controlnet.N.*`): the whole Sana model it was
+# trained on. Its embedders are the ControlNet's own too (diffusers' conversion script takes them); the rest is the
+# base's.
+_CONTROLNET_SHARED = ("x_embedder.", "t_embedder.", "t_block.", "y_embedder.", "attention_y_norm.")
+_CONTROLNET_BASE = re.compile(r"^(blocks\.\d+\.|final_layer\.|pos_embed$)")
+_CONTROLNET_BLOCK = re.compile(r"^controlnet\.(\d+)\.(copied_block\.|after_proj\.|before_proj\.)(.+)$")
+
+
+def controlnet_from_original(state: dict[str, Any]) -> dict[str, Any]:
+    """NVlabs' Sana ControlNet checkpoint (its `state_dict`, as `--convert-pickle` writes it) -> diffusers'
+    SanaControlNetModel names, with the facts of diffusers' conversion script: each `controlnet.N.copied_block` is a
+    Sana block (renamed by `from_original`, diffusers' converter), block 0's `before_proj` the input layer, each
+    `after_proj` an output layer; the embedders are the ControlNet's. The base model beside it is left out; a
+    ControlNet tensor none of these names is reported (KeyError), not dropped."""
+    blocks: dict[str, Any] = {}
+    projections: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.startswith(_CONTROLNET_SHARED):
+            blocks[key] = value
+        elif (match := _CONTROLNET_BLOCK.match(key)) is not None:
+            index, part, rest = match.groups()
+            if part == "copied_block.":
+                blocks[f"blocks.{index}.{rest}"] = value
+            elif part == "after_proj.":
+                projections[f"controlnet_blocks.{index}.{rest}"] = value
+            elif index == "0":
+                projections[f"input_block.{rest}"] = value
+            else:
+                raise KeyError(f"unexpected tensor {key!r}")
+        elif _CONTROLNET_BASE.match(key) is None:
+            raise KeyError(f"unexpected tensor {key!r}")
+    # The converter also renames a final layer, which a ControlNet has not.
+    blocks |= dict.fromkeys(("final_layer.linear.weight", "final_layer.linear.bias", "final_layer.scale_shift_table"))
+    converted = from_original(blocks)
+    dropped = ("proj_out.", "scale_shift_table")
+    return {key: value for key, value in converted.items() if not key.startswith(dropped)} | projections
+
+
 def needs_folder_error(name: str) -> ModelError:
     return ModelError(
         f"{name} holds the Sana transformer only. It also needs its text encoder (Gemma-2 2B), Gemma's tokenizer and "

@@ -181,6 +181,7 @@ def inspect_control(header: SafetensorsHeader, name: str = "this file") -> Contr
         ):
             detail = "inpainting"
         layout = "sai" if "transformer_blocks.0.attn.qkv.weight" in names else "diffusers"
+        layout = "nvlabs" if "controlnet.0.before_proj.weight" in names else layout
         return ControlInfo(CONTROLNET, layout, "", family, 3, detail)
     if "lora_controlnet" in names:
         return ControlInfo(CONTROL_LORA, "ldm", "", _controlnet_family(header), _hint_channels(header, "", "ldm"))
@@ -222,6 +223,9 @@ def dit_controlnet_family(header: SafetensorsHeader) -> str | None:
     if "input_block.weight" in names and header.has_prefix("controlnet_blocks.") and "caption_norm.weight" in names:
         # Sana's (NVIDIA's, in diffusers' names: a copy of its first blocks over the control picture's latents,
         # added to the noise's through `input_block`).
+        return SANA
+    if "controlnet.0.before_proj.weight" in names and header.has_prefix("controlnet.0.copied_block."):
+        # The same in NVlabs' names (their .pth checkpoint converted: the Sana model beside its ControlNet).
         return SANA
     if "pos_embed_input.proj.weight" in names and header.has_prefix("controlnet_blocks.") and header.has_prefix(
         "transformer_blocks."

@@ -54,6 +54,11 @@ def detect(model: Mapping[str, Any], name: str) -> tuple[str, str, str, tuple[in
     when it is not one; ModelError naming `name` when it is one but damaged."""
     if not any(is_marker(key) for key in model):
         return None
+    if "controlnet.0.before_proj.weight" in model:
+        raise ModelError(
+            f"{name} is a Sana ControlNet (NVlabs' checkpoint holds the model beside it): import it into the control "
+            "library (marble controls import)."
+        )
     layout = "original" if any(key.startswith("blocks.") for key in model) else "diffusers"
     kind, needed = _LAYOUTS[layout]
     for tensor in needed:
