@@ -15,6 +15,7 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLPipeline,
+    UNet2DConditionModel,
 )
 from PIL import Image, ImageDraw
 
@@ -289,6 +290,37 @@ def test_t2i_adapter_equals_the_diffusers_adapter_pipeline(backend, tiny_sd15_di
     assert np.abs(ours - without).mean() > 0.5
     empty = request_for(tiny_sd15_dir, controls=(ControlUnit("adapter", str(control_image), end=0.0),))
     assert np.array_equal(image_of(backend, empty), without)
+
+
+def test_t2i_adapter_units_act_in_both_passes_of_the_hires_fix(backend, tiny_sd15_dir, adapter, control_image):
+    # As A1111 runs them: the second pass (the same UNet) gets the features of the unit's picture made again at the
+    # hires size, and the range counts that pass's steps (4 at denoising 0.5: 2 run).
+    unit = ControlUnit("adapter", str(control_image), weight=0.9, end=0.5)
+    request = request_for(tiny_sd15_dir, controls=(unit,), sampler="Euler", hires_fix=True, hires_scale=2.0,
+                          hires_steps=4, hires_denoise=0.5)  # fmt: skip (Euler: one UNet call a step)
+    seen: list[tuple[int, int | None]] = []
+    second: list[torch.Tensor] = []
+    original = UNet2DConditionModel.forward
+
+    def watched(self, sample, *args, **kwargs):
+        residuals = kwargs.get("down_intrablock_additional_residuals")
+        seen.append((sample.shape[-1], None if residuals is None else residuals[0].shape[-1]))
+        if residuals is not None and sample.shape[-1] == 16:
+            second.append(residuals[0][:1].clone())
+        return original(self, sample, *args, **kwargs)
+
+    UNet2DConditionModel.forward = watched
+    try:
+        ours = image_of(backend, request)
+    finally:
+        UNet2DConditionModel.forward = original
+    assert ours.shape == (128, 128, 3)
+    assert seen == [(8, 8), (8, 8), (8, None), (8, None), (16, 16), (16, None)]
+    big = Image.open(control_image).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)
+    pixels_ = torch.from_numpy(np.asarray(big, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = adapter(pixels_)[0] * 0.9
+    assert torch.allclose(second[0], expected, atol=1e-5)
 
 
 def test_sdxl_controlnet_equals_bare_diffusers(home, tiny_sdxl_dir, control_image):

@@ -18,7 +18,8 @@ How a request's units run:
   repeated for the batch and for classifier-free guidance, as diffusers' adapter pipelines do) and given
   to the UNet as `down_intrablock_additional_residuals` by a forward pre-hook, at the steps the
   start/end range allows. The same pipeline as without control runs, so adapters work for text to
-  image, image to image and inpainting alike (diffusers' adapter pipelines are text to image only).
+  image, image to image and inpainting alike (diffusers' adapter pipelines are text to image only), and
+  in the hires fix's second pass (the same UNet: the features made again at its size).
 - Control modes (A1111's "Control Mode"): "balanced" is plain ControlNet. "control" ("ControlNet is
   more important") is diffusers' `guess_mode`: the ControlNet sees only the conditional half of the
   CFG batch and its residuals are scaled from 0.1 (shallowest) to 1.0 (mid block); diffusers applies it
@@ -95,13 +96,13 @@ class ControlRun:
     handles: list[Any] = field(default_factory=list)
     # Called with the number of finished steps (IP-Adapter ranges set their scales there).
     steppers: list[Callable[[int], None]] = field(default_factory=list)
-    # The hires fix's second pass: given that pass's pipeline (from_pipe'd, the same UNet), readies it and
-    # returns its extra arguments (IP-Adapter units: their encoder and reference images). None: nothing.
-    second_pass: Callable[[Any], dict[str, Any]] | None = None
+    # The hires fix's second pass: each, given that pass's pipeline (from_pipe'd, the same UNet) and size, readies
+    # it and returns its extra arguments (IP-Adapter units: their encoder and reference images; T2I-Adapter units:
+    # their features made again at that size, nothing to pass).
+    second_passes: list[Callable[[Any, tuple[int, int]], dict[str, Any]]] = field(default_factory=list)
     # The hires fix's second pass for ControlNet units (A1111 runs them in both passes): given that pass's
     # size, the image-to-image ControlNet pipeline and its control arguments, the control images made again
-    # at that size. None: no ControlNet units (T2I-Adapters act in the first pass only: diffusers has no
-    # image-to-image adapter pipeline).
+    # at that size. None: no ControlNet units.
     hires: Callable[[tuple[int, int]], tuple[Any, dict[str, Any]]] | None = None
     # The pipeline draws from torch's global generator (SD3's encodes the control picture with a sample of
     # the VAE's distribution, no generator): the call runs with it seeded by the job's seed, then restored.
@@ -172,7 +173,13 @@ class ControlModels:
         images = [_control_image(unit, plan, size, self.annotators) for unit in units]
         models = [m for m, _, _ in loaded]
         if kinds == {T2I_ADAPTER}:
-            return _adapter_run(pipe, units, models, images, request, hashes)
+            again = None
+            if plan is None:  # text to image: the hires fix's second pass reads the pictures again at its size
+
+                def again(second: tuple[int, int]) -> list[Any]:
+                    return [_control_image(unit, None, second, self.annotators) for unit in units]
+
+            return _adapter_run(pipe, units, models, images, request, hashes, again)
         run = _controlnet_run(base, request.mode, plan is not None, units, models, images, hashes)
         if plan is None:  # text-to-image (an inpainting UNet never runs it): the hires fix's second pass too
 
@@ -561,21 +568,19 @@ def _adapter_run(
     images: list[Any],
     request: GenerationRequest,
     hashes: tuple[ControlHash, ...],
+    again: Callable[[tuple[int, int]], list[Any]] | None = None,
 ) -> ControlRun:
-    import torch
-
+    """T2I-Adapter units as a hook on the UNet of `pipe`: their features, scaled by their weights, added at the steps
+    of their ranges. `again`: the units' pictures at another size, for the hires fix's second pass (the same UNet),
+    where the features are made again and the ranges count that pass's steps, as A1111 runs them in both passes."""
     if any(unit.mode != "balanced" for unit in units):
         raise InvalidRequest("T2I-Adapters run in the balanced control mode only.")
-    features = []
-    with torch.inference_mode():
-        for model, image in zip(models, images, strict=True):
-            states = model(image.to(model.device, model.dtype))
-            features.append(states)
-    unet = pipe.unet
+    features = _adapter_features(models, images)
+    running = [pipe]  # the pipeline calling the UNet: its step count is the range's whole
     counter = _StepCounter()
 
     def add_features(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        total = getattr(pipe, "_num_timesteps", None) or request.steps
+        total = getattr(running[0], "_num_timesteps", None) or request.steps
         step = counter.step
         summed = None
         for unit, states in zip(units, features, strict=True):
@@ -595,9 +600,26 @@ def _adapter_run(
         return args, kwargs
 
     run = ControlRun(pipe, {}, hashes)
-    run.handles.append(unet.register_forward_pre_hook(add_features, with_kwargs=True))
+    run.handles.append(pipe.unet.register_forward_pre_hook(add_features, with_kwargs=True))
     run.step_counter = counter  # type: ignore[attr-defined]
+    if again is not None:
+
+        def second_pass(other: Any, size: tuple[int, int]) -> dict[str, Any]:
+            features[:] = _adapter_features(models, again(size))
+            running[0] = other
+            counter.step = 0
+            return {}
+
+        run.second_passes.append(second_pass)
     return run
+
+
+def _adapter_features(models: list[Any], images: list[Any]) -> list[Any]:
+    """Each T2I-Adapter's features of its control picture."""
+    import torch
+
+    with torch.inference_mode():
+        return [model(image.to(model.device, model.dtype)) for model, image in zip(models, images, strict=True)]
 
 
 class _StepCounter:

@@ -1316,8 +1316,10 @@ class DiffusersBackend:
         progress: _Progress,
         arguments: dict[str, Any],
         control: ControlRun | None = None,
+        stepping: ControlRun | None = None,
     ) -> Any:
-        """One pipeline call; control units, when given, act in this pass (the first of a hires job)."""
+        """One pipeline call; control units, when given, act in this pass (the first of a hires job). `stepping`: the
+        first pass's units, told this pass's steps (the hires fix's second pass, whose arguments are its own)."""
         pipe.scheduler = self._make_scheduler(sampler, request.few_step)
         use_brownian_noise(pipe.scheduler, seeds)  # the SDE samplers' noise, seeded as A1111 seeds it
         watcher = _X0Watcher(pipe.scheduler)
@@ -1331,7 +1333,7 @@ class DiffusersBackend:
                     num_images_per_prompt=request.batch_size,
                     generator=generators[0] if len(generators) == 1 else generators,
                     clip_skip=request.clip_skip - 1 if request.clip_skip > 1 else None,
-                    callback_on_step_end=progress.callback(watcher, control),
+                    callback_on_step_end=progress.callback(watcher, control or stepping),
                     callback_on_step_end_tensor_inputs=["latents"],
                     **arguments,
                     **(control.arguments if control is not None else {}),
@@ -1379,10 +1381,11 @@ class DiffusersBackend:
             # ControlNet units act in both passes, as A1111 runs them: their images made again at this size.
             pipe, extra = control.hires((width, height))
             arguments |= extra
-        if control is not None and control.second_pass is not None:
-            # IP-Adapter units act in both passes.
-            arguments |= control.second_pass(pipe)
-        return self._one_pass(pipe, second, seeds, request.hires_sampler or request.sampler, progress, arguments)
+        for second_pass in control.second_passes if control is not None else ():
+            # IP-Adapter and T2I-Adapter units act in both passes.
+            arguments |= second_pass(pipe, (width, height))
+        return self._one_pass(pipe, second, seeds, request.hires_sampler or request.sampler, progress, arguments,
+                              stepping=control)  # fmt: skip
 
     def _hires_timesteps(self, request: GenerationRequest) -> int:
         """How many steps the second pass will call back for: image-to-image's own rule (the last

@@ -340,7 +340,7 @@ def _load(
         unet_module = getattr(unet, "_orig_mod", unet)
         run.handles.append(unet_module.encoder_hid_proj.register_forward_hook(_average_images))
 
-    def second_pass(other: Any) -> dict[str, Any]:
+    def second_pass(other: Any, size: tuple[int, int]) -> dict[str, Any]:
         """The hires fix's image-to-image pipeline shares the UNet (with the adapters loaded) but was made
         before the encoder was registered: register it there too (put back on close), and pass the images."""
         if other is not pipe:
@@ -349,7 +349,7 @@ def _load(
             other.register_modules(image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor)
         return given
 
-    run.second_pass = second_pass
+    run.second_passes.append(second_pass)
 
 
 def _embeds(
