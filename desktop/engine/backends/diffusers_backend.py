@@ -666,7 +666,7 @@ class DiffusersBackend:
         control = self._controls.prepare(self._pipe, pipe, request, plan)
         if control is not None:
             pipe = control.pipe
-        control = self._ip_adapters.prepare(pipe, request, request.hires_active and plan is None, control)
+        control = self._ip_adapters.prepare(pipe, request, control)
         device = self._key.device if self._key else "cpu"
         width, height = request.hires_size if request.hires_active else (request.width, request.height)
         mode = choose_mode(request.memory_mode, device, width, height, *_memory_budget(pipe, device, refiner))

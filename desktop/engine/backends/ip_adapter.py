@@ -122,16 +122,14 @@ class IpAdapters:
     def forget(self) -> None:
         self._encoders.clear()
 
-    def prepare(
-        self, pipe: Any, request: GenerationRequest, hires: bool, control: ControlRun | None
-    ) -> ControlRun | None:
+    def prepare(self, pipe: Any, request: GenerationRequest, control: ControlRun | None) -> ControlRun | None:
         """`control` (the ControlNet / T2I units' run, or None) with the request's IP-Adapter units added;
         its hashes cover every unit in the request's order. `pipe` is the pipeline the job calls."""
         indexed = [(i, unit) for i, unit in enumerate(request.controls) if is_ip_unit(unit)]
         if not indexed:
             return control
         try:
-            return self._prepare(pipe, request, hires, control, indexed)
+            return self._prepare(pipe, request, control, indexed)
         except BaseException:
             if control is not None:
                 control.close()  # the ControlNet / T2I hooks of a job that will not run
@@ -141,16 +139,9 @@ class IpAdapters:
         self,
         pipe: Any,
         request: GenerationRequest,
-        hires: bool,
         control: ControlRun | None,
         indexed: list[tuple[int, ControlUnit]],
     ) -> ControlRun:
-        if hires and any(unit.start > 0 or unit.end < 1 for _, unit in indexed):
-            # The second pass would need the range over its own steps; A1111 has no such rule to follow.
-            raise InvalidRequest(
-                "IP-Adapter units with a start or end do not work with the hires fix yet: set start 0 and end 1, "
-                "or turn the hires fix off."
-            )
         adapters = [self._adapter(unit) for _, unit in indexed]
         unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
         for adapter in adapters:
@@ -316,13 +307,15 @@ def _load(
             for unit, weight in zip(units, weights, strict=True)
         ]
 
-    first_total = request.steps if request.mode == "txt2img" else max(1, min(int(request.steps * request.strength),
-                                                                               request.steps))  # fmt: skip
+    first_total = request.steps if request.mode == "txt2img" else _edit_steps(request.steps, request.strength)
     pipe.set_ip_adapter_scale(scales_at(0, first_total) if ranged else weights)
+    # The pipeline running (the hires fix's second pass has its own) and its step count before it sets one: a range
+    # counts the steps of the pass it is in, as ControlNet ranges do.
+    running: list[Any] = [pipe, first_total]
     if ranged:
 
         def on_step(done: int) -> None:
-            total = getattr(pipe, "_num_timesteps", None) or first_total
+            total = getattr(running[0], "_num_timesteps", None) or running[1]
             if done < total:
                 pipe.set_ip_adapter_scale(scales_at(done, total))
 
@@ -342,14 +335,23 @@ def _load(
 
     def second_pass(other: Any, size: tuple[int, int]) -> dict[str, Any]:
         """The hires fix's image-to-image pipeline shares the UNet (with the adapters loaded) but was made
-        before the encoder was registered: register it there too (put back on close), and pass the images."""
+        before the encoder was registered: register it there too (put back on close), and pass the images. A range
+        starts again over that pass's steps."""
         if other is not pipe:
             run.handles.append(_Restore(other, getattr(other, "feature_extractor", None),
                                         getattr(other, "image_encoder", None)))  # fmt: skip
             other.register_modules(image_encoder=pipe.image_encoder, feature_extractor=pipe.feature_extractor)
+        if ranged:
+            running[:] = [other, _edit_steps(request.hires_steps or request.steps, request.hires_denoise)]
+            pipe.set_ip_adapter_scale(scales_at(0, running[1]))
         return given
 
     run.second_passes.append(second_pass)
+
+
+def _edit_steps(steps: int, strength: float) -> int:
+    """The steps an image-to-image pass of `steps` at `strength` runs (diffusers' rule), at least one."""
+    return max(1, min(int(steps * strength), steps))
 
 
 def _embeds(
