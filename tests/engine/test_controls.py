@@ -15,7 +15,6 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLControlNetPipeline,
     StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
 from PIL import Image, ImageDraw
 
@@ -31,6 +30,7 @@ from desktop.engine.request import ControlUnit, GenerationRequest
 from desktop.engine.resources import Resources
 from tests.support import tiny_controls, tiny_models
 from tests.support.cli_runner import run_cli
+from tests.support.unet_calls import watching_unet
 
 STEPS = 4
 
@@ -300,20 +300,15 @@ def test_t2i_adapter_units_act_in_both_passes_of_the_hires_fix(backend, tiny_sd1
                           hires_steps=4, hires_denoise=0.5)  # fmt: skip (Euler: one UNet call a step)
     seen: list[tuple[int, int | None]] = []
     second: list[torch.Tensor] = []
-    original = UNet2DConditionModel.forward
 
-    def watched(self, sample, *args, **kwargs):
+    def record(unet, sample, kwargs):
         residuals = kwargs.get("down_intrablock_additional_residuals")
         seen.append((sample.shape[-1], None if residuals is None else residuals[0].shape[-1]))
         if residuals is not None and sample.shape[-1] == 16:
             second.append(residuals[0][:1].clone())
-        return original(self, sample, *args, **kwargs)
 
-    UNet2DConditionModel.forward = watched
-    try:
+    with watching_unet(record):
         ours = image_of(backend, request)
-    finally:
-        UNet2DConditionModel.forward = original
     assert ours.shape == (128, 128, 3)
     assert seen == [(8, 8), (8, 8), (8, None), (8, None), (16, 16), (16, None)]
     big = Image.open(control_image).convert("RGB").resize((128, 128), Image.Resampling.LANCZOS)

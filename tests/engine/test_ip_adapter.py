@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image, ImageDraw
 
 from desktop.cli import parse_ip_adapter_args
@@ -35,6 +35,7 @@ from desktop.engine.resources import Resources
 from tests.support import tiny_controls, tiny_models
 from tests.support import tiny_ip_adapters as tiny
 from tests.support.cli_runner import run_cli
+from tests.support.unet_calls import watching_unet
 
 STEPS = 3
 
@@ -244,19 +245,14 @@ def test_a_range_counts_each_pass_of_the_hires_fix(backend, tiny_sd15_dir, refer
     # Refused before 2026-12-06: the second pass starts the range again over its own steps (4 at denoising 0.5: 2
     # run), as ControlNet ranges do. The scale the adapters hold at each UNet call (Euler: one call a step).
     seen: list[float] = []
-    original = UNet2DConditionModel.forward
 
-    def watched(self, *args, **kwargs):
-        seen.append(next(p.scale[0] for p in self.attn_processors.values() if hasattr(p, "scale")))
-        return original(self, *args, **kwargs)
+    def record(unet, sample, kwargs):
+        seen.append(next(p.scale[0] for p in unet.attn_processors.values() if hasattr(p, "scale")))
 
     request = request_for(tiny_sd15_dir, controls=(unit("face", reference, weight=0.8, end=0.5),), steps=4,
                           sampler="Euler", hires_fix=True, hires_scale=2.0, hires_steps=4, hires_denoise=0.5)
-    UNet2DConditionModel.forward = watched
-    try:
+    with watching_unet(record):
         ours = image_of(backend, request)
-    finally:
-        UNet2DConditionModel.forward = original
     assert ours.shape == (128, 128, 3)
     assert seen == [0.8, 0.8, 0.0, 0.0, 0.8, 0.0]
 
