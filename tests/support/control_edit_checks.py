@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from desktop.engine.jobs import CancelToken
 from desktop.engine.paths import AppPaths
 from desktop.engine.request import ControlUnit
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.control_range_checks import scales_seen
 
 
 def _silent(home: AppPaths, name: str, outputs: tuple[str, ...]) -> str:
@@ -29,24 +29,6 @@ def _silent(home: AppPaths, name: str, outputs: tuple[str, ...]) -> str:
     assert any(not torch.equal(zeroed[key], state[key]) for key in state), "no output layer was zeroed"
     save_file(zeroed, str(home.controls / f"{name}-silent.safetensors"))
     return f"{name}-silent"
-
-
-def _scales_seen(backend: Any, request: Any, model_class: Any) -> tuple[Any, list[float]]:
-    """(the batch, the conditioning scale `model_class`'s forward saw at each call)."""
-    seen: list[float] = []
-    original = model_class.forward
-
-    def watched(self: Any, *args: Any, **kwargs: Any) -> Any:
-        seen.append(float(kwargs["conditioning_scale"]))
-        return original(self, *args, **kwargs)
-
-    backend.load(request)
-    model_class.forward = watched
-    try:
-        batch = backend.generate(request, 0, lambda _: None, CancelToken())
-    finally:
-        model_class.forward = original
-    return batch, seen
 
 
 def _source(tmp_path: Path) -> Path:
@@ -121,11 +103,11 @@ def check_controlnet_image_to_image(
     acting, _ = run(backend, request_for(folder, controls=(replace(unit, weight=0.8),), **edit))
     assert not np.array_equal(pixels(acting.images[0]), pixels(plain.images[0]))
     ranged = replace(unit, weight=0.8, start=0.0, end=0.5)
-    _, seen = _scales_seen(backend, request_for(folder, controls=(ranged,), **edit), model_class)
+    _, seen = scales_seen(backend, request_for(folder, controls=(ranged,), **edit), model_class)
     assert seen == [0.8, 0.0, 0.0]
     for upscaler in ("Latent", "Lanczos"):
         hires = values | {"steps": 4, "hires_fix": True, "hires_scale": 1.5, "hires_steps": 4, "hires_denoise": 0.5,
                           "hires_upscaler": upscaler}  # fmt: skip
-        batch, seen = _scales_seen(backend, request_for(folder, controls=(ranged,), **hires), model_class)
+        batch, seen = scales_seen(backend, request_for(folder, controls=(ranged,), **hires), model_class)
         assert seen == [0.8, 0.8, 0.0, 0.0, 0.8, 0.0], upscaler
         assert batch.images[0].size == (96, 96) and not batch.notes, upscaler
