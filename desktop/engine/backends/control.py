@@ -47,7 +47,7 @@ from desktop.engine.backends import control_dit
 from desktop.engine.backends.annotators import Annotators
 from desktop.engine.backends.base import ControlHash
 from desktop.engine.backends.control_lora import build_control_lora
-from desktop.engine.backends.flow_edit import tail_start
+from desktop.engine.backends.flow_edit import tail_steps
 from desktop.engine.control_preprocess import LEARNED, Thresholds, preprocess
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.imaging import EditPlan, load_source, to_working
@@ -240,7 +240,7 @@ class ControlModels:
         run = ControlRun(pipe, values, hashes, global_draws=family == SD3 or inpainting)
         scales = None
         if family in (Z_IMAGE, SANA):  # their pipelines take no step range: counted over the steps this pass runs
-            first = request.steps - tail_start(request.steps, request.strength) if plan is not None else request.steps
+            first = tail_steps(request.steps, request.strength) if plan is not None else request.steps
             scales = control_dit.StepScales(models[0], units[0], first)
             run.handles.append(scales)
         if family == Z_IMAGE:  # lent the transformer's modules for this job only (close() takes them back)
@@ -252,8 +252,7 @@ class ControlModels:
                 again = [_control_image(unit, None, second, self.annotators) for unit in units]
                 pipe = control_dit.pipeline(family, "img2img", base, models)
                 if scales is not None:
-                    steps = request.hires_steps or request.steps
-                    scales.arm(steps - tail_start(steps, request.hires_denoise))
+                    scales.arm(tail_steps(request.hires_steps or request.steps, request.hires_denoise))
                 return pipe, control_dit.arguments(family, units, again, modes)
 
             run.hires = hires

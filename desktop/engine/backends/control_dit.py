@@ -371,8 +371,8 @@ def pipeline(family: str, mode: str, base: Any, models: Sequence[Any], strength:
             "keeps off the GPU: set Memory to another mode, or remove the control unit."
         )
     controlnet = models[0] if len(models) == 1 else getattr(diffusers, classes.several)(list(models))
-    own = mode == "img2img" or (mode == "inpaint" and not _reads_the_mask(family, base, models, strength))
-    if own and family in control_dit_edits.FAMILIES:  # Marble's own over the text-to-image pipeline
+    own = family in control_dit_edits.FAMILIES and mode != "txt2img"
+    if own and not _reads_the_mask(family, mode, base, models, strength):  # Marble's own over text to image
         cls = control_dit_edits.edit_class(family, classes.pipelines["txt2img"])
     else:
         cls = getattr(diffusers, classes.pipelines[mode])
@@ -390,13 +390,15 @@ def is_inpainting(family: str, model: Any) -> bool:
     return family == SD3 and model.config.extra_conditioning_channels > 0
 
 
-def _reads_the_mask(family: str, base: Any, models: Sequence[Any], strength: float) -> bool:
-    """Whether an inpainting job's ControlNets run in the family's ControlNet inpainting pipeline, which hands them the
+def _reads_the_mask(family: str, mode: str, base: Any, models: Sequence[Any], strength: float) -> bool:
+    """Whether a job's ControlNets run in the family's ControlNet inpainting pipeline, which hands them the
     masked source and paints from pure noise (strength 1): Qwen-Image's and SD3's inpainting ControlNets
     (_refuse_inpainting_kind: alone, at strength 1), Z-Image's 2.x Unions at strength 1. The others inpaint through
     Marble's own over the text-to-image pipeline (control_dit_edits.py), the unit's picture as their control, as A1111
     inpaints with a ControlNet; a 2.x Union below strength 1 so too, its masked-picture channels empty as in text to
     image."""
+    if mode != "inpaint":
+        return False
     if family in (QWEN_IMAGE, SD3):
         return is_inpainting(family, models[0])
     return family == Z_IMAGE and strength >= 1 and models[0].config.control_in_dim != base.transformer.in_channels

@@ -98,6 +98,7 @@ from desktop.engine.backends.dit_prompt_cache import cached_encoding  # noqa: E4
 from desktop.engine.backends.encoder_components import Component  # noqa: E402
 from desktop.engine.backends.faceid import FaceAnalyser, library_face_analyser  # noqa: E402
 from desktop.engine.backends.few_step_schedulers import spaced  # noqa: E402
+from desktop.engine.backends.flow_edit import tail_steps  # noqa: E402
 from desktop.engine.backends.flux_control_lora import FluxControlLoras  # noqa: E402
 from desktop.engine.backends.flux_ip_adapter import FluxIpAdapters, FluxIpRun  # noqa: E402
 from desktop.engine.backends.flux_redux import ReduxModels, ReduxPrompt, image_units  # noqa: E402
@@ -1007,7 +1008,7 @@ class DiffusersBackend:
         # A size the model cannot draw is refused before the first pass, the hires fix's second pass's too.
         second = tuple(padded_side(side, multiple) for side in request.hires_size) if hires is not None else None
         families.check_size(pipe, self._dit, (size["width"], size["height"]), *(second,) if second else ())
-        extra = _flow_img2img_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
+        extra = tail_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
         progress = _Progress(batch_index, on_step, cancel, every, self._colours, device, extra)
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
@@ -1735,12 +1736,6 @@ def _variation_noise(request: GenerationRequest, seeds: tuple[int, ...], shape: 
 def _is_out_of_memory(error: RuntimeError) -> bool:
     """CUDA's OutOfMemoryError, or a plain RuntimeError saying so (MPS and older CUDA paths report it that way)."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
-def _flow_img2img_steps(steps: int, strength: float) -> int:
-    """How many of `steps` a flow-matching image-to-image pass runs at `strength` (diffusers' get_timesteps:
-    the last min(steps x strength, steps) of them, rounded as it rounds)."""
-    return steps - int(max(steps - min(steps * strength, steps), 0))
 
 
 def per_image_sources(image: Image.Image, count: int) -> Image.Image | list[Image.Image]:

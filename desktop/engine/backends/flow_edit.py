@@ -156,6 +156,11 @@ def tail_start(steps: int, strength: float) -> int:
     return min(int(max(steps - min(steps * strength, steps), 0)), steps - 1)
 
 
+def tail_steps(steps: int, strength: float) -> int:
+    """How many of `steps` an edit at `strength` runs (from `tail_start` to the end)."""
+    return steps - tail_start(steps, strength)
+
+
 def _cut(scheduler: Any, start: int) -> None:
     """A scheduler's schedule from its step `start` on (DDIM keeps timesteps only)."""
     scheduler.timesteps = scheduler.timesteps[start:]
