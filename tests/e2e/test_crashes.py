@@ -154,7 +154,9 @@ def test_a_writer_killed_half_way_through_a_png_leaves_no_broken_image(tmp_path:
     assert [p for p in paths.outputs.rglob("*") if p.is_file()] == [whole]
 
 
-KILL_POINTS = [("step", n) for n in range(1, IMAGES * STEPS + 1)] + [
+# A step of each image: the first (a kill between steps leaves the disk and the database as a kill after the
+# image's last step does: nothing of that image is written before its PNG), then each write of each image.
+KILL_POINTS = [("step", 1 + image * STEPS) for image in range(IMAGES)] + [
     (point, n) for point in ("partial", "png", "row") for n in range(1, IMAGES + 1)
 ]
 
