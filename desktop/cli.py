@@ -49,7 +49,7 @@ from desktop.engine.imaging import (
 from desktop.engine.jobs import Job
 from desktop.engine.library.catalog import ModelCatalog
 from desktop.engine.library.demo import demo_model_name, install_demo_control, install_demo_model
-from desktop.engine.library.few_step import FEW_STEP_KINDS, few_step_of_file, split_family
+from desktop.engine.library.few_step import FEW_STEP_KINDS, split_family
 from desktop.engine.library.index import Library
 from desktop.engine.library.lora import AdapterCatalog, parse_lora_arg
 from desktop.engine.library.native_size import family_defaults, model_family, native_size
@@ -702,11 +702,11 @@ def _model_family(model: str, paths: AppPaths) -> str | None:
 
 
 def _lora_few_steps(loras: tuple[LoraRef, ...], paths: AppPaths) -> list[str]:
-    """The few-step kinds the chosen LoRAs' headers name (an LCM-LoRA, a Lightning LoRA ...)."""
-    catalog = AdapterCatalog(paths.loras)
-    entries = [catalog.find(lora.name) for lora in loras]
-    kinds = [few_step_of_file(entry.path) for entry in entries if entry is not None]
-    return [kind for kind in kinds if kind]
+    """The few-step kinds of the chosen LoRAs (an LCM-LoRA, a Lightning LoRA ...): the one the user chose in the
+    library (`marble loras few-step`), else the one their headers name."""
+    library = Library(paths)
+    records = [library.find("lora", lora.name) for lora in loras]
+    return [record.few_step_kind for record in records if record is not None and record.few_step_kind]
 
 
 def _text_encoders(value: str | None, paths: AppPaths) -> str | None:

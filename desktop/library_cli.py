@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from desktop.engine.errors import Cancelled, MarbleError
+from desktop.engine.library.few_step import FEW_STEP_KINDS, KIND_NAMES, NOT_FEW_STEP, PRESETS
 from desktop.engine.library.index import Library, LibraryRecord, record_variant_choices
 from desktop.engine.library.ip_adapter import runs_as
 from desktop.engine.paths import AppPaths
@@ -77,6 +78,16 @@ def add_library_commands(
             variant.add_argument("variant", nargs="?",
                                  help="edit, edit-plus, turbo, dev, fast, or base (as the file says)")
             add_home(variant)
+        if _kind == "lora":
+            few_step = sub.add_parser(
+                "few-step", help="say which few-step LoRA a file is where its header does not (an LCM-LoRA as "
+                "latent-consistency publishes it names nothing); its preset then comes with it; without KIND, show "
+                "the choices",
+            )  # fmt: skip
+            few_step.add_argument("name")
+            few_step.add_argument("kind", nargs="?", choices=(*FEW_STEP_KINDS, NOT_FEW_STEP, "header"),
+                                  help="a few-step kind, none (not one), or header (as the file's header says)")
+            add_home(few_step)
 
 
 def run_library(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: TextIO) -> int:
@@ -100,6 +111,8 @@ def run_library(args: argparse.Namespace, paths: AppPaths, out: TextIO, err: Tex
                 return EXIT_OK
             case "variant":
                 return _variant(library, args.name, args.variant, out, err)
+            case "few-step":
+                return _few_step(library, args.name, args.kind, out, err)
     except MarbleError as error:
         print(printable(f"marble: error: {error}"), file=err)
         return exit_code(error.kind)
@@ -125,10 +138,35 @@ def _variant(library: Library, name: str, variant: str | None, out: TextIO, err:
     return EXIT_OK
 
 
+def _few_step(library: Library, name: str, kind: str | None, out: TextIO, err: TextIO) -> int:
+    """Lists the few-step kinds the LoRA `name` may be marked as (its current one starred), or marks it."""
+    if kind is not None:
+        record = library.choose_few_step(name, "" if kind == "header" else kind)
+        now = f"a few-step LoRA ({record.few_step_kind})" if record.few_step_kind else "not a few-step LoRA"
+        print(printable(f"{record.name} is now {now}."), file=err)
+        return EXIT_OK
+    record = library.get("lora", name)
+    current = record.chosen_few_step or "header"
+    header = record.few_step or "no kind"
+    for key in (*FEW_STEP_KINDS, NOT_FEW_STEP, "header"):
+        mark = "*" if key == current else " "
+        label = f"as its header says ({header})" if key == "header" else _preset_words(key)
+        print(printable(f"{mark} {key:10} {label}"), file=out)
+    return EXIT_OK
+
+
+def _preset_words(kind: str) -> str:
+    if kind not in PRESETS:
+        return "not a few-step LoRA"
+    preset = PRESETS[kind]
+    return f"{KIND_NAMES[kind]}: {preset.steps} steps, CFG {preset.cfg_scale:g}, {preset.sampler}"
+
+
 def _record_json(library: Library, record: LibraryRecord) -> dict[str, object]:
     path = library.path_of(record)
     # name/path/folder first: what `models list --json` has always printed.
-    return {"name": record.name, "path": str(path), "folder": path.is_dir(), **record.to_json()}
+    extra = {"few_step_kind": record.few_step_kind} if record.kind == "lora" else {}
+    return {"name": record.name, "path": str(path), "folder": path.is_dir(), **record.to_json(), **extra}
 
 
 def _list(library: Library, kind: str, plural: str, as_json: bool, out: TextIO) -> int:
@@ -196,6 +234,8 @@ def _info(library: Library, kind: str, name: str, as_json: bool, out: TextIO, er
     ]  # fmt: skip
     if (runs := runs_as(record.format, record.name)) is not None:
         rows.append(("runs as", runs))
+    if record.kind == "lora" and record.few_step_kind:
+        rows.append(("few-step", KIND_NAMES[record.few_step_kind] + (" (chosen)" if record.chosen_few_step else "")))
     # Header metadata is whatever the file's author wrote: escape sequences in it are shown, not obeyed.
     for label, value in rows:
         print(f"{label:>12}: {printable(value) if value is not None else '-'}", file=out)

@@ -134,6 +134,13 @@ class LibraryTasks(QObject):
 
         self._run(work)
 
+    def choose_few_step(self, name: str, kind: str) -> None:
+        def work() -> None:
+            self._library.choose_few_step(name, kind)  # may hash a hand-copied file first: off the GUI thread
+            self._changed("lora")
+
+        self._run(work)
+
     # -------------------------------------------------------------------------------- internals
 
     def _changed(self, kind: str) -> None:

@@ -57,7 +57,7 @@ class LoraListWidget(QWidget):
 
     Signals:
         loras_changed(): a row was added, removed, or its LoRA or weight changed.
-        few_step_chosen(str): the user picked a LoRA whose header names this few-step kind ("lcm", ...).
+        few_step_chosen(str): the user picked a LoRA of this few-step kind ("lcm", ...; the library record's).
     """
 
     loras_changed = Signal()

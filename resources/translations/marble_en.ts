@@ -1010,6 +1010,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>&amp;Few-step kind…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Say which few-step LoRA this file is where its header does not (an LCM-LoRA as its makers publish it names nothing): picking it in the LoRA list then brings that kind&apos;s steps, CFG and sampler.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Close</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1051,6 +1059,26 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>Run {name} as:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>As its header says ({kind})</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Not a few-step LoRA</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Few-step kind</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{name} is:</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>{architecture}, {kind} few-step</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

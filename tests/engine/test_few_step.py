@@ -78,6 +78,34 @@ def test_cli_takes_the_preset_from_a_lora_header_or_the_option(tmp_path, tiny_sd
     assert code == 0 and (request.cfg_scale, request.sampler, request.few_step) == (7.5, "default", "")
 
 
+def test_a_lora_marked_in_the_library_brings_its_preset_to_the_command_line(tmp_path, tiny_sd15_dir):
+    """latent-consistency's LCM-LoRA files name nothing in their headers: `marble loras few-step` says what they are."""
+    home = tmp_path / "home"
+    loras = AppPaths.for_root(home).ensure().loras
+    tiny_loras.save_lora(tiny_loras.kohya_state_dict(tiny_models.build_tiny_sd15()), loras / "lcm.safetensors")
+    at_home = ("--home", str(home))
+    code, _, err = _cli(tiny_sd15_dir, home, tmp_path / "before.png", "--lora", "lcm", "--steps", "2")
+    assert code == 0 and read_image_metadata(tmp_path / "before.png").request.few_step == "", err
+
+    code, _, err = in_process(["loras", "few-step", "lcm", "lcm", *at_home])
+    assert code == 0 and "lcm is now a few-step LoRA (lcm)." in err, err
+    code, out, _ = in_process(["loras", "few-step", "lcm", *at_home])
+    assert [line.split()[:2] for line in out.splitlines() if line.startswith("*")] == [["*", "lcm"]]
+    assert "header     as its header says (no kind)" in out
+    code, out, _ = in_process(["loras", "info", "lcm", *at_home])
+    assert "few-step: LCM (chosen)" in out, out
+    code, out, _ = in_process(["loras", "list", "--json", *at_home])
+    assert json.loads(out)["few_step_kind"] == "lcm"
+
+    code, _, err = _cli(tiny_sd15_dir, home, tmp_path / "a.png", "--lora", "lcm")
+    assert code == 0, err
+    request = read_image_metadata(tmp_path / "a.png").request
+    assert (request.steps, request.cfg_scale, request.sampler, request.few_step) == (4, 1.0, "LCM", "lcm")
+
+    code, _, err = in_process(["loras", "few-step", "lcm", "warp", *at_home])
+    assert code != 0 and "invalid choice: 'warp'" in err, err
+
+
 def test_backend_runs_the_kinds_sampler_with_trailing_timesteps(paths, tiny_sd15_dir):
     request = request_for(tiny_sd15_dir, steps=2, cfg_scale=1.0, sampler="Euler a", few_step="turbo")
     batch, steps = run(make_backend(paths), request)

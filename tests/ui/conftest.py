@@ -97,3 +97,18 @@ def studio(qtbot, tmp_path: Path, fake_backend: FakeBackend) -> Iterator[Studio]
         # Cancels a job still running (the fake backend polls its token, so it lets go) and joins the thread.
         controller.shutdown()
         window.wait_for_background()
+
+
+def answer_library_choice(monkeypatch: pytest.MonkeyPatch, answer: str) -> list[tuple[list[str], int]]:
+    """The library dialog's next questions (QInputDialog.getItem) answered with the choice labelled `answer`;
+    returns the list each question's (labels, preselected index) is added to."""
+    from desktop.ui.dialogs import library_dialog
+
+    offered: list[tuple[list[str], int]] = []
+
+    def pick(parent, title, label, items, current, editable):
+        offered.append((list(items), current))
+        return answer, True
+
+    monkeypatch.setattr(library_dialog.QInputDialog, "getItem", pick)
+    return offered

@@ -15,7 +15,7 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.request import LoraRef
 from tests.support import tiny_loras, tiny_models
 from tests.support.fake_backend import FakeBackend
-from tests.ui.conftest import TIMEOUT_MS
+from tests.ui.conftest import TIMEOUT_MS, answer_library_choice
 from tests.ui.test_settings_and_logs import close_window, open_window
 
 
@@ -79,3 +79,44 @@ def test_loras_restored_from_a_recipe_keep_the_recipe_settings(window):
     window.parameters.update(loras=(LoraRef("zippy", 0.8),))  # as a recipe or history entry restores them
     assert window.parameter_panel.lora_list.loras() == (LoraRef("zippy", 0.8),)
     assert _sampling(window) == (20, 6.0, "default", "")
+
+
+def test_a_kind_chosen_in_the_library_dialog_is_shown_and_brings_its_preset(qtbot, window, monkeypatch):
+    """"plain" names no kind in its header, as latent-consistency's own LCM-LoRA files do: the user says it is DMD2."""
+    integration = window.library_integration
+    dialog = integration.show_dialog()
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: dialog.select("lora", "plain"), timeout=TIMEOUT_MS)
+    assert dialog.few_step_button.isVisible() and dialog.few_step_button.isEnabled()
+    offered = answer_library_choice(monkeypatch, "DMD2")
+    with qtbot.waitSignal(integration.tasks.library_changed, timeout=TIMEOUT_MS):
+        dialog.few_step_button.click()
+    assert offered == [(["As its header says (-)", "LCM", "Turbo", "Lightning", "Hyper-SD", "DMD2",
+                         "Not a few-step LoRA"], 0)]  # fmt: skip
+    table = dialog.tables["lora"]
+
+    def shown() -> dict[str, str]:
+        return {table.item(row, 0).text(): table.item(row, 1).text() for row in range(table.rowCount())}
+
+    qtbot.waitUntil(lambda: shown()["plain"].endswith(", DMD2 few-step"), timeout=TIMEOUT_MS)
+    assert shown()["zippy"].endswith(", LCM few-step") and shown()["zoom"].endswith(", Lightning few-step")
+    assert integration.tasks.library.get("lora", "plain").chosen_few_step == "dmd2"
+    # Asked again, the current choice is the one offered first; "Not a few-step LoRA" takes a header's kind away.
+    qtbot.waitUntil(lambda: dialog.select("lora", "zippy"), timeout=TIMEOUT_MS)
+    offered = answer_library_choice(monkeypatch, "Not a few-step LoRA")
+    with qtbot.waitSignal(integration.tasks.library_changed, timeout=TIMEOUT_MS):
+        dialog.few_step_button.click()
+    qtbot.waitUntil(lambda: not shown()["zippy"].endswith("few-step"), timeout=TIMEOUT_MS)
+    assert offered[0][0][0] == "As its header says (LCM)" and offered[0][1] == 0
+    qtbot.waitUntil(lambda: dialog.select("lora", "plain"), timeout=TIMEOUT_MS)
+    offered = answer_library_choice(monkeypatch, "DMD2")
+    with qtbot.waitSignal(integration.tasks.library_changed, timeout=TIMEOUT_MS):
+        dialog.few_step_button.click()
+    assert offered == [(offered[0][0], 5)]  # DMD2, chosen before
+    dialog.tabs.setCurrentIndex(dialog.tabs.indexOf(dialog.tables["model"]))
+    assert not dialog.few_step_button.isVisible()
+    dialog.close()
+
+    lora_list = window.parameter_panel.lora_list
+    lora_list.add_button.click()  # picks "plain", now a DMD2 LoRA
+    qtbot.waitUntil(lambda: _sampling(window) == (4, 1.0, "LCM", "dmd2"), timeout=TIMEOUT_MS)

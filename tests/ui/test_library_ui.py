@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QApplication
 from desktop.engine.errors import Cancelled
 from desktop.engine.request import GenerationRequest, LoraRef
 from tests.support import tiny_loras, tiny_models
+from tests.ui.conftest import answer_library_choice
 
 TIMEOUT_MS = 15_000
 
@@ -196,7 +197,6 @@ def test_a_vae_imported_in_the_dialog_is_listed_and_offered_in_the_panel(studio,
 def test_a_model_file_is_marked_as_its_edit_model_in_the_dialog(studio, integration, qtbot, tmp_path, monkeypatch):
     """A LongCat-Image file whose tensors cannot say it is LongCat-Image-Edit: the Variant button offers its family's
     variants by their labels, and the library lists it as the one chosen (Library.choose_variant)."""
-    from desktop.ui.dialogs import library_dialog
     from tests.support.tiny_longcat import build_tiny_longcat, save_transformer
 
     source = save_transformer(build_tiny_longcat(), tmp_path / "longcat_image_edit.safetensors")
@@ -206,13 +206,7 @@ def test_a_model_file_is_marked_as_its_edit_model_in_the_dialog(studio, integrat
         assert dialog.import_file(str(source), "model")
     qtbot.waitUntil(lambda: dialog.select("model", "longcat_image_edit"), timeout=TIMEOUT_MS)
     assert dialog.variant_button.isVisible() and dialog.variant_button.isEnabled()
-    offered = []
-
-    def pick(parent, title, label, items, current, editable):
-        offered.append((list(items), current))
-        return "LongCat-Image Edit", True
-
-    monkeypatch.setattr(library_dialog.QInputDialog, "getItem", pick)
+    offered = answer_library_choice(monkeypatch, "LongCat-Image Edit")
     with qtbot.waitSignal(integration.tasks.library_changed, timeout=TIMEOUT_MS):
         dialog.variant_button.click()
     assert offered == [(["LongCat-Image (as the file says)", "LongCat-Image Edit"], 0)]

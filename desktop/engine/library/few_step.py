@@ -29,6 +29,10 @@ from desktop.engine.errors import MarbleError
 from desktop.engine.library.checkpoint import read_safetensors_header
 
 FEW_STEP_KINDS = ("lcm", "turbo", "lightning", "hyper", "dmd2")
+# What a user chooses for a LoRA whose header wrongly names a kind (library/index.py choose_few_step).
+NOT_FEW_STEP = "none"
+# Each kind's product name, as lists show it.
+KIND_NAMES = {"lcm": "LCM", "turbo": "Turbo", "lightning": "Lightning", "hyper": "Hyper-SD", "dmd2": "DMD2"}
 
 
 @dataclass(frozen=True)

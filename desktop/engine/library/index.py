@@ -46,7 +46,7 @@ from desktop.engine.library.control import (
 )
 from desktop.engine.library.dit import folder_says_variant, read_gguf_tensors, shown_dtype, variant_choices
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
-from desktop.engine.library.few_step import few_step_from_metadata, few_step_of_file
+from desktop.engine.library.few_step import FEW_STEP_KINDS, NOT_FEW_STEP, few_step_from_metadata, few_step_of_file
 from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.library.ip_adapter import is_xlabs_flux_ip_adapter
 from desktop.engine.library.lora import inspect_lora
@@ -108,9 +108,23 @@ class LibraryRecord:
     # Qwen-Image or LongCat-Image file that is their Edit model, a Krea 2 file or an ERNIE-Image file or folder that
     # is Turbo); "" as the file says.
     chosen_variant: str = ""
+    # The few-step kind the user chose for a LoRA (Library.choose_few_step): "" as its header says, NOT_FEW_STEP
+    # for none, or a kind. An LCM-LoRA as latent-consistency publishes it has no metadata naming it, and its
+    # tensors are any LoRA's, so only the user can say what it is.
+    chosen_few_step: str = ""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
+
+    @property
+    def few_step_kind(self) -> str:
+        """A LoRA's few-step kind ("lcm", ...): the user's choice, else what its header names; "" for none."""
+        chosen = self.chosen_few_step
+        if chosen == NOT_FEW_STEP:
+            return ""
+        if isinstance(chosen, str) and chosen in FEW_STEP_KINDS:  # an index edited by hand may hold anything
+            return chosen
+        return self.few_step or ""
 
     @property
     def shown_architecture(self) -> str:
@@ -479,6 +493,16 @@ class Library:
             raise ModelError(f"{variant!r} is not a variant of {record.name}: choose {known}.")
         arch = with_variant(detect_model(self.path_of(record)), variant)
         chosen = replace(record, chosen_variant=variant, architecture=arch.label)
+        self._store(chosen)
+        return chosen
+
+    def choose_few_step(self, name: str, kind: str) -> LibraryRecord:
+        """Mark the LoRA `name` as a few-step kind ("lcm", "turbo", ...), NOT_FEW_STEP, or "" (as its header says),
+        for a LoRA whose header names no kind or the wrong one. A hand-copied file is hashed and recorded first."""
+        if kind not in ("", NOT_FEW_STEP, *FEW_STEP_KINDS):
+            known = ", ".join((*FEW_STEP_KINDS, NOT_FEW_STEP))
+            raise InvalidRequest(f"{kind!r} is not a few-step kind: choose {known}, or '' for what the header says.")
+        chosen = replace(self.info("lora", name), chosen_few_step=kind)
         self._store(chosen)
         return chosen
 

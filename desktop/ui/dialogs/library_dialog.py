@@ -34,6 +34,7 @@ from PySide6.QtWidgets import (
 
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.control import CONTROL_LORA, FLUX, IP_ADAPTER, REDUX
+from desktop.engine.library.few_step import FEW_STEP_KINDS, KIND_NAMES, NOT_FEW_STEP
 from desktop.engine.library.index import KINDS, LibraryRecord, record_variant_choices
 from desktop.engine.library.ip_adapter import XLABS
 from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
@@ -117,6 +118,11 @@ class LibraryDialog(QDialog):
             "Edit model, a Krea 2 or ERNIE-Image file that is Turbo (ComfyUI's repackaged files do not say), or an "
             "ERNIE-Image Turbo folder."
         ))
+        self.few_step_button = QPushButton(self.tr("&Few-step kind…"), objectName="library_few_step_button")
+        self.few_step_button.setToolTip(self.tr(
+            "Say which few-step LoRA this file is where its header does not (an LCM-LoRA as its makers publish it "
+            "names nothing): picking it in the LoRA list then brings that kind's steps, CFG and sampler."
+        ))
         close_button = QPushButton(self.tr("Close"))
         self.import_button.clicked.connect(self.choose_and_import)
         self.convert_button.clicked.connect(self.convert_last)
@@ -125,6 +131,7 @@ class LibraryDialog(QDialog):
         self.rename_button.clicked.connect(lambda: self.rename_selected())
         self.reveal_button.clicked.connect(self.reveal_selected)
         self.variant_button.clicked.connect(lambda: self.choose_variant_selected())
+        self.few_step_button.clicked.connect(lambda: self.choose_few_step_selected())
         close_button.clicked.connect(self.accept)
 
         buttons = QHBoxLayout()
@@ -135,6 +142,7 @@ class LibraryDialog(QDialog):
             self.remove_button,
             self.rename_button,
             self.variant_button,
+            self.few_step_button,
             self.reveal_button,
         ):
             buttons.addWidget(button)
@@ -238,15 +246,32 @@ class LibraryDialog(QDialog):
         if record is None or not choices:
             return
         if variant is None:
-            keys, labels = list(choices), list(choices.values())
-            current = keys.index(record.chosen_variant) if record.chosen_variant in keys else 0
-            label, ok = QInputDialog.getItem(self, self.tr("Model variant"),
-                                             self.tr("Run {name} as:").format(name=record.name), labels, current,
-                                             False)  # fmt: skip
-            if not ok:
+            variant = self._ask(self.tr("Model variant"), self.tr("Run {name} as:").format(name=record.name), choices,
+                                record.chosen_variant)  # fmt: skip
+            if variant is None:
                 return
-            variant = keys[labels.index(label)]
         self._tasks.choose_variant(record.name, variant)
+
+    def choose_few_step_selected(self, kind: str | None = None) -> None:
+        """Mark the selected LoRA as a few-step kind, not one, or as its header says (Library.choose_few_step);
+        asks which when `kind` is None."""
+        record = self.selected_record()
+        if record is None or record.kind != "lora":
+            return
+        if kind is None:
+            choices = _few_step_choices(record, self.tr("As its header says ({kind})"), self.tr("Not a few-step LoRA"))
+            kind = self._ask(self.tr("Few-step kind"), self.tr("{name} is:").format(name=record.name), choices,
+                             record.chosen_few_step)  # fmt: skip
+            if kind is None:
+                return
+        self._tasks.choose_few_step(record.name, kind)
+
+    def _ask(self, title: str, text: str, choices: dict[str, str], current: str) -> str | None:
+        """The key of the choice the user picks by its label (`current`'s preselected), or None when cancelled."""
+        keys, labels = list(choices), list(choices.values())
+        preselected = keys.index(current) if current in keys else 0
+        label, ok = QInputDialog.getItem(self, title, text, labels, preselected, False)
+        return keys[labels.index(label)] if ok else None
 
     @Slot()
     def reveal_selected(self) -> None:
@@ -264,7 +289,11 @@ class LibraryDialog(QDialog):
         table = self.tables[kind]
         table.setRowCount(len(records))
         for row, record in enumerate(records):
-            values = (record.name, record.shown_architecture, _size(record.size), record.autov2 or "")
+            architecture = record.shown_architecture
+            if record.kind == "lora" and record.few_step_kind:
+                architecture = self.tr("{architecture}, {kind} few-step").format(
+                    architecture=architecture, kind=KIND_NAMES[record.few_step_kind])
+            values = (record.name, architecture, _size(record.size), record.autov2 or "")
             for column, value in enumerate(values):
                 table.setItem(row, column, QTableWidgetItem(value))
         self.tabs.setTabText(KINDS.index(kind), self.tr("{kind} ({count})").format(
@@ -334,6 +363,8 @@ class LibraryDialog(QDialog):
             button.setEnabled(record is not None)
         self.variant_button.setVisible(self.current_kind() == "model")
         self.variant_button.setEnabled(bool(_variant_choices(record)))
+        self.few_step_button.setVisible(self.current_kind() == "lora")
+        self.few_step_button.setEnabled(record is not None and record.kind == "lora")
 
     def _say(self, text: str) -> None:
         self.message.setText(text)
@@ -416,7 +447,7 @@ class LibraryIntegration(QObject):
     def _on_records_listed(self, kind: str, records: list[LibraryRecord]) -> None:
         panel = getattr(self._window, "parameter_panel", None)
         if kind == "lora" and panel is not None:
-            panel.lora_list.set_names([r.name for r in records], {r.name: r.few_step or "" for r in records})
+            panel.lora_list.set_names([r.name for r in records], {r.name: r.few_step_kind for r in records})
         elif kind == "vae" and panel is not None:
             panel.set_vae_names([r.name for r in records])
         elif kind == "control" and panel is not None:
@@ -456,6 +487,12 @@ class LibraryIntegration(QObject):
         bar = getattr(self._window, "message_bar", None)
         if bar is not None:
             bar.show_message(text, level)
+
+
+def _few_step_choices(record: LibraryRecord, header: str, none: str) -> dict[str, str]:
+    """Library.choose_few_step's choices with their labels: as the header says (first), each kind, none."""
+    kinds = {kind: KIND_NAMES[kind] for kind in FEW_STEP_KINDS}
+    return {"": header.format(kind=KIND_NAMES.get(record.few_step or "", "-")), **kinds, NOT_FEW_STEP: none}
 
 
 def _variant_choices(record: LibraryRecord | None) -> dict[str, str]:
