@@ -168,3 +168,39 @@ def test_dmd2_spaces_a_models_own_lcm_scheduler_too(paths, tiny_sd15_dir, tmp_pa
 @pytest.fixture
 def paths(tmp_path):
     return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def test_a_model_file_marked_as_a_few_step_kind_takes_its_preset(tmp_path, tiny_sd15_single):
+    """A Lightning or Turbo merge shared without metadata has a plain model's tensors and header: the user marks it
+    (`marble models variant NAME lightning`, the Library's Variant…) and it is then a family of its own, with its
+    preset, on the command line and in the window (model_family with the chosen variant)."""
+    from desktop.engine.library.index import Library, record_variant_choices
+    from desktop.engine.library.native_size import model_family
+
+    home = tmp_path / "home"
+    paths = AppPaths.for_root(home).ensure()
+    library = Library(paths)
+    record = library.import_path(str(tiny_sd15_single[0]), "model", "merge")
+    assert record_variant_choices(record) == {
+        "": "SD 1.x (as the file says)", "lcm": "SD 1.x LCM", "turbo": "SD 1.x Turbo",
+        "lightning": "SD 1.x Lightning", "hyper": "SD 1.x Hyper-SD", "dmd2": "SD 1.x DMD2",
+    }  # fmt: skip
+    # A refiner only finishes another model's steps: no few-step kind of its own.
+    assert record_variant_choices(replace(record, family="sdxl", architecture="SDXL refiner")) == {}
+    at_home = ("--home", str(home))
+    code, _, err = in_process(["models", "variant", "merge", "lightning", *at_home])
+    assert code == 0 and "merge is now run as SD 1.x Lightning." in err, err
+    assert library.chosen_variants() == {"merge": "lightning"}
+    assert model_family(library.path_of(library.get("model", "merge")), "lightning") == "sd1-lightning"
+
+    config = ("--config", str(tiny_sd15_single[1]))  # the tiny file's dimensions
+    code, _, err = _cli("merge", home, tmp_path / "a.png", *config)
+    assert code == 0, err
+    request = read_image_metadata(tmp_path / "a.png").request
+    assert (request.steps, request.cfg_scale, request.sampler, request.few_step) == (4, 1.0, "Euler", "lightning")
+
+    code, _, err = in_process(["models", "variant", "merge", "base", *at_home])  # as the file says: no kind
+    assert code == 0 and library.get("model", "merge").architecture == "SD 1.x", err
+    code, _, err = _cli("merge", home, tmp_path / "b.png", "--steps", "2", *config)
+    request = read_image_metadata(tmp_path / "b.png").request
+    assert code == 0 and (request.cfg_scale, request.sampler, request.few_step) == (7.5, "default", ""), err

@@ -52,3 +52,14 @@ def test_a_scan_gives_each_model_the_family_of_the_variant_chosen_for_it(qtbot, 
         "ernie": "ernie-image-distilled", "ernie-folder": "ernie-image-distilled", "broken": None}
     plain = _scan_families(qtbot, models, {})
     assert (plain["ernie"], plain["ernie-folder"]) == ("ernie-image", "ernie-image")
+
+
+def test_a_unet_model_marked_as_a_few_step_kind_has_that_kinds_family(qtbot, tmp_path, tiny_sd15_single) -> None:
+    # The window's defaults for a model come from its family: an SD 1.x merge marked Turbo gets Turbo's preset.
+    import shutil
+
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copyfile(tiny_sd15_single[0], models / "merge.safetensors")
+    assert _scan_families(qtbot, models, {"merge": "turbo"})["merge"] == "sd1-turbo"
+    assert _scan_families(qtbot, models, {})["merge"] == "sd1"

@@ -33,6 +33,15 @@ FEW_STEP_KINDS = ("lcm", "turbo", "lightning", "hyper", "dmd2")
 NOT_FEW_STEP = "none"
 # Each kind's product name, as lists show it.
 KIND_NAMES = {"lcm": "LCM", "turbo": "Turbo", "lightning": "Lightning", "hyper": "Hyper-SD", "dmd2": "DMD2"}
+# The model families a file may be a few-step model of, and how their variants are labelled.
+UNET_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+
+
+def few_step_variants(family: str) -> dict[str, str]:
+    """The few-step kinds a UNet model file of `family` may be marked as, where its header names none (a Lightning
+    or Turbo merge shared without metadata), each with its label; "" is the file as its header says."""
+    base = UNET_LABELS[family]
+    return {"": f"{base} (as the file says)", **{kind: f"{base} {KIND_NAMES[kind]}" for kind in FEW_STEP_KINDS}}
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,15 @@ from desktop.engine.library.control import (
 )
 from desktop.engine.library.dit import folder_says_variant, read_gguf_tensors, shown_dtype, variant_choices
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
-from desktop.engine.library.few_step import FEW_STEP_KINDS, NOT_FEW_STEP, few_step_from_metadata, few_step_of_file
+from desktop.engine.library.few_step import (
+    FEW_STEP_KINDS,
+    KIND_NAMES,
+    NOT_FEW_STEP,
+    UNET_LABELS,
+    few_step_from_metadata,
+    few_step_of_file,
+    few_step_variants,
+)
 from desktop.engine.library.flux_control_lora import control_lora_layout
 from desktop.engine.library.ip_adapter import is_xlabs_flux_ip_adapter
 from desktop.engine.library.lora import inspect_lora
@@ -478,7 +486,8 @@ class Library:
         """Mark the model file `name` as `variant` of its family ("" : as its file says), for a file whose tensors
         cannot tell (Qwen-Image-Edit's, LongCat-Image-Edit's, Krea 2 Turbo's and ERNIE-Image Turbo's are their base
         models'; ComfyUI's repackaged files carry no metadata saying so), or an ERNIE-Image folder (Turbo's has the
-        base's pipeline and configs). A hand-copied file is hashed and recorded first."""
+        base's pipeline and configs); or an SD 1.x / SD 2.x / SDXL model as a few-step kind ("lightning" ...: a merge
+        shared without metadata). A hand-copied file is hashed and recorded first."""
         record = self.info("model", name)
         choices = record_variant_choices(record)
         if record.format == "diffusers" and not choices:
@@ -486,13 +495,15 @@ class Library:
         if not choices:
             raise ModelError(
                 f"{record.name} is a {record.architecture} model, which its tensors tell: only Qwen-Image and "
-                "LongCat-Image files can be marked as their Edit models, and Krea 2 and ERNIE-Image files as Turbo."
+                "LongCat-Image files can be marked as their Edit models, Krea 2 and ERNIE-Image files as Turbo, and "
+                "SD 1.x, SD 2.x and SDXL models as a few-step kind."
             )
         if variant not in choices:
             known = ", ".join(repr(v) if v else "'' (as the file says)" for v in choices)
             raise ModelError(f"{variant!r} is not a variant of {record.name}: choose {known}.")
         arch = with_variant(detect_model(self.path_of(record)), variant)
-        chosen = replace(record, chosen_variant=variant, architecture=arch.label)
+        label = f"{arch.label} {KIND_NAMES[variant]}" if arch.dit is None and variant else arch.label
+        chosen = replace(record, chosen_variant=variant, architecture=label)
         self._store(chosen)
         return chosen
 
@@ -849,6 +860,8 @@ def record_variant_choices(record: LibraryRecord) -> dict[str, str]:
     {} for other kinds, for families whose tensors tell, and for folders that say which model they hold."""
     if record.kind != "model" or (record.format == "diffusers" and folder_says_variant(record.family)):
         return {}
+    if record.family in UNET_LABELS and "refiner" not in record.architecture:
+        return few_step_variants(record.family)  # a few-step model whose header does not say so
     return variant_choices(record.family)
 
 

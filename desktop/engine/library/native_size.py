@@ -85,11 +85,13 @@ _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 def model_family(path: Path, variant: str = "") -> str | None:
     """"sd1", "sd2", "sdxl", "flux-dev", "flux-schnell", "sd3", "flux2-dev", "flux2-klein", or "unet-<width>"
     for another UNet folder (the demo model); None when unreadable or unknown. A UNet single file whose
-    header names a few-step kind (library/few_step.py) gets it as a suffix, "sdxl-turbo": a family of its
-    own, with its defaults. `variant`: the one the user chose for the file (LibraryRecord.chosen_variant)."""
+    header names a few-step kind (library/few_step.py), or a UNet model the user marked as one, gets it as a
+    suffix, "sdxl-turbo": a family of its own, with its defaults. `variant`: the one the user chose for the file
+    (LibraryRecord.chosen_variant: a DiT variant, or a UNet model's few-step kind)."""
     family = _plain_family(path, variant)
     if family in ("sd1", "sd2", "sdxl"):
-        kind = few_step_of_file(path)
+        # The kind the user chose for the file (Library.choose_variant), else the one its header names.
+        kind = variant if variant in PRESETS else few_step_of_file(path)
         if kind is not None:
             return f"{family}-{kind}"
     return family

@@ -115,8 +115,8 @@ class LibraryDialog(QDialog):
         self.variant_button = QPushButton(self.tr("&Variant…"), objectName="library_variant_button")
         self.variant_button.setToolTip(self.tr(
             "Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their "
-            "Edit model, a Krea 2 or ERNIE-Image file that is Turbo (ComfyUI's repackaged files do not say), or an "
-            "ERNIE-Image Turbo folder."
+            "Edit model, a Krea 2 or ERNIE-Image file that is Turbo (ComfyUI's repackaged files do not say), an "
+            "ERNIE-Image Turbo folder, or an SD 1.x / SDXL model that is a few-step one (Lightning, Turbo ...)."
         ))
         self.few_step_button = QPushButton(self.tr("&Few-step kind…"), objectName="library_few_step_button")
         self.few_step_button.setToolTip(self.tr(
