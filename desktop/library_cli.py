@@ -71,12 +71,13 @@ def add_library_commands(
             variant = sub.add_parser(
                 "variant", help="say which model a file is where its tensors cannot (a Qwen-Image or LongCat-Image "
                 "file that is their Edit model, a Krea 2 or ERNIE-Image file or an ERNIE-Image folder that is Turbo, a "
-                "HiDream-I1 file that is Dev or Fast, an SD 1.x / SDXL model that is a few-step one); "
+                "HiDream-I1 file that is Dev or Fast, a PixArt file in diffusers' names that is PixArt-α 512, an "
+                "SD 1.x / SDXL model that is a few-step one); "
                 "without VARIANT, list the choices",
             )  # fmt: skip
             variant.add_argument("name")
-            variant.add_argument("variant", nargs="?", help="edit, edit-plus, turbo, dev, fast, lcm, lightning, hyper, "
-                                 "dmd2, or base (as the file says)")  # fmt: skip
+            variant.add_argument("variant", nargs="?", help="edit, edit-plus, turbo, dev, fast, alpha, lcm, lightning, "
+                                 "hyper, dmd2, or base (as the file says)")  # fmt: skip
             add_home(variant)
         if _kind == "lora":
             few_step = sub.add_parser(

@@ -1006,7 +1006,7 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their Edit model, a Krea 2 or ERNIE-Image file that is Turbo (ComfyUI&apos;s repackaged files do not say), an ERNIE-Image Turbo folder, or an SD 1.x / SDXL model that is a few-step one (Lightning, Turbo ...).</source>
+        <source>Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their Edit model, a Krea 2 or ERNIE-Image file that is Turbo (ComfyUI&apos;s repackaged files do not say), an ERNIE-Image Turbo folder, a PixArt file in diffusers&apos; names that is PixArt-α 512, or an SD 1.x / SDXL model that is a few-step one (Lightning, Turbo ...).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

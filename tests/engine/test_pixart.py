@@ -352,6 +352,40 @@ def test_alphas_512_pixel_model_in_diffusers_names_follows_the_alpha_folder_lend
     assert np.array_equal(pixels(sigma.images[0]), bare_image(pixart["folder"], request))
 
 
+def test_alphas_512_pixel_model_in_diffusers_names_marked_alpha_runs_with_the_libraries(paths, pixart, tmp_path):
+    # With library encoders no folder can say it is Alpha: the user marks the file (`marble models variant NAME alpha`,
+    # the Library's Variant…), and it runs Alpha's pipeline, its 120 tokens, its config and SD 1.5's VAE.
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.index import Library, record_variant_choices
+
+    library = Library(paths)
+    source = save_transformer_file(dict(pixart["state"]), tmp_path / "pixart-512-diffusers.safetensors")
+    record = library.import_path(source, "model", "pixart-512")
+    assert record_variant_choices(record) == {"": "PixArt (as the file says)", "alpha": "PixArt Alpha"}
+    assert record_variant_choices(library.import_path(pixart["alpha_original"], "model", "told")) == {}
+    alpha = PixArtAlphaPipeline.from_pretrained(str(pixart["alpha"]), local_files_only=True)
+    files = {"t5xxl": {key: value for key, value in alpha.text_encoder.state_dict().items()
+                       if key != "encoder.embed_tokens.weight"}, "sd15_vae": alpha.vae.state_dict()}  # fmt: skip
+    for name, state in files.items():
+        save_file({key: value.contiguous() for key, value in state.items()}, str(tmp_path / f"{name}.safetensors"))
+        library.import_path(tmp_path / f"{name}.safetensors", "vae" if name == "sd15_vae" else "encoder")
+    configs = tmp_path / "configs"  # the tiny model's sizes, without weights or tokenizer
+    shutil.copytree(pixart["alpha"], configs, ignore=shutil.ignore_patterns("tokenizer*", "*.safetensors"))
+
+    assert library.choose_variant("pixart-512", "alpha").architecture == "PixArt Alpha"
+    assert model_family(library.path_of(record), "alpha") == "pixart-alpha"
+    long = " ".join(["a red fox in the snow"] * 30)  # 241 T5 tokens: Alpha reads 120 of them, Sigma all
+    request = request_for("pixart-512", prompt=long, steps=3, cfg_scale=4.5, model_config=str(configs),
+                          text_encoders="t5xxl", vae="sd15_vae")  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert any("PixArt Alpha's T5 encoder, which reads the first 120" in note for note in batch.notes), batch.notes
+    config = dict(PixArtTransformer2DModel.load_config(str(pixart["alpha"]), subfolder="transformer"))
+    transformer = PixArtTransformer2DModel.from_config(config | {"use_additional_conditions": False})
+    transformer.load_state_dict(pixart["state"])
+    assert np.array_equal(pixels(batch.images[0]), bare_image(pixart["alpha"], request, transformer, alpha=True))
+
+
 def test_each_release_reads_its_own_prompt_length(paths, pixart):
     long = " ".join(["a red fox in the snow"] * 30)  # 241 T5 tokens: over Alpha's 120, under Sigma's 300
     alpha, _ = run(make_backend(paths), request_for(pixart["alpha"], prompt=long, steps=2, cfg_scale=4.5))

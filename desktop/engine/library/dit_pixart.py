@@ -11,7 +11,8 @@ circulation, bare or under ComfyUI's `model.diffusion_model.`:
 The two releases have the same blocks. What tells them: Alpha's caption table (`y_embedder.y_embedding`, the learned
 blank caption its makers' files carry) is 120 tokens long, Sigma's 300; Alpha's 1024-pixel model embeds the picture's
 size and aspect ratio (`csize_embedder` / `ar_embedder`, diffusers' `adaln_single.emb.resolution_embedder`). A file
-that says neither (diffusers' names of Alpha's 512-pixel model) is taken for Sigma, the newer and common one.
+that says neither (diffusers' names of Alpha's 512-pixel model) is taken for Sigma, the newer and common one, unless
+the user marks it as Alpha (`user_variant_choices`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def _variant(model: Mapping[str, Any]) -> str:
     table = model.get(_CAPTION_TABLE)
     shape = tuple(getattr(table, "shape", ()) or ())
     return ALPHA if shape[:1] == (ALPHA_TOKENS,) else SIGMA
+
+
+def user_variant_choices() -> dict[str, str]:
+    """What a user may mark a PixArt transformer file in diffusers' names as (library/index.py choose_variant): Alpha's
+    512-pixel model carries neither the caption table nor the size embedders that tell Alpha, so it reads as Sigma."""
+    return {"": f"{LABELS[PIXART]} (as the file says)", ALPHA: f"{LABELS[PIXART]} {VARIANT_LABELS[(PIXART, ALPHA)]}"}
 
 
 def folder_variant(class_name: str) -> str:

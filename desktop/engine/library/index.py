@@ -45,6 +45,7 @@ from desktop.engine.library.control import (
     is_xlabs_controlnet,
 )
 from desktop.engine.library.dit import folder_says_variant, read_gguf_tensors, shown_dtype, variant_choices
+from desktop.engine.library.dit_pixart import PIXART, user_variant_choices
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import (
     FEW_STEP_KINDS,
@@ -496,7 +497,7 @@ class Library:
             raise ModelError(
                 f"{record.name} is a {record.architecture} model, which its tensors tell: only Qwen-Image and "
                 "LongCat-Image files can be marked as their Edit models, Krea 2 and ERNIE-Image files as Turbo, and "
-                "SD 1.x, SD 2.x and SDXL models as a few-step kind."
+                "SD 1.x, SD 2.x and SDXL models as a few-step kind, and PixArt files in diffusers' names as Alpha."
             )
         if variant not in choices:
             known = ", ".join(repr(v) if v else "'' (as the file says)" for v in choices)
@@ -862,6 +863,8 @@ def record_variant_choices(record: LibraryRecord) -> dict[str, str]:
         return {}
     if record.family in UNET_LABELS and "refiner" not in record.architecture:
         return few_step_variants(record.family)  # a few-step model whose header does not say so
+    if record.family == PIXART:  # only a file in diffusers' names may be Alpha's without saying so
+        return user_variant_choices() if record.layout == "diffusers" and record.format != "diffusers" else {}
     return variant_choices(record.family)
 
 

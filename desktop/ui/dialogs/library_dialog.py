@@ -116,7 +116,8 @@ class LibraryDialog(QDialog):
         self.variant_button.setToolTip(self.tr(
             "Say which model this file is where its tensors cannot: a Qwen-Image or LongCat-Image file that is their "
             "Edit model, a Krea 2 or ERNIE-Image file that is Turbo (ComfyUI's repackaged files do not say), an "
-            "ERNIE-Image Turbo folder, or an SD 1.x / SDXL model that is a few-step one (Lightning, Turbo ...)."
+            "ERNIE-Image Turbo folder, a PixArt file in diffusers' names that is PixArt-α 512, or an SD 1.x / SDXL "
+            "model that is a few-step one (Lightning, Turbo ...)."
         ))
         self.few_step_button = QPushButton(self.tr("&Few-step kind…"), objectName="library_few_step_button")
         self.few_step_button.setToolTip(self.tr(
