@@ -181,7 +181,10 @@ def _list(library: Library, kind: str, plural: str, as_json: bool, out: TextIO) 
     else:
         for record in records:
             # A hand-copied file's name is data: escapes in it are shown, not obeyed.
-            row = (record.name, record.shown_architecture, _size(record.size), record.autov2 or "-")
+            architecture = record.shown_architecture
+            if record.kind == "lora" and record.few_step_kind:
+                architecture += f", {KIND_NAMES[record.few_step_kind]} few-step"
+            row = (record.name, architecture, _size(record.size), record.autov2 or "-")
             print("\t".join(printable(value) for value in row), file=out)
     return EXIT_OK
 

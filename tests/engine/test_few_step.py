@@ -96,6 +96,8 @@ def test_a_lora_marked_in_the_library_brings_its_preset_to_the_command_line(tmp_
     assert "few-step: LCM (chosen)" in out, out
     code, out, _ = in_process(["loras", "list", "--json", *at_home])
     assert json.loads(out)["few_step_kind"] == "lcm"
+    code, out, _ = in_process(["loras", "list", *at_home])
+    assert out.split("\t")[1].endswith(", LCM few-step"), out
 
     code, _, err = _cli(tiny_sd15_dir, home, tmp_path / "a.png", "--lora", "lcm")
     assert code == 0, err
