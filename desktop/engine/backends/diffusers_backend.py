@@ -1302,7 +1302,8 @@ class DiffusersBackend:
         except torch._dynamo.exc.TorchDynamoException as error:  # a RuntimeError too: before the next clause
             if not _is_compiled(pipe.unet):
                 raise
-            raise _CompileFailed(library_error(error)) from None
+            # A backend's failure reads "backend='inductor' raised:" on its first line; what it raised says why.
+            raise _CompileFailed(library_error(getattr(error, "inner_exception", None) or error)) from None
         except RuntimeError as error:
             if not _is_out_of_memory(error):
                 raise
