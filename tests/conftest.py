@@ -18,7 +18,6 @@ from tests.support.aligned_loads import align_safetensors_loads  # noqa: E402
 align_safetensors_loads()  # before diffusers and transformers import safe_open by name
 
 from tests.support.fixtures import (  # noqa: E402,F401 - pytest finds fixtures by name
-    shared_compile_cache,
     tiny_sd15_dir,
     tiny_sd15_inpaint_dir,
     tiny_sd15_inpaint_single,

@@ -17,7 +17,6 @@ from PIL import Image
 
 from desktop.cli import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_MODEL, main
 from desktop.engine.metadata import read_image_metadata
-from tests.support.fixtures import share_compile_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,21 +74,6 @@ def test_out_file_and_home_flag(tmp_path, tiny_sd15_dir):
     assert code == 0, err
     assert out.strip() == str(target) and target.is_file()
     assert "Done: 1 image(s)" in err
-
-
-def test_fast_flag_compiles_and_is_recorded(tmp_path, tiny_sd15_dir, shared_compile_cache):
-    import torch
-
-    torch._dynamo.reset()
-    home = share_compile_cache(tmp_path / "h", shared_compile_cache)
-    code, out, err = in_process(generate_args(tiny_sd15_dir, "--fast", "--json", "--home", str(home)))
-    torch._dynamo.reset()
-    assert code == 0, err
-    events = [json.loads(line) for line in out.splitlines()]
-    assert any(e["event"] == "warning" and e["message"].startswith("Fast mode: the first image compiles")
-               for e in events), events
-    (path,) = events[-1]["paths"]
-    assert read_image_metadata(path).request.fast_mode is True
 
 
 def test_emphasis_flag_is_used_and_recorded_as_a1111_records_it(tmp_path, tiny_sd15_dir):

@@ -1,29 +1,15 @@
 """Fast mode says "compiling" (issue 29): before the first step of a size it has not compiled for, the
-job reports ModelCompiling, so the window and the CLI show that instead of a step counter standing still."""
+job reports ModelCompiling, so the window and the CLI show that instead of a step counter standing still. A fast job's
+"compiling", cold and from the cache, is checked in tests/engine/test_fast_mode.py's first test."""
 
 from __future__ import annotations
 
 import io
 import json
 
-import pytest
-import torch
-
 from desktop.cli import _TextReporter
-from desktop.engine.backends.compile_cache import INDUCTOR_DIR_ENV, TRITON_DIR_ENV
 from desktop.engine.events import ModelCompiling
 from tests.support.cli_runner import run_cli
-from tests.support.fixtures import share_compile_cache
-
-
-@pytest.fixture
-def fresh_dynamo(monkeypatch, tmp_path):
-    # The job points the compile caches at its home: put the process's settings back afterwards.
-    monkeypatch.setenv(INDUCTOR_DIR_ENV, str(tmp_path / "inductor"))
-    monkeypatch.setenv(TRITON_DIR_ENV, str(tmp_path / "triton"))
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def generate(home, model, *extra: str) -> tuple[list[dict], str]:
@@ -33,20 +19,6 @@ def generate(home, model, *extra: str) -> tuple[list[dict], str]:
     )
     assert code == 0, err
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
-
-
-@pytest.mark.slow
-def test_fast_mode_reports_compiling_before_its_first_step_once(
-    tmp_path, tiny_sd15_dir, fresh_dynamo, shared_compile_cache
-):
-    # Reported even when the kernels come from the cache: dynamo's tracing and the cache lookup take time too.
-    home = share_compile_cache(tmp_path / "home", shared_compile_cache)
-    events, _ = generate(home, tiny_sd15_dir, "--fast", "--batch-count", "2", "--json")
-    kinds = [event["event"] for event in events]
-    assert kinds.count("compiling") == 1, kinds  # the second batch has the same size: nothing to compile
-    assert kinds.index("loaded") < kinds.index("compiling") < kinds.index("step"), kinds
-    assert events[kinds.index("compiling")]["model"]
-
 
 
 def test_the_cli_says_compiling_in_words():

@@ -6,7 +6,6 @@ Tests must treat these folders and files as read-only: copy them first to modify
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -65,26 +64,9 @@ def tiny_sdxl_single(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     )
 
 
-@pytest.fixture(scope="session")
-def shared_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One compile cache for every fast-mode test of the run, as the app keeps one across starts.
-
-    Each test still traces and compiles for itself (dynamo is reset between them); inductor takes the
-    kernels an earlier test built from here instead of generating and building them again, which is
-    what fast mode does after a restart. tests/engine/test_compile_cache.py checks that reuse itself,
-    with a cache of its own. Under pytest-xdist the workers share it too (inductor writes its entries
-    atomically, for processes that compile at once), so the kernels are built once per run, not per worker.
-    """
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the workers' own base folders (popen-gw0, ...) sit side by side in the run's
-    folder = root / "compile-cache"
-    folder.mkdir(exist_ok=True)
-    return folder
-
-
 def share_compile_cache(home: Path, shared: Path) -> Path:
-    """Make the app home `home` use `shared` as its compile cache (a link where the app looks); returns home."""
+    """Make the app home `home` use `shared` as its compile cache (a link where the app looks), as the tests of
+    one file do to build the kernels once and take them from there, as the app after a restart; returns home."""
     folder = AppPaths.for_root(home).compile_cache
     folder.parent.mkdir(parents=True, exist_ok=True)
     folder.symlink_to(shared, target_is_directory=True)
