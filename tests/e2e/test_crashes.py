@@ -1,6 +1,7 @@
 """Crashes and full disks through the real command line (`python -m desktop generate ...`).
 
-The child process gets tests/support/faults/sitecustomize.py, which kills it (SIGKILL) or fills its
+The child process (forked from one that has imported the engine: tests/support/forked_cli.py) gets
+tests/support/faults/sitecustomize.py, which kills it (SIGKILL) or fills its
 disk at an exact moment of the batch: after a step, with a PNG half written, right after a PNG's rename,
 right after its history row. After each fault: the database passes SQLite's integrity check, every PNG
 on disk is in the history, and `marble history resume` makes exactly the images that are missing.
@@ -15,7 +16,7 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,8 @@ from desktop.cli import main
 from desktop.engine.history.store import JOB_CHUNK
 from desktop.engine.metadata import read_image_metadata, read_text_chunks
 from desktop.engine.paths import AppPaths
+from tests.support.forked_cli import ForkedCli
 
-ROOT = Path(__file__).resolve().parents[2]
-FAULTS = ROOT / "tests" / "support" / "faults"
 SEED = 400
 # The first, a middle and the last image of a batch: every kind of place a kill can land (each kill point is a
 # process start, about 7 s; a fourth image added five kill points and nothing new).
@@ -41,14 +41,17 @@ def generate_args(model: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def run_with_fault(fault: str, args: list[str], home: Path) -> subprocess.CompletedProcess:
-    """`python -m desktop ARGS` in a child process with MARBLE_TEST_FAULT set."""
-    env = os.environ | {
-        "MARBLE_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(FAULTS), str(ROOT)]),
-        "MARBLE_TEST_FAULT": fault,
-    }
-    return subprocess.run([sys.executable, "-m", "desktop", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+@pytest.fixture(scope="module")
+def forked() -> Iterator[ForkedCli]:
+    server = ForkedCli(os.environ)
+    yield server
+    server.close()
+
+
+def run_with_fault(forked: ForkedCli, fault: str, args: list[str], home: Path) -> subprocess.CompletedProcess:
+    """`python -m desktop ARGS` in a child process with MARBLE_TEST_FAULT set (forked from a process that has
+    imported the engine: tests/support/forked_cli.py)."""
+    return forked.run(args, os.environ | {"MARBLE_HOME": str(home), "HF_HUB_OFFLINE": "1", "MARBLE_TEST_FAULT": fault})
 
 
 def in_process(argv: list[str]) -> tuple[int, str, str]:
@@ -88,11 +91,11 @@ def started_job(stdout: str) -> str:
     return next(event["job"] for event in json_lines(stdout) if event["event"] == "started")
 
 
-def test_a_disk_filling_mid_batch_records_or_rescues_every_image_and_says_where(tmp_path: Path, tiny_sd15_dir):
+def test_a_disk_filling_mid_batch_records_or_rescues_every_image_and_says_where(tmp_path: Path, tiny_sd15_dir, forked):
     """Issue 22 item 6: the first PNG fits, then the disk (outputs and database) is full."""
     home, rescue_dir = tmp_path / "home", tmp_path / "rescue"
     paths = AppPaths.for_root(home)
-    result = run_with_fault("full:png:1", generate_args(tiny_sd15_dir, "--batch-count", "3",
+    result = run_with_fault(forked, "full:png:1", generate_args(tiny_sd15_dir, "--batch-count", "3",
                                                         "--rescue-dir", str(rescue_dir)), home)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1
@@ -116,11 +119,11 @@ def test_a_disk_filling_mid_batch_records_or_rescues_every_image_and_says_where(
     assert listed["path"] == str(saved) and listed["job_id"] == job["id"]
 
 
-def test_resume_counts_an_image_renamed_into_place_before_its_row(tmp_path: Path, tiny_sd15_dir):
+def test_resume_counts_an_image_renamed_into_place_before_its_row(tmp_path: Path, tiny_sd15_dir, forked):
     """Issue 22 item 12: killed right after 00002-401.png is renamed, before its history row."""
     home = tmp_path / "home"
     paths = AppPaths.for_root(home)
-    result = run_with_fault("kill:png:2", generate_args(tiny_sd15_dir, "--batch-count", str(IMAGES)), home)
+    result = run_with_fault(forked, "kill:png:2", generate_args(tiny_sd15_dir, "--batch-count", str(IMAGES)), home)
     assert result.returncode == -signal.SIGKILL
     assert [p.name for p in pngs(paths.outputs)] == ["00001-400.png", "00002-401.png"]
     (job,) = history(home, "jobs")
@@ -132,12 +135,12 @@ def test_resume_counts_an_image_renamed_into_place_before_its_row(tmp_path: Path
     assert seeds_on_disk(paths.outputs) == list(range(SEED, SEED + IMAGES))
 
 
-def test_a_writer_killed_half_way_through_a_png_leaves_no_broken_image(tmp_path: Path, tiny_sd15_dir):
+def test_a_writer_killed_half_way_through_a_png_leaves_no_broken_image(tmp_path: Path, tiny_sd15_dir, forked):
     """Issue 23: the real writer, killed with half of the second PNG's bytes written. Those bytes may
     only ever be in a hidden temp file: no half PNG in the outputs folder, none in the history."""
     home = tmp_path / "home"
     paths = AppPaths.for_root(home)
-    result = run_with_fault("kill:half:2", generate_args(tiny_sd15_dir, "--batch-count", "3"), home)
+    result = run_with_fault(forked, "kill:half:2", generate_args(tiny_sd15_dir, "--batch-count", "3"), home)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
 
     # As the killed process left it: one whole image, and the half one only under a hidden temp name.
@@ -163,10 +166,11 @@ KILL_POINTS = [("step", 1 + image * STEPS) for image in range(IMAGES)] + [
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("point", "nth"), KILL_POINTS, ids=[f"{p}-{n}" for p, n in KILL_POINTS])
-def test_sigkill_at_every_event_of_a_batch_loses_and_repeats_nothing(tmp_path: Path, tiny_sd15_dir, point, nth):
+def test_sigkill_at_every_event_of_a_batch_loses_and_repeats_nothing(tmp_path: Path, tiny_sd15_dir, forked, point, nth):
     home = tmp_path / "home"
     paths = AppPaths.for_root(home)
-    result = run_with_fault(f"kill:{point}:{nth}", generate_args(tiny_sd15_dir, "--batch-count", str(IMAGES)), home)
+    args = generate_args(tiny_sd15_dir, "--batch-count", str(IMAGES))
+    result = run_with_fault(forked, f"kill:{point}:{nth}", args, home)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     job_id = started_job(result.stdout)
 

@@ -27,7 +27,6 @@ import signal
 import sqlite3
 from collections.abc import Callable
 
-_SPEC = os.environ.get("MARBLE_TEST_FAULT", "")
 POINTS = ("step", "half", "partial", "png", "row", "now")
 
 
@@ -133,11 +132,17 @@ def _install_barrier(spec: str) -> None:
     demo.shipped_stamp = shipped_stamp
 
 
-if os.environ.get("MARBLE_TEST_BARRIER"):
-    _install_barrier(os.environ["MARBLE_TEST_BARRIER"])
+def install_from_environment() -> None:
+    """Install what MARBLE_TEST_BARRIER and MARBLE_TEST_FAULT ask for: at start-up, or in a child forked by
+    tests/support/forked_cli.py once it has its environment."""
+    if os.environ.get("MARBLE_TEST_BARRIER"):
+        _install_barrier(os.environ["MARBLE_TEST_BARRIER"])
+    spec = os.environ.get("MARBLE_TEST_FAULT", "")
+    if spec:
+        action, point, nth = spec.split(":")
+        if action not in ("kill", "full") or point not in POINTS:
+            raise SystemExit(f"MARBLE_TEST_FAULT={spec!r}: expected kill|full:{'|'.join(POINTS)}:N")
+        _install(action, point, int(nth))
 
-if _SPEC:
-    _action, _point, _nth = _SPEC.split(":")
-    if _action not in ("kill", "full") or _point not in POINTS:
-        raise SystemExit(f"MARBLE_TEST_FAULT={_SPEC!r}: expected kill|full:{'|'.join(POINTS)}:N")
-    _install(_action, _point, int(_nth))
+
+install_from_environment()

@@ -1,0 +1,106 @@
+"""`python -m desktop ARGS` in child processes that skip Python's start-up and imports (tests only).
+
+A child started from nothing spends about 10 s of the CI machine importing torch, diffusers and transformers
+before the command line runs; the crash tests start one per kill point. The server here is one process that
+has imported them and then forks a child per command. Each child is a process of its own: its own files,
+database connections and signals (SIGKILL kills it alone), started with nothing open but what the command opens.
+It sets the environment it is given, installs the test faults (tests/support/faults/sitecustomize.py, as a fresh
+child does at start-up from MARBLE_TEST_FAULT) and runs `python -m desktop`'s main, ending as an interpreter
+ends. A process's own start-up is what it does not cover: tests/e2e/test_cli.py starts `python -m desktop` from
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+FAULTS = ROOT / "tests" / "support" / "faults"
+
+# The server: imports what the command line would, then reads one JSON request a line and answers each with
+# the child's pid at once and its exit status once it has ended. Its answers go to a copy of its stdout made
+# before any child exists; each child points its own stdout and stderr at the request's files.
+_SERVER = r"""
+import json, os, sys
+import sitecustomize as faults  # tests/support/faults, first on PYTHONPATH; MARBLE_TEST_FAULT is unset here
+import desktop.__main__ as entry
+import desktop.cli
+import desktop.engine.backends.diffusers_backend
+
+answers = os.fdopen(os.dup(1), "w")
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        answers.close()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for fd, name in ((1, "out"), (2, "err")):
+            os.dup2(os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        faults.install_from_environment()
+        sys.argv = [entry.__file__, *request["argv"]]
+        sys.exit(entry.main(request["argv"]))  # leaves the loop: the child ends as an interpreter ends
+    answers.write(json.dumps({"pid": pid}) + "\n")
+    answers.flush()
+    _, status = os.waitpid(pid, 0)
+    answers.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
+    answers.flush()
+"""
+
+
+class ForkedCli:
+    """A server for `python -m desktop` children; `run` one at a time, `close` when done."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        env = {**environ, "PYTHONPATH": os.pathsep.join([str(FAULTS), str(ROOT)])}
+        env.pop("MARBLE_TEST_FAULT", None)
+        self._server = subprocess.Popen(
+            [sys.executable, "-c", _SERVER], env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            bufsize=0,  # unbuffered: select() below must see every answer that has come
+        )
+        self._outputs = tempfile.TemporaryDirectory(prefix="forked-cli-")
+
+    def _answer(self) -> dict:
+        assert self._server.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            byte = os.read(self._server.stdout.fileno(), 1)
+            if not byte:
+                raise RuntimeError(f"the fork server ended (exit status {self._server.wait()})")
+            line += byte
+        return json.loads(line)
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+        """`python -m desktop ARGV` with exactly the environment `env`, as subprocess.run with capture_output."""
+        out, err = Path(self._outputs.name) / "stdout", Path(self._outputs.name) / "stderr"
+        request = {"argv": list(argv), "env": dict(env), "cwd": str(ROOT), "out": str(out), "err": str(err)}
+        assert self._server.stdin is not None and self._server.stdout is not None
+        self._server.stdin.write(json.dumps(request).encode() + b"\n")
+        pid = self._answer()["pid"]
+        ready, _, _ = select.select([self._server.stdout], [], [], timeout)
+        if not ready:  # a child that hangs fails its test, as subprocess.run's timeout would
+            os.kill(pid, signal.SIGKILL)
+            self._answer()
+            raise subprocess.TimeoutExpired(["python", "-m", "desktop", *argv], timeout)
+        returncode = self._answer()["returncode"]
+        return subprocess.CompletedProcess(
+            ["python", "-m", "desktop", *argv], returncode, out.read_text(encoding="utf-8", errors="replace"),
+            err.read_text(encoding="utf-8", errors="replace"),
+        )
+
+    def close(self) -> None:
+        assert self._server.stdin is not None
+        self._server.stdin.close()
+        self._server.wait(timeout=60)
+        self._outputs.cleanup()
