@@ -34,6 +34,7 @@ from tests.support.flow_edit_checks import (
 )
 from tests.support.tiny_dit import save_gguf
 from tests.support.tiny_hidream import build_tiny_hidream
+from tests.support.tiny_models import save_diffusers
 from tests.support.tiny_qwen_zimage import save_transformer_file
 
 PREFIX = "model.diffusion_model."
@@ -44,9 +45,8 @@ def hidream(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hidream")
     pipe = build_tiny_hidream()
     folder = tmp / "hidream-full"
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    dev = tmp / "hidream-dev"
-    build_tiny_hidream(variant="dev").save_pretrained(str(dev), safe_serialization=True)
+    save_diffusers(pipe, folder)
+    dev = save_diffusers(build_tiny_hidream(variant="dev"), tmp / "hidream-dev")
     state = dict(pipe.transformer.state_dict())
     return {
         "pipe": pipe,
@@ -331,8 +331,7 @@ def comfy_files(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("hidream_library")
     pipe = build_tiny_hidream(seed=1, llama_vocabulary=128256)
-    folder = tmp / "hidream"
-    pipe.save_pretrained(str(folder), safe_serialization=True)
+    folder = save_diffusers(pipe, tmp / "hidream")
     # Marble's shipped configs hold no tokenizers: the CLIP and T5 ones ship apart, Llama's comes from the user.
     configs = tmp / "configs"
     shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("tokenizer*"))

@@ -11,7 +11,9 @@ single-file loading code. Nothing here touches the network.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    DiffusionPipeline,
     EulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionInpaintPipeline,
@@ -329,10 +332,28 @@ def build_tiny_sdxl_refiner(seed: int = 5) -> StableDiffusionXLImg2ImgPipeline:
 # Diffusers layout
 
 
-def save_diffusers(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, folder: Path | str) -> Path:
+def save_diffusers(pipe: DiffusionPipeline, folder: Path | str) -> Path:
+    """`pipe` as a diffusers folder, its CLIP tokenizers in the files the releases ship."""
     folder = Path(folder)
     pipe.save_pretrained(folder, safe_serialization=True)
+    classic_clip_tokenizer_files(folder)
     return folder
+
+
+def classic_clip_tokenizer_files(folder: Path) -> None:
+    """Each CLIP tokenizer saved under `folder` in the files the SD 1.x, 2.x and SDXL releases ship: vocab.json and
+    merges.txt (the shipped copy's, which `_tokenizer` loaded these from) beside tokenizer_config.json, without the
+    tokenizer.json transformers saves. transformers reads those two files natively; from tokenizer.json it rebuilds
+    the tokenizer in Python, five times slower, and the tests load these folders hundreds of times."""
+    shipped = Resources(REPO_ROOT / "resources").tokenizer_folder()
+    for config in folder.glob("*/tokenizer_config.json"):
+        saved = config.parent / "tokenizer.json"
+        clip = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") == "CLIPTokenizer"
+        if not clip or not saved.is_file():
+            continue
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copyfile(shipped / name, config.parent / name)
+        saved.unlink()
 
 
 def save_config_folder(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline, folder: Path | str) -> Path:
@@ -350,6 +371,7 @@ def save_config_folder(pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
             component.config.save_pretrained(sub)
         else:  # schedulers and tokenizers save only their configs / vocab anyway
             component.save_pretrained(sub)
+    classic_clip_tokenizer_files(folder)
     return folder
 
 
