@@ -20,14 +20,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = ROOT / "tests" / "support" / "faults"
 
-# The server: imports what the command line would, then reads one JSON request a line and answers each with
-# the child's pid at once and its exit status once it has ended. Its answers go to a copy of its stdout made
-# before any child exists; each child points its own stdout and stderr at the request's files.
+# The server: imports what the command line would, then reads one JSON request a line. A command is answered with
+# its child's pid at once; {"wait": PID} with that child's exit status once it has ended. Its answers go to a copy of
+# its stdout made before any child exists; each child points its own stdout and stderr at the request's files.
 _SERVER = r"""
 import json, os, sys
 import sitecustomize as faults  # tests/support/faults, first on PYTHONPATH; MARBLE_TEST_FAULT is unset here
@@ -38,6 +39,11 @@ import desktop.engine.backends.diffusers_backend
 answers = os.fdopen(os.dup(1), "w")
 for line in sys.stdin:
     request = json.loads(line)
+    if "wait" in request:
+        _, status = os.waitpid(request["wait"], 0)
+        answers.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
+        answers.flush()
+        continue
     pid = os.fork()
     if pid == 0:
         answers.close()
@@ -53,14 +59,22 @@ for line in sys.stdin:
         sys.exit(entry.main(request["argv"]))  # leaves the loop: the child ends as an interpreter ends
     answers.write(json.dumps({"pid": pid}) + "\n")
     answers.flush()
-    _, status = os.waitpid(pid, 0)
-    answers.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
-    answers.flush()
 """
 
 
+@dataclass(frozen=True)
+class ForkedChild:
+    """A started `python -m desktop` child: its pid and the files its stdout and stderr go to."""
+
+    argv: tuple[str, ...]
+    pid: int
+    out: Path
+    err: Path
+
+
 class ForkedCli:
-    """A server for `python -m desktop` children; `run` one at a time, `close` when done."""
+    """A server for `python -m desktop` children: `run` one, or `start` several and `wait` for each; `close` when
+    done."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         env = {**environ, "PYTHONPATH": os.pathsep.join([str(FAULTS), str(ROOT)])}
@@ -70,6 +84,7 @@ class ForkedCli:
             bufsize=0,  # unbuffered: select() below must see every answer that has come
         )
         self._outputs = tempfile.TemporaryDirectory(prefix="forked-cli-")
+        self._started = 0
 
     def _answer(self) -> dict:
         assert self._server.stdout is not None
@@ -81,23 +96,37 @@ class ForkedCli:
             line += byte
         return json.loads(line)
 
-    def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-        """`python -m desktop ARGV` with exactly the environment `env`, as subprocess.run with capture_output."""
-        out, err = Path(self._outputs.name) / "stdout", Path(self._outputs.name) / "stderr"
+    def start(self, argv: Sequence[str], env: Mapping[str, str]) -> ForkedChild:
+        """Start `python -m desktop ARGV` with exactly the environment `env`; `wait` for it."""
+        self._started += 1
+        out, err = (Path(self._outputs.name) / f"{self._started}.{name}" for name in ("stdout", "stderr"))
         request = {"argv": list(argv), "env": dict(env), "cwd": str(ROOT), "out": str(out), "err": str(err)}
-        assert self._server.stdin is not None and self._server.stdout is not None
-        self._server.stdin.write(json.dumps(request).encode() + b"\n")
-        pid = self._answer()["pid"]
+        self._ask(request)
+        return ForkedChild(tuple(argv), self._answer()["pid"], out, err)
+
+    def wait(self, child: ForkedChild, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`child`'s exit status and output, as subprocess.run with capture_output gives them."""
+        self._ask({"wait": child.pid})
+        assert self._server.stdout is not None
         ready, _, _ = select.select([self._server.stdout], [], [], timeout)
         if not ready:  # a child that hangs fails its test, as subprocess.run's timeout would
-            os.kill(pid, signal.SIGKILL)
+            os.kill(child.pid, signal.SIGKILL)
             self._answer()
-            raise subprocess.TimeoutExpired(["python", "-m", "desktop", *argv], timeout)
+            raise subprocess.TimeoutExpired(["python", "-m", "desktop", *child.argv], timeout)
         returncode = self._answer()["returncode"]
         return subprocess.CompletedProcess(
-            ["python", "-m", "desktop", *argv], returncode, out.read_text(encoding="utf-8", errors="replace"),
-            err.read_text(encoding="utf-8", errors="replace"),
+            ["python", "-m", "desktop", *child.argv], returncode,
+            child.out.read_text(encoding="utf-8", errors="replace"),
+            child.err.read_text(encoding="utf-8", errors="replace"),
         )
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+        """`python -m desktop ARGV` with exactly the environment `env`, to its end."""
+        return self.wait(self.start(argv, env), timeout)
+
+    def _ask(self, request: dict) -> None:
+        assert self._server.stdin is not None
+        self._server.stdin.write(json.dumps(request).encode() + b"\n")
 
     def close(self) -> None:
         assert self._server.stdin is not None

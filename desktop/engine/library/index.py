@@ -495,9 +495,9 @@ class Library:
             raise ModelError(f"{record.name} is a diffusers folder: its model_index.json says which model it is.")
         if not choices:
             raise ModelError(
-                f"{record.name} is a {record.architecture} model, which its tensors tell: only Qwen-Image and "
-                "LongCat-Image files can be marked as their Edit models, Krea 2 and ERNIE-Image files as Turbo, and "
-                "SD 1.x, SD 2.x and SDXL models as a few-step kind, and PixArt files in diffusers' names as Alpha."
+                f"{record.name} is a {record.architecture} model, which its tensors tell. Only these can be marked: "
+                "Qwen-Image and LongCat-Image files as their Edit models; Krea 2 and ERNIE-Image files as Turbo; "
+                "SD 1.x, SD 2.x and SDXL models as a few-step kind; PixArt files in diffusers' names as Alpha."
             )
         if variant not in choices:
             known = ", ".join(repr(v) if v else "'' (as the file says)" for v in choices)
