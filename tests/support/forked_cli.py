@@ -112,12 +112,9 @@ class ForkedCli:
         if not ready:  # a child that hangs fails its test, as subprocess.run's timeout would
             os.kill(child.pid, signal.SIGKILL)
             self._answer()
-            raise subprocess.TimeoutExpired(["python", "-m", "desktop", *child.argv], timeout)
-        returncode = self._answer()["returncode"]
+            raise subprocess.TimeoutExpired(["python", "-m", "desktop", *child.argv], timeout, *_outputs(child))
         return subprocess.CompletedProcess(
-            ["python", "-m", "desktop", *child.argv], returncode,
-            child.out.read_text(encoding="utf-8", errors="replace"),
-            child.err.read_text(encoding="utf-8", errors="replace"),
+            ["python", "-m", "desktop", *child.argv], self._answer()["returncode"], *_outputs(child)
         )
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -133,3 +130,7 @@ class ForkedCli:
         self._server.stdin.close()
         self._server.wait(timeout=60)
         self._outputs.cleanup()
+
+
+def _outputs(child: ForkedChild) -> tuple[str, str]:
+    return tuple(path.read_text(encoding="utf-8", errors="replace") for path in (child.out, child.err))
