@@ -31,7 +31,7 @@ from desktop.engine.library.checkpoint import read_safetensors_header
 FEW_STEP_KINDS = ("lcm", "turbo", "lightning", "hyper", "dmd2")
 # What a user chooses for a LoRA whose header wrongly names a kind (library/index.py choose_few_step).
 NOT_FEW_STEP = "none"
-# Each kind's product name, as lists show it.
+# Each kind's product name, as lists show it, in FEW_STEP_KINDS' order (the Library window offers them so).
 KIND_NAMES = {"lcm": "LCM", "turbo": "Turbo", "lightning": "Lightning", "hyper": "Hyper-SD", "dmd2": "DMD2"}
 # The model families a file may be a few-step model of, and how their variants are labelled.
 UNET_LABELS = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}

@@ -34,7 +34,7 @@ from PySide6.QtWidgets import (
 
 from desktop.bridge.library_tasks import LibraryTasks
 from desktop.engine.library.control import CONTROL_LORA, FLUX, IP_ADAPTER, REDUX
-from desktop.engine.library.few_step import FEW_STEP_KINDS, KIND_NAMES, NOT_FEW_STEP
+from desktop.engine.library.few_step import KIND_NAMES, NOT_FEW_STEP
 from desktop.engine.library.index import KINDS, LibraryRecord, record_variant_choices
 from desktop.engine.library.ip_adapter import XLABS
 from desktop.ui.dialogs.png_info_dialog import WEIGHT_SUFFIXES
@@ -492,8 +492,7 @@ class LibraryIntegration(QObject):
 
 def _few_step_choices(record: LibraryRecord, header: str, none: str) -> dict[str, str]:
     """Library.choose_few_step's choices with their labels: as the header says (first), each kind, none."""
-    kinds = {kind: KIND_NAMES[kind] for kind in FEW_STEP_KINDS}
-    return {"": header.format(kind=KIND_NAMES.get(record.few_step or "", "-")), **kinds, NOT_FEW_STEP: none}
+    return {"": header.format(kind=KIND_NAMES.get(record.few_step or "", "-")), **KIND_NAMES, NOT_FEW_STEP: none}
 
 
 def _variant_choices(record: LibraryRecord | None) -> dict[str, str]:
