@@ -1158,22 +1158,23 @@ class DiffusersBackend:
         by_inpainting = families.img2img_by_inpainting(self._dit, "img2img")
         upscaler = request.hires_upscaler
         if is_latent(upscaler) and not families.takes_upscaled_latents(self._dit):
-            # Flux.2's and ERNIE-Image's latents are normalised 2x2 patches, which do not interpolate as a picture's
-            # latents do: pixels.
+            # Flux.2 Klein's second pass is its inpainting pipeline, which takes pictures only: pixels.
             upscaler = "Lanczos"
             if notes is not None:  # the job's first batch: said once
                 notes.append(f"{self._dit.label} models upscale the hires fix's first pass in pixels: "
                              f"{request.hires_upscaler} ran as Lanczos.")  # fmt: skip
         if is_latent(upscaler):
             # Unpacked to (B, C, h, w), the first pass's padding cut off, interpolated as SD's are, and padded
-            # to whole patches by repeating the last row and column.
-            grid = dit_preview_latents(pipe, *first_size, first)
+            # to whole patches by repeating the last row and column. ERNIE-Image's normalised patches are
+            # interpolated as its VAE's latents, and patched and normalised again for its pipeline.
+            vae = families.hires_vae_latents(pipe, self._dit, first)
+            grid, factor = vae if vae is not None else (dit_preview_latents(pipe, *first_size, first), factor)
             grid = grid[:, :, : request.height // factor, : request.width // factor]
             scaled = upscale_latents(grid, (up_w, up_h), (width, height), request.hires_upscaler, factor)
             extra = ((padded[0] - width) // factor, (padded[1] - height) // factor)
             image: Any = torch.nn.functional.pad(scaled.float(), (0, extra[0], 0, extra[1]), mode="replicate")
-            image = image.to(scaled.dtype)
-            _take_latents(pipe, grid.shape[1])
+            image = families.hires_edit_latents(pipe, self._dit, image.to(scaled.dtype))
+            _take_latents(pipe, image.shape[1])
         else:
             model = None if upscaler in PIXEL_RESAMPLERS else self._upscaler(upscaler)
             asked = (request.width, request.height)

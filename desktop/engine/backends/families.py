@@ -156,12 +156,26 @@ def check_size(pipe: Any, info: DitInfo, *sizes: tuple[int, int]) -> None:
 
 def takes_upscaled_latents(info: DitInfo) -> bool:
     """Whether the hires fix may hand the family's image-to-image pipeline its first pass's latents interpolated
-    (a latent upscaler): not Flux.2's and ERNIE-Image's, normalised 2x2 patches, which do not interpolate as a
-    picture's latents do (and Klein's inpainting pipeline does not take latents back); nor Sana Sprint's, whose
-    image-to-image pipeline encodes pictures only."""
+    (a latent upscaler): not Flux.2's, whose Klein runs image to image as inpainting, a pipeline that does not take
+    latents back; nor Sana Sprint's, whose image-to-image pipeline encodes pictures only."""
     if info.family == SANA and info.variant == SPRINT:
         return False
-    return info.family not in (dit_flux2.FLUX2, qwen_zimage.ERNIE_IMAGE)
+    return info.family != dit_flux2.FLUX2
+
+
+def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any) -> tuple[Any, int] | None:
+    """ERNIE-Image's first pass's latents (normalised 2x2 patches) as its VAE's (B, C, h, w), which a latent upscaler
+    interpolates, and their pixel factor (half the patch grid's); None for a family whose latents interpolate as its
+    previews read them."""
+    if info.family != qwen_zimage.ERNIE_IMAGE:
+        return None
+    return ernie.vae_latents(pipe, latents), pipe.vae_scale_factor // 2
+
+
+def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
+    """Upscaled VAE latents from `hires_vae_latents` as the family's image-to-image pipeline takes them as they are:
+    ERNIE-Image's patched and normalised again."""
+    return ernie.normalised_patches(pipe, latents) if info.family == qwen_zimage.ERNIE_IMAGE else latents
 
 
 def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:

@@ -33,6 +33,28 @@ def convert_lora(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any
     return lora_forms.renamed_for(state, modules)
 
 
+def normalised_patches(pipe: Any, latents: Any) -> Any:
+    """The VAE's latents (B, C, h, w) as the pipeline's: 2x2 patches as channels (B, 4C, h/2, w/2), normalised by
+    the VAE's batch-norm statistics."""
+    mean, std = _statistics(pipe, latents)
+    return (pipe._patchify_latents(latents) - mean) / std
+
+
+def vae_latents(pipe: Any, patches: Any) -> Any:
+    """The pipeline's normalised patches (B, 4C, h, w) as the VAE's latents (B, C, 2h, 2w): what a latent upscaler
+    interpolates, as SD's latents are (normalised per patch position, neighbouring cells are not on one scale)."""
+    mean, std = _statistics(pipe, patches)
+    return pipe._unpatchify_latents(patches * std + mean)
+
+
+def _statistics(pipe: Any, like: Any) -> tuple[Any, Any]:
+    import torch
+
+    mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
+    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + _BATCH_NORM_EPS)
+    return mean.to(like), std.to(like)
+
+
 class _GivenSchedule:
     """Runs the pipeline over the schedule `sigmas` (before its shift) instead of its own linear one."""
 
@@ -65,10 +87,7 @@ def edit_class() -> Any:
         def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
             pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
             latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
-            patches = self._patchify_latents(latents)
-            mean = self.vae.bn.running_mean.view(1, -1, 1, 1)
-            std = torch.sqrt(self.vae.bn.running_var.view(1, -1, 1, 1) + _BATCH_NORM_EPS)
-            return (patches - mean.to(patches)) / std.to(patches)
+            return normalised_patches(self, latents)
 
         def _edit_pack(self, grid: Any) -> Any:
             return grid
