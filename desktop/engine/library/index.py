@@ -49,7 +49,6 @@ from desktop.engine.library.dit_pixart import PIXART, user_variant_choices
 from desktop.engine.library.encoder import EncoderInfo, inspect_encoder, inspect_encoder_gguf
 from desktop.engine.library.few_step import (
     FEW_STEP_KINDS,
-    KIND_NAMES,
     NOT_FEW_STEP,
     UNET_LABELS,
     few_step_from_metadata,
@@ -503,7 +502,7 @@ class Library:
             known = ", ".join(repr(v) if v else "'' (as the file says)" for v in choices)
             raise ModelError(f"{variant!r} is not a variant of {record.name}: choose {known}.")
         arch = with_variant(detect_model(self.path_of(record)), variant)
-        label = f"{arch.label} {KIND_NAMES[variant]}" if arch.dit is None and variant else arch.label
+        label = choices[variant] if arch.dit is None and variant else arch.label  # "SD 1.x Lightning"
         chosen = replace(record, chosen_variant=variant, architecture=label)
         self._store(chosen)
         return chosen
