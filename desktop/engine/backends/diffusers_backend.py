@@ -1158,15 +1158,15 @@ class DiffusersBackend:
         by_inpainting = families.img2img_by_inpainting(self._dit, "img2img")
         upscaler = request.hires_upscaler
         if is_latent(upscaler) and not families.takes_upscaled_latents(self._dit):
-            # Flux.2 Klein's second pass is its inpainting pipeline, which takes pictures only: pixels.
+            # Sana Sprint's image-to-image pipeline encodes pictures only: pixels.
             upscaler = "Lanczos"
             if notes is not None:  # the job's first batch: said once
                 notes.append(f"{self._dit.label} models upscale the hires fix's first pass in pixels: "
                              f"{request.hires_upscaler} ran as Lanczos.")  # fmt: skip
         if is_latent(upscaler):
             # Unpacked to (B, C, h, w), the first pass's padding cut off, interpolated as SD's are, and padded
-            # to whole patches by repeating the last row and column. ERNIE-Image's normalised patches are
-            # interpolated as its VAE's latents, and patched and normalised again for its pipeline.
+            # to whole patches by repeating the last row and column. ERNIE-Image's normalised patches and Flux.2
+            # Klein's are interpolated as their VAE's latents, and patched again for their pipelines.
             vae = families.hires_vae_latents(pipe, self._dit, first)
             grid, factor = vae if vae is not None else (dit_preview_latents(pipe, *first_size, first), factor)
             grid = grid[:, :, : request.height // factor, : request.width // factor]

@@ -156,17 +156,17 @@ def check_size(pipe: Any, info: DitInfo, *sizes: tuple[int, int]) -> None:
 
 def takes_upscaled_latents(info: DitInfo) -> bool:
     """Whether the hires fix may hand the family's image-to-image pipeline its first pass's latents interpolated
-    (a latent upscaler): not Flux.2's, whose Klein runs image to image as inpainting, a pipeline that does not take
-    latents back; nor Sana Sprint's, whose image-to-image pipeline encodes pictures only."""
-    if info.family == SANA and info.variant == SPRINT:
-        return False
-    return info.family != dit_flux2.FLUX2
+    (a latent upscaler): not Sana Sprint's, whose image-to-image pipeline encodes pictures only."""
+    return not (info.family == SANA and info.variant == SPRINT)
 
 
 def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any) -> tuple[Any, int] | None:
-    """ERNIE-Image's first pass's latents (normalised 2x2 patches) as its VAE's (B, C, h, w), which a latent upscaler
-    interpolates, and their pixel factor (half the patch grid's); None for a family whose latents interpolate as its
-    previews read them."""
+    """The first pass's latents as the VAE's (B, C, h, w), which a latent upscaler interpolates, and their pixel
+    factor, for the families whose latents are not the packed tokens their previews read: ERNIE-Image's (normalised
+    2x2 patches; their factor is half the patch grid's) and Flux.2 Klein's (its pipeline gives back the VAE's latents
+    already). None for the others."""
+    if info.family == dit_flux2.FLUX2:
+        return latents, pipe.vae_scale_factor
     if info.family != qwen_zimage.ERNIE_IMAGE:
         return None
     return ernie.vae_latents(pipe, latents), pipe.vae_scale_factor // 2
@@ -174,7 +174,10 @@ def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any) -> tuple[Any, int]
 
 def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
     """Upscaled VAE latents from `hires_vae_latents` as the family's image-to-image pipeline takes them as they are:
-    ERNIE-Image's patched and normalised again."""
+    ERNIE-Image's patched and normalised again; Flux.2 Klein's in 2x2 patches as channels (4C), which its inpainting
+    pipeline takes as latents and normalises itself (a tensor of any other channel count is read as a picture)."""
+    if info.family == dit_flux2.FLUX2:
+        return pipe._patchify_latents(latents)
     return ernie.normalised_patches(pipe, latents) if info.family == qwen_zimage.ERNIE_IMAGE else latents
 
 
