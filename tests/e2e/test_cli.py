@@ -168,10 +168,11 @@ def test_model_that_cannot_load_exits_3(tmp_path):
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
     (home / "models" / "broken.safetensors").write_bytes(b"PK\x03\x04 this is a zip, not safetensors")
+    # In this process (the real processes above and below check start-up and exit codes): an exception that
+    # escaped would fail the test here as it would print a traceback there.
     for model in ("broken", "does-not-exist"):
-        process = marble(*generate_args(model, "--json"), home=home)
-        stdout, stderr = process.communicate(timeout=120)
-        assert process.returncode == EXIT_MODEL, stderr
+        code, stdout, stderr = in_process(generate_args(model, "--json", "--home", str(home)))
+        assert code == EXIT_MODEL, stderr
         failed = json.loads(stdout.splitlines()[-1])
         assert failed["event"] == "failed" and failed["error"] == "ModelError"
         assert "Traceback" not in stderr
