@@ -20,6 +20,11 @@ from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.library.native_size import family_defaults, model_family
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.flow_edit_checks import (
+    check_the_tail_of_text_to_image,
+    latent_hires_by_hand,
+    normalised_vae_patches,
+)
 from tests.support.tiny_dit import save_gguf
 from tests.support.tiny_dit_loras import lora_on, trainer_form
 from tests.support.tiny_ernie import build_tiny_ernie
@@ -189,16 +194,9 @@ def test_image_to_image_and_inpainting(paths, ernie, tmp_path):
     edit = own_edit_pipeline(pipe, "ernie-image")
     source = Image.new("RGB", (96, 64), (200, 40, 40))
     call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=1.0)
-    # Strength 1 starts from the noise text to image draws for the seed: the same picture.
-    whole = edit(**call, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
-    assert np.array_equal(whole, pipe(**call, generator=torch.Generator().manual_seed(7)).images)
-    # Strength 0.5 runs the last half of the steps at the very sigmas text to image reaches them ...
-    seen, half = [], []
-    record = lambda into: lambda p, i, t, tensors: into.append(float(p.scheduler.sigmas[i])) or {}  # noqa: E731
-    pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=record(seen))
-    edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
-         callback_on_step_end=record(half))  # fmt: skip
-    assert half == pytest.approx(seen[2:], abs=1e-6) and seen[2] < 0.9
+    # Strength 1 is text to image's picture; 0.5 runs the last half of the steps at the very sigmas text to image
+    # reaches them ...
+    seen = check_the_tail_of_text_to_image(pipe, edit, call, source)
     # ... from the source noised to exactly the first of them, (1 - s) x0 + s noise: the bare pipeline run by hand
     # over that tail (its scheduler told the two unshifted sigmas) from those latents gives the same picture.
     clean = edit._edit_encode(source, 96, 64, None)
@@ -210,13 +208,9 @@ def test_image_to_image_and_inpainting(paths, ernie, tmp_path):
     del pipe.scheduler.set_timesteps
     edited = edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7)).images
     assert np.allclose(edited, by_hand, atol=1e-6)
-    # The source's latents by hand: the VAE's mode, in 2x2 patches, normalised by its batch-norm statistics.
-    with torch.no_grad():
-        pixels_in = edit.image_processor.preprocess(source, height=64, width=96)
-        patches = edit._patchify_latents(pipe.vae.encode(pixels_in).latent_dist.mode())
-        normalised = (patches - pipe.vae.bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(
-            pipe.vae.bn.running_var.view(1, -1, 1, 1) + 1e-5)
-    assert torch.allclose(clean, normalised, atol=1e-6)
+    # The source's latents by hand: the VAE's mode, in 2x2 patches, normalised by its batch-norm statistics (with
+    # ERNIE's pipeline's own epsilon).
+    assert torch.allclose(clean, normalised_vae_patches(edit, source, 96, 64, 1e-5), atol=1e-6)
     # Inpainting leaves the source's latents outside the mask: the left 20 columns repaint latent columns 0-2
     # (the transformer's grid is an eighth of the picture).
     mask = Image.new("L", (96, 64), 0)
@@ -262,21 +256,12 @@ def test_a_latent_hires_fix_interpolates_the_vaes_latents_not_the_normalised_pat
     call = dict(prompt=request.prompt, num_inference_steps=2, guidance_scale=1.0)
     patches = pipe(**call, width=96, height=64, output_type="latent",
                    generator=torch.Generator().manual_seed(5)).images  # fmt: skip
-    mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
-    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + 1e-5)
-    raw = patches * std + mean
-    # Each patch's 4C channels are (channel, row in the patch, column in the patch): put the cells back in place.
-    b, c4, h, w = raw.shape
-    cells = raw.reshape(b, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * h, 2 * w)
-    up = torch.nn.functional.interpolate(cells, size=(3 * h, 3 * w), mode="bilinear")  # 1.5x, as "Latent" does
-    again = up.reshape(b, c4 // 4, 3 * h // 2, 2, 3 * w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c4, 3 * h // 2,
-                                                                                                  3 * w // 2)
+    upscaled, naive = latent_hires_by_hand(pipe, patches, 1e-5)
     edit = own_edit_pipeline(pipe, "ernie-image")
     second = call | {"num_inference_steps": 4, "strength": 0.5, "width": 144, "height": 96}
-    expected = edit(**second, image=(again - mean) / std, generator=[torch.Generator().manual_seed(5)]).images[0]
+    expected = edit(**second, image=upscaled, generator=[torch.Generator().manual_seed(5)]).images[0]
     assert np.array_equal(pixels(batch.images[0]), pixels(expected))
     # The patches themselves interpolated would be another picture: the check above can fail.
-    naive = torch.nn.functional.interpolate(patches, size=(3 * h // 2, 3 * w // 2), mode="bilinear")
     other = edit(**second, image=naive, generator=[torch.Generator().manual_seed(5)]).images[0]
     assert not np.array_equal(pixels(other), pixels(expected))
 

@@ -21,7 +21,7 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import save_file
 
-from desktop.engine.errors import ModelError
+from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import detect_model, read_safetensors_header
 from desktop.engine.library.lora import inspect_lora
 from desktop.engine.library.native_size import model_family
@@ -30,6 +30,11 @@ from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from tests.e2e.test_cli import in_process
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.flow_edit_checks import (
+    check_the_tail_of_text_to_image,
+    latent_hires_by_hand,
+    normalised_vae_patches,
+)
 from tests.support.tiny_dit import build_tiny_flux, flux_to_bfl, save_gguf
 from tests.support.tiny_dit_loras import flux_kohya_lora, peft_lora
 from tests.support.tiny_flux2 import (
@@ -424,11 +429,107 @@ def test_klein_edits_read_one_reference_image_like_diffusers_image_reference(pat
     assert not np.array_equal(expected, klein_edit_expected(klein["folder"], request, source, everything))
 
 
-def test_flux2_dev_edits_are_refused_clearly(paths, dev, tmp_path):
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "source.png")
-    request = request_for(dev["folder"], steps=2, init_image=str(tmp_path / "source.png"), strength=0.5)
-    with pytest.raises(ModelError, match=r"is a Flux\.2 dev model; Marble runs it for text-to-image only"):
-        run(make_backend(paths), request)
+def bare_dev(folder):
+    pipe = Flux2Pipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_flux2_dev_image_to_image_and_inpainting(paths, dev, tmp_path):
+    """diffusers' Flux2Pipeline edits by instruction from references only (Marble refused dev's edits before
+    2026-12-07): Marble's own image to image and inpainting over it (families_flux2.dev_edit_class, flow_edit.py)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from desktop.engine.backends.families import sibling
+    from desktop.engine.backends.families_flux2 import dev_edit_class
+
+    pipe = bare_dev(dev["folder"])
+    edit = sibling(pipe, dev_edit_class())
+    source = Image.new("RGB", (96, 64), (200, 40, 40))
+    call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=4.0)
+    # Strength 1 is text to image's picture; 0.5 runs the last half of the steps at the very sigmas text to image
+    # reaches them (Flux.2's shift depends on the step count: the tail's two steps with a two-step shift would be
+    # other sigmas) ...
+    seen = check_the_tail_of_text_to_image(pipe, edit, call, source)
+    # ... from the source noised to exactly the first of them, (1 - s) x0 + s noise: the bare pipeline run by hand
+    # over that tail (its two unshifted sigmas, the job's four steps for the shift) from those latents.
+    clean = edit._edit_encode(source, 96, 64, None)
+    noise = randn_tensor((1, 16, 16, 24), generator=torch.Generator().manual_seed(7))
+    by_hand = pipe(**call, sigmas=[0.5, 0.25], latents=(1 - seen[2]) * clean + seen[2] * noise,
+                   generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    edited = edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7)).images
+    assert np.allclose(edited, by_hand, atol=1e-6)
+    # The source's latents by hand: the VAE's mode, in 2x2 patches, normalised by its batch-norm statistics.
+    assert torch.allclose(clean, normalised_vae_patches(edit, source, 96, 64, pipe.vae.config.batch_norm_eps),
+                          atol=1e-6)  # fmt: skip
+    # Inpainting leaves the source's latents outside the mask: the left 20 columns of pixels repaint the grid's
+    # columns 0-4 (a cell is 4 pixels here). The pipeline gives back its tokens in row order.
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 20, 64))
+    tokens = edit(**(call | {"output_type": "latent"}), image=source, mask_image=mask, strength=1.0,
+                  generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    latents = tokens.transpose(1, 2).reshape(1, 16, 16, 24)
+    assert torch.allclose(latents[..., 5:], clean[..., 5:], atol=1e-6)
+    assert not torch.allclose(latents[..., :5], clean[..., :5], atol=1e-3)
+    # Through Marble: image to image is that pipeline's picture.
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    request = request_for(dev["folder"], init_image=str(tmp_path / "source.png"), strength=0.6, steps=3,
+                          distilled_cfg_scale=4.0, seed=43)  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    expected = edit(prompt=request.prompt, num_inference_steps=3, width=64, height=64, guidance_scale=4.0,
+                    image=Image.open(tmp_path / "source.png"), strength=0.6,
+                    generator=torch.Generator().manual_seed(43)).images[0]  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+    # A reference picture still goes with the prompt, beside the source (the pipeline's own `image=`).
+    Image.new("RGB", (64, 64), (20, 200, 60)).save(tmp_path / "reference.png")
+    with_reference, _ = run(make_backend(paths), replace(request, reference_images=(str(tmp_path / "reference.png"),)))
+    expected = edit(prompt=request.prompt, num_inference_steps=3, width=64, height=64, guidance_scale=4.0,
+                    image=Image.open(tmp_path / "source.png"), strength=0.6,
+                    references=[Image.open(tmp_path / "reference.png").convert("RGB")],
+                    generator=torch.Generator().manual_seed(43)).images[0]  # fmt: skip
+    assert np.array_equal(pixels(with_reference.images[0]), pixels(expected))
+    assert not np.array_equal(pixels(with_reference.images[0]), pixels(batch.images[0]))
+
+
+def test_a_reference_flux2_cannot_read_is_refused_naming_it(paths, dev, tmp_path):
+    # Flux.2's pipelines refuse a reference under 64 pixels a side or longer than 8 times its width; their
+    # ValueError came out of the middle of the job.
+    for size, said in (((48, 64), "at least 64 pixels a side"), ((64, 600), "no more than 8 times as long")):
+        Image.new("RGB", size, (20, 200, 60)).save(tmp_path / "small.png")
+        request = request_for(dev["folder"], steps=1, reference_images=(str(tmp_path / "small.png"),))
+        with pytest.raises(InvalidRequest, match=f"small.png is {size[0]}x{size[1]} pixels: .*{said}"):
+            run(make_backend(paths), request)
+
+
+def test_flux2_dev_hires_fix_with_a_latent_upscaler_interpolates_the_vaes_latents(paths, dev):
+    """dev's first pass gives back its normalised patches packed into tokens: a latent upscaler interpolates the
+    VAE's latents (un-normalised, the cells put back in place), as for ERNIE-Image, and the second pass (Marble's
+    image to image, tested above) is handed them patched and normalised again. A pixel upscaler runs too."""
+    from desktop.engine.backends.families import sibling
+    from desktop.engine.backends.families_flux2 import dev_edit_class
+
+    request = request_for(dev["folder"], steps=2, distilled_cfg_scale=4.0, hires_fix=True, hires_scale=1.5,
+                          hires_steps=4, hires_denoise=0.5, hires_upscaler="Latent", width=96, seed=5,
+                          negative_prompt="")  # fmt: skip
+    batch, steps = run(make_backend(paths), request)
+    assert batch.images[0].size == (144, 96) and batch.notes == (), batch.notes
+    assert [(step.step, step.total) for step in steps] == [(1, 4), (2, 4), (3, 4), (4, 4)]  # both passes
+    pipe = bare_dev(dev["folder"])
+    call = dict(prompt=request.prompt, guidance_scale=4.0)
+    tokens = pipe(**call, num_inference_steps=2, width=96, height=64, output_type="latent",
+                  generator=torch.Generator().manual_seed(5)).images  # fmt: skip
+    grid = tokens.transpose(1, 2).reshape(1, 16, 16, 24)  # its tokens are its patch grid in row order
+    upscaled, naive = latent_hires_by_hand(pipe, grid, pipe.vae.config.batch_norm_eps)
+    edit = sibling(pipe, dev_edit_class())
+    second = call | {"num_inference_steps": 4, "strength": 0.5, "width": 144, "height": 96}
+    expected = edit(**second, image=upscaled, generator=[torch.Generator().manual_seed(5)]).images[0]
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+    # The normalised patches themselves interpolated would be another picture: the check above can fail.
+    other = edit(**second, image=naive, generator=[torch.Generator().manual_seed(5)]).images[0]
+    assert not np.array_equal(pixels(other), pixels(expected))
+    lanczos, _ = run(make_backend(paths), replace(request, hires_upscaler="Lanczos"))
+    assert lanczos.images[0].size == (144, 96) and lanczos.notes == ()
+    assert not np.array_equal(pixels(lanczos.images[0]), pixels(batch.images[0]))
 
 
 def test_a_chat_template_kept_by_an_older_processor_file_is_used(paths, dev, tmp_path):

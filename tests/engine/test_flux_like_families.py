@@ -20,6 +20,7 @@ from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support import tiny_longcat, tiny_ovis
+from tests.support.flow_edit_checks import check_the_tail_of_text_to_image
 from tests.support.tiny_dit import save_gguf
 
 PREFIX = "model.diffusion_model."
@@ -144,18 +145,11 @@ def test_image_to_image_and_inpainting(paths, family, tmp_path):
     source = Image.new("RGB", (96, 64), (200, 40, 40))
     call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=1.0,
                 **kind.call)  # fmt: skip
-    # Strength 1 starts from the noise text to image draws for the seed: the same picture.
-    whole = edit(**call, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
-    assert np.array_equal(whole, pipe(**call, generator=torch.Generator().manual_seed(7)).images)
-    # Strength 0.5 runs the last half of the steps at the very sigmas text to image reaches them ...
-    seen, half = [], []
-    record = lambda into: lambda p, i, t, tensors: into.append(float(p.scheduler.sigmas[i])) or {}  # noqa: E731
-    steps_pipe = pipeline_class(kind.name)(**pipe.components)  # Marble's text-to-image class: it takes a callback
+    # Strength 1 is text to image's picture; 0.5 runs the last half of the steps at the very sigmas text to image
+    # reaches them (read from Marble's text-to-image class: the bare one takes no callback) ...
+    steps_pipe = pipeline_class(kind.name)(**pipe.components)
     steps_pipe.set_progress_bar_config(disable=True)
-    steps_pipe(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=record(seen))
-    edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
-         callback_on_step_end=record(half))  # fmt: skip
-    assert half == pytest.approx(seen[2:], abs=1e-6) and seen[2] < 0.9
+    seen = check_the_tail_of_text_to_image(pipe, edit, call, source, recorded=steps_pipe)
     # ... from the source noised to exactly the first of them, (1 - s) x0 + s noise: the bare pipeline told the two
     # unshifted sigmas, from those latents, gives the same picture.
     clean = edit._edit_encode(source, 96, 64, None)

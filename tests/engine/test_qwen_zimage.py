@@ -294,18 +294,21 @@ def test_z_image_inpainting_keeps_the_pixels_outside_the_mask(paths, zimage, tmp
 
 def test_edits_are_refused_clearly_for_a_family_without_edit_pipelines():
     # Flux, SD3, Qwen-Image, Z-Image and Chroma edit through their own pipelines (test_dit_edit.py, above,
-    # test_chroma.py); a model without them (Flux.2 dev) is refused by name before anything loads.
+    # test_chroma.py), Flux.2 dev through Marble's own since 2026-12-07 (test_flux2.py); a mode a model lacks (Sana
+    # Sprint's inpainting) is refused by name before anything loads, saying what it does run.
     from types import SimpleNamespace
 
     from desktop.engine.backends import families
     from desktop.engine.backends.diffusers_backend import _refuse_dit_edit
 
     assert [families.edits(f) for f in ("flux", "sd3.5", "qwen-image", "z-image", "chroma")] == [True] * 5
-    assert not families.edits("flux2", "dev")
-    dev = SimpleNamespace(family="flux2", variant="dev", label="Flux.2 dev")
-    with pytest.raises(ModelError, match="Flux.2 dev model; Marble runs it for text-to-image only"):
-        _refuse_dit_edit("f.safetensors", dev, "img2img")
-    _refuse_dit_edit("f.safetensors", dev, "txt2img")
+    assert families.edits("flux2", "dev") and families.edits("flux2", "dev", "inpaint")
+    sprint = SimpleNamespace(family="sana", variant="sprint", label="Sana Sprint")
+    assert families.edits("sana", "sprint") and not families.edits("sana", "sprint", "inpaint")
+    with pytest.raises(ModelError, match="Sana Sprint model; Marble runs it for text-to-image and image-to-image, "
+                                         "not inpainting, so far"):  # fmt: skip
+        _refuse_dit_edit("f.safetensors", sprint, "inpaint")
+    _refuse_dit_edit("f.safetensors", sprint, "img2img")
 
 
 def test_library_rows_and_family_defaults(qwen, zimage, tmp_path):

@@ -28,12 +28,60 @@ def source_latents(edit: Any, picture: Image.Image) -> torch.Tensor:
     return (latents - (getattr(config, "shift_factor", None) or 0)) * config.scaling_factor
 
 
+def normalised_vae_patches(pipe: Any, picture: Image.Image, width: int, height: int, eps: float) -> torch.Tensor:
+    """A picture's latents as the pipelines over Flux.2's VAE hold them (ERNIE-Image's, Flux.2's), by hand: the VAE's
+    mode, in 2x2 patches, normalised by its batch-norm statistics (`eps`: the pipeline's)."""
+    with torch.no_grad():
+        pixels_in = pipe.image_processor.preprocess(picture, height=height, width=width)
+        patches = pipe._patchify_latents(pipe.vae.encode(pixels_in).latent_dist.mode())
+        mean, std = _batch_norm(pipe, eps)
+        return (patches - mean) / std
+
+
+def latent_hires_by_hand(pipe: Any, patches: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised 2x2 patches (B, 4C, h, w) over Flux.2's VAE upscaled 1.5x as "Latent" does, by hand: un-normalised,
+    each patch's cells put back in place, interpolated bilinearly, patched and normalised again; and, what must give
+    another picture, the patches themselves interpolated."""
+    mean, std = _batch_norm(pipe, eps)
+    raw = patches * std + mean
+    # Each patch's 4C channels are (channel, row in the patch, column in the patch).
+    b, c4, h, w = raw.shape
+    cells = raw.reshape(b, c4 // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c4 // 4, 2 * h, 2 * w)
+    up = torch.nn.functional.interpolate(cells, size=(3 * h, 3 * w), mode="bilinear")
+    again = up.reshape(b, c4 // 4, 3 * h // 2, 2, 3 * w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c4, 3 * h // 2,
+                                                                                                  3 * w // 2)
+    naive = torch.nn.functional.interpolate(patches, size=(3 * h // 2, 3 * w // 2), mode="bilinear")
+    return (again - mean) / std, naive
+
+
+def _batch_norm(pipe: Any, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
+    return mean, torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + eps)
+
+
 def _sigmas_into(into: list[float]) -> Any:
     def step_end(pipeline: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         into.append(float(pipeline.scheduler.sigmas[i]))
         return {}
 
     return step_end
+
+
+def check_the_tail_of_text_to_image(
+    pipe: Any, edit: Any, call: dict[str, Any], source: Image.Image, recorded: Any = None
+) -> list[float]:
+    """A flow-matching edit over `pipe`, both called with `call` (4 steps): strength 1 is text to image's picture
+    for the seed; strength 0.5 runs the last 2 of the very sigmas text to image steps through (read from `recorded`
+    where `pipe` takes no step callback). Returns those sigmas."""
+    whole = edit(**call, image=source, strength=1.0, generator=torch.Generator().manual_seed(7)).images
+    assert np.array_equal(whole, pipe(**call, generator=torch.Generator().manual_seed(7)).images)
+    seen: list[float] = []
+    half: list[float] = []
+    (recorded or pipe)(**call, generator=torch.Generator().manual_seed(7), callback_on_step_end=_sigmas_into(seen))
+    edit(**call, image=source, strength=0.5, generator=torch.Generator().manual_seed(7),
+         callback_on_step_end=_sigmas_into(half))  # fmt: skip
+    assert half == pytest.approx(seen[2:], abs=1e-6) and seen[2] < 0.9
+    return seen
 
 
 def check_schedule_tail(pipe: Any, edit: Any, guidance: float) -> None:

@@ -151,6 +151,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 )
 from desktop.engine.library.control import BUILT_IN, controlnet_family, is_built_in  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
+from desktop.engine.library.dit_flux2 import FLUX2  # noqa: E402
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21  # noqa: E402
 from desktop.engine.library.dit_sana import SPRINT as SANA_SPRINT  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
@@ -953,12 +954,12 @@ class DiffusersBackend:
             if plan.mask is not None or self._inpaint_model or families.img2img_by_inpainting(self._dit, request.mode):
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
             if request.reference_images:  # Flux.2 Klein: the references go beside the source (families_flux2)
-                beside = [load_source(path, "The reference image") for path in request.reference_images]
-            if beside and self._dit.family == QWEN_IMAGE_21:  # its pipeline's own condition images
-                size["references"], beside = beside, []
+                beside = self._references(request, checked=flux2.is_dev_model(self._dit))  # Klein's: read as tensors
+            if beside and (self._dit.family == QWEN_IMAGE_21 or flux2.is_dev_model(self._dit)):
+                size["references"], beside = beside, []  # their pipelines' own condition images (flow_edit.py)
         if plan is None and request.reference_images:
             # Flux.2's multi-reference editing: the images go with the prompt (no source, no strength).
-            size["image"] = [load_source(path, "The reference image") for path in request.reference_images]
+            size["image"] = self._references(request, checked=self._dit.family == FLUX2)
             if self._dit.family == "flux":  # FLUX.1 Kontext: one picture, read beside the noise
                 # Fitted to the job's size (A1111's crop and resize), not to Kontext's trained ~1 MP sizes as
                 # diffusers' default does: the output follows the picture it edits, and costs what the job costs.
@@ -1119,6 +1120,13 @@ class DiffusersBackend:
             functools.partial(families.control_input_pipeline, self._pipe, "img2img"), hashed,
         )  # fmt: skip
 
+    def _references(self, request: GenerationRequest, checked: bool) -> list[Image.Image]:
+        """The job's reference pictures, loaded; `checked`: against what Flux.2's pipelines take as `image=`."""
+        references = [load_source(path, "The reference image") for path in request.reference_images]
+        if checked:
+            flux2.check_references(list(zip(request.reference_images, references, strict=True)))
+        return references
+
     def _dit_hires_pipe(self, request: GenerationRequest, plan: EditPlan | None, notes: list[str]) -> Any | None:
         """The image-to-image pipeline of the hires fix's second pass for a DiT text-to-image job, or None (no
         hires fix asked for, or the family has no image-to-image: then said in `notes`)."""
@@ -1167,7 +1175,7 @@ class DiffusersBackend:
             # Unpacked to (B, C, h, w), the first pass's padding cut off, interpolated as SD's are, and padded
             # to whole patches by repeating the last row and column. ERNIE-Image's normalised patches and Flux.2
             # Klein's are interpolated as their VAE's latents, and patched again for their pipelines.
-            vae = families.hires_vae_latents(pipe, self._dit, first)
+            vae = families.hires_vae_latents(pipe, self._dit, first, first_size)
             grid, factor = vae if vae is not None else (dit_preview_latents(pipe, *first_size, first), factor)
             grid = grid[:, :, : request.height // factor, : request.width // factor]
             scaled = upscale_latents(grid, (up_w, up_h), (width, height), request.hires_upscaler, factor)
@@ -1983,8 +1991,9 @@ def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
     if qwen_edit.is_edit(dit):
         qwen_edit.refuse_text_to_image(name, dit, mode)
     if mode != "txt2img" and not families.edits(dit.family, dit.variant, mode):
+        runs = "and image-to-image, not inpainting," if families.edits(dit.family, dit.variant) else "only"
         raise ModelError(
-            f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."
+            f"{name} is a {dit.label} model; Marble runs it for text-to-image {runs} so far (docs/model-families.md)."
         )
 
 

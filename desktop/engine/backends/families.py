@@ -110,7 +110,7 @@ _EDIT_PIPELINES = {
     ("chroma", "inpaint"): "ChromaInpaintPipeline",
     # Flux.2 Klein has an inpainting pipeline only: image-to-image is inpainting with everything masked
     # (img2img_by_inpainting). Flux.2 dev's pipeline takes reference images to edit by instruction, which is
-    # another thing than image-to-image: not offered.
+    # another thing than image-to-image: Marble's own over it (families_flux2.dev_edit_class).
     (dit_flux2.FLUX2, "img2img"): "Flux2KleinInpaintPipeline",
     (dit_flux2.FLUX2, "inpaint"): "Flux2KleinInpaintPipeline",
 }
@@ -126,13 +126,11 @@ _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edi
 
 def edits(family: str, variant: str = "", mode: str = "img2img") -> bool:
     """Whether Marble runs image-to-image and inpainting (`mode`) for `family` (diffusers' own pipelines; for Qwen-Image
-    2.1, Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow and Sana Marble's own
-    over their text-to-image pipelines; Sana Sprint image to image only, diffusers' pipeline)."""
+    2.1, Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow, Sana and Flux.2 dev
+    Marble's own over their text-to-image pipelines; Sana Sprint image to image only, diffusers' pipeline)."""
     if family == SANA and variant == SPRINT:
         return mode == "img2img"
-    if family == dit_flux2.FLUX2:
-        return variant != "dev"
-    if family in _OWN_EDITS or family == PIXART:
+    if family in _OWN_EDITS or family == dit_flux2.FLUX2 or family == PIXART:
         return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
 
@@ -160,13 +158,17 @@ def takes_upscaled_latents(info: DitInfo) -> bool:
     return not (info.family == SANA and info.variant == SPRINT)
 
 
-def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any) -> tuple[Any, int] | None:
-    """The first pass's latents as the VAE's (B, C, h, w), which a latent upscaler interpolates, and their pixel
-    factor, for the families whose latents are not the packed tokens their previews read: ERNIE-Image's (normalised
-    2x2 patches; their factor is half the patch grid's) and Flux.2 Klein's (its pipeline gives back the VAE's latents
-    already). None for the others."""
-    if info.family == dit_flux2.FLUX2:
+def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any, size: tuple[int, int]) -> tuple[Any, int] | None:
+    """The first pass's latents (of a picture of `size`, padded) as the VAE's (B, C, h, w), which a latent upscaler
+    interpolates, and their pixel factor, for the families whose latents are not the packed tokens their previews
+    read: ERNIE-Image's and Flux.2 dev's (normalised 2x2 patches: ERNIE's a grid, dev's packed into tokens in row
+    order) and Flux.2 Klein's (its pipeline gives back the VAE's latents already). None for the others."""
+    if info.family == dit_flux2.FLUX2 and not flux2.is_dev(info):
         return latents, pipe.vae_scale_factor
+    if info.family == dit_flux2.FLUX2:
+        rows, cols = size[1] // (pipe.vae_scale_factor * 2), size[0] // (pipe.vae_scale_factor * 2)
+        grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], rows, cols)
+        return ernie.vae_latents(pipe, grid, pipe.vae.config.batch_norm_eps), pipe.vae_scale_factor
     if info.family != qwen_zimage.ERNIE_IMAGE:
         return None
     return ernie.vae_latents(pipe, latents), pipe.vae_scale_factor // 2
@@ -174,8 +176,11 @@ def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any) -> tuple[Any, int]
 
 def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
     """Upscaled VAE latents from `hires_vae_latents` as the family's image-to-image pipeline takes them as they are:
-    ERNIE-Image's patched and normalised again; Flux.2 Klein's in 2x2 patches as channels (4C), which its inpainting
-    pipeline takes as latents and normalises itself (a tensor of any other channel count is read as a picture)."""
+    ERNIE-Image's and Flux.2 dev's patched and normalised again (Marble's edits over their pipelines take the
+    transformer's latents); Flux.2 Klein's in 2x2 patches as channels (4C), which its inpainting pipeline takes as
+    latents and normalises itself (a tensor of any other channel count is read as a picture)."""
+    if info.family == dit_flux2.FLUX2 and flux2.is_dev(info):
+        return ernie.normalised_patches(pipe, latents, pipe.vae.config.batch_norm_eps)
     if info.family == dit_flux2.FLUX2:
         return pipe._patchify_latents(latents)
     return ernie.normalised_patches(pipe, latents) if info.family == qwen_zimage.ERNIE_IMAGE else latents
@@ -183,7 +188,7 @@ def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
 
 def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
     """Whether `mode` runs as inpainting with everything masked (a family with an inpainting pipeline only)."""
-    return mode == "img2img" and info.family == dit_flux2.FLUX2
+    return mode == "img2img" and info.family == dit_flux2.FLUX2 and not flux2.is_dev(info)
 
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
@@ -296,6 +301,8 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return sibling(pipe, pixart.edit_class(info.variant))
     if info.family in _OWN_EDITS:  # one pipeline does both (flow_edit.py)
         return own_edit_pipeline(pipe, info.family)
+    if info.family == dit_flux2.FLUX2 and flux2.is_dev(info):  # Marble's own over its pipeline, as above
+        return sibling(pipe, flux2.dev_edit_class())
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
         raise ModelError(f"Marble cannot run {info.label} models for {mode} yet (docs/model-families.md).")

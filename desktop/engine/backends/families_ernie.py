@@ -33,25 +33,25 @@ def convert_lora(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any
     return lora_forms.renamed_for(state, modules)
 
 
-def normalised_patches(pipe: Any, latents: Any) -> Any:
+def normalised_patches(pipe: Any, latents: Any, eps: float = _BATCH_NORM_EPS) -> Any:
     """The VAE's latents (B, C, h, w) as the pipeline's: 2x2 patches as channels (B, 4C, h/2, w/2), normalised by
-    the VAE's batch-norm statistics."""
-    mean, std = _statistics(pipe, latents)
+    the VAE's batch-norm statistics (`eps`: Flux.2 dev's pipeline takes its VAE config's, on the same VAE)."""
+    mean, std = _statistics(pipe, latents, eps)
     return (pipe._patchify_latents(latents) - mean) / std
 
 
-def vae_latents(pipe: Any, patches: Any) -> Any:
+def vae_latents(pipe: Any, patches: Any, eps: float = _BATCH_NORM_EPS) -> Any:
     """The pipeline's normalised patches (B, 4C, h, w) as the VAE's latents (B, C, 2h, 2w): what a latent upscaler
     interpolates, as SD's latents are (normalised per patch position, neighbouring cells are not on one scale)."""
-    mean, std = _statistics(pipe, patches)
+    mean, std = _statistics(pipe, patches, eps)
     return pipe._unpatchify_latents(patches * std + mean)
 
 
-def _statistics(pipe: Any, like: Any) -> tuple[Any, Any]:
+def _statistics(pipe: Any, like: Any, eps: float) -> tuple[Any, Any]:
     import torch
 
     mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
-    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + _BATCH_NORM_EPS)
+    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + eps)
     return mean.to(like), std.to(like)
 
 

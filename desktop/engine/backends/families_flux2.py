@@ -21,6 +21,7 @@ torch/diffusers/transformers are imported inside the functions (pyproject's impo
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,7 +29,9 @@ from typing import Any
 
 from PIL import Image
 
-from desktop.engine.errors import ModelError
+from desktop.engine.backends.flow_edit import FlowEdit
+from desktop.engine.errors import InvalidRequest, ModelError
+from desktop.engine.library import dit_flux2
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
@@ -46,10 +49,32 @@ _ENCODERS = {"dev": ("the Mistral Small 3.1 text encoder", "mistral3"), "klein":
 _STACKED_LAYERS = 3
 # Both pipelines shrink a reference image larger than this many pixels to about this area, keeping its aspect.
 _REFERENCE_AREA = 1024 * 1024
+# The smallest side and the longest side's ratio to it that both pipelines take in a reference.
+_REFERENCE_MIN_SIDE, _REFERENCE_MAX_RATIO = 64, 8
+
+
+def check_references(references: Sequence[tuple[str, Image.Image]]) -> None:
+    """InvalidRequest for a reference picture (path, picture) Flux.2's pipelines refuse (Flux2ImageProcessor's
+    check_image_input, diffusers 0.42: a side under 64 pixels, one side over 8 times the other), named, before any
+    work is done: their ValueError came out of the middle of the job."""
+    for path, image in references:
+        width, height = image.size
+        if min(width, height) < _REFERENCE_MIN_SIDE:
+            raise InvalidRequest(f"The reference image {Path(path).name} is {width}x{height} pixels: Flux.2 reads "
+                                 f"references of at least {_REFERENCE_MIN_SIDE} pixels a side.")  # fmt: skip
+        if max(width, height) > _REFERENCE_MAX_RATIO * min(width, height):
+            raise InvalidRequest(f"The reference image {Path(path).name} is {width}x{height} pixels: Flux.2 reads "
+                                 f"references no more than {_REFERENCE_MAX_RATIO} times as long as wide.")  # fmt: skip
 
 
 def is_dev(info: DitInfo) -> bool:
+    """Whether a Flux.2 model is dev (the caller knows the family: HiDream has a "dev" too)."""
     return info.variant == "dev"
+
+
+def is_dev_model(info: DitInfo) -> bool:
+    """Whether a model of any family is Flux.2 dev."""
+    return info.family == dit_flux2.FLUX2 and is_dev(info)
 
 
 def transformer_class() -> Any:
@@ -301,3 +326,58 @@ def _reference_tensor(pipe: Any, image: Image.Image) -> Any:
     )
 
 
+
+
+class _DevLoopArguments:
+    """Between FlowEdit and Flux2Pipeline: hands the pipeline the job's step count beside FlowEdit's tail of sigmas
+    (its schedule's shift, mu, depends on the step count: it would take its default 50 while running the tail it is
+    given), and the starting latents as the grid it takes, (B, 4C, h, w), where FlowEdit holds them as the loop does,
+    packed into tokens in row order (its inpainting blend works on the loop's latents)."""
+
+    _edit_steps = 50
+
+    def __call__(self, *, latents: Any, width: int, height: int, **rest: Any) -> Any:
+        side = self.vae_scale_factor * 2  # type: ignore[attr-defined]
+        grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], height // side, width // side)
+        return super().__call__(  # type: ignore[misc]
+            num_inference_steps=self._edit_steps, latents=grid, width=width, height=height, **rest
+        )
+
+
+@functools.cache
+def dev_edit_class() -> Any:
+    """Flux.2 dev's image-to-image and inpainting pipeline. diffusers' Flux2Pipeline edits by instruction from
+    reference pictures (another thing); so Marble's own over it (flow_edit.FlowEdit), as for ERNIE-Image, which draws
+    through the same VAE: the source's latents are the pipeline's own encoding of a reference (the VAE's mode in 2x2
+    patches, normalised by its batch-norm statistics), noised to where the tail of the job's schedule starts.
+    Reference pictures still go with the prompt (`image=`)."""
+    import diffusers
+    import numpy as np
+    from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
+
+    class Flux2DevEditPipeline(FlowEdit, _DevLoopArguments, diffusers.Flux2Pipeline):
+        def __call__(self, *, num_inference_steps: int = 50, **rest: Any) -> Any:
+            self._edit_steps = num_inference_steps
+            return super().__call__(num_inference_steps=num_inference_steps, **rest)
+
+        def _edit_grid(self, width: int, height: int) -> tuple[int, int]:
+            side = self.vae_scale_factor * 2  # the VAE's factor times the 2x2 patches
+            return height // side, width // side
+
+        def _edit_raw_sigmas(self, steps: int) -> Any:
+            return np.linspace(1.0, 1 / steps, steps)  # the pipeline's own
+
+        def _edit_mu(self, rows: int, cols: int) -> float:
+            return compute_empirical_mu(image_seq_len=rows * cols, num_steps=self._edit_steps)
+
+        def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
+            pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
+            return self._encode_vae_image(pixels.to(self._execution_device, self.vae.dtype), generator)
+
+        def _edit_pack(self, grid: Any) -> Any:
+            return self._pack_latents(grid)  # tokens, as the loop holds them (_DevLoopArguments makes a grid again)
+
+        def _edit_conditions(self, references: Any) -> dict[str, Any]:
+            return {"image": list(references)} if references else {}
+
+    return Flux2DevEditPipeline
