@@ -1173,8 +1173,8 @@ class DiffusersBackend:
                              f"{request.hires_upscaler} ran as Lanczos.")  # fmt: skip
         if is_latent(upscaler):
             # Unpacked to (B, C, h, w), the first pass's padding cut off, interpolated as SD's are, and padded
-            # to whole patches by repeating the last row and column. ERNIE-Image's normalised patches and Flux.2
-            # Klein's are interpolated as their VAE's latents, and patched again for their pipelines.
+            # to whole patches by repeating the last row and column. ERNIE-Image's and Flux.2's latents are
+            # interpolated as their VAE's (families.hires_vae_latents), and patched again for their pipelines.
             vae = families.hires_vae_latents(pipe, self._dit, first, first_size)
             grid, factor = vae if vae is not None else (dit_preview_latents(pipe, *first_size, first), factor)
             grid = grid[:, :, : request.height // factor, : request.width // factor]

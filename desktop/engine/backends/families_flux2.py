@@ -326,8 +326,6 @@ def _reference_tensor(pipe: Any, image: Image.Image) -> Any:
     )
 
 
-
-
 class _DevLoopArguments:
     """Between FlowEdit and Flux2Pipeline: hands the pipeline the job's step count beside FlowEdit's tail of sigmas
     (its schedule's shift, mu, depends on the step count: it would take its default 50 while running the tail it is
