@@ -499,6 +499,10 @@ def test_a_reference_flux2_cannot_read_is_refused_naming_it(paths, dev, tmp_path
         request = request_for(dev["folder"], steps=1, reference_images=(str(tmp_path / "small.png"),))
         with pytest.raises(InvalidRequest, match=f"small.png is {size[0]}x{size[1]} pixels: .*{said}"):
             run(make_backend(paths), request)
+    # Beside a dev source too (its edit hands them to the same pipeline's `image=`).
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    with pytest.raises(InvalidRequest, match="small.png is 64x600 pixels"):
+        run(make_backend(paths), replace(request, init_image=str(tmp_path / "source.png"), strength=0.5))
 
 
 def test_flux2_dev_hires_fix_with_a_latent_upscaler_interpolates_the_vaes_latents(paths, dev):

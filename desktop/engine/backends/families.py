@@ -179,7 +179,7 @@ def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
     ERNIE-Image's and Flux.2 dev's patched and normalised again (Marble's edits over their pipelines take the
     transformer's latents); Flux.2 Klein's in 2x2 patches as channels (4C), which its inpainting pipeline takes as
     latents and normalises itself (a tensor of any other channel count is read as a picture)."""
-    if info.family == dit_flux2.FLUX2 and flux2.is_dev(info):
+    if flux2.is_dev_model(info):
         return ernie.normalised_patches(pipe, latents, pipe.vae.config.batch_norm_eps)
     if info.family == dit_flux2.FLUX2:
         return pipe._patchify_latents(latents)
@@ -301,7 +301,7 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
         return sibling(pipe, pixart.edit_class(info.variant))
     if info.family in _OWN_EDITS:  # one pipeline does both (flow_edit.py)
         return own_edit_pipeline(pipe, info.family)
-    if info.family == dit_flux2.FLUX2 and flux2.is_dev(info):  # Marble's own over its pipeline, as above
+    if flux2.is_dev_model(info):  # Marble's own over its pipeline, as above
         return sibling(pipe, flux2.dev_edit_class())
     name = _EDIT_PIPELINES.get((info.family, mode))
     if name is None:
