@@ -89,6 +89,11 @@ class AppPaths:
         """Fast mode's compiled kernels (torch.compile's inductor and Triton caches), reused after a restart."""
         return self.cache / "compile_cache"
 
+    @property
+    def preview_tables(self) -> Path:
+        """Preview colour tables fitted from autoencoders that have no published one, by the weights' fingerprint."""
+        return self.cache / "preview_tables"
+
     @classmethod
     def for_root(cls, root: Path | str) -> AppPaths:
         """Everything under one folder: portable installs, `--home`, tests."""

@@ -111,7 +111,8 @@ def test_an_alpha_folder_runs_alphas_pipeline(paths, pixart, monkeypatch):
     request = request_for(pixart["alpha"], steps=3, cfg_scale=4.5)
     tables = []  # the colour table each preview was drawn with
     drawn = diffusers_backend.latents_to_rgb
-    monkeypatch.setattr(diffusers_backend, "latents_to_rgb", lambda x, key: tables.append(key) or drawn(x, key))
+    monkeypatch.setattr(diffusers_backend, "latents_to_rgb",
+                        lambda x, table: tables.append(table.name) or drawn(x, table))  # fmt: skip
     batch, steps = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(pixart["alpha"], request, alpha=True))
     # Alpha draws SD 1.5's latents: its previews read SD 1.5's colours, Sigma's SDXL's.
@@ -336,7 +337,7 @@ def test_alphas_512_pixel_model_in_diffusers_names_follows_the_alpha_folder_lend
     from desktop.engine.backends import diffusers_backend
 
     drawn = diffusers_backend.latents_to_rgb
-    diffusers_backend.latents_to_rgb = lambda x, key: tables.append(key) or drawn(x, key)
+    diffusers_backend.latents_to_rgb = lambda x, table: tables.append(table.name) or drawn(x, table)
     try:
         batch, _ = run(make_backend(paths), request)
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from diffusers import GGUFQuantizationConfig, SanaPipeline, SanaTransformer2DModel
 from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
+from desktop.engine.backends.preview import latents_to_rgb
 from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.library.dit import variant_choices
@@ -390,6 +392,57 @@ def test_sprint_runs_image_to_image_and_refuses_inpainting(paths, sprint, tmp_pa
                                 hires_steps=2, hires_upscaler="Latent")  # fmt: skip
     hires, _ = run(make_backend(paths), hires_request)
     assert hires.images[0].size == (96, 96)
+
+
+def _final_latents(folder, request, sprint=False):
+    """The job's final latents as the bare pipeline leaves them, in the transformer's space (before the DC-AE's
+    scaling is undone)."""
+    from diffusers import SanaSprintPipeline
+
+    pipe = (SanaSprintPipeline if sprint else SanaPipeline).from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    negative = {} if sprint else {"negative_prompt": request.negative_prompt}  # Sprint takes none
+    return pipe(prompt=request.prompt, **negative, num_inference_steps=request.steps, width=request.width,
+                height=request.height, guidance_scale=request.cfg_scale, use_resolution_binning=False,
+                output_type="latent", generator=torch.Generator("cpu").manual_seed(request.seed)).images[0]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["sana", "sprint"])
+def test_previews_read_colours_fitted_from_the_dc_ae(paths, sana, sprint, kind):
+    """No table is published for Sana's DC-AE: the first job with previews fits one from the loaded autoencoder
+    (preview_fit.py; how well it fits is checked in test_preview_fit.py). Before 2026-12-07 Sana's previews went
+    through Flux.2's 32-channel table, another autoencoder's colours. Sprint's sampler holds its estimates times
+    sigma_data (0.5), which its table undoes."""
+    from desktop.engine.backends.preview_fit import fit_from_autoencoder
+
+    folder = sana["folder"] if kind == "sana" else sprint["folder"]
+    request = request_for(folder, steps=3 if kind == "sana" else 2, cfg_scale=4.5, seed=7)
+    backend = make_backend(paths)
+    assert not paths.preview_tables.exists()
+    _, steps = run(backend, request)
+    table = backend._fitted_colours
+    assert table is not None and table.name == "fitted from the autoencoder"
+    vae = backend._pipe.vae
+    by_hand = fit_from_autoencoder(vae, 8, vae.config.scaling_factor, torch.device("cpu"))
+    base = table if kind == "sana" else table.scaled(2.0)  # the table for latents as the transformer holds them
+    assert np.allclose(base.factors, by_hand.factors, atol=1e-6) and np.allclose(base.bias, by_hand.bias, atol=1e-6)
+    # Both samplers' last estimates are the final latents (Sprint's times 0.5): the last preview is them through it.
+    latents = _final_latents(folder, request, sprint=kind == "sprint").numpy()
+    drawn = latents_to_rgb(latents, base).astype(int)
+    assert np.abs(steps[-1].preview.astype(int) - drawn).max() <= 1
+    assert np.abs(latents_to_rgb(latents, "flux2").astype(int) - drawn).mean() > 20  # not Flux.2's colours
+    # Fitted once per autoencoder: kept in the cache folder, where a restarted app finds it.
+    run(backend, request)
+    assert backend._fitted_colours is table
+    (stored,) = paths.preview_tables.iterdir()
+    restarted = make_backend(paths)
+    with mock.patch("desktop.engine.backends.preview_fit.fit_from_autoencoder", side_effect=AssertionError("fitted")):
+        _, again = run(restarted, request)
+    assert np.array_equal(again[-1].preview, steps[-1].preview) and list(paths.preview_tables.iterdir()) == [stored]
+    # A job without previews fits none.
+    quiet = make_backend(paths, preview_every=0)
+    run(quiet, request)
+    assert quiet._fitted_colours is None
 
 
 def sana_edit(folder):

@@ -115,7 +115,14 @@ from desktop.engine.backends.ip_adapter import IpAdapters  # noqa: E402
 from desktop.engine.backends.lora_adapters import LoraAdapters, model_shape  # noqa: E402
 from desktop.engine.backends.masked_content import masked_latents  # noqa: E402
 from desktop.engine.backends.memory import DESCRIPTIONS, apply_mode, attempts, choose_mode  # noqa: E402
-from desktop.engine.backends.preview import colour_family, latents_to_rgb  # noqa: E402
+from desktop.engine.backends.preview import (  # noqa: E402
+    ColourTable,
+    colour_family,
+    colour_table,
+    has_published_table,
+    latents_to_rgb,
+)
+from desktop.engine.backends.preview_fit import cached_fit, fingerprint  # noqa: E402
 from desktop.engine.backends.prompt_cache import PromptCache, PromptKey  # noqa: E402
 from desktop.engine.backends.refiner import Refiners  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
@@ -291,6 +298,8 @@ class DiffusersBackend:
         self._hash_pending: concurrent.futures.Future[str] | None = None
         self._family = "sd1"
         self._dit: Any = None  # DitInfo of a loaded Flux/SD3 model (backends/families.py), else None
+        self._fitted_colours: ColourTable | None = None  # the loaded model's preview table, when fitted
+        self._autoencoder_key: str | None = None  # its autoencoder's fingerprint, when its table must be fitted
         self._dit_mode: str | None = None  # its memory mode (dit_memory.py); None: as loaded
         self._default_scheduler: Any = None
         self._notes: list[str] = []
@@ -357,6 +366,9 @@ class DiffusersBackend:
         self._loads += 1
         self._prompts.clear()
         self._family = arch.family
+        self._fitted_colours = None
+        # Read while every weight is still in memory (a memory mode may move them off before the first job).
+        self._autoencoder_key = fingerprint(pipe.vae) if not has_published_table(self._colour_family) else None
         self._inpaint_model = arch.inpaint
         self._default_scheduler = with_prediction_overrides(pipe.scheduler, arch)
         self._hash_pending = hashing
@@ -602,9 +614,30 @@ class DiffusersBackend:
         return replace(batch, model_hash=model_hash) if model_hash else batch
 
     @property
-    def _colours(self) -> str:
-        """The preview's colour table for the loaded model (preview.py)."""
+    def _colour_family(self) -> str:
         return colour_family(self._family, self._dit.variant if self._dit is not None else "")
+
+    def _colours(self, every: int) -> ColourTable:
+        """The preview's colour table for the loaded model: its autoencoder's published one (preview.py), or for one
+        without (Sana's DC-AE) a table fitted from it (preview_fit.py) the first time a job shows previews."""
+        family = self._colour_family
+        if self._autoencoder_key is None or not every or self._pipe is None:
+            return colour_table(family)
+        if self._fitted_colours is None:
+            self._fitted_colours = self._fit_colours(self._pipe, family, self._autoencoder_key)
+        return self._fitted_colours
+
+    def _fit_colours(self, pipe: Any, family: str, key: str) -> ColourTable:
+        vae = pipe.vae
+        try:
+            table = cached_fit(vae, pipe.vae_scale_factor, vae.config.scaling_factor, pipe._execution_device,
+                               self._paths.preview_tables, key)  # fmt: skip
+        except (RuntimeError, ValueError, AttributeError) as error:  # out of memory included: previews only
+            log.warning("Could not fit preview colours from %s's autoencoder: %s", family, error)
+            return colour_table(family)
+        # Sana Sprint's sampler (SCM) estimates the clean latents times its sigma_data.
+        sigma_data = pipe.scheduler.config.get("sigma_data")
+        return table.scaled(sigma_data) if sigma_data else table
 
     def _model_hash(self, wait: bool = False) -> str | None:
         """The loaded file's AutoV2 hash: None for a folder, or while it is still being read unless `wait`;
@@ -789,7 +822,7 @@ class DiffusersBackend:
         _OutOfMemoryRaised on out-of-memory, Cancelled when cancelled."""
         # Exact, as for the hires fix's second pass: the first step already shows the total of all tiles.
         per_tile = self._img2img_timesteps(request.sampler, request.steps, request.strength, request.few_step)
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._colours,
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._colours(self._preview_every),
                              self._key.device if self._key else "cpu", per_tile * (len(boxes) - 1))
         tiles = []
         try:
@@ -1010,7 +1043,7 @@ class DiffusersBackend:
         second = tuple(padded_side(side, multiple) for side in request.hires_size) if hires is not None else None
         families.check_size(pipe, self._dit, (size["width"], size["height"]), *(second,) if second else ())
         extra = tail_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
-        progress = _Progress(batch_index, on_step, cancel, every, self._colours, device, extra)
+        progress = _Progress(batch_index, on_step, cancel, every, self._colours(every), device, extra)
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
@@ -1292,7 +1325,9 @@ class DiffusersBackend:
             # The base stops at the switch and hands its (still noisy) latents on, undecoded.
             arguments |= {"denoising_end": float(request.refiner_switch_at), "output_type": "latent"}
             extra = self._refiners.extra_steps(refiner, request)
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._colours, device, extra)
+        progress = _Progress(
+            batch_index, on_step, cancel, self._preview_every, self._colours(self._preview_every), device, extra
+        )
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()
             # A1111's latent masked content (below 1 the source's latents start the sampling; at 1 noise does).
@@ -1497,11 +1532,11 @@ class _Progress:
     its own exact count once it runs."""
 
     def __init__(
-        self, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken, every: int, family: str,
-        device: str, extra: int,
+        self, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken, every: int,
+        colours: ColourTable, device: str, extra: int,
     ) -> None:
         self._batch_index, self._on_step, self._cancel = batch_index, on_step, cancel
-        self._every, self._family, self._device = every, family, device
+        self._every, self._colours, self._device = every, colours, device
         self._extra = extra
         self._offset = 0
         self._last_total = 0
@@ -1530,7 +1565,7 @@ class _Progress:
             x0 = watcher.predicted_x0(tensors["latents"]) if wanted else None
             x0 = (unpack(x0) if unpack is not None else x0)[0] if x0 is not None else None
             latents = copies.step(x0, last=step == total)
-            preview = latents_to_rgb(latents, self._family) if latents is not None else None
+            preview = latents_to_rgb(latents, self._colours) if latents is not None else None
             grand_total = self._offset + total + self._extra
             self._on_step(StepInfo(self._offset + step, grand_total, self._batch_index, preview))
             return {}

@@ -7,11 +7,30 @@ Qwen-Image uses), Flux.2's 32-channel one and Qwen-Image 2.1's 64-channel one ar
 least-squares fits ComfyUI's previews use, each with its offset. They apply to latents in the space the
 transformer works in (after the VAE's shift/scale or mean/std; Flux.2's after its batch-norm statistics,
 unpatchified to 32 channels; Qwen-Image 2.1's after its mean/std, unpatched).
+
+An autoencoder with no published table (Sana's DC-AE) gets one fitted the same way from the autoencoder itself
+(`fit_colour_table`, fed by preview_fit.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class ColourTable:
+    """rgb = latents . factors + bias, in [-1, 1]: `factors` (C, 3), `bias` (3,). `name` says where it came from."""
+
+    name: str
+    factors: np.ndarray
+    bias: np.ndarray
+
+    def scaled(self, scale: float) -> ColourTable:
+        """The table for latents held `scale` times larger than this one reads (Sana Sprint's estimates of the
+        clean latents are its latents times sigma_data)."""
+        return ColourTable(self.name, self.factors / np.float32(scale), self.bias)
 
 _SD_FACTORS = np.array(
     [
@@ -216,6 +235,7 @@ _FACTORS = {
     "pixart": (_SDXL_FACTORS, _NO_BIAS), "pixart-alpha": (_SD_FACTORS, _NO_BIAS),  # Sigma: SDXL's VAE; Alpha: SD 1.5's
     "sd3": _SD3, "sd3.5": _SD3,
     "qwen-image": _WAN, "krea2": _WAN, "flux2": _FLUX2, "ernie-image": _FLUX2, "qwen-image-2.1": _QWEN21,
+    "hidream-i1": _FLUX,  # HiDream-I1 draws through Flux.1's autoencoder
 }  # fmt: skip
 _BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX, 32: _FLUX2, 64: _QWEN21}
 
@@ -226,13 +246,41 @@ def colour_family(family: str, variant: str) -> str:
     return f"{family}-{variant}" if f"{family}-{variant}" in _FACTORS else family
 
 
-def latents_to_rgb(latents: np.ndarray, family: str) -> np.ndarray:
+def has_published_table(family: str) -> bool:
+    """Whether the family's autoencoder has a table here; one without (Sana's DC-AE) is better fitted from its own."""
+    return family in _FACTORS
+
+
+def colour_table(family: str) -> ColourTable:
+    """The published table of a colour family (`colour_family`); SD 1.5's for one unknown here."""
+    factors, bias = _FACTORS.get(family, (_SD_FACTORS, _NO_BIAS))
+    return ColourTable(family, factors, bias)
+
+
+def fit_colour_table(latents: np.ndarray, rgb: np.ndarray, name: str) -> ColourTable:
+    """The least-squares table (with its offset) taking (N, C) latents to (N, 3) colours in [-1, 1]: how the
+    published tables were made, from pairs of latents and the autoencoder's decoded colours.
+
+    A little ridge keeps channels the samples hardly move from taking huge weights that would blow up on the
+    sampler's noisier early estimates."""
+    samples, channels = latents.shape
+    if samples <= channels or rgb.shape != (samples, 3):
+        raise ValueError(f"need more than {channels} samples of (latents, rgb), got {latents.shape} and {rgb.shape}")
+    x = np.concatenate([latents.astype(np.float64), np.ones((samples, 1))], axis=1)
+    ridge = 1e-3 * np.eye(channels + 1) * (x**2).mean()
+    ridge[-1, -1] = 0.0  # the offset is not shrunk
+    solution = np.linalg.solve(x.T @ x + samples * ridge, x.T @ rgb.astype(np.float64))
+    return ColourTable(name, solution[:-1].astype(np.float32), solution[-1].astype(np.float32))
+
+
+def latents_to_rgb(latents: np.ndarray, colours: ColourTable | str) -> np.ndarray:
     """(C, H, W) float latents of one image (C: 4 for SD, 16 for the DiT families, 32 for Flux.2) -> an owned (H, W, 3)
-    uint8 array.
+    uint8 array, through a table or a colour family's published one.
 
     The linear map yields roughly [-1, 1]; values outside are clipped, as every tool's preview does.
     """
-    factors, bias = _FACTORS.get(family, (_SD_FACTORS, _NO_BIAS))
+    table = colours if isinstance(colours, ColourTable) else colour_table(colours)
+    factors, bias = table.factors, table.bias
     if latents.ndim == 3 and latents.shape[0] != factors.shape[0]:
         # An autoencoder of another width than the family's usual one (a test model, an odd fine-tune): the
         # table of that width gives a rough but recognisable picture, better than none.
