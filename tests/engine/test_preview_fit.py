@@ -155,3 +155,14 @@ def test_a_fitted_table_is_kept_by_the_autoencoders_fingerprint_and_refitted_whe
     (tmp_path / "a file").write_text("")  # a folder that cannot be made: the table is used all the same
     unwritten = cached_fit(vae, 8, 0.41407, torch.device("cpu"), tmp_path / "a file" / "tables", key)
     assert np.array_equal(unwritten.factors, first.factors) and len(fits) == 6
+
+
+def test_a_bf16_autoencoder_on_the_cpu_is_fitted_in_float32_and_left_as_it_was():
+    vae = build_tiny_sana().vae
+    expected = fit_from_autoencoder(vae.to(torch.bfloat16).to(torch.float32), 8, 0.41407, torch.device("cpu"))
+    vae.to(torch.bfloat16)
+    weights = {name: tensor.clone() for name, tensor in vae.state_dict().items()}
+    table = fit_from_autoencoder(vae, 8, 0.41407, torch.device("cpu"))
+    assert np.array_equal(table.factors, expected.factors) and np.array_equal(table.bias, expected.bias)
+    assert vae.dtype == torch.bfloat16
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in vae.state_dict().items())

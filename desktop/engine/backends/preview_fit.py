@@ -51,12 +51,21 @@ def fit_from_autoencoder(vae: Any, factor: int, latent_scale: float, device: Any
     import torch
     import torch.nn.functional as F
 
-    dtype = vae.dtype
-    pictures = torch.from_numpy(calibration_pictures(factor)).to(device, dtype)
-    with torch.inference_mode():
-        latents = vae.encode(pictures, return_dict=False)[0]
-        latents = latents if isinstance(latents, torch.Tensor) else latents.mode()  # a KL autoencoder's distribution
-        decoded = vae.decode(latents, return_dict=False)[0]
+    loaded = vae.dtype
+    # bf16 convolutions on a CPU run many times slower than float32 ones (the DC-AE's fit took minutes, not 19 s):
+    # there it runs in float32, and the weights go back to bf16 exactly as they were.
+    upcast = torch.device(device).type == "cpu" and loaded != torch.float32
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        pictures = torch.from_numpy(calibration_pictures(factor)).to(device, vae.dtype)
+        with torch.inference_mode():
+            latents = vae.encode(pictures, return_dict=False)[0]
+            latents = latents if isinstance(latents, torch.Tensor) else latents.mode()  # a KL autoencoder's
+            decoded = vae.decode(latents, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(loaded)
     cells = F.avg_pool2d(decoded.float().clamp(-1.0, 1.0), kernel_size=factor)
     channels = latents.shape[1]
     samples = (latents.float() * latent_scale).permute(0, 2, 3, 1).reshape(-1, channels)
