@@ -387,11 +387,51 @@ def test_sprint_runs_image_to_image_and_refuses_inpainting(paths, sprint, tmp_pa
     with pytest.raises(ModelError, match=r"Sana Sprint model; Marble runs it for text-to-image and image-to-image, "
                                          r"not inpainting, so far"):  # fmt: skip
         run(make_backend(paths), replace(request, mask=str(tmp_path / "mask.png")))
-    # The hires fix's second pass is its image-to-image pipeline, from pixels (a latent upscaler too).
+    # The hires fix's second pass is its image-to-image pipeline (from pixels with a pixel upscaler).
     hires_request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, hires_fix=True, hires_scale=1.5,
-                                hires_steps=2, hires_upscaler="Latent")  # fmt: skip
+                                hires_steps=2, hires_upscaler="Lanczos")  # fmt: skip
     hires, _ = run(make_backend(paths), hires_request)
     assert hires.images[0].size == (96, 96)
+
+
+def test_sprints_latent_hires_fix_is_the_two_passes_by_hand(paths, sprint):
+    """A latent upscaler interpolates Sprint's first-pass latents and hands them to its image-to-image pipeline, noised
+    as that pipeline noises an encoded picture (SCM's cos t * x0 + sin t * noise, both times sigma_data). Before
+    2026-12-07 it ran as Lanczos, diffusers' pipeline resizing any tensor as a picture."""
+    from diffusers import SanaSprintImg2ImgPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+    from PIL import Image
+
+    request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, negative_prompt="", seed=43, hires_fix=True,
+                          hires_scale=1.5, hires_steps=2, hires_denoise=0.5, hires_upscaler="Latent")  # fmt: skip
+    batch, steps = run(make_backend(paths), request)
+    assert batch.images[0].size == (96, 96) and batch.notes == ()
+    assert steps[-1].step == steps[-1].total == 3  # 2 steps, then the last 1 of 2 at strength 0.5
+    first = _final_latents(sprint["folder"], request, sprint=True)[None]  # (1, 32, 8, 8): the DC-AE's, scaled
+    upscaled = torch.nn.functional.interpolate(first.float(), size=(12, 12), mode="bilinear")
+    second = SanaSprintImg2ImgPipeline.from_pretrained(str(sprint["folder"]), local_files_only=True)
+    second.set_progress_bar_config(disable=True)
+    call = dict(prompt=request.prompt, num_inference_steps=2, strength=0.5, width=96, height=96, guidance_scale=4.5,
+                use_resolution_binning=False, image=Image.new("RGB", (96, 96)))  # fmt: skip
+    times = []
+    second(**call, generator=torch.Generator().manual_seed(43),
+           callback_on_step_end=lambda pipe, i, t, tensors: times.append(t) or {})  # fmt: skip
+    generator = torch.Generator().manual_seed(43)
+    sigma_data = second.scheduler.config.sigma_data
+    noise = randn_tensor(upscaled.shape, generator=generator, dtype=torch.float32) * sigma_data
+    noised = torch.cos(times[0]) * upscaled * sigma_data + torch.sin(times[0]) * noise
+    expected = second(**call, latents=noised, generator=generator).images[0]
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+    # The latents interpolated as the pipeline's latents (without sigma_data) would be another picture.
+    generator = torch.Generator().manual_seed(43)
+    randn_tensor(upscaled.shape, generator=generator, dtype=torch.float32)  # the same draws after the noise
+    other = second(**call, latents=torch.cos(times[0]) * upscaled + torch.sin(times[0]) * noise,
+                   generator=generator).images[0]  # fmt: skip
+    assert np.abs(pixels(other).astype(int) - pixels(expected).astype(int)).mean() > 1
+    # A batch: one first-pass latent per seed, each its own second pass.
+    pair, _ = run(make_backend(paths), replace(request, batch_size=2))
+    assert [image.size for image in pair.images] == [(96, 96)] * 2
+    assert not np.array_equal(pixels(pair.images[0]), pixels(pair.images[1]))
 
 
 def _final_latents(folder, request, sprint=False):

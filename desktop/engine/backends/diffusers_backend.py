@@ -1082,7 +1082,7 @@ class DiffusersBackend:
                     shape, cell, pack = families.noise_layout(pipe, self._dit, width, height)
                     arguments["latents"] = pack(_variation_noise(request, seeds, shape, cell)).to(pipe.vae.dtype)
                 latent_hires = hires is not None and is_latent(request.hires_upscaler)
-                if latent_hires and families.takes_upscaled_latents(self._dit):
+                if latent_hires:
                     arguments["output_type"] = "latent"  # no VAE decode: the second pass upscales the latents
                 result = pipe(
                     **arguments, num_inference_steps=request.steps,
@@ -1095,8 +1095,7 @@ class DiffusersBackend:
                     progress.next_pass()
                     with cached_encoding(hires, self._prompts, context):  # its own pipeline's encode_prompt
                         pictures = self._dit_hires_pass(hires, request, seeds, pictures, (width, height), progress,
-                                                        notes if batch_index == 0 else None, control, redux,
-                                                        image_prompt)  # fmt: skip
+                                                        control, redux, image_prompt)  # fmt: skip
         except _CancelRequested:
             raise Cancelled("Cancelled.") from None
         except RuntimeError as error:
@@ -1180,8 +1179,8 @@ class DiffusersBackend:
 
     def _dit_hires_pass(
         self, pipe: Any, request: GenerationRequest, seeds: tuple[int, ...], first: Any, first_size: tuple[int, int],
-        progress: _Progress, notes: list[str] | None, control: ControlRun | None = None,
-        redux: ReduxPrompt | None = None, image_prompt: FluxIpRun | None = None,
+        progress: _Progress, control: ControlRun | None = None, redux: ReduxPrompt | None = None,
+        image_prompt: FluxIpRun | None = None,
     ) -> list[Image.Image]:
         """A1111's second pass for a DiT: the first pass's latents (a latent upscaler) or pictures (a pixel one)
         upscaled, then image-to-image at the hires denoising strength with the hires prompt and steps, seeded
@@ -1198,12 +1197,6 @@ class DiffusersBackend:
             pipe, control_arguments = control.hires(padded)
         by_inpainting = families.img2img_by_inpainting(self._dit, "img2img")
         upscaler = request.hires_upscaler
-        if is_latent(upscaler) and not families.takes_upscaled_latents(self._dit):
-            # Sana Sprint's image-to-image pipeline encodes pictures only: pixels.
-            upscaler = "Lanczos"
-            if notes is not None:  # the job's first batch: said once
-                notes.append(f"{self._dit.label} models upscale the hires fix's first pass in pixels: "
-                             f"{request.hires_upscaler} ran as Lanczos.")  # fmt: skip
         if is_latent(upscaler):
             # Unpacked to (B, C, h, w), the first pass's padding cut off, interpolated as SD's are, and padded
             # to whole patches by repeating the last row and column. ERNIE-Image's and Flux.2's latents are

@@ -152,12 +152,6 @@ def check_size(pipe: Any, info: DitInfo, *sizes: tuple[int, int]) -> None:
             hidream.check_size(pipe, width, height)
 
 
-def takes_upscaled_latents(info: DitInfo) -> bool:
-    """Whether the hires fix may hand the family's image-to-image pipeline its first pass's latents interpolated
-    (a latent upscaler): not Sana Sprint's, whose image-to-image pipeline encodes pictures only."""
-    return not (info.family == SANA and info.variant == SPRINT)
-
-
 def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any, size: tuple[int, int]) -> tuple[Any, int] | None:
     """The first pass's latents (of a picture of `size`, padded) as the VAE's (B, C, h, w), which a latent upscaler
     interpolates, and their pixel factor, for the families whose latents are not the packed tokens their previews
@@ -178,11 +172,14 @@ def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
     """Upscaled VAE latents from `hires_vae_latents` as the family's image-to-image pipeline takes them as they are:
     ERNIE-Image's and Flux.2 dev's patched and normalised again (Marble's edits over their pipelines take the
     transformer's latents); Flux.2 Klein's in 2x2 patches as channels (4C), which its inpainting pipeline takes as
-    latents and normalises itself (a tensor of any other channel count is read as a picture)."""
+    latents and normalises itself (a tensor of any other channel count is read as a picture); Sana Sprint's times its
+    sampler's sigma_data, as its image-to-image pipeline scales an encoded picture."""
     if flux2.is_dev_model(info):
         return ernie.normalised_patches(pipe, latents, pipe.vae.config.batch_norm_eps)
     if info.family == dit_flux2.FLUX2:
         return pipe._patchify_latents(latents)
+    if info.family == SANA and info.variant == SPRINT:
+        return sana.sprint_latents(pipe, latents)
     return ernie.normalised_patches(pipe, latents) if info.family == qwen_zimage.ERNIE_IMAGE else latents
 
 

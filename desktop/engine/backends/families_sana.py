@@ -52,11 +52,29 @@ def pipeline_class(variant: str = "") -> Any:
     return diffusers.SanaSprintPipeline if variant == SPRINT else diffusers.SanaPipeline
 
 
+@functools.cache
 def img2img_class() -> Any:
-    """Sana Sprint's image-to-image pipeline (diffusers' own; it has no inpainting)."""
+    """Sana Sprint's image-to-image pipeline (diffusers' own; it has no inpainting), which also takes the hires fix's
+    upscaled latents: a tensor of the DC-AE's channels, scaled as its `prepare_latents` takes an encoded picture
+    (`sprint_latents`). diffusers' `prepare_image` would first resize any tensor to the picture's size."""
     import diffusers
+    import torch
 
-    return diffusers.SanaSprintImg2ImgPipeline
+    class SprintImageToImage(diffusers.SanaSprintImg2ImgPipeline):
+        def prepare_image(self, image: Any, width: int, height: int, device: Any, dtype: Any) -> Any:
+            latents = isinstance(image, torch.Tensor) and image.ndim == 4
+            if latents and image.shape[1] == self.vae.config.latent_channels:
+                return image.to(device=device, dtype=dtype)
+            return super().prepare_image(image, width, height, device, dtype)
+
+    return SprintImageToImage
+
+
+def sprint_latents(pipe: Any, latents: Any) -> Any:
+    """Sana Sprint's latents as its text-to-image pipeline gives them back (the DC-AE's times its scaling factor) ->
+    as its image-to-image pipeline noises them: times the SCM scheduler's sigma_data, as it scales an encoded
+    picture."""
+    return latents * pipe.scheduler.config.sigma_data
 
 
 def transformer_class() -> Any:
