@@ -24,9 +24,11 @@ from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support.dit_lora_checks import NAMINGS, check_lora_as_bare_diffusers
 from tests.support.flow_edit_checks import (
+    SOURCE_COLOUR,
     check_edits_through_marble,
     check_inpainting_keeps_the_source,
     check_schedule_tail,
+    source_latents,
 )
 from tests.support.tiny_dit import config_folder, save_gguf
 from tests.support.tiny_qwen_zimage import save_transformer_file
@@ -373,7 +375,7 @@ def test_a_sprint_file_in_its_makers_names_is_converted(paths, sprint, tmp_path)
         run(make_backend(paths), replace(request, model=str(odd)))
 
 
-def test_sprint_runs_image_to_image_and_refuses_inpainting(paths, sprint, tmp_path):
+def test_sprint_runs_image_to_image_and_inpainting(paths, sprint, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
@@ -382,16 +384,64 @@ def test_sprint_runs_image_to_image_and_refuses_inpainting(paths, sprint, tmp_pa
     batch, _ = run(make_backend(paths), request)
     expected = bare_sprint(sprint["folder"], request, image=Image.open(source), strength=0.6)
     assert np.array_equal(pixels(batch.images[0]), expected)
-    Image.new("L", (64, 64), 255).save(tmp_path / "mask.png")
-    # It said "text-to-image only" before 2026-12-07, though Sprint runs image to image.
-    with pytest.raises(ModelError, match=r"Sana Sprint model; Marble runs it for text-to-image and image-to-image, "
-                                         r"not inpainting, so far"):  # fmt: skip
-        run(make_backend(paths), replace(request, mask=str(tmp_path / "mask.png")))
+    # Inpainting (refused before 2026-12-07): Marble's steering of Sprint's sampler (the pipeline's own checks below).
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    inpainting = replace(request, mask=str(tmp_path / "mask.png"), strength=1.0, mask_blur=0)
+    inpainted, steps = run(make_backend(paths), inpainting)
+    edit = sprint_edit(sprint["folder"])
+    by_hand = edit(prompt=request.prompt, image=Image.open(source), mask_image=mask, strength=1.0,
+                   num_inference_steps=2, width=64, height=64, guidance_scale=4.5, use_resolution_binning=False,
+                   generator=torch.Generator().manual_seed(43)).images[0]  # fmt: skip
+    # Inside the mask the pipeline's picture; outside it Marble lays the source back over it (as A1111 does).
+    drawn, expected = pixels(inpainted.images[0]), pixels(by_hand)
+    assert np.array_equal(drawn[16:48, 16:48], expected[16:48, 16:48])
+    outside = np.ones((64, 64), bool)
+    outside[16:48, 16:48] = False
+    assert (drawn[outside] == (200, 40, 40)).all()
+    assert np.abs(drawn[16:48, 16:48].astype(int) - (200, 40, 40)).mean() > 20  # repainted
+    assert len(steps) == 2
     # The hires fix's second pass is its image-to-image pipeline (from pixels with a pixel upscaler).
     hires_request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, hires_fix=True, hires_scale=1.5,
                                 hires_steps=2, hires_upscaler="Lanczos")  # fmt: skip
     hires, _ = run(make_backend(paths), hires_request)
     assert hires.images[0].size == (96, 96)
+
+
+def sprint_edit(folder):
+    """Marble's pipeline for Sprint's edits (families_sana.img2img_class), loaded from the folder as diffusers loads."""
+    from desktop.engine.backends.families_sana import img2img_class
+
+    pipe = img2img_class().from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_sprint_inpainting_keeps_the_sources_latents_outside_the_mask(sprint, strength):
+    """Outside the mask the last estimate, which is the picture, is the source's latents; inside it is repainted, and
+    at strength 1 from the noise alone: what text to image draws for the seed, where the mask covers everything."""
+    from PIL import Image
+
+    edit = sprint_edit(sprint["folder"])
+    source = Image.new("RGB", (64, 64), SOURCE_COLOUR)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 20, 64))  # latent columns 0 to 2 (8 pixels each) hold masked pixels
+    call = dict(prompt="a cat", strength=strength, num_inference_steps=2, width=64, height=64, guidance_scale=4.5,
+                use_resolution_binning=False, output_type="latent")  # fmt: skip
+    latents = edit(**call, image=source, mask_image=mask, generator=torch.Generator().manual_seed(7)).images
+    assert "step" not in vars(edit.scheduler)  # the steering of its sampler ended with the call
+    clean = source_latents(edit, source)
+    assert torch.allclose(latents[..., 3:], clean[..., 3:], atol=1e-5)
+    assert not torch.allclose(latents[..., :3], clean[..., :3], atol=1e-2)
+    # Without the mask, the same call is diffusers' image to image: the source is not kept anywhere.
+    plain = edit(**call, image=source, generator=torch.Generator().manual_seed(7)).images
+    assert not torch.allclose(plain[..., 3:], clean[..., 3:], atol=1e-2)
+    if strength == 1.0:
+        everything = edit(**call, image=source, mask_image=Image.new("L", (64, 64), 255),
+                          generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+        assert torch.allclose(everything, plain, atol=1e-5)
 
 
 def test_sprints_latent_hires_fix_is_the_two_passes_by_hand(paths, sprint):

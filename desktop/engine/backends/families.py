@@ -127,9 +127,8 @@ _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edi
 def edits(family: str, variant: str = "", mode: str = "img2img") -> bool:
     """Whether Marble runs image-to-image and inpainting (`mode`) for `family` (diffusers' own pipelines; for Qwen-Image
     2.1, Lumina Image 2.0, Krea 2, ERNIE-Image, LongCat-Image, Ovis-Image, HiDream-I1, AuraFlow, Sana and Flux.2 dev
-    Marble's own over their text-to-image pipelines; Sana Sprint image to image only, diffusers' pipeline)."""
-    if family == SANA and variant == SPRINT:
-        return mode == "img2img"
+    Marble's own over their text-to-image pipelines; Sana Sprint's through diffusers' image-to-image pipeline, whose
+    sampler Marble's inpainting steers, `families_sana.img2img_class`)."""
     if family in _OWN_EDITS or family == dit_flux2.FLUX2 or family == PIXART:
         return True
     return (family, "img2img") in _EDIT_PIPELINES or family == "flux-fill"
@@ -293,7 +292,7 @@ def edit_pipeline(pipe: Any, mode: str, info: DitInfo) -> Any:
     if info.control_input:  # Canny / Depth dev: the control picture's latents beside the source's
         return control_input_pipeline(pipe, mode)
     if info.family == SANA and info.variant == SPRINT:
-        return sibling(pipe, sana.img2img_class())  # image to image only (edits)
+        return sibling(pipe, sana.img2img_class())  # image to image and inpainting (families_sana.py)
     if info.family == PIXART:  # its release's pipeline under Marble's edits (flow_edit.py)
         return sibling(pipe, pixart.edit_class(info.variant))
     if info.family in _OWN_EDITS:  # one pipeline does both (flow_edit.py)

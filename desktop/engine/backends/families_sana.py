@@ -54,11 +54,20 @@ def pipeline_class(variant: str = "") -> Any:
 
 @functools.cache
 def img2img_class() -> Any:
-    """Sana Sprint's image-to-image pipeline (diffusers' own; it has no inpainting), which also takes the hires fix's
-    upscaled latents: a tensor of the DC-AE's channels, scaled as its `prepare_latents` takes an encoded picture
-    (`sprint_latents`). diffusers' `prepare_image` would first resize any tensor to the picture's size."""
+    """Sana Sprint's image to image (diffusers' pipeline) and inpainting (`mask_image`: white is repainted; diffusers
+    has none for it), taking the hires fix's upscaled latents too: a tensor of the DC-AE's channels, scaled as its
+    `prepare_latents` takes an encoded picture (`sprint_latents`). diffusers' `prepare_image` would first resize any
+    tensor to the picture's size.
+
+    Inpainting, by Sprint's own sampler (SCM): each step estimates the clean latents x0 from the sample at its time s,
+    x0 = cos(s) x - sin(s) v, and moves to the next time t, cos(t) x0 + sin(t) fresh noise; the last step's x0 is the
+    picture. Outside the mask the estimate is made the source's latents, by handing the step the model output that
+    gives them (v = (cos(s) x - x0) / sin(s); s > 0 at every step), so the next sample, the previews and the last
+    estimate all hold the source there."""
     import diffusers
     import torch
+
+    from desktop.engine.backends.flow_edit import latent_mask
 
     class SprintImageToImage(diffusers.SanaSprintImg2ImgPipeline):
         def prepare_image(self, image: Any, width: int, height: int, device: Any, dtype: Any) -> Any:
@@ -66,6 +75,38 @@ def img2img_class() -> Any:
             if latents and image.shape[1] == self.vae.config.latent_channels:
                 return image.to(device=device, dtype=dtype)
             return super().prepare_image(image, width, height, device, dtype)
+
+        def __call__(self, *, image: Any, width: int, height: int, mask_image: Any = None, **rest: Any) -> Any:
+            if mask_image is None:
+                return super().__call__(image=image, width=width, height=height, **rest)
+            device = self._execution_device
+            with torch.no_grad():
+                pixels = self.prepare_image(image, width, height, device, self.vae.dtype)
+                clean = sprint_latents(self, self.vae.encode(pixels).latent * self.vae.config.scaling_factor)
+            factor = self.vae_scale_factor
+            keep = 1 - latent_mask(mask_image, height // factor, width // factor).to(device, clean.dtype)
+            scheduler = self.scheduler
+            step = scheduler.step
+
+            # The pipeline reads step's signature to decide whether to hand it the generator (SCM draws fresh noise
+            # each step): the wrapper shows the step's own.
+            @functools.wraps(step)
+            def kept_outside(model_output: Any, timestep: Any, sample: Any, *args: Any, **kwargs: Any) -> Any:
+                s = torch.as_tensor(timestep).flatten()[0].to(sample.device, sample.dtype)  # the step's own time
+                estimate = torch.cos(s) * sample - torch.sin(s) * model_output
+                wanted = estimate + keep * (clean.to(estimate.dtype) - estimate)
+                model_output = (torch.cos(s) * sample - wanted) / torch.sin(s)
+                return step(model_output, timestep, sample, *args, **kwargs)
+
+            wrapped = "step" in vars(scheduler)  # Marble's preview watcher's, or none
+            scheduler.step = kept_outside
+            try:
+                return super().__call__(image=clean, width=width, height=height, **rest)
+            finally:
+                if wrapped:
+                    scheduler.step = step
+                else:
+                    del scheduler.step  # the class's method again
 
     return SprintImageToImage
 
