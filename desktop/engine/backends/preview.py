@@ -32,6 +32,7 @@ class ColourTable:
         clean latents are its latents times sigma_data)."""
         return ColourTable(self.name, self.factors / np.float32(scale), self.bias)
 
+
 _SD_FACTORS = np.array(
     [
         [0.3444, 0.1385, 0.0670],
