@@ -294,21 +294,25 @@ def test_z_image_inpainting_keeps_the_pixels_outside_the_mask(paths, zimage, tmp
 
 def test_edits_are_refused_clearly_for_a_family_without_edit_pipelines():
     # Flux, SD3, Qwen-Image, Z-Image and Chroma edit through their own pipelines (test_dit_edit.py, above,
-    # test_chroma.py), Flux.2 dev through Marble's own since 2026-12-07 (test_flux2.py); a mode a model lacks (Sana
-    # Sprint's inpainting) is refused by name before anything loads, saying what it does run.
+    # test_chroma.py), Flux.2 dev through Marble's own since 2026-12-07 (test_flux2.py), Sana Sprint's inpainting too
+    # (test_sana.py; refused before); a family without edits is refused by name before anything loads.
     from types import SimpleNamespace
 
     from desktop.engine.backends import families
     from desktop.engine.backends.diffusers_backend import _refuse_dit_edit
+    from desktop.engine.library.dit import DIT_LABELS
 
     assert [families.edits(f) for f in ("flux", "sd3.5", "qwen-image", "z-image", "chroma")] == [True] * 5
     assert families.edits("flux2", "dev") and families.edits("flux2", "dev", "inpaint")
+    assert families.edits("sana", "sprint") and families.edits("sana", "sprint", "inpaint")
+    assert all(families.edits(family, "", mode) for family in DIT_LABELS for mode in ("img2img", "inpaint"))
     sprint = SimpleNamespace(family="sana", variant="sprint", label="Sana Sprint")
-    assert families.edits("sana", "sprint") and not families.edits("sana", "sprint", "inpaint")
-    with pytest.raises(ModelError, match="Sana Sprint model; Marble runs it for text-to-image and image-to-image, "
-                                         "not inpainting, so far"):  # fmt: skip
-        _refuse_dit_edit("f.safetensors", sprint, "inpaint")
+    _refuse_dit_edit("f.safetensors", sprint, "inpaint")
     _refuse_dit_edit("f.safetensors", sprint, "img2img")
+    unknown = SimpleNamespace(family="cogview4", variant="", label="CogView4")
+    with pytest.raises(ModelError, match=r"CogView4 model; Marble runs it for text-to-image only so far"):
+        _refuse_dit_edit("f.safetensors", unknown, "inpaint")
+    _refuse_dit_edit("f.safetensors", unknown, "txt2img")
 
 
 def test_library_rows_and_family_defaults(qwen, zimage, tmp_path):

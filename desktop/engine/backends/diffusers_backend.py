@@ -2019,9 +2019,9 @@ def _refuse_dit_edit(name: str, dit: Any, mode: str) -> None:
     if qwen_edit.is_edit(dit):
         qwen_edit.refuse_text_to_image(name, dit, mode)
     if mode != "txt2img" and not families.edits(dit.family, dit.variant, mode):
-        runs = "and image-to-image, not inpainting," if families.edits(dit.family, dit.variant) else "only"
+        # Every family Marble runs edits both ways since Sana Sprint's inpainting (2026-12-07); kept for the next.
         raise ModelError(
-            f"{name} is a {dit.label} model; Marble runs it for text-to-image {runs} so far (docs/model-families.md)."
+            f"{name} is a {dit.label} model; Marble runs it for text-to-image only so far (docs/model-families.md)."
         )
 
 
