@@ -402,6 +402,11 @@ def test_sprint_runs_image_to_image_and_inpainting(paths, sprint, tmp_path):
     assert (drawn[outside] == (200, 40, 40)).all()
     assert np.abs(drawn[16:48, 16:48].astype(int) - (200, 40, 40)).mean() > 20  # repainted
     assert len(steps) == 2
+    # A batch: one source per image, each repainted with its own seed.
+    pair, _ = run(make_backend(paths), replace(inpainting, batch_size=2))
+    first, second = (pixels(image) for image in pair.images)
+    assert np.array_equal(first, drawn) and (second[outside] == (200, 40, 40)).all()
+    assert not np.array_equal(first[16:48, 16:48], second[16:48, 16:48])
     # The hires fix's second pass is its image-to-image pipeline (from pixels with a pixel upscaler).
     hires_request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, hires_fix=True, hires_scale=1.5,
                                 hires_steps=2, hires_upscaler="Lanczos")  # fmt: skip
