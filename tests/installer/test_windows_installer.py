@@ -169,6 +169,19 @@ class Wine:
                        stderr=subprocess.DEVNULL, timeout=60, check=False)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = self._run_once(args)
+        for _ in range(2):
+            # Wine itself now and then fails to start a program on a loaded machine ("ShellExecuteEx failed:
+            # Internal error", seen once in CI on `winepath`, 2026-12-07): that is wine's launcher, not the
+            # program, so it is tried again; any other failure stands.
+            if done.returncode == 0 or "ShellExecuteEx failed" not in done.stdout + done.stderr:
+                break
+            done = self._run_once(args)
+        if check:
+            assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
+        return done
+
+    def _run_once(self, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
         # Output through files, not pipes: wine's own background processes (services, explorer) keep
         # inherited pipes open, and reading a pipe to its end would wait for them.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -176,11 +189,8 @@ class Wine:
                                   stderr=err, timeout=300).returncode
             out.seek(0)
             err.seek(0)
-            done = subprocess.CompletedProcess(args, code, out.read().decode(errors="replace"),
+            return subprocess.CompletedProcess(args, code, out.read().decode(errors="replace"),
                                                err.read().decode(errors="replace"))
-        if check:
-            assert done.returncode == 0, (args, done.returncode, done.stdout, done.stderr)
-        return done
 
     def unix(self, windows_path: str) -> Path:
         return Path(self.run("winepath", "-u", windows_path).stdout.strip())
