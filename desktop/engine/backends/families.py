@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.backends import encoder_components, qwen_encoders
+from desktop.engine.backends import encoder_components, flux2_latents, qwen_encoders
 from desktop.engine.backends import families_auraflow as auraflow
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_ernie as ernie
@@ -161,10 +161,10 @@ def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any, size: tuple[int, i
     if info.family == dit_flux2.FLUX2:
         rows, cols = size[1] // (pipe.vae_scale_factor * 2), size[0] // (pipe.vae_scale_factor * 2)
         grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], rows, cols)
-        return ernie.vae_latents(pipe, grid, pipe.vae.config.batch_norm_eps), pipe.vae_scale_factor
+        return flux2_latents.vae_latents(pipe, grid, pipe.vae.config.batch_norm_eps), pipe.vae_scale_factor
     if info.family != qwen_zimage.ERNIE_IMAGE:
         return None
-    return ernie.vae_latents(pipe, latents), pipe.vae_scale_factor // 2
+    return flux2_latents.vae_latents(pipe, latents, ernie.BATCH_NORM_EPS), pipe.vae_scale_factor // 2
 
 
 def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
@@ -174,12 +174,14 @@ def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
     latents and normalises itself (a tensor of any other channel count is read as a picture); Sana Sprint's times its
     sampler's sigma_data, as its image-to-image pipeline scales an encoded picture."""
     if flux2.is_dev_model(info):
-        return ernie.normalised_patches(pipe, latents, pipe.vae.config.batch_norm_eps)
+        return flux2_latents.normalised_patches(pipe, latents, pipe.vae.config.batch_norm_eps)
     if info.family == dit_flux2.FLUX2:
         return pipe._patchify_latents(latents)
     if info.family == SANA and info.variant == SPRINT:
         return sana.sprint_latents(pipe, latents)
-    return ernie.normalised_patches(pipe, latents) if info.family == qwen_zimage.ERNIE_IMAGE else latents
+    if info.family == qwen_zimage.ERNIE_IMAGE:
+        return flux2_latents.normalised_patches(pipe, latents, ernie.BATCH_NORM_EPS)
+    return latents
 
 
 def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:

@@ -2,9 +2,9 @@
 has none, so Marble's own over its text-to-image pipeline (flow_edit.py).
 
 Its latents are Flux.2's VAE's in 2x2 patches as channels (4C, h/2, w/2), normalised by the VAE's batch-norm
-statistics with the pipeline's own epsilon; its schedule is linear, shifted by the scheduler's fixed shift. Its
-pipeline sets that schedule itself (it takes no `sigmas=`), so the edit's tail is handed to the scheduler for the
-call. torch/diffusers are imported inside the functions (pyproject's import-linter list).
+statistics with the pipeline's own epsilon (flux2_latents.py); its schedule is linear, shifted by the scheduler's
+fixed shift. Its pipeline sets that schedule itself (it takes no `sigmas=`), so the edit's tail is handed to the
+scheduler for the call. torch/diffusers are imported inside the functions (pyproject's import-linter list).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 
 from desktop.engine.backends import lora_forms
 from desktop.engine.backends.flow_edit import FlowEdit
+from desktop.engine.backends.flux2_latents import normalised_patches
 
 # The epsilon ErnieImagePipeline normalises latents with (hard-coded there: the trained value, not the VAE config's).
-_BATCH_NORM_EPS = 1e-5
+BATCH_NORM_EPS = 1e-5
 
 
 def lora_needs_conversion(names: Iterable[str]) -> bool:
@@ -31,28 +32,6 @@ def convert_lora(state: dict[str, Any], modules: Iterable[str]) -> dict[str, Any
     """The LoRA as `diffusion_model.<module>.lora_A/B.weight` (lora_forms.py), kohya's names matched to the
     transformer's own `modules` (its dots made underscores: its names are its release's)."""
     return lora_forms.renamed_for(state, modules)
-
-
-def normalised_patches(pipe: Any, latents: Any, eps: float = _BATCH_NORM_EPS) -> Any:
-    """The VAE's latents (B, C, h, w) as the pipeline's: 2x2 patches as channels (B, 4C, h/2, w/2), normalised by
-    the VAE's batch-norm statistics (`eps`: Flux.2 dev's pipeline takes its VAE config's, on the same VAE)."""
-    mean, std = _statistics(pipe, latents, eps)
-    return (pipe._patchify_latents(latents) - mean) / std
-
-
-def vae_latents(pipe: Any, patches: Any, eps: float = _BATCH_NORM_EPS) -> Any:
-    """The pipeline's normalised patches (B, 4C, h, w) as the VAE's latents (B, C, 2h, 2w): what a latent upscaler
-    interpolates, as SD's latents are (normalised per patch position, neighbouring cells are not on one scale)."""
-    mean, std = _statistics(pipe, patches, eps)
-    return pipe._unpatchify_latents(patches * std + mean)
-
-
-def _statistics(pipe: Any, like: Any, eps: float) -> tuple[Any, Any]:
-    import torch
-
-    mean = pipe.vae.bn.running_mean.view(1, -1, 1, 1)
-    std = torch.sqrt(pipe.vae.bn.running_var.view(1, -1, 1, 1) + eps)
-    return mean.to(like), std.to(like)
 
 
 class _GivenSchedule:
@@ -87,7 +66,7 @@ def edit_class() -> Any:
         def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
             pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
             latents = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
-            return normalised_patches(self, latents)
+            return normalised_patches(self, latents, BATCH_NORM_EPS)
 
         def _edit_pack(self, grid: Any) -> Any:
             return grid
