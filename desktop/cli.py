@@ -23,6 +23,7 @@ from desktop.engine.edit_inputs import inputs_folder, request_size, step_words
 from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError, StorageError
 from desktop.engine.events import (
     COMPILING_TEXT,
+    FITTING_TEXT,
     Event,
     ImageSaved,
     ImageUnsaved,
@@ -35,6 +36,7 @@ from desktop.engine.events import (
     ModelLoaded,
     ModelLoading,
     PreviewReady,
+    PreviewsFitting,
     StepProgress,
 )
 from desktop.engine.history.store import RESUMED, explain_database_error
@@ -768,6 +770,8 @@ def _json_record(event: Event) -> dict[str, Any] | None:
             return {"event": "loaded", "model": model, "seconds": round(seconds, 3), "reused": reused}
         case ModelCompiling(model=model):
             return {"event": "compiling", "model": model}
+        case PreviewsFitting(model=model):
+            return {"event": "fitting previews", "model": model}
         case StepProgress(step=step, total=total, batch_index=batch, batch_count=batches):
             return {"event": "step", "step": step, "total": total, "batch": batch, "batches": batches}
         case ImageSaved(path=path, seed=seed, index=index):
@@ -800,6 +804,8 @@ class _TextReporter:
                     self._say(f"Loaded {model} in {seconds:.1f} s")
             case ModelCompiling():
                 self._say(COMPILING_TEXT)
+            case PreviewsFitting():
+                self._say(FITTING_TEXT)
             case JobStarted(request=request):
                 self._request = request
             case StepProgress(step=step, total=total, batch_index=batch, batch_count=batches):

@@ -481,7 +481,7 @@ def _progress(ticket: Ticket | None, count: int, skip_image: bool) -> dict[str, 
     image = None if skip_image else preview_png(ticket.preview)
     return {"progress": fraction, "eta_relative": eta, "state": state,
             "current_image": base64.b64encode(image).decode("ascii") if image else None,
-            "textinfo": None, "current_task": ticket.job.id}
+            "textinfo": ticket.textinfo, "current_task": ticket.job.id}
 
 
 def _memory() -> dict[str, Any]:

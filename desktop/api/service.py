@@ -20,12 +20,17 @@ from PIL import Image
 
 from desktop.api.convert import ApiError, ApiLimits, ApiOptions, looks_like_path, strip_title
 from desktop.engine.events import (
+    COMPILING_TEXT,
+    FITTING_TEXT,
     Event,
     ImageSaved,
     JobCancelled,
     JobFailed,
     JobWarning,
+    ModelCompiling,
+    ModelLoading,
     PreviewReady,
+    PreviewsFitting,
     StepProgress,
 )
 from desktop.engine.jobs import Job
@@ -53,6 +58,8 @@ class Ticket:
     interrupted: bool = False
     step: int = 0
     total: int = 0
+    # What the job is doing while no step runs (loading, compiling, fitting previews): A1111's `textinfo`.
+    textinfo: str | None = None
     batch_index: int = 0
     started: float = 0.0
     preview: np.ndarray | None = None
@@ -61,8 +68,15 @@ class Ticket:
         """Take a job event into the ticket (the caller holds its lock): progress, preview, images,
         warnings and how it ended. Shared by the headless service and the window's adapter."""
         match event:
+            case ModelLoading(model=model):
+                self.textinfo = f"Loading {model}…"
+            case ModelCompiling():
+                self.textinfo = COMPILING_TEXT
+            case PreviewsFitting():
+                self.textinfo = FITTING_TEXT
             case StepProgress(step=step, total=total, batch_index=batch_index):
                 self.step, self.total, self.batch_index = step, total, batch_index
+                self.textinfo = None
             case PreviewReady(image=image):
                 self.preview = image
             case ImageSaved(path=path, seed=seed):

@@ -24,6 +24,7 @@ from desktop.engine.events import (
     ModelLoaded,
     ModelLoading,
     PreviewReady,
+    PreviewsFitting,
     StepProgress,
 )
 from desktop.engine.history import HistoryStore, JobRecord, save_unsaved
@@ -38,6 +39,7 @@ _SIGNAL_FOR = {
     ModelLoading: "model_loading",
     ModelLoaded: "model_loaded",
     ModelCompiling: "model_compiling",
+    PreviewsFitting: "previews_fitting",
     StepProgress: "step_progressed",
     PreviewReady: "preview_ready",
     JobWarning: "job_warning",
@@ -53,8 +55,8 @@ class GenerationController(QObject):
     """Owns the job queue and the generation thread. Lives on the GUI thread.
 
     Signals (each carries the engine's frozen event):
-        job_started, model_loading, model_loaded, model_compiling, step_progressed, preview_ready, job_warning,
-        image_saved, image_unsaved, job_finished, job_failed, job_cancelled
+        job_started, model_loading, model_loaded, model_compiling, previews_fitting, step_progressed, preview_ready,
+        job_warning, image_saved, image_unsaved, job_finished, job_failed, job_cancelled
         event_received(object): every event above, for logs and panels that want them all.
         pending_images_changed(int): how many unsaved images (disk full) are kept in memory.
         queue_changed(): a job was added, started, removed or ended.
@@ -65,6 +67,7 @@ class GenerationController(QObject):
     model_loading = Signal(object)
     model_loaded = Signal(object)
     model_compiling = Signal(object)
+    previews_fitting = Signal(object)
     step_progressed = Signal(object)
     preview_ready = Signal(object)
     job_warning = Signal(object)

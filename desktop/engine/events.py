@@ -43,6 +43,20 @@ class ModelCompiling:
     model: str
 
 
+# What the CLI says for PreviewsFitting (the window says the same through its translations).
+FITTING_TEXT = "Preparing live previews for this model (once)…"
+
+
+@dataclass(frozen=True)
+class PreviewsFitting:
+    """The model's autoencoder has no published preview colours (Sana's DC-AE): they are being fitted from it before
+    the first step (seconds on a GPU, some 20 s on a CPU, once per autoencoder ever); progress shows that instead
+    of a step counter standing still, and the job can be cancelled meanwhile."""
+
+    job_id: str
+    model: str
+
+
 @dataclass(frozen=True)
 class StepProgress:
     """Step `step` (1-based) of `total` finished, in pipeline call `batch_index` of the job."""
@@ -122,6 +136,7 @@ Event = (
     | ModelLoading
     | ModelLoaded
     | ModelCompiling
+    | PreviewsFitting
     | StepProgress
     | PreviewReady
     | JobWarning

@@ -31,6 +31,7 @@ from desktop.engine.events import (
     ModelLoaded,
     ModelLoading,
     PreviewReady,
+    PreviewsFitting,
     StepProgress,
 )
 from desktop.engine.history.store import JOB_CHUNK, HistoryStore, NewImage
@@ -121,6 +122,9 @@ class JobRunner:
         def on_step(info: StepInfo) -> None:
             if info.compiling:
                 emit(ModelCompiling(job.id, report.model.name))
+                return
+            if info.fitting_previews:
+                emit(PreviewsFitting(job.id, report.model.name))
                 return
             emit(StepProgress(job.id, info.step, info.total, info.batch_index, request.batch_count))
             if info.preview is not None:

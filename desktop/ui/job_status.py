@@ -19,6 +19,7 @@ from desktop.engine.events import (
     ModelLoaded,
     ModelLoading,
     PreviewReady,
+    PreviewsFitting,
     StepProgress,
 )
 from desktop.engine.request import GenerationRequest
@@ -64,6 +65,7 @@ class JobStatus(QObject):
             (controller.model_loading, self._on_model_loading),
             (controller.model_loaded, self._on_model_loaded),
             (controller.model_compiling, self._on_model_compiling),
+            (controller.previews_fitting, self._on_previews_fitting),
             (controller.step_progressed, self._on_step_progressed),
             (controller.preview_ready, self._on_preview_ready),
             (controller.job_warning, self._on_job_warning),
@@ -125,6 +127,11 @@ class JobStatus(QObject):
         if event.job_id == self._job_id:
             # Busy, not a step count: the first step comes when the compile is done.
             self._queue_panel.show_waiting(self.tr("Compiling the model (first fast-mode image)…"))
+
+    @Slot(object)
+    def _on_previews_fitting(self, event: PreviewsFitting) -> None:
+        if event.job_id == self._job_id:
+            self._queue_panel.show_waiting(self.tr("Preparing live previews for this model (once)…"))
 
     @Slot(object)
     def _on_step_progressed(self, event: StepProgress) -> None:

@@ -891,6 +891,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Preparing live previews for this model (once)…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Saved {index}/{total}</source>
         <translation type="unfinished"></translation>
     </message>

@@ -8,7 +8,7 @@ import io
 import json
 
 from desktop.cli import _TextReporter
-from desktop.engine.events import ModelCompiling
+from desktop.engine.events import ModelCompiling, PreviewsFitting
 from tests.support.cli_runner import run_cli
 
 
@@ -27,7 +27,35 @@ def test_the_cli_says_compiling_in_words():
     assert err.getvalue() == "Compiling the model (first fast-mode image)…\n"
 
 
+def test_the_cli_says_previews_are_being_prepared_in_words_and_in_json():
+    from desktop.cli import _json_record
+
+    err = io.StringIO()
+    _TextReporter(io.StringIO(), err)(PreviewsFitting("job", "tiny"))
+    assert err.getvalue() == "Preparing live previews for this model (once)…\n"
+    assert _json_record(PreviewsFitting("job", "tiny")) == {"event": "fitting previews", "model": "tiny"}
+
+
 def test_a_normal_job_never_reports_compiling(tmp_path, tiny_sd15_dir):
     events, err = generate(tmp_path / "home", tiny_sd15_dir, "--json")
     kinds = [event["event"] for event in events]
     assert "step" in kinds and "compiling" not in kinds, kinds
+
+
+def test_the_apis_progress_says_what_the_job_does_while_no_step_runs():
+    """A1111's /sdapi/v1/progress carries `textinfo`: loading, compiling and fitting previews say so there (an API
+    client would otherwise see 0 % standing still); the steps clear it."""
+    from desktop.api.server import _progress
+    from desktop.api.service import Ticket
+    from desktop.engine.events import ModelLoading, StepProgress
+    from desktop.engine.jobs import Job
+    from desktop.engine.request import GenerationRequest
+
+    ticket = Ticket(Job(GenerationRequest(prompt="a red circle", model="tiny", steps=2)))
+    said = [_progress(ticket, 1, True)["textinfo"]]
+    for event in (ModelLoading("job", "tiny"), PreviewsFitting("job", "tiny"), ModelCompiling("job", "tiny"),
+                  StepProgress("job", 1, 2, 0, 1)):  # fmt: skip
+        ticket.record(event)
+        said.append(_progress(ticket, 1, True)["textinfo"])
+    assert said == [None, "Loading tiny…", "Preparing live previews for this model (once)…",
+                    "Compiling the model (first fast-mode image)…", None]  # fmt: skip

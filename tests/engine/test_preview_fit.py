@@ -12,6 +12,8 @@ from desktop.engine.backends.preview import ColourTable, colour_table, fit_colou
 from desktop.engine.backends.preview_fit import (
     CELLS,
     PICTURES,
+    FitStopped,
+    FitWatch,
     cached_fit,
     calibration_pictures,
     fingerprint,
@@ -166,3 +168,58 @@ def test_a_bf16_autoencoder_on_the_cpu_is_fitted_in_float32_and_left_as_it_was()
     assert np.array_equal(table.factors, expected.factors) and np.array_equal(table.bias, expected.bias)
     assert vae.dtype == torch.bfloat16
     assert all(torch.equal(tensor, weights[name]) for name, tensor in vae.state_dict().items())
+
+
+def _counting_calls(vae, calls):
+    """`vae` whose encode and decode append their name to `calls` before they run."""
+    for name in ("encode", "decode"):
+        real = getattr(vae, name)
+        setattr(vae, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    return vae
+
+
+class _Watcher:
+    """A job's view of the fit: how often it was told it starts, and what had run each time it was asked to stop;
+    it says stop once `allowed` calls have run (None: never)."""
+
+    def __init__(self, calls, allowed=None):
+        self.calls, self.allowed = calls, allowed
+        self.started, self.asked = 0, []
+
+    def watch(self):
+        return FitWatch(self._start, self._stopped)
+
+    def _start(self):
+        self.started += 1
+
+    def _stopped(self):
+        self.asked.append(list(self.calls))
+        return self.allowed is not None and len(self.calls) >= self.allowed
+
+
+def test_a_fit_says_when_it_starts_and_stops_before_any_encode_or_decode_when_asked(tmp_path):
+    """The fit takes some 20 s on a CPU: the job's progress is told when it starts (not for a table from the cache),
+    and a cancelled job stops it before the next encode or decode, keeping nothing, its weights as they were."""
+    calls = []
+    vae = _counting_calls(build_tiny_sana().vae.to(torch.bfloat16), calls)
+    weights = {name: tensor.clone() for name, tensor in vae.state_dict().items()}
+    key, cpu = fingerprint(vae), torch.device("cpu")
+    order = ["encode", "decode"] * PICTURES
+    for allowed in range(len(order)):
+        calls.clear()
+        watcher = _Watcher(calls, allowed)
+        with pytest.raises(FitStopped):
+            cached_fit(vae, 8, 0.41407, cpu, tmp_path, key, watcher.watch())
+        # Asked before each call, in order; stopped before the one after `allowed` calls; nothing kept.
+        assert calls == order[:allowed] and watcher.asked == [order[:n] for n in range(allowed + 1)], watcher.asked
+        assert watcher.started == 1 and list(tmp_path.iterdir()) == []
+        assert vae.dtype == torch.bfloat16
+        assert all(torch.equal(tensor, weights[name]) for name, tensor in vae.state_dict().items())
+    calls.clear()
+    watcher = _Watcher(calls)
+    table = cached_fit(vae, 8, 0.41407, cpu, tmp_path, key, watcher.watch())
+    assert calls == order and watcher.asked == [order[:n] for n in range(len(order))] and watcher.started == 1
+    assert table.factors.shape == (vae.config.latent_channels, 3)
+    # From the cache: no fit, nothing said.
+    cached_fit(vae, 8, 0.41407, cpu, tmp_path, key, watcher.watch())
+    assert watcher.started == 1 and calls == order

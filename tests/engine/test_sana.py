@@ -15,8 +15,10 @@ import torch
 from diffusers import GGUFQuantizationConfig, SanaPipeline, SanaTransformer2DModel
 from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
+from desktop.engine.backends.base import StepInfo
 from desktop.engine.backends.preview import latents_to_rgb
-from desktop.engine.errors import ModelError
+from desktop.engine.errors import Cancelled, ModelError
+from desktop.engine.jobs import CancelToken
 from desktop.engine.library.checkpoint import detect_model
 from desktop.engine.library.dit import variant_choices
 from desktop.engine.library.native_size import family_defaults, model_family
@@ -90,7 +92,9 @@ def test_a_sana_folder_is_detected_and_matches_bare_diffusers(paths, sana):
     batch, steps = run(make_backend(paths), request)
     expected = bare_image(sana["folder"], request)
     assert np.array_equal(pixels(batch.images[0]), expected)
-    assert len(steps) == 3 and all(step.preview is not None for step in steps)
+    # The first job fits the preview colours (said first, as step 0), then three steps, each with its preview.
+    assert [step.step for step in steps] == [0, 1, 2, 3] and steps[0].fitting_previews
+    assert all(step.preview is not None and not step.fitting_previews for step in steps[1:])
     assert not batch.notes
     other, _ = run(make_backend(paths), replace(request, negative_prompt="dark"))
     assert not np.array_equal(pixels(other.images[0]), expected)
@@ -328,7 +332,7 @@ def test_a_sana_sprint_folder_runs_its_own_pipeline_and_defaults(paths, sprint):
     request = request_for(sprint["folder"], steps=2, cfg_scale=4.5, negative_prompt="blurry")
     batch, steps = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare_sprint(sprint["folder"], request))
-    assert len(steps) == 2
+    assert [step.step for step in steps] == [0, 1, 2]  # the preview fit's notice, then two steps
     assert batch.notes == ("Sana Sprint takes no negative prompt (its guidance is embedded, as Flux.1 dev's); it was "
                            "ignored.",)  # fmt: skip
     # Its guidance is embedded: another value, another picture.
@@ -401,7 +405,7 @@ def test_sprint_runs_image_to_image_and_inpainting(paths, sprint, tmp_path):
     outside[16:48, 16:48] = False
     assert (drawn[outside] == (200, 40, 40)).all()
     assert np.abs(drawn[16:48, 16:48].astype(int) - (200, 40, 40)).mean() > 20  # repainted
-    assert len(steps) == 2
+    assert [step.step for step in steps if not step.fitting_previews] == [1, 2]
     # A batch: one source per image, each repainted with its own seed.
     pair, _ = run(make_backend(paths), replace(inpainting, batch_size=2))
     first, second = (pixels(image) for image in pair.images)
@@ -517,6 +521,8 @@ def test_previews_read_colours_fitted_from_the_dc_ae(paths, sana, sprint, kind):
     _, steps = run(backend, request)
     table = backend._fitted_colours
     assert table is not None and table.name == "fitted from the autoencoder"
+    assert steps[0] == StepInfo(0, 0, 0, None, fitting_previews=True)  # said before the fit, not a step
+    assert not any(step.fitting_previews for step in steps[1:])
     vae = backend._pipe.vae
     by_hand = fit_from_autoencoder(vae, 8, vae.config.scaling_factor, torch.device("cpu"))
     base = table if kind == "sana" else table.scaled(2.0)  # the table for latents as the transformer holds them
@@ -527,17 +533,40 @@ def test_previews_read_colours_fitted_from_the_dc_ae(paths, sana, sprint, kind):
     assert np.abs(steps[-1].preview.astype(int) - drawn).max() <= 1
     assert np.abs(latents_to_rgb(latents, "flux2").astype(int) - drawn).mean() > 20  # not Flux.2's colours
     # Fitted once per autoencoder: kept in the cache folder, where a restarted app finds it.
-    run(backend, request)
-    assert backend._fitted_colours is table
+    _, second = run(backend, request)
+    assert backend._fitted_colours is table and not any(step.fitting_previews for step in second)
     (stored,) = paths.preview_tables.iterdir()
     restarted = make_backend(paths)
     with mock.patch("desktop.engine.backends.preview_fit.fit_from_autoencoder", side_effect=AssertionError("fitted")):
         _, again = run(restarted, request)
     assert np.array_equal(again[-1].preview, steps[-1].preview) and list(paths.preview_tables.iterdir()) == [stored]
+    assert not any(step.fitting_previews for step in again)  # read from the cache: nothing to say
     # A job without previews fits none.
     quiet = make_backend(paths, preview_every=0)
-    run(quiet, request)
-    assert quiet._fitted_colours is None
+    _, silent = run(quiet, request)
+    assert quiet._fitted_colours is None and not any(step.fitting_previews for step in silent)
+
+
+def test_a_job_cancelled_while_the_previews_are_fitted_stops_before_its_first_step(paths, sana):
+    """The fit takes some 20 s on a CPU: a job cancelled meanwhile ends there (Cancelled, no step), keeps no table,
+    and the next job fits again."""
+    request = request_for(sana["folder"], steps=3, cfg_scale=4.5, seed=7)
+    backend = make_backend(paths)
+    backend.load(request)
+    token, seen = CancelToken(), []
+
+    def on_step(info):
+        seen.append(info)
+        token.cancel()  # at the fit's notice: the fit asks before its first encode
+
+    with mock.patch.object(backend._pipe.vae, "decode", side_effect=AssertionError("decoded")) as decode:
+        with pytest.raises(Cancelled):
+            backend.generate(request, 0, on_step, token)
+    assert seen == [StepInfo(0, 0, 0, None, fitting_previews=True)] and decode.call_count == 0
+    assert backend._fitted_colours is None and not paths.preview_tables.exists()
+    _, steps = run(backend, request)
+    assert steps[0].fitting_previews and [step.step for step in steps[1:]] == [1, 2, 3]
+    assert backend._fitted_colours is not None and len(list(paths.preview_tables.iterdir())) == 1
 
 
 def sana_edit(folder):

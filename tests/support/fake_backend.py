@@ -36,6 +36,7 @@ class FakeBackend:
         `blocked` is set when it starts waiting.
     load_notes / generate_notes: become JobWarning events, as the real backend's notes do.
     compiles: report compiling before the first step of each pipeline call, as fast mode does.
+    fits_previews: report fitting the preview colours before the first step, as a Sana job's first does.
     """
 
     steps: int | None = None
@@ -48,6 +49,7 @@ class FakeBackend:
     generate_notes: tuple[str, ...] = ()
     sampler_used: str = "Euler"
     compiles: bool = False
+    fits_previews: bool = False
     blocked: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     # Records, written on the worker thread and read by the test after the job's last event.
@@ -78,6 +80,8 @@ class FakeBackend:
         self.generated.append((request, batch_index))
         total = self.steps if self.steps is not None else request.steps
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
+        if self.fits_previews:
+            on_step(StepInfo(0, 0, batch_index, None, fitting_previews=True))
         if self.compiles:
             on_step(StepInfo(0, total, batch_index, None, compiling=True))
         for step in range(1, total + 1):

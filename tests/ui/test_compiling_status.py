@@ -1,5 +1,6 @@
-"""The window says "compiling" while fast mode compiles (issue 29): the progress bar shows it, busy,
-before the first step, instead of a step counter that stands still."""
+"""The window says "compiling" while fast mode compiles (issue 29), and "preparing live previews" while a Sana
+model's preview colours are fitted: the progress bar shows it, busy, before the first step, instead of a step counter
+that stands still."""
 
 from __future__ import annotations
 
@@ -38,3 +39,17 @@ def test_no_compiling_without_fast_mode(qtbot, studio: Studio) -> None:
     with qtbot.waitSignal(studio.controller.job_finished, timeout=TIMEOUT_MS):
         qtbot.mouseClick(studio.window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
     assert compiling == []
+
+
+def test_the_progress_bar_says_previews_are_being_prepared_before_the_first_step(qtbot, studio: Studio) -> None:
+    studio.backend.fits_previews = True
+    bar = studio.window.queue_panel.progress_bar
+    seen: list[tuple[str, str, int]] = []
+    studio.controller.previews_fitting.connect(lambda _event: seen.append(("fitting", bar.format(), bar.maximum())))
+    studio.controller.step_progressed.connect(lambda event: seen.append(("step", str(event.step), bar.maximum())))
+    with qtbot.waitSignal(studio.controller.job_finished, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(studio.window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
+    assert seen[0] == ("fitting", "Preparing live previews for this model (once)…", 0)  # busy: range 0..0
+    # The notice is not a step: the steps count from 1, and the bar leaves busy for them.
+    assert [step for _, step, _ in seen[1:]] == [str(n) for n in range(1, studio.backend.steps + 1)]
+    assert bar.value() == bar.maximum() > 0

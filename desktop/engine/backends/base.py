@@ -62,6 +62,9 @@ class StepInfo:
     # Not a finished step: fast mode is about to compile for this size (`step` is 0); the runner turns
     # it into a ModelCompiling event.
     compiling: bool = False
+    # Not a finished step either: the preview colours are being fitted from the autoencoder (`step` is 0); the
+    # runner turns it into a PreviewsFitting event.
+    fitting_previews: bool = False
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ from desktop.engine.backends.preview import (  # noqa: E402
     has_published_table,
     latents_to_rgb,
 )
-from desktop.engine.backends.preview_fit import cached_fit, fingerprint  # noqa: E402
+from desktop.engine.backends.preview_fit import FitStopped, FitWatch, cached_fit, fingerprint  # noqa: E402
 from desktop.engine.backends.prompt_cache import PromptCache, PromptKey  # noqa: E402
 from desktop.engine.backends.refiner import Refiners  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
@@ -617,21 +617,28 @@ class DiffusersBackend:
     def _colour_family(self) -> str:
         return colour_family(self._family, self._dit.variant if self._dit is not None else "")
 
-    def _colours(self, every: int) -> ColourTable:
+    def _colours(
+        self, every: int, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
+    ) -> ColourTable:
         """The preview's colour table for the loaded model: its autoencoder's published one (preview.py), or for one
-        without (Sana's DC-AE) a table fitted from it (preview_fit.py) the first time a job shows previews."""
+        without (Sana's DC-AE) a table fitted from it (preview_fit.py) the first time a job shows previews. A fit
+        says so in the progress first (some 20 s on a CPU) and raises Cancelled when the job is cancelled meanwhile."""
         family = self._colour_family
         if self._autoencoder_key is None or not every or self._pipe is None:
             return colour_table(family)
         if self._fitted_colours is None:
-            self._fitted_colours = self._fit_colours(self._pipe, family, self._autoencoder_key)
+            starting = functools.partial(on_step, StepInfo(0, 0, batch_index, None, fitting_previews=True))
+            watch = FitWatch(starting, lambda: cancel.cancelled)
+            self._fitted_colours = self._fit_colours(self._pipe, family, self._autoencoder_key, watch)
         return self._fitted_colours
 
-    def _fit_colours(self, pipe: Any, family: str, key: str) -> ColourTable:
+    def _fit_colours(self, pipe: Any, family: str, key: str, watch: FitWatch) -> ColourTable:
         vae = pipe.vae
         try:
             table = cached_fit(vae, pipe.vae_scale_factor, vae.config.scaling_factor, pipe._execution_device,
-                               self._paths.preview_tables, key)  # fmt: skip
+                               self._paths.preview_tables, key, watch)  # fmt: skip
+        except FitStopped as stopped:
+            raise Cancelled("Cancelled while the live previews were being prepared.") from stopped
         except (RuntimeError, ValueError, AttributeError) as error:  # out of memory included: previews only
             log.warning("Could not fit preview colours from %s's autoencoder: %s", family, error)
             return colour_table(family)
@@ -822,7 +829,8 @@ class DiffusersBackend:
         _OutOfMemoryRaised on out-of-memory, Cancelled when cancelled."""
         # Exact, as for the hires fix's second pass: the first step already shows the total of all tiles.
         per_tile = self._img2img_timesteps(request.sampler, request.steps, request.strength, request.few_step)
-        progress = _Progress(batch_index, on_step, cancel, self._preview_every, self._colours(self._preview_every),
+        colours = self._colours(self._preview_every, batch_index, on_step, cancel)
+        progress = _Progress(batch_index, on_step, cancel, self._preview_every, colours,
                              self._key.device if self._key else "cpu", per_tile * (len(boxes) - 1))
         tiles = []
         try:
@@ -1043,7 +1051,9 @@ class DiffusersBackend:
         second = tuple(padded_side(side, multiple) for side in request.hires_size) if hires is not None else None
         families.check_size(pipe, self._dit, (size["width"], size["height"]), *(second,) if second else ())
         extra = tail_steps(request.hires_steps or request.steps, request.hires_denoise) if hires else 0
-        progress = _Progress(batch_index, on_step, cancel, every, self._colours(every), device, extra)
+        progress = _Progress(
+            batch_index, on_step, cancel, every, self._colours(every, batch_index, on_step, cancel), device, extra
+        )
         watcher = _X0Watcher(pipe.scheduler)
         width, height = (size["width"], size["height"])
         on_step_end = progress.callback(watcher, unpack=functools.partial(dit_preview_latents, pipe, width, height))
@@ -1319,7 +1329,8 @@ class DiffusersBackend:
             arguments |= {"denoising_end": float(request.refiner_switch_at), "output_type": "latent"}
             extra = self._refiners.extra_steps(refiner, request)
         progress = _Progress(
-            batch_index, on_step, cancel, self._preview_every, self._colours(self._preview_every), device, extra
+            batch_index, on_step, cancel, self._preview_every,
+            self._colours(self._preview_every, batch_index, on_step, cancel), device, extra,
         )
         try:
             tiled = (pipe.unet, pipe.vae) if request.tiling else ()

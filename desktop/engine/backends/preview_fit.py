@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,19 @@ CELLS = 8  # per side of each calibration picture
 PICTURES = 2
 
 
+class FitStopped(Exception):
+    """The fit was stopped (the job cancelled) between two of its encodes and decodes; nothing was kept."""
+
+
+@dataclass(frozen=True)
+class FitWatch:
+    """The job's view of a fit: `starting` is called once before a fit begins (not for a table read from the cache),
+    `stopped` is asked before each encode and decode, so a cancelled job waits for one of them at most."""
+
+    starting: Callable[[], None] = lambda: None
+    stopped: Callable[[], bool] = lambda: False
+
+
 def calibration_pictures(cell: int, seed: int = 0) -> np.ndarray:
     """(PICTURES, 3, CELLS*cell, CELLS*cell) pictures in [-1, 1]: per latent cell, a seeded colour from across the
     colour cube (saturated and grey ones alike) with a seeded amount of per-pixel texture on it."""
@@ -44,10 +59,13 @@ def calibration_pictures(cell: int, seed: int = 0) -> np.ndarray:
     return pictures.clip(-1.0, 1.0).astype(np.float32)
 
 
-def fit_from_autoencoder(vae: Any, factor: int, latent_scale: float, device: Any) -> ColourTable:
+def fit_from_autoencoder(
+    vae: Any, factor: int, latent_scale: float, device: Any, stopped: Callable[[], bool] = lambda: False
+) -> ColourTable:
     """The table for latents in the space the transformer works in (the autoencoder's times `latent_scale`, its
     config's scaling factor), from `vae` whose pictures are `factor` times its latents' size, run on `device` (the
-    pipeline's execution device; offload hooks bring the weights there)."""
+    pipeline's execution device; offload hooks bring the weights there). Raises FitStopped when `stopped()` says
+    so before one of the pictures' encodes or decodes (each picture goes through on its own for that)."""
     import torch
     import torch.nn.functional as F
 
@@ -59,19 +77,29 @@ def fit_from_autoencoder(vae: Any, factor: int, latent_scale: float, device: Any
         vae.to(torch.float32)
     try:
         pictures = torch.from_numpy(calibration_pictures(factor)).to(device, vae.dtype)
+        encoded, decoded_parts = [], []
         with torch.inference_mode():
-            latents = vae.encode(pictures, return_dict=False)[0]
-            latents = latents if isinstance(latents, torch.Tensor) else latents.mode()  # a KL autoencoder's
-            decoded = vae.decode(latents, return_dict=False)[0]
+            for picture in pictures.split(1):
+                _check(stopped)
+                latent = vae.encode(picture, return_dict=False)[0]
+                encoded.append(latent if isinstance(latent, torch.Tensor) else latent.mode())  # a KL autoencoder's
+                _check(stopped)
+                decoded_parts.append(vae.decode(encoded[-1], return_dict=False)[0])
     finally:
         if upcast:
             vae.to(loaded)
+    latents, decoded = torch.cat(encoded), torch.cat(decoded_parts)
     cells = F.avg_pool2d(decoded.float().clamp(-1.0, 1.0), kernel_size=factor)
     channels = latents.shape[1]
     samples = (latents.float() * latent_scale).permute(0, 2, 3, 1).reshape(-1, channels)
     return fit_colour_table(
         samples.cpu().numpy(), cells.permute(0, 2, 3, 1).reshape(-1, 3).cpu().numpy(), "fitted from the autoencoder"
     )
+
+
+def _check(stopped: Callable[[], bool]) -> None:
+    if stopped():
+        raise FitStopped
 
 
 def fingerprint(vae: Any) -> str:
@@ -84,10 +112,13 @@ def fingerprint(vae: Any) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached_fit(vae: Any, factor: int, latent_scale: float, device: Any, folder: Path, key: str) -> ColourTable:
+def cached_fit(
+    vae: Any, factor: int, latent_scale: float, device: Any, folder: Path, key: str, watch: FitWatch = FitWatch()
+) -> ColourTable:
     """`fit_from_autoencoder`'s table, read from `folder` when this autoencoder (`key`: its `fingerprint`) was fitted
-    before, else fitted and kept there. A table that cannot be read is fitted again; one that cannot be written is
-    used all the same (previews only: a full disk costs the next load the fit)."""
+    before, else fitted (`watch` told, and asked whether to stop) and kept there. A table that cannot be read is
+    fitted again; one that cannot be written is used all the same (previews only: a full disk costs the next load
+    the fit). A stopped fit raises FitStopped and keeps nothing."""
     path = folder / f"{key}-{factor}-{latent_scale:.6g}.json"
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
@@ -96,7 +127,8 @@ def cached_fit(vae: Any, factor: int, latent_scale: float, device: Any, folder: 
             return ColourTable(str(stored["name"]), factors, bias)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # fitted again below
-    table = fit_from_autoencoder(vae, factor, latent_scale, device)
+    watch.starting()
+    table = fit_from_autoencoder(vae, factor, latent_scale, device, watch.stopped)
     text = json.dumps({"name": table.name, "factors": table.factors.tolist(), "bias": table.bias.tolist()})
     try:
         write_atomically(path, lambda stream: stream.write(text.encode("utf-8")))
