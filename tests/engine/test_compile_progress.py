@@ -41,21 +41,3 @@ def test_a_normal_job_never_reports_compiling(tmp_path, tiny_sd15_dir):
     kinds = [event["event"] for event in events]
     assert "step" in kinds and "compiling" not in kinds, kinds
 
-
-def test_the_apis_progress_says_what_the_job_does_while_no_step_runs():
-    """A1111's /sdapi/v1/progress carries `textinfo`: loading, compiling and fitting previews say so there (an API
-    client would otherwise see 0 % standing still); the steps clear it."""
-    from desktop.api.server import _progress
-    from desktop.api.service import Ticket
-    from desktop.engine.events import ModelLoading, StepProgress
-    from desktop.engine.jobs import Job
-    from desktop.engine.request import GenerationRequest
-
-    ticket = Ticket(Job(GenerationRequest(prompt="a red circle", model="tiny", steps=2)))
-    said = [_progress(ticket, 1, True)["textinfo"]]
-    for event in (ModelLoading("job", "tiny"), PreviewsFitting("job", "tiny"), ModelCompiling("job", "tiny"),
-                  StepProgress("job", 1, 2, 0, 1)):  # fmt: skip
-        ticket.record(event)
-        said.append(_progress(ticket, 1, True)["textinfo"])
-    assert said == [None, "Loading tiny…", "Preparing live previews for this model (once)…",
-                    "Compiling the model (first fast-mode image)…", None]  # fmt: skip
