@@ -76,6 +76,9 @@ def test_tiles_cover_the_image_and_share_at_least_the_overlap():
         assert starts[0] == 0 and starts[-1] + tile == length
         assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
     assert tile_boxes((96, 64), 64, 32) == [(0, 0, 64, 64), (32, 0, 96, 64)]
+    # A side shorter than the tile is one tile of that side, each side on its own.
+    assert tile_boxes((160, 48), 64, 16) == [(0, 0, 64, 48), (48, 0, 112, 48), (96, 0, 160, 48)]
+    assert tile_boxes((48, 112), 64, 16) == [(0, 0, 48, 64), (0, 48, 48, 112)]
 
 
 def test_the_blend_ramps_across_the_overlap_where_a_paste_jumps():
@@ -86,6 +89,10 @@ def test_the_blend_ramps_across_the_overlap_where_a_paste_jumps():
     assert np.abs(np.diff(hard)).max() == 200  # the naive paste: one step from one tile to the other
     assert np.abs(np.diff(blended)).max() <= 8  # 200 spread over the 32 shared columns
     assert blended[0] == 0 and blended[-1] == 200 and np.all(np.diff(blended) >= 0)
+    # Across the shared band the weights cross-fade linearly, each pixel's at its centre: (i + 0.5) / 32 of the
+    # second tile; outside it each tile alone.
+    expected = np.concatenate([np.zeros(32), 200 * (np.arange(32) + 0.5) / 32, np.full(32, 200)])
+    assert np.array_equal(blended, np.rint(expected).astype(int))
 
 
 def test_upscale_request_validation_says_what_is_wrong(tmp_path):
