@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.wildcards import MAX_DEPTH, Wildcards
+from desktop.engine.wildcards import MAX_DEPTH, ResolvedPrompts, Wildcards
 
 
 @pytest.fixture
@@ -62,3 +62,24 @@ def test_a_file_that_names_itself_stops_at_the_depth_limit(wildcards):
 def test_an_empty_file_is_an_error(wildcards):
     with pytest.raises(InvalidRequest, match="no lines"):
         wildcards.resolve("__empty__", "", 1)
+
+
+def test_names_match_whatever_the_case_of_the_file_or_the_prompt(wildcards):
+    (wildcards.folder / "Styles").mkdir()
+    (wildcards.folder / "Styles" / "Film.txt").write_text("kodachrome\n", encoding="utf-8")
+    assert wildcards.resolve("__styles/film__", "__STYLES/FILM__", 1) == ResolvedPrompts("kodachrome", "kodachrome")
+    assert "styles/film" in wildcards.names()
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(wildcards):
+    (wildcards.folder / "notepad.txt").write_bytes("\ufefffirst\nsecond\n".encode())  # as Windows' Notepad saves
+    chosen = {wildcards.resolve("__notepad__", "", seed).prompt for seed in range(40)}
+    assert chosen == {"first", "second"}
+
+
+def test_a_file_over_the_size_limit_is_refused_by_name(wildcards):
+    from desktop.engine.wildcards import MAX_FILE_BYTES
+
+    (wildcards.folder / "huge.txt").write_bytes(b"word\n" * (MAX_FILE_BYTES // 5 + 1))
+    with pytest.raises(InvalidRequest, match=r"huge\.txt is larger than 4 MB"):
+        wildcards.resolve("__huge__", "", 1)
