@@ -62,3 +62,12 @@ def test_a_damaged_styles_file_says_so(tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(InvalidRequest, match="damaged"):
         StyleStore(path).all()
+
+
+def test_names_are_matched_ignoring_case_and_surrounding_spaces_everywhere(tmp_path):
+    store = StyleStore(tmp_path / "a" / "new" / "folder" / "styles.json")  # its folders are made on the first save
+    assert store.merge([Style("Film Noir", "a")]) == (1, 0)
+    assert store.merge([Style("FILM NOIR", "b")]) == (0, 1)  # the same style, replaced, whatever the case
+    assert [s.prompt for s in store.get_many(["  film noir "])] == ["b"]
+    (style,) = parse_a1111_styles('name,prompt\n"  Film Noir  ",dark\n')  # a name padded inside its quotes
+    assert style.name == "Film Noir"
