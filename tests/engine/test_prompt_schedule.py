@@ -78,3 +78,16 @@ def test_plain_prompts_stay_plain():
 def test_deep_nesting_is_text_not_a_crash():
     for prompt in ("[" * 5000 + "a" + "]" * 5000, "[a:" * 5000 + "]" * 5000, "(" * 20000 + "[a|b]"):
         assert per_step(schedule_prompt(prompt, 2), 2) == [prompt, prompt]  # in well under a second
+
+
+def test_constructs_schedule_down_to_the_depth_limit_and_a_deeper_prompt_stays_text():
+    """MAX_DEPTH (64) nested brackets still parse (a schedule inside 63 emphases switches); one more and the
+    whole prompt is text, as a guard against walls of brackets, never an error."""
+    from desktop.engine.prompt_schedule import MAX_DEPTH
+
+    deepest = "(" * (MAX_DEPTH - 1) + "[cat:dog:2]" + ")" * (MAX_DEPTH - 1)
+    prompts = per_step(schedule_prompt(deepest, 4), 4)
+    assert prompts[0] == "(" * (MAX_DEPTH - 1) + "cat" + ")" * (MAX_DEPTH - 1)
+    assert prompts[-1] == "(" * (MAX_DEPTH - 1) + "dog" + ")" * (MAX_DEPTH - 1)
+    too_deep = "(" + deepest + ")"
+    assert per_step(schedule_prompt(too_deep, 4), 4) == [too_deep] * 4
