@@ -107,3 +107,30 @@ def test_deep_or_huge_prompt_weights_stay_finite_and_fast():
     (piece,) = parse_prompt("(fox:" + "9" * 400 + ")")
     assert piece.weight == MAX_WEIGHT
     assert parse_prompt("((fox))")[0].weight == pytest.approx(1.21)  # ordinary nesting is unchanged
+
+
+def test_size_limits_take_a_file_of_exactly_the_limit_and_refuse_one_byte_more(tmp_path):
+    from desktop.engine.safe_files import read_regular_bytes
+
+    (tmp_path / "exact.bin").write_bytes(b"x" * 10)
+    assert read_regular_bytes(tmp_path / "exact.bin", max_bytes=10) == b"x" * 10
+    with open_regular(tmp_path / "exact.bin", max_bytes=10) as stream:
+        assert os.get_blocking(stream.fileno())  # opened without blocking (a FIFO), read blocking again
+    (tmp_path / "over.bin").write_bytes(b"x" * 11)
+    with pytest.raises(ModelError, match=r"^Cannot read over\.bin: it is 11 bytes, more than the 10"):
+        read_regular_bytes(tmp_path / "over.bin", max_bytes=10)
+
+
+def test_errors_name_the_file_and_never_escape_as_another_error(tmp_path):
+    with pytest.raises(ModelError, match=r"^Cannot read gone\.json: it does not exist\.$"):
+        open_regular(tmp_path / "gone.json")  # missing is an error unless the caller says otherwise
+    with pytest.raises(ModelError, match=r"^Cannot read .*embedded null"):
+        open_regular(str(tmp_path / "a\0b"))  # a NUL byte in the path: a ValueError, not an OSError
+    (tmp_path / "bad.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelError, match=r"^bad\.json is not valid JSON"):
+        read_json_file(tmp_path / "bad.json")
+
+
+def test_json_depth_counts_the_deepest_branch_not_every_bracket():
+    assert not json_depth_exceeds("[[[1]], [[2]], {}]", 3)  # six openers, three deep
+    assert json_depth_exceeds("[[[[1]]], [2]]", 3)
