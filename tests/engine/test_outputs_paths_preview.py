@@ -37,6 +37,27 @@ def test_writer_numbers_files_like_a1111_and_keeps_chunks(tmp_path):
         assert reread.text["parameters"] == "a cat\nSteps: 1"
         assert reread.text["marble"] == "{\"ü\": 1}"
     assert not list(tmp_path.rglob("*.partial"))
+    # ASCII text in a plain tEXt chunk, as A1111 writes `parameters`; anything else in UTF-8 iTXt (tEXt is latin-1).
+    kinds = _text_chunk_kinds(first.read_bytes())
+    assert kinds["parameters"] == b"tEXt" and kinds["marble"] == b"iTXt"
+
+
+def _text_chunk_kinds(data: bytes) -> dict[str, bytes]:
+    """Each text chunk's keyword -> its chunk type, walking the PNG's chunks."""
+    kinds, position = {}, 8
+    while position < len(data):
+        length, kind = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
+        if kind in (b"tEXt", b"iTXt"):
+            body = data[position + 8 : position + 8 + length]
+            kinds[body.split(b"\0", 1)[0].decode("latin-1")] = kind
+        position += 12 + length
+    return kinds
+
+
+def test_an_atomic_write_makes_the_folders_it_needs(tmp_path):
+    target = tmp_path / "new" / "deeper" / "a.json"
+    write_atomically(target, lambda stream: stream.write(b"{}"))
+    assert target.read_bytes() == b"{}" and list(target.parent.iterdir()) == [target]
 
 
 def test_writer_to_a_file_name(tmp_path):
