@@ -24,6 +24,7 @@ from desktop.engine.errors import ErrorKind, InvalidRequest, MarbleError, Storag
 from desktop.engine.events import (
     COMPILING_TEXT,
     FITTING_TEXT,
+    LOADING_TEXT,
     Event,
     ImageSaved,
     ImageUnsaved,
@@ -798,7 +799,7 @@ class _TextReporter:
     def __call__(self, event: Event) -> None:
         match event:
             case ModelLoading(model=model):
-                self._say(f"Loading {model} ...")
+                self._say(LOADING_TEXT.format(model=model))
             case ModelLoaded(model=model, seconds=seconds, reused=reused):
                 if not reused:
                     self._say(f"Loaded {model} in {seconds:.1f} s")

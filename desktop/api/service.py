@@ -22,6 +22,7 @@ from desktop.api.convert import ApiError, ApiLimits, ApiOptions, looks_like_path
 from desktop.engine.events import (
     COMPILING_TEXT,
     FITTING_TEXT,
+    LOADING_TEXT,
     Event,
     ImageSaved,
     JobCancelled,
@@ -69,7 +70,7 @@ class Ticket:
         warnings and how it ended. Shared by the headless service and the window's adapter."""
         match event:
             case ModelLoading(model=model):
-                self.textinfo = f"Loading {model}…"
+                self.textinfo = LOADING_TEXT.format(model=model)
             case ModelCompiling():
                 self.textinfo = COMPILING_TEXT
             case PreviewsFitting():

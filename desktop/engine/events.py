@@ -30,7 +30,9 @@ class ModelLoaded:
     reused: bool
 
 
-# What the CLI says for ModelCompiling (the window says the same through its translations).
+# What the CLI and the HTTP API say while a model loads (`.format(model=...)`) and for ModelCompiling; the window
+# says the same through its translations.
+LOADING_TEXT = "Loading {model}…"
 COMPILING_TEXT = "Compiling the model (first fast-mode image)…"
 
 

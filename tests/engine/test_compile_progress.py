@@ -8,7 +8,7 @@ import io
 import json
 
 from desktop.cli import _TextReporter
-from desktop.engine.events import ModelCompiling, PreviewsFitting
+from desktop.engine.events import ModelCompiling, ModelLoading, PreviewsFitting
 from tests.support.cli_runner import run_cli
 
 
@@ -31,8 +31,10 @@ def test_the_cli_says_previews_are_being_prepared_in_words_and_in_json():
     from desktop.cli import _json_record
 
     err = io.StringIO()
-    _TextReporter(io.StringIO(), err)(PreviewsFitting("job", "tiny"))
-    assert err.getvalue() == "Preparing live previews for this model (once)…\n"
+    reporter = _TextReporter(io.StringIO(), err)
+    reporter(ModelLoading("job", "tiny"))
+    reporter(PreviewsFitting("job", "tiny"))
+    assert err.getvalue() == "Loading tiny…\nPreparing live previews for this model (once)…\n"  # the API's words too
     assert _json_record(PreviewsFitting("job", "tiny")) == {"event": "fitting previews", "model": "tiny"}
 
 
