@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from desktop.engine.backends.base import Backend, GeneratedBatch, LoadReport, ModelInfo, StepInfo
+from desktop.engine.backends.base import Backend, GeneratedBatch, LoadReport, ModelInfo, StepInfo, Waiting
 from desktop.engine.errors import Cancelled, ErrorKind, MarbleError, StorageError
 from desktop.engine.events import (
     Event,
@@ -44,6 +44,9 @@ from desktop.engine.request import GenerationRequest
 from desktop.engine.wildcards import Wildcards
 
 log = logging.getLogger(__name__)
+
+# What the job says while it waits before its first step (StepInfo.waiting), by what it waits for.
+_WAITING_EVENTS = {Waiting.COMPILING: ModelCompiling, Waiting.FITTING_PREVIEWS: PreviewsFitting}
 
 Emit = Callable[[Event], None]
 
@@ -120,11 +123,8 @@ class JobRunner:
         edit_extra = upscale_parameters(request, self._edit_extra(request))
 
         def on_step(info: StepInfo) -> None:
-            if info.compiling:
-                emit(ModelCompiling(job.id, report.model.name))
-                return
-            if info.fitting_previews:
-                emit(PreviewsFitting(job.id, report.model.name))
+            if info.waiting is not None:
+                emit(_WAITING_EVENTS[info.waiting](job.id, report.model.name))
                 return
             emit(StepProgress(job.id, info.step, info.total, info.batch_index, request.batch_count))
             if info.preview is not None:

@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from desktop.engine.backends.base import Waiting
 from desktop.engine.backends.compile_cache import INDUCTOR_DIR_ENV, TRITON_DIR_ENV, cache_dirs
 from desktop.engine.jobs import CancelToken
 from desktop.engine.metadata import read_image_metadata
@@ -145,8 +146,8 @@ def test_fast_mode_compiles_the_unet_and_keeps_the_picture(paths, tiny_sd15_dir,
     steps: list = []
     fast = backend.generate(fast_request, 0, steps.append, CancelToken())
     # Before the first step, the compile is announced (issue 29); then the same steps as a normal job.
-    assert steps[0].compiling and steps[0].step == 0
-    steps = [s for s in steps if not s.compiling]
+    assert steps[0].waiting is Waiting.COMPILING and steps[0].step == 0
+    steps = [s for s in steps if s.waiting is None]
     assert [s.step for s in steps] == [s.step for s in plain_steps] and all(s.preview is not None for s in steps)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # dynamo really built a graph
 
@@ -191,7 +192,7 @@ def test_a_failed_compile_falls_back_to_eager_with_a_note(paths, tiny_sd15_dir, 
     assert any(note.startswith("Fast mode is off: torch.compile failed") and "/nonexistent/c++" in note
                for note in batch.notes), batch.notes
     assert not is_compiled(backend._pipe.unet)
-    assert len([s for s in steps if not s.compiling]) == len(plain_steps)
+    assert len([s for s in steps if s.waiting is None]) == len(plain_steps)
     # Eager again: the picture matches a normal run's up to channels_last rounding.
     difference = np.abs(pixels(batch.images[0]).astype(int) - pixels(plain.images[0]).astype(int))
     assert difference.max() <= 8

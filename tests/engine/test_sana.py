@@ -15,7 +15,7 @@ import torch
 from diffusers import GGUFQuantizationConfig, SanaPipeline, SanaTransformer2DModel
 from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
 
-from desktop.engine.backends.base import StepInfo
+from desktop.engine.backends.base import StepInfo, Waiting
 from desktop.engine.backends.preview import latents_to_rgb
 from desktop.engine.errors import Cancelled, ModelError
 from desktop.engine.jobs import CancelToken
@@ -93,8 +93,8 @@ def test_a_sana_folder_is_detected_and_matches_bare_diffusers(paths, sana):
     expected = bare_image(sana["folder"], request)
     assert np.array_equal(pixels(batch.images[0]), expected)
     # The first job fits the preview colours (said first, as step 0), then three steps, each with its preview.
-    assert [step.step for step in steps] == [0, 1, 2, 3] and steps[0].fitting_previews
-    assert all(step.preview is not None and not step.fitting_previews for step in steps[1:])
+    assert [step.step for step in steps] == [0, 1, 2, 3] and steps[0].waiting is Waiting.FITTING_PREVIEWS
+    assert all(step.preview is not None and step.waiting is None for step in steps[1:])
     assert not batch.notes
     other, _ = run(make_backend(paths), replace(request, negative_prompt="dark"))
     assert not np.array_equal(pixels(other.images[0]), expected)
@@ -405,7 +405,7 @@ def test_sprint_runs_image_to_image_and_inpainting(paths, sprint, tmp_path):
     outside[16:48, 16:48] = False
     assert (drawn[outside] == (200, 40, 40)).all()
     assert np.abs(drawn[16:48, 16:48].astype(int) - (200, 40, 40)).mean() > 20  # repainted
-    assert [step.step for step in steps if not step.fitting_previews] == [1, 2]
+    assert [step.step for step in steps if step.waiting is None] == [1, 2]
     # A batch: one source per image, each repainted with its own seed.
     pair, _ = run(make_backend(paths), replace(inpainting, batch_size=2))
     first, second = (pixels(image) for image in pair.images)
@@ -521,8 +521,8 @@ def test_previews_read_colours_fitted_from_the_dc_ae(paths, sana, sprint, kind):
     _, steps = run(backend, request)
     table = backend._fitted_colours
     assert table is not None and table.name == "fitted from the autoencoder"
-    assert steps[0] == StepInfo(0, 0, 0, None, fitting_previews=True)  # said before the fit, not a step
-    assert not any(step.fitting_previews for step in steps[1:])
+    assert steps[0] == StepInfo(0, 0, 0, None, Waiting.FITTING_PREVIEWS)  # said before the fit, not a step
+    assert all(step.waiting is None for step in steps[1:])
     vae = backend._pipe.vae
     by_hand = fit_from_autoencoder(vae, 8, vae.config.scaling_factor, torch.device("cpu"))
     base = table if kind == "sana" else table.scaled(2.0)  # the table for latents as the transformer holds them
@@ -534,17 +534,17 @@ def test_previews_read_colours_fitted_from_the_dc_ae(paths, sana, sprint, kind):
     assert np.abs(latents_to_rgb(latents, "flux2").astype(int) - drawn).mean() > 20  # not Flux.2's colours
     # Fitted once per autoencoder: kept in the cache folder, where a restarted app finds it.
     _, second = run(backend, request)
-    assert backend._fitted_colours is table and not any(step.fitting_previews for step in second)
+    assert backend._fitted_colours is table and all(step.waiting is None for step in second)
     (stored,) = paths.preview_tables.iterdir()
     restarted = make_backend(paths)
     with mock.patch("desktop.engine.backends.preview_fit.fit_from_autoencoder", side_effect=AssertionError("fitted")):
         _, again = run(restarted, request)
     assert np.array_equal(again[-1].preview, steps[-1].preview) and list(paths.preview_tables.iterdir()) == [stored]
-    assert not any(step.fitting_previews for step in again)  # read from the cache: nothing to say
+    assert all(step.waiting is None for step in again)  # read from the cache: nothing to say
     # A job without previews fits none.
     quiet = make_backend(paths, preview_every=0)
     _, silent = run(quiet, request)
-    assert quiet._fitted_colours is None and not any(step.fitting_previews for step in silent)
+    assert quiet._fitted_colours is None and all(step.waiting is None for step in silent)
 
 
 def test_a_job_cancelled_while_the_previews_are_fitted_stops_before_its_first_step(paths, sana):
@@ -562,10 +562,10 @@ def test_a_job_cancelled_while_the_previews_are_fitted_stops_before_its_first_st
     with mock.patch.object(backend._pipe.vae, "decode", side_effect=AssertionError("decoded")) as decode:
         with pytest.raises(Cancelled):
             backend.generate(request, 0, on_step, token)
-    assert seen == [StepInfo(0, 0, 0, None, fitting_previews=True)] and decode.call_count == 0
+    assert seen == [StepInfo(0, 0, 0, None, Waiting.FITTING_PREVIEWS)] and decode.call_count == 0
     assert backend._fitted_colours is None and not paths.preview_tables.exists()
     _, steps = run(backend, request)
-    assert steps[0].fitting_previews and [step.step for step in steps[1:]] == [1, 2, 3]
+    assert steps[0].waiting is Waiting.FITTING_PREVIEWS and [step.step for step in steps[1:]] == [1, 2, 3]
     assert backend._fitted_colours is not None and len(list(paths.preview_tables.iterdir())) == 1
 
 

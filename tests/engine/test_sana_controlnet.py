@@ -13,6 +13,7 @@ from diffusers import SanaControlNetModel, SanaControlNetPipeline, SanaPipeline
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from desktop.engine.backends.base import Waiting
 from desktop.engine.errors import InvalidRequest, ModelError
 from desktop.engine.library.checkpoint import read_safetensors_header
 from desktop.engine.library.control import fits_model, inspect_control
@@ -105,7 +106,8 @@ def test_a_sana_controlnet_unit_is_bare_diffusers(sana):
     batch, steps = run(backend, request_for(sana["folder"], controls=(unit,), **VALUES))
     assert np.array_equal(pixels(batch.images[0]), bare(sana, 0.8))
     assert [c.name for c in batch.controls] == ["sana-hed"]
-    assert [step.step for step in steps] == [0, 1, 2, 3] and steps[0].fitting_previews  # the preview fit's notice
+    # The preview fit's notice, then the three steps.
+    assert [step.step for step in steps] == [0, 1, 2, 3] and steps[0].waiting is Waiting.FITTING_PREVIEWS
     # The unit counts: without it, another picture.
     plain, _ = run(backend, request_for(sana["folder"], **VALUES))
     assert not np.array_equal(pixels(plain.images[0]), pixels(batch.images[0]))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo
+from desktop.engine.backends.base import GeneratedBatch, LoadReport, ModelInfo, StepInfo, Waiting
 from desktop.engine.errors import Cancelled, MarbleError
 from desktop.engine.jobs import CancelToken
 from desktop.engine.request import GenerationRequest
@@ -81,9 +81,9 @@ class FakeBackend:
         total = self.steps if self.steps is not None else request.steps
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         if self.fits_previews:
-            on_step(StepInfo(0, 0, batch_index, None, fitting_previews=True))
+            on_step(StepInfo(0, 0, batch_index, None, Waiting.FITTING_PREVIEWS))
         if self.compiles:
-            on_step(StepInfo(0, total, batch_index, None, compiling=True))
+            on_step(StepInfo(0, total, batch_index, None, Waiting.COMPILING))
         for step in range(1, total + 1):
             if cancel.cancelled:
                 raise Cancelled("Cancelled.")

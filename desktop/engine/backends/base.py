@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 import numpy as np
@@ -51,20 +52,24 @@ class VaeHash:
     autov2: str
 
 
+class Waiting(Enum):
+    """What a job waits for before its first step: fast mode compiling for this size (a ModelCompiling event), or
+    preview colours being fitted from the autoencoder (PreviewsFitting); the runner turns each into its event."""
+
+    COMPILING = "compiling"
+    FITTING_PREVIEWS = "fitting previews"
+
+
 @dataclass(frozen=True)
 class StepInfo:
-    """One finished denoising step; `preview` is set only on steps that asked for one."""
+    """One finished denoising step; `preview` is set only on steps that asked for one. With `waiting` set it is not
+    a step but what the job waits for before its first one (`step` is 0)."""
 
     step: int
     total: int
     batch_index: int
     preview: np.ndarray | None
-    # Not a finished step: fast mode is about to compile for this size (`step` is 0); the runner turns
-    # it into a ModelCompiling event.
-    compiling: bool = False
-    # Not a finished step either: the preview colours are being fitted from the autoencoder (`step` is 0); the
-    # runner turns it into a PreviewsFitting event.
-    fitting_previews: bool = False
+    waiting: Waiting | None = None
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ from desktop.engine.backends.base import (  # noqa: E402
     LoadReport,
     ModelInfo,
     StepInfo,
+    Waiting,
 )
 from desktop.engine.backends.compile_cache import use_compile_cache  # noqa: E402
 from desktop.engine.backends.control import ControlModels, ControlRun, crop_and_resize  # noqa: E402
@@ -627,7 +628,7 @@ class DiffusersBackend:
         if self._autoencoder_key is None or not every or self._pipe is None:
             return colour_table(family)
         if self._fitted_colours is None:
-            starting = functools.partial(on_step, StepInfo(0, 0, batch_index, None, fitting_previews=True))
+            starting = functools.partial(on_step, StepInfo(0, 0, batch_index, None, Waiting.FITTING_PREVIEWS))
             watch = FitWatch(starting, lambda: cancel.cancelled)
             self._fitted_colours = self._fit_colours(self._pipe, family, self._autoencoder_key, watch)
         return self._fitted_colours
@@ -720,7 +721,7 @@ class DiffusersBackend:
         shape = (request.mode, request.width, request.height, request.batch_size, request.cfg_scale > 1)
         if _is_compiled(self._pipe.unet) and shape not in self._compiled_shapes:
             # The first step waits for the compile: say so, rather than leave the step counter standing.
-            on_step(StepInfo(0, request.steps, batch_index, None, compiling=True))
+            on_step(StepInfo(0, request.steps, batch_index, None, Waiting.COMPILING))
         run = functools.partial(
             self._run_pipeline, pipe, request, plan, seeds, batch_index, on_step, cancel, control
         )
