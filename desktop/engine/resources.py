@@ -33,7 +33,7 @@ DIT_CONFIG_NAMES: tuple[str, ...] = (
     "flux-dev", "flux-schnell", "sd3-medium", "sd3.5-medium", "sd3.5-large", "qwen-image", "z-image",
     "chroma", "flux2-dev", "flux2-klein-4b", "flux2-klein-9b", "lumina2", "qwen-image-2.1", "krea2", "ernie-image",
     "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana", "sana-sprint",
-    "pixart-sigma", "pixart-alpha",
+    "pixart-sigma", "pixart-alpha", "flux3", "flux3-distilled",
 )  # fmt: skip
 
 # The one CLIP tokenizer folder under resources/tokenizers/ (OpenAI's vocabulary and merges, 1.6 MB +

@@ -19,6 +19,8 @@ from tests.support.tiny_chroma import build_tiny_chroma
 from tests.support.tiny_dit import build_tiny_flux, build_tiny_sd3, save_pipeline
 from tests.support.tiny_ernie import build_tiny_ernie
 from tests.support.tiny_flux2 import build_tiny_flux2_dev, build_tiny_flux2_klein
+from tests.support.tiny_flux3 import build_tiny_flux3
+from tests.support.tiny_flux3 import save_folder as save_flux3_folder
 from tests.support.tiny_krea2 import build_tiny_krea2
 from tests.support.tiny_longcat import build_tiny_longcat
 from tests.support.tiny_lumina2 import build_tiny_lumina2
@@ -42,6 +44,7 @@ CASES = {
     "ernie": (build_tiny_ernie, dict(negative_prompt="blurry", cfg_scale=4.0)),
     "longcat": (build_tiny_longcat, dict(negative_prompt="blurry", cfg_scale=4.5)),
     "ovis": (build_tiny_ovis, dict(negative_prompt="blurry", cfg_scale=5.0)),
+    "flux3": (build_tiny_flux3, dict(negative_prompt="blurry", cfg_scale=4.0)),
 }
 
 
@@ -54,6 +57,8 @@ def case(request, tmp_path_factory):
         save_pipeline(pipe, folder)  # CLIP and T5 tokenizers: Marble's shipped ones
     elif request.param == "qwen21":
         save_folder(pipe, folder)  # processor/ as Qwen's folder has it
+    elif request.param == "flux3":
+        save_flux3_folder(pipe, folder)  # Qwen3-VL's processor in tokenizer/
     else:
         pipe.save_pretrained(str(folder), safe_serialization=True)
     return request.param, folder, values | {"steps": 2}

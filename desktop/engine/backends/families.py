@@ -31,6 +31,7 @@ from desktop.engine.backends import families_auraflow as auraflow
 from desktop.engine.backends import families_chroma as chroma
 from desktop.engine.backends import families_ernie as ernie
 from desktop.engine.backends import families_flux2 as flux2
+from desktop.engine.backends import families_flux3 as flux3
 from desktop.engine.backends import families_hidream as hidream
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_longcat as longcat
@@ -45,7 +46,7 @@ from desktop.engine.backends.dit_memory import DitSizes
 from desktop.engine.backends.fp8_storage import keep_fp8
 from desktop.engine.backends.quantised_weights import bnb_folder_components, dequantise, quantise_linear_layers
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_flux2, dit_pixart, quant_formats
+from desktop.engine.library import dit_flux2, dit_flux3, dit_pixart, quant_formats
 from desktop.engine.library.checkpoint import ArchitectureInfo, with_variant
 from desktop.engine.library.dit import COMFY_PREFIX, DitInfo, edit_variant
 from desktop.engine.library.dit_auraflow import AURAFLOW
@@ -121,7 +122,8 @@ _EDIT_PIPELINES = {
 _OWN_EDITS = {qwen_zimage.QWEN_IMAGE_21: qwen21.edit_class, LUMINA2: lumina2.edit_class,
               qwen_zimage.KREA2: krea2.edit_class, qwen_zimage.ERNIE_IMAGE: ernie.edit_class,
               qwen_zimage.LONGCAT: longcat.edit_class, qwen_zimage.OVIS: ovis.edit_class,
-              HIDREAM: hidream.edit_class, AURAFLOW: auraflow.edit_class, SANA: sana.edit_class}  # fmt: skip
+              HIDREAM: hidream.edit_class, AURAFLOW: auraflow.edit_class, SANA: sana.edit_class,
+              dit_flux3.FLUX3: flux3.edit_class}  # fmt: skip
 
 
 def edits(family: str, variant: str = "", mode: str = "img2img") -> bool:
@@ -158,7 +160,7 @@ def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any, size: tuple[int, i
     order) and Flux.2 Klein's (its pipeline gives back the VAE's latents already). None for the others."""
     if info.family == dit_flux2.FLUX2 and not flux2.is_dev(info):
         return latents, pipe.vae_scale_factor
-    if info.family == dit_flux2.FLUX2:
+    if info.family in (dit_flux2.FLUX2, dit_flux3.FLUX3):
         rows, cols = size[1] // (pipe.vae_scale_factor * 2), size[0] // (pipe.vae_scale_factor * 2)
         grid = latents.transpose(1, 2).reshape(latents.shape[0], latents.shape[2], rows, cols)
         return flux2_latents.vae_latents(pipe, grid, pipe.vae.config.batch_norm_eps), pipe.vae_scale_factor
@@ -173,7 +175,7 @@ def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
     transformer's latents); Flux.2 Klein's in 2x2 patches as channels (4C), which its inpainting pipeline takes as
     latents and normalises itself (a tensor of any other channel count is read as a picture); Sana Sprint's times its
     sampler's sigma_data, as its image-to-image pipeline scales an encoded picture."""
-    if flux2.is_dev_model(info):
+    if flux2.is_dev_model(info) or info.family == dit_flux3.FLUX3:
         return flux2_latents.normalised_patches(pipe, latents, pipe.vae.config.batch_norm_eps)
     if info.family == dit_flux2.FLUX2:
         return pipe._patchify_latents(latents)
@@ -191,13 +193,15 @@ def img2img_by_inpainting(info: DitInfo, mode: str) -> bool:
 
 # The families whose pipelines run CFG (against the negative prompt) only above 1 (families_qwen_zimage.py).
 _GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.ERNIE_IMAGE, qwen_zimage.LONGCAT,
-                     qwen_zimage.OVIS, HIDREAM, AURAFLOW, SANA, PIXART)  # fmt: skip
+                     qwen_zimage.OVIS, HIDREAM, AURAFLOW, SANA, PIXART, dit_flux3.FLUX3)  # fmt: skip
 
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
     """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
     Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image and
     Ovis-Image at CFG 1 and below)."""
+    if request.negative_prompt and info.family == dit_flux3.FLUX3 and info.variant == dit_flux3.DISTILLED:
+        return f"{info.label} runs without CFG, so without a negative prompt; it was ignored."
     if request.negative_prompt and info.family == SANA and info.variant == SPRINT:
         return f"{info.label} takes no negative prompt (its guidance is embedded, as Flux.1 dev's); it was ignored."
     if request.negative_prompt and (info.fill or info.control_input):
@@ -772,7 +776,9 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
 
     expected = json.loads((config / "transformer" / "config.json").read_text(encoding="utf-8"))
     layers = expected.get("num_mmdit_layers" if info.family == AURAFLOW else "num_layers")
-    if info.family in qwen_zimage.FAMILIES:
+    if info.family == dit_flux3.FLUX3:
+        pass  # its config is its tensors' (checked below)
+    elif info.family in qwen_zimage.FAMILIES:
         qwen_zimage.check_blocks(info, expected, name=name)
     elif isinstance(layers, int) and info.blocks[0] != layers:
         raise ModelError(
@@ -789,7 +795,7 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
             "file is incomplete, or a variant with other dimensions (pass its diffusers config folder)."
         )
     gguf = info.quantization is not None
-    if info.layout == "diffusers" and info.family != PIXART:  # PixArt's own load checks every tensor
+    if info.layout == "diffusers" and info.family not in (PIXART, dit_flux3.FLUX3):  # theirs: checked below
         _check_names(_transformer_names(path, gguf, name), transformer_class(info.family), expected, info, name=name)
     kwargs: dict[str, Any] = {"config": str(config), "subfolder": "transformer", "local_files_only": True,
                               "dtype": dtype}  # fmt: skip
@@ -804,6 +810,15 @@ def _load_transformer(path: Path, info: DitInfo, config: Path, *, name: str, dty
                 guidance = chroma.pop_guidance_layer(state) if info.family == "chroma" else {}
                 state = convert_flux_bfl(state) | guidance
             return cls.from_single_file(state, **kwargs, **_flux_channels(state))
+        if info.family == dit_flux3.FLUX3:
+            # Its config from its tensors (diffusers publishes none to fetch; a file of other dimensions is another
+            # model), its names checked against the model that config makes.
+            state = dequantise(_read_state(path, gguf), info, dtype, name=name)
+            state = flux3.diffusers_state(state) if info.layout == "bfl" else state
+            shape = flux3.settings(state)
+            flux3.check_blocks(shape, expected, label=info.label, name=name)
+            _check_names(set(state), cls, expected | shape, info, name=name)
+            return cls.from_single_file(state, **kwargs, **shape)
         if info.family == SANA:
             # Its makers' names converted here (diffusers' converter misses Sana 1.5's norms); its query-key norm as
             # the file holds it.
@@ -1055,7 +1070,7 @@ def noise_layout(pipe: Any, info: DitInfo, width: int, height: int) -> tuple[tup
     rows, cols = 2 * (height // (factor * 2)), 2 * (width // (factor * 2))
     if info.family in (qwen_zimage.Z_IMAGE, LUMINA2, HIDREAM, AURAFLOW, PIXART):  # (C, h, w); they patchify
         return (channels, rows, cols), factor, _unchanged
-    if info.family == dit_flux2.FLUX2:  # drawn as 2x2 patches already (4C, h/2, w/2); the pipeline packs them
+    if info.family in (dit_flux2.FLUX2, dit_flux3.FLUX3):  # drawn as 2x2 patches (4C, h/2, w/2); packed by the pipeline
         return (channels, rows // 2, cols // 2), factor * 2, _unchanged
     if info.family == qwen_zimage.KREA2:  # (C, h, w) packed into tokens of 2x2 patches, as Flux's
         latent_channels = channels // pipe.patch_size**2

@@ -20,15 +20,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends import families_flux3 as flux3
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_longcat as longcat
 from desktop.engine.backends import families_ovis as ovis
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import families_qwen_edit as qwen_edit
 from desktop.engine.errors import ModelError
-from desktop.engine.library import dit_ernie, dit_krea2, dit_longcat, dit_ovis
+from desktop.engine.library import dit_ernie, dit_flux3, dit_krea2, dit_longcat, dit_ovis
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_ernie import ERNIE_IMAGE
+from desktop.engine.library.dit_flux3 import FLUX3
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_longcat import LONGCAT
 from desktop.engine.library.dit_ovis import OVIS
@@ -37,8 +39,9 @@ from desktop.engine.request import GenerationRequest
 from desktop.engine.safe_files import read_json_file
 from desktop.engine.terminal_text import library_error
 
-FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE, LONGCAT, OVIS)
-_LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS, **dit_longcat.LABELS, **dit_ovis.LABELS}
+FAMILIES = (QWEN_IMAGE, Z_IMAGE, LUMINA2, QWEN_IMAGE_21, KREA2, ERNIE_IMAGE, LONGCAT, OVIS, FLUX3)
+_LABELS = {**LABELS, **dit_krea2.LABELS, **dit_ernie.LABELS, **dit_longcat.LABELS, **dit_ovis.LABELS,
+           **dit_flux3.LABELS}
 # Qwen-Image's and Z-Image's pipelines read up to 512 prompt tokens (their default); nothing is cut into
 # 77-token chunks. Lumina Image 2.0's reads 256 (its pipeline's default, as its makers' inference code).
 MAX_SEQUENCE = 512
@@ -56,7 +59,8 @@ _TEXT_ENCODER_NAMES = {QWEN_IMAGE: "the Qwen2.5-VL 7B text encoder", Z_IMAGE: "t
                        KREA2: "the Qwen3-VL 4B text encoder",
                        ERNIE_IMAGE: "the Ministral 3 3B text encoder",
                        LONGCAT: "the Qwen2.5-VL 7B text encoder",
-                       OVIS: "the Ovis 2.5 text encoder (a Qwen3 1.7B)"}  # fmt: skip
+                       OVIS: "the Ovis 2.5 text encoder (a Qwen3 1.7B)",
+                       FLUX3: "the Qwen3-VL text encoder"}  # fmt: skip
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # (text_encoder/config.json's model_type, vae/config.json's _class_name) each family's pipeline loads.
 _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE: ("qwen3", "AutoencoderKL"),
@@ -64,7 +68,8 @@ _EXPECTED_PARTS = {QWEN_IMAGE: ("qwen2_5_vl", "AutoencoderKLQwenImage"), Z_IMAGE
                    QWEN_IMAGE_21: ("qwen3_vl", "AutoencoderKLQwenImage21"),
                    KREA2: ("qwen3_vl", "AutoencoderKLQwenImage"),
                    ERNIE_IMAGE: ("mistral3", "AutoencoderKLFlux2"),
-                   LONGCAT: ("qwen2_5_vl", "AutoencoderKL"), OVIS: ("qwen3", "AutoencoderKL")}  # fmt: skip
+                   LONGCAT: ("qwen2_5_vl", "AutoencoderKL"), OVIS: ("qwen3", "AutoencoderKL"),
+                   FLUX3: ("qwen3_vl", "AutoencoderKLFlux2")}  # fmt: skip
 # Qwen-Image 2.1's pipeline reads its prompt through Qwen3-VL's processor (tokenizer, image and video
 # processors and chat template in one folder, `processor/`), not through a bare tokenizer.
 _PROCESSOR = {QWEN_IMAGE_21: qwen21.PROCESSOR}
@@ -81,6 +86,7 @@ _CLASSES = {
     LONGCAT: ("LongCatImagePipeline", "LongCatImageTransformer2DModel", "Qwen2_5_VLForConditionalGeneration",
               "AutoencoderKL"),
     OVIS: ("OvisImagePipeline", "OvisImageTransformer2DModel", "Qwen3Model", "AutoencoderKL"),
+    FLUX3: ("Flux3Pipeline", "Flux3Transformer2DModel", "Qwen3VLForConditionalGeneration", "AutoencoderKLFlux2"),
 }  # fmt: skip
 
 
@@ -91,6 +97,8 @@ def pipeline_class(family: str) -> Any:
         return longcat.pipeline_class()
     if family == OVIS:  # diffusers' with LoRAs (families_ovis.py)
         return ovis.pipeline_class()
+    if family == FLUX3:  # Marble's own (families_flux3.py)
+        return flux3.pipeline_class()
     return getattr(diffusers, _CLASSES[family][0])
 
 
@@ -101,6 +109,8 @@ def transformer_class(family: str) -> Any:
         return longcat.transformer_class()
     if family == OVIS:
         return ovis.transformer_class()
+    if family == FLUX3:
+        return flux3.transformer_class()
     return getattr(diffusers, _CLASSES[family][1])
 
 
@@ -202,6 +212,8 @@ def assemble(
             transformer = transformer_class(info.family).from_pretrained(
                 str(folder / "transformer"), dtype=dtype, local_files_only=True, use_safetensors=True
             )
+        if info.family == FLUX3:  # its width is the transformer's (a file's config comes from its tensors)
+            check_components(folder, info.family, name=name, text_width=flux3.text_width(dict(transformer.config)))
         parts = {
             "scheduler": diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(
                 str(scheduler_folder / "scheduler"), local_files_only=True
@@ -308,6 +320,8 @@ def generation_arguments(request: GenerationRequest, info: DitInfo) -> dict[str,
         arguments = {"prompt": request.prompt, "negative_prompt": request.negative_prompt or "",
                      "guidance_scale": float(request.cfg_scale)}  # fmt: skip
         return arguments if qwen_edit.is_edit(info) else arguments | {"enable_prompt_rewrite": False}
+    if info.family == FLUX3:
+        return flux3.generation_arguments(request, info.variant == dit_flux3.DISTILLED)
     if info.family == OVIS:
         # Its makers' system prompt before the prompt (the pipeline's own), 256 tokens of it read; CFG above 1 against
         # the negative prompt, blank when none is given (the pipeline's default).

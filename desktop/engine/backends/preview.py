@@ -237,6 +237,7 @@ _FACTORS = {
     "sd3": _SD3, "sd3.5": _SD3,
     "qwen-image": _WAN, "krea2": _WAN, "flux2": _FLUX2, "ernie-image": _FLUX2, "qwen-image-2.1": _QWEN21,
     "hidream-i1": _FLUX,  # HiDream-I1 draws through Flux.1's autoencoder
+    "flux3": _FLUX2,  # FLUX.3 draws through Flux.2's autoencoder (its 32 channels, as diffusers' blocks say)
 }  # fmt: skip
 _BY_CHANNELS = {4: (_SD_FACTORS, _NO_BIAS), 16: _FLUX, 32: _FLUX2, 64: _QWEN21}
 

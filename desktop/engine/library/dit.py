@@ -1,8 +1,9 @@
 """Diffusion-transformer (DiT) families told apart from their tensors: Flux.1, SD3/SD3.5, Chroma, and
 Qwen-Image, Qwen-Image 2.1, Z-Image and Lumina (their rules in library/dit_qwen_zimage.py), Flux.2
-(library/dit_flux2.py), Krea 2 (library/dit_krea2.py), ERNIE-Image (library/dit_ernie.py), Ovis-Image
-(library/dit_ovis.py), LongCat-Image (library/dit_longcat.py), HiDream-I1 (library/dit_hidream.py), AuraFlow
-(library/dit_auraflow.py), Sana (library/dit_sana.py) and PixArt (library/dit_pixart.py).
+(library/dit_flux2.py), FLUX.3 (library/dit_flux3.py), Krea 2 (library/dit_krea2.py), ERNIE-Image
+(library/dit_ernie.py), Ovis-Image (library/dit_ovis.py), LongCat-Image (library/dit_longcat.py), HiDream-I1
+(library/dit_hidream.py), AuraFlow (library/dit_auraflow.py), Sana (library/dit_sana.py) and PixArt
+(library/dit_pixart.py).
 
 Like checkpoint.py this reads headers only (safetensors JSON, GGUF tensor tables) and never imports
 torch or diffusers. A file is judged by its tensor names and shapes, never by its name: a renamed
@@ -30,6 +31,7 @@ from desktop.engine.library import (
     dit_auraflow,
     dit_ernie,
     dit_flux2,
+    dit_flux3,
     dit_hidream,
     dit_krea2,
     dit_longcat,
@@ -56,6 +58,7 @@ DIT_CONFIGS = {
     ("chroma", ""): "chroma",
     **dit_qwen_zimage.CONFIGS,
     **dit_flux2.CONFIGS,
+    **dit_flux3.CONFIGS,
     **dit_krea2.CONFIGS,
     **dit_ernie.CONFIGS,
     **dit_longcat.CONFIGS,
@@ -72,6 +75,7 @@ DIT_LABELS = {
     "chroma": "Chroma",
     **dit_qwen_zimage.LABELS,
     **dit_flux2.LABELS,
+    **dit_flux3.LABELS,
     **dit_krea2.LABELS,
     **dit_ernie.LABELS,
     **dit_longcat.LABELS,
@@ -86,7 +90,7 @@ _VARIANT_LABELS = {
     **dit_ernie.VARIANT_LABELS, **dit_hidream.VARIANT_LABELS,
 }
 # Variants a file's tensors tell (never the user's to choose): their labels only.
-_TOLD_VARIANT_LABELS = {**dit_sana.VARIANT_LABELS, **dit_pixart.VARIANT_LABELS}
+_TOLD_VARIANT_LABELS = {**dit_sana.VARIANT_LABELS, **dit_pixart.VARIANT_LABELS, **dit_flux3.VARIANT_LABELS}
 # What an all-in-one single file must hold beside the transformer to need no --text-encoders folder
 # (ComfyUI's `text_encoders.<name>.*` and `vae.*`); SD3's other encoders are optional in diffusers.
 SELF_CONTAINED = {"flux": ("clip_l", "t5xxl", "vae"), "chroma": ("t5xxl", "vae"),
@@ -197,7 +201,7 @@ def reference_image_limit(info: DitInfo | None) -> int:
 def looks_like_dit(names: Iterable[str]) -> bool:
     for name in names:
         bare = name.removeprefix(COMFY_PREFIX)
-        families = (dit_qwen_zimage, dit_flux2, dit_krea2, dit_ernie, dit_ovis, dit_longcat, dit_hidream,
+        families = (dit_qwen_zimage, dit_flux2, dit_flux3, dit_krea2, dit_ernie, dit_ovis, dit_longcat, dit_hidream,
                     dit_auraflow, dit_sana, dit_pixart, dit_unsupported)  # fmt: skip
         if any(module.is_marker(bare) for module in families):
             return True
@@ -249,7 +253,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     # PixArt before SD3's diffusers names, which its own (`transformer_blocks`, `pos_embed.proj`) share.
     other = (dit_sana.detect(model, name) or dit_pixart.detect(model, name) or dit_ovis.detect(model, name)
              or dit_qwen_zimage.detect(model, name)
-             or dit_flux2.detect(model, name)
+             or dit_flux2.detect(model, name) or dit_flux3.detect(model, name)
              or dit_krea2.detect(model, name) or dit_ernie.detect(model, name)
              or dit_longcat.detect(model, name) or dit_hidream.detect(model, name)
              or dit_auraflow.detect(model, name))  # fmt: skip
@@ -280,7 +284,7 @@ def detect_dit(tensors: Mapping[str, TensorShape], *, name: str, quantization: s
     else:
         raise ModelError(
             f"{name}: unknown diffusion transformer (not Flux.1, SD3/SD3.5, Chroma, Qwen-Image, Z-Image, Lumina, "
-            "Flux.2, Krea 2, ERNIE-Image, Ovis-Image, LongCat-Image, HiDream-I1, AuraFlow, Sana or PixArt)."
+            "Flux.2, FLUX.3, Krea 2, ERNIE-Image, Ovis-Image, LongCat-Image, HiDream-I1, AuraFlow, Sana or PixArt)."
         )
     # Scales and quantisation states are not weights: the type shown is the weights' (or the format's).
     common = _common_dtype(info for key, info in model.items() if not quant_formats.is_bookkeeping(key))
@@ -479,6 +483,7 @@ _PIPELINES = {
     "ChromaPipeline": "chroma",
     **dit_qwen_zimage.PIPELINES,
     **dit_flux2.PIPELINES,
+    **dit_flux3.PIPELINES,
     **dit_krea2.PIPELINES,
     **dit_ernie.PIPELINES,
     **dit_longcat.PIPELINES,
@@ -549,6 +554,8 @@ def detect_dit_folder(
         return family, edit_variant(family, class_name)
     if family == dit_flux2.FLUX2:
         return family, dit_flux2.folder_variant(transformer)
+    if family == dit_flux3.FLUX3:
+        return family, dit_flux3.folder_variant(transformer, class_name)
     if family == dit_krea2.KREA2:
         return family, dit_krea2.folder_variant(index)
     if family == "flux":

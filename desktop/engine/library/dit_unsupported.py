@@ -1,11 +1,11 @@
 """Diffusion-transformer families Marble cannot run yet, told apart by their tensors or their folder's pipeline
 class, so such a model is refused by its name (headers only, no torch; registered in library/dit.py).
 
-Without this a FLUX.3 file, whose diffusers names share Flux.1's `single_transformer_blocks`, was refused as "a
-Flux.1 file that is incomplete": it read as a damaged download. The markers are module names no family Marble runs
-has (diffusers' names and, where diffusers' single-file key table gives them, the makers';
-tests/engine/test_unsupported_families.py runs every marker over each transformer and ControlNet class Marble runs);
-the pipelines are diffusers' class names.
+Without this a file of such a family (a FLUX.3 file, before Marble ran FLUX.3: its diffusers names share Flux.1's
+`single_transformer_blocks`) was refused as "a Flux.1 file that is incomplete": it read as a damaged download. The
+markers are module names no family Marble runs has (diffusers' names and, where diffusers' single-file key table
+gives them, the makers'; tests/engine/test_unsupported_families.py runs every marker over each transformer and
+ControlNet class Marble runs); the pipelines are diffusers' class names.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ class _Family:
 
 # In order: GLM-Image carries CogView4's `time_condition_embed` too, so it is asked first.
 _FAMILIES = (
-    # BFL's names (`early_stream_modulations.image.lin`) and diffusers' (`...linear`); diffusers runs it only
-    # through its modular pipelines so far.
-    _Family("FLUX.3", re.compile(r"^early_stream_modulations\.")),
     _Family("Ideogram 4", re.compile(r"^llm_cond_proj\."), ("Ideogram4Pipeline",)),
     # HunyuanImage's and HunyuanVideo's tensors share their token refiner (their makers' `txt_in.individual_...`,
     # diffusers' `context_embedder.token_refiner`) and differ only in names other families share (Flux.2's

@@ -31,7 +31,7 @@ FAMILY_LABELS = {
     "qwen-image-2.1": "Qwen-Image 2.1", "z-image": "Z-Image", "krea2": "Krea 2", "flux2": "Flux.2",
     "lumina2": "Lumina Image 2.0", "ernie-image": "ERNIE-Image", "longcat-image": "LongCat-Image",
     "ovis-image": "Ovis-Image", "hidream-i1": "HiDream-I1", "auraflow": "AuraFlow", "sana": "Sana",
-    "pixart": "PixArt",
+    "pixart": "PixArt", "flux3": "FLUX.3",
 }  # fmt: skip
 # Base models whose LoRAs carry another family's layer names, so are detected as that family's, and the formats they
 # come in: LongCat-Image's and Ovis-Image's blocks are Flux.1's, named as diffusers names them (their loader refuses a
@@ -204,12 +204,20 @@ _Z_IMAGE_BLOCKS = ("layers.", "noise_refiner.", "context_refiner.")
 _LUMINA2_WIDTH = 2304  # Lumina Image 2.0's block width (Z-Image's is 3840)
 
 
+# FLUX.3's own modules: its per-mode blocks (diffusers' and BFL's names), and its single blocks' separate projections
+# and SwiGLU feed-forward (Flux.1's single blocks have a fused `linear1`, Flux.2's `to_qkv_mlp_proj` and no `ff`).
+_FLUX3_LORA = re.compile(r"^(mode_blocks|txt_mode_blocks|content_mode_blocks)\.|"
+                         r"^single_transformer_blocks\.\d+\.ff\.linear_|^single_blocks\.\d+\.(q_proj|mlp_in|attn_out)\.")
+
+
 def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo | None:
     """LoraInfo for a Flux.1 / SD3 LoRA, or None when the names are not those of a transformer LoRA."""
     bare = [_strip_transformer_prefix(n) for n in names]
     te1 = [n for n in names if n.startswith(("lora_te_", "lora_te1_", "text_encoder."))]
     te2 = [n for n in names if n.startswith(("lora_te2_", "text_encoder_2."))]
-    if any(any(mark in n for mark in _KREA2_MARKS) or n.startswith(("txtfusion.", "text_fusion.")) for n in bare):
+    if any(_FLUX3_LORA.match(n) for n in bare):
+        fmt, family = "peft", "flux3"  # diffusers' FLUX.3 loader reads BFL's names and its own
+    elif any(any(mark in n for mark in _KREA2_MARKS) or n.startswith(("txtfusion.", "text_fusion.")) for n in bare):
         fmt, family = "peft", "krea2"  # diffusers' Krea 2 loader reads its makers' names and its own
     elif any(n.startswith(_KREA2_KOHYA) for n in names):
         fmt, family = "kohya", "krea2"  # musubi-tuner's (backends/families_krea2.py renames them)

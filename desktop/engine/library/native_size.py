@@ -77,6 +77,8 @@ _FAMILY_BY_CONFIG = {
     "sana-sprint": "sana-sprint",
     "pixart-sigma": "pixart-sigma",
     "pixart-alpha": "pixart-alpha",
+    "flux3": "flux3",
+    "flux3-distilled": "flux3-distilled",
 }
 # A diffusers folder's UNet says its family by the width of the text embedding it attends to.
 _FAMILY_BY_CROSS_ATTENTION = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -142,7 +144,7 @@ T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
 # "qwen-image" covers 2.1.
 # HiDream-I1 reads its CLIP encoders' 128 tokens in one window (not CLIP's 75), beside T5's and Llama's 128.
 CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2", "ernie-image",
-                      "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana", "pixart")
+                      "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana", "pixart", "flux3")
 
 
 _DIT_FAMILIES = ("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2", "ernie-image",
@@ -207,6 +209,10 @@ _FAMILY_DEFAULTS: dict[str, dict[str, object]] = {
     # PixArt-Σ and PixArt-α: their makers' settings, 20 steps at CFG 4.5 (diffusers' PixArt pipelines' defaults).
     "pixart-sigma": {"steps": 20, "cfg_scale": 4.5},
     "pixart-alpha": {"steps": 20, "cfg_scale": 4.5},
+    # FLUX.3: 50 steps at CFG 3.5 (diffusers' modular pipeline's defaults, its guider's scale being A1111's CFG); the
+    # distilled flow map 16 steps without CFG.
+    "flux3": {"steps": 50, "cfg_scale": 3.5},
+    "flux3-distilled": {"steps": 16, "cfg_scale": 1.0},
 }
 
 

@@ -1,0 +1,339 @@
+"""FLUX.3 (BFL's third generation, base and distilled): a tiny random model as a diffusers folder, as transformer
+files in BFL's names (bare and ComfyUI-prefixed) and diffusers', and as a GGUF; detected from its tensors and run
+offline through Marble's own pipeline (backends/families_flux3.py), which gives the pixels of diffusers' modular
+FLUX.3 pipeline for the same seed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from diffusers import Flux3AutoBlocks, Flux3DistilledAutoBlocks
+from diffusers.modular_pipelines.flux3.image_processor import Flux3ImageProcessor
+from PIL import Image
+
+from desktop.engine.errors import Cancelled, ModelError
+from desktop.engine.library.checkpoint import detect_model
+from desktop.engine.library.lora import inspect_lora
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.flow_edit_checks import (
+    check_edits_through_marble,
+    check_the_tail_of_text_to_image,
+    normalised_vae_patches,
+)
+from tests.support.tiny_dit import save_gguf
+from tests.support.tiny_dit_loras import lora_on
+from tests.support.tiny_flux3 import LATENT_CHANNELS, build_tiny_flux3, save_folder, to_bfl
+from tests.support.tiny_qwen_zimage import save_transformer_file
+
+PREFIX = "model.diffusion_model."
+
+
+@pytest.fixture(scope="module")
+def flux3(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flux3")
+    pipe = build_tiny_flux3()
+    distilled = build_tiny_flux3(seed=1, distilled=True)
+    state = dict(pipe.transformer.state_dict())
+    return {
+        "pipe": pipe,
+        "distilled": distilled,
+        "folder": save_folder(pipe, tmp / "FLUX.3-base"),
+        "distilled_folder": save_folder(distilled, tmp / "FLUX.3-distilled"),
+        "comfy": save_transformer_file(to_bfl(state), tmp / "flux3-comfy.safetensors", prefix=PREFIX),
+        "bfl": save_transformer_file(to_bfl(state), tmp / "flux3-bfl.safetensors"),
+        "diffusers": save_transformer_file(state, tmp / "flux3-diffusers.safetensors"),
+        "distilled_bfl": save_transformer_file(to_bfl(dict(distilled.transformer.state_dict())),
+                                               tmp / "flux3-distilled.safetensors"),  # fmt: skip
+    }
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def modular(pipe, guidance: float):
+    """diffusers' modular FLUX.3 pipeline over `pipe`'s parts, its prompt rewriter taken out (Marble never runs it)."""
+    blocks = copy.deepcopy(Flux3DistilledAutoBlocks() if pipe.distilled else Flux3AutoBlocks())
+    blocks.sub_blocks.pop("prompt_upsampler")
+    reference = blocks.init_pipeline()
+    reference.update_components(
+        transformer=pipe.transformer, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        image_processor=Flux3ImageProcessor(vae_scale_factor=pipe.vae_scale_factor,
+                                            vae_latent_channels=LATENT_CHANNELS),
+    )  # fmt: skip
+    if not pipe.distilled:
+        reference.update_components(guider=reference.guider.new(guidance_scale=guidance))
+    return reference
+
+
+@pytest.mark.parametrize("kind", ["pipe", "distilled"])
+def test_marbles_pipeline_gives_the_modular_pipelines_pixels(flux3, kind):
+    pipe = flux3[kind]
+    call = dict(prompt="a red fox in the snow", height=32, width=48, num_inference_steps=3, output_type="np")
+    extra = {} if pipe.distilled else {"negative_prompt": "blurry"}
+    reference = modular(pipe, 4.0)(**call, **extra, generator=torch.Generator().manual_seed(7), output="images")
+    ours = pipe(**call, **extra, guidance_scale=4.0, generator=torch.Generator().manual_seed(7)).images
+    assert ours.shape == (1, 32, 48, 3)
+    assert np.array_equal(ours, reference)
+    # Two pictures from two generators: each its own seed's (a batch's sums round a hair apart).
+    pair = pipe(**call, **extra, guidance_scale=4.0, num_images_per_prompt=2,
+                generator=[torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)]).images  # fmt: skip
+    assert np.allclose(pair[0], ours[0], atol=1e-5) and not np.allclose(pair[1], ours[0], atol=1e-2)
+
+
+def test_the_prompt_window_and_the_guidance(flux3):
+    pipe = flux3["pipe"]
+    # The window is whole 80 tokens, its padding included (the transformer attends to it), at most the limit.
+    words = pipe.tokenizer.tokenizer
+    for prompt in ("a cat", "a cat " * 20, "a cat " * 30):
+        text = pipe.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)  # fmt: skip
+        length = len(words(text)["input_ids"])
+        assert pipe.encode_prompt(prompt).shape == (1, -(-length // 80) * 80, 128)
+    assert pipe.encode_prompt("a cat " * 30, max_sequence_length=100).shape == (1, 100, 128)
+    # The padding is read: the same prompt in a wider window is another encoding of its tokens.
+    short, wide = pipe.encode_prompt("a cat"), pipe.encode_prompt("a cat", max_sequence_length=8192)
+    assert torch.equal(short, wide)
+    call = dict(prompt="a cat", height=32, width=32, num_inference_steps=2, output_type="np")
+
+    def picture(negative: str, guidance: float) -> np.ndarray:
+        return pipe(**call, negative_prompt=negative, guidance_scale=guidance,
+                    generator=torch.Generator().manual_seed(3)).images  # fmt: skip
+
+    plain, guided = picture("dark", 1.0), picture("dark", 4.0)
+    assert not np.array_equal(plain, guided) and not np.array_equal(guided, picture("light", 4.0))
+    # CFG 1 runs without the negative prompt at all: one pass a step, not two.
+    calls = []
+    hook = pipe.transformer.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        assert np.array_equal(plain, picture("light", 1.0)) and len(calls) == 2
+        picture("light", 1.5)
+        assert len(calls) == 2 + 4
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("layout", ["comfy", "bfl", "diffusers"])
+def test_files_are_detected_from_their_tensors(flux3, layout):
+    arch = detect_model(flux3[layout])
+    expected_layout = "diffusers" if layout == "diffusers" else "bfl"
+    assert (arch.family, arch.dit.variant, arch.dit.layout, arch.dit.blocks, arch.label) == (
+        "flux3", "", expected_layout, (1, 2), "FLUX.3")  # fmt: skip
+    assert arch.dit.needs_components
+    distilled = detect_model(flux3["distilled_bfl"])
+    assert (distilled.dit.variant, distilled.label, distilled.config_name) == ("distilled", "FLUX.3 distilled",
+                                                                               "flux3-distilled")  # fmt: skip
+    assert detect_model(flux3["folder"]).label == "FLUX.3"
+    # A folder's transformer config says the flow map, or its modular pipeline's name does.
+    assert detect_model(flux3["distilled_folder"]).label == "FLUX.3 distilled"
+    from desktop.engine.library.dit import detect_dit_folder
+
+    assert detect_dit_folder({}, {"flow_map": False}, "Flux3DistilledModularPipeline") == ("flux3", "distilled")
+    assert detect_dit_folder({}, {"flow_map": False}, "Flux3ModularPipeline") == ("flux3", "")
+
+
+def test_the_bfl_names_convert_to_the_models_own():
+    from desktop.engine.backends.families_flux3 import diffusers_state, settings
+    from tests.support.tiny_flux3 import tiny_transformer
+
+    for distilled in (False, True):
+        model = tiny_transformer(distilled=distilled, layers=2, single=3, heads=3)
+        state = dict(model.state_dict())
+        back = diffusers_state(to_bfl(state))
+        assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+        # The config the tensors decide is the model's own.
+        found = settings(to_bfl(state))
+        assert {key: found[key] for key in found} == {key: (tuple(value) if isinstance(value, list) else value)
+                                                      for key, value in model.config.items() if key in found}
+
+
+def bare_image(pipe, request, **extra) -> np.ndarray:
+    arguments = {} if pipe.distilled else {"negative_prompt": request.negative_prompt or "",
+                                           "guidance_scale": request.cfg_scale}  # fmt: skip
+    return pixels(pipe(
+        prompt=request.prompt, num_inference_steps=request.steps, width=request.width, height=request.height,
+        generator=torch.Generator("cpu").manual_seed(request.seed), **arguments, **extra,
+    ).images[0])  # fmt: skip
+
+
+def test_a_folder_runs_through_marble_with_previews(paths, flux3):
+    request = request_for(flux3["folder"], steps=3, cfg_scale=4.0, width=96)
+    batch, steps = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(flux3["pipe"], request))
+    assert [(step.step, step.total) for step in steps] == [(1, 3), (2, 3), (3, 3)]
+    # The VAE's latent grid, unpatchified (the tiny VAE's is half the picture's sides, the real one's an eighth).
+    assert all(step.preview is not None for step in steps) and steps[-1].preview.shape[:2] == (64 // 2, 96 // 2)
+    assert batch.notes == ()
+
+
+@pytest.mark.parametrize("layout", ["comfy", "diffusers"])
+def test_transformer_files_match_with_the_folders_components(paths, flux3, layout):
+    request = request_for(flux3[layout], steps=2, cfg_scale=3.0, text_encoders=str(flux3["folder"]))
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(flux3["pipe"], request))
+
+
+def test_the_distilled_model_runs_without_cfg(paths, flux3):
+    request = request_for(flux3["distilled_bfl"], steps=2, cfg_scale=4.0, negative_prompt="blurry",
+                          text_encoders=str(flux3["distilled_folder"]))  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(flux3["distilled"], request))
+    assert batch.notes == ("FLUX.3 distilled runs without CFG, so without a negative prompt; it was ignored.",)
+
+
+def test_a_gguf_transformer(paths, flux3, tmp_path):
+    path = save_gguf(to_bfl(dict(flux3["pipe"].transformer.state_dict())), tmp_path / "flux3-Q8_0.gguf", arch="flux3")
+    arch = detect_model(path)
+    assert (arch.family, arch.dit.quantization, arch.dit.layout) == ("flux3", "Q8_0", "bfl")
+    request = request_for(path, steps=2, cfg_scale=3.0, text_encoders=str(flux3["folder"]))
+    batch, _ = run(make_backend(paths), request)
+    plain = bare_image(flux3["pipe"], request)
+    # Quantised: near the float model's picture, not equal to it.
+    difference = np.abs(pixels(batch.images[0]).astype(int) - plain.astype(int))
+    assert 0 < difference.max() and difference.mean() < 8
+
+
+def test_cancel_stops_the_job(paths, flux3):
+    from desktop.engine.jobs import CancelToken
+
+    token = CancelToken()
+    seen = []
+
+    def on_step(info):
+        seen.append(info.step)
+        token.cancel()
+
+    backend = make_backend(paths)
+    request = request_for(flux3["folder"], steps=4, cfg_scale=3.0)
+    backend.load(request)
+    with pytest.raises(Cancelled):
+        backend.generate(request, 0, on_step, token)
+    assert seen == [1]
+
+
+def test_damaged_files_and_wrong_components_are_refused_by_name(paths, flux3, tmp_path):
+    state = to_bfl(dict(flux3["pipe"].transformer.state_dict()))
+    gap = save_transformer_file(state, tmp_path / "my-flux3.safetensors", prefix=PREFIX, drop="single_blocks.0")
+    with pytest.raises(ModelError, match=r"my-flux3\.safetensors looks like FLUX\.3 but single_blocks\.0 is missing"):
+        detect_model(gap)
+    text = save_transformer_file(state, tmp_path / "no-text.safetensors", drop="txt_mode_blocks.0")
+    with pytest.raises(ModelError, match=r"no-text\.safetensors looks like FLUX\.3 but has no txt_mode_blocks"):
+        detect_model(text)
+    headless = save_transformer_file({k: v for k, v in state.items() if not k.startswith("txt_in.")},
+                                     tmp_path / "headless.safetensors")  # fmt: skip
+    with pytest.raises(ModelError, match=r"headless\.safetensors looks like FLUX\.3 but txt_in\.weight is missing"):
+        detect_model(headless)
+    with pytest.raises(ModelError, match=r"Qwen3-VL text encoder, its tokenizer and its VAE"):
+        run(make_backend(paths), request_for(flux3["bfl"]))
+    # A FLUX.3 folder of another width (its encoder 16 wide, the transformer reading 8 x 24).
+    from tests.support.tiny_flux3 import tiny_transformer
+
+    wide = tiny_transformer(text_width=24)
+    wide_state = dict(wide.state_dict())
+    del wide
+    other = save_transformer_file(wide_state, tmp_path / "wide.safetensors")
+    with pytest.raises(ModelError, match=r"its text encoder is 16 wide, but the FLUX\.3 transformer reads 24"):
+        run(make_backend(paths), request_for(other, text_encoders=str(flux3["folder"])))
+
+
+def test_image_to_image_and_inpainting(paths, flux3, tmp_path):
+    from desktop.engine.backends.families import own_edit_pipeline
+
+    pipe = flux3["pipe"]
+    edit = own_edit_pipeline(pipe, "flux3")
+    source = Image.new("RGB", (96, 64), (200, 40, 40))
+    call = dict(prompt="a cat", num_inference_steps=4, width=96, height=64, output_type="np", guidance_scale=3.0)
+    check_the_tail_of_text_to_image(pipe, edit, call, source)
+    # Inpainting leaves the source's latents outside the mask: the left 20 columns repaint latent columns 0-4 (the
+    # tiny VAE's patches are 4 pixels).
+    mask = Image.new("L", (96, 64), 0)
+    mask.paste(255, (0, 0, 20, 64))
+    tokens = edit(**(call | {"output_type": "latent"}), image=source, mask_image=mask, strength=1.0,
+                  generator=torch.Generator().manual_seed(7)).images  # fmt: skip
+    latents = tokens.transpose(1, 2).reshape(1, 4 * LATENT_CHANNELS, 16, 24)
+    clean = normalised_vae_patches(edit, source, 96, 64, edit.vae.config.batch_norm_eps)
+    assert torch.allclose(latents[..., 5:], clean[..., 5:], atol=1e-5)
+    assert not torch.allclose(latents[..., :5], clean[..., :5], atol=1e-3)
+    # Through Marble: image to image is that pipeline's picture; inpainting and the hires fix (latent and pixel) run.
+    check_edits_through_marble(paths, flux3["folder"], edit, 3.0, tmp_path)
+
+
+def test_a_latent_hires_fix_interpolates_the_vaes_latents(paths, flux3):
+    """The first pass's tokens are the VAE's normalised patches in row order: a latent upscaler interpolates the VAE's
+    latents (un-normalised, the cells put back in place), and the second pass (Marble's image to image, tested above)
+    is handed them patched and normalised again."""
+    from desktop.engine.backends.families import own_edit_pipeline
+    from tests.support.flow_edit_checks import latent_hires_by_hand
+
+    request = request_for(flux3["folder"], steps=2, cfg_scale=3.0, negative_prompt="", hires_fix=True, hires_scale=1.5,
+                          hires_steps=4, hires_denoise=0.5, hires_upscaler="Latent", width=96, seed=5)  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    pipe = flux3["pipe"]
+    call = dict(prompt=request.prompt, negative_prompt="", guidance_scale=3.0)
+    tokens = pipe(**call, num_inference_steps=2, width=96, height=64, output_type="latent",
+                  generator=torch.Generator().manual_seed(5)).images  # fmt: skip
+    grid = tokens.transpose(1, 2).reshape(1, 4 * LATENT_CHANNELS, 16, 24)
+    upscaled, naive = latent_hires_by_hand(pipe, grid, pipe.vae.config.batch_norm_eps)
+    edit = own_edit_pipeline(pipe, "flux3")
+    second = call | {"num_inference_steps": 4, "strength": 0.5, "width": 144, "height": 96}
+    expected = edit(**second, image=upscaled, generator=[torch.Generator().manual_seed(5)]).images[0]
+    assert np.array_equal(pixels(batch.images[0]), pixels(expected))
+    other = edit(**second, image=naive, generator=[torch.Generator().manual_seed(5)]).images[0]
+    assert not np.array_equal(pixels(other), pixels(expected))
+
+
+def test_a_file_as_wide_as_the_released_model_with_fewer_blocks_is_incomplete():
+    from desktop.engine.backends.families_flux3 import check_blocks
+
+    shipped = {"num_attention_heads": 24, "attention_head_dim": 128, "num_layers": 5, "num_single_layers": 28}
+    check_blocks(dict(shipped), shipped, label="FLUX.3", name="flux3.safetensors")
+    with pytest.raises(ModelError, match=r"flux3\.safetensors has 27 single blocks but the FLUX\.3 configuration"):
+        check_blocks(shipped | {"num_single_layers": 27}, shipped, label="FLUX.3", name="flux3.safetensors")
+    with pytest.raises(ModelError, match=r"has 4 picture blocks but the FLUX\.3 configuration has 5"):
+        check_blocks(shipped | {"num_layers": 4}, shipped, label="FLUX.3", name="flux3.safetensors")
+    # Another width is another model, its own tensors its config.
+    check_blocks(shipped | {"num_attention_heads": 2, "num_layers": 1}, shipped, label="FLUX.3", name="tiny")
+
+
+def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
+    from safetensors.torch import save_file
+
+    transformer = flux3["pipe"].transformer
+    tensors = lora_on(transformer, "mode_blocks.image", ("attn.to_q", "attn.to_k", "attn.to_v"))
+    tensors |= lora_on(transformer, "single_transformer_blocks", ("ff.linear_in",), seed=4)
+    loras = paths.loras
+    save_file(tensors, str(loras / "fox-style.safetensors"))
+    from desktop.engine.library.checkpoint import read_safetensors_header
+
+    info = inspect_lora(read_safetensors_header(loras / "fox-style.safetensors"))
+    assert info.family == "flux3"
+    request = request_for(flux3["folder"], steps=2, cfg_scale=3.0)
+    plain, _ = run(make_backend(paths), request)
+    with_lora, _ = run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:fox-style:1>"))
+    assert not np.array_equal(pixels(plain.images[0]), pixels(with_lora.images[0]))
+    assert with_lora.loras and with_lora.loras[0].name == "fox-style"
+
+
+def test_the_shipped_configs(flux3):
+    from accelerate import init_empty_weights
+
+    from desktop.engine.backends.families import transformer_class
+    from desktop.engine.resources import Resources
+
+    cls = transformer_class("flux3")
+    for name, flow_map in (("flux3", False), ("flux3-distilled", True)):
+        folder = Resources.default().config_folder(name)
+        config = cls.load_config(str(folder), subfolder="transformer")
+        with init_empty_weights():
+            model = cls.from_config(config)
+        # diffusers' class defaults (5 picture, text and reference blocks, 28 single blocks, 3072 wide).
+        assert sum(p.numel() for p in model.parameters()) == (5_548_681_984 if flow_map else 5_538_458_368)
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+        assert (scheduler["shift"], scheduler["use_dynamic_shifting"]) == (6.93, False)
