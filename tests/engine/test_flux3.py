@@ -337,3 +337,33 @@ def test_the_shipped_configs(flux3):
         assert sum(p.numel() for p in model.parameters()) == (5_548_681_984 if flow_map else 5_538_458_368)
         scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
         assert (scheduler["shift"], scheduler["use_dynamic_shifting"]) == (6.93, False)
+
+
+def test_a_file_runs_with_a_qwen3_vl_and_the_flux2_vae_from_the_library(flux3, tmp_path):
+    """ComfyUI's Qwen3-VL file (its language model read alone) and BFL's Flux.2 VAE file from the libraries, with
+    Marble's own Qwen tokenizer (or the folder's): the folder's picture."""
+    from safetensors.torch import save_file
+
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_flux2 import flux2_vae_to_bfl
+    from tests.support.tiny_krea2 import comfy_qwen3_vl
+
+    paths = AppPaths.for_root(tmp_path / "home").ensure()
+    pipe = flux3["pipe"]
+    save_file(comfy_qwen3_vl(pipe.text_encoder.model), str(tmp_path / "qwen3vl_4b.safetensors"))
+    save_file(flux2_vae_to_bfl(pipe.vae), str(tmp_path / "flux2-vae.safetensors"))
+    library = Library(paths)
+    record = library.import_path(tmp_path / "qwen3vl_4b.safetensors", "encoder")
+    library.import_path(tmp_path / "flux2-vae.safetensors", "vae")
+    assert record.family == "qwen3vl"
+    from desktop.engine.library.encoder import fits_model  # what the window offers a FLUX.3 model
+
+    assert fits_model("qwen3vl", "flux3") and fits_model("qwen3vl", "flux3-distilled")
+    assert not fits_model("qwen3", "flux3") and not fits_model("mistral3", "flux3")
+    # The config folder says the tiny encoder's sizes (Marble ships Qwen3-VL 4B's); the tokenizer is the folder's.
+    request = request_for(flux3["comfy"], steps=2, cfg_scale=3.0, model_config=str(flux3["folder"]),
+                          text_encoders="qwen3vl_4b", vae="flux2-vae")  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(pipe, request))
+    with pytest.raises(ModelError, match=r"choose its VAE too .*the Flux\.2 VAE, flux2-vae\.safetensors"):
+        run(make_backend(paths), replace(request, vae=""))

@@ -1,5 +1,5 @@
-"""A transformer-only Qwen-Image / Z-Image / Flux.2 / Lumina Image 2.0 / Krea 2 / ERNIE-Image file run with its LLM
-text encoder and VAE from the library.
+"""A transformer-only Qwen-Image / Z-Image / Flux.2 / Lumina Image 2.0 / Krea 2 / ERNIE-Image / FLUX.3 file run with
+its LLM text encoder and VAE from the library.
 
 The encoder file (library/encoder_qwen.py says what it holds) is built into transformers' class from the
 model's config folder (resources/configs/<family>/text_encoder, or --config) and loaded strictly, as
@@ -25,6 +25,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.dit import DitInfo
 from desktop.engine.library.dit_ernie import ERNIE_IMAGE
 from desktop.engine.library.dit_flux2 import FLUX2
+from desktop.engine.library.dit_flux3 import FLUX3
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE
 from desktop.engine.library.encoder import EncoderInfo
@@ -45,6 +46,7 @@ _TOKENIZER_SOURCES = {
     LUMINA2: "the tokenizer/ folder of Alpha-VLLM/Lumina-Image-2.0 (or the google/gemma-2-2b repository)",
     ERNIE_IMAGE: "the tokenizer/ folder of baidu/ERNIE-Image (or the mistralai/Ministral-3-3B-Instruct-2512 "
     "repository)",
+    FLUX3: "the tokenizer/ folder of a diffusers FLUX.3 folder (or the Qwen/Qwen3-VL-4B-Instruct repository)",
 }
 # Marble's own copy under resources/tokenizers/ (its LICENSE-NOTE says what it is and where it comes from).
 SHIPPED_FOLDER = "qwen"
@@ -232,7 +234,8 @@ def assemble(
     if parts.vae is None:
         which = {QWEN_IMAGE: "qwen_image_vae.safetensors", KREA2: "Qwen-Image's qwen_image_vae.safetensors",
                  FLUX2: "the Flux.2 VAE, flux2-vae.safetensors",
-                 ERNIE_IMAGE: "the Flux.2 VAE, flux2-vae.safetensors"}.get(  # fmt: skip
+                 ERNIE_IMAGE: "the Flux.2 VAE, flux2-vae.safetensors",
+                 FLUX3: "the Flux.2 VAE, flux2-vae.safetensors"}.get(  # fmt: skip
             info.family, "the Flux VAE, ae.safetensors"
         )
         raise ModelError(

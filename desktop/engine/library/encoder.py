@@ -272,6 +272,7 @@ _FAMILY_ENCODERS = {
     "lumina2": ("gemma2", "gemma-2"),
     "qwen-image-2.1": (),  # Qwen3-VL 8B comes from a folder (--text-encoders): the library reads none yet
     "krea2": ("qwen3vl",), "krea2-distilled": ("qwen3vl",),
+    "flux3": ("qwen3vl",), "flux3-distilled": ("qwen3vl",),  # FLUX.3's Qwen3-VL, 4B by its text width
     "ernie-image": ("ministral3",),
     "longcat-image": ("qwen2.5-vl",), "longcat-image-edit": ("qwen2.5-vl",),  # Qwen-Image's 7B file serves them too
     "ovis-image": ("qwen3",),  # Ovis 2.5's language model, a Qwen3 1.7B
