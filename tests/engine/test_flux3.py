@@ -367,3 +367,48 @@ def test_a_file_runs_with_a_qwen3_vl_and_the_flux2_vae_from_the_library(flux3, t
     assert np.array_equal(pixels(batch.images[0]), bare_image(pipe, request))
     with pytest.raises(ModelError, match=r"choose its VAE too .*the Flux\.2 VAE, flux2-vae\.safetensors"):
         run(make_backend(paths), replace(request, vae=""))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_reference_pictures_give_the_modular_pipelines_pixels(flux3, count):
+    """FLUX.3's editing: references read beside the noise through their own blocks (one kept whole and padded, two
+    each cropped), the size given, as Marble gives the job's."""
+    pipe = flux3["pipe"]
+    rng = np.random.default_rng(4)
+    pictures = [Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)),
+                Image.fromarray(rng.integers(0, 255, (48, 32, 3), dtype=np.uint8))][:count]  # fmt: skip
+    call = dict(prompt="the fox from the picture in the snow", height=32, width=48, num_inference_steps=2,
+                output_type="np", negative_prompt="")  # fmt: skip
+    reference = modular(pipe, 3.0)
+    reference.update_components(image_processor=Flux3ImageProcessor(vae_scale_factor=pipe.vae_scale_factor * 2,
+                                                                     vae_latent_channels=LATENT_CHANNELS))  # fmt: skip
+    expected = reference(**call, image=pictures, generator=torch.Generator().manual_seed(7), output="images")
+    ours = pipe(**call, image=pictures, guidance_scale=3.0, generator=torch.Generator().manual_seed(7)).images
+    assert np.array_equal(ours, expected)
+    plain = pipe(**call, guidance_scale=3.0, generator=torch.Generator().manual_seed(7)).images
+    assert not np.array_equal(ours, plain)
+
+
+def test_references_through_marble(paths, flux3, tmp_path):
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "ref.png")
+    request = request_for(flux3["folder"], steps=2, cfg_scale=3.0, reference_images=(str(tmp_path / "ref.png"),))
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(flux3["pipe"], request,
+                                                              image=[Image.open(tmp_path / "ref.png")]))  # fmt: skip
+    # With a source too (image to image): the references go with the prompt.
+    from desktop.engine.backends.families import own_edit_pipeline
+
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(tmp_path / "source.png")
+    edit_request = replace(request, init_image=str(tmp_path / "source.png"), strength=0.6)
+    edited, _ = run(make_backend(paths), edit_request)
+    edit = own_edit_pipeline(flux3["pipe"], "flux3")
+    expected = pixels(edit(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=2,
+                           width=64, height=64, guidance_scale=3.0, image=Image.open(tmp_path / "source.png"),
+                           strength=0.6, references=[Image.open(tmp_path / "ref.png")],
+                           generator=torch.Generator().manual_seed(request.seed)).images[0])  # fmt: skip
+    assert np.array_equal(pixels(edited.images[0]), expected)
+    without = pixels(edit(prompt=request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=2,
+                          width=64, height=64, guidance_scale=3.0, image=Image.open(tmp_path / "source.png"),
+                          strength=0.6, generator=torch.Generator().manual_seed(request.seed)).images[0])  # fmt: skip
+    assert not np.array_equal(without, expected)

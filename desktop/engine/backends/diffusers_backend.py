@@ -160,6 +160,7 @@ from desktop.engine.library.checkpoint import (  # noqa: E402
 from desktop.engine.library.control import BUILT_IN, controlnet_family, is_built_in  # noqa: E402
 from desktop.engine.library.dit import detect_gguf, reference_image_limit  # noqa: E402
 from desktop.engine.library.dit_flux2 import FLUX2  # noqa: E402
+from desktop.engine.library.dit_flux3 import FLUX3  # noqa: E402
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21  # noqa: E402
 from desktop.engine.library.dit_sana import SPRINT as SANA_SPRINT  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
@@ -997,7 +998,7 @@ class DiffusersBackend:
                 size["mask_image"] = plan.mask if plan.mask is not None else Image.new("L", plan.size, 255)
             if request.reference_images:  # Flux.2 Klein: the references go beside the source (families_flux2)
                 beside = self._references(request, checked=flux2.is_dev_model(self._dit))  # Klein's: read as tensors
-            if beside and (self._dit.family == QWEN_IMAGE_21 or flux2.is_dev_model(self._dit)):
+            if beside and (self._dit.family in (QWEN_IMAGE_21, FLUX3) or flux2.is_dev_model(self._dit)):
                 size["references"], beside = beside, []  # their pipelines' own condition images (flow_edit.py)
         if plan is None and request.reference_images:
             # Flux.2's multi-reference editing: the images go with the prompt (no source, no strength).

@@ -15,8 +15,10 @@ gives their pixels for the same seed):
 - the base model with CFG above 1 against the negative prompt (blank when none is given), two passes a step
   (uncond + s (cond - uncond)), 50 steps by default; the distilled model (a flow map, library/dit_flux3.py) one pass a
   step told the timestep it jumps to (the next, 0 after the last), 16 steps, no CFG.
-The prompt rewriter never runs: a picture follows from its prompt and seed. Image to image and inpainting are
-Marble's own over this loop (`edit_class()`, flow_edit.FlowEdit), as for Flux.2 dev, which draws through the same VAE.
+Reference pictures (`image=`, FLUX.3's editing) are read beside the noise through their own blocks, on position
+layers -1, -2 ...; the picture is still drawn from noise. The prompt rewriter never runs: a picture follows from its
+prompt and seed. Image to image and inpainting are Marble's own over this loop (`edit_class()`,
+flow_edit.FlowEdit), as for Flux.2 dev, which draws through the same VAE; references go with them too.
 
 torch/diffusers/transformers are imported inside the functions (pyproject's import-linter list).
 """
@@ -190,11 +192,33 @@ def pipeline_class() -> Any:
             return ids
 
         @staticmethod
-        def _image_ids(rows: int, cols: int) -> Any:
+        def _image_ids(rows: int, cols: int, layer: int = 0) -> Any:
+            """(t, row, column, layer) of each latent patch: the picture drawn on layer 0, references on -1, -2..."""
             row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
             ids = torch.zeros(rows * cols, 4)
             ids[:, 1], ids[:, 2] = row.flatten() * _IMAGE_ROPE_SCALE, col.flatten() * _IMAGE_ROPE_SCALE
+            ids[:, 3] = layer
             return ids
+
+        def _references(self, pictures: list[Any], batch: int, device: Any, dtype: Any) -> dict[str, Any]:
+            """The reference pictures as the transformer reads them beside the noise (their own mode's blocks, at
+            t = 0, in both CFG passes): sized as diffusers' FLUX.3 image processor sizes them (one kept whole under
+            4 megapixels and reflect-padded to whole patches; several each under 1 megapixel, centre-cropped),
+            encoded as the VAE's normalised patches, each on its own layer of positions."""
+            from diffusers.modular_pipelines.flux3.image_processor import Flux3ImageProcessor
+
+            processor = Flux3ImageProcessor(vae_scale_factor=self.vae_scale_factor * 2,
+                                            vae_latent_channels=self.vae.config.latent_channels)  # fmt: skip
+            mode = "fill" if len(pictures) == 1 else "crop"
+            tokens, ids = [], []
+            for index, picture in enumerate(pictures):
+                pixels, _crop = processor.preprocess(picture.convert("RGB"), resize_mode=mode)
+                encoded = self.vae.encode(pixels.to(device, self.vae.dtype)).latent_dist.mode()
+                grid = flux2_latents.normalised_patches(self, encoded, self.vae.config.batch_norm_eps)
+                tokens.append(grid.flatten(2).transpose(1, 2))
+                ids.append(self._image_ids(*grid.shape[-2:], layer=-(1 + index)))
+            hidden = torch.cat(tokens, dim=1).to(device, dtype).repeat(batch, 1, 1)
+            return {"image_cond_hidden_states": hidden, "image_cond_ids": torch.cat(ids).to(device)}
 
         def _grid(self, width: int, height: int) -> tuple[int, int]:
             side = self.vae_scale_factor * 2
@@ -216,6 +240,7 @@ def pipeline_class() -> Any:
             latents: Any = None, generator: Any = None, num_images_per_prompt: int = 1, output_type: str = "pil",
             max_sequence_length: int = MAX_SEQUENCE, callback_on_step_end: Any = None,
             callback_on_step_end_tensor_inputs: Any = None, attention_kwargs: Any = None, return_dict: bool = True,
+            image: list[Any] | None = None,
         ) -> Any:  # fmt: skip
             device, dtype = self._execution_device, self.transformer.dtype
             rows, cols = self._grid(width, height)
@@ -235,6 +260,8 @@ def pipeline_class() -> Any:
             text = text.to(dtype).repeat(batch, 1, 1)
             negative = negative.to(dtype).repeat(batch, 1, 1) if negative is not None else None
             positions = {"img_ids": self._image_ids(rows, cols).to(device)}
+            if image:  # reference pictures (FLUX.3's editing): read beside the noise, not drawn from
+                positions |= self._references(list(image), batch, device, dtype)
             schedule = sigmas if sigmas is not None else torch.linspace(1.0, 1 / steps, steps).tolist()
             self.scheduler.set_timesteps(sigmas=list(schedule), device=device)
             self.scheduler.set_begin_index(0)
@@ -293,8 +320,6 @@ def edit_class() -> Any:
             return grid.flatten(2).transpose(1, 2)
 
         def _edit_conditions(self, references: Any) -> dict[str, Any]:
-            if references:
-                raise ModelError("FLUX.3 reference pictures are not read by Marble yet.")
-            return {}
+            return {"image": list(references)} if references else {}
 
     return Flux3EditPipeline

@@ -176,8 +176,10 @@ _FLUX2_DEV_REFERENCES = 10
 _FLUX2_KLEIN_REFERENCES = 4
 _EDIT_PLUS_REFERENCES = 2
 _QWEN21_REFERENCES = 10  # Qwen-Image 2.1 edits by instruction from up to 10 images (Qwen's model card)
+_FLUX3_REFERENCES = 10  # FLUX.3's editing: up to 10 references (diffusers' FLUX.3 blocks take that many)
 # The most any model takes: a request holding more is refused before any model is known.
-MAX_MODEL_REFERENCES = max(_FLUX2_DEV_REFERENCES, _FLUX2_KLEIN_REFERENCES, _EDIT_PLUS_REFERENCES, _QWEN21_REFERENCES)
+MAX_MODEL_REFERENCES = max(_FLUX2_DEV_REFERENCES, _FLUX2_KLEIN_REFERENCES, _EDIT_PLUS_REFERENCES, _QWEN21_REFERENCES,
+                           _FLUX3_REFERENCES)
 
 
 def reference_image_limit(info: DitInfo | None) -> int:
@@ -192,6 +194,8 @@ def reference_image_limit(info: DitInfo | None) -> int:
         return _EDIT_PLUS_REFERENCES
     if info.family == dit_qwen_zimage.QWEN_IMAGE_21:
         return _QWEN21_REFERENCES
+    if info.family == dit_flux3.FLUX3:
+        return _FLUX3_REFERENCES
     if info.family == "flux" and info.variant == "dev" and not (info.fill or info.control_input):
         # FLUX.1 Kontext dev (the same tensors as Flux.1 dev: any dev model runs Kontext's pipeline) reads one.
         return 1
