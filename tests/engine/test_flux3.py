@@ -319,6 +319,17 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
     with_lora, _ = run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:fox-style:1>"))
     assert not np.array_equal(pixels(plain.images[0]), pixels(with_lora.images[0]))
     assert with_lora.loras and with_lora.loras[0].name == "fox-style"
+    # The same LoRA in BFL's names (ai-toolkit's and ComfyUI's form: `diffusion_model.` + the original modules).
+    bfl = {}
+    for key, value in tensors.items():
+        module, kind = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        (renamed,) = to_bfl({module + ".weight": value})
+        bfl[f"diffusion_model.{renamed.removesuffix('.weight')}.lora_{kind}"] = value
+    assert any(".q_proj." in key for key in bfl) and any(".mlp_in." in key for key in bfl)
+    save_file(bfl, str(loras / "fox-style-bfl.safetensors"))
+    assert inspect_lora(read_safetensors_header(loras / "fox-style-bfl.safetensors")).family == "flux3"
+    with_bfl, _ = run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:fox-style-bfl:1>"))
+    assert np.array_equal(pixels(with_bfl.images[0]), pixels(with_lora.images[0]))
 
 
 def test_the_shipped_configs(flux3):
