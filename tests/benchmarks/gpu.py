@@ -3,6 +3,7 @@
     .venv/bin/python tests/benchmarks/gpu.py [--steps 30] [--families sd15,sdxl] [--out FILE.json]
     .venv/bin/python tests/benchmarks/gpu.py --smoke    # the same code path on the CPU, tiny sizes, no compile
     .venv/bin/python tests/benchmarks/gpu.py --families flux,sd3.5 --steps 28   # the DiTs (gpu_dit.py)
+    .venv/bin/python tests/benchmarks/gpu.py --families flux3 --steps 28        # FLUX.3 against its modular pipeline
 
 SD 1.5-size at 512x512 and SDXL-size at 1024x1024, random weights built from the configs in
 resources/ (no downloads), saved once to a temporary folder in fp16 and loaded both ways. Prints
