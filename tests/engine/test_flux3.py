@@ -423,3 +423,27 @@ def test_references_through_marble(paths, flux3, tmp_path):
                           width=64, height=64, guidance_scale=3.0, image=Image.open(tmp_path / "source.png"),
                           strength=0.6, generator=torch.Generator().manual_seed(request.seed)).images[0])  # fmt: skip
     assert not np.array_equal(without, expected)
+
+
+def test_a_modular_pipelines_folder_runs(paths, flux3, tmp_path):
+    """A folder diffusers' modular FLUX.3 pipeline saved holds `modular_model_index.json` only (each entry
+    [library, class, spec]): it is found in the library, detected and run as a folder with model_index.json is."""
+    import shutil
+
+    from desktop.engine.library.catalog import ModelCatalog
+
+    folder = paths.models / "FLUX.3-modular"
+    shutil.copytree(flux3["folder"], folder)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    (folder / "model_index.json").unlink()
+    modular = {"_class_name": "Flux3ModularPipeline", "_blocks_class_name": "Flux3AutoBlocks",
+               "_diffusers_version": "0.42.1"} | {
+        part: [*entry, {"repo": str(folder), "subfolder": part, "type_hint": entry}]
+        for part, entry in index.items() if not part.startswith("_")}  # fmt: skip
+    (folder / "modular_model_index.json").write_text(json.dumps(modular), encoding="utf-8")
+    arch = detect_model(folder)
+    assert (arch.family, arch.label, arch.dit.layout) == ("flux3", "FLUX.3", "diffusers")
+    assert "FLUX.3-modular" in ModelCatalog(paths.models).names()
+    request = request_for("FLUX.3-modular", steps=2, cfg_scale=3.0)
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(flux3["pipe"], request))

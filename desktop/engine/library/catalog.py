@@ -21,6 +21,15 @@ from typing import Protocol, TypeVar
 from desktop.engine.errors import MarbleError, ModelError
 from desktop.engine.safe_files import open_regular, read_json_file
 
+# What makes a folder a diffusers model: its pipeline's index, or a modular pipeline's (diffusers' FLUX.3 folders
+# are saved by its modular pipelines, which write only `modular_model_index.json`).
+MODEL_INDEXES = ("model_index.json", "modular_model_index.json")
+
+
+def is_model_folder(path: Path) -> bool:
+    """Whether `path` is a diffusers model folder (it holds a pipeline index)."""
+    return path.is_dir() and any((path / index).is_file() for index in MODEL_INDEXES)
+
 
 class _HasName(Protocol):
     @property
@@ -71,7 +80,7 @@ class ModelCatalog:
                 continue
             if child.is_file() and child.suffix.lower() in (".safetensors", ".gguf"):
                 found.append(ModelEntry(child.stem, child))
-            elif child.is_dir() and (child / "model_index.json").is_file():
+            elif is_model_folder(child):
                 found.append(ModelEntry(child.name, child))
         return found
 

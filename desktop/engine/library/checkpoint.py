@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 from desktop.engine.errors import ModelError
 from desktop.engine.library import dit_unsupported, quant_formats
+from desktop.engine.library.catalog import MODEL_INDEXES
 from desktop.engine.library.dit import (
     DitInfo,
     TensorShape,
@@ -569,8 +570,12 @@ def detect_diffusers_folder(
     `name` is what messages call the folder (default: its name)."""
     folder = Path(folder)
     name = name or folder.name
+    # A modular pipeline's folder (diffusers' FLUX.3 folders) holds only its own index, whose _class_name and
+    # components read as model_index.json's do.
+    modular = not (folder / "model_index.json").is_file() and (folder / MODEL_INDEXES[1]).is_file()
     index = _read_json(
-        folder, "model_index.json", name, "is not a diffusers model folder (no model_index.json)"
+        folder, MODEL_INDEXES[1] if modular else "model_index.json", name,
+        "is not a diffusers model folder (no model_index.json)",
     )
     class_name = str(index.get("_class_name", ""))
     if dit_pipeline_family(class_name) is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from desktop.engine.errors import Cancelled, InvalidRequest, MarbleError, ModelError, StorageError
 from desktop.engine.library.annotator import is_depth_folder, pack_depth_folder
+from desktop.engine.library.catalog import is_model_folder
 from desktop.engine.library.checkpoint import (
     HASH_CHUNK_BYTES,
     autov3_hash,
@@ -734,7 +735,7 @@ def _library_files(folder: Path, kind: str) -> list[str]:
             or (kind == "control" and suffix == ".onnx")
         ):
             names.append(child.name)
-        elif kind == "model" and child.is_dir() and (child / "model_index.json").is_file():
+        elif kind == "model" and is_model_folder(child):
             names.append(child.name)
     return names
 

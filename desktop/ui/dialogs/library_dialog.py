@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.bridge.library_tasks import LibraryTasks
+from desktop.engine.library.catalog import is_model_folder
 from desktop.engine.library.control import CONTROL_LORA, FLUX, IP_ADAPTER, REDUX
 from desktop.engine.library.few_step import KIND_NAMES, NOT_FEW_STEP
 from desktop.engine.library.index import KINDS, LibraryRecord, record_variant_choices
@@ -509,7 +510,7 @@ def _droppable_paths(event: QDragEnterEvent | QDropEvent) -> list[str]:
         if not url.isLocalFile():
             continue
         path = Path(url.toLocalFile())
-        if (path.is_dir() and (path / "model_index.json").is_file()) or path.suffix.lower() in _DROPPABLE_SUFFIXES:
+        if is_model_folder(path) or path.suffix.lower() in _DROPPABLE_SUFFIXES:
             paths.append(str(path))
     return paths
 

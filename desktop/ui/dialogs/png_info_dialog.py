@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.engine.errors import MarbleError
+from desktop.engine.library.catalog import is_model_folder
 from desktop.engine.library.index import Library
 from desktop.engine.metadata import read_image_metadata
 from desktop.engine.recipe import RECIPE_FIELDS, Recipe, changes, read_recipe, recipe_text
@@ -306,7 +307,7 @@ def _dropped(event: QDragEnterEvent) -> tuple[list[str], list[str]]:
             continue
         path = Path(url.toLocalFile())
         suffix = path.suffix.lower()
-        if (path.is_dir() and (path / "model_index.json").is_file()) or suffix in WEIGHT_SUFFIXES:
+        if is_model_folder(path) or suffix in WEIGHT_SUFFIXES:
             weights.append(str(path))
         elif suffix in IMAGE_SUFFIXES:
             images.append(str(path))
