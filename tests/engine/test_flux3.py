@@ -447,3 +447,33 @@ def test_a_modular_pipelines_folder_runs(paths, flux3, tmp_path):
     request = request_for("FLUX.3-modular", steps=2, cfg_scale=3.0)
     batch, _ = run(make_backend(paths), request)
     assert np.array_equal(pixels(batch.images[0]), bare_image(flux3["pipe"], request))
+
+
+def test_an_fp8_file_stays_fp8_and_computes_as_diffusers_layerwise_casting_does(paths, flux3, tmp_path):
+    from diffusers import Flux3Transformer2DModel
+
+    from desktop.engine.backends.families_flux3 import pipeline_class
+    from tests.engine.test_fp8_files import fp8_file
+
+    state = dict(flux3["pipe"].transformer.state_dict())
+    path = fp8_file({PREFIX + k: v for k, v in to_bfl(state).items()}, tmp_path / "flux3-fp8.safetensors",
+                    "float8_e4m3fn")  # fmt: skip
+    assert detect_model(path).dit.fp8_storage == "float8_e4m3fn"
+    backend = make_backend(paths)
+    request = request_for(path, steps=2, cfg_scale=3.0, text_encoders=str(flux3["folder"]))
+    batch, _ = run(backend, request)
+    assert backend._pipe.transformer.single_transformer_blocks[0].attn.to_q.weight.dtype == torch.float8_e4m3fn
+    # diffusers' own loading of the same fp8 weights with the same layer-wise casting: the same pixels.
+    bare_path = fp8_file(state, tmp_path / "diffusers-fp8.safetensors", "float8_e4m3fn")
+    transformer = Flux3Transformer2DModel.from_single_file(
+        str(bare_path), config=str(flux3["folder"]), subfolder="transformer", local_files_only=True,
+        dtype=torch.float32,
+    )  # fmt: skip
+    transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    pipe = flux3["pipe"]
+    bare = pipeline_class()(scheduler=pipe.scheduler, vae=pipe.vae, text_encoder=pipe.text_encoder,
+                            tokenizer=pipe.tokenizer, transformer=transformer)  # fmt: skip
+    got = pixels(batch.images[0])
+    assert np.array_equal(got, bare_image(bare, request))
+    full = bare_image(pipe, request)
+    assert 0 < np.abs(got.astype(float) - full.astype(float)).mean() < 4
