@@ -1,5 +1,5 @@
 """Loading and running the diffusion-transformer families: Flux.1 and SD3/SD3.5 (Qwen-Image and Z-Image
-in families_qwen_zimage.py, Flux.2 in families_flux2.py, called from here).
+in families_qwen_zimage.py, Flux.2 in families_flux2.py, FLUX.3 in families_flux3.py, called from here).
 
 Called by diffusers_backend on the generation thread; torch, diffusers and transformers are imported
 inside the functions (this module is listed with the backend's helpers in pyproject's import-linter
@@ -156,8 +156,9 @@ def check_size(pipe: Any, info: DitInfo, *sizes: tuple[int, int]) -> None:
 def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any, size: tuple[int, int]) -> tuple[Any, int] | None:
     """The first pass's latents (of a picture of `size`, padded) as the VAE's (B, C, h, w), which a latent upscaler
     interpolates, and their pixel factor, for the families whose latents are not the packed tokens their previews
-    read: ERNIE-Image's and Flux.2 dev's (normalised 2x2 patches: ERNIE's a grid, dev's packed into tokens in row
-    order) and Flux.2 Klein's (its pipeline gives back the VAE's latents already). None for the others."""
+    read: ERNIE-Image's, Flux.2 dev's and FLUX.3's (normalised 2x2 patches: ERNIE's a grid, dev's and FLUX.3's packed
+    into tokens in row order) and Flux.2 Klein's (its pipeline gives back the VAE's latents already). None for the
+    others."""
     if info.family == dit_flux2.FLUX2 and not flux2.is_dev(info):
         return latents, pipe.vae_scale_factor
     if info.family in (dit_flux2.FLUX2, dit_flux3.FLUX3):
@@ -171,7 +172,7 @@ def hires_vae_latents(pipe: Any, info: DitInfo, latents: Any, size: tuple[int, i
 
 def hires_edit_latents(pipe: Any, info: DitInfo, latents: Any) -> Any:
     """Upscaled VAE latents from `hires_vae_latents` as the family's image-to-image pipeline takes them as they are:
-    ERNIE-Image's and Flux.2 dev's patched and normalised again (Marble's edits over their pipelines take the
+    ERNIE-Image's, Flux.2 dev's and FLUX.3's patched and normalised again (Marble's edits over their pipelines take the
     transformer's latents); Flux.2 Klein's in 2x2 patches as channels (4C), which its inpainting pipeline takes as
     latents and normalises itself (a tensor of any other channel count is read as a picture); Sana Sprint's times its
     sampler's sigma_data, as its image-to-image pipeline scales an encoded picture."""
@@ -198,8 +199,8 @@ _GUIDED_ABOVE_ONE = (qwen_zimage.QWEN_IMAGE_21, qwen_zimage.KREA2, qwen_zimage.E
 
 def ignored_negative_note(pipe: Any, request: GenerationRequest, info: DitInfo) -> str | None:
     """A note for a job whose negative prompt the model does not use (Flux.2 dev; Klein without true CFG; Flux.1
-    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image and
-    Ovis-Image at CFG 1 and below)."""
+    Fill and Canny/Depth dev, whose pipelines have no true CFG; Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image,
+    Ovis-Image and FLUX.3 at CFG 1 and below; FLUX.3 distilled)."""
     if request.negative_prompt and info.family == dit_flux3.FLUX3 and info.variant == dit_flux3.DISTILLED:
         return f"{info.label} runs without CFG, so without a negative prompt; it was ignored."
     if request.negative_prompt and info.family == SANA and info.variant == SPRINT:

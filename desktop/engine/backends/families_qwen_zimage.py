@@ -1,9 +1,9 @@
-"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image and
-Ovis-Image (called from backends/families.py on the generation thread).
+"""Loading and running Qwen-Image, Z-Image, Lumina Image 2.0, Qwen-Image 2.1, Krea 2, ERNIE-Image, LongCat-Image,
+Ovis-Image and FLUX.3 (its pipeline in families_flux3.py) (called from backends/families.py on the generation thread).
 
 Their text encoders are LLMs (Qwen2.5-VL 7B for Qwen-Image and LongCat-Image, Qwen3 4B for Z-Image and 1.7B for
-Ovis-Image, Gemma-2 2B for Lumina Image 2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2, Ministral 3 3B for
-ERNIE-Image) whose weights Marble cannot ship. So a model of these families takes its text encoder, tokenizer and
+Ovis-Image, Gemma-2 2B for Lumina Image 2.0, Qwen3-VL 8B for Qwen-Image 2.1 and 4B for Krea 2 and FLUX.3, Ministral 3
+3B for ERNIE-Image) whose weights Marble cannot ship. So a model of these families takes its text encoder, tokenizer and
 VAE from a folder: the model's own diffusers folder, or, for a single transformer file, the folder the user names
 (`--text-encoders FOLDER`): a diffusers folder of the family, or any folder holding `text_encoder/`, `tokenizer/`
 (Qwen-Image 2.1: `processor/`) and `vae/` in diffusers' form. The scheduler comes from that folder when it has one,
