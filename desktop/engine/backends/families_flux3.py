@@ -11,7 +11,8 @@ gives their pixels for the same seed):
   BFL's training environment), eight hidden layers (4, 8, ... 32) side by side: (1, tokens, 8 x width);
 - noise drawn in float32 as a grid (B, 128, h/16, w/16) of the Flux.2 VAE's 2x2 patches, normalised by its
   batch-norm statistics, read as tokens in row order, positions (0, row / 2, column / 2, 0); the text's (0, 0, 0, k);
-- a flow-matching Euler schedule, `linspace(1, 1/N, N)` shifted by a constant 6.93 (no resolution-dependent mu);
+- a flow-matching Euler schedule, `linspace(1, 1/N, N)` shifted by a constant 6.93 (the shipped scheduler config's;
+  no resolution-dependent mu);
 - the base model with CFG above 1 against the negative prompt (blank when none is given), two passes a step
   (uncond + s (cond - uncond)), 50 steps by default; the distilled model (a flow map, library/dit_flux3.py) one pass a
   step told the timestep it jumps to (the next, 0 after the last), 16 steps, no CFG.
@@ -32,8 +33,8 @@ from typing import Any
 from desktop.engine.backends import flux2_latents
 from desktop.engine.backends.flow_edit import FlowEdit
 from desktop.engine.errors import ModelError
+from desktop.engine.request import GenerationRequest
 
-SHIFT = 6.93  # BFL's constant timestep shift
 BASE_STEPS, DISTILLED_STEPS = 50, 16
 # The prompt window: padded to a multiple of this many tokens, at most MAX_SEQUENCE (diffusers' defaults, BFL's).
 PAD_MULTIPLE = 80
@@ -112,7 +113,7 @@ def transformer_class() -> Any:
     return diffusers.Flux3Transformer2DModel
 
 
-def generation_arguments(request: Any, distilled: bool) -> dict[str, Any]:
+def generation_arguments(request: GenerationRequest, distilled: bool) -> dict[str, Any]:
     """The prompt whole (up to 8192 tokens); the base model's CFG above 1 against the negative prompt (blank when
     none is given); the distilled model's none."""
     arguments: dict[str, Any] = {"prompt": request.prompt, "max_sequence_length": MAX_SEQUENCE}
@@ -281,13 +282,13 @@ def pipeline_class() -> Any:
                 if callback_on_step_end is not None:
                     changed = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                     latents = changed.get("latents", latents)
-            self.maybe_free_model_hooks()
             if output_type == "latent":
-                return ImagePipelineOutput(images=latents) if return_dict else (latents,)
-            grid = latents.transpose(1, 2).reshape(batch, latents.shape[2], rows, cols)
-            vae_latents = flux2_latents.vae_latents(self, grid, self.vae.config.batch_norm_eps)
-            pixels = self.vae.decode(vae_latents.to(self.vae.dtype), return_dict=False)[0]
-            images = self.image_processor.postprocess(pixels, output_type=output_type)
+                images = latents
+            else:
+                grid = latents.transpose(1, 2).reshape(batch, latents.shape[2], rows, cols)
+                vae_latents = flux2_latents.vae_latents(self, grid, self.vae.config.batch_norm_eps)
+                pixels = self.vae.decode(vae_latents.to(self.vae.dtype), return_dict=False)[0]
+                images = self.image_processor.postprocess(pixels, output_type=output_type)
             self.maybe_free_model_hooks()
             return ImagePipelineOutput(images=images) if return_dict else (images,)
 
