@@ -477,3 +477,32 @@ def test_an_fp8_file_stays_fp8_and_computes_as_diffusers_layerwise_casting_does(
     assert np.array_equal(got, bare_image(bare, request))
     full = bare_image(pipe, request)
     assert 0 < np.abs(got.astype(float) - full.astype(float)).mean() < 4
+
+
+def test_the_command_line_gives_each_kind_its_defaults_and_the_png_its_recipe(flux3, tmp_path):
+    """`marble generate` with no --steps or --cfg: the base model's 50 steps at CFG 3.5, the distilled model's 16
+    without CFG; the picture is the pipeline's for the recipe the PNG records."""
+    from desktop.engine.library.native_size import family_defaults, model_family
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    assert (model_family(flux3["folder"]), model_family(flux3["distilled_bfl"])) == ("flux3", "flux3-distilled")
+    assert family_defaults("flux3") == {"steps": 50, "cfg_scale": 3.5}
+    assert family_defaults("flux3-distilled") == {"steps": 16, "cfg_scale": 1.0}
+    base = ["generate", "--prompt", "a fox", "--seed", "1", "--width", "64", "--height", "64", "--device", "cpu",
+            "--no-preview", "--home", str(tmp_path / "home")]  # fmt: skip
+    out = tmp_path / "distilled.png"
+    code, _, err = in_process([*base, "--model", str(flux3["distilled_bfl"]), "--text-encoders",
+                               str(flux3["distilled_folder"]), "--negative", "", "--out", str(out)])  # fmt: skip
+    assert code == 0, err
+    recorded = read_image_metadata(out).request
+    assert (recorded.steps, recorded.cfg_scale) == (16, 1.0)
+    with Image.open(out) as image:
+        assert np.array_equal(pixels(image), bare_image(flux3["distilled"], recorded))
+    out = tmp_path / "base.png"
+    code, _, err = in_process([*base, "--model", str(flux3["folder"]), "--steps", "2", "--out", str(out)])
+    assert code == 0, err
+    recorded = read_image_metadata(out).request
+    assert (recorded.steps, recorded.cfg_scale) == (2, 3.5)
+    with Image.open(out) as image:
+        assert np.array_equal(pixels(image), bare_image(flux3["pipe"], recorded))
