@@ -314,6 +314,11 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
 
     info = inspect_lora(read_safetensors_header(loras / "fox-style.safetensors"))
     assert info.family == "flux3"
+    # A LoRA of the single blocks alone is told by their separate feed-forward (AuraFlow's single blocks say
+    # `ff.linear_1`, Flux.2's have none), in either naming.
+    single = {key: value for key, value in tensors.items() if ".single_transformer_blocks." in key}
+    save_file(single, str(tmp_path / "single.safetensors"))
+    assert inspect_lora(read_safetensors_header(tmp_path / "single.safetensors")).family == "flux3"
     request = request_for(flux3["folder"], steps=2, cfg_scale=3.0)
     plain, _ = run(make_backend(paths), request)
     with_lora, _ = run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:fox-style:1>"))
@@ -401,6 +406,11 @@ def test_reference_pictures_give_the_modular_pipelines_pixels(flux3, count):
 
 
 def test_references_through_marble(paths, flux3, tmp_path):
+    from desktop.engine.library.dit import reference_image_limit
+
+    # Up to 10, as diffusers' FLUX.3 blocks take (the request, the window and the backend ask this one rule).
+    assert reference_image_limit(detect_model(flux3["folder"]).dit) == 10
+    assert reference_image_limit(detect_model(flux3["distilled_bfl"]).dit) == 10
     rng = np.random.default_rng(5)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "ref.png")
     request = request_for(flux3["folder"], steps=2, cfg_scale=3.0, reference_images=(str(tmp_path / "ref.png"),))

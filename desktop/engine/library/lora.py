@@ -205,9 +205,10 @@ _LUMINA2_WIDTH = 2304  # Lumina Image 2.0's block width (Z-Image's is 3840)
 
 
 # FLUX.3's own modules: its per-mode blocks (diffusers' and BFL's names), and its single blocks' separate projections
-# and SwiGLU feed-forward (Flux.1's single blocks have a fused `linear1`, Flux.2's `to_qkv_mlp_proj` and no `ff`).
+# and SwiGLU feed-forward (Flux.1's single blocks have a fused `linear1`, Flux.2's `to_qkv_mlp_proj` and no `ff`;
+# AuraFlow's single blocks' feed-forward is `ff.linear_1` / `linear_2`).
 _FLUX3_LORA = re.compile(r"^(mode_blocks|txt_mode_blocks|content_mode_blocks)\.|"
-                         r"^single_transformer_blocks\.\d+\.ff\.linear_|^single_blocks\.\d+\.(q_proj|mlp_in|attn_out)\.")
+                         r"^single_transformer_blocks\.\d+\.ff\.linear_(in|out)\.|^single_blocks\.\d+\.(q_proj|mlp_in|attn_out)\.")
 
 
 def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo | None:
