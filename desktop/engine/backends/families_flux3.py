@@ -173,18 +173,14 @@ def pipeline_class() -> Any:
             batch, layers, count, width = stacked.shape
             return stacked.permute(0, 2, 1, 3).reshape(batch, count, layers * width).to(device)
 
-        @staticmethod
-        def _patchify_latents(latents: Any) -> Any:
-            """(B, C, H, W) -> (B, 4C, H/2, W/2), each patch's channels (channel, row, column)."""
-            batch, channels, height, width = latents.shape
-            patches = latents.view(batch, channels, height // 2, 2, width // 2, 2).permute(0, 1, 3, 5, 2, 4)
-            return patches.reshape(batch, channels * 4, height // 2, width // 2)
+        # Flux.2's 2x2 patches as channels and back (the same VAE; flux2_latents.py and the previews use them).
+        _patchify_latents = staticmethod(diffusers.Flux2Pipeline._patchify_latents)
+        _unpatchify_latents = staticmethod(diffusers.Flux2Pipeline._unpatchify_latents)
 
-        @staticmethod
-        def _unpatchify_latents(latents: Any) -> Any:
-            batch, channels, height, width = latents.shape
-            grid = latents.reshape(batch, channels // 4, 2, 2, height, width).permute(0, 1, 4, 2, 5, 3)
-            return grid.reshape(batch, channels // 4, height * 2, width * 2)
+        def _encoded_patches(self, pixels: Any) -> Any:
+            """Pictures (B, 3, H, W) in [-1, 1] -> the VAE's mode as the loop's latents: normalised 2x2 patches."""
+            encoded = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
+            return flux2_latents.normalised_patches(self, encoded, self.vae.config.batch_norm_eps)
 
         @staticmethod
         def _text_ids(count: int) -> Any:
@@ -214,8 +210,7 @@ def pipeline_class() -> Any:
             tokens, ids = [], []
             for index, picture in enumerate(pictures):
                 pixels, _crop = processor.preprocess(picture.convert("RGB"), resize_mode=mode)
-                encoded = self.vae.encode(pixels.to(device, self.vae.dtype)).latent_dist.mode()
-                grid = flux2_latents.normalised_patches(self, encoded, self.vae.config.batch_norm_eps)
+                grid = self._encoded_patches(pixels)
                 tokens.append(grid.flatten(2).transpose(1, 2))
                 ids.append(self._image_ids(*grid.shape[-2:], layer=-(1 + index)))
             hidden = torch.cat(tokens, dim=1).to(device, dtype).repeat(batch, 1, 1)
@@ -314,8 +309,7 @@ def edit_class() -> Any:
 
         def _edit_encode(self, picture: Any, width: int, height: int, generator: Any) -> Any:
             pixels = self.image_processor.preprocess(picture.convert("RGB"), height=height, width=width)
-            encoded = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.mode()
-            return flux2_latents.normalised_patches(self, encoded, self.vae.config.batch_norm_eps)
+            return self._encoded_patches(pixels)
 
         def _edit_pack(self, grid: Any) -> Any:
             return grid.flatten(2).transpose(1, 2)
