@@ -171,6 +171,12 @@ def test_a_folder_runs_through_marble_with_previews(paths, flux3):
     # The VAE's latent grid, unpatchified (the tiny VAE's is half the picture's sides, the real one's an eighth).
     assert all(step.preview is not None for step in steps) and steps[-1].preview.shape[:2] == (64 // 2, 96 // 2)
     assert batch.notes == ()
+    # The real model's 32 channels take Flux.2's published table (the same VAE): nothing to fit on a first job.
+    from desktop.engine.backends import preview
+
+    assert preview.has_published_table("flux3")
+    latents = np.random.default_rng(1).standard_normal((32, 4, 6)).astype(np.float32)
+    assert np.array_equal(preview.latents_to_rgb(latents, "flux3"), preview.latents_to_rgb(latents, "flux2"))
 
 
 @pytest.mark.parametrize("layout", ["comfy", "diffusers"])
