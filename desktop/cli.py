@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "for Flux/SD3/Chroma also text encoders from `marble encoders`, by name "
                           "(clip_l,t5xxl_fp16), with --vae NAME (Krea 2: qwen3vl_4b_fp8_scaled with qwen_image_vae; "
                           "ERNIE-Image: ministral-3-3b with flux2-vae; FLUX.3: qwen3vl_4b with flux2-vae; "
+                          "Qwen-Image 2.1: qwen3vl_8b with its folder's vae file; "
                           "LongCat-Image: qwen_2.5_vl_7b with ae; "
                           "Ovis-Image: ovis_2.5 with ae; HiDream-I1: clip_l_hidream,clip_g_hidream,t5xxl,"
                           "llama_3.1_8b_instruct with ae and --tokenizer-folder, or its diffusers folder holding "

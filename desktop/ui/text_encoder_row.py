@@ -28,14 +28,14 @@ class TextEncoderRow(QWidget):
             "folder of the same family (for Chroma, a Chroma or Flux.1 folder), or from text encoders in the "
             "library (CLIP and T5 files for Flux, SD3 and Chroma, the T5 file alone for PixArt; a Qwen file for "
             "Qwen-Image, LongCat-Image, "
-            "Z-Image, Ovis-Image and Flux.2 Klein; a Qwen3-VL 4B file for Krea 2; ComfyUI's Mistral file for "
+            "Z-Image, Ovis-Image and Flux.2 Klein; a Qwen3-VL 4B file for Krea 2 and FLUX.3, Qwen3-VL 8B (with its "
+            "vision tower) for Qwen-Image 2.1, whose VAE is its folder's vae file; ComfyUI's Mistral file for "
             "Flux.2 dev and its Ministral 3 3B file for ERNIE-Image; a Gemma-2 file for Lumina Image 2.0 and Sana "
             "(with Sana's DC-AE in the VAE row), the "
             "Long-CLIP L and G, T5 and Llama 3.1 files for HiDream-I1 and a Pile-T5-XL file for AuraFlow and Pony "
             "V7, whose tokenizers come from the Tokenizer folder setting: pick them with Library, "
             "and the VAE in the VAE row). "
-            "Qwen-Image 2.1 takes a folder only: its diffusers folder, or one holding text_encoder/, processor/ "
-            "and vae/"
+            "For Qwen-Image 2.1 a folder is its diffusers folder, or one holding text_encoder/, processor/ and vae/"
         ))  # fmt: skip
         self.browse_button = QToolButton(objectName="text_encoders_button", text="…")
         self.browse_button.setToolTip(self.tr("Choose the folder"))

@@ -5,6 +5,8 @@ and run offline through Marble, pixel-identical to bare diffusers with the same 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -359,12 +361,6 @@ def test_qwen21_loras_are_told_from_qwen_images(tmp_path):
     assert family(pair("lora_unet_transformer_blocks_0_attn_to_q", 4096)) == "qwen-image-2.1"
 
 
-def test_a_library_text_encoder_is_refused_with_what_to_pass(paths, qwen21):
-    with pytest.raises((InvalidRequest, ModelError), match=r"Qwen3-VL text encoder .* --text-encoders FOLDER"):
-        run(make_backend(paths), request_for(qwen21["diffusers"], model_config=str(qwen21["folder"]),
-                                             text_encoders="qwen3vl_8b_bf16", vae="qwen_image_2.1_vae"))  # fmt: skip
-
-
 def test_the_command_line_runs_it(qwen21, tmp_path):
     from desktop.engine.metadata import read_image_metadata
     from tests.support.cli_runner import run_cli
@@ -484,11 +480,125 @@ def test_a_lora_on_comfys_fused_mlp_is_split_as_diffusers_layers(paths, qwen21, 
         qwen21["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)))  # fmt: skip
 
 
-def test_qwen21_library_encoders_are_refused_before_the_library_is_searched(paths, tmp_path):
-    # Qwen-Image 2.1's Qwen3-VL 8B, processor and VAE come from a folder: naming library encoders says so, whatever
-    # the library holds.
-    model = save_transformer_file(dict(build_tiny_qwen21().transformer.state_dict()), tmp_path / "qwen21.safetensors")
-    request = request_for(model, text_encoders="some_encoder", vae="flux2-vae")
-    with pytest.raises(ModelError, match=r"\(Qwen-Image 2\.1\): Marble does not read .* from the library yet: .*"
-                                         r"\(Qwen/Qwen-Image-2\.1\)"):  # fmt: skip
+def test_a_file_runs_with_a_whole_qwen3_vl_and_the_qwen21_vae_from_the_library(paths, qwen21, tmp_path):
+    """ComfyUI's Qwen3-VL file, built whole (its vision tower sees the reference pictures), and the release's VAE file
+    from the libraries, the folder as --config (its processor): the folder's pictures, with and without a reference."""
+    from desktop.engine.library.encoder import fits_model
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_krea2 import comfy_qwen3_vl
+
+    pipe = qwen21["pipe"]
+    save_file(comfy_qwen3_vl(pipe.text_encoder.model), str(tmp_path / "qwen3vl_8b.safetensors"))
+    save_file({key: value.contiguous() for key, value in pipe.vae.state_dict().items()},
+              str(tmp_path / "qwen_image_2.1_vae.safetensors"))  # fmt: skip
+    library = Library(paths)
+    assert library.import_path(tmp_path / "qwen3vl_8b.safetensors", "encoder").family == "qwen3vl"
+    assert library.import_path(tmp_path / "qwen_image_2.1_vae.safetensors", "vae").architecture == "Qwen-Image 2.1 VAE"
+    assert fits_model("qwen3vl", "qwen-image-2.1") and not fits_model("qwen2.5-vl", "qwen-image-2.1")
+    request = request_for(qwen21["comfy"], steps=3, cfg_scale=4.0, model_config=str(qwen21["folder"]),
+                          text_encoders="qwen3vl_8b", vae="qwen_image_2.1_vae")  # fmt: skip
+    batch, _ = run(make_backend(paths), request)
+    assert np.array_equal(pixels(batch.images[0]), bare_image(bare_pipe(qwen21["folder"]), request))
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
+    with_reference = replace(request, cfg_scale=1.0, reference_images=(str(tmp_path / "red.png"),))
+    batch, _ = run(make_backend(paths), with_reference)
+    expected = bare_image(bare_pipe(qwen21["folder"]), with_reference, output_resolution=64,
+                          image=[Image.open(tmp_path / "red.png").convert("RGB")])  # fmt: skip
+    assert np.array_equal(pixels(batch.images[0]), expected)
+
+
+def test_library_parts_of_another_model_are_refused_by_name(paths, qwen21, tmp_path):
+    """Qwen-Image's VAE for 2.1 (and 2.1's for Qwen-Image), a Qwen3-VL of another width, no VAE, and 2.1's VAE in
+    Wan's own names (which no converter reads): each refused naming what fits."""
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_krea2 import comfy_qwen3_vl
+    from tests.support.tiny_qwen21 import qwen3_vl_config
+
+    pipe = qwen21["pipe"]
+    qwen = build_tiny_qwen_image()
+    save_file(comfy_qwen3_vl(pipe.text_encoder.model), str(tmp_path / "qwen3vl.safetensors"))
+    save_file({key: value.contiguous() for key, value in pipe.vae.state_dict().items()},
+              str(tmp_path / "q21_vae.safetensors"))  # fmt: skip
+    save_file({key: value.contiguous() for key, value in qwen.vae.state_dict().items()},
+              str(tmp_path / "qwen_image_vae.safetensors"))  # fmt: skip
+    config = qwen3_vl_config(300, {"bos": 256, "eos": 258, "<|image_pad|>": 259, "<|video_pad|>": 260,
+                                   "<|vision_start|>": 261, "<|vision_end|>": 262})  # fmt: skip
+    config.text_config.hidden_size = 32
+    config.vision_config.out_hidden_size = 32
+    from transformers import Qwen3VLModel
+
+    save_file(comfy_qwen3_vl(Qwen3VLModel(config)), str(tmp_path / "qwen3vl_wide.safetensors"))
+    library = Library(paths)
+    for name in ("qwen3vl", "qwen3vl_wide"):
+        library.import_path(tmp_path / f"{name}.safetensors", "encoder")
+    for name in ("q21_vae", "qwen_image_vae"):
+        library.import_path(tmp_path / f"{name}.safetensors", "vae")
+    request = request_for(qwen21["comfy"], steps=2, cfg_scale=1.0, model_config=str(qwen21["folder"]),
+                          text_encoders="qwen3vl", vae="qwen_image_vae")  # fmt: skip
+    with pytest.raises(ModelError, match=r"qwen_image_vae.* is a Qwen-Image VAE \(Wan 2\.1 design\); .* decodes with "
+                                         r"the Qwen-Image 2\.1 VAE"):  # fmt: skip
         run(make_backend(paths), request)
+    with pytest.raises(ModelError, match=r"needs .*Qwen3-VL.* text encoder for its text_encoder and none of the chosen "
+                                         r"ones fits \(chosen: qwen3vl_wide"):  # fmt: skip
+        run(make_backend(paths), replace(request, text_encoders="qwen3vl_wide", vae="q21_vae"))
+    with pytest.raises(ModelError, match=r"choose its VAE too .*the Qwen-Image 2\.1 VAE"):
+        run(make_backend(paths), replace(request, vae=""))
+    # Wan's names for the probes Marble reads (the rest as they are: the layout is refused before any is read).
+    renames = (("encoder.conv_in.", "encoder.conv1."), ("decoder.norm_out.gamma", "decoder.head.0.gamma"),
+               ("decoder.conv_out.", "decoder.head.2."))  # fmt: skip
+    wan_names = {}
+    for key, value in pipe.vae.state_dict().items():
+        for old, new in renames:
+            key = key.replace(old, new)
+        wan_names[key] = value.contiguous()
+    wan_names["conv2.weight"] = wan_names.pop("post_quant_conv.weight")
+    save_file(wan_names, str(tmp_path / "q21_wan.safetensors"))
+    assert library.import_path(tmp_path / "q21_wan.safetensors", "vae").architecture == "Qwen-Image 2.1 VAE"
+    with pytest.raises(ModelError, match=r"in Wan's own names, which Marble cannot convert: import "
+                                         r"vae/diffusion_pytorch_model\.safetensors"):  # fmt: skip
+        run(make_backend(paths), replace(request, vae="q21_wan"))
+    # And the other way: 2.1's VAE is no Qwen-Image VAE.
+    from desktop.engine.backends.encoder_components import Component
+    from desktop.engine.backends.qwen_encoders import load_qwen_vae
+    from desktop.engine.resources import Resources
+
+    with pytest.raises(ModelError, match=r"'q21' \(q21_vae\.safetensors\) is a Qwen-Image 2\.1 VAE; Qwen-Image decodes "
+                                         r"with the Qwen-Image VAE \(qwen_image_vae\.safetensors\)"):  # fmt: skip
+        load_qwen_vae(Resources.default().config_folder("qwen-image") / "vae",
+                      Component("q21", tmp_path / "q21_vae.safetensors"), model_name="Qwen-Image",
+                      dtype=torch.float32)  # fmt: skip
+
+
+def test_the_shipped_processor_reads_as_qwen3_vl_8bs_and_the_encoder_config_is_the_published_model(tmp_path):
+    """Without a folder, a library Qwen3-VL's processor is Marble's Qwen tokenizer with the image settings and chat
+    template shipped beside the config: the system message is as many tokens as the raw template the pipeline
+    tokenizes starts with (what it drops), pictures are cut in 16-pixel patches merged 2x2 at 256x256 pixels at
+    least, and the encoder config is Qwen3-VL 8B (8,767,123,696 parameters, counted on the meta device)."""
+    from accelerate import init_empty_weights
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from desktop.engine.backends.families_qwen21 import library_processor
+    from desktop.engine.backends.qwen_encoders import SHIPPED_FOLDER
+    from desktop.engine.resources import Resources
+
+    resources = Resources.default()
+    config = resources.config_folder("qwen-image-2.1")
+    info = detect_model(save_transformer_file(dict(build_tiny_qwen21().transformer.state_dict()),
+                                              tmp_path / "q21.safetensors")).dit  # fmt: skip
+    processor = library_processor(None, config, resources.tokenizers / SHIPPED_FOLDER, info, name="q21")
+    system = "Comprehend and analyze the provided prompt."
+    counted = processor.apply_chat_template([{"role": "system", "content": [{"type": "text", "text": system}]}],
+                                            tokenize=True, return_dict=False)  # fmt: skip
+    raw = processor.tokenizer(f"<|im_start|>system\n{system}<|im_end|>\n").input_ids
+    assert list(counted[0]) == raw and len(raw) == 14
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert image_pad == 151655
+    shown = processor(text=["<|vision_start|><|image_pad|><|vision_end|>a fox"], images=[Image.new("RGB", (64, 48))],
+                      return_tensors="pt")  # fmt: skip
+    # 64x48 grown to at least 65,536 pixels in whole 32-pixel cells (patch x merge): 320x224, 20x14 patches.
+    assert shown.image_grid_thw.tolist() == [[1, 14, 20]]
+    assert (shown.input_ids == image_pad).sum() == 14 * 20 // 4
+    settings = Qwen3VLConfig.from_pretrained(str(config / "text_encoder"))
+    with init_empty_weights():
+        encoder = Qwen3VLForConditionalGeneration(settings)
+    assert sum(p.numel() for p in encoder.parameters()) == 8_767_123_696

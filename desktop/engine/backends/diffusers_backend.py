@@ -427,8 +427,6 @@ class DiffusersBackend:
                 return None
             # A 12B Flux file is 24 GB: its hash would hold the first step back some 15 s; read beside the load.
             hashing = self._hash_of(entry.path)
-        if encoder_names(request.text_encoders or ""):
-            families.refuse_library_encoders(arch.dit, entry.name)
         parts = self._library_parts(request)
         text_encoders = Path(request.text_encoders).expanduser() if request.text_encoders and not parts else None
         arch = families.with_components_variant(with_variant(arch, variant), text_encoders)

@@ -170,10 +170,13 @@ def assemble(
 
 
 def load_encoder(
-    config: Path, class_name: str, component: Component, info: EncoderInfo, *, dtype: Any, unprojected: bool = False
+    config: Path, class_name: str, component: Component, info: EncoderInfo, *, dtype: Any, unprojected: bool = False,
+    whole: bool = False,
 ) -> Any:
     """One encoder model of `class_name` from its config folder and the component's tensors (strict);
-    `unprojected`: a CLIPTextModelWithProjection whose projection is the identity, whatever the file holds."""
+    `unprojected`: a CLIPTextModelWithProjection whose projection is the identity, whatever the file holds;
+    `whole`: a Qwen3-VL with its vision tower (Qwen-Image 2.1 shows it the condition images), not its language
+    model alone."""
     import torch
     import transformers
     from accelerate import init_empty_weights
@@ -183,7 +186,7 @@ def load_encoder(
         # its language model alone (mistral_encoder.py).
         settings = mistral_encoder.settings(config)
         model_class = mistral_encoder.model_class(settings)
-    elif info.kind == QWEN3VL:
+    elif info.kind == QWEN3VL and not whole:
         # Qwen3-VL's language model alone: what Krea 2 reads (its vision tower is never run); the file's
         # hidden states are the whole model's for a prompt without pictures.
         model_class = transformers.Qwen3VLTextModel
@@ -194,7 +197,7 @@ def load_encoder(
         settings = model_class.config_class.from_pretrained(str(config), local_files_only=True)
     state = _read_state(component, info, settings, dtype)
     if info.kind in qwen_encoders.KINDS:
-        state = qwen_encoders.model_names(state, info.kind, class_name)
+        state = qwen_encoders.model_names(state, info.kind, class_name, whole=whole)
     if info.kind == "t5":
         # One embedding, saved under either name (or both): T5EncoderModel ties them.
         shared = state.pop("shared.weight", None)

@@ -537,17 +537,6 @@ def load_pipeline(
     )
 
 
-def refuse_library_encoders(info: DitInfo | None, name: str) -> None:
-    """ModelError, before the library is searched, for a model whose text encoder the library cannot serve yet
-    (Qwen-Image 2.1's Qwen3-VL 8B: its processor and VAE files are not read yet)."""
-    if info is not None and info.family == qwen_zimage.QWEN_IMAGE_21:
-        raise ModelError(
-            f"{name} ({info.label}): Marble does not read a Qwen3-VL text encoder or the Qwen-Image 2.1 VAE from the "
-            "library yet: pass --text-encoders FOLDER (in the window: Text encoders), the diffusers Qwen-Image 2.1 "
-            "folder (Qwen/Qwen-Image-2.1) or a folder holding text_encoder/, processor/ and vae/."
-        )
-
-
 @dataclass(frozen=True)
 class LibraryParts:
     """Text encoders and a VAE by library entry, for a transformer-only file (encoder_components.py)."""

@@ -19,6 +19,7 @@ from typing import Any
 
 from desktop.engine.backends.flow_edit import FlowEdit
 from desktop.engine.errors import ModelError
+from desktop.engine.terminal_text import library_error
 
 PROCESSOR = "processor"  # the pipeline's component and its folder
 _PROCESSOR_CONFIG = "preprocessor_config.json"
@@ -49,6 +50,42 @@ def load_processor(folder: Path) -> Any:
     images = transformers.Qwen2VLImageProcessorPil.from_pretrained(str(folder), local_files_only=True)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     return qwen3_vl_processor(images, tokenizer, _chat_template(folder) or tokenizer.chat_template)
+
+
+def library_processor(tokenizer_folder: Path | None, config: Path, shipped_tokenizer: Path, info: Any, *,
+                      name: str) -> Any:
+    """The processor for a transformer file whose Qwen3-VL comes from the library: a whole one where the user's
+    tokenizer folder or the --config folder holds it (Qwen-Image 2.1's folder or its processor/, the Qwen3-VL
+    repository), else the user's tokenizer (or Marble's Qwen tokenizer, `shipped_tokenizer`) with the image
+    settings and chat template shipped in the config folder's processor/ (resources/configs/qwen-image-2.1)."""
+    import transformers
+
+    from desktop.engine.backends import qwen_encoders
+
+    for folder in (tokenizer_folder, config):
+        for candidate in () if folder is None else (folder / PROCESSOR, folder):
+            if (candidate / _PROCESSOR_CONFIG).is_file() and any(
+                    (candidate / file).is_file() for file in qwen_encoders.TOKENIZER_FILES):  # fmt: skip
+                return _loaded(functools.partial(load_processor, candidate), candidate)
+    settings = config / PROCESSOR
+    if not (settings / _PROCESSOR_CONFIG).is_file():
+        raise ModelError(
+            f"The config folder {config} has no {PROCESSOR}/{_PROCESSOR_CONFIG} (Qwen3-VL's image settings), which "
+            f"{name} needs with a library text encoder: leave out --config (Marble ships it), or use the diffusers "
+            "Qwen-Image 2.1 folder."
+        )
+    tokenizer = qwen_encoders.tokenizer_parts(tokenizer_folder, info, name=name, edit=False,
+                                              shipped=shipped_tokenizer)["tokenizer"]  # fmt: skip
+    images = _loaded(functools.partial(transformers.Qwen2VLImageProcessorPil.from_pretrained, str(settings),
+                                       local_files_only=True), settings)  # fmt: skip
+    return qwen3_vl_processor(images, tokenizer, _chat_template(settings))
+
+
+def _loaded(load: Any, folder: Path) -> Any:
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"The processor in {folder} does not load: {library_error(error)}") from error
 
 
 # Where ComfyUI's fused SwiGLU input sits in a LoRA's names, the two layers diffusers' model has for it (gate rows

@@ -27,7 +27,7 @@ from desktop.engine.library.dit_ernie import ERNIE_IMAGE
 from desktop.engine.library.dit_flux2 import FLUX2
 from desktop.engine.library.dit_flux3 import FLUX3
 from desktop.engine.library.dit_krea2 import KREA2
-from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE
+from desktop.engine.library.dit_qwen_zimage import LUMINA2, QWEN_IMAGE, QWEN_IMAGE_21
 from desktop.engine.library.encoder import EncoderInfo
 from desktop.engine.library.encoder_qwen import GEMMA2, LLAMA3, QWEN3, QWEN3VL, QWEN25_VL, SPIECE_TENSOR
 from desktop.engine.safe_files import read_json_file
@@ -36,7 +36,7 @@ from desktop.engine.terminal_text import library_error
 KINDS = (QWEN25_VL, QWEN3, GEMMA2, QWEN3VL, LLAMA3)
 # Flux.2 Klein's text-encoder class (Z-Image's is Qwen3Model): the same Qwen3 files serve both.
 CAUSAL_QWEN3 = "Qwen3ForCausalLM"
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 _PROCESSOR_CONFIG = "preprocessor_config.json"
 # Where each family's tokenizer can be found, for the message when a given folder holds none.
 _TOKENIZER_SOURCES = {
@@ -47,19 +47,20 @@ _TOKENIZER_SOURCES = {
     ERNIE_IMAGE: "the tokenizer/ folder of baidu/ERNIE-Image (or the mistralai/Ministral-3-3B-Instruct-2512 "
     "repository)",
     FLUX3: "the tokenizer/ folder of a diffusers FLUX.3 folder (or the Qwen/Qwen3-VL-4B-Instruct repository)",
+    QWEN_IMAGE_21: "the processor/ folder of Qwen/Qwen-Image-2.1 (or the Qwen/Qwen3-VL-8B-Instruct repository)",
 }
 # Marble's own copy under resources/tokenizers/ (its LICENSE-NOTE says what it is and where it comes from).
 SHIPPED_FOLDER = "qwen"
 
 
-def model_names(state: dict[str, Any], kind: str, class_name: str = "") -> dict[str, Any]:
+def model_names(state: dict[str, Any], kind: str, class_name: str = "", *, whole: bool = False) -> dict[str, Any]:
     """A file's tensors under the names of transformers' class `class_name`: Qwen3Model (Z-Image) holds no
     `model.` level (and no lm_head), Qwen3ForCausalLM (Flux.2 Klein) both; Qwen2_5_VLForConditionalGeneration
-    holds `model.language_model.*` and `model.visual.*`."""
+    and Qwen3VLForConditionalGeneration (a `whole` Qwen3-VL) hold `model.language_model.*` and `model.visual.*`."""
     if (kind == QWEN3 and class_name == CAUSAL_QWEN3) or kind == LLAMA3:  # LlamaForCausalLM's names are these too
         return {key if key == "lm_head.weight" or key.startswith("model.") else f"model.{key}": value
                 for key, value in state.items()}  # fmt: skip
-    if kind == QWEN3VL:
+    if kind == QWEN3VL and not whole:
         # Its language model alone (Qwen3VLTextModel: what Krea 2 reads, the vision tower never run), under
         # transformers' names (`model.language_model.*`) or ComfyUI's older ones (`model.*` beside `visual.*`).
         return {key.removeprefix("model.").removeprefix("language_model."): value for key, value in state.items()
@@ -131,7 +132,7 @@ def tokenizer_parts(folder: Path | None, info: DitInfo, *, name: str, edit: bool
             f"--tokenizer-folder (in the window: Settings, Tokenizer folder) at {source}."
         )
     chosen = folder if folder is not None else shipped
-    tokenizer_dir = _holding(chosen, "tokenizer", _TOKENIZER_FILES)
+    tokenizer_dir = _holding(chosen, "tokenizer", TOKENIZER_FILES)
     if tokenizer_dir is None:
         if folder is None:
             raise ModelError(
@@ -213,6 +214,7 @@ def assemble(
     from desktop.engine.backends import encoder_components, mistral_encoder
     from desktop.engine.backends import families_flux2 as flux2
     from desktop.engine.backends import families_krea2 as krea2
+    from desktop.engine.backends import families_qwen21 as qwen21
     from desktop.engine.backends import families_qwen_edit as qwen_edit
     from desktop.engine.backends import families_qwen_zimage as qwen_zimage
 
@@ -235,7 +237,9 @@ def assemble(
         which = {QWEN_IMAGE: "qwen_image_vae.safetensors", KREA2: "Qwen-Image's qwen_image_vae.safetensors",
                  FLUX2: "the Flux.2 VAE, flux2-vae.safetensors",
                  ERNIE_IMAGE: "the Flux.2 VAE, flux2-vae.safetensors",
-                 FLUX3: "the Flux.2 VAE, flux2-vae.safetensors"}.get(  # fmt: skip
+                 FLUX3: "the Flux.2 VAE, flux2-vae.safetensors",
+                 QWEN_IMAGE_21: "the Qwen-Image 2.1 VAE, its folder's vae/diffusion_pytorch_model.safetensors",
+                 }.get(  # fmt: skip
             info.family, "the Flux VAE, ae.safetensors"
         )
         raise ModelError(
@@ -243,6 +247,7 @@ def assemble(
             f"{info.label}: {which})."
         )
     folder = tokenizer_folder or _config_tokenizer(config)
+    processor = None
     if dev:
         component, _encoder = chosen["text_encoder"]
         pipeline_parts = {"tokenizer": flux2.library_tokenizer(folder, component.path, component.shown, name=name)}
@@ -251,15 +256,22 @@ def assemble(
         tokenizer = flux2.library_tokenizer(folder, component.path, component.shown, name=name, chat=False,
                                             source=_TOKENIZER_SOURCES[ERNIE_IMAGE])  # fmt: skip
         pipeline_parts = {"tokenizer": tokenizer}
+    elif info.family == QWEN_IMAGE_21:  # Qwen3-VL's processor (tokenizer, image settings, chat template)
+        processor = qwen21.library_processor(tokenizer_folder, config, shipped_tokenizer, info, name=name)
+        pipeline_parts = {qwen21.PROCESSOR: processor}
     else:
         pipeline_parts = tokenizer_parts(folder, info, name=name, edit=edit, shipped=shipped_tokenizer)
+    tokenizer = pipeline_parts["tokenizer"] if "tokenizer" in pipeline_parts else processor.tokenizer
     for slot, (component, encoder) in chosen.items():
-        check_vocabulary(pipeline_parts["tokenizer"], config / slot, component.shown, name=name)
+        check_vocabulary(tokenizer, config / slot, component.shown, name=name)
         class_name = _class_name(config, slot)
+        # Qwen-Image 2.1 shows its condition images to Qwen3-VL's vision tower: the encoder is built whole.
+        whole = info.family == QWEN_IMAGE_21
         pipeline_parts[slot] = encoder_components.load_encoder(config / slot, class_name, component, encoder,
-                                                               dtype=dtype)  # fmt: skip
-    if info.family in (QWEN_IMAGE, KREA2):  # Qwen-Image's VAE
-        pipeline_parts["vae"] = load_qwen_vae(config / "vae", parts.vae, model_name=name, dtype=dtype)
+                                                               dtype=dtype, whole=whole)  # fmt: skip
+    if info.family in (QWEN_IMAGE, KREA2, QWEN_IMAGE_21):  # Qwen-Image's VAE, or 2.1's
+        pipeline_parts["vae"] = load_qwen_vae(config / "vae", parts.vae, model_name=name, dtype=dtype,
+                                              qwen21=info.family == QWEN_IMAGE_21)  # fmt: skip
     else:
         pipeline_parts["vae"] = encoder_components.load_vae(config / "vae", parts.vae, model_name=name, dtype=dtype,
                                                             convert_ldm=parts.convert_ldm)  # fmt: skip
@@ -289,8 +301,9 @@ def _class_name(config: Path, slot: str) -> str:
     return str(index[slot][1])
 
 
-def load_qwen_vae(config: Path, vae: Any, *, model_name: str, dtype: Any) -> Any:
-    """Qwen-Image's AutoencoderKLQwenImage with the chosen library VAE's weights (Wan's names or diffusers')."""
+def load_qwen_vae(config: Path, vae: Any, *, model_name: str, dtype: Any, qwen21: bool = False) -> Any:
+    """Qwen-Image's AutoencoderKLQwenImage with the chosen library VAE's weights (Wan's names or diffusers'), or with
+    `qwen21` Qwen-Image 2.1's AutoencoderKLQwenImage21 (diffusers' names: no converter from others exists)."""
     import diffusers
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
     from safetensors.torch import load_file
@@ -303,11 +316,17 @@ def load_qwen_vae(config: Path, vae: Any, *, model_name: str, dtype: Any) -> Any
     if kind != "safetensors":
         raise ModelError(f"{label} is not a safetensors file ({kind}).")
     info = inspect_vae(read_safetensors_header(vae.path, name=label), label)
-    if info.layout not in WAN_LAYOUTS:
+    wanted = "the Qwen-Image 2.1 VAE (vae/ of the Qwen/Qwen-Image-2.1 folder)" if qwen21 else \
+        "the Qwen-Image VAE (qwen_image_vae.safetensors)"  # fmt: skip
+    if info.layout not in WAN_LAYOUTS or info.qwen21 != qwen21:
+        raise ModelError(f"{label} is a {info.label}; {model_name} decodes with {wanted}.")
+    if qwen21 and info.layout != "wan-diffusers":
         raise ModelError(
-            f"{label} is a {info.label}; {model_name} decodes with the Qwen-Image VAE (qwen_image_vae.safetensors)."
+            f"{label} holds the Qwen-Image 2.1 VAE in Wan's own names, which Marble cannot convert: import "
+            "vae/diffusion_pytorch_model.safetensors from the Qwen/Qwen-Image-2.1 folder (diffusers' names) instead."
         )
-    model = diffusers.AutoencoderKLQwenImage.from_config(diffusers.AutoencoderKLQwenImage.load_config(str(config)))
+    cls = diffusers.AutoencoderKLQwenImage21 if qwen21 else diffusers.AutoencoderKLQwenImage
+    model = cls.from_config(cls.load_config(str(config)))
     tensors = load_file(str(vae.path))
     state = {key[len(info.prefix):]: value for key, value in tensors.items() if key.startswith(info.prefix)}
     if info.layout == "wan":

@@ -270,7 +270,7 @@ _FAMILY_ENCODERS = {
     "qwen-image": ("qwen2.5-vl",), "qwen-image-edit": ("qwen2.5-vl",), "qwen-image-edit-plus": ("qwen2.5-vl",),
     "z-image": ("qwen3",), "flux2-klein": ("qwen3",), "flux2-dev": ("mistral3",),
     "lumina2": ("gemma2", "gemma-2"),
-    "qwen-image-2.1": (),  # Qwen3-VL 8B comes from a folder (--text-encoders): the library reads none yet
+    "qwen-image-2.1": ("qwen3vl",),  # Qwen3-VL 8B, whole (its vision tower sees the condition images)
     "krea2": ("qwen3vl",), "krea2-distilled": ("qwen3vl",),
     "flux3": ("qwen3vl",), "flux3-distilled": ("qwen3vl",),  # FLUX.3's Qwen3-VL, 4B by its text width
     "ernie-image": ("ministral3",),

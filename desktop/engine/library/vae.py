@@ -22,6 +22,9 @@ _LATENT_LABELS = {4: "SD 1.x / 2.x / SDXL VAE", 16: "SD3 / Flux VAE"}
 # Qwen-Image's VAE, a causal 3-D VAE of Wan 2.1's design: in Wan's own names (ComfyUI's
 # qwen_image_vae.safetensors) or diffusers' (AutoencoderKLQwenImage; RMS norms with a `gamma`, 5-D convolutions).
 WAN_LAYOUTS = ("wan", "wan-diffusers")
+# Qwen-Image 2.1's RGBA VAE (AutoencoderKLQwenImage21, of Wan 2.2's design) has the same probes in diffusers' names and
+# 64 latent channels where Qwen-Image's has 16.
+QWEN21_LATENT_CHANNELS = 64
 _WAN_PROBES = {
     "wan": ("encoder.conv1.weight", "decoder.head.2.weight", "conv2.weight"),
     "wan-diffusers": ("encoder.conv_in.weight", "decoder.norm_out.gamma", "post_quant_conv.weight"),
@@ -50,7 +53,13 @@ class VaeInfo:
     flux2: bool = False
 
     @property
+    def qwen21(self) -> bool:
+        return self.layout in WAN_LAYOUTS and self.latent_channels == QWEN21_LATENT_CHANNELS
+
+    @property
     def label(self) -> str:
+        if self.qwen21:
+            return "Qwen-Image 2.1 VAE"
         if self.layout in WAN_LAYOUTS:
             return "Qwen-Image VAE (Wan 2.1 design)"
         if self.layout in DC_AE_LAYOUTS:
@@ -75,15 +84,18 @@ def inspect_vae(header: SafetensorsHeader, name: str = "this file") -> VaeInfo:
             f"{name} is a whole checkpoint (it has a UNet), not a VAE on its own. Import it as a model; its own "
             "VAE is used when no VAE is chosen."
         )
+    # The 3-D VAEs first: Qwen-Image 2.1's, in diffusers' names, has SD's `down_blocks.N.resnets.M` too (its RMS
+    # norms' `gamma` is theirs alone).
+    for layout, (encoder, decoder, latent) in _WAN_PROBES.items():
+        for prefix in _LDM_PREFIXES:
+            if prefix + encoder in names and prefix + decoder in names and prefix + latent in names:
+                # The post-quant 1x1 conv reads the latent: 3-D in Qwen-Image's VAE, 2-D in 2.1's.
+                shape = names[prefix + latent].shape
+                return VaeInfo(layout, prefix, shape[1] if len(shape) in (4, 5) else None)
     for layout, probe in (("ldm", _LDM_PROBE), ("diffusers", _DIFFUSERS_PROBE)):
         for prefix in _LDM_PREFIXES:
             if prefix + probe in names and _has_decoder(names, prefix):
                 return VaeInfo(layout, prefix, _latent_channels(header, prefix), f"{prefix}bn.running_mean" in names)
-    for layout, (encoder, decoder, latent) in _WAN_PROBES.items():
-        for prefix in _LDM_PREFIXES:
-            if prefix + encoder in names and prefix + decoder in names and prefix + latent in names:
-                shape = names[prefix + latent].shape  # the post-quant 1x1x1 conv reads the latent
-                return VaeInfo(layout, prefix, shape[1] if len(shape) == 5 else None)
     for layout, (encoder, stage, decoder) in _DC_AE_PROBES.items():
         for prefix in _LDM_PREFIXES:
             if prefix + encoder in names and prefix + decoder in names and any(
