@@ -135,3 +135,19 @@ def test_control_arguments_parse_from_the_end():
         parse_control_args(["a:/x.png", "b:/y.png", "c:/z.png"], ["canny", "tile"], [])
     with pytest.raises(InvalidRequest, match="NAME:IMAGE"):
         parse_control_args(["justaname"], [], [])
+
+
+def test_control_entries_are_clamped_ordered_and_none_is_no_unit():
+    # Found by a mutation sweep of metadata.py: weights up to 2, the end never before the start, entries in their
+    # numbers' order whatever the line's, the hash compared folded, and a unit whose model is "None" skipped.
+    settings = {
+        "ControlNet 2": "Module: canny, Model: edges [d14c016b], Weight: 9, Guidance Start: -1, Guidance End: 2",
+        "ControlNet 0": "Module: canny, Model: None, Weight: 1.0",
+        "ControlNet 1": "Module: depth, Model: depth-model [ABCD1234], Weight: 1.5, Guidance Start: 0.6, "
+                        "Guidance End: 0.3",
+    }  # fmt: skip
+    units = parse_control_units(settings)
+    assert [(parsed.index, parsed.unit.model, parsed.model_hash) for parsed in units] == [
+        (1, "depth-model", "abcd1234"), (2, "edges", "d14c016b")]  # fmt: skip
+    assert (units[0].unit.weight, units[0].unit.start, units[0].unit.end) == (1.5, 0.6, 0.6)
+    assert (units[1].unit.weight, units[1].unit.start, units[1].unit.end) == (2.0, 0.0, 1.0)

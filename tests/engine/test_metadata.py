@@ -34,6 +34,7 @@ from desktop.engine.metadata import (
     read_image_metadata,
     read_text_chunks,
     request_from_parameters,
+    resolve_sampler,
     written_sampler,
 )
 from desktop.engine.request import GenerationRequest
@@ -972,3 +973,47 @@ def test_small_readers_and_writers_named_by_their_survivors() -> None:
     with pytest.raises(InvalidRequest) as caught:
         read_text_chunks(b"plain text")
     assert str(caught.value).startswith("The image data is not a PNG, JPEG or WebP image")
+
+
+# Found by a mutation sweep of metadata.py (2026-12-07): each test below failed with one rule of the reader removed.
+
+
+def test_model_names_read_from_files_are_never_dots_and_hold_no_control_characters():
+    from desktop.engine.metadata import clean_model_name
+
+    assert clean_model_name("..") == "" and clean_model_name("models/.") == ""
+    assert clean_model_name("sd\x00xl\x1b_base.safetensors") == "sdxl_base"
+    parsed = parse_parameters("a cat\nSteps: 20, Seed: 5, Model: ..")
+    assert request_from_parameters(parsed, "fallback").model == "fallback"
+
+
+def test_text_that_is_not_a1111s_comes_back_whole():
+    # No settings line and no negative prompt: the prompt is the text as it is, line ends and spaces included.
+    text = "  a cat\r\non a mat  "
+    parsed = parse_parameters(text)
+    assert (parsed.prompt, parsed.negative_prompt, dict(parsed.settings)) == (text, "", {})
+    # Two pairs without Steps are prompt text too (A1111 wants Steps, or three pairs, to call a line settings).
+    two = "a cat\nstyle: ink, mood: calm"
+    assert (parse_parameters(two).prompt, dict(parse_parameters(two).settings)) == (two, {})
+    three = "a cat\nstyle: ink, mood: calm, light: soft"
+    assert parse_parameters(three).settings["light"] == "soft"
+
+
+def test_a_quoted_value_with_text_after_it_is_read_as_written():
+    settings = parse_parameters('a cat\nSteps: 20, Note: "a" b, Seed: 5').settings
+    assert (settings["Note"], settings["Seed"]) == ('"a" b', "5")
+
+
+def test_invalid_numbers_and_the_multiplication_sign():
+    request = request_from_parameters(
+        parse_parameters("a cat\nSteps: 20, CFG scale: nan, Seed: inf, Size: 512×768, Tiling: False"), "m"
+    )
+    default = GenerationRequest(prompt="a cat", model="m")
+    assert (request.cfg_scale, request.seed) == (default.cfg_scale, default.seed)
+    assert (request.width, request.height, request.tiling) == (512, 768, False)
+    assert request_from_parameters(parse_parameters("a cat\nSteps: 20, Tiling: True"), "m").tiling
+
+
+def test_a_schedule_marble_lacks_for_a_sampler_reads_as_the_plain_sampler():
+    assert (resolve_sampler("Heun Exponential"), resolve_sampler("DDIM Karras")) == ("Heun", "DDIM")
+    assert resolve_sampler("LMS", "Exponential") == "LMS" and resolve_sampler("LMS Karras") == "LMS Karras"
