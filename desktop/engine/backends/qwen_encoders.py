@@ -262,11 +262,11 @@ def assemble(
     else:
         pipeline_parts = tokenizer_parts(folder, info, name=name, edit=edit, shipped=shipped_tokenizer)
     tokenizer = pipeline_parts["tokenizer"] if "tokenizer" in pipeline_parts else processor.tokenizer
+    # Qwen-Image 2.1 shows its condition images to Qwen3-VL's vision tower: the encoder is built whole.
+    whole = info.family == QWEN_IMAGE_21
     for slot, (component, encoder) in chosen.items():
         check_vocabulary(tokenizer, config / slot, component.shown, name=name)
         class_name = _class_name(config, slot)
-        # Qwen-Image 2.1 shows its condition images to Qwen3-VL's vision tower: the encoder is built whole.
-        whole = info.family == QWEN_IMAGE_21
         pipeline_parts[slot] = encoder_components.load_encoder(config / slot, class_name, component, encoder,
                                                                dtype=dtype, whole=whole)  # fmt: skip
     if info.family in (QWEN_IMAGE, KREA2, QWEN_IMAGE_21):  # Qwen-Image's VAE, or 2.1's
