@@ -1,4 +1,5 @@
 import random
+import re
 
 import pytest
 
@@ -9,7 +10,13 @@ from desktop.engine.backends.schedulers import (
     sampler_for_scheduler,
 )
 from desktop.engine.errors import InvalidRequest
-from desktop.engine.request import GenerationRequest, LoraRef
+from desktop.engine.request import (
+    IP_ADAPTER_PREPROCESSOR,
+    MAX_REFERENCE_IMAGES,
+    ControlUnit,
+    GenerationRequest,
+    LoraRef,
+)
 
 
 def make(**changes):
@@ -209,3 +216,42 @@ def test_saved_requests_are_read_with_care():
         with pytest.raises(InvalidRequest) as caught:
             GenerationRequest.from_dict(data)
         assert str(caught.value).startswith(message)
+
+
+# Found by a mutation sweep of request.py's validation (2026-12-07): each case passed with its check removed.
+_UPSCALE = {"init_image": "photo.png", "upscale_by": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"controls": (ControlUnit(model="canny\x00", image="edges.png"),)}, "Control unit 0 needs a control model"),
+        ({"controls": (ControlUnit(model="c" * 201, image="edges.png"),)}, "control model name is too long"),
+        ({"controls": (ControlUnit(model="ipa", image="a.png", preprocessor=IP_ADAPTER_PREPROCESSOR,
+                                   more_images=("b.png",) * MAX_REFERENCE_IMAGES),)},
+         f"use at most {MAX_REFERENCE_IMAGES} reference images"),
+        ({"distilled_cfg_scale": 30.5}, "Distilled CFG scale 30.5 is out of range: use 0 to 30"),
+        (_UPSCALE | {"upscale_by": 8.5}, "upscale factor 8.5 is out of range: use 1 to 8"),
+        (_UPSCALE | {"mask": "mask.png"}, "An upscale needs a source image and no mask"),
+        (_UPSCALE | {"upscale_tile": 4104}, "upscale tile 4104 is out of range"),
+        (_UPSCALE | {"batch_size": 2}, "An upscale makes one image"),
+        (_UPSCALE | {"sd_upscale": True, "sd_upscale_tile": 516}, "SD upscale tile 516 must be a multiple of 8"),
+        (_UPSCALE | {"sd_upscale": True, "strength": 0.0}, "SD upscale denoising strength 0 is out of range"),
+        ({"refiner": "xl-refiner", "init_image": "photo.png"}, "The refiner runs after text-to-image only"),
+        ({"refiner": "xl-refiner", "steps": 2, "refiner_switch_at": 0.4}, "leaves the base model no step"),
+        ({"hires_fix": True, "hires_resize_w": 32}, "hires resize width 32 is out of range"),
+        ({"hires_fix": True, "hires_steps": 10_000}, "hires steps 10000 is out of range"),
+    ],
+)
+def test_every_check_of_the_rarer_settings_names_its_problem(changes, message):
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        make(**changes).validate()
+
+
+def test_the_rarer_settings_take_their_edges():
+    for changes in ({"distilled_cfg_scale": 30.0}, _UPSCALE | {"upscale_by": 8.0, "upscale_tile": 4096},
+                    _UPSCALE | {"sd_upscale": True, "sd_upscale_tile": 64, "sd_upscale_overlap": 32, "strength": 1.0},
+                    {"hires_fix": True, "hires_resize_w": 64, "hires_steps": 150},
+                    {"controls": (ControlUnit(model="ipa", image="a.png", preprocessor=IP_ADAPTER_PREPROCESSOR,
+                                              more_images=("b.png",) * (MAX_REFERENCE_IMAGES - 1)),)}):  # fmt: skip
+        make(**changes).validate()
