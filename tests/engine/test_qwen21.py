@@ -442,6 +442,12 @@ def test_a_turbo_folder_runs_its_own_schedule(paths, qwen21, tmp_path):
     single, steps = run(make_backend(paths), request_for(qwen21["comfy"], steps=40, cfg_scale=1.0,
                                                          model_config=str(folder), text_encoders=str(folder)))
     assert len(steps) == 3 and np.array_equal(pixels(single.images[0]), pixels(batch.images[0]))
+    # From library parts too, with the Turbo folder as --config (a file's tensors cannot say it is Turbo).
+    import_library_parts(paths, qwen21["pipe"], tmp_path)
+    parts, steps = run(make_backend(paths), request_for(qwen21["comfy"], steps=40, cfg_scale=1.0, negative_prompt="",
+                                                        model_config=str(folder), text_encoders="qwen3vl_8b",
+                                                        vae="qwen_image_2.1_vae"))  # fmt: skip
+    assert len(steps) == 3 and np.array_equal(pixels(parts.images[0]), pixels(batch.images[0]))
 
 
 @pytest.mark.parametrize("naming", ["comfy", "kohya"])
@@ -480,20 +486,27 @@ def test_a_lora_on_comfys_fused_mlp_is_split_as_diffusers_layers(paths, qwen21, 
         qwen21["folder"], prompt="a red circle", steps=3, cfg_scale=1.0)))  # fmt: skip
 
 
+def import_library_parts(paths, pipe, folder):
+    """The tiny model's Qwen3-VL as ComfyUI's file and its VAE as the release's file, imported into the libraries as
+    qwen3vl_8b and qwen_image_2.1_vae; returns their records."""
+    from desktop.engine.library.index import Library
+    from tests.support.tiny_krea2 import comfy_qwen3_vl
+
+    save_file(comfy_qwen3_vl(pipe.text_encoder.model), str(folder / "qwen3vl_8b.safetensors"))
+    save_file({key: value.contiguous() for key, value in pipe.vae.state_dict().items()},
+              str(folder / "qwen_image_2.1_vae.safetensors"))  # fmt: skip
+    library = Library(paths)
+    return (library.import_path(folder / "qwen3vl_8b.safetensors", "encoder"),
+            library.import_path(folder / "qwen_image_2.1_vae.safetensors", "vae"))  # fmt: skip
+
+
 def test_a_file_runs_with_a_whole_qwen3_vl_and_the_qwen21_vae_from_the_library(paths, qwen21, tmp_path):
     """ComfyUI's Qwen3-VL file, built whole (its vision tower sees the reference pictures), and the release's VAE file
     from the libraries, the folder as --config (its processor): the folder's pictures, with and without a reference."""
     from desktop.engine.library.encoder import fits_model
-    from desktop.engine.library.index import Library
-    from tests.support.tiny_krea2 import comfy_qwen3_vl
 
-    pipe = qwen21["pipe"]
-    save_file(comfy_qwen3_vl(pipe.text_encoder.model), str(tmp_path / "qwen3vl_8b.safetensors"))
-    save_file({key: value.contiguous() for key, value in pipe.vae.state_dict().items()},
-              str(tmp_path / "qwen_image_2.1_vae.safetensors"))  # fmt: skip
-    library = Library(paths)
-    assert library.import_path(tmp_path / "qwen3vl_8b.safetensors", "encoder").family == "qwen3vl"
-    assert library.import_path(tmp_path / "qwen_image_2.1_vae.safetensors", "vae").architecture == "Qwen-Image 2.1 VAE"
+    encoder, vae = import_library_parts(paths, qwen21["pipe"], tmp_path)
+    assert encoder.family == "qwen3vl" and vae.architecture == "Qwen-Image 2.1 VAE"
     assert fits_model("qwen3vl", "qwen-image-2.1") and not fits_model("qwen2.5-vl", "qwen-image-2.1")
     request = request_for(qwen21["comfy"], steps=3, cfg_scale=4.0, model_config=str(qwen21["folder"]),
                           text_encoders="qwen3vl_8b", vae="qwen_image_2.1_vae")  # fmt: skip
