@@ -27,7 +27,7 @@ from tests.support.flow_edit_checks import (
     normalised_vae_patches,
 )
 from tests.support.tiny_dit import save_gguf
-from tests.support.tiny_dit_loras import lora_on
+from tests.support.tiny_dit_loras import lora_on, trainer_form
 from tests.support.tiny_flux3 import LATENT_CHANNELS, build_tiny_flux3, save_folder, to_bfl
 from tests.support.tiny_qwen_zimage import save_transformer_file
 
@@ -341,6 +341,24 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
     assert inspect_lora(read_safetensors_header(loras / "fox-style-bfl.safetensors")).family == "flux3"
     with_bfl, _ = run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:fox-style-bfl:1>"))
     assert np.array_equal(pixels(with_bfl.images[0]), pixels(with_lora.images[0]))
+    # Trainers' forms, which diffusers' FLUX.3 loader does not read (renamed by lora_forms): kohya's flattened names of
+    # BFL's modules and of diffusers', and BFL's names with lora_down / lora_up and an alpha (its scale folded in).
+    diffusers_named = {"diffusion_model." + key.removeprefix("transformer."): value for key, value in tensors.items()}
+    forms = {"kohya-bfl": trainer_form(bfl, kohya=True), "kohya-diffusers": trainer_form(diffusers_named, kohya=True),
+             "alphas-bfl": trainer_form(bfl, kohya=False)}  # fmt: skip
+    assert "lora_unet_content_mode_blocks_image_0_q_proj.lora_down.weight" in forms["kohya-bfl"]
+    assert "lora_unet_single_transformer_blocks_0_ff_linear_in.alpha" in forms["kohya-diffusers"]
+    for name, form in forms.items():
+        save_file(form, str(loras / f"{name}.safetensors"))
+        info = inspect_lora(read_safetensors_header(loras / f"{name}.safetensors"))
+        assert info.family == "flux3" and (info.format == "kohya") == name.startswith("kohya"), name
+        batch, _ = run(make_backend(paths), replace(request, prompt=request.prompt + f" <lora:{name}:1>"))
+        assert np.array_equal(pixels(batch.images[0]), pixels(with_lora.images[0])), name
+    # kohya's names of the single blocks alone are FLUX.3's (Flux.1's there say `linear1`), in either naming.
+    for name in ("kohya-bfl", "kohya-diffusers"):
+        single = {key: value for key, value in forms[name].items() if "single_" in key}
+        save_file(single, str(tmp_path / f"{name}-single.safetensors"))
+        assert inspect_lora(read_safetensors_header(tmp_path / f"{name}-single.safetensors")).family == "flux3"
 
 
 def test_the_shipped_configs(flux3):

@@ -611,6 +611,21 @@ def test_the_shipped_processor_reads_as_qwen3_vl_8bs_and_the_encoder_config_is_t
     # 64x48 grown to at least 65,536 pixels in whole 32-pixel cells (patch x merge): 320x224, 20x14 patches.
     assert shown.image_grid_thw.tolist() == [[1, 14, 20]]
     assert (shown.input_ids == image_pad).sum() == 14 * 20 // 4
+    # A --config folder without the image settings, and processor files that do not load: errors naming the folder.
+    shipped = resources.tokenizers / SHIPPED_FOLDER
+    with pytest.raises(ModelError, match=r"The config folder .* has no processor/preprocessor_config\.json \(Qwen3-VL's"
+                                         r" image settings\), which q21 needs with a library"):  # fmt: skip
+        library_processor(None, tmp_path, shipped, info, name="q21")
+    broken = tmp_path / "broken" / "processor"
+    broken.mkdir(parents=True)
+    (broken / "preprocessor_config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelError, match=r"The processor in .*broken.processor does not load"):
+        library_processor(None, broken.parent, shipped, info, name="q21")
+    # Beside tokenizer files the folder's whole processor is read: a broken one is refused, not passed over.
+    (broken / "tokenizer.json").write_text("{}", encoding="utf-8")
+    (broken / "preprocessor_config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ModelError, match=r"The processor in .*broken.processor does not load"):
+        library_processor(broken.parent, config, shipped, info, name="q21")
     settings = Qwen3VLConfig.from_pretrained(str(config / "text_encoder"))
     with init_empty_weights():
         encoder = Qwen3VLForConditionalGeneration(settings)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from desktop.engine.backends import flux2_latents
@@ -90,6 +91,28 @@ def diffusers_state(state: dict[str, Any]) -> dict[str, Any]:
     from diffusers.loaders.single_file_utils import convert_flux3_transformer_checkpoint_to_diffusers
 
     return convert_flux3_transformer_checkpoint_to_diffusers(dict(state))
+
+
+# diffusers' FLUX.3 LoRA converter's renames (lora_conversion_utils), from its names back to BFL's: the blocks and
+# the layers in them that a LoRA trains.
+_LORA_BLOCKS = (("mode_blocks.", "content_mode_blocks."), ("single_transformer_blocks.", "single_blocks."))
+_LORA_LAYERS = ((".attn.to_q", ".q_proj"), (".attn.to_k", ".k_proj"), (".attn.to_v", ".v_proj"),
+                (".attn.to_out.0", ".attn_out"), (".ff.linear_in", ".mlp_in"),
+                (".ff.linear_out", ".mlp_out"))  # fmt: skip
+
+
+def lora_modules(modules: Iterable[str]) -> list[str]:
+    """The module names a FLUX.3 LoRA in kohya's flattened names may stand for: the transformer's own `modules`
+    (diffusers' names) and each block layer's BFL name (a LoRA trained on BFL's or ComfyUI's model), which diffusers'
+    FLUX.3 loader converts."""
+    names = []
+    for name in modules:
+        names.append(name)
+        bfl = next((new + name[len(old):] for old, new in _LORA_BLOCKS if name.startswith(old)), name)
+        bfl = next((bfl[: -len(old)] + new for old, new in _LORA_LAYERS if bfl.endswith(old)), bfl)
+        if bfl != name:
+            names.append(bfl)
+    return names
 
 
 def check_blocks(found: dict[str, Any], shipped: dict[str, Any], *, label: str, name: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from desktop.engine.backends import families_auraflow as auraflow
 from desktop.engine.backends import families_ernie as ernie
+from desktop.engine.backends import families_flux3 as flux3
 from desktop.engine.backends import families_krea2 as krea2
 from desktop.engine.backends import families_qwen21 as qwen21
 from desktop.engine.backends import lora_forms
@@ -26,6 +27,7 @@ from desktop.engine.errors import ModelError
 from desktop.engine.library.checkpoint import autov3_hash, read_safetensors_header
 from desktop.engine.library.dit_auraflow import AURAFLOW
 from desktop.engine.library.dit_ernie import ERNIE_IMAGE
+from desktop.engine.library.dit_flux3 import FLUX3
 from desktop.engine.library.dit_hidream import HIDREAM
 from desktop.engine.library.dit_krea2 import KREA2
 from desktop.engine.library.dit_qwen_zimage import QWEN_IMAGE_21
@@ -355,9 +357,9 @@ def _embedding_vectors(tensors: dict[str, Any]) -> tuple[Any, Any]:
 
 def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
     """What diffusers loads a LoRA from: the file, or, for a Qwen-Image 2.1 LoRA in kohya's names or made on
-    ComfyUI's fused MLP (families_qwen21.py), or a Krea 2, ERNIE-Image, HiDream-I1, AuraFlow or Sana one in kohya's
-    names or with alphas (families_krea2.py, lora_forms.py), or an AuraFlow one in its makers' module names
-    (families_auraflow.convert_lora), its tensors renamed for diffusers' loader."""
+    ComfyUI's fused MLP (families_qwen21.py), or a Krea 2, ERNIE-Image, HiDream-I1, AuraFlow, Sana or FLUX.3 one in
+    kohya's names or with alphas (families_krea2.py, lora_forms.py, families_flux3.lora_modules), or an AuraFlow one
+    in its makers' module names (families_auraflow.convert_lora), its tensors renamed for diffusers' loader."""
     if info.family == QWEN_IMAGE_21 and qwen21.lora_needs_conversion(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 
@@ -381,6 +383,11 @@ def _lora_source(pipe: Any, path: Path, info: LoraInfo) -> Any:
         from safetensors.torch import load_file
 
         return lora_forms.renamed_for(load_file(str(path)), (name for name, _ in pipe.transformer.named_modules()))
+    if info.family == FLUX3 and lora_forms.needs_renaming(read_safetensors_header(path).tensors):
+        from safetensors.torch import load_file
+
+        modules = flux3.lora_modules(name for name, _ in pipe.transformer.named_modules())
+        return lora_forms.renamed_for(load_file(str(path)), modules)
     if info.family == ERNIE_IMAGE and ernie.lora_needs_conversion(read_safetensors_header(path).tensors):
         from safetensors.torch import load_file
 

@@ -1,5 +1,5 @@
-"""LoRAs in trainers' forms that diffusers' newer family loaders (Krea 2's, ERNIE-Image's) do not read, renamed to
-the one they do: `diffusion_model.<module>.lora_A/B.weight`.
+"""LoRAs in trainers' forms that diffusers' newer family loaders (Krea 2's, ERNIE-Image's, FLUX.3's ...) do not read,
+renamed to the one they do: `diffusion_model.<module>.lora_A/B.weight`.
 
 The forms: kohya's flattened names (`lora_unet_<module with its dots made underscores>`), and lora_down / lora_up
 with an alpha per module (musubi-tuner's and kohya's trainers), whose scale alpha / rank is folded into the up matrix

@@ -209,6 +209,10 @@ _LUMINA2_WIDTH = 2304  # Lumina Image 2.0's block width (Z-Image's is 3840)
 # AuraFlow's single blocks' feed-forward is `ff.linear_1` / `linear_2`).
 _FLUX3_LORA = re.compile(r"^(mode_blocks|txt_mode_blocks|content_mode_blocks)\.|"
                          r"^single_transformer_blocks\.\d+\.ff\.linear_(in|out)\.|^single_blocks\.\d+\.(q_proj|mlp_in|attn_out)\.")
+# The same in kohya's flattened names (backends/lora_forms.py renames them); Flux.1's single blocks there say `linear1`.
+_FLUX3_KOHYA = re.compile(r"^lora_unet_(mode_blocks|txt_mode_blocks|content_mode_blocks)_|"
+                          r"^lora_unet_single_transformer_blocks_\d+_ff_linear_(in|out)\.|"
+                          r"^lora_unet_single_blocks_\d+_(q_proj|k_proj|v_proj|mlp_in|mlp_out|attn_out)\.")
 
 
 def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo | None:
@@ -216,8 +220,9 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     bare = [_strip_transformer_prefix(n) for n in names]
     te1 = [n for n in names if n.startswith(("lora_te_", "lora_te1_", "text_encoder."))]
     te2 = [n for n in names if n.startswith(("lora_te2_", "text_encoder_2."))]
-    if any(_FLUX3_LORA.match(n) for n in bare):
-        fmt, family = "peft", "flux3"  # diffusers' FLUX.3 loader reads BFL's names and its own
+    if any(_FLUX3_LORA.match(n) for n in bare) or any(_FLUX3_KOHYA.match(n) for n in names):
+        # diffusers' FLUX.3 loader reads BFL's names and its own; backends/lora_forms.py renames kohya's.
+        fmt, family = ("kohya" if any(n.startswith("lora_unet_") for n in names) else "peft"), "flux3"
     elif any(any(mark in n for mark in _KREA2_MARKS) or n.startswith(("txtfusion.", "text_fusion.")) for n in bare):
         fmt, family = "peft", "krea2"  # diffusers' Krea 2 loader reads its makers' names and its own
     elif any(n.startswith(_KREA2_KOHYA) for n in names):
