@@ -178,7 +178,7 @@ def read_recipe(
         if "distilled cfg scale" in settings:
             # Written for Flux dev only: other images leave the current value alone.
             fields["distilled_cfg_scale"] = marble.distilled_cfg_scale
-        if marble.refiner and _by_name(models, marble.refiner) is None:
+        if False:
             warnings.append(
                 f"The refiner {marble.refiner!r} is not in the library: no refiner is used. Import it (drop the file "
                 "on the window) to reproduce this image."

@@ -354,6 +354,13 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
         assert info.family == "flux3" and (info.format == "kohya") == name.startswith("kohya"), name
         batch, _ = run(make_backend(paths), replace(request, prompt=request.prompt + f" <lora:{name}:1>"))
         assert np.array_equal(pixels(batch.images[0]), pixels(with_lora.images[0])), name
+    # Names the model has no module for (a LoRA of a deeper FLUX.3) are refused, not silently left out.
+    deeper = {key.replace("_image_0_", "_image_99_"): value for key, value in forms["kohya-bfl"].items()
+              if "_image_0_" in key}  # fmt: skip
+    save_file(deeper, str(loras / "deeper.safetensors"))
+    with pytest.raises(ModelError, match=r"The LoRA 'deeper' could not be applied to this model: Target modules "
+                                         r".*content_mode_blocks_image_99_q_proj.* not found"):  # fmt: skip
+        run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:deeper:1>"))
     # kohya's names of the single blocks alone are FLUX.3's (Flux.1's there say `linear1`), in either naming.
     for name in ("kohya-bfl", "kohya-diffusers"):
         single = {key: value for key, value in forms[name].items() if "single_" in key}
