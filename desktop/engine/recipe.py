@@ -178,7 +178,7 @@ def read_recipe(
         if "distilled cfg scale" in settings:
             # Written for Flux dev only: other images leave the current value alone.
             fields["distilled_cfg_scale"] = marble.distilled_cfg_scale
-        if False:
+        if marble.refiner and _by_name(models, marble.refiner) is None:
             warnings.append(
                 f"The refiner {marble.refiner!r} is not in the library: no refiner is used. Import it (drop the file "
                 "on the window) to reproduce this image."
@@ -227,11 +227,11 @@ def _read_model(
     if not name and not model_hash:
         return
     found = _by_hash(models, model_hash, "autov2") or _by_name(models, name)
-    label = f"{name!r}" if name else "the model"
+    label = f" {name!r}" if name else ""  # a hash alone: "The model (hash 6ce0161689) is not ..."
     hashed = f" (hash {model_hash})" if model_hash else ""
     if found is None:
         warnings.append(
-            f"The model {label}{hashed} is not in the library: the current model is kept. Import it (drop the "
+            f"The model{label}{hashed} is not in the library: the current model is kept. Import it (drop the "
             "file on the window) to reproduce this image."
         )
         return

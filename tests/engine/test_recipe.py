@@ -7,12 +7,13 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from desktop.engine.metadata import interpret_chunks, read_image_metadata
-from desktop.engine.recipe import changes, read_recipe, recipe_text
-from desktop.engine.request import LoraRef
+from desktop.engine.backends.base import ModelInfo
+from desktop.engine.metadata import interpret_chunks, png_text_chunks, read_image_metadata
+from desktop.engine.recipe import RECIPE_FIELDS, changes, read_recipe, recipe_text
+from desktop.engine.request import GenerationRequest, LoraRef
 from tests.support.recipe_images import BIG_SEED, CASES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +145,151 @@ def test_variation_seed_resize_and_tiling_are_honoured_and_unsaid_means_off():
     assert [str(change) for change in changes({"tiling": True, "vae": ""}, {"tiling": False, "vae": "crisp"})] == [
         "Tiling: False -> True", "VAE: crisp -> the model's own",
     ]
+
+
+# Edges a mutation sweep of recipe.py found untested (2026-12-07): each test below failed with one of its mutants.
+
+
+def _marble_chunk(request: GenerationRequest, model: ModelInfo | None = None):
+    return interpret_chunks(png_text_chunks(request, 9, model, "0.1.0"))
+
+
+def test_an_image_without_a_recipe_sets_nothing():
+    recipe = read_recipe(interpret_chunks({"Description": "a holiday photo"}), [Entry("dreamy")])
+    assert recipe.format == "unknown" and not recipe.has_recipe
+    assert dict(recipe.fields) == {} and recipe.warnings == () and recipe.unsupported == ()
+    assert recipe_text(recipe) == "This image carries no recipe (no generation settings in its metadata)."
+
+
+def test_a_lora_tag_marble_cannot_read_stays_in_the_prompt_with_a_warning():
+    recipe = recipe_of("castle <lora:inkwash:heavy>\nSteps: 20, Seed: 5", [Entry("dreamy")], [Entry("inkwash")])
+    assert recipe.fields["prompt"] == "castle <lora:inkwash:heavy>" and "loras" not in recipe.fields
+    assert any(text.endswith("The tag stays in the prompt.") for text in recipe.warnings)
+
+
+def test_a_lora_named_twice_is_used_once_at_its_first_weight():
+    recipe = recipe_of("castle <lora:inkwash:0.5> <lora:INKWASH:0.9>\nSteps: 20", (), [Entry("inkwash")])
+    assert recipe.fields["loras"] == (LoraRef("inkwash", 0.5),)
+
+
+def test_names_match_in_any_case_an_exact_one_first():
+    entries = [Entry("DREAMY"), Entry("Dreamy")]
+    assert recipe_of("castle\nSteps: 20, Model: Dreamy", entries).fields["model"] == "Dreamy"
+    assert recipe_of("castle\nSteps: 20, Model: dreamy", entries).fields["model"] == "DREAMY"
+
+
+def test_hashes_a1111_writes_and_what_they_may_match():
+    full = "6ce0161689" + "0" * 54
+    # A model hash is the file's sha256 cut short (AutoV2): a record with the full hash alone matches it.
+    assert recipe_of("castle\nSteps: 20, Model hash: 6ce0161689", [Entry("renamed", sha256=full)]).fields["model"] == (
+        "renamed")
+    # Too short to be a hash: the name decides.
+    short = recipe_of("castle\nSteps: 20, Model hash: 6ce0, Model: dreamy", [Entry("other", sha256=full),
+                                                                               Entry("dreamy")])  # fmt: skip
+    assert short.fields["model"] == "dreamy"
+    # A LoRA hash is the tensors' (AutoV3), never a prefix of the file's sha256.
+    lora = recipe_of('castle <lora:inkwash:0.7>\nSteps: 20, Lora hashes: "inkwash: 6ce0161689ab"', (),
+                     [Entry("other", sha256="6ce0161689ab" + "0" * 52)])  # fmt: skip
+    assert lora.fields["loras"] == () and lora.warnings[0].startswith("The LoRA 'inkwash' (hash 6ce0161689ab)")
+    # `Lora hashes` names are matched in any case.
+    named = recipe_of('castle <lora:inkwash:0.7>\nSteps: 20, Lora hashes: "InkWash: 0123456789ab"', (),
+                      [Entry("ink v2", autov3="0123456789ab")])  # fmt: skip
+    assert named.fields["loras"] == (LoraRef("ink v2", 0.7),)
+
+
+def test_a_model_hash_alone_finds_the_model_or_says_it_is_missing():
+    recipe = recipe_of("castle\nSteps: 20, Model hash: 6ce0161689", [Entry("renamed", autov2="6ce0161689")])
+    assert recipe.fields["model"] == "renamed" and recipe.warnings == ()
+    unknown = recipe_of("castle\nSteps: 20, Model hash: 6ce0161689")
+    assert "model" not in unknown.fields
+    assert unknown.warnings == ("The model (hash 6ce0161689) is not in the library: the current model is kept. Import "
+                                "it (drop the file on the window) to reproduce this image.",)  # fmt: skip
+
+
+def test_settings_read_in_the_forms_a1111_writes():
+    fields = recipe_of("castle\nSteps: 20.0, CFG scale: 1, Distilled CFG Scale: 3.5, Size: 512×768, Emphasis: no norm, "
+                       "Variation seed: 77, Tiling: False").fields  # fmt: skip
+    assert (fields["steps"], fields["cfg_scale"], fields["distilled_cfg_scale"]) == (20, 1.0, 3.5)
+    assert (fields["width"], fields["height"], fields["emphasis"]) == (512, 768, "No norm")
+    assert (fields["subseed"], fields["subseed_strength"], fields["tiling"]) == (77, 0.0, False)
+    odd = recipe_of("castle\nSteps: 20.5, CFG scale: nan")
+    assert "steps" not in odd.fields and "cfg_scale" not in odd.fields
+    assert odd.unsupported == ("Steps: 20.5 (not a valid value)", "CFG scale: nan (not a valid value)")
+
+
+def test_schedules_marble_lacks_are_listed():
+    exponential = recipe_of("castle\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Exponential")
+    assert exponential.fields["sampler"] == "DPM++ 2M"
+    assert exponential.unsupported == ("Schedule type: Exponential (Marble has no such schedule)",)
+    karras = recipe_of("castle\nSteps: 20, Sampler: Euler a Karras")
+    assert karras.fields["sampler"] == "Euler a"
+    assert karras.unsupported == ("Schedule type: Karras (Marble has no Karras Euler a)",)
+
+
+def test_denoising_strength_is_the_hires_fixs_only_with_the_hires_fix():
+    plain = recipe_of("castle\nSteps: 20, Denoising strength: 0.4")
+    assert plain.unsupported == ("Denoising strength: 0.4 (Marble has no such setting)",)
+    hires = recipe_of("castle\nSteps: 20, Denoising strength: 0.4, Hires upscale: 2, Hires steps: 10")
+    assert hires.fields["hires_fix"] is True and hires.fields["hires_denoise"] == 0.4 and hires.unsupported == ()
+
+
+def test_hires_upscalers_from_the_library_and_a_hires_fix_marble_cannot_run():
+    text = "castle\nSteps: 20, Hires upscale: 2, Hires upscaler: 4x-UltraSharp"
+    found = read_recipe(interpret_chunks({"parameters": text}), upscalers=[Entry("4x-UltraSharp")])
+    assert found.fields["hires_upscaler"] == "4x-UltraSharp" and found.unsupported == ()
+    missing = recipe_of(text)
+    assert missing.fields["hires_fix"] is True and "hires_upscaler" not in missing.fields
+    assert missing.unsupported == ("Hires upscaler: 4x-UltraSharp (not in the upscaler library; Latent is used)",)
+    too_many = recipe_of("castle\nSteps: 20, Hires upscale: 2, Hires steps: 5000")
+    assert too_many.fields["hires_fix"] is False and "hires_steps" not in too_many.fields
+    assert len(too_many.unsupported) == 1 and too_many.unsupported[0].startswith("Hires fix: ")
+
+
+def test_a1111_control_units_with_a_preprocessor_marble_lacks_or_the_built_in_model():
+    unit = ('ControlNet 0: "Module: my_own_edges, Model: control_canny [aaaaaaaa], Weight: 0.6, Guidance Start: 0.0, '
+            'Guidance End: 1.0, Control Mode: Balanced"')  # fmt: skip
+    recipe = read_recipe(interpret_chunks({"parameters": f"castle\nSteps: 20, {unit}"}), (), (), (),
+                         [Entry("control_canny")])  # fmt: skip
+    (restored,) = recipe.fields["controls"]
+    assert (restored.model, restored.preprocessor, restored.weight) == ("control_canny", "none", 0.6)
+    assert recipe.unsupported == ("ControlNet 0: preprocessor my_own_edges (not built in; the image is used as is)",)
+    built_in = unit.replace("control_canny [aaaaaaaa]", "Built-In")
+    recipe = read_recipe(interpret_chunks({"parameters": f"castle\nSteps: 20, {built_in}"}))
+    assert [unit.model for unit in recipe.fields["controls"]] == ["built-in"]
+    assert not any("not in the library" in text for text in recipe.warnings)
+
+
+def test_marbles_own_chunk_restores_its_loras_and_tiling_and_says_what_it_cannot():
+    request = GenerationRequest(prompt="castle", model="dreamy", loras=(LoraRef("inkwash", 0.6),), seed=9, tiling=True,
+                                init_image="/pictures/source.png", strength=0.5)  # fmt: skip
+    recipe = read_recipe(_marble_chunk(request), [Entry("dreamy")], [Entry("inkwash")])
+    assert recipe.format == "marble" and recipe.fields["loras"] == (LoraRef("inkwash", 0.6),)
+    assert recipe.fields["tiling"] is True
+    assert "distilled_cfg_scale" not in recipe.fields  # written for Flux dev only; the current value stays
+    assert recipe.unsupported == ("Source image: the image was made from a source image, which the file does not "
+                                  "hold",)  # fmt: skip
+    flux = _marble_chunk(replace(request, init_image=None, distilled_cfg_scale=2.5),
+                         ModelInfo("dreamy", "/m", "flux-dev", None))  # fmt: skip
+    assert read_recipe(flux, [Entry("dreamy")]).fields["distilled_cfg_scale"] == 2.5
+
+
+def test_the_recipe_as_fields_json_and_text():
+    text = ("castle <lora:inkwash:0.7>\nNegative prompt: blurry\nSteps: 20, Seed: 5, "
+            'ControlNet 0: "Module: none, Model: control_canny, Weight: 0.6"')  # fmt: skip
+    recipe = read_recipe(interpret_chunks({"parameters": text}), (), [Entry("inkwash")], (), [Entry("control_canny")])
+    assert list(recipe.fields) == [name for name in RECIPE_FIELDS if name in recipe.fields]
+    assert recipe.prompt_fields() == {"prompt": "castle", "negative_prompt": "blurry",
+                                      "loras": (LoraRef("inkwash", 0.7),)}  # fmt: skip
+    document = recipe.to_json()
+    assert document["fields"]["loras"] == [{"name": "inkwash", "weight": 0.7}]
+    assert [(unit["model"], unit["weight"]) for unit in document["fields"]["controls"]] == [("control_canny", 0.6)]
+    assert json.loads(json.dumps(document))["fields"]["controls"][0]["model"] == "control_canny"
+    assert "\n\nNegative prompt:\nblurry\n" in recipe_text(recipe)
+
+
+def test_changes_shorten_long_values_and_say_none():
+    long = "a castle on a hill at dusk, oil painting, highly detailed"
+    listed = [str(c) for c in changes({"prompt": long, "refiner": "", "few_step": ""},
+                                      {"prompt": "x", "refiner": "my-refiner", "few_step": "turbo"})]  # fmt: skip
+    assert listed == ["Prompt: x -> a castle on a hill at dusk, oil paintin…", "Refiner: my-refiner -> none",
+                      "Few-step: turbo -> none"]  # fmt: skip
