@@ -66,6 +66,16 @@ def test_flux_lora_formats_are_detected_with_their_family(dit, tmp_path, kind, f
     assert (info.family, info.format, info.transformer_width, info.label) == ("flux", fmt, 32, "Flux.1")
 
 
+def test_a_flux_lora_with_text_encoder_layers_takes_its_width_from_the_transformers(dit, tmp_path):
+    """CLIP-L's `self_attn_q_proj` (768 wide in the real model, 16 here) sorts before the transformer's layers and is
+    not an attention input of the transformer (FLUX.3's `q_proj` marks are read for FLUX.3 LoRAs only)."""
+    clip = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    tensors = dict(dit["flux_kohya"]) | {f"{clip}.lora_down.weight": torch.zeros(4, 16),
+                                         f"{clip}.lora_up.weight": torch.zeros(16, 4)}  # fmt: skip
+    info = inspect_lora(read_safetensors_header(save_lora(tensors, tmp_path / "l.safetensors")), "l")
+    assert (info.family, info.transformer_width, info.text_width) == ("flux", 32, 16)
+
+
 def test_sd3_peft_lora_is_detected_as_sd3(dit, tmp_path):
     info = inspect_lora(read_safetensors_header(save_lora(dit["sd3_peft"], tmp_path / "l.safetensors")), "l")
     assert (info.family, info.format, info.transformer_width) == ("sd3", "peft", 32)

@@ -341,6 +341,9 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
     assert inspect_lora(read_safetensors_header(loras / "fox-style-bfl.safetensors")).family == "flux3"
     with_bfl, _ = run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:fox-style-bfl:1>"))
     assert np.array_equal(pixels(with_bfl.images[0]), pixels(with_lora.images[0]))
+    width = inspect_lora(read_safetensors_header(loras / "fox-style.safetensors")).transformer_width
+    assert width == transformer.config.num_attention_heads * transformer.config.attention_head_dim
+    assert inspect_lora(read_safetensors_header(loras / "fox-style-bfl.safetensors")).transformer_width == width
     # Trainers' forms, which diffusers' FLUX.3 loader does not read (renamed by lora_forms): kohya's flattened names of
     # BFL's modules and of diffusers', and BFL's names with lora_down / lora_up and an alpha (its scale folded in).
     diffusers_named = {"diffusion_model." + key.removeprefix("transformer."): value for key, value in tensors.items()}
@@ -352,6 +355,7 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
         save_file(form, str(loras / f"{name}.safetensors"))
         info = inspect_lora(read_safetensors_header(loras / f"{name}.safetensors"))
         assert info.family == "flux3" and (info.format == "kohya") == name.startswith("kohya"), name
+        assert info.transformer_width == width, name  # what the fit check compares with the model's
         batch, _ = run(make_backend(paths), replace(request, prompt=request.prompt + f" <lora:{name}:1>"))
         assert np.array_equal(pixels(batch.images[0]), pixels(with_lora.images[0])), name
     # Names the model has no module for (a LoRA of a deeper FLUX.3) are refused, not silently left out.
@@ -361,6 +365,13 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
     with pytest.raises(ModelError, match=r"The LoRA 'deeper' could not be applied to this model: Target modules "
                                          r".*content_mode_blocks_image_99_q_proj.* not found"):  # fmt: skip
         run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:deeper:1>"))
+    # A LoRA of a wider FLUX.3 is refused by its width before diffusers is asked to load it.
+    wider = {key: torch.cat([value, value], dim=1) if key.endswith("lora_down.weight") else value
+             for key, value in forms["kohya-bfl"].items()}  # fmt: skip
+    save_file(wider, str(loras / "wider.safetensors"))
+    with pytest.raises(ModelError, match=rf"The LoRA 'wider' does not fit the selected model: its transformer layers "
+                                         rf"have width {2 * width}, .*'s have {width}"):  # fmt: skip
+        run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:wider:1>"))
     # kohya's names of the single blocks alone are FLUX.3's (Flux.1's there say `linear1`), in either naming.
     for name in ("kohya-bfl", "kohya-diffusers"):
         single = {key: value for key, value in forms[name].items() if "single_" in key}

@@ -277,10 +277,11 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
     else:
         return None
     width = None
+    marks = _ATTENTION_INPUTS + (_FLUX3_INPUTS if family == "flux3" else ())
     for tensor, short in sorted(zip(names, bare, strict=True)):
         shape = header.tensors[tensor].shape
         down = tensor.endswith(("lora_down.weight", ".lora_A.weight", "down.weight"))
-        if down and len(shape) == 2 and any(mark in short for mark in _ATTENTION_INPUTS):
+        if down and len(shape) == 2 and any(mark in short for mark in marks):
             width = shape[1]
             break
     if fmt == "peft" and family == "sd3" and width == _FLUX_WIDTH:
@@ -303,6 +304,9 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
 
 
 # The layers whose input is the transformer's width, in each naming (diffusers, BFL/kohya, XLabs, AuraFlow's makers').
+# FLUX.3's attention inputs in BFL's and kohya's names, read for its LoRAs only: other families' `q_proj` layers (a
+# text encoder's, a text stream's `add_q_proj`) do not read the transformer's width.
+_FLUX3_INPUTS = (".q_proj.", "_q_proj.")
 _ATTENTION_INPUTS = (".attn.to_q.", "_img_attn_qkv.", "_img_attn_proj.", "_x_block_attn_qkv.", ".qkv_lora1.",
                      ".proj_lora1.", "_linear1.", ".attn.qkv.", ".attention.to_q.", "_attn_to_q.",
                      "_attention_to_q.", ".attention.qkv.", "_attention_qkv.", ".self_attention.to_q.",
