@@ -365,6 +365,12 @@ def test_a_lora_changes_the_picture(paths, flux3, tmp_path):
     with pytest.raises(ModelError, match=r"The LoRA 'deeper' could not be applied to this model: Target modules "
                                          r".*content_mode_blocks_image_99_q_proj.* not found"):  # fmt: skip
         run(make_backend(paths), replace(request, prompt=request.prompt + " <lora:deeper:1>"))
+    # Text-encoder layers (Qwen3-VL's, sorted first in kohya's names) do not give the transformer's width.
+    text = "lora_te_model_layers_0_self_attn_q_proj"
+    with_text = forms["kohya-bfl"] | {f"{text}.lora_down.weight": torch.zeros(4, 2 * width),
+                                      f"{text}.lora_up.weight": torch.zeros(2 * width, 4)}  # fmt: skip
+    save_file(with_text, str(tmp_path / "with-text.safetensors"))
+    assert inspect_lora(read_safetensors_header(tmp_path / "with-text.safetensors")).transformer_width == width
     # A LoRA of a wider FLUX.3 is refused by its width before diffusers is asked to load it.
     wider = {key: torch.cat([value, value], dim=1) if key.endswith("lora_down.weight") else value
              for key, value in forms["kohya-bfl"].items()}  # fmt: skip

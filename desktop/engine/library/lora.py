@@ -278,7 +278,10 @@ def _inspect_dit_lora(header: SafetensorsHeader, names: list[str]) -> LoraInfo |
         return None
     width = None
     marks = _ATTENTION_INPUTS + (_FLUX3_INPUTS if family == "flux3" else ())
+    text_layers = {*te1, *te2}  # their `q_proj` layers read the text encoder's width, not the transformer's
     for tensor, short in sorted(zip(names, bare, strict=True)):
+        if tensor in text_layers:
+            continue
         shape = header.tensors[tensor].shape
         down = tensor.endswith(("lora_down.weight", ".lora_A.weight", "down.weight"))
         if down and len(shape) == 2 and any(mark in short for mark in marks):
