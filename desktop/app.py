@@ -71,13 +71,15 @@ def diffusers_runner_factory(
     history: HistoryStore | None = None,
     cpu_threads: int = 0,
     tokenizer_folder: str = "",
+    prompt_rewriter: str = "",
 ) -> RunnerFactory:
     """A factory the worker calls on the generation thread at the first job: torch is imported there."""
 
     def build_runner() -> JobRunner:
         from desktop.engine.backends import create_diffusers_backend
 
-        backend = create_diffusers_backend(paths, resources, catalog, preview_every, cpu_threads, tokenizer_folder)
+        backend = create_diffusers_backend(paths, resources, catalog, preview_every, cpu_threads, tokenizer_folder,
+                                           prompt_rewriter)  # fmt: skip
         return JobRunner(backend, writer, desktop.__version__, history, Wildcards(paths.wildcards))
 
     return build_runner
@@ -272,6 +274,7 @@ def build_app_window(
     preview_every = settings.get("preview_every") if settings is not None else 1
     cpu_threads = settings.get("cpu_threads") if settings is not None else 0
     tokenizer_folder = settings.get("tokenizer_folder") if settings is not None else ""
+    prompt_rewriter = settings.get("prompt_rewriter") if settings is not None else ""
     writer = ImageWriter(paths.outputs)
     try:
         writer.signer = signer_for(paths.config, bool(settings is not None and settings.get("c2pa")))
@@ -280,7 +283,7 @@ def build_app_window(
         problem = f"{problem} {error}".strip()
     factory = diffusers_runner_factory(
         paths, resources, catalog, writer, preview_every=preview_every, history=history,
-        cpu_threads=cpu_threads, tokenizer_folder=tokenizer_folder,
+        cpu_threads=cpu_threads, tokenizer_folder=tokenizer_folder, prompt_rewriter=prompt_rewriter,
     )
     window, controller = build_main_window(paths, factory, catalog, history, settings)
     if settings is not None:

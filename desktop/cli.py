@@ -25,6 +25,7 @@ from desktop.engine.events import (
     COMPILING_TEXT,
     FITTING_TEXT,
     LOADING_TEXT,
+    REWRITING_TEXT,
     Event,
     ImageSaved,
     ImageUnsaved,
@@ -38,6 +39,7 @@ from desktop.engine.events import (
     ModelLoading,
     PreviewReady,
     PreviewsFitting,
+    PromptRewriting,
     StepProgress,
 )
 from desktop.engine.history.store import RESUMED, explain_database_error
@@ -78,7 +80,7 @@ from desktop.engine.request import (
 )
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
-from desktop.engine.settings import SettingsStore, saved_tokenizer_folder
+from desktop.engine.settings import SettingsStore, saved_prompt_rewriter, saved_tokenizer_folder
 from desktop.engine.styles import StyleStore, apply_styles
 from desktop.engine.terminal_text import printable
 from desktop.engine.wildcards import Wildcards
@@ -174,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="full: all on the device; tiled: VAE tiling + attention slicing; offload: model CPU offload; "
                           "Flux/SD3 also group (group offload), sequential (layer by layer), fp8 (float8 weights), "
                           "nf4/int8 (bitsandbytes-quantised weights; needs the bitsandbytes package)")
+    gen.add_argument("--rewrite-prompt", action="store_true",
+                     help="FLUX.3: expand the prompt with FLUX.3's prompt rewriter into the detailed caption the "
+                          "picture is made from (and that its metadata records as the prompt); text to image only")
+    gen.add_argument("--prompt-rewriter", metavar="DIR",
+                     help="the prompt rewriter's folder (flux-3-image-klein-pup: weights, tokenizer, "
+                          "system_prompts.json) instead of the Settings' FLUX.3 prompt rewriter")
     gen.add_argument("--fast", action="store_true",
                      help="fast mode for GPUs: channels_last and torch.compile on the UNet (the first image compiles)")
     gen.add_argument("--config", help="diffusers config folder for a single-file checkpoint of unusual size")
@@ -434,6 +442,7 @@ def _run_request(
     backend = create_diffusers_backend(
         paths, Resources.default(), catalog, 0 if args.no_preview else 1, getattr(args, "threads", 0),
         saved_tokenizer_folder(paths.settings_file),
+        saved_prompt_rewriter(paths.settings_file, getattr(args, "prompt_rewriter", None)),
     )
     writer = ImageWriter(Path(args.out).expanduser(), dated=False) if args.out else ImageWriter(paths.outputs)
     writer.signer = signer
@@ -570,6 +579,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         precision=args.precision,
         memory_mode=args.memory_mode,
         fast_mode=args.fast,
+        rewrite_prompt=args.rewrite_prompt,
         clip_skip=args.clip_skip,
         emphasis=args.emphasis,
         model_config=str(Path(args.config).expanduser().resolve()) if args.config else None,
@@ -775,6 +785,8 @@ def _json_record(event: Event) -> dict[str, Any] | None:
             return {"event": "compiling", "model": model}
         case PreviewsFitting(model=model):
             return {"event": "fitting previews", "model": model}
+        case PromptRewriting(model=model):
+            return {"event": "rewriting prompt", "model": model}
         case StepProgress(step=step, total=total, batch_index=batch, batch_count=batches):
             return {"event": "step", "step": step, "total": total, "batch": batch, "batches": batches}
         case ImageSaved(path=path, seed=seed, index=index):
@@ -809,6 +821,8 @@ class _TextReporter:
                 self._say(COMPILING_TEXT)
             case PreviewsFitting():
                 self._say(FITTING_TEXT)
+            case PromptRewriting():
+                self._say(REWRITING_TEXT)
             case JobStarted(request=request):
                 self._request = request
             case StepProgress(step=step, total=total, batch_index=batch, batch_count=batches):

@@ -30,7 +30,7 @@ from desktop.engine.plot import PARAM_NAMES, Axis, assemble_grid, parse_axis, pl
 from desktop.engine.request import GenerationRequest
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
-from desktop.engine.settings import saved_tokenizer_folder
+from desktop.engine.settings import saved_prompt_rewriter, saved_tokenizer_folder
 from desktop.engine.terminal_text import printable
 from desktop.engine.wildcards import Wildcards
 from desktop.exit_codes import EXIT_CANCELLED, EXIT_OK, exit_code
@@ -77,7 +77,9 @@ def run_plot(
 
     backend = create_diffusers_backend(paths, Resources.default(), ModelCatalog(paths.models),
                                        0 if generate_args.no_preview else 1,
-                                       tokenizer_folder=saved_tokenizer_folder(paths.settings_file))
+                                       tokenizer_folder=saved_tokenizer_folder(paths.settings_file),
+                                       prompt_rewriter=saved_prompt_rewriter(paths.settings_file,
+                                                                             generate_args.prompt_rewriter))
     target = Path(generate_args.out).expanduser() if generate_args.out else None
     writer = ImageWriter(target, dated=False) if target else ImageWriter(paths.outputs)
     try:

@@ -26,7 +26,7 @@ from desktop.engine.outputs import ImageWriter
 from desktop.engine.paths import AppPaths
 from desktop.engine.resources import Resources
 from desktop.engine.runner import JobRunner
-from desktop.engine.settings import saved_tokenizer_folder
+from desktop.engine.settings import saved_prompt_rewriter, saved_tokenizer_folder
 from desktop.engine.terminal_text import printable
 from desktop.exit_codes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from desktop.history_cli import open_history
@@ -98,7 +98,8 @@ def build_service(paths: AppPaths, history: HistoryStore | None, limits: ApiLimi
         from desktop.engine.backends import create_diffusers_backend
 
         backend = create_diffusers_backend(paths, Resources.default(), catalog, 1,
-                                           tokenizer_folder=saved_tokenizer_folder(paths.settings_file))
+                                           tokenizer_folder=saved_tokenizer_folder(paths.settings_file),
+                                           prompt_rewriter=saved_prompt_rewriter(paths.settings_file))
         return JobRunner(backend, ImageWriter(paths.outputs), desktop.__version__, history)
 
     service = ApiService(library, catalog, runner, ApiOptions(), limits)

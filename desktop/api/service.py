@@ -23,6 +23,7 @@ from desktop.engine.events import (
     COMPILING_TEXT,
     FITTING_TEXT,
     LOADING_TEXT,
+    REWRITING_TEXT,
     Event,
     ImageSaved,
     JobCancelled,
@@ -32,6 +33,7 @@ from desktop.engine.events import (
     ModelLoading,
     PreviewReady,
     PreviewsFitting,
+    PromptRewriting,
     StepProgress,
 )
 from desktop.engine.jobs import Job
@@ -75,6 +77,8 @@ class Ticket:
                 self.textinfo = COMPILING_TEXT
             case PreviewsFitting():
                 self.textinfo = FITTING_TEXT
+            case PromptRewriting():
+                self.textinfo = REWRITING_TEXT
             case StepProgress(step=step, total=total, batch_index=batch_index):
                 self.step, self.total, self.batch_index = step, total, batch_index
                 self.textinfo = None

@@ -25,6 +25,7 @@ from desktop.engine.events import (
     ModelLoading,
     PreviewReady,
     PreviewsFitting,
+    PromptRewriting,
     StepProgress,
 )
 from desktop.engine.history import HistoryStore, JobRecord, save_unsaved
@@ -40,6 +41,7 @@ _SIGNAL_FOR = {
     ModelLoaded: "model_loaded",
     ModelCompiling: "model_compiling",
     PreviewsFitting: "previews_fitting",
+    PromptRewriting: "prompt_rewriting",
     StepProgress: "step_progressed",
     PreviewReady: "preview_ready",
     JobWarning: "job_warning",
@@ -55,7 +57,8 @@ class GenerationController(QObject):
     """Owns the job queue and the generation thread. Lives on the GUI thread.
 
     Signals (each carries the engine's frozen event):
-        job_started, model_loading, model_loaded, model_compiling, previews_fitting, step_progressed, preview_ready,
+        job_started, model_loading, model_loaded, model_compiling, previews_fitting, prompt_rewriting, step_progressed,
+        preview_ready,
         job_warning, image_saved, image_unsaved, job_finished, job_failed, job_cancelled
         event_received(object): every event above, for logs and panels that want them all.
         pending_images_changed(int): how many unsaved images (disk full) are kept in memory.
@@ -68,6 +71,7 @@ class GenerationController(QObject):
     model_loaded = Signal(object)
     model_compiling = Signal(object)
     previews_fitting = Signal(object)
+    prompt_rewriting = Signal(object)
     step_progressed = Signal(object)
     preview_ready = Signal(object)
     job_warning = Signal(object)

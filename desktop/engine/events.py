@@ -59,6 +59,20 @@ class PreviewsFitting:
     model: str
 
 
+# What the CLI and the HTTP API say for PromptRewriting (the window says the same through its translations).
+REWRITING_TEXT = "Rewriting the prompt (FLUX.3's prompt rewriter)…"
+
+
+@dataclass(frozen=True)
+class PromptRewriting:
+    """FLUX.3's prompt rewriter is writing the caption the picture will be made from (seconds to a minute on a GPU)
+    before the first step; progress shows that instead of a step counter standing still, and the job can be
+    cancelled meanwhile."""
+
+    job_id: str
+    model: str
+
+
 @dataclass(frozen=True)
 class StepProgress:
     """Step `step` (1-based) of `total` finished, in pipeline call `batch_index` of the job."""
@@ -139,6 +153,7 @@ Event = (
     | ModelLoaded
     | ModelCompiling
     | PreviewsFitting
+    | PromptRewriting
     | StepProgress
     | PreviewReady
     | JobWarning

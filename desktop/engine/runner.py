@@ -32,6 +32,7 @@ from desktop.engine.events import (
     ModelLoading,
     PreviewReady,
     PreviewsFitting,
+    PromptRewriting,
     StepProgress,
 )
 from desktop.engine.history.store import JOB_CHUNK, HistoryStore, NewImage
@@ -46,7 +47,8 @@ from desktop.engine.wildcards import Wildcards
 log = logging.getLogger(__name__)
 
 # What the job says while it waits before its first step (StepInfo.waiting), by what it waits for.
-_WAITING_EVENTS = {Waiting.COMPILING: ModelCompiling, Waiting.FITTING_PREVIEWS: PreviewsFitting}
+_WAITING_EVENTS = {Waiting.COMPILING: ModelCompiling, Waiting.FITTING_PREVIEWS: PreviewsFitting,
+                   Waiting.REWRITING_PROMPT: PromptRewriting}  # fmt: skip
 
 Emit = Callable[[Event], None]
 
@@ -137,6 +139,10 @@ class JobRunner:
             batch_request = per_batch[batch_index]
             batch = self._backend.generate(batch_request, batch_index, on_step, token)
             batch_seconds = time.perf_counter() - batch_started
+            if batch.rewritten_prompt is not None:
+                # The caption FLUX.3's rewriter wrote is the prompt the images were made from: the recipe records
+                # it (the request as typed beside it), so the image is made again without the rewriter.
+                batch_request = replace(batch_request, prompt=batch.rewritten_prompt, rewrite_prompt=False)
             for note in batch.notes:
                 emit(JobWarning(job.id, note))
             model = replace(report.model, hash=batch.model_hash) if batch.model_hash else report.model

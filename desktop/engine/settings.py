@@ -115,6 +115,12 @@ SETTINGS: tuple[Setting, ...] = (
         "cannot ship: needed); empty: Marble's own. Takes effect at the next start.",
         FOLDER, "",
     ),
+    Setting(
+        "prompt_rewriter", "FLUX.3 prompt rewriter", "The folder of FLUX.3's prompt rewriter "
+        "(flux-3-image-klein-pup: its weights, tokenizer and system_prompts.json), which Rewrite prompt runs to "
+        "expand a short prompt into the detailed caption FLUX.3 is trained on; empty: none. Takes effect at the "
+        "next start.", FOLDER, "",
+    ),
     # The window serves on 127.0.0.1 only: listening beyond this machine needs authentication, which
     # `marble serve --listen --api-auth` offers (docs/api.md).
     Setting(
@@ -287,3 +293,10 @@ def saved_tokenizer_folder(settings_file: Path) -> str:
     the library-encoder models the window runs without --tokenizer-folder (the flag, kept in the request,
     still wins over it)."""
     return str(SettingsStore.open(settings_file).get("tokenizer_folder") or "")
+
+
+def saved_prompt_rewriter(settings_file: Path, chosen: str | None = None) -> str:
+    """`chosen` (--prompt-rewriter's folder) when given, else the window's FLUX.3 prompt rewriter setting."""
+    if chosen:
+        return str(Path(chosen).expanduser().resolve())
+    return str(SettingsStore.open(settings_file).get("prompt_rewriter") or "")

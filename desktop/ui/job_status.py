@@ -20,6 +20,7 @@ from desktop.engine.events import (
     ModelLoading,
     PreviewReady,
     PreviewsFitting,
+    PromptRewriting,
     StepProgress,
 )
 from desktop.engine.request import GenerationRequest
@@ -66,6 +67,7 @@ class JobStatus(QObject):
             (controller.model_loaded, self._on_model_loaded),
             (controller.model_compiling, self._on_model_compiling),
             (controller.previews_fitting, self._on_previews_fitting),
+            (controller.prompt_rewriting, self._on_prompt_rewriting),
             (controller.step_progressed, self._on_step_progressed),
             (controller.preview_ready, self._on_preview_ready),
             (controller.job_warning, self._on_job_warning),
@@ -132,6 +134,11 @@ class JobStatus(QObject):
     def _on_previews_fitting(self, event: PreviewsFitting) -> None:
         if event.job_id == self._job_id:
             self._queue_panel.show_waiting(self.tr("Preparing live previews for this model (once)…"))
+
+    @Slot(object)
+    def _on_prompt_rewriting(self, event: PromptRewriting) -> None:
+        if event.job_id == self._job_id:
+            self._queue_panel.show_waiting(self.tr("Rewriting the prompt (FLUX.3's prompt rewriter)…"))
 
     @Slot(object)
     def _on_step_progressed(self, event: StepProgress) -> None:

@@ -38,6 +38,7 @@ class Parameters:
     precision: str = "auto"
     memory_mode: str = "auto"
     fast_mode: bool = False
+    rewrite_prompt: bool = False  # FLUX.3's prompt rewriter; the panel shows it for FLUX.3 models only
     loras: tuple[LoraRef, ...] = ()
     subseed: int = RANDOM_SEED
     subseed_strength: float = 0.0

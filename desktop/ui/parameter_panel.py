@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 from desktop.engine.backends.hires import BUILT_IN_UPSCALERS
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLER_NAMES
 from desktop.engine.library.few_step import FEW_STEP_KINDS
-from desktop.engine.library.native_size import family_defaults, is_dit_family, takes_controls
+from desktop.engine.library.native_size import FLUX3_FAMILIES, family_defaults, is_dit_family, takes_controls
 from desktop.engine.quantised_support import QuantisedSupport, detect_quantised_support
 from desktop.engine.request import (
     BITSANDBYTES_MEMORY_MODES,
@@ -194,6 +194,7 @@ class ParameterPanel(QWidget):
         self._families: dict[str, str] = {}  # model name -> family ("sd1", "flux-dev", ...)
         self._unet_settings = True  # the chosen model takes seamless tiling and fast mode (not a DiT)
         self._controls_taken = True  # the chosen model takes control units (not a DiT without ControlNets)
+        self._rewriter_shown = False  # the chosen model is FLUX.3: its prompt rewriter's tick shows
         self._component_models: frozenset[str] = frozenset()  # transformer-only files: need text encoders
         self._control_input_models: frozenset[str] = frozenset()  # Flux.1 Canny / Depth dev: a "built-in" unit
         # Models that read reference images -> how many; None until the models folder has been scanned.
@@ -257,6 +258,14 @@ class ParameterPanel(QWidget):
         self.distilled_cfg_spin.setToolTip(self.tr("The guidance Flux dev was distilled with (3.5 by default)"))
         self.distilled_cfg_label = QLabel(self.tr("Distilled C&FG"), objectName="distilled_cfg_label")
         self.distilled_cfg_label.setBuddy(self.distilled_cfg_spin)
+        # FLUX.3's prompt rewriter (its folder in Settings): the caption it writes becomes the image's prompt.
+        self.rewrite_check = QCheckBox(self.tr("&Rewrite the prompt with FLUX.3's prompt rewriter"),
+                                       objectName="rewrite_check")  # fmt: skip
+        self.rewrite_check.setToolTip(self.tr(
+            "Expands a short prompt into the detailed caption FLUX.3 is trained on, before the first step (text to "
+            "image only). The caption is the prompt the image records, so a recipe makes the same image again "
+            "without the rewriter. Its folder is set in Settings (FLUX.3 prompt rewriter)."
+        ))  # fmt: skip
         # Few-step models and LoRAs (LCM, Turbo, ...): choosing one sets its published steps, CFG and sampler.
         self.few_step_combo = _combo("few_step_combo", ("", *FEW_STEP_KINDS), _FEW_STEP_LABELS)
         self.few_step_combo.setToolTip(self.tr(
@@ -473,6 +482,7 @@ class ParameterPanel(QWidget):
         form.addRow(self.tr("&Steps"), self.steps_spin)
         form.addRow(self.tr("&CFG scale"), self.cfg_spin)
         form.addRow(self.distilled_cfg_label, self.distilled_cfg_spin)
+        form.addRow(self.rewrite_check)
         form.addRow(self.tr("Few-ste&p"), self.few_step_combo)
         form.addRow(self.refiner_label, self.refiner_row)
         form.addRow(self.text_encoders_label, self.text_encoders_row)
@@ -530,6 +540,8 @@ class ParameterPanel(QWidget):
             "precision": _combo_binding(self.precision_combo),
             "memory_mode": _combo_binding(self.memory_combo),
             "fast_mode": _Binding(fast, fast.isChecked, fast.setChecked, fast.toggled),
+            "rewrite_prompt": _Binding(self.rewrite_check, self.rewrite_check.isChecked, self.rewrite_check.setChecked,
+                                       self.rewrite_check.toggled),
             "loras": _Binding(loras, loras.loras, loras.set_loras, loras.loras_changed),
             "controls": _Binding(self.control_list, self.control_list.controls, self.control_list.set_controls,
                                  self.control_list.controls_changed),
@@ -744,6 +756,11 @@ class ParameterPanel(QWidget):
         greyed out and a job must not carry its units (they stay, for the next model that takes them)."""
         return not self._controls_taken
 
+    def ignores_prompt_rewriter(self) -> bool:
+        """Whether the chosen model is not FLUX.3: the rewriter's tick is hidden and a job must not ask for it (it
+        stays, for when a FLUX.3 model is chosen again)."""
+        return not self._rewriter_shown
+
     def ignores_unet_settings(self) -> bool:
         """Whether the chosen model is a diffusion transformer: seamless tiling and fast mode are greyed out and
         a job must not ask for them (the ticks stay, for when an SD model is chosen again)."""
@@ -767,6 +784,8 @@ class ParameterPanel(QWidget):
         flux_dev = self._families.get(self.selected_model()) in ("flux-dev", "flux2-dev")
         self.distilled_cfg_label.setVisible(flux_dev)
         self.distilled_cfg_spin.setVisible(flux_dev)
+        self._rewriter_shown = self._families.get(self.selected_model()) in FLUX3_FAMILIES
+        self.rewrite_check.setVisible(self._rewriter_shown)
         sdxl = self._families.get(self.selected_model(), "").startswith("sdxl")
         self.refiner_label.setVisible(sdxl)
         self.refiner_row.setVisible(sdxl)

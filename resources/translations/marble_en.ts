@@ -895,6 +895,10 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Rewriting the prompt (FLUX.3&apos;s prompt rewriter)…</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>Saved {index}/{total}</source>
         <translation type="unfinished"></translation>
     </message>
@@ -1360,6 +1364,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>Distilled C&amp;FG</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>&amp;Rewrite the prompt with FLUX.3&apos;s prompt rewriter</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Expands a short prompt into the detailed caption FLUX.3 is trained on, before the first step (text to image only). The caption is the prompt the image records, so a recipe makes the same image again without the rewriter. Its folder is set in Settings (FLUX.3 prompt rewriter).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -2195,6 +2207,14 @@ Negative: {negative}</source>
     </message>
     <message>
         <source>For a Qwen-Image, Z-Image or Flux.2 file run with a text encoder from the library: a folder holding the tokenizer to use instead of Marble&apos;s own Qwen tokenizer (tokenizer.json and tokenizer_config.json; the model&apos;s diffusers folder serves), and for a Flux.2 dev Mistral file that carries none, Mistral&apos;s; for a Lumina Image 2.0 file run with a Gemma-2 file, Gemma&apos;s (it cannot ship: needed); empty: Marble&apos;s own. Takes effect at the next start.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>FLUX.3 prompt rewriter</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>The folder of FLUX.3&apos;s prompt rewriter (flux-3-image-klein-pup: its weights, tokenizer and system_prompts.json), which Rewrite prompt runs to expand a short prompt into the detailed caption FLUX.3 is trained on; empty: none. Takes effect at the next start.</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -14,7 +14,14 @@ from PIL import Image
 from desktop.api import server
 from desktop.api.server import _progress
 from desktop.api.service import Ticket
-from desktop.engine.events import ModelCompiling, ModelLoading, PreviewReady, PreviewsFitting, StepProgress
+from desktop.engine.events import (
+    ModelCompiling,
+    ModelLoading,
+    PreviewReady,
+    PreviewsFitting,
+    PromptRewriting,
+    StepProgress,
+)
 from desktop.engine.jobs import Job
 from desktop.engine.request import GenerationRequest
 
@@ -67,9 +74,10 @@ def test_textinfo_says_what_the_job_does_while_no_step_runs():
     ticket = _ticket()
     said = [_progress(ticket, 1, True)["textinfo"]]
     job = ticket.job.id
-    for event in (ModelLoading(job, "tiny"), PreviewsFitting(job, "tiny"), ModelCompiling(job, "tiny"),
-                  StepProgress(job, 1, 2, 0, 1)):  # fmt: skip
+    for event in (ModelLoading(job, "tiny"), PreviewsFitting(job, "tiny"), PromptRewriting(job, "tiny"),
+                  ModelCompiling(job, "tiny"), StepProgress(job, 1, 2, 0, 1)):  # fmt: skip
         ticket.record(event)
         said.append(_progress(ticket, 1, True)["textinfo"])
     assert said == [None, "Loading tiny…", "Preparing live previews for this model (once)…",
-                    "Compiling the model (first fast-mode image)…", None]  # fmt: skip
+                    "Rewriting the prompt (FLUX.3's prompt rewriter)…", "Compiling the model (first fast-mode image)…",
+                    None]  # fmt: skip

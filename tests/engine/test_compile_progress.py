@@ -8,7 +8,7 @@ import io
 import json
 
 from desktop.cli import _TextReporter
-from desktop.engine.events import ModelCompiling, ModelLoading, PreviewsFitting
+from desktop.engine.events import ModelCompiling, ModelLoading, PreviewsFitting, PromptRewriting
 from tests.support.cli_runner import run_cli
 
 
@@ -36,6 +36,9 @@ def test_the_cli_says_previews_are_being_prepared_in_words_and_in_json():
     reporter(PreviewsFitting("job", "tiny"))
     assert err.getvalue() == "Loading tiny…\nPreparing live previews for this model (once)…\n"  # the API's words too
     assert _json_record(PreviewsFitting("job", "tiny")) == {"event": "fitting previews", "model": "tiny"}
+    reporter(PromptRewriting("job", "tiny"))
+    assert err.getvalue().endswith("(once)…\nRewriting the prompt (FLUX.3's prompt rewriter)…\n")
+    assert _json_record(PromptRewriting("job", "tiny")) == {"event": "rewriting prompt", "model": "tiny"}
 
 
 def test_a_normal_job_never_reports_compiling(tmp_path, tiny_sd15_dir):

@@ -37,6 +37,8 @@ class FakeBackend:
     load_notes / generate_notes: become JobWarning events, as the real backend's notes do.
     compiles: report compiling before the first step of each pipeline call, as fast mode does.
     fits_previews: report fitting the preview colours before the first step, as a Sana job's first does.
+    rewrites: report rewriting the prompt before the first step and answer "<prompt>, rewritten" as the caption the
+        images were made from, as FLUX.3's prompt rewriter does.
     """
 
     steps: int | None = None
@@ -50,6 +52,7 @@ class FakeBackend:
     sampler_used: str = "Euler"
     compiles: bool = False
     fits_previews: bool = False
+    rewrites: bool = False
     blocked: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     # Records, written on the worker thread and read by the test after the job's last event.
@@ -82,6 +85,8 @@ class FakeBackend:
         seeds = tuple(request.seed_for(batch_index, k) for k in range(request.batch_size))
         if self.fits_previews:
             on_step(StepInfo(0, 0, batch_index, None, Waiting.FITTING_PREVIEWS))
+        if self.rewrites:
+            on_step(StepInfo(0, total, batch_index, None, Waiting.REWRITING_PROMPT))
         if self.compiles:
             on_step(StepInfo(0, total, batch_index, None, Waiting.COMPILING))
         for step in range(1, total + 1):
@@ -98,7 +103,9 @@ class FakeBackend:
         if cancel.cancelled:
             raise Cancelled("Cancelled.")
         images = tuple(Image.new("RGB", (request.width, request.height), colour_for(seed)) for seed in seeds)
-        return GeneratedBatch(images, seeds, batch_index, self.sampler_used, self.generate_notes)
+        rewritten = f"{request.prompt}, rewritten" if self.rewrites else None
+        return GeneratedBatch(images, seeds, batch_index, self.sampler_used, self.generate_notes,
+                              rewritten_prompt=rewritten)  # fmt: skip
 
     def unload(self) -> None:
         self.unloads += 1

@@ -53,3 +53,23 @@ def test_the_progress_bar_says_previews_are_being_prepared_before_the_first_step
     # The notice is not a step: the steps count from 1, and the bar leaves busy for them.
     assert [step for _, step, _ in seen[1:]] == [str(n) for n in range(1, studio.backend.steps + 1)]
     assert bar.value() == bar.maximum() > 0
+
+
+def test_the_progress_bar_says_the_prompt_is_being_rewritten_and_the_history_keeps_the_caption(
+    qtbot, studio: Studio
+) -> None:
+    studio.backend.rewrites = True
+    bar = studio.window.queue_panel.progress_bar
+    seen: list[tuple[str, str, int]] = []
+    studio.controller.prompt_rewriting.connect(lambda _event: seen.append(("rewriting", bar.format(), bar.maximum())))
+    studio.controller.step_progressed.connect(lambda event: seen.append(("step", str(event.step), bar.maximum())))
+    studio.window.prompt_editor.set_prompts("a fox", "")
+    with qtbot.waitSignal(studio.controller.job_finished, timeout=TIMEOUT_MS) as finished:
+        qtbot.mouseClick(studio.window.queue_panel.generate_button, Qt.MouseButton.LeftButton)
+    assert seen[0] == ("rewriting", "Rewriting the prompt (FLUX.3's prompt rewriter)…", 0)  # busy: range 0..0
+    assert [step for _, step, _ in seen[1:]] == [str(n) for n in range(1, studio.backend.steps + 1)]
+    from desktop.engine.metadata import read_image_metadata
+
+    (path,) = finished.args[0].paths
+    recorded = read_image_metadata(path).request
+    assert (recorded.prompt, recorded.rewrite_prompt) == ("a fox, rewritten", False)

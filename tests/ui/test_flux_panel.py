@@ -320,3 +320,36 @@ def test_a_pixart_file_brings_its_defaults_its_encoder_row_and_its_samplers(qtbo
         assert window.prompt_editor.prompt_count._hidden
     finally:
         close_window(window, controller)
+
+
+def test_the_prompt_rewriter_tick_shows_for_flux3_only_and_is_kept(qtbot, tmp_path: Path) -> None:
+    # FLUX.3's prompt rewriter: the tick shows for a FLUX.3 model; with another model chosen it is hidden, the job
+    # does not ask for it (the backend would refuse), and the user's tick counts again with FLUX.3.
+    home = tmp_path / "home"
+    models = AppPaths.for_root(home).ensure().models
+    folder = models / "zz-flux3"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "Flux3Pipeline"}))
+    (folder / "transformer" / "config.json").write_text(
+        json.dumps({"_class_name": "Flux3Transformer2DModel", "flow_map": False})
+    )
+    unet_folder(models, "zz-sd1-model", 768)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux3") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-sd1-model")
+        assert not panel.rewrite_check.isVisibleTo(panel)
+        pick(panel.model_combo, "zz-flux3")
+        qtbot.waitUntil(lambda: panel.rewrite_check.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert not window.current_request().rewrite_prompt
+        panel.rewrite_check.setChecked(True)
+        assert window.current_request().rewrite_prompt and panel.model.value("rewrite_prompt")
+        pick(panel.model_combo, "zz-sd1-model")
+        qtbot.waitUntil(lambda: not panel.rewrite_check.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert not window.current_request().rewrite_prompt and panel.rewrite_check.isChecked()
+        pick(panel.model_combo, "zz-flux3")
+        qtbot.waitUntil(lambda: panel.rewrite_check.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert window.current_request().rewrite_prompt
+    finally:
+        close_window(window, controller)

@@ -34,6 +34,7 @@ CHANGED = Parameters(
     precision="fp16",
     memory_mode="tiled",
     fast_mode=True,
+    rewrite_prompt=True,
     loras=(LoraRef("inkwash", 0.5),),
     subseed=77,
     subseed_strength=0.35,
@@ -91,6 +92,7 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "precision": lambda: _combo_data(panel.precision_combo),
         "memory_mode": lambda: _combo_data(panel.memory_combo),
         "fast_mode": panel.fast_check.isChecked,
+        "rewrite_prompt": panel.rewrite_check.isChecked,
         "loras": lambda: tuple(
             LoraRef(name.currentData(), weight.value())
             for name, weight in zip(
@@ -158,6 +160,7 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
     _select(panel.precision_combo, target.precision)
     _select(panel.memory_combo, target.memory_mode)
     panel.fast_check.setChecked(target.fast_mode)
+    panel.rewrite_check.setChecked(target.rewrite_prompt)
     panel.subseed_spin.setValue(target.subseed)
     panel.subseed_strength_spin.setValue(target.subseed_strength)
     panel.resize_w_spin.setValue(target.seed_resize_from_w)

@@ -26,12 +26,13 @@ _LOADED_LAZILY = (
 
 def create_diffusers_backend(
     paths: AppPaths, resources: Resources, catalog: ModelCatalog, preview_every: int = 1, cpu_threads: int = 0,
-    tokenizer_folder: str = "",
+    tokenizer_folder: str = "", prompt_rewriter: str = "",
 ) -> Backend:
     """Import torch and diffusers now, on the calling thread, and build the backend."""
     from desktop.engine.backends.gentle_import import import_gently
 
     module = import_gently("desktop.engine.backends.diffusers_backend", _LOADED_LAZILY)
     return module.DiffusersBackend(
-        paths, resources, catalog, preview_every, cpu_threads=cpu_threads, tokenizer_folder=tokenizer_folder
+        paths, resources, catalog, preview_every, cpu_threads=cpu_threads, tokenizer_folder=tokenizer_folder,
+        prompt_rewriter=prompt_rewriter,
     )

@@ -54,10 +54,12 @@ class VaeHash:
 
 class Waiting(Enum):
     """What a job waits for before its first step: fast mode compiling for this size (a ModelCompiling event), or
-    preview colours being fitted from the autoencoder (PreviewsFitting); the runner turns each into its event."""
+    preview colours being fitted from the autoencoder (PreviewsFitting), or FLUX.3's prompt rewriter writing the
+    caption (PromptRewriting); the runner turns each into its event."""
 
     COMPILING = "compiling"
     FITTING_PREVIEWS = "fitting previews"
+    REWRITING_PROMPT = "rewriting the prompt"
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class GeneratedBatch:
     # The model's AutoV2 hash when the load left it to be read beside the steps (a file's first load: its
     # sha256 reads the whole file); None: the load report's stands.
     model_hash: str | None = None
+    # The caption FLUX.3's prompt rewriter wrote, which the images were made from (request.rewrite_prompt); None:
+    # the request's prompt as it was.
+    rewritten_prompt: str | None = None
 
 
 @dataclass(frozen=True)

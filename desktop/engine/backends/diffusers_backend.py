@@ -125,6 +125,7 @@ from desktop.engine.backends.preview import (  # noqa: E402
 )
 from desktop.engine.backends.preview_fit import FitStopped, FitWatch, cached_fit, fingerprint  # noqa: E402
 from desktop.engine.backends.prompt_cache import PromptCache, PromptKey  # noqa: E402
+from desktop.engine.backends.prompt_rewriter import PromptRewriter  # noqa: E402
 from desktop.engine.backends.refiner import Refiners  # noqa: E402
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER, SAMPLERS, sampler_for_scheduler  # noqa: E402
 from desktop.engine.backends.sde_noise import use_brownian_noise  # noqa: E402
@@ -166,7 +167,7 @@ from desktop.engine.library.dit_sana import SPRINT as SANA_SPRINT  # noqa: E402
 from desktop.engine.library.encoder import encoder_names  # noqa: E402
 from desktop.engine.library.few_step import PRESETS as FEW_STEP_PRESETS  # noqa: E402
 from desktop.engine.library.index import Library  # noqa: E402
-from desktop.engine.library.lora import AdapterCatalog  # noqa: E402
+from desktop.engine.library.lora import AdapterCatalog, prompt_with_lora_tags, split_lora_tags  # noqa: E402
 from desktop.engine.paths import AppPaths  # noqa: E402
 from desktop.engine.prompt_schedule import PromptPlan, plan_prompts  # noqa: E402
 from desktop.engine.prompt_syntax import (  # noqa: E402
@@ -264,10 +265,15 @@ class DiffusersBackend:
         busy_cores: Callable[[], float | None] = others_busy_cores,
         tokenizer_folder: str = "",
         face_analyser: Callable[[], FaceAnalyser] | None = None,
+        prompt_rewriter: str = "",
+        rewriter: PromptRewriter | None = None,
     ) -> None:
         self._paths = paths
         # The Settings' tokenizer folder: a request that names none (the window's) uses it.
         self._tokenizer_folder = tokenizer_folder
+        # FLUX.3's prompt rewriter: its folder (the Settings' or --prompt-rewriter's), loaded on first use.
+        self._rewriter_folder = prompt_rewriter
+        self._rewriter = rewriter or PromptRewriter()
         # 0: each CPU job sizes torch's thread pool to the cores other processes leave free.
         self._cpu_threads = max(0, cpu_threads)
         self._busy_cores = busy_cores
@@ -384,6 +390,7 @@ class DiffusersBackend:
         Kept for callers that wait before exiting."""
 
     def unload(self) -> None:
+        self._rewriter.unload()
         if self._pipe is None:
             return
         self._pipe = None
@@ -609,9 +616,37 @@ class DiffusersBackend:
         if request.upscale_job and not request.sd_upscale:
             return self._upscale_job(request, batch_index, on_step, cancel)  # no model: none of its hash
         make = self._upscale_job if request.upscale_job else self._generate_batch
+        rewritten = self._rewritten_prompt(request, batch_index, on_step, cancel) if request.rewrite_prompt else None
+        if rewritten is not None:
+            request = replace(request, prompt=rewritten, rewrite_prompt=False)
         batch = make(request, batch_index, on_step, cancel)
         model_hash = self._model_hash(wait=True)
-        return replace(batch, model_hash=model_hash) if model_hash else batch
+        return replace(batch, model_hash=model_hash or batch.model_hash, rewritten_prompt=rewritten)
+
+    def _rewritten_prompt(
+        self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
+    ) -> str:
+        """The prompt as FLUX.3's rewriter expands it (prompt_rewriter.py), its `<lora:...>` tags kept after the
+        caption, so the caption is what the encoder reads and the LoRAs still apply."""
+        if self._pipe is None:
+            self.load(request)
+        if self._dit is None or self._dit.family != FLUX3:
+            label = self._dit.label if self._dit is not None else "Stable Diffusion"
+            raise InvalidRequest(f"The prompt rewriter is FLUX.3's; {label} models read the prompt as written. "
+                                 "Turn rewriting off for this model.")  # fmt: skip
+        if not self._rewriter_folder:
+            raise InvalidRequest("No prompt rewriter is set: choose its folder in Settings (FLUX.3 prompt rewriter) "
+                                 "or pass --prompt-rewriter FOLDER.")  # fmt: skip
+        text, tags = split_lora_tags(request.prompt)
+        if not text.strip():
+            raise InvalidRequest("The prompt is empty: the prompt rewriter needs a request to expand.")
+        on_step(StepInfo(0, request.steps, batch_index, None, Waiting.REWRITING_PROMPT))
+        assert self._key is not None
+        dtype = getattr(torch, self._key.dtype.removeprefix("torch."))  # the job's, not fp8 storage's
+        caption = self._rewriter.rewrite(Path(self._rewriter_folder).expanduser(), text, request.width,
+                                         request.height, self._key.device, dtype,
+                                         cancelled=lambda: cancel.cancelled)  # fmt: skip
+        return prompt_with_lora_tags(caption, tags)
 
     @property
     def _colour_family(self) -> str:

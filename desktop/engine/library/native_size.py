@@ -146,6 +146,8 @@ T5_TOKENS: dict[str, int] = {"flux-dev": 512, "flux-schnell": 256, "sd3": 256}
 CLIP_FREE_FAMILIES = ("chroma", "qwen-image", "z-image", "flux2", "lumina2", "krea2", "ernie-image",
                       "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana", "pixart", "flux3")
 
+# The families FLUX.3's prompt rewriter writes captions for (backends/prompt_rewriter.py).
+FLUX3_FAMILIES = ("flux3", "flux3-distilled")
 
 _DIT_FAMILIES = ("flux", "sd3", "chroma", "qwen-image", "z-image", "lumina2", "krea2", "ernie-image",
                  "longcat-image", "ovis-image", "hidream-i1", "auraflow", "sana", "pixart")

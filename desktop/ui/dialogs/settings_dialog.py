@@ -78,6 +78,10 @@ SETTING_TEXTS = (
                       "Flux.2 dev Mistral file that carries none, Mistral's; for a Lumina Image 2.0 file run with a "
                       "Gemma-2 file, Gemma's (it cannot ship: needed); empty: Marble's own. Takes effect at the next "
                       "start."),
+    QT_TRANSLATE_NOOP("Settings", "FLUX.3 prompt rewriter"),
+    QT_TRANSLATE_NOOP("Settings", "The folder of FLUX.3's prompt rewriter (flux-3-image-klein-pup: its weights, "
+                      "tokenizer and system_prompts.json), which Rewrite prompt runs to expand a short prompt into the "
+                      "detailed caption FLUX.3 is trained on; empty: none. Takes effect at the next start."),
     QT_TRANSLATE_NOOP("Settings", "API port"),
     QT_TRANSLATE_NOOP("Settings", "The port File ▸ Serve API listens on, on this machine only (127.0.0.1). Any "
                       "free port: one is picked each time."),

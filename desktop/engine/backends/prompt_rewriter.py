@@ -1,0 +1,176 @@
+"""FLUX.3's prompt rewriter: a short request expanded into the detailed caption the model was trained on.
+
+Black Forest Labs ship it as a separate model (a Qwen3.5 fine-tune, `black-forest-labs/flux-3-image-klein-pup`) with
+its system prompts beside the weights in `system_prompts.json`, one per mode; diffusers runs it as the first block
+of its modular FLUX.3 graph. Marble runs it only when asked (`GenerationRequest.rewrite_prompt`), for text to image:
+one greedy generation (so the same request always gives the same caption), the "t2i" system prompt read from the
+folder, the request as the user turn of the tokenizer's chat template with thinking off. A canvas that is not square
+is named on a first line (`TARGET CANVAS: W:H`), which the t2i system prompt says it may receive. The caption then
+replaces the prompt: it is what the picture is made from and what the image's metadata records, so a recipe makes the
+same picture again without the rewriter.
+
+The model stays loaded on the CPU between jobs and visits the job's device only while it writes: a 9B model beside
+FLUX.3 would not fit most cards. Captions are kept per request, so a batch of one prompt is rewritten once.
+
+torch and transformers are imported inside the functions (pyproject's import-linter list).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from desktop.engine.errors import Cancelled, ModelError
+
+# diffusers' and BFL's limit on the caption's length, in tokens.
+MAX_NEW_TOKENS = 3584
+SYSTEM_PROMPTS_FILE = "system_prompts.json"
+TEXT_TO_IMAGE_MODE = "t2i"
+# The architectures the published rewriter is (its config.json's model_type).
+_MODEL_TYPES = ("qwen3_5",)
+_KEPT_CAPTIONS = 32
+
+
+def canvas_line(width: int, height: int) -> str:
+    """The t2i system prompt's canvas hint for a picture that is not square ("TARGET CANVAS: 16:9"); "" for a
+    square one, which needs no hint."""
+    if width == height:
+        return ""
+    common = math.gcd(width, height)
+    return f"TARGET CANVAS: {width // common}:{height // common}"
+
+
+def user_turn(request: str, width: int, height: int) -> str:
+    line = canvas_line(width, height)
+    return f"{line}\n{request}" if line else request
+
+
+def system_prompt(folder: Path, mode: str = TEXT_TO_IMAGE_MODE) -> str:
+    """The folder's system prompt for `mode`, read from `system_prompts.json` (a mapping of mode to text)."""
+    path = folder / SYSTEM_PROMPTS_FILE
+    try:
+        prompts = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(
+            f"{folder} has no {SYSTEM_PROMPTS_FILE}: the prompt rewriter's folder holds its weights, its tokenizer "
+            f"and the system prompts Black Forest Labs ship beside them (flux-3-image-klein-pup)."
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path} could not be read as JSON: {error}.") from None
+    text = prompts.get(mode) if isinstance(prompts, dict) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ModelError(f"{path} has no {mode!r} system prompt (a mapping of mode to text is expected).")
+    return text
+
+
+def _model_type(folder: Path) -> str:
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{folder} has no config.json: choose the prompt rewriter's model folder.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path} could not be read as JSON: {error}.") from None
+    kind = config.get("model_type") if isinstance(config, dict) else None
+    if kind not in _MODEL_TYPES:
+        raise ModelError(
+            f"{folder} holds a {kind or 'model of no stated type'}, not FLUX.3's prompt rewriter (a Qwen3.5 model, "
+            "flux-3-image-klein-pup)."
+        )
+    return kind
+
+
+def _printable(text: str) -> str:
+    """The caption without control characters other than line breaks and tabs: it becomes the prompt, which a NUL
+    would make unreadable in the image's recipe."""
+    return "".join(char for char in text if char in "\n\t" or unicodedata.category(char) != "Cc")
+
+
+class PromptRewriter:
+    """Loads the rewriter from its folder on first use and writes captions with it (module docstring)."""
+
+    def __init__(self, max_new_tokens: int | None = None) -> None:
+        self._max_new_tokens = max_new_tokens or MAX_NEW_TOKENS
+        self._folder: Path | None = None
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._system = ""
+        self._captions: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+
+    def unload(self) -> None:
+        self._folder = self._model = self._tokenizer = None
+
+    def rewrite(
+        self, folder: Path, request: str, width: int, height: int, device: str, dtype: Any,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> str:  # fmt: skip
+        """The caption for `request` at `width` x `height`, written on `device` in `dtype`; raises Cancelled when
+        `cancelled()` turns true while it writes, ModelError for a folder that is not the rewriter."""
+        turn = user_turn(request, width, height)
+        key = (str(folder.resolve()), str(dtype), turn)
+        if key in self._captions:
+            self._captions.move_to_end(key)
+            return self._captions[key]
+        self._load(folder, dtype)
+        caption = self._write(turn, device, cancelled)
+        self._captions[key] = caption
+        while len(self._captions) > _KEPT_CAPTIONS:
+            self._captions.popitem(last=False)
+        return caption
+
+    def _load(self, folder: Path, dtype: Any) -> None:
+        if self._folder == folder.resolve() and self._model is not None and self._model.dtype == dtype:
+            return
+        import transformers
+
+        if not folder.is_dir():
+            raise ModelError(f"The prompt rewriter's folder {folder} does not exist.")
+        _model_type(folder)
+        system = system_prompt(folder)
+        self.unload()  # the last one's memory goes before the next loads
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = transformers.AutoModelForImageTextToText.from_pretrained(
+                str(folder), local_files_only=True, dtype=dtype
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise ModelError(f"The prompt rewriter in {folder} could not be loaded: {error}") from None
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(f"{folder}'s tokenizer has no chat template (chat_template.jinja or tokenizer_config's).")
+        self._folder, self._model, self._tokenizer, self._system = folder.resolve(), model.eval(), tokenizer, system
+
+    def _write(self, turn: str, device: str, cancelled: Callable[[], bool]) -> str:
+        import torch
+        import transformers
+
+        class _Stop(transformers.StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), cancelled(), dtype=torch.bool, device=input_ids.device)
+
+        messages = [{"role": "system", "content": self._system}, {"role": "user", "content": turn}]
+        inputs = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            enable_thinking=False,
+        )  # fmt: skip
+        model = self._model.to(device)
+        try:
+            with torch.inference_mode():
+                written = model.generate(
+                    **inputs.to(device), max_new_tokens=self._max_new_tokens, do_sample=False,
+                    stopping_criteria=transformers.StoppingCriteriaList([_Stop()]),
+                )  # fmt: skip
+        finally:
+            model.to("cpu")  # the job's models get the device back
+        if cancelled():
+            raise Cancelled("Cancelled while the prompt was being rewritten.")
+        start = inputs["input_ids"].shape[1]
+        caption = _printable(self._tokenizer.decode(written[0, start:], skip_special_tokens=True)).strip()
+        if not caption:
+            raise ModelError("The prompt rewriter wrote an empty caption; the prompt was not changed. Turn rewriting "
+                             "off to run the prompt as written.")  # fmt: skip
+        return caption

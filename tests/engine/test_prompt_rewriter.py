@@ -1,0 +1,249 @@
+"""FLUX.3's prompt rewriter (backends/prompt_rewriter.py): a tiny random Qwen3.5 saved as Black Forest Labs ship theirs,
+its caption checked against transformers' own greedy generation, then run through the backend, the runner and the
+command line: the picture is made from the caption, and the caption is what the image records."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, Qwen3_5ForConditionalGeneration
+
+from desktop.engine.backends.base import Waiting
+from desktop.engine.backends.prompt_rewriter import PromptRewriter, canvas_line
+from desktop.engine.errors import Cancelled, InvalidRequest, ModelError
+from desktop.engine.paths import AppPaths
+from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
+from tests.support.tiny_flux3 import build_tiny_flux3, save_folder
+from tests.support.tiny_rewriter import SYSTEM_PROMPTS, save_rewriter
+
+TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def rewriter_folder(tmp_path_factory):
+    return save_rewriter(tmp_path_factory.mktemp("rewriter") / "flux-3-image-klein-pup")
+
+
+@pytest.fixture(scope="module")
+def flux3(tmp_path_factory):
+    pipe = build_tiny_flux3()
+    return {"pipe": pipe, "folder": save_folder(pipe, tmp_path_factory.mktemp("flux3") / "FLUX.3-base")}
+
+
+def transformers_caption(folder, turn: str, tokens: int = TOKENS, **template) -> str:
+    """The caption as transformers writes it, apart from Marble: the t2i system prompt, the turn, thinking off,
+    greedy."""
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    messages = [{"role": "system", "content": SYSTEM_PROMPTS["t2i"]}, {"role": "user", "content": turn}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt", **({"enable_thinking": False} | template))  # fmt: skip
+    written = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
+    return tokenizer.decode(written[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def without_controls(text: str) -> str:
+    """The caption as Marble keeps it: control characters but line breaks and tabs dropped, ends stripped."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", text).strip()
+
+
+def test_the_caption_is_the_models_greedy_answer_to_the_system_prompt_and_request(rewriter_folder):
+    rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    caption = rewriter.rewrite(rewriter_folder, "a red fox", 64, 32, "cpu", torch.float32)
+    assert caption and caption != "a red fox"
+    raw = transformers_caption(rewriter_folder, "TARGET CANVAS: 2:1\na red fox")
+    assert caption == without_controls(raw)
+    # This random model writes a control character (\x1d), which a prompt must not carry into the recipe.
+    assert raw.strip() != caption and not any(char < " " and char not in "\n\t" for char in caption)
+    # Each part of the conversation counts: thinking left on, the canvas line left out, another request.
+    thinking = transformers_caption(rewriter_folder, "TARGET CANVAS: 2:1\na red fox", enable_thinking=True)
+    assert caption != without_controls(thinking)
+    assert caption != without_controls(transformers_caption(rewriter_folder, "a red fox"))
+    square = rewriter.rewrite(rewriter_folder, "a red fox", 64, 64, "cpu", torch.float32)
+    assert square == without_controls(transformers_caption(rewriter_folder, "a red fox"))
+
+
+def test_the_canvas_line_names_the_ratio_in_lowest_terms():
+    assert canvas_line(1024, 576) == "TARGET CANVAS: 16:9"
+    assert canvas_line(832, 1216) == "TARGET CANVAS: 13:19"
+    assert canvas_line(768, 768) == ""
+
+
+def test_a_request_is_rewritten_once(rewriter_folder, tmp_path):
+    folder = shutil.copytree(rewriter_folder, tmp_path / "rewriter")
+    rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    first = rewriter.rewrite(folder, "a lighthouse", 64, 64, "cpu", torch.float32)
+    shutil.rmtree(folder)
+    rewriter.unload()  # nothing left to load or run: the caption comes from memory
+    assert rewriter.rewrite(folder, "a lighthouse", 64, 64, "cpu", torch.float32) == first
+    with pytest.raises(ModelError, match="does not exist"):
+        rewriter.rewrite(folder, "a lighthouse at night", 64, 64, "cpu", torch.float32)
+
+
+def test_cancel_stops_the_writing(rewriter_folder):
+    calls = []
+
+    def cancelled() -> bool:  # Cancel pressed while the third token is written
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(Cancelled, match="rewritten"):
+        PromptRewriter(max_new_tokens=TOKENS).rewrite(rewriter_folder, "a fox", 64, 64, "cpu", torch.float32,
+                                                      cancelled=cancelled)  # fmt: skip
+    assert len(calls) == 4  # asked after each token, and the writing stopped there: not after all 24
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("no prompts", "has no system_prompts.json"),
+        ("no t2i prompt", "has no 't2i' system prompt"),
+        ("blank t2i prompt", "has no 't2i' system prompt"),
+        ("prompts not json", "could not be read as JSON"),
+        ("another model", "holds a qwen3, not FLUX.3's prompt rewriter"),
+        ("no config", "has no config.json"),
+        ("no weights", "could not be loaded"),
+        ("no chat template", "has no chat template"),
+    ],
+)
+def test_a_folder_that_is_not_the_rewriter_is_refused_by_name(rewriter_folder, tmp_path, damage, message):
+    folder = shutil.copytree(rewriter_folder, tmp_path / "pup")
+    prompts = folder / "system_prompts.json"
+    if damage == "no prompts":
+        prompts.unlink()
+    elif damage == "no t2i prompt":
+        prompts.write_text(json.dumps({"i2i": "edit"}), encoding="utf-8")
+    elif damage == "blank t2i prompt":
+        prompts.write_text(json.dumps({"t2i": " \n"}), encoding="utf-8")
+    elif damage == "prompts not json":
+        prompts.write_text("{t2i", encoding="utf-8")
+    elif damage == "another model":
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | {"model_type": "qwen3"}))
+    elif damage == "no config":
+        (folder / "config.json").unlink()
+    elif damage == "no weights":
+        (folder / "model.safetensors").unlink()
+    elif damage == "no chat template":
+        for name in ("chat_template.jinja", "tokenizer_config.json"):
+            path = folder / name
+            if path.is_file() and name.endswith(".jinja"):
+                path.unlink()
+            elif path.is_file():
+                config = json.loads(path.read_text())
+                config.pop("chat_template", None)
+                path.write_text(json.dumps(config))
+    with pytest.raises(ModelError, match=message) as caught:
+        PromptRewriter(max_new_tokens=TOKENS).rewrite(folder, "a fox", 64, 64, "cpu", torch.float32)
+    assert "pup" in str(caught.value)
+
+
+# ------------------------------------------------------------------------------------ through the backend
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return AppPaths.for_root(tmp_path / "home").ensure()
+
+
+def rewriting_backend(paths, folder):
+    backend = make_backend(paths)
+    backend._rewriter_folder = str(folder)  # what the Settings' folder gives the window's backend
+    backend._rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    return backend
+
+
+def test_the_picture_is_made_from_the_caption_with_the_loras_tags_kept(paths, flux3, rewriter_folder):
+    request = request_for(flux3["folder"], prompt="a red fox <lora:style:0.5>", steps=2, cfg_scale=3.0,
+                          rewrite_prompt=True)  # fmt: skip
+    backend = rewriting_backend(paths, rewriter_folder)
+    backend.load(request)
+    seen = []
+    # The LoRA is not in the library: the job is refused after the caption is written, naming it.
+    with pytest.raises(ModelError, match="style"):
+        backend.generate(request, 0, seen.append, _token())
+    assert seen[0].waiting is Waiting.REWRITING_PROMPT and seen[0].step == 0
+    caption = PromptRewriter(max_new_tokens=TOKENS).rewrite(rewriter_folder, "a red fox", 64, 64, "cpu",
+                                                            torch.float32)  # fmt: skip
+    untagged = replace(request, prompt="a red fox")
+    batch, steps = run(backend, untagged)
+    assert batch.rewritten_prompt == caption
+    assert steps[0].waiting is Waiting.REWRITING_PROMPT and [s.step for s in steps[1:]] == [1, 2]
+    plain, _ = run(make_backend(paths), replace(untagged, prompt=caption, rewrite_prompt=False))
+    assert np.array_equal(pixels(batch.images[0]), pixels(plain.images[0]))
+    as_typed, _ = run(make_backend(paths), replace(untagged, rewrite_prompt=False))
+    assert not np.array_equal(pixels(batch.images[0]), pixels(as_typed.images[0]))
+
+
+def _token():
+    from desktop.engine.jobs import CancelToken
+
+    return CancelToken()
+
+
+def test_other_models_and_a_missing_folder_are_refused_clearly(paths, flux3, rewriter_folder, tmp_path):
+    from tests.support.tiny_dit import build_tiny_flux, save_pipeline
+    from tests.support.tiny_models import build_tiny_sd15, save_diffusers
+
+    request = request_for(flux3["folder"], steps=1, rewrite_prompt=True)
+    with pytest.raises(InvalidRequest, match="No prompt rewriter is set: choose its folder in Settings"):
+        run(make_backend(paths), request)
+    sd = save_diffusers(build_tiny_sd15(), tmp_path / "sd15")
+    with pytest.raises(InvalidRequest, match="The prompt rewriter is FLUX.3's; Stable Diffusion models read"):
+        run(rewriting_backend(paths, rewriter_folder), request_for(sd, steps=1, rewrite_prompt=True))
+    flux = save_pipeline(build_tiny_flux(), tmp_path / "flux1")  # another diffusion transformer
+    with pytest.raises(InvalidRequest, match="The prompt rewriter is FLUX.3's; Flux.1 dev models read"):
+        run(rewriting_backend(paths, rewriter_folder), request_for(flux, steps=1, rewrite_prompt=True))
+    with pytest.raises(InvalidRequest, match="The prompt is empty"):
+        run(rewriting_backend(paths, rewriter_folder), replace(request, prompt=" <lora:style:0.5> "))
+    with pytest.raises(InvalidRequest, match="text to image"):
+        request_for(flux3["folder"], rewrite_prompt=True, init_image=str(tmp_path / "source.png"))
+    with pytest.raises(InvalidRequest, match="true or false"):
+        request_for(flux3["folder"], rewrite_prompt="yes")
+
+
+def test_the_command_line_records_the_caption_as_the_prompt(flux3, rewriter_folder, tmp_path, monkeypatch):
+    """`marble generate --rewrite-prompt --prompt-rewriter DIR`: the PNG's recipe holds the caption as its prompt
+    and rewriting off, so it makes the same picture again; the request as typed is kept beside it."""
+    from desktop.engine.backends import prompt_rewriter
+    from desktop.engine.metadata import PARAMETERS_CHUNK, read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    # A random model's caption runs to the limit: 3584 tokens would take 15 s here.
+    monkeypatch.setattr(prompt_rewriter, "MAX_NEW_TOKENS", TOKENS)
+    out = tmp_path / "fox.png"
+    code, _, err = in_process(["generate", "--prompt", "a red fox", "--seed", "3", "--width", "64", "--height",
+                               "64", "--steps", "2", "--device", "cpu", "--no-preview", "--home",
+                               str(tmp_path / "home"), "--model", str(flux3["folder"]), "--rewrite-prompt",
+                               "--prompt-rewriter", str(rewriter_folder), "--out", str(out)])  # fmt: skip
+    assert code == 0, err
+    assert "Rewriting the prompt" in err
+    caption = PromptRewriter(max_new_tokens=TOKENS).rewrite(rewriter_folder, "a red fox", 64, 64, "cpu",
+                                                            torch.float32)  # fmt: skip
+    recorded = read_image_metadata(out).request
+    assert (recorded.prompt, recorded.rewrite_prompt) == (caption, False)
+    with Image.open(out) as image:
+        chunks = dict(image.text)
+        assert chunks[PARAMETERS_CHUNK].startswith(caption + "\n")
+        assert json.loads(chunks["marble"])["prompt_template"]["prompt"] == "a red fox"
+        plain, _ = run(make_backend(AppPaths.for_root(tmp_path / "plain").ensure()),
+                       replace(recorded, model=str(flux3["folder"])))
+        assert np.array_equal(pixels(image), pixels(plain.images[0]))
+
+
+def test_unloading_the_model_lets_the_rewriter_go_too(paths, flux3, rewriter_folder, tmp_path):
+    """The window's "unload" frees the rewriter's memory with the model's: the next caption loads it again."""
+    folder = shutil.copytree(rewriter_folder, tmp_path / "pup")
+    backend = rewriting_backend(paths, folder)
+    run(backend, request_for(flux3["folder"], prompt="a fox", steps=1, cfg_scale=3.0, rewrite_prompt=True))
+    backend.unload()
+    shutil.rmtree(folder)
+    with pytest.raises(ModelError, match="does not exist"):
+        run(backend, request_for(flux3["folder"], prompt="a cat", steps=1, cfg_scale=3.0, rewrite_prompt=True))
