@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, Qwen3_5ForConditionalGeneration
 
 from desktop.engine.backends.base import Waiting
 from desktop.engine.backends.prompt_rewriter import PromptRewriter, canvas_line
-from desktop.engine.errors import Cancelled, InvalidRequest, ModelError
+from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, OutOfMemory
 from desktop.engine.paths import AppPaths
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support.tiny_flux3 import build_tiny_flux3, save_folder
@@ -247,3 +247,26 @@ def test_unloading_the_model_lets_the_rewriter_go_too(paths, flux3, rewriter_fol
     shutil.rmtree(folder)
     with pytest.raises(ModelError, match="does not exist"):
         run(backend, request_for(flux3["folder"], prompt="a cat", steps=1, cfg_scale=3.0, rewrite_prompt=True))
+
+
+def test_running_out_of_memory_gives_the_device_back_and_says_what_to_do(rewriter_folder, monkeypatch):
+    """A GPU too full for the rewriter beside the model (a CUDA out-of-memory error, raised here by the generation):
+    a clear error naming the Offload memory mode, and the rewriter back on the CPU."""
+    rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    rewriter.rewrite(rewriter_folder, "a fox", 64, 64, "cpu", torch.float32)
+    moves = []
+    model = rewriter._model
+    real_to = model.to
+
+    def to(device, *args, **kwargs):
+        moves.append(str(device))
+        return real_to(device, *args, **kwargs)
+
+    def generate(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model, "to", to)
+    monkeypatch.setattr(model, "generate", generate)
+    with pytest.raises(OutOfMemory, match="choose the Offload memory mode") as caught:
+        rewriter.rewrite(rewriter_folder, "a cat", 64, 64, "cpu", torch.float32)
+    assert "its 0 GB" in str(caught.value) and moves == ["cpu", "cpu"]

@@ -17,6 +17,7 @@ torch and transformers are imported inside the functions (pyproject's import-lin
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import unicodedata
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.errors import Cancelled, ModelError
+from desktop.engine.errors import Cancelled, ModelError, OutOfMemory
 
 # diffusers' and BFL's limit on the caption's length, in tokens.
 MAX_NEW_TOKENS = 3584
@@ -144,6 +145,9 @@ class PromptRewriter:
             raise ModelError(f"{folder}'s tokenizer has no chat template (chat_template.jinja or tokenizer_config's).")
         self._folder, self._model, self._tokenizer, self._system = folder.resolve(), model.eval(), tokenizer, system
 
+    def _gigabytes(self) -> float:
+        return sum(p.numel() * p.element_size() for p in self._model.parameters()) / 1e9
+
     def _write(self, turn: str, device: str, cancelled: Callable[[], bool]) -> str:
         import torch
         import transformers
@@ -157,15 +161,27 @@ class PromptRewriter:
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
             enable_thinking=False,
         )  # fmt: skip
-        model = self._model.to(device)
+        written = None
         try:
+            model = self._model.to(device)
             with torch.inference_mode():
                 written = model.generate(
                     **inputs.to(device), max_new_tokens=self._max_new_tokens, do_sample=False,
                     stopping_criteria=transformers.StoppingCriteriaList([_Stop()]),
                 )  # fmt: skip
+        except torch.OutOfMemoryError:
+            pass  # recovered below, outside the except block, so its traceback no longer pins the tensors
         finally:
-            model.to("cpu")  # the job's models get the device back
+            self._model.to("cpu")  # the job's models get the device back
+        if written is None:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise OutOfMemory(
+                f"The prompt rewriter ran out of memory on the {device} (its {self._gigabytes():.0f} GB beside the "
+                "model's): choose the Offload memory mode, which keeps the model's parts off the GPU between jobs, "
+                "or turn rewriting off."
+            )
         if cancelled():
             raise Cancelled("Cancelled while the prompt was being rewritten.")
         start = inputs["input_ids"].shape[1]
