@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "nf4/int8 (bitsandbytes-quantised weights; needs the bitsandbytes package)")
     gen.add_argument("--rewrite-prompt", action="store_true",
                      help="FLUX.3: expand the prompt with FLUX.3's prompt rewriter into the detailed caption the "
-                          "picture is made from (and that its metadata records as the prompt); text to image only")
+                          "picture is made from (and that its metadata records as the prompt); text to image, with "
+                          "or without --reference-image")
     gen.add_argument("--prompt-rewriter", metavar="DIR",
                      help="the prompt rewriter's folder (flux-3-image-klein-pup: weights, tokenizer, "
                           "system_prompts.json) instead of the Settings' FLUX.3 prompt rewriter")

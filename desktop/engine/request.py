@@ -164,7 +164,7 @@ class GenerationRequest:
     # channels_last and torch.compile on the UNet: faster steps after a slow first image (GPU use).
     fast_mode: bool = False
     # FLUX.3's prompt rewriter (backends/prompt_rewriter.py) expands the prompt into the caption the picture is made
-    # from, which then stands as the prompt in what is recorded (text to image only).
+    # from, which then stands as the prompt in what is recorded (text to image, with or without reference pictures).
     rewrite_prompt: bool = False
     # A folder of diffusers configs for a single-file checkpoint with non-standard dimensions.
     model_config: str | None = None
@@ -300,10 +300,10 @@ class GenerationRequest:
             raise InvalidRequest(f"fast mode must be true or false, not {self.fast_mode!r}.")
         if not isinstance(self.rewrite_prompt, bool):
             raise InvalidRequest(f"rewrite prompt must be true or false, not {self.rewrite_prompt!r}.")
-        if self.rewrite_prompt and (self.init_image is not None or self.reference_images):
+        if self.rewrite_prompt and self.init_image is not None:
             raise InvalidRequest(
-                "The prompt rewriter writes captions for text to image: turn it off for image to image, "
-                "inpainting or reference images."
+                "The prompt rewriter writes captions for text to image, with or without reference pictures: turn "
+                "it off for image to image, inpainting or an upscale."
             )
         self._validate_loras()
         self._validate_image_inputs()

@@ -263,8 +263,9 @@ class ParameterPanel(QWidget):
                                        objectName="rewrite_check")  # fmt: skip
         self.rewrite_check.setToolTip(self.tr(
             "Expands a short prompt into the detailed caption FLUX.3 is trained on, before the first step (text to "
-            "image only). The caption is the prompt the image records, so a recipe makes the same image again "
-            "without the rewriter. Its folder is set in Settings (FLUX.3 prompt rewriter)."
+            "image, from the reference pictures when there are some). The caption is the prompt the image records, "
+            "so a recipe makes the same image again without the rewriter. Its folder is set in Settings (FLUX.3 "
+            "prompt rewriter)."
         ))  # fmt: skip
         # Few-step models and LoRAs (LCM, Turbo, ...): choosing one sets its published steps, CFG and sampler.
         self.few_step_combo = _combo("few_step_combo", ("", *FEW_STEP_KINDS), _FEW_STEP_LABELS)

@@ -1371,7 +1371,7 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Expands a short prompt into the detailed caption FLUX.3 is trained on, before the first step (text to image only). The caption is the prompt the image records, so a recipe makes the same image again without the rewriter. Its folder is set in Settings (FLUX.3 prompt rewriter).</source>
+        <source>Expands a short prompt into the detailed caption FLUX.3 is trained on, before the first step (text to image, from the reference pictures when there are some). The caption is the prompt the image records, so a recipe makes the same image again without the rewriter. Its folder is set in Settings (FLUX.3 prompt rewriter).</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -4,6 +4,7 @@ command line: the picture is made from the caption, and the caption is what the 
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -68,6 +69,72 @@ def test_the_caption_is_the_models_greedy_answer_to_the_system_prompt_and_reques
     assert caption != without_controls(transformers_caption(rewriter_folder, "a red fox"))
     square = rewriter.rewrite(rewriter_folder, "a red fox", 64, 64, "cpu", torch.float32)
     assert square == without_controls(transformers_caption(rewriter_folder, "a red fox"))
+
+
+def test_the_captions_are_diffusers_upsamplers_own(rewriter_folder, monkeypatch):
+    """diffusers' FLUX.3 prompt upsampler (its modular block's function) over the same model and processor, given
+    the folder's system prompts (diffusers' own are thousands of characters, after which this random model writes the
+    same caption whatever follows): the same caption, for text to image (square: diffusers names no canvas) and for
+    an edit of one and of two reference pictures, prepared as diffusers prepares them."""
+    from diffusers.modular_pipelines.flux3 import prompt_upsampler as theirs
+
+    from desktop.engine.backends.families_qwen21 import load_processor
+
+    folder = rewriter_folder
+    monkeypatch.setattr(theirs, "SYSTEM_PROMPTS", SYSTEM_PROMPTS)
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    processor = load_processor(folder)
+    rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    fox = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1100, 3), dtype=np.uint8))
+    cat = Image.fromarray(np.random.default_rng(1).integers(0, 255, (60, 40, 4), dtype=np.uint8), "RGBA")
+    for pictures in ([], [fox], [fox, cat]):
+        ours = rewriter.rewrite(folder, "make it night", 64, 64, "cpu", torch.float32, references=pictures)
+        expected = theirs.upsample_prompt(model, processor, "make it night", max_new_tokens=TOKENS,
+                                          images=theirs.prepare_references(pictures) if pictures else None)
+        assert ours == without_controls(expected), len(pictures)
+    # The processor is shown the pictures exactly as diffusers prepares them (each under two pictures' budget here).
+    shown = []
+    template = rewriter._processor.apply_chat_template
+    rewriter._processor.apply_chat_template = lambda messages, **kw: shown.extend(
+        part["image"] for part in messages[1]["content"] if part["type"] == "image") or template(messages, **kw)
+    rewriter.rewrite(folder, "make it dawn", 64, 64, "cpu", torch.float32, references=[fox, cat])
+    expected = theirs.prepare_references([fox, cat])
+    assert [picture.size for picture in shown] == [picture.size for picture in expected] == [(800, 640), (32, 64)]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(shown, expected, strict=True))
+    # Kept captions are told apart by their pictures: another picture is written for again, the same one is not.
+    runs = []
+    generate = rewriter._model.generate
+    rewriter._model.generate = lambda *args, **kwargs: runs.append(1) or generate(*args, **kwargs)
+    rewriter.rewrite(folder, "make it night", 64, 64, "cpu", torch.float32, references=[cat])
+    rewriter.rewrite(folder, "make it night", 64, 64, "cpu", torch.float32, references=[fox])
+    assert runs == [1]
+
+
+def test_reference_pictures_are_sized_as_the_rewriter_saw_them():
+    from diffusers.modular_pipelines.flux3 import prompt_upsampler as theirs
+
+    from desktop.engine.backends.prompt_rewriter import prepared_reference, reference_size
+
+    sizes = [(1024, 1024), (1920, 1080), (4000, 3000), (50, 9000), (33, 31), (16, 16), (3000, 40), (725, 724),
+             (100, 20000), (40000, 200), (8000, 40)]  # the last three: 200:1, narrowest allowed
+    for count in (1, 2, 3, 10):
+        for width, height in sizes:
+            assert reference_size(width, height, count) == theirs.get_reference_size(width, height, count)
+    with pytest.raises(InvalidRequest, match="too narrow"):
+        reference_size(10, 3000, 1)
+    picture = Image.fromarray(np.random.default_rng(2).integers(0, 255, (300, 500, 4), dtype=np.uint8), "RGBA")
+    for count in (1, 3):
+        (expected,) = theirs.prepare_references([picture] * count)[:1]
+        assert np.array_equal(np.asarray(prepared_reference(picture, count)), np.asarray(expected))
+    # A photo turned by its EXIF orientation is shown upright.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = io.BytesIO()
+    picture.convert("RGB").save(data, format="JPEG", exif=exif.tobytes())
+    with Image.open(io.BytesIO(data.getvalue())) as photo:
+        prepared = prepared_reference(photo, 1)
+        assert prepared.size == (288, 512)  # 300 x 500 upright, sides to the nearest 32
+        assert np.array_equal(np.asarray(prepared), np.asarray(theirs.prepare_references(photo)[0]))
 
 
 def test_the_canvas_line_names_the_ratio_in_lowest_terms():
@@ -270,3 +337,21 @@ def test_running_out_of_memory_gives_the_device_back_and_says_what_to_do(rewrite
     with pytest.raises(OutOfMemory, match="choose the Offload memory mode") as caught:
         rewriter.rewrite(rewriter_folder, "a cat", 64, 64, "cpu", torch.float32)
     assert "its 0 GB" in str(caught.value) and moves == ["cpu", "cpu"]
+
+
+def test_with_reference_pictures_the_caption_is_written_from_them(paths, flux3, rewriter_folder, tmp_path):
+    """FLUX.3's editing (reference pictures beside the noise): the rewriter sees the pictures the job reads, and the
+    picture is made from its caption with the same references."""
+    path = tmp_path / "ref.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(path)
+    request = request_for(flux3["folder"], prompt="make it night", steps=2, cfg_scale=3.0, rewrite_prompt=True,
+                          reference_images=(str(path),))  # fmt: skip
+    batch, _ = run(rewriting_backend(paths, rewriter_folder), request)
+    with Image.open(path) as picture:
+        caption = PromptRewriter(max_new_tokens=TOKENS).rewrite(rewriter_folder, "make it night", 64, 64, "cpu",
+                                                                torch.float32, references=[picture.copy()])  # fmt: skip
+    assert batch.rewritten_prompt == caption
+    assert caption != PromptRewriter(max_new_tokens=TOKENS).rewrite(rewriter_folder, "make it night", 64, 64, "cpu",
+                                                                    torch.float32)  # fmt: skip
+    plain, _ = run(make_backend(paths), replace(request, prompt=caption, rewrite_prompt=False))
+    assert np.array_equal(pixels(batch.images[0]), pixels(plain.images[0]))

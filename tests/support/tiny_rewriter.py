@@ -1,6 +1,7 @@
 """A tiny random FLUX.3 prompt rewriter folder, as Black Forest Labs ship theirs (flux-3-image-klein-pup): a Qwen3.5
 (its gated-delta linear attention and full attention layers, a tiny vision tower) saved by transformers, a byte-level
-Qwen tokenizer whose chat template writes Qwen3's empty think block when thinking is off, and `system_prompts.json`.
+Qwen tokenizer whose chat template writes Qwen3's empty think block when thinking is off, the image processor's
+settings, and `system_prompts.json`.
 Its captions are random bytes, enough to check the rewriter's plumbing against transformers' own generation."""
 
 from __future__ import annotations
@@ -9,18 +10,23 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+from transformers import Qwen2VLImageProcessorPil, Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
 from tests.support.tiny_dit import _jitter
 from tests.support.tiny_qwen_edit import _IDS, VOCAB, tiny_edit_tokenizer
 
-# Qwen3's chat template in its essentials: system and user turns, the assistant's turn opened, and with thinking off
-# an empty think block first.
+# Qwen3.5's chat template in its essentials: system and user turns, their content as text or as lists of parts
+# (pictures as Qwen's vision tokens, which the processor widens to the picture's patches), the assistant's turn
+# opened, and with thinking off an empty think block first.
 CHAT = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for part in m['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
+_PATCH = 14
 SYSTEM_PROMPTS = {"t2i": "Expand the request into one detailed caption.", "i2i": "Expand the edit instruction."}
 WIDTH = 16
 
@@ -37,7 +43,7 @@ def tiny_rewriter(seed: int = 0) -> Qwen3_5ForConditionalGeneration:
                                 "mrope_interleaved": True, "partial_rotary_factor": 1.0},
         },
         vision_config={"depth": 1, "hidden_size": WIDTH, "intermediate_size": WIDTH, "num_heads": 2,
-                       "out_hidden_size": WIDTH, "patch_size": 14, "num_position_embeddings": 16},
+                       "out_hidden_size": WIDTH, "patch_size": _PATCH, "num_position_embeddings": 16},
         image_token_id=_IDS["<|image_pad|>"], video_token_id=_IDS["<|video_pad|>"],
         vision_start_token_id=_IDS["<|vision_start|>"], vision_end_token_id=_IDS["<|vision_end|>"],
     )  # fmt: skip
@@ -58,6 +64,9 @@ def save_rewriter(folder: Path, seed: int = 0, *, prompts: dict | None = SYSTEM_
     folder.mkdir(parents=True, exist_ok=True)
     tiny_rewriter(seed).save_pretrained(str(folder))
     tiny_rewriter_tokenizer().save_pretrained(str(folder))
+    # The processor's image settings: a picture is shown as at most 2 x 2 merged patches.
+    Qwen2VLImageProcessorPil(min_pixels=(_PATCH * 2) ** 2, max_pixels=(_PATCH * 2) ** 2 * 4,
+                             patch_size=_PATCH).save_pretrained(str(folder))  # fmt: skip
     if prompts is not None:
         (folder / "system_prompts.json").write_text(json.dumps(prompts), encoding="utf-8")
     return folder

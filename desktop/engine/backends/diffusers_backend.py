@@ -626,8 +626,9 @@ class DiffusersBackend:
     def _rewritten_prompt(
         self, request: GenerationRequest, batch_index: int, on_step: Callable[[StepInfo], None], cancel: CancelToken
     ) -> str:
-        """The prompt as FLUX.3's rewriter expands it (prompt_rewriter.py), its `<lora:...>` tags kept after the
-        caption, so the caption is what the encoder reads and the LoRAs still apply."""
+        """The prompt as FLUX.3's rewriter expands it (prompt_rewriter.py), from the reference pictures when there
+        are some, its `<lora:...>` tags kept after the caption, so the caption is what the encoder reads and the
+        LoRAs still apply."""
         if self._pipe is None:
             self.load(request)
         if self._dit is None or self._dit.family != FLUX3:
@@ -643,9 +644,10 @@ class DiffusersBackend:
         on_step(StepInfo(0, request.steps, batch_index, None, Waiting.REWRITING_PROMPT))
         assert self._key is not None
         dtype = getattr(torch, self._key.dtype.removeprefix("torch."))  # the job's, not fp8 storage's
+        references = [load_source(path, "The reference image") for path in request.reference_images]
         caption = self._rewriter.rewrite(Path(self._rewriter_folder).expanduser(), text, request.width,
-                                         request.height, self._key.device, dtype,
-                                         cancelled=lambda: cancel.cancelled)  # fmt: skip
+                                         request.height, self._key.device, dtype, cancelled=lambda: cancel.cancelled,
+                                         references=references)  # fmt: skip
         return prompt_with_lora_tags(caption, tags)
 
     @property

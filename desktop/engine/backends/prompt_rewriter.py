@@ -5,9 +5,12 @@ its system prompts beside the weights in `system_prompts.json`, one per mode; di
 of its modular FLUX.3 graph. Marble runs it only when asked (`GenerationRequest.rewrite_prompt`), for text to image:
 one greedy generation (so the same request always gives the same caption), the "t2i" system prompt read from the
 folder, the request as the user turn of the tokenizer's chat template with thinking off. A canvas that is not square
-is named on a first line (`TARGET CANVAS: W:H`), which the t2i system prompt says it may receive. The caption then
-replaces the prompt: it is what the picture is made from and what the image's metadata records, so a recipe makes the
-same picture again without the rewriter.
+is named on a first line (`TARGET CANVAS: W:H`), which the t2i system prompt says it may receive. With reference
+pictures (FLUX.3's editing) it writes from them: the "i2i" system prompt, the pictures as the rewriter saw them in
+training (RGB over white, sides whole multiples of 32 under a pixel budget that shrinks with their number, re-encoded
+as JPEG at quality 92) and the request in the edit's scaffold, through Qwen3.5's processor (built without its video
+half, which needs torchvision). The caption then replaces the prompt: it is what the picture is made from and what
+the image's metadata records, so a recipe makes the same picture again without the rewriter.
 
 The model stays loaded on the CPU between jobs and visits the job's device only while it writes: a 9B model beside
 FLUX.3 would not fit most cards. Captions are kept per request, so a batch of one prompt is rewritten once.
@@ -18,20 +21,34 @@ torch and transformers are imported inside the functions (pyproject's import-lin
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
 import json
 import math
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from desktop.engine.errors import Cancelled, ModelError, OutOfMemory
+from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, OutOfMemory
 
 # diffusers' and BFL's limit on the caption's length, in tokens.
 MAX_NEW_TOKENS = 3584
 SYSTEM_PROMPTS_FILE = "system_prompts.json"
-TEXT_TO_IMAGE_MODE = "t2i"
+TEXT_TO_IMAGE_MODE, EDIT_MODE = "t2i", "i2i"
+# The user turn of an edit: the reference pictures first, then this text (the format the rewriter was trained on).
+EDIT_SCAFFOLD = (
+    "Reference images follow in order (the first image, the second image, ...).\n"
+    "User request: {request}\n"
+    "Output the caption."
+)
+# How the rewriter saw reference pictures in training: sides in whole multiples of 32 pixels, at most this many
+# pixels for one, two, or three and more pictures; JPEG at this quality.
+REFERENCE_MULTIPLE = 32
+REFERENCE_BUDGETS = {1: 1024 * 1024, 2: 724 * 724, 3: 512 * 512}
+REFERENCE_JPEG_QUALITY = 92
+MAX_REFERENCE_ASPECT = 200
 # The architectures the published rewriter is (its config.json's model_type).
 _MODEL_TYPES = ("qwen3_5",)
 _KEPT_CAPTIONS = 32
@@ -44,6 +61,41 @@ def canvas_line(width: int, height: int) -> str:
         return ""
     common = math.gcd(width, height)
     return f"TARGET CANVAS: {width // common}:{height // common}"
+
+
+def reference_size(width: int, height: int, count: int) -> tuple[int, int]:
+    """The size one of `count` reference pictures of `width` x `height` is shown to the rewriter at: each side the
+    nearest whole multiple of 32 (at least 32) while that fits the budget, else both scaled down to the budget's
+    area and cut to whole multiples. (Scaled down, the narrow side of a picture at most 200:1 is at least 36 pixels
+    under the smallest budget, so the cut never falls below 32 and never breaks the budget.)"""
+    if max(width, height) > MAX_REFERENCE_ASPECT * min(width, height):
+        raise InvalidRequest(f"A {width}x{height} reference picture is too narrow for the prompt rewriter (more than "
+                             f"{MAX_REFERENCE_ASPECT}:1).")  # fmt: skip
+    budget = REFERENCE_BUDGETS[min(count, 3)]
+    step = REFERENCE_MULTIPLE
+    w, h = (max(step, round(side / step) * step) for side in (width, height))
+    if w * h <= budget:
+        return w, h
+    scale = math.sqrt(width * height / budget)
+    return int(width / scale) // step * step, int(height / scale) // step * step
+
+
+def prepared_reference(picture: Any, count: int) -> Any:
+    """A reference picture as the rewriter saw them in training (module docstring): upright by its EXIF, RGB over
+    white, resized with Lanczos, through a JPEG round trip."""
+    from PIL import Image, ImageOps
+
+    picture = ImageOps.exif_transpose(picture)
+    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
+        rgba = picture.convert("RGBA")
+        picture = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    picture = picture.convert("RGB")
+    size = reference_size(picture.width, picture.height, count)
+    if picture.size != size:
+        picture = picture.resize(size, Image.Resampling.LANCZOS)
+    encoded = io.BytesIO()
+    picture.save(encoded, format="JPEG", quality=REFERENCE_JPEG_QUALITY)
+    return Image.open(io.BytesIO(encoded.getvalue())).convert("RGB")
 
 
 def user_turn(request: str, width: int, height: int) -> str:
@@ -100,25 +152,36 @@ class PromptRewriter:
         self._folder: Path | None = None
         self._model: Any = None
         self._tokenizer: Any = None
-        self._system = ""
-        self._captions: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._processor: Any = None  # Qwen3.5's processor, loaded for the first edit
+        self._captions: OrderedDict[tuple[str, ...], str] = OrderedDict()
 
     def unload(self) -> None:
-        self._folder = self._model = self._tokenizer = None
+        self._folder = self._model = self._tokenizer = self._processor = None
 
     def rewrite(
         self, folder: Path, request: str, width: int, height: int, device: str, dtype: Any,
-        cancelled: Callable[[], bool] = lambda: False,
+        cancelled: Callable[[], bool] = lambda: False, references: Sequence[Any] = (),
     ) -> str:  # fmt: skip
-        """The caption for `request` at `width` x `height`, written on `device` in `dtype`; raises Cancelled when
-        `cancelled()` turns true while it writes, ModelError for a folder that is not the rewriter."""
-        turn = user_turn(request, width, height)
-        key = (str(folder.resolve()), str(dtype), turn)
+        """The caption for `request` at `width` x `height` (with `references`, PIL pictures: for an edit of them),
+        written on `device` in `dtype`; raises Cancelled when `cancelled()` turns true while it writes, ModelError
+        for a folder that is not the rewriter."""
+        pictures = [prepared_reference(picture, len(references)) for picture in references]
+        turn = EDIT_SCAFFOLD.format(request=request) if pictures else user_turn(request, width, height)
+        seen = tuple(hashlib.sha256(picture.tobytes()).hexdigest() for picture in pictures)
+        key = (str(folder.resolve()), str(dtype), turn, *seen)
         if key in self._captions:
             self._captions.move_to_end(key)
             return self._captions[key]
         self._load(folder, dtype)
-        caption = self._write(turn, device, cancelled)
+        if pictures:
+            inputs = self._edit_inputs(folder, turn, pictures)
+        else:
+            messages = [{"role": "system", "content": system_prompt(folder)}, {"role": "user", "content": turn}]
+            inputs = self._tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+                enable_thinking=False,
+            )  # fmt: skip
+        caption = self._write(inputs, device, cancelled)
         self._captions[key] = caption
         while len(self._captions) > _KEPT_CAPTIONS:
             self._captions.popitem(last=False)
@@ -132,7 +195,7 @@ class PromptRewriter:
         if not folder.is_dir():
             raise ModelError(f"The prompt rewriter's folder {folder} does not exist.")
         _model_type(folder)
-        system = system_prompt(folder)
+        system_prompt(folder)  # refused before minutes of loading, not after
         self.unload()  # the last one's memory goes before the next loads
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -143,12 +206,28 @@ class PromptRewriter:
             raise ModelError(f"The prompt rewriter in {folder} could not be loaded: {error}") from None
         if not getattr(tokenizer, "chat_template", None):
             raise ModelError(f"{folder}'s tokenizer has no chat template (chat_template.jinja or tokenizer_config's).")
-        self._folder, self._model, self._tokenizer, self._system = folder.resolve(), model.eval(), tokenizer, system
+        self._folder, self._model, self._tokenizer = folder.resolve(), model.eval(), tokenizer
+
+    def _edit_inputs(self, folder: Path, turn: str, pictures: list[Any]) -> Any:
+        """The edit's conversation through Qwen3.5's processor: the "i2i" system prompt, then the pictures and the
+        scaffolded request as one user turn (content as lists of parts, as processor templates take them)."""
+        from desktop.engine.backends import families_qwen21
+
+        if self._processor is None:
+            try:
+                self._processor = families_qwen21.load_processor(folder)
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ModelError(f"The prompt rewriter's processor in {folder} could not be loaded: {error}") from None
+        content = [{"type": "image", "image": picture} for picture in pictures] + [{"type": "text", "text": turn}]
+        messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt(folder, EDIT_MODE)}]},
+                    {"role": "user", "content": content}]  # fmt: skip
+        return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True, return_tensors="pt", enable_thinking=False)
 
     def _gigabytes(self) -> float:
         return sum(p.numel() * p.element_size() for p in self._model.parameters()) / 1e9
 
-    def _write(self, turn: str, device: str, cancelled: Callable[[], bool]) -> str:
+    def _write(self, inputs: Any, device: str, cancelled: Callable[[], bool]) -> str:
         import torch
         import transformers
 
@@ -156,11 +235,6 @@ class PromptRewriter:
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
                 return torch.full((input_ids.shape[0],), cancelled(), dtype=torch.bool, device=input_ids.device)
 
-        messages = [{"role": "system", "content": self._system}, {"role": "user", "content": turn}]
-        inputs = self._tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            enable_thinking=False,
-        )  # fmt: skip
         written = None
         try:
             model = self._model.to(device)
