@@ -355,3 +355,18 @@ def test_with_reference_pictures_the_caption_is_written_from_them(paths, flux3, 
                                                                     torch.float32)  # fmt: skip
     plain, _ = run(make_backend(paths), replace(request, prompt=caption, rewrite_prompt=False))
     assert np.array_equal(pixels(batch.images[0]), pixels(plain.images[0]))
+
+
+def test_an_edit_needs_the_processors_settings_and_the_i2i_prompt(rewriter_folder, tmp_path):
+    """A folder fit for text to image that lacks what an edit needs is refused naming it, when an edit asks."""
+    folder = shutil.copytree(rewriter_folder, tmp_path / "pup")
+    picture = Image.new("RGB", (64, 64), "red")
+    rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    assert rewriter.rewrite(folder, "a fox", 64, 64, "cpu", torch.float32)
+    (folder / "preprocessor_config.json").unlink()
+    with pytest.raises(ModelError, match="pup has no preprocessor_config.json"):
+        rewriter.rewrite(folder, "a fox", 64, 64, "cpu", torch.float32, references=[picture])
+    shutil.copy(rewriter_folder / "preprocessor_config.json", folder)
+    (folder / "system_prompts.json").write_text(json.dumps({"t2i": SYSTEM_PROMPTS["t2i"]}), encoding="utf-8")
+    with pytest.raises(ModelError, match="has no 'i2i' system prompt"):
+        rewriter.rewrite(folder, "a fox", 64, 64, "cpu", torch.float32, references=[picture])
