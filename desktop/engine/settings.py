@@ -48,6 +48,8 @@ class Setting:
     maximum: int = 0
     # Shown by an integer field instead of `minimum` ("Off" for a rate of 0).
     minimum_label: str = ""
+    # Shown by an empty folder field: what empty means ("" = the app's own folder).
+    empty_label: str = ""
 
     def coerce(self, value: Any) -> Any:
         """`value` as this setting stores it; raises ValueError with a sentence when it cannot be one."""
@@ -119,7 +121,7 @@ SETTINGS: tuple[Setting, ...] = (
         "prompt_rewriter", "FLUX.3 prompt rewriter", "The folder of FLUX.3's prompt rewriter "
         "(flux-3-image-klein-pup: its weights, tokenizer and system_prompts.json), which Rewrite prompt runs to "
         "expand a short prompt into the detailed caption FLUX.3 is trained on; empty: none. Takes effect at the "
-        "next start.", FOLDER, "",
+        "next start.", FOLDER, "", empty_label="(none)",
     ),
     # The window serves on 127.0.0.1 only: listening beyond this machine needs authentication, which
     # `marble serve --listen --api-auth` offers (docs/api.md).

@@ -2214,6 +2214,10 @@ Negative: {negative}</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>(none)</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>The folder of FLUX.3&apos;s prompt rewriter (flux-3-image-klein-pup: its weights, tokenizer and system_prompts.json), which Rewrite prompt runs to expand a short prompt into the detailed caption FLUX.3 is trained on; empty: none. Takes effect at the next start.</source>
         <translation type="unfinished"></translation>
     </message>

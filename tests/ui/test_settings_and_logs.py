@@ -149,6 +149,9 @@ def test_the_dialog_is_built_from_the_declarations(qtbot) -> None:
     spin = dialog.editors["preview_every"]
     assert isinstance(spin, QSpinBox) and (spin.minimum(), spin.maximum()) == (0, 50)
     assert spin.specialValueText() == "Off"
+    # An empty folder field says what empty means: the app's own folder, or for the prompt rewriter none.
+    assert dialog.editors["output_folder"].line_edit.placeholderText() == "(the app's own folder)"
+    assert dialog.editors["prompt_rewriter"].line_edit.placeholderText() == "(none)"
     assert dialog.values()["theme"] == "light" and dialog.values()["preview_every"] == 7
 
     dialog.editors["confirm_quit"].setChecked(False)

@@ -79,6 +79,7 @@ SETTING_TEXTS = (
                       "Gemma-2 file, Gemma's (it cannot ship: needed); empty: Marble's own. Takes effect at the next "
                       "start."),
     QT_TRANSLATE_NOOP("Settings", "FLUX.3 prompt rewriter"),
+    QT_TRANSLATE_NOOP("Settings", "(none)"),
     QT_TRANSLATE_NOOP("Settings", "The folder of FLUX.3's prompt rewriter (flux-3-image-klein-pup: its weights, "
                       "tokenizer and system_prompts.json), which Rewrite prompt runs to expand a short prompt into the "
                       "detailed caption FLUX.3 is trained on; empty: none. Takes effect at the next start."),
@@ -95,10 +96,10 @@ SETTING_TEXTS = (
 class _FolderField(QWidget):
     """A path field with a Browse… button."""
 
-    def __init__(self, title: str, parent: QWidget | None = None) -> None:
+    def __init__(self, title: str, empty_label: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.line_edit = QLineEdit()
-        self.line_edit.setPlaceholderText(self.tr("(the app's own folder)"))
+        self.line_edit.setPlaceholderText(empty_label or self.tr("(the app's own folder)"))
         browse = QPushButton(self.tr("Browse…"))
         browse.clicked.connect(lambda: self._browse(title))
         layout = QHBoxLayout(self)
@@ -191,7 +192,8 @@ class SettingsDialog(QDialog):
         if setting.kind == BOOLEAN:
             return QCheckBox()
         if setting.kind == FOLDER:
-            return _FolderField(translate(SETTINGS_CONTEXT, setting.title))
+            empty = translate(SETTINGS_CONTEXT, setting.empty_label) if setting.empty_label else ""
+            return _FolderField(translate(SETTINGS_CONTEXT, setting.title), empty)
         raise ValueError(f"no editor for settings of kind {setting.kind!r}")
 
     def set_values(self, values: Mapping[str, Any]) -> None:
