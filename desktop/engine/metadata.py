@@ -630,6 +630,21 @@ def from_marble_json(text: str) -> GenerationRequest:
     return GenerationRequest.from_dict(data).validate()
 
 
+def typed_prompt(raw: Mapping[str, str]) -> str:
+    """The prompt as the user typed it, from our chunk's `prompt_template`, when the image was made from another
+    (wildcards chosen, or FLUX.3's prompt rewriter's caption); "" when it was made from the prompt as typed, or the
+    chunk does not say."""
+    try:
+        document = json.loads(raw.get(MARBLE_CHUNK, ""))
+    except (ValueError, TypeError, RecursionError):
+        return ""
+    template = document.get("prompt_template") if isinstance(document, dict) else None
+    request = document.get("request") if isinstance(document, dict) else None
+    typed = template.get("prompt") if isinstance(template, dict) else None
+    made = request.get("prompt") if isinstance(request, dict) else None
+    return typed if isinstance(typed, str) and typed != made else ""
+
+
 # Version n -> n + 1. A newer file (a later Marble) is read as is: unknown keys are ignored.
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 

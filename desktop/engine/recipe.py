@@ -31,6 +31,7 @@ from desktop.engine.metadata import (
     parse_control_units,
     refiner_changes,
     resolve_sampler,
+    typed_prompt,
     vae_library_name,
 )
 from desktop.engine.request import EMPHASIS_MODES, ControlUnit, GenerationRequest, LoraRef
@@ -110,6 +111,8 @@ class Recipe:
     fields: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
     unsupported: tuple[str, ...] = ()
+    # The prompt as typed when the image was made from another (wildcards chosen, FLUX.3's rewritten caption).
+    typed_prompt: str = ""
 
     @property
     def has_recipe(self) -> bool:
@@ -136,7 +139,7 @@ class Recipe:
             "fields": fields,
             "warnings": list(self.warnings),
             "unsupported": list(self.unsupported),
-        }
+        } | ({"typed_prompt": self.typed_prompt} if self.typed_prompt else {})
 
 
 def read_recipe(
@@ -209,6 +212,7 @@ def read_recipe(
         MappingProxyType(ordered),
         tuple(warnings),
         tuple(unsupported),
+        typed_prompt(metadata.raw),
     )
 
 
@@ -530,6 +534,8 @@ def recipe_text(recipe: Recipe) -> str:
     if not recipe.has_recipe:
         return "This image carries no recipe (no generation settings in its metadata)."
     lines = [f"Written by: {recipe.format_name}", "", "Prompt:", recipe.prompt]
+    if recipe.typed_prompt:
+        lines += ["", "Prompt as typed:", recipe.typed_prompt]
     if recipe.negative_prompt:
         lines += ["", "Negative prompt:", recipe.negative_prompt]
     if recipe.settings:

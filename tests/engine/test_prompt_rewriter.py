@@ -303,6 +303,10 @@ def test_the_command_line_records_the_caption_as_the_prompt(flux3, rewriter_fold
         plain, _ = run(make_backend(AppPaths.for_root(tmp_path / "plain").ensure()),
                        replace(recorded, model=str(flux3["folder"])))
         assert np.array_equal(pixels(image), pixels(plain.images[0]))
+    # `marble info` shows both: the caption the picture was made from, and the request as typed.
+    code, shown, err = in_process(["info", str(out), "--home", str(tmp_path / "home")])
+    assert code == 0, err
+    assert "Prompt:\n" + caption in shown and "Prompt as typed:\na red fox\n" in shown
 
 
 def test_unloading_the_model_lets_the_rewriter_go_too(paths, flux3, rewriter_folder, tmp_path):

@@ -293,3 +293,24 @@ def test_changes_shorten_long_values_and_say_none():
                                       {"prompt": "x", "refiner": "my-refiner", "few_step": "turbo"})]  # fmt: skip
     assert listed == ["Prompt: x -> a castle on a hill at dusk, oil paintin…", "Refiner: my-refiner -> none",
                       "Few-step: turbo -> none"]  # fmt: skip
+
+
+def test_the_prompt_as_typed_is_shown_beside_the_prompt_the_image_was_made_from():
+    """Wildcards chosen (or FLUX.3's rewriter's caption): Marble's chunk keeps the prompt as typed; the recipe shows it
+    after the prompt and in its JSON, and reuses the prompt the image was made from."""
+    typed = GenerationRequest(prompt="a __animal__ at dusk", model="m", steps=3)
+    made = replace(typed, prompt="a fox at dusk")
+    model = ModelInfo("m", "/m", "sd1", None)
+    recipe = read_recipe(interpret_chunks(png_text_chunks(made, 7, model, "1.0", template=typed)))
+    assert (recipe.prompt, recipe.typed_prompt, recipe.fields["prompt"]) == ("a fox at dusk", typed.prompt,
+                                                                            "a fox at dusk")  # fmt: skip
+    assert "Prompt:\na fox at dusk\n\nPrompt as typed:\na __animal__ at dusk\n" in recipe_text(recipe)
+    assert recipe.to_json()["typed_prompt"] == typed.prompt
+    # Made from the prompt as typed, or the chunk's template malformed: nothing more is said.
+    plain = read_recipe(interpret_chunks(png_text_chunks(made, 7, model, "1.0", template=made)))
+    assert plain.typed_prompt == "" and "as typed" not in recipe_text(plain) and "typed_prompt" not in plain.to_json()
+    chunks = png_text_chunks(made, 7, model, "1.0", template=typed)
+    document = json.loads(chunks["marble"]) | {"prompt_template": ["a __animal__"]}
+    assert read_recipe(interpret_chunks(chunks | {"marble": json.dumps(document)})).typed_prompt == ""
+    # Another tool's parameters text has no template.
+    assert read_recipe(interpret_chunks({"parameters": chunks["parameters"]})).typed_prompt == ""
