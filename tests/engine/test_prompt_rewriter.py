@@ -221,10 +221,13 @@ def paths(tmp_path):
 
 
 def rewriting_backend(paths, folder):
-    backend = make_backend(paths)
-    backend._rewriter_folder = str(folder)  # what the Settings' folder gives the window's backend
-    backend._rewriter = PromptRewriter(max_new_tokens=TOKENS)
-    return backend
+    """The backend the window builds with the Settings' folder, its rewriter writing short captions."""
+    from desktop.engine.backends.diffusers_backend import DiffusersBackend
+    from desktop.engine.library.catalog import ModelCatalog
+    from desktop.engine.resources import Resources
+
+    return DiffusersBackend(paths, Resources.default(), ModelCatalog(paths.models), prompt_rewriter=str(folder),
+                            rewriter=PromptRewriter(max_new_tokens=TOKENS))  # fmt: skip
 
 
 def test_the_picture_is_made_from_the_caption_with_the_loras_tags_kept(paths, flux3, rewriter_folder):
