@@ -62,7 +62,11 @@ def _decode(stream: BinaryIO, label: str) -> Image.Image:
 def load_source(path: str | Path, label: str = "The source image") -> Image.Image:
     """The source image as RGB; transparency is flattened onto white, as an editor shows it. `label` names
     it in errors ("The reference image" for Qwen-Image-Edit Plus's others)."""
-    image = open_image(path, f"{label} {Path(path).name}")
+    return on_white(open_image(path, f"{label} {Path(path).name}"))
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """`image` as RGB, its transparency (an alpha channel or a palette's transparent colour) flattened onto white."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

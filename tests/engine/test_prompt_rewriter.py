@@ -51,8 +51,10 @@ def transformers_caption(folder, turn: str, tokens: int = TOKENS, **template) ->
 
 
 def without_controls(text: str) -> str:
-    """The caption as Marble keeps it: control characters but line breaks and tabs dropped, ends stripped."""
-    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "", text).strip()
+    """The caption as Marble keeps it: control characters but line breaks and tabs, bidi controls and line
+    separators dropped, ends stripped."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]", "",
+                  text).strip()  # fmt: skip
 
 
 def test_the_caption_is_the_models_greedy_answer_to_the_system_prompt_and_request(rewriter_folder):
@@ -306,6 +308,18 @@ def test_the_command_line_records_the_caption_as_the_prompt(flux3, rewriter_fold
         plain, _ = run(make_backend(AppPaths.for_root(tmp_path / "plain").ensure()),
                        replace(recorded, model=str(flux3["folder"])))
         assert np.array_equal(pixels(image), pixels(plain.images[0]))
+    # The window's Settings folder serves the command line too, when the flag is absent.
+    from desktop.engine.settings import SettingsStore
+
+    settings = SettingsStore.open(AppPaths.for_root(tmp_path / "home").settings_file)
+    settings.set("prompt_rewriter", str(rewriter_folder))
+    settings.save()
+    again = tmp_path / "again.png"
+    code, _, err = in_process(["generate", "--prompt", "a red fox", "--seed", "3", "--width", "64", "--height", "64",
+                               "--steps", "2", "--device", "cpu", "--no-preview", "--home", str(tmp_path / "home"),
+                               "--model", str(flux3["folder"]), "--rewrite-prompt", "--out", str(again)])  # fmt: skip
+    assert code == 0, err
+    assert read_image_metadata(again).request.prompt == caption
     # `marble info` shows both: the caption the picture was made from, and the request as typed.
     code, shown, err = in_process(["info", str(out), "--home", str(tmp_path / "home")])
     assert code == 0, err

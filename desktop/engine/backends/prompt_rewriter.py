@@ -25,13 +25,14 @@ import hashlib
 import io
 import json
 import math
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, OutOfMemory
+from desktop.engine.imaging import on_white
+from desktop.engine.terminal_text import is_unsafe_char
 
 # diffusers' and BFL's limit on the caption's length, in tokens.
 MAX_NEW_TOKENS = 3584
@@ -85,11 +86,7 @@ def prepared_reference(picture: Any, count: int) -> Any:
     white, resized with Lanczos, through a JPEG round trip."""
     from PIL import Image, ImageOps
 
-    picture = ImageOps.exif_transpose(picture)
-    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
-        rgba = picture.convert("RGBA")
-        picture = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    picture = picture.convert("RGB")
+    picture = on_white(ImageOps.exif_transpose(picture))
     size = reference_size(picture.width, picture.height, count)
     if picture.size != size:
         picture = picture.resize(size, Image.Resampling.LANCZOS)
@@ -139,9 +136,9 @@ def _model_type(folder: Path) -> str:
 
 
 def _printable(text: str) -> str:
-    """The caption without control characters other than line breaks and tabs: it becomes the prompt, which a NUL
-    would make unreadable in the image's recipe."""
-    return "".join(char for char in text if char in "\n\t" or unicodedata.category(char) != "Cc")
+    """The caption without control characters (line breaks and tabs kept), bidi controls or line separators: it
+    becomes the prompt, which a NUL would make unreadable in the image's recipe."""
+    return "".join(char for char in text if char in "\n\t" or not is_unsafe_char(char))
 
 
 class PromptRewriter:
