@@ -76,6 +76,7 @@ from desktop.engine.request import (
     RESIZE_MODES,
     ControlUnit,
     GenerationRequest,
+    LayoutBox,
     LoraRef,
 )
 from desktop.engine.resources import Resources
@@ -180,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="FLUX.3: expand the prompt with FLUX.3's prompt rewriter into the detailed caption the "
                           "picture is made from (and that its metadata records as the prompt); text to image, with "
                           "or without --reference-image")
+    gen.add_argument("--layout-box", action="append", default=[], metavar="LEFT,TOP,RIGHT,BOTTOM:TEXT",
+                     help="with --rewrite-prompt: a box the rewriter places what TEXT describes in, its edges as "
+                          "fractions of the picture (0,0 top left; 1,1 bottom right), e.g. '0.1,0.2,0.5,0.9:a red "
+                          "fox' (repeatable)")
     gen.add_argument("--prompt-rewriter", metavar="DIR",
                      help="the prompt rewriter's folder (flux-3-image-klein-pup: weights, tokenizer, "
                           "system_prompts.json) instead of the Settings' FLUX.3 prompt rewriter")
@@ -581,6 +586,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         memory_mode=args.memory_mode,
         fast_mode=args.fast,
         rewrite_prompt=args.rewrite_prompt,
+        layout_boxes=parse_layout_box_args(args.layout_box),
         clip_skip=args.clip_skip,
         emphasis=args.emphasis,
         model_config=str(Path(args.config).expanduser().resolve()) if args.config else None,
@@ -603,6 +609,20 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         + parse_ip_adapter_args(args.ip_adapter),
         **_hires_fields(args),
     )
+
+
+def parse_layout_box_args(values: list[str]) -> tuple[LayoutBox, ...]:
+    """`--layout-box LEFT,TOP,RIGHT,BOTTOM:TEXT` values as layout boxes (the edges checked by the request)."""
+    boxes = []
+    for value in values:
+        edges, _, text = value.partition(":")
+        try:
+            left, top, right, bottom = (float(edge) for edge in edges.split(","))
+        except ValueError:
+            raise InvalidRequest(f"--layout-box {value!r}: use LEFT,TOP,RIGHT,BOTTOM:TEXT with the edges as fractions "
+                                 "of the picture, e.g. 0.1,0.2,0.5,0.9:a red fox.") from None  # fmt: skip
+        boxes.append(LayoutBox(text.strip(), left, top, right, bottom))
+    return tuple(boxes)
 
 
 def parse_ip_adapter_args(values: list[str]) -> tuple[ControlUnit, ...]:

@@ -53,6 +53,25 @@ class LoraRef:
     name: str
     weight: float = 1.0
 
+# FLUX.3's layout boxes: at most this many, each at least this fraction of the canvas on a side (a box on the
+# rewriter's 0-1000 grid must keep its two edges apart), with a description of at most this many characters.
+MAX_LAYOUT_BOXES = 24
+MIN_LAYOUT_BOX_SIDE = 0.01
+MAX_LAYOUT_DESCRIPTION_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class LayoutBox:
+    """Where FLUX.3's prompt rewriter must place one element of the picture, and what it is: the box's edges as
+    fractions of the canvas (0 left or top, 1 right or bottom), so a box keeps its place when the size changes."""
+
+    description: str
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
 # A1111's ControlNet "Control Mode": balanced, "My prompt is more important", "ControlNet is more important".
 CONTROL_MODES = ("balanced", "prompt", "control")
 # "ip-adapter": the unit is an IP-Adapter and its image a reference image (desktop/engine/backends/ip_adapter.py).
@@ -166,6 +185,9 @@ class GenerationRequest:
     # FLUX.3's prompt rewriter (backends/prompt_rewriter.py) expands the prompt into the caption the picture is made
     # from, which then stands as the prompt in what is recorded (text to image, with or without reference pictures).
     rewrite_prompt: bool = False
+    # Boxes the rewriter places elements in (its layout captions: the caption cites each one and ends with their
+    # table); only with rewrite_prompt.
+    layout_boxes: tuple[LayoutBox, ...] = ()
     # A folder of diffusers configs for a single-file checkpoint with non-standard dimensions.
     model_config: str | None = None
     loras: tuple[LoraRef, ...] = ()
@@ -305,6 +327,7 @@ class GenerationRequest:
                 "The prompt rewriter writes captions for text to image, with or without reference pictures: turn "
                 "it off for image to image, inpainting or an upscale."
             )
+        self._validate_layout_boxes()
         self._validate_loras()
         self._validate_image_inputs()
         self._validate_variation()
@@ -315,6 +338,32 @@ class GenerationRequest:
         self._validate_few_step_and_refiner()
         self._validate_upscale()
         return self
+
+    def _validate_layout_boxes(self) -> None:
+        boxes = self.layout_boxes
+        if not isinstance(boxes, tuple) or not all(isinstance(box, LayoutBox) for box in boxes):
+            raise InvalidRequest(f"Layout boxes must be a list of boxes, not {boxes!r}.")
+        if boxes and not self.rewrite_prompt:
+            raise InvalidRequest("Layout boxes are placed by FLUX.3's prompt rewriter: turn rewriting on, or remove "
+                                 "the boxes.")  # fmt: skip
+        if len(boxes) > MAX_LAYOUT_BOXES:
+            raise InvalidRequest(f"{len(boxes)} layout boxes: use at most {MAX_LAYOUT_BOXES}.")
+        for number, box in enumerate(boxes, 1):
+            text = box.description
+            if not isinstance(text, str) or not text.strip() or "\x00" in text:
+                raise InvalidRequest(f"Layout box {number} needs a description of what it holds.")
+            if len(text) > MAX_LAYOUT_DESCRIPTION_CHARS:
+                raise InvalidRequest(f"Layout box {number}'s description is {len(text)} characters long: use at most "
+                                     f"{MAX_LAYOUT_DESCRIPTION_CHARS}.")  # fmt: skip
+            edges = (box.left, box.top, box.right, box.bottom)
+            if not all(isinstance(edge, (int, float)) and not isinstance(edge, bool) and 0 <= edge <= 1
+                       for edge in edges):  # fmt: skip
+                raise InvalidRequest(f"Layout box {number}'s edges must be fractions of the canvas from 0 to 1, not "
+                                     f"{edges!r}.")  # fmt: skip
+            if box.right - box.left < MIN_LAYOUT_BOX_SIDE or box.bottom - box.top < MIN_LAYOUT_BOX_SIDE:
+                raise InvalidRequest(f"Layout box {number} ({text[:40]!r}) is empty or inside out: its right edge "
+                                     f"must lie right of its left edge and its bottom below its top, by at least "
+                                     f"{MIN_LAYOUT_BOX_SIDE:.0%} of the canvas.")  # fmt: skip
 
     def _validate_upscale(self) -> None:
         if not isinstance(self.upscale_by, (int, float)) or isinstance(self.upscale_by, bool):
@@ -568,6 +617,8 @@ class GenerationRequest:
             values["controls"] = _controls_from(values["controls"])
         if isinstance(values.get("reference_images"), list):
             values["reference_images"] = tuple(values["reference_images"])
+        if "layout_boxes" in values:
+            values["layout_boxes"] = _layout_boxes_from(values["layout_boxes"])
         try:
             return cls(**values)
         except TypeError as error:
@@ -586,6 +637,21 @@ def _loras_from(raw: object) -> tuple[LoraRef, ...]:
         else:
             raise InvalidRequest(f"The saved request has an unreadable LoRA entry: {item!r}.")
     return tuple(refs)
+
+
+def _layout_boxes_from(raw: object) -> tuple[LayoutBox, ...]:
+    if not isinstance(raw, (list, tuple)):
+        raise InvalidRequest("The saved request lists its layout boxes in an unknown form.")
+    names = [f.name for f in fields(LayoutBox)]
+    boxes = []
+    for item in raw:
+        if isinstance(item, LayoutBox):
+            boxes.append(item)
+        elif isinstance(item, dict) and set(names) <= set(item):
+            boxes.append(LayoutBox(**{name: item[name] for name in names}))
+        else:
+            raise InvalidRequest(f"The saved request has an unreadable layout box: {item!r}.")
+    return tuple(boxes)
 
 
 def _controls_from(raw: object) -> tuple[ControlUnit, ...]:

@@ -268,8 +268,9 @@ class MainWindow(QMainWindow):
             request = replace(request, reference_images=())
         if self.parameter_panel.ignores_unet_settings():
             request = replace(request, tiling=False, fast_mode=False)
-        if self.parameter_panel.ignores_prompt_rewriter():
-            request = replace(request, rewrite_prompt=False)
+        if self.parameter_panel.ignores_prompt_rewriter() or not request.rewrite_prompt:
+            # The boxes stay listed, hidden, for when rewriting is on again.
+            request = replace(request, rewrite_prompt=False, layout_boxes=())
         if self.parameter_panel.ignores_controls():
             request = replace(request, controls=())
         return self.canvas_toolbar.edit_request(request, self._inputs_folder)

@@ -15,7 +15,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from desktop.engine.backends.schedulers import DEFAULT_SAMPLER
-from desktop.engine.request import RANDOM_SEED, ControlUnit, GenerationRequest, LoraRef
+from desktop.engine.request import RANDOM_SEED, ControlUnit, GenerationRequest, LayoutBox, LoraRef
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Parameters:
     memory_mode: str = "auto"
     fast_mode: bool = False
     rewrite_prompt: bool = False  # FLUX.3's prompt rewriter; the panel shows it for FLUX.3 models only
+    layout_boxes: tuple[LayoutBox, ...] = ()  # placed by the rewriter; shown while rewriting is on
     loras: tuple[LoraRef, ...] = ()
     subseed: int = RANDOM_SEED
     subseed_strength: float = 0.0

@@ -47,6 +47,7 @@ from desktop.engine.request import (
     RANDOM_SEED,
 )
 from desktop.ui.control_list import ControlListWidget
+from desktop.ui.layout_boxes_editor import LayoutBoxesEditor
 from desktop.ui.lora_list import LoraListWidget
 from desktop.ui.parameter_model import ParameterModel, Parameters
 from desktop.ui.reference_images_row import ReferenceImagesRow
@@ -267,6 +268,15 @@ class ParameterPanel(QWidget):
             "so a recipe makes the same image again without the rewriter. Its folder is set in Settings (FLUX.3 "
             "prompt rewriter)."
         ))  # fmt: skip
+        # FLUX.3's layout boxes, placed by its rewriter: shown while rewriting is on for a FLUX.3 model.
+        self.layout_editor = LayoutBoxesEditor()
+        self.layout_editor.setObjectName("layout_editor")
+        self.layout_label = QLabel(self.tr("Layout boxes"), objectName="layout_label")
+        self.layout_label.setToolTip(self.tr(
+            "Where FLUX.3's prompt rewriter places elements of the picture: its caption cites each box and ends with "
+            "their table, which FLUX.3 was trained to follow"
+        ))  # fmt: skip
+        self.rewrite_check.toggled.connect(self._show_layout_boxes)
         # Few-step models and LoRAs (LCM, Turbo, ...): choosing one sets its published steps, CFG and sampler.
         self.few_step_combo = _combo("few_step_combo", ("", *FEW_STEP_KINDS), _FEW_STEP_LABELS)
         self.few_step_combo.setToolTip(self.tr(
@@ -484,6 +494,7 @@ class ParameterPanel(QWidget):
         form.addRow(self.tr("&CFG scale"), self.cfg_spin)
         form.addRow(self.distilled_cfg_label, self.distilled_cfg_spin)
         form.addRow(self.rewrite_check)
+        form.addRow(self.layout_label, self.layout_editor)
         form.addRow(self.tr("Few-ste&p"), self.few_step_combo)
         form.addRow(self.refiner_label, self.refiner_row)
         form.addRow(self.text_encoders_label, self.text_encoders_row)
@@ -543,6 +554,8 @@ class ParameterPanel(QWidget):
             "fast_mode": _Binding(fast, fast.isChecked, fast.setChecked, fast.toggled),
             "rewrite_prompt": _Binding(self.rewrite_check, self.rewrite_check.isChecked, self.rewrite_check.setChecked,
                                        self.rewrite_check.toggled),
+            "layout_boxes": _Binding(self.layout_editor, self.layout_editor.boxes, self.layout_editor.set_boxes,
+                                     self.layout_editor.boxes_changed),
             "loras": _Binding(loras, loras.loras, loras.set_loras, loras.loras_changed),
             "controls": _Binding(self.control_list, self.control_list.controls, self.control_list.set_controls,
                                  self.control_list.controls_changed),
@@ -602,6 +615,8 @@ class ParameterPanel(QWidget):
             self.emphasis_changed.emit(value)
         if name == "model":
             self._show_family_rows()
+        if name in ("width", "height"):
+            self.layout_editor.set_canvas_size(self.model.value("width"), self.model.value("height"))
         if name in _EXTRA_FIELDS and value != getattr(Parameters(), name):
             self.show_extra(True)  # a recipe that uses an extra shows it
         if name == "hires_fix" and value:
@@ -762,6 +777,12 @@ class ParameterPanel(QWidget):
         stays, for when a FLUX.3 model is chosen again)."""
         return not self._rewriter_shown
 
+    @Slot()
+    def _show_layout_boxes(self) -> None:
+        shown = self._rewriter_shown and self.rewrite_check.isChecked()
+        self.layout_label.setVisible(shown)
+        self.layout_editor.setVisible(shown)
+
     def ignores_unet_settings(self) -> bool:
         """Whether the chosen model is a diffusion transformer: seamless tiling and fast mode are greyed out and
         a job must not ask for them (the ticks stay, for when an SD model is chosen again)."""
@@ -787,6 +808,7 @@ class ParameterPanel(QWidget):
         self.distilled_cfg_spin.setVisible(flux_dev)
         self._rewriter_shown = self._families.get(self.selected_model()) in FLUX3_FAMILIES
         self.rewrite_check.setVisible(self._rewriter_shown)
+        self._show_layout_boxes()
         sdxl = self._families.get(self.selected_model(), "").startswith("sdxl")
         self.refiner_label.setVisible(sdxl)
         self.refiner_row.setVisible(sdxl)

@@ -19,7 +19,7 @@ from typing import Any
 from PySide6.QtCore import QEvent, QObject, QTimer, Slot
 
 from desktop.engine.errors import MarbleError
-from desktop.engine.request import ControlUnit, GenerationRequest, LoraRef
+from desktop.engine.request import ControlUnit, GenerationRequest, LayoutBox, LoraRef
 from desktop.engine.settings import SettingsStore
 from desktop.ui.main_window import MainWindow
 from desktop.ui.parameter_model import PARAMETER_FIELDS, Parameters
@@ -62,6 +62,10 @@ def parameters_from_json(values: Mapping[str, Any], base: Parameters) -> Paramet
             controls = _controls(value)
             if controls is not None:
                 changes[name] = controls
+        elif name == "layout_boxes":
+            boxes = _layout_boxes(value)
+            if boxes is not None:
+                changes[name] = boxes
         elif isinstance(default, bool):
             if isinstance(value, bool):
                 changes[name] = value
@@ -88,6 +92,21 @@ def _controls(value: Any) -> tuple[ControlUnit, ...] | None:
     except (MarbleError, TypeError, ValueError):
         return None
     return units
+
+
+def _layout_boxes(value: Any) -> tuple[LayoutBox, ...] | None:
+    """The stored boxes (`asdict` wrote them); None when damaged. A box still without its description is kept: the
+    panel asks for one."""
+    if not isinstance(value, list):
+        return None
+    try:
+        boxes = GenerationRequest.from_dict({"prompt": "", "model": "", "layout_boxes": value}).layout_boxes
+    except (MarbleError, TypeError, ValueError):
+        return None
+    edges_ok = all(isinstance(box.description, str) and all(
+        isinstance(edge, int | float) and not isinstance(edge, bool) and 0 <= edge <= 1
+        for edge in (box.left, box.top, box.right, box.bottom)) for box in boxes)  # fmt: skip
+    return boxes if edges_ok else None
 
 
 def _loras(value: Any) -> tuple[LoraRef, ...] | None:

@@ -928,6 +928,41 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
 </context>
 <context>
+    <name>LayoutBoxesEditor</name>
+    <message>
+        <source>Drag in the frame to place an element of the picture, then describe it in the list</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>What it holds</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Where</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove the selected box</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Clear</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Remove every box</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Drag in the frame to place an element; the rewriter writes the caption around the boxes.</source>
+        <translation type="unfinished"></translation>
+    </message>
+</context>
+<context>
     <name>LibraryDialog</name>
     <message>
         <source>Models</source>
@@ -1372,6 +1407,14 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>Expands a short prompt into the detailed caption FLUX.3 is trained on, before the first step (text to image, from the reference pictures when there are some). The caption is the prompt the image records, so a recipe makes the same image again without the rewriter. Its folder is set in Settings (FLUX.3 prompt rewriter).</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Layout boxes</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Where FLUX.3&apos;s prompt rewriter places elements of the picture: its caption cites each box and ends with their table, which FLUX.3 was trained to follow</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -17,9 +17,11 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen3_5ForConditionalGeneration
 
 from desktop.engine.backends.base import Waiting
+from desktop.engine.backends.layout_captions import layout_request, locked_rows, reconciled, split_table
 from desktop.engine.backends.prompt_rewriter import PromptRewriter, canvas_line
 from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, OutOfMemory
 from desktop.engine.paths import AppPaths
+from desktop.engine.request import LayoutBox
 from tests.engine.test_diffusers_backend import make_backend, pixels, request_for, run
 from tests.support.tiny_flux3 import build_tiny_flux3, save_folder
 from tests.support.tiny_rewriter import SYSTEM_PROMPTS, save_rewriter
@@ -38,12 +40,12 @@ def flux3(tmp_path_factory):
     return {"pipe": pipe, "folder": save_folder(pipe, tmp_path_factory.mktemp("flux3") / "FLUX.3-base")}
 
 
-def transformers_caption(folder, turn: str, tokens: int = TOKENS, **template) -> str:
-    """The caption as transformers writes it, apart from Marble: the t2i system prompt, the turn, thinking off,
-    greedy."""
+def transformers_caption(folder, turn: str, tokens: int = TOKENS, mode: str = "t2i", **template) -> str:
+    """The caption as transformers writes it, apart from Marble: the mode's system prompt (t2i), the turn, thinking
+    off, greedy."""
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     model = Qwen3_5ForConditionalGeneration.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
-    messages = [{"role": "system", "content": SYSTEM_PROMPTS["t2i"]}, {"role": "user", "content": turn}]
+    messages = [{"role": "system", "content": SYSTEM_PROMPTS[mode]}, {"role": "user", "content": turn}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                            return_tensors="pt", **({"enable_thinking": False} | template))  # fmt: skip
     written = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
@@ -391,3 +393,102 @@ def test_an_edit_needs_the_processors_settings_and_the_i2i_prompt(rewriter_folde
     (folder / "system_prompts.json").write_text(json.dumps({"t2i": SYSTEM_PROMPTS["t2i"]}), encoding="utf-8")
     with pytest.raises(ModelError, match="has no 'i2i' system prompt"):
         rewriter.rewrite(folder, "a fox", 64, 64, "cpu", torch.float32, references=[picture])
+
+
+FOX_BOX = LayoutBox("a red fox sitting", 0.1, 0.2, 0.5, 0.9)
+MOON_BOX = LayoutBox("a full moon", 0.7, 0.05, 0.9, 0.25)
+
+
+def test_layout_captions_are_diffusers_upsamplers_own(rewriter_folder, monkeypatch):
+    """With layout boxes the caption is diffusers' upsampler's with the same boxes (its `boxes`, 0-1 in BFL's
+    order): for text to image (the t2i_bbox system prompt, the layout request) and for an edit (i2i_bbox, the boxes
+    as new content of the target, the layout scaffold). It ends with the user's boxes on the 0-1000 grid."""
+    from diffusers.modular_pipelines.flux3 import prompt_upsampler as theirs
+
+    from desktop.engine.backends.families_qwen21 import load_processor
+
+    folder = rewriter_folder
+    monkeypatch.setattr(theirs, "SYSTEM_PROMPTS", SYSTEM_PROMPTS)
+    model = Qwen3_5ForConditionalGeneration.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    processor = load_processor(folder)
+    rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    boxes = [FOX_BOX, MOON_BOX]
+    t2i = [{"desc": box.description, "bbox": [box.top, box.left, box.bottom, box.right]} for box in boxes]
+    ours = rewriter.rewrite(folder, "a fox under the moon", 64, 64, "cpu", torch.float32, boxes=boxes)
+    expected = theirs.upsample_prompt(model, processor, "a fox under the moon", boxes=t2i, max_new_tokens=TOKENS)
+    assert ours == without_controls(expected)
+    assert ours != rewriter.rewrite(folder, "a fox under the moon", 64, 64, "cpu", torch.float32)
+    assert split_table(ours)[1][:2] == locked_rows(boxes, edit=False)
+    picture = Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8))
+    edit = [{"desc": FOX_BOX.description, "from": "target",
+             "tgt_bbox": [FOX_BOX.top, FOX_BOX.left, FOX_BOX.bottom, FOX_BOX.right]}]  # fmt: skip
+    ours = rewriter.rewrite(folder, "add a fox", 64, 64, "cpu", torch.float32, references=[picture], boxes=[FOX_BOX])
+    expected = theirs.upsample_prompt(model, processor, "add a fox", images=theirs.prepare_references([picture]),
+                                      boxes=edit, max_new_tokens=TOKENS)  # fmt: skip
+    assert ours == without_controls(expected)
+    # The edit's conversation is the layout one (the random model alone would not tell): the i2i_bbox prompt, the
+    # picture, then the layout scaffold around the layout request.
+    asked = []
+    template = rewriter._processor.apply_chat_template
+    rewriter._processor.apply_chat_template = lambda messages, **kw: asked.append(messages) or template(messages, **kw)
+    rewriter.rewrite(folder, "add a hat", 64, 64, "cpu", torch.float32, references=[picture], boxes=[FOX_BOX])
+    (system, user), = asked
+    assert system["content"] == [{"type": "text", "text": SYSTEM_PROMPTS["i2i_bbox"]}]
+    assert [part["type"] for part in user["content"]] == ["image", "text"]
+    assert user["content"][1]["text"] == theirs.I2I_SCAFFOLD[True].format(
+        instruction=theirs.format_layout_request("add a hat", theirs.boxes_to_canvas(edit)))
+    assert split_table(ours)[1][0] == {"id": "obj_1", "from": "target", "src_bbox": None,
+                                       "tgt_bbox": [200, 100, 900, 500], "desc": "a red fox sitting"}  # fmt: skip
+
+
+def test_a_layout_on_a_wide_canvas_names_it_before_the_request(rewriter_folder, tmp_path):
+    """The layout system prompt places boxes by the canvas's ratio: the canvas line comes first, then the layout
+    request. A folder without the layout system prompt is refused naming it."""
+    rewriter = PromptRewriter(max_new_tokens=TOKENS)
+    rewriter.rewrite(rewriter_folder, "a fox", 64, 64, "cpu", torch.float32)
+    asked = []  # the conversations the tokenizer renders (past the long layout request, this random model writes
+    # the same caption whatever the system prompt says)
+    template = rewriter._tokenizer.apply_chat_template
+    rewriter._tokenizer.apply_chat_template = lambda messages, **kw: asked.append(messages) or template(messages, **kw)
+    ours = rewriter.rewrite(rewriter_folder, "a fox", 64, 32, "cpu", torch.float32, boxes=[FOX_BOX])
+    rows = locked_rows([FOX_BOX], edit=False)
+    turn = "TARGET CANVAS: 2:1\n" + layout_request("a fox", rows)
+    assert asked == [[{"role": "system", "content": SYSTEM_PROMPTS["t2i_bbox"]}, {"role": "user", "content": turn}]]
+    raw = transformers_caption(rewriter_folder, turn, mode="t2i_bbox")
+    assert ours == reconciled(without_controls(raw), rows)
+    folder = shutil.copytree(rewriter_folder, tmp_path / "pup")
+    (folder / "system_prompts.json").write_text(json.dumps({"t2i": SYSTEM_PROMPTS["t2i"]}), encoding="utf-8")
+    with pytest.raises(ModelError, match="has no 't2i_bbox' system prompt \\(layout boxes need it\\)"):
+        PromptRewriter(max_new_tokens=TOKENS).rewrite(folder, "a fox", 64, 64, "cpu", torch.float32,
+                                                      boxes=[FOX_BOX])  # fmt: skip
+
+
+def test_the_command_line_places_layout_boxes(flux3, rewriter_folder, tmp_path, monkeypatch):
+    """`marble generate --rewrite-prompt --layout-box ...`: the recorded prompt is the layout caption, ending with
+    the box's row on the grid; the recipe asks for no rewriting and no boxes, and makes the same picture. Boxes
+    without rewriting are refused."""
+    from desktop.engine.backends import prompt_rewriter
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    monkeypatch.setattr(prompt_rewriter, "MAX_NEW_TOKENS", TOKENS)
+    out = tmp_path / "fox.png"
+    common = ["generate", "--prompt", "a red fox", "--seed", "3", "--width", "64", "--height", "64", "--steps", "2",
+              "--device", "cpu", "--no-preview", "--home", str(tmp_path / "home"), "--model", str(flux3["folder"]),
+              "--layout-box", "0.1,0.2,0.5,0.9: a red fox sitting", "--prompt-rewriter", str(rewriter_folder)]
+    code, _, err = in_process([*common, "--rewrite-prompt", "--out", str(out)])
+    assert code == 0, err
+    caption = PromptRewriter(max_new_tokens=TOKENS).rewrite(rewriter_folder, "a red fox", 64, 64, "cpu",
+                                                            torch.float32, boxes=[FOX_BOX])  # fmt: skip
+    recorded = read_image_metadata(out).request
+    assert (recorded.prompt, recorded.rewrite_prompt, recorded.layout_boxes) == (caption, False, ())
+    assert split_table(recorded.prompt)[1] == locked_rows([FOX_BOX], edit=False)
+    with Image.open(out) as image:  # Marble's own chunk too (a request it could not take would fall back to A1111's)
+        written = json.loads(image.text["marble"])["request"]
+        assert (written["prompt"], written["rewrite_prompt"], written["layout_boxes"]) == (caption, False, [])
+    plain, _ = run(make_backend(AppPaths.for_root(tmp_path / "plain").ensure()),
+                   replace(recorded, model=str(flux3["folder"])))  # fmt: skip
+    with Image.open(out) as image:
+        assert np.array_equal(pixels(image), pixels(plain.images[0]))
+    code, _, err = in_process([*common, "--out", str(tmp_path / "plain.png")])
+    assert code != 0 and "turn rewriting on" in err and "Traceback" not in err

@@ -27,7 +27,9 @@ CHAT = (
     "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
 )
 _PATCH = 14
-SYSTEM_PROMPTS = {"t2i": "Expand the request into one detailed caption.", "i2i": "Expand the edit instruction."}
+SYSTEM_PROMPTS = {"t2i": "Expand the request into one detailed caption.", "i2i": "Expand the edit instruction.",
+                  "t2i_bbox": "Plan the layout: a caption citing <ids>, then the box table.",
+                  "i2i_bbox": "Annotate the edit: a paragraph citing <ids>, then the box table."}
 WIDTH = 16
 
 

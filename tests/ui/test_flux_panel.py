@@ -322,10 +322,9 @@ def test_a_pixart_file_brings_its_defaults_its_encoder_row_and_its_samplers(qtbo
         close_window(window, controller)
 
 
-def test_the_prompt_rewriter_tick_shows_for_flux3_only_and_is_kept(qtbot, tmp_path: Path) -> None:
-    # FLUX.3's prompt rewriter: the tick shows for a FLUX.3 model; with another model chosen it is hidden, the job
-    # does not ask for it (the backend would refuse), and the user's tick counts again with FLUX.3.
-    home = tmp_path / "home"
+def flux3_and_sd_models(home: Path) -> None:
+    """A FLUX.3 folder ("zz-flux3": its index and transformer config, all the scan reads) and an SD 1.x one
+    ("zz-sd1-model") in the library of `home`."""
     models = AppPaths.for_root(home).ensure().models
     folder = models / "zz-flux3"
     (folder / "transformer").mkdir(parents=True)
@@ -334,6 +333,13 @@ def test_the_prompt_rewriter_tick_shows_for_flux3_only_and_is_kept(qtbot, tmp_pa
         json.dumps({"_class_name": "Flux3Transformer2DModel", "flow_map": False})
     )
     unet_folder(models, "zz-sd1-model", 768)
+
+
+def test_the_prompt_rewriter_tick_shows_for_flux3_only_and_is_kept(qtbot, tmp_path: Path) -> None:
+    # FLUX.3's prompt rewriter: the tick shows for a FLUX.3 model; with another model chosen it is hidden, the job
+    # does not ask for it (the backend would refuse), and the user's tick counts again with FLUX.3.
+    home = tmp_path / "home"
+    flux3_and_sd_models(home)
     window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
     panel = window.parameter_panel
     try:

@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtWidgets import QComboBox, QDoubleSpinBox
 
 from desktop.engine.backends.schedulers import SAMPLER_NAMES
-from desktop.engine.request import ControlUnit, GenerationRequest, LoraRef
+from desktop.engine.request import ControlUnit, GenerationRequest, LayoutBox, LoraRef
 from desktop.ui.parameter_model import PARAMETER_FIELDS, ParameterModel, Parameters, build_request
 from desktop.ui.parameter_panel import ParameterPanel
 
@@ -35,6 +35,7 @@ CHANGED = Parameters(
     memory_mode="tiled",
     fast_mode=True,
     rewrite_prompt=True,
+    layout_boxes=(LayoutBox("a red fox", 0.1, 0.2, 0.5, 0.9), LayoutBox("a moon", 0.7, 0.05, 0.9, 0.25)),
     loras=(LoraRef("inkwash", 0.5),),
     subseed=77,
     subseed_strength=0.35,
@@ -123,6 +124,10 @@ def _readers(panel: ParameterPanel) -> dict[str, Callable[[], Any]]:
         "refiner": lambda: _combo_data(panel.refiner_combo),
         "refiner_switch_at": panel.refiner_switch_spin.value,
         "reference_images": panel.references_row.images,
+        # The descriptions as the list shows them, the edges as the frame draws them.
+        "layout_boxes": lambda: tuple(
+            dataclasses.replace(box, description=panel.layout_editor.table.item(row, 0).text())
+            for row, box in enumerate(panel.layout_editor.area.boxes())),
     }
 
 
@@ -193,6 +198,9 @@ def _edit_every_widget(panel: ParameterPanel, target: Parameters) -> None:
         row.end_spin.setValue(unit.end)
     panel.set_reference_models({target.model: 4})  # the scan found a model that reads up to 4
     panel.references_row.add_images(target.reference_images)
+    for box in target.layout_boxes:  # drawn in the frame, then described in the list
+        panel.layout_editor.area.drawn.emit((box.left, box.top, box.right, box.bottom))
+        panel.layout_editor.table.item(panel.layout_editor.table.rowCount() - 1, 0).setText(box.description)
 
 
 @pytest.fixture
@@ -212,7 +220,8 @@ def test_setting_the_model_updates_every_widget(panel: ParameterPanel) -> None:
     assert set(readers) == set(PARAMETER_FIELDS)
     panel.model.set_parameters(CHANGED)
     shown = {name: read() for name, read in readers.items()}
-    assert shown == dataclasses.asdict(CHANGED) | {"loras": CHANGED.loras, "controls": CHANGED.controls}
+    assert shown == dataclasses.asdict(CHANGED) | {"loras": CHANGED.loras, "controls": CHANGED.controls,
+                                                   "layout_boxes": CHANGED.layout_boxes}
     assert panel.model.parameters == CHANGED  # showing changed nothing back
 
 
@@ -221,17 +230,20 @@ def test_editing_every_widget_updates_the_model(panel: ParameterPanel) -> None:
     panel.model.field_changed.connect(lambda name, _value: changed.append(name))
     _edit_every_widget(panel, CHANGED)
     assert panel.model.parameters == CHANGED
-    # One change per field (the LoRA and control rows several: added, then edited), no echo from the widgets.
+    # One change per field (the LoRA and control rows and the layout boxes several: added, then edited), no echo
+    # from the widgets.
     assert sorted(set(changed)) == sorted(PARAMETER_FIELDS)
+    assert changed.count("layout_boxes") == 2 * len(CHANGED.layout_boxes)
     # Choosing the few-step kind set steps, CFG and sampler, which the edits after it change again.
-    assert len([name for name in changed if name not in ("loras", "controls")]) == len(PARAMETER_FIELDS) - 2 + 3
+    several = ("loras", "controls", "layout_boxes")
+    assert len([name for name in changed if name not in several]) == len(PARAMETER_FIELDS) - 3 + 3
 
 
 def test_the_request_is_built_from_the_model_with_every_field(panel: ParameterPanel) -> None:
     request = build_request(CHANGED, "a cat", "blurry")
     assert (request.prompt, request.negative_prompt) == ("a cat", "blurry")
     assert {name: getattr(request, name) for name in PARAMETER_FIELDS} == dataclasses.asdict(CHANGED) | {
-        "loras": CHANGED.loras, "controls": CHANGED.controls
+        "loras": CHANGED.loras, "controls": CHANGED.controls, "layout_boxes": CHANGED.layout_boxes
     }
     panel.model.set_parameters(CHANGED)
     assert panel.model.request("a cat", "blurry") == request

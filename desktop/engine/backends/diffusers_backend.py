@@ -618,7 +618,7 @@ class DiffusersBackend:
         make = self._upscale_job if request.upscale_job else self._generate_batch
         rewritten = self._rewritten_prompt(request, batch_index, on_step, cancel) if request.rewrite_prompt else None
         if rewritten is not None:
-            request = replace(request, prompt=rewritten, rewrite_prompt=False)
+            request = replace(request, prompt=rewritten, rewrite_prompt=False, layout_boxes=())
         batch = make(request, batch_index, on_step, cancel)
         model_hash = self._model_hash(wait=True)
         return replace(batch, model_hash=model_hash or batch.model_hash, rewritten_prompt=rewritten)
@@ -647,7 +647,7 @@ class DiffusersBackend:
         references = [load_source(path, "The reference image") for path in request.reference_images]
         caption = self._rewriter.rewrite(Path(self._rewriter_folder).expanduser(), text, request.width,
                                          request.height, self._key.device, dtype, cancelled=lambda: cancel.cancelled,
-                                         references=references)  # fmt: skip
+                                         references=references, boxes=request.layout_boxes)  # fmt: skip
         return prompt_with_lora_tags(caption, tags)
 
     @property

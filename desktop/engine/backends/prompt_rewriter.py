@@ -9,7 +9,9 @@ is named on a first line (`TARGET CANVAS: W:H`), which the t2i system prompt say
 pictures (FLUX.3's editing) it writes from them: the "i2i" system prompt, the pictures as the rewriter saw them in
 training (RGB over white, sides whole multiples of 32 under a pixel budget that shrinks with their number, re-encoded
 as JPEG at quality 92) and the request in the edit's scaffold, through Qwen3.5's processor (built without its video
-half, which needs torchvision). The caption then replaces the prompt: it is what the picture is made from and what
+half, which needs torchvision). With layout boxes (FLUX.3's layout captions: layout_captions.py) the layout system
+prompt of the mode ("t2i_bbox", "i2i_bbox") writes a caption that cites the boxed elements and ends with their table,
+the user's boxes kept as given. The caption then replaces the prompt: it is what the picture is made from and what
 the image's metadata records, so a recipe makes the same picture again without the rewriter.
 
 The model stays loaded on the CPU between jobs and visits the job's device only while it writes: a 9B model beside
@@ -30,19 +32,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from desktop.engine.backends.layout_captions import layout_request, locked_rows, reconciled
 from desktop.engine.errors import Cancelled, InvalidRequest, ModelError, OutOfMemory
 from desktop.engine.imaging import on_white
+from desktop.engine.request import LayoutBox
 from desktop.engine.terminal_text import is_unsafe_char
 
 # diffusers' and BFL's limit on the caption's length, in tokens.
 MAX_NEW_TOKENS = 3584
 SYSTEM_PROMPTS_FILE = "system_prompts.json"
 TEXT_TO_IMAGE_MODE, EDIT_MODE = "t2i", "i2i"
+LAYOUT_SUFFIX = "_bbox"  # the layout form of a mode's system prompt
 # The user turn of an edit: the reference pictures first, then this text (the format the rewriter was trained on).
 EDIT_SCAFFOLD = (
     "Reference images follow in order (the first image, the second image, ...).\n"
     "User request: {request}\n"
     "Output the caption."
+)
+# The same with layout boxes: the rewriter names the pictures ref_image_0 ... in its table.
+LAYOUT_EDIT_SCAFFOLD = (
+    "Reference images follow in attachment order: ref_image_0, ref_image_1, ...\n"
+    "User editing instruction: {request}\n"
+    "Decide the edit, imagine the target image, and output the annotation record."
 )
 # How the rewriter saw reference pictures in training: sides in whole multiples of 32 pixels, at most this many
 # pixels for one, two, or three and more pictures; JPEG at this quality.
@@ -114,7 +125,8 @@ def system_prompt(folder: Path, mode: str = TEXT_TO_IMAGE_MODE) -> str:
         raise ModelError(f"{path} could not be read as JSON: {error}.") from None
     text = prompts.get(mode) if isinstance(prompts, dict) else None
     if not isinstance(text, str) or not text.strip():
-        raise ModelError(f"{path} has no {mode!r} system prompt (a mapping of mode to text is expected).")
+        layout = " (layout boxes need it)" if mode.endswith(LAYOUT_SUFFIX) else ""
+        raise ModelError(f"{path} has no {mode!r} system prompt{layout} (a mapping of mode to text is expected).")
     return text
 
 
@@ -158,27 +170,36 @@ class PromptRewriter:
     def rewrite(
         self, folder: Path, request: str, width: int, height: int, device: str, dtype: Any,
         cancelled: Callable[[], bool] = lambda: False, references: Sequence[Any] = (),
+        boxes: Sequence[LayoutBox] = (),
     ) -> str:  # fmt: skip
-        """The caption for `request` at `width` x `height` (with `references`, PIL pictures: for an edit of them),
-        written on `device` in `dtype`; raises Cancelled when `cancelled()` turns true while it writes, ModelError
-        for a folder that is not the rewriter."""
+        """The caption for `request` at `width` x `height` (with `references`, PIL pictures: for an edit of them;
+        with `boxes`: a layout caption placing their elements), written on `device` in `dtype`; raises Cancelled
+        when `cancelled()` turns true while it writes, ModelError for a folder that is not the rewriter."""
         pictures = [prepared_reference(picture, len(references)) for picture in references]
-        turn = EDIT_SCAFFOLD.format(request=request) if pictures else user_turn(request, width, height)
+        locked = locked_rows(boxes, edit=bool(pictures))
+        mode = (EDIT_MODE if pictures else TEXT_TO_IMAGE_MODE) + (LAYOUT_SUFFIX if locked else "")
+        asked = layout_request(request, locked) if locked else request
+        if pictures:
+            turn = (LAYOUT_EDIT_SCAFFOLD if locked else EDIT_SCAFFOLD).format(request=asked)
+        else:
+            turn = user_turn(asked, width, height)
         seen = tuple(hashlib.sha256(picture.tobytes()).hexdigest() for picture in pictures)
-        key = (str(folder.resolve()), str(dtype), turn, *seen)
+        key = (str(folder.resolve()), str(dtype), mode, turn, *seen)
         if key in self._captions:
             self._captions.move_to_end(key)
             return self._captions[key]
         self._load(folder, dtype)
         if pictures:
-            inputs = self._edit_inputs(folder, turn, pictures)
+            inputs = self._edit_inputs(folder, mode, turn, pictures)
         else:
-            messages = [{"role": "system", "content": system_prompt(folder)}, {"role": "user", "content": turn}]
+            messages = [{"role": "system", "content": system_prompt(folder, mode)}, {"role": "user", "content": turn}]
             inputs = self._tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
                 enable_thinking=False,
             )  # fmt: skip
         caption = self._write(inputs, device, cancelled)
+        if locked:
+            caption = reconciled(caption, locked)
         self._captions[key] = caption
         while len(self._captions) > _KEPT_CAPTIONS:
             self._captions.popitem(last=False)
@@ -205,9 +226,10 @@ class PromptRewriter:
             raise ModelError(f"{folder}'s tokenizer has no chat template (chat_template.jinja or tokenizer_config's).")
         self._folder, self._model, self._tokenizer = folder.resolve(), model.eval(), tokenizer
 
-    def _edit_inputs(self, folder: Path, turn: str, pictures: list[Any]) -> Any:
-        """The edit's conversation through Qwen3.5's processor: the "i2i" system prompt, then the pictures and the
-        scaffolded request as one user turn (content as lists of parts, as processor templates take them)."""
+    def _edit_inputs(self, folder: Path, mode: str, turn: str, pictures: list[Any]) -> Any:
+        """The edit's conversation through Qwen3.5's processor: the mode's system prompt ("i2i" or "i2i_bbox"), then
+        the pictures and the scaffolded request as one user turn (content as lists of parts, as processor templates
+        take them)."""
         from desktop.engine.backends import families_qwen21
 
         if self._processor is None:
@@ -216,7 +238,7 @@ class PromptRewriter:
             except (OSError, ValueError, KeyError, TypeError) as error:
                 raise ModelError(f"The prompt rewriter's processor in {folder} could not be loaded: {error}") from None
         content = [{"type": "image", "image": picture} for picture in pictures] + [{"type": "text", "text": turn}]
-        messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt(folder, EDIT_MODE)}]},
+        messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt(folder, mode)}]},
                     {"role": "user", "content": content}]  # fmt: skip
         return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                    return_dict=True, return_tensors="pt", enable_thinking=False)

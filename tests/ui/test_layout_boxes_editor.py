@@ -1,0 +1,151 @@
+"""FLUX.3's layout boxes in the window (desktop/ui/layout_boxes_editor.py): drawn by dragging on the frame, described
+in the list, carried by the job while rewriting is on for a FLUX.3 model, kept across sessions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication, QLineEdit
+
+from desktop.engine.request import LayoutBox
+from desktop.ui.layout_boxes_editor import LayoutBoxesEditor
+from desktop.ui.parameter_model import Parameters
+from desktop.ui.session_memory import parameters_from_json, parameters_to_json
+from tests.support.fake_backend import FakeBackend
+from tests.ui.conftest import TIMEOUT_MS
+from tests.ui.test_flux_panel import flux3_and_sd_models
+from tests.ui.test_session_memory import pick
+from tests.ui.test_settings_and_logs import close_window, open_window
+
+
+def at(editor: LayoutBoxesEditor, x: float, y: float) -> QPoint:
+    """The point of the frame at these fractions of it."""
+    frame = editor.area.frame()
+    return QPoint(round(frame.left() + x * frame.width()), round(frame.top() + y * frame.height()))
+
+
+def drag(editor: LayoutBoxesEditor, start: QPoint, end: QPoint) -> None:
+    area = editor.area
+    QTest.mousePress(area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
+    QTest.mouseMove(area, end)
+    QTest.mouseRelease(area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
+
+
+def describe(editor: LayoutBoxesEditor, text: str) -> None:
+    """Type into the description the drawing opened for editing, and commit it."""
+    QApplication.processEvents()
+    (typing,) = editor.table.viewport().findChildren(QLineEdit)
+    QTest.keyClicks(typing, text)
+    QTest.keyClick(typing, Qt.Key.Key_Return)
+    QApplication.processEvents()
+
+
+@pytest.fixture
+def editor(qtbot):
+    widget = LayoutBoxesEditor()
+    widget.resize(300, 420)
+    qtbot.addWidget(widget)
+    widget.show()
+    qtbot.waitExposed(widget)
+    return widget
+
+
+def test_a_dragged_box_is_listed_where_it_was_drawn_and_described(editor, qtbot):
+    editor.set_canvas_size(1024, 512)
+    frame = editor.area.frame()
+    assert frame.width() == pytest.approx(2 * frame.height(), abs=0.01)  # the picture's ratio
+    emitted = []
+    editor.boxes_changed.connect(emitted.append)
+    drag(editor, at(editor, 0.5, 0.9), at(editor, 0.1, 0.2))  # drawn up and to the left: the same box
+    (box,) = editor.boxes()
+    tolerance = 1.5 / frame.height()  # a pixel of the frame
+    assert box.left == pytest.approx(0.1, abs=tolerance) and box.right == pytest.approx(0.5, abs=tolerance)
+    assert box.top == pytest.approx(0.2, abs=tolerance) and box.bottom == pytest.approx(0.9, abs=tolerance)
+    assert box.description == "" and editor.table.item(0, 1).text() == "10%, 20% – 50%, 90%"
+    describe(editor, "a red fox sitting")
+    assert editor.boxes()[0].description == "a red fox sitting"
+    assert emitted[-1] == editor.boxes() and len(emitted) == 2
+    # A drag past the frame stops at its edge; a click, or one starting outside the frame, draws nothing.
+    drag(editor, at(editor, 0.6, 0.1), at(editor, 1.4, 0.5))
+    assert editor.boxes()[1].right == 1.0 and editor.boxes()[1].left == pytest.approx(0.6, abs=tolerance)
+    describe(editor, "a moon")
+    QTest.mouseClick(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.3, 0.3))
+    drag(editor, QPoint(1, 1), at(editor, 0.5, 0.5))  # the frame is 2:1 in a taller area: (1, 1) is above it
+    assert len(editor.boxes()) == 2
+    editor.table.setCurrentCell(0, 0)
+    editor.remove_button.click()
+    assert [box.description for box in editor.boxes()] == ["a moon"] and emitted[-1] == editor.boxes()
+    editor.clear_button.click()
+    assert editor.boxes() == () and emitted[-1] == () and not editor.clear_button.isEnabled()
+
+
+def test_boxes_set_from_a_recipe_are_shown_without_an_edit(editor):
+    emitted = []
+    editor.boxes_changed.connect(emitted.append)
+    boxes = (LayoutBox("a fox", 0.1, 0.2, 0.5, 0.9), LayoutBox("a moon", 0.7, 0.05, 0.9, 0.25))
+    editor.set_boxes(boxes)
+    assert editor.boxes() == boxes and emitted == []
+    assert [editor.table.item(row, 0).text() for row in range(2)] == ["a fox", "a moon"]
+    # A tall picture's frame fits the area's height, not its width.
+    editor.set_canvas_size(512, 1024)
+    frame = editor.area.frame()
+    assert frame.height() == pytest.approx(2 * frame.width(), abs=0.01)
+    assert frame.top() >= 0 and frame.bottom() <= editor.area.height() and frame.width() < editor.area.width() / 2
+    assert editor.area.box_rect(boxes[1]).left() == pytest.approx(
+        editor.area.frame().left() + 0.7 * editor.area.frame().width())
+
+
+def test_the_window_carries_the_boxes_while_flux3_rewrites(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    flux3_and_sd_models(home)
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    editor = panel.layout_editor
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux3") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux3")
+        qtbot.waitUntil(lambda: panel.rewrite_check.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert not editor.isVisibleTo(panel)  # rewriting is off
+        panel.rewrite_check.setChecked(True)
+        assert editor.isVisibleTo(panel) and panel.layout_label.isVisibleTo(panel)
+        panel.width_spin.setValue(768)
+        panel.height_spin.setValue(512)
+        frame = editor.area.frame()
+        assert frame.width() == pytest.approx(1.5 * frame.height(), abs=0.01)
+        drag(editor, at(editor, 0.25, 0.25), at(editor, 0.75, 0.75))
+        describe(editor, "a lighthouse")
+        (box,) = panel.model.value("layout_boxes")
+        assert box.description == "a lighthouse" and box.left == pytest.approx(0.25, abs=0.01)
+        request = window.current_request().validate()
+        assert request.layout_boxes == (box,) and request.rewrite_prompt
+        # Rewriting off, or another model: the boxes are hidden and left out of the job, and kept.
+        panel.rewrite_check.setChecked(False)
+        assert not editor.isVisibleTo(panel)
+        assert window.current_request().validate().layout_boxes == ()
+        panel.rewrite_check.setChecked(True)
+        pick(panel.model_combo, "zz-sd1-model")
+        qtbot.waitUntil(lambda: not panel.rewrite_check.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert not editor.isVisibleTo(panel) and window.current_request().validate().layout_boxes == ()
+        pick(panel.model_combo, "zz-flux3")
+        qtbot.waitUntil(lambda: editor.isVisibleTo(panel), timeout=TIMEOUT_MS)
+        assert window.current_request().layout_boxes == (box,)
+        # A recipe's boxes are shown.
+        recipe = (LayoutBox("a boat", 0, 0.5, 0.4, 1.0),)
+        panel.model.update(layout_boxes=recipe)
+        assert editor.boxes() == recipe and editor.table.item(0, 0).text() == "a boat"
+    finally:
+        close_window(window, controller)
+
+
+def test_the_boxes_are_kept_across_sessions_and_damaged_ones_are_dropped():
+    boxes = (LayoutBox("a fox", 0.1, 0.2, 0.5, 0.9), LayoutBox("", 0.7, 0.05, 0.9, 0.25))
+    base = Parameters()
+    stored = json.loads(json.dumps(parameters_to_json(Parameters(layout_boxes=boxes))))
+    assert parameters_from_json(stored, base).layout_boxes == boxes  # a box not yet described is kept
+    for damaged in ("x", [{"description": "a"}], [{**stored["layout_boxes"][0], "left": 7}],
+                    [{**stored["layout_boxes"][0], "top": True}], [{**stored["layout_boxes"][0], "description": 3}]):
+        assert parameters_from_json({"layout_boxes": damaged}, base).layout_boxes == ()
