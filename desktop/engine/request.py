@@ -344,14 +344,16 @@ class GenerationRequest:
         if not isinstance(boxes, tuple) or not all(isinstance(box, LayoutBox) for box in boxes):
             raise InvalidRequest(f"Layout boxes must be a list of boxes, not {boxes!r}.")
         if boxes and not self.rewrite_prompt:
-            raise InvalidRequest("Layout boxes are placed by FLUX.3's prompt rewriter: turn rewriting on, or remove "
-                                 "the boxes.")  # fmt: skip
+            raise InvalidRequest("Layout boxes are placed by FLUX.3's prompt rewriter: turn rewriting on "
+                                 "(--rewrite-prompt on the command line), or remove the boxes.")  # fmt: skip
         if len(boxes) > MAX_LAYOUT_BOXES:
             raise InvalidRequest(f"{len(boxes)} layout boxes: use at most {MAX_LAYOUT_BOXES}.")
         for number, box in enumerate(boxes, 1):
             text = box.description
-            if not isinstance(text, str) or not text.strip() or "\x00" in text:
+            if not isinstance(text, str) or not text.strip():
                 raise InvalidRequest(f"Layout box {number} needs a description of what it holds.")
+            if "\x00" in text:
+                raise InvalidRequest(f"Layout box {number}'s description holds a NUL character.")
             if len(text) > MAX_LAYOUT_DESCRIPTION_CHARS:
                 raise InvalidRequest(f"Layout box {number}'s description is {len(text)} characters long: use at most "
                                      f"{MAX_LAYOUT_DESCRIPTION_CHARS}.")  # fmt: skip

@@ -7,8 +7,8 @@ they stay in place when the size changes. A drawn box is added to the list with 
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPointF, QRectF, QSize, Qt, Signal, Slot
-from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent, QPen
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal, Slot
+from PySide6.QtGui import QColor, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
@@ -33,9 +33,11 @@ class LayoutArea(QWidget):
 
     Signals:
         drawn(object): a box was drawn, its edges (left, top, right, bottom) as fractions of the frame.
+        picked(int): a click fell in this box (the topmost: the last listed of those under it).
     """
 
     drawn = Signal(object)
+    picked = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -118,9 +120,13 @@ class LayoutArea(QWidget):
         self._start = self._end = None
         self.update()
         left, right, top, bottom = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
-        # A click, or a box too thin to place anything in, draws nothing.
+        # A click, or a box too thin to place anything in, draws nothing: a click picks the box under it.
         if right - left >= MIN_LAYOUT_BOX_SIDE and bottom - top >= MIN_LAYOUT_BOX_SIDE:
             self.drawn.emit(tuple(round(edge, 4) for edge in (left, top, right, bottom)))
+            return
+        under = [index for index, box in enumerate(self._boxes) if self.box_rect(box).contains(event.position())]
+        if under:
+            self.picked.emit(under[-1])
 
 
 class LayoutBoxesEditor(QWidget):
@@ -137,8 +143,9 @@ class LayoutBoxesEditor(QWidget):
         self._boxes: tuple[LayoutBox, ...] = ()
         self.area = LayoutArea()
         self.area.drawn.connect(self._on_drawn)
+        self.area.picked.connect(lambda row: self.table.setCurrentCell(row, 0))
         self.area.setToolTip(self.tr("Drag in the frame to place an element of the picture, then describe it in the "
-                                     "list"))  # fmt: skip
+                                     "list; click a box to select it"))  # fmt: skip
         self.table = QTableWidget(0, 2, objectName="layout_table")
         self.table.setHorizontalHeaderLabels([self.tr("What it holds"), self.tr("Where")])
         header = self.table.horizontalHeader()
@@ -152,6 +159,7 @@ class LayoutBoxesEditor(QWidget):
         self.remove_button = QToolButton(objectName="layout_remove", text=self.tr("Remove"))
         self.remove_button.setToolTip(self.tr("Remove the selected box"))
         self.remove_button.clicked.connect(self.remove_selected)
+        self.table.installEventFilter(self)  # Delete in the list removes the selected box, as the button does
         self.clear_button = QToolButton(objectName="layout_clear", text=self.tr("Clear"))
         self.clear_button.setToolTip(self.tr("Remove every box"))
         self.clear_button.clicked.connect(lambda: self._change(()))
@@ -189,6 +197,14 @@ class LayoutBoxesEditor(QWidget):
 
     def set_canvas_size(self, width: int, height: int) -> None:
         self.area.set_ratio(width, height)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        # The list's own Delete (not while a description is being typed: the editor has the keys then).
+        if watched is self.table and event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
+            if event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace) and 0 <= self.table.currentRow():
+                self.remove_selected()
+                return True
+        return super().eventFilter(watched, event)
 
     @Slot()
     def remove_selected(self) -> None:

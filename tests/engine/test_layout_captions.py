@@ -143,6 +143,7 @@ def test_layout_boxes_are_checked_and_saved_with_the_request():
         request((FOX,), rewrite=False).validate()
     bad = [
         ("needs a description", LayoutBox(" ", 0, 0, 1, 1)),
+        ("NUL", LayoutBox("a\x00b", 0, 0, 1, 1)),
         ("fractions of the canvas", LayoutBox("x", -0.1, 0, 0.5, 0.5)),
         ("fractions of the canvas from 0 to 1", LayoutBox("x", 0, 0, 1.2, 0.5)),
         ("fractions", LayoutBox("x", 0, 0, float("nan"), 0.5)),

@@ -76,6 +76,18 @@ def test_a_dragged_box_is_listed_where_it_was_drawn_and_described(editor, qtbot)
     QTest.mouseClick(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.3, 0.3))
     drag(editor, QPoint(1, 1), at(editor, 0.5, 0.5))  # the frame is 2:1 in a taller area: (1, 1) is above it
     assert len(editor.boxes()) == 2
+    # A click in a box selects its row; where boxes overlap, the topmost (the last listed).
+    def click(x: float, y: float) -> int:
+        QTest.mouseClick(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, x, y))
+        return editor.table.currentRow()
+
+    assert click(0.2, 0.8) == 0 and click(0.9, 0.3) == 1 and click(0.2, 0.8) == 0
+    drag(editor, at(editor, 0.7, 0.2), at(editor, 0.8, 0.4))  # a third box inside the moon's
+    describe(editor, "a bat")
+    assert click(0.9, 0.45) == 1 and click(0.75, 0.3) == 2 and len(editor.boxes()) == 3
+    # Delete in the list removes the selected box.
+    QTest.keyClick(editor.table, Qt.Key.Key_Delete)
+    assert len(editor.boxes()) == 2 and emitted[-1] == editor.boxes()
     editor.table.setCurrentCell(0, 0)
     editor.remove_button.click()
     assert [box.description for box in editor.boxes()] == ["a moon"] and emitted[-1] == editor.boxes()
