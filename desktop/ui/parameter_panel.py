@@ -214,6 +214,7 @@ class ParameterPanel(QWidget):
         self._create_vae_widgets()
         self._lay_out()
         self._bindings = self._bind()
+        self.layout_editor.set_canvas_size(model.value("width"), model.value("height"))  # then on each change
 
     # ------------------------------------------------------------------------------------ widgets
 

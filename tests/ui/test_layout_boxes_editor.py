@@ -153,6 +153,17 @@ def test_the_window_carries_the_boxes_while_flux3_rewrites(qtbot, tmp_path: Path
         close_window(window, controller)
 
 
+def test_the_frame_has_the_ratio_of_the_panels_size_from_the_start(qtbot):
+    from desktop.ui.parameter_model import ParameterModel
+    from desktop.ui.parameter_panel import ParameterPanel
+
+    panel = ParameterPanel(ParameterModel(Parameters(width=1024, height=512)))
+    qtbot.addWidget(panel)
+    panel.layout_editor.resize(300, 400)
+    frame = panel.layout_editor.area.frame()
+    assert frame.width() == pytest.approx(2 * frame.height(), abs=0.01)
+
+
 def test_the_boxes_are_kept_across_sessions_and_damaged_ones_are_dropped():
     boxes = (LayoutBox("a fox", 0.1, 0.2, 0.5, 0.9), LayoutBox("", 0.7, 0.05, 0.9, 0.25))
     base = Parameters()
