@@ -71,6 +71,27 @@ class LayoutBox:
     right: float
     bottom: float
 
+    def validate(self, number: int, described: bool = True) -> None:
+        """Raise InvalidRequest unless this is box `number` (from 1) as a job takes it; `described=False` lets the
+        description be blank (a box the window has drawn and the user not yet described)."""
+        text = self.description
+        if not isinstance(text, str) or (described and not text.strip()):
+            raise InvalidRequest(f"Layout box {number} needs a description of what it holds.")
+        if "\x00" in text:
+            raise InvalidRequest(f"Layout box {number}'s description holds a NUL character.")
+        if len(text) > MAX_LAYOUT_DESCRIPTION_CHARS:
+            raise InvalidRequest(f"Layout box {number}'s description is {len(text)} characters long: use at most "
+                                 f"{MAX_LAYOUT_DESCRIPTION_CHARS}.")  # fmt: skip
+        edges = (self.left, self.top, self.right, self.bottom)
+        if not all(isinstance(edge, (int, float)) and not isinstance(edge, bool) and 0 <= edge <= 1
+                   for edge in edges):  # fmt: skip
+            raise InvalidRequest(f"Layout box {number}'s edges must be fractions of the canvas from 0 to 1, not "
+                                 f"{edges!r}.")  # fmt: skip
+        if self.right - self.left < MIN_LAYOUT_BOX_SIDE or self.bottom - self.top < MIN_LAYOUT_BOX_SIDE:
+            raise InvalidRequest(f"Layout box {number} ({text[:40]!r}) is empty or inside out: its right edge "
+                                 f"must lie right of its left edge and its bottom below its top, by at least "
+                                 f"{MIN_LAYOUT_BOX_SIDE:.0%} of the canvas.")  # fmt: skip
+
 
 # A1111's ControlNet "Control Mode": balanced, "My prompt is more important", "ControlNet is more important".
 CONTROL_MODES = ("balanced", "prompt", "control")
@@ -349,23 +370,7 @@ class GenerationRequest:
         if len(boxes) > MAX_LAYOUT_BOXES:
             raise InvalidRequest(f"{len(boxes)} layout boxes: use at most {MAX_LAYOUT_BOXES}.")
         for number, box in enumerate(boxes, 1):
-            text = box.description
-            if not isinstance(text, str) or not text.strip():
-                raise InvalidRequest(f"Layout box {number} needs a description of what it holds.")
-            if "\x00" in text:
-                raise InvalidRequest(f"Layout box {number}'s description holds a NUL character.")
-            if len(text) > MAX_LAYOUT_DESCRIPTION_CHARS:
-                raise InvalidRequest(f"Layout box {number}'s description is {len(text)} characters long: use at most "
-                                     f"{MAX_LAYOUT_DESCRIPTION_CHARS}.")  # fmt: skip
-            edges = (box.left, box.top, box.right, box.bottom)
-            if not all(isinstance(edge, (int, float)) and not isinstance(edge, bool) and 0 <= edge <= 1
-                       for edge in edges):  # fmt: skip
-                raise InvalidRequest(f"Layout box {number}'s edges must be fractions of the canvas from 0 to 1, not "
-                                     f"{edges!r}.")  # fmt: skip
-            if box.right - box.left < MIN_LAYOUT_BOX_SIDE or box.bottom - box.top < MIN_LAYOUT_BOX_SIDE:
-                raise InvalidRequest(f"Layout box {number} ({text[:40]!r}) is empty or inside out: its right edge "
-                                     f"must lie right of its left edge and its bottom below its top, by at least "
-                                     f"{MIN_LAYOUT_BOX_SIDE:.0%} of the canvas.")  # fmt: skip
+            box.validate(number)
 
     def _validate_upscale(self) -> None:
         if not isinstance(self.upscale_by, (int, float)) or isinstance(self.upscale_by, bool):
@@ -582,6 +587,12 @@ class GenerationRequest:
     @property
     def images_total(self) -> int:
         return self.batch_count * self.batch_size
+
+    def with_rewritten_prompt(self, caption: str) -> GenerationRequest:
+        """This request as FLUX.3's rewriter left it: `caption` (with a layout table when boxes were asked for) as
+        the prompt, and neither rewriting nor boxes, which the caption has used up. The batch runs it and its
+        images record it, so a recipe makes the same picture again without the rewriter."""
+        return replace(self, prompt=caption, rewrite_prompt=False, layout_boxes=())
 
     def with_seed(self, rng: random.Random | None = None) -> GenerationRequest:
         """A copy with a concrete seed: the random seed is drawn once, so metadata can reproduce it."""

@@ -142,8 +142,7 @@ class JobRunner:
             if batch.rewritten_prompt is not None:
                 # The caption FLUX.3's rewriter wrote is the prompt the images were made from: the recipe records
                 # it (the request as typed beside it), so the image is made again without the rewriter.
-                batch_request = replace(batch_request, prompt=batch.rewritten_prompt, rewrite_prompt=False,
-                                        layout_boxes=())  # the caption's table holds them  # fmt: skip
+                batch_request = batch_request.with_rewritten_prompt(batch.rewritten_prompt)
             for note in batch.notes:
                 emit(JobWarning(job.id, note))
             model = replace(report.model, hash=batch.model_hash) if batch.model_hash else report.model

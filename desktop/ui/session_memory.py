@@ -101,12 +101,11 @@ def _layout_boxes(value: Any) -> tuple[LayoutBox, ...] | None:
         return None
     try:
         boxes = GenerationRequest.from_dict({"prompt": "", "model": "", "layout_boxes": value}).layout_boxes
+        for number, box in enumerate(boxes, 1):
+            box.validate(number, described=False)
     except (MarbleError, TypeError, ValueError):
         return None
-    edges_ok = all(isinstance(box.description, str) and all(
-        isinstance(edge, int | float) and not isinstance(edge, bool) and 0 <= edge <= 1
-        for edge in (box.left, box.top, box.right, box.bottom)) for box in boxes)  # fmt: skip
-    return boxes if edges_ok else None
+    return boxes
 
 
 def _loras(value: Any) -> tuple[LoraRef, ...] | None:

@@ -138,6 +138,10 @@ def test_layout_boxes_are_checked_and_saved_with_the_request():
 
     made = request((FOX, MOON)).validate()
     assert GenerationRequest.from_dict(json.loads(json.dumps(made.to_dict()))) == made
+    # The caption uses the boxes up: what the batch runs and the images record asks for neither again.
+    rewritten = made.with_rewritten_prompt("A fox <obj_1>. [...]").validate()
+    assert (rewritten.prompt, rewritten.rewrite_prompt, rewritten.layout_boxes) == ("A fox <obj_1>. [...]", False, ())
+    assert rewritten.model == made.model
     assert GenerationRequest.from_dict(request(()).to_dict()).layout_boxes == ()
     with pytest.raises(InvalidRequest, match="turn rewriting on"):
         request((FOX,), rewrite=False).validate()

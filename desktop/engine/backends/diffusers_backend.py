@@ -618,7 +618,7 @@ class DiffusersBackend:
         make = self._upscale_job if request.upscale_job else self._generate_batch
         rewritten = self._rewritten_prompt(request, batch_index, on_step, cancel) if request.rewrite_prompt else None
         if rewritten is not None:
-            request = replace(request, prompt=rewritten, rewrite_prompt=False, layout_boxes=())
+            request = request.with_rewritten_prompt(rewritten)
         batch = make(request, batch_index, on_step, cancel)
         model_hash = self._model_hash(wait=True)
         return replace(batch, model_hash=model_hash or batch.model_hash, rewritten_prompt=rewritten)
