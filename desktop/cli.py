@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --rewrite-prompt: a box the rewriter places what TEXT describes in, its edges as "
                           "fractions of the picture (0,0 top left; 1,1 bottom right), e.g. '0.1,0.2,0.5,0.9:a red "
                           "fox' (repeatable)")
+    gen.add_argument("--layout-move", action="append", default=[], metavar="REF:FROM_EDGES:TO_EDGES:TEXT",
+                     help="with --rewrite-prompt and --reference-image: move (or resize) the element TEXT describes "
+                          "from its box in reference picture REF (from 1) to a box in the picture, both as "
+                          "LEFT,TOP,RIGHT,BOTTOM fractions, e.g. '1:0.1,0.5,0.3,0.9:0.6,0.5,0.8,0.9:the red cup' "
+                          "(repeatable; numbered after the --layout-box boxes)")
     gen.add_argument("--prompt-rewriter", metavar="DIR",
                      help="the prompt rewriter's folder (flux-3-image-klein-pup: weights, tokenizer, "
                           "system_prompts.json) instead of the Settings' FLUX.3 prompt rewriter")
@@ -586,7 +591,7 @@ def _request_from_args(args: argparse.Namespace, paths: AppPaths) -> GenerationR
         memory_mode=args.memory_mode,
         fast_mode=args.fast,
         rewrite_prompt=args.rewrite_prompt,
-        layout_boxes=parse_layout_box_args(args.layout_box),
+        layout_boxes=parse_layout_box_args(args.layout_box) + parse_layout_move_args(args.layout_move),
         clip_skip=args.clip_skip,
         emphasis=args.emphasis,
         model_config=str(Path(args.config).expanduser().resolve()) if args.config else None,
@@ -617,12 +622,38 @@ def parse_layout_box_args(values: list[str]) -> tuple[LayoutBox, ...]:
     for value in values:
         edges, _, text = value.partition(":")
         try:
-            left, top, right, bottom = (float(edge) for edge in edges.split(","))
+            left, top, right, bottom = _edges(edges)
         except ValueError:
             raise InvalidRequest(f"--layout-box {value!r}: use LEFT,TOP,RIGHT,BOTTOM:TEXT with the edges as fractions "
                                  "of the picture, e.g. 0.1,0.2,0.5,0.9:a red fox.") from None  # fmt: skip
         boxes.append(LayoutBox(text.strip(), left, top, right, bottom))
     return tuple(boxes)
+
+
+def parse_layout_move_args(values: list[str]) -> tuple[LayoutBox, ...]:
+    """`--layout-move REF:FROM_EDGES:TO_EDGES:TEXT` values as layout boxes moving an element from a reference picture
+    (the numbers checked by the request); the text may hold colons."""
+    boxes = []
+    for value in values:
+        try:
+            reference, source, target, text = [*value.split(":", 3), ""][:4]
+            number = int(reference)
+            left, top, right, bottom = _edges(target)
+            source_edges = _edges(source)
+        except ValueError:
+            raise InvalidRequest(f"--layout-move {value!r}: use REF:FROM_EDGES:TO_EDGES:TEXT, the reference picture's "
+                                 "number (from 1), then the element's box in it and its box in the picture as "
+                                 "LEFT,TOP,RIGHT,BOTTOM fractions, e.g. 1:0.1,0.5,0.3,0.9:0.6,0.5,0.8,0.9:the red "
+                                 "cup.") from None  # fmt: skip
+        boxes.append(LayoutBox(text.strip(), left, top, right, bottom, reference=number,
+                               source=source_edges))  # fmt: skip
+    return tuple(boxes)
+
+
+def _edges(value: str) -> tuple[float, float, float, float]:
+    """LEFT,TOP,RIGHT,BOTTOM as four numbers; ValueError otherwise."""
+    left, top, right, bottom = (float(edge) for edge in value.split(","))
+    return left, top, right, bottom
 
 
 def parse_ip_adapter_args(values: list[str]) -> tuple[ControlUnit, ...]:

@@ -63,13 +63,19 @@ MAX_LAYOUT_DESCRIPTION_CHARS = 2000
 @dataclass(frozen=True)
 class LayoutBox:
     """Where FLUX.3's prompt rewriter must place one element of the picture, and what it is: the box's edges as
-    fractions of the canvas (0 left or top, 1 right or bottom), so a box keeps its place when the size changes."""
+    fractions of the canvas (0 left or top, 1 right or bottom), so a box keeps its place when the size changes.
+
+    An edit may move (or resize) an element one of its reference pictures shows: `reference` is that picture's
+    number (from 1, as the job lists them) and `source` the element's box in it (left, top, right, bottom, fractions
+    of that picture). For new content `reference` is 0 and `source` None."""
 
     description: str
     left: float
     top: float
     right: float
     bottom: float
+    reference: int = 0
+    source: tuple[float, float, float, float] | None = None
 
     def validate(self, number: int, described: bool = True) -> None:
         """Raise InvalidRequest unless this is box `number` (from 1) as a job takes it; `described=False` lets the
@@ -82,15 +88,32 @@ class LayoutBox:
         if len(text) > MAX_LAYOUT_DESCRIPTION_CHARS:
             raise InvalidRequest(f"Layout box {number}'s description is {len(text)} characters long: use at most "
                                  f"{MAX_LAYOUT_DESCRIPTION_CHARS}.")  # fmt: skip
-        edges = (self.left, self.top, self.right, self.bottom)
-        if not all(isinstance(edge, (int, float)) and not isinstance(edge, bool) and 0 <= edge <= 1
-                   for edge in edges):  # fmt: skip
-            raise InvalidRequest(f"Layout box {number}'s edges must be fractions of the canvas from 0 to 1, not "
-                                 f"{edges!r}.")  # fmt: skip
-        if self.right - self.left < MIN_LAYOUT_BOX_SIDE or self.bottom - self.top < MIN_LAYOUT_BOX_SIDE:
-            raise InvalidRequest(f"Layout box {number} ({text[:40]!r}) is empty or inside out: its right edge "
-                                 f"must lie right of its left edge and its bottom below its top, by at least "
-                                 f"{MIN_LAYOUT_BOX_SIDE:.0%} of the canvas.")  # fmt: skip
+        _check_edges(f"Layout box {number} ({text[:40]!r})", "the canvas", (self.left, self.top, self.right,
+                                                                            self.bottom))  # fmt: skip
+        reference = self.reference
+        if not isinstance(reference, int) or isinstance(reference, bool) or reference < 0:
+            raise InvalidRequest(f"Layout box {number}'s reference must be a picture's number (from 1), or 0 for "
+                                 f"new content, not {reference!r}.")  # fmt: skip
+        if (reference > 0) != (self.source is not None):
+            raise InvalidRequest(f"Layout box {number} takes an element from a reference picture: it needs both the "
+                                 "picture's number and the element's box in it.")  # fmt: skip
+        if self.source is not None:
+            if not isinstance(self.source, tuple) or len(self.source) != 4:
+                raise InvalidRequest(f"Layout box {number}'s box in reference {reference} must be four edges "
+                                     f"(left, top, right, bottom), not {self.source!r}.")  # fmt: skip
+            _check_edges(f"Layout box {number}'s box in reference {reference}", f"reference {reference}",
+                         self.source)  # fmt: skip
+
+
+def _check_edges(label: str, within: str, edges: tuple[Any, ...]) -> None:
+    """Raise InvalidRequest unless `edges` (left, top, right, bottom) are fractions of `within` that make a box of
+    at least MIN_LAYOUT_BOX_SIDE a side."""
+    if not all(isinstance(edge, (int, float)) and not isinstance(edge, bool) and 0 <= edge <= 1 for edge in edges):
+        raise InvalidRequest(f"{label}: its edges must be fractions of {within} from 0 to 1, not {edges!r}.")
+    left, top, right, bottom = edges
+    if right - left < MIN_LAYOUT_BOX_SIDE or bottom - top < MIN_LAYOUT_BOX_SIDE:
+        raise InvalidRequest(f"{label} is empty or inside out: its right edge must lie right of its left edge and its "
+                             f"bottom below its top, by at least {MIN_LAYOUT_BOX_SIDE:.0%} of {within}.")
 
 
 # A1111's ControlNet "Control Mode": balanced, "My prompt is more important", "ControlNet is more important".
@@ -371,6 +394,11 @@ class GenerationRequest:
             raise InvalidRequest(f"{len(boxes)} layout boxes: use at most {MAX_LAYOUT_BOXES}.")
         for number, box in enumerate(boxes, 1):
             box.validate(number)
+            if box.reference > len(self.reference_images):
+                pictures = f"{len(self.reference_images)} reference picture" + (
+                    "" if len(self.reference_images) == 1 else "s")
+                raise InvalidRequest(f"Layout box {number} takes an element from reference {box.reference}, but the "
+                                     f"job has {pictures}.")  # fmt: skip
 
     def _validate_upscale(self) -> None:
         if not isinstance(self.upscale_by, (int, float)) or isinstance(self.upscale_by, bool):
@@ -656,12 +684,16 @@ def _layout_boxes_from(raw: object) -> tuple[LayoutBox, ...]:
     if not isinstance(raw, (list, tuple)):
         raise InvalidRequest("The saved request lists its layout boxes in an unknown form.")
     names = [f.name for f in fields(LayoutBox)]
+    required = ("description", "left", "top", "right", "bottom")  # a move's reference and source are optional
     boxes = []
     for item in raw:
         if isinstance(item, LayoutBox):
             boxes.append(item)
-        elif isinstance(item, dict) and set(names) <= set(item):
-            boxes.append(LayoutBox(**{name: item[name] for name in names}))
+        elif isinstance(item, dict) and set(required) <= set(item):
+            values = {name: item[name] for name in names if name in item}
+            if isinstance(values.get("source"), list):  # JSON has no tuples
+                values["source"] = tuple(values["source"])
+            boxes.append(LayoutBox(**values))
         else:
             raise InvalidRequest(f"The saved request has an unreadable layout box: {item!r}.")
     return tuple(boxes)

@@ -21,13 +21,23 @@ from desktop.engine.request import GenerationRequest, LayoutBox
 
 FOX = LayoutBox("a red fox sitting", 0.1, 0.2, 0.5, 0.9)
 MOON = LayoutBox("  a full moon ", 0.7, 0.05, 0.9, 0.25)
+# The cup reference picture 2 shows at its bottom left, moved to the right and made larger.
+CUP = LayoutBox("the red cup", 0.55, 0.4, 0.95, 0.95, reference=2, source=(0.05, 0.6, 0.3, 0.9))
 
 
 def their_boxes(boxes, edit=False):
     """The boxes as diffusers' FLUX.3 blocks take them from a user: 0-1, [y_min, x_min, y_max, x_max]."""
-    key = "tgt_bbox" if edit else "bbox"
-    return [{"desc": box.description, key: [box.top, box.left, box.bottom, box.right],
-             **({"from": "target"} if edit else {})} for box in boxes]  # fmt: skip
+
+    def theirs(box):
+        if not edit:
+            return {"desc": box.description, "bbox": [box.top, box.left, box.bottom, box.right]}
+        row = {"desc": box.description, "tgt_bbox": [box.top, box.left, box.bottom, box.right], "from": "target"}
+        if box.reference:
+            left, top, right, bottom = box.source
+            row |= {"from": f"ref_image_{box.reference - 1}", "src_bbox": [top, left, bottom, right]}
+        return row
+
+    return [theirs(box) for box in boxes]
 
 
 def test_the_users_boxes_are_the_rows_and_request_the_rewriter_was_trained_on():
@@ -43,6 +53,11 @@ def test_the_users_boxes_are_the_rows_and_request_the_rewriter_was_trained_on():
     edit_rows = locked_rows([FOX], edit=True)
     assert edit_rows == theirs.boxes_to_canvas(their_boxes([FOX], edit=True))
     assert edit_rows[0]["src_bbox"] is None and edit_rows[0]["from"] == "target"
+    # An element moved from reference picture 2 (ref_image_1, counted from 0), its box there and in the result.
+    moved = locked_rows([FOX, CUP], edit=True)
+    assert moved[1] == {"id": "obj_2", "from": "ref_image_1", "src_bbox": [600, 50, 900, 300],
+                        "tgt_bbox": [400, 550, 950, 950], "desc": "the red cup"}  # fmt: skip
+    assert moved == theirs.boxes_to_canvas(their_boxes([FOX, CUP], edit=True))
     for table in (rows, edit_rows):
         assert layout_request("  a fox under the moon ", table) == theirs.format_layout_request("a fox under the moon",
                                                                                                table)  # fmt: skip
@@ -95,6 +110,9 @@ def test_the_rewriters_answer_is_checked_as_black_forest_labs_check_it(answer, e
 
     locked = locked_rows([FOX, MOON], edit)
     assert reconciled(answer, locked) == theirs.reconcile_boxes(answer, locked).strip()
+    if edit:  # with an element moved from a reference picture among the locked rows
+        locked = locked_rows([FOX, CUP, MOON], edit)
+        assert reconciled(answer, locked) == theirs.reconcile_boxes(answer, locked).strip()
 
 
 def test_what_the_check_keeps():
@@ -166,6 +184,42 @@ def test_layout_boxes_are_checked_and_saved_with_the_request():
     request((FOX,) * 24).validate()
     with pytest.raises(InvalidRequest, match="list of boxes"):
         request(({"description": "x"},)).validate()
+
+
+def test_a_box_moving_an_element_from_a_reference_picture():
+    def request(boxes, references=("a.png", "b.png")):
+        return GenerationRequest(prompt="put the cup on the table", model="m", rewrite_prompt=True,
+                                 layout_boxes=boxes, reference_images=references)  # fmt: skip
+
+    made = request((FOX, CUP)).validate()
+    saved = GenerationRequest.from_dict(json.loads(json.dumps(made.to_dict())))
+    assert saved == made and saved.layout_boxes[1].source == (0.05, 0.6, 0.3, 0.9)
+    # A box saved before moves existed (no reference, no source) reads as new content.
+    old = {"description": "x", "left": 0, "top": 0, "right": 1, "bottom": 1}
+    assert GenerationRequest.from_dict({"prompt": "a", "model": "m", "layout_boxes": [old]}).layout_boxes == (
+        LayoutBox("x", 0, 0, 1, 1),)
+    with pytest.raises(InvalidRequest, match="from reference 2, but the job has 1 reference picture\\."):
+        request((CUP,), references=("a.png",)).validate()
+    with pytest.raises(InvalidRequest, match="reference 2, but the job has 0 reference pictures"):
+        request((CUP,), references=()).validate()
+    request((LayoutBox("the cup", 0.1, 0.1, 0.5, 0.5, reference=1, source=(0, 0, 1, 1)),), ("a.png",)).validate()
+    bad = [
+        ("needs both the picture's number and the element's box", LayoutBox("x", 0, 0, 1, 1, reference=1)),
+        ("needs both", LayoutBox("x", 0, 0, 1, 1, source=(0, 0, 1, 1))),
+        ("a picture's number \\(from 1\\)", LayoutBox("x", 0, 0, 1, 1, reference=-1, source=(0, 0, 1, 1))),
+        ("a picture's number", LayoutBox("x", 0, 0, 1, 1, reference=True, source=(0, 0, 1, 1))),
+        ("a picture's number", LayoutBox("x", 0, 0, 1, 1, reference=1.0, source=(0, 0, 1, 1))),
+        ("four edges", LayoutBox("x", 0, 0, 1, 1, reference=1, source=(0, 0, 1))),
+        ("four edges", LayoutBox("x", 0, 0, 1, 1, reference=1, source=[0, 0, 1, 1])),
+        ("box in reference 1: its edges must be fractions of reference 1",
+         LayoutBox("x", 0, 0, 1, 1, reference=1, source=(0, 0, 1.5, 1))),
+        ("box in reference 2 is empty or inside out.*1% of reference 2",
+         LayoutBox("x", 0, 0, 1, 1, reference=2, source=(0.5, 0, 0.4, 1))),
+        ("box in reference 1 is empty", LayoutBox("x", 0, 0, 1, 1, reference=1, source=(0, 0.5, 1, 0.505))),
+    ]
+    for message, box in bad:
+        with pytest.raises(InvalidRequest, match=message):
+            request((FOX, box)).validate()
     with pytest.raises(InvalidRequest, match="unreadable layout box"):
         GenerationRequest.from_dict({"prompt": "a", "model": "m", "layout_boxes": [{"description": "x"}]})
 
@@ -178,3 +232,16 @@ def test_the_command_lines_layout_boxes():
     for value in ("0.1,0.2,0.5:a fox", "a fox", "0.1,0.2,0.5,x:a fox", "0.1 0.2 0.5 0.9:a fox"):
         with pytest.raises(InvalidRequest, match="LEFT,TOP,RIGHT,BOTTOM:TEXT"):
             parse_layout_box_args([value])
+
+
+def test_the_command_lines_layout_moves():
+    from desktop.cli import parse_layout_move_args
+
+    assert parse_layout_move_args(["2:0.05,0.6,0.3,0.9:0.55,0.4,0.95,0.95: the red cup", "1:0,0,1,1:0,0,.5,.5:a: b",
+                                   "1:0,0,1,1:0,0,1,1:"]) == (  # fmt: skip
+        CUP, LayoutBox("a: b", 0, 0, 0.5, 0.5, reference=1, source=(0, 0, 1, 1)),
+        LayoutBox("", 0, 0, 1, 1, reference=1, source=(0, 0, 1, 1)))
+    for value in ("1:0,0,1,1", "x:0,0,1,1:0,0,1,1:a cup", "1:0,0,1:0,0,1,1:a cup", "1:0,0,1,1:0,0,1:a cup",
+                  "1.5:0,0,1,1:0,0,1,1:a cup", "0,0,1,1:0,0,1,1:a cup"):  # fmt: skip
+        with pytest.raises(InvalidRequest, match="REF:FROM_EDGES:TO_EDGES:TEXT"):
+            parse_layout_move_args([value])

@@ -397,6 +397,8 @@ def test_an_edit_needs_the_processors_settings_and_the_i2i_prompt(rewriter_folde
 
 FOX_BOX = LayoutBox("a red fox sitting", 0.1, 0.2, 0.5, 0.9)
 MOON_BOX = LayoutBox("a full moon", 0.7, 0.05, 0.9, 0.25)
+# The cup reference picture 1 shows at its bottom left, moved to the right and made larger.
+CUP_BOX = LayoutBox("the red cup", 0.55, 0.4, 0.95, 0.95, reference=1, source=(0.05, 0.6, 0.3, 0.9))
 
 
 def test_layout_captions_are_diffusers_upsamplers_own(rewriter_folder, monkeypatch):
@@ -426,6 +428,16 @@ def test_layout_captions_are_diffusers_upsamplers_own(rewriter_folder, monkeypat
     expected = theirs.upsample_prompt(model, processor, "add a fox", images=theirs.prepare_references([picture]),
                                       boxes=edit, max_new_tokens=TOKENS)  # fmt: skip
     assert ours == without_controls(expected)
+    # An element of the picture moved: its box there (src_bbox) and in the result.
+    moved = edit + [{"desc": CUP_BOX.description, "from": "ref_image_0", "src_bbox": [0.6, 0.05, 0.9, 0.3],
+                     "tgt_bbox": [CUP_BOX.top, CUP_BOX.left, CUP_BOX.bottom, CUP_BOX.right]}]  # fmt: skip
+    ours = rewriter.rewrite(folder, "add a fox, move the cup", 64, 64, "cpu", torch.float32, references=[picture],
+                            boxes=[FOX_BOX, CUP_BOX])  # fmt: skip
+    expected = theirs.upsample_prompt(model, processor, "add a fox, move the cup", max_new_tokens=TOKENS,
+                                      images=theirs.prepare_references([picture]), boxes=moved)  # fmt: skip
+    assert ours == without_controls(expected)
+    assert split_table(ours)[1][1] == {"id": "obj_2", "from": "ref_image_0", "src_bbox": [600, 50, 900, 300],
+                                       "tgt_bbox": [400, 550, 950, 950], "desc": "the red cup"}  # fmt: skip
     # The edit's conversation is the layout one (the random model alone would not tell): the i2i_bbox prompt, the
     # picture, then the layout scaffold around the layout request.
     asked = []
@@ -492,3 +504,31 @@ def test_the_command_line_places_layout_boxes(flux3, rewriter_folder, tmp_path, 
         assert np.array_equal(pixels(image), pixels(plain.images[0]))
     code, _, err = in_process([*common, "--out", str(tmp_path / "plain.png")])
     assert code != 0 and "turn rewriting on" in err and "Traceback" not in err
+
+
+def test_the_command_line_moves_an_element_of_a_reference_picture(flux3, rewriter_folder, tmp_path, monkeypatch):
+    """`--layout-move REF:FROM:TO:TEXT` with `--reference-image`: the caption's table moves the element from its box
+    in the picture (ref_image_0) to its box in the result, after the --layout-box rows; a move from a picture the
+    job does not have is refused by number, without a traceback."""
+    from desktop.engine.backends import prompt_rewriter
+    from desktop.engine.metadata import read_image_metadata
+    from tests.e2e.test_cli import in_process
+
+    monkeypatch.setattr(prompt_rewriter, "MAX_NEW_TOKENS", TOKENS)
+    picture = tmp_path / "table.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(picture)
+    out = tmp_path / "moved.png"
+    common = ["generate", "--prompt", "move the cup", "--seed", "3", "--width", "64", "--height", "64", "--steps", "1",
+              "--device", "cpu", "--no-preview", "--home", str(tmp_path / "home"), "--model", str(flux3["folder"]),
+              "--reference-image", str(picture), "--rewrite-prompt", "--prompt-rewriter", str(rewriter_folder),
+              "--layout-box", "0.1,0.2,0.5,0.9: a red fox sitting"]  # fmt: skip
+    code, _, err = in_process([*common, "--layout-move", "1:0.05,0.6,0.3,0.9:0.55,0.4,0.95,0.95:the red cup",
+                               "--out", str(out)])  # fmt: skip
+    assert code == 0, err
+    rows = split_table(read_image_metadata(out).request.prompt)[1]
+    assert rows[:2] == locked_rows([FOX_BOX, CUP_BOX], edit=True)[:1] + [
+        {"id": "obj_2", "from": "ref_image_0", "src_bbox": [600, 50, 900, 300], "tgt_bbox": [400, 550, 950, 950],
+         "desc": "the red cup"}]  # fmt: skip
+    code, _, err = in_process([*common, "--layout-move", "2:0,0,1,1:0,0,1,1:the cup", "--out", str(out)])
+    assert code != 0 and "takes an element from reference 2, but the job has 1 reference picture" in err
+    assert "Traceback" not in err

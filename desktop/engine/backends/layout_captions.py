@@ -37,19 +37,28 @@ LAYOUT_REQUEST = (
 
 def on_grid(box: LayoutBox) -> list[int]:
     """The box's edges on the rewriter's grid, in its order (top, left, bottom, right)."""
-    return [round(edge * GRID) for edge in (box.top, box.left, box.bottom, box.right)]
+    return _grid_edges((box.left, box.top, box.right, box.bottom))
+
+
+def _grid_edges(edges: Sequence[float]) -> list[int]:
+    left, top, right, bottom = edges
+    return [round(edge * GRID) for edge in (top, left, bottom, right)]
 
 
 def locked_rows(boxes: Sequence[LayoutBox], edit: bool) -> list[dict[str, Any]]:
     """The user's boxes as rows of the table, numbered `obj_1`, `obj_2` ...: for text to image a box in the picture
-    (`bbox`); for an edit an element the result gains there (`from` "target", no box in a reference picture)."""
+    (`bbox`); for an edit an element the result gains there (`from` "target", no box in a reference picture) or one
+    moved there from a reference picture (`from` "ref_image_N", counted from 0, with its box in that picture)."""
     rows = []
     for number, box in enumerate(boxes, 1):
         row_id, text = f"obj_{number}", box.description.strip()
-        if edit:
-            rows.append({"id": row_id, "from": "target", "src_bbox": None, "tgt_bbox": on_grid(box), "desc": text})
-        else:
+        if not edit:
             rows.append({"id": row_id, "bbox": on_grid(box), "desc": text})
+        elif box.reference and box.source is not None:
+            rows.append({"id": row_id, "from": f"ref_image_{box.reference - 1}", "src_bbox": _grid_edges(box.source),
+                         "tgt_bbox": on_grid(box), "desc": text})  # fmt: skip
+        else:
+            rows.append({"id": row_id, "from": "target", "src_bbox": None, "tgt_bbox": on_grid(box), "desc": text})
     return rows
 
 
