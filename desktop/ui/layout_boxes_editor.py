@@ -3,14 +3,22 @@
 Each box is where FLUX.3's prompt rewriter must place what its description says (desktop/engine/backends/
 layout_captions.py). The frame keeps the ratio of the size being asked for; boxes are kept as fractions of it, so
 they stay in place when the size changes. A drawn box is added to the list with its description open for typing.
+
+With reference pictures (an edit), a box may take its element from one of them ("From" in the list): the element is
+then marked on that picture, shown in a second frame under the first (decoded on the window's thread pool), and the
+rewriter moves it to the box.
 """
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, Signal, Slot
-from PySide6.QtGui import QColor, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen
+from collections.abc import Sequence
+from dataclasses import replace
+
+from PySide6.QtCore import QEvent, QObject, QPointF, QRectF, QSize, Qt, QThreadPool, Signal, Slot
+from PySide6.QtGui import QColor, QImage, QKeyEvent, QMouseEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QComboBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
@@ -22,14 +30,18 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.engine.request import MAX_LAYOUT_BOXES, MIN_LAYOUT_BOX_SIDE, LayoutBox
+from desktop.ui.thumbnails import ThumbnailLoader
 
 _BOX_COLOUR = QColor(255, 140, 0)
 _SELECTED_COLOUR = QColor(40, 140, 255)
 _MARGIN = 4.0
+_PICTURE_SIDE = 480  # px: a reference picture as the source frame shows it, enough to mark an element on
+_TEXT, _FROM, _WHERE = range(3)  # the list's columns
 
 
 class LayoutArea(QWidget):
-    """The frame with the boxes drawn over it, numbered as listed; a drag inside it draws a new box.
+    """The frame with the boxes drawn over it, numbered as listed (or as `set_boxes` numbers them), over a picture
+    when one is set; a drag inside it draws a new box.
 
     Signals:
         drawn(object): a box was drawn, its edges (left, top, right, bottom) as fractions of the frame.
@@ -46,7 +58,9 @@ class LayoutArea(QWidget):
         self.setCursor(Qt.CursorShape.CrossCursor)
         self._ratio = 1.0  # width / height of the picture
         self._boxes: tuple[LayoutBox, ...] = ()
+        self._numbers: tuple[int, ...] = ()
         self._selected = -1
+        self._picture: QPixmap | None = None
         self._start: QPointF | None = None
         self._end: QPointF | None = None
 
@@ -61,8 +75,27 @@ class LayoutArea(QWidget):
         """The boxes drawn now."""
         return self._boxes
 
-    def set_boxes(self, boxes: tuple[LayoutBox, ...], selected: int = -1) -> None:
+    def set_boxes(self, boxes: tuple[LayoutBox, ...], selected: int = -1, numbers: Sequence[int] = ()) -> None:
+        """Show `boxes`, `selected` (an index into them) highlighted, labelled `numbers` (1, 2 ... when none)."""
         self._boxes, self._selected = boxes, selected
+        self._numbers = tuple(numbers) or tuple(range(1, len(boxes) + 1))
+        self.update()
+
+    def numbers(self) -> tuple[int, ...]:
+        """The boxes' labels, in order."""
+        return self._numbers
+
+    def selected(self) -> int:
+        return self._selected
+
+    def has_picture(self) -> bool:
+        return self._picture is not None
+
+    def set_picture(self, image: QImage | None) -> None:
+        """Draw the frame over `image` and in its ratio; a plain frame when None."""
+        self._picture = None if image is None or image.isNull() else QPixmap.fromImage(image)
+        if self._picture is not None:
+            self.set_ratio(self._picture.width(), self._picture.height())
         self.update()
 
     def frame(self) -> QRectF:
@@ -88,6 +121,8 @@ class LayoutArea(QWidget):
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         frame = self.frame()
         painter.fillRect(frame, self.palette().base())
+        if self._picture is not None:
+            painter.drawPixmap(frame, self._picture, QRectF(self._picture.rect()))
         painter.setPen(QPen(self.palette().mid().color(), 1))
         painter.drawRect(frame)
         for index, box in enumerate(self._boxes):
@@ -97,7 +132,7 @@ class LayoutArea(QWidget):
             painter.fillRect(rect, QColor(colour.red(), colour.green(), colour.blue(), 40))
             painter.drawRect(rect)
             painter.drawText(rect.adjusted(3, 1, 0, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop,
-                             str(index + 1))  # fmt: skip
+                             str(self._numbers[index]))  # fmt: skip
         if self._start is not None and self._end is not None:
             painter.setPen(QPen(_SELECTED_COLOUR, 1, Qt.PenStyle.DashLine))
             painter.drawRect(QRectF(self._start, self._end).normalized().intersected(frame))
@@ -130,7 +165,8 @@ class LayoutArea(QWidget):
 
 
 class LayoutBoxesEditor(QWidget):
-    """The frame to draw boxes on, the list of boxes with their descriptions, Remove and Clear.
+    """The frame to draw boxes on, the list of boxes with their descriptions and origins, Remove and Clear; for a box
+    taken from a reference picture, that picture's frame to mark the element on.
 
     Signals:
         boxes_changed(object): the boxes now listed, a tuple of LayoutBox in order.
@@ -138,19 +174,32 @@ class LayoutBoxesEditor(QWidget):
 
     boxes_changed = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, pool: QThreadPool | None = None, parent: QWidget | None = None) -> None:
+        """`pool`: where reference pictures are decoded (the window's); a pool of the editor's own when None."""
         super().__init__(parent)
         self._boxes: tuple[LayoutBox, ...] = ()
+        self._references: tuple[str, ...] = ()
+        self._pictures: dict[str, QImage] = {}
+        self._loader = ThumbnailLoader(pool or QThreadPool(self), _PICTURE_SIDE, self)
+        self._loader.loaded.connect(self._on_picture_loaded)
         self.area = LayoutArea()
         self.area.drawn.connect(self._on_drawn)
-        self.area.picked.connect(lambda row: self.table.setCurrentCell(row, 0))
+        self.area.picked.connect(lambda row: self.table.setCurrentCell(row, _TEXT))
         self.area.setToolTip(self.tr("Drag in the frame to place an element of the picture, then describe it in the "
                                      "list; click a box to select it"))  # fmt: skip
-        self.table = QTableWidget(0, 2, objectName="layout_table")
-        self.table.setHorizontalHeaderLabels([self.tr("What it holds"), self.tr("Where")])
+        self.source_label = QLabel(objectName="layout_source_label", wordWrap=True)
+        self.source_area = LayoutArea()
+        self.source_area.setObjectName("layout_source_area")
+        self.source_area.drawn.connect(self._on_source_drawn)
+        self.source_area.setToolTip(self.tr("Drag around the element on the reference picture; the rewriter moves it "
+                                            "to its box in the frame above"))  # fmt: skip
+        self.table = QTableWidget(0, 3, objectName="layout_table")
+        self.table.setHorizontalHeaderLabels([self.tr("What it holds"), self.tr("From"), self.tr("Where")])
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(_TEXT, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(_FROM, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(_WHERE, QHeaderView.ResizeMode.ResizeToContents)
+        self.table.setColumnHidden(_FROM, True)  # until there are reference pictures to take from
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setMaximumHeight(140)
@@ -175,6 +224,8 @@ class LayoutBoxesEditor(QWidget):
         layout.addWidget(self.hint)
         layout.addWidget(self.area)
         layout.addWidget(self.table)
+        layout.addWidget(self.source_label)
+        layout.addWidget(self.source_area)
         layout.addLayout(buttons)
         self._update_buttons()
 
@@ -187,16 +238,26 @@ class LayoutBoxesEditor(QWidget):
         self.table.blockSignals(True)
         self.table.setRowCount(len(self._boxes))
         for row, box in enumerate(self._boxes):
-            self.table.setItem(row, 0, QTableWidgetItem(box.description))
+            self.table.setItem(row, _TEXT, QTableWidgetItem(box.description))
+            self.table.setCellWidget(row, _FROM, self._origin_combo(row, box))
             where = QTableWidgetItem(_where(box))
             where.setFlags(where.flags() & ~Qt.ItemFlag.ItemIsEditable)
-            self.table.setItem(row, 1, where)
+            self.table.setItem(row, _WHERE, where)
         self.table.blockSignals(False)
-        self.area.set_boxes(self._boxes, self.table.currentRow())
-        self._update_buttons()
+        # The origins matter with reference pictures to take from (or boxes that took from one).
+        self.table.setColumnHidden(_FROM, not self._references and not any(box.reference for box in self._boxes))
+        self._show_selection()
 
     def set_canvas_size(self, width: int, height: int) -> None:
         self.area.set_ratio(width, height)
+
+    def set_reference_images(self, paths: Sequence[str]) -> None:
+        """The job's reference pictures, in order: what a box may take its element from."""
+        self._references = tuple(paths)
+        for path in self._references:
+            if path not in self._pictures:
+                self._loader.request(path)
+        self.set_boxes(self._boxes)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
         # The list's own Delete (not while a description is being typed: the editor has the keys then).
@@ -212,23 +273,58 @@ class LayoutBoxesEditor(QWidget):
         if 0 <= row < len(self._boxes):
             self._change(self._boxes[:row] + self._boxes[row + 1:])
 
+    def choose_origin(self, row: int, reference: int) -> None:
+        """Box `row` takes its element from reference picture `reference` (from 1), or is new content (0). A box
+        newly taken from a picture starts with its element marked where the box lies, for the user to correct."""
+        if not 0 <= row < len(self._boxes) or self._boxes[row].reference == reference:
+            return
+        box = self._boxes[row]
+        if reference:
+            source = box.source or (box.left, box.top, box.right, box.bottom)
+            changed = replace(box, reference=reference, source=source)
+        else:
+            changed = replace(box, reference=0, source=None)
+        self._change(self._boxes[:row] + (changed,) + self._boxes[row + 1:])
+        self.table.setCurrentCell(row, _TEXT)
+
+    def _origin_combo(self, row: int, box: LayoutBox) -> QComboBox:
+        combo = QComboBox()
+        combo.addItem(self.tr("New"), 0)
+        for number in range(1, max(len(self._references), box.reference) + 1):
+            combo.addItem(self.tr("Reference {number}").format(number=number), number)
+        combo.setCurrentIndex(box.reference)
+        combo.setToolTip(self.tr("New content, or an element of a reference picture moved to the box"))
+        combo.currentIndexChanged.connect(lambda index: self.choose_origin(row, combo.itemData(index)))
+        return combo
+
     @Slot(object)
     def _on_drawn(self, edges: tuple[float, float, float, float]) -> None:
         if len(self._boxes) >= MAX_LAYOUT_BOXES:
             return
         self._change(self._boxes + (LayoutBox("", *edges),))
         row = len(self._boxes) - 1
-        self.table.setCurrentCell(row, 0)
-        self.table.editItem(self.table.item(row, 0))
+        self.table.setCurrentCell(row, _TEXT)
+        self.table.editItem(self.table.item(row, _TEXT))
+
+    @Slot(object)
+    def _on_source_drawn(self, edges: tuple[float, float, float, float]) -> None:
+        row = self.table.currentRow()
+        if 0 <= row < len(self._boxes) and self._boxes[row].reference:
+            changed = replace(self._boxes[row], source=edges)
+            self._change(self._boxes[:row] + (changed,) + self._boxes[row + 1:])
+
+    @Slot(str, QImage)
+    def _on_picture_loaded(self, path: str, image: QImage) -> None:
+        self._pictures[path] = image
+        self._show_selection()
 
     @Slot(QTableWidgetItem)
     def _on_item_changed(self, item: QTableWidgetItem) -> None:
         row = item.row()
-        if item.column() != 0 or not 0 <= row < len(self._boxes):
+        if item.column() != _TEXT or not 0 <= row < len(self._boxes):
             return
         boxes = list(self._boxes)
-        old = boxes[row]
-        boxes[row] = LayoutBox(item.text(), old.left, old.top, old.right, old.bottom)
+        boxes[row] = replace(boxes[row], description=item.text())
         self._boxes = tuple(boxes)
         self.area.set_boxes(self._boxes, row)
         self.boxes_changed.emit(self._boxes)
@@ -239,8 +335,31 @@ class LayoutBoxesEditor(QWidget):
 
     @Slot()
     def _show_selection(self) -> None:
-        self.area.set_boxes(self._boxes, self.table.currentRow())
+        row = self.table.currentRow()
+        self.area.set_boxes(self._boxes, row)
+        self._show_source(row)
         self._update_buttons()
+
+    def _show_source(self, row: int) -> None:
+        """The reference picture the selected box takes its element from, with the elements marked on it (the
+        selected one highlighted); hidden for new content."""
+        box = self._boxes[row] if 0 <= row < len(self._boxes) else None
+        shown = box is not None and box.reference > 0
+        self.source_label.setVisible(shown)
+        self.source_area.setVisible(shown)
+        if box is None or not shown:
+            return
+        listed = box.reference <= len(self._references)
+        path = self._references[box.reference - 1] if listed else ""
+        self.source_label.setText(self.tr("Reference {number}: drag around the element to move").format(
+            number=box.reference) if listed else self.tr("Reference {number} is not listed: add it under References, "
+                                                         "or choose another").format(number=box.reference))  # fmt: skip
+        self.source_area.set_picture(self._pictures.get(path))
+        marked = [(index, other) for index, other in enumerate(self._boxes)
+                  if other.reference == box.reference and other.source is not None]  # fmt: skip
+        self.source_area.set_boxes(tuple(LayoutBox(other.description, *other.source) for _, other in marked),
+                                   [index for index, _ in marked].index(row),
+                                   [index + 1 for index, _ in marked])  # fmt: skip
 
     def _update_buttons(self) -> None:
         self.remove_button.setEnabled(0 <= self.table.currentRow() < len(self._boxes))

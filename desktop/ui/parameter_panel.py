@@ -215,6 +215,7 @@ class ParameterPanel(QWidget):
         self._lay_out()
         self._bindings = self._bind()
         self.layout_editor.set_canvas_size(model.value("width"), model.value("height"))  # then on each change
+        self.layout_editor.set_reference_images(model.value("reference_images"))  # the pictures a box may take from
 
     # ------------------------------------------------------------------------------------ widgets
 
@@ -270,7 +271,7 @@ class ParameterPanel(QWidget):
             "prompt rewriter)."
         ))  # fmt: skip
         # FLUX.3's layout boxes, placed by its rewriter: shown while rewriting is on for a FLUX.3 model.
-        self.layout_editor = LayoutBoxesEditor()
+        self.layout_editor = LayoutBoxesEditor(self._pool)
         self.layout_editor.setObjectName("layout_editor")
         self.layout_label = QLabel(self.tr("Layout boxes"), objectName="layout_label")
         self.layout_label.setToolTip(self.tr(
@@ -618,6 +619,8 @@ class ParameterPanel(QWidget):
             self._show_family_rows()
         if name in ("width", "height"):
             self.layout_editor.set_canvas_size(self.model.value("width"), self.model.value("height"))
+        if name == "reference_images":
+            self.layout_editor.set_reference_images(value)
         if name in _EXTRA_FIELDS and value != getattr(Parameters(), name):
             self.show_extra(True)  # a recipe that uses an extra shows it
         if name == "hires_fix" and value:

@@ -934,7 +934,15 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
+        <source>Drag around the element on the reference picture; the rewriter moves it to its box in the frame above</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
         <source>What it holds</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>From</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
@@ -959,6 +967,26 @@ The app keeps running; if something looks wrong, save your work and restart it.<
     </message>
     <message>
         <source>Drag in the frame to place an element; the rewriter writes the caption around the boxes.</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>New</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reference {number}</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>New content, or an element of a reference picture moved to the box</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reference {number}: drag around the element to move</source>
+        <translation type="unfinished"></translation>
+    </message>
+    <message>
+        <source>Reference {number} is not listed: add it under References, or choose another</source>
         <translation type="unfinished"></translation>
     </message>
 </context>

@@ -22,14 +22,14 @@ from tests.ui.test_session_memory import pick
 from tests.ui.test_settings_and_logs import close_window, open_window
 
 
-def at(editor: LayoutBoxesEditor, x: float, y: float) -> QPoint:
-    """The point of the frame at these fractions of it."""
-    frame = editor.area.frame()
+def at(editor: LayoutBoxesEditor, x: float, y: float, area=None) -> QPoint:
+    """The point of the frame (the editor's first, or `area`'s) at these fractions of it."""
+    frame = (area or editor.area).frame()
     return QPoint(round(frame.left() + x * frame.width()), round(frame.top() + y * frame.height()))
 
 
-def drag(editor: LayoutBoxesEditor, start: QPoint, end: QPoint) -> None:
-    area = editor.area
+def drag(editor: LayoutBoxesEditor, start: QPoint, end: QPoint, area=None) -> None:
+    area = area or editor.area
     QTest.mousePress(area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
     QTest.mouseMove(area, end)
     QTest.mouseRelease(area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
@@ -65,7 +65,8 @@ def test_a_dragged_box_is_listed_where_it_was_drawn_and_described(editor, qtbot)
     tolerance = 1.5 / frame.height()  # a pixel of the frame
     assert box.left == pytest.approx(0.1, abs=tolerance) and box.right == pytest.approx(0.5, abs=tolerance)
     assert box.top == pytest.approx(0.2, abs=tolerance) and box.bottom == pytest.approx(0.9, abs=tolerance)
-    assert box.description == "" and editor.table.item(0, 1).text() == "10%, 20% – 50%, 90%"
+    assert box.description == "" and editor.table.item(0, 2).text() == "10%, 20% – 50%, 90%"
+    assert editor.table.isColumnHidden(1)  # "From": no reference pictures to take from
     describe(editor, "a red fox sitting")
     assert editor.boxes()[0].description == "a red fox sitting"
     assert emitted[-1] == editor.boxes() and len(emitted) == 2
@@ -93,6 +94,77 @@ def test_a_dragged_box_is_listed_where_it_was_drawn_and_described(editor, qtbot)
     assert [box.description for box in editor.boxes()] == ["a moon"] and emitted[-1] == editor.boxes()
     editor.clear_button.click()
     assert editor.boxes() == () and emitted[-1] == () and not editor.clear_button.isEnabled()
+
+
+def pictures(folder: Path) -> tuple[str, str]:
+    """A wide red reference picture and a tall blue one."""
+    from PIL import Image
+
+    wide, tall = folder / "wide.png", folder / "tall.png"
+    Image.new("RGB", (200, 100), (255, 0, 0)).save(wide)
+    Image.new("RGB", (60, 120), (0, 0, 255)).save(tall)
+    return str(wide), str(tall)
+
+
+def test_a_box_takes_its_element_from_a_reference_picture(editor, qtbot, tmp_path: Path):
+    from PIL import Image
+
+    editor.set_reference_images(pictures(tmp_path))
+    assert not editor.table.isColumnHidden(1) and not editor.source_area.isVisible()
+    drag(editor, at(editor, 0.5, 0.5), at(editor, 0.9, 0.9))
+    describe(editor, "the cup")
+    emitted = []
+    editor.boxes_changed.connect(emitted.append)
+    combo = editor.table.cellWidget(0, 1)
+    assert [combo.itemText(index) for index in range(combo.count())] == ["New", "Reference 1", "Reference 2"]
+    combo.setCurrentIndex(2)
+    editor.choose_origin(0, 2)  # the same again: no edit
+    (box,) = editor.boxes()
+    # Taken from reference 2, its element marked at first where the box lies, for the user to correct.
+    assert (box.reference, box.source) == (2, (box.left, box.top, box.right, box.bottom)) and emitted == [(box,)]
+    assert editor.source_area.isVisible() and editor.source_label.text().startswith("Reference 2:")
+    area = editor.source_area
+    qtbot.waitUntil(area.has_picture, timeout=TIMEOUT_MS)  # decoded on the pool
+    frame = area.frame()
+    assert frame.height() == pytest.approx(2 * frame.width(), abs=0.01)  # the tall picture's ratio
+    outside = area.grab().toImage().pixelColor(at(editor, 0.2, 0.1, area))  # the picture, outside the boxes
+    assert (outside.red(), outside.green(), outside.blue()) == (0, 0, 255)
+    assert area.boxes() == (LayoutBox("the cup", *box.source),)
+    drag(editor, at(editor, 0.1, 0.2, area), at(editor, 0.6, 0.4, area), area)
+    (moved,) = editor.boxes()
+    tolerance = 1.5 / frame.width()
+    assert moved.source == pytest.approx((0.1, 0.2, 0.6, 0.4), abs=tolerance) and emitted[-1] == (moved,)
+    assert (moved.left, moved.top, moved.right, moved.bottom) == (box.left, box.top, box.right, box.bottom)
+    describe_again = editor.table.item(0, 0)
+    describe_again.setText("the red cup")  # a description edit keeps where the element comes from
+    assert editor.boxes()[0] == LayoutBox("the red cup", box.left, box.top, box.right, box.bottom, 2, moved.source)
+    # A second box from reference 2 is marked on it too, numbered as listed; one from reference 1 is not.
+    drag(editor, at(editor, 0.05, 0.05), at(editor, 0.3, 0.3))
+    describe(editor, "a spoon")
+    editor.table.cellWidget(1, 1).setCurrentIndex(1)
+    assert editor.source_label.text().startswith("Reference 1:") and len(area.boxes()) == 1
+    qtbot.waitUntil(lambda: area.frame().width() == pytest.approx(2 * area.frame().height(), abs=0.01),
+                    timeout=TIMEOUT_MS)  # fmt: skip
+    editor.table.cellWidget(1, 1).setCurrentIndex(2)
+    assert [b.description for b in area.boxes()] == ["the red cup", "a spoon"] and area.numbers() == (1, 2)
+    assert area.selected() == 1
+    # Back to new content: no source, the picture's frame hidden.
+    editor.table.cellWidget(0, 1).setCurrentIndex(0)
+    assert (editor.boxes()[0].reference, editor.boxes()[0].source) == (0, None)
+    assert not editor.source_area.isVisible()
+    editor.table.setCurrentCell(1, 0)
+    assert area.boxes() == (LayoutBox("a spoon", *editor.boxes()[1].source),) and area.numbers() == (2,)  # as listed
+    # A reference no longer listed is named, and the box keeps it (the job then says what is wrong).
+    editor.set_reference_images(())
+    assert editor.boxes()[1].reference == 2 and "not listed" in editor.source_label.text()
+    assert editor.table.cellWidget(1, 1).currentText() == "Reference 2" and not editor.table.isColumnHidden(1)
+    assert not area.has_picture()
+    # Listed again as another file: its picture comes when decoded, and the frame shows it.
+    other = tmp_path / "other.png"
+    Image.new("RGB", (90, 90), (0, 255, 0)).save(other)
+    editor.set_reference_images((pictures(tmp_path)[0], str(other)))
+    qtbot.waitUntil(area.has_picture, timeout=TIMEOUT_MS)
+    assert area.frame().width() == pytest.approx(area.frame().height(), abs=0.01)
 
 
 def test_boxes_set_from_a_recipe_are_shown_without_an_edit(editor):
@@ -149,6 +221,14 @@ def test_the_window_carries_the_boxes_while_flux3_rewrites(qtbot, tmp_path: Path
         recipe = (LayoutBox("a boat", 0, 0.5, 0.4, 1.0),)
         panel.model.update(layout_boxes=recipe)
         assert editor.boxes() == recipe and editor.table.item(0, 0).text() == "a boat"
+        # With reference pictures (an edit), a box takes its element from one; the job carries it.
+        assert editor.table.isColumnHidden(1)
+        panel.references_row.add_images(pictures(tmp_path))
+        assert not editor.table.isColumnHidden(1)
+        editor.table.cellWidget(0, 1).setCurrentIndex(2)
+        request = window.current_request().validate()
+        assert request.layout_boxes == (LayoutBox("a boat", 0, 0.5, 0.4, 1.0, 2, (0, 0.5, 0.4, 1.0)),)
+        assert request.reference_images == pictures(tmp_path)
     finally:
         close_window(window, controller)
 
@@ -165,10 +245,13 @@ def test_the_frame_has_the_ratio_of_the_panels_size_from_the_start(qtbot):
 
 
 def test_the_boxes_are_kept_across_sessions_and_damaged_ones_are_dropped():
-    boxes = (LayoutBox("a fox", 0.1, 0.2, 0.5, 0.9), LayoutBox("", 0.7, 0.05, 0.9, 0.25))
+    boxes = (LayoutBox("a fox", 0.1, 0.2, 0.5, 0.9), LayoutBox("", 0.7, 0.05, 0.9, 0.25),
+             LayoutBox("a cup", 0.5, 0.5, 0.9, 0.9, reference=1, source=(0.1, 0.1, 0.3, 0.3)))  # fmt: skip
     base = Parameters()
     stored = json.loads(json.dumps(parameters_to_json(Parameters(layout_boxes=boxes))))
     assert parameters_from_json(stored, base).layout_boxes == boxes  # a box not yet described is kept
     for damaged in ("x", [{"description": "a"}], [{**stored["layout_boxes"][0], "left": 7}],
-                    [{**stored["layout_boxes"][0], "top": True}], [{**stored["layout_boxes"][0], "description": 3}]):
+                    [{**stored["layout_boxes"][0], "top": True}], [{**stored["layout_boxes"][0], "description": 3}],
+                    [{**stored["layout_boxes"][2], "source": [0.1, 0.1, 0.3]}],
+                    [{**stored["layout_boxes"][2], "reference": 0}]):
         assert parameters_from_json({"layout_boxes": damaged}, base).layout_boxes == ()
