@@ -179,7 +179,8 @@ class LayoutBoxesEditor(QWidget):
         super().__init__(parent)
         self._boxes: tuple[LayoutBox, ...] = ()
         self._references: tuple[str, ...] = ()
-        self._pictures: dict[str, QImage] = {}
+        self._pictures: dict[str, QImage] = {}  # the listed reference pictures decoded so far
+        self._marked_rows: list[int] = []  # the rows whose elements the source frame shows, in its order
         self._loader = ThumbnailLoader(pool or QThreadPool(self), _PICTURE_SIDE, self)
         self._loader.loaded.connect(self._on_picture_loaded)
         self.area = LayoutArea()
@@ -191,6 +192,7 @@ class LayoutBoxesEditor(QWidget):
         self.source_area = LayoutArea()
         self.source_area.setObjectName("layout_source_area")
         self.source_area.drawn.connect(self._on_source_drawn)
+        self.source_area.picked.connect(lambda index: self.table.setCurrentCell(self._marked_rows[index], _TEXT))
         self.source_area.setToolTip(self.tr("Drag around the element on the reference picture; the rewriter moves it "
                                             "to its box in the frame above"))  # fmt: skip
         self.table = QTableWidget(0, 3, objectName="layout_table")
@@ -254,10 +256,29 @@ class LayoutBoxesEditor(QWidget):
     def set_reference_images(self, paths: Sequence[str]) -> None:
         """The job's reference pictures, in order: what a box may take its element from."""
         self._references = tuple(paths)
+        self._pictures = {path: image for path, image in self._pictures.items() if path in self._references}
         for path in self._references:
             if path not in self._pictures:
                 self._loader.request(path)
         self.set_boxes(self._boxes)
+
+    @Slot(object)
+    def follow_references(self, paths: Sequence[str]) -> None:
+        """The user changed the reference pictures to `paths`: a box keeps the picture it takes from under its new
+        number, and one whose picture was removed becomes new content (its number would now name another
+        picture)."""
+        old, new = self._references, tuple(paths)
+        boxes = []
+        for box in self._boxes:
+            path = old[box.reference - 1] if 0 < box.reference <= len(old) else None
+            if path is not None and path in new:
+                box = replace(box, reference=new.index(path) + 1)
+            elif path is not None:
+                box = replace(box, reference=0, source=None)
+            boxes.append(box)
+        self.set_reference_images(new)
+        if tuple(boxes) != self._boxes:
+            self._change(tuple(boxes))
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
         # The list's own Delete (not while a description is being typed: the editor has the keys then).
@@ -357,9 +378,9 @@ class LayoutBoxesEditor(QWidget):
         self.source_area.set_picture(self._pictures.get(path))
         marked = [(index, other) for index, other in enumerate(self._boxes)
                   if other.reference == box.reference and other.source is not None]  # fmt: skip
+        self._marked_rows = [index for index, _ in marked]
         self.source_area.set_boxes(tuple(LayoutBox(other.description, *other.source) for _, other in marked),
-                                   [index for index, _ in marked].index(row),
-                                   [index + 1 for index, _ in marked])  # fmt: skip
+                                   self._marked_rows.index(row), [index + 1 for index in self._marked_rows])
 
     def _update_buttons(self) -> None:
         self.remove_button.setEnabled(0 <= self.table.currentRow() < len(self._boxes))

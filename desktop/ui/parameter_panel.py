@@ -301,6 +301,8 @@ class ParameterPanel(QWidget):
         self.text_encoders_label = QLabel(self.tr("&Text encoders"), objectName="text_encoders_label")
         self.text_encoders_label.setBuddy(self.text_encoders_edit)
         self.references_row = ReferenceImagesRow(self._pool)
+        # Before the row's binding takes the new list: a layout box follows the picture it takes from.
+        self.references_row.images_changed.connect(self.layout_editor.follow_references)
         self.references_label = QLabel(self.tr("Re&ferences"), objectName="references_label")
         self.references_label.setBuddy(self.references_row.add_button)
 

@@ -148,6 +148,11 @@ def test_a_box_takes_its_element_from_a_reference_picture(editor, qtbot, tmp_pat
     editor.table.cellWidget(1, 1).setCurrentIndex(2)
     assert [b.description for b in area.boxes()] == ["the red cup", "a spoon"] and area.numbers() == (1, 2)
     assert area.selected() == 1
+    # A click on an element marked on the picture selects its row.
+    QTest.mouseClick(area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.5, 0.35, area))
+    assert editor.table.currentRow() == 0 and area.selected() == 0
+    QTest.mouseClick(area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.1, 0.1, area))
+    assert editor.table.currentRow() == 1 and area.selected() == 1
     # Back to new content: no source, the picture's frame hidden.
     editor.table.cellWidget(0, 1).setCurrentIndex(0)
     assert (editor.boxes()[0].reference, editor.boxes()[0].source) == (0, None)
@@ -165,6 +170,25 @@ def test_a_box_takes_its_element_from_a_reference_picture(editor, qtbot, tmp_pat
     editor.set_reference_images((pictures(tmp_path)[0], str(other)))
     qtbot.waitUntil(area.has_picture, timeout=TIMEOUT_MS)
     assert area.frame().width() == pytest.approx(area.frame().height(), abs=0.01)
+
+
+def test_a_picture_listed_again_is_read_again(editor, qtbot, tmp_path: Path):
+    from PIL import Image
+
+    path = tmp_path / "cup.png"
+    Image.new("RGB", (80, 80), (255, 0, 0)).save(path)
+    editor.set_reference_images([str(path)])
+    editor.set_boxes((LayoutBox("the cup", 0.2, 0.2, 0.4, 0.4, reference=1, source=(0.2, 0.2, 0.4, 0.4)),))
+    editor.table.setCurrentCell(0, 0)
+    area = editor.source_area
+    qtbot.waitUntil(area.has_picture, timeout=TIMEOUT_MS)
+    assert area.grab().toImage().pixelColor(at(editor, 0.8, 0.8, area)).red() == 255
+    # Removed, changed on disk, listed again: the picture shown is the file as it is now.
+    editor.set_reference_images([])
+    Image.new("RGB", (80, 80), (0, 255, 0)).save(path)
+    editor.set_reference_images([str(path)])
+    qtbot.waitUntil(lambda: area.grab().toImage().pixelColor(at(editor, 0.8, 0.8, area)).green() == 255,
+                    timeout=TIMEOUT_MS)  # fmt: skip
 
 
 def test_boxes_set_from_a_recipe_are_shown_without_an_edit(editor):
@@ -229,6 +253,18 @@ def test_the_window_carries_the_boxes_while_flux3_rewrites(qtbot, tmp_path: Path
         request = window.current_request().validate()
         assert request.layout_boxes == (LayoutBox("a boat", 0, 0.5, 0.4, 1.0, 2, (0, 0.5, 0.4, 1.0)),)
         assert request.reference_images == pictures(tmp_path)
+        # The box follows its picture when the pictures change: renumbered when one before it goes, new content
+        # when its own goes (its number would name another picture).
+        panel.references_row.list.setCurrentRow(0)
+        panel.references_row.remove_selected()
+        request = window.current_request().validate()
+        assert request.layout_boxes == (LayoutBox("a boat", 0, 0.5, 0.4, 1.0, 1, (0, 0.5, 0.4, 1.0)),)
+        assert editor.table.cellWidget(0, 1).currentText() == "Reference 1"
+        panel.references_row.add_images(pictures(tmp_path)[:1])  # after it: its number stays
+        assert panel.model.value("layout_boxes")[0].reference == 1
+        panel.references_row.list.setCurrentRow(0)
+        panel.references_row.remove_selected()
+        assert window.current_request().validate().layout_boxes == (LayoutBox("a boat", 0, 0.5, 0.4, 1.0),)
     finally:
         close_window(window, controller)
 
