@@ -35,21 +35,26 @@ from desktop.ui.thumbnails import ThumbnailLoader
 _BOX_COLOUR = QColor(255, 140, 0)
 _SELECTED_COLOUR = QColor(40, 140, 255)
 _MARGIN = 4.0
+_HANDLE = 6.0  # px: a press this near a corner of the selected box resizes it (its squares are drawn this size)
+_CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 _PICTURE_SIDE = 480  # px: a reference picture as the source frame shows it, enough to mark an element on
 _TEXT, _FROM, _WHERE = range(3)  # the list's columns
 
 
 class LayoutArea(QWidget):
     """The frame with the boxes drawn over it, numbered as listed (or as `set_boxes` numbers them), over a picture
-    when one is set; a drag inside it draws a new box.
+    when one is set; a drag inside it draws a new box. The selected box moves when dragged from inside it and
+    resizes when dragged by a corner (the other boxes stay: a drag inside one of them draws a box in it).
 
     Signals:
         drawn(object): a box was drawn, its edges (left, top, right, bottom) as fractions of the frame.
         picked(int): a click fell in this box (the topmost: the last listed of those under it).
+        reshaped(int, object): the selected box (its index) was moved or resized to these edges.
     """
 
     drawn = Signal(object)
     picked = Signal(int)
+    reshaped = Signal(int, object)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -63,6 +68,8 @@ class LayoutArea(QWidget):
         self._picture: QPixmap | None = None
         self._start: QPointF | None = None
         self._end: QPointF | None = None
+        self._grab: str | None = None  # while the selected box is dragged: "move" or the corner held
+        self.setMouseTracking(True)  # the cursor tells where a press would move or resize
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
         return QSize(240, 160)
@@ -116,6 +123,42 @@ class LayoutArea(QWidget):
         y = (point.y() - frame.top()) / frame.height()
         return min(1.0, max(0.0, x)), min(1.0, max(0.0, y))
 
+    def _edges(self, index: int) -> tuple[float, float, float, float]:
+        """Box `index`'s edges, as it is being moved or resized when it is."""
+        box = self._boxes[index]
+        if index == self._selected and self._grab is not None and self._start is not None and self._end is not None:
+            return self._reshaped(box, self._grab, self._start, self._end)
+        return box.left, box.top, box.right, box.bottom
+
+    def _reshaped(self, box: LayoutBox, grab: str, start: QPointF, end: QPointF) -> tuple[float, float, float, float]:
+        """`box`'s edges after the drag from `start` to `end` holding `grab`: moved (kept inside the frame) or its
+        held corner moved (kept inside the frame; unchanged while it would leave less than the smallest side)."""
+        frame = self.frame()
+        dx, dy = (end.x() - start.x()) / frame.width(), (end.y() - start.y()) / frame.height()
+        left, top, right, bottom = box.left, box.top, box.right, box.bottom
+        if grab == "move":
+            dx, dy = min(max(dx, -left), 1 - right), min(max(dy, -top), 1 - bottom)
+            return _rounded(left + dx, top + dy, right + dx, bottom + dy)
+        vertical, horizontal = grab.split("_")
+        top, bottom = (top + dy, bottom) if vertical == "top" else (top, bottom + dy)
+        left, right = (left + dx, right) if horizontal == "left" else (left, right + dx)
+        left, right = sorted((min(max(left, 0.0), 1.0), min(max(right, 0.0), 1.0)))
+        top, bottom = sorted((min(max(top, 0.0), 1.0), min(max(bottom, 0.0), 1.0)))
+        if right - left < MIN_LAYOUT_BOX_SIDE or bottom - top < MIN_LAYOUT_BOX_SIDE:
+            return box.left, box.top, box.right, box.bottom
+        return _rounded(left, top, right, bottom)
+
+    def _grab_at(self, point: QPointF) -> str | None:
+        """What a press at `point` takes hold of: a corner of the selected box, the box itself, or nothing."""
+        if not 0 <= self._selected < len(self._boxes):
+            return None
+        rect = self.box_rect(self._boxes[self._selected])
+        corners = (rect.topLeft(), rect.topRight(), rect.bottomLeft(), rect.bottomRight())
+        for name, corner in zip(_CORNERS, corners, strict=True):
+            if abs(point.x() - corner.x()) <= _HANDLE and abs(point.y() - corner.y()) <= _HANDLE:
+                return name
+        return "move" if rect.contains(point) else None
+
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
@@ -127,37 +170,55 @@ class LayoutArea(QWidget):
         painter.drawRect(frame)
         for index, box in enumerate(self._boxes):
             colour = _SELECTED_COLOUR if index == self._selected else _BOX_COLOUR
-            rect = self.box_rect(box)
+            rect = self.box_rect(LayoutBox(box.description, *self._edges(index)))
             painter.setPen(QPen(colour, 2))
             painter.fillRect(rect, QColor(colour.red(), colour.green(), colour.blue(), 40))
             painter.drawRect(rect)
             painter.drawText(rect.adjusted(3, 1, 0, 0), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop,
                              str(self._numbers[index]))  # fmt: skip
-        if self._start is not None and self._end is not None:
+            if index == self._selected:  # its corners, to resize it by
+                for corner in (rect.topLeft(), rect.topRight(), rect.bottomLeft(), rect.bottomRight()):
+                    painter.fillRect(QRectF(corner.x() - _HANDLE / 2, corner.y() - _HANDLE / 2, _HANDLE, _HANDLE),
+                                     colour)  # fmt: skip
+        if self._start is not None and self._end is not None and self._grab is None:
             painter.setPen(QPen(_SELECTED_COLOUR, 1, Qt.PenStyle.DashLine))
             painter.drawRect(QRectF(self._start, self._end).normalized().intersected(frame))
         painter.end()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
-        if event.button() == Qt.MouseButton.LeftButton and self.frame().contains(event.position()):
-            self._start = self._end = event.position()
+        if event.button() == Qt.MouseButton.LeftButton:
+            self._grab = self._grab_at(event.position())
+            if self._grab is not None or self.frame().contains(event.position()):
+                self._start = self._end = event.position()
         event.accept()
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
         if self._start is not None:
             self._end = event.position()
             self.update()
+            return
+        grab = self._grab_at(event.position())
+        self.setCursor(Qt.CursorShape.CrossCursor if grab is None else Qt.CursorShape.SizeAllCursor if grab == "move"
+                       else Qt.CursorShape.SizeFDiagCursor if grab in ("top_left", "bottom_right")
+                       else Qt.CursorShape.SizeBDiagCursor)  # fmt: skip
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
         if self._start is None or event.button() != Qt.MouseButton.LeftButton:
             return
-        (x0, y0), (x1, y1) = self._fractions(self._start), self._fractions(event.position())
-        self._start = self._end = None
+        start, grab = self._start, self._grab
+        (x0, y0), (x1, y1) = self._fractions(start), self._fractions(event.position())
+        self._start = self._end = self._grab = None
         self.update()
+        if grab is not None:
+            box = self._boxes[self._selected]
+            edges = self._reshaped(box, grab, start, event.position())
+            if edges != (box.left, box.top, box.right, box.bottom):
+                self.reshaped.emit(self._selected, edges)
+                return
         left, right, top, bottom = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
         # A click, or a box too thin to place anything in, draws nothing: a click picks the box under it.
         if right - left >= MIN_LAYOUT_BOX_SIDE and bottom - top >= MIN_LAYOUT_BOX_SIDE:
-            self.drawn.emit(tuple(round(edge, 4) for edge in (left, top, right, bottom)))
+            self.drawn.emit(_rounded(left, top, right, bottom))
             return
         under = [index for index, box in enumerate(self._boxes) if self.box_rect(box).contains(event.position())]
         if under:
@@ -185,13 +246,16 @@ class LayoutBoxesEditor(QWidget):
         self._loader.loaded.connect(self._on_picture_loaded)
         self.area = LayoutArea()
         self.area.drawn.connect(self._on_drawn)
+        self.area.reshaped.connect(self._on_reshaped)
         self.area.picked.connect(lambda row: self.table.setCurrentCell(row, _TEXT))
         self.area.setToolTip(self.tr("Drag in the frame to place an element of the picture, then describe it in the "
-                                     "list; click a box to select it"))  # fmt: skip
+                                     "list; click a box to select it, drag the selected box to move it or its "
+                                     "corners to resize it"))  # fmt: skip
         self.source_label = QLabel(objectName="layout_source_label", wordWrap=True)
         self.source_area = LayoutArea()
         self.source_area.setObjectName("layout_source_area")
         self.source_area.drawn.connect(self._on_source_drawn)
+        self.source_area.reshaped.connect(lambda index, edges: self._on_source_drawn(edges))  # the selected row's
         self.source_area.picked.connect(lambda index: self.table.setCurrentCell(self._marked_rows[index], _TEXT))
         self.source_area.setToolTip(self.tr("Drag around the element on the reference picture; the rewriter moves it "
                                             "to its box in the frame above"))  # fmt: skip
@@ -327,6 +391,12 @@ class LayoutBoxesEditor(QWidget):
         self.table.setCurrentCell(row, _TEXT)
         self.table.editItem(self.table.item(row, _TEXT))
 
+    @Slot(int, object)
+    def _on_reshaped(self, row: int, edges: tuple[float, float, float, float]) -> None:
+        left, top, right, bottom = edges
+        changed = replace(self._boxes[row], left=left, top=top, right=right, bottom=bottom)
+        self._change(self._boxes[:row] + (changed,) + self._boxes[row + 1:])
+
     @Slot(object)
     def _on_source_drawn(self, edges: tuple[float, float, float, float]) -> None:
         row = self.table.currentRow()
@@ -391,3 +461,8 @@ class LayoutBoxesEditor(QWidget):
 def _where(box: LayoutBox) -> str:
     """The box's edges as percentages of the picture: left, top – right, bottom."""
     return f"{box.left:.0%}, {box.top:.0%} – {box.right:.0%}, {box.bottom:.0%}"
+
+
+def _rounded(left: float, top: float, right: float, bottom: float) -> tuple[float, float, float, float]:
+    """Edges to 4 decimals (a tenth of the rewriter's grid step), as a box keeps them."""
+    return round(left, 4), round(top, 4), round(right, 4), round(bottom, 4)

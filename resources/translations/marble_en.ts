@@ -930,7 +930,7 @@ The app keeps running; if something looks wrong, save your work and restart it.<
 <context>
     <name>LayoutBoxesEditor</name>
     <message>
-        <source>Drag in the frame to place an element of the picture, then describe it in the list; click a box to select it</source>
+        <source>Drag in the frame to place an element of the picture, then describe it in the list; click a box to select it, drag the selected box to move it or its corners to resize it</source>
         <translation type="unfinished"></translation>
     </message>
     <message>

@@ -135,6 +135,9 @@ def test_a_box_takes_its_element_from_a_reference_picture(editor, qtbot, tmp_pat
     tolerance = 1.5 / frame.width()
     assert moved.source == pytest.approx((0.1, 0.2, 0.6, 0.4), abs=tolerance) and emitted[-1] == (moved,)
     assert (moved.left, moved.top, moved.right, moved.bottom) == (box.left, box.top, box.right, box.bottom)
+    drag(editor, at(editor, 0.3, 0.3, area), at(editor, 0.4, 0.3, area), area)  # the marked element moved
+    assert editor.boxes()[0].source == pytest.approx((0.2, 0.2, 0.7, 0.4), abs=tolerance)
+    moved = editor.boxes()[0]
     describe_again = editor.table.item(0, 0)
     describe_again.setText("the red cup")  # a description edit keeps where the element comes from
     assert editor.boxes()[0] == LayoutBox("the red cup", box.left, box.top, box.right, box.bottom, 2, moved.source)
@@ -170,6 +173,65 @@ def test_a_box_takes_its_element_from_a_reference_picture(editor, qtbot, tmp_pat
     editor.set_reference_images((pictures(tmp_path)[0], str(other)))
     qtbot.waitUntil(area.has_picture, timeout=TIMEOUT_MS)
     assert area.frame().width() == pytest.approx(area.frame().height(), abs=0.01)
+
+
+def test_the_selected_box_moves_and_resizes_by_dragging(editor):
+    editor.set_canvas_size(1024, 512)
+    fox, moon = LayoutBox("a fox", 0.1, 0.2, 0.5, 0.9), LayoutBox("a moon", 0.6, 0.1, 0.9, 0.5)
+    editor.set_boxes((fox, moon))
+    editor.table.setCurrentCell(0, 0)
+    emitted = []
+    editor.boxes_changed.connect(emitted.append)
+    frame = editor.area.frame()
+    tolerance = 1.5 / frame.height()
+
+    def edges(row: int) -> tuple[float, ...]:
+        box = editor.boxes()[row]
+        return box.left, box.top, box.right, box.bottom
+
+    # A drag inside a box that is not selected draws a box in it; the moon stays.
+    drag(editor, at(editor, 0.65, 0.15), at(editor, 0.8, 0.3))
+    describe(editor, "a bat")
+    assert len(editor.boxes()) == 3 and editor.boxes()[1] == moon
+    editor.table.setCurrentCell(0, 0)
+    # Moved by a drag from inside it, the same size; the other boxes and the selection stay.
+    drag(editor, at(editor, 0.3, 0.5), at(editor, 0.4, 0.4))
+    assert edges(0) == pytest.approx((0.2, 0.1, 0.6, 0.8), abs=tolerance) and editor.boxes()[0].description == "a fox"
+    assert editor.boxes()[1:] == emitted[-1][1:] and emitted[-1] == editor.boxes() and editor.table.currentRow() == 0
+    assert editor.table.item(0, 2).text() == "20%, 10% – 60%, 80%"
+    # Moved past the frame, it stops at its edge, its size kept.
+    drag(editor, at(editor, 0.4, 0.4), at(editor, 1.5, 0.2))
+    assert edges(0) == pytest.approx((0.6, 0.0, 1.0, 0.7), abs=tolerance)
+    # Resized by a corner; a corner dragged past the opposite edge turns the box over.
+    QTest.mouseMove(editor.area, at(editor, 0.6, 0.0))
+    assert editor.area.cursor().shape() == Qt.CursorShape.SizeFDiagCursor
+    drag(editor, at(editor, 0.6, 0.0), at(editor, 0.5, 0.1))
+    assert edges(0) == pytest.approx((0.5, 0.1, 1.0, 0.7), abs=tolerance)
+    drag(editor, at(editor, 0.5, 0.7), at(editor, 0.45, 0.95))  # the bottom left corner
+    assert edges(0) == pytest.approx((0.45, 0.1, 1.0, 0.95), abs=tolerance)
+    drag(editor, at(editor, 0.45, 0.1), at(editor, 0.45, 1.0))  # the top left one, past the bottom
+    assert edges(0) == pytest.approx((0.45, 0.95, 1.0, 1.0), abs=tolerance)
+    drag(editor, at(editor, 1.0, 0.95), at(editor, 0.452, 0.95))  # to nothing: the box stays as it was
+    assert edges(0) == pytest.approx((0.45, 0.95, 1.0, 1.0), abs=tolerance)
+    corner = at(editor, 1.0, 0.95) + QPoint(4, -4)  # a press a little off the corner still holds it
+    drag(editor, corner, at(editor, 0.3, 0.5) + QPoint(4, -4))  # past the left edge: turned over
+    assert edges(0) == pytest.approx((0.3, 0.5, 0.45, 1.0), abs=tolerance)
+    drag(editor, at(editor, 0.3, 0.5), at(editor, 0.2, -0.5))  # past the top of the frame: stops there
+    assert edges(0) == pytest.approx((0.2, 0.0, 0.45, 1.0), abs=tolerance)
+    # While dragged, the box is drawn where it would go.
+    QTest.mousePress(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.3, 0.5))
+    QTest.mouseMove(editor.area, at(editor, 0.55, 0.5))
+    tinted = editor.area.grab().toImage().pixelColor(at(editor, 0.6, 0.7))
+    QTest.mouseRelease(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.55, 0.5))
+    assert tinted.red() < tinted.blue() and edges(0) == pytest.approx((0.45, 0.0, 0.7, 1.0), abs=tolerance)
+    # A click inside the selected box changes nothing; the cursor says a drag there moves it.
+    count = len(emitted)
+    QTest.mouseMove(editor.area, at(editor, 0.55, 0.6))
+    assert editor.area.cursor().shape() == Qt.CursorShape.SizeAllCursor
+    QTest.mouseClick(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.55, 0.6))
+    assert len(emitted) == count and editor.table.currentRow() == 0
+    QTest.mouseMove(editor.area, at(editor, 0.2, 0.5))
+    assert editor.area.cursor().shape() == Qt.CursorShape.CrossCursor
 
 
 def test_a_picture_listed_again_is_read_again(editor, qtbot, tmp_path: Path):
