@@ -442,9 +442,12 @@ class LayoutBoxesEditor(QWidget):
             return
         listed = box.reference <= len(self._references)
         path = self._references[box.reference - 1] if listed else ""
-        self.source_label.setText(self.tr("Reference {number}: drag around the element to move").format(
-            number=box.reference) if listed else self.tr("Reference {number} is not listed: add it under References, "
-                                                         "or choose another").format(number=box.reference))  # fmt: skip
+        if listed:
+            text = self.tr("Reference {number}: mark the element to move (drag around it from outside the box, or "
+                           "move the box and drag its corners)")  # fmt: skip
+        else:
+            text = self.tr("Reference {number} is not listed: add it under References, or choose another")
+        self.source_label.setText(text.format(number=box.reference))
         self.source_area.set_picture(self._pictures.get(path))
         marked = [(index, other) for index, other in enumerate(self._boxes)
                   if other.reference == box.reference and other.source is not None]  # fmt: skip

@@ -982,7 +982,7 @@ The app keeps running; if something looks wrong, save your work and restart it.<
         <translation type="unfinished"></translation>
     </message>
     <message>
-        <source>Reference {number}: drag around the element to move</source>
+        <source>Reference {number}: mark the element to move (drag around it from outside the box, or move the box and drag its corners)</source>
         <translation type="unfinished"></translation>
     </message>
     <message>
