@@ -37,6 +37,7 @@ _SELECTED_COLOUR = QColor(40, 140, 255)
 _MARGIN = 4.0
 _HANDLE = 6.0  # px: a press this near a corner of the selected box resizes it (its squares are drawn this size)
 _CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+_NUDGE, _SHIFT_NUDGE = 0.01, 0.1  # fractions of the frame an arrow key moves the selected box, alone and with Shift
 _PICTURE_SIDE = 480  # px: a reference picture as the source frame shows it, enough to mark an element on
 _TEXT, _FROM, _WHERE = range(3)  # the list's columns
 
@@ -70,6 +71,7 @@ class LayoutArea(QWidget):
         self._end: QPointF | None = None
         self._grab: str | None = None  # while the selected box is dragged: "move" or the corner held
         self.setMouseTracking(True)  # the cursor tells where a press would move or resize
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # the arrow keys move the selected box
 
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt override
         return QSize(240, 160)
@@ -137,8 +139,7 @@ class LayoutArea(QWidget):
         dx, dy = (end.x() - start.x()) / frame.width(), (end.y() - start.y()) / frame.height()
         left, top, right, bottom = box.left, box.top, box.right, box.bottom
         if grab == "move":
-            dx, dy = min(max(dx, -left), 1 - right), min(max(dy, -top), 1 - bottom)
-            return _rounded(left + dx, top + dy, right + dx, bottom + dy)
+            return _moved(box, dx, dy)
         vertical, horizontal = grab.split("_")
         top, bottom = (top + dy, bottom) if vertical == "top" else (top, bottom + dy)
         left, right = (left + dx, right) if horizontal == "left" else (left, right + dx)
@@ -201,6 +202,19 @@ class LayoutArea(QWidget):
         self.setCursor(Qt.CursorShape.CrossCursor if grab is None else Qt.CursorShape.SizeAllCursor if grab == "move"
                        else Qt.CursorShape.SizeFDiagCursor if grab in ("top_left", "bottom_right")
                        else Qt.CursorShape.SizeBDiagCursor)  # fmt: skip
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        steps = {Qt.Key.Key_Left: (-1, 0), Qt.Key.Key_Right: (1, 0), Qt.Key.Key_Up: (0, -1), Qt.Key.Key_Down: (0, 1)}
+        step = steps.get(Qt.Key(event.key()))
+        if step is None or not 0 <= self._selected < len(self._boxes):
+            super().keyPressEvent(event)
+            return
+        # A hundredth of the frame a press; with Shift a tenth.
+        size = _SHIFT_NUDGE if event.modifiers() & Qt.KeyboardModifier.ShiftModifier else _NUDGE
+        box = self._boxes[self._selected]
+        edges = _moved(box, step[0] * size, step[1] * size)
+        if edges != (box.left, box.top, box.right, box.bottom):
+            self.reshaped.emit(self._selected, edges)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
         if self._start is None or event.button() != Qt.MouseButton.LeftButton:
@@ -469,3 +483,9 @@ def _where(box: LayoutBox) -> str:
 def _rounded(left: float, top: float, right: float, bottom: float) -> tuple[float, float, float, float]:
     """Edges to 4 decimals (a tenth of the rewriter's grid step), as a box keeps them."""
     return round(left, 4), round(top, 4), round(right, 4), round(bottom, 4)
+
+
+def _moved(box: LayoutBox, dx: float, dy: float) -> tuple[float, float, float, float]:
+    """`box`'s edges moved by (dx, dy) fractions of the frame, stopping at its edges (its size kept)."""
+    dx, dy = min(max(dx, -box.left), 1 - box.right), min(max(dy, -box.top), 1 - box.bottom)
+    return _rounded(box.left + dx, box.top + dy, box.right + dx, box.bottom + dy)

@@ -232,6 +232,22 @@ def test_the_selected_box_moves_and_resizes_by_dragging(editor):
     assert len(emitted) == count and editor.table.currentRow() == 0
     QTest.mouseMove(editor.area, at(editor, 0.2, 0.5))
     assert editor.area.cursor().shape() == Qt.CursorShape.CrossCursor
+    # The arrow keys move it a hundredth of the frame, a tenth with Shift, stopping at the frame's edges.
+    assert editor.area.focusPolicy() == Qt.FocusPolicy.StrongFocus
+    QTest.keyClick(editor.area, Qt.Key.Key_Right)
+    assert edges(0) == pytest.approx((0.46, 0.0, 0.71, 1.0), abs=tolerance) and emitted[-1] == editor.boxes()
+    count = len(emitted)
+    QTest.keyClick(editor.area, Qt.Key.Key_Down, Qt.KeyboardModifier.ShiftModifier)  # as tall as the frame
+    assert len(emitted) == count
+    QTest.keyClick(editor.area, Qt.Key.Key_Left, Qt.KeyboardModifier.ShiftModifier)
+    assert edges(0) == pytest.approx((0.36, 0.0, 0.61, 1.0), abs=tolerance)
+    for _ in range(5):
+        QTest.keyClick(editor.area, Qt.Key.Key_Left, Qt.KeyboardModifier.ShiftModifier)
+    assert edges(0) == pytest.approx((0.0, 0.0, 0.25, 1.0), abs=tolerance)
+    editor.table.setCurrentCell(1, 0)
+    QTest.keyClick(editor.area, Qt.Key.Key_Up)
+    assert edges(1) == pytest.approx((0.6, 0.09, 0.9, 0.49), abs=tolerance)
+    assert edges(0) == pytest.approx((0.0, 0.0, 0.25, 1.0), abs=tolerance)
 
 
 def test_a_picture_listed_again_is_read_again(editor, qtbot, tmp_path: Path):
