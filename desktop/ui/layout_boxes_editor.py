@@ -224,17 +224,23 @@ class LayoutArea(QWidget):
         self._start = self._end = self._grab = None
         self.update()
         if grab is not None:
+            # The selected box held: moved or resized, else (a click, or a drag it cannot follow) drawing nothing.
             box = self._boxes[self._selected]
             edges = self._reshaped(box, grab, start, event.position())
             if edges != (box.left, box.top, box.right, box.bottom):
                 self.reshaped.emit(self._selected, edges)
-                return
+            else:
+                self._pick(event.position())
+            return
         left, right, top, bottom = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
         # A click, or a box too thin to place anything in, draws nothing: a click picks the box under it.
         if right - left >= MIN_LAYOUT_BOX_SIDE and bottom - top >= MIN_LAYOUT_BOX_SIDE:
             self.drawn.emit(_rounded(left, top, right, bottom))
             return
-        under = [index for index, box in enumerate(self._boxes) if self.box_rect(box).contains(event.position())]
+        self._pick(event.position())
+
+    def _pick(self, point: QPointF) -> None:
+        under = [index for index, box in enumerate(self._boxes) if self.box_rect(box).contains(point)]
         if under:
             self.picked.emit(under[-1])
 

@@ -244,6 +244,10 @@ def test_the_selected_box_moves_and_resizes_by_dragging(editor):
     for _ in range(5):
         QTest.keyClick(editor.area, Qt.Key.Key_Left, Qt.KeyboardModifier.ShiftModifier)
     assert edges(0) == pytest.approx((0.0, 0.0, 0.25, 1.0), abs=tolerance)
+    # Dragged further out of the frame's corner, it cannot follow: nothing changes, nothing is drawn.
+    count = len(emitted)
+    drag(editor, at(editor, 0.1, 0.5), at(editor, -0.5, 0.9))
+    assert len(emitted) == count and len(editor.boxes()) == 3
     editor.table.setCurrentCell(1, 0)
     QTest.keyClick(editor.area, Qt.Key.Key_Up)
     assert edges(1) == pytest.approx((0.6, 0.09, 0.9, 0.49), abs=tolerance)
