@@ -105,6 +105,23 @@ class LayoutBox:
                          self.source)  # fmt: skip
 
 
+def boxes_following_references(
+    boxes: tuple[LayoutBox, ...], old: tuple[str, ...], new: tuple[str, ...]
+) -> tuple[LayoutBox, ...]:
+    """`boxes` after the reference pictures `old` became `new`: a box keeps the picture it takes an element from
+    under its new number, and one whose picture is gone becomes new content (its number would name another picture).
+    A box whose number names no picture of `old` is left as it is."""
+    followed = []
+    for box in boxes:
+        path = old[box.reference - 1] if 0 < box.reference <= len(old) else None
+        if path is not None and path in new:
+            box = replace(box, reference=new.index(path) + 1)
+        elif path is not None:
+            box = replace(box, reference=0, source=None)
+        followed.append(box)
+    return tuple(followed)
+
+
 def _check_edges(label: str, within: str, edges: tuple[Any, ...]) -> None:
     """Raise InvalidRequest unless `edges` (left, top, right, bottom) are fractions of `within` that make a box of
     at least MIN_LAYOUT_BOX_SIDE a side."""

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.engine.request import MAX_LAYOUT_BOXES, MIN_LAYOUT_BOX_SIDE, LayoutBox
+from desktop.engine.request import MAX_LAYOUT_BOXES, MIN_LAYOUT_BOX_SIDE, LayoutBox, boxes_following_references
 from desktop.ui.thumbnails import ThumbnailLoader
 
 _BOX_COLOUR = QColor(255, 140, 0)
@@ -348,21 +348,12 @@ class LayoutBoxesEditor(QWidget):
 
     @Slot(object)
     def follow_references(self, paths: Sequence[str]) -> None:
-        """The user changed the reference pictures to `paths`: a box keeps the picture it takes from under its new
-        number, and one whose picture was removed becomes new content (its number would now name another
-        picture)."""
-        old, new = self._references, tuple(paths)
-        boxes = []
-        for box in self._boxes:
-            path = old[box.reference - 1] if 0 < box.reference <= len(old) else None
-            if path is not None and path in new:
-                box = replace(box, reference=new.index(path) + 1)
-            elif path is not None:
-                box = replace(box, reference=0, source=None)
-            boxes.append(box)
-        self.set_reference_images(new)
-        if tuple(boxes) != self._boxes:
-            self._change(tuple(boxes))
+        """The user changed the reference pictures to `paths`: each box follows its picture
+        (request.boxes_following_references)."""
+        boxes = boxes_following_references(self._boxes, self._references, tuple(paths))
+        self.set_reference_images(paths)
+        if boxes != self._boxes:
+            self._change(boxes)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
         # The list's own Delete (not while a description is being typed: the editor has the keys then).

@@ -19,7 +19,7 @@ from typing import Any
 from PySide6.QtCore import QEvent, QObject, QTimer, Slot
 
 from desktop.engine.errors import MarbleError
-from desktop.engine.request import ControlUnit, GenerationRequest, LayoutBox, LoraRef
+from desktop.engine.request import ControlUnit, GenerationRequest, LayoutBox, LoraRef, boxes_following_references
 from desktop.engine.settings import SettingsStore
 from desktop.ui.main_window import MainWindow
 from desktop.ui.parameter_model import PARAMETER_FIELDS, Parameters
@@ -154,7 +154,8 @@ class SessionMemory(QObject):
             # Reference pictures deleted since the last close are left out and named, as a reused recipe's are.
             present, missing = present_files(restored.reference_images)
             if missing:
-                restored = dataclasses.replace(restored, reference_images=present)
+                boxes = boxes_following_references(restored.layout_boxes, restored.reference_images, present)
+                restored = dataclasses.replace(restored, reference_images=present, layout_boxes=boxes)
                 self._window.message_bar.show_message(self.tr(
                     "Reference images no longer there, left out: {files}"
                 ).format(files=", ".join(missing)), "warning")  # fmt: skip

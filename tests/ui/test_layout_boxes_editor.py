@@ -351,6 +351,37 @@ def test_the_window_carries_the_boxes_while_flux3_rewrites(qtbot, tmp_path: Path
         close_window(window, controller)
 
 
+def test_boxes_follow_their_pictures_across_a_restart(qtbot, tmp_path: Path) -> None:
+    """A reference picture deleted since the last close is left out: the box that took from it becomes new content,
+    and one taking from a picture after it keeps that picture under its new number."""
+    home = tmp_path / "home"
+    flux3_and_sd_models(home)
+    gone, kept = pictures(tmp_path)
+    cup = LayoutBox("the cup", 0.5, 0.5, 0.9, 0.9, reference=2, source=(0.1, 0.1, 0.3, 0.3))
+    hat = LayoutBox("the hat", 0.1, 0.1, 0.3, 0.3, reference=1, source=(0.5, 0.5, 0.7, 0.7))
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2))
+    panel = window.parameter_panel
+    try:
+        qtbot.waitUntil(lambda: panel.model_combo.findText("zz-flux3") >= 0, timeout=TIMEOUT_MS)
+        pick(panel.model_combo, "zz-flux3")
+        panel.rewrite_check.setChecked(True)
+        panel.references_row.add_images([gone, kept])
+        panel.model.update(layout_boxes=(cup, hat))
+        assert window.current_request().validate().layout_boxes == (cup, hat)
+    finally:
+        close_window(window, controller)
+    Path(gone).unlink()
+    window, controller, _ = open_window(qtbot, home, FakeBackend(steps=2), model="zz-flux3")
+    try:
+        request = window.current_request().validate()
+        assert request.reference_images == (kept,) and gone in window.message_bar.text()
+        assert request.layout_boxes == (LayoutBox("the cup", 0.5, 0.5, 0.9, 0.9, 1, (0.1, 0.1, 0.3, 0.3)),
+                                        LayoutBox("the hat", 0.1, 0.1, 0.3, 0.3))  # fmt: skip
+        assert window.parameter_panel.layout_editor.boxes() == request.layout_boxes
+    finally:
+        close_window(window, controller)
+
+
 def test_the_frame_has_the_ratio_of_the_panels_size_from_the_start(qtbot):
     from desktop.ui.parameter_model import ParameterModel
     from desktop.ui.parameter_panel import ParameterPanel
