@@ -51,11 +51,15 @@ class LayoutArea(QWidget):
         drawn(object): a box was drawn, its edges (left, top, right, bottom) as fractions of the frame.
         picked(int): a click fell in this box (the topmost: the last listed of those under it).
         reshaped(int, object): the selected box (its index) was moved or resized to these edges.
+        deleted(int): Delete or Backspace was pressed with this box selected.
+        opened(int): this box was double-clicked (the topmost under the pointer).
     """
 
     drawn = Signal(object)
     picked = Signal(int)
     reshaped = Signal(int, object)
+    deleted = Signal(int)
+    opened = Signal(int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -204,6 +208,13 @@ class LayoutArea(QWidget):
                        else Qt.CursorShape.SizeBDiagCursor)  # fmt: skip
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        if event.key() == Qt.Key.Key_Escape and self._start is not None:  # the drag under way is dropped
+            self._start = self._end = self._grab = None
+            self.update()
+            return
+        if event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace) and 0 <= self._selected < len(self._boxes):
+            self.deleted.emit(self._selected)
+            return
         steps = {Qt.Key.Key_Left: (-1, 0), Qt.Key.Key_Right: (1, 0), Qt.Key.Key_Up: (0, -1), Qt.Key.Key_Down: (0, 1)}
         step = steps.get(Qt.Key(event.key()))
         if step is None or not 0 <= self._selected < len(self._boxes):
@@ -215,6 +226,13 @@ class LayoutArea(QWidget):
         edges = _moved(box, step[0] * size, step[1] * size)
         if edges != (box.left, box.top, box.right, box.bottom):
             self.reshaped.emit(self._selected, edges)
+
+    def mouseDoubleClickEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        # Instead of a second press: the first press and release already picked the box.
+        under = self._under(event.position())
+        if event.button() == Qt.MouseButton.LeftButton and under is not None:
+            self.opened.emit(under)
+        event.accept()
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
         if self._start is None or event.button() != Qt.MouseButton.LeftButton:
@@ -240,9 +258,14 @@ class LayoutArea(QWidget):
         self._pick(event.position())
 
     def _pick(self, point: QPointF) -> None:
+        under = self._under(point)
+        if under is not None:
+            self.picked.emit(under)
+
+    def _under(self, point: QPointF) -> int | None:
+        """The topmost box at `point` (the last listed of those under it), or None."""
         under = [index for index, box in enumerate(self._boxes) if self.box_rect(box).contains(point)]
-        if under:
-            self.picked.emit(under[-1])
+        return under[-1] if under else None
 
 
 class LayoutBoxesEditor(QWidget):
@@ -267,6 +290,8 @@ class LayoutBoxesEditor(QWidget):
         self.area = LayoutArea()
         self.area.drawn.connect(self._on_drawn)
         self.area.reshaped.connect(self._on_reshaped)
+        self.area.deleted.connect(self._remove)
+        self.area.opened.connect(self._describe)
         self.area.picked.connect(lambda row: self.table.setCurrentCell(row, _TEXT))
         self.area.setToolTip(self.tr("Drag in the frame to place an element of the picture, then describe it in the "
                                      "list; click a box to select it, drag the selected box to move it or its "
@@ -365,9 +390,18 @@ class LayoutBoxesEditor(QWidget):
 
     @Slot()
     def remove_selected(self) -> None:
-        row = self.table.currentRow()
+        self._remove(self.table.currentRow())
+
+    @Slot(int)
+    def _remove(self, row: int) -> None:
         if 0 <= row < len(self._boxes):
             self._change(self._boxes[:row] + self._boxes[row + 1:])
+
+    @Slot(int)
+    def _describe(self, row: int) -> None:
+        """Select box `row` with its description open for typing."""
+        self.table.setCurrentCell(row, _TEXT)
+        self.table.editItem(self.table.item(row, _TEXT))
 
     def choose_origin(self, row: int, reference: int) -> None:
         """Box `row` takes its element from reference picture `reference` (from 1), or is new content (0). A box
@@ -398,9 +432,7 @@ class LayoutBoxesEditor(QWidget):
         if len(self._boxes) >= MAX_LAYOUT_BOXES:
             return
         self._change(self._boxes + (LayoutBox("", *edges),))
-        row = len(self._boxes) - 1
-        self.table.setCurrentCell(row, _TEXT)
-        self.table.editItem(self.table.item(row, _TEXT))
+        self._describe(len(self._boxes) - 1)
 
     @Slot(int, object)
     def _on_reshaped(self, row: int, edges: tuple[float, float, float, float]) -> None:

@@ -252,6 +252,22 @@ def test_the_selected_box_moves_and_resizes_by_dragging(editor):
     QTest.keyClick(editor.area, Qt.Key.Key_Up)
     assert edges(1) == pytest.approx((0.6, 0.09, 0.9, 0.49), abs=tolerance)
     assert edges(0) == pytest.approx((0.0, 0.0, 0.25, 1.0), abs=tolerance)
+    # Escape drops a drag under way: the box stays, nothing is drawn.
+    count = len(emitted)
+    QTest.mousePress(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.7, 0.4))
+    QTest.mouseMove(editor.area, at(editor, 0.4, 0.8))
+    QTest.keyClick(editor.area, Qt.Key.Key_Escape)
+    QTest.mouseRelease(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.4, 0.8))
+    assert len(emitted) == count and edges(1) == pytest.approx((0.6, 0.09, 0.9, 0.49), abs=tolerance)
+    # A double click on a box opens its description; Delete in the frame removes the selected box.
+    editor.table.setCurrentCell(0, 0)
+    QTest.mouseDClick(editor.area, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, at(editor, 0.85, 0.4))
+    assert editor.table.currentRow() == 1
+    describe(editor, "a full moon")
+    assert editor.boxes()[1].description == "a full moon"
+    editor.table.setCurrentCell(2, 0)
+    QTest.keyClick(editor.area, Qt.Key.Key_Delete)
+    assert [box.description for box in editor.boxes()] == ["a fox", "a full moon"] and emitted[-1] == editor.boxes()
 
 
 def test_a_picture_listed_again_is_read_again(editor, qtbot, tmp_path: Path):
