@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -698,40 +699,39 @@ def _loras_from(raw: object) -> tuple[LoraRef, ...]:
 
 
 def _layout_boxes_from(raw: object) -> tuple[LayoutBox, ...]:
-    if not isinstance(raw, (list, tuple)):
-        raise InvalidRequest("The saved request lists its layout boxes in an unknown form.")
-    names = [f.name for f in fields(LayoutBox)]
-    required = ("description", "left", "top", "right", "bottom")  # a move's reference and source are optional
-    boxes = []
-    for item in raw:
-        if isinstance(item, LayoutBox):
-            boxes.append(item)
-        elif isinstance(item, dict) and set(required) <= set(item):
-            values = {name: item[name] for name in names if name in item}
-            if isinstance(values.get("source"), list):  # JSON has no tuples
-                values["source"] = tuple(values["source"])
-            boxes.append(LayoutBox(**values))
-        else:
-            raise InvalidRequest(f"The saved request has an unreadable layout box: {item!r}.")
-    return tuple(boxes)
+    required = {"description", "left", "top", "right", "bottom"}  # a move's reference and source are optional
+    return _saved_items(raw, LayoutBox, ("layout box", "layout boxes"), required.issubset, list_field="source")
 
 
 def _controls_from(raw: object) -> tuple[ControlUnit, ...]:
+    def readable(item: dict[str, Any]) -> bool:
+        return isinstance(item.get("model"), str) and isinstance(item.get("image"), str)
+
+    return _saved_items(raw, ControlUnit, ("control unit", "control units"), readable, list_field="more_images")
+
+
+def _saved_items(
+    raw: object, kind: type[Any], labels: tuple[str, str], readable: Callable[[dict[str, Any]], bool], list_field: str
+) -> tuple[Any, ...]:
+    """A saved request's list of `kind` (a frozen dataclass): each item one already, or a dict `readable` accepts
+    whose known fields make one (`list_field` back to a tuple: JSON has none); InvalidRequest naming `labels`
+    (singular, plural) else."""
+    label, plural = labels
     if not isinstance(raw, (list, tuple)):
-        raise InvalidRequest("The saved request lists its control units in an unknown form.")
-    known = {f.name for f in fields(ControlUnit)}
-    units = []
+        raise InvalidRequest(f"The saved request lists its {plural} in an unknown form.")
+    known = {f.name for f in fields(kind)}
+    items = []
     for item in raw:
-        if isinstance(item, ControlUnit):
-            units.append(item)
-        elif isinstance(item, dict) and isinstance(item.get("model"), str) and isinstance(item.get("image"), str):
-            values = {k: v for k, v in item.items() if k in known}
-            if isinstance(values.get("more_images"), list):  # JSON has no tuples
-                values["more_images"] = tuple(values["more_images"])
-            units.append(ControlUnit(**values))
+        if isinstance(item, kind):
+            items.append(item)
+        elif isinstance(item, dict) and readable(item):
+            values = {key: value for key, value in item.items() if key in known}
+            if isinstance(values.get(list_field), list):
+                values[list_field] = tuple(values[list_field])
+            items.append(kind(**values))
         else:
-            raise InvalidRequest(f"The saved request has an unreadable control unit: {item!r}.")
-    return tuple(units)
+            raise InvalidRequest(f"The saved request has an unreadable {label}: {item!r}.")
+    return tuple(items)
 
 
 def hires_target(width: int, height: int, scale: float, resize_w: int, resize_h: int) -> tuple[int, int, int, int]:

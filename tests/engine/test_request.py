@@ -15,6 +15,7 @@ from desktop.engine.request import (
     MAX_REFERENCE_IMAGES,
     ControlUnit,
     GenerationRequest,
+    LayoutBox,
     LoraRef,
 )
 
@@ -69,6 +70,15 @@ def test_dict_round_trip_ignores_unknown_keys():
     request = make(seed=42, sampler="DPM++ 2M Karras", negative_prompt="blurry")
     data = request.to_dict() | {"from_a_newer_version": 1}
     assert GenerationRequest.from_dict(data) == request
+    # In its control units and layout boxes too (a field a newer Marble saves is left out, not refused).
+    unit = {"model": "canny", "image": "c.png", "weight": 0.5, "from_a_newer_version": 1}
+    box = {"description": "a fox", "left": 0, "top": 0, "right": 1, "bottom": 1, "from_a_newer_version": 1}
+    read = GenerationRequest.from_dict(data | {"controls": [unit], "layout_boxes": [box]})
+    assert read.controls == (ControlUnit("canny", "c.png", 0.5),)
+    assert read.layout_boxes == (LayoutBox("a fox", 0, 0, 1, 1),)
+    for field, label, item in (("controls", "control units", unit), ("layout_boxes", "layout boxes", box)):
+        with pytest.raises(InvalidRequest, match=f"lists its {label} in an unknown form"):
+            GenerationRequest.from_dict(data | {field: item})  # one item, not a list
 
 
 def test_every_sampler_name_is_canonical():
